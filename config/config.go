@@ -1,0 +1,216 @@
+// Package config owns egressd's configuration: the main file, the allowlist
+// files in its allow directory, their validation, and watching them for change.
+//
+// Everything here is pure except Load (which reads files) and Watcher (which
+// watches them); the rest takes bytes and returns values or errors that name
+// file, line and column.
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// DefaultPath is where the main configuration file lives unless --config says otherwise.
+const DefaultPath = "/etc/egressd/egressd.yaml"
+
+// Proto is an IP protocol number as nftables matches it (meta l4proto).
+type Proto uint8
+
+const (
+	TCP Proto = 6
+	UDP Proto = 17
+)
+
+func (p Proto) String() string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	}
+	return strconv.Itoa(int(p))
+}
+
+// DNSMode says whether an allowlist's user may reach the configured resolvers.
+type DNSMode string
+
+const (
+	DNSResolvers DNSMode = "resolvers"
+	DNSNone      DNSMode = "none"
+)
+
+// LogMode selects how denied packets are logged before they are rejected.
+type LogMode string
+
+const (
+	LogNFLOG  LogMode = "nflog"
+	LogKernel LogMode = "kernel"
+	LogNone   LogMode = "none"
+)
+
+// Pos is a position in a configuration file, 1-based.
+type Pos struct {
+	File string
+	Line int
+	Col  int
+}
+
+func (p Pos) String() string { return fmt.Sprintf("%s:%d:%d", p.File, p.Line, p.Col) }
+
+// Entry is one allowlist destination: either a DNS name or a literal prefix,
+// with a protocol and an inclusive port range.
+type Entry struct {
+	Raw      string
+	Host     string       // lower-case DNS name without trailing dot; empty for literals
+	Prefix   netip.Prefix // literal address (as /32 or /128) or CIDR; valid only when Host == ""
+	Proto    Proto
+	PortFrom uint16
+	PortTo   uint16
+	Pos      Pos
+}
+
+// IsName reports whether the entry needs DNS resolution.
+func (e Entry) IsName() bool { return e.Host != "" }
+
+// Key identifies an entry for de-duplication: two entries with the same key
+// allow exactly the same traffic.
+func (e Entry) Key() string {
+	h := e.Host
+	if h == "" {
+		h = e.Prefix.String()
+	}
+	return fmt.Sprintf("%s|%d|%d-%d", h, e.Proto, e.PortFrom, e.PortTo)
+}
+
+// Ports renders the port range the way the config writes it.
+func (e Entry) Ports() string {
+	if e.PortFrom == e.PortTo {
+		return strconv.Itoa(int(e.PortFrom))
+	}
+	return fmt.Sprintf("%d-%d", e.PortFrom, e.PortTo)
+}
+
+// Allowlist is one file of the allow directory.
+type Allowlist struct {
+	Name                string // file name without .yaml
+	File                string
+	User                string // as written: a name or a numeric uid
+	UserPos             Pos
+	Entries             []Entry
+	DNS                 DNSMode
+	AllowPrivateAnswers bool
+}
+
+// NumericUID returns the uid when User is written as a number.
+func (a *Allowlist) NumericUID() (uint32, bool) {
+	n, err := strconv.ParseUint(a.User, 10, 32)
+	if err != nil {
+		return 0, false
+	}
+	return uint32(n), true
+}
+
+// Names returns the distinct DNS names the allowlist needs, sorted.
+func (a *Allowlist) Names() []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, e := range a.Entries {
+		if e.IsName() && !seen[e.Host] {
+			seen[e.Host] = true
+			out = append(out, e.Host)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Rate is a packets-per-interval limit, as nftables' limit statement takes it.
+type Rate struct {
+	Count uint64
+	Unit  string // second, minute, hour, day
+}
+
+func (r Rate) String() string { return fmt.Sprintf("%d/%s", r.Count, r.Unit) }
+
+// DenyLog configures the log statement placed before every reject.
+type DenyLog struct {
+	Mode   LogMode
+	Group  uint16
+	Rate   Rate
+	Prefix string
+}
+
+// Config is the whole, validated configuration.
+type Config struct {
+	File                string
+	Resolvers           []netip.AddrPort
+	AllowDir            string
+	MinTTL              time.Duration
+	MaxTTL              time.Duration
+	Linger              time.Duration
+	StaleGrace          time.Duration
+	MaxAddressesPerName int
+	DenyLog             DenyLog
+	OnExit              string // keep | remove
+	Allowlists          []*Allowlist // sorted by Name
+}
+
+// Defaults returns the configuration an empty main file yields, without resolvers
+// (those default to /etc/resolv.conf, read by Load).
+func Defaults() Config {
+	return Config{
+		AllowDir:            "allow.d",
+		MinTTL:              5 * time.Second,
+		MaxTTL:              10 * time.Minute,
+		Linger:              5 * time.Minute,
+		StaleGrace:          time.Hour,
+		MaxAddressesPerName: 256,
+		DenyLog:             DenyLog{Mode: LogNFLOG, Group: 100, Rate: Rate{Count: 10, Unit: "second"}, Prefix: "egressd"},
+		OnExit:              "keep",
+	}
+}
+
+// Names returns every distinct DNS name across allowlists, sorted.
+func (c *Config) Names() []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, a := range c.Allowlists {
+		for _, n := range a.Names() {
+			if !seen[n] {
+				seen[n] = true
+				out = append(out, n)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Error is a configuration error at a position.
+type Error struct {
+	Pos Pos
+	Msg string
+}
+
+func (e *Error) Error() string {
+	if e.Pos.Line == 0 {
+		return e.Pos.File + ": " + e.Msg
+	}
+	return e.Pos.String() + ": " + e.Msg
+}
+
+// Errors is every problem found in one load; the load as a whole is rejected.
+type Errors []*Error
+
+func (es Errors) Error() string {
+	parts := make([]string, len(es))
+	for i, e := range es {
+		parts[i] = e.Error()
+	}
+	return strings.Join(parts, "\n")
+}

@@ -1,0 +1,511 @@
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// parser collects errors for one file so that an operator sees all of them at once.
+type parser struct {
+	file string
+	errs Errors
+}
+
+func (p *parser) errorf(n *yaml.Node, format string, args ...any) {
+	pos := Pos{File: p.file}
+	if n != nil {
+		pos.Line, pos.Col = n.Line, n.Column
+	}
+	p.errs = append(p.errs, &Error{Pos: pos, Msg: fmt.Sprintf(format, args...)})
+}
+
+// document decodes data and returns its top-level mapping, or nil for an empty file.
+func (p *parser) document(data []byte) *yaml.Node {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		p.errs = append(p.errs, yamlError(p.file, err))
+		return nil
+	}
+	if doc.Kind == 0 || len(doc.Content) == 0 {
+		return nil
+	}
+	root := doc.Content[0]
+	if root.Kind == yaml.ScalarNode && root.Tag == "!!null" {
+		return nil
+	}
+	if root.Kind != yaml.MappingNode {
+		p.errorf(root, "expected a mapping of keys to values at the top level")
+		return nil
+	}
+	return root
+}
+
+var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+// yamlError turns the YAML library's syntax error into one that names the file.
+func yamlError(file string, err error) *Error {
+	msg := err.Error()
+	pos := Pos{File: file}
+	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+		pos.Line, _ = strconv.Atoi(m[1])
+		pos.Col = 1
+		msg = m[2]
+	}
+	return &Error{Pos: pos, Msg: "invalid YAML: " + strings.TrimPrefix(msg, "yaml: ")}
+}
+
+// fields walks a mapping, rejecting unknown and repeated keys, and calls fn for
+// each known one.
+func (p *parser) fields(m *yaml.Node, known []string, fn func(key string, k, v *yaml.Node)) {
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		k, v := m.Content[i], m.Content[i+1]
+		if k.Kind != yaml.ScalarNode {
+			p.errorf(k, "keys must be plain strings")
+			continue
+		}
+		ok := false
+		for _, kn := range known {
+			if k.Value == kn {
+				ok = true
+			}
+		}
+		if !ok {
+			p.errorf(k, "unknown key %q (known keys: %s)", k.Value, strings.Join(known, ", "))
+			continue
+		}
+		if seen[k.Value] {
+			p.errorf(k, "key %q appears twice", k.Value)
+			continue
+		}
+		seen[k.Value] = true
+		fn(k.Value, k, v)
+	}
+}
+
+func (p *parser) scalar(v *yaml.Node, key string) (string, bool) {
+	if v.Kind != yaml.ScalarNode || v.Tag == "!!null" {
+		p.errorf(v, "%s: expected a single value", key)
+		return "", false
+	}
+	return v.Value, true
+}
+
+func (p *parser) duration(v *yaml.Node, key string, min time.Duration) (time.Duration, bool) {
+	s, ok := p.scalar(v, key)
+	if !ok {
+		return 0, false
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		p.errorf(v, "%s: %q is not a duration (examples: 30s, 5m, 1h)", key, s)
+		return 0, false
+	}
+	if d < min {
+		p.errorf(v, "%s: %s is below the minimum of %s", key, d, min)
+		return 0, false
+	}
+	return d, true
+}
+
+func (p *parser) integer(v *yaml.Node, key string, min, max int64) (int64, bool) {
+	s, ok := p.scalar(v, key)
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < min || n > max {
+		p.errorf(v, "%s: %q is not a whole number from %d to %d", key, s, min, max)
+		return 0, false
+	}
+	return n, true
+}
+
+func (p *parser) boolean(v *yaml.Node, key string) (bool, bool) {
+	s, ok := p.scalar(v, key)
+	if !ok {
+		return false, false
+	}
+	switch s {
+	case "true":
+		return true, true
+	case "false":
+		return false, true
+	}
+	p.errorf(v, "%s: %q is not true or false", key, s)
+	return false, false
+}
+
+func (p *parser) sequence(v *yaml.Node, key string) []*yaml.Node {
+	if v.Kind == yaml.ScalarNode && v.Tag == "!!null" {
+		return nil
+	}
+	if v.Kind != yaml.SequenceNode {
+		p.errorf(v, "%s: expected a list", key)
+		return nil
+	}
+	return v.Content
+}
+
+var mainKeys = []string{"resolvers", "allow_dir", "min_ttl", "max_ttl", "linger", "stale_grace",
+	"max_addresses_per_name", "deny_log", "on_exit"}
+
+// ParseMain parses the main configuration file. Resolvers stay empty when the
+// file does not name any; Load fills them from /etc/resolv.conf.
+// AllowDir is made absolute relative to the file's directory.
+func ParseMain(file string, data []byte) (*Config, error) {
+	c := Defaults()
+	c.File = file
+	p := &parser{file: file}
+	if root := p.document(data); root != nil {
+		p.fields(root, mainKeys, func(key string, k, v *yaml.Node) {
+			switch key {
+			case "resolvers":
+				for _, n := range p.sequence(v, key) {
+					s, ok := p.scalar(n, key)
+					if !ok {
+						continue
+					}
+					ap, err := ParseResolver(s)
+					if err != nil {
+						p.errorf(n, "resolvers: %v", err)
+						continue
+					}
+					c.Resolvers = append(c.Resolvers, ap)
+				}
+			case "allow_dir":
+				if s, ok := p.scalar(v, key); ok {
+					if s == "" {
+						p.errorf(v, "allow_dir: must not be empty")
+					}
+					c.AllowDir = s
+				}
+			case "min_ttl":
+				if d, ok := p.duration(v, key, 0); ok {
+					c.MinTTL = d
+				}
+			case "max_ttl":
+				if d, ok := p.duration(v, key, time.Second); ok {
+					c.MaxTTL = d
+				}
+			case "linger":
+				if d, ok := p.duration(v, key, 0); ok {
+					c.Linger = d
+				}
+			case "stale_grace":
+				if d, ok := p.duration(v, key, 0); ok {
+					c.StaleGrace = d
+				}
+			case "max_addresses_per_name":
+				if n, ok := p.integer(v, key, 1, 65536); ok {
+					c.MaxAddressesPerName = int(n)
+				}
+			case "deny_log":
+				p.denyLog(v, &c.DenyLog)
+			case "on_exit":
+				if s, ok := p.scalar(v, key); ok {
+					if s != "keep" && s != "remove" {
+						p.errorf(v, "on_exit: %q is not keep or remove", s)
+					}
+					c.OnExit = s
+				}
+			}
+		})
+	}
+	if c.MinTTL > c.MaxTTL {
+		p.errs = append(p.errs, &Error{Pos: Pos{File: file}, Msg: fmt.Sprintf("min_ttl (%s) is above max_ttl (%s)", c.MinTTL, c.MaxTTL)})
+	}
+	if !filepath.IsAbs(c.AllowDir) {
+		c.AllowDir = filepath.Join(filepath.Dir(file), c.AllowDir)
+	}
+	if len(p.errs) > 0 {
+		return nil, p.errs
+	}
+	return &c, nil
+}
+
+var rateRE = regexp.MustCompile(`^([0-9]+)/(second|minute|hour|day)$`)
+
+func (p *parser) denyLog(v *yaml.Node, d *DenyLog) {
+	if v.Kind != yaml.MappingNode {
+		p.errorf(v, "deny_log: expected a mapping with mode, group, rate, prefix")
+		return
+	}
+	p.fields(v, []string{"mode", "group", "rate", "prefix"}, func(key string, k, v *yaml.Node) {
+		switch key {
+		case "mode":
+			if s, ok := p.scalar(v, "deny_log.mode"); ok {
+				switch LogMode(s) {
+				case LogNFLOG, LogKernel, LogNone:
+					d.Mode = LogMode(s)
+				default:
+					p.errorf(v, "deny_log.mode: %q is not nflog, kernel or none", s)
+				}
+			}
+		case "group":
+			if n, ok := p.integer(v, "deny_log.group", 0, 65535); ok {
+				d.Group = uint16(n)
+			}
+		case "rate":
+			if s, ok := p.scalar(v, "deny_log.rate"); ok {
+				m := rateRE.FindStringSubmatch(s)
+				n := uint64(0)
+				if m != nil {
+					n, _ = strconv.ParseUint(m[1], 10, 32)
+				}
+				if m == nil || n == 0 {
+					p.errorf(v, "deny_log.rate: %q is not COUNT/UNIT with COUNT ≥ 1 and UNIT second, minute, hour or day", s)
+					return
+				}
+				d.Rate = Rate{Count: n, Unit: m[2]}
+			}
+		case "prefix":
+			if s, ok := p.scalar(v, "deny_log.prefix"); ok {
+				if !prefixRE.MatchString(s) {
+					p.errorf(v, "deny_log.prefix: %q must be 1 to 32 characters of letters, digits, '-', '_' or '.'", s)
+					return
+				}
+				d.Prefix = s
+			}
+		}
+	})
+}
+
+var prefixRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,32}$`)
+
+// ParseResolver parses "ADDR", "ADDR:PORT" or "[V6]:PORT"; the port defaults to 53.
+func ParseResolver(s string) (netip.AddrPort, error) {
+	if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
+		return netip.AddrPortFrom(a.Unmap(), 53), nil
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil || ap.Addr().Zone() != "" || ap.Port() == 0 {
+		return netip.AddrPort{}, fmt.Errorf("%q is not an address or address:port (write IPv6 as [2001:db8::53]:53)", s)
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+var allowKeys = []string{"user", "allow", "dns", "allow_private_answers"}
+
+// NameRE is what an allowlist's name (its file name without .yaml) may be:
+// it becomes part of nftables chain and set names and of log prefixes.
+var NameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$`)
+
+// ParseAllowlist parses one allowlist file. name is the file name without .yaml.
+func ParseAllowlist(file, name string, data []byte) (*Allowlist, error) {
+	p := &parser{file: file}
+	a := &Allowlist{Name: name, File: file, DNS: DNSResolvers}
+	if !NameRE.MatchString(name) {
+		p.errs = append(p.errs, &Error{Pos: Pos{File: file}, Msg: fmt.Sprintf("allowlist name %q (the file name without .yaml) must be 1 to 48 letters, digits, '-' or '_', starting with a letter or digit", name)})
+	}
+	root := p.document(data)
+	if root == nil && len(p.errs) == 0 {
+		p.errs = append(p.errs, &Error{Pos: Pos{File: file}, Msg: "empty allowlist: it needs at least \"user:\" (write allow: [] to allow nothing)"})
+	}
+	haveUser := false
+	if root != nil {
+		p.fields(root, allowKeys, func(key string, k, v *yaml.Node) {
+			switch key {
+			case "user":
+				if s, ok := p.scalar(v, key); ok {
+					if err := validUser(s); err != nil {
+						p.errorf(v, "user: %v", err)
+						return
+					}
+					a.User, a.UserPos, haveUser = s, Pos{File: file, Line: v.Line, Col: v.Column}, true
+				}
+			case "allow":
+				seen := map[string]bool{}
+				for _, n := range p.sequence(v, key) {
+					s, ok := p.scalar(n, "allow entry")
+					if !ok {
+						continue
+					}
+					e, err := ParseEntry(s)
+					if err != nil {
+						p.errorf(n, "allow: %v", err)
+						continue
+					}
+					e.Pos = Pos{File: file, Line: n.Line, Col: n.Column}
+					if seen[e.Key()] {
+						continue // duplicates are merged
+					}
+					seen[e.Key()] = true
+					a.Entries = append(a.Entries, e)
+				}
+			case "dns":
+				if s, ok := p.scalar(v, key); ok {
+					switch DNSMode(s) {
+					case DNSResolvers, DNSNone:
+						a.DNS = DNSMode(s)
+					default:
+						p.errorf(v, "dns: %q is not resolvers or none", s)
+					}
+				}
+			case "allow_private_answers":
+				if b, ok := p.boolean(v, key); ok {
+					a.AllowPrivateAnswers = b
+				}
+			}
+		})
+		if !haveUser && len(p.errs) == 0 {
+			p.errorf(root, "missing required key \"user\" (the service user: a name or a numeric uid)")
+		}
+	}
+	if len(p.errs) > 0 {
+		return nil, p.errs
+	}
+	return a, nil
+}
+
+var userRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$`)
+
+func validUser(s string) error {
+	if n, err := strconv.ParseUint(s, 10, 32); err == nil {
+		if n == 0 {
+			return fmt.Errorf("uid 0 (root) cannot be restricted: egressd itself and the system need it")
+		}
+		if n == 4294967295 {
+			return fmt.Errorf("uid 4294967295 is not a valid uid")
+		}
+		return nil
+	}
+	if s == "root" {
+		return fmt.Errorf("root cannot be restricted: egressd itself and the system need it")
+	}
+	if !userRE.MatchString(s) {
+		return fmt.Errorf("%q is neither a numeric uid nor a valid user name", s)
+	}
+	return nil
+}
+
+// ParseEntry parses one allow entry: HOST:PORT[-PORT][/tcp|/udp], where HOST is
+// a DNS name, an IPv4 address or CIDR, or a bracketed IPv6 address or CIDR.
+func ParseEntry(s string) (Entry, error) {
+	e := Entry{Raw: s, Proto: TCP}
+	rest := strings.TrimSpace(s)
+	if rest != s || rest == "" {
+		return e, fmt.Errorf("%q: empty or surrounded by spaces", s)
+	}
+	if i := strings.LastIndexByte(rest, '/'); i >= 0 {
+		switch strings.ToLower(rest[i+1:]) {
+		case "tcp":
+			rest = rest[:i]
+		case "udp":
+			e.Proto = UDP
+			rest = rest[:i]
+		}
+	}
+	i := strings.LastIndexByte(rest, ':')
+	if i < 0 {
+		return e, fmt.Errorf("%q: missing :PORT (write host:443, or host:8000-8100 for a range)", s)
+	}
+	host, port := rest[:i], rest[i+1:]
+	from, to, err := parsePorts(port)
+	if err != nil {
+		return e, fmt.Errorf("%q: %v", s, err)
+	}
+	e.PortFrom, e.PortTo = from, to
+	bracketed := strings.HasPrefix(host, "[")
+	if bracketed {
+		if !strings.HasSuffix(host, "]") {
+			return e, fmt.Errorf("%q: missing ']' after the IPv6 address", s)
+		}
+		host = host[1 : len(host)-1]
+	} else if strings.Contains(host, ":") {
+		return e, fmt.Errorf("%q: an IPv6 address must be written in brackets, as [2001:db8::1]:443", s)
+	}
+	if strings.Contains(host, "/") {
+		pfx, err := netip.ParsePrefix(host)
+		if err != nil || pfx.Addr().Zone() != "" {
+			return e, fmt.Errorf("%q: %q is not a CIDR prefix", s, host)
+		}
+		if pfx.Addr().Is4In6() {
+			return e, fmt.Errorf("%q: write IPv4-mapped prefixes as plain IPv4", s)
+		}
+		if pfx.Masked() != pfx {
+			return e, fmt.Errorf("%q: %s has host bits set; did you mean %s?", s, pfx, pfx.Masked())
+		}
+		if bracketed != pfx.Addr().Is6() {
+			return e, fmt.Errorf("%q: only IPv6 goes in brackets", s)
+		}
+		e.Prefix = pfx
+		return e, nil
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		if a.Zone() != "" {
+			return e, fmt.Errorf("%q: zoned IPv6 addresses are not supported", s)
+		}
+		a = a.Unmap()
+		if bracketed != a.Is6() {
+			return e, fmt.Errorf("%q: only IPv6 goes in brackets", s)
+		}
+		e.Prefix = netip.PrefixFrom(a, a.BitLen())
+		return e, nil
+	}
+	if bracketed {
+		return e, fmt.Errorf("%q: %q is not an IPv6 address", s, host)
+	}
+	name, err := normalizeName(host)
+	if err != nil {
+		return e, fmt.Errorf("%q: %v", s, err)
+	}
+	e.Host = name
+	return e, nil
+}
+
+func parsePorts(s string) (uint16, uint16, error) {
+	a, b, isRange := strings.Cut(s, "-")
+	from, err := parsePort(a)
+	if err != nil {
+		return 0, 0, err
+	}
+	to := from
+	if isRange {
+		if to, err = parsePort(b); err != nil {
+			return 0, 0, err
+		}
+		if to < from {
+			return 0, 0, fmt.Errorf("port range %s runs backwards", s)
+		}
+	}
+	return from, to, nil
+}
+
+func parsePort(s string) (uint16, error) {
+	n, err := strconv.ParseUint(s, 10, 16)
+	if err != nil || n == 0 || (len(s) > 1 && s[0] == '0') {
+		return 0, fmt.Errorf("port %q is not a number from 1 to 65535", s)
+	}
+	return uint16(n), nil
+}
+
+var labelRE = regexp.MustCompile(`^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$`)
+
+// normalizeName lower-cases a DNS name, strips one trailing dot and checks its syntax.
+func normalizeName(h string) (string, error) {
+	if strings.Contains(h, "*") {
+		return "", fmt.Errorf("wildcard names like %q cannot be resolved; list each name", h)
+	}
+	n := strings.TrimSuffix(strings.ToLower(h), ".")
+	if n == "" || len(n) > 253 {
+		return "", fmt.Errorf("%q is not a valid host name", h)
+	}
+	labels := strings.Split(n, ".")
+	for _, l := range labels {
+		if !labelRE.MatchString(l) {
+			return "", fmt.Errorf("%q is not a valid host name (label %q)", h, l)
+		}
+	}
+	if _, err := strconv.Atoi(labels[len(labels)-1]); err == nil {
+		return "", fmt.Errorf("%q is neither an IP address nor a host name", h)
+	}
+	return n, nil
+}
