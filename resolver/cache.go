@@ -1,0 +1,337 @@
+package resolver
+
+import (
+	"net/netip"
+	"sort"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Policy holds the timing and safety knobs of the main configuration.
+type Policy struct {
+	MinTTL     time.Duration
+	MaxTTL     time.Duration
+	Linger     time.Duration
+	StaleGrace time.Duration
+	MaxAddrs   int
+}
+
+// Clamp raises a TTL to MinTTL and lowers it to MaxTTL.
+func (p Policy) Clamp(ttl time.Duration) time.Duration {
+	return min(max(ttl, p.MinTTL, time.Second), p.MaxTTL)
+}
+
+// Key is one lookup: a name and a type (A or AAAA).
+type Key struct {
+	Name string
+	Type uint16
+}
+
+func (k Key) String() string { return dns.TypeToString[k.Type] + " " + k.Name }
+
+// KeysFor returns the A and AAAA keys of a name.
+func KeysFor(name string) [2]Key {
+	return [2]Key{{name, dns.TypeA}, {name, dns.TypeAAAA}}
+}
+
+// entry is the cache's state for one Key. An address's lifetime is its own:
+// last seen + TTL + linger; a failure is not an answer and extends nothing
+// beyond stale_grace.
+type entry struct {
+	privateOK bool
+	expiry    map[netip.Addr]time.Time
+	current   map[netip.Addr]bool // in the last successful answer
+	next      time.Time           // next refresh
+	lastOK    time.Time           // zero: never answered
+	failures  int
+	lastErr   error
+	dropped   int // addresses of the last answer refused (private or over the cap)
+}
+
+// Status is what the cache knows about one Key, for reports and events.
+type Status struct {
+	Key          Key
+	Addrs        []netip.Addr
+	LastOK       time.Time
+	Failing      bool
+	ServingStale bool
+	LastErr      error
+	Dropped      int
+	Next         time.Time
+}
+
+// Cache keeps per-name state. It is not safe for concurrent use: the
+// controller's single reconcile goroutine owns it.
+type Cache struct {
+	policy Policy
+	now    func() time.Time
+	keys   map[Key]*entry
+}
+
+// NewCache returns an empty cache; now defaults to time.Now.
+func NewCache(p Policy, now func() time.Time) *Cache {
+	if now == nil {
+		now = time.Now
+	}
+	return &Cache{policy: p, now: now, keys: map[Key]*entry{}}
+}
+
+// SetPolicy replaces the timing knobs after a configuration change; it takes
+// effect at each key's next answer.
+func (c *Cache) SetPolicy(p Policy) { c.policy = p }
+
+// Sync makes the cache hold exactly the given names (value: whether private
+// answers are acceptable for it). New names are due at once; names that are
+// gone are forgotten.
+func (c *Cache) Sync(names map[string]bool) {
+	want := map[Key]bool{}
+	for n, privateOK := range names {
+		for _, k := range KeysFor(n) {
+			want[k] = true
+			e := c.keys[k]
+			if e == nil {
+				e = &entry{expiry: map[netip.Addr]time.Time{}, current: map[netip.Addr]bool{}}
+				c.keys[k] = e
+			}
+			e.privateOK = privateOK
+		}
+	}
+	for k := range c.keys {
+		if !want[k] {
+			delete(c.keys, k)
+		}
+	}
+}
+
+// Due returns the keys whose refresh time has come, sorted.
+func (c *Cache) Due() []Key {
+	now := c.now()
+	var out []Key
+	for k, e := range c.keys {
+		if !e.next.After(now) {
+			out = append(out, k)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Name != out[j].Name {
+			return out[i].Name < out[j].Name
+		}
+		return out[i].Type < out[j].Type
+	})
+	return out
+}
+
+// Change says how one observation moved a key's allowed addresses.
+type Change struct {
+	Added, Removed []netip.Addr
+	TTL            time.Duration // clamped; for failures, the retry delay
+	Dropped        int
+}
+
+// Observe records the outcome of a lookup and returns what changed in the
+// allowed addresses of that key at this moment.
+func (c *Cache) Observe(k Key, res Result, err error) Change {
+	e := c.keys[k]
+	if e == nil {
+		return Change{}
+	}
+	now := c.now()
+	before := c.valid(e, now)
+	var ch Change
+	switch {
+	case err != nil:
+		e.failures++
+		e.lastErr = err
+		ch.TTL = c.backoff(e.failures)
+		e.next = now.Add(ch.TTL)
+	case res.Negative:
+		ttl := c.policy.Clamp(res.TTL)
+		e.failures, e.lastErr, e.lastOK, e.dropped = 0, nil, now, 0
+		clear(e.current)
+		// The name empties when the negative TTL runs out.
+		for a, exp := range e.expiry {
+			if until := now.Add(ttl); exp.After(until) {
+				e.expiry[a] = until
+			}
+		}
+		e.next = now.Add(ttl)
+		ch.TTL = ttl
+	default:
+		ttl := c.policy.Clamp(res.TTL)
+		e.failures, e.lastErr, e.lastOK = 0, nil, now
+		addrs, dropped := Filter(res.Addrs, e.privateOK, c.policy.MaxAddrs)
+		clear(e.current)
+		for _, a := range addrs {
+			e.current[a] = true
+			e.expiry[a] = now.Add(ttl + c.policy.Linger)
+		}
+		e.dropped = dropped
+		e.next = now.Add(ttl)
+		ch.TTL, ch.Dropped = ttl, dropped
+		c.capEntry(e)
+	}
+	c.gc(e, now)
+	after := c.valid(e, now)
+	ch.Added, ch.Removed = diffAddrs(before, after)
+	return ch
+}
+
+// capEntry bounds the addresses a key accumulates (round-robin answers add up
+// over their lifetimes): the current answer is kept, then the longest-lived.
+func (c *Cache) capEntry(e *entry) {
+	max := c.policy.MaxAddrs
+	if max <= 0 || len(e.expiry) <= max {
+		return
+	}
+	all := make([]netip.Addr, 0, len(e.expiry))
+	for a := range e.expiry {
+		all = append(all, a)
+	}
+	sort.Slice(all, func(i, j int) bool {
+		ci, cj := e.current[all[i]], e.current[all[j]]
+		if ci != cj {
+			return ci
+		}
+		if !e.expiry[all[i]].Equal(e.expiry[all[j]]) {
+			return e.expiry[all[i]].After(e.expiry[all[j]])
+		}
+		return all[i].Less(all[j])
+	})
+	for _, a := range all[max:] {
+		delete(e.expiry, a)
+		delete(e.current, a)
+	}
+}
+
+func (c *Cache) backoff(failures int) time.Duration {
+	d := max(c.policy.MinTTL, time.Second)
+	for i := 1; i < failures && d < 30*time.Second; i++ {
+		d *= 2
+	}
+	return min(d, 30*time.Second)
+}
+
+// staleUntil is when last-known addresses stop being served while DNS fails.
+func (c *Cache) staleUntil(e *entry) time.Time {
+	if e.lastErr == nil || e.lastOK.IsZero() {
+		return time.Time{}
+	}
+	return e.lastOK.Add(c.policy.StaleGrace)
+}
+
+func (c *Cache) isValid(e *entry, a netip.Addr, now time.Time) bool {
+	if e.expiry[a].After(now) {
+		return true
+	}
+	return e.current[a] && c.staleUntil(e).After(now)
+}
+
+func (c *Cache) valid(e *entry, now time.Time) []netip.Addr {
+	var out []netip.Addr
+	for a := range e.expiry {
+		if c.isValid(e, a, now) {
+			out = append(out, a)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Less(out[j]) })
+	return out
+}
+
+func (c *Cache) gc(e *entry, now time.Time) {
+	for a := range e.expiry {
+		if !c.isValid(e, a, now) {
+			delete(e.expiry, a)
+			delete(e.current, a)
+		}
+	}
+}
+
+// Addrs returns the addresses a name allows now (A and AAAA), sorted.
+func (c *Cache) Addrs(name string) []netip.Addr {
+	now := c.now()
+	var out []netip.Addr
+	for _, k := range KeysFor(name) {
+		if e := c.keys[k]; e != nil {
+			out = append(out, c.valid(e, now)...)
+		}
+	}
+	return out
+}
+
+// Expire forgets addresses whose lifetime ran out and returns the keys that
+// lost any, with what they lost.
+func (c *Cache) Expire() map[Key][]netip.Addr {
+	now := c.now()
+	out := map[Key][]netip.Addr{}
+	for k, e := range c.keys {
+		var lost []netip.Addr
+		for a := range e.expiry {
+			if !c.isValid(e, a, now) {
+				lost = append(lost, a)
+				delete(e.expiry, a)
+				delete(e.current, a)
+			}
+		}
+		if len(lost) > 0 {
+			out[k] = lost
+		}
+	}
+	return out
+}
+
+// NextEvent is the earliest time at which a refresh is due or an address
+// expires; zero when the cache is empty.
+func (c *Cache) NextEvent() time.Time {
+	var t time.Time
+	earlier := func(x time.Time) {
+		if !x.IsZero() && (t.IsZero() || x.Before(t)) {
+			t = x
+		}
+	}
+	for _, e := range c.keys {
+		earlier(e.next)
+		stale := c.staleUntil(e)
+		for a, exp := range e.expiry {
+			if e.current[a] && stale.After(exp) {
+				earlier(stale)
+			} else {
+				earlier(exp)
+			}
+		}
+	}
+	return t
+}
+
+// Status reports on one key.
+func (c *Cache) Status(k Key) (Status, bool) {
+	e := c.keys[k]
+	if e == nil {
+		return Status{}, false
+	}
+	now := c.now()
+	return Status{
+		Key: k, Addrs: c.valid(e, now), LastOK: e.lastOK, Failing: e.lastErr != nil,
+		ServingStale: e.lastErr != nil && c.staleUntil(e).After(now) && len(e.current) > 0,
+		LastErr:      e.lastErr, Dropped: e.dropped, Next: e.next,
+	}, true
+}
+
+func diffAddrs(before, after []netip.Addr) (added, removed []netip.Addr) {
+	b := map[netip.Addr]bool{}
+	for _, a := range before {
+		b[a] = true
+	}
+	for _, a := range after {
+		if !b[a] {
+			added = append(added, a)
+		}
+		delete(b, a)
+	}
+	for _, a := range before {
+		if b[a] {
+			removed = append(removed, a)
+		}
+	}
+	return added, removed
+}

@@ -1,0 +1,209 @@
+package resolver
+
+import (
+	"errors"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time          { return c.t }
+func (c *clock) advance(d time.Duration) { c.t = c.t.Add(d) }
+
+var policy = Policy{MinTTL: 5 * time.Second, MaxTTL: 10 * time.Minute, Linger: time.Minute, StaleGrace: time.Hour, MaxAddrs: 4}
+
+func newTestCache(names ...string) (*Cache, *clock) {
+	clk := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	c := NewCache(policy, clk.now)
+	m := map[string]bool{}
+	for _, n := range names {
+		m[n] = false
+	}
+	c.Sync(m)
+	return c, clk
+}
+
+var kA = Key{"x.test", dns.TypeA}
+
+func ok(ttl time.Duration, ss ...string) Result { return Result{Addrs: addrs(ss...), TTL: ttl} }
+
+func same(got []netip.Addr, want ...string) bool {
+	return slices.Equal(got, addrs(want...))
+}
+
+func TestPolicyClamp(t *testing.T) {
+	for in, want := range map[time.Duration]time.Duration{
+		0:                        5 * time.Second,
+		time.Second:              5 * time.Second,
+		time.Minute:              time.Minute,
+		(1<<31 - 1) * time.Second: 10 * time.Minute,
+	} {
+		if got := policy.Clamp(in); got != want {
+			t.Errorf("Clamp(%s) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+func TestCacheLifetimes(t *testing.T) {
+	c, clk := newTestCache("x.test")
+	if due := c.Due(); len(due) != 2 {
+		t.Fatalf("new name: due = %v, want A and AAAA", due)
+	}
+	ch := c.Observe(kA, ok(30*time.Second, "192.0.2.1", "192.0.2.2"), nil)
+	if len(ch.Added) != 2 || ch.TTL != 30*time.Second {
+		t.Fatalf("first answer: %+v", ch)
+	}
+	if len(c.Due()) != 1 { // AAAA is still due
+		t.Fatalf("due after A answered = %v", c.Due())
+	}
+	// Refresh when the TTL runs out, not before.
+	clk.advance(29 * time.Second)
+	if slices.Contains(c.Due(), kA) {
+		t.Fatal("A due before its TTL ran out")
+	}
+	clk.advance(time.Second)
+	if !slices.Contains(c.Due(), kA) {
+		t.Fatal("A not due when its TTL ran out")
+	}
+	// 192.0.2.2 leaves the answers: it stays for its TTL + linger from when it was last seen.
+	ch = c.Observe(kA, ok(30*time.Second, "192.0.2.1", "192.0.2.3"), nil)
+	if !same(ch.Added, "192.0.2.3") || len(ch.Removed) != 0 {
+		t.Fatalf("answer change: %+v", ch)
+	}
+	if !same(c.Addrs("x.test"), "192.0.2.1", "192.0.2.2", "192.0.2.3") {
+		t.Fatalf("addrs = %v", c.Addrs("x.test"))
+	}
+	// Last seen at t=0, TTL 30s, linger 60s: gone at t=90s. Now t=30s.
+	if next := c.NextEvent(); !next.Equal(clk.t.Add(30 * time.Second)) {
+		t.Fatalf("NextEvent = %v, want the next refresh at +30s", next.Sub(clk.t))
+	}
+	clk.advance(59 * time.Second)
+	if lost := c.Expire(); len(lost) != 0 {
+		t.Fatalf("expired too early: %v", lost)
+	}
+	clk.advance(time.Second)
+	lost := c.Expire()
+	if !same(lost[kA], "192.0.2.2") {
+		t.Fatalf("expired = %v, want 192.0.2.2", lost)
+	}
+}
+
+func TestCacheStaleGraceThenFailClosed(t *testing.T) {
+	c, clk := newTestCache("x.test")
+	c.Observe(kA, ok(60*time.Second, "192.0.2.1"), nil)
+	clk.advance(60 * time.Second)
+	fail := errors.New("timeout")
+	ch := c.Observe(kA, Result{}, fail)
+	if len(ch.Removed) != 0 || ch.TTL != 5*time.Second {
+		t.Fatalf("first failure: %+v", ch)
+	}
+	// Far past TTL + linger, but within stale_grace: still allowed, served stale.
+	clk.advance(30 * time.Minute)
+	c.Observe(kA, Result{}, fail)
+	st, _ := c.Status(kA)
+	if !same(st.Addrs, "192.0.2.1") || !st.ServingStale || !st.Failing {
+		t.Fatalf("within stale_grace: %+v", st)
+	}
+	if lost := c.Expire(); len(lost) != 0 {
+		t.Fatalf("expired within stale_grace: %v", lost)
+	}
+	// stale_grace counts from the last successful answer (t=0).
+	if next := c.NextEvent(); next.After(clk.t.Add(30 * time.Second)) {
+		t.Fatalf("NextEvent = +%v, want the retry within the backoff", next.Sub(clk.t))
+	}
+	clk.advance(30 * time.Minute)
+	lost := c.Expire()
+	if !same(lost[kA], "192.0.2.1") {
+		t.Fatalf("after stale_grace: lost = %v", lost)
+	}
+	if len(c.Addrs("x.test")) != 0 {
+		t.Fatal("name still allows addresses after stale_grace")
+	}
+	// Backoff grows and is capped.
+	for i := 0; i < 10; i++ {
+		ch = c.Observe(kA, Result{}, fail)
+	}
+	if ch.TTL != 30*time.Second {
+		t.Fatalf("backoff = %s, want 30s cap", ch.TTL)
+	}
+}
+
+func TestCacheNeverResolvedAllowsNothing(t *testing.T) {
+	c, _ := newTestCache("x.test")
+	c.Observe(kA, Result{}, errors.New("SERVFAIL"))
+	if len(c.Addrs("x.test")) != 0 {
+		t.Fatal("a name that never resolved allows addresses")
+	}
+}
+
+func TestCacheNegativeEmptiesAfterNegativeTTL(t *testing.T) {
+	c, clk := newTestCache("x.test")
+	c.Observe(kA, ok(300*time.Second, "192.0.2.1"), nil)
+	clk.advance(300 * time.Second)
+	ch := c.Observe(kA, Result{Negative: true, NXDomain: true, TTL: 10 * time.Second}, nil)
+	if len(ch.Removed) != 0 || ch.TTL != 10*time.Second {
+		t.Fatalf("negative answer: %+v", ch)
+	}
+	clk.advance(10 * time.Second)
+	if lost := c.Expire(); !same(lost[kA], "192.0.2.1") {
+		t.Fatalf("after negative TTL: lost = %v", lost)
+	}
+}
+
+func TestCacheFiltersAndCaps(t *testing.T) {
+	c, clk := newTestCache("x.test")
+	ch := c.Observe(kA, ok(60*time.Second, "127.0.0.1", "10.0.0.1", "169.254.169.254", "0.0.0.0", "192.0.2.1", "100.64.0.1", "224.0.0.1"), nil)
+	if !same(ch.Added, "192.0.2.1") || ch.Dropped != 6 {
+		t.Fatalf("rebinding answers: %+v", ch)
+	}
+	// Round-robin subsets accumulate up to the cap; the current answer is kept.
+	clk.advance(time.Second)
+	c.Observe(kA, ok(60*time.Second, "192.0.2.2", "192.0.2.3"), nil)
+	clk.advance(time.Second)
+	c.Observe(kA, ok(60*time.Second, "192.0.2.4", "192.0.2.5"), nil)
+	got := c.Addrs("x.test")
+	if len(got) != 4 || !slices.Contains(got, netip.MustParseAddr("192.0.2.4")) || !slices.Contains(got, netip.MustParseAddr("192.0.2.5")) {
+		t.Fatalf("capped accumulation = %v", got)
+	}
+	if slices.Contains(got, netip.MustParseAddr("192.0.2.1")) {
+		t.Fatalf("the oldest address survived the cap: %v", got)
+	}
+
+	p, _ := newTestCache()
+	p.Sync(map[string]bool{"x.test": true}) // an allowlist opted in
+	ch = p.Observe(kA, ok(60*time.Second, "10.0.0.1", "127.0.0.1"), nil)
+	if len(ch.Added) != 2 {
+		t.Fatalf("opted-in private answers: %+v", ch)
+	}
+}
+
+func TestCacheSync(t *testing.T) {
+	c, _ := newTestCache("a.test", "b.test")
+	c.Observe(Key{"a.test", dns.TypeA}, ok(60*time.Second, "192.0.2.1"), nil)
+	c.Sync(map[string]bool{"b.test": false})
+	if len(c.Addrs("a.test")) != 0 {
+		t.Fatal("removed name kept addresses")
+	}
+	if c.Observe(Key{"a.test", dns.TypeA}, ok(60*time.Second, "192.0.2.1"), nil).Added != nil {
+		t.Fatal("observation of a removed name was recorded")
+	}
+}
+
+func TestInternal(t *testing.T) {
+	for _, s := range []string{"127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "::", "::1",
+		"fe80::1", "fc00::1", "fd00:ec2::254", "ff02::1", "224.0.0.251", "::ffff:127.0.0.1", "100.100.100.200", "255.255.255.255"} {
+		if !Internal(netip.MustParseAddr(s)) {
+			t.Errorf("Internal(%s) = false", s)
+		}
+	}
+	for _, s := range []string{"192.0.2.1", "198.51.100.1", "203.0.113.1", "2001:db8::1", "8.8.8.8", "2606:4700::1"} {
+		if Internal(netip.MustParseAddr(s)) {
+			t.Errorf("Internal(%s) = true", s)
+		}
+	}
+}

@@ -1,0 +1,248 @@
+// Package resolver owns egressd's DNS: a client that queries the configured
+// resolvers with github.com/miekg/dns, and a cache that turns answers, TTLs,
+// failures and time into the set of addresses each name currently allows.
+package resolver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Result is the outcome of one successful lookup of one name and type.
+type Result struct {
+	Addrs    []netip.Addr  // in answer order, deduplicated
+	TTL      time.Duration // minimum over the answer chain, CNAMEs included
+	Negative bool          // NXDOMAIN or NODATA: the name has no such addresses
+	NXDomain bool
+	Chain    []string // CNAME targets followed, in order
+}
+
+// Querier looks up one name and type. Implementations are safe for concurrent use.
+type Querier interface {
+	Query(ctx context.Context, name string, qtype uint16) (Result, error)
+}
+
+// Client queries a list of recursive resolvers, in order, failing over to the
+// next on timeout, SERVFAIL, REFUSED or a malformed reply.
+type Client struct {
+	Servers  []netip.AddrPort
+	Timeout  time.Duration // per attempt; default 2s
+	MaxChain int           // longest CNAME chain followed; default 8
+	UDPSize  uint16        // EDNS0 buffer size advertised; default 1232
+}
+
+// Errors a caller may branch on.
+var (
+	ErrChainTooLong = errors.New("CNAME chain too long or looping")
+)
+
+// RcodeError is a reply code that is neither NOERROR nor NXDOMAIN.
+type RcodeError struct {
+	Server netip.AddrPort
+	Rcode  int
+}
+
+func (e *RcodeError) Error() string {
+	return fmt.Sprintf("%s answered %s", e.Server, dns.RcodeToString[e.Rcode])
+}
+
+func (c *Client) timeout() time.Duration {
+	if c.Timeout > 0 {
+		return c.Timeout
+	}
+	return 2 * time.Second
+}
+
+// Query resolves name (A or AAAA), following CNAME chains: first within the
+// answer, then by asking again for a target the answer did not resolve.
+func (c *Client) Query(ctx context.Context, name string, qtype uint16) (Result, error) {
+	maxChain := c.MaxChain
+	if maxChain <= 0 {
+		maxChain = 8
+	}
+	var res Result
+	res.TTL = -1
+	seen := map[string]bool{}
+	cur := dns.Fqdn(strings.ToLower(name))
+	for {
+		if seen[cur] {
+			return Result{}, fmt.Errorf("%s: %w (loop at %s)", name, ErrChainTooLong, cur)
+		}
+		seen[cur] = true
+		msg, err := c.exchange(ctx, cur, qtype)
+		if err != nil {
+			return Result{}, fmt.Errorf("%s %s: %w", dns.TypeToString[qtype], name, err)
+		}
+		target, err := walk(msg, cur, qtype, &res, maxChain)
+		if err != nil {
+			return Result{}, fmt.Errorf("%s: %w", name, err)
+		}
+		if target == "" {
+			break
+		}
+		cur = target // the chain leaves the answer: ask for the rest
+	}
+	if res.TTL < 0 {
+		res.TTL = 0
+	}
+	return res, nil
+}
+
+// walk follows the CNAME chain from qname inside one reply, collecting
+// addresses and the minimum TTL into res. It returns a CNAME target to ask for
+// when the reply ends the chain without an answer for it.
+func walk(msg *dns.Msg, qname string, qtype uint16, res *Result, maxChain int) (string, error) {
+	minTTL := func(ttl uint32) {
+		d := time.Duration(ttl) * time.Second
+		if res.TTL < 0 || d < res.TTL {
+			res.TTL = d
+		}
+	}
+	if msg.Rcode == dns.RcodeNameError {
+		res.Negative, res.NXDomain = true, true
+		minTTL(negativeTTL(msg))
+		return "", nil
+	}
+	cur := qname
+	for hops := 0; ; hops++ {
+		var next string
+		found := false
+		for _, rr := range msg.Answer {
+			h := rr.Header()
+			if !strings.EqualFold(h.Name, cur) {
+				continue
+			}
+			switch v := rr.(type) {
+			case *dns.CNAME:
+				next = strings.ToLower(v.Target)
+				minTTL(h.Ttl)
+			case *dns.A:
+				if qtype == dns.TypeA {
+					if a, ok := netip.AddrFromSlice(v.A.To4()); ok {
+						res.Addrs = appendUnique(res.Addrs, a)
+						minTTL(h.Ttl)
+						found = true
+					}
+				}
+			case *dns.AAAA:
+				if qtype == dns.TypeAAAA {
+					if a, ok := netip.AddrFromSlice(v.AAAA.To16()); ok && !a.Is4In6() {
+						res.Addrs = appendUnique(res.Addrs, a)
+						minTTL(h.Ttl)
+						found = true
+					}
+				}
+			}
+		}
+		if found || next == "" {
+			if !found && len(res.Addrs) == 0 {
+				res.Negative = true // NODATA
+				minTTL(negativeTTL(msg))
+			}
+			return "", nil
+		}
+		if len(res.Chain) >= maxChain {
+			return "", ErrChainTooLong
+		}
+		for _, c := range res.Chain {
+			if c == next {
+				return "", fmt.Errorf("%w (loop at %s)", ErrChainTooLong, next)
+			}
+		}
+		res.Chain = append(res.Chain, next)
+		cur = next
+		if !hasOwner(msg, cur) {
+			return cur, nil
+		}
+	}
+}
+
+func hasOwner(msg *dns.Msg, name string) bool {
+	for _, rr := range msg.Answer {
+		if strings.EqualFold(rr.Header().Name, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// negativeTTL is how long a negative answer may be cached (RFC 2308: the
+// minimum of the SOA's TTL and its MINIMUM field); 0 when there is no SOA,
+// which the cache raises to min_ttl.
+func negativeTTL(msg *dns.Msg) uint32 {
+	for _, rr := range msg.Ns {
+		if soa, ok := rr.(*dns.SOA); ok {
+			return min(soa.Hdr.Ttl, soa.Minttl)
+		}
+	}
+	return 0
+}
+
+func appendUnique(list []netip.Addr, a netip.Addr) []netip.Addr {
+	for _, b := range list {
+		if a == b {
+			return list
+		}
+	}
+	return append(list, a)
+}
+
+// exchange asks each server in turn until one gives a usable reply.
+func (c *Client) exchange(ctx context.Context, qname string, qtype uint16) (*dns.Msg, error) {
+	if len(c.Servers) == 0 {
+		return nil, errors.New("no resolvers configured")
+	}
+	q := new(dns.Msg)
+	q.SetQuestion(qname, qtype)
+	q.RecursionDesired = true
+	size := c.UDPSize
+	if size == 0 {
+		size = 1232
+	}
+	q.SetEdns0(size, false)
+	var errs []error
+	for _, srv := range c.Servers {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		r, err := c.exchangeOne(ctx, q, srv)
+		if err == nil {
+			return r, nil
+		}
+		errs = append(errs, err)
+	}
+	return nil, errors.Join(errs...)
+}
+
+func (c *Client) exchangeOne(ctx context.Context, q *dns.Msg, srv netip.AddrPort) (*dns.Msg, error) {
+	// A fresh ID per attempt: miekg's client ignores replies whose ID differs,
+	// which is what makes a blind spoofing attempt miss.
+	q = q.Copy()
+	q.Id = dns.Id()
+	udp := &dns.Client{Net: "udp", Timeout: c.timeout(), UDPSize: 0}
+	r, _, err := udp.ExchangeContext(ctx, q, srv.String())
+	if err == nil && r.Truncated {
+		// miekg does not retry over TCP by itself; truncated answers are never used.
+		tcp := &dns.Client{Net: "tcp", Timeout: c.timeout()}
+		r, _, err = tcp.ExchangeContext(ctx, q, srv.String())
+		// A TCP answer marked truncated is as complete as 64 KiB allows; its
+		// records are real answers and the per-name cap keeps far fewer.
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", srv, err)
+	}
+	if len(r.Question) != 1 || !strings.EqualFold(r.Question[0].Name, q.Question[0].Name) ||
+		r.Question[0].Qtype != q.Question[0].Qtype || r.Question[0].Qclass != q.Question[0].Qclass {
+		return nil, fmt.Errorf("%s: reply does not match the question (ignored as a possible spoof)", srv)
+	}
+	if r.Rcode != dns.RcodeSuccess && r.Rcode != dns.RcodeNameError {
+		return nil, &RcodeError{Server: srv, Rcode: r.Rcode}
+	}
+	return r, nil
+}
