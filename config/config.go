@@ -156,7 +156,7 @@ type Config struct {
 	StaleGrace          time.Duration
 	MaxAddressesPerName int
 	DenyLog             DenyLog
-	OnExit              string // keep | remove
+	OnExit              string       // keep | remove
 	Allowlists          []*Allowlist // sorted by Name
 }
 

@@ -160,15 +160,15 @@ on_exit: remove
 	}
 
 	for in, want := range map[string]string{
-		"min_ttl: 5":                 "m.yaml:1:10: min_ttl: \"5\" is not a duration",
-		"min_ttl: 2m\nmax_ttl: 1m":   "min_ttl (2m0s) is above max_ttl (1m0s)",
-		"deny_log: {mode: syslog}":   "m.yaml:1:18: deny_log.mode",
-		"deny_log: {rate: 0/second}": "deny_log.rate",
+		"min_ttl: 5":                  "m.yaml:1:10: min_ttl: \"5\" is not a duration",
+		"min_ttl: 2m\nmax_ttl: 1m":    "min_ttl (2m0s) is above max_ttl (1m0s)",
+		"deny_log: {mode: syslog}":    "m.yaml:1:18: deny_log.mode",
+		"deny_log: {rate: 0/second}":  "deny_log.rate",
 		"deny_log: {prefix: \"a b\"}": "deny_log.prefix",
-		"resolvers: [dns.google]":    "m.yaml:1:13: resolvers:",
-		"on_exit: flush":             "on_exit",
-		"max_addresses_per_name: 0":  "max_addresses_per_name",
-		"bogus: 1":                   "unknown key \"bogus\"",
+		"resolvers: [dns.google]":     "m.yaml:1:13: resolvers:",
+		"on_exit: flush":              "on_exit",
+		"max_addresses_per_name: 0":   "max_addresses_per_name",
+		"bogus: 1":                    "unknown key \"bogus\"",
 	} {
 		if _, err := ParseMain("m.yaml", []byte(in)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("ParseMain(%q) error = %v, want %q", in, err, want)

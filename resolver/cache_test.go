@@ -38,9 +38,9 @@ func same(got []netip.Addr, want ...string) bool {
 
 func TestPolicyClamp(t *testing.T) {
 	for in, want := range map[time.Duration]time.Duration{
-		0:                        5 * time.Second,
-		time.Second:              5 * time.Second,
-		time.Minute:              time.Minute,
+		0:                         5 * time.Second,
+		time.Second:               5 * time.Second,
+		time.Minute:               time.Minute,
 		(1<<31 - 1) * time.Second: 10 * time.Minute,
 	} {
 		if got := policy.Clamp(in); got != want {

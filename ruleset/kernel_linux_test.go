@@ -1,0 +1,323 @@
+//go:build linux
+
+package ruleset
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/netns"
+	"github.com/egressd/egressd/internal/systest"
+)
+
+const (
+	uidA      = 4001 // has allowlist "a"
+	uidB      = 4002 // has allowlist "b"
+	uidNoList = 4003
+)
+
+type env struct {
+	ns *netns.NS
+	k  *Netlink
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	systest.Require(t)
+	ns, err := netns.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	var addrs []netip.Addr
+	for _, s := range []string{"192.0.2.10", "192.0.2.20", "192.0.2.53", "198.51.100.7", "2001:db8::10"} {
+		addrs = append(addrs, netip.MustParseAddr(s))
+	}
+	if err := ns.AddAddrs(addrs...); err != nil {
+		t.Fatal(err)
+	}
+	return &env{ns: ns, k: &Netlink{NetNSFd: ns.Fd()}}
+}
+
+// serveTCP accepts and closes connections on addr inside the namespace.
+func (e *env) serveTCP(t *testing.T, addr string) {
+	t.Helper()
+	ln, err := e.ns.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+}
+
+// serveUDP echoes datagrams on addr inside the namespace.
+func (e *env) serveUDP(t *testing.T, addr string) {
+	t.Helper()
+	pc, err := e.ns.ListenPacket("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from) //nolint:errcheck
+		}
+	}()
+}
+
+// tcp returns nil if uid can connect to addr, the error otherwise. A denied
+// connect must fail at once with "connection refused" (TCP reset), never hang.
+func (e *env) tcp(uid int, addr string) error {
+	start := time.Now()
+	c, err := e.ns.DialAs(uid, "tcp", addr, 2*time.Second)
+	if err == nil {
+		c.Close()
+		return nil
+	}
+	if time.Since(start) > time.Second {
+		return fmt.Errorf("slow failure (%v): %w", time.Since(start), err)
+	}
+	return err
+}
+
+// udp returns nil if uid gets an echo back from addr.
+func (e *env) udp(uid int, addr string) error {
+	c, err := e.ns.DialAs(uid, "udp", addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Second)) //nolint:errcheck
+	if _, err := c.Write([]byte("ping")); err != nil {
+		return err
+	}
+	buf := make([]byte, 16)
+	_, err = c.Read(buf)
+	return err
+}
+
+func mustAllow(t *testing.T, what string, err error) {
+	t.Helper()
+	if err != nil {
+		t.Errorf("%s: want allowed, got %v", what, err)
+	}
+}
+
+func mustRefuse(t *testing.T, what string, err error) {
+	t.Helper()
+	if err == nil {
+		t.Errorf("%s: want refused, got connected", what)
+	} else if !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, syscall.EHOSTUNREACH) && !errors.Is(err, syscall.EACCES) && !errors.Is(err, syscall.EPERM) {
+		t.Errorf("%s: want a fast rejection, got %v", what, err)
+	}
+}
+
+func basePlan() Plan {
+	return Render(Desired{
+		Allowlists: []Allowlist{
+			{Name: "a", UID: uidA, DNS: true, Elements: []Element{
+				ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443),
+				ElementFor(config.TCP, netip.MustParsePrefix("198.51.100.0/24"), 8000, 8100),
+				ElementFor(config.TCP, netip.MustParsePrefix("2001:db8::10/128"), 443, 443),
+				ElementFor(config.UDP, netip.MustParsePrefix("192.0.2.20/32"), 5353, 5353),
+			}},
+			{Name: "b", UID: uidB, Elements: []Element{
+				ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 444, 444),
+			}},
+		},
+		Resolvers: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")},
+		DenyLog:   config.Defaults().DenyLog,
+	})
+}
+
+func TestKernelEnforces(t *testing.T) {
+	e := newEnv(t)
+	for _, a := range []string{"192.0.2.10:443", "192.0.2.10:444", "198.51.100.7:8050", "198.51.100.7:8101", "[2001:db8::10]:443", "[2001:db8::10]:444", "192.0.2.53:53"} {
+		e.serveTCP(t, a)
+	}
+	e.serveUDP(t, "192.0.2.20:5353")
+	e.serveUDP(t, "192.0.2.20:5354")
+
+	// Before egressd: everything connects.
+	mustAllow(t, "no table, uidA → 192.0.2.10:444", e.tcp(uidA, "192.0.2.10:444"))
+
+	p := basePlan()
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	mustAllow(t, "uidA → allowed 192.0.2.10:443", e.tcp(uidA, "192.0.2.10:443"))
+	mustRefuse(t, "uidA → same host, other port", e.tcp(uidA, "192.0.2.10:444"))
+	mustAllow(t, "uidA → CIDR and port range", e.tcp(uidA, "198.51.100.7:8050"))
+	mustRefuse(t, "uidA → CIDR, port outside range", e.tcp(uidA, "198.51.100.7:8101"))
+	mustAllow(t, "uidA → IPv6 allowed", e.tcp(uidA, "[2001:db8::10]:443"))
+	mustRefuse(t, "uidA → IPv6 other port", e.tcp(uidA, "[2001:db8::10]:444"))
+	mustAllow(t, "uidA → resolver (dns: resolvers)", e.tcp(uidA, "192.0.2.53:53"))
+	mustAllow(t, "uidA → UDP allowed", e.udp(uidA, "192.0.2.20:5353"))
+	mustRefuse(t, "uidA → UDP other port", e.udp(uidA, "192.0.2.20:5354"))
+	mustRefuse(t, "uidB → a's destination", e.tcp(uidB, "192.0.2.10:443"))
+	mustAllow(t, "uidB → its own destination", e.tcp(uidB, "192.0.2.10:444"))
+	mustRefuse(t, "uidB → resolver (dns: none)", e.tcp(uidB, "192.0.2.53:53"))
+	mustAllow(t, "root → anything", e.tcp(0, "192.0.2.10:444"))
+	mustAllow(t, "user without allowlist → anything", e.tcp(uidNoList, "198.51.100.7:8101"))
+
+	sets, err := e.k.ReadSets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range p.Sets {
+		got := sets[name]
+		if len(got) != len(want) {
+			t.Fatalf("set %s read back %v, want %v", name, got, want)
+		}
+		for i := range got {
+			if got[i] != want[i] {
+				t.Fatalf("set %s read back %v, want %v", name, got, want)
+			}
+		}
+	}
+	users, err := e.k.ReadUsers()
+	if err != nil || users[uidA] != ChainName("a") || users[uidB] != ChainName("b") || len(users) != 2 {
+		t.Fatalf("users map = %v, %v", users, err)
+	}
+
+	// Element-only change: move a's 443 to 444 in one transaction.
+	p2 := basePlan()
+	s := p2.Sets[SetName4("a")]
+	for i := range s {
+		if s[i].PortFrom == 443 {
+			s[i].PortFrom, s[i].PortTo = 444, 444
+		}
+	}
+	sortElements(s)
+	if !SameStructure(p, p2) {
+		t.Fatal("structure changed")
+	}
+	if err := e.k.ApplyDelta(Diff(p, p2)); err != nil {
+		t.Fatal(err)
+	}
+	mustRefuse(t, "after delta: uidA → 192.0.2.10:443", e.tcp(uidA, "192.0.2.10:443"))
+	mustAllow(t, "after delta: uidA → 192.0.2.10:444", e.tcp(uidA, "192.0.2.10:444"))
+
+	// A delta whose deletion fails is refused whole: its addition is not applied.
+	bad := Delta{SetName4("a"): {
+		Del: []Element{ElementFor(config.TCP, netip.MustParsePrefix("203.0.113.99/32"), 1, 1)},
+		Add: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)},
+	}}
+	if err := e.k.ApplyDelta(bad); err == nil {
+		t.Fatal("deleting a missing element succeeded")
+	}
+	mustRefuse(t, "after failed delta: uidA → 192.0.2.10:443", e.tcp(uidA, "192.0.2.10:443"))
+
+	// A full apply replaces everything, whatever the table held.
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	mustAllow(t, "after second full apply: uidA → 192.0.2.10:443", e.tcp(uidA, "192.0.2.10:443"))
+
+	if err := e.k.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.k.Remove(); err != nil {
+		t.Fatalf("removing a missing table: %v", err)
+	}
+	if _, err := e.k.ReadSets(); !errors.Is(err, ErrNoTable) {
+		t.Fatalf("after Remove: %v", err)
+	}
+	mustAllow(t, "after Remove: uidA → 192.0.2.10:444", e.tcp(uidA, "192.0.2.10:444"))
+}
+
+// An address inside a CIDR and a range replaced by a wider one must not
+// collide: the kernel refuses overlapping elements.
+func TestKernelOverlapsNormalized(t *testing.T) {
+	e := newEnv(t)
+	e.serveTCP(t, "198.51.100.7:443")
+	p := Render(Desired{Allowlists: []Allowlist{{Name: "a", UID: uidA, Elements: []Element{
+		ElementFor(config.TCP, netip.MustParsePrefix("198.51.100.0/24"), 443, 443),
+		ElementFor(config.TCP, netip.MustParsePrefix("198.51.100.7/32"), 443, 443),
+		ElementFor(config.TCP, netip.MustParsePrefix("198.51.100.7/32"), 400, 500),
+	}}}, DenyLog: config.Defaults().DenyLog})
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	mustAllow(t, "overlapping entries", e.tcp(uidA, "198.51.100.7:443"))
+}
+
+func bigPlan(n int) Plan {
+	var als []Allowlist
+	per := n / 100
+	for i := 0; i < 100; i++ {
+		a := Allowlist{Name: fmt.Sprintf("al%03d", i), UID: uint32(10000 + i)}
+		for j := 0; j < per; j++ {
+			k := i*per + j
+			if j%2 == 0 {
+				a.Elements = append(a.Elements, ElementFor(config.TCP, netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18 + byte(k>>16), byte(k >> 8), byte(k)}), 32), 443, 443))
+			} else {
+				a.Elements = append(a.Elements, ElementFor(config.TCP, netip.PrefixFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 14: byte(k >> 8), 15: byte(k)}).Next(), 128), 443, 443))
+			}
+		}
+		als = append(als, a)
+	}
+	return Render(Desired{Allowlists: als, DenyLog: config.Defaults().DenyLog})
+}
+
+// 100,000 elements in one transaction: netlink message and buffer limits.
+func TestKernelHundredThousandElements(t *testing.T) {
+	e := newEnv(t)
+	p := bigPlan(100_000)
+	if p.Elements() != 100_000 {
+		t.Fatalf("plan has %d elements", p.Elements())
+	}
+	start := time.Now()
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("applied 100 allowlists, %d elements in one transaction in %v", p.Elements(), time.Since(start))
+	sets, err := e.k.ReadSets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, es := range sets {
+		n += len(es)
+	}
+	if n != 100_000 {
+		t.Fatalf("read back %d elements, want 100000", n)
+	}
+}
+
+// BenchmarkApplyFull measures a full apply of 100 allowlists × 1,000 elements.
+// Run: sudo go test ./ruleset -run XXX -bench ApplyFull -benchtime 5x
+func BenchmarkApplyFull100k(b *testing.B) {
+	systest.Require(b)
+	ns, err := netns.New()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ns.Close()
+	k := &Netlink{NetNSFd: ns.Fd()}
+	p := bigPlan(100_000)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := k.ApplyFull(p); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

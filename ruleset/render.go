@@ -1,0 +1,238 @@
+package ruleset
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+
+	"github.com/egressd/egressd/config"
+)
+
+// Set names inside the table. Allowlist names are validated by config.NameRE,
+// so these stay short and unambiguous.
+const (
+	UsersMap = "users"
+	DNSSet4  = "dns4"
+	DNSSet6  = "dns6"
+)
+
+// SetName4 and SetName6 name an allowlist's sets; ChainName its chain.
+func SetName4(allowlist string) string  { return "allow4_" + allowlist }
+func SetName6(allowlist string) string  { return "allow6_" + allowlist }
+func ChainName(allowlist string) string { return "allow_" + allowlist }
+
+// LogPrefix is the log prefix of an allowlist's deny rule: the configured
+// prefix, then the allowlist name, so a log reader knows which list refused.
+func LogPrefix(prefix, allowlist string) string {
+	return fmt.Sprintf("%s deny %s: ", prefix, allowlist)
+}
+
+// ChainPlan is one allowlist's chain.
+type ChainPlan struct {
+	Allowlist string
+	UID       uint32
+	DNS       bool
+}
+
+// Plan is the rendered kernel state: structure (chains, users, log) plus the
+// elements of every set, normalized so that no two elements of a set overlap
+// (the kernel's concatenated-interval sets refuse overlaps).
+type Plan struct {
+	Chains  []ChainPlan          // sorted by allowlist name
+	Sets    map[string][]Element // set name -> sorted, non-overlapping elements
+	DenyLog config.DenyLog
+}
+
+// Render computes the plan for a desired state. It is pure.
+func Render(d Desired) Plan {
+	p := Plan{Sets: map[string][]Element{}, DenyLog: d.DenyLog}
+	als := append([]Allowlist(nil), d.Allowlists...)
+	sort.Slice(als, func(i, j int) bool { return als[i].Name < als[j].Name })
+	for _, a := range als {
+		p.Chains = append(p.Chains, ChainPlan{Allowlist: a.Name, UID: a.UID, DNS: a.DNS})
+		var v4, v6 []Element
+		for _, e := range a.Elements {
+			if e.Is6() {
+				v6 = append(v6, e)
+			} else {
+				v4 = append(v4, e)
+			}
+		}
+		p.Sets[SetName4(a.Name)] = Normalize(v4)
+		p.Sets[SetName6(a.Name)] = Normalize(v6)
+	}
+	var d4, d6 []Element
+	for _, r := range d.Resolvers {
+		for _, proto := range []config.Proto{config.UDP, config.TCP} {
+			e := ElementFor(proto, netip.PrefixFrom(r.Addr(), r.Addr().BitLen()), r.Port(), r.Port())
+			if e.Is6() {
+				d6 = append(d6, e)
+			} else {
+				d4 = append(d4, e)
+			}
+		}
+	}
+	p.Sets[DNSSet4] = Normalize(d4)
+	p.Sets[DNSSet6] = Normalize(d6)
+	return p
+}
+
+// Elements counts the elements of all sets.
+func (p Plan) Elements() int {
+	n := 0
+	for _, es := range p.Sets {
+		n += len(es)
+	}
+	return n
+}
+
+type portRange struct{ from, to uint16 }
+
+type addrRange struct{ from, to netip.Addr }
+
+// Normalize rewrites elements of one family into an equivalent list in which
+// no two elements overlap: the port axis is cut at every range boundary, the
+// address ranges over each piece are merged, and pieces with equal address
+// cover are joined again. Elements that only touch are left apart, so that an
+// address added next to another changes one element, not two.
+// The cost is O(n log n) plus, per port piece, the ranges that cover it.
+func Normalize(elems []Element) []Element {
+	if len(elems) == 0 {
+		return nil
+	}
+	byProto := map[config.Proto]map[portRange][]addrRange{}
+	for _, e := range elems {
+		m := byProto[e.Proto]
+		if m == nil {
+			m = map[portRange][]addrRange{}
+			byProto[e.Proto] = m
+		}
+		pr := portRange{e.PortFrom, e.PortTo}
+		m[pr] = append(m[pr], addrRange{e.AddrFrom, e.AddrTo})
+	}
+	var out []Element
+	protos := make([]config.Proto, 0, len(byProto))
+	for p := range byProto {
+		protos = append(protos, p)
+	}
+	sort.Slice(protos, func(i, j int) bool { return protos[i] < protos[j] })
+	for _, proto := range protos {
+		out = append(out, normalizeProto(proto, byProto[proto])...)
+	}
+	sortElements(out)
+	return out
+}
+
+func normalizeProto(proto config.Proto, groups map[portRange][]addrRange) []Element {
+	var out []Element
+	if len(groups) == 1 { // the common case: every entry on one port range
+		for pr, addrs := range groups {
+			for _, ar := range mergeAddrs(addrs) {
+				out = append(out, Element{proto, ar.from, ar.to, pr.from, pr.to})
+			}
+		}
+		return out
+	}
+	// Cut the port axis at every boundary.
+	cuts := map[int]bool{}
+	for pr := range groups {
+		cuts[int(pr.from)] = true
+		cuts[int(pr.to)+1] = true
+	}
+	points := make([]int, 0, len(cuts))
+	for c := range cuts {
+		points = append(points, c)
+	}
+	sort.Ints(points)
+	ranges := make([]portRange, 0, len(groups))
+	for pr := range groups {
+		ranges = append(ranges, pr)
+	}
+	sort.Slice(ranges, func(i, j int) bool { return ranges[i].from < ranges[j].from })
+	type piece struct {
+		ports portRange
+		addrs []addrRange
+	}
+	var pieces []piece
+	for i := 0; i+1 < len(points); i++ {
+		lo, hi := points[i], points[i+1]-1
+		var cover []addrRange
+		for _, pr := range ranges {
+			if int(pr.from) > lo {
+				break
+			}
+			if int(pr.to) >= hi {
+				cover = append(cover, groups[pr]...)
+			}
+		}
+		if len(cover) == 0 {
+			continue
+		}
+		merged := mergeAddrs(cover)
+		if n := len(pieces); n > 0 && int(pieces[n-1].ports.to)+1 == lo && equalRanges(pieces[n-1].addrs, merged) {
+			pieces[n-1].ports.to = uint16(hi)
+			continue
+		}
+		pieces = append(pieces, piece{portRange{uint16(lo), uint16(hi)}, merged})
+	}
+	for _, pc := range pieces {
+		for _, ar := range pc.addrs {
+			out = append(out, Element{proto, ar.from, ar.to, pc.ports.from, pc.ports.to})
+		}
+	}
+	return out
+}
+
+// mergeAddrs sorts address ranges and merges those that overlap.
+func mergeAddrs(in []addrRange) []addrRange {
+	rs := append([]addrRange(nil), in...)
+	sort.Slice(rs, func(i, j int) bool {
+		if c := rs[i].from.Compare(rs[j].from); c != 0 {
+			return c < 0
+		}
+		return rs[i].to.Less(rs[j].to)
+	})
+	out := rs[:0]
+	for _, r := range rs {
+		if n := len(out); n > 0 && r.from.Compare(out[n-1].to) <= 0 {
+			if r.to.Compare(out[n-1].to) > 0 {
+				out[n-1].to = r.to
+			}
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func equalRanges(a, b []addrRange) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func sortElements(es []Element) {
+	sort.Slice(es, func(i, j int) bool { return lessElement(es[i], es[j]) })
+}
+
+func lessElement(a, b Element) bool {
+	if a.Proto != b.Proto {
+		return a.Proto < b.Proto
+	}
+	if c := a.AddrFrom.Compare(b.AddrFrom); c != 0 {
+		return c < 0
+	}
+	if c := a.AddrTo.Compare(b.AddrTo); c != 0 {
+		return c < 0
+	}
+	if a.PortFrom != b.PortFrom {
+		return a.PortFrom < b.PortFrom
+	}
+	return a.PortTo < b.PortTo
+}

@@ -1,0 +1,181 @@
+package ruleset
+
+import (
+	"math/rand"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/egressd/egressd/config"
+)
+
+func el(proto config.Proto, from, to string, pf, pt uint16) Element {
+	return Element{proto, netip.MustParseAddr(from), netip.MustParseAddr(to), pf, pt}
+}
+
+func TestElementFor(t *testing.T) {
+	e := ElementFor(config.TCP, netip.MustParsePrefix("198.51.100.0/24"), 8000, 8100)
+	if e != el(config.TCP, "198.51.100.0", "198.51.100.255", 8000, 8100) {
+		t.Fatalf("got %v", e)
+	}
+	e = ElementFor(config.UDP, netip.MustParsePrefix("2001:db8::/32"), 53, 53)
+	if e.AddrTo != netip.MustParseAddr("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff") || e.String() != "[2001:db8::-2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:53/udp" {
+		t.Fatalf("got %v", e)
+	}
+}
+
+func TestNormalize(t *testing.T) {
+	tcp, udp := config.TCP, config.UDP
+	tests := []struct {
+		name string
+		in   []Element
+		want []Element
+	}{
+		{"duplicate", []Element{el(tcp, "192.0.2.1", "192.0.2.1", 443, 443), el(tcp, "192.0.2.1", "192.0.2.1", 443, 443)},
+			[]Element{el(tcp, "192.0.2.1", "192.0.2.1", 443, 443)}},
+		{"address inside CIDR", []Element{el(tcp, "198.51.100.0", "198.51.100.255", 443, 443), el(tcp, "198.51.100.7", "198.51.100.7", 443, 443)},
+			[]Element{el(tcp, "198.51.100.0", "198.51.100.255", 443, 443)}},
+		{"adjacent addresses stay apart", []Element{el(tcp, "192.0.2.2", "192.0.2.2", 443, 443), el(tcp, "192.0.2.1", "192.0.2.1", 443, 443)},
+			[]Element{el(tcp, "192.0.2.1", "192.0.2.1", 443, 443), el(tcp, "192.0.2.2", "192.0.2.2", 443, 443)}},
+		{"protocols apart", []Element{el(udp, "192.0.2.1", "192.0.2.1", 53, 53), el(tcp, "192.0.2.1", "192.0.2.1", 53, 53)},
+			[]Element{el(tcp, "192.0.2.1", "192.0.2.1", 53, 53), el(udp, "192.0.2.1", "192.0.2.1", 53, 53)}},
+		{"port inside range", []Element{el(tcp, "192.0.2.1", "192.0.2.1", 8000, 8100), el(tcp, "192.0.2.1", "192.0.2.1", 8080, 8080)},
+			[]Element{el(tcp, "192.0.2.1", "192.0.2.1", 8000, 8100)}},
+		{"partial overlap on both axes", []Element{el(tcp, "192.0.2.0", "192.0.2.255", 80, 90), el(tcp, "192.0.2.5", "192.0.2.5", 85, 95)},
+			[]Element{el(tcp, "192.0.2.0", "192.0.2.255", 80, 90), el(tcp, "192.0.2.5", "192.0.2.5", 91, 95)}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Normalize(tt.in)
+			if len(got) != len(tt.want) {
+				t.Fatalf("got %v, want %v", got, tt.want)
+			}
+			for i := range got {
+				if got[i] != tt.want[i] {
+					t.Fatalf("got %v, want %v", got, tt.want)
+				}
+			}
+		})
+	}
+}
+
+// covers reports whether any element allows (proto, addr, port).
+func covers(es []Element, proto config.Proto, a netip.Addr, port uint16) bool {
+	for _, e := range es {
+		if e.Proto == proto && e.AddrFrom.Compare(a) <= 0 && a.Compare(e.AddrTo) <= 0 && e.PortFrom <= port && port <= e.PortTo {
+			return true
+		}
+	}
+	return false
+}
+
+// Normalize must allow exactly what its input allows, with no overlaps.
+func TestNormalizeEquivalentRandom(t *testing.T) {
+	rng := rand.New(rand.NewSource(1))
+	for round := 0; round < 200; round++ {
+		var in []Element
+		for i := 0; i < 1+rng.Intn(12); i++ {
+			a := byte(rng.Intn(16))
+			b := a + byte(rng.Intn(4))
+			p := uint16(1 + rng.Intn(10))
+			q := p + uint16(rng.Intn(5))
+			proto := config.TCP
+			if rng.Intn(3) == 0 {
+				proto = config.UDP
+			}
+			in = append(in, Element{proto, netip.AddrFrom4([4]byte{192, 0, 2, a}), netip.AddrFrom4([4]byte{192, 0, 2, b}), p, q})
+		}
+		out := Normalize(in)
+		for i := range out {
+			for j := i + 1; j < len(out); j++ {
+				x, y := out[i], out[j]
+				if x.Proto == y.Proto && x.AddrFrom.Compare(y.AddrTo) <= 0 && y.AddrFrom.Compare(x.AddrTo) <= 0 && x.PortFrom <= y.PortTo && y.PortFrom <= x.PortTo {
+					t.Fatalf("round %d: %v and %v overlap (input %v)", round, x, y, in)
+				}
+			}
+		}
+		for _, proto := range []config.Proto{config.TCP, config.UDP} {
+			for a := 0; a < 24; a++ {
+				for p := uint16(0); p < 18; p++ {
+					addr := netip.AddrFrom4([4]byte{192, 0, 2, byte(a)})
+					if covers(in, proto, addr, p) != covers(out, proto, addr, p) {
+						t.Fatalf("round %d: %s %v:%d differs (input %v, output %v)", round, proto, addr, p, in, out)
+					}
+				}
+			}
+		}
+	}
+}
+
+func TestRenderAndDiff(t *testing.T) {
+	d := Desired{
+		Allowlists: []Allowlist{
+			{Name: "web", UID: 1002, DNS: false, Elements: []Element{el(config.TCP, "2001:db8::1", "2001:db8::1", 443, 443)}},
+			{Name: "billing", UID: 1001, DNS: true, Elements: []Element{el(config.TCP, "192.0.2.1", "192.0.2.1", 3306, 3306)}},
+		},
+		Resolvers: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")},
+		DenyLog:   config.Defaults().DenyLog,
+	}
+	p := Render(d)
+	if len(p.Chains) != 2 || p.Chains[0].Allowlist != "billing" || p.Chains[1].UID != 1002 {
+		t.Fatalf("chains = %+v", p.Chains)
+	}
+	if len(p.Sets[SetName4("billing")]) != 1 || len(p.Sets[SetName6("web")]) != 1 || len(p.Sets[DNSSet4]) != 2 || len(p.Sets[DNSSet6]) != 0 {
+		t.Fatalf("sets = %v", p.Sets)
+	}
+	if p.Elements() != 4 {
+		t.Fatalf("Elements() = %d", p.Elements())
+	}
+
+	d2 := d
+	d2.Allowlists = []Allowlist{d.Allowlists[0], {Name: "billing", UID: 1001, DNS: true, Elements: []Element{el(config.TCP, "192.0.2.2", "192.0.2.2", 3306, 3306)}}}
+	p2 := Render(d2)
+	if !SameStructure(p, p2) {
+		t.Fatal("element-only change reported as structural")
+	}
+	delta := Diff(p, p2)
+	sd := delta[SetName4("billing")]
+	if len(delta) != 1 || len(sd.Add) != 1 || len(sd.Del) != 1 || sd.Add[0].AddrFrom.String() != "192.0.2.2" {
+		t.Fatalf("delta = %+v", delta)
+	}
+	var f Fake
+	if err := f.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.ApplyDelta(delta); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.Plan.Sets[SetName4("billing")]; len(got) != 1 || got[0] != p2.Sets[SetName4("billing")][0] {
+		t.Fatalf("fake after delta = %v", got)
+	}
+
+	d3 := d2
+	d3.Allowlists = d2.Allowlists[:1]
+	if SameStructure(p2, Render(d3)) {
+		t.Fatal("removing an allowlist reported as element-only")
+	}
+	d4 := d2
+	d4.DenyLog.Mode = config.LogKernel
+	if SameStructure(p2, Render(d4)) {
+		t.Fatal("changing the log mode reported as element-only")
+	}
+	if !strings.Contains(LogPrefix("egressd", "billing"), "billing") {
+		t.Fatal("log prefix lacks the allowlist name")
+	}
+}
+
+func BenchmarkRender100k(b *testing.B) {
+	var als []Allowlist
+	for i := 0; i < 100; i++ {
+		a := Allowlist{Name: "al" + string(rune('a'+i%26)) + string(rune('a'+i/26)), UID: uint32(2000 + i)}
+		for j := 0; j < 1000; j++ {
+			n := i*1000 + j
+			a.Elements = append(a.Elements, ElementFor(config.TCP, netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(n >> 8), byte(n)}), 32), 443, 443))
+		}
+		als = append(als, a)
+	}
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		Render(Desired{Allowlists: als})
+	}
+}
