@@ -1,0 +1,253 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/egressd/egressd/internal/dnstest"
+	"github.com/egressd/egressd/internal/netns"
+)
+
+// The demo's world: every address is a documentation address bound to the
+// loopback interface of a namespace that exists only while the demo runs.
+const (
+	demoUIDBilling = 64001
+	demoUIDWeb     = 64002
+	demoUIDOther   = 64003
+)
+
+var demoAddrs = []string{"192.0.2.53", "192.0.2.10", "192.0.2.11", "198.51.100.20", "2001:db8::10"}
+
+const demoMain = `# egressd demo: main configuration
+resolvers: ["192.0.2.53:53"]
+min_ttl: 1s
+linger: 4s
+deny_log: { mode: nflog, group: 100, rate: 10/second, prefix: "egressd" }
+on_exit: keep
+`
+
+const demoBilling = `# The billing service may reach its payment API (by name), nothing else.
+user: 64001
+allow:
+  - api.payments.example:443
+dns: resolvers
+`
+
+const demoWeb = `# The web service may reach one CDN range on 443; no DNS at all.
+user: 64002
+allow:
+  - 198.51.100.0/24:443
+dns: none
+`
+
+func cmdDemo(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		fmt.Fprintln(stderr, "egressd demo takes no arguments")
+		return 2
+	}
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(stderr, "egressd demo: needs root to create a network namespace and an nftables table inside it (the host's firewall is not touched)")
+		return 2
+	}
+	if err := demo(stdout); err != nil {
+		fmt.Fprintln(stderr, "egressd demo:", err)
+		return 1
+	}
+	return 0
+}
+
+func demo(out io.Writer) error {
+	say := func(format string, a ...any) { fmt.Fprintf(out, format+"\n", a...) }
+	ns, err := netns.New()
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	var addrs []netip.Addr
+	for _, a := range demoAddrs {
+		addrs = append(addrs, netip.MustParseAddr(a))
+	}
+	if err := ns.AddAddrs(addrs...); err != nil {
+		return err
+	}
+	say("▶ created a throwaway network namespace with %s on its loopback", strings.Join(demoAddrs, ", "))
+
+	// The demo's own DNS server, inside the namespace.
+	var pc net.PacketConn
+	var ln net.Listener
+	if err := ns.Do(func() error {
+		var err error
+		if pc, err = net.ListenPacket("udp", "192.0.2.53:53"); err != nil {
+			return err
+		}
+		ln, err = net.Listen("tcp", "192.0.2.53:53")
+		return err
+	}); err != nil {
+		return fmt.Errorf("start DNS server: %w", err)
+	}
+	dnsSrv := dnstest.Start(pc, ln)
+	defer dnsSrv.Close()
+	dnsSrv.Set("api.payments.example", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.10")}, AAAA: []netip.Addr{netip.MustParseAddr("2001:db8::10")}, TTL: 2})
+	say("▶ DNS server on 192.0.2.53:53: api.payments.example → 192.0.2.10, 2001:db8::10 (TTL 2s)")
+
+	// Example services.
+	for _, a := range []string{"192.0.2.10:443", "192.0.2.10:8080", "192.0.2.11:443", "198.51.100.20:443", "198.51.100.20:4444", "[2001:db8::10]:443"} {
+		l, err := ns.Listen("tcp", a)
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		go acceptAll(l)
+	}
+	say("▶ example services listening on 192.0.2.10:443, :8080, 192.0.2.11:443, 198.51.100.20:443, :4444, [2001:db8::10]:443")
+
+	dir, err := os.MkdirTemp("", "egressd-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	files := map[string]string{"egressd.yaml": demoMain, "allow.d/billing.yaml": demoBilling, "allow.d/web.yaml": demoWeb}
+	for name, body := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			return err
+		}
+	}
+	say("▶ configuration in %s:", dir)
+	for _, name := range []string{"allow.d/billing.yaml", "allow.d/web.yaml"} {
+		say("  ── %s\n%s", name, indent(files[name]))
+	}
+
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(self, "run", "--config", filepath.Join(dir, "egressd.yaml"))
+	logs, err := cmd.StderrPipe()
+	if err != nil {
+		return err
+	}
+	if err := ns.Start(cmd); err != nil {
+		return fmt.Errorf("start daemon: %w", err)
+	}
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM) //nolint:errcheck
+		cmd.Wait()                          //nolint:errcheck
+	}()
+	events := make(chan map[string]any, 100)
+	go func() {
+		sc := bufio.NewScanner(logs)
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) == nil {
+				fmt.Fprintf(out, "  daemon │ %s\n", sc.Text())
+				select {
+				case events <- m:
+				default:
+				}
+			}
+		}
+		close(events)
+	}()
+	say("▶ started the real daemon inside the namespace: egressd run --config %s/egressd.yaml", dir)
+	if err := waitEvent(events, "started", 10*time.Second); err != nil {
+		return err
+	}
+	time.Sleep(200 * time.Millisecond)
+
+	probe := func(uid int, who, addr string) {
+		start := time.Now()
+		c, err := ns.DialAs(uid, "tcp", addr, 2*time.Second)
+		verdict := "ALLOWED"
+		if err == nil {
+			c.Close()
+		} else {
+			verdict = "DENIED  (" + shortErr(err) + ")"
+		}
+		say("  %-26s → %-22s %s in %v", who, addr, verdict, time.Since(start).Round(10*time.Microsecond))
+	}
+	say("\n▶ connections as each service user:")
+	probe(demoUIDBilling, "billing (uid 64001)", "192.0.2.10:443")
+	probe(demoUIDBilling, "billing (uid 64001)", "[2001:db8::10]:443")
+	probe(demoUIDBilling, "billing (uid 64001)", "192.0.2.10:8080")
+	probe(demoUIDBilling, "billing (uid 64001)", "198.51.100.20:4444")
+	probe(demoUIDWeb, "web (uid 64002)", "198.51.100.20:443")
+	probe(demoUIDWeb, "web (uid 64002)", "198.51.100.20:4444")
+	probe(demoUIDWeb, "web (uid 64002)", "192.0.2.10:443")
+	probe(demoUIDOther, "no allowlist (uid 64003)", "198.51.100.20:4444")
+	probe(0, "root", "198.51.100.20:4444")
+
+	say("\n▶ DNS change: api.payments.example now answers 192.0.2.11 (was 192.0.2.10)")
+	dnsSrv.Set("api.payments.example", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.11")}, AAAA: []netip.Addr{netip.MustParseAddr("2001:db8::10")}, TTL: 2})
+	if err := waitEvent(events, "ruleset_applied", 10*time.Second); err != nil {
+		return err
+	}
+	time.Sleep(100 * time.Millisecond)
+	say("  after the TTL ran out:")
+	probe(demoUIDBilling, "billing (uid 64001)", "192.0.2.11:443")
+	probe(demoUIDBilling, "billing (uid 64001)", "192.0.2.10:443")
+	say("  (the old address lingers for TTL + linger, so connections in flight to it are not cut)")
+	say("  waiting for the linger of 192.0.2.10 to run out…")
+	if err := waitEvent(events, "ruleset_applied", 15*time.Second); err != nil {
+		return err
+	}
+	time.Sleep(100 * time.Millisecond)
+	probe(demoUIDBilling, "billing (uid 64001)", "192.0.2.10:443")
+	probe(demoUIDBilling, "billing (uid 64001)", "192.0.2.11:443")
+	say("\n▶ done: stopping the daemon and deleting the namespace (its table goes with it)")
+	return nil
+}
+
+func acceptAll(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		c.Close()
+	}
+}
+
+func waitEvent(events <-chan map[string]any, name string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	for {
+		select {
+		case m, ok := <-events:
+			if !ok {
+				return fmt.Errorf("the daemon exited before %q", name)
+			}
+			if m["event"] == name {
+				return nil
+			}
+		case <-ctx.Done():
+			return fmt.Errorf("no %q event within %v", name, timeout)
+		}
+	}
+}
+
+func shortErr(err error) string {
+	s := err.Error()
+	if i := strings.LastIndex(s, ": "); i >= 0 {
+		s = s[i+2:]
+	}
+	return s
+}
+
+func indent(s string) string {
+	return "     " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n     ")
+}

@@ -1,0 +1,222 @@
+// Command egressd limits where each service user may connect out to.
+// This file holds flags and wiring only; the logic lives in packages.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/controller"
+	"github.com/egressd/egressd/ruleset"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// version is set at build time: -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+const usage = `NAME
+    egressd - per-service egress allowlists, kept current from DNS, enforced by nftables
+
+SYNOPSIS
+    egressd run [--config FILE] [--once] [--log-level LEVEL]
+    egressd remove
+    egressd demo
+    egressd version
+    egressd help
+
+DESCRIPTION
+    For each protected service user, egressd allows outgoing connections to
+    the host:port destinations of that user's allowlist, and logs, then
+    rejects, everything else that user sends. Names are resolved with
+    egressd's own DNS client, honouring TTLs, and the nftables table
+    "inet egressd" is kept current in atomic netlink transactions.
+    Users without an allowlist, and root, are not affected.
+
+COMMANDS
+    run       Run the daemon in the foreground (systemd Type=notify). It
+              applies the whole ruleset, signals READY=1, then follows DNS
+              TTLs and allowlist edits. SIGHUP reloads the configuration;
+              SIGTERM stops, leaving the rules in place (on_exit: keep) or
+              removing them (on_exit: remove).
+    run --once
+              Resolve everything once, apply, exit.
+    remove    Delete the table inet egressd: every restriction is lifted.
+              For uninstalling and emergencies.
+    demo      Run the real daemon on example allowlists inside a throwaway
+              network namespace, with its own DNS server and example
+              services; prints what is allowed, what is denied and a DNS
+              change taking effect. Never touches the host's firewall.
+    version   Print version and build information.
+
+OPTIONS
+    --config FILE    Main configuration file (default /etc/egressd/egressd.yaml;
+                     when not given and missing, every key takes its default).
+    --once           With run: apply once and exit.
+    --log-level L    debug, info (default), warn or error.
+
+FILES
+    /etc/egressd/egressd.yaml        main configuration
+    /etc/egressd/allow.d/NAME.yaml   one allowlist per service user
+
+EXIT STATUS
+    run        0 on a clean stop; 1 on a runtime failure; 2 if the
+               configuration is invalid at start.
+    run --once 0 applied; 1 applied, but some names failed to resolve;
+               2 configuration invalid (nothing was changed).
+    remove     0 removed (or nothing to remove); 1 on failure.
+
+EVENTS
+    Logs are JSON lines on stderr with a stable "event" key: started,
+    config_loaded, config_rejected, resolved, resolve_failed,
+    ruleset_applied, apply_failed, user_missing, stopping.
+
+SEE ALSO
+    README.md, nft(8), systemd.exec(5)
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "run":
+		return cmdRun(args[1:], stderr)
+	case "remove":
+		return cmdRemove(args[1:], stderr)
+	case "demo":
+		return cmdDemo(args[1:], stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, versionString())
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "egressd: unknown command %q\n\n%s", args[0], usage)
+	return 2
+}
+
+func versionString() string {
+	s := "egressd " + version
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		s += " (" + bi.GoVersion
+		for _, kv := range bi.Settings {
+			if kv.Key == "vcs.revision" || kv.Key == "vcs.modified" {
+				s += ", " + kv.Key + "=" + kv.Value
+			}
+		}
+		s += ")"
+	}
+	return s
+}
+
+func newLogger(level string, w io.Writer) (*zap.Logger, error) {
+	var lvl zapcore.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %v", err)
+	}
+	enc := zap.NewProductionEncoderConfig()
+	enc.TimeKey = "ts"
+	enc.EncodeTime = zapcore.RFC3339NanoTimeEncoder
+	enc.EncodeDuration = zapcore.StringDurationEncoder
+	core := zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.Lock(zapcore.AddSync(w)), lvl)
+	return zap.New(core), nil
+}
+
+func cmdRun(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", config.DefaultPath, "main configuration file")
+	once := fs.Bool("once", false, "resolve and apply once, then exit")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	required := false
+	fs.Visit(func(f *flag.Flag) { required = required || f.Name == "config" })
+	log, err := newLogger(*level, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "egressd:", err)
+		return 2
+	}
+	defer log.Sync() //nolint:errcheck
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	ctl, err := controller.New(controller.Options{
+		ConfigPath: *cfgPath, ConfigRequired: required, Kernel: &ruleset.Netlink{}, Log: log,
+		Notify: func(s string) { daemon.SdNotify(false, s) }, //nolint:errcheck // no-op outside systemd
+	})
+	if err != nil {
+		fmt.Fprintln(stderr, "egressd:", err)
+		return 2
+	}
+	if *once {
+		failed, err := ctl.Once(ctx)
+		if err != nil {
+			log.Error("apply failed", zap.String("event", controller.EvApplyFailed), zap.Error(err))
+			return 1
+		}
+		if len(failed) > 0 {
+			return 1
+		}
+		return 0
+	}
+
+	w, err := config.NewWatcher(*cfgPath, ctl.Config().AllowDir, 200*time.Millisecond, log)
+	if err != nil {
+		log.Warn("cannot watch the configuration; reload with SIGHUP", zap.String("event", "watch_failed"), zap.Error(err))
+	} else {
+		go w.Run(ctx)
+		go func() {
+			for range w.C {
+				ctl.Reload()
+			}
+		}()
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		for range hup {
+			ctl.Reload()
+		}
+	}()
+	if err := ctl.Run(ctx); err != nil {
+		log.Error("egressd failed", zap.String("event", controller.EvApplyFailed), zap.Error(err))
+		if errors.Is(err, context.Canceled) {
+			return 0
+		}
+		return 1
+	}
+	return 0
+}
+
+func cmdRemove(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("remove", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if err := (&ruleset.Netlink{}).Remove(); err != nil {
+		fmt.Fprintln(stderr, "egressd remove:", err)
+		return 1
+	}
+	fmt.Fprintln(stderr, "egressd: table inet egressd removed; egress is no longer restricted")
+	return 0
+}

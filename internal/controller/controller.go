@@ -1,0 +1,375 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"reflect"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/resolver"
+	"github.com/egressd/egressd/ruleset"
+	"github.com/miekg/dns"
+	"go.uber.org/zap"
+)
+
+// Event names are a contract (SPEC.md "Events"): log pipelines alert on them.
+const (
+	EvStarted        = "started"
+	EvConfigLoaded   = "config_loaded"
+	EvConfigRejected = "config_rejected"
+	EvResolved       = "resolved"
+	EvResolveFailed  = "resolve_failed"
+	EvRulesetApplied = "ruleset_applied"
+	EvApplyFailed    = "apply_failed"
+	EvUserMissing    = "user_missing"
+	EvUserConflict   = "user_conflict"
+	EvStopping       = "stopping"
+)
+
+func ev(name string) zap.Field { return zap.String("event", name) }
+
+// Options wire a Controller to the world.
+type Options struct {
+	ConfigPath     string
+	ConfigRequired bool // the operator named the file: it must exist
+	Kernel         ruleset.Kernel
+	Log            *zap.Logger
+	// Users looks user names up; default config.SystemUsers.
+	Users config.UserLookup
+	// NewQuerier builds the DNS client for a configuration; default resolver.Client.
+	NewQuerier func(*config.Config) resolver.Querier
+	// Notify receives sd_notify-style state strings ("READY=1", "STATUS=…"); may be nil.
+	Notify func(state string)
+	// Concurrency bounds the DNS queries in flight; default 64.
+	Concurrency int
+	// MinInterval coalesces bursts of work: reconciles run at most this often; default 100ms.
+	MinInterval time.Duration
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// Controller is the reconcile loop. Its state is owned by the goroutine that
+// calls Run or Once.
+type Controller struct {
+	o       Options
+	cfg     *config.Config
+	querier resolver.Querier
+	cache   *resolver.Cache
+	users   Users
+
+	applied    *ruleset.Plan // what the kernel holds; nil forces a full apply
+	generation uint64
+	failures   int       // consecutive apply failures
+	retryAt    time.Time // after an apply failure
+	usersAt    time.Time // next look for missing users
+	reload     chan struct{}
+}
+
+// ErrConfig wraps a configuration that cannot be loaded at start.
+var ErrConfig = errors.New("configuration invalid")
+
+// New validates options and loads the configuration. A bad configuration at
+// start is an error wrapping ErrConfig: there is no last good one to keep.
+func New(o Options) (*Controller, error) {
+	if o.Users == nil {
+		o.Users = config.SystemUsers
+	}
+	if o.NewQuerier == nil {
+		o.NewQuerier = func(c *config.Config) resolver.Querier { return &resolver.Client{Servers: c.Resolvers} }
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 64
+	}
+	if o.MinInterval <= 0 {
+		o.MinInterval = 100 * time.Millisecond
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	c := &Controller{o: o, reload: make(chan struct{}, 1)}
+	cfg, err := config.Load(o.ConfigPath, o.ConfigRequired)
+	if err != nil {
+		c.logRejected(err)
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	c.cache = resolver.NewCache(policy(cfg), o.Now)
+	c.setConfig(cfg)
+	return c, nil
+}
+
+// Config returns the configuration in force.
+func (c *Controller) Config() *config.Config { return c.cfg }
+
+func policy(cfg *config.Config) resolver.Policy {
+	return resolver.Policy{MinTTL: cfg.MinTTL, MaxTTL: cfg.MaxTTL, Linger: cfg.Linger, StaleGrace: cfg.StaleGrace, MaxAddrs: cfg.MaxAddressesPerName}
+}
+
+func (c *Controller) setConfig(cfg *config.Config) {
+	c.cfg = cfg
+	c.querier = c.o.NewQuerier(cfg)
+	c.cache.SetPolicy(policy(cfg))
+	c.cache.Sync(CacheNames(cfg))
+	c.lookupUsers(true)
+	c.applied = nil // a configuration change rebuilds the table
+	entries := 0
+	for _, a := range cfg.Allowlists {
+		entries += len(a.Entries)
+	}
+	c.o.Log.Info("configuration loaded", ev(EvConfigLoaded), zap.String("file", cfg.File),
+		zap.String("allow_dir", cfg.AllowDir), zap.Int("allowlists", len(cfg.Allowlists)),
+		zap.Int("entries", entries), zap.Int("names", len(cfg.Names())), zap.Stringers("resolvers", cfg.Resolvers))
+}
+
+func (c *Controller) logRejected(err error) {
+	var ce config.Errors
+	if !errors.As(err, &ce) {
+		c.o.Log.Error("configuration rejected; the last good configuration stays in force", ev(EvConfigRejected), zap.Error(err))
+		return
+	}
+	for _, e := range ce {
+		c.o.Log.Error("configuration rejected; the last good configuration stays in force", ev(EvConfigRejected),
+			zap.String("file", e.Pos.File), zap.Int("line", e.Pos.Line), zap.Int("column", e.Pos.Col), zap.String("error", e.Msg))
+	}
+}
+
+// lookupUsers refreshes uids; it logs what is missing when the set of
+// missing users changed or when loud is set (a reload).
+func (c *Controller) lookupUsers(loud bool) bool {
+	u := LookupUsers(c.cfg, c.o.Users)
+	changed := !reflect.DeepEqual(u.UIDs, c.users.UIDs)
+	if loud || changed {
+		names := make([]string, 0, len(u.Missing))
+		for n := range u.Missing {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			c.o.Log.Warn("allowlist not enforced yet: its user does not exist; it will be as soon as the user appears",
+				ev(EvUserMissing), zap.String("allowlist", n), zap.Error(u.Missing[n]))
+		}
+		for _, m := range u.Conflicts {
+			c.o.Log.Error("two allowlists restrict the same uid", ev(EvUserConflict), zap.String("error", m))
+		}
+	}
+	c.users = u
+	c.usersAt = c.o.Now().Add(5 * time.Second)
+	return changed
+}
+
+// Reload asks the loop to reload the configuration (SIGHUP, file watcher).
+func (c *Controller) Reload() {
+	select {
+	case c.reload <- struct{}{}:
+	default:
+	}
+}
+
+func (c *Controller) doReload() {
+	cfg, err := config.Load(c.o.ConfigPath, c.o.ConfigRequired)
+	if err != nil {
+		c.logRejected(err)
+		return
+	}
+	if reflect.DeepEqual(cfg, c.cfg) {
+		return // an editor touched a file without changing it
+	}
+	c.setConfig(cfg)
+}
+
+// resolve queries the given keys with bounded concurrency and records the
+// outcomes in the cache. Names that fail are returned.
+func (c *Controller) resolve(ctx context.Context, keys []resolver.Key) map[string]error {
+	type outcome struct {
+		res resolver.Result
+		err error
+	}
+	out := make([]outcome, len(keys))
+	sem := make(chan struct{}, c.o.Concurrency)
+	var wg sync.WaitGroup
+	for i, k := range keys {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			res, err := c.querier.Query(qctx, k.Name, k.Type)
+			out[i] = outcome{res, err}
+		}()
+	}
+	wg.Wait()
+	failed := map[string]error{}
+	for i, k := range keys {
+		if ctx.Err() != nil {
+			break // stopping: a cancelled query is not a DNS failure
+		}
+		o := out[i]
+		ch := c.cache.Observe(k, o.res, o.err)
+		st, _ := c.cache.Status(k)
+		switch {
+		case o.err != nil:
+			failed[k.Name] = o.err
+			c.o.Log.Warn("resolution failed", ev(EvResolveFailed), zap.String("name", k.Name), zap.String("type", typeName(k)),
+				zap.Error(o.err), zap.Bool("serving_stale", st.ServingStale), zap.Int("addresses", len(st.Addrs)),
+				zap.Duration("retry_in", ch.TTL), zap.Stringers("removed", ch.Removed))
+		case len(ch.Added) > 0 || len(ch.Removed) > 0 || ch.Dropped > 0 || o.res.Negative:
+			level := c.o.Log.Info
+			if ch.Dropped > 0 {
+				level = c.o.Log.Warn
+			}
+			level("resolved", ev(EvResolved), zap.String("name", k.Name), zap.String("type", typeName(k)),
+				zap.Stringers("added", ch.Added), zap.Stringers("removed", ch.Removed),
+				zap.Duration("ttl", ch.TTL), zap.Int("dropped", ch.Dropped), zap.Bool("negative", o.res.Negative))
+		default:
+			c.o.Log.Debug("resolved, unchanged", ev(EvResolved), zap.String("name", k.Name), zap.String("type", typeName(k)), zap.Duration("ttl", ch.TTL))
+		}
+	}
+	return failed
+}
+
+func typeName(k resolver.Key) string {
+	if k.Type == dns.TypeAAAA {
+		return "AAAA"
+	}
+	return "A"
+}
+
+// sync brings the kernel to the desired state: a full rebuild when nothing
+// is known to be applied or the structure changed, else an element delta.
+func (c *Controller) sync() error {
+	if expired := c.cache.Expire(); len(expired) > 0 {
+		for k, lost := range expired {
+			c.o.Log.Info("addresses expired", ev(EvResolved), zap.String("name", k.Name), zap.String("type", typeName(k)),
+				zap.Stringers("added", []netip.Addr{}), zap.Stringers("removed", lost), zap.String("reason", "ttl+linger or stale_grace ran out"))
+		}
+	}
+	plan := ruleset.Render(BuildDesired(c.cfg, c.users, c.cache.Addrs))
+	start := time.Now()
+	var err error
+	kind := "delta"
+	var changed int
+	if c.applied == nil || !ruleset.SameStructure(*c.applied, plan) {
+		kind, changed = "full", plan.Elements()
+		err = c.o.Kernel.ApplyFull(plan)
+	} else {
+		d := ruleset.Diff(*c.applied, plan)
+		if len(d) == 0 {
+			return nil
+		}
+		changed = d.Elements()
+		err = c.o.Kernel.ApplyDelta(d)
+	}
+	if err != nil {
+		c.applied = nil // unknown kernel state: the next attempt rebuilds
+		c.failures++
+		wait := min(time.Duration(1<<min(c.failures-1, 5))*time.Second, 30*time.Second)
+		c.retryAt = c.o.Now().Add(wait)
+		c.o.Log.Error("applying the ruleset failed; the kernel keeps its previous state", ev(EvApplyFailed),
+			zap.String("kind", kind), zap.Error(err), zap.Int("failures", c.failures), zap.Duration("retry_in", wait))
+		return err
+	}
+	c.failures, c.retryAt = 0, time.Time{}
+	c.applied = &plan
+	c.generation++
+	c.o.Log.Info("ruleset applied", ev(EvRulesetApplied), zap.Uint64("generation", c.generation), zap.String("kind", kind),
+		zap.Int("elements", plan.Elements()), zap.Int("changed", changed), zap.Int("allowlists", len(plan.Chains)),
+		zap.Duration("duration", time.Since(start)))
+	c.notify(fmt.Sprintf("STATUS=enforcing %d allowlists, %d elements (generation %d)", len(plan.Chains), plan.Elements(), c.generation))
+	return nil
+}
+
+func (c *Controller) notify(s string) {
+	if c.o.Notify != nil {
+		c.o.Notify(s)
+	}
+}
+
+// Once resolves every name once and applies the result in one transaction.
+// It returns the names that failed (no addresses or a query error).
+func (c *Controller) Once(ctx context.Context) (map[string]error, error) {
+	failed := c.resolve(ctx, c.cache.Due())
+	for _, n := range c.cfg.Names() {
+		if _, bad := failed[n]; !bad && len(c.cache.Addrs(n)) == 0 {
+			failed[n] = errors.New("no addresses (NXDOMAIN, no data, or every answer refused)")
+		}
+	}
+	return failed, c.sync()
+}
+
+// Run is the daemon: first full apply, READY=1, then the loop until ctx
+// ends. On return the kernel keeps the rules unless on_exit is remove.
+func (c *Controller) Run(ctx context.Context) error {
+	failed, err := c.Once(ctx)
+	if err != nil {
+		return fmt.Errorf("first apply: %w", err)
+	}
+	c.o.Log.Info("egressd is enforcing", ev(EvStarted), zap.Int("allowlists", len(c.cfg.Allowlists)),
+		zap.Int("names", len(c.cfg.Names())), zap.Int("names_failed", len(failed)), zap.Uint64("generation", c.generation))
+	c.notify("READY=1")
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	last := c.o.Now()
+	for {
+		wait := c.nextWake().Sub(c.o.Now())
+		// Coalesce: never reconcile more often than MinInterval.
+		if since := c.o.Now().Sub(last); since+wait < c.o.MinInterval {
+			wait = c.o.MinInterval - since
+		}
+		timer.Reset(max(wait, 0))
+		select {
+		case <-ctx.Done():
+			return c.stop()
+		case <-c.reload:
+			c.doReload()
+		case <-timer.C:
+		}
+		last = c.o.Now()
+		if c.o.Now().After(c.usersAt) && c.lookupUsers(false) {
+			c.o.Log.Info("a user appeared or changed; updating", ev(EvConfigLoaded), zap.String("reason", "user lookup changed"))
+		}
+		if due := c.cache.Due(); len(due) > 0 {
+			c.resolve(ctx, due)
+		}
+		if ctx.Err() != nil {
+			return c.stop()
+		}
+		if c.retryAt.IsZero() || !c.o.Now().Before(c.retryAt) {
+			c.sync() //nolint:errcheck // logged; retried with backoff
+		}
+	}
+}
+
+func (c *Controller) nextWake() time.Time {
+	next := c.cache.NextEvent()
+	consider := func(t time.Time) {
+		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	consider(c.retryAt)
+	if len(c.users.Missing) > 0 {
+		consider(c.usersAt)
+	}
+	if next.IsZero() {
+		next = c.o.Now().Add(time.Minute)
+	}
+	return next
+}
+
+func (c *Controller) stop() error {
+	c.o.Log.Info("stopping", ev(EvStopping), zap.String("on_exit", c.cfg.OnExit))
+	c.notify("STOPPING=1")
+	if c.cfg.OnExit == "remove" {
+		if err := c.o.Kernel.Remove(); err != nil {
+			return fmt.Errorf("remove table on exit: %w", err)
+		}
+		c.o.Log.Info("table removed (on_exit: remove): egress is no longer restricted", ev(EvStopping))
+	}
+	return nil
+}

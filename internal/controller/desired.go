@@ -1,0 +1,85 @@
+// Package controller owns egressd's reconcile loop: configuration, DNS
+// refreshes, user lookups and signals only mark work as due; one goroutine
+// computes the desired state and applies it to the kernel.
+package controller
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+
+	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/resolver"
+	"github.com/egressd/egressd/ruleset"
+)
+
+// Users is the outcome of looking up every allowlist's user.
+type Users struct {
+	UIDs      map[string]uint32 // allowlist name -> uid, for users that exist
+	Missing   map[string]error  // allowlist name -> why its user is not enforced yet
+	Conflicts []string          // human-readable, one per allowlist left out
+}
+
+// LookupUsers resolves each allowlist's user. Two allowlists that turn out to
+// name the same uid (a name and its number) cannot both own it: the first by
+// name is enforced, the other is reported.
+func LookupUsers(c *config.Config, lookup config.UserLookup) Users {
+	u := Users{UIDs: map[string]uint32{}, Missing: map[string]error{}}
+	owner := map[uint32]string{}
+	for _, a := range c.Allowlists {
+		uid, err := a.UID(lookup)
+		if err != nil {
+			u.Missing[a.Name] = err
+			continue
+		}
+		if prev, ok := owner[uid]; ok {
+			u.Conflicts = append(u.Conflicts, fmt.Sprintf("%s: user %q is uid %d, which allowlist %q already restricts; only %q is enforced for it", a.File, a.User, uid, prev, prev))
+			continue
+		}
+		owner[uid] = a.Name
+		u.UIDs[a.Name] = uid
+	}
+	return u
+}
+
+// CacheNames returns the names the resolver cache must hold, each with
+// whether any allowlist that uses it accepts private answers.
+func CacheNames(c *config.Config) map[string]bool {
+	out := map[string]bool{}
+	for _, a := range c.Allowlists {
+		for _, n := range a.Names() {
+			out[n] = out[n] || a.AllowPrivateAnswers
+		}
+	}
+	return out
+}
+
+// BuildDesired computes what the kernel should hold. It is pure: addrs
+// returns the addresses a name allows now.
+func BuildDesired(c *config.Config, users Users, addrs func(name string) []netip.Addr) ruleset.Desired {
+	d := ruleset.Desired{Resolvers: c.Resolvers, DenyLog: c.DenyLog}
+	for _, a := range c.Allowlists {
+		uid, ok := users.UIDs[a.Name]
+		if !ok {
+			continue
+		}
+		al := ruleset.Allowlist{Name: a.Name, UID: uid, DNS: a.DNS == config.DNSResolvers}
+		for _, e := range a.Entries {
+			if !e.IsName() {
+				al.Elements = append(al.Elements, ruleset.ElementFor(e.Proto, e.Prefix, e.PortFrom, e.PortTo))
+				continue
+			}
+			for _, ip := range addrs(e.Host) {
+				// The cache accepted private answers if any allowlist using
+				// the name opted in; this one may not have.
+				if !a.AllowPrivateAnswers && resolver.Internal(ip) {
+					continue
+				}
+				al.Elements = append(al.Elements, ruleset.ElementFor(e.Proto, netip.PrefixFrom(ip, ip.BitLen()), e.PortFrom, e.PortTo))
+			}
+		}
+		d.Allowlists = append(d.Allowlists, al)
+	}
+	sort.Slice(d.Allowlists, func(i, j int) bool { return d.Allowlists[i].Name < d.Allowlists[j].Name })
+	return d
+}
