@@ -158,6 +158,10 @@ type Config struct {
 	DenyLog             DenyLog
 	OnExit              string       // keep | remove
 	Allowlists          []*Allowlist // sorted by Name
+	// AllowDirMissing is set when the allow directory does not exist. At start
+	// that means no allowlists; on a reload the daemon refuses it (a deleted
+	// directory must not silently lift every restriction).
+	AllowDirMissing bool
 }
 
 // Defaults returns the configuration an empty main file yields, without resolvers

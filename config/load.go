@@ -43,6 +43,10 @@ func Load(path string, required bool) (*Config, error) {
 		}
 		c.Resolvers = rs
 	}
+	if _, err := os.Stat(c.AllowDir); errors.Is(err, fs.ErrNotExist) {
+		c.AllowDirMissing = true
+		return c, nil
+	}
 	lists, err := LoadAllowDir(c.AllowDir)
 	if err != nil {
 		return nil, err

@@ -18,20 +18,25 @@ import (
 type Watcher struct {
 	mainFile string
 	allowDir string
+	extra    []string // other files whose change matters (e.g. /etc/passwd)
 	w        *fsnotify.Watcher
 	log      *zap.Logger
 	quiet    time.Duration
 	C        chan struct{} // receives one value per burst of changes
 }
 
-// NewWatcher watches mainFile's directory, allowDir and allowDir's parent.
+// NewWatcher watches mainFile's directory, allowDir and allowDir's parent,
+// and the directories of any extra files.
 // quiet is how long the files must stay still before a burst is reported.
-func NewWatcher(mainFile, allowDir string, quiet time.Duration, log *zap.Logger) (*Watcher, error) {
+func NewWatcher(mainFile, allowDir string, quiet time.Duration, log *zap.Logger, extra ...string) (*Watcher, error) {
 	fw, err := fsnotify.NewWatcher()
 	if err != nil {
 		return nil, err
 	}
 	w := &Watcher{mainFile: filepath.Clean(mainFile), allowDir: filepath.Clean(allowDir), w: fw, log: log, quiet: quiet, C: make(chan struct{}, 1)}
+	for _, f := range extra {
+		w.extra = append(w.extra, filepath.Clean(f))
+	}
 	w.addWatches()
 	return w, nil
 }
@@ -39,7 +44,11 @@ func NewWatcher(mainFile, allowDir string, quiet time.Duration, log *zap.Logger)
 // addWatches (re)adds every directory watch; adding one that exists is a no-op,
 // and a directory that does not exist yet is picked up on a later event.
 func (w *Watcher) addWatches() {
-	for _, d := range []string{filepath.Dir(w.mainFile), filepath.Dir(w.allowDir), w.allowDir} {
+	dirs := []string{filepath.Dir(w.mainFile), filepath.Dir(w.allowDir), w.allowDir}
+	for _, f := range w.extra {
+		dirs = append(dirs, filepath.Dir(f))
+	}
+	for _, d := range dirs {
 		if _, err := os.Stat(d); err != nil {
 			continue
 		}
@@ -52,6 +61,11 @@ func (w *Watcher) addWatches() {
 
 func (w *Watcher) relevant(name string) bool {
 	name = filepath.Clean(name)
+	for _, f := range w.extra {
+		if name == f {
+			return true
+		}
+	}
 	return name == w.mainFile || name == w.allowDir || filepath.Dir(name) == w.allowDir
 }
 

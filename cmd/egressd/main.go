@@ -179,7 +179,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return 0
 	}
 
-	w, err := config.NewWatcher(*cfgPath, ctl.Config().AllowDir, 200*time.Millisecond, log)
+	w, err := config.NewWatcher(*cfgPath, ctl.Config().AllowDir, 200*time.Millisecond, log, "/etc/passwd")
 	if err != nil {
 		log.Warn("cannot watch the configuration; reload with SIGHUP", zap.String("event", "watch_failed"), zap.Error(err))
 	} else {

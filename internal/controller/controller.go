@@ -97,6 +97,9 @@ func New(o Options) (*Controller, error) {
 		c.logRejected(err)
 		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
 	}
+	if cfg.AllowDirMissing {
+		o.Log.Warn("the allow directory does not exist: no allowlists, nobody is restricted", ev(EvConfigLoaded), zap.String("allow_dir", cfg.AllowDir))
+	}
 	c.cache = resolver.NewCache(policy(cfg), o.Now)
 	c.setConfig(cfg)
 	return c, nil
@@ -175,8 +178,15 @@ func (c *Controller) doReload() {
 		c.logRejected(err)
 		return
 	}
+	if cfg.AllowDirMissing && len(c.cfg.Allowlists) > 0 {
+		c.logRejected(config.Errors{{Pos: config.Pos{File: cfg.AllowDir}, Msg: "the allow directory is missing; " +
+			"keeping the last good configuration (to lift restrictions, delete the allowlist files, not the directory)"}})
+		return
+	}
 	if reflect.DeepEqual(cfg, c.cfg) {
-		return // an editor touched a file without changing it
+		// An editor touched a file without changing it, or /etc/passwd changed.
+		c.lookupUsers(false)
+		return
 	}
 	c.setConfig(cfg)
 }
