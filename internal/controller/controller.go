@@ -70,6 +70,9 @@ type Controller struct {
 	reload     chan struct{}
 }
 
+// StartDeadline bounds the first resolution of every name.
+var StartDeadline = 15 * time.Second
+
 // ErrConfig wraps a configuration that cannot be loaded at start.
 var ErrConfig = errors.New("configuration invalid")
 
@@ -216,10 +219,13 @@ func (c *Controller) resolve(ctx context.Context, keys []resolver.Key) map[strin
 	wg.Wait()
 	failed := map[string]error{}
 	for i, k := range keys {
-		if ctx.Err() != nil {
-			break // stopping: a cancelled query is not a DNS failure
-		}
 		o := out[i]
+		if o.err != nil && ctx.Err() != nil {
+			// Cancelled (stopping, or the start deadline): not a DNS
+			// failure; the key stays due and is asked again.
+			failed[k.Name] = o.err
+			continue
+		}
 		ch := c.cache.Observe(k, o.res, o.err)
 		st, _ := c.cache.Status(k)
 		switch {
@@ -303,7 +309,11 @@ func (c *Controller) notify(s string) {
 // Once resolves every name once and applies the result in one transaction.
 // It returns the names that failed (no addresses or a query error).
 func (c *Controller) Once(ctx context.Context) (map[string]error, error) {
-	failed := c.resolve(ctx, c.cache.Due())
+	// Blackholed resolvers must not hold the first apply (and READY=1) for
+	// long: names not answered by then allow nothing yet and are retried.
+	rctx, cancel := context.WithTimeout(ctx, StartDeadline)
+	failed := c.resolve(rctx, c.cache.Due())
+	cancel()
 	for _, n := range c.cfg.Names() {
 		if _, bad := failed[n]; !bad && len(c.cache.Addrs(n)) == 0 {
 			failed[n] = errors.New("no addresses (NXDOMAIN, no data, or every answer refused)")
