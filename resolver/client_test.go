@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -91,11 +92,11 @@ func TestClientFollowsChainOutsideAnswer(t *testing.T) {
 	s := startServer(t)
 	s.Set("target.example.test", dnstest.Record{A: addrs("192.0.2.7"), TTL: 30})
 	s.Set("alias.example.test", dnstest.Record{CNAME: "target.example.test", TTL: 300})
-	s.Mangle = func(m *dns.Msg) {
+	s.SetMangle(func(m *dns.Msg) {
 		if strings.HasPrefix(m.Question[0].Name, "alias") {
 			m.Answer = m.Answer[:1] // only the CNAME
 		}
-	}
+	})
 	c := &Client{Servers: []netip.AddrPort{s.Addr}}
 	r, err := c.Query(context.Background(), "alias.example.test", dns.TypeA)
 	if err != nil || len(r.Addrs) != 1 || r.TTL != 30*time.Second {
@@ -144,12 +145,12 @@ func TestClientFailover(t *testing.T) {
 func TestClientRejectsMismatchedReplies(t *testing.T) {
 	s := startServer(t)
 	s.Set("x.example.test", dnstest.Record{A: addrs("192.0.2.5"), TTL: 60})
-	s.Mangle = func(m *dns.Msg) { m.Question[0].Name = "evil.example.test." }
+	s.SetMangle(func(m *dns.Msg) { m.Question[0].Name = "evil.example.test." })
 	c := &Client{Servers: []netip.AddrPort{s.Addr}, Timeout: 300 * time.Millisecond}
 	if _, err := c.Query(context.Background(), "x.example.test", dns.TypeA); err == nil || !strings.Contains(err.Error(), "does not match") {
 		t.Fatalf("wrong question: err = %v", err)
 	}
-	s.Mangle = func(m *dns.Msg) { m.Id ^= 0x5555 }
+	s.SetMangle(func(m *dns.Msg) { m.Id ^= 0x5555 })
 	if _, err := c.Query(context.Background(), "x.example.test", dns.TypeA); err == nil {
 		t.Fatal("a reply with the wrong ID was accepted")
 	}
@@ -157,11 +158,11 @@ func TestClientRejectsMismatchedReplies(t *testing.T) {
 
 func TestClientSendsEDNS0(t *testing.T) {
 	s := startServer(t)
-	var sawEDNS bool
+	var sawEDNS atomic.Bool
 	s.Set("x.example.test", dnstest.Record{A: addrs("192.0.2.5"), TTL: 60})
-	s.Mangle = func(m *dns.Msg) { sawEDNS = m.IsEdns0() != nil } // the server echoes OPT only when asked with it
+	s.SetMangle(func(m *dns.Msg) { sawEDNS.Store(m.IsEdns0() != nil) }) // the server echoes OPT only when asked with it
 	c := &Client{Servers: []netip.AddrPort{s.Addr}}
-	if _, err := c.Query(context.Background(), "x.example.test", dns.TypeA); err != nil || !sawEDNS {
+	if _, err := c.Query(context.Background(), "x.example.test", dns.TypeA); err != nil || !sawEDNS.Load() {
 		t.Fatalf("EDNS0 not sent (err %v)", err)
 	}
 }

@@ -33,8 +33,15 @@ type Server struct {
 	perName sync.Map // name -> *atomic.Int64
 	udp     *dns.Server
 	tcp     *dns.Server
-	// Mangle, when set, may rewrite a reply before it is sent (spoofing tests).
-	Mangle func(*dns.Msg)
+	mangle  func(*dns.Msg)
+}
+
+// SetMangle installs a function that may rewrite each reply before it is
+// sent (spoofing and malformed-reply tests); nil removes it.
+func (s *Server) SetMangle(f func(*dns.Msg)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mangle = f
 }
 
 // Start serves on the given packet and stream listeners (so a caller can
@@ -170,8 +177,11 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 	} else {
 		m.Truncate(dns.MaxMsgSize) // even TCP carries at most 64 KiB
 	}
-	if s.Mangle != nil {
-		s.Mangle(m)
+	s.mu.Lock()
+	mangle := s.mangle
+	s.mu.Unlock()
+	if mangle != nil {
+		mangle(m)
 	}
 	if err := w.WriteMsg(m); err != nil {
 		fmt.Println("dnstest: write:", err)
