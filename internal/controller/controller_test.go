@@ -1,0 +1,194 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/dnstest"
+	"github.com/egressd/egressd/resolver"
+	"github.com/egressd/egressd/ruleset"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+type fixture struct {
+	dir  string
+	dns  *dnstest.Server
+	k    *ruleset.Fake
+	logs *observer.ObservedLogs
+	c    *Controller
+}
+
+func users(name string) (uint32, error) {
+	switch name {
+	case "billing":
+		return 1001, nil
+	case "billing-alias":
+		return 1001, nil
+	}
+	return 0, errors.New("no such user")
+}
+
+func newFixture(t *testing.T, files map[string]string) *fixture {
+	t.Helper()
+	f := &fixture{dir: t.TempDir(), k: &ruleset.Fake{}}
+	var err error
+	if f.dns, err = dnstest.Listen("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(f.dns.Close)
+	f.write(t, "egressd.yaml", fmt.Sprintf("resolvers: [%q]\n", f.dns.Addr.String()))
+	for name, body := range files {
+		f.write(t, name, body)
+	}
+	core, logs := observer.New(zap.DebugLevel)
+	f.logs = logs
+	f.c, err = New(Options{ConfigPath: filepath.Join(f.dir, "egressd.yaml"), ConfigRequired: true, Kernel: f.k, Log: zap.New(core), Users: users})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func (f *fixture) write(t *testing.T, name, body string) {
+	t.Helper()
+	p := filepath.Join(f.dir, name)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (f *fixture) events(name string) []observer.LoggedEntry {
+	return f.logs.FilterField(zap.String("event", name)).All()
+}
+
+func TestOnceBuildsPlan(t *testing.T) {
+	f := newFixture(t, map[string]string{
+		"allow.d/billing.yaml": "user: billing\nallow: [api.example.test:443, 198.51.100.0/24:8000-8100, rebind.example.test:443]\n",
+		"allow.d/ghost.yaml":   "user: ghost\nallow: [api.example.test:443]\n",
+	})
+	f.dns.Set("api.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.1")}, AAAA: []netip.Addr{netip.MustParseAddr("2001:db8::1")}, TTL: 60})
+	f.dns.Set("rebind.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("169.254.169.254")}, TTL: 60})
+	failed, err := f.c.Once(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(failed) != 1 || failed["rebind.example.test"] == nil {
+		t.Fatalf("failed = %v, want only the rebinding name", failed)
+	}
+	p := f.k.Plan
+	if f.k.Fulls != 1 || len(p.Chains) != 1 || p.Chains[0].UID != 1001 || !p.Chains[0].DNS {
+		t.Fatalf("plan chains = %+v (fulls %d)", p.Chains, f.k.Fulls)
+	}
+	if got := p.Sets[ruleset.SetName4("billing")]; len(got) != 2 {
+		t.Fatalf("v4 set = %v, want the name's address and the CIDR", got)
+	}
+	if got := p.Sets[ruleset.SetName6("billing")]; len(got) != 1 {
+		t.Fatalf("v6 set = %v", got)
+	}
+	if len(f.events(EvUserMissing)) != 1 {
+		t.Fatal("missing user not reported")
+	}
+	if len(f.events(EvRulesetApplied)) != 1 {
+		t.Fatal("no ruleset_applied event")
+	}
+}
+
+func TestReloadRejectsBadConfigAndKeepsState(t *testing.T) {
+	f := newFixture(t, map[string]string{"allow.d/billing.yaml": "user: billing\nallow: [192.0.2.1:443]\n"})
+	if _, err := f.c.Once(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	before := f.c.Config()
+	f.write(t, "allow.d/billing.yaml", "user: billing\nallow: [192.0.2.1:99999]\n")
+	f.c.doReload()
+	if f.c.Config() != before {
+		t.Fatal("a bad reload replaced the configuration")
+	}
+	ev := f.events(EvConfigRejected)
+	if len(ev) != 1 || ev[0].ContextMap()["line"] != int64(2) {
+		t.Fatalf("config_rejected events = %v", ev)
+	}
+	if err := f.c.sync(); err != nil || f.k.Fulls != 1 || len(f.k.Deltas) != 0 {
+		t.Fatalf("after a rejected reload the kernel changed: fulls %d deltas %d err %v", f.k.Fulls, len(f.k.Deltas), err)
+	}
+
+	// An unchanged file (an editor's touch) does not rebuild.
+	f.write(t, "allow.d/billing.yaml", "user: billing\nallow: [192.0.2.1:443]\n")
+	f.c.doReload()
+	if err := f.c.sync(); err != nil || f.k.Fulls != 1 {
+		t.Fatalf("identical reload rebuilt: fulls %d", f.k.Fulls)
+	}
+	// A real change rebuilds in full.
+	f.write(t, "allow.d/billing.yaml", "user: billing\nallow: [192.0.2.2:443]\n")
+	f.c.doReload()
+	if err := f.c.sync(); err != nil || f.k.Fulls != 2 {
+		t.Fatalf("changed reload: fulls %d, err %v", f.k.Fulls, err)
+	}
+}
+
+func TestApplyFailureForcesFullRebuild(t *testing.T) {
+	f := newFixture(t, map[string]string{"allow.d/billing.yaml": "user: billing\nallow: [api.example.test:443]\n"})
+	f.dns.Set("api.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.1")}, TTL: 60})
+	if _, err := f.c.Once(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// DNS churn is an element delta.
+	f.dns.Set("api.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.2")}, TTL: 60})
+	k := resolver.KeysFor("api.example.test")
+	f.c.resolve(context.Background(), k[:]) // as if the TTL had run out
+	f.k.Err = errors.New("netlink: boom")
+	if err := f.c.sync(); err == nil {
+		t.Fatal("sync did not report the kernel error")
+	}
+	if len(f.events(EvApplyFailed)) != 1 || f.c.retryAt.IsZero() {
+		t.Fatal("failure not logged or no retry scheduled")
+	}
+	if err := f.c.sync(); err != nil {
+		t.Fatal(err)
+	}
+	if f.k.Fulls != 2 {
+		t.Fatalf("after a failure the next apply was not a full rebuild (fulls %d)", f.k.Fulls)
+	}
+	if got := f.k.Plan.Sets[ruleset.SetName4("billing")]; len(got) != 2 {
+		t.Fatalf("set = %v, want old (lingering) and new address", got)
+	}
+}
+
+func TestLookupUsersConflict(t *testing.T) {
+	c := &config.Config{Allowlists: []*config.Allowlist{{Name: "a", User: "billing"}, {Name: "b", User: "billing-alias"}, {Name: "c", User: "1001"}}}
+	u := LookupUsers(c, users)
+	if len(u.UIDs) != 1 || u.UIDs["a"] != 1001 || len(u.Conflicts) != 2 {
+		t.Fatalf("users = %+v", u)
+	}
+}
+
+func TestRunStopsAndRemoves(t *testing.T) {
+	f := newFixture(t, map[string]string{"allow.d/billing.yaml": "user: billing\nallow: [192.0.2.1:443]\n"})
+	f.write(t, "egressd.yaml", fmt.Sprintf("resolvers: [%q]\non_exit: remove\n", f.dns.Addr.String()))
+	f.c.doReload()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- f.c.Run(ctx) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(f.events(EvStarted)) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !f.k.Removed || len(f.events(EvStopping)) == 0 {
+		t.Fatal("on_exit: remove did not remove the table")
+	}
+}
