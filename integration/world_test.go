@@ -169,19 +169,9 @@ func newWorld(t *testing.T) *world {
 		t.Fatal(err)
 	}
 	w := &world{t: t, ns: ns, dir: t.TempDir()}
-	var pc net.PacketConn
-	var ln net.Listener
-	if err := ns.Do(func() error {
-		var err error
-		if pc, err = net.ListenPacket("udp", "192.0.2.53:53"); err != nil {
-			return err
-		}
-		ln, err = net.Listen("tcp", "192.0.2.53:53")
-		return err
-	}); err != nil {
+	if w.dns, err = dnstest.ListenIn(ns.Do, "192.0.2.53:53"); err != nil {
 		t.Fatal(err)
 	}
-	w.dns = dnstest.Start(pc, ln)
 	t.Cleanup(w.dns.Close)
 	for _, a := range []string{"192.0.2.10:443", "192.0.2.10:8443", "192.0.2.11:443", "192.0.2.12:443", "198.51.100.20:443", "198.51.100.20:4444", "[2001:db8::10]:443", "[2001:db8::20]:443"} {
 		w.serveTCP(a)
@@ -192,38 +182,19 @@ func newWorld(t *testing.T) *world {
 }
 
 func (w *world) serveTCP(addr string) {
-	ln, err := w.ns.Listen("tcp", addr)
+	ln, err := w.ns.ServeTCP(addr)
 	if err != nil {
 		w.t.Fatal(err)
 	}
 	w.t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
 }
 
 func (w *world) serveUDP(addr string) {
-	pc, err := w.ns.ListenPacket("udp", addr)
+	pc, err := w.ns.ServeUDPEcho(addr)
 	if err != nil {
 		w.t.Fatal(err)
 	}
 	w.t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(buf[:n], from) //nolint:errcheck
-		}
-	}()
 }
 
 // write puts a file under the world's config directory, atomically (write

@@ -310,16 +310,25 @@ func (k *Netlink) Remove() error {
 	return nil
 }
 
-// ReadSets reads back every set of the table with its elements, through
-// netlink. A missing table gives ErrNoTable.
-func (k *Netlink) ReadSets() (map[string][]Element, error) {
+// existing opens a connection and finds the table, or returns ErrNoTable.
+func (k *Netlink) existing() (*nftables.Conn, *nftables.Table, error) {
 	c, err := k.conn()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	t, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet)
 	if err != nil || t == nil {
-		return nil, ErrNoTable
+		return nil, nil, ErrNoTable
+	}
+	return c, t, nil
+}
+
+// ReadSets reads back every set of the table with its elements, through
+// netlink. A missing table gives ErrNoTable.
+func (k *Netlink) ReadSets() (map[string][]Element, error) {
+	c, t, err := k.existing()
+	if err != nil {
+		return nil, err
 	}
 	sets, err := c.GetSets(t)
 	if err != nil {
@@ -350,13 +359,9 @@ func (k *Netlink) ReadSets() (map[string][]Element, error) {
 
 // ReadUsers reads back the uid → chain map.
 func (k *Netlink) ReadUsers() (map[uint32]string, error) {
-	c, err := k.conn()
+	c, t, err := k.existing()
 	if err != nil {
 		return nil, err
-	}
-	t, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet)
-	if err != nil || t == nil {
-		return nil, ErrNoTable
 	}
 	s, err := c.GetSetByName(t, UsersMap)
 	if err != nil {

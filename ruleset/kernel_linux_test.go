@@ -44,43 +44,24 @@ func newEnv(t *testing.T) *env {
 	return &env{ns: ns, k: &Netlink{NetNSFd: ns.Fd()}}
 }
 
-// serveTCP accepts and closes connections on addr inside the namespace.
+// serveTCP runs a TCP service on addr inside the namespace.
 func (e *env) serveTCP(t *testing.T, addr string) {
 	t.Helper()
-	ln, err := e.ns.Listen("tcp", addr)
+	ln, err := e.ns.ServeTCP(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
 }
 
-// serveUDP echoes datagrams on addr inside the namespace.
+// serveUDP runs a UDP echo service on addr inside the namespace.
 func (e *env) serveUDP(t *testing.T, addr string) {
 	t.Helper()
-	pc, err := e.ns.ListenPacket("udp", addr)
+	pc, err := e.ns.ServeUDPEcho(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(buf[:n], from) //nolint:errcheck
-		}
-	}()
 }
 
 // tcp returns nil if uid can connect to addr, the error otherwise. A denied

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -84,31 +83,21 @@ func demo(out io.Writer) error {
 	say("▶ created a throwaway network namespace with %s on its loopback", strings.Join(demoAddrs, ", "))
 
 	// The demo's own DNS server, inside the namespace.
-	var pc net.PacketConn
-	var ln net.Listener
-	if err := ns.Do(func() error {
-		var err error
-		if pc, err = net.ListenPacket("udp", "192.0.2.53:53"); err != nil {
-			return err
-		}
-		ln, err = net.Listen("tcp", "192.0.2.53:53")
-		return err
-	}); err != nil {
+	dnsSrv, err := dnstest.ListenIn(ns.Do, "192.0.2.53:53")
+	if err != nil {
 		return fmt.Errorf("start DNS server: %w", err)
 	}
-	dnsSrv := dnstest.Start(pc, ln)
 	defer dnsSrv.Close()
 	dnsSrv.Set("api.payments.example", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.10")}, AAAA: []netip.Addr{netip.MustParseAddr("2001:db8::10")}, TTL: 2})
 	say("▶ DNS server on 192.0.2.53:53: api.payments.example → 192.0.2.10, 2001:db8::10 (TTL 2s)")
 
 	// Example services.
 	for _, a := range []string{"192.0.2.10:443", "192.0.2.10:8080", "192.0.2.11:443", "198.51.100.20:443", "198.51.100.20:4444", "[2001:db8::10]:443"} {
-		l, err := ns.Listen("tcp", a)
+		l, err := ns.ServeTCP(a)
 		if err != nil {
 			return err
 		}
 		defer l.Close()
-		go acceptAll(l)
 	}
 	say("▶ example services listening on 192.0.2.10:443, :8080, 192.0.2.11:443, 198.51.100.20:443, :4444, [2001:db8::10]:443")
 
@@ -210,16 +199,6 @@ func demo(out io.Writer) error {
 	probe(demoUIDBilling, "billing (uid 64001)", "192.0.2.11:443")
 	say("\n▶ done: stopping the daemon and deleting the namespace (its table goes with it)")
 	return nil
-}
-
-func acceptAll(l net.Listener) {
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			return
-		}
-		c.Close()
-	}
 }
 
 func waitEvent(events <-chan map[string]any, name string, timeout time.Duration) error {

@@ -61,13 +61,25 @@ func Start(pc net.PacketConn, ln net.Listener) *Server {
 
 // Listen starts a server on addr ("127.0.0.1:0" picks a port; TCP gets the same port).
 func Listen(addr string) (*Server, error) {
-	pc, err := net.ListenPacket("udp", addr)
+	return ListenIn(func(f func() error) error { return f() }, addr)
+}
+
+// ListenIn is Listen with the sockets created inside do, for example a
+// network namespace's Do.
+func ListenIn(do func(func() error) error, addr string) (*Server, error) {
+	var pc net.PacketConn
+	var ln net.Listener
+	err := do(func() error {
+		var err error
+		if pc, err = net.ListenPacket("udp", addr); err != nil {
+			return err
+		}
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err != nil {
+			pc.Close()
+		}
+		return err
+	})
 	if err != nil {
-		return nil, err
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
 		return nil, err
 	}
 	return Start(pc, ln), nil

@@ -166,3 +166,42 @@ func (n *NS) ListenPacket(network, addr string) (net.PacketConn, error) {
 	})
 	return pc, err
 }
+
+// ServeTCP accepts and closes connections on addr inside the namespace until
+// the returned listener is closed: a service that a connect can reach.
+func (n *NS) ServeTCP(addr string) (net.Listener, error) {
+	ln, err := n.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return ln, nil
+}
+
+// ServeUDPEcho echoes datagrams on addr inside the namespace until the
+// returned socket is closed.
+func (n *NS) ServeUDPEcho(addr string) (net.PacketConn, error) {
+	pc, err := n.ListenPacket("udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			k, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:k], from) //nolint:errcheck
+		}
+	}()
+	return pc, nil
+}
