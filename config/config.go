@@ -143,6 +143,10 @@ type DenyLog struct {
 	Group  uint16
 	Rate   Rate
 	Prefix string
+	// Interval is the daemon's aggregation window for deny events (nflog
+	// mode): per allowlist, uid, protocol, destination and port, the first
+	// packet is an event at once, the rest one summary with a count.
+	Interval time.Duration
 }
 
 // Config is the whole, validated configuration.
@@ -157,6 +161,7 @@ type Config struct {
 	MaxAddressesPerName int
 	DenyLog             DenyLog
 	OnExit              string       // keep | remove
+	MetricsListen       string       // host:port for Prometheus metrics; empty: off
 	Allowlists          []*Allowlist // sorted by Name
 	// AllowDirMissing is set when the allow directory does not exist. At start
 	// that means no allowlists; on a reload the daemon refuses it (a deleted
@@ -174,7 +179,7 @@ func Defaults() Config {
 		Linger:              5 * time.Minute,
 		StaleGrace:          time.Hour,
 		MaxAddressesPerName: 256,
-		DenyLog:             DenyLog{Mode: LogNFLOG, Group: 100, Rate: Rate{Count: 10, Unit: "second"}, Prefix: "egressd"},
+		DenyLog:             DenyLog{Mode: LogNFLOG, Group: 100, Rate: Rate{Count: 10, Unit: "second"}, Prefix: "egressd", Interval: 10 * time.Second},
 		OnExit:              "keep",
 	}
 }

@@ -155,7 +155,7 @@ func (p *parser) sequence(v *yaml.Node, key string) []*yaml.Node {
 }
 
 var mainKeys = []string{"resolvers", "allow_dir", "min_ttl", "max_ttl", "linger", "stale_grace",
-	"max_addresses_per_name", "deny_log", "on_exit"}
+	"max_addresses_per_name", "deny_log", "on_exit", "metrics_listen"}
 
 // ParseMain parses the main configuration file. Resolvers stay empty when the
 // file does not name any; Load fills them from /etc/resolv.conf.
@@ -209,6 +209,14 @@ func ParseMain(file string, data []byte) (*Config, error) {
 				}
 			case "deny_log":
 				p.denyLog(v, &c.DenyLog)
+			case "metrics_listen":
+				if s, ok := p.scalar(v, key); ok {
+					if _, err := netip.ParseAddrPort(s); err != nil && !hostPortRE.MatchString(s) {
+						p.errorf(v, "metrics_listen: %q is not host:port (for example 127.0.0.1:9464)", s)
+						return
+					}
+					c.MetricsListen = s
+				}
 			case "on_exit":
 				if s, ok := p.scalar(v, key); ok {
 					if s != "keep" && s != "remove" {
@@ -231,14 +239,16 @@ func ParseMain(file string, data []byte) (*Config, error) {
 	return &c, nil
 }
 
+var hostPortRE = regexp.MustCompile(`^[A-Za-z0-9.-]*:[0-9]{1,5}$`)
+
 var rateRE = regexp.MustCompile(`^([0-9]+)/(second|minute|hour|day)$`)
 
 func (p *parser) denyLog(v *yaml.Node, d *DenyLog) {
 	if v.Kind != yaml.MappingNode {
-		p.errorf(v, "deny_log: expected a mapping with mode, group, rate, prefix")
+		p.errorf(v, "deny_log: expected a mapping with mode, group, rate, prefix, interval")
 		return
 	}
-	p.fields(v, []string{"mode", "group", "rate", "prefix"}, func(key string, k, v *yaml.Node) {
+	p.fields(v, []string{"mode", "group", "rate", "prefix", "interval"}, func(key string, k, v *yaml.Node) {
 		switch key {
 		case "mode":
 			if s, ok := p.scalar(v, "deny_log.mode"); ok {
@@ -265,6 +275,10 @@ func (p *parser) denyLog(v *yaml.Node, d *DenyLog) {
 					return
 				}
 				d.Rate = Rate{Count: n, Unit: m[2]}
+			}
+		case "interval":
+			if iv, ok := p.duration(v, "deny_log.interval", time.Second); ok {
+				d.Interval = iv
 			}
 		case "prefix":
 			if s, ok := p.scalar(v, "deny_log.prefix"); ok {

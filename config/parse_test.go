@@ -132,8 +132,9 @@ max_ttl: 1m
 linger: 30s
 stale_grace: 10m
 max_addresses_per_name: 16
-deny_log: { mode: kernel, group: 7, rate: 5/minute, prefix: "edeny" }
+deny_log: { mode: kernel, group: 7, rate: 5/minute, prefix: "edeny", interval: 30s }
 on_exit: remove
+metrics_listen: 127.0.0.1:9464
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -146,7 +147,7 @@ on_exit: remove
 		c.StaleGrace != 10*time.Minute || c.MaxAddressesPerName != 16 || c.OnExit != "remove" {
 		t.Fatalf("got %+v", c)
 	}
-	if c.DenyLog != (DenyLog{Mode: LogKernel, Group: 7, Rate: Rate{5, "minute"}, Prefix: "edeny"}) {
+	if c.DenyLog != (DenyLog{Mode: LogKernel, Group: 7, Rate: Rate{5, "minute"}, Prefix: "edeny", Interval: 30 * time.Second}) || c.MetricsListen != "127.0.0.1:9464" {
 		t.Fatalf("deny_log = %+v", c.DenyLog)
 	}
 

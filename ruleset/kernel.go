@@ -15,6 +15,12 @@ type Kernel interface {
 	Remove() error
 }
 
+// CounterReader is implemented by kernels that count denied packets per
+// allowlist. A full rebuild starts the counters at zero again.
+type CounterReader interface {
+	ReadDenyCounters() (map[string]uint64, error)
+}
+
 // Fake records plans for callers' unit tests. It is not a test of the kernel:
 // ruleset's system tests run against the real one.
 type Fake struct {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"syscall"
 
 	"github.com/egressd/egressd/config"
@@ -397,3 +398,36 @@ func verdictChain(b []byte) string {
 
 // ErrNoTable says the table inet egressd does not exist.
 var ErrNoTable = errors.New("table inet " + TableName + " does not exist")
+
+// ReadDenyCounters returns, per allowlist, the packets its reject rules have
+// counted since the table was last rebuilt.
+func (k *Netlink) ReadDenyCounters() (map[string]uint64, error) {
+	c, t, err := k.existing()
+	if err != nil {
+		return nil, err
+	}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("list chains: %w", err)
+	}
+	out := map[string]uint64{}
+	for _, ch := range chains {
+		if ch.Table.Name != TableName || !strings.HasPrefix(ch.Name, "allow_") {
+			continue
+		}
+		rules, err := c.GetRules(t, ch)
+		if err != nil {
+			return nil, fmt.Errorf("list rules of %s: %w", ch.Name, err)
+		}
+		var n uint64
+		for _, r := range rules {
+			for _, e := range r.Exprs {
+				if ctr, ok := e.(*expr.Counter); ok {
+					n += ctr.Packets
+				}
+			}
+		}
+		out[strings.TrimPrefix(ch.Name, "allow_")] = n
+	}
+	return out, nil
+}

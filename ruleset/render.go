@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strings"
 
 	"github.com/egressd/egressd/config"
 )
@@ -235,4 +236,15 @@ func lessElement(a, b Element) bool {
 		return a.PortFrom < b.PortFrom
 	}
 	return a.PortTo < b.PortTo
+}
+
+// AllowlistFromPrefix recovers the allowlist name from a log prefix written
+// by LogPrefix; ok is false for prefixes egressd did not write.
+func AllowlistFromPrefix(prefix string) (string, bool) {
+	i := strings.LastIndex(prefix, " deny ")
+	if i < 0 || !strings.HasSuffix(prefix, ": ") {
+		return "", false
+	}
+	name := prefix[i+len(" deny ") : len(prefix)-2]
+	return name, config.NameRE.MatchString(name)
 }

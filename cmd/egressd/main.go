@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -17,6 +18,9 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/controller"
+	"github.com/egressd/egressd/internal/deny"
+	"github.com/egressd/egressd/internal/metrics"
+	"github.com/egressd/egressd/internal/nflog"
 	"github.com/egressd/egressd/ruleset"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -159,14 +163,17 @@ func cmdRun(args []string, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	kernel := &ruleset.Netlink{}
+	m := metrics.New()
 	ctl, err := controller.New(controller.Options{
-		ConfigPath: *cfgPath, ConfigRequired: required, Kernel: &ruleset.Netlink{}, Log: log,
+		ConfigPath: *cfgPath, ConfigRequired: required, Kernel: kernel, Log: log, Metrics: m,
 		Notify: func(s string) { daemon.SdNotify(false, s) }, //nolint:errcheck // no-op outside systemd
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "egressd:", err)
 		return 2
 	}
+	m.SetDenyCounters(ctl.DeniedPackets)
 	if *once {
 		failed, err := ctl.Once(ctx)
 		if err != nil {
@@ -190,6 +197,18 @@ func cmdRun(args []string, stderr io.Writer) int {
 			}
 		}()
 	}
+	cfg := ctl.Config()
+	if cfg.DenyLog.Mode == config.LogNFLOG {
+		if l, err := nflog.Listen(cfg.DenyLog.Group, 0); err != nil {
+			log.Error("cannot read the deny log; denied connections are still rejected and counted, but not reported as events",
+				zap.String("event", "deny_log_failed"), zap.Uint16("group", cfg.DenyLog.Group), zap.Error(err))
+		} else {
+			go deny.Run(ctx, l, ctl, cfg.DenyLog.Interval, log, m)
+		}
+	}
+	if cfg.MetricsListen != "" {
+		go serveMetrics(ctx, cfg.MetricsListen, m, log)
+	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	go func() {
@@ -205,6 +224,20 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+func serveMetrics(ctx context.Context, addr string, m *metrics.Metrics, log *zap.Logger) {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", m.Handler())
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	log.Info("serving metrics", zap.String("event", "metrics_listening"), zap.String("addr", addr))
+	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Error("metrics endpoint failed; enforcement is unaffected", zap.String("event", "metrics_failed"), zap.Error(err))
+	}
 }
 
 func cmdRemove(args []string, stderr io.Writer) int {

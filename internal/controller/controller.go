@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/resolver"
 	"github.com/egressd/egressd/ruleset"
 	"github.com/miekg/dns"
@@ -51,6 +52,8 @@ type Options struct {
 	MinInterval time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// Metrics records what happens; nil records nothing.
+	Metrics *metrics.Metrics
 }
 
 // Controller is the reconcile loop. Its state is owned by the goroutine that
@@ -68,6 +71,13 @@ type Controller struct {
 	retryAt    time.Time // after an apply failure
 	usersAt    time.Time // next look for missing users
 	reload     chan struct{}
+	failing    map[resolver.Key]bool
+
+	index      nameIndex        // address -> names, for deny events
+	allowUsers usersByAllowlist // allowlist -> user, for deny events
+
+	denyMu   sync.Mutex
+	denyBase map[string]uint64 // denied packets counted before the last full rebuild
 }
 
 // StartDeadline bounds the first resolution of every name.
@@ -94,7 +104,7 @@ func New(o Options) (*Controller, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	c := &Controller{o: o, reload: make(chan struct{}, 1)}
+	c := &Controller{o: o, reload: make(chan struct{}, 1), failing: map[resolver.Key]bool{}}
 	cfg, err := config.Load(o.ConfigPath, o.ConfigRequired)
 	if err != nil {
 		c.logRejected(err)
@@ -121,10 +131,21 @@ func (c *Controller) setConfig(cfg *config.Config) {
 	c.cache.SetPolicy(policy(cfg))
 	c.cache.Sync(CacheNames(cfg))
 	c.lookupUsers(true)
-	c.applied = nil // a configuration change rebuilds the table
+	// A configuration change that only changes elements is applied as a
+	// delta like DNS churn; one that changes chains, users or logging
+	// rebuilds the table (sync compares structures). Rebuilding on every
+	// edit would reset the rate limits and counters for nothing.
 	entries := 0
+	users := map[string]string{}
 	for _, a := range cfg.Allowlists {
 		entries += len(a.Entries)
+		users[a.Name] = a.User
+	}
+	c.allowUsers.Store(&users)
+	for k := range c.failing {
+		if _, ok := c.cache.Status(k); !ok {
+			delete(c.failing, k)
+		}
 	}
 	c.o.Log.Info("configuration loaded", ev(EvConfigLoaded), zap.String("file", cfg.File),
 		zap.String("allow_dir", cfg.AllowDir), zap.Int("allowlists", len(cfg.Allowlists)),
@@ -200,6 +221,7 @@ func (c *Controller) resolve(ctx context.Context, keys []resolver.Key) map[strin
 	type outcome struct {
 		res resolver.Result
 		err error
+		dur time.Duration
 	}
 	out := make([]outcome, len(keys))
 	sem := make(chan struct{}, c.o.Concurrency)
@@ -212,8 +234,9 @@ func (c *Controller) resolve(ctx context.Context, keys []resolver.Key) map[strin
 			defer func() { <-sem }()
 			qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
+			start := time.Now()
 			res, err := c.querier.Query(qctx, k.Name, k.Type)
-			out[i] = outcome{res, err}
+			out[i] = outcome{res, err, time.Since(start)}
 		}()
 	}
 	wg.Wait()
@@ -226,8 +249,17 @@ func (c *Controller) resolve(ctx context.Context, keys []resolver.Key) map[strin
 			failed[k.Name] = o.err
 			continue
 		}
+		c.o.Metrics.Resolved(o.dur.Seconds())
 		ch := c.cache.Observe(k, o.res, o.err)
 		st, _ := c.cache.Status(k)
+		if o.err != nil {
+			c.failing[k] = true
+		} else {
+			delete(c.failing, k)
+		}
+		for _, a := range ch.Added {
+			c.index.add(a, k.Name)
+		}
 		switch {
 		case o.err != nil:
 			failed[k.Name] = o.err
@@ -246,6 +278,7 @@ func (c *Controller) resolve(ctx context.Context, keys []resolver.Key) map[strin
 			c.o.Log.Debug("resolved, unchanged", ev(EvResolved), zap.String("name", k.Name), zap.String("type", typeName(k)), zap.Duration("ttl", ch.TTL))
 		}
 	}
+	c.o.Metrics.NamesFailing(len(c.failing))
 	return failed
 }
 
@@ -272,6 +305,7 @@ func (c *Controller) sync() error {
 	var changed int
 	if c.applied == nil || !ruleset.SameStructure(*c.applied, plan) {
 		kind, changed = "full", plan.Elements()
+		c.carryDenyCounters()
 		err = c.o.Kernel.ApplyFull(plan)
 	} else {
 		d := ruleset.Diff(*c.applied, plan)
@@ -281,6 +315,7 @@ func (c *Controller) sync() error {
 		changed = d.Elements()
 		err = c.o.Kernel.ApplyDelta(d)
 	}
+	c.o.Metrics.Applied(kind, err, float64(time.Now().UnixNano())/1e9)
 	if err != nil {
 		c.applied = nil // unknown kernel state: the next attempt rebuilds
 		c.failures++
@@ -292,12 +327,64 @@ func (c *Controller) sync() error {
 	}
 	c.failures, c.retryAt = 0, time.Time{}
 	c.applied = &plan
+	sizes := map[[2]string]int{}
+	for _, ch := range plan.Chains {
+		sizes[[2]string{ch.Allowlist, "ipv4"}] = len(plan.Sets[ruleset.SetName4(ch.Allowlist)])
+		sizes[[2]string{ch.Allowlist, "ipv6"}] = len(plan.Sets[ruleset.SetName6(ch.Allowlist)])
+	}
+	c.o.Metrics.SetElements(sizes)
 	c.generation++
 	c.o.Log.Info("ruleset applied", ev(EvRulesetApplied), zap.Uint64("generation", c.generation), zap.String("kind", kind),
 		zap.Int("elements", plan.Elements()), zap.Int("changed", changed), zap.Int("allowlists", len(plan.Chains)),
 		zap.Duration("duration", time.Since(start)))
 	c.notify(fmt.Sprintf("STATUS=enforcing %d allowlists, %d elements (generation %d)", len(plan.Chains), plan.Elements(), c.generation))
 	return nil
+}
+
+// carryDenyCounters keeps denied-packet totals across a full rebuild, which
+// starts the kernel's counters at zero (and across restarts: the first
+// apply reads what the previous run left).
+func (c *Controller) carryDenyCounters() {
+	cr, ok := c.o.Kernel.(ruleset.CounterReader)
+	if !ok {
+		return
+	}
+	cur, err := cr.ReadDenyCounters()
+	if err != nil {
+		return // no table yet
+	}
+	c.denyMu.Lock()
+	defer c.denyMu.Unlock()
+	if c.denyBase == nil {
+		c.denyBase = map[string]uint64{}
+	}
+	for k, v := range cur {
+		c.denyBase[k] += v
+	}
+}
+
+// DeniedPackets returns, per allowlist, every packet rejected since egressd
+// first saw the table: the kernel's counters plus what earlier rebuilds
+// reset. Safe for concurrent use (the metrics endpoint calls it).
+func (c *Controller) DeniedPackets() (map[string]uint64, error) {
+	cr, ok := c.o.Kernel.(ruleset.CounterReader)
+	if !ok {
+		return nil, errors.New("kernel does not count")
+	}
+	cur, err := cr.ReadDenyCounters()
+	if err != nil {
+		return nil, err
+	}
+	c.denyMu.Lock()
+	defer c.denyMu.Unlock()
+	out := map[string]uint64{}
+	for k, v := range c.denyBase {
+		out[k] = v
+	}
+	for k, v := range cur {
+		out[k] += v
+	}
+	return out, nil
 }
 
 func (c *Controller) notify(s string) {

@@ -129,11 +129,17 @@ func TestReloadRejectsBadConfigAndKeepsState(t *testing.T) {
 	if err := f.c.sync(); err != nil || f.k.Fulls != 1 {
 		t.Fatalf("identical reload rebuilt: fulls %d", f.k.Fulls)
 	}
-	// A real change rebuilds in full.
+	// A change of entries only is an element delta.
 	f.write(t, "allow.d/billing.yaml", "user: billing\nallow: [192.0.2.2:443]\n")
 	f.c.doReload()
+	if err := f.c.sync(); err != nil || f.k.Fulls != 1 || len(f.k.Deltas) != 1 {
+		t.Fatalf("changed entries: fulls %d deltas %d, err %v", f.k.Fulls, len(f.k.Deltas), err)
+	}
+	// A structural change (DNS access) rebuilds in full.
+	f.write(t, "allow.d/billing.yaml", "user: billing\nallow: [192.0.2.2:443]\ndns: none\n")
+	f.c.doReload()
 	if err := f.c.sync(); err != nil || f.k.Fulls != 2 {
-		t.Fatalf("changed reload: fulls %d, err %v", f.k.Fulls, err)
+		t.Fatalf("structural change: fulls %d, err %v", f.k.Fulls, err)
 	}
 }
 

@@ -1,0 +1,159 @@
+// Package deny turns packets logged by the kernel's deny rules into bounded
+// structured events: the first packet of each (allowlist, uid, protocol,
+// destination, port) in a window is an event at once; the rest of the window
+// becomes one summary event carrying their count.
+//
+// Guarantee, per window: at most two events per key, at most MaxKeys keys,
+// and beyond that one deny_overflow event per allowlist with a count. The
+// kernel's per-allowlist rate limit (deny_log.rate) bounds the packets that
+// reach the daemon in the first place; exact per-allowlist totals come from
+// the kernel's reject counters (the egressd_denied_packets_total metric).
+package deny
+
+import (
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/nflog"
+	"github.com/egressd/egressd/ruleset"
+)
+
+// Event is one deny event, or the summary of several.
+type Event struct {
+	Allowlist string
+	User      string // as the allowlist writes it
+	UID       uint32
+	Proto     string
+	Src       netip.Addr
+	Dst       netip.Addr
+	DPort     uint16
+	Names     []string // names egressd resolves (or resolved) to Dst
+	Count     int      // packets this event stands for
+	Summary   bool     // a window's summary (the packets after the first)
+	First     time.Time
+	Last      time.Time
+}
+
+// Overflow counts packets of keys beyond MaxKeys in a window.
+type Overflow struct {
+	Allowlist string
+	Count     int
+}
+
+// Lookup gives the context a packet lacks. Implementations are safe for
+// concurrent use.
+type Lookup interface {
+	User(allowlist string) (string, bool)
+	NamesFor(a netip.Addr) []string
+}
+
+type key struct {
+	allowlist string
+	uid       uint32
+	proto     uint8
+	dst       netip.Addr
+	dport     uint16
+}
+
+type entry struct {
+	first Event
+	count int // packets after the first
+	last  time.Time
+	src   netip.Addr
+}
+
+// Aggregator is safe for concurrent use.
+type Aggregator struct {
+	MaxKeys int
+	lookup  Lookup
+	emit    func(Event)
+	over    func(Overflow)
+
+	mu       sync.Mutex
+	keys     map[key]*entry
+	overflow map[string]int
+}
+
+// New returns an aggregator that calls emit for events and over for overflow.
+func New(lookup Lookup, emit func(Event), over func(Overflow)) *Aggregator {
+	return &Aggregator{MaxKeys: 1024, lookup: lookup, emit: emit, over: over, keys: map[key]*entry{}, overflow: map[string]int{}}
+}
+
+// Add takes one logged packet. Packets whose prefix egressd did not write are
+// ignored (another tool may share the group).
+func (a *Aggregator) Add(p nflog.Packet) bool {
+	name, ok := ruleset.AllowlistFromPrefix(p.Prefix)
+	if !ok {
+		return false
+	}
+	k := key{allowlist: name, uid: p.UID, proto: p.Proto, dst: p.Dst, dport: p.DPort}
+	a.mu.Lock()
+	if e, ok := a.keys[k]; ok {
+		e.count++
+		e.last = p.Time
+		e.src = p.Src
+		a.mu.Unlock()
+		return true
+	}
+	if len(a.keys) >= a.MaxKeys {
+		a.overflow[name]++
+		a.mu.Unlock()
+		return true
+	}
+	user, _ := a.lookup.User(name)
+	ev := Event{Allowlist: name, User: user, UID: p.UID, Proto: protoName(p.Proto), Src: p.Src, Dst: p.Dst, DPort: p.DPort,
+		Names: a.lookup.NamesFor(p.Dst), Count: 1, First: p.Time, Last: p.Time}
+	a.keys[k] = &entry{first: ev, last: p.Time}
+	a.mu.Unlock()
+	a.emit(ev)
+	return true
+}
+
+// Flush ends the window: one summary per key that saw more than one packet,
+// one overflow report per allowlist that overflowed. Then a new window begins.
+func (a *Aggregator) Flush() {
+	a.mu.Lock()
+	keys, overflow := a.keys, a.overflow
+	a.keys, a.overflow = map[key]*entry{}, map[string]int{}
+	a.mu.Unlock()
+	var sums []Event
+	for _, e := range keys {
+		if e.count == 0 {
+			continue
+		}
+		s := e.first
+		s.Summary, s.Count, s.Last, s.Src = true, e.count, e.last, e.src
+		sums = append(sums, s)
+	}
+	sort.Slice(sums, func(i, j int) bool { return sums[i].First.Before(sums[j].First) })
+	for _, s := range sums {
+		a.emit(s)
+	}
+	names := make([]string, 0, len(overflow))
+	for n := range overflow {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		a.over(Overflow{Allowlist: n, Count: overflow[n]})
+	}
+}
+
+func protoName(p uint8) string {
+	switch p {
+	case uint8(config.TCP):
+		return "tcp"
+	case uint8(config.UDP):
+		return "udp"
+	case 1:
+		return "icmp"
+	case 58:
+		return "ipv6-icmp"
+	case 132:
+		return "sctp"
+	}
+	return config.Proto(p).String()
+}

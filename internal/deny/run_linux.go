@@ -1,0 +1,81 @@
+//go:build linux
+
+package deny
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/egressd/egressd/internal/metrics"
+	"github.com/egressd/egressd/internal/nflog"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// EvDeny and EvDenyOverflow are event names (SPEC.md "Events").
+const (
+	EvDeny         = "deny"
+	EvDenyOverflow = "deny_overflow"
+)
+
+// Log writes one deny event.
+func Log(log *zap.Logger, e Event) {
+	msg := "connection denied"
+	if e.Summary {
+		msg = "connections denied (summary of the window)"
+	}
+	log.Warn(msg, zap.String("event", EvDeny), zap.String("allowlist", e.Allowlist), zap.String("user", e.User),
+		zap.Uint32("uid", e.UID), zap.String("proto", e.Proto), zap.Stringer("src", e.Src), zap.Stringer("dst", e.Dst),
+		zap.Uint16("dport", e.DPort), zap.Strings("names", e.Names), zap.Int("count", e.Count), zap.Bool("summary", e.Summary),
+		zap.Time("first", e.First), zap.Time("last", e.Last))
+}
+
+// Run reads the NFLOG group until ctx ends, logging bounded deny events.
+// Enforcement never depends on it: the kernel rejects whether or not anyone
+// reads the log.
+func Run(ctx context.Context, l *nflog.Listener, lookup Lookup, interval time.Duration, log *zap.Logger, m *metrics.Metrics) {
+	agg := New(lookup, func(e Event) {
+		m.DenyEvent(e.Allowlist)
+		Log(log, e)
+	}, func(o Overflow) {
+		log.Warn("more distinct denied destinations than one window reports; counted here", zap.String("event", EvDenyOverflow),
+			zap.String("allowlist", o.Allowlist), zap.Int("count", o.Count), zap.Duration("window", interval))
+	})
+	go func() {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				agg.Flush()
+				return
+			case <-t.C:
+				agg.Flush()
+			}
+		}
+	}()
+	go func() {
+		<-ctx.Done()
+		l.Close()
+	}()
+	for {
+		ps, err := l.Read()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, unix.ENOBUFS) {
+				m.NFLOG(0, true)
+				log.Warn("deny log overrun: the kernel dropped NFLOG messages (enforcement is unaffected)", zap.String("event", EvDenyOverflow), zap.Error(err))
+				continue
+			}
+			log.Error("reading the deny log failed; deny events stop (enforcement is unaffected)", zap.String("event", "deny_log_failed"), zap.Error(err))
+			return
+		}
+		m.NFLOG(len(ps), false)
+		for _, p := range ps {
+			agg.Add(p)
+		}
+	}
+}

@@ -1,0 +1,149 @@
+// Package metrics exposes egressd's Prometheus metrics. Denied packets are
+// read from the kernel's reject counters at scrape time, so they are exact
+// even when deny events are rate-limited.
+package metrics
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics holds every metric egressd exports. A nil *Metrics is valid and
+// records nothing, so callers need no checks.
+type Metrics struct {
+	reg            *prometheus.Registry
+	applies        *prometheus.CounterVec
+	lastApply      prometheus.Gauge
+	namesFailing   prometheus.Gauge
+	setElements    *prometheus.GaugeVec
+	driftRepairs   prometheus.Counter
+	resolveSeconds prometheus.Histogram
+	denyEvents     *prometheus.CounterVec
+	nflogPackets   prometheus.Counter
+	nflogLost      prometheus.Counter
+}
+
+// DenyCounters reads the kernel's per-allowlist denied packet counters.
+type DenyCounters func() (map[string]uint64, error)
+
+// New registers the metrics. Call SetDenyCounters to export denied packets.
+func New() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		applies: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "egressd_ruleset_applies_total",
+			Help: "Netlink transactions, by kind (full, delta) and result (ok, error)."}, []string{"kind", "result"}),
+		lastApply: prometheus.NewGauge(prometheus.GaugeOpts{Name: "egressd_last_apply_success_timestamp_seconds",
+			Help: "Unix time of the last successful transaction."}),
+		namesFailing: prometheus.NewGauge(prometheus.GaugeOpts{Name: "egressd_names_failing",
+			Help: "Lookups (name and type) whose last query failed."}),
+		setElements: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "egressd_set_elements",
+			Help: "Elements in each allowlist's set, by address family."}, []string{"allowlist", "family"}),
+		driftRepairs: prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_drift_repairs_total",
+			Help: "Times the daemon found the kernel state changed by someone else and restored it."}),
+		resolveSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "egressd_resolve_duration_seconds",
+			Help: "DNS lookup latency, CNAME chains and retries included.", Buckets: prometheus.ExponentialBuckets(0.0005, 4, 9)}),
+		denyEvents: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "egressd_deny_events_total",
+			Help: "Deny events logged (first packets and summaries), by allowlist."}, []string{"allowlist"}),
+		nflogPackets: prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_nflog_packets_total",
+			Help: "Packets received from the NFLOG group."}),
+		nflogLost: prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_nflog_overruns_total",
+			Help: "Times the kernel dropped NFLOG messages because the daemon fell behind."}),
+	}
+	m.reg.MustRegister(m.applies, m.lastApply, m.namesFailing, m.setElements, m.driftRepairs, m.resolveSeconds,
+		m.denyEvents, m.nflogPackets, m.nflogLost, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// SetDenyCounters registers the source of egressd_denied_packets_total.
+func (m *Metrics) SetDenyCounters(read DenyCounters) {
+	m.reg.MustRegister(&denyCollector{read: read})
+}
+
+// Handler serves the metrics.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// Applied records a transaction.
+func (m *Metrics) Applied(kind string, err error, unixTime float64) {
+	if m == nil {
+		return
+	}
+	if err != nil {
+		m.applies.WithLabelValues(kind, "error").Inc()
+		return
+	}
+	m.applies.WithLabelValues(kind, "ok").Inc()
+	m.lastApply.Set(unixTime)
+}
+
+// SetElements replaces the per-allowlist set sizes.
+func (m *Metrics) SetElements(sizes map[[2]string]int) {
+	if m == nil {
+		return
+	}
+	m.setElements.Reset()
+	for k, n := range sizes {
+		m.setElements.WithLabelValues(k[0], k[1]).Set(float64(n))
+	}
+}
+
+// NamesFailing sets the failing lookup count.
+func (m *Metrics) NamesFailing(n int) {
+	if m != nil {
+		m.namesFailing.Set(float64(n))
+	}
+}
+
+// DriftRepaired counts a repair.
+func (m *Metrics) DriftRepaired() {
+	if m != nil {
+		m.driftRepairs.Inc()
+	}
+}
+
+// Resolved records a lookup's latency.
+func (m *Metrics) Resolved(seconds float64) {
+	if m != nil {
+		m.resolveSeconds.Observe(seconds)
+	}
+}
+
+// DenyEvent counts a deny event.
+func (m *Metrics) DenyEvent(allowlist string) {
+	if m != nil {
+		m.denyEvents.WithLabelValues(allowlist).Inc()
+	}
+}
+
+// NFLOG counts received packets and overruns.
+func (m *Metrics) NFLOG(packets int, overrun bool) {
+	if m == nil {
+		return
+	}
+	m.nflogPackets.Add(float64(packets))
+	if overrun {
+		m.nflogLost.Inc()
+	}
+}
+
+type denyCollector struct{ read DenyCounters }
+
+var denyDesc = prometheus.NewDesc("egressd_denied_packets_total",
+	"Packets rejected for each allowlist, from the kernel's counters (exact; not rate-limited).", []string{"allowlist"}, nil)
+
+func (d *denyCollector) Describe(ch chan<- *prometheus.Desc) { ch <- denyDesc }
+
+func (d *denyCollector) Collect(ch chan<- prometheus.Metric) {
+	counts, err := d.read()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(denyDesc, err)
+		return
+	}
+	for name, n := range counts {
+		ch <- prometheus.MustNewConstMetric(denyDesc, prometheus.CounterValue, float64(n), name)
+	}
+}
