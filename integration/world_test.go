@@ -233,6 +233,7 @@ func (w *world) standardConfig() {
 // start runs the daemon inside the namespace and waits for "started".
 func (w *world) start(args ...string) {
 	w.t.Helper()
+	since := w.mark()
 	cmd := exec.Command(egressd, append([]string{"run", "--config", filepath.Join(w.dir, "egressd.yaml")}, args...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -262,7 +263,7 @@ func (w *world) start(args ...string) {
 		close(done)
 	}()
 	w.t.Cleanup(func() { w.kill() })
-	if _, err := w.waitEvent("started", 0, 15*time.Second); err != nil {
+	if _, err := w.waitEvent("started", since, 15*time.Second); err != nil {
 		w.t.Fatal(err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -207,7 +208,12 @@ func cmdRun(args []string, stderr io.Writer) int {
 		}
 	}
 	if cfg.MetricsListen != "" {
-		go serveMetrics(ctx, cfg.MetricsListen, m, log)
+		// Bound before the first apply, so the endpoint is up once READY=1 is sent.
+		if ln, err := net.Listen("tcp", cfg.MetricsListen); err != nil {
+			log.Error("metrics endpoint failed; enforcement is unaffected", zap.String("event", "metrics_failed"), zap.Error(err))
+		} else {
+			go serveMetrics(ctx, ln, m, log)
+		}
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -226,16 +232,16 @@ func cmdRun(args []string, stderr io.Writer) int {
 	return 0
 }
 
-func serveMetrics(ctx context.Context, addr string, m *metrics.Metrics, log *zap.Logger) {
+func serveMetrics(ctx context.Context, ln net.Listener, m *metrics.Metrics, log *zap.Logger) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", m.Handler())
-	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
 		srv.Close()
 	}()
-	log.Info("serving metrics", zap.String("event", "metrics_listening"), zap.String("addr", addr))
-	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	log.Info("serving metrics", zap.String("event", "metrics_listening"), zap.Stringer("addr", ln.Addr()))
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Error("metrics endpoint failed; enforcement is unaffected", zap.String("event", "metrics_failed"), zap.Error(err))
 	}
 }
