@@ -104,10 +104,7 @@ func (k *Netlink) ApplyFull(p Plan) error {
 }
 
 func build(c *nftables.Conn, p Plan) error {
-	out := c.AddChain(&nftables.Chain{
-		Name: "output", Table: table, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter,
-	})
+	out := c.AddChain(outputChain())
 	sets := map[string]*nftables.Set{}
 	for name, elems := range p.Sets {
 		s := set(name, setIs6(name))
@@ -119,7 +116,7 @@ func build(c *nftables.Conn, p Plan) error {
 			return err
 		}
 	}
-	users := &nftables.Set{Table: table, Name: UsersMap, KeyType: nftables.TypeUID, DataType: nftables.TypeVerdict, IsMap: true, KeyByteOrder: binaryutil.NativeEndian}
+	users := usersMap()
 	if err := c.AddSet(users, nil); err != nil {
 		return fmt.Errorf("add users map: %w", err)
 	}
@@ -139,22 +136,42 @@ func build(c *nftables.Conn, p Plan) error {
 			return fmt.Errorf("add users: %w", err)
 		}
 	}
-	// established,related first: replies to allowed connections, and the
-	// packets of connections that were allowed when they started.
-	c.AddRule(&nftables.Rule{Table: table, Chain: out, Exprs: []expr.Any{
-		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED),
-			Xor:  []byte{0, 0, 0, 0}},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
-		&expr.Verdict{Kind: expr.VerdictAccept},
-	}})
-	// meta skuid vmap @users: one lookup whatever the number of allowlists.
-	c.AddRule(&nftables.Rule{Table: table, Chain: out, Exprs: []expr.Any{
-		&expr.Meta{Key: expr.MetaKeySKUID, Register: 1},
-		&expr.Lookup{SourceRegister: 1, SetName: users.Name, SetID: users.ID, DestRegister: 0, IsDestRegSet: true},
-	}})
+	for _, r := range outputRules(out, users) {
+		c.AddRule(r)
+	}
 	return nil
+}
+
+func usersMap() *nftables.Set {
+	return &nftables.Set{Table: table, Name: UsersMap, KeyType: nftables.TypeUID, DataType: nftables.TypeVerdict, IsMap: true, KeyByteOrder: binaryutil.NativeEndian}
+}
+
+func outputChain() *nftables.Chain {
+	return &nftables.Chain{
+		Name: "output", Table: table, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter,
+	}
+}
+
+// outputRules are the base chain's rules, in order.
+func outputRules(out *nftables.Chain, users *nftables.Set) []*nftables.Rule {
+	return []*nftables.Rule{
+		// established,related first: replies to allowed connections, and the
+		// packets of connections that were allowed when they started.
+		{Table: table, Chain: out, Exprs: []expr.Any{
+			&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED),
+				Xor:  []byte{0, 0, 0, 0}},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
+			&expr.Verdict{Kind: expr.VerdictAccept},
+		}},
+		// meta skuid vmap @users: one lookup whatever the number of allowlists.
+		{Table: table, Chain: out, Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeySKUID, Register: 1},
+			&expr.Lookup{SourceRegister: 1, SetName: users.Name, SetID: users.ID, DestRegister: 0, IsDestRegSet: true},
+		}},
+	}
 }
 
 // lookupExprs loads meta l4proto . ip[6] daddr . th dport into registers and

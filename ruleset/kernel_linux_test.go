@@ -13,6 +13,8 @@ import (
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/netns"
 	"github.com/egressd/egressd/internal/systest"
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 )
 
 const (
@@ -301,4 +303,88 @@ func BenchmarkApplyFull100k(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// Verify finds each kind of drift another tool can cause.
+func TestVerifyFindsDrift(t *testing.T) {
+	e := newEnv(t)
+	p := basePlan()
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	fs, err := e.k.Verify(p)
+	if err != nil || len(fs) != 0 {
+		t.Fatalf("fresh table: findings %v, err %v", fs, err)
+	}
+	c, err := e.k.conn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectKinds := func(what string, kinds ...string) {
+		t.Helper()
+		fs, err := e.k.Verify(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]bool{}
+		for _, f := range fs {
+			got[f.Kind] = true
+		}
+		for _, k := range kinds {
+			if !got[k] {
+				t.Errorf("%s: findings %v lack %s", what, fs, k)
+			}
+		}
+		if err := e.k.ApplyFull(p); err != nil { // repair for the next case
+			t.Fatal(err)
+		}
+	}
+
+	// An element removed and one added.
+	s := set(SetName4("a"), false)
+	c.SetDeleteElements(s, toSetElements(p.Sets[SetName4("a")][:1]))                                                        //nolint:errcheck
+	c.SetAddElements(s, toSetElements([]Element{ElementFor(config.TCP, netip.MustParsePrefix("203.0.113.66/32"), 22, 22)})) //nolint:errcheck
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	expectKinds("element removed and added", "element_missing", "element_extra")
+
+	// A chain flushed: its rules are gone, the reject without its log too.
+	c.FlushChain(&nftables.Chain{Name: ChainName("a"), Table: table})
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	expectKinds("chain flushed", "rules_differ")
+
+	// A set emptied.
+	c.FlushSet(set(SetName4("b"), false))
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	expectKinds("set emptied", "element_missing")
+
+	// The log rule deleted: a reject without its log before it.
+	rules, err := c.GetRules(table, &nftables.Chain{Name: ChainName("b"), Table: table})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rules {
+		for _, x := range r.Exprs {
+			if _, ok := x.(*expr.Log); ok {
+				if err := c.DelRule(r); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	expectKinds("log rule deleted", "rules_differ")
+
+	// The table deleted (nft flush ruleset, firewalld reload).
+	if err := e.k.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	expectKinds("table deleted", "table_missing")
 }

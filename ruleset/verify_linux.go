@@ -1,0 +1,247 @@
+//go:build linux
+
+package ruleset
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+)
+
+// Finding is one difference between the kernel and a plan.
+type Finding struct {
+	Kind   string `json:"kind"`   // table_missing, chain_missing, chain_extra, chain_hook, rules_differ, set_missing, set_extra, element_missing, element_extra, users_differ
+	Object string `json:"object"` // chain, set or map name
+	Detail string `json:"detail"`
+}
+
+func (f Finding) String() string { return f.Kind + " " + f.Object + ": " + f.Detail }
+
+// maxDetails bounds the elements a finding lists.
+const maxDetails = 10
+
+// Verify reads the table back through netlink and compares it with the plan:
+// table, chains and hooks, every rule in order (a reject without its log rule
+// before it shows as rules_differ), every set's elements and the users map.
+func (k *Netlink) Verify(p Plan) ([]Finding, error) {
+	c, t, err := k.existing()
+	if err == ErrNoTable {
+		return []Finding{{Kind: "table_missing", Object: "inet " + TableName, Detail: "the table does not exist"}}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var fs []Finding
+	add := func(kind, obj, format string, a ...any) {
+		fs = append(fs, Finding{Kind: kind, Object: obj, Detail: fmt.Sprintf(format, a...)})
+	}
+
+	// Expected chains and their rule signatures, built by the same code that applies them.
+	want := map[string][]string{}
+	users := usersMap()
+	out := outputChain()
+	want[out.Name] = sigs(outputRules(out, users))
+	sets := map[string]*nftables.Set{}
+	for name := range p.Sets {
+		sets[name] = set(name, setIs6(name))
+	}
+	for _, ch := range p.Chains {
+		chain := &nftables.Chain{Name: ChainName(ch.Allowlist), Table: table}
+		want[chain.Name] = sigs(allowlistRules(chain, ch, sets, p.DenyLog))
+	}
+
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("list chains: %w", err)
+	}
+	have := map[string]*nftables.Chain{}
+	for _, ch := range chains {
+		if ch.Table.Name == TableName {
+			have[ch.Name] = ch
+		}
+	}
+	for _, name := range sortedKeys(want) {
+		ch, ok := have[name]
+		if !ok {
+			add("chain_missing", name, "chain missing")
+			continue
+		}
+		if name == out.Name && (ch.Hooknum == nil || *ch.Hooknum != *out.Hooknum || ch.Type != out.Type ||
+			ch.Priority == nil || *ch.Priority != *out.Priority || (ch.Policy != nil && *ch.Policy != nftables.ChainPolicyAccept)) {
+			add("chain_hook", name, "base chain is not type filter hook output priority filter policy accept")
+		}
+		rules, err := c.GetRules(t, ch)
+		if err != nil {
+			return nil, fmt.Errorf("list rules of %s: %w", name, err)
+		}
+		got := make([]string, len(rules))
+		for i, r := range rules {
+			got[i] = sig(r.Exprs)
+		}
+		if d := diffRules(want[name], got); d != "" {
+			add("rules_differ", name, "%s", d)
+		}
+	}
+	for name := range have {
+		if _, ok := want[name]; !ok {
+			add("chain_extra", name, "chain not in the plan")
+		}
+	}
+
+	kernelSets, err := k.ReadSets()
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range sortedKeys(p.Sets) {
+		got, ok := kernelSets[name]
+		if !ok {
+			add("set_missing", name, "set missing")
+			continue
+		}
+		missing, extra := elementDiff(p.Sets[name], got)
+		if len(missing) > 0 {
+			add("element_missing", name, "%d missing: %s", len(missing), elementList(missing))
+		}
+		if len(extra) > 0 {
+			add("element_extra", name, "%d not in the plan: %s", len(extra), elementList(extra))
+		}
+	}
+	for name := range kernelSets {
+		if _, ok := p.Sets[name]; !ok {
+			add("set_extra", name, "set not in the plan")
+		}
+	}
+	gotUsers, err := k.ReadUsers()
+	if err != nil {
+		add("users_differ", UsersMap, "cannot read the users map: %v", err)
+	} else {
+		wantUsers := map[uint32]string{}
+		for _, ch := range p.Chains {
+			wantUsers[ch.UID] = ChainName(ch.Allowlist)
+		}
+		var diffs []string
+		for uid, chain := range wantUsers {
+			if gotUsers[uid] != chain {
+				diffs = append(diffs, fmt.Sprintf("uid %d → %q, want %q", uid, gotUsers[uid], chain))
+			}
+		}
+		for uid, chain := range gotUsers {
+			if _, ok := wantUsers[uid]; !ok {
+				diffs = append(diffs, fmt.Sprintf("uid %d → %q not in the plan", uid, chain))
+			}
+		}
+		sort.Strings(diffs)
+		if len(diffs) > 0 {
+			add("users_differ", UsersMap, "%s", strings.Join(diffs, "; "))
+		}
+	}
+	return fs, nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func elementDiff(want, got []Element) (missing, extra []Element) {
+	have := map[Element]bool{}
+	for _, e := range got {
+		have[e] = true
+	}
+	for _, e := range want {
+		if !have[e] {
+			missing = append(missing, e)
+		}
+		delete(have, e)
+	}
+	for _, e := range got {
+		if have[e] {
+			extra = append(extra, e)
+		}
+	}
+	return missing, extra
+}
+
+func elementList(es []Element) string {
+	var parts []string
+	for i, e := range es {
+		if i == maxDetails {
+			parts = append(parts, fmt.Sprintf("and %d more", len(es)-maxDetails))
+			break
+		}
+		parts = append(parts, e.String())
+	}
+	return strings.Join(parts, ", ")
+}
+
+func diffRules(want, got []string) string {
+	if len(got) != len(want) {
+		return fmt.Sprintf("%d rules, want %d%s", len(got), len(want), firstDiff(want, got))
+	}
+	return strings.TrimPrefix(firstDiff(want, got), "; ")
+}
+
+func firstDiff(want, got []string) string {
+	for i := range want {
+		if i >= len(got) {
+			return fmt.Sprintf("; rule %d missing (%s)", i+1, want[i])
+		}
+		if want[i] != got[i] {
+			return fmt.Sprintf("; rule %d is %s, want %s", i+1, got[i], want[i])
+		}
+	}
+	if len(got) > len(want) {
+		return fmt.Sprintf("; extra rule %d (%s)", len(want)+1, got[len(want)])
+	}
+	return ""
+}
+
+func sigs(rs []*nftables.Rule) []string {
+	out := make([]string, len(rs))
+	for i, r := range rs {
+		out[i] = sig(r.Exprs)
+	}
+	return out
+}
+
+// sig is a rule's shape: every expression with the fields that decide what
+// it does, without counters' values or set IDs.
+func sig(es []expr.Any) string {
+	var b strings.Builder
+	for _, e := range es {
+		switch v := e.(type) {
+		case *expr.Counter:
+			b.WriteString("counter ")
+		case *expr.Lookup:
+			fmt.Fprintf(&b, "lookup(%s) ", v.SetName)
+		case *expr.Verdict:
+			fmt.Fprintf(&b, "verdict(%d,%s) ", v.Kind, v.Chain)
+		case *expr.Log:
+			fmt.Fprintf(&b, "log(g%d,l%d,%q) ", v.Group, v.Level, strings.TrimRight(string(v.Data), "\x00"))
+		case *expr.Limit:
+			fmt.Fprintf(&b, "limit(%d/%d) ", v.Rate, v.Unit)
+		case *expr.Reject:
+			fmt.Fprintf(&b, "reject(%d,%d) ", v.Type, v.Code)
+		case *expr.Meta:
+			fmt.Fprintf(&b, "meta(%d) ", v.Key)
+		case *expr.Cmp:
+			fmt.Fprintf(&b, "cmp(%d,%x) ", v.Op, v.Data)
+		case *expr.Payload:
+			fmt.Fprintf(&b, "payload(%d,%d,%d) ", v.Base, v.Offset, v.Len)
+		case *expr.Ct:
+			fmt.Fprintf(&b, "ct(%d) ", v.Key)
+		case *expr.Bitwise:
+			fmt.Fprintf(&b, "bitwise(%x) ", v.Mask)
+		default:
+			fmt.Fprintf(&b, "%T ", e)
+		}
+	}
+	return strings.TrimSpace(b.String())
+}
