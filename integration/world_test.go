@@ -234,7 +234,7 @@ func (w *world) standardConfig() {
 func (w *world) start(args ...string) {
 	w.t.Helper()
 	since := w.mark()
-	cmd := exec.Command(egressd, append([]string{"run", "--config", filepath.Join(w.dir, "egressd.yaml")}, args...)...)
+	cmd := exec.Command(egressd, append([]string{"run", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir()}, args...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		w.t.Fatal(err)
@@ -287,6 +287,9 @@ func (w *world) stop(sig syscall.Signal) {
 	}
 	w.daemon = nil
 }
+
+// runDir is the daemon's runtime directory (state file) for this world.
+func (w *world) runDir() string { return filepath.Join(w.dir, "run") }
 
 // mark returns the current log position, for waitEvent.
 func (w *world) mark() int {

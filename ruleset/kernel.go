@@ -21,6 +21,21 @@ type CounterReader interface {
 	ReadDenyCounters() (map[string]uint64, error)
 }
 
+// Finding is one difference between the kernel and a plan.
+type Finding struct {
+	Kind   string `json:"kind"`   // table_missing, chain_missing, chain_extra, chain_hook, rules_differ, set_missing, set_extra, element_missing, element_extra, users_differ
+	Object string `json:"object"` // chain, set or map name
+	Detail string `json:"detail"`
+}
+
+func (f Finding) String() string { return f.Kind + " " + f.Object + ": " + f.Detail }
+
+// Verifier is implemented by kernels that can read their state back and
+// compare it with a plan (drift detection).
+type Verifier interface {
+	Verify(p Plan) ([]Finding, error)
+}
+
 // Fake records plans for callers' unit tests. It is not a test of the kernel:
 // ruleset's system tests run against the real one.
 type Fake struct {

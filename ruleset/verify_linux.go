@@ -11,15 +11,6 @@ import (
 	"github.com/google/nftables/expr"
 )
 
-// Finding is one difference between the kernel and a plan.
-type Finding struct {
-	Kind   string `json:"kind"`   // table_missing, chain_missing, chain_extra, chain_hook, rules_differ, set_missing, set_extra, element_missing, element_extra, users_differ
-	Object string `json:"object"` // chain, set or map name
-	Detail string `json:"detail"`
-}
-
-func (f Finding) String() string { return f.Kind + " " + f.Object + ": " + f.Detail }
-
 // maxDetails bounds the elements a finding lists.
 const maxDetails = 10
 

@@ -125,7 +125,7 @@ func demo(out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(self, "run", "--config", filepath.Join(dir, "egressd.yaml"))
+	cmd := exec.Command(self, "run", "--config", filepath.Join(dir, "egressd.yaml"), "--runtime-dir", filepath.Join(dir, "run"))
 	logs, err := cmd.StderrPipe()
 	if err != nil {
 		return err

@@ -22,6 +22,7 @@ import (
 	"github.com/egressd/egressd/internal/deny"
 	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/nflog"
+	"github.com/egressd/egressd/internal/state"
 	"github.com/egressd/egressd/ruleset"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -150,6 +151,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	cfgPath := fs.String("config", config.DefaultPath, "main configuration file")
 	once := fs.Bool("once", false, "resolve and apply once, then exit")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
+	runtimeDir := fs.String("runtime-dir", state.DefaultDir, "where the daemon publishes its state for egressd check")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -167,7 +169,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	kernel := &ruleset.Netlink{}
 	m := metrics.New()
 	ctl, err := controller.New(controller.Options{
-		ConfigPath: *cfgPath, ConfigRequired: required, Kernel: kernel, Log: log, Metrics: m,
+		ConfigPath: *cfgPath, ConfigRequired: required, Kernel: kernel, Log: log, Metrics: m, StateDir: *runtimeDir,
 		Notify: func(s string) { daemon.SdNotify(false, s) }, //nolint:errcheck // no-op outside systemd
 	})
 	if err != nil {
@@ -176,6 +178,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	}
 	m.SetDenyCounters(ctl.DeniedPackets)
 	if *once {
+		ctl.SetStateDir("") // no daemon behind it: check compares with fresh DNS
 		failed, err := ctl.Once(ctx)
 		if err != nil {
 			log.Error("apply failed", zap.String("event", controller.EvApplyFailed), zap.Error(err))
@@ -197,6 +200,12 @@ func cmdRun(args []string, stderr io.Writer) int {
 				ctl.Reload()
 			}
 		}()
+	}
+	if events, err := kernel.Watch(ctx); err != nil {
+		log.Warn("cannot watch nftables for changes by other tools; drift is found by the periodic check only",
+			zap.String("event", controller.EvVerifyFailed), zap.Error(err))
+	} else {
+		ctl.SetKernelEvents(events)
 	}
 	cfg := ctl.Config()
 	if cfg.DenyLog.Mode == config.LogNFLOG {

@@ -54,7 +54,22 @@ type Options struct {
 	Now func() time.Time
 	// Metrics records what happens; nil records nothing.
 	Metrics *metrics.Metrics
+	// StateDir, when set, is where the daemon publishes its view for
+	// `egressd check` (state.json, replaced atomically).
+	StateDir string
+	// KernelEvents, when set, signals that another process changed nftables:
+	// the loop verifies the table soon after.
+	KernelEvents <-chan struct{}
+	// VerifyEvery is the backstop period of full verification; default 60s.
+	VerifyEvery time.Duration
 }
+
+// EvDriftRepaired and EvDriftRepeating are event names.
+const (
+	EvDriftRepaired  = "drift_repaired"
+	EvDriftRepeating = "drift_repeating"
+	EvVerifyFailed   = "verify_failed"
+)
 
 // Controller is the reconcile loop. Its state is owned by the goroutine that
 // calls Run or Once.
@@ -78,6 +93,14 @@ type Controller struct {
 
 	denyMu   sync.Mutex
 	denyBase map[string]uint64 // denied packets counted before the last full rebuild
+
+	started   time.Time
+	lastApply time.Time
+	verifyAt  time.Time   // next verification of the kernel state
+	holdUntil time.Time   // repairs are held back until then (another controller fights us)
+	repairs   []time.Time // recent repairs, for the fight detector
+	publishAt time.Time   // next state file write
+	dirty     bool        // the state file is behind
 }
 
 // StartDeadline bounds the first resolution of every name.
@@ -104,7 +127,10 @@ func New(o Options) (*Controller, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	c := &Controller{o: o, reload: make(chan struct{}, 1), failing: map[resolver.Key]bool{}}
+	if o.VerifyEvery <= 0 {
+		o.VerifyEvery = time.Minute
+	}
+	c := &Controller{o: o, reload: make(chan struct{}, 1), failing: map[resolver.Key]bool{}, started: o.Now()}
 	cfg, err := config.Load(o.ConfigPath, o.ConfigRequired)
 	if err != nil {
 		c.logRejected(err)
@@ -117,6 +143,12 @@ func New(o Options) (*Controller, error) {
 	c.setConfig(cfg)
 	return c, nil
 }
+
+// SetStateDir changes where the state is published ("" for nowhere); call before Run.
+func (c *Controller) SetStateDir(dir string) { c.o.StateDir = dir }
+
+// SetKernelEvents connects the nftables change monitor; call before Run.
+func (c *Controller) SetKernelEvents(ch <-chan struct{}) { c.o.KernelEvents = ch }
 
 // Config returns the configuration in force.
 func (c *Controller) Config() *config.Config { return c.cfg }
@@ -327,6 +359,7 @@ func (c *Controller) sync() error {
 	}
 	c.failures, c.retryAt = 0, time.Time{}
 	c.applied = &plan
+	c.lastApply, c.dirty = c.o.Now(), true
 	sizes := map[[2]string]int{}
 	for _, ch := range plan.Chains {
 		sizes[[2]string{ch.Allowlist, "ipv4"}] = len(plan.Sets[ruleset.SetName4(ch.Allowlist)])
@@ -419,6 +452,8 @@ func (c *Controller) Run(ctx context.Context) error {
 	c.o.Log.Info("egressd is enforcing", ev(EvStarted), zap.Int("allowlists", len(c.cfg.Allowlists)),
 		zap.Int("names", len(c.cfg.Names())), zap.Int("names_failed", len(failed)), zap.Uint64("generation", c.generation))
 	c.notify("READY=1")
+	c.verifyAt = c.o.Now().Add(c.o.VerifyEvery)
+	c.publish(true)
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	last := c.o.Now()
@@ -434,6 +469,12 @@ func (c *Controller) Run(ctx context.Context) error {
 			return c.stop()
 		case <-c.reload:
 			c.doReload()
+		case _, ok := <-c.o.KernelEvents:
+			if !ok {
+				c.o.KernelEvents = nil // the monitor ended; the periodic check remains
+				c.o.Log.Warn("the nftables monitor stopped; drift is now found by the periodic check only", ev(EvVerifyFailed))
+			}
+			c.kernelChanged()
 		case <-timer.C:
 		}
 		last = c.o.Now()
@@ -446,9 +487,13 @@ func (c *Controller) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return c.stop()
 		}
+		if !c.verifyAt.IsZero() && !c.o.Now().Before(c.verifyAt) {
+			c.verify()
+		}
 		if c.retryAt.IsZero() || !c.o.Now().Before(c.retryAt) {
 			c.sync() //nolint:errcheck // logged; retried with backoff
 		}
+		c.publish(false)
 	}
 }
 
@@ -460,6 +505,10 @@ func (c *Controller) nextWake() time.Time {
 		}
 	}
 	consider(c.retryAt)
+	consider(c.verifyAt)
+	if c.dirty && c.o.StateDir != "" {
+		consider(c.publishAt)
+	}
 	if len(c.users.Missing) > 0 {
 		consider(c.usersAt)
 	}
@@ -471,6 +520,7 @@ func (c *Controller) nextWake() time.Time {
 
 func (c *Controller) stop() error {
 	c.o.Log.Info("stopping", ev(EvStopping), zap.String("on_exit", c.cfg.OnExit))
+	c.publish(true)
 	c.notify("STOPPING=1")
 	if c.cfg.OnExit == "remove" {
 		if err := c.o.Kernel.Remove(); err != nil {

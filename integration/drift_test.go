@@ -1,0 +1,118 @@
+//go:build linux
+
+package integration
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/egressd/egressd/ruleset"
+	"github.com/google/nftables"
+)
+
+// Another tool changes the table; the daemon notices through the nftables
+// monitor and restores its full state within 2 s, logging drift_repaired.
+func TestDriftRepaired(t *testing.T) {
+	w := newWorld(t)
+	w.standardConfig()
+	w.start()
+	k := &ruleset.Netlink{NetNSFd: w.ns.Fd()}
+	conn := func() *nftables.Conn {
+		c, err := nftables.New(nftables.WithNetNSFd(w.ns.Fd()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: ruleset.TableName}
+	cases := []struct {
+		name  string
+		do    func() error
+		found string
+	}{
+		{"table deleted", k.Remove, "table_missing"},
+		{"chain flushed", func() error {
+			c := conn()
+			c.FlushChain(&nftables.Chain{Name: ruleset.ChainName("billing"), Table: table})
+			return c.Flush()
+		}, "rules_differ"},
+		{"element removed", func() error {
+			c := conn()
+			s, err := c.GetSetByName(table, ruleset.SetName4("web"))
+			if err != nil {
+				return err
+			}
+			els, err := c.GetSetElements(s)
+			if err != nil || len(els) == 0 {
+				return fmt.Errorf("elements: %v (%d)", err, len(els))
+			}
+			if err := c.SetDeleteElements(s, els[:1]); err != nil {
+				return err
+			}
+			return c.Flush()
+		}, "element_missing"},
+		{"element added", func() error {
+			c := conn()
+			s, err := c.GetSetByName(table, ruleset.SetName4("billing"))
+			if err != nil {
+				return err
+			}
+			// tcp . 198.51.100.20 . 4444: would open the denied destination.
+			key := []byte{6, 0, 0, 0, 198, 51, 100, 20, 0x11, 0x5c, 0, 0}
+			if err := c.SetAddElements(s, []nftables.SetElement{{Key: key, KeyEnd: key}}); err != nil {
+				return err
+			}
+			return c.Flush()
+		}, "element_extra"},
+	}
+	for _, tc := range cases {
+		m := w.mark()
+		start := time.Now()
+		if err := tc.do(); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		ev, err := w.waitEvent("drift_repaired", m, 2*time.Second)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if _, err := w.waitEvent("ruleset_applied", m, 2*time.Second); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		took := time.Since(start)
+		if !strings.Contains(fmt.Sprint(ev["found"]), tc.found) {
+			t.Errorf("%s: drift_repaired found %v, want %s", tc.name, ev["found"], tc.found)
+		}
+		if fs, err := k.Verify(ruleset.Render(ruleset.Desired{})); err != nil || len(fs) == 0 {
+			t.Fatalf("%s: cannot read the repaired table: %v", tc.name, err)
+		}
+		w.expect(uidA, "tcp", "198.51.100.20:4444", okRefused)
+		w.expect(uidA, "tcp", "192.0.2.10:443", okConnected)
+		w.expect(uidB, "tcp", "192.0.2.12:443", okConnected)
+		t.Logf("%s: repaired in %v (%v)", tc.name, took.Round(time.Millisecond), ev["found"])
+	}
+}
+
+// Another controller that keeps deleting the table: egressd repairs, then
+// holds back and says so loudly instead of looping.
+func TestDriftFightBacksOff(t *testing.T) {
+	w := newWorld(t)
+	w.standardConfig()
+	w.start()
+	k := &ruleset.Netlink{NetNSFd: w.ns.Fd()}
+	m := w.mark()
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		k.Remove() //nolint:errcheck
+		time.Sleep(150 * time.Millisecond)
+	}
+	if _, err := w.waitEvent("drift_repeating", m, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	repairs := len(w.eventsSince("drift_repaired", m))
+	if repairs > 12 {
+		t.Errorf("%d repairs in 3 s of fighting: not backing off", repairs)
+	}
+	t.Logf("fighting for 3 s: %d repairs, then held back", repairs)
+}

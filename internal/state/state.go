@@ -1,0 +1,116 @@
+// Package state is the daemon's published view, read by `egressd check`:
+// a JSON document at RUNTIME_DIR/state.json (default /run/egressd),
+// replaced atomically (write to a temporary file, rename) after applies.
+//
+// check compares the kernel with this view instead of with a fresh DNS
+// resolution, so that addresses that are legitimately lingering, or served
+// stale while DNS fails, are not reported as drift.
+package state
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/egressd/egressd/ruleset"
+)
+
+// DefaultDir is where the daemon publishes its state.
+const DefaultDir = "/run/egressd"
+
+// File is the state file's name inside the runtime directory.
+const File = "state.json"
+
+// Name is the daemon's view of one DNS name.
+type Name struct {
+	Addrs        []string  `json:"addrs"`
+	Failing      bool      `json:"failing"`
+	ServingStale bool      `json:"serving_stale"`
+	LastOK       time.Time `json:"last_ok"`
+	Error        string    `json:"error,omitempty"`
+}
+
+// State is the published document (version 1).
+type State struct {
+	Version     int                          `json:"version"`
+	PID         int                          `json:"pid"`
+	Started     time.Time                    `json:"started"`
+	Updated     time.Time                    `json:"updated"`
+	Generation  uint64                       `json:"generation"`
+	LastApply   time.Time                    `json:"last_apply"`
+	ConfigFile  string                       `json:"config_file"`
+	ConfigHash  string                       `json:"config_hash"`
+	Plan        ruleset.Plan                 `json:"plan"`
+	Names       map[string]Name              `json:"names"`
+	Users       map[string]uint32            `json:"users"`         // allowlist -> uid, enforced
+	MissingUser map[string]string            `json:"missing_users"` // allowlist -> why not enforced
+	Extra       map[string]map[string]string `json:"extra,omitempty"`
+}
+
+// Hash fingerprints a configuration value so check can tell whether the
+// files on disk are what the daemon enforces.
+func Hash(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// Write replaces dir/state.json atomically.
+func Write(dir string, s *State) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	b, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, ".state-*.json")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), filepath.Join(dir, File))
+}
+
+// Read loads dir/state.json.
+func Read(dir string) (*State, error) {
+	b, err := os.ReadFile(filepath.Join(dir, File))
+	if err != nil {
+		return nil, err
+	}
+	var s State
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, File), err)
+	}
+	if s.Version != 1 {
+		return nil, fmt.Errorf("%s: unknown version %d", filepath.Join(dir, File), s.Version)
+	}
+	return &s, nil
+}
+
+// Alive reports whether the process that wrote s still runs.
+func (s *State) Alive() bool {
+	if s.PID <= 0 {
+		return false
+	}
+	_, err := os.Stat(fmt.Sprintf("/proc/%d", s.PID))
+	return err == nil
+}
