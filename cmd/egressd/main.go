@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/check"
 	"github.com/egressd/egressd/internal/controller"
 	"github.com/egressd/egressd/internal/deny"
 	"github.com/egressd/egressd/internal/metrics"
@@ -35,7 +37,9 @@ const usage = `NAME
     egressd - per-service egress allowlists, kept current from DNS, enforced by nftables
 
 SYNOPSIS
-    egressd run [--config FILE] [--once] [--log-level LEVEL]
+    egressd run [--config FILE] [--once] [--log-level LEVEL] [--runtime-dir DIR]
+    egressd check [--config FILE] [--json] [--runtime-dir DIR]
+    egressd check [--config FILE] [--json] --explain USER HOST:PORT[/udp]
     egressd remove
     egressd demo
     egressd version
@@ -57,6 +61,18 @@ COMMANDS
               removing them (on_exit: remove).
     run --once
               Resolve everything once, apply, exit.
+    check     Validate the configuration, resolve every name once, and
+              compare with the live kernel table (through netlink). When
+              the daemon runs, the kernel is compared with the daemon's
+              published view (DIR/state.json), so lingering and stale-served
+              addresses are not drift. Prints one line per allowlist, then
+              each problem with what to do; --json prints the document
+              described in docs/check.md. Changes nothing.
+    check --explain USER HOST:PORT[/udp]
+              Would USER be allowed to reach HOST:PORT right now, according
+              to the live kernel, and by which allowlist entry; when denied,
+              the nearest entries (same host other port, same name other
+              address).
     remove    Delete the table inet egressd: every restriction is lifted.
               For uninstalling and emergencies.
     demo      Run the real daemon on example allowlists inside a throwaway
@@ -70,6 +86,9 @@ OPTIONS
                      when not given and missing, every key takes its default).
     --once           With run: apply once and exit.
     --log-level L    debug, info (default), warn or error.
+    --runtime-dir D  where the daemon publishes its state for check
+                     (default /run/egressd).
+    --json           With check: machine-readable output.
 
 FILES
     /etc/egressd/egressd.yaml        main configuration
@@ -80,12 +99,18 @@ EXIT STATUS
                configuration is invalid at start.
     run --once 0 applied; 1 applied, but some names failed to resolve;
                2 configuration invalid (nothing was changed).
+    check      0 in sync, no problems; 1 drift or problems; 2 configuration
+               invalid, or check cannot run (not root, no nf_tables).
+    check --explain
+               0 allowed (or the user is not restricted); 1 denied;
+               2 cannot answer.
     remove     0 removed (or nothing to remove); 1 on failure.
 
 EVENTS
     Logs are JSON lines on stderr with a stable "event" key: started,
     config_loaded, config_rejected, resolved, resolve_failed,
-    ruleset_applied, apply_failed, user_missing, stopping.
+    ruleset_applied, apply_failed, user_missing, user_conflict, deny,
+    deny_overflow, drift_repaired, drift_repeating, stopping.
 
 SEE ALSO
     README.md, nft(8), systemd.exec(5)
@@ -103,6 +128,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "run":
 		return cmdRun(args[1:], stderr)
+	case "check":
+		return cmdCheck(args[1:], stdout, stderr)
 	case "remove":
 		return cmdRemove(args[1:], stderr)
 	case "demo":
@@ -253,6 +280,59 @@ func serveMetrics(ctx context.Context, ln net.Listener, m *metrics.Metrics, log 
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Error("metrics endpoint failed; enforcement is unaffected", zap.String("event", "metrics_failed"), zap.Error(err))
 	}
+}
+
+func cmdCheck(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", config.DefaultPath, "main configuration file")
+	asJSON := fs.Bool("json", false, "print the report as JSON (docs/check.md)")
+	explain := fs.Bool("explain", false, "explain USER HOST:PORT[/udp]: would USER reach it now, and by which entry")
+	runtimeDir := fs.String("runtime-dir", state.DefaultDir, "where the daemon publishes its state")
+	if err := fs.Parse(args); err != nil {
+		return check.ExitInvalid
+	}
+	required := false
+	fs.Visit(func(f *flag.Flag) { required = required || f.Name == "config" })
+	o := check.Options{ConfigPath: *cfgPath, ConfigRequired: required, RuntimeDir: *runtimeDir, Kernel: &ruleset.Netlink{}}
+	ctx := context.Background()
+	if *explain {
+		if fs.NArg() != 2 {
+			fmt.Fprintln(stderr, "usage: egressd check [--config F] [--json] --explain USER HOST:PORT[/udp]")
+			return check.ExitInvalid
+		}
+		x, err := check.Explain(ctx, o, fs.Arg(0), fs.Arg(1))
+		if err != nil {
+			fmt.Fprintln(stderr, "egressd check --explain:", err)
+			return check.ExitInvalid
+		}
+		if *asJSON {
+			writeJSON(stdout, x)
+		} else {
+			x.WriteText(stdout)
+		}
+		if x.Verdict == "denied" {
+			return check.ExitProblem
+		}
+		return check.ExitOK
+	}
+	if fs.NArg() != 0 {
+		fmt.Fprintf(stderr, "egressd check: unexpected argument %q\n", fs.Arg(0))
+		return check.ExitInvalid
+	}
+	r := check.Run(ctx, o)
+	if *asJSON {
+		writeJSON(stdout, r)
+	} else {
+		r.WriteText(stdout)
+	}
+	return r.ExitCode
+}
+
+func writeJSON(w io.Writer, v any) {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v) //nolint:errcheck
 }
 
 func cmdRemove(args []string, stderr io.Writer) int {

@@ -1,0 +1,304 @@
+// Package check is `egressd check`: one-shot verification of the
+// configuration, DNS and the live kernel state, through the same code paths
+// as the daemon, with a report for people and a stable JSON document for
+// monitoring. It changes nothing.
+package check
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/controller"
+	"github.com/egressd/egressd/internal/state"
+	"github.com/egressd/egressd/resolver"
+	"github.com/egressd/egressd/ruleset"
+)
+
+// Exit codes (SPEC.md).
+const (
+	ExitOK      = 0 // in sync, no problems
+	ExitProblem = 1 // drift or problems
+	ExitInvalid = 2 // configuration invalid, or check cannot run
+)
+
+// Kernel is what check reads from the kernel.
+type Kernel interface {
+	ruleset.Verifier
+	ReadSets() (map[string][]ruleset.Element, error)
+	ReadUsers() (map[uint32]string, error)
+}
+
+// Options configure a check.
+type Options struct {
+	ConfigPath     string
+	ConfigRequired bool
+	RuntimeDir     string
+	Kernel         Kernel
+	Users          config.UserLookup                     // default config.SystemUsers
+	NewQuerier     func(*config.Config) resolver.Querier // default resolver.Client
+	Now            func() time.Time
+}
+
+// Report is the JSON document of `egressd check --json` (version 1,
+// documented in docs/check.md).
+type Report struct {
+	Version    int               `json:"version"`
+	Status     string            `json:"status"` // ok | problems | invalid
+	ExitCode   int               `json:"exit_code"`
+	CheckedAt  time.Time         `json:"checked_at"`
+	Config     ConfigReport      `json:"config"`
+	Daemon     DaemonReport      `json:"daemon"`
+	Allowlists []AllowlistReport `json:"allowlists"`
+	Problems   []Problem         `json:"problems"`
+}
+
+// ConfigReport describes the configuration on disk.
+type ConfigReport struct {
+	File       string   `json:"file"`
+	Valid      bool     `json:"valid"`
+	Errors     []string `json:"errors,omitempty"`
+	Allowlists int      `json:"allowlists"`
+	Names      int      `json:"names"`
+	Resolvers  []string `json:"resolvers"`
+}
+
+// DaemonReport describes the daemon, from its state file.
+type DaemonReport struct {
+	StateFile     string     `json:"state_file"`
+	Seen          bool       `json:"seen"`    // a state file exists
+	Running       bool       `json:"running"` // its process is alive
+	PID           int        `json:"pid,omitempty"`
+	Generation    uint64     `json:"generation,omitempty"`
+	LastApply     *time.Time `json:"last_apply,omitempty"`
+	Updated       *time.Time `json:"updated,omitempty"`
+	ConfigMatches bool       `json:"config_matches"` // the daemon enforces the configuration on disk
+}
+
+// AllowlistReport is one line of the report.
+type AllowlistReport struct {
+	Name      string  `json:"name"`
+	File      string  `json:"file"`
+	User      string  `json:"user"`
+	UID       *uint32 `json:"uid"`
+	Entries   int     `json:"entries"`
+	Names     int     `json:"names"`
+	Addresses int     `json:"addresses"` // elements the kernel should hold for it
+	Status    string  `json:"status"`    // ok | drift | user_missing | names_failing
+}
+
+// Problem is one thing an operator should act on.
+type Problem struct {
+	Kind   string `json:"kind"`
+	Object string `json:"object"`
+	Detail string `json:"detail"`
+	Fix    string `json:"fix"`
+}
+
+func (o *Options) defaults() {
+	if o.Users == nil {
+		o.Users = config.SystemUsers
+	}
+	if o.NewQuerier == nil {
+		o.NewQuerier = func(c *config.Config) resolver.Querier { return &resolver.Client{Servers: c.Resolvers} }
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+}
+
+// NameResult is the fresh resolution of one name.
+type NameResult struct {
+	Addrs   []netip.Addr // accepted by the name's policy
+	Dropped int          // refused: internal ranges, over the cap
+	Err     error
+}
+
+// Resolve looks every name of the configuration up once (A and AAAA).
+func Resolve(ctx context.Context, cfg *config.Config, q resolver.Querier) map[string]NameResult {
+	names := controller.CacheNames(cfg)
+	out := map[string]NameResult{}
+	var mu sync.Mutex
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	for name, privateOK := range names {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			var r NameResult
+			var errs []error
+			for _, k := range resolver.KeysFor(name) {
+				qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				res, err := q.Query(qctx, k.Name, k.Type)
+				cancel()
+				if err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				kept, dropped := resolver.Filter(res.Addrs, privateOK, cfg.MaxAddressesPerName)
+				r.Addrs = append(r.Addrs, kept...)
+				r.Dropped += dropped
+			}
+			if len(errs) > 0 {
+				r.Err = errors.Join(errs...)
+			} else if len(r.Addrs) == 0 && r.Dropped == 0 {
+				r.Err = errors.New("no addresses (NXDOMAIN or no A/AAAA records)")
+			}
+			mu.Lock()
+			out[name] = r
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// Run performs the check.
+func Run(ctx context.Context, o Options) *Report {
+	o.defaults()
+	r := &Report{Version: 1, CheckedAt: o.Now(), Allowlists: []AllowlistReport{}, Problems: []Problem{}}
+	r.Config.File = o.ConfigPath
+	problem := func(kind, obj, detail, fix string) {
+		r.Problems = append(r.Problems, Problem{Kind: kind, Object: obj, Detail: detail, Fix: fix})
+	}
+	finish := func(code int) *Report {
+		r.ExitCode = code
+		r.Status = map[int]string{ExitOK: "ok", ExitProblem: "problems", ExitInvalid: "invalid"}[code]
+		return r
+	}
+
+	cfg, err := config.Load(o.ConfigPath, o.ConfigRequired)
+	if err != nil {
+		var ce config.Errors
+		if errors.As(err, &ce) {
+			for _, e := range ce {
+				r.Config.Errors = append(r.Config.Errors, e.Error())
+			}
+		} else {
+			r.Config.Errors = []string{err.Error()}
+		}
+		problem("config_invalid", o.ConfigPath, err.Error(), "fix the file at the line and column named; the daemon keeps enforcing its last good configuration meanwhile")
+		return finish(ExitInvalid)
+	}
+	r.Config.File, r.Config.Valid = cfg.File, true
+	r.Config.Allowlists, r.Config.Names = len(cfg.Allowlists), len(cfg.Names())
+	for _, a := range cfg.Resolvers {
+		r.Config.Resolvers = append(r.Config.Resolvers, a.String())
+	}
+	if cfg.AllowDirMissing {
+		problem("allow_dir_missing", cfg.AllowDir, "the allow directory does not exist: nobody is restricted", "create it and put one NAME.yaml per service user in it")
+	}
+
+	if os.Geteuid() != 0 {
+		problem("cannot_run", "kernel", "reading nftables needs root (CAP_NET_ADMIN)", "run egressd check as root")
+		return finish(ExitInvalid)
+	}
+	if _, err := o.Kernel.ReadSets(); err != nil && !errors.Is(err, ruleset.ErrNoTable) {
+		problem("cannot_run", "kernel", fmt.Sprintf("cannot read nftables: %v", err), "check that the kernel has nf_tables and that you are root")
+		return finish(ExitInvalid)
+	}
+
+	users := controller.LookupUsers(cfg, o.Users)
+	for _, a := range cfg.Allowlists {
+		if err, ok := users.Missing[a.Name]; ok {
+			problem("user_missing", a.Name, err.Error(), "create the user, or fix \"user:\" in "+a.File+"; the allowlist is enforced as soon as the user exists")
+		}
+	}
+	for _, c := range users.Conflicts {
+		problem("user_conflict", "users", c, "keep one allowlist per uid")
+	}
+
+	fresh := Resolve(ctx, cfg, o.NewQuerier(cfg))
+	failing := map[string]bool{}
+	for _, name := range cfg.Names() {
+		res := fresh[name]
+		if res.Err != nil {
+			failing[name] = true
+			problem("name_failed", name, res.Err.Error(), "check the name and the resolvers ("+fmt.Sprint(r.Config.Resolvers)+"); until it resolves it allows nothing")
+		}
+		if res.Dropped > 0 {
+			problem("answers_dropped", name, fmt.Sprintf("%d answers refused (loopback, private, link-local or multicast ranges, or over max_addresses_per_name=%d)", res.Dropped, cfg.MaxAddressesPerName),
+				"if the name really points into the LAN, set allow_private_answers: true in its allowlist")
+		}
+	}
+
+	// What the kernel should hold: the daemon's published view when it runs
+	// (lingering and stale-served addresses are not drift), else a fresh render.
+	var expected ruleset.Plan
+	st, serr := state.Read(o.RuntimeDir)
+	r.Daemon.StateFile = o.RuntimeDir + "/" + state.File
+	if serr == nil {
+		r.Daemon.Seen, r.Daemon.Running, r.Daemon.PID, r.Daemon.Generation = true, st.Alive(), st.PID, st.Generation
+		r.Daemon.LastApply, r.Daemon.Updated = &st.LastApply, &st.Updated
+		r.Daemon.ConfigMatches = st.ConfigHash == state.Hash(cfg)
+	}
+	switch {
+	case serr == nil && r.Daemon.Running:
+		expected = st.Plan
+		if !r.Daemon.ConfigMatches {
+			problem("config_not_applied", cfg.File, "the daemon enforces a different configuration than the files on disk (a reload is pending, or the files were rejected)",
+				"look for config_rejected in the daemon's log (journalctl -u egressd); systemctl reload egressd")
+		}
+	default:
+		if serr == nil {
+			problem("daemon_not_running", r.Daemon.StateFile, fmt.Sprintf("the daemon (pid %d) that wrote the state file is gone; the kernel keeps the last rules but nothing follows DNS", st.PID),
+				"systemctl start egressd (or run egressd run --once from a timer)")
+		}
+		addrs := func(name string) []netip.Addr { return fresh[name].Addrs }
+		expected = ruleset.Render(controller.BuildDesired(cfg, users, addrs))
+	}
+
+	findings, err := o.Kernel.Verify(expected)
+	if err != nil {
+		problem("cannot_run", "kernel", fmt.Sprintf("cannot compare with the kernel: %v", err), "run as root on a kernel with nf_tables")
+		return finish(ExitInvalid)
+	}
+	drifted := map[string]bool{}
+	for _, f := range findings {
+		fix := "the daemon restores its state within seconds; if this persists, another tool keeps changing table inet egressd"
+		if !r.Daemon.Running {
+			fix = "start egressd (systemctl start egressd) or run egressd run --once"
+		}
+		problem("drift_"+f.Kind, f.Object, f.Detail, fix)
+		drifted[f.Object] = true
+		if f.Kind == "table_missing" || f.Kind == "chain_missing" && f.Object == "output" {
+			for _, ch := range expected.Chains {
+				drifted[ruleset.ChainName(ch.Allowlist)] = true
+			}
+		}
+	}
+
+	for _, a := range cfg.Allowlists {
+		ar := AllowlistReport{Name: a.Name, File: a.File, User: a.User, Entries: len(a.Entries), Names: len(a.Names()), Status: "ok"}
+		if uid, ok := users.UIDs[a.Name]; ok {
+			u := uid
+			ar.UID = &u
+		}
+		ar.Addresses = len(expected.Sets[ruleset.SetName4(a.Name)]) + len(expected.Sets[ruleset.SetName6(a.Name)])
+		for _, n := range a.Names() {
+			if failing[n] {
+				ar.Status = "names_failing"
+			}
+		}
+		if drifted[ruleset.ChainName(a.Name)] || drifted[ruleset.SetName4(a.Name)] || drifted[ruleset.SetName6(a.Name)] {
+			ar.Status = "drift"
+		}
+		if _, ok := users.Missing[a.Name]; ok {
+			ar.Status = "user_missing"
+		}
+		r.Allowlists = append(r.Allowlists, ar)
+	}
+	sort.SliceStable(r.Problems, func(i, j int) bool { return r.Problems[i].Kind < r.Problems[j].Kind })
+	if len(r.Problems) > 0 {
+		return finish(ExitProblem)
+	}
+	return finish(ExitOK)
+}

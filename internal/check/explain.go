@@ -1,0 +1,256 @@
+package check
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+
+	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/state"
+	"github.com/egressd/egressd/ruleset"
+	"github.com/miekg/dns"
+)
+
+// Explanation answers "would USER be allowed to reach HOST:PORT right now",
+// from the live kernel state.
+type Explanation struct {
+	Verdict   string        `json:"verdict"` // allowed | denied | unrestricted
+	User      string        `json:"user"`
+	UID       uint32        `json:"uid"`
+	Allowlist string        `json:"allowlist,omitempty"`
+	Target    string        `json:"target"`
+	Proto     string        `json:"proto"`
+	Port      uint16        `json:"port"`
+	Addresses []AddrVerdict `json:"addresses"`
+	Nearest   []string      `json:"nearest,omitempty"`
+	Reason    string        `json:"reason"`
+}
+
+// AddrVerdict is the answer for one address the target resolves to.
+type AddrVerdict struct {
+	Addr    string `json:"addr"`
+	Allowed bool   `json:"allowed"`
+	Set     string `json:"set,omitempty"`
+	Element string `json:"element,omitempty"`
+	Entry   string `json:"entry,omitempty"` // the allowlist entry, with file:line
+}
+
+// Explain looks the question up in the live kernel. An error means it
+// cannot be answered (exit 2).
+func Explain(ctx context.Context, o Options, user, target string) (*Explanation, error) {
+	o.defaults()
+	cfg, err := config.Load(o.ConfigPath, o.ConfigRequired)
+	if err != nil {
+		return nil, fmt.Errorf("configuration invalid: %w", err)
+	}
+	e, err := config.ParseEntry(target)
+	if err != nil {
+		return nil, fmt.Errorf("target: %w", err)
+	}
+	if e.PortFrom != e.PortTo || (!e.IsName() && e.Prefix.Bits() != e.Prefix.Addr().BitLen()) {
+		return nil, fmt.Errorf("target %q: give one address or name and one port", target)
+	}
+	x := &Explanation{User: user, Target: target, Proto: e.Proto.String(), Port: e.PortFrom, Addresses: []AddrVerdict{}}
+	probe := &config.Allowlist{User: user}
+	uid, err := probe.UID(o.Users)
+	if err != nil {
+		return nil, err
+	}
+	x.UID = uid
+	users, err := o.Kernel.ReadUsers()
+	if errors.Is(err, ruleset.ErrNoTable) {
+		x.Verdict, x.Reason = "unrestricted", "table inet egressd does not exist: nobody is restricted"
+		return x, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	chain, ok := users[uid]
+	if !ok {
+		x.Verdict, x.Reason = "unrestricted", fmt.Sprintf("uid %d has no allowlist in the kernel: egressd does not restrict it", uid)
+		for _, a := range cfg.Allowlists {
+			if u, err := a.UID(o.Users); err == nil && u == uid {
+				x.Reason += fmt.Sprintf(" (but %s names this user: run egressd check)", a.File)
+			}
+		}
+		return x, nil
+	}
+	x.Allowlist = strings.TrimPrefix(chain, "allow_")
+	var al *config.Allowlist
+	for _, a := range cfg.Allowlists {
+		if a.Name == x.Allowlist {
+			al = a
+		}
+	}
+	sets, err := o.Kernel.ReadSets()
+	if err != nil {
+		return nil, err
+	}
+
+	// The addresses the target means: literal, or the daemon's view of the
+	// name plus a fresh lookup (the service may get either).
+	var addrs []netip.Addr
+	daemonAddrs := map[netip.Addr]bool{}
+	if !e.IsName() {
+		addrs = []netip.Addr{e.Prefix.Addr()}
+	} else {
+		if st, err := state.Read(o.RuntimeDir); err == nil {
+			for _, s := range st.Names[e.Host].Addrs {
+				if a, err := netip.ParseAddr(s); err == nil {
+					daemonAddrs[a] = true
+					addrs = appendAddr(addrs, a)
+				}
+			}
+		}
+		q := o.NewQuerier(cfg)
+		for _, k := range [2]uint16{dns.TypeA, dns.TypeAAAA} {
+			if res, err := q.Query(ctx, e.Host, k); err == nil {
+				for _, a := range res.Addrs {
+					addrs = appendAddr(addrs, a)
+				}
+			}
+		}
+		if len(addrs) == 0 {
+			x.Verdict, x.Reason = "denied", fmt.Sprintf("%s does not resolve (for egressd or now): a connection cannot even start", e.Host)
+			return x, nil
+		}
+	}
+	dnsAllowed := al != nil && al.DNS == config.DNSResolvers
+	allowedAny, deniedAny := false, false
+	for _, a := range addrs {
+		av := AddrVerdict{Addr: a.String()}
+		setName := ruleset.SetName4(x.Allowlist)
+		dnsSet := ruleset.DNSSet4
+		if a.Is6() {
+			setName, dnsSet = ruleset.SetName6(x.Allowlist), ruleset.DNSSet6
+		}
+		if el, ok := covering(sets[setName], e.Proto, a, e.PortFrom); ok {
+			av.Allowed, av.Set, av.Element = true, setName, el.String()
+			av.Entry = attribute(al, e.Proto, a, e.PortFrom, daemonAddrs, e.Host)
+		} else if el, ok := covering(sets[dnsSet], e.Proto, a, e.PortFrom); ok && dnsAllowed {
+			av.Allowed, av.Set, av.Element, av.Entry = true, dnsSet, el.String(), "dns: resolvers (the configured resolvers)"
+		}
+		if av.Allowed {
+			allowedAny = true
+		} else {
+			deniedAny = true
+		}
+		x.Addresses = append(x.Addresses, av)
+	}
+	switch {
+	case allowedAny && !deniedAny:
+		x.Verdict, x.Reason = "allowed", "every address is in the allowlist's set"
+	case allowedAny:
+		x.Verdict, x.Reason = "allowed", "some addresses are allowed, others not (the name's answers changed or differ per resolver)"
+	default:
+		x.Verdict, x.Reason = "denied", "no address is in the allowlist's set: the connection is logged, then rejected"
+		x.Nearest = nearest(al, e, addrs, sets)
+	}
+	return x, nil
+}
+
+func appendAddr(list []netip.Addr, a netip.Addr) []netip.Addr {
+	a = a.Unmap()
+	for _, b := range list {
+		if a == b {
+			return list
+		}
+	}
+	return append(list, a)
+}
+
+func covering(es []ruleset.Element, proto config.Proto, a netip.Addr, port uint16) (ruleset.Element, bool) {
+	for _, e := range es {
+		if e.Proto == proto && e.AddrFrom.Compare(a) <= 0 && a.Compare(e.AddrTo) <= 0 && e.PortFrom <= port && port <= e.PortTo {
+			return e, true
+		}
+	}
+	return ruleset.Element{}, false
+}
+
+// attribute names the allowlist entry that put (proto, a, port) in the set.
+func attribute(al *config.Allowlist, proto config.Proto, a netip.Addr, port uint16, nameAddrs map[netip.Addr]bool, host string) string {
+	if al == nil {
+		return ""
+	}
+	for _, en := range al.Entries {
+		if en.Proto != proto || port < en.PortFrom || port > en.PortTo {
+			continue
+		}
+		if !en.IsName() && en.Prefix.Contains(a) {
+			return fmt.Sprintf("%s (%s)", en.Raw, en.Pos)
+		}
+		if en.IsName() && (en.Host == host || nameAddrs[a]) {
+			return fmt.Sprintf("%s (%s)", en.Raw, en.Pos)
+		}
+	}
+	for _, en := range al.Entries {
+		if en.IsName() && en.Proto == proto && port >= en.PortFrom && port <= en.PortTo {
+			return fmt.Sprintf("%s (%s), which resolves to %s", en.Raw, en.Pos, a)
+		}
+	}
+	return ""
+}
+
+// nearest lists entries close to a denied target: same host on another
+// port or protocol, or the same name allowed on other addresses.
+func nearest(al *config.Allowlist, t config.Entry, addrs []netip.Addr, sets map[string][]ruleset.Element) []string {
+	if al == nil {
+		return nil
+	}
+	var out []string
+	for _, en := range al.Entries {
+		sameHost := (t.IsName() && en.Host == t.Host)
+		for _, a := range addrs {
+			if !en.IsName() && en.Prefix.Contains(a) {
+				sameHost = true
+			}
+		}
+		if sameHost && (en.Proto != t.Proto || t.PortFrom < en.PortFrom || t.PortFrom > en.PortTo) {
+			out = append(out, fmt.Sprintf("same host, other port: %s (%s)", en.Raw, en.Pos))
+		}
+	}
+	if t.IsName() {
+		for _, en := range al.Entries {
+			if en.Host == t.Host && en.Proto == t.Proto && t.PortFrom >= en.PortFrom && t.PortFrom <= en.PortTo {
+				var allowed []string
+				for _, name := range []string{ruleset.SetName4(al.Name), ruleset.SetName6(al.Name)} {
+					for _, el := range sets[name] {
+						if el.Proto == t.Proto && el.PortFrom <= t.PortFrom && t.PortFrom <= el.PortTo {
+							allowed = append(allowed, el.String())
+						}
+					}
+				}
+				out = append(out, fmt.Sprintf("same name, other address: %s (%s) is listed, but the kernel allows it only at %s; the address you got is not (yet) an answer egressd has seen",
+					en.Raw, en.Pos, strings.Join(allowed, ", ")))
+			}
+		}
+	}
+	return out
+}
+
+// WriteText prints the explanation for people.
+func (x *Explanation) WriteText(w io.Writer) {
+	fmt.Fprintf(w, "%s: user %s (uid %d) → %s\n", strings.ToUpper(x.Verdict), x.User, x.UID, x.Target)
+	if x.Allowlist != "" {
+		fmt.Fprintf(w, "  allowlist: %s\n", x.Allowlist)
+	}
+	for _, a := range x.Addresses {
+		dst := a.Addr
+		if ip, err := netip.ParseAddr(a.Addr); err == nil {
+			dst = netip.AddrPortFrom(ip, x.Port).String()
+		}
+		if a.Allowed {
+			fmt.Fprintf(w, "  %s/%s allowed by %s (kernel set %s, element %s)\n", dst, x.Proto, a.Entry, a.Set, a.Element)
+		} else {
+			fmt.Fprintf(w, "  %s/%s denied: not in the allowlist's set\n", dst, x.Proto)
+		}
+	}
+	for _, n := range x.Nearest {
+		fmt.Fprintf(w, "  nearest: %s\n", n)
+	}
+	fmt.Fprintf(w, "  %s\n", x.Reason)
+}

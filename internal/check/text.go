@@ -1,0 +1,62 @@
+package check
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// WriteText prints the report for people: a verdict, the configuration and
+// the daemon, one line per allowlist, then the problems with what to do.
+func (r *Report) WriteText(w io.Writer) {
+	verdict := map[string]string{"ok": "OK: in sync", "problems": fmt.Sprintf("PROBLEMS: %d", len(r.Problems)), "invalid": "INVALID"}[r.Status]
+	fmt.Fprintf(w, "egressd check: %s\n", verdict)
+	if r.Config.Valid {
+		fmt.Fprintf(w, "config:  %s: %d allowlists, %d names, resolvers %s\n", r.Config.File, r.Config.Allowlists, r.Config.Names, strings.Join(r.Config.Resolvers, ", "))
+	} else {
+		fmt.Fprintf(w, "config:  %s: invalid\n", r.Config.File)
+		for _, e := range r.Config.Errors {
+			fmt.Fprintf(w, "  %s\n", e)
+		}
+	}
+	switch {
+	case r.Daemon.Running:
+		fmt.Fprintf(w, "daemon:  running (pid %d), generation %d, last apply %s ago", r.Daemon.PID, r.Daemon.Generation, ago(r.CheckedAt, r.Daemon.LastApply))
+		if !r.Daemon.ConfigMatches {
+			fmt.Fprint(w, ", NOT enforcing the files on disk")
+		}
+		fmt.Fprintln(w)
+	case r.Daemon.Seen:
+		fmt.Fprintf(w, "daemon:  not running (state file from pid %d, last apply %s ago)\n", r.Daemon.PID, ago(r.CheckedAt, r.Daemon.LastApply))
+	case r.Config.Valid:
+		fmt.Fprintf(w, "daemon:  no state file (%s): compared with a fresh resolution\n", r.Daemon.StateFile)
+	}
+	if len(r.Allowlists) > 0 {
+		fmt.Fprintln(w)
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "ALLOWLIST\tUSER\tUID\tENTRIES\tNAMES\tADDRESSES\tSTATUS")
+		for _, a := range r.Allowlists {
+			uid := "-"
+			if a.UID != nil {
+				uid = fmt.Sprint(*a.UID)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\n", a.Name, a.User, uid, a.Entries, a.Names, a.Addresses, a.Status)
+		}
+		tw.Flush()
+	}
+	if len(r.Problems) > 0 {
+		fmt.Fprintln(w, "\nproblems:")
+		for _, p := range r.Problems {
+			fmt.Fprintf(w, "  %s %s: %s\n    → %s\n", p.Kind, p.Object, p.Detail, p.Fix)
+		}
+	}
+}
+
+func ago(now time.Time, t *time.Time) string {
+	if t == nil || t.IsZero() {
+		return "never"
+	}
+	return now.Sub(*t).Round(time.Second).String()
+}
