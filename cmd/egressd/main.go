@@ -40,6 +40,11 @@ SYNOPSIS
     egressd run [--config FILE] [--once] [--log-level LEVEL] [--runtime-dir DIR]
     egressd check [--config FILE] [--json] [--runtime-dir DIR]
     egressd check [--config FILE] [--json] --explain USER HOST:PORT[/udp]
+    egressd harden --user USER [--writable PATH]... [--listen tcp:PORT|udp:PORT]...
+                   [--jit] [--nproc N] [--fsize SIZE] [--apparmor PROFILE | --selinux CONTEXT]
+                   [--loopback-only] [--no-private-users] [--systemd-version N]
+                   [--allowlist NAME] [--unit NAME]
+    egressd harden --audit UNIT_FILE [--json]
     egressd remove
     egressd demo
     egressd version
@@ -73,6 +78,18 @@ COMMANDS
               to the live kernel, and by which allowlist entry; when denied,
               the nearest entries (same host other port, same name other
               address).
+    harden    Print a systemd drop-in that hardens one protected service:
+              its own user, no new privileges, private /tmp, read-only
+              system with explicit writable paths, no W+X memory, resource
+              limits, port binding limits, LSM profile, and ordering after
+              egressd.service. Every line says which exploit behaviour it
+              blocks; options the target systemd lacks are left out.
+              See docs/hardening.md.
+    harden --audit UNIT_FILE
+              Report the unit's exposure score (systemd-analyze security),
+              each missing protection with the line to add, and every code
+              or configuration path the service user could modify (walking
+              up to /), with the fix. Exit 1 when anything is found.
     remove    Delete the table inet egressd: every restriction is lifted.
               For uninstalling and emergencies.
     demo      Run the real daemon on example allowlists inside a throwaway
@@ -104,6 +121,8 @@ EXIT STATUS
     check --explain
                0 allowed (or the user is not restricted); 1 denied;
                2 cannot answer.
+    harden     0 printed; 2 invalid options. With --audit: 0 nothing found,
+               1 findings, 2 cannot read the unit.
     remove     0 removed (or nothing to remove); 1 on failure.
 
 EVENTS
@@ -130,6 +149,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdRun(args[1:], stderr)
 	case "check":
 		return cmdCheck(args[1:], stdout, stderr)
+	case "harden":
+		return cmdHarden(args[1:], stdout, stderr)
 	case "remove":
 		return cmdRemove(args[1:], stderr)
 	case "demo":

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/harden"
+)
+
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+func cmdHarden(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("harden", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o harden.Options
+	var writable, listen listFlag
+	fs.StringVar(&o.User, "user", "", "the service user")
+	fs.StringVar(&o.Group, "group", "", "the service group (default: the user)")
+	fs.Var(&writable, "writable", "a path the service may write (repeatable)")
+	fs.Var(&listen, "listen", "tcp:PORT or udp:PORT the service binds (repeatable)")
+	fs.BoolVar(&o.JIT, "jit", false, "the service needs writable+executable memory (JVM, V8, LuaJIT)")
+	fs.IntVar(&o.NProc, "nproc", 0, "LimitNPROC (default 64)")
+	fs.StringVar(&o.FSize, "fsize", "", "LimitFSIZE (default 1G)")
+	fs.StringVar(&o.AppArmor, "apparmor", "", "AppArmor profile to confine the service")
+	fs.StringVar(&o.SELinux, "selinux", "", "SELinux context to run the service in")
+	fs.BoolVar(&o.LoopbackOnly, "loopback-only", false, "the service talks to localhost only")
+	noPrivUsers := fs.Bool("no-private-users", false, "leave out PrivateUsers=yes (daemons that change uid themselves, or need other users' uids)")
+	fs.IntVar(&o.SystemdVersion, "systemd-version", 0, fmt.Sprintf("target systemd version (default %d)", harden.DefaultSystemdVersion))
+	fs.StringVar(&o.Allowlist, "allowlist", "", "the allowlist (NAME of allow.d/NAME.yaml) that restricts the service's egress")
+	fs.StringVar(&o.Unit, "unit", "", "the unit name, for the install hint (e.g. billing.service)")
+	cfgPath := fs.String("config", config.DefaultPath, "main configuration file (with --allowlist)")
+	audit := fs.String("audit", "", "audit UNIT_FILE (and its drop-ins) instead of generating")
+	asJSON := fs.Bool("json", false, "with --audit: JSON output")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "egressd harden: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if *audit != "" {
+		r, err := harden.Audit(*audit)
+		if err != nil {
+			fmt.Fprintln(stderr, "egressd harden --audit:", err)
+			return 2
+		}
+		if *asJSON {
+			writeJSON(stdout, r)
+		} else {
+			r.WriteText(stdout)
+		}
+		if len(r.Findings) > 0 {
+			return 1
+		}
+		return 0
+	}
+	o.Writable, o.PrivateUsers = writable, !*noPrivUsers
+	for _, l := range listen {
+		ls, err := harden.ParseListen(l)
+		if err != nil {
+			fmt.Fprintln(stderr, "egressd harden:", err)
+			return 2
+		}
+		o.Listen = append(o.Listen, ls)
+	}
+	if o.Allowlist != "" {
+		cfg, err := config.Load(*cfgPath, true)
+		if err != nil {
+			fmt.Fprintln(stderr, "egressd harden: --allowlist needs a valid configuration:", err)
+			return 2
+		}
+		var al *config.Allowlist
+		for _, a := range cfg.Allowlists {
+			if a.Name == o.Allowlist {
+				al = a
+			}
+		}
+		if al == nil {
+			fmt.Fprintf(stderr, "egressd harden: no allowlist %q in %s\n", o.Allowlist, cfg.AllowDir)
+			return 2
+		}
+		if o.User == "" {
+			o.User = al.User
+		} else if o.User != al.User {
+			fmt.Fprintf(stderr, "egressd harden: --user %s, but allowlist %s restricts user %s\n", o.User, al.Name, al.User)
+			return 2
+		}
+		o.AllowlistInfo = fmt.Sprintf(" (%s, %d entries, dns: %s)", al.File, len(al.Entries), al.DNS)
+	}
+	out, err := harden.Generate(o)
+	if err != nil {
+		fmt.Fprintln(stderr, "egressd harden:", err)
+		return 2
+	}
+	fmt.Fprint(stdout, out)
+	return 0
+}

@@ -1,0 +1,366 @@
+package harden
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// Unit is a parsed unit file with its drop-ins: every assignment, in order.
+type Unit struct {
+	Files  []string
+	values map[string][]string // "Section.Key" -> values in order; an empty assignment resets
+}
+
+// LoadUnit reads path and the drop-ins in path.d/*.conf, in name order.
+func LoadUnit(path string) (*Unit, error) {
+	u := &Unit{values: map[string][]string{}}
+	files := []string{path}
+	drop, _ := filepath.Glob(path + ".d/*.conf")
+	sort.Strings(drop)
+	files = append(files, drop...)
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		u.Files = append(u.Files, f)
+		u.parse(b)
+	}
+	return u, nil
+}
+
+func (u *Unit) parse(b []byte) {
+	section := ""
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	var cont string
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if strings.HasSuffix(line, "\\") {
+			cont += strings.TrimSuffix(line, "\\") + " "
+			continue
+		}
+		line, cont = cont+line, ""
+		if line == "" || line[0] == '#' || line[0] == ';' {
+			continue
+		}
+		if line[0] == '[' && strings.HasSuffix(line, "]") {
+			section = line[1 : len(line)-1]
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			continue
+		}
+		key := section + "." + strings.TrimSpace(k)
+		v = strings.TrimSpace(v)
+		if v == "" {
+			u.values[key] = []string{""} // reset, but remember it was set (e.g. CapabilityBoundingSet=)
+			continue
+		}
+		if len(u.values[key]) == 1 && u.values[key][0] == "" {
+			u.values[key] = nil
+		}
+		u.values[key] = append(u.values[key], v)
+	}
+}
+
+// Get returns the values of a [Service] or [Unit] key.
+func (u *Unit) Get(section, key string) []string { return u.values[section+"."+key] }
+
+// Last returns the last value of a key, and whether it was set.
+func (u *Unit) Last(section, key string) (string, bool) {
+	vs := u.Get(section, key)
+	if len(vs) == 0 {
+		return "", false
+	}
+	return vs[len(vs)-1], true
+}
+
+// Finding is one audit result.
+type Finding struct {
+	Kind   string `json:"kind"` // missing, weakened, ordering, runs_as_root, owned_by_user, group_writable, world_writable
+	Target string `json:"target"`
+	Detail string `json:"detail"`
+	Fix    string `json:"fix"`
+}
+
+// Report is the audit of one unit.
+type Report struct {
+	Unit      string    `json:"unit"`
+	Files     []string  `json:"files"`
+	Score     float64   `json:"exposure"` // systemd-analyze security; -1 when unknown
+	ScoreNote string    `json:"exposure_note,omitempty"`
+	Findings  []Finding `json:"findings"`
+}
+
+var falseRE = regexp.MustCompile(`^(no|false|0|off)$`)
+
+// Audit inspects a unit file and its drop-ins.
+func Audit(path string) (*Report, error) {
+	u, err := LoadUnit(path)
+	if err != nil {
+		return nil, err
+	}
+	r := &Report{Unit: path, Files: u.Files, Score: -1, Findings: []Finding{}}
+	r.Score, r.ScoreNote = exposure(u)
+
+	// Protections, compared with what the generator writes.
+	ref := Options{User: "x", PrivateUsers: true}
+	for _, l := range ref.lines() {
+		if l.key == "User" || l.key == "Group" || l.key == "SocketBindDeny" || l.section == "Unit" {
+			continue
+		}
+		v, ok := u.Last(l.section, l.key)
+		fix := fmt.Sprintf("add %s=%s   # %s", l.key, l.value, l.why)
+		switch {
+		case !ok:
+			r.Findings = append(r.Findings, Finding{"missing", l.key, "not set", fix})
+		case l.value == "yes" && falseRE.MatchString(v):
+			r.Findings = append(r.Findings, Finding{"weakened", l.key, "set to " + v, fix})
+		}
+	}
+	if _, ok := u.Last("Service", "SocketBindDeny"); !ok {
+		r.Findings = append(r.Findings, Finding{"missing", "SocketBindDeny", "the service may listen on any port",
+			"add SocketBindAllow=tcp:PORT for its own ports and SocketBindDeny=any   # bind a shell, listen"})
+	}
+	after := strings.Join(u.Get("Unit", "After"), " ")
+	req := strings.Join(append(u.Get("Unit", "Requires"), u.Get("Unit", "BindsTo")...), " ")
+	if !strings.Contains(after, "egressd.service") || !strings.Contains(req, "egressd.service") {
+		r.Findings = append(r.Findings, Finding{"ordering", "[Unit]", "not ordered after egressd.service with Requires=: the service may start unprotected",
+			"add After=egressd.service and Requires=egressd.service in [Unit]"})
+	}
+
+	userName, hasUser := u.Last("Service", "User")
+	if dyn, _ := u.Last("Service", "DynamicUser"); !hasUser && !regexp.MustCompile(`^(yes|true|1|on)$`).MatchString(dyn) {
+		r.Findings = append(r.Findings, Finding{"runs_as_root", "User", "no User=: the service runs as root",
+			"add User= and Group= naming a user of its own"})
+		return r, nil
+	}
+	if hasUser {
+		r.Findings = append(r.Findings, ownership(u, userName)...)
+	}
+	return r, nil
+}
+
+var overallRE = regexp.MustCompile(`Overall exposure level for .*: ([0-9]+\.[0-9]+)`)
+
+// exposure runs systemd-analyze security --offline on the unit with its
+// drop-ins merged into one file (offline mode reads only the file given).
+func exposure(u *Unit) (float64, string) {
+	bin, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		return -1, "systemd-analyze not found"
+	}
+	dir, err := os.MkdirTemp("", "egressd-audit-")
+	if err != nil {
+		return -1, err.Error()
+	}
+	defer os.RemoveAll(dir)
+	merged := filepath.Join(dir, filepath.Base(u.Files[0]))
+	if !strings.HasSuffix(merged, ".service") {
+		merged += ".service"
+	}
+	var all bytes.Buffer
+	for _, f := range u.Files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return -1, err.Error()
+		}
+		all.Write(b)
+		all.WriteString("\n")
+	}
+	if err := os.WriteFile(merged, all.Bytes(), 0o644); err != nil {
+		return -1, err.Error()
+	}
+	score, _, err := Analyze(bin, merged)
+	if err != nil {
+		return -1, err.Error()
+	}
+	return score, ""
+}
+
+// Analyze runs `systemd-analyze security --offline=yes FILE` (no shell: the
+// path is one argument) and returns the overall exposure and the output.
+func Analyze(bin, file string) (float64, string, error) {
+	out, err := exec.Command(bin, "security", "--offline=yes", "--no-pager", file).CombinedOutput()
+	m := overallRE.FindSubmatch(out)
+	if m == nil {
+		return -1, string(out), fmt.Errorf("systemd-analyze security: %v: %s", err, lastLine(out))
+	}
+	f, _ := strconv.ParseFloat(string(m[1]), 64)
+	return f, string(out), nil
+}
+
+func lastLine(b []byte) string {
+	s := strings.TrimSpace(string(b))
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		s = s[i+1:]
+	}
+	return s
+}
+
+// Paths the unit declares writable by the service user.
+func writablePaths(u *Unit) []string {
+	var out []string
+	strip := func(p string) string { return strings.TrimLeft(p, "-+") }
+	for _, v := range u.Get("Service", "ReadWritePaths") {
+		for _, p := range strings.Fields(v) {
+			out = append(out, filepath.Clean(strip(p)))
+		}
+	}
+	for key, base := range map[string]string{"StateDirectory": "/var/lib", "CacheDirectory": "/var/cache", "LogsDirectory": "/var/log", "RuntimeDirectory": "/run"} {
+		for _, v := range u.Get("Service", key) {
+			for _, d := range strings.Fields(v) {
+				d, _, _ = strings.Cut(d, ":")
+				out = append(out, filepath.Join(base, d))
+			}
+		}
+	}
+	return out
+}
+
+// codePaths are the paths whose modification by the service would let an
+// exploit persist or escalate: its binary, the files its command line names,
+// its working directory, environment and configuration files.
+func codePaths(u *Unit) []string {
+	var out []string
+	for _, key := range []string{"ExecStartPre", "ExecStart", "ExecStartPost", "ExecReload"} {
+		for _, v := range u.Get("Service", key) {
+			fields := strings.Fields(v)
+			for i, f := range fields {
+				if i == 0 {
+					f = strings.TrimLeft(f, "@-:+!|")
+				}
+				if _, val, ok := strings.Cut(f, "="); ok && strings.HasPrefix(val, "/") {
+					f = val // --config=/etc/x.yaml
+				}
+				if strings.HasPrefix(f, "/") {
+					if _, err := os.Stat(f); err == nil || i == 0 {
+						out = append(out, filepath.Clean(f))
+					}
+				}
+			}
+		}
+	}
+	for _, key := range []string{"WorkingDirectory", "EnvironmentFile"} {
+		for _, v := range u.Get("Service", key) {
+			p := strings.TrimLeft(v, "-~!")
+			if strings.HasPrefix(p, "/") {
+				out = append(out, filepath.Clean(p))
+			}
+		}
+	}
+	for _, v := range u.Get("Service", "ConfigurationDirectory") {
+		for _, d := range strings.Fields(v) {
+			out = append(out, filepath.Join("/etc", d))
+		}
+	}
+	return out
+}
+
+func under(p string, dirs []string) bool {
+	for _, d := range dirs {
+		if p == d || strings.HasPrefix(p, d+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// ownership walks every code and configuration path up to / and reports
+// what the service user could modify: by owning it, through a group it is
+// in, or because it is world-writable.
+func ownership(u *Unit, userName string) []Finding {
+	usr, err := user.Lookup(userName)
+	if err != nil {
+		return []Finding{{"user_unknown", userName, "the service user does not exist here: ownership not checked", "create the user, then audit again"}}
+	}
+	uid, _ := strconv.ParseUint(usr.Uid, 10, 32)
+	groups := map[uint64]string{}
+	gids, _ := usr.GroupIds()
+	gids = append(gids, usr.Gid)
+	for _, g := range gids {
+		n, _ := strconv.ParseUint(g, 10, 32)
+		name := g
+		if gr, err := user.LookupGroupId(g); err == nil {
+			name = gr.Name
+		}
+		groups[n] = name
+	}
+	return OwnershipFindings(codePaths(u), writablePaths(u), uint32(uid), groups, userName)
+}
+
+// OwnershipFindings checks paths (walking up to /) against a uid and its groups.
+func OwnershipFindings(paths, writable []string, uid uint32, groups map[uint64]string, userName string) []Finding {
+	var out []Finding
+	seen := map[string]bool{}
+	for _, p := range paths {
+		for q := p; ; q = filepath.Dir(q) {
+			if !seen[q] && !under(q, writable) {
+				seen[q] = true
+				out = append(out, checkPath(q, uid, groups, userName)...)
+			}
+			if q == "/" || q == "." {
+				break
+			}
+		}
+	}
+	return out
+}
+
+func checkPath(p string, uid uint32, groups map[uint64]string, userName string) []Finding {
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return nil
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	var out []Finding
+	mode := fi.Mode()
+	if st.Uid == uid {
+		out = append(out, Finding{"owned_by_user", p, fmt.Sprintf("owned by %s, the service user: it can change it", userName),
+			fmt.Sprintf("chown root: %s", p)})
+	}
+	if g, in := groups[uint64(st.Gid)]; in && mode.Perm()&0o020 != 0 {
+		out = append(out, Finding{"group_writable", p, fmt.Sprintf("writable by group %s, which %s belongs to", g, userName),
+			fmt.Sprintf("chmod g-w %s", p)})
+	}
+	sticky := fi.IsDir() && mode&os.ModeSticky != 0
+	if mode.Perm()&0o002 != 0 && !sticky && mode&os.ModeSymlink == 0 {
+		out = append(out, Finding{"world_writable", p, "writable by every user", fmt.Sprintf("chmod o-w %s", p)})
+	}
+	return out
+}
+
+// WriteText prints the audit for people.
+func (r *Report) WriteText(w io.Writer) {
+	fmt.Fprintf(w, "egressd harden --audit %s\n", r.Unit)
+	if len(r.Files) > 1 {
+		fmt.Fprintf(w, "  drop-ins: %s\n", strings.Join(r.Files[1:], ", "))
+	}
+	if r.Score >= 0 {
+		fmt.Fprintf(w, "  exposure (systemd-analyze security): %.1f\n", r.Score)
+	} else {
+		fmt.Fprintf(w, "  exposure: unknown (%s)\n", r.ScoreNote)
+	}
+	if len(r.Findings) == 0 {
+		fmt.Fprintln(w, "  nothing found")
+		return
+	}
+	for _, f := range r.Findings {
+		fmt.Fprintf(w, "  %-15s %s: %s\n      → %s\n", f.Kind, f.Target, f.Detail, f.Fix)
+	}
+}

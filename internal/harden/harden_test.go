@@ -1,0 +1,295 @@
+package harden
+
+import (
+	"flag"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/egressd/egressd/internal/systest"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+// typical is a network service with one state directory, no JIT, listening
+// on one port: the case the exposure target is set for.
+func typical(v int) Options {
+	return Options{Unit: "billing.service", User: "billing", Writable: []string{"/var/lib/billing"},
+		Listen: []Listen{{"tcp", 8080}}, PrivateUsers: true, SystemdVersion: v, AppArmor: "billing"}
+}
+
+func TestGenerateGolden(t *testing.T) {
+	for _, v := range []int{239, 245, 249, 252, 255} {
+		got, err := Generate(typical(v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		file := filepath.Join("testdata", "typical-"+strconv.Itoa(v)+".conf")
+		if *update {
+			if err := os.WriteFile(file, []byte(got), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatalf("%v (run go test ./internal/harden -update to create it)", err)
+		}
+		if got != string(want) {
+			t.Errorf("systemd %d: output differs from %s (go test ./internal/harden -update after review)\n%s", v, file, got)
+		}
+	}
+}
+
+func itoa(v int) string {
+	return strings.TrimSpace(strings.Repeat(" ", 0) + string(rune('0'+v/100)) + string(rune('0'+v/10%10)) + string(rune('0'+v%10)))
+}
+
+func TestGenerateVersionsAndComments(t *testing.T) {
+	old, _ := Generate(typical(239))
+	for _, k := range []string{"SocketBindDeny", "ProtectProc", "ProtectClock", "ProtectKernelLogs", "ProtectHostname", "RestrictSUIDSGID"} {
+		if strings.Contains(old, "\n"+k+"=") {
+			t.Errorf("systemd 239 output has %s", k)
+		}
+	}
+	if !strings.Contains(old, "# Left out, unknown to systemd 239:") {
+		t.Error("left-out options not listed")
+	}
+	cur, _ := Generate(typical(252))
+	lines := strings.Split(cur, "\n")
+	for i, l := range lines {
+		if strings.Contains(l, "=") && !strings.HasPrefix(l, "#") {
+			if i == 0 || !strings.HasPrefix(lines[i-1], "# ") {
+				t.Errorf("line %q has no comment", l)
+			}
+		}
+	}
+	for _, want := range []string{"MemoryDenyWriteExecute=yes", "CapabilityBoundingSet=\n", "SocketBindAllow=tcp:8080", "AppArmorProfile=billing", "Requires=egressd.service"} {
+		if !strings.Contains(cur, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	jit := typical(252)
+	jit.JIT, jit.Listen = true, []Listen{{"tcp", 443}}
+	out, _ := Generate(jit)
+	if strings.Contains(out, "MemoryDenyWriteExecute") || !strings.Contains(out, "CapabilityBoundingSet=CAP_NET_BIND_SERVICE") {
+		t.Errorf("--jit / low port:\n%s", out)
+	}
+	nolisten := typical(252)
+	nolisten.Listen = nil
+	out, _ = Generate(nolisten)
+	if strings.Contains(out, "SocketBindAllow") || !strings.Contains(out, "SocketBindDeny=any") {
+		t.Error("a service that does not listen must deny every bind")
+	}
+}
+
+func TestValidate(t *testing.T) {
+	for _, o := range []Options{
+		{},
+		{User: "root"},
+		{User: "bad user"},
+		{User: "a", Writable: []string{"relative"}},
+		{User: "a", Writable: []string{"/etc"}},
+		{User: "a", Writable: []string{"/var/lib/a b"}},
+		{User: "a", AppArmor: "x", SELinux: "y"},
+		{User: "a", AppArmor: "x\nExecStart=/bin/sh"},
+		{User: "a", SystemdVersion: 200},
+	} {
+		if _, err := Generate(o); err == nil {
+			t.Errorf("Generate(%+v) accepted", o)
+		}
+	}
+	for _, s := range []string{"http:80", "tcp:0", "tcp:65536", "tcp:08", "tcp"} {
+		if _, err := ParseListen(s); err == nil {
+			t.Errorf("ParseListen(%q) accepted", s)
+		}
+	}
+}
+
+func analyzer(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		if os.Getenv("EGRESSD_REQUIRE_SYSTEM_TESTS") == "1" {
+			t.Fatal("systemd-analyze not installed, and EGRESSD_REQUIRE_SYSTEM_TESTS=1 forbids skipping")
+		}
+		t.Skip("systemd-analyze not installed")
+	}
+	return bin
+}
+
+// writeUnit merges a minimal service with a drop-in into one file (offline
+// analysis reads only the file given).
+func writeUnit(t *testing.T, dir, name, dropIn string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	base := "[Unit]\nDescription=test service\n\n[Service]\nExecStart=/usr/bin/sleep infinity\n\n"
+	if err := os.WriteFile(p, []byte(base+dropIn), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// egressdUnit copies the repository's egressd.service with ExecStart pointing
+// at an existing binary, so that verify judges the unit, not the install.
+func egressdUnit(t *testing.T, dir string) string {
+	t.Helper()
+	b, err := os.ReadFile("../../egressd.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "egressd.service")
+	if err := os.WriteFile(p, []byte(strings.ReplaceAll(string(b), "/usr/local/bin/egressd", "/usr/bin/sleep")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestExposureTargets(t *testing.T) {
+	bin := analyzer(t)
+	dir := t.TempDir()
+	eg := egressdUnit(t, dir)
+	cases := []struct {
+		name string
+		o    Options
+		max  float64
+	}{
+		{"typical network service", typical(DefaultSystemdVersion), 1.2},
+		{"loopback only", func() Options { o := typical(DefaultSystemdVersion); o.LoopbackOnly = true; return o }(), 0.9},
+	}
+	for _, c := range cases {
+		out, err := Generate(c.o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unit := writeUnit(t, dir, "billing.service", out)
+		score, report, err := Analyze(bin, unit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: exposure %.1f (target ≤ %.1f)", c.name, score, c.max)
+		if score > c.max {
+			t.Errorf("%s: exposure %.1f > %.1f\n%s", c.name, score, c.max, report)
+		}
+		// verify exits 0 even on unknown keys: read what it prints.
+		vout, _ := exec.Command(bin, "verify", eg, unit).CombinedOutput()
+		if s := strings.TrimSpace(string(vout)); s != "" {
+			t.Errorf("%s: systemd-analyze verify printed:\n%s", c.name, s)
+		}
+	}
+	score, report, err := Analyze(bin, eg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("egressd.service (dedicated user): exposure %.1f (target ≤ 1.5)", score)
+	if score > 1.5 {
+		t.Errorf("egressd.service exposure %.1f > 1.5\n%s", score, report)
+	}
+	if vout, _ := exec.Command(bin, "verify", eg).CombinedOutput(); strings.TrimSpace(string(vout)) != "" {
+		t.Errorf("egressd.service: systemd-analyze verify printed:\n%s", vout)
+	}
+}
+
+func TestOwnershipFindings(t *testing.T) {
+	systest.Require(t) // chown needs root
+	root := t.TempDir()
+	os.Chmod(root, 0o755) //nolint:errcheck
+	const uid, gid = 61234, 61235
+	mk := func(p string, mode os.FileMode, dir bool) string {
+		full := filepath.Join(root, p)
+		if dir {
+			if err := os.MkdirAll(full, mode); err != nil {
+				t.Fatal(err)
+			}
+		} else if err := os.WriteFile(full, []byte("x"), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(full, mode); err != nil {
+			t.Fatal(err)
+		}
+		return full
+	}
+	mk("opt", 0o755, true)
+	app := mk("opt/app", 0o775, true) // group-writable, group gid: the user's group
+	if err := os.Chown(app, 0, gid); err != nil {
+		t.Fatal(err)
+	}
+	bin := mk("opt/app/server", 0o755, false) // owned by the user
+	if err := os.Chown(bin, uid, 0); err != nil {
+		t.Fatal(err)
+	}
+	conf := mk("opt/app/server.conf", 0o646, false) // world-writable
+	tmp := mk("opt/tmp", 0o777|os.ModeSticky, true) // sticky, like /tmp: not a finding
+	state := mk("opt/app/state", 0o755, true)       // declared writable
+	if err := os.Chown(state, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	fs := OwnershipFindings([]string{bin, conf, tmp, state}, []string{state}, uid, map[uint64]string{gid: "svc"}, "svc")
+	got := map[string]string{}
+	for _, f := range fs {
+		got[f.Target] += f.Kind + " "
+	}
+	want := map[string]string{bin: "owned_by_user ", app: "group_writable ", conf: "world_writable "}
+	for p, k := range want {
+		if got[p] != k {
+			t.Errorf("%s: findings %q, want %q", p, got[p], k)
+		}
+	}
+	if got[tmp] != "" || got[state] != "" {
+		t.Errorf("sticky or declared-writable paths flagged: %v", got)
+	}
+	for _, f := range fs {
+		if (f.Kind == "owned_by_user" && f.Fix != "chown root: "+f.Target) || (f.Kind == "group_writable" && f.Fix != "chmod g-w "+f.Target) {
+			t.Errorf("fix for %v", f)
+		}
+	}
+}
+
+func TestAuditUnit(t *testing.T) {
+	systest.Require(t)
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755) //nolint:errcheck
+	bin := filepath.Join(dir, "server")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(bin, 65534, 65534); err != nil { // nobody owns its own binary
+		t.Fatal(err)
+	}
+	unit := filepath.Join(dir, "svc.service")
+	os.WriteFile(unit, []byte("[Service]\nExecStart="+bin+" --flag\nUser=nobody\nNoNewPrivileges=no\n"), 0o644) //nolint:errcheck
+	r, err := Audit(unit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]bool{}
+	for _, f := range r.Findings {
+		kinds[f.Kind+":"+f.Target] = true
+	}
+	for _, k := range []string{"owned_by_user:" + bin, "weakened:NoNewPrivileges", "missing:ProtectSystem", "ordering:[Unit]", "missing:SocketBindDeny"} {
+		if !kinds[k] {
+			t.Errorf("audit lacks %s: %v", k, r.Findings)
+		}
+	}
+	// The generated drop-in next to it fixes every missing protection.
+	out, err := Generate(Options{User: "nobody", PrivateUsers: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(unit+".d", 0o755)                                                //nolint:errcheck
+	os.WriteFile(filepath.Join(unit+".d", "hardening.conf"), []byte(out), 0o644) //nolint:errcheck
+	os.Chown(bin, 0, 0)                                                          //nolint:errcheck
+	r, err = Audit(unit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Findings) != 0 {
+		t.Errorf("after the drop-in and chown: %v", r.Findings)
+	}
+	if _, err := exec.LookPath("systemd-analyze"); err == nil && r.Score < 0 {
+		t.Errorf("no exposure score: %s", r.ScoreNote)
+	}
+	t.Logf("audited %v: exposure %.1f", r.Files, r.Score)
+}

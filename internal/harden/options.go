@@ -1,0 +1,192 @@
+// Package harden is `egressd harden`: it writes the systemd hardening that
+// complements egress filtering for a protected service (a drop-in), and
+// audits a unit: exposure score, missing protections, and whether the
+// service user can modify its own code or configuration.
+package harden
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// Options describe the protected service.
+type Options struct {
+	Unit           string   // the unit the drop-in is for, for the header comment
+	User           string   // service user (required)
+	Group          string   // default: User
+	Writable       []string // ReadWritePaths
+	Listen         []Listen // ports the service binds
+	JIT            bool     // needs writable+executable memory (JVM, V8, LuaJIT, PCRE JIT)
+	NProc          int      // LimitNPROC; default 64
+	FSize          string   // LimitFSIZE; default 1G
+	AppArmor       string
+	SELinux        string
+	LoopbackOnly   bool // may only talk to localhost
+	PrivateUsers   bool // PrivateUsers=yes (default on; off for daemons that need real uids of other users)
+	SystemdVersion int  // target systemd; options it does not know are left out
+	Allowlist      string
+	AllowlistInfo  string // one line describing the allowlist, for the header
+}
+
+// Listen is one port the service binds.
+type Listen struct {
+	Proto string // tcp | udp
+	Port  uint16
+}
+
+func (l Listen) String() string { return fmt.Sprintf("%s:%d", l.Proto, l.Port) }
+
+// ParseListen parses tcp:PORT or udp:PORT.
+func ParseListen(s string) (Listen, error) {
+	proto, port, ok := strings.Cut(s, ":")
+	var n uint16
+	if _, err := fmt.Sscanf(port, "%d", &n); err != nil || !ok || (proto != "tcp" && proto != "udp") || n == 0 || fmt.Sprint(n) != port {
+		return Listen{}, fmt.Errorf("--listen %q: want tcp:PORT or udp:PORT", s)
+	}
+	return Listen{Proto: proto, Port: n}, nil
+}
+
+// A line of the drop-in: a directive, its value, why (the exploit behaviour
+// it blocks), and the first systemd release that knows it.
+type line struct {
+	section string // Unit | Service
+	key     string
+	value   string
+	why     string
+	since   int
+}
+
+// Sources for "since": systemd's NEWS file, the release that introduced each
+// setting (https://github.com/systemd/systemd/blob/main/NEWS):
+//
+//	183 PrivateTmp; 187 NoNewPrivileges; 209 PrivateDevices, SystemCallArchitectures,
+//	SystemCallErrorNumber, SELinuxContext; 210 AppArmorProfile; 211 RestrictAddressFamilies;
+//	214 ProtectHome; 231 ReadWritePaths, MemoryDenyWriteExecute, RestrictRealtime,
+//	SystemCallFilter=@system-service groups; 232 ProtectSystem=strict, ProtectKernelTunables,
+//	ProtectKernelModules, ProtectControlGroups, RemoveIPC, PrivateUsers; 233 RestrictNamespaces;
+//	235 LockPersonality, IPAddressAllow/IPAddressDeny, KeyringMode; 239 PrivateMounts;
+//	242 ProtectHostname, RestrictSUIDSGID; 244 ProtectKernelLogs; 245 ProtectClock;
+//	247 ProtectProc, ProcSubset; 249 SocketBindAllow/SocketBindDeny.
+//
+// Older settings (User, Group, UMask, CapabilityBoundingSet, Limit*) predate
+// every release this tool targets (≥ 239 in practice).
+
+// DefaultSystemdVersion is assumed when --systemd-version is not given: the
+// version of Debian 12's systemd, which this tool is tested against.
+const DefaultSystemdVersion = 252
+
+func (o *Options) lines() []line {
+	group := o.Group
+	if group == "" {
+		group = o.User
+	}
+	nproc := o.NProc
+	if nproc == 0 {
+		nproc = 64
+	}
+	fsize := o.FSize
+	if fsize == "" {
+		fsize = "1G"
+	}
+	ls := []line{
+		{"Unit", "After", "egressd.service", "start only once egress filtering is in place (connect out)", 0},
+		{"Unit", "Requires", "egressd.service", "never run unprotected: stops with egressd, starts only with it (connect out)", 0},
+		{"Service", "User", o.User, "a user of its own, whose files it cannot modify (modify files others read)", 0},
+		{"Service", "Group", group, "a group of its own (modify files others read)", 0},
+		{"Service", "NoNewPrivileges", "yes", "setuid binaries and file capabilities grant nothing (gain privileges)", 187},
+		{"Service", "PrivateTmp", "yes", "no shared /tmp to drop or swap files in (modify files others read)", 183},
+		{"Service", "ProtectSystem", "strict", "the whole file system is read-only but the paths below (modify files others read, run another program)", 232},
+	}
+	if len(o.Writable) > 0 {
+		ls = append(ls, line{"Service", "ReadWritePaths", strings.Join(o.Writable, " "), "the only writable paths: its own state (modify files others read)", 231})
+	}
+	ls = append(ls,
+		line{"Service", "ProtectHome", "yes", "no access to /home, /root, /run/user (modify files others read)", 214},
+		line{"Service", "PrivateDevices", "yes", "no raw devices, only /dev/null, zero, random… (gain privileges)", 209},
+		line{"Service", "DevicePolicy", "closed", "no device nodes beyond those (gain privileges)", 0},
+		line{"Service", "ProtectKernelTunables", "yes", "/proc/sys and /sys read-only (gain privileges)", 232},
+		line{"Service", "ProtectKernelModules", "yes", "cannot load kernel modules (gain privileges)", 232},
+		line{"Service", "ProtectKernelLogs", "yes", "cannot read or write the kernel log (gain privileges)", 244},
+		line{"Service", "ProtectControlGroups", "yes", "cgroup tree read-only (gain privileges)", 232},
+		line{"Service", "ProtectClock", "yes", "cannot change the clock (gain privileges)", 245},
+		line{"Service", "ProtectHostname", "yes", "cannot change the host name (gain privileges)", 242},
+		line{"Service", "ProtectProc", "invisible", "cannot see other users' processes (gain privileges)", 247},
+		line{"Service", "ProcSubset", "pid", "sees only process entries in /proc (gain privileges)", 247},
+		line{"Service", "LockPersonality", "yes", "cannot switch execution domain (run another program)", 235},
+	)
+	if !o.JIT {
+		ls = append(ls, line{"Service", "MemoryDenyWriteExecute", "yes", "no writable+executable memory: injected code cannot run (run another program)", 231})
+	}
+	ls = append(ls,
+		line{"Service", "RestrictRealtime", "yes", "cannot take real-time scheduling to starve the host", 231},
+		line{"Service", "RestrictSUIDSGID", "yes", "cannot create setuid/setgid files (gain privileges)", 242},
+		line{"Service", "RestrictNamespaces", "yes", "cannot create namespaces to escape the sandbox (gain privileges)", 233},
+		line{"Service", "RemoveIPC", "yes", "its System V / POSIX IPC objects go when it stops (modify files others read)", 232},
+		line{"Service", "UMask", "0077", "files it creates are its own only (modify files others read)", 0},
+		line{"Service", "KeyringMode", "private", "no access to other services' kernel keys (gain privileges)", 235},
+		line{"Service", "SystemCallArchitectures", "native", "no 32-bit syscall ABI to dodge the filter (gain privileges)", 209},
+		line{"Service", "SystemCallFilter", "@system-service", "only the system calls ordinary services use (gain privileges, run another program)", 231},
+		line{"Service", "SystemCallFilter", "~@privileged @resources", "no privileged or resource-control calls (gain privileges)", 231},
+		line{"Service", "SystemCallErrorNumber", "EPERM", "a refused call fails instead of killing the service", 209},
+	)
+	caps := ""
+	for _, l := range o.Listen {
+		if l.Port < 1024 {
+			caps = "CAP_NET_BIND_SERVICE"
+		}
+	}
+	capWhy := "no capabilities at all (gain privileges)"
+	if caps != "" {
+		capWhy = "only binding ports below 1024, nothing else (gain privileges)"
+	}
+	ls = append(ls,
+		line{"Service", "CapabilityBoundingSet", caps, capWhy, 0},
+		line{"Service", "AmbientCapabilities", caps, "no capabilities passed to the process beyond that", 0},
+		line{"Service", "RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6", "no raw, packet or netlink sockets (connect out, bind a shell)", 211},
+		line{"Service", "PrivateMounts", "yes", "its mounts stay its own (gain privileges)", 239},
+	)
+	if o.PrivateUsers {
+		ls = append(ls, line{"Service", "PrivateUsers", "yes", "sees only root and itself as users; no capabilities on the host (gain privileges)", 232})
+	}
+	ls = append(ls,
+		line{"Service", "LimitNPROC", fmt.Sprint(nproc), "bounds fork bombs and spawned shells (run another program)", 0},
+		line{"Service", "LimitFSIZE", fsize, "bounds files it can write (modify files others read)", 0},
+		line{"Service", "LimitCORE", "0", "no core dumps of its memory and secrets", 0},
+	)
+	if len(o.Listen) == 0 {
+		ls = append(ls, line{"Service", "SocketBindDeny", "any", "cannot listen on any port (bind a shell, listen)", 249})
+	} else {
+		for _, l := range o.Listen {
+			ls = append(ls, line{"Service", "SocketBindAllow", l.String(), "may listen on its own port only (bind a shell, listen)", 249})
+		}
+		ls = append(ls, line{"Service", "SocketBindDeny", "any", "no other port (bind a shell, listen)", 249})
+	}
+	if o.LoopbackOnly {
+		ls = append(ls,
+			line{"Service", "IPAddressDeny", "any", "no IP traffic at all… (connect out)", 235},
+			line{"Service", "IPAddressAllow", "localhost", "…but to and from this host (connect out)", 235})
+	}
+	if o.AppArmor != "" {
+		ls = append(ls, line{"Service", "AppArmorProfile", o.AppArmor, "confined by this AppArmor profile (run another program, modify files others read)", 210})
+	}
+	if o.SELinux != "" {
+		ls = append(ls, line{"Service", "SELinuxContext", o.SELinux, "runs in this SELinux context (run another program, modify files others read)", 209})
+	}
+	return ls
+}
+
+// Keys lists every directive the generator may write, sorted (for the audit).
+func Keys() []string {
+	o := &Options{User: "x", Writable: []string{"/x"}, Listen: []Listen{{"tcp", 1}}, LoopbackOnly: true, PrivateUsers: true, AppArmor: "x"}
+	seen := map[string]bool{}
+	var out []string
+	for _, l := range o.lines() {
+		if !seen[l.key] {
+			seen[l.key] = true
+			out = append(out, l.key)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
