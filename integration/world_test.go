@@ -233,8 +233,12 @@ func (w *world) standardConfig() {
 // start runs the daemon inside the namespace and waits for "started".
 func (w *world) start(args ...string) {
 	w.t.Helper()
+	w.startCmd(exec.Command(egressd, append([]string{"run", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir()}, args...)...))
+}
+
+func (w *world) startCmd(cmd *exec.Cmd) {
+	w.t.Helper()
 	since := w.mark()
-	cmd := exec.Command(egressd, append([]string{"run", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir()}, args...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		w.t.Fatal(err)

@@ -1,0 +1,48 @@
+//go:build linux
+
+package integration
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// egressd.service runs the daemon as a dynamic user holding only
+// CAP_NET_ADMIN as an ambient capability. This runs it the same way: an
+// unprivileged uid with that one capability must enforce, log denies over
+// NFLOG and publish its state.
+func TestDaemonAsUnprivilegedUserWithNetAdmin(t *testing.T) {
+	w := newWorld(t)
+	w.standardConfig()
+	const daemonUID = 61999
+	for d := w.dir; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+		os.Chmod(d, 0o755) //nolint:errcheck // the daemon's user must read its configuration
+	}
+	if err := os.MkdirAll(w.runDir(), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(w.runDir(), daemonUID, daemonUID); err != nil {
+		t.Fatal(err)
+	}
+	const capNetAdmin = 12
+	cmd := exec.Command(egressd, "run", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir())
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Credential:  &syscall.Credential{Uid: daemonUID, Gid: daemonUID},
+		AmbientCaps: []uintptr{capNetAdmin},
+	}
+	w.startCmd(cmd)
+	w.expect(uidA, "tcp", "192.0.2.10:443", okConnected)
+	m := w.mark()
+	w.expect(uidA, "tcp", "198.51.100.20:4444", okRefused)
+	if _, err := w.waitEvent("deny", m, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	if code, out := w.check(); code != 0 {
+		t.Fatalf("check against the unprivileged daemon: exit %d\n%s", code, out)
+	}
+}
