@@ -296,3 +296,21 @@ func FuzzParseEntry(f *testing.F) {
 		}
 	})
 }
+
+func FuzzParseMain(f *testing.F) {
+	f.Add([]byte("resolvers: [\"127.0.0.53:53\"]\nmin_ttl: 5s\nmax_ttl: 10m\ndeny_log: { mode: nflog, group: 100, rate: 10/second }\non_exit: keep\n"))
+	f.Add([]byte("allow_dir: /etc/x\nmetrics_listen: 127.0.0.1:9464\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := ParseMain("m.yaml", data)
+		if err != nil {
+			var ce Errors
+			if !errors.As(err, &ce) || len(ce) == 0 {
+				t.Fatalf("error is not a positioned Errors: %v", err)
+			}
+			return
+		}
+		if c.MinTTL > c.MaxTTL || c.MaxAddressesPerName < 1 || c.DenyLog.Rate.Count == 0 || (c.OnExit != "keep" && c.OnExit != "remove") {
+			t.Fatalf("accepted an inconsistent configuration: %+v", c)
+		}
+	})
+}

@@ -92,3 +92,13 @@ func TestListenReceivesDeny(t *testing.T) {
 		t.Fatal("no NFLOG packet within 2s")
 	}
 }
+
+// The kernel is trusted, but a decoder must never panic on what it reads.
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte{8, 0, 10, 0, 'a', 'b', 0, 0, 8, 0, 11, 0, 0, 0, 3, 233})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		decode(b) //nolint:errcheck
+		var p Packet
+		parsePayload(b, &p) //nolint:errcheck
+	})
+}
