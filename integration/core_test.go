@@ -211,7 +211,7 @@ func TestRunOnceExitCodes(t *testing.T) {
 	w := newWorld(t)
 	w.standardConfig()
 	once := func() (int, string) {
-		cmd := exec.Command(egressd, "run", "--once", "--config", filepath.Join(w.dir, "egressd.yaml"))
+		cmd := exec.Command(egressd, "run", "--once", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir())
 		var out strings.Builder
 		cmd.Stderr = &out
 		if err := w.ns.Start(cmd); err != nil {
@@ -295,4 +295,22 @@ func TestAllowDirRecreated(t *testing.T) {
 	w.expect(uidA, "tcp", "192.0.2.10:443", okRefused)
 	w.write("allow.d/billing.yaml", fmt.Sprintf("user: %d\nallow: [198.51.100.20:4444]\n", uidA))
 	w.eventually(uidA, "tcp", "198.51.100.20:4444", okConnected, 3*time.Second)
+}
+
+// Two daemons started at once: the second refuses with a clear error (a
+// lock under the runtime directory) and changes nothing.
+func TestSecondDaemonRefuses(t *testing.T) {
+	w := newWorld(t)
+	w.standardConfig()
+	w.start()
+	code, _, errs := w.egressdCmd("run", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir())
+	if code != 1 || !strings.Contains(errs, "another egressd is running (pid ") {
+		t.Fatalf("second daemon: exit %d, stderr:\n%s", code, errs)
+	}
+	code, _, errs = w.egressdCmd("run", "--once", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir())
+	if code != 1 || !strings.Contains(errs, "another egressd is running") {
+		t.Fatalf("run --once beside the daemon: exit %d, stderr:\n%s", code, errs)
+	}
+	w.expect(uidA, "tcp", "192.0.2.10:443", okConnected)
+	w.expect(uidA, "tcp", "198.51.100.20:4444", okRefused)
 }

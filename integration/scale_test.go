@@ -34,7 +34,7 @@ func TestTenThousandNamesOnce(t *testing.T) {
 		}
 		w.write(fmt.Sprintf("allow.d/list%03d.yaml", i), b.String())
 	}
-	cmd := exec.Command(egressd, "run", "--once", "--config", filepath.Join(w.dir, "egressd.yaml"))
+	cmd := exec.Command(egressd, "run", "--once", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir())
 	var out strings.Builder
 	cmd.Stderr = &out
 	start := time.Now()

@@ -214,6 +214,13 @@ func cmdRun(args []string, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	release, err := state.Lock(*runtimeDir)
+	if err != nil {
+		log.Error("refusing to start", zap.String("event", "start_refused"), zap.Error(err))
+		fmt.Fprintln(stderr, "egressd:", err)
+		return 1
+	}
+	defer release()
 	kernel := &ruleset.Netlink{}
 	m := metrics.New()
 	ctl, err := controller.New(controller.Options{
