@@ -93,7 +93,7 @@ func TestCheckExitCodesAndDrift(t *testing.T) {
 			return c.Flush()
 		}, "drift_rules_differ"},
 		{"element removed", func(c *nftables.Conn) error {
-			s, err := c.GetSetByName(table, ruleset.SetName4("web"))
+			s, err := c.GetSetByName(table, ruleset.ExactPrefix+ruleset.SetName4("web"))
 			if err != nil {
 				return err
 			}

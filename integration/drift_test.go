@@ -40,7 +40,7 @@ func TestDriftRepaired(t *testing.T) {
 		}, "rules_differ"},
 		{"element removed", func() error {
 			c := conn()
-			s, err := c.GetSetByName(table, ruleset.SetName4("web"))
+			s, err := c.GetSetByName(table, ruleset.ExactPrefix+ruleset.SetName4("web"))
 			if err != nil {
 				return err
 			}

@@ -21,6 +21,15 @@ type Result struct {
 	Negative bool          // NXDOMAIN or NODATA: the name has no such addresses
 	NXDomain bool
 	Chain    []string // CNAME targets followed, in order
+
+	seen map[netip.Addr]bool // dedup while building
+}
+
+func (r *Result) add(a netip.Addr) {
+	if !r.seen[a] {
+		r.seen[a] = true
+		r.Addrs = append(r.Addrs, a)
+	}
 }
 
 // Querier looks up one name and type. Implementations are safe for concurrent use.
@@ -68,6 +77,7 @@ func (c *Client) Query(ctx context.Context, name string, qtype uint16) (Result, 
 	}
 	var res Result
 	res.TTL = -1
+	res.seen = map[netip.Addr]bool{}
 	seen := map[string]bool{}
 	cur := dns.Fqdn(strings.ToLower(name))
 	for {
@@ -91,6 +101,7 @@ func (c *Client) Query(ctx context.Context, name string, qtype uint16) (Result, 
 	if res.TTL < 0 {
 		res.TTL = 0
 	}
+	res.seen = nil
 	return res, nil
 }
 
@@ -125,7 +136,7 @@ func walk(msg *dns.Msg, qname string, qtype uint16, res *Result, maxChain int) (
 			case *dns.A:
 				if qtype == dns.TypeA {
 					if a, ok := netip.AddrFromSlice(v.A.To4()); ok {
-						res.Addrs = appendUnique(res.Addrs, a)
+						res.add(a)
 						minTTL(h.Ttl)
 						found = true
 					}
@@ -133,7 +144,7 @@ func walk(msg *dns.Msg, qname string, qtype uint16, res *Result, maxChain int) (
 			case *dns.AAAA:
 				if qtype == dns.TypeAAAA {
 					if a, ok := netip.AddrFromSlice(v.AAAA.To16()); ok && !a.Is4In6() {
-						res.Addrs = appendUnique(res.Addrs, a)
+						res.add(a)
 						minTTL(h.Ttl)
 						found = true
 					}
@@ -182,15 +193,6 @@ func negativeTTL(msg *dns.Msg) uint32 {
 		}
 	}
 	return 0
-}
-
-func appendUnique(list []netip.Addr, a netip.Addr) []netip.Addr {
-	for _, b := range list {
-		if a == b {
-			return list
-		}
-	}
-	return append(list, a)
 }
 
 // exchange asks each server in turn until one gives a usable reply.

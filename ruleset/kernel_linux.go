@@ -65,12 +65,44 @@ func bigBuffers(c *netlink.Conn) error {
 	return err
 }
 
+// Each logical set of a plan is two kernel sets: a hash set for exact
+// elements (one address, one port: DNS answers, literal addresses) and a
+// concatenated interval set (pipapo) for CIDRs and port ranges. Inserting
+// into a pipapo set costs time proportional to its size, so 10,000 DNS
+// answers in one interval set take a second of kernel time; in a hash set
+// they take milliseconds. The elements of a plan's set never overlap
+// (Normalize), so the split is a partition and lookups try both.
 func set(name string, v6 bool) *nftables.Set {
 	kt := keyType4
 	if v6 {
 		kt = keyType6
 	}
 	return &nftables.Set{Table: table, Name: name, KeyType: kt, Interval: true, Concatenation: true}
+}
+
+// ExactPrefix names the hash set that holds a logical set's exact elements.
+const ExactPrefix = "exact_"
+
+func exactSet(name string, v6 bool) *nftables.Set {
+	kt := keyType4
+	if v6 {
+		kt = keyType6
+	}
+	return &nftables.Set{Table: table, Name: ExactPrefix + name, KeyType: kt}
+}
+
+func isExact(e Element) bool { return e.AddrFrom == e.AddrTo && e.PortFrom == e.PortTo }
+
+// split partitions elements into exact ones and ranges.
+func split(es []Element) (exact, ranges []Element) {
+	for _, e := range es {
+		if isExact(e) {
+			exact = append(exact, e)
+		} else {
+			ranges = append(ranges, e)
+		}
+	}
+	return exact, ranges
 }
 
 func setIs6(name string) bool {
@@ -80,7 +112,7 @@ func setIs6(name string) bool {
 	case DNSSet4:
 		return false
 	}
-	return len(name) > 6 && name[:6] == "allow6"
+	return strings.HasPrefix(strings.TrimPrefix(name, ExactPrefix), "allow6")
 }
 
 // ApplyFull implements Kernel.
@@ -107,13 +139,18 @@ func build(c *nftables.Conn, p Plan) error {
 	out := c.AddChain(outputChain())
 	sets := map[string]*nftables.Set{}
 	for name, elems := range p.Sets {
-		s := set(name, setIs6(name))
-		if err := c.AddSet(s, nil); err != nil {
-			return fmt.Errorf("add set %s: %w", name, err)
-		}
-		sets[name] = s
-		if err := addElements(c, s, elems); err != nil {
-			return err
+		exact, ranges := split(elems)
+		for _, part := range []struct {
+			s  *nftables.Set
+			es []Element
+		}{{exactSet(name, setIs6(name)), exact}, {set(name, setIs6(name)), ranges}} {
+			if err := c.AddSet(part.s, nil); err != nil {
+				return fmt.Errorf("add set %s: %w", part.s.Name, err)
+			}
+			sets[part.s.Name] = part.s
+			if err := addElements(c, part.s, part.es); err != nil {
+				return err
+			}
 		}
 	}
 	users := usersMap()
@@ -195,13 +232,16 @@ func allowlistRules(chain *nftables.Chain, ch ChainPlan, sets map[string]*nftabl
 	rule := func(es ...expr.Any) *nftables.Rule { return &nftables.Rule{Table: table, Chain: chain, Exprs: es} }
 	accept := &expr.Verdict{Kind: expr.VerdictAccept}
 	var rules []*nftables.Rule
-	rules = append(rules,
-		rule(append(lookupExprs(sets[SetName4(ch.Allowlist)], false), accept)...),
-		rule(append(lookupExprs(sets[SetName6(ch.Allowlist)], true), accept)...))
-	if ch.DNS {
+	lookups := func(logical string, v6 bool) {
 		rules = append(rules,
-			rule(append(lookupExprs(sets[DNSSet4], false), accept)...),
-			rule(append(lookupExprs(sets[DNSSet6], true), accept)...))
+			rule(append(lookupExprs(sets[ExactPrefix+logical], v6), accept)...),
+			rule(append(lookupExprs(sets[logical], v6), accept)...))
+	}
+	lookups(SetName4(ch.Allowlist), false)
+	lookups(SetName6(ch.Allowlist), true)
+	if ch.DNS {
+		lookups(DNSSet4, false)
+		lookups(DNSSet6, true)
 	}
 	if l := logExprs(dl, ch.Allowlist); l != nil {
 		rules = append(rules, rule(l...))
@@ -271,7 +311,10 @@ func decode(key, keyEnd []byte) (Element, error) {
 func toSetElements(es []Element) []nftables.SetElement {
 	out := make([]nftables.SetElement, len(es))
 	for i, e := range es {
-		out[i] = nftables.SetElement{Key: encode(e, false), KeyEnd: encode(e, true)}
+		out[i] = nftables.SetElement{Key: encode(e, false)}
+		if !isExact(e) {
+			out[i].KeyEnd = encode(e, true)
+		}
 	}
 	return out
 }
@@ -296,15 +339,24 @@ func (k *Netlink) ApplyDelta(d Delta) error {
 		return fmt.Errorf("open netlink: %w", err)
 	}
 	for name, sd := range d {
-		s := set(name, setIs6(name))
-		for i := 0; i < len(sd.Del); i += chunk {
-			if err := c.SetDeleteElements(s, toSetElements(sd.Del[i:min(i+chunk, len(sd.Del))])); err != nil {
-				return fmt.Errorf("build delta: delete from %s: %w", name, err)
+		exact, ranges := split(sd.Del)
+		for _, part := range []struct {
+			s  *nftables.Set
+			es []Element
+		}{{exactSet(name, setIs6(name)), exact}, {set(name, setIs6(name)), ranges}} {
+			for i := 0; i < len(part.es); i += chunk {
+				if err := c.SetDeleteElements(part.s, toSetElements(part.es[i:min(i+chunk, len(part.es))])); err != nil {
+					return fmt.Errorf("build delta: delete from %s: %w", part.s.Name, err)
+				}
 			}
 		}
 	}
 	for name, sd := range d {
-		if err := addElements(c, set(name, setIs6(name)), sd.Add); err != nil {
+		exact, ranges := split(sd.Add)
+		if err := addElements(c, exactSet(name, setIs6(name)), exact); err != nil {
+			return fmt.Errorf("build delta: %w", err)
+		}
+		if err := addElements(c, set(name, setIs6(name)), ranges); err != nil {
 			return fmt.Errorf("build delta: %w", err)
 		}
 	}
@@ -361,16 +413,23 @@ func (k *Netlink) ReadSets() (map[string][]Element, error) {
 		if err != nil {
 			return nil, fmt.Errorf("list elements of %s: %w", s.Name, err)
 		}
-		es := make([]Element, 0, len(raw))
+		logical := strings.TrimPrefix(s.Name, ExactPrefix)
+		es := out[logical]
 		for _, r := range raw {
-			e, err := decode(r.Key, r.KeyEnd)
+			end := r.KeyEnd
+			if len(end) == 0 {
+				end = r.Key // hash set: exact elements
+			}
+			e, err := decode(r.Key, end)
 			if err != nil {
 				return nil, fmt.Errorf("set %s: %w", s.Name, err)
 			}
 			es = append(es, e)
 		}
+		out[logical] = es
+	}
+	for _, es := range out {
 		sortElements(es)
-		out[s.Name] = es
 	}
 	return out, nil
 }

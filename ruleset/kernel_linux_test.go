@@ -340,10 +340,10 @@ func TestVerifyFindsDrift(t *testing.T) {
 		}
 	}
 
-	// An element removed and one added.
-	s := set(SetName4("a"), false)
-	c.SetDeleteElements(s, toSetElements(p.Sets[SetName4("a")][:1]))                                                        //nolint:errcheck
-	c.SetAddElements(s, toSetElements([]Element{ElementFor(config.TCP, netip.MustParsePrefix("203.0.113.66/32"), 22, 22)})) //nolint:errcheck
+	// An element removed and one added. 192.0.2.10:443 is exact: it lives in
+	// the hash half of the logical set.
+	c.SetDeleteElements(exactSet(SetName4("a"), false), toSetElements([]Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)})) //nolint:errcheck
+	c.SetAddElements(exactSet(SetName4("a"), false), toSetElements([]Element{ElementFor(config.TCP, netip.MustParsePrefix("203.0.113.66/32"), 22, 22)}))    //nolint:errcheck
 	if err := c.Flush(); err != nil {
 		t.Fatal(err)
 	}
@@ -357,7 +357,7 @@ func TestVerifyFindsDrift(t *testing.T) {
 	expectKinds("chain flushed", "rules_differ")
 
 	// A set emptied.
-	c.FlushSet(set(SetName4("b"), false))
+	c.FlushSet(exactSet(SetName4("b"), false))
 	if err := c.Flush(); err != nil {
 		t.Fatal(err)
 	}

@@ -38,6 +38,7 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 	sets := map[string]*nftables.Set{}
 	for name := range p.Sets {
 		sets[name] = set(name, setIs6(name))
+		sets[ExactPrefix+name] = exactSet(name, setIs6(name))
 	}
 	for _, ch := range p.Chains {
 		chain := &nftables.Chain{Name: ChainName(ch.Allowlist), Table: table}

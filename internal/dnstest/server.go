@@ -22,11 +22,14 @@ type Record struct {
 	TTL   uint32
 	Rcode int           // non-zero: answer with this code (SERVFAIL, REFUSED, NXDOMAIN…)
 	Delay time.Duration // wait before answering
+	// Rotate, when set, replaces A: each A query gets the next subset.
+	Rotate [][]netip.Addr
 }
 
 // Server serves UDP and TCP on one address.
 type Server struct {
 	Addr    netip.AddrPort
+	turns   map[string]int // name -> Rotate position
 	mu      sync.Mutex
 	records map[string]Record
 	queries atomic.Int64
@@ -163,7 +166,17 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 		}
 		switch qt {
 		case dns.TypeA:
-			for _, a := range r.A {
+			a4 := r.A
+			if len(r.Rotate) > 0 {
+				s.mu.Lock()
+				if s.turns == nil {
+					s.turns = map[string]int{}
+				}
+				a4 = r.Rotate[s.turns[name]%len(r.Rotate)]
+				s.turns[name]++
+				s.mu.Unlock()
+			}
+			for _, a := range a4 {
 				m.Answer = append(m.Answer, &dns.A{Hdr: hdr(name, dns.TypeA, r.TTL), A: a.AsSlice()})
 			}
 		case dns.TypeAAAA:
