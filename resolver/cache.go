@@ -40,13 +40,29 @@ func KeysFor(name string) [2]Key {
 // beyond stale_grace.
 type entry struct {
 	privateOK bool
-	expiry    map[netip.Addr]time.Time
-	current   map[netip.Addr]bool // in the last successful answer
-	next      time.Time           // next refresh
+	// addrs is a slice, not a map: most names have one or two addresses,
+	// at most max_addresses_per_name, and 20,000 small maps cost megabytes.
+	addrs    []addrState
+	next     time.Time // next refresh
 	lastOK    time.Time           // zero: never answered
 	failures  int
 	lastErr   error
 	dropped   int // addresses of the last answer refused (private or over the cap)
+}
+
+type addrState struct {
+	addr    netip.Addr
+	expiry  time.Time // last seen + TTL + linger
+	current bool      // in the last successful answer
+}
+
+func (e *entry) find(a netip.Addr) int {
+	for i := range e.addrs {
+		if e.addrs[i].addr == a {
+			return i
+		}
+	}
+	return -1
 }
 
 // Status is what the cache knows about one Key, for reports and events.
@@ -91,7 +107,7 @@ func (c *Cache) Sync(names map[string]bool) {
 			want[k] = true
 			e := c.keys[k]
 			if e == nil {
-				e = &entry{expiry: map[netip.Addr]time.Time{}, current: map[netip.Addr]bool{}}
+				e = &entry{}
 				c.keys[k] = e
 			}
 			e.privateOK = privateOK
@@ -148,11 +164,12 @@ func (c *Cache) Observe(k Key, res Result, err error) Change {
 	case res.Negative:
 		ttl := c.policy.Clamp(res.TTL)
 		e.failures, e.lastErr, e.lastOK, e.dropped = 0, nil, now, 0
-		clear(e.current)
 		// The name empties when the negative TTL runs out.
-		for a, exp := range e.expiry {
-			if until := now.Add(ttl); exp.After(until) {
-				e.expiry[a] = until
+		until := now.Add(ttl)
+		for i := range e.addrs {
+			e.addrs[i].current = false
+			if e.addrs[i].expiry.After(until) {
+				e.addrs[i].expiry = until
 			}
 		}
 		e.next = now.Add(ttl)
@@ -161,10 +178,16 @@ func (c *Cache) Observe(k Key, res Result, err error) Change {
 		ttl := c.policy.Clamp(res.TTL)
 		e.failures, e.lastErr, e.lastOK = 0, nil, now
 		addrs, dropped := Filter(res.Addrs, e.privateOK, c.policy.MaxAddrs)
-		clear(e.current)
+		for i := range e.addrs {
+			e.addrs[i].current = false
+		}
+		exp := now.Add(ttl + c.policy.Linger)
 		for _, a := range addrs {
-			e.current[a] = true
-			e.expiry[a] = now.Add(ttl + c.policy.Linger)
+			if i := e.find(a); i >= 0 {
+				e.addrs[i].expiry, e.addrs[i].current = exp, true
+			} else {
+				e.addrs = append(e.addrs, addrState{addr: a, expiry: exp, current: true})
+			}
 		}
 		e.dropped = dropped
 		e.next = now.Add(ttl)
@@ -181,27 +204,20 @@ func (c *Cache) Observe(k Key, res Result, err error) Change {
 // over their lifetimes): the current answer is kept, then the longest-lived.
 func (c *Cache) capEntry(e *entry) {
 	max := c.policy.MaxAddrs
-	if max <= 0 || len(e.expiry) <= max {
+	if max <= 0 || len(e.addrs) <= max {
 		return
 	}
-	all := make([]netip.Addr, 0, len(e.expiry))
-	for a := range e.expiry {
-		all = append(all, a)
-	}
-	sort.Slice(all, func(i, j int) bool {
-		ci, cj := e.current[all[i]], e.current[all[j]]
-		if ci != cj {
-			return ci
+	sort.Slice(e.addrs, func(i, j int) bool {
+		a, b := e.addrs[i], e.addrs[j]
+		if a.current != b.current {
+			return a.current
 		}
-		if !e.expiry[all[i]].Equal(e.expiry[all[j]]) {
-			return e.expiry[all[i]].After(e.expiry[all[j]])
+		if !a.expiry.Equal(b.expiry) {
+			return a.expiry.After(b.expiry)
 		}
-		return all[i].Less(all[j])
+		return a.addr.Less(b.addr)
 	})
-	for _, a := range all[max:] {
-		delete(e.expiry, a)
-		delete(e.current, a)
-	}
+	e.addrs = e.addrs[:max]
 }
 
 func (c *Cache) backoff(failures int) time.Duration {
@@ -220,31 +236,37 @@ func (c *Cache) staleUntil(e *entry) time.Time {
 	return e.lastOK.Add(c.policy.StaleGrace)
 }
 
-func (c *Cache) isValid(e *entry, a netip.Addr, now time.Time) bool {
-	if e.expiry[a].After(now) {
+func (c *Cache) isValid(e *entry, st addrState, now time.Time) bool {
+	if st.expiry.After(now) {
 		return true
 	}
-	return e.current[a] && c.staleUntil(e).After(now)
+	return st.current && c.staleUntil(e).After(now)
 }
 
 func (c *Cache) valid(e *entry, now time.Time) []netip.Addr {
 	var out []netip.Addr
-	for a := range e.expiry {
-		if c.isValid(e, a, now) {
-			out = append(out, a)
+	for _, st := range e.addrs {
+		if c.isValid(e, st, now) {
+			out = append(out, st.addr)
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Less(out[j]) })
 	return out
 }
 
-func (c *Cache) gc(e *entry, now time.Time) {
-	for a := range e.expiry {
-		if !c.isValid(e, a, now) {
-			delete(e.expiry, a)
-			delete(e.current, a)
+// gc drops expired addresses and returns them.
+func (c *Cache) gc(e *entry, now time.Time) []netip.Addr {
+	var lost []netip.Addr
+	kept := e.addrs[:0]
+	for _, st := range e.addrs {
+		if c.isValid(e, st, now) {
+			kept = append(kept, st)
+		} else {
+			lost = append(lost, st.addr)
 		}
 	}
+	e.addrs = kept
+	return lost
 }
 
 // Addrs returns the addresses a name allows now (A and AAAA), sorted.
@@ -265,15 +287,7 @@ func (c *Cache) Expire() map[Key][]netip.Addr {
 	now := c.now()
 	out := map[Key][]netip.Addr{}
 	for k, e := range c.keys {
-		var lost []netip.Addr
-		for a := range e.expiry {
-			if !c.isValid(e, a, now) {
-				lost = append(lost, a)
-				delete(e.expiry, a)
-				delete(e.current, a)
-			}
-		}
-		if len(lost) > 0 {
+		if lost := c.gc(e, now); len(lost) > 0 {
 			out[k] = lost
 		}
 	}
@@ -292,11 +306,11 @@ func (c *Cache) NextEvent() time.Time {
 	for _, e := range c.keys {
 		earlier(e.next)
 		stale := c.staleUntil(e)
-		for a, exp := range e.expiry {
-			if e.current[a] && stale.After(exp) {
+		for _, st := range e.addrs {
+			if st.current && stale.After(st.expiry) {
 				earlier(stale)
 			} else {
-				earlier(exp)
+				earlier(st.expiry)
 			}
 		}
 	}
@@ -312,9 +326,18 @@ func (c *Cache) Status(k Key) (Status, bool) {
 	now := c.now()
 	return Status{
 		Key: k, Addrs: c.valid(e, now), LastOK: e.lastOK, Failing: e.lastErr != nil,
-		ServingStale: e.lastErr != nil && c.staleUntil(e).After(now) && len(e.current) > 0,
+		ServingStale: e.lastErr != nil && c.staleUntil(e).After(now) && e.hasCurrent(),
 		LastErr:      e.lastErr, Dropped: e.dropped, Next: e.next,
 	}, true
+}
+
+func (e *entry) hasCurrent() bool {
+	for _, st := range e.addrs {
+		if st.current {
+			return true
+		}
+	}
+	return false
 }
 
 func diffAddrs(before, after []netip.Addr) (added, removed []netip.Addr) {

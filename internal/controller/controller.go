@@ -282,6 +282,7 @@ func (c *Controller) resolve(ctx context.Context, keys []resolver.Key) map[strin
 			continue
 		}
 		c.o.Metrics.Resolved(o.dur.Seconds())
+		prev, _ := c.cache.Status(k)
 		ch := c.cache.Observe(k, o.res, o.err)
 		st, _ := c.cache.Status(k)
 		if o.err != nil {
@@ -298,7 +299,9 @@ func (c *Controller) resolve(ctx context.Context, keys []resolver.Key) map[strin
 			c.o.Log.Warn("resolution failed", ev(EvResolveFailed), zap.String("name", k.Name), zap.String("type", typeName(k)),
 				zap.Error(o.err), zap.Bool("serving_stale", st.ServingStale), zap.Int("addresses", len(st.Addrs)),
 				zap.Duration("retry_in", ch.TTL), zap.Stringers("removed", ch.Removed))
-		case len(ch.Added) > 0 || len(ch.Removed) > 0 || ch.Dropped > 0 || o.res.Negative:
+		// Info when something changed, or on a name's first answer (even a
+		// negative one); a refresh that changes nothing is debug.
+		case len(ch.Added) > 0 || len(ch.Removed) > 0 || ch.Dropped > 0 || prev.LastOK.IsZero():
 			level := c.o.Log.Info
 			if ch.Dropped > 0 {
 				level = c.o.Log.Warn
