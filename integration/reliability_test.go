@@ -58,12 +58,12 @@ func TestDNSFaults(t *testing.T) {
 	const name = "api.example.test"
 	cases := []struct {
 		name    string
-		mainExt string                  // appended to the main configuration
-		linger  string                  // replaces the default linger
-		fault   func(w *world)          // applied once the daemon runs
-		event   string                  // expected event after the fault
+		mainExt string         // appended to the main configuration
+		linger  string         // replaces the default linger
+		fault   func(w *world) // applied once the daemon runs
+		event   string         // expected event after the fault
 		match   func(map[string]any) bool
-		kept    bool                    // 192.0.2.10:443 stays allowed
+		kept    bool // 192.0.2.10:443 stays allowed
 		after   func(t *testing.T, w *world)
 	}{
 		{name: "server down", fault: func(w *world) { w.dns.Close() }, event: "resolve_failed",

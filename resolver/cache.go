@@ -44,10 +44,10 @@ type entry struct {
 	// at most max_addresses_per_name, and 20,000 small maps cost megabytes.
 	addrs    []addrState
 	next     time.Time // next refresh
-	lastOK    time.Time           // zero: never answered
-	failures  int
-	lastErr   error
-	dropped   int // addresses of the last answer refused (private or over the cap)
+	lastOK   time.Time // zero: never answered
+	failures int
+	lastErr  error
+	dropped  int // addresses of the last answer refused (private or over the cap)
 }
 
 type addrState struct {

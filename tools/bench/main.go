@@ -191,7 +191,9 @@ func (w *world) names(n int, ttl uint32) ([]string, error) {
 	return all, nil
 }
 
-func addr(k int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18 + byte(k>>16), byte(k >> 8), byte(k)}) }
+func addr(k int) netip.Addr {
+	return netip.AddrFrom4([4]byte{198, 18 + byte(k>>16), byte(k >> 8), byte(k)})
+}
 
 func addr6(k int) netip.Addr {
 	return netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 13: byte(k >> 16), 14: byte(k >> 8), 15: byte(k)})
