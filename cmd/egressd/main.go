@@ -211,6 +211,12 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return 2
 	}
 	defer log.Sync() //nolint:errcheck
+	if os.Getenv("GOGC") == "" {
+		// The live heap is small (about 10 MiB at 10,000 names) but refresh
+		// bursts make garbage; collecting at +50% instead of +100% keeps the
+		// resident size down for a negligible CPU cost. GOGC overrides.
+		debug.SetGCPercent(50)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

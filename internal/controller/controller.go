@@ -20,16 +20,17 @@ import (
 
 // Event names are a contract (SPEC.md "Events"): log pipelines alert on them.
 const (
-	EvStarted        = "started"
-	EvConfigLoaded   = "config_loaded"
-	EvConfigRejected = "config_rejected"
-	EvResolved       = "resolved"
-	EvResolveFailed  = "resolve_failed"
-	EvRulesetApplied = "ruleset_applied"
-	EvApplyFailed    = "apply_failed"
-	EvUserMissing    = "user_missing"
-	EvUserConflict   = "user_conflict"
-	EvStopping       = "stopping"
+	EvStarted         = "started"
+	EvConfigLoaded    = "config_loaded"
+	EvConfigRejected  = "config_rejected"
+	EvResolved        = "resolved"
+	EvResolveFailed   = "resolve_failed"
+	EvRulesetApplied  = "ruleset_applied"
+	EvApplyFailed     = "apply_failed"
+	EvUserMissing     = "user_missing"
+	EvUserConflict    = "user_conflict"
+	EvStopping        = "stopping"
+	EvRestartRequired = "restart_required"
 )
 
 func ev(name string) zap.Field { return zap.String("event", name) }
@@ -243,6 +244,19 @@ func (c *Controller) doReload() {
 		// An editor touched a file without changing it, or /etc/passwd changed.
 		c.lookupUsers(false)
 		return
+	}
+	// These are wired once, at start (the NFLOG listener, the metrics
+	// endpoint, the directory watch): say so rather than pretend.
+	old := c.cfg
+	for what, changed := range map[string]bool{
+		"deny_log.mode":  old.DenyLog.Mode != cfg.DenyLog.Mode,
+		"deny_log.group": old.DenyLog.Group != cfg.DenyLog.Group,
+		"metrics_listen": old.MetricsListen != cfg.MetricsListen,
+		"allow_dir":      old.AllowDir != cfg.AllowDir,
+	} {
+		if changed {
+			c.o.Log.Warn("this setting takes full effect at the next restart (systemctl restart egressd)", ev(EvRestartRequired), zap.String("setting", what))
+		}
 	}
 	c.setConfig(cfg)
 }

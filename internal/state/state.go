@@ -8,6 +8,7 @@
 package state
 
 import (
+	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -67,16 +68,19 @@ func Write(dir string, s *State) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	b, err := json.Marshal(s)
-	if err != nil {
-		return err
-	}
 	tmp, err := os.CreateTemp(dir, ".state-*.json")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
+	// Streamed: the document is megabytes at 100,000 elements, and a
+	// transient buffer of that size would set the daemon's memory peak.
+	w := bufio.NewWriterSize(tmp, 64<<10)
+	if err := json.NewEncoder(w).Encode(s); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := w.Flush(); err != nil {
 		tmp.Close()
 		return err
 	}

@@ -489,10 +489,14 @@ func steadyState(bin string) error {
 	}()
 	defer func() { cmd.Process.Signal(os.Interrupt); cmd.Wait() }() //nolint:errcheck
 	pid := cmd.Process.Pid
+	// Measure whole TTL periods, starting half way between refreshes, so that
+	// every name is refreshed exactly once per period if the scheduler is right.
+	periods := max(1, int(*steadyFor/(ttl*time.Second)))
+	time.Sleep(ttl * time.Second / 2)
 	cpu0, q0, t0 := cpuTicks(pid), w.dns.Queries(), time.Now()
 	var maxRSS int
-	for time.Since(t0) < *steadyFor {
-		time.Sleep(5 * time.Second)
+	for time.Since(t0) < time.Duration(periods)*ttl*time.Second {
+		time.Sleep(time.Second)
 		maxRSS = max(maxRSS, rssKiB(pid))
 	}
 	elapsed := time.Since(t0)
