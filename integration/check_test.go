@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -150,6 +151,27 @@ func TestCheckExitCodesAndDrift(t *testing.T) {
 	code, out = w.check()
 	if code != 2 || !strings.Contains(out, "billing.yaml:2:") {
 		t.Errorf("invalid config: exit %d, want 2 with the position\n%s", code, out)
+	}
+}
+
+// check cannot run without root: exit 2 with the reason.
+func TestCheckNotRoot(t *testing.T) {
+	w := newWorld(t)
+	w.standardConfig()
+	for d := w.dir; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+		os.Chmod(d, 0o755) //nolint:errcheck
+	}
+	cmd := exec.Command(egressd, "check", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir())
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uidNone, Gid: uidNone}}
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := w.ns.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	ee, ok := err.(*exec.ExitError)
+	if !ok || ee.ExitCode() != 2 || !strings.Contains(out.String(), "needs root") {
+		t.Fatalf("check as an unprivileged user: %v\n%s", err, out.String())
 	}
 }
 
