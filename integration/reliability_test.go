@@ -205,6 +205,29 @@ func TestDNSFaults(t *testing.T) {
 	}
 }
 
+// A resolver that never answers in time must not delay reloads or drift
+// repair: DNS rounds run beside the loop.
+func TestResponsiveDuringSlowDNS(t *testing.T) {
+	w := newWorld(t)
+	w.standardConfig()
+	w.dns.Set("api.example.test", dnstest.Record{A: addrs("192.0.2.10"), TTL: 1})
+	w.start()
+	w.dns.Set("api.example.test", dnstest.Record{A: addrs("192.0.2.10"), TTL: 1, Delay: 5 * time.Second})
+	time.Sleep(1500 * time.Millisecond) // a round is now stuck on the slow server
+	w.write("allow.d/web.yaml", fmt.Sprintf("user: %d\nallow: [198.51.100.20:443]\ndns: none\n", uidB))
+	took := w.eventually(uidB, "tcp", "198.51.100.20:443", okConnected, 1500*time.Millisecond)
+	t.Logf("edit applied in %v while DNS hangs", took)
+	m := w.mark()
+	if err := (&ruleset.Netlink{NetNSFd: w.ns.Fd()}).Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.waitEvent("drift_repaired", m, 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	w.expect(uidA, "tcp", "198.51.100.20:4444", okRefused)
+	w.expect(uidA, "tcp", "192.0.2.10:443", okConnected) // served stale meanwhile
+}
+
 // Private answers are refused by default but taken when the allowlist opts in.
 func TestPrivateAnswersOptIn(t *testing.T) {
 	w := newWorld(t)

@@ -138,6 +138,27 @@ func (c *Cache) Due() []Key {
 	return out
 }
 
+// claimed is the refresh time of keys whose lookup is in flight: far enough
+// not to be due again, and recognisable by Release.
+var claimed = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// Claim marks keys as being looked up, so that they are not due again until
+// their outcome is observed (or Release gives them back).
+func (c *Cache) Claim(keys []Key) {
+	for _, k := range keys {
+		if e := c.keys[k]; e != nil {
+			e.next = claimed
+		}
+	}
+}
+
+// Release makes a claimed key due again (its lookup was cancelled).
+func (c *Cache) Release(k Key) {
+	if e := c.keys[k]; e != nil && e.next.Equal(claimed) {
+		e.next = time.Time{}
+	}
+}
+
 // Change says how one observation moved a key's allowed addresses.
 type Change struct {
 	Added, Removed []netip.Addr
@@ -240,6 +261,12 @@ func (c *Cache) isValid(e *entry, st addrState, now time.Time) bool {
 	if st.expiry.After(now) {
 		return true
 	}
+	// While the refresh is in flight (at most the query timeout) the last
+	// answer stands: its addresses must not flap off and back on when a slow
+	// answer, or a failure served stale, arrives.
+	if st.current && e.next.Equal(claimed) {
+		return true
+	}
 	return st.current && c.staleUntil(e).After(now)
 }
 
@@ -304,9 +331,15 @@ func (c *Cache) NextEvent() time.Time {
 		}
 	}
 	for _, e := range c.keys {
-		earlier(e.next)
+		inFlight := e.next.Equal(claimed)
+		if !inFlight {
+			earlier(e.next)
+		}
 		stale := c.staleUntil(e)
 		for _, st := range e.addrs {
+			if inFlight && st.current {
+				continue // held until the outcome is observed
+			}
 			if st.current && stale.After(st.expiry) {
 				earlier(stale)
 			} else {

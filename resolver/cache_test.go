@@ -207,3 +207,38 @@ func TestInternal(t *testing.T) {
 		}
 	}
 }
+
+func TestCacheClaimRelease(t *testing.T) {
+	c, clk := newTestCache("x.test")
+	due := c.Due()
+	c.Claim(due)
+	if len(c.Due()) != 0 {
+		t.Fatal("claimed keys are still due")
+	}
+	if next := c.NextEvent(); !next.IsZero() {
+		t.Fatalf("NextEvent = %v with every key in flight, want none", next)
+	}
+	c.Observe(kA, ok(30*time.Second, "192.0.2.1"), nil)
+	// A slow refresh in flight holds the last answer past its lifetime.
+	clk.advance(30 * time.Second)
+	c.Claim([]Key{kA})
+	clk.advance(time.Hour)
+	if lost := c.Expire(); len(lost) != 0 || !same(c.Addrs("x.test"), "192.0.2.1") {
+		t.Fatalf("in-flight refresh: lost %v, addrs %v", lost, c.Addrs("x.test"))
+	}
+	// Its failure is then served stale (stale_grace counts from the last answer).
+	if ch := c.Observe(kA, Result{}, errors.New("timeout")); !same(ch.Removed, "192.0.2.1") {
+		t.Fatalf("past stale_grace the failure must drop the address: %+v", ch)
+	}
+	clk.advance(-time.Hour - 30*time.Second)
+	c.Observe(kA, ok(30*time.Second, "192.0.2.1"), nil)
+	c.Release(Key{"x.test", dns.TypeAAAA})
+	if got := c.Due(); len(got) != 1 || got[0].Type != dns.TypeAAAA {
+		t.Fatalf("after Observe and Release: due = %v", got)
+	}
+	clk.advance(30 * time.Second)
+	c.Release(kA) // not claimed any more: no effect
+	if got := c.Due(); len(got) != 2 {
+		t.Fatalf("due = %v", got)
+	}
+}

@@ -261,16 +261,19 @@ func (c *Controller) doReload() {
 	c.setConfig(cfg)
 }
 
-// resolve queries the given keys with bounded concurrency and records the
-// outcomes in the cache. Names that fail are returned.
-func (c *Controller) resolve(ctx context.Context, keys []resolver.Key) map[string]error {
-	type outcome struct {
-		res resolver.Result
-		err error
-		dur time.Duration
-	}
+// outcome is one lookup's result.
+type outcome struct {
+	res       resolver.Result
+	err       error
+	dur       time.Duration
+	cancelled bool // the context ended: not a DNS failure
+}
+
+// query runs lookups with bounded concurrency. It touches nothing but q, so
+// the loop can run it in the background and stay responsive.
+func query(ctx context.Context, q resolver.Querier, keys []resolver.Key, concurrency int) []outcome {
 	out := make([]outcome, len(keys))
-	sem := make(chan struct{}, c.o.Concurrency)
+	sem := make(chan struct{}, concurrency)
 	var wg sync.WaitGroup
 	for i, k := range keys {
 		wg.Add(1)
@@ -281,18 +284,33 @@ func (c *Controller) resolve(ctx context.Context, keys []resolver.Key) map[strin
 			qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
 			start := time.Now()
-			res, err := c.querier.Query(qctx, k.Name, k.Type)
-			out[i] = outcome{res, err, time.Since(start)}
+			res, err := q.Query(qctx, k.Name, k.Type)
+			out[i] = outcome{res, err, time.Since(start), err != nil && ctx.Err() != nil}
 		}()
 	}
 	wg.Wait()
+	return out
+}
+
+// resolve queries keys and records the outcomes (used by Once and tests).
+func (c *Controller) resolve(ctx context.Context, keys []resolver.Key) map[string]error {
+	return c.observe(keys, query(ctx, c.querier, keys, c.o.Concurrency))
+}
+
+// observe records outcomes in the cache and logs what changed. Names that
+// failed are returned.
+func (c *Controller) observe(keys []resolver.Key, out []outcome) map[string]error {
 	failed := map[string]error{}
 	for i, k := range keys {
 		o := out[i]
-		if o.err != nil && ctx.Err() != nil {
-			// Cancelled (stopping, or the start deadline): not a DNS
-			// failure; the key stays due and is asked again.
+		if _, known := c.cache.Status(k); !known {
+			continue // the name left the configuration while it was being looked up
+		}
+		if o.cancelled {
+			// Stopping, or the start deadline: not a DNS failure; the key
+			// is asked again.
 			failed[k.Name] = o.err
+			c.cache.Release(k)
 			continue
 		}
 		c.o.Metrics.Resolved(o.dur.Seconds())
@@ -474,6 +492,14 @@ func (c *Controller) Run(ctx context.Context) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	last := c.o.Now()
+	// DNS rounds run in the background so that a slow or dead resolver
+	// never delays a reload, a drift repair or a stop; one round at a time.
+	type round struct {
+		keys []resolver.Key
+		out  []outcome
+	}
+	rounds := make(chan round, 1)
+	inflight := false
 	for {
 		wait := c.nextWake().Sub(c.o.Now())
 		// Coalesce: never reconcile more often than MinInterval.
@@ -492,17 +518,23 @@ func (c *Controller) Run(ctx context.Context) error {
 				c.o.Log.Warn("the nftables monitor stopped; drift is now found by the periodic check only", ev(EvVerifyFailed))
 			}
 			c.kernelChanged()
+		case r := <-rounds:
+			inflight = false
+			c.observe(r.keys, r.out)
 		case <-timer.C:
 		}
 		last = c.o.Now()
+		if ctx.Err() != nil {
+			return c.stop()
+		}
 		if c.o.Now().After(c.usersAt) && c.lookupUsers(false) {
 			c.o.Log.Info("a user appeared or changed; updating", ev(EvConfigLoaded), zap.String("reason", "user lookup changed"))
 		}
-		if due := c.cache.Due(); len(due) > 0 {
-			c.resolve(ctx, due)
-		}
-		if ctx.Err() != nil {
-			return c.stop()
+		if due := c.cache.Due(); len(due) > 0 && !inflight {
+			inflight = true
+			c.cache.Claim(due)
+			q, conc := c.querier, c.o.Concurrency
+			go func() { rounds <- round{due, query(ctx, q, due, conc)} }()
 		}
 		if !c.verifyAt.IsZero() && !c.o.Now().Before(c.verifyAt) {
 			c.verify()
