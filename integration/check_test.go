@@ -16,7 +16,6 @@ import (
 
 	"github.com/egressd/egressd/internal/dnstest"
 	"github.com/egressd/egressd/ruleset"
-	"github.com/google/nftables"
 )
 
 // egressdCmd runs the binary inside the namespace and returns its exit code,
@@ -75,58 +74,15 @@ func TestCheckExitCodesAndDrift(t *testing.T) {
 	t.Logf("check report, in sync:\n%s", out)
 
 	k := &ruleset.Netlink{NetNSFd: w.ns.Fd()}
-	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: ruleset.TableName}
-	conn := func() *nftables.Conn {
-		c, err := nftables.New(nftables.WithNetNSFd(w.ns.Fd()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
-	drifts := []struct {
-		name string
-		do   func(c *nftables.Conn) error
-		kind string
-	}{
-		{"table deleted", func(*nftables.Conn) error { return k.Remove() }, "drift_table_missing"},
-		{"chain flushed", func(c *nftables.Conn) error {
-			c.FlushChain(&nftables.Chain{Name: ruleset.ChainName("billing"), Table: table})
-			return c.Flush()
-		}, "drift_rules_differ"},
-		{"element removed", func(c *nftables.Conn) error {
-			s, err := c.GetSetByName(table, ruleset.ExactPrefix+ruleset.SetName4("web"))
-			if err != nil {
-				return err
-			}
-			els, err := c.GetSetElements(s)
-			if err != nil {
-				return err
-			}
-			if err := c.SetDeleteElements(s, els); err != nil {
-				return err
-			}
-			return c.Flush()
-		}, "drift_element_missing"},
-		{"element added", func(c *nftables.Conn) error {
-			s, err := c.GetSetByName(table, ruleset.SetName4("billing"))
-			if err != nil {
-				return err
-			}
-			key := []byte{6, 0, 0, 0, 198, 51, 100, 20, 0x11, 0x5c, 0, 0}
-			if err := c.SetAddElements(s, []nftables.SetElement{{Key: key, KeyEnd: key}}); err != nil {
-				return err
-			}
-			return c.Flush()
-		}, "drift_element_extra"},
-	}
+	drifts := w.drifts()
 	for _, d := range drifts {
-		if err := d.do(conn()); err != nil {
+		if err := d.do(); err != nil {
 			t.Fatalf("%s: %v", d.name, err)
 		}
 		code, m := w.checkJSON()
 		kinds := problemKinds(m)
-		if code != 1 || m["status"] != "problems" || !strings.Contains(strings.Join(kinds, " "), d.kind) {
-			t.Errorf("%s: exit %d, status %v, problems %v; want exit 1 with %s", d.name, code, m["status"], kinds, d.kind)
+		if code != 1 || m["status"] != "problems" || !strings.Contains(strings.Join(kinds, " "), "drift_"+d.found) {
+			t.Errorf("%s: exit %d, status %v, problems %v; want exit 1 with drift_%s", d.name, code, m["status"], kinds, d.found)
 		}
 		if code, out, errs := w.egressdCmd("run", "--once", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir()); code != 0 {
 			t.Fatalf("repair with run --once: %d\n%s%s", code, out, errs)

@@ -12,34 +12,34 @@ import (
 	"github.com/google/nftables"
 )
 
-// Another tool changes the table; the daemon notices through the nftables
-// monitor and restores its full state within 2 s, logging drift_repaired.
-func TestDriftRepaired(t *testing.T) {
-	w := newWorld(t)
-	w.standardConfig()
-	w.start()
-	k := &ruleset.Netlink{NetNSFd: w.ns.Fd()}
-	conn := func() *nftables.Conn {
-		c, err := nftables.New(nftables.WithNetNSFd(w.ns.Fd()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
+// drift is one way another tool can change egressd's table, and the finding
+// kind it must produce.
+type drift struct {
+	name  string
+	do    func() error
+	found string
+}
+
+// drifts are the changes the daemon must repair and check must report, on
+// the standard configuration.
+func (w *world) drifts() []drift {
+	conn := func() (*nftables.Conn, error) { return nftables.New(nftables.WithNetNSFd(w.ns.Fd())) }
 	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: ruleset.TableName}
-	cases := []struct {
-		name  string
-		do    func() error
-		found string
-	}{
-		{"table deleted", k.Remove, "table_missing"},
+	return []drift{
+		{"table deleted", (&ruleset.Netlink{NetNSFd: w.ns.Fd()}).Remove, "table_missing"},
 		{"chain flushed", func() error {
-			c := conn()
+			c, err := conn()
+			if err != nil {
+				return err
+			}
 			c.FlushChain(&nftables.Chain{Name: ruleset.ChainName("billing"), Table: table})
 			return c.Flush()
 		}, "rules_differ"},
 		{"element removed", func() error {
-			c := conn()
+			c, err := conn()
+			if err != nil {
+				return err
+			}
 			s, err := c.GetSetByName(table, ruleset.ExactPrefix+ruleset.SetName4("web"))
 			if err != nil {
 				return err
@@ -54,7 +54,10 @@ func TestDriftRepaired(t *testing.T) {
 			return c.Flush()
 		}, "element_missing"},
 		{"element added", func() error {
-			c := conn()
+			c, err := conn()
+			if err != nil {
+				return err
+			}
 			s, err := c.GetSetByName(table, ruleset.SetName4("billing"))
 			if err != nil {
 				return err
@@ -67,6 +70,16 @@ func TestDriftRepaired(t *testing.T) {
 			return c.Flush()
 		}, "element_extra"},
 	}
+}
+
+// Another tool changes the table; the daemon notices through the nftables
+// monitor and restores its full state within 2 s, logging drift_repaired.
+func TestDriftRepaired(t *testing.T) {
+	w := newWorld(t)
+	w.standardConfig()
+	w.start()
+	k := &ruleset.Netlink{NetNSFd: w.ns.Fd()}
+	cases := w.drifts()
 	for _, tc := range cases {
 		m := w.mark()
 		start := time.Now()
