@@ -201,7 +201,14 @@ func (c *Controller) logRejected(err error) {
 // missing users changed or when loud is set (a reload).
 func (c *Controller) lookupUsers(loud bool) bool {
 	u := LookupUsers(c.cfg, c.o.Users)
+	u.Keep(c.users)
 	changed := !reflect.DeepEqual(u.UIDs, c.users.UIDs)
+	if len(u.Vanished) > len(c.users.Vanished) || (loud && len(u.Vanished) > 0) {
+		for n, err := range u.Vanished {
+			c.o.Log.Error("a restricted user no longer resolves; still enforcing its last uid (fail closed)",
+				ev(EvUserMissing), zap.String("allowlist", n), zap.Uint32("uid", u.UIDs[n]), zap.Error(err))
+		}
+	}
 	if loud || changed {
 		names := make([]string, 0, len(u.Missing))
 		for n := range u.Missing {

@@ -198,3 +198,31 @@ func TestRunStopsAndRemoves(t *testing.T) {
 		t.Fatal("on_exit: remove did not remove the table")
 	}
 }
+
+// A user deleted while its allowlist is enforced stays enforced by its last
+// uid: its processes may still run.
+func TestVanishedUserStaysEnforced(t *testing.T) {
+	exists := true
+	f := newFixture(t, map[string]string{"allow.d/svc.yaml": "user: svc\nallow: [192.0.2.1:443]\n"})
+	f.c.o.Users = func(name string) (uint32, error) {
+		if name == "svc" && exists {
+			return 4242, nil
+		}
+		return 0, errors.New("unknown user")
+	}
+	f.c.lookupUsers(true)
+	if f.c.users.UIDs["svc"] != 4242 {
+		t.Fatalf("uids = %v", f.c.users.UIDs)
+	}
+	exists = false
+	f.c.lookupUsers(false)
+	if f.c.users.UIDs["svc"] != 4242 || f.c.users.Vanished["svc"] == nil {
+		t.Fatalf("a vanished user was dropped: %+v", f.c.users)
+	}
+	// Naming another user in the allowlist does not carry the old uid over.
+	f.write(t, "allow.d/svc.yaml", "user: other\nallow: [192.0.2.1:443]\n")
+	f.c.doReload()
+	if _, ok := f.c.users.UIDs["svc"]; ok {
+		t.Fatal("the old uid was carried over to a different user")
+	}
+}

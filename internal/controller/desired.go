@@ -18,15 +18,37 @@ type Users struct {
 	UIDs      map[string]uint32 // allowlist name -> uid, for users that exist
 	Missing   map[string]error  // allowlist name -> why its user is not enforced yet
 	Conflicts []string          // human-readable, one per allowlist left out
+	Vanished  map[string]error  // allowlist name -> why its user no longer resolves (still enforced)
+	written   map[string]string // allowlist name -> the user as written, for Keep
+}
+
+// Keep carries uids over from an earlier lookup for users that no longer
+// resolve (deleted from /etc/passwd, NSS server down) while the allowlist
+// still names the same user: processes may still run under that uid, and
+// dropping its allowlist would lift their restriction. Fail closed.
+func (u *Users) Keep(prev Users) {
+	for name, err := range u.Missing {
+		uid, ok := prev.UIDs[name]
+		if !ok || prev.written[name] != u.written[name] {
+			continue
+		}
+		u.UIDs[name] = uid
+		delete(u.Missing, name)
+		if u.Vanished == nil {
+			u.Vanished = map[string]error{}
+		}
+		u.Vanished[name] = err
+	}
 }
 
 // LookupUsers resolves each allowlist's user. Two allowlists that turn out to
 // name the same uid (a name and its number) cannot both own it: the first by
 // name is enforced, the other is reported.
 func LookupUsers(c *config.Config, lookup config.UserLookup) Users {
-	u := Users{UIDs: map[string]uint32{}, Missing: map[string]error{}}
+	u := Users{UIDs: map[string]uint32{}, Missing: map[string]error{}, written: map[string]string{}}
 	owner := map[uint32]string{}
 	for _, a := range c.Allowlists {
+		u.written[a.Name] = a.User
 		uid, err := a.UID(lookup)
 		if err != nil {
 			u.Missing[a.Name] = err
