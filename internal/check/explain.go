@@ -128,10 +128,10 @@ func Explain(ctx context.Context, o Options, user, target string) (*Explanation,
 			setName, dnsSet = ruleset.SetName6(x.Allowlist), ruleset.DNSSet6
 		}
 		if el, ok := covering(sets[setName], e.Proto, a, e.PortFrom); ok {
-			av.Allowed, av.Set, av.Element = true, setName, el.String()
+			av.Allowed, av.Set, av.Element = true, kernelSet(setName, el), el.String()
 			av.Entry = attribute(al, e.Proto, a, e.PortFrom, daemonAddrs, e.Host)
 		} else if el, ok := covering(sets[dnsSet], e.Proto, a, e.PortFrom); ok && dnsAllowed {
-			av.Allowed, av.Set, av.Element, av.Entry = true, dnsSet, el.String(), "dns: resolvers (the configured resolvers)"
+			av.Allowed, av.Set, av.Element, av.Entry = true, kernelSet(dnsSet, el), el.String(), "dns: resolvers (the configured resolvers)"
 		}
 		if av.Allowed {
 			allowedAny = true
@@ -150,6 +150,14 @@ func Explain(ctx context.Context, o Options, user, target string) (*Explanation,
 		x.Nearest = nearest(al, e, addrs, sets)
 	}
 	return x, nil
+}
+
+// kernelSet names the nftables set that holds el (nft list set inet egressd NAME).
+func kernelSet(logical string, el ruleset.Element) string {
+	if el.AddrFrom == el.AddrTo && el.PortFrom == el.PortTo {
+		return ruleset.ExactPrefix + logical
+	}
+	return logical
 }
 
 func appendAddr(list []netip.Addr, a netip.Addr) []netip.Addr {
