@@ -43,9 +43,6 @@ func TestGenerateGolden(t *testing.T) {
 	}
 }
 
-func itoa(v int) string {
-	return strings.TrimSpace(strings.Repeat(" ", 0) + string(rune('0'+v/100)) + string(rune('0'+v/10%10)) + string(rune('0'+v%10)))
-}
 
 func TestGenerateVersionsAndComments(t *testing.T) {
 	old, _ := Generate(typical(239))
