@@ -43,7 +43,6 @@ func TestGenerateGolden(t *testing.T) {
 	}
 }
 
-
 func TestGenerateVersionsAndComments(t *testing.T) {
 	old, _ := Generate(typical(239))
 	for _, k := range []string{"SocketBindDeny", "ProtectProc", "ProtectClock", "ProtectKernelLogs", "ProtectHostname", "RestrictSUIDSGID"} {
