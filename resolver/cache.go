@@ -5,6 +5,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/egressd/egressd/internal/setdiff"
 	"github.com/miekg/dns"
 )
 
@@ -217,7 +218,7 @@ func (c *Cache) Observe(k Key, res Result, err error) Change {
 	}
 	c.gc(e, now)
 	after := c.valid(e, now)
-	ch.Added, ch.Removed = diffAddrs(before, after)
+	ch.Added, ch.Removed = setdiff.Of(before, after)
 	return ch
 }
 
@@ -371,23 +372,4 @@ func (e *entry) hasCurrent() bool {
 		}
 	}
 	return false
-}
-
-func diffAddrs(before, after []netip.Addr) (added, removed []netip.Addr) {
-	b := map[netip.Addr]bool{}
-	for _, a := range before {
-		b[a] = true
-	}
-	for _, a := range after {
-		if !b[a] {
-			added = append(added, a)
-		}
-		delete(b, a)
-	}
-	for _, a := range before {
-		if b[a] {
-			removed = append(removed, a)
-		}
-	}
-	return added, removed
 }

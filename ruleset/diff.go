@@ -1,5 +1,7 @@
 package ruleset
 
+import "github.com/egressd/egressd/internal/setdiff"
+
 // SetDelta is the element change of one set.
 type SetDelta struct {
 	Add, Del []Element
@@ -41,25 +43,9 @@ func SameStructure(a, b Plan) bool {
 func Diff(old, new Plan) Delta {
 	d := Delta{}
 	for name, want := range new.Sets {
-		have := map[Element]bool{}
-		for _, e := range old.Sets[name] {
-			have[e] = true
-		}
-		var sd SetDelta
-		for _, e := range want {
-			if have[e] {
-				delete(have, e)
-			} else {
-				sd.Add = append(sd.Add, e)
-			}
-		}
-		for _, e := range old.Sets[name] {
-			if have[e] {
-				sd.Del = append(sd.Del, e)
-			}
-		}
-		if len(sd.Add)+len(sd.Del) > 0 {
-			d[name] = sd
+		add, del := setdiff.Of(old.Sets[name], want)
+		if len(add)+len(del) > 0 {
+			d[name] = SetDelta{Add: add, Del: del}
 		}
 	}
 	return d

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/egressd/egressd/internal/setdiff"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 )
@@ -93,7 +94,7 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 			add("set_missing", name, "set missing")
 			continue
 		}
-		missing, extra := elementDiff(p.Sets[name], got)
+		missing, extra := setdiff.Of(got, p.Sets[name])
 		if len(missing) > 0 {
 			add("element_missing", name, "%d missing: %s", len(missing), elementList(missing))
 		}
@@ -140,25 +141,6 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-func elementDiff(want, got []Element) (missing, extra []Element) {
-	have := map[Element]bool{}
-	for _, e := range got {
-		have[e] = true
-	}
-	for _, e := range want {
-		if !have[e] {
-			missing = append(missing, e)
-		}
-		delete(have, e)
-	}
-	for _, e := range got {
-		if have[e] {
-			extra = append(extra, e)
-		}
-	}
-	return missing, extra
 }
 
 func elementList(es []Element) string {

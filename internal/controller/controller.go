@@ -310,7 +310,8 @@ func (c *Controller) observe(keys []resolver.Key, out []outcome) map[string]erro
 	failed := map[string]error{}
 	for i, k := range keys {
 		o := out[i]
-		if _, known := c.cache.Status(k); !known {
+		prev, known := c.cache.Status(k)
+		if !known {
 			continue // the name left the configuration while it was being looked up
 		}
 		if o.cancelled {
@@ -321,7 +322,6 @@ func (c *Controller) observe(keys []resolver.Key, out []outcome) map[string]erro
 			continue
 		}
 		c.o.Metrics.Resolved(o.dur.Seconds())
-		prev, _ := c.cache.Status(k)
 		ch := c.cache.Observe(k, o.res, o.err)
 		st, _ := c.cache.Status(k)
 		if o.err != nil {
