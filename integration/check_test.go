@@ -189,7 +189,7 @@ func TestCheckExplain(t *testing.T) {
 		code         int
 		want         []string
 	}{
-		{fmt.Sprint(uidA), "api.example.test:443", 0, []string{"ALLOWED", "api.example.test:443 (", "billing.yaml:3:5", "exact_allow4_billing"}},
+		{fmt.Sprint(uidA), "api.example.test:443", 0, []string{"ALLOWED", "api.example.test:443 (", "billing.yaml:3:5", "allow4"}},
 		{fmt.Sprint(uidA), "api.example.test:8443", 1, []string{"DENIED", "nearest: same host, other port: api.example.test:443"}},
 		{fmt.Sprint(uidA), "198.51.100.20:4444", 1, []string{"DENIED", "198.51.100.20:4444/tcp denied"}},
 		{fmt.Sprint(uidA), "203.0.113.5:5353/udp", 0, []string{"ALLOWED", "203.0.113.5:5353/udp ("}},

@@ -224,12 +224,13 @@ func TestDenyLogModes(t *testing.T) {
 		for found := false; !found; {
 			select {
 			case l := <-lines:
-				if strings.Contains(l, "itkern deny billing: ") && strings.Contains(l, "DST=198.51.100.20") && strings.Contains(l, "DPT=4444") {
+				if strings.Contains(l, "itkern deny: ") && strings.Contains(l, "DST=198.51.100.20") && strings.Contains(l, "DPT=4444") &&
+					strings.Contains(l, fmt.Sprintf("UID=%d", uidA)) {
 					t.Logf("kernel log: %s", l)
 					found = true
 				}
 			case <-deadline:
-				t.Fatal("no kernel log line with the prefix \"itkern deny billing: \"")
+				t.Fatal("no kernel log line with the prefix \"itkern deny: \" and the uid")
 			}
 		}
 		kmsg.SetDeadline(time.Now()) //nolint:errcheck

@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"encoding/binary"
 	"fmt"
 	"strings"
 	"testing"
@@ -32,7 +33,7 @@ func (w *world) drifts() []drift {
 			if err != nil {
 				return err
 			}
-			c.FlushChain(&nftables.Chain{Name: ruleset.ChainName("billing"), Table: table})
+			c.FlushChain(&nftables.Chain{Name: "restricted", Table: table})
 			return c.Flush()
 		}, "rules_differ"},
 		{"element removed", func() error {
@@ -40,7 +41,7 @@ func (w *world) drifts() []drift {
 			if err != nil {
 				return err
 			}
-			s, err := c.GetSetByName(table, ruleset.ExactPrefix+ruleset.SetName4("web"))
+			s, err := c.GetSetByName(table, "allow4") // exact IPv4 elements, keyed by uid
 			if err != nil {
 				return err
 			}
@@ -58,13 +59,14 @@ func (w *world) drifts() []drift {
 			if err != nil {
 				return err
 			}
-			s, err := c.GetSetByName(table, ruleset.SetName4("billing"))
+			s, err := c.GetSetByName(table, "allow4")
 			if err != nil {
 				return err
 			}
-			// tcp . 198.51.100.20 . 4444: would open the denied destination.
-			key := []byte{6, 0, 0, 0, 198, 51, 100, 20, 0x11, 0x5c, 0, 0}
-			if err := c.SetAddElements(s, []nftables.SetElement{{Key: key, KeyEnd: key}}); err != nil {
+			// uidA . tcp . 198.51.100.20 . 4444: would open the denied destination.
+			key := binary.NativeEndian.AppendUint32(nil, uidA)
+			key = append(key, 6, 0, 0, 0, 198, 51, 100, 20, 0x11, 0x5c, 0, 0)
+			if err := c.SetAddElements(s, []nftables.SetElement{{Key: key}}); err != nil {
 				return err
 			}
 			return c.Flush()

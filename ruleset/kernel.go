@@ -9,8 +9,9 @@ type Kernel interface {
 	// any failure.
 	ApplyFull(p Plan) error
 	// ApplyDelta changes only set elements. The caller guarantees the kernel
-	// holds the structure of the plan the delta was computed against.
-	ApplyDelta(d Delta) error
+	// holds the structure of the plan the delta was computed against; p is
+	// the plan the delta leads to.
+	ApplyDelta(p Plan, d Delta) error
 	// Remove deletes the table; a missing table is not an error.
 	Remove() error
 }
@@ -59,7 +60,7 @@ func (f *Fake) ApplyFull(p Plan) error {
 }
 
 // ApplyDelta implements Kernel.
-func (f *Fake) ApplyDelta(d Delta) error {
+func (f *Fake) ApplyDelta(_ Plan, d Delta) error {
 	if err := f.take(); err != nil {
 		return err
 	}

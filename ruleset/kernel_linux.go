@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"strings"
 	"syscall"
 
 	"github.com/egressd/egressd/config"
@@ -20,11 +19,6 @@ import (
 // chunk is how many elements go in one netlink message: a message's element
 // list is one nested attribute, whose length field has 16 bits.
 const chunk = 512
-
-var (
-	keyType4 = nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeIPAddr, nftables.TypeInetService)
-	keyType6 = nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeIP6Addr, nftables.TypeInetService)
-)
 
 // Netlink is the Kernel that speaks nf_tables over netlink.
 type Netlink struct {
@@ -65,54 +59,138 @@ func bigBuffers(c *netlink.Conn) error {
 	return err
 }
 
-// Each logical set of a plan is two kernel sets: a hash set for exact
-// elements (one address, one port: DNS answers, literal addresses) and a
-// concatenated interval set (pipapo) for CIDRs and port ranges. Inserting
-// into a pipapo set costs time proportional to its size, so 10,000 DNS
-// answers in one interval set take a second of kernel time; in a hash set
-// they take milliseconds. The elements of a plan's set never overlap
-// (Normalize), so the split is a partition and lookups try both.
-func set(name string, v6 bool) *nftables.Set {
-	kt := keyType4
-	if v6 {
-		kt = keyType6
-	}
-	return &nftables.Set{Table: table, Name: name, KeyType: kt, Interval: true, Concatenation: true}
-}
+// The kernel layout. Its cost per packet and per apply does not grow with the
+// number of allowlists: every allowlist's elements live in shared sets keyed
+// by uid, and one chain judges every protected user.
+//
+//	table inet egressd {
+//	  set users    { type uid }                                   # protected uids; element comment = allowlist
+//	  set owners   { type uid . uid }                             # (u . u) for every protected uid
+//	  set dnsusers { type uid }                                   # dns: resolvers
+//	  set allow4   { type uid . inet_proto . ipv4_addr . inet_service }                  # exact elements (hash)
+//	  set allow4r  { type uid . inet_proto . ipv4_addr . inet_service; flags interval }  # CIDRs, port ranges
+//	  set allow6, allow6r                                         # the same for IPv6
+//	  set dns4, dns4r, dns6, dns6r { type inet_proto . ipv*_addr . inet_service }        # the resolvers
+//	  set denied   { type uid; flags dynamic; counter }           # rejected packets per uid
+//	  set denylog  { type uid; flags dynamic }                    # per-uid log rate limit (a meter)
+//	  chain output { type filter hook output priority filter; meta skuid @users jump restricted }
+//	  chain restricted {
+//	    ct state new ct label set <opener uid>                    # bits 96-127: which uid opened the flow
+//	    fib saddr type != local goto deny                         # IP_FREEBIND, IPV6_FREEBIND, IP_TRANSPARENT
+//	    meta nfproto ipv6 exthdr rt exists goto deny              # IPV6_RTHDR (segment routing, type 0/2)
+//	    meta nfproto ipv4 ip ihl != 5 goto deny                   # IP_OPTIONS (LSRR/SSRR source routing)
+//	    tcp flags syn tcp option mptcp: overwritten with NOPs     # MPTCP falls back to TCP: no kernel subflows
+//	    ct state established,related ct direction original ct label uid . skuid @owners accept
+//	    ct state established,related ct direction reply ct label uid == 0 accept
+//	    meta skuid . meta l4proto . ip daddr . th dport @allow4 accept   (and allow4r, allow6, allow6r)
+//	    meta skuid @dnsusers meta l4proto . ip daddr . th dport @dns4 accept   (and dns4r, dns6, dns6r)
+//	    goto deny
+//	  }
+//	  chain deny { update @denied { meta skuid counter }; update @denylog { meta skuid limit rate R } log;
+//	               tcp: reject with tcp reset; reject with icmpx admin-prohibited }
+//	}
+//
+// Established and related packets are accepted only on flows that the same
+// uid opened (original direction) or that no protected user opened (the
+// reply direction of an inbound connection, or of a local client's
+// connection to a protected server). A protected user's packet on a flow that
+// another process opened, or in the reply direction of a flow that a
+// protected user opened (a forged-source "flow" from a FREEBIND socket), is
+// judged like a new one: by its destination.
+const (
+	kUsers     = "users"
+	kOwners    = "owners"
+	kDNSUsers  = "dnsusers"
+	kDenied    = "denied"
+	kDenyLog   = "denylog"
+	chainOut   = "output"
+	chainRestr = "restricted"
+	chainDeny  = "deny"
+)
 
-// ExactPrefix names the hash set that holds a logical set's exact elements.
-const ExactPrefix = "exact_"
-
-func exactSet(name string, v6 bool) *nftables.Set {
-	kt := keyType4
-	if v6 {
-		kt = keyType6
-	}
-	return &nftables.Set{Table: table, Name: ExactPrefix + name, KeyType: kt}
-}
-
-func isExact(e Element) bool { return e.AddrFrom == e.AddrTo && e.PortFrom == e.PortTo }
-
-// split partitions elements into exact ones and ranges.
-func split(es []Element) (exact, ranges []Element) {
-	for _, e := range es {
-		if isExact(e) {
-			exact = append(exact, e)
-		} else {
-			ranges = append(ranges, e)
+func allKernelSets() []kernelSet {
+	var out []kernelSet
+	for _, dns := range []bool{false, true} {
+		for _, v6 := range []bool{false, true} {
+			for _, r := range []bool{false, true} {
+				out = append(out, kernelSet{DNS: dns, V6: v6, Range: r})
+			}
 		}
 	}
-	return exact, ranges
+	return out
 }
 
-func setIs6(name string) bool {
-	switch name {
-	case DNSSet6:
-		return true
-	case DNSSet4:
-		return false
+func (s kernelSet) nft() *nftables.Set {
+	var parts []nftables.SetDatatype
+	if !s.DNS {
+		parts = append(parts, nftables.TypeUID)
 	}
-	return strings.HasPrefix(strings.TrimPrefix(name, ExactPrefix), "allow6")
+	addr := nftables.TypeIPAddr
+	if s.V6 {
+		addr = nftables.TypeIP6Addr
+	}
+	parts = append(parts, nftables.TypeInetProto, addr, nftables.TypeInetService)
+	return &nftables.Set{Table: table, Name: s.name(), KeyType: nftables.MustConcatSetType(parts...),
+		Interval: s.Range, Concatenation: true}
+}
+
+func uidSet(name string) *nftables.Set {
+	return &nftables.Set{Table: table, Name: name, KeyType: nftables.TypeUID, KeyByteOrder: binaryutil.NativeEndian}
+}
+
+func ownersSet() *nftables.Set {
+	return &nftables.Set{Table: table, Name: kOwners, KeyType: nftables.MustConcatSetType(nftables.TypeUID, nftables.TypeUID), Concatenation: true}
+}
+
+// dynamic sets, filled from the packet path with one element per uid.
+func deniedSet() *nftables.Set {
+	return &nftables.Set{Table: table, Name: kDenied, KeyType: nftables.TypeUID, KeyByteOrder: binaryutil.NativeEndian, Dynamic: true}
+}
+
+func denyLogSet() *nftables.Set {
+	return &nftables.Set{Table: table, Name: kDenyLog, KeyType: nftables.TypeUID, KeyByteOrder: binaryutil.NativeEndian, Dynamic: true}
+}
+
+
+// keyed is an element with the uid it is keyed by (0 in the resolvers' sets).
+type keyed struct {
+	uid uint32
+	e   Element
+}
+
+// placeElements groups elements of logical sets into kernel sets. uidOf maps
+// an allowlist to its uid; a logical set of an allowlist the plan has no
+// chain for is an error (the caller's plan is inconsistent).
+func placeElements(sets map[string][]Element, uidOf map[string]uint32) (map[kernelSet][]keyed, error) {
+	out := map[kernelSet][]keyed{}
+	for name, es := range sets {
+		id, ok := ParseSetName(name)
+		if !ok {
+			return nil, fmt.Errorf("set %q: not a name egressd writes", name)
+		}
+		var uid uint32
+		if id.Allowlist != "" {
+			if uid, ok = uidOf[id.Allowlist]; !ok {
+				return nil, fmt.Errorf("set %q: allowlist %q has no uid in the plan", name, id.Allowlist)
+			}
+		}
+		for _, e := range es {
+			if e.Is6() != id.V6 {
+				return nil, fmt.Errorf("set %q: element %s of the other family", name, e)
+			}
+			ks := kernelSet{DNS: id.Allowlist == "", V6: id.V6, Range: !isExact(e)}
+			out[ks] = append(out[ks], keyed{uid, e})
+		}
+	}
+	return out, nil
+}
+
+func uids(p Plan) map[string]uint32 {
+	m := make(map[string]uint32, len(p.Chains))
+	for _, ch := range p.Chains {
+		m[ch.Allowlist] = ch.UID
+	}
+	return m
 }
 
 // ApplyFull implements Kernel.
@@ -130,132 +208,235 @@ func (k *Netlink) ApplyFull(p Plan) error {
 		return fmt.Errorf("build full ruleset: %w", err) // c is dropped unflushed
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("apply full ruleset (%d elements): %w", p.Elements(), err)
+		return k.unknownOutcome(p, fmt.Errorf("apply full ruleset (%d elements): %w", p.Elements(), err))
 	}
 	return nil
 }
 
+// unknownOutcome handles a flush error after which the kernel may or may
+// not have committed: ENOBUFS on the acknowledgements says nothing about the
+// transaction. The kernel is read back and compared with the plan; only a
+// match is reported as applied.
+func (k *Netlink) unknownOutcome(p Plan, err error) error {
+	if !errors.Is(err, unix.ENOBUFS) {
+		return err
+	}
+	fs, verr := k.Verify(p)
+	if verr == nil && len(fs) == 0 {
+		return nil
+	}
+	if verr != nil {
+		return fmt.Errorf("%w; the outcome could not be verified: %v", err, verr)
+	}
+	return fmt.Errorf("%w; verified: the kernel does not hold the plan (%s)", err, fs[0])
+}
+
 func build(c *nftables.Conn, p Plan) error {
-	out := c.AddChain(outputChain())
-	sets := map[string]*nftables.Set{}
-	for name, elems := range p.Sets {
-		exact, ranges := split(elems)
-		for _, part := range []struct {
-			s  *nftables.Set
-			es []Element
-		}{{exactSet(name, setIs6(name)), exact}, {set(name, setIs6(name)), ranges}} {
-			if err := c.AddSet(part.s, nil); err != nil {
-				return fmt.Errorf("add set %s: %w", part.s.Name, err)
-			}
-			sets[part.s.Name] = part.s
-			if err := addElements(c, part.s, part.es); err != nil {
-				return err
-			}
+	uidOf := uids(p)
+	placed, err := placeElements(p.Sets, uidOf)
+	if err != nil {
+		return err
+	}
+	for _, ks := range allKernelSets() {
+		s := ks.nft()
+		if err := c.AddSet(s, nil); err != nil {
+			return fmt.Errorf("add set %s: %w", s.Name, err)
+		}
+		if err := addElements(c, s, ks, placed[ks]); err != nil {
+			return err
 		}
 	}
-	users := usersMap()
-	if err := c.AddSet(users, nil); err != nil {
-		return fmt.Errorf("add users map: %w", err)
-	}
-	var userElems []nftables.SetElement
+	var users, owners, dnsUsers []nftables.SetElement
 	for _, ch := range p.Chains {
-		chain := c.AddChain(&nftables.Chain{Name: ChainName(ch.Allowlist), Table: table})
-		for _, r := range allowlistRules(chain, ch, sets, p.DenyLog) {
-			c.AddRule(r)
-		}
-		userElems = append(userElems, nftables.SetElement{
-			Key:         binaryutil.NativeEndian.PutUint32(ch.UID),
-			VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: chain.Name},
-		})
-	}
-	for i := 0; i < len(userElems); i += chunk {
-		if err := c.SetAddElements(users, userElems[i:min(i+chunk, len(userElems))]); err != nil {
-			return fmt.Errorf("add users: %w", err)
+		u := binaryutil.NativeEndian.PutUint32(ch.UID)
+		users = append(users, nftables.SetElement{Key: u, Comment: ch.Allowlist})
+		owners = append(owners, nftables.SetElement{Key: append(append([]byte{}, u...), u...)})
+		if ch.DNS {
+			dnsUsers = append(dnsUsers, nftables.SetElement{Key: u})
 		}
 	}
-	for _, r := range outputRules(out, users) {
+	for _, part := range []struct {
+		s  *nftables.Set
+		es []nftables.SetElement
+	}{{uidSet(kUsers), users}, {ownersSet(), owners}, {uidSet(kDNSUsers), dnsUsers}, {deniedSet(), nil}, {denyLogSet(), nil}} {
+		if err := c.AddSet(part.s, nil); err != nil {
+			return fmt.Errorf("add set %s: %w", part.s.Name, err)
+		}
+		for i := 0; i < len(part.es); i += chunk {
+			if err := c.SetAddElements(part.s, part.es[i:min(i+chunk, len(part.es))]); err != nil {
+				return fmt.Errorf("add %d elements to %s: %w", len(part.es), part.s.Name, err)
+			}
+		}
+	}
+	out := c.AddChain(outputChain())
+	restr := c.AddChain(&nftables.Chain{Name: chainRestr, Table: table})
+	deny := c.AddChain(&nftables.Chain{Name: chainDeny, Table: table})
+	for _, r := range outputRules(out) {
+		c.AddRule(r)
+	}
+	for _, r := range restrictedRules(restr) {
+		c.AddRule(r)
+	}
+	for _, r := range denyRules(deny, p.DenyLog) {
 		c.AddRule(r)
 	}
 	return nil
 }
 
-func usersMap() *nftables.Set {
-	return &nftables.Set{Table: table, Name: UsersMap, KeyType: nftables.TypeUID, DataType: nftables.TypeVerdict, IsMap: true, KeyByteOrder: binaryutil.NativeEndian}
-}
-
 func outputChain() *nftables.Chain {
 	return &nftables.Chain{
-		Name: "output", Table: table, Type: nftables.ChainTypeFilter,
+		Name: chainOut, Table: table, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter,
 	}
 }
 
-// outputRules are the base chain's rules, in order.
-func outputRules(out *nftables.Chain, users *nftables.Set) []*nftables.Rule {
-	return []*nftables.Rule{
-		// established,related first: replies to allowed connections, and the
-		// packets of connections that were allowed when they started.
-		{Table: table, Chain: out, Exprs: []expr.Any{
-			&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
-			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-				Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED),
-				Xor:  []byte{0, 0, 0, 0}},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
-			&expr.Verdict{Kind: expr.VerdictAccept},
-		}},
-		// meta skuid vmap @users: one lookup whatever the number of allowlists.
-		{Table: table, Chain: out, Exprs: []expr.Any{
-			&expr.Meta{Key: expr.MetaKeySKUID, Register: 1},
-			&expr.Lookup{SourceRegister: 1, SetName: users.Name, SetID: users.ID, DestRegister: 0, IsDestRegSet: true},
-		}},
-	}
+// outputRules: meta skuid @users jump restricted — one hash lookup whatever
+// the number of allowlists; every other user's packets pass untouched.
+func outputRules(out *nftables.Chain) []*nftables.Rule {
+	return []*nftables.Rule{{Table: table, Chain: out, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeySKUID, Register: 1},
+		&expr.Lookup{SourceRegister: 1, SetName: kUsers},
+		&expr.Verdict{Kind: expr.VerdictJump, Chain: chainRestr},
+	}}}
 }
 
-// lookupExprs loads meta l4proto . ip[6] daddr . th dport into registers and
-// looks the concatenation up in s.
-func lookupExprs(s *nftables.Set, v6 bool) []expr.Any {
-	nfproto, daddrOff, daddrLen, portReg := byte(unix.NFPROTO_IPV4), uint32(16), uint32(4), uint32(10)
-	if v6 {
-		nfproto, daddrOff, daddrLen, portReg = unix.NFPROTO_IPV6, 24, 16, 13
-	}
+// Registers: NFT_REG_1 (1) is the 16 bytes of NFT_REG32_00..03 (8..11).
+const (
+	reg1   = 1
+	reg32  = 8 // NFT_REG32_00
+	rtnLoc = 2 // RTN_LOCAL
+	ipv6RT = 43
+	tcpMP  = 30 // TCP option kind: MPTCP
+)
+
+func ctStateIs(bits uint32) []expr.Any {
 	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{nfproto}},
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseNetworkHeader, Offset: daddrOff, Len: daddrLen},
-		&expr.Payload{DestRegister: portReg, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID},
+		&expr.Ct{Register: reg1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(bits), Xor: []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{0, 0, 0, 0}},
 	}
 }
 
-func allowlistRules(chain *nftables.Chain, ch ChainPlan, sets map[string]*nftables.Set, dl config.DenyLog) []*nftables.Rule {
-	rule := func(es ...expr.Any) *nftables.Rule { return &nftables.Rule{Table: table, Chain: chain, Exprs: es} }
+// labelUIDReg is where the opener's uid sits after the ct labels are loaded
+// into NFT_REG_1: bytes 12-15 of the label, conntrack label bits 96-127.
+const labelUIDReg = reg32 + 3
+
+func restrictedRules(ch *nftables.Chain) []*nftables.Rule {
+	rule := func(es ...expr.Any) *nftables.Rule { return &nftables.Rule{Table: table, Chain: ch, Exprs: es} }
+	deny := &expr.Verdict{Kind: expr.VerdictGoto, Chain: chainDeny}
 	accept := &expr.Verdict{Kind: expr.VerdictAccept}
+	nfproto := func(p byte) []expr.Any {
+		return []expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1}, &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{p}}}
+	}
 	var rules []*nftables.Rule
-	lookups := func(logical string, v6 bool) {
-		rules = append(rules,
-			rule(append(lookupExprs(sets[ExactPrefix+logical], v6), accept)...),
-			rule(append(lookupExprs(sets[logical], v6), accept)...))
+	// Record the opener of every new flow: its uid in label bits 96-127.
+	rules = append(rules, rule(append(ctStateIs(expr.CtStateBitNEW),
+		&expr.Immediate{Register: reg1, Data: make([]byte, 16)},
+		&expr.Meta{Key: expr.MetaKeySKUID, Register: labelUIDReg},
+		&expr.Ct{Key: expr.CtKeyLABELS, Register: reg1, SourceRegister: true})...))
+	// A source address that is not local: a FREEBIND or TRANSPARENT socket
+	// forging a flow. Never a protected user's business.
+	rules = append(rules, rule(
+		&expr.Fib{Register: reg1, ResultADDRTYPE: true, FlagSADDR: true},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(rtnLoc)},
+		deny))
+	// Source routing: the destination in the header is only the first hop.
+	rules = append(rules, rule(append(nfproto(unix.NFPROTO_IPV6),
+		&expr.Exthdr{Op: expr.ExthdrOpIpv6, Type: ipv6RT, Offset: 0, Len: 1, Flags: unix.NFT_EXTHDR_F_PRESENT, DestRegister: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{1}},
+		deny)...))
+	rules = append(rules, rule(append(nfproto(unix.NFPROTO_IPV4),
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 0, Len: 1},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 1, Mask: []byte{0x0f}, Xor: []byte{0}},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{5}},
+		deny)...))
+	// MPTCP: a connection's further subflows are opened by kernel sockets
+	// that carry no uid, so they would escape the rules. The MPTCP option of
+	// a protected user's SYN (and SYN-ACK) gets the private-use subtype 0xf,
+	// which peers ignore (RFC 8684 3, Linux mptcp_parse_option): the peer
+	// answers as plain TCP and the socket falls back to TCP (RFC 8684 3.7),
+	// so the kernel never opens a subflow for it. The kernel lets a rule
+	// write an option's data, not its kind or length.
+	mp := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 1, Mask: []byte{0x02}, Xor: []byte{0}},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{0}},
+		&expr.Exthdr{Op: expr.ExthdrOpTcpopt, Type: tcpMP, Offset: 0, Len: 1, Flags: unix.NFT_EXTHDR_F_PRESENT, DestRegister: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{1}},
+		&expr.Immediate{Register: reg1, Data: []byte{0xf0, 0x00}},
+		&expr.Exthdr{Op: expr.ExthdrOpTcpopt, Type: tcpMP, Offset: 2, Len: 2, SourceRegister: reg1},
 	}
-	lookups(SetName4(ch.Allowlist), false)
-	lookups(SetName6(ch.Allowlist), true)
-	if ch.DNS {
-		lookups(DNSSet4, false)
-		lookups(DNSSet6, true)
+	rules = append(rules, rule(mp...))
+	// Established and related: only on the user's own flows, or in the
+	// reply direction of flows that no protected user opened.
+	rules = append(rules, rule(append(ctStateIs(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
+		&expr.Ct{Register: reg1, Key: expr.CtKeyDIRECTION},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{0}},
+		&expr.Ct{Register: reg1, Key: expr.CtKeyLABELS},
+		&expr.Meta{Key: expr.MetaKeySKUID, Register: labelUIDReg + 1},
+		&expr.Lookup{SourceRegister: labelUIDReg, SetName: kOwners},
+		accept)...))
+	rules = append(rules, rule(append(ctStateIs(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
+		&expr.Ct{Register: reg1, Key: expr.CtKeyDIRECTION},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{1}},
+		&expr.Ct{Register: reg1, Key: expr.CtKeyLABELS},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: labelUIDReg, Data: []byte{0, 0, 0, 0}},
+		accept)...))
+	for _, ks := range allKernelSets() {
+		var es []expr.Any
+		if ks.DNS {
+			es = append(es, &expr.Meta{Key: expr.MetaKeySKUID, Register: reg1},
+				&expr.Lookup{SourceRegister: reg1, SetName: kDNSUsers})
+		}
+		es = append(es, lookupExprs(ks)...)
+		rules = append(rules, rule(append(es, accept)...))
 	}
-	if l := logExprs(dl, ch.Allowlist); l != nil {
+	rules = append(rules, rule(deny))
+	return rules
+}
+
+// lookupExprs loads [meta skuid .] meta l4proto . ip[6] daddr . th dport into
+// registers and looks the concatenation up in the kernel set.
+func lookupExprs(ks kernelSet) []expr.Any {
+	nfproto, daddrOff, daddrLen := byte(unix.NFPROTO_IPV4), uint32(16), uint32(4)
+	if ks.V6 {
+		nfproto, daddrOff, daddrLen = unix.NFPROTO_IPV6, 24, 16
+	}
+	r := uint32(reg32)
+	var es []expr.Any
+	es = append(es, &expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{nfproto}})
+	start := r
+	if !ks.DNS {
+		es = append(es, &expr.Meta{Key: expr.MetaKeySKUID, Register: r})
+		r++
+	}
+	es = append(es, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: r},
+		&expr.Payload{DestRegister: r + 1, Base: expr.PayloadBaseNetworkHeader, Offset: daddrOff, Len: daddrLen},
+		&expr.Payload{DestRegister: r + 1 + daddrLen/4, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: start, SetName: ks.name()})
+	return es
+}
+
+// denyRules: count, log (rate-limited per uid), reject — TCP reset for TCP,
+// ICMP administratively prohibited otherwise, so a denied connect fails at once.
+func denyRules(ch *nftables.Chain, dl config.DenyLog) []*nftables.Rule {
+	rule := func(es ...expr.Any) *nftables.Rule { return &nftables.Rule{Table: table, Chain: ch, Exprs: es} }
+	rules := []*nftables.Rule{rule(
+		&expr.Meta{Key: expr.MetaKeySKUID, Register: reg1},
+		&expr.Dynset{SrcRegKey: reg1, SetName: kDenied, Operation: unix.NFT_DYNSET_OP_UPDATE, Exprs: []expr.Any{&expr.Counter{}}},
+	)}
+	if l := logExprs(dl); l != nil {
 		rules = append(rules, rule(l...))
 	}
-	// reject with tcp reset for TCP, icmpx admin-prohibited otherwise, so a
-	// denied connect fails at once; the counters count every denied packet.
-	rules = append(rules,
-		rule(&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
-			&expr.Counter{},
+	return append(rules,
+		rule(&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_TCP}},
 			&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}),
-		rule(&expr.Counter{},
-			&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED}))
-	return rules
+		rule(&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED}))
 }
 
 func limitUnit(u string) expr.LimitTime {
@@ -270,58 +451,80 @@ func limitUnit(u string) expr.LimitTime {
 	return expr.LimitTimeSecond
 }
 
-// logExprs is the rate-limited log statement placed right before the reject.
-func logExprs(dl config.DenyLog, allowlist string) []expr.Any {
+// logExprs is the deny log statement, limited per uid by a meter (a dynamic
+// set with a limit per element), so one noisy user cannot silence the others.
+func logExprs(dl config.DenyLog) []expr.Any {
 	lim := &expr.Limit{Type: expr.LimitTypePkts, Rate: dl.Rate.Count, Unit: limitUnit(dl.Rate.Unit), Burst: uint32(min(dl.Rate.Count, 1000))}
-	prefix := []byte(LogPrefix(dl.Prefix, allowlist))
+	meter := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeySKUID, Register: reg1},
+		&expr.Dynset{SrcRegKey: reg1, SetName: kDenyLog, Operation: unix.NFT_DYNSET_OP_UPDATE, Exprs: []expr.Any{lim}},
+	}
+	prefix := []byte(LogPrefix(dl.Prefix))
 	switch dl.Mode {
 	case config.LogNFLOG:
-		return []expr.Any{lim, &expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: dl.Group, Data: prefix}}
+		return append(meter, &expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: dl.Group, Data: prefix})
 	case config.LogKernel:
-		return []expr.Any{lim, &expr.Log{Key: 1<<unix.NFTA_LOG_LEVEL | 1<<unix.NFTA_LOG_PREFIX, Level: expr.LogLevelWarning, Data: prefix}}
+		return append(meter, &expr.Log{Key: 1<<unix.NFTA_LOG_LEVEL | 1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_FLAGS,
+			Level: expr.LogLevelWarning, Flags: expr.LogFlagsUID, Data: prefix})
 	}
 	return nil
 }
 
-func encode(e Element, end bool) []byte {
+// encode writes one end of an element's key: [uid .] proto . addr . port,
+// each field padded to 4 bytes as nftables concatenations are.
+func encode(ks kernelSet, uid uint32, e Element, end bool) []byte {
 	a, p := e.AddrFrom, e.PortFrom
 	if end {
 		a, p = e.AddrTo, e.PortTo
 	}
-	b := make([]byte, 0, 24)
+	b := make([]byte, 0, 28)
+	if !ks.DNS {
+		b = append(b, binaryutil.NativeEndian.PutUint32(uid)...)
+	}
 	b = append(b, byte(e.Proto), 0, 0, 0)
 	b = append(b, a.AsSlice()...)
 	return append(b, byte(p>>8), byte(p), 0, 0)
 }
 
-func decode(key, keyEnd []byte) (Element, error) {
+func decode(ks kernelSet, key, keyEnd []byte) (uint32, Element, error) {
+	var uid uint32
+	if !ks.DNS {
+		if len(key) < 4 || len(keyEnd) < 4 {
+			return 0, Element{}, fmt.Errorf("key too short")
+		}
+		uid = binaryutil.NativeEndian.Uint32(key[:4])
+		if uid != binaryutil.NativeEndian.Uint32(keyEnd[:4]) {
+			return 0, Element{}, fmt.Errorf("range over several uids")
+		}
+		key, keyEnd = key[4:], keyEnd[4:]
+	}
 	if len(key) != len(keyEnd) || (len(key) != 12 && len(key) != 24) {
-		return Element{}, fmt.Errorf("unexpected key length %d/%d", len(key), len(keyEnd))
+		return 0, Element{}, fmt.Errorf("unexpected key length %d/%d", len(key), len(keyEnd))
 	}
 	n := len(key) - 8
 	from, _ := netip.AddrFromSlice(key[4 : 4+n])
 	to, _ := netip.AddrFromSlice(keyEnd[4 : 4+n])
-	return Element{
+	return uid, Element{
 		Proto: config.Proto(key[0]), AddrFrom: from, AddrTo: to,
 		PortFrom: uint16(key[4+n])<<8 | uint16(key[5+n]),
 		PortTo:   uint16(keyEnd[4+n])<<8 | uint16(keyEnd[5+n]),
 	}, nil
 }
 
-func toSetElements(es []Element) []nftables.SetElement {
+func toSetElements(ks kernelSet, es []keyed) []nftables.SetElement {
 	out := make([]nftables.SetElement, len(es))
-	for i, e := range es {
-		out[i] = nftables.SetElement{Key: encode(e, false)}
-		if !isExact(e) {
-			out[i].KeyEnd = encode(e, true)
+	for i, k := range es {
+		out[i] = nftables.SetElement{Key: encode(ks, k.uid, k.e, false)}
+		if ks.Range {
+			out[i].KeyEnd = encode(ks, k.uid, k.e, true)
 		}
 	}
 	return out
 }
 
-func addElements(c *nftables.Conn, s *nftables.Set, es []Element) error {
+func addElements(c *nftables.Conn, s *nftables.Set, ks kernelSet, es []keyed) error {
 	for i := 0; i < len(es); i += chunk {
-		if err := c.SetAddElements(s, toSetElements(es[i:min(i+chunk, len(es))])); err != nil {
+		if err := c.SetAddElements(s, toSetElements(ks, es[i:min(i+chunk, len(es))])); err != nil {
 			return fmt.Errorf("add %d elements to %s: %w", len(es), s.Name, err)
 		}
 	}
@@ -330,38 +533,43 @@ func addElements(c *nftables.Conn, s *nftables.Set, es []Element) error {
 
 // ApplyDelta implements Kernel: deletions first, so that an element replaced
 // by an overlapping one never collides, then additions; one transaction.
-func (k *Netlink) ApplyDelta(d Delta) error {
+// p is the plan the delta leads to (it maps allowlists to uids).
+func (k *Netlink) ApplyDelta(p Plan, d Delta) error {
 	if len(d) == 0 {
 		return nil
+	}
+	uidOf := uids(p)
+	adds, dels := map[string][]Element{}, map[string][]Element{}
+	for name, sd := range d {
+		adds[name], dels[name] = sd.Add, sd.Del
+	}
+	add, err := placeElements(adds, uidOf)
+	if err != nil {
+		return fmt.Errorf("build delta: %w", err)
+	}
+	del, err := placeElements(dels, uidOf)
+	if err != nil {
+		return fmt.Errorf("build delta: %w", err)
 	}
 	c, err := k.conn()
 	if err != nil {
 		return fmt.Errorf("open netlink: %w", err)
 	}
-	for name, sd := range d {
-		exact, ranges := split(sd.Del)
-		for _, part := range []struct {
-			s  *nftables.Set
-			es []Element
-		}{{exactSet(name, setIs6(name)), exact}, {set(name, setIs6(name)), ranges}} {
-			for i := 0; i < len(part.es); i += chunk {
-				if err := c.SetDeleteElements(part.s, toSetElements(part.es[i:min(i+chunk, len(part.es))])); err != nil {
-					return fmt.Errorf("build delta: delete from %s: %w", part.s.Name, err)
-				}
+	for _, ks := range allKernelSets() {
+		es := del[ks]
+		for i := 0; i < len(es); i += chunk {
+			if err := c.SetDeleteElements(ks.nft(), toSetElements(ks, es[i:min(i+chunk, len(es))])); err != nil {
+				return fmt.Errorf("build delta: delete from %s: %w", ks.name(), err)
 			}
 		}
 	}
-	for name, sd := range d {
-		exact, ranges := split(sd.Add)
-		if err := addElements(c, exactSet(name, setIs6(name)), exact); err != nil {
-			return fmt.Errorf("build delta: %w", err)
-		}
-		if err := addElements(c, set(name, setIs6(name)), ranges); err != nil {
+	for _, ks := range allKernelSets() {
+		if err := addElements(c, ks.nft(), ks, add[ks]); err != nil {
 			return fmt.Errorf("build delta: %w", err)
 		}
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("apply delta (%d elements): %w", d.Elements(), err)
+		return k.unknownOutcome(p, fmt.Errorf("apply delta (%d elements): %w", d.Elements(), err))
 	}
 	return nil
 }
@@ -388,45 +596,61 @@ func (k *Netlink) existing() (*nftables.Conn, *nftables.Table, error) {
 	}
 	t, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet)
 	if err != nil || t == nil {
+		if err != nil && (errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES)) {
+			return nil, nil, fmt.Errorf("read table inet %s: %w (needs CAP_NET_ADMIN)", TableName, err)
+		}
 		return nil, nil, ErrNoTable
 	}
 	return c, t, nil
 }
 
-// ReadSets reads back every set of the table with its elements, through
-// netlink. A missing table gives ErrNoTable.
+// ReadSets reads back every allowlist's and the resolvers' elements through
+// netlink, under their logical names (SetName4, SetName6, DNSSet4, DNSSet6).
+// Elements keyed by a uid that the users set does not name are returned
+// under "uid:N", so that a comparison with a plan reports them. A missing
+// table gives ErrNoTable.
 func (k *Netlink) ReadSets() (map[string][]Element, error) {
 	c, t, err := k.existing()
 	if err != nil {
 		return nil, err
 	}
-	sets, err := c.GetSets(t)
+	users, err := readUsers(c, t)
 	if err != nil {
-		return nil, fmt.Errorf("list sets: %w", err)
+		return nil, err
 	}
 	out := map[string][]Element{}
-	for _, s := range sets {
-		if s.IsMap {
-			continue
+	for _, ks := range allKernelSets() {
+		s, err := c.GetSetByName(t, ks.name())
+		if err != nil {
+			continue // reported by Verify as a missing kernel set
 		}
 		raw, err := c.GetSetElements(s)
 		if err != nil {
 			return nil, fmt.Errorf("list elements of %s: %w", s.Name, err)
 		}
-		logical := strings.TrimPrefix(s.Name, ExactPrefix)
-		es := out[logical]
 		for _, r := range raw {
+			if r.IntervalEnd {
+				continue
+			}
 			end := r.KeyEnd
 			if len(end) == 0 {
 				end = r.Key // hash set: exact elements
 			}
-			e, err := decode(r.Key, end)
+			uid, e, err := decode(ks, r.Key, end)
 			if err != nil {
 				return nil, fmt.Errorf("set %s: %w", s.Name, err)
 			}
-			es = append(es, e)
+			var name string
+			switch {
+			case ks.DNS:
+				name = SetID{V6: ks.V6}.Name()
+			case users[uid] != "":
+				name = SetID{Allowlist: users[uid], V6: ks.V6}.Name()
+			default:
+				name = fmt.Sprintf("uid:%d", uid)
+			}
+			out[name] = append(out[name], e)
 		}
-		out[logical] = es
 	}
 	for _, es := range out {
 		sortElements(es)
@@ -434,76 +658,101 @@ func (k *Netlink) ReadSets() (map[string][]Element, error) {
 	return out, nil
 }
 
-// ReadUsers reads back the uid → chain map.
+func readUsers(c *nftables.Conn, t *nftables.Table) (map[uint32]string, error) {
+	s, err := c.GetSetByName(t, kUsers)
+	if err != nil {
+		return nil, fmt.Errorf("users set: %w", err)
+	}
+	raw, err := c.GetSetElements(s)
+	if err != nil {
+		return nil, fmt.Errorf("list users: %w", err)
+	}
+	out := map[uint32]string{}
+	for _, r := range raw {
+		if len(r.Key) == 4 {
+			out[binaryutil.NativeEndian.Uint32(r.Key)] = r.Comment
+		}
+	}
+	return out, nil
+}
+
+// ReadUsers reads back the protected uids and the allowlist that restricts
+// each (uid → allowlist name).
 func (k *Netlink) ReadUsers() (map[uint32]string, error) {
 	c, t, err := k.existing()
 	if err != nil {
 		return nil, err
 	}
-	s, err := c.GetSetByName(t, UsersMap)
+	return readUsers(c, t)
+}
+
+func readUIDSet(c *nftables.Conn, t *nftables.Table, name string) (map[uint32]bool, error) {
+	s, err := c.GetSetByName(t, name)
 	if err != nil {
-		return nil, fmt.Errorf("users map: %w", err)
+		return nil, fmt.Errorf("set %s: %w", name, err)
 	}
 	raw, err := c.GetSetElements(s)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("list %s: %w", name, err)
 	}
-	out := map[uint32]string{}
+	out := map[uint32]bool{}
 	for _, r := range raw {
-		if len(r.Key) == 4 {
-			out[binaryutil.NativeEndian.Uint32(r.Key)] = verdictChain(r.Val)
+		switch len(r.Key) {
+		case 4:
+			out[binaryutil.NativeEndian.Uint32(r.Key)] = true
+		case 8: // owners: (u . u); a pair of two different uids is not egressd's
+			a, b := binaryutil.NativeEndian.Uint32(r.Key[:4]), binaryutil.NativeEndian.Uint32(r.Key[4:])
+			if a == b {
+				out[a] = true
+			} else {
+				out[^uint32(0)] = true
+			}
 		}
 	}
 	return out, nil
-}
-
-// verdictChain decodes the jump target from a verdict map element's data
-// (google/nftables v0.3.0 leaves it as raw NFTA_VERDICT_* attributes).
-func verdictChain(b []byte) string {
-	ad, err := netlink.NewAttributeDecoder(b)
-	if err != nil {
-		return ""
-	}
-	for ad.Next() {
-		if ad.Type() == unix.NFTA_VERDICT_CHAIN {
-			return ad.String()
-		}
-	}
-	return ""
 }
 
 // ErrNoTable says the table inet egressd does not exist.
 var ErrNoTable = errors.New("table inet " + TableName + " does not exist")
 
-// ReadDenyCounters returns, per allowlist, the packets its reject rules have
-// counted since the table was last rebuilt.
+// ReadDenyCounters returns, per allowlist, the packets the deny chain has
+// counted for its uid since the table was last rebuilt.
 func (k *Netlink) ReadDenyCounters() (map[string]uint64, error) {
 	c, t, err := k.existing()
 	if err != nil {
 		return nil, err
 	}
-	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	users, err := readUsers(c, t)
 	if err != nil {
-		return nil, fmt.Errorf("list chains: %w", err)
+		return nil, err
+	}
+	s, err := c.GetSetByName(t, kDenied)
+	if err != nil {
+		return nil, fmt.Errorf("set %s: %w", kDenied, err)
+	}
+	raw, err := c.GetSetElements(s)
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", kDenied, err)
 	}
 	out := map[string]uint64{}
-	for _, ch := range chains {
-		if ch.Table.Name != TableName || !strings.HasPrefix(ch.Name, "allow_") {
+	for name := range invert(users) {
+		out[name] = 0
+	}
+	for _, r := range raw {
+		if len(r.Key) != 4 || r.Counter == nil {
 			continue
 		}
-		rules, err := c.GetRules(t, ch)
-		if err != nil {
-			return nil, fmt.Errorf("list rules of %s: %w", ch.Name, err)
+		if name := users[binaryutil.NativeEndian.Uint32(r.Key)]; name != "" {
+			out[name] += r.Counter.Packets
 		}
-		var n uint64
-		for _, r := range rules {
-			for _, e := range r.Exprs {
-				if ctr, ok := e.(*expr.Counter); ok {
-					n += ctr.Packets
-				}
-			}
-		}
-		out[strings.TrimPrefix(ch.Name, "allow_")] = n
 	}
 	return out, nil
+}
+
+func invert(m map[uint32]string) map[string]uint32 {
+	out := make(map[string]uint32, len(m))
+	for k, v := range m {
+		out[v] = k
+	}
+	return out
 }

@@ -177,7 +177,7 @@ func TestKernelEnforces(t *testing.T) {
 		}
 	}
 	users, err := e.k.ReadUsers()
-	if err != nil || users[uidA] != ChainName("a") || users[uidB] != ChainName("b") || len(users) != 2 {
+	if err != nil || users[uidA] != "a" || users[uidB] != "b" || len(users) != 2 {
 		t.Fatalf("users map = %v, %v", users, err)
 	}
 
@@ -193,7 +193,7 @@ func TestKernelEnforces(t *testing.T) {
 	if !SameStructure(p, p2) {
 		t.Fatal("structure changed")
 	}
-	if err := e.k.ApplyDelta(Diff(p, p2)); err != nil {
+	if err := e.k.ApplyDelta(p2, Diff(p, p2)); err != nil {
 		t.Fatal(err)
 	}
 	mustRefuse(t, "after delta: uidA → 192.0.2.10:443", e.tcp(uidA, "192.0.2.10:443"))
@@ -204,7 +204,7 @@ func TestKernelEnforces(t *testing.T) {
 		Del: []Element{ElementFor(config.TCP, netip.MustParsePrefix("203.0.113.99/32"), 1, 1)},
 		Add: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)},
 	}}
-	if err := e.k.ApplyDelta(bad); err == nil {
+	if err := e.k.ApplyDelta(p2, bad); err == nil {
 		t.Fatal("deleting a missing element succeeded")
 	}
 	mustRefuse(t, "after failed delta: uidA → 192.0.2.10:443", e.tcp(uidA, "192.0.2.10:443"))
@@ -342,29 +342,30 @@ func TestVerifyFindsDrift(t *testing.T) {
 
 	// An element removed and one added. 192.0.2.10:443 is exact: it lives in
 	// the hash half of the logical set.
-	c.SetDeleteElements(exactSet(SetName4("a"), false), toSetElements([]Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)})) //nolint:errcheck
-	c.SetAddElements(exactSet(SetName4("a"), false), toSetElements([]Element{ElementFor(config.TCP, netip.MustParsePrefix("203.0.113.66/32"), 22, 22)}))    //nolint:errcheck
+	exact4 := kernelSet{}
+	c.SetDeleteElements(exact4.nft(), toSetElements(exact4, []keyed{{uidA, ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)}})) //nolint:errcheck
+	c.SetAddElements(exact4.nft(), toSetElements(exact4, []keyed{{uidA, ElementFor(config.TCP, netip.MustParsePrefix("203.0.113.66/32"), 22, 22)}}))    //nolint:errcheck
 	if err := c.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	expectKinds("element removed and added", "element_missing", "element_extra")
 
 	// A chain flushed: its rules are gone, the reject without its log too.
-	c.FlushChain(&nftables.Chain{Name: ChainName("a"), Table: table})
+	c.FlushChain(&nftables.Chain{Name: chainRestr, Table: table})
 	if err := c.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	expectKinds("chain flushed", "rules_differ")
 
 	// A set emptied.
-	c.FlushSet(exactSet(SetName4("b"), false))
+	c.FlushSet(exact4.nft())
 	if err := c.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	expectKinds("set emptied", "element_missing")
 
 	// The log rule deleted: a reject without its log before it.
-	rules, err := c.GetRules(table, &nftables.Chain{Name: ChainName("b"), Table: table})
+	rules, err := c.GetRules(table, &nftables.Chain{Name: chainDeny, Table: table})
 	if err != nil {
 		t.Fatal(err)
 	}

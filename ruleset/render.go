@@ -1,32 +1,11 @@
 package ruleset
 
 import (
-	"fmt"
 	"net/netip"
 	"sort"
-	"strings"
 
 	"github.com/egressd/egressd/config"
 )
-
-// Set names inside the table. Allowlist names are validated by config.NameRE,
-// so these stay short and unambiguous.
-const (
-	UsersMap = "users"
-	DNSSet4  = "dns4"
-	DNSSet6  = "dns6"
-)
-
-// SetName4 and SetName6 name an allowlist's sets; ChainName its chain.
-func SetName4(allowlist string) string  { return "allow4_" + allowlist }
-func SetName6(allowlist string) string  { return "allow6_" + allowlist }
-func ChainName(allowlist string) string { return "allow_" + allowlist }
-
-// LogPrefix is the log prefix of an allowlist's deny rule: the configured
-// prefix, then the allowlist name, so a log reader knows which list refused.
-func LogPrefix(prefix, allowlist string) string {
-	return fmt.Sprintf("%s deny %s: ", prefix, allowlist)
-}
 
 // ChainPlan is one allowlist's chain.
 type ChainPlan struct {
@@ -236,15 +215,4 @@ func lessElement(a, b Element) bool {
 		return a.PortFrom < b.PortFrom
 	}
 	return a.PortTo < b.PortTo
-}
-
-// AllowlistFromPrefix recovers the allowlist name from a log prefix written
-// by LogPrefix; ok is false for prefixes egressd did not write.
-func AllowlistFromPrefix(prefix string) (string, bool) {
-	i := strings.LastIndex(prefix, " deny ")
-	if i < 0 || !strings.HasSuffix(prefix, ": ") {
-		return "", false
-	}
-	name := prefix[i+len(" deny ") : len(prefix)-2]
-	return name, config.NameRE.MatchString(name)
 }

@@ -3,7 +3,6 @@ package ruleset
 import (
 	"math/rand"
 	"net/netip"
-	"strings"
 	"testing"
 
 	"github.com/egressd/egressd/config"
@@ -142,7 +141,7 @@ func TestRenderAndDiff(t *testing.T) {
 	if err := f.ApplyFull(p); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.ApplyDelta(delta); err != nil {
+	if err := f.ApplyDelta(Plan{}, delta); err != nil {
 		t.Fatal(err)
 	}
 	if got := f.Plan.Sets[SetName4("billing")]; len(got) != 1 || got[0] != p2.Sets[SetName4("billing")][0] {
@@ -159,8 +158,16 @@ func TestRenderAndDiff(t *testing.T) {
 	if SameStructure(p2, Render(d4)) {
 		t.Fatal("changing the log mode reported as element-only")
 	}
-	if !strings.Contains(LogPrefix("egressd", "billing"), "billing") {
-		t.Fatal("log prefix lacks the allowlist name")
+	if !IsDenyPrefix("egressd", LogPrefix("egressd")) || IsDenyPrefix("egressd", "other deny: ") {
+		t.Fatal("deny prefix not recognised")
+	}
+	for _, id := range []SetID{{}, {V6: true}, {Allowlist: "billing"}, {Allowlist: "allow4_x", V6: true}} {
+		if got, ok := ParseSetName(id.Name()); !ok || got != id {
+			t.Errorf("ParseSetName(%q) = %+v, %v; want %+v", id.Name(), got, ok, id)
+		}
+	}
+	if _, ok := ParseSetName("exact_allow4_x"); ok {
+		t.Error("a name egressd does not write parsed")
 	}
 }
 

@@ -33,18 +33,12 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 
 	// Expected chains and their rule signatures, built by the same code that applies them.
 	want := map[string][]string{}
-	users := usersMap()
 	out := outputChain()
-	want[out.Name] = sigs(outputRules(out, users))
-	sets := map[string]*nftables.Set{}
-	for name := range p.Sets {
-		sets[name] = set(name, setIs6(name))
-		sets[ExactPrefix+name] = exactSet(name, setIs6(name))
-	}
-	for _, ch := range p.Chains {
-		chain := &nftables.Chain{Name: ChainName(ch.Allowlist), Table: table}
-		want[chain.Name] = sigs(allowlistRules(chain, ch, sets, p.DenyLog))
-	}
+	want[out.Name] = sigs(outputRules(out))
+	restr := &nftables.Chain{Name: chainRestr, Table: table}
+	want[restr.Name] = sigs(restrictedRules(restr))
+	deny := &nftables.Chain{Name: chainDeny, Table: table}
+	want[deny.Name] = sigs(denyRules(deny, p.DenyLog))
 
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
@@ -84,16 +78,30 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 		}
 	}
 
+	kset, err := c.GetSets(t)
+	if err != nil {
+		return nil, fmt.Errorf("list sets: %w", err)
+	}
+	haveSet := map[string]bool{}
+	for _, s := range kset {
+		haveSet[s.Name] = true
+	}
+	structural := []string{kUsers, kOwners, kDNSUsers, kDenied, kDenyLog}
+	for _, ks := range allKernelSets() {
+		structural = append(structural, ks.name())
+	}
+	for _, name := range structural {
+		if !haveSet[name] {
+			add("set_missing", name, "kernel set missing")
+		}
+	}
+
 	kernelSets, err := k.ReadSets()
 	if err != nil {
 		return nil, err
 	}
 	for _, name := range sortedKeys(p.Sets) {
-		got, ok := kernelSets[name]
-		if !ok {
-			add("set_missing", name, "set missing")
-			continue
-		}
+		got := kernelSets[name]
 		missing, extra := setdiff.Of(got, p.Sets[name])
 		if len(missing) > 0 {
 			add("element_missing", name, "%d missing: %s", len(missing), elementList(missing))
@@ -102,33 +110,67 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 			add("element_extra", name, "%d not in the plan: %s", len(extra), elementList(extra))
 		}
 	}
-	for name := range kernelSets {
+	for _, name := range sortedKeys(kernelSets) {
 		if _, ok := p.Sets[name]; !ok {
-			add("set_extra", name, "set not in the plan")
+			add("set_extra", name, "%d elements not in the plan: %s", len(kernelSets[name]), elementList(kernelSets[name]))
 		}
 	}
-	gotUsers, err := k.ReadUsers()
+	gotUsers, err := readUsers(c, t)
 	if err != nil {
-		add("users_differ", UsersMap, "cannot read the users map: %v", err)
+		add("users_differ", kUsers, "cannot read the users set: %v", err)
 	} else {
 		wantUsers := map[uint32]string{}
 		for _, ch := range p.Chains {
-			wantUsers[ch.UID] = ChainName(ch.Allowlist)
+			wantUsers[ch.UID] = ch.Allowlist
 		}
 		var diffs []string
-		for uid, chain := range wantUsers {
-			if gotUsers[uid] != chain {
-				diffs = append(diffs, fmt.Sprintf("uid %d → %q, want %q", uid, gotUsers[uid], chain))
+		for uid, name := range wantUsers {
+			if got, ok := gotUsers[uid]; !ok || got != name {
+				diffs = append(diffs, fmt.Sprintf("uid %d → %q, want %q", uid, got, name))
 			}
 		}
-		for uid, chain := range gotUsers {
+		for uid, name := range gotUsers {
 			if _, ok := wantUsers[uid]; !ok {
-				diffs = append(diffs, fmt.Sprintf("uid %d → %q not in the plan", uid, chain))
+				diffs = append(diffs, fmt.Sprintf("uid %d → %q not in the plan", uid, name))
 			}
 		}
 		sort.Strings(diffs)
 		if len(diffs) > 0 {
-			add("users_differ", UsersMap, "%s", strings.Join(diffs, "; "))
+			add("users_differ", kUsers, "%s", strings.Join(diffs, "; "))
+		}
+	}
+	for _, us := range []struct {
+		name string
+		want func(ChainPlan) bool
+	}{{kOwners, func(ChainPlan) bool { return true }}, {kDNSUsers, func(ch ChainPlan) bool { return ch.DNS }}} {
+		if !haveSet[us.name] {
+			continue
+		}
+		got, err := readUIDSet(c, t, us.name)
+		if err != nil {
+			add("users_differ", us.name, "cannot read: %v", err)
+			continue
+		}
+		want := map[uint32]bool{}
+		for _, ch := range p.Chains {
+			if us.want(ch) {
+				want[ch.UID] = true
+			}
+		}
+		var diffs []string
+		for uid := range want {
+			if !got[uid] {
+				diffs = append(diffs, fmt.Sprintf("uid %d missing", uid))
+			}
+		}
+		for uid := range got {
+			if !want[uid] {
+				diffs = append(diffs, fmt.Sprintf("uid %d not in the plan", uid))
+			}
+		}
+		sort.Strings(diffs)
+		if len(diffs) > 0 {
+			add("users_differ", us.name, "%s", strings.Join(diffs, "; "))
 		}
 	}
 	return fs, nil
@@ -194,7 +236,7 @@ func sig(es []expr.Any) string {
 		case *expr.Counter:
 			b.WriteString("counter ")
 		case *expr.Lookup:
-			fmt.Fprintf(&b, "lookup(%s) ", v.SetName)
+			fmt.Fprintf(&b, "lookup(%s,r%d) ", v.SetName, normReg(v.SourceRegister))
 		case *expr.Verdict:
 			fmt.Fprintf(&b, "verdict(%d,%s) ", v.Kind, v.Chain)
 		case *expr.Log:
@@ -204,7 +246,7 @@ func sig(es []expr.Any) string {
 		case *expr.Reject:
 			fmt.Fprintf(&b, "reject(%d,%d) ", v.Type, v.Code)
 		case *expr.Meta:
-			fmt.Fprintf(&b, "meta(%d) ", v.Key)
+			fmt.Fprintf(&b, "meta(%d,r%d) ", v.Key, normReg(v.Register))
 		case *expr.Cmp:
 			fmt.Fprintf(&b, "cmp(%d,%x) ", v.Op, v.Data)
 		case *expr.Payload:
@@ -213,9 +255,26 @@ func sig(es []expr.Any) string {
 			fmt.Fprintf(&b, "ct(%d) ", v.Key)
 		case *expr.Bitwise:
 			fmt.Fprintf(&b, "bitwise(%x) ", v.Mask)
+		case *expr.Fib:
+			fmt.Fprintf(&b, "fib(%v,%v) ", v.ResultADDRTYPE, v.FlagSADDR)
+		case *expr.Exthdr:
+			fmt.Fprintf(&b, "exthdr(%d,%d,%d,%d,%d,%v) ", v.Op, v.Type, v.Offset, v.Len, v.Flags, v.SourceRegister != 0)
+		case *expr.Immediate:
+			fmt.Fprintf(&b, "immediate(%x) ", v.Data)
+		case *expr.Dynset:
+			fmt.Fprintf(&b, "dynset(%s,%d,%s) ", v.SetName, v.Operation, sig(v.Exprs))
 		default:
 			fmt.Fprintf(&b, "%T ", e)
 		}
 	}
 	return strings.TrimSpace(b.String())
+}
+
+// normReg names a register the way the kernel dumps it: a 32-bit register
+// that starts a 16-byte one (NFT_REG32_04 is NFT_REG_2) under the 16-byte name.
+func normReg(r uint32) uint32 {
+	if r >= 8 && (r-8)%4 == 0 {
+		return 1 + (r-8)/4
+	}
+	return r
 }

@@ -68,7 +68,7 @@ func Explain(ctx context.Context, o Options, user, target string) (*Explanation,
 	if err != nil {
 		return nil, err
 	}
-	chain, ok := users[uid]
+	allowlist, ok := users[uid]
 	if !ok {
 		x.Verdict, x.Reason = "unrestricted", fmt.Sprintf("uid %d has no allowlist in the kernel: egressd does not restrict it", uid)
 		for _, a := range cfg.Allowlists {
@@ -78,7 +78,7 @@ func Explain(ctx context.Context, o Options, user, target string) (*Explanation,
 		}
 		return x, nil
 	}
-	x.Allowlist = strings.TrimPrefix(chain, "allow_")
+	x.Allowlist = allowlist
 	var al *config.Allowlist
 	for _, a := range cfg.Allowlists {
 		if a.Name == x.Allowlist {
@@ -153,12 +153,7 @@ func Explain(ctx context.Context, o Options, user, target string) (*Explanation,
 }
 
 // kernelSet names the nftables set that holds el (nft list set inet egressd NAME).
-func kernelSet(logical string, el ruleset.Element) string {
-	if el.AddrFrom == el.AddrTo && el.PortFrom == el.PortTo {
-		return ruleset.ExactPrefix + logical
-	}
-	return logical
-}
+func kernelSet(logical string, el ruleset.Element) string { return ruleset.KernelSetName(logical, el) }
 
 func appendAddr(list []netip.Addr, a netip.Addr) []netip.Addr {
 	a = a.Unmap()

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/egressd/egressd/config"
@@ -89,8 +90,9 @@ type Controller struct {
 	reload     chan struct{}
 	failing    map[resolver.Key]bool
 
-	index      nameIndex        // address -> names, for deny events
-	allowUsers usersByAllowlist // allowlist -> user, for deny events
+	index      nameIndex                         // address -> names, for deny events
+	allowUsers usersByAllowlist                  // allowlist -> user, for deny events
+	allowByUID atomic.Pointer[map[uint32]string] // uid -> allowlist, for deny events
 
 	denyMu   sync.Mutex
 	denyBase map[string]uint64 // denied packets counted before the last full rebuild
@@ -224,6 +226,11 @@ func (c *Controller) lookupUsers(loud bool) bool {
 		}
 	}
 	c.users = u
+	byUID := make(map[uint32]string, len(u.UIDs))
+	for n, uid := range u.UIDs {
+		byUID[uid] = n
+	}
+	c.allowByUID.Store(&byUID)
 	c.usersAt = c.o.Now().Add(5 * time.Second)
 	return changed
 }
@@ -387,7 +394,7 @@ func (c *Controller) sync() error {
 			return nil
 		}
 		changed = d.Elements()
-		err = c.o.Kernel.ApplyDelta(d)
+		err = c.o.Kernel.ApplyDelta(plan, d)
 	}
 	c.o.Metrics.Applied(kind, err, float64(time.Now().UnixNano())/1e9)
 	if err != nil {

@@ -54,4 +54,14 @@ func (c *Controller) User(allowlist string) (string, bool) {
 	return u, ok
 }
 
+// AllowlistOf returns the allowlist that restricts uid; safe for concurrent use.
+func (c *Controller) AllowlistOf(uid uint32) (string, bool) {
+	m := c.allowByUID.Load()
+	if m == nil {
+		return "", false
+	}
+	n, ok := (*m)[uid]
+	return n, ok
+}
+
 type usersByAllowlist = atomic.Pointer[map[string]string]

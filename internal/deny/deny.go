@@ -13,6 +13,7 @@ package deny
 import (
 	"net/netip"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -46,6 +47,7 @@ type Overflow struct {
 // Lookup gives the context a packet lacks. Implementations are safe for
 // concurrent use.
 type Lookup interface {
+	AllowlistOf(uid uint32) (string, bool)
 	User(allowlist string) (string, bool)
 	NamesFor(a netip.Addr) []string
 }
@@ -68,6 +70,7 @@ type entry struct {
 // Aggregator is safe for concurrent use.
 type Aggregator struct {
 	MaxKeys int
+	Prefix  string // deny_log.prefix; empty: any prefix egressd's form ends with
 	lookup  Lookup
 	emit    func(Event)
 	over    func(Overflow)
@@ -77,15 +80,27 @@ type Aggregator struct {
 	overflow map[string]int
 }
 
+func (a *Aggregator) isOurs(prefix string) bool {
+	if a.Prefix != "" {
+		return ruleset.IsDenyPrefix(a.Prefix, prefix)
+	}
+	return strings.HasSuffix(prefix, ruleset.LogPrefix(""))
+}
+
 // New returns an aggregator that calls emit for events and over for overflow.
 func New(lookup Lookup, emit func(Event), over func(Overflow)) *Aggregator {
 	return &Aggregator{MaxKeys: 1024, lookup: lookup, emit: emit, over: over, keys: map[key]*entry{}, overflow: map[string]int{}}
 }
 
-// Add takes one logged packet. Packets whose prefix egressd did not write are
-// ignored (another tool may share the group).
+// Add takes one logged packet. Packets whose prefix egressd did not write,
+// or whose uid no allowlist restricts, are ignored (another tool may share
+// the group). The kernel's one deny rule serves every protected user: the
+// packet's socket uid says which allowlist refused it.
 func (a *Aggregator) Add(p nflog.Packet) bool {
-	name, ok := ruleset.AllowlistFromPrefix(p.Prefix)
+	if !a.isOurs(p.Prefix) || !p.HasUID {
+		return false
+	}
+	name, ok := a.lookup.AllowlistOf(p.UID)
 	if !ok {
 		return false
 	}

@@ -12,6 +12,12 @@ import (
 type lookup struct{}
 
 func (lookup) User(a string) (string, bool) { return "billing", a == "billing" }
+func (lookup) AllowlistOf(uid uint32) (string, bool) {
+	if uid == 1001 {
+		return "billing", true
+	}
+	return "", false
+}
 func (lookup) NamesFor(a netip.Addr) []string {
 	if a == netip.MustParseAddr("192.0.2.10") {
 		return []string{"api.example.test"}
@@ -20,7 +26,7 @@ func (lookup) NamesFor(a netip.Addr) []string {
 }
 
 func pkt(dst string, port uint16) nflog.Packet {
-	return nflog.Packet{Prefix: ruleset.LogPrefix("egressd", "billing"), UID: 1001, HasUID: true, Proto: 6,
+	return nflog.Packet{Prefix: ruleset.LogPrefix("egressd"), UID: 1001, HasUID: true, Proto: 6,
 		Src: netip.MustParseAddr("192.0.2.1"), Dst: netip.MustParseAddr(dst), SPort: 40000, DPort: port, Time: time.Unix(1, 0)}
 }
 

@@ -84,7 +84,7 @@ func TestListenReceivesDeny(t *testing.T) {
 			t.Fatalf("got %d packets, want 1: %+v", len(ps), ps)
 		}
 		p := ps[0]
-		if p.Prefix != ruleset.LogPrefix("egressd", "billing") || !p.HasUID || p.UID != 4242 || p.Proto != 6 ||
+		if p.Prefix != ruleset.LogPrefix("egressd") || !p.HasUID || p.UID != 4242 || p.Proto != 6 ||
 			p.Dst.String() != "198.51.100.20" || p.DPort != 4444 || !p.Src.IsValid() || p.SPort == 0 {
 			t.Fatalf("packet = %+v", p)
 		}
