@@ -151,7 +151,6 @@ func denyLogSet() *nftables.Set {
 	return &nftables.Set{Table: table, Name: kDenyLog, KeyType: nftables.TypeUID, KeyByteOrder: binaryutil.NativeEndian, Dynamic: true}
 }
 
-
 // keyed is an element with the uid it is keyed by (0 in the resolvers' sets).
 type keyed struct {
 	uid uint32
