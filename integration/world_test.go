@@ -120,6 +120,9 @@ func clientMain(mode, addr string) int {
 			}
 		}
 	default:
+		if f, ok := childModes[mode]; ok {
+			return f(addr)
+		}
 		return otherError
 	}
 	return classify(err)
