@@ -43,7 +43,11 @@ func SameStructure(a, b Plan) bool {
 func Diff(old, new Plan) Delta {
 	d := Delta{}
 	for name, want := range new.Sets {
-		add, del := setdiff.Of(old.Sets[name], want)
+		have := old.Sets[name]
+		if len(have) == len(want) && (len(want) == 0 || &have[0] == &want[0]) {
+			continue // the same slice: a Renderer reused an unchanged allowlist's set
+		}
+		add, del := setdiff.Of(have, want)
 		if len(add)+len(del) > 0 {
 			d[name] = SetDelta{Add: add, Del: del}
 		}

@@ -389,3 +389,114 @@ func TestVerifyFindsDrift(t *testing.T) {
 	}
 	expectKinds("table deleted", "table_missing")
 }
+
+// sitePlan is a shared-hosting host: n allowlists (a user per site) of 1 to
+// 10 entries each, mostly exact addresses (DNS answers), some CIDRs and
+// port ranges, every third with dns: resolvers.
+func sitePlan(n int) Plan {
+	var als []Allowlist
+	k := 0
+	for i := 0; i < n; i++ {
+		a := Allowlist{Name: fmt.Sprintf("site%05d", i), UID: uint32(100000 + i), DNS: i%3 == 0}
+		for j := 0; j < 1+i%10; j++ {
+			k++
+			switch {
+			case j == 9:
+				a.Elements = append(a.Elements, ElementFor(config.TCP, netip.MustParsePrefix("198.51.100.0/24"), 8000, 8100))
+			case j%4 == 3:
+				a.Elements = append(a.Elements, ElementFor(config.TCP, netip.PrefixFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 13: byte(k >> 16), 14: byte(k >> 8), 15: byte(k)}), 128), 443, 443))
+			default:
+				a.Elements = append(a.Elements, ElementFor(config.TCP, netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18 + byte(k>>16), byte(k >> 8), byte(k)}), 32), 443, 443))
+			}
+		}
+		als = append(als, a)
+	}
+	return Render(Desired{Allowlists: als, Resolvers: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")}, DenyLog: config.Defaults().DenyLog})
+}
+
+// oneNameChanged is p with one address of one allowlist replaced: the delta
+// of a DNS change.
+func oneNameChanged(p Plan, site int) Plan {
+	q := Plan{Chains: p.Chains, DenyLog: p.DenyLog, Sets: map[string][]Element{}}
+	for n, es := range p.Sets {
+		q.Sets[n] = es
+	}
+	name := SetName4(fmt.Sprintf("site%05d", site))
+	es := append([]Element(nil), q.Sets[name]...)
+	es[0] = ElementFor(config.TCP, netip.MustParsePrefix("203.0.113.77/32"), 443, 443)
+	q.Sets[name] = Normalize(es)
+	return q
+}
+
+// 10,000 allowlists in one transaction, read back and verified, then a DNS
+// change in one of them as a delta; users keep their own sets.
+func TestKernelTenThousandAllowlists(t *testing.T) {
+	e := newEnv(t)
+	p := sitePlan(10_000)
+	start := time.Now()
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("cold apply: %d allowlists, %d elements in %v", len(p.Chains), p.Elements(), time.Since(start))
+	if fs, err := e.k.Verify(p); err != nil || len(fs) != 0 {
+		t.Fatalf("verify after apply: %v %v", fs, err)
+	}
+	q := oneNameChanged(p, 4242)
+	start = time.Now()
+	if err := e.k.ApplyDelta(q, Diff(p, q)); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("one-name delta at that size: %v", time.Since(start))
+	if fs, err := e.k.Verify(q); err != nil || len(fs) != 0 {
+		t.Fatalf("verify after delta: %v %v", fs, err)
+	}
+	counters, err := e.k.ReadDenyCounters()
+	if err != nil || len(counters) != 10_000 {
+		t.Fatalf("deny counters: %d allowlists, %v", len(counters), err)
+	}
+}
+
+// BenchmarkApplyFullSites: a cold apply of 10,000 allowlists of 1-10 entries.
+// Run: sudo go test ./ruleset -run XXX -bench Sites -benchtime 5x
+func BenchmarkApplyFullSites10k(b *testing.B) {
+	systest.Require(b)
+	ns, err := netns.New()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ns.Close()
+	k := &Netlink{NetNSFd: ns.Fd()}
+	p := sitePlan(10_000)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := k.ApplyFull(p); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkApplyDeltaSites10k: one DNS change among 10,000 allowlists.
+func BenchmarkApplyDeltaSites10k(b *testing.B) {
+	systest.Require(b)
+	ns, err := netns.New()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ns.Close()
+	k := &Netlink{NetNSFd: ns.Fd()}
+	p := sitePlan(10_000)
+	if err := k.ApplyFull(p); err != nil {
+		b.Fatal(err)
+	}
+	q := oneNameChanged(p, 4242)
+	there, back := Diff(p, q), Diff(q, p)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := k.ApplyDelta(q, there); err != nil {
+			b.Fatal(err)
+		}
+		if err := k.ApplyDelta(p, back); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

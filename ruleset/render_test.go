@@ -1,7 +1,9 @@
 package ruleset
 
 import (
+	"fmt"
 	"math/rand"
+	"reflect"
 	"net/netip"
 	"testing"
 
@@ -185,4 +187,64 @@ func BenchmarkRender100k(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		Render(Desired{Allowlists: als})
 	}
+}
+
+// A Renderer gives the same plans as Render, whatever changed between calls,
+// and Diff between its consecutive plans is the true difference.
+func TestRendererMatchesRender(t *testing.T) {
+	rng := rand.New(rand.NewSource(7))
+	var d Desired
+	for i := 0; i < 50; i++ {
+		a := Allowlist{Name: fmt.Sprintf("al%02d", i), UID: uint32(1000 + i)}
+		for j := 0; j < 1+rng.Intn(5); j++ {
+			a.Elements = append(a.Elements, el(config.TCP, fmt.Sprintf("192.0.2.%d", rng.Intn(256)), fmt.Sprintf("192.0.2.%d", rng.Intn(256)), 443, 443))
+		}
+		d.Allowlists = append(d.Allowlists, a)
+	}
+	var r Renderer
+	prev := r.Render(d)
+	for round := 0; round < 200; round++ {
+		i := rng.Intn(len(d.Allowlists))
+		es := append([]Element(nil), d.Allowlists[i].Elements...)
+		switch rng.Intn(3) {
+		case 0:
+			es = append(es, el(config.UDP, "2001:db8::1", "2001:db8::1", uint16(rng.Intn(100)), 100))
+		case 1:
+			if len(es) > 0 {
+				es = es[1:]
+			}
+		case 2:
+			if len(es) > 0 {
+				es[0].PortFrom = uint16(rng.Intn(443))
+			}
+		}
+		d.Allowlists[i].Elements = es
+		got, want := r.Render(d), Render(d)
+		if !reflect.DeepEqual(normalizeNil(got), normalizeNil(want)) {
+			t.Fatalf("round %d: renderer plan differs from Render", round)
+		}
+		if !reflect.DeepEqual(normalizeNil(applyDelta(prev, Diff(prev, got))), normalizeNil(want)) {
+			t.Fatalf("round %d: Diff between renderer plans is not the difference", round)
+		}
+		prev = got
+	}
+}
+
+func normalizeNil(p Plan) Plan {
+	q := Plan{Chains: p.Chains, DenyLog: p.DenyLog, Sets: map[string][]Element{}}
+	for n, es := range p.Sets {
+		if len(es) > 0 {
+			q.Sets[n] = es
+		}
+	}
+	return q
+}
+
+func applyDelta(p Plan, d Delta) Plan {
+	f := &Fake{Plan: Plan{Chains: p.Chains, DenyLog: p.DenyLog, Sets: map[string][]Element{}}}
+	for n, es := range p.Sets {
+		f.Plan.Sets[n] = append([]Element(nil), es...)
+	}
+	f.ApplyDelta(p, d) //nolint:errcheck
+	return f.Plan
 }

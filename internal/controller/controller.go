@@ -93,6 +93,7 @@ type Controller struct {
 	index      nameIndex                         // address -> names, for deny events
 	allowUsers usersByAllowlist                  // allowlist -> user, for deny events
 	allowByUID atomic.Pointer[map[uint32]string] // uid -> allowlist, for deny events
+	renderer   ruleset.Renderer                  // remembers unchanged allowlists' sets
 
 	denyMu   sync.Mutex
 	denyBase map[string]uint64 // denied packets counted before the last full rebuild
@@ -379,7 +380,7 @@ func (c *Controller) sync() error {
 				zap.Stringers("added", []netip.Addr{}), zap.Stringers("removed", lost), zap.String("reason", "ttl+linger or stale_grace ran out"))
 		}
 	}
-	plan := ruleset.Render(BuildDesired(c.cfg, c.users, c.cache.Addrs))
+	plan := c.renderer.Render(BuildDesired(c.cfg, c.users, c.cache.Addrs))
 	start := time.Now()
 	var err error
 	kind := "delta"
