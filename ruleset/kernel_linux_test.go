@@ -390,44 +390,6 @@ func TestVerifyFindsDrift(t *testing.T) {
 	expectKinds("table deleted", "table_missing")
 }
 
-// sitePlan is a shared-hosting host: n allowlists (a user per site) of 1 to
-// 10 entries each, mostly exact addresses (DNS answers), some CIDRs and
-// port ranges, every third with dns: resolvers.
-func sitePlan(n int) Plan {
-	var als []Allowlist
-	k := 0
-	for i := 0; i < n; i++ {
-		a := Allowlist{Name: fmt.Sprintf("site%05d", i), UID: uint32(100000 + i), DNS: i%3 == 0}
-		for j := 0; j < 1+i%10; j++ {
-			k++
-			switch {
-			case j == 9:
-				a.Elements = append(a.Elements, ElementFor(config.TCP, netip.MustParsePrefix("198.51.100.0/24"), 8000, 8100))
-			case j%4 == 3:
-				a.Elements = append(a.Elements, ElementFor(config.TCP, netip.PrefixFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 13: byte(k >> 16), 14: byte(k >> 8), 15: byte(k)}), 128), 443, 443))
-			default:
-				a.Elements = append(a.Elements, ElementFor(config.TCP, netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18 + byte(k>>16), byte(k >> 8), byte(k)}), 32), 443, 443))
-			}
-		}
-		als = append(als, a)
-	}
-	return Render(Desired{Allowlists: als, Resolvers: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")}, DenyLog: config.Defaults().DenyLog})
-}
-
-// oneNameChanged is p with one address of one allowlist replaced: the delta
-// of a DNS change.
-func oneNameChanged(p Plan, site int) Plan {
-	q := Plan{Chains: p.Chains, DenyLog: p.DenyLog, Sets: map[string][]Element{}}
-	for n, es := range p.Sets {
-		q.Sets[n] = es
-	}
-	name := SetName4(fmt.Sprintf("site%05d", site))
-	es := append([]Element(nil), q.Sets[name]...)
-	es[0] = ElementFor(config.TCP, netip.MustParsePrefix("203.0.113.77/32"), 443, 443)
-	q.Sets[name] = Normalize(es)
-	return q
-}
-
 // 10,000 allowlists in one transaction, read back and verified, then a DNS
 // change in one of them as a delta; users keep their own sets.
 func TestKernelTenThousandAllowlists(t *testing.T) {

@@ -1,6 +1,7 @@
 package ruleset
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"sort"
 
@@ -36,8 +37,9 @@ type Renderer struct {
 }
 
 type rendered struct {
-	fp     elementsPrint
-	v4, v6 []Element
+	fp           elementsPrint
+	name4, name6 string
+	v4, v6       []Element
 }
 
 // elementsPrint identifies a multiset of elements whatever their order.
@@ -57,24 +59,25 @@ func fingerprint(es []Element) elementsPrint {
 }
 
 func fnv64(e Element) uint64 {
-	const prime = 1099511628211
-	h := uint64(14695981039346656037)
-	mix := func(b byte) { h ^= uint64(b); h *= prime }
-	mix(byte(e.Proto))
-	for _, a := range [2]netip.Addr{e.AddrFrom, e.AddrTo} {
-		b := a.As16()
-		for _, x := range b {
-			mix(x)
-		}
-		if a.Is4() {
-			mix(4)
-		}
+	f, t := e.AddrFrom.As16(), e.AddrTo.As16()
+	h := mix64(binary.LittleEndian.Uint64(f[:8]) ^ uint64(e.Proto)<<56)
+	h = mix64(h ^ binary.LittleEndian.Uint64(f[8:]))
+	h = mix64(h ^ binary.LittleEndian.Uint64(t[:8]))
+	h = mix64(h ^ binary.LittleEndian.Uint64(t[8:]))
+	v := uint64(e.PortFrom)<<16 | uint64(e.PortTo)
+	if e.AddrFrom.Is4() {
+		v |= 1 << 40
 	}
-	mix(byte(e.PortFrom >> 8))
-	mix(byte(e.PortFrom))
-	mix(byte(e.PortTo >> 8))
-	mix(byte(e.PortTo))
-	return h
+	return mix64(h ^ v)
+}
+
+// mix64 is the splitmix64 finalizer.
+func mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	return x ^ x>>31
 }
 
 // Render computes the plan for a desired state, reusing what it can.
@@ -96,11 +99,11 @@ func (r *Renderer) Render(d Desired) Plan {
 					v4 = append(v4, e)
 				}
 			}
-			m = rendered{fp: fp, v4: Normalize(v4), v6: Normalize(v6)}
+			m = rendered{fp: fp, name4: SetName4(a.Name), name6: SetName6(a.Name), v4: Normalize(v4), v6: Normalize(v6)}
 		}
 		memo[a.Name] = m
-		p.Sets[SetName4(a.Name)] = m.v4
-		p.Sets[SetName6(a.Name)] = m.v6
+		p.Sets[m.name4] = m.v4
+		p.Sets[m.name6] = m.v6
 	}
 	r.memo = memo
 	var d4, d6 []Element

@@ -30,7 +30,7 @@ import (
 var (
 	steadyFor = flag.Duration("steady", 3*time.Minute, "how long to measure the steady state")
 	quick     = flag.Bool("quick", false, "smaller runs: skip the 10,000-name dig loop, 1 minute of steady state")
-	only      = flag.String("only", "", "run only the sections whose names contain this (cold, dns, latency, steady, datapath, netlink)")
+	only      = flag.String("only", "", "run only the sections whose names contain this (cold, dns, latency, steady, datapath, netlink, sites)")
 )
 
 type row struct {
@@ -74,6 +74,7 @@ func main() {
 		{"steady", steadyState},
 		{"datapath", dataPath},
 		{"netlink", netlinkApply},
+		{"sites", sitesApply},
 	}
 	for _, s := range sections {
 		if *only != "" && !strings.Contains(s.name, *only) {
@@ -711,4 +712,154 @@ func tail(b []byte) string {
 		b = b[len(b)-600:]
 	}
 	return string(b)
+}
+
+// ---- a user per site ----
+
+// sitePlan is a shared-hosting host: n allowlists of 1 to 10 entries.
+func sitePlan(n int) (ruleset.Plan, []ruleset.Allowlist) {
+	var als []ruleset.Allowlist
+	k := 0
+	for i := 0; i < n; i++ {
+		a := ruleset.Allowlist{Name: fmt.Sprintf("site%05d", i), UID: uint32(100000 + i), DNS: i%3 == 0}
+		for j := 0; j < 1+i%10; j++ {
+			k++
+			a.Elements = append(a.Elements, ruleset.ElementFor(config.TCP, netip.PrefixFrom(addr(k), 32), 443, 443))
+		}
+		als = append(als, a)
+	}
+	return ruleset.Render(ruleset.Desired{Allowlists: als, Resolvers: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")},
+		DenyLog: config.Defaults().DenyLog}), als
+}
+
+// oldLayout is the layout before issue 10 as an nft script: per allowlist a
+// chain, a verdict-map element and four sets (hash + interval, per family).
+func oldLayout(als []ruleset.Allowlist) string {
+	var b strings.Builder
+	b.WriteString("table inet old\ndelete table inet old\ntable inet old {\n")
+	b.WriteString("  set dns4 { type inet_proto . ipv4_addr . inet_service; flags interval; elements = { udp . 192.0.2.53 . 53, tcp . 192.0.2.53 . 53 } }\n")
+	for _, a := range als {
+		for _, f := range []string{"4", "6"} {
+			typ := "ipv4_addr"
+			if f == "6" {
+				typ = "ipv6_addr"
+			}
+			fmt.Fprintf(&b, "  set allow%s_%s { type inet_proto . %s . inet_service; flags interval; }\n", f, a.Name, typ)
+			fmt.Fprintf(&b, "  set exact_allow%s_%s { type inet_proto . %s . inet_service;", f, a.Name, typ)
+			if f == "4" {
+				b.WriteString(" elements = { ")
+				for j, e := range a.Elements {
+					if j > 0 {
+						b.WriteString(", ")
+					}
+					fmt.Fprintf(&b, "tcp . %s . 443", e.AddrFrom)
+				}
+				b.WriteString(" }")
+			}
+			b.WriteString(" }\n")
+		}
+		fmt.Fprintf(&b, "  chain allow_%s {\n", a.Name)
+		for _, f := range []string{"4", "6"} {
+			ip := "ip"
+			if f == "6" {
+				ip = "ip6"
+			}
+			fmt.Fprintf(&b, "    meta l4proto . %s daddr . th dport @exact_allow%s_%s accept\n", ip, f, a.Name)
+			fmt.Fprintf(&b, "    meta l4proto . %s daddr . th dport @allow%s_%s accept\n", ip, f, a.Name)
+		}
+		if a.DNS {
+			b.WriteString("    meta l4proto . ip daddr . th dport @dns4 accept\n")
+		}
+		fmt.Fprintf(&b, "    limit rate 10/second log group 100 prefix \"egressd deny %s: \"\n", a.Name)
+		b.WriteString("    meta l4proto tcp counter reject with tcp reset\n    counter reject with icmpx admin-prohibited\n  }\n")
+	}
+	b.WriteString("  map users { type uid : verdict; elements = { ")
+	for i, a := range als {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%d : jump allow_%s", a.UID, a.Name)
+	}
+	b.WriteString(" } }\n  chain output { type filter hook output priority filter;\n    ct state established,related accept\n    meta skuid vmap @users\n  }\n}\n")
+	return b.String()
+}
+
+func sitesApply(string) error {
+	for _, n := range []int{1000, 2000, 4000, 10000} {
+		w, err := newWorld()
+		if err != nil {
+			return err
+		}
+		plan, als := sitePlan(n)
+		k := &ruleset.Netlink{NetNSFd: w.ns.Fd()}
+		var cold []time.Duration
+		for r := 0; r < 3; r++ {
+			if err := k.Remove(); err != nil {
+				w.close()
+				return err
+			}
+			start := time.Now()
+			if err := k.ApplyFull(plan); err != nil {
+				w.close()
+				return err
+			}
+			cold = append(cold, time.Since(start))
+		}
+		// A DNS change in one allowlist: a new address in the answers. It is
+		// added at once; the old one stays until its TTL + linger run out
+		// (a later delete-only delta). Render, diff and apply, as the daemon
+		// does with its Renderer (only that allowlist renormalized).
+		// A full apply leaves the replaced table to a kernel worker that frees
+		// it after an RCU grace period; let it finish, as a daemon's DNS
+		// changes come long after its full applies.
+		time.Sleep(2 * time.Second)
+		var r ruleset.Renderer
+		d := ruleset.Desired{Allowlists: als, Resolvers: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")}, DenyLog: config.Defaults().DenyLog}
+		cur := r.Render(d)
+		var kernelOnly, whole []time.Duration
+		for i := 0; i < 20; i++ {
+			changed := append([]ruleset.Allowlist(nil), als...)
+			es := append([]ruleset.Element(nil), changed[n/2].Elements...)
+			es = append(es, ruleset.ElementFor(config.TCP, netip.PrefixFrom(addr(900000+i), 32), 443, 443))
+			changed[n/2].Elements = es
+			d.Allowlists = changed
+			start := time.Now()
+			next := r.Render(d)
+			delta := ruleset.Diff(cur, next)
+			kstart := time.Now()
+			if err := k.ApplyDelta(next, delta); err != nil {
+				w.close()
+				return err
+			}
+			kernelOnly = append(kernelOnly, time.Since(kstart))
+			whole = append(whole, time.Since(start))
+			cur = next
+		}
+		alt := "not run (≈125 s measured before issue 10; quadratic)"
+		ratio := "—"
+		if n <= 4000 {
+			f := filepath.Join(w.dir, "old.nft")
+			os.WriteFile(f, []byte(oldLayout(als)), 0o644) //nolint:errcheck
+			took, out, err := w.run("nft", "-f", f)
+			if err != nil {
+				w.close()
+				return fmt.Errorf("old layout, nft -f: %v %s", err, tail(out))
+			}
+			alt = "layout before issue 10 (nft -f): " + dur(took)
+			ratio = fmt.Sprintf("%.0f× faster", float64(took)/float64(median(cold)))
+		}
+		target, verdict := "—", "—"
+		if n == 10000 {
+			target, verdict = "≤ 2 s", ok(median(cold) <= 2*time.Second)
+		}
+		add(row{fmt.Sprintf("cold apply, %d allowlists of 1–10 entries (%d elements, median of 3)", n, plan.Elements()), dur(median(cold)), alt, ratio, target, verdict})
+		target, verdict = "—", "—"
+		if n == 10000 {
+			target, verdict = "≤ 10 ms", ok(median(whole) <= 10*time.Millisecond)
+		}
+		add(row{fmt.Sprintf("one new DNS answer among %d allowlists: render+diff+apply (kernel alone), median of 20", n),
+			fmt.Sprintf("%s (%s)", dur(median(whole)), dur(median(kernelOnly))), "—", "—", target, verdict})
+		w.close()
+	}
+	return nil
 }
