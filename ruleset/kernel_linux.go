@@ -81,7 +81,8 @@ func bigBuffers(c *netlink.Conn) error {
 //	    meta nfproto ipv4 ip ihl != 5 goto deny                   # IP_OPTIONS (LSRR/SSRR source routing)
 //	    tcp flags syn tcp option mptcp: overwritten with NOPs     # MPTCP falls back to TCP: no kernel subflows
 //	    ct state established,related ct direction original ct label uid . skuid @owners accept
-//	    ct state established,related ct direction reply ct label uid == 0 accept
+//	    ct state established,related ct direction reply ct label uid . skuid != @owners accept
+//	    ct state established,related ct direction reply fib daddr type local accept
 //	    meta skuid . meta l4proto . ip daddr . th dport @allow4 accept   (and allow4r, allow6, allow6r)
 //	    meta skuid @dnsusers meta l4proto . ip daddr . th dport @dns4 accept   (and dns4r, dns6, dns6r)
 //	    goto deny
@@ -91,12 +92,12 @@ func bigBuffers(c *netlink.Conn) error {
 //	}
 //
 // Established and related packets are accepted only on flows that the same
-// uid opened (original direction) or that no protected user opened (the
-// reply direction of an inbound connection, or of a local client's
+// uid opened (original direction) or that another uid or a peer outside
+// opened (the reply direction: an inbound connection, or a local client's
 // connection to a protected server). A protected user's packet on a flow that
-// another process opened, or in the reply direction of a flow that a
-// protected user opened (a forged-source "flow" from a FREEBIND socket), is
-// judged like a new one: by its destination.
+// another process opened, or in the reply direction of a flow it opened
+// itself (a forged-source "flow" from a FREEBIND socket), is judged like a
+// new one: by its destination.
 const (
 	kUsers     = "users"
 	kOwners    = "owners"
@@ -369,8 +370,11 @@ func restrictedRules(ch *nftables.Chain) []*nftables.Rule {
 		&expr.Exthdr{Op: expr.ExthdrOpTcpopt, Type: tcpMP, Offset: 2, Len: 2, SourceRegister: reg1},
 	}
 	rules = append(rules, rule(mp...))
-	// Established and related: only on the user's own flows, or in the
-	// reply direction of flows that no protected user opened.
+	// Established and related: in the original direction only on flows the
+	// same uid opened; in the reply direction only on flows another uid (or
+	// a peer outside) opened: the user answers whoever connected to it, but
+	// never carries a reply on a flow it opened itself, which only a forged
+	// source address makes useful.
 	rules = append(rules, rule(append(ctStateIs(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
 		&expr.Ct{Register: reg1, Key: expr.CtKeyDIRECTION},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{0}},
@@ -382,7 +386,16 @@ func restrictedRules(ch *nftables.Chain) []*nftables.Rule {
 		&expr.Ct{Register: reg1, Key: expr.CtKeyDIRECTION},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{1}},
 		&expr.Ct{Register: reg1, Key: expr.CtKeyLABELS},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: labelUIDReg, Data: []byte{0, 0, 0, 0}},
+		&expr.Meta{Key: expr.MetaKeySKUID, Register: labelUIDReg + 1},
+		&expr.Lookup{SourceRegister: labelUIDReg, SetName: kOwners, Invert: true},
+		accept)...))
+	// ... and on its own flows when the reply goes to a local address: a
+	// service talking to itself over loopback.
+	rules = append(rules, rule(append(ctStateIs(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
+		&expr.Ct{Register: reg1, Key: expr.CtKeyDIRECTION},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{1}},
+		&expr.Fib{Register: reg1, ResultADDRTYPE: true, FlagDADDR: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(rtnLoc)},
 		accept)...))
 	for _, ks := range allKernelSets() {
 		var es []expr.Any

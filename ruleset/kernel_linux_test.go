@@ -5,7 +5,10 @@ package ruleset
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -15,6 +18,7 @@ import (
 	"github.com/egressd/egressd/internal/systest"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -461,4 +465,80 @@ func BenchmarkApplyDeltaSites10k(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// serveAs runs a TCP server on addr whose listening and accepted sockets
+// belong to uid (a protected service); each connection gets "hi" and is closed.
+func (e *env) serveAs(t *testing.T, uid int, addr string) {
+	t.Helper()
+	var ln net.Listener
+	err := e.ns.Do(func() error {
+		if _, err := unix.SetfsuidRetUid(uid); err != nil {
+			return err
+		}
+		defer unix.SetfsuidRetUid(0) //nolint:errcheck
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		runtime.LockOSThread()   // the thread keeps uid's fsuid; it dies with the goroutine
+		unix.SetfsuidRetUid(uid) //nolint:errcheck
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("hi")) //nolint:errcheck
+			c.Close()
+		}
+	}()
+}
+
+// readAs connects as uid and reads what the server sends.
+func (e *env) readAs(uid int, addr string) (string, error) {
+	c, err := e.ns.DialAs(uid, "tcp", addr, time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Second)) //nolint:errcheck
+	b, err := io.ReadAll(c)
+	return string(b), err
+}
+
+// A protected server answers whoever connected to it: root, an unrestricted
+// user, and another protected user whose allowlist names the server. Its
+// replies travel on flows it did not open; only a flow it opened itself
+// (FREEBIND forgery) may not carry its reply-direction packets, which the
+// attack tests show.
+func TestKernelProtectedServerReplies(t *testing.T) {
+	e := newEnv(t)
+	p := Render(Desired{
+		Allowlists: []Allowlist{
+			{Name: "a", UID: uidA, Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.20/32"), 7000, 7000)}},
+			{Name: "b", UID: uidB, Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.20/32"), 7000, 7000)}},
+		},
+		DenyLog: config.Defaults().DenyLog,
+	})
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	e.serveAs(t, uidB, "192.0.2.20:7000")
+	e.serveTCP(t, "192.0.2.20:7001")
+	for _, c := range []struct {
+		what string
+		uid  int
+	}{{"root", 0}, {"unrestricted user", uidNoList}, {"protected user allowed to reach the server", uidA},
+		{"the server's own user, over loopback", uidB}} {
+		if got, err := e.readAs(c.uid, "192.0.2.20:7000"); err != nil || got != "hi" {
+			t.Errorf("%s → protected server: read %q, %v; want \"hi\"", c.what, got, err)
+		}
+	}
+	// The protected server reaches nothing else.
+	mustRefuse(t, "protected server connecting out", e.tcp(uidB, "192.0.2.20:7001"))
 }

@@ -236,7 +236,7 @@ func sig(es []expr.Any) string {
 		case *expr.Counter:
 			b.WriteString("counter ")
 		case *expr.Lookup:
-			fmt.Fprintf(&b, "lookup(%s,r%d) ", v.SetName, normReg(v.SourceRegister))
+			fmt.Fprintf(&b, "lookup(%s,r%d,%v) ", v.SetName, normReg(v.SourceRegister), v.Invert)
 		case *expr.Verdict:
 			fmt.Fprintf(&b, "verdict(%d,%s) ", v.Kind, v.Chain)
 		case *expr.Log:
@@ -256,7 +256,7 @@ func sig(es []expr.Any) string {
 		case *expr.Bitwise:
 			fmt.Fprintf(&b, "bitwise(%x) ", v.Mask)
 		case *expr.Fib:
-			fmt.Fprintf(&b, "fib(%v,%v) ", v.ResultADDRTYPE, v.FlagSADDR)
+			fmt.Fprintf(&b, "fib(%v,%v,%v) ", v.ResultADDRTYPE, v.FlagSADDR, v.FlagDADDR)
 		case *expr.Exthdr:
 			fmt.Fprintf(&b, "exthdr(%d,%d,%d,%d,%d,%v) ", v.Op, v.Type, v.Offset, v.Len, v.Flags, v.SourceRegister != 0)
 		case *expr.Immediate:
