@@ -24,6 +24,9 @@ const chunk = 512
 type Netlink struct {
 	// NetNSFd, when non-zero, is the network namespace to act in (tests).
 	NetNSFd int
+	// rcvBuf, when non-zero, replaces the receive buffer size (tests: an
+	// acknowledgement overrun, ENOBUFS, after the kernel committed).
+	rcvBuf int
 }
 
 var table = &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
@@ -32,7 +35,11 @@ var table = &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
 // failed to build is dropped, never flushed (google/nftables v0.3.0 would
 // apply the part that did build).
 func (k *Netlink) conn() (*nftables.Conn, error) {
-	opts := []nftables.ConnOption{nftables.WithSockOptions(bigBuffers)}
+	rcv := 16 << 20
+	if k.rcvBuf != 0 {
+		rcv = k.rcvBuf
+	}
+	opts := []nftables.ConnOption{nftables.WithSockOptions(func(c *netlink.Conn) error { return bigBuffers(c, rcv) })}
 	if k.NetNSFd != 0 {
 		opts = append(opts, nftables.WithNetNSFd(k.NetNSFd))
 	}
@@ -41,7 +48,7 @@ func (k *Netlink) conn() (*nftables.Conn, error) {
 
 // bigBuffers lets one batch carry 100,000 elements, as nft itself does:
 // netlink refuses a message larger than the socket's send buffer.
-func bigBuffers(c *netlink.Conn) error {
+func bigBuffers(c *netlink.Conn, rcv int) error {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return err
@@ -50,7 +57,7 @@ func bigBuffers(c *netlink.Conn) error {
 	err = rc.Control(func(fd uintptr) {
 		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 64<<20)
 		if serr == nil {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20)
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcv)
 		}
 	})
 	if err == nil && serr != nil && !errors.Is(serr, syscall.EPERM) {

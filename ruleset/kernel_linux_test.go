@@ -542,3 +542,22 @@ func TestKernelProtectedServerReplies(t *testing.T) {
 	// The protected server reaches nothing else.
 	mustRefuse(t, "protected server connecting out", e.tcp(uidB, "192.0.2.20:7001"))
 }
+
+// An acknowledgement overrun (ENOBUFS) after the kernel committed is not a
+// failure: the outcome is read back and verified, never reported wrongly.
+func TestKernelUnknownOutcomeVerified(t *testing.T) {
+	e := newEnv(t)
+	e.k.rcvBuf = 1 // the kernel rounds it up to its minimum: a few acknowledgements
+	p := sitePlan(2000)
+	err := e.k.ApplyFull(p)
+	if err != nil {
+		t.Fatalf("apply with a tiny receive buffer: %v", err)
+	}
+	if fs, err := e.k.Verify(p); err != nil || len(fs) != 0 {
+		t.Fatalf("verify: %v %v", fs, err)
+	}
+	// An overrun after which the kernel does not hold the plan is an error.
+	if err := e.k.unknownOutcome(basePlan(), fmt.Errorf("flush: %w", syscall.ENOBUFS)); err == nil {
+		t.Fatal("an unknown outcome that does not match the kernel was reported as applied")
+	}
+}
