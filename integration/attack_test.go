@@ -33,6 +33,7 @@ import (
 	"github.com/egressd/egressd/internal/dnstest"
 	"github.com/egressd/egressd/internal/netns"
 	"github.com/egressd/egressd/ruleset"
+	"github.com/google/nftables"
 	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 )
@@ -939,5 +940,70 @@ func TestAttackNAT64Rebinding(t *testing.T) {
 	}
 	if !dropped {
 		t.Errorf("no resolved event for the AAAA answer with dropped=%d", len(internal))
+	}
+}
+
+// ---------------------------------------------------------------------------
+// 5. A flusher: root runs `nft flush ruleset` (the same netlink message:
+// NFT_MSG_DELTABLE without a name, every family) inside the namespace every
+// 100 ms, while a prober of the protected user connects to a denied
+// destination in a loop.
+
+func TestAttackFlusher(t *testing.T) {
+	w := newWorld(t)
+	w.standardConfig()
+	w.start()
+	const denied = "198.51.100.20:4444"
+	w.expect(uidA, "tcp", denied, okRefused)
+	flush := func() error {
+		c, err := nftables.New(nftables.WithNetNSFd(w.ns.Fd()))
+		if err != nil {
+			return err
+		}
+		c.FlushRuleset()
+		return c.Flush()
+	}
+	m := w.mark()
+	p := w.probe(uidA, denied)
+	flushes := 0
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); flushes++ {
+		if err := flush(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond) // the flusher's period
+	}
+	tries, leaks := p.finish()
+	t.Logf("%d flushes in 10 s: %d of %d probes (%.1f %%) reached the denied %s during the flushing",
+		flushes, leaks, tries, 100*float64(leaks)/float64(max(tries, 1)), denied)
+	if tries < 100 {
+		t.Fatalf("only %d probes in 10 s: the measurement says nothing", tries)
+	}
+	if leaks*100 > tries*5 {
+		t.Errorf("%d of %d probes (more than 5 %%) reached a denied destination while the table was being flushed", leaks, tries)
+	}
+	// From 0.5 s after the flushing stops, nothing gets through.
+	time.Sleep(500 * time.Millisecond) // the grace the contract allows
+	after := 0
+	for i := 0; i < 100; i++ {
+		if c, err := w.ns.DialAs(uidA, "tcp", denied, time.Second); err == nil {
+			c.Close()
+			after++
+		}
+	}
+	if after > 0 {
+		t.Errorf("%d of 100 probes reached %s from 0.5 s after the flushing stopped", after, denied)
+	}
+	w.expect(uidA, "tcp", "192.0.2.10:443", okConnected)
+	// Alerting goes on, bounded.
+	repaired, repeating := len(w.eventsSince("drift_repaired", m)), len(w.eventsSince("drift_repeating", m))
+	t.Logf("events: %d drift_repaired, %d drift_repeating", repaired, repeating)
+	if os.Getenv("DEBUG_FLUSHER") != "" {
+		t.Log(w.logText())
+	}
+	if repeating == 0 {
+		t.Error("no drift_repeating while the table was removed every 100 ms")
+	}
+	if repaired > 2*flushes/10+10 {
+		t.Errorf("%d drift_repaired events for %d flushes: not bounded", repaired, flushes)
 	}
 }
