@@ -997,7 +997,10 @@ func TestAttackFlusher(t *testing.T) {
 	// Alerting goes on, bounded.
 	repaired, repeating := len(w.eventsSince("drift_repaired", m)), len(w.eventsSince("drift_repeating", m))
 	t.Logf("events: %d drift_repaired, %d drift_repeating", repaired, repeating)
-	if repeating == 0 {
+	switch {
+	case repaired == 0 && leaks == 0:
+		t.Log("the table survived the flushes (an owned table): nothing to restore, nothing to alert")
+	case repeating == 0:
 		t.Error("no drift_repeating while the table was removed every 100 ms")
 	}
 	if repaired > 2*flushes/10+10 {

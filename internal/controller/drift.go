@@ -153,6 +153,11 @@ func (c *Controller) verify() {
 	if findings == nil {
 		var err error
 		if findings, err = v.Verify(*c.applied); err != nil {
+			if c.tableGone() {
+				// Removed while being read: restore, not rebuild.
+				c.restore(now, []ruleset.Finding{tableMissing})
+				return
+			}
 			c.o.Log.Warn("cannot verify the kernel state; rebuilding to be safe", ev(EvVerifyFailed), zap.Error(err))
 			c.applied = nil
 			return

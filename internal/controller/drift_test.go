@@ -232,3 +232,25 @@ func TestDriftRestoreFallsBackToFull(t *testing.T) {
 		t.Fatalf("gone %v, full applies %d", d.k.gone, d.k.Fulls-fulls)
 	}
 }
+
+// A table removed while it is being verified (the read fails) is restored
+// by the fast path, not rebuilt.
+func TestDriftRemovedDuringVerify(t *testing.T) {
+	d := newDriftFixture(t)
+	d.c.o.Kernel = &verifyFails{d.k}
+	d.k.gone = true
+	d.c.verifyAt = d.now
+	fulls := d.k.Fulls
+	d.turn()
+	if d.k.gone || d.k.restores != 1 || d.k.Fulls != fulls {
+		t.Fatalf("gone %v, restores %d, full applies %d", d.k.gone, d.k.restores, d.k.Fulls-fulls)
+	}
+}
+
+// verifyFails is a driftKernel whose Verify fails, as a read does when the
+// table disappears under it.
+type verifyFails struct{ *driftKernel }
+
+func (k *verifyFails) Verify(ruleset.Plan) ([]ruleset.Finding, error) {
+	return nil, errors.New("table inet egressd does not exist")
+}
