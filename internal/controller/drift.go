@@ -24,8 +24,7 @@ import (
 //     are unrestricted until it is back, so it is restored every time, at
 //     once: on each foreign transaction a cheap presence check (one netlink
 //     request) runs before the settle delay. Restores are only spaced
-//     enough to keep the host responsive (restoreMinGap, or twice the last
-//     full apply if that is longer), and logged one by one up to
+//     enough to keep the host responsive (restoreGap), and logged one by one up to
 //     restoreLogBurst per restoreLogWindow, then as one drift_repeating
 //     summary per window: a flusher cannot flood the log, and the alert
 //     never stops while it goes on.
@@ -42,7 +41,7 @@ const (
 	verifyDelay  = 100 * time.Millisecond // lets a burst of foreign changes settle
 
 	restoreMinGap    = 20 * time.Millisecond
-	restoreMaxGap    = 2 * time.Second
+	restoreMaxGap    = 200 * time.Millisecond // well inside the 0.5 s after which a flusher must have no effect
 	restoreLogBurst  = 5
 	restoreLogWindow = 10 * time.Second
 )
@@ -100,9 +99,13 @@ func (c *Controller) tableGone() bool {
 	return err == nil && !present
 }
 
-// restoreGap is the least time between two restores of a missing table.
+// restoreGap is the least time between two restores of a missing table:
+// as long as the last full apply took (so that a table removed in a loop
+// costs the host at most about half a core), within [restoreMinGap,
+// restoreMaxGap]. The duration includes waiting for another process's
+// transaction to end, so it is an upper bound of the work.
 func (c *Controller) restoreGap() time.Duration {
-	return max(restoreMinGap, min(2*c.drift.fullTook, restoreMaxGap))
+	return max(restoreMinGap, min(c.drift.fullTook, restoreMaxGap))
 }
 
 // kernelChanged is called when another process committed an nftables transaction.
@@ -163,8 +166,9 @@ func (c *Controller) verify() {
 			return
 		}
 	}
-	if disarmed(findings) {
-		c.restore(now, findings)
+	// A table removed while it was being read shows as missing pieces.
+	if disarmed(findings) || (len(findings) > 0 && c.tableGone()) {
+		c.restore(now, []ruleset.Finding{tableMissing})
 		return
 	}
 	if len(findings) == 0 || now.Before(c.drift.holdUntil) {

@@ -154,12 +154,17 @@ func TestDriftRestoresSpaced(t *testing.T) {
 	}
 }
 
-// A slow full apply spaces restores further: twice its duration.
+// A slow full apply spaces restores further: by its duration, up to
+// restoreMaxGap.
 func TestDriftRestoreGapFollowsApplyTime(t *testing.T) {
 	d := newDriftFixture(t)
-	d.c.drift.fullTook = 300 * time.Millisecond
-	if g := d.c.restoreGap(); g != 600*time.Millisecond {
-		t.Errorf("gap %v, want 600ms", g)
+	d.c.drift.fullTook = 5 * time.Millisecond
+	if g := d.c.restoreGap(); g != restoreMinGap {
+		t.Errorf("gap %v, want %v", g, restoreMinGap)
+	}
+	d.c.drift.fullTook = 150 * time.Millisecond
+	if g := d.c.restoreGap(); g != 150*time.Millisecond {
+		t.Errorf("gap %v, want 150ms", g)
 	}
 	d.c.drift.fullTook = time.Minute
 	if g := d.c.restoreGap(); g != restoreMaxGap {
