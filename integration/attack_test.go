@@ -41,11 +41,12 @@ import (
 // childModes are the unprivileged halves of the attack tests, run by
 // clientMain in a child process as the protected user.
 var childModes = map[string]func(addr string) int{
-	"freebind": childFreebind,
-	"udp-from": childUDPFrom,
-	"serve":    childServe,
-	"srh":      childSRH,
-	"mptcp":    childMPTCP,
+	"freebind":  childFreebind,
+	"udp-from":  childUDPFrom,
+	"ping-from": childPingFrom,
+	"serve":     childServe,
+	"srh":       childSRH,
+	"mptcp":     childMPTCP,
 }
 
 // ---------------------------------------------------------------------------
@@ -410,6 +411,7 @@ func childUDPFrom(addr string) int {
 	c, err := net.DialUDP("udp", &net.UDPAddr{Port: port}, raddr)
 	if err == nil {
 		defer c.Close()
+		port = c.LocalAddr().(*net.UDPAddr).Port
 		c.SetDeadline(time.Now().Add(1500 * time.Millisecond)) //nolint:errcheck
 		q := new(dns.Msg)
 		q.SetQuestion(dns.Fqdn(os.Getenv("ATTACK_NAME")), dns.TypeA)
@@ -421,7 +423,59 @@ func childUDPFrom(addr string) int {
 			}
 		}
 	}
-	report(map[string]any{"result": errName(err)})
+	report(map[string]any{"result": errName(err), "port": port})
+	return classify(err)
+}
+
+// childPingFrom sends one ICMP echo request to addr from an unprivileged
+// ping socket (net.ipv4.ping_group_range) with echo identifier ATTACK_ID
+// (0: any) and waits for the reply.
+func childPingFrom(addr string) int {
+	id, _ := strconv.Atoi(os.Getenv("ATTACK_ID"))
+	dst := netip.MustParseAddr(addr)
+	fam, proto, typ := unix.AF_INET, unix.IPPROTO_ICMP, byte(8)
+	if dst.Is6() {
+		fam, proto, typ = unix.AF_INET6, unix.IPPROTO_ICMPV6, 128
+	}
+	res := map[string]any{}
+	err := func() error {
+		fd, err := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, proto)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		var local unix.Sockaddr = &unix.SockaddrInet4{Port: id}
+		if dst.Is6() {
+			local = &unix.SockaddrInet6{Port: id}
+		}
+		if err := unix.Bind(fd, local); err != nil {
+			return err
+		}
+		switch sa, _ := unix.Getsockname(fd); sa := sa.(type) {
+		case *unix.SockaddrInet4:
+			res["id"] = sa.Port
+		case *unix.SockaddrInet6:
+			res["id"] = sa.Port
+		}
+		tv := unix.NsecToTimeval((1500 * time.Millisecond).Nanoseconds())
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+			return err
+		}
+		// The kernel fills in the identifier and the checksum.
+		echo := append([]byte{typ, 0, 0, 0, 0, 0, 0, 1}, "ride"...)
+		if err := unix.Sendto(fd, echo, 0, sockaddr(netip.AddrPortFrom(dst, 0))); err != nil {
+			return err
+		}
+		if _, _, err := unix.Recvfrom(fd, make([]byte, 128), 0); err != nil {
+			if errors.Is(err, unix.EAGAIN) {
+				return os.ErrDeadlineExceeded
+			}
+			return err
+		}
+		return nil
+	}()
+	res["result"] = errName(err)
+	report(res)
 	return classify(err)
 }
 
@@ -478,6 +532,52 @@ func TestAttackRideAnotherProcessFlow(t *testing.T) {
 	}
 	if n := w.dns.QueriesFor("tunnel.example.test") - before; n > 0 {
 		t.Errorf("the resolver received %d query(ies) from a dns:none user riding another process's flow", n)
+	}
+
+	// Another protected user's flow: billing exchanges with its UDP service
+	// and closes; web, not allowed there, takes the port.
+	if code, _ := w.runChild(uidB, "udp-from", "203.0.113.5:5353", "ATTACK_PORT=0", "ATTACK_NAME=x.test"); code != okRefused {
+		t.Fatalf("web's own datagram to billing's service: %s, want %s", resultName[code], resultName[okRefused])
+	}
+	code, res = w.runChild(uidA, "udp-from", "203.0.113.5:5353", "ATTACK_PORT=0", "ATTACK_NAME=x.test")
+	if code != okConnected {
+		t.Fatalf("billing's own exchange with its service: %s (%v)", resultName[code], res)
+	}
+	p := fmt.Sprint(res["port"])
+	code, res = w.runChild(uidB, "udp-from", "203.0.113.5:5353", "ATTACK_PORT="+p, "ATTACK_NAME=x.test")
+	t.Logf("web's datagram from billing's former port %s: %v", p, res["result"])
+	if code == okConnected {
+		t.Errorf("web exchanged with 203.0.113.5:5353, allowed to billing only, from port %s of billing's closed flow", p)
+	}
+}
+
+// The same with ICMP echo: unprivileged ping sockets (systemd opens
+// net.ipv4.ping_group_range to every group) let a user choose the echo
+// identifier, which is the flow's "port". Root pings a host the user may
+// not reach; the user reuses the identifier.
+func TestAttackRidePing(t *testing.T) {
+	w := newWorld(t)
+	w.standardConfig()
+	if err := w.ns.Sysctl("net/ipv4/ping_group_range", "0 2147483647"); err != nil {
+		t.Fatal(err)
+	}
+	w.start()
+	for _, dst := range []string{"198.51.100.20", "2001:db8::10"} {
+		// Controls: web may not ping dst (refused at once over IPv4; an
+		// ICMPv6 ping socket reports no error and times out); root may.
+		if code, res := w.runChild(uidB, "ping-from", dst, "ATTACK_ID=0"); code == okConnected {
+			t.Fatalf("web's own ping of %s: answered (%v)", dst, res)
+		}
+		code, res := w.runChild(0, "ping-from", dst, "ATTACK_ID=0")
+		if code != okConnected {
+			t.Fatalf("root's ping of %s: %s (%v)", dst, resultName[code], res)
+		}
+		id := fmt.Sprint(res["id"])
+		code, res = w.runChild(uidB, "ping-from", dst, "ATTACK_ID="+id)
+		t.Logf("web's ping of %s with root's echo identifier %s: %v", dst, id, res["result"])
+		if code == okConnected {
+			t.Errorf("web pinged %s, which it may not reach, on root's echo flow (identifier %s)", dst, id)
+		}
 	}
 }
 
