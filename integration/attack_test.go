@@ -33,6 +33,7 @@ import (
 	"github.com/egressd/egressd/internal/dnstest"
 	"github.com/egressd/egressd/internal/netns"
 	"github.com/egressd/egressd/ruleset"
+	"github.com/google/nftables"
 	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 )
@@ -40,11 +41,12 @@ import (
 // childModes are the unprivileged halves of the attack tests, run by
 // clientMain in a child process as the protected user.
 var childModes = map[string]func(addr string) int{
-	"freebind": childFreebind,
-	"udp-from": childUDPFrom,
-	"serve":    childServe,
-	"srh":      childSRH,
-	"mptcp":    childMPTCP,
+	"freebind":  childFreebind,
+	"udp-from":  childUDPFrom,
+	"ping-from": childPingFrom,
+	"serve":     childServe,
+	"srh":       childSRH,
+	"mptcp":     childMPTCP,
 }
 
 // ---------------------------------------------------------------------------
@@ -409,6 +411,7 @@ func childUDPFrom(addr string) int {
 	c, err := net.DialUDP("udp", &net.UDPAddr{Port: port}, raddr)
 	if err == nil {
 		defer c.Close()
+		port = c.LocalAddr().(*net.UDPAddr).Port
 		c.SetDeadline(time.Now().Add(1500 * time.Millisecond)) //nolint:errcheck
 		q := new(dns.Msg)
 		q.SetQuestion(dns.Fqdn(os.Getenv("ATTACK_NAME")), dns.TypeA)
@@ -420,7 +423,59 @@ func childUDPFrom(addr string) int {
 			}
 		}
 	}
-	report(map[string]any{"result": errName(err)})
+	report(map[string]any{"result": errName(err), "port": port})
+	return classify(err)
+}
+
+// childPingFrom sends one ICMP echo request to addr from an unprivileged
+// ping socket (net.ipv4.ping_group_range) with echo identifier ATTACK_ID
+// (0: any) and waits for the reply.
+func childPingFrom(addr string) int {
+	id, _ := strconv.Atoi(os.Getenv("ATTACK_ID"))
+	dst := netip.MustParseAddr(addr)
+	fam, proto, typ := unix.AF_INET, unix.IPPROTO_ICMP, byte(8)
+	if dst.Is6() {
+		fam, proto, typ = unix.AF_INET6, unix.IPPROTO_ICMPV6, 128
+	}
+	res := map[string]any{}
+	err := func() error {
+		fd, err := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, proto)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		var local unix.Sockaddr = &unix.SockaddrInet4{Port: id}
+		if dst.Is6() {
+			local = &unix.SockaddrInet6{Port: id}
+		}
+		if err := unix.Bind(fd, local); err != nil {
+			return err
+		}
+		switch sa, _ := unix.Getsockname(fd); sa := sa.(type) {
+		case *unix.SockaddrInet4:
+			res["id"] = sa.Port
+		case *unix.SockaddrInet6:
+			res["id"] = sa.Port
+		}
+		tv := unix.NsecToTimeval((1500 * time.Millisecond).Nanoseconds())
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+			return err
+		}
+		// The kernel fills in the identifier and the checksum.
+		echo := append([]byte{typ, 0, 0, 0, 0, 0, 0, 1}, "ride"...)
+		if err := unix.Sendto(fd, echo, 0, sockaddr(netip.AddrPortFrom(dst, 0))); err != nil {
+			return err
+		}
+		if _, _, err := unix.Recvfrom(fd, make([]byte, 128), 0); err != nil {
+			if errors.Is(err, unix.EAGAIN) {
+				return os.ErrDeadlineExceeded
+			}
+			return err
+		}
+		return nil
+	}()
+	res["result"] = errName(err)
+	report(res)
 	return classify(err)
 }
 
@@ -472,11 +527,57 @@ func TestAttackRideAnotherProcessFlow(t *testing.T) {
 	port := w.rootQuery("192.0.2.53:53", "api.example.test")
 	code, res := w.runChild(uidB, "udp-from", "192.0.2.53:53", "ATTACK_PORT="+strconv.Itoa(port), "ATTACK_NAME=tunnel.example.test")
 	t.Logf("web's query from root's former port %d: %v", port, res["result"])
-	if code != okRefused {
-		t.Errorf("web's query from port %d, the source port of root's closed flow: %s, want %s", port, resultName[code], resultName[okRefused])
+	if code == okConnected {
+		t.Errorf("web's query from port %d, the source port of root's closed flow, was answered", port)
 	}
 	if n := w.dns.QueriesFor("tunnel.example.test") - before; n > 0 {
 		t.Errorf("the resolver received %d query(ies) from a dns:none user riding another process's flow", n)
+	}
+
+	// Another protected user's flow: billing exchanges with its UDP service
+	// and closes; web, not allowed there, takes the port.
+	if code, _ := w.runChild(uidB, "udp-from", "203.0.113.5:5353", "ATTACK_PORT=0", "ATTACK_NAME=x.test"); code != okRefused {
+		t.Fatalf("web's own datagram to billing's service: %s, want %s", resultName[code], resultName[okRefused])
+	}
+	code, res = w.runChild(uidA, "udp-from", "203.0.113.5:5353", "ATTACK_PORT=0", "ATTACK_NAME=x.test")
+	if code != okConnected {
+		t.Fatalf("billing's own exchange with its service: %s (%v)", resultName[code], res)
+	}
+	p := fmt.Sprint(res["port"])
+	code, res = w.runChild(uidB, "udp-from", "203.0.113.5:5353", "ATTACK_PORT="+p, "ATTACK_NAME=x.test")
+	t.Logf("web's datagram from billing's former port %s: %v", p, res["result"])
+	if code == okConnected {
+		t.Errorf("web exchanged with 203.0.113.5:5353, allowed to billing only, from port %s of billing's closed flow", p)
+	}
+}
+
+// The same with ICMP echo: unprivileged ping sockets (systemd opens
+// net.ipv4.ping_group_range to every group) let a user choose the echo
+// identifier, which is the flow's "port". Root pings a host the user may
+// not reach; the user reuses the identifier.
+func TestAttackRidePing(t *testing.T) {
+	w := newWorld(t)
+	w.standardConfig()
+	if err := w.ns.Sysctl("net/ipv4/ping_group_range", "0 2147483647"); err != nil {
+		t.Fatal(err)
+	}
+	w.start()
+	for _, dst := range []string{"198.51.100.20", "2001:db8::10"} {
+		// Controls: web may not ping dst (refused at once over IPv4; an
+		// ICMPv6 ping socket reports no error and times out); root may.
+		if code, res := w.runChild(uidB, "ping-from", dst, "ATTACK_ID=0"); code == okConnected {
+			t.Fatalf("web's own ping of %s: answered (%v)", dst, res)
+		}
+		code, res := w.runChild(0, "ping-from", dst, "ATTACK_ID=0")
+		if code != okConnected {
+			t.Fatalf("root's ping of %s: %s (%v)", dst, resultName[code], res)
+		}
+		id := fmt.Sprint(res["id"])
+		code, res = w.runChild(uidB, "ping-from", dst, "ATTACK_ID="+id)
+		t.Logf("web's ping of %s with root's echo identifier %s: %v", dst, id, res["result"])
+		if code == okConnected {
+			t.Errorf("web pinged %s, which it may not reach, on root's echo flow (identifier %s)", dst, id)
+		}
 	}
 }
 
@@ -939,5 +1040,76 @@ func TestAttackNAT64Rebinding(t *testing.T) {
 	}
 	if !dropped {
 		t.Errorf("no resolved event for the AAAA answer with dropped=%d", len(internal))
+	}
+}
+
+// ---------------------------------------------------------------------------
+// 5. A flusher: root runs `nft flush ruleset` (the same netlink message:
+// NFT_MSG_DELTABLE without a name, every family) inside the namespace every
+// 100 ms, while a prober of the protected user connects to a denied
+// destination in a loop.
+
+func TestAttackFlusher(t *testing.T) {
+	w := newWorld(t)
+	w.standardConfig()
+	w.start()
+	const denied = "198.51.100.20:4444"
+	w.expect(uidA, "tcp", denied, okRefused)
+	flush := func() error {
+		c, err := nftables.New(nftables.WithNetNSFd(w.ns.Fd()))
+		if err != nil {
+			return err
+		}
+		c.FlushRuleset()
+		return c.Flush()
+	}
+	m := w.mark()
+	p := w.probe(uidA, denied)
+	flushes := 0
+	var last time.Time
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); flushes++ {
+		if err := flush(); err != nil {
+			t.Fatal(err)
+		}
+		last = time.Now()
+		time.Sleep(100 * time.Millisecond) // the flusher's period
+	}
+	tries, leaks := p.finish()
+	t.Logf("%d flushes in 10 s: %d of %d probes (%.1f %%) reached the denied %s during the flushing",
+		flushes, leaks, tries, 100*float64(leaks)/float64(max(tries, 1)), denied)
+	if tries < 100 {
+		t.Fatalf("only %d probes in 10 s: the measurement says nothing", tries)
+	}
+	if leaks*100 > tries*5 {
+		t.Errorf("%d of %d probes (more than 5 %%) reached a denied destination while the table was being flushed", leaks, tries)
+	}
+	// From 0.5 s after the flushing stops, nothing gets through.
+	time.Sleep(500 * time.Millisecond) // the grace the contract allows
+	after := 0
+	for i := 0; i < 100; i++ {
+		if c, err := w.ns.DialAs(uidA, "tcp", denied, time.Second); err == nil {
+			c.Close()
+			after++
+			t.Logf("a probe %v after the last flush reached %s", time.Since(last).Round(time.Millisecond), denied)
+		}
+	}
+	if after > 0 {
+		t.Errorf("%d of 100 probes reached %s from 0.5 s after the flushing stopped", after, denied)
+	}
+	if n := len(w.eventsSince("apply_failed", m)); n > 0 {
+		t.Logf("%d apply_failed events during the flushing", n)
+	}
+	w.expect(uidA, "tcp", "192.0.2.10:443", okConnected)
+	// Alerting goes on, bounded.
+	repaired, repeating := len(w.eventsSince("drift_repaired", m)), len(w.eventsSince("drift_repeating", m))
+	t.Logf("events: %d drift_repaired, %d drift_repeating", repaired, repeating)
+	switch {
+	case repaired == 0 && leaks == 0:
+		t.Log("the table survived the flushes (an owned table): nothing to restore, nothing to alert")
+	case repeating == 0:
+		t.Error("no drift_repeating while the table was removed every 100 ms")
+	}
+	if repaired > 2*flushes/10+10 {
+		t.Errorf("%d drift_repaired events for %d flushes: not bounded", repaired, flushes)
 	}
 }

@@ -109,17 +109,25 @@ func TestDriftRepaired(t *testing.T) {
 	}
 }
 
-// Another controller that keeps deleting the table: egressd repairs, then
-// holds back and says so loudly instead of looping.
+// Another controller that keeps changing egressd's objects (here: removing
+// an element every 150 ms): egressd repairs, then holds object repairs back
+// and says so loudly instead of looping. A removed table is not a fight:
+// it is restored at once, during the hold too (TestAttackFlusher).
 func TestDriftFightBacksOff(t *testing.T) {
 	w := newWorld(t)
 	w.standardConfig()
 	w.start()
 	k := &ruleset.Netlink{NetNSFd: w.ns.Fd()}
+	var removeElement func() error
+	for _, d := range w.drifts() {
+		if d.name == "element removed" {
+			removeElement = d.do
+		}
+	}
 	m := w.mark()
 	deadline := time.Now().Add(3 * time.Second)
 	for time.Now().Before(deadline) {
-		k.Remove() //nolint:errcheck
+		removeElement() //nolint:errcheck // fails while a held-back repair leaves the set empty
 		time.Sleep(150 * time.Millisecond)
 	}
 	if _, err := w.waitEvent("drift_repeating", m, time.Second); err != nil {
@@ -130,4 +138,14 @@ func TestDriftFightBacksOff(t *testing.T) {
 		t.Errorf("%d repairs in 3 s of fighting: not backing off", repairs)
 	}
 	t.Logf("fighting for 3 s: %d repairs, then held back", repairs)
+	// Held back; but the table's removal is repaired at once.
+	m = w.mark()
+	if err := k.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.waitEvent("drift_repaired", m, 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	w.eventually(uidA, "tcp", "198.51.100.20:4444", okRefused, 2*time.Second)
+	w.expect(uidA, "tcp", "192.0.2.10:443", okConnected)
 }

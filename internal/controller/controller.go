@@ -100,11 +100,10 @@ type Controller struct {
 
 	started   time.Time
 	lastApply time.Time
-	verifyAt  time.Time   // next verification of the kernel state
-	holdUntil time.Time   // repairs are held back until then (another controller fights us)
-	repairs   []time.Time // recent repairs, for the fight detector
-	publishAt time.Time   // next state file write
-	dirty     bool        // the state file is behind
+	verifyAt  time.Time  // next verification of the kernel state
+	drift     driftState // the drift repair's memory (drift.go)
+	publishAt time.Time  // next state file write
+	dirty     bool       // the state file is behind
 }
 
 // StartDeadline bounds the first resolution of every name.
@@ -387,8 +386,7 @@ func (c *Controller) sync() error {
 	var changed int
 	if c.applied == nil || !ruleset.SameStructure(*c.applied, plan) {
 		kind, changed = "full", plan.Elements()
-		c.carryDenyCounters()
-		err = c.o.Kernel.ApplyFull(plan)
+		err = c.applyFull(plan)
 	} else {
 		d := ruleset.Diff(*c.applied, plan)
 		if len(d) == 0 {
@@ -396,6 +394,9 @@ func (c *Controller) sync() error {
 		}
 		changed = d.Elements()
 		err = c.o.Kernel.ApplyDelta(plan, d)
+	}
+	if kind == "full" {
+		c.drift.fullTook = time.Since(start) // spaces restores of a removed table
 	}
 	c.o.Metrics.Applied(kind, err, float64(time.Now().UnixNano())/1e9)
 	if err != nil {
@@ -517,8 +518,9 @@ func (c *Controller) Run(ctx context.Context) error {
 	inflight := false
 	for {
 		wait := c.nextWake().Sub(c.o.Now())
-		// Coalesce: never reconcile more often than MinInterval.
-		if since := c.o.Now().Sub(last); since+wait < c.o.MinInterval {
+		// Coalesce: never reconcile more often than MinInterval, except to
+		// restore a removed table (spaced by drift.go itself).
+		if since := c.o.Now().Sub(last); since+wait < c.o.MinInterval && !c.drift.urgent {
 			wait = c.o.MinInterval - since
 		}
 		timer.Reset(max(wait, 0))
@@ -554,6 +556,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		if !c.verifyAt.IsZero() && !c.o.Now().Before(c.verifyAt) {
 			c.verify()
 		}
+		c.flushRestoreLog(c.o.Now())
 		if c.retryAt.IsZero() || !c.o.Now().Before(c.retryAt) {
 			c.sync() //nolint:errcheck // logged; retried with backoff
 		}
@@ -570,6 +573,7 @@ func (c *Controller) nextWake() time.Time {
 	}
 	consider(c.retryAt)
 	consider(c.verifyAt)
+	consider(c.restoreLogDue())
 	if c.dirty && c.o.StateDir != "" {
 		consider(c.publishAt)
 	}

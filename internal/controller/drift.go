@@ -17,71 +17,269 @@ import (
 // after any foreign nftables transaction and every VerifyEvery, and rebuilds
 // the table when they differ.
 //
-// Two controllers fighting over the same objects would otherwise loop: more
-// than fightRepairs repairs within fightWindow hold repairs back, doubling
-// the hold each time up to maxHold, and log drift_repeating loudly.
+// Two kinds of drift are told apart:
+//
+//   - The table is gone (nft flush ruleset, a firewall reload that starts
+//     from an empty ruleset, a tool deleting it in a loop). Protected users
+//     are unrestricted until it is back, so it is restored every time, at
+//     once: on each foreign transaction a cheap presence check (one netlink
+//     request) runs before the settle delay. Restores are only spaced
+//     enough to keep the host responsive (restoreGap), and logged one by one up to
+//     restoreLogBurst per restoreLogWindow, then as one drift_repeating
+//     summary per window: a flusher cannot flood the log, and the alert
+//     never stops while it goes on.
+//   - Objects inside the table changed (elements, rules, a chain): another
+//     controller may be fighting over them, and repairing each change would
+//     loop. More than fightRepairs such repairs within fightWindow hold them
+//     back, doubling the hold each time up to maxHold, with drift_repeating.
+//     A missing table is restored during a hold too.
 const (
 	fightRepairs = 5
 	fightWindow  = time.Minute
 	firstHold    = 10 * time.Second
 	maxHold      = 5 * time.Minute
 	verifyDelay  = 100 * time.Millisecond // lets a burst of foreign changes settle
+
+	restoreMinGap    = 20 * time.Millisecond
+	restoreMaxGap    = 200 * time.Millisecond // well inside the 0.5 s after which a flusher must have no effect
+	restoreLogBurst  = 5
+	restoreLogWindow = 10 * time.Second
 )
+
+// Restorer is implemented by kernels that can recreate a removed table
+// faster than a full apply (ruleset.Netlink: no delete, so no wait for the
+// kernel's grace periods). It fails, changing nothing, if the table exists.
+type Restorer interface {
+	Restore(p ruleset.Plan) error
+}
+
+// TablePresence is implemented by kernels that can tell cheaply whether the
+// table exists (ruleset.Netlink). Without it, a missing table is found by
+// the full verification, after the settle delay.
+type TablePresence interface {
+	TablePresent() (bool, error)
+}
+
+// driftState is what the drift repair remembers; the loop owns it.
+type driftState struct {
+	holdUntil time.Time   // object repairs are held back until then (another controller fights us)
+	repairs   []time.Time // recent object repairs, for the fight detector
+
+	urgent      bool          // a missing table is to be restored at verifyAt
+	restoring   bool          // the next full apply restores a missing table
+	lastRestore time.Time     // last restore of a missing table
+	fullTook    time.Duration // duration of the last full apply, to space restores
+	logFrom     time.Time     // start of the current restore log window
+	logged      int           // restores logged one by one in the window
+	unlogged    int           // restores counted into the window's summary
+	restores    int           // restores in the window
+}
+
+var tableMissing = ruleset.Finding{Kind: "table_missing", Object: "inet " + ruleset.TableName, Detail: "the table does not exist"}
+
+// disarmed reports whether the findings say that egressd's table is gone,
+// not that objects in it were changed.
+func disarmed(findings []ruleset.Finding) bool {
+	for _, f := range findings {
+		if f.Kind == tableMissing.Kind {
+			return true
+		}
+	}
+	return false
+}
+
+// tableGone asks the kernel, cheaply, whether the table is missing. False
+// when the kernel cannot tell.
+func (c *Controller) tableGone() bool {
+	p, ok := c.o.Kernel.(TablePresence)
+	if !ok {
+		return false
+	}
+	present, err := p.TablePresent()
+	return err == nil && !present
+}
+
+// restoreGap is the least time between two restores of a missing table:
+// as long as the last full apply took (so that a table removed in a loop
+// costs the host at most about half a core), within [restoreMinGap,
+// restoreMaxGap]. The duration includes waiting for another process's
+// transaction to end, so it is an upper bound of the work.
+func (c *Controller) restoreGap() time.Duration {
+	return max(restoreMinGap, min(c.drift.fullTook, restoreMaxGap))
+}
 
 // kernelChanged is called when another process committed an nftables transaction.
 func (c *Controller) kernelChanged() {
-	at := c.o.Now().Add(verifyDelay)
+	now := c.o.Now()
+	if c.applied != nil && c.tableGone() {
+		// Restore now (the loop's sync follows), or as soon as the spacing
+		// allows: the loop then wakes at verifyAt without coalescing.
+		c.restore(now, []ruleset.Finding{tableMissing})
+		return
+	}
+	at := now.Add(verifyDelay)
 	if c.verifyAt.IsZero() || at.Before(c.verifyAt) {
 		c.verifyAt = at
 	}
 }
 
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
 // verify compares the kernel with the applied plan; on drift it logs what
-// it found and forces a full rebuild (unless repairs are being held back).
+// it found and forces a full rebuild (unless object repairs are held back).
 func (c *Controller) verify() {
 	now := c.o.Now()
 	c.verifyAt = now.Add(c.o.VerifyEvery)
+	urgent := c.drift.urgent
+	c.drift.urgent = false
 	v, ok := c.o.Kernel.(ruleset.Verifier)
 	if !ok || c.applied == nil {
 		return // nothing known to be applied: the next sync rebuilds anyway
 	}
-	if now.Before(c.holdUntil) {
-		c.verifyAt = c.holdUntil
+	var findings []ruleset.Finding
+	if _, cheap := c.o.Kernel.(TablePresence); cheap && (urgent || now.Before(c.drift.holdUntil)) {
+		// A restore that was spaced out, or a hold: object repairs are
+		// held back, a missing table never is.
+		switch {
+		case c.tableGone():
+			findings = []ruleset.Finding{tableMissing}
+		case now.Before(c.drift.holdUntil):
+			c.verifyAt = c.drift.holdUntil
+			return
+		}
+	}
+	if findings == nil {
+		var err error
+		if findings, err = v.Verify(*c.applied); err != nil {
+			if c.tableGone() {
+				// Removed while being read: restore, not rebuild.
+				c.restore(now, []ruleset.Finding{tableMissing})
+				return
+			}
+			c.o.Log.Warn("cannot verify the kernel state; rebuilding to be safe", ev(EvVerifyFailed), zap.Error(err))
+			c.applied = nil
+			return
+		}
+	}
+	// A table removed while it was being read shows as missing pieces.
+	if disarmed(findings) || (len(findings) > 0 && c.tableGone()) {
+		c.restore(now, []ruleset.Finding{tableMissing})
 		return
 	}
-	findings, err := v.Verify(*c.applied)
-	if err != nil {
-		c.o.Log.Warn("cannot verify the kernel state; rebuilding to be safe", ev(EvVerifyFailed), zap.Error(err))
-		c.applied = nil
-		return
-	}
-	if len(findings) == 0 {
+	if len(findings) == 0 || now.Before(c.drift.holdUntil) {
 		return
 	}
 	// Count this repair and detect a fight.
-	recent := c.repairs[:0]
-	for _, t := range c.repairs {
+	recent := c.drift.repairs[:0]
+	for _, t := range c.drift.repairs {
 		if now.Sub(t) < fightWindow {
 			recent = append(recent, t)
 		}
 	}
-	c.repairs = append(recent, now)
-	found := make([]string, len(findings))
-	for i, f := range findings {
-		found[i] = f.String()
-	}
-	if len(c.repairs) > fightRepairs {
-		hold := firstHold << min(len(c.repairs)-fightRepairs-1, 5)
+	c.drift.repairs = append(recent, now)
+	found := findingStrings(findings)
+	if len(c.drift.repairs) > fightRepairs {
+		hold := firstHold << min(len(c.drift.repairs)-fightRepairs-1, 5)
 		hold = min(hold, maxHold)
-		c.holdUntil = now.Add(hold)
+		c.drift.holdUntil = now.Add(hold)
 		c.o.Log.Error(fmt.Sprintf("the table keeps being changed by another process (%d repairs in %s); "+
-			"another firewall manager may be fighting egressd over it. Repairing now, then holding repairs back", len(c.repairs), fightWindow),
+			"another firewall manager may be fighting egressd over it. Repairing now, then holding repairs of "+
+			"changed objects back (a removed table is still restored at once)", len(c.drift.repairs), fightWindow),
 			ev(EvDriftRepeating), zap.Strings("found", found), zap.Duration("hold", hold))
 	}
 	c.o.Log.Warn("the kernel state differed from egressd's; restoring it", ev(EvDriftRepaired),
 		zap.Strings("found", found), zap.Int("findings", len(findings)))
 	c.o.Metrics.DriftRepaired()
 	c.applied = nil // the next sync rebuilds in full
+}
+
+// applyFull replaces the kernel's table with the plan: by Restore when the
+// table was found removed (falling back to ApplyFull if that fails),
+// otherwise by ApplyFull, carrying the deny counters over.
+func (c *Controller) applyFull(plan ruleset.Plan) error {
+	if c.drift.restoring {
+		c.drift.restoring = false
+		if r, ok := c.o.Kernel.(Restorer); ok {
+			err := r.Restore(plan)
+			if err == nil {
+				return nil // the counters went with the removed table
+			}
+			c.o.Log.Debug("fast restore failed; applying in full", ev(EvDriftRepaired), zap.Error(err))
+		}
+	}
+	c.carryDenyCounters()
+	return c.o.Kernel.ApplyFull(plan)
+}
+
+func findingStrings(findings []ruleset.Finding) []string {
+	found := make([]string, len(findings))
+	for i, f := range findings {
+		found[i] = f.String()
+	}
+	return found
+}
+
+// restore schedules the rebuild of a missing table, spaced by restoreGap.
+func (c *Controller) restore(now time.Time, findings []ruleset.Finding) {
+	if next := c.drift.lastRestore.Add(c.restoreGap()); now.Before(next) {
+		c.verifyAt, c.drift.urgent = next, true
+		return
+	}
+	c.drift.lastRestore = now
+	c.o.Metrics.DriftRepaired()
+	c.applied = nil // the sync that follows in this loop turn rebuilds in full
+	c.drift.restoring = true
+	d := &c.drift
+	c.flushRestoreLog(now)
+	if d.logFrom.IsZero() {
+		d.logFrom = now
+	}
+	d.restores++
+	if d.logged < restoreLogBurst {
+		d.logged++
+		c.o.Log.Warn("egressd's table was removed by another process; restoring it at once", ev(EvDriftRepaired),
+			zap.Strings("found", findingStrings(findings)), zap.Int("findings", len(findings)))
+		if d.logged == restoreLogBurst {
+			c.o.Log.Error(fmt.Sprintf("egressd's table keeps being removed (%d times since %s); restoring it every time, "+
+				"and from now on logging one summary per %s. Find the process that flushes the ruleset",
+				d.restores, d.logFrom.Format(time.RFC3339), restoreLogWindow),
+				ev(EvDriftRepeating), zap.Int("restores", d.restores), zap.Strings("found", []string{tableMissing.String()}))
+		}
+		return
+	}
+	d.unlogged++
+}
+
+// flushRestoreLog ends the restore log window once it is over: restores
+// that were not logged one by one are logged as one summary.
+func (c *Controller) flushRestoreLog(now time.Time) {
+	d := &c.drift
+	if d.logFrom.IsZero() || now.Sub(d.logFrom) < restoreLogWindow {
+		return
+	}
+	if d.unlogged > 0 {
+		c.o.Log.Error(fmt.Sprintf("egressd's table was removed and restored %d times in the last %s",
+			d.restores, now.Sub(d.logFrom).Round(time.Second)),
+			ev(EvDriftRepeating), zap.Int("restores", d.restores), zap.Duration("window", now.Sub(d.logFrom)),
+			zap.Strings("found", []string{tableMissing.String()}))
+		// Still going on: the next window logs only its summary.
+		d.logFrom, d.logged, d.unlogged, d.restores = now, restoreLogBurst, 0, 0
+		return
+	}
+	d.logFrom, d.logged, d.unlogged, d.restores = time.Time{}, 0, 0, 0
+}
+
+// restoreLogDue is when the restore log window ends, or zero.
+func (c *Controller) restoreLogDue() time.Time {
+	if c.drift.unlogged == 0 {
+		return time.Time{}
+	}
+	return c.drift.logFrom.Add(restoreLogWindow)
 }
 
 // publish writes the state file for `egressd check`, at most once a second.
