@@ -3,46 +3,57 @@ package controller
 import (
 	"net/netip"
 	"sort"
-	"sync"
 	"sync/atomic"
+
+	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/resolver"
 )
 
-// nameIndex maps addresses back to the names that resolved to them, now or
-// earlier, so that a deny event can say "api.example.test, wrong port" rather
-// than only an address. It is bounded: past maxEntries it starts over from
-// the names' current addresses.
+// nameIndex maps, per allowlist, the addresses its own names allow now
+// (current or lingering answers, as the kernel holds them) back to those
+// names, so that a deny event can say "api.example.test, wrong port" and
+// never names another allowlist's name, or one that left the configuration.
+// The loop replaces it whole after each apply; readers never lock.
 type nameIndex struct {
-	mu    sync.RWMutex
-	names map[netip.Addr][]string
+	p atomic.Pointer[map[string]map[netip.Addr][]string]
 }
 
-const maxIndexEntries = 1 << 18
-
-func (x *nameIndex) add(a netip.Addr, name string) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if x.names == nil || len(x.names) >= maxIndexEntries {
-		x.names = map[netip.Addr][]string{}
-	}
-	for _, n := range x.names[a] {
-		if n == name {
-			return
+// buildNameIndex is pure: addrs returns the addresses a name allows now.
+func buildNameIndex(cfg *config.Config, addrs func(string) []netip.Addr) map[string]map[netip.Addr][]string {
+	out := map[string]map[netip.Addr][]string{}
+	for _, a := range cfg.Allowlists {
+		m := map[netip.Addr][]string{}
+		for _, name := range a.Names() { // sorted, distinct
+			for _, ip := range addrs(name) {
+				if !a.AllowPrivateAnswers && resolver.Internal(ip) {
+					continue // not in this allowlist's set (see BuildDesired)
+				}
+				m[ip] = append(m[ip], name)
+			}
 		}
+		out[a.Name] = m
 	}
-	ns := append(append([]string(nil), x.names[a]...), name)
-	sort.Strings(ns)
-	x.names[a] = ns
+	return out
 }
 
-func (x *nameIndex) lookup(a netip.Addr) []string {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	return x.names[a.Unmap()]
+func (x *nameIndex) store(m map[string]map[netip.Addr][]string) { x.p.Store(&m) }
+
+func (x *nameIndex) lookup(allowlist string, a netip.Addr) []string {
+	m := x.p.Load()
+	if m == nil {
+		return nil
+	}
+	ns := (*m)[allowlist][a.Unmap()]
+	out := append([]string(nil), ns...)
+	sort.Strings(out)
+	return out
 }
 
-// NamesFor returns the names that resolve, or resolved, to a; safe for
-// concurrent use (the deny event loop calls it).
-func (c *Controller) NamesFor(a netip.Addr) []string { return c.index.lookup(a) }
+// NamesFor returns the names of the allowlist whose current or lingering
+// addresses include a; safe for concurrent use (the deny event loop calls it).
+func (c *Controller) NamesFor(allowlist string, a netip.Addr) []string {
+	return c.index.lookup(allowlist, a)
+}
 
 // User returns the user an allowlist names, as written; safe for concurrent use.
 func (c *Controller) User(allowlist string) (string, bool) {

@@ -12,8 +12,8 @@ import (
 type lookup struct{}
 
 func (lookup) User(a string) (string, bool) { return "billing", a == "billing" }
-func (lookup) NamesFor(a netip.Addr) []string {
-	if a == netip.MustParseAddr("192.0.2.10") {
+func (lookup) NamesFor(allowlist string, a netip.Addr) []string {
+	if allowlist == "billing" && a == netip.MustParseAddr("192.0.2.10") {
 		return []string{"api.example.test"}
 	}
 	return nil

@@ -109,7 +109,7 @@ func kernel() string {
 }
 
 func build() (string, error) {
-	dir, err := os.MkdirTemp("", "egressd-bench-")
+	dir, err := config.TrustedTempDir("egressd-bench-")
 	if err != nil {
 		return "", err
 	}
@@ -149,7 +149,7 @@ func newWorld(extra ...string) (*world, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "egressd-bench-w-")
+	dir, err := config.TrustedTempDir("egressd-bench-w-")
 	if err != nil {
 		return nil, err
 	}
