@@ -45,7 +45,7 @@ SYNOPSIS
                    [--loopback-only] [--no-private-users] [--systemd-version N]
                    [--allowlist NAME] [--unit NAME]
     egressd harden --audit UNIT_FILE [--json]
-    egressd remove
+    egressd remove [--runtime-dir DIR]
     egressd demo
     egressd version
     egressd help
@@ -91,7 +91,10 @@ COMMANDS
               or configuration path the service user could modify (walking
               up to /), with the fix. Exit 1 when anything is found.
     remove    Delete the table inet egressd: every restriction is lifted.
-              For uninstalling and emergencies.
+              For uninstalling and emergencies. Refused while the daemon
+              runs (it would restore the table at once): stop it first
+              (systemctl stop egressd). "nothing to remove" when there is
+              no table.
     demo      Run the real daemon on example allowlists inside a throwaway
               network namespace, with its own DNS server and example
               services; prints what is allowed, what is denied and a DNS
@@ -109,7 +112,9 @@ OPTIONS
 
 FILES
     /etc/egressd/egressd.yaml        main configuration
-    /etc/egressd/allow.d/NAME.yaml   one allowlist per service user
+    /etc/egressd/allow.d/NAME.yaml   one allowlist per service user (or NAME.yml)
+    Every configuration path, up to /, must be writable by root (or
+    egressd's own user) alone; anything else is refused like a bad file.
 
 EXIT STATUS
     run        0 on a clean stop; 1 on a runtime failure; 2 if the
@@ -123,12 +128,14 @@ EXIT STATUS
                2 cannot answer.
     harden     0 printed; 2 invalid options. With --audit: 0 nothing found,
                1 findings, 2 cannot read the unit.
-    remove     0 removed (or nothing to remove); 1 on failure.
+    remove     0 removed (or nothing to remove); 1 refused (a daemon
+               runs, or not root) or failed.
 
 EVENTS
     Logs are JSON lines on stderr with a stable "event" key: started,
     config_loaded, config_rejected, resolved, resolve_failed,
-    ruleset_applied, apply_failed, user_missing, user_conflict, deny,
+    config_file_skipped, ruleset_applied, apply_failed, user_missing,
+    user_conflict, start_refused, deny,
     deny_overflow, drift_repaired, drift_repeating, stopping.
 
 SEE ALSO
