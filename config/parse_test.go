@@ -326,3 +326,18 @@ func FuzzParseMain(f *testing.F) {
 		}
 	})
 }
+
+// Mistakes people make in allowlists get a message that says what happened.
+func TestParseAllowlistHints(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"user: a\nallow:\n  - api.example.test:443\n   - 192.0.2.1:443\n", "two entries run together"},
+		{"user: a\nallow:\n- api.example.test:443\n  - 192.0.2.1:443\n", "two entries run together"},
+		{"user: a\nallow:\n  - api.example.test:443\n  - [2001:db8::10]:443\n", `x.yaml:4:5: invalid YAML: did not find expected '-' indicator; an entry that starts with '[' must be quoted, or YAML reads it as a list: - "[2001:db8::10]:443"`},
+		{"user: a\nallow: [ [2001:db8::10]:443 ]\n", "must be quoted"},
+	} {
+		_, err := ParseAllowlist("x.yaml", "x", []byte(c.in))
+		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "must be written in brackets") {
+			t.Errorf("%q: error %v, want it to contain %q", c.in, err, c.want)
+		}
+	}
+}
