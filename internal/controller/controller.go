@@ -96,6 +96,7 @@ type Controller struct {
 
 	index      nameIndex        // allowlist -> address -> names, for deny events
 	indexStale bool             // the configuration changed since the index was built
+	indexNames map[string]bool  // names whose addresses changed since the index was built
 	allowUsers usersByAllowlist // allowlist -> user, for deny events
 
 	denyMu   sync.Mutex
@@ -370,6 +371,9 @@ func (c *Controller) observe(keys []resolver.Key, out []outcome) map[string]erro
 		c.o.Metrics.Resolved(o.dur.Seconds())
 		ch := c.cache.Observe(k, o.res, o.err)
 		st, _ := c.cache.Status(k)
+		if len(ch.Added) > 0 || len(ch.Removed) > 0 {
+			c.markIndex(k.Name)
+		}
 		if o.err != nil {
 			c.failing[k] = true
 		} else {
@@ -399,6 +403,13 @@ func (c *Controller) observe(keys []resolver.Key, out []outcome) map[string]erro
 	return failed
 }
 
+func (c *Controller) markIndex(name string) {
+	if c.indexNames == nil {
+		c.indexNames = map[string]bool{}
+	}
+	c.indexNames[name] = true
+}
+
 func typeName(k resolver.Key) string {
 	if k.Type == dns.TypeAAAA {
 		return "AAAA"
@@ -411,12 +422,20 @@ func typeName(k resolver.Key) string {
 func (c *Controller) sync() error {
 	if expired := c.cache.Expire(); len(expired) > 0 {
 		for k, lost := range expired {
+			c.markIndex(k.Name)
 			c.o.Log.Info("addresses expired", ev(EvResolved), zap.String("name", k.Name), zap.String("type", typeName(k)),
 				zap.Stringers("added", []netip.Addr{}), zap.Stringers("removed", lost), zap.String("reason", "ttl+linger or stale_grace ran out"))
 		}
 	}
 	plan := ruleset.Render(BuildDesired(c.cfg, c.users, c.cache.Addrs))
-	index := func() { c.index.store(buildNameIndex(c.cfg, c.cache.Addrs)); c.indexStale = false }
+	index := func() {
+		if c.indexStale {
+			c.index.store(buildNameIndex(c.cfg, c.cache.Addrs))
+		} else if len(c.indexNames) > 0 {
+			c.index.store(updateNameIndex(c.index.load(), c.cfg, c.indexNames, c.cache.Addrs))
+		}
+		c.indexStale, c.indexNames = false, nil
+	}
 	start := time.Now()
 	var err error
 	kind := "delta"
@@ -428,9 +447,7 @@ func (c *Controller) sync() error {
 	} else {
 		d := ruleset.Diff(*c.applied, plan)
 		if len(d) == 0 {
-			if c.indexStale {
-				index()
-			}
+			index()
 			return nil
 		}
 		changed = d.Elements()

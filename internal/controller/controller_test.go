@@ -295,4 +295,16 @@ func TestNameIndexPerAllowlist(t *testing.T) {
 			t.Errorf("%s %s: names %s, want %s", c.allowlist, c.addr, got, want)
 		}
 	}
+	// cdn.example.test moves: only the allowlists using it are rebuilt, correctly.
+	addrs["cdn.example.test"] = []netip.Addr{netip.MustParseAddr("203.0.113.5")}
+	x.store(updateNameIndex(x.load(), cfg, map[string]bool{"cdn.example.test": true}, func(n string) []netip.Addr { return addrs[n] }))
+	if got := x.lookup("web", netip.MustParseAddr("198.51.100.20")); len(got) != 0 {
+		t.Errorf("after the change, web 198.51.100.20: %v, want none", got)
+	}
+	if got := x.lookup("web", netip.MustParseAddr("203.0.113.5")); len(got) != 1 {
+		t.Errorf("after the change, web 203.0.113.5: %v", got)
+	}
+	if got := x.lookup("billing", netip.MustParseAddr("192.0.2.10")); len(got) != 1 {
+		t.Errorf("billing lost its index: %v", got)
+	}
 }

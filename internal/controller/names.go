@@ -20,20 +20,59 @@ type nameIndex struct {
 
 // buildNameIndex is pure: addrs returns the addresses a name allows now.
 func buildNameIndex(cfg *config.Config, addrs func(string) []netip.Addr) map[string]map[netip.Addr][]string {
-	out := map[string]map[netip.Addr][]string{}
+	out := make(map[string]map[netip.Addr][]string, len(cfg.Allowlists))
 	for _, a := range cfg.Allowlists {
-		m := map[netip.Addr][]string{}
-		for _, name := range a.Names() { // sorted, distinct
-			for _, ip := range addrs(name) {
-				if !a.AllowPrivateAnswers && resolver.Internal(ip) {
-					continue // not in this allowlist's set (see BuildDesired)
-				}
-				m[ip] = append(m[ip], name)
+		out[a.Name] = allowlistIndex(a, addrs)
+	}
+	return out
+}
+
+// allowlistIndex is one allowlist's part of the index.
+func allowlistIndex(a *config.Allowlist, addrs func(string) []netip.Addr) map[netip.Addr][]string {
+	m := map[netip.Addr][]string{}
+	seen := map[string]bool{}
+	for _, e := range a.Entries {
+		if !e.IsName() || seen[e.Host] {
+			continue
+		}
+		seen[e.Host] = true
+		for _, ip := range addrs(e.Host) {
+			if !a.AllowPrivateAnswers && resolver.Internal(ip) {
+				continue // not in this allowlist's set (see BuildDesired)
 			}
+			m[ip] = append(m[ip], e.Host)
+		}
+	}
+	return m
+}
+
+// updateNameIndex rebuilds only the allowlists that use a changed name
+// (DNS churn touches few), sharing the others with the previous index.
+func updateNameIndex(prev map[string]map[netip.Addr][]string, cfg *config.Config, changed map[string]bool, addrs func(string) []netip.Addr) map[string]map[netip.Addr][]string {
+	out := make(map[string]map[netip.Addr][]string, len(cfg.Allowlists))
+	for _, a := range cfg.Allowlists {
+		m, ok := prev[a.Name]
+		if ok {
+			for _, e := range a.Entries {
+				if e.IsName() && changed[e.Host] {
+					ok = false
+					break
+				}
+			}
+		}
+		if !ok {
+			m = allowlistIndex(a, addrs)
 		}
 		out[a.Name] = m
 	}
 	return out
+}
+
+func (x *nameIndex) load() map[string]map[netip.Addr][]string {
+	if m := x.p.Load(); m != nil {
+		return *m
+	}
+	return nil
 }
 
 func (x *nameIndex) store(m map[string]map[netip.Addr][]string) { x.p.Store(&m) }
