@@ -266,6 +266,10 @@ func Run(ctx context.Context, o Options) *Report {
 	}
 
 	st, serr := state.Read(o.RuntimeDir)
+	if errors.Is(serr, state.ErrUntrusted) {
+		problem("state_untrusted", r.Daemon.StateFile, serr.Error()+": the daemon's published view is ignored",
+			"the runtime directory and its files must belong to egressd (or root) and be writable by it alone (systemd's RuntimeDirectory= does this)")
+	}
 	daemonUp := serr == nil && st.Alive()
 	users := controller.LookupUsers(cfg, o.Users)
 	for _, a := range cfg.Allowlists {

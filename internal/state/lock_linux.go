@@ -21,10 +21,6 @@ const LockFile = "egressd.lock"
 // ErrLocked means another egressd holds the lock.
 var ErrLocked = errors.New("another egressd is running")
 
-// ErrUntrusted means the runtime directory or the lock file could be used
-// by another user to block or fool egressd; egressd refuses to start.
-var ErrUntrusted = errors.New("runtime directory not safe")
-
 // Lock takes the runtime directory's lock so that two daemons (or a daemon
 // and run --once) never fight over the table. The lock is released when the
 // process exits, however it exits; release drops it earlier.
