@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/state"
@@ -138,10 +139,12 @@ func explain(ctx context.Context, o Options, user, target string) (*Explanation,
 	// name plus a fresh lookup (the service may get either).
 	var addrs []netip.Addr
 	daemonAddrs, freshAddrs := map[netip.Addr]bool{}, map[netip.Addr]bool{}
+	var lingering map[string]time.Time
 	if !e.IsName() {
 		addrs = []netip.Addr{e.Prefix.Addr()}
 	} else {
 		if st, err := state.Read(o.RuntimeDir); err == nil {
+			lingering = st.Names[e.Host].Lingering
 			for _, s := range st.Names[e.Host].Addrs {
 				if a, err := netip.ParseAddr(s); err == nil {
 					daemonAddrs[a] = true
@@ -178,7 +181,10 @@ func explain(ctx context.Context, o Options, user, target string) (*Explanation,
 		} else if el, ok := covering(sets[dnsSet], e.Proto, a, e.PortFrom); ok && dnsAllowed {
 			av.Allowed, av.Set, av.Element, av.Entry = true, kernelSet(dnsSet, el), el.String(), "dns: resolvers (the configured resolvers)"
 		}
-		if e.IsName() && daemonAddrs[a] && !freshAddrs[a] {
+		if until, ok := lingering[a.String()]; ok && e.IsName() {
+			av.Note = fmt.Sprintf("no longer in the DNS answers for %s: egressd keeps it (lingering) until %s (in %s), then removes it",
+				e.Host, until.Format(time.RFC3339), until.Sub(o.Now()).Round(time.Second))
+		} else if e.IsName() && daemonAddrs[a] && !freshAddrs[a] {
 			av.Note = fmt.Sprintf("no longer in the DNS answers for %s: egressd keeps it (lingering) until its TTL and then linger (%s) run out, or while DNS fails until stale_grace (%s) runs out; then it is removed", e.Host, cfg.Linger, cfg.StaleGrace)
 		}
 		if av.Allowed {

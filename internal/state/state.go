@@ -36,6 +36,9 @@ type Name struct {
 	ServingStale bool      `json:"serving_stale"`
 	LastOK       time.Time `json:"last_ok"`
 	Error        string    `json:"error,omitempty"`
+	// Lingering maps each address that left the DNS answers but is still
+	// allowed to the time it stops being allowed (TTL + linger ran out).
+	Lingering map[string]time.Time `json:"lingering,omitempty"`
 }
 
 // State is the published document (version 1).
