@@ -394,3 +394,27 @@ func TestExplainTellsTheTruth(t *testing.T) {
 		t.Errorf("run --help: exit %d\n%s", code, out)
 	}
 }
+
+// --explain says when an allowed address only lingers: it left the DNS
+// answers and will be removed.
+func TestExplainShowsLingering(t *testing.T) {
+	w := newWorld(t)
+	w.standardConfig()
+	w.write("egressd.yaml", strings.Replace(mainConfig, "linger: 2s", "linger: 60s", 1))
+	w.start()
+	m := w.mark()
+	w.dns.Set("api.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.11")}, TTL: 2})
+	seen := false
+	for deadline := time.Now().Add(10 * time.Second); !seen && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		for _, ev := range w.eventsSince("resolved", m) {
+			seen = seen || strings.Contains(fmt.Sprint(ev["added"]), "192.0.2.11")
+		}
+	}
+	if !seen {
+		t.Fatalf("the new answer was not resolved; daemon log:\n%s", w.logText())
+	}
+	code, out := w.check("--explain", fmt.Sprint(uidA), "api.example.test:443")
+	if code != 0 || !strings.Contains(out, "192.0.2.10:443/tcp allowed") || !strings.Contains(out, "no longer in the DNS answers") {
+		t.Errorf("--explain with a lingering address: exit %d\n%s", code, out)
+	}
+}
