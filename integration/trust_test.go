@@ -157,7 +157,7 @@ func TestTypoUserKeepsRestriction(t *testing.T) {
 			found = true
 		}
 	}
-	if code != 1 || !found {
+	if code != 1 || !found || strings.Contains(strings.Join(problemKinds(m2), " "), "config_not_applied") {
 		t.Errorf("check after the typo: exit %d, problems %v", code, m2["problems"])
 	}
 	// Deleting the file lifts it.
@@ -198,6 +198,22 @@ func TestCheckInSyncAfterNoopEdits(t *testing.T) {
 			t.Errorf("edit %d: check still says the daemon does not enforce the files (exit %d)\n%s", i, code, out)
 		}
 	}
+	// A new allowlist whose user does not exist yet: nothing in the kernel.
+	m0 := w.mark()
+	w.write("allow.d/late.yaml", "user: egressd-no-such-user\nallow: [192.0.2.12:443]\n")
+	if _, err := w.waitEvent("config_loaded", m0, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var lateOut string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if _, lateOut = w.check(); !strings.Contains(lateOut, "config_not_applied") {
+			break
+		}
+	}
+	if strings.Contains(lateOut, "config_not_applied") {
+		t.Errorf("after adding an allowlist for a missing user check says config_not_applied\n%s", lateOut)
+	}
+	os.Remove(w.path("allow.d/late.yaml"))
 	// A linger change (main file) changes nothing in the kernel either.
 	m := w.mark()
 	w.write("egressd.yaml", strings.Replace(mainConfig, "linger: 2s", "linger: 3s", 1))
