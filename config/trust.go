@@ -245,6 +245,7 @@ func (w *walker) resolve(p string) (string, fileInfo, error) {
 	}
 	hops := 0
 	var fi fileInfo
+	up := false // the last component was "..": fi is not cur's
 	for len(rest) > 0 {
 		c := rest[0]
 		rest = rest[1:]
@@ -252,9 +253,10 @@ func (w *walker) resolve(p string) (string, fileInfo, error) {
 			continue
 		}
 		if c == ".." {
-			cur = filepath.Dir(cur)
+			cur, up = filepath.Dir(cur), true
 			continue
 		}
+		up = false
 		next := filepath.Join(cur, c)
 		fi, err = lstat(next)
 		if err != nil {
@@ -288,8 +290,10 @@ func (w *walker) resolve(p string) (string, fileInfo, error) {
 		}
 		cur = next
 	}
-	if cur == "/" {
-		fi, _ = lstat("/")
+	if cur == "/" || up {
+		if fi, err = lstat(cur); err != nil {
+			return "", fileInfo{}, err
+		}
 	}
 	return cur, fi, nil
 }

@@ -178,3 +178,35 @@ func TestLoadRefusesACLWriter(t *testing.T) {
 }
 
 func unixSetxattr(p string, b []byte) error { return unix.Setxattr(p, "system.posix_acl_access", b, 0) }
+
+// Symlink chains (absolute, relative, ConfigMap-style ..data) are followed
+// component by component: every directory on the way to the real file is
+// checked, and resolve returns the real file.
+func TestResolveSymlinkChain(t *testing.T) {
+	dir := t.TempDir()
+	for _, d := range []string{"real/..2026", "allow.d"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	real := filepath.Join(dir, "real/..2026/billing.yaml")
+	os.WriteFile(real, []byte("user: 1\n"), 0o644)                                                             //nolint:errcheck
+	os.Symlink("..2026", filepath.Join(dir, "real/..data"))                                                    //nolint:errcheck
+	os.Symlink(filepath.Join(dir, "real/..data/../..data/billing.yaml"), filepath.Join(dir, "allow.d/b.yaml")) //nolint:errcheck
+	w := Trust{Above: dir}.walker()
+	got, fi, err := w.resolve(filepath.Join(dir, "allow.d/b.yaml"))
+	if err != nil || got != real || !fi.mode.IsRegular() {
+		t.Fatalf("resolve = %q %v %v, want %q", got, fi.mode, err, real)
+	}
+	os.Chmod(filepath.Join(dir, "real/..2026"), 0o777) //nolint:errcheck
+	_, _, err = Trust{Above: dir}.walker().resolve(filepath.Join(dir, "allow.d/b.yaml"))
+	if err == nil || !strings.Contains(err.Error(), "..2026") {
+		t.Fatalf("a writable directory behind a symlink chain: %v", err)
+	}
+	// A loop ends.
+	os.Symlink("loop2", filepath.Join(dir, "allow.d/loop1")) //nolint:errcheck
+	os.Symlink("loop1", filepath.Join(dir, "allow.d/loop2")) //nolint:errcheck
+	if _, _, err := (Trust{Above: dir}).walker().resolve(filepath.Join(dir, "allow.d/loop1")); err == nil {
+		t.Fatal("a symlink loop resolved")
+	}
+}
