@@ -97,7 +97,7 @@ func (e Entry) Ports() string {
 
 // Allowlist is one file of the allow directory.
 type Allowlist struct {
-	Name                string // file name without .yaml
+	Name                string // file name without .yaml or .yml
 	File                string
 	User                string // as written: a name or a numeric uid
 	UserPos             Pos
@@ -163,6 +163,10 @@ type Config struct {
 	OnExit              string       // keep | remove
 	MetricsListen       string       // host:port for Prometheus metrics; empty: off
 	Allowlists          []*Allowlist // sorted by Name
+	// Skipped lists the files in the allow directory that are not
+	// allowlists (neither NAME.yaml nor NAME.yml, nor hidden): a file
+	// written as allowlist but named otherwise must not go unnoticed.
+	Skipped []string
 	// AllowDirMissing is set when the allow directory does not exist. At start
 	// that means no allowlists; on a reload the daemon refuses it (a deleted
 	// directory must not silently lift every restriction).
@@ -200,10 +204,12 @@ func (c *Config) Names() []string {
 	return out
 }
 
-// Error is a configuration error at a position.
+// Error is a configuration error at a position. Fix, when set, says what
+// to do (otherwise: correct the file at Pos).
 type Error struct {
 	Pos Pos
 	Msg string
+	Fix string
 }
 
 func (e *Error) Error() string {

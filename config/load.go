@@ -20,17 +20,32 @@ var ResolvConf = "/etc/resolv.conf"
 // allow directory. A missing main file is an empty one (every key defaults)
 // unless required is set, as it is when the operator named the file.
 // Any error rejects the whole load: the caller keeps its last good Config.
+// Every path is checked as Trust{} says: root and egressd's own user alone
+// may be able to change it.
 func Load(path string, required bool) (*Config, error) {
+	return LoadTrusted(path, required, Trust{})
+}
+
+// LoadTrusted is Load with the trust rules given (tests: other owners, or
+// an Above for their temporary directories).
+func LoadTrusted(path string, required bool, t Trust) (*Config, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, err
 	}
-	data, err := os.ReadFile(abs)
+	w := t.walker()
+	data, err := w.readTrusted(abs)
 	if errors.Is(err, fs.ErrNotExist) && !required {
-		data, err = nil, nil
+		// No main file: every key defaults, but whoever could create it
+		// could still redirect allow_dir: its directory must be trusted.
+		if _, _, derr := w.resolve(filepath.Dir(abs)); derr != nil && !errors.Is(derr, fs.ErrNotExist) {
+			err = derr
+		} else {
+			data, err = nil, nil
+		}
 	}
 	if err != nil {
-		return nil, Errors{{Pos: Pos{File: abs}, Msg: fmt.Sprintf("cannot read: %v", errors.Unwrap(err))}}
+		return nil, Errors{readError(abs, err)}
 	}
 	c, err := ParseMain(abs, data)
 	if err != nil {
@@ -43,16 +58,34 @@ func Load(path string, required bool) (*Config, error) {
 		}
 		c.Resolvers = rs
 	}
-	if _, err := os.Stat(c.AllowDir); errors.Is(err, fs.ErrNotExist) {
+	if _, _, err := w.resolve(c.AllowDir); errors.Is(err, fs.ErrNotExist) {
 		c.AllowDirMissing = true
 		return c, nil
+	} else if err != nil {
+		return nil, Errors{readError(c.AllowDir, err)}
 	}
-	lists, err := LoadAllowDir(c.AllowDir)
+	lists, skipped, err := loadAllowDir(w, c.AllowDir)
 	if err != nil {
 		return nil, err
 	}
-	c.Allowlists = lists
+	c.Allowlists, c.Skipped = lists, skipped
 	return c, nil
+}
+
+// readError describes a file that could not be read, or is not trusted.
+func readError(file string, err error) *Error {
+	if te, ok := trustError(err); ok {
+		return te
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) && pe.Err != nil {
+		if pe.Path != file {
+			err = fmt.Errorf("%s: %w", pe.Path, pe.Err)
+		} else {
+			err = pe.Err
+		}
+	}
+	return &Error{Pos: Pos{File: file}, Msg: fmt.Sprintf("cannot read: %v", err)}
 }
 
 func systemResolvers(path string) ([]netip.AddrPort, error) {
@@ -74,41 +107,73 @@ func systemResolvers(path string) ([]netip.AddrPort, error) {
 	return out, nil
 }
 
-// IsAllowlistFile reports whether a directory entry name is an allowlist file.
-// Hidden files (editor swap files, Kubernetes' ..data links) are not.
-func IsAllowlistFile(name string) bool {
-	return strings.HasSuffix(name, ".yaml") && !strings.HasPrefix(name, ".") && len(name) > len(".yaml")
+// AllowlistName returns the allowlist a directory entry name defines:
+// NAME.yaml or NAME.yml. Hidden files (editor swap files, Kubernetes' ..data
+// links) are not allowlists.
+func AllowlistName(name string) (string, bool) {
+	if strings.HasPrefix(name, ".") {
+		return "", false
+	}
+	for _, ext := range []string{".yaml", ".yml"} {
+		if base, ok := strings.CutSuffix(name, ext); ok && base != "" {
+			return base, true
+		}
+	}
+	return "", false
 }
 
-// LoadAllowDir parses every allowlist in dir. A missing directory holds no allowlists.
+// IsAllowlistFile reports whether a directory entry name is an allowlist file.
+func IsAllowlistFile(name string) bool {
+	_, ok := AllowlistName(name)
+	return ok
+}
+
+// LoadAllowDir parses every allowlist in dir, checking each path as Trust{}
+// says. A missing directory holds no allowlists.
 func LoadAllowDir(dir string) ([]*Allowlist, error) {
+	lists, _, err := loadAllowDir(Trust{}.walker(), dir)
+	return lists, err
+}
+
+// loadAllowDir returns the allowlists and the files it skipped (not hidden,
+// not NAME.yaml or NAME.yml).
+func loadAllowDir(w *walker, dir string) ([]*Allowlist, []string, error) {
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if err != nil {
-		return nil, Errors{{Pos: Pos{File: dir}, Msg: fmt.Sprintf("cannot list allow directory: %v", errors.Unwrap(err))}}
+		return nil, nil, Errors{{Pos: Pos{File: dir}, Msg: fmt.Sprintf("cannot list allow directory: %v", errors.Unwrap(err))}}
 	}
 	var errs Errors
 	var lists []*Allowlist
+	var skipped []string
+	byName := map[string]string{}
 	for _, ent := range ents {
-		if !IsAllowlistFile(ent.Name()) {
-			continue
-		}
 		file := filepath.Join(dir, ent.Name())
-		if st, err := os.Stat(file); err == nil && st.IsDir() {
-			continue
-		}
-		data, err := os.ReadFile(file) // follows symlinks, as ConfigMap mounts need
-		if err != nil {
-			var pe *fs.PathError
-			if errors.As(err, &pe) && pe.Err != nil {
-				err = pe.Err
+		name, ok := AllowlistName(ent.Name())
+		if !ok {
+			if !strings.HasPrefix(ent.Name(), ".") {
+				skipped = append(skipped, file)
 			}
-			errs = append(errs, &Error{Pos: Pos{File: file}, Msg: fmt.Sprintf("cannot read: %v", err)})
 			continue
 		}
-		a, err := ParseAllowlist(file, strings.TrimSuffix(ent.Name(), ".yaml"), data)
+		if st, err := os.Stat(file); err == nil && st.IsDir() {
+			skipped = append(skipped, file)
+			continue
+		}
+		if prev, ok := byName[name]; ok {
+			errs = append(errs, &Error{Pos: Pos{File: file}, Msg: fmt.Sprintf("allowlist %q is also defined by %s; keep one of the two files", name, prev),
+				Fix: "remove or rename one of " + prev + " and " + file})
+			continue
+		}
+		byName[name] = file
+		data, err := w.readTrusted(file) // follows symlinks, as ConfigMap mounts need, checking each
+		if err != nil {
+			errs = append(errs, readError(file, err))
+			continue
+		}
+		a, err := ParseAllowlist(file, name, data)
 		if err != nil {
 			var ce Errors
 			if errors.As(err, &ce) {
@@ -123,9 +188,9 @@ func LoadAllowDir(dir string) ([]*Allowlist, error) {
 	sort.Slice(lists, func(i, j int) bool { return lists[i].Name < lists[j].Name })
 	errs = append(errs, duplicateUsers(lists)...)
 	if len(errs) > 0 {
-		return nil, errs
+		return nil, nil, errs
 	}
-	return lists, nil
+	return lists, skipped, nil
 }
 
 func duplicateUsers(lists []*Allowlist) Errors {

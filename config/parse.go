@@ -30,7 +30,7 @@ func (p *parser) errorf(n *yaml.Node, format string, args ...any) {
 func (p *parser) document(data []byte) *yaml.Node {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		p.errs = append(p.errs, yamlError(p.file, err))
+		p.errs = append(p.errs, yamlError(p.file, data, err))
 		return nil
 	}
 	if doc.Kind == 0 || len(doc.Content) == 0 {
@@ -49,8 +49,13 @@ func (p *parser) document(data []byte) *yaml.Node {
 
 var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 
-// yamlError turns the YAML library's syntax error into one that names the file.
-func yamlError(file string, err error) *Error {
+// unquotedBracketRE is a list item starting with '[' (an IPv6 entry), which
+// YAML reads as the start of a list.
+var unquotedBracketRE = regexp.MustCompile(`^\s*-\s+\[`)
+
+// yamlError turns the YAML library's syntax error into one that names the
+// file, with a hint for the mistakes people make in allowlists.
+func yamlError(file string, data []byte, err error) *Error {
 	msg := err.Error()
 	pos := Pos{File: file}
 	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
@@ -58,7 +63,18 @@ func yamlError(file string, err error) *Error {
 		pos.Col = 1
 		msg = m[2]
 	}
-	return &Error{Pos: pos, Msg: "invalid YAML: " + strings.TrimPrefix(msg, "yaml: ")}
+	msg = "invalid YAML: " + strings.TrimPrefix(msg, "yaml: ")
+	for i, line := range strings.Split(string(data), "\n") {
+		if unquotedBracketRE.MatchString(line) {
+			item := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "-"))
+			pos.Line, pos.Col = i+1, strings.Index(line, "[")+1
+			return &Error{Pos: pos, Msg: fmt.Sprintf("%s; an entry that starts with '[' must be quoted, or YAML reads it as a list: - %q", msg, item)}
+		}
+	}
+	if strings.Contains(msg, "did not find expected key") || strings.Contains(msg, "did not find expected '-' indicator") {
+		msg += " (is a line indented differently from the one above it? every \"- \" of a list must start in the same column)"
+	}
+	return &Error{Pos: pos, Msg: msg}
 }
 
 // fields walks a mapping, rejecting unknown and repeated keys, and calls fn for
@@ -338,8 +354,16 @@ func ParseAllowlist(file, name string, data []byte) (*Allowlist, error) {
 			case "allow":
 				seen := map[string]bool{}
 				for _, n := range p.sequence(v, key) {
+					if n.Kind == yaml.SequenceNode || n.Kind == yaml.MappingNode {
+						p.errorf(n, "allow entry: expected host:port, found a list or mapping (an entry that starts with '[' must be quoted: \"[2001:db8::1]:443\")")
+						continue
+					}
 					s, ok := p.scalar(n, "allow entry")
 					if !ok {
+						continue
+					}
+					if runTogetherRE.MatchString(s) {
+						p.errorf(n, "allow: %q: two entries run together: a list item is indented differently from the one above it (every \"- \" of the list must start in the same column)", s)
 						continue
 					}
 					e, err := ParseEntry(s)
@@ -379,6 +403,10 @@ func ParseAllowlist(file, name string, data []byte) (*Allowlist, error) {
 	return a, nil
 }
 
+// runTogetherRE is a plain scalar that YAML folded from two list items,
+// the second mis-indented ("a:443\n   - b:443" reads as "a:443 - b:443").
+var runTogetherRE = regexp.MustCompile(`\s-\s`)
+
 var userRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$`)
 
 func validUser(s string) error {
@@ -407,6 +435,9 @@ func ParseEntry(s string) (Entry, error) {
 	rest := strings.TrimSpace(s)
 	if rest != s || rest == "" {
 		return e, fmt.Errorf("%q: empty or surrounded by spaces", s)
+	}
+	if strings.ContainsAny(rest, " \t") {
+		return e, fmt.Errorf("%q: contains spaces; write one HOST:PORT per list item", s)
 	}
 	if i := strings.LastIndexByte(rest, '/'); i >= 0 {
 		switch strings.ToLower(rest[i+1:]) {

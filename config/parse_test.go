@@ -38,7 +38,7 @@ func TestParseEntry(t *testing.T) {
 		{in: "[192.0.2.1]:53", err: "only IPv6 goes in brackets"},
 		{in: "[not-an-ip]:53", err: "is not an IPv6 address"},
 		{in: "*.example.com:443", err: "wildcard"},
-		{in: "exa mple.com:443", err: "not a valid host name"},
+		{in: "exa mple.com:443", err: "contains spaces"},
 		{in: "1.2.3:80", err: "neither an IP address nor a host name"},
 		{in: " example.com:443", err: "spaces"},
 		{in: "[fe80::1%eth0]:53", err: "zoned IPv6"},
@@ -108,7 +108,7 @@ func TestParseAllowlistErrors(t *testing.T) {
 		{"twice", "user: a\nuser: b\n", "x.yaml:2:1: key \"user\" appears twice"},
 		{"empty", "", "empty allowlist"},
 		{"top", "- a\n", "x.yaml:1:1: expected a mapping"},
-		{"nested entry", "user: a\nallow:\n  - {host: x}\n", "x.yaml:3:5: allow entry: expected a single value"},
+		{"nested entry", "user: a\nallow:\n  - {host: x}\n", "x.yaml:3:5: allow entry: expected host:port"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -193,16 +193,28 @@ func TestLoad(t *testing.T) {
 	write("allow.d/a.yaml", "user: alice\nallow: [a.example:443]\n")
 	write("allow.d/.a.yaml.swp", "garbage")
 	write("allow.d/README", "not yaml")
+	write("allow.d/other.yml", "user: 1002\nallow: [o.example:443]\n")
+	tr := Trust{Above: dir}
+	Load := func(p string, req bool) (*Config, error) { return LoadTrusted(p, req, tr) }
 	c, err := Load(filepath.Join(dir, "egressd.yaml"), true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Allowlists) != 2 || c.Allowlists[0].Name != "a" || c.Allowlists[1].Name != "b" {
+	if len(c.Allowlists) != 3 || c.Allowlists[0].Name != "a" || c.Allowlists[1].Name != "b" || c.Allowlists[2].Name != "other" {
 		t.Fatalf("allowlists = %+v", c.Allowlists)
 	}
-	if got := c.Names(); strings.Join(got, ",") != "a.example,b.example" {
+	if got := c.Names(); strings.Join(got, ",") != "a.example,b.example,o.example" {
 		t.Fatalf("Names() = %v", got)
 	}
+	if len(c.Skipped) != 1 || filepath.Base(c.Skipped[0]) != "README" {
+		t.Fatalf("skipped = %v, want README only (hidden files are ignored silently)", c.Skipped)
+	}
+	write("allow.d/other.yaml", "user: 1003\n")
+	if _, err := Load(filepath.Join(dir, "egressd.yaml"), true); err == nil || !strings.Contains(err.Error(), "also defined by") {
+		t.Fatalf("other.yaml beside other.yml: error = %v", err)
+	}
+	os.Remove(filepath.Join(dir, "allow.d/other.yaml"))
+	os.Remove(filepath.Join(dir, "allow.d/other.yml"))
 
 	write("allow.d/c.yaml", "user: 1001\n")
 	_, err = Load(filepath.Join(dir, "egressd.yaml"), true)
@@ -313,4 +325,19 @@ func FuzzParseMain(f *testing.F) {
 			t.Fatalf("accepted an inconsistent configuration: %+v", c)
 		}
 	})
+}
+
+// Mistakes people make in allowlists get a message that says what happened.
+func TestParseAllowlistHints(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"user: a\nallow:\n  - api.example.test:443\n   - 192.0.2.1:443\n", "two entries run together"},
+		{"user: a\nallow:\n- api.example.test:443\n  - 192.0.2.1:443\n", "two entries run together"},
+		{"user: a\nallow:\n  - api.example.test:443\n  - [2001:db8::10]:443\n", `x.yaml:4:5: invalid YAML: did not find expected '-' indicator; an entry that starts with '[' must be quoted, or YAML reads it as a list: - "[2001:db8::10]:443"`},
+		{"user: a\nallow: [ [2001:db8::10]:443 ]\n", "must be quoted"},
+	} {
+		_, err := ParseAllowlist("x.yaml", "x", []byte(c.in))
+		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "must be written in brackets") {
+			t.Errorf("%q: error %v, want it to contain %q", c.in, err, c.want)
+		}
+	}
 }

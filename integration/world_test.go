@@ -22,12 +22,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/dnstest"
 	"github.com/egressd/egressd/internal/netns"
 	"github.com/egressd/egressd/internal/systest"
 )
 
 var (
+	// worldsDir holds each world's configuration directory. egressd refuses
+	// configuration that any user but root could change, all the way up to
+	// / (config.Trust), so it is not under the world-writable /tmp (as
+	// t.TempDir is) but under /run, root-owned, 0755.
+	worldsDir string
 	binDir    string // holds egressd and the client, readable by every user
 	egressd   string
 	clientBin string
@@ -55,6 +61,12 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(binDir)
 		os.Chmod(binDir, 0o755) //nolint:errcheck
+		if worldsDir, err = config.TrustedTempDir("egressd-it-"); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(worldsDir)
+		os.Chmod(worldsDir, 0o755) //nolint:errcheck
 		egressd = filepath.Join(binDir, "egressd")
 		build := exec.Command("go", "build", "-o", egressd, "../cmd/egressd")
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
@@ -119,6 +131,17 @@ func clientMain(mode, addr string) int {
 				_, err = c.Read(buf)
 			}
 		}
+	case "flock":
+		// An unprivileged process trying to take egressd's lock.
+		var f *os.File
+		if f, err = os.Open(addr); err != nil {
+			return okRefused
+		}
+		defer f.Close()
+		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+			return otherError // opened, but held by the daemon
+		}
+		return okConnected
 	default:
 		if f, ok := childModes[mode]; ok {
 			return f(addr)
@@ -171,7 +194,13 @@ func newWorld(t *testing.T) *world {
 	if err := ns.AddAddrs(addrs...); err != nil {
 		t.Fatal(err)
 	}
-	w := &world{t: t, ns: ns, dir: t.TempDir()}
+	dir, err := os.MkdirTemp(worldsDir, "w-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755) //nolint:errcheck // the unprivileged daemon of some tests reads it
+	w := &world{t: t, ns: ns, dir: dir}
 	if w.dns, err = dnstest.ListenIn(ns.Do, "192.0.2.53:53"); err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/dnstest"
 	"github.com/egressd/egressd/internal/netns"
 )
@@ -101,7 +102,7 @@ func demo(out io.Writer) error {
 	}
 	say("▶ example services listening on 192.0.2.10:443, :8080, 192.0.2.11:443, 198.51.100.20:443, :4444, [2001:db8::10]:443")
 
-	dir, err := os.MkdirTemp("", "egressd-demo-")
+	dir, err := config.TrustedTempDir("egressd-demo-")
 	if err != nil {
 		return err
 	}

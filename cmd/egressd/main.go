@@ -45,7 +45,7 @@ SYNOPSIS
                    [--loopback-only] [--no-private-users] [--systemd-version N]
                    [--allowlist NAME] [--unit NAME]
     egressd harden --audit UNIT_FILE [--json]
-    egressd remove
+    egressd remove [--runtime-dir DIR]
     egressd demo
     egressd version
     egressd help
@@ -91,7 +91,10 @@ COMMANDS
               or configuration path the service user could modify (walking
               up to /), with the fix. Exit 1 when anything is found.
     remove    Delete the table inet egressd: every restriction is lifted.
-              For uninstalling and emergencies.
+              For uninstalling and emergencies. Refused while the daemon
+              runs (it would restore the table at once): stop it first
+              (systemctl stop egressd). "nothing to remove" when there is
+              no table.
     demo      Run the real daemon on example allowlists inside a throwaway
               network namespace, with its own DNS server and example
               services; prints what is allowed, what is denied and a DNS
@@ -109,7 +112,9 @@ OPTIONS
 
 FILES
     /etc/egressd/egressd.yaml        main configuration
-    /etc/egressd/allow.d/NAME.yaml   one allowlist per service user
+    /etc/egressd/allow.d/NAME.yaml   one allowlist per service user (or NAME.yml)
+    Every configuration path, up to /, must be writable by root (or
+    egressd's own user) alone; anything else is refused like a bad file.
 
 EXIT STATUS
     run        0 on a clean stop; 1 on a runtime failure; 2 if the
@@ -123,12 +128,14 @@ EXIT STATUS
                2 cannot answer.
     harden     0 printed; 2 invalid options. With --audit: 0 nothing found,
                1 findings, 2 cannot read the unit.
-    remove     0 removed (or nothing to remove); 1 on failure.
+    remove     0 removed (or nothing to remove); 1 refused (a daemon
+               runs, or not root) or failed.
 
 EVENTS
     Logs are JSON lines on stderr with a stable "event" key: started,
     config_loaded, config_rejected, resolved, resolve_failed,
-    ruleset_applied, apply_failed, user_missing, user_conflict, deny,
+    config_file_skipped, ruleset_applied, apply_failed, user_missing,
+    user_conflict, start_refused, deny,
     deny_overflow, drift_repaired, drift_repeating, stopping.
 
 SEE ALSO
@@ -200,7 +207,11 @@ func cmdRun(args []string, stderr io.Writer) int {
 	once := fs.Bool("once", false, "resolve and apply once, then exit")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	runtimeDir := fs.String("runtime-dir", state.DefaultDir, "where the daemon publishes its state for egressd check")
-	if err := fs.Parse(args); err != nil {
+	if code, done := parseFlags(fs, args); done {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "egressd run: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
 	required := false
@@ -216,6 +227,11 @@ func cmdRun(args []string, stderr io.Writer) int {
 		// bursts make garbage; collecting at +50% instead of +100% keeps the
 		// resident size down for a negligible CPU cost. GOGC overrides.
 		debug.SetGCPercent(50)
+	}
+
+	if !check.CanAdmin() {
+		fmt.Fprintln(stderr, "egressd run: needs root or CAP_NET_ADMIN (it changes nftables): run it as root, or through egressd.service, which grants CAP_NET_ADMIN to its own user")
+		return 1
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -323,8 +339,8 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "print the report as JSON (docs/check.md)")
 	explain := fs.Bool("explain", false, "explain USER HOST:PORT[/udp]: would USER reach it now, and by which entry")
 	runtimeDir := fs.String("runtime-dir", state.DefaultDir, "where the daemon publishes its state")
-	if err := fs.Parse(args); err != nil {
-		return check.ExitInvalid
+	if code, done := parseFlags(fs, args); done {
+		return code
 	}
 	required := false
 	fs.Visit(func(f *flag.Flag) { required = required || f.Name == "config" })
@@ -337,7 +353,11 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		}
 		x, err := check.Explain(ctx, o, fs.Arg(0), fs.Arg(1))
 		if err != nil {
-			fmt.Fprintln(stderr, "egressd check --explain:", err)
+			if *asJSON {
+				writeJSON(stdout, check.CannotAnswer(fs.Arg(0), fs.Arg(1), err))
+			} else {
+				fmt.Fprintln(stderr, "egressd check --explain: cannot answer:", err)
+			}
 			return check.ExitInvalid
 		}
 		if *asJSON {
@@ -345,10 +365,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		} else {
 			x.WriteText(stdout)
 		}
-		if x.Verdict == "denied" {
-			return check.ExitProblem
-		}
-		return check.ExitOK
+		return x.ExitCode
 	}
 	if fs.NArg() != 0 {
 		fmt.Fprintf(stderr, "egressd check: unexpected argument %q\n", fs.Arg(0))
@@ -372,13 +389,80 @@ func writeJSON(w io.Writer, v any) {
 func cmdRemove(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("remove", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	if err := fs.Parse(args); err != nil {
+	runtimeDir := fs.String("runtime-dir", state.DefaultDir, "the daemon's runtime directory (its lock says whether it runs)")
+	if code, done := parseFlags(fs, args); done {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "egressd remove: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
-	if err := (&ruleset.Netlink{}).Remove(); err != nil {
+	if !check.CanAdmin() {
+		fmt.Fprintln(stderr, "egressd remove: needs root or CAP_NET_ADMIN (it changes nftables); nothing was removed")
+		return 1
+	}
+	// A running daemon would put the table back at once: removing it
+	// would print a lie. Stopping the daemon is the operator's decision.
+	pid, held, err := state.Holder(*runtimeDir)
+	if err != nil {
+		fmt.Fprintf(stderr, "egressd remove: refused: cannot tell whether the daemon runs (%v); nothing was removed\n", err)
+		return 1
+	}
+	if held {
+		who := "the egressd daemon"
+		if pid > 0 {
+			who = fmt.Sprintf("the egressd daemon (pid %d)", pid)
+		}
+		fmt.Fprintf(stderr, "egressd remove: refused: %s is running and would restore the table at once; nothing was removed.\n"+
+			"Stop it first (systemctl stop egressd, or kill %s), then run egressd remove again.\n", who, pidOr(pid))
+		return 1
+	}
+	k := &ruleset.Netlink{}
+	if _, err := k.ReadUsers(); errors.Is(err, ruleset.ErrNoTable) {
+		fmt.Fprintln(stderr, "egressd remove: nothing to remove: table inet egressd does not exist")
+		return 0
+	}
+	if err := k.Remove(); err != nil {
 		fmt.Fprintln(stderr, "egressd remove:", err)
 		return 1
 	}
 	fmt.Fprintln(stderr, "egressd: table inet egressd removed; egress is no longer restricted")
 	return 0
+}
+
+func pidOr(pid int) string {
+	if pid > 0 {
+		return fmt.Sprint(pid)
+	}
+	return "its process"
+}
+
+// parseFlags parses flags wherever they stand among the positional
+// arguments (check --explain USER HOST:PORT --json). --help prints the
+// manual and exits 0; a bad flag exits 2. done says the caller returns code.
+func parseFlags(fs *flag.FlagSet, args []string) (code int, done bool) {
+	var pos []string
+	fs.Usage = func() {} // the error is printed by fs; the manual on --help only
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				fmt.Fprint(os.Stdout, usage)
+				return 0, true
+			}
+			fmt.Fprintf(fs.Output(), "see egressd help for the %s options\n", fs.Name())
+			return 2, true
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		if rest[0] == "--" {
+			pos = append(pos, rest[1:]...)
+			break
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+	fs.Parse(append([]string{"--"}, pos...)) //nolint:errcheck // only positionals left
+	return 0, false
 }

@@ -10,7 +10,10 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -44,13 +47,17 @@ type Options struct {
 	Users          config.UserLookup                     // default config.SystemUsers
 	NewQuerier     func(*config.Config) resolver.Querier // default resolver.Client
 	Now            func() time.Time
+	Trust          config.Trust // who may own configuration paths; zero: root and this process's user
+	// CanAdmin reports whether this process may read nftables; default:
+	// root, or CAP_NET_ADMIN in the effective set.
+	CanAdmin func() bool
 }
 
 // Report is the JSON document of `egressd check --json` (version 1,
 // documented in docs/check.md).
 type Report struct {
 	Version    int               `json:"version"`
-	Status     string            `json:"status"` // ok | problems | invalid
+	Status     string            `json:"status"` // ok | problems | invalid | cannot_run
 	ExitCode   int               `json:"exit_code"`
 	CheckedAt  time.Time         `json:"checked_at"`
 	Config     ConfigReport      `json:"config"`
@@ -90,7 +97,7 @@ type AllowlistReport struct {
 	Entries   int     `json:"entries"`
 	Names     int     `json:"names"`
 	Addresses int     `json:"addresses"` // elements the kernel should hold for it
-	Status    string  `json:"status"`    // ok | drift | user_missing | names_failing
+	Status    string  `json:"status"`    // ok | drift | user_missing | user_conflict | names_failing
 }
 
 // Problem is one thing an operator should act on.
@@ -111,7 +118,32 @@ func (o *Options) defaults() {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.CanAdmin == nil {
+		o.CanAdmin = CanAdmin
+	}
 }
+
+// CanAdmin reports whether this process may read nftables: root, or
+// CAP_NET_ADMIN in its effective capability set.
+func CanAdmin() bool {
+	if os.Geteuid() == 0 {
+		return true
+	}
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && n&(1<<12) != 0 // CAP_NET_ADMIN
+		}
+	}
+	return false
+}
+
+// NotAdminMsg is why check cannot answer without the capability.
+const NotAdminMsg = "reading nftables needs root or CAP_NET_ADMIN: cannot answer without CAP_NET_ADMIN"
 
 // NameResult is the fresh resolution of one name.
 type NameResult struct {
@@ -161,6 +193,15 @@ func Resolve(ctx context.Context, cfg *config.Config, q resolver.Querier) map[st
 	return out
 }
 
+// heldUID is the uid the running daemon enforces for an allowlist.
+func heldUID(s *state.State, up bool, allowlist string) (uint32, bool) {
+	if !up || s == nil {
+		return 0, false
+	}
+	uid, ok := s.Users[allowlist]
+	return uid, ok
+}
+
 // Run performs the check.
 func Run(ctx context.Context, o Options) *Report {
 	o.defaults()
@@ -174,18 +215,31 @@ func Run(ctx context.Context, o Options) *Report {
 		r.Status = map[int]string{ExitOK: "ok", ExitProblem: "problems", ExitInvalid: "invalid"}[code]
 		return r
 	}
+	r.Daemon.StateFile = filepath.Join(o.RuntimeDir, state.File)
 
-	cfg, err := config.Load(o.ConfigPath, o.ConfigRequired)
+	cfg, err := config.LoadTrusted(o.ConfigPath, o.ConfigRequired, o.Trust)
 	if err != nil {
+		const keep = "; the daemon keeps enforcing its last good configuration meanwhile"
 		var ce config.Errors
-		if errors.As(err, &ce) {
-			for _, e := range ce {
-				r.Config.Errors = append(r.Config.Errors, e.Error())
-			}
-		} else {
-			r.Config.Errors = []string{err.Error()}
+		if !errors.As(err, &ce) {
+			ce = config.Errors{{Pos: config.Pos{File: o.ConfigPath}, Msg: err.Error()}}
 		}
-		problem("config_invalid", o.ConfigPath, err.Error(), "fix the file at the line and column named; the daemon keeps enforcing its last good configuration meanwhile")
+		for _, e := range ce {
+			r.Config.Errors = append(r.Config.Errors, e.Error())
+			fix := e.Fix
+			switch {
+			case fix != "":
+			case e.Pos.Line > 0:
+				fix = "fix the file at the line and column named"
+			default:
+				fix = "fix or remove the file named"
+			}
+			obj := e.Pos.File
+			if e.Pos.Line > 0 {
+				obj = e.Pos.String()
+			}
+			problem("config_invalid", obj, e.Msg, fix+keep)
+		}
 		return finish(ExitInvalid)
 	}
 	r.Config.File, r.Config.Valid = cfg.File, true
@@ -196,21 +250,39 @@ func Run(ctx context.Context, o Options) *Report {
 	if cfg.AllowDirMissing {
 		problem("allow_dir_missing", cfg.AllowDir, "the allow directory does not exist: nobody is restricted", "create it and put one NAME.yaml per service user in it")
 	}
+	for _, f := range cfg.Skipped {
+		problem("file_skipped", f, "not loaded: allowlists are named NAME.yaml or NAME.yml (hidden files are ignored silently)",
+			"rename it to NAME.yaml if it is an allowlist, or move it out of "+cfg.AllowDir)
+	}
 
-	if os.Geteuid() != 0 {
-		problem("cannot_run", "kernel", "reading nftables needs root (CAP_NET_ADMIN)", "run egressd check as root")
-		return finish(ExitInvalid)
+	if !o.CanAdmin() {
+		problem("cannot_run", "kernel", NotAdminMsg, "run egressd check as root (sudo egressd check)")
+		r.ExitCode, r.Status = ExitInvalid, "cannot_run"
+		return r
 	}
 	if _, err := o.Kernel.ReadSets(); err != nil && !errors.Is(err, ruleset.ErrNoTable) {
 		problem("cannot_run", "kernel", fmt.Sprintf("cannot read nftables: %v", err), "check that the kernel has nf_tables and that you are root")
 		return finish(ExitInvalid)
 	}
 
+	st, serr := state.Read(o.RuntimeDir)
+	if errors.Is(serr, state.ErrUntrusted) {
+		problem("state_untrusted", r.Daemon.StateFile, serr.Error()+": the daemon's published view is ignored",
+			"the runtime directory and its files must belong to egressd (or root) and be writable by it alone (systemd's RuntimeDirectory= does this)")
+	}
+	daemonUp := serr == nil && st.Alive()
 	users := controller.LookupUsers(cfg, o.Users)
 	for _, a := range cfg.Allowlists {
-		if err, ok := users.Missing[a.Name]; ok {
-			problem("user_missing", a.Name, err.Error(), "create the user, or fix \"user:\" in "+a.File+"; the allowlist is enforced as soon as the user exists")
+		err, ok := users.Missing[a.Name]
+		if !ok {
+			continue
 		}
+		if uid, held := heldUID(st, daemonUp, a.Name); held {
+			problem("user_missing", a.Name, fmt.Sprintf("%v; the daemon still enforces uid %d for this allowlist (the user it named before) until the user exists", err, uid),
+				"create the user, or fix \"user:\" in "+a.File+"; deleting the allowlist file is the only way to lift the restriction")
+			continue
+		}
+		problem("user_missing", a.Name, err.Error(), "create the user, or fix \"user:\" in "+a.File+"; the allowlist is enforced as soon as the user exists")
 	}
 	for _, c := range users.Conflicts {
 		problem("user_conflict", "users", c, "keep one allowlist per uid")
@@ -222,7 +294,13 @@ func Run(ctx context.Context, o Options) *Report {
 		res := fresh[name]
 		if res.Err != nil {
 			failing[name] = true
-			problem("name_failed", name, res.Err.Error(), "check the name and the resolvers ("+fmt.Sprint(r.Config.Resolvers)+"); until it resolves it allows nothing")
+			effect := "until it resolves it allows nothing"
+			if daemonUp {
+				if n := len(st.Names[name].Addrs); n > 0 {
+					effect = fmt.Sprintf("meanwhile the daemon still allows the %d addresses it last saw (stale answers are served until stale_grace, %s, runs out; lingering ones until their TTL and linger, %s, run out)", n, cfg.StaleGrace, cfg.Linger)
+				}
+			}
+			problem("name_failed", name, res.Err.Error(), "check the name and the resolvers ("+strings.Join(r.Config.Resolvers, ", ")+"); "+effect)
 		}
 		if res.Dropped > 0 {
 			problem("answers_dropped", name, fmt.Sprintf("%d answers refused (loopback, private, link-local or multicast ranges, or over max_addresses_per_name=%d)", res.Dropped, cfg.MaxAddressesPerName),
@@ -233,8 +311,6 @@ func Run(ctx context.Context, o Options) *Report {
 	// What the kernel should hold: the daemon's published view when it runs
 	// (lingering and stale-served addresses are not drift), else a fresh render.
 	var expected ruleset.Plan
-	st, serr := state.Read(o.RuntimeDir)
-	r.Daemon.StateFile = o.RuntimeDir + "/" + state.File
 	if serr == nil {
 		r.Daemon.Seen, r.Daemon.Running, r.Daemon.PID, r.Daemon.Generation = true, st.Alive(), st.PID, st.Generation
 		r.Daemon.LastApply, r.Daemon.Updated = &st.LastApply, &st.Updated
@@ -291,8 +367,15 @@ func Run(ctx context.Context, o Options) *Report {
 		if drifted[ruleset.ChainName(a.Name)] || drifted[ruleset.SetName4(a.Name)] || drifted[ruleset.SetName6(a.Name)] {
 			ar.Status = "drift"
 		}
+		if _, ok := users.Conflicted[a.Name]; ok {
+			ar.Status = "user_conflict"
+		}
 		if _, ok := users.Missing[a.Name]; ok {
 			ar.Status = "user_missing"
+			if uid, held := heldUID(st, daemonUp, a.Name); held {
+				u := uid
+				ar.UID = &u
+			}
 		}
 		r.Allowlists = append(r.Allowlists, ar)
 	}

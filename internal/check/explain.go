@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/state"
@@ -17,7 +18,10 @@ import (
 // Explanation answers "would USER be allowed to reach HOST:PORT right now",
 // from the live kernel state.
 type Explanation struct {
-	Verdict   string        `json:"verdict"` // allowed | denied | unrestricted
+	Version   int           `json:"version"`   // 1
+	ExitCode  int           `json:"exit_code"` // as the command exits
+	Verdict   string        `json:"verdict"`   // allowed | denied | unrestricted | cannot_answer
+	Error     string        `json:"error,omitempty"`
 	User      string        `json:"user"`
 	UID       uint32        `json:"uid"`
 	Allowlist string        `json:"allowlist,omitempty"`
@@ -36,16 +40,36 @@ type AddrVerdict struct {
 	Set     string `json:"set,omitempty"`
 	Element string `json:"element,omitempty"`
 	Entry   string `json:"entry,omitempty"` // the allowlist entry, with file:line
+	Note    string `json:"note,omitempty"`  // e.g. a lingering address: it left the DNS answers
+}
+
+// CannotAnswer is the explanation printed when Explain returns an error.
+func CannotAnswer(user, target string, err error) *Explanation {
+	return &Explanation{Version: 1, ExitCode: ExitInvalid, Verdict: "cannot_answer", Error: err.Error(), User: user, Target: target, Addresses: []AddrVerdict{}}
+}
+
+// finish sets the exit code from the verdict.
+func (x *Explanation) finish() *Explanation {
+	x.Version = 1
+	x.ExitCode = ExitOK
+	if x.Verdict == "denied" {
+		x.ExitCode = ExitProblem
+	}
+	return x
 }
 
 // Explain looks the question up in the live kernel. An error means it
 // cannot be answered (exit 2).
 func Explain(ctx context.Context, o Options, user, target string) (*Explanation, error) {
-	o.defaults()
-	cfg, err := config.Load(o.ConfigPath, o.ConfigRequired)
+	x, err := explain(ctx, o, user, target)
 	if err != nil {
-		return nil, fmt.Errorf("configuration invalid: %w", err)
+		return nil, err
 	}
+	return x.finish(), nil
+}
+
+func explain(ctx context.Context, o Options, user, target string) (*Explanation, error) {
+	o.defaults()
 	e, err := config.ParseEntry(target)
 	if err != nil {
 		return nil, fmt.Errorf("target: %w", err)
@@ -54,12 +78,33 @@ func Explain(ctx context.Context, o Options, user, target string) (*Explanation,
 		return nil, fmt.Errorf("target %q: give one address or name and one port", target)
 	}
 	x := &Explanation{User: user, Target: target, Proto: e.Proto.String(), Port: e.PortFrom, Addresses: []AddrVerdict{}}
-	probe := &config.Allowlist{User: user}
-	uid, err := probe.UID(o.Users)
+	if user == "root" || user == "0" {
+		x.Verdict, x.Reason = "unrestricted", "root (uid 0) is never restricted by egressd"
+		return x, nil
+	}
+	if !o.CanAdmin() {
+		return nil, errors.New(NotAdminMsg + " (run as root)")
+	}
+	cfg, err := config.LoadTrusted(o.ConfigPath, o.ConfigRequired, o.Trust)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("configuration invalid: %w", err)
+	}
+	var uid uint32
+	if n, ok := (&config.Allowlist{User: user}).NumericUID(); ok {
+		uid = n
+	} else if uid, err = o.Users(user); err != nil {
+		for _, a := range cfg.Allowlists {
+			if a.Name == user {
+				return nil, fmt.Errorf("no user %q: %q is an allowlist (%s), whose user is %q; ask about the user: egressd check --explain %s %s", user, user, a.File, a.User, a.User, target)
+			}
+		}
+		return nil, fmt.Errorf("user %q: %w", user, err)
 	}
 	x.UID = uid
+	if uid == 0 {
+		x.Verdict, x.Reason = "unrestricted", "root (uid 0) is never restricted by egressd"
+		return x, nil
+	}
 	users, err := o.Kernel.ReadUsers()
 	if errors.Is(err, ruleset.ErrNoTable) {
 		x.Verdict, x.Reason = "unrestricted", "table inet egressd does not exist: nobody is restricted"
@@ -93,11 +138,13 @@ func Explain(ctx context.Context, o Options, user, target string) (*Explanation,
 	// The addresses the target means: literal, or the daemon's view of the
 	// name plus a fresh lookup (the service may get either).
 	var addrs []netip.Addr
-	daemonAddrs := map[netip.Addr]bool{}
+	daemonAddrs, freshAddrs := map[netip.Addr]bool{}, map[netip.Addr]bool{}
+	var lingering map[string]time.Time
 	if !e.IsName() {
 		addrs = []netip.Addr{e.Prefix.Addr()}
 	} else {
 		if st, err := state.Read(o.RuntimeDir); err == nil {
+			lingering = st.Names[e.Host].Lingering
 			for _, s := range st.Names[e.Host].Addrs {
 				if a, err := netip.ParseAddr(s); err == nil {
 					daemonAddrs[a] = true
@@ -109,6 +156,7 @@ func Explain(ctx context.Context, o Options, user, target string) (*Explanation,
 		for _, k := range [2]uint16{dns.TypeA, dns.TypeAAAA} {
 			if res, err := q.Query(ctx, e.Host, k); err == nil {
 				for _, a := range res.Addrs {
+					freshAddrs[a.Unmap()] = true
 					addrs = appendAddr(addrs, a)
 				}
 			}
@@ -132,6 +180,12 @@ func Explain(ctx context.Context, o Options, user, target string) (*Explanation,
 			av.Entry = attribute(al, e.Proto, a, e.PortFrom, daemonAddrs, e.Host)
 		} else if el, ok := covering(sets[dnsSet], e.Proto, a, e.PortFrom); ok && dnsAllowed {
 			av.Allowed, av.Set, av.Element, av.Entry = true, kernelSet(dnsSet, el), el.String(), "dns: resolvers (the configured resolvers)"
+		}
+		if until, ok := lingering[a.String()]; ok && e.IsName() {
+			av.Note = fmt.Sprintf("no longer in the DNS answers for %s: egressd keeps it (lingering) until %s (in %s), then removes it",
+				e.Host, until.Format(time.RFC3339), until.Sub(o.Now()).Round(time.Second))
+		} else if e.IsName() && daemonAddrs[a] && !freshAddrs[a] {
+			av.Note = fmt.Sprintf("no longer in the DNS answers for %s: egressd keeps it (lingering) until its TTL and then linger (%s) run out, or while DNS fails until stale_grace (%s) runs out; then it is removed", e.Host, cfg.Linger, cfg.StaleGrace)
 		}
 		if av.Allowed {
 			allowedAny = true
@@ -250,6 +304,9 @@ func (x *Explanation) WriteText(w io.Writer) {
 			fmt.Fprintf(w, "  %s/%s allowed by %s (kernel set %s, element %s)\n", dst, x.Proto, a.Entry, a.Set, a.Element)
 		} else {
 			fmt.Fprintf(w, "  %s/%s denied: not in the allowlist's set\n", dst, x.Proto)
+		}
+		if a.Note != "" {
+			fmt.Fprintf(w, "    note: %s\n", a.Note)
 		}
 	}
 	for _, n := range x.Nearest {

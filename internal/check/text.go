@@ -11,17 +11,17 @@ import (
 // WriteText prints the report for people: a verdict, the configuration and
 // the daemon, one line per allowlist, then the problems with what to do.
 func (r *Report) WriteText(w io.Writer) {
-	verdict := map[string]string{"ok": "OK: in sync", "problems": fmt.Sprintf("PROBLEMS: %d", len(r.Problems)), "invalid": "INVALID"}[r.Status]
+	verdict := map[string]string{"ok": "OK: in sync", "problems": fmt.Sprintf("PROBLEMS: %d", len(r.Problems)),
+		"invalid": fmt.Sprintf("INVALID CONFIGURATION: %d errors", len(r.Config.Errors)), "cannot_run": "CANNOT CHECK: not allowed to read nftables (needs root or CAP_NET_ADMIN)"}[r.Status]
 	fmt.Fprintf(w, "egressd check: %s\n", verdict)
 	if r.Config.Valid {
 		fmt.Fprintf(w, "config:  %s: %d allowlists, %d names, resolvers %s\n", r.Config.File, r.Config.Allowlists, r.Config.Names, strings.Join(r.Config.Resolvers, ", "))
 	} else {
+		// Each error is listed once, under problems, with what to do.
 		fmt.Fprintf(w, "config:  %s: invalid\n", r.Config.File)
-		for _, e := range r.Config.Errors {
-			fmt.Fprintf(w, "  %s\n", e)
-		}
 	}
 	switch {
+	case r.Status == "cannot_run" || !r.Config.Valid:
 	case r.Daemon.Running:
 		fmt.Fprintf(w, "daemon:  running (pid %d), generation %d, last apply %s ago", r.Daemon.PID, r.Daemon.Generation, ago(r.CheckedAt, r.Daemon.LastApply))
 		if !r.Daemon.ConfigMatches {
@@ -49,7 +49,7 @@ func (r *Report) WriteText(w io.Writer) {
 	if len(r.Problems) > 0 {
 		fmt.Fprintln(w, "\nproblems:")
 		for _, p := range r.Problems {
-			fmt.Fprintf(w, "  %s %s: %s\n    → %s\n", p.Kind, p.Object, p.Detail, p.Fix)
+			fmt.Fprintf(w, "  %s %s: %s\n    → %s\n", p.Kind, p.Object, indent(p.Detail, "    "), indent(p.Fix, "      "))
 		}
 	}
 }
@@ -60,3 +60,6 @@ func ago(now time.Time, t *time.Time) string {
 	}
 	return now.Sub(*t).Round(time.Second).String()
 }
+
+// indent keeps continuation lines of a multi-line text under their first line.
+func indent(s, pad string) string { return strings.ReplaceAll(s, "\n", "\n"+pad) }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/metrics"
+	"github.com/egressd/egressd/internal/state"
 	"github.com/egressd/egressd/resolver"
 	"github.com/egressd/egressd/ruleset"
 	"github.com/miekg/dns"
@@ -32,6 +33,7 @@ const (
 	EvUserConflict    = "user_conflict"
 	EvStopping        = "stopping"
 	EvRestartRequired = "restart_required"
+	EvFileSkipped     = "config_file_skipped"
 )
 
 func ev(name string) zap.Field { return zap.String("event", name) }
@@ -64,6 +66,9 @@ type Options struct {
 	KernelEvents <-chan struct{}
 	// VerifyEvery is the backstop period of full verification; default 60s.
 	VerifyEvery time.Duration
+	// Trust says who may own configuration paths (config.Trust); the zero
+	// value is root and egressd's own user, every directory up to /.
+	Trust config.Trust
 }
 
 // EvDriftRepaired and EvDriftRepeating are event names.
@@ -90,7 +95,9 @@ type Controller struct {
 	reload     chan struct{}
 	failing    map[resolver.Key]bool
 
-	index      nameIndex                         // address -> names, for deny events
+	index      nameIndex                         // allowlist -> address -> names, for deny events
+	indexStale bool                              // the configuration changed since the index was built
+	indexNames map[string]bool                   // names whose addresses changed since the index was built
 	allowUsers usersByAllowlist                  // allowlist -> user, for deny events
 	allowByUID atomic.Pointer[map[uint32]string] // uid -> allowlist, for deny events
 	renderer   ruleset.Renderer                  // remembers unchanged allowlists' sets
@@ -134,9 +141,9 @@ func New(o Options) (*Controller, error) {
 		o.VerifyEvery = time.Minute
 	}
 	c := &Controller{o: o, reload: make(chan struct{}, 1), failing: map[resolver.Key]bool{}, started: o.Now()}
-	cfg, err := config.Load(o.ConfigPath, o.ConfigRequired)
+	cfg, err := config.LoadTrusted(o.ConfigPath, o.ConfigRequired, o.Trust)
 	if err != nil {
-		c.logRejected(err)
+		c.logRejected(err, true)
 		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
 	}
 	if cfg.AllowDirMissing {
@@ -177,6 +184,15 @@ func (c *Controller) setConfig(cfg *config.Config) {
 		users[a.Name] = a.User
 	}
 	c.allowUsers.Store(&users)
+	c.indexStale = true
+	// Published even when the kernel needs no change (a comment, a
+	// reordering, a user that does not exist yet): check compares the
+	// configuration the daemon enforces with the files on disk.
+	c.dirty = true
+	for _, f := range cfg.Skipped {
+		c.o.Log.Warn("file in the allow directory ignored: allowlists are NAME.yaml or NAME.yml", ev(EvFileSkipped),
+			zap.String("file", f), zap.String("allow_dir", cfg.AllowDir))
+	}
 	for k := range c.failing {
 		if _, ok := c.cache.Status(k); !ok {
 			delete(c.failing, k)
@@ -187,26 +203,43 @@ func (c *Controller) setConfig(cfg *config.Config) {
 		zap.Int("entries", entries), zap.Int("names", len(cfg.Names())), zap.Stringers("resolvers", cfg.Resolvers))
 }
 
-func (c *Controller) logRejected(err error) {
+// logRejected reports a configuration that cannot be loaded. At start
+// there is no last good configuration to keep: the daemon does not start.
+func (c *Controller) logRejected(err error, atStart bool) {
+	msg := "configuration rejected; the last good configuration stays in force"
+	if atStart {
+		msg = "configuration rejected; egressd cannot start without a valid configuration"
+	}
 	var ce config.Errors
 	if !errors.As(err, &ce) {
-		c.o.Log.Error("configuration rejected; the last good configuration stays in force", ev(EvConfigRejected), zap.Error(err))
+		c.o.Log.Error(msg, ev(EvConfigRejected), zap.Error(err))
 		return
 	}
 	for _, e := range ce {
-		c.o.Log.Error("configuration rejected; the last good configuration stays in force", ev(EvConfigRejected),
-			zap.String("file", e.Pos.File), zap.Int("line", e.Pos.Line), zap.Int("column", e.Pos.Col), zap.String("error", e.Msg))
+		fields := []zap.Field{ev(EvConfigRejected), zap.String("file", e.Pos.File), zap.Int("line", e.Pos.Line), zap.Int("column", e.Pos.Col), zap.String("error", e.Msg)}
+		if e.Fix != "" {
+			fields = append(fields, zap.String("fix", e.Fix))
+		}
+		c.o.Log.Error(msg, fields...)
 	}
 }
 
 // lookupUsers refreshes uids; it logs what is missing when the set of
 // missing users changed or when loud is set (a reload).
-func (c *Controller) lookupUsers(loud bool) bool {
+func (c *Controller) lookupUsers(loud bool) bool { return c.lookupUsersFrom(c.users, loud) }
+
+// lookupUsersFrom is lookupUsers keeping the uids of prev (see Users.Keep).
+func (c *Controller) lookupUsersFrom(prev Users, loud bool) bool {
 	u := LookupUsers(c.cfg, c.o.Users)
-	u.Keep(c.users)
+	u.Keep(prev)
 	changed := !reflect.DeepEqual(u.UIDs, c.users.UIDs)
 	if len(u.Vanished) > len(c.users.Vanished) || (loud && len(u.Vanished) > 0) {
 		for n, err := range u.Vanished {
+			if was, ok := u.Was[n]; ok {
+				c.o.Log.Error("the allowlist names a user that does not exist; still enforcing the uid of the user it named before, until the new one exists (fail closed; only deleting the allowlist file lifts a restriction)",
+					ev(EvUserMissing), zap.String("allowlist", n), zap.Uint32("uid", u.UIDs[n]), zap.String("previous_user", was), zap.Error(err))
+				continue
+			}
 			c.o.Log.Error("a restricted user no longer resolves; still enforcing its last uid (fail closed)",
 				ev(EvUserMissing), zap.String("allowlist", n), zap.Uint32("uid", u.UIDs[n]), zap.Error(err))
 		}
@@ -235,6 +268,20 @@ func (c *Controller) lookupUsers(loud bool) bool {
 	return changed
 }
 
+// seedUsers keeps enforcing, across a restart, the uids that the previous
+// run enforced for allowlists whose user does not resolve now (read from
+// the state file it published; the runtime directory is egressd's own).
+func (c *Controller) seedUsers() {
+	if c.o.StateDir == "" {
+		return
+	}
+	st, err := state.Read(c.o.StateDir)
+	if err != nil || len(st.Users) == 0 {
+		return
+	}
+	c.lookupUsersFrom(Seed(st.Users), true)
+}
+
 // Reload asks the loop to reload the configuration (SIGHUP, file watcher).
 func (c *Controller) Reload() {
 	select {
@@ -244,14 +291,14 @@ func (c *Controller) Reload() {
 }
 
 func (c *Controller) doReload() {
-	cfg, err := config.Load(c.o.ConfigPath, c.o.ConfigRequired)
+	cfg, err := config.LoadTrusted(c.o.ConfigPath, c.o.ConfigRequired, c.o.Trust)
 	if err != nil {
-		c.logRejected(err)
+		c.logRejected(err, false)
 		return
 	}
 	if cfg.AllowDirMissing && len(c.cfg.Allowlists) > 0 {
 		c.logRejected(config.Errors{{Pos: config.Pos{File: cfg.AllowDir}, Msg: "the allow directory is missing; " +
-			"keeping the last good configuration (to lift restrictions, delete the allowlist files, not the directory)"}})
+			"keeping the last good configuration (to lift restrictions, delete the allowlist files, not the directory)"}}, false)
 		return
 	}
 	if reflect.DeepEqual(cfg, c.cfg) {
@@ -331,13 +378,13 @@ func (c *Controller) observe(keys []resolver.Key, out []outcome) map[string]erro
 		c.o.Metrics.Resolved(o.dur.Seconds())
 		ch := c.cache.Observe(k, o.res, o.err)
 		st, _ := c.cache.Status(k)
+		if len(ch.Added) > 0 || len(ch.Removed) > 0 {
+			c.markIndex(k.Name)
+		}
 		if o.err != nil {
 			c.failing[k] = true
 		} else {
 			delete(c.failing, k)
-		}
-		for _, a := range ch.Added {
-			c.index.add(a, k.Name)
 		}
 		switch {
 		case o.err != nil:
@@ -363,6 +410,13 @@ func (c *Controller) observe(keys []resolver.Key, out []outcome) map[string]erro
 	return failed
 }
 
+func (c *Controller) markIndex(name string) {
+	if c.indexNames == nil {
+		c.indexNames = map[string]bool{}
+	}
+	c.indexNames[name] = true
+}
+
 func typeName(k resolver.Key) string {
 	if k.Type == dns.TypeAAAA {
 		return "AAAA"
@@ -375,11 +429,20 @@ func typeName(k resolver.Key) string {
 func (c *Controller) sync() error {
 	if expired := c.cache.Expire(); len(expired) > 0 {
 		for k, lost := range expired {
+			c.markIndex(k.Name)
 			c.o.Log.Info("addresses expired", ev(EvResolved), zap.String("name", k.Name), zap.String("type", typeName(k)),
 				zap.Stringers("added", []netip.Addr{}), zap.Stringers("removed", lost), zap.String("reason", "ttl+linger or stale_grace ran out"))
 		}
 	}
 	plan := c.renderer.Render(BuildDesired(c.cfg, c.users, c.cache.Addrs))
+	index := func() {
+		if c.indexStale {
+			c.index.store(buildNameIndex(c.cfg, c.cache.Addrs))
+		} else if len(c.indexNames) > 0 {
+			c.index.store(updateNameIndex(c.index.load(), c.cfg, c.indexNames, c.cache.Addrs))
+		}
+		c.indexStale, c.indexNames = false, nil
+	}
 	start := time.Now()
 	var err error
 	kind := "delta"
@@ -390,6 +453,7 @@ func (c *Controller) sync() error {
 	} else {
 		d := ruleset.Diff(*c.applied, plan)
 		if len(d) == 0 {
+			index()
 			return nil
 		}
 		changed = d.Elements()
@@ -410,6 +474,7 @@ func (c *Controller) sync() error {
 	}
 	c.failures, c.retryAt = 0, time.Time{}
 	c.applied = &plan
+	index()
 	c.lastApply, c.dirty = c.o.Now(), true
 	sizes := map[[2]string]int{}
 	for _, ch := range plan.Chains {
@@ -496,6 +561,7 @@ func (c *Controller) Once(ctx context.Context) (map[string]error, error) {
 // Run is the daemon: first full apply, READY=1, then the loop until ctx
 // ends. On return the kernel keeps the rules unless on_exit is remove.
 func (c *Controller) Run(ctx context.Context) error {
+	c.seedUsers()
 	failed, err := c.Once(ctx)
 	if err != nil {
 		return fmt.Errorf("first apply: %w", err)
@@ -577,7 +643,7 @@ func (c *Controller) nextWake() time.Time {
 	if c.dirty && c.o.StateDir != "" {
 		consider(c.publishAt)
 	}
-	if len(c.users.Missing) > 0 {
+	if len(c.users.Missing) > 0 || len(c.users.Vanished) > 0 {
 		consider(c.usersAt)
 	}
 	if next.IsZero() {

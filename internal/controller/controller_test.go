@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -50,7 +51,7 @@ func newFixture(t *testing.T, files map[string]string) *fixture {
 	}
 	core, logs := observer.New(zap.DebugLevel)
 	f.logs = logs
-	f.c, err = New(Options{ConfigPath: filepath.Join(f.dir, "egressd.yaml"), ConfigRequired: true, Kernel: f.k, Log: zap.New(core), Users: users})
+	f.c, err = New(Options{ConfigPath: filepath.Join(f.dir, "egressd.yaml"), ConfigRequired: true, Kernel: f.k, Log: zap.New(core), Users: users, Trust: config.Trust{Above: f.dir}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,10 +220,91 @@ func TestVanishedUserStaysEnforced(t *testing.T) {
 	if f.c.users.UIDs["svc"] != 4242 || f.c.users.Vanished["svc"] == nil {
 		t.Fatalf("a vanished user was dropped: %+v", f.c.users)
 	}
-	// Naming another user in the allowlist does not carry the old uid over.
+	// Naming a user that does not exist (a typo) does not lift the
+	// restriction: the uid in force stays until the new user exists.
+	exists = true
+	f.c.lookupUsers(false)
+	other := false
+	f.c.o.Users = func(name string) (uint32, error) {
+		switch {
+		case name == "svc":
+			return 4242, nil
+		case name == "other" && other:
+			return 5000, nil
+		}
+		return 0, errors.New("unknown user")
+	}
 	f.write(t, "allow.d/svc.yaml", "user: other\nallow: [192.0.2.1:443]\n")
 	f.c.doReload()
-	if _, ok := f.c.users.UIDs["svc"]; ok {
-		t.Fatal("the old uid was carried over to a different user")
+	if f.c.users.UIDs["svc"] != 4242 || f.c.users.Was["svc"] != "svc" || len(f.c.users.Missing) != 0 {
+		t.Fatalf("an edit naming a missing user lifted the restriction: %+v", f.c.users)
+	}
+	if got := f.events(EvUserMissing); len(got) == 0 || got[len(got)-1].ContextMap()["previous_user"] != "svc" {
+		t.Fatalf("no user_missing event naming the previous user: %v", got)
+	}
+	// Still held across another reload, and once the user exists it takes over.
+	f.write(t, "allow.d/svc.yaml", "user: other\nallow: [192.0.2.1:443, 192.0.2.2:443]\n")
+	f.c.doReload()
+	if f.c.users.UIDs["svc"] != 4242 {
+		t.Fatalf("the held uid was dropped at the next reload: %+v", f.c.users)
+	}
+	other = true
+	f.c.lookupUsers(false)
+	if f.c.users.UIDs["svc"] != 5000 || len(f.c.users.Vanished) != 0 {
+		t.Fatalf("the new user did not take over: %+v", f.c.users)
+	}
+}
+
+// Seeded from the previous run's state, a held uid survives a restart.
+func TestHeldUIDSurvivesRestart(t *testing.T) {
+	u := LookupUsers(&config.Config{Allowlists: []*config.Allowlist{{Name: "svc", User: "typo"}}}, users)
+	u.Keep(Seed(map[string]uint32{"svc": 4242, "gone": 7}))
+	if u.UIDs["svc"] != 4242 || len(u.Missing) != 0 || len(u.UIDs) != 1 {
+		t.Fatalf("uids %v missing %v", u.UIDs, u.Missing)
+	}
+}
+
+// Deny events name only the denied allowlist's own names whose addresses
+// (current or lingering) include the destination.
+func TestNameIndexPerAllowlist(t *testing.T) {
+	cfg := &config.Config{Allowlists: []*config.Allowlist{
+		{Name: "billing", Entries: []config.Entry{{Host: "api.example.test"}}},
+		{Name: "web", Entries: []config.Entry{{Host: "cdn.example.test"}, {Host: "api.example.test"}}},
+	}}
+	addrs := map[string][]netip.Addr{
+		"api.example.test": {netip.MustParseAddr("192.0.2.10")},
+		"cdn.example.test": {netip.MustParseAddr("198.51.100.20"), netip.MustParseAddr("192.0.2.10")},
+	}
+	var x nameIndex
+	x.store(buildNameIndex(cfg, func(n string) []netip.Addr { return addrs[n] }))
+	for _, c := range []struct {
+		allowlist, addr, want string
+	}{
+		{"billing", "198.51.100.20", ""},
+		{"billing", "192.0.2.10", "api.example.test"},
+		{"web", "198.51.100.20", "cdn.example.test"},
+		{"web", "192.0.2.10", "api.example.test,cdn.example.test"},
+		{"gone", "192.0.2.10", ""},
+	} {
+		got := fmt.Sprint(x.lookup(c.allowlist, netip.MustParseAddr(c.addr)))
+		want := fmt.Sprint(strings.Split(c.want, ","))
+		if c.want == "" {
+			want = "[]"
+		}
+		if got != want {
+			t.Errorf("%s %s: names %s, want %s", c.allowlist, c.addr, got, want)
+		}
+	}
+	// cdn.example.test moves: only the allowlists using it are rebuilt, correctly.
+	addrs["cdn.example.test"] = []netip.Addr{netip.MustParseAddr("203.0.113.5")}
+	x.store(updateNameIndex(x.load(), cfg, map[string]bool{"cdn.example.test": true}, func(n string) []netip.Addr { return addrs[n] }))
+	if got := x.lookup("web", netip.MustParseAddr("198.51.100.20")); len(got) != 0 {
+		t.Errorf("after the change, web 198.51.100.20: %v, want none", got)
+	}
+	if got := x.lookup("web", netip.MustParseAddr("203.0.113.5")); len(got) != 1 {
+		t.Errorf("after the change, web 203.0.113.5: %v", got)
+	}
+	if got := x.lookup("billing", netip.MustParseAddr("192.0.2.10")); len(got) != 1 {
+		t.Errorf("billing lost its index: %v", got)
 	}
 }

@@ -15,29 +15,54 @@ import (
 
 // Users is the outcome of looking up every allowlist's user.
 type Users struct {
-	UIDs      map[string]uint32 // allowlist name -> uid, for users that exist
-	Missing   map[string]error  // allowlist name -> why its user is not enforced yet
-	Conflicts []string          // human-readable, one per allowlist left out
-	Vanished  map[string]error  // allowlist name -> why its user no longer resolves (still enforced)
-	written   map[string]string // allowlist name -> the user as written, for Keep
+	UIDs       map[string]uint32 // allowlist name -> uid enforced
+	Missing    map[string]error  // allowlist name -> why its user is not enforced yet
+	Conflicts  []string          // human-readable, one per allowlist left out
+	Conflicted map[string]string // allowlist name -> the allowlist that restricts its uid instead
+	Vanished   map[string]error  // allowlist name -> why its user does not resolve (its earlier uid is still enforced)
+	Was        map[string]string // allowlist name -> the user it named when its kept uid was looked up, if not the same
+	written    map[string]string // allowlist name -> the user as written, for Keep
 }
 
-// Keep carries uids over from an earlier lookup for users that no longer
-// resolve (deleted from /etc/passwd, NSS server down) while the allowlist
-// still names the same user: processes may still run under that uid, and
-// dropping its allowlist would lift their restriction. Fail closed.
+// Keep carries uids over from an earlier lookup for allowlists whose user
+// does not resolve now: deleted from /etc/passwd, NSS server down, or the
+// file edited to name a user that does not exist (a typo). Processes may
+// still run under the earlier uid, and dropping its restriction because of
+// an edit would let an invalid edit lift it. Fail closed: only deleting the
+// allowlist file lifts a restriction. A kept uid that another allowlist
+// now restricts is left to that one.
 func (u *Users) Keep(prev Users) {
-	for name, err := range u.Missing {
+	owned := map[uint32]bool{}
+	for _, uid := range u.UIDs {
+		owned[uid] = true
+	}
+	names := make([]string, 0, len(u.Missing))
+	for name := range u.Missing {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
 		uid, ok := prev.UIDs[name]
-		if !ok || prev.written[name] != u.written[name] {
+		if !ok || owned[uid] {
 			continue
 		}
+		owned[uid] = true
 		u.UIDs[name] = uid
-		delete(u.Missing, name)
 		if u.Vanished == nil {
 			u.Vanished = map[string]error{}
 		}
-		u.Vanished[name] = err
+		u.Vanished[name] = u.Missing[name]
+		delete(u.Missing, name)
+		was := prev.Was[name]
+		if was == "" {
+			was = prev.written[name]
+		}
+		if was != "" && was != u.written[name] {
+			if u.Was == nil {
+				u.Was = map[string]string{}
+			}
+			u.Was[name] = was
+		}
 	}
 }
 
@@ -45,7 +70,7 @@ func (u *Users) Keep(prev Users) {
 // name the same uid (a name and its number) cannot both own it: the first by
 // name is enforced, the other is reported.
 func LookupUsers(c *config.Config, lookup config.UserLookup) Users {
-	u := Users{UIDs: map[string]uint32{}, Missing: map[string]error{}, written: map[string]string{}}
+	u := Users{UIDs: map[string]uint32{}, Missing: map[string]error{}, Conflicted: map[string]string{}, written: map[string]string{}}
 	owner := map[uint32]string{}
 	for _, a := range c.Allowlists {
 		u.written[a.Name] = a.User
@@ -56,10 +81,21 @@ func LookupUsers(c *config.Config, lookup config.UserLookup) Users {
 		}
 		if prev, ok := owner[uid]; ok {
 			u.Conflicts = append(u.Conflicts, fmt.Sprintf("%s: user %q is uid %d, which allowlist %q already restricts; only %q is enforced for it", a.File, a.User, uid, prev, prev))
+			u.Conflicted[a.Name] = prev
 			continue
 		}
 		owner[uid] = a.Name
 		u.UIDs[a.Name] = uid
+	}
+	return u
+}
+
+// Seed returns a lookup result that holds uids enforced earlier (by a
+// previous run of the daemon, from its state file), for Keep.
+func Seed(uids map[string]uint32) Users {
+	u := Users{UIDs: map[string]uint32{}}
+	for n, uid := range uids {
+		u.UIDs[n] = uid
 	}
 	return u
 }

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"errors"
+	"github.com/egressd/egressd/config"
 	"path/filepath"
 	"testing"
 	"time"
@@ -68,7 +69,7 @@ func newDriftFixture(t *testing.T) *driftFixture {
 	d.logs = logs
 	var err error
 	d.c, err = New(Options{ConfigPath: filepath.Join(f.dir, "egressd.yaml"), ConfigRequired: true, Kernel: d.k,
-		Log: zap.New(core), Users: users, Now: func() time.Time { return d.now }})
+		Log: zap.New(core), Users: users, Now: func() time.Time { return d.now }, Trust: config.Trust{Above: f.dir}})
 	if err != nil {
 		t.Fatal(err)
 	}

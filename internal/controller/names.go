@@ -3,46 +3,96 @@ package controller
 import (
 	"net/netip"
 	"sort"
-	"sync"
 	"sync/atomic"
+
+	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/resolver"
 )
 
-// nameIndex maps addresses back to the names that resolved to them, now or
-// earlier, so that a deny event can say "api.example.test, wrong port" rather
-// than only an address. It is bounded: past maxEntries it starts over from
-// the names' current addresses.
+// nameIndex maps, per allowlist, the addresses its own names allow now
+// (current or lingering answers, as the kernel holds them) back to those
+// names, so that a deny event can say "api.example.test, wrong port" and
+// never names another allowlist's name, or one that left the configuration.
+// The loop replaces it whole after each apply; readers never lock.
 type nameIndex struct {
-	mu    sync.RWMutex
-	names map[netip.Addr][]string
+	p atomic.Pointer[map[string]map[netip.Addr][]string]
 }
 
-const maxIndexEntries = 1 << 18
-
-func (x *nameIndex) add(a netip.Addr, name string) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if x.names == nil || len(x.names) >= maxIndexEntries {
-		x.names = map[netip.Addr][]string{}
+// buildNameIndex is pure: addrs returns the addresses a name allows now.
+func buildNameIndex(cfg *config.Config, addrs func(string) []netip.Addr) map[string]map[netip.Addr][]string {
+	out := make(map[string]map[netip.Addr][]string, len(cfg.Allowlists))
+	for _, a := range cfg.Allowlists {
+		out[a.Name] = allowlistIndex(a, addrs)
 	}
-	for _, n := range x.names[a] {
-		if n == name {
-			return
+	return out
+}
+
+// allowlistIndex is one allowlist's part of the index.
+func allowlistIndex(a *config.Allowlist, addrs func(string) []netip.Addr) map[netip.Addr][]string {
+	m := map[netip.Addr][]string{}
+	seen := map[string]bool{}
+	for _, e := range a.Entries {
+		if !e.IsName() || seen[e.Host] {
+			continue
+		}
+		seen[e.Host] = true
+		for _, ip := range addrs(e.Host) {
+			if !a.AllowPrivateAnswers && resolver.Internal(ip) {
+				continue // not in this allowlist's set (see BuildDesired)
+			}
+			m[ip] = append(m[ip], e.Host)
 		}
 	}
-	ns := append(append([]string(nil), x.names[a]...), name)
-	sort.Strings(ns)
-	x.names[a] = ns
+	return m
 }
 
-func (x *nameIndex) lookup(a netip.Addr) []string {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	return x.names[a.Unmap()]
+// updateNameIndex rebuilds only the allowlists that use a changed name
+// (DNS churn touches few), sharing the others with the previous index.
+func updateNameIndex(prev map[string]map[netip.Addr][]string, cfg *config.Config, changed map[string]bool, addrs func(string) []netip.Addr) map[string]map[netip.Addr][]string {
+	out := make(map[string]map[netip.Addr][]string, len(cfg.Allowlists))
+	for _, a := range cfg.Allowlists {
+		m, ok := prev[a.Name]
+		if ok {
+			for _, e := range a.Entries {
+				if e.IsName() && changed[e.Host] {
+					ok = false
+					break
+				}
+			}
+		}
+		if !ok {
+			m = allowlistIndex(a, addrs)
+		}
+		out[a.Name] = m
+	}
+	return out
 }
 
-// NamesFor returns the names that resolve, or resolved, to a; safe for
-// concurrent use (the deny event loop calls it).
-func (c *Controller) NamesFor(a netip.Addr) []string { return c.index.lookup(a) }
+func (x *nameIndex) load() map[string]map[netip.Addr][]string {
+	if m := x.p.Load(); m != nil {
+		return *m
+	}
+	return nil
+}
+
+func (x *nameIndex) store(m map[string]map[netip.Addr][]string) { x.p.Store(&m) }
+
+func (x *nameIndex) lookup(allowlist string, a netip.Addr) []string {
+	m := x.p.Load()
+	if m == nil {
+		return nil
+	}
+	ns := (*m)[allowlist][a.Unmap()]
+	out := append([]string(nil), ns...)
+	sort.Strings(out)
+	return out
+}
+
+// NamesFor returns the names of the allowlist whose current or lingering
+// addresses include a; safe for concurrent use (the deny event loop calls it).
+func (c *Controller) NamesFor(allowlist string, a netip.Addr) []string {
+	return c.index.lookup(allowlist, a)
+}
 
 // User returns the user an allowlist names, as written; safe for concurrent use.
 func (c *Controller) User(allowlist string) (string, bool) {

@@ -31,7 +31,7 @@ type Event struct {
 	Src       netip.Addr
 	Dst       netip.Addr
 	DPort     uint16
-	Names     []string // names egressd resolves (or resolved) to Dst
+	Names     []string // the allowlist's own names whose current or lingering addresses include Dst
 	Count     int      // packets this event stands for
 	Summary   bool     // a window's summary (the packets after the first)
 	First     time.Time
@@ -49,7 +49,7 @@ type Overflow struct {
 type Lookup interface {
 	AllowlistOf(uid uint32) (string, bool)
 	User(allowlist string) (string, bool)
-	NamesFor(a netip.Addr) []string
+	NamesFor(allowlist string, a netip.Addr) []string
 }
 
 type key struct {
@@ -120,7 +120,7 @@ func (a *Aggregator) Add(p nflog.Packet) bool {
 	}
 	user, _ := a.lookup.User(name)
 	ev := Event{Allowlist: name, User: user, UID: p.UID, Proto: protoName(p.Proto), Src: p.Src, Dst: p.Dst, DPort: p.DPort,
-		Names: a.lookup.NamesFor(p.Dst), Count: 1, First: p.Time, Last: p.Time}
+		Names: a.lookup.NamesFor(name, p.Dst), Count: 1, First: p.Time, Last: p.Time}
 	a.keys[k] = &entry{first: ev, last: p.Time}
 	a.mu.Unlock()
 	a.emit(ev)

@@ -18,8 +18,8 @@ func (lookup) AllowlistOf(uid uint32) (string, bool) {
 	}
 	return "", false
 }
-func (lookup) NamesFor(a netip.Addr) []string {
-	if a == netip.MustParseAddr("192.0.2.10") {
+func (lookup) NamesFor(allowlist string, a netip.Addr) []string {
+	if allowlist == "billing" && a == netip.MustParseAddr("192.0.2.10") {
 		return []string{"api.example.test"}
 	}
 	return nil

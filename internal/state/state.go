@@ -12,9 +12,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/egressd/egressd/ruleset"
@@ -33,6 +36,9 @@ type Name struct {
 	ServingStale bool      `json:"serving_stale"`
 	LastOK       time.Time `json:"last_ok"`
 	Error        string    `json:"error,omitempty"`
+	// Lingering maps each address that left the DNS answers but is still
+	// allowed to the time it stops being allowed (TTL + linger ran out).
+	Lingering map[string]time.Time `json:"lingering,omitempty"`
 }
 
 // State is the published document (version 1).
@@ -94,9 +100,38 @@ func Write(dir string, s *State) error {
 	return os.Rename(tmp.Name(), filepath.Join(dir, File))
 }
 
-// Read loads dir/state.json.
+// ErrUntrusted means the runtime directory, its lock or its state file
+// could be used by another user to block or fool egressd.
+var ErrUntrusted = errors.New("runtime directory not safe")
+
+// Read loads dir/state.json. A state file that another user could have
+// written (writable by group or others, owned by neither root nor the
+// directory's owner, or in a directory others can write) is refused with
+// ErrUntrusted: check must not be fooled into "in sync".
 func Read(dir string) (*State, error) {
-	b, err := os.ReadFile(filepath.Join(dir, File))
+	p := filepath.Join(dir, File)
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var dst syscall.Stat_t
+	if err := syscall.Lstat(dir, &dst); err != nil {
+		return nil, err
+	}
+	var fst syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &fst); err != nil {
+		return nil, err
+	}
+	switch {
+	case dst.Mode&0o022 != 0:
+		return nil, fmt.Errorf("%w: %s is writable by other users (mode %04o)", ErrUntrusted, dir, dst.Mode&0o7777)
+	case fst.Mode&0o022 != 0:
+		return nil, fmt.Errorf("%w: %s is writable by other users (mode %04o)", ErrUntrusted, p, fst.Mode&0o7777)
+	case fst.Uid != 0 && fst.Uid != dst.Uid:
+		return nil, fmt.Errorf("%w: %s is owned by uid %d, neither root nor the owner of %s", ErrUntrusted, p, fst.Uid, dir)
+	}
+	b, err := io.ReadAll(f)
 	if err != nil {
 		return nil, err
 	}

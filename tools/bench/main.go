@@ -110,7 +110,7 @@ func kernel() string {
 }
 
 func build() (string, error) {
-	dir, err := os.MkdirTemp("", "egressd-bench-")
+	dir, err := config.TrustedTempDir("egressd-bench-")
 	if err != nil {
 		return "", err
 	}
@@ -150,7 +150,7 @@ func newWorld(extra ...string) (*world, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "egressd-bench-w-")
+	dir, err := config.TrustedTempDir("egressd-bench-w-")
 	if err != nil {
 		return nil, err
 	}
