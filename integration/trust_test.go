@@ -430,7 +430,9 @@ func TestExplainShowsLingering(t *testing.T) {
 		t.Fatalf("the new answer was not resolved; daemon log:\n%s", w.logText())
 	}
 	code, out := w.check("--explain", fmt.Sprint(uidA), "api.example.test:443")
-	if code != 0 || !strings.Contains(out, "192.0.2.10:443/tcp allowed") || !strings.Contains(out, "no longer in the DNS answers") {
+	// The daemon publishes each lingering address's expiry: --explain names it.
+	if code != 0 || !strings.Contains(out, "192.0.2.10:443/tcp allowed") || !strings.Contains(out, "no longer in the DNS answers") ||
+		!strings.Contains(out, "(lingering) until 20") {
 		t.Errorf("--explain with a lingering address: exit %d\n%s", code, out)
 	}
 }

@@ -309,6 +309,28 @@ func (c *Cache) Addrs(name string) []netip.Addr {
 	return out
 }
 
+// Lingering returns the addresses of a name that left its answers but are
+// still allowed (TTL + linger not run out), each with the time it expires.
+func (c *Cache) Lingering(name string) map[netip.Addr]time.Time {
+	now := c.now()
+	var out map[netip.Addr]time.Time
+	for _, k := range KeysFor(name) {
+		e := c.keys[k]
+		if e == nil {
+			continue
+		}
+		for _, st := range e.addrs {
+			if !st.current && c.isValid(e, st, now) {
+				if out == nil {
+					out = map[netip.Addr]time.Time{}
+				}
+				out[st.addr] = st.expiry
+			}
+		}
+	}
+	return out
+}
+
 // Expire forgets addresses whose lifetime ran out and returns the keys that
 // lost any, with what they lost.
 func (c *Cache) Expire() map[Key][]netip.Addr {

@@ -242,3 +242,27 @@ func TestCacheClaimRelease(t *testing.T) {
 		t.Fatalf("due = %v", got)
 	}
 }
+
+// An address that left the answers is reported lingering until its TTL +
+// linger run out; current addresses are not.
+func TestCacheLingering(t *testing.T) {
+	now := time.Unix(1000, 0)
+	c := NewCache(Policy{MinTTL: time.Second, MaxTTL: time.Hour, Linger: 30 * time.Second, StaleGrace: time.Hour, MaxAddrs: 10}, func() time.Time { return now })
+	c.Sync(map[string]bool{"a.example": true})
+	k := Key{"a.example", dns.TypeA}
+	a1, a2 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
+	c.Observe(k, Result{Addrs: []netip.Addr{a1}, TTL: 10 * time.Second}, nil)
+	if l := c.Lingering("a.example"); len(l) != 0 {
+		t.Fatalf("current address reported lingering: %v", l)
+	}
+	now = now.Add(5 * time.Second)
+	c.Observe(k, Result{Addrs: []netip.Addr{a2}, TTL: 10 * time.Second}, nil)
+	l := c.Lingering("a.example")
+	if want := time.Unix(1000+10+30, 0); len(l) != 1 || !l[a1].Equal(want) {
+		t.Fatalf("lingering = %v, want %v until %v", l, a1, want)
+	}
+	now = now.Add(time.Minute)
+	if l := c.Lingering("a.example"); len(l) != 0 {
+		t.Fatalf("expired address still lingering: %v", l)
+	}
+}

@@ -305,6 +305,12 @@ func (c *Controller) publish(force bool) {
 		for _, a := range c.cache.Addrs(name) {
 			sn.Addrs = append(sn.Addrs, a.String())
 		}
+		for a, exp := range c.cache.Lingering(name) {
+			if sn.Lingering == nil {
+				sn.Lingering = map[string]time.Time{}
+			}
+			sn.Lingering[a.String()] = exp
+		}
 		for _, k := range resolver.KeysFor(name) {
 			if st, ok := c.cache.Status(k); ok {
 				sn.Failing = sn.Failing || st.Failing
