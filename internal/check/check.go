@@ -345,7 +345,10 @@ func Run(ctx context.Context, o Options) *Report {
 		}
 		problem("drift_"+f.Kind, f.Object, f.Detail, fix)
 		drifted[f.Object] = true
-		if f.Kind == "table_missing" || f.Kind == "chain_missing" && f.Object == "output" {
+		// A finding on one allowlist's elements is that allowlist's; anything
+		// else (the table, a chain, a shared kernel set, the users or owners
+		// sets, the resolvers' elements) is shared by every allowlist.
+		if id, ok := ruleset.ParseSetName(f.Object); !ok || id.Allowlist == "" {
 			for _, ch := range expected.Chains {
 				drifted[ruleset.ChainName(ch.Allowlist)] = true
 			}
