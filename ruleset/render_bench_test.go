@@ -72,4 +72,3 @@ func oneNameChanged(p Plan, site int) Plan {
 	q.Sets[name] = Normalize(es)
 	return q
 }
-

@@ -3,8 +3,8 @@ package ruleset
 import (
 	"fmt"
 	"math/rand"
-	"reflect"
 	"net/netip"
+	"reflect"
 	"testing"
 
 	"github.com/egressd/egressd/config"
