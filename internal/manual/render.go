@@ -177,7 +177,7 @@ func roffEscape(s string) string {
 	return strings.ReplaceAll(s, "-", `\-`)
 }
 
-// roffLine escapes a whole input line: a leading '.' or '\'' would be a request.
+// roffLine escapes a whole input line: a leading dot or apostrophe would be a request.
 func roffLine(s string) string {
 	s = roffEscape(s)
 	if strings.HasPrefix(s, ".") || strings.HasPrefix(s, "'") || s == "" {
