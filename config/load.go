@@ -51,6 +51,9 @@ func Load(path string, required bool) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := ResolveIncludes(lists, c.ListsDir); err != nil {
+		return nil, err
+	}
 	c.Allowlists = lists
 	return c, nil
 }

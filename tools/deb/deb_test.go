@@ -25,7 +25,8 @@ func TestDebVersion(t *testing.T) {
 		{"v1.2.3", true, "1.2.3-1"},
 		{"v1.2.3-4-gabcdef0", true, "1.2.3+git4.gabcdef0-1"},
 		{"v1.2.3-4-gabcdef0-dirty", true, "1.2.3+git4.gabcdef0+dirty-1"},
-		{"v1.2.3-rc.1", true, "1.2.3.rc.1-1"},
+		{"v1.2.3-rc.1", true, "1.2.3~rc.1-1"},
+		{"v1.2.3-rc.1-2-gabcdef0", true, "1.2.3~rc.1+git2.gabcdef0-1"},
 		{"69a0c26", false, "0~git.69a0c26-1"},
 		{"69a0c26-dirty", false, "0~git.69a0c26+dirty-1"},
 	} {
@@ -35,7 +36,7 @@ func TestDebVersion(t *testing.T) {
 	}
 	// Order: untagged < release < later commits < next release.
 	if dpkg, err := exec.LookPath("dpkg"); err == nil {
-		order := []string{"0~git.69a0c26-1", "1.2.3-1", "1.2.3+git4.gabcdef0-1", "1.2.4-1"}
+		order := []string{"0~git.69a0c26-1", "1.2.3~rc.1-1", "1.2.3~rc.1+git2.gabcdef0-1", "1.2.3-1", "1.2.3+git4.gabcdef0-1", "1.2.4-1"}
 		for i := 1; i < len(order); i++ {
 			if err := exec.Command(dpkg, "--compare-versions", order[i-1], "lt", order[i]).Run(); err != nil {
 				t.Errorf("dpkg: %s is not before %s", order[i-1], order[i])
@@ -76,7 +77,9 @@ func TestPackagedConfigIsDefaults(t *testing.T) {
 		if l != "" && !strings.HasPrefix(l, "#") {
 			active = append(active, l)
 		}
-		if m := keyRE.FindStringSubmatch(l); m != nil && m[1] != "resolvers" {
+		// resolvers and metrics_listen show an example: their defaults
+		// are "from /etc/resolv.conf" and "off".
+		if m := keyRE.FindStringSubmatch(l); m != nil && m[1] != "resolvers" && m[1] != "metrics_listen" {
 			uncommented = append(uncommented, l[1:])
 		}
 	}

@@ -94,16 +94,17 @@ func gitRelease(repo string) (release, error) {
 	return r, nil
 }
 
-var describeRE = regexp.MustCompile(`^v?([0-9][0-9A-Za-z.~+]*)(?:-([0-9]+)-g([0-9a-f]+))?(-dirty)?$`)
+var describeRE = regexp.MustCompile(`^v?([0-9][0-9A-Za-z.~+-]*?)(?:-([0-9]+)-g([0-9a-f]+))?(-dirty)?$`)
 
 // debVersion turns git describe output into a Debian version that sorts
 // right: v1.2.3 -> 1.2.3-1; v1.2.3-4-gabc -> 1.2.3+git4.gabc-1 (after 1.2.3,
-// before 1.2.4); no tag -> 0~git.HASH-1 (before any release); -dirty -> +dirty.
+// before 1.2.4); v1.2.3-rc.1 -> 1.2.3~rc.1-1 (before 1.2.3); no tag ->
+// 0~git.HASH-1 (before any release); -dirty -> +dirty.
 func debVersion(describe string, tagged bool) string {
 	var v string
 	dirty := strings.HasSuffix(describe, "-dirty")
 	if m := describeRE.FindStringSubmatch(describe); tagged && m != nil {
-		v = m[1]
+		v = strings.Replace(m[1], "-", "~", 1)
 		if m[2] != "" {
 			v += "+git" + m[2] + ".g" + m[3]
 		}
