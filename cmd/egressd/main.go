@@ -136,7 +136,8 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return 0
 	}
 
-	w, err := config.NewWatcher(*cfgPath, ctl.Config().AllowDir, 200*time.Millisecond, log, "/etc/passwd")
+	w, err := config.NewWatcher(*cfgPath, ctl.Config().AllowDir, 200*time.Millisecond, log,
+		"/etc/passwd", ctl.Config().HostsFile, ctl.Config().ListsDir)
 	if err != nil {
 		log.Warn("cannot watch the configuration; reload with SIGHUP", zap.String("event", "watch_failed"), zap.Error(err))
 	} else {

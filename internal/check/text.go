@@ -3,6 +3,7 @@ package check
 import (
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -20,6 +21,20 @@ func (r *Report) WriteText(w io.Writer) {
 		for _, e := range r.Config.Errors {
 			fmt.Fprintf(w, "  %s\n", e)
 		}
+	}
+	if r.Config.Valid && len(r.Config.Sources) > 0 {
+		var hosts []string
+		for n, src := range r.Config.Sources {
+			if src == "hosts" {
+				hosts = append(hosts, n)
+			}
+		}
+		sort.Strings(hosts)
+		fmt.Fprintf(w, "names:   %d answered by dns, %d by hosts", len(r.Config.Sources)-len(hosts), len(hosts))
+		if len(hosts) > 0 {
+			fmt.Fprintf(w, " (%s: %s)", r.Config.HostsFile, strings.Join(hosts, ", "))
+		}
+		fmt.Fprintln(w)
 	}
 	switch {
 	case r.Daemon.Running:

@@ -79,6 +79,7 @@ type Controller struct {
 	o       Options
 	cfg     *config.Config
 	querier resolver.Querier
+	hosts   *resolver.Hosts // looked up before DNS (hosts.go)
 	cache   *resolver.Cache
 	users   Users
 
@@ -144,6 +145,9 @@ func New(o Options) (*Controller, error) {
 		o.Log.Warn("the allow directory does not exist: no allowlists, nobody is restricted", ev(EvConfigLoaded), zap.String("allow_dir", cfg.AllowDir))
 	}
 	c.cache = resolver.NewCache(policy(cfg), o.Now)
+	if c.hosts, err = resolver.NewHosts(cfg.HostsFile); err != nil {
+		o.Log.Error("cannot read the hosts file; names are looked up in DNS only", ev(EvConfigRejected), zap.String("file", cfg.HostsFile), zap.Error(err))
+	}
 	c.setConfig(cfg)
 	return c, nil
 }
@@ -163,7 +167,7 @@ func policy(cfg *config.Config) resolver.Policy {
 
 func (c *Controller) setConfig(cfg *config.Config) {
 	c.cfg = cfg
-	c.querier = c.o.NewQuerier(cfg)
+	c.querier = c.hostsFirst(c.o.NewQuerier(cfg))
 	c.cache.SetPolicy(policy(cfg))
 	c.cache.Sync(CacheNames(cfg))
 	c.lookupUsers(true)
@@ -245,6 +249,7 @@ func (c *Controller) Reload() {
 }
 
 func (c *Controller) doReload() {
+	defer c.reloadHosts() // with the configuration in force after this reload
 	cfg, err := config.Load(c.o.ConfigPath, c.o.ConfigRequired)
 	if err != nil {
 		c.logRejected(err)
@@ -268,6 +273,8 @@ func (c *Controller) doReload() {
 		"deny_log.group": old.DenyLog.Group != cfg.DenyLog.Group,
 		"metrics_listen": old.MetricsListen != cfg.MetricsListen,
 		"allow_dir":      old.AllowDir != cfg.AllowDir,
+		"hosts_file":     old.HostsFile != cfg.HostsFile, // its watch
+		"lists_dir":      old.ListsDir != cfg.ListsDir,   // its watch
 	} {
 		if changed {
 			c.o.Log.Warn("this setting takes full effect at the next restart (systemctl restart egressd)", ev(EvRestartRequired), zap.String("setting", what))
