@@ -152,6 +152,16 @@ func (h *Hosts) Lookup(name string, qtype uint16) ([]netip.Addr, bool) {
 	return h.table.Lookup(name, qtype)
 }
 
+// Has reports whether the hosts file gives name the address a.
+func (h *Hosts) Has(name string, a netip.Addr) bool {
+	if h == nil {
+		return false
+	}
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return contains(h.table[strings.TrimSuffix(strings.ToLower(name), ".")], a.Unmap())
+}
+
 // Names returns every name the file holds, sorted.
 func (h *Hosts) Names() []string {
 	h.mu.RLock()

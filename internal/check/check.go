@@ -270,7 +270,8 @@ func Run(ctx context.Context, o Options) *Report {
 				"systemctl start egressd (or run egressd run --once from a timer)")
 		}
 		addrs := func(name string) []netip.Addr { return fresh[name].Addrs }
-		expected = ruleset.Render(controller.BuildDesired(cfg, users, addrs))
+		hosts, _ := resolver.NewHosts(cfg.HostsFile)
+		expected = ruleset.Render(controller.BuildDesiredHosts(cfg, users, addrs, hosts.Has))
 	}
 
 	findings, err := o.Kernel.Verify(expected)

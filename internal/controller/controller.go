@@ -387,7 +387,7 @@ func (c *Controller) sync() error {
 				zap.Stringers("added", []netip.Addr{}), zap.Stringers("removed", lost), zap.String("reason", "ttl+linger or stale_grace ran out"))
 		}
 	}
-	plan := c.renderer.Render(BuildDesired(c.cfg, c.users, c.cache.Addrs))
+	plan := c.renderer.Render(BuildDesiredHosts(c.cfg, c.users, c.cache.Addrs, c.hosts.Has))
 	start := time.Now()
 	var err error
 	kind := "delta"
