@@ -1,5 +1,5 @@
 //go:build race
 
-package main
+package debpkg
 
 func init() { raceEnabled = true }

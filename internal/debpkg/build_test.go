@@ -1,4 +1,4 @@
-package main
+package debpkg
 
 import (
 	"bufio"
@@ -134,7 +134,7 @@ func TestDeb(t *testing.T) {
 	}
 	repo, _ := filepath.Abs("../..")
 	out := t.TempDir()
-	deb, err := build(options{Repo: repo, Out: out, GOARCH: "amd64"})
+	deb, err := Build(Options{Repo: repo, Out: out, GOARCH: "amd64"})
 	if err != nil {
 		t.Fatal(err)
 	}
