@@ -93,3 +93,32 @@ func TestCompletionsParse(t *testing.T) {
 		}
 	}
 }
+
+// The bash completion completes commands, flags and values (bash-completion's
+// helpers stubbed).
+func TestBashCompletionBehaviour(t *testing.T) {
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("no bash")
+	}
+	var script bytes.Buffer
+	script.WriteString(`_init_completion() { cur=${COMP_WORDS[COMP_CWORD]}; prev=${COMP_WORDS[COMP_CWORD-1]}; words=("${COMP_WORDS[@]}"); cword=$COMP_CWORD; }
+_filedir() { COMPREPLY=(FILES); }
+`)
+	WriteBash(&script)
+	script.WriteString(`t() { COMP_WORDS=("$@"); COMP_CWORD=$(($#-1)); COMPREPLY=(); _egressd; echo "${COMPREPLY[*]}"; }
+t egressd ch
+t egressd run --log-level ""
+t egressd check --
+t egressd harden --config ""
+t egressd completion ""
+`)
+	out, err := exec.Command(bash, "-c", script.String()).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	want := "check\ndebug info warn error\n--config --json --runtime-dir --explain\nFILES\nbash zsh\n"
+	if string(out) != want {
+		t.Errorf("got\n%s\nwant\n%s", out, want)
+	}
+}
