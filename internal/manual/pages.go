@@ -4,14 +4,16 @@ package manual
 var Egressd = &Page{Name: "egressd", Section: "8", Title: "System Administration", Sections: []Section{
 	{"NAME", []Block{P(`egressd - per-service egress allowlists, kept current from DNS, enforced by nftables`)}},
 	{"SYNOPSIS", []Block{Pre(`
-egressd run [--config FILE] [--once] [--log-level LEVEL] [--runtime-dir DIR]
+egressd run [--config FILE] [--once] [--log-level LEVEL]
+            [--runtime-dir DIR]
 egressd check [--config FILE] [--json] [--runtime-dir DIR]
 egressd check [--config FILE] [--json] --explain USER HOST:PORT[/udp]
 egressd harden --user USER [--group GROUP] [--writable PATH]...
                [--listen tcp:PORT|udp:PORT]... [--jit] [--nproc N]
                [--fsize SIZE] [--apparmor PROFILE | --selinux CONTEXT]
-               [--loopback-only] [--no-private-users] [--systemd-version N]
-               [--allowlist NAME] [--unit NAME] [--config FILE]
+               [--loopback-only] [--no-private-users]
+               [--systemd-version N] [--allowlist NAME] [--unit NAME]
+               [--config FILE]
 egressd harden --audit UNIT_FILE [--json]
 egressd remove
 egressd demo

@@ -110,11 +110,20 @@ func (p *Page) WriteRoff(w io.Writer, version string) {
 		for j, b := range s.Blocks {
 			switch {
 			case b.Pre:
-				fmt.Fprintln(w, ".PP\n.RS 4\n.nf")
+				// Literal lines fit 80 columns at the section's indent;
+				// examples are indented further, synopses are not.
+				indent := s.Heading != "SYNOPSIS"
+				if indent {
+					fmt.Fprintln(w, ".PP\n.RS 4")
+				}
+				fmt.Fprintln(w, ".nf")
 				for _, l := range strings.Split(b.Text, "\n") {
 					fmt.Fprintln(w, roffLine(l))
 				}
-				fmt.Fprintln(w, ".fi\n.RE")
+				fmt.Fprintln(w, ".fi")
+				if indent {
+					fmt.Fprintln(w, ".RE")
+				}
 			case b.Tag != "":
 				fmt.Fprintf(w, ".TP\n\\fB%s\\fR\n", roffEscape(b.Tag))
 				for k, para := range paragraphs(b.Text) {
