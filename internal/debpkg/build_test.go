@@ -134,11 +134,11 @@ func TestDeb(t *testing.T) {
 	}
 	repo, _ := filepath.Abs("../..")
 	out := t.TempDir()
-	deb, err := Build(Options{Repo: repo, Out: out, GOARCH: "amd64"})
+	rel, err := gitRelease(repo) // before the build: a commit during the test must not confuse it
 	if err != nil {
 		t.Fatal(err)
 	}
-	rel, err := gitRelease(repo)
+	deb, err := Build(Options{Repo: repo, Out: out, GOARCH: "amd64"})
 	if err != nil {
 		t.Fatal(err)
 	}
