@@ -1,10 +1,25 @@
 # Everything here is also runnable as plain go commands; see README.md.
 GO ?= go
 
-.PHONY: build test race lint fuzz bench demo ci
+.PHONY: build test race lint fuzz bench demo ci deb man
+
+# The release as git describes it; egressd version and egressd_build_info show it.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS := -X github.com/egressd/egressd/internal/version.Version=$(VERSION) -X github.com/egressd/egressd/internal/version.Commit=$(COMMIT)
 
 build:
-	$(GO) build -o egressd ./cmd/egressd
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o egressd ./cmd/egressd
+
+# build/egressd_VERSION_ARCH.deb (dpkg-deb; see docs/release.md).
+deb:
+	$(GO) run ./tools/deb -out build
+
+# The man pages, as the package installs them (build/man).
+man:
+	mkdir -p build/man
+	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/egressd man 8 > build/man/egressd.8
+	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/egressd man 5 > build/man/egressd.yaml.5
 
 test:
 	$(GO) test ./...

@@ -101,7 +101,8 @@ type Allowlist struct {
 	File                string
 	User                string // as written: a name or a numeric uid
 	UserPos             Pos
-	Entries             []Entry
+	Entries             []Entry // its own, then those of its includes (positions in the list files)
+	Includes            []Include
 	DNS                 DNSMode
 	AllowPrivateAnswers bool
 }
@@ -162,6 +163,8 @@ type Config struct {
 	DenyLog             DenyLog
 	OnExit              string       // keep | remove
 	MetricsListen       string       // host:port for Prometheus metrics; empty: off
+	HostsFile           string       // looked up before DNS; empty: DNS only
+	ListsDir            string       // shared lists that allowlists include
 	Allowlists          []*Allowlist // sorted by Name
 	// Skipped lists the files in the allow directory that are not
 	// allowlists (neither NAME.yaml nor NAME.yml, nor hidden): a file
@@ -185,6 +188,8 @@ func Defaults() Config {
 		MaxAddressesPerName: 256,
 		DenyLog:             DenyLog{Mode: LogNFLOG, Group: 100, Rate: Rate{Count: 10, Unit: "second"}, Prefix: "egressd", Interval: 10 * time.Second},
 		OnExit:              "keep",
+		HostsFile:           "/etc/hosts",
+		ListsDir:            "lists",
 	}
 }
 

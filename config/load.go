@@ -68,6 +68,9 @@ func LoadTrusted(path string, required bool, t Trust) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := resolveIncludes(lists, c.ListsDir, w.readTrusted); err != nil {
+		return nil, err
+	}
 	c.Allowlists, c.Skipped = lists, skipped
 	return c, nil
 }

@@ -171,7 +171,10 @@ func (p *parser) sequence(v *yaml.Node, key string) []*yaml.Node {
 }
 
 var mainKeys = []string{"resolvers", "allow_dir", "min_ttl", "max_ttl", "linger", "stale_grace",
-	"max_addresses_per_name", "deny_log", "on_exit", "metrics_listen"}
+	"max_addresses_per_name", "deny_log", "on_exit", "metrics_listen", "hosts_file", "lists_dir"}
+
+// MainKeys returns the keys of the main file (for documentation checks).
+func MainKeys() []string { return append([]string(nil), mainKeys...) }
 
 // ParseMain parses the main configuration file. Resolvers stay empty when the
 // file does not name any; Load fills them from /etc/resolv.conf.
@@ -233,6 +236,21 @@ func ParseMain(file string, data []byte) (*Config, error) {
 					}
 					c.MetricsListen = s
 				}
+			case "hosts_file":
+				if s, ok := p.scalar(v, key); ok {
+					if s != "" && !filepath.IsAbs(s) {
+						p.errorf(v, "hosts_file: %q must be an absolute path (or empty for DNS only)", s)
+						return
+					}
+					c.HostsFile = s
+				}
+			case "lists_dir":
+				if s, ok := p.scalar(v, key); ok {
+					if s == "" {
+						p.errorf(v, "lists_dir: must not be empty")
+					}
+					c.ListsDir = s
+				}
 			case "on_exit":
 				if s, ok := p.scalar(v, key); ok {
 					if s != "keep" && s != "remove" {
@@ -248,6 +266,9 @@ func ParseMain(file string, data []byte) (*Config, error) {
 	}
 	if !filepath.IsAbs(c.AllowDir) {
 		c.AllowDir = filepath.Join(filepath.Dir(file), c.AllowDir)
+	}
+	if !filepath.IsAbs(c.ListsDir) {
+		c.ListsDir = filepath.Join(filepath.Dir(file), c.ListsDir)
 	}
 	if len(p.errs) > 0 {
 		return nil, p.errs
@@ -322,7 +343,7 @@ func ParseResolver(s string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }
 
-var allowKeys = []string{"user", "allow", "dns", "allow_private_answers"}
+var allowKeys = []string{"user", "allow", "include", "dns", "allow_private_answers"}
 
 // NameRE is what an allowlist's name (its file name without .yaml) may be:
 // it becomes part of nftables chain and set names and of log prefixes.
@@ -352,32 +373,9 @@ func ParseAllowlist(file, name string, data []byte) (*Allowlist, error) {
 					a.User, a.UserPos, haveUser = s, Pos{File: file, Line: v.Line, Col: v.Column}, true
 				}
 			case "allow":
-				seen := map[string]bool{}
-				for _, n := range p.sequence(v, key) {
-					if n.Kind == yaml.SequenceNode || n.Kind == yaml.MappingNode {
-						p.errorf(n, "allow entry: expected host:port, found a list or mapping (an entry that starts with '[' must be quoted: \"[2001:db8::1]:443\")")
-						continue
-					}
-					s, ok := p.scalar(n, "allow entry")
-					if !ok {
-						continue
-					}
-					if runTogetherRE.MatchString(s) {
-						p.errorf(n, "allow: %q: two entries run together: a list item is indented differently from the one above it (every \"- \" of the list must start in the same column)", s)
-						continue
-					}
-					e, err := ParseEntry(s)
-					if err != nil {
-						p.errorf(n, "allow: %v", err)
-						continue
-					}
-					e.Pos = Pos{File: file, Line: n.Line, Col: n.Column}
-					if seen[e.Key()] {
-						continue // duplicates are merged
-					}
-					seen[e.Key()] = true
-					a.Entries = append(a.Entries, e)
-				}
+				a.Entries = p.entries(v, key)
+			case "include":
+				a.Includes = p.includes(v, key)
 			case "dns":
 				if s, ok := p.scalar(v, key); ok {
 					switch DNSMode(s) {

@@ -26,7 +26,8 @@ type Watcher struct {
 }
 
 // NewWatcher watches mainFile's directory, allowDir and allowDir's parent,
-// and the directories of any extra files.
+// the directories of any extra files, and extra paths that are directories
+// themselves (their files count).
 // quiet is how long the files must stay still before a burst is reported.
 func NewWatcher(mainFile, allowDir string, quiet time.Duration, log *zap.Logger, extra ...string) (*Watcher, error) {
 	fw, err := fsnotify.NewWatcher()
@@ -35,7 +36,9 @@ func NewWatcher(mainFile, allowDir string, quiet time.Duration, log *zap.Logger,
 	}
 	w := &Watcher{mainFile: filepath.Clean(mainFile), allowDir: filepath.Clean(allowDir), w: fw, log: log, quiet: quiet, C: make(chan struct{}, 1)}
 	for _, f := range extra {
-		w.extra = append(w.extra, filepath.Clean(f))
+		if f != "" {
+			w.extra = append(w.extra, filepath.Clean(f))
+		}
 	}
 	w.addWatches()
 	return w, nil
@@ -47,6 +50,9 @@ func (w *Watcher) addWatches() {
 	dirs := []string{filepath.Dir(w.mainFile), filepath.Dir(w.allowDir), w.allowDir}
 	for _, f := range w.extra {
 		dirs = append(dirs, filepath.Dir(f))
+		if st, err := os.Stat(f); err == nil && st.IsDir() {
+			dirs = append(dirs, f) // a directory of files (lists_dir)
+		}
 	}
 	for _, d := range dirs {
 		if _, err := os.Stat(d); err != nil {
@@ -62,7 +68,7 @@ func (w *Watcher) addWatches() {
 func (w *Watcher) relevant(name string) bool {
 	name = filepath.Clean(name)
 	for _, f := range w.extra {
-		if name == f {
+		if name == f || filepath.Dir(name) == f {
 			return true
 		}
 	}

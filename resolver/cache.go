@@ -153,6 +153,18 @@ func (c *Cache) Claim(keys []Key) {
 	}
 }
 
+// Refresh makes the names' keys due now (the hosts file changed). A key in
+// flight keeps its claim; its answer is at most min_ttl old.
+func (c *Cache) Refresh(names []string) {
+	for _, n := range names {
+		for _, k := range KeysFor(n) {
+			if e := c.keys[k]; e != nil && !e.next.Equal(claimed) {
+				e.next = time.Time{}
+			}
+		}
+	}
+}
+
 // Release makes a claimed key due again (its lookup was cancelled).
 func (c *Cache) Release(k Key) {
 	if e := c.keys[k]; e != nil && e.next.Equal(claimed) {
@@ -199,7 +211,7 @@ func (c *Cache) Observe(k Key, res Result, err error) Change {
 	default:
 		ttl := c.policy.Clamp(res.TTL)
 		e.failures, e.lastErr, e.lastOK = 0, nil, now
-		addrs, dropped := Filter(res.Addrs, e.privateOK, c.policy.MaxAddrs)
+		addrs, dropped := Filter(res.Addrs, e.privateOK || res.Source == SourceHosts, c.policy.MaxAddrs)
 		for i := range e.addrs {
 			e.addrs[i].current = false
 		}

@@ -21,6 +21,10 @@ type Result struct {
 	Negative bool          // NXDOMAIN or NODATA: the name has no such addresses
 	NXDomain bool
 	Chain    []string // CNAME targets followed, in order
+	// Source is where the answer came from: SourceHosts or SourceDNS ("" from
+	// a bare Client). Hosts answers are the administrator's own words and,
+	// like literal entries, are not filtered for internal ranges.
+	Source string
 
 	seen map[netip.Addr]bool // dedup while building
 }

@@ -25,122 +25,11 @@ import (
 	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/nflog"
 	"github.com/egressd/egressd/internal/state"
+	"github.com/egressd/egressd/internal/version"
 	"github.com/egressd/egressd/ruleset"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
-
-// version is set at build time: -ldflags "-X main.version=v1.2.3".
-var version = "dev"
-
-const usage = `NAME
-    egressd - per-service egress allowlists, kept current from DNS, enforced by nftables
-
-SYNOPSIS
-    egressd run [--config FILE] [--once] [--log-level LEVEL] [--runtime-dir DIR]
-    egressd check [--config FILE] [--json] [--runtime-dir DIR]
-    egressd check [--config FILE] [--json] --explain USER HOST:PORT[/udp]
-    egressd harden --user USER [--writable PATH]... [--listen tcp:PORT|udp:PORT]...
-                   [--jit] [--nproc N] [--fsize SIZE] [--apparmor PROFILE | --selinux CONTEXT]
-                   [--loopback-only] [--no-private-users] [--systemd-version N]
-                   [--allowlist NAME] [--unit NAME]
-    egressd harden --audit UNIT_FILE [--json]
-    egressd remove [--runtime-dir DIR]
-    egressd demo
-    egressd version
-    egressd help
-
-DESCRIPTION
-    For each protected service user, egressd allows outgoing connections to
-    the host:port destinations of that user's allowlist, and logs, then
-    rejects, everything else that user sends. Names are resolved with
-    egressd's own DNS client, honouring TTLs, and the nftables table
-    "inet egressd" is kept current in atomic netlink transactions.
-    Users without an allowlist, and root, are not affected.
-
-COMMANDS
-    run       Run the daemon in the foreground (systemd Type=notify). It
-              applies the whole ruleset, signals READY=1, then follows DNS
-              TTLs and allowlist edits. SIGHUP reloads the configuration;
-              SIGTERM stops, leaving the rules in place (on_exit: keep) or
-              removing them (on_exit: remove).
-    run --once
-              Resolve everything once, apply, exit.
-    check     Validate the configuration, resolve every name once, and
-              compare with the live kernel table (through netlink). When
-              the daemon runs, the kernel is compared with the daemon's
-              published view (DIR/state.json), so lingering and stale-served
-              addresses are not drift. Prints one line per allowlist, then
-              each problem with what to do; --json prints the document
-              described in docs/check.md. Changes nothing.
-    check --explain USER HOST:PORT[/udp]
-              Would USER be allowed to reach HOST:PORT right now, according
-              to the live kernel, and by which allowlist entry; when denied,
-              the nearest entries (same host other port, same name other
-              address).
-    harden    Print a systemd drop-in that hardens one protected service:
-              its own user, no new privileges, private /tmp, read-only
-              system with explicit writable paths, no W+X memory, resource
-              limits, port binding limits, LSM profile, and ordering after
-              egressd.service. Every line says which exploit behaviour it
-              blocks; options the target systemd lacks are left out.
-              See docs/hardening.md.
-    harden --audit UNIT_FILE
-              Report the unit's exposure score (systemd-analyze security),
-              each missing protection with the line to add, and every code
-              or configuration path the service user could modify (walking
-              up to /), with the fix. Exit 1 when anything is found.
-    remove    Delete the table inet egressd: every restriction is lifted.
-              For uninstalling and emergencies. Refused while the daemon
-              runs (it would restore the table at once): stop it first
-              (systemctl stop egressd). "nothing to remove" when there is
-              no table.
-    demo      Run the real daemon on example allowlists inside a throwaway
-              network namespace, with its own DNS server and example
-              services; prints what is allowed, what is denied and a DNS
-              change taking effect. Never touches the host's firewall.
-    version   Print version and build information.
-
-OPTIONS
-    --config FILE    Main configuration file (default /etc/egressd/egressd.yaml;
-                     when not given and missing, every key takes its default).
-    --once           With run: apply once and exit.
-    --log-level L    debug, info (default), warn or error.
-    --runtime-dir D  where the daemon publishes its state for check
-                     (default /run/egressd).
-    --json           With check: machine-readable output.
-
-FILES
-    /etc/egressd/egressd.yaml        main configuration
-    /etc/egressd/allow.d/NAME.yaml   one allowlist per service user (or NAME.yml)
-    Every configuration path, up to /, must be writable by root (or
-    egressd's own user) alone; anything else is refused like a bad file.
-
-EXIT STATUS
-    run        0 on a clean stop; 1 on a runtime failure; 2 if the
-               configuration is invalid at start.
-    run --once 0 applied; 1 applied, but some names failed to resolve;
-               2 configuration invalid (nothing was changed).
-    check      0 in sync, no problems; 1 drift or problems; 2 configuration
-               invalid, or check cannot run (not root, no nf_tables).
-    check --explain
-               0 allowed (or the user is not restricted); 1 denied;
-               2 cannot answer.
-    harden     0 printed; 2 invalid options. With --audit: 0 nothing found,
-               1 findings, 2 cannot read the unit.
-    remove     0 removed (or nothing to remove); 1 refused (a daemon
-               runs, or not root) or failed.
-
-EVENTS
-    Logs are JSON lines on stderr with a stable "event" key: started,
-    config_loaded, config_rejected, resolved, resolve_failed,
-    config_file_skipped, ruleset_applied, apply_failed, user_missing,
-    user_conflict, start_refused, deny,
-    deny_overflow, drift_repaired, drift_repeating, stopping.
-
-SEE ALSO
-    README.md, nft(8), systemd.exec(5)
-`
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -163,28 +52,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "demo":
 		return cmdDemo(args[1:], stdout, stderr)
 	case "version", "--version":
-		fmt.Fprintln(stdout, versionString())
+		fmt.Fprintln(stdout, version.Get())
 		return 0
 	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
-		return 0
+		return cmdHelp(args[1:], stdout, stderr)
+	case "man":
+		return cmdMan(args[1:], stdout, stderr)
+	case "completion":
+		return cmdCompletion(args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "egressd: unknown command %q\n\n%s", args[0], usage)
 	return 2
-}
-
-func versionString() string {
-	s := "egressd " + version
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		s += " (" + bi.GoVersion
-		for _, kv := range bi.Settings {
-			if kv.Key == "vcs.revision" || kv.Key == "vcs.modified" {
-				s += ", " + kv.Key + "=" + kv.Value
-			}
-		}
-		s += ")"
-	}
-	return s
 }
 
 func newLogger(level string, w io.Writer) (*zap.Logger, error) {
@@ -267,7 +145,8 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return 0
 	}
 
-	w, err := config.NewWatcher(*cfgPath, ctl.Config().AllowDir, 200*time.Millisecond, log, "/etc/passwd")
+	w, err := config.NewWatcher(*cfgPath, ctl.Config().AllowDir, 200*time.Millisecond, log,
+		"/etc/passwd", ctl.Config().HostsFile, ctl.Config().ListsDir)
 	if err != nil {
 		log.Warn("cannot watch the configuration; reload with SIGHUP", zap.String("event", "watch_failed"), zap.Error(err))
 	} else {

@@ -74,6 +74,10 @@ type ConfigReport struct {
 	Allowlists int      `json:"allowlists"`
 	Names      int      `json:"names"`
 	Resolvers  []string `json:"resolvers"`
+	HostsFile  string   `json:"hosts_file"` // looked up before DNS; "" when off
+	// Sources says, per name, which source answered the fresh lookup:
+	// "hosts" (the hosts file) or "dns"; failed names are absent.
+	Sources map[string]string `json:"sources"`
 }
 
 // DaemonReport describes the daemon, from its state file.
@@ -115,6 +119,12 @@ func (o *Options) defaults() {
 	if o.NewQuerier == nil {
 		o.NewQuerier = func(c *config.Config) resolver.Querier { return &resolver.Client{Servers: c.Resolvers} }
 	}
+	// Names are looked up as the daemon does: the hosts file first.
+	next := o.NewQuerier
+	o.NewQuerier = func(c *config.Config) resolver.Querier {
+		h, _ := resolver.NewHostsWith(c.HostsFile, o.Trust.ReadFile) // unreadable: DNS only, as the reports show
+		return &resolver.HostsFirst{Hosts: h, Next: next(c)}
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -150,6 +160,7 @@ type NameResult struct {
 	Addrs   []netip.Addr // accepted by the name's policy
 	Dropped int          // refused: internal ranges, over the cap
 	Err     error
+	Source  string // resolver.SourceHosts or resolver.SourceDNS, of the last answer
 }
 
 // Resolve looks every name of the configuration up once (A and AAAA).
@@ -175,7 +186,9 @@ func Resolve(ctx context.Context, cfg *config.Config, q resolver.Querier) map[st
 					errs = append(errs, err)
 					continue
 				}
-				kept, dropped := resolver.Filter(res.Addrs, privateOK, cfg.MaxAddressesPerName)
+				// As the daemon's cache does: hosts answers are taken as written.
+				kept, dropped := resolver.Filter(res.Addrs, privateOK || res.Source == resolver.SourceHosts, cfg.MaxAddressesPerName)
+				r.Source = res.Source
 				r.Addrs = append(r.Addrs, kept...)
 				r.Dropped += dropped
 			}
@@ -247,6 +260,7 @@ func Run(ctx context.Context, o Options) *Report {
 	for _, a := range cfg.Resolvers {
 		r.Config.Resolvers = append(r.Config.Resolvers, a.String())
 	}
+	r.Config.HostsFile, r.Config.Sources = cfg.HostsFile, map[string]string{}
 	if cfg.AllowDirMissing {
 		problem("allow_dir_missing", cfg.AllowDir, "the allow directory does not exist: nobody is restricted", "create it and put one NAME.yaml per service user in it")
 	}
@@ -292,6 +306,9 @@ func Run(ctx context.Context, o Options) *Report {
 	failing := map[string]bool{}
 	for _, name := range cfg.Names() {
 		res := fresh[name]
+		if res.Err == nil && res.Source != "" {
+			r.Config.Sources[name] = res.Source
+		}
 		if res.Err != nil {
 			failing[name] = true
 			effect := "until it resolves it allows nothing"
@@ -329,7 +346,8 @@ func Run(ctx context.Context, o Options) *Report {
 				"systemctl start egressd (or run egressd run --once from a timer)")
 		}
 		addrs := func(name string) []netip.Addr { return fresh[name].Addrs }
-		expected = ruleset.Render(controller.BuildDesired(cfg, users, addrs))
+		hosts, _ := resolver.NewHosts(cfg.HostsFile)
+		expected = ruleset.Render(controller.BuildDesiredHosts(cfg, users, addrs, hosts.Has))
 	}
 
 	findings, err := o.Kernel.Verify(expected)

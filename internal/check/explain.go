@@ -30,6 +30,7 @@ type Explanation struct {
 	Port      uint16        `json:"port"`
 	Addresses []AddrVerdict `json:"addresses"`
 	Nearest   []string      `json:"nearest,omitempty"`
+	Source    string        `json:"source,omitempty"` // which source answered the fresh lookup of a name: hosts | dns
 	Reason    string        `json:"reason"`
 }
 
@@ -155,6 +156,9 @@ func explain(ctx context.Context, o Options, user, target string) (*Explanation,
 		q := o.NewQuerier(cfg)
 		for _, k := range [2]uint16{dns.TypeA, dns.TypeAAAA} {
 			if res, err := q.Query(ctx, e.Host, k); err == nil {
+				if x.Source == "" || res.Source == "hosts" {
+					x.Source = res.Source
+				}
 				for _, a := range res.Addrs {
 					freshAddrs[a.Unmap()] = true
 					addrs = appendAddr(addrs, a)
@@ -294,6 +298,9 @@ func (x *Explanation) WriteText(w io.Writer) {
 	fmt.Fprintf(w, "%s: user %s (uid %d) → %s\n", strings.ToUpper(x.Verdict), x.User, x.UID, x.Target)
 	if x.Allowlist != "" {
 		fmt.Fprintf(w, "  allowlist: %s\n", x.Allowlist)
+	}
+	if x.Source != "" {
+		fmt.Fprintf(w, "  answered by: %s\n", x.Source)
 	}
 	for _, a := range x.Addresses {
 		dst := a.Addr

@@ -3,6 +3,7 @@ package check
 import (
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -19,6 +20,20 @@ func (r *Report) WriteText(w io.Writer) {
 	} else {
 		// Each error is listed once, under problems, with what to do.
 		fmt.Fprintf(w, "config:  %s: invalid\n", r.Config.File)
+	}
+	if r.Config.Valid && len(r.Config.Sources) > 0 {
+		var hosts []string
+		for n, src := range r.Config.Sources {
+			if src == "hosts" {
+				hosts = append(hosts, n)
+			}
+		}
+		sort.Strings(hosts)
+		fmt.Fprintf(w, "names:   %d answered by dns, %d by hosts", len(r.Config.Sources)-len(hosts), len(hosts))
+		if len(hosts) > 0 {
+			fmt.Fprintf(w, " (%s: %s)", r.Config.HostsFile, strings.Join(hosts, ", "))
+		}
+		fmt.Fprintln(w)
 	}
 	switch {
 	case r.Status == "cannot_run" || !r.Config.Valid:

@@ -84,6 +84,7 @@ type Controller struct {
 	o       Options
 	cfg     *config.Config
 	querier resolver.Querier
+	hosts   *resolver.Hosts // looked up before DNS (hosts.go)
 	cache   *resolver.Cache
 	users   Users
 
@@ -150,6 +151,9 @@ func New(o Options) (*Controller, error) {
 		o.Log.Warn("the allow directory does not exist: no allowlists, nobody is restricted", ev(EvConfigLoaded), zap.String("allow_dir", cfg.AllowDir))
 	}
 	c.cache = resolver.NewCache(policy(cfg), o.Now)
+	if c.hosts, err = resolver.NewHostsWith(cfg.HostsFile, o.Trust.ReadFile); err != nil {
+		o.Log.Error("cannot read the hosts file; names are looked up in DNS only", ev(EvConfigRejected), zap.String("file", cfg.HostsFile), zap.Error(err))
+	}
 	c.setConfig(cfg)
 	return c, nil
 }
@@ -169,7 +173,7 @@ func policy(cfg *config.Config) resolver.Policy {
 
 func (c *Controller) setConfig(cfg *config.Config) {
 	c.cfg = cfg
-	c.querier = c.o.NewQuerier(cfg)
+	c.querier = c.hostsFirst(c.o.NewQuerier(cfg))
 	c.cache.SetPolicy(policy(cfg))
 	c.cache.Sync(CacheNames(cfg))
 	c.lookupUsers(true)
@@ -291,6 +295,7 @@ func (c *Controller) Reload() {
 }
 
 func (c *Controller) doReload() {
+	defer c.reloadHosts() // with the configuration in force after this reload
 	cfg, err := config.LoadTrusted(c.o.ConfigPath, c.o.ConfigRequired, c.o.Trust)
 	if err != nil {
 		c.logRejected(err, false)
@@ -314,6 +319,8 @@ func (c *Controller) doReload() {
 		"deny_log.group": old.DenyLog.Group != cfg.DenyLog.Group,
 		"metrics_listen": old.MetricsListen != cfg.MetricsListen,
 		"allow_dir":      old.AllowDir != cfg.AllowDir,
+		"hosts_file":     old.HostsFile != cfg.HostsFile, // its watch
+		"lists_dir":      old.ListsDir != cfg.ListsDir,   // its watch
 	} {
 		if changed {
 			c.o.Log.Warn("this setting takes full effect at the next restart (systemctl restart egressd)", ev(EvRestartRequired), zap.String("setting", what))
@@ -434,7 +441,7 @@ func (c *Controller) sync() error {
 				zap.Stringers("added", []netip.Addr{}), zap.Stringers("removed", lost), zap.String("reason", "ttl+linger or stale_grace ran out"))
 		}
 	}
-	plan := c.renderer.Render(BuildDesired(c.cfg, c.users, c.cache.Addrs))
+	plan := c.renderer.Render(BuildDesiredHosts(c.cfg, c.users, c.cache.Addrs, c.hosts.Has))
 	index := func() {
 		if c.indexStale {
 			c.index.store(buildNameIndex(c.cfg, c.cache.Addrs))

@@ -115,6 +115,13 @@ func CacheNames(c *config.Config) map[string]bool {
 // BuildDesired computes what the kernel should hold. It is pure: addrs
 // returns the addresses a name allows now.
 func BuildDesired(c *config.Config, users Users, addrs func(name string) []netip.Addr) ruleset.Desired {
+	return BuildDesiredHosts(c, users, addrs, nil)
+}
+
+// BuildDesiredHosts is BuildDesired where fromHosts (may be nil) says which
+// of a name's addresses the hosts file gives: those are taken as written,
+// like literal entries, even in internal ranges.
+func BuildDesiredHosts(c *config.Config, users Users, addrs func(name string) []netip.Addr, fromHosts func(name string, a netip.Addr) bool) ruleset.Desired {
 	d := ruleset.Desired{Resolvers: c.Resolvers, DenyLog: c.DenyLog}
 	for _, a := range c.Allowlists {
 		uid, ok := users.UIDs[a.Name]
@@ -130,7 +137,7 @@ func BuildDesired(c *config.Config, users Users, addrs func(name string) []netip
 			for _, ip := range addrs(e.Host) {
 				// The cache accepted private answers if any allowlist using
 				// the name opted in; this one may not have.
-				if !a.AllowPrivateAnswers && resolver.Internal(ip) {
+				if !a.AllowPrivateAnswers && resolver.Internal(ip) && (fromHosts == nil || !fromHosts(e.Host, ip)) {
 					continue
 				}
 				al.Elements = append(al.Elements, ruleset.ElementFor(e.Proto, netip.PrefixFrom(ip, ip.BitLen()), e.PortFrom, e.PortTo))

@@ -6,6 +6,7 @@ package metrics
 import (
 	"net/http"
 
+	"github.com/egressd/egressd/internal/version"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -53,7 +54,8 @@ func New() *Metrics {
 			Help: "Times the kernel dropped NFLOG messages because the daemon fell behind."}),
 	}
 	m.reg.MustRegister(m.applies, m.lastApply, m.namesFailing, m.setElements, m.driftRepairs, m.resolveSeconds,
-		m.denyEvents, m.nflogPackets, m.nflogLost, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		m.denyEvents, m.nflogPackets, m.nflogLost, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		buildInfo(version.Get()))
 	return m
 }
 
@@ -146,4 +148,13 @@ func (d *denyCollector) Collect(ch chan<- prometheus.Metric) {
 	for name, n := range counts {
 		ch <- prometheus.MustNewConstMetric(denyDesc, prometheus.CounterValue, float64(n), name)
 	}
+}
+
+// buildInfo is the constant egressd_build_info{version,commit,go_version} 1:
+// dashboards join on it to say which release runs where.
+func buildInfo(in version.Info) prometheus.Collector {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "egressd_build_info",
+		Help: "Always 1; the labels say which build of egressd runs."}, []string{"version", "commit", "go_version"})
+	g.WithLabelValues(in.Version, in.Commit, in.GoVersion).Set(1)
+	return g
 }

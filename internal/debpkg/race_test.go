@@ -1,0 +1,5 @@
+//go:build race
+
+package debpkg
+
+func init() { raceEnabled = true }

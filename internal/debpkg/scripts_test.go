@@ -1,0 +1,96 @@
+package debpkg
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// runScript runs a maintainer script from packaging/deb with stub commands
+// that log their arguments, inside a fake root (the script's /run and
+// /var/lib paths are moved there), and returns the log.
+func runScript(t *testing.T, script string, systemd bool, args ...string) (string, string) {
+	t.Helper()
+	body, err := os.ReadFile(filepath.Join("../../packaging/deb", script))
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	s := strings.NewReplacer("/run/", root+"/run/", "/var/lib/", root+"/var/lib/").Replace(string(body))
+	if systemd {
+		if err := os.MkdirAll(filepath.Join(root, "run/systemd/system"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bin := filepath.Join(root, "bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	log := filepath.Join(root, "log")
+	for _, c := range []string{"deb-systemd-helper", "deb-systemd-invoke", "systemctl", "egressd"} {
+		stub := "#!/bin/sh\necho \"" + c + " $*\" >> " + log + "\n"
+		if c == "deb-systemd-helper" {
+			// was-enabled: true on a fresh install, as deb-systemd-helper answers.
+			stub += "[ \"$1 $2\" = \"--quiet was-enabled\" ] && [ -n \"$WAS_DISABLED\" ] && exit 1\nexit 0\n"
+		}
+		if err := os.WriteFile(filepath.Join(bin, c), []byte(stub), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(root, "var/lib/egressd"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sh", append([]string{"-c", s, script}, args...)...)
+	cmd.Env = append(os.Environ(), "PATH="+bin+":/usr/bin:/bin")
+	if strings.HasPrefix(t.Name(), "TestMaintainerScripts/disabled") {
+		cmd.Env = append(cmd.Env, "WAS_DISABLED=1")
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s %v: %v\n%s", script, args, err, out)
+	}
+	got, _ := os.ReadFile(log)
+	return string(got), root
+}
+
+func TestMaintainerScripts(t *testing.T) {
+	tests := []struct {
+		name    string
+		script  string
+		args    []string
+		systemd bool
+		want    string
+	}{
+		{"install enables and starts", "postinst", []string{"configure", ""}, true,
+			"deb-systemd-helper unmask egressd.service\ndeb-systemd-helper --quiet was-enabled egressd.service\ndeb-systemd-helper enable egressd.service\n" +
+				"systemctl --system daemon-reload\ndeb-systemd-invoke start egressd.service\n"},
+		{"upgrade restarts", "postinst", []string{"configure", "0.9-1"}, true,
+			"deb-systemd-helper unmask egressd.service\ndeb-systemd-helper --quiet was-enabled egressd.service\ndeb-systemd-helper enable egressd.service\n" +
+				"systemctl --system daemon-reload\ndeb-systemd-invoke restart egressd.service\n"},
+		{"disabled by the administrator stays disabled", "postinst", []string{"configure", "0.9-1"}, true,
+			"deb-systemd-helper unmask egressd.service\ndeb-systemd-helper --quiet was-enabled egressd.service\ndeb-systemd-helper update-state egressd.service\n" +
+				"systemctl --system daemon-reload\ndeb-systemd-invoke restart egressd.service\n"},
+		{"install without systemd running starts nothing", "postinst", []string{"configure", ""}, false,
+			"deb-systemd-helper unmask egressd.service\ndeb-systemd-helper --quiet was-enabled egressd.service\ndeb-systemd-helper enable egressd.service\n"},
+		{"remove stops, then deletes the table", "prerm", []string{"remove"}, true,
+			"deb-systemd-invoke stop egressd.service\negressd remove\n"},
+		{"upgrade stops nothing", "prerm", []string{"upgrade", "1.1-1"}, true, ""},
+		{"postrm remove", "postrm", []string{"remove"}, true,
+			"systemctl --system daemon-reload\ndeb-systemd-helper mask egressd.service\n"},
+		{"purge", "postrm", []string{"purge"}, false,
+			"deb-systemd-helper purge egressd.service\ndeb-systemd-helper unmask egressd.service\n"},
+	}
+	for _, tc := range tests {
+		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
+			got, root := runScript(t, tc.script, tc.systemd, tc.args...)
+			if got != tc.want {
+				t.Errorf("%s %v ran\n%s\nwant\n%s", tc.script, tc.args, got, tc.want)
+			}
+			_, err := os.Stat(filepath.Join(root, "var/lib/egressd"))
+			if purged := tc.args[0] == "purge"; purged != os.IsNotExist(err) {
+				t.Errorf("state directory removed: %v, want %v", os.IsNotExist(err), purged)
+			}
+		})
+	}
+}

@@ -1,0 +1,198 @@
+package manual
+
+// Egressd is egressd(8): the commands. `egressd help` prints it.
+var Egressd = &Page{Name: "egressd", Section: "8", Title: "System Administration", Sections: []Section{
+	{"NAME", []Block{P(`egressd - per-service egress allowlists, kept current from DNS, enforced by nftables`)}},
+	{"SYNOPSIS", []Block{Pre(`
+egressd run [--config FILE] [--once] [--log-level LEVEL]
+            [--runtime-dir DIR]
+egressd check [--config FILE] [--json] [--runtime-dir DIR]
+egressd check [--config FILE] [--json] --explain USER HOST:PORT[/udp]
+egressd harden --user USER [--group GROUP] [--writable PATH]...
+               [--listen tcp:PORT|udp:PORT]... [--jit] [--nproc N]
+               [--fsize SIZE] [--apparmor PROFILE | --selinux CONTEXT]
+               [--loopback-only] [--no-private-users]
+               [--systemd-version N] [--allowlist NAME] [--unit NAME]
+               [--config FILE]
+egressd harden --audit UNIT_FILE [--json]
+egressd remove [--runtime-dir DIR]
+egressd demo
+egressd version
+egressd completion bash|zsh
+egressd help [egressd.yaml]`)}},
+	{"DESCRIPTION", []Block{P(`For each protected service user, egressd allows outgoing connections to
+the host:port destinations of that user's allowlist, and logs, then
+rejects, everything else that user sends. Names are looked up in the hosts
+file (/etc/hosts) first, then with egressd's own DNS client, honouring
+TTLs, and the nftables table "inet egressd" is kept current in atomic netlink
+transactions. Users without an allowlist, and root, are not affected.`),
+		P(`The configuration is described in egressd.yaml(5) (egressd help egressd.yaml).`)}},
+	{"COMMANDS", []Block{
+		Item("run", `Run the daemon in the foreground (systemd Type=notify). It
+applies the whole ruleset, signals READY=1, then follows DNS TTLs, hosts
+file and allowlist edits. SIGHUP reloads the configuration; SIGTERM stops,
+leaving the rules in place (on_exit: keep) or removing them (on_exit: remove).`),
+		Item("run --once", `Resolve everything once, apply, exit.`),
+		Item("check", `Validate the configuration, resolve every name once, and
+compare with the live kernel table (through netlink). When the daemon runs,
+the kernel is compared with the daemon's published view (DIR/state.json), so
+lingering and stale-served addresses are not drift. Prints one line per
+allowlist, the names the hosts file answers, then each problem with what to
+do; --json prints the document described in docs/check.md. Changes nothing.`),
+		Item("check --explain USER HOST:PORT[/udp]", `Would USER be allowed to
+reach HOST:PORT right now, according to the live kernel, and by which
+allowlist entry; which source answered for the name (hosts or dns); when
+denied, the nearest entries (same host other port, same name other address).`),
+		Item("harden", `Print a systemd drop-in that hardens one protected service:
+its own user, no new privileges, private /tmp, read-only system with explicit
+writable paths, no W+X memory, resource limits, port binding limits, LSM
+profile, and ordering after egressd.service. Every line says which exploit
+behaviour it blocks; options the target systemd lacks are left out.`),
+		Item("harden --audit UNIT_FILE", `Report the unit's exposure score
+(systemd-analyze security), each missing protection with the line to add, and
+every code or configuration path the service user could modify (walking up
+to /), with the fix. Exit 1 when anything is found.`),
+		Item("remove", `Delete the table inet egressd: every restriction is
+lifted. For uninstalling and emergencies. Refused while the daemon runs (it
+would restore the table at once): stop it first (systemctl stop egressd).
+"nothing to remove" when there is no table.`),
+		Item("demo", `Run the real daemon on example allowlists inside a throwaway
+network namespace, with its own DNS server and example services; prints what
+is allowed, what is denied and a DNS change taking effect. Never touches the
+host's firewall.`),
+		Item("version", `Print the version, commit and Go version of this build.
+The same is exported as the metric egressd_build_info.`),
+		Item("completion bash|zsh", `Print the shell completion script.`),
+		Item("help [egressd.yaml]", `Print this manual, or the configuration's.`),
+	}},
+	{"OPTIONS", []Block{
+		Item("--config FILE", `Main configuration file (default
+/etc/egressd/egressd.yaml; when not given and missing, every key takes its
+default).`),
+		Item("--once", `With run: apply once and exit.`),
+		Item("--log-level L", `debug, info (default), warn or error.`),
+		Item("--runtime-dir D", `Where the daemon publishes its state for check
+(default /run/egressd).`),
+		Item("--json", `With check: machine-readable output.`),
+	}},
+	{"FILES", []Block{
+		Item("/etc/egressd/egressd.yaml", `Main configuration.`),
+		Item("/etc/egressd/allow.d/NAME.yaml", `One allowlist per service user (or NAME.yml).`),
+		Item("/etc/egressd/lists/NAME.yaml", `Shared lists that allowlists include.`),
+		Item("/etc/hosts", `Looked up before DNS (hosts_file).`),
+		Item("/run/egressd/state.json", `The daemon's published view, for check.`),
+		P(`Every configuration path (main file, allow directory, allowlists, shared
+lists, the hosts file, symlinks and their targets, and their parent
+directories up to /) must be writable by root (or egressd's own user) alone;
+anything else is refused like a bad file.`),
+	}},
+	{"EXIT STATUS", []Block{
+		Item("run", `0 on a clean stop; 1 on a runtime failure; 2 if the configuration
+is invalid at start.`),
+		Item("run --once", `0 applied; 1 applied, but some names failed to resolve;
+2 configuration invalid (nothing was changed).`),
+		Item("check", `0 in sync, no problems; 1 drift or problems; 2 configuration
+invalid, or check cannot run (not root, no nf_tables).`),
+		Item("check --explain", `0 allowed (or the user is not restricted);
+1 denied; 2 cannot answer.`),
+		Item("harden", `0 printed; 2 invalid options. With --audit: 0 nothing found,
+1 findings, 2 cannot read the unit.`),
+		Item("remove", `0 removed (or nothing to remove); 1 refused (a daemon runs,
+or not root) or failed.`),
+	}},
+	{"EVENTS", []Block{P(`Logs are JSON lines on stderr with a stable "event" key: started,
+config_loaded, config_rejected, config_file_skipped, resolved,
+resolve_failed, ruleset_applied, apply_failed, user_missing, user_conflict,
+start_refused, deny, deny_overflow, drift_repaired, drift_repeating,
+stopping.`)}},
+	{"SEE ALSO", []Block{P(`egressd.yaml(5), nft(8), systemd.exec(5), hosts(5);
+/usr/share/doc/egressd/README.md.gz`)}},
+}}
+
+// Config is egressd.yaml(5): the main file, allowlists and shared lists.
+var Config = &Page{Name: "egressd.yaml", Section: "5", Title: "File Formats", Sections: []Section{
+	{"NAME", []Block{P(`egressd.yaml - egressd configuration, allowlists and shared lists`)}},
+	{"SYNOPSIS", []Block{Pre(`
+/etc/egressd/egressd.yaml
+/etc/egressd/allow.d/NAME.yaml
+/etc/egressd/lists/NAME.yaml`)}},
+	{"DESCRIPTION", []Block{P(`The main file is optional: every key has a default. Each file
+in the allow directory is one allowlist: the outgoing destinations one
+service user may reach. Every error names the file, line and column; a load
+with any error changes nothing, and the daemon keeps enforcing the last good
+configuration.`),
+		P(`Every configuration path must be writable by root alone: a service must
+never be able to edit the allowlist it is restricted by.`)}},
+	{"MAIN FILE", []Block{
+		Item("resolvers", `List of ADDR or ADDR:PORT ([V6]:PORT). Default: the
+nameservers of /etc/resolv.conf.`),
+		Item("allow_dir", `Directory of allowlists, relative to the main file's
+directory. Default: allow.d.`),
+		Item("lists_dir", `Directory of shared lists, relative to the main file's
+directory. Default: lists.`),
+		Item("hosts_file", `A hosts(5) file consulted before DNS, as "hosts: files
+dns" does. Default: /etc/hosts. Empty: DNS only.`),
+		Item("min_ttl", `A shorter TTL is raised to this. Default: 5s.`),
+		Item("max_ttl", `A longer TTL is lowered to this. Default: 10m.`),
+		Item("linger", `An address that left the answers stays allowed this long
+after its TTL ran out. Default: 5m.`),
+		Item("stale_grace", `While DNS fails, last-known addresses stay allowed this
+long. Default: 1h.`),
+		Item("max_addresses_per_name", `Answers are capped per name. Default: 256.`),
+		Item("deny_log", `mode (nflog, kernel or none; default nflog), group
+(default 100), rate (default 10/second, per protected uid), prefix (default
+egressd), interval (the deny event aggregation window; default 10s).`),
+		Item("on_exit", `keep (default: the rules stay when the daemon stops; fail
+closed) or remove.`),
+		Item("metrics_listen", `HOST:PORT of the Prometheus endpoint. Default: off.`),
+	}},
+	{"ALLOWLISTS", []Block{P(`One allowlist per file in allow_dir, NAME.yaml, where NAME
+(letters, digits, '-', '_', at most 48) names the allowlist in the kernel and
+in logs. Hidden files are ignored.`),
+		Item("user", `The service user: a name or a numeric uid (required; not root).`),
+		Item("allow", `List of destinations, HOST:PORT or HOST:FROM-TO, optionally
+followed by /tcp (default) or /udp. HOST is a DNS name, an IPv4 address or
+CIDR, or an IPv6 address or CIDR in brackets.`),
+		Item("include", `List of shared list names (files NAME.yaml in lists_dir)
+whose destinations this allowlist also allows, under this allowlist's dns and
+allow_private_answers settings.`),
+		Item("dns", `resolvers (default): the user may reach the configured resolvers
+on port 53; none: it may not.`),
+		Item("allow_private_answers", `Accept DNS answers in loopback, private,
+link-local, CGNAT, unspecified or multicast ranges (default false: DNS
+rebinding must not open the metadata service or the LAN). Literal entries and
+hosts file answers are always taken as written.`),
+	}},
+	{"SHARED LISTS", []Block{P(`A file lists_dir/NAME.yaml holds destinations kept once and
+used by many allowlists. Its only key is allow, with the same syntax and
+validation as an allowlist's; errors name the list file's line and column. An
+include of a list that does not exist is an error at the include line of the
+allowlist.`)}},
+	{"NAMES", []Block{P(`Names are looked up in the hosts file first: when it holds the
+name, its addresses are the answer (A and AAAA alike, as getaddrinfo does)
+and DNS is not asked. The file is watched; an edit takes effect at once.
+Hosts answers are treated like literals: the administrator wrote them, so a
+loopback or private address there is allowed. Otherwise a name allows only
+the addresses it currently resolves to in DNS, each for its own lifetime:
+last seen + TTL (clamped to [min_ttl, max_ttl]) + linger.`)}},
+	{"EXAMPLE", []Block{Pre(`
+# /etc/egressd/allow.d/billing.yaml
+user: billing
+include: [os-updates]
+allow:
+  - db.internal.example.com:3306
+  - api.payments.example:443
+  - 127.0.0.1:3306
+  - "[2001:db8::1]:53/udp"
+  - 198.51.100.0/24:8000-8100
+dns: resolvers
+
+# /etc/egressd/lists/os-updates.yaml
+allow:
+  - deb.debian.org:443
+  - security.debian.org:443`)}},
+	{"SEE ALSO", []Block{P(`egressd(8), hosts(5)`)}},
+}}
+
+// Pages are every man page, by section.
+var Pages = map[string]*Page{"8": Egressd, "5": Config}
