@@ -45,6 +45,7 @@ SYNOPSIS
                    [--loopback-only] [--no-private-users] [--systemd-version N]
                    [--allowlist NAME] [--unit NAME]
     egressd harden --audit UNIT_FILE [--json]
+    egressd wait (--user USER | --allowlist NAME) [--timeout 30s]
     egressd remove
     egressd demo
     egressd version
@@ -90,6 +91,11 @@ COMMANDS
               each missing protection with the line to add, and every code
               or configuration path the service user could modify (walking
               up to /), with the fix. Exit 1 when anything is found.
+    wait      The start gate of a protected service (ExecStartPre=+, written
+              by harden): wait until egressd restricts USER (or the user of
+              allowlist NAME) in the kernel, then exit 0; exit 1 when the
+              timeout passes first, so the service does not start. Needs
+              CAP_NET_ADMIN to read nf_tables (the + prefix runs it as root).
     remove    Delete the table inet egressd: every restriction is lifted.
               For uninstalling and emergencies.
     demo      Run the real daemon on example allowlists inside a throwaway
@@ -123,6 +129,7 @@ EXIT STATUS
                2 cannot answer.
     harden     0 printed; 2 invalid options. With --audit: 0 nothing found,
                1 findings, 2 cannot read the unit.
+    wait       0 the user is restricted; 1 not by the timeout; 2 bad arguments.
     remove     0 removed (or nothing to remove); 1 on failure.
 
 EVENTS
@@ -151,6 +158,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(args[1:], stdout, stderr)
 	case "harden":
 		return cmdHarden(args[1:], stdout, stderr)
+	case "wait":
+		return cmdWait(args[1:], stderr)
 	case "remove":
 		return cmdRemove(args[1:], stderr)
 	case "demo":
