@@ -241,6 +241,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	ctl, err := controller.New(controller.Options{
 		ConfigPath: *cfgPath, ConfigRequired: required, Kernel: kernel, Log: log, Metrics: m, StateDir: *runtimeDir,
 		Notify: func(s string) { daemon.SdNotify(false, s) }, //nolint:errcheck // no-op outside systemd
+		Heartbeat: watchdogHeartbeat(),
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "egressd:", err)

@@ -63,6 +63,15 @@ type Options struct {
 	KernelEvents <-chan struct{}
 	// VerifyEvery is the backstop period of full verification; default 60s.
 	VerifyEvery time.Duration
+	// Heartbeat, when Every is set, is called from the loop itself at that
+	// period (systemd's watchdog: a hung loop stops calling it).
+	Heartbeat Heartbeat
+}
+
+// Heartbeat is a callback the loop calls every Every.
+type Heartbeat struct {
+	Every time.Duration
+	Beat  func()
 }
 
 // EvDriftRepaired and EvDriftRepeating are event names.
@@ -507,6 +516,13 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	rounds := make(chan round, 1)
 	inflight := false
+	var beat <-chan time.Time
+	if hb := c.o.Heartbeat; hb.Every > 0 && hb.Beat != nil {
+		hb.Beat()
+		tick := time.NewTicker(hb.Every)
+		defer tick.Stop()
+		beat = tick.C
+	}
 	for {
 		wait := c.nextWake().Sub(c.o.Now())
 		// Coalesce: never reconcile more often than MinInterval.
@@ -528,6 +544,8 @@ func (c *Controller) Run(ctx context.Context) error {
 		case r := <-rounds:
 			inflight = false
 			c.observe(r.keys, r.out)
+		case <-beat:
+			c.o.Heartbeat.Beat()
 		case <-timer.C:
 		}
 		last = c.o.Now()
