@@ -25,6 +25,11 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
+	// EGRESSD_SYSTEST_BINARY runs the tier against another egressd build
+	// (to show a test failing on an older one).
+	if b := os.Getenv("EGRESSD_SYSTEST_BINARY"); b != "" {
+		egressdBin = b
+	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
