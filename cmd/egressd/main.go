@@ -43,7 +43,8 @@ SYNOPSIS
     egressd harden --user USER [--writable PATH]... [--listen tcp:PORT|udp:PORT]...
                    [--jit] [--nproc N] [--fsize SIZE] [--apparmor PROFILE | --selinux CONTEXT]
                    [--loopback-only] [--no-private-users] [--systemd-version N]
-                   [--allowlist NAME] [--unit NAME]
+                   [--target-features FEATURES] [--egressd PATH] [--gate-timeout D]
+                   [--allowlist NAME] [--unit NAME] [--config FILE]
     egressd harden --audit UNIT_FILE [--json]
     egressd wait (--user USER | --allowlist NAME) [--timeout 30s]
     egressd remove
@@ -83,8 +84,11 @@ COMMANDS
               its own user, no new privileges, private /tmp, read-only
               system with explicit writable paths, no W+X memory, resource
               limits, port binding limits, LSM profile, and ordering after
-              egressd.service. Every line says which exploit behaviour it
-              blocks; options the target systemd lacks are left out.
+              egressd.service (Wants=, never Requires=) with a start gate
+              (egressd wait). Every line says which exploit behaviour it
+              blocks; options the target systemd lacks are left out, and
+              what it does not enforce is said (SocketBind* without
+              BPF_FRAMEWORK). Warnings on stderr.
               See docs/hardening.md.
     harden --audit UNIT_FILE
               Report the unit's exposure score (systemd-analyze security),
@@ -240,8 +244,8 @@ func cmdRun(args []string, stderr io.Writer) int {
 	m := metrics.New()
 	ctl, err := controller.New(controller.Options{
 		ConfigPath: *cfgPath, ConfigRequired: required, Kernel: kernel, Log: log, Metrics: m, StateDir: *runtimeDir,
-		Notify: func(s string) { daemon.SdNotify(false, s) }, //nolint:errcheck // no-op outside systemd
-		Heartbeat: watchdogHeartbeat(),
+		Notify:    func(s string) { daemon.SdNotify(false, s) }, //nolint:errcheck // no-op outside systemd
+		Heartbeat: watchdogHeartbeat(),                          // WATCHDOG=1 from the loop when WatchdogSec= is set
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "egressd:", err)
