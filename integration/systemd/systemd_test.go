@@ -97,6 +97,15 @@ func (c *container) audit(unit string) string {
 func TestSystemd(t *testing.T) {
 	require(t)
 	c := newContainer(t, binds(t)...)
+	// The container's helpers report to the test that runs them.
+	run := func(name string, f func(t *testing.T)) bool {
+		return t.Run(name, func(t *testing.T) {
+			parent := c.t
+			c.t = t
+			defer func() { c.t = parent }()
+			f(t)
+		})
+	}
 	c.write("/etc/systemd/system/targets.service",
 		"[Unit]\nDescription=test destinations (root)\nBefore=egressd.service\n\n[Service]\nExecStart=/usr/local/bin/egressd-probe serve "+
 			allowedDst+" "+deniedDst+" "+addedDst+"\n\n[Install]\nWantedBy=multi-user.target\n", 0o644)
@@ -111,7 +120,7 @@ func TestSystemd(t *testing.T) {
 	// and a hardened billing.service. Finding 1 (start): when `systemctl
 	// enable --now egressd` returns (READY=1), the kernel already holds
 	// billing's allowlist.
-	t.Run("README install", func(t *testing.T) {
+	run("README install", func(t *testing.T) {
 		installPerREADME(t, c, allowlistFor("billing"))
 		if c.show("egressd.service", "ActiveState") != "active" || c.show("billing.service", "ActiveState") != "active" {
 			t.Fatalf("after the README: egressd %s, billing %s", c.show("egressd.service", "ActiveState"), c.show("billing.service", "ActiveState"))
@@ -120,12 +129,12 @@ func TestSystemd(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	t.Run("READY after the first apply", func(t *testing.T) {
+	run("READY after the first apply", func(t *testing.T) {
 		c.must("systemctl", "stop", "egressd.service", "billing.service")
 		c.must("egressd", "remove")
 		c.must("systemctl", "start", "egressd.service") // returns on READY=1
 		if out, err := c.run("egressd", "wait", "--user", "billing", "--timeout", "0s"); err != nil {
-			t.Fatalf("systemctl start egressd returned before billing was restricted in the kernel: %v\n%s", err, out)
+			t.Errorf("systemctl start egressd returned before billing was restricted in the kernel: %v\n%s", err, out)
 		}
 		c.must("systemctl", "start", "billing.service")
 	})
@@ -133,7 +142,7 @@ func TestSystemd(t *testing.T) {
 	dropIn, _ := c.run("cat", "/etc/systemd/system/billing.service.d/hardening.conf")
 	billingPID := c.show("billing.service", "MainPID")
 
-	t.Run("hardened billing does what its drop-in says", func(t *testing.T) {
+	run("hardened billing does what its drop-in says", func(t *testing.T) {
 		c.restricted(t, 8080, "started")
 		if got := c.ask(8080, "write", "/var/lib/billing/state"); got != "ok" { // StateDirectory=
 			t.Errorf("write to its StateDirectory: %s", got)
@@ -177,7 +186,7 @@ func TestSystemd(t *testing.T) {
 		}
 		c.restricted(t, 8080, when)
 	}
-	t.Run("reload", func(t *testing.T) {
+	run("reload", func(t *testing.T) {
 		pid := c.show("egressd.service", "MainPID")
 		c.write("/etc/egressd/allow.d/billing.yaml", allowlistFor("billing", addedDst), 0o644)
 		c.must("systemctl", "reload", "egressd.service")
@@ -187,17 +196,17 @@ func TestSystemd(t *testing.T) {
 		}
 		unchanged(t, "after reload")
 	})
-	t.Run("restart", func(t *testing.T) {
+	run("restart", func(t *testing.T) {
 		c.must("systemctl", "restart", "egressd.service")
 		unchanged(t, "after systemctl restart egressd")
 	})
-	t.Run("stop", func(t *testing.T) {
+	run("stop", func(t *testing.T) {
 		c.must("systemctl", "stop", "egressd.service")
 		unchanged(t, "while egressd is stopped")
 		c.must("systemctl", "start", "egressd.service")
 		unchanged(t, "after egressd started again")
 	})
-	t.Run("crash", func(t *testing.T) {
+	run("crash", func(t *testing.T) {
 		pid := c.show("egressd.service", "MainPID")
 		n := c.show("egressd.service", "NRestarts")
 		c.must("systemctl", "kill", "--signal=SIGKILL", "egressd.service")
@@ -212,7 +221,7 @@ func TestSystemd(t *testing.T) {
 		unchanged(t, "after egressd's crash and restart")
 	})
 	// Finding 8: a hung reconcile loop is restarted by the watchdog.
-	t.Run("watchdog", func(t *testing.T) {
+	run("watchdog", func(t *testing.T) {
 		if got := c.show("egressd.service", "WatchdogUSec"); got != "30s" {
 			t.Errorf("egressd.service WatchdogUSec=%s, want 30s", got)
 		}
@@ -237,7 +246,7 @@ func TestSystemd(t *testing.T) {
 
 	// Findings 1, 5, 6: a service whose allowlist is not enforced yet is held
 	// by its start gate, and starts the moment egressd enforces it.
-	t.Run("gate holds a service until its allowlist is enforced", func(t *testing.T) {
+	run("gate holds a service until its allowlist is enforced", func(t *testing.T) {
 		c.must("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "late")
 		c.write("/etc/systemd/system/late.service", serviceUnit(8081), 0o644)
 		dropIn, warn := c.harden(t, "late.service", "--user", "late", "--listen", "tcp:8081", "--writable", "/srv/late", "--gate-timeout", "90s")
@@ -277,7 +286,7 @@ func TestSystemd(t *testing.T) {
 			t.Errorf("audit after the fix:\n%s", a)
 		}
 	})
-	t.Run("gate fails closed", func(t *testing.T) {
+	run("gate fails closed", func(t *testing.T) {
 		c.must("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "never")
 		c.write("/etc/systemd/system/never.service", serviceUnit(8082), 0o644)
 		c.harden(t, "never.service", "--user", "never", "--listen", "tcp:8082", "--gate-timeout", "2s")
@@ -294,7 +303,7 @@ func TestSystemd(t *testing.T) {
 	})
 	// Finding 3: a privileged port with CAP_NET_BIND_SERVICE, without
 	// PrivateUsers=yes, binds.
-	t.Run("privileged port", func(t *testing.T) {
+	run("privileged port", func(t *testing.T) {
 		c.must("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "web")
 		c.write("/etc/egressd/allow.d/web.yaml", allowlistFor("web"), 0o644)
 		c.write("/etc/systemd/system/web.service", serviceUnit(80), 0o644)
@@ -317,7 +326,7 @@ func TestSystemd(t *testing.T) {
 
 	// Boot order: after a reboot, every protected service starts after
 	// egressd's first full apply, and is restricted from its first instant.
-	t.Run("reboot", func(t *testing.T) {
+	run("reboot", func(t *testing.T) {
 		c.reboot()
 		for _, u := range []string{"egressd.service", "billing.service", "web.service"} {
 			if st := c.show(u, "ActiveState"); st != "active" {
