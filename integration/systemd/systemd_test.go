@@ -342,4 +342,33 @@ func TestSystemd(t *testing.T) {
 		c.restricted(t, 8080, "billing after reboot")
 		c.restricted(t, 80, "web after reboot")
 	})
+
+	// Finding 2: a typo in an allowlist at boot: egressd enforces the last
+	// good configuration, loudly, and the protected services start.
+	run("boot with an invalid allowlist", func(t *testing.T) {
+		c.write("/etc/egressd/allow.d/billing.yaml", "user: billing\nallow: [127.0.0.1:8001\n", 0o644)
+		c.reboot()
+		for _, u := range []string{"egressd.service", "billing.service", "web.service"} {
+			if st := c.show(u, "ActiveState"); st != "active" {
+				t.Errorf("booted with an invalid allowlist: %s is %s", u, st)
+			}
+		}
+		c.restricted(t, 8080, "billing, on the last good configuration")
+		if st := c.show("egressd.service", "StatusText"); !strings.Contains(st, "last good") {
+			t.Errorf("egressd's STATUS does not say it runs on the last good configuration: %q", st)
+		}
+		if log := c.must("journalctl", "--no-pager", "-o", "cat", "--boot", "-u", "egressd.service"); !strings.Contains(log, `"event":"config_fallback"`) {
+			t.Errorf("no config_fallback event:\n%s", log)
+		}
+		if out, err := c.run("egressd", "check"); err == nil {
+			t.Errorf("egressd check exits 0 on invalid files:\n%s", out)
+		}
+		c.write("/etc/egressd/allow.d/billing.yaml", allowlistFor("billing", addedDst), 0o644)
+		c.must("systemctl", "reload", "egressd.service")
+		eventually(t, "the fixed configuration in force", func() (bool, string) {
+			st := c.show("egressd.service", "StatusText")
+			return strings.HasPrefix(st, "enforcing") && !strings.Contains(st, "last good"), st
+		})
+		c.restricted(t, 8080, "billing, after the fix")
+	})
 }

@@ -63,6 +63,9 @@ type Options struct {
 	KernelEvents <-chan struct{}
 	// VerifyEvery is the backstop period of full verification; default 60s.
 	VerifyEvery time.Duration
+	// LastGood, when set, keeps each configuration that takes effect and
+	// supplies the last one when the files are invalid at start.
+	LastGood LastGood
 	// Heartbeat, when Every is set, is called from the loop itself at that
 	// period (systemd's watchdog: a hung loop stops calling it).
 	Heartbeat Heartbeat
@@ -144,7 +147,9 @@ func New(o Options) (*Controller, error) {
 	cfg, err := config.Load(o.ConfigPath, o.ConfigRequired)
 	if err != nil {
 		c.logRejected(err)
-		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+		if cfg = c.fallback(err); cfg == nil {
+			return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+		}
 	}
 	if cfg.AllowDirMissing {
 		o.Log.Warn("the allow directory does not exist: no allowlists, nobody is restricted", ev(EvConfigLoaded), zap.String("allow_dir", cfg.AllowDir))
@@ -184,6 +189,7 @@ func (c *Controller) setConfig(cfg *config.Config) {
 		users[a.Name] = a.User
 	}
 	c.allowUsers.Store(&users)
+	c.keepLastGood(cfg)
 	for k := range c.failing {
 		if _, ok := c.cache.Status(k); !ok {
 			delete(c.failing, k)
@@ -421,7 +427,7 @@ func (c *Controller) sync() error {
 	c.o.Log.Info("ruleset applied", ev(EvRulesetApplied), zap.Uint64("generation", c.generation), zap.String("kind", kind),
 		zap.Int("elements", plan.Elements()), zap.Int("changed", changed), zap.Int("allowlists", len(plan.Chains)),
 		zap.Duration("duration", time.Since(start)))
-	c.notify(fmt.Sprintf("STATUS=enforcing %d allowlists, %d elements (generation %d)", len(plan.Chains), plan.Elements(), c.generation))
+	c.notify(fmt.Sprintf("STATUS=enforcing %d allowlists, %d elements (generation %d)%s", len(plan.Chains), plan.Elements(), c.generation, c.lastGoodNote()))
 	return nil
 }
 
