@@ -22,6 +22,7 @@ import (
 	"github.com/egressd/egressd/internal/check"
 	"github.com/egressd/egressd/internal/controller"
 	"github.com/egressd/egressd/internal/deny"
+	"github.com/egressd/egressd/internal/logs"
 	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/nflog"
 	"github.com/egressd/egressd/internal/state"
@@ -202,7 +203,7 @@ func newLogger(level string, w io.Writer) (*zap.Logger, error) {
 	enc.TimeKey = "ts"
 	enc.EncodeTime = zapcore.RFC3339NanoTimeEncoder
 	enc.EncodeDuration = zapcore.StringDurationEncoder
-	core := zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.Lock(zapcore.AddSync(w)), lvl)
+	core := logs.Quiet(logs.NewCore(enc, w, lvl), time.Minute) // journald priorities, terminal format; one event per DNS outage
 	return zap.New(core), nil
 }
 

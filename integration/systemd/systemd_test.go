@@ -177,6 +177,20 @@ func TestSystemd(t *testing.T) {
 		}
 	})
 
+	// Finding 7: journald gets the priorities; the lines stay JSON.
+	run("journal priorities", func(t *testing.T) {
+		warn := c.must("journalctl", "--no-pager", "-o", "cat", "-p", "warning", "-u", "egressd.service")
+		if !strings.Contains(warn, `"event":"deny"`) {
+			t.Errorf("journalctl -p warning -u egressd shows no deny event:\n%s", warn)
+		}
+		if strings.Contains(warn, `"event":"ruleset_applied"`) {
+			t.Errorf("info events at priority warning:\n%s", warn)
+		}
+		if info := c.must("journalctl", "--no-pager", "-o", "cat", "-p", "info", "-u", "egressd.service"); !strings.Contains(info, `{"level":"info"`) {
+			t.Errorf("JSON lines lost their shape:\n%s", info)
+		}
+	})
+
 	// Finding 1: egressd's reload, restart, stop and crash leave a protected
 	// service running (same MainPID), and restricted throughout.
 	unchanged := func(t *testing.T, when string) {
