@@ -4,6 +4,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/exec"
 	"strings"
 
 	"github.com/egressd/egressd/config"
@@ -31,7 +33,10 @@ func cmdHarden(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.SELinux, "selinux", "", "SELinux context to run the service in")
 	fs.BoolVar(&o.LoopbackOnly, "loopback-only", false, "the service talks to localhost only")
 	noPrivUsers := fs.Bool("no-private-users", false, "leave out PrivateUsers=yes (daemons that change uid themselves, or need other users' uids)")
-	fs.IntVar(&o.SystemdVersion, "systemd-version", 0, fmt.Sprintf("target systemd version (default %d)", harden.DefaultSystemdVersion))
+	fs.IntVar(&o.SystemdVersion, "systemd-version", 0, fmt.Sprintf("target systemd version (default: this host's, else %d)", harden.DefaultSystemdVersion))
+	features := fs.String("target-features", "", "the target systemd's feature line from `systemctl --version` (default: this host's when no --systemd-version is given)")
+	fs.StringVar(&o.Egressd, "egressd", harden.DefaultEgressd, "the egressd binary the start gate runs")
+	fs.DurationVar(&o.GateTimeout, "gate-timeout", harden.DefaultGateTimeout, "how long the start gate waits for the user's allowlist in the kernel")
 	fs.StringVar(&o.Allowlist, "allowlist", "", "the allowlist (NAME of allow.d/NAME.yaml) that restricts the service's egress")
 	fs.StringVar(&o.Unit, "unit", "", "the unit name, for the install hint (e.g. billing.service)")
 	cfgPath := fs.String("config", config.DefaultPath, "main configuration file (with --allowlist)")
@@ -44,8 +49,9 @@ func cmdHarden(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "egressd harden: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
+	localVersion, localBPF := localSystemd()
 	if *audit != "" {
-		r, err := harden.Audit(*audit)
+		r, err := harden.Audit(*audit, harden.Env{BPF: localBPF, AllowlistFor: allowlistFor(*cfgPath)})
 		if err != nil {
 			fmt.Fprintln(stderr, "egressd harden --audit:", err)
 			return 2
@@ -61,6 +67,12 @@ func cmdHarden(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	o.Writable, o.PrivateUsers = writable, !*noPrivUsers
+	switch {
+	case *features != "":
+		o.BPF = harden.ParseFeatures(*features)
+	case o.SystemdVersion == 0 && localVersion != 0: // the target is this host
+		o.SystemdVersion, o.BPF = localVersion, localBPF
+	}
 	for _, l := range listen {
 		ls, err := harden.ParseListen(l)
 		if err != nil {
@@ -98,6 +110,49 @@ func cmdHarden(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "egressd harden:", err)
 		return 2
 	}
+	warnings := o.Warnings(func(p string) bool { _, err := os.Stat(p); return err == nil })
+	if o.Allowlist == "" {
+		switch _, ok, err := allowlistFor(*cfgPath)(o.User); {
+		case err != nil:
+			warnings = append(warnings, fmt.Sprintf("cannot tell whether egressd restricts %s: %v", o.User, err))
+		case !ok:
+			warnings = append(warnings, fmt.Sprintf("no egressd allowlist for user %s: its egress is not restricted, and the start gate will refuse to start it until one is enforced (write allow.d/NAME.yaml with user: %s)", o.User, o.User))
+		}
+	}
+	for _, w := range warnings {
+		fmt.Fprintln(stderr, "egressd harden: warning:", w)
+	}
 	fmt.Fprint(stdout, out)
 	return 0
+}
+
+// localSystemd reads this host's systemd version and BPF_FRAMEWORK from
+// `systemctl --version` (fixed arguments); 0 and unknown without systemctl.
+func localSystemd() (int, harden.Feature) {
+	out, err := exec.Command("systemctl", "--version").Output()
+	if err != nil {
+		return 0, harden.FeatureUnknown
+	}
+	return harden.ParseSystemctlVersion(string(out))
+}
+
+// allowlistFor answers which allowlist restricts a user, from the
+// configuration at cfgPath (its absence means: no allowlists).
+func allowlistFor(cfgPath string) func(string) (string, bool, error) {
+	return func(userName string) (string, bool, error) {
+		cfg, err := config.Load(cfgPath, false)
+		if err != nil {
+			return "", false, err
+		}
+		uid, uidErr := lookupUID(userName)
+		for _, a := range cfg.Allowlists {
+			if a.User == userName {
+				return a.Name, true, nil
+			}
+			if n, ok := a.NumericUID(); ok && uidErr == nil && n == uid {
+				return a.Name, true, nil
+			}
+		}
+		return "", false, nil
+	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/egressd/egressd/internal/check"
 	"github.com/egressd/egressd/internal/controller"
 	"github.com/egressd/egressd/internal/deny"
+	"github.com/egressd/egressd/internal/logs"
 	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/nflog"
 	"github.com/egressd/egressd/internal/state"
@@ -47,6 +48,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(args[1:], stdout, stderr)
 	case "harden":
 		return cmdHarden(args[1:], stdout, stderr)
+	case "wait":
+		return cmdWait(args[1:], stderr)
 	case "remove":
 		return cmdRemove(args[1:], stderr)
 	case "demo":
@@ -74,7 +77,7 @@ func newLogger(level string, w io.Writer) (*zap.Logger, error) {
 	enc.TimeKey = "ts"
 	enc.EncodeTime = zapcore.RFC3339NanoTimeEncoder
 	enc.EncodeDuration = zapcore.StringDurationEncoder
-	core := zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.Lock(zapcore.AddSync(w)), lvl)
+	core := logs.Quiet(logs.NewCore(enc, w, lvl), time.Minute) // journald priorities, terminal format; one event per DNS outage
 	return zap.New(core), nil
 }
 
@@ -125,7 +128,9 @@ func cmdRun(args []string, stderr io.Writer) int {
 	m := metrics.New()
 	ctl, err := controller.New(controller.Options{
 		ConfigPath: *cfgPath, ConfigRequired: required, Kernel: kernel, Log: log, Metrics: m, StateDir: *runtimeDir,
-		Notify: func(s string) { daemon.SdNotify(false, s) }, //nolint:errcheck // no-op outside systemd
+		Notify:    func(s string) { daemon.SdNotify(false, s) }, //nolint:errcheck // no-op outside systemd
+		Heartbeat: watchdogHeartbeat(),                          // WATCHDOG=1 from the loop when WatchdogSec= is set
+		LastGood:  lastGoodStore(),                              // $STATE_DIRECTORY: invalid files at start enforce the last good configuration
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "egressd:", err)

@@ -232,7 +232,12 @@ func Run(ctx context.Context, o Options) *Report {
 
 	cfg, err := config.LoadTrusted(o.ConfigPath, o.ConfigRequired, o.Trust)
 	if err != nil {
-		const keep = "; the daemon keeps enforcing its last good configuration meanwhile"
+		// Say what protects the host meanwhile, and only what is true.
+		keep := "; no egressd daemon is running: nothing enforces a configuration until one starts on valid files (or on its last good copy)"
+		if st, serr := state.Read(o.RuntimeDir); serr == nil && st.Alive() {
+			keep = fmt.Sprintf("; the running daemon (pid %d) keeps enforcing its last good configuration (%s) meanwhile", st.PID, st.ConfigFile)
+			r.Daemon.Seen, r.Daemon.Running, r.Daemon.PID = true, true, st.PID
+		}
 		var ce config.Errors
 		if !errors.As(err, &ce) {
 			ce = config.Errors{{Pos: config.Pos{File: o.ConfigPath}, Msg: err.Error()}}

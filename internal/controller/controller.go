@@ -69,6 +69,18 @@ type Options struct {
 	// Trust says who may own configuration paths (config.Trust); the zero
 	// value is root and egressd's own user, every directory up to /.
 	Trust config.Trust
+	// LastGood, when set, keeps each configuration that takes effect and
+	// supplies the last one when the files are invalid at start.
+	LastGood LastGood
+	// Heartbeat, when Every is set, is called from the loop itself at that
+	// period (systemd's watchdog: a hung loop stops calling it).
+	Heartbeat Heartbeat
+}
+
+// Heartbeat is a callback the loop calls every Every.
+type Heartbeat struct {
+	Every time.Duration
+	Beat  func()
 }
 
 // EvDriftRepaired and EvDriftRepeating are event names.
@@ -144,8 +156,9 @@ func New(o Options) (*Controller, error) {
 	c := &Controller{o: o, reload: make(chan struct{}, 1), failing: map[resolver.Key]bool{}, started: o.Now()}
 	cfg, err := config.LoadTrusted(o.ConfigPath, o.ConfigRequired, o.Trust)
 	if err != nil {
-		c.logRejected(err, true)
-		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+		if cfg = c.fallback(err); cfg == nil {
+			return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+		}
 	}
 	if cfg.AllowDirMissing {
 		o.Log.Warn("the allow directory does not exist: no allowlists, nobody is restricted", ev(EvConfigLoaded), zap.String("allow_dir", cfg.AllowDir))
@@ -197,6 +210,7 @@ func (c *Controller) setConfig(cfg *config.Config) {
 		c.o.Log.Warn("file in the allow directory ignored: allowlists are NAME.yaml or NAME.yml", ev(EvFileSkipped),
 			zap.String("file", f), zap.String("allow_dir", cfg.AllowDir))
 	}
+	c.keepLastGood(cfg)
 	for k := range c.failing {
 		if _, ok := c.cache.Status(k); !ok {
 			delete(c.failing, k)
@@ -493,7 +507,7 @@ func (c *Controller) sync() error {
 	c.o.Log.Info("ruleset applied", ev(EvRulesetApplied), zap.Uint64("generation", c.generation), zap.String("kind", kind),
 		zap.Int("elements", plan.Elements()), zap.Int("changed", changed), zap.Int("allowlists", len(plan.Chains)),
 		zap.Duration("duration", time.Since(start)))
-	c.notify(fmt.Sprintf("STATUS=enforcing %d allowlists, %d elements (generation %d)", len(plan.Chains), plan.Elements(), c.generation))
+	c.notify(fmt.Sprintf("STATUS=enforcing %d allowlists, %d elements (generation %d)%s", len(plan.Chains), plan.Elements(), c.generation, c.lastGoodNote()))
 	return nil
 }
 
@@ -589,6 +603,13 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	rounds := make(chan round, 1)
 	inflight := false
+	var beat <-chan time.Time
+	if hb := c.o.Heartbeat; hb.Every > 0 && hb.Beat != nil {
+		hb.Beat()
+		tick := time.NewTicker(hb.Every)
+		defer tick.Stop()
+		beat = tick.C
+	}
 	for {
 		wait := c.nextWake().Sub(c.o.Now())
 		// Coalesce: never reconcile more often than MinInterval, except to
@@ -611,6 +632,8 @@ func (c *Controller) Run(ctx context.Context) error {
 		case r := <-rounds:
 			inflight = false
 			c.observe(r.keys, r.out)
+		case <-beat:
+			c.o.Heartbeat.Beat()
 		case <-timer.C:
 		}
 		last = c.o.Now()

@@ -106,8 +106,22 @@ type Report struct {
 
 var falseRE = regexp.MustCompile(`^(no|false|0|off)$`)
 
+// Env is what the audit knows beyond the unit files.
+type Env struct {
+	// BPF: whether this host's systemd enforces SocketBindAllow=/Deny=.
+	BPF Feature
+	// AllowlistFor names the egressd allowlist that restricts a user; nil
+	// leaves egress unchecked. An error says the configuration cannot be read.
+	AllowlistFor func(user string) (name string, ok bool, err error)
+	// Exists reports whether a path exists; default os.Stat.
+	Exists func(path string) bool
+}
+
 // Audit inspects a unit file and its drop-ins.
-func Audit(path string) (*Report, error) {
+func Audit(path string, env Env) (*Report, error) {
+	if env.Exists == nil {
+		env.Exists = func(p string) bool { _, err := os.Stat(p); return err == nil }
+	}
 	u, err := LoadUnit(path)
 	if err != nil {
 		return nil, err
@@ -118,7 +132,7 @@ func Audit(path string) (*Report, error) {
 	// Protections, compared with what the generator writes.
 	ref := Options{User: "x", PrivateUsers: true}
 	for _, l := range ref.lines() {
-		if l.key == "User" || l.key == "Group" || l.key == "SocketBindDeny" || l.section == "Unit" {
+		if l.key == "User" || l.key == "Group" || l.key == "SocketBindDeny" || l.key == "ExecStartPre" || l.section == "Unit" {
 			continue
 		}
 		v, ok := u.Last(l.section, l.key)
@@ -126,6 +140,8 @@ func Audit(path string) (*Report, error) {
 		switch {
 		case !ok:
 			r.Findings = append(r.Findings, Finding{"missing", l.key, "not set", fix})
+		case l.key == "PrivateUsers" && falseRE.MatchString(v) && strings.Contains(strings.Join(u.Get("Service", "AmbientCapabilities"), " "), "CAP_NET_BIND_SERVICE"):
+			// Needed: the capability must hold in the user namespace that owns the network namespace.
 		case l.value == "yes" && falseRE.MatchString(v):
 			r.Findings = append(r.Findings, Finding{"weakened", l.key, "set to " + v, fix})
 		}
@@ -134,14 +150,35 @@ func Audit(path string) (*Report, error) {
 		r.Findings = append(r.Findings, Finding{"missing", "SocketBindDeny", "the service may listen on any port",
 			"add SocketBindAllow=tcp:PORT for its own ports and SocketBindDeny=any   # bind a shell, listen"})
 	}
-	after := strings.Join(u.Get("Unit", "After"), " ")
-	req := strings.Join(append(u.Get("Unit", "Requires"), u.Get("Unit", "BindsTo")...), " ")
-	if !strings.Contains(after, "egressd.service") || !strings.Contains(req, "egressd.service") {
-		r.Findings = append(r.Findings, Finding{"ordering", "[Unit]", "not ordered after egressd.service with Requires=: the service may start unprotected",
-			"add After=egressd.service and Requires=egressd.service in [Unit]"})
+	if _, ok := u.Last("Service", "SocketBindDeny"); ok && env.BPF == FeatureNo {
+		r.Findings = append(r.Findings, Finding{"not_enforced", "SocketBindDeny", "this host's systemd is built -BPF_FRAMEWORK and ignores SocketBindAllow=/SocketBindDeny=: the service may listen on any port",
+			"limit listening another way (an input firewall rule, an LSM profile)"})
+	}
+	userName, hasUser := u.Last("Service", "User")
+	r.Findings = append(r.Findings, ordering(u, userName)...)
+	for _, v := range u.Get("Service", "ReadWritePaths") {
+		for _, p := range strings.Fields(v) {
+			if strings.HasPrefix(p, "-") {
+				continue // optional: ignored when missing
+			}
+			p = strings.TrimLeft(p, "+")
+			if !env.Exists(p) {
+				r.Findings = append(r.Findings, Finding{"path_missing", p, "ReadWritePaths= names a path that does not exist: the service fails to start (226/NAMESPACE)",
+					fmt.Sprintf("create it (install -d -o %s %s), or for a path under /var/lib, /var/cache, /var/log use StateDirectory=, CacheDirectory=, LogsDirectory=", orDefault(userName, "USER"), p)})
+			}
+		}
+	}
+	if hasUser && env.AllowlistFor != nil {
+		_, ok, err := env.AllowlistFor(userName)
+		switch {
+		case err != nil:
+			r.Findings = append(r.Findings, Finding{"egress_unknown", userName, "cannot read egressd's configuration: " + err.Error(), "fix the configuration (egressd check), then audit again"})
+		case !ok:
+			r.Findings = append(r.Findings, Finding{"not_restricted", userName, "no egressd allowlist for user " + userName + ": its egress is not restricted at all (and the start gate, if present, refuses to start it)",
+				fmt.Sprintf("write /etc/egressd/allow.d/NAME.yaml with user: %s and the destinations it needs", userName)})
+		}
 	}
 
-	userName, hasUser := u.Last("Service", "User")
 	if dyn, _ := u.Last("Service", "DynamicUser"); !hasUser && !regexp.MustCompile(`^(yes|true|1|on)$`).MatchString(dyn) {
 		r.Findings = append(r.Findings, Finding{"runs_as_root", "User", "no User=: the service runs as root",
 			"add User= and Group= naming a user of its own"})
@@ -151,6 +188,57 @@ func Audit(path string) (*Report, error) {
 		r.Findings = append(r.Findings, ownership(u, userName)...)
 	}
 	return r, nil
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
+
+// ordering checks the dependency model on egressd: After= and Wants=, never
+// a dependency that stops or restarts the service with egressd, and the
+// start gate (ExecStartPre=+… egressd wait) that keeps it from starting
+// before its user is restricted in the kernel.
+func ordering(u *Unit, userName string) []Finding {
+	var out []Finding
+	has := func(key string) bool {
+		for _, v := range u.Get("Unit", key) {
+			for _, f := range strings.Fields(v) {
+				if f == "egressd.service" {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	for _, key := range []string{"Requires", "BindsTo", "Requisite", "PartOf"} {
+		if has(key) {
+			out = append(out, Finding{"bounces", key, key + "=egressd.service: restarting egressd (an upgrade, a deny_log change) or a crash of egressd stops or restarts this service, though the kernel keeps enforcing meanwhile",
+				"replace it with Wants=egressd.service; the start gate keeps the service from starting unprotected"})
+		}
+	}
+	if !has("After") || !(has("Wants") || has("Requires")) {
+		out = append(out, Finding{"ordering", "[Unit]", "not ordered after egressd.service with Wants=: at boot the service may start before its allowlist is in the kernel",
+			"add After=egressd.service and Wants=egressd.service in [Unit]"})
+	}
+	gate := false
+	for _, v := range u.Get("Service", "ExecStartPre") {
+		f := strings.Fields(v)
+		if len(f) >= 2 && filepath.Base(strings.TrimLeft(f[0], "@-:+!|")) == "egressd" && f[1] == "wait" {
+			gate = true
+			if !strings.HasPrefix(strings.TrimLeft(f[0], "@-:!|"), "+") {
+				out = append(out, Finding{"ordering", "ExecStartPre", "the start gate runs without the + prefix: without CAP_NET_ADMIN it cannot read nf_tables and never lets the service start",
+					"prefix it with +: ExecStartPre=+" + strings.TrimLeft(v, "@-:!|")})
+			}
+		}
+	}
+	if !gate {
+		out = append(out, Finding{"ordering", "ExecStartPre", "no start gate: if egressd is not running or failed, the service starts unprotected",
+			fmt.Sprintf("add ExecStartPre=+%s wait --user %s --timeout %s", DefaultEgressd, orDefault(userName, "USER"), DefaultGateTimeout)})
+	}
+	return out
 }
 
 var overallRE = regexp.MustCompile(`Overall exposure level for .*: ([0-9]+\.[0-9]+)`)

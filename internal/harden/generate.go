@@ -43,6 +43,12 @@ func (o *Options) Validate() error {
 			return fmt.Errorf("%q contains characters not allowed in a unit value", v)
 		}
 	}
+	if o.Egressd != "" && (!filepath.IsAbs(o.Egressd) || !valueRE.MatchString(o.Egressd)) {
+		return fmt.Errorf("--egressd %q: want an absolute path without spaces", o.Egressd)
+	}
+	if o.GateTimeout < 0 {
+		return errors.New("--gate-timeout must not be negative")
+	}
 	if o.NProc < 0 {
 		return errors.New("--nproc must be positive")
 	}

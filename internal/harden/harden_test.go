@@ -18,7 +18,7 @@ var update = flag.Bool("update", false, "rewrite the golden files")
 // on one port: the case the exposure target is set for.
 func typical(v int) Options {
 	return Options{Unit: "billing.service", User: "billing", Writable: []string{"/var/lib/billing"},
-		Listen: []Listen{{"tcp", 8080}}, PrivateUsers: true, SystemdVersion: v, AppArmor: "billing"}
+		Listen: []Listen{{"tcp", 8080}}, PrivateUsers: true, SystemdVersion: v, AppArmor: "billing", BPF: FeatureYes}
 }
 
 func TestGenerateGolden(t *testing.T) {
@@ -62,7 +62,7 @@ func TestGenerateVersionsAndComments(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"MemoryDenyWriteExecute=yes", "CapabilityBoundingSet=\n", "SocketBindAllow=tcp:8080", "AppArmorProfile=billing", "Requires=egressd.service"} {
+	for _, want := range []string{"MemoryDenyWriteExecute=yes", "CapabilityBoundingSet=\n", "SocketBindAllow=tcp:8080", "AppArmorProfile=billing", "Wants=egressd.service"} {
 		if !strings.Contains(cur, want) {
 			t.Errorf("output lacks %q", want)
 		}
@@ -156,6 +156,7 @@ func TestExposureTargets(t *testing.T) {
 		{"loopback only", func() Options { o := typical(DefaultSystemdVersion); o.LoopbackOnly = true; return o }(), 0.9},
 	}
 	for _, c := range cases {
+		c.o.Egressd = "/usr/bin/sleep" // verify wants the gate's binary to exist
 		out, err := Generate(c.o)
 		if err != nil {
 			t.Fatal(err)
@@ -256,7 +257,7 @@ func TestAuditUnit(t *testing.T) {
 	}
 	unit := filepath.Join(dir, "svc.service")
 	os.WriteFile(unit, []byte("[Service]\nExecStart="+bin+" --flag\nUser=nobody\nNoNewPrivileges=no\n"), 0o644) //nolint:errcheck
-	r, err := Audit(unit)
+	r, err := Audit(unit, Env{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +265,7 @@ func TestAuditUnit(t *testing.T) {
 	for _, f := range r.Findings {
 		kinds[f.Kind+":"+f.Target] = true
 	}
-	for _, k := range []string{"owned_by_user:" + bin, "weakened:NoNewPrivileges", "missing:ProtectSystem", "ordering:[Unit]", "missing:SocketBindDeny"} {
+	for _, k := range []string{"owned_by_user:" + bin, "weakened:NoNewPrivileges", "missing:ProtectSystem", "ordering:[Unit]", "ordering:ExecStartPre", "missing:SocketBindDeny"} {
 		if !kinds[k] {
 			t.Errorf("audit lacks %s: %v", k, r.Findings)
 		}
@@ -277,7 +278,7 @@ func TestAuditUnit(t *testing.T) {
 	os.MkdirAll(unit+".d", 0o755)                                                //nolint:errcheck
 	os.WriteFile(filepath.Join(unit+".d", "hardening.conf"), []byte(out), 0o644) //nolint:errcheck
 	os.Chown(bin, 0, 0)                                                          //nolint:errcheck
-	r, err = Audit(unit)
+	r, err = Audit(unit, Env{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Options describe the protected service.
@@ -27,6 +28,71 @@ type Options struct {
 	SystemdVersion int  // target systemd; options it does not know are left out
 	Allowlist      string
 	AllowlistInfo  string // one line describing the allowlist, for the header
+	// Egressd is the egressd binary the start gate runs; default
+	// /usr/local/bin/egressd (where egressd.service runs it from).
+	Egressd string
+	// GateTimeout is how long the start gate waits for the user's
+	// allowlist in the kernel before the start fails; default 30s.
+	GateTimeout time.Duration
+	// BPF says whether the target systemd is built with BPF_FRAMEWORK,
+	// without which SocketBindAllow=/SocketBindDeny= are ignored.
+	BPF Feature
+}
+
+// Feature is a build-time feature of the target systemd: known present,
+// known absent, or unknown (another host, no systemctl).
+type Feature int
+
+// Feature values.
+const (
+	FeatureUnknown Feature = iota
+	FeatureYes
+	FeatureNo
+)
+
+// DefaultEgressd is where egressd.service runs egressd from.
+const DefaultEgressd = "/usr/local/bin/egressd"
+
+// DefaultGateTimeout bounds the start gate's wait.
+const DefaultGateTimeout = 30 * time.Second
+
+// Directories systemd creates for a service, owned by its user, before it
+// starts: a --writable path below one of them becomes that setting instead
+// of ReadWritePaths=, which needs the path to exist (226/NAMESPACE if not).
+var managedDirs = []struct{ base, key string }{
+	{"/var/lib", "StateDirectory"},
+	{"/var/cache", "CacheDirectory"},
+	{"/var/log", "LogsDirectory"},
+}
+
+// splitWritable sorts --writable paths into systemd-managed directories
+// (key -> names relative to the base) and plain ReadWritePaths.
+func splitWritable(paths []string) (managed map[string][]string, plain []string) {
+	managed = map[string][]string{}
+	for _, p := range paths {
+		done := false
+		for _, m := range managedDirs {
+			if rel, ok := strings.CutPrefix(p, m.base+"/"); ok && rel != "" {
+				managed[m.key] = append(managed[m.key], rel)
+				done = true
+				break
+			}
+		}
+		if !done {
+			plain = append(plain, p)
+		}
+	}
+	return managed, plain
+}
+
+// lowPort reports whether the service binds a port below 1024.
+func (o *Options) lowPort() (Listen, bool) {
+	for _, l := range o.Listen {
+		if l.Port < 1024 {
+			return l, true
+		}
+	}
+	return Listen{}, false
 }
 
 // Listen is one port the service binds.
@@ -89,17 +155,37 @@ func (o *Options) lines() []line {
 	if fsize == "" {
 		fsize = "1G"
 	}
+	egressd := o.Egressd
+	if egressd == "" {
+		egressd = DefaultEgressd
+	}
+	gate := o.GateTimeout
+	if gate == 0 {
+		gate = DefaultGateTimeout
+	}
 	ls := []line{
-		{"Unit", "After", "egressd.service", "start only once egress filtering is in place (connect out)", 0},
-		{"Unit", "Requires", "egressd.service", "never run unprotected: stops with egressd, starts only with it (connect out)", 0},
+		{"Unit", "After", "egressd.service", "start after egressd: at boot, once egressd has put every allowlist in the kernel (connect out)", 0},
+		{"Unit", "Wants", "egressd.service", "starting this service starts egressd; Wants, not Requires: an egressd restart, crash or upgrade never stops or restarts this service (the kernel keeps enforcing meanwhile)", 0},
+		{"Service", "ExecStartPre", "+" + egressd + " wait --user " + o.User + " --timeout " + gate.String(),
+			"start gate: never run unprotected; waits until egressd restricts " + o.User + " in the kernel, and the start fails after " + gate.String() + " otherwise (connect out); + runs it as root, as reading nf_tables needs CAP_NET_ADMIN", 0},
 		{"Service", "User", o.User, "a user of its own, whose files it cannot modify (modify files others read)", 0},
 		{"Service", "Group", group, "a group of its own (modify files others read)", 0},
 		{"Service", "NoNewPrivileges", "yes", "setuid binaries and file capabilities grant nothing (gain privileges)", 187},
 		{"Service", "PrivateTmp", "yes", "no shared /tmp to drop or swap files in (modify files others read)", 183},
 		{"Service", "ProtectSystem", "strict", "the whole file system is read-only but the paths below (modify files others read, run another program)", 232},
 	}
-	if len(o.Writable) > 0 {
-		ls = append(ls, line{"Service", "ReadWritePaths", strings.Join(o.Writable, " "), "the only writable paths: its own state (modify files others read)", 231})
+	managed, plain := splitWritable(o.Writable)
+	if v := o.SystemdVersion; v != 0 && v < 235 { // StateDirectory= and the others came in 235
+		managed, plain = nil, o.Writable
+	}
+	for _, m := range managedDirs {
+		if names := managed[m.key]; len(names) > 0 {
+			ls = append(ls, line{"Service", m.key, strings.Join(names, " "),
+				"writable: " + m.base + "/" + strings.Join(names, ", "+m.base+"/") + ", created by systemd for the service user before it starts (modify files others read)", 235})
+		}
+	}
+	if len(plain) > 0 {
+		ls = append(ls, line{"Service", "ReadWritePaths", strings.Join(plain, " "), "the only other writable paths; they must exist before the service starts (modify files others read)", 231})
 	}
 	ls = append(ls,
 		line{"Service", "ProtectHome", "yes", "no access to /home, /root, /run/user (modify files others read)", 214},
@@ -146,7 +232,9 @@ func (o *Options) lines() []line {
 		line{"Service", "RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6", "no raw, packet or netlink sockets (connect out, bind a shell)", 211},
 		line{"Service", "PrivateMounts", "yes", "its mounts stay its own (gain privileges)", 239},
 	)
-	if o.PrivateUsers {
+	if low, ok := o.lowPort(); ok && o.PrivateUsers {
+		ls = append(ls, line{"Service", "PrivateUsers", "no", fmt.Sprintf("not yes: in a user namespace of its own, CAP_NET_BIND_SERVICE would hold only there, not in the one owning the network namespace, and binding %s would fail (EACCES)", low), 232})
+	} else if o.PrivateUsers {
 		ls = append(ls, line{"Service", "PrivateUsers", "yes", "sees only root and itself as users; no capabilities on the host (gain privileges)", 232})
 	}
 	ls = append(ls,
@@ -154,14 +242,24 @@ func (o *Options) lines() []line {
 		line{"Service", "LimitFSIZE", fsize, "bounds files it can write (modify files others read)", 0},
 		line{"Service", "LimitCORE", "0", "no core dumps of its memory and secrets", 0},
 	)
-	if len(o.Listen) == 0 {
-		ls = append(ls, line{"Service", "SocketBindDeny", "any", "cannot listen on any port (bind a shell, listen)", 249})
-	} else {
-		for _, l := range o.Listen {
-			ls = append(ls, line{"Service", "SocketBindAllow", l.String(), "may listen on its own port only (bind a shell, listen)", 249})
-		}
-		ls = append(ls, line{"Service", "SocketBindDeny", "any", "no other port (bind a shell, listen)", 249})
+	// SocketBind* are enforced by a BPF program: a systemd built without
+	// BPF_FRAMEWORK (Debian 12's) accepts the lines and ignores them.
+	denyWhy, allowWhy := "cannot listen on any port (bind a shell, listen)", "may listen on its own port only (bind a shell, listen)"
+	if len(o.Listen) > 0 {
+		denyWhy = "no other port (bind a shell, listen)"
 	}
+	switch o.BPF {
+	case FeatureNo:
+		denyWhy = "NOT ENFORCED by the target systemd (built -BPF_FRAMEWORK: it ignores this line); kept for one that enforces it"
+		allowWhy = denyWhy
+	case FeatureUnknown:
+		denyWhy = "enforced only by a systemd built +BPF_FRAMEWORK (systemctl --version): " + denyWhy
+		allowWhy = "enforced only by a systemd built +BPF_FRAMEWORK (systemctl --version): " + allowWhy
+	}
+	for _, l := range o.Listen {
+		ls = append(ls, line{"Service", "SocketBindAllow", l.String(), allowWhy, 249})
+	}
+	ls = append(ls, line{"Service", "SocketBindDeny", "any", denyWhy, 249})
 	if o.LoopbackOnly {
 		ls = append(ls,
 			line{"Service", "IPAddressDeny", "any", "no IP traffic at all… (connect out)", 235},

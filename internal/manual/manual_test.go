@@ -14,7 +14,7 @@ func TestTextLayout(t *testing.T) {
 		"\nCOMMANDS\n    run       Run the daemon in the foreground",
 		"\n    check --explain USER HOST:PORT[/udp]\n              Would USER be allowed",
 		"\n    egressd run [--config FILE] [--once]",
-		"\n                   [--config FILE]\n",
+		"\n                   [--allowlist NAME] [--unit NAME] [--config FILE]\n",
 	} {
 		if !strings.Contains(txt, want) {
 			t.Errorf("help text lacks %q", want)

@@ -12,9 +12,11 @@ egressd harden --user USER [--group GROUP] [--writable PATH]...
                [--listen tcp:PORT|udp:PORT]... [--jit] [--nproc N]
                [--fsize SIZE] [--apparmor PROFILE | --selinux CONTEXT]
                [--loopback-only] [--no-private-users]
-               [--systemd-version N] [--allowlist NAME] [--unit NAME]
-               [--config FILE]
+               [--systemd-version N] [--target-features FEATURES]
+               [--egressd PATH] [--gate-timeout D]
+               [--allowlist NAME] [--unit NAME] [--config FILE]
 egressd harden --audit UNIT_FILE [--json]
+egressd wait (--user USER | --allowlist NAME) [--timeout 30s]
 egressd remove [--runtime-dir DIR]
 egressd demo
 egressd version
@@ -46,12 +48,19 @@ denied, the nearest entries (same host other port, same name other address).`),
 		Item("harden", `Print a systemd drop-in that hardens one protected service:
 its own user, no new privileges, private /tmp, read-only system with explicit
 writable paths, no W+X memory, resource limits, port binding limits, LSM
-profile, and ordering after egressd.service. Every line says which exploit
-behaviour it blocks; options the target systemd lacks are left out.`),
+profile, and ordering after egressd.service (Wants=, never Requires=) with a
+start gate (egressd wait). Every line says which exploit behaviour it blocks;
+options the target systemd lacks are left out, and what it does not enforce
+is said (SocketBind* without BPF_FRAMEWORK). Warnings on stderr.`),
 		Item("harden --audit UNIT_FILE", `Report the unit's exposure score
 (systemd-analyze security), each missing protection with the line to add, and
 every code or configuration path the service user could modify (walking up
 to /), with the fix. Exit 1 when anything is found.`),
+		Item("wait", `The start gate of a protected service (ExecStartPre=+,
+written by harden): wait until egressd restricts USER (or the user of
+allowlist NAME) in the kernel, then exit 0; exit 1 when the timeout passes
+first, so the service does not start. Needs CAP_NET_ADMIN to read nf_tables
+(the + prefix runs it as root).`),
 		Item("remove", `Delete the table inet egressd: every restriction is
 lifted. For uninstalling and emergencies. Refused while the daemon runs (it
 would restore the table at once): stop it first (systemctl stop egressd).
@@ -97,14 +106,15 @@ invalid, or check cannot run (not root, no nf_tables).`),
 1 denied; 2 cannot answer.`),
 		Item("harden", `0 printed; 2 invalid options. With --audit: 0 nothing found,
 1 findings, 2 cannot read the unit.`),
+		Item("wait", `0 the user is restricted; 1 not by the timeout; 2 bad arguments.`),
 		Item("remove", `0 removed (or nothing to remove); 1 refused (a daemon runs,
 or not root) or failed.`),
 	}},
 	{"EVENTS", []Block{P(`Logs are JSON lines on stderr with a stable "event" key: started,
 config_loaded, config_rejected, config_file_skipped, resolved,
 resolve_failed, ruleset_applied, apply_failed, user_missing, user_conflict,
-start_refused, deny, deny_overflow, drift_repaired, drift_repeating,
-stopping.`)}},
+start_refused, config_fallback, resolve_failing, resolve_recovered, deny,
+deny_overflow, drift_repaired, drift_repeating, stopping.`)}},
 	{"SEE ALSO", []Block{P(`egressd.yaml(5), nft(8), systemd.exec(5), hosts(5);
 /usr/share/doc/egressd/README.md.gz`)}},
 }}

@@ -1,0 +1,13 @@
+// Package systemd is the real-systemd test tier (tier 4 in STYLE.md):
+// systemd 252 (Debian 12) as PID 1 of a systemd-nspawn container with a
+// private network, booted from a cached debootstrap root filesystem under an
+// overlay, with the freshly built egressd bind-mounted in. The tests install
+// egressd as the README says, harden services with `egressd harden`, and
+// check what systemd does with them: start, reload, stop, crash, restart,
+// watchdog, boot order, and what each hardened service can and cannot do.
+//
+// The tests skip when not root or when systemd-nspawn, debootstrap or
+// nsenter are missing, and fail instead when EGRESSD_REQUIRE_SYSTEM_TESTS=1.
+// The root filesystem is built once (about 50 s) into
+// /var/cache/egressd-systest/, keyed by suite and package list.
+package systemd

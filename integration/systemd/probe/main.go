@@ -1,0 +1,116 @@
+// Command egressd-probe acts inside the real-systemd test container: it
+// listens as a target, runs as a protected service that reports what its
+// sandbox lets it do, and asks that service from outside.
+//
+//	egressd-probe serve ADDR...        accept on each ADDR, greet, close (targets)
+//	egressd-probe agent ADDR           listen on ADDR; answer one command per connection
+//	egressd-probe ask ADDR CMD ARG     send "CMD ARG" to an agent, print its answer
+//	egressd-probe connect ADDR         connect once, print ok or the error
+//
+// Agent commands: "connect HOST:PORT", "write PATH", "listen HOST:PORT", "pid".
+// Answers are one line: "ok" or "error: …".
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+)
+
+func main() {
+	if len(os.Args) < 3 {
+		fmt.Fprintln(os.Stderr, "usage: egressd-probe serve|agent|ask|connect ADDR ...")
+		os.Exit(2)
+	}
+	switch os.Args[1] {
+	case "serve":
+		for _, a := range os.Args[2:] {
+			l, err := net.Listen("tcp", a)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+			go accept(l, func(c net.Conn) { fmt.Fprintln(c, "hello") })
+		}
+		select {}
+	case "agent":
+		l, err := net.Listen("tcp", os.Args[2])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "agent:", err)
+			os.Exit(1)
+		}
+		fmt.Println("agent listening on", os.Args[2])
+		accept(l, func(c net.Conn) {
+			line, _ := bufio.NewReader(c).ReadString('\n')
+			cmd, arg, _ := strings.Cut(strings.TrimSpace(line), " ")
+			fmt.Fprintln(c, answer(cmd, arg))
+		})
+	case "ask":
+		if len(os.Args) != 5 {
+			os.Exit(2)
+		}
+		c, err := net.DialTimeout("tcp", os.Args[2], 5*time.Second)
+		if err != nil {
+			fmt.Println("error: ask:", err)
+			os.Exit(1)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second)) //nolint:errcheck
+		fmt.Fprintf(c, "%s %s\n", os.Args[3], os.Args[4])
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			fmt.Println("error: ask:", err)
+			os.Exit(1)
+		}
+		fmt.Print(line)
+	case "connect":
+		fmt.Println(answer("connect", os.Args[2]))
+	default:
+		os.Exit(2)
+	}
+}
+
+func accept(l net.Listener, handle func(net.Conn)) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		go func() { defer c.Close(); handle(c) }()
+	}
+}
+
+func answer(cmd, arg string) string {
+	switch cmd {
+	case "pid":
+		return fmt.Sprint(os.Getpid())
+	case "connect":
+		c, err := net.DialTimeout("tcp", arg, 5*time.Second)
+		if err != nil {
+			return "error: " + err.Error()
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second)) //nolint:errcheck
+		if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
+			return "error: read greeting: " + err.Error()
+		}
+		return "ok"
+	case "write":
+		if err := os.WriteFile(arg, []byte("x"), 0o600); err != nil {
+			return "error: " + err.Error()
+		}
+		return "ok"
+	case "listen":
+		l, err := net.Listen("tcp", arg)
+		if err != nil {
+			return "error: " + err.Error()
+		}
+		l.Close()
+		return "ok"
+	}
+	return "error: unknown command " + cmd
+}

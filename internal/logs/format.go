@@ -1,0 +1,90 @@
+// Package logs owns how the daemon's events reach people and journald: the
+// output format for where stderr goes, and the shaping of repeated DNS
+// failure events into a start, periodic summaries and a recovery.
+package logs
+
+import (
+	"fmt"
+	"io"
+	"os"
+
+	"go.uber.org/zap/buffer"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/sys/unix"
+)
+
+// NewCore writes events to w:
+//   - to journald's stream (JOURNAL_STREAM names w): JSON lines, each
+//     prefixed with its syslog priority "<N>" (sd-daemon(3)); journald
+//     stores the priority and strips the prefix, so `journalctl -p warning`
+//     works and pipelines still read JSON;
+//   - to a terminal: a readable console format;
+//   - anywhere else: JSON lines.
+func NewCore(enc zapcore.EncoderConfig, w io.Writer, lvl zapcore.LevelEnabler) zapcore.Core {
+	out := zapcore.Lock(zapcore.AddSync(w))
+	f, _ := w.(*os.File)
+	switch {
+	case f != nil && isJournal(f, os.Getenv("JOURNAL_STREAM")):
+		return zapcore.NewCore(priorityEncoder{zapcore.NewJSONEncoder(enc)}, out, lvl)
+	case f != nil && isTerminal(f):
+		enc.EncodeLevel = zapcore.CapitalColorLevelEncoder
+		enc.EncodeTime = zapcore.TimeEncoderOfLayout("15:04:05.000")
+		return zapcore.NewCore(zapcore.NewConsoleEncoder(enc), out, lvl)
+	}
+	return zapcore.NewCore(zapcore.NewJSONEncoder(enc), out, lvl)
+}
+
+// isJournal reports whether f is the stream journald connected
+// (JOURNAL_STREAM=DEVICE:INODE); a child whose stderr was redirected
+// inherits the variable but not the stream.
+func isJournal(f *os.File, stream string) bool {
+	if stream == "" {
+		return false
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return false
+	}
+	return stream == fmt.Sprintf("%d:%d", st.Dev, st.Ino)
+}
+
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// Priority is the syslog priority of a level.
+func Priority(l zapcore.Level) int {
+	switch {
+	case l <= zapcore.DebugLevel:
+		return 7
+	case l == zapcore.InfoLevel:
+		return 6
+	case l == zapcore.WarnLevel:
+		return 4
+	case l == zapcore.ErrorLevel:
+		return 3
+	}
+	return 2 // dpanic, panic, fatal: critical
+}
+
+var pool = buffer.NewPool()
+
+// priorityEncoder prefixes each line with "<N>".
+type priorityEncoder struct{ zapcore.Encoder }
+
+func (p priorityEncoder) Clone() zapcore.Encoder { return priorityEncoder{p.Encoder.Clone()} }
+
+func (p priorityEncoder) EncodeEntry(ent zapcore.Entry, fields []zapcore.Field) (*buffer.Buffer, error) {
+	b, err := p.Encoder.EncodeEntry(ent, fields)
+	if err != nil {
+		return nil, err
+	}
+	out := pool.Get()
+	out.AppendByte('<')
+	out.AppendInt(int64(Priority(ent.Level)))
+	out.AppendByte('>')
+	out.Write(b.Bytes()) //nolint:errcheck // a buffer
+	b.Free()
+	return out, nil
+}

@@ -1,0 +1,90 @@
+// Package startgate holds a protected service's start until egressd
+// enforces that service's user in the kernel: `egressd wait`, run as the
+// service's ExecStartPre=. It reads the kernel, never egressd's own view,
+// and fails closed: not enforced by the deadline means the service does not
+// start.
+package startgate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/egressd/egressd/ruleset"
+	"golang.org/x/sys/unix"
+)
+
+// UsersReader reads the kernel's uid → allowlist chain map
+// (ruleset.Netlink satisfies it).
+type UsersReader interface {
+	ReadUsers() (map[uint32]string, error)
+}
+
+// Restricted reports whether uid is restricted in the kernel now: egressd's
+// table exists and its users map sends uid to an allowlist chain. This is
+// the one place that knows the kernel layout; a missing table is "not yet",
+// not an error.
+func Restricted(k UsersReader, uid uint32) (bool, error) {
+	users, err := k.ReadUsers()
+	if errors.Is(err, ruleset.ErrNoTable) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return users[uid] != "", nil
+}
+
+// ErrNotEnforced is returned when the deadline passes before uid is restricted.
+var ErrNotEnforced = errors.New("not restricted by egressd in the kernel")
+
+// Wait returns nil as soon as uid is restricted, checking every poll, and
+// ErrNotEnforced (wrapping the last read error, if any) when ctx ends first.
+// It gives up at once when the kernel refuses the read (no CAP_NET_ADMIN):
+// waiting would not change that.
+func Wait(ctx context.Context, k UsersReader, uid uint32, poll time.Duration) error {
+	t := time.NewTicker(poll)
+	defer t.Stop()
+	var last error
+	for {
+		ok, err := Restricted(k, uid)
+		if ok {
+			return nil
+		}
+		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) {
+			return fmt.Errorf("read the nftables users map: %w (needs CAP_NET_ADMIN: run the gate as ExecStartPre=+)", err)
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			if last != nil {
+				return fmt.Errorf("uid %d: %w (last read: %v)", uid, ErrNotEnforced, last)
+			}
+			return fmt.Errorf("uid %d: %w", uid, ErrNotEnforced)
+		case <-t.C:
+		}
+	}
+}
+
+// HasNetAdmin reports whether this process holds CAP_NET_ADMIN in its
+// effective set: the kernel answers nf_tables reads only then, and the
+// ruleset reader reports a refusal as "no table", which would make the gate
+// wait out its whole timeout for nothing.
+func HasNetAdmin() bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && caps&(1<<unix.CAP_NET_ADMIN) != 0
+		}
+	}
+	return false
+}

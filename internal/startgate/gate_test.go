@@ -1,0 +1,81 @@
+package startgate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/egressd/egressd/ruleset"
+)
+
+// kernel answers ReadUsers from a script: one answer per call, the last repeated.
+type kernel struct {
+	answers []func() (map[uint32]string, error)
+	calls   int
+}
+
+func (k *kernel) ReadUsers() (map[uint32]string, error) {
+	i := min(k.calls, len(k.answers)-1)
+	k.calls++
+	return k.answers[i]()
+}
+
+func users(m map[uint32]string) func() (map[uint32]string, error) {
+	return func() (map[uint32]string, error) { return m, nil }
+}
+
+func fail(err error) func() (map[uint32]string, error) {
+	return func() (map[uint32]string, error) { return nil, err }
+}
+
+func TestRestricted(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		read func() (map[uint32]string, error)
+		want bool
+		err  bool
+	}{
+		{"no table yet", fail(ruleset.ErrNoTable), false, false},
+		{"table without the uid", users(map[uint32]string{1001: "allow_web"}), false, false},
+		{"uid mapped to its chain", users(map[uint32]string{1001: "allow_web", 1002: "allow_billing"}), true, false},
+		{"read error", fail(errors.New("netlink: boom")), false, true},
+	} {
+		got, err := Restricted(&kernel{answers: []func() (map[uint32]string, error){c.read}}, 1002)
+		if got != c.want || (err != nil) != c.err {
+			t.Errorf("%s: Restricted = %v, %v; want %v, error %v", c.name, got, err, c.want, c.err)
+		}
+	}
+}
+
+func TestWaitPassesOnceEnforced(t *testing.T) {
+	k := &kernel{answers: []func() (map[uint32]string, error){
+		fail(ruleset.ErrNoTable), users(map[uint32]string{}), users(map[uint32]string{1002: "allow_billing"}),
+	}}
+	if err := Wait(context.Background(), k, 1002, time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if k.calls != 3 {
+		t.Errorf("%d reads, want 3 (no table, not yet, enforced)", k.calls)
+	}
+}
+
+func TestWaitFailsClosed(t *testing.T) {
+	k := &kernel{answers: []func() (map[uint32]string, error){users(map[uint32]string{1001: "allow_web"})}}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the deadline has passed: one read, then give up
+	err := Wait(ctx, k, 1002, time.Hour)
+	if !errors.Is(err, ErrNotEnforced) {
+		t.Fatalf("Wait = %v, want ErrNotEnforced", err)
+	}
+}
+
+func TestWaitGivesUpWithoutPrivilege(t *testing.T) {
+	k := &kernel{answers: []func() (map[uint32]string, error){fail(fmt.Errorf("list table: %w", syscall.EPERM))}}
+	err := Wait(context.Background(), k, 1002, time.Hour) // would block for an hour if it retried
+	if err == nil || errors.Is(err, ErrNotEnforced) || !errors.Is(err, syscall.EPERM) {
+		t.Fatalf("Wait = %v, want the permission error at once", err)
+	}
+}
