@@ -7,8 +7,8 @@ import (
 	"testing"
 )
 
-// readmeInstall returns the commands of the README's "Installation as a
-// systemd service" section, one argument list each: its sh blocks, with
+// readmeInstall returns the commands of the README's "Installation" / "From
+// source" section, one argument list each: its sh blocks, with
 // continuations joined, comments dropped and "&&" split. A redirection
 // ("> FILE") is kept as the last two arguments.
 func readmeInstall(t *testing.T) [][]string {
@@ -18,14 +18,19 @@ func readmeInstall(t *testing.T) [][]string {
 		t.Fatal(err)
 	}
 	s := string(b)
-	i := strings.Index(s, "## Installation as a systemd service")
+	i := strings.Index(s, "\n## Installation\n")
 	if i < 0 {
 		t.Fatal("README has no installation section")
 	}
-	s = s[i+3:]
-	if j := strings.Index(s, "\n## "); j >= 0 {
-		s = s[:j]
+	s = s[i+1:]
+	if j := strings.Index(s[3:], "\n## "); j >= 0 {
+		s = s[:j+3]
 	}
+	i = strings.Index(s, "\n### From source\n")
+	if i < 0 {
+		t.Fatal("README's installation section has no \"From source\" part")
+	}
+	s = s[i+1:]
 	var cmds [][]string
 	for _, block := range strings.Split(s, "```sh\n")[1:] {
 		block, _, _ = strings.Cut(block, "```")
