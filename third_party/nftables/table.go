@@ -15,6 +15,7 @@
 package nftables
 
 import (
+	"encoding/binary"
 	"fmt"
 
 	"github.com/google/nftables/binaryutil"
@@ -198,6 +199,9 @@ func tableFromMsg(msg netlink.Message) (*Table, error) {
 	if err != nil {
 		return nil, err
 	}
+	// egressd patch: the kernel sends NFTA_TABLE_FLAGS and NFTA_TABLE_USE
+	// in network byte order (see PATCHES.md).
+	ad.ByteOrder = binary.BigEndian
 
 	for ad.Next() {
 		switch ad.Type() {
