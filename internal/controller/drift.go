@@ -17,6 +17,12 @@ import (
 // after any foreign nftables transaction and every VerifyEvery, and rebuilds
 // the table when they differ.
 //
+// With an owned table (ruleset.Netlink on Linux >= 6.9: NFT_TABLE_F_OWNER |
+// NFT_TABLE_F_PERSIST) the kernel refuses every other process's change and
+// `nft flush ruleset` skips the table, so nothing drifts while the daemon
+// runs; this loop stays as a backstop, and is what keeps the table on older
+// kernels (table_unowned).
+//
 // Two kinds of drift are told apart:
 //
 //   - The table is gone (nft flush ruleset, a firewall reload that starts
