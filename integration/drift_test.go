@@ -182,7 +182,7 @@ func TestOwnedTableRefusesDrift(t *testing.T) {
 	w.standardConfig()
 	w.start()
 	if n := len(w.eventsSince("table_unowned", 0)); n != 0 {
-		t.Fatalf("table_unowned on a kernel with owned tables: %v", w.eventsSince("table_unowned", 0))
+		t.Errorf("table_unowned on a kernel with owned tables: %v", w.eventsSince("table_unowned", 0))
 	}
 	m := w.mark()
 	for _, d := range w.drifts() {
