@@ -4,8 +4,11 @@ package integration
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -76,10 +79,16 @@ func (w *world) drifts() []drift {
 
 // Another tool changes the table; the daemon notices through the nftables
 // monitor and restores its full state within 2 s, logging drift_repaired.
+// The table is unowned, as on kernels before 6.9 (an owned one refuses the
+// changes: TestOwnedTableRefusesDrift), and the daemon says so.
 func TestDriftRepaired(t *testing.T) {
 	w := newWorld(t)
 	w.standardConfig()
+	w.unowned = true
 	w.start()
+	if len(w.eventsSince("table_unowned", 0)) != 1 {
+		t.Error("an unowned table was not reported once (table_unowned)")
+	}
 	k := &ruleset.Netlink{NetNSFd: w.ns.Fd()}
 	cases := w.drifts()
 	for _, tc := range cases {
@@ -116,6 +125,7 @@ func TestDriftRepaired(t *testing.T) {
 func TestDriftFightBacksOff(t *testing.T) {
 	w := newWorld(t)
 	w.standardConfig()
+	w.unowned = true // an owned table refuses the other controller's changes
 	w.start()
 	k := &ruleset.Netlink{NetNSFd: w.ns.Fd()}
 	var removeElement func() error
@@ -148,4 +158,55 @@ func TestDriftFightBacksOff(t *testing.T) {
 	}
 	w.eventually(uidA, "tcp", "198.51.100.20:4444", okRefused, 2*time.Second)
 	w.expect(uidA, "tcp", "192.0.2.10:443", okConnected)
+}
+
+// nft runs the nft command line inside the world's namespace.
+func (w *world) nft(args ...string) (string, error) {
+	w.t.Helper()
+	cmd := exec.Command("nft", args...)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := w.ns.Start(cmd); err != nil {
+		w.t.Fatal(err)
+	}
+	err := cmd.Wait()
+	return out.String(), err
+}
+
+// With an owned table (Linux >= 6.9) the kernel refuses every change by
+// another tool (EPERM): the drifts of TestDriftRepaired fail, nft flush
+// ruleset leaves the table in place, nft delete table is refused. Nothing
+// drifts, so nothing is repaired, and the rules keep working.
+func TestOwnedTableRefusesDrift(t *testing.T) {
+	w := newWorld(t)
+	w.standardConfig()
+	w.start()
+	if n := len(w.eventsSince("table_unowned", 0)); n != 0 {
+		t.Errorf("table_unowned on a kernel with owned tables: %v", w.eventsSince("table_unowned", 0))
+	}
+	m := w.mark()
+	for _, d := range w.drifts() {
+		if err := d.do(); !errors.Is(err, syscall.EPERM) {
+			t.Errorf("%s by another tool: %v, want EPERM", d.name, err)
+		}
+	}
+	if out, err := w.nft("flush", "ruleset"); err != nil {
+		t.Fatalf("nft flush ruleset: %v %s", err, out)
+	}
+	if out, err := w.nft("delete", "table", "inet", ruleset.TableName); err == nil || !strings.Contains(out, "Operation not permitted") {
+		t.Errorf("nft delete table inet egressd: %v %q, want Operation not permitted", err, out)
+	}
+	out, err := w.nft("list", "table", "inet", ruleset.TableName)
+	if err != nil || !strings.Contains(out, "flags owner") { // nft 1.0.6 does not name persist
+		t.Errorf("nft list table after the attempts: %v\n%s", err, out)
+	}
+	if fs, err := (&ruleset.Netlink{NetNSFd: w.ns.Fd()}).Verify(ruleset.Render(ruleset.Desired{})); err != nil || len(fs) == 0 {
+		t.Fatalf("cannot read the table: %v", err)
+	}
+	w.expect(uidA, "tcp", "198.51.100.20:4444", okRefused)
+	w.expect(uidA, "tcp", "192.0.2.10:443", okConnected)
+	w.expect(uidB, "tcp", "192.0.2.12:443", okConnected)
+	if n := len(w.eventsSince("drift_repaired", m)); n != 0 {
+		t.Errorf("%d drift_repaired events: the refused changes drifted", n)
+	}
 }

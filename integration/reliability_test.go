@@ -211,6 +211,7 @@ func TestResponsiveDuringSlowDNS(t *testing.T) {
 	w := newWorld(t)
 	w.standardConfig()
 	w.dns.Set("api.example.test", dnstest.Record{A: addrs("192.0.2.10"), TTL: 1})
+	w.unowned = true // the drift below: an owned table cannot be removed by another tool
 	w.start()
 	w.dns.Set("api.example.test", dnstest.Record{A: addrs("192.0.2.10"), TTL: 1, Delay: 5 * time.Second})
 	time.Sleep(1500 * time.Millisecond) // a round is now stuck on the slow server

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -32,6 +33,13 @@ func TestDaemonAsUnprivilegedUserWithNetAdmin(t *testing.T) {
 		AmbientCaps: []uintptr{capNetAdmin},
 	}
 	w.startCmd(cmd)
+	// CAP_NET_ADMIN is all it takes to own the table (Linux >= 6.9).
+	if evs := w.eventsSince("table_unowned", 0); len(evs) != 0 {
+		t.Errorf("the unprivileged daemon does not own its table: %v", evs)
+	}
+	if out, err := w.nft("delete", "table", "inet", "egressd"); err == nil || !strings.Contains(out, "Operation not permitted") {
+		t.Errorf("root deleted the unprivileged daemon's table: %v %s", err, out)
+	}
 	w.expect(uidA, "tcp", "192.0.2.10:443", okConnected)
 	m := w.mark()
 	w.expect(uidA, "tcp", "198.51.100.20:4444", okRefused)

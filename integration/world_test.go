@@ -26,6 +26,7 @@ import (
 	"github.com/egressd/egressd/internal/dnstest"
 	"github.com/egressd/egressd/internal/netns"
 	"github.com/egressd/egressd/internal/systest"
+	"github.com/egressd/egressd/ruleset"
 )
 
 var (
@@ -175,6 +176,10 @@ type world struct {
 	logMu  sync.Mutex
 	logs   []map[string]any
 	raw    []string
+	// unowned starts daemons with an unowned table (ruleset.UnownedEnv),
+	// as on kernels before 6.9: for tests that play another tool changing
+	// the table, which the kernel refuses for an owned one.
+	unowned bool
 }
 
 var worldAddrs = []string{"192.0.2.53", "192.0.2.10", "192.0.2.11", "192.0.2.12", "198.51.100.20", "203.0.113.5", "2001:db8::10", "2001:db8::20"}
@@ -271,6 +276,9 @@ func (w *world) start(args ...string) {
 func (w *world) startCmd(cmd *exec.Cmd) {
 	w.t.Helper()
 	since := w.mark()
+	if w.unowned {
+		cmd.Env = append(cmd.Environ(), ruleset.UnownedEnv+"=1")
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		w.t.Fatal(err)

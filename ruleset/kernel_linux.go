@@ -27,14 +27,22 @@ type Netlink struct {
 	// rcvBuf, when non-zero, replaces the receive buffer size (tests: an
 	// acknowledgement overrun, ENOBUFS, after the kernel committed).
 	rcvBuf int
+	// own: the table's ownership and the socket that owns it (owner_linux.go).
+	own owner
 }
 
 var table = &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
 
-// conn opens a fresh connection per transaction. A connection whose batch
-// failed to build is dropped, never flushed (google/nftables v0.3.0 would
-// apply the part that did build).
+// conn opens a fresh connection: for reads, and per transaction when the
+// table is not owned. A connection whose batch failed to build is dropped,
+// never flushed (google/nftables v0.3.0 would apply the part that did build).
 func (k *Netlink) conn() (*nftables.Conn, error) {
+	return k.dial()
+}
+
+// dial opens a connection with big buffers in the Netlink's namespace; with
+// nftables.AsLasting it is one socket for every transaction (the owner's).
+func (k *Netlink) dial(extra ...nftables.ConnOption) (*nftables.Conn, error) {
 	rcv := 16 << 20
 	if k.rcvBuf != 0 {
 		rcv = k.rcvBuf
@@ -43,7 +51,7 @@ func (k *Netlink) conn() (*nftables.Conn, error) {
 	if k.NetNSFd != 0 {
 		opts = append(opts, nftables.WithNetNSFd(k.NetNSFd))
 	}
-	return nftables.New(opts...)
+	return nftables.New(append(opts, extra...)...)
 }
 
 // bigBuffers lets one batch carry 100,000 elements, as nft itself does:
@@ -202,20 +210,48 @@ func uids(p Plan) map[string]uint32 {
 
 // ApplyFull implements Kernel.
 func (k *Netlink) ApplyFull(p Plan) error {
-	c, err := k.conn()
+	k.own.mu.Lock()
+	defer k.own.mu.Unlock()
+	err := k.applyFull(p)
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		// The table's flags changed between reading and writing them
+		// (another process replaced it): once more, with fresh ones.
+		err = k.applyFull(p)
+	}
+	if err != nil {
+		return k.unknownOutcome(p, err)
+	}
+	return nil
+}
+
+// applyFull replaces the table in one transaction: add (a no-op if it
+// exists), delete, add, whether or not it existed. The first add names the
+// table with the flags it has: the kernel refuses a change of ownership
+// flags on an existing table (EOPNOTSUPP), but lets its owner, or anyone
+// for an unowned or orphaned one, delete it and create it anew with other
+// flags in the same transaction. Called with own.mu held.
+func (k *Netlink) applyFull(p Plan) error {
+	c, flags, err := k.writer()
 	if err != nil {
 		return fmt.Errorf("open netlink: %w", err)
 	}
-	// Add (a no-op if it exists), delete, add: one transaction replaces the
-	// table whether or not it existed.
-	c.AddTable(table)
+	have, ok, err := k.tableFlags()
+	if err != nil {
+		return err
+	}
+	if !ok {
+		have = flags
+	}
+	c.AddTable(&nftables.Table{Family: table.Family, Name: table.Name, Flags: have})
 	c.DelTable(table)
-	c.AddTable(table)
+	c.AddTable(&nftables.Table{Family: table.Family, Name: table.Name, Flags: flags})
 	if err := build(c, p); err != nil {
+		k.dropIf(c)
 		return fmt.Errorf("build full ruleset: %w", err) // c is dropped unflushed
 	}
 	if err := c.Flush(); err != nil {
-		return k.unknownOutcome(p, fmt.Errorf("apply full ruleset (%d elements): %w", p.Elements(), err))
+		k.dropIf(c)
+		return fmt.Errorf("apply full ruleset (%d elements): %w", p.Elements(), err)
 	}
 	return nil
 }
@@ -570,7 +606,9 @@ func (k *Netlink) ApplyDelta(p Plan, d Delta) error {
 	if err != nil {
 		return fmt.Errorf("build delta: %w", err)
 	}
-	c, err := k.conn()
+	k.own.mu.Lock()
+	defer k.own.mu.Unlock()
+	c, _, err := k.writer()
 	if err != nil {
 		return fmt.Errorf("open netlink: %w", err)
 	}
@@ -578,33 +616,50 @@ func (k *Netlink) ApplyDelta(p Plan, d Delta) error {
 		es := del[ks]
 		for i := 0; i < len(es); i += chunk {
 			if err := c.SetDeleteElements(ks.nft(), toSetElements(ks, es[i:min(i+chunk, len(es))])); err != nil {
+				k.dropIf(c)
 				return fmt.Errorf("build delta: delete from %s: %w", ks.name(), err)
 			}
 		}
 	}
 	for _, ks := range allKernelSets() {
 		if err := addElements(c, ks.nft(), ks, add[ks]); err != nil {
+			k.dropIf(c)
 			return fmt.Errorf("build delta: %w", err)
 		}
 	}
 	if err := c.Flush(); err != nil {
+		k.dropIf(c)
 		return k.unknownOutcome(p, fmt.Errorf("apply delta (%d elements): %w", d.Elements(), err))
 	}
 	return nil
 }
 
-// Remove implements Kernel.
+// Remove implements Kernel. It deletes the table through the owning socket
+// when this Netlink owns it, through a fresh one otherwise: that works on
+// an unowned or orphaned table (a stopped daemon's), and fails with EPERM
+// on a table that another running process owns.
 func (k *Netlink) Remove() error {
-	c, err := k.conn()
-	if err != nil {
-		return fmt.Errorf("open netlink: %w", err)
+	k.own.mu.Lock()
+	defer k.own.mu.Unlock()
+	c := k.own.conn
+	if c == nil {
+		var err error
+		if c, err = k.conn(); err != nil {
+			return fmt.Errorf("open netlink: %w", err)
+		}
 	}
-	c.AddTable(table) // makes the delete succeed whether or not the table exists
 	c.DelTable(table)
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("delete table inet %s: %w", TableName, err)
+	err := c.Flush()
+	if err != nil {
+		k.dropIf(c)
 	}
-	return nil
+	switch {
+	case err == nil, errors.Is(err, unix.ENOENT):
+		return nil
+	case errors.Is(err, unix.EPERM):
+		return fmt.Errorf("delete table inet %s: %w (another running process owns the table, or CAP_NET_ADMIN is missing)", TableName, err)
+	}
+	return fmt.Errorf("delete table inet %s: %w", TableName, err)
 }
 
 // existing opens a connection and finds the table, or returns ErrNoTable.

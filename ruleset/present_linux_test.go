@@ -19,6 +19,7 @@ func TestTablePresent(t *testing.T) {
 	}
 	defer ns.Close()
 	k := &Netlink{NetNSFd: ns.Fd()}
+	defer k.Close()
 	want := func(present bool) {
 		t.Helper()
 		got, err := k.TablePresent()
@@ -47,6 +48,7 @@ func TestRestore(t *testing.T) {
 	}
 	defer ns.Close()
 	k := &Netlink{NetNSFd: ns.Fd()}
+	defer k.Close()
 	p := Render(Desired{
 		Allowlists: []Allowlist{{Name: "a", UID: 1000, DNS: true, Elements: []Element{
 			ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.1/32"), 443, 443),

@@ -88,6 +88,7 @@ const (
 	EvDriftRepaired  = "drift_repaired"
 	EvDriftRepeating = "drift_repeating"
 	EvVerifyFailed   = "verify_failed"
+	EvTableUnowned   = "table_unowned"
 )
 
 // Controller is the reconcile loop. Its state is owned by the goroutine that
@@ -119,6 +120,7 @@ type Controller struct {
 	denyBase map[string]uint64 // denied packets counted before the last full rebuild
 
 	started   time.Time
+	ownership bool // the table's ownership was logged
 	lastApply time.Time
 	verifyAt  time.Time  // next verification of the kernel state
 	drift     driftState // the drift repair's memory (drift.go)
@@ -576,7 +578,9 @@ func (c *Controller) Once(ctx context.Context) (map[string]error, error) {
 			failed[n] = errors.New("no addresses (NXDOMAIN, no data, or every answer refused)")
 		}
 	}
-	return failed, c.sync()
+	err := c.sync()
+	c.logOwnership()
+	return failed, err
 }
 
 // Run is the daemon: first full apply, READY=1, then the loop until ctx

@@ -17,6 +17,12 @@ import (
 // after any foreign nftables transaction and every VerifyEvery, and rebuilds
 // the table when they differ.
 //
+// With an owned table (ruleset.Netlink on Linux >= 6.9: NFT_TABLE_F_OWNER |
+// NFT_TABLE_F_PERSIST) the kernel refuses every other process's change and
+// `nft flush ruleset` skips the table, so nothing drifts while the daemon
+// runs; this loop stays as a backstop, and is what keeps the table on older
+// kernels (table_unowned).
+//
 // Two kinds of drift are told apart:
 //
 //   - The table is gone (nft flush ruleset, a firewall reload that starts
@@ -58,6 +64,33 @@ type Restorer interface {
 // the full verification, after the settle delay.
 type TablePresence interface {
 	TablePresent() (bool, error)
+}
+
+// TableOwner is implemented by kernels whose table can be owned by the
+// daemon's netlink socket (ruleset.Netlink on Linux >= 6.9): another process
+// then cannot change or remove it, `nft flush ruleset` included.
+type TableOwner interface {
+	Ownership() (owned bool, why string, err error)
+}
+
+// logOwnership says once, after the first apply, when the table is not
+// owned: a removed table is then restored, but protected users are
+// unrestricted until the restore takes effect.
+func (c *Controller) logOwnership() {
+	o, ok := c.o.Kernel.(TableOwner)
+	if !ok || c.ownership {
+		return
+	}
+	owned, why, err := o.Ownership()
+	if err != nil {
+		return // asked again after the next apply
+	}
+	c.ownership = true
+	if !owned {
+		c.o.Log.Warn("the table is not owned by egressd: any process with CAP_NET_ADMIN can remove it "+
+			"(nft flush ruleset); egressd restores it at once, but protected users are unrestricted until then",
+			ev(EvTableUnowned), zap.String("reason", why))
+	}
 }
 
 // driftState is what the drift repair remembers; the loop owns it.

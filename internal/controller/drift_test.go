@@ -260,3 +260,51 @@ type verifyFails struct{ *driftKernel }
 func (k *verifyFails) Verify(ruleset.Plan) ([]ruleset.Finding, error) {
 	return nil, errors.New("table inet egressd does not exist")
 }
+
+// ownerKernel answers whether its table is owned.
+type ownerKernel struct {
+	*ruleset.Fake
+	owned bool
+	err   error
+	asked int
+}
+
+func (k *ownerKernel) Ownership() (bool, string, error) {
+	k.asked++
+	return k.owned, "the kernel does not support owned persistent tables", k.err
+}
+
+// An unowned table is said once, after the first apply (table_unowned); an
+// owned one is not an event; a kernel that cannot tell yet is asked again.
+func TestTableUnownedLoggedOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		k      *ownerKernel
+		events int
+	}{
+		{"unowned", &ownerKernel{Fake: &ruleset.Fake{}}, 1},
+		{"owned", &ownerKernel{Fake: &ruleset.Fake{}, owned: true}, 0},
+		{"cannot tell", &ownerKernel{Fake: &ruleset.Fake{}, err: errors.New("netlink: boom")}, 0},
+	} {
+		f := &fixture{dir: t.TempDir()}
+		f.write(t, "egressd.yaml", "resolvers: [\"192.0.2.53:53\"]\n")
+		f.write(t, "allow.d/billing.yaml", "user: billing\nallow: [192.0.2.1:443]\n")
+		core, logs := observer.New(zap.DebugLevel)
+		c, err := New(Options{ConfigPath: filepath.Join(f.dir, "egressd.yaml"), ConfigRequired: true, Kernel: tc.k,
+			Log: zap.New(core), Users: users, Trust: config.Trust{Above: f.dir}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 2; i++ {
+			if _, err := c.Once(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := logs.FilterField(zap.String("event", EvTableUnowned)).Len(); n != tc.events {
+			t.Errorf("%s: %d table_unowned events, want %d", tc.name, n, tc.events)
+		}
+		if want := map[bool]int{true: 2, false: 1}[tc.k.err != nil]; tc.k.asked != want {
+			t.Errorf("%s: asked %d times, want %d", tc.name, tc.k.asked, want)
+		}
+	}
+}

@@ -57,6 +57,7 @@ func TestListenReceivesDeny(t *testing.T) {
 	dl := config.Defaults().DenyLog
 	dl.Group = 7
 	k := &ruleset.Netlink{NetNSFd: ns.Fd()}
+	defer k.Close() // its owning socket would keep the namespace alive
 	if err := k.ApplyFull(ruleset.Render(ruleset.Desired{DenyLog: dl, Allowlists: []ruleset.Allowlist{{Name: "billing", UID: 4242}}})); err != nil {
 		t.Fatal(err)
 	}
