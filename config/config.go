@@ -36,6 +36,14 @@ func (p Proto) String() string {
 	return strconv.Itoa(int(p))
 }
 
+// Mode says whether an allowlist is enforced or only audited.
+type Mode string
+
+const (
+	ModeEnforce Mode = "enforce" // would-be denies are logged, then rejected (the default)
+	ModeAudit   Mode = "audit"   // would-be denies are logged as deny events with "audit": true, then accepted
+)
+
 // DNSMode says whether an allowlist's user may reach the configured resolvers.
 type DNSMode string
 
@@ -104,6 +112,7 @@ type Allowlist struct {
 	Entries             []Entry // its own, then those of its includes (positions in the list files)
 	Includes            []Include
 	DNS                 DNSMode
+	Mode                Mode // enforce (default) or audit
 	AllowPrivateAnswers bool
 }
 

@@ -343,7 +343,7 @@ func ParseResolver(s string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }
 
-var allowKeys = []string{"user", "allow", "include", "dns", "allow_private_answers"}
+var allowKeys = []string{"user", "allow", "include", "dns", "mode", "allow_private_answers"}
 
 // NameRE is what an allowlist's name (its file name without .yaml) may be:
 // it becomes part of nftables chain and set names and of log prefixes.
@@ -352,7 +352,7 @@ var NameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$`)
 // ParseAllowlist parses one allowlist file. name is the file name without .yaml.
 func ParseAllowlist(file, name string, data []byte) (*Allowlist, error) {
 	p := &parser{file: file}
-	a := &Allowlist{Name: name, File: file, DNS: DNSResolvers}
+	a := &Allowlist{Name: name, File: file, DNS: DNSResolvers, Mode: ModeEnforce}
 	if !NameRE.MatchString(name) {
 		p.errs = append(p.errs, &Error{Pos: Pos{File: file}, Msg: fmt.Sprintf("allowlist name %q (the file name without .yaml) must be 1 to 48 letters, digits, '-' or '_', starting with a letter or digit", name)})
 	}
@@ -383,6 +383,15 @@ func ParseAllowlist(file, name string, data []byte) (*Allowlist, error) {
 						a.DNS = DNSMode(s)
 					default:
 						p.errorf(v, "dns: %q is not resolvers or none", s)
+					}
+				}
+			case "mode":
+				if s, ok := p.scalar(v, key); ok {
+					switch Mode(s) {
+					case ModeEnforce, ModeAudit:
+						a.Mode = Mode(s)
+					default:
+						p.errorf(v, "mode: %q is not enforce or audit", s)
 					}
 				}
 			case "allow_private_answers":

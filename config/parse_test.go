@@ -341,3 +341,27 @@ func TestParseAllowlistHints(t *testing.T) {
 		}
 	}
 }
+
+func TestParseAllowlistMode(t *testing.T) {
+	for _, c := range []struct {
+		body string
+		want Mode
+		err  string
+	}{
+		{"user: billing\n", ModeEnforce, ""},
+		{"user: billing\nmode: audit\n", ModeAudit, ""},
+		{"user: billing\nmode: enforce\n", ModeEnforce, ""},
+		{"user: billing\nmode: learn\n", "", "a.yaml:2:7: mode: \"learn\" is not enforce or audit"},
+	} {
+		a, err := ParseAllowlist("a.yaml", "a", []byte(c.body))
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%q: error %v, want %q", c.body, err, c.err)
+			}
+			continue
+		}
+		if err != nil || a.Mode != c.want {
+			t.Errorf("%q: mode %q, %v; want %q", c.body, a.Mode, err, c.want)
+		}
+	}
+}

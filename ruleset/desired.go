@@ -66,6 +66,7 @@ type Allowlist struct {
 	Name     string
 	UID      uint32
 	DNS      bool // may reach the resolvers on port 53
+	Audit    bool // mode: audit: would-be denies are logged, then accepted
 	Elements []Element
 }
 

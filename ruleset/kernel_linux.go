@@ -82,6 +82,7 @@ func bigBuffers(c *netlink.Conn, rcv int) error {
 //	  set users    { type uid }                                   # protected uids; element comment = allowlist
 //	  set owners   { type uid . uid }                             # (u . u) for every protected uid
 //	  set dnsusers { type uid }                                   # dns: resolvers
+//	  set audit    { type uid }                                   # mode: audit
 //	  set allow4   { type uid . inet_proto . ipv4_addr . inet_service }                  # exact elements (hash)
 //	  set allow4r  { type uid . inet_proto . ipv4_addr . inet_service; flags interval }  # CIDRs, port ranges
 //	  set allow6, allow6r                                         # the same for IPv6
@@ -103,6 +104,7 @@ func bigBuffers(c *netlink.Conn, rcv int) error {
 //	    goto deny
 //	  }
 //	  chain deny { update @denied { meta skuid counter }; update @denylog { meta skuid limit rate R } log;
+//	               meta skuid @audit accept (mode: audit, logged with the prefix "P audit: ");
 //	               tcp: reject with tcp reset; reject with icmpx admin-prohibited }
 //	}
 //
@@ -117,6 +119,7 @@ const (
 	kUsers     = "users"
 	kOwners    = "owners"
 	kDNSUsers  = "dnsusers"
+	kAudit     = "audit"
 	kDenied    = "denied"
 	kDenyLog   = "denylog"
 	chainOut   = "output"
@@ -289,7 +292,7 @@ func build(c *nftables.Conn, p Plan) error {
 			return err
 		}
 	}
-	var users, owners, dnsUsers []nftables.SetElement
+	var users, owners, dnsUsers, audit []nftables.SetElement
 	for _, ch := range p.Chains {
 		u := binaryutil.NativeEndian.PutUint32(ch.UID)
 		users = append(users, nftables.SetElement{Key: u, Comment: ch.Allowlist})
@@ -297,11 +300,14 @@ func build(c *nftables.Conn, p Plan) error {
 		if ch.DNS {
 			dnsUsers = append(dnsUsers, nftables.SetElement{Key: u})
 		}
+		if ch.Audit {
+			audit = append(audit, nftables.SetElement{Key: u})
+		}
 	}
 	for _, part := range []struct {
 		s  *nftables.Set
 		es []nftables.SetElement
-	}{{uidSet(kUsers), users}, {ownersSet(), owners}, {uidSet(kDNSUsers), dnsUsers}, {deniedSet(), nil}, {denyLogSet(), nil}} {
+	}{{uidSet(kUsers), users}, {ownersSet(), owners}, {uidSet(kDNSUsers), dnsUsers}, {uidSet(kAudit), audit}, {deniedSet(), nil}, {denyLogSet(), nil}} {
 		if err := c.AddSet(part.s, nil); err != nil {
 			return fmt.Errorf("add set %s: %w", part.s.Name, err)
 		}
@@ -480,13 +486,21 @@ func lookupExprs(ks kernelSet) []expr.Any {
 // ICMP administratively prohibited otherwise, so a denied connect fails at once.
 func denyRules(ch *nftables.Chain, dl config.DenyLog) []*nftables.Rule {
 	rule := func(es ...expr.Any) *nftables.Rule { return &nftables.Rule{Table: table, Chain: ch, Exprs: es} }
+	inAudit := func(invert bool) []expr.Any {
+		return []expr.Any{&expr.Meta{Key: expr.MetaKeySKUID, Register: reg1},
+			&expr.Lookup{SourceRegister: reg1, SetName: kAudit, Invert: invert}}
+	}
 	rules := []*nftables.Rule{rule(
 		&expr.Meta{Key: expr.MetaKeySKUID, Register: reg1},
 		&expr.Dynset{SrcRegKey: reg1, SetName: kDenied, Operation: unix.NFT_DYNSET_OP_UPDATE, Exprs: []expr.Any{&expr.Counter{}}},
 	)}
-	if l := logExprs(dl); l != nil {
-		rules = append(rules, rule(l...))
+	// Logged alike, with a prefix that says which: the event's "audit"
+	// field comes from what the kernel did, not from the configuration.
+	if l := logExprs(dl, false); l != nil {
+		rules = append(rules, rule(append(inAudit(true), l...)...), rule(append(inAudit(false), logExprs(dl, true)...)...))
 	}
+	// mode: audit: logged, counted, then let through.
+	rules = append(rules, rule(append(inAudit(false), &expr.Verdict{Kind: expr.VerdictAccept})...))
 	return append(rules,
 		rule(&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_TCP}},
@@ -508,13 +522,16 @@ func limitUnit(u string) expr.LimitTime {
 
 // logExprs is the deny log statement, limited per uid by a meter (a dynamic
 // set with a limit per element), so one noisy user cannot silence the others.
-func logExprs(dl config.DenyLog) []expr.Any {
+func logExprs(dl config.DenyLog, audit bool) []expr.Any {
 	lim := &expr.Limit{Type: expr.LimitTypePkts, Rate: dl.Rate.Count, Unit: limitUnit(dl.Rate.Unit), Burst: uint32(min(dl.Rate.Count, 1000))}
 	meter := []expr.Any{
 		&expr.Meta{Key: expr.MetaKeySKUID, Register: reg1},
 		&expr.Dynset{SrcRegKey: reg1, SetName: kDenyLog, Operation: unix.NFT_DYNSET_OP_UPDATE, Exprs: []expr.Any{lim}},
 	}
 	prefix := []byte(LogPrefix(dl.Prefix))
+	if audit {
+		prefix = []byte(AuditPrefix(dl.Prefix))
+	}
 	switch dl.Mode {
 	case config.LogNFLOG:
 		return append(meter, &expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: dl.Group, Data: prefix})
@@ -758,6 +775,16 @@ func (k *Netlink) ReadUsers() (map[uint32]string, error) {
 		return nil, err
 	}
 	return readUsers(c, t)
+}
+
+// ReadAudited returns the uids whose allowlists are in audit mode in the
+// kernel: their would-be denies are logged, then accepted.
+func (k *Netlink) ReadAudited() (map[uint32]bool, error) {
+	c, t, err := k.existing()
+	if err != nil {
+		return nil, err
+	}
+	return readUIDSet(c, t, kAudit)
 }
 
 func readUIDSet(c *nftables.Conn, t *nftables.Table, name string) (map[uint32]bool, error) {

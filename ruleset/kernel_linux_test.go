@@ -555,3 +555,35 @@ func TestKernelUnknownOutcomeVerified(t *testing.T) {
 		t.Fatal("an unknown outcome that does not match the kernel was reported as applied")
 	}
 }
+
+// mode: audit: a would-be deny is counted (and logged with the audit
+// prefix), then accepted; an enforced allowlist next to it still rejects.
+func TestKernelAuditMode(t *testing.T) {
+	e := newEnv(t)
+	e.serveTCP(t, "198.51.100.7:22")
+	p := Render(Desired{
+		Allowlists: []Allowlist{
+			{Name: "a", UID: uidA, Audit: true, Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)}},
+			{Name: "b", UID: uidB, Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)}},
+		},
+		DenyLog: config.Defaults().DenyLog,
+	})
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	if fs, err := e.k.Verify(p); err != nil || len(fs) != 0 {
+		t.Fatalf("verify: %v %v", fs, err)
+	}
+	mustAllow(t, "audited user to an unlisted destination", e.tcp(uidA, "198.51.100.7:22"))
+	mustRefuse(t, "enforced user to the same destination", e.tcp(uidB, "198.51.100.7:22"))
+	counters, err := e.k.ReadDenyCounters()
+	if err != nil || counters["a"] == 0 || counters["b"] == 0 {
+		t.Fatalf("deny counters %v, %v: the audited would-be deny must be counted too", counters, err)
+	}
+	// Switching to enforce is a rebuild: the same connect is refused.
+	p.Chains[0].Audit = false
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	mustRefuse(t, "the same user once enforced", e.tcp(uidA, "198.51.100.7:22"))
+}

@@ -75,10 +75,21 @@ func LogPrefix(prefix string) string {
 	return fmt.Sprintf("%s deny: ", prefix)
 }
 
+// AuditPrefix is the log prefix of a would-be deny of an allowlist in audit
+// mode: logged like a deny, then accepted.
+func AuditPrefix(prefix string) string {
+	return fmt.Sprintf("%s audit: ", prefix)
+}
+
 // IsDenyPrefix reports whether a logged packet's prefix is egressd's deny
 // prefix (another tool may share the NFLOG group).
 func IsDenyPrefix(configured, prefix string) bool {
 	return prefix == LogPrefix(configured)
+}
+
+// IsAuditPrefix is IsDenyPrefix for audit mode's prefix.
+func IsAuditPrefix(configured, prefix string) bool {
+	return prefix == AuditPrefix(configured)
 }
 
 // kernelSet is the typed identity of one kernel set that holds plan elements.

@@ -13,6 +13,7 @@ type ChainPlan struct {
 	Allowlist string
 	UID       uint32
 	DNS       bool
+	Audit     bool
 }
 
 // Plan is the rendered kernel state: structure (chains, users, log) plus the
@@ -87,7 +88,7 @@ func (r *Renderer) Render(d Desired) Plan {
 	sort.Slice(als, func(i, j int) bool { return als[i].Name < als[j].Name })
 	memo := make(map[string]rendered, len(als))
 	for _, a := range als {
-		p.Chains = append(p.Chains, ChainPlan{Allowlist: a.Name, UID: a.UID, DNS: a.DNS})
+		p.Chains = append(p.Chains, ChainPlan{Allowlist: a.Name, UID: a.UID, DNS: a.DNS, Audit: a.Audit})
 		fp := fingerprint(a.Elements)
 		m, ok := r.memo[a.Name]
 		if !ok || m.fp != fp {

@@ -86,7 +86,7 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 	for _, s := range kset {
 		haveSet[s.Name] = true
 	}
-	structural := []string{kUsers, kOwners, kDNSUsers, kDenied, kDenyLog}
+	structural := []string{kUsers, kOwners, kDNSUsers, kAudit, kDenied, kDenyLog}
 	for _, ks := range allKernelSets() {
 		structural = append(structural, ks.name())
 	}
@@ -142,7 +142,8 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 	for _, us := range []struct {
 		name string
 		want func(ChainPlan) bool
-	}{{kOwners, func(ChainPlan) bool { return true }}, {kDNSUsers, func(ch ChainPlan) bool { return ch.DNS }}} {
+	}{{kOwners, func(ChainPlan) bool { return true }}, {kDNSUsers, func(ch ChainPlan) bool { return ch.DNS }},
+		{kAudit, func(ch ChainPlan) bool { return ch.Audit }}} {
 		if !haveSet[us.name] {
 			continue
 		}

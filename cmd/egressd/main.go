@@ -174,7 +174,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 			log.Error("cannot read the deny log; denied connections are still rejected and counted, but not reported as events",
 				zap.String("event", "deny_log_failed"), zap.Uint16("group", cfg.DenyLog.Group), zap.Error(err))
 		} else {
-			go deny.Run(ctx, l, ctl, cfg.DenyLog.Interval, log, m)
+			go deny.Run(ctx, l, ctl, cfg.DenyLog.Prefix, cfg.DenyLog.Interval, log, m)
 		}
 	}
 	if cfg.MetricsListen != "" {

@@ -98,6 +98,7 @@ type AllowlistReport struct {
 	File      string  `json:"file"`
 	User      string  `json:"user"`
 	UID       *uint32 `json:"uid"`
+	Mode      string  `json:"mode"` // enforce | audit
 	Entries   int     `json:"entries"`
 	Names     int     `json:"names"`
 	Addresses int     `json:"addresses"` // elements the kernel should hold for it
@@ -379,7 +380,7 @@ func Run(ctx context.Context, o Options) *Report {
 	}
 
 	for _, a := range cfg.Allowlists {
-		ar := AllowlistReport{Name: a.Name, File: a.File, User: a.User, Entries: len(a.Entries), Names: len(a.Names()), Status: "ok"}
+		ar := AllowlistReport{Name: a.Name, File: a.File, User: a.User, Mode: string(a.Mode), Entries: len(a.Entries), Names: len(a.Names()), Status: "ok"}
 		if uid, ok := users.UIDs[a.Name]; ok {
 			u := uid
 			ar.UID = &u

@@ -205,6 +205,9 @@ func explain(ctx context.Context, o Options, user, target string) (*Explanation,
 		x.Verdict, x.Reason = "allowed", "some addresses are allowed, others not (the name's answers changed or differ per resolver)"
 	default:
 		x.Verdict, x.Reason = "denied", "no address is in the allowlist's set: the connection is logged, then rejected"
+		if audited(o.Kernel, uid) {
+			x.Reason = "no address is in the allowlist's set, but the allowlist is in audit mode: the connection is logged as a deny (\"audit\": true), then let through; it will be rejected once mode: enforce"
+		}
 		x.Nearest = nearest(al, e, addrs, sets)
 	}
 	return x, nil
@@ -320,4 +323,16 @@ func (x *Explanation) WriteText(w io.Writer) {
 		fmt.Fprintf(w, "  nearest: %s\n", n)
 	}
 	fmt.Fprintf(w, "  %s\n", x.Reason)
+}
+
+// audited reports whether the kernel holds uid's allowlist in audit mode.
+func audited(k Kernel, uid uint32) bool {
+	ar, ok := k.(interface {
+		ReadAudited() (map[uint32]bool, error)
+	})
+	if !ok {
+		return false
+	}
+	m, err := ar.ReadAudited()
+	return err == nil && m[uid]
 }

@@ -51,13 +51,13 @@ func (r *Report) WriteText(w io.Writer) {
 	if len(r.Allowlists) > 0 {
 		fmt.Fprintln(w)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "ALLOWLIST\tUSER\tUID\tENTRIES\tNAMES\tADDRESSES\tSTATUS")
+		fmt.Fprintln(tw, "ALLOWLIST\tUSER\tUID\tMODE\tENTRIES\tNAMES\tADDRESSES\tSTATUS")
 		for _, a := range r.Allowlists {
 			uid := "-"
 			if a.UID != nil {
 				uid = fmt.Sprint(*a.UID)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\n", a.Name, a.User, uid, a.Entries, a.Names, a.Addresses, a.Status)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", a.Name, a.User, uid, a.Mode, a.Entries, a.Names, a.Addresses, a.Status)
 		}
 		tw.Flush()
 	}

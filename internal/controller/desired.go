@@ -128,7 +128,7 @@ func BuildDesiredHosts(c *config.Config, users Users, addrs func(name string) []
 		if !ok {
 			continue
 		}
-		al := ruleset.Allowlist{Name: a.Name, UID: uid, DNS: a.DNS == config.DNSResolvers}
+		al := ruleset.Allowlist{Name: a.Name, UID: uid, DNS: a.DNS == config.DNSResolvers, Audit: a.Mode == config.ModeAudit}
 		for _, e := range a.Entries {
 			if !e.IsName() {
 				al.Elements = append(al.Elements, ruleset.ElementFor(e.Proto, e.Prefix, e.PortFrom, e.PortTo))

@@ -34,6 +34,7 @@ type Event struct {
 	Names     []string // the allowlist's own names whose current or lingering addresses include Dst
 	Count     int      // packets this event stands for
 	Summary   bool     // a window's summary (the packets after the first)
+	Audit     bool     // mode: audit: the packet was logged, then let through
 	First     time.Time
 	Last      time.Time
 }
@@ -58,6 +59,7 @@ type key struct {
 	proto     uint8
 	dst       netip.Addr
 	dport     uint16
+	audit     bool
 }
 
 type entry struct {
@@ -80,16 +82,28 @@ type Aggregator struct {
 	overflow map[string]int
 }
 
-func (a *Aggregator) isOurs(prefix string) bool {
+// classify says whether a prefix is egressd's, and whether it is audit
+// mode's (logged, then accepted).
+func (a *Aggregator) classify(prefix string) (ours, audit bool) {
 	if a.Prefix != "" {
-		return ruleset.IsDenyPrefix(a.Prefix, prefix)
+		if ruleset.IsAuditPrefix(a.Prefix, prefix) {
+			return true, true
+		}
+		return ruleset.IsDenyPrefix(a.Prefix, prefix), false
 	}
-	return strings.HasSuffix(prefix, ruleset.LogPrefix(""))
+	if strings.HasSuffix(prefix, ruleset.AuditPrefix("")) {
+		return true, true
+	}
+	return strings.HasSuffix(prefix, ruleset.LogPrefix("")), false
 }
 
 // New returns an aggregator that calls emit for events and over for overflow.
 func New(lookup Lookup, emit func(Event), over func(Overflow)) *Aggregator {
-	return &Aggregator{MaxKeys: 1024, lookup: lookup, emit: emit, over: over, keys: map[key]*entry{}, overflow: map[string]int{}}
+	return newAggregator(lookup, "", emit, over)
+}
+
+func newAggregator(lookup Lookup, prefix string, emit func(Event), over func(Overflow)) *Aggregator {
+	return &Aggregator{MaxKeys: 1024, Prefix: prefix, lookup: lookup, emit: emit, over: over, keys: map[key]*entry{}, overflow: map[string]int{}}
 }
 
 // Add takes one logged packet. Packets whose prefix egressd did not write,
@@ -97,14 +111,15 @@ func New(lookup Lookup, emit func(Event), over func(Overflow)) *Aggregator {
 // the group). The kernel's one deny rule serves every protected user: the
 // packet's socket uid says which allowlist refused it.
 func (a *Aggregator) Add(p nflog.Packet) bool {
-	if !a.isOurs(p.Prefix) || !p.HasUID {
+	ours, audit := a.classify(p.Prefix)
+	if !ours || !p.HasUID {
 		return false
 	}
 	name, ok := a.lookup.AllowlistOf(p.UID)
 	if !ok {
 		return false
 	}
-	k := key{allowlist: name, uid: p.UID, proto: p.Proto, dst: p.Dst, dport: p.DPort}
+	k := key{allowlist: name, uid: p.UID, proto: p.Proto, dst: p.Dst, dport: p.DPort, audit: audit}
 	a.mu.Lock()
 	if e, ok := a.keys[k]; ok {
 		e.count++
@@ -120,7 +135,7 @@ func (a *Aggregator) Add(p nflog.Packet) bool {
 	}
 	user, _ := a.lookup.User(name)
 	ev := Event{Allowlist: name, User: user, UID: p.UID, Proto: protoName(p.Proto), Src: p.Src, Dst: p.Dst, DPort: p.DPort,
-		Names: a.lookup.NamesFor(name, p.Dst), Count: 1, First: p.Time, Last: p.Time}
+		Names: a.lookup.NamesFor(name, p.Dst), Count: 1, First: p.Time, Last: p.Time, Audit: audit}
 	a.keys[k] = &entry{first: ev, last: p.Time}
 	a.mu.Unlock()
 	a.emit(ev)

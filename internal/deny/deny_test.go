@@ -78,3 +78,23 @@ func TestAggregator(t *testing.T) {
 		t.Fatal("new window did not emit the first packet at once")
 	}
 }
+
+// An audit-mode packet (logged with the audit prefix, then let through) is
+// an event with Audit set, aggregated apart from real denies of the same key.
+func TestAggregatorAudit(t *testing.T) {
+	var events []Event
+	a := newAggregator(lookup{}, "egressd", func(e Event) { events = append(events, e) }, func(Overflow) {})
+	audited := pkt("192.0.2.10", 8443)
+	audited.Prefix = ruleset.AuditPrefix("egressd")
+	if !a.Add(audited) || !a.Add(pkt("192.0.2.10", 8443)) {
+		t.Fatal("egressd's packets ignored")
+	}
+	if len(events) != 2 || !events[0].Audit || events[1].Audit {
+		t.Fatalf("events = %+v; want one audited, one denied", events)
+	}
+	other := pkt("192.0.2.10", 8443)
+	other.Prefix = ruleset.AuditPrefix("someone-else")
+	if a.Add(other) {
+		t.Error("another prefix's packet taken")
+	}
+}

@@ -25,17 +25,24 @@ func Log(log *zap.Logger, e Event) {
 	if e.Summary {
 		msg = "connections denied (summary of the window)"
 	}
+	if e.Audit {
+		msg = "connection would be denied (audit mode: let through)"
+		if e.Summary {
+			msg = "connections would be denied (audit mode: let through; summary of the window)"
+		}
+	}
 	log.Warn(msg, zap.String("event", EvDeny), zap.String("allowlist", e.Allowlist), zap.String("user", e.User),
 		zap.Uint32("uid", e.UID), zap.String("proto", e.Proto), zap.Stringer("src", e.Src), zap.Stringer("dst", e.Dst),
-		zap.Uint16("dport", e.DPort), zap.Strings("names", e.Names), zap.Int("count", e.Count), zap.Bool("summary", e.Summary),
+		zap.Uint16("dport", e.DPort), zap.Strings("names", e.Names), zap.Int("count", e.Count), zap.Bool("summary", e.Summary), zap.Bool("audit", e.Audit),
 		zap.Time("first", e.First), zap.Time("last", e.Last))
 }
 
 // Run reads the NFLOG group until ctx ends, logging bounded deny events.
 // Enforcement never depends on it: the kernel rejects whether or not anyone
 // reads the log.
-func Run(ctx context.Context, l *nflog.Listener, lookup Lookup, interval time.Duration, log *zap.Logger, m *metrics.Metrics) {
-	agg := New(lookup, func(e Event) {
+// prefix is deny_log.prefix: packets with other prefixes are another tool's.
+func Run(ctx context.Context, l *nflog.Listener, lookup Lookup, prefix string, interval time.Duration, log *zap.Logger, m *metrics.Metrics) {
+	agg := newAggregator(lookup, prefix, func(e Event) {
 		m.DenyEvent(e.Allowlist)
 		Log(log, e)
 	}, func(o Overflow) {

@@ -168,6 +168,10 @@ whose destinations this allowlist also allows, under this allowlist's dns and
 allow_private_answers settings.`),
 		Item("dns", `resolvers (default): the user may reach the configured resolvers
 on port 53; none: it may not.`),
+		Item("mode", `enforce (default): everything outside the allowlist is logged,
+then rejected; audit: it is logged as a deny event with "audit": true, then
+let through (roll out without breaking the service; switching back is a
+reload).`),
 		Item("allow_private_answers", `Accept DNS answers in loopback, private,
 link-local, CGNAT, unspecified or multicast ranges (default false: DNS
 rebinding must not open the metadata service or the LAN). Literal entries and
