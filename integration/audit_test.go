@@ -3,7 +3,10 @@
 package integration
 
 import (
+	"bufio"
+	"encoding/json"
 	"fmt"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -47,4 +50,74 @@ func TestAuditMode(t *testing.T) {
 	w.write("allow.d/billing.yaml", strings.Replace(billing, "mode: audit", "mode: enforce", 1))
 	w.eventually(uidA, "tcp", "198.51.100.20:4444", okRefused, 5*time.Second)
 	w.expect(uidA, "tcp", "192.0.2.10:443", okConnected)
+}
+
+// egressd denies (issue 15): recent denied and audited attempts, aggregated,
+// readable and as JSON; --follow shows a new denial as it happens.
+func TestDeniesCommand(t *testing.T) {
+	w := newWorld(t)
+	w.standardConfig()
+	w.write("allow.d/web.yaml", fmt.Sprintf("user: %d\nallow:\n  - 192.0.2.12:443\ndns: none\nmode: audit\n", uidB))
+	w.start()
+	for i := 0; i < 3; i++ {
+		w.expect(uidA, "tcp", "198.51.100.20:4444", okRefused)
+	}
+	w.expect(uidB, "tcp", "198.51.100.20:443", okConnected) // audited
+	var out string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		_, out, _ = w.egressdCmd("denies", "--runtime-dir", w.runDir())
+		if strings.Contains(out, "audited  tcp") {
+			break
+		}
+	}
+	t.Logf("egressd denies:\n%s", out)
+	rows := map[string]bool{}
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) == 9 {
+			rows[strings.Join(f[2:], " ")] = true // without the date and time
+		}
+	}
+	for _, want := range []string{"billing denied tcp 198.51.100.20 4444 3 -", "web audited tcp 198.51.100.20 443 1 -"} {
+		if !rows[want] {
+			t.Errorf("denies output lacks %q:\n%s", want, out)
+		}
+	}
+	code, js, _ := w.egressdCmd("denies", "--runtime-dir", w.runDir(), "--allowlist", "web", "--json")
+	var entries []map[string]any
+	if err := json.Unmarshal([]byte(js), &entries); err != nil || code != 0 || len(entries) != 1 || entries[0]["audit"] != true {
+		t.Errorf("denies --allowlist web --json: exit %d, %v\n%s", code, err, js)
+	}
+
+	// --follow: a new denial appears while it runs.
+	cmd := exec.Command(egressd, "denies", "--runtime-dir", w.runDir(), "--follow")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.ns.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }() //nolint:errcheck
+	lines := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	time.Sleep(300 * time.Millisecond) // its first read is done
+	start := time.Now()
+	w.expect(uidA, "udp", "203.0.113.5:5354", okRefused)
+	for {
+		select {
+		case l := <-lines:
+			if strings.Contains(l, "203.0.113.5") && strings.Contains(l, "5354") {
+				t.Logf("denies --follow showed the new denial %v after the attempt: %s", time.Since(start).Round(time.Millisecond), l)
+				return
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("denies --follow did not show a new denial")
+		}
+	}
 }

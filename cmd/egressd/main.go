@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"syscall"
 	"time"
@@ -52,6 +53,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdWait(args[1:], stderr)
 	case "remove":
 		return cmdRemove(args[1:], stderr)
+	case "denies":
+		return cmdDenies(args[1:], stdout, stderr)
 	case "demo":
 		return cmdDemo(args[1:], stdout, stderr)
 	case "version", "--version":
@@ -169,12 +172,17 @@ func cmdRun(args []string, stderr io.Writer) int {
 		ctl.SetKernelEvents(events)
 	}
 	cfg := ctl.Config()
+	if cfg.DenyLog.Mode != config.LogNFLOG {
+		os.Remove(filepath.Join(*runtimeDir, deny.RecentFile)) //nolint:errcheck // a previous run's: not current
+	}
 	if cfg.DenyLog.Mode == config.LogNFLOG {
 		if l, err := nflog.Listen(cfg.DenyLog.Group, 0); err != nil {
 			log.Error("cannot read the deny log; denied connections are still rejected and counted, but not reported as events",
 				zap.String("event", "deny_log_failed"), zap.Uint16("group", cfg.DenyLog.Group), zap.Error(err))
 		} else {
-			go deny.Run(ctx, l, ctl, cfg.DenyLog.Prefix, cfg.DenyLog.Interval, log, m)
+			rec := deny.NewRecent(0)
+			go deny.PublishRecent(ctx, rec, *runtimeDir, 250*time.Millisecond, log)
+			go deny.Run(ctx, l, ctl, cfg.DenyLog.Prefix, cfg.DenyLog.Interval, log, m, rec)
 		}
 	}
 	if cfg.MetricsListen != "" {

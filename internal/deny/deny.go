@@ -71,6 +71,9 @@ type entry struct {
 
 // Aggregator is safe for concurrent use.
 type Aggregator struct {
+	// Record, when set, is called for every packet taken (count 1), outside
+	// the window's aggregation: the live view of `egressd denies`.
+	Record  func(Event)
 	MaxKeys int
 	Prefix  string // deny_log.prefix; empty: any prefix egressd's form ends with
 	lookup  Lookup
@@ -125,12 +128,16 @@ func (a *Aggregator) Add(p nflog.Packet) bool {
 		e.count++
 		e.last = p.Time
 		e.src = p.Src
+		ev := e.first
 		a.mu.Unlock()
+		a.record(ev, p)
 		return true
 	}
 	if len(a.keys) >= a.MaxKeys {
 		a.overflow[name]++
 		a.mu.Unlock()
+		user, _ := a.lookup.User(name)
+		a.record(Event{Allowlist: name, User: user, UID: p.UID, Proto: protoName(p.Proto), Dst: p.Dst, DPort: p.DPort, Audit: audit}, p)
 		return true
 	}
 	user, _ := a.lookup.User(name)
@@ -139,7 +146,17 @@ func (a *Aggregator) Add(p nflog.Packet) bool {
 	a.keys[k] = &entry{first: ev, last: p.Time}
 	a.mu.Unlock()
 	a.emit(ev)
+	a.record(ev, p)
 	return true
+}
+
+// record passes one packet, as an event of count 1, to Record.
+func (a *Aggregator) record(ev Event, p nflog.Packet) {
+	if a.Record == nil {
+		return
+	}
+	ev.Count, ev.Summary, ev.First, ev.Last, ev.Src = 1, false, p.Time, p.Time, p.Src
+	a.Record(ev)
 }
 
 // Flush ends the window: one summary per key that saw more than one packet,

@@ -9,6 +9,7 @@ import (
 
 	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/nflog"
+	"github.com/egressd/egressd/internal/state"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
@@ -41,7 +42,9 @@ func Log(log *zap.Logger, e Event) {
 // Enforcement never depends on it: the kernel rejects whether or not anyone
 // reads the log.
 // prefix is deny_log.prefix: packets with other prefixes are another tool's.
-func Run(ctx context.Context, l *nflog.Listener, lookup Lookup, prefix string, interval time.Duration, log *zap.Logger, m *metrics.Metrics) {
+// Every event is also recorded in rec (when not nil), which `egressd
+// denies` reads through PublishRecent.
+func Run(ctx context.Context, l *nflog.Listener, lookup Lookup, prefix string, interval time.Duration, log *zap.Logger, m *metrics.Metrics, rec *Recent) {
 	agg := newAggregator(lookup, prefix, func(e Event) {
 		m.DenyEvent(e.Allowlist)
 		Log(log, e)
@@ -49,6 +52,9 @@ func Run(ctx context.Context, l *nflog.Listener, lookup Lookup, prefix string, i
 		log.Warn("more distinct denied destinations than one window reports; counted here", zap.String("event", EvDenyOverflow),
 			zap.String("allowlist", o.Allowlist), zap.Int("count", o.Count), zap.Duration("window", interval))
 	})
+	if rec != nil {
+		agg.Record = rec.Record
+	}
 	go func() {
 		t := time.NewTicker(interval)
 		defer t.Stop()
@@ -83,6 +89,33 @@ func Run(ctx context.Context, l *nflog.Listener, lookup Lookup, prefix string, i
 		m.NFLOG(len(ps), false)
 		for _, p := range ps {
 			agg.Add(p)
+		}
+	}
+}
+
+// PublishRecent writes rec to dir/denies.json (mode 0600: which hosts a
+// service tried is for root to read) whenever it changed, at most every
+// period, until ctx ends.
+func PublishRecent(ctx context.Context, rec *Recent, dir string, every time.Duration, log *zap.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	write := func(force bool) {
+		doc, changed := rec.Snapshot(time.Now())
+		if !changed && !force {
+			return
+		}
+		if err := state.WriteJSON(dir, RecentFile, 0o600, doc); err != nil {
+			log.Warn("cannot publish recent denies; egressd denies will not see them", zap.String("event", "state_failed"), zap.Error(err))
+		}
+	}
+	write(true) // an empty document says that denies are being recorded
+	for {
+		select {
+		case <-ctx.Done():
+			write(false)
+			return
+		case <-t.C:
+			write(false)
 		}
 	}
 }

@@ -18,6 +18,7 @@ egressd harden --user USER [--group GROUP] [--writable PATH]...
 egressd harden --audit UNIT_FILE [--json]
 egressd wait (--user USER | --allowlist NAME) [--timeout 30s]
 egressd remove [--runtime-dir DIR]
+egressd denies [--follow] [--allowlist NAME] [--json] [--runtime-dir DIR]
 egressd demo
 egressd version
 egressd completion bash|zsh
@@ -65,6 +66,13 @@ first, so the service does not start. Needs CAP_NET_ADMIN to read nf_tables
 lifted. For uninstalling and emergencies. Refused while the daemon runs (it
 would restore the table at once): stop it first (systemctl stop egressd).
 "nothing to remove" when there is no table.`),
+		Item("denies", `Recent denied and audited attempts (mode: audit), aggregated
+by allowlist, destination and port, with their count, names and when last
+seen, most recent first; --allowlist keeps one allowlist's; --json prints
+them as JSON; --follow keeps printing each attempt as it happens (one line,
+or one JSON object, per update) until interrupted. Read from the daemon's
+runtime directory (denies.json, readable by root only); needs deny_log.mode:
+nflog. Exit 2 when there is nothing to read.`),
 		Item("demo", `Run the real daemon on example allowlists inside a throwaway
 network namespace, with its own DNS server and example services; prints what
 is allowed, what is denied and a DNS change taking effect. Never touches the
@@ -106,6 +114,7 @@ invalid, or check cannot run (not root, no nf_tables).`),
 1 denied; 2 cannot answer.`),
 		Item("harden", `0 printed; 2 invalid options. With --audit: 0 nothing found,
 1 findings, 2 cannot read the unit.`),
+		Item("denies", `0 printed; 2 nothing to read (no daemon, or another deny_log.mode).`),
 		Item("wait", `0 the user is restricted; 1 not by the timeout; 2 bad arguments.`),
 		Item("remove", `0 removed (or nothing to remove); 1 refused (a daemon runs,
 or not root) or failed.`),

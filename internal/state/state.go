@@ -70,11 +70,14 @@ func Hash(v any) string {
 }
 
 // Write replaces dir/state.json atomically.
-func Write(dir string, s *State) error {
+func Write(dir string, s *State) error { return WriteJSON(dir, File, 0o644, s) }
+
+// WriteJSON replaces dir/name atomically with v as JSON, with the given mode.
+func WriteJSON(dir, name string, mode os.FileMode, v any) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, ".state-*.json")
+	tmp, err := os.CreateTemp(dir, "."+name+"-*")
 	if err != nil {
 		return err
 	}
@@ -82,7 +85,7 @@ func Write(dir string, s *State) error {
 	// Streamed: the document is megabytes at 100,000 elements, and a
 	// transient buffer of that size would set the daemon's memory peak.
 	w := bufio.NewWriterSize(tmp, 64<<10)
-	if err := json.NewEncoder(w).Encode(s); err != nil {
+	if err := json.NewEncoder(w).Encode(v); err != nil {
 		tmp.Close()
 		return err
 	}
@@ -90,14 +93,14 @@ func Write(dir string, s *State) error {
 		tmp.Close()
 		return err
 	}
-	if err := tmp.Chmod(0o644); err != nil {
+	if err := tmp.Chmod(mode); err != nil {
 		tmp.Close()
 		return err
 	}
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), filepath.Join(dir, File))
+	return os.Rename(tmp.Name(), filepath.Join(dir, name))
 }
 
 // ErrUntrusted means the runtime directory, its lock or its state file
@@ -109,40 +112,48 @@ var ErrUntrusted = errors.New("runtime directory not safe")
 // directory's owner, or in a directory others can write) is refused with
 // ErrUntrusted: check must not be fooled into "in sync".
 func Read(dir string) (*State, error) {
-	p := filepath.Join(dir, File)
-	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var dst syscall.Stat_t
-	if err := syscall.Lstat(dir, &dst); err != nil {
-		return nil, err
-	}
-	var fst syscall.Stat_t
-	if err := syscall.Fstat(int(f.Fd()), &fst); err != nil {
-		return nil, err
-	}
-	switch {
-	case dst.Mode&0o022 != 0:
-		return nil, fmt.Errorf("%w: %s is writable by other users (mode %04o)", ErrUntrusted, dir, dst.Mode&0o7777)
-	case fst.Mode&0o022 != 0:
-		return nil, fmt.Errorf("%w: %s is writable by other users (mode %04o)", ErrUntrusted, p, fst.Mode&0o7777)
-	case fst.Uid != 0 && fst.Uid != dst.Uid:
-		return nil, fmt.Errorf("%w: %s is owned by uid %d, neither root nor the owner of %s", ErrUntrusted, p, fst.Uid, dir)
-	}
-	b, err := io.ReadAll(f)
-	if err != nil {
-		return nil, err
-	}
 	var s State
-	if err := json.Unmarshal(b, &s); err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, File), err)
+	if err := ReadJSON(dir, File, &s); err != nil {
+		return nil, err
 	}
 	if s.Version != 1 {
 		return nil, fmt.Errorf("%s: unknown version %d", filepath.Join(dir, File), s.Version)
 	}
 	return &s, nil
+}
+
+// ReadJSON loads dir/name into v under the trust rules of Read.
+func ReadJSON(dir, name string, v any) error {
+	p := filepath.Join(dir, name)
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var dst syscall.Stat_t
+	if err := syscall.Lstat(dir, &dst); err != nil {
+		return err
+	}
+	var fst syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &fst); err != nil {
+		return err
+	}
+	switch {
+	case dst.Mode&0o022 != 0:
+		return fmt.Errorf("%w: %s is writable by other users (mode %04o)", ErrUntrusted, dir, dst.Mode&0o7777)
+	case fst.Mode&0o022 != 0:
+		return fmt.Errorf("%w: %s is writable by other users (mode %04o)", ErrUntrusted, p, fst.Mode&0o7777)
+	case fst.Uid != 0 && fst.Uid != dst.Uid:
+		return fmt.Errorf("%w: %s is owned by uid %d, neither root nor the owner of %s", ErrUntrusted, p, fst.Uid, dir)
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%s: %w", p, err)
+	}
+	return nil
 }
 
 // Alive reports whether the process that wrote s still runs.
