@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 
 	"github.com/egressd/egressd/config"
@@ -35,7 +36,7 @@ func cmdHarden(args []string, stdout, stderr io.Writer) int {
 	noPrivUsers := fs.Bool("no-private-users", false, "leave out PrivateUsers=yes (daemons that change uid themselves, or need other users' uids)")
 	fs.IntVar(&o.SystemdVersion, "systemd-version", 0, fmt.Sprintf("target systemd version (default: this host's, else %d)", harden.DefaultSystemdVersion))
 	features := fs.String("target-features", "", "the target systemd's feature line from `systemctl --version` (default: this host's when no --systemd-version is given)")
-	fs.StringVar(&o.Egressd, "egressd", harden.DefaultEgressd, "the egressd binary the start gate runs")
+	fs.StringVar(&o.Egressd, "egressd", installedSelf(), "the egressd binary the start gate runs")
 	fs.DurationVar(&o.GateTimeout, "gate-timeout", harden.DefaultGateTimeout, "how long the start gate waits for the user's allowlist in the kernel")
 	fs.StringVar(&o.Allowlist, "allowlist", "", "the allowlist (NAME of allow.d/NAME.yaml) that restricts the service's egress")
 	fs.StringVar(&o.Unit, "unit", "", "the unit name, for the install hint (e.g. billing.service)")
@@ -124,6 +125,22 @@ func cmdHarden(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprint(stdout, out)
 	return 0
+}
+
+// installedSelf is the start gate's default binary: this egressd, when it
+// is installed in a system directory of binaries (the package's /usr/bin,
+// /usr/local/bin of an install from source), so that the drop-in runs the
+// egressd that wrote it; else (go run, a build directory)
+// harden.DefaultEgressd, where egressd.service of the source tree runs it.
+func installedSelf() string {
+	p, err := os.Executable()
+	if err == nil && filepath.Base(p) == "egressd" {
+		switch filepath.Dir(p) {
+		case "/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin", "/bin", "/sbin":
+			return p
+		}
+	}
+	return harden.DefaultEgressd
 }
 
 // localSystemd reads this host's systemd version and BPF_FRAMEWORK from

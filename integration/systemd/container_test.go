@@ -19,8 +19,9 @@ import (
 )
 
 // require skips (or, under EGRESSD_REQUIRE_SYSTEM_TESTS=1, fails) unless
-// this runs as root with the container tools and a cgroup2 hierarchy.
-func require(t *testing.T) {
+// this runs as root with the container tools, the given other tools (of the
+// host) and a cgroup2 hierarchy.
+func require(t *testing.T, tools ...string) {
 	t.Helper()
 	systest.Require(t)
 	miss := func(why string) {
@@ -29,7 +30,7 @@ func require(t *testing.T) {
 		}
 		t.Skipf("real-systemd test: %s (apt-get install --no-install-recommends systemd-container debootstrap)", why)
 	}
-	for _, tool := range []string{"systemd-nspawn", "debootstrap", "nsenter"} {
+	for _, tool := range append([]string{"systemd-nspawn", "debootstrap", "nsenter"}, tools...) {
 		if _, err := exec.LookPath(tool); err != nil {
 			miss(tool + " not installed")
 		}

@@ -5,6 +5,9 @@
 // egressd as the README says, harden services with `egressd harden`, and
 // check what systemd does with them: start, reload, stop, crash, restart,
 // watchdog, boot order, and what each hardened service can and cannot do.
+// TestSystemdPackage installs the Debian package instead, in a container
+// without the bind-mounted egressd, and runs debpkg.InstallSteps: installed,
+// enabled, enforcing, hardened, removed, purged.
 //
 // The tests skip when not root or when systemd-nspawn, debootstrap or
 // nsenter are missing, and fail instead when EGRESSD_REQUIRE_SYSTEM_TESTS=1.

@@ -31,7 +31,10 @@ func InstallSteps(deb, user string) []Step {
 		{Why: "an allowlist", Argv: []string{"sh", "-c", `printf 'user: %s\nallow:\n  - 192.0.2.1:443\n' "$1" > "$2"`, "sh", user, allowlist}},
 		{Why: "the allowlist is enforced: its destination allowed", Argv: []string{"egressd", "check", "--explain", user, "192.0.2.1:443"}, Want: "ALLOWED", Eventually: 10 * time.Second},
 		{Why: "the allowlist is enforced: anything else denied", Argv: []string{"egressd", "check", "--explain", user, "192.0.2.2:443"}, Exit: 1, Want: "DENIED"},
-		{Why: "check is clean with an allowlist", Argv: []string{"egressd", "check"}, Want: "OK: in sync"},
+		// Eventually: the daemon publishes its view (state.json) at most once
+		// a second, so for up to a second after an apply check reports
+		// drift and a pending reload.
+		{Why: "check is clean with an allowlist", Argv: []string{"egressd", "check"}, Want: "OK: in sync", Eventually: 5 * time.Second},
 		{Why: "remove", Argv: []string{"dpkg", "-r", "egressd"}},
 		{Why: "the daemon is stopped", Argv: []string{"systemctl", "is-active", "egressd.service"}, Exit: 3, Want: "inactive"},
 		{Why: "the binary is gone", Argv: []string{"test", "!", "-e", "/usr/bin/egressd"}},
