@@ -52,7 +52,7 @@ func cmdHarden(args []string, stdout, stderr io.Writer) int {
 	}
 	localVersion, localBPF := localSystemd()
 	if *audit != "" {
-		r, err := harden.Audit(*audit, harden.Env{BPF: localBPF, AllowlistFor: allowlistFor(*cfgPath)})
+		r, err := harden.Audit(*audit, harden.Env{BPF: localBPF, AllowlistFor: allowlistFor(*cfgPath), Egressd: installedSelf()})
 		if err != nil {
 			fmt.Fprintln(stderr, "egressd harden --audit:", err)
 			return 2

@@ -125,7 +125,9 @@ type Controller struct {
 	verifyAt  time.Time  // next verification of the kernel state
 	drift     driftState // the drift repair's memory (drift.go)
 	publishAt time.Time  // next state file write
-	dirty     bool       // the state file is behind
+	// publishSoon: a configuration took effect; publish without waiting for publishAt.
+	publishSoon bool
+	dirty       bool // the state file is behind
 }
 
 // StartDeadline bounds the first resolution of every name.
@@ -204,6 +206,7 @@ func (c *Controller) setConfig(cfg *config.Config) {
 	}
 	c.allowUsers.Store(&users)
 	c.indexStale = true
+	c.publishSoon = true // check compares with the files at once, not a second later
 	// Published even when the kernel needs no change (a comment, a
 	// reordering, a user that does not exist yet): check compares the
 	// configuration the daemon enforces with the files on disk.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/egressd/egressd/internal/state"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -306,5 +307,28 @@ func TestNameIndexPerAllowlist(t *testing.T) {
 	}
 	if got := x.lookup("billing", netip.MustParseAddr("192.0.2.10")); len(got) != 1 {
 		t.Errorf("billing lost its index: %v", got)
+	}
+}
+
+// A configuration that took effect is published at once, not within the
+// state file's once-a-second limit: check must not report a just-applied
+// edit as not applied.
+func TestConfigPublishedAtOnce(t *testing.T) {
+	f := newFixture(t, map[string]string{"allow.d/billing.yaml": "user: billing\nallow: [192.0.2.1:443]\n"})
+	now := time.Unix(1000, 0)
+	f.c.o.Now = func() time.Time { return now }
+	f.c.o.StateDir = t.TempDir()
+	f.c.sync()         //nolint:errcheck
+	f.c.publish(false) // the first write sets the limit: the next one is due at now+1s
+	f.write(t, "allow.d/billing.yaml", "user: billing\nallow: [192.0.2.2:443]\n")
+	f.c.doReload()
+	f.c.sync() //nolint:errcheck
+	f.c.publish(false)
+	st, err := state.Read(f.c.o.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ConfigHash != state.Hash(f.c.cfg) {
+		t.Fatal("the state file still holds the previous configuration after a reload")
 	}
 }

@@ -321,10 +321,10 @@ func (c *Controller) publish(force bool) {
 		return
 	}
 	now := c.o.Now()
-	if !force && now.Before(c.publishAt) {
+	if !force && now.Before(c.publishAt) && !c.publishSoon {
 		return
 	}
-	c.publishAt = now.Add(time.Second)
+	c.publishAt, c.publishSoon = now.Add(time.Second), false
 	s := &state.State{
 		Version: 1, PID: os.Getpid(), Started: c.started, Updated: now, Generation: c.generation, LastApply: c.lastApply,
 		ConfigFile: c.cfg.File, ConfigHash: state.Hash(c.cfg), Plan: *c.applied,

@@ -115,6 +115,8 @@ type Env struct {
 	AllowlistFor func(user string) (name string, ok bool, err error)
 	// Exists reports whether a path exists; default os.Stat.
 	Exists func(path string) bool
+	// Egressd is the binary a suggested start gate runs; default DefaultEgressd.
+	Egressd string
 }
 
 // Audit inspects a unit file and its drop-ins.
@@ -155,7 +157,7 @@ func Audit(path string, env Env) (*Report, error) {
 			"limit listening another way (an input firewall rule, an LSM profile)"})
 	}
 	userName, hasUser := u.Last("Service", "User")
-	r.Findings = append(r.Findings, ordering(u, userName)...)
+	r.Findings = append(r.Findings, ordering(u, userName, env.Egressd)...)
 	for _, v := range u.Get("Service", "ReadWritePaths") {
 		for _, p := range strings.Fields(v) {
 			if strings.HasPrefix(p, "-") {
@@ -201,7 +203,7 @@ func orDefault(s, d string) string {
 // a dependency that stops or restarts the service with egressd, and the
 // start gate (ExecStartPre=+… egressd wait) that keeps it from starting
 // before its user is restricted in the kernel.
-func ordering(u *Unit, userName string) []Finding {
+func ordering(u *Unit, userName, egressd string) []Finding {
 	var out []Finding
 	has := func(key string) bool {
 		for _, v := range u.Get("Unit", key) {
@@ -236,7 +238,7 @@ func ordering(u *Unit, userName string) []Finding {
 	}
 	if !gate {
 		out = append(out, Finding{"ordering", "ExecStartPre", "no start gate: if egressd is not running or failed, the service starts unprotected",
-			fmt.Sprintf("add ExecStartPre=+%s wait --user %s --timeout %s", DefaultEgressd, orDefault(userName, "USER"), DefaultGateTimeout)})
+			fmt.Sprintf("add ExecStartPre=+%s wait --user %s --timeout %s", orDefault(egressd, DefaultEgressd), orDefault(userName, "USER"), DefaultGateTimeout)})
 	}
 	return out
 }
