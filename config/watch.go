@@ -2,6 +2,7 @@ package config
 
 import (
 	"context"
+	"github.com/egressd/egressd/internal/event"
 	"os"
 	"path/filepath"
 	"time"
@@ -60,7 +61,7 @@ func (w *Watcher) addWatches() {
 		}
 		if err := w.w.Add(d); err != nil {
 			w.log.Warn("cannot watch directory; changes there are seen only on SIGHUP",
-				zap.String("event", "watch_failed"), zap.String("path", d), zap.Error(err))
+				event.Field(event.WatchFailed), zap.String("path", d), zap.Error(err))
 		}
 	}
 }
@@ -107,7 +108,7 @@ func (w *Watcher) Run(ctx context.Context) {
 				return
 			}
 			// An overflow means events were lost: reload to be safe.
-			w.log.Warn("watch error; reloading to be safe", zap.String("event", "watch_failed"), zap.Error(err))
+			w.log.Warn("watch error; reloading to be safe", event.Field(event.WatchFailed), zap.Error(err))
 			timer.Reset(w.quiet)
 		case <-timer.C:
 			burst = time.Time{}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/egressd/egressd/internal/event"
 	"io"
 	"net"
 	"net/http"
@@ -122,7 +123,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	defer stop()
 	release, err := state.Lock(*runtimeDir)
 	if err != nil {
-		log.Error("refusing to start", zap.String("event", "start_refused"), zap.Error(err))
+		log.Error("refusing to start", event.Field(event.StartRefused), zap.Error(err))
 		fmt.Fprintln(stderr, "egressd:", err)
 		return 1
 	}
@@ -144,7 +145,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		ctl.SetStateDir("") // no daemon behind it: check compares with fresh DNS
 		failed, err := ctl.Once(ctx)
 		if err != nil {
-			log.Error("apply failed", zap.String("event", controller.EvApplyFailed), zap.Error(err))
+			log.Error("apply failed", event.Field(event.ApplyFailed), zap.Error(err))
 			return 1
 		}
 		if len(failed) > 0 {
@@ -156,7 +157,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	w, err := config.NewWatcher(*cfgPath, ctl.Config().AllowDir, 200*time.Millisecond, log,
 		"/etc/passwd", ctl.Config().HostsFile, ctl.Config().ListsDir)
 	if err != nil {
-		log.Warn("cannot watch the configuration; reload with SIGHUP", zap.String("event", "watch_failed"), zap.Error(err))
+		log.Warn("cannot watch the configuration; reload with SIGHUP", event.Field(event.WatchFailed), zap.Error(err))
 	} else {
 		go w.Run(ctx)
 		go func() {
@@ -167,7 +168,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	}
 	if events, err := kernel.Watch(ctx); err != nil {
 		log.Warn("cannot watch nftables for changes by other tools; drift is found by the periodic check only",
-			zap.String("event", controller.EvVerifyFailed), zap.Error(err))
+			event.Field(event.WatchFailed), zap.Error(err))
 	} else {
 		ctl.SetKernelEvents(events)
 	}
@@ -178,7 +179,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	if cfg.DenyLog.Mode == config.LogNFLOG {
 		if l, err := nflog.Listen(cfg.DenyLog.Group, 0); err != nil {
 			log.Error("cannot read the deny log; denied connections are still rejected and counted, but not reported as events",
-				zap.String("event", "deny_log_failed"), zap.Uint16("group", cfg.DenyLog.Group), zap.Error(err))
+				event.Field(event.DenyLogFailed), zap.Uint16("group", cfg.DenyLog.Group), zap.Error(err))
 		} else {
 			rec := deny.NewRecent(0)
 			go deny.PublishRecent(ctx, rec, *runtimeDir, 250*time.Millisecond, log)
@@ -188,7 +189,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	if cfg.MetricsListen != "" {
 		// Bound before the first apply, so the endpoint is up once READY=1 is sent.
 		if ln, err := net.Listen("tcp", cfg.MetricsListen); err != nil {
-			log.Error("metrics endpoint failed; enforcement is unaffected", zap.String("event", "metrics_failed"), zap.Error(err))
+			log.Error("metrics endpoint failed; enforcement is unaffected", event.Field(event.MetricsFailed), zap.Error(err))
 		} else {
 			go serveMetrics(ctx, ln, m, log)
 		}
@@ -201,7 +202,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		}
 	}()
 	if err := ctl.Run(ctx); err != nil {
-		log.Error("egressd failed", zap.String("event", controller.EvApplyFailed), zap.Error(err))
+		log.Error("egressd failed", event.Field(event.RunFailed), zap.Error(err))
 		if errors.Is(err, context.Canceled) {
 			return 0
 		}
@@ -218,9 +219,9 @@ func serveMetrics(ctx context.Context, ln net.Listener, m *metrics.Metrics, log 
 		<-ctx.Done()
 		srv.Close()
 	}()
-	log.Info("serving metrics", zap.String("event", "metrics_listening"), zap.Stringer("addr", ln.Addr()))
+	log.Info("serving metrics", event.Field(event.MetricsListening), zap.Stringer("addr", ln.Addr()))
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		log.Error("metrics endpoint failed; enforcement is unaffected", zap.String("event", "metrics_failed"), zap.Error(err))
+		log.Error("metrics endpoint failed; enforcement is unaffected", event.Field(event.MetricsFailed), zap.Error(err))
 	}
 }
 

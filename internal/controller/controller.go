@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/egressd/egressd/internal/event"
 	"net/netip"
 	"reflect"
 	"sort"
@@ -21,22 +22,7 @@ import (
 )
 
 // Event names are a contract (SPEC.md "Events"): log pipelines alert on them.
-const (
-	EvStarted         = "started"
-	EvConfigLoaded    = "config_loaded"
-	EvConfigRejected  = "config_rejected"
-	EvResolved        = "resolved"
-	EvResolveFailed   = "resolve_failed"
-	EvRulesetApplied  = "ruleset_applied"
-	EvApplyFailed     = "apply_failed"
-	EvUserMissing     = "user_missing"
-	EvUserConflict    = "user_conflict"
-	EvStopping        = "stopping"
-	EvRestartRequired = "restart_required"
-	EvFileSkipped     = "config_file_skipped"
-)
-
-func ev(name string) zap.Field { return zap.String("event", name) }
+const ()
 
 // Options wire a Controller to the world.
 type Options struct {
@@ -83,13 +69,8 @@ type Heartbeat struct {
 	Beat  func()
 }
 
-// EvDriftRepaired and EvDriftRepeating are event names.
-const (
-	EvDriftRepaired  = "drift_repaired"
-	EvDriftRepeating = "drift_repeating"
-	EvVerifyFailed   = "verify_failed"
-	EvTableUnowned   = "table_unowned"
-)
+// event.DriftRepaired and event.DriftRepeating are event names.
+const ()
 
 // Controller is the reconcile loop. Its state is owned by the goroutine that
 // calls Run or Once.
@@ -165,11 +146,11 @@ func New(o Options) (*Controller, error) {
 		}
 	}
 	if cfg.AllowDirMissing {
-		o.Log.Warn("the allow directory does not exist: no allowlists, nobody is restricted", ev(EvConfigLoaded), zap.String("allow_dir", cfg.AllowDir))
+		o.Log.Warn("the allow directory does not exist: no allowlists, nobody is restricted", event.Field(event.ConfigLoaded), zap.String("allow_dir", cfg.AllowDir))
 	}
 	c.cache = resolver.NewCache(policy(cfg), o.Now)
 	if c.hosts, err = resolver.NewHostsWith(cfg.HostsFile, o.Trust.ReadFile); err != nil {
-		o.Log.Error("cannot read the hosts file; names are looked up in DNS only", ev(EvConfigRejected), zap.String("file", cfg.HostsFile), zap.Error(err))
+		o.Log.Error("cannot read the hosts file; names are looked up in DNS only", event.Field(event.ConfigRejected), zap.String("file", cfg.HostsFile), zap.Error(err))
 	}
 	c.setConfig(cfg)
 	return c, nil
@@ -212,7 +193,7 @@ func (c *Controller) setConfig(cfg *config.Config) {
 	// configuration the daemon enforces with the files on disk.
 	c.dirty = true
 	for _, f := range cfg.Skipped {
-		c.o.Log.Warn("file in the allow directory ignored: allowlists are NAME.yaml or NAME.yml", ev(EvFileSkipped),
+		c.o.Log.Warn("file in the allow directory ignored: allowlists are NAME.yaml or NAME.yml", event.Field(event.ConfigFileSkipped),
 			zap.String("file", f), zap.String("allow_dir", cfg.AllowDir))
 	}
 	c.keepLastGood(cfg)
@@ -221,7 +202,7 @@ func (c *Controller) setConfig(cfg *config.Config) {
 			delete(c.failing, k)
 		}
 	}
-	c.o.Log.Info("configuration loaded", ev(EvConfigLoaded), zap.String("file", cfg.File),
+	c.o.Log.Info("configuration loaded", event.Field(event.ConfigLoaded), zap.String("file", cfg.File),
 		zap.String("allow_dir", cfg.AllowDir), zap.Int("allowlists", len(cfg.Allowlists)),
 		zap.Int("entries", entries), zap.Int("names", len(cfg.Names())), zap.Stringers("resolvers", cfg.Resolvers))
 }
@@ -235,11 +216,11 @@ func (c *Controller) logRejected(err error, atStart bool) {
 	}
 	var ce config.Errors
 	if !errors.As(err, &ce) {
-		c.o.Log.Error(msg, ev(EvConfigRejected), zap.Error(err))
+		c.o.Log.Error(msg, event.Field(event.ConfigRejected), zap.Error(err))
 		return
 	}
 	for _, e := range ce {
-		fields := []zap.Field{ev(EvConfigRejected), zap.String("file", e.Pos.File), zap.Int("line", e.Pos.Line), zap.Int("column", e.Pos.Col), zap.String("error", e.Msg)}
+		fields := []zap.Field{event.Field(event.ConfigRejected), zap.String("file", e.Pos.File), zap.Int("line", e.Pos.Line), zap.Int("column", e.Pos.Col), zap.String("error", e.Msg)}
 		if e.Fix != "" {
 			fields = append(fields, zap.String("fix", e.Fix))
 		}
@@ -260,11 +241,11 @@ func (c *Controller) lookupUsersFrom(prev Users, loud bool) bool {
 		for n, err := range u.Vanished {
 			if was, ok := u.Was[n]; ok {
 				c.o.Log.Error("the allowlist names a user that does not exist; still enforcing the uid of the user it named before, until the new one exists (fail closed; only deleting the allowlist file lifts a restriction)",
-					ev(EvUserMissing), zap.String("allowlist", n), zap.Uint32("uid", u.UIDs[n]), zap.String("previous_user", was), zap.Error(err))
+					event.Field(event.UserMissing), zap.String("allowlist", n), zap.Uint32("uid", u.UIDs[n]), zap.String("previous_user", was), zap.Error(err))
 				continue
 			}
 			c.o.Log.Error("a restricted user no longer resolves; still enforcing its last uid (fail closed)",
-				ev(EvUserMissing), zap.String("allowlist", n), zap.Uint32("uid", u.UIDs[n]), zap.Error(err))
+				event.Field(event.UserMissing), zap.String("allowlist", n), zap.Uint32("uid", u.UIDs[n]), zap.Error(err))
 		}
 	}
 	if loud || changed {
@@ -275,10 +256,10 @@ func (c *Controller) lookupUsersFrom(prev Users, loud bool) bool {
 		sort.Strings(names)
 		for _, n := range names {
 			c.o.Log.Warn("allowlist not enforced yet: its user does not exist; it will be as soon as the user appears",
-				ev(EvUserMissing), zap.String("allowlist", n), zap.Error(u.Missing[n]))
+				event.Field(event.UserMissing), zap.String("allowlist", n), zap.Error(u.Missing[n]))
 		}
 		for _, m := range u.Conflicts {
-			c.o.Log.Error("two allowlists restrict the same uid", ev(EvUserConflict), zap.String("error", m))
+			c.o.Log.Error("two allowlists restrict the same uid", event.Field(event.UserConflict), zap.String("error", m))
 		}
 	}
 	c.users = u
@@ -342,7 +323,7 @@ func (c *Controller) doReload() {
 		"lists_dir":      old.ListsDir != cfg.ListsDir,   // its watch
 	} {
 		if changed {
-			c.o.Log.Warn("this setting takes full effect at the next restart (systemctl restart egressd)", ev(EvRestartRequired), zap.String("setting", what))
+			c.o.Log.Warn("this setting takes full effect at the next restart (systemctl restart egressd)", event.Field(event.RestartRequired), zap.String("setting", what))
 		}
 	}
 	c.setConfig(cfg)
@@ -415,7 +396,7 @@ func (c *Controller) observe(keys []resolver.Key, out []outcome) map[string]erro
 		switch {
 		case o.err != nil:
 			failed[k.Name] = o.err
-			c.o.Log.Warn("resolution failed", ev(EvResolveFailed), zap.String("name", k.Name), zap.String("type", typeName(k)),
+			c.o.Log.Warn("resolution failed", event.Field(event.ResolveFailed), zap.String("name", k.Name), zap.String("type", typeName(k)),
 				zap.Error(o.err), zap.Bool("serving_stale", st.ServingStale), zap.Int("addresses", len(st.Addrs)),
 				zap.Duration("retry_in", ch.TTL), zap.Stringers("removed", ch.Removed))
 		// Info when something changed, or on a name's first answer (even a
@@ -425,11 +406,11 @@ func (c *Controller) observe(keys []resolver.Key, out []outcome) map[string]erro
 			if ch.Dropped > 0 {
 				level = c.o.Log.Warn
 			}
-			level("resolved", ev(EvResolved), zap.String("name", k.Name), zap.String("type", typeName(k)),
+			level("resolved", event.Field(event.Resolved), zap.String("name", k.Name), zap.String("type", typeName(k)),
 				zap.Stringers("added", ch.Added), zap.Stringers("removed", ch.Removed),
 				zap.Duration("ttl", ch.TTL), zap.Int("dropped", ch.Dropped), zap.Bool("negative", o.res.Negative))
 		default:
-			c.o.Log.Debug("resolved, unchanged", ev(EvResolved), zap.String("name", k.Name), zap.String("type", typeName(k)), zap.Duration("ttl", ch.TTL))
+			c.o.Log.Debug("resolved, unchanged", event.Field(event.Resolved), zap.String("name", k.Name), zap.String("type", typeName(k)), zap.Duration("ttl", ch.TTL))
 		}
 	}
 	c.o.Metrics.NamesFailing(len(c.failing))
@@ -456,7 +437,7 @@ func (c *Controller) sync() error {
 	if expired := c.cache.Expire(); len(expired) > 0 {
 		for k, lost := range expired {
 			c.markIndex(k.Name)
-			c.o.Log.Info("addresses expired", ev(EvResolved), zap.String("name", k.Name), zap.String("type", typeName(k)),
+			c.o.Log.Info("addresses expired", event.Field(event.Resolved), zap.String("name", k.Name), zap.String("type", typeName(k)),
 				zap.Stringers("added", []netip.Addr{}), zap.Stringers("removed", lost), zap.String("reason", "ttl+linger or stale_grace ran out"))
 		}
 	}
@@ -494,7 +475,7 @@ func (c *Controller) sync() error {
 		c.failures++
 		wait := min(time.Duration(1<<min(c.failures-1, 5))*time.Second, 30*time.Second)
 		c.retryAt = c.o.Now().Add(wait)
-		c.o.Log.Error("applying the ruleset failed; the kernel keeps its previous state", ev(EvApplyFailed),
+		c.o.Log.Error("applying the ruleset failed; the kernel keeps its previous state", event.Field(event.ApplyFailed),
 			zap.String("kind", kind), zap.Error(err), zap.Int("failures", c.failures), zap.Duration("retry_in", wait))
 		return err
 	}
@@ -509,7 +490,7 @@ func (c *Controller) sync() error {
 	}
 	c.o.Metrics.SetElements(sizes)
 	c.generation++
-	c.o.Log.Info("ruleset applied", ev(EvRulesetApplied), zap.Uint64("generation", c.generation), zap.String("kind", kind),
+	c.o.Log.Info("ruleset applied", event.Field(event.RulesetApplied), zap.Uint64("generation", c.generation), zap.String("kind", kind),
 		zap.Int("elements", plan.Elements()), zap.Int("changed", changed), zap.Int("allowlists", len(plan.Chains)),
 		zap.Duration("duration", time.Since(start)))
 	c.notify(fmt.Sprintf("STATUS=enforcing %d allowlists, %d elements (generation %d)%s", len(plan.Chains), plan.Elements(), c.generation, c.lastGoodNote()))
@@ -594,7 +575,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("first apply: %w", err)
 	}
-	c.o.Log.Info("egressd is enforcing", ev(EvStarted), zap.Int("allowlists", len(c.cfg.Allowlists)),
+	c.o.Log.Info("egressd is enforcing", event.Field(event.Started), zap.Int("allowlists", len(c.cfg.Allowlists)),
 		zap.Int("names", len(c.cfg.Names())), zap.Int("names_failed", len(failed)), zap.Uint64("generation", c.generation))
 	c.notify("READY=1")
 	c.verifyAt = c.o.Now().Add(c.o.VerifyEvery)
@@ -633,7 +614,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		case _, ok := <-c.o.KernelEvents:
 			if !ok {
 				c.o.KernelEvents = nil // the monitor ended; the periodic check remains
-				c.o.Log.Warn("the nftables monitor stopped; drift is now found by the periodic check only", ev(EvVerifyFailed))
+				c.o.Log.Warn("the nftables monitor stopped; drift is now found by the periodic check only", event.Field(event.VerifyFailed))
 			}
 			c.kernelChanged()
 		case r := <-rounds:
@@ -648,7 +629,7 @@ func (c *Controller) Run(ctx context.Context) error {
 			return c.stop()
 		}
 		if c.o.Now().After(c.usersAt) && c.lookupUsers(false) {
-			c.o.Log.Info("a user appeared or changed; updating", ev(EvConfigLoaded), zap.String("reason", "user lookup changed"))
+			c.o.Log.Info("a user appeared or changed; updating", event.Field(event.ConfigLoaded), zap.String("reason", "user lookup changed"))
 		}
 		if due := c.cache.Due(); len(due) > 0 && !inflight {
 			inflight = true
@@ -690,14 +671,14 @@ func (c *Controller) nextWake() time.Time {
 }
 
 func (c *Controller) stop() error {
-	c.o.Log.Info("stopping", ev(EvStopping), zap.String("on_exit", c.cfg.OnExit))
+	c.o.Log.Info("stopping", event.Field(event.Stopping), zap.String("on_exit", c.cfg.OnExit))
 	c.publish(true)
 	c.notify("STOPPING=1")
 	if c.cfg.OnExit == "remove" {
 		if err := c.o.Kernel.Remove(); err != nil {
 			return fmt.Errorf("remove table on exit: %w", err)
 		}
-		c.o.Log.Info("table removed (on_exit: remove): egress is no longer restricted", ev(EvStopping))
+		c.o.Log.Info("table removed (on_exit: remove): egress is no longer restricted", event.Field(event.Stopping))
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/egressd/egressd/internal/event"
 	"github.com/egressd/egressd/internal/state"
 	"net/netip"
 	"os"
@@ -98,10 +99,10 @@ func TestOnceBuildsPlan(t *testing.T) {
 	if got := p.Sets[ruleset.SetName6("billing")]; len(got) != 1 {
 		t.Fatalf("v6 set = %v", got)
 	}
-	if len(f.events(EvUserMissing)) != 1 {
+	if len(f.events(event.UserMissing)) != 1 {
 		t.Fatal("missing user not reported")
 	}
-	if len(f.events(EvRulesetApplied)) != 1 {
+	if len(f.events(event.RulesetApplied)) != 1 {
 		t.Fatal("no ruleset_applied event")
 	}
 }
@@ -117,7 +118,7 @@ func TestReloadRejectsBadConfigAndKeepsState(t *testing.T) {
 	if f.c.Config() != before {
 		t.Fatal("a bad reload replaced the configuration")
 	}
-	ev := f.events(EvConfigRejected)
+	ev := f.events(event.ConfigRejected)
 	if len(ev) != 1 || ev[0].ContextMap()["line"] != int64(2) {
 		t.Fatalf("config_rejected events = %v", ev)
 	}
@@ -159,7 +160,7 @@ func TestApplyFailureForcesFullRebuild(t *testing.T) {
 	if err := f.c.sync(); err == nil {
 		t.Fatal("sync did not report the kernel error")
 	}
-	if len(f.events(EvApplyFailed)) != 1 || f.c.retryAt.IsZero() {
+	if len(f.events(event.ApplyFailed)) != 1 || f.c.retryAt.IsZero() {
 		t.Fatal("failure not logged or no retry scheduled")
 	}
 	if err := f.c.sync(); err != nil {
@@ -189,14 +190,14 @@ func TestRunStopsAndRemoves(t *testing.T) {
 	done := make(chan error)
 	go func() { done <- f.c.Run(ctx) }()
 	deadline := time.Now().Add(5 * time.Second)
-	for len(f.events(EvStarted)) == 0 && time.Now().Before(deadline) {
+	for len(f.events(event.Started)) == 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if !f.k.Removed || len(f.events(EvStopping)) == 0 {
+	if !f.k.Removed || len(f.events(event.Stopping)) == 0 {
 		t.Fatal("on_exit: remove did not remove the table")
 	}
 }
@@ -240,7 +241,7 @@ func TestVanishedUserStaysEnforced(t *testing.T) {
 	if f.c.users.UIDs["svc"] != 4242 || f.c.users.Was["svc"] != "svc" || len(f.c.users.Missing) != 0 {
 		t.Fatalf("an edit naming a missing user lifted the restriction: %+v", f.c.users)
 	}
-	if got := f.events(EvUserMissing); len(got) == 0 || got[len(got)-1].ContextMap()["previous_user"] != "svc" {
+	if got := f.events(event.UserMissing); len(got) == 0 || got[len(got)-1].ContextMap()["previous_user"] != "svc" {
 		t.Fatalf("no user_missing event naming the previous user: %v", got)
 	}
 	// Still held across another reload, and once the user exists it takes over.

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"fmt"
+	"github.com/egressd/egressd/internal/event"
 	"os"
 	"time"
 
@@ -89,7 +90,7 @@ func (c *Controller) logOwnership() {
 	if !owned {
 		c.o.Log.Warn("the table is not owned by egressd: any process with CAP_NET_ADMIN can remove it "+
 			"(nft flush ruleset); egressd restores it at once, but protected users are unrestricted until then",
-			ev(EvTableUnowned), zap.String("reason", why))
+			event.Field(event.TableUnowned), zap.String("reason", why))
 	}
 }
 
@@ -194,7 +195,7 @@ func (c *Controller) verify() {
 				c.restore(now, []ruleset.Finding{tableMissing})
 				return
 			}
-			c.o.Log.Warn("cannot verify the kernel state; rebuilding to be safe", ev(EvVerifyFailed), zap.Error(err))
+			c.o.Log.Warn("cannot verify the kernel state; rebuilding to be safe", event.Field(event.VerifyFailed), zap.Error(err))
 			c.applied = nil
 			return
 		}
@@ -223,9 +224,9 @@ func (c *Controller) verify() {
 		c.o.Log.Error(fmt.Sprintf("the table keeps being changed by another process (%d repairs in %s); "+
 			"another firewall manager may be fighting egressd over it. Repairing now, then holding repairs of "+
 			"changed objects back (a removed table is still restored at once)", len(c.drift.repairs), fightWindow),
-			ev(EvDriftRepeating), zap.Strings("found", found), zap.Duration("hold", hold))
+			event.Field(event.DriftRepeating), zap.Strings("found", found), zap.Duration("hold", hold))
 	}
-	c.o.Log.Warn("the kernel state differed from egressd's; restoring it", ev(EvDriftRepaired),
+	c.o.Log.Warn("the kernel state differed from egressd's; restoring it", event.Field(event.DriftRepaired),
 		zap.Strings("found", found), zap.Int("findings", len(findings)))
 	c.o.Metrics.DriftRepaired()
 	c.applied = nil // the next sync rebuilds in full
@@ -242,7 +243,7 @@ func (c *Controller) applyFull(plan ruleset.Plan) error {
 			if err == nil {
 				return nil // the counters went with the removed table
 			}
-			c.o.Log.Debug("fast restore failed; applying in full", ev(EvDriftRepaired), zap.Error(err))
+			c.o.Log.Debug("fast restore failed; applying in full", event.Field(event.DriftRepaired), zap.Error(err))
 		}
 	}
 	c.carryDenyCounters()
@@ -275,13 +276,13 @@ func (c *Controller) restore(now time.Time, findings []ruleset.Finding) {
 	d.restores++
 	if d.logged < restoreLogBurst {
 		d.logged++
-		c.o.Log.Warn("egressd's table was removed by another process; restoring it at once", ev(EvDriftRepaired),
+		c.o.Log.Warn("egressd's table was removed by another process; restoring it at once", event.Field(event.DriftRepaired),
 			zap.Strings("found", findingStrings(findings)), zap.Int("findings", len(findings)))
 		if d.logged == restoreLogBurst {
 			c.o.Log.Error(fmt.Sprintf("egressd's table keeps being removed (%d times since %s); restoring it every time, "+
 				"and from now on logging one summary per %s. Find the process that flushes the ruleset",
 				d.restores, d.logFrom.Format(time.RFC3339), restoreLogWindow),
-				ev(EvDriftRepeating), zap.Int("restores", d.restores), zap.Strings("found", []string{tableMissing.String()}))
+				event.Field(event.DriftRepeating), zap.Int("restores", d.restores), zap.Strings("found", []string{tableMissing.String()}))
 		}
 		return
 	}
@@ -298,7 +299,7 @@ func (c *Controller) flushRestoreLog(now time.Time) {
 	if d.unlogged > 0 {
 		c.o.Log.Error(fmt.Sprintf("egressd's table was removed and restored %d times in the last %s",
 			d.restores, now.Sub(d.logFrom).Round(time.Second)),
-			ev(EvDriftRepeating), zap.Int("restores", d.restores), zap.Duration("window", now.Sub(d.logFrom)),
+			event.Field(event.DriftRepeating), zap.Int("restores", d.restores), zap.Duration("window", now.Sub(d.logFrom)),
 			zap.Strings("found", []string{tableMissing.String()}))
 		// Still going on: the next window logs only its summary.
 		d.logFrom, d.logged, d.unlogged, d.restores = now, restoreLogBurst, 0, 0
@@ -359,7 +360,7 @@ func (c *Controller) publish(force bool) {
 		s.Names[name] = sn
 	}
 	if err := state.Write(c.o.StateDir, s); err != nil {
-		c.o.Log.Warn("cannot write the state file; egressd check will not see the daemon's view", ev("state_failed"), zap.Error(err))
+		c.o.Log.Warn("cannot write the state file; egressd check will not see the daemon's view", event.Field(event.StateFailed), zap.Error(err))
 		return
 	}
 	c.dirty = false

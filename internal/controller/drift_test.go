@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/event"
 	"path/filepath"
 	"testing"
 	"time"
@@ -112,16 +113,16 @@ func TestDriftTableRemovedIsRestoredEveryTime(t *testing.T) {
 	if !d.c.drift.holdUntil.IsZero() {
 		t.Error("removals of the table put repairs on hold")
 	}
-	if n := d.events(EvDriftRepaired); n != restoreLogBurst {
+	if n := d.events(event.DriftRepaired); n != restoreLogBurst {
 		t.Errorf("%d drift_repaired events for 50 restores, want %d", n, restoreLogBurst)
 	}
-	if n := d.events(EvDriftRepeating); n != 1 {
+	if n := d.events(event.DriftRepeating); n != 1 {
 		t.Errorf("%d drift_repeating events within the first window, want 1", n)
 	}
 	// The window ends: one summary with the count.
 	d.now = d.now.Add(restoreLogWindow)
 	d.turn()
-	sums := d.logs.FilterField(zap.String("event", EvDriftRepeating)).All()
+	sums := d.logs.FilterField(zap.String("event", event.DriftRepeating)).All()
 	if len(sums) != 2 || sums[1].ContextMap()["restores"] != int64(50) {
 		t.Fatalf("summary: %v", sums)
 	}
@@ -185,7 +186,7 @@ func TestDriftObjectFightHeldTableStillRestored(t *testing.T) {
 		d.now = d.now.Add(verifyDelay)
 		d.turn()
 	}
-	if d.c.drift.holdUntil.IsZero() || d.events(EvDriftRepeating) != 1 {
+	if d.c.drift.holdUntil.IsZero() || d.events(event.DriftRepeating) != 1 {
 		t.Fatalf("no hold after %d object repairs", fightRepairs+1)
 	}
 	fulls := d.k.Fulls
@@ -300,7 +301,7 @@ func TestTableUnownedLoggedOnce(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if n := logs.FilterField(zap.String("event", EvTableUnowned)).Len(); n != tc.events {
+		if n := logs.FilterField(zap.String("event", event.TableUnowned)).Len(); n != tc.events {
 			t.Errorf("%s: %d table_unowned events, want %d", tc.name, n, tc.events)
 		}
 		if want := map[bool]int{true: 2, false: 1}[tc.k.err != nil]; tc.k.asked != want {

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"github.com/egressd/egressd/internal/event"
 	"github.com/egressd/egressd/resolver"
 	"go.uber.org/zap"
 )
@@ -12,14 +13,14 @@ import (
 func (c *Controller) reloadHosts() {
 	changed, err := c.hosts.Load(c.cfg.HostsFile)
 	if err != nil {
-		c.o.Log.Error("cannot read the hosts file; keeping its last contents", ev(EvConfigRejected),
+		c.o.Log.Error("cannot read the hosts file; keeping its last contents", event.Field(event.ConfigRejected),
 			zap.String("file", c.cfg.HostsFile), zap.Error(err))
 		return
 	}
 	if len(changed) == 0 {
 		return
 	}
-	c.o.Log.Info("hosts file changed", ev(EvConfigLoaded), zap.String("file", c.cfg.HostsFile), zap.Strings("changed", changed))
+	c.o.Log.Info("hosts file changed", event.Field(event.ConfigLoaded), zap.String("file", c.cfg.HostsFile), zap.Strings("changed", changed))
 	c.cache.Refresh(changed)
 }
 

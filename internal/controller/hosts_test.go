@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"github.com/egressd/egressd/internal/event"
 	"net/netip"
 	"path/filepath"
 	"reflect"
@@ -36,9 +37,9 @@ func TestHostsFileAnswersAndReload(t *testing.T) {
 	}
 
 	f.write(t, "hosts", "127.0.0.1 db.local\n192.0.2.8 api.example.test\n")
-	m := len(f.events(EvConfigLoaded))
+	m := len(f.events(event.ConfigLoaded))
 	f.c.doReload()
-	ev := f.events(EvConfigLoaded)
+	ev := f.events(event.ConfigLoaded)
 	if len(ev) != m+1 || !reflect.DeepEqual(ev[m].ContextMap()["changed"], []any{"api.example.test"}) {
 		t.Fatalf("config_loaded events after the hosts edit: %v", ev[m:])
 	}

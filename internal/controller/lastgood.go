@@ -2,14 +2,14 @@ package controller
 
 import (
 	"fmt"
+	"github.com/egressd/egressd/internal/event"
 
 	"github.com/egressd/egressd/config"
 	"go.uber.org/zap"
 )
 
-// EvConfigFallback: the files were invalid at start; the last good
+// event.ConfigFallback: the files were invalid at start; the last good
 // configuration is enforced instead.
-const EvConfigFallback = "config_fallback"
 
 // LastGood keeps the last configuration that took effect (lastgood.Store).
 type LastGood interface {
@@ -32,11 +32,11 @@ func (c *Controller) fallback(loadErr error) *config.Config {
 	case c.o.LastGood == nil:
 		return nil
 	case cfg == nil:
-		c.o.Log.Error("the configuration is invalid and there is no last good one: not starting", ev(EvConfigRejected), zap.Error(err))
+		c.o.Log.Error("the configuration is invalid and there is no last good one: not starting", event.Field(event.ConfigRejected), zap.Error(err))
 		return nil
 	}
 	c.o.Log.Error("the configuration files are invalid: enforcing the last good configuration until they are fixed",
-		ev(EvConfigFallback), zap.String("last_good", cfg.File), zap.Int("allowlists", len(cfg.Allowlists)), zap.Error(loadErr))
+		event.Field(event.ConfigFallback), zap.String("last_good", cfg.File), zap.Int("allowlists", len(cfg.Allowlists)), zap.Error(loadErr))
 	return cfg
 }
 
@@ -46,7 +46,7 @@ func (c *Controller) keepLastGood(cfg *config.Config) {
 		return
 	}
 	if err := c.o.LastGood.Save(cfg); err != nil {
-		c.o.Log.Warn("could not keep a copy of the configuration", ev(EvConfigLoaded), zap.Error(err))
+		c.o.Log.Warn("could not keep a copy of the configuration", event.Field(event.ConfigLoaded), zap.Error(err))
 	}
 	// Clears a "last good" STATUS= at once: the next sync may change nothing.
 	c.notify(fmt.Sprintf("STATUS=enforcing %s (%d allowlists)", cfg.File, len(cfg.Allowlists)))

@@ -3,6 +3,7 @@ package controller
 import (
 	"errors"
 	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/event"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -44,7 +45,7 @@ func TestStartOnInvalidFilesEnforcesLastGood(t *testing.T) {
 	if len(f.k.Plan.Chains) != 1 || f.k.Plan.Chains[0].UID != 1001 {
 		t.Fatalf("the last good allowlist is not enforced: %+v", f.k.Plan.Chains)
 	}
-	if logs.FilterField(zap.String("event", EvConfigFallback)).Len() != 1 || logs.FilterField(zap.String("event", EvConfigRejected)).Len() == 0 {
+	if logs.FilterField(zap.String("event", event.ConfigFallback)).Len() != 1 || logs.FilterField(zap.String("event", event.ConfigRejected)).Len() == 0 {
 		t.Errorf("no config_rejected + config_fallback events: %v", logs.All())
 	}
 	if !strings.Contains(*status, "last good") {

@@ -5,6 +5,7 @@ package deny
 import (
 	"context"
 	"errors"
+	"github.com/egressd/egressd/internal/event"
 	"time"
 
 	"github.com/egressd/egressd/internal/metrics"
@@ -14,11 +15,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// EvDeny and EvDenyOverflow are event names (SPEC.md "Events").
-const (
-	EvDeny         = "deny"
-	EvDenyOverflow = "deny_overflow"
-)
+// event.Deny and event.DenyOverflow are event names (SPEC.md "Events").
+const ()
 
 // Log writes one deny event.
 func Log(log *zap.Logger, e Event) {
@@ -32,7 +30,7 @@ func Log(log *zap.Logger, e Event) {
 			msg = "connections would be denied (audit mode: let through; summary of the window)"
 		}
 	}
-	log.Warn(msg, zap.String("event", EvDeny), zap.String("allowlist", e.Allowlist), zap.String("user", e.User),
+	log.Warn(msg, event.Field(event.Deny), zap.String("allowlist", e.Allowlist), zap.String("user", e.User),
 		zap.Uint32("uid", e.UID), zap.String("proto", e.Proto), zap.Stringer("src", e.Src), zap.Stringer("dst", e.Dst),
 		zap.Uint16("dport", e.DPort), zap.Strings("names", e.Names), zap.Int("count", e.Count), zap.Bool("summary", e.Summary), zap.Bool("audit", e.Audit),
 		zap.Time("first", e.First), zap.Time("last", e.Last))
@@ -49,7 +47,7 @@ func Run(ctx context.Context, l *nflog.Listener, lookup Lookup, prefix string, i
 		m.DenyEvent(e.Allowlist)
 		Log(log, e)
 	}, func(o Overflow) {
-		log.Warn("more distinct denied destinations than one window reports; counted here", zap.String("event", EvDenyOverflow),
+		log.Warn("more distinct denied destinations than one window reports; counted here", event.Field(event.DenyOverflow),
 			zap.String("allowlist", o.Allowlist), zap.Int("count", o.Count), zap.Duration("window", interval))
 	})
 	if rec != nil {
@@ -80,10 +78,10 @@ func Run(ctx context.Context, l *nflog.Listener, lookup Lookup, prefix string, i
 			}
 			if errors.Is(err, unix.ENOBUFS) {
 				m.NFLOG(0, true)
-				log.Warn("deny log overrun: the kernel dropped NFLOG messages (enforcement is unaffected)", zap.String("event", EvDenyOverflow), zap.Error(err))
+				log.Warn("deny log overrun: the kernel dropped NFLOG messages (enforcement is unaffected)", event.Field(event.DenyOverflow), zap.Error(err))
 				continue
 			}
-			log.Error("reading the deny log failed; deny events stop (enforcement is unaffected)", zap.String("event", "deny_log_failed"), zap.Error(err))
+			log.Error("reading the deny log failed; deny events stop (enforcement is unaffected)", event.Field(event.DenyLogFailed), zap.Error(err))
 			return
 		}
 		m.NFLOG(len(ps), false)
@@ -105,7 +103,7 @@ func PublishRecent(ctx context.Context, rec *Recent, dir string, every time.Dura
 			return
 		}
 		if err := state.WriteJSON(dir, RecentFile, 0o600, doc); err != nil {
-			log.Warn("cannot publish recent denies; egressd denies will not see them", zap.String("event", "state_failed"), zap.Error(err))
+			log.Warn("cannot publish recent denies; egressd denies will not see them", event.Field(event.StateFailed), zap.Error(err))
 		}
 	}
 	write(true) // an empty document says that denies are being recorded

@@ -2,6 +2,7 @@ package logs
 
 import (
 	"fmt"
+	"github.com/egressd/egressd/internal/event"
 	"os"
 	"strings"
 	"testing"
@@ -74,7 +75,7 @@ func TestQuietDNSOutage(t *testing.T) {
 	if n := logs.FilterField(zap.String("event", "resolve_failed")).Len(); n != 6 {
 		t.Errorf("%d resolve_failed events, want 6 (one per name and type at the start)", n)
 	}
-	sums := logs.FilterField(zap.String("event", EvResolveFailing)).All()
+	sums := logs.FilterField(zap.String("event", event.ResolveFailing)).All()
 	if len(sums) != 2 { // at 60 s and 120 s
 		t.Fatalf("%d summaries in 130 s, want 2", len(sums))
 	}
@@ -83,7 +84,7 @@ func TestQuietDNSOutage(t *testing.T) {
 	}
 	// a.example answers again (a debug "unchanged" refresh, below the level).
 	log.WithOptions(at(140*time.Second)).Debug("resolved, unchanged", zap.String("event", "resolved"), zap.String("name", "a.example"), zap.String("type", "A"))
-	rec := logs.FilterField(zap.String("event", EvResolveRecovered)).All()
+	rec := logs.FilterField(zap.String("event", event.ResolveRecovered)).All()
 	if len(rec) != 1 || rec[0].ContextMap()["name"] != "a.example" || rec[0].ContextMap()["failed_for"] != 140*time.Second {
 		t.Fatalf("recovery: %v", rec)
 	}

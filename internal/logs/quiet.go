@@ -1,6 +1,7 @@
 package logs
 
 import (
+	"github.com/egressd/egressd/internal/event"
 	"sort"
 	"sync"
 	"time"
@@ -10,10 +11,7 @@ import (
 )
 
 // Event names this shaping emits (SPEC's event contract, README's table).
-const (
-	EvResolveRecovered = "resolve_recovered" // a failing name answers again
-	EvResolveFailing   = "resolve_failing"   // periodic summary of names still failing
-)
+const ()
 
 // Quiet passes every event through except repeated resolve_failed events:
 // while a name (and type) keeps failing, only its first failure is logged;
@@ -63,14 +61,14 @@ func (q *quiet) Check(ent zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.Chec
 }
 
 func (q *quiet) Write(ent zapcore.Entry, fields []zapcore.Field) error {
-	var event, name, typ string
+	var ev, name, typ string
 	for _, f := range fields {
 		if f.Type != zapcore.StringType {
 			continue
 		}
 		switch f.Key {
 		case "event":
-			event = f.String
+			ev = f.String
 		case "name":
 			name = f.String
 		case "type":
@@ -83,8 +81,8 @@ func (q *quiet) Write(ent zapcore.Entry, fields []zapcore.Field) error {
 	var summary []zapcore.Field
 	s := q.s
 	s.mu.Lock()
-	switch event {
-	case "resolve_failed":
+	switch ev {
+	case event.ResolveFailed:
 		if f, ok := s.failing[key]; ok {
 			f.failures++
 			f.suppressed++
@@ -95,7 +93,7 @@ func (q *quiet) Write(ent zapcore.Entry, fields []zapcore.Field) error {
 				s.lastSummary = ent.Time // the first summary comes one period after the outage starts
 			}
 		}
-	case "resolved":
+	case event.Resolved:
 		if f, ok := s.failing[key]; ok {
 			recovered = f
 			delete(s.failing, key)
@@ -111,14 +109,14 @@ func (q *quiet) Write(ent zapcore.Entry, fields []zapcore.Field) error {
 			f.suppressed = 0
 		}
 		sort.Strings(names)
-		summary = []zapcore.Field{zap.String("event", EvResolveFailing), zap.Strings("names", names),
+		summary = []zapcore.Field{event.Field(event.ResolveFailing), zap.Strings("names", names),
 			zap.Int("count", len(names)), zap.Int("not_logged", suppressed), zap.Duration("every", q.every)}
 	}
 	s.mu.Unlock()
 	var err error
 	if recovered != nil {
 		err = q.inner.Write(zapcore.Entry{Level: zapcore.InfoLevel, Time: ent.Time, LoggerName: ent.LoggerName, Message: "resolution recovered"},
-			[]zapcore.Field{zap.String("event", EvResolveRecovered), zap.String("name", recovered.name), zap.String("type", recovered.typ),
+			[]zapcore.Field{event.Field(event.ResolveRecovered), zap.String("name", recovered.name), zap.String("type", recovered.typ),
 				zap.Duration("failed_for", ent.Time.Sub(recovered.since)), zap.Int("failures", recovered.failures)})
 	}
 	if !drop {

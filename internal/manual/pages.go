@@ -1,5 +1,11 @@
 package manual
 
+import (
+	"strings"
+
+	"github.com/egressd/egressd/internal/event"
+)
+
 // Egressd is egressd(8): the commands. `egressd help` prints it.
 var Egressd = &Page{Name: "egressd", Section: "8", Title: "System Administration", Sections: []Section{
 	{"NAME", []Block{P(`egressd - per-service egress allowlists, kept current from DNS, enforced by nftables`)}},
@@ -119,11 +125,8 @@ invalid, or check cannot run (not root, no nf_tables).`),
 		Item("remove", `0 removed (or nothing to remove); 1 refused (a daemon runs,
 or not root) or failed.`),
 	}},
-	{"EVENTS", []Block{P(`Logs are JSON lines on stderr with a stable "event" key: started,
-config_loaded, config_rejected, config_file_skipped, resolved,
-resolve_failed, ruleset_applied, apply_failed, user_missing, user_conflict,
-start_refused, config_fallback, resolve_failing, resolve_recovered, deny,
-deny_overflow, drift_repaired, drift_repeating, stopping.`)}},
+	{"EVENTS", []Block{P(`Logs are JSON lines on stderr with a stable "event" key: ` +
+		strings.Join(event.All, ", ") + `. docs/events.md says when each is logged, with its fields.`)}},
 	{"SEE ALSO", []Block{P(`egressd.yaml(5), nft(8), systemd.exec(5), hosts(5);
 /usr/share/doc/egressd/README.md.gz`)}},
 }}
