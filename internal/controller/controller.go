@@ -614,7 +614,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		case _, ok := <-c.o.KernelEvents:
 			if !ok {
 				c.o.KernelEvents = nil // the monitor ended; the periodic check remains
-				c.o.Log.Warn("the nftables monitor stopped; drift is now found by the periodic check only", event.Field(event.VerifyFailed))
+				c.o.Log.Warn("the nftables monitor stopped; drift is now found by the periodic check only", event.Field(event.WatchFailed))
 			}
 			c.kernelChanged()
 		case r := <-rounds:
