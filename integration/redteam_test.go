@@ -14,6 +14,7 @@ package integration
 // taken on the receiving side, as in attack_test.go.
 
 import (
+	"bufio"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -497,4 +499,149 @@ func TestRedteamBlockedCandidates(t *testing.T) {
 	if tc.count() > 0 {
 		t.Errorf("TCP Fast Open connection reached the unlisted %s", tcpDst)
 	}
+}
+
+// ---------------------------------------------------------------------------
+// Conntrack helpers: an FTP helper assigned by the host's own firewall (as
+// `ct helper set "ftp"` for port 21). A PASV answer of an allowlisted FTP
+// server creates an expectation; the data connection is RELATED. Does the
+// restricted chain let the user open the expected port, which its
+// allowlist does not hold?
+
+func init() { childModes["ftp-pasv"] = childFTPPasv }
+
+// childFTPPasv connects to addr, reads the 227 line, connects to the port it
+// names on the same host and reports.
+func childFTPPasv(addr string) int {
+	res := map[string]any{}
+	c, err := net.DialTimeout("tcp", addr, 1500*time.Millisecond)
+	res["control"] = errName(err)
+	if err == nil {
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Second)) //nolint:errcheck
+		var line string
+		rd := bufio.NewReader(c)
+		for !strings.HasPrefix(line, "227 ") {
+			if line, err = rd.ReadString('\n'); err != nil {
+				break
+			}
+		}
+		var h [4]int
+		var p1, p2 int
+		res["line"] = line
+		if i := indexByte(line, '('); i >= 0 {
+			fmt.Sscanf(line[i:], "(%d,%d,%d,%d,%d,%d)", &h[0], &h[1], &h[2], &h[3], &p1, &p2) //nolint:errcheck
+		}
+		host, _, _ := net.SplitHostPort(addr)
+		d, err := net.DialTimeout("tcp", net.JoinHostPort(host, strconv.Itoa(p1*256+p2)), 1500*time.Millisecond)
+		res["data"] = errName(err)
+		if err == nil {
+			d.Close()
+		}
+	}
+	report(res)
+	return 0
+}
+
+func indexByte(s string, b byte) int {
+	for i := 0; i < len(s); i++ {
+		if s[i] == b {
+			return i
+		}
+	}
+	return -1
+}
+
+// nftIn loads a ruleset into ns with nft -f - (a fixed text; the host's own
+// firewall in the test world, never the host's).
+func nftIn(t *testing.T, ns interface{ Start(*exec.Cmd) error }, ruleset string) {
+	t.Helper()
+	cmd := exec.Command("nft", "-f", "-")
+	cmd.Stdin = stringsReader(ruleset)
+	out := &safeBuf{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := ns.Start(cmd); err != nil {
+		t.Skipf("nft: %v", err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("nft -f: %v: %s", err, out.String())
+	}
+}
+
+func TestRedteamFTPHelperRelated(t *testing.T) {
+	w := newWorld(t)
+	w.standardConfig()
+	w.billingWith("192.0.2.10:21")
+	nftIn(t, w.ns, `table inet helpers {
+  ct helper ftp-std { type "ftp" protocol tcp; }
+  chain out { type filter hook output priority -150; policy accept; tcp dport 21 ct helper set "ftp-std"; ct state related tcp dport 8000 counter name related8000; }
+  counter related8000 { }
+}
+`)
+	t.Cleanup(func() { nftIn(t, w.ns, "delete table inet helpers\n") })
+	const data = "192.0.2.10:8000" // 8000 = 31*256+64: not in billing's allowlist
+	tc := w.countTCP(w.ns, data)
+	ln, err := w.ns.Listen("tcp", "192.0.2.10:21")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			// The helper parses a line only after one it has seen end
+			// (find_nl_seq): a banner first, then the PASV answer.
+			c.Write([]byte("220 ready\r\n")) //nolint:errcheck
+			time.Sleep(50 * time.Millisecond)
+			c.Write([]byte("227 Entering Passive Mode (192,0,2,10,31,64).\r\n")) //nolint:errcheck
+			time.Sleep(500 * time.Millisecond)
+			c.Close()
+		}
+	}()
+	w.start()
+	w.expect(uidA, "tcp", data, okRefused) // control: the port itself is denied
+	_, res := w.runChild(uidA, "ftp-pasv", "192.0.2.10:21")
+	t.Logf("child: control %v, line %q, data connection %v", res["control"], res["line"], res["data"])
+	if res["control"] != "ok" {
+		t.Fatalf("control failed: the allowlisted FTP control connection: %v", res["control"])
+	}
+	// The scenario is real only if the data connection's SYN was RELATED.
+	cmd := exec.Command("nft", "list", "counter", "inet", "helpers", "related8000")
+	out := &safeBuf{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := w.ns.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait() //nolint:errcheck
+	if strings.Contains(out.String(), "packets 0 ") {
+		t.Fatalf("the helper created no expectation (the SYN to %s was not RELATED): the test says nothing\n%s", data, out.String())
+	}
+	t.Logf("RELATED SYNs seen by the host's helper table: %s", strings.TrimSpace(out.String()))
+	if tc.count() > 0 {
+		t.Errorf("the FTP helper's RELATED flow let a protected user reach the unlisted %s", data)
+	}
+}
+
+func stringsReader(s string) *strings.Reader { return strings.NewReader(s) }
+
+// safeBuf is a bytes.Buffer safe for the two writers exec gives it.
+type safeBuf struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (b *safeBuf) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.b = append(b.b, p...)
+	return len(p), nil
+}
+
+func (b *safeBuf) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return string(b.b)
 }
