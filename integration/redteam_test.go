@@ -197,7 +197,8 @@ func childMcastJoin(string) int {
 	return 0
 }
 
-// linkSniffer records the IGMPv3 and MLDv2 report groups that arrive on a
+// linkSniffer records the IGMPv3 and MLDv2 report groups (and the targets of
+// neighbour solicitations) that arrive on a
 // device of ns (an AF_PACKET socket of root in the peer: the other host).
 type linkSniffer struct {
 	mu     sync.Mutex
@@ -262,6 +263,8 @@ func (s *linkSniffer) parse(f []byte) {
 			groups = append(groups, netip.AddrFrom4([4]byte(g[4:8])))
 			g = g[8+int(g[1])*4+int(binary.BigEndian.Uint16(g[2:4]))*4:]
 		}
+	case et == 0x86dd && len(p) >= 64 && p[6] == 58 && p[40] == 135: // neighbour solicitation
+		groups = append(groups, netip.AddrFrom16([16]byte(p[48:64])))
 	case et == 0x86dd && len(p) >= 48 && p[6] == 0: // IPv6, hop-by-hop first
 		h := p[40:]
 		if h[0] != 58 || len(h) < 8*(int(h[1])+1)+8 {
@@ -459,6 +462,16 @@ func childProbes(string) int {
 	res["xdp"] = "socket: " + errName(err)
 	_, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
 	res["raw"] = "socket: " + errName(err)
+	// AF_VSOCK: socket() only (never connected here: the hypervisor's end
+	// is not ours to talk to).
+	_, err = unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM, 0)
+	res["vsock"] = "socket: " + errName(err)
+	// IPv6 anycast join (would make the kernel answer for an address).
+	if fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err == nil {
+		res["anycast_join"] = errName(unix.SetsockoptIPv6Mreq(fd, unix.IPPROTO_IPV6, unix.IPV6_JOIN_ANYCAST,
+			&unix.IPv6Mreq{Multiaddr: netip.MustParseAddr("2001:db8::77").As16()}))
+		unix.Close(fd)
+	}
 	// Broadcast.
 	if fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err == nil {
 		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_BROADCAST, 1) //nolint:errcheck
@@ -644,4 +657,40 @@ func (b *safeBuf) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return string(b.b)
+}
+
+// Neighbour discovery: a denied packet to an on-link address must not make
+// the kernel solicit it (the solicitation names a user-chosen 128-bit
+// target). The output hook runs before neighbour resolution. Control: root's
+// packet to another on-link address is solicited, so the sniffer works.
+func TestRedteamNeighbourSolicitation(t *testing.T) {
+	w := newWorld(t)
+	w.standardConfig()
+	p := w.addPeer()
+	w.start()
+	sn := w.sniffReports(p, "wire")
+	const userDst, rootDst = "[2001:db8:1::77]:9", "[2001:db8:1::78]:9"
+	got := w.connect(uidA, "udp", userDst)
+	t.Logf("uid %d udp %s: %s", uidA, userDst, resultName[got])
+	if err := w.ns.Do(func() error {
+		c, err := net.Dial("udp", rootDst)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write([]byte("x"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) && !sn.seen(netip.MustParseAddr("2001:db8:1::78")) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !sn.seen(netip.MustParseAddr("2001:db8:1::78")) {
+		t.Fatal("control failed: root's packet to an on-link address was not solicited")
+	}
+	if sn.seen(netip.MustParseAddr("2001:db8:1::77")) {
+		t.Error("a protected user's denied packet made the kernel solicit its on-link destination")
+	}
 }
