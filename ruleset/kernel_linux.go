@@ -91,7 +91,7 @@ func bigBuffers(c *netlink.Conn, rcv int) error {
 //	  set denylog  { type uid; flags dynamic }                    # per-uid log rate limit (a meter)
 //	  chain output { type filter hook output priority filter; meta skuid @users jump restricted }
 //	  chain restricted {
-//	    ct state new ct label set <opener uid>                    # bits 96-127: which uid opened the flow
+//	    ct state new ct status != confirmed ct label set <opener uid>   # bits 96-127: which uid opened the flow
 //	    fib saddr type != local goto deny                         # IP_FREEBIND, IPV6_FREEBIND, IP_TRANSPARENT
 //	    meta nfproto ipv6 exthdr rt exists goto deny              # IPV6_RTHDR (segment routing, type 0/2)
 //	    meta nfproto ipv4 ip ihl != 5 goto deny                   # IP_OPTIONS (LSRR/SSRR source routing)
@@ -356,6 +356,8 @@ const (
 	rtnLoc = 2 // RTN_LOCAL
 	ipv6RT = 43
 	tcpMP  = 30 // TCP option kind: MPTCP
+
+	ipsConfirmed = 1 << 3 // IPS_CONFIRMED: the conntrack entry is in the table
 )
 
 func ctStateIs(bits uint32) []expr.Any {
@@ -380,7 +382,15 @@ func restrictedRules(ch *nftables.Chain) []*nftables.Rule {
 	}
 	var rules []*nftables.Rule
 	// Record the opener of every new flow: its uid in label bits 96-127.
+	// Only on a flow's very first packet (not yet confirmed): conntrack
+	// calls a confirmed flow that has had no answer NEW too, and labelling
+	// it would let the user adopt another process's flow; a rejected first
+	// packet takes its unconfirmed entry with it.
 	rules = append(rules, rule(append(ctStateIs(expr.CtStateBitNEW),
+		&expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(ipsConfirmed), Xor: []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{0, 0, 0, 0}},
 		&expr.Immediate{Register: reg1, Data: make([]byte, 16)},
 		&expr.Meta{Key: expr.MetaKeySKUID, Register: labelUIDReg},
 		&expr.Ct{Key: expr.CtKeyLABELS, Register: reg1, SourceRegister: true})...))
