@@ -158,6 +158,7 @@ func Audit(path string, env Env) (*Report, error) {
 	}
 	userName, hasUser := u.Last("Service", "User")
 	r.Findings = append(r.Findings, ordering(u, userName, env.Egressd)...)
+	r.Findings = append(r.Findings, rootSockets(u, path)...)
 	for _, v := range u.Get("Service", "ReadWritePaths") {
 		for _, p := range strings.Fields(v) {
 			if strings.HasPrefix(p, "-") {
@@ -453,4 +454,24 @@ func (r *Report) WriteText(w io.Writer) {
 	for _, f := range r.Findings {
 		fmt.Fprintf(w, "  %-15s %s: %s\n      → %s\n", f.Kind, f.Target, f.Detail, f.Fix)
 	}
+}
+
+// rootSockets reports sockets that systemd creates as root and hands to the
+// service (socket activation): egressd matches the uid of a socket's
+// creator, so those sockets are not restricted (docs/security.md).
+func rootSockets(u *Unit, path string) []Finding {
+	var socks []string
+	for _, v := range u.Get("Unit", "Sockets") {
+		socks = append(socks, strings.Fields(v)...)
+	}
+	base := strings.TrimSuffix(filepath.Base(path), ".service")
+	if _, err := os.Stat(filepath.Join(filepath.Dir(path), base+".socket")); err == nil {
+		socks = append(socks, base+".socket")
+	}
+	if len(socks) == 0 {
+		return nil
+	}
+	return []Finding{{"not_restricted", strings.Join(socks, " "),
+		"socket activation: systemd creates these sockets as root and passes them to the service; egressd matches the uid of a socket's creator, so a datagram socket among them sends anywhere, and a listening socket can be disconnected and connect anywhere",
+		"let the service open its sockets itself, as its User= (no socket activation for a service whose egress must be restricted)"}}
 }

@@ -201,3 +201,30 @@ func TestAuditDependencyEgressAndTarget(t *testing.T) {
 		t.Errorf("a gate without + not reported: %v", r.Findings)
 	}
 }
+
+// A socket-activated unit's sockets are created by systemd as root: egressd
+// cannot restrict them, and the audit says so (red team R1).
+func TestAuditSocketActivation(t *testing.T) {
+	dir := t.TempDir()
+	unit := filepath.Join(dir, "svc.service")
+	os.WriteFile(unit, []byte("[Unit]\nAfter=egressd.service\nWants=egressd.service\n[Service]\nUser=svc\nExecStart=/usr/bin/sleep infinity\n"), 0o644) //nolint:errcheck
+	has := func() bool {
+		r, err := Audit(unit, Env{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range r.Findings {
+			if f.Kind == "not_restricted" && strings.Contains(f.Detail, "socket activation") {
+				return true
+			}
+		}
+		return false
+	}
+	if has() {
+		t.Fatal("socket activation reported for a unit without sockets")
+	}
+	os.WriteFile(filepath.Join(dir, "svc.socket"), []byte("[Socket]\nListenDatagram=5353\n"), 0o644) //nolint:errcheck
+	if !has() {
+		t.Fatal("svc.socket beside svc.service not reported")
+	}
+}
