@@ -92,13 +92,13 @@ func bigBuffers(c *netlink.Conn, rcv int) error {
 //	  chain output { type filter hook output priority filter; meta skuid @users jump restricted }
 //	  chain restricted {
 //	    ct state new ct status != confirmed ct label set <opener uid>   # bits 96-127: which uid opened the flow
-//	    fib saddr type != local goto deny                         # IP_FREEBIND, IPV6_FREEBIND, IP_TRANSPARENT
 //	    meta nfproto ipv6 exthdr rt exists goto deny              # IPV6_RTHDR (segment routing, type 0/2)
 //	    meta nfproto ipv4 ip ihl != 5 goto deny                   # IP_OPTIONS (LSRR/SSRR source routing)
 //	    tcp flags syn tcp option mptcp: overwritten with NOPs     # MPTCP falls back to TCP: no kernel subflows
 //	    ct state established,related ct direction original ct label uid . skuid @owners accept
 //	    ct state established,related ct direction reply ct label uid . skuid != @owners accept
 //	    ct state established,related ct direction reply fib daddr type local accept
+//	    fib saddr type != local goto deny                         # IP_FREEBIND, IPV6_FREEBIND, IP_TRANSPARENT
 //	    meta skuid . meta l4proto . ip daddr . th dport @allow4 accept   (and allow4r, allow6, allow6r)
 //	    meta skuid @dnsusers meta l4proto . ip daddr . th dport @dns4 accept   (and dns4r, dns6, dns6r)
 //	    goto deny
@@ -394,12 +394,6 @@ func restrictedRules(ch *nftables.Chain) []*nftables.Rule {
 		&expr.Immediate{Register: reg1, Data: make([]byte, 16)},
 		&expr.Meta{Key: expr.MetaKeySKUID, Register: labelUIDReg},
 		&expr.Ct{Key: expr.CtKeyLABELS, Register: reg1, SourceRegister: true})...))
-	// A source address that is not local: a FREEBIND or TRANSPARENT socket
-	// forging a flow. Never a protected user's business.
-	rules = append(rules, rule(
-		&expr.Fib{Register: reg1, ResultADDRTYPE: true, FlagSADDR: true},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(rtnLoc)},
-		deny))
 	// Source routing: the destination in the header is only the first hop.
 	rules = append(rules, rule(append(nfproto(unix.NFPROTO_IPV6),
 		&expr.Exthdr{Op: expr.ExthdrOpIpv6, Type: ipv6RT, Offset: 0, Len: 1, Flags: unix.NFT_EXTHDR_F_PRESENT, DestRegister: reg1},
@@ -456,6 +450,15 @@ func restrictedRules(ch *nftables.Chain) []*nftables.Rule {
 		&expr.Fib{Register: reg1, ResultADDRTYPE: true, FlagDADDR: true},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(rtnLoc)},
 		accept)...))
+	// A source address that is not local: a FREEBIND or TRANSPARENT socket
+	// forging a flow. Never a protected user's business. After the
+	// established rules, which spares established packets a route lookup:
+	// a flow the user opened passed this rule with its first packet, and a
+	// reply on a flow someone else opened goes back to that opener.
+	rules = append(rules, rule(
+		&expr.Fib{Register: reg1, ResultADDRTYPE: true, FlagSADDR: true},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(rtnLoc)},
+		deny))
 	for _, ks := range allKernelSets() {
 		var es []expr.Any
 		if ks.DNS {
