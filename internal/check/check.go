@@ -341,7 +341,10 @@ func Run(ctx context.Context, o Options) *Report {
 	}
 	switch {
 	case serr == nil && r.Daemon.Running:
-		expected = st.Plan
+		if expected, err = st.Plan.Ruleset(); err != nil {
+			problem("cannot_run", r.Daemon.StateFile, fmt.Sprintf("the daemon's published plan is damaged: %v", err), "restart the daemon (systemctl restart egressd): it rewrites the state file")
+			return finish(ExitInvalid)
+		}
 		if !r.Daemon.ConfigMatches {
 			problem("config_not_applied", cfg.File, "the daemon enforces a different configuration than the files on disk (a reload is pending, or the files were rejected)",
 				"look for config_rejected in the daemon's log (journalctl -u egressd); systemctl reload egressd")

@@ -328,7 +328,7 @@ func (c *Controller) publish(force bool) {
 	c.publishAt, c.publishSoon = now.Add(time.Second), false
 	s := &state.State{
 		Version: 1, PID: os.Getpid(), Started: c.started, Updated: now, Generation: c.generation, LastApply: c.lastApply,
-		ConfigFile: c.cfg.File, ConfigHash: state.Hash(c.cfg), Plan: *c.applied,
+		ConfigFile: c.cfg.File, ConfigHash: state.Hash(c.cfg), Plan: state.FromPlan(*c.applied),
 		Names: map[string]state.Name{}, Users: c.users.UIDs, MissingUser: map[string]string{},
 	}
 	for n, err := range c.users.Missing {

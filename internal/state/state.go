@@ -19,8 +19,6 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
-
-	"github.com/egressd/egressd/ruleset"
 )
 
 // DefaultDir is where the daemon publishes its state.
@@ -51,7 +49,7 @@ type State struct {
 	LastApply   time.Time                    `json:"last_apply"`
 	ConfigFile  string                       `json:"config_file"`
 	ConfigHash  string                       `json:"config_hash"`
-	Plan        ruleset.Plan                 `json:"plan"`
+	Plan        Plan                         `json:"plan"`
 	Names       map[string]Name              `json:"names"`
 	Users       map[string]uint32            `json:"users"`         // allowlist -> uid, enforced
 	MissingUser map[string]string            `json:"missing_users"` // allowlist -> why not enforced

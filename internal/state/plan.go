@@ -1,0 +1,113 @@
+package state
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/ruleset"
+)
+
+// The published ruleset has its own types, with JSON names of their own:
+// renaming a field of ruleset.Plan or config.DenyLog must not change
+// state.json. FromPlan and Plan.Ruleset convert at the boundary.
+//
+// The switch from the earlier document (ruleset.Plan marshalled with Go's
+// field names) is not read back: state.json lives in the runtime directory
+// (/run, emptied at boot) and a starting daemon rewrites it at its first
+// apply, within a second of start; the only reader across an upgrade is
+// seedUsers, which reads Users, a field that did not change.
+
+// Plan is the ruleset the daemon applied.
+type Plan struct {
+	Allowlists []Allowlist          `json:"allowlists"` // sorted by name
+	Sets       map[string][]Element `json:"sets"`       // logical set name (ruleset.SetID) -> elements
+	DenyLog    DenyLog              `json:"deny_log"`
+}
+
+// Allowlist is one protected user's place in the plan.
+type Allowlist struct {
+	Name  string `json:"name"`
+	UID   uint32 `json:"uid"`
+	DNS   bool   `json:"dns"`
+	Audit bool   `json:"audit"`
+}
+
+// Element is one allowed destination range.
+type Element struct {
+	Proto    string     `json:"proto"` // tcp, udp or a protocol number
+	AddrFrom netip.Addr `json:"addr_from"`
+	AddrTo   netip.Addr `json:"addr_to"`
+	PortFrom uint16     `json:"port_from"`
+	PortTo   uint16     `json:"port_to"`
+}
+
+// DenyLog is how denied packets are logged.
+type DenyLog struct {
+	Mode      string        `json:"mode"`
+	Group     uint16        `json:"group"`
+	RateCount uint64        `json:"rate_count"`
+	RateUnit  string        `json:"rate_unit"`
+	Prefix    string        `json:"prefix"`
+	Interval  time.Duration `json:"interval_ns"`
+}
+
+// FromPlan is the published form of a plan.
+func FromPlan(p ruleset.Plan) Plan {
+	out := Plan{Sets: make(map[string][]Element, len(p.Sets)), DenyLog: DenyLog{
+		Mode: string(p.DenyLog.Mode), Group: p.DenyLog.Group, RateCount: p.DenyLog.Rate.Count, RateUnit: p.DenyLog.Rate.Unit,
+		Prefix: p.DenyLog.Prefix, Interval: p.DenyLog.Interval,
+	}}
+	out.Allowlists = make([]Allowlist, len(p.Chains))
+	for i, ch := range p.Chains {
+		out.Allowlists[i] = Allowlist{Name: ch.Allowlist, UID: ch.UID, DNS: ch.DNS, Audit: ch.Audit}
+	}
+	for name, es := range p.Sets {
+		doc := make([]Element, len(es))
+		for i, e := range es {
+			doc[i] = Element{Proto: e.Proto.String(), AddrFrom: e.AddrFrom, AddrTo: e.AddrTo, PortFrom: e.PortFrom, PortTo: e.PortTo}
+		}
+		out.Sets[name] = doc
+	}
+	return out
+}
+
+// Ruleset converts the published plan back; an element whose protocol is
+// neither tcp, udp nor a number is an error (the document is damaged).
+func (p Plan) Ruleset() (ruleset.Plan, error) {
+	out := ruleset.Plan{Sets: make(map[string][]ruleset.Element, len(p.Sets)), DenyLog: config.DenyLog{
+		Mode: config.LogMode(p.DenyLog.Mode), Group: p.DenyLog.Group, Rate: config.Rate{Count: p.DenyLog.RateCount, Unit: p.DenyLog.RateUnit},
+		Prefix: p.DenyLog.Prefix, Interval: p.DenyLog.Interval,
+	}}
+	for _, a := range p.Allowlists {
+		out.Chains = append(out.Chains, ruleset.ChainPlan{Allowlist: a.Name, UID: a.UID, DNS: a.DNS, Audit: a.Audit})
+	}
+	for name, doc := range p.Sets {
+		es := make([]ruleset.Element, len(doc))
+		for i, e := range doc {
+			proto, err := parseProto(e.Proto)
+			if err != nil {
+				return ruleset.Plan{}, fmt.Errorf("set %s: %w", name, err)
+			}
+			es[i] = ruleset.Element{Proto: proto, AddrFrom: e.AddrFrom, AddrTo: e.AddrTo, PortFrom: e.PortFrom, PortTo: e.PortTo}
+		}
+		out.Sets[name] = es
+	}
+	return out, nil
+}
+
+func parseProto(s string) (config.Proto, error) {
+	switch s {
+	case "tcp":
+		return config.TCP, nil
+	case "udp":
+		return config.UDP, nil
+	}
+	n, err := strconv.ParseUint(s, 10, 8)
+	if err != nil {
+		return 0, fmt.Errorf("protocol %q: not tcp, udp or a number", s)
+	}
+	return config.Proto(n), nil
+}

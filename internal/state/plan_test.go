@@ -1,0 +1,82 @@
+package state
+
+import (
+	"encoding/json"
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/ruleset"
+)
+
+func samplePlan() ruleset.Plan {
+	return ruleset.Render(ruleset.Desired{
+		Allowlists: []ruleset.Allowlist{
+			{Name: "billing", UID: 1001, DNS: true, Elements: []ruleset.Element{
+				ruleset.ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.1/32"), 443, 443),
+				ruleset.ElementFor(config.UDP, netip.MustParsePrefix("2001:db8::/64"), 1000, 2000),
+			}},
+			{Name: "audit", UID: 1002, Audit: true},
+		},
+		Resolvers: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")},
+		DenyLog:   config.DenyLog{Mode: config.LogNFLOG, Group: 7, Rate: config.Rate{Count: 5, Unit: "second"}, Prefix: "egressd", Interval: time.Minute},
+	})
+}
+
+// The published plan converts back to the plan it was made of, through JSON.
+func TestPlanRoundTrip(t *testing.T) {
+	p := samplePlan()
+	b, err := json.Marshal(FromPlan(p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc Plan
+	if err := json.Unmarshal(b, &doc); err != nil {
+		t.Fatal(err)
+	}
+	got, err := doc.Ruleset()
+	if err != nil {
+		t.Fatal(err)
+	}
+	norm := func(p ruleset.Plan) ruleset.Plan { // nil and empty sets are the same plan
+		for k, v := range p.Sets {
+			if len(v) == 0 {
+				p.Sets[k] = nil
+			}
+		}
+		return p
+	}
+	if !reflect.DeepEqual(norm(got), norm(p)) {
+		t.Fatalf("round trip:\n got %+v\nwant %+v", got, p)
+	}
+}
+
+// state.json's keys are the document's, not Go's field names: renaming a
+// field of ruleset.Plan or config.DenyLog does not change the format.
+func TestPlanJSONNames(t *testing.T) {
+	b, err := json.Marshal(FromPlan(samplePlan()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	for _, key := range []string{`"allowlists"`, `"sets"`, `"deny_log"`, `"uid":1001`, `"proto":"tcp"`, `"addr_from":"192.0.2.1"`, `"port_to":2000`, `"rate_count":5`, `"allow4_billing"`} {
+		if !strings.Contains(s, key) {
+			t.Errorf("no %s in %s", key, s)
+		}
+	}
+	for _, goName := range []string{`"Chains"`, `"AddrFrom"`, `"DenyLog"`, `"Rate"`, `"Allowlist"`} {
+		if strings.Contains(s, goName) {
+			t.Errorf("Go field name %s in the document: %s", goName, s)
+		}
+	}
+}
+
+func TestPlanDamagedProto(t *testing.T) {
+	doc := Plan{Sets: map[string][]Element{"allow4_x": {{Proto: "sctp?"}}}}
+	if _, err := doc.Ruleset(); err == nil {
+		t.Fatal("a damaged protocol converted without error")
+	}
+}
