@@ -115,30 +115,6 @@ func bigBuffers(c *netlink.Conn, rcv int) error {
 // another process opened, or in the reply direction of a flow it opened
 // itself (a forged-source "flow" from a FREEBIND socket), is judged like a
 // new one: by its destination.
-const (
-	kUsers     = "users"
-	kOwners    = "owners"
-	kDNSUsers  = "dnsusers"
-	kAudit     = "audit"
-	kDenied    = "denied"
-	kDenyLog   = "denylog"
-	chainOut   = "output"
-	chainRestr = "restricted"
-	chainDeny  = "deny"
-)
-
-func allKernelSets() []kernelSet {
-	var out []kernelSet
-	for _, dns := range []bool{false, true} {
-		for _, v6 := range []bool{false, true} {
-			for _, r := range []bool{false, true} {
-				out = append(out, kernelSet{DNS: dns, V6: v6, Range: r})
-			}
-		}
-	}
-	return out
-}
-
 func (s kernelSet) nft() *nftables.Set {
 	var parts []nftables.SetDatatype
 	if !s.DNS {
@@ -168,47 +144,6 @@ func deniedSet() *nftables.Set {
 
 func denyLogSet() *nftables.Set {
 	return &nftables.Set{Table: table, Name: kDenyLog, KeyType: nftables.TypeUID, KeyByteOrder: binaryutil.NativeEndian, Dynamic: true}
-}
-
-// keyed is an element with the uid it is keyed by (0 in the resolvers' sets).
-type keyed struct {
-	uid uint32
-	e   Element
-}
-
-// placeElements groups elements of logical sets into kernel sets. uidOf maps
-// an allowlist to its uid; a logical set of an allowlist the plan has no
-// chain for is an error (the caller's plan is inconsistent).
-func placeElements(sets map[string][]Element, uidOf map[string]uint32) (map[kernelSet][]keyed, error) {
-	out := map[kernelSet][]keyed{}
-	for name, es := range sets {
-		id, ok := ParseSetName(name)
-		if !ok {
-			return nil, fmt.Errorf("set %q: not a name egressd writes", name)
-		}
-		var uid uint32
-		if id.Allowlist != "" {
-			if uid, ok = uidOf[id.Allowlist]; !ok {
-				return nil, fmt.Errorf("set %q: allowlist %q has no uid in the plan", name, id.Allowlist)
-			}
-		}
-		for _, e := range es {
-			if e.Is6() != id.V6 {
-				return nil, fmt.Errorf("set %q: element %s of the other family", name, e)
-			}
-			ks := kernelSet{DNS: id.Allowlist == "", V6: id.V6, Range: !isExact(e)}
-			out[ks] = append(out[ks], keyed{uid, e})
-		}
-	}
-	return out, nil
-}
-
-func uids(p Plan) map[string]uint32 {
-	m := make(map[string]uint32, len(p.Chains))
-	for _, ch := range p.Chains {
-		m[ch.Allowlist] = ch.UID
-	}
-	return m
 }
 
 // ApplyFull implements Kernel.
