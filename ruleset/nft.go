@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/setdiff"
 )
 
 // The text rendering of plans and deltas, in nft's syntax, for people
@@ -278,4 +279,67 @@ func unitText(u string) string {
 		return u
 	}
 	return "second"
+}
+
+// KernelDiffNFT renders how a kernel that holds sets (as ReadSets returns
+// them) and users (as ReadUsers returns them) differs from the plan, as the
+// nft commands that would take it there: users to delete and add, elements
+// to delete and add. n counts the elements and users that differ; 0 means
+// the kernel's elements and users are the plan's.
+func KernelDiffNFT(p Plan, sets map[string][]Element, users map[uint32]string) (text string, n int) {
+	var b strings.Builder
+	want := map[uint32]string{}
+	for _, ch := range p.Chains {
+		want[ch.UID] = ch.Allowlist
+	}
+	addU, delU := map[uint32]string{}, map[uint32]string{}
+	for uid, name := range want {
+		if got, ok := users[uid]; !ok || got != name {
+			addU[uid] = name
+		}
+	}
+	for uid, name := range users {
+		if got, ok := want[uid]; !ok || got != name {
+			delU[uid] = name
+		}
+	}
+	b.WriteString(UsersNFT(addU, delU))
+	n += len(addU) + len(delU)
+
+	// Elements of allowlists the plan does not have are placed by the
+	// kernel's own uids; elements of uids the kernel's users set does not
+	// name (ReadSets's "uid:N") cannot be named as a logical set.
+	place := Plan{Chains: append([]ChainPlan(nil), p.Chains...)}
+	for uid, name := range users {
+		if _, ok := want[uid]; !ok {
+			place.Chains = append(place.Chains, ChainPlan{Allowlist: name, UID: uid})
+		}
+	}
+	d := Delta{}
+	names := map[string]bool{}
+	for name := range p.Sets {
+		names[name] = true
+	}
+	for name := range sets {
+		names[name] = true
+	}
+	var orphans []string
+	for name := range names {
+		add, del := setdiff.Of(sets[name], p.Sets[name])
+		if _, ok := ParseSetName(name); !ok {
+			orphans = append(orphans, fmt.Sprintf("# %d elements keyed by %s, which the users set does not name: not in the plan", len(del), name))
+			n += len(del)
+			continue
+		}
+		if len(add)+len(del) > 0 {
+			d[name] = SetDelta{Add: add, Del: del}
+			n += len(add) + len(del)
+		}
+	}
+	b.WriteString(d.NFT(place))
+	sort.Strings(orphans)
+	for _, o := range orphans {
+		b.WriteString(o + "\n")
+	}
+	return b.String(), n
 }

@@ -91,3 +91,36 @@ func TestDeltaNFT(t *testing.T) {
 		t.Errorf("users: %q", s)
 	}
 }
+
+// A kernel that holds the plan differs in nothing; one that lost an
+// element, kept an old user's elements or has elements of an unnamed uid
+// shows each.
+func TestKernelDiffNFT(t *testing.T) {
+	p := nftSample()
+	users := map[uint32]string{1001: "billing", 1002: "reports"}
+	if text, n := KernelDiffNFT(p, p.Sets, users); n != 0 || text != "" {
+		t.Fatalf("in sync: %d, %q", n, text)
+	}
+	sets := map[string][]Element{}
+	for k, v := range p.Sets {
+		sets[k] = v
+	}
+	sets[SetName4("billing")] = sets[SetName4("billing")][1:] // 192.0.2.1:443 lost
+	old := ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.9/32"), 22, 22)
+	sets[SetName4("gone")] = []Element{old}
+	sets["uid:4242"] = []Element{old}
+	text, n := KernelDiffNFT(p, sets, map[uint32]string{1001: "billing", 1002: "reports", 1003: "gone"})
+	for _, w := range []string{
+		`delete element inet egressd users { 1003 comment "gone" }`,
+		"delete element inet egressd allow4 { 1003 . tcp . 192.0.2.9 . 22 }",
+		"add element inet egressd allow4 { 1001 . tcp . 192.0.2.1 . 443 }",
+		"# 1 elements keyed by uid:4242",
+	} {
+		if !strings.Contains(text, w) {
+			t.Errorf("no %q in\n%s", w, text)
+		}
+	}
+	if n != 4 {
+		t.Errorf("%d differences, want 4:\n%s", n, text)
+	}
+}

@@ -54,6 +54,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdWait(args[1:], stderr)
 	case "remove":
 		return cmdRemove(args[1:], stderr)
+	case "plan":
+		return cmdPlan(args[1:], stdout, stderr)
 	case "denies":
 		return cmdDenies(args[1:], stdout, stderr)
 	case "demo":

@@ -32,6 +32,7 @@ var Commands = []Command{
 		{"--target-features", "word"}, {"--egressd", "file"}, {"--gate-timeout", "word"}}},
 	{"wait", []Flag{{"--user", "word"}, {"--allowlist", "allowlist"}, {"--timeout", "word"}, {"--config", "file"}}},
 	{"remove", []Flag{{"--runtime-dir", "dir"}}},
+	{"plan", []Flag{{"--config", "file"}, {"--runtime-dir", "dir"}}},
 	{"denies", []Flag{{"--follow", ""}, {"--allowlist", "allowlist"}, {"--json", ""}, {"--runtime-dir", "dir"}}},
 	{"demo", nil},
 	{"version", nil},

@@ -24,6 +24,7 @@ egressd harden --user USER [--group GROUP] [--writable PATH]...
 egressd harden --audit UNIT_FILE [--json]
 egressd wait (--user USER | --allowlist NAME) [--timeout 30s]
 egressd remove [--runtime-dir DIR]
+egressd plan [--config FILE] [--runtime-dir DIR]
 egressd denies [--follow] [--allowlist NAME] [--json] [--runtime-dir DIR]
 egressd demo
 egressd version
@@ -72,6 +73,14 @@ first, so the service does not start. Needs CAP_NET_ADMIN to read nf_tables
 lifted. For uninstalling and emergencies. Refused while the daemon runs (it
 would restore the table at once): stop it first (systemctl stop egressd).
 "nothing to remove" when there is no table.`),
+		Item("plan", `Print the ruleset that run would apply now, as nft text
+(the table inet egressd with its sets, keyed by uid, and its chains), with
+names resolved just now as check does and the uids the daemon keeps
+enforcing (DIR/state.json); then how the kernel differs from it, as nft
+commands: users and elements to delete and add, and any other difference
+(chains, rules, sets) as a comment. Changes nothing. Reading the kernel
+needs root or CAP_NET_ADMIN; without it the plan is printed alone, and
+stderr says so. The text is for people, not for nft -f.`),
 		Item("denies", `Recent denied and audited attempts (mode: audit), aggregated
 by allowlist, destination and port, with their count, names and when last
 seen, most recent first; --allowlist keeps one allowlist's; --json prints
@@ -122,6 +131,8 @@ invalid, or check cannot run (not root, no nf_tables).`),
 1 findings, 2 cannot read the unit.`),
 		Item("denies", `0 printed; 2 nothing to read (no daemon, or another deny_log.mode).`),
 		Item("wait", `0 the user is restricted; 1 not by the timeout; 2 bad arguments.`),
+		Item("plan", `0 printed (the difference with the kernel too when it could
+be read); 2 configuration invalid, or bad options.`),
 		Item("remove", `0 removed (or nothing to remove); 1 refused (a daemon runs,
 or not root) or failed.`),
 	}},

@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"sort"
+	"strings"
+
+	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/check"
+	"github.com/egressd/egressd/internal/controller"
+	"github.com/egressd/egressd/internal/state"
+	"github.com/egressd/egressd/resolver"
+	"github.com/egressd/egressd/ruleset"
+)
+
+// planKernel is what plan reads from the kernel (never writes).
+type planKernel interface {
+	ruleset.Verifier
+	ReadSets() (map[string][]ruleset.Element, error)
+	ReadUsers() (map[uint32]string, error)
+}
+
+// cmdPlan prints the ruleset `egressd run` would apply now, as nft text,
+// and how the kernel differs from it. It changes nothing. Exit 0 when it
+// printed the plan (with or without the difference: without
+// CAP_NET_ADMIN the kernel cannot be read, which is said on stderr);
+// 2 when the configuration is invalid or the options are.
+func cmdPlan(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("plan", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", config.DefaultPath, "main configuration file")
+	runtimeDir := fs.String("runtime-dir", state.DefaultDir, "where the daemon publishes its state (uids it keeps enforcing)")
+	if code, done := parseFlags(fs, args); done {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "egressd plan: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	required := false
+	fs.Visit(func(f *flag.Flag) { required = required || f.Name == "config" })
+	return plan(context.Background(), planOptions{ConfigPath: *cfgPath, ConfigRequired: required, RuntimeDir: *runtimeDir,
+		Kernel: &ruleset.Netlink{}, CanAdmin: check.CanAdmin, Users: config.SystemUsers}, stdout, stderr)
+}
+
+type planOptions struct {
+	ConfigPath     string
+	ConfigRequired bool
+	RuntimeDir     string
+	Kernel         planKernel
+	CanAdmin       func() bool
+	Users          config.UserLookup
+	Querier        resolver.Querier // nil: the configuration's resolvers
+	Trust          config.Trust
+}
+
+func plan(ctx context.Context, o planOptions, stdout, stderr io.Writer) int {
+	cfg, err := config.LoadTrusted(o.ConfigPath, o.ConfigRequired, o.Trust)
+	if err != nil {
+		fmt.Fprintln(stderr, "egressd plan: the configuration is invalid:", err)
+		return 2
+	}
+	// The users as a starting daemon sees them: looked up now, holding the
+	// uids the previous run enforced for users that vanished.
+	users := controller.LookupUsers(cfg, o.Users)
+	if st, err := state.Read(o.RuntimeDir); err == nil {
+		users.Keep(controller.Seed(st.Users))
+	}
+	// Names resolved now, as check does: the hosts file first, then DNS.
+	q := o.Querier
+	if q == nil {
+		q = &resolver.Client{Servers: cfg.Resolvers}
+	}
+	h, _ := resolver.NewHostsWith(cfg.HostsFile, o.Trust.ReadFile)
+	fresh := check.Resolve(ctx, cfg, &resolver.HostsFirst{Hosts: h, Next: q})
+	p := ruleset.Render(controller.BuildDesiredHosts(cfg, users, func(name string) []netip.Addr { return fresh[name].Addrs }, h.Has))
+
+	fmt.Fprintf(stdout, "# the ruleset egressd run would apply now (%s; names resolved just now)\n", cfg.File)
+	var failed []string
+	for name, r := range fresh {
+		if r.Err != nil {
+			failed = append(failed, name)
+		}
+	}
+	sort.Strings(failed)
+	for _, name := range failed {
+		fmt.Fprintf(stdout, "# %s did not resolve (%v): it allows nothing until it does\n", name, fresh[name].Err)
+	}
+	missing := make([]string, 0, len(users.Missing))
+	for name := range users.Missing {
+		missing = append(missing, name)
+	}
+	sort.Strings(missing)
+	for _, name := range missing {
+		fmt.Fprintf(stdout, "# allowlist %s is not enforced: %v\n", name, users.Missing[name])
+	}
+	io.WriteString(stdout, p.NFT()) //nolint:errcheck
+
+	fmt.Fprintln(stdout, "\n# difference with the kernel:")
+	if !o.CanAdmin() {
+		fmt.Fprintln(stdout, "# not shown: reading nftables needs root or CAP_NET_ADMIN")
+		fmt.Fprintln(stderr, "egressd plan: the difference with the kernel needs root or CAP_NET_ADMIN (sudo egressd plan); the plan above is complete")
+		return 0
+	}
+	sets, err := o.Kernel.ReadSets()
+	if errors.Is(err, ruleset.ErrNoTable) {
+		fmt.Fprintf(stdout, "# the kernel has no table inet %s: run would create it as above\n", ruleset.TableName)
+		return 0
+	}
+	var kusers map[uint32]string
+	if err == nil {
+		kusers, err = o.Kernel.ReadUsers()
+	}
+	if err != nil {
+		fmt.Fprintln(stdout, "# not shown: cannot read the kernel:", err)
+		fmt.Fprintln(stderr, "egressd plan: cannot read the kernel:", err)
+		return 0
+	}
+	text, n := ruleset.KernelDiffNFT(p, sets, kusers)
+	io.WriteString(stdout, text) //nolint:errcheck
+	// What elements and users do not say: the structure (chains, rules,
+	// kernel sets, the dnsusers/audit/owners sets).
+	findings, err := o.Kernel.Verify(p)
+	if err != nil {
+		fmt.Fprintln(stdout, "# the structure could not be compared:", err)
+	}
+	for _, f := range findings {
+		switch {
+		case f.Kind == "element_missing", f.Kind == "element_extra", f.Kind == "set_extra",
+			f.Kind == "users_differ" && f.Object == "users":
+			continue // shown above as elements
+		}
+		fmt.Fprintf(stdout, "# %s\n", strings.ReplaceAll(f.String(), "\n", " "))
+		n++
+	}
+	if n == 0 {
+		fmt.Fprintln(stdout, "# none: the kernel holds this ruleset")
+	}
+	return 0
+}
