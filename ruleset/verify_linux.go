@@ -4,16 +4,11 @@ package ruleset
 
 import (
 	"fmt"
-	"sort"
 	"strings"
 
-	"github.com/egressd/egressd/internal/setdiff"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 )
-
-// maxDetails bounds the elements a finding lists.
-const maxDetails = 10
 
 // Verify reads the table back through netlink and compares it with the plan:
 // table, chains and hooks, every rule in order (a reject without its log rule
@@ -100,102 +95,25 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, name := range sortedKeys(p.Sets) {
-		got := kernelSets[name]
-		missing, extra := setdiff.Of(got, p.Sets[name])
-		if len(missing) > 0 {
-			add("element_missing", name, "%d missing: %s", len(missing), elementList(missing))
-		}
-		if len(extra) > 0 {
-			add("element_extra", name, "%d not in the plan: %s", len(extra), elementList(extra))
-		}
-	}
-	for _, name := range sortedKeys(kernelSets) {
-		if _, ok := p.Sets[name]; !ok {
-			add("set_extra", name, "%d elements not in the plan: %s", len(kernelSets[name]), elementList(kernelSets[name]))
-		}
-	}
+	fs = append(fs, elementFindings(p, kernelSets)...)
 	gotUsers, err := readUsers(c, t)
 	if err != nil {
 		add("users_differ", kUsers, "cannot read the users set: %v", err)
 	} else {
-		wantUsers := map[uint32]string{}
-		for _, ch := range p.Chains {
-			wantUsers[ch.UID] = ch.Allowlist
-		}
-		var diffs []string
-		for uid, name := range wantUsers {
-			if got, ok := gotUsers[uid]; !ok || got != name {
-				diffs = append(diffs, fmt.Sprintf("uid %d → %q, want %q", uid, got, name))
-			}
-		}
-		for uid, name := range gotUsers {
-			if _, ok := wantUsers[uid]; !ok {
-				diffs = append(diffs, fmt.Sprintf("uid %d → %q not in the plan", uid, name))
-			}
-		}
-		sort.Strings(diffs)
-		if len(diffs) > 0 {
-			add("users_differ", kUsers, "%s", strings.Join(diffs, "; "))
-		}
+		fs = append(fs, usersFindings(p, gotUsers)...)
 	}
-	for _, us := range []struct {
-		name string
-		want func(ChainPlan) bool
-	}{{kOwners, func(ChainPlan) bool { return true }}, {kDNSUsers, func(ch ChainPlan) bool { return ch.DNS }},
-		{kAudit, func(ch ChainPlan) bool { return ch.Audit }}} {
-		if !haveSet[us.name] {
+	for _, name := range []string{kOwners, kDNSUsers, kAudit} {
+		if !haveSet[name] {
 			continue
 		}
-		got, err := readUIDSet(c, t, us.name)
+		got, err := readUIDSet(c, t, name)
 		if err != nil {
-			add("users_differ", us.name, "cannot read: %v", err)
+			add("users_differ", name, "cannot read: %v", err)
 			continue
 		}
-		want := map[uint32]bool{}
-		for _, ch := range p.Chains {
-			if us.want(ch) {
-				want[ch.UID] = true
-			}
-		}
-		var diffs []string
-		for uid := range want {
-			if !got[uid] {
-				diffs = append(diffs, fmt.Sprintf("uid %d missing", uid))
-			}
-		}
-		for uid := range got {
-			if !want[uid] {
-				diffs = append(diffs, fmt.Sprintf("uid %d not in the plan", uid))
-			}
-		}
-		sort.Strings(diffs)
-		if len(diffs) > 0 {
-			add("users_differ", us.name, "%s", strings.Join(diffs, "; "))
-		}
+		fs = append(fs, uidSetFindings(name, p, got)...)
 	}
 	return fs, nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
-
-func elementList(es []Element) string {
-	var parts []string
-	for i, e := range es {
-		if i == maxDetails {
-			parts = append(parts, fmt.Sprintf("and %d more", len(es)-maxDetails))
-			break
-		}
-		parts = append(parts, e.String())
-	}
-	return strings.Join(parts, ", ")
 }
 
 func diffRules(want, got []string) string {
