@@ -143,7 +143,7 @@ func TestRenderAndDiff(t *testing.T) {
 	if err := f.ApplyFull(p); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.ApplyDelta(Plan{}, delta); err != nil {
+	if err := f.ApplyDelta(p2, delta); err != nil {
 		t.Fatal(err)
 	}
 	if got := f.Plan.Sets[SetName4("billing")]; len(got) != 1 || got[0] != p2.Sets[SetName4("billing")][0] {

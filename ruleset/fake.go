@@ -1,0 +1,374 @@
+package ruleset
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// Fake is an in-memory kernel for callers' unit tests: it holds a table the
+// way the netlink adapter does and answers every read the adapter answers
+// (Verify, ReadSets, ReadUsers, ReadAudited, ReadDenyCounters,
+// TablePresent, Restore), with the adapter's findings. Tests make it fail
+// (Err, FailNext), change it behind the caller's back as another tool
+// would (RemoveTable, DropElement, AddElement, DropUser, BreakRules) and
+// print it (Dump). It is not a test of the kernel: ruleset's system tests
+// run against the real one.
+//
+// The zero value has no table; a Fake made with a Plan holds that plan.
+// Its sets are the logical ones (SetName4, SetName6, DNSSet4, DNSSet6);
+// elements keyed by a uid that the users set does not name (ReadSets's
+// "uid:N") are not modelled: DropUser drops the user's elements too.
+type Fake struct {
+	Plan    Plan    // what the table holds: structure, users and elements
+	Fulls   int     // full applies (ApplyFull, Restore)
+	Deltas  []Delta // deltas applied, in order
+	Removed bool    // the table was removed (Remove, RemoveTable)
+	Err     error   // returned by the next ApplyFull, ApplyDelta or Remove, then cleared
+
+	// Counters are the packets the deny chain counted per allowlist since
+	// the last full apply (which sets them to zero); Deny adds to them.
+	Counters map[string]uint64
+
+	errs   map[string]error // per method, for its next call (FailNext)
+	broken map[string]bool  // chains whose rules were changed (BreakRules)
+	calls  map[string]int
+}
+
+// Method names for FailNext and Calls.
+const (
+	FakeApplyFull        = "ApplyFull"
+	FakeApplyDelta       = "ApplyDelta"
+	FakeRemove           = "Remove"
+	FakeRestore          = "Restore"
+	FakeVerify           = "Verify"
+	FakeReadSets         = "ReadSets"
+	FakeReadUsers        = "ReadUsers"
+	FakeReadAudited      = "ReadAudited"
+	FakeReadDenyCounters = "ReadDenyCounters"
+	FakeTablePresent     = "TablePresent"
+)
+
+// FailNext makes the next call of method (FakeApplyFull, FakeVerify, ...)
+// return err, changing nothing.
+func (f *Fake) FailNext(method string, err error) {
+	if f.errs == nil {
+		f.errs = map[string]error{}
+	}
+	f.errs[method] = err
+}
+
+// Calls is how often method was called (failed calls included).
+func (f *Fake) Calls(method string) int { return f.calls[method] }
+
+func (f *Fake) call(method string, kernel bool) error {
+	if f.calls == nil {
+		f.calls = map[string]int{}
+	}
+	f.calls[method]++
+	if err, ok := f.errs[method]; ok {
+		delete(f.errs, method)
+		return err
+	}
+	if kernel {
+		err := f.Err
+		f.Err = nil
+		return err
+	}
+	return nil
+}
+
+// exists: the table is there.
+func (f *Fake) exists() bool { return !f.Removed && (f.Fulls > 0 || f.Plan.Sets != nil || f.Plan.Chains != nil) }
+
+var errFakeNoTable = errors.New("fake kernel: table inet " + TableName + " does not exist (ENOENT)")
+
+// copyPlan copies the plan's map, so that later changes to the fake's table
+// do not reach the caller's plan (element slices are never written).
+func copyPlan(p Plan) Plan {
+	out := Plan{Chains: append([]ChainPlan(nil), p.Chains...), DenyLog: p.DenyLog, Sets: make(map[string][]Element, len(p.Sets))}
+	for k, v := range p.Sets {
+		out.Sets[k] = v
+	}
+	return out
+}
+
+// ApplyFull implements Kernel: the table is replaced, its counters start at
+// zero, changed rules are rebuilt.
+func (f *Fake) ApplyFull(p Plan) error {
+	if err := f.call(FakeApplyFull, true); err != nil {
+		return err
+	}
+	if _, err := placeElements(p.Sets, uids(p)); err != nil {
+		return fmt.Errorf("build full ruleset: %w", err)
+	}
+	f.Plan, f.Removed, f.broken, f.Counters = copyPlan(p), false, nil, nil
+	f.Fulls++
+	return nil
+}
+
+// Restore recreates a removed table, as Netlink.Restore does; it fails,
+// changing nothing, if the table exists.
+func (f *Fake) Restore(p Plan) error {
+	if err := f.call(FakeRestore, false); err != nil {
+		return err
+	}
+	if f.exists() {
+		return errors.New("fake kernel: table inet " + TableName + " exists (EEXIST)")
+	}
+	if _, err := placeElements(p.Sets, uids(p)); err != nil {
+		return fmt.Errorf("build ruleset: %w", err)
+	}
+	f.Plan, f.Removed, f.broken, f.Counters = copyPlan(p), false, nil, nil
+	f.Fulls++
+	return nil
+}
+
+// ApplyDelta implements Kernel with the kernel's strictness: a missing
+// table, a set of an allowlist p has no uid for, or the deletion of an
+// element the table does not hold fails the whole transaction.
+func (f *Fake) ApplyDelta(p Plan, d Delta) error {
+	if err := f.call(FakeApplyDelta, true); err != nil {
+		return err
+	}
+	if len(d) == 0 {
+		return nil
+	}
+	if !f.exists() {
+		return errFakeNoTable
+	}
+	next := copyPlan(f.Plan)
+	for _, name := range sortedKeys(d) {
+		sd := d[name]
+		if _, err := placeElements(map[string][]Element{name: append(append([]Element(nil), sd.Add...), sd.Del...)}, uids(p)); err != nil {
+			return fmt.Errorf("build delta: %w", err)
+		}
+		have := map[Element]bool{}
+		for _, e := range next.Sets[name] {
+			have[e] = true
+		}
+		for _, e := range sd.Del {
+			if !have[e] {
+				return fmt.Errorf("fake kernel: delete %s from %s: no such element (ENOENT)", e, name)
+			}
+			delete(have, e)
+		}
+		for _, e := range sd.Add {
+			have[e] = true
+		}
+		out := make([]Element, 0, len(have))
+		for e := range have {
+			out = append(out, e)
+		}
+		sortElements(out)
+		next.Sets[name] = out
+	}
+	f.Plan = next
+	f.Deltas = append(f.Deltas, d)
+	return nil
+}
+
+// Remove implements Kernel; a missing table is not an error.
+func (f *Fake) Remove() error {
+	if err := f.call(FakeRemove, true); err != nil {
+		return err
+	}
+	f.Removed = true
+	return nil
+}
+
+// Verify implements Verifier with the netlink adapter's comparisons.
+func (f *Fake) Verify(p Plan) ([]Finding, error) {
+	if err := f.call(FakeVerify, false); err != nil {
+		return nil, err
+	}
+	if !f.exists() {
+		return []Finding{{Kind: "table_missing", Object: "inet " + TableName, Detail: "the table does not exist"}}, nil
+	}
+	var fs []Finding
+	for _, ch := range []string{chainOut, chainRestr, chainDeny} {
+		if f.broken[ch] || (ch == chainDeny && f.Plan.DenyLog != p.DenyLog) {
+			fs = append(fs, Finding{Kind: "rules_differ", Object: ch, Detail: "the rules are not the plan's"})
+		}
+	}
+	sets, _ := f.readSets()
+	fs = append(fs, elementFindings(p, sets)...)
+	users, _ := f.readUsers()
+	fs = append(fs, usersFindings(p, users)...)
+	for _, name := range []string{kOwners, kDNSUsers, kAudit} {
+		got := map[uint32]bool{}
+		member := uidSetMember(name)
+		for _, ch := range f.Plan.Chains {
+			if member(ch) {
+				got[ch.UID] = true
+			}
+		}
+		fs = append(fs, uidSetFindings(name, p, got)...)
+	}
+	return fs, nil
+}
+
+// ReadSets returns the table's non-empty sets, as Netlink.ReadSets does.
+func (f *Fake) ReadSets() (map[string][]Element, error) {
+	if err := f.call(FakeReadSets, false); err != nil {
+		return nil, err
+	}
+	return f.readSets()
+}
+
+func (f *Fake) readSets() (map[string][]Element, error) {
+	if !f.exists() {
+		return nil, ErrNoTable
+	}
+	out := map[string][]Element{}
+	for name, es := range f.Plan.Sets {
+		if len(es) > 0 {
+			out[name] = append([]Element(nil), es...)
+		}
+	}
+	return out, nil
+}
+
+// ReadUsers returns the protected uids and their allowlists.
+func (f *Fake) ReadUsers() (map[uint32]string, error) {
+	if err := f.call(FakeReadUsers, false); err != nil {
+		return nil, err
+	}
+	return f.readUsers()
+}
+
+func (f *Fake) readUsers() (map[uint32]string, error) {
+	if !f.exists() {
+		return nil, ErrNoTable
+	}
+	out := map[uint32]string{}
+	for _, ch := range f.Plan.Chains {
+		out[ch.UID] = ch.Allowlist
+	}
+	return out, nil
+}
+
+// ReadAudited returns the uids in audit mode.
+func (f *Fake) ReadAudited() (map[uint32]bool, error) {
+	if err := f.call(FakeReadAudited, false); err != nil {
+		return nil, err
+	}
+	if !f.exists() {
+		return nil, ErrNoTable
+	}
+	out := map[uint32]bool{}
+	for _, ch := range f.Plan.Chains {
+		if ch.Audit {
+			out[ch.UID] = true
+		}
+	}
+	return out, nil
+}
+
+// ReadDenyCounters implements CounterReader: every protected allowlist,
+// with the packets Deny counted since the last full apply.
+func (f *Fake) ReadDenyCounters() (map[string]uint64, error) {
+	if err := f.call(FakeReadDenyCounters, false); err != nil {
+		return nil, err
+	}
+	if !f.exists() {
+		return nil, ErrNoTable
+	}
+	out := map[string]uint64{}
+	for _, ch := range f.Plan.Chains {
+		out[ch.Allowlist] = f.Counters[ch.Allowlist]
+	}
+	return out, nil
+}
+
+// TablePresent reports whether the table exists.
+func (f *Fake) TablePresent() (bool, error) {
+	if err := f.call(FakeTablePresent, false); err != nil {
+		return false, err
+	}
+	return f.exists(), nil
+}
+
+// Deny counts n denied packets of an allowlist's user.
+func (f *Fake) Deny(allowlist string, n uint64) {
+	if f.Counters == nil {
+		f.Counters = map[string]uint64{}
+	}
+	f.Counters[allowlist] += n
+}
+
+// RemoveTable removes the table behind the caller's back (nft delete
+// table, nft flush ruleset).
+func (f *Fake) RemoveTable() { f.Removed = true }
+
+// DropElement deletes an element from a logical set behind the caller's
+// back; it reports whether the set held it.
+func (f *Fake) DropElement(set string, e Element) bool {
+	var out []Element
+	found := false
+	for _, h := range f.Plan.Sets[set] {
+		if h == e && !found {
+			found = true
+			continue
+		}
+		out = append(out, h)
+	}
+	if found {
+		f.Plan = copyPlan(f.Plan)
+		f.Plan.Sets[set] = out
+	}
+	return found
+}
+
+// AddElement adds an element to a logical set behind the caller's back
+// (the set is created if the table had none of that name).
+func (f *Fake) AddElement(set string, e Element) {
+	f.Plan = copyPlan(f.Plan)
+	out := append(append([]Element(nil), f.Plan.Sets[set]...), e)
+	sortElements(out)
+	f.Plan.Sets[set] = out
+}
+
+// DropUser removes a uid from the users (and owners, dnsusers, audit)
+// sets behind the caller's back, with its allowlist's elements.
+func (f *Fake) DropUser(uid uint32) {
+	f.Plan = copyPlan(f.Plan)
+	var keep []ChainPlan
+	for _, ch := range f.Plan.Chains {
+		if ch.UID != uid {
+			keep = append(keep, ch)
+			continue
+		}
+		delete(f.Plan.Sets, SetName4(ch.Allowlist))
+		delete(f.Plan.Sets, SetName6(ch.Allowlist))
+	}
+	f.Plan.Chains = keep
+}
+
+// BreakRules changes a chain's rules behind the caller's back (output,
+// restricted or deny): Verify reports rules_differ until a full apply.
+func (f *Fake) BreakRules(chain string) {
+	if f.broken == nil {
+		f.broken = map[string]bool{}
+	}
+	f.broken[chain] = true
+}
+
+// Dump prints the table as nft text (Plan.NFT), with a comment per chain
+// whose rules were changed; "" when there is no table.
+func (f *Fake) Dump() string {
+	if !f.exists() {
+		return ""
+	}
+	text := f.Plan.NFT()
+	chains := make([]string, 0, len(f.broken))
+	for ch := range f.broken {
+		chains = append(chains, ch)
+	}
+	sort.Strings(chains)
+	for _, ch := range chains {
+		text = strings.Replace(text, "\tchain "+ch+" {\n", "\tchain "+ch+" { # rules changed by another tool\n", 1)
+	}
+	return text
+}
