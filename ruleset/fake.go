@@ -80,7 +80,9 @@ func (f *Fake) call(method string, kernel bool) error {
 }
 
 // exists: the table is there.
-func (f *Fake) exists() bool { return !f.Removed && (f.Fulls > 0 || f.Plan.Sets != nil || f.Plan.Chains != nil) }
+func (f *Fake) exists() bool {
+	return !f.Removed && (f.Fulls > 0 || f.Plan.Sets != nil || f.Plan.Chains != nil)
+}
 
 var errFakeNoTable = errors.New("fake kernel: table inet " + TableName + " does not exist (ENOENT)")
 
