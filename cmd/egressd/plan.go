@@ -65,21 +65,7 @@ func plan(ctx context.Context, o planOptions, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "egressd plan: the configuration is invalid:", err)
 		return 2
 	}
-	// The users as a starting daemon sees them: looked up now, holding the
-	// uids the previous run enforced for users that vanished.
-	users := controller.LookupUsers(cfg, o.Users)
-	if st, err := state.Read(o.RuntimeDir); err == nil {
-		users.Keep(controller.Seed(st.Users))
-	}
-	// Names resolved now, as check does: the hosts file first, then DNS.
-	q := o.Querier
-	if q == nil {
-		q = &resolver.Client{Servers: cfg.Resolvers}
-	}
-	h, _ := resolver.NewHostsWith(cfg.HostsFile, o.Trust.ReadFile)
-	fresh := check.Resolve(ctx, cfg, &resolver.HostsFirst{Hosts: h, Next: q})
-	p := ruleset.Render(controller.BuildDesiredHosts(cfg, users, func(name string) []netip.Addr { return fresh[name].Addrs }, h.Has))
-
+	p, fresh, users := planNow(ctx, o, cfg)
 	fmt.Fprintf(stdout, "# the ruleset egressd run would apply now (%s; names resolved just now)\n", cfg.File)
 	var failed []string
 	for name, r := range fresh {
@@ -142,4 +128,24 @@ func plan(ctx context.Context, o planOptions, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, "# none: the kernel holds this ruleset")
 	}
 	return 0
+}
+
+// planNow is the plan `egressd run` would apply now, with the fresh
+// resolution and the users it was made of.
+func planNow(ctx context.Context, o planOptions, cfg *config.Config) (ruleset.Plan, map[string]check.NameResult, controller.Users) {
+	// The users as a starting daemon sees them: looked up now, holding the
+	// uids the previous run enforced for users that vanished.
+	users := controller.LookupUsers(cfg, o.Users)
+	if st, err := state.Read(o.RuntimeDir); err == nil {
+		users.Keep(controller.Seed(st.Users))
+	}
+	// Names resolved now, as check does: the hosts file first, then DNS.
+	q := o.Querier
+	if q == nil {
+		q = &resolver.Client{Servers: cfg.Resolvers}
+	}
+	h, _ := resolver.NewHostsWith(cfg.HostsFile, o.Trust.ReadFile)
+	fresh := check.Resolve(ctx, cfg, &resolver.HostsFirst{Hosts: h, Next: q})
+	p := ruleset.Render(controller.BuildDesiredHosts(cfg, users, func(name string) []netip.Addr { return fresh[name].Addrs }, h.Has))
+	return p, fresh, users
 }
