@@ -29,6 +29,9 @@ type drift struct {
 func (w *world) drifts() []drift {
 	conn := func() (*nftables.Conn, error) { return nftables.New(nftables.WithNetNSFd(w.ns.Fd())) }
 	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: ruleset.TableName}
+	// The kernel set of billing's exact IPv4 elements, and the chain that judges it.
+	allow4 := ruleset.KernelSetName(ruleset.SetName4("billing"), ruleset.Element{})
+	restricted := ruleset.ChainName("billing")
 	return []drift{
 		{"table deleted", (&ruleset.Netlink{NetNSFd: w.ns.Fd()}).Remove, "table_missing"},
 		{"chain flushed", func() error {
@@ -36,7 +39,7 @@ func (w *world) drifts() []drift {
 			if err != nil {
 				return err
 			}
-			c.FlushChain(&nftables.Chain{Name: "restricted", Table: table})
+			c.FlushChain(&nftables.Chain{Name: restricted, Table: table})
 			return c.Flush()
 		}, "rules_differ"},
 		{"element removed", func() error {
@@ -44,7 +47,7 @@ func (w *world) drifts() []drift {
 			if err != nil {
 				return err
 			}
-			s, err := c.GetSetByName(table, "allow4") // exact IPv4 elements, keyed by uid
+			s, err := c.GetSetByName(table, allow4) // keyed by uid
 			if err != nil {
 				return err
 			}
@@ -62,7 +65,7 @@ func (w *world) drifts() []drift {
 			if err != nil {
 				return err
 			}
-			s, err := c.GetSetByName(table, "allow4")
+			s, err := c.GetSetByName(table, allow4)
 			if err != nil {
 				return err
 			}

@@ -118,7 +118,7 @@ func plan(ctx context.Context, o planOptions, stdout, stderr io.Writer) int {
 	for _, f := range findings {
 		switch {
 		case f.Kind == "element_missing", f.Kind == "element_extra", f.Kind == "set_extra",
-			f.Kind == "users_differ" && f.Object == "users":
+			f.Kind == "users_differ" && f.Object == ruleset.UsersMap:
 			continue // shown above as elements
 		}
 		fmt.Fprintf(stdout, "# %s\n", strings.ReplaceAll(f.String(), "\n", " "))

@@ -62,7 +62,7 @@ func TestPlanJSONNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := string(b)
-	for _, key := range []string{`"allowlists"`, `"sets"`, `"deny_log"`, `"uid":1001`, `"proto":"tcp"`, `"addr_from":"192.0.2.1"`, `"port_to":2000`, `"rate_count":5`, `"allow4_billing"`} {
+	for _, key := range []string{`"allowlists"`, `"sets"`, `"deny_log"`, `"uid":1001`, `"proto":"tcp"`, `"addr_from":"192.0.2.1"`, `"port_to":2000`, `"rate_count":5`, `"` + ruleset.SetName4("billing") + `"`} {
 		if !strings.Contains(s, key) {
 			t.Errorf("no %s in %s", key, s)
 		}
@@ -75,7 +75,7 @@ func TestPlanJSONNames(t *testing.T) {
 }
 
 func TestPlanDamagedProto(t *testing.T) {
-	doc := Plan{Sets: map[string][]Element{"allow4_x": {{Proto: "sctp?"}}}}
+	doc := Plan{Sets: map[string][]Element{ruleset.SetName4("x"): {{Proto: "sctp?"}}}}
 	if _, err := doc.Ruleset(); err == nil {
 		t.Fatal("a damaged protocol converted without error")
 	}
