@@ -194,88 +194,85 @@ func (f *Fake) Verify(p Plan) ([]Finding, error) {
 			fs = append(fs, Finding{Kind: "rules_differ", Object: ch, Detail: "the rules are not the plan's"})
 		}
 	}
-	sets, _ := f.readSets()
-	fs = append(fs, elementFindings(p, sets)...)
-	users, _ := f.readUsers()
-	fs = append(fs, usersFindings(p, users)...)
+	fs = append(fs, elementFindings(p, f.sets())...)
+	fs = append(fs, usersFindings(p, f.users())...)
 	for _, name := range []string{kOwners, kDNSUsers, kAudit} {
-		got := map[uint32]bool{}
-		member := uidSetMember(name)
-		for _, ch := range f.Plan.Chains {
-			if member(ch) {
-				got[ch.UID] = true
-			}
-		}
-		fs = append(fs, uidSetFindings(name, p, got)...)
+		fs = append(fs, uidSetFindings(name, p, f.uidSet(name))...)
 	}
 	return fs, nil
 }
 
 // ReadSets returns the table's non-empty sets, as Netlink.ReadSets does.
 func (f *Fake) ReadSets() (map[string][]Element, error) {
-	if err := f.call(FakeReadSets, false); err != nil {
+	if err := f.read(FakeReadSets); err != nil {
 		return nil, err
 	}
-	return f.readSets()
+	return f.sets(), nil
 }
 
-func (f *Fake) readSets() (map[string][]Element, error) {
-	if !f.exists() {
-		return nil, ErrNoTable
+// read counts a read of the table and fails it as FailNext says, or for a
+// missing table.
+func (f *Fake) read(method string) error {
+	if err := f.call(method, false); err != nil {
+		return err
 	}
+	if !f.exists() {
+		return ErrNoTable
+	}
+	return nil
+}
+
+func (f *Fake) sets() map[string][]Element {
 	out := map[string][]Element{}
 	for name, es := range f.Plan.Sets {
 		if len(es) > 0 {
 			out[name] = append([]Element(nil), es...)
 		}
 	}
-	return out, nil
+	return out
 }
 
 // ReadUsers returns the protected uids and their allowlists.
 func (f *Fake) ReadUsers() (map[uint32]string, error) {
-	if err := f.call(FakeReadUsers, false); err != nil {
+	if err := f.read(FakeReadUsers); err != nil {
 		return nil, err
 	}
-	return f.readUsers()
+	return f.users(), nil
 }
 
-func (f *Fake) readUsers() (map[uint32]string, error) {
-	if !f.exists() {
-		return nil, ErrNoTable
-	}
+func (f *Fake) users() map[uint32]string {
 	out := map[uint32]string{}
 	for _, ch := range f.Plan.Chains {
 		out[ch.UID] = ch.Allowlist
 	}
-	return out, nil
+	return out
+}
+
+// uidSet is what the table's owners, dnsusers or audit set holds.
+func (f *Fake) uidSet(name string) map[uint32]bool {
+	out := map[uint32]bool{}
+	member := uidSetMember(name)
+	for _, ch := range f.Plan.Chains {
+		if member(ch) {
+			out[ch.UID] = true
+		}
+	}
+	return out
 }
 
 // ReadAudited returns the uids in audit mode.
 func (f *Fake) ReadAudited() (map[uint32]bool, error) {
-	if err := f.call(FakeReadAudited, false); err != nil {
+	if err := f.read(FakeReadAudited); err != nil {
 		return nil, err
 	}
-	if !f.exists() {
-		return nil, ErrNoTable
-	}
-	out := map[uint32]bool{}
-	for _, ch := range f.Plan.Chains {
-		if ch.Audit {
-			out[ch.UID] = true
-		}
-	}
-	return out, nil
+	return f.uidSet(kAudit), nil
 }
 
 // ReadDenyCounters implements CounterReader: every protected allowlist,
 // with the packets Deny counted since the last full apply.
 func (f *Fake) ReadDenyCounters() (map[string]uint64, error) {
-	if err := f.call(FakeReadDenyCounters, false); err != nil {
+	if err := f.read(FakeReadDenyCounters); err != nil {
 		return nil, err
-	}
-	if !f.exists() {
-		return nil, ErrNoTable
 	}
 	out := map[string]uint64{}
 	for _, ch := range f.Plan.Chains {
