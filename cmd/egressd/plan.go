@@ -35,17 +35,22 @@ func cmdPlan(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", config.DefaultPath, "main configuration file")
 	runtimeDir := fs.String("runtime-dir", state.DefaultDir, "where the daemon publishes its state (uids it keeps enforcing)")
-	if code, done := parseFlags(fs, args); done {
+	if code, done := parseFlags(fs, args); done || fs.NArg() > 0 {
+		if !done {
+			fmt.Fprintf(stderr, "egressd plan: unexpected argument %q\n", fs.Arg(0))
+			code = 2
+		}
 		return code
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "egressd plan: unexpected argument %q\n", fs.Arg(0))
-		return 2
-	}
-	required := false
-	fs.Visit(func(f *flag.Flag) { required = required || f.Name == "config" })
-	return plan(context.Background(), planOptions{ConfigPath: *cfgPath, ConfigRequired: required, RuntimeDir: *runtimeDir,
+	return plan(context.Background(), planOptions{ConfigPath: *cfgPath, ConfigRequired: configGiven(fs), RuntimeDir: *runtimeDir,
 		Kernel: &ruleset.Netlink{}, CanAdmin: check.CanAdmin, Users: config.SystemUsers}, stdout, stderr)
+}
+
+// configGiven: --config was given, so a missing file is an error.
+func configGiven(fs *flag.FlagSet) bool {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "config" })
+	return given
 }
 
 type planOptions struct {
