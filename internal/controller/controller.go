@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/egressd/egressd/internal/backoff"
 	"github.com/egressd/egressd/internal/event"
 	"net/netip"
 	"reflect"
@@ -84,9 +85,8 @@ type Controller struct {
 
 	applied    *ruleset.Plan // what the kernel holds; nil forces a full apply
 	generation uint64
-	failures   int       // consecutive apply failures
-	retryAt    time.Time // after an apply failure
-	usersAt    time.Time // next look for missing users
+	retry      backoff.Retry // after apply failures
+	usersAt    time.Time     // next look for missing users
 	reload     chan struct{}
 	failing    map[resolver.Key]bool
 
@@ -110,6 +110,9 @@ type Controller struct {
 	publishSoon bool
 	dirty       bool // the state file is behind
 }
+
+// applyBackoff spaces the retries of a failed apply.
+var applyBackoff = backoff.Exp{Base: time.Second, Max: 30 * time.Second}
 
 // StartDeadline bounds the first resolution of every name.
 var StartDeadline = 15 * time.Second
@@ -138,7 +141,8 @@ func New(o Options) (*Controller, error) {
 	if o.VerifyEvery <= 0 {
 		o.VerifyEvery = time.Minute
 	}
-	c := &Controller{o: o, reload: make(chan struct{}, 1), failing: map[resolver.Key]bool{}, started: o.Now()}
+	c := &Controller{o: o, reload: make(chan struct{}, 1), failing: map[resolver.Key]bool{}, started: o.Now(),
+		retry: backoff.Retry{Exp: applyBackoff, Now: o.Now}}
 	cfg, err := config.LoadTrusted(o.ConfigPath, o.ConfigRequired, o.Trust)
 	if err != nil {
 		if cfg = c.fallback(err); cfg == nil {
@@ -472,14 +476,12 @@ func (c *Controller) sync() error {
 	c.o.Metrics.Applied(kind, err, float64(time.Now().UnixNano())/1e9)
 	if err != nil {
 		c.applied = nil // unknown kernel state: the next attempt rebuilds
-		c.failures++
-		wait := min(time.Duration(1<<min(c.failures-1, 5))*time.Second, 30*time.Second)
-		c.retryAt = c.o.Now().Add(wait)
+		wait := c.retry.Fail()
 		c.o.Log.Error("applying the ruleset failed; the kernel keeps its previous state", event.Field(event.ApplyFailed),
-			zap.String("kind", kind), zap.Error(err), zap.Int("failures", c.failures), zap.Duration("retry_in", wait))
+			zap.String("kind", kind), zap.Error(err), zap.Int("failures", c.retry.Failures()), zap.Duration("retry_in", wait))
 		return err
 	}
-	c.failures, c.retryAt = 0, time.Time{}
+	c.retry.Reset()
 	c.applied = &plan
 	index()
 	c.lastApply, c.dirty = c.o.Now(), true
@@ -641,7 +643,7 @@ func (c *Controller) Run(ctx context.Context) error {
 			c.verify()
 		}
 		c.flushRestoreLog(c.o.Now())
-		if c.retryAt.IsZero() || !c.o.Now().Before(c.retryAt) {
+		if c.retry.Ready() {
 			c.sync() //nolint:errcheck // logged; retried with backoff
 		}
 		c.publish(false)
@@ -655,7 +657,7 @@ func (c *Controller) nextWake() time.Time {
 			next = t
 		}
 	}
-	consider(c.retryAt)
+	consider(c.retry.At())
 	consider(c.verifyAt)
 	consider(c.restoreLogDue())
 	if c.dirty && c.o.StateDir != "" {

@@ -160,7 +160,7 @@ func TestApplyFailureForcesFullRebuild(t *testing.T) {
 	if err := f.c.sync(); err == nil {
 		t.Fatal("sync did not report the kernel error")
 	}
-	if len(f.events(event.ApplyFailed)) != 1 || f.c.retryAt.IsZero() {
+	if len(f.events(event.ApplyFailed)) != 1 || f.c.retry.At().IsZero() {
 		t.Fatal("failure not logged or no retry scheduled")
 	}
 	if err := f.c.sync(); err != nil {

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"fmt"
+	"github.com/egressd/egressd/internal/backoff"
 	"github.com/egressd/egressd/internal/event"
 	"os"
 	"time"
@@ -108,6 +109,9 @@ type driftState struct {
 	unlogged    int           // restores counted into the window's summary
 	restores    int           // restores in the window
 }
+
+// holdBackoff spaces object repairs while another process fights over them.
+var holdBackoff = backoff.Exp{Base: firstHold, Max: maxHold}
 
 var tableMissing = ruleset.Finding{Kind: "table_missing", Object: "inet " + ruleset.TableName, Detail: "the table does not exist"}
 
@@ -218,8 +222,7 @@ func (c *Controller) verify() {
 	c.drift.repairs = append(recent, now)
 	found := findingStrings(findings)
 	if len(c.drift.repairs) > fightRepairs {
-		hold := firstHold << min(len(c.drift.repairs)-fightRepairs-1, 5)
-		hold = min(hold, maxHold)
+		hold := holdBackoff.Delay(len(c.drift.repairs) - fightRepairs)
 		c.drift.holdUntil = now.Add(hold)
 		c.o.Log.Error(fmt.Sprintf("the table keeps being changed by another process (%d repairs in %s); "+
 			"another firewall manager may be fighting egressd over it. Repairing now, then holding repairs of "+
