@@ -212,7 +212,7 @@ func (c *Cache) Observe(k Key, res Result, err error) Change {
 	default:
 		ttl := c.policy.Clamp(res.TTL)
 		e.failures, e.lastErr, e.lastOK = 0, nil, now
-		addrs, dropped := Filter(res.Addrs, e.privateOK || res.Source == SourceHosts, c.policy.MaxAddrs)
+		addrs, dropped := FilterAnswer(res, e.privateOK, c.policy.MaxAddrs)
 		for i := range e.addrs {
 			e.addrs[i].current = false
 		}

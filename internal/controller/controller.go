@@ -1,3 +1,6 @@
+// Package controller owns egressd's reconcile loop: configuration, DNS
+// refreshes, user lookups and signals only mark work as due; one goroutine
+// computes the desired state and applies it to the kernel.
 package controller
 
 import (
@@ -15,6 +18,7 @@ import (
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/metrics"
+	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/internal/state"
 	"github.com/egressd/egressd/resolver"
 	"github.com/egressd/egressd/ruleset"
@@ -37,7 +41,7 @@ type Options struct {
 	NewQuerier func(*config.Config) resolver.Querier
 	// Notify receives sd_notify-style state strings ("READY=1", "STATUS=…"); may be nil.
 	Notify func(state string)
-	// Concurrency bounds the DNS queries in flight; default 64.
+	// Concurrency bounds the DNS queries in flight; default policy.Concurrency.
 	Concurrency int
 	// MinInterval coalesces bursts of work: reconciles run at most this often; default 100ms.
 	MinInterval time.Duration
@@ -81,7 +85,7 @@ type Controller struct {
 	querier resolver.Querier
 	hosts   *resolver.Hosts // looked up before DNS (hosts.go)
 	cache   *resolver.Cache
-	users   Users
+	users   policy.Users
 
 	applied    *ruleset.Plan // what the kernel holds; nil forces a full apply
 	generation uint64
@@ -130,7 +134,7 @@ func New(o Options) (*Controller, error) {
 		o.NewQuerier = func(c *config.Config) resolver.Querier { return &resolver.Client{Servers: c.Resolvers} }
 	}
 	if o.Concurrency <= 0 {
-		o.Concurrency = 64
+		o.Concurrency = policy.Concurrency
 	}
 	if o.MinInterval <= 0 {
 		o.MinInterval = 100 * time.Millisecond
@@ -152,7 +156,7 @@ func New(o Options) (*Controller, error) {
 	if cfg.AllowDirMissing {
 		o.Log.Warn("the allow directory does not exist: no allowlists, nobody is restricted", event.Field(event.ConfigLoaded), zap.String("allow_dir", cfg.AllowDir))
 	}
-	c.cache = resolver.NewCache(policy(cfg), o.Now)
+	c.cache = resolver.NewCache(cachePolicy(cfg), o.Now)
 	if c.hosts, err = resolver.NewHostsWith(cfg.HostsFile, o.Trust.ReadFile); err != nil {
 		o.Log.Error("cannot read the hosts file; names are looked up in DNS only", event.Field(event.ConfigRejected), zap.String("file", cfg.HostsFile), zap.Error(err))
 	}
@@ -169,15 +173,15 @@ func (c *Controller) SetKernelEvents(ch <-chan struct{}) { c.o.KernelEvents = ch
 // Config returns the configuration in force.
 func (c *Controller) Config() *config.Config { return c.cfg }
 
-func policy(cfg *config.Config) resolver.Policy {
+func cachePolicy(cfg *config.Config) resolver.Policy {
 	return resolver.Policy{MinTTL: cfg.MinTTL, MaxTTL: cfg.MaxTTL, Linger: cfg.Linger, StaleGrace: cfg.StaleGrace, MaxAddrs: cfg.MaxAddressesPerName}
 }
 
 func (c *Controller) setConfig(cfg *config.Config) {
 	c.cfg = cfg
 	c.querier = c.hostsFirst(c.o.NewQuerier(cfg))
-	c.cache.SetPolicy(policy(cfg))
-	c.cache.Sync(CacheNames(cfg))
+	c.cache.SetPolicy(cachePolicy(cfg))
+	c.cache.Sync(policy.CacheNames(cfg))
 	c.lookupUsers(true)
 	// A configuration change that only changes elements is applied as a
 	// delta like DNS churn; one that changes chains, users or logging
@@ -237,8 +241,8 @@ func (c *Controller) logRejected(err error, atStart bool) {
 func (c *Controller) lookupUsers(loud bool) bool { return c.lookupUsersFrom(c.users, loud) }
 
 // lookupUsersFrom is lookupUsers keeping the uids of prev (see Users.Keep).
-func (c *Controller) lookupUsersFrom(prev Users, loud bool) bool {
-	u := LookupUsers(c.cfg, c.o.Users)
+func (c *Controller) lookupUsersFrom(prev policy.Users, loud bool) bool {
+	u := policy.LookupUsers(c.cfg, c.o.Users)
 	u.Keep(prev)
 	changed := !reflect.DeepEqual(u.UIDs, c.users.UIDs)
 	if len(u.Vanished) > len(c.users.Vanished) || (loud && len(u.Vanished) > 0) {
@@ -287,7 +291,7 @@ func (c *Controller) seedUsers() {
 	if err != nil || len(st.Users) == 0 {
 		return
 	}
-	c.lookupUsersFrom(Seed(st.Users), true)
+	c.lookupUsersFrom(policy.Seed(st.Users), true)
 }
 
 // Reload asks the loop to reload the configuration (SIGHUP, file watcher).
@@ -333,45 +337,14 @@ func (c *Controller) doReload() {
 	c.setConfig(cfg)
 }
 
-// outcome is one lookup's result.
-type outcome struct {
-	res       resolver.Result
-	err       error
-	dur       time.Duration
-	cancelled bool // the context ended: not a DNS failure
-}
-
-// query runs lookups with bounded concurrency. It touches nothing but q, so
-// the loop can run it in the background and stay responsive.
-func query(ctx context.Context, q resolver.Querier, keys []resolver.Key, concurrency int) []outcome {
-	out := make([]outcome, len(keys))
-	sem := make(chan struct{}, concurrency)
-	var wg sync.WaitGroup
-	for i, k := range keys {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			defer cancel()
-			start := time.Now()
-			res, err := q.Query(qctx, k.Name, k.Type)
-			out[i] = outcome{res, err, time.Since(start), err != nil && ctx.Err() != nil}
-		}()
-	}
-	wg.Wait()
-	return out
-}
-
 // resolve queries keys and records the outcomes (used by Once and tests).
 func (c *Controller) resolve(ctx context.Context, keys []resolver.Key) map[string]error {
-	return c.observe(keys, query(ctx, c.querier, keys, c.o.Concurrency))
+	return c.observe(keys, policy.Query(ctx, c.querier, keys, c.o.Concurrency))
 }
 
 // observe records outcomes in the cache and logs what changed. Names that
 // failed are returned.
-func (c *Controller) observe(keys []resolver.Key, out []outcome) map[string]error {
+func (c *Controller) observe(keys []resolver.Key, out []policy.Outcome) map[string]error {
 	failed := map[string]error{}
 	for i, k := range keys {
 		o := out[i]
@@ -379,29 +352,29 @@ func (c *Controller) observe(keys []resolver.Key, out []outcome) map[string]erro
 		if !known {
 			continue // the name left the configuration while it was being looked up
 		}
-		if o.cancelled {
+		if o.Cancelled {
 			// Stopping, or the start deadline: not a DNS failure; the key
 			// is asked again.
-			failed[k.Name] = o.err
+			failed[k.Name] = o.Err
 			c.cache.Release(k)
 			continue
 		}
-		c.o.Metrics.Resolved(o.dur.Seconds())
-		ch := c.cache.Observe(k, o.res, o.err)
+		c.o.Metrics.Resolved(o.Dur.Seconds())
+		ch := c.cache.Observe(k, o.Res, o.Err)
 		st, _ := c.cache.Status(k)
 		if len(ch.Added) > 0 || len(ch.Removed) > 0 {
 			c.markIndex(k.Name)
 		}
-		if o.err != nil {
+		if o.Err != nil {
 			c.failing[k] = true
 		} else {
 			delete(c.failing, k)
 		}
 		switch {
-		case o.err != nil:
-			failed[k.Name] = o.err
+		case o.Err != nil:
+			failed[k.Name] = o.Err
 			c.o.Log.Warn("resolution failed", event.Field(event.ResolveFailed), zap.String("name", k.Name), zap.String("type", typeName(k)),
-				zap.Error(o.err), zap.Bool("serving_stale", st.ServingStale), zap.Int("addresses", len(st.Addrs)),
+				zap.Error(o.Err), zap.Bool("serving_stale", st.ServingStale), zap.Int("addresses", len(st.Addrs)),
 				zap.Duration("retry_in", ch.TTL), zap.Stringers("removed", ch.Removed))
 		// Info when something changed, or on a name's first answer (even a
 		// negative one); a refresh that changes nothing is debug.
@@ -412,7 +385,7 @@ func (c *Controller) observe(keys []resolver.Key, out []outcome) map[string]erro
 			}
 			level("resolved", event.Field(event.Resolved), zap.String("name", k.Name), zap.String("type", typeName(k)),
 				zap.Stringers("added", ch.Added), zap.Stringers("removed", ch.Removed),
-				zap.Duration("ttl", ch.TTL), zap.Int("dropped", ch.Dropped), zap.Bool("negative", o.res.Negative))
+				zap.Duration("ttl", ch.TTL), zap.Int("dropped", ch.Dropped), zap.Bool("negative", o.Res.Negative))
 		default:
 			c.o.Log.Debug("resolved, unchanged", event.Field(event.Resolved), zap.String("name", k.Name), zap.String("type", typeName(k)), zap.Duration("ttl", ch.TTL))
 		}
@@ -445,7 +418,7 @@ func (c *Controller) sync() error {
 				zap.Stringers("added", []netip.Addr{}), zap.Stringers("removed", lost), zap.String("reason", "ttl+linger or stale_grace ran out"))
 		}
 	}
-	plan := c.renderer.Render(BuildDesiredHosts(c.cfg, c.users, c.cache.Addrs, c.hosts.Has))
+	plan := c.renderer.Render(policy.BuildDesiredHosts(c.cfg, c.users, c.cache.Addrs, c.hosts.Has))
 	index := func() {
 		if c.indexStale {
 			c.index.store(buildNameIndex(c.cfg, c.cache.Addrs))
@@ -589,7 +562,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	// never delays a reload, a drift repair or a stop; one round at a time.
 	type round struct {
 		keys []resolver.Key
-		out  []outcome
+		out  []policy.Outcome
 	}
 	rounds := make(chan round, 1)
 	inflight := false
@@ -637,7 +610,7 @@ func (c *Controller) Run(ctx context.Context) error {
 			inflight = true
 			c.cache.Claim(due)
 			q, conc := c.querier, c.o.Concurrency
-			go func() { rounds <- round{due, query(ctx, q, due, conc)} }()
+			go func() { rounds <- round{due, policy.Query(ctx, q, due, conc)} }()
 		}
 		if !c.verifyAt.IsZero() && !c.o.Now().Before(c.verifyAt) {
 			c.verify()

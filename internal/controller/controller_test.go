@@ -174,14 +174,6 @@ func TestApplyFailureForcesFullRebuild(t *testing.T) {
 	}
 }
 
-func TestLookupUsersConflict(t *testing.T) {
-	c := &config.Config{Allowlists: []*config.Allowlist{{Name: "a", User: "billing"}, {Name: "b", User: "billing-alias"}, {Name: "c", User: "1001"}}}
-	u := LookupUsers(c, users)
-	if len(u.UIDs) != 1 || u.UIDs["a"] != 1001 || len(u.Conflicts) != 2 {
-		t.Fatalf("users = %+v", u)
-	}
-}
-
 func TestRunStopsAndRemoves(t *testing.T) {
 	f := newFixture(t, map[string]string{"allow.d/billing.yaml": "user: billing\nallow: [192.0.2.1:443]\n"})
 	f.write(t, "egressd.yaml", fmt.Sprintf("resolvers: [%q]\non_exit: remove\n", f.dns.Addr.String()))
@@ -254,15 +246,6 @@ func TestVanishedUserStaysEnforced(t *testing.T) {
 	f.c.lookupUsers(false)
 	if f.c.users.UIDs["svc"] != 5000 || len(f.c.users.Vanished) != 0 {
 		t.Fatalf("the new user did not take over: %+v", f.c.users)
-	}
-}
-
-// Seeded from the previous run's state, a held uid survives a restart.
-func TestHeldUIDSurvivesRestart(t *testing.T) {
-	u := LookupUsers(&config.Config{Allowlists: []*config.Allowlist{{Name: "svc", User: "typo"}}}, users)
-	u.Keep(Seed(map[string]uint32{"svc": 4242, "gone": 7}))
-	if u.UIDs["svc"] != 4242 || len(u.Missing) != 0 || len(u.UIDs) != 1 {
-		t.Fatalf("uids %v missing %v", u.UIDs, u.Missing)
 	}
 }
 

@@ -37,8 +37,11 @@ func allowlistIndex(a *config.Allowlist, addrs func(string) []netip.Addr) map[ne
 		}
 		seen[e.Host] = true
 		for _, ip := range addrs(e.Host) {
-			if !a.AllowPrivateAnswers && resolver.Internal(ip) {
-				continue // not in this allowlist's set (see BuildDesired)
+			// Hosts-file answers are not told apart here (BuildDesiredHosts
+			// does): an internal one of an allowlist that did not opt in is
+			// in the set but not in the index.
+			if !resolver.Accepts(ip, a.AllowPrivateAnswers, e.Host, nil) {
+				continue // not in this allowlist's set (see policy.BuildDesired)
 			}
 			m[ip] = append(m[ip], e.Host)
 		}
