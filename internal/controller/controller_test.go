@@ -155,12 +155,12 @@ func TestApplyFailureForcesFullRebuild(t *testing.T) {
 	// DNS churn is an element delta.
 	f.dns.Set("api.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.2")}, TTL: 60})
 	k := resolver.KeysFor("api.example.test")
-	f.c.resolve(context.Background(), k[:]) // as if the TTL had run out
+	f.c.dns.resolve(context.Background(), k[:]) // as if the TTL had run out
 	f.k.Err = errors.New("netlink: boom")
 	if err := f.c.sync(); err == nil {
 		t.Fatal("sync did not report the kernel error")
 	}
-	if len(f.events(event.ApplyFailed)) != 1 || f.c.retry.At().IsZero() {
+	if len(f.events(event.ApplyFailed)) != 1 || f.c.apply.retry.At().IsZero() {
 		t.Fatal("failure not logged or no retry scheduled")
 	}
 	if err := f.c.sync(); err != nil {

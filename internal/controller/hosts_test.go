@@ -44,10 +44,10 @@ func TestHostsFileAnswersAndReload(t *testing.T) {
 	if len(ev) != m+1 || !reflect.DeepEqual(ev[m].ContextMap()["changed"], []any{"api.example.test"}) {
 		t.Fatalf("config_loaded events after the hosts edit: %v", ev[m:])
 	}
-	if due := f.c.cache.Due(); len(due) != 2 || due[0].Name != "api.example.test" {
+	if due := f.c.dns.cache.Due(); len(due) != 2 || due[0].Name != "api.example.test" {
 		t.Fatalf("due after the hosts edit: %v", due)
 	}
-	f.c.resolve(context.Background(), f.c.cache.Due())
+	f.c.dns.resolve(context.Background(), f.c.dns.cache.Due())
 	if err := f.c.sync(); err != nil {
 		t.Fatal(err)
 	}
