@@ -8,7 +8,6 @@ import (
 
 	"github.com/egressd/egressd/internal/event"
 	"github.com/egressd/egressd/internal/policy"
-	"github.com/egressd/egressd/resolver"
 	"go.uber.org/zap"
 )
 
@@ -76,10 +75,6 @@ func (c *Controller) Run(ctx context.Context) error {
 	last := c.o.Now()
 	// DNS rounds run in the background so that a slow or dead resolver
 	// never delays a reload, a drift repair or a stop; one round at a time.
-	type round struct {
-		keys []resolver.Key
-		out  []policy.Outcome
-	}
 	rounds := make(chan round, 1)
 	inflight := false
 	var beat <-chan time.Time
@@ -122,11 +117,8 @@ func (c *Controller) Run(ctx context.Context) error {
 		if c.o.Now().After(c.usersAt) && c.lookupUsers(false) {
 			c.o.Log.Info("a user appeared or changed; updating", event.Field(event.ConfigLoaded), zap.String("reason", "user lookup changed"))
 		}
-		if due := c.dns.cache.Due(); len(due) > 0 && !inflight {
-			inflight = true
-			c.dns.cache.Claim(due)
-			q, conc := c.dns.querier, c.o.Concurrency
-			go func() { rounds <- round{due, policy.Query(ctx, q, due, conc)} }()
+		if !inflight {
+			inflight = c.dns.startRound(ctx, rounds)
 		}
 		if !c.apply.verifyAt.IsZero() && !c.o.Now().Before(c.apply.verifyAt) {
 			c.apply.verify()

@@ -57,6 +57,26 @@ func (r *refresher) forgetFailing() {
 	}
 }
 
+// round is one DNS round: the keys looked up and their outcomes.
+type round struct {
+	keys []resolver.Key
+	out  []policy.Outcome
+}
+
+// startRound claims the keys that are due and looks them up in the
+// background (the goroutine touches only the querier); the round arrives on
+// done, to be observed by the loop. False when nothing is due.
+func (r *refresher) startRound(ctx context.Context, done chan<- round) bool {
+	due := r.cache.Due()
+	if len(due) == 0 {
+		return false
+	}
+	r.cache.Claim(due)
+	q, conc := r.querier, r.o.Concurrency
+	go func() { done <- round{due, policy.Query(ctx, q, due, conc)} }()
+	return true
+}
+
 // resolve queries keys and records the outcomes (used by Once and tests).
 func (r *refresher) resolve(ctx context.Context, keys []resolver.Key) map[string]error {
 	return r.observe(keys, policy.Query(ctx, r.querier, keys, r.o.Concurrency))
