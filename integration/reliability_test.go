@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/config"
-	"github.com/egressd/egressd/internal/controller"
 	"github.com/egressd/egressd/internal/dnstest"
+	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/ruleset"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -447,7 +447,7 @@ func TestKillDuringApplies(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		plans[i] = ruleset.Render(controller.BuildDesired(cfg, controller.LookupUsers(cfg, config.SystemUsers), func(string) []netip.Addr { return nil }))
+		plans[i] = ruleset.Render(policy.BuildDesired(cfg, policy.LookupUsers(cfg, config.SystemUsers), func(string) []netip.Addr { return nil }))
 	}
 	k := &ruleset.Netlink{NetNSFd: w.ns.Fd()}
 	rng := rand.New(rand.NewSource(7))

@@ -5,6 +5,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/egressd/egressd/internal/backoff"
 	"github.com/egressd/egressd/internal/setdiff"
 	"github.com/miekg/dns"
 )
@@ -211,7 +212,7 @@ func (c *Cache) Observe(k Key, res Result, err error) Change {
 	default:
 		ttl := c.policy.Clamp(res.TTL)
 		e.failures, e.lastErr, e.lastOK = 0, nil, now
-		addrs, dropped := Filter(res.Addrs, e.privateOK || res.Source == SourceHosts, c.policy.MaxAddrs)
+		addrs, dropped := FilterAnswer(res, e.privateOK, c.policy.MaxAddrs)
 		for i := range e.addrs {
 			e.addrs[i].current = false
 		}
@@ -254,12 +255,10 @@ func (c *Cache) capEntry(e *entry) {
 	e.addrs = e.addrs[:max]
 }
 
+// backoff is the retry delay after consecutive failures: min_ttl (at least
+// a second), doubling, at most 30s.
 func (c *Cache) backoff(failures int) time.Duration {
-	d := max(c.policy.MinTTL, time.Second)
-	for i := 1; i < failures && d < 30*time.Second; i++ {
-		d *= 2
-	}
-	return min(d, 30*time.Second)
+	return backoff.Exp{Base: max(c.policy.MinTTL, time.Second), Max: 30 * time.Second}.Delay(failures)
 }
 
 // staleUntil is when last-known addresses stop being served while DNS fails.

@@ -73,6 +73,21 @@ func internal(a netip.Addr) bool {
 	return false
 }
 
+// Accepts is the private-answer rule, its one home: an address an answer
+// for name gives may be allowed unless it is Internal, except where the
+// allowlist opted in (privateOK) or the hosts file gives it (fromHosts, may
+// be nil; asked only about internal addresses): hosts entries are taken as
+// written, like literal entries.
+func Accepts(a netip.Addr, privateOK bool, name string, fromHosts func(name string, a netip.Addr) bool) bool {
+	return privateOK || !Internal(a) || (fromHosts != nil && fromHosts(name, a))
+}
+
+// FilterAnswer is Filter applied to one answer: an answer from the hosts
+// file is taken as written (see Accepts).
+func FilterAnswer(res Result, privateOK bool, max int) ([]netip.Addr, int) {
+	return Filter(res.Addrs, privateOK || res.Source == SourceHosts, max)
+}
+
 // Filter drops internal addresses unless privateOK, then keeps at most max
 // addresses (in answer order). It returns what it kept and how many it dropped.
 func Filter(addrs []netip.Addr, privateOK bool, max int) ([]netip.Addr, int) {
@@ -80,7 +95,7 @@ func Filter(addrs []netip.Addr, privateOK bool, max int) ([]netip.Addr, int) {
 	dropped := 0
 	for _, a := range addrs {
 		a = a.Unmap()
-		if (!privateOK && Internal(a)) || (max > 0 && len(out) >= max) {
+		if !Accepts(a, privateOK, "", nil) || (max > 0 && len(out) >= max) {
 			dropped++
 			continue
 		}

@@ -72,3 +72,34 @@ func TestFilterEmbeddedIPv4(t *testing.T) {
 		t.Errorf("Filter(allow_private_answers) = %v, %d dropped; want all four, the mapped one unmapped", kept, dropped)
 	}
 }
+
+// Accepts is the private-answer rule: an internal address only where the
+// allowlist opted in or the hosts file gives it.
+func TestAccepts(t *testing.T) {
+	lan, pub := netip.MustParseAddr("10.0.0.5"), netip.MustParseAddr("203.0.113.5")
+	hosts := func(name string, a netip.Addr) bool { return name == "db.example.test" && a == lan }
+	for _, c := range []struct {
+		a         netip.Addr
+		privateOK bool
+		name      string
+		fromHosts func(string, netip.Addr) bool
+		want      bool
+	}{
+		{pub, false, "x", nil, true},
+		{lan, false, "x", nil, false},
+		{lan, true, "x", nil, true},
+		{lan, false, "db.example.test", hosts, true},
+		{lan, false, "other.example.test", hosts, false},
+	} {
+		if got := Accepts(c.a, c.privateOK, c.name, c.fromHosts); got != c.want {
+			t.Errorf("Accepts(%s, %v, %s) = %v", c.a, c.privateOK, c.name, got)
+		}
+	}
+	kept, dropped := FilterAnswer(Result{Addrs: []netip.Addr{lan, pub}, Source: SourceHosts}, false, 0)
+	if len(kept) != 2 || dropped != 0 {
+		t.Fatalf("a hosts answer was filtered: %v %d", kept, dropped)
+	}
+	if kept, dropped = FilterAnswer(Result{Addrs: []netip.Addr{lan, pub}, Source: SourceDNS}, false, 0); len(kept) != 1 || dropped != 1 {
+		t.Fatalf("a private DNS answer was kept: %v %d", kept, dropped)
+	}
+}

@@ -12,7 +12,7 @@ import (
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/check"
-	"github.com/egressd/egressd/internal/controller"
+	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/internal/state"
 	"github.com/egressd/egressd/resolver"
 	"github.com/egressd/egressd/ruleset"
@@ -137,12 +137,12 @@ func plan(ctx context.Context, o planOptions, stdout, stderr io.Writer) int {
 
 // planNow is the plan `egressd run` would apply now, with the fresh
 // resolution and the users it was made of.
-func planNow(ctx context.Context, o planOptions, cfg *config.Config) (ruleset.Plan, map[string]check.NameResult, controller.Users) {
+func planNow(ctx context.Context, o planOptions, cfg *config.Config) (ruleset.Plan, map[string]check.NameResult, policy.Users) {
 	// The users as a starting daemon sees them: looked up now, holding the
 	// uids the previous run enforced for users that vanished.
-	users := controller.LookupUsers(cfg, o.Users)
+	users := policy.LookupUsers(cfg, o.Users)
 	if st, err := state.Read(o.RuntimeDir); err == nil {
-		users.Keep(controller.Seed(st.Users))
+		users.Keep(policy.Seed(st.Users))
 	}
 	// Names resolved now, as check does: the hosts file first, then DNS.
 	q := o.Querier
@@ -151,6 +151,6 @@ func planNow(ctx context.Context, o planOptions, cfg *config.Config) (ruleset.Pl
 	}
 	h, _ := resolver.NewHostsWith(cfg.HostsFile, o.Trust.ReadFile)
 	fresh := check.Resolve(ctx, cfg, &resolver.HostsFirst{Hosts: h, Next: q})
-	p := ruleset.Render(controller.BuildDesiredHosts(cfg, users, func(name string) []netip.Addr { return fresh[name].Addrs }, h.Has))
+	p := ruleset.Render(policy.BuildDesiredHosts(cfg, users, func(name string) []netip.Addr { return fresh[name].Addrs }, h.Has))
 	return p, fresh, users
 }

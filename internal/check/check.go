@@ -14,11 +14,10 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/egressd/egressd/config"
-	"github.com/egressd/egressd/internal/controller"
+	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/internal/state"
 	"github.com/egressd/egressd/resolver"
 	"github.com/egressd/egressd/ruleset"
@@ -164,46 +163,38 @@ type NameResult struct {
 	Source  string // resolver.SourceHosts or resolver.SourceDNS, of the last answer
 }
 
-// Resolve looks every name of the configuration up once (A and AAAA).
+// Resolve looks every name of the configuration up once (A and AAAA),
+// through the daemon's fan-out and answer filter.
 func Resolve(ctx context.Context, cfg *config.Config, q resolver.Querier) map[string]NameResult {
-	names := controller.CacheNames(cfg)
-	out := map[string]NameResult{}
-	var mu sync.Mutex
-	sem := make(chan struct{}, 64)
-	var wg sync.WaitGroup
-	for name, privateOK := range names {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			var r NameResult
-			var errs []error
-			for _, k := range resolver.KeysFor(name) {
-				qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				res, err := q.Query(qctx, k.Name, k.Type)
-				cancel()
-				if err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				// As the daemon's cache does: hosts answers are taken as written.
-				kept, dropped := resolver.Filter(res.Addrs, privateOK || res.Source == resolver.SourceHosts, cfg.MaxAddressesPerName)
-				r.Source = res.Source
-				r.Addrs = append(r.Addrs, kept...)
-				r.Dropped += dropped
-			}
-			if len(errs) > 0 {
-				r.Err = errors.Join(errs...)
-			} else if len(r.Addrs) == 0 && r.Dropped == 0 {
-				r.Err = errors.New("no addresses (NXDOMAIN or no A/AAAA records)")
-			}
-			mu.Lock()
-			out[name] = r
-			mu.Unlock()
-		}()
+	names := policy.CacheNames(cfg)
+	keys := make([]resolver.Key, 0, 2*len(names))
+	for name := range names {
+		k := resolver.KeysFor(name)
+		keys = append(keys, k[:]...)
 	}
-	wg.Wait()
+	outcomes := policy.Query(ctx, q, keys, policy.Concurrency)
+	out := make(map[string]NameResult, len(names))
+	errs := map[string][]error{}
+	for i, k := range keys { // A then AAAA of each name
+		r, o := out[k.Name], outcomes[i]
+		if o.Err != nil {
+			errs[k.Name] = append(errs[k.Name], o.Err)
+		} else {
+			kept, dropped := resolver.FilterAnswer(o.Res, names[k.Name], cfg.MaxAddressesPerName)
+			r.Source = o.Res.Source
+			r.Addrs = append(r.Addrs, kept...)
+			r.Dropped += dropped
+		}
+		out[k.Name] = r
+	}
+	for name, r := range out {
+		if len(errs[name]) > 0 {
+			r.Err = errors.Join(errs[name]...)
+		} else if len(r.Addrs) == 0 && r.Dropped == 0 {
+			r.Err = errors.New("no addresses (NXDOMAIN or no A/AAAA records)")
+		}
+		out[name] = r
+	}
 	return out
 }
 
@@ -291,7 +282,7 @@ func Run(ctx context.Context, o Options) *Report {
 			"the runtime directory and its files must belong to egressd (or root) and be writable by it alone (systemd's RuntimeDirectory= does this)")
 	}
 	daemonUp := serr == nil && st.Alive()
-	users := controller.LookupUsers(cfg, o.Users)
+	users := policy.LookupUsers(cfg, o.Users)
 	for _, a := range cfg.Allowlists {
 		err, ok := users.Missing[a.Name]
 		if !ok {
@@ -356,7 +347,7 @@ func Run(ctx context.Context, o Options) *Report {
 		}
 		addrs := func(name string) []netip.Addr { return fresh[name].Addrs }
 		hosts, _ := resolver.NewHosts(cfg.HostsFile)
-		expected = ruleset.Render(controller.BuildDesiredHosts(cfg, users, addrs, hosts.Has))
+		expected = ruleset.Render(policy.BuildDesiredHosts(cfg, users, addrs, hosts.Has))
 	}
 
 	findings, err := o.Kernel.Verify(expected)

@@ -155,12 +155,12 @@ func TestApplyFailureForcesFullRebuild(t *testing.T) {
 	// DNS churn is an element delta.
 	f.dns.Set("api.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.2")}, TTL: 60})
 	k := resolver.KeysFor("api.example.test")
-	f.c.resolve(context.Background(), k[:]) // as if the TTL had run out
+	f.c.dns.resolve(context.Background(), k[:]) // as if the TTL had run out
 	f.k.Err = errors.New("netlink: boom")
 	if err := f.c.sync(); err == nil {
 		t.Fatal("sync did not report the kernel error")
 	}
-	if len(f.events(event.ApplyFailed)) != 1 || f.c.retryAt.IsZero() {
+	if len(f.events(event.ApplyFailed)) != 1 || f.c.apply.retry.At().IsZero() {
 		t.Fatal("failure not logged or no retry scheduled")
 	}
 	if err := f.c.sync(); err != nil {
@@ -171,14 +171,6 @@ func TestApplyFailureForcesFullRebuild(t *testing.T) {
 	}
 	if got := f.k.Plan.Sets[ruleset.SetName4("billing")]; len(got) != 2 {
 		t.Fatalf("set = %v, want old (lingering) and new address", got)
-	}
-}
-
-func TestLookupUsersConflict(t *testing.T) {
-	c := &config.Config{Allowlists: []*config.Allowlist{{Name: "a", User: "billing"}, {Name: "b", User: "billing-alias"}, {Name: "c", User: "1001"}}}
-	u := LookupUsers(c, users)
-	if len(u.UIDs) != 1 || u.UIDs["a"] != 1001 || len(u.Conflicts) != 2 {
-		t.Fatalf("users = %+v", u)
 	}
 }
 
@@ -254,15 +246,6 @@ func TestVanishedUserStaysEnforced(t *testing.T) {
 	f.c.lookupUsers(false)
 	if f.c.users.UIDs["svc"] != 5000 || len(f.c.users.Vanished) != 0 {
 		t.Fatalf("the new user did not take over: %+v", f.c.users)
-	}
-}
-
-// Seeded from the previous run's state, a held uid survives a restart.
-func TestHeldUIDSurvivesRestart(t *testing.T) {
-	u := LookupUsers(&config.Config{Allowlists: []*config.Allowlist{{Name: "svc", User: "typo"}}}, users)
-	u.Keep(Seed(map[string]uint32{"svc": 4242, "gone": 7}))
-	if u.UIDs["svc"] != 4242 || len(u.Missing) != 0 || len(u.UIDs) != 1 {
-		t.Fatalf("uids %v missing %v", u.UIDs, u.Missing)
 	}
 }
 

@@ -2,12 +2,10 @@ package controller
 
 import (
 	"fmt"
+	"github.com/egressd/egressd/internal/backoff"
 	"github.com/egressd/egressd/internal/event"
-	"os"
 	"time"
 
-	"github.com/egressd/egressd/internal/state"
-	"github.com/egressd/egressd/resolver"
 	"github.com/egressd/egressd/ruleset"
 	"go.uber.org/zap"
 )
@@ -77,24 +75,24 @@ type TableOwner interface {
 // logOwnership says once, after the first apply, when the table is not
 // owned: a removed table is then restored, but protected users are
 // unrestricted until the restore takes effect.
-func (c *Controller) logOwnership() {
-	o, ok := c.o.Kernel.(TableOwner)
-	if !ok || c.ownership {
+func (a *applier) logOwnership() {
+	o, ok := a.o.Kernel.(TableOwner)
+	if !ok || a.ownership {
 		return
 	}
 	owned, why, err := o.Ownership()
 	if err != nil {
 		return // asked again after the next apply
 	}
-	c.ownership = true
+	a.ownership = true
 	if !owned {
-		c.o.Log.Warn("the table is not owned by egressd: any process with CAP_NET_ADMIN can remove it "+
+		a.o.Log.Warn("the table is not owned by egressd: any process with CAP_NET_ADMIN can remove it "+
 			"(nft flush ruleset); egressd restores it at once, but protected users are unrestricted until then",
 			event.Field(event.TableUnowned), zap.String("reason", why))
 	}
 }
 
-// driftState is what the drift repair remembers; the loop owns it.
+// driftState is what the drift repair remembers; the applier owns it.
 type driftState struct {
 	holdUntil time.Time   // object repairs are held back until then (another controller fights us)
 	repairs   []time.Time // recent object repairs, for the fight detector
@@ -108,6 +106,9 @@ type driftState struct {
 	unlogged    int           // restores counted into the window's summary
 	restores    int           // restores in the window
 }
+
+// holdBackoff spaces object repairs while another process fights over them.
+var holdBackoff = backoff.Exp{Base: firstHold, Max: maxHold}
 
 var tableMissing = ruleset.Finding{Kind: "table_missing", Object: "inet " + ruleset.TableName, Detail: "the table does not exist"}
 
@@ -124,8 +125,8 @@ func disarmed(findings []ruleset.Finding) bool {
 
 // tableGone asks the kernel, cheaply, whether the table is missing. False
 // when the kernel cannot tell.
-func (c *Controller) tableGone() bool {
-	p, ok := c.o.Kernel.(TablePresence)
+func (a *applier) tableGone() bool {
+	p, ok := a.o.Kernel.(TablePresence)
 	if !ok {
 		return false
 	}
@@ -138,116 +139,90 @@ func (c *Controller) tableGone() bool {
 // costs the host at most about half a core), within [restoreMinGap,
 // restoreMaxGap]. The duration includes waiting for another process's
 // transaction to end, so it is an upper bound of the work.
-func (c *Controller) restoreGap() time.Duration {
-	return max(restoreMinGap, min(c.drift.fullTook, restoreMaxGap))
+func (a *applier) restoreGap() time.Duration {
+	return max(restoreMinGap, min(a.drift.fullTook, restoreMaxGap))
 }
 
 // kernelChanged is called when another process committed an nftables transaction.
-func (c *Controller) kernelChanged() {
-	now := c.o.Now()
-	if c.applied != nil && c.tableGone() {
+func (a *applier) kernelChanged() {
+	now := a.o.Now()
+	if a.applied != nil && a.tableGone() {
 		// Restore now (the loop's sync follows), or as soon as the spacing
 		// allows: the loop then wakes at verifyAt without coalescing.
-		c.restore(now, []ruleset.Finding{tableMissing})
+		a.restore(now, []ruleset.Finding{tableMissing})
 		return
 	}
 	at := now.Add(verifyDelay)
-	if c.verifyAt.IsZero() || at.Before(c.verifyAt) {
-		c.verifyAt = at
+	if a.verifyAt.IsZero() || at.Before(a.verifyAt) {
+		a.verifyAt = at
 	}
-}
-
-func later(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
 }
 
 // verify compares the kernel with the applied plan; on drift it logs what
 // it found and forces a full rebuild (unless object repairs are held back).
-func (c *Controller) verify() {
-	now := c.o.Now()
-	c.verifyAt = now.Add(c.o.VerifyEvery)
-	urgent := c.drift.urgent
-	c.drift.urgent = false
-	v, ok := c.o.Kernel.(ruleset.Verifier)
-	if !ok || c.applied == nil {
+func (a *applier) verify() {
+	now := a.o.Now()
+	a.verifyAt = now.Add(a.o.VerifyEvery)
+	urgent := a.drift.urgent
+	a.drift.urgent = false
+	v, ok := a.o.Kernel.(ruleset.Verifier)
+	if !ok || a.applied == nil {
 		return // nothing known to be applied: the next sync rebuilds anyway
 	}
 	var findings []ruleset.Finding
-	if _, cheap := c.o.Kernel.(TablePresence); cheap && (urgent || now.Before(c.drift.holdUntil)) {
+	if _, cheap := a.o.Kernel.(TablePresence); cheap && (urgent || now.Before(a.drift.holdUntil)) {
 		// A restore that was spaced out, or a hold: object repairs are
 		// held back, a missing table never is.
 		switch {
-		case c.tableGone():
+		case a.tableGone():
 			findings = []ruleset.Finding{tableMissing}
-		case now.Before(c.drift.holdUntil):
-			c.verifyAt = c.drift.holdUntil
+		case now.Before(a.drift.holdUntil):
+			a.verifyAt = a.drift.holdUntil
 			return
 		}
 	}
 	if findings == nil {
 		var err error
-		if findings, err = v.Verify(*c.applied); err != nil {
-			if c.tableGone() {
+		if findings, err = v.Verify(*a.applied); err != nil {
+			if a.tableGone() {
 				// Removed while being read: restore, not rebuild.
-				c.restore(now, []ruleset.Finding{tableMissing})
+				a.restore(now, []ruleset.Finding{tableMissing})
 				return
 			}
-			c.o.Log.Warn("cannot verify the kernel state; rebuilding to be safe", event.Field(event.VerifyFailed), zap.Error(err))
-			c.applied = nil
+			a.o.Log.Warn("cannot verify the kernel state; rebuilding to be safe", event.Field(event.VerifyFailed), zap.Error(err))
+			a.applied = nil
 			return
 		}
 	}
 	// A table removed while it was being read shows as missing pieces.
-	if disarmed(findings) || (len(findings) > 0 && c.tableGone()) {
-		c.restore(now, []ruleset.Finding{tableMissing})
+	if disarmed(findings) || (len(findings) > 0 && a.tableGone()) {
+		a.restore(now, []ruleset.Finding{tableMissing})
 		return
 	}
-	if len(findings) == 0 || now.Before(c.drift.holdUntil) {
+	if len(findings) == 0 || now.Before(a.drift.holdUntil) {
 		return
 	}
 	// Count this repair and detect a fight.
-	recent := c.drift.repairs[:0]
-	for _, t := range c.drift.repairs {
+	recent := a.drift.repairs[:0]
+	for _, t := range a.drift.repairs {
 		if now.Sub(t) < fightWindow {
 			recent = append(recent, t)
 		}
 	}
-	c.drift.repairs = append(recent, now)
+	a.drift.repairs = append(recent, now)
 	found := findingStrings(findings)
-	if len(c.drift.repairs) > fightRepairs {
-		hold := firstHold << min(len(c.drift.repairs)-fightRepairs-1, 5)
-		hold = min(hold, maxHold)
-		c.drift.holdUntil = now.Add(hold)
-		c.o.Log.Error(fmt.Sprintf("the table keeps being changed by another process (%d repairs in %s); "+
+	if len(a.drift.repairs) > fightRepairs {
+		hold := holdBackoff.Delay(len(a.drift.repairs) - fightRepairs)
+		a.drift.holdUntil = now.Add(hold)
+		a.o.Log.Error(fmt.Sprintf("the table keeps being changed by another process (%d repairs in %s); "+
 			"another firewall manager may be fighting egressd over it. Repairing now, then holding repairs of "+
-			"changed objects back (a removed table is still restored at once)", len(c.drift.repairs), fightWindow),
+			"changed objects back (a removed table is still restored at once)", len(a.drift.repairs), fightWindow),
 			event.Field(event.DriftRepeating), zap.Strings("found", found), zap.Duration("hold", hold))
 	}
-	c.o.Log.Warn("the kernel state differed from egressd's; restoring it", event.Field(event.DriftRepaired),
+	a.o.Log.Warn("the kernel state differed from egressd's; restoring it", event.Field(event.DriftRepaired),
 		zap.Strings("found", found), zap.Int("findings", len(findings)))
-	c.o.Metrics.DriftRepaired()
-	c.applied = nil // the next sync rebuilds in full
-}
-
-// applyFull replaces the kernel's table with the plan: by Restore when the
-// table was found removed (falling back to ApplyFull if that fails),
-// otherwise by ApplyFull, carrying the deny counters over.
-func (c *Controller) applyFull(plan ruleset.Plan) error {
-	if c.drift.restoring {
-		c.drift.restoring = false
-		if r, ok := c.o.Kernel.(Restorer); ok {
-			err := r.Restore(plan)
-			if err == nil {
-				return nil // the counters went with the removed table
-			}
-			c.o.Log.Debug("fast restore failed; applying in full", event.Field(event.DriftRepaired), zap.Error(err))
-		}
-	}
-	c.carryDenyCounters()
-	return c.o.Kernel.ApplyFull(plan)
+	a.o.Metrics.DriftRepaired()
+	a.applied = nil // the next sync rebuilds in full
 }
 
 func findingStrings(findings []ruleset.Finding) []string {
@@ -259,27 +234,27 @@ func findingStrings(findings []ruleset.Finding) []string {
 }
 
 // restore schedules the rebuild of a missing table, spaced by restoreGap.
-func (c *Controller) restore(now time.Time, findings []ruleset.Finding) {
-	if next := c.drift.lastRestore.Add(c.restoreGap()); now.Before(next) {
-		c.verifyAt, c.drift.urgent = next, true
+func (a *applier) restore(now time.Time, findings []ruleset.Finding) {
+	if next := a.drift.lastRestore.Add(a.restoreGap()); now.Before(next) {
+		a.verifyAt, a.drift.urgent = next, true
 		return
 	}
-	c.drift.lastRestore = now
-	c.o.Metrics.DriftRepaired()
-	c.applied = nil // the sync that follows in this loop turn rebuilds in full
-	c.drift.restoring = true
-	d := &c.drift
-	c.flushRestoreLog(now)
+	a.drift.lastRestore = now
+	a.o.Metrics.DriftRepaired()
+	a.applied = nil // the sync that follows in this loop turn rebuilds in full
+	a.drift.restoring = true
+	d := &a.drift
+	a.flushRestoreLog(now)
 	if d.logFrom.IsZero() {
 		d.logFrom = now
 	}
 	d.restores++
 	if d.logged < restoreLogBurst {
 		d.logged++
-		c.o.Log.Warn("egressd's table was removed by another process; restoring it at once", event.Field(event.DriftRepaired),
+		a.o.Log.Warn("egressd's table was removed by another process; restoring it at once", event.Field(event.DriftRepaired),
 			zap.Strings("found", findingStrings(findings)), zap.Int("findings", len(findings)))
 		if d.logged == restoreLogBurst {
-			c.o.Log.Error(fmt.Sprintf("egressd's table keeps being removed (%d times since %s); restoring it every time, "+
+			a.o.Log.Error(fmt.Sprintf("egressd's table keeps being removed (%d times since %s); restoring it every time, "+
 				"and from now on logging one summary per %s. Find the process that flushes the ruleset",
 				d.restores, d.logFrom.Format(time.RFC3339), restoreLogWindow),
 				event.Field(event.DriftRepeating), zap.Int("restores", d.restores), zap.Strings("found", []string{tableMissing.String()}))
@@ -291,13 +266,13 @@ func (c *Controller) restore(now time.Time, findings []ruleset.Finding) {
 
 // flushRestoreLog ends the restore log window once it is over: restores
 // that were not logged one by one are logged as one summary.
-func (c *Controller) flushRestoreLog(now time.Time) {
-	d := &c.drift
+func (a *applier) flushRestoreLog(now time.Time) {
+	d := &a.drift
 	if d.logFrom.IsZero() || now.Sub(d.logFrom) < restoreLogWindow {
 		return
 	}
 	if d.unlogged > 0 {
-		c.o.Log.Error(fmt.Sprintf("egressd's table was removed and restored %d times in the last %s",
+		a.o.Log.Error(fmt.Sprintf("egressd's table was removed and restored %d times in the last %s",
 			d.restores, now.Sub(d.logFrom).Round(time.Second)),
 			event.Field(event.DriftRepeating), zap.Int("restores", d.restores), zap.Duration("window", now.Sub(d.logFrom)),
 			zap.Strings("found", []string{tableMissing.String()}))
@@ -309,59 +284,9 @@ func (c *Controller) flushRestoreLog(now time.Time) {
 }
 
 // restoreLogDue is when the restore log window ends, or zero.
-func (c *Controller) restoreLogDue() time.Time {
-	if c.drift.unlogged == 0 {
+func (a *applier) restoreLogDue() time.Time {
+	if a.drift.unlogged == 0 {
 		return time.Time{}
 	}
-	return c.drift.logFrom.Add(restoreLogWindow)
-}
-
-// publish writes the state file for `egressd check`, at most once a second.
-func (c *Controller) publish(force bool) {
-	if c.o.StateDir == "" || (!c.dirty && !force) || c.applied == nil {
-		return
-	}
-	now := c.o.Now()
-	if !force && now.Before(c.publishAt) && !c.publishSoon {
-		return
-	}
-	c.publishAt, c.publishSoon = now.Add(time.Second), false
-	s := &state.State{
-		Version: 1, PID: os.Getpid(), Started: c.started, Updated: now, Generation: c.generation, LastApply: c.lastApply,
-		ConfigFile: c.cfg.File, ConfigHash: state.Hash(c.cfg), Plan: state.FromPlan(*c.applied),
-		Names: map[string]state.Name{}, Users: c.users.UIDs, MissingUser: map[string]string{},
-	}
-	for n, err := range c.users.Missing {
-		s.MissingUser[n] = err.Error()
-	}
-	for _, name := range c.cfg.Names() {
-		var sn state.Name
-		for _, a := range c.cache.Addrs(name) {
-			sn.Addrs = append(sn.Addrs, a.String())
-		}
-		for a, exp := range c.cache.Lingering(name) {
-			if sn.Lingering == nil {
-				sn.Lingering = map[string]time.Time{}
-			}
-			sn.Lingering[a.String()] = exp
-		}
-		for _, k := range resolver.KeysFor(name) {
-			if st, ok := c.cache.Status(k); ok {
-				sn.Failing = sn.Failing || st.Failing
-				sn.ServingStale = sn.ServingStale || st.ServingStale
-				if st.LastOK.After(sn.LastOK) {
-					sn.LastOK = st.LastOK
-				}
-				if st.LastErr != nil {
-					sn.Error = st.LastErr.Error()
-				}
-			}
-		}
-		s.Names[name] = sn
-	}
-	if err := state.Write(c.o.StateDir, s); err != nil {
-		c.o.Log.Warn("cannot write the state file; egressd check will not see the daemon's view", event.Field(event.StateFailed), zap.Error(err))
-		return
-	}
-	c.dirty = false
+	return a.drift.logFrom.Add(restoreLogWindow)
 }

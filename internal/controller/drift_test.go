@@ -86,10 +86,10 @@ func (d *driftFixture) events(name string) int {
 
 // turn is one loop turn: verification if due, then sync, as Run does.
 func (d *driftFixture) turn() {
-	if !d.c.verifyAt.IsZero() && !d.now.Before(d.c.verifyAt) {
-		d.c.verify()
+	if !d.c.apply.verifyAt.IsZero() && !d.now.Before(d.c.apply.verifyAt) {
+		d.c.apply.verify()
 	}
-	d.c.flushRestoreLog(d.now)
+	d.c.apply.flushRestoreLog(d.now)
 	d.c.sync() //nolint:errcheck
 }
 
@@ -101,7 +101,7 @@ func TestDriftTableRemovedIsRestoredEveryTime(t *testing.T) {
 	for i := 0; i < 50; i++ {
 		d.now = d.now.Add(100 * time.Millisecond)
 		d.k.gone = true
-		d.c.kernelChanged()
+		d.c.apply.kernelChanged()
 		d.turn()
 		if d.k.gone {
 			t.Fatalf("removal %d: the table was not restored in the same loop turn", i+1)
@@ -110,7 +110,7 @@ func TestDriftTableRemovedIsRestoredEveryTime(t *testing.T) {
 	if d.k.restores != 50 || d.k.Fulls != fulls {
 		t.Errorf("%d restores and %d full applies for 50 removals; want 50 restores, no full apply", d.k.restores, d.k.Fulls-fulls)
 	}
-	if !d.c.drift.holdUntil.IsZero() {
+	if !d.c.apply.drift.holdUntil.IsZero() {
 		t.Error("removals of the table put repairs on hold")
 	}
 	if n := d.events(event.DriftRepaired); n != restoreLogBurst {
@@ -126,7 +126,7 @@ func TestDriftTableRemovedIsRestoredEveryTime(t *testing.T) {
 	if len(sums) != 2 || sums[1].ContextMap()["restores"] != int64(50) {
 		t.Fatalf("summary: %v", sums)
 	}
-	if due := d.c.restoreLogDue(); !due.IsZero() {
+	if due := d.c.apply.restoreLogDue(); !due.IsZero() {
 		t.Errorf("a summary is still due at %v after the window", due)
 	}
 }
@@ -136,18 +136,18 @@ func TestDriftTableRemovedIsRestoredEveryTime(t *testing.T) {
 func TestDriftRestoresSpaced(t *testing.T) {
 	d := newDriftFixture(t)
 	d.k.gone = true
-	d.c.kernelChanged()
+	d.c.apply.kernelChanged()
 	d.turn()
 	first := d.now
 	d.now = d.now.Add(5 * time.Millisecond)
 	d.k.gone = true
-	d.c.kernelChanged()
+	d.c.apply.kernelChanged()
 	d.turn()
 	if !d.k.gone || d.k.restores != 1 {
 		t.Fatalf("restored again after 5 ms (restores %d)", d.k.restores)
 	}
-	if !d.c.drift.urgent || !d.c.verifyAt.Equal(first.Add(restoreMinGap)) {
-		t.Fatalf("next restore at %v (urgent %v), want %v", d.c.verifyAt, d.c.drift.urgent, first.Add(restoreMinGap))
+	if !d.c.apply.drift.urgent || !d.c.apply.verifyAt.Equal(first.Add(restoreMinGap)) {
+		t.Fatalf("next restore at %v (urgent %v), want %v", d.c.apply.verifyAt, d.c.apply.drift.urgent, first.Add(restoreMinGap))
 	}
 	d.now = first.Add(restoreMinGap)
 	d.turn()
@@ -160,16 +160,16 @@ func TestDriftRestoresSpaced(t *testing.T) {
 // restoreMaxGap.
 func TestDriftRestoreGapFollowsApplyTime(t *testing.T) {
 	d := newDriftFixture(t)
-	d.c.drift.fullTook = 5 * time.Millisecond
-	if g := d.c.restoreGap(); g != restoreMinGap {
+	d.c.apply.drift.fullTook = 5 * time.Millisecond
+	if g := d.c.apply.restoreGap(); g != restoreMinGap {
 		t.Errorf("gap %v, want %v", g, restoreMinGap)
 	}
-	d.c.drift.fullTook = 150 * time.Millisecond
-	if g := d.c.restoreGap(); g != 150*time.Millisecond {
+	d.c.apply.drift.fullTook = 150 * time.Millisecond
+	if g := d.c.apply.restoreGap(); g != 150*time.Millisecond {
 		t.Errorf("gap %v, want 150ms", g)
 	}
-	d.c.drift.fullTook = time.Minute
-	if g := d.c.restoreGap(); g != restoreMaxGap {
+	d.c.apply.drift.fullTook = time.Minute
+	if g := d.c.apply.restoreGap(); g != restoreMaxGap {
 		t.Errorf("gap %v, want %v", g, restoreMaxGap)
 	}
 }
@@ -182,17 +182,17 @@ func TestDriftObjectFightHeldTableStillRestored(t *testing.T) {
 	for i := 0; i < fightRepairs+1; i++ {
 		d.now = d.now.Add(time.Second)
 		d.k.findings = []ruleset.Finding{elem}
-		d.c.kernelChanged()
+		d.c.apply.kernelChanged()
 		d.now = d.now.Add(verifyDelay)
 		d.turn()
 	}
-	if d.c.drift.holdUntil.IsZero() || d.events(event.DriftRepeating) != 1 {
+	if d.c.apply.drift.holdUntil.IsZero() || d.events(event.DriftRepeating) != 1 {
 		t.Fatalf("no hold after %d object repairs", fightRepairs+1)
 	}
 	fulls := d.k.Fulls
 	d.now = d.now.Add(time.Second)
 	d.k.findings = []ruleset.Finding{elem}
-	d.c.kernelChanged()
+	d.c.apply.kernelChanged()
 	d.now = d.now.Add(verifyDelay)
 	d.turn()
 	if d.k.Fulls != fulls || d.k.findings == nil {
@@ -200,7 +200,7 @@ func TestDriftObjectFightHeldTableStillRestored(t *testing.T) {
 	}
 	d.now = d.now.Add(time.Second)
 	d.k.gone = true
-	d.c.kernelChanged()
+	d.c.apply.kernelChanged()
 	d.turn()
 	if d.k.gone {
 		t.Fatal("a removed table was not restored during the hold")
@@ -216,9 +216,9 @@ func TestDriftHoldWithoutPresenceCheck(t *testing.T) {
 		ruleset.Verifier
 	}
 	d.c.o.Kernel = verifyOnly{d.k, d.k}
-	d.c.drift.holdUntil = d.now.Add(time.Hour)
+	d.c.apply.drift.holdUntil = d.now.Add(time.Hour)
 	d.k.gone = true
-	d.c.kernelChanged()
+	d.c.apply.kernelChanged()
 	d.now = d.now.Add(verifyDelay)
 	d.turn()
 	if d.k.gone {
@@ -233,7 +233,7 @@ func TestDriftRestoreFallsBackToFull(t *testing.T) {
 	d.k.restoreErr = errors.New("refused")
 	fulls := d.k.Fulls
 	d.k.gone = true
-	d.c.kernelChanged()
+	d.c.apply.kernelChanged()
 	d.turn()
 	if d.k.gone || d.k.Fulls != fulls+1 {
 		t.Fatalf("gone %v, full applies %d", d.k.gone, d.k.Fulls-fulls)
@@ -246,7 +246,7 @@ func TestDriftRemovedDuringVerify(t *testing.T) {
 	d := newDriftFixture(t)
 	d.c.o.Kernel = &verifyFails{d.k}
 	d.k.gone = true
-	d.c.verifyAt = d.now
+	d.c.apply.verifyAt = d.now
 	fulls := d.k.Fulls
 	d.turn()
 	if d.k.gone || d.k.restores != 1 || d.k.Fulls != fulls {

@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/ruleset"
 )
 
@@ -43,10 +44,10 @@ func TestHostsFileAnswersAndReload(t *testing.T) {
 	if len(ev) != m+1 || !reflect.DeepEqual(ev[m].ContextMap()["changed"], []any{"api.example.test"}) {
 		t.Fatalf("config_loaded events after the hosts edit: %v", ev[m:])
 	}
-	if due := f.c.cache.Due(); len(due) != 2 || due[0].Name != "api.example.test" {
+	if due := f.c.dns.cache.Due(); len(due) != 2 || due[0].Name != "api.example.test" {
 		t.Fatalf("due after the hosts edit: %v", due)
 	}
-	f.c.resolve(context.Background(), f.c.cache.Due())
+	f.c.dns.resolve(context.Background(), f.c.dns.cache.Due())
 	if err := f.c.sync(); err != nil {
 		t.Fatal(err)
 	}
@@ -60,11 +61,11 @@ func TestBuildDesiredHostsKeepsInternalHostsAddresses(t *testing.T) {
 	f := newFixture(t, map[string]string{"allow.d/billing.yaml": "user: billing\nallow: [db.local:5432]\n"})
 	loop := netip.MustParseAddr("127.0.0.1")
 	addrs := func(string) []netip.Addr { return []netip.Addr{loop} }
-	if d := BuildDesired(f.c.cfg, f.c.users, addrs); len(d.Allowlists[0].Elements) != 0 {
+	if d := policy.BuildDesired(f.c.cfg, f.c.users, addrs); len(d.Allowlists[0].Elements) != 0 {
 		t.Errorf("a loopback answer without a source was kept: %v", d.Allowlists[0].Elements)
 	}
 	fromHosts := func(name string, a netip.Addr) bool { return name == "db.local" && a == loop }
-	if d := BuildDesiredHosts(f.c.cfg, f.c.users, addrs, fromHosts); len(d.Allowlists[0].Elements) != 1 {
+	if d := policy.BuildDesiredHosts(f.c.cfg, f.c.users, addrs, fromHosts); len(d.Allowlists[0].Elements) != 1 {
 		t.Errorf("the hosts file's loopback address was dropped: %v", d.Allowlists[0].Elements)
 	}
 }

@@ -1,7 +1,9 @@
-// Package controller owns egressd's reconcile loop: configuration, DNS
-// refreshes, user lookups and signals only mark work as due; one goroutine
-// computes the desired state and applies it to the kernel.
-package controller
+// Package policy holds the pure rules that the daemon and `egressd check`
+// share: whose uid an allowlist restricts (LookupUsers, Keep), which names
+// the resolver cache holds (CacheNames), what the kernel should hold
+// (BuildDesired) and how names are looked up (Query: bounded fan-out).
+// It has no state and touches no kernel.
+package policy
 
 import (
 	"fmt"
@@ -137,7 +139,7 @@ func BuildDesiredHosts(c *config.Config, users Users, addrs func(name string) []
 			for _, ip := range addrs(e.Host) {
 				// The cache accepted private answers if any allowlist using
 				// the name opted in; this one may not have.
-				if !a.AllowPrivateAnswers && resolver.Internal(ip) && (fromHosts == nil || !fromHosts(e.Host, ip)) {
+				if !resolver.Accepts(ip, a.AllowPrivateAnswers, e.Host, fromHosts) {
 					continue
 				}
 				al.Elements = append(al.Elements, ruleset.ElementFor(e.Proto, netip.PrefixFrom(ip, ip.BitLen()), e.PortFrom, e.PortTo))

@@ -37,8 +37,11 @@ func allowlistIndex(a *config.Allowlist, addrs func(string) []netip.Addr) map[ne
 		}
 		seen[e.Host] = true
 		for _, ip := range addrs(e.Host) {
-			if !a.AllowPrivateAnswers && resolver.Internal(ip) {
-				continue // not in this allowlist's set (see BuildDesired)
+			// Hosts-file answers are not told apart here (BuildDesiredHosts
+			// does): an internal one of an allowlist that did not opt in is
+			// in the set but not in the index.
+			if !resolver.Accepts(ip, a.AllowPrivateAnswers, e.Host, nil) {
+				continue // not in this allowlist's set (see policy.BuildDesired)
 			}
 			m[ip] = append(m[ip], e.Host)
 		}
@@ -88,15 +91,67 @@ func (x *nameIndex) lookup(allowlist string, a netip.Addr) []string {
 	return out
 }
 
+// attribution is what deny events are told: which allowlist restricts a
+// uid, which user an allowlist names, which of its names an address
+// belongs to. The deny event loop reads it from its own goroutine, so each
+// part is replaced whole behind an atomic pointer; the loop's goroutine is
+// the only writer and alone uses stale and changed.
+type attribution struct {
+	index nameIndex                         // allowlist -> address -> names
+	users atomic.Pointer[map[string]string] // allowlist -> user, as written
+	byUID atomic.Pointer[map[uint32]string] // uid -> allowlist
+
+	stale   bool            // the configuration changed since the index was built
+	changed map[string]bool // names whose addresses changed since the index was built
+}
+
+// configChanged records a new configuration: its users at once, the name
+// index at the next refresh.
+func (x *attribution) configChanged(cfg *config.Config) {
+	users := make(map[string]string, len(cfg.Allowlists))
+	for _, a := range cfg.Allowlists {
+		users[a.Name] = a.User
+	}
+	x.users.Store(&users)
+	x.stale = true
+}
+
+// nameChanged records that a name's allowed addresses changed.
+func (x *attribution) nameChanged(name string) {
+	if x.changed == nil {
+		x.changed = map[string]bool{}
+	}
+	x.changed[name] = true
+}
+
+// setUIDs records which uid each allowlist restricts.
+func (x *attribution) setUIDs(uids map[string]uint32) {
+	byUID := make(map[uint32]string, len(uids))
+	for n, uid := range uids {
+		byUID[uid] = n
+	}
+	x.byUID.Store(&byUID)
+}
+
+// refresh brings the name index up to date with what the kernel now holds.
+func (x *attribution) refresh(cfg *config.Config, addrs func(string) []netip.Addr) {
+	if x.stale {
+		x.index.store(buildNameIndex(cfg, addrs))
+	} else if len(x.changed) > 0 {
+		x.index.store(updateNameIndex(x.index.load(), cfg, x.changed, addrs))
+	}
+	x.stale, x.changed = false, nil
+}
+
 // NamesFor returns the names of the allowlist whose current or lingering
 // addresses include a; safe for concurrent use (the deny event loop calls it).
 func (c *Controller) NamesFor(allowlist string, a netip.Addr) []string {
-	return c.index.lookup(allowlist, a)
+	return c.attr.index.lookup(allowlist, a)
 }
 
 // User returns the user an allowlist names, as written; safe for concurrent use.
 func (c *Controller) User(allowlist string) (string, bool) {
-	m := c.allowUsers.Load()
+	m := c.attr.users.Load()
 	if m == nil {
 		return "", false
 	}
@@ -106,12 +161,10 @@ func (c *Controller) User(allowlist string) (string, bool) {
 
 // AllowlistOf returns the allowlist that restricts uid; safe for concurrent use.
 func (c *Controller) AllowlistOf(uid uint32) (string, bool) {
-	m := c.allowByUID.Load()
+	m := c.attr.byUID.Load()
 	if m == nil {
 		return "", false
 	}
 	n, ok := (*m)[uid]
 	return n, ok
 }
-
-type usersByAllowlist = atomic.Pointer[map[string]string]

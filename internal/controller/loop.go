@@ -1,0 +1,165 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/egressd/egressd/internal/event"
+	"github.com/egressd/egressd/internal/policy"
+	"go.uber.org/zap"
+)
+
+// sync brings the kernel to the desired state (applier.sync) and, once it
+// holds it, the name index and the state file follow.
+func (c *Controller) sync() error {
+	c.dns.expire()
+	changed, err := c.apply.sync(policy.BuildDesiredHosts(c.cfg, c.users, c.dns.cache.Addrs, c.dns.hosts.Has))
+	if err != nil {
+		return err
+	}
+	c.attr.refresh(c.cfg, c.dns.cache.Addrs)
+	if changed {
+		c.pub.changed(false)
+		c.notify(c.apply.status() + c.lastGoodNote())
+	}
+	return nil
+}
+
+// publish writes the state file if due (publisher.publish).
+func (c *Controller) publish(force bool) {
+	c.pub.publish(force, view{generation: c.apply.generation, lastApply: c.apply.lastApply, cfg: c.cfg,
+		applied: c.apply.applied, users: c.users, cache: c.dns.cache})
+}
+
+func (c *Controller) notify(s string) {
+	if c.o.Notify != nil {
+		c.o.Notify(s)
+	}
+}
+
+// Once resolves every name once and applies the result in one transaction.
+// It returns the names that failed (no addresses or a query error).
+func (c *Controller) Once(ctx context.Context) (map[string]error, error) {
+	// Blackholed resolvers must not hold the first apply (and READY=1) for
+	// long: names not answered by then allow nothing yet and are retried.
+	rctx, cancel := context.WithTimeout(ctx, StartDeadline)
+	failed := c.dns.resolve(rctx, c.dns.cache.Due())
+	cancel()
+	for _, n := range c.cfg.Names() {
+		if _, bad := failed[n]; !bad && len(c.dns.cache.Addrs(n)) == 0 {
+			failed[n] = errors.New("no addresses (NXDOMAIN, no data, or every answer refused)")
+		}
+	}
+	err := c.sync()
+	c.apply.logOwnership()
+	return failed, err
+}
+
+// Run is the daemon: first full apply, READY=1, then the loop until ctx
+// ends. On return the kernel keeps the rules unless on_exit is remove.
+func (c *Controller) Run(ctx context.Context) error {
+	c.seedUsers()
+	failed, err := c.Once(ctx)
+	if err != nil {
+		return fmt.Errorf("first apply: %w", err)
+	}
+	c.o.Log.Info("egressd is enforcing", event.Field(event.Started), zap.Int("allowlists", len(c.cfg.Allowlists)),
+		zap.Int("names", len(c.cfg.Names())), zap.Int("names_failed", len(failed)), zap.Uint64("generation", c.apply.generation))
+	c.notify("READY=1")
+	c.apply.verifyAt = c.o.Now().Add(c.o.VerifyEvery)
+	c.publish(true)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	last := c.o.Now()
+	// DNS rounds run in the background so that a slow or dead resolver
+	// never delays a reload, a drift repair or a stop; one round at a time.
+	rounds := make(chan round, 1)
+	inflight := false
+	var beat <-chan time.Time
+	if hb := c.o.Heartbeat; hb.Every > 0 && hb.Beat != nil {
+		hb.Beat()
+		tick := time.NewTicker(hb.Every)
+		defer tick.Stop()
+		beat = tick.C
+	}
+	for {
+		wait := c.nextWake().Sub(c.o.Now())
+		// Coalesce: never reconcile more often than MinInterval, except to
+		// restore a removed table (spaced by drift.go itself).
+		if since := c.o.Now().Sub(last); since+wait < c.o.MinInterval && !c.apply.drift.urgent {
+			wait = c.o.MinInterval - since
+		}
+		timer.Reset(max(wait, 0))
+		select {
+		case <-ctx.Done():
+			return c.stop()
+		case <-c.reload:
+			c.doReload()
+		case _, ok := <-c.o.KernelEvents:
+			if !ok {
+				c.o.KernelEvents = nil // the monitor ended; the periodic check remains
+				c.o.Log.Warn("the nftables monitor stopped; drift is now found by the periodic check only", event.Field(event.WatchFailed))
+			}
+			c.apply.kernelChanged()
+		case r := <-rounds:
+			inflight = false
+			c.dns.observe(r.keys, r.out)
+		case <-beat:
+			c.o.Heartbeat.Beat()
+		case <-timer.C:
+		}
+		last = c.o.Now()
+		if ctx.Err() != nil {
+			return c.stop()
+		}
+		if c.o.Now().After(c.usersAt) && c.lookupUsers(false) {
+			c.o.Log.Info("a user appeared or changed; updating", event.Field(event.ConfigLoaded), zap.String("reason", "user lookup changed"))
+		}
+		if !inflight {
+			inflight = c.dns.startRound(ctx, rounds)
+		}
+		if !c.apply.verifyAt.IsZero() && !c.o.Now().Before(c.apply.verifyAt) {
+			c.apply.verify()
+		}
+		c.apply.flushRestoreLog(c.o.Now())
+		if c.apply.retry.Ready() {
+			c.sync() //nolint:errcheck // logged; retried with backoff
+		}
+		c.publish(false)
+	}
+}
+
+func (c *Controller) nextWake() time.Time {
+	next := c.dns.cache.NextEvent()
+	consider := func(t time.Time) {
+		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	consider(c.apply.retry.At())
+	consider(c.apply.verifyAt)
+	consider(c.apply.restoreLogDue())
+	consider(c.pub.due())
+	if len(c.users.Missing) > 0 || len(c.users.Vanished) > 0 {
+		consider(c.usersAt)
+	}
+	if next.IsZero() {
+		next = c.o.Now().Add(time.Minute)
+	}
+	return next
+}
+
+func (c *Controller) stop() error {
+	c.o.Log.Info("stopping", event.Field(event.Stopping), zap.String("on_exit", c.cfg.OnExit))
+	c.publish(true)
+	c.notify("STOPPING=1")
+	if c.cfg.OnExit == "remove" {
+		if err := c.o.Kernel.Remove(); err != nil {
+			return fmt.Errorf("remove table on exit: %w", err)
+		}
+		c.o.Log.Info("table removed (on_exit: remove): egress is no longer restricted", event.Field(event.Stopping))
+	}
+	return nil
+}

@@ -1,0 +1,105 @@
+package controller
+
+import (
+	"os"
+	"time"
+
+	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/event"
+	"github.com/egressd/egressd/internal/policy"
+	"github.com/egressd/egressd/internal/state"
+	"github.com/egressd/egressd/resolver"
+	"github.com/egressd/egressd/ruleset"
+	"go.uber.org/zap"
+)
+
+// publisher writes the daemon's view for `egressd check` (state.json in
+// Options.StateDir, replaced atomically), at most once a second unless a
+// configuration just took effect. The loop's goroutine owns it.
+type publisher struct {
+	o       *Options
+	started time.Time
+	at      time.Time // next write
+	// soon: a configuration took effect; publish without waiting for at.
+	soon  bool
+	dirty bool // the state file is behind
+}
+
+// changed marks the state file as behind; configChanged also lifts the
+// once-a-second limit (check compares with the files at once).
+func (p *publisher) changed(configChanged bool) {
+	p.dirty = true
+	p.soon = p.soon || configChanged
+}
+
+// due is when the next write is due, or zero when none is.
+func (p *publisher) due() time.Time {
+	if !p.dirty || p.o.StateDir == "" {
+		return time.Time{}
+	}
+	return p.at
+}
+
+// view is what is published.
+type view struct {
+	generation uint64
+	lastApply  time.Time
+	cfg        *config.Config
+	applied    *ruleset.Plan
+	users      policy.Users
+	cache      *resolver.Cache
+}
+
+// publish writes the state file if it is due (or force) and a plan is applied.
+func (p *publisher) publish(force bool, v view) {
+	if p.o.StateDir == "" || (!p.dirty && !force) || v.applied == nil {
+		return
+	}
+	now := p.o.Now()
+	if !force && now.Before(p.at) && !p.soon {
+		return
+	}
+	p.at, p.soon = now.Add(time.Second), false
+	if err := state.Write(p.o.StateDir, p.snapshot(now, v)); err != nil {
+		p.o.Log.Warn("cannot write the state file; egressd check will not see the daemon's view", event.Field(event.StateFailed), zap.Error(err))
+		return
+	}
+	p.dirty = false
+}
+
+func (p *publisher) snapshot(now time.Time, v view) *state.State {
+	s := &state.State{
+		Version: 1, PID: os.Getpid(), Started: p.started, Updated: now, Generation: v.generation, LastApply: v.lastApply,
+		ConfigFile: v.cfg.File, ConfigHash: state.Hash(v.cfg), Plan: state.FromPlan(*v.applied),
+		Names: map[string]state.Name{}, Users: v.users.UIDs, MissingUser: map[string]string{},
+	}
+	for n, err := range v.users.Missing {
+		s.MissingUser[n] = err.Error()
+	}
+	for _, name := range v.cfg.Names() {
+		var sn state.Name
+		for _, a := range v.cache.Addrs(name) {
+			sn.Addrs = append(sn.Addrs, a.String())
+		}
+		for a, exp := range v.cache.Lingering(name) {
+			if sn.Lingering == nil {
+				sn.Lingering = map[string]time.Time{}
+			}
+			sn.Lingering[a.String()] = exp
+		}
+		for _, k := range resolver.KeysFor(name) {
+			if st, ok := v.cache.Status(k); ok {
+				sn.Failing = sn.Failing || st.Failing
+				sn.ServingStale = sn.ServingStale || st.ServingStale
+				if st.LastOK.After(sn.LastOK) {
+					sn.LastOK = st.LastOK
+				}
+				if st.LastErr != nil {
+					sn.Error = st.LastErr.Error()
+				}
+			}
+		}
+		s.Names[name] = sn
+	}
+	return s
+}

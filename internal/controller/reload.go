@@ -1,0 +1,103 @@
+package controller
+
+import (
+	"errors"
+	"reflect"
+
+	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/event"
+	"go.uber.org/zap"
+)
+
+// setConfig puts cfg in force: every part follows it.
+func (c *Controller) setConfig(cfg *config.Config) {
+	c.cfg = cfg
+	c.dns.setConfig(cfg)
+	c.lookupUsers(true)
+	// A configuration change that only changes elements is applied as a
+	// delta like DNS churn; one that changes chains, users or logging
+	// rebuilds the table (sync compares structures). Rebuilding on every
+	// edit would reset the rate limits and counters for nothing.
+	entries := 0
+	for _, a := range cfg.Allowlists {
+		entries += len(a.Entries)
+	}
+	c.attr.configChanged(cfg)
+	// Published at once, not a second later, even when the kernel needs no
+	// change (a comment, a reordering, a user that does not exist yet):
+	// check compares the configuration the daemon enforces with the files.
+	c.pub.changed(true)
+	for _, f := range cfg.Skipped {
+		c.o.Log.Warn("file in the allow directory ignored: allowlists are NAME.yaml or NAME.yml", event.Field(event.ConfigFileSkipped),
+			zap.String("file", f), zap.String("allow_dir", cfg.AllowDir))
+	}
+	c.keepLastGood(cfg)
+	c.dns.forgetFailing()
+	c.o.Log.Info("configuration loaded", event.Field(event.ConfigLoaded), zap.String("file", cfg.File),
+		zap.String("allow_dir", cfg.AllowDir), zap.Int("allowlists", len(cfg.Allowlists)),
+		zap.Int("entries", entries), zap.Int("names", len(cfg.Names())), zap.Stringers("resolvers", cfg.Resolvers))
+}
+
+// logRejected reports a configuration that cannot be loaded. At start
+// there is no last good configuration to keep: the daemon does not start.
+func (c *Controller) logRejected(err error, atStart bool) {
+	msg := "configuration rejected; the last good configuration stays in force"
+	if atStart {
+		msg = "configuration rejected; egressd cannot start without a valid configuration"
+	}
+	var ce config.Errors
+	if !errors.As(err, &ce) {
+		c.o.Log.Error(msg, event.Field(event.ConfigRejected), zap.Error(err))
+		return
+	}
+	for _, e := range ce {
+		fields := []zap.Field{event.Field(event.ConfigRejected), zap.String("file", e.Pos.File), zap.Int("line", e.Pos.Line), zap.Int("column", e.Pos.Col), zap.String("error", e.Msg)}
+		if e.Fix != "" {
+			fields = append(fields, zap.String("fix", e.Fix))
+		}
+		c.o.Log.Error(msg, fields...)
+	}
+}
+
+// Reload asks the loop to reload the configuration (SIGHUP, file watcher).
+func (c *Controller) Reload() {
+	select {
+	case c.reload <- struct{}{}:
+	default:
+	}
+}
+
+func (c *Controller) doReload() {
+	defer func() { c.dns.reloadHosts(c.cfg.HostsFile) }() // with the configuration in force after this reload
+	cfg, err := config.LoadTrusted(c.o.ConfigPath, c.o.ConfigRequired, c.o.Trust)
+	if err != nil {
+		c.logRejected(err, false)
+		return
+	}
+	if cfg.AllowDirMissing && len(c.cfg.Allowlists) > 0 {
+		c.logRejected(config.Errors{{Pos: config.Pos{File: cfg.AllowDir}, Msg: "the allow directory is missing; " +
+			"keeping the last good configuration (to lift restrictions, delete the allowlist files, not the directory)"}}, false)
+		return
+	}
+	if reflect.DeepEqual(cfg, c.cfg) {
+		// An editor touched a file without changing it, or /etc/passwd changed.
+		c.lookupUsers(false)
+		return
+	}
+	// These are wired once, at start (the NFLOG listener, the metrics
+	// endpoint, the directory watch): say so rather than pretend.
+	old := c.cfg
+	for what, changed := range map[string]bool{
+		"deny_log.mode":  old.DenyLog.Mode != cfg.DenyLog.Mode,
+		"deny_log.group": old.DenyLog.Group != cfg.DenyLog.Group,
+		"metrics_listen": old.MetricsListen != cfg.MetricsListen,
+		"allow_dir":      old.AllowDir != cfg.AllowDir,
+		"hosts_file":     old.HostsFile != cfg.HostsFile, // its watch
+		"lists_dir":      old.ListsDir != cfg.ListsDir,   // its watch
+	} {
+		if changed {
+			c.o.Log.Warn("this setting takes full effect at the next restart (systemctl restart egressd)", event.Field(event.RestartRequired), zap.String("setting", what))
+		}
+	}
+	c.setConfig(cfg)
+}

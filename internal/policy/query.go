@@ -1,0 +1,50 @@
+package policy
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/egressd/egressd/resolver"
+)
+
+// The bounded DNS fan-out of the daemon's rounds and of `egressd check`.
+const (
+	Concurrency  = 64               // lookups in flight
+	QueryTimeout = 10 * time.Second // per lookup
+)
+
+// Outcome is one lookup's result.
+type Outcome struct {
+	Res       resolver.Result
+	Err       error
+	Dur       time.Duration
+	Cancelled bool // ctx ended: not a DNS failure
+}
+
+// Query runs the lookups of keys, at most concurrency at a time (<= 0:
+// Concurrency), each bounded by QueryTimeout; out[i] is keys[i]'s outcome.
+// It touches nothing but q, so the daemon runs it in the background.
+func Query(ctx context.Context, q resolver.Querier, keys []resolver.Key, concurrency int) []Outcome {
+	if concurrency <= 0 {
+		concurrency = Concurrency
+	}
+	out := make([]Outcome, len(keys))
+	sem := make(chan struct{}, concurrency)
+	var wg sync.WaitGroup
+	for i, k := range keys {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			qctx, cancel := context.WithTimeout(ctx, QueryTimeout)
+			defer cancel()
+			start := time.Now()
+			res, err := q.Query(qctx, k.Name, k.Type)
+			out[i] = Outcome{res, err, time.Since(start), err != nil && ctx.Err() != nil}
+		}()
+	}
+	wg.Wait()
+	return out
+}
