@@ -20,19 +20,6 @@ import (
 	"github.com/egressd/egressd/internal/systest"
 )
 
-// The events logged after position since with the given event name.
-func (w *world) eventsSince(name string, since int) []map[string]any {
-	w.logMu.Lock()
-	defer w.logMu.Unlock()
-	var out []map[string]any
-	for _, m := range w.logs[min(since, len(w.logs)):] {
-		if m["event"] == name {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
 // One denied connect gives exactly one deny event, with every field right.
 func TestDenyEvent(t *testing.T) {
 	w := newWorld(t)
