@@ -125,13 +125,27 @@ func (w *World) EventsSince(name string, since int) []Event {
 // WaitEvent waits up to timeout for an event named name logged after
 // position since; the error carries the whole log.
 func (w *World) WaitEvent(name string, since int, timeout time.Duration) (Event, error) {
+	es, err := w.WaitEvents(name, since, 1, timeout)
+	if err != nil {
+		return nil, err
+	}
+	return es[0], nil
+}
+
+// WaitEvents waits up to timeout until n events named name are logged after
+// position since, and returns them.
+func (w *World) WaitEvents(name string, since, n int, timeout time.Duration) ([]Event, error) {
 	deadline := time.Now().Add(timeout)
 	for {
-		if es := w.EventsSince(name, since); len(es) > 0 {
-			return es[0], nil
+		if es := w.EventsSince(name, since); len(es) >= n {
+			return es[:n], nil
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("no %q event within %v; daemon log:\n%s", name, timeout, w.LogText())
+			what := fmt.Sprintf("%q event", name)
+			if n > 1 {
+				what = fmt.Sprintf("%d %q events", n, name)
+			}
+			return nil, fmt.Errorf("no %s within %v; daemon log:\n%s", what, timeout, w.LogText())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
