@@ -31,6 +31,7 @@ import (
 	"unsafe"
 
 	"github.com/egressd/egressd/internal/dnstest"
+	"github.com/egressd/egressd/internal/event"
 	"github.com/egressd/egressd/internal/netns"
 	"github.com/egressd/egressd/ruleset"
 	"github.com/google/nftables"
@@ -1035,7 +1036,7 @@ func TestAttackNAT64Rebinding(t *testing.T) {
 		}
 	}
 	dropped := false
-	for _, e := range w.eventsSince("resolved", m) {
+	for _, e := range w.eventsSince(event.Resolved, m) {
 		dropped = dropped || (e["name"] == "api.example.test" && e["type"] == "AAAA" && e["dropped"] == float64(len(internal)))
 	}
 	if !dropped {
@@ -1096,12 +1097,12 @@ func TestAttackFlusher(t *testing.T) {
 	if after > 0 {
 		t.Errorf("%d of 100 probes reached %s from 0.5 s after the flushing stopped", after, denied)
 	}
-	if n := len(w.eventsSince("apply_failed", m)); n > 0 {
+	if n := len(w.eventsSince(event.ApplyFailed, m)); n > 0 {
 		t.Logf("%d apply_failed events during the flushing", n)
 	}
 	w.expect(uidA, "tcp", "192.0.2.10:443", okConnected)
 	// Alerting goes on, bounded.
-	repaired, repeating := len(w.eventsSince("drift_repaired", m)), len(w.eventsSince("drift_repeating", m))
+	repaired, repeating := len(w.eventsSince(event.DriftRepaired, m)), len(w.eventsSince(event.DriftRepeating, m))
 	t.Logf("events: %d drift_repaired, %d drift_repeating", repaired, repeating)
 	switch {
 	case repaired == 0 && leaks == 0:

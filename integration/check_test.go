@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/internal/dnstest"
+	"github.com/egressd/egressd/internal/event"
 	"github.com/egressd/egressd/ruleset"
 )
 
@@ -144,7 +145,7 @@ func TestCheckWithDaemonLingerIsNotDrift(t *testing.T) {
 	w.start()
 	m := w.mark()
 	w.dns.Set("api.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.11")}, TTL: 2})
-	if _, err := w.waitEvent("ruleset_applied", m, 5*time.Second); err != nil {
+	if _, err := w.waitEvent(event.RulesetApplied, m, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(1200 * time.Millisecond) // the state file is written at most once a second

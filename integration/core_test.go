@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/internal/dnstest"
+	"github.com/egressd/egressd/internal/event"
 )
 
 func TestEnforcement(t *testing.T) {
@@ -140,7 +141,7 @@ func TestBadEditKeepsEnforcement(t *testing.T) {
 
 	m := w.mark()
 	w.write("allow.d/billing.yaml", fmt.Sprintf("user: %d\nallow:\n  - api.example.test:443\n  - 198.51.100.20:443\n  - not a destination\n", uidA))
-	ev, err := w.waitEvent("config_rejected", m, 5*time.Second)
+	ev, err := w.waitEvent(event.ConfigRejected, m, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +160,7 @@ func TestBadEditKeepsEnforcement(t *testing.T) {
 	// A duplicate user across two files is rejected as a whole too.
 	m = w.mark()
 	w.write("allow.d/dup.yaml", fmt.Sprintf("user: %d\nallow: [198.51.100.20:4444]\n", uidB))
-	if _, err := w.waitEvent("config_rejected", m, 5*time.Second); err != nil {
+	if _, err := w.waitEvent(event.ConfigRejected, m, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	w.expect(uidB, "tcp", "198.51.100.20:4444", okRefused)
@@ -255,7 +256,7 @@ func TestUserAppearsLater(t *testing.T) {
 	w.standardConfig()
 	w.write("allow.d/late.yaml", fmt.Sprintf("user: %s\nallow: [192.0.2.12:443]\n", name))
 	w.start()
-	if _, err := w.waitEvent("user_missing", 0, time.Second); err != nil {
+	if _, err := w.waitEvent(event.UserMissing, 0, time.Second); err != nil {
 		t.Fatal(err)
 	}
 	w.expect(uidA, "tcp", "198.51.100.20:4444", okRefused) // the others are enforced
@@ -282,7 +283,7 @@ func TestAllowDirRecreated(t *testing.T) {
 	if err := os.RemoveAll(filepath.Join(w.dir, "allow.d")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.waitEvent("config_rejected", m, 3*time.Second); err != nil {
+	if _, err := w.waitEvent(event.ConfigRejected, m, 3*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(300 * time.Millisecond)
