@@ -33,6 +33,7 @@ import (
 	"github.com/egressd/egressd/internal/dnstest"
 	"github.com/egressd/egressd/internal/event"
 	"github.com/egressd/egressd/internal/netns"
+	"github.com/egressd/egressd/internal/testworld"
 	"github.com/egressd/egressd/ruleset"
 	"github.com/google/nftables"
 	"github.com/miekg/dns"
@@ -94,7 +95,7 @@ func (w *world) startChild(uid int, mode, addr string, env ...string) *child {
 	w.t.Helper()
 	cmd := exec.Command(clientBin)
 	cmd.Env = append([]string{"EGRESSD_TEST_CLIENT=" + mode, "EGRESSD_TEST_ADDR=" + addr}, env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+	testworld.AsUser(cmd, uid)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/egressd/egressd/internal/dnstest"
 	"github.com/egressd/egressd/internal/event"
+	"github.com/egressd/egressd/internal/testworld"
 	"github.com/egressd/egressd/ruleset"
 )
 
@@ -23,7 +24,7 @@ import (
 func (w *world) runAs(uid int, args ...string) (int, string) {
 	w.t.Helper()
 	cmd := exec.Command(egressd, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+	testworld.AsUser(cmd, uid)
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := w.ns.Start(cmd); err != nil {
