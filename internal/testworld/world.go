@@ -22,6 +22,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -141,24 +142,21 @@ func (w *World) StartDNS(addr string) (*dnstest.Server, error) {
 // ServeTCP runs services that accept and close connections on addrs inside
 // the namespace, until Close.
 func (w *World) ServeTCP(addrs ...string) error {
-	for _, a := range addrs {
-		ln, err := w.NS.ServeTCP(a)
-		if err != nil {
-			return err
-		}
-		w.onClose(func() { ln.Close() })
-	}
-	return nil
+	return w.serve(addrs, func(a string) (io.Closer, error) { return w.NS.ServeTCP(a) })
 }
 
 // ServeUDP runs UDP echo services on addrs inside the namespace, until Close.
 func (w *World) ServeUDP(addrs ...string) error {
+	return w.serve(addrs, func(a string) (io.Closer, error) { return w.NS.ServeUDPEcho(a) })
+}
+
+func (w *World) serve(addrs []string, start func(addr string) (io.Closer, error)) error {
 	for _, a := range addrs {
-		pc, err := w.NS.ServeUDPEcho(a)
+		c, err := start(a)
 		if err != nil {
 			return err
 		}
-		w.onClose(func() { pc.Close() })
+		w.onClose(func() { c.Close() })
 	}
 	return nil
 }
