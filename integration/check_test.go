@@ -64,7 +64,7 @@ func problemKinds(m map[string]any) []string {
 func TestCheckExitCodesAndDrift(t *testing.T) {
 	w := newWorld(t)
 	w.standardConfig()
-	if code, out, errs := w.egressdCmd("run", "--once", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir()); code != 0 {
+	if code, out, errs := w.egressdCmd(w.tw.RunArgs("--once")...); code != 0 {
 		t.Fatalf("run --once: %d\n%s%s", code, out, errs)
 	}
 	code, out := w.check()
@@ -84,7 +84,7 @@ func TestCheckExitCodesAndDrift(t *testing.T) {
 		if code != 1 || m["status"] != "problems" || !strings.Contains(strings.Join(kinds, " "), "drift_"+d.found) {
 			t.Errorf("%s: exit %d, status %v, problems %v; want exit 1 with drift_%s", d.name, code, m["status"], kinds, d.found)
 		}
-		if code, out, errs := w.egressdCmd("run", "--once", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir()); code != 0 {
+		if code, out, errs := w.egressdCmd(w.tw.RunArgs("--once")...); code != 0 {
 			t.Fatalf("repair with run --once: %d\n%s%s", code, out, errs)
 		}
 	}

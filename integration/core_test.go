@@ -212,7 +212,7 @@ func TestRunOnceExitCodes(t *testing.T) {
 	w := newWorld(t)
 	w.standardConfig()
 	once := func() (int, string) {
-		cmd := exec.Command(egressd, "run", "--once", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir())
+		cmd := exec.Command(egressd, w.tw.RunArgs("--once")...)
 		var out strings.Builder
 		cmd.Stderr = &out
 		if err := w.ns.Start(cmd); err != nil {
@@ -304,11 +304,11 @@ func TestSecondDaemonRefuses(t *testing.T) {
 	w := newWorld(t)
 	w.standardConfig()
 	w.start()
-	code, _, errs := w.egressdCmd("run", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir())
+	code, _, errs := w.egressdCmd(w.tw.RunArgs()...)
 	if code != 1 || !strings.Contains(errs, "another egressd is running (pid ") {
 		t.Fatalf("second daemon: exit %d, stderr:\n%s", code, errs)
 	}
-	code, _, errs = w.egressdCmd("run", "--once", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir())
+	code, _, errs = w.egressdCmd(w.tw.RunArgs("--once")...)
 	if code != 1 || !strings.Contains(errs, "another egressd is running") {
 		t.Fatalf("run --once beside the daemon: exit %d, stderr:\n%s", code, errs)
 	}

@@ -284,7 +284,7 @@ func TestMalformedConfigsChangeNothing(t *testing.T) {
 	w := newWorld(t)
 	w.standardConfig()
 	once := func() (int, string) {
-		code, _, errs := w.egressdCmd("run", "--once", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir())
+		code, _, errs := w.egressdCmd(w.tw.RunArgs("--once")...)
 		return code, errs
 	}
 	if code, out := once(); code != 0 {
@@ -458,7 +458,7 @@ func TestKillDuringApplies(t *testing.T) {
 	// kills over it.
 	w.write("allow.d/billing.yaml", configs[1])
 	start := time.Now()
-	if code, _, errs := w.egressdCmd("run", "--once", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir()); code != 0 {
+	if code, _, errs := w.egressdCmd(w.tw.RunArgs("--once")...); code != 0 {
 		t.Fatalf("run --once: %d %s", code, errs)
 	}
 	span := time.Since(start) + 20*time.Millisecond
@@ -500,5 +500,5 @@ func TestKillDuringApplies(t *testing.T) {
 }
 
 func (w *world) daemonCmd() *exec.Cmd {
-	return exec.Command(egressd, "run", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir())
+	return exec.Command(egressd, w.tw.RunArgs()...)
 }

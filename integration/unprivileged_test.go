@@ -5,7 +5,6 @@ package integration
 import (
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -29,7 +28,7 @@ func TestDaemonAsUnprivilegedUserWithNetAdmin(t *testing.T) {
 		t.Fatal(err)
 	}
 	const capNetAdmin = 12
-	cmd := exec.Command(egressd, "run", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir())
+	cmd := exec.Command(egressd, w.tw.RunArgs()...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Credential:  &syscall.Credential{Uid: daemonUID, Gid: daemonUID},
 		AmbientCaps: []uintptr{capNetAdmin},
