@@ -31,7 +31,9 @@ import (
 	"unsafe"
 
 	"github.com/egressd/egressd/internal/dnstest"
+	"github.com/egressd/egressd/internal/event"
 	"github.com/egressd/egressd/internal/netns"
+	"github.com/egressd/egressd/internal/testworld"
 	"github.com/egressd/egressd/ruleset"
 	"github.com/google/nftables"
 	"github.com/miekg/dns"
@@ -93,7 +95,7 @@ func (w *world) startChild(uid int, mode, addr string, env ...string) *child {
 	w.t.Helper()
 	cmd := exec.Command(clientBin)
 	cmd.Env = append([]string{"EGRESSD_TEST_CLIENT=" + mode, "EGRESSD_TEST_ADDR=" + addr}, env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+	testworld.AsUser(cmd, uid)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -173,56 +175,16 @@ func (w *world) runChild(uid int, mode, addr string, env ...string) (int, map[st
 
 // The wire between the world and a peer host.
 const (
-	worldWire4 = "203.0.113.201"
-	peerWire4  = "203.0.113.202"
-	worldWire6 = "2001:db8:1::1"
-	peerWire6  = "2001:db8:1::2"
+	worldWire4 = testworld.WorldWire4
+	worldWire6 = testworld.WorldWire6
 )
 
-// addPeer creates a second host: a namespace joined to the world's by a veth
-// pair ("wire"). The peer holds addrs on its loopback; the world routes them
-// over the wire, the peer routes everything back. An address on a peer is
-// really another host: a packet to it leaves the world's namespace through
-// the output hook and the wire.
+// addPeer creates a second host joined to the world by a wire
+// (testworld.AddPeer) with addrs on its loopback.
 func (w *world) addPeer(addrs ...string) *netns.NS {
 	w.t.Helper()
-	p, err := netns.New()
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	w.t.Cleanup(func() { p.Close() })
-	must := func(err error) {
-		w.t.Helper()
-		if err != nil {
-			w.t.Fatal(err)
-		}
-	}
-	for _, ns := range []*netns.NS{w.ns, p} {
-		for _, s := range []string{"net/ipv6/conf/all/accept_dad", "net/ipv6/conf/default/accept_dad",
-			"net/ipv4/conf/all/rp_filter", "net/ipv4/conf/default/rp_filter"} {
-			must(ns.Sysctl(s, "0"))
-		}
-	}
-	// The peer takes packets whose source is one of its own addresses
-	// (the forged flows of the FREEBIND attack), as a router would.
-	must(p.Sysctl("net/ipv4/conf/all/accept_local", "1"))
-	must(p.Sysctl("net/ipv4/conf/default/accept_local", "1"))
-	must(w.ns.Veth("wire", p, "wire"))
-	must(w.ns.AddPrefixes("wire", netip.MustParsePrefix(worldWire4+"/32"), netip.MustParsePrefix(worldWire6+"/64")))
-	must(p.AddPrefixes("wire", netip.MustParsePrefix(peerWire4+"/32"), netip.MustParsePrefix(peerWire6+"/64")))
-	must(w.ns.AddRoute(netip.MustParsePrefix(peerWire4+"/32"), "wire", netip.Addr{}))
-	must(p.AddRoute(netip.MustParsePrefix(worldWire4+"/32"), "wire", netip.Addr{}))
-	must(p.AddRoute(netip.MustParsePrefix("0.0.0.0/0"), "wire", netip.MustParseAddr(worldWire4)))
-	must(p.AddRoute(netip.MustParsePrefix("::/0"), "wire", netip.MustParseAddr(worldWire6)))
-	for _, s := range addrs {
-		a := netip.MustParseAddr(s)
-		must(p.AddAddrs(a))
-		gw := netip.MustParseAddr(peerWire4)
-		if a.Is6() {
-			gw = netip.MustParseAddr(peerWire6)
-		}
-		must(w.ns.AddRoute(netip.PrefixFrom(a, a.BitLen()), "wire", gw))
-	}
+	p, err := w.tw.AddPeer(addrs...)
+	w.must(err)
 	return p
 }
 
@@ -1035,7 +997,7 @@ func TestAttackNAT64Rebinding(t *testing.T) {
 		}
 	}
 	dropped := false
-	for _, e := range w.eventsSince("resolved", m) {
+	for _, e := range w.eventsSince(event.Resolved, m) {
 		dropped = dropped || (e["name"] == "api.example.test" && e["type"] == "AAAA" && e["dropped"] == float64(len(internal)))
 	}
 	if !dropped {
@@ -1096,12 +1058,12 @@ func TestAttackFlusher(t *testing.T) {
 	if after > 0 {
 		t.Errorf("%d of 100 probes reached %s from 0.5 s after the flushing stopped", after, denied)
 	}
-	if n := len(w.eventsSince("apply_failed", m)); n > 0 {
+	if n := len(w.eventsSince(event.ApplyFailed, m)); n > 0 {
 		t.Logf("%d apply_failed events during the flushing", n)
 	}
 	w.expect(uidA, "tcp", "192.0.2.10:443", okConnected)
 	// Alerting goes on, bounded.
-	repaired, repeating := len(w.eventsSince("drift_repaired", m)), len(w.eventsSince("drift_repeating", m))
+	repaired, repeating := len(w.eventsSince(event.DriftRepaired, m)), len(w.eventsSince(event.DriftRepeating, m))
 	t.Logf("events: %d drift_repaired, %d drift_repeating", repaired, repeating)
 	switch {
 	case repaired == 0 && leaks == 0:

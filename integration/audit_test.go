@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/egressd/egressd/internal/event"
 )
 
 // mode: audit (issue 15): an audited user reaches an unlisted destination,
@@ -24,7 +26,7 @@ func TestAuditMode(t *testing.T) {
 
 	m := w.mark()
 	w.expect(uidA, "tcp", "198.51.100.20:4444", okConnected) // unlisted: logged, then let through
-	ev, err := w.waitEvent("deny", m, 2*time.Second)
+	ev, err := w.waitEvent(event.Deny, m, 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,7 +36,7 @@ func TestAuditMode(t *testing.T) {
 	// The enforced allowlist beside it still rejects, and says audit: false.
 	m = w.mark()
 	w.expect(uidB, "tcp", "198.51.100.20:4444", okRefused)
-	if ev, err := w.waitEvent("deny", m, 2*time.Second); err != nil || ev["audit"] != false || ev["allowlist"] != "web" {
+	if ev, err := w.waitEvent(event.Deny, m, 2*time.Second); err != nil || ev["audit"] != false || ev["allowlist"] != "web" {
 		t.Errorf("enforced deny event = %v, %v", ev, err)
 	}
 	code, out := w.check()

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/internal/dnstest"
+	"github.com/egressd/egressd/internal/event"
 	"github.com/egressd/egressd/ruleset"
 )
 
@@ -63,7 +64,7 @@ func problemKinds(m map[string]any) []string {
 func TestCheckExitCodesAndDrift(t *testing.T) {
 	w := newWorld(t)
 	w.standardConfig()
-	if code, out, errs := w.egressdCmd("run", "--once", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir()); code != 0 {
+	if code, out, errs := w.egressdCmd(w.tw.RunArgs("--once")...); code != 0 {
 		t.Fatalf("run --once: %d\n%s%s", code, out, errs)
 	}
 	code, out := w.check()
@@ -83,7 +84,7 @@ func TestCheckExitCodesAndDrift(t *testing.T) {
 		if code != 1 || m["status"] != "problems" || !strings.Contains(strings.Join(kinds, " "), "drift_"+d.found) {
 			t.Errorf("%s: exit %d, status %v, problems %v; want exit 1 with drift_%s", d.name, code, m["status"], kinds, d.found)
 		}
-		if code, out, errs := w.egressdCmd("run", "--once", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir()); code != 0 {
+		if code, out, errs := w.egressdCmd(w.tw.RunArgs("--once")...); code != 0 {
 			t.Fatalf("repair with run --once: %d\n%s%s", code, out, errs)
 		}
 	}
@@ -144,7 +145,7 @@ func TestCheckWithDaemonLingerIsNotDrift(t *testing.T) {
 	w.start()
 	m := w.mark()
 	w.dns.Set("api.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.11")}, TTL: 2})
-	if _, err := w.waitEvent("ruleset_applied", m, 5*time.Second); err != nil {
+	if _, err := w.waitEvent(event.RulesetApplied, m, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(1200 * time.Millisecond) // the state file is written at most once a second

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/internal/dnstest"
+	"github.com/egressd/egressd/internal/event"
 )
 
 func TestEnforcement(t *testing.T) {
@@ -140,7 +141,7 @@ func TestBadEditKeepsEnforcement(t *testing.T) {
 
 	m := w.mark()
 	w.write("allow.d/billing.yaml", fmt.Sprintf("user: %d\nallow:\n  - api.example.test:443\n  - 198.51.100.20:443\n  - not a destination\n", uidA))
-	ev, err := w.waitEvent("config_rejected", m, 5*time.Second)
+	ev, err := w.waitEvent(event.ConfigRejected, m, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +160,7 @@ func TestBadEditKeepsEnforcement(t *testing.T) {
 	// A duplicate user across two files is rejected as a whole too.
 	m = w.mark()
 	w.write("allow.d/dup.yaml", fmt.Sprintf("user: %d\nallow: [198.51.100.20:4444]\n", uidB))
-	if _, err := w.waitEvent("config_rejected", m, 5*time.Second); err != nil {
+	if _, err := w.waitEvent(event.ConfigRejected, m, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	w.expect(uidB, "tcp", "198.51.100.20:4444", okRefused)
@@ -211,7 +212,7 @@ func TestRunOnceExitCodes(t *testing.T) {
 	w := newWorld(t)
 	w.standardConfig()
 	once := func() (int, string) {
-		cmd := exec.Command(egressd, "run", "--once", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir())
+		cmd := exec.Command(egressd, w.tw.RunArgs("--once")...)
 		var out strings.Builder
 		cmd.Stderr = &out
 		if err := w.ns.Start(cmd); err != nil {
@@ -255,7 +256,7 @@ func TestUserAppearsLater(t *testing.T) {
 	w.standardConfig()
 	w.write("allow.d/late.yaml", fmt.Sprintf("user: %s\nallow: [192.0.2.12:443]\n", name))
 	w.start()
-	if _, err := w.waitEvent("user_missing", 0, time.Second); err != nil {
+	if _, err := w.waitEvent(event.UserMissing, 0, time.Second); err != nil {
 		t.Fatal(err)
 	}
 	w.expect(uidA, "tcp", "198.51.100.20:4444", okRefused) // the others are enforced
@@ -282,7 +283,7 @@ func TestAllowDirRecreated(t *testing.T) {
 	if err := os.RemoveAll(filepath.Join(w.dir, "allow.d")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.waitEvent("config_rejected", m, 3*time.Second); err != nil {
+	if _, err := w.waitEvent(event.ConfigRejected, m, 3*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(300 * time.Millisecond)
@@ -303,11 +304,11 @@ func TestSecondDaemonRefuses(t *testing.T) {
 	w := newWorld(t)
 	w.standardConfig()
 	w.start()
-	code, _, errs := w.egressdCmd("run", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir())
+	code, _, errs := w.egressdCmd(w.tw.RunArgs()...)
 	if code != 1 || !strings.Contains(errs, "another egressd is running (pid ") {
 		t.Fatalf("second daemon: exit %d, stderr:\n%s", code, errs)
 	}
-	code, _, errs = w.egressdCmd("run", "--once", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir())
+	code, _, errs = w.egressdCmd(w.tw.RunArgs("--once")...)
 	if code != 1 || !strings.Contains(errs, "another egressd is running") {
 		t.Fatalf("run --once beside the daemon: exit %d, stderr:\n%s", code, errs)
 	}

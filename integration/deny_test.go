@@ -17,21 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/egressd/egressd/internal/event"
 	"github.com/egressd/egressd/internal/systest"
 )
-
-// The events logged after position since with the given event name.
-func (w *world) eventsSince(name string, since int) []map[string]any {
-	w.logMu.Lock()
-	defer w.logMu.Unlock()
-	var out []map[string]any
-	for _, m := range w.logs[min(since, len(w.logs)):] {
-		if m["event"] == name {
-			out = append(out, m)
-		}
-	}
-	return out
-}
 
 // One denied connect gives exactly one deny event, with every field right.
 func TestDenyEvent(t *testing.T) {
@@ -41,7 +29,7 @@ func TestDenyEvent(t *testing.T) {
 	m := w.mark()
 	start := time.Now()
 	w.expect(uidA, "tcp", "192.0.2.10:8443", okRefused) // a known name's address, wrong port
-	ev, err := w.waitEvent("deny", m, time.Second)
+	ev, err := w.waitEvent(event.Deny, m, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,13 +45,13 @@ func TestDenyEvent(t *testing.T) {
 		t.Errorf("deny event names = %v, want [api.example.test]", ev["names"])
 	}
 	time.Sleep(300 * time.Millisecond)
-	if n := len(w.eventsSince("deny", m)); n != 1 {
+	if n := len(w.eventsSince(event.Deny, m)); n != 1 {
 		t.Fatalf("%d deny events for one denied connect, want 1", n)
 	}
 	// An unknown address carries no name; UDP is reported as udp.
 	m = w.mark()
 	w.expect(uidA, "udp", "203.0.113.5:5354", okRefused)
-	ev, err = w.waitEvent("deny", m, time.Second)
+	ev, err = w.waitEvent(event.Deny, m, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +120,7 @@ func TestDenyFloodBounded(t *testing.T) {
 		t.Errorf("kernel counter for billing = %v (found %v), want %d", denied, ok, n)
 	}
 	received, _ := metricValue(body, "egressd_nflog_packets_total")
-	evs := w.eventsSince("deny", m)
+	evs := w.eventsSince(event.Deny, m)
 	total := 0
 	for _, e := range evs {
 		if e["dst"] == "198.51.100.20" && e["dport"] == float64(4444) {
@@ -178,7 +166,7 @@ func TestDenyKernelRateLimit(t *testing.T) {
 	}
 	took := time.Since(start)
 	time.Sleep(1200 * time.Millisecond)
-	evs := w.eventsSince("deny", m)
+	evs := w.eventsSince(event.Deny, m)
 	limit := int(5*(took+1200*time.Millisecond).Seconds()) + 5 + 1 // rate × time + burst
 	t.Logf("2000 denied connects to distinct ports in %v: %d deny events (kernel limit ≈ %d)", took.Round(time.Millisecond), len(evs), limit)
 	if len(evs) > limit || len(evs) == 0 {
@@ -234,7 +222,7 @@ func TestDenyLogModes(t *testing.T) {
 			}
 		}
 		kmsg.SetDeadline(time.Now()) //nolint:errcheck
-		if n := len(w.eventsSince("deny", m)); n != 0 {
+		if n := len(w.eventsSince(event.Deny, m)); n != 0 {
 			t.Errorf("mode kernel produced %d deny events from the daemon", n)
 		}
 	})
@@ -246,7 +234,7 @@ func TestDenyLogModes(t *testing.T) {
 		m := w.mark()
 		w.expect(uidA, "tcp", "198.51.100.20:4444", okRefused)
 		time.Sleep(300 * time.Millisecond)
-		if n := len(w.eventsSince("deny", m)); n != 0 {
+		if n := len(w.eventsSince(event.Deny, m)); n != 0 {
 			t.Errorf("mode none produced %d deny events", n)
 		}
 	})

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/egressd/egressd/internal/event"
 	"github.com/egressd/egressd/ruleset"
 	"github.com/google/nftables"
 )
@@ -89,7 +90,7 @@ func TestDriftRepaired(t *testing.T) {
 	w.standardConfig()
 	w.unowned = true
 	w.start()
-	if len(w.eventsSince("table_unowned", 0)) != 1 {
+	if len(w.eventsSince(event.TableUnowned, 0)) != 1 {
 		t.Error("an unowned table was not reported once (table_unowned)")
 	}
 	k := &ruleset.Netlink{NetNSFd: w.ns.Fd()}
@@ -100,11 +101,11 @@ func TestDriftRepaired(t *testing.T) {
 		if err := tc.do(); err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
-		ev, err := w.waitEvent("drift_repaired", m, 2*time.Second)
+		ev, err := w.waitEvent(event.DriftRepaired, m, 2*time.Second)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
-		if _, err := w.waitEvent("ruleset_applied", m, 2*time.Second); err != nil {
+		if _, err := w.waitEvent(event.RulesetApplied, m, 2*time.Second); err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
 		took := time.Since(start)
@@ -143,10 +144,10 @@ func TestDriftFightBacksOff(t *testing.T) {
 		removeElement() //nolint:errcheck // fails while a held-back repair leaves the set empty
 		time.Sleep(150 * time.Millisecond)
 	}
-	if _, err := w.waitEvent("drift_repeating", m, time.Second); err != nil {
+	if _, err := w.waitEvent(event.DriftRepeating, m, time.Second); err != nil {
 		t.Fatal(err)
 	}
-	repairs := len(w.eventsSince("drift_repaired", m))
+	repairs := len(w.eventsSince(event.DriftRepaired, m))
 	if repairs > 12 {
 		t.Errorf("%d repairs in 3 s of fighting: not backing off", repairs)
 	}
@@ -156,7 +157,7 @@ func TestDriftFightBacksOff(t *testing.T) {
 	if err := k.Remove(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.waitEvent("drift_repaired", m, 2*time.Second); err != nil {
+	if _, err := w.waitEvent(event.DriftRepaired, m, 2*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	w.eventually(uidA, "tcp", "198.51.100.20:4444", okRefused, 2*time.Second)
@@ -184,8 +185,8 @@ func TestOwnedTableRefusesDrift(t *testing.T) {
 	w := newWorld(t)
 	w.standardConfig()
 	w.start()
-	if n := len(w.eventsSince("table_unowned", 0)); n != 0 {
-		t.Errorf("table_unowned on a kernel with owned tables: %v", w.eventsSince("table_unowned", 0))
+	if n := len(w.eventsSince(event.TableUnowned, 0)); n != 0 {
+		t.Errorf("table_unowned on a kernel with owned tables: %v", w.eventsSince(event.TableUnowned, 0))
 	}
 	m := w.mark()
 	for _, d := range w.drifts() {
@@ -209,7 +210,7 @@ func TestOwnedTableRefusesDrift(t *testing.T) {
 	w.expect(uidA, "tcp", "198.51.100.20:4444", okRefused)
 	w.expect(uidA, "tcp", "192.0.2.10:443", okConnected)
 	w.expect(uidB, "tcp", "192.0.2.12:443", okConnected)
-	if n := len(w.eventsSince("drift_repaired", m)); n != 0 {
+	if n := len(w.eventsSince(event.DriftRepaired, m)); n != 0 {
 		t.Errorf("%d drift_repaired events: the refused changes drifted", n)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/internal/dnstest"
+	"github.com/egressd/egressd/internal/event"
 )
 
 // A name only the hosts file knows is enforced; editing the file (an
@@ -51,7 +52,7 @@ func TestHostsFileNames(t *testing.T) {
 	// one goes after min_ttl + linger.
 	m0 := w.mark()
 	w.write("hosts", "192.0.2.12 db.hosts.test\n127.0.0.1 local.hosts.test\n")
-	if _, err := w.waitEvent("config_loaded", m0, 5*time.Second); err != nil {
+	if _, err := w.waitEvent(event.ConfigLoaded, m0, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	w.eventually(uidA, "tcp", "192.0.2.12:443", okConnected, 3*time.Second)

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/egressd/egressd/internal/event"
 )
 
 // An allowlist's include: of a shared list is enforced with the allowlist's
@@ -36,7 +38,7 @@ func TestSharedListInclude(t *testing.T) {
 	p := w.probe(uidA, "192.0.2.11:443")
 	m := w.mark()
 	w.write("lists/updates.yaml", "allow:\n  - 198.51.100.20:443\n  - 192.0.2.11:443\n  - 198.51.100.7/24:80\n")
-	ev, err := w.waitEvent("config_rejected", m, 5*time.Second)
+	ev, err := w.waitEvent(event.ConfigRejected, m, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +57,7 @@ func TestSharedListInclude(t *testing.T) {
 	w.write("lists/updates.yaml", "allow:\n  - 198.51.100.20:443\n  - 198.51.100.20:4444\n")
 	m = w.mark()
 	w.write("allow.d/billing.yaml", fmt.Sprintf("user: %d\ninclude:\n  - nope\nallow:\n  - api.example.test:443\n", uidA))
-	ev, err = w.waitEvent("config_rejected", m, 5*time.Second)
+	ev, err = w.waitEvent(event.ConfigRejected, m, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

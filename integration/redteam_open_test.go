@@ -22,10 +22,10 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/egressd/egressd/internal/testworld"
 	"golang.org/x/sys/unix"
 )
 
@@ -102,7 +102,7 @@ func (w *world) runChildFiles(uid int, mode string, files []*os.File, env ...str
 	w.t.Helper()
 	cmd := exec.Command(clientBin)
 	cmd.Env = append([]string{"EGRESSD_TEST_CLIENT=" + mode, "EGRESSD_TEST_ADDR="}, env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+	testworld.AsUser(cmd, uid)
 	cmd.ExtraFiles = files
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()

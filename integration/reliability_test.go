@@ -16,6 +16,7 @@ import (
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/dnstest"
+	"github.com/egressd/egressd/internal/event"
 	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/ruleset"
 	"github.com/google/nftables"
@@ -66,42 +67,42 @@ func TestDNSFaults(t *testing.T) {
 		kept    bool // 192.0.2.10:443 stays allowed
 		after   func(t *testing.T, w *world)
 	}{
-		{name: "server down", fault: func(w *world) { w.dns.Close() }, event: "resolve_failed",
+		{name: "server down", fault: func(w *world) { w.dns.Close() }, event: event.ResolveFailed,
 			match: func(e map[string]any) bool { return e["serving_stale"] == true }, kept: true},
 		{name: "slow (2.5 s, past the 2 s timeout)", fault: func(w *world) {
 			w.dns.Set(name, dnstest.Record{A: addrs("192.0.2.10"), TTL: 1, Delay: 2500 * time.Millisecond})
-		}, event: "resolve_failed", match: func(e map[string]any) bool { return e["serving_stale"] == true }, kept: true},
-		{name: "SERVFAIL", fault: func(w *world) { w.dns.Set(name, dnstest.Record{Rcode: dns.RcodeServerFailure}) }, event: "resolve_failed",
+		}, event: event.ResolveFailed, match: func(e map[string]any) bool { return e["serving_stale"] == true }, kept: true},
+		{name: "SERVFAIL", fault: func(w *world) { w.dns.Set(name, dnstest.Record{Rcode: dns.RcodeServerFailure}) }, event: event.ResolveFailed,
 			match: func(e map[string]any) bool { return strings.Contains(fmt.Sprint(e["error"]), "SERVFAIL") }, kept: true},
-		{name: "REFUSED", fault: func(w *world) { w.dns.Set(name, dnstest.Record{Rcode: dns.RcodeRefused}) }, event: "resolve_failed",
+		{name: "REFUSED", fault: func(w *world) { w.dns.Set(name, dnstest.Record{Rcode: dns.RcodeRefused}) }, event: event.ResolveFailed,
 			match: func(e map[string]any) bool { return strings.Contains(fmt.Sprint(e["error"]), "REFUSED") }, kept: true},
 		{name: "spoofed reply: wrong question", fault: func(w *world) {
 			w.dns.SetMangle(func(m *dns.Msg) {
 				m.Question[0].Name = "evil.example.test."
 				m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: "evil.example.test.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: netip.MustParseAddr("198.51.100.20").AsSlice()}}
 			})
-		}, event: "resolve_failed", match: func(e map[string]any) bool { return strings.Contains(fmt.Sprint(e["error"]), "does not match") }, kept: true,
+		}, event: event.ResolveFailed, match: func(e map[string]any) bool { return strings.Contains(fmt.Sprint(e["error"]), "does not match") }, kept: true,
 			after: func(t *testing.T, w *world) {
 				if hasAddr(w.kernelElements("billing"), "198.51.100.20") {
 					t.Error("a spoofed answer reached the kernel")
 				}
 			}},
-		{name: "spoofed reply: wrong ID", fault: func(w *world) { w.dns.SetMangle(func(m *dns.Msg) { m.Id ^= 0x5a5a }) }, event: "resolve_failed",
+		{name: "spoofed reply: wrong ID", fault: func(w *world) { w.dns.SetMangle(func(m *dns.Msg) { m.Id ^= 0x5a5a }) }, event: event.ResolveFailed,
 			match: func(e map[string]any) bool { return e["serving_stale"] == true }, kept: true},
 		{name: "CNAME loop", fault: func(w *world) {
 			w.dns.Set(name, dnstest.Record{CNAME: "loop.example.test", TTL: 1})
 			w.dns.Set("loop.example.test", dnstest.Record{CNAME: name, TTL: 1})
-		}, event: "resolve_failed", match: func(e map[string]any) bool { return strings.Contains(fmt.Sprint(e["error"]), "CNAME chain") }, kept: true},
+		}, event: event.ResolveFailed, match: func(e map[string]any) bool { return strings.Contains(fmt.Sprint(e["error"]), "CNAME chain") }, kept: true},
 		{name: "over-long CNAME chain", fault: func(w *world) {
 			w.dns.Set(name, dnstest.Record{CNAME: "c1.example.test", TTL: 1})
 			for i := 1; i < 12; i++ {
 				w.dns.Set(fmt.Sprintf("c%d.example.test", i), dnstest.Record{CNAME: fmt.Sprintf("c%d.example.test", i+1), TTL: 1})
 			}
 			w.dns.Set("c12.example.test", dnstest.Record{A: addrs("198.51.100.20"), TTL: 1})
-		}, event: "resolve_failed", match: func(e map[string]any) bool { return strings.Contains(fmt.Sprint(e["error"]), "CNAME chain") }, kept: true},
+		}, event: event.ResolveFailed, match: func(e map[string]any) bool { return strings.Contains(fmt.Sprint(e["error"]), "CNAME chain") }, kept: true},
 		{name: "rebinding to loopback, private, link-local", fault: func(w *world) {
 			w.dns.Set(name, dnstest.Record{A: addrs("192.0.2.10", "127.0.0.1", "10.0.0.1", "169.254.169.254"), TTL: 1})
-		}, event: "resolved", match: func(e map[string]any) bool { return e["dropped"] == float64(3) }, kept: true,
+		}, event: event.Resolved, match: func(e map[string]any) bool { return e["dropped"] == float64(3) }, kept: true,
 			after: func(t *testing.T, w *world) {
 				for _, a := range []string{"127.0.0.1", "10.0.0.1", "169.254.169.254"} {
 					if hasAddr(w.kernelElements("billing"), a) {
@@ -135,7 +136,7 @@ func TestDNSFaults(t *testing.T) {
 				many = append(many, netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}))
 			}
 			w.dns.Set(name, dnstest.Record{A: many, TTL: 1})
-		}, event: "resolved", match: func(e map[string]any) bool { d, _ := e["dropped"].(float64); return d > 1000 }, kept: false,
+		}, event: event.Resolved, match: func(e map[string]any) bool { d, _ := e["dropped"].(float64); return d > 1000 }, kept: false,
 			after: func(t *testing.T, w *world) {
 				if n := len(w.kernelElements("billing")); n > 64+1 {
 					t.Errorf("kernel holds %d elements for a name capped at 64 (+1 literal)", n)
@@ -144,7 +145,7 @@ func TestDNSFaults(t *testing.T) {
 		{name: "round-robin subsets accumulate, capped", mainExt: "max_addresses_per_name: 4\n", linger: "30s", fault: func(w *world) {
 			w.dns.Set(name, dnstest.Record{TTL: 1, Rotate: [][]netip.Addr{
 				addrs("203.0.113.1", "203.0.113.2"), addrs("203.0.113.3", "203.0.113.4"), addrs("203.0.113.5", "203.0.113.6")}})
-		}, event: "resolved", match: func(e map[string]any) bool { return len(e["added"].([]any)) > 0 }, kept: false,
+		}, event: event.Resolved, match: func(e map[string]any) bool { return len(e["added"].([]any)) > 0 }, kept: false,
 			after: func(t *testing.T, w *world) {
 				time.Sleep(4 * time.Second)
 				n := 0
@@ -222,7 +223,7 @@ func TestResponsiveDuringSlowDNS(t *testing.T) {
 	if err := (&ruleset.Netlink{NetNSFd: w.ns.Fd()}).Remove(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.waitEvent("drift_repaired", m, 2*time.Second); err != nil {
+	if _, err := w.waitEvent(event.DriftRepaired, m, 2*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	w.expect(uidA, "tcp", "198.51.100.20:4444", okRefused)
@@ -269,7 +270,7 @@ func TestUnreachableResolvers(t *testing.T) {
 	w.standardConfig()
 	w.write("egressd.yaml", strings.Replace(mainConfig, "192.0.2.53:53", "192.0.2.99:53", 1))
 	w.start()
-	if _, err := w.waitEvent("resolve_failed", 0, time.Second); err != nil {
+	if _, err := w.waitEvent(event.ResolveFailed, 0, time.Second); err != nil {
 		t.Fatal(err)
 	}
 	w.expect(uidA, "udp", "203.0.113.5:5353", okConnected) // literal entry
@@ -283,7 +284,7 @@ func TestMalformedConfigsChangeNothing(t *testing.T) {
 	w := newWorld(t)
 	w.standardConfig()
 	once := func() (int, string) {
-		code, _, errs := w.egressdCmd("run", "--once", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir())
+		code, _, errs := w.egressdCmd(w.tw.RunArgs("--once")...)
 		return code, errs
 	}
 	if code, out := once(); code != 0 {
@@ -366,7 +367,7 @@ func TestRapidRewritesCoalesce(t *testing.T) {
 	w.write("allow.d/web.yaml", fmt.Sprintf("user: %d\nallow: [198.51.100.20:443]\ndns: none\n", uidB))
 	w.eventually(uidB, "tcp", "198.51.100.20:443", okConnected, 3*time.Second)
 	w.expect(uidB, "tcp", "192.0.2.12:443", okRefused)
-	loads := len(w.eventsSince("config_loaded", m))
+	loads := len(w.eventsSince(event.ConfigLoaded, m))
 	t.Logf("%d writes in 10 s → %d reloads applied", i, loads)
 	if loads > i/5 {
 		t.Errorf("%d reloads for %d writes: not coalesced", loads, i)
@@ -405,7 +406,7 @@ func TestForeignTableLeftAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(500 * time.Millisecond)
-	if n := len(w.eventsSince("drift_repaired", m)); n != 0 {
+	if n := len(w.eventsSince(event.DriftRepaired, m)); n != 0 {
 		t.Errorf("a foreign table triggered %d repairs", n)
 	}
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
@@ -457,7 +458,7 @@ func TestKillDuringApplies(t *testing.T) {
 	// kills over it.
 	w.write("allow.d/billing.yaml", configs[1])
 	start := time.Now()
-	if code, _, errs := w.egressdCmd("run", "--once", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir()); code != 0 {
+	if code, _, errs := w.egressdCmd(w.tw.RunArgs("--once")...); code != 0 {
 		t.Fatalf("run --once: %d %s", code, errs)
 	}
 	span := time.Since(start) + 20*time.Millisecond
@@ -499,5 +500,5 @@ func TestKillDuringApplies(t *testing.T) {
 }
 
 func (w *world) daemonCmd() *exec.Cmd {
-	return exec.Command(egressd, "run", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir())
+	return exec.Command(egressd, w.tw.RunArgs()...)
 }

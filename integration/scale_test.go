@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -34,7 +33,7 @@ func TestTenThousandNamesOnce(t *testing.T) {
 		}
 		w.write(fmt.Sprintf("allow.d/list%03d.yaml", i), b.String())
 	}
-	cmd := exec.Command(egressd, "run", "--once", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir())
+	cmd := exec.Command(egressd, w.tw.RunArgs("--once")...)
 	var out strings.Builder
 	cmd.Stderr = &out
 	start := time.Now()

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/internal/dnstest"
+	"github.com/egressd/egressd/internal/event"
+	"github.com/egressd/egressd/internal/testworld"
 	"github.com/egressd/egressd/ruleset"
 )
 
@@ -22,7 +24,7 @@ import (
 func (w *world) runAs(uid int, args ...string) (int, string) {
 	w.t.Helper()
 	cmd := exec.Command(egressd, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+	testworld.AsUser(cmd, uid)
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := w.ns.Start(cmd); err != nil {
@@ -45,7 +47,7 @@ func (w *world) expectRejected(since int, path string) map[string]any {
 	w.t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		for _, ev := range w.eventsSince("config_rejected", since) {
+		for _, ev := range w.eventsSince(event.ConfigRejected, since) {
 			if strings.Contains(fmt.Sprint(ev["file"]), path) && ev["fix"] != nil {
 				return ev
 			}
@@ -139,7 +141,7 @@ func TestTypoUserKeepsRestriction(t *testing.T) {
 	w.expect(uidA, "tcp", "198.51.100.20:4444", okRefused)
 	m := w.mark()
 	w.write("allow.d/billing.yaml", "user: billingg\nallow:\n  - api.example.test:443\n  - 203.0.113.5:5353/udp\n")
-	ev, err := w.waitEvent("user_missing", m, 5*time.Second)
+	ev, err := w.waitEvent(event.UserMissing, m, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +165,7 @@ func TestTypoUserKeepsRestriction(t *testing.T) {
 	// Deleting the file lifts it.
 	m = w.mark()
 	os.Remove(w.path("allow.d/billing.yaml"))
-	if _, err := w.waitEvent("ruleset_applied", m, 5*time.Second); err != nil {
+	if _, err := w.waitEvent(event.RulesetApplied, m, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	w.expect(uidA, "tcp", "198.51.100.20:4444", okConnected)
@@ -184,7 +186,7 @@ func TestCheckInSyncAfterNoopEdits(t *testing.T) {
 	for i, body := range edits {
 		m := w.mark()
 		w.write("allow.d/billing.yaml", body)
-		if _, err := w.waitEvent("config_loaded", m, 5*time.Second); err != nil {
+		if _, err := w.waitEvent(event.ConfigLoaded, m, 5*time.Second); err != nil {
 			t.Fatal(err)
 		}
 		var code int
@@ -201,7 +203,7 @@ func TestCheckInSyncAfterNoopEdits(t *testing.T) {
 	// A new allowlist whose user does not exist yet: nothing in the kernel.
 	m0 := w.mark()
 	w.write("allow.d/late.yaml", "user: egressd-no-such-user\nallow: [192.0.2.12:443]\n")
-	if _, err := w.waitEvent("config_loaded", m0, 5*time.Second); err != nil {
+	if _, err := w.waitEvent(event.ConfigLoaded, m0, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	var lateOut string
@@ -217,7 +219,7 @@ func TestCheckInSyncAfterNoopEdits(t *testing.T) {
 	// A linger change (main file) changes nothing in the kernel either.
 	m := w.mark()
 	w.write("egressd.yaml", strings.Replace(mainConfig, "linger: 2s", "linger: 3s", 1))
-	if _, err := w.waitEvent("config_loaded", m, 5*time.Second); err != nil {
+	if _, err := w.waitEvent(event.ConfigLoaded, m, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	w.write("allow.d/billing.yaml", edits[0])
@@ -310,7 +312,7 @@ func TestYmlLoadedOthersReported(t *testing.T) {
 	w.start()
 	w.expect(uidNone, "tcp", "192.0.2.12:443", okRefused)
 	w.expect(uidNone, "tcp", "192.0.2.11:443", okConnected)
-	ev, err := w.waitEvent("config_file_skipped", m, time.Second)
+	ev, err := w.waitEvent(event.ConfigFileSkipped, m, time.Second)
 	if err != nil || !strings.HasSuffix(fmt.Sprint(ev["file"]), "notes.txt") {
 		t.Errorf("no config_file_skipped for notes.txt: %v %v", ev, err)
 	}
@@ -333,7 +335,7 @@ func TestDenyNamesOnlyOwnNames(t *testing.T) {
 	w.start()
 	m := w.mark()
 	w.expect(uidA, "tcp", "198.51.100.20:443", okRefused)
-	ev, err := w.waitEvent("deny", m, 2*time.Second)
+	ev, err := w.waitEvent(event.Deny, m, 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -343,12 +345,12 @@ func TestDenyNamesOnlyOwnNames(t *testing.T) {
 	// old.example.test leaves billing's allowlist.
 	m = w.mark()
 	w.write("allow.d/billing.yaml", fmt.Sprintf("user: %d\nallow:\n  - api.example.test:443\n", uidA))
-	if _, err := w.waitEvent("ruleset_applied", m, 5*time.Second); err != nil {
+	if _, err := w.waitEvent(event.RulesetApplied, m, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	m = w.mark()
 	w.expect(uidA, "tcp", "192.0.2.11:443", okRefused)
-	if ev, err = w.waitEvent("deny", m, 2*time.Second); err != nil {
+	if ev, err = w.waitEvent(event.Deny, m, 2*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if names, _ := ev["names"].([]any); len(names) != 0 {
@@ -357,7 +359,7 @@ func TestDenyNamesOnlyOwnNames(t *testing.T) {
 	// The control: its own name, wrong port.
 	m = w.mark()
 	w.expect(uidA, "tcp", "192.0.2.10:8443", okRefused)
-	if ev, err = w.waitEvent("deny", m, 2*time.Second); err != nil {
+	if ev, err = w.waitEvent(event.Deny, m, 2*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if names, _ := ev["names"].([]any); len(names) != 1 || names[0] != "api.example.test" {
@@ -422,7 +424,7 @@ func TestExplainShowsLingering(t *testing.T) {
 	w.dns.Set("api.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.11")}, TTL: 2})
 	seen := false
 	for deadline := time.Now().Add(10 * time.Second); !seen && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		for _, ev := range w.eventsSince("resolved", m) {
+		for _, ev := range w.eventsSince(event.Resolved, m) {
 			seen = seen || strings.Contains(fmt.Sprint(ev["added"]), "192.0.2.11")
 		}
 	}

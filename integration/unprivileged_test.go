@@ -5,11 +5,12 @@ package integration
 import (
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/egressd/egressd/internal/event"
 )
 
 // egressd.service runs the daemon as a dynamic user holding only
@@ -27,14 +28,14 @@ func TestDaemonAsUnprivilegedUserWithNetAdmin(t *testing.T) {
 		t.Fatal(err)
 	}
 	const capNetAdmin = 12
-	cmd := exec.Command(egressd, "run", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir())
+	cmd := exec.Command(egressd, w.tw.RunArgs()...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Credential:  &syscall.Credential{Uid: daemonUID, Gid: daemonUID},
 		AmbientCaps: []uintptr{capNetAdmin},
 	}
 	w.startCmd(cmd)
 	// CAP_NET_ADMIN is all it takes to own the table (Linux >= 6.9).
-	if evs := w.eventsSince("table_unowned", 0); len(evs) != 0 {
+	if evs := w.eventsSince(event.TableUnowned, 0); len(evs) != 0 {
 		t.Errorf("the unprivileged daemon does not own its table: %v", evs)
 	}
 	if out, err := w.nft("delete", "table", "inet", "egressd"); err == nil || !strings.Contains(out, "Operation not permitted") {
@@ -43,7 +44,7 @@ func TestDaemonAsUnprivilegedUserWithNetAdmin(t *testing.T) {
 	w.expect(uidA, "tcp", "192.0.2.10:443", okConnected)
 	m := w.mark()
 	w.expect(uidA, "tcp", "198.51.100.20:4444", okRefused)
-	if _, err := w.waitEvent("deny", m, time.Second); err != nil {
+	if _, err := w.waitEvent(event.Deny, m, time.Second); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(1100 * time.Millisecond)

@@ -6,8 +6,6 @@
 package integration
 
 import (
-	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,25 +14,19 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/dnstest"
 	"github.com/egressd/egressd/internal/netns"
 	"github.com/egressd/egressd/internal/systest"
+	"github.com/egressd/egressd/internal/testworld"
 	"github.com/egressd/egressd/ruleset"
 )
 
 var (
-	// worldsDir holds each world's configuration directory. egressd refuses
-	// configuration that any user but root could change, all the way up to
-	// / (config.Trust), so it is not under the world-writable /tmp (as
-	// t.TempDir is) but under /run, root-owned, 0755.
-	worldsDir string
 	binDir    string // holds egressd and the client, readable by every user
 	egressd   string
 	clientBin string
@@ -62,12 +54,6 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(binDir)
 		os.Chmod(binDir, 0o755) //nolint:errcheck
-		if worldsDir, err = config.TrustedTempDir("egressd-it-"); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		defer os.RemoveAll(worldsDir)
-		os.Chmod(worldsDir, 0o755) //nolint:errcheck
 		egressd = filepath.Join(binDir, "egressd")
 		build := exec.Command("go", "build", "-o", egressd, "../cmd/egressd")
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
@@ -165,17 +151,16 @@ func classify(err error) int {
 	return otherError
 }
 
-// world is one namespace with a DNS server, services and an egressd daemon.
+// world is one namespace with a DNS server, services and an egressd daemon
+// (internal/testworld), with the test's helpers.
 type world struct {
 	t      *testing.T
+	tw     *testworld.World
 	ns     *netns.NS
 	dns    *dnstest.Server
 	dir    string
 	daemon *exec.Cmd
-	done   chan struct{} // closed when the daemon exits
-	logMu  sync.Mutex
-	logs   []map[string]any
-	raw    []string
+	done   <-chan struct{} // closed when the daemon exits
 	// unowned starts daemons with an unowned table (ruleset.UnownedEnv),
 	// as on kernels before 6.9: for tests that play another tool changing
 	// the table, which the kernel refuses for an owned one.
@@ -187,69 +172,30 @@ var worldAddrs = []string{"192.0.2.53", "192.0.2.10", "192.0.2.11", "192.0.2.12"
 func newWorld(t *testing.T) *world {
 	t.Helper()
 	systest.Require(t)
-	ns, err := netns.New()
-	if err != nil {
+	tw := testworld.NewT(t, worldAddrs...)
+	w := &world{t: t, tw: tw, ns: tw.NS, dir: tw.Dir}
+	var err error
+	if w.dns, err = tw.StartDNS("192.0.2.53:53"); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ns.Close() })
-	var addrs []netip.Addr
-	for _, a := range worldAddrs {
-		addrs = append(addrs, netip.MustParseAddr(a))
-	}
-	if err := ns.AddAddrs(addrs...); err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp(worldsDir, "w-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o755) //nolint:errcheck // the unprivileged daemon of some tests reads it
-	w := &world{t: t, ns: ns, dir: dir}
-	if w.dns, err = dnstest.ListenIn(ns.Do, "192.0.2.53:53"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(w.dns.Close)
-	for _, a := range []string{"192.0.2.10:443", "192.0.2.10:8443", "192.0.2.11:443", "192.0.2.12:443", "198.51.100.20:443", "198.51.100.20:4444", "[2001:db8::10]:443", "[2001:db8::20]:443"} {
-		w.serveTCP(a)
-	}
-	w.serveUDP("203.0.113.5:5353")
-	w.serveUDP("203.0.113.5:5354")
+	w.must(tw.ServeTCP("192.0.2.10:443", "192.0.2.10:8443", "192.0.2.11:443", "192.0.2.12:443", "198.51.100.20:443", "198.51.100.20:4444", "[2001:db8::10]:443", "[2001:db8::20]:443"))
+	w.must(tw.ServeUDP("203.0.113.5:5353", "203.0.113.5:5354"))
 	return w
 }
 
-func (w *world) serveTCP(addr string) {
-	ln, err := w.ns.ServeTCP(addr)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	w.t.Cleanup(func() { ln.Close() })
-}
-
-func (w *world) serveUDP(addr string) {
-	pc, err := w.ns.ServeUDPEcho(addr)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	w.t.Cleanup(func() { pc.Close() })
-}
-
-// write puts a file under the world's config directory, atomically (write
-// then rename, as careful editors and config management do).
-func (w *world) write(name, body string) {
+func (w *world) must(err error) {
 	w.t.Helper()
-	p := filepath.Join(w.dir, name)
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		w.t.Fatal(err)
-	}
-	tmp := filepath.Join(filepath.Dir(p), "."+filepath.Base(p)+".tmp")
-	if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
-		w.t.Fatal(err)
-	}
-	if err := os.Rename(tmp, p); err != nil {
+	if err != nil {
 		w.t.Fatal(err)
 	}
 }
+
+func (w *world) serveTCP(addr string) { w.t.Helper(); w.must(w.tw.ServeTCP(addr)) }
+
+func (w *world) serveUDP(addr string) { w.t.Helper(); w.must(w.tw.ServeUDP(addr)) }
+
+// write puts a file under the world's config directory, atomically.
+func (w *world) write(name, body string) { w.t.Helper(); w.must(w.tw.Write(name, body)) }
 
 const mainConfig = `resolvers: ["192.0.2.53:53"]
 min_ttl: 1s
@@ -270,46 +216,21 @@ func (w *world) standardConfig() {
 // start runs the daemon inside the namespace and waits for "started".
 func (w *world) start(args ...string) {
 	w.t.Helper()
-	w.startCmd(exec.Command(egressd, append([]string{"run", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", w.runDir()}, args...)...))
+	w.startCmd(exec.Command(egressd, w.tw.RunArgs(args...)...))
 }
 
 func (w *world) startCmd(cmd *exec.Cmd) {
 	w.t.Helper()
-	since := w.mark()
 	if w.unowned {
 		cmd.Env = append(cmd.Environ(), ruleset.UnownedEnv+"=1")
 	}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		w.t.Fatal(err)
+	d, err := w.tw.Start(cmd, nil, 15*time.Second)
+	if d != nil {
+		w.daemon, w.done = d.Cmd, d.Done()
+		// Before the cleanups registered earlier (users a daemon may run as).
+		w.t.Cleanup(d.Kill)
 	}
-	if err := w.ns.Start(cmd); err != nil {
-		w.t.Fatal(err)
-	}
-	w.daemon = cmd
-	w.done = make(chan struct{})
-	done := w.done
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			var m map[string]any
-			line := sc.Text()
-			if json.Unmarshal([]byte(line), &m) != nil {
-				m = map[string]any{"event": "unparsed", "line": line}
-			}
-			w.logMu.Lock()
-			w.logs = append(w.logs, m)
-			w.raw = append(w.raw, line)
-			w.logMu.Unlock()
-		}
-		cmd.Wait() //nolint:errcheck
-		close(done)
-	}()
-	w.t.Cleanup(func() { w.kill() })
-	if _, err := w.waitEvent("started", since, 15*time.Second); err != nil {
-		w.t.Fatal(err)
-	}
+	w.must(err)
 }
 
 func (w *world) kill() {
@@ -333,56 +254,31 @@ func (w *world) stop(sig syscall.Signal) {
 }
 
 // runDir is the daemon's runtime directory (state file) for this world.
-func (w *world) runDir() string { return filepath.Join(w.dir, "run") }
+func (w *world) runDir() string { return w.tw.RunDir() }
 
 // mark returns the current log position, for waitEvent.
-func (w *world) mark() int {
-	w.logMu.Lock()
-	defer w.logMu.Unlock()
-	return len(w.logs)
-}
+func (w *world) mark() int { return w.tw.Mark() }
 
 // waitEvent waits for an event logged after position since.
 func (w *world) waitEvent(name string, since int, timeout time.Duration) (map[string]any, error) {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		w.logMu.Lock()
-		for _, m := range w.logs[min(since, len(w.logs)):] {
-			if m["event"] == name {
-				w.logMu.Unlock()
-				return m, nil
-			}
-		}
-		w.logMu.Unlock()
-		time.Sleep(20 * time.Millisecond)
-	}
-	return nil, fmt.Errorf("no %q event within %v; daemon log:\n%s", name, timeout, w.logText())
+	return w.tw.WaitEvent(name, since, timeout)
 }
 
-func (w *world) logText() string {
-	w.logMu.Lock()
-	defer w.logMu.Unlock()
-	return strings.Join(w.raw, "\n")
+// The events logged after position since with the given event name.
+func (w *world) eventsSince(name string, since int) []map[string]any {
+	return w.tw.EventsSince(name, since)
 }
+
+func (w *world) logText() string { return w.tw.LogText() }
 
 // connect runs the client as uid inside the namespace and returns its result.
 func (w *world) connect(uid int, proto, addr string) int {
 	w.t.Helper()
 	cmd := exec.Command(clientBin)
 	cmd.Env = []string{"EGRESSD_TEST_CLIENT=" + proto, "EGRESSD_TEST_ADDR=" + addr}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
-	if err := w.ns.Start(cmd); err != nil {
-		w.t.Fatal(err)
-	}
-	err := cmd.Wait()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode()
-	}
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	return 0
+	code, err := w.tw.RunAs(uid, cmd)
+	w.must(err)
+	return code
 }
 
 var resultName = map[int]string{okConnected: "connected", okRefused: "refused at once", otherError: "other error", timedOut: "timed out"}

@@ -16,6 +16,7 @@ import (
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/netns"
 	"github.com/egressd/egressd/internal/systest"
+	"github.com/egressd/egressd/internal/testworld"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
@@ -28,80 +29,57 @@ const (
 )
 
 type env struct {
+	w  *testworld.World
 	ns *netns.NS
 	k  *Netlink
 }
 
+// newKernel is a kernel adapter in a fresh network namespace with addrs on
+// its loopback.
+func newKernel(tb testing.TB, addrs ...string) (*Netlink, *testworld.World) {
+	tb.Helper()
+	systest.Require(tb)
+	w := testworld.NewT(tb, addrs...)
+	k := &Netlink{NetNSFd: w.NS.Fd()}
+	tb.Cleanup(func() { k.Close() })
+	return k, w
+}
+
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	systest.Require(t)
-	ns, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Close() })
-	var addrs []netip.Addr
-	for _, s := range []string{"192.0.2.10", "192.0.2.20", "192.0.2.53", "198.51.100.7", "2001:db8::10"} {
-		addrs = append(addrs, netip.MustParseAddr(s))
-	}
-	if err := ns.AddAddrs(addrs...); err != nil {
-		t.Fatal(err)
-	}
-	k := &Netlink{NetNSFd: ns.Fd()}
-	t.Cleanup(func() { k.Close() })
-	return &env{ns: ns, k: k}
+	k, w := newKernel(t, "192.0.2.10", "192.0.2.20", "192.0.2.53", "198.51.100.7", "2001:db8::10")
+	return &env{w: w, ns: w.NS, k: k}
 }
 
 // serveTCP runs a TCP service on addr inside the namespace.
 func (e *env) serveTCP(t *testing.T, addr string) {
 	t.Helper()
-	ln, err := e.ns.ServeTCP(addr)
-	if err != nil {
+	if err := e.w.ServeTCP(addr); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
 }
 
 // serveUDP runs a UDP echo service on addr inside the namespace.
 func (e *env) serveUDP(t *testing.T, addr string) {
 	t.Helper()
-	pc, err := e.ns.ServeUDPEcho(addr)
-	if err != nil {
+	if err := e.w.ServeUDP(addr); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { pc.Close() })
 }
 
 // tcp returns nil if uid can connect to addr, the error otherwise. A denied
 // connect must fail at once with "connection refused" (TCP reset), never hang.
 func (e *env) tcp(uid int, addr string) error {
 	start := time.Now()
-	c, err := e.ns.DialAs(uid, "tcp", addr, 2*time.Second)
-	if err == nil {
-		c.Close()
-		return nil
-	}
-	if time.Since(start) > time.Second {
+	err := e.w.DialAs(uid, "tcp", addr, 2*time.Second)
+	if err != nil && time.Since(start) > time.Second {
 		return fmt.Errorf("slow failure (%v): %w", time.Since(start), err)
 	}
 	return err
 }
 
 // udp returns nil if uid gets an echo back from addr.
-func (e *env) udp(uid int, addr string) error {
-	c, err := e.ns.DialAs(uid, "udp", addr, time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(time.Second)) //nolint:errcheck
-	if _, err := c.Write([]byte("ping")); err != nil {
-		return err
-	}
-	buf := make([]byte, 16)
-	_, err = c.Read(buf)
-	return err
-}
+func (e *env) udp(uid int, addr string) error { return e.w.UDPEchoAs(uid, addr, time.Second) }
 
 func mustAllow(t *testing.T, what string, err error) {
 	t.Helper()
@@ -298,14 +276,7 @@ func BenchmarkApplyFull100k(b *testing.B) { benchApplyFull(b, bigPlan(100_000)) 
 
 // benchKernel is a kernel adapter in a fresh network namespace.
 func benchKernel(b *testing.B) *Netlink {
-	systest.Require(b)
-	ns, err := netns.New()
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ns.Close() })
-	k := &Netlink{NetNSFd: ns.Fd()}
-	b.Cleanup(func() { k.Close() })
+	k, _ := newKernel(b)
 	return k
 }
 

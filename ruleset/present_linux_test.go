@@ -7,19 +7,10 @@ import (
 	"testing"
 
 	"github.com/egressd/egressd/config"
-	"github.com/egressd/egressd/internal/netns"
-	"github.com/egressd/egressd/internal/systest"
 )
 
 func TestTablePresent(t *testing.T) {
-	systest.Require(t)
-	ns, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	k := &Netlink{NetNSFd: ns.Fd()}
-	defer k.Close()
+	k, _ := newKernel(t)
 	want := func(present bool) {
 		t.Helper()
 		got, err := k.TablePresent()
@@ -41,14 +32,7 @@ func TestTablePresent(t *testing.T) {
 // Restore recreates a removed table exactly, and refuses, changing nothing,
 // when the table exists.
 func TestRestore(t *testing.T) {
-	systest.Require(t)
-	ns, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	k := &Netlink{NetNSFd: ns.Fd()}
-	defer k.Close()
+	k, _ := newKernel(t)
 	p := Render(Desired{
 		Allowlists: []Allowlist{{Name: "a", UID: 1000, DNS: true, Elements: []Element{
 			ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.1/32"), 443, 443),

@@ -1,22 +1,17 @@
 package main
 
 import (
-	"bufio"
-	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/egressd/egressd/config"
-	"github.com/egressd/egressd/internal/dnstest"
-	"github.com/egressd/egressd/internal/netns"
+	"github.com/egressd/egressd/internal/event"
+	"github.com/egressd/egressd/internal/testworld"
 )
 
 // The demo's world: every address is a documentation address bound to the
@@ -69,55 +64,34 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 
 func demo(out io.Writer) error {
 	say := func(format string, a ...any) { fmt.Fprintf(out, format+"\n", a...) }
-	ns, err := netns.New()
+	w, err := testworld.New(demoAddrs...)
 	if err != nil {
 		return err
 	}
-	defer ns.Close()
-	var addrs []netip.Addr
-	for _, a := range demoAddrs {
-		addrs = append(addrs, netip.MustParseAddr(a))
-	}
-	if err := ns.AddAddrs(addrs...); err != nil {
-		return err
-	}
+	defer w.Close()
 	say("▶ created a throwaway network namespace with %s on its loopback", strings.Join(demoAddrs, ", "))
 
 	// The demo's own DNS server, inside the namespace.
-	dnsSrv, err := dnstest.ListenIn(ns.Do, "192.0.2.53:53")
-	if err != nil {
-		return fmt.Errorf("start DNS server: %w", err)
-	}
-	defer dnsSrv.Close()
-	dnsSrv.Set("api.payments.example", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.10")}, AAAA: []netip.Addr{netip.MustParseAddr("2001:db8::10")}, TTL: 2})
-	say("▶ DNS server on 192.0.2.53:53: api.payments.example → 192.0.2.10, 2001:db8::10 (TTL 2s)")
-
-	// Example services.
-	for _, a := range []string{"192.0.2.10:443", "192.0.2.10:8080", "192.0.2.11:443", "198.51.100.20:443", "198.51.100.20:4444", "[2001:db8::10]:443"} {
-		l, err := ns.ServeTCP(a)
-		if err != nil {
-			return err
-		}
-		defer l.Close()
-	}
-	say("▶ example services listening on 192.0.2.10:443, :8080, 192.0.2.11:443, 198.51.100.20:443, :4444, [2001:db8::10]:443")
-
-	dir, err := config.TrustedTempDir("egressd-demo-")
+	dnsSrv, err := w.StartDNS("192.0.2.53:53")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
+	dnsSrv.Set("api.payments.example", testworld.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.10")}, AAAA: []netip.Addr{netip.MustParseAddr("2001:db8::10")}, TTL: 2})
+	say("▶ DNS server on 192.0.2.53:53: api.payments.example → 192.0.2.10, 2001:db8::10 (TTL 2s)")
+
+	// Example services.
+	if err := w.ServeTCP("192.0.2.10:443", "192.0.2.10:8080", "192.0.2.11:443", "198.51.100.20:443", "198.51.100.20:4444", "[2001:db8::10]:443"); err != nil {
+		return err
+	}
+	say("▶ example services listening on 192.0.2.10:443, :8080, 192.0.2.11:443, 198.51.100.20:443, :4444, [2001:db8::10]:443")
+
 	files := map[string]string{"egressd.yaml": demoMain, "allow.d/billing.yaml": demoBilling, "allow.d/web.yaml": demoWeb}
 	for name, body := range files {
-		p := filepath.Join(dir, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return err
-		}
-		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		if err := w.Write(name, body); err != nil {
 			return err
 		}
 	}
-	say("▶ configuration in %s:", dir)
+	say("▶ configuration in %s:", w.Dir)
 	for _, name := range []string{"allow.d/billing.yaml", "allow.d/web.yaml"} {
 		say("  ── %s\n%s", name, indent(files[name]))
 	}
@@ -126,46 +100,21 @@ func demo(out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(self, "run", "--config", filepath.Join(dir, "egressd.yaml"), "--runtime-dir", filepath.Join(dir, "run"))
-	logs, err := cmd.StderrPipe()
+	say("▶ starting the real daemon inside the namespace: egressd run --config %s", w.Config())
+	d, err := w.Start(exec.Command(self, w.RunArgs()...), func(line string) { fmt.Fprintf(out, "  daemon │ %s\n", line) }, 10*time.Second)
+	if d != nil {
+		defer d.Stop(syscall.SIGTERM, 10*time.Second) //nolint:errcheck // Close kills it if it does not stop
+	}
 	if err != nil {
-		return err
-	}
-	if err := ns.Start(cmd); err != nil {
-		return fmt.Errorf("start daemon: %w", err)
-	}
-	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM) //nolint:errcheck
-		cmd.Wait()                          //nolint:errcheck
-	}()
-	events := make(chan map[string]any, 100)
-	go func() {
-		sc := bufio.NewScanner(logs)
-		for sc.Scan() {
-			var m map[string]any
-			if json.Unmarshal(sc.Bytes(), &m) == nil {
-				fmt.Fprintf(out, "  daemon │ %s\n", sc.Text())
-				select {
-				case events <- m:
-				default:
-				}
-			}
-		}
-		close(events)
-	}()
-	say("▶ started the real daemon inside the namespace: egressd run --config %s/egressd.yaml", dir)
-	if err := waitEvent(events, "started", 10*time.Second); err != nil {
 		return err
 	}
 	time.Sleep(200 * time.Millisecond)
 
 	probe := func(uid int, who, addr string) {
 		start := time.Now()
-		c, err := ns.DialAs(uid, "tcp", addr, 2*time.Second)
+		err := w.DialAs(uid, "tcp", addr, 2*time.Second)
 		verdict := "ALLOWED"
-		if err == nil {
-			c.Close()
-		} else {
+		if err != nil {
 			verdict = "DENIED  (" + shortErr(err) + ")"
 		}
 		say("  %-26s → %-22s %s in %v", who, addr, verdict, time.Since(start).Round(10*time.Microsecond))
@@ -182,8 +131,9 @@ func demo(out io.Writer) error {
 	probe(0, "root", "198.51.100.20:4444")
 
 	say("\n▶ DNS change: api.payments.example now answers 192.0.2.11 (was 192.0.2.10)")
-	dnsSrv.Set("api.payments.example", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.11")}, AAAA: []netip.Addr{netip.MustParseAddr("2001:db8::10")}, TTL: 2})
-	if err := waitEvent(events, "ruleset_applied", 10*time.Second); err != nil {
+	m := w.Mark()
+	dnsSrv.Set("api.payments.example", testworld.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.11")}, AAAA: []netip.Addr{netip.MustParseAddr("2001:db8::10")}, TTL: 2})
+	if _, err := w.WaitEvent(event.RulesetApplied, m, 10*time.Second); err != nil {
 		return err
 	}
 	time.Sleep(100 * time.Millisecond)
@@ -192,7 +142,7 @@ func demo(out io.Writer) error {
 	probe(demoUIDBilling, "billing (uid 64001)", "192.0.2.10:443")
 	say("  (the old address lingers for TTL + linger, so connections in flight to it are not cut)")
 	say("  waiting for the linger of 192.0.2.10 to run out…")
-	if err := waitEvent(events, "ruleset_applied", 15*time.Second); err != nil {
+	if _, err := w.WaitEvents(event.RulesetApplied, m, 2, 15*time.Second); err != nil {
 		return err
 	}
 	time.Sleep(100 * time.Millisecond)
@@ -200,24 +150,6 @@ func demo(out io.Writer) error {
 	probe(demoUIDBilling, "billing (uid 64001)", "192.0.2.11:443")
 	say("\n▶ done: stopping the daemon and deleting the namespace (its table goes with it)")
 	return nil
-}
-
-func waitEvent(events <-chan map[string]any, name string, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	for {
-		select {
-		case m, ok := <-events:
-			if !ok {
-				return fmt.Errorf("the daemon exited before %q", name)
-			}
-			if m["event"] == name {
-				return nil
-			}
-		case <-ctx.Done():
-			return fmt.Errorf("no %q event within %v", name, timeout)
-		}
-	}
 }
 
 func shortErr(err error) string {

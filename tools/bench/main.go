@@ -7,7 +7,6 @@ package main
 
 import (
 	"bufio"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"net"
@@ -19,11 +18,14 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/dnstest"
+	"github.com/egressd/egressd/internal/event"
 	"github.com/egressd/egressd/internal/netns"
+	"github.com/egressd/egressd/internal/testworld"
 	"github.com/egressd/egressd/ruleset"
 )
 
@@ -127,40 +129,26 @@ func ok(cond bool) string {
 	return "MISSED"
 }
 
-// world is a namespace with a DNS server on 192.0.2.53 and a config dir.
+// world is a namespace (internal/testworld) with a DNS server on 192.0.2.53
+// and a config dir.
 type world struct {
+	*testworld.World
 	ns  *netns.NS
 	dns *dnstest.Server
 	dir string
 }
 
 func newWorld(extra ...string) (*world, error) {
-	ns, err := netns.New()
+	tw, err := testworld.New(append([]string{"192.0.2.53"}, extra...)...)
 	if err != nil {
 		return nil, err
 	}
-	addrs := []netip.Addr{netip.MustParseAddr("192.0.2.53")}
-	for _, a := range extra {
-		addrs = append(addrs, netip.MustParseAddr(a))
-	}
-	if err := ns.AddAddrs(addrs...); err != nil {
-		return nil, err
-	}
-	srv, err := dnstest.ListenIn(ns.Do, "192.0.2.53:53")
+	srv, err := tw.StartDNS("192.0.2.53:53")
 	if err != nil {
+		tw.Close()
 		return nil, err
 	}
-	dir, err := config.TrustedTempDir("egressd-bench-w-")
-	if err != nil {
-		return nil, err
-	}
-	return &world{ns: ns, dns: srv, dir: dir}, nil
-}
-
-func (w *world) close() {
-	w.dns.Close()
-	w.ns.Close()
-	os.RemoveAll(w.dir)
+	return &world{World: tw, ns: tw.NS, dns: srv, dir: tw.Dir}, nil
 }
 
 // names sets up n names over 100 allowlists, one A record each, and writes the config.
@@ -200,19 +188,6 @@ func addr6(k int) netip.Addr {
 	return netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 13: byte(k >> 16), 14: byte(k >> 8), 15: byte(k)})
 }
 
-// run runs a command inside the namespace and returns its wall time.
-func (w *world) run(name string, args ...string) (time.Duration, []byte, error) {
-	cmd := exec.Command(name, args...)
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	start := time.Now()
-	if err := w.ns.Start(cmd); err != nil {
-		return 0, nil, err
-	}
-	err := cmd.Wait()
-	return time.Since(start), []byte(out.String()), err
-}
-
 // ---- 1. cold apply ----
 
 func coldApply(bin string) error {
@@ -226,7 +201,7 @@ func coldApply(bin string) error {
 			return err
 		}
 		q0 := w.dns.Queries()
-		took, out, err := w.run(bin, "run", "--once", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", filepath.Join(w.dir, "run"))
+		took, out, err := w.Run(bin, w.RunArgs("--once")...)
 		if err != nil {
 			return fmt.Errorf("run --once: %v\n%s", err, tail(out))
 		}
@@ -252,7 +227,7 @@ func coldApply(bin string) error {
 		target := "≤ 1 s at 10k; ≥ 100× loop; < dig -f"
 		verdict := ok(batch > took && (loop == 0 || loop > 100*took) && (n != 10000 || took <= time.Second))
 		add(row{fig, dur(took), alt, ratio, target, verdict})
-		w.close()
+		w.Close()
 	}
 	return nil
 }
@@ -264,7 +239,7 @@ func digLoop(w *world, names []string) (time.Duration, error) {
 	answers := map[string][]string{}
 	for _, n := range names {
 		for _, t := range []string{"A", "AAAA"} {
-			_, out, err := w.run("dig", "+short", "+time=2", "+tries=1", "@192.0.2.53", n, t)
+			_, out, err := w.Run("dig", "+short", "+time=2", "+tries=1", "@192.0.2.53", n, t)
 			if err != nil {
 				return 0, fmt.Errorf("dig: %v: %s", err, out)
 			}
@@ -289,7 +264,7 @@ func digBatch(w *world, names []string) (time.Duration, error) {
 	if err := os.WriteFile(f, []byte(b.String()), 0o644); err != nil {
 		return 0, err
 	}
-	_, out, err := w.run("dig", "@192.0.2.53", "+noall", "+answer", "+time=2", "+tries=1", "-f", f)
+	_, out, err := w.Run("dig", "@192.0.2.53", "+noall", "+answer", "+time=2", "+tries=1", "-f", f)
 	if err != nil {
 		return 0, fmt.Errorf("dig -f: %v", err)
 	}
@@ -338,7 +313,7 @@ func nftApply(w *world, names []string, answers map[string][]string) error {
 	if err := os.WriteFile(f, []byte(b.String()), 0o644); err != nil {
 		return err
 	}
-	if _, out, err := w.run("nft", "-f", f); err != nil {
+	if _, out, err := w.Run("nft", "-f", f); err != nil {
 		return fmt.Errorf("nft -f: %v: %s", err, tail(out))
 	}
 	return nil
@@ -353,7 +328,7 @@ func dnsCapacity(string) error {
 	if err != nil {
 		return err
 	}
-	defer w.close()
+	defer w.Close()
 	names, err := w.names(10000, 300)
 	if err != nil {
 		return err
@@ -364,7 +339,7 @@ func dnsCapacity(string) error {
 		fmt.Fprintf(&b, "%s A\n%s AAAA\n", n, n)
 	}
 	os.WriteFile(f, []byte(b.String()), 0o644) //nolint:errcheck
-	_, out, err := w.run("dnsperf", "-s", "192.0.2.53", "-d", f, "-l", "5", "-c", "8", "-q", "200")
+	_, out, err := w.Run("dnsperf", "-s", "192.0.2.53", "-d", f, "-l", "5", "-c", "8", "-q", "200")
 	if err != nil {
 		return fmt.Errorf("dnsperf: %v: %s", err, tail(out))
 	}
@@ -379,44 +354,9 @@ func dnsCapacity(string) error {
 
 // ---- change latency ----
 
-type logEvent struct {
-	Event string    `json:"event"`
-	TS    time.Time `json:"ts"`
-	Name  string    `json:"name"`
-	Added []string  `json:"added"`
-}
-
-// daemon starts egressd run in the world and streams its events.
-func (w *world) daemon(bin string) (*exec.Cmd, <-chan logEvent, error) {
-	cmd := exec.Command(bin, "run", "--config", filepath.Join(w.dir, "egressd.yaml"), "--runtime-dir", filepath.Join(w.dir, "run"))
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := w.ns.Start(cmd); err != nil {
-		return nil, nil, err
-	}
-	ch := make(chan logEvent, 100000)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			var e logEvent
-			if json.Unmarshal(sc.Bytes(), &e) == nil {
-				select {
-				case ch <- e:
-				default:
-				}
-			}
-		}
-		close(ch)
-	}()
-	for e := range ch {
-		if e.Event == "started" {
-			return cmd, ch, nil
-		}
-	}
-	return nil, nil, fmt.Errorf("daemon exited before starting")
+// daemon starts egressd run in the world and waits for "started".
+func (w *world) daemon(bin string) (*testworld.Daemon, error) {
+	return w.Start(exec.Command(bin, w.RunArgs()...), nil, time.Minute)
 }
 
 func changeLatency(bin string) error {
@@ -424,44 +364,30 @@ func changeLatency(bin string) error {
 	if err != nil {
 		return err
 	}
-	defer w.close()
+	defer w.Close()
 	const ttl = 2
 	names, err := w.names(100, ttl)
 	if err != nil {
 		return err
 	}
-	cmd, events, err := w.daemon(bin)
+	d, err := w.daemon(bin)
 	if err != nil {
 		return err
 	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }() //nolint:errcheck
+	defer d.Kill()
 	var lat []time.Duration
 	for i := 0; i < 100; i++ {
 		name := names[i]
 		fresh := netip.AddrFrom4([4]byte{203, 0, 113, byte(i)})
 		time.Sleep(time.Duration(i*37%1000) * time.Millisecond) // a random phase against the TTL
+		m := w.Mark()
 		t0 := time.Now()
 		w.dns.Set(name, dnstest.Record{A: []netip.Addr{fresh}, TTL: ttl})
-		seen := false
-		deadline := time.After(3 * ttl * time.Second)
-	wait:
-		for {
-			select {
-			case e, ok := <-events:
-				if !ok {
-					return fmt.Errorf("daemon exited")
-				}
-				if e.Event == "resolved" && e.Name == name && len(e.Added) > 0 && e.Added[0] == fresh.String() {
-					seen = true
-				}
-				if seen && e.Event == "ruleset_applied" {
-					lat = append(lat, e.TS.Sub(t0))
-					break wait
-				}
-			case <-deadline:
-				return fmt.Errorf("change %d not applied within %ds", i, 3*ttl)
-			}
+		applied, err := appliedAfter(w, d, m, name, fresh, 3*ttl*time.Second)
+		if err != nil {
+			return fmt.Errorf("change %d: %w", i, err)
 		}
+		lat = append(lat, applied.Sub(t0))
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	p50, p99 := lat[len(lat)/2], lat[len(lat)*99/100]
@@ -471,6 +397,29 @@ func changeLatency(bin string) error {
 	return nil
 }
 
+// appliedAfter returns the time of the first ruleset_applied event after
+// the resolved event that added fresh to name, logged after position since.
+func appliedAfter(w *world, d *testworld.Daemon, since int, name string, fresh netip.Addr, timeout time.Duration) (time.Time, error) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		seen := false
+		for _, e := range w.EventsSince("", since) {
+			if added, _ := e["added"].([]any); e["event"] == event.Resolved && e["name"] == name && len(added) > 0 && added[0] == fresh.String() {
+				seen = true
+			}
+			if ts, _ := e["ts"].(string); seen && e["event"] == event.RulesetApplied {
+				return time.Parse(time.RFC3339Nano, ts)
+			}
+		}
+		select {
+		case <-d.Done():
+			return time.Time{}, fmt.Errorf("daemon exited")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return time.Time{}, fmt.Errorf("not applied within %v", timeout)
+}
+
 // ---- steady state ----
 
 func steadyState(bin string) error {
@@ -478,21 +427,17 @@ func steadyState(bin string) error {
 	if err != nil {
 		return err
 	}
-	defer w.close()
+	defer w.Close()
 	const n, ttl = 10000, 60
 	if _, err := w.names(n, ttl); err != nil {
 		return err
 	}
-	cmd, events, err := w.daemon(bin)
+	d, err := w.daemon(bin)
 	if err != nil {
 		return err
 	}
-	go func() {
-		for range events {
-		}
-	}()
-	defer func() { cmd.Process.Signal(os.Interrupt); cmd.Wait() }() //nolint:errcheck
-	pid := cmd.Process.Pid
+	defer d.Stop(syscall.SIGINT, time.Minute) //nolint:errcheck // Close kills it if it does not stop
+	pid := d.Cmd.Process.Pid
 	// Measure whole TTL periods, starting half way between refreshes, so that
 	// every name is refreshed exactly once per period if the scheduler is right.
 	periods := max(1, int(*steadyFor/(ttl*time.Second)))
@@ -585,11 +530,11 @@ func dataPath(string) error {
 		// not favour whichever runs first.
 		for round := 0; round < 5; round++ {
 			base = max(base, connectRate(w, uid, target))
-			if _, out, err := w.run("nft", "-f", ctOnly); err != nil {
+			if _, out, err := w.Run("nft", "-f", ctOnly); err != nil {
 				return fmt.Errorf("conntrack baseline: %v %s", err, tail(out))
 			}
 			ct = max(ct, connectRate(w, uid, target))
-			w.run("nft", "delete", "table", "inet", "ctonly") //nolint:errcheck
+			w.Run("nft", "delete", "table", "inet", "ctonly") //nolint:errcheck
 			if err := k.ApplyFull(plan); err != nil {
 				return err
 			}
@@ -597,14 +542,14 @@ func dataPath(string) error {
 			if err := k.Remove(); err != nil {
 				return err
 			}
-			if _, out, err := w.run("nft", "-f", naiveFile); err != nil {
+			if _, out, err := w.Run("nft", "-f", naiveFile); err != nil {
 				return fmt.Errorf("naive ruleset: %v %s", err, tail(out))
 			}
 			naive = max(naive, connectRate(w, uid, target))
-			w.run("nft", "delete", "table", "inet", "naive") //nolint:errcheck
+			w.Run("nft", "delete", "table", "inet", "naive") //nolint:errcheck
 		}
 		ln.Close()
-		w.close()
+		w.Close()
 		cost := (base/eg - 1) * 100
 		add(row{fmt.Sprintf("data path, %d entries: connects/s of a protected user", entries),
 			fmt.Sprintf("%.0f/s (%+.1f%% vs no table, %+.1f%% vs conntrack only)", eg, cost, (ct/eg-1)*100),
@@ -641,7 +586,7 @@ func netlinkApply(string) error {
 	if err != nil {
 		return err
 	}
-	defer w.close()
+	defer w.Close()
 	var als []ruleset.Allowlist
 	for i := 0; i < 100; i++ {
 		a := ruleset.Allowlist{Name: fmt.Sprintf("l%03d", i), UID: uint32(70000 + i)}
@@ -678,7 +623,7 @@ func netlinkApply(string) error {
 	os.WriteFile(f, []byte(b.String()), 0o644) //nolint:errcheck
 	var theirs []time.Duration
 	for r := 0; r < 3; r++ {
-		took, out, err := w.run("nft", "-f", f)
+		took, out, err := w.Run("nft", "-f", f)
 		if err != nil {
 			return fmt.Errorf("nft -f: %v %s", err, tail(out))
 		}
@@ -795,12 +740,12 @@ func sitesApply(string) error {
 		var cold []time.Duration
 		for r := 0; r < 3; r++ {
 			if err := k.Remove(); err != nil {
-				w.close()
+				w.Close()
 				return err
 			}
 			start := time.Now()
 			if err := k.ApplyFull(plan); err != nil {
-				w.close()
+				w.Close()
 				return err
 			}
 			cold = append(cold, time.Since(start))
@@ -828,7 +773,7 @@ func sitesApply(string) error {
 			delta := ruleset.Diff(cur, next)
 			kstart := time.Now()
 			if err := k.ApplyDelta(next, delta); err != nil {
-				w.close()
+				w.Close()
 				return err
 			}
 			kernelOnly = append(kernelOnly, time.Since(kstart))
@@ -840,9 +785,9 @@ func sitesApply(string) error {
 		if n <= 4000 {
 			f := filepath.Join(w.dir, "old.nft")
 			os.WriteFile(f, []byte(oldLayout(als)), 0o644) //nolint:errcheck
-			took, out, err := w.run("nft", "-f", f)
+			took, out, err := w.Run("nft", "-f", f)
 			if err != nil {
-				w.close()
+				w.Close()
 				return fmt.Errorf("old layout, nft -f: %v %s", err, tail(out))
 			}
 			alt = "layout before issue 10 (nft -f): " + dur(took)
@@ -859,7 +804,7 @@ func sitesApply(string) error {
 		}
 		add(row{fmt.Sprintf("one new DNS answer among %d allowlists: render+diff+apply (kernel alone), median of 20", n),
 			fmt.Sprintf("%s (%s)", dur(median(whole)), dur(median(kernelOnly))), "—", "—", target, verdict})
-		w.close()
+		w.Close()
 	}
 	return nil
 }
