@@ -106,3 +106,60 @@ func TestRedteamAuditSeesACLWriter(t *testing.T) {
 		t.Errorf("%s has an ACL entry user:%d:rwx, the audit reports nothing", bin, rtUID)
 	}
 }
+
+// The start gate exists to keep a service from starting unrestricted, and
+// the audit reports a unit without one ("ordering"). But it accepts any
+// ExecStartPre= whose binary is egressd and whose verb is wait: with the
+// "-" prefix systemd ignores the gate's exit code (the service starts
+// whether or not egressd enforces its user), and a gate that waits for
+// another user (a copy from another unit) gates nothing. Both pass the
+// audit without a finding today.
+func TestRedteamAuditIgnoredOrForeignGate(t *testing.T) {
+	dir := t.TempDir()
+	unit := filepath.Join(dir, "svc.service")
+	out, err := Generate(Options{User: "svc", PrivateUsers: true, Listen: []Listen{{"tcp", 80}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate := ""
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "ExecStartPre=+") && strings.Contains(l, " wait ") {
+			gate = l
+		}
+	}
+	if gate == "" {
+		t.Fatalf("no gate in the generated drop-in:\n%s", out)
+	}
+	env := Env{BPF: FeatureYes, AllowlistFor: func(string) (string, bool, error) { return "svc", true, nil }, Exists: func(string) bool { return true }}
+	gateFindings := func(body string) []Finding {
+		t.Helper()
+		if err := os.WriteFile(unit, []byte("[Service]\nExecStart=/usr/bin/sleep infinity\n\n"+body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r, err := Audit(unit, env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var fs []Finding
+		for _, f := range r.Findings {
+			if f.Kind == "ordering" && f.Target == "ExecStartPre" {
+				fs = append(fs, f)
+			}
+		}
+		return fs
+	}
+	if fs := gateFindings(out); len(fs) != 0 {
+		t.Fatalf("control: the generated gate is reported: %v", fs)
+	}
+	for what, line := range map[string]string{
+		"exit code ignored (-)": strings.Replace(gate, "ExecStartPre=+", "ExecStartPre=-+", 1),
+		"another user's gate":   strings.Replace(gate, "--user svc", "--user othersvc", 1),
+	} {
+		if line == gate {
+			t.Fatalf("%s: could not derive it from %q", what, gate)
+		}
+		if fs := gateFindings(strings.Replace(out, gate, line, 1)); len(fs) == 0 {
+			t.Errorf("%s: %s: the audit reports nothing", what, line)
+		}
+	}
+}
