@@ -107,3 +107,52 @@ func TestRedteamMetricsPortSquatted(t *testing.T) {
 		t.Errorf("egressd started (metrics_failed logged: %v) while uid %d serves its metrics address; a scrape reads:\n%s", failed, uidNone, body)
 	}
 }
+
+func init() {
+	childModes["hold"] = func(string) int {
+		fmt.Printf("{\"pid\":%d}\n", os.Getpid())
+		io.Copy(io.Discard, os.Stdin) //nolint:errcheck
+		return okConnected
+	}
+}
+
+// check decides whether the daemon runs by whether /proc/PID exists for the
+// pid in state.json (State.Alive), not by the lock the daemon holds
+// (state.Holder, which remove uses). After a daemon dies without its
+// runtime directory being removed (SIGKILL or a crash outside systemd, or
+// with RuntimeDirectoryPreserve=), any process that gets the same pid — an
+// unprivileged user can cycle the pid space with fork — makes check report
+// "running", compare the kernel with the dead daemon's plan and exit 0,
+// instead of daemon_not_running. The test gives uidNone the pid through
+// ns_last_pid (root's shortcut for the fork loop).
+func TestRedteamCheckFooledByPIDReuse(t *testing.T) {
+	w := newWorld(t)
+	w.standardConfig()
+	w.start()
+	time.Sleep(1100 * time.Millisecond) // the state file is written at most once a second
+	pid := w.daemon.Process.Pid
+	w.kill()
+	// Control: nobody has the pid: check says the daemon is gone.
+	if code, m := w.checkJSON(); !strings.Contains(strings.Join(problemKinds(m), " "), "daemon_not_running") {
+		t.Fatalf("control: check after the daemon died: exit %d, problems %v", code, problemKinds(m))
+	}
+	var got int
+	for i := 0; i < 50 && got != pid; i++ {
+		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0o644); err != nil {
+			t.Skipf("cannot set ns_last_pid: %v", err)
+		}
+		c := w.startChild(uidNone, "hold", "")
+		got = int(c.next(t, 5*time.Second)["pid"].(float64))
+		if got != pid {
+			c.wait(t)
+		}
+	}
+	if got != pid {
+		t.Skipf("pid %d taken by another process first", pid)
+	}
+	code, m := w.checkJSON()
+	d, _ := m["daemon"].(map[string]any)
+	if d["running"] == true || !strings.Contains(strings.Join(problemKinds(m), " "), "daemon_not_running") {
+		t.Errorf("no daemon runs, uid %d holds pid %d: check exit %d, daemon %v, problems %v", uidNone, pid, code, d, problemKinds(m))
+	}
+}
