@@ -68,3 +68,40 @@ func TestRedteamResolvConfOutsideTrustWalk(t *testing.T) {
 		t.Errorf("not a configuration error: %v", err)
 	}
 }
+
+// Blocked (a guard): an ACL too large for aclWriter's 1024-byte buffer
+// (more than 127 entries) makes Lgetxattr fail with ERANGE, and checkOne
+// then skips the ACL check altogether. It still cannot open the file: an
+// entry's write is effective only through the mask, and the kernel mirrors
+// the mask in the group mode bits, which the mode check refuses. The test
+// keeps that true.
+func TestRedteamLargeACLStillRefused(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "allow.d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	main := filepath.Join(dir, "egressd.yaml")
+	file := filepath.Join(dir, "allow.d/billing.yaml")
+	os.WriteFile(main, []byte("resolvers: [192.0.2.53]\n"), 0o644)            //nolint:errcheck
+	os.WriteFile(file, []byte("user: 1001\nallow: [b.example:443]\n"), 0o644) //nolint:errcheck
+	ents := [][3]uint32{{aclUserObj, 6, 0}}
+	for i := uint32(0); i < 140; i++ {
+		ents = append(ents, [3]uint32{aclUser, 4, 70000 + i})
+	}
+	ents = append(ents, [3]uint32{aclUser, 6, 61001}, [3]uint32{aclGroupObj, 4, 0}, [3]uint32{aclMask, 6, 0}, [3]uint32{aclOther, 4, 0})
+	b := acl(ents...)
+	if len(b) <= 1024 {
+		t.Fatalf("ACL of %d bytes fits the buffer", len(b))
+	}
+	if err := unixSetxattr(file, b); err != nil {
+		t.Skipf("no large POSIX ACLs here: %v", err)
+	}
+	if _, err := xattrACL(file)(); err == nil {
+		t.Fatalf("the ACL was read whole: the premise (ERANGE) does not hold")
+	}
+	_, err := LoadTrusted(main, true, Trust{Above: dir})
+	if err == nil || !strings.Contains(err.Error(), "refused: "+file) {
+		t.Fatalf("a %d-entry ACL granting uid 61001 write: error %v", len(ents), err)
+	}
+	t.Logf("refused: %v", err)
+}
