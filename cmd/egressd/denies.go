@@ -40,7 +40,7 @@ func cmdDenies(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "egressd denies:", err)
 		return 2
 	}
-	if st, err := state.Read(*runtimeDir); err != nil || !st.Alive() {
+	if st, err := state.Read(*runtimeDir); err != nil || !st.Running(*runtimeDir) {
 		fmt.Fprintf(stderr, "egressd denies: the daemon is not running: what follows was recorded until %s\n", doc.Updated.Format(time.RFC3339))
 	}
 	keep := func(e deny.RecentEntry) bool { return *allowlist == "" || e.Allowlist == *allowlist }

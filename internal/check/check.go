@@ -226,7 +226,7 @@ func Run(ctx context.Context, o Options) *Report {
 	if err != nil {
 		// Say what protects the host meanwhile, and only what is true.
 		keep := "; no egressd daemon is running: nothing enforces a configuration until one starts on valid files (or on its last good copy)"
-		if st, serr := state.Read(o.RuntimeDir); serr == nil && st.Alive() {
+		if st, serr := state.Read(o.RuntimeDir); serr == nil && st.Running(o.RuntimeDir) {
 			keep = fmt.Sprintf("; the running daemon (pid %d) keeps enforcing its last good configuration (%s) meanwhile", st.PID, st.ConfigFile)
 			r.Daemon.Seen, r.Daemon.Running, r.Daemon.PID = true, true, st.PID
 		}
@@ -281,7 +281,7 @@ func Run(ctx context.Context, o Options) *Report {
 		problem("state_untrusted", r.Daemon.StateFile, serr.Error()+": the daemon's published view is ignored",
 			"the runtime directory and its files must belong to egressd (or root) and be writable by it alone (systemd's RuntimeDirectory= does this)")
 	}
-	daemonUp := serr == nil && st.Alive()
+	daemonUp := serr == nil && st.Running(o.RuntimeDir)
 	users := policy.LookupUsers(cfg, o.Users)
 	for _, a := range cfg.Allowlists {
 		err, ok := users.Missing[a.Name]
@@ -326,7 +326,7 @@ func Run(ctx context.Context, o Options) *Report {
 	// (lingering and stale-served addresses are not drift), else a fresh render.
 	var expected ruleset.Plan
 	if serr == nil {
-		r.Daemon.Seen, r.Daemon.Running, r.Daemon.PID, r.Daemon.Generation = true, st.Alive(), st.PID, st.Generation
+		r.Daemon.Seen, r.Daemon.Running, r.Daemon.PID, r.Daemon.Generation = true, st.Running(o.RuntimeDir), st.PID, st.Generation
 		r.Daemon.LastApply, r.Daemon.Updated = &st.LastApply, &st.Updated
 		r.Daemon.ConfigMatches = st.ConfigHash == state.Hash(cfg)
 	}

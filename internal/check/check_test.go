@@ -41,6 +41,13 @@ func fixture(t *testing.T, files map[string]string) Options {
 	}
 	run := filepath.Join(dir, "run")
 	os.Mkdir(run, 0o755) //nolint:errcheck
+	// This process plays the daemon: it holds the lock, as egressd run does
+	// (a state file whose writer holds no lock is a dead daemon's).
+	release, err := state.Lock(run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(release)
 	return Options{
 		ConfigPath: filepath.Join(dir, "egressd.yaml"), ConfigRequired: true, RuntimeDir: run, Kernel: fakeKernel{},
 		Trust:    config.Trust{Above: dir},

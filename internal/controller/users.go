@@ -52,15 +52,33 @@ func (c *Controller) lookupUsersFrom(prev policy.Users, loud bool) bool {
 }
 
 // seedUsers keeps enforcing, across a restart, the uids that the previous
-// run enforced for allowlists whose user does not resolve now (read from
-// the state file it published; the runtime directory is egressd's own).
+// run enforced for allowlists whose user does not resolve now. The kernel's
+// users set is the first witness: the table outlives the daemon, whatever
+// happens to the runtime directory (systemd removes it on every stop). The
+// state file the previous run published adds what the kernel cannot say
+// (a run that never applied).
 func (c *Controller) seedUsers() {
-	if c.o.StateDir == "" {
+	uids := map[string]uint32{}
+	if c.o.StateDir != "" {
+		if st, err := state.Read(c.o.StateDir); err == nil {
+			for n, u := range st.Users {
+				uids[n] = u
+			}
+		}
+	}
+	if ku, ok := c.o.Kernel.(interface {
+		ReadUsers() (map[uint32]string, error)
+	}); ok {
+		if m, err := ku.ReadUsers(); err == nil {
+			for u, n := range m {
+				if n != "" {
+					uids[n] = u
+				}
+			}
+		}
+	}
+	if len(uids) == 0 {
 		return
 	}
-	st, err := state.Read(c.o.StateDir)
-	if err != nil || len(st.Users) == 0 {
-		return
-	}
-	c.lookupUsersFrom(policy.Seed(st.Users), true)
+	c.lookupUsersFrom(policy.Seed(uids), true)
 }

@@ -154,7 +154,16 @@ func ReadJSON(dir, name string, v any) error {
 	return nil
 }
 
-// Alive reports whether the process that wrote s still runs.
+// Running reports whether the daemon that wrote s still runs: it holds the
+// lock in dir, and the lock names its pid. A process that merely reuses the
+// pid of a dead daemon does not count (it cannot hold egressd's lock).
+func (s *State) Running(dir string) bool {
+	pid, held, err := Holder(dir)
+	return err == nil && held && (pid == 0 || pid == s.PID) && s.Alive()
+}
+
+// Alive reports whether a process with the pid that wrote s exists (not
+// proof that it is egressd: see Running).
 func (s *State) Alive() bool {
 	if s.PID <= 0 {
 		return false
