@@ -230,10 +230,18 @@ func ordering(u *Unit, userName, egressd string) []Finding {
 	for _, v := range u.Get("Service", "ExecStartPre") {
 		f := strings.Fields(v)
 		if len(f) >= 2 && filepath.Base(strings.TrimLeft(f[0], "@-:+!|")) == "egressd" && f[1] == "wait" {
-			gate = true
-			if !strings.HasPrefix(strings.TrimLeft(f[0], "@-:!|"), "+") {
+			gate = true // reported below if it gates nothing
+			prefix := f[0][:len(f[0])-len(strings.TrimLeft(f[0], "@-:+!|"))]
+			switch {
+			case strings.Contains(prefix, "-"):
+				out = append(out, Finding{"ordering", "ExecStartPre", "the start gate's failure is ignored (the - prefix): the service starts unprotected when the gate times out",
+					"drop the -: ExecStartPre=+" + strings.TrimLeft(v, "@-:!|+")})
+			case !strings.Contains(prefix, "+"):
 				out = append(out, Finding{"ordering", "ExecStartPre", "the start gate runs without the + prefix: without CAP_NET_ADMIN it cannot read nf_tables and never lets the service start",
 					"prefix it with +: ExecStartPre=+" + strings.TrimLeft(v, "@-:!|")})
+			case userName != "" && gateUser(f) != "" && gateUser(f) != userName:
+				out = append(out, Finding{"ordering", "ExecStartPre", fmt.Sprintf("the start gate waits for user %q, but the service runs as %q: it gates nothing", gateUser(f), userName),
+					fmt.Sprintf("wait for the service's own user: --user %s", userName)})
 			}
 		}
 	}
@@ -474,4 +482,17 @@ func rootSockets(u *Unit, path string) []Finding {
 	return []Finding{{"not_restricted", strings.Join(socks, " "),
 		"socket activation: systemd creates these sockets as root and passes them to the service; egressd matches the uid of a socket's creator, so a datagram socket among them sends anywhere, and a listening socket can be disconnected and connect anywhere",
 		"let the service open its sockets itself, as its User= (no socket activation for a service whose egress must be restricted)"}}
+}
+
+// gateUser is the --user of an `egressd wait` command line, or "".
+func gateUser(f []string) string {
+	for i, a := range f {
+		if a == "--user" && i+1 < len(f) {
+			return f[i+1]
+		}
+		if v, ok := strings.CutPrefix(a, "--user="); ok {
+			return v
+		}
+	}
+	return ""
 }
