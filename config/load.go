@@ -1,13 +1,16 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net/netip"
 	"os"
+	"os/user"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/miekg/dns"
@@ -52,7 +55,7 @@ func LoadTrusted(path string, required bool, t Trust) (*Config, error) {
 		return nil, err
 	}
 	if len(c.Resolvers) == 0 {
-		rs, err := systemResolvers(ResolvConf)
+		rs, err := systemResolvers(ResolvConf, t)
 		if err != nil {
 			return nil, Errors{{Pos: Pos{File: abs}, Msg: fmt.Sprintf("no resolvers configured and %v", err)}}
 		}
@@ -91,8 +94,19 @@ func readError(file string, err error) *Error {
 	return &Error{Pos: Pos{File: file}, Msg: fmt.Sprintf("cannot read: %v", err)}
 }
 
-func systemResolvers(path string) ([]netip.AddrPort, error) {
-	cc, err := dns.ClientConfigFromFile(path)
+func systemResolvers(path string, t Trust) ([]netip.AddrPort, error) {
+	// The resolvers are destinations of every dns: resolvers user and decide
+	// what every name opens: resolv.conf passes the trust rules too, with
+	// systemd-resolved's own user trusted for its stub file.
+	t.Owners = append(append([]uint32(nil), t.owners()...), resolvedOwners()...)
+	data, err := t.ReadFile(path)
+	if err != nil {
+		if _, ok := trustError(err); ok {
+			return nil, fmt.Errorf("the resolvers of %s: %v (or set resolvers: in egressd.yaml)", path, err)
+		}
+		return nil, fmt.Errorf("cannot read %s: %v", path, err)
+	}
+	cc, err := dns.ClientConfigFromReader(bytes.NewReader(data))
 	if err != nil {
 		return nil, fmt.Errorf("cannot read %s: %v", path, err)
 	}
@@ -207,4 +221,18 @@ func duplicateUsers(lists []*Allowlist) Errors {
 		first[a.User] = a
 	}
 	return errs
+}
+
+// resolvedOwners are the uids of the system users that own a generated
+// resolv.conf (systemd-resolved's stub file), when they exist.
+func resolvedOwners() []uint32 {
+	var out []uint32
+	for _, name := range []string{"systemd-resolve"} {
+		if u, err := user.Lookup(name); err == nil {
+			if n, err := strconv.ParseUint(u.Uid, 10, 32); err == nil {
+				out = append(out, uint32(n))
+			}
+		}
+	}
+	return out
 }

@@ -25,7 +25,7 @@ func LoadSnapshot(path, allowDir, listsDir string, t Trust) (*Config, error) {
 		return nil, err
 	}
 	if len(c.Resolvers) == 0 {
-		rs, err := systemResolvers(ResolvConf)
+		rs, err := systemResolvers(ResolvConf, t)
 		if err != nil {
 			return nil, Errors{{Pos: Pos{File: abs}, Msg: fmt.Sprintf("no resolvers configured and %v", err)}}
 		}

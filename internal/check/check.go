@@ -346,7 +346,7 @@ func Run(ctx context.Context, o Options) *Report {
 				"systemctl start egressd (or run egressd run --once from a timer)")
 		}
 		addrs := func(name string) []netip.Addr { return fresh[name].Addrs }
-		hosts, _ := resolver.NewHosts(cfg.HostsFile)
+		hosts, _ := resolver.NewHostsWith(cfg.HostsFile, o.Trust.ReadFile)
 		expected = ruleset.Render(policy.BuildDesiredHosts(cfg, users, addrs, hosts.Has))
 	}
 
