@@ -1,4 +1,4 @@
-//go:build linux && redteam
+//go:build linux
 
 package config
 

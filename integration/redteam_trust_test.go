@@ -1,4 +1,4 @@
-//go:build linux && redteam
+//go:build linux
 
 package integration
 
@@ -10,8 +10,6 @@ package integration
 import (
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -59,53 +57,6 @@ func TestRedteamTypoUserAcrossUnitRestart(t *testing.T) {
 	}
 	w.start()
 	w.expect(uidA, "tcp", "198.51.100.20:4444", okRefused)
-}
-
-func init() { childModes["metrics-squat"] = childMetricsSquat }
-
-// childMetricsSquat listens on addr before egressd does and answers every
-// request with metrics of its own choosing, until its stdin closes.
-func childMetricsSquat(addr string) int {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		fmt.Printf("{\"error\":%q}\n", err.Error())
-		return otherError
-	}
-	srv := &http.Server{ReadHeaderTimeout: time.Second, Handler: http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) {
-		fmt.Fprint(rw, "# served by uid "+strconv.Itoa(os.Getuid())+", not egressd\negressd_drift_repairs_total 0\negressd_denied_packets_total{allowlist=\"billing\"} 0\n")
-	})}
-	go srv.Serve(ln) //nolint:errcheck
-	fmt.Println(`{"listening":true}`)
-	io.Copy(io.Discard, os.Stdin) //nolint:errcheck
-	return okConnected
-}
-
-// metrics_listen is an unprivileged TCP port (9464 in the docs). Any local
-// user (here uidNone, which no allowlist names; a protected service may too:
-// binding is not egress) that binds it first, at boot or while egressd
-// restarts for an upgrade, serves the host's monitoring numbers of its own
-// choosing: no drift repairs, no denied packets. egressd logs one
-// metrics_failed line and runs on, READY=1 and all ("enforcement is
-// unaffected"); monitoring cannot tell. The test scrapes metrics_listen
-// after egressd started and wants egressd's answer.
-func TestRedteamMetricsPortSquatted(t *testing.T) {
-	w := newWorld(t)
-	w.standardConfig()
-	w.write("egressd.yaml", mainConfig+"metrics_listen: 127.0.0.1:9464\n")
-	sq := w.startChild(uidNone, "metrics-squat", "127.0.0.1:9464")
-	if m := sq.next(t, 5*time.Second); m["listening"] != true {
-		t.Fatalf("squatter: %v", m)
-	}
-	m := w.mark()
-	w.start()
-	body, err := w.metricsGet("127.0.0.1:9464")
-	if err != nil {
-		t.Fatal(err)
-	}
-	failed := len(w.eventsSince("metrics_failed", m)) > 0
-	if strings.Contains(body, "not egressd") {
-		t.Errorf("egressd started (metrics_failed logged: %v) while uid %d serves its metrics address; a scrape reads:\n%s", failed, uidNone, body)
-	}
 }
 
 func init() {

@@ -3,7 +3,9 @@ package harden
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"os"
 	"os/exec"
@@ -404,7 +406,15 @@ func ownership(u *Unit, userName string) []Finding {
 func OwnershipFindings(paths, writable []string, uid uint32, groups map[uint64]string, userName string) []Finding {
 	var out []Finding
 	seen := map[string]bool{}
+	// A symlinked path is checked where it leads too: the target, and every
+	// directory above it, are what the service runs.
+	all := append([]string(nil), paths...)
 	for _, p := range paths {
+		if r, err := filepath.EvalSymlinks(p); err == nil && r != p {
+			all = append(all, r)
+		}
+	}
+	for _, p := range all {
 		for q := p; ; q = filepath.Dir(q) {
 			if !seen[q] && !under(q, writable) {
 				seen[q] = true
@@ -441,7 +451,56 @@ func checkPath(p string, uid uint32, groups map[uint64]string, userName string) 
 	if mode.Perm()&0o002 != 0 && !sticky && mode&os.ModeSymlink == 0 {
 		out = append(out, Finding{"world_writable", p, "writable by every user", fmt.Sprintf("chmod o-w %s", p)})
 	}
+	if mode&os.ModeSymlink == 0 {
+		if who := aclWriter(p, uid, groups); who != "" {
+			out = append(out, Finding{"acl_writable", p, fmt.Sprintf("a POSIX ACL entry lets %s (%s) write it", who, userName),
+				fmt.Sprintf("setfacl -b %s (or remove the entry for %s)", p, who)})
+		}
+	}
 	return out
+}
+
+// aclWriter names the ACL entry (user:NAME or group:NAME) that gives uid,
+// or a group it is in, write access to p after the mask; "" when none.
+func aclWriter(p string, uid uint32, groups map[uint64]string) string {
+	buf := make([]byte, 4096)
+	n, err := unix.Getxattr(p, "system.posix_acl_access", buf)
+	if err != nil || n < 4 {
+		return ""
+	}
+	b := buf[:n]
+	const (
+		tagUser  = 0x02
+		tagGroup = 0x08
+		tagMask  = 0x10
+	)
+	mask := uint16(7)
+	type ent struct {
+		tag, perm uint16
+		id        uint32
+	}
+	var es []ent
+	for i := 4; i+8 <= len(b); i += 8 {
+		e := ent{binary.LittleEndian.Uint16(b[i:]), binary.LittleEndian.Uint16(b[i+2:]), binary.LittleEndian.Uint32(b[i+4:])}
+		if e.tag == tagMask {
+			mask = e.perm
+		}
+		es = append(es, e)
+	}
+	for _, e := range es {
+		if e.perm&mask&2 == 0 {
+			continue
+		}
+		switch {
+		case e.tag == tagUser && e.id == uid:
+			return fmt.Sprintf("user:%d", e.id)
+		case e.tag == tagGroup:
+			if g, in := groups[uint64(e.id)]; in {
+				return "group:" + g
+			}
+		}
+	}
+	return ""
 }
 
 // WriteText prints the audit for people.
