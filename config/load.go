@@ -50,16 +50,9 @@ func LoadTrusted(path string, required bool, t Trust) (*Config, error) {
 	if err != nil {
 		return nil, Errors{readError(abs, err)}
 	}
-	c, err := ParseMain(abs, data)
+	c, err := parseMain(abs, data, t)
 	if err != nil {
 		return nil, err
-	}
-	if len(c.Resolvers) == 0 {
-		rs, err := systemResolvers(ResolvConf, t)
-		if err != nil {
-			return nil, Errors{{Pos: Pos{File: abs}, Msg: fmt.Sprintf("no resolvers configured and %v", err)}}
-		}
-		c.Resolvers = rs
 	}
 	if _, _, err := w.resolve(c.AllowDir); errors.Is(err, fs.ErrNotExist) {
 		c.AllowDirMissing = true
@@ -75,6 +68,23 @@ func LoadTrusted(path string, required bool, t Trust) (*Config, error) {
 		return nil, err
 	}
 	c.Allowlists, c.Skipped = lists, skipped
+	return c, nil
+}
+
+// parseMain parses the main file and, when it names no resolvers, takes
+// them from resolv.conf.
+func parseMain(abs string, data []byte, t Trust) (*Config, error) {
+	c, err := ParseMain(abs, data)
+	if err != nil {
+		return nil, err
+	}
+	if len(c.Resolvers) == 0 {
+		rs, err := systemResolvers(ResolvConf, t)
+		if err != nil {
+			return nil, Errors{{Pos: Pos{File: abs}, Msg: fmt.Sprintf("no resolvers configured and %v", err)}}
+		}
+		c.Resolvers = rs
+	}
 	return c, nil
 }
 

@@ -1,7 +1,6 @@
 package config
 
 import (
-	"fmt"
 	"path/filepath"
 )
 
@@ -20,16 +19,9 @@ func LoadSnapshot(path, allowDir, listsDir string, t Trust) (*Config, error) {
 	if err != nil {
 		return nil, Errors{readError(abs, err)}
 	}
-	c, err := ParseMain(abs, data)
+	c, err := parseMain(abs, data, t)
 	if err != nil {
 		return nil, err
-	}
-	if len(c.Resolvers) == 0 {
-		rs, err := systemResolvers(ResolvConf, t)
-		if err != nil {
-			return nil, Errors{{Pos: Pos{File: abs}, Msg: fmt.Sprintf("no resolvers configured and %v", err)}}
-		}
-		c.Resolvers = rs
 	}
 	c.AllowDir, c.ListsDir = allowDir, listsDir
 	lists, _, err := loadAllowDir(w, allowDir)

@@ -177,44 +177,67 @@ const (
 	aclWrite    = 0x02
 )
 
+// ACLEntry is one entry of a POSIX access ACL (system.posix_acl_access).
+type ACLEntry struct {
+	Tag, Perm uint16
+	ID        uint32
+}
+
+// ACL tags and the write permission, as the kernel stores them.
+const (
+	ACLUser  = aclUser
+	ACLGroup = aclGroup
+)
+
+// ParseACL decodes a system.posix_acl_access value; mask is the ACL mask
+// (7 when there is none). ok is false for a value that is not version 2.
+func ParseACL(b []byte) (ents []ACLEntry, mask uint16, ok bool) {
+	if len(b) < 4 || binary.LittleEndian.Uint32(b) != 2 {
+		return nil, 0, false
+	}
+	mask = 0o7
+	for i := 4; i+8 <= len(b); i += 8 {
+		e := ACLEntry{binary.LittleEndian.Uint16(b[i:]), binary.LittleEndian.Uint16(b[i+2:]), binary.LittleEndian.Uint32(b[i+4:])}
+		if e.Tag == aclMask {
+			mask = e.Perm
+		}
+		ents = append(ents, e)
+	}
+	return ents, mask, true
+}
+
+// Writes reports whether the entry grants write after the mask (which does
+// not limit the owner and other entries).
+func (e ACLEntry) Writes(mask uint16) bool {
+	if e.Tag == aclUserObj || e.Tag == aclOther {
+		return e.Perm&aclWrite != 0
+	}
+	return e.Perm&mask&aclWrite != 0
+}
+
 // aclWriter returns who, other than a trusted owner, an access ACL lets
 // write, or "". Named user and group entries (and the owning group) are
 // limited by the mask, as the kernel applies them.
 func (t Trust) aclWriter(b []byte) string {
-	if len(b) < 4 || binary.LittleEndian.Uint32(b) != 2 {
+	ents, mask, ok := ParseACL(b)
+	if !ok {
 		return ""
 	}
-	type ent struct {
-		tag, perm uint16
-		id        uint32
-	}
-	var ents []ent
-	mask := uint16(0o7)
-	for i := 4; i+8 <= len(b); i += 8 {
-		e := ent{binary.LittleEndian.Uint16(b[i:]), binary.LittleEndian.Uint16(b[i+2:]), binary.LittleEndian.Uint32(b[i+4:])}
-		if e.tag == aclMask {
-			mask = e.perm
-		}
-		ents = append(ents, e)
-	}
 	for _, e := range ents {
-		switch e.tag {
+		if !e.Writes(mask) {
+			continue
+		}
+		switch e.Tag {
 		case aclUser:
-			if e.perm&mask&aclWrite != 0 && !t.trusted(e.id) {
-				return ownerName(e.id)
+			if !t.trusted(e.ID) {
+				return ownerName(e.ID)
 			}
 		case aclGroup:
-			if e.perm&mask&aclWrite != 0 {
-				return fmt.Sprintf("group %d", e.id)
-			}
+			return fmt.Sprintf("group %d", e.ID)
 		case aclGroupObj:
-			if e.perm&mask&aclWrite != 0 {
-				return "the owning group"
-			}
+			return "the owning group"
 		case aclOther:
-			if e.perm&aclWrite != 0 {
-				return "every user"
-			}
+			return "every user"
 		}
 	}
 	return ""

@@ -8,11 +8,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/egressd/egressd/internal/privilege"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -135,22 +134,7 @@ func (o *Options) defaults() {
 
 // CanAdmin reports whether this process may read nftables: root, or
 // CAP_NET_ADMIN in its effective capability set.
-func CanAdmin() bool {
-	if os.Geteuid() == 0 {
-		return true
-	}
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
-			n, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			return err == nil && n&(1<<12) != 0 // CAP_NET_ADMIN
-		}
-	}
-	return false
-}
+func CanAdmin() bool { return privilege.NetAdmin() }
 
 // NotAdminMsg is why check cannot answer without the capability.
 const NotAdminMsg = "reading nftables needs root or CAP_NET_ADMIN: cannot answer without CAP_NET_ADMIN"

@@ -3,8 +3,8 @@ package harden
 import (
 	"bufio"
 	"bytes"
-	"encoding/binary"
 	"fmt"
+	"github.com/egressd/egressd/config"
 	"golang.org/x/sys/unix"
 	"io"
 	"os"
@@ -460,42 +460,27 @@ func checkPath(p string, uid uint32, groups map[uint64]string, userName string) 
 	return out
 }
 
-// aclWriter names the ACL entry (user:NAME or group:NAME) that gives uid,
+// aclWriter names the ACL entry (user:UID or group:NAME) that gives uid,
 // or a group it is in, write access to p after the mask; "" when none.
 func aclWriter(p string, uid uint32, groups map[uint64]string) string {
 	buf := make([]byte, 4096)
 	n, err := unix.Getxattr(p, "system.posix_acl_access", buf)
-	if err != nil || n < 4 {
+	if err != nil {
 		return ""
 	}
-	b := buf[:n]
-	const (
-		tagUser  = 0x02
-		tagGroup = 0x08
-		tagMask  = 0x10
-	)
-	mask := uint16(7)
-	type ent struct {
-		tag, perm uint16
-		id        uint32
+	ents, mask, ok := config.ParseACL(buf[:n])
+	if !ok {
+		return ""
 	}
-	var es []ent
-	for i := 4; i+8 <= len(b); i += 8 {
-		e := ent{binary.LittleEndian.Uint16(b[i:]), binary.LittleEndian.Uint16(b[i+2:]), binary.LittleEndian.Uint32(b[i+4:])}
-		if e.tag == tagMask {
-			mask = e.perm
-		}
-		es = append(es, e)
-	}
-	for _, e := range es {
-		if e.perm&mask&2 == 0 {
+	for _, e := range ents {
+		if !e.Writes(mask) {
 			continue
 		}
 		switch {
-		case e.tag == tagUser && e.id == uid:
-			return fmt.Sprintf("user:%d", e.id)
-		case e.tag == tagGroup:
-			if g, in := groups[uint64(e.id)]; in {
+		case e.Tag == config.ACLUser && e.ID == uid:
+			return fmt.Sprintf("user:%d", e.ID)
+		case e.Tag == config.ACLGroup:
+			if g, in := groups[uint64(e.ID)]; in {
 				return "group:" + g
 			}
 		}

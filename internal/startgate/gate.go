@@ -9,14 +9,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
-	"strings"
+	"github.com/egressd/egressd/internal/privilege"
 	"syscall"
 	"time"
 
 	"github.com/egressd/egressd/ruleset"
-	"golang.org/x/sys/unix"
 )
 
 // UsersReader reads the kernel's uid → allowlist chain map
@@ -75,16 +72,4 @@ func Wait(ctx context.Context, k UsersReader, uid uint32, poll time.Duration) er
 // effective set: the kernel answers nf_tables reads only then, and the
 // ruleset reader reports a refusal as "no table", which would make the gate
 // wait out its whole timeout for nothing.
-func HasNetAdmin() bool {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return false
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "CapEff:"); ok {
-			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			return err == nil && caps&(1<<unix.CAP_NET_ADMIN) != 0
-		}
-	}
-	return false
-}
+func HasNetAdmin() bool { return privilege.NetAdmin() }
