@@ -127,12 +127,7 @@ func resolveIncludes(lists []*Allowlist, dir string, read func(string) ([]byte, 
 				}
 				es, err := ParseList(file, data)
 				if err != nil {
-					var ce Errors
-					if errors.As(err, &ce) {
-						errs = append(errs, ce...)
-					} else {
-						errs = append(errs, &Error{Pos: Pos{File: file}, Msg: err.Error()})
-					}
+					errs = append(errs, asErrors(file, err)...)
 					bad[inc.Name] = true
 					continue
 				}

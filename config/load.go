@@ -202,12 +202,7 @@ func loadAllowDir(w *walker, dir string) ([]*Allowlist, []string, error) {
 		}
 		a, err := ParseAllowlist(file, name, data)
 		if err != nil {
-			var ce Errors
-			if errors.As(err, &ce) {
-				errs = append(errs, ce...)
-			} else {
-				errs = append(errs, &Error{Pos: Pos{File: file}, Msg: err.Error()})
-			}
+			errs = append(errs, asErrors(file, err)...)
 			continue
 		}
 		lists = append(lists, a)
@@ -245,4 +240,13 @@ func resolvedOwners() []uint32 {
 		}
 	}
 	return out
+}
+
+// asErrors is err as positioned errors: its own, or one naming the file.
+func asErrors(file string, err error) Errors {
+	var ce Errors
+	if errors.As(err, &ce) {
+		return ce
+	}
+	return Errors{{Pos: Pos{File: file}, Msg: err.Error()}}
 }

@@ -377,22 +377,12 @@ func ParseAllowlist(file, name string, data []byte) (*Allowlist, error) {
 			case "include":
 				a.Includes = p.includes(v, key)
 			case "dns":
-				if s, ok := p.scalar(v, key); ok {
-					switch DNSMode(s) {
-					case DNSResolvers, DNSNone:
-						a.DNS = DNSMode(s)
-					default:
-						p.errorf(v, "dns: %q is not resolvers or none", s)
-					}
+				if s, ok := p.oneOf(v, key, string(DNSResolvers), string(DNSNone)); ok {
+					a.DNS = DNSMode(s)
 				}
 			case "mode":
-				if s, ok := p.scalar(v, key); ok {
-					switch Mode(s) {
-					case ModeEnforce, ModeAudit:
-						a.Mode = Mode(s)
-					default:
-						p.errorf(v, "mode: %q is not enforce or audit", s)
-					}
+				if s, ok := p.oneOf(v, key, string(ModeEnforce), string(ModeAudit)); ok {
+					a.Mode = Mode(s)
 				}
 			case "allow_private_answers":
 				if b, ok := p.boolean(v, key); ok {
@@ -560,4 +550,19 @@ func normalizeName(h string) (string, error) {
 		return "", fmt.Errorf("%q is neither an IP address nor a host name", h)
 	}
 	return n, nil
+}
+
+// oneOf reads a scalar that must be one of the words given.
+func (p *parser) oneOf(v *yaml.Node, key string, words ...string) (string, bool) {
+	s, ok := p.scalar(v, key)
+	if !ok {
+		return "", false
+	}
+	for _, w := range words {
+		if s == w {
+			return s, true
+		}
+	}
+	p.errorf(v, "%s: %q is not %s", key, s, strings.Join(words, " or "))
+	return "", false
 }

@@ -697,14 +697,23 @@ func (k *Netlink) ReadSets() (map[string][]Element, error) {
 	return out, nil
 }
 
-func readUsers(c *nftables.Conn, t *nftables.Table) (map[uint32]string, error) {
-	s, err := c.GetSetByName(t, kUsers)
+// setElements reads the elements of one set of the table.
+func setElements(c *nftables.Conn, t *nftables.Table, name string) ([]nftables.SetElement, error) {
+	s, err := c.GetSetByName(t, name)
 	if err != nil {
-		return nil, fmt.Errorf("users set: %w", err)
+		return nil, fmt.Errorf("set %s: %w", name, err)
 	}
 	raw, err := c.GetSetElements(s)
 	if err != nil {
-		return nil, fmt.Errorf("list users: %w", err)
+		return nil, fmt.Errorf("list %s: %w", name, err)
+	}
+	return raw, nil
+}
+
+func readUsers(c *nftables.Conn, t *nftables.Table) (map[uint32]string, error) {
+	raw, err := setElements(c, t, kUsers)
+	if err != nil {
+		return nil, err
 	}
 	out := map[uint32]string{}
 	for _, r := range raw {
@@ -736,13 +745,9 @@ func (k *Netlink) ReadAudited() (map[uint32]bool, error) {
 }
 
 func readUIDSet(c *nftables.Conn, t *nftables.Table, name string) (map[uint32]bool, error) {
-	s, err := c.GetSetByName(t, name)
+	raw, err := setElements(c, t, name)
 	if err != nil {
-		return nil, fmt.Errorf("set %s: %w", name, err)
-	}
-	raw, err := c.GetSetElements(s)
-	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", name, err)
+		return nil, err
 	}
 	out := map[uint32]bool{}
 	for _, r := range raw {
@@ -775,13 +780,9 @@ func (k *Netlink) ReadDenyCounters() (map[string]uint64, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := c.GetSetByName(t, kDenied)
+	raw, err := setElements(c, t, kDenied)
 	if err != nil {
-		return nil, fmt.Errorf("set %s: %w", kDenied, err)
-	}
-	raw, err := c.GetSetElements(s)
-	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", kDenied, err)
+		return nil, err
 	}
 	out := map[string]uint64{}
 	for name := range invert(users) {
