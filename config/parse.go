@@ -200,10 +200,7 @@ func ParseMain(file string, data []byte) (*Config, error) {
 					c.Resolvers = append(c.Resolvers, ap)
 				}
 			case "allow_dir":
-				if s, ok := p.scalar(v, key); ok {
-					if s == "" {
-						p.errorf(v, "allow_dir: must not be empty")
-					}
+				if s, ok := p.nonEmpty(v, key); ok {
 					c.AllowDir = s
 				}
 			case "min_ttl":
@@ -245,10 +242,7 @@ func ParseMain(file string, data []byte) (*Config, error) {
 					c.HostsFile = s
 				}
 			case "lists_dir":
-				if s, ok := p.scalar(v, key); ok {
-					if s == "" {
-						p.errorf(v, "lists_dir: must not be empty")
-					}
+				if s, ok := p.nonEmpty(v, key); ok {
 					c.ListsDir = s
 				}
 			case "on_exit":
@@ -565,4 +559,14 @@ func (p *parser) oneOf(v *yaml.Node, key string, words ...string) (string, bool)
 	}
 	p.errorf(v, "%s: %q is not %s", key, s, strings.Join(words, " or "))
 	return "", false
+}
+
+// nonEmpty reads a scalar that must not be empty.
+func (p *parser) nonEmpty(v *yaml.Node, key string) (string, bool) {
+	s, ok := p.scalar(v, key)
+	if ok && s == "" {
+		p.errorf(v, "%s: must not be empty", key)
+		return "", false
+	}
+	return s, ok
 }

@@ -649,11 +649,7 @@ func (k *Netlink) existing() (*nftables.Conn, *nftables.Table, error) {
 // under "uid:N", so that a comparison with a plan reports them. A missing
 // table gives ErrNoTable.
 func (k *Netlink) ReadSets() (map[string][]Element, error) {
-	c, t, err := k.existing()
-	if err != nil {
-		return nil, err
-	}
-	users, err := readUsers(c, t)
+	c, t, users, err := k.existingUsers()
 	if err != nil {
 		return nil, err
 	}
@@ -695,6 +691,19 @@ func (k *Netlink) ReadSets() (map[string][]Element, error) {
 		sortElements(es)
 	}
 	return out, nil
+}
+
+// existingUsers is existing, with the users set read.
+func (k *Netlink) existingUsers() (*nftables.Conn, *nftables.Table, map[uint32]string, error) {
+	c, t, err := k.existing()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	users, err := readUsers(c, t)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return c, t, users, nil
 }
 
 // setElements reads the elements of one set of the table.
@@ -772,11 +781,7 @@ var ErrNoTable = errors.New("table inet " + TableName + " does not exist")
 // ReadDenyCounters returns, per allowlist, the packets the deny chain has
 // counted for its uid since the table was last rebuilt.
 func (k *Netlink) ReadDenyCounters() (map[string]uint64, error) {
-	c, t, err := k.existing()
-	if err != nil {
-		return nil, err
-	}
-	users, err := readUsers(c, t)
+	c, t, users, err := k.existingUsers()
 	if err != nil {
 		return nil, err
 	}

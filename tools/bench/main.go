@@ -609,14 +609,7 @@ func netlinkApply(string) error {
 	var b strings.Builder
 	b.WriteString("table inet nftf\ndelete table inet nftf\ntable inet nftf {\n")
 	for _, a := range als {
-		fmt.Fprintf(&b, "  set s_%s { type inet_proto . ipv4_addr . inet_service\n    elements = { ", a.Name)
-		for j, e := range a.Elements {
-			if j > 0 {
-				b.WriteString(", ")
-			}
-			fmt.Fprintf(&b, "tcp . %s . 443", e.AddrFrom)
-		}
-		b.WriteString(" }\n  }\n")
+		fmt.Fprintf(&b, "  set s_%s { type inet_proto . ipv4_addr . inet_service\n    elements = { %s }\n  }\n", a.Name, tcp443(a.Elements))
 	}
 	b.WriteString("}\n")
 	f := filepath.Join(w.dir, "same.nft")
@@ -692,14 +685,7 @@ func oldLayout(als []ruleset.Allowlist) string {
 			fmt.Fprintf(&b, "  set allow%s_%s { type inet_proto . %s . inet_service; flags interval; }\n", f, a.Name, typ)
 			fmt.Fprintf(&b, "  set exact_allow%s_%s { type inet_proto . %s . inet_service;", f, a.Name, typ)
 			if f == "4" {
-				b.WriteString(" elements = { ")
-				for j, e := range a.Elements {
-					if j > 0 {
-						b.WriteString(", ")
-					}
-					fmt.Fprintf(&b, "tcp . %s . 443", e.AddrFrom)
-				}
-				b.WriteString(" }")
+				fmt.Fprintf(&b, " elements = { %s }", tcp443(a.Elements))
 			}
 			b.WriteString(" }\n")
 		}
@@ -807,4 +793,13 @@ func sitesApply(string) error {
 		w.Close()
 	}
 	return nil
+}
+
+// tcp443 lists elements as nft set elements "tcp . ADDR . 443".
+func tcp443(es []ruleset.Element) string {
+	parts := make([]string, len(es))
+	for i, e := range es {
+		parts[i] = fmt.Sprintf("tcp . %s . 443", e.AddrFrom)
+	}
+	return strings.Join(parts, ", ")
 }
