@@ -6,11 +6,15 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/event"
 )
 
@@ -122,4 +126,57 @@ func TestDeniesCommand(t *testing.T) {
 			t.Fatal("denies --follow did not show a new denial")
 		}
 	}
+}
+
+// egressd learn (issue 15): what an audited service did becomes a proposed
+// allowlist that loads as it is; enforcing it allows what was observed and
+// denies the rest; the observations survive a restart of the daemon.
+func TestLearn(t *testing.T) {
+	w := newWorld(t)
+	w.standardConfig()
+	w.write("allow.d/billing.yaml", fmt.Sprintf("user: %d\nallow:\n  - api.example.test:443\nmode: audit\n", uidA))
+	stateDir := filepath.Join(w.dir, "state")
+	if err := os.Mkdir(stateDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	startWithState := func() {
+		cmd := exec.Command(egressd, w.tw.RunArgs()...)
+		cmd.Env = append(cmd.Environ(), "STATE_DIRECTORY="+stateDir)
+		w.startCmd(cmd)
+	}
+	startWithState()
+	w.expect(uidA, "tcp", "198.51.100.20:443", okConnected) // audited: let through
+	w.expect(uidA, "udp", "203.0.113.5:5354", okConnected)
+	w.expect(uidA, "tcp", "192.0.2.10:8443", okConnected) // the allowlist's own name, another port
+	// Restart: the observations come back from the state directory.
+	w.stop(syscall.SIGTERM)
+	startWithState()
+	w.expect(uidA, "tcp", "198.51.100.20:443", okConnected)
+	learnOut := func() (int, string, string) {
+		return w.egressdCmd("learn", "--config", filepath.Join(w.dir, "egressd.yaml"), "--state-dir", stateDir,
+			"--runtime-dir", w.runDir(), "billing")
+	}
+	var code int
+	var out, errs string
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		code, out, errs = learnOut()
+		if strings.Contains(out, "198.51.100.20:443") && strings.Contains(out, "observed 2×") &&
+			strings.Contains(out, "203.0.113.5:5354/udp") && strings.Contains(out, "api.example.test:8443") {
+			break
+		}
+	}
+	t.Logf("egressd learn billing (exit %d):\n%s%s", code, out, errs)
+	if code != 0 || !strings.Contains(out, "observed 2×") {
+		t.Fatalf("learn after a restart lacks what was observed before it (exit %d)", code)
+	}
+	if _, err := config.ParseAllowlist("billing.yaml", "billing", []byte(out)); err != nil {
+		t.Fatalf("the proposal does not load: %v", err)
+	}
+	// Enforce the proposal: what was observed is allowed, the rest denied.
+	w.write("allow.d/billing.yaml", strings.Replace(out, "\nmode: audit ", "\nmode: enforce ", 1))
+	w.eventually(uidA, "tcp", "192.0.2.11:443", okRefused, 5*time.Second) // a listener never observed
+	w.expect(uidA, "tcp", "198.51.100.20:443", okConnected)
+	w.expect(uidA, "udp", "203.0.113.5:5354", okConnected)
+	w.expect(uidA, "tcp", "192.0.2.10:8443", okConnected)
+	w.expect(uidA, "tcp", "198.51.100.20:4444", okRefused)
 }

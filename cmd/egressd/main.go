@@ -58,6 +58,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdPlan(args[1:], stdout, stderr)
 	case "denies":
 		return cmdDenies(args[1:], stdout, stderr)
+	case "learn":
+		return cmdLearn(args[1:], stdout, stderr)
 	case "demo":
 		return cmdDemo(args[1:], stdout, stderr)
 	case "version", "--version":
@@ -175,6 +177,15 @@ func cmdRun(args []string, stderr io.Writer) int {
 		ctl.SetKernelEvents(events)
 	}
 	cfg := ctl.Config()
+	var published []<-chan struct{} // the recent denies' last writes, awaited at stop
+	defer func() {
+		for _, done := range published {
+			select {
+			case <-done:
+			case <-time.After(2 * time.Second):
+			}
+		}
+	}()
 	if cfg.DenyLog.Mode != config.LogNFLOG {
 		os.Remove(filepath.Join(*runtimeDir, deny.RecentFile)) //nolint:errcheck // a previous run's: not current
 	}
@@ -184,7 +195,13 @@ func cmdRun(args []string, stderr io.Writer) int {
 				event.Field(event.DenyLogFailed), zap.Uint16("group", cfg.DenyLog.Group), zap.Error(err))
 		} else {
 			rec := deny.NewRecent(0)
-			go deny.PublishRecent(ctx, rec, *runtimeDir, 250*time.Millisecond, log)
+			if dir := stateDirectory(); dir != "" {
+				if err := deny.LoadObserved(rec, dir); err != nil {
+					log.Warn("cannot read the observations of the previous run; egressd learn starts afresh", event.Field(event.StateFailed), zap.Error(err))
+				}
+				published = append(published, deny.PublishRecent(ctx, rec, dir, deny.ObservedFile, 10*time.Second, log))
+			}
+			published = append(published, deny.PublishRecent(ctx, rec, *runtimeDir, deny.RecentFile, 250*time.Millisecond, log))
 			go deny.Run(ctx, l, ctl, cfg.DenyLog.Prefix, cfg.DenyLog.Interval, log, m, rec)
 		}
 	}

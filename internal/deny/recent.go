@@ -9,6 +9,11 @@ import (
 // RecentFile is the document `egressd denies` reads in the runtime directory.
 const RecentFile = "denies.json"
 
+// ObservedFile keeps the same document under the state directory, where it
+// survives restarts (systemd empties the runtime directory on every stop):
+// what `egressd learn` proposes an allowlist from.
+const ObservedFile = "observed.json"
+
 // RecentMax bounds the attempts Recent keeps: past it, the least recently
 // seen are dropped.
 const RecentMax = 4096
@@ -52,7 +57,6 @@ type Recent struct {
 	max     int
 	seq     uint64
 	entries map[recentKey]*RecentEntry
-	dirty   bool
 }
 
 // NewRecent keeps at most max entries (RecentMax when max <= 0).
@@ -69,7 +73,6 @@ func (r *Recent) Record(e Event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.seq++
-	r.dirty = true
 	if x, ok := r.entries[k]; ok {
 		x.Count += e.Count
 		if e.Last.After(x.Last) {
@@ -101,9 +104,10 @@ func (r *Recent) evict() {
 	}
 }
 
-// Snapshot returns the document, most recently seen first, and whether
-// anything changed since the last snapshot.
-func (r *Recent) Snapshot(now time.Time) (RecentDoc, bool) {
+// Snapshot returns the document, most recently seen first, and the
+// sequence number of its newest update: a writer that remembers it knows
+// whether anything changed since its last write.
+func (r *Recent) Snapshot(now time.Time) (RecentDoc, uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	d := RecentDoc{Version: 1, Updated: now, Max: r.max, Entries: make([]RecentEntry, 0, len(r.entries))}
@@ -113,9 +117,24 @@ func (r *Recent) Snapshot(now time.Time) (RecentDoc, bool) {
 		d.Entries = append(d.Entries, x)
 	}
 	SortRecent(d.Entries)
-	changed := r.dirty
-	r.dirty = false
-	return d, changed
+	return d, r.seq
+}
+
+// Load takes back entries a previous run kept (the observations that
+// `egressd learn` reads survive restarts); the sequence continues above
+// theirs. Called before recording starts.
+func (r *Recent) Load(es []RecentEntry) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range es {
+		if len(r.entries) >= r.max {
+			break
+		}
+		x := e
+		k := recentKey{x.Allowlist, x.Audit, x.Proto, x.Dst, x.DPort}
+		r.entries[k] = &x
+		r.seq = max(r.seq, x.Seq)
+	}
 }
 
 // SortRecent orders entries most recently seen first.

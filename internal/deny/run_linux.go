@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"github.com/egressd/egressd/internal/event"
+	"io/fs"
 	"time"
 
 	"github.com/egressd/egressd/internal/metrics"
@@ -91,29 +92,56 @@ func Run(ctx context.Context, l *nflog.Listener, lookup Lookup, prefix string, i
 	}
 }
 
-// PublishRecent writes rec to dir/denies.json (mode 0600: which hosts a
-// service tried is for root to read) whenever it changed, at most every
-// period, until ctx ends.
-func PublishRecent(ctx context.Context, rec *Recent, dir string, every time.Duration, log *zap.Logger) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	write := func(force bool) {
-		doc, changed := rec.Snapshot(time.Now())
-		if !changed && !force {
-			return
+// PublishRecent writes rec to dir/name (mode 0600: which hosts a service
+// tried is for root to read) whenever it changed, at most every period,
+// until ctx ends, and once more then; done is closed after that last
+// write, so that a stopping daemon can wait for it. denies.json in the
+// runtime directory serves `egressd denies`, observed.json in the state
+// directory `egressd learn`.
+func PublishRecent(ctx context.Context, rec *Recent, dir, name string, every time.Duration, log *zap.Logger) (done <-chan struct{}) {
+	ch := make(chan struct{})
+	go func() {
+		defer close(ch)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		var written uint64
+		write := func(force bool) {
+			doc, seq := rec.Snapshot(time.Now())
+			if seq == written && !force {
+				return
+			}
+			if err := state.WriteJSON(dir, name, 0o600, doc); err != nil {
+				log.Warn("cannot publish recent denies; egressd denies and learn will not see them", event.Field(event.StateFailed),
+					zap.String("file", name), zap.Error(err))
+				return
+			}
+			written = seq
 		}
-		if err := state.WriteJSON(dir, RecentFile, 0o600, doc); err != nil {
-			log.Warn("cannot publish recent denies; egressd denies will not see them", event.Field(event.StateFailed), zap.Error(err))
+		write(true) // an empty document says that denies are being recorded
+		for {
+			select {
+			case <-ctx.Done():
+				write(false)
+				return
+			case <-t.C:
+				write(false)
+			}
 		}
+	}()
+	return ch
+}
+
+// LoadObserved reads what a previous run kept in dir/observed.json into rec;
+// a missing file is no observation.
+func LoadObserved(rec *Recent, dir string) error {
+	var doc RecentDoc
+	err := state.ReadJSON(dir, ObservedFile, &doc)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
 	}
-	write(true) // an empty document says that denies are being recorded
-	for {
-		select {
-		case <-ctx.Done():
-			write(false)
-			return
-		case <-t.C:
-			write(false)
-		}
+	if err != nil {
+		return err
 	}
+	rec.Load(doc.Entries)
+	return nil
 }

@@ -33,6 +33,7 @@ var Commands = []Command{
 	{"wait", []Flag{{"--user", "word"}, {"--allowlist", "allowlist"}, {"--timeout", "word"}, {"--config", "file"}}},
 	{"remove", []Flag{{"--runtime-dir", "dir"}}},
 	{"plan", []Flag{{"--config", "file"}, {"--runtime-dir", "dir"}}},
+	{"learn", []Flag{{"--since", "word"}, {"--config", "file"}, {"--state-dir", "dir"}, {"--runtime-dir", "dir"}}},
 	{"denies", []Flag{{"--follow", ""}, {"--allowlist", "allowlist"}, {"--json", ""}, {"--runtime-dir", "dir"}}},
 	{"demo", nil},
 	{"version", nil},

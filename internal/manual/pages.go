@@ -26,6 +26,7 @@ egressd wait (--user USER | --allowlist NAME) [--timeout 30s]
 egressd remove [--runtime-dir DIR]
 egressd plan [--config FILE] [--runtime-dir DIR]
 egressd denies [--follow] [--allowlist NAME] [--json] [--runtime-dir DIR]
+egressd learn ALLOWLIST|USER [--since D] [--config FILE] [--state-dir DIR]
 egressd demo
 egressd version
 egressd completion bash|zsh
@@ -88,6 +89,15 @@ them as JSON; --follow keeps printing each attempt as it happens (one line,
 or one JSON object, per update) until interrupted. Read from the daemon's
 runtime directory (denies.json, readable by root only); needs deny_log.mode:
 nflog. Exit 2 when there is nothing to read.`),
+		Item("learn ALLOWLIST|USER", `Print a proposed allowlist (YAML that loads as
+it is) from what the daemon observed for it: every destination it denied or,
+in mode: audit, let through, as a literal address (or as the allowlist's own
+name where that name answered with it) with its count and first and last
+time seen as comments; the entries already in the allowlist marked as such;
+--since keeps the recent ones. The observations are kept under the state
+directory (observed.json, bounded) and survive restarts. Names the service
+resolved itself, and wildcards, need dns: proxy (not yet). Exit 2 when there
+is nothing to learn from.`),
 		Item("demo", `Run the real daemon on example allowlists inside a throwaway
 network namespace, with its own DNS server and example services; prints what
 is allowed, what is denied and a DNS change taking effect. Never touches the
@@ -129,6 +139,7 @@ invalid, or check cannot run (not root, no nf_tables).`),
 1 denied; 2 cannot answer.`),
 		Item("harden", `0 printed; 2 invalid options. With --audit: 0 nothing found,
 1 findings, 2 cannot read the unit.`),
+		Item("learn", `0 printed; 2 no such allowlist, or nothing to learn from.`),
 		Item("denies", `0 printed; 2 nothing to read (no daemon, or another deny_log.mode).`),
 		Item("wait", `0 the user is restricted; 1 not by the timeout; 2 bad arguments.`),
 		Item("plan", `0 printed (the difference with the kernel too when it could

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/deny"
+	"github.com/egressd/egressd/internal/learn"
+	"github.com/egressd/egressd/internal/state"
+)
+
+// cmdLearn prints a proposed allowlist for ALLOWLIST (or the allowlist of
+// USER) from what the daemon observed: the attempts it denied or, in audit
+// mode, let through. The observations live in the state directory
+// (observed.json) and survive restarts.
+func cmdLearn(args []string, stdout, stderr io.Writer) int {
+	fl := flag.NewFlagSet("learn", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	cfgPath := fl.String("config", config.DefaultPath, "main configuration file")
+	since := fl.Duration("since", 0, "only what was seen in this last period (0: everything kept)")
+	stateDir := fl.String("state-dir", orString(stateDirectory(), "/var/lib/egressd"), "the daemon's state directory (StateDirectory=)")
+	runtimeDir := fl.String("runtime-dir", state.DefaultDir, "the daemon's runtime directory (its recent denies, when the state directory has none)")
+	if code, done := parseFlags(fl, args); done {
+		return code
+	}
+	if fl.NArg() != 1 {
+		fmt.Fprintln(stderr, "egressd learn: name one ALLOWLIST (or the USER it restricts)")
+		return 2
+	}
+	cfg, err := config.Load(*cfgPath, *cfgPath != config.DefaultPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "egressd learn: the configuration is invalid:\n%v\n", err)
+		return 2
+	}
+	var a *config.Allowlist
+	for _, x := range cfg.Allowlists {
+		if x.Name == fl.Arg(0) || x.User == fl.Arg(0) {
+			a = x
+			break
+		}
+	}
+	if a == nil {
+		fmt.Fprintf(stderr, "egressd learn: no allowlist named %q, and none restricts a user written so\n", fl.Arg(0))
+		return 2
+	}
+	// Both files are snapshots of the same record: observed.json in the
+	// state directory (every 10 s, kept across restarts), denies.json in the
+	// runtime directory (every 250 ms while the daemon runs). The newer wins.
+	var doc deny.RecentDoc
+	src := ""
+	var errs []error
+	for _, f := range []struct{ dir, name string }{{*stateDir, deny.ObservedFile}, {*runtimeDir, deny.RecentFile}} {
+		var d deny.RecentDoc
+		if err := state.ReadJSON(f.dir, f.name, &d); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if src == "" || d.Updated.After(doc.Updated) {
+			doc, src = d, f.dir+"/"+f.name
+		}
+	}
+	if src == "" {
+		fmt.Fprintf(stderr, "egressd learn: no observations to learn from (%v): egressd keeps them while it runs with deny_log.mode: nflog; put the allowlist in mode: audit and let the service work\n", errors.Join(errs...))
+		return 2
+	}
+	var from time.Time
+	if *since > 0 {
+		from = time.Now().Add(-*since)
+	}
+	fmt.Fprintf(stdout, "# from %s\n", src)
+	fmt.Fprint(stdout, learn.Propose(a, doc.Entries, from))
+	return 0
+}
+
+func orString(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}

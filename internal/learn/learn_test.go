@@ -1,0 +1,55 @@
+package learn
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/deny"
+)
+
+func TestProposeLoadsAndCovers(t *testing.T) {
+	a, err := config.ParseAllowlist("/etc/egressd/allow.d/billing.yaml", "billing",
+		[]byte("user: billing\nmode: audit\ndns: none\nallow:\n  - api.example.test:443\n  - 198.51.100.0/24:8000-8100\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	obs := []deny.RecentEntry{
+		{Allowlist: "billing", Audit: true, Proto: "tcp", Dst: "203.0.113.5", DPort: 443, Count: 12, First: at, Last: at.Add(time.Hour)},
+		{Allowlist: "billing", Proto: "tcp", Dst: "203.0.113.5", DPort: 443, Count: 3, First: at.Add(time.Minute), Last: at.Add(2 * time.Hour)},
+		{Allowlist: "billing", Audit: true, Proto: "udp", Dst: "2001:db8::53", DPort: 5353, Count: 2, First: at, Last: at},
+		{Allowlist: "billing", Audit: true, Proto: "tcp", Dst: "192.0.2.10", DPort: 8443, Names: []string{"api.example.test"}, Count: 1, First: at, Last: at},
+		{Allowlist: "billing", Audit: true, Proto: "tcp", Dst: "198.51.100.7", DPort: 8080, Count: 4, First: at, Last: at},
+		{Allowlist: "billing", Audit: true, Proto: "icmp", Dst: "192.0.2.99", Count: 1, First: at, Last: at},
+		{Allowlist: "billing", Audit: true, Proto: "tcp", Dst: "192.0.2.77", DPort: 22, Count: 9, First: at.Add(-48 * time.Hour), Last: at.Add(-47 * time.Hour)},
+		{Allowlist: "web", Proto: "tcp", Dst: "192.0.2.12", DPort: 443, Count: 5, First: at, Last: at},
+	}
+	out := Propose(a, obs, at.Add(-24*time.Hour))
+	t.Logf("proposal:\n%s", out)
+	got, err := config.ParseAllowlist("proposal.yaml", "billing", []byte(out))
+	if err != nil {
+		t.Fatalf("the proposal does not load as an allowlist: %v\n%s", err, out)
+	}
+	var entries []string
+	for _, e := range got.Entries {
+		entries = append(entries, e.Raw)
+	}
+	want := []string{"api.example.test:443", "198.51.100.0/24:8000-8100", "203.0.113.5:443", "[2001:db8::53]:5353/udp", "api.example.test:8443"}
+	if strings.Join(entries, " ") != strings.Join(want, " ") {
+		t.Errorf("entries %v, want %v", entries, want)
+	}
+	if got.Mode != config.ModeAudit || got.DNS != config.DNSNone || got.User != "billing" {
+		t.Errorf("settings not kept: mode %s, dns %s, user %s", got.Mode, got.DNS, got.User)
+	}
+	for _, s := range []string{"observed 15× (12 audited, 3 denied)", "allowlists name tcp and udp only", "# already in the allowlist",
+		"# 198.51.100.7:8080: allowed now by 198.51.100.0/24:8000-8100"} {
+		if !strings.Contains(out, s) {
+			t.Errorf("proposal lacks %q", s)
+		}
+	}
+	if strings.Contains(out, "192.0.2.77") || strings.Contains(out, "192.0.2.12") {
+		t.Error("an observation older than --since, or another allowlist's, was proposed")
+	}
+}
