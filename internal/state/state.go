@@ -122,6 +122,11 @@ func Read(dir string) (*State, error) {
 
 // ReadJSON loads dir/name into v under the trust rules of Read.
 func ReadJSON(dir, name string, v any) error {
+	// The directory may be reached through a symlink (DynamicUser= makes
+	// /var/lib/egressd one): judge the directory it leads to.
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real
+	}
 	p := filepath.Join(dir, name)
 	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {

@@ -59,3 +59,24 @@ func TestReadRefuses(t *testing.T) {
 		t.Errorf("a world-writable directory: %v", err)
 	}
 }
+
+// A state directory reached through a symlink (DynamicUser= makes
+// /var/lib/egressd one) is read: its target is what is judged.
+func TestReadJSONThroughSymlinkedDir(t *testing.T) {
+	base := t.TempDir()
+	real := filepath.Join(base, "private", "egressd")
+	if err := os.MkdirAll(real, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(base, "egressd")
+	if err := os.Symlink("private/egressd", link); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteJSON(link, "x.json", 0o600, map[string]int{"a": 1}); err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]int
+	if err := ReadJSON(link, "x.json", &got); err != nil || got["a"] != 1 {
+		t.Fatalf("read through the link: %v %v", got, err)
+	}
+}
