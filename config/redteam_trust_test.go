@@ -76,14 +76,7 @@ func TestRedteamResolvConfOutsideTrustWalk(t *testing.T) {
 // the mask in the group mode bits, which the mode check refuses. The test
 // keeps that true.
 func TestRedteamLargeACLStillRefused(t *testing.T) {
-	dir := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(dir, "allow.d"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	main := filepath.Join(dir, "egressd.yaml")
-	file := filepath.Join(dir, "allow.d/billing.yaml")
-	os.WriteFile(main, []byte("resolvers: [192.0.2.53]\n"), 0o644)            //nolint:errcheck
-	os.WriteFile(file, []byte("user: 1001\nallow: [b.example:443]\n"), 0o644) //nolint:errcheck
+	dir, main, file := billingFixture(t)
 	ents := [][3]uint32{{aclUserObj, 6, 0}}
 	for i := uint32(0); i < 140; i++ {
 		ents = append(ents, [3]uint32{aclUser, 4, 70000 + i})

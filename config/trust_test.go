@@ -149,14 +149,7 @@ func TestLoadRefusesUntrustedPaths(t *testing.T) {
 
 // A POSIX ACL granting another user write is refused like a mode bit.
 func TestLoadRefusesACLWriter(t *testing.T) {
-	dir := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(dir, "allow.d"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	main := filepath.Join(dir, "egressd.yaml")
-	file := filepath.Join(dir, "allow.d/billing.yaml")
-	os.WriteFile(main, []byte("resolvers: [192.0.2.53]\n"), 0o644)            //nolint:errcheck
-	os.WriteFile(file, []byte("user: 1001\nallow: [b.example:443]\n"), 0o644) //nolint:errcheck
+	dir, main, file := billingFixture(t)
 	// user::rw- user:61001:rw- group::r-- mask::r-- other::r-- : masked, fine.
 	masked := acl([3]uint32{aclUserObj, 6, 0}, [3]uint32{aclUser, 6, 61001}, [3]uint32{aclGroupObj, 4, 0}, [3]uint32{aclMask, 4, 0}, [3]uint32{aclOther, 4, 0})
 	if err := unixSetxattr(file, masked); err != nil {
@@ -209,4 +202,19 @@ func TestResolveSymlinkChain(t *testing.T) {
 	if _, _, err := (Trust{Above: dir}).walker().resolve(filepath.Join(dir, "allow.d/loop1")); err == nil {
 		t.Fatal("a symlink loop resolved")
 	}
+}
+
+// billingFixture is a main file and one allowlist, allow.d/billing.yaml,
+// in a fresh directory: the files whose ACLs the trust tests change.
+func billingFixture(t *testing.T) (dir, main, file string) {
+	t.Helper()
+	dir = t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "allow.d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	main = filepath.Join(dir, "egressd.yaml")
+	file = filepath.Join(dir, "allow.d/billing.yaml")
+	os.WriteFile(main, []byte("resolvers: [192.0.2.53]\n"), 0o644)            //nolint:errcheck
+	os.WriteFile(file, []byte("user: 1001\nallow: [b.example:443]\n"), 0o644) //nolint:errcheck
+	return dir, main, file
 }
