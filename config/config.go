@@ -50,7 +50,34 @@ type DNSMode string
 const (
 	DNSResolvers DNSMode = "resolvers"
 	DNSNone      DNSMode = "none"
+	// DNSProxy: the user's DNS queries (UDP and TCP port 53, any address)
+	// are redirected in the kernel to egressd's proxy, which answers only
+	// allowlisted names and puts their addresses in the kernel first.
+	DNSProxy DNSMode = "proxy"
 )
+
+// Unlisted says what the DNS proxy does with a query for a name that no
+// entry of the allowlist matches.
+type Unlisted string
+
+const (
+	UnlistedRefuse Unlisted = "refuse" // answered REFUSED, logged as dns_refused (the default)
+	UnlistedAnswer Unlisted = "answer" // answered from the upstream resolvers; its addresses allow nothing
+)
+
+// Wildcard is the kind of a wildcard entry.
+type Wildcard uint8
+
+const (
+	WildNone Wildcard = iota // an exact name (or a literal)
+	WildOne                  // *.example.com: exactly one more label
+	WildAny                  // **.example.com: one or more labels
+)
+
+// DefaultProxyPort is where the DNS proxy listens (127.0.0.1 and ::1) and
+// where the kernel redirects protected users' queries. Below 1024, so that
+// no unprivileged process can take it while egressd is not running.
+const DefaultProxyPort = 153
 
 // LogMode selects how denied packets are logged before they are rejected.
 type LogMode string
@@ -74,7 +101,8 @@ func (p Pos) String() string { return fmt.Sprintf("%s:%d:%d", p.File, p.Line, p.
 // with a protocol and an inclusive port range.
 type Entry struct {
 	Raw      string
-	Host     string       // lower-case DNS name without trailing dot; empty for literals
+	Host     string       // lower-case DNS name without trailing dot (a wildcard's suffix); empty for literals
+	Wild     Wildcard     // a wildcard entry: Host is the suffix after "*." or "**."
 	Prefix   netip.Prefix // literal address (as /32 or /128) or CIDR; valid only when Host == ""
 	Proto    Proto
 	PortFrom uint16
@@ -82,13 +110,49 @@ type Entry struct {
 	Pos      Pos
 }
 
-// IsName reports whether the entry needs DNS resolution.
+// IsName reports whether the entry names hosts (a name or a wildcard)
+// rather than a literal prefix.
 func (e Entry) IsName() bool { return e.Host != "" }
+
+// IsWildcard reports whether the entry is a wildcard: it allows only what the
+// DNS proxy answered, egressd never resolves it itself.
+func (e Entry) IsWildcard() bool { return e.Wild != WildNone }
+
+// Resolvable reports whether egressd resolves the entry's name itself.
+func (e Entry) Resolvable() bool { return e.Host != "" && e.Wild == WildNone }
+
+// Pattern is the entry's host as written: the name, or the wildcard.
+func (e Entry) Pattern() string {
+	switch e.Wild {
+	case WildOne:
+		return "*." + e.Host
+	case WildAny:
+		return "**." + e.Host
+	}
+	return e.Host
+}
+
+// MatchesName reports whether the entry's host matches a normalized name
+// (lower case, no trailing dot): the same name for an exact entry, one more
+// label for *.suffix, one or more for **.suffix. Never the suffix itself.
+func (e Entry) MatchesName(name string) bool {
+	switch e.Wild {
+	case WildNone:
+		return e.Host != "" && name == e.Host
+	case WildOne, WildAny:
+		rest, ok := strings.CutSuffix(name, "."+e.Host)
+		if !ok || rest == "" {
+			return false
+		}
+		return e.Wild == WildAny || !strings.Contains(rest, ".")
+	}
+	return false
+}
 
 // Key identifies an entry for de-duplication: two entries with the same key
 // allow exactly the same traffic.
 func (e Entry) Key() string {
-	h := e.Host
+	h := e.Pattern()
 	if h == "" {
 		h = e.Prefix.String()
 	}
@@ -112,7 +176,8 @@ type Allowlist struct {
 	Entries             []Entry // its own, then those of its includes (positions in the list files)
 	Includes            []Include
 	DNS                 DNSMode
-	Mode                Mode // enforce (default) or audit
+	DNSUnlisted         Unlisted // with dns: proxy: refuse (default) or answer
+	Mode                Mode     // enforce (default) or audit
 	AllowPrivateAnswers bool
 }
 
@@ -125,12 +190,13 @@ func (a *Allowlist) NumericUID() (uint32, bool) {
 	return uint32(n), true
 }
 
-// Names returns the distinct DNS names the allowlist needs, sorted.
+// Names returns the distinct DNS names egressd resolves for the allowlist
+// (its exact names; wildcards are answered only through the proxy), sorted.
 func (a *Allowlist) Names() []string {
 	seen := map[string]bool{}
 	var out []string
 	for _, e := range a.Entries {
-		if e.IsName() && !seen[e.Host] {
+		if e.Resolvable() && !seen[e.Host] {
 			seen[e.Host] = true
 			out = append(out, e.Host)
 		}
@@ -174,6 +240,7 @@ type Config struct {
 	MetricsListen       string       // host:port for Prometheus metrics; empty: off
 	HostsFile           string       // looked up before DNS; empty: DNS only
 	ListsDir            string       // shared lists that allowlists include
+	DNSProxyPort        uint16       // the DNS proxy's port on 127.0.0.1 and ::1
 	Allowlists          []*Allowlist // sorted by Name
 	// Skipped lists the files in the allow directory that are not
 	// allowlists (neither NAME.yaml nor NAME.yml, nor hidden): a file
@@ -199,6 +266,7 @@ func Defaults() Config {
 		OnExit:              "keep",
 		HostsFile:           "/etc/hosts",
 		ListsDir:            "lists",
+		DNSProxyPort:        DefaultProxyPort,
 	}
 }
 

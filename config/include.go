@@ -141,6 +141,10 @@ func resolveIncludes(lists []*Allowlist, dir string, read func(string) ([]byte, 
 				seen[e.Key()] = true
 			}
 			for _, e := range loaded[inc.Name] {
+				if e.IsWildcard() && a.DNS != DNSProxy {
+					errs = append(errs, wildcardError(e, a))
+					continue
+				}
 				if !seen[e.Key()] {
 					seen[e.Key()] = true
 					a.Entries = append(a.Entries, e)

@@ -171,7 +171,7 @@ func (p *parser) sequence(v *yaml.Node, key string) []*yaml.Node {
 }
 
 var mainKeys = []string{"resolvers", "allow_dir", "min_ttl", "max_ttl", "linger", "stale_grace",
-	"max_addresses_per_name", "deny_log", "on_exit", "metrics_listen", "hosts_file", "lists_dir"}
+	"max_addresses_per_name", "deny_log", "on_exit", "metrics_listen", "hosts_file", "lists_dir", "dns_proxy_port"}
 
 // MainKeys returns the keys of the main file (for documentation checks).
 func MainKeys() []string { return append([]string(nil), mainKeys...) }
@@ -244,6 +244,10 @@ func ParseMain(file string, data []byte) (*Config, error) {
 			case "lists_dir":
 				if s, ok := p.nonEmpty(v, key); ok {
 					c.ListsDir = s
+				}
+			case "dns_proxy_port":
+				if n, ok := p.integer(v, key, 1, 65535); ok {
+					c.DNSProxyPort = uint16(n)
 				}
 			case "on_exit":
 				if s, ok := p.scalar(v, key); ok {
@@ -337,7 +341,7 @@ func ParseResolver(s string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }
 
-var allowKeys = []string{"user", "allow", "include", "dns", "mode", "allow_private_answers"}
+var allowKeys = []string{"user", "allow", "include", "dns", "dns_unlisted", "mode", "allow_private_answers"}
 
 // NameRE is what an allowlist's name (its file name without .yaml) may be:
 // it becomes part of nftables chain and set names and of log prefixes.
@@ -346,7 +350,8 @@ var NameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$`)
 // ParseAllowlist parses one allowlist file. name is the file name without .yaml.
 func ParseAllowlist(file, name string, data []byte) (*Allowlist, error) {
 	p := &parser{file: file}
-	a := &Allowlist{Name: name, File: file, DNS: DNSResolvers, Mode: ModeEnforce}
+	a := &Allowlist{Name: name, File: file, DNS: DNSResolvers, DNSUnlisted: UnlistedRefuse, Mode: ModeEnforce}
+	var unlistedAt *yaml.Node
 	if !NameRE.MatchString(name) {
 		p.errs = append(p.errs, &Error{Pos: Pos{File: file}, Msg: fmt.Sprintf("allowlist name %q (the file name without .yaml) must be 1 to 48 letters, digits, '-' or '_', starting with a letter or digit", name)})
 	}
@@ -371,8 +376,12 @@ func ParseAllowlist(file, name string, data []byte) (*Allowlist, error) {
 			case "include":
 				a.Includes = p.includes(v, key)
 			case "dns":
-				if s, ok := p.oneOf(v, key, string(DNSResolvers), string(DNSNone)); ok {
+				if s, ok := p.oneOf(v, key, string(DNSResolvers), string(DNSNone), string(DNSProxy)); ok {
 					a.DNS = DNSMode(s)
+				}
+			case "dns_unlisted":
+				if s, ok := p.oneOf(v, key, string(UnlistedRefuse), string(UnlistedAnswer)); ok {
+					a.DNSUnlisted, unlistedAt = Unlisted(s), v
 				}
 			case "mode":
 				if s, ok := p.oneOf(v, key, string(ModeEnforce), string(ModeAudit)); ok {
@@ -386,6 +395,16 @@ func ParseAllowlist(file, name string, data []byte) (*Allowlist, error) {
 		})
 		if !haveUser && len(p.errs) == 0 {
 			p.errorf(root, "missing required key \"user\" (the service user: a name or a numeric uid)")
+		}
+		if unlistedAt != nil && a.DNS != DNSProxy {
+			p.errorf(unlistedAt, "dns_unlisted: applies only with dns: proxy (this allowlist has dns: %s)", a.DNS)
+		}
+		if a.DNS != DNSProxy {
+			for _, e := range a.Entries {
+				if e.IsWildcard() {
+					p.errs = append(p.errs, wildcardError(e, a))
+				}
+			}
 		}
 	}
 	if len(p.errs) > 0 {
@@ -489,11 +508,11 @@ func ParseEntry(s string) (Entry, error) {
 	if bracketed {
 		return e, fmt.Errorf("%q: %q is not an IPv6 address", s, host)
 	}
-	name, err := normalizeName(host)
+	name, wild, err := parseHost(host)
 	if err != nil {
 		return e, fmt.Errorf("%q: %v", s, err)
 	}
-	e.Host = name
+	e.Host, e.Wild = name, wild
 	return e, nil
 }
 
@@ -525,11 +544,36 @@ func parsePort(s string) (uint16, error) {
 
 var labelRE = regexp.MustCompile(`^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$`)
 
+// wildcardError is a wildcard entry in an allowlist without dns: proxy.
+func wildcardError(e Entry, a *Allowlist) *Error {
+	return &Error{Pos: e.Pos, Msg: fmt.Sprintf("%q: a wildcard entry needs dns: proxy in allowlist %s (egressd learns the names a wildcard allows only by answering the service's DNS queries); add \"dns: proxy\" to %s, or list each name", e.Raw, a.Name, a.File)}
+}
+
+// parseHost parses an entry's host: a name, "*.suffix" (one label) or
+// "**.suffix" (any depth).
+func parseHost(h string) (string, Wildcard, error) {
+	w := WildNone
+	switch {
+	case strings.HasPrefix(h, "**."):
+		w, h = WildAny, h[3:]
+	case strings.HasPrefix(h, "*."):
+		w, h = WildOne, h[2:]
+	}
+	if strings.Contains(h, "*") {
+		return "", w, fmt.Errorf("%q: a wildcard is written *.example.com (one label) or **.example.com (any depth), the star alone and first", h)
+	}
+	n, err := normalizeName(h)
+	if err != nil {
+		return "", w, err
+	}
+	if w != WildNone && !strings.Contains(n, ".") {
+		return "", w, fmt.Errorf("a wildcard over a top-level domain (%q) allows too much; name at least two labels", n)
+	}
+	return n, w, nil
+}
+
 // normalizeName lower-cases a DNS name, strips one trailing dot and checks its syntax.
 func normalizeName(h string) (string, error) {
-	if strings.Contains(h, "*") {
-		return "", fmt.Errorf("wildcard names like %q cannot be resolved; list each name", h)
-	}
 	n := strings.TrimSuffix(strings.ToLower(h), ".")
 	if n == "" || len(n) > 253 {
 		return "", fmt.Errorf("%q is not a valid host name", h)

@@ -37,7 +37,12 @@ func TestParseEntry(t *testing.T) {
 		{in: "2001:db8::1:53", err: "must be written in brackets"},
 		{in: "[192.0.2.1]:53", err: "only IPv6 goes in brackets"},
 		{in: "[not-an-ip]:53", err: "is not an IPv6 address"},
-		{in: "*.example.com:443", err: "wildcard"},
+		{in: "*.example.com:443", host: "example.com", proto: TCP, from: 443, to: 443},
+		{in: "**.Example.ORG:443", host: "example.org", proto: TCP, from: 443, to: 443},
+		{in: "a.*.example.com:443", err: "the star alone and first"},
+		{in: "*example.com:443", err: "the star alone and first"},
+		{in: "***.example.com:443", err: "the star alone and first"},
+		{in: "*.com:443", err: "top-level domain"},
 		{in: "exa mple.com:443", err: "contains spaces"},
 		{in: "1.2.3:80", err: "neither an IP address nor a host name"},
 		{in: " example.com:443", err: "spaces"},
@@ -363,5 +368,53 @@ func TestParseAllowlistMode(t *testing.T) {
 		if err != nil || a.Mode != c.want {
 			t.Errorf("%q: mode %q, %v; want %q", c.body, a.Mode, err, c.want)
 		}
+	}
+}
+
+func TestWildcardMatches(t *testing.T) {
+	one, _ := ParseEntry("*.cdn.example.com:443")
+	any, _ := ParseEntry("**.example.org:443")
+	exact, _ := ParseEntry("api.example.net:443")
+	for _, tt := range []struct {
+		e    Entry
+		name string
+		want bool
+	}{
+		{one, "a.cdn.example.com", true},
+		{one, "cdn.example.com", false},
+		{one, "a.b.cdn.example.com", false},
+		{one, "xcdn.example.com", false},
+		{one, "a.cdn.example.com.evil", false},
+		{any, "a.example.org", true},
+		{any, "a.b.c.example.org", true},
+		{any, "example.org", false},
+		{any, "notexample.org", false},
+		{exact, "api.example.net", true},
+		{exact, "x.api.example.net", false},
+	} {
+		if got := tt.e.MatchesName(tt.name); got != tt.want {
+			t.Errorf("%s matches %s = %v, want %v", tt.e.Raw, tt.name, got, tt.want)
+		}
+	}
+	if one.Key() == any.Key() || one.Pattern() != "*.cdn.example.com" || any.Pattern() != "**.example.org" {
+		t.Errorf("keys/patterns: %q %q %q %q", one.Key(), any.Key(), one.Pattern(), any.Pattern())
+	}
+}
+
+func TestWildcardNeedsProxy(t *testing.T) {
+	_, err := ParseAllowlist("/etc/egressd/allow.d/web.yaml", "web", []byte("user: web\nallow:\n  - \"*.cdn.example.com:443\"\n"))
+	if err == nil || !strings.Contains(err.Error(), "web.yaml:3:5") || !strings.Contains(err.Error(), "needs dns: proxy") {
+		t.Fatalf("wildcard without dns: proxy: %v", err)
+	}
+	_, err = ParseAllowlist("/etc/egressd/allow.d/web.yaml", "web", []byte("user: web\ndns_unlisted: answer\n"))
+	if err == nil || !strings.Contains(err.Error(), "web.yaml:2:15") || !strings.Contains(err.Error(), "only with dns: proxy") {
+		t.Fatalf("dns_unlisted without dns: proxy: %v", err)
+	}
+	a, err := ParseAllowlist("/etc/egressd/allow.d/web.yaml", "web", []byte("user: web\ndns: proxy\ndns_unlisted: answer\nallow:\n  - \"*.cdn.example.com:443\"\n  - api.example.com:443\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.DNS != DNSProxy || a.DNSUnlisted != UnlistedAnswer || len(a.Names()) != 1 || a.Names()[0] != "api.example.com" {
+		t.Fatalf("parsed %+v, names %v", a, a.Names())
 	}
 }
