@@ -66,6 +66,7 @@ type Allowlist struct {
 	Name     string
 	UID      uint32
 	DNS      bool // may reach the resolvers on port 53
+	Proxy    bool // dns: proxy: its DNS queries are redirected to egressd's proxy
 	Audit    bool // mode: audit: would-be denies are logged, then accepted
 	Elements []Element
 }
@@ -75,4 +76,5 @@ type Desired struct {
 	Allowlists []Allowlist // one per uid
 	Resolvers  []netip.AddrPort
 	DenyLog    config.DenyLog
+	ProxyPort  uint16 // the DNS proxy's port on 127.0.0.1 and ::1 (dns: proxy)
 }

@@ -22,7 +22,7 @@ func (d Delta) Elements() int {
 // SameStructure reports whether two plans differ only in set elements, so
 // that an element delta can take one to the other.
 func SameStructure(a, b Plan) bool {
-	if a.DenyLog != b.DenyLog || len(a.Chains) != len(b.Chains) || len(a.Sets) != len(b.Sets) {
+	if a.DenyLog != b.DenyLog || a.ProxyPort != b.ProxyPort || len(a.Chains) != len(b.Chains) || len(a.Sets) != len(b.Sets) {
 		return false
 	}
 	for i := range a.Chains {

@@ -31,6 +31,11 @@ type Fake struct {
 	// the last full apply (which sets them to zero); Deny adds to them.
 	Counters map[string]uint64
 
+	// Proxy is what the DNS proxy added (AddProxy), kept across full
+	// applies for uids that still have dns: proxy, as the adapter keeps
+	// them; timeouts are not counted down.
+	Proxy []ProxyElement
+
 	errs   map[string]error // per method, for its next call (FailNext)
 	broken map[string]bool  // chains whose rules were changed (BreakRules)
 	calls  map[string]int
@@ -48,6 +53,7 @@ const (
 	FakeReadAudited      = "ReadAudited"
 	FakeReadDenyCounters = "ReadDenyCounters"
 	FakeTablePresent     = "TablePresent"
+	FakeAddProxy         = "AddProxy"
 )
 
 // FailNext makes the next call of method (FakeApplyFull, FakeVerify, ...)
@@ -89,7 +95,7 @@ var errFakeNoTable = errors.New("fake kernel: table inet " + TableName + " does 
 // copyPlan copies the plan's map, so that later changes to the fake's table
 // do not reach the caller's plan (element slices are never written).
 func copyPlan(p Plan) Plan {
-	out := Plan{Chains: append([]ChainPlan(nil), p.Chains...), DenyLog: p.DenyLog, Sets: make(map[string][]Element, len(p.Sets))}
+	out := Plan{Chains: append([]ChainPlan(nil), p.Chains...), DenyLog: p.DenyLog, ProxyPort: p.ProxyPort, Sets: make(map[string][]Element, len(p.Sets))}
 	for k, v := range p.Sets {
 		out.Sets[k] = v
 	}
@@ -105,9 +111,50 @@ func (f *Fake) ApplyFull(p Plan) error {
 	if _, err := placeElements(p.Sets, uids(p)); err != nil {
 		return fmt.Errorf("build full ruleset: %w", err)
 	}
+	f.Proxy = nil // a new table: the proxy writes its answers again
 	f.Plan, f.Removed, f.broken, f.Counters = copyPlan(p), false, nil, nil
 	f.Fulls++
+	var kept []ProxyElement
+	for _, pe := range f.Proxy {
+		for _, ch := range p.Chains {
+			if ch.UID == pe.UID && ch.Proxy {
+				kept = append(kept, pe)
+				break
+			}
+		}
+	}
+	f.Proxy = kept
 	return nil
+}
+
+// AddProxy implements ProxyKernel: an element there already gets the new
+// timeout. A missing table fails the transaction.
+func (f *Fake) AddProxy(es []ProxyElement) error {
+	if err := f.call(FakeAddProxy, true); err != nil {
+		return err
+	}
+	if !f.exists() {
+		return errFakeNoTable
+	}
+next:
+	for _, pe := range es {
+		for i, have := range f.Proxy {
+			if have.UID == pe.UID && have.Element == pe.Element {
+				f.Proxy[i] = pe
+				continue next
+			}
+		}
+		f.Proxy = append(f.Proxy, pe)
+	}
+	return nil
+}
+
+// ReadProxy implements ProxyKernel.
+func (f *Fake) ReadProxy() ([]ProxyElement, error) {
+	if !f.exists() {
+		return nil, ErrNoTable
+	}
+	return append([]ProxyElement(nil), f.Proxy...), nil
 }
 
 // Restore recreates a removed table, as Netlink.Restore does; it fails,
@@ -176,7 +223,7 @@ func (f *Fake) Remove() error {
 	if err := f.call(FakeRemove, true); err != nil {
 		return err
 	}
-	f.Removed = true
+	f.Removed, f.Proxy = true, nil
 	return nil
 }
 
@@ -299,7 +346,7 @@ func (f *Fake) Deny(allowlist string, n uint64) {
 
 // RemoveTable removes the table behind the caller's back (nft delete
 // table, nft flush ruleset).
-func (f *Fake) RemoveTable() { f.Removed = true }
+func (f *Fake) RemoveTable() { f.Removed, f.Proxy = true, nil }
 
 // DropElement deletes an element from a logical set behind the caller's
 // back; it reports whether the set held it.

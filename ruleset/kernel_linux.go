@@ -82,16 +82,21 @@ func bigBuffers(c *netlink.Conn, rcv int) error {
 //	  set users    { type uid }                                   # protected uids; element comment = allowlist
 //	  set owners   { type uid . uid }                             # (u . u) for every protected uid
 //	  set dnsusers { type uid }                                   # dns: resolvers
+//	  set proxyusers { type uid }                                 # dns: proxy
 //	  set audit    { type uid }                                   # mode: audit
 //	  set allow4   { type uid . inet_proto . ipv4_addr . inet_service }                  # exact elements (hash)
 //	  set allow4r  { type uid . inet_proto . ipv4_addr . inet_service; flags interval }  # CIDRs, port ranges
 //	  set allow6, allow6r                                         # the same for IPv6
 //	  set dns4, dns4r, dns6, dns6r { type inet_proto . ipv*_addr . inet_service }        # the resolvers
+//	  set proxy4, proxy4r, proxy6, proxy6r { like allow*; flags timeout }  # what the DNS proxy answered, for TTL + linger
 //	  set denied   { type uid; flags dynamic; counter }           # rejected packets per uid
 //	  set denylog  { type uid; flags dynamic }                    # per-uid log rate limit (a meter)
+//	  chain dnsproxy { type nat hook output priority dstnat;       # only while an allowlist has dns: proxy
+//	    udp dport 53 meta skuid @proxyusers redirect to :P; tcp dport 53 meta skuid @proxyusers redirect to :P }
 //	  chain output { type filter hook output priority filter; meta skuid @users jump restricted }
 //	  chain restricted {
 //	    ct state new ct status != confirmed ct label set <opener uid>   # bits 96-127: which uid opened the flow
+//	    udp dport 53 meta skuid @proxyusers goto deny (and tcp)   # dns: proxy: a query that was not redirected
 //	    meta nfproto ipv6 exthdr rt exists goto deny              # IPV6_RTHDR (segment routing, type 0/2)
 //	    meta nfproto ipv4 ip ihl != 5 goto deny                   # IP_OPTIONS (LSRR/SSRR source routing)
 //	    tcp flags syn tcp option mptcp: overwritten with NOPs     # MPTCP falls back to TCP: no kernel subflows
@@ -99,7 +104,9 @@ func bigBuffers(c *netlink.Conn, rcv int) error {
 //	    ct state established,related ct direction reply ct label uid . skuid != @owners accept
 //	    ct state established,related ct direction reply fib daddr type local accept
 //	    fib saddr type != local goto deny                         # IP_FREEBIND, IPV6_FREEBIND, IP_TRANSPARENT
+//	    udp dport P meta skuid @proxyusers ct status dnat fib daddr type local accept (and tcp)  # to the proxy
 //	    meta skuid . meta l4proto . ip daddr . th dport @allow4 accept   (and allow4r, allow6, allow6r)
+//	    meta skuid . meta l4proto . ip daddr . th dport @proxy4 accept   (and proxy4r, proxy6, proxy6r)
 //	    meta skuid @dnsusers meta l4proto . ip daddr . th dport @dns4 accept   (and dns4r, dns6, dns6r)
 //	    goto deny
 //	  }
@@ -126,7 +133,7 @@ func (s kernelSet) nft() *nftables.Set {
 	}
 	parts = append(parts, nftables.TypeInetProto, addr, nftables.TypeInetService)
 	return &nftables.Set{Table: table, Name: s.name(), KeyType: nftables.MustConcatSetType(parts...),
-		Interval: s.Range, Concatenation: true}
+		Interval: s.Range, Concatenation: true, HasTimeout: s.Proxy}
 }
 
 func uidSet(name string) *nftables.Set {
@@ -180,10 +187,22 @@ func (k *Netlink) applyFull(p Plan) error {
 	if !ok {
 		have = flags
 	}
+	var carry []ProxyElement
+	if ok {
+		// The proxy's answers outlive a rebuild: a service holds them for
+		// their TTL. Read through the writer, before the transaction.
+		rc, err := k.conn()
+		if err != nil {
+			return fmt.Errorf("open netlink: %w", err)
+		}
+		if carry, err = readProxy(rc); err != nil {
+			return fmt.Errorf("read the DNS proxy's elements to keep them: %w", err)
+		}
+	}
 	c.AddTable(&nftables.Table{Family: table.Family, Name: table.Name, Flags: have})
 	c.DelTable(table)
 	c.AddTable(&nftables.Table{Family: table.Family, Name: table.Name, Flags: flags})
-	if err := build(c, p); err != nil {
+	if err := build(c, p, carry); err != nil {
 		k.dropIf(c)
 		return fmt.Errorf("build full ruleset: %w", err) // c is dropped unflushed
 	}
@@ -212,7 +231,9 @@ func (k *Netlink) unknownOutcome(p Plan, err error) error {
 	return fmt.Errorf("%w; verified: the kernel does not hold the plan (%s)", err, fs[0])
 }
 
-func build(c *nftables.Conn, p Plan) error {
+// build adds the plan's table contents to c. carry are the DNS proxy's
+// elements to keep across a rebuild (those of uids with dns: proxy in p).
+func build(c *nftables.Conn, p Plan, carry []ProxyElement) error {
 	uidOf := uids(p)
 	placed, err := placeElements(p.Sets, uidOf)
 	if err != nil {
@@ -227,13 +248,40 @@ func build(c *nftables.Conn, p Plan) error {
 			return err
 		}
 	}
-	var users, owners, dnsUsers, audit []nftables.SetElement
+	proxyUID := map[uint32]bool{}
+	for _, ch := range p.Chains {
+		if ch.Proxy {
+			proxyUID[ch.UID] = true
+		}
+	}
+	kept := map[kernelSet][]ProxyElement{}
+	for _, pe := range carry {
+		if proxyUID[pe.UID] && pe.Timeout > 0 {
+			kept[proxySetOf(pe.Element)] = append(kept[proxySetOf(pe.Element)], pe)
+		}
+	}
+	for _, ks := range proxyKernelSets() {
+		s := ks.nft()
+		if err := c.AddSet(s, nil); err != nil {
+			return fmt.Errorf("add set %s: %w", s.Name, err)
+		}
+		es := kept[ks]
+		for i := 0; i < len(es); i += chunk {
+			if err := c.SetAddElements(s, proxySetElements(ks, es[i:min(i+chunk, len(es))])); err != nil {
+				return fmt.Errorf("add %d elements to %s: %w", len(es), s.Name, err)
+			}
+		}
+	}
+	var users, owners, dnsUsers, proxyUsers, audit []nftables.SetElement
 	for _, ch := range p.Chains {
 		u := binaryutil.NativeEndian.PutUint32(ch.UID)
 		users = append(users, nftables.SetElement{Key: u, Comment: ch.Allowlist})
 		owners = append(owners, nftables.SetElement{Key: append(append([]byte{}, u...), u...)})
 		if ch.DNS {
 			dnsUsers = append(dnsUsers, nftables.SetElement{Key: u})
+		}
+		if ch.Proxy {
+			proxyUsers = append(proxyUsers, nftables.SetElement{Key: u})
 		}
 		if ch.Audit {
 			audit = append(audit, nftables.SetElement{Key: u})
@@ -242,7 +290,7 @@ func build(c *nftables.Conn, p Plan) error {
 	for _, part := range []struct {
 		s  *nftables.Set
 		es []nftables.SetElement
-	}{{uidSet(kUsers), users}, {ownersSet(), owners}, {uidSet(kDNSUsers), dnsUsers}, {uidSet(kAudit), audit}, {deniedSet(), nil}, {denyLogSet(), nil}} {
+	}{{uidSet(kUsers), users}, {ownersSet(), owners}, {uidSet(kDNSUsers), dnsUsers}, {uidSet(kProxyUsers), proxyUsers}, {uidSet(kAudit), audit}, {deniedSet(), nil}, {denyLogSet(), nil}} {
 		if err := c.AddSet(part.s, nil); err != nil {
 			return fmt.Errorf("add set %s: %w", part.s.Name, err)
 		}
@@ -255,10 +303,16 @@ func build(c *nftables.Conn, p Plan) error {
 	out := c.AddChain(outputChain())
 	restr := c.AddChain(&nftables.Chain{Name: chainRestr, Table: table})
 	deny := c.AddChain(&nftables.Chain{Name: chainDeny, Table: table})
+	if p.HasProxy() {
+		nat := c.AddChain(natChain())
+		for _, r := range natRules(nat, p.ProxyPort) {
+			c.AddRule(r)
+		}
+	}
 	for _, r := range outputRules(out) {
 		c.AddRule(r)
 	}
-	for _, r := range restrictedRules(restr) {
+	for _, r := range restrictedRules(restr, p.ProxyPort) {
 		c.AddRule(r)
 	}
 	for _, r := range denyRules(deny, p.DenyLog) {
@@ -284,6 +338,42 @@ func outputRules(out *nftables.Chain) []*nftables.Rule {
 	}}}
 }
 
+// natChain is the DNS proxy's redirect: dstnat priority, before the filter
+// chain, which then sees the redirected destination.
+func natChain() *nftables.Chain {
+	return &nftables.Chain{
+		Name: chainNAT, Table: table, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest,
+	}
+}
+
+// l4DportIs matches the transport protocol and its destination port.
+func l4DportIs(proto byte, port uint16) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{proto}},
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{byte(port >> 8), byte(port)}},
+	}
+}
+
+func inUIDSet(name string) []expr.Any {
+	return []expr.Any{&expr.Meta{Key: expr.MetaKeySKUID, Register: reg1}, &expr.Lookup{SourceRegister: reg1, SetName: name}}
+}
+
+// natRules: every DNS query (UDP and TCP port 53, to any address, either
+// family) of a dns: proxy user goes to the proxy on 127.0.0.1:P or [::1]:P.
+func natRules(ch *nftables.Chain, port uint16) []*nftables.Rule {
+	var rules []*nftables.Rule
+	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+		es := append(l4DportIs(proto, 53), inUIDSet(kProxyUsers)...)
+		es = append(es, &expr.Immediate{Register: reg1, Data: []byte{byte(port >> 8), byte(port)}},
+			&expr.Redir{RegisterProtoMin: reg1, Flags: unix.NF_NAT_RANGE_PROTO_SPECIFIED})
+		rules = append(rules, &nftables.Rule{Table: table, Chain: ch, Exprs: es})
+	}
+	return rules
+}
+
 // Registers: NFT_REG_1 (1) is the 16 bytes of NFT_REG32_00..03 (8..11).
 const (
 	reg1   = 1
@@ -293,6 +383,7 @@ const (
 	tcpMP  = 30 // TCP option kind: MPTCP
 
 	ipsConfirmed = 1 << 3 // IPS_CONFIRMED: the conntrack entry is in the table
+	ipsDstNAT    = 1 << 5 // IPS_DST_NAT: the destination was rewritten (the proxy's redirect)
 )
 
 func ctStateIs(bits uint32) []expr.Any {
@@ -308,7 +399,7 @@ func ctStateIs(bits uint32) []expr.Any {
 // into NFT_REG_1: bytes 12-15 of the label, conntrack label bits 96-127.
 const labelUIDReg = reg32 + 3
 
-func restrictedRules(ch *nftables.Chain) []*nftables.Rule {
+func restrictedRules(ch *nftables.Chain, proxyPort uint16) []*nftables.Rule {
 	rule := func(es ...expr.Any) *nftables.Rule { return &nftables.Rule{Table: table, Chain: ch, Exprs: es} }
 	deny := &expr.Verdict{Kind: expr.VerdictGoto, Chain: chainDeny}
 	accept := &expr.Verdict{Kind: expr.VerdictAccept}
@@ -329,6 +420,14 @@ func restrictedRules(ch *nftables.Chain) []*nftables.Rule {
 		&expr.Immediate{Register: reg1, Data: make([]byte, 16)},
 		&expr.Meta{Key: expr.MetaKeySKUID, Register: labelUIDReg},
 		&expr.Ct{Key: expr.CtKeyLABELS, Register: reg1, SourceRegister: true})...))
+	// dns: proxy: every query is redirected to the proxy in the nat chain,
+	// so a packet to port 53 here is one that was not: a flow opened
+	// before the allowlist switched to the proxy (conntrack keeps its old
+	// destination), or one the redirect missed. Before the established
+	// rules, which would carry such a flow on.
+	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+		rules = append(rules, rule(append(append(l4DportIs(proto, 53), inUIDSet(kProxyUsers)...), deny)...))
+	}
 	// Source routing: the destination in the header is only the first hop.
 	rules = append(rules, rule(append(nfproto(unix.NFPROTO_IPV6),
 		&expr.Exthdr{Op: expr.ExthdrOpIpv6, Type: ipv6RT, Offset: 0, Len: 1, Flags: unix.NFT_EXTHDR_F_PRESENT, DestRegister: reg1},
@@ -394,7 +493,21 @@ func restrictedRules(ch *nftables.Chain) []*nftables.Rule {
 		&expr.Fib{Register: reg1, ResultADDRTYPE: true, FlagSADDR: true},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(rtnLoc)},
 		deny))
-	for _, ks := range allKernelSets() {
+	// The proxy's redirect: only a query the nat chain rewrote, to the
+	// proxy's port on a local address. Sent directly to the port, a packet
+	// is judged like any other destination.
+	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+		es := append(l4DportIs(proto, proxyPort), inUIDSet(kProxyUsers)...)
+		es = append(es, &expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
+			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: []byte{0, 0, 0, 0}},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{0, 0, 0, 0}},
+			&expr.Fib{Register: reg1, ResultADDRTYPE: true, FlagDADDR: true},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(rtnLoc)},
+			accept)
+		rules = append(rules, rule(es...))
+	}
+	for _, ks := range append(allKernelSets(), proxyKernelSets()...) {
 		var es []expr.Any
 		if ks.DNS {
 			es = append(es, &expr.Meta{Key: expr.MetaKeySKUID, Register: reg1},

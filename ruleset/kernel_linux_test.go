@@ -558,3 +558,123 @@ func TestKernelAuditMode(t *testing.T) {
 	}
 	mustRefuse(t, "the same user once enforced", e.tcp(uidA, "198.51.100.7:22"))
 }
+
+// dns: proxy: every port-53 query of the user, UDP and TCP, to any address
+// of either family, reaches the proxy's port on loopback and nothing else
+// does; what the proxy adds for the user allows it until its timeout, and
+// outlives a rebuild.
+func TestKernelDNSProxy(t *testing.T) {
+	e := newEnv(t)
+	for _, a := range []string{"192.0.2.10:443", "127.0.0.1:153", "[::1]:153"} {
+		e.serveTCP(t, a)
+	}
+	for _, a := range []string{"127.0.0.1:153", "[::1]:153"} {
+		e.serveUDP(t, a)
+	}
+	p := Render(Desired{
+		Allowlists: []Allowlist{
+			{Name: "a", UID: uidA, Proxy: true},
+			{Name: "b", UID: uidB, DNS: true},
+		},
+		Resolvers: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")},
+		DenyLog:   config.Defaults().DenyLog,
+		ProxyPort: 153,
+	})
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	if fs, err := e.k.Verify(p); err != nil || len(fs) != 0 {
+		t.Fatalf("verify: %v %v", fs, err)
+	}
+	// Nothing serves port 53 anywhere: an answer comes from the proxy's port.
+	for _, to := range []string{"192.0.2.53:53", "198.51.100.7:53", "127.0.0.53:53", "[2001:db8::10]:53"} {
+		mustAllow(t, "proxy user's UDP query to "+to, e.udp(uidA, to))
+		mustAllow(t, "proxy user's TCP query to "+to, e.tcp(uidA, to))
+	}
+	mustRefuse(t, "proxy user straight to the proxy's port", e.tcp(uidA, "127.0.0.1:153"))
+	mustRefuse(t, "other user to the proxy's port", e.tcp(uidB, "127.0.0.1:153"))
+	if err := e.udp(uidB, "192.0.2.53:53"); err == nil {
+		t.Error("dns: resolvers user's query was answered: only the proxy answers here, it must not have been redirected")
+	}
+
+	dst := ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)
+	mustRefuse(t, "proxy user before its answer", e.tcp(uidA, "192.0.2.10:443"))
+	if err := e.k.AddProxy([]ProxyElement{{UID: uidA, Element: dst, Timeout: 2 * time.Second}}); err != nil {
+		t.Fatal(err)
+	}
+	mustAllow(t, "proxy user after its answer", e.tcp(uidA, "192.0.2.10:443"))
+	mustRefuse(t, "another user, same destination", e.tcp(uidB, "192.0.2.10:443"))
+	// Renewed: the new timeout counts.
+	if err := e.k.AddProxy([]ProxyElement{{UID: uidA, Element: dst, Timeout: time.Hour}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.k.ReadProxy()
+	if err != nil || len(got) != 1 || got[0].Timeout < 59*time.Minute || got[0].UID != uidA || got[0].Element != dst {
+		t.Fatalf("read back %v, %v: want one element with about an hour left", got, err)
+	}
+	// A rebuild keeps it; one without dns: proxy for the user drops it.
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	mustAllow(t, "proxy user after a rebuild", e.tcp(uidA, "192.0.2.10:443"))
+	q := p
+	q.Chains = append([]ChainPlan(nil), p.Chains...)
+	q.Chains[0].Proxy = false
+	if err := e.k.ApplyFull(q); err != nil {
+		t.Fatal(err)
+	}
+	if fs, err := e.k.Verify(q); err != nil || len(fs) != 0 {
+		t.Fatalf("verify without proxy users: %v %v", fs, err)
+	}
+	mustRefuse(t, "user no longer on dns: proxy", e.tcp(uidA, "192.0.2.10:443"))
+	if err := e.udp(uidA, "192.0.2.53:53"); err == nil {
+		t.Error("query redirected after dns: proxy was turned off")
+	}
+	// The kernel expires an element by itself.
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.k.AddProxy([]ProxyElement{{UID: uidA, Element: dst, Timeout: 300 * time.Millisecond}}); err != nil {
+		t.Fatal(err)
+	}
+	mustAllow(t, "proxy user with a short answer", e.tcp(uidA, "192.0.2.10:443"))
+	time.Sleep(time.Second)
+	mustRefuse(t, "proxy user after the answer expired", e.tcp(uidA, "192.0.2.10:443"))
+}
+
+// A flow to port 53 opened before the user's allowlist switched to the
+// proxy keeps its destination in conntrack: it must not carry on.
+func TestKernelDNSProxyOldFlowCut(t *testing.T) {
+	e := newEnv(t)
+	e.serveUDP(t, "192.0.2.53:53")
+	base := Desired{
+		Allowlists: []Allowlist{{Name: "a", UID: uidA, DNS: true}},
+		Resolvers:  []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")},
+		DenyLog:    config.Defaults().DenyLog,
+		ProxyPort:  153,
+	}
+	if err := e.k.ApplyFull(Render(base)); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := e.ns.DialAs(uidA, "udp", "192.0.2.53:53", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	echo := func() error {
+		if _, err := conn.Write([]byte("q")); err != nil {
+			return err
+		}
+		conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		_, err := conn.Read(make([]byte, 16))
+		return err
+	}
+	mustAllow(t, "query under dns: resolvers", echo())
+	base.Allowlists[0].DNS, base.Allowlists[0].Proxy = false, true
+	if err := e.k.ApplyFull(Render(base)); err != nil {
+		t.Fatal(err)
+	}
+	if err := echo(); err == nil {
+		t.Fatal("the flow opened under dns: resolvers still reaches the resolver after the switch to dns: proxy")
+	}
+}

@@ -5,15 +5,17 @@ import "fmt"
 // The kernel layout's object names (see the layout in kernel_linux.go).
 // Shared by the netlink adapter and the text rendering (nft.go).
 const (
-	kUsers     = "users"
-	kOwners    = "owners"
-	kDNSUsers  = "dnsusers"
-	kAudit     = "audit"
-	kDenied    = "denied"
-	kDenyLog   = "denylog"
-	chainOut   = "output"
-	chainRestr = "restricted"
-	chainDeny  = "deny"
+	kUsers      = "users"
+	kOwners     = "owners"
+	kDNSUsers   = "dnsusers"
+	kAudit      = "audit"
+	kProxyUsers = "proxyusers"
+	chainNAT    = "dnsproxy"
+	kDenied     = "denied"
+	kDenyLog    = "denylog"
+	chainOut    = "output"
+	chainRestr  = "restricted"
+	chainDeny   = "deny"
 )
 
 func allKernelSets() []kernelSet {
@@ -23,6 +25,17 @@ func allKernelSets() []kernelSet {
 			for _, r := range []bool{false, true} {
 				out = append(out, kernelSet{DNS: dns, V6: v6, Range: r})
 			}
+		}
+	}
+	return out
+}
+
+// proxyKernelSets are the sets the DNS proxy writes (never plan elements).
+func proxyKernelSets() []kernelSet {
+	var out []kernelSet
+	for _, v6 := range []bool{false, true} {
+		for _, r := range []bool{false, true} {
+			out = append(out, kernelSet{Proxy: true, V6: v6, Range: r})
 		}
 	}
 	return out

@@ -95,14 +95,18 @@ func IsAuditPrefix(configured, prefix string) bool {
 // kernelSet is the typed identity of one kernel set that holds plan elements.
 type kernelSet struct {
 	DNS   bool // the resolvers' sets; otherwise the allowlists' (keyed by uid)
+	Proxy bool // what the DNS proxy answered (keyed by uid, elements with timeouts)
 	V6    bool
 	Range bool // interval set (pipapo) for CIDRs and port ranges; otherwise a hash set of exact elements
 }
 
 func (s kernelSet) name() string {
 	n := "allow"
-	if s.DNS {
+	switch {
+	case s.DNS:
 		n = "dns"
+	case s.Proxy:
+		n = "proxy"
 	}
 	if s.V6 {
 		n += "6"

@@ -50,14 +50,21 @@ func (p Plan) NFT() string {
 		return es
 	}())
 	uidSet(kDNSUsers, "dns: resolvers", func(ch ChainPlan) bool { return ch.DNS }, uid)
+	uidSet(kProxyUsers, "dns: proxy", func(ch ChainPlan) bool { return ch.Proxy }, uid)
 	uidSet(kAudit, "mode: audit", func(ch ChainPlan) bool { return ch.Audit }, uid)
 	for _, ks := range allKernelSets() {
 		writeSet(&b, ks.name(), "", ks.decl(), keyedText(ks, placed[ks]))
 	}
+	for _, ks := range proxyKernelSets() {
+		writeSet(&b, ks.name(), "what the DNS proxy answered: written as it answers, each element for TTL + linger", ks.decl(), nil)
+	}
 	writeSet(&b, kDenied, "rejected packets per uid", []string{"type uid", "flags dynamic"}, nil)
 	writeSet(&b, kDenyLog, "per-uid log rate limit (a meter)", []string{"type uid", "flags dynamic"}, nil)
+	if p.HasProxy() {
+		writeChain(&b, chainNAT, "type nat hook output priority dstnat; policy accept;", natRuleText(p.ProxyPort))
+	}
 	writeChain(&b, chainOut, "type filter hook output priority filter; policy accept;", outputRuleText())
-	writeChain(&b, chainRestr, "", restrictedRuleText())
+	writeChain(&b, chainRestr, "", restrictedRuleText(p.ProxyPort))
 	writeChain(&b, chainDeny, "", denyRuleText(p.DenyLog))
 	b.WriteString("}\n")
 	return b.String()
@@ -167,8 +174,13 @@ func (s kernelSet) decl() []string {
 		t = "uid . " + t
 	}
 	out := []string{"type " + t}
-	if s.Range {
+	switch {
+	case s.Range && s.Proxy:
+		out = append(out, "flags interval,timeout")
+	case s.Range:
 		out = append(out, "flags interval")
+	case s.Proxy:
+		out = append(out, "flags timeout")
 	}
 	return out
 }
@@ -219,9 +231,18 @@ func outputRuleText() []string {
 	return []string{"meta skuid @" + kUsers + " jump " + chainRestr}
 }
 
-func restrictedRuleText() []string {
+func natRuleText(port uint16) []string {
+	return []string{
+		fmt.Sprintf("udp dport 53 meta skuid @%s redirect to :%d # dns: proxy: every query, to any address", kProxyUsers, port),
+		fmt.Sprintf("tcp dport 53 meta skuid @%s redirect to :%d", kProxyUsers, port),
+	}
+}
+
+func restrictedRuleText(proxyPort uint16) []string {
 	rules := []string{
 		"ct state new ct status & confirmed == 0 ct label set meta skuid # label bits 96-127: the uid that opened the flow",
+		"udp dport 53 meta skuid @" + kProxyUsers + " goto " + chainDeny + " # dns: proxy: a query that was not redirected",
+		"tcp dport 53 meta skuid @" + kProxyUsers + " goto " + chainDeny,
 		"meta nfproto ipv6 exthdr rt exists goto " + chainDeny + " # IPV6_RTHDR: source routing",
 		"meta nfproto ipv4 ip ihl != 5 goto " + chainDeny + " # IP_OPTIONS: LSRR/SSRR",
 		"meta l4proto tcp tcp flags & syn != 0 tcp option mptcp exists tcp option mptcp @16,16 set 0xf000 # MPTCP falls back to TCP: no kernel subflows",
@@ -229,8 +250,10 @@ func restrictedRuleText() []string {
 		"ct state established,related ct direction reply ct label[96:128] . meta skuid != @" + kOwners + " accept",
 		"ct state established,related ct direction reply fib daddr type local accept",
 		"fib saddr type != local goto " + chainDeny + " # IP_FREEBIND, IPV6_FREEBIND, IP_TRANSPARENT",
+		fmt.Sprintf("udp dport %d meta skuid @%s ct status dnat fib daddr type local accept # redirected to the DNS proxy", proxyPort, kProxyUsers),
+		fmt.Sprintf("tcp dport %d meta skuid @%s ct status dnat fib daddr type local accept", proxyPort, kProxyUsers),
 	}
-	for _, ks := range allKernelSets() {
+	for _, ks := range append(allKernelSets(), proxyKernelSets()...) {
 		nfproto, daddr := "ipv4", "ip daddr"
 		if ks.V6 {
 			nfproto, daddr = "ipv6", "ip6 daddr"

@@ -83,7 +83,8 @@ func TestNFTRulesMatchNetlink(t *testing.T) {
 			text []string
 		}{
 			{chainOut, outputRules(outputChain()), outputRuleText()},
-			{chainRestr, restrictedRules(chain(chainRestr)), restrictedRuleText()},
+			{chainRestr, restrictedRules(chain(chainRestr), 153), restrictedRuleText(153)},
+			{chainNAT, natRules(chain(chainNAT), 153), natRuleText(153)},
 			{chainDeny, denyRules(chain(chainDeny), dl), denyRuleText(dl)},
 		} {
 			if len(c.nl) != len(c.text) {
@@ -102,18 +103,18 @@ func TestNFTRulesMatchNetlink(t *testing.T) {
 // The sets the text declares are the adapter's, with the same flags.
 func TestNFTSetsMatchNetlink(t *testing.T) {
 	text := Plan{Sets: map[string][]Element{}}.NFT()
-	for _, ks := range allKernelSets() {
+	for _, ks := range append(allKernelSets(), proxyKernelSets()...) {
 		s := ks.nft()
 		i := strings.Index(text, "set "+s.Name+" {")
 		if i < 0 {
 			t.Fatalf("no set %s in\n%s", s.Name, text)
 		}
 		body := text[i : i+strings.Index(text[i:], "}")]
-		if s.Interval != strings.Contains(body, "flags interval") {
-			t.Errorf("set %s: interval %v, text %q", s.Name, s.Interval, body)
+		if s.Interval != strings.Contains(body, "interval") || s.HasTimeout != strings.Contains(body, "timeout") {
+			t.Errorf("set %s: interval %v timeout %v, text %q", s.Name, s.Interval, s.HasTimeout, body)
 		}
 	}
-	for _, name := range []string{kUsers, kOwners, kDNSUsers, kAudit, kDenied, kDenyLog} {
+	for _, name := range []string{kUsers, kOwners, kDNSUsers, kProxyUsers, kAudit, kDenied, kDenyLog} {
 		if !strings.Contains(text, "set "+name+" {") {
 			t.Errorf("no set %s", name)
 		}

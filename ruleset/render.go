@@ -13,6 +13,7 @@ type ChainPlan struct {
 	Allowlist string
 	UID       uint32
 	DNS       bool
+	Proxy     bool // dns: proxy
 	Audit     bool
 }
 
@@ -23,6 +24,19 @@ type Plan struct {
 	Chains  []ChainPlan          // sorted by allowlist name
 	Sets    map[string][]Element // set name -> sorted, non-overlapping elements
 	DenyLog config.DenyLog
+	// ProxyPort is where protected users' DNS queries are redirected when
+	// any allowlist has dns: proxy (the nat chain exists only then).
+	ProxyPort uint16
+}
+
+// HasProxy reports whether any allowlist of the plan has dns: proxy.
+func (p Plan) HasProxy() bool {
+	for _, ch := range p.Chains {
+		if ch.Proxy {
+			return true
+		}
+	}
+	return false
 }
 
 // Render computes the plan for a desired state. It is pure.
@@ -83,12 +97,12 @@ func mix64(x uint64) uint64 {
 
 // Render computes the plan for a desired state, reusing what it can.
 func (r *Renderer) Render(d Desired) Plan {
-	p := Plan{Sets: make(map[string][]Element, 2*len(d.Allowlists)+2), DenyLog: d.DenyLog}
+	p := Plan{Sets: make(map[string][]Element, 2*len(d.Allowlists)+2), DenyLog: d.DenyLog, ProxyPort: d.ProxyPort}
 	als := append([]Allowlist(nil), d.Allowlists...)
 	sort.Slice(als, func(i, j int) bool { return als[i].Name < als[j].Name })
 	memo := make(map[string]rendered, len(als))
 	for _, a := range als {
-		p.Chains = append(p.Chains, ChainPlan{Allowlist: a.Name, UID: a.UID, DNS: a.DNS, Audit: a.Audit})
+		p.Chains = append(p.Chains, ChainPlan{Allowlist: a.Name, UID: a.UID, DNS: a.DNS, Proxy: a.Proxy, Audit: a.Audit})
 		fp := fingerprint(a.Elements)
 		m, ok := r.memo[a.Name]
 		if !ok || m.fp != fp {

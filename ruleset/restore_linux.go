@@ -29,7 +29,7 @@ func (k *Netlink) Restore(p Plan) error {
 		return fmt.Errorf("open netlink: %w", err)
 	}
 	c.CreateTable(&nftables.Table{Family: table.Family, Name: table.Name, Flags: flags})
-	if err := build(c, p); err != nil {
+	if err := build(c, p, nil); err != nil {
 		k.dropIf(c)
 		return fmt.Errorf("build ruleset to restore: %w", err) // c is dropped unflushed
 	}

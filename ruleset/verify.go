@@ -71,6 +71,8 @@ func uidSetMember(name string) func(ChainPlan) bool {
 		return func(ch ChainPlan) bool { return ch.DNS }
 	case kAudit:
 		return func(ch ChainPlan) bool { return ch.Audit }
+	case kProxyUsers:
+		return func(ch ChainPlan) bool { return ch.Proxy }
 	}
 	return func(ChainPlan) bool { return true } // owners
 }

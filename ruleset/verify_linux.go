@@ -31,7 +31,11 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 	out := outputChain()
 	want[out.Name] = sigs(outputRules(out))
 	restr := &nftables.Chain{Name: chainRestr, Table: table}
-	want[restr.Name] = sigs(restrictedRules(restr))
+	want[restr.Name] = sigs(restrictedRules(restr, p.ProxyPort))
+	nat := natChain()
+	if p.HasProxy() {
+		want[nat.Name] = sigs(natRules(nat, p.ProxyPort))
+	}
 	deny := &nftables.Chain{Name: chainDeny, Table: table}
 	want[deny.Name] = sigs(denyRules(deny, p.DenyLog))
 
@@ -54,6 +58,10 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 		if name == out.Name && (ch.Hooknum == nil || *ch.Hooknum != *out.Hooknum || ch.Type != out.Type ||
 			ch.Priority == nil || *ch.Priority != *out.Priority || (ch.Policy != nil && *ch.Policy != nftables.ChainPolicyAccept)) {
 			add("chain_hook", name, "base chain is not type filter hook output priority filter policy accept")
+		}
+		if name == nat.Name && (ch.Hooknum == nil || *ch.Hooknum != *nat.Hooknum || ch.Type != nat.Type ||
+			ch.Priority == nil || *ch.Priority != *nat.Priority) {
+			add("chain_hook", name, "base chain is not type nat hook output priority dstnat")
 		}
 		rules, err := c.GetRules(t, ch)
 		if err != nil {
@@ -81,8 +89,8 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 	for _, s := range kset {
 		haveSet[s.Name] = true
 	}
-	structural := []string{kUsers, kOwners, kDNSUsers, kAudit, kDenied, kDenyLog}
-	for _, ks := range allKernelSets() {
+	structural := []string{kUsers, kOwners, kDNSUsers, kProxyUsers, kAudit, kDenied, kDenyLog}
+	for _, ks := range append(allKernelSets(), proxyKernelSets()...) {
 		structural = append(structural, ks.name())
 	}
 	for _, name := range structural {
@@ -102,7 +110,7 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 	} else {
 		fs = append(fs, usersFindings(p, gotUsers)...)
 	}
-	for _, name := range []string{kOwners, kDNSUsers, kAudit} {
+	for _, name := range []string{kOwners, kDNSUsers, kProxyUsers, kAudit} {
 		if !haveSet[name] {
 			continue
 		}
@@ -180,6 +188,8 @@ func sig(es []expr.Any) string {
 			fmt.Fprintf(&b, "exthdr(%d,%d,%d,%d,%d,%v) ", v.Op, v.Type, v.Offset, v.Len, v.Flags, v.SourceRegister != 0)
 		case *expr.Immediate:
 			fmt.Fprintf(&b, "immediate(%x) ", v.Data)
+		case *expr.Redir:
+			fmt.Fprintf(&b, "redir(r%d,%d) ", normReg(v.RegisterProtoMin), v.Flags)
 		case *expr.Dynset:
 			fmt.Fprintf(&b, "dynset(%s,%d,%s) ", v.SetName, v.Operation, sig(v.Exprs))
 		default:

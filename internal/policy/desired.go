@@ -124,14 +124,17 @@ func BuildDesired(c *config.Config, users Users, addrs func(name string) []netip
 // of a name's addresses the hosts file gives: those are taken as written,
 // like literal entries, even in internal ranges.
 func BuildDesiredHosts(c *config.Config, users Users, addrs func(name string) []netip.Addr, fromHosts func(name string, a netip.Addr) bool) ruleset.Desired {
-	d := ruleset.Desired{Resolvers: c.Resolvers, DenyLog: c.DenyLog}
+	d := ruleset.Desired{Resolvers: c.Resolvers, DenyLog: c.DenyLog, ProxyPort: c.DNSProxyPort}
 	for _, a := range c.Allowlists {
 		uid, ok := users.UIDs[a.Name]
 		if !ok {
 			continue
 		}
-		al := ruleset.Allowlist{Name: a.Name, UID: uid, DNS: a.DNS == config.DNSResolvers, Audit: a.Mode == config.ModeAudit}
+		al := ruleset.Allowlist{Name: a.Name, UID: uid, DNS: a.DNS == config.DNSResolvers, Proxy: a.DNS == config.DNSProxy, Audit: a.Mode == config.ModeAudit}
 		for _, e := range a.Entries {
+			if e.IsWildcard() {
+				continue // allows only what the proxy answered (the proxy sets)
+			}
 			if !e.IsName() {
 				al.Elements = append(al.Elements, ruleset.ElementFor(e.Proto, e.Prefix, e.PortFrom, e.PortTo))
 				continue

@@ -25,6 +25,7 @@ type Plan struct {
 	Allowlists []Allowlist          `json:"allowlists"` // sorted by name
 	Sets       map[string][]Element `json:"sets"`       // logical set name (ruleset.SetID) -> elements
 	DenyLog    DenyLog              `json:"deny_log"`
+	ProxyPort  uint16               `json:"proxy_port,omitempty"`
 }
 
 // Allowlist is one protected user's place in the plan.
@@ -32,6 +33,7 @@ type Allowlist struct {
 	Name  string `json:"name"`
 	UID   uint32 `json:"uid"`
 	DNS   bool   `json:"dns"`
+	Proxy bool   `json:"dns_proxy,omitempty"`
 	Audit bool   `json:"audit"`
 }
 
@@ -59,10 +61,10 @@ func FromPlan(p ruleset.Plan) Plan {
 	out := Plan{Sets: make(map[string][]Element, len(p.Sets)), DenyLog: DenyLog{
 		Mode: string(p.DenyLog.Mode), Group: p.DenyLog.Group, RateCount: p.DenyLog.Rate.Count, RateUnit: p.DenyLog.Rate.Unit,
 		Prefix: p.DenyLog.Prefix, Interval: p.DenyLog.Interval,
-	}}
+	}, ProxyPort: p.ProxyPort}
 	out.Allowlists = make([]Allowlist, len(p.Chains))
 	for i, ch := range p.Chains {
-		out.Allowlists[i] = Allowlist{Name: ch.Allowlist, UID: ch.UID, DNS: ch.DNS, Audit: ch.Audit}
+		out.Allowlists[i] = Allowlist{Name: ch.Allowlist, UID: ch.UID, DNS: ch.DNS, Proxy: ch.Proxy, Audit: ch.Audit}
 	}
 	for name, es := range p.Sets {
 		doc := make([]Element, len(es))
@@ -80,9 +82,9 @@ func (p Plan) Ruleset() (ruleset.Plan, error) {
 	out := ruleset.Plan{Sets: make(map[string][]ruleset.Element, len(p.Sets)), DenyLog: config.DenyLog{
 		Mode: config.LogMode(p.DenyLog.Mode), Group: p.DenyLog.Group, Rate: config.Rate{Count: p.DenyLog.RateCount, Unit: p.DenyLog.RateUnit},
 		Prefix: p.DenyLog.Prefix, Interval: p.DenyLog.Interval,
-	}}
+	}, ProxyPort: p.ProxyPort}
 	for _, a := range p.Allowlists {
-		out.Chains = append(out.Chains, ruleset.ChainPlan{Allowlist: a.Name, UID: a.UID, DNS: a.DNS, Audit: a.Audit})
+		out.Chains = append(out.Chains, ruleset.ChainPlan{Allowlist: a.Name, UID: a.UID, DNS: a.DNS, Proxy: a.Proxy, Audit: a.Audit})
 	}
 	for name, doc := range p.Sets {
 		es := make([]ruleset.Element, len(doc))

@@ -1,0 +1,35 @@
+package ruleset
+
+import (
+	"fmt"
+	"time"
+)
+
+// ProxyElement is one destination the DNS proxy answered for a uid: an
+// address it resolved for an allowlisted name, with the entry's protocol
+// and ports. The kernel removes it by itself when Timeout runs out (TTL +
+// linger), whether or not egressd is running.
+type ProxyElement struct {
+	UID     uint32
+	Element Element       // one address; the entry's port range
+	Timeout time.Duration // to add: how long it stays; read back: what remains
+}
+
+func (p ProxyElement) String() string {
+	return fmt.Sprintf("%d . %s (%s)", p.UID, p.Element, p.Timeout)
+}
+
+// ProxyKernel is implemented by kernels that hold the DNS proxy's answers.
+type ProxyKernel interface {
+	// AddProxy adds elements, in one transaction, or renews their timeout
+	// when they are there already.
+	AddProxy(es []ProxyElement) error
+	// ReadProxy returns the proxy's elements with the time each has left.
+	ReadProxy() ([]ProxyElement, error)
+}
+
+// proxySetOf is the kernel set that holds a proxy element.
+func proxySetOf(e Element) kernelSet { return kernelSet{Proxy: true, V6: e.Is6(), Range: !isExact(e)} }
+
+// ProxySetName names the kernel set that holds a proxy element (for reports).
+func ProxySetName(e Element) string { return proxySetOf(e).name() }
