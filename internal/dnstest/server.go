@@ -123,6 +123,11 @@ func (s *Server) lookup(name string) (Record, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r, ok := s.records[name]
+	for n := name; !ok && strings.Contains(n, "."); {
+		// A wildcard record "*.example.com." answers every name below it.
+		_, n, _ = strings.Cut(n, ".")
+		r, ok = s.records["*."+n]
+	}
 	return r, ok
 }
 

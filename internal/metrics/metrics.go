@@ -25,6 +25,9 @@ type Metrics struct {
 	denyEvents     *prometheus.CounterVec
 	nflogPackets   prometheus.Counter
 	nflogLost      prometheus.Counter
+	proxyQueries   *prometheus.CounterVec
+	proxySeconds   prometheus.Histogram
+	proxyKernel    prometheus.Histogram
 }
 
 // DenyCounters reads the kernel's per-allowlist denied packet counters.
@@ -50,11 +53,19 @@ func New() *Metrics {
 			Help: "Deny events logged (first packets and summaries), by allowlist."}, []string{"allowlist"}),
 		nflogPackets: prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_nflog_packets_total",
 			Help: "Packets received from the NFLOG group."}),
+		proxyQueries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "egressd_dns_proxy_queries_total",
+			Help: "Queries the DNS proxy handled, per allowlist and result (answered, refused, unlisted_answered, servfail, overload)."}, []string{"allowlist", "result"}),
+		proxySeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "egressd_dns_proxy_duration_seconds",
+			Help:    "Time from a query's arrival to its answer, upstream and kernel included.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}}),
+		proxyKernel: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "egressd_dns_proxy_kernel_seconds",
+			Help:    "Time to put an answer's addresses in the kernel before it is released (waits included).",
+			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .1}}),
 		nflogLost: prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_nflog_overruns_total",
 			Help: "Times the kernel dropped NFLOG messages because the daemon fell behind."}),
 	}
 	m.reg.MustRegister(m.applies, m.lastApply, m.namesFailing, m.setElements, m.driftRepairs, m.resolveSeconds,
-		m.denyEvents, m.nflogPackets, m.nflogLost, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.denyEvents, m.nflogPackets, m.nflogLost, m.proxyQueries, m.proxySeconds, m.proxyKernel, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfo(version.Get()))
 	return m
 }
@@ -157,4 +168,22 @@ func buildInfo(in version.Info) prometheus.Collector {
 		Help: "Always 1; the labels say which build of egressd runs."}, []string{"version", "commit", "go_version"})
 	g.WithLabelValues(in.Version, in.Commit, in.GoVersion).Set(1)
 	return g
+}
+
+// ProxyQuery counts a query the DNS proxy handled and its latency.
+func (m *Metrics) ProxyQuery(allowlist, result string, seconds float64) {
+	if m == nil {
+		return
+	}
+	m.proxyQueries.WithLabelValues(allowlist, result).Inc()
+	if result != "overload" {
+		m.proxySeconds.Observe(seconds)
+	}
+}
+
+// ProxyKernel records how long an answer waited for the kernel.
+func (m *Metrics) ProxyKernel(seconds float64) {
+	if m != nil {
+		m.proxyKernel.Observe(seconds)
+	}
 }

@@ -1,0 +1,82 @@
+// Package dnsproxy answers the DNS queries of users with `dns: proxy`.
+//
+// The kernel redirects every such query (UDP and TCP port 53, to any
+// address, IPv4 and IPv6) to the proxy's port on loopback (ruleset's nat
+// chain). The proxy learns which uid sent it from the flow's conntrack label
+// (the opener's uid, written by the filter chain), answers only names that
+// the uid's allowlist names (exactly or by a wildcard), from the configured
+// resolvers, and puts the answer's addresses in the uid's kernel sets before
+// the answer is sent back: a connect right after the answer succeeds. Every
+// other name is answered REFUSED (dns_unlisted: answer opts out).
+package dnsproxy
+
+import (
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/egressd/egressd/config"
+)
+
+// Allowlist is what the proxy needs to know of one dns: proxy allowlist.
+type Allowlist struct {
+	Name      string
+	User      string
+	UID       uint32
+	Entries   []config.Entry
+	Answer    bool // dns_unlisted: answer: unlisted names are answered (their addresses allow nothing)
+	Audit     bool // mode: audit: unlisted names are answered and recorded
+	PrivateOK bool // allow_private_answers
+}
+
+// Match returns the entries that allow the name asked (normalized: lower
+// case, no trailing dot): exact names and wildcards. Literals never match.
+func (a *Allowlist) Match(name string) []config.Entry {
+	var out []config.Entry
+	for _, e := range a.Entries {
+		if e.MatchesName(name) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// Policy is everything the proxy answers by; it is replaced as a whole on
+// every configuration change.
+type Policy struct {
+	ByUID     map[uint32]*Allowlist
+	Upstreams []netip.AddrPort
+	MinTTL    time.Duration
+	MaxTTL    time.Duration
+	Linger    time.Duration
+	MaxAddrs  int // per answer
+}
+
+// PolicyFrom builds the proxy's policy from a configuration and the uids
+// its allowlists' users have now (allowlist name -> uid).
+func PolicyFrom(c *config.Config, uids map[string]uint32) *Policy {
+	p := &Policy{ByUID: map[uint32]*Allowlist{}, Upstreams: c.Resolvers, MinTTL: c.MinTTL, MaxTTL: c.MaxTTL,
+		Linger: c.Linger, MaxAddrs: c.MaxAddressesPerName}
+	for _, a := range c.Allowlists {
+		uid, ok := uids[a.Name]
+		if !ok || a.DNS != config.DNSProxy {
+			continue
+		}
+		p.ByUID[uid] = &Allowlist{Name: a.Name, User: a.User, UID: uid, Entries: a.Entries,
+			Answer: a.DNSUnlisted == config.UnlistedAnswer, Audit: a.Mode == config.ModeAudit, PrivateOK: a.AllowPrivateAnswers}
+	}
+	return p
+}
+
+// Lifetimes: what the kernel keeps for an answer whose records have ttl
+// (clamped to min_ttl..max_ttl, plus linger), and the TTL handed to the
+// service (never longer than max_ttl, so never past what the kernel keeps).
+func (p *Policy) lifetimes(ttl time.Duration) (keep, hand time.Duration) {
+	t := min(max(ttl, p.MinTTL), p.MaxTTL)
+	return t + p.Linger, min(ttl, p.MaxTTL)
+}
+
+// normalize is a question's name as config matches it.
+func normalize(qname string) string {
+	return strings.TrimSuffix(strings.ToLower(qname), ".")
+}

@@ -1,0 +1,460 @@
+package dnsproxy
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+	"go.uber.org/zap"
+
+	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/event"
+	"github.com/egressd/egressd/internal/metrics"
+	"github.com/egressd/egressd/resolver"
+	"github.com/egressd/egressd/ruleset"
+)
+
+// Identifier says which uid opened the flow of a redirected query: client
+// is the query's source, local the proxy address it reached.
+type Identifier interface {
+	Opener(proto uint8, client, local netip.AddrPort) (uid uint32, ok bool, err error)
+}
+
+// Observation is one answered or refused query, for `egressd learn`.
+type Observation struct {
+	Allowlist string
+	Name      string
+	Type      uint16
+	Addrs     []netip.Addr
+	Listed    bool
+	Refused   bool
+	At        time.Time
+}
+
+// Options configure a Proxy.
+type Options struct {
+	Kernel   ruleset.ProxyKernel
+	Identify Identifier
+	Log      *zap.Logger
+	Metrics  *metrics.Metrics
+	// Observe, when set, is called for every query of a known allowlist
+	// (from many goroutines; it must not block).
+	Observe func(Observation)
+	// MaxInFlight bounds the queries answered at once; beyond it a query is
+	// answered SERVFAIL at once. Default 1024.
+	MaxInFlight int
+	// Timeout per upstream attempt. Default 2 s.
+	Timeout time.Duration
+	// RefusedInterval is the window of dns_refused aggregation. Default 10 s.
+	RefusedInterval time.Duration
+	Now             func() time.Time
+}
+
+// Proxy answers redirected queries. Safe for concurrent use.
+type Proxy struct {
+	opt     Options
+	policy  atomic.Pointer[Policy]
+	w       *writer
+	sem     chan struct{}
+	refused *refusals
+	tcpIdle time.Duration
+}
+
+// New returns a proxy that answers nothing until SetPolicy.
+func New(opt Options) *Proxy {
+	if opt.MaxInFlight <= 0 {
+		opt.MaxInFlight = 1024
+	}
+	if opt.Timeout <= 0 {
+		opt.Timeout = 2 * time.Second
+	}
+	if opt.RefusedInterval <= 0 {
+		opt.RefusedInterval = 10 * time.Second
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	if opt.Log == nil {
+		opt.Log = zap.NewNop()
+	}
+	p := &Proxy{opt: opt, w: newWriter(opt.Kernel, opt.Now), sem: make(chan struct{}, opt.MaxInFlight), tcpIdle: 10 * time.Second}
+	p.refused = newRefusals(opt.Log, opt.RefusedInterval, opt.Now)
+	p.policy.Store(&Policy{ByUID: map[uint32]*Allowlist{}})
+	return p
+}
+
+// SetPolicy replaces what the proxy answers by. What it wrote for uids that
+// are no longer proxy users is forgotten (their rebuild dropped it).
+func (p *Proxy) SetPolicy(pol *Policy) {
+	p.policy.Store(pol)
+	p.w.Forget(func(uid uint32) bool { return pol.ByUID[uid] != nil })
+}
+
+// Seed adopts the answers the kernel already holds (a restarted daemon).
+func (p *Proxy) Seed(es []ruleset.ProxyElement) { p.w.Seed(es) }
+
+// Refill writes every live answer again (after the table was restored).
+func (p *Proxy) Refill() error { return p.w.Refill() }
+
+// Flush logs the pending dns_refused summaries (on stop).
+func (p *Proxy) Flush() { p.refused.flush() }
+
+// ServeUDP answers datagrams on pc until it is closed or ctx ends.
+func (p *Proxy) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
+	local, err := netip.ParseAddrPort(pc.LocalAddr().String())
+	if err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { pc.Close() })
+	defer stop()
+	for {
+		buf := make([]byte, 65535)
+		n, client, err := pc.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
+		select {
+		case p.sem <- struct{}{}:
+		default:
+			// Overloaded: a quick SERVFAIL beats a silent drop and a retry storm.
+			if r := servfail(buf[:n]); r != nil {
+				pc.WriteToUDPAddrPort(r, client) //nolint:errcheck
+			}
+			p.opt.Metrics.ProxyQuery("", "overload", 0)
+			continue
+		}
+		go func() {
+			defer func() { <-p.sem }()
+			if out := p.answer(ctx, 17, buf[:n], client, local); out != nil {
+				pc.WriteToUDPAddrPort(out, client) //nolint:errcheck
+			}
+		}()
+	}
+}
+
+// ServeTCP answers connections on ln until it is closed or ctx ends.
+func (p *Proxy) ServeTCP(ctx context.Context, ln net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.serveConn(ctx, c)
+		}()
+	}
+}
+
+func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	client, err1 := netip.ParseAddrPort(c.RemoteAddr().String())
+	local, err2 := netip.ParseAddrPort(c.LocalAddr().String())
+	if err1 != nil || err2 != nil {
+		return
+	}
+	client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
+	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+	for {
+		c.SetReadDeadline(p.opt.Now().Add(p.tcpIdle)) //nolint:errcheck
+		var l [2]byte
+		if _, err := io.ReadFull(c, l[:]); err != nil {
+			return
+		}
+		msg := make([]byte, binary.BigEndian.Uint16(l[:]))
+		if _, err := io.ReadFull(c, msg); err != nil {
+			return
+		}
+		p.sem <- struct{}{}
+		out := p.answer(ctx, 6, msg, client, local)
+		<-p.sem
+		if out == nil {
+			return
+		}
+		c.SetWriteDeadline(p.opt.Now().Add(p.tcpIdle)) //nolint:errcheck
+		if _, err := c.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(out))), out...)); err != nil {
+			return
+		}
+	}
+}
+
+// servfail is a SERVFAIL reply to a raw query, nil when it does not parse.
+func servfail(raw []byte) []byte {
+	q := new(dns.Msg)
+	if q.Unpack(raw) != nil || q.Response {
+		return nil
+	}
+	r := new(dns.Msg)
+	r.SetRcode(q, dns.RcodeServerFailure)
+	out, _ := r.Pack()
+	return out
+}
+
+func reply(q *dns.Msg, rcode int) []byte {
+	r := new(dns.Msg)
+	r.SetRcode(q, rcode)
+	r.RecursionAvailable = true
+	out, err := r.Pack()
+	if err != nil {
+		return nil
+	}
+	return out
+}
+
+// answer handles one query; nil means no reply (garbage, or a response).
+func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, local netip.AddrPort) []byte {
+	start := p.opt.Now()
+	q := new(dns.Msg)
+	if err := q.Unpack(raw); err != nil || q.Response {
+		return nil
+	}
+	if q.Opcode != dns.OpcodeQuery {
+		return reply(q, dns.RcodeNotImplemented)
+	}
+	if len(q.Question) != 1 {
+		return reply(q, dns.RcodeFormatError)
+	}
+	qn := q.Question[0]
+	name := normalize(qn.Name)
+	pol := p.policy.Load()
+	uid, ok, err := p.opt.Identify.Opener(proto, client, local)
+	var al *Allowlist
+	if err == nil && ok {
+		al = pol.ByUID[uid]
+	}
+	if al == nil {
+		// Not a redirected query of a dns: proxy user: someone sent it here
+		// directly, or its flow is gone. Never answered.
+		why := "not a query of a dns: proxy user"
+		if err != nil {
+			why = "cannot tell who sent it: " + err.Error()
+		}
+		p.refused.add("", "", uid, name, qn.Qtype, why)
+		p.opt.Metrics.ProxyQuery("", "refused", p.opt.Now().Sub(start).Seconds())
+		return reply(q, dns.RcodeRefused)
+	}
+	entries := al.Match(name)
+	listed := len(entries) > 0
+	if !listed && !al.Answer && !al.Audit {
+		p.refused.add(al.Name, al.User, uid, name, qn.Qtype, "unlisted")
+		p.observe(Observation{Allowlist: al.Name, Name: name, Type: qn.Qtype, Refused: true})
+		p.opt.Metrics.ProxyQuery(al.Name, "refused", p.opt.Now().Sub(start).Seconds())
+		return reply(q, dns.RcodeRefused)
+	}
+	r, err := p.forward(ctx, proto, q, pol.Upstreams)
+	if err != nil {
+		p.opt.Log.Debug("upstream failed", zap.String("name", name), zap.Error(err))
+		p.opt.Metrics.ProxyQuery(al.Name, "servfail", p.opt.Now().Sub(start).Seconds())
+		return reply(q, dns.RcodeServerFailure)
+	}
+	var addrs []netip.Addr
+	if listed {
+		if addrs, err = p.enforce(pol, al, entries, name, r); err != nil {
+			// Never hand out an address the kernel does not hold.
+			p.opt.Log.Error("a DNS answer could not be put in the kernel; answered SERVFAIL", event.Field(event.DNSProxyFailed),
+				zap.String("allowlist", al.Name), zap.String("name", name), zap.Error(err))
+			p.opt.Metrics.ProxyQuery(al.Name, "servfail", p.opt.Now().Sub(start).Seconds())
+			return reply(q, dns.RcodeServerFailure)
+		}
+	} else {
+		addrs = chainAddrs(r, qn.Name, 16)
+	}
+	p.observe(Observation{Allowlist: al.Name, Name: name, Type: qn.Qtype, Addrs: addrs, Listed: listed})
+	r.Id = q.Id
+	out, err := r.Pack()
+	if err != nil {
+		return reply(q, dns.RcodeServerFailure)
+	}
+	result := "answered"
+	if !listed {
+		result = "unlisted_answered"
+	}
+	p.opt.Metrics.ProxyQuery(al.Name, result, p.opt.Now().Sub(start).Seconds())
+	return out
+}
+
+func (p *Proxy) observe(o Observation) {
+	if p.opt.Observe != nil {
+		o.At = p.opt.Now()
+		p.opt.Observe(o)
+	}
+}
+
+// forward asks the upstream resolvers in turn, over the client's transport
+// (UDP, with TCP when truncated and the client came over TCP).
+func (p *Proxy) forward(ctx context.Context, proto uint8, q *dns.Msg, ups []netip.AddrPort) (*dns.Msg, error) {
+	if len(ups) == 0 {
+		return nil, errors.New("no resolvers configured")
+	}
+	fq := q.Copy()
+	fq.Id = dns.Id()
+	var errs []error
+	for _, up := range ups {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		net := "udp"
+		if proto == 6 {
+			net = "tcp"
+		}
+		c := &dns.Client{Net: net, Timeout: p.opt.Timeout}
+		r, _, err := c.ExchangeContext(ctx, fq, up.String())
+		if err == nil && r.Truncated && proto == 6 {
+			r, _, err = (&dns.Client{Net: "tcp", Timeout: p.opt.Timeout}).ExchangeContext(ctx, fq, up.String())
+		}
+		if err == nil && (len(r.Question) != 1 || !dns.IsFqdn(r.Question[0].Name) ||
+			normalize(r.Question[0].Name) != normalize(fq.Question[0].Name) || r.Question[0].Qtype != fq.Question[0].Qtype) {
+			err = errors.New("reply does not match the question")
+		}
+		if err == nil && (r.Rcode == dns.RcodeServerFailure || r.Rcode == dns.RcodeRefused) {
+			err = fmt.Errorf("answered %s", dns.RcodeToString[r.Rcode])
+		}
+		if err == nil {
+			return r, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", up, err))
+	}
+	return nil, errors.Join(errs...)
+}
+
+// chainOwners is the set of names reachable from qname through the
+// answer's CNAME records (at most max links).
+func chainOwners(r *dns.Msg, qname string, max int) map[string]bool {
+	owners := map[string]bool{normalize(qname): true}
+	cur := normalize(qname)
+	for i := 0; i < max; i++ {
+		next := ""
+		for _, rr := range r.Answer {
+			if c, ok := rr.(*dns.CNAME); ok && normalize(c.Hdr.Name) == cur {
+				next = normalize(c.Target)
+				break
+			}
+		}
+		if next == "" || owners[next] {
+			break
+		}
+		owners[next] = true
+		cur = next
+	}
+	return owners
+}
+
+func chainAddrs(r *dns.Msg, qname string, max int) []netip.Addr {
+	owners := chainOwners(r, qname, max)
+	var out []netip.Addr
+	for _, rr := range r.Answer {
+		if a, ok := rrAddr(rr); ok && owners[normalize(rr.Header().Name)] {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func rrAddr(rr dns.RR) (netip.Addr, bool) {
+	switch v := rr.(type) {
+	case *dns.A:
+		a, ok := netip.AddrFromSlice(v.A.To4())
+		return a, ok
+	case *dns.AAAA:
+		a, ok := netip.AddrFromSlice(v.AAAA.To16())
+		return a.Unmap(), ok
+	}
+	return netip.Addr{}, false
+}
+
+// enforce puts the answer's addresses (those of the CNAME chain from the
+// name asked, that the rebinding rules accept, up to the cap) in the uid's
+// kernel sets for each matching entry, then rewrites the answer: address
+// records the kernel does not hold are removed, every TTL is capped to
+// what the kernel keeps. It returns the addresses kept.
+func (p *Proxy) enforce(pol *Policy, al *Allowlist, entries []config.Entry, name string, r *dns.Msg) ([]netip.Addr, error) {
+	qname := r.Question[0].Name
+	owners := chainOwners(r, qname, 16)
+	var kept []netip.Addr
+	keptSet := map[netip.Addr]bool{}
+	minTTL := uint32(1<<31 - 1)
+	isChain := func(rr dns.RR) bool { return owners[normalize(rr.Header().Name)] }
+	filter := func(rrs []dns.RR, inAnswer bool) []dns.RR {
+		out := rrs[:0]
+		for _, rr := range rrs {
+			a, isAddr := rrAddr(rr)
+			if !isAddr {
+				out = append(out, rr)
+				continue
+			}
+			if !inAnswer || !isChain(rr) {
+				continue // an address the name asked does not lead to: never handed out
+			}
+			if !keptSet[a] {
+				if len(kept) >= max(pol.MaxAddrs, 1) || !resolver.Accepts(a, al.PrivateOK, name, nil) {
+					continue
+				}
+				keptSet[a] = true
+				kept = append(kept, a)
+			}
+			out = append(out, rr)
+		}
+		return out
+	}
+	r.Answer = filter(r.Answer, true)
+	r.Extra = filter(r.Extra, false)
+	r.Ns = filter(r.Ns, false)
+	for _, rr := range r.Answer {
+		if isChain(rr) {
+			minTTL = min(minTTL, rr.Header().Ttl)
+		}
+	}
+	if len(kept) == 0 {
+		return nil, nil
+	}
+	keep, hand := pol.lifetimes(time.Duration(minTTL) * time.Second)
+	var es []ruleset.ProxyElement
+	for _, a := range kept {
+		for _, e := range entries {
+			es = append(es, ruleset.ProxyElement{UID: al.UID, Timeout: keep,
+				Element: ruleset.ElementFor(e.Proto, netip.PrefixFrom(a, a.BitLen()), e.PortFrom, e.PortTo)})
+		}
+	}
+	t0 := p.opt.Now()
+	if err := p.w.Ensure(es, hand); err != nil {
+		return nil, err
+	}
+	p.opt.Metrics.ProxyKernel(p.opt.Now().Sub(t0).Seconds())
+	handS := uint32(hand / time.Second)
+	for _, rr := range r.Answer {
+		if isChain(rr) && rr.Header().Ttl > handS {
+			rr.Header().Ttl = handS
+		}
+	}
+	return kept, nil
+}

@@ -1,0 +1,288 @@
+package dnsproxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/dnstest"
+	"github.com/egressd/egressd/ruleset"
+)
+
+const uidWeb = 4001
+
+// ident answers every query as uid, or errs.
+type ident struct {
+	uid uint32
+	ok  bool
+	err error
+}
+
+func (i ident) Opener(uint8, netip.AddrPort, netip.AddrPort) (uint32, bool, error) { return i.uid, i.ok, i.err }
+
+type rig struct {
+	t      *testing.T
+	up     *dnstest.Server
+	k      *ruleset.Fake
+	p      *Proxy
+	addr   string
+	logs   *observer.ObservedLogs
+	mu     sync.Mutex
+	seen   []Observation
+	cancel context.CancelFunc
+}
+
+func entries(t *testing.T, ss ...string) []config.Entry {
+	t.Helper()
+	var out []config.Entry
+	for _, s := range ss {
+		e, err := config.ParseEntry(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+func newRig(t *testing.T, id Identifier, al *Allowlist, upstreams ...netip.AddrPort) *rig {
+	t.Helper()
+	up, err := dnstest.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(up.Close)
+	core, logs := observer.New(zap.DebugLevel)
+	r := &rig{t: t, up: up, logs: logs, k: &ruleset.Fake{Plan: ruleset.Plan{Chains: []ruleset.ChainPlan{{Allowlist: al.Name, UID: al.UID, Proxy: true}}}}}
+	r.p = New(Options{Kernel: r.k, Identify: id, Log: zap.New(core), Timeout: 500 * time.Millisecond,
+		Observe: func(o Observation) { r.mu.Lock(); r.seen = append(r.seen, o); r.mu.Unlock() }})
+	if len(upstreams) == 0 {
+		upstreams = []netip.AddrPort{up.Addr}
+	}
+	r.p.SetPolicy(&Policy{ByUID: map[uint32]*Allowlist{al.UID: al}, Upstreams: upstreams,
+		MinTTL: 5 * time.Second, MaxTTL: 10 * time.Minute, Linger: 5 * time.Minute, MaxAddrs: 256})
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); r.p.ServeUDP(ctx, pc) }() //nolint:errcheck
+	go func() { defer wg.Done(); r.p.ServeTCP(ctx, ln) }() //nolint:errcheck
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	r.addr = pc.LocalAddr().String()
+	return r
+}
+
+func (r *rig) ask(network, name string, qtype uint16) *dns.Msg {
+	r.t.Helper()
+	q := new(dns.Msg)
+	q.SetQuestion(dns.Fqdn(name), qtype)
+	c := &dns.Client{Net: network, Timeout: 2 * time.Second}
+	resp, _, err := c.Exchange(q, r.addr)
+	if err != nil {
+		r.t.Fatalf("%s %s over %s: %v", dns.TypeToString[qtype], name, network, err)
+	}
+	return resp
+}
+
+func addrsOf(m *dns.Msg) []string {
+	var out []string
+	for _, rr := range m.Answer {
+		if a, ok := rrAddr(rr); ok {
+			out = append(out, a.String())
+		}
+	}
+	return out
+}
+
+// inKernel returns the proxy elements the fake kernel holds, as text.
+func (r *rig) inKernel() []string {
+	var out []string
+	for _, pe := range r.k.Proxy {
+		out = append(out, pe.Element.String())
+	}
+	return out
+}
+
+func webAllowlist(t *testing.T, es ...string) *Allowlist {
+	return &Allowlist{Name: "web", User: "web", UID: uidWeb, Entries: entries(t, es...)}
+}
+
+func TestAnswersListedNamesIntoTheKernelFirst(t *testing.T) {
+	r := newRig(t, ident{uid: uidWeb, ok: true}, webAllowlist(t, "api.example.com:443", "api.example.com:8443/udp"))
+	r.up.Set("api.example.com", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.10")}, TTL: 86400})
+	m := r.ask("udp", "api.example.com", dns.TypeA)
+	if m.Rcode != dns.RcodeSuccess || strings.Join(addrsOf(m), ",") != "192.0.2.10" {
+		t.Fatalf("answer %v", m)
+	}
+	if ttl := m.Answer[0].Header().Ttl; ttl != 600 {
+		t.Errorf("TTL handed out %d, want capped to max_ttl 600", ttl)
+	}
+	got := strings.Join(r.inKernel(), " ")
+	if got != "192.0.2.10:443/tcp 192.0.2.10:8443/udp" {
+		t.Fatalf("kernel holds %q", got)
+	}
+	if to := r.k.Proxy[0].Timeout; to != 15*time.Minute {
+		t.Errorf("kernel keeps it %s, want max_ttl + linger", to)
+	}
+	// Asked again within its lifetime: not written again.
+	r.ask("tcp", "api.example.com", dns.TypeA)
+	if n := r.k.Calls(ruleset.FakeAddProxy); n != 1 {
+		t.Errorf("%d kernel writes for two answers of one address, want 1", n)
+	}
+}
+
+func TestWildcards(t *testing.T) {
+	r := newRig(t, ident{uid: uidWeb, ok: true}, webAllowlist(t, "*.cdn.example.com:443", "**.example.org:443"))
+	r.up.Set("*.cdn.example.com", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.20")}, TTL: 60})
+	r.up.Set("*.example.org", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.30")}, TTL: 60})
+	for name, want := range map[string]int{
+		"a.cdn.example.com":   dns.RcodeSuccess,
+		"a.b.cdn.example.com": dns.RcodeRefused,
+		"cdn.example.com":     dns.RcodeRefused,
+		"x.example.org":       dns.RcodeSuccess,
+		"x.y.z.example.org":   dns.RcodeSuccess,
+		"example.org":         dns.RcodeRefused,
+		"tunnel.evil.example": dns.RcodeRefused,
+	} {
+		if m := r.ask("udp", name, dns.TypeA); m.Rcode != want {
+			t.Errorf("%s: %s, want %s", name, dns.RcodeToString[m.Rcode], dns.RcodeToString[want])
+		}
+	}
+	if got := strings.Join(r.inKernel(), " "); got != "192.0.2.20:443/tcp 192.0.2.30:443/tcp" {
+		t.Errorf("kernel holds %q", got)
+	}
+	refused := r.logs.FilterField(zap.String("event", "dns_refused")).All()
+	if len(refused) != 4 {
+		t.Fatalf("%d dns_refused events, want 4", len(refused))
+	}
+	f := refused[0].ContextMap()
+	if f["allowlist"] != "web" || f["user"] != "web" || f["type"] != "A" || f["reason"] != "unlisted" {
+		t.Errorf("dns_refused fields %v", f)
+	}
+	// Repeats are one summary, not one event each.
+	for i := 0; i < 50; i++ {
+		r.ask("udp", "tunnel.evil.example", dns.TypeTXT)
+	}
+	r.p.Flush()
+	if n := len(r.logs.FilterField(zap.String("event", "dns_refused")).All()); n != 6 {
+		t.Errorf("%d dns_refused events after 50 repeats of one new refusal, want 6 (one at once, one summary)", n)
+	}
+}
+
+func TestChainAndRebinding(t *testing.T) {
+	r := newRig(t, ident{uid: uidWeb, ok: true}, webAllowlist(t, "*.cdn.example.com:443"))
+	r.up.Set("www.cdn.example.com", dnstest.Record{CNAME: "edge.provider.example", TTL: 30})
+	r.up.Set("edge.provider.example", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("169.254.169.254")}, TTL: 20})
+	r.up.SetMangle(func(m *dns.Msg) {
+		// A record the chain does not lead to: never handed out.
+		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: "other.example.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 20}, A: net.IPv4(203, 0, 113, 9)})
+	})
+	m := r.ask("udp", "www.cdn.example.com", dns.TypeA)
+	if got := strings.Join(addrsOf(m), ","); got != "198.51.100.7" {
+		t.Fatalf("answer addresses %q: want only the public address of the chain", got)
+	}
+	if got := strings.Join(r.inKernel(), " "); got != "198.51.100.7:443/tcp" {
+		t.Fatalf("kernel holds %q", got)
+	}
+	for _, rr := range m.Answer {
+		if rr.Header().Ttl > 20 {
+			t.Errorf("%s: TTL above the chain's", rr)
+		}
+	}
+}
+
+func TestRefusesWhatItCannotAttribute(t *testing.T) {
+	for _, id := range []ident{{ok: false}, {err: errors.New("conntrack: no such flow")}, {uid: 4999, ok: true}} {
+		r := newRig(t, id, webAllowlist(t, "api.example.com:443"))
+		r.up.Set("api.example.com", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.10")}, TTL: 60})
+		if m := r.ask("udp", "api.example.com", dns.TypeA); m.Rcode != dns.RcodeRefused {
+			t.Errorf("%+v: %s, want REFUSED", id, dns.RcodeToString[m.Rcode])
+		}
+		if r.up.Queries() != 0 || len(r.k.Proxy) != 0 {
+			t.Errorf("%+v: the upstream was asked or the kernel written", id)
+		}
+	}
+}
+
+func TestUnlistedAnswered(t *testing.T) {
+	al := webAllowlist(t, "api.example.com:443")
+	al.Answer = true
+	r := newRig(t, ident{uid: uidWeb, ok: true}, al)
+	r.up.Set("other.example.net", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.99")}, TTL: 60})
+	m := r.ask("udp", "other.example.net", dns.TypeA)
+	if m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 {
+		t.Fatalf("dns_unlisted: answer: %v", m)
+	}
+	if len(r.k.Proxy) != 0 {
+		t.Errorf("an unlisted name's address went into the kernel: %v", r.inKernel())
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.seen) != 1 || r.seen[0].Listed || r.seen[0].Name != "other.example.net" || len(r.seen[0].Addrs) != 1 {
+		t.Errorf("observations %+v", r.seen)
+	}
+}
+
+func TestFailsClosed(t *testing.T) {
+	r := newRig(t, ident{uid: uidWeb, ok: true}, webAllowlist(t, "api.example.com:443"))
+	r.up.Set("api.example.com", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.10")}, TTL: 60})
+	r.k.FailNext(ruleset.FakeAddProxy, errors.New("netlink: ENOBUFS"))
+	if m := r.ask("udp", "api.example.com", dns.TypeA); m.Rcode != dns.RcodeServerFailure || len(m.Answer) != 0 {
+		t.Fatalf("kernel write failed, answer %v: want SERVFAIL without addresses", m)
+	}
+	if m := r.ask("udp", "api.example.com", dns.TypeA); m.Rcode != dns.RcodeSuccess {
+		t.Fatalf("next answer after the kernel recovered: %v", m)
+	}
+}
+
+func TestUpstreamFailover(t *testing.T) {
+	dead, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := netip.MustParseAddrPort(dead.LocalAddr().String())
+	dead.Close() // nothing answers there
+	r := newRig(t, ident{uid: uidWeb, ok: true}, webAllowlist(t, "api.example.com:443"))
+	r.p.SetPolicy(&Policy{ByUID: r.p.policy.Load().ByUID, Upstreams: []netip.AddrPort{deadAddr, r.up.Addr},
+		MinTTL: time.Second, MaxTTL: time.Hour, MaxAddrs: 8})
+	r.up.Set("api.example.com", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.10")}, TTL: 60})
+	if m := r.ask("udp", "api.example.com", dns.TypeA); m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 {
+		t.Fatalf("with the first upstream down: %v", m)
+	}
+	r.p.SetPolicy(&Policy{ByUID: r.p.policy.Load().ByUID, Upstreams: []netip.AddrPort{deadAddr}, MinTTL: time.Second, MaxTTL: time.Hour, MaxAddrs: 8})
+	if m := r.ask("udp", "api.example.com", dns.TypeA); m.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("with every upstream down: %v, want SERVFAIL", m)
+	}
+}
+
+func TestLifetimes(t *testing.T) {
+	p := &Policy{MinTTL: 5 * time.Second, MaxTTL: 10 * time.Minute, Linger: 5 * time.Minute}
+	for _, c := range []struct{ ttl, keep, hand time.Duration }{
+		{0, 5*time.Second + 5*time.Minute, 0},
+		{60 * time.Second, 6 * time.Minute, 60 * time.Second},
+		{24 * time.Hour, 15 * time.Minute, 10 * time.Minute},
+	} {
+		keep, hand := p.lifetimes(c.ttl)
+		if keep != c.keep || hand != c.hand || hand > keep {
+			t.Errorf("ttl %s: keep %s hand %s, want %s %s", c.ttl, keep, hand, c.keep, c.hand)
+		}
+	}
+}

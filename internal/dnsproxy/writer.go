@@ -1,0 +1,168 @@
+package dnsproxy
+
+import (
+	"sync"
+	"time"
+
+	"github.com/egressd/egressd/ruleset"
+)
+
+type elemKey struct {
+	uid uint32
+	e   ruleset.Element
+}
+
+// writer puts answers in the kernel. Concurrent answers are written in one
+// transaction (group commit): each caller waits for the transaction that
+// carries its elements. An element the kernel holds long enough already is
+// not written again. known is the writer's view of the kernel's proxy sets
+// (element -> when the kernel drops it); it is bounded by what is alive.
+type writer struct {
+	k   ruleset.ProxyKernel
+	now func() time.Time
+
+	mu      sync.Mutex
+	known   map[elemKey]time.Time
+	pending []ruleset.ProxyElement
+	waiters []chan error
+	busy    bool
+	sweep   time.Time
+}
+
+func newWriter(k ruleset.ProxyKernel, now func() time.Time) *writer {
+	return &writer{k: k, now: now, known: map[elemKey]time.Time{}}
+}
+
+// need reports whether the element must be (re)written for the kernel to
+// hold it at least until `until`.
+func (w *writer) need(k elemKey, until time.Time) bool {
+	exp, ok := w.known[k]
+	return !ok || exp.Before(until)
+}
+
+// Ensure returns once every element is in the kernel until at least
+// now+hold (written with its own Timeout when it was not), or with the
+// error of the transaction that failed.
+func (w *writer) Ensure(es []ruleset.ProxyElement, hold time.Duration) error {
+	now := w.now()
+	w.mu.Lock()
+	var todo []ruleset.ProxyElement
+	for _, pe := range es {
+		if w.need(elemKey{pe.UID, pe.Element}, now.Add(hold)) {
+			todo = append(todo, pe)
+		}
+	}
+	if len(todo) == 0 {
+		w.mu.Unlock()
+		return nil
+	}
+	done := make(chan error, 1)
+	w.pending = append(w.pending, todo...)
+	w.waiters = append(w.waiters, done)
+	if !w.busy {
+		w.busy = true
+		go w.flush()
+	}
+	w.mu.Unlock()
+	return <-done
+}
+
+// flush writes what is pending, in rounds, until nothing is.
+func (w *writer) flush() {
+	for {
+		w.mu.Lock()
+		batch, waiters := w.pending, w.waiters
+		w.pending, w.waiters = nil, nil
+		if len(batch) == 0 {
+			w.busy = false
+			w.mu.Unlock()
+			return
+		}
+		w.mu.Unlock()
+
+		start := w.now()
+		err := w.k.AddProxy(dedupe(batch))
+
+		w.mu.Lock()
+		if err == nil {
+			for _, pe := range batch {
+				k := elemKey{pe.UID, pe.Element}
+				if exp := start.Add(pe.Timeout); exp.After(w.known[k]) {
+					w.known[k] = exp
+				}
+			}
+		}
+		if start.Sub(w.sweep) > time.Minute {
+			w.sweep = start
+			for k, exp := range w.known {
+				if exp.Before(start) {
+					delete(w.known, k)
+				}
+			}
+		}
+		w.mu.Unlock()
+		for _, c := range waiters {
+			c <- err
+		}
+	}
+}
+
+// dedupe keeps, of elements written twice in one batch, the longest timeout.
+func dedupe(es []ruleset.ProxyElement) []ruleset.ProxyElement {
+	idx := map[elemKey]int{}
+	out := es[:0:0]
+	for _, pe := range es {
+		k := elemKey{pe.UID, pe.Element}
+		if i, ok := idx[k]; ok {
+			out[i].Timeout = max(out[i].Timeout, pe.Timeout)
+			continue
+		}
+		idx[k] = len(out)
+		out = append(out, pe)
+	}
+	return out
+}
+
+// Forget drops what the writer knows of uids that are no longer proxy
+// users: a rebuild dropped their elements.
+func (w *writer) Forget(keep func(uid uint32) bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for k := range w.known {
+		if !keep(k.uid) {
+			delete(w.known, k)
+		}
+	}
+}
+
+// Refill writes again every element still alive, with what it has left:
+// after the table was removed and restored, or to adopt what the kernel
+// holds at start (seed).
+func (w *writer) Refill() error {
+	now := w.now()
+	w.mu.Lock()
+	var es []ruleset.ProxyElement
+	for k, exp := range w.known {
+		if left := exp.Sub(now); left > 0 {
+			es = append(es, ruleset.ProxyElement{UID: k.uid, Element: k.e, Timeout: left})
+		}
+	}
+	w.mu.Unlock()
+	for i := 0; i < len(es); i += 4096 {
+		if err := w.k.AddProxy(es[i:min(i+4096, len(es))]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Seed records what the kernel holds (ReadProxy), so that a restarted
+// daemon does not write every element again.
+func (w *writer) Seed(es []ruleset.ProxyElement) {
+	now := w.now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, pe := range es {
+		w.known[elemKey{pe.UID, pe.Element}] = now.Add(pe.Timeout)
+	}
+}
