@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // Fake is an in-memory kernel for callers' unit tests: it holds a table the
@@ -36,6 +37,9 @@ type Fake struct {
 	// them; timeouts are not counted down.
 	Proxy []ProxyElement
 
+	// mu guards Proxy, errs and calls: the DNS proxy writes from its own
+	// goroutine, as it does to the real kernel.
+	mu     sync.Mutex
 	errs   map[string]error // per method, for its next call (FailNext)
 	broken map[string]bool  // chains whose rules were changed (BreakRules)
 	calls  map[string]int
@@ -59,6 +63,8 @@ const (
 // FailNext makes the next call of method (FakeApplyFull, FakeVerify, ...)
 // return err, changing nothing.
 func (f *Fake) FailNext(method string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if f.errs == nil {
 		f.errs = map[string]error{}
 	}
@@ -66,9 +72,15 @@ func (f *Fake) FailNext(method string, err error) {
 }
 
 // Calls is how often method was called (failed calls included).
-func (f *Fake) Calls(method string) int { return f.calls[method] }
+func (f *Fake) Calls(method string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[method]
+}
 
 func (f *Fake) call(method string, kernel bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if f.calls == nil {
 		f.calls = map[string]int{}
 	}
@@ -111,7 +123,8 @@ func (f *Fake) ApplyFull(p Plan) error {
 	if _, err := placeElements(p.Sets, uids(p)); err != nil {
 		return fmt.Errorf("build full ruleset: %w", err)
 	}
-	f.Proxy = nil // a new table: the proxy writes its answers again
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.Plan, f.Removed, f.broken, f.Counters = copyPlan(p), false, nil, nil
 	f.Fulls++
 	var kept []ProxyElement
@@ -133,6 +146,8 @@ func (f *Fake) AddProxy(es []ProxyElement) error {
 	if err := f.call(FakeAddProxy, true); err != nil {
 		return err
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if !f.exists() {
 		return errFakeNoTable
 	}
@@ -151,6 +166,8 @@ next:
 
 // ReadProxy implements ProxyKernel.
 func (f *Fake) ReadProxy() ([]ProxyElement, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if !f.exists() {
 		return nil, ErrNoTable
 	}
@@ -169,6 +186,9 @@ func (f *Fake) Restore(p Plan) error {
 	if _, err := placeElements(p.Sets, uids(p)); err != nil {
 		return fmt.Errorf("build ruleset: %w", err)
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Proxy = nil // a new table: the proxy writes its answers again
 	f.Plan, f.Removed, f.broken, f.Counters = copyPlan(p), false, nil, nil
 	f.Fulls++
 	return nil

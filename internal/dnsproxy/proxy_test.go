@@ -115,7 +115,11 @@ func addrsOf(m *dns.Msg) []string {
 // inKernel returns the proxy elements the fake kernel holds, as text.
 func (r *rig) inKernel() []string {
 	var out []string
-	for _, pe := range r.k.Proxy {
+	es, err := r.k.ReadProxy()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	for _, pe := range es {
 		out = append(out, pe.Element.String())
 	}
 	return out
@@ -139,7 +143,8 @@ func TestAnswersListedNamesIntoTheKernelFirst(t *testing.T) {
 	if got != "192.0.2.10:443/tcp 192.0.2.10:8443/udp" {
 		t.Fatalf("kernel holds %q", got)
 	}
-	if to := r.k.Proxy[0].Timeout; to != 15*time.Minute {
+	if es, _ := r.k.ReadProxy(); es[0].Timeout != 15*time.Minute {
+		to := es[0].Timeout
 		t.Errorf("kernel keeps it %s, want max_ttl + linger", to)
 	}
 	// Asked again within its lifetime: not written again.
@@ -216,7 +221,7 @@ func TestRefusesWhatItCannotAttribute(t *testing.T) {
 		if m := r.ask("udp", "api.example.com", dns.TypeA); m.Rcode != dns.RcodeRefused {
 			t.Errorf("%+v: %s, want REFUSED", id, dns.RcodeToString[m.Rcode])
 		}
-		if r.up.Queries() != 0 || len(r.k.Proxy) != 0 {
+		if r.up.Queries() != 0 || len(r.inKernel()) != 0 {
 			t.Errorf("%+v: the upstream was asked or the kernel written", id)
 		}
 	}
@@ -231,7 +236,7 @@ func TestUnlistedAnswered(t *testing.T) {
 	if m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 {
 		t.Fatalf("dns_unlisted: answer: %v", m)
 	}
-	if len(r.k.Proxy) != 0 {
+	if len(r.inKernel()) != 0 {
 		t.Errorf("an unlisted name's address went into the kernel: %v", r.inKernel())
 	}
 	r.mu.Lock()
