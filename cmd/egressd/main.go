@@ -134,8 +134,20 @@ func cmdRun(args []string, stderr io.Writer) int {
 	defer release()
 	kernel := &ruleset.Netlink{}
 	m := metrics.New()
+	var proxy controller.DNSProxy
+	if !*once {
+		srv, closeProxy, err := newDNSProxy(ctx, kernel, log, m, nil)
+		if err != nil {
+			// Without conntrack the proxy cannot tell who asks: it does not
+			// answer, and dns: proxy users' queries fail (never a bypass).
+			log.Error("the DNS proxy cannot start: dns: proxy users' queries fail", event.Field(event.DNSProxyFailed), zap.Error(err))
+		} else {
+			proxy = srv
+			defer closeProxy()
+		}
+	}
 	ctl, err := controller.New(controller.Options{
-		ConfigPath: *cfgPath, ConfigRequired: required, Kernel: kernel, Log: log, Metrics: m, StateDir: *runtimeDir,
+		ConfigPath: *cfgPath, ConfigRequired: required, Kernel: kernel, Log: log, Metrics: m, StateDir: *runtimeDir, DNSProxy: proxy,
 		Notify:    func(s string) { daemon.SdNotify(false, s) }, //nolint:errcheck // no-op outside systemd
 		Heartbeat: watchdogHeartbeat(),                          // WATCHDOG=1 from the loop when WatchdogSec= is set
 		LastGood:  lastGoodStore(),                              // $STATE_DIRECTORY: invalid files at start enforce the last good configuration

@@ -96,7 +96,14 @@ func (a *applier) applyFull(plan ruleset.Plan) error {
 		if r, ok := a.o.Kernel.(Restorer); ok {
 			err := r.Restore(plan)
 			if err == nil {
-				return nil // the counters went with the removed table
+				// The counters went with the removed table; the DNS
+				// proxy's answers are written again.
+				if a.o.DNSProxy != nil {
+					if err := a.o.DNSProxy.Refill(); err != nil {
+						a.o.Log.Error("the DNS proxy's answers could not be restored; they are written again as queries come", event.Field(event.DNSProxyFailed), zap.Error(err))
+					}
+				}
+				return nil
 			}
 			a.o.Log.Debug("fast restore failed; applying in full", event.Field(event.DriftRepaired), zap.Error(err))
 		}

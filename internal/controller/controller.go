@@ -51,6 +51,8 @@ type Options struct {
 	// LastGood, when set, keeps each configuration that takes effect and
 	// supplies the last one when the files are invalid at start.
 	LastGood LastGood
+	// DNSProxy, when set, answers the queries of dns: proxy users.
+	DNSProxy DNSProxy
 	// Heartbeat, when Every is set, is called from the loop itself at that
 	// period (systemd's watchdog: a hung loop stops calling it).
 	Heartbeat Heartbeat
@@ -86,6 +88,7 @@ type Controller struct {
 	pub   *publisher
 	attr  *attribution
 	deny  *denyCounters
+	proxy proxyState
 }
 
 // StartDeadline bounds the first resolution of every name.

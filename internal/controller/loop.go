@@ -15,6 +15,7 @@ import (
 // holds it, the name index and the state file follow.
 func (c *Controller) sync() error {
 	c.dns.expire()
+	c.syncProxy()
 	changed, err := c.apply.sync(policy.BuildDesiredHosts(c.cfg, c.users, c.dns.cache.Addrs, c.dns.hosts.Has))
 	if err != nil {
 		return err

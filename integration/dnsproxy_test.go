@@ -1,0 +1,237 @@
+//go:build linux
+
+package integration
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/egressd/egressd/internal/dnstest"
+	"github.com/egressd/egressd/internal/event"
+)
+
+// resolveAs asks server for name with a socket owned by uid, as the
+// service's own resolver would (any address: the kernel redirects it).
+func (w *world) resolveAs(uid int, network, server, name string, qtype uint16) (*dns.Msg, error) {
+	c, err := w.ns.DialAs(uid, network, server, 2*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second)) //nolint:errcheck
+	dc := &dns.Conn{Conn: c}
+	q := new(dns.Msg)
+	q.SetQuestion(dns.Fqdn(name), qtype)
+	if err := dc.WriteMsg(q); err != nil {
+		return nil, err
+	}
+	return dc.ReadMsg()
+}
+
+func firstAddr(m *dns.Msg) (netip.Addr, bool) {
+	for _, rr := range m.Answer {
+		switch v := rr.(type) {
+		case *dns.A:
+			a, ok := netip.AddrFromSlice(v.A.To4())
+			return a, ok
+		case *dns.AAAA:
+			a, ok := netip.AddrFromSlice(v.AAAA)
+			return a, ok
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// cdnPool: a name behind a CDN answers each query with the next address.
+var cdnPool = [][]netip.Addr{
+	{netip.MustParseAddr("192.0.2.10")}, {netip.MustParseAddr("192.0.2.11")},
+	{netip.MustParseAddr("192.0.2.12")}, {netip.MustParseAddr("198.51.100.20")},
+}
+
+const proxyMain = mainConfig + "dns_proxy_port: 153\n"
+
+// Issue 14: a service behind dns: proxy connects to whatever address its
+// own query got, at once, every time; the same name under dns: resolvers
+// races egressd's own lookups (the reason dns: proxy exists).
+func TestDNSProxyCDN(t *testing.T) {
+	w := newWorld(t)
+	w.write("egressd.yaml", proxyMain)
+	w.write("allow.d/billing.yaml", fmt.Sprintf("user: %d\ndns: proxy\nallow:\n  - cdn.example.test:443\n", uidA))
+	w.write("allow.d/web.yaml", fmt.Sprintf("user: %d\nallow:\n  - cdn.example.test:443\n", uidB))
+	w.dns.Set("cdn.example.test", dnstest.Record{Rotate: cdnPool, TTL: 300})
+	w.start()
+	// Sent straight to the proxy's port by a process that is not
+	// redirected (root here): refused.
+	if m, err := w.resolveAs(0, "udp", "127.0.0.1:153", "cdn.example.test", dns.TypeA); err != nil || m.Rcode != dns.RcodeRefused {
+		t.Errorf("a query sent straight to the proxy: %v %v, want REFUSED", m, err)
+	}
+
+	failures := map[int]int{}
+	for i := 0; i < 12; i++ {
+		for _, uid := range []int{uidA, uidB} {
+			m, err := w.resolveAs(uid, "udp", "192.0.2.53:53", "cdn.example.test", dns.TypeA)
+			if err != nil || m.Rcode != dns.RcodeSuccess {
+				t.Fatalf("uid %d: query %d: %v %v\n%s", uid, i, m, err, w.logText())
+			}
+			a, ok := firstAddr(m)
+			if !ok {
+				t.Fatalf("uid %d: no address in %v", uid, m)
+			}
+			if w.connect(uid, "tcp", netip.AddrPortFrom(a, 443).String()) != okConnected {
+				failures[uid]++
+			}
+		}
+	}
+	if failures[uidA] != 0 {
+		t.Errorf("dns: proxy: %d of 12 connects to the address the service was just given failed\n%s", failures[uidA], w.logText())
+	}
+	if failures[uidB] == 0 {
+		t.Errorf("dns: resolvers: every connect succeeded; the rotating name should have raced egressd's own lookup (is the CDN rotating?)")
+	}
+	t.Logf("connects refused right after the service's own answer: dns: proxy %d/12, dns: resolvers %d/12", failures[uidA], failures[uidB])
+}
+
+// Wildcards, refusals (logged), TCP and IPv6 transports, any resolver
+// address, upstream failure.
+func TestDNSProxyNames(t *testing.T) {
+	w := newWorld(t)
+	w.write("egressd.yaml", proxyMain)
+	w.write("allow.d/billing.yaml", fmt.Sprintf(`user: %d
+dns: proxy
+allow:
+  - "*.img.example.test:443"
+  - "**.deep.example.test:443"
+  - api.example.test:443
+  - broken.example.test:443
+`, uidA))
+	w.dns.Set("*.img.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.11")}, TTL: 60})
+	w.dns.Set("*.deep.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.12")}, AAAA: []netip.Addr{netip.MustParseAddr("2001:db8::20")}, TTL: 60})
+	w.dns.Set("api.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.10")}, TTL: 60})
+	w.dns.Set("exfil.attacker.example", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("203.0.113.5")}, TTL: 60})
+	w.dns.Set("broken.example.test", dnstest.Record{Rcode: dns.RcodeServerFailure})
+	w.start()
+
+	// Wildcard-only destinations are closed until the service asks.
+	w.expect(uidA, "tcp", "192.0.2.11:443", okRefused)
+	for _, c := range []struct {
+		network, server, name string
+		qtype                 uint16
+		rcode                 int
+		connect               string
+	}{
+		{"udp", "192.0.2.53:53", "a.img.example.test", dns.TypeA, dns.RcodeSuccess, "192.0.2.11:443"},
+		{"udp", "192.0.2.53:53", "a.b.img.example.test", dns.TypeA, dns.RcodeRefused, ""},
+		{"tcp", "203.0.113.5:53", "x.y.z.deep.example.test", dns.TypeA, dns.RcodeSuccess, "192.0.2.12:443"},
+		{"udp", "[2001:db8::10]:53", "v6.deep.example.test", dns.TypeAAAA, dns.RcodeSuccess, "[2001:db8::20]:443"},
+		{"tcp", "[2001:db8::10]:53", "api.example.test", dns.TypeA, dns.RcodeSuccess, "192.0.2.10:443"},
+		{"udp", "127.0.0.53:53", "exfil.attacker.example", dns.TypeTXT, dns.RcodeRefused, ""},
+		{"udp", "192.0.2.53:53", "broken.example.test", dns.TypeA, dns.RcodeServerFailure, ""},
+	} {
+		m, err := w.resolveAs(uidA, c.network, c.server, c.name, c.qtype)
+		if err != nil {
+			t.Errorf("%s %s via %s: %v", c.name, c.network, c.server, err)
+			continue
+		}
+		if m.Rcode != c.rcode {
+			t.Errorf("%s %s via %s: %s, want %s", c.name, c.network, c.server, dns.RcodeToString[m.Rcode], dns.RcodeToString[c.rcode])
+		}
+		if c.connect != "" {
+			w.expect(uidA, "tcp", c.connect, okConnected)
+		}
+	}
+	if n := w.dns.QueriesFor("exfil.attacker.example."); n != 0 {
+		t.Errorf("an unlisted name reached the upstream resolver %d times (a DNS tunnel)", n)
+	}
+	var refused []string
+	for _, ev := range w.eventsSince(event.DNSRefused, 0) {
+		refused = append(refused, fmt.Sprintf("%v/%v/%v", ev["allowlist"], ev["name"], ev["type"]))
+	}
+	if got := strings.Join(refused, " "); !strings.Contains(got, "billing/exfil.attacker.example/TXT") || !strings.Contains(got, "billing/a.b.img.example.test/A") {
+		t.Errorf("dns_refused events: %s", got)
+	}
+}
+
+// The proxy must not take DNS down, nor open it: while egressd restarts,
+// a client asking in a loop gets answers that hold (their addresses
+// connect) or failures, never an unfiltered answer.
+func TestDNSProxyRestart(t *testing.T) {
+	w := newWorld(t)
+	w.write("egressd.yaml", proxyMain)
+	w.write("allow.d/billing.yaml", fmt.Sprintf("user: %d\ndns: proxy\nallow:\n  - cdn.example.test:443\n", uidA))
+	w.dns.Set("cdn.example.test", dnstest.Record{Rotate: cdnPool, TTL: 300})
+	w.dns.Set("exfil.attacker.example", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("203.0.113.5")}, TTL: 60})
+	w.start()
+
+	stop := make(chan struct{})
+	type result struct{ answered, failed, leaked, unlisted int }
+	res := make(chan result)
+	go func() {
+		var r result
+		for {
+			select {
+			case <-stop:
+				res <- r
+				return
+			default:
+			}
+			if m, err := w.resolveAs(uidA, "udp", "192.0.2.53:53", "exfil.attacker.example", dns.TypeA); err == nil && m.Rcode == dns.RcodeSuccess {
+				r.unlisted++
+			} else if err != nil {
+				r.failed++
+			}
+			m, err := w.resolveAs(uidA, "udp", "192.0.2.53:53", "cdn.example.test", dns.TypeA)
+			if err != nil || m.Rcode != dns.RcodeSuccess {
+				r.failed++
+				continue
+			}
+			a, _ := firstAddr(m)
+			r.answered++
+			if c, err := w.ns.DialAs(uidA, "tcp", netip.AddrPortFrom(a, 443).String(), time.Second); err != nil {
+				r.leaked++ // an answer the kernel did not hold
+			} else {
+				c.Close()
+			}
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	w.kill()
+	time.Sleep(300 * time.Millisecond)
+	w.start()
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	r := <-res
+	t.Logf("during a restart: %d answers (all held), %d failed queries", r.answered, r.failed)
+	if r.unlisted != 0 || r.leaked != 0 {
+		t.Errorf("during a restart: %d unlisted names answered, %d answers not in the kernel", r.unlisted, r.leaked)
+	}
+	if r.answered == 0 {
+		t.Error("no answers at all")
+	}
+	if n := w.dns.QueriesFor("exfil.attacker.example."); n != 0 {
+		t.Errorf("the unlisted name reached the upstream %d times", n)
+	}
+}
+
+// mode: audit with dns: proxy (issue 15): unlisted names are answered, and
+// the attempt to use them is logged as an audited deny.
+func TestDNSProxyAudit(t *testing.T) {
+	w := newWorld(t)
+	w.write("egressd.yaml", proxyMain)
+	w.write("allow.d/billing.yaml", fmt.Sprintf("user: %d\ndns: proxy\nmode: audit\nallow:\n  - api.example.test:443\n", uidA))
+	w.dns.Set("other.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("198.51.100.20")}, TTL: 60})
+	w.start()
+	m, err := w.resolveAs(uidA, "udp", "192.0.2.53:53", "other.example.test", dns.TypeA)
+	if err != nil || m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 {
+		t.Fatalf("audit mode: an unlisted name must be answered: %v %v", m, err)
+	}
+	mk := w.mark()
+	w.expect(uidA, "tcp", "198.51.100.20:443", okConnected)
+	if ev, err := w.waitEvent(event.Deny, mk, 2*time.Second); err != nil || ev["audit"] != true {
+		t.Errorf("audited deny: %v %v", ev, err)
+	}
+}
