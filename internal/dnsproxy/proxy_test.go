@@ -28,7 +28,9 @@ type ident struct {
 	err error
 }
 
-func (i ident) Opener(uint8, netip.AddrPort, netip.AddrPort) (uint32, bool, error) { return i.uid, i.ok, i.err }
+func (i ident) Opener(uint8, netip.AddrPort, netip.AddrPort) (uint32, bool, error) {
+	return i.uid, i.ok, i.err
+}
 
 type rig struct {
 	t      *testing.T
