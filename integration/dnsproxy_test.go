@@ -235,3 +235,27 @@ func TestDNSProxyAudit(t *testing.T) {
 		t.Errorf("audited deny: %v %v", ev, err)
 	}
 }
+
+// check --explain understands wildcards and what the proxy answered.
+func TestDNSProxyExplain(t *testing.T) {
+	w := newWorld(t)
+	w.write("egressd.yaml", proxyMain)
+	w.write("allow.d/billing.yaml", fmt.Sprintf("user: %d\ndns: proxy\nallow:\n  - \"*.img.example.test:443\"\n", uidA))
+	w.dns.Set("*.img.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.11")}, TTL: 60})
+	w.start()
+	code, out := w.check("--explain", fmt.Sprint(uidA), "a.img.example.test:443")
+	if code != 1 || !strings.Contains(out, "matches *.img.example.test:443") || !strings.Contains(out, "allowed once the service resolves") {
+		t.Errorf("before the service asked: exit %d\n%s", code, out)
+	}
+	if _, err := w.resolveAs(uidA, "udp", "192.0.2.53:53", "a.img.example.test", dns.TypeA); err != nil {
+		t.Fatal(err)
+	}
+	code, out = w.check("--explain", fmt.Sprint(uidA), "a.img.example.test:443")
+	if code != 0 || !strings.Contains(out, "answered by the DNS proxy") || !strings.Contains(out, "proxy4") {
+		t.Errorf("after the service asked: exit %d\n%s", code, out)
+	}
+	code, out = w.check("--explain", fmt.Sprint(uidA), "exfil.attacker.example:443")
+	if code != 1 || !strings.Contains(out, "REFUSED") {
+		t.Errorf("an unlisted name: exit %d\n%s", code, out)
+	}
+}

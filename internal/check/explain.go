@@ -31,6 +31,7 @@ type Explanation struct {
 	Addresses []AddrVerdict `json:"addresses"`
 	Nearest   []string      `json:"nearest,omitempty"`
 	Source    string        `json:"source,omitempty"` // which source answered the fresh lookup of a name: hosts | dns
+	ProxyNote string        `json:"dns_proxy,omitempty"` // dns: proxy: whether the proxy answers the name, by which entry
 	Reason    string        `json:"reason"`
 }
 
@@ -136,6 +137,35 @@ func explain(ctx context.Context, o Options, user, target string) (*Explanation,
 		return nil, err
 	}
 
+	// dns: proxy: what the proxy answered for this uid, and whether the
+	// proxy would answer the name at all.
+	proxied := al != nil && al.DNS == config.DNSProxy
+	var proxyEls []ruleset.ProxyElement
+	if pk, ok := o.Kernel.(ruleset.ProxyKernel); ok && proxied {
+		if all, err := pk.ReadProxy(); err == nil {
+			for _, pe := range all {
+				if pe.UID == uid {
+					proxyEls = append(proxyEls, pe)
+				}
+			}
+		}
+	}
+	var matching []config.Entry
+	if proxied && e.IsName() {
+		for _, en := range al.Entries {
+			if en.MatchesName(e.Host) {
+				matching = append(matching, en)
+			}
+		}
+		if len(matching) == 0 {
+			x.ProxyNote = fmt.Sprintf("dns: proxy: no entry matches %s: the proxy answers the service's queries for it REFUSED (dns_refused)", e.Host)
+			if al.DNSUnlisted == config.UnlistedAnswer || al.Mode == config.ModeAudit {
+				x.ProxyNote = fmt.Sprintf("dns: proxy: no entry matches %s: the proxy answers it (dns_unlisted: answer or mode: audit), but its addresses are not allowed", e.Host)
+			}
+		} else {
+			x.ProxyNote = fmt.Sprintf("dns: proxy: %s matches %s: an address the proxy answers the service is allowed for its TTL + linger", e.Host, matching[0].Raw)
+		}
+	}
 	// The addresses the target means: literal, or the daemon's view of the
 	// name plus a fresh lookup (the service may get either).
 	var addrs []netip.Addr
@@ -184,6 +214,15 @@ func explain(ctx context.Context, o Options, user, target string) (*Explanation,
 			av.Entry = attribute(al, e.Proto, a, e.PortFrom, daemonAddrs, e.Host)
 		} else if el, ok := covering(sets[dnsSet], e.Proto, a, e.PortFrom); ok && dnsAllowed {
 			av.Allowed, av.Set, av.Element, av.Entry = true, kernelSet(dnsSet, el), el.String(), "dns: resolvers (the configured resolvers)"
+		} else if pe, ok := coveringProxy(proxyEls, e.Proto, a, e.PortFrom); ok {
+			av.Allowed, av.Set, av.Element = true, ruleset.ProxySetName(pe.Element), pe.Element.String()
+			av.Entry = "answered by the DNS proxy"
+			if len(matching) > 0 {
+				av.Entry = fmt.Sprintf("%s (%s), answered by the DNS proxy", matching[0].Raw, matching[0].Pos)
+			}
+			av.Note = fmt.Sprintf("the kernel drops it in %s unless the service asks again", pe.Timeout.Round(time.Second))
+		} else if len(matching) > 0 {
+			av.Note = "not answered to the service through the proxy yet (or expired): allowed once the service resolves the name"
 		}
 		if until, ok := lingering[a.String()]; ok && e.IsName() {
 			av.Note = fmt.Sprintf("no longer in the DNS answers for %s: egressd keeps it (lingering) until %s (in %s), then removes it",
@@ -211,6 +250,15 @@ func explain(ctx context.Context, o Options, user, target string) (*Explanation,
 		x.Nearest = nearest(al, e, addrs, sets)
 	}
 	return x, nil
+}
+
+func coveringProxy(es []ruleset.ProxyElement, proto config.Proto, a netip.Addr, port uint16) (ruleset.ProxyElement, bool) {
+	for _, pe := range es {
+		if _, ok := covering([]ruleset.Element{pe.Element}, proto, a, port); ok {
+			return pe, true
+		}
+	}
+	return ruleset.ProxyElement{}, false
 }
 
 // kernelSet names the nftables set that holds el (nft list set inet egressd NAME).
@@ -301,6 +349,9 @@ func (x *Explanation) WriteText(w io.Writer) {
 	fmt.Fprintf(w, "%s: user %s (uid %d) → %s\n", strings.ToUpper(x.Verdict), x.User, x.UID, x.Target)
 	if x.Allowlist != "" {
 		fmt.Fprintf(w, "  allowlist: %s\n", x.Allowlist)
+	}
+	if x.ProxyNote != "" {
+		fmt.Fprintf(w, "  %s\n", x.ProxyNote)
 	}
 	if x.Source != "" {
 		fmt.Fprintf(w, "  answered by: %s\n", x.Source)
