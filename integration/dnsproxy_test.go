@@ -5,12 +5,16 @@ package integration
 import (
 	"fmt"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 
+	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/dnstest"
 	"github.com/egressd/egressd/internal/event"
 )
@@ -258,4 +262,59 @@ func TestDNSProxyExplain(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "REFUSED") {
 		t.Errorf("an unlisted name: exit %d\n%s", code, out)
 	}
+}
+
+// egressd learn with dns: proxy (issue 15): in audit mode the service
+// resolves names through the proxy and connects; learn proposes the names
+// (a wildcard for siblings), not the addresses, and the proposal, enforced,
+// allows what was observed and refuses the rest.
+func TestDNSProxyLearn(t *testing.T) {
+	w := newWorld(t)
+	w.write("egressd.yaml", proxyMain)
+	w.write("allow.d/billing.yaml", fmt.Sprintf("user: %d\ndns: proxy\nmode: audit\nallow:\n  - api.example.test:443\n", uidA))
+	w.dns.Set("api.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.10")}, TTL: 60})
+	w.dns.Set("a.img.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.11")}, TTL: 60})
+	w.dns.Set("b.img.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.12")}, TTL: 60})
+	w.dns.Set("c.img.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("198.51.100.20")}, TTL: 60})
+	w.dns.Set("unused.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("203.0.113.5")}, TTL: 60})
+	stateDir := filepath.Join(w.dir, "state")
+	w.must(os.Mkdir(stateDir, 0o700))
+	cmd := exec.Command(egressd, w.tw.RunArgs()...)
+	cmd.Env = append(cmd.Environ(), "STATE_DIRECTORY="+stateDir)
+	w.startCmd(cmd)
+	for _, n := range []string{"a.img.example.test", "b.img.example.test", "c.img.example.test", "unused.example.test"} {
+		m, err := w.resolveAs(uidA, "udp", "192.0.2.53:53", n, dns.TypeA)
+		if err != nil || m.Rcode != dns.RcodeSuccess {
+			t.Fatalf("%s in audit mode: %v %v", n, m, err)
+		}
+		if a, ok := firstAddr(m); ok && n != "unused.example.test" {
+			w.expect(uidA, "tcp", netip.AddrPortFrom(a, 443).String(), okConnected) // audited
+		}
+	}
+	var out string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		_, out, _ = w.egressdCmd("learn", "--config", filepath.Join(w.dir, "egressd.yaml"), "--state-dir", stateDir, "--runtime-dir", w.runDir(), "billing")
+		if strings.Count(out, "img.example.test:443:") == 3 {
+			break
+		}
+	}
+	t.Logf("egressd learn billing:\n%s", out)
+	if !strings.Contains(out, `- "*.img.example.test:443"`) && !strings.Contains(out, "- *.img.example.test:443") {
+		t.Fatalf("no wildcard proposed for three sibling names")
+	}
+	if strings.Contains(out, "- 192.0.2.11:443") || strings.Contains(out, "unused.example.test:443 ") {
+		t.Errorf("an address proposed as a literal though the proxy answered a name for it, or a name never connected to")
+	}
+	if _, err := config.ParseAllowlist("billing.yaml", "billing", []byte(out)); err != nil {
+		t.Fatalf("the proposal does not load: %v", err)
+	}
+	w.write("allow.d/billing.yaml", strings.Replace(out, "\nmode: audit ", "\nmode: enforce ", 1))
+	w.eventually(uidA, "tcp", "198.51.100.20:4444", okRefused, 5*time.Second) // served: connected while audited
+	if m, err := w.resolveAs(uidA, "udp", "192.0.2.53:53", "d.img.example.test", dns.TypeA); err != nil || m.Rcode == dns.RcodeRefused {
+		t.Errorf("a new sibling under the learned wildcard: %v %v", m, err)
+	}
+	if m, err := w.resolveAs(uidA, "udp", "192.0.2.53:53", "unused.example.test", dns.TypeA); err != nil || m.Rcode != dns.RcodeRefused {
+		t.Errorf("a name never connected to, once enforced: %v %v, want REFUSED", m, err)
+	}
+	w.expect(uidA, "tcp", "192.0.2.11:443", okConnected) // answered earlier by the proxy, still held
 }

@@ -72,7 +72,7 @@ func cmdLearn(args []string, stdout, stderr io.Writer) int {
 		from = time.Now().Add(-*since)
 	}
 	fmt.Fprintf(stdout, "# from %s\n", src)
-	fmt.Fprint(stdout, learn.Propose(a, doc.Entries, from))
+	fmt.Fprint(stdout, learn.ProposeDoc(a, doc, from))
 	return 0
 }
 

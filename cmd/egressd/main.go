@@ -24,6 +24,7 @@ import (
 	"github.com/egressd/egressd/internal/check"
 	"github.com/egressd/egressd/internal/controller"
 	"github.com/egressd/egressd/internal/deny"
+	"github.com/egressd/egressd/internal/dnsproxy"
 	"github.com/egressd/egressd/internal/logs"
 	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/nflog"
@@ -135,8 +136,13 @@ func cmdRun(args []string, stderr io.Writer) int {
 	kernel := &ruleset.Netlink{}
 	m := metrics.New()
 	var proxy controller.DNSProxy
+	// What the daemon observes for `egressd denies` and `egressd learn`:
+	// denied and audited attempts (NFLOG), and the names the DNS proxy
+	// answered or refused.
+	rec := deny.NewRecent(0)
 	if !*once {
-		srv, closeProxy, err := newDNSProxy(ctx, kernel, log, m, nil)
+		observe := func(o dnsproxy.Observation) { rec.Resolve(o.Allowlist, o.Name, o.Addrs, o.Listed, o.Refused, o.At) }
+		srv, closeProxy, err := newDNSProxy(ctx, kernel, log, m, observe)
 		if err != nil {
 			// Without conntrack the proxy cannot tell who asks: it does not
 			// answer, and dns: proxy users' queries fail (never a bypass).
@@ -206,7 +212,6 @@ func cmdRun(args []string, stderr io.Writer) int {
 			log.Error("cannot read the deny log; denied connections are still rejected and counted, but not reported as events",
 				event.Field(event.DenyLogFailed), zap.Uint16("group", cfg.DenyLog.Group), zap.Error(err))
 		} else {
-			rec := deny.NewRecent(0)
 			if dir := stateDirectory(); dir != "" {
 				if err := deny.LoadObserved(rec, dir); err != nil {
 					log.Warn("cannot read the observations of the previous run; egressd learn starts afresh", event.Field(event.StateFailed), zap.Error(err))

@@ -173,6 +173,12 @@ func Build(o Options) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	socket, err := os.ReadFile(filepath.Join(o.Repo, "egressd.socket"))
+	if err != nil {
+		return "", err
+	}
+	socket = bytes.ReplaceAll(socket, []byte("Install as\n# /etc/systemd/system/egressd.socket beside egressd.service, which wants it:"),
+		[]byte("Installed by\n# the package beside egressd.service, which wants it:"))
 	read := func(p string) []byte {
 		b, e := os.ReadFile(filepath.Join(o.Repo, "packaging/deb", p))
 		if e != nil && err == nil {
@@ -195,6 +201,7 @@ func Build(o Options) (string, error) {
 		gz   bool
 	}{
 		{"lib/systemd/system/egressd.service", unit, 0o644, false},
+		{"lib/systemd/system/egressd.socket", socket, 0o644, false},
 		{"etc/egressd/egressd.yaml", read("egressd.yaml"), 0o644, false},
 		{"usr/share/doc/egressd/examples/billing.yaml", read("examples/billing.yaml"), 0o644, false},
 		{"usr/share/doc/egressd/examples/lists/os-updates.yaml", read("examples/lists/os-updates.yaml"), 0o644, false},

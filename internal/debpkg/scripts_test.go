@@ -74,7 +74,7 @@ func TestMaintainerScripts(t *testing.T) {
 		{"install without systemd running starts nothing", "postinst", []string{"configure", ""}, false,
 			"deb-systemd-helper unmask egressd.service\ndeb-systemd-helper --quiet was-enabled egressd.service\ndeb-systemd-helper enable egressd.service\n"},
 		{"remove stops, then deletes the table", "prerm", []string{"remove"}, true,
-			"deb-systemd-invoke stop egressd.service\negressd remove\n"},
+			"deb-systemd-invoke stop egressd.service egressd.socket\negressd remove\n"},
 		{"upgrade stops nothing", "prerm", []string{"upgrade", "1.1-1"}, true, ""},
 		{"postrm remove", "postrm", []string{"remove"}, true,
 			"systemctl --system daemon-reload\ndeb-systemd-helper mask egressd.service\n"},

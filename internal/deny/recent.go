@@ -1,6 +1,8 @@
 package deny
 
 import (
+	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -35,12 +37,30 @@ type RecentEntry struct {
 	Seq       uint64    `json:"seq"` // increases with every update: `denies --follow` prints what is newer
 }
 
+// ResolvedEntry is one name the service of a dns: proxy allowlist asked
+// for, and what the proxy did: answered (with these addresses) or refused.
+// `egressd learn` proposes names from it.
+type ResolvedEntry struct {
+	Allowlist string    `json:"allowlist"`
+	Name      string    `json:"name"`
+	Addrs     []string  `json:"addrs,omitempty"` // the latest answers' addresses, at most MaxResolvedAddrs
+	Listed    bool      `json:"listed"`          // an entry of the allowlist matched it
+	Count     int       `json:"count"`           // queries
+	Refused   int       `json:"refused"`         // of which refused
+	First     time.Time `json:"first"`
+	Last      time.Time `json:"last"`
+}
+
+// MaxResolvedAddrs bounds the addresses kept per name.
+const MaxResolvedAddrs = 16
+
 // RecentDoc is the published document.
 type RecentDoc struct {
-	Version int           `json:"version"`
-	Updated time.Time     `json:"updated"`
-	Max     int           `json:"max"`
-	Entries []RecentEntry `json:"entries"` // most recently seen first
+	Version  int             `json:"version"`
+	Updated  time.Time       `json:"updated"`
+	Max      int             `json:"max"`
+	Entries  []RecentEntry   `json:"entries"`            // most recently seen first
+	Resolved []ResolvedEntry `json:"resolved,omitempty"` // most recently asked first
 }
 
 type recentKey struct {
@@ -55,8 +75,9 @@ type recentKey struct {
 type Recent struct {
 	mu      sync.Mutex
 	max     int
-	seq     uint64
-	entries map[recentKey]*RecentEntry
+	seq      uint64
+	entries  map[recentKey]*RecentEntry
+	resolved map[[2]string]*ResolvedEntry
 }
 
 // NewRecent keeps at most max entries (RecentMax when max <= 0).
@@ -64,7 +85,62 @@ func NewRecent(max int) *Recent {
 	if max <= 0 {
 		max = RecentMax
 	}
-	return &Recent{max: max, entries: map[recentKey]*RecentEntry{}}
+	return &Recent{max: max, entries: map[recentKey]*RecentEntry{}, resolved: map[[2]string]*ResolvedEntry{}}
+}
+
+// Resolve records a query of a dns: proxy allowlist's service (the proxy's
+// observation). Bounded like the attempts: past the bound, the least
+// recently asked names are dropped.
+func (r *Recent) Resolve(allowlist, name string, addrs []netip.Addr, listed, refused bool, at time.Time) {
+	k := [2]string{allowlist, name}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.seq++
+	x, ok := r.resolved[k]
+	if !ok {
+		if len(r.resolved) >= r.max {
+			all := make([][2]string, 0, len(r.resolved))
+			for k := range r.resolved {
+				all = append(all, k)
+			}
+			sort.Slice(all, func(i, j int) bool { return r.resolved[all[i]].Last.Before(r.resolved[all[j]].Last) })
+			for _, k := range all[:max(1, len(all)/10)] {
+				delete(r.resolved, k)
+			}
+		}
+		x = &ResolvedEntry{Allowlist: allowlist, Name: name, First: at}
+		r.resolved[k] = x
+	}
+	x.Count++
+	x.Listed = listed
+	if refused {
+		x.Refused++
+	}
+	if at.After(x.Last) {
+		x.Last = at
+	}
+	for _, a := range addrs {
+		s := a.String()
+		if !slices.Contains(x.Addrs, s) {
+			x.Addrs = append([]string{s}, x.Addrs...)
+		}
+	}
+	if len(x.Addrs) > MaxResolvedAddrs {
+		x.Addrs = x.Addrs[:MaxResolvedAddrs]
+	}
+}
+
+// LoadResolved takes back the names a previous run kept.
+func (r *Recent) LoadResolved(es []ResolvedEntry) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range es {
+		if len(r.resolved) >= r.max {
+			break
+		}
+		x := e
+		r.resolved[[2]string{x.Allowlist, x.Name}] = &x
+	}
 }
 
 // Record adds one deny event (a first packet, or a window's summary).
@@ -117,6 +193,17 @@ func (r *Recent) Snapshot(now time.Time) (RecentDoc, uint64) {
 		d.Entries = append(d.Entries, x)
 	}
 	SortRecent(d.Entries)
+	for _, e := range r.resolved {
+		x := *e
+		x.Addrs = append([]string(nil), e.Addrs...)
+		d.Resolved = append(d.Resolved, x)
+	}
+	sort.Slice(d.Resolved, func(i, j int) bool {
+		if !d.Resolved[i].Last.Equal(d.Resolved[j].Last) {
+			return d.Resolved[i].Last.After(d.Resolved[j].Last)
+		}
+		return d.Resolved[i].Name < d.Resolved[j].Name
+	})
 	return d, r.seq
 }
 

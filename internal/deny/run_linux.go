@@ -143,5 +143,6 @@ func LoadObserved(rec *Recent, dir string) error {
 		return err
 	}
 	rec.Load(doc.Entries)
+	rec.LoadResolved(doc.Resolved)
 	return nil
 }

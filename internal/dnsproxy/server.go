@@ -180,10 +180,14 @@ func sameAddr(a net.Addr, ap netip.AddrPort) bool {
 }
 
 // Unused reports activated sockets Listen did not adopt (a socket unit
-// whose addresses do not match dns_proxy_port), closing them.
+// whose addresses do not match dns_proxy_port), closing them. Before Listen
+// (no allowlist has dns: proxy) none counts as unused.
 func (s *Server) Unused() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !s.listening {
+		return nil
+	}
 	var out []string
 	for i, f := range s.activated {
 		if f != nil {

@@ -31,11 +31,39 @@ type seen struct {
 	first, last   time.Time
 	coveredBy     string // an entry of the allowlist that allows it now
 	notAllowlists bool   // a protocol allowlists cannot name
+	viaProxy      bool   // names: what the DNS proxy answered the service with this address
 }
+
+// SiblingsForWildcard is how many names under one parent domain, used on
+// one port, make learn propose a one-label wildcard (*.parent) instead.
+const SiblingsForWildcard = 3
 
 // Propose writes the proposed allowlist for a, from the observations of
 // that allowlist last seen at or after since (zero: all).
 func Propose(a *config.Allowlist, obs []deny.RecentEntry, since time.Time) string {
+	return ProposeDoc(a, deny.RecentDoc{Entries: obs}, since)
+}
+
+// ProposeDoc is Propose with the DNS proxy's observations too (dns: proxy):
+// an address the service connected to is proposed as the name the proxy
+// answered it for; many sibling names as a wildcard; names the proxy
+// refused are listed as comments to review.
+func ProposeDoc(a *config.Allowlist, doc deny.RecentDoc, since time.Time) string {
+	obs := doc.Entries
+	// The names the proxy answered with each address, most asked first.
+	var resolved []deny.ResolvedEntry
+	for _, r := range doc.Resolved {
+		if r.Allowlist == a.Name && !r.Last.Before(since) {
+			resolved = append(resolved, r)
+		}
+	}
+	sort.SliceStable(resolved, func(i, j int) bool { return resolved[i].Count > resolved[j].Count })
+	namesOf := map[string][]string{}
+	for _, r := range resolved {
+		for _, ad := range r.Addrs {
+			namesOf[ad] = append(namesOf[ad], r.Name)
+		}
+	}
 	byDest := map[dest]*seen{}
 	for _, o := range obs {
 		if o.Allowlist != a.Name || o.Last.Before(since) {
@@ -65,6 +93,9 @@ func Propose(a *config.Allowlist, obs []deny.RecentEntry, since time.Time) strin
 	var total, audited int
 	var first, last time.Time
 	for _, s := range byDest {
+		if len(s.names) == 0 {
+			s.names, s.viaProxy = namesOf[s.dst], len(namesOf[s.dst]) > 0
+		}
 		s.coveredBy = covered(a, s.dest)
 		s.notAllowlists = s.proto != "tcp" && s.proto != "udp"
 		list = append(list, s)
@@ -89,7 +120,8 @@ func Propose(a *config.Allowlist, obs []deny.RecentEntry, since time.Time) strin
 			first.UTC().Format(time.RFC3339), last.UTC().Format(time.RFC3339), total-audited, audited)
 	}
 	b.WriteString("\n# Review every line before enforcing: an attempt is not a need. Addresses are proposed\n" +
-		"# as literals; a name is proposed only where the allowlist's own name answered with it.\n")
+		"# as literals; a name is proposed only where the allowlist's own name, or the DNS proxy's\n" +
+		"# answer to the service (dns: proxy), gave the address.\n")
 	fmt.Fprintf(&b, "user: %s\n", strconv.Quote(a.User))
 	if a.Mode == config.ModeAudit {
 		b.WriteString("mode: audit                    # switch to enforce once reviewed\n")
@@ -114,8 +146,21 @@ func Propose(a *config.Allowlist, obs []deny.RecentEntry, since time.Time) strin
 		}
 		fmt.Fprintf(&b, "  - %-40s # already in the allowlist (%s)\n", quote(e.Raw), e.Pos)
 	}
+	wild := wildcards(list, a)
+	done := map[string]bool{}
 	for _, s := range list {
 		note := fmt.Sprintf("observed %d× (%s), first %s, last %s", s.count, verdicts(s), s.first.UTC().Format(time.RFC3339), s.last.UTC().Format(time.RFC3339))
+		if s.viaProxy {
+			note += ", name from the DNS proxy's answer"
+		}
+		if w, ok := wild[s]; ok {
+			if !done[w.entry] {
+				done[w.entry] = true
+				fmt.Fprintf(&b, "  - %-40s # %d sibling names used: %s\n", quote(w.entry), len(w.names), strings.Join(w.names, ", "))
+			}
+			fmt.Fprintf(&b, "  #   %s: %s\n", entryFor(s), note)
+			continue
+		}
 		switch {
 		case s.notAllowlists:
 			fmt.Fprintf(&b, "  # %s to %s: allowlists name tcp and udp only; %s\n", s.proto, s.dst, note)
@@ -125,7 +170,76 @@ func Propose(a *config.Allowlist, obs []deny.RecentEntry, since time.Time) strin
 			fmt.Fprintf(&b, "  - %-40s # %s\n", quote(entryFor(s)), note)
 		}
 	}
+	var refused []deny.ResolvedEntry
+	for _, r := range resolved {
+		if r.Refused > 0 {
+			refused = append(refused, r)
+		}
+	}
+	if len(refused) > 0 {
+		b.WriteString("  # Names the DNS proxy refused (no entry matches them). Add one only if the service needs it:\n" +
+			"  # a name nobody configured may be data smuggled out in DNS questions.\n")
+		for _, r := range refused {
+			fmt.Fprintf(&b, "  #   %s: refused %d×, last %s\n", r.Name, r.Refused, r.Last.UTC().Format(time.RFC3339))
+		}
+	}
 	return b.String()
+}
+
+type wildcard struct {
+	entry string
+	names []string
+}
+
+// wildcards groups attempts whose names (from the proxy) are siblings —
+// the same parent domain, protocol and port — into one *.parent entry
+// when at least SiblingsForWildcard distinct names share it. Never over a
+// top-level domain, and never for an allowlist without dns: proxy (a
+// wildcard needs it).
+func wildcards(list []*seen, a *config.Allowlist) map[*seen]wildcard {
+	out := map[*seen]wildcard{}
+	if a.DNS != config.DNSProxy {
+		return out
+	}
+	type group struct {
+		names   map[string]bool
+		members []*seen
+	}
+	groups := map[string]*group{}
+	for _, s := range list {
+		if len(s.names) == 0 || s.coveredBy != "" || s.notAllowlists {
+			continue
+		}
+		_, parent, ok := strings.Cut(s.names[0], ".")
+		if !ok || !strings.Contains(parent, ".") {
+			continue
+		}
+		e := fmt.Sprintf("*.%s:%d", parent, s.dport)
+		if s.proto == "udp" {
+			e += "/udp"
+		}
+		g := groups[e]
+		if g == nil {
+			g = &group{names: map[string]bool{}}
+			groups[e] = g
+		}
+		g.names[s.names[0]] = true
+		g.members = append(g.members, s)
+	}
+	for e, g := range groups {
+		if len(g.names) < SiblingsForWildcard {
+			continue
+		}
+		var names []string
+		for n := range g.names {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, s := range g.members {
+			out[s] = wildcard{entry: e, names: names}
+		}
+	}
+	return out
 }
 
 func verdicts(s *seen) string {
@@ -173,9 +287,9 @@ func covered(a *config.Allowlist, d dest) string {
 }
 
 // quote writes an entry as YAML: a leading '[' (an IPv6 literal) starts a
-// flow sequence unless quoted.
+// flow sequence, a leading '*' (a wildcard) an alias, unless quoted.
 func quote(raw string) string {
-	if strings.HasPrefix(raw, "[") || strings.ContainsAny(raw, "#:") && strings.Contains(raw, " ") {
+	if strings.HasPrefix(raw, "[") || strings.HasPrefix(raw, "*") || strings.ContainsAny(raw, "#:") && strings.Contains(raw, " ") {
 		return strconv.Quote(raw)
 	}
 	return raw
