@@ -316,5 +316,11 @@ func TestDNSProxyLearn(t *testing.T) {
 	if m, err := w.resolveAs(uidA, "udp", "192.0.2.53:53", "unused.example.test", dns.TypeA); err != nil || m.Rcode != dns.RcodeRefused {
 		t.Errorf("a name never connected to, once enforced: %v %v, want REFUSED", m, err)
 	}
-	w.expect(uidA, "tcp", "192.0.2.11:443", okConnected) // answered earlier by the proxy, still held
+	// In audit mode the unlisted names were answered but their addresses
+	// not added; enforced, the learned wildcard allows what the proxy answers.
+	w.expect(uidA, "tcp", "192.0.2.11:443", okRefused)
+	if m, err := w.resolveAs(uidA, "udp", "192.0.2.53:53", "a.img.example.test", dns.TypeA); err != nil || m.Rcode != dns.RcodeSuccess {
+		t.Fatalf("a learned name, once enforced: %v %v", m, err)
+	}
+	w.expect(uidA, "tcp", "192.0.2.11:443", okConnected)
 }
