@@ -51,6 +51,14 @@ type Options struct {
 	// MaxInFlight bounds the queries answered at once; beyond it a query is
 	// answered SERVFAIL at once. Default 1024.
 	MaxInFlight int
+	// MaxConns bounds the TCP connections open at once; past it a new one
+	// is closed at once. Default 256.
+	MaxConns int
+	// MaxElements bounds the proxy's kernel elements per uid (a wildcard
+	// over a domain whose answers an attacker controls must not fill the
+	// kernel); past it, answers with new addresses get SERVFAIL until
+	// elements expire. Default 16384.
+	MaxElements int
 	// Timeout per upstream attempt. Default 2 s.
 	Timeout time.Duration
 	// RefusedInterval is the window of dns_refused aggregation. Default 10 s.
@@ -66,12 +74,26 @@ type Proxy struct {
 	sem     chan struct{}
 	refused *refusals
 	tcpIdle time.Duration
+	conns   chan struct{}
+	// Kernel write failures are logged at most once per failLogEvery, with
+	// how many were not.
+	failMu     sync.Mutex
+	failLogged time.Time
+	failQuiet  int
 }
+
+const failLogEvery = 10 * time.Second
 
 // New returns a proxy that answers nothing until SetPolicy.
 func New(opt Options) *Proxy {
 	if opt.MaxInFlight <= 0 {
 		opt.MaxInFlight = 1024
+	}
+	if opt.MaxConns <= 0 {
+		opt.MaxConns = 256
+	}
+	if opt.MaxElements <= 0 {
+		opt.MaxElements = 16384
 	}
 	if opt.Timeout <= 0 {
 		opt.Timeout = 2 * time.Second
@@ -85,7 +107,8 @@ func New(opt Options) *Proxy {
 	if opt.Log == nil {
 		opt.Log = zap.NewNop()
 	}
-	p := &Proxy{opt: opt, w: newWriter(opt.Kernel, opt.Now), sem: make(chan struct{}, opt.MaxInFlight), tcpIdle: 10 * time.Second}
+	p := &Proxy{opt: opt, w: newWriter(opt.Kernel, opt.Now, opt.MaxElements), sem: make(chan struct{}, opt.MaxInFlight),
+		tcpIdle: 10 * time.Second, conns: make(chan struct{}, opt.MaxConns)}
 	p.refused = newRefusals(opt.Log, opt.RefusedInterval, opt.Now)
 	p.policy.Store(&Policy{ByUID: map[uint32]*Allowlist{}})
 	return p
@@ -166,9 +189,17 @@ func (p *Proxy) ServeTCP(ctx context.Context, ln net.Listener) error {
 			}
 			return err
 		}
+		select {
+		case p.conns <- struct{}{}:
+		default:
+			c.Close() // too many open: a client retries, idle ones time out
+			p.opt.Metrics.ProxyQuery("", "overload", 0)
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer func() { <-p.conns }()
 			p.serveConn(ctx, c)
 		}()
 	}
@@ -281,8 +312,7 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 	if listed {
 		if addrs, err = p.enforce(pol, al, entries, name, r); err != nil {
 			// Never hand out an address the kernel does not hold.
-			p.opt.Log.Error("a DNS answer could not be put in the kernel; answered SERVFAIL", event.Field(event.DNSProxyFailed),
-				zap.String("allowlist", al.Name), zap.String("name", name), zap.Error(err))
+			p.kernelFailed(al.Name, name, err)
 			p.opt.Metrics.ProxyQuery(al.Name, "servfail", p.opt.Now().Sub(start).Seconds())
 			return reply(q, dns.RcodeServerFailure)
 		}
@@ -301,6 +331,21 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 	}
 	p.opt.Metrics.ProxyQuery(al.Name, result, p.opt.Now().Sub(start).Seconds())
 	return out
+}
+
+func (p *Proxy) kernelFailed(allowlist, name string, err error) {
+	p.failMu.Lock()
+	now := p.opt.Now()
+	if now.Sub(p.failLogged) < failLogEvery {
+		p.failQuiet++
+		p.failMu.Unlock()
+		return
+	}
+	quiet := p.failQuiet
+	p.failLogged, p.failQuiet = now, 0
+	p.failMu.Unlock()
+	p.opt.Log.Error("a DNS answer could not be put in the kernel; answered SERVFAIL", event.Field(event.DNSProxyFailed),
+		zap.String("allowlist", allowlist), zap.String("name", name), zap.Error(err), zap.Int("not_logged", quiet))
 }
 
 func (p *Proxy) observe(o Observation) {

@@ -3,6 +3,7 @@ package dnsproxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -291,5 +292,36 @@ func TestLifetimes(t *testing.T) {
 		if keep != c.keep || hand != c.hand || hand > keep {
 			t.Errorf("ttl %s: keep %s hand %s, want %s %s", c.ttl, keep, hand, c.keep, c.hand)
 		}
+	}
+}
+
+// A wildcard over a domain whose answers the attacker controls cannot fill
+// the kernel: past the per-uid cap, new addresses get SERVFAIL (logged, not
+// once per query), known ones still work.
+func TestElementCap(t *testing.T) {
+	al := webAllowlist(t, "**.attacker.example:443")
+	r := newRig(t, ident{uid: uidWeb, ok: true}, al)
+	r.p.w.maxPer = 3
+	for i := 1; i <= 5; i++ {
+		r.up.Set(fmt.Sprintf("n%d.attacker.example", i), dnstest.Record{A: []netip.Addr{netip.AddrFrom4([4]byte{192, 0, 2, byte(i)})}, TTL: 60})
+	}
+	for i := 1; i <= 5; i++ {
+		m := r.ask("udp", fmt.Sprintf("n%d.attacker.example", i), dns.TypeA)
+		want := dns.RcodeSuccess
+		if i > 3 {
+			want = dns.RcodeServerFailure
+		}
+		if m.Rcode != want {
+			t.Errorf("answer %d: %s, want %s", i, dns.RcodeToString[m.Rcode], dns.RcodeToString[want])
+		}
+	}
+	if n := len(r.inKernel()); n != 3 {
+		t.Errorf("%d elements in the kernel, want the cap, 3", n)
+	}
+	if m := r.ask("udp", "n1.attacker.example", dns.TypeA); m.Rcode != dns.RcodeSuccess {
+		t.Errorf("a known address past the cap: %s", dns.RcodeToString[m.Rcode])
+	}
+	if n := len(r.logs.FilterField(zap.String("event", "dns_proxy_failed")).All()); n != 1 {
+		t.Errorf("%d dns_proxy_failed events for two refusals in a row, want 1", n)
 	}
 }

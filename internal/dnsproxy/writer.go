@@ -1,6 +1,7 @@
 package dnsproxy
 
 import (
+	"errors"
 	"sync"
 	"time"
 
@@ -18,19 +19,40 @@ type elemKey struct {
 // not written again. known is the writer's view of the kernel's proxy sets
 // (element -> when the kernel drops it); it is bounded by what is alive.
 type writer struct {
-	k   ruleset.ProxyKernel
-	now func() time.Time
+	k      ruleset.ProxyKernel
+	now    func() time.Time
+	maxPer int // elements per uid
 
 	mu      sync.Mutex
 	known   map[elemKey]time.Time
+	perUID  map[uint32]int // elements known per uid
 	pending []ruleset.ProxyElement
 	waiters []chan error
 	busy    bool
 	sweep   time.Time
 }
 
-func newWriter(k ruleset.ProxyKernel, now func() time.Time) *writer {
-	return &writer{k: k, now: now, known: map[elemKey]time.Time{}}
+func newWriter(k ruleset.ProxyKernel, now func() time.Time, maxPer int) *writer {
+	return &writer{k: k, now: now, maxPer: maxPer, known: map[elemKey]time.Time{}, perUID: map[uint32]int{}}
+}
+
+// ErrTooMany: the uid holds MaxElements answers already.
+var ErrTooMany = errors.New("the allowlist holds the most DNS proxy answers it may (dnsproxy MaxElements); new addresses wait until old ones expire")
+
+func (w *writer) set(k elemKey, exp time.Time) {
+	if _, ok := w.known[k]; !ok {
+		w.perUID[k.uid]++
+	}
+	w.known[k] = exp
+}
+
+func (w *writer) drop(k elemKey) {
+	if _, ok := w.known[k]; ok {
+		delete(w.known, k)
+		if w.perUID[k.uid]--; w.perUID[k.uid] <= 0 {
+			delete(w.perUID, k.uid)
+		}
+	}
 }
 
 // need reports whether the element must be (re)written for the kernel to
@@ -46,10 +68,29 @@ func (w *writer) need(k elemKey, until time.Time) bool {
 func (w *writer) Ensure(es []ruleset.ProxyElement, hold time.Duration) error {
 	now := w.now()
 	w.mu.Lock()
+	if now.Sub(w.sweep) > time.Minute {
+		w.sweepLocked(now)
+	}
 	var todo []ruleset.ProxyElement
+	fresh := map[uint32]int{}
 	for _, pe := range es {
-		if w.need(elemKey{pe.UID, pe.Element}, now.Add(hold)) {
+		k := elemKey{pe.UID, pe.Element}
+		if w.need(k, now.Add(hold)) {
 			todo = append(todo, pe)
+			if _, ok := w.known[k]; !ok {
+				fresh[pe.UID]++
+			}
+		}
+	}
+	for uid, n := range fresh {
+		if w.perUID[uid]+n > w.maxPer {
+			if now.Sub(w.sweep) > time.Second {
+				w.sweepLocked(now) // what expired no longer counts
+			}
+			if w.perUID[uid]+n > w.maxPer {
+				w.mu.Unlock()
+				return ErrTooMany
+			}
 		}
 	}
 	if len(todo) == 0 {
@@ -88,21 +129,23 @@ func (w *writer) flush() {
 			for _, pe := range batch {
 				k := elemKey{pe.UID, pe.Element}
 				if exp := start.Add(pe.Timeout); exp.After(w.known[k]) {
-					w.known[k] = exp
-				}
-			}
-		}
-		if start.Sub(w.sweep) > time.Minute {
-			w.sweep = start
-			for k, exp := range w.known {
-				if exp.Before(start) {
-					delete(w.known, k)
+					w.set(k, exp)
 				}
 			}
 		}
 		w.mu.Unlock()
 		for _, c := range waiters {
 			c <- err
+		}
+	}
+}
+
+// sweepLocked forgets what the kernel has dropped by now.
+func (w *writer) sweepLocked(now time.Time) {
+	w.sweep = now
+	for k, exp := range w.known {
+		if exp.Before(now) {
+			w.drop(k)
 		}
 	}
 }
@@ -130,7 +173,7 @@ func (w *writer) Forget(keep func(uid uint32) bool) {
 	defer w.mu.Unlock()
 	for k := range w.known {
 		if !keep(k.uid) {
-			delete(w.known, k)
+			w.drop(k)
 		}
 	}
 }
@@ -163,6 +206,6 @@ func (w *writer) Seed(es []ruleset.ProxyElement) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, pe := range es {
-		w.known[elemKey{pe.UID, pe.Element}] = now.Add(pe.Timeout)
+		w.set(elemKey{pe.UID, pe.Element}, now.Add(pe.Timeout))
 	}
 }
