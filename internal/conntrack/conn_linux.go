@@ -3,12 +3,14 @@
 package conntrack
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"runtime"
+	"syscall"
 
-	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -18,9 +20,23 @@ import (
 // and is safe for concurrent use: each lookup takes one socket for its
 // request and answer. Reading conntrack needs CAP_NET_ADMIN in the
 // namespace's user namespace (nfnetlink asks it of every message).
+//
+// The sockets are plain file descriptors, not github.com/mdlayher/netlink
+// Conns: the kernel marks its answer to a single GET NLM_F_MULTI
+// (ctnetlink_fill_info does so for every unicast) yet sends no NLMSG_DONE,
+// and netlink.Conn.Execute waits for that DONE for ever.
 type Conn struct {
-	pool chan *netlink.Conn
-	all  []*netlink.Conn
+	pool chan *sock
+	all  []*sock
+}
+
+// sock is one netlink socket with its buffers; only the lookup holding it
+// touches it.
+type sock struct {
+	fd  int
+	seq uint32
+	req []byte
+	buf []byte
 }
 
 // Open opens a Conn with one socket per CPU the Go runtime may use (at
@@ -29,9 +45,9 @@ type Conn struct {
 func Open() (*Conn, error) { return open(max(2, runtime.GOMAXPROCS(0))) }
 
 func open(n int) (*Conn, error) {
-	c := &Conn{pool: make(chan *netlink.Conn, n)}
+	c := &Conn{pool: make(chan *sock, n)}
 	for range n {
-		s, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+		s, err := openSock()
 		if err != nil {
 			c.Close()
 			return nil, fmt.Errorf("open ctnetlink socket: %w", err)
@@ -42,13 +58,30 @@ func open(n int) (*Conn, error) {
 	return c, nil
 }
 
-// Close closes the sockets. Lookups in flight fail; no lookup may start
-// after Close.
+func openSock() (*sock, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return nil, os.NewSyscallError("socket", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		unix.Close(fd)
+		return nil, os.NewSyscallError("bind", err)
+	}
+	// Error answers without a copy of the request.
+	_ = unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_CAP_ACK, 1)
+	return &sock{fd: fd, req: make([]byte, 0, 128), buf: make([]byte, 16<<10)}, nil
+}
+
+// Close closes the sockets. No lookup may be in flight or start after
+// Close.
 func (c *Conn) Close() error {
 	var errs []error
 	for _, s := range c.all {
-		errs = append(errs, s.Close())
+		if err := unix.Close(s.fd); err != nil {
+			errs = append(errs, os.NewSyscallError("close", err))
+		}
 	}
+	c.all = nil
 	return errors.Join(errs...)
 }
 
@@ -60,29 +93,118 @@ func (c *Conn) Close() error {
 // IPv4-mapped IPv6 addresses are taken as IPv4. ErrNotFound when the kernel
 // has no such entry.
 func (c *Conn) LookupReply(proto uint8, src, dst netip.AddrPort) (Flow, error) {
-	req, err := getRequest(Tuple{Proto: proto, Src: src, Dst: dst})
+	s := <-c.pool
+	f, err := s.get(Tuple{Proto: proto, Src: src, Dst: dst})
+	c.pool <- s
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		err = fmt.Errorf("conntrack get %d %s -> %s (reply): %w", proto, src, dst, err)
+	}
+	return f, err
+}
+
+const (
+	nlmsgHdrLen  = 16 // struct nlmsghdr
+	pollTimeout  = 1000
+	maxStaleMsgs = 64
+)
+
+// get sends one IPCTNL_MSG_CT_GET and reads its answer. The kernel handles
+// a netlink request inside sendmsg, so the answer is queued when the send
+// returns: it is read without blocking, and only if it is not there (it
+// always is) does the read wait, at most pollTimeout ms.
+func (s *sock) get(t Tuple) (Flow, error) {
+	s.seq++
+	req, err := appendGetRequest(s.req[:0], s.seq, t)
 	if err != nil {
 		return Flow{}, err
 	}
-	s := <-c.pool
-	msgs, err := s.Execute(netlink.Message{
-		Header: netlink.Header{
-			Type:  netlink.HeaderType(nfnlSubsysCTNetlink<<8 | ctMsgGet),
-			Flags: netlink.Request | netlink.Acknowledge,
-		},
-		Data: req,
-	})
-	c.pool <- s
-	if err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			return Flow{}, ErrNotFound
+	s.req = req
+	for {
+		// No address: a netlink socket sends to the kernel by default.
+		_, err := unix.Write(s.fd, req)
+		if err == unix.EINTR {
+			continue
 		}
-		return Flow{}, fmt.Errorf("conntrack get %d %s -> %s (reply): %w", proto, src, dst, err)
+		if err != nil {
+			return Flow{}, os.NewSyscallError("send", err)
+		}
+		break
 	}
-	for _, m := range msgs {
-		if m.Header.Type == netlink.HeaderType(nfnlSubsysCTNetlink<<8|ctMsgNew) {
-			return parseFlow(m.Data)
+	for range maxStaleMsgs {
+		n, err := s.recv()
+		if err != nil {
+			return Flow{}, err
+		}
+		f, done, err := s.answer(s.buf[:n])
+		if done {
+			return f, err
+		}
+		// An answer to an earlier request that gave up waiting: skip it.
+	}
+	return Flow{}, errors.New("no answer among the queued messages")
+}
+
+func (s *sock) recv() (int, error) {
+	waited := false
+	for {
+		n, err := unix.Read(s.fd, s.buf) // non-blocking socket
+		switch {
+		case err == nil:
+			return n, nil
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN && !waited:
+			waited = true
+			fds := []unix.PollFd{{Fd: int32(s.fd), Events: unix.POLLIN}}
+			for {
+				k, err := unix.Poll(fds, pollTimeout)
+				if err == unix.EINTR {
+					continue
+				}
+				if err != nil {
+					return 0, os.NewSyscallError("poll", err)
+				}
+				if k == 0 {
+					return 0, errors.New("no answer from the kernel")
+				}
+				break
+			}
+		default:
+			return 0, os.NewSyscallError("recv", err)
 		}
 	}
-	return Flow{}, fmt.Errorf("conntrack get %d %s -> %s (reply): no entry in the answer", proto, src, dst)
+}
+
+// answer looks for the answer to the current request among the netlink
+// messages in b: done when found, with the flow or the kernel's error.
+func (s *sock) answer(b []byte) (f Flow, done bool, err error) {
+	for len(b) >= nlmsgHdrLen {
+		l := int(binary.NativeEndian.Uint32(b[0:4]))
+		typ := binary.NativeEndian.Uint16(b[4:6])
+		seq := binary.NativeEndian.Uint32(b[8:12])
+		if l < nlmsgHdrLen || l > len(b) {
+			return Flow{}, true, errors.New("malformed netlink message")
+		}
+		if seq == s.seq {
+			switch typ {
+			case unix.NLMSG_ERROR:
+				if l < nlmsgHdrLen+4 {
+					return Flow{}, true, errors.New("short netlink error")
+				}
+				errno := -int32(binary.NativeEndian.Uint32(b[nlmsgHdrLen:]))
+				if errno == 0 {
+					return Flow{}, true, errors.New("acknowledged without an entry")
+				}
+				if syscall.Errno(errno) == unix.ENOENT {
+					return Flow{}, true, ErrNotFound
+				}
+				return Flow{}, true, syscall.Errno(errno)
+			case nfnlSubsysCTNetlink<<8 | ctMsgNew:
+				f, err := parseFlow(b[nlmsgHdrLen:l])
+				return f, true, err
+			}
+		}
+		b = b[min(len(b), (l+3)&^3):]
+	}
+	return Flow{}, false, nil
 }

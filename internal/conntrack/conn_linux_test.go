@@ -3,6 +3,7 @@
 package conntrack
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -321,5 +322,76 @@ func BenchmarkLookupReply(b *testing.B) {
 				})
 			})
 		})
+	}
+}
+
+// Many goroutines share one Conn; each gets its own flow back, never
+// another's (the sockets' buffers are reused).
+func TestLookupReplyConcurrent(t *testing.T) {
+	w, c := newWorld(t, 2)
+	pc, err := w.NS.ListenPacket("udp", proxy4.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	const clients = 8
+	var froms [clients]netip.AddrPort
+	for i := range froms {
+		_, froms[i] = udpQuery(t, w, pc, uidLabelled, resolver4)
+	}
+	errs := make(chan error, clients)
+	for _, from := range froms {
+		go func() {
+			for range 200 {
+				f, err := c.LookupReply(unix.IPPROTO_UDP, proxy4, from)
+				if err == nil && (f.Orig.Src != from || f.Reply.Dst != from) {
+					err = fmt.Errorf("lookup of %s answered with %+v", from, f)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range clients {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// answer picks the answer to the current request out of what the socket
+// holds: an answer to an earlier request that gave up waiting is skipped.
+func TestAnswer(t *testing.T) {
+	msg := func(typ uint16, seq uint32, payload []byte) []byte {
+		b := binary.NativeEndian.AppendUint32(nil, uint32(nlmsgHdrLen+len(payload)))
+		b = binary.NativeEndian.AppendUint16(b, typ)
+		b = binary.NativeEndian.AppendUint16(b, 0)
+		b = binary.NativeEndian.AppendUint32(b, seq)
+		b = binary.NativeEndian.AppendUint32(b, 0)
+		return append(b, payload...)
+	}
+	errMsg := func(seq uint32, errno unix.Errno) []byte {
+		return msg(unix.NLMSG_ERROR, seq, binary.NativeEndian.AppendUint32(make([]byte, 0, 20), uint32(-int32(errno))))
+	}
+	orig := Tuple{17, netip.MustParseAddrPort("192.0.2.1:1000"), netip.MustParseAddrPort("192.0.2.53:53")}
+	entry := msg(nfnlSubsysCTNetlink<<8|ctMsgNew, 5, append([]byte{2, 0, 0, 0}, tupleAttr(ctaTupleOrig, orig)...))
+	s := &sock{seq: 5}
+	if _, done, _ := s.answer(errMsg(4, unix.ENOENT)); done {
+		t.Error("stale answer taken for the current one")
+	}
+	if _, done, err := s.answer(errMsg(5, unix.ENOENT)); !done || !errors.Is(err, ErrNotFound) {
+		t.Errorf("ENOENT: done %v, %v", done, err)
+	}
+	if _, done, err := s.answer(errMsg(5, unix.EPERM)); !done || !errors.Is(err, unix.EPERM) {
+		t.Errorf("EPERM: done %v, %v", done, err)
+	}
+	if f, done, err := s.answer(entry); !done || err != nil || f.Orig != orig {
+		t.Errorf("entry: done %v, %+v, %v", done, f, err)
+	}
+	if _, done, err := s.answer(entry[:len(entry)-1]); !done || err == nil {
+		t.Errorf("truncated: done %v, %v", done, err)
 	}
 }
