@@ -30,7 +30,7 @@ type Explanation struct {
 	Port      uint16        `json:"port"`
 	Addresses []AddrVerdict `json:"addresses"`
 	Nearest   []string      `json:"nearest,omitempty"`
-	Source    string        `json:"source,omitempty"` // which source answered the fresh lookup of a name: hosts | dns
+	Source    string        `json:"source,omitempty"`    // which source answered the fresh lookup of a name: hosts | dns
 	ProxyNote string        `json:"dns_proxy,omitempty"` // dns: proxy: whether the proxy answers the name, by which entry
 	Reason    string        `json:"reason"`
 }

@@ -73,8 +73,8 @@ type recentKey struct {
 
 // Recent aggregates deny events into recent attempts. Safe for concurrent use.
 type Recent struct {
-	mu      sync.Mutex
-	max     int
+	mu       sync.Mutex
+	max      int
 	seq      uint64
 	entries  map[recentKey]*RecentEntry
 	resolved map[[2]string]*ResolvedEntry
