@@ -678,3 +678,28 @@ func TestKernelDNSProxyOldFlowCut(t *testing.T) {
 		t.Fatal("the flow opened under dns: resolvers still reaches the resolver after the switch to dns: proxy")
 	}
 }
+
+// BenchmarkAddProxyOne measures one DNS proxy answer's kernel write: one new
+// element per transaction, as the proxy's writer does for a sequential
+// client (tools/bench -only dnsproxy measures it through the daemon).
+// Run: sudo go test ./ruleset -run XXX -bench AddProxyOne
+func BenchmarkAddProxyOne(b *testing.B) {
+	k := benchKernel(b)
+	p := Render(Desired{
+		Allowlists: []Allowlist{{Name: "a", UID: uidA, Proxy: true}},
+		Resolvers:  []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")},
+		DenyLog:    config.Defaults().DenyLog,
+		ProxyPort:  153,
+	})
+	if err := k.ApplyFull(p); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		a := netip.AddrFrom4([4]byte{198, 18 + byte(i>>16), byte(i >> 8), byte(i)})
+		e := ElementFor(config.TCP, netip.PrefixFrom(a, 32), 443, 443)
+		if err := k.AddProxy([]ProxyElement{{UID: uidA, Element: e, Timeout: 5 * time.Minute}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -32,7 +32,7 @@ import (
 var (
 	steadyFor = flag.Duration("steady", 3*time.Minute, "how long to measure the steady state")
 	quick     = flag.Bool("quick", false, "smaller runs: skip the 10,000-name dig loop, 1 minute of steady state")
-	only      = flag.String("only", "", "run only the sections whose names contain this (cold, dns, latency, steady, datapath, netlink, sites)")
+	only      = flag.String("only", "", "run only the sections whose names contain this (cold, dns, latency, steady, datapath, netlink, sites, dnsproxy)")
 )
 
 type row struct {
@@ -77,6 +77,7 @@ func main() {
 		{"datapath", dataPath},
 		{"netlink", netlinkApply},
 		{"sites", sitesApply},
+		{"dnsproxy", dnsProxy},
 	}
 	for _, s := range sections {
 		if *only != "" && !strings.Contains(s.name, *only) {
