@@ -104,7 +104,7 @@ func bigBuffers(c *netlink.Conn, rcv int) error {
 //	    ct state established,related ct direction reply ct label uid . skuid != @owners accept
 //	    ct state established,related ct direction reply fib daddr type local accept
 //	    fib saddr type != local goto deny                         # IP_FREEBIND, IPV6_FREEBIND, IP_TRANSPARENT
-//	    udp dport P meta skuid @proxyusers ct status dnat fib daddr type local accept (and tcp)  # to the proxy
+//	    udp dport P meta skuid @proxyusers ct label uid . skuid @owners ct status dnat fib daddr type local accept (and tcp)
 //	    meta skuid . meta l4proto . ip daddr . th dport @allow4 accept   (and allow4r, allow6, allow6r)
 //	    meta skuid . meta l4proto . ip daddr . th dport @proxy4 accept   (and proxy4r, proxy6, proxy6r)
 //	    meta skuid @dnsusers meta l4proto . ip daddr . th dport @dns4 accept   (and dns4r, dns6, dns6r)
@@ -494,11 +494,17 @@ func restrictedRules(ch *nftables.Chain, proxyPort uint16) []*nftables.Rule {
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(rtnLoc)},
 		deny))
 	// The proxy's redirect: only a query the nat chain rewrote, to the
-	// proxy's port on a local address. Sent directly to the port, a packet
-	// is judged like any other destination.
+	// proxy's port on a local address, on a flow this uid opened (the
+	// proxy tells the asker by the flow's label: a socket of another user
+	// that got the source port of a flow still in conntrack joins that
+	// flow, and would be answered as its opener). Sent directly to the
+	// port, a packet is judged like any other destination.
 	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
 		es := append(l4DportIs(proto, proxyPort), inUIDSet(kProxyUsers)...)
-		es = append(es, &expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
+		es = append(es, &expr.Ct{Register: reg1, Key: expr.CtKeyLABELS},
+			&expr.Meta{Key: expr.MetaKeySKUID, Register: labelUIDReg + 1},
+			&expr.Lookup{SourceRegister: labelUIDReg, SetName: kOwners},
+			&expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
 			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
 				Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: []byte{0, 0, 0, 0}},
 			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{0, 0, 0, 0}},

@@ -703,3 +703,53 @@ func BenchmarkAddProxyOne(b *testing.B) {
 		}
 	}
 }
+
+// udpFromPort sends one datagram as uid from the given source port and
+// waits for an answer.
+func (e *env) udpFromPort(uid int, port int, dst string) error {
+	var conn *net.UDPConn
+	err := e.ns.Do(func() error {
+		if _, err := unix.SetfsuidRetUid(uid); err != nil {
+			return err
+		}
+		defer unix.SetfsuidRetUid(0) //nolint:errcheck
+		raddr, err := net.ResolveUDPAddr("udp", dst)
+		if err != nil {
+			return err
+		}
+		conn, err = net.DialUDP("udp", &net.UDPAddr{Port: port}, raddr)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(500 * time.Millisecond)) //nolint:errcheck
+	if _, err := conn.Write([]byte("q")); err != nil {
+		return err
+	}
+	_, err = conn.Read(make([]byte, 16))
+	return err
+}
+
+// Another proxy user's socket that gets the source port of a redirected
+// flow still in conntrack joins that flow: it must not reach the proxy
+// under the first user's identity (the proxy would answer it by the first
+// user's allowlist).
+func TestKernelDNSProxyNoFlowSharing(t *testing.T) {
+	e := newEnv(t)
+	e.serveUDP(t, "127.0.0.1:153")
+	p := Render(Desired{
+		Allowlists: []Allowlist{{Name: "a", UID: uidA, Proxy: true}, {Name: "b", UID: uidB, Proxy: true}},
+		DenyLog:    config.Defaults().DenyLog,
+		ProxyPort:  153,
+	})
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	mustAllow(t, "a's query from port 40053", e.udpFromPort(uidA, 40053, "192.0.2.53:53"))
+	mustAllow(t, "a again from the same port (its own flow)", e.udpFromPort(uidA, 40053, "192.0.2.53:53"))
+	if err := e.udpFromPort(uidB, 40053, "192.0.2.53:53"); err == nil {
+		t.Error("b's query from a's port reached the proxy on a's flow")
+	}
+}

@@ -250,8 +250,8 @@ func restrictedRuleText(proxyPort uint16) []string {
 		"ct state established,related ct direction reply ct label[96:128] . meta skuid != @" + kOwners + " accept",
 		"ct state established,related ct direction reply fib daddr type local accept",
 		"fib saddr type != local goto " + chainDeny + " # IP_FREEBIND, IPV6_FREEBIND, IP_TRANSPARENT",
-		fmt.Sprintf("udp dport %d meta skuid @%s ct status dnat fib daddr type local accept # redirected to the DNS proxy", proxyPort, kProxyUsers),
-		fmt.Sprintf("tcp dport %d meta skuid @%s ct status dnat fib daddr type local accept", proxyPort, kProxyUsers),
+		fmt.Sprintf("udp dport %d meta skuid @%s ct label[96:128] . meta skuid @%s ct status dnat fib daddr type local accept # redirected to the DNS proxy, on its own flow", proxyPort, kProxyUsers, kOwners),
+		fmt.Sprintf("tcp dport %d meta skuid @%s ct label[96:128] . meta skuid @%s ct status dnat fib daddr type local accept", proxyPort, kProxyUsers, kOwners),
 	}
 	for _, ks := range append(allKernelSets(), proxyKernelSets()...) {
 		nfproto, daddr := "ipv4", "ip daddr"

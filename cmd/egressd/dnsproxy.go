@@ -32,6 +32,10 @@ func (o openerByConntrack) Opener(proto uint8, client, local netip.AddrPort) (ui
 	return uid, ok, nil
 }
 
+func (o openerByConntrack) Forget(proto uint8, local, upstream netip.AddrPort) {
+	o.c.DeleteOrig(proto, local, upstream) //nolint:errcheck // gone already (ErrNotFound), or best effort
+}
+
 // newDNSProxy builds the DNS proxy with the sockets systemd passed
 // (egressd.socket), if any. It listens only once an allowlist has
 // dns: proxy (the controller calls Listen).

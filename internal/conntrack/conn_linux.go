@@ -33,6 +33,7 @@ type Conn struct {
 // sock is one netlink socket with its buffers; only the lookup holding it
 // touches it.
 type sock struct {
+	ack bool // the request asked for an acknowledgement (delete)
 	fd  int
 	seq uint32
 	req []byte
@@ -102,6 +103,34 @@ func (c *Conn) LookupReply(proto uint8, src, dst netip.AddrPort) (Flow, error) {
 	return f, err
 }
 
+// DeleteOrig removes the flow whose original tuple is proto src -> dst
+// (zone 0): the DNS proxy drops the entry of each of its own finished
+// upstream exchanges, so that a service socket that gets the same source
+// port next does not join it (and escape the redirect). ErrNotFound when
+// there is none.
+func (c *Conn) DeleteOrig(proto uint8, src, dst netip.AddrPort) error {
+	s := <-c.pool
+	err := s.del(Tuple{Proto: proto, Src: src, Dst: dst})
+	c.pool <- s
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		err = fmt.Errorf("conntrack delete %d %s -> %s (original): %w", proto, src, dst, err)
+	}
+	return err
+}
+
+func (s *sock) del(t Tuple) error {
+	s.seq++
+	req, err := appendDeleteRequest(s.req[:0], s.seq, t)
+	if err != nil {
+		return err
+	}
+	s.req = req
+	s.ack = true
+	defer func() { s.ack = false }()
+	_, err = s.exchange(req)
+	return err
+}
+
 const (
 	nlmsgHdrLen  = 16 // struct nlmsghdr
 	pollTimeout  = 1000
@@ -119,6 +148,11 @@ func (s *sock) get(t Tuple) (Flow, error) {
 		return Flow{}, err
 	}
 	s.req = req
+	return s.exchange(req)
+}
+
+// exchange sends req and reads its answer.
+func (s *sock) exchange(req []byte) (Flow, error) {
 	for {
 		// No address: a netlink socket sends to the kernel by default.
 		_, err := unix.Write(s.fd, req)
@@ -192,6 +226,9 @@ func (s *sock) answer(b []byte) (f Flow, done bool, err error) {
 					return Flow{}, true, errors.New("short netlink error")
 				}
 				errno := -int32(binary.NativeEndian.Uint32(b[nlmsgHdrLen:]))
+				if errno == 0 && s.ack {
+					return Flow{}, true, nil
+				}
 				if errno == 0 {
 					return Flow{}, true, errors.New("acknowledged without an entry")
 				}

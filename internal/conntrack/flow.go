@@ -67,6 +67,7 @@ const (
 	nfnlSubsysCTNetlink = 1
 	ctMsgNew            = 0
 	ctMsgGet            = 1
+	ctMsgDelete         = 2
 
 	ctaTupleOrig  = 1
 	ctaTupleReply = 2
@@ -88,6 +89,7 @@ const (
 	nlaNested   = 1 << 15 // NLA_F_NESTED
 	nlaTypeMask = 1<<14 - 1
 	nlmRequest  = 1 // NLM_F_REQUEST
+	nlmAck      = 4 // NLM_F_ACK
 )
 
 const (
@@ -101,6 +103,16 @@ const (
 // fixed layout, into a reused buffer) because the proxy sends one per
 // query.
 func appendGetRequest(b []byte, seq uint32, t Tuple) ([]byte, error) {
+	return appendRequest(b, seq, t, ctMsgGet, ctaTupleReply, nlmRequest)
+}
+
+// appendDeleteRequest is IPCTNL_MSG_CT_DELETE of the flow whose original
+// tuple is t, acknowledged.
+func appendDeleteRequest(b []byte, seq uint32, t Tuple) ([]byte, error) {
+	return appendRequest(b, seq, t, ctMsgDelete, ctaTupleOrig, nlmRequest|nlmAck)
+}
+
+func appendRequest(b []byte, seq uint32, t Tuple, msgType, tupleAttr, flags uint16) ([]byte, error) {
 	src, dst := t.Src.Addr().Unmap(), t.Dst.Addr().Unmap()
 	if !src.IsValid() || !dst.IsValid() || src.Is4() != dst.Is4() {
 		return b, fmt.Errorf("tuple %s -> %s: addresses of one family needed", t.Src, t.Dst)
@@ -114,8 +126,8 @@ func appendGetRequest(b []byte, seq uint32, t Tuple) ([]byte, error) {
 	tupleLen := 4 + ipLen + protoLen
 	msgLen := 16 + 4 + tupleLen
 	b = binary.NativeEndian.AppendUint32(b, uint32(msgLen))
-	b = binary.NativeEndian.AppendUint16(b, nfnlSubsysCTNetlink<<8|ctMsgGet)
-	b = binary.NativeEndian.AppendUint16(b, nlmRequest)
+	b = binary.NativeEndian.AppendUint16(b, nfnlSubsysCTNetlink<<8|msgType)
+	b = binary.NativeEndian.AppendUint16(b, flags)
 	b = binary.NativeEndian.AppendUint32(b, seq)
 	b = binary.NativeEndian.AppendUint32(b, 0) // port id: the kernel fills it in
 	b = append(b, fam, 0, 0, 0)                // nfgenmsg: family, version 0, res_id 0
@@ -123,7 +135,7 @@ func appendGetRequest(b []byte, seq uint32, t Tuple) ([]byte, error) {
 		b = binary.NativeEndian.AppendUint16(b, uint16(length))
 		b = binary.NativeEndian.AppendUint16(b, typ)
 	}
-	attr(ctaTupleReply|nlaNested, tupleLen)
+	attr(tupleAttr|nlaNested, tupleLen)
 	attr(ctaTupleIP|nlaNested, ipLen)
 	attr(srcType, 4+alen)
 	b = append(b, src.AsSlice()...)

@@ -26,6 +26,11 @@ import (
 // is the query's source, local the proxy address it reached.
 type Identifier interface {
 	Opener(proto uint8, client, local netip.AddrPort) (uid uint32, ok bool, err error)
+	// Forget drops the conntrack entry of the proxy's own finished
+	// upstream exchange (local -> upstream): a service socket that gets
+	// the same source port next must start a new flow (which the kernel
+	// redirects), not join the proxy's.
+	Forget(proto uint8, local, upstream netip.AddrPort)
 }
 
 // Observation is one answered or refused query, for `egressd learn`.
@@ -138,8 +143,8 @@ func (p *Proxy) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 	}
 	stop := context.AfterFunc(ctx, func() { pc.Close() })
 	defer stop()
+	buf := make([]byte, 65535)
 	for {
-		buf := make([]byte, 65535)
 		n, client, err := pc.ReadFromUDPAddrPort(buf)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
@@ -162,9 +167,10 @@ func (p *Proxy) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 			p.opt.Metrics.ProxyQuery("", "overload", 0)
 			continue
 		}
+		msg := append([]byte(nil), buf[:n]...)
 		go func() {
 			defer func() { <-p.sem }()
-			if out := p.answer(ctx, 17, buf[:n], client, local); out != nil {
+			if out := p.answer(ctx, 17, msg, client, local); out != nil {
 				pc.WriteToUDPAddrPort(out, client) //nolint:errcheck
 			}
 		}()
@@ -368,14 +374,12 @@ func (p *Proxy) forward(ctx context.Context, proto uint8, q *dns.Msg, ups []neti
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		net := "udp"
+		var r *dns.Msg
+		var err error
 		if proto == 6 {
-			net = "tcp"
-		}
-		c := &dns.Client{Net: net, Timeout: p.opt.Timeout}
-		r, _, err := c.ExchangeContext(ctx, fq, up.String())
-		if err == nil && r.Truncated && proto == 6 {
 			r, _, err = (&dns.Client{Net: "tcp", Timeout: p.opt.Timeout}).ExchangeContext(ctx, fq, up.String())
+		} else {
+			r, err = p.exchangeUDP(ctx, fq, up)
 		}
 		if err == nil && (len(r.Question) != 1 || !dns.IsFqdn(r.Question[0].Name) ||
 			normalize(r.Question[0].Name) != normalize(fq.Question[0].Name) || r.Question[0].Qtype != fq.Question[0].Qtype) {
@@ -390,6 +394,48 @@ func (p *Proxy) forward(ctx context.Context, proto uint8, q *dns.Msg, ups []neti
 		errs = append(errs, fmt.Errorf("%s: %w", up, err))
 	}
 	return nil, errors.Join(errs...)
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 65535); return &b }}
+
+// exchangeUDP asks up over UDP from a fresh socket (a random source port
+// per query, as a spoofer must guess it), then drops the flow's conntrack
+// entry (Identifier.Forget).
+func (p *Proxy) exchangeUDP(ctx context.Context, q *dns.Msg, up netip.AddrPort) (*dns.Msg, error) {
+	out, err := q.Pack()
+	if err != nil {
+		return nil, err
+	}
+	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(up))
+	if err != nil {
+		return nil, err
+	}
+	local, _ := netip.ParseAddrPort(c.LocalAddr().String())
+	defer func() {
+		c.Close()
+		p.opt.Identify.Forget(17, netip.AddrPortFrom(local.Addr().Unmap(), local.Port()), up)
+	}()
+	deadline := p.opt.Now().Add(p.opt.Timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	c.SetDeadline(deadline) //nolint:errcheck
+	if _, err := c.Write(out); err != nil {
+		return nil, err
+	}
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	for {
+		n, err := c.Read(*bp)
+		if err != nil {
+			return nil, err
+		}
+		r := new(dns.Msg)
+		if r.Unpack((*bp)[:n]) != nil || r.Id != q.Id || !r.Response {
+			continue // not the answer (a stray or spoofed datagram): keep waiting until the deadline
+		}
+		return r, nil
+	}
 }
 
 // chainOwners is the set of names reachable from qname through the
