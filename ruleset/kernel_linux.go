@@ -91,6 +91,9 @@ func bigBuffers(c *netlink.Conn, rcv int) error {
 //	  set proxy4, proxy4r, proxy6, proxy6r { like allow*; flags timeout }  # what the DNS proxy answered, for TTL + linger
 //	  set denied   { type uid; flags dynamic; counter }           # rejected packets per uid
 //	  set denylog  { type uid; flags dynamic }                    # per-uid log rate limit (a meter)
+//	  chain dnszone { type filter hook output priority raw;       # only while an allowlist has dns: proxy
+//	    udp dport 53 meta skuid @proxyusers ct zone set 53 (and tcp)      # their DNS flows: a conntrack zone of their own
+//	    ip saddr 127.0.0.1 udp sport P ct zone set 53 (and tcp, ::1)      # the proxy's answers to them }
 //	  chain dnsproxy { type nat hook output priority dstnat;       # only while an allowlist has dns: proxy
 //	    udp dport 53 meta skuid @proxyusers redirect to :P; tcp dport 53 meta skuid @proxyusers redirect to :P }
 //	  chain output { type filter hook output priority filter; meta skuid @users jump restricted }
@@ -304,6 +307,10 @@ func build(c *nftables.Conn, p Plan, carry []ProxyElement) error {
 	restr := c.AddChain(&nftables.Chain{Name: chainRestr, Table: table})
 	deny := c.AddChain(&nftables.Chain{Name: chainDeny, Table: table})
 	if p.HasProxy() {
+		zone := c.AddChain(zoneChain())
+		for _, r := range zoneRules(zone, p.ProxyPort) {
+			c.AddRule(r)
+		}
 		nat := c.AddChain(natChain())
 		for _, r := range natRules(nat, p.ProxyPort) {
 			c.AddRule(r)
@@ -345,6 +352,51 @@ func natChain() *nftables.Chain {
 		Name: chainNAT, Table: table, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest,
 	}
+}
+
+// zoneChain puts dns: proxy users' DNS flows in their own conntrack zone:
+// raw priority, before conntrack looks the packet up.
+func zoneChain() *nftables.Chain {
+	return &nftables.Chain{
+		Name: chainZone, Table: table, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityRaw,
+	}
+}
+
+// zoneRules: a proxy user's packet to port 53 (UDP, TCP), and the proxy's
+// answers (from 127.0.0.1:P or [::1]:P), are tracked in DNSZone. Both
+// directions of a redirected query are then in the zone, and no other
+// process's flow is.
+func zoneRules(ch *nftables.Chain, port uint16) []*nftables.Rule {
+	zone := []expr.Any{
+		&expr.Immediate{Register: reg1, Data: binaryutil.NativeEndian.PutUint16(DNSZone)},
+		&expr.Ct{Key: expr.CtKeyZONE, Register: reg1, SourceRegister: true},
+	}
+	var rules []*nftables.Rule
+	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+		es := append(l4DportIs(proto, 53), inUIDSet(kProxyUsers)...)
+		rules = append(rules, &nftables.Rule{Table: table, Chain: ch, Exprs: append(es, zone...)})
+	}
+	for _, src := range []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()} {
+		nfproto, off := byte(unix.NFPROTO_IPV4), uint32(12)
+		if src.Is6() {
+			nfproto, off = unix.NFPROTO_IPV6, 8
+		}
+		for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+			es := []expr.Any{
+				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{nfproto}},
+				&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: uint32(src.BitLen() / 8)},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: src.AsSlice()},
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{proto}},
+				&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{byte(port >> 8), byte(port)}},
+			}
+			rules = append(rules, &nftables.Rule{Table: table, Chain: ch, Exprs: append(es, zone...)})
+		}
+	}
+	return rules
 }
 
 // l4DportIs matches the transport protocol and its destination port.

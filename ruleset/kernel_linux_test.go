@@ -753,3 +753,25 @@ func TestKernelDNSProxyNoFlowSharing(t *testing.T) {
 		t.Error("b's query from a's port reached the proxy on a's flow")
 	}
 }
+
+// A proxy user's query from a source port that another (unrestricted)
+// process used for the same resolver moments before joins that process's
+// conntrack entry, which was never redirected: without a zone of their
+// own, such queries fail (EPERM) — on a busy host, a share of every proxy
+// user's lookups.
+func TestKernelDNSProxyOwnZone(t *testing.T) {
+	e := newEnv(t)
+	e.serveUDP(t, "127.0.0.1:153")
+	e.serveUDP(t, "192.0.2.53:53")
+	p := Render(Desired{
+		Allowlists: []Allowlist{{Name: "a", UID: uidA, Proxy: true}},
+		DenyLog:    config.Defaults().DenyLog,
+		ProxyPort:  153,
+	})
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	mustAllow(t, "an unrestricted user's query from port 40054", e.udpFromPort(uidNoList, 40054, "192.0.2.53:53"))
+	mustAllow(t, "the proxy user's query from the same port, redirected", e.udpFromPort(uidA, 40054, "192.0.2.53:53"))
+	mustAllow(t, "the unrestricted user again, not redirected", e.udpFromPort(uidNoList, 40054, "192.0.2.53:53"))
+}

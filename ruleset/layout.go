@@ -11,6 +11,7 @@ const (
 	kAudit      = "audit"
 	kProxyUsers = "proxyusers"
 	chainNAT    = "dnsproxy"
+	chainZone   = "dnszone"
 	kDenied     = "denied"
 	kDenyLog    = "denylog"
 	chainOut    = "output"
@@ -29,6 +30,13 @@ func allKernelSets() []kernelSet {
 	}
 	return out
 }
+
+// DNSZone is the conntrack zone of dns: proxy users' DNS flows (and of the
+// proxy's answers to them). In zone 0, a query from a source port that
+// another process used for the same resolver moments before would join that
+// process's conntrack entry, never redirected, and be refused; in a zone of
+// their own these flows start fresh, and are redirected.
+const DNSZone = 53
 
 // proxyKernelSets are the sets the DNS proxy writes (never plan elements).
 func proxyKernelSets() []kernelSet {

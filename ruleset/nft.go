@@ -61,6 +61,7 @@ func (p Plan) NFT() string {
 	writeSet(&b, kDenied, "rejected packets per uid", []string{"type uid", "flags dynamic"}, nil)
 	writeSet(&b, kDenyLog, "per-uid log rate limit (a meter)", []string{"type uid", "flags dynamic"}, nil)
 	if p.HasProxy() {
+		writeChain(&b, chainZone, "type filter hook output priority raw; policy accept;", zoneRuleText(p.ProxyPort))
 		writeChain(&b, chainNAT, "type nat hook output priority dstnat; policy accept;", natRuleText(p.ProxyPort))
 	}
 	writeChain(&b, chainOut, "type filter hook output priority filter; policy accept;", outputRuleText())
@@ -229,6 +230,19 @@ func elementText(e Element) string {
 // outputRules, restrictedRules and denyRules (kernel_linux.go), in order.
 func outputRuleText() []string {
 	return []string{"meta skuid @" + kUsers + " jump " + chainRestr}
+}
+
+func zoneRuleText(port uint16) []string {
+	var out []string
+	for _, proto := range []string{"udp", "tcp"} {
+		out = append(out, fmt.Sprintf("%s dport 53 meta skuid @%s ct zone set %d # dns: proxy: their DNS flows in a conntrack zone of their own", proto, kProxyUsers, DNSZone))
+	}
+	for _, src := range []string{"ip saddr 127.0.0.1", "ip6 saddr ::1"} {
+		for _, proto := range []string{"udp", "tcp"} {
+			out = append(out, fmt.Sprintf("%s %s sport %d ct zone set %d # the proxy's answers", src, proto, port, DNSZone))
+		}
+	}
+	return out
 }
 
 func natRuleText(port uint16) []string {

@@ -85,6 +85,7 @@ func TestNFTRulesMatchNetlink(t *testing.T) {
 			{chainOut, outputRules(outputChain()), outputRuleText()},
 			{chainRestr, restrictedRules(chain(chainRestr), 153), restrictedRuleText(153)},
 			{chainNAT, natRules(chain(chainNAT), 153), natRuleText(153)},
+			{chainZone, zoneRules(chain(chainZone), 153), zoneRuleText(153)},
 			{chainDeny, denyRules(chain(chainDeny), dl), denyRuleText(dl)},
 		} {
 			if len(c.nl) != len(c.text) {

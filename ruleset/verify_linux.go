@@ -32,9 +32,10 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 	want[out.Name] = sigs(outputRules(out))
 	restr := &nftables.Chain{Name: chainRestr, Table: table}
 	want[restr.Name] = sigs(restrictedRules(restr, p.ProxyPort))
-	nat := natChain()
+	nat, zone := natChain(), zoneChain()
 	if p.HasProxy() {
 		want[nat.Name] = sigs(natRules(nat, p.ProxyPort))
+		want[zone.Name] = sigs(zoneRules(zone, p.ProxyPort))
 	}
 	deny := &nftables.Chain{Name: chainDeny, Table: table}
 	want[deny.Name] = sigs(denyRules(deny, p.DenyLog))
@@ -58,6 +59,10 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 		if name == out.Name && (ch.Hooknum == nil || *ch.Hooknum != *out.Hooknum || ch.Type != out.Type ||
 			ch.Priority == nil || *ch.Priority != *out.Priority || (ch.Policy != nil && *ch.Policy != nftables.ChainPolicyAccept)) {
 			add("chain_hook", name, "base chain is not type filter hook output priority filter policy accept")
+		}
+		if name == zone.Name && (ch.Hooknum == nil || *ch.Hooknum != *zone.Hooknum || ch.Type != zone.Type ||
+			ch.Priority == nil || *ch.Priority != *zone.Priority) {
+			add("chain_hook", name, "base chain is not type filter hook output priority raw")
 		}
 		if name == nat.Name && (ch.Hooknum == nil || *ch.Hooknum != *nat.Hooknum || ch.Type != nat.Type ||
 			ch.Priority == nil || *ch.Priority != *nat.Priority) {

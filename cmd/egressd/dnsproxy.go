@@ -21,7 +21,7 @@ import (
 type openerByConntrack struct{ c *conntrack.Conn }
 
 func (o openerByConntrack) Opener(proto uint8, client, local netip.AddrPort) (uint32, bool, error) {
-	f, err := o.c.LookupReply(proto, local, client)
+	f, err := o.c.LookupReplyZone(ruleset.DNSZone, proto, local, client)
 	if err != nil {
 		return 0, false, err
 	}
@@ -30,10 +30,6 @@ func (o openerByConntrack) Opener(proto uint8, client, local netip.AddrPort) (ui
 	}
 	uid, ok := f.OpenerUID()
 	return uid, ok, nil
-}
-
-func (o openerByConntrack) Forget(proto uint8, local, upstream netip.AddrPort) {
-	o.c.DeleteOrig(proto, local, upstream) //nolint:errcheck // gone already (ErrNotFound), or best effort
 }
 
 // newDNSProxy builds the DNS proxy with the sockets systemd passed

@@ -33,7 +33,6 @@ type Conn struct {
 // sock is one netlink socket with its buffers; only the lookup holding it
 // touches it.
 type sock struct {
-	ack bool // the request asked for an acknowledgement (delete)
 	fd  int
 	seq uint32
 	req []byte
@@ -94,41 +93,19 @@ func (c *Conn) Close() error {
 // IPv4-mapped IPv6 addresses are taken as IPv4. ErrNotFound when the kernel
 // has no such entry.
 func (c *Conn) LookupReply(proto uint8, src, dst netip.AddrPort) (Flow, error) {
+	return c.LookupReplyZone(0, proto, src, dst)
+}
+
+// LookupReplyZone is LookupReply in conntrack zone zone (the DNS proxy's
+// flows are in ruleset.DNSZone).
+func (c *Conn) LookupReplyZone(zone uint16, proto uint8, src, dst netip.AddrPort) (Flow, error) {
 	s := <-c.pool
-	f, err := s.get(Tuple{Proto: proto, Src: src, Dst: dst})
+	f, err := s.get(Tuple{Proto: proto, Src: src, Dst: dst}, zone)
 	c.pool <- s
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		err = fmt.Errorf("conntrack get %d %s -> %s (reply): %w", proto, src, dst, err)
 	}
 	return f, err
-}
-
-// DeleteOrig removes the flow whose original tuple is proto src -> dst
-// (zone 0): the DNS proxy drops the entry of each of its own finished
-// upstream exchanges, so that a service socket that gets the same source
-// port next does not join it (and escape the redirect). ErrNotFound when
-// there is none.
-func (c *Conn) DeleteOrig(proto uint8, src, dst netip.AddrPort) error {
-	s := <-c.pool
-	err := s.del(Tuple{Proto: proto, Src: src, Dst: dst})
-	c.pool <- s
-	if err != nil && !errors.Is(err, ErrNotFound) {
-		err = fmt.Errorf("conntrack delete %d %s -> %s (original): %w", proto, src, dst, err)
-	}
-	return err
-}
-
-func (s *sock) del(t Tuple) error {
-	s.seq++
-	req, err := appendDeleteRequest(s.req[:0], s.seq, t)
-	if err != nil {
-		return err
-	}
-	s.req = req
-	s.ack = true
-	defer func() { s.ack = false }()
-	_, err = s.exchange(req)
-	return err
 }
 
 const (
@@ -141,9 +118,9 @@ const (
 // a netlink request inside sendmsg, so the answer is queued when the send
 // returns: it is read without blocking, and only if it is not there (it
 // always is) does the read wait, at most pollTimeout ms.
-func (s *sock) get(t Tuple) (Flow, error) {
+func (s *sock) get(t Tuple, zone uint16) (Flow, error) {
 	s.seq++
-	req, err := appendGetRequest(s.req[:0], s.seq, t)
+	req, err := appendGetRequestZone(s.req[:0], s.seq, t, zone)
 	if err != nil {
 		return Flow{}, err
 	}
@@ -226,9 +203,6 @@ func (s *sock) answer(b []byte) (f Flow, done bool, err error) {
 					return Flow{}, true, errors.New("short netlink error")
 				}
 				errno := -int32(binary.NativeEndian.Uint32(b[nlmsgHdrLen:]))
-				if errno == 0 && s.ack {
-					return Flow{}, true, nil
-				}
 				if errno == 0 {
 					return Flow{}, true, errors.New("acknowledged without an entry")
 				}

@@ -67,10 +67,10 @@ const (
 	nfnlSubsysCTNetlink = 1
 	ctMsgNew            = 0
 	ctMsgGet            = 1
-	ctMsgDelete         = 2
 
 	ctaTupleOrig  = 1
 	ctaTupleReply = 2
+	ctaZone       = 18 // CTA_ZONE, be16
 	ctaStatus     = 3
 	ctaLabels     = 22
 
@@ -89,7 +89,6 @@ const (
 	nlaNested   = 1 << 15 // NLA_F_NESTED
 	nlaTypeMask = 1<<14 - 1
 	nlmRequest  = 1 // NLM_F_REQUEST
-	nlmAck      = 4 // NLM_F_ACK
 )
 
 const (
@@ -103,16 +102,15 @@ const (
 // fixed layout, into a reused buffer) because the proxy sends one per
 // query.
 func appendGetRequest(b []byte, seq uint32, t Tuple) ([]byte, error) {
-	return appendRequest(b, seq, t, ctMsgGet, ctaTupleReply, nlmRequest)
+	return appendRequest(b, seq, t, 0, ctMsgGet, ctaTupleReply, nlmRequest)
 }
 
-// appendDeleteRequest is IPCTNL_MSG_CT_DELETE of the flow whose original
-// tuple is t, acknowledged.
-func appendDeleteRequest(b []byte, seq uint32, t Tuple) ([]byte, error) {
-	return appendRequest(b, seq, t, ctMsgDelete, ctaTupleOrig, nlmRequest|nlmAck)
+// appendGetRequestZone is appendGetRequest in conntrack zone zone.
+func appendGetRequestZone(b []byte, seq uint32, t Tuple, zone uint16) ([]byte, error) {
+	return appendRequest(b, seq, t, zone, ctMsgGet, ctaTupleReply, nlmRequest)
 }
 
-func appendRequest(b []byte, seq uint32, t Tuple, msgType, tupleAttr, flags uint16) ([]byte, error) {
+func appendRequest(b []byte, seq uint32, t Tuple, zone, msgType, tupleAttr, flags uint16) ([]byte, error) {
 	src, dst := t.Src.Addr().Unmap(), t.Dst.Addr().Unmap()
 	if !src.IsValid() || !dst.IsValid() || src.Is4() != dst.Is4() {
 		return b, fmt.Errorf("tuple %s -> %s: addresses of one family needed", t.Src, t.Dst)
@@ -125,6 +123,9 @@ func appendRequest(b []byte, seq uint32, t Tuple, msgType, tupleAttr, flags uint
 	protoLen := 4 + 8 + 8 + 8 // header, num (u8 padded), two ports (be16 padded)
 	tupleLen := 4 + ipLen + protoLen
 	msgLen := 16 + 4 + tupleLen
+	if zone != 0 {
+		msgLen += 8 // CTA_ZONE: header, be16, padding
+	}
 	b = binary.NativeEndian.AppendUint32(b, uint32(msgLen))
 	b = binary.NativeEndian.AppendUint16(b, nfnlSubsysCTNetlink<<8|msgType)
 	b = binary.NativeEndian.AppendUint16(b, flags)
@@ -134,6 +135,11 @@ func appendRequest(b []byte, seq uint32, t Tuple, msgType, tupleAttr, flags uint
 	attr := func(typ uint16, length int) {
 		b = binary.NativeEndian.AppendUint16(b, uint16(length))
 		b = binary.NativeEndian.AppendUint16(b, typ)
+	}
+	if zone != 0 {
+		attr(ctaZone, 6)
+		b = binary.BigEndian.AppendUint16(b, zone)
+		b = append(b, 0, 0)
 	}
 	attr(tupleAttr|nlaNested, tupleLen)
 	attr(ctaTupleIP|nlaNested, ipLen)

@@ -26,11 +26,6 @@ import (
 // is the query's source, local the proxy address it reached.
 type Identifier interface {
 	Opener(proto uint8, client, local netip.AddrPort) (uid uint32, ok bool, err error)
-	// Forget drops the conntrack entry of the proxy's own finished
-	// upstream exchange (local -> upstream): a service socket that gets
-	// the same source port next must start a new flow (which the kernel
-	// redirects), not join the proxy's.
-	Forget(proto uint8, local, upstream netip.AddrPort)
 }
 
 // Observation is one answered or refused query, for `egressd learn`.
@@ -398,9 +393,10 @@ func (p *Proxy) forward(ctx context.Context, proto uint8, q *dns.Msg, ups []neti
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 65535); return &b }}
 
-// exchangeUDP asks up over UDP from a fresh socket (a random source port
-// per query, as a spoofer must guess it), then drops the flow's conntrack
-// entry (Identifier.Forget).
+// exchangeUDP asks up over UDP from a fresh socket: a random source port
+// per query, which a spoofer must guess. (Its conntrack entry is in zone 0;
+// services' redirected queries are in ruleset.DNSZone, so a service socket
+// that gets the same port later never joins it.)
 func (p *Proxy) exchangeUDP(ctx context.Context, q *dns.Msg, up netip.AddrPort) (*dns.Msg, error) {
 	out, err := q.Pack()
 	if err != nil {
@@ -410,11 +406,7 @@ func (p *Proxy) exchangeUDP(ctx context.Context, q *dns.Msg, up netip.AddrPort) 
 	if err != nil {
 		return nil, err
 	}
-	local, _ := netip.ParseAddrPort(c.LocalAddr().String())
-	defer func() {
-		c.Close()
-		p.opt.Identify.Forget(17, netip.AddrPortFrom(local.Addr().Unmap(), local.Port()), up)
-	}()
+	defer c.Close()
 	deadline := p.opt.Now().Add(p.opt.Timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d

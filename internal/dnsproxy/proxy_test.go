@@ -33,8 +33,6 @@ func (i ident) Opener(uint8, netip.AddrPort, netip.AddrPort) (uint32, bool, erro
 	return i.uid, i.ok, i.err
 }
 
-func (ident) Forget(uint8, netip.AddrPort, netip.AddrPort) {}
-
 type rig struct {
 	t      *testing.T
 	up     *dnstest.Server
