@@ -29,6 +29,10 @@ type Netlink struct {
 	rcvBuf int
 	// own: the table's ownership and the socket that owns it (owner_linux.go).
 	own owner
+	// addRenews: whether adding an element that is there renews its
+	// timeout (Linux 6.10 and later), probed at the first AddProxy
+	// (proxy_linux.go); 0 not probed, 1 yes, 2 no. Guarded by own.mu.
+	addRenews int
 }
 
 var table = &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}

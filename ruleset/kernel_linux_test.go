@@ -775,3 +775,31 @@ func TestKernelDNSProxyOwnZone(t *testing.T) {
 	mustAllow(t, "the proxy user's query from the same port, redirected", e.udpFromPort(uidA, 40054, "192.0.2.53:53"))
 	mustAllow(t, "the unrestricted user again, not redirected", e.udpFromPort(uidNoList, 40054, "192.0.2.53:53"))
 }
+
+// Renewing an answer's timeout: by adding it again where the kernel renews
+// on add (probed), by deleting and adding it where it does not.
+func TestKernelProxyRenew(t *testing.T) {
+	e := newEnv(t)
+	p := Render(Desired{Allowlists: []Allowlist{{Name: "a", UID: uidA, Proxy: true}}, DenyLog: config.Defaults().DenyLog, ProxyPort: 153})
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	dst := ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)
+	rng := ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.11/32"), 8000, 8100)
+	for _, addRenews := range []int{0, 2} { // probed (this kernel: renews), then the delete-and-add path
+		e.k.addRenews = addRenews
+		for i, timeout := range []time.Duration{time.Minute, time.Hour} {
+			es := []ProxyElement{{UID: uidA, Element: dst, Timeout: timeout, Renew: i > 0}, {UID: uidA, Element: rng, Timeout: timeout, Renew: i > 0}}
+			if err := e.k.AddProxy(es); err != nil {
+				t.Fatalf("addRenews %d: %v", addRenews, err)
+			}
+		}
+		got, err := e.k.ReadProxy()
+		if err != nil || len(got) != 2 || got[0].Timeout < 59*time.Minute || got[1].Timeout < 59*time.Minute {
+			t.Fatalf("addRenews %d: read back %v, %v: want both renewed to about an hour", addRenews, got, err)
+		}
+		if addRenews == 0 && e.k.addRenews != 1 {
+			t.Errorf("the probe says this kernel (6.18) does not renew on add: %d", e.k.addRenews)
+		}
+	}
+}

@@ -13,6 +13,10 @@ type ProxyElement struct {
 	UID     uint32
 	Element Element       // one address; the entry's port range
 	Timeout time.Duration // to add: how long it stays; read back: what remains
+	// Renew: the element may be in the set already (to add): its timeout
+	// must be renewed, which older kernels do only by deleting it and
+	// adding it again.
+	Renew bool
 }
 
 func (p ProxyElement) String() string {

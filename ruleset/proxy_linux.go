@@ -5,7 +5,10 @@ package ruleset
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
+
+	"github.com/egressd/egressd/config"
 
 	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
@@ -25,56 +28,95 @@ func proxySetElements(ks kernelSet, es []ProxyElement) []nftables.SetElement {
 	return out
 }
 
-// AddProxy implements ProxyKernel. An element that is in the set already is
-// deleted and added again in the same transaction, which renews its timeout
-// on every kernel (a plain add renews it only on recent ones); packets see
-// it there throughout. If one of those expired in the meantime (ENOENT), the
-// transaction is sent again as adds only.
+// AddProxy implements ProxyKernel, in one transaction. Adding an element
+// that is there renews its timeout on Linux 6.10 and later; on older
+// kernels an element marked Renew is added (a no-op if it is there),
+// deleted and added again, which renews it too, at a cost: a transaction
+// that deletes waits for an RCU grace period (milliseconds).
 func (k *Netlink) AddProxy(es []ProxyElement) error {
 	if len(es) == 0 {
 		return nil
 	}
 	k.own.mu.Lock()
 	defer k.own.mu.Unlock()
-	err := k.addProxy(es, true)
-	if errors.Is(err, unix.ENOENT) {
-		err = k.addProxy(es, false)
+	if k.addRenews == 0 {
+		ok, err := k.probeAddRenews()
+		if err != nil {
+			return err
+		}
+		k.addRenews = 2
+		if ok {
+			k.addRenews = 1
+		}
 	}
-	return err
+	return k.addProxy(es, k.addRenews == 2)
 }
 
-func (k *Netlink) addProxy(es []ProxyElement, renew bool) error {
+// probeUID keys the probe's element: no socket has this uid (config
+// refuses it), and readProxy skips it.
+const probeUID = ^uint32(0)
+
+// probeAddRenews adds an element (keyed by probeUID) with a 2 s timeout, adds it
+// again with 3 s, and reads it back: the kernel renewed it if it says 3 s.
+// The element expires by itself; nothing is deleted.
+func (k *Netlink) probeAddRenews() (bool, error) {
+	e := ElementFor(config.UDP, netip.MustParsePrefix("192.0.2.0/32"), 9, 9)
+	for _, t := range []time.Duration{2 * time.Second, 3 * time.Second} {
+		if err := k.addProxy([]ProxyElement{{UID: probeUID, Element: e, Timeout: t}}, false); err != nil {
+			return false, fmt.Errorf("probe whether adding renews timeouts: %w", err)
+		}
+	}
+	c, err := k.conn()
+	if err != nil {
+		return false, err
+	}
+	raw, err := c.GetSetElements(proxySetOf(e).nft())
+	if err != nil {
+		return false, fmt.Errorf("probe whether adding renews timeouts: %w", err)
+	}
+	for _, r := range raw {
+		if uid, got, err := decode(proxySetOf(e), r.Key, r.Key); err == nil && uid == probeUID && got == e {
+			return r.Timeout >= 3*time.Second, nil
+		}
+	}
+	return false, errors.New("probe whether adding renews timeouts: the probe element is not in the set")
+}
+
+func (k *Netlink) addProxy(es []ProxyElement, deleteToRenew bool) error {
 	c, _, err := k.writer()
 	if err != nil {
 		return fmt.Errorf("open netlink: %w", err)
 	}
-	by := map[kernelSet][]ProxyElement{}
+	type part struct{ all, renew []ProxyElement }
+	by := map[kernelSet]*part{}
 	for _, pe := range es {
 		ks := proxySetOf(pe.Element)
-		by[ks] = append(by[ks], pe)
+		if by[ks] == nil {
+			by[ks] = &part{}
+		}
+		by[ks].all = append(by[ks].all, pe)
+		if pe.Renew && deleteToRenew {
+			by[ks].renew = append(by[ks].renew, pe)
+		}
 	}
 	for _, ks := range proxyKernelSets() {
-		part := by[ks]
-		if len(part) == 0 {
+		p := by[ks]
+		if p == nil {
 			continue
 		}
 		s := ks.nft()
-		if renew {
-			// Deleting needs the element to exist: add it first (a no-op if it
-			// does), then delete and add it with the new timeout.
-			for _, step := range []func(*nftables.Set, []nftables.SetElement) error{c.SetAddElements, c.SetDeleteElements} {
-				for i := 0; i < len(part); i += chunk {
-					if err := step(s, proxySetElements(ks, part[i:min(i+chunk, len(part))])); err != nil {
-						k.dropIf(c)
-						return fmt.Errorf("build proxy update of %s: %w", s.Name, err)
-					}
+		// Deleting needs the element to exist: add it first (a no-op if it
+		// does), then delete it, then add everything with its timeout.
+		steps := []struct {
+			do func(*nftables.Set, []nftables.SetElement) error
+			es []ProxyElement
+		}{{c.SetAddElements, p.renew}, {c.SetDeleteElements, p.renew}, {c.SetAddElements, p.all}}
+		for _, st := range steps {
+			for i := 0; i < len(st.es); i += chunk {
+				if err := st.do(s, proxySetElements(ks, st.es[i:min(i+chunk, len(st.es))])); err != nil {
+					k.dropIf(c)
+					return fmt.Errorf("build proxy update of %s: %w", s.Name, err)
 				}
-			}
-		}
-		for i := 0; i < len(part); i += chunk {
-			if err := c.SetAddElements(s, proxySetElements(ks, part[i:min(i+chunk, len(part))])); err != nil {
-				k.dropIf(c)
-				return fmt.Errorf("build proxy update of %s: %w", s.Name, err)
 			}
 		}
 	}
@@ -117,6 +159,9 @@ func readProxy(c *nftables.Conn) ([]ProxyElement, error) {
 			uid, e, err := decode(ks, r.Key, end)
 			if err != nil {
 				return nil, fmt.Errorf("set %s: %w", ks.name(), err)
+			}
+			if uid == probeUID {
+				continue
 			}
 			out = append(out, ProxyElement{UID: uid, Element: e, Timeout: r.Expires})
 		}

@@ -110,6 +110,7 @@ func New(opt Options) *Proxy {
 	p := &Proxy{opt: opt, w: newWriter(opt.Kernel, opt.Now, opt.MaxElements), sem: make(chan struct{}, opt.MaxInFlight),
 		tcpIdle: 10 * time.Second, conns: make(chan struct{}, opt.MaxConns)}
 	p.refused = newRefusals(opt.Log, opt.RefusedInterval, opt.Now)
+	p.w.observe = opt.Metrics.ProxyWrite
 	p.policy.Store(&Policy{ByUID: map[uint32]*Allowlist{}})
 	return p
 }

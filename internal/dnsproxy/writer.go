@@ -22,6 +22,8 @@ type writer struct {
 	k      ruleset.ProxyKernel
 	now    func() time.Time
 	maxPer int // elements per uid
+	// observe, when set, gets each transaction's duration.
+	observe func(seconds float64)
 
 	mu      sync.Mutex
 	known   map[elemKey]time.Time
@@ -76,10 +78,12 @@ func (w *writer) Ensure(es []ruleset.ProxyElement, hold time.Duration) error {
 	for _, pe := range es {
 		k := elemKey{pe.UID, pe.Element}
 		if w.need(k, now.Add(hold)) {
-			todo = append(todo, pe)
-			if _, ok := w.known[k]; !ok {
+			_, known := w.known[k]
+			if !known {
 				fresh[pe.UID]++
 			}
+			pe.Renew = known
+			todo = append(todo, pe)
 		}
 	}
 	for uid, n := range fresh {
@@ -123,6 +127,9 @@ func (w *writer) flush() {
 
 		start := w.now()
 		err := w.k.AddProxy(dedupe(batch))
+		if w.observe != nil {
+			w.observe(w.now().Sub(start).Seconds())
+		}
 
 		w.mu.Lock()
 		if err == nil {
