@@ -75,6 +75,7 @@ type Proxy struct {
 	refused *refusals
 	tcpIdle time.Duration
 	conns   chan struct{}
+	idle    sync.Map // upstream netip.AddrPort -> chan *upSock
 	// Kernel write failures are logged at most once per failLogEvery, with
 	// how many were not.
 	failMu     sync.Mutex
@@ -394,20 +395,65 @@ func (p *Proxy) forward(ctx context.Context, proto uint8, q *dns.Msg, ups []neti
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 65535); return &b }}
 
-// exchangeUDP asks up over UDP from a fresh socket: a random source port
-// per query, which a spoofer must guess. (Its conntrack entry is in zone 0;
-// services' redirected queries are in ruleset.DNSZone, so a service socket
-// that gets the same port later never joins it.)
-func (p *Proxy) exchangeUDP(ctx context.Context, q *dns.Msg, up netip.AddrPort) (*dns.Msg, error) {
-	out, err := q.Pack()
-	if err != nil {
-		return nil, err
+// upSock is a connected UDP socket to one upstream, used for one query at
+// a time and for at most upSockUses queries: the source port changes often
+// (an off-path spoofer must guess it and the random query ID), without the
+// cost of a socket per query. (Its conntrack entry is in zone 0; services'
+// redirected queries are in ruleset.DNSZone: a service socket that gets the
+// same port never joins it.)
+type upSock struct {
+	c    *net.UDPConn
+	uses int
+}
+
+const (
+	upSockUses = 64
+	upSockIdle = 32 // sockets kept per upstream
+)
+
+func (p *Proxy) getSock(up netip.AddrPort) (*upSock, error) {
+	if v, ok := p.idle.Load(up); ok {
+		select {
+		case s := <-v.(chan *upSock):
+			return s, nil
+		default:
+		}
 	}
 	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(up))
 	if err != nil {
 		return nil, err
 	}
-	defer c.Close()
+	return &upSock{c: c}, nil
+}
+
+// putSock keeps s for the next query unless it failed or served its share.
+func (p *Proxy) putSock(up netip.AddrPort, s *upSock, ok bool) {
+	s.uses++
+	if !ok || s.uses >= upSockUses {
+		s.c.Close()
+		return
+	}
+	v, _ := p.idle.LoadOrStore(up, make(chan *upSock, upSockIdle))
+	select {
+	case v.(chan *upSock) <- s:
+	default:
+		s.c.Close()
+	}
+}
+
+// exchangeUDP asks up over UDP, with a random query ID.
+func (p *Proxy) exchangeUDP(ctx context.Context, q *dns.Msg, up netip.AddrPort) (*dns.Msg, error) {
+	out, err := q.Pack()
+	if err != nil {
+		return nil, err
+	}
+	s, err := p.getSock(up)
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() { p.putSock(up, s, ok) }()
+	c := s.c
 	deadline := p.opt.Now().Add(p.opt.Timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
@@ -427,6 +473,7 @@ func (p *Proxy) exchangeUDP(ctx context.Context, q *dns.Msg, up netip.AddrPort) 
 		if r.Unpack((*bp)[:n]) != nil || r.Id != q.Id || !r.Response {
 			continue // not the answer (a stray or spoofed datagram): keep waiting until the deadline
 		}
+		ok = true
 		return r, nil
 	}
 }
