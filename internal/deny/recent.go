@@ -77,7 +77,14 @@ type Recent struct {
 	max      int
 	seq      uint64
 	entries  map[recentKey]*RecentEntry
-	resolved map[[2]string]*ResolvedEntry
+	resolved map[[2]string]*resolved
+}
+
+// resolved is a ResolvedEntry as kept: addresses as values (the proxy
+// records every query; strings are made when a snapshot is written).
+type resolved struct {
+	ResolvedEntry
+	addrs []netip.Addr
 }
 
 // NewRecent keeps at most max entries (RecentMax when max <= 0).
@@ -85,7 +92,7 @@ func NewRecent(max int) *Recent {
 	if max <= 0 {
 		max = RecentMax
 	}
-	return &Recent{max: max, entries: map[recentKey]*RecentEntry{}, resolved: map[[2]string]*ResolvedEntry{}}
+	return &Recent{max: max, entries: map[recentKey]*RecentEntry{}, resolved: map[[2]string]*resolved{}}
 }
 
 // Resolve records a query of a dns: proxy allowlist's service (the proxy's
@@ -108,7 +115,7 @@ func (r *Recent) Resolve(allowlist, name string, addrs []netip.Addr, listed, ref
 				delete(r.resolved, k)
 			}
 		}
-		x = &ResolvedEntry{Allowlist: allowlist, Name: name, First: at}
+		x = &resolved{ResolvedEntry: ResolvedEntry{Allowlist: allowlist, Name: name, First: at}}
 		r.resolved[k] = x
 	}
 	x.Count++
@@ -120,13 +127,12 @@ func (r *Recent) Resolve(allowlist, name string, addrs []netip.Addr, listed, ref
 		x.Last = at
 	}
 	for _, a := range addrs {
-		s := a.String()
-		if !slices.Contains(x.Addrs, s) {
-			x.Addrs = append([]string{s}, x.Addrs...)
+		if !slices.Contains(x.addrs, a) {
+			x.addrs = append([]netip.Addr{a}, x.addrs...)
 		}
 	}
-	if len(x.Addrs) > MaxResolvedAddrs {
-		x.Addrs = x.Addrs[:MaxResolvedAddrs]
+	if len(x.addrs) > MaxResolvedAddrs {
+		x.addrs = x.addrs[:MaxResolvedAddrs]
 	}
 }
 
@@ -138,8 +144,14 @@ func (r *Recent) LoadResolved(es []ResolvedEntry) {
 		if len(r.resolved) >= r.max {
 			break
 		}
-		x := e
-		r.resolved[[2]string{x.Allowlist, x.Name}] = &x
+		x := &resolved{ResolvedEntry: e}
+		for _, s := range e.Addrs {
+			if a, err := netip.ParseAddr(s); err == nil {
+				x.addrs = append(x.addrs, a)
+			}
+		}
+		x.Addrs = nil
+		r.resolved[[2]string{x.Allowlist, x.Name}] = x
 	}
 }
 
@@ -194,8 +206,11 @@ func (r *Recent) Snapshot(now time.Time) (RecentDoc, uint64) {
 	}
 	SortRecent(d.Entries)
 	for _, e := range r.resolved {
-		x := *e
-		x.Addrs = append([]string(nil), e.Addrs...)
+		x := e.ResolvedEntry
+		x.Addrs = make([]string, len(e.addrs))
+		for i, a := range e.addrs {
+			x.Addrs[i] = a.String()
+		}
 		d.Resolved = append(d.Resolved, x)
 	}
 	sort.Slice(d.Resolved, func(i, j int) bool {

@@ -364,8 +364,12 @@ func (p *Proxy) forward(ctx context.Context, proto uint8, q *dns.Msg, ups []neti
 	if len(ups) == 0 {
 		return nil, errors.New("no resolvers configured")
 	}
-	fq := q.Copy()
-	fq.Id = dns.Id()
+	// The client's message as it came, under an ID of our own (restored
+	// for the answer).
+	id := q.Id
+	q.Id = dns.Id()
+	defer func() { q.Id = id }()
+	fq := q
 	var errs []error
 	for _, up := range ups {
 		if ctx.Err() != nil {
