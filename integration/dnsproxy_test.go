@@ -258,6 +258,10 @@ func TestDNSProxyExplain(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "answered by the DNS proxy") || !strings.Contains(out, "proxy4") {
 		t.Errorf("after the service asked: exit %d\n%s", code, out)
 	}
+	code, out = w.check()
+	if !strings.Contains(out, "proxy") || !strings.Contains(out, "+ 1 answered") {
+		t.Errorf("check does not show the dns: proxy allowlist's answers (exit %d):\n%s", code, out)
+	}
 	code, out = w.check("--explain", fmt.Sprint(uidA), "exfil.attacker.example:443")
 	if code != 1 || !strings.Contains(out, "REFUSED") {
 		t.Errorf("an unlisted name: exit %d\n%s", code, out)

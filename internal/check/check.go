@@ -97,6 +97,10 @@ type AllowlistReport struct {
 	User      string  `json:"user"`
 	UID       *uint32 `json:"uid"`
 	Mode      string  `json:"mode"` // enforce | audit
+	DNS       string  `json:"dns"`  // resolvers | none | proxy
+	// Proxied is, with dns: proxy, how many answers of the proxy the
+	// kernel holds for it now (they come and go with the service's queries).
+	Proxied int `json:"proxied,omitempty"`
 	Entries   int     `json:"entries"`
 	Names     int     `json:"names"`
 	Addresses int     `json:"addresses"` // elements the kernel should hold for it
@@ -357,11 +361,20 @@ func Run(ctx context.Context, o Options) *Report {
 		}
 	}
 
+	proxied := map[uint32]int{}
+	if pk, ok := o.Kernel.(ruleset.ProxyKernel); ok {
+		if es, err := pk.ReadProxy(); err == nil {
+			for _, pe := range es {
+				proxied[pe.UID]++
+			}
+		}
+	}
 	for _, a := range cfg.Allowlists {
-		ar := AllowlistReport{Name: a.Name, File: a.File, User: a.User, Mode: string(a.Mode), Entries: len(a.Entries), Names: len(a.Names()), Status: "ok"}
+		ar := AllowlistReport{Name: a.Name, File: a.File, User: a.User, Mode: string(a.Mode), DNS: string(a.DNS), Entries: len(a.Entries), Names: len(a.Names()), Status: "ok"}
 		if uid, ok := users.UIDs[a.Name]; ok {
 			u := uid
 			ar.UID = &u
+			ar.Proxied = proxied[uid]
 		}
 		ar.Addresses = len(expected.Sets[ruleset.SetName4(a.Name)]) + len(expected.Sets[ruleset.SetName6(a.Name)])
 		for _, n := range a.Names() {

@@ -51,13 +51,17 @@ func (r *Report) WriteText(w io.Writer) {
 	if len(r.Allowlists) > 0 {
 		fmt.Fprintln(w)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "ALLOWLIST\tUSER\tUID\tMODE\tENTRIES\tNAMES\tADDRESSES\tSTATUS")
+		fmt.Fprintln(tw, "ALLOWLIST\tUSER\tUID\tMODE\tDNS\tENTRIES\tNAMES\tADDRESSES\tSTATUS")
 		for _, a := range r.Allowlists {
 			uid := "-"
 			if a.UID != nil {
 				uid = fmt.Sprint(*a.UID)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", a.Name, a.User, uid, a.Mode, a.Entries, a.Names, a.Addresses, a.Status)
+			addrs := fmt.Sprint(a.Addresses)
+			if a.DNS == "proxy" {
+				addrs += fmt.Sprintf(" + %d answered", a.Proxied)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", a.Name, a.User, uid, a.Mode, a.DNS, a.Entries, a.Names, addrs, a.Status)
 		}
 		tw.Flush()
 	}
