@@ -337,7 +337,7 @@ func ParseResolver(s string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }
 
-var allowKeys = []string{"user", "allow", "include", "dns", "mode", "allow_private_answers"}
+var allowKeys = []string{"user", "unit", "allow", "include", "dns", "mode", "allow_private_answers"}
 
 // NameRE is what an allowlist's name (its file name without .yaml) may be:
 // it becomes part of nftables chain and set names and of log prefixes.
@@ -366,6 +366,14 @@ func ParseAllowlist(file, name string, data []byte) (*Allowlist, error) {
 					}
 					a.User, a.UserPos, haveUser = s, Pos{File: file, Line: v.Line, Col: v.Column}, true
 				}
+			case "unit":
+				if s, ok := p.scalar(v, key); ok {
+					if err := ValidUnit(s); err != nil {
+						p.errorf(v, "unit: %v", err)
+						return
+					}
+					a.Unit, a.UnitPos = s, Pos{File: file, Line: v.Line, Col: v.Column}
+				}
 			case "allow":
 				a.Entries = p.entries(v, key)
 			case "include":
@@ -384,8 +392,11 @@ func ParseAllowlist(file, name string, data []byte) (*Allowlist, error) {
 				}
 			}
 		})
-		if !haveUser && len(p.errs) == 0 {
-			p.errorf(root, "missing required key \"user\" (the service user: a name or a numeric uid)")
+		if !haveUser && a.Unit == "" && len(p.errs) == 0 {
+			p.errorf(root, "missing required key \"user\" (the service user: a name or a numeric uid) or \"unit\" (a systemd unit)")
+		}
+		if haveUser && a.Unit != "" {
+			p.errs = append(p.errs, &Error{Pos: a.UnitPos, Msg: fmt.Sprintf("unit: an allowlist restricts a user or a unit, not both (user: %s is on line %d); write two allowlists", a.User, a.UserPos.Line)})
 		}
 	}
 	if len(p.errs) > 0 {

@@ -75,6 +75,9 @@ func LookupUsers(c *config.Config, lookup config.UserLookup) Users {
 	u := Users{UIDs: map[string]uint32{}, Missing: map[string]error{}, Conflicted: map[string]string{}, written: map[string]string{}}
 	owner := map[uint32]string{}
 	for _, a := range c.Allowlists {
+		if a.IsUnit() {
+			continue // keyed by its unit, not a uid (Units)
+		}
 		u.written[a.Name] = a.User
 		uid, err := a.UID(lookup)
 		if err != nil {
