@@ -61,12 +61,13 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	return out
 }
 
-// Allowlist is one protected user's desired state.
+// Allowlist is one protected user's (or unit's) desired state.
 type Allowlist struct {
 	Name     string
-	UID      uint32
-	DNS      bool // may reach the resolvers on port 53
-	Audit    bool // mode: audit: would-be denies are logged, then accepted
+	UID      uint32 // for a unit allowlist: its unit key (UnitKeys), not a uid
+	Unit     string // a unit allowlist's unit (docs/units.md); "" for a user's
+	DNS      bool   // may reach the resolvers on port 53
+	Audit    bool   // mode: audit: would-be denies are logged, then accepted
 	Elements []Element
 }
 
@@ -75,4 +76,5 @@ type Desired struct {
 	Allowlists []Allowlist // one per uid
 	Resolvers  []netip.AddrPort
 	DenyLog    config.DenyLog
+	Cgroups    []Cgroup // the current cgroups of the restricted units
 }

@@ -117,7 +117,9 @@ func bigBuffers(c *netlink.Conn, rcv int) error {
 // new one: by its destination.
 func (s kernelSet) nft() *nftables.Set {
 	var parts []nftables.SetDatatype
-	if !s.DNS {
+	if s.Unit {
+		parts = append(parts, nftables.TypeMark)
+	} else if !s.DNS {
 		parts = append(parts, nftables.TypeUID)
 	}
 	addr := nftables.TypeIPAddr
@@ -218,7 +220,7 @@ func build(c *nftables.Conn, p Plan) error {
 	if err != nil {
 		return err
 	}
-	for _, ks := range allKernelSets() {
+	for _, ks := range everyKernelSet() {
 		s := ks.nft()
 		if err := c.AddSet(s, nil); err != nil {
 			return fmt.Errorf("add set %s: %w", s.Name, err)
@@ -252,10 +254,13 @@ func build(c *nftables.Conn, p Plan) error {
 			}
 		}
 	}
+	if err := buildUnits(c, p); err != nil { // before the output chain, which jumps to its chains
+		return err
+	}
 	out := c.AddChain(outputChain())
 	restr := c.AddChain(&nftables.Chain{Name: chainRestr, Table: table})
 	deny := c.AddChain(&nftables.Chain{Name: chainDeny, Table: table})
-	for _, r := range outputRules(out) {
+	for _, r := range append(unitOutputRules(out, p), outputRules(out)...) {
 		c.AddRule(r)
 	}
 	for _, r := range restrictedRules(restr) {
@@ -577,7 +582,7 @@ func (k *Netlink) ApplyDelta(p Plan, d Delta) error {
 	if err != nil {
 		return fmt.Errorf("open netlink: %w", err)
 	}
-	for _, ks := range allKernelSets() {
+	for _, ks := range everyKernelSet() {
 		es := del[ks]
 		for i := 0; i < len(es); i += chunk {
 			if err := c.SetDeleteElements(ks.nft(), toSetElements(ks, es[i:min(i+chunk, len(es))])); err != nil {
@@ -586,7 +591,7 @@ func (k *Netlink) ApplyDelta(p Plan, d Delta) error {
 			}
 		}
 	}
-	for _, ks := range allKernelSets() {
+	for _, ks := range everyKernelSet() {
 		if err := addElements(c, ks.nft(), ks, add[ks]); err != nil {
 			k.dropIf(c)
 			return fmt.Errorf("build delta: %w", err)
@@ -653,8 +658,9 @@ func (k *Netlink) ReadSets() (map[string][]Element, error) {
 	if err != nil {
 		return nil, err
 	}
+	units := readUnitNames(c, t)
 	out := map[string][]Element{}
-	for _, ks := range allKernelSets() {
+	for _, ks := range everyKernelSet() {
 		s, err := c.GetSetByName(t, ks.name())
 		if err != nil {
 			continue // reported by Verify as a missing kernel set
@@ -677,6 +683,10 @@ func (k *Netlink) ReadSets() (map[string][]Element, error) {
 			}
 			var name string
 			switch {
+			case ks.Unit && units[uid] != "":
+				name = SetID{Allowlist: units[uid], V6: ks.V6, Unit: true}.Name()
+			case ks.Unit:
+				name = fmt.Sprintf("unit:%d", uid)
 			case ks.DNS:
 				name = SetID{V6: ks.V6}.Name()
 			case users[uid] != "":
