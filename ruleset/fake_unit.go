@@ -66,3 +66,15 @@ func (f *Fake) unitFindings(p Plan) []Finding {
 	}
 	return fs
 }
+
+// ReadUnits returns allowlist -> unit, as Netlink.ReadUnits does.
+func (f *Fake) ReadUnits() (map[string]string, error) {
+	if err := f.read(FakeReadCgroups); err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, u := range f.Plan.Units {
+		out[u.Allowlist] = u.Unit
+	}
+	return out, nil
+}

@@ -17,7 +17,7 @@ import (
 // The unit part of the kernel layout (docs/units.md), beside the uid part:
 //
 //	map unitkeys   { type cgroupsv2 : mark }      # a restricted unit's current cgroup id -> its unit key
-//	set unitids    { type mark }                  # unit keys; element comment = allowlist
+//	set unitids    { type mark }                  # unit keys; element comment = "ALLOWLIST UNIT"
 //	set unitowners { type mark . mark }           # (k . k) for every unit key
 //	set unitdns    { type mark }                  # dns: resolvers
 //	set unitaudit  { type mark }                  # mode: audit
@@ -90,7 +90,7 @@ func buildUnits(c *nftables.Conn, p Plan) error {
 	var ids, owners, dns, audit, keys []nftables.SetElement
 	for _, u := range p.Units {
 		k := binaryutil.NativeEndian.PutUint32(u.Key)
-		ids = append(ids, nftables.SetElement{Key: k, Comment: u.Allowlist})
+		ids = append(ids, nftables.SetElement{Key: k, Comment: u.Allowlist + " " + u.Unit})
 		owners = append(owners, nftables.SetElement{Key: append(append([]byte{}, k...), k...)})
 		if u.DNS {
 			dns = append(dns, nftables.SetElement{Key: k})
@@ -322,16 +322,39 @@ func unitLogExprs(dl config.DenyLog, audit bool) []expr.Any {
 // is missing (Verify reports that).
 func readUnitNames(c *nftables.Conn, t *nftables.Table) map[uint32]string {
 	out := map[uint32]string{}
+	for k, au := range readUnitComments(c, t) {
+		out[k] = au[0]
+	}
+	return out
+}
+
+// readUnitComments reads unit key -> (allowlist, unit) from unitids.
+func readUnitComments(c *nftables.Conn, t *nftables.Table) map[uint32][2]string {
+	out := map[uint32][2]string{}
 	raw, err := setElements(c, t, kUnitIDs)
 	if err != nil {
 		return out
 	}
 	for _, r := range raw {
 		if len(r.Key) == 4 {
-			out[binaryutil.NativeEndian.Uint32(r.Key)] = r.Comment
+			a, u, _ := strings.Cut(r.Comment, " ")
+			out[binaryutil.NativeEndian.Uint32(r.Key)] = [2]string{a, u}
 		}
 	}
 	return out
+}
+
+// ReadUnits reads back the restricted units: allowlist -> unit.
+func (k *Netlink) ReadUnits() (map[string]string, error) {
+	c, t, err := k.existing()
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, au := range readUnitComments(c, t) {
+		out[au[0]] = au[1]
+	}
+	return out, nil
 }
 
 // ReadCgroups reads back the cgroup map: every mapped cgroup id with the
@@ -414,10 +437,13 @@ func (k *Netlink) ApplyCgroups(p Plan, add, del []Cgroup) error {
 // cgroup map.
 func unitFindings(c *nftables.Conn, t *nftables.Table, p Plan) []Finding {
 	var fs []Finding
-	got := readUnitNames(c, t)
+	got := map[uint32]string{}
+	for k, au := range readUnitComments(c, t) {
+		got[k] = au[0] + " " + au[1]
+	}
 	want := map[uint32]string{}
 	for _, u := range p.Units {
-		want[u.Key] = u.Allowlist
+		want[u.Key] = u.Allowlist + " " + u.Unit
 	}
 	var diffs []string
 	for k, name := range want {

@@ -155,6 +155,9 @@ func TestKernelUnit(t *testing.T) {
 	if cgs, err := e.k.ReadCgroups(); err != nil || len(cgs) != 1 || cgs[0] != (Cgroup{ID: webID, Allowlist: "web"}) {
 		t.Fatalf("ReadCgroups = %v, %v", cgs, err)
 	}
+	if us, err := e.k.ReadUnits(); err != nil || us["web"] != "web.service" || len(us) != 1 {
+		t.Fatalf("ReadUnits = %v, %v", us, err)
+	}
 	sets, err := e.k.ReadSets()
 	if err != nil || len(sets[SetID{Allowlist: "web", Unit: true}.Name()]) != 1 {
 		t.Fatalf("ReadSets = %v, %v", sets, err)

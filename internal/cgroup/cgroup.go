@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 
+	"github.com/egressd/egressd/config"
 	"golang.org/x/sys/unix"
 )
 
@@ -68,9 +70,10 @@ func Level(rel string) int {
 
 // Unit is one cgroup found for a unit name.
 type Unit struct {
-	Name string // the unit, the directory's name
-	Path string // relative to the root, e.g. system.slice/foo.service
-	ID   uint64
+	Name      string // the unit, the directory's name
+	Path      string // relative to the root, e.g. system.slice/foo.service
+	ID        uint64
+	Allowlist string // Restricted: the allowlist that restricts the unit
 }
 
 // Find walks the hierarchy under root down to maxLevel and returns every
@@ -133,3 +136,41 @@ func Self() (string, error) {
 	}
 	return "", errors.New("/proc/self/cgroup has no cgroup2 entry")
 }
+
+// Restricted finds the current cgroups of the configuration's unit
+// allowlists under root ("" for Root()), sorted by id; Unit.Allowlist says
+// whose each is.
+func Restricted(root string, cfg *config.Config) ([]Unit, error) {
+	units := map[string]string{}
+	for _, a := range cfg.Allowlists {
+		if a.IsUnit() {
+			units[a.Unit] = a.Name
+		}
+	}
+	if len(units) == 0 {
+		return nil, nil
+	}
+	if root == "" {
+		var err error
+		if root, err = Root(); err != nil {
+			return nil, err
+		}
+	}
+	names := map[string]bool{}
+	for n := range units {
+		names[n] = true
+	}
+	found, err := Find(root, names, MaxLevel)
+	if err != nil {
+		return nil, err
+	}
+	for i := range found {
+		found[i].Allowlist = units[found[i].Name]
+	}
+	sort.Slice(found, func(i, j int) bool { return found[i].ID < found[j].ID })
+	return found, nil
+}
+
+// MaxLevel is the deepest level searched: ruleset.UnitLevels (a test keeps
+// the two equal; this package cannot import ruleset, whose tests use it).
+const MaxLevel = 8

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/cgroup"
 	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/internal/state"
 	"github.com/egressd/egressd/resolver"
@@ -95,6 +96,8 @@ type AllowlistReport struct {
 	Name      string  `json:"name"`
 	File      string  `json:"file"`
 	User      string  `json:"user"`
+	Unit      string  `json:"unit,omitempty"`    // a unit allowlist's unit (User is "")
+	Cgroups   int     `json:"cgroups,omitempty"` // a unit allowlist's cgroups the kernel should map (0: the unit is not running)
 	UID       *uint32 `json:"uid"`
 	Mode      string  `json:"mode"` // enforce | audit
 	Entries   int     `json:"entries"`
@@ -331,7 +334,15 @@ func Run(ctx context.Context, o Options) *Report {
 		}
 		addrs := func(name string) []netip.Addr { return fresh[name].Addrs }
 		hosts, _ := resolver.NewHostsWith(cfg.HostsFile, o.Trust.ReadFile)
-		expected = ruleset.Render(policy.BuildDesiredHosts(cfg, users, addrs, hosts.Has))
+		d := policy.BuildDesiredHosts(cfg, users, addrs, hosts.Has)
+		found, err := cgroup.Restricted("", cfg)
+		if err != nil {
+			problem("unit_cgroups", "cgroups", err.Error(), "unit allowlists need the cgroup v2 hierarchy (Linux ≥ 5.13)")
+		}
+		for _, f := range found {
+			d.Cgroups = append(d.Cgroups, ruleset.Cgroup{ID: f.ID, Allowlist: f.Allowlist})
+		}
+		expected = ruleset.Render(d)
 	}
 
 	findings, err := o.Kernel.Verify(expected)
@@ -358,7 +369,21 @@ func Run(ctx context.Context, o Options) *Report {
 	}
 
 	for _, a := range cfg.Allowlists {
-		ar := AllowlistReport{Name: a.Name, File: a.File, User: a.User, Mode: string(a.Mode), Entries: len(a.Entries), Names: len(a.Names()), Status: "ok"}
+		ar := AllowlistReport{Name: a.Name, File: a.File, User: a.User, Unit: a.Unit, Mode: string(a.Mode), Entries: len(a.Entries), Names: len(a.Names()), Status: "ok"}
+		if a.IsUnit() {
+			id4, id6 := ruleset.SetID{Allowlist: a.Name, Unit: true}, ruleset.SetID{Allowlist: a.Name, Unit: true, V6: true}
+			ar.Addresses = len(expected.Sets[id4.Name()]) + len(expected.Sets[id6.Name()])
+			for _, cg := range expected.Cgroups {
+				if cg.Allowlist == a.Name {
+					ar.Cgroups++
+				}
+			}
+			if drifted[id4.Name()] || drifted[id6.Name()] || drifted["unitids"] || drifted["unitkeys"] {
+				ar.Status = "drift"
+			}
+			r.Allowlists = append(r.Allowlists, ar)
+			continue
+		}
 		if uid, ok := users.UIDs[a.Name]; ok {
 			u := uid
 			ar.UID = &u

@@ -57,7 +57,11 @@ func (r *Report) WriteText(w io.Writer) {
 			if a.UID != nil {
 				uid = fmt.Sprint(*a.UID)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", a.Name, a.User, uid, a.Mode, a.Entries, a.Names, a.Addresses, a.Status)
+			who := a.User
+			if a.Unit != "" {
+				who, uid = a.Unit, "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", a.Name, who, uid, a.Mode, a.Entries, a.Names, a.Addresses, a.Status)
 		}
 		tw.Flush()
 	}

@@ -15,7 +15,9 @@ import (
 // holds it, the name index and the state file follow.
 func (c *Controller) sync() error {
 	c.dns.expire()
-	changed, err := c.apply.sync(policy.BuildDesiredHosts(c.cfg, c.users, c.dns.cache.Addrs, c.dns.hosts.Has))
+	d := policy.BuildDesiredHosts(c.cfg, c.users, c.dns.cache.Addrs, c.dns.hosts.Has)
+	d.Cgroups = c.units.current(c.cfg)
+	changed, err := c.apply.sync(d)
 	if err != nil {
 		return err
 	}
@@ -142,6 +144,7 @@ func (c *Controller) nextWake() time.Time {
 	consider(c.apply.verifyAt)
 	consider(c.apply.restoreLogDue())
 	consider(c.pub.due())
+	consider(c.units.due())
 	if len(c.users.Missing) > 0 || len(c.users.Vanished) > 0 {
 		consider(c.usersAt)
 	}
