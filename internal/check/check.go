@@ -334,15 +334,18 @@ func Run(ctx context.Context, o Options) *Report {
 		}
 		addrs := func(name string) []netip.Addr { return fresh[name].Addrs }
 		hosts, _ := resolver.NewHostsWith(cfg.HostsFile, o.Trust.ReadFile)
-		d := policy.BuildDesiredHosts(cfg, users, addrs, hosts.Has)
-		found, err := cgroup.Restricted("", cfg)
-		if err != nil {
-			problem("unit_cgroups", "cgroups", err.Error(), "unit allowlists need the cgroup v2 hierarchy (Linux ≥ 5.13)")
-		}
-		for _, f := range found {
-			d.Cgroups = append(d.Cgroups, ruleset.Cgroup{ID: f.ID, Allowlist: f.Allowlist})
-		}
-		expected = ruleset.Render(d)
+		expected = ruleset.Render(policy.BuildDesiredHosts(cfg, users, addrs, hosts.Has))
+	}
+	// The restricted units' cgroups are the ones running now (a published
+	// plan may be a unit restart behind; the daemon maps a new cgroup
+	// within 100 ms).
+	found, err := cgroup.Restricted("", cfg)
+	if err != nil {
+		problem("unit_cgroups", "cgroups", err.Error(), "unit allowlists need the cgroup v2 hierarchy (Linux ≥ 5.13)")
+	}
+	expected.Cgroups = nil
+	for _, f := range found {
+		expected.Cgroups = append(expected.Cgroups, ruleset.Cgroup{ID: f.ID, Allowlist: f.Allowlist})
 	}
 
 	findings, err := o.Kernel.Verify(expected)

@@ -87,7 +87,7 @@ func (a *applier) sync(d ruleset.Desired) (applied bool, err error) {
 	a.o.Metrics.SetElements(sizes)
 	a.generation++
 	a.o.Log.Info("ruleset applied", event.Field(event.RulesetApplied), zap.Uint64("generation", a.generation), zap.String("kind", kind),
-		zap.Int("elements", plan.Elements()), zap.Int("changed", changed), zap.Int("allowlists", len(plan.Chains)),
+		zap.Int("elements", plan.Elements()), zap.Int("changed", changed), zap.Int("allowlists", len(plan.Chains)+len(plan.Units)),
 		zap.Duration("duration", time.Since(start)))
 	return true, nil
 }
