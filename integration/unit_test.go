@@ -126,7 +126,14 @@ func TestUnitAllowlist(t *testing.T) {
 	w.start()
 
 	w.expectIn(shop, uidNone, "tcp", "192.0.2.12:443", okConnected)
+	m0 := w.mark()
 	w.expectIn(shop, uidNone, "tcp", "192.0.2.10:443", okRefused)
+	// The deny event names the unit and its allowlist, whatever the uid.
+	if ev, err := w.waitEvent("deny", m0, 5*time.Second); err != nil {
+		t.Errorf("no deny event for the unit: %v", err)
+	} else if ev["allowlist"] != "shop" || ev["unit"] != unit || ev["dst"] != "192.0.2.10" || ev["uid"] != float64(uidNone) {
+		t.Errorf("deny event %v, want allowlist shop, unit %s, dst 192.0.2.10, uid %d", ev, unit, uidNone)
+	}
 	w.expectIn(shop, 0, "tcp", "198.51.100.20:4444", okRefused)
 	w.expectIn(shop, uidNone, "udp", "203.0.113.5:5353", okRefused)
 	// Two units of one user: only the restricted one is.
@@ -139,6 +146,15 @@ func TestUnitAllowlist(t *testing.T) {
 
 	if code, out := w.check(); code != 0 || !strings.Contains(out, unit) {
 		t.Errorf("check: exit %d, want 0 and the unit named:\n%s", code, out)
+	}
+	if code, out := w.check("--explain", unit, "192.0.2.10:443"); code != 1 || !strings.Contains(out, "DENIED: unit "+unit) || !strings.Contains(out, "allowlist: shop") {
+		t.Errorf("check --explain %s 192.0.2.10:443: exit %d, want 1:\n%s", unit, code, out)
+	}
+	if code, out := w.check("--explain", unit, "192.0.2.12:443"); code != 0 || !strings.Contains(out, "ALLOWED: unit "+unit) || !strings.Contains(out, "192.0.2.12:443 (") {
+		t.Errorf("check --explain %s 192.0.2.12:443: exit %d, want 0:\n%s", unit, code, out)
+	}
+	if code, out := w.check("--explain", "other.service", "192.0.2.10:443"); code != 0 || !strings.Contains(out, "UNRESTRICTED") {
+		t.Errorf("check --explain other.service: exit %d, want 0 (unrestricted):\n%s", code, out)
 	}
 
 	// A gate outside the unit refuses: it would vouch for another cgroup.

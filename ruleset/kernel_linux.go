@@ -811,6 +811,7 @@ func (k *Netlink) ReadDenyCounters() (map[string]uint64, error) {
 			out[name] += r.Counter.Packets
 		}
 	}
+	addUnitCounters(c, t, out)
 	return out, nil
 }
 

@@ -1,6 +1,7 @@
 package ruleset
 
 import (
+	"fmt"
 	"hash/fnv"
 	"sort"
 )
@@ -21,6 +22,11 @@ const (
 	unitPrefix4 = "uallow4_"
 	unitPrefix6 = "uallow6_"
 )
+
+// UnitLogPrefix and UnitAuditPrefix are the log prefixes of a unit's denied
+// and audited packets; the logged packet's mark is the unit key.
+func UnitLogPrefix(prefix string) string   { return fmt.Sprintf("%s unit deny: ", prefix) }
+func UnitAuditPrefix(prefix string) string { return fmt.Sprintf("%s unit audit: ", prefix) }
 
 // UnitPlan is one unit allowlist in a plan.
 type UnitPlan struct {

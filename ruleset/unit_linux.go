@@ -59,10 +59,6 @@ var unitStructuralSets = []string{kUnitKeys, kUnitIDs, kUnitOwners, kUnitDNS, kU
 func unitChain(level int) string     { return fmt.Sprintf("unit%d", level) }
 func unitDenyChain(level int) string { return fmt.Sprintf("unitdeny%d", level) }
 
-// UnitLogPrefix and UnitAuditPrefix are the log prefixes of a unit's denied
-// and audited packets; the packet's conntrack label carries the unit key.
-func UnitLogPrefix(prefix string) string   { return fmt.Sprintf("%s unit deny: ", prefix) }
-func UnitAuditPrefix(prefix string) string { return fmt.Sprintf("%s unit audit: ", prefix) }
 
 func unitKeysMap() *nftables.Set {
 	return &nftables.Set{Table: table, Name: kUnitKeys, KeyType: nftables.TypeCGroupV2, DataType: nftables.TypeMark,
@@ -300,20 +296,26 @@ func unitDenyRules(ch *nftables.Chain, level int, dl config.DenyLog) []*nftables
 }
 
 // unitLogExprs is logExprs with the meter keyed by the unit key (already in
-// NFT_REG32_00) and the unit prefixes.
+// NFT_REG32_00) and the unit prefixes. The logged packet carries the unit
+// key as its mark (NFULA_MARK, the kernel log's MARK=): the packet's mark
+// is saved, set to the key around the log statement, and restored (an
+// audited packet goes on; a filter chain's mark change does not reroute).
 func unitLogExprs(dl config.DenyLog, audit bool) []expr.Any {
 	lim := &expr.Limit{Type: expr.LimitTypePkts, Rate: dl.Rate.Count, Unit: limitUnit(dl.Rate.Unit), Burst: uint32(min(dl.Rate.Count, 1000))}
-	meter := []expr.Any{&expr.Dynset{SrcRegKey: reg32, SetName: kUDenyLog, Operation: unix.NFT_DYNSET_OP_UPDATE, Exprs: []expr.Any{lim}}}
+	meter := []expr.Any{&expr.Meta{Key: expr.MetaKeyMARK, Register: reg32 + 1},
+		&expr.Dynset{SrcRegKey: reg32, SetName: kUDenyLog, Operation: unix.NFT_DYNSET_OP_UPDATE, Exprs: []expr.Any{lim}},
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg32, SourceRegister: true}}
+	restore := &expr.Meta{Key: expr.MetaKeyMARK, Register: reg32 + 1, SourceRegister: true}
 	prefix := []byte(UnitLogPrefix(dl.Prefix))
 	if audit {
 		prefix = []byte(UnitAuditPrefix(dl.Prefix))
 	}
 	switch dl.Mode {
 	case config.LogNFLOG:
-		return append(meter, &expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: dl.Group, Data: prefix})
+		return append(meter, &expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: dl.Group, Data: prefix}, restore)
 	case config.LogKernel:
 		return append(meter, &expr.Log{Key: 1<<unix.NFTA_LOG_LEVEL | 1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_FLAGS,
-			Level: expr.LogLevelWarning, Flags: expr.LogFlagsUID, Data: prefix})
+			Level: expr.LogLevelWarning, Flags: expr.LogFlagsUID, Data: prefix}, restore)
 	}
 	return nil
 }
@@ -486,4 +488,27 @@ func unitFindings(c *nftables.Conn, t *nftables.Table, p Plan) []Finding {
 		fs = append(fs, Finding{Kind: "users_differ", Object: kUnitKeys, Detail: fmt.Sprintf("%d cgroups missing, %d not in the plan", len(add), len(del))})
 	}
 	return fs
+}
+
+// addUnitCounters adds the unit allowlists' reject counters (udenied, per
+// unit key) to a ReadDenyCounters result.
+func addUnitCounters(c *nftables.Conn, t *nftables.Table, out map[string]uint64) {
+	names := readUnitNames(c, t)
+	for _, name := range names {
+		if _, ok := out[name]; !ok {
+			out[name] = 0
+		}
+	}
+	raw, err := setElements(c, t, kUDenied)
+	if err != nil {
+		return
+	}
+	for _, r := range raw {
+		if len(r.Key) != 4 || r.Counter == nil {
+			continue
+		}
+		if name := names[binaryutil.NativeEndian.Uint32(r.Key)]; name != "" {
+			out[name] += r.Counter.Packets
+		}
+	}
 }

@@ -12,9 +12,11 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/cgroup"
+	"github.com/egressd/egressd/internal/nflog"
 	"github.com/egressd/egressd/internal/systest"
 )
 
@@ -152,6 +154,9 @@ func TestKernelUnit(t *testing.T) {
 	if fs, err := e.k.Verify(p); err != nil || len(fs) != 0 {
 		t.Fatalf("verify: %v %v", fs, err)
 	}
+	if n, err := e.k.ReadDenyCounters(); err != nil || n["web"] < 4 {
+		t.Fatalf("deny counters %v, %v: want web's rejects counted", n, err)
+	}
 	if cgs, err := e.k.ReadCgroups(); err != nil || len(cgs) != 1 || cgs[0] != (Cgroup{ID: webID, Allowlist: "web"}) {
 		t.Fatalf("ReadCgroups = %v, %v", cgs, err)
 	}
@@ -241,5 +246,41 @@ func TestNFTUnitRulesMatchNetlink(t *testing.T) {
 	}
 	if strings.Contains(Render(Desired{}).NFT(), "chain unit1") {
 		t.Error("unit chains without a unit allowlist")
+	}
+}
+
+// A unit's logged deny carries its unit key as the packet's mark, which is
+// how a deny event names the unit whatever the socket's uid.
+func TestKernelUnitLog(t *testing.T) {
+	e := newEnv(t)
+	tc := newTestCgroups(t)
+	e.serveTCP(t, "192.0.2.10:444")
+	web, webID := tc.make(t, "web.service")
+	p := unitPlan(Cgroup{ID: webID, Allowlist: "web"})
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	l, err := nflog.Listen(p.DenyLog.Group, e.ns.Fd())
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+		}
+		l.Close()
+	}()
+	if err := e.tcpIn(web, uidNoList, netip.MustParseAddrPort("192.0.2.10:444")); err == nil {
+		t.Fatal("web.service → 192.0.2.10:444 connected")
+	}
+	pks, err := l.Read()
+	if err != nil || len(pks) == 0 {
+		t.Fatalf("no logged packet: %v", err)
+	}
+	if pk := pks[0]; pk.Prefix != UnitLogPrefix(p.DenyLog.Prefix) || pk.Mark != p.Units[0].Key || pk.UID != uidNoList {
+		t.Fatalf("logged %+v, want prefix %q, mark %d (web's key)", pk, UnitLogPrefix(p.DenyLog.Prefix), p.Units[0].Key)
 	}
 }

@@ -115,12 +115,12 @@ func unitLogText(dl config.DenyLog, audit bool) string {
 	if audit {
 		prefix = UnitAuditPrefix(dl.Prefix)
 	}
-	meter := fmt.Sprintf("update @%s { that key limit rate %d/%s burst %d packets } ", kUDenyLog, dl.Rate.Count, unitText(dl.Rate.Unit), min(dl.Rate.Count, 1000))
+	meter := fmt.Sprintf("update @%s { that key limit rate %d/%s burst %d packets } meta mark set that key ", kUDenyLog, dl.Rate.Count, unitText(dl.Rate.Unit), min(dl.Rate.Count, 1000))
 	switch dl.Mode {
 	case config.LogNFLOG:
-		return meter + fmt.Sprintf("log prefix %q group %d", prefix, dl.Group)
+		return meter + fmt.Sprintf("log prefix %q group %d meta mark set (the mark before) # the log carries the unit key as the mark", prefix, dl.Group)
 	case config.LogKernel:
-		return meter + fmt.Sprintf("log prefix %q level warn flags skuid", prefix)
+		return meter + fmt.Sprintf("log prefix %q level warn flags skuid meta mark set (the mark before) # MARK= is the unit key", prefix)
 	}
 	return ""
 }

@@ -71,7 +71,13 @@ type container struct {
 
 func newContainer(t *testing.T, binds ...string) *container {
 	t.Helper()
-	lower := rootfs(t)
+	return newContainerFrom(t, rootfs(t), binds...)
+}
+
+// newContainerFrom is newContainer on another cached root file system
+// (rootfsFor).
+func newContainerFrom(t *testing.T, lower string, binds ...string) *container {
+	t.Helper()
 	var b [4]byte
 	rand.Read(b[:]) //nolint:errcheck
 	c := &container{t: t, name: fmt.Sprintf("egressd-systest-%x", b), binds: binds}
