@@ -618,6 +618,8 @@ func (k *Netlink) Remove() error {
 			return fmt.Errorf("open netlink: %w", err)
 		}
 	}
+	c.AddTable(helperTable) // the NFTSet= table (nftset_linux.go), if any, goes too
+	c.DelTable(helperTable)
 	c.DelTable(table)
 	err := c.Flush()
 	if err != nil {

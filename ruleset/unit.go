@@ -17,6 +17,18 @@ import (
 // level 3.
 const UnitLevels = 8
 
+// The NFTSet= table (nftset_linux.go).
+const (
+	// HelperTableName is the NFTSet= table, inet family.
+	HelperTableName = TableName + "_units"
+	// NFTSetUnits is the set a unit's NFTSet= names.
+	NFTSetUnits = "units"
+	// NFTSetDirective is the value of the unit setting NFTSet= that has
+	// systemd (≥ 255) put the unit's cgroup in the NFTSet= table before any
+	// process of the unit runs.
+	NFTSetDirective = "cgroup:inet:" + HelperTableName + ":" + NFTSetUnits
+)
+
 // Logical set names of unit allowlists (SetID.Unit).
 const (
 	unitPrefix4 = "uallow4_"

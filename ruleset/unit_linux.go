@@ -59,7 +59,6 @@ var unitStructuralSets = []string{kUnitKeys, kUnitIDs, kUnitOwners, kUnitDNS, kU
 func unitChain(level int) string     { return fmt.Sprintf("unit%d", level) }
 func unitDenyChain(level int) string { return fmt.Sprintf("unitdeny%d", level) }
 
-
 func unitKeysMap() *nftables.Set {
 	return &nftables.Set{Table: table, Name: kUnitKeys, KeyType: nftables.TypeCGroupV2, DataType: nftables.TypeMark,
 		IsMap: true, KeyByteOrder: binaryutil.NativeEndian}
@@ -78,6 +77,8 @@ func unitDynSet(name string) *nftables.Set {
 }
 
 func cgroupKey(id uint64) []byte { return binaryutil.NativeEndian.PutUint64(id) }
+
+func nativeUint64(b []byte) uint64 { return binaryutil.NativeEndian.Uint64(b) }
 
 // buildUnits adds the unit sets (always: empty without unit allowlists) and,
 // when the plan has unit allowlists, the unit chains. The output chain's
@@ -116,6 +117,9 @@ func buildUnits(c *nftables.Conn, p Plan) error {
 				return fmt.Errorf("add %d elements to %s: %w", len(part.es), part.s.Name, err)
 			}
 		}
+	}
+	if err := buildHelper(c, p); err != nil {
+		return err
 	}
 	chains := unitChainRules(p)
 	for _, name := range sortedKeys(chains) {
@@ -426,6 +430,10 @@ func (k *Netlink) ApplyCgroups(p Plan, add, del []Cgroup) error {
 			k.dropIf(c)
 			return fmt.Errorf("build cgroup change: %w", err)
 		}
+	}
+	if err := helperCgroups(c, p, add, del); err != nil {
+		k.dropIf(c)
+		return fmt.Errorf("build cgroup change: %w", err)
 	}
 	if err := c.Flush(); err != nil {
 		k.dropIf(c)

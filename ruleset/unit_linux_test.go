@@ -18,6 +18,7 @@ import (
 	"github.com/egressd/egressd/internal/cgroup"
 	"github.com/egressd/egressd/internal/nflog"
 	"github.com/egressd/egressd/internal/systest"
+	"github.com/google/nftables"
 )
 
 // testCgroups is a test-owned subtree of the cgroup2 hierarchy:
@@ -282,5 +283,81 @@ func TestKernelUnitLog(t *testing.T) {
 	}
 	if pk := pks[0]; pk.Prefix != UnitLogPrefix(p.DenyLog.Prefix) || pk.Mark != p.Units[0].Key || pk.UID != uidNoList {
 		t.Fatalf("logged %+v, want prefix %q, mark %d (web's key)", pk, UnitLogPrefix(p.DenyLog.Prefix), p.Units[0].Key)
+	}
+}
+
+// systemd's NFTSet= puts a starting unit's new cgroup in the unowned
+// NFTSet= table before egressd has seen it: the unit reaches nothing until
+// egressd maps the cgroup, then its allowlist applies; egressd's rebuilds
+// keep systemd's elements.
+func TestKernelUnitNFTSet(t *testing.T) {
+	e := newEnv(t)
+	tc := newTestCgroups(t)
+	for _, a := range []string{"192.0.2.10:443", "192.0.2.10:444"} {
+		e.serveTCP(t, a)
+	}
+	allowed, other := netip.MustParseAddrPort("192.0.2.10:443"), netip.MustParseAddrPort("192.0.2.10:444")
+	p := unitPlan()
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	web, webID := tc.make(t, "web.service")
+	// systemd, another netlink socket, announces the cgroup.
+	sd := &Netlink{NetNSFd: e.ns.Fd()}
+	c, err := sd.conn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetAddElements(cgroupSet(NFTSetUnits), []nftables.SetElement{{Key: cgroupKey(webID)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatalf("systemd's NFTSet= write into %s: %v", HelperTableName, err)
+	}
+	if err := e.tcpIn(web, uidNoList, allowed); err == nil {
+		t.Error("announced, not yet mapped: web.service reached even its allowed destination (want: nothing)")
+	}
+	// Why a table of its own: egressd's, when owned, refuses systemd's write.
+	if owned, _, err := e.k.Ownership(); err == nil && owned {
+		c, _ := sd.conn()
+		c.SetAddElements(&nftables.Set{Table: table, Name: kUnitKeys, KeyType: nftables.TypeCGroupV2, DataType: nftables.TypeMark, IsMap: true}, //nolint:errcheck
+			[]nftables.SetElement{{Key: cgroupKey(webID), Val: []byte{1, 0, 0, 0}}})
+		if err := c.Flush(); !errors.Is(err, syscall.EPERM) {
+			t.Errorf("another socket's write into the owned table: %v, want EPERM", err)
+		}
+	}
+	// A rebuild keeps systemd's element.
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	if ids, err := e.k.ReadNFTSetUnits(); err != nil || len(ids) != 1 || ids[0] != webID {
+		t.Fatalf("after a rebuild the NFTSet= set holds %v, %v; want %d", ids, err, webID)
+	}
+	if err := e.tcpIn(web, uidNoList, other); err == nil {
+		t.Error("after a rebuild: announced web.service reached 192.0.2.10:444")
+	}
+	p2 := unitPlan(Cgroup{ID: webID, Allowlist: "web"})
+	if err := e.k.ApplyCgroups(p2, p2.Cgroups, nil); err != nil {
+		t.Fatal(err)
+	}
+	mustAllow(t, "mapped web.service → its allowed destination", e.tcpIn(web, uidNoList, allowed))
+	if err := e.tcpIn(web, uidNoList, other); err == nil {
+		t.Error("mapped web.service reached 192.0.2.10:444")
+	}
+	// Without unit allowlists the NFTSet= table goes; remove takes it too.
+	if err := e.k.ApplyFull(basePlan()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.k.ReadNFTSetUnits(); err == nil {
+		t.Error("the NFTSet= table outlived the last unit allowlist")
+	}
+	if err := e.k.ApplyFull(p2); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.k.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.k.ReadNFTSetUnits(); err == nil {
+		t.Error("egressd remove left the NFTSet= table")
 	}
 }

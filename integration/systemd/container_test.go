@@ -152,7 +152,8 @@ func (c *container) boot() {
 	var out string
 	for {
 		out, _ = c.exec(ctx, "systemctl", "is-system-running", "--wait")
-		if !strings.Contains(out, "Failed to connect to bus") || ctx.Err() != nil {
+		// systemd 252: "Failed to connect to bus"; 257: "Failed to connect to system scope bus".
+		if !strings.Contains(out, "Failed to connect to bus") && !strings.Contains(out, "Failed to connect to system scope bus") || ctx.Err() != nil {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)

@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/egressd/egressd/ruleset"
 )
 
 // Options describe the protected service.
@@ -180,6 +182,8 @@ func (o *Options) lines() []line {
 			line{"Service", "ExecStartPre", "", "reset the unit's own ExecStartPre= lines: a drop-in's run after them, and the gate must run first", 0},
 			line{"Service", "ExecStartPre", "+" + egressd + " wait --unit " + o.GateUnit + " --timeout " + gate.String(),
 				"start gate: runs in the unit's new cgroup (a new one at every start) and waits until egressd restricts that cgroup in the kernel; the start fails after " + gate.String() + " otherwise, and nothing of the unit runs before it (connect out); + runs it as root, as reading nf_tables needs CAP_NET_ADMIN", 0})
+		ls = append(ls, line{"Service", "NFTSet", ruleset.NFTSetDirective,
+			"systemd puts the unit's new cgroup in egressd's NFTSet= table before any process of it runs: until egressd restricts that cgroup, the unit reaches nothing (connect out)", 255})
 		for _, v := range o.OwnStartPre {
 			ls = append(ls, line{"Service", "ExecStartPre", v, "the unit's own ExecStartPre=, again, after the gate: restricted from its first packet (connect out)", 0})
 		}

@@ -28,6 +28,12 @@ func TestGenerateUnitGate(t *testing.T) {
 	if strings.Join(pre, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("ExecStartPre lines:\n%s\nwant:\n%s", strings.Join(pre, "\n"), strings.Join(want, "\n"))
 	}
+	if strings.Contains(out, "\nNFTSet=") {
+		t.Errorf("NFTSet= for systemd 252:\n%s", out)
+	}
+	if out, err := Generate(Options{GateUnit: "shop.service", SystemdVersion: 257}); err != nil || !strings.Contains(out, "\nNFTSet=cgroup:inet:egressd_units:units\n") {
+		t.Errorf("no NFTSet= for systemd 257: %v\n%s", err, out)
+	}
 	if _, err := Generate(Options{GateUnit: "system.slice"}); err == nil {
 		t.Fatal("a gate for system.slice was generated")
 	}
