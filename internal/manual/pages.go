@@ -21,6 +21,7 @@ egressd harden --user USER [--group GROUP] [--writable PATH]...
                [--systemd-version N] [--target-features FEATURES]
                [--egressd PATH] [--gate-timeout D]
                [--allowlist NAME] [--unit NAME] [--config FILE]
+               [--unit-file FILE]
 egressd harden --audit UNIT_FILE [--json]
 egressd wait (--user USER | --unit UNIT | --allowlist NAME) [--timeout 30s]
 egressd remove [--runtime-dir DIR]
@@ -50,7 +51,8 @@ the kernel is compared with the daemon's published view (DIR/state.json), so
 lingering and stale-served addresses are not drift. Prints one line per
 allowlist, the names the hosts file answers, then each problem with what to
 do; --json prints the document described in docs/check.md. Changes nothing.`),
-		Item("check --explain USER HOST:PORT[/udp]", `Would USER be allowed to
+		Item("check --explain USER|UNIT HOST:PORT[/udp]", `Would USER (or the unit
+UNIT, NAME.service or NAME.slice, of a unit allowlist) be allowed to
 reach HOST:PORT right now, according to the live kernel, and by which
 allowlist entry; which source answered for the name (hosts or dns); when
 denied, the nearest entries (same host other port, same name other address).`),
