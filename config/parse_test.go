@@ -261,6 +261,7 @@ func FuzzParseAllowlist(f *testing.F) {
 	f.Add([]byte("user: billing\nallow:\n  - db.example.com:3306\n  - \"[2001:db8::1]:53/udp\"\n  - 198.51.100.0/24:8000-8100\ndns: none\n"))
 	f.Add([]byte("user: 1001\nallow: [a:1]\nallow_private_answers: true\n"))
 	f.Add([]byte("{"))
+	f.Add([]byte("unit: php-fpm@shop.service\nallow: [a:1]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		a, err := ParseAllowlist("f.yaml", "f", data)
 		if err != nil {
@@ -275,8 +276,11 @@ func FuzzParseAllowlist(f *testing.F) {
 			}
 			return
 		}
-		if a.User == "" {
-			t.Fatal("accepted an allowlist without a user")
+		if (a.User == "") == (a.Unit == "") {
+			t.Fatalf("accepted an allowlist with user %q and unit %q: exactly one is required", a.User, a.Unit)
+		}
+		if a.Unit != "" && ValidUnit(a.Unit) != nil {
+			t.Fatalf("accepted an invalid unit %q", a.Unit)
 		}
 		for _, e := range a.Entries {
 			if e.PortFrom == 0 || e.PortTo < e.PortFrom || (e.Host == "" && !e.Prefix.IsValid()) {

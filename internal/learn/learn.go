@@ -90,7 +90,11 @@ func Propose(a *config.Allowlist, obs []deny.RecentEntry, since time.Time) strin
 	}
 	b.WriteString("\n# Review every line before enforcing: an attempt is not a need. Addresses are proposed\n" +
 		"# as literals; a name is proposed only where the allowlist's own name answered with it.\n")
-	fmt.Fprintf(&b, "user: %s\n", strconv.Quote(a.User))
+	if a.IsUnit() {
+		fmt.Fprintf(&b, "unit: %s\n", strconv.Quote(a.Unit))
+	} else {
+		fmt.Fprintf(&b, "user: %s\n", strconv.Quote(a.User))
+	}
 	if a.Mode == config.ModeAudit {
 		b.WriteString("mode: audit                    # switch to enforce once reviewed\n")
 	}
