@@ -171,8 +171,10 @@ func (e Entry) Ports() string {
 type Allowlist struct {
 	Name                string // file name without .yaml or .yml
 	File                string
-	User                string // as written: a name or a numeric uid
+	User                string // as written: a name or a numeric uid; "" for a unit allowlist
 	UserPos             Pos
+	Unit                string // unit: a systemd service or slice (docs/units.md); "" for a user allowlist
+	UnitPos             Pos
 	Entries             []Entry // its own, then those of its includes (positions in the list files)
 	Includes            []Include
 	DNS                 DNSMode

@@ -218,7 +218,15 @@ func loadAllowDir(w *walker, dir string) ([]*Allowlist, []string, error) {
 func duplicateUsers(lists []*Allowlist) Errors {
 	var errs Errors
 	first := map[string]*Allowlist{}
+	units := map[string]*Allowlist{}
 	for _, a := range lists {
+		if a.Unit != "" {
+			if prev, ok := units[a.Unit]; ok {
+				errs = append(errs, &Error{Pos: a.UnitPos, Msg: fmt.Sprintf("unit %q already has an allowlist in %s (line %d); put all of a unit's destinations in one file", a.Unit, prev.File, prev.UnitPos.Line)})
+			}
+			units[a.Unit] = a
+			continue
+		}
 		if prev, ok := first[a.User]; ok {
 			errs = append(errs, &Error{Pos: a.UserPos, Msg: fmt.Sprintf("user %q already has an allowlist in %s (line %d); put all of a user's destinations in one file", a.User, prev.File, prev.UserPos.Line)})
 			continue

@@ -266,6 +266,7 @@ func FuzzParseAllowlist(f *testing.F) {
 	f.Add([]byte("user: billing\nallow:\n  - db.example.com:3306\n  - \"[2001:db8::1]:53/udp\"\n  - 198.51.100.0/24:8000-8100\ndns: none\n"))
 	f.Add([]byte("user: 1001\nallow: [a:1]\nallow_private_answers: true\n"))
 	f.Add([]byte("{"))
+	f.Add([]byte("unit: php-fpm@shop.service\nallow: [a:1]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		a, err := ParseAllowlist("f.yaml", "f", data)
 		if err != nil {
@@ -280,8 +281,11 @@ func FuzzParseAllowlist(f *testing.F) {
 			}
 			return
 		}
-		if a.User == "" {
-			t.Fatal("accepted an allowlist without a user")
+		if (a.User == "") == (a.Unit == "") {
+			t.Fatalf("accepted an allowlist with user %q and unit %q: exactly one is required", a.User, a.Unit)
+		}
+		if a.Unit != "" && ValidUnit(a.Unit) != nil {
+			t.Fatalf("accepted an invalid unit %q", a.Unit)
 		}
 		for _, e := range a.Entries {
 			if e.PortFrom == 0 || e.PortTo < e.PortFrom || (e.Host == "" && !e.Prefix.IsValid()) {
@@ -416,5 +420,62 @@ func TestWildcardNeedsProxy(t *testing.T) {
 	}
 	if a.DNS != DNSProxy || a.DNSUnlisted != UnlistedAnswer || len(a.Names()) != 1 || a.Names()[0] != "api.example.com" {
 		t.Fatalf("parsed %+v, names %v", a, a.Names())
+	}
+}
+
+func TestParseAllowlistUnit(t *testing.T) {
+	a, err := ParseAllowlist("web.yaml", "web", []byte("unit: php-fpm@shop.service\nallow:\n  - 192.0.2.1:443\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Unit != "php-fpm@shop.service" || a.User != "" || !a.IsUnit() || a.UnitPos.Line != 1 || a.UnitPos.Col != 7 {
+		t.Fatalf("got unit %q user %q at %v", a.Unit, a.User, a.UnitPos)
+	}
+	if _, err := ParseAllowlist("s.yaml", "s", []byte("unit: shop.slice\n")); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct{ data, want string }{
+		{"unit: web.socket\n", "x.yaml:1:7: unit: \"web.socket\" is not a service or slice unit name"},
+		{"unit: web\n", "x.yaml:1:7: unit: \"web\" is not a service or slice unit name"},
+		{"unit: php@.service\n", "x.yaml:1:7: unit: \"php@.service\" is a template"},
+		{"unit: system.slice\n", "x.yaml:1:7: unit: system.slice cannot be restricted"},
+		{"unit: -.slice\n", "x.yaml:1:7: unit: -.slice cannot be restricted"},
+		{"unit: egressd.service\n", "x.yaml:1:7: unit: egressd.service cannot be restricted"},
+		{"unit: \"a b.service\"\n", "x.yaml:1:7: unit: \"a b.service\" is not"},
+		{"unit: ../x.service\n", "x.yaml:1:7: unit: \"../x.service\" is not"},
+		{"user: web\nunit: web.service\n", "x.yaml:2:7: unit: an allowlist restricts a user or a unit, not both"},
+		{"unit: web.service\ndns: proxy\n", "x.yaml:1:7: dns: proxy is not available for a unit allowlist"},
+		{"unit: [a.service]\n", "x.yaml:1:7: unit:"},
+		{"allow: []\n", "missing required key \"user\""},
+	} {
+		_, err := ParseAllowlist("x.yaml", "x", []byte(tt.data))
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%q: error = %v, want it to contain %q", tt.data, err, tt.want)
+		}
+	}
+}
+
+func TestLoadDuplicateUnit(t *testing.T) {
+	dir := t.TempDir()
+	allow := filepath.Join(dir, "allow.d")
+	if err := os.Mkdir(allow, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string]string{
+		"a.yaml": "unit: web.service\n",
+		"b.yaml": "unit: web.service\n",
+		"c.yaml": "unit: other.service\n", // two unit allowlists are not two allowlists of user ""
+		"d.yaml": "user: www-data\n",
+	} {
+		if err := os.WriteFile(filepath.Join(allow, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lists, _, err := loadAllowDir(Trust{Above: dir}.walker(), allow)
+	if err == nil || !strings.Contains(err.Error(), `b.yaml:1:7: unit "web.service" already has an allowlist in`) {
+		t.Fatalf("lists %v, error %v", lists, err)
+	}
+	if strings.Contains(err.Error(), "other.service") || strings.Contains(err.Error(), `user ""`) {
+		t.Fatalf("a unit allowlist was taken for a duplicate: %v", err)
 	}
 }

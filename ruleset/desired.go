@@ -61,13 +61,14 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	return out
 }
 
-// Allowlist is one protected user's desired state.
+// Allowlist is one protected user's (or unit's) desired state.
 type Allowlist struct {
 	Name     string
-	UID      uint32
-	DNS      bool // may reach the resolvers on port 53
-	Proxy    bool // dns: proxy: its DNS queries are redirected to egressd's proxy
-	Audit    bool // mode: audit: would-be denies are logged, then accepted
+	UID      uint32 // for a unit allowlist: its unit key (UnitKeys), not a uid
+	Unit     string // a unit allowlist's unit (docs/units.md); "" for a user's
+	DNS      bool   // may reach the resolvers on port 53
+	Proxy    bool   // dns: proxy: its DNS queries are redirected to egressd's proxy
+	Audit    bool   // mode: audit: would-be denies are logged, then accepted
 	Elements []Element
 }
 
@@ -76,5 +77,6 @@ type Desired struct {
 	Allowlists []Allowlist // one per uid
 	Resolvers  []netip.AddrPort
 	DenyLog    config.DenyLog
-	ProxyPort  uint16 // the DNS proxy's port on 127.0.0.1 and ::1 (dns: proxy)
+	ProxyPort  uint16   // the DNS proxy's port on 127.0.0.1 and ::1 (dns: proxy)
+	Cgroups    []Cgroup // the current cgroups of the restricted units
 }

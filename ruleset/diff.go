@@ -30,6 +30,9 @@ func SameStructure(a, b Plan) bool {
 			return false
 		}
 	}
+	if !sameUnits(a.Units, b.Units) {
+		return false
+	}
 	for name := range a.Sets {
 		if _, ok := b.Sets[name]; !ok {
 			return false

@@ -107,7 +107,8 @@ var errFakeNoTable = errors.New("fake kernel: table inet " + TableName + " does 
 // copyPlan copies the plan's map, so that later changes to the fake's table
 // do not reach the caller's plan (element slices are never written).
 func copyPlan(p Plan) Plan {
-	out := Plan{Chains: append([]ChainPlan(nil), p.Chains...), DenyLog: p.DenyLog, ProxyPort: p.ProxyPort, Sets: make(map[string][]Element, len(p.Sets))}
+	out := Plan{Chains: append([]ChainPlan(nil), p.Chains...), DenyLog: p.DenyLog, ProxyPort: p.ProxyPort, Sets: make(map[string][]Element, len(p.Sets)),
+		Units: append([]UnitPlan(nil), p.Units...), Cgroups: append([]Cgroup(nil), p.Cgroups...)}
 	for k, v := range p.Sets {
 		out.Sets[k] = v
 	}
@@ -266,7 +267,7 @@ func (f *Fake) Verify(p Plan) ([]Finding, error) {
 	for _, name := range []string{kOwners, kDNSUsers, kAudit} {
 		fs = append(fs, uidSetFindings(name, p, f.uidSet(name))...)
 	}
-	return fs, nil
+	return append(fs, f.unitFindings(p)...), nil
 }
 
 // ReadSets returns the table's non-empty sets, as Netlink.ReadSets does.

@@ -131,7 +131,9 @@ func bigBuffers(c *netlink.Conn, rcv int) error {
 // new one: by its destination.
 func (s kernelSet) nft() *nftables.Set {
 	var parts []nftables.SetDatatype
-	if !s.DNS {
+	if s.Unit {
+		parts = append(parts, nftables.TypeMark)
+	} else if !s.DNS {
 		parts = append(parts, nftables.TypeUID)
 	}
 	addr := nftables.TypeIPAddr
@@ -246,7 +248,7 @@ func build(c *nftables.Conn, p Plan, carry []ProxyElement) error {
 	if err != nil {
 		return err
 	}
-	for _, ks := range allKernelSets() {
+	for _, ks := range everyKernelSet() {
 		s := ks.nft()
 		if err := c.AddSet(s, nil); err != nil {
 			return fmt.Errorf("add set %s: %w", s.Name, err)
@@ -307,6 +309,9 @@ func build(c *nftables.Conn, p Plan, carry []ProxyElement) error {
 			}
 		}
 	}
+	if err := buildUnits(c, p); err != nil { // before the output chain, which jumps to its chains
+		return err
+	}
 	out := c.AddChain(outputChain())
 	restr := c.AddChain(&nftables.Chain{Name: chainRestr, Table: table})
 	deny := c.AddChain(&nftables.Chain{Name: chainDeny, Table: table})
@@ -320,7 +325,7 @@ func build(c *nftables.Conn, p Plan, carry []ProxyElement) error {
 			c.AddRule(r)
 		}
 	}
-	for _, r := range outputRules(out) {
+	for _, r := range append(unitOutputRules(out, p), outputRules(out)...) {
 		c.AddRule(r)
 	}
 	for _, r := range restrictedRules(restr, p.ProxyPort) {
@@ -752,7 +757,7 @@ func (k *Netlink) ApplyDelta(p Plan, d Delta) error {
 	if err != nil {
 		return fmt.Errorf("open netlink: %w", err)
 	}
-	for _, ks := range allKernelSets() {
+	for _, ks := range everyKernelSet() {
 		es := del[ks]
 		for i := 0; i < len(es); i += chunk {
 			if err := c.SetDeleteElements(ks.nft(), toSetElements(ks, es[i:min(i+chunk, len(es))])); err != nil {
@@ -761,7 +766,7 @@ func (k *Netlink) ApplyDelta(p Plan, d Delta) error {
 			}
 		}
 	}
-	for _, ks := range allKernelSets() {
+	for _, ks := range everyKernelSet() {
 		if err := addElements(c, ks.nft(), ks, add[ks]); err != nil {
 			k.dropIf(c)
 			return fmt.Errorf("build delta: %w", err)
@@ -788,6 +793,8 @@ func (k *Netlink) Remove() error {
 			return fmt.Errorf("open netlink: %w", err)
 		}
 	}
+	c.AddTable(helperTable) // the NFTSet= table (nftset_linux.go), if any, goes too
+	c.DelTable(helperTable)
 	c.DelTable(table)
 	err := c.Flush()
 	if err != nil {
@@ -828,8 +835,9 @@ func (k *Netlink) ReadSets() (map[string][]Element, error) {
 	if err != nil {
 		return nil, err
 	}
+	units := readUnitNames(c, t)
 	out := map[string][]Element{}
-	for _, ks := range allKernelSets() {
+	for _, ks := range everyKernelSet() {
 		s, err := c.GetSetByName(t, ks.name())
 		if err != nil {
 			continue // reported by Verify as a missing kernel set
@@ -852,6 +860,10 @@ func (k *Netlink) ReadSets() (map[string][]Element, error) {
 			}
 			var name string
 			switch {
+			case ks.Unit && units[uid] != "":
+				name = SetID{Allowlist: units[uid], V6: ks.V6, Unit: true}.Name()
+			case ks.Unit:
+				name = fmt.Sprintf("unit:%d", uid)
 			case ks.DNS:
 				name = SetID{V6: ks.V6}.Name()
 			case users[uid] != "":
@@ -976,6 +988,7 @@ func (k *Netlink) ReadDenyCounters() (map[string]uint64, error) {
 			out[name] += r.Counter.Packets
 		}
 	}
+	addUnitCounters(c, t, out)
 	return out, nil
 }
 

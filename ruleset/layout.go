@@ -75,7 +75,7 @@ func placeElements(sets map[string][]Element, uidOf map[string]uint32) (map[kern
 			if e.Is6() != id.V6 {
 				return nil, fmt.Errorf("set %q: element %s of the other family", name, e)
 			}
-			ks := kernelSet{DNS: id.Allowlist == "", V6: id.V6, Range: !isExact(e)}
+			ks := kernelSet{DNS: id.Allowlist == "", V6: id.V6, Range: !isExact(e), Unit: id.Unit}
 			out[ks] = append(out[ks], keyed{uid, e})
 		}
 	}
@@ -86,6 +86,9 @@ func uids(p Plan) map[string]uint32 {
 	m := make(map[string]uint32, len(p.Chains))
 	for _, ch := range p.Chains {
 		m[ch.Allowlist] = ch.UID
+	}
+	for _, u := range p.Units {
+		m[u.Allowlist] = u.Key
 	}
 	return m
 }

@@ -31,11 +31,16 @@ func SetName6(allowlist string) string { return allowPrefix6 + allowlist }
 type SetID struct {
 	Allowlist string // "" for the resolvers' sets
 	V6        bool
+	Unit      bool // a unit allowlist's set (keyed by its unit key)
 }
 
 // Name is the logical name of the set.
 func (s SetID) Name() string {
 	switch {
+	case s.Unit && s.V6:
+		return unitPrefix6 + s.Allowlist
+	case s.Unit:
+		return unitPrefix4 + s.Allowlist
 	case s.Allowlist == "" && s.V6:
 		return DNSSet6
 	case s.Allowlist == "":
@@ -60,6 +65,12 @@ func ParseSetName(name string) (SetID, bool) {
 	case strings.HasPrefix(name, allowPrefix6):
 		a := strings.TrimPrefix(name, allowPrefix6)
 		return SetID{Allowlist: a, V6: true}, config.NameRE.MatchString(a)
+	case strings.HasPrefix(name, unitPrefix4):
+		a := strings.TrimPrefix(name, unitPrefix4)
+		return SetID{Allowlist: a, Unit: true}, config.NameRE.MatchString(a)
+	case strings.HasPrefix(name, unitPrefix6):
+		a := strings.TrimPrefix(name, unitPrefix6)
+		return SetID{Allowlist: a, V6: true, Unit: true}, config.NameRE.MatchString(a)
 	}
 	return SetID{}, false
 }
@@ -98,6 +109,7 @@ type kernelSet struct {
 	Proxy bool // what the DNS proxy answered (keyed by uid, elements with timeouts)
 	V6    bool
 	Range bool // interval set (pipapo) for CIDRs and port ranges; otherwise a hash set of exact elements
+	Unit  bool // the unit allowlists' sets (keyed by unit key)
 }
 
 func (s kernelSet) name() string {
@@ -116,6 +128,9 @@ func (s kernelSet) name() string {
 	if s.Range {
 		n += "r"
 	}
+	if s.Unit {
+		n = "u" + n
+	}
 	return n
 }
 
@@ -123,7 +138,7 @@ func (s kernelSet) name() string {
 // as `nft list set inet egressd NAME` takes it (for reports).
 func KernelSetName(logical string, e Element) string {
 	id, _ := ParseSetName(logical)
-	return kernelSet{DNS: id.Allowlist == "", V6: id.V6, Range: !isExact(e)}.name()
+	return kernelSet{DNS: id.Allowlist == "", V6: id.V6, Range: !isExact(e), Unit: id.Unit}.name()
 }
 
 func isExact(e Element) bool { return e.AddrFrom == e.AddrTo && e.PortFrom == e.PortTo }

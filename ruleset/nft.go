@@ -60,11 +60,12 @@ func (p Plan) NFT() string {
 	}
 	writeSet(&b, kDenied, "rejected packets per uid", []string{"type uid", "flags dynamic"}, nil)
 	writeSet(&b, kDenyLog, "per-uid log rate limit (a meter)", []string{"type uid", "flags dynamic"}, nil)
+	writeUnits(&b, p, placed)
 	if p.HasProxy() {
 		writeChain(&b, chainZone, "type filter hook output priority raw; policy accept;", zoneRuleText(p.ProxyPort))
 		writeChain(&b, chainNAT, "type nat hook output priority dstnat; policy accept;", natRuleText(p.ProxyPort))
 	}
-	writeChain(&b, chainOut, "type filter hook output priority filter; policy accept;", outputRuleText())
+	writeChain(&b, chainOut, "type filter hook output priority filter; policy accept;", append(unitOutputRuleText(p), outputRuleText()...))
 	writeChain(&b, chainRestr, "", restrictedRuleText(p.ProxyPort))
 	writeChain(&b, chainDeny, "", denyRuleText(p.DenyLog))
 	b.WriteString("}\n")
@@ -89,7 +90,7 @@ func (d Delta) NFT(p Plan) string {
 			fmt.Fprintf(&b, "# cannot place the elements to %s: %v\n", op.verb, err)
 			continue
 		}
-		for _, ks := range allKernelSets() {
+		for _, ks := range everyKernelSet() {
 			if es := keyedText(ks, placed[ks]); len(es) > 0 {
 				writeElements(&b, op.verb, ks.name(), es)
 			}
@@ -171,7 +172,9 @@ func (s kernelSet) decl() []string {
 	if s.V6 {
 		t = "inet_proto . ipv6_addr . inet_service"
 	}
-	if !s.DNS {
+	if s.Unit {
+		t = "mark . " + t
+	} else if !s.DNS {
 		t = "uid . " + t
 	}
 	out := []string{"type " + t}

@@ -36,6 +36,8 @@ func exprShape(es []expr.Any) string {
 				verdict = "goto " + v.Chain
 			case expr.VerdictJump:
 				verdict = "jump " + v.Chain
+			case expr.VerdictReturn:
+				verdict = "return"
 			default:
 				verdict = fmt.Sprint(v.Kind)
 			}
@@ -59,7 +61,7 @@ func textShape(r string) string {
 				n = "!" + n
 			}
 			refs = append(refs, n)
-		case w == "accept", w == "reject":
+		case w == "accept", w == "reject", w == "return":
 			verdict = w
 		case (w == "goto" || w == "jump") && i+1 < len(f):
 			verdict = w + " " + f[i+1]

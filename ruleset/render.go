@@ -27,6 +27,8 @@ type Plan struct {
 	// ProxyPort is where protected users' DNS queries are redirected when
 	// any allowlist has dns: proxy (the nat chain exists only then).
 	ProxyPort uint16
+	Units     []UnitPlan // unit allowlists (unit.go), sorted by allowlist name
+	Cgroups   []Cgroup   // cgroup id -> unit allowlist, sorted by id; not part of the structure
 }
 
 // HasProxy reports whether any allowlist of the plan has dns: proxy.
@@ -102,10 +104,15 @@ func (r *Renderer) Render(d Desired) Plan {
 	sort.Slice(als, func(i, j int) bool { return als[i].Name < als[j].Name })
 	memo := make(map[string]rendered, len(als))
 	for _, a := range als {
-		p.Chains = append(p.Chains, ChainPlan{Allowlist: a.Name, UID: a.UID, DNS: a.DNS, Proxy: a.Proxy, Audit: a.Audit})
+		id := SetID{Allowlist: a.Name, Unit: a.Unit != ""}
+		if id.Unit {
+			p.Units = append(p.Units, UnitPlan{Allowlist: a.Name, Unit: a.Unit, Key: a.UID, DNS: a.DNS, Audit: a.Audit})
+		} else {
+			p.Chains = append(p.Chains, ChainPlan{Allowlist: a.Name, UID: a.UID, DNS: a.DNS, Proxy: a.Proxy, Audit: a.Audit})
+		}
 		fp := fingerprint(a.Elements)
 		m, ok := r.memo[a.Name]
-		if !ok || m.fp != fp {
+		if !ok || m.fp != fp || m.name4 != id.Name() {
 			var v4, v6 []Element
 			for _, e := range a.Elements {
 				if e.Is6() {
@@ -114,7 +121,9 @@ func (r *Renderer) Render(d Desired) Plan {
 					v4 = append(v4, e)
 				}
 			}
-			m = rendered{fp: fp, name4: SetName4(a.Name), name6: SetName6(a.Name), v4: Normalize(v4), v6: Normalize(v6)}
+			id6 := id
+			id6.V6 = true
+			m = rendered{fp: fp, name4: id.Name(), name6: id6.Name(), v4: Normalize(v4), v6: Normalize(v6)}
 		}
 		memo[a.Name] = m
 		p.Sets[m.name4] = m.v4
@@ -134,6 +143,7 @@ func (r *Renderer) Render(d Desired) Plan {
 	}
 	p.Sets[DNSSet4] = Normalize(d4)
 	p.Sets[DNSSet6] = Normalize(d6)
+	p.Cgroups = sortedCgroups(d.Cgroups)
 	return p
 }
 

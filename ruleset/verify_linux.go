@@ -29,7 +29,10 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 	// Expected chains and their rule signatures, built by the same code that applies them.
 	want := map[string][]string{}
 	out := outputChain()
-	want[out.Name] = sigs(outputRules(out))
+	want[out.Name] = sigs(append(unitOutputRules(out, p), outputRules(out)...))
+	for name, rs := range unitChainRules(p) {
+		want[name] = sigs(rs)
+	}
 	restr := &nftables.Chain{Name: chainRestr, Table: table}
 	want[restr.Name] = sigs(restrictedRules(restr, p.ProxyPort))
 	nat, zone := natChain(), zoneChain()
@@ -95,9 +98,10 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 		haveSet[s.Name] = true
 	}
 	structural := []string{kUsers, kOwners, kDNSUsers, kProxyUsers, kAudit, kDenied, kDenyLog}
-	for _, ks := range append(allKernelSets(), proxyKernelSets()...) {
+	for _, ks := range append(everyKernelSet(), proxyKernelSets()...) {
 		structural = append(structural, ks.name())
 	}
+	structural = append(structural, unitStructuralSets...)
 	for _, name := range structural {
 		if !haveSet[name] {
 			add("set_missing", name, "kernel set missing")
@@ -126,7 +130,7 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 		}
 		fs = append(fs, uidSetFindings(name, p, got)...)
 	}
-	return fs, nil
+	return append(fs, unitFindings(c, t, p)...), nil
 }
 
 func diffRules(want, got []string) string {
@@ -195,6 +199,8 @@ func sig(es []expr.Any) string {
 			fmt.Fprintf(&b, "immediate(%x) ", v.Data)
 		case *expr.Redir:
 			fmt.Fprintf(&b, "redir(r%d,%d) ", normReg(v.RegisterProtoMin), v.Flags)
+		case *expr.Socket:
+			fmt.Fprintf(&b, "socket(%d,%d,r%d) ", v.Key, v.Level, normReg(v.Register))
 		case *expr.Dynset:
 			fmt.Fprintf(&b, "dynset(%s,%d,%s) ", v.SetName, v.Operation, sig(v.Exprs))
 		default:

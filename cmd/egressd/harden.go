@@ -40,6 +40,7 @@ func cmdHarden(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.GateTimeout, "gate-timeout", harden.DefaultGateTimeout, "how long the start gate waits for the user's allowlist in the kernel")
 	fs.StringVar(&o.Allowlist, "allowlist", "", "the allowlist (NAME of allow.d/NAME.yaml) that restricts the service's egress")
 	fs.StringVar(&o.Unit, "unit", "", "the unit name, for the install hint (e.g. billing.service)")
+	unitFile := fs.String("unit-file", "", "with a unit allowlist: the unit's file, whose ExecStartPre= lines the drop-in lists again after the gate (default: found in systemd's unit directories)")
 	cfgPath := fs.String("config", config.DefaultPath, "main configuration file (with --allowlist)")
 	audit := fs.String("audit", "", "audit UNIT_FILE (and its drop-ins) instead of generating")
 	asJSON := fs.Bool("json", false, "with --audit: JSON output")
@@ -98,7 +99,12 @@ func cmdHarden(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "egressd harden: no allowlist %q in %s\n", o.Allowlist, cfg.AllowDir)
 			return 2
 		}
-		if o.User == "" {
+		if al.IsUnit() {
+			if err := unitGate(&o, al, *unitFile); err != nil {
+				fmt.Fprintln(stderr, "egressd harden:", err)
+				return 2
+			}
+		} else if o.User == "" {
 			o.User = al.User
 		} else if o.User != al.User {
 			fmt.Fprintf(stderr, "egressd harden: --user %s, but allowlist %s restricts user %s\n", o.User, al.Name, al.User)
@@ -125,6 +131,29 @@ func cmdHarden(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprint(stdout, out)
 	return 0
+}
+
+// unitGate sets the start gate of a unit allowlist: the unit's own
+// ExecStartPre= lines, read from its unit file and drop-ins, follow the gate.
+func unitGate(o *harden.Options, al *config.Allowlist, unitFile string) error {
+	if o.Unit == "" {
+		o.Unit = al.Unit
+	} else if o.Unit != al.Unit {
+		return fmt.Errorf("--unit %s, but allowlist %s restricts unit %s", o.Unit, al.Name, al.Unit)
+	}
+	o.GateUnit = al.Unit
+	if unitFile == "" {
+		var err error
+		if unitFile, err = harden.FindUnitFile(al.Unit, harden.UnitDirs); err != nil {
+			return fmt.Errorf("%v: pass --unit-file (the drop-in resets ExecStartPre= and must list the unit's own lines again)", err)
+		}
+	}
+	own, err := harden.OwnStartPre(unitFile, al.Unit, harden.UnitDirs)
+	if err != nil {
+		return fmt.Errorf("read the unit's ExecStartPre= lines: %w", err)
+	}
+	o.OwnStartPre = own
+	return nil
 }
 
 // installedSelf is the start gate's default binary: this egressd, when it

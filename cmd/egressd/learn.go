@@ -38,7 +38,7 @@ func cmdLearn(args []string, stdout, stderr io.Writer) int {
 	}
 	var a *config.Allowlist
 	for _, x := range cfg.Allowlists {
-		if x.Name == fl.Arg(0) || x.User == fl.Arg(0) {
+		if x.Name == fl.Arg(0) || (x.User != "" && x.User == fl.Arg(0)) || (x.Unit != "" && x.Unit == fl.Arg(0)) {
 			a = x
 			break
 		}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/cgroup"
 	"github.com/egressd/egressd/internal/startgate"
 	"github.com/egressd/egressd/ruleset"
 )
@@ -23,15 +24,30 @@ func cmdWait(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("wait", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	userName := fs.String("user", "", "the service user (name or uid)")
+	unit := fs.String("unit", "", "the unit this gate runs in (a unit allowlist's unit)")
 	allowlist := fs.String("allowlist", "", "the allowlist (NAME of allow.d/NAME.yaml); its user is waited for")
 	cfgPath := fs.String("config", config.DefaultPath, "main configuration file (with --allowlist)")
 	timeout := fs.Duration("timeout", 30*time.Second, "how long to wait; 0 checks once")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if fs.NArg() > 0 || (*userName == "") == (*allowlist == "") || *timeout < 0 {
-		fmt.Fprintln(stderr, "usage: egressd wait (--user USER | --allowlist NAME) [--timeout 30s] [--config FILE]")
+	given := 0
+	for _, s := range []string{*userName, *allowlist, *unit} {
+		if s != "" {
+			given++
+		}
+	}
+	if fs.NArg() > 0 || given != 1 || *timeout < 0 {
+		fmt.Fprintln(stderr, "usage: egressd wait (--user USER | --unit UNIT | --allowlist NAME) [--timeout 30s] [--config FILE]")
 		return 2
+	}
+	if *allowlist != "" {
+		if u, err := allowlistUnit(*cfgPath, *allowlist); err == nil && u != "" {
+			*unit = u
+		}
+	}
+	if *unit != "" {
+		return waitUnit(*unit, *timeout, stderr)
 	}
 	var uid uint32
 	var err error
@@ -59,6 +75,53 @@ func cmdWait(args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// waitUnit is the gate of a unit allowlist: this process runs in the
+// unit's new cgroup; wait until the kernel maps that cgroup to the unit.
+func waitUnit(unit string, timeout time.Duration, stderr io.Writer) int {
+	if err := config.ValidUnit(unit); err != nil {
+		fmt.Fprintln(stderr, "egressd wait: --unit:", err)
+		return 2
+	}
+	root, err := cgroup.Root()
+	if err == nil {
+		var self string
+		if self, err = cgroup.Self(); err == nil {
+			_, id, uerr := startgate.UnitCgroup(root, self, unit)
+			if uerr != nil {
+				fmt.Fprintln(stderr, "egressd wait:", uerr, "; not starting")
+				return 1
+			}
+			if !startgate.HasNetAdmin() {
+				fmt.Fprintln(stderr, "egressd wait: needs CAP_NET_ADMIN to read nf_tables (run it as root: ExecStartPre=+…); not starting")
+				return 1
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			if err := startgate.WaitUnit(ctx, &ruleset.Netlink{}, unit, id, 50*time.Millisecond); err != nil {
+				fmt.Fprintf(stderr, "egressd wait: %v after %s: egressd does not enforce an allowlist for this cgroup of the unit; not starting\n", err, timeout)
+				return 1
+			}
+			return 0
+		}
+	}
+	fmt.Fprintln(stderr, "egressd wait:", err, "; not starting")
+	return 1
+}
+
+// allowlistUnit is the unit of a unit allowlist ("" for a user's).
+func allowlistUnit(cfgPath, name string) (string, error) {
+	cfg, err := config.Load(cfgPath, false)
+	if err != nil {
+		return "", err
+	}
+	for _, a := range cfg.Allowlists {
+		if a.Name == name {
+			return a.Unit, nil
+		}
+	}
+	return "", fmt.Errorf("no allowlist %q", name)
 }
 
 func lookupUID(name string) (uint32, error) {

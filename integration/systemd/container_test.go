@@ -71,7 +71,13 @@ type container struct {
 
 func newContainer(t *testing.T, binds ...string) *container {
 	t.Helper()
-	lower := rootfs(t)
+	return newContainerFrom(t, rootfs(t), binds...)
+}
+
+// newContainerFrom is newContainer on another cached root file system
+// (rootfsFor).
+func newContainerFrom(t *testing.T, lower string, binds ...string) *container {
+	t.Helper()
 	var b [4]byte
 	rand.Read(b[:]) //nolint:errcheck
 	c := &container{t: t, name: fmt.Sprintf("egressd-systest-%x", b), binds: binds}
@@ -146,7 +152,8 @@ func (c *container) boot() {
 	var out string
 	for {
 		out, _ = c.exec(ctx, "systemctl", "is-system-running", "--wait")
-		if !strings.Contains(out, "Failed to connect to bus") || ctx.Err() != nil {
+		// systemd 252: "Failed to connect to bus"; 257: "Failed to connect to system scope bus".
+		if !strings.Contains(out, "Failed to connect to bus") && !strings.Contains(out, "Failed to connect to system scope bus") || ctx.Err() != nil {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)

@@ -5,6 +5,8 @@
 // egressd as the README says, harden services with `egressd harden`, and
 // check what systemd does with them: start, reload, stop, crash, restart,
 // watchdog, boot order, and what each hardened service can and cannot do.
+// TestSystemdUnits covers unit allowlists (docs/units.md) on systemd 252;
+// TestSystemdNFTSet boots Debian 13 (systemd 257) for NFTSet=.
 // TestSystemdPackage installs the Debian package instead, in a container
 // without the bind-mounted egressd, and runs debpkg.InstallSteps: installed,
 // enabled, enforcing, hardened, removed, purged.

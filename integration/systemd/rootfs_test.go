@@ -29,7 +29,11 @@ var packages = []string{"systemd", "systemd-sysv", "dbus", "nftables"}
 // Builds go into a temporary directory next to the cache and are renamed
 // into place, so a killed build never leaves a half-made cache behind; a
 // lock serialises concurrent test processes.
-func rootfs(t *testing.T) string {
+func rootfs(t *testing.T) string { return rootfsFor(t, suite) }
+
+// rootfsFor is rootfs for another Debian suite (trixie: systemd 257, for
+// NFTSet=), built from the same mirror.
+func rootfsFor(t *testing.T, suite string) string {
 	t.Helper()
 	sum := sha256.Sum256([]byte(suite + "\n" + strings.Join(packages, ",")))
 	dir := filepath.Join(cacheDir, fmt.Sprintf("%s-%x", suite, sum[:6]))
@@ -55,7 +59,7 @@ func rootfs(t *testing.T) string {
 	for _, o := range old {
 		os.RemoveAll(o) //nolint:errcheck
 	}
-	mirror, err := aptMirror()
+	mirror, err := aptMirror() // the host's mirror carries every suite
 	if err != nil {
 		t.Fatal(err)
 	}

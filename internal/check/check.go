@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/cgroup"
 	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/internal/state"
 	"github.com/egressd/egressd/resolver"
@@ -92,19 +93,21 @@ type DaemonReport struct {
 
 // AllowlistReport is one line of the report.
 type AllowlistReport struct {
-	Name      string  `json:"name"`
-	File      string  `json:"file"`
-	User      string  `json:"user"`
-	UID       *uint32 `json:"uid"`
-	Mode      string  `json:"mode"` // enforce | audit
-	DNS       string  `json:"dns"`  // resolvers | none | proxy
+	Name    string  `json:"name"`
+	File    string  `json:"file"`
+	User    string  `json:"user"`
+	Unit    string  `json:"unit,omitempty"`    // a unit allowlist's unit (User is "")
+	Cgroups int     `json:"cgroups,omitempty"` // a unit allowlist's cgroups the kernel should map (0: the unit is not running)
+	UID     *uint32 `json:"uid"`
+	Mode    string  `json:"mode"` // enforce | audit
+	DNS     string  `json:"dns"`  // resolvers | none | proxy
 	// Proxied is, with dns: proxy, how many answers of the proxy the
 	// kernel holds for it now (they come and go with the service's queries).
-	Proxied int `json:"proxied,omitempty"`
-	Entries   int     `json:"entries"`
-	Names     int     `json:"names"`
-	Addresses int     `json:"addresses"` // elements the kernel should hold for it
-	Status    string  `json:"status"`    // ok | drift | user_missing | user_conflict | names_failing
+	Proxied   int    `json:"proxied,omitempty"`
+	Entries   int    `json:"entries"`
+	Names     int    `json:"names"`
+	Addresses int    `json:"addresses"` // elements the kernel should hold for it
+	Status    string `json:"status"`    // ok | drift | user_missing | user_conflict | names_failing
 }
 
 // Problem is one thing an operator should act on.
@@ -337,6 +340,17 @@ func Run(ctx context.Context, o Options) *Report {
 		hosts, _ := resolver.NewHostsWith(cfg.HostsFile, o.Trust.ReadFile)
 		expected = ruleset.Render(policy.BuildDesiredHosts(cfg, users, addrs, hosts.Has))
 	}
+	// The restricted units' cgroups are the ones running now (a published
+	// plan may be a unit restart behind; the daemon maps a new cgroup
+	// within 100 ms).
+	found, err := cgroup.Restricted("", cfg)
+	if err != nil {
+		problem("unit_cgroups", "cgroups", err.Error(), "unit allowlists need the cgroup v2 hierarchy (Linux ≥ 5.13)")
+	}
+	expected.Cgroups = nil
+	for _, f := range found {
+		expected.Cgroups = append(expected.Cgroups, ruleset.Cgroup{ID: f.ID, Allowlist: f.Allowlist})
+	}
 
 	findings, err := o.Kernel.Verify(expected)
 	if err != nil {
@@ -370,7 +384,21 @@ func Run(ctx context.Context, o Options) *Report {
 		}
 	}
 	for _, a := range cfg.Allowlists {
-		ar := AllowlistReport{Name: a.Name, File: a.File, User: a.User, Mode: string(a.Mode), DNS: string(a.DNS), Entries: len(a.Entries), Names: len(a.Names()), Status: "ok"}
+		ar := AllowlistReport{Name: a.Name, File: a.File, User: a.User, Unit: a.Unit, Mode: string(a.Mode), DNS: string(a.DNS), Entries: len(a.Entries), Names: len(a.Names()), Status: "ok"}
+		if a.IsUnit() {
+			id4, id6 := ruleset.SetID{Allowlist: a.Name, Unit: true}, ruleset.SetID{Allowlist: a.Name, Unit: true, V6: true}
+			ar.Addresses = len(expected.Sets[id4.Name()]) + len(expected.Sets[id6.Name()])
+			for _, cg := range expected.Cgroups {
+				if cg.Allowlist == a.Name {
+					ar.Cgroups++
+				}
+			}
+			if drifted[id4.Name()] || drifted[id6.Name()] || drifted["unitids"] || drifted["unitkeys"] {
+				ar.Status = "drift"
+			}
+			r.Allowlists = append(r.Allowlists, ar)
+			continue
+		}
 		if uid, ok := users.UIDs[a.Name]; ok {
 			u := uid
 			ar.UID = &u

@@ -23,6 +23,7 @@ type Explanation struct {
 	Verdict   string        `json:"verdict"`   // allowed | denied | unrestricted | cannot_answer
 	Error     string        `json:"error,omitempty"`
 	User      string        `json:"user"`
+	Unit      string        `json:"unit,omitempty"` // asked about a unit (check --explain UNIT ...)
 	UID       uint32        `json:"uid"`
 	Allowlist string        `json:"allowlist,omitempty"`
 	Target    string        `json:"target"`
@@ -91,6 +92,9 @@ func explain(ctx context.Context, o Options, user, target string) (*Explanation,
 	if err != nil {
 		return nil, fmt.Errorf("configuration invalid: %w", err)
 	}
+	if IsUnitName(user) {
+		return explainUnit(ctx, o, cfg, x, e, user)
+	}
 	var uid uint32
 	if n, ok := (&config.Allowlist{User: user}).NumericUID(); ok {
 		uid = n
@@ -137,14 +141,20 @@ func explain(ctx context.Context, o Options, user, target string) (*Explanation,
 		return nil, err
 	}
 
+	return judge(ctx, o, cfg, x, e, al, sets, audited(o.Kernel, uid))
+}
+
+// judge answers for the allowlist x names (its sets, al its configuration):
+// the target's addresses, each allowed or not, and the verdict.
+func judge(ctx context.Context, o Options, cfg *config.Config, x *Explanation, e config.Entry, al *config.Allowlist, sets map[string][]ruleset.Element, isAudited bool) (*Explanation, error) {
 	// dns: proxy: what the proxy answered for this uid, and whether the
 	// proxy would answer the name at all.
-	proxied := al != nil && al.DNS == config.DNSProxy
+	proxied := al != nil && al.DNS == config.DNSProxy && x.Unit == ""
 	var proxyEls []ruleset.ProxyElement
 	if pk, ok := o.Kernel.(ruleset.ProxyKernel); ok && proxied {
 		if all, err := pk.ReadProxy(); err == nil {
 			for _, pe := range all {
-				if pe.UID == uid {
+				if pe.UID == x.UID && x.Unit == "" {
 					proxyEls = append(proxyEls, pe)
 				}
 			}
@@ -204,11 +214,12 @@ func explain(ctx context.Context, o Options, user, target string) (*Explanation,
 	allowedAny, deniedAny := false, false
 	for _, a := range addrs {
 		av := AddrVerdict{Addr: a.String()}
-		setName := ruleset.SetName4(x.Allowlist)
+		id := ruleset.SetID{Allowlist: x.Allowlist, Unit: x.Unit != ""}
 		dnsSet := ruleset.DNSSet4
 		if a.Is6() {
-			setName, dnsSet = ruleset.SetName6(x.Allowlist), ruleset.DNSSet6
+			id.V6, dnsSet = true, ruleset.DNSSet6
 		}
+		setName := id.Name()
 		if el, ok := covering(sets[setName], e.Proto, a, e.PortFrom); ok {
 			av.Allowed, av.Set, av.Element = true, kernelSet(setName, el), el.String()
 			av.Entry = attribute(al, e.Proto, a, e.PortFrom, daemonAddrs, e.Host)
@@ -244,7 +255,7 @@ func explain(ctx context.Context, o Options, user, target string) (*Explanation,
 		x.Verdict, x.Reason = "allowed", "some addresses are allowed, others not (the name's answers changed or differ per resolver)"
 	default:
 		x.Verdict, x.Reason = "denied", "no address is in the allowlist's set: the connection is logged, then rejected"
-		if audited(o.Kernel, uid) {
+		if isAudited {
 			x.Reason = "no address is in the allowlist's set, but the allowlist is in audit mode: the connection is logged as a deny (\"audit\": true), then let through; it will be rejected once mode: enforce"
 		}
 		x.Nearest = nearest(al, e, addrs, sets)
@@ -329,7 +340,7 @@ func nearest(al *config.Allowlist, t config.Entry, addrs []netip.Addr, sets map[
 		for _, en := range al.Entries {
 			if en.Host == t.Host && en.Proto == t.Proto && t.PortFrom >= en.PortFrom && t.PortFrom <= en.PortTo {
 				var allowed []string
-				for _, name := range []string{ruleset.SetName4(al.Name), ruleset.SetName6(al.Name)} {
+				for _, name := range []string{ruleset.SetID{Allowlist: al.Name, Unit: al.IsUnit()}.Name(), ruleset.SetID{Allowlist: al.Name, Unit: al.IsUnit(), V6: true}.Name()} {
 					for _, el := range sets[name] {
 						if el.Proto == t.Proto && el.PortFrom <= t.PortFrom && t.PortFrom <= el.PortTo {
 							allowed = append(allowed, el.String())
@@ -346,7 +357,11 @@ func nearest(al *config.Allowlist, t config.Entry, addrs []netip.Addr, sets map[
 
 // WriteText prints the explanation for people.
 func (x *Explanation) WriteText(w io.Writer) {
-	fmt.Fprintf(w, "%s: user %s (uid %d) → %s\n", strings.ToUpper(x.Verdict), x.User, x.UID, x.Target)
+	if x.Unit != "" {
+		fmt.Fprintf(w, "%s: unit %s → %s\n", strings.ToUpper(x.Verdict), x.Unit, x.Target)
+	} else {
+		fmt.Fprintf(w, "%s: user %s (uid %d) → %s\n", strings.ToUpper(x.Verdict), x.User, x.UID, x.Target)
+	}
 	if x.Allowlist != "" {
 		fmt.Fprintf(w, "  allowlist: %s\n", x.Allowlist)
 	}

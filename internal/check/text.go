@@ -57,11 +57,15 @@ func (r *Report) WriteText(w io.Writer) {
 			if a.UID != nil {
 				uid = fmt.Sprint(*a.UID)
 			}
+			who := a.User
+			if a.Unit != "" {
+				who, uid = a.Unit, "-"
+			}
 			addrs := fmt.Sprint(a.Addresses)
 			if a.DNS == "proxy" {
 				addrs += fmt.Sprintf(" + %d answered", a.Proxied)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", a.Name, a.User, uid, a.Mode, a.DNS, a.Entries, a.Names, addrs, a.Status)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", a.Name, who, uid, a.Mode, a.DNS, a.Entries, a.Names, addrs, a.Status)
 		}
 		tw.Flush()
 	}

@@ -49,11 +49,17 @@ func (a *applier) sync(d ruleset.Desired) (applied bool, err error) {
 		err = a.applyFull(plan)
 	} else {
 		d := ruleset.Diff(*a.applied, plan)
-		if len(d) == 0 {
+		add, del := ruleset.CgroupDelta(a.applied.Cgroups, plan.Cgroups)
+		if len(d) == 0 && len(add)+len(del) == 0 {
 			return false, nil
 		}
-		changed = d.Elements()
-		err = a.o.Kernel.ApplyDelta(plan, d)
+		changed = d.Elements() + len(add) + len(del)
+		if len(d) > 0 {
+			err = a.o.Kernel.ApplyDelta(plan, d)
+		}
+		if err == nil && len(add)+len(del) > 0 {
+			err = a.applyCgroups(plan, add, del)
+		}
 	}
 	if kind == "full" {
 		a.drift.fullTook = time.Since(start) // spaces restores of a removed table
@@ -74,17 +80,30 @@ func (a *applier) sync(d ruleset.Desired) (applied bool, err error) {
 		sizes[[2]string{ch.Allowlist, "ipv4"}] = len(plan.Sets[ruleset.SetName4(ch.Allowlist)])
 		sizes[[2]string{ch.Allowlist, "ipv6"}] = len(plan.Sets[ruleset.SetName6(ch.Allowlist)])
 	}
+	for _, u := range plan.Units {
+		sizes[[2]string{u.Allowlist, "ipv4"}] = len(plan.Sets[ruleset.SetID{Allowlist: u.Allowlist, Unit: true}.Name()])
+		sizes[[2]string{u.Allowlist, "ipv6"}] = len(plan.Sets[ruleset.SetID{Allowlist: u.Allowlist, Unit: true, V6: true}.Name()])
+	}
 	a.o.Metrics.SetElements(sizes)
 	a.generation++
 	a.o.Log.Info("ruleset applied", event.Field(event.RulesetApplied), zap.Uint64("generation", a.generation), zap.String("kind", kind),
-		zap.Int("elements", plan.Elements()), zap.Int("changed", changed), zap.Int("allowlists", len(plan.Chains)),
+		zap.Int("elements", plan.Elements()), zap.Int("changed", changed), zap.Int("allowlists", len(plan.Chains)+len(plan.Units)),
 		zap.Duration("duration", time.Since(start)))
 	return true, nil
 }
 
+// applyCgroups changes the cgroup map (a unit started, stopped or
+// restarted); a kernel that cannot change it alone is rebuilt.
+func (a *applier) applyCgroups(plan ruleset.Plan, add, del []ruleset.Cgroup) error {
+	if w, ok := a.o.Kernel.(CgroupWriter); ok {
+		return w.ApplyCgroups(plan, add, del)
+	}
+	return a.applyFull(plan)
+}
+
 // status is systemd's STATUS= for the plan in force.
 func (a *applier) status() string {
-	return fmt.Sprintf("STATUS=enforcing %d allowlists, %d elements (generation %d)", len(a.applied.Chains), a.applied.Elements(), a.generation)
+	return fmt.Sprintf("STATUS=enforcing %d allowlists, %d elements (generation %d)", len(a.applied.Chains)+len(a.applied.Units), a.applied.Elements(), a.generation)
 }
 
 // applyFull replaces the kernel's table with the plan: by Restore when the

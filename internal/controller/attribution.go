@@ -97,9 +97,10 @@ func (x *nameIndex) lookup(allowlist string, a netip.Addr) []string {
 // part is replaced whole behind an atomic pointer; the loop's goroutine is
 // the only writer and alone uses stale and changed.
 type attribution struct {
-	index nameIndex                         // allowlist -> address -> names
-	users atomic.Pointer[map[string]string] // allowlist -> user, as written
-	byUID atomic.Pointer[map[uint32]string] // uid -> allowlist
+	index nameIndex                            // allowlist -> address -> names
+	users atomic.Pointer[map[string]string]    // allowlist -> user, as written
+	byUID atomic.Pointer[map[uint32]string]    // uid -> allowlist
+	byKey atomic.Pointer[map[uint32][2]string] // unit key -> (allowlist, unit)
 
 	stale   bool            // the configuration changed since the index was built
 	changed map[string]bool // names whose addresses changed since the index was built
@@ -131,6 +132,28 @@ func (x *attribution) setUIDs(uids map[string]uint32) {
 		byUID[uid] = n
 	}
 	x.byUID.Store(&byUID)
+}
+
+// setUnits records which unit allowlist each unit key stands for.
+func (x *attribution) setUnits(cfg *config.Config, keys map[string]uint32) {
+	byKey := make(map[uint32][2]string, len(keys))
+	for _, a := range cfg.Allowlists {
+		if k, ok := keys[a.Name]; ok && a.IsUnit() {
+			byKey[k] = [2]string{a.Name, a.Unit}
+		}
+	}
+	x.byKey.Store(&byKey)
+}
+
+// UnitOf returns the unit allowlist and unit of a unit key (a unit deny's
+// packet mark); safe for concurrent use.
+func (c *Controller) UnitOf(key uint32) (string, string, bool) {
+	m := c.attr.byKey.Load()
+	if m == nil {
+		return "", "", false
+	}
+	au, ok := (*m)[key]
+	return au[0], au[1], ok
 }
 
 // refresh brings the name index up to date with what the kernel now holds.

@@ -56,6 +56,8 @@ type Options struct {
 	// Heartbeat, when Every is set, is called from the loop itself at that
 	// period (systemd's watchdog: a hung loop stops calling it).
 	Heartbeat Heartbeat
+	// CgroupRoot is where the cgroup2 hierarchy is mounted (tests); default: found in /proc/self/mountinfo.
+	CgroupRoot string
 }
 
 // Heartbeat is a callback the loop calls every Every.
@@ -89,6 +91,7 @@ type Controller struct {
 	attr  *attribution
 	deny  *denyCounters
 	proxy proxyState
+	units *unitFollower
 }
 
 // StartDeadline bounds the first resolution of every name.
@@ -120,7 +123,7 @@ func New(opts Options) (*Controller, error) {
 		o.VerifyEvery = time.Minute
 	}
 	c := &Controller{o: o, reload: make(chan struct{}, 1), attr: &attribution{}, deny: &denyCounters{},
-		pub: &publisher{o: o, started: o.Now()}}
+		pub: &publisher{o: o, started: o.Now()}, units: &unitFollower{o: o}}
 	c.apply = newApplier(o, c.deny)
 	cfg, err := config.LoadTrusted(o.ConfigPath, o.ConfigRequired, o.Trust)
 	if err != nil {

@@ -16,7 +16,9 @@ import (
 func (c *Controller) sync() error {
 	c.dns.expire()
 	c.syncProxy()
-	changed, err := c.apply.sync(policy.BuildDesiredHosts(c.cfg, c.users, c.dns.cache.Addrs, c.dns.hosts.Has))
+	d := policy.BuildDesiredHosts(c.cfg, c.users, c.dns.cache.Addrs, c.dns.hosts.Has)
+	d.Cgroups = c.units.current(c.cfg)
+	changed, err := c.apply.sync(d)
 	if err != nil {
 		return err
 	}
@@ -143,6 +145,7 @@ func (c *Controller) nextWake() time.Time {
 	consider(c.apply.verifyAt)
 	consider(c.apply.restoreLogDue())
 	consider(c.pub.due())
+	consider(c.units.due())
 	if len(c.users.Missing) > 0 || len(c.users.Vanished) > 0 {
 		consider(c.usersAt)
 	}

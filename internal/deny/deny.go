@@ -25,7 +25,8 @@ import (
 // Event is one deny event, or the summary of several.
 type Event struct {
 	Allowlist string
-	User      string // as the allowlist writes it
+	User      string // as the allowlist writes it ("" for a unit allowlist)
+	Unit      string // a unit allowlist's unit (docs/units.md)
 	UID       uint32
 	Proto     string
 	Src       netip.Addr
@@ -37,6 +38,12 @@ type Event struct {
 	Audit     bool     // mode: audit: the packet was logged, then let through
 	First     time.Time
 	Last      time.Time
+}
+
+// UnitLookup is implemented by Lookups that know unit allowlists: which
+// allowlist and unit a unit key (a unit deny's packet mark) stands for.
+type UnitLookup interface {
+	UnitOf(key uint32) (allowlist, unit string, ok bool)
 }
 
 // Overflow counts packets of keys beyond MaxKeys in a window.
@@ -100,6 +107,14 @@ func (a *Aggregator) classify(prefix string) (ours, audit bool) {
 	return strings.HasSuffix(prefix, ruleset.LogPrefix("")), false
 }
 
+// classifyUnit says whether a prefix is a unit deny's or a unit audit's.
+func (a *Aggregator) classifyUnit(prefix string) (deny, audit bool) {
+	if a.Prefix != "" {
+		return prefix == ruleset.UnitLogPrefix(a.Prefix), prefix == ruleset.UnitAuditPrefix(a.Prefix)
+	}
+	return strings.HasSuffix(prefix, ruleset.UnitLogPrefix("")), strings.HasSuffix(prefix, ruleset.UnitAuditPrefix(""))
+}
+
 // New returns an aggregator that calls emit for events and over for overflow.
 func New(lookup Lookup, emit func(Event), over func(Overflow)) *Aggregator {
 	return newAggregator(lookup, "", emit, over)
@@ -115,12 +130,26 @@ func newAggregator(lookup Lookup, prefix string, emit func(Event), over func(Ove
 // packet's socket uid says which allowlist refused it.
 func (a *Aggregator) Add(p nflog.Packet) bool {
 	ours, audit := a.classify(p.Prefix)
-	if !ours || !p.HasUID {
+	unitDeny, unitAudit := a.classifyUnit(p.Prefix)
+	var name, unit string
+	var ok bool
+	switch {
+	case unitDeny || unitAudit:
+		// A unit's deny: the packet's mark is the unit key; any uid.
+		ul, isUL := a.lookup.(UnitLookup)
+		if !isUL {
+			return false
+		}
+		if name, unit, ok = ul.UnitOf(p.Mark); !ok {
+			return false
+		}
+		audit = unitAudit
+	case !ours || !p.HasUID:
 		return false
-	}
-	name, ok := a.lookup.AllowlistOf(p.UID)
-	if !ok {
-		return false
+	default:
+		if name, ok = a.lookup.AllowlistOf(p.UID); !ok {
+			return false
+		}
 	}
 	k := key{allowlist: name, uid: p.UID, proto: p.Proto, dst: p.Dst, dport: p.DPort, audit: audit}
 	a.mu.Lock()
@@ -137,11 +166,11 @@ func (a *Aggregator) Add(p nflog.Packet) bool {
 		a.overflow[name]++
 		a.mu.Unlock()
 		user, _ := a.lookup.User(name)
-		a.record(Event{Allowlist: name, User: user, UID: p.UID, Proto: protoName(p.Proto), Dst: p.Dst, DPort: p.DPort, Audit: audit}, p)
+		a.record(Event{Allowlist: name, User: user, Unit: unit, UID: p.UID, Proto: protoName(p.Proto), Dst: p.Dst, DPort: p.DPort, Audit: audit}, p)
 		return true
 	}
 	user, _ := a.lookup.User(name)
-	ev := Event{Allowlist: name, User: user, UID: p.UID, Proto: protoName(p.Proto), Src: p.Src, Dst: p.Dst, DPort: p.DPort,
+	ev := Event{Allowlist: name, User: user, Unit: unit, UID: p.UID, Proto: protoName(p.Proto), Src: p.Src, Dst: p.Dst, DPort: p.DPort,
 		Names: a.lookup.NamesFor(name, p.Dst), Count: 1, First: p.Time, Last: p.Time, Audit: audit}
 	a.keys[k] = &entry{first: ev, last: p.Time}
 	a.mu.Unlock()

@@ -25,6 +25,7 @@ const RecentMax = 4096
 type RecentEntry struct {
 	Allowlist string    `json:"allowlist"`
 	User      string    `json:"user"`
+	Unit      string    `json:"unit,omitempty"` // a unit allowlist's unit
 	UID       uint32    `json:"uid"`
 	Audit     bool      `json:"audit"`
 	Proto     string    `json:"proto"`
@@ -175,7 +176,7 @@ func (r *Recent) Record(e Event) {
 	if len(r.entries) >= r.max {
 		r.evict()
 	}
-	r.entries[k] = &RecentEntry{Allowlist: e.Allowlist, User: e.User, UID: e.UID, Audit: e.Audit, Proto: e.Proto,
+	r.entries[k] = &RecentEntry{Allowlist: e.Allowlist, User: e.User, Unit: e.Unit, UID: e.UID, Audit: e.Audit, Proto: e.Proto,
 		Dst: e.Dst.String(), DPort: e.DPort, Names: e.Names, Count: e.Count, First: e.First, Last: e.Last, Seq: r.seq}
 }
 

@@ -31,7 +31,7 @@ func Log(log *zap.Logger, e Event) {
 			msg = "connections would be denied (audit mode: let through; summary of the window)"
 		}
 	}
-	log.Warn(msg, event.Field(event.Deny), zap.String("allowlist", e.Allowlist), zap.String("user", e.User),
+	log.Warn(msg, event.Field(event.Deny), zap.String("allowlist", e.Allowlist), zap.String("user", e.User), unitField(e.Unit),
 		zap.Uint32("uid", e.UID), zap.String("proto", e.Proto), zap.Stringer("src", e.Src), zap.Stringer("dst", e.Dst),
 		zap.Uint16("dport", e.DPort), zap.Strings("names", e.Names), zap.Int("count", e.Count), zap.Bool("summary", e.Summary), zap.Bool("audit", e.Audit),
 		zap.Time("first", e.First), zap.Time("last", e.Last))
@@ -145,4 +145,13 @@ func LoadObserved(rec *Recent, dir string) error {
 	rec.Load(doc.Entries)
 	rec.LoadResolved(doc.Resolved)
 	return nil
+}
+
+// unitField names a unit allowlist's unit; user allowlists' events keep
+// their fields as they were.
+func unitField(unit string) zap.Field {
+	if unit == "" {
+		return zap.Skip()
+	}
+	return zap.String("unit", unit)
 }

@@ -23,6 +23,7 @@ const (
 	ApplyFailed        = "apply_failed"
 	UserMissing        = "user_missing"
 	UserConflict       = "user_conflict"
+	UnitCgroup         = "unit_cgroup"
 	DriftRepaired      = "drift_repaired"
 	DriftRepeating     = "drift_repeating"
 	VerifyFailed       = "verify_failed"
@@ -46,7 +47,7 @@ const (
 var All = []string{
 	Started, ConfigLoaded, ConfigRejected, ConfigFileSkipped, ConfigFallback, RestartRequired, WatchFailed,
 	Resolved, ResolveFailed, ResolveFailing, ResolveRecovered,
-	RulesetApplied, ApplyFailed, UserMissing, UserConflict,
+	RulesetApplied, ApplyFailed, UserMissing, UserConflict, UnitCgroup,
 	DriftRepaired, DriftRepeating, VerifyFailed, TableUnowned,
 	Deny, DenyOverflow, DenyLogFailed,
 	DNSRefused, DNSRefusedOverflow, DNSProxyListening, DNSProxyFailed,

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+
+	"github.com/egressd/egressd/config"
 )
 
 var (
@@ -15,14 +17,26 @@ var (
 
 // Validate rejects options that would produce a broken or misleading unit.
 func (o *Options) Validate() error {
-	if o.User == "" {
+	if o.User == "" && o.GateUnit == "" {
 		return errors.New("--user is required (or --allowlist, to take it from the allowlist)")
 	}
-	if o.User == "root" || o.User == "0" {
-		return errors.New("--user root: the point is a user of its own, whose files it cannot modify")
+	if o.GateUnit != "" {
+		if err := config.ValidUnit(o.GateUnit); err != nil {
+			return fmt.Errorf("unit: %w", err)
+		}
+		for _, v := range o.OwnStartPre {
+			if strings.ContainsAny(v, "\n\r") {
+				return fmt.Errorf("ExecStartPre %q spans lines", v)
+			}
+		}
 	}
-	if !userRE.MatchString(o.User) {
-		return fmt.Errorf("--user %q is not a valid user name", o.User)
+	if o.User != "" { // a unit allowlist's unit may keep its own User= or DynamicUser=
+		if o.User == "root" || o.User == "0" {
+			return errors.New("--user root: the point is a user of its own, whose files it cannot modify")
+		}
+		if !userRE.MatchString(o.User) {
+			return fmt.Errorf("--user %q is not a valid user name", o.User)
+		}
 	}
 	if o.Group != "" && !userRE.MatchString(o.Group) {
 		return fmt.Errorf("--group %q is not a valid group name", o.Group)

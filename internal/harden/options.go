@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/egressd/egressd/ruleset"
 )
 
 // Options describe the protected service.
@@ -34,6 +36,14 @@ type Options struct {
 	// GateTimeout is how long the start gate waits for the user's
 	// allowlist in the kernel before the start fails; default 30s.
 	GateTimeout time.Duration
+	// GateUnit, for a unit allowlist (docs/units.md), is the unit whose new
+	// cgroup the start gate waits for (egressd wait --unit); User may then
+	// be empty (the unit's own User= or DynamicUser= stays).
+	GateUnit string
+	// OwnStartPre are the unit's own ExecStartPre= lines: with GateUnit the
+	// drop-in resets the list and lists them again after the gate, which
+	// must run first (drop-in lines run after the unit's own).
+	OwnStartPre []string
 	// BPF says whether the target systemd is built with BPF_FRAMEWORK,
 	// without which SocketBindAllow=/SocketBindDeny= are ignored.
 	BPF Feature
@@ -166,14 +176,31 @@ func (o *Options) lines() []line {
 	ls := []line{
 		{"Unit", "After", "egressd.service", "start after egressd: at boot, once egressd has put every allowlist in the kernel (connect out)", 0},
 		{"Unit", "Wants", "egressd.service", "starting this service starts egressd; Wants, not Requires: an egressd restart, crash or upgrade never stops or restarts this service (the kernel keeps enforcing meanwhile)", 0},
-		{"Service", "ExecStartPre", "+" + egressd + " wait --user " + o.User + " --timeout " + gate.String(),
-			"start gate: never run unprotected; waits until egressd restricts " + o.User + " in the kernel, and the start fails after " + gate.String() + " otherwise (connect out); + runs it as root, as reading nf_tables needs CAP_NET_ADMIN", 0},
-		{"Service", "User", o.User, "a user of its own, whose files it cannot modify (modify files others read)", 0},
-		{"Service", "Group", group, "a group of its own (modify files others read)", 0},
-		{"Service", "NoNewPrivileges", "yes", "setuid binaries and file capabilities grant nothing (gain privileges)", 187},
-		{"Service", "PrivateTmp", "yes", "no shared /tmp to drop or swap files in (modify files others read)", 183},
-		{"Service", "ProtectSystem", "strict", "the whole file system is read-only but the paths below (modify files others read, run another program)", 232},
 	}
+	if o.GateUnit != "" {
+		ls = append(ls,
+			line{"Service", "ExecStartPre", "", "reset the unit's own ExecStartPre= lines: a drop-in's run after them, and the gate must run first", 0},
+			line{"Service", "ExecStartPre", "+" + egressd + " wait --unit " + o.GateUnit + " --timeout " + gate.String(),
+				"start gate: runs in the unit's new cgroup (a new one at every start) and waits until egressd restricts that cgroup in the kernel; the start fails after " + gate.String() + " otherwise, and nothing of the unit runs before it (connect out); + runs it as root, as reading nf_tables needs CAP_NET_ADMIN", 0})
+		ls = append(ls, line{"Service", "NFTSet", ruleset.NFTSetDirective,
+			"systemd puts the unit's new cgroup in egressd's NFTSet= table before any process of it runs: until egressd restricts that cgroup, the unit reaches nothing (connect out)", 255})
+		for _, v := range o.OwnStartPre {
+			ls = append(ls, line{"Service", "ExecStartPre", v, "the unit's own ExecStartPre=, again, after the gate: restricted from its first packet (connect out)", 0})
+		}
+	} else {
+		ls = append(ls, line{"Service", "ExecStartPre", "+" + egressd + " wait --user " + o.User + " --timeout " + gate.String(),
+			"start gate: never run unprotected; waits until egressd restricts " + o.User + " in the kernel, and the start fails after " + gate.String() + " otherwise (connect out); + runs it as root, as reading nf_tables needs CAP_NET_ADMIN", 0})
+	}
+	if o.User != "" {
+		ls = append(ls,
+			line{"Service", "User", o.User, "a user of its own, whose files it cannot modify (modify files others read)", 0},
+			line{"Service", "Group", group, "a group of its own (modify files others read)", 0})
+	}
+	ls = append(ls,
+		line{"Service", "NoNewPrivileges", "yes", "setuid binaries and file capabilities grant nothing (gain privileges)", 187},
+		line{"Service", "PrivateTmp", "yes", "no shared /tmp to drop or swap files in (modify files others read)", 183},
+		line{"Service", "ProtectSystem", "strict", "the whole file system is read-only but the paths below (modify files others read, run another program)", 232},
+	)
 	managed, plain := splitWritable(o.Writable)
 	if v := o.SystemdVersion; v != 0 && v < 235 { // StateDirectory= and the others came in 235
 		managed, plain = nil, o.Writable

@@ -122,7 +122,11 @@ func ProposeDoc(a *config.Allowlist, doc deny.RecentDoc, since time.Time) string
 	b.WriteString("\n# Review every line before enforcing: an attempt is not a need. Addresses are proposed\n" +
 		"# as literals; a name is proposed only where the allowlist's own name, or the DNS proxy's\n" +
 		"# answer to the service (dns: proxy), gave the address.\n")
-	fmt.Fprintf(&b, "user: %s\n", strconv.Quote(a.User))
+	if a.IsUnit() {
+		fmt.Fprintf(&b, "unit: %s\n", strconv.Quote(a.Unit))
+	} else {
+		fmt.Fprintf(&b, "user: %s\n", strconv.Quote(a.User))
+	}
 	if a.Mode == config.ModeAudit {
 		b.WriteString("mode: audit                    # switch to enforce once reviewed\n")
 	}

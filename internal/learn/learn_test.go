@@ -53,3 +53,16 @@ func TestProposeLoadsAndCovers(t *testing.T) {
 		t.Error("an observation older than --since, or another allowlist's, was proposed")
 	}
 }
+
+func TestProposeUnit(t *testing.T) {
+	a, err := config.ParseAllowlist("/etc/egressd/allow.d/shop.yaml", "shop", []byte("unit: php-fpm@shop.service\nallow: []\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	out := Propose(a, []deny.RecentEntry{{Allowlist: "shop", Unit: "php-fpm@shop.service", Proto: "tcp", Dst: "203.0.113.5", DPort: 443, Count: 1, First: at, Last: at}}, at.Add(-time.Hour))
+	got, err := config.ParseAllowlist("proposal.yaml", "shop", []byte(out))
+	if err != nil || got.Unit != "php-fpm@shop.service" || got.User != "" || len(got.Entries) != 1 {
+		t.Fatalf("proposal for a unit allowlist: %v\n%s", err, out)
+	}
+}

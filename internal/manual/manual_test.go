@@ -12,7 +12,7 @@ func TestTextLayout(t *testing.T) {
 	for _, want := range []string{
 		"NAME\n    egressd - per-service egress allowlists",
 		"\nCOMMANDS\n    run       Run the daemon in the foreground",
-		"\n    check --explain USER HOST:PORT[/udp]\n              Would USER be allowed",
+		"\n    check --explain USER|UNIT HOST:PORT[/udp]\n              Would USER (or the unit",
 		"\n    egressd run [--config FILE] [--once]",
 		"\n                   [--allowlist NAME] [--unit NAME] [--config FILE]\n",
 	} {

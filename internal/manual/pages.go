@@ -21,8 +21,9 @@ egressd harden --user USER [--group GROUP] [--writable PATH]...
                [--systemd-version N] [--target-features FEATURES]
                [--egressd PATH] [--gate-timeout D]
                [--allowlist NAME] [--unit NAME] [--config FILE]
+               [--unit-file FILE]
 egressd harden --audit UNIT_FILE [--json]
-egressd wait (--user USER | --allowlist NAME) [--timeout 30s]
+egressd wait (--user USER | --unit UNIT | --allowlist NAME) [--timeout 30s]
 egressd remove [--runtime-dir DIR]
 egressd plan [--config FILE] [--runtime-dir DIR]
 egressd denies [--follow] [--allowlist NAME] [--json] [--runtime-dir DIR]
@@ -50,7 +51,8 @@ the kernel is compared with the daemon's published view (DIR/state.json), so
 lingering and stale-served addresses are not drift. Prints one line per
 allowlist, the names the hosts file answers, then each problem with what to
 do; --json prints the document described in docs/check.md. Changes nothing.`),
-		Item("check --explain USER HOST:PORT[/udp]", `Would USER be allowed to
+		Item("check --explain USER|UNIT HOST:PORT[/udp]", `Would USER (or the unit
+UNIT, NAME.service or NAME.slice, of a unit allowlist) be allowed to
 reach HOST:PORT right now, according to the live kernel, and by which
 allowlist entry; which source answered for the name (hosts or dns); when
 denied, the nearest entries (same host other port, same name other address).`),
@@ -69,7 +71,9 @@ to /), with the fix. Exit 1 when anything is found.`),
 written by harden): wait until egressd restricts USER (or the user of
 allowlist NAME) in the kernel, then exit 0; exit 1 when the timeout passes
 first, so the service does not start. Needs CAP_NET_ADMIN to read nf_tables
-(the + prefix runs it as root).`),
+(the + prefix runs it as root). With --unit (or a unit allowlist's NAME) it
+must run inside that unit, as its first ExecStartPre=: it waits until the
+kernel restricts the unit's current cgroup.`),
 		Item("remove", `Delete the table inet egressd: every restriction is
 lifted. For uninstalling and emergencies. Refused while the daemon runs (it
 would restore the table at once): stop it first (systemctl stop egressd).
@@ -193,7 +197,11 @@ closed) or remove.`),
 	{"ALLOWLISTS", []Block{P(`One allowlist per file in allow_dir, NAME.yaml, where NAME
 (letters, digits, '-', '_', at most 48) names the allowlist in the kernel and
 in logs. Hidden files are ignored.`),
-		Item("user", `The service user: a name or a numeric uid (required; not root).`),
+		Item("user", `The service user: a name or a numeric uid (required unless unit: is given; not root).`),
+		Item("unit", `Instead of user: a systemd service or slice (NAME.service,
+NAME.slice): every socket created in its cgroup (cgroup v2, Linux 5.13 or
+later) is restricted, whatever its uid; other processes of the same user are
+not. See docs/units.md.`),
 		Item("allow", `List of destinations, HOST:PORT or HOST:FROM-TO, optionally
 followed by /tcp (default) or /udp. HOST is a DNS name, an IPv4 address or
 CIDR, or an IPv6 address or CIDR in brackets.`),

@@ -31,6 +31,7 @@ const (
 	cmdUnbind        = 2 // NFULNL_CFG_CMD_UNBIND
 	copyPacket       = 2 // NFULNL_COPY_PACKET
 
+	attrMark      = 2  // NFULA_MARK
 	attrTimestamp = 3  // NFULA_TIMESTAMP
 	attrPayload   = 9  // NFULA_PAYLOAD
 	attrPrefix    = 10 // NFULA_PREFIX
@@ -45,7 +46,8 @@ const (
 type Packet struct {
 	Prefix   string
 	UID, GID uint32
-	HasUID   bool // false when the packet had no local socket
+	HasUID   bool   // false when the packet had no local socket
+	Mark     uint32 // the packet's mark when logged (a unit deny: the unit key, ruleset.UnitLogPrefix)
 	Proto    uint8
 	Src, Dst netip.Addr
 	SPort    uint16
@@ -151,6 +153,8 @@ func decode(b []byte) (Packet, error) {
 			p.UID, p.HasUID = ad.Uint32(), true
 		case attrGID:
 			p.GID = ad.Uint32()
+		case attrMark:
+			p.Mark = ad.Uint32()
 		case attrPayload:
 			payload = ad.Bytes()
 		case attrTimestamp:

@@ -23,6 +23,7 @@ type Users struct {
 	Conflicted map[string]string // allowlist name -> the allowlist that restricts its uid instead
 	Vanished   map[string]error  // allowlist name -> why its user does not resolve (its earlier uid is still enforced)
 	Was        map[string]string // allowlist name -> the user it named when its kept uid was looked up, if not the same
+	UnitKeys   map[string]uint32 // unit allowlist name -> its unit key (ruleset.UnitKeys); unit allowlists have no uid
 	written    map[string]string // allowlist name -> the user as written, for Keep
 }
 
@@ -73,8 +74,12 @@ func (u *Users) Keep(prev Users) {
 // name is enforced, the other is reported.
 func LookupUsers(c *config.Config, lookup config.UserLookup) Users {
 	u := Users{UIDs: map[string]uint32{}, Missing: map[string]error{}, Conflicted: map[string]string{}, written: map[string]string{}}
+	u.UnitKeys = ruleset.UnitKeys(unitAllowlists(c))
 	owner := map[uint32]string{}
 	for _, a := range c.Allowlists {
+		if a.IsUnit() {
+			continue // keyed by its unit, not a uid (Units)
+		}
 		u.written[a.Name] = a.User
 		uid, err := a.UID(lookup)
 		if err != nil {
@@ -90,6 +95,16 @@ func LookupUsers(c *config.Config, lookup config.UserLookup) Users {
 		u.UIDs[a.Name] = uid
 	}
 	return u
+}
+
+func unitAllowlists(c *config.Config) []string {
+	var out []string
+	for _, a := range c.Allowlists {
+		if a.IsUnit() {
+			out = append(out, a.Name)
+		}
+	}
+	return out
 }
 
 // Seed returns a lookup result that holds uids enforced earlier (by a
@@ -127,10 +142,13 @@ func BuildDesiredHosts(c *config.Config, users Users, addrs func(name string) []
 	d := ruleset.Desired{Resolvers: c.Resolvers, DenyLog: c.DenyLog, ProxyPort: c.DNSProxyPort}
 	for _, a := range c.Allowlists {
 		uid, ok := users.UIDs[a.Name]
+		if a.IsUnit() {
+			uid, ok = users.UnitKeys[a.Name]
+		}
 		if !ok {
 			continue
 		}
-		al := ruleset.Allowlist{Name: a.Name, UID: uid, DNS: a.DNS == config.DNSResolvers, Proxy: a.DNS == config.DNSProxy, Audit: a.Mode == config.ModeAudit}
+		al := ruleset.Allowlist{Name: a.Name, UID: uid, Unit: a.Unit, DNS: a.DNS == config.DNSResolvers, Proxy: a.DNS == config.DNSProxy, Audit: a.Mode == config.ModeAudit}
 		for _, e := range a.Entries {
 			if e.IsWildcard() {
 				continue // allows only what the proxy answered (the proxy sets)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -77,5 +79,20 @@ func TestWaitGivesUpWithoutPrivilege(t *testing.T) {
 	err := Wait(context.Background(), k, 1002, time.Hour) // would block for an hour if it retried
 	if err == nil || errors.Is(err, ErrNotEnforced) || !errors.Is(err, syscall.EPERM) {
 		t.Fatalf("Wait = %v, want the permission error at once", err)
+	}
+}
+
+func TestUnitCgroup(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "system.slice/shop.service/.control"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, self := range []string{"system.slice/shop.service", "/system.slice/shop.service/.control"} {
+		if p, id, err := UnitCgroup(root, self, "shop.service"); err != nil || p != "system.slice/shop.service" || id == 0 {
+			t.Errorf("UnitCgroup(%q) = %q, %d, %v", self, p, id, err)
+		}
+	}
+	if _, _, err := UnitCgroup(root, "system.slice/other.service", "shop.service"); err == nil {
+		t.Error("a gate outside its unit vouched for it")
 	}
 }

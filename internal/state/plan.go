@@ -26,6 +26,23 @@ type Plan struct {
 	Sets       map[string][]Element `json:"sets"`       // logical set name (ruleset.SetID) -> elements
 	DenyLog    DenyLog              `json:"deny_log"`
 	ProxyPort  uint16               `json:"proxy_port,omitempty"`
+	Units      []Unit               `json:"units,omitempty"`   // unit allowlists (docs/units.md), sorted by name
+	Cgroups    []Cgroup             `json:"cgroups,omitempty"` // the restricted units' cgroups, by id
+}
+
+// Unit is one unit allowlist's place in the plan.
+type Unit struct {
+	Name  string `json:"name"`
+	Unit  string `json:"unit"`
+	Key   uint32 `json:"key"`
+	DNS   bool   `json:"dns"`
+	Audit bool   `json:"audit"`
+}
+
+// Cgroup is a restricted unit's cgroup: its id and its allowlist.
+type Cgroup struct {
+	ID        uint64 `json:"id"`
+	Allowlist string `json:"allowlist"`
 }
 
 // Allowlist is one protected user's place in the plan.
@@ -66,6 +83,12 @@ func FromPlan(p ruleset.Plan) Plan {
 	for i, ch := range p.Chains {
 		out.Allowlists[i] = Allowlist{Name: ch.Allowlist, UID: ch.UID, DNS: ch.DNS, Proxy: ch.Proxy, Audit: ch.Audit}
 	}
+	for _, u := range p.Units {
+		out.Units = append(out.Units, Unit{Name: u.Allowlist, Unit: u.Unit, Key: u.Key, DNS: u.DNS, Audit: u.Audit})
+	}
+	for _, c := range p.Cgroups {
+		out.Cgroups = append(out.Cgroups, Cgroup{ID: c.ID, Allowlist: c.Allowlist})
+	}
 	for name, es := range p.Sets {
 		doc := make([]Element, len(es))
 		for i, e := range es {
@@ -85,6 +108,12 @@ func (p Plan) Ruleset() (ruleset.Plan, error) {
 	}, ProxyPort: p.ProxyPort}
 	for _, a := range p.Allowlists {
 		out.Chains = append(out.Chains, ruleset.ChainPlan{Allowlist: a.Name, UID: a.UID, DNS: a.DNS, Proxy: a.Proxy, Audit: a.Audit})
+	}
+	for _, u := range p.Units {
+		out.Units = append(out.Units, ruleset.UnitPlan{Allowlist: u.Name, Unit: u.Unit, Key: u.Key, DNS: u.DNS, Audit: u.Audit})
+	}
+	for _, c := range p.Cgroups {
+		out.Cgroups = append(out.Cgroups, ruleset.Cgroup{ID: c.ID, Allowlist: c.Allowlist})
 	}
 	for name, doc := range p.Sets {
 		es := make([]ruleset.Element, len(doc))

@@ -147,6 +147,8 @@ func exprsFromBytes(fam byte, ad *netlink.AttributeDecoder) ([]Any, error) {
 func exprFromName(name string) Any {
 	var e Any
 	switch name {
+	case "socket": // egressd: read back (PATCHES.md)
+		e = &Socket{}
 	case "ct":
 		e = &Ct{}
 	case "range":
