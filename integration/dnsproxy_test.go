@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -295,6 +296,11 @@ func TestDNSProxyLearn(t *testing.T) {
 			w.expect(uidA, "tcp", netip.AddrPortFrom(a, 443).String(), okConnected) // audited
 		}
 	}
+	// What the proxy saw survives a restart (observed.json under the state directory).
+	w.stop(syscall.SIGTERM)
+	cmd = exec.Command(egressd, w.tw.RunArgs()...)
+	cmd.Env = append(cmd.Environ(), "STATE_DIRECTORY="+stateDir)
+	w.startCmd(cmd)
 	var out string
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
 		_, out, _ = w.egressdCmd("learn", "--config", filepath.Join(w.dir, "egressd.yaml"), "--state-dir", stateDir, "--runtime-dir", w.runDir(), "billing")
