@@ -243,6 +243,7 @@ type Config struct {
 	HostsFile           string       // looked up before DNS; empty: DNS only
 	ListsDir            string       // shared lists that allowlists include
 	DNSProxyPort        uint16       // the DNS proxy's port on 127.0.0.1 and ::1
+	DNSProxyMaxAnswers  int          // the DNS proxy's live answers per allowlist (kernel elements)
 	Allowlists          []*Allowlist // sorted by Name
 	// Skipped lists the files in the allow directory that are not
 	// allowlists (neither NAME.yaml nor NAME.yml, nor hidden): a file
@@ -269,6 +270,7 @@ func Defaults() Config {
 		HostsFile:           "/etc/hosts",
 		ListsDir:            "lists",
 		DNSProxyPort:        DefaultProxyPort,
+		DNSProxyMaxAnswers:  65536,
 	}
 }
 

@@ -171,7 +171,7 @@ func (p *parser) sequence(v *yaml.Node, key string) []*yaml.Node {
 }
 
 var mainKeys = []string{"resolvers", "allow_dir", "min_ttl", "max_ttl", "linger", "stale_grace",
-	"max_addresses_per_name", "deny_log", "on_exit", "metrics_listen", "hosts_file", "lists_dir", "dns_proxy_port"}
+	"max_addresses_per_name", "deny_log", "on_exit", "metrics_listen", "hosts_file", "lists_dir", "dns_proxy_port", "dns_proxy_max_answers"}
 
 // MainKeys returns the keys of the main file (for documentation checks).
 func MainKeys() []string { return append([]string(nil), mainKeys...) }
@@ -247,7 +247,15 @@ func ParseMain(file string, data []byte) (*Config, error) {
 				}
 			case "dns_proxy_port":
 				if n, ok := p.integer(v, key, 1, 65535); ok {
+					if n == 53 {
+						p.errorf(v, "dns_proxy_port: 53 is the port the kernel redirects from; choose another (default %d)", DefaultProxyPort)
+						return
+					}
 					c.DNSProxyPort = uint16(n)
+				}
+			case "dns_proxy_max_answers":
+				if n, ok := p.integer(v, key, 16, 1<<24); ok {
+					c.DNSProxyMaxAnswers = int(n)
 				}
 			case "on_exit":
 				if s, ok := p.scalar(v, key); ok {

@@ -50,13 +50,16 @@ type Policy struct {
 	MaxTTL    time.Duration
 	Linger    time.Duration
 	MaxAddrs  int // per answer
+	// MaxAnswers bounds the live answers (kernel elements) per allowlist;
+	// 0 keeps the proxy's default.
+	MaxAnswers int
 }
 
 // PolicyFrom builds the proxy's policy from a configuration and the uids
 // its allowlists' users have now (allowlist name -> uid).
 func PolicyFrom(c *config.Config, uids map[string]uint32) *Policy {
 	p := &Policy{ByUID: map[uint32]*Allowlist{}, Upstreams: c.Resolvers, MinTTL: c.MinTTL, MaxTTL: c.MaxTTL,
-		Linger: c.Linger, MaxAddrs: c.MaxAddressesPerName}
+		Linger: c.Linger, MaxAddrs: c.MaxAddressesPerName, MaxAnswers: c.DNSProxyMaxAnswers}
 	for _, a := range c.Allowlists {
 		uid, ok := uids[a.Name]
 		if !ok || a.DNS != config.DNSProxy {

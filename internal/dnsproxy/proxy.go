@@ -57,7 +57,8 @@ type Options struct {
 	// MaxElements bounds the proxy's kernel elements per uid (a wildcard
 	// over a domain whose answers an attacker controls must not fill the
 	// kernel); past it, answers with new addresses get SERVFAIL until
-	// elements expire. Default 16384.
+	// elements expire. Default 65536; the policy's MaxAnswers
+	// (dns_proxy_max_answers) replaces it.
 	MaxElements int
 	// Timeout per upstream attempt. Default 2 s.
 	Timeout time.Duration
@@ -94,7 +95,7 @@ func New(opt Options) *Proxy {
 		opt.MaxConns = 256
 	}
 	if opt.MaxElements <= 0 {
-		opt.MaxElements = 16384
+		opt.MaxElements = 65536
 	}
 	if opt.Timeout <= 0 {
 		opt.Timeout = 2 * time.Second
@@ -119,6 +120,9 @@ func New(opt Options) *Proxy {
 // SetPolicy replaces what the proxy answers by. What it wrote for uids that
 // are no longer proxy users is forgotten (their rebuild dropped it).
 func (p *Proxy) SetPolicy(pol *Policy) {
+	if pol.MaxAnswers > 0 {
+		p.w.setMax(pol.MaxAnswers)
+	}
 	p.policy.Store(pol)
 	p.w.Forget(func(uid uint32) bool { return pol.ByUID[uid] != nil })
 }

@@ -39,7 +39,13 @@ func newWriter(k ruleset.ProxyKernel, now func() time.Time, maxPer int) *writer 
 }
 
 // ErrTooMany: the uid holds MaxElements answers already.
-var ErrTooMany = errors.New("the allowlist holds the most DNS proxy answers it may (dnsproxy MaxElements); new addresses wait until old ones expire")
+var ErrTooMany = errors.New("the allowlist holds the most DNS proxy answers it may (dns_proxy_max_answers); answers with new addresses fail until old ones expire")
+
+func (w *writer) setMax(n int) {
+	w.mu.Lock()
+	w.maxPer = n
+	w.mu.Unlock()
+}
 
 func (w *writer) set(k elemKey, exp time.Time) {
 	if _, ok := w.known[k]; !ok {
@@ -88,7 +94,7 @@ func (w *writer) Ensure(es []ruleset.ProxyElement, hold time.Duration) error {
 	}
 	for uid, n := range fresh {
 		if w.perUID[uid]+n > w.maxPer {
-			if now.Sub(w.sweep) > time.Second {
+			if now.Sub(w.sweep) > 100*time.Millisecond {
 				w.sweepLocked(now) // what expired no longer counts
 			}
 			if w.perUID[uid]+n > w.maxPer {

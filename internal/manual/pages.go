@@ -98,10 +98,11 @@ it is) from what the daemon observed for it: every destination it denied or,
 in mode: audit, let through, as a literal address (or as the allowlist's own
 name where that name answered with it) with its count and first and last
 time seen as comments; the entries already in the allowlist marked as such;
---since keeps the recent ones. The observations are kept under the state
-directory (observed.json, bounded) and survive restarts. Names the service
-resolved itself, and wildcards, need dns: proxy (not yet). Exit 2 when there
-is nothing to learn from.`),
+--since keeps the recent ones. With dns: proxy, an address is proposed as the
+name the proxy answered the service with, three or more sibling names as one
+*.parent wildcard, and the names the proxy refused are listed as comments.
+The observations are kept under the state directory (observed.json, bounded)
+and survive restarts. Exit 2 when there is nothing to learn from.`),
 		Item("demo", `Run the real daemon on example allowlists inside a throwaway
 network namespace, with its own DNS server and example services; prints what
 is allowed, what is denied and a DNS change taking effect. Never touches the
@@ -193,6 +194,12 @@ egressd), interval (the deny event aggregation window; default 10s).`),
 		Item("on_exit", `keep (default: the rules stay when the daemon stops; fail
 closed) or remove.`),
 		Item("metrics_listen", `HOST:PORT of the Prometheus endpoint. Default: off.`),
+		Item("dns_proxy_port", `The DNS proxy's port on 127.0.0.1 and ::1, where the
+kernel redirects the queries of dns: proxy allowlists (egressd.socket opens
+it: change both). Default: 153.`),
+		Item("dns_proxy_max_answers", `The DNS proxy's live answers per allowlist (kernel
+elements, each expiring after its TTL + linger); past it, answers with new
+addresses get SERVFAIL (dns_proxy_failed). Default: 65536.`),
 	}},
 	{"ALLOWLISTS", []Block{P(`One allowlist per file in allow_dir, NAME.yaml, where NAME
 (letters, digits, '-', '_', at most 48) names the allowlist in the kernel and
@@ -204,12 +211,20 @@ later) is restricted, whatever its uid; other processes of the same user are
 not. See docs/units.md.`),
 		Item("allow", `List of destinations, HOST:PORT or HOST:FROM-TO, optionally
 followed by /tcp (default) or /udp. HOST is a DNS name, an IPv4 address or
-CIDR, or an IPv6 address or CIDR in brackets.`),
+CIDR, an IPv6 address or CIDR in brackets, or with dns: proxy a wildcard:
+*.example.com (exactly one more label) or **.example.com (any depth; neither
+matches example.com itself).`),
 		Item("include", `List of shared list names (files NAME.yaml in lists_dir)
 whose destinations this allowlist also allows, under this allowlist's dns and
 allow_private_answers settings.`),
 		Item("dns", `resolvers (default): the user may reach the configured resolvers
-on port 53; none: it may not.`),
+on port 53; none: it may not; proxy: every DNS query of the user (UDP and TCP
+port 53, any address) is redirected to egressd's proxy, which answers only
+names an entry matches and puts their addresses in the kernel before the
+answer is released; other names are answered REFUSED (dns_refused). Needed
+for wildcard entries.`),
+		Item("dns_unlisted", `With dns: proxy: refuse (default) or answer names no
+entry matches (their addresses allow nothing; mode: audit answers them too).`),
 		Item("mode", `enforce (default): everything outside the allowlist is logged,
 then rejected; audit: it is logged as a deny event with "audit": true, then
 let through (roll out without breaking the service; switching back is a

@@ -41,23 +41,12 @@ const (
 	freshPool = 80000 // distinct names, each with its own address
 )
 
-// Client source ports, per uid, outside the namespace's ephemeral range
-// (32768-60999), where the proxy's own upstream sockets take theirs: a
-// client socket that happens to get a port the proxy (or the other uid) used
-// for the same upstream within conntrack's UDP timeout joins that flow, is
-// not redirected, and its query is denied (EPERM) — see docs/performance.md.
-var clientPorts = map[int]*atomic.Int64{proxyUID: {}, directUID: {}}
-
-func portBase(uid int) int {
-	if uid == proxyUID {
-		return 10000
-	}
-	return 20000
-}
-
-// dialAs is netns.DialAs with a source port from uid's own range.
+// dialAs is netns.DialAs: a UDP socket of uid on an ephemeral port, as libc
+// takes one. (The first version of this benchmark had to bind its clients
+// outside the ephemeral range: a client that got a port another socket had
+// used for the same upstream joined that flow's conntrack entry and was
+// refused; proxy users' DNS flows now have a conntrack zone of their own.)
 func dialAs(w *world, uid int) (net.Conn, error) {
-	port := portBase(uid) + int(clientPorts[uid].Add(1)%10000)
 	var conn net.Conn
 	err := w.ns.Do(func() error {
 		if _, err := unix.SetfsuidRetUid(uid); err != nil {
@@ -65,7 +54,7 @@ func dialAs(w *world, uid int) (net.Conn, error) {
 		}
 		defer unix.SetfsuidRetUid(0) //nolint:errcheck
 		var err error
-		d := net.Dialer{Timeout: time.Second, LocalAddr: &net.UDPAddr{Port: port}}
+		d := net.Dialer{Timeout: time.Second}
 		conn, err = d.Dial("udp", upstream)
 		return err
 	})
@@ -284,7 +273,7 @@ func dnsProxy(bin string) error {
 	w.dns.Set(hot, dnstest.Record{A: []netip.Addr{addr(freshPool + 1)}, TTL: 300})
 	fresh := func(k int64) string { return fmt.Sprintf("f%d.bench.example", k%freshPool) }
 	for k := 0; k < freshPool; k++ {
-		w.dns.Set(fresh(int64(k)), dnstest.Record{A: []netip.Addr{addr(k)}, TTL: 1}) // short-lived: at thousands of new answers a second, the live ones stay under the per-allowlist cap (16,384)
+		w.dns.Set(fresh(int64(k)), dnstest.Record{A: []netip.Addr{addr(k)}, TTL: 1}) // short-lived: at thousands of new answers a second, the live ones stay under dns_proxy_max_answers (65,536)
 	}
 	d, err := w.daemon(bin)
 	if err != nil {
