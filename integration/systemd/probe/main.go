@@ -6,8 +6,12 @@
 //	egressd-probe agent ADDR           listen on ADDR; answer one command per connection
 //	egressd-probe ask ADDR CMD ARG     send "CMD ARG" to an agent, print its answer
 //	egressd-probe connect ADDR         connect once, print ok or the error
+//	egressd-probe dns ADDR PREFIX...   a DNS server on ADDR (UDP and TCP; see dns.go)
+//	egressd-probe resolve SERVER NAME  ask SERVER for NAME once, print "ok ADDR" or the error
 //
-// Agent commands: "connect HOST:PORT", "write PATH", "listen HOST:PORT", "pid".
+// Agent commands: "connect HOST:PORT", "write PATH", "listen HOST:PORT", "pid",
+// and the DNS client's: "resolve SERVER NAME", "dnsloop SERVER", "dnsstat -",
+// "dnsstop -" (dns.go).
 // Answers are one line: "ok" or "error: …".
 package main
 
@@ -68,6 +72,16 @@ func main() {
 		fmt.Print(line)
 	case "connect":
 		fmt.Println(answer("connect", os.Args[2]))
+	case "resolve": // as the agent's "resolve", from outside any service
+		if len(os.Args) != 4 {
+			os.Exit(2)
+		}
+		fmt.Println(dnsCommand("resolve", os.Args[2]+" "+os.Args[3]))
+	case "dns":
+		if err := serveDNS(os.Args[2], os.Args[3:]); err != nil {
+			fmt.Fprintln(os.Stderr, "dns:", err)
+			os.Exit(1)
+		}
 	default:
 		os.Exit(2)
 	}
@@ -111,6 +125,8 @@ func answer(cmd, arg string) string {
 		}
 		l.Close()
 		return "ok"
+	case "resolve", "dnsloop", "dnsstat", "dnsstop":
+		return dnsCommand(cmd, arg)
 	}
 	return "error: unknown command " + cmd
 }
