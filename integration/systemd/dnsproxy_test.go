@@ -87,6 +87,16 @@ func (c *container) dnsProxy(t *testing.T) {
 	c.must("systemctl", "restart", "egressd.service") // the new resolvers
 	c.must("egressd", "wait", "--user", "fetch", "--timeout", "30s")
 	c.adopted(t, "after the first start with dns: proxy")
+	// Stand-ins for local resolvers' UNIX sockets (systemd-resolved's
+	// varlink, which nss-resolve uses, and nscd's): they would resolve any
+	// name for fetch out of the proxy's sight.
+	localResolvers := []string{"/run/systemd/resolve/io.systemd.Resolve", "/run/nscd/socket"}
+	c.must("mkdir", "-p", "/run/systemd/resolve", "/run/nscd")
+	c.must("systemd-run", "--unit=fake-resolvers", "egressd-probe", "serve", "unix:"+localResolvers[0], "unix:"+localResolvers[1])
+	eventually(t, "the stand-in resolver sockets", func() (bool, string) {
+		got := strings.TrimSpace(c.must("egressd-probe", "connect", "unix:"+localResolvers[1]))
+		return got == "ok", got
+	})
 	c.write("/etc/systemd/system/fetch.service", serviceUnit(fetchPort), 0o644)
 	c.harden(t, "fetch.service", "--allowlist", "fetch", "--listen", "tcp:8083")
 	c.must("systemctl", "daemon-reload")
@@ -98,6 +108,27 @@ func (c *container) dnsProxy(t *testing.T) {
 		got := c.ask(fetchPort, "pid", "-")
 		return !strings.HasPrefix(got, "error"), got
 	})
+
+	// harden hid the local resolvers from fetch (dns: proxy), not from
+	// billing (dns: none); still after they restart, which unlinks and
+	// recreates their sockets (as resolved's varlink server does).
+	for _, when := range []string{"", " after the resolvers restarted"} {
+		if when != "" {
+			c.must("systemctl", "restart", "fake-resolvers.service")
+			eventually(t, "the stand-in resolver sockets again", func() (bool, string) {
+				got := strings.TrimSpace(c.must("egressd-probe", "connect", "unix:"+localResolvers[1]))
+				return got == "ok", got
+			})
+		}
+		for _, sock := range localResolvers {
+			if got := c.ask(fetchPort, "connect", "unix:"+sock); got == "ok" {
+				t.Errorf("fetch (dns: proxy) reaches %s%s: its lookups there would bypass the proxy", sock, when)
+			}
+			if got := c.ask(8080, "connect", "unix:"+sock); got != "ok" {
+				t.Errorf("billing (dns: none) cannot reach %s%s (%s): the check above proves nothing", sock, when, got)
+			}
+		}
+	}
 
 	// Controls. An address the DNS server gave root (not redirected, no
 	// proxy) is not allowed to fetch; the proxy's answer to fetch is; an
