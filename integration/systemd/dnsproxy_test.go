@@ -212,4 +212,24 @@ func (c *container) dnsProxy(t *testing.T) {
 	if got := c.ask(fetchPort, "resolve", dnsServer+" c.cdn.example.test"); !strings.HasPrefix(got, "ok ") {
 		t.Errorf("after systemctl start egressd: %s", got)
 	}
+
+	// IPv6 off on lo (net.ipv6.conf.lo.disable_ipv6=1, or .all.): ::1 is
+	// gone, and binding [::1]:153 must not fail the whole socket unit
+	// (FreeBind=yes), or no socket is left for IPv4 either.
+	c.must("systemctl", "stop", "egressd.socket", "egressd.service")
+	c.must("sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/lo/disable_ipv6")
+	defer c.run("sh", "-c", "echo 0 > /proc/sys/net/ipv6/conf/lo/disable_ipv6") //nolint:errcheck
+	c.must("systemctl", "reset-failed", "egressd.service") // seven starts in 10 s: past StartLimitBurst=5
+	if out, err := c.run("systemctl", "start", "egressd.service"); err != nil {
+		log, _ := c.run("journalctl", "--no-pager", "-o", "cat", "-n", "30", "-u", "egressd.socket", "-u", "egressd.service")
+		t.Fatalf("systemctl start egressd with IPv6 off on lo: %v\n%s\n%s", err, out, log)
+	}
+	if st := c.show("egressd.socket", "ActiveState"); st != "active" {
+		log, _ := c.run("journalctl", "--no-pager", "-o", "cat", "-u", "egressd.socket")
+		t.Fatalf("egressd.socket %s with IPv6 off on lo:\n%s", st, log)
+	}
+	c.adopted(t, "with IPv6 off on lo")
+	if got := c.ask(fetchPort, "resolve", dnsServer+" d.cdn.example.test"); !strings.HasPrefix(got, "ok ") {
+		t.Errorf("with IPv6 off on lo: %s", got)
+	}
 }
