@@ -219,7 +219,8 @@ func (c *container) dnsProxy(t *testing.T) {
 	c.must("systemctl", "stop", "egressd.socket", "egressd.service")
 	c.must("sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/lo/disable_ipv6")
 	defer c.run("sh", "-c", "echo 0 > /proc/sys/net/ipv6/conf/lo/disable_ipv6") //nolint:errcheck
-	c.must("systemctl", "reset-failed", "egressd.service") // seven starts in 10 s: past StartLimitBurst=5
+	// Seven starts in 10 s: past StartLimitBurst=5.
+	c.must("systemctl", "reset-failed", "egressd.service")
 	if out, err := c.run("systemctl", "start", "egressd.service"); err != nil {
 		log, _ := c.run("journalctl", "--no-pager", "-o", "cat", "-n", "30", "-u", "egressd.socket", "-u", "egressd.service")
 		t.Fatalf("systemctl start egressd with IPv6 off on lo: %v\n%s\n%s", err, out, log)
