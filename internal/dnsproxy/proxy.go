@@ -235,7 +235,8 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
 	for {
 		c.SetReadDeadline(p.opt.Now().Add(p.tcpIdle)) //nolint:errcheck
-		if ctx.Err() != nil {                         // else the AfterFunc runs after the line above
+		// Stopping: drain here, or else the AfterFunc runs after the line above.
+		if ctx.Err() != nil {
 			drain()
 		}
 		var l [2]byte
