@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -125,6 +126,7 @@ func (r *rig) inKernel() []string {
 	for _, pe := range es {
 		out = append(out, pe.Element.String())
 	}
+	sort.Strings(out) // in a fixed order: tests ask their names in a map's order
 	return out
 }
 
