@@ -111,6 +111,7 @@ func cmdHarden(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		o.AllowlistInfo = fmt.Sprintf(" (%s, %d entries, dns: %s)", al.File, len(al.Entries), al.DNS)
+		o.DNSProxy = al.DNS == config.DNSProxy
 	}
 	out, err := harden.Generate(o)
 	if err != nil {

@@ -4,7 +4,9 @@
 // overlay, with the freshly built egressd bind-mounted in. The tests install
 // egressd as the README says, harden services with `egressd harden`, and
 // check what systemd does with them: start, reload, stop, crash, restart,
-// watchdog, boot order, and what each hardened service can and cannot do.
+// watchdog, boot order, and what each hardened service can and cannot do;
+// and the DNS proxy (dns: proxy) under socket activation: egressd.socket
+// adopted, no query lost through restarts, fail closed without it.
 // TestSystemdUnits covers unit allowlists (docs/units.md) on systemd 252;
 // TestSystemdNFTSet boots Debian 13 (systemd 257) for NFTSet=.
 // TestSystemdPackage installs the Debian package instead, in a container

@@ -2,6 +2,9 @@ package systemd
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -129,6 +132,21 @@ func TestSystemd(t *testing.T) {
 	if t.Failed() {
 		return
 	}
+	// The units as systemd loads them: egressd.service's exposure, and
+	// egressd.socket (with the service it activates) verified.
+	run("systemd-analyze", func(t *testing.T) {
+		out := c.must("systemd-analyze", "security", "--no-pager", "egressd.service")
+		m := regexp.MustCompile(`Overall exposure level for egressd\.service: ([0-9.]+)`).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("systemd-analyze security egressd.service:\n%s", out)
+		}
+		if score, _ := strconv.ParseFloat(m[1], 64); score > 1.5 {
+			t.Errorf("egressd.service exposure %.1f > 1.5:\n%s", score, out)
+		}
+		if out, err := c.run("systemd-analyze", "verify", "/etc/systemd/system/egressd.socket", "/etc/systemd/system/egressd.service"); err != nil || strings.TrimSpace(out) != "" {
+			t.Errorf("systemd-analyze verify egressd.socket egressd.service: %v\n%s", err, out)
+		}
+	})
 	run("READY after the first apply", func(t *testing.T) {
 		c.must("systemctl", "stop", "egressd.service", "billing.service")
 		c.must("egressd", "remove")
@@ -338,6 +356,10 @@ func TestSystemd(t *testing.T) {
 		}
 	})
 
+	// dns: proxy under systemd: egressd.socket holds the proxy's sockets
+	// while egressd restarts.
+	run("dns: proxy through restarts (egressd.socket)", c.dnsProxy)
+
 	// Boot order: after a reboot, every protected service starts after
 	// egressd's first full apply, and is restricted from its first instant.
 	run("reboot", func(t *testing.T) {
@@ -355,6 +377,9 @@ func TestSystemd(t *testing.T) {
 		}
 		c.restricted(t, 8080, "billing after reboot")
 		c.restricted(t, 80, "web after reboot")
+		if _, err := os.Stat(filepath.Join(c.root, "/etc/egressd/allow.d/fetch.yaml")); err == nil {
+			c.adopted(t, "at boot") // egressd.socket came up before egressd.service
+		}
 	})
 
 	// Finding 2: a typo in an allowlist at boot: egressd enforces the last

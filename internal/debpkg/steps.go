@@ -24,6 +24,9 @@ func InstallSteps(deb, user string) []Step {
 		{Why: "install", Argv: []string{"dpkg", "-i", deb}},
 		{Why: "enabled on install", Argv: []string{"systemctl", "is-enabled", "egressd.service"}, Want: "enabled"},
 		{Why: "started on install", Argv: []string{"systemctl", "is-active", "egressd.service"}, Want: "active", Eventually: 20 * time.Second},
+		// Wanted by egressd.service: it holds the DNS proxy's sockets.
+		{Why: "egressd.socket installed", Argv: []string{"test", "-s", "/lib/systemd/system/egressd.socket"}},
+		{Why: "egressd.socket active with egressd (Wants=)", Argv: []string{"systemctl", "is-active", "egressd.socket"}, Want: "active"},
 		{Why: "an empty allow.d restricts nobody, and check agrees with the kernel", Argv: []string{"egressd", "check"}, Want: "OK: in sync", Eventually: 10 * time.Second},
 		{Why: "the packaged version", Argv: []string{"egressd", "version"}, Want: "egressd "},
 		{Why: "the man page is installed", Argv: []string{"test", "-s", "/usr/share/man/man8/egressd.8.gz"}},
@@ -37,6 +40,7 @@ func InstallSteps(deb, user string) []Step {
 		{Why: "check is clean with an allowlist", Argv: []string{"egressd", "check"}, Want: "OK: in sync", Eventually: 5 * time.Second},
 		{Why: "remove", Argv: []string{"dpkg", "-r", "egressd"}},
 		{Why: "the daemon is stopped", Argv: []string{"systemctl", "is-active", "egressd.service"}, Exit: 3, Want: "inactive"},
+		{Why: "egressd.socket is stopped (its sockets closed)", Argv: []string{"systemctl", "is-active", "egressd.socket"}, Exit: 3, Want: "inactive"},
 		{Why: "the binary is gone", Argv: []string{"test", "!", "-e", "/usr/bin/egressd"}},
 		{Why: "the table is gone with it (prerm: egressd remove)", Argv: []string{"sh", "-c", "! command -v nft >/dev/null || ! nft list table inet egressd"}},
 		{Why: "the conffile stays after remove", Argv: []string{"test", "-e", "/etc/egressd/egressd.yaml"}},
@@ -44,5 +48,7 @@ func InstallSteps(deb, user string) []Step {
 		{Why: "the conffile is gone after purge", Argv: []string{"test", "!", "-e", "/etc/egressd/egressd.yaml"}},
 		{Why: "the administrator's allowlist is kept", Argv: []string{"test", "-e", allowlist}},
 		{Why: "no unit is left enabled", Argv: []string{"test", "!", "-e", "/etc/systemd/system/multi-user.target.wants/egressd.service"}},
+		{Why: "egressd.socket is gone after purge", Argv: []string{"sh", "-c", "test ! -e /lib/systemd/system/egressd.socket && test ! -e /etc/systemd/system/sockets.target.wants/egressd.socket && ! systemctl is-active egressd.socket"}},
+		{Why: "nothing listens on the DNS proxy's port after purge", Argv: []string{"sh", "-c", "! grep -q ':0099 ' /proc/net/udp /proc/net/tcp /proc/net/udp6 /proc/net/tcp6"}},
 	}
 }

@@ -86,6 +86,10 @@ type Proxy struct {
 
 const failLogEvery = 10 * time.Second
 
+// drainIdle is how long a TCP connection may stay idle once the proxy
+// stops: a client that connected just before sends its query at once.
+const drainIdle = 200 * time.Millisecond
+
 // New returns a proxy that answers nothing until SetPolicy.
 func New(opt Options) *Proxy {
 	if opt.MaxInFlight <= 0 {
@@ -136,15 +140,21 @@ func (p *Proxy) Refill() error { return p.w.Refill() }
 // Flush logs the pending dns_refused summaries (on stop).
 func (p *Proxy) Flush() { p.refused.flush() }
 
-// ServeUDP answers datagrams on pc until it is closed or ctx ends.
+// ServeUDP answers datagrams on pc until it is closed or ctx ends. When ctx
+// ends it reads no more (what is unread stays in the socket: under socket
+// activation systemd holds it for the next egressd), answers what it has
+// read, and then closes pc.
 func (p *Proxy) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 	local, err := netip.ParseAddrPort(pc.LocalAddr().String())
 	if err != nil {
 		return err
 	}
-	stop := context.AfterFunc(ctx, func() { pc.Close() })
+	stop := context.AfterFunc(ctx, func() { pc.SetReadDeadline(time.Unix(1, 0)) }) //nolint:errcheck
 	defer stop()
 	buf := make([]byte, 65535)
+	var inflight sync.WaitGroup
+	defer func() { inflight.Wait(); pc.Close() }()
+	actx := context.WithoutCancel(ctx) // an answer begun is finished (bounded by the upstream timeouts)
 	for {
 		n, client, err := pc.ReadFromUDPAddrPort(buf)
 		if err != nil {
@@ -169,16 +179,21 @@ func (p *Proxy) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 			continue
 		}
 		msg := append([]byte(nil), buf[:n]...)
+		inflight.Add(1)
 		go func() {
+			defer inflight.Done()
 			defer func() { <-p.sem }()
-			if out := p.answer(ctx, 17, msg, client, local); out != nil {
+			if out := p.answer(actx, 17, msg, client, local); out != nil {
 				pc.WriteToUDPAddrPort(out, client) //nolint:errcheck
 			}
 		}()
 	}
 }
 
-// ServeTCP answers connections on ln until it is closed or ctx ends.
+// ServeTCP answers connections on ln until it is closed or ctx ends. When
+// ctx ends it accepts no more (the backlog stays in the socket, for the next
+// egressd under socket activation) and each open connection ends after the
+// query it is answering, or once idle for drainIdle.
 func (p *Proxy) ServeTCP(ctx context.Context, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
@@ -214,8 +229,10 @@ func (p *Proxy) ServeTCP(ctx context.Context, ln net.Listener) error {
 
 func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 	defer c.Close()
-	stop := context.AfterFunc(ctx, func() { c.Close() })
+	drain := func() { c.SetReadDeadline(p.opt.Now().Add(drainIdle)) } //nolint:errcheck
+	stop := context.AfterFunc(ctx, drain)
 	defer stop()
+	actx := context.WithoutCancel(ctx)
 	client, err1 := netip.ParseAddrPort(c.RemoteAddr().String())
 	local, err2 := netip.ParseAddrPort(c.LocalAddr().String())
 	if err1 != nil || err2 != nil {
@@ -225,6 +242,10 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
 	for {
 		c.SetReadDeadline(p.opt.Now().Add(p.tcpIdle)) //nolint:errcheck
+		// Stopping: drain here, or else the AfterFunc runs after the line above.
+		if ctx.Err() != nil {
+			drain()
+		}
 		var l [2]byte
 		if _, err := io.ReadFull(c, l[:]); err != nil {
 			return
@@ -234,7 +255,7 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 			return
 		}
 		p.sem <- struct{}{}
-		out := p.answer(ctx, 6, msg, client, local)
+		out := p.answer(actx, 6, msg, client, local)
 		<-p.sem
 		if out == nil {
 			return

@@ -327,3 +327,39 @@ func TestElementCap(t *testing.T) {
 		t.Errorf("%d dns_proxy_failed events for two refusals in a row, want 1", n)
 	}
 }
+
+
+// A stop (SIGTERM: egressd restarts) answers the queries it already read
+// before it lets go of the sockets: under socket activation the next
+// egressd gets only what was not read yet, so a query read but never
+// answered would be lost (its client waits out its timeout).
+func TestStopAnswersQueriesInFlight(t *testing.T) {
+	r := newRig(t, ident{uid: uidWeb, ok: true}, webAllowlist(t, "slow.example.com:443"))
+	r.up.Set("slow.example.com", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.10")}, TTL: 60, Delay: 300 * time.Millisecond})
+	type result struct {
+		network string
+		m       *dns.Msg
+		err     error
+	}
+	res := make(chan result, 2)
+	for _, network := range []string{"udp", "tcp"} {
+		go func() {
+			q := new(dns.Msg)
+			q.SetQuestion("slow.example.com.", dns.TypeA)
+			m, _, err := (&dns.Client{Net: network, Timeout: 3 * time.Second}).Exchange(q, r.addr)
+			res <- result{network, m, err}
+		}()
+	}
+	for deadline := time.Now().Add(2 * time.Second); r.up.QueriesFor("slow.example.com") < 2; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the queries did not reach the upstream")
+		}
+	}
+	r.cancel() // both are in flight: read, their upstream still answering
+	for i := 0; i < 2; i++ {
+		x := <-res
+		if x.err != nil || x.m.Rcode != dns.RcodeSuccess || strings.Join(addrsOf(x.m), ",") != "192.0.2.10" {
+			t.Errorf("%s: a query in flight when the proxy stopped: %v %v", x.network, x.m, x.err)
+		}
+	}
+}

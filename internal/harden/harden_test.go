@@ -154,6 +154,7 @@ func TestExposureTargets(t *testing.T) {
 	}{
 		{"typical network service", typical(DefaultSystemdVersion), 1.2},
 		{"loopback only", func() Options { o := typical(DefaultSystemdVersion); o.LoopbackOnly = true; return o }(), 0.9},
+		{"dns: proxy", func() Options { o := typical(DefaultSystemdVersion); o.DNSProxy = true; return o }(), 1.2},
 	}
 	for _, c := range cases {
 		c.o.Egressd = "/usr/bin/sleep" // verify wants the gate's binary to exist
@@ -289,4 +290,26 @@ func TestAuditUnit(t *testing.T) {
 		t.Errorf("no exposure score: %s", r.ScoreNote)
 	}
 	t.Logf("audited %v: exposure %.1f", r.Files, r.Score)
+}
+
+// dns: proxy sees port 53 only: a dns: proxy service's drop-in hides the
+// local resolvers' UNIX sockets (by their directories, which outlive the
+// resolvers' restarts); other services' drop-ins leave them.
+func TestDNSProxyHidesLocalResolvers(t *testing.T) {
+	o := typical(DefaultSystemdVersion)
+	plain, err := Generate(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.DNSProxy = true
+	proxy, err := Generate(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(proxy, "\nInaccessiblePaths=-/run/systemd/resolve -/run/nscd\n") {
+		t.Errorf("dns: proxy drop-in does not hide resolved's and nscd's sockets:\n%s", proxy)
+	}
+	if strings.Contains(plain, "InaccessiblePaths") {
+		t.Errorf("a drop-in without dns: proxy hides paths:\n%s", plain)
+	}
 }

@@ -30,6 +30,10 @@ type Options struct {
 	SystemdVersion int  // target systemd; options it does not know are left out
 	Allowlist      string
 	AllowlistInfo  string // one line describing the allowlist, for the header
+	// DNSProxy says the allowlist has dns: proxy: the service's lookups
+	// must reach port 53 (where the kernel redirects them to the proxy), not
+	// a local resolver's UNIX socket.
+	DNSProxy bool
 	// Egressd is the egressd binary the start gate runs; default
 	// /usr/local/bin/egressd (where egressd.service runs it from).
 	Egressd string
@@ -143,7 +147,8 @@ type line struct {
 //	ProtectKernelModules, ProtectControlGroups, RemoveIPC, PrivateUsers; 233 RestrictNamespaces;
 //	235 LockPersonality, IPAddressAllow/IPAddressDeny, KeyringMode; 239 PrivateMounts;
 //	242 ProtectHostname, RestrictSUIDSGID; 244 ProtectKernelLogs; 245 ProtectClock;
-//	247 ProtectProc, ProcSubset; 249 SocketBindAllow/SocketBindDeny.
+//	247 ProtectProc, ProcSubset; 249 SocketBindAllow/SocketBindDeny;
+//	231 InaccessiblePaths (with the "-" prefix).
 //
 // Older settings (User, Group, UMask, CapabilityBoundingSet, Limit*) predate
 // every release this tool targets (≥ 239 in practice).
@@ -259,6 +264,13 @@ func (o *Options) lines() []line {
 		line{"Service", "RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6", "no raw, packet or netlink sockets (connect out, bind a shell)", 211},
 		line{"Service", "PrivateMounts", "yes", "its mounts stay its own (gain privileges)", 239},
 	)
+	if o.DNSProxy {
+		// Directories, not the sockets: a resolved or nscd restart unlinks
+		// and recreates its socket, which drops a mount over the old one in
+		// every namespace; their directories stay (RuntimeDirectoryPreserve=).
+		ls = append(ls, line{"Service", "InaccessiblePaths", "-/run/systemd/resolve -/run/nscd",
+			"dns: proxy sees queries to port 53 only: systemd-resolved's varlink socket (nss-resolve) and nscd's would resolve any name for the service out of its sight (a DNS tunnel; wildcard entries would allow nothing). Without them glibc falls back to DNS on port 53, which the kernel redirects to the proxy; an /etc/resolv.conf linked into /run/systemd/resolve goes too, and resolvers then ask 127.0.0.1:53, redirected alike (connect out)", 231})
+	}
 	if low, ok := o.lowPort(); ok && o.PrivateUsers {
 		ls = append(ls, line{"Service", "PrivateUsers", "no", fmt.Sprintf("not yes: in a user namespace of its own, CAP_NET_BIND_SERVICE would hold only there, not in the one owning the network namespace, and binding %s would fail (EACCES)", low), 232})
 	} else if o.PrivateUsers {

@@ -2,12 +2,16 @@
 // listens as a target, runs as a protected service that reports what its
 // sandbox lets it do, and asks that service from outside.
 //
-//	egressd-probe serve ADDR...        accept on each ADDR, greet, close (targets)
+//	egressd-probe serve ADDR...        accept on each ADDR, greet, close (targets; unix:PATH too)
 //	egressd-probe agent ADDR           listen on ADDR; answer one command per connection
 //	egressd-probe ask ADDR CMD ARG     send "CMD ARG" to an agent, print its answer
 //	egressd-probe connect ADDR         connect once, print ok or the error
+//	egressd-probe dns ADDR PREFIX...   a DNS server on ADDR (UDP and TCP; see dns.go)
+//	egressd-probe resolve SERVER NAME  ask SERVER for NAME once, print "ok ADDR" or the error
 //
-// Agent commands: "connect HOST:PORT", "write PATH", "listen HOST:PORT", "pid".
+// Agent commands: "connect HOST:PORT", "write PATH", "listen HOST:PORT", "pid",
+// and the DNS client's: "resolve SERVER NAME", "dnsloop SERVER", "dnsstat -",
+// "dnsstop -" (dns.go).
 // Answers are one line: "ok" or "error: …".
 package main
 
@@ -28,7 +32,13 @@ func main() {
 	switch os.Args[1] {
 	case "serve":
 		for _, a := range os.Args[2:] {
-			l, err := net.Listen("tcp", a)
+			if p, ok := strings.CutPrefix(a, "unix:"); ok {
+				os.Remove(p) // a previous run's, as resolved and nscd do (unlink, bind)
+			}
+			l, err := net.Listen(network(a))
+			if err == nil && strings.HasPrefix(a, "unix:") {
+				err = os.Chmod(strings.TrimPrefix(a, "unix:"), 0o666) // as resolved's and nscd's
+			}
 			if err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				os.Exit(1)
@@ -68,6 +78,16 @@ func main() {
 		fmt.Print(line)
 	case "connect":
 		fmt.Println(answer("connect", os.Args[2]))
+	case "resolve": // as the agent's "resolve", from outside any service
+		if len(os.Args) != 4 {
+			os.Exit(2)
+		}
+		fmt.Println(dnsCommand("resolve", os.Args[2]+" "+os.Args[3]))
+	case "dns":
+		if err := serveDNS(os.Args[2], os.Args[3:]); err != nil {
+			fmt.Fprintln(os.Stderr, "dns:", err)
+			os.Exit(1)
+		}
 	default:
 		os.Exit(2)
 	}
@@ -84,12 +104,21 @@ func accept(l net.Listener, handle func(net.Conn)) {
 	}
 }
 
+// network splits "unix:PATH" (a UNIX socket) from HOST:PORT (TCP).
+func network(addr string) (string, string) {
+	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
+		return "unix", p
+	}
+	return "tcp", addr
+}
+
 func answer(cmd, arg string) string {
 	switch cmd {
 	case "pid":
 		return fmt.Sprint(os.Getpid())
 	case "connect":
-		c, err := net.DialTimeout("tcp", arg, 5*time.Second)
+		n, a := network(arg)
+		c, err := net.DialTimeout(n, a, 5*time.Second)
 		if err != nil {
 			return "error: " + err.Error()
 		}
@@ -111,6 +140,8 @@ func answer(cmd, arg string) string {
 		}
 		l.Close()
 		return "ok"
+	case "resolve", "dnsloop", "dnsstat", "dnsstop":
+		return dnsCommand(cmd, arg)
 	}
 	return "error: unknown command " + cmd
 }
