@@ -328,7 +328,6 @@ func TestElementCap(t *testing.T) {
 	}
 }
 
-
 // A stop (SIGTERM: egressd restarts) answers the queries it already read
 // before it lets go of the sockets: under socket activation the next
 // egressd gets only what was not read yet, so a query read but never
