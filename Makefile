@@ -42,6 +42,7 @@ bench:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bind9-dnsutils nftables dnsperf >/dev/null)
 	$(GO) run ./tools/bench
 	$(GO) test ./ruleset ./resolver -run XXX -bench . -benchmem -benchtime 5x
+	$(GO) test ./internal/conntrack ./internal/dnsproxy -run XXX -bench . -benchmem
 
 demo:
 	$(GO) run ./cmd/egressd demo
