@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -427,6 +428,7 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 	}
 	p.observe(Observation{Allowlist: al.Name, Name: name, Type: qn.Qtype, Addrs: addrs, Listed: listed})
 	r.Id = q.Id
+	r.Question = []dns.Question{q.Question[0]} // as the client wrote it
 	out, err := r.Pack()
 	if err != nil {
 		return reply(q, dns.RcodeServerFailure)
@@ -467,12 +469,7 @@ func (p *Proxy) forward(ctx context.Context, proto uint8, q *dns.Msg, ups []neti
 	if len(ups) == 0 {
 		return nil, errors.New("no resolvers configured")
 	}
-	// The client's message as it came, under an ID of our own (restored
-	// for the answer).
-	id := q.Id
-	q.Id = dns.Id()
-	defer func() { q.Id = id }()
-	fq := q
+	fq := upstreamQuery(q)
 	var errs []error
 	for _, up := range ups {
 		if ctx.Err() != nil {
@@ -501,6 +498,28 @@ func (p *Proxy) forward(ctx context.Context, proto uint8, q *dns.Msg, ups []neti
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 65535); return &b }}
+
+// upstreamQuery is what the resolvers are asked for q: its question alone,
+// the name in lower case, with q's RD, CD and AD bits and, when q has
+// EDNS, an OPT with its UDP size and DO bit; under an ID of our own.
+// Nothing else of the client's message leaves: not its EDNS options, not
+// records in its other sections, not the case of its letters — each a
+// channel to the resolvers (and, passed on, to the name's servers) for
+// data of the client's choosing.
+func upstreamQuery(q *dns.Msg) *dns.Msg {
+	fq := new(dns.Msg)
+	fq.Id = dns.Id()
+	fq.Opcode = dns.OpcodeQuery
+	fq.RecursionDesired = q.RecursionDesired
+	fq.CheckingDisabled = q.CheckingDisabled
+	fq.AuthenticatedData = q.AuthenticatedData
+	qq := q.Question[0]
+	fq.Question = []dns.Question{{Name: strings.ToLower(qq.Name), Qtype: qq.Qtype, Qclass: qq.Qclass}}
+	if o := q.IsEdns0(); o != nil {
+		fq.SetEdns0(max(o.UDPSize(), dns.MinMsgSize), o.Do())
+	}
+	return fq
+}
 
 // upSock is a connected UDP socket to one upstream, used for one query at
 // a time and for at most upSockUses queries: the source port changes often
