@@ -320,6 +320,10 @@ func build(c *nftables.Conn, p Plan, carry []ProxyElement) error {
 		for _, r := range zoneRules(zone, p.ProxyPort) {
 			c.AddRule(r)
 		}
+		in := c.AddChain(proxyInChain())
+		for _, r := range proxyInRules(in, p.ProxyPort) {
+			c.AddRule(r)
+		}
 		nat := c.AddChain(natChain())
 		for _, r := range natRules(nat, p.ProxyPort) {
 			c.AddRule(r)
@@ -405,6 +409,62 @@ func zoneRules(ch *nftables.Chain, port uint16) []*nftables.Rule {
 			rules = append(rules, &nftables.Rule{Table: table, Chain: ch, Exprs: append(es, zone...)})
 		}
 	}
+	return rules
+}
+
+// proxyInChain guards what the redirect delivers locally (input hook).
+func proxyInChain() *nftables.Chain {
+	return &nftables.Chain{
+		Name: chainIn, Table: table, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter,
+	}
+}
+
+// proxyInRules guard both directions of a redirected query (a protected
+// user's flow, DNAT) where they are delivered:
+//
+//   - the query only to a socket with the proxy's mark (ProxySocketMark):
+//     whoever else holds the proxy's port — bound while egressd did not,
+//     where unprivileged users may bind it — gets nothing (rejected: the
+//     query fails at once, as it does with no socket at all);
+//   - the proxy's answer, whose source conntrack has turned back into the
+//     address the service asked (any address of its choosing), only to a
+//     socket: with none (the service closed it first), the kernel would
+//     answer with an ICMP "port unreachable" (or a TCP reset) to that
+//     address, quoting the answer and so the question: a message that no
+//     socket sends, which no rule keyed by uid sees. Dropped instead.
+func proxyInRules(ch *nftables.Chain, port uint16) []*nftables.Rule {
+	redirected := func(dir byte) []expr.Any {
+		return []expr.Any{
+			&expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
+			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: []byte{0, 0, 0, 0}},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{0, 0, 0, 0}},
+			&expr.Ct{Register: reg1, Key: expr.CtKeyDIRECTION},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{dir}},
+			&expr.Ct{Register: reg1, Key: expr.CtKeyLABELS},
+			&expr.Lookup{SourceRegister: labelUIDReg, SetName: kUsers},
+		}
+	}
+	var rules []*nftables.Rule
+	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+		es := append(l4DportIs(proto, port), redirected(0)...)
+		es = append(es,
+			&expr.Socket{Key: expr.SocketKeyMark, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(ProxySocketMark)},
+			&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED})
+		rules = append(rules, &nftables.Rule{Table: table, Chain: ch, Exprs: es})
+	}
+	// An answer with a socket to take it passes (the socket expression
+	// finds none, a TIME_WAIT one included, or the rule stops); any other
+	// is dropped.
+	rules = append(rules,
+		&nftables.Rule{Table: table, Chain: ch, Exprs: append(redirected(1),
+			&expr.Socket{Key: expr.SocketKeyTransparent, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpLte, Register: reg1, Data: []byte{1}},
+			&expr.Verdict{Kind: expr.VerdictAccept})},
+		&nftables.Rule{Table: table, Chain: ch, Exprs: append(redirected(1),
+			&expr.Verdict{Kind: expr.VerdictDrop})})
 	return rules
 }
 

@@ -12,6 +12,7 @@ const (
 	kProxyUsers = "proxyusers"
 	chainNAT    = "dnsproxy"
 	chainZone   = "dnszone"
+	chainIn     = "dnsproxyin"
 	kDenied     = "denied"
 	kDenyLog    = "denylog"
 	chainOut    = "output"
