@@ -287,3 +287,49 @@ func TestRedteamDNSAnswerToClosedSocket(t *testing.T) {
 		t.Fatal("control: root's datagram to the peer was not seen on the wire")
 	}
 }
+
+// tcpTo reports whether a TCP segment to dst (IPv4) crossed the wire.
+func (s *byteSniffer) tcpTo(dst netip.AddrPort) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := dst.Addr().As4()
+	for _, f := range s.frames {
+		if len(f) < 14+20+4 || f[12] != 0x08 || f[13] != 0x00 {
+			continue
+		}
+		ip := f[14:]
+		ihl := int(ip[0]&0xf) * 4
+		if ip[9] == 6 && bytes.Equal(ip[16:20], a[:]) && len(ip) >= ihl+4 && int(ip[ihl+2])<<8|int(ip[ihl+3]) == int(dst.Port()) {
+			return true
+		}
+	}
+	return false
+}
+
+// The same over TCP: the proxy's answer to a connection the service has
+// already closed would make the kernel send a TCP reset to the address the
+// service asked (from no socket: no rule keyed by uid sees it), carrying
+// the ports the service chose. Blocked before the input chain too: the
+// service's own reset reaches the proxy (redirected), whose answer is then
+// never sent. Kept as a guard.
+func TestRedteamDNSAnswerToClosedTCP(t *testing.T) {
+	w := newWorld(t)
+	w.write("egressd.yaml", proxyMain)
+	w.write("allow.d/billing.yaml", fmt.Sprintf("user: %d\ndns: proxy\nallow:\n  - api.example.test:443\n", uidA))
+	w.dns.Set("api.example.test", dnstest.Record{A: addrs("192.0.2.10"), TTL: 60, Delay: 200 * time.Millisecond})
+	p := w.addPeer("203.0.113.66")
+	w.start()
+	wire := w.sniffBytes(p, "wire")
+	dst := netip.MustParseAddrPort("203.0.113.66:53")
+	c, err := w.ns.DialAs(uidA, "tcp", dst.String(), time.Second)
+	w.must(err)
+	b, _ := question("api.example.test.", dns.TypeA).Pack()
+	_, werr := c.Write(append([]byte{byte(len(b) >> 8), byte(len(b))}, b...))
+	c.(*net.TCPConn).SetLinger(0) //nolint:errcheck
+	c.Close()                     // a reset, before the (slow) answer
+	time.Sleep(600 * time.Millisecond)
+	t.Logf("send %s", errName(werr))
+	if wire.tcpTo(dst) {
+		t.Errorf("a TCP segment to %s, which the service only asked a question of, crossed the wire", dst)
+	}
+}
