@@ -35,7 +35,11 @@ import (
 // allowlist does not list, and the question leaves the host. (The stub on
 // 127.0.0.53:53 is redirected like any port-53 query.) Needs such a
 // daemon on the host; here root plays it with a one-line protocol on a
-// socket anyone may connect to, as resolved's and nscd's are.
+// socket anyone may connect to, as resolved's and nscd's are. Not a
+// kernel matter: `egressd harden --allowlist` hides /run/systemd/resolve
+// and /run/nscd from a dns: proxy service (proved in the real-systemd
+// tier); resolved's D-Bus API (org.freedesktop.resolve1 on the system bus)
+// stays open to it.
 func TestRedteamDNSLocalResolverSocket(t *testing.T) {
 	w := newWorld(t)
 	w.write("egressd.yaml", proxyMain)
