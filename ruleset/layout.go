@@ -12,7 +12,7 @@ const (
 	kProxyUsers = "proxyusers"
 	chainNAT    = "dnsproxy"
 	chainZone   = "dnszone"
-	chainIn     = "dnsproxyin"
+	chainIn     = "input"
 	kDenied     = "denied"
 	kDenyLog    = "denylog"
 	chainOut    = "output"

@@ -90,7 +90,8 @@ func TestNFTRulesMatchNetlink(t *testing.T) {
 			{chainRestr, restrictedRules(chain(chainRestr), 153), restrictedRuleText(153)},
 			{chainNAT, natRules(chain(chainNAT), 153), natRuleText(153)},
 			{chainZone, zoneRules(chain(chainZone), 153), zoneRuleText(153)},
-			{chainIn, proxyInRules(chain(chainIn), 153), proxyInRuleText(153)},
+			{chainIn, inputRules(chain(chainIn), 153, true), inputRuleText(153, true)},
+			{chainIn, inputRules(chain(chainIn), 153, false), inputRuleText(153, false)},
 			{chainDeny, denyRules(chain(chainDeny), dl), denyRuleText(dl)},
 		} {
 			if len(c.nl) != len(c.text) {

@@ -7,7 +7,7 @@ import (
 
 // ProxySocketMark is the socket mark (SO_MARK) of the DNS proxy's sockets.
 // A redirected query is delivered only to a socket that carries it (the
-// input chain dnsproxyin): setting a mark needs CAP_NET_ADMIN, so a user
+// input chain): setting a mark needs CAP_NET_ADMIN, so a user
 // that binds the proxy's port while egressd does not hold it (where
 // net.ipv4.ip_unprivileged_port_start allows that) receives nothing.
 // egressd.socket sets it too (Mark=).

@@ -35,11 +35,11 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 	}
 	restr := &nftables.Chain{Name: chainRestr, Table: table}
 	want[restr.Name] = sigs(restrictedRules(restr, p.ProxyPort))
-	nat, zone, in := natChain(), zoneChain(), proxyInChain()
+	nat, zone, in := natChain(), zoneChain(), inputChain()
+	want[in.Name] = sigs(inputRules(in, p.ProxyPort, p.HasProxy()))
 	if p.HasProxy() {
 		want[nat.Name] = sigs(natRules(nat, p.ProxyPort))
 		want[zone.Name] = sigs(zoneRules(zone, p.ProxyPort))
-		want[in.Name] = sigs(proxyInRules(in, p.ProxyPort))
 	}
 	deny := &nftables.Chain{Name: chainDeny, Table: table}
 	want[deny.Name] = sigs(denyRules(deny, p.DenyLog))
