@@ -100,6 +100,10 @@ func bigBuffers(c *netlink.Conn, rcv int) error {
 //	    ip saddr 127.0.0.1 udp sport P ct zone set 53 (and tcp, ::1)      # the proxy's answers to them }
 //	  chain dnsproxy { type nat hook output priority dstnat;       # only while an allowlist has dns: proxy
 //	    udp dport 53 meta skuid @proxyusers redirect to :P; tcp dport 53 meta skuid @proxyusers redirect to :P }
+//	  chain input { type filter hook input priority filter;
+//	    udp sport 53 meta iiftype loopback fib saddr type != local ct status & (snat|dnat) == 0 drop (and tcp)  # forged on this host
+//	    udp dport P ct status dnat ct direction original ct label uid @users socket mark != ProxySocketMark reject (and tcp)  # dns: proxy only
+//	    ct status dnat ct direction reply ct label uid @users socket transparent accept; ... drop }                          # dns: proxy only
 //	  chain output { type filter hook output priority filter; meta skuid @users jump restricted }
 //	  chain restricted {
 //	    ct state new ct status != confirmed ct label set <opener uid>   # bits 96-127: which uid opened the flow
@@ -325,6 +329,10 @@ func build(c *nftables.Conn, p Plan, carry []ProxyElement) error {
 			c.AddRule(r)
 		}
 	}
+	in := c.AddChain(inputChain())
+	for _, r := range inputRules(in, p.ProxyPort, p.HasProxy()) {
+		c.AddRule(r)
+	}
 	for _, r := range append(unitOutputRules(out, p), outputRules(out)...) {
 		c.AddRule(r)
 	}
@@ -408,6 +416,94 @@ func zoneRules(ch *nftables.Chain, port uint16) []*nftables.Rule {
 	return rules
 }
 
+// inputChain guards what reaches local sockets (input hook): DNS answers
+// forged on the host, and what the DNS proxy's redirect delivers.
+func inputChain() *nftables.Chain {
+	return &nftables.Chain{
+		Name: chainIn, Table: table, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter,
+	}
+}
+
+// inputRules: a DNS answer (UDP or TCP from port 53) that arrives over
+// loopback from an address that is not local, and that no NAT explains, is
+// dropped. Only a local process can send it — one that may bind port 53
+// (CAP_NET_BIND_SERVICE, or any user where net.ipv4.ip_unprivileged_port_start
+// is lowered) at a resolver's IPv6 address with IPV6_FREEBIND (IPv4 refuses
+// to route such a source) — and it would answer egressd's own queries, or
+// the DNS proxy's, whose sockets and their resolvers every user reads in
+// /proc/net/udp6: 65,536 forged answers, one per query ID, arrive before
+// the resolver's. Genuine answers of a resolver elsewhere come in over its
+// interface; those of a local resolver come from a local address.
+//
+// Then, with dns: proxy, the rules guard both directions of a redirected
+// query (a protected user's flow, DNAT) where they are delivered:
+//
+//   - the query only to a socket with the proxy's mark (ProxySocketMark):
+//     whoever else holds the proxy's port — bound while egressd did not,
+//     where unprivileged users may bind it — gets nothing (rejected: the
+//     query fails at once, as it does with no socket at all);
+//   - the proxy's answer, whose source conntrack has turned back into the
+//     address the service asked (any address of its choosing), only to a
+//     socket: with none (the service closed it first), the kernel would
+//     answer with an ICMP "port unreachable" (or a TCP reset) to that
+//     address, quoting the answer and so the question: a message that no
+//     socket sends, which no rule keyed by uid sees. Dropped instead.
+func inputRules(ch *nftables.Chain, port uint16, proxy bool) []*nftables.Rule {
+	var rules []*nftables.Rule
+	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+		rules = append(rules, &nftables.Rule{Table: table, Chain: ch, Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{proto}},
+			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{0, 53}},
+			&expr.Meta{Key: expr.MetaKeyIIFTYPE, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.NativeEndian.PutUint16(unix.ARPHRD_LOOPBACK)},
+			&expr.Fib{Register: reg1, ResultADDRTYPE: true, FlagSADDR: true},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(rtnLoc)},
+			&expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
+			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT | ipsSrcNAT), Xor: []byte{0, 0, 0, 0}},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{0, 0, 0, 0}},
+			&expr.Verdict{Kind: expr.VerdictDrop},
+		}})
+	}
+	if !proxy {
+		return rules
+	}
+	redirected := func(dir byte) []expr.Any {
+		return []expr.Any{
+			&expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
+			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: []byte{0, 0, 0, 0}},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{0, 0, 0, 0}},
+			&expr.Ct{Register: reg1, Key: expr.CtKeyDIRECTION},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{dir}},
+			&expr.Ct{Register: reg1, Key: expr.CtKeyLABELS},
+			&expr.Lookup{SourceRegister: labelUIDReg, SetName: kUsers},
+		}
+	}
+	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+		es := append(l4DportIs(proto, port), redirected(0)...)
+		es = append(es,
+			&expr.Socket{Key: expr.SocketKeyMark, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(ProxySocketMark)},
+			&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED})
+		rules = append(rules, &nftables.Rule{Table: table, Chain: ch, Exprs: es})
+	}
+	// An answer with a socket to take it passes (the socket expression
+	// finds none, a TIME_WAIT one included, or the rule stops); any other
+	// is dropped.
+	rules = append(rules,
+		&nftables.Rule{Table: table, Chain: ch, Exprs: append(redirected(1),
+			&expr.Socket{Key: expr.SocketKeyTransparent, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpLte, Register: reg1, Data: []byte{1}},
+			&expr.Verdict{Kind: expr.VerdictAccept})},
+		&nftables.Rule{Table: table, Chain: ch, Exprs: append(redirected(1),
+			&expr.Verdict{Kind: expr.VerdictDrop})})
+	return rules
+}
+
 // l4DportIs matches the transport protocol and its destination port.
 func l4DportIs(proto byte, port uint16) []expr.Any {
 	return []expr.Any{
@@ -444,6 +540,7 @@ const (
 	tcpMP  = 30 // TCP option kind: MPTCP
 
 	ipsConfirmed = 1 << 3 // IPS_CONFIRMED: the conntrack entry is in the table
+	ipsSrcNAT    = 1 << 4 // IPS_SRC_NAT
 	ipsDstNAT    = 1 << 5 // IPS_DST_NAT: the destination was rewritten (the proxy's redirect)
 )
 

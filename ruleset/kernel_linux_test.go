@@ -3,6 +3,7 @@
 package ruleset
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -76,6 +77,58 @@ func (e *env) tcp(uid int, addr string) error {
 		return fmt.Errorf("slow failure (%v): %w", time.Since(start), err)
 	}
 	return err
+}
+
+// serveProxy stands in for the DNS proxy on addr: a TCP listener that
+// accepts and a UDP echo service, with the proxy's socket mark
+// (ProxySocketMark) unless unmarked.
+func (e *env) serveProxy(t *testing.T, addr string, unmarked bool) {
+	t.Helper()
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		if unmarked {
+			return nil
+		}
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, ProxySocketMark)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	var ln net.Listener
+	var pc net.PacketConn
+	err := e.w.NS.Do(func() error {
+		var err error
+		if ln, err = lc.Listen(context.Background(), "tcp", addr); err != nil {
+			return err
+		}
+		pc, err = lc.ListenPacket(context.Background(), "udp", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close(); pc.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			k, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:k], from) //nolint:errcheck
+		}
+	}()
 }
 
 // udp returns nil if uid gets an echo back from addr.
@@ -565,11 +618,9 @@ func TestKernelAuditMode(t *testing.T) {
 // outlives a rebuild.
 func TestKernelDNSProxy(t *testing.T) {
 	e := newEnv(t)
-	for _, a := range []string{"192.0.2.10:443", "127.0.0.1:153", "[::1]:153"} {
-		e.serveTCP(t, a)
-	}
+	e.serveTCP(t, "192.0.2.10:443")
 	for _, a := range []string{"127.0.0.1:153", "[::1]:153"} {
-		e.serveUDP(t, a)
+		e.serveProxy(t, a, false)
 	}
 	p := Render(Desired{
 		Allowlists: []Allowlist{
@@ -738,7 +789,7 @@ func (e *env) udpFromPort(uid int, port int, dst string) error {
 // user's allowlist).
 func TestKernelDNSProxyNoFlowSharing(t *testing.T) {
 	e := newEnv(t)
-	e.serveUDP(t, "127.0.0.1:153")
+	e.serveProxy(t, "127.0.0.1:153", false)
 	p := Render(Desired{
 		Allowlists: []Allowlist{{Name: "a", UID: uidA, Proxy: true}, {Name: "b", UID: uidB, Proxy: true}},
 		DenyLog:    config.Defaults().DenyLog,
@@ -761,7 +812,7 @@ func TestKernelDNSProxyNoFlowSharing(t *testing.T) {
 // user's lookups.
 func TestKernelDNSProxyOwnZone(t *testing.T) {
 	e := newEnv(t)
-	e.serveUDP(t, "127.0.0.1:153")
+	e.serveProxy(t, "127.0.0.1:153", false)
 	e.serveUDP(t, "192.0.2.53:53")
 	p := Render(Desired{
 		Allowlists: []Allowlist{{Name: "a", UID: uidA, Proxy: true}},
@@ -802,4 +853,32 @@ func TestKernelProxyRenew(t *testing.T) {
 			t.Errorf("the probe says this kernel (6.18) does not renew on add: %d", e.k.addRenews)
 		}
 	}
+}
+
+// Whoever holds the proxy's port without the proxy's socket mark — a user
+// that bound it while egressd did not, where unprivileged users may bind
+// ports below 1024 — receives no redirected query; the marked socket does.
+func TestKernelDNSProxyOnlyToMarkedSockets(t *testing.T) {
+	e := newEnv(t)
+	p := Render(Desired{
+		Allowlists: []Allowlist{{Name: "a", UID: uidA, Proxy: true}},
+		DenyLog:    config.Defaults().DenyLog,
+		ProxyPort:  153,
+	})
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	if fs, err := e.k.Verify(p); err != nil || len(fs) != 0 {
+		t.Fatalf("verify: %v %v", fs, err)
+	}
+	e.serveProxy(t, "127.0.0.1:153", true)
+	e.serveProxy(t, "[::1]:153", true)
+	for _, to := range []string{"192.0.2.53:53", "[2001:db8::10]:53"} {
+		mustRefuse(t, "UDP query redirected to an unmarked socket, to "+to, e.udp(uidA, to))
+		if err := e.w.DialAs(uidA, "tcp", to, time.Second); err == nil {
+			t.Errorf("TCP query redirected to an unmarked socket, to %s: connected", to)
+		}
+	}
+	// Root's own datagram to the unmarked socket is not a redirected query.
+	mustAllow(t, "root straight to the unmarked socket", e.udp(0, "127.0.0.1:153"))
 }

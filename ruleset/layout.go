@@ -12,6 +12,7 @@ const (
 	kProxyUsers = "proxyusers"
 	chainNAT    = "dnsproxy"
 	chainZone   = "dnszone"
+	chainIn     = "input"
 	kDenied     = "denied"
 	kDenyLog    = "denylog"
 	chainOut    = "output"

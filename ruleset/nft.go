@@ -65,6 +65,7 @@ func (p Plan) NFT() string {
 		writeChain(&b, chainZone, "type filter hook output priority raw; policy accept;", zoneRuleText(p.ProxyPort))
 		writeChain(&b, chainNAT, "type nat hook output priority dstnat; policy accept;", natRuleText(p.ProxyPort))
 	}
+	writeChain(&b, chainIn, "type filter hook input priority filter; policy accept;", inputRuleText(p.ProxyPort, p.HasProxy()))
 	writeChain(&b, chainOut, "type filter hook output priority filter; policy accept;", append(unitOutputRuleText(p), outputRuleText()...))
 	writeChain(&b, chainRestr, "", restrictedRuleText(p.ProxyPort))
 	writeChain(&b, chainDeny, "", denyRuleText(p.DenyLog))
@@ -233,6 +234,21 @@ func elementText(e Element) string {
 // outputRules, restrictedRules and denyRules (kernel_linux.go), in order.
 func outputRuleText() []string {
 	return []string{"meta skuid @" + kUsers + " jump " + chainRestr}
+}
+
+func inputRuleText(port uint16, proxy bool) []string {
+	rules := []string{
+		"udp sport 53 meta iiftype loopback fib saddr type != local ct status & (snat | dnat) == 0 drop # a DNS answer forged on this host (IPV6_FREEBIND)",
+		"tcp sport 53 meta iiftype loopback fib saddr type != local ct status & (snat | dnat) == 0 drop",
+	}
+	if !proxy {
+		return rules
+	}
+	return append(rules,
+		fmt.Sprintf("udp dport %d ct status dnat ct direction original ct label[96:128] @%s socket mark != 0x%08x reject with icmpx admin-prohibited # a redirected query: only to the proxy's own sockets", port, kUsers, ProxySocketMark),
+		fmt.Sprintf("tcp dport %d ct status dnat ct direction original ct label[96:128] @%s socket mark != 0x%08x reject with icmpx admin-prohibited", port, kUsers, ProxySocketMark),
+		fmt.Sprintf("ct status dnat ct direction reply ct label[96:128] @%s socket transparent { 0, 1 } accept # the proxy's answer: to a socket that takes it", kUsers),
+		fmt.Sprintf("ct status dnat ct direction reply ct label[96:128] @%s drop # to none: no ICMP error or reset, quoting it, to the address the service asked", kUsers))
 }
 
 func zoneRuleText(port uint16) []string {

@@ -32,6 +32,8 @@ func exprShape(es []expr.Any) string {
 			switch v.Kind {
 			case expr.VerdictAccept:
 				verdict = "accept"
+			case expr.VerdictDrop:
+				verdict = "drop"
 			case expr.VerdictGoto:
 				verdict = "goto " + v.Chain
 			case expr.VerdictJump:
@@ -61,7 +63,7 @@ func textShape(r string) string {
 				n = "!" + n
 			}
 			refs = append(refs, n)
-		case w == "accept", w == "reject", w == "return":
+		case w == "accept", w == "reject", w == "return", w == "drop":
 			verdict = w
 		case (w == "goto" || w == "jump") && i+1 < len(f):
 			verdict = w + " " + f[i+1]
@@ -88,6 +90,8 @@ func TestNFTRulesMatchNetlink(t *testing.T) {
 			{chainRestr, restrictedRules(chain(chainRestr), 153), restrictedRuleText(153)},
 			{chainNAT, natRules(chain(chainNAT), 153), natRuleText(153)},
 			{chainZone, zoneRules(chain(chainZone), 153), zoneRuleText(153)},
+			{chainIn, inputRules(chain(chainIn), 153, true), inputRuleText(153, true)},
+			{chainIn, inputRules(chain(chainIn), 153, false), inputRuleText(153, false)},
 			{chainDeny, denyRules(chain(chainDeny), dl), denyRuleText(dl)},
 		} {
 			if len(c.nl) != len(c.text) {

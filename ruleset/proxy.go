@@ -5,6 +5,14 @@ import (
 	"time"
 )
 
+// ProxySocketMark is the socket mark (SO_MARK) of the DNS proxy's sockets.
+// A redirected query is delivered only to a socket that carries it (the
+// input chain): setting a mark needs CAP_NET_ADMIN, so a user
+// that binds the proxy's port while egressd does not hold it (where
+// net.ipv4.ip_unprivileged_port_start allows that) receives nothing.
+// egressd.socket sets it too (Mark=).
+const ProxySocketMark = 0x65676473 // "egds"
+
 // ProxyElement is one destination the DNS proxy answered for a uid: an
 // address it resolved for an allowlisted name, with the entry's protocol
 // and ports. The kernel removes it by itself when Timeout runs out (TTL +

@@ -35,7 +35,8 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 	}
 	restr := &nftables.Chain{Name: chainRestr, Table: table}
 	want[restr.Name] = sigs(restrictedRules(restr, p.ProxyPort))
-	nat, zone := natChain(), zoneChain()
+	nat, zone, in := natChain(), zoneChain(), inputChain()
+	want[in.Name] = sigs(inputRules(in, p.ProxyPort, p.HasProxy()))
 	if p.HasProxy() {
 		want[nat.Name] = sigs(natRules(nat, p.ProxyPort))
 		want[zone.Name] = sigs(zoneRules(zone, p.ProxyPort))
@@ -66,6 +67,10 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 		if name == zone.Name && (ch.Hooknum == nil || *ch.Hooknum != *zone.Hooknum || ch.Type != zone.Type ||
 			ch.Priority == nil || *ch.Priority != *zone.Priority) {
 			add("chain_hook", name, "base chain is not type filter hook output priority raw")
+		}
+		if name == in.Name && (ch.Hooknum == nil || *ch.Hooknum != *in.Hooknum || ch.Type != in.Type ||
+			ch.Priority == nil || *ch.Priority != *in.Priority || (ch.Policy != nil && *ch.Policy != nftables.ChainPolicyAccept)) {
+			add("chain_hook", name, "base chain is not type filter hook input priority filter policy accept")
 		}
 		if name == nat.Name && (ch.Hooknum == nil || *ch.Hooknum != *nat.Hooknum || ch.Type != nat.Type ||
 			ch.Priority == nil || *ch.Priority != *nat.Priority) {

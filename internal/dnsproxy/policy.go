@@ -31,7 +31,15 @@ type Allowlist struct {
 
 // Match returns the entries that allow the name asked (normalized: lower
 // case, no trailing dot): exact names and wildcards. Literals never match.
+// A name with an escape (`\.`, `\\`, `\DDD`: a label that holds a dot, a
+// backslash or a byte outside the printable) matches nothing: entries are
+// matched on the text, and the wire name [x.cdn][example][com], written
+// `x\.cdn.example.com`, is a sibling of cdn.example.com, not a name below
+// it. No host name has such a label.
 func (a *Allowlist) Match(name string) []config.Entry {
+	if strings.ContainsRune(name, '\\') {
+		return nil
+	}
 	var out []config.Entry
 	for _, e := range a.Entries {
 		if e.MatchesName(name) {

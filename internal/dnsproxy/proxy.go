@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,6 +55,11 @@ type Options struct {
 	// MaxConns bounds the TCP connections open at once; past it a new one
 	// is closed at once. Default 256.
 	MaxConns int
+	// MaxInFlightPerUID and MaxConnsPerUID bound what one uid holds of
+	// those, so that one service (slow names, idle connections) cannot
+	// take DNS away from the others. Default a quarter of each.
+	MaxInFlightPerUID int
+	MaxConnsPerUID    int
 	// MaxElements bounds the proxy's kernel elements per uid (a wildcard
 	// over a domain whose answers an attacker controls must not fill the
 	// kernel); past it, answers with new addresses get SERVFAIL until
@@ -76,7 +82,13 @@ type Proxy struct {
 	refused *refusals
 	tcpIdle time.Duration
 	conns   chan struct{}
-	idle    sync.Map // upstream netip.AddrPort -> chan *upSock
+	// Per-uid shares of sem and conns.
+	inFlight, connsOf *uidSlots
+	// stray bounds the TCP connections that belong to no dns: proxy user
+	// (sent to the port directly): each gets one REFUSED and is closed,
+	// apart from the users' slots.
+	stray chan struct{}
+	idle  sync.Map // upstream netip.AddrPort -> chan *upSock
 	// Kernel write failures are logged at most once per failLogEvery, with
 	// how many were not.
 	failMu     sync.Mutex
@@ -90,6 +102,39 @@ const failLogEvery = 10 * time.Second
 // stops: a client that connected just before sends its query at once.
 const drainIdle = 200 * time.Millisecond
 
+// strayConns and strayWait bound the TCP connections of nobody's queries.
+const (
+	strayConns = 16
+	strayWait  = 2 * time.Second
+)
+
+// uidSlots counts what each uid holds of a shared bound.
+type uidSlots struct {
+	max int
+	mu  sync.Mutex
+	n   map[uint32]int
+}
+
+func newUIDSlots(max int) *uidSlots { return &uidSlots{max: max, n: map[uint32]int{}} }
+
+func (s *uidSlots) take(uid uint32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.n[uid] >= s.max {
+		return false
+	}
+	s.n[uid]++
+	return true
+}
+
+func (s *uidSlots) give(uid uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.n[uid]--; s.n[uid] <= 0 {
+		delete(s.n, uid)
+	}
+}
+
 // New returns a proxy that answers nothing until SetPolicy.
 func New(opt Options) *Proxy {
 	if opt.MaxInFlight <= 0 {
@@ -100,6 +145,12 @@ func New(opt Options) *Proxy {
 	}
 	if opt.MaxElements <= 0 {
 		opt.MaxElements = 65536
+	}
+	if opt.MaxInFlightPerUID <= 0 {
+		opt.MaxInFlightPerUID = max(1, opt.MaxInFlight/4)
+	}
+	if opt.MaxConnsPerUID <= 0 {
+		opt.MaxConnsPerUID = max(1, opt.MaxConns/4)
 	}
 	if opt.Timeout <= 0 {
 		opt.Timeout = 2 * time.Second
@@ -114,7 +165,8 @@ func New(opt Options) *Proxy {
 		opt.Log = zap.NewNop()
 	}
 	p := &Proxy{opt: opt, w: newWriter(opt.Kernel, opt.Now, opt.MaxElements), sem: make(chan struct{}, opt.MaxInFlight),
-		tcpIdle: 10 * time.Second, conns: make(chan struct{}, opt.MaxConns)}
+		tcpIdle: 10 * time.Second, conns: make(chan struct{}, opt.MaxConns),
+		inFlight: newUIDSlots(opt.MaxInFlightPerUID), connsOf: newUIDSlots(opt.MaxConnsPerUID), stray: make(chan struct{}, strayConns)}
 	p.refused = newRefusals(opt.Log, opt.RefusedInterval, opt.Now)
 	p.w.observe = opt.Metrics.ProxyWrite
 	p.policy.Store(&Policy{ByUID: map[uint32]*Allowlist{}})
@@ -211,22 +263,17 @@ func (p *Proxy) ServeTCP(ctx context.Context, ln net.Listener) error {
 			}
 			return err
 		}
-		select {
-		case p.conns <- struct{}{}:
-		default:
-			c.Close() // too many open: a client retries, idle ones time out
-			p.opt.Metrics.ProxyQuery("", "overload", 0)
-			continue
-		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() { <-p.conns }()
 			p.serveConn(ctx, c)
 		}()
 	}
 }
 
+// serveConn serves one TCP connection. Its flow tells whose it is: a
+// dns: proxy user's takes one of the shared slots, and one of its uid's
+// share; any other gets one answer (REFUSED) within strayWait, apart.
 func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 	defer c.Close()
 	drain := func() { c.SetReadDeadline(p.opt.Now().Add(drainIdle)) } //nolint:errcheck
@@ -240,8 +287,33 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 	}
 	client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
 	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+	uid, ok, err := p.opt.Identify.Opener(6, client, local)
+	idle, once := p.tcpIdle, false
+	if al := p.policy.Load().ByUID[uid]; err != nil || !ok || al == nil {
+		select {
+		case p.stray <- struct{}{}:
+			defer func() { <-p.stray }()
+		default:
+			p.opt.Metrics.ProxyQuery("", "refused", 0)
+			return
+		}
+		idle, once = strayWait, true
+	} else {
+		select {
+		case p.conns <- struct{}{}:
+			defer func() { <-p.conns }()
+		default:
+			p.opt.Metrics.ProxyQuery(al.Name, "overload", 0) // too many open: a client retries, idle ones time out
+			return
+		}
+		if !p.connsOf.take(uid) {
+			p.opt.Metrics.ProxyQuery(al.Name, "overload", 0)
+			return
+		}
+		defer p.connsOf.give(uid)
+	}
 	for {
-		c.SetReadDeadline(p.opt.Now().Add(p.tcpIdle)) //nolint:errcheck
+		c.SetReadDeadline(p.opt.Now().Add(idle)) //nolint:errcheck
 		// Stopping: drain here, or else the AfterFunc runs after the line above.
 		if ctx.Err() != nil {
 			drain()
@@ -260,8 +332,8 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 		if out == nil {
 			return
 		}
-		c.SetWriteDeadline(p.opt.Now().Add(p.tcpIdle)) //nolint:errcheck
-		if _, err := c.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(out))), out...)); err != nil {
+		c.SetWriteDeadline(p.opt.Now().Add(idle)) //nolint:errcheck
+		if _, err := c.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(out))), out...)); err != nil || once {
 			return
 		}
 	}
@@ -322,6 +394,13 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 		p.opt.Metrics.ProxyQuery("", "refused", p.opt.Now().Sub(start).Seconds())
 		return reply(q, dns.RcodeRefused)
 	}
+	// One uid's share of the queries in flight: its slow names must not
+	// take the proxy from the others.
+	if !p.inFlight.take(uid) {
+		p.opt.Metrics.ProxyQuery(al.Name, "overload", p.opt.Now().Sub(start).Seconds())
+		return reply(q, dns.RcodeServerFailure)
+	}
+	defer p.inFlight.give(uid)
 	entries := al.Match(name)
 	listed := len(entries) > 0
 	if !listed && !al.Answer && !al.Audit {
@@ -349,6 +428,7 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 	}
 	p.observe(Observation{Allowlist: al.Name, Name: name, Type: qn.Qtype, Addrs: addrs, Listed: listed})
 	r.Id = q.Id
+	r.Question = []dns.Question{q.Question[0]} // as the client wrote it
 	out, err := r.Pack()
 	if err != nil {
 		return reply(q, dns.RcodeServerFailure)
@@ -389,12 +469,7 @@ func (p *Proxy) forward(ctx context.Context, proto uint8, q *dns.Msg, ups []neti
 	if len(ups) == 0 {
 		return nil, errors.New("no resolvers configured")
 	}
-	// The client's message as it came, under an ID of our own (restored
-	// for the answer).
-	id := q.Id
-	q.Id = dns.Id()
-	defer func() { q.Id = id }()
-	fq := q
+	fq := upstreamQuery(q)
 	var errs []error
 	for _, up := range ups {
 		if ctx.Err() != nil {
@@ -423,6 +498,28 @@ func (p *Proxy) forward(ctx context.Context, proto uint8, q *dns.Msg, ups []neti
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 65535); return &b }}
+
+// upstreamQuery is what the resolvers are asked for q: its question alone,
+// the name in lower case, with q's RD, CD and AD bits and, when q has
+// EDNS, an OPT with its UDP size and DO bit; under an ID of our own.
+// Nothing else of the client's message leaves: not its EDNS options, not
+// records in its other sections, not the case of its letters — each a
+// channel to the resolvers (and, passed on, to the name's servers) for
+// data of the client's choosing.
+func upstreamQuery(q *dns.Msg) *dns.Msg {
+	fq := new(dns.Msg)
+	fq.Id = dns.Id()
+	fq.Opcode = dns.OpcodeQuery
+	fq.RecursionDesired = q.RecursionDesired
+	fq.CheckingDisabled = q.CheckingDisabled
+	fq.AuthenticatedData = q.AuthenticatedData
+	qq := q.Question[0]
+	fq.Question = []dns.Question{{Name: strings.ToLower(qq.Name), Qtype: qq.Qtype, Qclass: qq.Qclass}}
+	if o := q.IsEdns0(); o != nil {
+		fq.SetEdns0(max(o.UDPSize(), dns.MinMsgSize), o.Do())
+	}
+	return fq
+}
 
 // upSock is a connected UDP socket to one upstream, used for one query at
 // a time and for at most upSockUses queries: the source port changes often

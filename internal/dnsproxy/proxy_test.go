@@ -171,6 +171,9 @@ func TestWildcards(t *testing.T) {
 		"x.y.z.example.org":   dns.RcodeSuccess,
 		"example.org":         dns.RcodeRefused,
 		"tunnel.evil.example": dns.RcodeRefused,
+		// Siblings of the suffixes: the first label holds a dot.
+		`x\.cdn.example.com`: dns.RcodeRefused,
+		`x\.example.org`:     dns.RcodeRefused,
 	} {
 		if m := r.ask("udp", name, dns.TypeA); m.Rcode != want {
 			t.Errorf("%s: %s, want %s", name, dns.RcodeToString[m.Rcode], dns.RcodeToString[want])
@@ -180,8 +183,8 @@ func TestWildcards(t *testing.T) {
 		t.Errorf("kernel holds %q", got)
 	}
 	refused := r.logs.FilterField(zap.String("event", "dns_refused")).All()
-	if len(refused) != 4 {
-		t.Fatalf("%d dns_refused events, want 4", len(refused))
+	if len(refused) != 6 {
+		t.Fatalf("%d dns_refused events, want 6", len(refused))
 	}
 	f := refused[0].ContextMap()
 	if f["allowlist"] != "web" || f["user"] != "web" || f["type"] != "A" || f["reason"] != "unlisted" {
@@ -192,8 +195,8 @@ func TestWildcards(t *testing.T) {
 		r.ask("udp", "tunnel.evil.example", dns.TypeTXT)
 	}
 	r.p.Flush()
-	if n := len(r.logs.FilterField(zap.String("event", "dns_refused")).All()); n != 6 {
-		t.Errorf("%d dns_refused events after 50 repeats of one new refusal, want 6 (one at once, one summary)", n)
+	if n := len(r.logs.FilterField(zap.String("event", "dns_refused")).All()); n != 8 {
+		t.Errorf("%d dns_refused events after 50 repeats of one new refusal, want 8 (one at once, one summary)", n)
 	}
 }
 

@@ -8,10 +8,13 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"syscall"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/egressd/egressd/internal/event"
+	"github.com/egressd/egressd/ruleset"
 )
 
 // Server holds the proxy's sockets: 127.0.0.1:P and [::1]:P, UDP and TCP,
@@ -100,6 +103,24 @@ func (s *Server) Listen(port uint16) error {
 		tcp = append(tcp, l)
 		addrs = append(addrs, ap.String())
 	}
+	// The kernel delivers redirected queries only to sockets with the
+	// proxy's mark (ruleset.ProxySocketMark); egressd.socket sets it too.
+	var marked []syscall.Conn
+	for _, u := range udp {
+		marked = append(marked, u)
+	}
+	for _, l := range tcp {
+		if c, ok := l.(syscall.Conn); ok {
+			marked = append(marked, c)
+		}
+	}
+	for _, c := range marked {
+		if err := setMark(c, ruleset.ProxySocketMark); err != nil {
+			s.log.Error("the DNS proxy cannot mark its sockets: the kernel delivers dns: proxy users' queries to none (CAP_NET_ADMIN needed)",
+				event.Field(event.DNSProxyFailed), zap.Error(err))
+			break
+		}
+	}
 	for _, u := range udp {
 		s.wg.Add(1)
 		go func() {
@@ -121,6 +142,21 @@ func (s *Server) Listen(port uint16) error {
 	s.port, s.listening = port, true
 	s.log.Info("DNS proxy listening", event.Field(event.DNSProxyListening), zap.Strings("addrs", addrs), zap.Int("activated", adopted))
 	return nil
+}
+
+// setMark gives the socket the mark SO_MARK (needs CAP_NET_ADMIN).
+func setMark(c syscall.Conn, mark uint32) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+	}); err != nil {
+		return err
+	}
+	return os.NewSyscallError("setsockopt SO_MARK", serr)
 }
 
 // Wait returns once every serving goroutine ended (after ctx).

@@ -37,6 +37,7 @@ type Server struct {
 	udp     *dns.Server
 	tcp     *dns.Server
 	mangle  func(*dns.Msg)
+	inspect func(*dns.Msg)
 }
 
 // SetMangle installs a function that may rewrite each reply before it is
@@ -45,6 +46,14 @@ func (s *Server) SetMangle(f func(*dns.Msg)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.mangle = f
+}
+
+// SetInspect installs a function that sees each query as it arrived (what a
+// proxy forwards); nil removes it. It must not keep q.
+func (s *Server) SetInspect(f func(q *dns.Msg)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.inspect = f
 }
 
 // Start serves on the given packet and stream listeners (so a caller can
@@ -134,6 +143,12 @@ func (s *Server) lookup(name string) (Record, bool) {
 // ServeDNS implements dns.Handler.
 func (s *Server) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 	s.queries.Add(1)
+	s.mu.Lock()
+	inspect := s.inspect
+	s.mu.Unlock()
+	if inspect != nil {
+		inspect(q)
+	}
 	m := new(dns.Msg)
 	m.SetReply(q)
 	m.RecursionAvailable = true
