@@ -222,6 +222,46 @@ func (w *world) record(ns *netns.NS, addr string, echo bool) *recorder {
 	return r
 }
 
+// recordUDPLite is record for UDP-Lite (IPPROTO_UDPLITE): a plain UDP
+// socket never receives it, so a UDP-Lite probe needs a sink of its own.
+func (w *world) recordUDPLite(ns *netns.NS, addr string) *recorder {
+	w.t.Helper()
+	ap := netip.MustParseAddrPort(addr)
+	var pc net.PacketConn
+	err := ns.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDPLITE)
+		if err != nil {
+			return err
+		}
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}); err != nil {
+			unix.Close(fd)
+			return err
+		}
+		f := os.NewFile(uintptr(fd), "udplite")
+		defer f.Close()
+		pc, err = net.FilePacketConn(f)
+		return err
+	})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	w.t.Cleanup(func() { pc.Close() })
+	r := &recorder{pc: pc, got: map[string]int{}}
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			k, _, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			r.mu.Lock()
+			r.got[string(buf[:k])]++
+			r.mu.Unlock()
+		}
+	}()
+	return r
+}
+
 func (r *recorder) seen(payload string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -205,6 +205,7 @@ func TestRedteamBlockedCandidates(t *testing.T) {
 	w.start()
 	const udpDst, tcpDst = "198.51.100.20:7778", "198.51.100.20:7777"
 	sink := w.record(w.ns, udpDst, false)
+	lite := w.recordUDPLite(w.ns, udpDst)
 	tc := w.countTCP(w.ns, tcpDst)
 	bsink := w.record(w.ns, "0.0.0.0:7779", false)
 	nonce := strconv.FormatInt(time.Now().UnixNano(), 36)
@@ -213,10 +214,29 @@ func TestRedteamBlockedCandidates(t *testing.T) {
 	for k, v := range res {
 		t.Logf("%-12s %v", k, v)
 	}
-	for _, p := range []string{"mapped-", "udplite-"} {
-		if sink.seen(p + nonce) {
-			t.Errorf("%s datagram reached the unlisted %s", p, udpDst)
+	if sink.seen("mapped-" + nonce) {
+		t.Errorf("an IPv4-mapped datagram reached the unlisted %s", udpDst)
+	}
+	// The UDP-Lite sink receives what root sends it (the check can fail),
+	// and nothing of the user's.
+	err := w.ns.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDPLITE)
+		if err != nil {
+			return err
 		}
+		defer unix.Close(fd)
+		return unix.Sendto(fd, []byte("control-"+nonce), 0, sockaddr(netip.MustParseAddrPort(udpDst)))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(2 * time.Second); !lite.seen("control-"+nonce) && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+	}
+	if !lite.seen("control-" + nonce) {
+		t.Fatal("root's UDP-Lite datagram did not reach the UDP-Lite sink: the UDP-Lite check cannot fail")
+	}
+	if lite.seen("udplite-" + nonce) {
+		t.Errorf("a UDP-Lite datagram reached the unlisted %s", udpDst)
 	}
 	if bsink.seen("bcast-" + nonce) {
 		t.Errorf("a broadcast datagram was delivered")
