@@ -34,6 +34,7 @@ lint:
 fuzz:
 	$(GO) test ./config -run XXX -fuzz FuzzParseAllowlist -fuzztime 30s
 	$(GO) test ./config -run XXX -fuzz FuzzParseEntry -fuzztime 30s
+	$(GO) test ./internal/conntrack -run XXX -fuzz FuzzParseFlow -fuzztime 30s
 
 # The whole-process comparisons (needs root; installs dig, nft and dnsperf if
 # missing), then the Go micro-benchmarks. See docs/performance.md.

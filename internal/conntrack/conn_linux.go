@@ -41,7 +41,8 @@ type sock struct {
 
 // Open opens a Conn with one socket per CPU the Go runtime may use (at
 // least two): a lookup is two system calls on its socket, so more sockets
-// than running threads buy nothing.
+// than running threads buy nothing, and fewer serialise the lookups (on 2
+// CPUs one shared socket halves the throughput: BenchmarkLookupReply).
 func Open() (*Conn, error) { return open(max(2, runtime.GOMAXPROCS(0))) }
 
 func open(n int) (*Conn, error) {

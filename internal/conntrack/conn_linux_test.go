@@ -264,7 +264,12 @@ func TestLookupReplyNotFound(t *testing.T) {
 // and from parallel goroutines, with one socket and with Open's default
 // pool. Rerun (as root):
 //
-//	go test ./internal/conntrack -run '^$' -bench LookupReply -benchmem -count 3
+//	go test ./internal/conntrack -run '^$' -bench LookupReply -benchmem -count 6 -cpu 1,2
+//
+// On the 2-core CI VM (2026-11-27, medians of 6, other work running): about
+// 6 µs and 0 allocations per lookup sequentially; from parallel goroutines
+// on 2 CPUs, 8.2 µs per lookup through one socket (they queue for it) and
+// 4.0 µs through the default pool of 2: the pool doubles the throughput.
 func BenchmarkLookupReply(b *testing.B) {
 	for _, n := range []int{1, 0} {
 		name := "sockets=default"
@@ -273,6 +278,11 @@ func BenchmarkLookupReply(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			w, c := newWorld(b, n)
+			// The flow must outlive every run: an unanswered UDP entry
+			// expires after 30 s by default.
+			if err := w.NS.Sysctl("net/netfilter/nf_conntrack_udp_timeout", "3600"); err != nil {
+				b.Fatal(err)
+			}
 			pc, err := w.NS.ListenPacket("udp", proxy4.String())
 			if err != nil {
 				b.Fatal(err)
