@@ -202,6 +202,11 @@ func (w *world) record(ns *netns.NS, addr string, echo bool) *recorder {
 	if err != nil {
 		w.t.Fatal(err)
 	}
+	return w.collect(pc, echo)
+}
+
+// collect records (and echoes) every datagram pc receives until the test ends.
+func (w *world) collect(pc net.PacketConn, echo bool) *recorder {
 	w.t.Cleanup(func() { pc.Close() })
 	r := &recorder{pc: pc, got: map[string]int{}}
 	go func() {
@@ -245,21 +250,7 @@ func (w *world) recordUDPLite(ns *netns.NS, addr string) *recorder {
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	w.t.Cleanup(func() { pc.Close() })
-	r := &recorder{pc: pc, got: map[string]int{}}
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			k, _, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			r.mu.Lock()
-			r.got[string(buf[:k])]++
-			r.mu.Unlock()
-		}
-	}()
-	return r
+	return w.collect(pc, false)
 }
 
 func (r *recorder) seen(payload string) bool {
