@@ -452,21 +452,21 @@ func inputChain() *nftables.Chain {
 func inputRules(ch *nftables.Chain, port uint16, proxy bool) []*nftables.Rule {
 	var rules []*nftables.Rule
 	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
-		rules = append(rules, &nftables.Rule{Table: table, Chain: ch, Exprs: []expr.Any{
+		es := []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{proto}},
 			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{0, 53}},
 			&expr.Meta{Key: expr.MetaKeyIIFTYPE, Register: reg1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.NativeEndian.PutUint16(unix.ARPHRD_LOOPBACK)},
-			&expr.Fib{Register: reg1, ResultADDRTYPE: true, FlagSADDR: true},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(rtnLoc)},
+		}
+		rules = append(rules, &nftables.Rule{Table: table, Chain: ch, Exprs: append(append(es, sourceNotLocal()...),
 			&expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
 			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
 				Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT | ipsSrcNAT), Xor: []byte{0, 0, 0, 0}},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{0, 0, 0, 0}},
 			&expr.Verdict{Kind: expr.VerdictDrop},
-		}})
+		)})
 	}
 	if !proxy {
 		return rules
@@ -636,21 +636,13 @@ func restrictedRules(ch *nftables.Chain, proxyPort uint16) []*nftables.Rule {
 		accept)...))
 	// ... and on its own flows when the reply goes to a local address: a
 	// service talking to itself over loopback.
-	rules = append(rules, rule(append(ctStateIs(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
-		&expr.Ct{Register: reg1, Key: expr.CtKeyDIRECTION},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{1}},
-		&expr.Fib{Register: reg1, ResultADDRTYPE: true, FlagDADDR: true},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(rtnLoc)},
-		accept)...))
+	rules = append(rules, rule(append(replyToLocal(), accept)...))
 	// A source address that is not local: a FREEBIND or TRANSPARENT socket
 	// forging a flow. Never a protected user's business. After the
 	// established rules, which spares established packets a route lookup:
 	// a flow the user opened passed this rule with its first packet, and a
 	// reply on a flow someone else opened goes back to that opener.
-	rules = append(rules, rule(
-		&expr.Fib{Register: reg1, ResultADDRTYPE: true, FlagSADDR: true},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(rtnLoc)},
-		deny))
+	rules = append(rules, rule(append(sourceNotLocal(), deny)...))
 	// The proxy's redirect: only a query the nat chain rewrote, to the
 	// proxy's port on a local address, on a flow this uid opened (the
 	// proxy tells the asker by the flow's label: a socket of another user
@@ -682,6 +674,24 @@ func restrictedRules(ch *nftables.Chain, proxyPort uint16) []*nftables.Rule {
 	}
 	rules = append(rules, rule(deny))
 	return rules
+}
+
+// replyToLocal matches an established or related packet in the reply
+// direction going to a local address.
+func replyToLocal() []expr.Any {
+	return append(ctStateIs(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
+		&expr.Ct{Register: reg1, Key: expr.CtKeyDIRECTION},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{1}},
+		&expr.Fib{Register: reg1, ResultADDRTYPE: true, FlagDADDR: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(rtnLoc)})
+}
+
+// sourceNotLocal matches a packet whose source address is not the host's.
+func sourceNotLocal() []expr.Any {
+	return []expr.Any{
+		&expr.Fib{Register: reg1, ResultADDRTYPE: true, FlagSADDR: true},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(rtnLoc)},
+	}
 }
 
 // lookupExprs loads [meta skuid .] meta l4proto . ip[6] daddr . th dport into

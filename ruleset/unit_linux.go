@@ -236,16 +236,8 @@ func unitRules(ch *nftables.Chain, level int) []*nftables.Rule {
 		es = append(es, unitKey(level, unitLabelReg+1)...)
 		rules = append(rules, rule(append(es, &expr.Lookup{SourceRegister: unitLabelReg, SetName: kUnitOwners, Invert: dir.invert}, ret)...))
 	}
-	rules = append(rules, rule(append(ctStateIs(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
-		&expr.Ct{Register: reg1, Key: expr.CtKeyDIRECTION},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{1}},
-		&expr.Fib{Register: reg1, ResultADDRTYPE: true, FlagDADDR: true},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(rtnLoc)},
-		ret)...))
-	rules = append(rules, rule(
-		&expr.Fib{Register: reg1, ResultADDRTYPE: true, FlagSADDR: true},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(rtnLoc)},
-		deny))
+	rules = append(rules, rule(append(replyToLocal(), ret)...))
+	rules = append(rules, rule(append(sourceNotLocal(), deny)...))
 	for _, ks := range unitKernelSets() {
 		rules = append(rules, rule(append(unitKey(level, reg32), unitLookupExprs(ks)...)...))
 		rules[len(rules)-1].Exprs = append(rules[len(rules)-1].Exprs, ret)
