@@ -116,40 +116,11 @@ type byteSniffer struct {
 func (w *world) sniffBytes(ns interface{ Do(func() error) error }, dev string) *byteSniffer {
 	w.t.Helper()
 	s := &byteSniffer{}
-	var fd int
-	err := ns.Do(func() error {
-		ifi, err := net.InterfaceByName(dev)
-		if err != nil {
-			return err
-		}
-		if fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL))); err != nil {
-			return err
-		}
-		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index})
+	w.sniff(ns, dev, func(f []byte) {
+		s.mu.Lock()
+		s.frames = append(s.frames, append([]byte(nil), f...))
+		s.mu.Unlock()
 	})
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	done := make(chan struct{})
-	w.t.Cleanup(func() { unix.Close(fd); <-done })
-	tv := unix.NsecToTimeval((200 * time.Millisecond).Nanoseconds())
-	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv) //nolint:errcheck
-	go func() {
-		defer close(done)
-		buf := make([]byte, 2048)
-		for {
-			n, _, err := unix.Recvfrom(fd, buf, 0)
-			if err == unix.EAGAIN || err == unix.EINTR {
-				continue
-			}
-			if err != nil {
-				return
-			}
-			s.mu.Lock()
-			s.frames = append(s.frames, append([]byte(nil), buf[:n]...))
-			s.mu.Unlock()
-		}
-	}()
 	return s
 }
 

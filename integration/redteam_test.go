@@ -438,14 +438,22 @@ type linkSniffer struct {
 func (w *world) sniffReports(ns interface{ Do(func() error) error }, dev string) *linkSniffer {
 	w.t.Helper()
 	s := &linkSniffer{groups: map[netip.Addr]bool{}}
+	w.sniff(ns, dev, s.parse)
+	return s
+}
+
+// sniff hands every frame that arrives on device dev of ns to seen (an
+// AF_PACKET socket of root there), until the test ends; seen's frame is
+// valid only during the call.
+func (w *world) sniff(ns interface{ Do(func() error) error }, dev string, seen func(frame []byte)) {
+	w.t.Helper()
 	var fd int
 	err := ns.Do(func() error {
 		ifi, err := net.InterfaceByName(dev)
 		if err != nil {
 			return err
 		}
-		proto := int(htons(unix.ETH_P_ALL))
-		if fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto); err != nil {
+		if fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL))); err != nil {
 			return err
 		}
 		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index})
@@ -468,10 +476,9 @@ func (w *world) sniffReports(ns interface{ Do(func() error) error }, dev string)
 			if err != nil {
 				return
 			}
-			s.parse(buf[:n])
+			seen(buf[:n])
 		}
 	}()
-	return s
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
