@@ -736,11 +736,22 @@ func denyRules(ch *nftables.Chain, dl config.DenyLog) []*nftables.Rule {
 	}
 	// mode: audit: logged, counted, then let through.
 	rules = append(rules, rule(append(inAudit(false), &expr.Verdict{Kind: expr.VerdictAccept})...))
-	return append(rules,
-		rule(&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+	for _, r := range rejectExprs() {
+		rules = append(rules, rule(r...))
+	}
+	return rules
+}
+
+// rejectExprs are the two rejecting rules that end a deny chain: a TCP
+// reset for TCP, ICMP administratively prohibited otherwise, so that a
+// denied connect fails at once.
+func rejectExprs() [][]expr.Any {
+	return [][]expr.Any{
+		{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_TCP}},
-			&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}),
-		rule(&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED}))
+			&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}},
+		{&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED}},
+	}
 }
 
 func limitUnit(u string) expr.LimitTime {

@@ -308,10 +308,12 @@ func denyRuleText(dl config.DenyLog) []string {
 	if l := logText(dl, false); l != "" {
 		rules = append(rules, "meta skuid != @"+kAudit+" "+l, "meta skuid @"+kAudit+" "+logText(dl, true))
 	}
-	return append(rules,
-		"meta skuid @"+kAudit+" accept # mode: audit",
-		"meta l4proto tcp reject with tcp reset",
-		"reject with icmpx admin-prohibited")
+	return append(append(rules, "meta skuid @"+kAudit+" accept # mode: audit"), rejectText()...)
+}
+
+// rejectText is the text of rejectExprs.
+func rejectText() []string {
+	return []string{"meta l4proto tcp reject with tcp reset", "reject with icmpx admin-prohibited"}
 }
 
 func logText(dl config.DenyLog, audit bool) string {

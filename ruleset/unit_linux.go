@@ -284,11 +284,10 @@ func unitDenyRules(ch *nftables.Chain, level int, dl config.DenyLog) []*nftables
 		rules = append(rules, rule(append(inAudit(true), l...)...), rule(append(inAudit(false), unitLogExprs(dl, true)...)...))
 	}
 	rules = append(rules, rule(append(inAudit(false), &expr.Verdict{Kind: expr.VerdictReturn})...))
-	return append(rules,
-		rule(&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_TCP}},
-			&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}),
-		rule(&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED}))
+	for _, r := range rejectExprs() {
+		rules = append(rules, rule(r...))
+	}
+	return rules
 }
 
 // unitLogExprs is logExprs with the meter keyed by the unit key (already in

@@ -104,10 +104,7 @@ func unitDenyRuleText(level int, dl config.DenyLog) []string {
 	if l := unitLogText(dl, false); l != "" {
 		rules = append(rules, k+" != @"+kUnitAudit+" "+l, k+" @"+kUnitAudit+" "+unitLogText(dl, true))
 	}
-	return append(rules,
-		k+" @"+kUnitAudit+" return # mode: audit: on to the uid rule",
-		"meta l4proto tcp reject with tcp reset",
-		"reject with icmpx admin-prohibited")
+	return append(append(rules, k+" @"+kUnitAudit+" return # mode: audit: on to the uid rule"), rejectText()...)
 }
 
 func unitLogText(dl config.DenyLog, audit bool) string {
