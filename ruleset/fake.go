@@ -58,6 +58,7 @@ const (
 	FakeReadDenyCounters = "ReadDenyCounters"
 	FakeTablePresent     = "TablePresent"
 	FakeAddProxy         = "AddProxy"
+	FakeDeleteProxy      = "DeleteProxy"
 )
 
 // FailNext makes the next call of method (FakeApplyFull, FakeVerify, ...)
@@ -162,6 +163,31 @@ next:
 		}
 		f.Proxy = append(f.Proxy, pe)
 	}
+	return nil
+}
+
+// DeleteProxy implements ProxyKernel: elements that are not there are
+// ignored. A missing table fails the transaction.
+func (f *Fake) DeleteProxy(es []ProxyElement) error {
+	if err := f.call(FakeDeleteProxy, true); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.exists() {
+		return errFakeNoTable
+	}
+	gone := map[[2]any]bool{}
+	for _, pe := range es {
+		gone[[2]any{pe.UID, pe.Element}] = true
+	}
+	kept := f.Proxy[:0]
+	for _, pe := range f.Proxy {
+		if !gone[[2]any{pe.UID, pe.Element}] {
+			kept = append(kept, pe)
+		}
+	}
+	f.Proxy = kept
 	return nil
 }
 

@@ -38,6 +38,10 @@ type ProxyKernel interface {
 	AddProxy(es []ProxyElement) error
 	// ReadProxy returns the proxy's elements with the time each has left.
 	ReadProxy() ([]ProxyElement, error)
+	// DeleteProxy removes elements, in one transaction, whether or not
+	// they are still there (an element may have timed out already): what
+	// the policy in force no longer allows is closed at once.
+	DeleteProxy(es []ProxyElement) error
 }
 
 // proxySetOf is the kernel set that holds a proxy element.
