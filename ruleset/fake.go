@@ -143,7 +143,7 @@ func (f *Fake) ApplyFull(p Plan) error {
 }
 
 // AddProxy implements ProxyKernel: an element there already gets the new
-// timeout. A missing table fails the transaction.
+// timeout and keeps its name. A missing table fails the transaction.
 func (f *Fake) AddProxy(es []ProxyElement) error {
 	if err := f.call(FakeAddProxy, true); err != nil {
 		return err
@@ -157,6 +157,9 @@ next:
 	for _, pe := range es {
 		for i, have := range f.Proxy {
 			if have.UID == pe.UID && have.Element == pe.Element {
+				if have.Name != "" {
+					pe.Name = have.Name // a renewal keeps the comment (Linux 6.10 and later)
+				}
 				f.Proxy[i] = pe
 				continue next
 			}

@@ -714,12 +714,30 @@ func TestKernelDNSProxyDelete(t *testing.T) {
 	d8443 := ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 8443, 8443)
 	dRange := ElementFor(config.TCP, netip.MustParsePrefix("2001:db8::10/128"), 400, 500)
 	gone := ElementFor(config.UDP, netip.MustParsePrefix("192.0.2.11/32"), 53, 53)
-	if err := e.k.AddProxy([]ProxyElement{{UID: uidA, Element: d443, Timeout: time.Hour}, {UID: uidA, Element: d8443, Timeout: time.Hour},
+	if err := e.k.AddProxy([]ProxyElement{{UID: uidA, Element: d443, Timeout: time.Hour, Name: "a.cdn.example.com"}, {UID: uidA, Element: d8443, Timeout: time.Hour, Name: "b.example.org"},
 		{UID: uidA, Element: dRange, Timeout: time.Hour}, {UID: uidB, Element: d443, Timeout: time.Hour},
 		{UID: uidA, Element: gone, Timeout: 100 * time.Millisecond}}); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(300 * time.Millisecond) // gone times out
+	// The name is the element's comment; a renewal under another name is
+	// no clash.
+	if err := e.k.AddProxy([]ProxyElement{{UID: uidA, Element: d8443, Timeout: time.Hour, Name: "c.example.org", Renew: true}}); err != nil {
+		t.Fatalf("renew under another name: %v", err)
+	}
+	held, err := e.k.ReadProxy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[Element]string{}
+	for _, pe := range held {
+		if pe.UID == uidA {
+			names[pe.Element] = pe.Name
+		}
+	}
+	if names[d443] != "a.cdn.example.com" || names[d8443] == "" || names[dRange] != "" {
+		t.Errorf("names read back %v", names)
+	}
 	mustAllow(t, "port 443 before the removal", e.tcp(uidA, "192.0.2.10:443"))
 	mustAllow(t, "IPv6 range before the removal", e.tcp(uidA, "[2001:db8::10]:443"))
 	if err := e.k.DeleteProxy([]ProxyElement{{UID: uidA, Element: d443}, {UID: uidA, Element: dRange}, {UID: uidA, Element: gone}}); err != nil {
@@ -732,6 +750,19 @@ func TestKernelDNSProxyDelete(t *testing.T) {
 	got, err := e.k.ReadProxy()
 	if err != nil || len(got) != 2 {
 		t.Fatalf("read back %v, %v: want the two kept elements", got, err)
+	}
+	// A rebuild carries the names.
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	got, err = e.k.ReadProxy()
+	for _, pe := range got {
+		if pe.Element == d8443 && pe.Name == "" {
+			t.Errorf("a rebuild lost the name of %v", pe)
+		}
+	}
+	if err != nil || len(got) != 2 {
+		t.Fatalf("after a rebuild %v, %v: want the two kept elements", got, err)
 	}
 }
 

@@ -20,7 +20,7 @@ func proxySetElements(ks kernelSet, es []ProxyElement) []nftables.SetElement {
 		// A whole number of milliseconds, at least one: 0 means "the set's
 		// default", which for these sets is forever.
 		t := max(pe.Timeout.Round(time.Millisecond), time.Millisecond)
-		out[i] = nftables.SetElement{Key: encode(ks, pe.UID, pe.Element, false), Timeout: t}
+		out[i] = nftables.SetElement{Key: encode(ks, pe.UID, pe.Element, false), Timeout: t, Comment: pe.Name}
 		if ks.Range {
 			out[i].KeyEnd = encode(ks, pe.UID, pe.Element, true)
 		}
@@ -143,7 +143,7 @@ func (k *Netlink) DeleteProxy(es []ProxyElement) error {
 	}
 	by := map[kernelSet][]ProxyElement{}
 	for _, pe := range es {
-		pe.Timeout = time.Millisecond
+		pe.Timeout, pe.Name = time.Millisecond, ""
 		by[proxySetOf(pe.Element)] = append(by[proxySetOf(pe.Element)], pe)
 	}
 	for _, ks := range proxyKernelSets() {
@@ -200,7 +200,7 @@ func readProxy(c *nftables.Conn) ([]ProxyElement, error) {
 			if uid == probeUID {
 				continue
 			}
-			out = append(out, ProxyElement{UID: uid, Element: e, Timeout: r.Expires})
+			out = append(out, ProxyElement{UID: uid, Element: e, Timeout: r.Expires, Name: r.Comment})
 		}
 	}
 	return out, nil
