@@ -198,8 +198,10 @@ closed) or remove.`),
 kernel redirects the queries of dns: proxy allowlists (egressd.socket opens
 it: change both). Default: 153.`),
 		Item("dns_proxy_max_answers", `The DNS proxy's live answers per allowlist (kernel
-elements, each expiring after its TTL + linger); past it, answers with new
-addresses get SERVFAIL (dns_proxy_failed). Default: 65536.`),
+elements, each expiring after its TTL + linger, or at once when an edit no longer
+allows it); answers on their way to the kernel count, so the bound holds under
+concurrent queries; past it, answers with new addresses get SERVFAIL
+(dns_proxy_failed). Default: 65536.`),
 	}},
 	{"ALLOWLISTS", []Block{P(`One allowlist per file in allow_dir, NAME.yaml, where NAME
 (letters, digits, '-', '_', at most 48) names the allowlist in the kernel and
