@@ -20,8 +20,8 @@ egressd harden --user USER [--group GROUP] [--writable PATH]...
                [--loopback-only] [--no-private-users]
                [--systemd-version N] [--target-features FEATURES]
                [--egressd PATH] [--gate-timeout D]
-               [--allowlist NAME] [--unit NAME] [--config FILE]
-               [--unit-file FILE]
+               [--allowlist NAME [--keep-system-bus]] [--unit NAME]
+               [--config FILE] [--unit-file FILE]
 egressd harden --audit UNIT_FILE [--json]
 egressd wait (--user USER | --unit UNIT | --allowlist NAME) [--timeout 30s]
 egressd remove [--runtime-dir DIR]
@@ -62,11 +62,14 @@ writable paths, no W+X memory, resource limits, port binding limits, LSM
 profile, and ordering after egressd.service (Wants=, never Requires=) with a
 start gate (egressd wait). Every line says which exploit behaviour it blocks;
 options the target systemd lacks are left out, and what it does not enforce
-is said (SocketBind* without BPF_FRAMEWORK). Warnings on stderr.`),
+is said (SocketBind* without BPF_FRAMEWORK). For a dns: proxy allowlist it hides
+the local resolvers' sockets and the D-Bus system bus (resolved's D-Bus API),
+unless --keep-system-bus (check then notes it). Warnings on stderr.`),
 		Item("harden --audit UNIT_FILE", `Report the unit's exposure score
 (systemd-analyze security), each missing protection with the line to add, and
 every code or configuration path the service user could modify (walking up
-to /), with the fix. Exit 1 when anything is found.`),
+to /), with the fix, and a start gate whose egressd binary does not exist
+(gate_missing). Exit 1 when anything is found.`),
 		Item("wait", `The start gate of a protected service (ExecStartPre=+,
 written by harden): wait until egressd restricts USER (or the user of
 allowlist NAME) in the kernel, then exit 0; exit 1 when the timeout passes
