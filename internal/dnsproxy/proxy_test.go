@@ -498,13 +498,39 @@ func TestPolicyChangeDuringWrite(t *testing.T) {
 		wrote <- p.w.Ensure([]ruleset.ProxyElement{el("192.0.2.20")}, "a.cdn.example.com", time.Minute)
 	}()
 	<-k.entered // the write is in flight
+	// Another answer waits for the next transaction meanwhile.
+	queued := make(chan error, 1)
+	go func() {
+		queued <- p.w.Ensure([]ruleset.ProxyElement{el("192.0.2.22")}, "c.cdn.example.com", time.Minute)
+	}()
+	for {
+		p.w.mu.Lock()
+		n := len(p.w.pending)
+		p.w.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
 	changed := make(chan struct{})
 	narrower := *pol
 	narrower.ByUID = map[uint32]*Allowlist{uidWeb: webAllowlist(t, "api.example.com:443")}
 	go func() { p.SetPolicy(&narrower); close(changed) }()
+	for {
+		p.w.mu.Lock()
+		n := len(p.w.pending)
+		p.w.mu.Unlock()
+		if n == 0 {
+			break // the queued answer was judged by the new policy
+		}
+		time.Sleep(time.Millisecond)
+	}
 	close(k.gate)
 	if err := <-wrote; err != nil {
 		t.Fatal(err)
+	}
+	if err := <-queued; !errors.Is(err, errPolicyChanged) {
+		t.Errorf("an answer queued when its entry was removed: %v, want errPolicyChanged (SERVFAIL)", err)
 	}
 	<-changed
 	if es, _ := fake.ReadProxy(); len(es) != 0 {

@@ -35,6 +35,15 @@ const maxNames = 8
 type pendingElem struct {
 	pe   ruleset.ProxyElement
 	name string
+	call *ensureCall
+}
+
+// ensureCall is one Ensure waiting for its transaction.
+type ensureCall struct {
+	done chan error
+	// revoked: a policy change dropped some of its elements before they
+	// were written; it fails with errPolicyChanged.
+	revoked bool
 }
 
 // writer puts answers in the kernel and takes them out when the policy no
@@ -66,7 +75,7 @@ type writer struct {
 	reserved map[elemKey]int // pending writes of elements not known yet
 	perUID   map[uint32]int  // elements known or reserved per uid
 	pending  []pendingElem
-	waiters  []chan error
+	waiters  []*ensureCall
 	stale    map[elemKey]bool // to take out of the kernel still (a removal failed)
 	busy     bool
 	sweep    time.Time
@@ -218,6 +227,7 @@ func (w *writer) Ensure(es []ruleset.ProxyElement, name string, hold time.Durati
 		w.sweepLocked(now)
 	}
 	var todo []pendingElem
+	call := &ensureCall{done: make(chan error, 1)}
 	fresh := map[uint32]int{}
 	seen := map[elemKey]bool{}
 	for _, pe := range es {
@@ -239,7 +249,7 @@ func (w *writer) Ensure(es []ruleset.ProxyElement, name string, hold time.Durati
 			fresh[pe.UID]++
 		}
 		pe.Renew, pe.Name = known, name
-		todo = append(todo, pendingElem{pe, name})
+		todo = append(todo, pendingElem{pe, name, call})
 	}
 	for uid, n := range fresh {
 		if w.perUID[uid]+n > w.maxPer {
@@ -259,15 +269,14 @@ func (w *writer) Ensure(es []ruleset.ProxyElement, name string, hold time.Durati
 	for _, p := range todo {
 		w.reserve(elemKey{p.pe.UID, p.pe.Element})
 	}
-	done := make(chan error, 1)
 	w.pending = append(w.pending, todo...)
-	w.waiters = append(w.waiters, done)
+	w.waiters = append(w.waiters, call)
 	if !w.busy {
 		w.busy = true
 		go w.flush()
 	}
 	w.mu.Unlock()
-	return <-done
+	return <-call.done
 }
 
 // flush writes what is pending, in rounds, until nothing is.
@@ -277,7 +286,7 @@ func (w *writer) flush() {
 		w.mu.Lock()
 		batch, waiters := w.pending, w.waiters
 		w.pending, w.waiters = nil, nil
-		if len(batch) == 0 {
+		if len(batch) == 0 && len(waiters) == 0 {
 			w.busy = false
 			w.mu.Unlock()
 			w.kmu.Unlock()
@@ -287,29 +296,35 @@ func (w *writer) flush() {
 		w.mu.Unlock()
 
 		w.removeStale(stale)
-		start := w.now()
-		es := make([]ruleset.ProxyElement, len(batch))
-		for i, p := range batch {
-			es[i] = p.pe
-		}
-		err := w.k.AddProxy(dedupe(es))
-		if w.observe != nil {
-			w.observe(w.now().Sub(start).Seconds())
-		}
-
-		w.mu.Lock()
-		for _, p := range batch {
-			k := elemKey{p.pe.UID, p.pe.Element}
-			if err == nil {
-				w.set(k, start.Add(p.pe.Timeout), p.name)
-				delete(w.stale, k)
+		var err error
+		if len(batch) > 0 {
+			start := w.now()
+			es := make([]ruleset.ProxyElement, len(batch))
+			for i, p := range batch {
+				es[i] = p.pe
 			}
-			w.release(k)
+			err = w.k.AddProxy(dedupe(es))
+			if w.observe != nil {
+				w.observe(w.now().Sub(start).Seconds())
+			}
+			w.mu.Lock()
+			for _, p := range batch {
+				k := elemKey{p.pe.UID, p.pe.Element}
+				if err == nil {
+					w.set(k, start.Add(p.pe.Timeout), p.name)
+					delete(w.stale, k)
+				}
+				w.release(k)
+			}
+			w.mu.Unlock()
 		}
-		w.mu.Unlock()
 		w.kmu.Unlock()
 		for _, c := range waiters {
-			c <- err
+			if err == nil && c.revoked {
+				c.done <- errPolicyChanged
+				continue
+			}
+			c.done <- err
 		}
 	}
 }
@@ -347,8 +362,8 @@ func dedupe(es []ruleset.ProxyElement) []ruleset.ProxyElement {
 // out, or the error of that removal (retried with the next write and the
 // next policy).
 func (w *writer) SetPolicy(pol *Policy) (int, error) {
-	w.kmu.Lock()
-	defer w.kmu.Unlock()
+	// Pending writes at once: what is not written yet is judged now (the
+	// transaction in flight cannot take it meanwhile).
 	w.mu.Lock()
 	w.pol = pol
 	if pol.MaxAnswers > 0 {
@@ -361,12 +376,19 @@ func (w *writer) SetPolicy(pol *Policy) (int, error) {
 			kept = append(kept, p)
 			continue
 		}
+		p.call.revoked = true
 		w.release(k)
 	}
 	w.pending = kept
+	w.mu.Unlock()
+
+	// Then what the kernel holds, once the transaction in flight is in.
+	w.kmu.Lock()
+	defer w.kmu.Unlock()
+	w.mu.Lock()
 	n := 0
 	for k, st := range w.known {
-		if !admits(pol, k, st.names) {
+		if !admits(w.pol, k, st.names) {
 			w.drop(k)
 			w.stale[k] = true
 			n++
