@@ -401,3 +401,59 @@ func TestDNSProxyEditClosesAnswers(t *testing.T) {
 	w.expect(uidA, "tcp", "198.51.100.20:443", okRefused)
 	w.expect(uidA, "tcp", "198.51.100.20:4444", okConnected) // what dns: resolvers allows (control)
 }
+
+// Issue 22: learn must not launder a name the service chose. In audit
+// mode the service asks a legitimate name once and an attacker's name five
+// times, both answered with one address, and a name that is no valid entry;
+// it connects to both addresses. The proposal loads, proposes the shared
+// address as a literal marked REVIEW with both names beneath, never the
+// attacker's name as an entry, and the odd name only in a comment.
+func TestDNSProxyLearnNoLaundering(t *testing.T) {
+	w := newWorld(t)
+	w.write("egressd.yaml", proxyMain)
+	w.write("allow.d/billing.yaml", fmt.Sprintf("user: %d\ndns: proxy\nmode: audit\nallow:\n  - api.example.test:443\n", uidA))
+	w.dns.Set("files.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.11")}, TTL: 60})
+	w.dns.Set("c2.attacker.example", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.11")}, TTL: 60})
+	w.dns.Set("x#y.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.12")}, TTL: 60})
+	stateDir := filepath.Join(w.dir, "state")
+	w.must(os.Mkdir(stateDir, 0o700))
+	cmd := exec.Command(egressd, w.tw.RunArgs()...)
+	cmd.Env = append(cmd.Environ(), "STATE_DIRECTORY="+stateDir)
+	w.startCmd(cmd)
+	for _, q := range []struct {
+		name  string
+		times int
+	}{{"files.example.test", 1}, {"c2.attacker.example", 5}, {"x#y.example.test", 1}} {
+		for i := 0; i < q.times; i++ {
+			if m, err := w.resolveAs(uidA, "udp", "192.0.2.53:53", q.name, dns.TypeA); err != nil || m.Rcode != dns.RcodeSuccess {
+				t.Fatalf("%s in audit mode: %v %v", q.name, m, err)
+			}
+		}
+	}
+	w.expect(uidA, "tcp", "192.0.2.11:443", okConnected) // audited
+	w.expect(uidA, "tcp", "192.0.2.12:443", okConnected) // audited
+	var out string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		_, out, _ = w.egressdCmd("learn", "--config", filepath.Join(w.dir, "egressd.yaml"), "--state-dir", stateDir, "--runtime-dir", w.runDir(), "billing")
+		if strings.Contains(out, "192.0.2.11:443") && strings.Contains(out, "192.0.2.12") {
+			break
+		}
+	}
+	t.Logf("egressd learn billing:\n%s", out)
+	a, err := config.ParseAllowlist("billing.yaml", "billing", []byte(out))
+	if err != nil {
+		t.Fatalf("the proposal does not load: %v", err)
+	}
+	var entries []string
+	for _, e := range a.Entries {
+		entries = append(entries, e.Raw)
+	}
+	if got := strings.Join(entries, " "); got != "api.example.test:443 192.0.2.11:443 192.0.2.12:443" {
+		t.Errorf("entries %s: want the existing one and the two addresses as literals", got)
+	}
+	for _, s := range []string{"REVIEW", "c2.attacker.example:443", "files.example.test:443", "x#y.example.test led to 192.0.2.12"} {
+		if !strings.Contains(out, s) {
+			t.Errorf("the proposal does not mention %q", s)
+		}
+	}
+}
