@@ -185,6 +185,12 @@ func (w *writer) need(k elemKey, until time.Time) bool {
 // gives the element's protocol and ports, an address the rebinding rules
 // accept.
 func admits(pol *Policy, k elemKey, names []string) bool {
+	return admitsBy(pol, k, names, (*Allowlist).Match)
+}
+
+// admitsBy is admits with the entries matching a name given by match (a
+// policy change judges many elements of few names: it remembers them).
+func admitsBy(pol *Policy, k elemKey, names []string, match func(*Allowlist, string) []config.Entry) bool {
 	al := pol.ByUID[k.uid]
 	if al == nil || k.e.AddrFrom != k.e.AddrTo {
 		return false
@@ -208,7 +214,7 @@ func admits(pol *Policy, k elemKey, names []string) bool {
 		if !resolver.Accepts(a, al.PrivateOK, n, nil) {
 			continue
 		}
-		for _, e := range al.Match(n) {
+		for _, e := range match(al, n) {
 			if gives(e) {
 				return true
 			}
@@ -386,9 +392,23 @@ func (w *writer) SetPolicy(pol *Policy) (int, error) {
 	w.kmu.Lock()
 	defer w.kmu.Unlock()
 	w.mu.Lock()
+	type uidName struct {
+		uid  uint32
+		name string
+	}
+	memo := map[uidName][]config.Entry{}
+	match := func(al *Allowlist, name string) []config.Entry {
+		k := uidName{al.UID, name}
+		es, ok := memo[k]
+		if !ok {
+			es = al.Match(name)
+			memo[k] = es
+		}
+		return es
+	}
 	n := 0
 	for k, st := range w.known {
-		if !admits(w.pol, k, st.names) {
+		if !admitsBy(w.pol, k, st.names, match) {
 			w.drop(k)
 			w.stale[k] = true
 			n++
