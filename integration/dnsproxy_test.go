@@ -334,3 +334,126 @@ func TestDNSProxyLearn(t *testing.T) {
 	}
 	w.expect(uidA, "tcp", "192.0.2.11:443", okConnected)
 }
+
+// Issue 22: an answer never outlives the policy that allowed it. The
+// service asked for names under three entries; an edit removes one
+// wildcard and moves another to a new port: what they allowed closes at the
+// reload, not when the answers' TTL and linger run out, and check --explain
+// says so. The entry that stays keeps its answers (control). A restart
+// over an edit (the answers adopted from the kernel) closes them too.
+func TestDNSProxyEditClosesAnswers(t *testing.T) {
+	w := newWorld(t)
+	w.write("egressd.yaml", proxyMain) // answers live max_ttl (10m) + linger
+	allow := func(entries ...string) {
+		w.write("allow.d/billing.yaml", fmt.Sprintf("user: %d\ndns: proxy\nallow:\n", uidA)+"  - \""+strings.Join(entries, "\"\n  - \"")+"\"\n")
+	}
+	allow("*.cdn.example.test:443", "*.img.example.test:443", "api.example.test:443", "*.svc.example.test:443")
+	w.dns.Set("a.cdn.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.11")}, TTL: 3600})
+	w.dns.Set("b.img.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.10")}, TTL: 3600})
+	w.dns.Set("api.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.12")}, TTL: 3600})
+	w.dns.Set("c.svc.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("198.51.100.20")}, TTL: 3600})
+	w.start()
+	for _, name := range []string{"a.cdn.example.test", "b.img.example.test", "api.example.test", "c.svc.example.test"} {
+		if m, err := w.resolveAs(uidA, "udp", "192.0.2.53:53", name, dns.TypeA); err != nil || m.Rcode != dns.RcodeSuccess {
+			t.Fatalf("%s: %v %v", name, m, err)
+		}
+	}
+	for _, to := range []string{"192.0.2.11:443", "192.0.2.10:443", "192.0.2.12:443", "198.51.100.20:443"} {
+		w.expect(uidA, "tcp", to, okConnected)
+	}
+
+	mk := w.mark()
+	allow("*.img.example.test:8443", "api.example.test:443", "*.svc.example.test:443")
+	if _, err := w.waitEvent(event.DNSProxyRevoked, mk, 5*time.Second); err != nil {
+		t.Fatalf("no dns_proxy_revoked after the edit: %v\n%s", err, w.logText())
+	}
+	w.expect(uidA, "tcp", "192.0.2.11:443", okRefused)      // removed wildcard
+	w.expect(uidA, "tcp", "192.0.2.10:443", okRefused)      // wildcard moved to 8443
+	w.expect(uidA, "tcp", "192.0.2.12:443", okConnected)    // kept name (control)
+	w.expect(uidA, "tcp", "198.51.100.20:443", okConnected) // kept wildcard (control)
+	if code, out := w.check("--explain", fmt.Sprint(uidA), "192.0.2.11:443"); code != 1 {
+		t.Errorf("check --explain of the removed wildcard's answer: exit %d, want 1 (denied)\n%s", code, out)
+	}
+	if m, err := w.resolveAs(uidA, "udp", "192.0.2.53:53", "b.img.example.test", dns.TypeA); err != nil || m.Rcode != dns.RcodeSuccess {
+		t.Fatalf("b.img.example.test under the new port: %v %v", m, err)
+	}
+	w.expect(uidA, "tcp", "192.0.2.10:8443", okConnected) // the new port, once asked again (control)
+
+	// Stopped, edited, started: the answers it adopts from the kernel
+	// follow the new configuration too.
+	w.kill()
+	allow("*.svc.example.test:443")
+	mk = w.mark()
+	w.start()
+	if _, err := w.waitEvent(event.DNSProxyRevoked, mk, 5*time.Second); err != nil {
+		t.Fatalf("no dns_proxy_revoked after a restart over an edit: %v\n%s", err, w.logText())
+	}
+	w.expect(uidA, "tcp", "192.0.2.10:8443", okRefused)
+	w.expect(uidA, "tcp", "192.0.2.12:443", okRefused)
+	w.expect(uidA, "tcp", "198.51.100.20:443", okConnected) // adopted, still allowed (control)
+
+	// Switching the allowlist to dns: resolvers closes every answer.
+	mk = w.mark()
+	w.write("allow.d/billing.yaml", fmt.Sprintf("user: %d\nallow:\n  - c.svc.example.test:4444\n", uidA))
+	if _, err := w.waitEvent(event.DNSProxyRevoked, mk, 5*time.Second); err != nil {
+		t.Fatalf("no dns_proxy_revoked after leaving dns: proxy: %v\n%s", err, w.logText())
+	}
+	w.expect(uidA, "tcp", "198.51.100.20:443", okRefused)
+	w.expect(uidA, "tcp", "198.51.100.20:4444", okConnected) // what dns: resolvers allows (control)
+}
+
+// Issue 22: learn must not launder a name the service chose. In audit
+// mode the service asks a legitimate name once and an attacker's name five
+// times, both answered with one address, and a name that is no valid entry;
+// it connects to both addresses. The proposal loads, proposes the shared
+// address as a literal marked REVIEW with both names beneath, never the
+// attacker's name as an entry, and the odd name only in a comment.
+func TestDNSProxyLearnNoLaundering(t *testing.T) {
+	w := newWorld(t)
+	w.write("egressd.yaml", proxyMain)
+	w.write("allow.d/billing.yaml", fmt.Sprintf("user: %d\ndns: proxy\nmode: audit\nallow:\n  - api.example.test:443\n", uidA))
+	w.dns.Set("files.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.11")}, TTL: 60})
+	w.dns.Set("c2.attacker.example", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.11")}, TTL: 60})
+	w.dns.Set("x#y.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.12")}, TTL: 60})
+	stateDir := filepath.Join(w.dir, "state")
+	w.must(os.Mkdir(stateDir, 0o700))
+	cmd := exec.Command(egressd, w.tw.RunArgs()...)
+	cmd.Env = append(cmd.Environ(), "STATE_DIRECTORY="+stateDir)
+	w.startCmd(cmd)
+	for _, q := range []struct {
+		name  string
+		times int
+	}{{"files.example.test", 1}, {"c2.attacker.example", 5}, {"x#y.example.test", 1}} {
+		for i := 0; i < q.times; i++ {
+			if m, err := w.resolveAs(uidA, "udp", "192.0.2.53:53", q.name, dns.TypeA); err != nil || m.Rcode != dns.RcodeSuccess {
+				t.Fatalf("%s in audit mode: %v %v", q.name, m, err)
+			}
+		}
+	}
+	w.expect(uidA, "tcp", "192.0.2.11:443", okConnected) // audited
+	w.expect(uidA, "tcp", "192.0.2.12:443", okConnected) // audited
+	var out string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		_, out, _ = w.egressdCmd("learn", "--config", filepath.Join(w.dir, "egressd.yaml"), "--state-dir", stateDir, "--runtime-dir", w.runDir(), "billing")
+		if strings.Contains(out, "192.0.2.11:443") && strings.Contains(out, "192.0.2.12") {
+			break
+		}
+	}
+	t.Logf("egressd learn billing:\n%s", out)
+	a, err := config.ParseAllowlist("billing.yaml", "billing", []byte(out))
+	if err != nil {
+		t.Fatalf("the proposal does not load: %v", err)
+	}
+	var entries []string
+	for _, e := range a.Entries {
+		entries = append(entries, e.Raw)
+	}
+	if got := strings.Join(entries, " "); got != "api.example.test:443 192.0.2.11:443 192.0.2.12:443" {
+		t.Errorf("entries %s: want the existing one and the two addresses as literals", got)
+	}
+	for _, s := range []string{"REVIEW", "c2.attacker.example:443", "files.example.test:443", "x#y.example.test led to 192.0.2.12"} {
+		if !strings.Contains(out, s) {
+			t.Errorf("the proposal does not mention %q", s)
+		}
+	}
+}

@@ -4,10 +4,13 @@ package integration
 
 import (
 	"fmt"
+	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/egressd/egressd/internal/dnstest"
+	"github.com/egressd/egressd/ruleset"
 	"github.com/miekg/dns"
 )
 
@@ -105,5 +108,63 @@ func TestRedteamDNSInFlightHogged(t *testing.T) {
 	t.Logf("billing's query while web has 1200 slow queries in flight: %s", rcodeOf(m, err))
 	if err != nil || m.Rcode != dns.RcodeSuccess {
 		t.Errorf("one user's slow queries took DNS away from another: %s", rcodeOf(m, err))
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Issue 22: dns_proxy_max_answers under concurrent answers. The cap was
+// checked against the elements the kernel held, not those of the group
+// commit in flight: with the cap at 16, 40 answers of 4 new addresses each,
+// released together, left 52 to 160 elements for one user. The cap holds
+// exactly; past it, SERVFAIL (as documented).
+func TestRedteamDNSAnswerCapConcurrent(t *testing.T) {
+	w := newWorld(t)
+	w.write("egressd.yaml", proxyMain+"dns_proxy_max_answers: 16\n")
+	w.write("allow.d/web.yaml", fmt.Sprintf("user: %d\ndns: proxy\nallow:\n  - \"**.flood.example.test:443\"\n", uidB))
+	// More answers than the issue's 40 make the race of the old check
+	// (which let 52 to 160 elements in) show on every run, not most.
+	const answers = 120
+	var pool [][]netip.Addr
+	for i := 0; i < answers; i++ {
+		var four []netip.Addr
+		for j := 0; j < 4; j++ {
+			n := i*4 + j // 198.51.100.0/24, then 203.0.113.0/24
+			four = append(four, netip.AddrFrom4([4]byte{[2]byte{198, 203}[n/256], [2]byte{51, 0}[n/256], [2]byte{100, 113}[n/256], byte(n % 256)}))
+		}
+		pool = append(pool, four)
+	}
+	// Held back, so that the 40 answers reach the proxy together.
+	w.dns.Set("n.flood.example.test", dnstest.Record{Rotate: pool, TTL: 300, Delay: 500 * time.Millisecond})
+	w.start()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	rcodes := map[string]int{}
+	for i := 0; i < answers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m, err := w.resolveAs(uidB, "udp", "192.0.2.53:53", "n.flood.example.test", dns.TypeA) // each gets the next 4
+			mu.Lock()
+			rcodes[rcodeOf(m, err)]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	es, err := (&ruleset.Netlink{NetNSFd: w.ns.Fd()}).ReadProxy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, pe := range es {
+		if pe.UID == uidB {
+			n++
+		}
+	}
+	t.Logf("%d answers of 4 addresses released together, cap 16: %d elements in the kernel; answers %v", answers, n, rcodes)
+	if n > 16 {
+		t.Errorf("%d elements for one user: the cap (16) does not hold under concurrent answers", n)
+	}
+	if n != 16 || rcodes["NOERROR"] != 4 {
+		t.Errorf("%d elements from %d answers: want the cap filled, 16 from 4 (control)", n, rcodes["NOERROR"])
 	}
 }

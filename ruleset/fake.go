@@ -58,6 +58,7 @@ const (
 	FakeReadDenyCounters = "ReadDenyCounters"
 	FakeTablePresent     = "TablePresent"
 	FakeAddProxy         = "AddProxy"
+	FakeDeleteProxy      = "DeleteProxy"
 )
 
 // FailNext makes the next call of method (FakeApplyFull, FakeVerify, ...)
@@ -142,7 +143,7 @@ func (f *Fake) ApplyFull(p Plan) error {
 }
 
 // AddProxy implements ProxyKernel: an element there already gets the new
-// timeout. A missing table fails the transaction.
+// timeout and keeps its name. A missing table fails the transaction.
 func (f *Fake) AddProxy(es []ProxyElement) error {
 	if err := f.call(FakeAddProxy, true); err != nil {
 		return err
@@ -156,12 +157,40 @@ next:
 	for _, pe := range es {
 		for i, have := range f.Proxy {
 			if have.UID == pe.UID && have.Element == pe.Element {
+				if have.Name != "" {
+					pe.Name = have.Name // a renewal keeps the comment (Linux 6.10 and later)
+				}
 				f.Proxy[i] = pe
 				continue next
 			}
 		}
 		f.Proxy = append(f.Proxy, pe)
 	}
+	return nil
+}
+
+// DeleteProxy implements ProxyKernel: elements that are not there are
+// ignored. A missing table fails the transaction.
+func (f *Fake) DeleteProxy(es []ProxyElement) error {
+	if err := f.call(FakeDeleteProxy, true); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.exists() {
+		return errFakeNoTable
+	}
+	gone := map[[2]any]bool{}
+	for _, pe := range es {
+		gone[[2]any{pe.UID, pe.Element}] = true
+	}
+	kept := f.Proxy[:0]
+	for _, pe := range f.Proxy {
+		if !gone[[2]any{pe.UID, pe.Element}] {
+			kept = append(kept, pe)
+		}
+	}
+	f.Proxy = kept
 	return nil
 }
 

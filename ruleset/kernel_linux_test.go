@@ -693,6 +693,79 @@ func TestKernelDNSProxy(t *testing.T) {
 	mustRefuse(t, "proxy user after the answer expired", e.tcp(uidA, "192.0.2.10:443"))
 }
 
+// DeleteProxy closes what the proxy answered at once (an allowlist entry
+// was removed), in one transaction with elements that expired already, and
+// leaves the others (the same address on another port, another user).
+func TestKernelDNSProxyDelete(t *testing.T) {
+	e := newEnv(t)
+	e.serveTCP(t, "192.0.2.10:443")
+	e.serveTCP(t, "192.0.2.10:8443")
+	e.serveTCP(t, "[2001:db8::10]:443")
+	p := Render(Desired{
+		Allowlists: []Allowlist{{Name: "a", UID: uidA, Proxy: true}, {Name: "b", UID: uidB, Proxy: true}},
+		Resolvers:  []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")},
+		DenyLog:    config.Defaults().DenyLog,
+		ProxyPort:  153,
+	})
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	d443 := ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)
+	d8443 := ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 8443, 8443)
+	dRange := ElementFor(config.TCP, netip.MustParsePrefix("2001:db8::10/128"), 400, 500)
+	gone := ElementFor(config.UDP, netip.MustParsePrefix("192.0.2.11/32"), 53, 53)
+	if err := e.k.AddProxy([]ProxyElement{{UID: uidA, Element: d443, Timeout: time.Hour, Name: "a.cdn.example.com"}, {UID: uidA, Element: d8443, Timeout: time.Hour, Name: "b.example.org"},
+		{UID: uidA, Element: dRange, Timeout: time.Hour}, {UID: uidB, Element: d443, Timeout: time.Hour},
+		{UID: uidA, Element: gone, Timeout: 100 * time.Millisecond}}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // gone times out
+	// The name is the element's comment; a renewal under another name is
+	// no clash.
+	if err := e.k.AddProxy([]ProxyElement{{UID: uidA, Element: d8443, Timeout: time.Hour, Name: "c.example.org", Renew: true}}); err != nil {
+		t.Fatalf("renew under another name: %v", err)
+	}
+	held, err := e.k.ReadProxy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[Element]string{}
+	for _, pe := range held {
+		if pe.UID == uidA {
+			names[pe.Element] = pe.Name
+		}
+	}
+	if names[d443] != "a.cdn.example.com" || names[d8443] == "" || names[dRange] != "" {
+		t.Errorf("names read back %v", names)
+	}
+	mustAllow(t, "port 443 before the removal", e.tcp(uidA, "192.0.2.10:443"))
+	mustAllow(t, "IPv6 range before the removal", e.tcp(uidA, "[2001:db8::10]:443"))
+	if err := e.k.DeleteProxy([]ProxyElement{{UID: uidA, Element: d443}, {UID: uidA, Element: dRange}, {UID: uidA, Element: gone}}); err != nil {
+		t.Fatalf("delete, with an element that timed out already: %v", err)
+	}
+	mustRefuse(t, "port 443 after the removal", e.tcp(uidA, "192.0.2.10:443"))
+	mustRefuse(t, "IPv6 range after the removal", e.tcp(uidA, "[2001:db8::10]:443"))
+	mustAllow(t, "port 8443, kept", e.tcp(uidA, "192.0.2.10:8443"))
+	mustAllow(t, "another user's 443, kept", e.tcp(uidB, "192.0.2.10:443"))
+	got, err := e.k.ReadProxy()
+	if err != nil || len(got) != 2 {
+		t.Fatalf("read back %v, %v: want the two kept elements", got, err)
+	}
+	// A rebuild carries the names.
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	got, err = e.k.ReadProxy()
+	for _, pe := range got {
+		if pe.Element == d8443 && pe.Name == "" {
+			t.Errorf("a rebuild lost the name of %v", pe)
+		}
+	}
+	if err != nil || len(got) != 2 {
+		t.Fatalf("after a rebuild %v, %v: want the two kept elements", got, err)
+	}
+}
+
 // A flow to port 53 opened before the user's allowlist switched to the
 // proxy keeps its destination in conntrack: it must not carry on.
 func TestKernelDNSProxyOldFlowCut(t *testing.T) {

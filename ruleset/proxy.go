@@ -21,6 +21,12 @@ type ProxyElement struct {
 	UID     uint32
 	Element Element       // one address; the entry's port range
 	Timeout time.Duration // to add: how long it stays; read back: what remains
+	// Name is the name it was answered for, kept in the kernel as the
+	// element's comment so that a restarted daemon knows which entry
+	// allowed it ("" when not known: written by an older egressd). A
+	// renewal keeps the name the element was first written with, except
+	// where renewing means writing it again (kernels before 6.10).
+	Name string
 	// Renew: the element may be in the set already (to add): its timeout
 	// must be renewed, which older kernels do only by deleting it and
 	// adding it again.
@@ -38,6 +44,10 @@ type ProxyKernel interface {
 	AddProxy(es []ProxyElement) error
 	// ReadProxy returns the proxy's elements with the time each has left.
 	ReadProxy() ([]ProxyElement, error)
+	// DeleteProxy removes elements, in one transaction, whether or not
+	// they are still there (an element may have timed out already): what
+	// the policy in force no longer allows is closed at once.
+	DeleteProxy(es []ProxyElement) error
 }
 
 // proxySetOf is the kernel set that holds a proxy element.

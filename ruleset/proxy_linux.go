@@ -20,7 +20,7 @@ func proxySetElements(ks kernelSet, es []ProxyElement) []nftables.SetElement {
 		// A whole number of milliseconds, at least one: 0 means "the set's
 		// default", which for these sets is forever.
 		t := max(pe.Timeout.Round(time.Millisecond), time.Millisecond)
-		out[i] = nftables.SetElement{Key: encode(ks, pe.UID, pe.Element, false), Timeout: t}
+		out[i] = nftables.SetElement{Key: encode(ks, pe.UID, pe.Element, false), Timeout: t, Comment: pe.Name}
 		if ks.Range {
 			out[i].KeyEnd = encode(ks, pe.UID, pe.Element, true)
 		}
@@ -127,6 +127,43 @@ func (k *Netlink) addProxy(es []ProxyElement, deleteToRenew bool) error {
 	return nil
 }
 
+// DeleteProxy implements ProxyKernel, in one transaction. Deleting an
+// element that is not there (it timed out) would fail the transaction: each
+// is added first, with the shortest timeout (a no-op, or a renewal, if it
+// is there), then deleted.
+func (k *Netlink) DeleteProxy(es []ProxyElement) error {
+	if len(es) == 0 {
+		return nil
+	}
+	k.own.mu.Lock()
+	defer k.own.mu.Unlock()
+	c, _, err := k.writer()
+	if err != nil {
+		return fmt.Errorf("open netlink: %w", err)
+	}
+	by := map[kernelSet][]ProxyElement{}
+	for _, pe := range es {
+		pe.Timeout, pe.Name = time.Millisecond, ""
+		by[proxySetOf(pe.Element)] = append(by[proxySetOf(pe.Element)], pe)
+	}
+	for _, ks := range proxyKernelSets() {
+		s, part := ks.nft(), by[ks]
+		for _, do := range []func(*nftables.Set, []nftables.SetElement) error{c.SetAddElements, c.SetDeleteElements} {
+			for i := 0; i < len(part); i += chunk {
+				if err := do(s, proxySetElements(ks, part[i:min(i+chunk, len(part))])); err != nil {
+					k.dropIf(c)
+					return fmt.Errorf("build proxy removal from %s: %w", s.Name, err)
+				}
+			}
+		}
+	}
+	if err := c.Flush(); err != nil {
+		k.dropIf(c)
+		return fmt.Errorf("delete %d DNS proxy elements: %w", len(es), err)
+	}
+	return nil
+}
+
 // ReadProxy implements ProxyKernel.
 func (k *Netlink) ReadProxy() ([]ProxyElement, error) {
 	c, _, err := k.existing()
@@ -163,7 +200,7 @@ func readProxy(c *nftables.Conn) ([]ProxyElement, error) {
 			if uid == probeUID {
 				continue
 			}
-			out = append(out, ProxyElement{UID: uid, Element: e, Timeout: r.Expires})
+			out = append(out, ProxyElement{UID: uid, Element: e, Timeout: r.Expires, Name: r.Comment})
 		}
 	}
 	return out, nil

@@ -39,6 +39,7 @@ func cmdHarden(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.Egressd, "egressd", installedSelf(), "the egressd binary the start gate runs")
 	fs.DurationVar(&o.GateTimeout, "gate-timeout", harden.DefaultGateTimeout, "how long the start gate waits for the user's allowlist in the kernel")
 	fs.StringVar(&o.Allowlist, "allowlist", "", "the allowlist (NAME of allow.d/NAME.yaml) that restricts the service's egress")
+	fs.BoolVar(&o.KeepSystemBus, "keep-system-bus", false, "with a dns: proxy allowlist: leave the D-Bus system bus reachable (the service needs it); resolved's D-Bus API then resolves any name out of the proxy's sight")
 	fs.StringVar(&o.Unit, "unit", "", "the unit name, for the install hint (e.g. billing.service)")
 	unitFile := fs.String("unit-file", "", "with a unit allowlist: the unit's file, whose ExecStartPre= lines the drop-in lists again after the gate (default: found in systemd's unit directories)")
 	cfgPath := fs.String("config", config.DefaultPath, "main configuration file (with --allowlist)")

@@ -130,6 +130,46 @@ func (c *container) dnsProxy(t *testing.T) {
 		}
 	}
 
+	// Issue 22: resolved's D-Bus API (org.freedesktop.resolve1) is on the
+	// system bus: harden closed the bus for fetch (dns: proxy), not for
+	// billing (dns: none); egressd check notes nothing for fetch. Hardened
+	// again with --keep-system-bus, fetch reaches the bus and check says so
+	// for its allowlist.
+	bus := "unix:/run/dbus/system_bus_socket"
+	if got := strings.TrimSpace(c.must("egressd-probe", "dial", bus)); got != "ok" {
+		t.Fatalf("root cannot reach the system bus (%s): the checks below prove nothing", got)
+	}
+	busNote := "fetch: resolved's D-Bus API (org.freedesktop.resolve1) stays reachable for fetch.service"
+	systemBus := func(want bool, when string) {
+		t.Helper()
+		if got := c.ask(fetchPort, "dial", bus); (got == "ok") != want {
+			t.Errorf("fetch (dns: proxy%s) connecting to the system bus: %s, want reachable %v", when, got, want)
+		}
+		if got := c.ask(8080, "dial", bus); got != "ok" {
+			t.Errorf("billing (dns: none) cannot reach the system bus (%s): the check above proves nothing", got)
+		}
+		out, _ := c.run("egressd", "check")
+		if strings.Contains(out, busNote) != want {
+			t.Errorf("egressd check%s, note %q present: %v, want %v:\n%s", when, busNote, !want, want, out)
+		}
+	}
+	restartFetch := func() {
+		t.Helper()
+		c.must("systemctl", "daemon-reload")
+		c.must("systemctl", "restart", "fetch.service")
+		eventually(t, "fetch's agent after its restart", func() (bool, string) {
+			got := c.ask(fetchPort, "pid", "-")
+			return !strings.HasPrefix(got, "error"), got
+		})
+	}
+	systemBus(false, "")
+	c.harden(t, "fetch.service", "--allowlist", "fetch", "--listen", "tcp:8083", "--keep-system-bus")
+	restartFetch()
+	systemBus(true, ", --keep-system-bus")
+	c.harden(t, "fetch.service", "--allowlist", "fetch", "--listen", "tcp:8083")
+	restartFetch()
+	systemBus(false, ", hardened again")
+
 	// Controls. An address the DNS server gave root (not redirected, no
 	// proxy) is not allowed to fetch; the proxy's answer to fetch is; an
 	// unlisted name is refused.

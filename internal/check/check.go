@@ -17,6 +17,7 @@ import (
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/cgroup"
+	"github.com/egressd/egressd/internal/harden"
 	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/internal/state"
 	"github.com/egressd/egressd/resolver"
@@ -50,6 +51,9 @@ type Options struct {
 	// CanAdmin reports whether this process may read nftables; default:
 	// root, or CAP_NET_ADMIN in the effective set.
 	CanAdmin func() bool
+	// UnitDir holds the protected services' units and egressd harden's
+	// drop-ins; default DefaultUnitDir.
+	UnitDir string
 }
 
 // Report is the JSON document of `egressd check --json` (version 1,
@@ -108,6 +112,9 @@ type AllowlistReport struct {
 	Names     int    `json:"names"`
 	Addresses int    `json:"addresses"` // elements the kernel should hold for it
 	Status    string `json:"status"`    // ok | drift | user_missing | user_conflict | names_failing
+	// Notes are what an operator should know that is not drift: with
+	// dns: proxy, where resolved's D-Bus API stays open for the service.
+	Notes []string `json:"notes,omitempty"`
 }
 
 // Problem is one thing an operator should act on.
@@ -136,6 +143,9 @@ func (o *Options) defaults() {
 	}
 	if o.CanAdmin == nil {
 		o.CanAdmin = CanAdmin
+	}
+	if o.UnitDir == "" {
+		o.UnitDir = DefaultUnitDir
 	}
 }
 
@@ -383,8 +393,16 @@ func Run(ctx context.Context, o Options) *Report {
 			}
 		}
 	}
+	var gated []harden.GatedUnit
 	for _, a := range cfg.Allowlists {
-		ar := AllowlistReport{Name: a.Name, File: a.File, User: a.User, Unit: a.Unit, Mode: string(a.Mode), DNS: string(a.DNS), Entries: len(a.Entries), Names: len(a.Names()), Status: "ok"}
+		if a.DNS == config.DNSProxy {
+			gated = harden.GatedUnits(o.UnitDir)
+			break
+		}
+	}
+	for _, a := range cfg.Allowlists {
+		ar := AllowlistReport{Name: a.Name, File: a.File, User: a.User, Unit: a.Unit, Mode: string(a.Mode), DNS: string(a.DNS), Entries: len(a.Entries), Names: len(a.Names()), Status: "ok",
+			Notes: systemBusNotes(o.UnitDir, a, gated)}
 		if a.IsUnit() {
 			id4, id6 := ruleset.SetID{Allowlist: a.Name, Unit: true}, ruleset.SetID{Allowlist: a.Name, Unit: true, V6: true}
 			ar.Addresses = len(expected.Sets[id4.Name()]) + len(expected.Sets[id6.Name()])

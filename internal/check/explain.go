@@ -228,8 +228,11 @@ func judge(ctx context.Context, o Options, cfg *config.Config, x *Explanation, e
 		} else if pe, ok := coveringProxy(proxyEls, e.Proto, a, e.PortFrom); ok {
 			av.Allowed, av.Set, av.Element = true, ruleset.ProxySetName(pe.Element), pe.Element.String()
 			av.Entry = "answered by the DNS proxy"
+			if pe.Name != "" {
+				av.Entry = "answered by the DNS proxy for " + pe.Name
+			}
 			if len(matching) > 0 {
-				av.Entry = fmt.Sprintf("%s (%s), answered by the DNS proxy", matching[0].Raw, matching[0].Pos)
+				av.Entry = fmt.Sprintf("%s (%s), %s", matching[0].Raw, matching[0].Pos, av.Entry)
 			}
 			av.Note = fmt.Sprintf("the kernel drops it in %s unless the service asks again", pe.Timeout.Round(time.Second))
 		} else if len(matching) > 0 {

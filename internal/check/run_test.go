@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -216,5 +217,42 @@ func TestRunHostsFile(t *testing.T) {
 func TestCanAdmin(t *testing.T) {
 	if os.Geteuid() == 0 && !CanAdmin() {
 		t.Fatal("root cannot administer nftables")
+	}
+}
+
+// Issue 22: for a dns: proxy allowlist, check says where resolved's D-Bus
+// API stays reachable for the service (its hardening keeps the system bus,
+// or no hardened unit is found); a unit whose drop-in closes the bus gets
+// no note (control), nor does an allowlist without dns: proxy.
+func TestRunSystemBusNotes(t *testing.T) {
+	o := fixture(t, map[string]string{
+		"egressd.yaml":       "resolvers: [192.0.2.53]\n",
+		"allow.d/alice.yaml": "user: alice\ndns: proxy\nallow: [\"*.cdn.example.test:443\"]\n",
+	})
+	o.UnitDir = filepath.Join(filepath.Dir(o.ConfigPath), "units")
+	o.Kernel = applied(t, o, nil)
+	gate := "[Service]\nExecStartPre=+/usr/bin/egressd wait --user alice --timeout 30s\n"
+	for _, c := range []struct {
+		name, dropIn, want string
+	}{
+		{"no hardened unit", "", "no unit in " + o.UnitDir + " starts gated on this allowlist"},
+		{"bus kept", gate + "InaccessiblePaths=-/run/systemd/resolve -/run/nscd\n", "stays reachable for alice.service"},
+		{"bus closed (control)", gate + "InaccessiblePaths=-/run/systemd/resolve -/run/nscd\nInaccessiblePaths=-/run/dbus\n", ""},
+	} {
+		if c.dropIn != "" {
+			os.MkdirAll(filepath.Join(o.UnitDir, "alice.service.d"), 0o755) //nolint:errcheck
+			if err := os.WriteFile(filepath.Join(o.UnitDir, "alice.service.d", "hardening.conf"), []byte(c.dropIn), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		r := Run(context.Background(), o)
+		notes := strings.Join(r.Allowlists[0].Notes, "\n")
+		out := text(r)
+		if c.want == "" && (notes != "" || strings.Contains(out, "notes:")) {
+			t.Errorf("%s: notes %q", c.name, notes)
+		}
+		if c.want != "" && (!strings.Contains(notes, c.want) || !strings.Contains(out, "notes:\n  alice: ") || !strings.Contains(notes, "org.freedesktop.resolve1")) {
+			t.Errorf("%s: notes %q, want %q\n%s", c.name, notes, c.want, out)
+		}
 	}
 }

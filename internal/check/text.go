@@ -68,6 +68,16 @@ func (r *Report) WriteText(w io.Writer) {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", a.Name, who, uid, a.Mode, a.DNS, a.Entries, a.Names, addrs, a.Status)
 		}
 		tw.Flush()
+		first := true
+		for _, a := range r.Allowlists {
+			for _, n := range a.Notes {
+				if first {
+					fmt.Fprintln(w, "\nnotes:")
+					first = false
+				}
+				fmt.Fprintf(w, "  %s: %s\n", a.Name, n)
+			}
+		}
 	}
 	if len(r.Problems) > 0 {
 		fmt.Fprintln(w, "\nproblems:")

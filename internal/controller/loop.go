@@ -100,6 +100,9 @@ func (c *Controller) Run(ctx context.Context) error {
 			return c.stop()
 		case <-c.reload:
 			c.doReload()
+			// The proxy follows an edit at once, even while applies back
+			// off: what the edit no longer allows leaves its sets now.
+			c.syncProxy()
 		case _, ok := <-c.o.KernelEvents:
 			if !ok {
 				c.o.KernelEvents = nil // the monitor ended; the periodic check remains

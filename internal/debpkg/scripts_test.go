@@ -9,16 +9,20 @@ import (
 )
 
 // runScript runs a maintainer script from packaging/deb with stub commands
-// that log their arguments, inside a fake root (the script's /run and
-// /var/lib paths are moved there), and returns the log.
-func runScript(t *testing.T, script string, systemd bool, args ...string) (string, string) {
+// that log their arguments, inside a fake root (the script's /run, /var/lib
+// and /etc/systemd paths are moved there; setup, when set, fills it first),
+// and returns the log, the root and what the script printed.
+func runScript(t *testing.T, script string, systemd bool, setup func(root string), args ...string) (string, string, string) {
 	t.Helper()
 	body, err := os.ReadFile(filepath.Join("../../packaging/deb", script))
 	if err != nil {
 		t.Fatal(err)
 	}
 	root := t.TempDir()
-	s := strings.NewReplacer("/run/", root+"/run/", "/var/lib/", root+"/var/lib/").Replace(string(body))
+	s := strings.NewReplacer("/run/", root+"/run/", "/var/lib/", root+"/var/lib/", "/etc/systemd/", root+"/etc/systemd/").Replace(string(body))
+	if setup != nil {
+		setup(root)
+	}
 	if systemd {
 		if err := os.MkdirAll(filepath.Join(root, "run/systemd/system"), 0o755); err != nil {
 			t.Fatal(err)
@@ -47,11 +51,12 @@ func runScript(t *testing.T, script string, systemd bool, args ...string) (strin
 	if strings.HasPrefix(t.Name(), "TestMaintainerScripts/disabled") {
 		cmd.Env = append(cmd.Env, "WAS_DISABLED=1")
 	}
-	if out, err := cmd.CombinedOutput(); err != nil {
+	out, err := cmd.CombinedOutput()
+	if err != nil {
 		t.Fatalf("%s %v: %v\n%s", script, args, err, out)
 	}
 	got, _ := os.ReadFile(log)
-	return string(got), root
+	return string(got), root, string(out)
 }
 
 func TestMaintainerScripts(t *testing.T) {
@@ -83,7 +88,7 @@ func TestMaintainerScripts(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
-			got, root := runScript(t, tc.script, tc.systemd, tc.args...)
+			got, root, _ := runScript(t, tc.script, tc.systemd, nil, tc.args...)
 			if got != tc.want {
 				t.Errorf("%s %v ran\n%s\nwant\n%s", tc.script, tc.args, got, tc.want)
 			}
@@ -92,5 +97,40 @@ func TestMaintainerScripts(t *testing.T) {
 				t.Errorf("state directory removed: %v, want %v", os.IsNotExist(err), purged)
 			}
 		})
+	}
+}
+
+// Issue 22: after a move from a source install to the package, every
+// hardened service's start gate may still run /usr/local/bin/egressd; once
+// that is gone, the service no longer starts. postinst names each unit
+// whose gate runs another egressd than the package's, with the fix; a gate
+// that runs the package's is not named (control).
+func TestPostinstNamesForeignGates(t *testing.T) {
+	gates := map[string]string{
+		"etc/systemd/system/old.service.d/hardening.conf": "[Service]\nExecStartPre=+/usr/local/bin/egressd wait --user old --timeout 90s\n",
+		"etc/systemd/system/pkg.service.d/hardening.conf": "[Service]\nExecStartPre=+/usr/bin/egressd wait --user pkg --timeout 90s\n",
+		"etc/systemd/system/my unit.service":              "[Service]\nExecStart=/bin/true\nExecStartPre=-+/opt/egressd/bin/egressd wait --user x\n",
+		"etc/systemd/system/other.service":                "[Service]\nExecStartPre=/usr/local/bin/prepare wait\n",
+	}
+	_, root, out := runScript(t, "postinst", true, func(root string) {
+		for name, body := range gates {
+			p := filepath.Join(root, name)
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}, "configure", "0.9-1")
+	t.Logf("postinst printed:\n%s", out)
+	for _, want := range []string{root + "/etc/systemd/system/old.service.d/hardening.conf", "/usr/local/bin/egressd",
+		root + "/etc/systemd/system/my unit.service", "/opt/egressd/bin/egressd", "ExecStartPre=+/usr/bin/egressd wait"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("postinst does not name %q", want)
+		}
+	}
+	if strings.Contains(out, "pkg.service") || strings.Contains(out, "other.service") {
+		t.Errorf("postinst names a gate that runs the package's egressd, or no gate at all")
 	}
 }

@@ -169,18 +169,24 @@ func New(opt Options) *Proxy {
 		inFlight: newUIDSlots(opt.MaxInFlightPerUID), connsOf: newUIDSlots(opt.MaxConnsPerUID), stray: make(chan struct{}, strayConns)}
 	p.refused = newRefusals(opt.Log, opt.RefusedInterval, opt.Now)
 	p.w.observe = opt.Metrics.ProxyWrite
+	p.w.failed = func(err error) {
+		p.opt.Log.Error("DNS proxy answers the allowlists no longer allow could not be removed from the kernel; retried with the next write", event.Field(event.DNSProxyFailed), zap.Error(err))
+	}
 	p.policy.Store(&Policy{ByUID: map[uint32]*Allowlist{}})
 	return p
 }
 
-// SetPolicy replaces what the proxy answers by. What it wrote for uids that
-// are no longer proxy users is forgotten (their rebuild dropped it).
+// SetPolicy replaces what the proxy answers by. Every answer in the kernel
+// that the new policy does not allow is taken out at once (writer.SetPolicy):
+// an answer never outlives the policy that allowed it.
 func (p *Proxy) SetPolicy(pol *Policy) {
-	if pol.MaxAnswers > 0 {
-		p.w.setMax(pol.MaxAnswers)
-	}
+	// The writer first: an answer on its way under the old policy is
+	// checked against the new one before it is written.
+	n, err := p.w.SetPolicy(pol)
 	p.policy.Store(pol)
-	p.w.Forget(func(uid uint32) bool { return pol.ByUID[uid] != nil })
+	if n > 0 && err == nil {
+		p.opt.Log.Info("DNS proxy answers the allowlists no longer allow were removed from the kernel", event.Field(event.DNSProxyRevoked), zap.Int("elements", n))
+	}
 }
 
 // Seed adopts the answers the kernel already holds (a restarted daemon).
@@ -418,8 +424,12 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 	var addrs []netip.Addr
 	if listed {
 		if addrs, err = p.enforce(pol, al, entries, name, r); err != nil {
-			// Never hand out an address the kernel does not hold.
-			p.kernelFailed(al.Name, name, err)
+			// Never hand out an address the kernel does not hold. A
+			// policy that changed meanwhile is no failure: the client
+			// asks again, under the new one.
+			if !errors.Is(err, errPolicyChanged) {
+				p.kernelFailed(al.Name, name, err)
+			}
 			p.opt.Metrics.ProxyQuery(al.Name, "servfail", p.opt.Now().Sub(start).Seconds())
 			return reply(q, dns.RcodeServerFailure)
 		}
@@ -703,7 +713,7 @@ func (p *Proxy) enforce(pol *Policy, al *Allowlist, entries []config.Entry, name
 		}
 	}
 	t0 := p.opt.Now()
-	if err := p.w.Ensure(es, hand); err != nil {
+	if err := p.w.Ensure(es, name, hand); err != nil {
 		return nil, err
 	}
 	p.opt.Metrics.ProxyKernel(p.opt.Now().Sub(t0).Seconds())

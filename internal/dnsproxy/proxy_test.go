@@ -365,3 +365,241 @@ func TestStopAnswersQueriesInFlight(t *testing.T) {
 		}
 	}
 }
+
+// policyWith is the rig's policy with the allowlists given.
+func (r *rig) policyWith(als ...*Allowlist) *Policy {
+	old := r.p.policy.Load()
+	pol := *old
+	pol.ByUID = map[uint32]*Allowlist{}
+	for _, al := range als {
+		pol.ByUID[al.UID] = al
+	}
+	return &pol
+}
+
+// An answer never outlives the policy that allowed it: a configuration
+// change takes out of the kernel, at once, every answer the new policy does
+// not allow, and keeps the others (an address a kept entry leads to stays,
+// whichever name it was first answered for).
+func TestPolicyChangeClosesAnswers(t *testing.T) {
+	base := []string{"*.cdn.example.com:443", "**.example.org:443", "api.example.com:443"}
+	all := "192.0.2.20:443/tcp 192.0.2.30:443/tcp 192.0.2.31:443/tcp 192.0.2.40:443/tcp"
+	for _, c := range []struct {
+		name string
+		pol  func(r *rig) *Policy
+		want string
+	}{
+		{"unchanged (control)", func(r *rig) *Policy { return r.policyWith(webAllowlist(t, base...)) }, all},
+		{"wildcard removed", func(r *rig) *Policy {
+			return r.policyWith(webAllowlist(t, "**.example.org:443", "api.example.com:443"))
+		}, "192.0.2.30:443/tcp 192.0.2.31:443/tcp 192.0.2.40:443/tcp"},
+		{"wildcard's port changed", func(r *rig) *Policy {
+			return r.policyWith(webAllowlist(t, "*.cdn.example.com:8443", "**.example.org:443", "api.example.com:443"))
+		}, "192.0.2.30:443/tcp 192.0.2.31:443/tcp 192.0.2.40:443/tcp"},
+		{"wildcard narrowed", func(r *rig) *Policy {
+			return r.policyWith(webAllowlist(t, "*.cdn.example.com:443", "*.example.org:443", "api.example.com:443"))
+		}, "192.0.2.20:443/tcp 192.0.2.31:443/tcp 192.0.2.40:443/tcp"},
+		{"wildcard's protocol changed", func(r *rig) *Policy {
+			return r.policyWith(webAllowlist(t, "*.cdn.example.com:443/udp", "**.example.org:443", "api.example.com:443"))
+		}, "192.0.2.30:443/tcp 192.0.2.31:443/tcp 192.0.2.40:443/tcp"},
+		{"name removed, its address kept by a wildcard (control)", func(r *rig) *Policy {
+			return r.policyWith(webAllowlist(t, "*.cdn.example.com:443", "**.example.org:443"))
+		}, all},
+		{"left dns: proxy", func(r *rig) *Policy { return r.policyWith() }, ""},
+		{"user changed", func(r *rig) *Policy {
+			al := webAllowlist(t, base...)
+			al.UID, al.User = uidWeb+1, "other"
+			return r.policyWith(al)
+		}, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := newRig(t, ident{uid: uidWeb, ok: true}, webAllowlist(t, base...))
+			for name, a := range map[string]string{"a.cdn.example.com": "192.0.2.20", "x.y.example.org": "192.0.2.30",
+				"x.example.org": "192.0.2.31", "api.example.com": "192.0.2.40", "shared.cdn.example.com": "192.0.2.40"} {
+				r.up.Set(name, dnstest.Record{A: []netip.Addr{netip.MustParseAddr(a)}, TTL: 3600})
+			}
+			// shared.cdn first: api's answer finds its address held already.
+			for _, name := range []string{"a.cdn.example.com", "x.y.example.org", "x.example.org", "shared.cdn.example.com", "api.example.com"} {
+				if m := r.ask("udp", name, dns.TypeA); m.Rcode != dns.RcodeSuccess {
+					t.Fatalf("%s: %s", name, dns.RcodeToString[m.Rcode])
+				}
+			}
+			if got := strings.Join(r.inKernel(), " "); got != all {
+				t.Fatalf("before the change the kernel holds %q", got)
+			}
+			r.p.SetPolicy(c.pol(r))
+			if got := strings.Join(r.inKernel(), " "); got != c.want {
+				t.Errorf("after the change the kernel holds %q, want %q", got, c.want)
+			}
+			revoked := len(r.logs.FilterField(zap.String("event", "dns_proxy_revoked")).All())
+			if (c.want != all) != (revoked == 1) {
+				t.Errorf("%d dns_proxy_revoked events", revoked)
+			}
+		})
+	}
+}
+
+// Answers a restarted daemon adopts from the kernel follow the policy by
+// the name each was written for (its comment in the kernel); those without
+// one (an older egressd wrote them) stay only where a name entry of the
+// allowlist gives their protocol and ports and the rebinding rules accept
+// their address.
+func TestAdoptedAnswersFollowThePolicy(t *testing.T) {
+	r := newRig(t, ident{uid: uidWeb, ok: true}, webAllowlist(t, "*.cdn.example.com:443"))
+	var seed []ruleset.ProxyElement
+	for _, s := range []struct {
+		uid  uint32
+		addr string
+		port uint16
+		name string
+	}{{uidWeb, "192.0.2.20", 443, ""}, {uidWeb, "192.0.2.21", 8443, ""}, {uidWeb, "10.0.0.1", 443, ""}, {uidWeb + 1, "192.0.2.22", 443, ""},
+		{uidWeb, "192.0.2.23", 443, "removed.example.net"}, {uidWeb, "192.0.2.24", 443, "x.cdn.example.com"}} {
+		seed = append(seed, ruleset.ProxyElement{UID: s.uid, Timeout: time.Hour, Name: s.name,
+			Element: ruleset.ElementFor(config.TCP, netip.PrefixFrom(netip.MustParseAddr(s.addr), 32), s.port, s.port)})
+	}
+	if err := r.k.AddProxy(seed); err != nil {
+		t.Fatal(err)
+	}
+	r.p.Seed(seed)
+	r.p.SetPolicy(r.policyWith(webAllowlist(t, "*.cdn.example.com:443")))
+	if got := strings.Join(r.inKernel(), " "); got != "192.0.2.20:443/tcp 192.0.2.24:443/tcp" {
+		t.Errorf("the kernel holds %q: want only the adopted answer the policy still allows", got)
+	}
+}
+
+// gatedKernel holds every AddProxy until the test lets it go.
+type gatedKernel struct {
+	*ruleset.Fake
+	entered chan struct{}
+	gate    chan struct{}
+}
+
+func (g *gatedKernel) AddProxy(es []ruleset.ProxyElement) error {
+	g.entered <- struct{}{}
+	<-g.gate
+	return g.Fake.AddProxy(es)
+}
+
+// An answer on its way to the kernel while the entry that allowed it is
+// removed does not stay there: the policy change waits for the write in
+// flight, then takes it out.
+func TestPolicyChangeDuringWrite(t *testing.T) {
+	al := webAllowlist(t, "*.cdn.example.com:443", "api.example.com:443")
+	fake := &ruleset.Fake{Plan: ruleset.Plan{Chains: []ruleset.ChainPlan{{Allowlist: "web", UID: uidWeb, Proxy: true}}}}
+	k := &gatedKernel{Fake: fake, entered: make(chan struct{}, 4), gate: make(chan struct{})}
+	p := New(Options{Kernel: k})
+	pol := &Policy{ByUID: map[uint32]*Allowlist{uidWeb: al}, MinTTL: time.Second, MaxTTL: time.Hour, MaxAddrs: 8}
+	p.SetPolicy(pol)
+	el := func(a string) ruleset.ProxyElement {
+		return ruleset.ProxyElement{UID: uidWeb, Timeout: time.Hour, Element: ruleset.ElementFor(config.TCP, netip.MustParsePrefix(a+"/32"), 443, 443)}
+	}
+	wrote := make(chan error, 1)
+	go func() {
+		wrote <- p.w.Ensure([]ruleset.ProxyElement{el("192.0.2.20")}, "a.cdn.example.com", time.Minute)
+	}()
+	<-k.entered // the write is in flight
+	// Another answer waits for the next transaction meanwhile.
+	queued := make(chan error, 1)
+	go func() {
+		queued <- p.w.Ensure([]ruleset.ProxyElement{el("192.0.2.22")}, "c.cdn.example.com", time.Minute)
+	}()
+	for {
+		p.w.mu.Lock()
+		n := len(p.w.pending)
+		p.w.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	changed := make(chan struct{})
+	narrower := *pol
+	narrower.ByUID = map[uint32]*Allowlist{uidWeb: webAllowlist(t, "api.example.com:443")}
+	go func() { p.SetPolicy(&narrower); close(changed) }()
+	for {
+		p.w.mu.Lock()
+		n := len(p.w.pending)
+		p.w.mu.Unlock()
+		if n == 0 {
+			break // the queued answer was judged by the new policy
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(k.gate)
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-queued; !errors.Is(err, errPolicyChanged) {
+		t.Errorf("an answer queued when its entry was removed: %v, want errPolicyChanged (SERVFAIL)", err)
+	}
+	<-changed
+	if es, _ := fake.ReadProxy(); len(es) != 0 {
+		t.Errorf("the kernel holds %v after the entry that allowed it was removed", es)
+	}
+	// Asked under the old policy, written under the new one: refused, not written.
+	if err := p.w.Ensure([]ruleset.ProxyElement{el("192.0.2.21")}, "b.cdn.example.com", time.Minute); !errors.Is(err, errPolicyChanged) {
+		t.Errorf("an answer the policy no longer allows: %v, want errPolicyChanged", err)
+	}
+	// Control: what the new policy allows is written.
+	go func() { <-k.entered }()
+	if err := p.w.Ensure([]ruleset.ProxyElement{el("192.0.2.40")}, "api.example.com", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if es, _ := fake.ReadProxy(); len(es) != 1 {
+		t.Errorf("the kernel holds %v, want api.example.com's answer", es)
+	}
+}
+
+// slowKernel takes its time over every AddProxy, so that answers released
+// together meet in one group commit.
+type slowKernel struct{ *ruleset.Fake }
+
+func (s slowKernel) AddProxy(es []ruleset.ProxyElement) error {
+	time.Sleep(20 * time.Millisecond)
+	return s.Fake.AddProxy(es)
+}
+
+// dns_proxy_max_answers holds exactly under concurrent answers: what is on
+// its way to the kernel counts, not only what it holds.
+func TestElementCapConcurrent(t *testing.T) {
+	fake := &ruleset.Fake{Plan: ruleset.Plan{Chains: []ruleset.ChainPlan{{Allowlist: "web", UID: uidWeb, Proxy: true}}}}
+	p := New(Options{Kernel: slowKernel{fake}})
+	p.SetPolicy(&Policy{ByUID: map[uint32]*Allowlist{uidWeb: webAllowlist(t, "**.attacker.example:443")},
+		MinTTL: time.Second, MaxTTL: time.Hour, MaxAddrs: 8, MaxAnswers: 16})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	ok := 0
+	start := make(chan struct{})
+	for i := 0; i < 40; i++ {
+		var es []ruleset.ProxyElement
+		for j := 0; j < 4; j++ {
+			a := netip.AddrFrom4([4]byte{198, 51, byte(i), byte(j + 1)})
+			es = append(es, ruleset.ProxyElement{UID: uidWeb, Timeout: time.Hour, Element: ruleset.ElementFor(config.TCP, netip.PrefixFrom(a, 32), 443, 443)})
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			err := p.w.Ensure(es, fmt.Sprintf("n%d.attacker.example", i), time.Minute)
+			if err != nil && !errors.Is(err, ErrTooMany) {
+				t.Error(err)
+			}
+			if err == nil {
+				mu.Lock()
+				ok++
+				mu.Unlock()
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	es, _ := fake.ReadProxy()
+	if len(es) != 16 || ok != 4 {
+		t.Errorf("%d elements in the kernel from %d answers, want the cap, 16, from 4", len(es), ok)
+	}
+	p.w.mu.Lock()
+	defer p.w.mu.Unlock()
+	if p.w.perUID[uidWeb] != 16 || len(p.w.reserved) != 0 {
+		t.Errorf("the writer counts %d elements with %d reserved, want 16 and none", p.w.perUID[uidWeb], len(p.w.reserved))
+	}
+}

@@ -2,9 +2,12 @@ package dnsproxy
 
 import (
 	"errors"
+	"net/netip"
 	"sync"
 	"time"
 
+	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/resolver"
 	"github.com/egressd/egressd/ruleset"
 )
 
@@ -13,33 +16,82 @@ type elemKey struct {
 	e   ruleset.Element
 }
 
-// writer puts answers in the kernel. Concurrent answers are written in one
-// transaction (group commit): each caller waits for the transaction that
-// carries its elements. An element the kernel holds long enough already is
-// not written again. known is the writer's view of the kernel's proxy sets
-// (element -> when the kernel drops it); it is bounded by what is alive.
+// elemState is what the writer knows of one element in the kernel.
+type elemState struct {
+	exp time.Time // when the kernel drops it
+	// names are the names it was answered for, newest last, at most
+	// maxNames; nil when not known (adopted from the kernel at start).
+	names []string
+}
+
+// maxNames bounds the names remembered per element. Past it the oldest is
+// forgotten: an element is then kept through a policy change only for the
+// names it was answered for most recently (fail closed: the service asks
+// again).
+const maxNames = 8
+
+// pendingElem is an element waiting for the next transaction, with the name
+// it was answered for.
+type pendingElem struct {
+	pe   ruleset.ProxyElement
+	name string
+	call *ensureCall
+}
+
+// ensureCall is one Ensure waiting for its transaction.
+type ensureCall struct {
+	done chan error
+	// revoked: a policy change dropped some of its elements before they
+	// were written; it fails with errPolicyChanged.
+	revoked bool
+}
+
+// writer puts answers in the kernel and takes them out when the policy no
+// longer allows them. Concurrent answers are written in one transaction
+// (group commit): each caller waits for the transaction that carries its
+// elements. An element the kernel holds long enough already is not written
+// again. known is the writer's view of the kernel's proxy sets; it is
+// bounded by what is alive.
+//
+// The per-uid cap counts what the kernel holds and what is on its way to it
+// (reserved), so that answers released together cannot exceed it.
 type writer struct {
 	k      ruleset.ProxyKernel
 	now    func() time.Time
 	maxPer int // elements per uid
 	// observe, when set, gets each transaction's duration.
 	observe func(seconds float64)
+	// failed, when set, hears of answers the policy no longer allows that
+	// could not be taken out of the kernel (retried with the next write).
+	failed func(err error)
 
-	mu      sync.Mutex
-	known   map[elemKey]time.Time
-	perUID  map[uint32]int // elements known per uid
-	pending []ruleset.ProxyElement
-	waiters []chan error
-	busy    bool
-	sweep   time.Time
+	// kmu orders the kernel writes: a policy change waits for the
+	// transaction in flight, then takes out what it no longer allows.
+	kmu sync.Mutex
+
+	mu       sync.Mutex
+	pol      *Policy
+	known    map[elemKey]*elemState
+	reserved map[elemKey]int // pending writes of elements not known yet
+	perUID   map[uint32]int  // elements known or reserved per uid
+	pending  []pendingElem
+	waiters  []*ensureCall
+	stale    map[elemKey]bool // to take out of the kernel still (a removal failed)
+	busy     bool
+	sweep    time.Time
 }
 
 func newWriter(k ruleset.ProxyKernel, now func() time.Time, maxPer int) *writer {
-	return &writer{k: k, now: now, maxPer: maxPer, known: map[elemKey]time.Time{}, perUID: map[uint32]int{}}
+	return &writer{k: k, now: now, maxPer: maxPer, pol: &Policy{ByUID: map[uint32]*Allowlist{}},
+		known: map[elemKey]*elemState{}, reserved: map[elemKey]int{}, perUID: map[uint32]int{}, stale: map[elemKey]bool{}}
 }
 
 // ErrTooMany: the uid holds MaxElements answers already.
 var ErrTooMany = errors.New("the allowlist holds the most DNS proxy answers it may (dns_proxy_max_answers); answers with new addresses fail until old ones expire")
+
+// errPolicyChanged: the allowlist changed while the answer was on its way
+// and no longer allows it.
+var errPolicyChanged = errors.New("the allowlist changed while the answer was on its way")
 
 func (w *writer) setMax(n int) {
 	w.mu.Lock()
@@ -47,50 +99,163 @@ func (w *writer) setMax(n int) {
 	w.mu.Unlock()
 }
 
-func (w *writer) set(k elemKey, exp time.Time) {
-	if _, ok := w.known[k]; !ok {
-		w.perUID[k.uid]++
+func (w *writer) counted(k elemKey) bool {
+	_, ok := w.known[k]
+	return ok || w.reserved[k] > 0
+}
+
+func (w *writer) uncount(k elemKey) {
+	if w.perUID[k.uid]--; w.perUID[k.uid] <= 0 {
+		delete(w.perUID, k.uid)
 	}
-	w.known[k] = exp
+}
+
+// set records that the kernel holds k until exp, answered for name ("": not
+// known which; a new element then stays without names).
+func (w *writer) set(k elemKey, exp time.Time, name string) {
+	st := w.known[k]
+	if st == nil {
+		if !w.counted(k) {
+			w.perUID[k.uid]++
+		}
+		st = &elemState{}
+		if name != "" {
+			st.names = []string{}
+		}
+		w.known[k] = st
+	}
+	if exp.After(st.exp) {
+		st.exp = exp
+	}
+	st.addName(name)
+}
+
+func (st *elemState) addName(name string) {
+	if name == "" || st.names == nil {
+		return // adopted: which names led to it is not known, and stays so
+	}
+	for i, n := range st.names {
+		if n == name {
+			st.names = append(append(st.names[:i:i], st.names[i+1:]...), name) // newest last
+			return
+		}
+	}
+	if len(st.names) == maxNames {
+		st.names = append(st.names[:0:0], st.names[1:]...)
+	}
+	st.names = append(st.names, name)
 }
 
 func (w *writer) drop(k elemKey) {
 	if _, ok := w.known[k]; ok {
 		delete(w.known, k)
-		if w.perUID[k.uid]--; w.perUID[k.uid] <= 0 {
-			delete(w.perUID, k.uid)
+		if w.reserved[k] == 0 {
+			w.uncount(k)
 		}
+	}
+}
+
+func (w *writer) reserve(k elemKey) {
+	if !w.counted(k) {
+		w.perUID[k.uid]++
+	}
+	w.reserved[k]++
+}
+
+func (w *writer) release(k elemKey) {
+	if w.reserved[k]--; w.reserved[k] > 0 {
+		return
+	}
+	delete(w.reserved, k)
+	if _, ok := w.known[k]; !ok {
+		w.uncount(k)
 	}
 }
 
 // need reports whether the element must be (re)written for the kernel to
 // hold it at least until `until`.
 func (w *writer) need(k elemKey, until time.Time) bool {
-	exp, ok := w.known[k]
-	return !ok || exp.Before(until)
+	st, ok := w.known[k]
+	return !ok || st.exp.Before(until)
 }
 
-// Ensure returns once every element is in the kernel until at least
-// now+hold (written with its own Timeout when it was not), or with the
-// error of the transaction that failed.
-func (w *writer) Ensure(es []ruleset.ProxyElement, hold time.Duration) error {
+// admits reports whether pol allows the element answered for one of names
+// (nil: not known which; then any name entry of the allowlist with the
+// element's protocol and ports does): an entry that matches the name and
+// gives the element's protocol and ports, an address the rebinding rules
+// accept.
+func admits(pol *Policy, k elemKey, names []string) bool {
+	return admitsBy(pol, k, names, (*Allowlist).Match)
+}
+
+// admitsBy is admits with the entries matching a name given by match (a
+// policy change judges many elements of few names: it remembers them).
+func admitsBy(pol *Policy, k elemKey, names []string, match func(*Allowlist, string) []config.Entry) bool {
+	al := pol.ByUID[k.uid]
+	if al == nil || k.e.AddrFrom != k.e.AddrTo {
+		return false
+	}
+	a := k.e.AddrFrom
+	gives := func(e config.Entry) bool {
+		return ruleset.ElementFor(e.Proto, netip.PrefixFrom(a, a.BitLen()), e.PortFrom, e.PortTo) == k.e
+	}
+	if names == nil {
+		if !resolver.Accepts(a, al.PrivateOK, "", nil) {
+			return false
+		}
+		for _, e := range al.Entries {
+			if e.IsName() && gives(e) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, n := range names {
+		if !resolver.Accepts(a, al.PrivateOK, n, nil) {
+			continue
+		}
+		for _, e := range match(al, n) {
+			if gives(e) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Ensure returns once every element, answered for name, is in the kernel
+// until at least now+hold (written with its own Timeout when it was not),
+// or with the error of the transaction that failed.
+func (w *writer) Ensure(es []ruleset.ProxyElement, name string, hold time.Duration) error {
 	now := w.now()
 	w.mu.Lock()
 	if now.Sub(w.sweep) > time.Minute {
 		w.sweepLocked(now)
 	}
-	var todo []ruleset.ProxyElement
+	var todo []pendingElem
+	call := &ensureCall{done: make(chan error, 1)}
 	fresh := map[uint32]int{}
+	seen := map[elemKey]bool{}
 	for _, pe := range es {
 		k := elemKey{pe.UID, pe.Element}
-		if w.need(k, now.Add(hold)) {
-			_, known := w.known[k]
-			if !known {
-				fresh[pe.UID]++
-			}
-			pe.Renew = known
-			todo = append(todo, pe)
+		if seen[k] {
+			continue
 		}
+		seen[k] = true
+		if !admits(w.pol, k, []string{name}) {
+			w.mu.Unlock()
+			return errPolicyChanged
+		}
+		if !w.need(k, now.Add(hold)) {
+			w.known[k].addName(name) // held already: it leads there from this name too
+			continue
+		}
+		_, known := w.known[k]
+		if !w.counted(k) {
+			fresh[pe.UID]++
+		}
+		pe.Renew, pe.Name = known, name
+		todo = append(todo, pendingElem{pe, name, call})
 	}
 	for uid, n := range fresh {
 		if w.perUID[uid]+n > w.maxPer {
@@ -107,48 +272,65 @@ func (w *writer) Ensure(es []ruleset.ProxyElement, hold time.Duration) error {
 		w.mu.Unlock()
 		return nil
 	}
-	done := make(chan error, 1)
+	for _, p := range todo {
+		w.reserve(elemKey{p.pe.UID, p.pe.Element})
+	}
 	w.pending = append(w.pending, todo...)
-	w.waiters = append(w.waiters, done)
+	w.waiters = append(w.waiters, call)
 	if !w.busy {
 		w.busy = true
 		go w.flush()
 	}
 	w.mu.Unlock()
-	return <-done
+	return <-call.done
 }
 
 // flush writes what is pending, in rounds, until nothing is.
 func (w *writer) flush() {
 	for {
+		w.kmu.Lock()
 		w.mu.Lock()
 		batch, waiters := w.pending, w.waiters
 		w.pending, w.waiters = nil, nil
-		if len(batch) == 0 {
+		if len(batch) == 0 && len(waiters) == 0 {
 			w.busy = false
 			w.mu.Unlock()
+			w.kmu.Unlock()
 			return
 		}
+		stale := w.staleLocked()
 		w.mu.Unlock()
 
-		start := w.now()
-		err := w.k.AddProxy(dedupe(batch))
-		if w.observe != nil {
-			w.observe(w.now().Sub(start).Seconds())
-		}
-
-		w.mu.Lock()
-		if err == nil {
-			for _, pe := range batch {
-				k := elemKey{pe.UID, pe.Element}
-				if exp := start.Add(pe.Timeout); exp.After(w.known[k]) {
-					w.set(k, exp)
-				}
+		w.removeStale(stale)
+		var err error
+		if len(batch) > 0 {
+			start := w.now()
+			es := make([]ruleset.ProxyElement, len(batch))
+			for i, p := range batch {
+				es[i] = p.pe
 			}
+			err = w.k.AddProxy(dedupe(es))
+			if w.observe != nil {
+				w.observe(w.now().Sub(start).Seconds())
+			}
+			w.mu.Lock()
+			for _, p := range batch {
+				k := elemKey{p.pe.UID, p.pe.Element}
+				if err == nil {
+					w.set(k, start.Add(p.pe.Timeout), p.name)
+					delete(w.stale, k)
+				}
+				w.release(k)
+			}
+			w.mu.Unlock()
 		}
-		w.mu.Unlock()
+		w.kmu.Unlock()
 		for _, c := range waiters {
-			c <- err
+			if err == nil && c.revoked {
+				c.done <- errPolicyChanged
+				continue
+			}
+			c.done <- err
 		}
 	}
 }
@@ -156,8 +338,8 @@ func (w *writer) flush() {
 // sweepLocked forgets what the kernel has dropped by now.
 func (w *writer) sweepLocked(now time.Time) {
 	w.sweep = now
-	for k, exp := range w.known {
-		if exp.Before(now) {
+	for k, st := range w.known {
+		if st.exp.Before(now) {
 			w.drop(k)
 		}
 	}
@@ -179,16 +361,94 @@ func dedupe(es []ruleset.ProxyElement) []ruleset.ProxyElement {
 	return out
 }
 
-// Forget drops what the writer knows of uids that are no longer proxy
-// users: a rebuild dropped their elements.
-func (w *writer) Forget(keep func(uid uint32) bool) {
+// SetPolicy puts pol in force and takes out of the kernel, at once, every
+// answer it does not allow: a removed or narrowed entry, a changed port, an
+// allowlist that left dns: proxy or changed its user. Pending answers it
+// does not allow are not written. It returns how many elements it took
+// out, or the error of that removal (retried with the next write and the
+// next policy).
+func (w *writer) SetPolicy(pol *Policy) (int, error) {
+	// Pending writes at once: what is not written yet is judged now (the
+	// transaction in flight cannot take it meanwhile).
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	for k := range w.known {
-		if !keep(k.uid) {
+	w.pol = pol
+	if pol.MaxAnswers > 0 {
+		w.maxPer = pol.MaxAnswers
+	}
+	kept := w.pending[:0]
+	for _, p := range w.pending {
+		k := elemKey{p.pe.UID, p.pe.Element}
+		if admits(pol, k, []string{p.name}) {
+			kept = append(kept, p)
+			continue
+		}
+		p.call.revoked = true
+		w.release(k)
+	}
+	w.pending = kept
+	w.mu.Unlock()
+
+	// Then what the kernel holds, once the transaction in flight is in.
+	w.kmu.Lock()
+	defer w.kmu.Unlock()
+	w.mu.Lock()
+	type uidName struct {
+		uid  uint32
+		name string
+	}
+	memo := map[uidName][]config.Entry{}
+	match := func(al *Allowlist, name string) []config.Entry {
+		k := uidName{al.UID, name}
+		es, ok := memo[k]
+		if !ok {
+			es = al.Match(name)
+			memo[k] = es
+		}
+		return es
+	}
+	n := 0
+	for k, st := range w.known {
+		if !admitsBy(w.pol, k, st.names, match) {
 			w.drop(k)
+			w.stale[k] = true
+			n++
 		}
 	}
+	stale := w.staleLocked()
+	w.mu.Unlock()
+	return n, w.removeStale(stale)
+}
+
+// staleLocked lists what is still to be taken out of the kernel.
+func (w *writer) staleLocked() []ruleset.ProxyElement {
+	var out []ruleset.ProxyElement
+	for k := range w.stale {
+		out = append(out, ruleset.ProxyElement{UID: k.uid, Element: k.e})
+	}
+	return out
+}
+
+// removeStale takes es out of the kernel; called with kmu held.
+func (w *writer) removeStale(es []ruleset.ProxyElement) error {
+	if len(es) == 0 {
+		return nil
+	}
+	var err error
+	for i := 0; i < len(es) && err == nil; i += 4096 {
+		err = w.k.DeleteProxy(es[i:min(i+4096, len(es))])
+	}
+	if err != nil {
+		if w.failed != nil {
+			w.failed(err)
+		}
+		return err
+	}
+	w.mu.Lock()
+	for _, pe := range es {
+		delete(w.stale, elemKey{pe.UID, pe.Element})
+	}
+	w.mu.Unlock()
+	return nil
 }
 
 // Refill writes again every element still alive, with what it has left:
@@ -198,9 +458,13 @@ func (w *writer) Refill() error {
 	now := w.now()
 	w.mu.Lock()
 	var es []ruleset.ProxyElement
-	for k, exp := range w.known {
-		if left := exp.Sub(now); left > 0 {
-			es = append(es, ruleset.ProxyElement{UID: k.uid, Element: k.e, Timeout: left})
+	for k, st := range w.known {
+		if left := st.exp.Sub(now); left > 0 {
+			pe := ruleset.ProxyElement{UID: k.uid, Element: k.e, Timeout: left}
+			if len(st.names) > 0 {
+				pe.Name = st.names[len(st.names)-1]
+			}
+			es = append(es, pe)
 		}
 	}
 	w.mu.Unlock()
@@ -213,12 +477,15 @@ func (w *writer) Refill() error {
 }
 
 // Seed records what the kernel holds (ReadProxy), so that a restarted
-// daemon does not write every element again.
+// daemon does not write every element again, with the name each was
+// written for (its comment). An element without one (written by an older
+// egressd) is kept by the next policy where a name entry of its allowlist
+// gives its protocol and ports.
 func (w *writer) Seed(es []ruleset.ProxyElement) {
 	now := w.now()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, pe := range es {
-		w.set(elemKey{pe.UID, pe.Element}, now.Add(pe.Timeout))
+		w.set(elemKey{pe.UID, pe.Element}, now.Add(pe.Timeout), pe.Name)
 	}
 }

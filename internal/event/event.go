@@ -35,6 +35,7 @@ const (
 	DNSRefusedOverflow = "dns_refused_overflow"
 	DNSProxyListening  = "dns_proxy_listening"
 	DNSProxyFailed     = "dns_proxy_failed"
+	DNSProxyRevoked    = "dns_proxy_revoked"
 	MetricsListening   = "metrics_listening"
 	MetricsFailed      = "metrics_failed"
 	StateFailed        = "state_failed"
@@ -50,7 +51,7 @@ var All = []string{
 	RulesetApplied, ApplyFailed, UserMissing, UserConflict, UnitCgroup,
 	DriftRepaired, DriftRepeating, VerifyFailed, TableUnowned,
 	Deny, DenyOverflow, DenyLogFailed,
-	DNSRefused, DNSRefusedOverflow, DNSProxyListening, DNSProxyFailed,
+	DNSRefused, DNSRefusedOverflow, DNSProxyListening, DNSProxyFailed, DNSProxyRevoked,
 	MetricsListening, MetricsFailed, StateFailed, StartRefused, RunFailed, Stopping,
 }
 

@@ -159,7 +159,7 @@ func Audit(path string, env Env) (*Report, error) {
 			"limit listening another way (an input firewall rule, an LSM profile)"})
 	}
 	userName, hasUser := u.Last("Service", "User")
-	r.Findings = append(r.Findings, ordering(u, userName, env.Egressd)...)
+	r.Findings = append(r.Findings, ordering(u, userName, env.Egressd, env.Exists)...)
 	r.Findings = append(r.Findings, rootSockets(u, path)...)
 	for _, v := range u.Get("Service", "ReadWritePaths") {
 		for _, p := range strings.Fields(v) {
@@ -206,7 +206,7 @@ func orDefault(s, d string) string {
 // a dependency that stops or restarts the service with egressd, and the
 // start gate (ExecStartPre=+… egressd wait) that keeps it from starting
 // before its user is restricted in the kernel.
-func ordering(u *Unit, userName, egressd string) []Finding {
+func ordering(u *Unit, userName, egressd string, exists func(string) bool) []Finding {
 	var out []Finding
 	has := func(key string) bool {
 		for _, v := range u.Get("Unit", key) {
@@ -233,7 +233,17 @@ func ordering(u *Unit, userName, egressd string) []Finding {
 		f := strings.Fields(v)
 		if len(f) >= 2 && filepath.Base(strings.TrimLeft(f[0], "@-:+!|")) == "egressd" && f[1] == "wait" {
 			gate = true // reported below if it gates nothing
-			prefix := f[0][:len(f[0])-len(strings.TrimLeft(f[0], "@-:+!|"))]
+			bin := strings.TrimLeft(f[0], "@-:+!|")
+			prefix := f[0][:len(f[0])-len(bin)]
+			if filepath.IsAbs(bin) && !exists(bin) {
+				// Moved from a source install (/usr/local/bin) to the
+				// package (/usr/bin), or the other way: the gate fails (203/EXEC)
+				// and the service does not start.
+				self := orDefault(egressd, DefaultEgressd)
+				out = append(out, Finding{"gate_missing", bin, "the start gate runs " + bin + ", which does not exist: the service fails to start (status 203/EXEC) at its next start",
+					fmt.Sprintf("point the gate at this egressd: ExecStartPre=%s%s %s (or run egressd harden again and install its drop-in), then systemctl daemon-reload",
+						prefix, self, strings.Join(f[1:], " "))})
+			}
 			switch {
 			case strings.Contains(prefix, "-"):
 				out = append(out, Finding{"ordering", "ExecStartPre", "the start gate's failure is ignored (the - prefix): the service starts unprotected when the gate times out",

@@ -228,3 +228,40 @@ func TestAuditSocketActivation(t *testing.T) {
 		t.Fatal("svc.socket beside svc.service not reported")
 	}
 }
+
+// Issue 22: moving from a source install (/usr/local/bin/egressd) to the
+// package (/usr/bin/egressd) leaves every hardened service with a start
+// gate that runs a binary that is gone: the service fails at its next
+// start. The audit names it, with the fix; a gate whose binary is there
+// is not reported (control).
+func TestAuditGateBinaryMissing(t *testing.T) {
+	dir := t.TempDir()
+	unit := filepath.Join(dir, "svc.service")
+	body := "[Unit]\nAfter=egressd.service\nWants=egressd.service\n[Service]\nUser=svc\nExecStartPre=+/usr/local/bin/egressd wait --user svc --timeout 90s\nExecStart=/usr/bin/sleep infinity\n"
+	if err := os.WriteFile(unit, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name    string
+		present string
+		want    bool
+	}{{"binary gone", "/usr/bin/egressd", true}, {"binary there (control)", "/usr/local/bin/egressd", false}} {
+		r, err := Audit(unit, Env{Egressd: "/usr/bin/egressd", Exists: func(p string) bool { return p == c.present }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got *Finding
+		for i, f := range r.Findings {
+			if f.Kind == "gate_missing" {
+				got = &r.Findings[i]
+			}
+		}
+		if (got != nil) != c.want {
+			t.Errorf("%s: gate_missing %v, want %v: %v", c.name, got, c.want, r.Findings)
+			continue
+		}
+		if got != nil && (got.Target != "/usr/local/bin/egressd" || !strings.Contains(got.Fix, "ExecStartPre=+/usr/bin/egressd wait --user svc --timeout 90s")) {
+			t.Errorf("%s: %+v: want the missing binary named and the gate rewritten to this egressd", c.name, *got)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package harden
 
 import (
 	"flag"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -279,7 +280,10 @@ func TestAuditUnit(t *testing.T) {
 	os.MkdirAll(unit+".d", 0o755)                                                //nolint:errcheck
 	os.WriteFile(filepath.Join(unit+".d", "hardening.conf"), []byte(out), 0o644) //nolint:errcheck
 	os.Chown(bin, 0, 0)                                                          //nolint:errcheck
-	r, err = Audit(unit, Env{})
+	// The gate's egressd, as if installed (this host runs the tests from a
+	// build directory): a missing one is gate_missing (TestAuditGateBinaryMissing).
+	installed := func(p string) bool { _, err := os.Stat(p); return err == nil || p == DefaultEgressd }
+	r, err = Audit(unit, Env{Exists: installed})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -311,5 +315,62 @@ func TestDNSProxyHidesLocalResolvers(t *testing.T) {
 	}
 	if strings.Contains(plain, "InaccessiblePaths") {
 		t.Errorf("a drop-in without dns: proxy hides paths:\n%s", plain)
+	}
+	// Issue 22: resolved's D-Bus API resolves any name too: the system bus
+	// is closed, unless the service needs it (--keep-system-bus), which the
+	// drop-in then says.
+	if !strings.Contains(proxy, "\nInaccessiblePaths=-/run/dbus\n") {
+		t.Errorf("dns: proxy drop-in leaves the system bus (resolved's D-Bus API) open:\n%s", proxy)
+	}
+	o.KeepSystemBus = true
+	kept, err := Generate(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(kept, "\nInaccessiblePaths=-/run/dbus\n") || !strings.Contains(kept, "\n#InaccessiblePaths=-/run/dbus\n") ||
+		!strings.Contains(kept, "\nInaccessiblePaths=-/run/systemd/resolve -/run/nscd\n") {
+		t.Errorf("--keep-system-bus: want the bus left open, said so, and the resolvers' sockets still hidden:\n%s", kept)
+	}
+}
+
+// Issue 22: check finds, under /etc/systemd/system, the units gated on an
+// allowlist and whether their hardening closes the D-Bus system bus.
+func TestGatedUnits(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	o := typical(DefaultSystemdVersion)
+	o.User, o.DNSProxy = "fetch", true
+	closed, err := Generate(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.User, o.KeepSystemBus = "bus", true
+	kept, err := Generate(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write("fetch.service.d/hardening.conf", closed)
+	write("bus.service", "[Service]\nExecStart=/bin/true\n")
+	write("bus.service.d/hardening.conf", kept)
+	write("inet.service", "[Service]\nExecStartPre=+/usr/bin/egressd wait --unit=inet.service\nRestrictAddressFamilies=AF_INET AF_INET6\n")
+	write("reset.service", "[Service]\nExecStartPre=+/usr/bin/egressd wait --user reset\nInaccessiblePaths=-/run/dbus\nInaccessiblePaths=\n")
+	write("plain.service", "[Service]\nExecStart=/bin/true\nInaccessiblePaths=/run/dbus\n")
+	var got []string
+	for _, u := range GatedUnits(dir) {
+		got = append(got, fmt.Sprintf("%s user=%s unit=%s bus=%v", u.Name, u.User, u.Unit, u.SystemBus))
+	}
+	want := []string{"bus.service user=bus unit= bus=true", "fetch.service user=fetch unit= bus=false",
+		"inet.service user= unit=inet.service bus=false", "reset.service user=reset unit= bus=true"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("gated units\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

@@ -34,6 +34,10 @@ type Options struct {
 	// must reach port 53 (where the kernel redirects them to the proxy), not
 	// a local resolver's UNIX socket.
 	DNSProxy bool
+	// KeepSystemBus, with DNSProxy, leaves the D-Bus system bus reachable
+	// (a service that needs it: polkit, logind, NetworkManager); through
+	// it resolved's D-Bus API resolves any name out of the proxy's sight.
+	KeepSystemBus bool
 	// Egressd is the egressd binary the start gate runs; default
 	// /usr/local/bin/egressd (where egressd.service runs it from).
 	Egressd string
@@ -270,6 +274,13 @@ func (o *Options) lines() []line {
 		// every namespace; their directories stay (RuntimeDirectoryPreserve=).
 		ls = append(ls, line{"Service", "InaccessiblePaths", "-/run/systemd/resolve -/run/nscd",
 			"dns: proxy sees queries to port 53 only: systemd-resolved's varlink socket (nss-resolve) and nscd's would resolve any name for the service out of its sight (a DNS tunnel; wildcard entries would allow nothing). Without them glibc falls back to DNS on port 53, which the kernel redirects to the proxy; an /etc/resolv.conf linked into /run/systemd/resolve goes too, and resolvers then ask 127.0.0.1:53, redirected alike (connect out)", 231})
+		if o.KeepSystemBus {
+			ls = append(ls, line{"Service", "#InaccessiblePaths", "-/run/dbus",
+				"left open (--keep-system-bus): the service uses the D-Bus system bus, and through it resolved's D-Bus API (org.freedesktop.resolve1) resolves any name out of the DNS proxy's sight (a DNS tunnel); egressd check says so for this allowlist", 231})
+		} else {
+			ls = append(ls, line{"Service", "InaccessiblePaths", "-/run/dbus",
+				"the D-Bus system bus: resolved's D-Bus API (org.freedesktop.resolve1) would resolve any name for the service out of the DNS proxy's sight (a DNS tunnel). The directory, not the socket, which a bus restart recreates. A service that needs the system bus (polkit, logind, NetworkManager): --keep-system-bus (connect out)", 231})
+		}
 	}
 	if low, ok := o.lowPort(); ok && o.PrivateUsers {
 		ls = append(ls, line{"Service", "PrivateUsers", "no", fmt.Sprintf("not yes: in a user namespace of its own, CAP_NET_BIND_SERVICE would hold only there, not in the one owning the network namespace, and binding %s would fail (EACCES)", low), 232})

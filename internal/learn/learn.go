@@ -8,6 +8,7 @@ package learn
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -32,6 +33,11 @@ type seen struct {
 	coveredBy     string // an entry of the allowlist that allows it now
 	notAllowlists bool   // a protocol allowlists cannot name
 	viaProxy      bool   // names: what the DNS proxy answered the service with this address
+	// Of the proxy's names: several led to the address (proposed as the
+	// address, every name listed for review), and those that are no valid
+	// entry (listed, escaped, in a comment only).
+	ambiguous []string
+	invalid   []string
 }
 
 // SiblingsForWildcard is how many names under one parent domain, used on
@@ -57,11 +63,17 @@ func ProposeDoc(a *config.Allowlist, doc deny.RecentDoc, since time.Time) string
 			resolved = append(resolved, r)
 		}
 	}
-	sort.SliceStable(resolved, func(i, j int) bool { return resolved[i].Count > resolved[j].Count })
+	// By name, never by count: a service (or an attacker in it) decides how
+	// often it asks.
+	sort.SliceStable(resolved, func(i, j int) bool { return resolved[i].Name < resolved[j].Name })
 	namesOf := map[string][]string{}
+	asked := map[string]int{}
 	for _, r := range resolved {
+		asked[r.Name] += r.Count
 		for _, ad := range r.Addrs {
-			namesOf[ad] = append(namesOf[ad], r.Name)
+			if !slices.Contains(namesOf[ad], r.Name) {
+				namesOf[ad] = append(namesOf[ad], r.Name)
+			}
 		}
 	}
 	byDest := map[dest]*seen{}
@@ -93,8 +105,24 @@ func ProposeDoc(a *config.Allowlist, doc deny.RecentDoc, since time.Time) string
 	var total, audited int
 	var first, last time.Time
 	for _, s := range byDest {
-		if len(s.names) == 0 {
-			s.names, s.viaProxy = namesOf[s.dst], len(namesOf[s.dst]) > 0
+		if len(s.names) == 0 && len(namesOf[s.dst]) > 0 {
+			// The proxy's names are the service's choice: only a valid
+			// entry is proposed, and only where it is the one name that led
+			// to the address.
+			var valid []string
+			for _, n := range namesOf[s.dst] {
+				if validName(n, s.dest) {
+					valid = append(valid, n)
+				} else {
+					s.invalid = append(s.invalid, n)
+				}
+			}
+			s.viaProxy = true
+			if len(namesOf[s.dst]) == 1 && len(valid) == 1 {
+				s.names = valid
+			} else if len(valid) > 0 {
+				s.ambiguous = valid
+			}
 		}
 		s.coveredBy = covered(a, s.dest)
 		s.notAllowlists = s.proto != "tcp" && s.proto != "udp"
@@ -154,13 +182,29 @@ func ProposeDoc(a *config.Allowlist, doc deny.RecentDoc, since time.Time) string
 	done := map[string]bool{}
 	for _, s := range list {
 		note := fmt.Sprintf("observed %d× (%s), first %s, last %s", s.count, verdicts(s), s.first.UTC().Format(time.RFC3339), s.last.UTC().Format(time.RFC3339))
-		if s.viaProxy {
+		if s.viaProxy && len(s.names) > 0 {
 			note += ", name from the DNS proxy's answer"
+		}
+		if len(s.ambiguous) > 0 && s.coveredBy == "" && !s.notAllowlists {
+			fmt.Fprintf(&b, "  - %-40s # REVIEW: %s\n", quote(entryFor(s)), note)
+			fmt.Fprintf(&b, "  #   reached through %d names, proposed as the address: a name allows whatever it points to later,\n"+
+				"  #   and any of them may be the service's own choice. Replace the address by the name it needs:\n", len(s.ambiguous)+len(s.invalid))
+			for _, n := range s.ambiguous {
+				fmt.Fprintf(&b, "  #   - %-38s # asked %d×\n", quote(nameEntry(n, s.dest)), asked[n])
+			}
+		}
+		var invalid strings.Builder
+		for _, n := range s.invalid {
+			fmt.Fprintf(&invalid, "  #   %s led to %s; not proposed: not a valid entry (asked %d×)\n", commentText(n), s.dst, asked[n])
+		}
+		if len(s.ambiguous) > 0 && s.coveredBy == "" && !s.notAllowlists {
+			b.WriteString(invalid.String())
+			continue
 		}
 		if w, ok := wild[s]; ok {
 			if !done[w.entry] {
 				done[w.entry] = true
-				fmt.Fprintf(&b, "  - %-40s # %d sibling names used: %s\n", quote(w.entry), len(w.names), strings.Join(w.names, ", "))
+				fmt.Fprintf(&b, "  - %-40s # %d sibling names used: %s\n", quote(w.entry), len(w.names), commentText(strings.Join(w.names, ", ")))
 			}
 			fmt.Fprintf(&b, "  #   %s: %s\n", entryFor(s), note)
 			continue
@@ -173,6 +217,7 @@ func ProposeDoc(a *config.Allowlist, doc deny.RecentDoc, since time.Time) string
 		default:
 			fmt.Fprintf(&b, "  - %-40s # %s\n", quote(entryFor(s)), note)
 		}
+		b.WriteString(invalid.String())
 	}
 	var refused []deny.ResolvedEntry
 	for _, r := range resolved {
@@ -184,7 +229,7 @@ func ProposeDoc(a *config.Allowlist, doc deny.RecentDoc, since time.Time) string
 		b.WriteString("  # Names the DNS proxy refused (no entry matches them). Add one only if the service needs it:\n" +
 			"  # a name nobody configured may be data smuggled out in DNS questions.\n")
 		for _, r := range refused {
-			fmt.Fprintf(&b, "  #   %s: refused %d×, last %s\n", r.Name, r.Refused, r.Last.UTC().Format(time.RFC3339))
+			fmt.Fprintf(&b, "  #   %s: refused %d×, last %s\n", commentText(r.Name), r.Refused, r.Last.UTC().Format(time.RFC3339))
 		}
 	}
 	return b.String()
@@ -257,19 +302,44 @@ func verdicts(s *seen) string {
 }
 
 // entryFor is the allowlist entry that allows what was seen: the
-// allowlist's own name where it answered with the address, else the address.
+// allowlist's own name where it answered with the address, or the one name
+// the DNS proxy answered it for, else the address.
 func entryFor(s *seen) string {
 	host := s.dst
 	if len(s.names) > 0 {
-		host = s.names[0]
+		return nameEntry(s.names[0], s.dest)
 	} else if a, err := netip.ParseAddr(s.dst); err == nil && a.Is6() {
 		host = "[" + s.dst + "]"
 	}
-	e := fmt.Sprintf("%s:%d", host, s.dport)
-	if s.proto == "udp" {
+	return nameEntry(host, s.dest)
+}
+
+// nameEntry is the entry for host on d's port and protocol.
+func nameEntry(host string, d dest) string {
+	e := fmt.Sprintf("%s:%d", host, d.dport)
+	if d.proto == "udp" {
 		e += "/udp"
 	}
 	return e
+}
+
+// validName reports whether name, on d's port, is an entry the allowlist
+// would load: a DNS name by the entry grammar, not a wildcard (a name the
+// service asked is never one).
+func validName(name string, d dest) bool {
+	e, err := config.ParseEntry(nameEntry(name, d))
+	return err == nil && e.Resolvable() && e.Host == name
+}
+
+// commentText is text for a YAML comment: printable ASCII as it is, anything
+// else quoted with Go escapes (a newline would end the comment).
+func commentText(s string) string {
+	for _, r := range s {
+		if r < 0x20 || r >= 0x7f {
+			return strconv.QuoteToASCII(s)
+		}
+	}
+	return s
 }
 
 // covered names the entry of a that allows d by address now (a literal or

@@ -1,6 +1,7 @@
 package learn
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -64,5 +65,103 @@ func TestProposeUnit(t *testing.T) {
 	got, err := config.ParseAllowlist("proposal.yaml", "shop", []byte(out))
 	if err != nil || got.Unit != "php-fpm@shop.service" || got.User != "" || len(got.Entries) != 1 {
 		t.Fatalf("proposal for a unit allowlist: %v\n%s", err, out)
+	}
+}
+
+func proxyAllowlist(t *testing.T) *config.Allowlist {
+	t.Helper()
+	a, err := config.ParseAllowlist("/etc/egressd/allow.d/fetcher.yaml", "fetcher",
+		[]byte("user: fetcher\ndns: proxy\nmode: audit\nallow:\n  - api.example.test:443\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func entriesOf(t *testing.T, out string) []string {
+	t.Helper()
+	got, err := config.ParseAllowlist("proposal.yaml", "fetcher", []byte(out))
+	if err != nil {
+		t.Fatalf("the proposal does not load as an allowlist: %v\n%s", err, out)
+	}
+	var entries []string
+	for _, e := range got.Entries {
+		entries = append(entries, e.Raw)
+	}
+	return entries
+}
+
+// Issue 22: in audit mode the service asks a legitimate name once and an
+// attacker's name five times, both answered with one address. A proposal
+// that picks the most-asked name launders the attacker's: installed as it
+// is, the attacker re-points its name and reaches its own server. An
+// address reached through several names is proposed as the address, every
+// name listed beside it for review, in name order, never by count.
+func TestProposeNamesNotLaundered(t *testing.T) {
+	at := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	doc := deny.RecentDoc{
+		Entries: []deny.RecentEntry{
+			{Allowlist: "fetcher", Audit: true, Proto: "tcp", Dst: "192.0.2.10", DPort: 443, Count: 6, First: at, Last: at},
+			{Allowlist: "fetcher", Audit: true, Proto: "tcp", Dst: "192.0.2.20", DPort: 443, Count: 1, First: at, Last: at},
+		},
+		Resolved: []deny.ResolvedEntry{
+			{Allowlist: "fetcher", Name: "files.example.test", Addrs: []string{"192.0.2.10"}, Count: 1, First: at, Last: at},
+			{Allowlist: "fetcher", Name: "c2.attacker.example", Addrs: []string{"192.0.2.10"}, Count: 5, First: at, Last: at},
+			{Allowlist: "fetcher", Name: "only.example.test", Addrs: []string{"192.0.2.20"}, Count: 1, First: at, Last: at},
+		},
+	}
+	out := ProposeDoc(proxyAllowlist(t), doc, at.Add(-time.Hour))
+	t.Logf("proposal:\n%s", out)
+	entries := strings.Join(entriesOf(t, out), " ")
+	if strings.Contains(entries, "attacker") || strings.Contains(entries, "files.example.test") {
+		t.Errorf("a name was picked for an address several names led to: %s", entries)
+	}
+	if entries != "api.example.test:443 192.0.2.10:443 only.example.test:443" {
+		t.Errorf("entries %s, want the address reached through two names as a literal, the single name as a name (control)", entries)
+	}
+	for _, s := range []string{"REVIEW", "c2.attacker.example:443", "files.example.test:443"} {
+		if !strings.Contains(out, s) {
+			t.Errorf("the proposal does not mention %q", s)
+		}
+	}
+	if !strings.Contains(out, "asked 5×") || !strings.Contains(out, "asked 1×") {
+		t.Errorf("the names' counts are not shown for review")
+	}
+}
+
+// Issue 22: names the service chose are written so that the proposal
+// always loads: a name that is not a valid entry appears only in a
+// comment, escaped, and the address it led to is proposed as a literal.
+func TestProposeUnsafeNames(t *testing.T) {
+	at := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	bad := []string{"x#y.example.test", "{a}.example.test", "&a.example.test", "!a.example.test", "|a.example.test",
+		`a\010b.example.test`, "a\nallow: [0.0.0.0/0:1-65535]\n#.example.test", "*.example.test", `"q".example.test`}
+	var doc deny.RecentDoc
+	for i, n := range bad {
+		addr := fmt.Sprintf("198.51.100.%d", i+1)
+		doc.Entries = append(doc.Entries, deny.RecentEntry{Allowlist: "fetcher", Audit: true, Proto: "tcp", Dst: addr, DPort: 443, Count: 1, First: at, Last: at})
+		doc.Resolved = append(doc.Resolved, deny.ResolvedEntry{Allowlist: "fetcher", Name: n, Addrs: []string{addr}, Count: 1, First: at, Last: at},
+			deny.ResolvedEntry{Allowlist: "fetcher", Name: "refused." + n, Count: 1, Refused: 1, First: at, Last: at})
+	}
+	out := ProposeDoc(proxyAllowlist(t), doc, at.Add(-time.Hour))
+	t.Logf("proposal:\n%s", out)
+	entries := entriesOf(t, out)
+	if len(entries) != 1+len(bad) {
+		t.Errorf("entries %v: want the existing one and one literal per address", entries)
+	}
+	for _, e := range entries[1:] {
+		if !strings.HasPrefix(e, "198.51.100.") {
+			t.Errorf("entry %q: want a literal", e)
+		}
+	}
+	for _, line := range strings.Split(out, "\n") {
+		for _, r := range line {
+			if r < 0x20 || r == 0x7f {
+				t.Errorf("a control character in line %q", line)
+			}
+		}
+	}
+	if !strings.Contains(out, `x#y.example.test`) || !strings.Contains(out, `\n`) {
+		t.Errorf("the names are not listed (escaped) for review")
 	}
 }

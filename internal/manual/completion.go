@@ -29,7 +29,7 @@ var Commands = []Command{
 		{"--jit", ""}, {"--nproc", "word"}, {"--fsize", "word"}, {"--apparmor", "word"}, {"--selinux", "word"},
 		{"--loopback-only", ""}, {"--no-private-users", ""}, {"--systemd-version", "word"},
 		{"--allowlist", "allowlist"}, {"--unit", "word"}, {"--config", "file"}, {"--audit", "file"}, {"--json", ""},
-		{"--target-features", "word"}, {"--egressd", "file"}, {"--gate-timeout", "word"}}},
+		{"--target-features", "word"}, {"--egressd", "file"}, {"--gate-timeout", "word"}, {"--keep-system-bus", ""}}},
 	{"wait", []Flag{{"--user", "word"}, {"--allowlist", "allowlist"}, {"--timeout", "word"}, {"--config", "file"}}},
 	{"remove", []Flag{{"--runtime-dir", "dir"}}},
 	{"plan", []Flag{{"--config", "file"}, {"--runtime-dir", "dir"}}},

@@ -14,7 +14,7 @@ func TestTextLayout(t *testing.T) {
 		"\nCOMMANDS\n    run       Run the daemon in the foreground",
 		"\n    check --explain USER|UNIT HOST:PORT[/udp]\n              Would USER (or the unit",
 		"\n    egressd run [--config FILE] [--once]",
-		"\n                   [--allowlist NAME] [--unit NAME] [--config FILE]\n",
+		"\n                   [--allowlist NAME [--keep-system-bus]] [--unit NAME]\n",
 	} {
 		if !strings.Contains(txt, want) {
 			t.Errorf("help text lacks %q", want)

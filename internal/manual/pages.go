@@ -20,8 +20,8 @@ egressd harden --user USER [--group GROUP] [--writable PATH]...
                [--loopback-only] [--no-private-users]
                [--systemd-version N] [--target-features FEATURES]
                [--egressd PATH] [--gate-timeout D]
-               [--allowlist NAME] [--unit NAME] [--config FILE]
-               [--unit-file FILE]
+               [--allowlist NAME [--keep-system-bus]] [--unit NAME]
+               [--config FILE] [--unit-file FILE]
 egressd harden --audit UNIT_FILE [--json]
 egressd wait (--user USER | --unit UNIT | --allowlist NAME) [--timeout 30s]
 egressd remove [--runtime-dir DIR]
@@ -62,11 +62,14 @@ writable paths, no W+X memory, resource limits, port binding limits, LSM
 profile, and ordering after egressd.service (Wants=, never Requires=) with a
 start gate (egressd wait). Every line says which exploit behaviour it blocks;
 options the target systemd lacks are left out, and what it does not enforce
-is said (SocketBind* without BPF_FRAMEWORK). Warnings on stderr.`),
+is said (SocketBind* without BPF_FRAMEWORK). For a dns: proxy allowlist it hides
+the local resolvers' sockets and the D-Bus system bus (resolved's D-Bus API),
+unless --keep-system-bus (check then notes it). Warnings on stderr.`),
 		Item("harden --audit UNIT_FILE", `Report the unit's exposure score
 (systemd-analyze security), each missing protection with the line to add, and
 every code or configuration path the service user could modify (walking up
-to /), with the fix. Exit 1 when anything is found.`),
+to /), with the fix, and a start gate whose egressd binary does not exist
+(gate_missing). Exit 1 when anything is found.`),
 		Item("wait", `The start gate of a protected service (ExecStartPre=+,
 written by harden): wait until egressd restricts USER (or the user of
 allowlist NAME) in the kernel, then exit 0; exit 1 when the timeout passes
@@ -99,8 +102,11 @@ in mode: audit, let through, as a literal address (or as the allowlist's own
 name where that name answered with it) with its count and first and last
 time seen as comments; the entries already in the allowlist marked as such;
 --since keeps the recent ones. With dns: proxy, an address is proposed as the
-name the proxy answered the service with, three or more sibling names as one
-*.parent wildcard, and the names the proxy refused are listed as comments.
+name the proxy answered the service with when that name alone led to it (an
+address several names led to stays a literal, marked REVIEW, every name
+listed beneath; a name that is no valid entry appears only in a comment,
+escaped), three or more sibling names as one *.parent wildcard, and the names
+the proxy refused are listed as comments.
 The observations are kept under the state directory (observed.json, bounded)
 and survive restarts. Exit 2 when there is nothing to learn from.`),
 		Item("demo", `Run the real daemon on example allowlists inside a throwaway
@@ -198,8 +204,10 @@ closed) or remove.`),
 kernel redirects the queries of dns: proxy allowlists (egressd.socket opens
 it: change both). Default: 153.`),
 		Item("dns_proxy_max_answers", `The DNS proxy's live answers per allowlist (kernel
-elements, each expiring after its TTL + linger); past it, answers with new
-addresses get SERVFAIL (dns_proxy_failed). Default: 65536.`),
+elements, each expiring after its TTL + linger, or at once when an edit no longer
+allows it); answers on their way to the kernel count, so the bound holds under
+concurrent queries; past it, answers with new addresses get SERVFAIL
+(dns_proxy_failed). Default: 65536.`),
 	}},
 	{"ALLOWLISTS", []Block{P(`One allowlist per file in allow_dir, NAME.yaml, where NAME
 (letters, digits, '-', '_', at most 48) names the allowlist in the kernel and
