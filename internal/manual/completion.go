@@ -25,6 +25,7 @@ type Flag struct {
 var Commands = []Command{
 	{"run", []Flag{{"--config", "file"}, {"--once", ""}, {"--log-level", "level"}, {"--runtime-dir", "dir"}}},
 	{"check", []Flag{{"--config", "file"}, {"--json", ""}, {"--runtime-dir", "dir"}, {"--explain", ""}}},
+	{"validate", []Flag{{"--config", "file"}, {"--as", "file"}}},
 	{"harden", []Flag{{"--user", "word"}, {"--group", "word"}, {"--writable", "dir"}, {"--listen", "word"},
 		{"--jit", ""}, {"--nproc", "word"}, {"--fsize", "word"}, {"--apparmor", "word"}, {"--selinux", "word"},
 		{"--loopback-only", ""}, {"--no-private-users", ""}, {"--systemd-version", "word"},
