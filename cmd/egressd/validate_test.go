@@ -14,11 +14,11 @@ func TestValidateExitCodes(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "source")
 	bad := filepath.Join(dir, "bad")
-	os.WriteFile(good, []byte("user: billing\nallow: [api.example.com:443]\n"), 0o644)  //nolint:errcheck
-	os.WriteFile(bad, []byte("user: billing\nallow:\n  - api.example.com\n"), 0o644) //nolint:errcheck
+	os.WriteFile(good, []byte("user: billing\nallow: [api.example.com:443]\n"), 0o644) //nolint:errcheck
+	os.WriteFile(bad, []byte("user: billing\nallow:\n  - api.example.com\n"), 0o644)   //nolint:errcheck
 	cases := []struct {
-		args       []string
-		code       int
+		args        []string
+		code        int
 		out, errOut string
 	}{
 		{[]string{"validate", good}, 0, good + ": valid allowlist candidate", ""},
