@@ -42,6 +42,7 @@ type Verdict struct {
 	Kind   Kind
 	Name   string // an allowlist's or a list's name
 	Notes  []string
+	Tests  int // an allowlist's tests: run, all passed
 }
 
 // Validate checks candidate files offline: no root, no kernel, no daemon, no
@@ -154,7 +155,8 @@ func Validate(paths []string, o ValidateOptions) ([]Verdict, error) {
 			}
 		}
 		if len(missing) > 0 {
-			c.v.Notes = append(c.v.Notes, fmt.Sprintf("include %s not checked: no such list among the candidates (pass --config to use the installed lists)", strings.Join(missing, ", ")))
+			c.v.Notes = append(c.v.Notes, fmt.Sprintf("include %s not checked: no such list among the candidates (pass --config to use the installed lists); its tests: are not run", strings.Join(missing, ", ")))
+			c.untested = true
 			continue
 		}
 		resolvable = append(resolvable, c.list)
@@ -176,6 +178,9 @@ func Validate(paths []string, o ValidateOptions) ([]Verdict, error) {
 	}
 	out := make([]Verdict, 0, len(cands))
 	for _, c := range cands {
+		if c.list != nil && !c.untested {
+			c.v.Tests = len(c.list.Tests)
+		}
 		out = append(out, c.v)
 	}
 	return out, nil
@@ -201,6 +206,8 @@ type candidate struct {
 	v    Verdict
 	data []byte
 	list *Allowlist // parsed, when it is an allowlist
+	// untested: an include could not be resolved, so its tests did not run.
+	untested bool
 }
 
 // classify decides what the candidate is: from where it goes when that is

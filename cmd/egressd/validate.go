@@ -47,6 +47,9 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 		if v.Target != v.Path {
 			what += " for " + v.Target
 		}
+		if v.Tests > 0 {
+			what += fmt.Sprintf(" (%d tests passed)", v.Tests)
+		}
 		fmt.Fprintf(stdout, "%s: valid %s\n", v.Path, what)
 		for _, n := range v.Notes {
 			fmt.Fprintf(stdout, "  note: %s\n", n)

@@ -249,6 +249,12 @@ reload).`),
 link-local, CGNAT, unspecified or multicast ranges (default false: DNS
 rebinding must not open the metadata service or the LAN). Literal entries and
 hosts file answers are always taken as written.`),
+		Item("tests", `Policy tests: allow: and deny: lists of destinations
+(HOST:PORT[/udp], one host and one port) the allowlist must allow and must
+deny, checked from its entries (includes too) with no DNS: a name by an
+entry for it or a matching wildcard, an address by a literal entry containing
+it. A failing test is an error at its line: validate and check exit 2, the
+daemon keeps its last good configuration.`),
 	}},
 	{"SHARED LISTS", []Block{P(`A file lists_dir/NAME.yaml holds destinations kept once and
 used by many allowlists. Its only key is allow, with the same syntax and
