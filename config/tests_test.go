@@ -76,7 +76,7 @@ func TestLoadRunsPolicyTests(t *testing.T) {
 	// So does validate of the list with --config: the installed allowlist
 	// that includes it is checked against the candidate.
 	cand := filepath.Join(dir, "candidate")
-	os.WriteFile(cand, []byte("allow: [deb.debian.org:1-65535]\n"), 0o644) //nolint:errcheck
+	os.WriteFile(cand, []byte("allow: [deb.debian.org:1-65535]\n"), 0o644)                           //nolint:errcheck
 	os.WriteFile(filepath.Join(dir, "lists/os.yaml"), []byte("allow: [deb.debian.org:80]\n"), 0o644) //nolint:errcheck
 	_, err = Validate([]string{cand}, ValidateOptions{ConfigPath: main, As: filepath.Join(dir, "lists/os.yaml"), Trust: Trust{Above: dir}})
 	if err == nil || !strings.Contains(err.Error(), "tests.deny: deb.debian.org:443 is allowed") {
