@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/egressd/egressd/internal/event"
 )
 
 // Destinations inside the container's private network namespace (only lo):
@@ -206,6 +208,12 @@ func TestSystemd(t *testing.T) {
 		}
 		if info := c.must("journalctl", "--no-pager", "-o", "cat", "-p", "info", "-u", "egressd.service"); !strings.Contains(info, `{"level":"info"`) {
 			t.Errorf("JSON lines lost their shape:\n%s", info)
+		}
+		// Every field a journal field, with the event's MESSAGE_ID: the
+		// queries of docs/alerting.md, here and on a collector.
+		deny := c.must("journalctl", "--no-pager", "-o", "json", "EGRESSD_EVENT=deny", "EGRESSD_ALLOWLIST=billing", "MESSAGE_ID="+event.MessageID(event.Deny))
+		if !strings.Contains(deny, `"EGRESSD_DPORT":"`) || !strings.Contains(deny, `"PRIORITY":"4"`) || !strings.Contains(deny, `"_SYSTEMD_UNIT":"egressd.service"`) {
+			t.Errorf("journalctl EGRESSD_EVENT=deny EGRESSD_ALLOWLIST=billing MESSAGE_ID=…: no deny entry with its fields:\n%s", deny)
 		}
 	})
 
