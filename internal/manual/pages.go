@@ -13,6 +13,7 @@ var Egressd = &Page{Name: "egressd", Section: "8", Title: "System Administration
 egressd run [--config FILE] [--once] [--log-level LEVEL]
             [--runtime-dir DIR]
 egressd check [--config FILE] [--json] [--runtime-dir DIR]
+              [--textfile FILE]
 egressd check [--config FILE] [--json] --explain USER HOST:PORT[/udp]
 egressd validate [--config FILE] [--as DEST] PATH...
 egressd harden --user USER [--group GROUP] [--writable PATH]...
@@ -135,6 +136,10 @@ default).`),
 		Item("--runtime-dir D", `Where the daemon publishes its state for check
 (default /run/egressd).`),
 		Item("--json", `With check: machine-readable output.`),
+		Item("--textfile FILE", `With check: also write the result in the Prometheus
+text format to FILE, atomically, for node_exporter's textfile collector
+(egressd-check.timer: /var/lib/prometheus/node-exporter/egressd.prom); the
+report is printed only when check finds something.`),
 		Item("--as DEST", `With validate: where the one candidate will be installed.`),
 	}},
 	{"FILES", []Block{
