@@ -80,11 +80,12 @@ func (p *play) run(vars string, args ...string) (changed, failed int, out string
     egressd_manage_service: false
     egressd_binary: %s
     egressd_config_dir: %s
+    egressd_systemd_dir: %s
     egressd_config: {resolvers: ["192.0.2.53"]}
 %s
   roles:
     - egressd.egressd.egressd
-`, p.bin, p.dir, indent(vars, "    "))
+`, p.bin, p.dir, filepath.Join(filepath.Dir(p.dir), "systemd"), indent(vars, "    "))
 	if err := os.WriteFile(pb, []byte(body), 0o644); err != nil {
 		p.t.Fatal(err)
 	}
@@ -117,7 +118,7 @@ func (p *play) read(rel string) string {
 // throwaway configuration directory): files land validated; a second run
 // changes nothing; check mode with --diff shows a change and makes none; a
 // bad allowlist is stopped by egressd validate and the host keeps its files;
-// group and host variables compose.
+// group and host variables compose; egressd harden writes the drop-in.
 func TestAnsibleRole(t *testing.T) {
 	systest.Require(t) // the configuration directory passes the trust rules under /run
 	pb := tool(t, "ansible-playbook")
@@ -147,7 +148,9 @@ func TestAnsibleRole(t *testing.T) {
 egressd_allowlists:
   billing: {user: billing, allow: ["api.example.com:443"], include: [os], tests: {allow: ["deb.debian.org:80"], deny: ["api.example.com:22"]}}
 egressd_allowlists__web:
-  web: {user: www-data, allow: ["198.51.100.0/24:8000-8100", "[2001:db8::1]:53/udp"]}`
+  web: {user: www-data, allow: ["198.51.100.0/24:8000-8100", "[2001:db8::1]:53/udp"]}
+egressd_harden:
+  billing.service: {user: billing, allowlist: billing, writable: [/var/lib/billing]}`
 	if changed, failed, out := p.run(good); failed != 0 || changed == 0 {
 		t.Fatalf("first run: changed=%d failed=%d\n%s", changed, failed, out)
 	}
@@ -157,6 +160,10 @@ egressd_allowlists__web:
 	billing, web := p.read("allow.d/billing.yaml"), p.read("allow.d/web.yaml")
 	if !strings.Contains(billing, "api.example.com:443") || !strings.Contains(web, "198.51.100.0/24:8000-8100") || !strings.Contains(p.read("lists/os.yaml"), "deb.debian.org:80") {
 		t.Fatalf("files:\n%s\n%s", billing, web)
+	}
+	dropIn, _ := os.ReadFile(filepath.Join(root, "systemd", "billing.service.d", "egressd-hardening.conf"))
+	if !strings.Contains(string(dropIn), "\nUser=billing\n") || !strings.Contains(string(dropIn), "egressd wait --user billing") {
+		t.Errorf("the hardening drop-in of billing.service:\n%s", dropIn)
 	}
 
 	if changed, failed, out := p.run(good); changed != 0 || failed != 0 {
