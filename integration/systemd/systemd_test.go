@@ -217,6 +217,34 @@ func TestSystemd(t *testing.T) {
 		}
 	})
 
+	// The check timer for node_exporter (deploy/prometheus), as the
+	// Ansible role installs it: its hardening lets check read nftables and
+	// write the textfile atomically.
+	run("check timer writes the textfile", func(t *testing.T) {
+		for _, u := range []string{"egressd-check.service", "egressd-check.timer"} {
+			b, err := os.ReadFile(filepath.Join("../../deploy/prometheus", u))
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.write("/etc/systemd/system/"+u, strings.ReplaceAll(string(b), "/usr/bin/egressd ", "/usr/local/bin/egressd "), 0o644)
+		}
+		c.must("mkdir", "-p", "/var/lib/prometheus/node-exporter")
+		c.must("systemctl", "daemon-reload")
+		if out, err := c.run("systemd-analyze", "verify", "/etc/systemd/system/egressd-check.service", "/etc/systemd/system/egressd-check.timer"); err != nil || strings.TrimSpace(out) != "" {
+			t.Errorf("systemd-analyze verify egressd-check.service egressd-check.timer: %v\n%s", err, out)
+		}
+		c.must("systemctl", "enable", "--now", "egressd-check.timer")
+		c.must("systemctl", "start", "egressd-check.service") // oneshot: returns when check is done
+		prom := c.must("cat", "/var/lib/prometheus/node-exporter/egressd.prom")
+		if !strings.Contains(prom, "\negressd_check_exit_code 0\n") || !strings.Contains(prom, `egressd_check_status{status="ok"} 1`) {
+			log, _ := c.run("journalctl", "--no-pager", "-o", "cat", "-u", "egressd-check.service")
+			t.Errorf("egressd.prom:\n%s\njournal:\n%s", prom, log)
+		}
+		if st := c.show("egressd-check.timer", "ActiveState"); st != "active" {
+			t.Errorf("egressd-check.timer is %s", st)
+		}
+	})
+
 	// Finding 1: egressd's reload, restart, stop and crash leave a protected
 	// service running (same MainPID), and restricted throughout.
 	unchanged := func(t *testing.T, when string) {
