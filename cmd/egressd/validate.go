@@ -47,7 +47,10 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 		if v.Target != v.Path {
 			what += " for " + v.Target
 		}
-		if v.Tests > 0 {
+		switch {
+		case v.Tests == 1:
+			what += " (1 test passed)"
+		case v.Tests > 1:
 			what += fmt.Sprintf(" (%d tests passed)", v.Tests)
 		}
 		fmt.Fprintf(stdout, "%s: valid %s\n", v.Path, what)

@@ -14,14 +14,14 @@ func TestValidateExitCodes(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "source")
 	bad := filepath.Join(dir, "bad")
-	os.WriteFile(good, []byte("user: billing\nallow: [api.example.com:443]\n"), 0o644) //nolint:errcheck
-	os.WriteFile(bad, []byte("user: billing\nallow:\n  - api.example.com\n"), 0o644)   //nolint:errcheck
+	os.WriteFile(good, []byte("user: billing\nallow: [api.example.com:443]\ntests:\n  allow: [api.example.com:443]\n"), 0o644) //nolint:errcheck
+	os.WriteFile(bad, []byte("user: billing\nallow:\n  - api.example.com\n"), 0o644)                                           //nolint:errcheck
 	cases := []struct {
 		args        []string
 		code        int
 		out, errOut string
 	}{
-		{[]string{"validate", good}, 0, good + ": valid allowlist candidate", ""},
+		{[]string{"validate", good}, 0, good + ": valid allowlist candidate (1 test passed)", ""},
 		{[]string{"validate", "--as", filepath.Join(dir, "billing.yaml"), good}, 2, "", "writable by every user"},
 		{[]string{"validate", bad}, 2, "", bad + ":3:5: allow: \"api.example.com\": missing :PORT"},
 		{[]string{"validate", good, bad}, 2, "", "invalid; nothing was changed"},
