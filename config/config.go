@@ -181,6 +181,7 @@ type Allowlist struct {
 	DNSUnlisted         Unlisted // with dns: proxy: refuse (default) or answer
 	Mode                Mode     // enforce (default) or audit
 	AllowPrivateAnswers bool
+	Tests               []PolicyTest // tests: destinations that must be allowed or denied
 }
 
 // NumericUID returns the uid when User is written as a number.

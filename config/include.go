@@ -90,7 +90,8 @@ func ParseList(file string, data []byte) ([]Entry, error) {
 // appends their entries to each including allowlist (after its own; an entry
 // both lists allow is kept once). Entries keep their list file positions. A
 // list that is missing is an error at the include line; a list with errors
-// is reported once, at its own positions. Any error rejects the load.
+// is reported once, at its own positions. Then each allowlist's tests: run
+// against its entries (RunTests). Any error rejects the load.
 func ResolveIncludes(lists []*Allowlist, dir string) error {
 	return resolveIncludes(lists, dir, os.ReadFile)
 }
@@ -155,5 +156,5 @@ func resolveIncludes(lists []*Allowlist, dir string, read func(string) ([]byte, 
 	if len(errs) > 0 {
 		return errs
 	}
-	return nil
+	return RunTests(lists)
 }

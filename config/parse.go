@@ -349,7 +349,7 @@ func ParseResolver(s string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }
 
-var allowKeys = []string{"user", "unit", "allow", "include", "dns", "dns_unlisted", "mode", "allow_private_answers"}
+var allowKeys = []string{"user", "unit", "allow", "include", "dns", "dns_unlisted", "mode", "allow_private_answers", "tests"}
 
 // NameRE is what an allowlist's name (its file name without .yaml) may be:
 // it becomes part of nftables chain and set names and of log prefixes.
@@ -391,6 +391,8 @@ func ParseAllowlist(file, name string, data []byte) (*Allowlist, error) {
 				a.Entries = p.entries(v, key)
 			case "include":
 				a.Includes = p.includes(v, key)
+			case "tests":
+				a.Tests = p.tests(v)
 			case "dns":
 				if s, ok := p.oneOf(v, key, string(DNSResolvers), string(DNSNone), string(DNSProxy)); ok {
 					a.DNS = DNSMode(s)

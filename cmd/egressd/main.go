@@ -49,6 +49,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdRun(args[1:], stderr)
 	case "check":
 		return cmdCheck(args[1:], stdout, stderr)
+	case "validate":
+		return cmdValidate(args[1:], stdout, stderr)
 	case "harden":
 		return cmdHarden(args[1:], stdout, stderr)
 	case "wait":
@@ -271,6 +273,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "print the report as JSON (docs/check.md)")
 	explain := fs.Bool("explain", false, "explain USER HOST:PORT[/udp]: would USER reach it now, and by which entry")
 	runtimeDir := fs.String("runtime-dir", state.DefaultDir, "where the daemon publishes its state")
+	textfile := fs.String("textfile", "", "write the result for node_exporter's textfile collector to this file (atomically)")
 	if code, done := parseFlags(fs, args); done {
 		return code
 	}
@@ -304,6 +307,15 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		return check.ExitInvalid
 	}
 	r := check.Run(ctx, o)
+	if *textfile != "" {
+		if err := check.WriteTextfile(*textfile, r); err != nil {
+			fmt.Fprintln(stderr, "egressd check:", err)
+			return check.ExitInvalid
+		}
+		if r.ExitCode == check.ExitOK {
+			return r.ExitCode // a timer's run: the problems, if any, are worth the journal
+		}
+	}
 	if *asJSON {
 		writeJSON(stdout, r)
 	} else {

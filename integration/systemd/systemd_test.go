@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/egressd/egressd/internal/event"
 )
 
 // Destinations inside the container's private network namespace (only lo):
@@ -206,6 +208,40 @@ func TestSystemd(t *testing.T) {
 		}
 		if info := c.must("journalctl", "--no-pager", "-o", "cat", "-p", "info", "-u", "egressd.service"); !strings.Contains(info, `{"level":"info"`) {
 			t.Errorf("JSON lines lost their shape:\n%s", info)
+		}
+		// Every field a journal field, with the event's MESSAGE_ID: the
+		// queries of docs/alerting.md, here and on a collector.
+		deny := c.must("journalctl", "--no-pager", "-o", "json", "EGRESSD_EVENT=deny", "EGRESSD_ALLOWLIST=billing", "MESSAGE_ID="+event.MessageID(event.Deny))
+		if !strings.Contains(deny, `"EGRESSD_DPORT":"`) || !strings.Contains(deny, `"PRIORITY":"4"`) || !strings.Contains(deny, `"_SYSTEMD_UNIT":"egressd.service"`) {
+			t.Errorf("journalctl EGRESSD_EVENT=deny EGRESSD_ALLOWLIST=billing MESSAGE_ID=…: no deny entry with its fields:\n%s", deny)
+		}
+	})
+
+	// The check timer for node_exporter (deploy/prometheus), as the
+	// Ansible role installs it: its hardening lets check read nftables and
+	// write the textfile atomically.
+	run("check timer writes the textfile", func(t *testing.T) {
+		for _, u := range []string{"egressd-check.service", "egressd-check.timer"} {
+			b, err := os.ReadFile(filepath.Join("../../deploy/prometheus", u))
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.write("/etc/systemd/system/"+u, strings.ReplaceAll(string(b), "/usr/bin/egressd ", "/usr/local/bin/egressd "), 0o644)
+		}
+		c.must("mkdir", "-p", "/var/lib/prometheus/node-exporter")
+		c.must("systemctl", "daemon-reload")
+		if out, err := c.run("systemd-analyze", "verify", "/etc/systemd/system/egressd-check.service", "/etc/systemd/system/egressd-check.timer"); err != nil || strings.TrimSpace(out) != "" {
+			t.Errorf("systemd-analyze verify egressd-check.service egressd-check.timer: %v\n%s", err, out)
+		}
+		c.must("systemctl", "enable", "--now", "egressd-check.timer")
+		c.must("systemctl", "start", "egressd-check.service") // oneshot: returns when check is done
+		prom := c.must("cat", "/var/lib/prometheus/node-exporter/egressd.prom")
+		if !strings.Contains(prom, "\negressd_check_exit_code 0\n") || !strings.Contains(prom, `egressd_check_status{status="ok"} 1`) {
+			log, _ := c.run("journalctl", "--no-pager", "-o", "cat", "-u", "egressd-check.service")
+			t.Errorf("egressd.prom:\n%s\njournal:\n%s", prom, log)
+		}
+		if st := c.show("egressd-check.timer", "ActiveState"); st != "active" {
+			t.Errorf("egressd-check.timer is %s", st)
 		}
 	})
 

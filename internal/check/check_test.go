@@ -145,3 +145,17 @@ func TestRunIgnoresUntrustedState(t *testing.T) {
 		t.Errorf("a world-writable state file was believed: %+v", r.Problems)
 	}
 }
+
+// An allowlist whose tests: fail is an invalid configuration for check, as
+// for the daemon: exit 2 with the test's position.
+func TestRunPolicyTestFails(t *testing.T) {
+	o := fixture(t, map[string]string{
+		"egressd.yaml":   "resolvers: [192.0.2.53]\n",
+		"allow.d/a.yaml": "user: alice\nallow: [192.0.2.0/24:443]\ntests:\n  deny: [192.0.2.1:443]\n",
+	})
+	r := Run(context.Background(), o)
+	p := problem(r, "config_invalid", "")
+	if r.ExitCode != ExitInvalid || p == nil || !strings.Contains(p.Detail, "tests.deny: 192.0.2.1:443 is allowed by entry \"192.0.2.0/24:443\"") {
+		t.Fatalf("exit %d, problems %+v", r.ExitCode, r.Problems)
+	}
+}

@@ -136,6 +136,9 @@ func New(opts Options) (*Controller, error) {
 	}
 	c.dns = newRefresher(o, cfg, c.attr.nameChanged)
 	c.setConfig(cfg)
+	if err != nil {
+		o.Metrics.ConfigRejected() // the last good configuration stands in for the rejected files
+	}
 	return c, nil
 }
 

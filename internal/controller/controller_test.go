@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"github.com/egressd/egressd/internal/event"
 	"github.com/egressd/egressd/internal/state"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/dnstest"
+	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/resolver"
 	"github.com/egressd/egressd/ruleset"
 	"go.uber.org/zap"
@@ -27,6 +29,7 @@ type fixture struct {
 	k    *ruleset.Fake
 	logs *observer.ObservedLogs
 	c    *Controller
+	m    *metrics.Metrics
 }
 
 func users(name string) (uint32, error) {
@@ -39,9 +42,22 @@ func users(name string) (uint32, error) {
 	return 0, errors.New("no such user")
 }
 
+// scrape returns the config metrics the controller exported.
+func (f *fixture) scrape() string {
+	rec := httptest.NewRecorder()
+	f.m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	var out []string
+	for _, l := range strings.Split(rec.Body.String(), "\n") {
+		if strings.HasPrefix(l, "egressd_config_") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 func newFixture(t *testing.T, files map[string]string) *fixture {
 	t.Helper()
-	f := &fixture{dir: t.TempDir(), k: &ruleset.Fake{}}
+	f := &fixture{dir: t.TempDir(), k: &ruleset.Fake{}, m: metrics.New()}
 	var err error
 	if f.dns, err = dnstest.Listen("127.0.0.1:0"); err != nil {
 		t.Fatal(err)
@@ -53,7 +69,7 @@ func newFixture(t *testing.T, files map[string]string) *fixture {
 	}
 	core, logs := observer.New(zap.DebugLevel)
 	f.logs = logs
-	f.c, err = New(Options{ConfigPath: filepath.Join(f.dir, "egressd.yaml"), ConfigRequired: true, Kernel: f.k, Log: zap.New(core), Users: users, Trust: config.Trust{Above: f.dir}})
+	f.c, err = New(Options{ConfigPath: filepath.Join(f.dir, "egressd.yaml"), ConfigRequired: true, Kernel: f.k, Log: zap.New(core), Users: users, Trust: config.Trust{Above: f.dir}, Metrics: f.m})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,6 +138,11 @@ func TestReloadRejectsBadConfigAndKeepsState(t *testing.T) {
 	if len(ev) != 1 || ev[0].ContextMap()["line"] != int64(2) {
 		t.Fatalf("config_rejected events = %v", ev)
 	}
+	// The fleet sees it: the flag drops, the hash in force stays.
+	hash := `egressd_config_info{hash="` + state.Hash(before) + `"} 1`
+	if got := f.scrape(); !strings.Contains(got, "egressd_config_last_reload_successful 0") || !strings.Contains(got, hash) {
+		t.Errorf("after a rejected reload, metrics:\n%s", got)
+	}
 	if err := f.c.sync(); err != nil || f.k.Fulls != 1 || len(f.k.Deltas) != 0 {
 		t.Fatalf("after a rejected reload the kernel changed: fulls %d deltas %d err %v", f.k.Fulls, len(f.k.Deltas), err)
 	}
@@ -135,6 +156,10 @@ func TestReloadRejectsBadConfigAndKeepsState(t *testing.T) {
 	// A change of entries only is an element delta.
 	f.write(t, "allow.d/billing.yaml", "user: billing\nallow: [192.0.2.2:443]\n")
 	f.c.doReload()
+	if got := f.scrape(); !strings.Contains(got, "egressd_config_last_reload_successful 1") || strings.Contains(got, hash) ||
+		!strings.Contains(got, `egressd_config_info{hash="`+state.Hash(f.c.Config())+`"} 1`) {
+		t.Errorf("after a good reload, metrics:\n%s", got)
+	}
 	if err := f.c.sync(); err != nil || f.k.Fulls != 1 || len(f.k.Deltas) != 1 {
 		t.Fatalf("changed entries: fulls %d deltas %d, err %v", f.k.Fulls, len(f.k.Deltas), err)
 	}

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"net/netip"
+	"time"
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/event"
@@ -22,7 +23,7 @@ type refresher struct {
 	querier resolver.Querier
 	hosts   *resolver.Hosts
 	cache   *resolver.Cache
-	failing map[resolver.Key]bool
+	failing map[resolver.Key]time.Time // when each failing lookup started failing
 	// changed is told each name whose allowed addresses changed.
 	changed func(name string)
 }
@@ -33,7 +34,7 @@ func cachePolicy(cfg *config.Config) resolver.Policy {
 
 // newRefresher reads the hosts file of cfg; setConfig must follow.
 func newRefresher(o *Options, cfg *config.Config, changed func(string)) *refresher {
-	r := &refresher{o: o, failing: map[resolver.Key]bool{}, changed: changed, cache: resolver.NewCache(cachePolicy(cfg), o.Now)}
+	r := &refresher{o: o, failing: map[resolver.Key]time.Time{}, changed: changed, cache: resolver.NewCache(cachePolicy(cfg), o.Now)}
 	var err error
 	if r.hosts, err = resolver.NewHostsWith(cfg.HostsFile, o.Trust.ReadFile); err != nil {
 		o.Log.Error("cannot read the hosts file; names are looked up in DNS only", event.Field(event.ConfigRejected), zap.String("file", cfg.HostsFile), zap.Error(err))
@@ -55,6 +56,7 @@ func (r *refresher) forgetFailing() {
 			delete(r.failing, k)
 		}
 	}
+	r.o.Metrics.NamesFailing(len(r.failing), r.failingSince())
 }
 
 // round is one DNS round: the keys looked up and their outcomes.
@@ -106,7 +108,9 @@ func (r *refresher) observe(keys []resolver.Key, out []policy.Outcome) map[strin
 			r.changed(k.Name)
 		}
 		if o.Err != nil {
-			r.failing[k] = true
+			if _, ok := r.failing[k]; !ok {
+				r.failing[k] = r.o.Now()
+			}
 		} else {
 			delete(r.failing, k)
 		}
@@ -130,7 +134,7 @@ func (r *refresher) observe(keys []resolver.Key, out []policy.Outcome) map[strin
 			r.o.Log.Debug("resolved, unchanged", event.Field(event.Resolved), zap.String("name", k.Name), zap.String("type", typeName(k)), zap.Duration("ttl", ch.TTL))
 		}
 	}
-	r.o.Metrics.NamesFailing(len(r.failing))
+	r.o.Metrics.NamesFailing(len(r.failing), r.failingSince())
 	return failed
 }
 
@@ -166,4 +170,16 @@ func typeName(k resolver.Key) string {
 		return "AAAA"
 	}
 	return "A"
+}
+
+// failingSince is when the longest-failing lookup started failing; zero
+// when none fails.
+func (r *refresher) failingSince() time.Time {
+	var oldest time.Time
+	for _, t := range r.failing {
+		if oldest.IsZero() || t.Before(oldest) {
+			oldest = t
+		}
+	}
+	return oldest
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/event"
+	"github.com/egressd/egressd/internal/state"
 	"go.uber.org/zap"
 )
 
@@ -33,6 +34,11 @@ func (c *Controller) setConfig(cfg *config.Config) {
 	}
 	c.keepLastGood(cfg)
 	c.dns.forgetFailing()
+	audit := map[string]bool{}
+	for _, a := range cfg.Allowlists {
+		audit[a.Name] = a.Mode == config.ModeAudit
+	}
+	c.o.Metrics.ConfigLoaded(state.Hash(cfg), cfg.StaleGrace, audit, c.o.Now())
 	c.o.Log.Info("configuration loaded", event.Field(event.ConfigLoaded), zap.String("file", cfg.File),
 		zap.String("allow_dir", cfg.AllowDir), zap.Int("allowlists", len(cfg.Allowlists)),
 		zap.Int("entries", entries), zap.Int("names", len(cfg.Names())), zap.Stringers("resolvers", cfg.Resolvers))
@@ -45,6 +51,7 @@ func (c *Controller) logRejected(err error, atStart bool) {
 	if atStart {
 		msg = "configuration rejected; egressd cannot start without a valid configuration"
 	}
+	c.o.Metrics.ConfigRejected()
 	var ce config.Errors
 	if !errors.As(err, &ce) {
 		c.o.Log.Error(msg, event.Field(event.ConfigRejected), zap.Error(err))

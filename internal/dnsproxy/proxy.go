@@ -430,7 +430,11 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 			if !errors.Is(err, errPolicyChanged) {
 				p.kernelFailed(al.Name, name, err)
 			}
-			p.opt.Metrics.ProxyQuery(al.Name, "servfail", p.opt.Now().Sub(start).Seconds())
+			result := "servfail"
+			if errors.Is(err, ErrTooMany) {
+				result = "answer_cap" // dns_proxy_max_answers reached: an alert of its own
+			}
+			p.opt.Metrics.ProxyQuery(al.Name, result, p.opt.Now().Sub(start).Seconds())
 			return reply(q, dns.RcodeServerFailure)
 		}
 	} else {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http/httptest"
 	"net/netip"
 	"sort"
 	"strings"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/dnstest"
+	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/ruleset"
 )
 
@@ -44,6 +46,7 @@ type rig struct {
 	mu     sync.Mutex
 	seen   []Observation
 	cancel context.CancelFunc
+	m      *metrics.Metrics
 }
 
 func entries(t *testing.T, ss ...string) []config.Entry {
@@ -67,8 +70,8 @@ func newRig(t *testing.T, id Identifier, al *Allowlist, upstreams ...netip.AddrP
 	}
 	t.Cleanup(up.Close)
 	core, logs := observer.New(zap.DebugLevel)
-	r := &rig{t: t, up: up, logs: logs, k: &ruleset.Fake{Plan: ruleset.Plan{Chains: []ruleset.ChainPlan{{Allowlist: al.Name, UID: al.UID, Proxy: true}}}}}
-	r.p = New(Options{Kernel: r.k, Identify: id, Log: zap.New(core), Timeout: 500 * time.Millisecond,
+	r := &rig{t: t, up: up, logs: logs, m: metrics.New(), k: &ruleset.Fake{Plan: ruleset.Plan{Chains: []ruleset.ChainPlan{{Allowlist: al.Name, UID: al.UID, Proxy: true}}}}}
+	r.p = New(Options{Kernel: r.k, Identify: id, Log: zap.New(core), Timeout: 500 * time.Millisecond, Metrics: r.m,
 		Observe: func(o Observation) { r.mu.Lock(); r.seen = append(r.seen, o); r.mu.Unlock() }})
 	if len(upstreams) == 0 {
 		upstreams = []netip.AddrPort{up.Addr}
@@ -329,6 +332,22 @@ func TestElementCap(t *testing.T) {
 	if n := len(r.logs.FilterField(zap.String("event", "dns_proxy_failed")).All()); n != 1 {
 		t.Errorf("%d dns_proxy_failed events for two refusals in a row, want 1", n)
 	}
+	// The cap has a metric of its own (the alert EgressdDNSProxyAnswerCap).
+	rec := httptest.NewRecorder()
+	r.m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if want := `egressd_dns_proxy_queries_total{allowlist="web",result="answer_cap"} 2`; !strings.Contains(rec.Body.String(), want) {
+		t.Errorf("metrics lack %s:\n%s", want, grepLines(rec.Body.String(), "egressd_dns_proxy_queries_total"))
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // A stop (SIGTERM: egressd restarts) answers the queries it already read

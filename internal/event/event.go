@@ -4,7 +4,12 @@
 // Rename one only with a note: someone's alert matches on it.
 package event
 
-import "go.uber.org/zap"
+import (
+	"crypto/sha256"
+	"encoding/hex"
+
+	"go.uber.org/zap"
+)
 
 // The events, in the order docs/events.md lists them.
 const (
@@ -57,3 +62,12 @@ var All = []string{
 
 // Field is the "event" field of a log line.
 func Field(name string) zap.Field { return zap.String("event", name) }
+
+// MessageID is the journal MESSAGE_ID of an event (128 bits, hex, as
+// systemd's catalog uses): the first 16 bytes of SHA-256("egressd event
+// "+name). Derived from the name, it is as stable as the name and needs no
+// table to keep in step; docs/alerting.md shows how to compute it.
+func MessageID(name string) string {
+	sum := sha256.Sum256([]byte("egressd event " + name))
+	return hex.EncodeToString(sum[:16])
+}

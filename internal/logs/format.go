@@ -14,10 +14,11 @@ import (
 )
 
 // NewCore writes events to w:
-//   - to journald's stream (JOURNAL_STREAM names w): JSON lines, each
-//     prefixed with its syslog priority "<N>" (sd-daemon(3)); journald
-//     stores the priority and strips the prefix, so `journalctl -p warning`
-//     works and pipelines still read JSON;
+//   - under journald (JOURNAL_STREAM names w): through journald's native
+//     protocol, every field a journal field (journal.go); should journald
+//     not take an entry, on the stream as a JSON line prefixed with its
+//     syslog priority "<N>" (sd-daemon(3)), which journald stores as the
+//     priority, so `journalctl -p warning` works and pipelines read JSON;
 //   - to a terminal: a readable console format;
 //   - anywhere else: JSON lines.
 func NewCore(enc zapcore.EncoderConfig, w io.Writer, lvl zapcore.LevelEnabler) zapcore.Core {
@@ -25,7 +26,8 @@ func NewCore(enc zapcore.EncoderConfig, w io.Writer, lvl zapcore.LevelEnabler) z
 	f, _ := w.(*os.File)
 	switch {
 	case f != nil && isJournal(f, os.Getenv("JOURNAL_STREAM")):
-		return zapcore.NewCore(priorityEncoder{zapcore.NewJSONEncoder(enc)}, out, lvl)
+		stream := zapcore.NewCore(priorityEncoder{zapcore.NewJSONEncoder(enc)}, out, lvl)
+		return newJournalCore(zapcore.NewJSONEncoder(enc), lvl, sendJournal, stream)
 	case f != nil && isTerminal(f):
 		enc.EncodeLevel = zapcore.CapitalColorLevelEncoder
 		enc.EncodeTime = zapcore.TimeEncoderOfLayout("15:04:05.000")

@@ -1,6 +1,7 @@
 package logs
 
 import (
+	"errors"
 	"fmt"
 	"github.com/egressd/egressd/internal/event"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/journal"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -32,6 +34,10 @@ func TestJournalPriorities(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv("JOURNAL_STREAM", fmt.Sprintf("%d:%d", st.Dev, st.Ino))
+	// The stream carries what journald's native socket did not take.
+	prev := sendJournal
+	sendJournal = func(string, journal.Priority, map[string]string) error { return errors.New("no journald") }
+	defer func() { sendJournal = prev }()
 	log := zap.New(NewCore(encoder(), f, zapcore.DebugLevel))
 	log.Debug("d")
 	log.Info("i")

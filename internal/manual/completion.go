@@ -24,7 +24,8 @@ type Flag struct {
 // Commands are the visible subcommands.
 var Commands = []Command{
 	{"run", []Flag{{"--config", "file"}, {"--once", ""}, {"--log-level", "level"}, {"--runtime-dir", "dir"}}},
-	{"check", []Flag{{"--config", "file"}, {"--json", ""}, {"--runtime-dir", "dir"}, {"--explain", ""}}},
+	{"check", []Flag{{"--config", "file"}, {"--json", ""}, {"--runtime-dir", "dir"}, {"--explain", ""}, {"--textfile", "file"}}},
+	{"validate", []Flag{{"--config", "file"}, {"--as", "file"}}},
 	{"harden", []Flag{{"--user", "word"}, {"--group", "word"}, {"--writable", "dir"}, {"--listen", "word"},
 		{"--jit", ""}, {"--nproc", "word"}, {"--fsize", "word"}, {"--apparmor", "word"}, {"--selinux", "word"},
 		{"--loopback-only", ""}, {"--no-private-users", ""}, {"--systemd-version", "word"},

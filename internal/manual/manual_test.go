@@ -118,7 +118,7 @@ t egressd completion ""
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	want := "check\ndebug info warn error\n--config --json --runtime-dir --explain\nFILES\nbash zsh\n"
+	want := "check\ndebug info warn error\n--config --json --runtime-dir --explain --textfile\nFILES\nbash zsh\n"
 	if string(out) != want {
 		t.Errorf("got\n%s\nwant\n%s", out, want)
 	}

@@ -13,7 +13,9 @@ var Egressd = &Page{Name: "egressd", Section: "8", Title: "System Administration
 egressd run [--config FILE] [--once] [--log-level LEVEL]
             [--runtime-dir DIR]
 egressd check [--config FILE] [--json] [--runtime-dir DIR]
+              [--textfile FILE]
 egressd check [--config FILE] [--json] --explain USER HOST:PORT[/udp]
+egressd validate [--config FILE] [--as DEST] PATH...
 egressd harden --user USER [--group GROUP] [--writable PATH]...
                [--listen tcp:PORT|udp:PORT]... [--jit] [--nproc N]
                [--fsize SIZE] [--apparmor PROFILE | --selinux CONTEXT]
@@ -56,6 +58,19 @@ UNIT, NAME.service or NAME.slice, of a unit allowlist) be allowed to
 reach HOST:PORT right now, according to the live kernel, and by which
 allowlist entry; which source answered for the name (hosts or dns); when
 denied, the nearest entries (same host other port, same name other address).`),
+		Item("validate PATH...", `Check candidate files (allowlists, shared lists,
+the main file) offline: no root, kernel, daemon or DNS; and run their
+allowlists' tests:. The hook of configuration management: Ansible's
+validate:, Puppet's validate_cmd, Salt's check_cmd, which pass a copy under a
+temporary name. A candidate is read where it is; the trust rules apply to
+where it goes. --as DEST says where the one candidate will be installed (the
+allowlist's name comes from it). --config FILE checks the candidates
+together with the installed configuration FILE names, read under the trust
+rules as the daemon reads it (its other allowlists, a second allowlist for the
+same user or unit, the shared lists it includes), and refuses a target
+directory the daemon would refuse. Without --config, a kind is told by
+where it goes or by its keys, and the lists an allowlist includes are those
+given beside it. Errors go to stderr with file:line:col. See docs/fleet.md.`),
 		Item("harden", `Print a systemd drop-in that hardens one protected service:
 its own user, no new privileges, private /tmp, read-only system with explicit
 writable paths, no W+X memory, resource limits, port binding limits, LSM
@@ -127,6 +142,11 @@ default).`),
 		Item("--runtime-dir D", `Where the daemon publishes its state for check
 (default /run/egressd).`),
 		Item("--json", `With check: machine-readable output.`),
+		Item("--textfile FILE", `With check: also write the result in the Prometheus
+text format to FILE, atomically, for node_exporter's textfile collector
+(egressd-check.timer: /var/lib/prometheus/node-exporter/egressd.prom); the
+report is printed only when check finds something.`),
+		Item("--as DEST", `With validate: where the one candidate will be installed.`),
 	}},
 	{"FILES", []Block{
 		Item("/etc/egressd/egressd.yaml", `Main configuration.`),
@@ -146,6 +166,7 @@ is invalid at start.`),
 2 configuration invalid (nothing was changed).`),
 		Item("check", `0 in sync, no problems; 1 drift or problems; 2 configuration
 invalid, or check cannot run (not root, no nf_tables).`),
+		Item("validate", `0 every candidate is valid; 2 invalid (or bad options).`),
 		Item("check --explain", `0 allowed (or the user is not restricted);
 1 denied; 2 cannot answer.`),
 		Item("harden", `0 printed; 2 invalid options. With --audit: 0 nothing found,
@@ -241,6 +262,12 @@ reload).`),
 link-local, CGNAT, unspecified or multicast ranges (default false: DNS
 rebinding must not open the metadata service or the LAN). Literal entries and
 hosts file answers are always taken as written.`),
+		Item("tests", `Policy tests: allow: and deny: lists of destinations
+(HOST:PORT[/udp], one host and one port) the allowlist must allow and must
+deny, checked from its entries (includes too) with no DNS: a name by an
+entry for it or a matching wildcard, an address by a literal entry containing
+it. A failing test is an error at its line: validate and check exit 2, the
+daemon keeps its last good configuration.`),
 	}},
 	{"SHARED LISTS", []Block{P(`A file lists_dir/NAME.yaml holds destinations kept once and
 used by many allowlists. Its only key is allow, with the same syntax and

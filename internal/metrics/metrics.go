@@ -5,6 +5,7 @@ package metrics
 
 import (
 	"net/http"
+	"time"
 
 	"github.com/egressd/egressd/internal/version"
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,6 +30,12 @@ type Metrics struct {
 	proxySeconds   prometheus.Histogram
 	proxyKernel    prometheus.Histogram
 	proxyWrite     prometheus.Histogram
+	failingSince   prometheus.Gauge
+	staleGrace     prometheus.Gauge
+	configInfo     *prometheus.GaugeVec
+	reloadOK       prometheus.Gauge
+	reloadTime     prometheus.Gauge
+	auditMode      *prometheus.GaugeVec
 }
 
 // DenyCounters reads the kernel's per-allowlist denied packet counters.
@@ -55,7 +62,7 @@ func New() *Metrics {
 		nflogPackets: prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_nflog_packets_total",
 			Help: "Packets received from the NFLOG group."}),
 		proxyQueries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "egressd_dns_proxy_queries_total",
-			Help: "Queries the DNS proxy handled, per allowlist and result (answered, refused, unlisted_answered, servfail, overload)."}, []string{"allowlist", "result"}),
+			Help: "Queries the DNS proxy handled, per allowlist and result (answered, refused, unlisted_answered, servfail, answer_cap, overload)."}, []string{"allowlist", "result"}),
 		proxySeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "egressd_dns_proxy_duration_seconds",
 			Help:    "Time from a query's arrival to its answer, upstream and kernel included.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}}),
@@ -67,9 +74,22 @@ func New() *Metrics {
 			Buckets: []float64{.00002, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .1}}),
 		nflogLost: prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_nflog_overruns_total",
 			Help: "Times the kernel dropped NFLOG messages because the daemon fell behind."}),
+		failingSince: prometheus.NewGauge(prometheus.GaugeOpts{Name: "egressd_names_failing_since_timestamp_seconds",
+			Help: "Unix time the longest-failing lookup started failing; 0 when none fails."}),
+		staleGrace: prometheus.NewGauge(prometheus.GaugeOpts{Name: "egressd_stale_grace_seconds",
+			Help: "stale_grace in force: how long last-known addresses stay allowed while DNS fails."}),
+		configInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "egressd_config_info",
+			Help: "Always 1; hash is the digest of the configuration in force (as config_hash in state.json): two hashes across a fleet are a skew."}, []string{"hash"}),
+		reloadOK: prometheus.NewGauge(prometheus.GaugeOpts{Name: "egressd_config_last_reload_successful",
+			Help: "1 when the last load of the configuration succeeded; 0 when it was rejected (the last good one stays in force)."}),
+		reloadTime: prometheus.NewGauge(prometheus.GaugeOpts{Name: "egressd_config_last_reload_success_timestamp_seconds",
+			Help: "Unix time of the last successful load of the configuration."}),
+		auditMode: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "egressd_allowlist_audit_mode",
+			Help: "1 for an allowlist in mode: audit (denies logged, then let through), 0 in enforce."}, []string{"allowlist"}),
 	}
 	m.reg.MustRegister(m.applies, m.lastApply, m.namesFailing, m.setElements, m.driftRepairs, m.resolveSeconds,
-		m.denyEvents, m.nflogPackets, m.nflogLost, m.proxyQueries, m.proxySeconds, m.proxyKernel, m.proxyWrite, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.denyEvents, m.nflogPackets, m.nflogLost, m.proxyQueries, m.proxySeconds, m.proxyKernel, m.proxyWrite,
+		m.failingSince, m.staleGrace, m.configInfo, m.reloadOK, m.reloadTime, m.auditMode, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfo(version.Get()))
 	return m
 }
@@ -108,10 +128,46 @@ func (m *Metrics) SetElements(sizes map[[2]string]int) {
 	}
 }
 
-// NamesFailing sets the failing lookup count.
-func (m *Metrics) NamesFailing(n int) {
+// NamesFailing sets the failing lookup count and when the longest-failing
+// one started failing (zero: none).
+func (m *Metrics) NamesFailing(n int, since time.Time) {
+	if m == nil {
+		return
+	}
+	m.namesFailing.Set(float64(n))
+	if since.IsZero() {
+		m.failingSince.Set(0)
+	} else {
+		m.failingSince.Set(float64(since.UnixNano()) / 1e9)
+	}
+}
+
+// ConfigLoaded records a configuration put in force: its digest, its
+// stale_grace, which allowlists audit.
+func (m *Metrics) ConfigLoaded(hash string, staleGrace time.Duration, audit map[string]bool, at time.Time) {
+	if m == nil {
+		return
+	}
+	m.configInfo.Reset()
+	m.configInfo.WithLabelValues(hash).Set(1)
+	m.staleGrace.Set(staleGrace.Seconds())
+	m.auditMode.Reset()
+	for name, on := range audit {
+		v := 0.0
+		if on {
+			v = 1
+		}
+		m.auditMode.WithLabelValues(name).Set(v)
+	}
+	m.reloadOK.Set(1)
+	m.reloadTime.Set(float64(at.UnixNano()) / 1e9)
+}
+
+// ConfigRejected records a load that failed: the last good configuration
+// (and its egressd_config_info) stays.
+func (m *Metrics) ConfigRejected() {
 	if m != nil {
-		m.namesFailing.Set(float64(n))
+		m.reloadOK.Set(0)
 	}
 }
 
