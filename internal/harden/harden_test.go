@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/egressd/egressd/internal/systest"
@@ -311,5 +312,24 @@ func TestDNSProxyHidesLocalResolvers(t *testing.T) {
 	}
 	if strings.Contains(plain, "InaccessiblePaths") {
 		t.Errorf("a drop-in without dns: proxy hides paths:\n%s", plain)
+	}
+}
+
+// A finding on a directory the system shares (/, a user's home) never
+// comes with a command that changes it: the service's files move instead.
+func TestOwnershipFixLeavesSharedDirs(t *testing.T) {
+	if fi, err := os.Stat("/root"); err != nil || fi.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Skip("no root-owned /root here")
+	}
+	fs := OwnershipFindings([]string{"/root/bin/server"}, nil, 0, nil, "root")
+	seen := map[string]bool{}
+	for _, f := range fs {
+		seen[f.Target] = true
+		if strings.Contains(f.Fix, "chown") || strings.Contains(f.Fix, "chmod") || !strings.Contains(f.Fix, "move the service's files") {
+			t.Errorf("%s %s: fix %q changes a shared directory", f.Kind, f.Target, f.Fix)
+		}
+	}
+	if !seen["/root"] || !seen["/"] {
+		t.Errorf("findings %v, want / and /root (owned by the service user)", fs)
 	}
 }
