@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strings"
 
@@ -106,7 +107,14 @@ func cmdHarden(args []string, stdout, stderr io.Writer) int {
 			}
 		} else if o.User == "" {
 			o.User = al.User
-		} else if o.User != al.User {
+			// A numeric user: names the user by name where it has one, for
+			// readers of the drop-in (the uid is the same).
+			if _, ok := al.NumericUID(); ok {
+				if u, err := user.LookupId(al.User); err == nil {
+					o.User = u.Username
+				}
+			}
+		} else if a, b := uidOf(o.User), uidOf(al.User); o.User != al.User && (a < 0 || a != b) {
 			fmt.Fprintf(stderr, "egressd harden: --user %s, but allowlist %s restricts user %s\n", o.User, al.Name, al.User)
 			return 2
 		}
@@ -132,6 +140,14 @@ func cmdHarden(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprint(stdout, out)
 	return 0
+}
+
+// uidOf is name's uid, or -1 when it has none.
+func uidOf(name string) int64 {
+	if n, err := lookupUID(name); err == nil {
+		return int64(n)
+	}
+	return -1
 }
 
 // unitGate sets the start gate of a unit allowlist: the unit's own

@@ -86,6 +86,9 @@ func TestValidate(t *testing.T) {
 	for _, o := range []Options{
 		{},
 		{User: "root"},
+		{User: "0"},
+		{User: "00"},
+		{User: "4294967295"},
 		{User: "bad user"},
 		{User: "a", Writable: []string{"relative"}},
 		{User: "a", Writable: []string{"/etc"}},
@@ -97,6 +100,10 @@ func TestValidate(t *testing.T) {
 		if _, err := Generate(o); err == nil {
 			t.Errorf("Generate(%+v) accepted", o)
 		}
+	}
+	// A numeric uid, as an allowlist's user: may name it (issue 25).
+	if out, err := Generate(Options{User: "64101"}); err != nil || !strings.Contains(out, "\nUser=64101\n") || !strings.Contains(out, " wait --user 64101 ") {
+		t.Errorf("Generate(User: 64101): %v\n%s", err, out)
 	}
 	for _, s := range []string{"http:80", "tcp:0", "tcp:65536", "tcp:08", "tcp"} {
 		if _, err := ParseListen(s); err == nil {
