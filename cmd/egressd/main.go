@@ -184,7 +184,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		go w.Run(ctx)
 		go func() {
 			for range w.C {
-				ctl.Reload()
+				ctl.Reload(controller.ReloadWatch)
 			}
 		}()
 	}
@@ -234,7 +234,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	signal.Notify(hup, syscall.SIGHUP)
 	go func() {
 		for range hup {
-			ctl.Reload()
+			ctl.Reload(controller.ReloadSignal)
 		}
 	}()
 	if err := ctl.Run(ctx); err != nil {
