@@ -35,7 +35,7 @@ func TestReloadOutcomeAndRecovery(t *testing.T) {
 	}
 	step(ReloadSignal, "", "unchanged", 0, false)
 	step(ReloadWatch, "user: billing\nallow: [192.0.2.1:99999]\n", "rejected", 0, false)
-	step(ReloadSignal, "", "rejected", 0, false) // still bad: no all-clear
+	step(ReloadSignal, "", "rejected", 0, false)   // still bad: no all-clear
 	step(ReloadWatch, good, "recovered", 1, false) // the bad edit undone
 	step(ReloadWatch, "user: billing\nallow: [192.0.2.1:99999]\n", "rejected", 1, false)
 	step(ReloadWatch, "user: billing\nallow: [192.0.2.2:443]\n", "recovered", 2, true)
