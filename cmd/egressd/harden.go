@@ -36,7 +36,7 @@ func cmdHarden(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&o.LoopbackOnly, "loopback-only", false, "the service talks to localhost only")
 	noPrivUsers := fs.Bool("no-private-users", false, "leave out PrivateUsers=yes (daemons that change uid themselves, or need other users' uids)")
 	fs.IntVar(&o.SystemdVersion, "systemd-version", 0, fmt.Sprintf("target systemd version (default: this host's, else %d)", harden.DefaultSystemdVersion))
-	features := fs.String("target-features", "", "the target systemd's feature line from `systemctl --version` (default: this host's when no --systemd-version is given)")
+	features := fs.String("target-features", "", "the target systemd's feature line, as \"systemctl --version\" prints it (default: this host's when no --systemd-version is given)")
 	fs.StringVar(&o.Egressd, "egressd", installedSelf(), "the egressd binary the start gate runs")
 	fs.DurationVar(&o.GateTimeout, "gate-timeout", harden.DefaultGateTimeout, "how long the start gate waits for the user's allowlist in the kernel")
 	fs.StringVar(&o.Allowlist, "allowlist", "", "the allowlist (NAME of allow.d/NAME.yaml) that restricts the service's egress")
@@ -45,12 +45,11 @@ func cmdHarden(args []string, stdout, stderr io.Writer) int {
 	cfgPath := fs.String("config", config.DefaultPath, "main configuration file (with --allowlist)")
 	audit := fs.String("audit", "", "audit UNIT_FILE (and its drop-ins) instead of generating")
 	asJSON := fs.Bool("json", false, "with --audit: JSON output")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, done := parseFlags(fs, args); done {
+		return code
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "egressd harden: unexpected argument %q\n", fs.Arg(0))
-		return 2
+		return usageError(stderr, "harden", "unexpected argument %q", fs.Arg(0))
 	}
 	localVersion, localBPF := localSystemd()
 	if *audit != "" {

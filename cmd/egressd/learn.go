@@ -28,8 +28,7 @@ func cmdLearn(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	if fl.NArg() != 1 {
-		fmt.Fprintln(stderr, "egressd learn: name one ALLOWLIST (or the USER it restricts)")
-		return 2
+		return usageError(stderr, "learn", "name one ALLOWLIST (or the USER it restricts)")
 	}
 	cfg, err := config.Load(*cfgPath, *cfgPath != config.DefaultPath)
 	if err != nil {

@@ -37,8 +37,7 @@ func cmdPlan(args []string, stdout, stderr io.Writer) int {
 	runtimeDir := fs.String("runtime-dir", state.DefaultDir, "where the daemon publishes its state (uids it keeps enforcing)")
 	if code, done := parseFlags(fs, args); done || fs.NArg() > 0 {
 		if !done {
-			fmt.Fprintf(stderr, "egressd plan: unexpected argument %q\n", fs.Arg(0))
-			code = 2
+			code = usageError(stderr, "plan", "unexpected argument %q", fs.Arg(0))
 		}
 		return code
 	}

@@ -6,7 +6,8 @@ import (
 	"github.com/egressd/egressd/internal/event"
 )
 
-// Egressd is egressd(8): the commands. `egressd help` prints it.
+// Egressd is egressd(8): the commands. `egressd help egressd` prints it;
+// the short help of each command (usage.go) comes from it too.
 var Egressd = &Page{Name: "egressd", Section: "8", Title: "System Administration", Sections: []Section{
 	{"NAME", []Block{P(`egressd - per-service egress allowlists, kept current from DNS, enforced by nftables`)}},
 	{"SYNOPSIS", []Block{Pre(`
@@ -24,14 +25,18 @@ egressd harden --user USER [--group GROUP] [--writable PATH]...
                [--unit-file FILE]
 egressd harden --audit UNIT_FILE [--json]
 egressd wait (--user USER | --unit UNIT | --allowlist NAME) [--timeout 30s]
+             [--config FILE]
 egressd remove [--runtime-dir DIR]
 egressd plan [--config FILE] [--runtime-dir DIR]
 egressd denies [--follow] [--allowlist NAME] [--json] [--runtime-dir DIR]
 egressd learn ALLOWLIST|USER [--since D] [--config FILE] [--state-dir DIR]
+              [--runtime-dir DIR]
 egressd demo
 egressd version
 egressd completion bash|zsh
-egressd help [egressd.yaml]`)}},
+egressd man 8|5
+egressd help [COMMAND | egressd | egressd.yaml]
+egressd COMMAND --help`)}},
 	{"DESCRIPTION", []Block{P(`For each protected service user, egressd allows outgoing connections to
 the host:port destinations of that user's allowlist, and logs, then
 rejects, everything else that user sends. Names are looked up in the hosts
@@ -110,7 +115,14 @@ host's firewall.`),
 		Item("version", `Print the version, commit and Go version of this build.
 The same is exported as the metric egressd_build_info.`),
 		Item("completion bash|zsh", `Print the shell completion script.`),
-		Item("help [egressd.yaml]", `Print this manual, or the configuration's.`),
+		Item("man 8|5", `Print egressd(8) or egressd.yaml(5) in roff, for man -l - (the
+package installs both).`),
+		Item("help [COMMAND | egressd | egressd.yaml]", `Print the commands, one line each;
+a command's short help (as COMMAND --help does: its synopsis, what it does,
+its options); this manual (egressd); or the configuration's (egressd.yaml).
+Every command takes -h or --help, prints its short help on standard output
+and exits 0; a wrong option or argument prints the error and a pointer to
+--help on standard error and exits 2.`),
 	}},
 	{"OPTIONS", []Block{
 		Item("--config FILE", `Main configuration file (default
