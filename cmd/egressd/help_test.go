@@ -2,6 +2,7 @@ package main
 
 import (
 	"regexp"
+	"sort"
 	"strings"
 	"testing"
 
@@ -39,10 +40,32 @@ func TestHelpEveryCommand(t *testing.T) {
 		if syn == "" {
 			t.Errorf("%s is in no synopsis", name)
 		}
-		for _, m := range optionRE.FindAllStringSubmatch(out, -1) {
+		_, opts, _ := strings.Cut(out, "\nOptions:\n")
+		for _, m := range optionRE.FindAllStringSubmatch(opts, -1) {
 			if m[1] != "--help" && !strings.Contains(syn, m[1]+" ") && !strings.Contains(syn, m[1]+"]") && !strings.HasSuffix(syn, m[1]) {
 				t.Errorf("egressd %s takes %s, which its synopsis does not name:\n%s", name, m[1], syn)
 			}
+		}
+		// Completion offers exactly the options the command takes.
+		var want, got []string
+		for _, m := range optionRE.FindAllStringSubmatch(opts, -1) {
+			if m[1] != "--help" {
+				want = append(want, m[1])
+			}
+		}
+		found := false
+		for _, c := range manual.Commands {
+			if c.Name == name {
+				found = true
+				for _, f := range c.Flags {
+					got = append(got, f.Name)
+				}
+			}
+		}
+		sort.Strings(want)
+		sort.Strings(got)
+		if !found || strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Errorf("completion of %s offers %v (found %v), the command takes %v", name, got, found, want)
 		}
 		code, out, errs := runCmd(name, "--no-such-option")
 		if code != 2 || out != "" || !strings.Contains(errs, "egressd "+name+": unknown option --no-such-option\nRun 'egressd "+name+" --help' for usage.") {
