@@ -167,7 +167,10 @@ or not root) or failed.`),
 	{"EVENTS", []Block{P(`Logs are JSON lines on stderr with a stable "event" key: ` +
 		strings.Join(event.All, ", ") + `. docs/events.md says when each is logged, with its fields.`)}},
 	{"SEE ALSO", []Block{P(`egressd.yaml(5), nft(8), systemd.exec(5), hosts(5);
-/usr/share/doc/egressd/README.md.gz`)}},
+/usr/share/doc/egressd/README.md.gz; the documents named docs/NAME.md here and
+in the README are installed as /usr/share/doc/egressd/docs/NAME.md.gz (check.md:
+the check --json document; events.md: every event; hardening.md: harden);
+/usr/share/doc/egressd/changelog.gz`)}},
 }}
 
 // Config is egressd.yaml(5): the main file, allowlists and shared lists.
@@ -274,7 +277,7 @@ dns: resolvers
 allow:
   - deb.debian.org:443
   - security.debian.org:443`)}},
-	{"SEE ALSO", []Block{P(`egressd(8), hosts(5)`)}},
+	{"SEE ALSO", []Block{P(`egressd(8) (where the docs/NAME.md named here are installed), hosts(5)`)}},
 }}
 
 // Pages are every man page, by section.
