@@ -236,3 +236,27 @@ func TestZshCompletionReal(t *testing.T) {
 		}
 	}
 }
+
+// Where metrics_listen is documented, the port egressd.service lets the
+// daemon bind is said (issue 25: SocketBindAllow= silently blocked others).
+func TestMetricsPortOfTheUnitDocumented(t *testing.T) {
+	unit, err := os.ReadFile("../../egressd.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var allow []string
+	for _, l := range strings.Split(string(unit), "\n") {
+		if v, ok := strings.CutPrefix(l, "SocketBindAllow="); ok {
+			allow = append(allow, "SocketBindAllow="+v)
+		}
+	}
+	txt := strings.Join(strings.Fields(Config.Text()), " ")
+	for _, a := range allow {
+		if !strings.Contains(txt, a) {
+			t.Errorf("egressd.service has %s, which egressd.yaml(5) does not say", a)
+		}
+	}
+	if len(allow) > 0 && !strings.Contains(txt, "SocketBindAllow=tcp:PORT") {
+		t.Error("egressd.yaml(5) does not say how to allow another metrics port")
+	}
+}

@@ -208,7 +208,11 @@ long. Default: 1h.`),
 egressd), interval (the deny event aggregation window; default 10s).`),
 		Item("on_exit", `keep (default: the rules stay when the daemon stops; fail
 closed) or remove.`),
-		Item("metrics_listen", `HOST:PORT of the Prometheus endpoint. Default: off.`),
+		Item("metrics_listen", `HOST:PORT of the Prometheus endpoint. Default: off. The shipped
+egressd.service lets the daemon bind port 9464 only (SocketBindAllow=tcp:9464,
+SocketBindDeny=any): for another port add SocketBindAllow=tcp:PORT in a drop-in
+(systemctl edit egressd), or where systemd enforces SocketBind* the bind fails
+(metrics_failed; enforcement is unaffected).`),
 		Item("dns_proxy_port", `The DNS proxy's port on 127.0.0.1 and ::1, where the
 kernel redirects the queries of dns: proxy allowlists (egressd.socket opens
 it: change both). Default: 153.`),
