@@ -96,9 +96,9 @@ func (p *Page) WriteUsage(w io.Writer, cmd string, options []string) {
 	for _, l := range p.Synopsis(cmd) {
 		fmt.Fprintln(w, "  "+l)
 	}
-	for _, b := range p.commandItems(cmd) {
+	for i, b := range p.commandItems(cmd) {
 		fmt.Fprintln(w)
-		if b.Tag != cmd {
+		if i > 0 { // the first is the command itself; the synopsis shows its arguments
 			fmt.Fprintln(w, b.Tag+":")
 		}
 		for i, para := range paragraphs(b.Text) {
