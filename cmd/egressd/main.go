@@ -185,7 +185,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		go w.Run(ctx)
 		go func() {
 			for range w.C {
-				ctl.Reload(controller.ReloadWatch)
+				ctl.ReloadBy(controller.ReloadWatch)
 			}
 		}()
 	}
@@ -235,7 +235,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	signal.Notify(hup, syscall.SIGHUP)
 	go func() {
 		for range hup {
-			ctl.Reload(controller.ReloadSignal)
+			ctl.ReloadBy(controller.ReloadSignal)
 		}
 	}()
 	if err := ctl.Run(ctx); err != nil {

@@ -53,7 +53,7 @@ func TestHeartbeatStopsWhenTheLoopHangs(t *testing.T) {
 	waitFor("beats after start", func() bool { return beats.Load() >= 3 })
 	k.held.Store(true)
 	f.write(t, "allow.d/billing.yaml", "user: billing\nallow: [192.0.2.2:443]\n")
-	f.c.Reload(ReloadWatch) // the changed configuration's transaction hangs
+	f.c.Reload() // the changed configuration's transaction hangs
 	select {
 	case <-k.entered:
 	case <-time.After(10 * time.Second):

@@ -299,8 +299,8 @@ func TestRunMonitorEndsAndReload(t *testing.T) {
 	}
 	waitFor("watch_failed", func() bool { return len(f.events(event.WatchFailed)) == 1 })
 	f.write(t, "allow.d/billing.yaml", "user: billing\nallow: [192.0.2.2:443]\n")
-	f.c.Reload(ReloadWatch)
-	f.c.Reload(ReloadWatch) // coalesced
+	f.c.Reload()
+	f.c.Reload() // coalesced
 	waitFor("the reload", func() bool { return len(f.events(event.ConfigLoaded)) >= 2 && len(f.events(event.RulesetApplied)) >= 2 })
 	cancel()
 	if err := <-done; err != nil {

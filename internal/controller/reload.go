@@ -65,10 +65,14 @@ const (
 	ReloadWatch  = "watch"  // a configuration file changed
 )
 
-// Reload asks the loop to reload the configuration; by says why
+// Reload asks the loop to reload the configuration, as for a changed file
+// (ReloadWatch).
+func (c *Controller) Reload() { c.ReloadBy(ReloadWatch) }
+
+// ReloadBy asks the loop to reload the configuration; by says why
 // (ReloadSignal, ReloadWatch). Requests that arrive while one is pending
 // are one reload, whose line names every reason.
-func (c *Controller) Reload(by string) {
+func (c *Controller) ReloadBy(by string) {
 	c.reloadMu.Lock()
 	if c.reloadBy == nil {
 		c.reloadBy = map[string]bool{}

@@ -17,7 +17,7 @@ func TestReloadOutcomeAndRecovery(t *testing.T) {
 		if body != "" {
 			f.write(t, "allow.d/billing.yaml", body)
 		}
-		f.c.Reload(by)
+		f.c.ReloadBy(by)
 		<-f.c.reload
 		f.c.doReload()
 		lines := f.events(event.ConfigReloaded)
