@@ -53,6 +53,10 @@ var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 // YAML reads as the start of a list.
 var unquotedBracketRE = regexp.MustCompile(`^\s*-\s+\[`)
 
+// unquotedIndicatorRE is a list item starting with a YAML indicator that an
+// allowlist entry may start with: '*' (a wildcard), '&' or '!'.
+var unquotedIndicatorRE = regexp.MustCompile(`^\s*-\s+([*&!])`)
+
 // yamlError turns the YAML library's syntax error into one that names the
 // file, with a hint for the mistakes people make in allowlists.
 func yamlError(file string, data []byte, err error) *Error {
@@ -64,7 +68,33 @@ func yamlError(file string, data []byte, err error) *Error {
 		msg = m[2]
 	}
 	msg = "invalid YAML: " + strings.TrimPrefix(msg, "yaml: ")
-	for i, line := range strings.Split(string(data), "\n") {
+	lines := strings.Split(string(data), "\n")
+	// A tab in the indentation: YAML indents with spaces only.
+	for i, line := range lines {
+		if ws := line[:len(line)-len(strings.TrimLeft(line, " \t"))]; strings.Contains(ws, "\t") && strings.TrimSpace(line) != "" {
+			return &Error{Pos: Pos{File: file, Line: i + 1, Col: strings.Index(line, "\t") + 1},
+				Msg: "a tab indents this line: YAML indents with spaces only", Fix: "replace the tab with spaces"}
+		}
+	}
+	// An entry that starts with '*' (a wildcard), '&' or '!': YAML reads an
+	// alias, an anchor or a tag. The error's own line first.
+	order := make([]int, 0, len(lines))
+	if pos.Line > 0 && pos.Line <= len(lines) {
+		order = append(order, pos.Line-1)
+	}
+	for i := range lines {
+		order = append(order, i)
+	}
+	for _, i := range order {
+		if m := unquotedIndicatorRE.FindStringSubmatchIndex(lines[i]); m != nil {
+			item := strings.TrimSpace(lines[i][m[2]:])
+			what := map[byte]string{'*': "an alias", '&': "an anchor", '!': "a tag"}[lines[i][m[2]]]
+			return &Error{Pos: Pos{File: file, Line: i + 1, Col: m[2] + 1},
+				Msg: fmt.Sprintf("%s; an entry that starts with %q must be quoted, or YAML reads it as %s", msg, lines[i][m[2]], what),
+				Fix: fmt.Sprintf("quote it: - %q", item)}
+		}
+	}
+	for i, line := range lines {
 		if unquotedBracketRE.MatchString(line) {
 			item := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "-"))
 			pos.Line, pos.Col = i+1, strings.Index(line, "[")+1
@@ -94,7 +124,11 @@ func (p *parser) fields(m *yaml.Node, known []string, fn func(key string, k, v *
 			}
 		}
 		if !ok {
-			p.errorf(k, "unknown key %q (known keys: %s)", k.Value, strings.Join(known, ", "))
+			if near := nearest(k.Value, known); near != "" {
+				p.errorf(k, "unknown key %q: did you mean %q? (known keys: %s)", k.Value, near, strings.Join(known, ", "))
+			} else {
+				p.errorf(k, "unknown key %q (known keys: %s)", k.Value, strings.Join(known, ", "))
+			}
 			continue
 		}
 		if seen[k.Value] {
@@ -104,6 +138,38 @@ func (p *parser) fields(m *yaml.Node, known []string, fn func(key string, k, v *
 		seen[k.Value] = true
 		fn(k.Value, k, v)
 	}
+}
+
+// nearest is the known key within two edits of key (a typo), or "".
+func nearest(key string, known []string) string {
+	best, bestD := "", 3
+	for _, k := range known {
+		if d := editDistance(strings.ToLower(key), k); d < bestD {
+			best, bestD = k, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
 }
 
 func (p *parser) scalar(v *yaml.Node, key string) (string, bool) {

@@ -343,10 +343,34 @@ func TestParseAllowlistHints(t *testing.T) {
 		{"user: a\nallow:\n- api.example.test:443\n  - 192.0.2.1:443\n", "two entries run together"},
 		{"user: a\nallow:\n  - api.example.test:443\n  - [2001:db8::10]:443\n", `x.yaml:4:5: invalid YAML: did not find expected '-' indicator; an entry that starts with '[' must be quoted, or YAML reads it as a list: - "[2001:db8::10]:443"`},
 		{"user: a\nallow: [ [2001:db8::10]:443 ]\n", "must be quoted"},
+		// Issue 25: the column of the '*', and the fix.
+		{"user: a\ndns: proxy\nallow:\n  - *.cdn.example.com:443\n", `x.yaml:4:5: invalid YAML: did not find expected alphabetic or numeric character; an entry that starts with '*' must be quoted, or YAML reads it as an alias`},
+		{"user: a\nallow:\n\t- api.example.test:443\n", "x.yaml:3:1: a tab indents this line: YAML indents with spaces only"},
+		{"user: a\nallow:\n  -\tapi.example.test:443\n  - x\n\t- y\n", "x.yaml:5:1: a tab indents this line"},
 	} {
 		_, err := ParseAllowlist("x.yaml", "x", []byte(c.in))
 		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "must be written in brackets") {
 			t.Errorf("%q: error %v, want it to contain %q", c.in, err, c.want)
+		}
+	}
+}
+
+// The fix for a wildcard left unquoted is the quoted entry; a misspelt key
+// names the key meant.
+func TestParseAllowlistFixes(t *testing.T) {
+	_, err := ParseAllowlist("x.yaml", "x", []byte("user: a\ndns: proxy\nallow:\n  - *.cdn.example.com:443\n"))
+	var ce Errors
+	if !errors.As(err, &ce) || ce[0].Fix != `quote it: - "*.cdn.example.com:443"` {
+		t.Errorf("unquoted wildcard: %v (fix %q)", err, ce[0].Fix)
+	}
+	for in, want := range map[string]string{
+		"user: a\nalow: []\n":      `x.yaml:2:1: unknown key "alow": did you mean "allow"?`,
+		"user: a\nAllow: []\n":     `did you mean "allow"?`,
+		"usr: a\nallow: []\n":      `did you mean "user"?`,
+		"user: a\nfrobnicate: 1\n": `unknown key "frobnicate" (known keys:`,
+	} {
+		if _, err := ParseAllowlist("x.yaml", "x", []byte(in)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", in, err, want)
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/egressd/egressd/internal/syspath"
 	"golang.org/x/sys/unix"
 )
 
@@ -127,6 +128,9 @@ func infoOf(st *unix.Stat_t) fileInfo {
 // place (replacing one needs write access to its directory, checked too).
 func (t Trust) checkOne(p string, fi fileInfo, acl func() ([]byte, error)) error {
 	fail := func(reason, fix string) error {
+		if fi.mode.IsDir() && syspath.Shared(p, fi.mode&fs.ModeSticky != 0, fi.uid) {
+			fix = sharedDirFix(p)
+		}
 		return &UntrustedError{Path: p, UID: fi.uid, Mode: fi.mode, Reason: reason, Fix: fix}
 	}
 	chown := "chown root:root " + p
@@ -163,6 +167,16 @@ func (t Trust) checkOne(p string, fi fileInfo, acl func() ([]byte, error)) error
 		}
 	}
 	return nil
+}
+
+// sharedDirFix is the fix for a refused directory that the whole system
+// shares (/tmp, /home, a user's home): changing its owner or mode would
+// break the host, so the configuration moves instead.
+func sharedDirFix(p string) string {
+	if p == "/" || p == "/etc" {
+		return p + " is a system directory: do not change it for egressd; find out who changed its owner or mode from the distribution's"
+	}
+	return "move the configuration to a directory root alone can write (e.g. /etc/egressd) and point --config at it; leave " + p + " as it is: other programs rely on it"
 }
 
 // POSIX ACL xattr layout (linux/posix_acl_xattr.h): a 4-byte version (2),

@@ -218,3 +218,80 @@ func billingFixture(t *testing.T) (dir, main, file string) {
 	os.WriteFile(file, []byte("user: 1001\nallow: [b.example:443]\n"), 0o644) //nolint:errcheck
 	return dir, main, file
 }
+
+// No fix ever changes a directory the whole system shares: "chmod go-w /tmp"
+// or "chown root:root /home/alice" would break the host. The configuration
+// moves instead. egressd's own directories keep the direct fix.
+func TestFixNeverChangesSharedDirs(t *testing.T) {
+	tr := Trust{Owners: []uint32{0}}
+	bad := []fileInfo{
+		{mode: fs.ModeDir | fs.ModeSticky | 0o777},
+		{mode: fs.ModeDir | 0o775},
+		{mode: fs.ModeDir | 0o757},
+		{mode: fs.ModeDir | 0o755, uid: 61001},
+		{mode: fs.ModeDir | 0o777, uid: 61001},
+	}
+	for _, p := range []string{"/", "/tmp", "/var/tmp", "/dev/shm", "/etc", "/home", "/home/alice", "/run/user/1000", "/srv", "/opt"} {
+		for _, fi := range bad {
+			err := tr.checkOne(p, fi, nil)
+			var ue *UntrustedError
+			if !errors.As(err, &ue) {
+				t.Fatalf("%s %v uid %d: accepted", p, fi.mode, fi.uid)
+			}
+			for _, cmd := range []string{"chmod", "chown", "setfacl"} {
+				if strings.Contains(ue.Fix, cmd) {
+					t.Errorf("%s %v uid %d: fix %q changes a shared directory", p, fi.mode, fi.uid, ue.Fix)
+				}
+			}
+		}
+		writable := acl([3]uint32{aclUserObj, 7, 0}, [3]uint32{aclUser, 7, 61001}, [3]uint32{aclGroupObj, 5, 0}, [3]uint32{aclMask, 7, 0}, [3]uint32{aclOther, 5, 0})
+		err := tr.checkOne(p, fileInfo{mode: fs.ModeDir | 0o755}, func() ([]byte, error) { return writable, nil })
+		var ue *UntrustedError
+		if !errors.As(err, &ue) || strings.Contains(ue.Fix, "setfacl") {
+			t.Errorf("%s with a writing ACL entry: %v (fix %q)", p, err, ue.Fix)
+		}
+	}
+	if err := tr.checkOne("/tmp", bad[0], nil); !strings.Contains(err.(*UntrustedError).Fix, "move the configuration to a directory root alone can write (e.g. /etc/egressd)") {
+		t.Errorf("/tmp: fix %q, want one that moves the configuration", err.(*UntrustedError).Fix)
+	}
+	// The control: egressd's own directory and file get the direct fix.
+	for _, c := range []struct {
+		p   string
+		fi  fileInfo
+		fix string
+	}{
+		{"/etc/egressd", fileInfo{mode: fs.ModeDir | 0o775}, "chmod go-w /etc/egressd"},
+		{"/etc/egressd/allow.d/billing.yaml", fileInfo{mode: 0o644, uid: 61001}, "chown root:root /etc/egressd/allow.d/billing.yaml"},
+	} {
+		var ue *UntrustedError
+		if err := tr.checkOne(c.p, c.fi, nil); !errors.As(err, &ue) || ue.Fix != c.fix {
+			t.Errorf("%s: %v, want the fix %q", c.p, err, c.fix)
+		}
+	}
+}
+
+// The operator's case: a configuration put under the real /tmp is refused
+// with a fix that moves it, not one that changes /tmp.
+func TestConfigUnderTmpFix(t *testing.T) {
+	st, err := os.Stat("/tmp")
+	if err != nil || st.Mode()&0o002 == 0 || st.Mode()&os.ModeSticky == 0 {
+		t.Skip("/tmp is not the usual sticky, world-writable directory here")
+	}
+	dir, err := os.MkdirTemp("/tmp", "egressd-fix-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	main := filepath.Join(dir, "egressd.yaml")
+	if err := os.WriteFile(main, []byte("allow_dir: allow.d\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = LoadTrusted(main, true, Trust{})
+	var ce Errors
+	if !errors.As(err, &ce) || ce[0].Pos.File != "/tmp" {
+		t.Fatalf("a configuration under /tmp: %v, want /tmp refused", err)
+	}
+	if strings.Contains(ce[0].Fix, "chmod") || !strings.Contains(ce[0].Fix, "move the configuration") {
+		t.Errorf("fix %q, want one that moves the configuration and leaves /tmp alone", ce[0].Fix)
+	}
+}

@@ -403,12 +403,12 @@ func TestExplainTellsTheTruth(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &x); err != nil || code != 2 || x["exit_code"] != float64(2) || x["error"] == nil {
 		t.Errorf("--explain --json error: exit %d, %v\n%s", code, err, out)
 	}
-	// run as non-root: a hint, not a netlink error; run --help: the manual, exit 0.
+	// run as non-root: a hint, not a netlink error; run --help: its usage, exit 0.
 	code, out = w.runAs(uidNone, "run", "--config", w.path("egressd.yaml"), "--runtime-dir", filepath.Join(w.dir, "run-x"))
 	if code == 0 || !strings.Contains(out, "needs root or CAP_NET_ADMIN") {
 		t.Errorf("run as non-root: exit %d\n%s", code, out)
 	}
-	if code, out, _ := w.egressdCmd("run", "--help"); code != 0 || !strings.Contains(out, "SYNOPSIS") {
+	if code, out, _ := w.egressdCmd("run", "--help"); code != 0 || !strings.Contains(out, "Usage:\n  egressd run ") {
 		t.Errorf("run --help: exit %d\n%s", code, out)
 	}
 }

@@ -67,9 +67,12 @@ dns: none
 `
 
 func cmdDemo(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 {
-		fmt.Fprintln(stderr, "egressd demo takes no arguments")
-		return 2
+	pos, code, done := noFlags("demo", args, stderr)
+	if done {
+		return code
+	}
+	if len(pos) > 0 {
+		return usageError(stderr, "demo", "unexpected argument %q: demo takes none", pos[0])
 	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(stderr, "egressd demo: needs root to create a network namespace and an nftables table inside it (the host's firewall is not touched)")

@@ -32,8 +32,7 @@ func cmdDenies(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "egressd denies: unexpected argument %q\n", fs.Arg(0))
-		return 2
+		return usageError(stderr, "denies", "unexpected argument %q", fs.Arg(0))
 	}
 	doc, err := readDenies(*runtimeDir)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strings"
 
@@ -35,7 +36,7 @@ func cmdHarden(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&o.LoopbackOnly, "loopback-only", false, "the service talks to localhost only")
 	noPrivUsers := fs.Bool("no-private-users", false, "leave out PrivateUsers=yes (daemons that change uid themselves, or need other users' uids)")
 	fs.IntVar(&o.SystemdVersion, "systemd-version", 0, fmt.Sprintf("target systemd version (default: this host's, else %d)", harden.DefaultSystemdVersion))
-	features := fs.String("target-features", "", "the target systemd's feature line from `systemctl --version` (default: this host's when no --systemd-version is given)")
+	features := fs.String("target-features", "", "the target systemd's feature line, as \"systemctl --version\" prints it (default: this host's when no --systemd-version is given)")
 	fs.StringVar(&o.Egressd, "egressd", installedSelf(), "the egressd binary the start gate runs")
 	fs.DurationVar(&o.GateTimeout, "gate-timeout", harden.DefaultGateTimeout, "how long the start gate waits for the user's allowlist in the kernel")
 	fs.StringVar(&o.Allowlist, "allowlist", "", "the allowlist (NAME of allow.d/NAME.yaml) that restricts the service's egress")
@@ -45,12 +46,11 @@ func cmdHarden(args []string, stdout, stderr io.Writer) int {
 	cfgPath := fs.String("config", config.DefaultPath, "main configuration file (with --allowlist)")
 	audit := fs.String("audit", "", "audit UNIT_FILE (and its drop-ins) instead of generating")
 	asJSON := fs.Bool("json", false, "with --audit: JSON output")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, done := parseFlags(fs, args); done {
+		return code
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "egressd harden: unexpected argument %q\n", fs.Arg(0))
-		return 2
+		return usageError(stderr, "harden", "unexpected argument %q", fs.Arg(0))
 	}
 	localVersion, localBPF := localSystemd()
 	if *audit != "" {
@@ -107,7 +107,14 @@ func cmdHarden(args []string, stdout, stderr io.Writer) int {
 			}
 		} else if o.User == "" {
 			o.User = al.User
-		} else if o.User != al.User {
+			// A numeric user: names the user by name where it has one, for
+			// readers of the drop-in (the uid is the same).
+			if _, ok := al.NumericUID(); ok {
+				if u, err := user.LookupId(al.User); err == nil {
+					o.User = u.Username
+				}
+			}
+		} else if a, b := uidOf(o.User), uidOf(al.User); o.User != al.User && (a < 0 || a != b) {
 			fmt.Fprintf(stderr, "egressd harden: --user %s, but allowlist %s restricts user %s\n", o.User, al.Name, al.User)
 			return 2
 		}
@@ -133,6 +140,14 @@ func cmdHarden(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprint(stdout, out)
 	return 0
+}
+
+// uidOf is name's uid, or -1 when it has none.
+func uidOf(name string) int64 {
+	if n, err := lookupUID(name); err == nil {
+		return int64(n)
+	}
+	return -1
 }
 
 // unitGate sets the start gate of a unit allowlist: the unit's own

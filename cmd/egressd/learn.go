@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"time"
 
 	"github.com/egressd/egressd/config"
@@ -28,8 +29,7 @@ func cmdLearn(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	if fl.NArg() != 1 {
-		fmt.Fprintln(stderr, "egressd learn: name one ALLOWLIST (or the USER it restricts)")
-		return 2
+		return usageError(stderr, "learn", "name one ALLOWLIST (or the USER it restricts)")
 	}
 	cfg, err := config.Load(*cfgPath, *cfgPath != config.DefaultPath)
 	if err != nil {
@@ -64,7 +64,7 @@ func cmdLearn(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	if src == "" {
-		fmt.Fprintf(stderr, "egressd learn: no observations to learn from (%v): egressd keeps them while it runs with deny_log.mode: nflog; put the allowlist in mode: audit and let the service work\n", errors.Join(errs...))
+		fmt.Fprintf(stderr, "egressd learn: no observations to learn from (%v): %s\n", errors.Join(errs...), whyNothingLearnt(cfg, a, *runtimeDir, errs))
 		return 2
 	}
 	var from time.Time
@@ -74,6 +74,29 @@ func cmdLearn(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "# from %s\n", src)
 	fmt.Fprint(stdout, learn.ProposeDoc(a, doc, from))
 	return 0
+}
+
+// whyNothingLearnt names the cause it can detect when neither file could
+// be read: no daemon at this runtime directory, another deny_log.mode, a
+// file it may not read; only else the advice to let the service work.
+func whyNothingLearnt(cfg *config.Config, a *config.Allowlist, runtimeDir string, errs []error) string {
+	for _, err := range errs {
+		if !errors.Is(err, fs.ErrNotExist) {
+			return "a file could not be read (run as root: the observations are readable by root only)"
+		}
+	}
+	pid, held, err := state.Holder(runtimeDir)
+	switch {
+	case err != nil:
+		return fmt.Sprintf("cannot tell whether a daemon runs with runtime directory %s: %v", runtimeDir, err)
+	case !held:
+		return fmt.Sprintf("no egressd daemon runs with runtime directory %s; if it runs with --runtime-dir (or a StateDirectory=) of its own, pass the same --runtime-dir and --state-dir to learn", runtimeDir)
+	case cfg.DenyLog.Mode != config.LogNFLOG:
+		return fmt.Sprintf("deny_log.mode is %s: the daemon observes denied attempts only with deny_log.mode: nflog", cfg.DenyLog.Mode)
+	case a.Mode != config.ModeAudit:
+		return fmt.Sprintf("the daemon (pid %d) has observed nothing yet; to learn without breaking the service, put allowlist %s in mode: audit and let the service work", pid, a.Name)
+	}
+	return fmt.Sprintf("the daemon (pid %d) has observed nothing yet: let the service work (allowlist %s is in mode: audit)", pid, a.Name)
 }
 
 func orString(s, def string) string {

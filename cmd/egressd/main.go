@@ -26,10 +26,10 @@ import (
 	"github.com/egressd/egressd/internal/deny"
 	"github.com/egressd/egressd/internal/dnsproxy"
 	"github.com/egressd/egressd/internal/logs"
+	"github.com/egressd/egressd/internal/manual"
 	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/nflog"
 	"github.com/egressd/egressd/internal/state"
-	"github.com/egressd/egressd/internal/version"
 	"github.com/egressd/egressd/ruleset"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -39,43 +39,44 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// commands are egressd's subcommands, each with its arguments.
+var commands map[string]func(args []string, stdout, stderr io.Writer) int
+
+func init() {
+	commands = map[string]func([]string, io.Writer, io.Writer) int{
+		"run":        func(a []string, _, e io.Writer) int { return cmdRun(a, e) },
+		"check":      cmdCheck,
+		"validate":   cmdValidate,
+		"harden":     cmdHarden,
+		"wait":       func(a []string, _, e io.Writer) int { return cmdWait(a, e) },
+		"remove":     func(a []string, _, e io.Writer) int { return cmdRemove(a, e) },
+		"plan":       cmdPlan,
+		"denies":     cmdDenies,
+		"learn":      cmdLearn,
+		"demo":       cmdDemo,
+		"version":    cmdVersion,
+		"help":       cmdHelp,
+		"man":        cmdMan,
+		"completion": cmdCompletion,
+	}
+}
+
 func run(args []string, stdout, stderr io.Writer) int {
+	helpOut = stdout
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		manual.Egressd.WriteOverview(stderr)
 		return 2
 	}
 	switch args[0] {
-	case "run":
-		return cmdRun(args[1:], stderr)
-	case "check":
-		return cmdCheck(args[1:], stdout, stderr)
-	case "validate":
-		return cmdValidate(args[1:], stdout, stderr)
-	case "harden":
-		return cmdHarden(args[1:], stdout, stderr)
-	case "wait":
-		return cmdWait(args[1:], stderr)
-	case "remove":
-		return cmdRemove(args[1:], stderr)
-	case "plan":
-		return cmdPlan(args[1:], stdout, stderr)
-	case "denies":
-		return cmdDenies(args[1:], stdout, stderr)
-	case "learn":
-		return cmdLearn(args[1:], stdout, stderr)
-	case "demo":
-		return cmdDemo(args[1:], stdout, stderr)
-	case "version", "--version":
-		fmt.Fprintln(stdout, version.Get())
-		return 0
-	case "help", "-h", "--help":
+	case "-h", "--help":
 		return cmdHelp(args[1:], stdout, stderr)
-	case "man":
-		return cmdMan(args[1:], stdout, stderr)
-	case "completion":
-		return cmdCompletion(args[1:], stdout, stderr)
+	case "--version":
+		return cmdVersion(args[1:], stdout, stderr)
 	}
-	fmt.Fprintf(stderr, "egressd: unknown command %q\n\n%s", args[0], usage)
+	if c := commands[args[0]]; c != nil {
+		return c(args[1:], stdout, stderr)
+	}
+	fmt.Fprintf(stderr, "egressd: unknown command %q\nRun 'egressd --help' for the commands.\n", args[0])
 	return 2
 }
 
@@ -103,8 +104,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return code
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "egressd run: unexpected argument %q\n", fs.Arg(0))
-		return 2
+		return usageError(stderr, "run", "unexpected argument %q", fs.Arg(0))
 	}
 	required := false
 	fs.Visit(func(f *flag.Flag) { required = required || f.Name == "config" })
@@ -186,7 +186,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		go w.Run(ctx)
 		go func() {
 			for range w.C {
-				ctl.Reload()
+				ctl.ReloadBy(controller.ReloadWatch)
 			}
 		}()
 	}
@@ -236,7 +236,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	signal.Notify(hup, syscall.SIGHUP)
 	go func() {
 		for range hup {
-			ctl.Reload()
+			ctl.ReloadBy(controller.ReloadSignal)
 		}
 	}()
 	if err := ctl.Run(ctx); err != nil {
@@ -283,8 +283,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	ctx := context.Background()
 	if *explain {
 		if fs.NArg() != 2 {
-			fmt.Fprintln(stderr, "usage: egressd check [--config F] [--json] --explain USER HOST:PORT[/udp]")
-			return check.ExitInvalid
+			return usageError(stderr, "check", "--explain takes USER (or UNIT) and HOST:PORT[/udp]")
 		}
 		x, err := check.Explain(ctx, o, fs.Arg(0), fs.Arg(1))
 		if err != nil {
@@ -338,8 +337,7 @@ func cmdRemove(args []string, stderr io.Writer) int {
 		return code
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "egressd remove: unexpected argument %q\n", fs.Arg(0))
-		return 2
+		return usageError(stderr, "remove", "unexpected argument %q", fs.Arg(0))
 	}
 	if !check.CanAdmin() {
 		fmt.Fprintln(stderr, "egressd remove: needs root or CAP_NET_ADMIN (it changes nftables); nothing was removed")
@@ -379,34 +377,4 @@ func pidOr(pid int) string {
 		return fmt.Sprint(pid)
 	}
 	return "its process"
-}
-
-// parseFlags parses flags wherever they stand among the positional
-// arguments (check --explain USER HOST:PORT --json). --help prints the
-// manual and exits 0; a bad flag exits 2. done says the caller returns code.
-func parseFlags(fs *flag.FlagSet, args []string) (code int, done bool) {
-	var pos []string
-	fs.Usage = func() {} // the error is printed by fs; the manual on --help only
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				fmt.Fprint(os.Stdout, usage)
-				return 0, true
-			}
-			fmt.Fprintf(fs.Output(), "see egressd help for the %s options\n", fs.Name())
-			return 2, true
-		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			break
-		}
-		if rest[0] == "--" {
-			pos = append(pos, rest[1:]...)
-			break
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
-	}
-	fs.Parse(append([]string{"--"}, pos...)) //nolint:errcheck // only positionals left
-	return 0, false
 }

@@ -37,8 +37,7 @@ func cmdPlan(args []string, stdout, stderr io.Writer) int {
 	runtimeDir := fs.String("runtime-dir", state.DefaultDir, "where the daemon publishes its state (uids it keeps enforcing)")
 	if code, done := parseFlags(fs, args); done || fs.NArg() > 0 {
 		if !done {
-			fmt.Fprintf(stderr, "egressd plan: unexpected argument %q\n", fs.Arg(0))
-			code = 2
+			code = usageError(stderr, "plan", "unexpected argument %q", fs.Arg(0))
 		}
 		return code
 	}
@@ -80,7 +79,7 @@ func plan(ctx context.Context, o planOptions, stdout, stderr io.Writer) int {
 	}
 	sort.Strings(failed)
 	for _, name := range failed {
-		fmt.Fprintf(stdout, "# %s did not resolve (%v): it allows nothing until it does\n", name, fresh[name].Err)
+		comment(stdout, "%s did not resolve (%v): it allows nothing until it does", name, fresh[name].Err)
 	}
 	missing := make([]string, 0, len(users.Missing))
 	for name := range users.Missing {
@@ -88,7 +87,7 @@ func plan(ctx context.Context, o planOptions, stdout, stderr io.Writer) int {
 	}
 	sort.Strings(missing)
 	for _, name := range missing {
-		fmt.Fprintf(stdout, "# allowlist %s is not enforced: %v\n", name, users.Missing[name])
+		comment(stdout, "allowlist %s is not enforced: %v", name, users.Missing[name])
 	}
 	io.WriteString(stdout, p.NFT()) //nolint:errcheck
 
@@ -108,7 +107,7 @@ func plan(ctx context.Context, o planOptions, stdout, stderr io.Writer) int {
 		kusers, err = o.Kernel.ReadUsers()
 	}
 	if err != nil {
-		fmt.Fprintln(stdout, "# not shown: cannot read the kernel:", err)
+		comment(stdout, "not shown: cannot read the kernel: %v", err)
 		fmt.Fprintln(stderr, "egressd plan: cannot read the kernel:", err)
 		return 0
 	}
@@ -118,7 +117,7 @@ func plan(ctx context.Context, o planOptions, stdout, stderr io.Writer) int {
 	// kernel sets, the dnsusers/audit/owners sets).
 	findings, err := o.Kernel.Verify(p)
 	if err != nil {
-		fmt.Fprintln(stdout, "# the structure could not be compared:", err)
+		comment(stdout, "the structure could not be compared: %v", err)
 	}
 	for _, f := range findings {
 		switch {
@@ -126,13 +125,21 @@ func plan(ctx context.Context, o planOptions, stdout, stderr io.Writer) int {
 			f.Kind == "users_differ" && f.Object == ruleset.UsersMap:
 			continue // shown above as elements
 		}
-		fmt.Fprintf(stdout, "# %s\n", strings.ReplaceAll(f.String(), "\n", " "))
+		comment(stdout, "%s", f.String())
 		n++
 	}
 	if n == 0 {
 		fmt.Fprintln(stdout, "# none: the kernel holds this ruleset")
 	}
 	return 0
+}
+
+// comment writes a comment of the nft text: every line of it, including
+// the later lines of a multi-line error, starts with "# ".
+func comment(w io.Writer, format string, a ...any) {
+	for _, l := range strings.Split(strings.TrimRight(fmt.Sprintf(format, a...), "\n"), "\n") {
+		fmt.Fprintln(w, "# "+l)
+	}
 }
 
 // planNow is the plan `egressd run` would apply now, with the fresh

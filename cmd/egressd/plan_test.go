@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/resolver"
 	"github.com/egressd/egressd/ruleset"
 )
 
@@ -98,5 +99,37 @@ func TestPlanCommand(t *testing.T) {
 	o.ConfigPath = filepath.Join(filepath.Dir(o.ConfigPath), "missing.yaml")
 	if code, _, errs = runPlan(t, o); code != 2 || !strings.Contains(errs, "invalid") {
 		t.Errorf("missing configuration: exit %d, %s", code, errs)
+	}
+}
+
+type failingQuerier struct{ err error }
+
+func (q failingQuerier) Query(context.Context, string, uint16) (resolver.Result, error) {
+	return resolver.Result{}, q.err
+}
+
+// plan's output is nft text: a name whose error spans lines stays inside
+// its comment (issue 25: the second line came out uncommented).
+func TestPlanCommentsStayComments(t *testing.T) {
+	o := planFixture(t)
+	dir := filepath.Dir(o.ConfigPath)
+	if err := os.WriteFile(filepath.Join(dir, "allow.d/billing.yaml"), []byte("user: billing\nallow: [192.0.2.1:443, api.example.test:443]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o.Querier = failingQuerier{errors.New("all resolvers failed:\n192.0.2.53:53: i/o timeout\n192.0.2.54:53: SERVFAIL")}
+	code, out, errs := runPlan(t, o)
+	if code != 0 || !strings.Contains(out, "# 192.0.2.54:53: SERVFAIL") {
+		t.Fatalf("exit %d, no commented multi-line error in\n%s%s", code, out, errs)
+	}
+	cfg, err := config.LoadTrusted(o.ConfigPath, true, o.Trust)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _, _ := planNow(context.Background(), o, cfg)
+	rest := strings.Replace(out, p.NFT(), "", 1)
+	for i, l := range strings.Split(rest, "\n") {
+		if l != "" && !strings.HasPrefix(l, "#") {
+			t.Errorf("line %d outside the ruleset is not a comment: %q\n%s", i+1, l, out)
+		}
 	}
 }

@@ -28,8 +28,8 @@ func cmdWait(args []string, stderr io.Writer) int {
 	allowlist := fs.String("allowlist", "", "the allowlist (NAME of allow.d/NAME.yaml); its user is waited for")
 	cfgPath := fs.String("config", config.DefaultPath, "main configuration file (with --allowlist)")
 	timeout := fs.Duration("timeout", 30*time.Second, "how long to wait; 0 checks once")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, done := parseFlags(fs, args); done {
+		return code
 	}
 	given := 0
 	for _, s := range []string{*userName, *allowlist, *unit} {
@@ -38,8 +38,7 @@ func cmdWait(args []string, stderr io.Writer) int {
 		}
 	}
 	if fs.NArg() > 0 || given != 1 || *timeout < 0 {
-		fmt.Fprintln(stderr, "usage: egressd wait (--user USER | --unit UNIT | --allowlist NAME) [--timeout 30s] [--config FILE]")
-		return 2
+		return usageError(stderr, "wait", "give one of --user USER, --unit UNIT or --allowlist NAME (and a --timeout of 0 or more)")
 	}
 	if *allowlist != "" {
 		if u, err := allowlistUnit(*cfgPath, *allowlist); err == nil && u != "" {

@@ -105,3 +105,19 @@ func indent(s string) string {
 	}
 	return "    " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n    ") + "\n"
 }
+
+// The README says what `go test ./...` does as root here: the download
+// and the disk space of this tier's root file systems, how to leave the
+// tier out and how to delete the cache (issue 25).
+func TestREADMESaysWhatTheTierCosts(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	quick, _, _ := strings.Cut(string(b), "\n## Installation")
+	for _, want := range []string{"go test ./...", "debootstrap", cacheDir, "grep -v /integration/systemd", "rm -rf " + cacheDir} {
+		if !strings.Contains(quick, want) {
+			t.Errorf("README before Installation does not say %q", want)
+		}
+	}
+}

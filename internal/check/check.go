@@ -235,7 +235,7 @@ func Run(ctx context.Context, o Options) *Report {
 		if !errors.As(err, &ce) {
 			ce = config.Errors{{Pos: config.Pos{File: o.ConfigPath}, Msg: err.Error()}}
 		}
-		for _, e := range ce {
+		for i, e := range ce {
 			r.Config.Errors = append(r.Config.Errors, e.Error())
 			fix := e.Fix
 			switch {
@@ -249,7 +249,10 @@ func Run(ctx context.Context, o Options) *Report {
 			if e.Pos.Line > 0 {
 				obj = e.Pos.String()
 			}
-			problem("config_invalid", obj, e.Msg, fix+keep)
+			if i == len(ce)-1 { // said once, after the last error
+				fix += keep
+			}
+			problem("config_invalid", obj, e.Msg, fix)
 		}
 		return finish(ExitInvalid)
 	}

@@ -158,9 +158,16 @@ func TestRunInvalidConfig(t *testing.T) {
 	if r.ExitCode != ExitInvalid || r.Status != "invalid" || p == nil || !strings.Contains(p.Fix, "no egressd daemon is running") {
 		t.Fatalf("%+v", r)
 	}
-	if out := text(r); !strings.Contains(out, "INVALID CONFIGURATION: 1 errors") || !strings.Contains(out, ": invalid") {
+	if out := text(r); !strings.Contains(out, "INVALID CONFIGURATION: 1 error\n") || !strings.Contains(out, ": invalid") {
 		t.Fatalf("%s", out)
 	}
+	// Two errors: each with its own fix, what protects the host said once.
+	os.WriteFile(o.ConfigPath, []byte("resolvers: [192.0.2.53]\nbogus: 1\nalso: 2\n"), 0o644) //nolint:errcheck
+	r = Run(context.Background(), o)
+	if out := text(r); !strings.Contains(out, "INVALID CONFIGURATION: 2 errors") || strings.Count(out, "no egressd daemon is running") != 1 {
+		t.Fatalf("two errors:\n%s", out)
+	}
+	os.WriteFile(o.ConfigPath, []byte("resolvers: [192.0.2.53]\nbogus: 1\n"), 0o644) //nolint:errcheck
 	if err := state.Write(o.RuntimeDir, &state.State{Version: 1, PID: os.Getpid(), ConfigFile: "/last/good"}); err != nil {
 		t.Fatal(err)
 	}

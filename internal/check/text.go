@@ -13,7 +13,7 @@ import (
 // the daemon, one line per allowlist, then the problems with what to do.
 func (r *Report) WriteText(w io.Writer) {
 	verdict := map[string]string{"ok": "OK: in sync", "problems": fmt.Sprintf("PROBLEMS: %d", len(r.Problems)),
-		"invalid": fmt.Sprintf("INVALID CONFIGURATION: %d errors", len(r.Config.Errors)), "cannot_run": "CANNOT CHECK: not allowed to read nftables (needs root or CAP_NET_ADMIN)"}[r.Status]
+		"invalid": fmt.Sprintf("INVALID CONFIGURATION: %s", plural(len(r.Config.Errors), "error")), "cannot_run": "CANNOT CHECK: not allowed to read nftables (needs root or CAP_NET_ADMIN)"}[r.Status]
 	fmt.Fprintf(w, "egressd check: %s\n", verdict)
 	if r.Config.Valid {
 		fmt.Fprintf(w, "config:  %s: %d allowlists, %d names, resolvers %s\n", r.Config.File, r.Config.Allowlists, r.Config.Names, strings.Join(r.Config.Resolvers, ", "))
@@ -85,6 +85,14 @@ func (r *Report) WriteText(w io.Writer) {
 			fmt.Fprintf(w, "  %s %s: %s\n    → %s\n", p.Kind, p.Object, indent(p.Detail, "    "), indent(p.Fix, "      "))
 		}
 	}
+}
+
+// plural is "1 error", "2 errors".
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
 
 func ago(now time.Time, t *time.Time) string {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/egressd/egressd/internal/event"
+	"sync"
 	"time"
 
 	"github.com/egressd/egressd/config"
@@ -84,6 +85,10 @@ type Controller struct {
 	users   policy.Users
 	usersAt time.Time // next look for missing users
 	reload  chan struct{}
+
+	reloadMu sync.Mutex
+	reloadBy map[string]bool // why the pending reload was asked for
+	rejected bool            // the last reload was rejected: the next good one is a recovery
 
 	dns   *refresher
 	apply *applier

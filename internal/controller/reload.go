@@ -66,30 +66,84 @@ func (c *Controller) logRejected(err error, atStart bool) {
 	}
 }
 
-// Reload asks the loop to reload the configuration (SIGHUP, file watcher).
-func (c *Controller) Reload() {
+// Why a reload was asked for, in its config_reloaded line.
+const (
+	ReloadSignal = "signal" // SIGHUP
+	ReloadWatch  = "watch"  // a configuration file changed
+)
+
+// Reload asks the loop to reload the configuration, as for a changed file
+// (ReloadWatch).
+func (c *Controller) Reload() { c.ReloadBy(ReloadWatch) }
+
+// ReloadBy asks the loop to reload the configuration; by says why
+// (ReloadSignal, ReloadWatch). Requests that arrive while one is pending
+// are one reload, whose line names every reason.
+func (c *Controller) ReloadBy(by string) {
+	c.reloadMu.Lock()
+	if c.reloadBy == nil {
+		c.reloadBy = map[string]bool{}
+	}
+	c.reloadBy[by] = true
+	c.reloadMu.Unlock()
 	select {
 	case c.reload <- struct{}{}:
 	default:
 	}
 }
 
+func (c *Controller) reloadReasons() []string {
+	c.reloadMu.Lock()
+	defer c.reloadMu.Unlock()
+	var by []string
+	for _, r := range []string{ReloadSignal, ReloadWatch} {
+		if c.reloadBy[r] {
+			by = append(by, r)
+		}
+	}
+	c.reloadBy = nil
+	return by
+}
+
+// doReload reloads the configuration and logs one config_reloaded line
+// with the outcome; after a rejection, the configuration that loads again
+// (changed or not) is reported once as config_recovered.
 func (c *Controller) doReload() {
+	by := c.reloadReasons()
+	outcome := "unchanged"
+	defer func() {
+		c.o.Log.Info("configuration reload: "+outcome, event.Field(event.ConfigReloaded), zap.String("outcome", outcome),
+			zap.Strings("by", by), zap.String("file", c.o.ConfigPath))
+	}()
 	defer func() { c.dns.reloadHosts(c.cfg.HostsFile) }() // with the configuration in force after this reload
 	cfg, err := config.LoadTrusted(c.o.ConfigPath, c.o.ConfigRequired, c.o.Trust)
 	if err != nil {
 		c.logRejected(err, false)
+		c.rejected, outcome = true, "rejected"
 		return
 	}
 	if cfg.AllowDirMissing && len(c.cfg.Allowlists) > 0 {
 		c.logRejected(config.Errors{{Pos: config.Pos{File: cfg.AllowDir}, Msg: "the allow directory is missing; " +
 			"keeping the last good configuration (to lift restrictions, delete the allowlist files, not the directory)"}}, false)
+		c.rejected, outcome = true, "rejected"
 		return
 	}
-	if reflect.DeepEqual(cfg, c.cfg) {
-		// An editor touched a file without changing it, or /etc/passwd changed.
+	same := reflect.DeepEqual(cfg, c.cfg)
+	if c.rejected {
+		c.rejected = false
+		outcome = "recovered"
+		c.o.Log.Info("the configuration is valid again and in force", event.Field(event.ConfigRecovered),
+			zap.String("file", cfg.File), zap.Int("allowlists", len(cfg.Allowlists)),
+			zap.Bool("changed", !same)) // changed: it differs from the last good configuration
+	}
+	if same {
+		// An editor touched a file without changing it, /etc/passwd changed,
+		// or a rejected edit was undone.
 		c.lookupUsers(false)
 		return
+	}
+	if outcome == "unchanged" {
+		outcome = "loaded"
 	}
 	// These are wired once, at start (the NFLOG listener, the metrics
 	// endpoint, the directory watch): say so rather than pretend.

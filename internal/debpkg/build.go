@@ -192,8 +192,14 @@ func Build(o Options) (string, error) {
 	manual.Config.WriteRoff(&man5, rel.Describe)
 	manual.WriteBash(&bash)
 	manual.WriteZsh(&zsh)
-	changelog := fmt.Sprintf("egressd (%s) unstable; urgency=medium\n\n  * Built from %s,\n    commit %s.\n    The changes are in the upstream history (git log).\n\n -- %s  %s\n",
-		version, rel.Describe, rel.Commit, maintainer, rel.Date.Format(time.RFC1123Z))
+	upstream, err := os.ReadFile(filepath.Join(o.Repo, "CHANGELOG.md"))
+	if err != nil {
+		return "", err
+	}
+	changelog, err := DebianChangelog(upstream, version, rel.Describe, rel.Commit, maintainer, rel.Date)
+	if err != nil {
+		return "", err
+	}
 	files := []struct {
 		path string
 		data []byte
@@ -208,6 +214,7 @@ func Build(o Options) (string, error) {
 		{"usr/share/doc/egressd/copyright", read("copyright"), 0o644, false},
 		{"usr/share/doc/egressd/changelog.Debian.gz", []byte(changelog), 0o644, true},
 		{"usr/share/doc/egressd/README.md.gz", readme, 0o644, true},
+		{"usr/share/doc/egressd/changelog.gz", upstream, 0o644, true},
 		{"usr/share/man/man8/egressd.8.gz", man8.Bytes(), 0o644, true},
 		{"usr/share/man/man5/egressd.yaml.5.gz", man5.Bytes(), 0o644, true},
 		{"usr/share/bash-completion/completions/egressd", bash.Bytes(), 0o644, false},
@@ -217,6 +224,23 @@ func Build(o Options) (string, error) {
 		{"DEBIAN/prerm", read("prerm"), 0o755, false},
 		{"DEBIAN/postrm", read("postrm"), 0o755, false},
 		{"DEBIAN/conffiles", []byte("/etc/egressd/egressd.yaml\n"), 0o644, false},
+	}
+	// docs/*.md, which the README and the man pages point to.
+	docs, _ := filepath.Glob(filepath.Join(o.Repo, "docs", "*.md"))
+	if len(docs) == 0 && err == nil {
+		err = errors.New("no docs/*.md to install")
+	}
+	for _, d := range docs {
+		b, e := os.ReadFile(d)
+		if e != nil && err == nil {
+			err = e
+		}
+		files = append(files, struct {
+			path string
+			data []byte
+			mode fs.FileMode
+			gz   bool
+		}{"usr/share/doc/egressd/docs/" + filepath.Base(d) + ".gz", b, 0o644, true})
 	}
 	if err != nil {
 		return "", err

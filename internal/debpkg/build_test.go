@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/manual"
 )
 
 var raceEnabled bool
@@ -179,6 +180,29 @@ func TestDeb(t *testing.T) {
 		re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(mode) + ` root/root +\d+ \S+ \S+ ` + regexp.QuoteMeta(path) + `$`)
 		if !re.MatchString(contents) {
 			t.Errorf("contents lack %s %s root/root", mode, path)
+		}
+	}
+	// Every document the README and the man pages name is installed
+	// (issue 25), and the upstream changelog.
+	docs, _ := filepath.Glob("../../docs/*.md")
+	named := regexp.MustCompile(`docs/([a-z-]+\.md)`)
+	readme, _ := os.ReadFile("../../README.md")
+	pages := string(readme)
+	for _, p := range manual.Pages {
+		pages += p.Text()
+	}
+	for _, m := range named.FindAllStringSubmatch(pages, -1) {
+		if _, err := os.Stat("../../docs/" + m[1]); err != nil {
+			t.Errorf("docs/%s is named but does not exist", m[1])
+		}
+	}
+	for _, d := range append(docs, "changelog") {
+		p := "./usr/share/doc/egressd/docs/" + filepath.Base(d) + ".gz"
+		if d == "changelog" {
+			p = "./usr/share/doc/egressd/changelog.gz"
+		}
+		if !regexp.MustCompile(`(?m)^-rw-r--r-- root/root +\d+ \S+ \S+ ` + regexp.QuoteMeta(p) + `$`).MatchString(contents) {
+			t.Errorf("contents lack %s", p)
 		}
 	}
 	if strings.Contains(contents, "./etc/egressd/allow.d/billing") {

@@ -14,11 +14,26 @@ import (
 // and returns the log, the root and what the script printed.
 func runScript(t *testing.T, script string, systemd bool, setup func(root string), args ...string) (string, string, string) {
 	t.Helper()
+	var env []string
+	if strings.HasPrefix(t.Name(), "TestMaintainerScripts/disabled") {
+		env = append(env, "WAS_DISABLED=1")
+	}
+	log, root, out, err := runScriptEnv(t, script, systemd, setup, env, args...)
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s", script, args, err, out)
+	}
+	return log, root, out
+}
+
+// runScriptEnv is runScript with more environment (FAIL_EGRESSD=1: the
+// egressd stub fails) and the script's exit status and output.
+func runScriptEnv(t *testing.T, script string, systemd bool, setup func(root string), env []string, args ...string) (log, root, out string, err error) {
+	t.Helper()
 	body, err := os.ReadFile(filepath.Join("../../packaging/deb", script))
 	if err != nil {
 		t.Fatal(err)
 	}
-	root := t.TempDir()
+	root = t.TempDir()
 	s := strings.NewReplacer("/run/", root+"/run/", "/var/lib/", root+"/var/lib/", "/etc/systemd/", root+"/etc/systemd/").Replace(string(body))
 	if setup != nil {
 		setup(root)
@@ -32,9 +47,12 @@ func runScript(t *testing.T, script string, systemd bool, setup func(root string
 	if err := os.MkdirAll(bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	log := filepath.Join(root, "log")
+	logf := filepath.Join(root, "log")
 	for _, c := range []string{"deb-systemd-helper", "deb-systemd-invoke", "systemctl", "egressd"} {
-		stub := "#!/bin/sh\necho \"" + c + " $*\" >> " + log + "\n"
+		stub := "#!/bin/sh\necho \"" + c + " $*\" >> " + logf + "\n"
+		if c == "egressd" {
+			stub += "[ -n \"$FAIL_EGRESSD\" ] && { echo 'egressd remove: refused: the egressd daemon (pid 7) is running' >&2; exit 1; }\nexit 0\n"
+		}
 		if c == "deb-systemd-helper" {
 			// was-enabled: true on a fresh install, as deb-systemd-helper answers.
 			stub += "[ \"$1 $2\" = \"--quiet was-enabled\" ] && [ -n \"$WAS_DISABLED\" ] && exit 1\nexit 0\n"
@@ -47,16 +65,27 @@ func runScript(t *testing.T, script string, systemd bool, setup func(root string
 		t.Fatal(err)
 	}
 	cmd := exec.Command("sh", append([]string{"-c", s, script}, args...)...)
-	cmd.Env = append(os.Environ(), "PATH="+bin+":/usr/bin:/bin")
-	if strings.HasPrefix(t.Name(), "TestMaintainerScripts/disabled") {
-		cmd.Env = append(cmd.Env, "WAS_DISABLED=1")
+	cmd.Env = append(append(os.Environ(), "PATH="+bin+":/usr/bin:/bin"), env...)
+	b, err := cmd.CombinedOutput()
+	got, _ := os.ReadFile(logf)
+	return string(got), root, string(b), err
+}
+
+// A table that cannot be removed fails the removal (dpkg keeps the package,
+// whose binary is the one thing that can delete it), saying why and how to
+// go on; never silently. EGRESSD_REMOVE_KEEP_TABLE is the operator's way out.
+func TestPrermRemoveFails(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("prerm looks at CAP_NET_ADMIN: run as root")
 	}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %v: %v\n%s", script, args, err, out)
+	_, _, out, err := runScriptEnv(t, "prerm", true, nil, []string{"FAIL_EGRESSD=1"}, "remove")
+	if err == nil || !strings.Contains(out, "refused: the egressd daemon (pid 7) is running") || !strings.Contains(out, "the package stays installed") {
+		t.Errorf("prerm remove with a failing egressd remove: %v\n%s\nwant a failure that says why and that the package stays", err, out)
 	}
-	got, _ := os.ReadFile(log)
-	return string(got), root, string(out)
+	_, _, out, err = runScriptEnv(t, "prerm", true, nil, []string{"FAIL_EGRESSD=1", "EGRESSD_REMOVE_KEEP_TABLE=1"}, "remove")
+	if err != nil || !strings.Contains(out, "table inet egressd stays") {
+		t.Errorf("prerm remove with EGRESSD_REMOVE_KEEP_TABLE: %v\n%s\nwant success that says the table stays", err, out)
+	}
 }
 
 func TestMaintainerScripts(t *testing.T) {

@@ -38,6 +38,18 @@ func InstallSteps(deb, user string) []Step {
 		// a second, so for up to a second after an apply check reports
 		// drift and a pending reload.
 		{Why: "check is clean with an allowlist", Argv: []string{"egressd", "check"}, Want: "OK: in sync", Eventually: 5 * time.Second},
+		// A removal whose table cannot be deleted fails and keeps the package
+		// (a second daemon holds the lock, so egressd remove refuses), naming
+		// the services whose start gate runs /usr/bin/egressd (the tier hardens
+		// pkgweb.service before the first dpkg -r).
+		{Why: "stop the packaged daemon", Argv: []string{"systemctl", "stop", "egressd.service"}},
+		{Why: "a second daemon holds the lock", Argv: []string{"systemd-run", "--unit=egressd-second", "/usr/bin/egressd", "run"}},
+		{Why: "the second daemon runs", Argv: []string{"egressd", "remove"}, Exit: 1, Want: "is running", Eventually: 10 * time.Second},
+		{Why: "a removal that cannot delete the table fails", Argv: []string{"dpkg", "-r", "egressd"}, Exit: 1, Want: "the package stays installed"},
+		{Why: "and names the hardened services that will not start without egressd", Argv: []string{"dpkg", "-r", "egressd"}, Exit: 1, Want: "  pkgweb.service\n"},
+		{Why: "the package is still installed after the failed removal", Argv: []string{"dpkg-query", "-W", "-f=${Status}", "egressd"}, Want: "install ok installed"},
+		{Why: "the binary that can delete the table is still there", Argv: []string{"test", "-x", "/usr/bin/egressd"}},
+		{Why: "stop the second daemon", Argv: []string{"systemctl", "stop", "egressd-second.service"}},
 		{Why: "remove", Argv: []string{"dpkg", "-r", "egressd"}},
 		{Why: "the daemon is stopped", Argv: []string{"systemctl", "is-active", "egressd.service"}, Exit: 3, Want: "inactive"},
 		{Why: "egressd.socket is stopped (its sockets closed)", Argv: []string{"systemctl", "is-active", "egressd.socket"}, Exit: 3, Want: "inactive"},

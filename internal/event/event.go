@@ -16,6 +16,8 @@ const (
 	Started            = "started"
 	ConfigLoaded       = "config_loaded"
 	ConfigRejected     = "config_rejected"
+	ConfigRecovered    = "config_recovered"
+	ConfigReloaded     = "config_reloaded"
 	ConfigFileSkipped  = "config_file_skipped"
 	ConfigFallback     = "config_fallback"
 	RestartRequired    = "restart_required"
@@ -51,7 +53,7 @@ const (
 
 // All lists every event name, in the order of docs/events.md.
 var All = []string{
-	Started, ConfigLoaded, ConfigRejected, ConfigFileSkipped, ConfigFallback, RestartRequired, WatchFailed,
+	Started, ConfigLoaded, ConfigRejected, ConfigRecovered, ConfigReloaded, ConfigFileSkipped, ConfigFallback, RestartRequired, WatchFailed,
 	Resolved, ResolveFailed, ResolveFailing, ResolveRecovered,
 	RulesetApplied, ApplyFailed, UserMissing, UserConflict, UnitCgroup,
 	DriftRepaired, DriftRepeating, VerifyFailed, TableUnowned,

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/syspath"
 	"golang.org/x/sys/unix"
 	"io"
 	"os"
@@ -449,22 +450,29 @@ func checkPath(p string, uid uint32, groups map[uint64]string, userName string) 
 	}
 	var out []Finding
 	mode := fi.Mode()
+	fix := func(cmd string) string {
+		if fi.IsDir() && syspath.Shared(p, mode&os.ModeSticky != 0, st.Uid) {
+			// Never a command that changes a directory the system shares.
+			return "move the service's files to a directory root alone can write (e.g. /opt/SERVICE or /usr/local/lib/SERVICE); leave " + p + " as it is"
+		}
+		return cmd
+	}
 	if st.Uid == uid {
 		out = append(out, Finding{"owned_by_user", p, fmt.Sprintf("owned by %s, the service user: it can change it", userName),
-			fmt.Sprintf("chown root: %s", p)})
+			fix(fmt.Sprintf("chown root: %s", p))})
 	}
 	if g, in := groups[uint64(st.Gid)]; in && mode.Perm()&0o020 != 0 {
 		out = append(out, Finding{"group_writable", p, fmt.Sprintf("writable by group %s, which %s belongs to", g, userName),
-			fmt.Sprintf("chmod g-w %s", p)})
+			fix(fmt.Sprintf("chmod g-w %s", p))})
 	}
 	sticky := fi.IsDir() && mode&os.ModeSticky != 0
 	if mode.Perm()&0o002 != 0 && !sticky && mode&os.ModeSymlink == 0 {
-		out = append(out, Finding{"world_writable", p, "writable by every user", fmt.Sprintf("chmod o-w %s", p)})
+		out = append(out, Finding{"world_writable", p, "writable by every user", fix(fmt.Sprintf("chmod o-w %s", p))})
 	}
 	if mode&os.ModeSymlink == 0 {
 		if who := aclWriter(p, uid, groups); who != "" {
 			out = append(out, Finding{"acl_writable", p, fmt.Sprintf("a POSIX ACL entry lets %s (%s) write it", who, userName),
-				fmt.Sprintf("setfacl -b %s (or remove the entry for %s)", p, who)})
+				fix(fmt.Sprintf("setfacl -b %s (or remove the entry for %s)", p, who))})
 		}
 	}
 	return out

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/egressd/egressd/config"
@@ -31,11 +32,16 @@ func (o *Options) Validate() error {
 		}
 	}
 	if o.User != "" { // a unit allowlist's unit may keep its own User= or DynamicUser=
-		if o.User == "root" || o.User == "0" {
+		uid, numErr := strconv.ParseUint(o.User, 10, 32)
+		if o.User == "root" || (numErr == nil && uid == 0) {
 			return errors.New("--user root: the point is a user of its own, whose files it cannot modify")
 		}
-		if !userRE.MatchString(o.User) {
-			return fmt.Errorf("--user %q is not a valid user name", o.User)
+		// A numeric uid, as allowlists may name it (systemd's User= takes one).
+		if numErr == nil && uid == 1<<32-1 {
+			return fmt.Errorf("--user %s: uid 4294967295 is not a user (it means \"none\")", o.User)
+		}
+		if numErr != nil && !userRE.MatchString(o.User) {
+			return fmt.Errorf("--user %q is not a valid user name or uid", o.User)
 		}
 	}
 	if o.Group != "" && !userRE.MatchString(o.Group) {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/egressd/egressd/internal/systest"
@@ -86,6 +87,9 @@ func TestValidate(t *testing.T) {
 	for _, o := range []Options{
 		{},
 		{User: "root"},
+		{User: "0"},
+		{User: "00"},
+		{User: "4294967295"},
 		{User: "bad user"},
 		{User: "a", Writable: []string{"relative"}},
 		{User: "a", Writable: []string{"/etc"}},
@@ -97,6 +101,10 @@ func TestValidate(t *testing.T) {
 		if _, err := Generate(o); err == nil {
 			t.Errorf("Generate(%+v) accepted", o)
 		}
+	}
+	// A numeric uid, as an allowlist's user: may name it (issue 25).
+	if out, err := Generate(Options{User: "64101"}); err != nil || !strings.Contains(out, "\nUser=64101\n") || !strings.Contains(out, " wait --user 64101 ") {
+		t.Errorf("Generate(User: 64101): %v\n%s", err, out)
 	}
 	for _, s := range []string{"http:80", "tcp:0", "tcp:65536", "tcp:08", "tcp"} {
 		if _, err := ParseListen(s); err == nil {
@@ -372,5 +380,24 @@ func TestGatedUnits(t *testing.T) {
 		"inet.service user= unit=inet.service bus=false", "reset.service user=reset unit= bus=true"}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("gated units\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// A finding on a directory the system shares (/, a user's home) never
+// comes with a command that changes it: the service's files move instead.
+func TestOwnershipFixLeavesSharedDirs(t *testing.T) {
+	if fi, err := os.Stat("/root"); err != nil || fi.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Skip("no root-owned /root here")
+	}
+	fs := OwnershipFindings([]string{"/root/bin/server"}, nil, 0, nil, "root")
+	seen := map[string]bool{}
+	for _, f := range fs {
+		seen[f.Target] = true
+		if strings.Contains(f.Fix, "chown") || strings.Contains(f.Fix, "chmod") || !strings.Contains(f.Fix, "move the service's files") {
+			t.Errorf("%s %s: fix %q changes a shared directory", f.Kind, f.Target, f.Fix)
+		}
+	}
+	if !seen["/root"] || !seen["/"] {
+		t.Errorf("findings %v, want / and /root (owned by the service user)", fs)
 	}
 }

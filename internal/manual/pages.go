@@ -6,7 +6,8 @@ import (
 	"github.com/egressd/egressd/internal/event"
 )
 
-// Egressd is egressd(8): the commands. `egressd help` prints it.
+// Egressd is egressd(8): the commands. `egressd help egressd` prints it;
+// the short help of each command (usage.go) comes from it too.
 var Egressd = &Page{Name: "egressd", Section: "8", Title: "System Administration", Sections: []Section{
 	{"NAME", []Block{P(`egressd - per-service egress allowlists, kept current from DNS, enforced by nftables`)}},
 	{"SYNOPSIS", []Block{Pre(`
@@ -26,14 +27,18 @@ egressd harden --user USER [--group GROUP] [--writable PATH]...
                [--config FILE] [--unit-file FILE]
 egressd harden --audit UNIT_FILE [--json]
 egressd wait (--user USER | --unit UNIT | --allowlist NAME) [--timeout 30s]
+             [--config FILE]
 egressd remove [--runtime-dir DIR]
 egressd plan [--config FILE] [--runtime-dir DIR]
 egressd denies [--follow] [--allowlist NAME] [--json] [--runtime-dir DIR]
 egressd learn ALLOWLIST|USER [--since D] [--config FILE] [--state-dir DIR]
+              [--runtime-dir DIR]
 egressd demo
 egressd version
 egressd completion bash|zsh
-egressd help [egressd.yaml]`)}},
+egressd man 8|5
+egressd help [COMMAND | egressd | egressd.yaml]
+egressd COMMAND --help`)}},
 	{"DESCRIPTION", []Block{P(`For each protected service user, egressd allows outgoing connections to
 the host:port destinations of that user's allowlist, and logs, then
 rejects, everything else that user sends. Names are looked up in the hosts
@@ -131,7 +136,14 @@ host's firewall.`),
 		Item("version", `Print the version, commit and Go version of this build.
 The same is exported as the metric egressd_build_info.`),
 		Item("completion bash|zsh", `Print the shell completion script.`),
-		Item("help [egressd.yaml]", `Print this manual, or the configuration's.`),
+		Item("man 8|5", `Print egressd(8) or egressd.yaml(5) in roff, for man -l - (the
+package installs both).`),
+		Item("help [COMMAND | egressd | egressd.yaml]", `Print the commands, one line each;
+a command's short help (as COMMAND --help does: its synopsis, what it does,
+its options); this manual (egressd); or the configuration's (egressd.yaml).
+Every command takes -h or --help, prints its short help on standard output
+and exits 0; a wrong option or argument prints the error and a pointer to
+--help on standard error and exits 2.`),
 	}},
 	{"OPTIONS", []Block{
 		Item("--config FILE", `Main configuration file (default
@@ -182,7 +194,10 @@ or not root) or failed.`),
 	{"EVENTS", []Block{P(`Logs are JSON lines on stderr with a stable "event" key: ` +
 		strings.Join(event.All, ", ") + `. docs/events.md says when each is logged, with its fields.`)}},
 	{"SEE ALSO", []Block{P(`egressd.yaml(5), nft(8), systemd.exec(5), hosts(5);
-/usr/share/doc/egressd/README.md.gz`)}},
+/usr/share/doc/egressd/README.md.gz; the documents named docs/NAME.md here and
+in the README are installed as /usr/share/doc/egressd/docs/NAME.md.gz (check.md:
+the check --json document; events.md: every event; hardening.md: harden);
+/usr/share/doc/egressd/changelog.gz`)}},
 }}
 
 // Config is egressd.yaml(5): the main file, allowlists and shared lists.
@@ -220,7 +235,11 @@ long. Default: 1h.`),
 egressd), interval (the deny event aggregation window; default 10s).`),
 		Item("on_exit", `keep (default: the rules stay when the daemon stops; fail
 closed) or remove.`),
-		Item("metrics_listen", `HOST:PORT of the Prometheus endpoint. Default: off.`),
+		Item("metrics_listen", `HOST:PORT of the Prometheus endpoint. Default: off. The shipped
+egressd.service lets the daemon bind port 9464 only (SocketBindAllow=tcp:9464,
+SocketBindDeny=any): for another port add SocketBindAllow=tcp:PORT in a drop-in
+(systemctl edit egressd), or where systemd enforces SocketBind* the bind fails
+(metrics_failed; enforcement is unaffected).`),
 		Item("dns_proxy_port", `The DNS proxy's port on 127.0.0.1 and ::1, where the
 kernel redirects the queries of dns: proxy allowlists (egressd.socket opens
 it: change both). Default: 153.`),
@@ -297,7 +316,7 @@ dns: resolvers
 allow:
   - deb.debian.org:443
   - security.debian.org:443`)}},
-	{"SEE ALSO", []Block{P(`egressd(8), hosts(5)`)}},
+	{"SEE ALSO", []Block{P(`egressd(8) (where the docs/NAME.md named here are installed), hosts(5)`)}},
 }}
 
 // Pages are every man page, by section.

@@ -160,6 +160,9 @@ func paragraphs(text string) []string {
 	return out
 }
 
+// Wrap breaks text into lines of at most w columns (a longer word stands alone).
+func Wrap(text string, w int) []string { return wrap(text, w) }
+
 func wrap(text string, w int) []string {
 	var lines []string
 	cur := ""

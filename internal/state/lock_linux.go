@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/egressd/egressd/internal/syspath"
 	"golang.org/x/sys/unix"
 )
 
@@ -120,6 +121,12 @@ func SafeDir(dir string, create bool) error {
 		return &fs.PathError{Op: "lstat", Path: dir, Err: err}
 	}
 	mode := st.Mode & 0o7777
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR && (!trustedOwner(st.Uid) || mode&0o022 != 0) &&
+		syspath.Shared(dir, mode&unix.S_ISVTX != 0, st.Uid) {
+		// Never suggest changing a directory the system shares (/tmp, /run/user/N).
+		return fmt.Errorf("%w: %s is owned by %s, mode %04o: other users can change it; use a runtime directory root alone can write (the default /run/egressd, or --runtime-dir) and leave %s as it is",
+			ErrUntrusted, dir, owner(st.Uid), mode, dir)
+	}
 	switch {
 	case st.Mode&unix.S_IFMT != unix.S_IFDIR:
 		return fmt.Errorf("%w: %s is not a directory (a symlink?); remove it", ErrUntrusted, dir)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -53,5 +54,24 @@ func TestLock(t *testing.T) {
 	os.Chmod(dir, 0o777) //nolint:errcheck
 	if _, err := Lock(dir); !errors.Is(err, ErrUntrusted) {
 		t.Errorf("world-writable runtime dir: %v, want ErrUntrusted", err)
+	}
+}
+
+// A runtime directory the system shares is refused with advice that leaves
+// it alone; egressd's own directory gets the direct fix.
+func TestSafeDirFix(t *testing.T) {
+	if st, err := os.Stat("/tmp"); err != nil || st.Mode()&os.ModeSticky == 0 || st.Mode()&0o002 == 0 {
+		t.Skip("/tmp is not sticky and world-writable here")
+	}
+	err := SafeDir("/tmp", false)
+	if err == nil || strings.Contains(err.Error(), "chmod") || !strings.Contains(err.Error(), "--runtime-dir") {
+		t.Errorf("SafeDir(/tmp): %v, want a refusal that suggests another runtime directory and no chmod", err)
+	}
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := SafeDir(dir, false); err == nil || !strings.Contains(err.Error(), "chmod go-w "+dir) {
+		t.Errorf("SafeDir(%s, mode 0777): %v, want the chmod fix", dir, err)
 	}
 }
