@@ -111,11 +111,12 @@ func bigBuffers(c *netlink.Conn, rcv int) error {
 //	    meta nfproto ipv6 exthdr rt exists goto deny              # IPV6_RTHDR (segment routing, type 0/2)
 //	    meta nfproto ipv4 ip ihl != 5 goto deny                   # IP_OPTIONS (LSRR/SSRR source routing)
 //	    tcp flags syn tcp option mptcp: overwritten with NOPs     # MPTCP falls back to TCP: no kernel subflows
-//	    ct state established,related ct direction original ct mark . meta skuid @owners accept
+//	    ct state established,related ct direction original ct status != expected ct mark . meta skuid @owners accept
 //	    ct state established,related ct direction reply ct mark . meta skuid != @owners accept
+//	    ct state established,related ct direction reply ct status expected accept     # a helper's flow: its mark is its master's
 //	    ct state established,related ct direction reply fib daddr type local accept
 //	    fib saddr type != local goto deny                         # IP_FREEBIND, IPV6_FREEBIND, IP_TRANSPARENT
-//	    udp dport P meta skuid @proxyusers ct mark . meta skuid @owners ct status dnat fib daddr type local accept (and tcp)
+//	    udp dport P meta skuid @proxyusers ct status != expected ct mark . meta skuid @owners ct status dnat fib daddr type local accept (and tcp)
 //	    meta skuid . meta l4proto . ip daddr . th dport @allow4 accept   (and allow4r, allow6, allow6r)
 //	    meta skuid . meta l4proto . ip daddr . th dport @proxy4 accept   (and proxy4r, proxy6, proxy6r)
 //	    meta skuid @dnsusers meta l4proto . ip daddr . th dport @dns4 accept   (and dns4r, dns6, dns6r)
@@ -539,6 +540,7 @@ const (
 	ipv6RT = 43
 	tcpMP  = 30 // TCP option kind: MPTCP
 
+	ipsExpected  = 1 << 0 // IPS_EXPECTED: opened from a helper's expectation; its ct mark is its master's
 	ipsConfirmed = 1 << 3 // IPS_CONFIRMED: the conntrack entry is in the table
 	ipsSrcNAT    = 1 << 4 // IPS_SRC_NAT
 	ipsDstNAT    = 1 << 5 // IPS_DST_NAT: the destination was rewritten (the proxy's redirect)
@@ -553,16 +555,38 @@ func ctStateIs(bits uint32) []expr.Any {
 	}
 }
 
-// openerIsOwn is `ct mark . meta skuid @owners` (! with invert): the flow's
-// opener, recorded in its conntrack mark, is the socket's uid. Whole 32-bit
+// openerIsOwn is `ct status & expected == 0 ct mark . meta skuid @owners`
+// (`ct mark . meta skuid != @owners` with invert): the flow's opener,
+// recorded in its conntrack mark, is (is not) the socket's uid. Whole 32-bit
 // registers from NFT_REG32_00, so that nft prints the lookup (a sub-range
 // of the ct label, the earlier encoding, is beyond nft's syntax: Debian 12's
-// nft printed the rule without its lookup).
+// nft printed the rule without its lookup). A flow the kernel opened from a
+// helper's expectation (FTP data) inherits its master's mark: its opener is
+// not the mark's uid, so it is never "own" (restrictedRules accepts it in
+// the reply direction on its own rule).
 func openerIsOwn(invert bool) []expr.Any {
-	return []expr.Any{
+	var es []expr.Any
+	if !invert {
+		es = ctStatusIs(ipsExpected, false)
+	}
+	return append(es,
 		&expr.Ct{Register: reg32, Key: expr.CtKeyMARK},
 		&expr.Meta{Key: expr.MetaKeySKUID, Register: reg32 + 1},
 		&expr.Lookup{SourceRegister: reg32, SetName: kOwners, Invert: invert},
+	)
+}
+
+// ctStatusIs: ct status & bits != 0 (== 0 when !set).
+func ctStatusIs(bits uint32, set bool) []expr.Any {
+	op := expr.CmpOpEq
+	if set {
+		op = expr.CmpOpNeq
+	}
+	return []expr.Any{
+		&expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(bits), Xor: []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: op, Register: reg1, Data: []byte{0, 0, 0, 0}},
 	}
 }
 
@@ -637,6 +661,10 @@ func restrictedRules(ch *nftables.Chain, proxyPort uint16) []*nftables.Rule {
 		&expr.Ct{Register: reg1, Key: expr.CtKeyDIRECTION},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{1}}),
 		append(openerIsOwn(true), accept)...)...))
+	rules = append(rules, rule(append(append(ctStateIs(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
+		&expr.Ct{Register: reg1, Key: expr.CtKeyDIRECTION},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{1}}),
+		append(ctStatusIs(ipsExpected, true), accept)...)...))
 	// ... and on its own flows when the reply goes to a local address: a
 	// service talking to itself over loopback.
 	rules = append(rules, rule(append(replyToLocal(), accept)...))

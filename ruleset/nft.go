@@ -279,12 +279,13 @@ func restrictedRuleText(proxyPort uint16) []string {
 		"meta nfproto ipv6 exthdr rt exists goto " + chainDeny + " # IPV6_RTHDR: source routing",
 		"meta nfproto ipv4 ip ihl != 5 goto " + chainDeny + " # IP_OPTIONS: LSRR/SSRR",
 		"meta l4proto tcp tcp flags & syn != 0 tcp option mptcp exists tcp option mptcp @16,16 set 0xf000 # MPTCP falls back to TCP: no kernel subflows",
-		"ct state established,related ct direction original ct mark . meta skuid @" + kOwners + " accept",
+		"ct state established,related ct direction original ct status & expected == 0 ct mark . meta skuid @" + kOwners + " accept",
 		"ct state established,related ct direction reply ct mark . meta skuid != @" + kOwners + " accept",
+		"ct state established,related ct direction reply ct status & expected != 0 accept # a helper's flow (FTP data): its ct mark is its master's",
 		"ct state established,related ct direction reply fib daddr type local accept",
 		"fib saddr type != local goto " + chainDeny + " # IP_FREEBIND, IPV6_FREEBIND, IP_TRANSPARENT",
-		fmt.Sprintf("udp dport %d meta skuid @%s ct mark . meta skuid @%s ct status dnat fib daddr type local accept # redirected to the DNS proxy, on its own flow", proxyPort, kProxyUsers, kOwners),
-		fmt.Sprintf("tcp dport %d meta skuid @%s ct mark . meta skuid @%s ct status dnat fib daddr type local accept", proxyPort, kProxyUsers, kOwners),
+		fmt.Sprintf("udp dport %d meta skuid @%s ct status & expected == 0 ct mark . meta skuid @%s ct status dnat fib daddr type local accept # redirected to the DNS proxy, on its own flow", proxyPort, kProxyUsers, kOwners),
+		fmt.Sprintf("tcp dport %d meta skuid @%s ct status & expected == 0 ct mark . meta skuid @%s ct status dnat fib daddr type local accept", proxyPort, kProxyUsers, kOwners),
 	}
 	for _, ks := range append(allKernelSets(), proxyKernelSets()...) {
 		nfproto, daddr := "ipv4", "ip daddr"

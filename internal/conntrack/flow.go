@@ -21,6 +21,7 @@ var ErrNotFound = errors.New("conntrack: no such entry")
 
 // Status bits (enum ip_conntrack_status, linux/netfilter/nf_conntrack_common.h).
 const (
+	StatusExpected  = 1 << 0 // IPS_EXPECTED: opened from a helper's expectation; its mark is its master's
 	StatusSeenReply = 1 << 1 // IPS_SEEN_REPLY
 	StatusConfirmed = 1 << 3 // IPS_CONFIRMED: the entry is in the table
 	StatusSrcNAT    = 1 << 4 // IPS_SRC_NAT
@@ -50,9 +51,13 @@ type Flow struct {
 // OpenerUID is the uid that egressd recorded as the flow's opener (its
 // conntrack mark, `ct mark set meta skuid`); false when the mark is 0,
 // i.e. the flow was not opened by a protected user while egressd's rules
-// were in place. uid 0 cannot be told apart from "unmarked"; root is never
-// a protected user.
+// were in place, and false for a flow opened from a helper's expectation,
+// which inherits its master's mark (as the ruleset's owner check). uid 0
+// cannot be told apart from "unmarked"; root is never a protected user.
 func (f Flow) OpenerUID() (uint32, bool) {
+	if f.Status&StatusExpected != 0 {
+		return 0, false
+	}
 	return f.Mark, f.Mark != 0
 }
 

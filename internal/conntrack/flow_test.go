@@ -134,6 +134,11 @@ func TestParseFlow(t *testing.T) {
 		t.Error("DstNAT() without status")
 	}
 
+	// A helper's flow inherits its master's mark: not its opener.
+	if uid, ok := (Flow{Status: StatusExpected | StatusConfirmed, Mark: 4101}).OpenerUID(); ok || uid != 0 {
+		t.Errorf("expected flow: OpenerUID() = %d, %v", uid, ok)
+	}
+
 	for name, bad := range map[string][]byte{
 		"empty":           nil,
 		"no orig tuple":   bytes.Join([][]byte{{2, 0, 0, 0}, tupleAttr(ctaTupleReply, reply)}, nil),
