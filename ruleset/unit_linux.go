@@ -61,7 +61,7 @@ func unitDenyChain(level int) string { return fmt.Sprintf("unitdeny%d", level) }
 
 func unitKeysMap() *nftables.Set {
 	return &nftables.Set{Table: table, Name: kUnitKeys, KeyType: nftables.TypeCGroupV2, DataType: nftables.TypeMark,
-		IsMap: true, KeyByteOrder: binaryutil.NativeEndian}
+		IsMap: true, KeyByteOrder: binaryutil.NativeEndian, DataByteOrder: binaryutil.NativeEndian}
 }
 
 func markSet(name string) *nftables.Set {
