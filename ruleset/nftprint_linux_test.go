@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -124,7 +125,16 @@ func printedLike(t *testing.T, own, printed map[string][]string, chains []string
 	}
 }
 
-func requireDistNFT(t *testing.T) {
+// nftBinary is one nft to run: its name in messages and its command line.
+type nftBinary struct {
+	name string
+	argv []string
+}
+
+// nfts are the host's nft and, when the real-systemd tier's cached Debian
+// 13 root exists (integration/systemd builds it), that root's nft (1.1.3)
+// run in it with chroot: a newer release than Debian 12's.
+func nfts(t *testing.T) []nftBinary {
 	t.Helper()
 	if _, err := os.Stat(distNFT); err != nil {
 		if os.Getenv("EGRESSD_REQUIRE_SYSTEM_TESTS") == "1" {
@@ -132,9 +142,29 @@ func requireDistNFT(t *testing.T) {
 		}
 		t.Skipf("the distribution's nft: %v", err)
 	}
+	out := []nftBinary{{"host nft", []string{distNFT}}}
+	roots, _ := filepath.Glob("/var/cache/egressd-systest/trixie-*")
+	for _, r := range roots {
+		if _, err := os.Stat(filepath.Join(r, distNFT)); err == nil {
+			out = append(out, nftBinary{"Debian 13 nft", []string{"chroot", r, distNFT}})
+			break
+		}
+	}
+	for _, n := range out {
+		t.Logf("nft: %s (%s)", n.name, strings.Join(n.argv, " "))
+	}
+	return out
 }
 
-// The distribution's nft prints the live ruleset of every kind of uid
+func (n nftBinary) run(w interface {
+	Run(string, ...string) (time.Duration, []byte, error)
+}, args ...string) ([]byte, error) {
+	_, out, err := w.Run(n.argv[0], append(append([]string(nil), n.argv[1:]...), args...)...)
+	return out, err
+}
+
+// The distribution's nft (and Debian 13's when its root is cached) prints
+// the live ruleset of every kind of uid
 // allowlist (enforce and audit; dns: resolvers, none and proxy; literal
 // addresses, ranges, IPv4 and IPv6) in every log mode without an error, and
 // every rule with every set, match and verdict egressd's own text gives it.
@@ -143,7 +173,7 @@ func requireDistNFT(t *testing.T) {
 // owner rules without their lookup; elements of the interval sets printed
 // uid 4001 as 2702114816.
 func TestDistributionNFTPrintsRuleset(t *testing.T) {
-	requireDistNFT(t)
+	bins := nfts(t)
 	for _, dl := range []config.DenyLog{
 		config.Defaults().DenyLog,
 		{Mode: config.LogKernel, Rate: config.Rate{Count: 5, Unit: "minute"}, Prefix: "egressd"},
@@ -174,29 +204,36 @@ func TestDistributionNFTPrintsRuleset(t *testing.T) {
 			if err := k.AddProxy([]ProxyElement{{UID: uidB, Element: ElementFor(config.TCP, netip.MustParsePrefix("198.51.100.9/32"), 443, 443), Timeout: time.Minute}}); err != nil {
 				t.Fatal(err)
 			}
-			_, out, err := w.Run(distNFT, "list", "ruleset")
-			if bad := nftErrors(out, err); len(bad) > 0 {
-				t.Fatalf("nft list ruleset: %s\n%s", strings.Join(bad, "\n"), out)
-			}
-			printed, own := chainRules(string(out)), chainRules(p.NFT())
-			printedLike(t, own, printed, []string{chainIn, chainOut, chainRestr, chainDeny, chainNAT, chainZone})
-			for _, want := range []string{
-				"4001 . tcp . 198.51.100.0/24 . 8000-8100", // allow4r: the uid in network order
-				"4001 . udp . 2001:db8::/64 . 53",          // allow6r
-				"4001 . tcp . 2001:db8::10 . 443",          // allow6
-				"4003 . udp . 203.0.113.0/24 . 5353",
-				"4002 . tcp . 198.51.100.9 . 443", // proxy4: the proxy's answer
-				"0x00000fa1 . 4001",               // owners: ct mark . uid
-			} {
-				if !strings.Contains(string(out), want) {
-					t.Errorf("nft list ruleset: no element %q in\n%s", want, out)
+			for _, n := range bins {
+				out, err := n.run(w, "list", "ruleset")
+				if bad := nftErrors(out, err); len(bad) > 0 {
+					t.Errorf("%s list ruleset: %s\n%s", n.name, strings.Join(bad, "\n"), out)
+					continue
+				}
+				printed, own := chainRules(string(out)), chainRules(p.NFT())
+				printedLike(t, own, printed, []string{chainIn, chainOut, chainRestr, chainDeny, chainNAT, chainZone})
+				// Debian 13's nft prints the protocol of an interval set's
+				// element as a number.
+				text := strings.NewReplacer(" . 6 . ", " . tcp . ", " . 17 . ", " . udp . ").Replace(string(out))
+				for _, want := range []string{
+					"4001 . tcp . 198.51.100.0/24 . 8000-8100", // allow4r: the uid in network order
+					"4001 . udp . 2001:db8::/64 . 53",          // allow6r
+					"4001 . tcp . 2001:db8::10 . 443",          // allow6
+					"4003 . udp . 203.0.113.0/24 . 5353",
+					"4002 . tcp . 198.51.100.9 . 443", // proxy4: the proxy's answer
+					"0x00000fa1 . 4001",               // owners: ct mark . uid
+				} {
+					if !strings.Contains(text, want) {
+						t.Errorf("%s list ruleset: no element %q in\n%s", n.name, want, out)
+					}
 				}
 			}
 		})
 	}
 }
 
-// With a unit allowlist, Debian 12's nft cannot print the unit chains
+// With a unit allowlist, Debian 12's nft (and Debian 13's, 1.1.3) cannot
+// print the unit chains
 // (unit1..8, unitdeny1..8): their rules look a cgroup's unit key up in a map
 // and use the result as part of a concatenation or as a set key, which nft's
 // language cannot say; nft 1.0.6 aborts ("netlink_parse_concat_expr:
@@ -207,7 +244,7 @@ func TestDistributionNFTPrintsRuleset(t *testing.T) {
 // unit chains, the test fails so that the docs and check are brought up to
 // date.
 func TestDistributionNFTPrintsUnitTables(t *testing.T) {
-	requireDistNFT(t)
+	bins := nfts(t)
 	k, w := newKernel(t)
 	keys := UnitKeys([]string{"web"})
 	p := Render(Desired{
@@ -225,39 +262,38 @@ func TestDistributionNFTPrintsUnitTables(t *testing.T) {
 	if err := k.ApplyFull(p); err != nil {
 		t.Fatal(err)
 	}
-	if _, out, err := w.Run(distNFT, "-f", "-"); err != nil { // an empty transaction: nft runs here
-		t.Fatalf("nft: %v %s", err, out)
-	}
 	if _, out, err := w.Run(distNFT, "add", "table", "inet", "mine"); err != nil {
 		t.Fatalf("nft add table inet mine: %v %s", err, out)
 	}
-	if _, out, err := w.Run(distNFT, "list", "table", "inet", "mine"); len(nftErrors(out, err)) > 0 {
-		t.Errorf("nft list table inet mine (an administrator's table beside egressd's): %v %s", err, out)
-	}
 	own := chainRules(p.NFT())
-	for _, c := range []string{chainOut, chainRestr, chainDeny, chainIn} {
-		_, out, err := w.Run(distNFT, "list", "chain", "inet", TableName, c)
-		if bad := nftErrors(out, err); len(bad) > 0 {
-			t.Errorf("nft list chain %s: %s\n%s", c, strings.Join(bad, "\n"), out)
-			continue
+	for _, n := range bins {
+		if out, err := n.run(w, "list", "table", "inet", "mine"); len(nftErrors(out, err)) > 0 {
+			t.Errorf("%s list table inet mine (an administrator's table beside egressd's): %v %s", n.name, err, out)
 		}
-		printedLike(t, own, chainRules(string(out)), []string{c})
-	}
-	for _, s := range []string{"map unitkeys", "set unitids", "set unitowners", "set unitdns", "set uallow4", "set uallow6r", "set users", "set owners"} {
-		f := strings.Fields(s)
-		_, out, err := w.Run(distNFT, "list", f[0], "inet", TableName, f[1])
-		if bad := nftErrors(out, err); len(bad) > 0 {
-			t.Errorf("nft list %s: %s\n%s", s, strings.Join(bad, "\n"), out)
+		for _, c := range []string{chainOut, chainRestr, chainDeny, chainIn} {
+			out, err := n.run(w, "list", "chain", "inet", TableName, c)
+			if bad := nftErrors(out, err); len(bad) > 0 {
+				t.Errorf("%s list chain %s: %s\n%s", n.name, c, strings.Join(bad, "\n"), out)
+				continue
+			}
+			printedLike(t, own, chainRules(string(out)), []string{c})
 		}
-		key := fmt.Sprintf("0x%08x", keys["web"])
-		if (f[1] == "uallow4" || f[1] == "uallow6r" || f[1] == "unitkeys") && !strings.Contains(string(out), key) {
-			t.Errorf("nft list %s: no unit key %s (byte order?):\n%s", s, key, out)
+		for _, s := range []string{"map unitkeys", "set unitids", "set unitowners", "set unitdns", "set uallow4", "set uallow6r", "set users", "set owners"} {
+			f := strings.Fields(s)
+			out, err := n.run(w, "list", f[0], "inet", TableName, f[1])
+			if bad := nftErrors(out, err); len(bad) > 0 {
+				t.Errorf("%s list %s: %s\n%s", n.name, s, strings.Join(bad, "\n"), out)
+			}
+			key := fmt.Sprintf("0x%08x", keys["web"])
+			if (f[1] == "uallow4" || f[1] == "uallow6r" || f[1] == "unitkeys") && !strings.Contains(string(out), key) {
+				t.Errorf("%s list %s: no unit key %s (byte order?):\n%s", n.name, s, key, out)
+			}
 		}
-	}
-	_, out, err := w.Run(distNFT, "list", "chain", "inet", TableName, unitChain(2))
-	if bad := nftErrors(out, err); len(bad) == 0 {
-		t.Errorf("this nft prints the unit chains now: update README (\"Reading the ruleset with nft\"), docs/units.md and check's nft_cannot_print note:\n%s", out)
-	} else {
-		t.Logf("as documented, nft cannot print %s: %s", unitChain(2), bad[0])
+		out, err := n.run(w, "list", "chain", "inet", TableName, unitChain(2))
+		if bad := nftErrors(out, err); len(bad) == 0 {
+			t.Errorf("%s prints the unit chains now: update README (\"Reading the ruleset with nft\"), docs/units.md and check's nft_cannot_print note:\n%s", n.name, out)
+		} else {
+			t.Logf("as documented, %s cannot print %s: %s", n.name, unitChain(2), bad[0])
+		}
 	}
 }

@@ -70,7 +70,7 @@ func NFTNote(l NFTListing) *Problem {
 		Kind:   "nft_cannot_print",
 		Object: "table inet " + ruleset.TableName,
 		Detail: fmt.Sprintf("%s cannot print all of table inet %s (%s): `nft list ruleset` (and `nft list tables`) then shows rules without their matches or stops; "+
-			"with unit allowlists Debian 12's nft (1.0.6) aborts on the unit chains. This is a display limit: the kernel enforces the rules `egressd plan` prints", what, ruleset.TableName, first),
+			"with unit allowlists nft 1.0.6 (Debian 12) and 1.1.3 (Debian 13) abort on the unit chains. This is a display limit: the kernel enforces the rules `egressd plan` prints", what, ruleset.TableName, first),
 		Fix: "read egressd's rules with `egressd plan`; save your own tables by name (`nft list table inet filter`), never `nft list ruleset > /etc/nftables.conf` (README, \"Reading the ruleset with nft\")",
 	}
 }
