@@ -46,7 +46,9 @@ func init() {
 // the user opened it, and the user's packets pass in the original direction
 // to a destination its allowlist does not hold. (Labels are ORed: on a flow
 // of another *protected* user B the label becomes A|B, which equals A when
-// B's uid bits are a subset of A's.)
+// B's uid bits are a subset of A's.) The opener now sits in the conntrack
+// mark (`ct mark set meta skuid`, same rule, same first-packet condition),
+// which replaces instead of ORing; the attack below holds against it.
 
 // childLabelRide binds ATTACK_PORT, sends probe-NONCE to addr (refused while
 // the flow is NEW), reports, waits for a line on stdin, reads whatever came

@@ -84,7 +84,7 @@ func bigBuffers(c *netlink.Conn, rcv int) error {
 //
 //	table inet egressd {
 //	  set users    { type uid }                                   # protected uids; element comment = allowlist
-//	  set owners   { type uid . uid }                             # (u . u) for every protected uid
+//	  set owners   { type mark . uid }                            # (u . u) for every protected uid
 //	  set dnsusers { type uid }                                   # dns: resolvers
 //	  set proxyusers { type uid }                                 # dns: proxy
 //	  set audit    { type uid }                                   # mode: audit
@@ -102,20 +102,21 @@ func bigBuffers(c *netlink.Conn, rcv int) error {
 //	    udp dport 53 meta skuid @proxyusers redirect to :P; tcp dport 53 meta skuid @proxyusers redirect to :P }
 //	  chain input { type filter hook input priority filter;
 //	    udp sport 53 meta iiftype loopback fib saddr type != local ct status & (snat|dnat) == 0 drop (and tcp)  # forged on this host
-//	    udp dport P ct status dnat ct direction original ct label uid @users socket mark != ProxySocketMark reject (and tcp)  # dns: proxy only
-//	    ct status dnat ct direction reply ct label uid @users socket transparent accept; ... drop }                          # dns: proxy only
+//	    udp dport P ct status dnat ct direction original ct mark @users socket mark != ProxySocketMark reject (and tcp)  # dns: proxy only
+//	    ct status dnat ct direction reply ct mark @users socket transparent accept; ... drop }                          # dns: proxy only
 //	  chain output { type filter hook output priority filter; meta skuid @users jump restricted }
 //	  chain restricted {
-//	    ct state new ct status != confirmed ct label set <opener uid>   # bits 96-127: which uid opened the flow
+//	    ct state new ct status != confirmed ct mark set meta skuid   # the conntrack mark: which uid opened the flow
 //	    udp dport 53 meta skuid @proxyusers goto deny (and tcp)   # dns: proxy: a query that was not redirected
 //	    meta nfproto ipv6 exthdr rt exists goto deny              # IPV6_RTHDR (segment routing, type 0/2)
 //	    meta nfproto ipv4 ip ihl != 5 goto deny                   # IP_OPTIONS (LSRR/SSRR source routing)
 //	    tcp flags syn tcp option mptcp: overwritten with NOPs     # MPTCP falls back to TCP: no kernel subflows
-//	    ct state established,related ct direction original ct label uid . skuid @owners accept
-//	    ct state established,related ct direction reply ct label uid . skuid != @owners accept
+//	    ct state established,related ct direction original ct status != expected ct mark . meta skuid @owners accept
+//	    ct state established,related ct direction reply ct mark . meta skuid != @owners accept
+//	    ct state established,related ct direction reply ct status expected accept     # a helper's flow: its mark is its master's
 //	    ct state established,related ct direction reply fib daddr type local accept
 //	    fib saddr type != local goto deny                         # IP_FREEBIND, IPV6_FREEBIND, IP_TRANSPARENT
-//	    udp dport P meta skuid @proxyusers ct label uid . skuid @owners ct status dnat fib daddr type local accept (and tcp)
+//	    udp dport P meta skuid @proxyusers ct status != expected ct mark . meta skuid @owners ct status dnat fib daddr type local accept (and tcp)
 //	    meta skuid . meta l4proto . ip daddr . th dport @allow4 accept   (and allow4r, allow6, allow6r)
 //	    meta skuid . meta l4proto . ip daddr . th dport @proxy4 accept   (and proxy4r, proxy6, proxy6r)
 //	    meta skuid @dnsusers meta l4proto . ip daddr . th dport @dns4 accept   (and dns4r, dns6, dns6r)
@@ -154,7 +155,7 @@ func uidSet(name string) *nftables.Set {
 }
 
 func ownersSet() *nftables.Set {
-	return &nftables.Set{Table: table, Name: kOwners, KeyType: nftables.MustConcatSetType(nftables.TypeUID, nftables.TypeUID), Concatenation: true}
+	return &nftables.Set{Table: table, Name: kOwners, KeyType: nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeUID), Concatenation: true}
 }
 
 // dynamic sets, filled from the packet path with one element per uid.
@@ -479,8 +480,8 @@ func inputRules(ch *nftables.Chain, port uint16, proxy bool) []*nftables.Rule {
 			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{0, 0, 0, 0}},
 			&expr.Ct{Register: reg1, Key: expr.CtKeyDIRECTION},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{dir}},
-			&expr.Ct{Register: reg1, Key: expr.CtKeyLABELS},
-			&expr.Lookup{SourceRegister: labelUIDReg, SetName: kUsers},
+			&expr.Ct{Register: reg1, Key: expr.CtKeyMARK},
+			&expr.Lookup{SourceRegister: reg1, SetName: kUsers},
 		}
 	}
 	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
@@ -539,6 +540,7 @@ const (
 	ipv6RT = 43
 	tcpMP  = 30 // TCP option kind: MPTCP
 
+	ipsExpected  = 1 << 0 // IPS_EXPECTED: opened from a helper's expectation; its ct mark is its master's
 	ipsConfirmed = 1 << 3 // IPS_CONFIRMED: the conntrack entry is in the table
 	ipsSrcNAT    = 1 << 4 // IPS_SRC_NAT
 	ipsDstNAT    = 1 << 5 // IPS_DST_NAT: the destination was rewritten (the proxy's redirect)
@@ -553,9 +555,40 @@ func ctStateIs(bits uint32) []expr.Any {
 	}
 }
 
-// labelUIDReg is where the opener's uid sits after the ct labels are loaded
-// into NFT_REG_1: bytes 12-15 of the label, conntrack label bits 96-127.
-const labelUIDReg = reg32 + 3
+// openerIsOwn is `ct status & expected == 0 ct mark . meta skuid @owners`
+// (`ct mark . meta skuid != @owners` with invert): the flow's opener,
+// recorded in its conntrack mark, is (is not) the socket's uid. Whole 32-bit
+// registers from NFT_REG32_00, so that nft prints the lookup (a sub-range
+// of the ct label, the earlier encoding, is beyond nft's syntax: Debian 12's
+// nft printed the rule without its lookup). A flow the kernel opened from a
+// helper's expectation (FTP data) inherits its master's mark: its opener is
+// not the mark's uid, so it is never "own" (restrictedRules accepts it in
+// the reply direction on its own rule).
+func openerIsOwn(invert bool) []expr.Any {
+	var es []expr.Any
+	if !invert {
+		es = ctStatusIs(ipsExpected, false)
+	}
+	return append(es,
+		&expr.Ct{Register: reg32, Key: expr.CtKeyMARK},
+		&expr.Meta{Key: expr.MetaKeySKUID, Register: reg32 + 1},
+		&expr.Lookup{SourceRegister: reg32, SetName: kOwners, Invert: invert},
+	)
+}
+
+// ctStatusIs: ct status & bits != 0 (== 0 when !set).
+func ctStatusIs(bits uint32, set bool) []expr.Any {
+	op := expr.CmpOpEq
+	if set {
+		op = expr.CmpOpNeq
+	}
+	return []expr.Any{
+		&expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(bits), Xor: []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: op, Register: reg1, Data: []byte{0, 0, 0, 0}},
+	}
+}
 
 func restrictedRules(ch *nftables.Chain, proxyPort uint16) []*nftables.Rule {
 	rule := func(es ...expr.Any) *nftables.Rule { return &nftables.Rule{Table: table, Chain: ch, Exprs: es} }
@@ -565,7 +598,8 @@ func restrictedRules(ch *nftables.Chain, proxyPort uint16) []*nftables.Rule {
 		return []expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1}, &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{p}}}
 	}
 	var rules []*nftables.Rule
-	// Record the opener of every new flow: its uid in label bits 96-127.
+	// Record the opener of every new flow: its uid in the conntrack mark
+	// (docs/security.md, defence 1, says why the mark and not a label).
 	// Only on a flow's very first packet (not yet confirmed): conntrack
 	// calls a confirmed flow that has had no answer NEW too, and labelling
 	// it would let the user adopt another process's flow; a rejected first
@@ -575,9 +609,8 @@ func restrictedRules(ch *nftables.Chain, proxyPort uint16) []*nftables.Rule {
 		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
 			Mask: binaryutil.NativeEndian.PutUint32(ipsConfirmed), Xor: []byte{0, 0, 0, 0}},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{0, 0, 0, 0}},
-		&expr.Immediate{Register: reg1, Data: make([]byte, 16)},
-		&expr.Meta{Key: expr.MetaKeySKUID, Register: labelUIDReg},
-		&expr.Ct{Key: expr.CtKeyLABELS, Register: reg1, SourceRegister: true})...))
+		&expr.Meta{Key: expr.MetaKeySKUID, Register: reg1},
+		&expr.Ct{Key: expr.CtKeyMARK, Register: reg1, SourceRegister: true})...))
 	// dns: proxy: every query is redirected to the proxy in the nat chain,
 	// so a packet to port 53 here is one that was not: a flow opened
 	// before the allowlist switched to the proxy (conntrack keeps its old
@@ -620,20 +653,18 @@ func restrictedRules(ch *nftables.Chain, proxyPort uint16) []*nftables.Rule {
 	// a peer outside) opened: the user answers whoever connected to it, but
 	// never carries a reply on a flow it opened itself, which only a forged
 	// source address makes useful.
-	rules = append(rules, rule(append(ctStateIs(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
+	rules = append(rules, rule(append(append(ctStateIs(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
 		&expr.Ct{Register: reg1, Key: expr.CtKeyDIRECTION},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{0}},
-		&expr.Ct{Register: reg1, Key: expr.CtKeyLABELS},
-		&expr.Meta{Key: expr.MetaKeySKUID, Register: labelUIDReg + 1},
-		&expr.Lookup{SourceRegister: labelUIDReg, SetName: kOwners},
-		accept)...))
-	rules = append(rules, rule(append(ctStateIs(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{0}}),
+		append(openerIsOwn(false), accept)...)...))
+	rules = append(rules, rule(append(append(ctStateIs(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
 		&expr.Ct{Register: reg1, Key: expr.CtKeyDIRECTION},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{1}},
-		&expr.Ct{Register: reg1, Key: expr.CtKeyLABELS},
-		&expr.Meta{Key: expr.MetaKeySKUID, Register: labelUIDReg + 1},
-		&expr.Lookup{SourceRegister: labelUIDReg, SetName: kOwners, Invert: true},
-		accept)...))
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{1}}),
+		append(openerIsOwn(true), accept)...)...))
+	rules = append(rules, rule(append(append(ctStateIs(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
+		&expr.Ct{Register: reg1, Key: expr.CtKeyDIRECTION},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{1}}),
+		append(ctStatusIs(ipsExpected, true), accept)...)...))
 	// ... and on its own flows when the reply goes to a local address: a
 	// service talking to itself over loopback.
 	rules = append(rules, rule(append(replyToLocal(), accept)...))
@@ -645,16 +676,14 @@ func restrictedRules(ch *nftables.Chain, proxyPort uint16) []*nftables.Rule {
 	rules = append(rules, rule(append(sourceNotLocal(), deny)...))
 	// The proxy's redirect: only a query the nat chain rewrote, to the
 	// proxy's port on a local address, on a flow this uid opened (the
-	// proxy tells the asker by the flow's label: a socket of another user
+	// proxy tells the asker by the flow's conntrack mark: a socket of another user
 	// that got the source port of a flow still in conntrack joins that
 	// flow, and would be answered as its opener). Sent directly to the
 	// port, a packet is judged like any other destination.
 	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
 		es := append(l4DportIs(proto, proxyPort), inUIDSet(kProxyUsers)...)
-		es = append(es, &expr.Ct{Register: reg1, Key: expr.CtKeyLABELS},
-			&expr.Meta{Key: expr.MetaKeySKUID, Register: labelUIDReg + 1},
-			&expr.Lookup{SourceRegister: labelUIDReg, SetName: kOwners},
-			&expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
+		es = append(es, openerIsOwn(false)...)
+		es = append(es, &expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
 			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
 				Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: []byte{0, 0, 0, 0}},
 			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{0, 0, 0, 0}},
@@ -708,6 +737,7 @@ func lookupExprs(ks kernelSet) []expr.Any {
 	start := r
 	if !ks.DNS {
 		es = append(es, &expr.Meta{Key: expr.MetaKeySKUID, Register: r})
+		es = append(es, keyToNetworkOrder(ks, r)...)
 		r++
 	}
 	es = append(es, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: r},
@@ -788,6 +818,27 @@ func logExprs(dl config.DenyLog, audit bool) []expr.Any {
 	return nil
 }
 
+// keyOrder is the byte order of the uid (or unit key) in a set's elements:
+// nft stores every field of a concatenated interval key in network order
+// (the rule turns `meta skuid` around with a byteorder expression, see
+// lookupExprs) and prints those sets' elements so; in host order there,
+// Debian 12's nft printed uid 4001 as 2702114816.
+func keyOrder(ks kernelSet) binaryutil.ByteOrder {
+	if ks.Range {
+		return binaryutil.BigEndian
+	}
+	return binaryutil.NativeEndian
+}
+
+// keyToNetworkOrder turns the 4-byte uid or unit key in register r into
+// network order where the set ks keeps it so (keyOrder).
+func keyToNetworkOrder(ks kernelSet, r uint32) []expr.Any {
+	if !ks.Range {
+		return nil
+	}
+	return []expr.Any{&expr.Byteorder{SourceRegister: r, DestRegister: r, Op: expr.ByteorderHton, Len: 4, Size: 4}}
+}
+
 // encode writes one end of an element's key: [uid .] proto . addr . port,
 // each field padded to 4 bytes as nftables concatenations are.
 func encode(ks kernelSet, uid uint32, e Element, end bool) []byte {
@@ -797,7 +848,7 @@ func encode(ks kernelSet, uid uint32, e Element, end bool) []byte {
 	}
 	b := make([]byte, 0, 28)
 	if !ks.DNS {
-		b = append(b, binaryutil.NativeEndian.PutUint32(uid)...)
+		b = append(b, keyOrder(ks).PutUint32(uid)...)
 	}
 	b = append(b, byte(e.Proto), 0, 0, 0)
 	b = append(b, a.AsSlice()...)
@@ -810,8 +861,8 @@ func decode(ks kernelSet, key, keyEnd []byte) (uint32, Element, error) {
 		if len(key) < 4 || len(keyEnd) < 4 {
 			return 0, Element{}, fmt.Errorf("key too short")
 		}
-		uid = binaryutil.NativeEndian.Uint32(key[:4])
-		if uid != binaryutil.NativeEndian.Uint32(keyEnd[:4]) {
+		uid = keyOrder(ks).Uint32(key[:4])
+		if uid != keyOrder(ks).Uint32(keyEnd[:4]) {
 			return 0, Element{}, fmt.Errorf("range over several uids")
 		}
 		key, keyEnd = key[4:], keyEnd[4:]

@@ -42,7 +42,7 @@ func (p Plan) NFT() string {
 	all := func(ChainPlan) bool { return true }
 	uid := func(ch ChainPlan) string { return fmt.Sprint(ch.UID) }
 	uidSet(kUsers, "protected uids, element comment = allowlist", all, func(ch ChainPlan) string { return fmt.Sprintf("%d comment %q", ch.UID, ch.Allowlist) })
-	writeSet(&b, kOwners, "(u . u) for every protected uid", []string{"type uid . uid"}, func() []string {
+	writeSet(&b, kOwners, "(u . u) for every protected uid", []string{"type mark . uid"}, func() []string {
 		var es []string
 		for _, ch := range users {
 			es = append(es, fmt.Sprintf("%d . %d", ch.UID, ch.UID))
@@ -245,10 +245,10 @@ func inputRuleText(port uint16, proxy bool) []string {
 		return rules
 	}
 	return append(rules,
-		fmt.Sprintf("udp dport %d ct status dnat ct direction original ct label[96:128] @%s socket mark != 0x%08x reject with icmpx admin-prohibited # a redirected query: only to the proxy's own sockets", port, kUsers, ProxySocketMark),
-		fmt.Sprintf("tcp dport %d ct status dnat ct direction original ct label[96:128] @%s socket mark != 0x%08x reject with icmpx admin-prohibited", port, kUsers, ProxySocketMark),
-		fmt.Sprintf("ct status dnat ct direction reply ct label[96:128] @%s socket transparent { 0, 1 } accept # the proxy's answer: to a socket that takes it", kUsers),
-		fmt.Sprintf("ct status dnat ct direction reply ct label[96:128] @%s drop # to none: no ICMP error or reset, quoting it, to the address the service asked", kUsers))
+		fmt.Sprintf("udp dport %d ct status dnat ct direction original ct mark @%s socket mark != 0x%08x reject with icmpx admin-prohibited # a redirected query: only to the proxy's own sockets", port, kUsers, ProxySocketMark),
+		fmt.Sprintf("tcp dport %d ct status dnat ct direction original ct mark @%s socket mark != 0x%08x reject with icmpx admin-prohibited", port, kUsers, ProxySocketMark),
+		fmt.Sprintf("ct status dnat ct direction reply ct mark @%s socket transparent { 0, 1 } accept # the proxy's answer: to a socket that takes it", kUsers),
+		fmt.Sprintf("ct status dnat ct direction reply ct mark @%s drop # to none: no ICMP error or reset, quoting it, to the address the service asked", kUsers))
 }
 
 func zoneRuleText(port uint16) []string {
@@ -273,18 +273,19 @@ func natRuleText(port uint16) []string {
 
 func restrictedRuleText(proxyPort uint16) []string {
 	rules := []string{
-		"ct state new ct status & confirmed == 0 ct label set meta skuid # label bits 96-127: the uid that opened the flow",
+		"ct state new ct status & confirmed == 0 ct mark set meta skuid # the conntrack mark: the uid that opened the flow",
 		"udp dport 53 meta skuid @" + kProxyUsers + " goto " + chainDeny + " # dns: proxy: a query that was not redirected",
 		"tcp dport 53 meta skuid @" + kProxyUsers + " goto " + chainDeny,
 		"meta nfproto ipv6 exthdr rt exists goto " + chainDeny + " # IPV6_RTHDR: source routing",
 		"meta nfproto ipv4 ip ihl != 5 goto " + chainDeny + " # IP_OPTIONS: LSRR/SSRR",
 		"meta l4proto tcp tcp flags & syn != 0 tcp option mptcp exists tcp option mptcp @16,16 set 0xf000 # MPTCP falls back to TCP: no kernel subflows",
-		"ct state established,related ct direction original ct label[96:128] . meta skuid @" + kOwners + " accept",
-		"ct state established,related ct direction reply ct label[96:128] . meta skuid != @" + kOwners + " accept",
+		"ct state established,related ct direction original ct status & expected == 0 ct mark . meta skuid @" + kOwners + " accept",
+		"ct state established,related ct direction reply ct mark . meta skuid != @" + kOwners + " accept",
+		"ct state established,related ct direction reply ct status & expected != 0 accept # a helper's flow (FTP data): its ct mark is its master's",
 		"ct state established,related ct direction reply fib daddr type local accept",
 		"fib saddr type != local goto " + chainDeny + " # IP_FREEBIND, IPV6_FREEBIND, IP_TRANSPARENT",
-		fmt.Sprintf("udp dport %d meta skuid @%s ct label[96:128] . meta skuid @%s ct status dnat fib daddr type local accept # redirected to the DNS proxy, on its own flow", proxyPort, kProxyUsers, kOwners),
-		fmt.Sprintf("tcp dport %d meta skuid @%s ct label[96:128] . meta skuid @%s ct status dnat fib daddr type local accept", proxyPort, kProxyUsers, kOwners),
+		fmt.Sprintf("udp dport %d meta skuid @%s ct status & expected == 0 ct mark . meta skuid @%s ct status dnat fib daddr type local accept # redirected to the DNS proxy, on its own flow", proxyPort, kProxyUsers, kOwners),
+		fmt.Sprintf("tcp dport %d meta skuid @%s ct status & expected == 0 ct mark . meta skuid @%s ct status dnat fib daddr type local accept", proxyPort, kProxyUsers, kOwners),
 	}
 	for _, ks := range append(allKernelSets(), proxyKernelSets()...) {
 		nfproto, daddr := "ipv4", "ip daddr"

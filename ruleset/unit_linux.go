@@ -61,7 +61,7 @@ func unitDenyChain(level int) string { return fmt.Sprintf("unitdeny%d", level) }
 
 func unitKeysMap() *nftables.Set {
 	return &nftables.Set{Table: table, Name: kUnitKeys, KeyType: nftables.TypeCGroupV2, DataType: nftables.TypeMark,
-		IsMap: true, KeyByteOrder: binaryutil.NativeEndian}
+		IsMap: true, KeyByteOrder: binaryutil.NativeEndian, DataByteOrder: binaryutil.NativeEndian}
 }
 
 func markSet(name string) *nftables.Set {
@@ -261,14 +261,14 @@ func unitLookupExprs(ks kernelSet) []expr.Any {
 		nfproto, daddrOff, daddrLen = unix.NFPROTO_IPV6, 24, 16
 	}
 	r := uint32(reg32 + 1)
-	return []expr.Any{
+	return append(keyToNetworkOrder(ks, reg32),
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: r},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: r, Data: []byte{nfproto}},
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: r},
 		&expr.Payload{DestRegister: r + 1, Base: expr.PayloadBaseNetworkHeader, Offset: daddrOff, Len: daddrLen},
 		&expr.Payload{DestRegister: r + 1 + daddrLen/4, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Lookup{SourceRegister: reg32, SetName: ks.name()},
-	}
+	)
 }
 
 // unitDenyRules: count and log per unit key, let audited units through (to

@@ -204,6 +204,8 @@ func sig(es []expr.Any) string {
 			fmt.Fprintf(&b, "immediate(%x) ", v.Data)
 		case *expr.Redir:
 			fmt.Fprintf(&b, "redir(r%d,%d) ", normReg(v.RegisterProtoMin), v.Flags)
+		case *expr.Byteorder:
+			fmt.Fprintf(&b, "byteorder(r%d,r%d,%d,%d,%d) ", normReg(v.SourceRegister), normReg(v.DestRegister), v.Op, v.Len, v.Size)
 		case *expr.Socket:
 			fmt.Fprintf(&b, "socket(%d,%d,r%d) ", v.Key, v.Level, normReg(v.Register))
 		case *expr.Dynset:

@@ -16,7 +16,7 @@ import (
 
 // openerByConntrack tells who sent a query from the conntrack entry of its
 // flow: only a flow the kernel redirected (DNAT) counts, and its opener is
-// the uid the restricted chain wrote into the label. A query sent straight
+// the uid the restricted chain wrote into the conntrack mark. A query sent straight
 // to the proxy's port (no DNAT) belongs to nobody.
 type openerByConntrack struct{ c *conntrack.Conn }
 

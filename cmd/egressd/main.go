@@ -279,7 +279,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	}
 	required := false
 	fs.Visit(func(f *flag.Flag) { required = required || f.Name == "config" })
-	o := check.Options{ConfigPath: *cfgPath, ConfigRequired: required, RuntimeDir: *runtimeDir, Kernel: &ruleset.Netlink{}}
+	o := check.Options{ConfigPath: *cfgPath, ConfigRequired: required, RuntimeDir: *runtimeDir, Kernel: &ruleset.Netlink{}, ListNFT: check.ListWithNFT}
 	ctx := context.Background()
 	if *explain {
 		if fs.NArg() != 2 {

@@ -54,6 +54,9 @@ type Options struct {
 	// UnitDir holds the protected services' units and egressd harden's
 	// drop-ins; default DefaultUnitDir.
 	UnitDir string
+	// ListNFT, when set, shows what the host's nft prints of egressd's
+	// table (ListWithNFT); a table it cannot print in full is a note.
+	ListNFT func(context.Context) (NFTListing, error)
 }
 
 // Report is the JSON document of `egressd check --json` (version 1,
@@ -67,6 +70,8 @@ type Report struct {
 	Daemon     DaemonReport      `json:"daemon"`
 	Allowlists []AllowlistReport `json:"allowlists"`
 	Problems   []Problem         `json:"problems"`
+	// Notes are worth knowing and do not fail the check (nft_cannot_print).
+	Notes []Problem `json:"notes,omitempty"`
 }
 
 // ConfigReport describes the configuration on disk.
@@ -369,6 +374,13 @@ func Run(ctx context.Context, o Options) *Report {
 	if err != nil {
 		problem("cannot_run", "kernel", fmt.Sprintf("cannot compare with the kernel: %v", err), "run as root on a kernel with nf_tables")
 		return finish(ExitInvalid)
+	}
+	if o.ListNFT != nil {
+		if l, err := o.ListNFT(ctx); err == nil {
+			if n := NFTNote(l); n != nil {
+				r.Notes = append(r.Notes, *n)
+			}
+		}
 	}
 	drifted := map[string]bool{}
 	for _, f := range findings {

@@ -85,6 +85,12 @@ func (r *Report) WriteText(w io.Writer) {
 			fmt.Fprintf(w, "  %s %s: %s\n    → %s\n", p.Kind, p.Object, indent(p.Detail, "    "), indent(p.Fix, "      "))
 		}
 	}
+	if len(r.Notes) > 0 {
+		fmt.Fprintln(w, "\nnotes:")
+		for _, p := range r.Notes {
+			fmt.Fprintf(w, "  %s %s: %s\n    → %s\n", p.Kind, p.Object, indent(p.Detail, "    "), indent(p.Fix, "      "))
+		}
+	}
 }
 
 // plural is "1 error", "2 errors".

@@ -21,8 +21,8 @@ import (
 )
 
 const (
-	uidLabelled   = 4101 // its flows get the opener label, as egressd's protected users' do
-	uidUnlabelled = 4102 // redirected like the other, but never labelled
+	uidLabelled   = 4101 // its flows get the opener mark, as egressd's protected users' do
+	uidUnlabelled = 4102 // redirected like the other, but never marked
 	proxyPort     = 5399
 )
 
@@ -35,7 +35,7 @@ var (
 
 // world is a namespace with the resolvers on a peer host (so a client's
 // query leaves from the wire address, as on a real machine), egressd's
-// opener label rule, a nat output chain that redirects every port-53 query
+// opener mark rule, a nat output chain that redirects every port-53 query
 // to the proxy port, and a conntrack Conn of n sockets (0: Open's default)
 // opened inside it.
 func newWorld(tb testing.TB, n int) (*testworld.World, *Conn) {
@@ -68,10 +68,10 @@ func newWorld(tb testing.TB, n int) (*testworld.World, *Conn) {
 //	table inet cttest {
 //	  chain nat { type nat hook output priority dstnat; meta l4proto udp th dport 53 redirect to :5399; (tcp alike) }
 //	  chain out { type filter hook output priority filter;
-//	    meta skuid 4101 ct state new ct status & confirmed == 0 ct label set <skuid in bits 96-127> }
+//	    meta skuid 4101 ct state new ct status & confirmed == 0 ct mark set meta skuid }
 //	}
 //
-// The label rule is ruleset's restrictedRules first rule, behind a uid match
+// The mark rule is ruleset's restrictedRules first rule, behind a uid match
 // that stands for `meta skuid @users jump restricted`.
 func installRules(nsFd int) error {
 	nc, err := nftables.New(nftables.WithNetNSFd(nsFd))
@@ -110,9 +110,8 @@ func installRules(nsFd int) error {
 	es = append(es, bit(expr.CtKeySTATE, expr.CtStateBitNEW, expr.CmpOpNeq)...)
 	es = append(es, bit(expr.CtKeySTATUS, StatusConfirmed, expr.CmpOpEq)...)
 	es = append(es,
-		&expr.Immediate{Register: 1, Data: make([]byte, 16)},
-		&expr.Meta{Key: expr.MetaKeySKUID, Register: 8 + 3}, // NFT_REG32_03: label bytes 12-15
-		&expr.Ct{Key: expr.CtKeyLABELS, Register: 1, SourceRegister: true})
+		&expr.Meta{Key: expr.MetaKeySKUID, Register: 1},
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true})
 	nc.AddRule(&nftables.Rule{Table: t, Chain: out, Exprs: es})
 	return nc.Flush()
 }
@@ -148,14 +147,14 @@ func udpQuery(t *testing.T, w *testworld.World, proxy net.PacketConn, uid int, r
 }
 
 // checkFlow asserts that the lookup found the client's flow, redirected,
-// with want as opener (0: unlabelled).
+// with want as opener (0: unmarked).
 func checkFlow(t *testing.T, f Flow, err error, proto uint8, client, resolver, proxy netip.AddrPort, want uint32) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if uid, ok := f.OpenerUID(); ok != (want != 0) || uid != want {
-		t.Errorf("OpenerUID() = %d, %v; want %d, %v (labels %x)", uid, ok, want, want != 0, f.Labels)
+		t.Errorf("OpenerUID() = %d, %v; want %d, %v (mark %#x)", uid, ok, want, want != 0, f.Mark)
 	}
 	if wantOrig := (Tuple{Proto: proto, Src: client, Dst: resolver}); f.Orig != wantOrig {
 		t.Errorf("Orig = %+v, want %+v", f.Orig, wantOrig)
@@ -168,7 +167,7 @@ func checkFlow(t *testing.T, f Flow, err error, proto uint8, client, resolver, p
 	}
 }
 
-// The label is readable the moment the proxy holds the first datagram: the
+// The mark is readable the moment the proxy holds the first datagram: the
 // entry was confirmed at postrouting, before loopback delivery. No retry,
 // many times over, each with a new flow.
 func TestLookupReplyUDP(t *testing.T) {
@@ -202,7 +201,7 @@ func TestLookupReplyUDP(t *testing.T) {
 }
 
 // TCP: the accepted connection's peer is the client; its entry carries the
-// label from the SYN.
+// mark from the SYN.
 func TestLookupReplyTCP(t *testing.T) {
 	w, c := newWorld(t, 2)
 	for _, tc := range []struct {

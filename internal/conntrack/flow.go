@@ -2,7 +2,7 @@
 // table over ctnetlink: given a flow as a local socket sees it, which uid
 // opened it, where it was really going, and whether it was NATed. egressd's
 // DNS proxy uses it to learn who sent a query that the kernel redirected to
-// it: the opener's uid is in conntrack label bits 96-127, written by the
+// it: the opener's uid is the flow's conntrack mark, written by the
 // `restricted` chain (ruleset) on the flow's first packet.
 //
 // The package only reads; it never creates, changes or deletes an entry.
@@ -21,6 +21,7 @@ var ErrNotFound = errors.New("conntrack: no such entry")
 
 // Status bits (enum ip_conntrack_status, linux/netfilter/nf_conntrack_common.h).
 const (
+	StatusExpected  = 1 << 0 // IPS_EXPECTED: opened from a helper's expectation; its mark is its master's
 	StatusSeenReply = 1 << 1 // IPS_SEEN_REPLY
 	StatusConfirmed = 1 << 3 // IPS_CONFIRMED: the entry is in the table
 	StatusSrcNAT    = 1 << 4 // IPS_SRC_NAT
@@ -42,19 +43,22 @@ type Flow struct {
 	// Reply is the tuple of the answer direction, after NAT.
 	Reply  Tuple
 	Status uint32 // Status* bits
-	// Labels are the 128 conntrack label bits as the kernel stores them;
-	// all zero when the entry has none.
-	Labels [16]byte
+	// Mark is the flow's conntrack mark (CTA_MARK); 0 when the kernel
+	// sends none.
+	Mark uint32
 }
 
-// OpenerUID is the uid that egressd recorded as the flow's opener (label
-// bits 96-127, in the byte order `meta skuid` loads it: native); false
-// when those bits are zero, i.e. the flow was not opened by a protected
-// user while egressd's rules were in place. uid 0 cannot be told apart
-// from "unlabelled"; root is never a protected user.
+// OpenerUID is the uid that egressd recorded as the flow's opener (its
+// conntrack mark, `ct mark set meta skuid`); false when the mark is 0,
+// i.e. the flow was not opened by a protected user while egressd's rules
+// were in place, and false for a flow opened from a helper's expectation,
+// which inherits its master's mark (as the ruleset's owner check). uid 0
+// cannot be told apart from "unmarked"; root is never a protected user.
 func (f Flow) OpenerUID() (uint32, bool) {
-	uid := binary.NativeEndian.Uint32(f.Labels[12:16])
-	return uid, uid != 0
+	if f.Status&StatusExpected != 0 {
+		return 0, false
+	}
+	return f.Mark, f.Mark != 0
 }
 
 // DstNAT reports whether the flow's destination was rewritten (redirect or
@@ -72,7 +76,7 @@ const (
 	ctaTupleReply = 2
 	ctaZone       = 18 // CTA_ZONE, be16
 	ctaStatus     = 3
-	ctaLabels     = 22
+	ctaMark       = 8 // CTA_MARK, be32
 
 	ctaTupleIP    = 1
 	ctaTupleProto = 2
@@ -181,11 +185,11 @@ func parseFlow(b []byte) (Flow, error) {
 				return f, errors.New("malformed status")
 			}
 			f.Status = binary.BigEndian.Uint32(a.val)
-		case ctaLabels:
-			if len(a.val) < len(f.Labels) {
-				return f, fmt.Errorf("labels of %d bytes", len(a.val))
+		case ctaMark:
+			if len(a.val) != 4 {
+				return f, fmt.Errorf("mark of %d bytes", len(a.val))
 			}
-			copy(f.Labels[:], a.val)
+			f.Mark = binary.BigEndian.Uint32(a.val)
 		}
 	}
 	if a.err {

@@ -101,20 +101,17 @@ func tupleAttr(typ uint16, t Tuple) []byte {
 func TestParseFlow(t *testing.T) {
 	orig := Tuple{17, netip.MustParseAddrPort("203.0.113.201:40000"), netip.MustParseAddrPort("192.0.2.53:53")}
 	reply := Tuple{17, netip.MustParseAddrPort("127.0.0.1:5399"), netip.MustParseAddrPort("203.0.113.201:40000")}
-	var labels [16]byte
-	binary.NativeEndian.PutUint32(labels[12:], 4101)
-	labels[0] = 0xff // other bits are not the uid's business
 	msg := bytes.Join([][]byte{{2, 0, 0, 0},
 		tupleAttr(ctaTupleOrig, orig), tupleAttr(ctaTupleReply, reply),
 		nlattr(ctaStatus, binary.BigEndian.AppendUint32(nil, StatusConfirmed|StatusDstNAT|StatusSeenReply)),
 		nlattr(99, []byte("unknown attributes are skipped")),
-		nlattr(ctaLabels, labels[:]),
+		nlattr(ctaMark, binary.BigEndian.AppendUint32(nil, 4101)),
 	}, nil)
 	f, err := parseFlow(msg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Flow{Orig: orig, Reply: reply, Status: StatusConfirmed | StatusDstNAT | StatusSeenReply, Labels: labels}
+	want := Flow{Orig: orig, Reply: reply, Status: StatusConfirmed | StatusDstNAT | StatusSeenReply, Mark: 4101}
 	if f != want {
 		t.Errorf("got %+v\nwant %+v", f, want)
 	}
@@ -125,23 +122,28 @@ func TestParseFlow(t *testing.T) {
 		t.Error("DstNAT() = false")
 	}
 
-	// No CTA_LABELS (the kernel leaves it out when all bits are zero).
+	// No CTA_MARK (a zero mark may be left out).
 	f, err = parseFlow(bytes.Join([][]byte{{2, 0, 0, 0}, tupleAttr(ctaTupleOrig, orig)}, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if uid, ok := f.OpenerUID(); ok || uid != 0 {
-		t.Errorf("unlabelled: OpenerUID() = %d, %v", uid, ok)
+		t.Errorf("unmarked: OpenerUID() = %d, %v", uid, ok)
 	}
 	if f.DstNAT() {
 		t.Error("DstNAT() without status")
+	}
+
+	// A helper's flow inherits its master's mark: not its opener.
+	if uid, ok := (Flow{Status: StatusExpected | StatusConfirmed, Mark: 4101}).OpenerUID(); ok || uid != 0 {
+		t.Errorf("expected flow: OpenerUID() = %d, %v", uid, ok)
 	}
 
 	for name, bad := range map[string][]byte{
 		"empty":           nil,
 		"no orig tuple":   bytes.Join([][]byte{{2, 0, 0, 0}, tupleAttr(ctaTupleReply, reply)}, nil),
 		"truncated":       msg[:len(msg)-3],
-		"short labels":    bytes.Join([][]byte{{2, 0, 0, 0}, tupleAttr(ctaTupleOrig, orig), nlattr(ctaLabels, labels[:8])}, nil),
+		"short mark":      bytes.Join([][]byte{{2, 0, 0, 0}, tupleAttr(ctaTupleOrig, orig), nlattr(ctaMark, []byte{0, 0, 1})}, nil),
 		"attr len < 4":    append([]byte{2, 0, 0, 0}, 2, 0, 1, 0),
 		"status of 2 B":   bytes.Join([][]byte{{2, 0, 0, 0}, tupleAttr(ctaTupleOrig, orig), nlattr(ctaStatus, []byte{0, 1})}, nil),
 		"orig without ip": bytes.Join([][]byte{{2, 0, 0, 0}, nlattr(ctaTupleOrig|nlaNested, nlattr(ctaTupleProto|nlaNested, nlattr(ctaProtoNum, []byte{17})))}, nil),
@@ -154,7 +156,7 @@ func TestParseFlow(t *testing.T) {
 
 func FuzzParseFlow(f *testing.F) {
 	orig := Tuple{6, netip.MustParseAddrPort("[2001:db8:1::1]:40000"), netip.MustParseAddrPort("[2001:db8::53]:53")}
-	f.Add(bytes.Join([][]byte{{10, 0, 0, 0}, tupleAttr(ctaTupleOrig, orig), nlattr(ctaLabels, make([]byte, 16))}, nil))
+	f.Add(bytes.Join([][]byte{{10, 0, 0, 0}, tupleAttr(ctaTupleOrig, orig), nlattr(ctaMark, make([]byte, 4))}, nil))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		parseFlow(b) //nolint:errcheck // must not panic
 	})

@@ -2,7 +2,7 @@
 //
 // The kernel redirects every such query (UDP and TCP port 53, to any
 // address, IPv4 and IPv6) to the proxy's port on loopback (ruleset's nat
-// chain). The proxy learns which uid sent it from the flow's conntrack label
+// chain). The proxy learns which uid sent it from the flow's conntrack mark
 // (the opener's uid, written by the filter chain), answers only names that
 // the uid's allowlist names (exactly or by a wildcard), from the configured
 // resolvers, and puts the answer's addresses in the uid's kernel sets before

@@ -266,7 +266,11 @@ type Set struct {
 	// Either host (binaryutil.NativeEndian) or big (binaryutil.BigEndian) endian as per
 	// https://git.netfilter.org/nftables/tree/include/datatype.h?id=d486c9e626405e829221b82d7355558005b26d8a#n109
 	KeyByteOrder binaryutil.ByteOrder
-	Comment      string
+	// DataByteOrder: a map's data in host order (binaryutil.NativeEndian)
+	// is marked so for nft, which otherwise prints it byte-swapped
+	// (egressd, PATCHES.md).
+	DataByteOrder binaryutil.ByteOrder
+	Comment       string
 	// Indicates that the set has "size" specifier
 	Size uint32
 }
@@ -627,6 +631,10 @@ func (cc *Conn) AddSet(s *Set, vals []SetElement) error {
 	} else if s.KeyByteOrder == binaryutil.NativeEndian {
 		// Per https://git.netfilter.org/nftables/tree/src/mnl.c?id=187c6d01d35722618c2711bbc49262c286472c8f#n1165
 		userData = userdata.AppendUint32(userData, userdata.NFTNL_UDATA_SET_KEYBYTEORDER, 1)
+	}
+
+	if s.IsMap && s.DataByteOrder == binaryutil.NativeEndian {
+		userData = userdata.AppendUint32(userData, userdata.NFTNL_UDATA_SET_DATABYTEORDER, 1)
 	}
 
 	if s.Interval && s.AutoMerge {

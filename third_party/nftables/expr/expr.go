@@ -149,6 +149,8 @@ func exprFromName(name string) Any {
 	switch name {
 	case "socket": // egressd: read back (PATCHES.md)
 		e = &Socket{}
+	case "byteorder": // egressd: read back (PATCHES.md)
+		e = &Byteorder{}
 	case "ct":
 		e = &Ct{}
 	case "range":
