@@ -57,8 +57,13 @@ func TestPackagedUnit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := packagedUnit(unit); err != nil {
+	got, err = packagedUnit(unit)
+	if err != nil {
 		t.Errorf("the repository's egressd.service: %v", err)
+	}
+	// Its comments too: an operator copies the start gate from them.
+	if strings.Contains(string(got), "/usr/local/bin") || !strings.Contains(string(got), "ExecStartPre=+/usr/bin/egressd wait") {
+		t.Errorf("the packaged unit still names /usr/local/bin or lost the start gate's example:\n%s", got)
 	}
 }
 
