@@ -11,7 +11,6 @@ import (
 	"github.com/egressd/egressd/internal/event"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -248,18 +247,8 @@ func cmdRun(args []string, stderr io.Writer) int {
 }
 
 func serveMetrics(ctx context.Context, ln net.Listener, m *metrics.Metrics, log *zap.Logger) {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", m.Handler())
-	// Any local user can connect: bound every connection's life, so idle
-	// keep-alive connections cannot pile up in the daemon.
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
-		WriteTimeout: 10 * time.Second, IdleTimeout: 30 * time.Second, MaxHeaderBytes: 8 << 10}
-	go func() {
-		<-ctx.Done()
-		srv.Close()
-	}()
-	log.Info("serving metrics", event.Field(event.MetricsListening), zap.Stringer("addr", ln.Addr()))
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	log.Info("serving metrics", event.Field(event.MetricsListening), zap.Stringer("addr", ln.Addr()), zap.Int("max_connections", metrics.MaxConns))
+	if err := metrics.Serve(ctx, ln, m, log); err != nil {
 		log.Error("metrics endpoint failed; enforcement is unaffected", event.Field(event.MetricsFailed), zap.Error(err))
 	}
 }
