@@ -18,7 +18,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/check"
 	"github.com/egressd/egressd/internal/controller"
@@ -27,6 +26,7 @@ import (
 	"github.com/egressd/egressd/internal/logs"
 	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/nflog"
+	"github.com/egressd/egressd/internal/sdnotify"
 	"github.com/egressd/egressd/internal/state"
 	"github.com/egressd/egressd/internal/version"
 	"github.com/egressd/egressd/ruleset"
@@ -151,11 +151,18 @@ func cmdRun(args []string, stderr io.Writer) int {
 			defer closeProxy()
 		}
 	}
+	// One notify socket for the daemon's life: READY=1 and the watchdog's
+	// heartbeats need no new descriptor (nil outside systemd).
+	notifier, err := sdnotify.Open()
+	if err != nil {
+		log.Error("cannot notify systemd", event.Field(event.NotifyFailed), zap.Error(err))
+	}
+	defer notifier.Close() //nolint:errcheck
 	ctl, err := controller.New(controller.Options{
 		ConfigPath: *cfgPath, ConfigRequired: required, Kernel: kernel, Log: log, Metrics: m, StateDir: *runtimeDir, DNSProxy: proxy,
-		Notify:    func(s string) { daemon.SdNotify(false, s) }, //nolint:errcheck // no-op outside systemd
-		Heartbeat: watchdogHeartbeat(),                          // WATCHDOG=1 from the loop when WatchdogSec= is set
-		LastGood:  lastGoodStore(),                              // $STATE_DIRECTORY: invalid files at start enforce the last good configuration
+		Notify:    notifier.Send,
+		Heartbeat: watchdogHeartbeat(notifier), // WATCHDOG=1 from the loop when WatchdogSec= is set
+		LastGood:  lastGoodStore(),             // $STATE_DIRECTORY: invalid files at start enforce the last good configuration
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "egressd:", err)

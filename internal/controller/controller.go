@@ -28,7 +28,8 @@ type Options struct {
 	// NewQuerier builds the DNS client for a configuration; default resolver.Client.
 	NewQuerier func(*config.Config) resolver.Querier
 	// Notify receives sd_notify-style state strings ("READY=1", "STATUS=…"); may be nil.
-	Notify func(state string)
+	// An error is logged (notify_failed).
+	Notify func(state string) error
 	// Concurrency bounds the DNS queries in flight; default policy.Concurrency.
 	Concurrency int
 	// MinInterval coalesces bursts of work: reconciles run at most this often; default 100ms.
@@ -60,10 +61,12 @@ type Options struct {
 	CgroupRoot string
 }
 
-// Heartbeat is a callback the loop calls every Every.
+// Heartbeat is a callback the loop calls every Every. A beat that fails is
+// logged (notify_failed) and sent again a second later, not a period later:
+// systemd's watchdog must not starve while the loop is healthy.
 type Heartbeat struct {
 	Every time.Duration
-	Beat  func()
+	Beat  func() error
 }
 
 // Controller is the reconcile loop. The goroutine that calls Run or Once

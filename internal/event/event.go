@@ -38,6 +38,7 @@ const (
 	MetricsListening   = "metrics_listening"
 	MetricsFailed      = "metrics_failed"
 	StateFailed        = "state_failed"
+	NotifyFailed       = "notify_failed"
 	StartRefused       = "start_refused"
 	RunFailed          = "run_failed"
 	Stopping           = "stopping"
@@ -51,7 +52,7 @@ var All = []string{
 	DriftRepaired, DriftRepeating, VerifyFailed, TableUnowned,
 	Deny, DenyOverflow, DenyLogFailed,
 	DNSRefused, DNSRefusedOverflow, DNSProxyListening, DNSProxyFailed,
-	MetricsListening, MetricsFailed, StateFailed, StartRefused, RunFailed, Stopping,
+	MetricsListening, MetricsFailed, StateFailed, NotifyFailed, StartRefused, RunFailed, Stopping,
 }
 
 // Field is the "event" field of a log line.
