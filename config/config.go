@@ -296,6 +296,8 @@ type Error struct {
 	Pos Pos
 	Msg string
 	Fix string
+	// cause is the system error behind a read that failed, for Transient.
+	cause error
 }
 
 func (e *Error) Error() string {

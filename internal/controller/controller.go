@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/backoff"
 	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/resolver"
@@ -87,6 +88,9 @@ type Controller struct {
 	users   policy.Users
 	usersAt time.Time // next look for missing users
 	reload  chan struct{}
+	// cfgRetry: a reload whose read failed for a reason that passes is
+	// due again at cfgRetry.At() (zero: none pending).
+	cfgRetry backoff.Retry
 
 	dns   *refresher
 	apply *applier
@@ -128,7 +132,16 @@ func New(opts Options) (*Controller, error) {
 	c := &Controller{o: o, reload: make(chan struct{}, 1), attr: &attribution{}, deny: &denyCounters{},
 		pub: &publisher{o: o, started: o.Now()}, units: &unitFollower{o: o}}
 	c.apply = newApplier(o, c.deny)
-	cfg, err := config.LoadTrusted(o.ConfigPath, o.ConfigRequired, o.Trust)
+	c.cfgRetry = backoff.Retry{Exp: configRetry, Now: o.Now}
+	// A read that fails for a reason that passes is retried for a while
+	// before the files count as invalid (the last good configuration, or
+	// no start).
+	start := backoff.Retry{Exp: configRetry}
+	deadline := time.Now().Add(StartDeadline)
+	cfg, again, err := c.load(&start)
+	for ; again && time.Now().Before(deadline); cfg, again, err = c.load(&start) {
+		time.Sleep(time.Until(start.At()))
+	}
 	if err != nil {
 		if cfg = c.fallback(err); cfg == nil {
 			return nil, fmt.Errorf("%w: %v", ErrConfig, err)

@@ -141,6 +141,9 @@ func (c *Controller) Run(ctx context.Context) error {
 		if c.o.Now().After(c.usersAt) && c.lookupUsers(false) {
 			c.o.Log.Info("a user appeared or changed; updating", event.Field(event.ConfigLoaded), zap.String("reason", "user lookup changed"))
 		}
+		if !c.cfgRetry.At().IsZero() && c.cfgRetry.Ready() {
+			c.doReload() // the last read failed for a reason that passes
+		}
 		if !inflight {
 			inflight = c.dns.startRound(ctx, rounds)
 		}
@@ -163,6 +166,7 @@ func (c *Controller) nextWake() time.Time {
 		}
 	}
 	consider(c.apply.retry.At())
+	consider(c.cfgRetry.At())
 	consider(c.apply.verifyAt)
 	consider(c.apply.restoreLogDue())
 	consider(c.pub.due())

@@ -3,11 +3,46 @@ package controller
 import (
 	"errors"
 	"reflect"
+	"time"
 
 	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/backoff"
 	"github.com/egressd/egressd/internal/event"
 	"go.uber.org/zap"
 )
+
+// configRetry spaces the reads of a configuration whose read failed for a
+// reason that passes (config.Transient: descriptors exhausted, a file
+// mid-replace). The cap is short: the edit should land within seconds of
+// the cause going away, and a read is cheap.
+var configRetry = backoff.Exp{Base: 200 * time.Millisecond, Max: 2 * time.Second}
+
+// load reads the configuration. A read that failed for a reason that
+// passes is logged as config_read_failed (with the reason), not as a
+// rejection, and retry schedules the next read: again is true then.
+func (c *Controller) load(retry *backoff.Retry) (cfg *config.Config, again bool, err error) {
+	cfg, err = config.LoadTrusted(c.o.ConfigPath, c.o.ConfigRequired, c.o.Trust)
+	if _, transient := config.Transient(err); !transient {
+		retry.Reset()
+		return cfg, false, err
+	}
+	c.readFailed(retry, err)
+	return nil, true, err
+}
+
+// readFailed logs a read that failed for a reason that passes and
+// schedules the next on retry.
+func (c *Controller) readFailed(retry *backoff.Retry, err error) {
+	reason, _ := config.Transient(err)
+	wait := retry.Fail()
+	// The first failure and then about once a minute: the reads go on
+	// every 2 s for as long as the cause lasts.
+	if n := retry.Failures(); n == 1 || n%30 == 0 {
+		c.o.Log.Warn("the configuration could not be read, for a reason that passes (not its contents); "+
+			"the last good configuration stays in force; reading it again", event.Field(event.ConfigReadFailed),
+			zap.String("reason", reason), zap.Int("attempt", n), zap.Duration("retry_in", wait), zap.Error(err))
+	}
+}
 
 // setConfig puts cfg in force: every part follows it.
 func (c *Controller) setConfig(cfg *config.Config) {
@@ -68,8 +103,15 @@ func (c *Controller) Reload() {
 }
 
 func (c *Controller) doReload() {
-	defer func() { c.dns.reloadHosts(c.cfg.HostsFile) }() // with the configuration in force after this reload
-	cfg, err := config.LoadTrusted(c.o.ConfigPath, c.o.ConfigRequired, c.o.Trust)
+	cfg, again, err := c.load(&c.cfgRetry)
+	if again {
+		return // read again (the hosts file too) when c.cfgRetry is due
+	}
+	defer func() { // with the configuration in force after this reload
+		if err := c.dns.reloadHosts(c.cfg.HostsFile); err != nil {
+			c.readFailed(&c.cfgRetry, err)
+		}
+	}()
 	if err != nil {
 		c.logRejected(err, false)
 		return

@@ -11,6 +11,7 @@ const (
 	Started            = "started"
 	ConfigLoaded       = "config_loaded"
 	ConfigRejected     = "config_rejected"
+	ConfigReadFailed   = "config_read_failed"
 	ConfigFileSkipped  = "config_file_skipped"
 	ConfigFallback     = "config_fallback"
 	RestartRequired    = "restart_required"
@@ -46,7 +47,7 @@ const (
 
 // All lists every event name, in the order of docs/events.md.
 var All = []string{
-	Started, ConfigLoaded, ConfigRejected, ConfigFileSkipped, ConfigFallback, RestartRequired, WatchFailed,
+	Started, ConfigLoaded, ConfigRejected, ConfigReadFailed, ConfigFileSkipped, ConfigFallback, RestartRequired, WatchFailed,
 	Resolved, ResolveFailed, ResolveFailing, ResolveRecovered,
 	RulesetApplied, ApplyFailed, UserMissing, UserConflict, UnitCgroup,
 	DriftRepaired, DriftRepeating, VerifyFailed, TableUnowned,
