@@ -230,7 +230,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	}
 	if cfg.MetricsListen != "" {
 		// Bound before the first apply, so the endpoint is up once READY=1 is sent.
-		if ln, err := net.Listen("tcp", cfg.MetricsListen); err != nil {
+		if ln, err := listenMetrics(cfg); err != nil {
 			log.Error("metrics endpoint failed; enforcement is unaffected", event.Field(event.MetricsFailed), zap.Error(err))
 		} else {
 			go serveMetrics(ctx, ln, m, log)
@@ -251,6 +251,20 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// listenMetrics opens metrics_listen: a TCP port, or a unix socket with
+// metrics_socket_mode and metrics_socket_group.
+func listenMetrics(cfg *config.Config) (net.Listener, error) {
+	gid := -1
+	if cfg.MetricsSocketGroup != "" {
+		g, err := config.GroupID(cfg.MetricsSocketGroup)
+		if err != nil {
+			return nil, fmt.Errorf("metrics_socket_group %q: %w", cfg.MetricsSocketGroup, err)
+		}
+		gid = g
+	}
+	return metrics.Listen(cfg.MetricsListen, cfg.MetricsSocketMode, gid)
 }
 
 func serveMetrics(ctx context.Context, ln net.Listener, m *metrics.Metrics, log *zap.Logger) {

@@ -130,12 +130,14 @@ func (c *Controller) doReload() {
 	// endpoint, the directory watch): say so rather than pretend.
 	old := c.cfg
 	for what, changed := range map[string]bool{
-		"deny_log.mode":  old.DenyLog.Mode != cfg.DenyLog.Mode,
-		"deny_log.group": old.DenyLog.Group != cfg.DenyLog.Group,
-		"metrics_listen": old.MetricsListen != cfg.MetricsListen,
-		"allow_dir":      old.AllowDir != cfg.AllowDir,
-		"hosts_file":     old.HostsFile != cfg.HostsFile, // its watch
-		"lists_dir":      old.ListsDir != cfg.ListsDir,   // its watch
+		"deny_log.mode":        old.DenyLog.Mode != cfg.DenyLog.Mode,
+		"deny_log.group":       old.DenyLog.Group != cfg.DenyLog.Group,
+		"metrics_listen":       old.MetricsListen != cfg.MetricsListen,
+		"metrics_socket_mode":  old.MetricsSocketMode != cfg.MetricsSocketMode,
+		"metrics_socket_group": old.MetricsSocketGroup != cfg.MetricsSocketGroup,
+		"allow_dir":            old.AllowDir != cfg.AllowDir,
+		"hosts_file":           old.HostsFile != cfg.HostsFile, // its watch
+		"lists_dir":            old.ListsDir != cfg.ListsDir,   // its watch
 	} {
 		if changed {
 			c.o.Log.Warn("this setting takes full effect at the next restart (systemctl restart egressd)", event.Field(event.RestartRequired), zap.String("setting", what))
