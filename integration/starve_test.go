@@ -3,16 +3,21 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -23,7 +28,20 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func init() { childModes["flood"] = childFlood }
+func init() {
+	childModes["flood"] = childFlood
+	childModes["unix"] = func(path string) int { // connect to a unix socket
+		c, err := net.Dial("unix", path)
+		if err == nil {
+			c.Close()
+		}
+		return classify(err)
+	}
+	childModes["read"] = func(path string) int { // read a file
+		_, err := os.ReadFile(path)
+		return classify(err)
+	}
+}
 
 // childFlood is a local user starving a daemon of descriptors: it keeps
 // EGRESSD_TEST_FLOOD idle connections open to addr, opening a new one
@@ -72,6 +90,16 @@ func childFlood(addr string) int {
 	close(stop)
 	wg.Wait()
 	return okConnected
+}
+
+// runMode runs the client in mode as uid and returns its exit code.
+func (w *world) runMode(uid int, mode, arg string) int {
+	w.t.Helper()
+	cmd := exec.Command(clientBin)
+	cmd.Env = []string{"EGRESSD_TEST_CLIENT=" + mode, "EGRESSD_TEST_ADDR=" + arg}
+	code, err := w.tw.RunAs(uid, cmd)
+	w.must(err)
+	return code
 }
 
 func openFDs(pid int) int {
@@ -160,5 +188,62 @@ func TestMetricsFloodDoesNotStarveTheDaemon(t *testing.T) {
 	flood.wait(t)
 	if _, err := w.metricsGet("127.0.0.1:9464"); err != nil {
 		t.Errorf("a scrape after the flood: %v", err)
+	}
+}
+
+// Who may read the metrics and the state file is the operator's choice: on
+// a unix socket with mode 0660 and a group, a local user outside the group
+// cannot connect (on 127.0.0.1 every local user can); a member can. The
+// state file, which lists every allowlist, with state_mode 0640 and a
+// group: the same.
+func TestMetricsSocketAndStateFileModes(t *testing.T) {
+	w := newWorld(t)
+	w.standardConfig()
+	sock := filepath.Join(w.runDir(), "metrics.sock")
+	w.write("egressd.yaml", mainConfig+fmt.Sprintf("metrics_listen: unix:%s\nmetrics_socket_mode: \"0660\"\nmetrics_socket_group: %d\n"+
+		"state_mode: \"0640\"\nstate_group: %d\n", sock, uidB, uidB))
+	if err := os.MkdirAll(w.runDir(), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	w.start()
+	statePath := filepath.Join(w.runDir(), state.File)
+	for _, f := range []struct {
+		path string
+		mode os.FileMode
+	}{{sock, os.ModeSocket | 0o660}, {statePath, 0o640}} {
+		fi, err := os.Stat(f.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode() != f.mode || fi.Sys().(*syscall.Stat_t).Gid != uidB {
+			t.Errorf("%s: %v gid %d, want %v gid %d", f.path, fi.Mode(), fi.Sys().(*syscall.Stat_t).Gid, f.mode, uidB)
+		}
+	}
+	for _, c := range []struct {
+		uid, want int
+	}{{uidNone, okRefused}, {uidB, okConnected}} {
+		if code := w.runMode(c.uid, "unix", sock); code != c.want {
+			t.Errorf("uid %d connecting to the metrics socket: %s, want %s", c.uid, resultName[code], resultName[c.want])
+		}
+		if code := w.runMode(c.uid, "read", statePath); code != c.want {
+			t.Errorf("uid %d reading state.json: %s, want %s", c.uid, resultName[code], resultName[c.want])
+		}
+	}
+	// The scraper's side: metrics over the socket.
+	cl := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return net.Dial("unix", sock)
+	}}}
+	resp, err := cl.Get("http://egressd/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "egressd_build_info") {
+		t.Errorf("metrics over the unix socket: %s", body)
+	}
+	// egressd check (root) still reads the state file.
+	if _, out, err := w.tw.Run(egressd, "check", "--config", w.tw.Config(), "--runtime-dir", w.runDir()); err != nil {
+		t.Errorf("egressd check with state_mode 0640: %v\n%s", err, out)
 	}
 }
