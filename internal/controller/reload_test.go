@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/internal/event"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
 )
 
@@ -81,5 +83,45 @@ func TestReloadAtTheDescriptorLimitIsRetried(t *testing.T) {
 	e := f.events(event.ConfigReadFailed)[0].ContextMap()
 	if e["reason"] != "EMFILE" {
 		t.Errorf("config_read_failed says reason %v, want EMFILE: %v", e["reason"], e)
+	}
+}
+
+// At start too: the files are read again while the read fails for a reason
+// that passes, instead of counting as invalid (no start, or the last good
+// configuration).
+func TestStartAtTheDescriptorLimitIsRetried(t *testing.T) {
+	f := newFixture(t, map[string]string{"allow.d/billing.yaml": "user: billing\nallow: [192.0.2.1:443]\n"})
+	old := configRetry
+	configRetry.Base, configRetry.Max = 10*time.Millisecond, 50*time.Millisecond
+	t.Cleanup(func() { configRetry = old })
+	core, logs := observer.New(zap.DebugLevel)
+	opts := *f.c.o
+	opts.Log = zap.New(core)
+	release := exhaustDescriptors(t)
+	type result struct {
+		c   *Controller
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		c, err := New(opts)
+		done <- result{c, err}
+	}()
+	for deadline := time.Now().Add(10 * time.Second); logs.FilterField(event.Field(event.ConfigReadFailed)).Len() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			release()
+			t.Fatalf("no config_read_failed at start at the descriptor limit: %v", logs.All())
+		}
+	}
+	release()
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("start after descriptors were freed: %v", r.err)
+	}
+	if len(r.c.Config().Allowlists) != 1 {
+		t.Errorf("started with %d allowlists", len(r.c.Config().Allowlists))
+	}
+	if n := logs.FilterField(event.Field(event.ConfigRejected)).Len(); n > 0 {
+		t.Errorf("%d config_rejected at start for a read that failed at the descriptor limit", n)
 	}
 }
