@@ -19,11 +19,11 @@ var configRetry = backoff.Exp{Base: 200 * time.Millisecond, Max: 2 * time.Second
 
 // load reads the configuration. A read that failed for a reason that
 // passes is logged as config_read_failed (with the reason), not as a
-// rejection, and retry schedules the next read: again is true then.
+// rejection, and retry schedules the next read: again is true then. The
+// caller resets retry once every read of the reload succeeded.
 func (c *Controller) load(retry *backoff.Retry) (cfg *config.Config, again bool, err error) {
 	cfg, err = config.LoadTrusted(c.o.ConfigPath, c.o.ConfigRequired, c.o.Trust)
 	if _, transient := config.Transient(err); !transient {
-		retry.Reset()
 		return cfg, false, err
 	}
 	c.readFailed(retry, err)
@@ -110,7 +110,9 @@ func (c *Controller) doReload() {
 	defer func() { // with the configuration in force after this reload
 		if err := c.dns.reloadHosts(c.cfg.HostsFile); err != nil {
 			c.readFailed(&c.cfgRetry, err)
+			return
 		}
+		c.cfgRetry.Reset() // every read of this reload succeeded
 	}()
 	if err != nil {
 		c.logRejected(err, false)
