@@ -123,6 +123,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return 1
 	}
 
+	checkDescriptorLimit(log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	release, err := state.Lock(*runtimeDir)

@@ -40,6 +40,7 @@ const (
 	MetricsFailed      = "metrics_failed"
 	StateFailed        = "state_failed"
 	NotifyFailed       = "notify_failed"
+	DescriptorLimitLow = "descriptor_limit_low"
 	StartRefused       = "start_refused"
 	RunFailed          = "run_failed"
 	Stopping           = "stopping"
@@ -53,7 +54,7 @@ var All = []string{
 	DriftRepaired, DriftRepeating, VerifyFailed, TableUnowned,
 	Deny, DenyOverflow, DenyLogFailed,
 	DNSRefused, DNSRefusedOverflow, DNSProxyListening, DNSProxyFailed,
-	MetricsListening, MetricsFailed, StateFailed, NotifyFailed, StartRefused, RunFailed, Stopping,
+	MetricsListening, MetricsFailed, StateFailed, NotifyFailed, DescriptorLimitLow, StartRefused, RunFailed, Stopping,
 }
 
 // Field is the "event" field of a log line.
