@@ -185,7 +185,7 @@ func ParseMain(file string, data []byte) (*Config, error) {
 	c := Defaults()
 	c.File = file
 	p := &parser{file: file}
-	var socketKey *yaml.Node
+	var socketKey, socketGroupKey, stateGroupKey *yaml.Node
 	if root := p.document(data); root != nil {
 		p.fields(root, mainKeys, func(key string, k, v *yaml.Node) {
 			switch key {
@@ -249,7 +249,7 @@ func ParseMain(file string, data []byte) (*Config, error) {
 			case "metrics_socket_group":
 				if s, ok := p.nonEmpty(v, key); ok {
 					c.MetricsSocketGroup = s
-					socketKey = k
+					socketKey, socketGroupKey = k, k
 				}
 			case "state_mode":
 				if m, ok := p.mode(v, key); ok {
@@ -262,6 +262,7 @@ func ParseMain(file string, data []byte) (*Config, error) {
 			case "state_group":
 				if s, ok := p.nonEmpty(v, key); ok {
 					c.StateGroup = s
+					stateGroupKey = k
 				}
 			case "hosts_file":
 				if s, ok := p.scalar(v, key); ok {
@@ -301,6 +302,13 @@ func ParseMain(file string, data []byte) (*Config, error) {
 		// Nothing lies: a mode on a TCP port would protect nothing.
 		p.errorf(socketKey, "%s: applies to a unix socket only (metrics_listen: unix:/run/egressd/metrics.sock); "+
 			"a TCP port on loopback is open to every local user", socketKey.Value)
+	}
+	// A group that the mode shuts out would be a promise nobody keeps.
+	if socketGroupKey != nil && c.MetricsSocketMode&0o020 == 0 {
+		p.errorf(socketGroupKey, "metrics_socket_group: the group cannot connect with metrics_socket_mode %04o (connecting needs write); for example \"0660\"", c.MetricsSocketMode)
+	}
+	if stateGroupKey != nil && c.StateMode&0o040 == 0 {
+		p.errorf(stateGroupKey, "state_group: the group cannot read the state file with state_mode %04o; for example \"0640\"", c.StateMode)
 	}
 	if c.MinTTL > c.MaxTTL {
 		p.errs = append(p.errs, &Error{Pos: Pos{File: file}, Msg: fmt.Sprintf("min_ttl (%s) is above max_ttl (%s)", c.MinTTL, c.MaxTTL)})
