@@ -9,6 +9,7 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -240,7 +241,11 @@ type Config struct {
 	MaxAddressesPerName int
 	DenyLog             DenyLog
 	OnExit              string       // keep | remove
-	MetricsListen       string       // host:port for Prometheus metrics; empty: off
+	MetricsListen       string       // host:port or unix:/path for Prometheus metrics; empty: off
+	MetricsSocketMode   os.FileMode  // the unix socket's mode (who may connect); default 0600
+	MetricsSocketGroup  string       // the unix socket's group (name or gid); empty: egressd's own
+	StateMode           os.FileMode  // state.json's mode; default 0644
+	StateGroup          string       // state.json's group (name or gid); empty: egressd's own
 	HostsFile           string       // looked up before DNS; empty: DNS only
 	ListsDir            string       // shared lists that allowlists include
 	DNSProxyPort        uint16       // the DNS proxy's port on 127.0.0.1 and ::1
@@ -272,8 +277,14 @@ func Defaults() Config {
 		ListsDir:            "lists",
 		DNSProxyPort:        DefaultProxyPort,
 		DNSProxyMaxAnswers:  65536,
+		MetricsSocketMode:   0o600,
+		StateMode:           0o644,
 	}
 }
+
+// MetricsUnix is the path of the metrics socket when metrics_listen is
+// unix:PATH.
+func (c *Config) MetricsUnix() (string, bool) { return strings.CutPrefix(c.MetricsListen, "unix:") }
 
 // Names returns every distinct DNS name across allowlists, sorted.
 func (c *Config) Names() []string {
@@ -297,6 +308,8 @@ type Error struct {
 	Pos Pos
 	Msg string
 	Fix string
+	// cause is the system error behind a read that failed, for Transient.
+	cause error
 }
 
 func (e *Error) Error() string {

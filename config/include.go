@@ -122,7 +122,7 @@ func resolveIncludes(lists []*Allowlist, dir string, read func(string) ([]byte, 
 					if errors.As(err, &pe) {
 						err = pe.Err
 					}
-					errs = append(errs, &Error{Pos: Pos{File: file}, Msg: fmt.Sprintf("cannot read: %v", err)})
+					errs = append(errs, &Error{Pos: Pos{File: file}, Msg: fmt.Sprintf("cannot read: %v", err), cause: err})
 					bad[inc.Name] = true
 					continue
 				}

@@ -81,7 +81,7 @@ func parseMain(abs string, data []byte, t Trust) (*Config, error) {
 	if len(c.Resolvers) == 0 {
 		rs, err := systemResolvers(ResolvConf, t)
 		if err != nil {
-			return nil, Errors{{Pos: Pos{File: abs}, Msg: fmt.Sprintf("no resolvers configured and %v", err)}}
+			return nil, Errors{{Pos: Pos{File: abs}, Msg: fmt.Sprintf("no resolvers configured and %v", err), cause: err}}
 		}
 		c.Resolvers = rs
 	}
@@ -101,7 +101,7 @@ func readError(file string, err error) *Error {
 			err = pe.Err
 		}
 	}
-	return &Error{Pos: Pos{File: file}, Msg: fmt.Sprintf("cannot read: %v", err)}
+	return &Error{Pos: Pos{File: file}, Msg: fmt.Sprintf("cannot read: %v", err), cause: err}
 }
 
 func systemResolvers(path string, t Trust) ([]netip.AddrPort, error) {
@@ -114,7 +114,7 @@ func systemResolvers(path string, t Trust) ([]netip.AddrPort, error) {
 		if _, ok := trustError(err); ok {
 			return nil, fmt.Errorf("the resolvers of %s: %v (or set resolvers: in egressd.yaml)", path, err)
 		}
-		return nil, fmt.Errorf("cannot read %s: %v", path, err)
+		return nil, fmt.Errorf("cannot read %s: %w", path, err)
 	}
 	cc, err := dns.ClientConfigFromReader(bytes.NewReader(data))
 	if err != nil {
@@ -170,7 +170,7 @@ func loadAllowDir(w *walker, dir string) ([]*Allowlist, []string, error) {
 		return nil, nil, nil
 	}
 	if err != nil {
-		return nil, nil, Errors{{Pos: Pos{File: dir}, Msg: fmt.Sprintf("cannot list allow directory: %v", errors.Unwrap(err))}}
+		return nil, nil, Errors{{Pos: Pos{File: dir}, Msg: fmt.Sprintf("cannot list allow directory: %v", errors.Unwrap(err)), cause: err}}
 	}
 	var errs Errors
 	var lists []*Allowlist
@@ -197,7 +197,14 @@ func loadAllowDir(w *walker, dir string) ([]*Allowlist, []string, error) {
 		byName[name] = file
 		data, err := w.readTrusted(file) // follows symlinks, as ConfigMap mounts need, checking each
 		if err != nil {
-			errs = append(errs, readError(file, err))
+			e := readError(file, err)
+			if _, lerr := os.Lstat(file); errors.Is(err, fs.ErrNotExist) && errors.Is(lerr, fs.ErrNotExist) {
+				// Listed a moment ago and gone now: being replaced (a removal
+				// is listed no more at the next read). A dangling symlink is
+				// still there: rejected, as before.
+				e.cause = errVanished
+			}
+			errs = append(errs, e)
 			continue
 		}
 		a, err := ParseAllowlist(file, name, data)

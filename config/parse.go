@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -237,7 +238,8 @@ func (p *parser) sequence(v *yaml.Node, key string) []*yaml.Node {
 }
 
 var mainKeys = []string{"resolvers", "allow_dir", "min_ttl", "max_ttl", "linger", "stale_grace",
-	"max_addresses_per_name", "deny_log", "on_exit", "metrics_listen", "hosts_file", "lists_dir", "dns_proxy_port", "dns_proxy_max_answers"}
+	"max_addresses_per_name", "deny_log", "on_exit", "metrics_listen",
+	"metrics_socket_mode", "metrics_socket_group", "state_mode", "state_group", "hosts_file", "lists_dir", "dns_proxy_port", "dns_proxy_max_answers"}
 
 // MainKeys returns the keys of the main file (for documentation checks).
 func MainKeys() []string { return append([]string(nil), mainKeys...) }
@@ -249,6 +251,7 @@ func ParseMain(file string, data []byte) (*Config, error) {
 	c := Defaults()
 	c.File = file
 	p := &parser{file: file}
+	var socketKey, socketGroupKey, stateGroupKey *yaml.Node
 	if root := p.document(data); root != nil {
 		p.fields(root, mainKeys, func(key string, k, v *yaml.Node) {
 			switch key {
@@ -293,11 +296,39 @@ func ParseMain(file string, data []byte) (*Config, error) {
 				p.denyLog(v, &c.DenyLog)
 			case "metrics_listen":
 				if s, ok := p.scalar(v, key); ok {
-					if _, err := netip.ParseAddrPort(s); err != nil && !hostPortRE.MatchString(s) {
-						p.errorf(v, "metrics_listen: %q is not host:port (for example 127.0.0.1:9464)", s)
+					if path, unix := strings.CutPrefix(s, "unix:"); unix {
+						if !filepath.IsAbs(path) || filepath.Clean(path) != path || path == "/" {
+							p.errorf(v, "metrics_listen: %q: the socket's path must be absolute and clean (for example unix:/run/egressd/metrics.sock)", s)
+							return
+						}
+					} else if _, err := netip.ParseAddrPort(s); err != nil && !hostPortRE.MatchString(s) {
+						p.errorf(v, "metrics_listen: %q is not host:port (for example 127.0.0.1:9464) or unix:PATH", s)
 						return
 					}
 					c.MetricsListen = s
+				}
+			case "metrics_socket_mode":
+				if m, ok := p.mode(v, key); ok {
+					c.MetricsSocketMode = m
+					socketKey = k
+				}
+			case "metrics_socket_group":
+				if s, ok := p.nonEmpty(v, key); ok {
+					c.MetricsSocketGroup = s
+					socketKey, socketGroupKey = k, k
+				}
+			case "state_mode":
+				if m, ok := p.mode(v, key); ok {
+					if m&0o022 != 0 {
+						p.errorf(v, "state_mode: %s lets other users write the state file (egressd check would refuse it); for example 0640", v.Value)
+						return
+					}
+					c.StateMode = m
+				}
+			case "state_group":
+				if s, ok := p.nonEmpty(v, key); ok {
+					c.StateGroup = s
+					stateGroupKey = k
 				}
 			case "hosts_file":
 				if s, ok := p.scalar(v, key); ok {
@@ -332,6 +363,18 @@ func ParseMain(file string, data []byte) (*Config, error) {
 				}
 			}
 		})
+	}
+	if _, unix := c.MetricsUnix(); socketKey != nil && !unix {
+		// Nothing lies: a mode on a TCP port would protect nothing.
+		p.errorf(socketKey, "%s: applies to a unix socket only (metrics_listen: unix:/run/egressd/metrics.sock); "+
+			"a TCP port on loopback is open to every local user", socketKey.Value)
+	}
+	// A group that the mode shuts out would be a promise nobody keeps.
+	if socketGroupKey != nil && c.MetricsSocketMode&0o020 == 0 {
+		p.errorf(socketGroupKey, "metrics_socket_group: the group cannot connect with metrics_socket_mode %04o (connecting needs write); for example \"0660\"", c.MetricsSocketMode)
+	}
+	if stateGroupKey != nil && c.StateMode&0o040 == 0 {
+		p.errorf(stateGroupKey, "state_group: the group cannot read the state file with state_mode %04o; for example \"0640\"", c.StateMode)
 	}
 	if c.MinTTL > c.MaxTTL {
 		p.errs = append(p.errs, &Error{Pos: Pos{File: file}, Msg: fmt.Sprintf("min_ttl (%s) is above max_ttl (%s)", c.MinTTL, c.MaxTTL)})
@@ -696,6 +739,20 @@ func (p *parser) oneOf(v *yaml.Node, key string, words ...string) (string, bool)
 }
 
 // nonEmpty reads a scalar that must not be empty.
+// mode parses a file mode written in octal ("0640", 0640 or 0o640).
+func (p *parser) mode(v *yaml.Node, key string) (os.FileMode, bool) {
+	s, ok := p.scalar(v, key)
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(strings.TrimPrefix(s, "0o"), 8, 32)
+	if err != nil || n > 0o777 || s == "" {
+		p.errorf(v, "%s: %q is not a file mode in octal (for example \"0640\")", key, s)
+		return 0, false
+	}
+	return os.FileMode(n), true
+}
+
 func (p *parser) nonEmpty(v *yaml.Node, key string) (string, bool) {
 	s, ok := p.scalar(v, key)
 	if ok && s == "" {

@@ -156,9 +156,22 @@ metrics_listen: 127.0.0.1:9464
 		t.Fatalf("deny_log = %+v", c.DenyLog)
 	}
 
+	u, err := ParseMain("/etc/egressd/egressd.yaml", []byte("metrics_listen: unix:/run/egressd/metrics.sock\nmetrics_socket_mode: 0660\n"+
+		"metrics_socket_group: prometheus\nstate_mode: \"0o640\"\nstate_group: \"4\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if path, ok := u.MetricsUnix(); !ok || path != "/run/egressd/metrics.sock" || u.MetricsSocketMode != 0o660 || u.MetricsSocketGroup != "prometheus" ||
+		u.StateMode != 0o640 || u.StateGroup != "4" {
+		t.Errorf("unix metrics and state modes: %+v", u)
+	}
+
 	d, err := ParseMain("/etc/egressd/egressd.yaml", nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if d.MetricsSocketMode != 0o600 || d.StateMode != 0o644 {
+		t.Errorf("default modes: socket %v, state %v", d.MetricsSocketMode, d.StateMode)
 	}
 	def := Defaults()
 	if d.MinTTL != def.MinTTL || d.DenyLog != def.DenyLog || d.AllowDir != "/etc/egressd/allow.d" {
@@ -166,15 +179,21 @@ metrics_listen: 127.0.0.1:9464
 	}
 
 	for in, want := range map[string]string{
-		"min_ttl: 5":                  "m.yaml:1:10: min_ttl: \"5\" is not a duration",
-		"min_ttl: 2m\nmax_ttl: 1m":    "min_ttl (2m0s) is above max_ttl (1m0s)",
-		"deny_log: {mode: syslog}":    "m.yaml:1:18: deny_log.mode",
-		"deny_log: {rate: 0/second}":  "deny_log.rate",
-		"deny_log: {prefix: \"a b\"}": "deny_log.prefix",
-		"resolvers: [dns.google]":     "m.yaml:1:13: resolvers:",
-		"on_exit: flush":              "on_exit",
-		"max_addresses_per_name: 0":   "max_addresses_per_name",
-		"bogus: 1":                    "unknown key \"bogus\"",
+		"min_ttl: 5":                      "m.yaml:1:10: min_ttl: \"5\" is not a duration",
+		"min_ttl: 2m\nmax_ttl: 1m":        "min_ttl (2m0s) is above max_ttl (1m0s)",
+		"deny_log: {mode: syslog}":        "m.yaml:1:18: deny_log.mode",
+		"deny_log: {rate: 0/second}":      "deny_log.rate",
+		"deny_log: {prefix: \"a b\"}":     "deny_log.prefix",
+		"resolvers: [dns.google]":         "m.yaml:1:13: resolvers:",
+		"on_exit: flush":                  "on_exit",
+		"max_addresses_per_name: 0":       "max_addresses_per_name",
+		"bogus: 1":                        "unknown key \"bogus\"",
+		"metrics_listen: unix:run/m.sock": "m.yaml:1:17: metrics_listen: \"unix:run/m.sock\": the socket's path must be absolute",
+		"metrics_listen: 127.0.0.1:9464\nmetrics_socket_mode: 0660":   "m.yaml:2:1: metrics_socket_mode: applies to a unix socket only",
+		"metrics_socket_group: prometheus":                            "metrics_socket_group: applies to a unix socket only",
+		"metrics_listen: unix:/run/m.sock\nmetrics_socket_mode: 0999": "m.yaml:2:22: metrics_socket_mode: \"0999\" is not a file mode",
+		"state_mode: \"0666\"":                                        "m.yaml:1:13: state_mode: 0666 lets other users write",
+		"state_group: \"\"":                                           "state_group: must not be empty",
 	} {
 		if _, err := ParseMain("m.yaml", []byte(in)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("ParseMain(%q) error = %v, want %q", in, err, want)

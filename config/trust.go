@@ -400,7 +400,7 @@ func (w *walker) readTrusted(p string) ([]byte, error) {
 	}
 	got := infoOf(&st)
 	if got.dev != fi.dev || got.ino != fi.ino {
-		return nil, &fs.PathError{Op: "read", Path: real, Err: errors.New("the file changed while it was being checked; try again")}
+		return nil, &fs.PathError{Op: "read", Path: real, Err: errChanged}
 	}
 	if err := w.t.checkOne(real, got, func() ([]byte, error) {
 		buf := make([]byte, 1024)

@@ -37,3 +37,16 @@ func (a *Allowlist) UID(lookup UserLookup) (uint32, error) {
 	}
 	return uid, nil
 }
+
+// GroupID is a group name or numeric gid (metrics_socket_group,
+// state_group) as a gid.
+func GroupID(group string) (int, error) {
+	if n, err := strconv.ParseUint(group, 10, 31); err == nil {
+		return int(n), nil
+	}
+	g, err := user.LookupGroup(group)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(g.Gid)
+}

@@ -11,7 +11,6 @@ import (
 	"github.com/egressd/egressd/internal/event"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -19,7 +18,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/check"
 	"github.com/egressd/egressd/internal/controller"
@@ -29,6 +27,7 @@ import (
 	"github.com/egressd/egressd/internal/manual"
 	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/nflog"
+	"github.com/egressd/egressd/internal/sdnotify"
 	"github.com/egressd/egressd/internal/state"
 	"github.com/egressd/egressd/ruleset"
 	"go.uber.org/zap"
@@ -126,6 +125,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return 1
 	}
 
+	checkDescriptorLimit(log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	release, err := state.Lock(*runtimeDir)
@@ -154,11 +154,18 @@ func cmdRun(args []string, stderr io.Writer) int {
 			defer closeProxy()
 		}
 	}
+	// One notify socket for the daemon's life: READY=1 and the watchdog's
+	// heartbeats need no new descriptor (nil outside systemd).
+	notifier, err := sdnotify.Open()
+	if err != nil {
+		log.Error("cannot notify systemd", event.Field(event.NotifyFailed), zap.Error(err))
+	}
+	defer notifier.Close() //nolint:errcheck
 	ctl, err := controller.New(controller.Options{
 		ConfigPath: *cfgPath, ConfigRequired: required, Kernel: kernel, Log: log, Metrics: m, StateDir: *runtimeDir, DNSProxy: proxy,
-		Notify:    func(s string) { daemon.SdNotify(false, s) }, //nolint:errcheck // no-op outside systemd
-		Heartbeat: watchdogHeartbeat(),                          // WATCHDOG=1 from the loop when WatchdogSec= is set
-		LastGood:  lastGoodStore(),                              // $STATE_DIRECTORY: invalid files at start enforce the last good configuration
+		Notify:    notifier.Send,
+		Heartbeat: watchdogHeartbeat(notifier), // WATCHDOG=1 from the loop when WatchdogSec= is set
+		LastGood:  lastGoodStore(),             // $STATE_DIRECTORY: invalid files at start enforce the last good configuration
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "egressd:", err)
@@ -226,7 +233,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	}
 	if cfg.MetricsListen != "" {
 		// Bound before the first apply, so the endpoint is up once READY=1 is sent.
-		if ln, err := net.Listen("tcp", cfg.MetricsListen); err != nil {
+		if ln, err := listenMetrics(cfg); err != nil {
 			log.Error("metrics endpoint failed; enforcement is unaffected", event.Field(event.MetricsFailed), zap.Error(err))
 		} else {
 			go serveMetrics(ctx, ln, m, log)
@@ -249,19 +256,23 @@ func cmdRun(args []string, stderr io.Writer) int {
 	return 0
 }
 
+// listenMetrics opens metrics_listen: a TCP port, or a unix socket with
+// metrics_socket_mode and metrics_socket_group.
+func listenMetrics(cfg *config.Config) (net.Listener, error) {
+	gid := -1
+	if cfg.MetricsSocketGroup != "" {
+		g, err := config.GroupID(cfg.MetricsSocketGroup)
+		if err != nil {
+			return nil, fmt.Errorf("metrics_socket_group %q: %w", cfg.MetricsSocketGroup, err)
+		}
+		gid = g
+	}
+	return metrics.Listen(cfg.MetricsListen, cfg.MetricsSocketMode, gid)
+}
+
 func serveMetrics(ctx context.Context, ln net.Listener, m *metrics.Metrics, log *zap.Logger) {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", m.Handler())
-	// Any local user can connect: bound every connection's life, so idle
-	// keep-alive connections cannot pile up in the daemon.
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
-		WriteTimeout: 10 * time.Second, IdleTimeout: 30 * time.Second, MaxHeaderBytes: 8 << 10}
-	go func() {
-		<-ctx.Done()
-		srv.Close()
-	}()
-	log.Info("serving metrics", event.Field(event.MetricsListening), zap.Stringer("addr", ln.Addr()))
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	log.Info("serving metrics", event.Field(event.MetricsListening), zap.Stringer("addr", ln.Addr()), zap.Int("max_connections", metrics.MaxConns))
+	if err := metrics.Serve(ctx, ln, m, log); err != nil {
 		log.Error("metrics endpoint failed; enforcement is unaffected", event.Field(event.MetricsFailed), zap.Error(err))
 	}
 }

@@ -11,7 +11,9 @@
 // TestSystemdNFTSet boots Debian 13 (systemd 257) for NFTSet=.
 // TestSystemdPackage installs the Debian package instead, in a container
 // without the bind-mounted egressd, and runs debpkg.InstallSteps: installed,
-// enabled, enforcing, hardened, removed, purged.
+// enabled, enforcing, hardened, removed, purged. TestSystemdMetricsFlood
+// floods the metrics port as nobody for 60 s under the real unit (watchdog,
+// LimitNOFILE=): no restart, few descriptors held, an edit applied.
 //
 // The tests skip when not root or when systemd-nspawn, debootstrap or
 // nsenter are missing, and fail instead when EGRESSD_REQUIRE_SYSTEM_TESTS=1.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/backoff"
 	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/resolver"
@@ -29,7 +30,8 @@ type Options struct {
 	// NewQuerier builds the DNS client for a configuration; default resolver.Client.
 	NewQuerier func(*config.Config) resolver.Querier
 	// Notify receives sd_notify-style state strings ("READY=1", "STATUS=…"); may be nil.
-	Notify func(state string)
+	// An error is logged (notify_failed).
+	Notify func(state string) error
 	// Concurrency bounds the DNS queries in flight; default policy.Concurrency.
 	Concurrency int
 	// MinInterval coalesces bursts of work: reconciles run at most this often; default 100ms.
@@ -61,10 +63,12 @@ type Options struct {
 	CgroupRoot string
 }
 
-// Heartbeat is a callback the loop calls every Every.
+// Heartbeat is a callback the loop calls every Every. A beat that fails is
+// logged (notify_failed) and sent again a second later, not a period later:
+// systemd's watchdog must not starve while the loop is healthy.
 type Heartbeat struct {
 	Every time.Duration
-	Beat  func()
+	Beat  func() error
 }
 
 // Controller is the reconcile loop. The goroutine that calls Run or Once
@@ -85,6 +89,9 @@ type Controller struct {
 	users   policy.Users
 	usersAt time.Time // next look for missing users
 	reload  chan struct{}
+	// cfgRetry: a reload whose read failed for a reason that passes is
+	// due again at cfgRetry.At() (zero: none pending).
+	cfgRetry backoff.Retry
 
 	reloadMu sync.Mutex
 	reloadBy map[string]bool // why the pending reload was asked for
@@ -130,7 +137,16 @@ func New(opts Options) (*Controller, error) {
 	c := &Controller{o: o, reload: make(chan struct{}, 1), attr: &attribution{}, deny: &denyCounters{},
 		pub: &publisher{o: o, started: o.Now()}, units: &unitFollower{o: o}}
 	c.apply = newApplier(o, c.deny)
-	cfg, err := config.LoadTrusted(o.ConfigPath, o.ConfigRequired, o.Trust)
+	c.cfgRetry = backoff.Retry{Exp: configRetry, Now: o.Now}
+	// A read that fails for a reason that passes is retried for a while
+	// before the files count as invalid (the last good configuration, or
+	// no start).
+	start := backoff.Retry{Exp: configRetry}
+	deadline := time.Now().Add(StartDeadline)
+	cfg, again, err := c.load(&start)
+	for ; again && time.Now().Before(deadline); cfg, again, err = c.load(&start) {
+		time.Sleep(time.Until(start.At()))
+	}
 	if err != nil {
 		if cfg = c.fallback(err); cfg == nil {
 			return nil, fmt.Errorf("%w: %v", ErrConfig, err)

@@ -3,9 +3,11 @@ package controller
 import (
 	"context"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/egressd/egressd/internal/event"
 	"github.com/egressd/egressd/ruleset"
 )
 
@@ -38,7 +40,7 @@ func TestHeartbeatStopsWhenTheLoopHangs(t *testing.T) {
 	k := &stuckKernel{Fake: f.k, entered: make(chan struct{}), release: make(chan struct{})}
 	var beats atomic.Int64
 	f.c.o.Kernel = k
-	f.c.o.Heartbeat = Heartbeat{Every: time.Millisecond, Beat: func() { beats.Add(1) }}
+	f.c.o.Heartbeat = Heartbeat{Every: time.Millisecond, Beat: func() error { beats.Add(1); return nil }}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- f.c.Run(ctx) }()
@@ -70,5 +72,55 @@ func TestHeartbeatStopsWhenTheLoopHangs(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A heartbeat that cannot be sent (the descriptor table full, systemd's
+// socket buffer full) is logged and sent again within a second, not a
+// period later: a daemon that is healthy is not killed by the watchdog for
+// one lost datagram. READY=1 that cannot be sent is logged too.
+func TestHeartbeatFailureIsLoggedAndRetried(t *testing.T) {
+	f := newFixture(t, map[string]string{"allow.d/billing.yaml": "user: billing\nallow: [192.0.2.1:443]\n"})
+	old := beatRetry
+	beatRetry = 5 * time.Millisecond
+	t.Cleanup(func() { beatRetry = old })
+	var tries, sent atomic.Int64
+	f.c.o.Heartbeat = Heartbeat{Every: time.Hour, Beat: func() error {
+		if tries.Add(1) <= 3 {
+			return syscall.EMFILE
+		}
+		sent.Add(1)
+		return nil
+	}}
+	f.c.o.Notify = func(s string) error {
+		if s == "READY=1" {
+			return syscall.EAGAIN
+		}
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- f.c.Run(ctx) }()
+	for deadline := time.Now().Add(10 * time.Second); sent.Load() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no heartbeat reached systemd after %d failed tries (period 1h): failed beats are not retried", tries.Load())
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	failed := f.logs.FilterField(event.Field(event.NotifyFailed)).All()
+	var beats, ready int
+	for _, e := range failed {
+		switch e.ContextMap()["notification"] {
+		case "WATCHDOG":
+			beats++
+		case "READY":
+			ready++
+		}
+	}
+	if beats != 3 || ready != 1 {
+		t.Errorf("notify_failed logged for %d heartbeats (want 3) and %d READY (want 1)", beats, ready)
 	}
 }

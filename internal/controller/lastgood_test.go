@@ -24,10 +24,11 @@ func TestStartOnInvalidFilesEnforcesLastGood(t *testing.T) {
 		core, logs := observer.New(zap.DebugLevel)
 		status = new(string)
 		c, err = New(Options{ConfigPath: filepath.Join(f.dir, "egressd.yaml"), ConfigRequired: true, Kernel: f.k,
-			Log: zap.New(core), Users: users, LastGood: store, Trust: config.Trust{Above: f.dir}, Notify: func(s string) {
+			Log: zap.New(core), Users: users, LastGood: store, Trust: config.Trust{Above: f.dir}, Notify: func(s string) error {
 				if v, ok := strings.CutPrefix(s, "STATUS="); ok {
 					*status = v
 				}
+				return nil
 			}})
 		return c, logs, status, err
 	}

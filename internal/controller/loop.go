@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/egressd/egressd/internal/event"
@@ -37,9 +38,27 @@ func (c *Controller) publish(force bool) {
 }
 
 func (c *Controller) notify(s string) {
-	if c.o.Notify != nil {
-		c.o.Notify(s)
+	if c.o.Notify == nil {
+		return
 	}
+	if err := c.o.Notify(s); err != nil {
+		what, _, _ := strings.Cut(s, "=")
+		c.o.Log.Warn("cannot notify systemd", event.Field(event.NotifyFailed), zap.String("notification", what), zap.Error(err))
+	}
+}
+
+// beatRetry is how soon a failed watchdog heartbeat is sent again.
+var beatRetry = time.Second
+
+// heartbeat sends WATCHDOG=1; on failure it logs and returns a channel
+// that fires when the beat is due again.
+func (c *Controller) heartbeat() <-chan time.Time {
+	if err := c.o.Heartbeat.Beat(); err != nil {
+		c.o.Log.Warn("cannot send the watchdog heartbeat; retrying", event.Field(event.NotifyFailed),
+			zap.String("notification", "WATCHDOG"), zap.Duration("retry_in", beatRetry), zap.Error(err))
+		return time.After(beatRetry)
+	}
+	return nil
 }
 
 // Once resolves every name once and applies the result in one transaction.
@@ -80,9 +99,9 @@ func (c *Controller) Run(ctx context.Context) error {
 	// never delays a reload, a drift repair or a stop; one round at a time.
 	rounds := make(chan round, 1)
 	inflight := false
-	var beat <-chan time.Time
+	var beat, beatAgain <-chan time.Time
 	if hb := c.o.Heartbeat; hb.Every > 0 && hb.Beat != nil {
-		hb.Beat()
+		beatAgain = c.heartbeat()
 		tick := time.NewTicker(hb.Every)
 		defer tick.Stop()
 		beat = tick.C
@@ -113,7 +132,9 @@ func (c *Controller) Run(ctx context.Context) error {
 			inflight = false
 			c.dns.observe(r.keys, r.out)
 		case <-beat:
-			c.o.Heartbeat.Beat()
+			beatAgain = c.heartbeat()
+		case <-beatAgain:
+			beatAgain = c.heartbeat()
 		case <-timer.C:
 		}
 		last = c.o.Now()
@@ -122,6 +143,9 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 		if c.o.Now().After(c.usersAt) && c.lookupUsers(false) {
 			c.o.Log.Info("a user appeared or changed; updating", event.Field(event.ConfigLoaded), zap.String("reason", "user lookup changed"))
+		}
+		if !c.cfgRetry.At().IsZero() && c.cfgRetry.Ready() {
+			c.doReload() // the last read failed for a reason that passes
 		}
 		if !inflight {
 			inflight = c.dns.startRound(ctx, rounds)
@@ -145,6 +169,7 @@ func (c *Controller) nextWake() time.Time {
 		}
 	}
 	consider(c.apply.retry.At())
+	consider(c.cfgRetry.At())
 	consider(c.apply.verifyAt)
 	consider(c.apply.restoreLogDue())
 	consider(c.pub.due())

@@ -283,7 +283,7 @@ func TestRunMonitorEndsAndReload(t *testing.T) {
 	f.c.SetKernelEvents(events)
 	var notes []string
 	var mu sync.Mutex
-	f.c.o.Notify = func(s string) { mu.Lock(); notes = append(notes, s); mu.Unlock() }
+	f.c.o.Notify = func(s string) error { mu.Lock(); notes = append(notes, s); mu.Unlock(); return nil }
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- f.c.Run(ctx) }()

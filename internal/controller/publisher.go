@@ -23,6 +23,29 @@ type publisher struct {
 	// soon: a configuration took effect; publish without waiting for at.
 	soon  bool
 	dirty bool // the state file is behind
+	// group: state_group as last looked up (name → gid).
+	group struct {
+		name string
+		gid  int
+	}
+}
+
+// gid is state_group's gid, looked up once per name; -1 when unset or
+// unknown (the file keeps the daemon's group: narrower, never wider).
+func (p *publisher) gid(name string) int {
+	if name == "" {
+		return -1
+	}
+	if p.group.name != name {
+		gid, err := config.GroupID(name)
+		if err != nil {
+			p.o.Log.Warn("state_group: unknown group; the state file keeps egressd's group", event.Field(event.StateFailed),
+				zap.String("group", name), zap.Error(err))
+			gid = -1
+		}
+		p.group.name, p.group.gid = name, gid
+	}
+	return p.group.gid
 }
 
 // changed marks the state file as behind; configChanged also lifts the
@@ -60,7 +83,7 @@ func (p *publisher) publish(force bool, v view) {
 		return
 	}
 	p.at, p.soon = now.Add(time.Second), false
-	if err := state.Write(p.o.StateDir, p.snapshot(now, v)); err != nil {
+	if err := state.WriteMode(p.o.StateDir, p.snapshot(now, v), v.cfg.StateMode, p.gid(v.cfg.StateGroup)); err != nil {
 		p.o.Log.Warn("cannot write the state file; egressd check will not see the daemon's view", event.Field(event.StateFailed), zap.Error(err))
 		return
 	}

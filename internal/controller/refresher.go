@@ -150,19 +150,24 @@ func (r *refresher) expire() {
 // reloadHosts re-reads the hosts file (after a watch event, a SIGHUP or a
 // configuration change) and makes the names it changed due at once. An
 // unreadable file keeps its last contents: names must not silently move to
-// DNS answers.
-func (r *refresher) reloadHosts(file string) {
+// DNS answers. A read that failed for a reason that passes
+// (config.Transient) is returned, unlogged, for the caller to retry.
+func (r *refresher) reloadHosts(file string) error {
 	changed, err := r.hosts.Load(file)
+	if _, again := config.Transient(err); again {
+		return err
+	}
 	if err != nil {
 		r.o.Log.Error("cannot read the hosts file; keeping its last contents", event.Field(event.ConfigRejected),
 			zap.String("file", file), zap.Error(err))
-		return
+		return nil
 	}
 	if len(changed) == 0 {
-		return
+		return nil
 	}
 	r.o.Log.Info("hosts file changed", event.Field(event.ConfigLoaded), zap.String("file", file), zap.Strings("changed", changed))
 	r.cache.Refresh(changed)
+	return nil
 }
 
 func typeName(k resolver.Key) string {

@@ -3,12 +3,47 @@ package controller
 import (
 	"errors"
 	"reflect"
+	"time"
 
 	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/backoff"
 	"github.com/egressd/egressd/internal/event"
 	"github.com/egressd/egressd/internal/state"
 	"go.uber.org/zap"
 )
+
+// configRetry spaces the reads of a configuration whose read failed for a
+// reason that passes (config.Transient: descriptors exhausted, a file
+// mid-replace). The cap is short: the edit should land within seconds of
+// the cause going away, and a read is cheap.
+var configRetry = backoff.Exp{Base: 200 * time.Millisecond, Max: 2 * time.Second}
+
+// load reads the configuration. A read that failed for a reason that
+// passes is logged as config_read_failed (with the reason), not as a
+// rejection, and retry schedules the next read: again is true then. The
+// caller resets retry once every read of the reload succeeded.
+func (c *Controller) load(retry *backoff.Retry) (cfg *config.Config, again bool, err error) {
+	cfg, err = config.LoadTrusted(c.o.ConfigPath, c.o.ConfigRequired, c.o.Trust)
+	if _, transient := config.Transient(err); !transient {
+		return cfg, false, err
+	}
+	c.readFailed(retry, err)
+	return nil, true, err
+}
+
+// readFailed logs a read that failed for a reason that passes and
+// schedules the next on retry.
+func (c *Controller) readFailed(retry *backoff.Retry, err error) {
+	reason, _ := config.Transient(err)
+	wait := retry.Fail()
+	// The first failure and then about once a minute: the reads go on
+	// every 2 s for as long as the cause lasts.
+	if n := retry.Failures(); n == 1 || n%30 == 0 {
+		c.o.Log.Warn("the configuration could not be read, for a reason that passes (not its contents); "+
+			"the last good configuration stays in force; reading it again", event.Field(event.ConfigReadFailed),
+			zap.String("reason", reason), zap.Int("attempt", n), zap.Duration("retry_in", wait), zap.Error(err))
+	}
+}
 
 // setConfig puts cfg in force: every part follows it.
 func (c *Controller) setConfig(cfg *config.Config) {
@@ -92,6 +127,18 @@ func (c *Controller) ReloadBy(by string) {
 	}
 }
 
+// keepReloadReasons puts back the reasons of a reload whose read is retried.
+func (c *Controller) keepReloadReasons(by []string) {
+	c.reloadMu.Lock()
+	defer c.reloadMu.Unlock()
+	if c.reloadBy == nil {
+		c.reloadBy = map[string]bool{}
+	}
+	for _, r := range by {
+		c.reloadBy[r] = true
+	}
+}
+
 func (c *Controller) reloadReasons() []string {
 	c.reloadMu.Lock()
 	defer c.reloadMu.Unlock()
@@ -110,13 +157,25 @@ func (c *Controller) reloadReasons() []string {
 // (changed or not) is reported once as config_recovered.
 func (c *Controller) doReload() {
 	by := c.reloadReasons()
+	cfg, again, err := c.load(&c.cfgRetry)
+	if again {
+		// Read again (the hosts file too) when c.cfgRetry is due; the
+		// reload's line comes with the read that succeeds.
+		c.keepReloadReasons(by)
+		return
+	}
 	outcome := "unchanged"
 	defer func() {
 		c.o.Log.Info("configuration reload: "+outcome, event.Field(event.ConfigReloaded), zap.String("outcome", outcome),
 			zap.Strings("by", by), zap.String("file", c.o.ConfigPath))
 	}()
-	defer func() { c.dns.reloadHosts(c.cfg.HostsFile) }() // with the configuration in force after this reload
-	cfg, err := config.LoadTrusted(c.o.ConfigPath, c.o.ConfigRequired, c.o.Trust)
+	defer func() { // with the configuration in force after this reload
+		if err := c.dns.reloadHosts(c.cfg.HostsFile); err != nil {
+			c.readFailed(&c.cfgRetry, err)
+			return
+		}
+		c.cfgRetry.Reset() // every read of this reload succeeded
+	}()
 	if err != nil {
 		c.logRejected(err, false)
 		c.rejected, outcome = true, "rejected"
@@ -149,12 +208,14 @@ func (c *Controller) doReload() {
 	// endpoint, the directory watch): say so rather than pretend.
 	old := c.cfg
 	for what, changed := range map[string]bool{
-		"deny_log.mode":  old.DenyLog.Mode != cfg.DenyLog.Mode,
-		"deny_log.group": old.DenyLog.Group != cfg.DenyLog.Group,
-		"metrics_listen": old.MetricsListen != cfg.MetricsListen,
-		"allow_dir":      old.AllowDir != cfg.AllowDir,
-		"hosts_file":     old.HostsFile != cfg.HostsFile, // its watch
-		"lists_dir":      old.ListsDir != cfg.ListsDir,   // its watch
+		"deny_log.mode":        old.DenyLog.Mode != cfg.DenyLog.Mode,
+		"deny_log.group":       old.DenyLog.Group != cfg.DenyLog.Group,
+		"metrics_listen":       old.MetricsListen != cfg.MetricsListen,
+		"metrics_socket_mode":  old.MetricsSocketMode != cfg.MetricsSocketMode,
+		"metrics_socket_group": old.MetricsSocketGroup != cfg.MetricsSocketGroup,
+		"allow_dir":            old.AllowDir != cfg.AllowDir,
+		"hosts_file":           old.HostsFile != cfg.HostsFile, // its watch
+		"lists_dir":            old.ListsDir != cfg.ListsDir,   // its watch
 	} {
 		if changed {
 			c.o.Log.Warn("this setting takes full effect at the next restart (systemctl restart egressd)", event.Field(event.RestartRequired), zap.String("setting", what))

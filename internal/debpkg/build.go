@@ -311,6 +311,8 @@ func packagedUnit(unit []byte) ([]byte, error) {
 		return nil, errors.New("egressd.service: no ExecStart=.../egressd line to point at /usr/bin/egressd")
 	}
 	unit = execStartRE.ReplaceAll(unit, []byte("${1}/usr/bin/egressd${2}"))
+	// The comments' examples (the start gate) too: operators copy them.
+	unit = bytes.ReplaceAll(unit, []byte("/usr/local/bin/egressd"), []byte("/usr/bin/egressd"))
 	return bytes.ReplaceAll(unit, []byte("Install as /etc/systemd/system/egressd.service."),
 		[]byte("Installed by the egressd package; override with systemctl edit egressd.")), nil
 }

@@ -58,8 +58,13 @@ func TestPackagedUnit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := packagedUnit(unit); err != nil {
+	got, err = packagedUnit(unit)
+	if err != nil {
 		t.Errorf("the repository's egressd.service: %v", err)
+	}
+	// Its comments too: an operator copies the start gate from them.
+	if strings.Contains(string(got), "/usr/local/bin") || !strings.Contains(string(got), "ExecStartPre=+/usr/bin/egressd wait") {
+		t.Errorf("the packaged unit still names /usr/local/bin or lost the start gate's example:\n%s", got)
 	}
 }
 
@@ -71,6 +76,7 @@ func TestPackagedConfigIsDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	keyRE := regexp.MustCompile(`^#([a-z_]+): `)
+	example := map[string]bool{"resolvers": true, "metrics_listen": true, "metrics_socket_mode": true, "metrics_socket_group": true, "state_group": true}
 	var active, uncommented []string
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for sc.Scan() {
@@ -78,9 +84,10 @@ func TestPackagedConfigIsDefaults(t *testing.T) {
 		if l != "" && !strings.HasPrefix(l, "#") {
 			active = append(active, l)
 		}
-		// resolvers and metrics_listen show an example: their defaults
-		// are "from /etc/resolv.conf" and "off".
-		if m := keyRE.FindStringSubmatch(l); m != nil && m[1] != "resolvers" && m[1] != "metrics_listen" {
+		// resolvers, metrics_listen and the groups show an example: their
+		// defaults are "from /etc/resolv.conf", "off" and "egressd's own";
+		// the socket's mode applies to a unix metrics_listen only.
+		if m := keyRE.FindStringSubmatch(l); m != nil && !example[m[1]] {
 			uncommented = append(uncommented, l[1:])
 		}
 	}

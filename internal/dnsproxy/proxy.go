@@ -135,13 +135,22 @@ func (s *uidSlots) give(uid uint32) {
 	}
 }
 
+// The defaults of MaxInFlight and MaxConns, and so the most descriptors
+// the proxy holds at once (one upstream socket per query in flight, one per
+// TCP client, plus strayConns): the daemon's descriptor budget counts them.
+const (
+	DefaultMaxInFlight = 1024
+	DefaultMaxConns    = 256
+	MaxDescriptors     = DefaultMaxInFlight + DefaultMaxConns + strayConns
+)
+
 // New returns a proxy that answers nothing until SetPolicy.
 func New(opt Options) *Proxy {
 	if opt.MaxInFlight <= 0 {
-		opt.MaxInFlight = 1024
+		opt.MaxInFlight = DefaultMaxInFlight
 	}
 	if opt.MaxConns <= 0 {
-		opt.MaxConns = 256
+		opt.MaxConns = DefaultMaxConns
 	}
 	if opt.MaxElements <= 0 {
 		opt.MaxElements = 65536

@@ -18,6 +18,7 @@ const (
 	ConfigRejected     = "config_rejected"
 	ConfigRecovered    = "config_recovered"
 	ConfigReloaded     = "config_reloaded"
+	ConfigReadFailed   = "config_read_failed"
 	ConfigFileSkipped  = "config_file_skipped"
 	ConfigFallback     = "config_fallback"
 	RestartRequired    = "restart_required"
@@ -46,6 +47,8 @@ const (
 	MetricsListening   = "metrics_listening"
 	MetricsFailed      = "metrics_failed"
 	StateFailed        = "state_failed"
+	NotifyFailed       = "notify_failed"
+	DescriptorLimitLow = "descriptor_limit_low"
 	StartRefused       = "start_refused"
 	RunFailed          = "run_failed"
 	Stopping           = "stopping"
@@ -53,13 +56,13 @@ const (
 
 // All lists every event name, in the order of docs/events.md.
 var All = []string{
-	Started, ConfigLoaded, ConfigRejected, ConfigRecovered, ConfigReloaded, ConfigFileSkipped, ConfigFallback, RestartRequired, WatchFailed,
+	Started, ConfigLoaded, ConfigRejected, ConfigRecovered, ConfigReloaded, ConfigReadFailed, ConfigFileSkipped, ConfigFallback, RestartRequired, WatchFailed,
 	Resolved, ResolveFailed, ResolveFailing, ResolveRecovered,
 	RulesetApplied, ApplyFailed, UserMissing, UserConflict, UnitCgroup,
 	DriftRepaired, DriftRepeating, VerifyFailed, TableUnowned,
 	Deny, DenyOverflow, DenyLogFailed,
 	DNSRefused, DNSRefusedOverflow, DNSProxyListening, DNSProxyFailed, DNSProxyRevoked,
-	MetricsListening, MetricsFailed, StateFailed, StartRefused, RunFailed, Stopping,
+	MetricsListening, MetricsFailed, StateFailed, NotifyFailed, DescriptorLimitLow, StartRefused, RunFailed, Stopping,
 }
 
 // Field is the "event" field of a log line.

@@ -237,11 +237,22 @@ long. Default: 1h.`),
 egressd), interval (the deny event aggregation window; default 10s).`),
 		Item("on_exit", `keep (default: the rules stay when the daemon stops; fail
 closed) or remove.`),
-		Item("metrics_listen", `HOST:PORT of the Prometheus endpoint. Default: off. The shipped
-egressd.service lets the daemon bind port 9464 only (SocketBindAllow=tcp:9464,
-SocketBindDeny=any): for another port add SocketBindAllow=tcp:PORT in a drop-in
-(systemctl edit egressd), or where systemd enforces SocketBind* the bind fails
-(metrics_failed; enforcement is unaffected).`),
+		Item("metrics_listen", `HOST:PORT of the Prometheus endpoint, which every local user
+can read (which services are denied, and when), or unix:PATH, a unix socket
+with metrics_socket_mode and metrics_socket_group. At most 16 connections at
+once. Default: off. The shipped egressd.service lets the daemon bind TCP port
+9464 only (SocketBindAllow=tcp:9464, SocketBindDeny=any): for another port add
+SocketBindAllow=tcp:PORT in a drop-in (systemctl edit egressd), or where systemd
+enforces SocketBind* the bind fails (metrics_failed; enforcement is
+unaffected).`),
+		Item("metrics_socket_mode", `The metrics socket's mode, in octal: who may connect
+(connecting needs write). Only with metrics_listen: unix:PATH. Default: 0600.`),
+		Item("metrics_socket_group", `The metrics socket's group (name or gid); egressd must
+be a member (SupplementaryGroups= under the unit). Default: egressd's own.`),
+		Item("state_mode", `The mode of the state file (RUNTIME_DIR/state.json), which
+lists every allowlist; never writable by group or others. Default: 0644.`),
+		Item("state_group", `The state file's group (name or gid), as metrics_socket_group.
+Default: egressd's own.`),
 		Item("dns_proxy_port", `The DNS proxy's port on 127.0.0.1 and ::1, where the
 kernel redirects the queries of dns: proxy allowlists (egressd.socket opens
 it: change both). Default: 153.`),

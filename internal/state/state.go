@@ -67,11 +67,23 @@ func Hash(v any) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// Write replaces dir/state.json atomically.
+// Write replaces dir/state.json atomically, mode 0644.
 func Write(dir string, s *State) error { return WriteJSON(dir, File, 0o644, s) }
+
+// WriteMode replaces dir/state.json atomically with the given mode and
+// group (gid; -1 keeps the writer's): state_mode and state_group.
+func WriteMode(dir string, s *State, mode os.FileMode, gid int) error {
+	return WriteJSONOwned(dir, File, mode, gid, s)
+}
 
 // WriteJSON replaces dir/name atomically with v as JSON, with the given mode.
 func WriteJSON(dir, name string, mode os.FileMode, v any) error {
+	return WriteJSONOwned(dir, name, mode, -1, v)
+}
+
+// WriteJSONOwned is WriteJSON with a group (gid; -1 keeps the writer's),
+// set before the file takes its name: readers never see it open wider.
+func WriteJSONOwned(dir, name string, mode os.FileMode, gid int, v any) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
@@ -90,6 +102,12 @@ func WriteJSON(dir, name string, mode os.FileMode, v any) error {
 	if err := w.Flush(); err != nil {
 		tmp.Close()
 		return err
+	}
+	if gid >= 0 {
+		if err := tmp.Chown(-1, gid); err != nil {
+			tmp.Close()
+			return fmt.Errorf("group %d: %w (under the unit, egressd must be a member of the group: SupplementaryGroups=)", gid, err)
+		}
 	}
 	if err := tmp.Chmod(mode); err != nil {
 		tmp.Close()

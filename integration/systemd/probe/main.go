@@ -8,6 +8,8 @@
 //	egressd-probe connect ADDR         connect once, print ok or the error
 //	egressd-probe dns ADDR PREFIX...   a DNS server on ADDR (UDP and TCP; see dns.go)
 //	egressd-probe resolve SERVER NAME  ask SERVER for NAME once, print "ok ADDR" or the error
+//	egressd-probe flood ADDR N         keep N idle connections open to ADDR, reconnecting as they
+//	                                   close; print how many are open each second (flood.go)
 //
 // Agent commands: "connect HOST:PORT", "write PATH", "listen HOST:PORT", "pid",
 // and the DNS client's: "resolve SERVER NAME", "dnsloop SERVER", "dnsstat -",
@@ -83,6 +85,11 @@ func main() {
 			os.Exit(2)
 		}
 		fmt.Println(dnsCommand("resolve", os.Args[2]+" "+os.Args[3]))
+	case "flood":
+		if len(os.Args) != 4 {
+			os.Exit(2)
+		}
+		flood(os.Args[2], os.Args[3])
 	case "dns":
 		if err := serveDNS(os.Args[2], os.Args[3:]); err != nil {
 			fmt.Fprintln(os.Stderr, "dns:", err)

@@ -1,0 +1,56 @@
+package metrics
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+)
+
+// Listen opens the metrics endpoint: a TCP address (every local user can
+// connect), or unix:PATH, a socket with the given mode and group (gid; -1
+// keeps the daemon's), so that the operator chooses who may read which
+// services are denied, and when. A socket left at PATH by an earlier run is
+// replaced; anything else there is an error.
+func Listen(addr string, mode os.FileMode, gid int) (net.Listener, error) {
+	path, unix := strings.CutPrefix(addr, "unix:")
+	if !unix {
+		return net.Listen("tcp", addr)
+	}
+	// Whoever may write the directory could put their own socket in place
+	// of egressd's: the directory must be root's or egressd's alone.
+	dir := filepath.Dir(path)
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil {
+		return nil, fmt.Errorf("metrics socket directory: %w", err)
+	}
+	if (st.Uid != 0 && int(st.Uid) != os.Geteuid()) || st.Mode&0o022 != 0 {
+		return nil, fmt.Errorf("metrics socket directory %s: owned by uid %d with mode %04o; it must be writable by root or egressd alone (for example /run/egressd)",
+			dir, st.Uid, st.Mode&0o7777)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("%s exists and is not a socket; not replacing it", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, err
+		}
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	// Created with the umask's mode, which the unit keeps closed (0077):
+	// opened to mode and group only now.
+	if err := os.Lchown(path, -1, gid); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("metrics socket: group %d: %w (under the unit, egressd must be a member of the group: SupplementaryGroups=)", gid, err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("metrics socket: %w", err)
+	}
+	return ln, nil
+}
