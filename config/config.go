@@ -181,6 +181,9 @@ type Allowlist struct {
 	DNSUnlisted         Unlisted // with dns: proxy: refuse (default) or answer
 	Mode                Mode     // enforce (default) or audit
 	AllowPrivateAnswers bool
+	// Listen is the listen: key: nil when absent (listening unrestricted),
+	// empty for listen: [] (no port), else the ports its service may bind.
+	Listen []ListenPort
 }
 
 // NumericUID returns the uid when User is written as a number.

@@ -349,7 +349,7 @@ func ParseResolver(s string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }
 
-var allowKeys = []string{"user", "unit", "allow", "include", "dns", "dns_unlisted", "mode", "allow_private_answers"}
+var allowKeys = []string{"user", "unit", "allow", "include", "dns", "dns_unlisted", "mode", "allow_private_answers", "listen"}
 
 // NameRE is what an allowlist's name (its file name without .yaml) may be:
 // it becomes part of nftables chain and set names and of log prefixes.
@@ -406,6 +406,10 @@ func ParseAllowlist(file, name string, data []byte) (*Allowlist, error) {
 			case "allow_private_answers":
 				if b, ok := p.boolean(v, key); ok {
 					a.AllowPrivateAnswers = b
+				}
+			case "listen":
+				if l := p.listen(v, key); l != nil {
+					a.Listen = l
 				}
 			}
 		})
