@@ -31,6 +31,8 @@ const (
 	Deny               = "deny"
 	DenyOverflow       = "deny_overflow"
 	DenyLogFailed      = "deny_log_failed"
+	BindDenied         = "bind_denied"
+	ListenUnenforced   = "listen_unenforced"
 	DNSRefused         = "dns_refused"
 	DNSRefusedOverflow = "dns_refused_overflow"
 	DNSProxyListening  = "dns_proxy_listening"
@@ -49,7 +51,7 @@ var All = []string{
 	Resolved, ResolveFailed, ResolveFailing, ResolveRecovered,
 	RulesetApplied, ApplyFailed, UserMissing, UserConflict, UnitCgroup,
 	DriftRepaired, DriftRepeating, VerifyFailed, TableUnowned,
-	Deny, DenyOverflow, DenyLogFailed,
+	Deny, DenyOverflow, DenyLogFailed, BindDenied, ListenUnenforced,
 	DNSRefused, DNSRefusedOverflow, DNSProxyListening, DNSProxyFailed,
 	MetricsListening, MetricsFailed, StateFailed, StartRefused, RunFailed, Stopping,
 }
