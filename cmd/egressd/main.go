@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/egressd/egressd/internal/bindguard"
 	"github.com/egressd/egressd/internal/event"
 	"io"
 	"net"
@@ -97,6 +98,8 @@ func cmdRun(args []string, stderr io.Writer) int {
 	once := fs.Bool("once", false, "resolve and apply once, then exit")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	runtimeDir := fs.String("runtime-dir", state.DefaultDir, "where the daemon publishes its state for egressd check")
+	bpfDir := fs.String("bpf-dir", bindguard.DefaultDir, "where the listen restriction's BPF programs and maps are pinned (on bpffs)")
+	listenCgroup := fs.String("listen-cgroup", "", "the cgroup the listen restriction attaches to (default: the cgroup2 root, every process)")
 	if code, done := parseFlags(fs, args); done {
 		return code
 	}
@@ -152,8 +155,22 @@ func cmdRun(args []string, stderr io.Writer) int {
 			defer closeProxy()
 		}
 	}
-	ctl, err := controller.New(controller.Options{
-		ConfigPath: *cfgPath, ConfigRequired: required, Kernel: kernel, Log: log, Metrics: m, StateDir: *runtimeDir, DNSProxy: proxy,
+	// listen: restriction (cgroup BPF). Its reports become bind_denied events
+	// once it is loaded; lookups go through the controller, set below.
+	var ctl *controller.Controller
+	listen := &bindguard.Enforcer{Dir: *bpfDir, Cgroup: *listenCgroup}
+	if !*once {
+		listen.OnOpen = func(g *bindguard.Guard) {
+			rd, err := g.Events()
+			if err != nil {
+				log.Error("cannot read refused binds; they are still refused, but not reported", event.Field(event.DenyLogFailed), zap.Error(err))
+				return
+			}
+			go deny.RunBinds(ctx, rd, ctl, ctl.Config().DenyLog.Interval, log, m, rec)
+		}
+	}
+	ctl, err = controller.New(controller.Options{
+		ConfigPath: *cfgPath, ConfigRequired: required, Kernel: kernel, Log: log, Metrics: m, StateDir: *runtimeDir, DNSProxy: proxy, Listen: listen,
 		Notify:    func(s string) { daemon.SdNotify(false, s) }, //nolint:errcheck // no-op outside systemd
 		Heartbeat: watchdogHeartbeat(),                          // WATCHDOG=1 from the loop when WatchdogSec= is set
 		LastGood:  lastGoodStore(),                              // $STATE_DIRECTORY: invalid files at start enforce the last good configuration
@@ -322,6 +339,7 @@ func cmdRemove(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("remove", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	runtimeDir := fs.String("runtime-dir", state.DefaultDir, "the daemon's runtime directory (its lock says whether it runs)")
+	bpfDir := fs.String("bpf-dir", bindguard.DefaultDir, "where the listen restriction is pinned")
 	if code, done := parseFlags(fs, args); done {
 		return code
 	}
@@ -349,17 +367,26 @@ func cmdRemove(args []string, stderr io.Writer) int {
 			"Stop it first (systemctl stop egressd, or kill %s), then run egressd remove again.\n", who, pidOr(pid))
 		return 1
 	}
+	code := 0
+	if hooks := bindguard.Pinned(*bpfDir); len(hooks) > 0 {
+		if err := bindguard.Remove(*bpfDir); err != nil {
+			fmt.Fprintln(stderr, "egressd remove:", err)
+			code = 1
+		} else {
+			fmt.Fprintf(stderr, "egressd: listen restriction removed (%s); listening is no longer restricted\n", *bpfDir)
+		}
+	}
 	k := &ruleset.Netlink{}
 	if _, err := k.ReadUsers(); errors.Is(err, ruleset.ErrNoTable) {
 		fmt.Fprintln(stderr, "egressd remove: nothing to remove: table inet egressd does not exist")
-		return 0
+		return code
 	}
 	if err := k.Remove(); err != nil {
 		fmt.Fprintln(stderr, "egressd remove:", err)
 		return 1
 	}
 	fmt.Fprintln(stderr, "egressd: table inet egressd removed; egress is no longer restricted")
-	return 0
+	return code
 }
 
 func pidOr(pid int) string {

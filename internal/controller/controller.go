@@ -56,6 +56,9 @@ type Options struct {
 	// Heartbeat, when Every is set, is called from the loop itself at that
 	// period (systemd's watchdog: a hung loop stops calling it).
 	Heartbeat Heartbeat
+	// Listen, when set, enforces allowlists' listen: keys; without it a
+	// listen: key is reported as not enforced (listen_unenforced).
+	Listen ListenEnforcer
 	// CgroupRoot is where the cgroup2 hierarchy is mounted (tests); default: found in /proc/self/mountinfo.
 	CgroupRoot string
 }
@@ -85,13 +88,14 @@ type Controller struct {
 	usersAt time.Time // next look for missing users
 	reload  chan struct{}
 
-	dns   *refresher
-	apply *applier
-	pub   *publisher
-	attr  *attribution
-	deny  *denyCounters
-	proxy proxyState
-	units *unitFollower
+	dns    *refresher
+	apply  *applier
+	pub    *publisher
+	attr   *attribution
+	deny   *denyCounters
+	proxy  proxyState
+	units  *unitFollower
+	listen listenState
 }
 
 // StartDeadline bounds the first resolution of every name.
