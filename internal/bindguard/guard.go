@@ -52,8 +52,6 @@ type hook struct {
 var hooks = []hook{
 	{"bind4", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Bind, func(p, e *ebpf.Map) asm.Instructions { return bindProgram(p, e, afInet) }},
 	{"bind6", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet6Bind, func(p, e *ebpf.Map) asm.Instructions { return bindProgram(p, e, afInet6) }},
-	{"post_bind4", ebpf.CGroupSock, ebpf.AttachCGroupInet4PostBind, func(p, e *ebpf.Map) asm.Instructions { return postBindProgram(p, e, afInet) }},
-	{"post_bind6", ebpf.CGroupSock, ebpf.AttachCGroupInet6PostBind, func(p, e *ebpf.Map) asm.Instructions { return postBindProgram(p, e, afInet6) }},
 	{"ingress", ebpf.CGroupSKB, ebpf.AttachCGroupInetIngress, ingressProgram},
 }
 
@@ -76,7 +74,7 @@ type Guard struct {
 
 // ErrUnsupported wraps a kernel that lacks a feature the restriction needs
 // (cgroup v2 BPF hooks, ring buffers; Linux ≥ 5.8).
-var ErrUnsupported = errors.New("the kernel cannot enforce listen: (needs cgroup v2 BPF bind, post-bind and ingress hooks and BPF ring buffers, Linux 5.8 or later)")
+var ErrUnsupported = errors.New("the kernel cannot enforce listen: (needs cgroup v2 BPF bind and ingress hooks and BPF ring buffers, Linux 5.8 or later)")
 
 // Open loads the programs and attaches them to the cgroup at cgroupPath, or
 // takes over those pinned in dir by an earlier egressd (replacing their

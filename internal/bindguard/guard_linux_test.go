@@ -247,12 +247,9 @@ func bindOp(op string) (bindResult, error) {
 		lo, hi, _ := strings.Cut(rng, "-")
 		l, _ := strconv.Atoi(lo)
 		h, _ := strconv.Atoi(hi)
-		level := unix.SOL_IP
-		if family == unix.AF_INET6 {
-			level = unix.SOL_IPV6
-		}
-		// IP_LOCAL_PORT_RANGE (Linux 6.3): the ephemeral range of this socket.
-		if err := unix.SetsockoptInt(fd, level, unix.IP_LOCAL_PORT_RANGE, l|h<<16); err != nil {
+		// IP_LOCAL_PORT_RANGE (Linux 6.3; SOL_IP for IPv6 sockets too): the
+		// ephemeral range of this socket.
+		if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_LOCAL_PORT_RANGE, l|h<<16); err != nil {
 			return bindResult{}, fmt.Errorf("IP_LOCAL_PORT_RANGE: %w", err)
 		}
 	}
@@ -290,7 +287,7 @@ func bindOp(op string) (bindResult, error) {
 	return res, nil
 }
 
-var policy = Policy{protected: {Ports: []Port{{TCP, 8080}, {UDP, 5353}}}}
+var policy = Policy{protected: {Ports: []Port{{TCP, 8080}, {TCP, 8081}, {UDP, 5353}}}}
 
 func TestBindRestricted(t *testing.T) {
 	r := newRig(t)
@@ -318,11 +315,9 @@ func TestBindRestricted(t *testing.T) {
 		{"udp port listed for tcp only", "udp4,127.0.0.1,8080", protected, "EPERM"},
 		{"tcp port listed for udp only", "tcp4,127.0.0.1,5353", protected, "EPERM"},
 		{"unlisted udp6", "udp6,::,9999", protected, "EPERM"},
-		{"port 0: the kernel's choice is checked", "tcp4,127.0.0.1,0", protected, "EPERM"},
-		{"port 0 over IPv6", "udp6,::,0", protected, "EPERM"},
-		{"ephemeral range steered to an unlisted port", "tcp4,127.0.0.1,0,range=9999-9999", protected, "EPERM"},
-		{"control: the same range for another user", "tcp4,127.0.0.1,0,range=9999-9999", other, "ok 9999"},
-		{"ephemeral range steered to the listed port", "tcp4,127.0.0.1,0,range=8080-8080", protected, "ok 8080"},
+		// Port 0 binds as clients (and Go's runtime probe) do: allowed; a
+		// listener there gets no connection (TestListenEphemeral).
+		{"port 0 is a client's bind", "udp6,::ffff:127.0.0.1,0,range=9999-9999", protected, "ok 9999"},
 		{"another user is not restricted", "tcp4,127.0.0.1,9999", other, "ok 9999"},
 	}
 	for _, tt := range tests {
@@ -369,11 +364,14 @@ func (r *rig) listenAndDial(uid int, op string) (string, error, string) {
 	return first, derr, strings.TrimSpace(second)
 }
 
-// A listen() on an unbound socket binds an ephemeral port without any bind
-// hook: the ingress program drops connections to it.
-func TestListenAutobind(t *testing.T) {
+// A listen() on an unbound socket, or on one bound to port 0, has a port no
+// bind hook refused: the ingress program drops connections to it.
+func TestListenEphemeral(t *testing.T) {
 	r := newRig(t)
 	r.apply(policy)
+	if err := r.ns.Sysctl("net/ipv4/ip_local_port_range", "8000 10000"); err != nil {
+		t.Fatal(err)
+	}
 	t.Run("control: listed port serves", func(t *testing.T) {
 		first, derr, second := r.listenAndDial(protected, "tcp4,127.0.0.1,8080,listen")
 		if first != "ok 8080" || derr != nil || second != "accepted" {
@@ -387,6 +385,30 @@ func TestListenAutobind(t *testing.T) {
 		}
 		if derr == nil || second == "accepted" {
 			t.Fatalf("a connection reached the autobound listener (%s): dial %v, listener %q", first, derr, second)
+		}
+	})
+	t.Run("attack: bind to port 0, then listen", func(t *testing.T) {
+		first, derr, second := r.listenAndDial(protected, "tcp4,127.0.0.1,0,listen")
+		if !strings.HasPrefix(first, "ok ") {
+			t.Fatalf("listener: %q", first)
+		}
+		if derr == nil || second == "accepted" {
+			t.Fatalf("a connection reached the listener on the kernel's port (%s): dial %v, listener %q", first, derr, second)
+		}
+	})
+	t.Run("attack: ephemeral range steered to an unlisted port", func(t *testing.T) {
+		first, derr, second := r.listenAndDial(protected, "tcp4,127.0.0.1,0,range=9999-9999,listen")
+		if first != "ok 9999" {
+			t.Fatalf("listener: %q", first)
+		}
+		if derr == nil || second == "accepted" {
+			t.Fatalf("a connection reached the steered listener: dial %v, listener %q", derr, second)
+		}
+	})
+	t.Run("control: ephemeral range steered to the listed port serves", func(t *testing.T) {
+		first, derr, second := r.listenAndDial(protected, "tcp4,127.0.0.1,0,range=8081-8081,listen")
+		if first != "ok 8081" || derr != nil || second != "accepted" {
+			t.Fatalf("listener %q, dial %v, then %q", first, derr, second)
 		}
 	})
 	t.Run("attack: autobound IPv6 listener, IPv4 client", func(t *testing.T) {
@@ -458,7 +480,7 @@ func TestPinnedAcrossRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := fmt.Sprint(loaded[protected].Ports); got != "[{6 8080} {17 5353}]" {
+	if got := fmt.Sprint(loaded[protected].Ports); got != "[{6 8080} {6 8081} {17 5353}]" {
 		t.Fatalf("loaded policy %s", got)
 	}
 	// Widening, narrowing and lifting take effect.

@@ -16,11 +16,8 @@ const (
 	sockAddrUserPort = 24 // network byte order
 	sockAddrProtocol = 36
 
-	sockProtocol = 12 // struct bpf_sock
-	sockSrcIP4   = 24
-	sockSrcIP6   = 28
-	sockSrcPort  = 44 // host byte order
-	sockState    = 72
+	sockSrcPort = 44 // struct bpf_sock; host byte order
+	sockState   = 72
 
 	skbFamily   = 88 // struct __sk_buff
 	skbLocalIP4 = 96
@@ -35,9 +32,8 @@ const (
 
 // Hooks, as an Event reports them.
 const (
-	HookBind     = 1 // cgroup/bind4, bind6: an explicit port
-	HookPostBind = 2 // cgroup/post_bind4, post_bind6: the port bind() chose (port 0)
-	HookIngress  = 3 // cgroup_skb/ingress: a connection to a listener that bound no hook (listen() autobind)
+	HookBind    = 1 // cgroup/bind4, bind6: a bind() to an explicit port
+	HookIngress = 3 // cgroup_skb/ingress: a connection to a listener on an ephemeral port (bind to port 0, or listen() unbound)
 )
 
 // Stack layout shared by the programs (offsets from R10).
@@ -128,8 +124,9 @@ func address(family uint8, src ipSource) func() asm.Instructions {
 }
 
 // bindProgram is cgroup/bind4 or bind6: a bind() to an explicit port the
-// caller's uid may not listen on fails with EPERM. Port 0 passes here; the
-// port the kernel picks for it is checked by the post-bind program.
+// caller's uid may not listen on fails with EPERM. A bind to port 0 passes:
+// clients do it (Go's runtime probes IPv4-mapped addresses so at start); a
+// TCP listener on the port the kernel picks gets no connection (ingress).
 func bindProgram(policy, events *ebpf.Map, family uint8) asm.Instructions {
 	return append(asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
@@ -142,22 +139,11 @@ func bindProgram(policy, events *ebpf.Map, family uint8) asm.Instructions {
 	}, check(policy, events, HookBind, address(family, ipSource{ip4: sockAddrUserIP4, ip6: sockAddrUserIP6}))...)
 }
 
-// postBindProgram is cgroup/post_bind4 or post_bind6: the port a bind() ended
-// on (the kernel's choice for port 0), refused with EPERM and released.
-func postBindProgram(policy, events *ebpf.Map, family uint8) asm.Instructions {
-	return append(asm.Instructions{
-		asm.Mov.Reg(asm.R6, asm.R1),
-		asm.LoadMem(asm.R7, asm.R6, sockSrcPort, asm.Word),
-		asm.LoadMem(asm.R8, asm.R6, sockProtocol, asm.Word),
-		asm.FnGetCurrentUidGid.Call(),
-		asm.Mov.Reg32(asm.R9, asm.R0),
-	}, check(policy, events, HookPostBind, address(family, ipSource{ip4: sockSrcIP4, ip6: sockSrcIP6}))...)
-}
-
 // ingressProgram is cgroup_skb/ingress: a packet for a TCP listener owned by
 // a restricted uid on a port it may not listen on is dropped. It covers the
-// listen() of an unbound socket, which the kernel binds to an ephemeral port
-// without running a bind hook; the uid is the socket's owner.
+// listeners no bind hook refused: bound to port 0, or listen() on an unbound
+// socket (which binds an ephemeral port without any bind hook). The uid is
+// the socket's owner.
 func ingressProgram(policy, events *ebpf.Map) asm.Instructions {
 	return append(asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
