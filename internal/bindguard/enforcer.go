@@ -60,10 +60,18 @@ func (e *Enforcer) open() (*Guard, error) {
 		}
 		cg = root
 	}
-	if err := EnsureBPFFS(filepath.Dir(e.dir())); err != nil {
-		return nil, err
+	// The pin directory may be a bpffs (a bind of one, as egressd-listen.conf
+	// makes); else its parent must be one, mounted here if need be.
+	if !IsBPFFS(e.dir()) {
+		if err := EnsureBPFFS(filepath.Dir(e.dir())); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrUnsupported, err)
+		}
 	}
-	return Open(cg, e.dir())
+	g, err := Open(cg, e.dir())
+	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EROFS) || errors.Is(err, unix.EACCES) {
+		return nil, fmt.Errorf("%w (egressd needs CAP_BPF, bpf(2) and a writable /sys/fs/bpf: under systemd, install egressd-listen.conf as /etc/systemd/system/egressd.service.d/listen.conf)", err)
+	}
+	return g, err
 }
 
 // Remove detaches the programs and deletes the pins (on_exit: remove).

@@ -79,11 +79,11 @@ var ErrUnsupported = errors.New("the kernel cannot enforce listen: (needs cgroup
 // Open loads the programs and attaches them to the cgroup at cgroupPath, or
 // takes over those pinned in dir by an earlier egressd (replacing their
 // programs in place, so the hooks are never empty). dir must be on bpffs.
-func Open(cgroupPath, dir string) (g *Guard, err error) {
+func Open(cgroupPath, dir string) (_ *Guard, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("bpf pin directory: %w", err)
 	}
-	g = &Guard{dir: dir}
+	g := &Guard{dir: dir}
 	defer func() {
 		if err != nil {
 			g.Close()
