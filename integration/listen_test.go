@@ -3,11 +3,13 @@
 package integration
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -123,6 +125,20 @@ func TestListenRestriction(t *testing.T) {
 	}
 	// The connection still works for what egress allows (the two restrictions are independent).
 	w.expect(uidA, "tcp", "192.0.2.10:443", okConnected)
+	// check and check --explain answer for listening too.
+	explain := func(port string) (int, string) {
+		_, out, err := w.tw.Run(egressd, "check", "--config", w.tw.Config(), "--runtime-dir", w.runDir(), "--explain", fmt.Sprint(uidA), "listen", port)
+		return exitCode(err), string(out)
+	}
+	if code, out := explain("tcp:8080"); code != 0 || !strings.Contains(out, "ALLOWED") || !strings.Contains(out, "allowed by listen: tcp:8080 (") {
+		t.Errorf("check --explain listen tcp:8080: exit %d\n%s", code, out)
+	}
+	if code, out := explain("tcp:9999"); code != 1 || !strings.Contains(out, "DENIED") {
+		t.Errorf("check --explain listen tcp:9999: exit %d\n%s", code, out)
+	}
+	if _, out, err := w.tw.Run(egressd, "check", "--config", w.tw.Config(), "--runtime-dir", w.runDir()); err != nil {
+		t.Errorf("egressd check: %v\n%s", err, out)
+	}
 
 	w.stop(syscall.SIGTERM)
 	w.expectListen(r, uidA, "tcp4", "127.0.0.1:9999", okRefused)
@@ -169,4 +185,15 @@ func TestListenAudit(t *testing.T) {
 	if ev["audit"] != true || ev["proto"] != "udp" || ev["port"] != float64(5353) {
 		t.Errorf("bind_denied %v", ev)
 	}
+}
+
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
 }

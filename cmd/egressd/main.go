@@ -296,14 +296,23 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	o := check.Options{ConfigPath: *cfgPath, ConfigRequired: required, RuntimeDir: *runtimeDir, Kernel: &ruleset.Netlink{}}
 	ctx := context.Background()
 	if *explain {
-		if fs.NArg() != 2 {
-			fmt.Fprintln(stderr, "usage: egressd check [--config F] [--json] --explain USER HOST:PORT[/udp]")
+		listen := fs.NArg() == 3 && fs.Arg(1) == "listen"
+		if fs.NArg() != 2 && !listen {
+			fmt.Fprintln(stderr, "usage: egressd check [--config F] [--json] --explain USER HOST:PORT[/udp]\n       egressd check [--config F] [--json] --explain USER listen tcp|udp:PORT")
 			return check.ExitInvalid
 		}
-		x, err := check.Explain(ctx, o, fs.Arg(0), fs.Arg(1))
+		target := fs.Arg(1)
+		var x *check.Explanation
+		var err error
+		if listen {
+			target = fs.Arg(2)
+			x, err = check.ExplainListen(o, fs.Arg(0), target)
+		} else {
+			x, err = check.Explain(ctx, o, fs.Arg(0), target)
+		}
 		if err != nil {
 			if *asJSON {
-				writeJSON(stdout, check.CannotAnswer(fs.Arg(0), fs.Arg(1), err))
+				writeJSON(stdout, check.CannotAnswer(fs.Arg(0), target, err))
 			} else {
 				fmt.Fprintln(stderr, "egressd check --explain: cannot answer:", err)
 			}

@@ -83,12 +83,12 @@ func (e *Enforcer) Remove() error {
 	return Remove(e.dir())
 }
 
-// Loaded is the policy the kernel holds; nil when nothing is loaded.
-func (e *Enforcer) Loaded() (Policy, error) {
+// Pinned is the pin directory once the restriction is loaded, else "".
+func (e *Enforcer) Pinned() string {
 	if e.guard == nil {
-		return nil, nil
+		return ""
 	}
-	return e.guard.Loaded()
+	return e.dir()
 }
 
 const bpffsMagic = 0xcafe4a11

@@ -287,6 +287,17 @@ func (g *Guard) entries() (map[key]uint8, error) {
 	return have, nil
 }
 
+// ReadPinned returns the policy the kernel holds in the map pinned in dir
+// (check, plan), without loading or attaching anything.
+func ReadPinned(dir string) (Policy, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "policy"), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("read the listen restriction pinned in %s: %w", dir, err)
+	}
+	defer m.Close()
+	return (&Guard{policy: m}).Loaded()
+}
+
 // Loaded returns the policy the kernel holds (plan, check).
 func (g *Guard) Loaded() (Policy, error) {
 	have, err := g.entries()

@@ -14,6 +14,8 @@ import (
 type ListenEnforcer interface {
 	Apply(bindguard.Policy) error
 	Remove() error
+	// Pinned is where the restriction is pinned once loaded, else "".
+	Pinned() string
 }
 
 // listenState is the listen restriction's part of the loop: what the kernel
@@ -69,3 +71,11 @@ func (listenUnavailable) Error() string {
 }
 
 var errListenUnavailable error = listenUnavailable{}
+
+// listenDir is where the restriction is pinned, for check; "" when not loaded.
+func (c *Controller) listenDir() string {
+	if c.o.Listen == nil {
+		return ""
+	}
+	return c.o.Listen.Pinned()
+}

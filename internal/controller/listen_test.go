@@ -18,7 +18,8 @@ func (f *fakeListen) Apply(p bindguard.Policy) error {
 	f.applied = append(f.applied, p)
 	return f.err
 }
-func (f *fakeListen) Remove() error { return nil }
+func (f *fakeListen) Remove() error  { return nil }
+func (f *fakeListen) Pinned() string { return "" }
 
 func TestListenApplied(t *testing.T) {
 	f := newFixture(t, map[string]string{"allow.d/billing.yaml": "user: billing\nallow: []\nlisten: [tcp:8080]\n"})

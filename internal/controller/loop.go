@@ -34,7 +34,7 @@ func (c *Controller) sync() error {
 // publish writes the state file if due (publisher.publish).
 func (c *Controller) publish(force bool) {
 	c.pub.publish(force, view{generation: c.apply.generation, lastApply: c.apply.lastApply, cfg: c.cfg,
-		applied: c.apply.applied, users: c.users, cache: c.dns.cache, listenErr: c.listen.err})
+		applied: c.apply.applied, users: c.users, cache: c.dns.cache, listenErr: c.listen.err, listenDir: c.listenDir()})
 }
 
 func (c *Controller) notify(s string) {
