@@ -139,6 +139,10 @@ func TestListenRestriction(t *testing.T) {
 	if _, out, err := w.tw.Run(egressd, "check", "--config", w.tw.Config(), "--runtime-dir", w.runDir()); err != nil {
 		t.Errorf("egressd check: %v\n%s", err, out)
 	}
+	if _, out, err := w.tw.Run(egressd, "plan", "--config", w.tw.Config(), "--runtime-dir", w.runDir()); err != nil ||
+		!strings.Contains(string(out), fmt.Sprintf("uid %d (billing) may listen on: tcp:8080\n", uidA)) || !strings.Contains(string(out), "the same") {
+		t.Errorf("egressd plan: %v\n%s", err, out)
+	}
 
 	w.stop(syscall.SIGTERM)
 	w.expectListen(r, uidA, "tcp4", "127.0.0.1:9999", okRefused)
