@@ -11,9 +11,10 @@ var Egressd = &Page{Name: "egressd", Section: "8", Title: "System Administration
 	{"NAME", []Block{P(`egressd - per-service egress allowlists, kept current from DNS, enforced by nftables`)}},
 	{"SYNOPSIS", []Block{Pre(`
 egressd run [--config FILE] [--once] [--log-level LEVEL]
-            [--runtime-dir DIR]
+            [--runtime-dir DIR] [--bpf-dir DIR] [--listen-cgroup DIR]
 egressd check [--config FILE] [--json] [--runtime-dir DIR]
 egressd check [--config FILE] [--json] --explain USER HOST:PORT[/udp]
+egressd check [--config FILE] [--json] --explain USER listen tcp|udp:PORT
 egressd harden --user USER [--group GROUP] [--writable PATH]...
                [--listen tcp:PORT|udp:PORT]... [--jit] [--nproc N]
                [--fsize SIZE] [--apparmor PROFILE | --selinux CONTEXT]
@@ -24,7 +25,7 @@ egressd harden --user USER [--group GROUP] [--writable PATH]...
                [--unit-file FILE]
 egressd harden --audit UNIT_FILE [--json]
 egressd wait (--user USER | --unit UNIT | --allowlist NAME) [--timeout 30s]
-egressd remove [--runtime-dir DIR]
+egressd remove [--runtime-dir DIR] [--bpf-dir DIR]
 egressd plan [--config FILE] [--runtime-dir DIR]
 egressd denies [--follow] [--allowlist NAME] [--json] [--runtime-dir DIR]
 egressd learn ALLOWLIST|USER [--since D] [--config FILE] [--state-dir DIR]
@@ -56,6 +57,9 @@ UNIT, NAME.service or NAME.slice, of a unit allowlist) be allowed to
 reach HOST:PORT right now, according to the live kernel, and by which
 allowlist entry; which source answered for the name (hosts or dns); when
 denied, the nearest entries (same host other port, same name other address).`),
+		Item("check --explain USER listen tcp|udp:PORT", `May USER listen on PORT
+right now, according to the listen restriction the kernel holds (an
+allowlist's listen:), and by which entry.`),
 		Item("harden", `Print a systemd drop-in that hardens one protected service:
 its own user, no new privileges, private /tmp, read-only system with explicit
 writable paths, no W+X memory, resource limits, port binding limits, LSM
@@ -74,7 +78,8 @@ first, so the service does not start. Needs CAP_NET_ADMIN to read nf_tables
 (the + prefix runs it as root). With --unit (or a unit allowlist's NAME) it
 must run inside that unit, as its first ExecStartPre=: it waits until the
 kernel restricts the unit's current cgroup.`),
-		Item("remove", `Delete the table inet egressd: every restriction is
+		Item("remove", `Delete the table inet egressd and detach the listen
+restriction (the BPF programs pinned in --bpf-dir): every restriction is
 lifted. For uninstalling and emergencies. Refused while the daemon runs (it
 would restore the table at once): stop it first (systemctl stop egressd).
 "nothing to remove" when there is no table.`),
@@ -120,6 +125,11 @@ default).`),
 		Item("--log-level L", `debug, info (default), warn or error.`),
 		Item("--runtime-dir D", `Where the daemon publishes its state for check
 (default /run/egressd).`),
+		Item("--bpf-dir D", `With run and remove: where the listen restriction's
+BPF programs, map and links are pinned, on bpffs (default /sys/fs/bpf/egressd;
+egressd-listen.conf uses /run/egressd/bpf, a bind of it).`),
+		Item("--listen-cgroup D", `With run: the cgroup the listen restriction
+attaches to (default: the cgroup2 root, every process; tests use their own).`),
 		Item("--json", `With check: machine-readable output.`),
 	}},
 	{"FILES", []Block{
@@ -233,6 +243,13 @@ reload).`),
 link-local, CGNAT, unspecified or multicast ranges (default false: DNS
 rebinding must not open the metadata service or the LAN). Literal entries and
 hosts file answers are always taken as written.`),
+		Item("listen", `The ports the user's processes may bind and listen on:
+[tcp:8080, udp:5353, tcp:8000-8010]. Absent: unrestricted; listen: []: no
+port. Any other bind() fails with EPERM (bind_denied); a TCP listener on a
+port the kernel picked (port 0, or listen() unbound) gets no connection.
+Enforced with cgroup BPF, pinned on bpffs (needs CAP_BPF: egressd-listen.conf);
+without it, reported as not enforced (listen_unenforced, check). User
+allowlists only.`),
 	}},
 	{"SHARED LISTS", []Block{P(`A file lists_dir/NAME.yaml holds destinations kept once and
 used by many allowlists. Its only key is allow, with the same syntax and
