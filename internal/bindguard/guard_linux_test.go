@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/egressd/egressd/internal/cgroup"
 	"github.com/egressd/egressd/internal/netns"
 	"github.com/egressd/egressd/internal/systest"
@@ -29,6 +30,9 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) == "pingpong" {
+		os.Exit(pingpong(os.Args[len(os.Args)-1]))
+	}
 	if os.Getenv(helperEnv) != "" {
 		os.Exit(helper(os.Args[len(os.Args)-1]))
 	}
@@ -39,7 +43,7 @@ func TestMain(m *testing.M) {
 // guard attached to that cgroup, and the test binary as the helper that
 // performs binds inside them as a given uid.
 type rig struct {
-	t     *testing.T
+	t     testing.TB
 	cg    string
 	pins  string
 	ns    *netns.NS
@@ -47,7 +51,7 @@ type rig struct {
 	bin   string
 }
 
-func newRig(t *testing.T) *rig {
+func newRig(t testing.TB) *rig {
 	t.Helper()
 	systest.Require(t)
 	root, err := cgroup.Root()
@@ -138,13 +142,18 @@ func (r *rig) apply(p Policy) {
 // start runs the helper op as uid inside the test's cgroup and namespace.
 func (r *rig) start(uid int, op string, files ...*os.File) (*exec.Cmd, *bufio.Reader) {
 	r.t.Helper()
+	return r.startEnv(uid, "1", op, files...)
+}
+
+func (r *rig) startEnv(uid int, mode, op string, files ...*os.File) (*exec.Cmd, *bufio.Reader) {
+	r.t.Helper()
 	cgf, err := os.Open(r.cg)
 	if err != nil {
 		r.t.Fatal(err)
 	}
 	defer cgf.Close()
 	cmd := exec.Command(r.bin, "-test.run=^$", op)
-	cmd.Env = append(os.Environ(), helperEnv+"=1")
+	cmd.Env = append(os.Environ(), helperEnv+"="+mode)
 	cmd.ExtraFiles = files
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{
@@ -530,4 +539,103 @@ func TestEvents(t *testing.T) {
 	if e := next(); e.Port != 9998 || e.Proto != TCP || e.Addr.String() != "127.0.0.1" || !e.Audit {
 		t.Fatalf("audit event %+v", e)
 	}
+}
+
+// pingpong makes n request/response round trips over loopback TCP between
+// two of its own sockets, the server on the listed port 8080 (both in the test's cgroup, so every packet passes
+// the ingress program) and prints the nanoseconds per round trip.
+func pingpong(arg string) int {
+	n, _ := strconv.Atoi(arg)
+	l, err := net.Listen("tcp4", "127.0.0.1:8080") // listed: the restricted path, allowed
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		buf := make([]byte, 1)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				return
+			}
+			c.Write(buf) //nolint:errcheck
+		}
+	}()
+	c, err := net.Dial("tcp4", l.Addr().String())
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	buf := make([]byte, 1)
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		c.Write(buf) //nolint:errcheck
+		if _, err := c.Read(buf); err != nil {
+			fmt.Println(err)
+			return 1
+		}
+	}
+	fmt.Println(time.Since(start).Nanoseconds() / int64(n))
+	return 0
+}
+
+// BenchmarkLoopbackRoundTrip: what the ingress program (every packet of
+// every socket, at the root cgroup in production) costs a loopback TCP
+// round trip of a restricted uid, against the same without the programs.
+func BenchmarkLoopbackRoundTrip(b *testing.B) {
+	r := newRig(b)
+	run := func(b *testing.B) {
+		cmd, out := r.startEnv(protected, "pingpong", fmt.Sprint(max(b.N, 1000)))
+		line, _ := out.ReadString('\n')
+		cmd.Wait()
+		ns, err := strconv.ParseFloat(strings.TrimSpace(line), 64)
+		if err != nil {
+			b.Fatalf("pingpong: %q", line)
+		}
+		b.ReportMetric(ns, "ns/roundtrip")
+	}
+	r.apply(Policy{protected: {Ports: []Port{{TCP, 8080}}}})
+	// The ingress program's own cost, from the kernel's run-time statistics
+	// (enabled only while this descriptor is open).
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer stats.Close()
+	b.Run("attached", func(b *testing.B) {
+		before := ingressStats(b, r.guard)
+		run(b)
+		after := ingressStats(b, r.guard)
+		if n := after.RunCount - before.RunCount; n > 0 {
+			b.ReportMetric(float64(after.Runtime-before.Runtime)/float64(n), "ns/ingress-run")
+			b.ReportMetric(float64(n)/float64(max(b.N, 1000)), "ingress-runs/roundtrip")
+		}
+	})
+	r.guard.Close()
+	if err := Remove(r.pins); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("detached", run)
+	r.open() // for the cleanup
+}
+
+func ingressStats(b *testing.B, g *Guard) *ebpf.ProgramStats {
+	b.Helper()
+	info, err := g.links[len(g.links)-1].Info() // ingress is attached last
+	if err != nil {
+		b.Fatal(err)
+	}
+	prog, err := ebpf.NewProgramFromID(info.Program)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer prog.Close()
+	st, err := prog.Stats()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return st
 }
