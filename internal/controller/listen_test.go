@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
+
+	"github.com/egressd/egressd/internal/event"
 
 	"github.com/egressd/egressd/internal/bindguard"
 )
@@ -12,13 +15,14 @@ import (
 type fakeListen struct {
 	applied []bindguard.Policy
 	err     error
+	removed bool
 }
 
 func (f *fakeListen) Apply(p bindguard.Policy) error {
 	f.applied = append(f.applied, p)
 	return f.err
 }
-func (f *fakeListen) Remove() error  { return nil }
+func (f *fakeListen) Remove() error  { f.removed = true; return nil }
 func (f *fakeListen) Pinned() string { return "" }
 
 func TestListenApplied(t *testing.T) {
@@ -57,5 +61,28 @@ func TestListenWithoutEnforcer(t *testing.T) {
 	}
 	if ev := f.events("listen_unenforced"); len(ev) != 1 {
 		t.Fatalf("listen_unenforced events: %v", ev)
+	}
+}
+
+// on_exit: remove lifts the listen restriction with the table.
+func TestListenRemovedOnExit(t *testing.T) {
+	f := newFixture(t, map[string]string{"allow.d/billing.yaml": "user: billing\nallow: []\nlisten: [tcp:8080]\n"})
+	fl := &fakeListen{}
+	f.c.o.Listen = fl
+	f.write(t, "egressd.yaml", fmt.Sprintf("resolvers: [%q]\non_exit: remove\n", f.dns.Addr.String()))
+	f.c.doReload()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- f.c.Run(ctx) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(f.events(event.Started)) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !f.k.Removed || !fl.removed {
+		t.Fatalf("on_exit: remove: table removed %v, listen restriction removed %v", f.k.Removed, fl.removed)
 	}
 }
