@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -158,7 +159,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	// listen: restriction (cgroup BPF). Its reports become bind_denied events
 	// once it is loaded; lookups go through the controller, set below.
 	var ctl *controller.Controller
-	listen := &bindguard.Enforcer{Dir: *bpfDir, Cgroup: *listenCgroup}
+	listen := &bindguard.Enforcer{Dir: listenPinDir(fs, *bpfDir), Cgroup: *listenCgroup}
 	if !*once {
 		listen.OnOpen = func(g *bindguard.Guard) {
 			rd, err := g.Events()
@@ -433,4 +434,21 @@ func parseFlags(fs *flag.FlagSet, args []string) (code int, done bool) {
 	}
 	fs.Parse(append([]string{"--"}, pos...)) //nolint:errcheck // only positionals left
 	return 0, false
+}
+
+// listenPinDir is --bpf-dir when given; else, under systemd, the bpffs that
+// egressd-listen.conf binds at $RUNTIME_DIRECTORY/bpf (root's /sys/fs/bpf is
+// closed to egressd's dynamic user) when it is there; else the default.
+func listenPinDir(fs *flag.FlagSet, dir string) string {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "bpf-dir" })
+	if given {
+		return dir
+	}
+	if rd, _, _ := strings.Cut(os.Getenv("RUNTIME_DIRECTORY"), ":"); rd != "" {
+		if p := filepath.Join(rd, "bpf"); bindguard.IsBPFFS(p) {
+			return p
+		}
+	}
+	return dir
 }

@@ -126,8 +126,8 @@ default).`),
 		Item("--runtime-dir D", `Where the daemon publishes its state for check
 (default /run/egressd).`),
 		Item("--bpf-dir D", `With run and remove: where the listen restriction's
-BPF programs, map and links are pinned, on bpffs (default /sys/fs/bpf/egressd;
-egressd-listen.conf uses /run/egressd/bpf, a bind of it).`),
+BPF programs, map and links are pinned, on bpffs (default: $RUNTIME_DIRECTORY/bpf
+when that is a bpffs, as egressd-listen.conf binds it; else /sys/fs/bpf/egressd).`),
 		Item("--listen-cgroup D", `With run: the cgroup the listen restriction
 attaches to (default: the cgroup2 root, every process; tests use their own).`),
 		Item("--json", `With check: machine-readable output.`),
