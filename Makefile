@@ -44,6 +44,7 @@ bench:
 	$(GO) run ./tools/bench
 	$(GO) test ./ruleset ./resolver -run XXX -bench . -benchmem -benchtime 5x
 	$(GO) test ./internal/conntrack ./internal/dnsproxy -run XXX -bench . -benchmem
+	$(GO) test ./internal/bindguard -run XXX -bench . -benchtime 20000x
 
 demo:
 	$(GO) run ./cmd/egressd demo

@@ -183,6 +183,9 @@ type Allowlist struct {
 	Mode                Mode     // enforce (default) or audit
 	AllowPrivateAnswers bool
 	Tests               []PolicyTest // tests: destinations that must be allowed or denied
+	// Listen is the listen: key: nil when absent (listening unrestricted),
+	// empty for listen: [] (no port), else the ports its service may bind.
+	Listen []ListenPort
 }
 
 // NumericUID returns the uid when User is written as a number.

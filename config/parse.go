@@ -458,7 +458,7 @@ func ParseResolver(s string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }
 
-var allowKeys = []string{"user", "unit", "allow", "include", "dns", "dns_unlisted", "mode", "allow_private_answers", "tests"}
+var allowKeys = []string{"user", "unit", "allow", "include", "dns", "dns_unlisted", "mode", "allow_private_answers", "tests", "listen"}
 
 // NameRE is what an allowlist's name (its file name without .yaml) may be:
 // it becomes part of nftables chain and set names and of log prefixes.
@@ -518,6 +518,10 @@ func ParseAllowlist(file, name string, data []byte) (*Allowlist, error) {
 				if b, ok := p.boolean(v, key); ok {
 					a.AllowPrivateAnswers = b
 				}
+			case "listen":
+				if l := p.listen(v, key); l != nil {
+					a.Listen = l
+				}
 			}
 		})
 		if !haveUser && a.Unit == "" && len(p.errs) == 0 {
@@ -528,6 +532,9 @@ func ParseAllowlist(file, name string, data []byte) (*Allowlist, error) {
 		}
 		if a.Unit != "" && a.DNS == DNSProxy {
 			p.errs = append(p.errs, &Error{Pos: a.UnitPos, Msg: "dns: proxy is not available for a unit allowlist yet: the kernel redirects DNS queries by the socket's uid; use dns: resolvers, or a user allowlist"})
+		}
+		if a.Unit != "" && a.Listen != nil {
+			p.errs = append(p.errs, &Error{Pos: a.UnitPos, Msg: "listen: is not available for a unit allowlist yet: egressd restricts listening ports by uid; use a user allowlist, or systemd's SocketBindAllow= where it is enforced (egressd harden --audit says)"})
 		}
 		if unlistedAt != nil && a.DNS != DNSProxy {
 			p.errorf(unlistedAt, "dns_unlisted: applies only with dns: proxy (this allowlist has dns: %s)", a.DNS)

@@ -142,6 +142,10 @@ func printDenies(w io.Writer, es []deny.RecentEntry, header bool) {
 		if e.Audit {
 			verdict = "audited"
 		}
+		if e.Listen {
+			// A refused bind or listen: DESTINATION is the local address.
+			verdict += "-listen"
+		}
 		names := strings.Join(e.Names, ",")
 		if names == "" {
 			names = "-"

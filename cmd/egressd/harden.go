@@ -120,6 +120,14 @@ func cmdHarden(args []string, stdout, stderr io.Writer) int {
 		}
 		o.AllowlistInfo = fmt.Sprintf(" (%s, %d entries, dns: %s)", al.File, len(al.Entries), al.DNS)
 		o.DNSProxy = al.DNS == config.DNSProxy
+		if al.Listen != nil {
+			var ls []string
+			for _, l := range al.Listen {
+				ls = append(ls, l.String())
+			}
+			joined := strings.Join(ls, ", ")
+			o.AllowlistListen = &joined
+		}
 	}
 	out, err := harden.Generate(o)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/egressd/egressd/internal/bindguard"
 	"github.com/egressd/egressd/internal/event"
 	"io"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -99,6 +101,8 @@ func cmdRun(args []string, stderr io.Writer) int {
 	once := fs.Bool("once", false, "resolve and apply once, then exit")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	runtimeDir := fs.String("runtime-dir", state.DefaultDir, "where the daemon publishes its state for egressd check")
+	bpfDir := fs.String("bpf-dir", bindguard.DefaultDir, "where the listen restriction's BPF programs and maps are pinned (on bpffs)")
+	listenCgroup := fs.String("listen-cgroup", "", "the cgroup the listen restriction attaches to (default: the cgroup2 root, every process)")
 	if code, done := parseFlags(fs, args); done {
 		return code
 	}
@@ -161,8 +165,22 @@ func cmdRun(args []string, stderr io.Writer) int {
 		log.Error("cannot notify systemd", event.Field(event.NotifyFailed), zap.Error(err))
 	}
 	defer notifier.Close() //nolint:errcheck
-	ctl, err := controller.New(controller.Options{
-		ConfigPath: *cfgPath, ConfigRequired: required, Kernel: kernel, Log: log, Metrics: m, StateDir: *runtimeDir, DNSProxy: proxy,
+	// listen: restriction (cgroup BPF). Its reports become bind_denied events
+	// once it is loaded; lookups go through the controller, set below.
+	var ctl *controller.Controller
+	listen := &bindguard.Enforcer{Dir: listenPinDir(fs, *bpfDir), Cgroup: *listenCgroup}
+	if !*once {
+		listen.OnOpen = func(g *bindguard.Guard) {
+			rd, err := g.Events()
+			if err != nil {
+				log.Error("cannot read refused binds; they are still refused, but not reported", event.Field(event.DenyLogFailed), zap.Error(err))
+				return
+			}
+			go deny.RunBinds(ctx, rd, ctl, ctl.Config().DenyLog.Interval, log, m, rec)
+		}
+	}
+	ctl, err = controller.New(controller.Options{
+		ConfigPath: *cfgPath, ConfigRequired: required, Kernel: kernel, Log: log, Metrics: m, StateDir: *runtimeDir, DNSProxy: proxy, Listen: listen,
 		Notify:    notifier.Send,
 		Heartbeat: watchdogHeartbeat(notifier), // WATCHDOG=1 from the loop when WatchdogSec= is set
 		LastGood:  lastGoodStore(),             // $STATE_DIRECTORY: invalid files at start enforce the last good configuration
@@ -293,13 +311,22 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	o := check.Options{ConfigPath: *cfgPath, ConfigRequired: required, RuntimeDir: *runtimeDir, Kernel: &ruleset.Netlink{}, ListNFT: check.ListWithNFT}
 	ctx := context.Background()
 	if *explain {
-		if fs.NArg() != 2 {
-			return usageError(stderr, "check", "--explain takes USER (or UNIT) and HOST:PORT[/udp]")
+		listen := fs.NArg() == 3 && fs.Arg(1) == "listen"
+		if fs.NArg() != 2 && !listen {
+			return usageError(stderr, "check", "--explain takes USER (or UNIT) and HOST:PORT[/udp], or USER listen tcp|udp:PORT")
 		}
-		x, err := check.Explain(ctx, o, fs.Arg(0), fs.Arg(1))
+		target := fs.Arg(1)
+		var x *check.Explanation
+		var err error
+		if listen {
+			target = fs.Arg(2)
+			x, err = check.ExplainListen(o, fs.Arg(0), target)
+		} else {
+			x, err = check.Explain(ctx, o, fs.Arg(0), target)
+		}
 		if err != nil {
 			if *asJSON {
-				writeJSON(stdout, check.CannotAnswer(fs.Arg(0), fs.Arg(1), err))
+				writeJSON(stdout, check.CannotAnswer(fs.Arg(0), target, err))
 			} else {
 				fmt.Fprintln(stderr, "egressd check --explain: cannot answer:", err)
 			}
@@ -344,6 +371,7 @@ func cmdRemove(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("remove", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	runtimeDir := fs.String("runtime-dir", state.DefaultDir, "the daemon's runtime directory (its lock says whether it runs)")
+	bpfDir := fs.String("bpf-dir", bindguard.DefaultDir, "where the listen restriction is pinned")
 	if code, done := parseFlags(fs, args); done {
 		return code
 	}
@@ -370,17 +398,26 @@ func cmdRemove(args []string, stderr io.Writer) int {
 			"Stop it first (systemctl stop egressd, or kill %s), then run egressd remove again.\n", who, pidOr(pid))
 		return 1
 	}
+	code := 0
+	if hooks := bindguard.Pinned(*bpfDir); len(hooks) > 0 {
+		if err := bindguard.Remove(*bpfDir); err != nil {
+			fmt.Fprintln(stderr, "egressd remove:", err)
+			code = 1
+		} else {
+			fmt.Fprintf(stderr, "egressd: listen restriction removed (%s); listening is no longer restricted\n", *bpfDir)
+		}
+	}
 	k := &ruleset.Netlink{}
 	if _, err := k.ReadUsers(); errors.Is(err, ruleset.ErrNoTable) {
 		fmt.Fprintln(stderr, "egressd remove: nothing to remove: table inet egressd does not exist")
-		return 0
+		return code
 	}
 	if err := k.Remove(); err != nil {
 		fmt.Fprintln(stderr, "egressd remove:", err)
 		return 1
 	}
 	fmt.Fprintln(stderr, "egressd: table inet egressd removed; egress is no longer restricted")
-	return 0
+	return code
 }
 
 func pidOr(pid int) string {
@@ -388,4 +425,21 @@ func pidOr(pid int) string {
 		return fmt.Sprint(pid)
 	}
 	return "its process"
+}
+
+// listenPinDir is --bpf-dir when given; else, under systemd, the bpffs that
+// egressd-listen.conf binds at $RUNTIME_DIRECTORY/bpf (root's /sys/fs/bpf is
+// closed to egressd's dynamic user) when it is there; else the default.
+func listenPinDir(fs *flag.FlagSet, dir string) string {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "bpf-dir" })
+	if given {
+		return dir
+	}
+	if rd, _, _ := strings.Cut(os.Getenv("RUNTIME_DIRECTORY"), ":"); rd != "" {
+		if p := filepath.Join(rd, "bpf"); bindguard.IsBPFFS(p) {
+			return p
+		}
+	}
+	return dir
 }

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/egressd/egressd/internal/bindguard"
 	"io"
 	"net/netip"
+	"os"
 	"sort"
 	"strings"
 
@@ -90,6 +92,7 @@ func plan(ctx context.Context, o planOptions, stdout, stderr io.Writer) int {
 		comment(stdout, "allowlist %s is not enforced: %v", name, users.Missing[name])
 	}
 	io.WriteString(stdout, p.NFT()) //nolint:errcheck
+	planListen(stdout, o, cfg, users)
 
 	fmt.Fprintln(stdout, "\n# difference with the kernel:")
 	if !o.CanAdmin() {
@@ -160,4 +163,75 @@ func planNow(ctx context.Context, o planOptions, cfg *config.Config) (ruleset.Pl
 	fresh := check.Resolve(ctx, cfg, &resolver.HostsFirst{Hosts: h, Next: q})
 	p := ruleset.Render(policy.BuildDesiredHosts(cfg, users, func(name string) []netip.Addr { return fresh[name].Addrs }, h.Has))
 	return p, fresh, users
+}
+
+// planListen shows the listen restriction run would load (allowlists'
+// listen:) and what the kernel holds, when either has any.
+func planListen(w io.Writer, o planOptions, cfg *config.Config, users policy.Users) {
+	want := policy.Listen(cfg, users)
+	dir := bindguard.DefaultDir
+	if st, err := state.Read(o.RuntimeDir); err == nil && st.ListenDir != "" {
+		dir = st.ListenDir
+	}
+	var have bindguard.Policy
+	var herr error
+	if o.CanAdmin() {
+		have, herr = bindguard.ReadPinned(dir)
+		if errors.Is(herr, os.ErrNotExist) && dir != bindguard.DefaultDir {
+			dir = bindguard.DefaultDir
+			have, herr = bindguard.ReadPinned(dir)
+		}
+	}
+	if len(want) == 0 && (herr != nil || have == nil) {
+		return
+	}
+	names := map[uint32]string{}
+	for name, uid := range users.UIDs {
+		names[uid] = name
+	}
+	fmt.Fprintln(w, "\n# listen restriction (cgroup BPF bind4, bind6, ingress; docs/hardening.md \"Listening ports\"):")
+	fmt.Fprint(w, listenText(want, names, "#   "))
+	switch {
+	case !o.CanAdmin():
+		fmt.Fprintln(w, "# loaded in the kernel: not shown (needs root)")
+	case errors.Is(herr, os.ErrNotExist):
+		fmt.Fprintln(w, "# loaded in the kernel: nothing (run loads it)")
+	case herr != nil:
+		fmt.Fprintln(w, "# loaded in the kernel: cannot read:", herr)
+	case listenText(have, names, "") == listenText(want, names, ""):
+		fmt.Fprintf(w, "# loaded in the kernel (%s): the same\n", dir)
+	default:
+		fmt.Fprintf(w, "# loaded in the kernel (%s), differs:\n", dir)
+		fmt.Fprint(w, listenText(have, names, "#   "))
+	}
+}
+
+func listenText(p bindguard.Policy, names map[uint32]string, indent string) string {
+	uids := make([]uint32, 0, len(p))
+	for uid := range p {
+		uids = append(uids, uid)
+	}
+	sort.Slice(uids, func(i, j int) bool { return uids[i] < uids[j] })
+	var b strings.Builder
+	for _, uid := range uids {
+		r := p[uid]
+		ports := make([]string, 0, len(r.Ports))
+		for _, pt := range r.Ports {
+			ports = append(ports, fmt.Sprintf("%s:%d", bindguard.ProtoName(pt.Proto), pt.Port))
+		}
+		sort.Strings(ports)
+		list := strings.Join(ports, " ")
+		if list == "" {
+			list = "no port"
+		}
+		mode := ""
+		if r.Audit {
+			mode = " (audit: reported, allowed)"
+		}
+		fmt.Fprintf(&b, "%suid %d (%s) may listen on: %s%s\n", indent, uid, names[uid], list, mode)
+	}
+	if len(uids) == 0 {
+		fmt.Fprintf(&b, "%snobody restricted\n", indent)
+	}
+	return b.String()
 }

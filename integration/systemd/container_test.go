@@ -63,6 +63,8 @@ type container struct {
 	root  string // the overlay, the container's /
 	cg    string // its cgroup
 	binds []string
+	rw    []string // read-write binds (SRC:DST), set before boot
+	caps  []string // capabilities beyond systemd-nspawn's default set, set before boot
 
 	cmd    *exec.Cmd
 	exited chan struct{}
@@ -119,6 +121,12 @@ func (c *container) boot() {
 		"--register=no", "--keep-unit", "--private-network", "--system-call-filter=bpf"}
 	for _, b := range c.binds {
 		args = append(args, "--bind-ro="+b)
+	}
+	for _, b := range c.rw {
+		args = append(args, "--bind="+b)
+	}
+	for _, cp := range c.caps {
+		args = append(args, "--capability="+cp)
 	}
 	args = append(args, "--boot")
 	cmd := exec.Command("systemd-nspawn", args...)

@@ -349,6 +349,9 @@ func Run(ctx context.Context, o Options) *Report {
 			problem("config_not_applied", cfg.File, "the daemon enforces a different configuration than the files on disk (a reload is pending, or the files were rejected)",
 				"look for config_rejected in the daemon's log (journalctl -u egressd); systemctl reload egressd")
 		}
+		for _, p := range listenProblems(cfg, users, st) {
+			problem(p.Kind, p.Object, p.Detail, p.Fix)
+		}
 	default:
 		if serr == nil {
 			problem("daemon_not_running", r.Daemon.StateFile, fmt.Sprintf("the daemon (pid %d) that wrote the state file is gone; the kernel keeps the last rules but nothing follows DNS", st.PID),

@@ -59,6 +59,9 @@ type Options struct {
 	// Heartbeat, when Every is set, is called from the loop itself at that
 	// period (systemd's watchdog: a hung loop stops calling it).
 	Heartbeat Heartbeat
+	// Listen, when set, enforces allowlists' listen: keys; without it a
+	// listen: key is reported as not enforced (listen_unenforced).
+	Listen ListenEnforcer
 	// CgroupRoot is where the cgroup2 hierarchy is mounted (tests); default: found in /proc/self/mountinfo.
 	CgroupRoot string
 }
@@ -97,13 +100,14 @@ type Controller struct {
 	reloadBy map[string]bool // why the pending reload was asked for
 	rejected bool            // the last reload was rejected: the next good one is a recovery
 
-	dns   *refresher
-	apply *applier
-	pub   *publisher
-	attr  *attribution
-	deny  *denyCounters
-	proxy proxyState
-	units *unitFollower
+	dns    *refresher
+	apply  *applier
+	pub    *publisher
+	attr   *attribution
+	deny   *denyCounters
+	proxy  proxyState
+	units  *unitFollower
+	listen listenState
 }
 
 // StartDeadline bounds the first resolution of every name.

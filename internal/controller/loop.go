@@ -24,6 +24,7 @@ func (c *Controller) sync() error {
 		return err
 	}
 	c.attr.refresh(c.cfg, c.dns.cache.Addrs)
+	c.syncListen()
 	if changed {
 		c.pub.changed(false)
 		c.notify(c.apply.status() + c.lastGoodNote())
@@ -34,7 +35,7 @@ func (c *Controller) sync() error {
 // publish writes the state file if due (publisher.publish).
 func (c *Controller) publish(force bool) {
 	c.pub.publish(force, view{generation: c.apply.generation, lastApply: c.apply.lastApply, cfg: c.cfg,
-		applied: c.apply.applied, users: c.users, cache: c.dns.cache})
+		applied: c.apply.applied, users: c.users, cache: c.dns.cache, listenErr: c.listen.err, listenDir: c.listenDir()})
 }
 
 func (c *Controller) notify(s string) {
@@ -192,6 +193,11 @@ func (c *Controller) stop() error {
 			return fmt.Errorf("remove table on exit: %w", err)
 		}
 		c.o.Log.Info("table removed (on_exit: remove): egress is no longer restricted", event.Field(event.Stopping))
+		if c.o.Listen != nil {
+			if err := c.o.Listen.Remove(); err != nil {
+				return fmt.Errorf("remove the listen restriction on exit: %w", err)
+			}
+		}
 	}
 	return nil
 }

@@ -71,6 +71,8 @@ type view struct {
 	applied    *ruleset.Plan
 	users      policy.Users
 	cache      *resolver.Cache
+	listenErr  string // why listen: is not enforced; "" when it is
+	listenDir  string // where it is pinned, once loaded
 }
 
 // publish writes the state file if it is due (or force) and a plan is applied.
@@ -96,6 +98,7 @@ func (p *publisher) snapshot(now time.Time, v view) *state.State {
 		ConfigFile: v.cfg.File, ConfigHash: state.Hash(v.cfg), Plan: state.FromPlan(*v.applied),
 		Names: map[string]state.Name{}, Users: v.users.UIDs, MissingUser: map[string]string{},
 	}
+	s.ListenError, s.ListenDir = v.listenErr, v.listenDir
 	for n, err := range v.users.Missing {
 		s.MissingUser[n] = err.Error()
 	}

@@ -36,6 +36,7 @@ type Event struct {
 	Count     int      // packets this event stands for
 	Summary   bool     // a window's summary (the packets after the first)
 	Audit     bool     // mode: audit: the packet was logged, then let through
+	Bind      bool     // a refused bind or listen (listen:): Dst and DPort are the local address and port
 	First     time.Time
 	Last      time.Time
 }
@@ -67,6 +68,7 @@ type key struct {
 	dst       netip.Addr
 	dport     uint16
 	audit     bool
+	bind      bool
 }
 
 type entry struct {
@@ -159,14 +161,14 @@ func (a *Aggregator) Add(p nflog.Packet) bool {
 		e.src = p.Src
 		ev := e.first
 		a.mu.Unlock()
-		a.record(ev, p)
+		a.record(ev, p.Time, p.Src)
 		return true
 	}
 	if len(a.keys) >= a.MaxKeys {
 		a.overflow[name]++
 		a.mu.Unlock()
 		user, _ := a.lookup.User(name)
-		a.record(Event{Allowlist: name, User: user, Unit: unit, UID: p.UID, Proto: protoName(p.Proto), Dst: p.Dst, DPort: p.DPort, Audit: audit}, p)
+		a.record(Event{Allowlist: name, User: user, Unit: unit, UID: p.UID, Proto: protoName(p.Proto), Dst: p.Dst, DPort: p.DPort, Audit: audit}, p.Time, p.Src)
 		return true
 	}
 	user, _ := a.lookup.User(name)
@@ -175,16 +177,61 @@ func (a *Aggregator) Add(p nflog.Packet) bool {
 	a.keys[k] = &entry{first: ev, last: p.Time}
 	a.mu.Unlock()
 	a.emit(ev)
-	a.record(ev, p)
+	a.record(ev, p.Time, p.Src)
 	return true
 }
 
-// record passes one packet, as an event of count 1, to Record.
-func (a *Aggregator) record(ev Event, p nflog.Packet) {
+// Bind is one bind or listen the kernel refused (or audited) because the
+// allowlist's listen: does not list its port (internal/bindguard).
+type Bind struct {
+	UID   uint32
+	Proto uint8
+	Addr  netip.Addr // the local address bound (unspecified: any)
+	Port  uint16
+	Audit bool
+	Time  time.Time
+}
+
+// AddBind takes one refused bind, bounded like denied packets: per window,
+// the first of each (allowlist, uid, proto, address, port) is an event, the
+// rest one summary. Binds of uids no allowlist restricts are ignored.
+func (a *Aggregator) AddBind(b Bind) (allowlist string, ok bool) {
+	name, ok := a.lookup.AllowlistOf(b.UID)
+	if !ok {
+		return "", false
+	}
+	k := key{allowlist: name, uid: b.UID, proto: b.Proto, dst: b.Addr, dport: b.Port, audit: b.Audit, bind: true}
+	user, _ := a.lookup.User(name)
+	a.mu.Lock()
+	if e, ok := a.keys[k]; ok {
+		e.count++
+		e.last = b.Time
+		ev := e.first
+		a.mu.Unlock()
+		a.record(ev, b.Time, netip.Addr{})
+		return name, true
+	}
+	ev := Event{Allowlist: name, User: user, UID: b.UID, Proto: protoName(b.Proto), Dst: b.Addr, DPort: b.Port,
+		Count: 1, First: b.Time, Last: b.Time, Audit: b.Audit, Bind: true}
+	if len(a.keys) >= a.MaxKeys {
+		a.overflow[name]++
+		a.mu.Unlock()
+		a.record(ev, b.Time, netip.Addr{})
+		return name, true
+	}
+	a.keys[k] = &entry{first: ev, last: b.Time}
+	a.mu.Unlock()
+	a.emit(ev)
+	a.record(ev, b.Time, netip.Addr{})
+	return name, true
+}
+
+// record passes one packet (or bind), as an event of count 1, to Record.
+func (a *Aggregator) record(ev Event, t time.Time, src netip.Addr) {
 	if a.Record == nil {
 		return
 	}
-	ev.Count, ev.Summary, ev.First, ev.Last, ev.Src = 1, false, p.Time, p.Time, p.Src
+	ev.Count, ev.Summary, ev.First, ev.Last, ev.Src = 1, false, t, t, src
 	a.Record(ev)
 }
 

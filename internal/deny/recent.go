@@ -28,6 +28,7 @@ type RecentEntry struct {
 	Unit      string    `json:"unit,omitempty"` // a unit allowlist's unit
 	UID       uint32    `json:"uid"`
 	Audit     bool      `json:"audit"`
+	Listen    bool      `json:"listen,omitempty"` // a refused bind or listen: Dst:DPort is the local address and port
 	Proto     string    `json:"proto"`
 	Dst       string    `json:"dst"`
 	DPort     uint16    `json:"dport"`
@@ -70,6 +71,7 @@ type recentKey struct {
 	proto     string
 	dst       string
 	dport     uint16
+	listen    bool
 }
 
 // Recent aggregates deny events into recent attempts. Safe for concurrent use.
@@ -158,7 +160,7 @@ func (r *Recent) LoadResolved(es []ResolvedEntry) {
 
 // Record adds one deny event (a first packet, or a window's summary).
 func (r *Recent) Record(e Event) {
-	k := recentKey{e.Allowlist, e.Audit, e.Proto, e.Dst.String(), e.DPort}
+	k := recentKey{e.Allowlist, e.Audit, e.Proto, e.Dst.String(), e.DPort, e.Bind}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.seq++
@@ -176,7 +178,7 @@ func (r *Recent) Record(e Event) {
 	if len(r.entries) >= r.max {
 		r.evict()
 	}
-	r.entries[k] = &RecentEntry{Allowlist: e.Allowlist, User: e.User, Unit: e.Unit, UID: e.UID, Audit: e.Audit, Proto: e.Proto,
+	r.entries[k] = &RecentEntry{Allowlist: e.Allowlist, User: e.User, Unit: e.Unit, UID: e.UID, Audit: e.Audit, Listen: e.Bind, Proto: e.Proto,
 		Dst: e.Dst.String(), DPort: e.DPort, Names: e.Names, Count: e.Count, First: e.First, Last: e.Last, Seq: r.seq}
 }
 
@@ -234,7 +236,7 @@ func (r *Recent) Load(es []RecentEntry) {
 			break
 		}
 		x := e
-		k := recentKey{x.Allowlist, x.Audit, x.Proto, x.Dst, x.DPort}
+		k := recentKey{x.Allowlist, x.Audit, x.Proto, x.Dst, x.DPort, x.Listen}
 		r.entries[k] = &x
 		r.seq = max(r.seq, x.Seq)
 	}

@@ -9,6 +9,8 @@ import (
 	"io/fs"
 	"time"
 
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/egressd/egressd/internal/bindguard"
 	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/nflog"
 	"github.com/egressd/egressd/internal/state"
@@ -154,4 +156,67 @@ func unitField(unit string) zap.Field {
 		return zap.Skip()
 	}
 	return zap.String("unit", unit)
+}
+
+// LogBind writes one bind_denied event.
+func LogBind(log *zap.Logger, e Event) {
+	msg := "bind refused: the port is not in the allowlist's listen:"
+	switch {
+	case e.Audit && e.Summary:
+		msg = "binds would be refused (audit mode: allowed; summary of the window)"
+	case e.Audit:
+		msg = "bind would be refused (audit mode: allowed)"
+	case e.Summary:
+		msg = "binds refused (summary of the window)"
+	}
+	log.Warn(msg, event.Field(event.BindDenied), zap.String("allowlist", e.Allowlist), zap.String("user", e.User),
+		zap.Uint32("uid", e.UID), zap.String("proto", e.Proto), zap.Stringer("address", e.Dst), zap.Uint16("port", e.DPort),
+		zap.Int("count", e.Count), zap.Bool("summary", e.Summary), zap.Bool("audit", e.Audit),
+		zap.Time("first", e.First), zap.Time("last", e.Last))
+}
+
+// RunBinds reads the listen restriction's reports (internal/bindguard) until
+// ctx ends or the reader is closed, logging bounded bind_denied events and
+// recording them in rec. As with Run, enforcement never depends on it.
+func RunBinds(ctx context.Context, rd *ringbuf.Reader, lookup Lookup, interval time.Duration, log *zap.Logger, m *metrics.Metrics, rec *Recent) {
+	agg := newAggregator(lookup, "", func(e Event) {
+		LogBind(log, e)
+	}, func(o Overflow) {
+		log.Warn("more distinct refused binds than one window reports; counted here", event.Field(event.DenyOverflow),
+			zap.String("allowlist", o.Allowlist), zap.Int("count", o.Count), zap.Duration("window", interval))
+	})
+	if rec != nil {
+		agg.Record = rec.Record
+	}
+	go func() {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				agg.Flush()
+				rd.Close()
+				return
+			case <-t.C:
+				agg.Flush()
+			}
+		}
+	}()
+	for {
+		r, err := rd.Read()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, ringbuf.ErrClosed) {
+				return
+			}
+			log.Error("reading refused binds failed; bind_denied events stop (enforcement is unaffected)", event.Field(event.DenyLogFailed), zap.Error(err))
+			return
+		}
+		b, err := bindguard.Decode(r.RawSample)
+		if err != nil {
+			continue
+		}
+		if name, ok := agg.AddBind(Bind{UID: b.UID, Proto: b.Proto, Addr: b.Addr, Port: b.Port, Audit: b.Audit, Time: time.Now()}); ok {
+			m.BindDenied(name, b.Audit)
+		}
+	}
 }

@@ -39,6 +39,8 @@ const (
 	Deny               = "deny"
 	DenyOverflow       = "deny_overflow"
 	DenyLogFailed      = "deny_log_failed"
+	BindDenied         = "bind_denied"
+	ListenUnenforced   = "listen_unenforced"
 	DNSRefused         = "dns_refused"
 	DNSRefusedOverflow = "dns_refused_overflow"
 	DNSProxyListening  = "dns_proxy_listening"
@@ -60,7 +62,7 @@ var All = []string{
 	Resolved, ResolveFailed, ResolveFailing, ResolveRecovered,
 	RulesetApplied, ApplyFailed, UserMissing, UserConflict, UnitCgroup,
 	DriftRepaired, DriftRepeating, VerifyFailed, TableUnowned,
-	Deny, DenyOverflow, DenyLogFailed,
+	Deny, DenyOverflow, DenyLogFailed, BindDenied, ListenUnenforced,
 	DNSRefused, DNSRefusedOverflow, DNSProxyListening, DNSProxyFailed, DNSProxyRevoked,
 	MetricsListening, MetricsFailed, StateFailed, NotifyFailed, DescriptorLimitLow, StartRefused, RunFailed, Stopping,
 }

@@ -97,6 +97,7 @@ func Generate(o Options) (string, error) {
 	if o.Allowlist != "" {
 		fmt.Fprintf(&b, "# Egress: allowlist %q%s.\n", o.Allowlist, o.AllowlistInfo)
 	}
+	b.WriteString(o.listenGuidance())
 	var left []string
 	section := ""
 	for _, l := range o.lines() {
@@ -117,4 +118,27 @@ func Generate(o Options) (string, error) {
 		fmt.Fprintf(&b, "\n# Left out, unknown to systemd %d: %s\n", v, strings.Join(left, ", "))
 	}
 	return b.String(), nil
+}
+
+// listenGuidance is the header's word on listening ports: egressd enforces
+// them from the allowlist's listen: (any systemd); SocketBind* below are
+// systemd's own, defence in depth where it enforces them.
+func (o *Options) listenGuidance() string {
+	if len(o.Listen) == 0 {
+		return ""
+	}
+	var want []string
+	for _, l := range o.Listen {
+		want = append(want, l.String())
+	}
+	key := "listen: [" + strings.Join(want, ", ") + "]"
+	switch {
+	case o.AllowlistListen == nil && o.Allowlist != "":
+		return fmt.Sprintf("# Listening: allowlist %q has no listen: key, so egressd does not restrict its ports;\n#   add %s to it (and egressd-listen.conf to egressd.service) to have egressd enforce them.\n", o.Allowlist, key)
+	case o.AllowlistListen == nil:
+		return fmt.Sprintf("# Listening: egressd enforces the ports when the service's allowlist says %s\n#   (with egressd-listen.conf installed for egressd.service); SocketBind* below are systemd's own.\n", key)
+	case *o.AllowlistListen != strings.Join(want, ", "):
+		return fmt.Sprintf("# Listening: egressd enforces allowlist %q's listen: [%s], not the --listen given here (%s).\n", o.Allowlist, *o.AllowlistListen, strings.Join(want, ", "))
+	}
+	return fmt.Sprintf("# Listening: egressd enforces allowlist %q's %s (cgroup BPF); SocketBind* below are systemd's own.\n", o.Allowlist, key)
 }

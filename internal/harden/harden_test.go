@@ -401,3 +401,33 @@ func TestOwnershipFixLeavesSharedDirs(t *testing.T) {
 		t.Errorf("findings %v, want / and /root (owned by the service user)", fs)
 	}
 }
+
+func TestListenGuidance(t *testing.T) {
+	listed, other := "tcp:8080", "tcp:9090"
+	tests := []struct {
+		name      string
+		allowlist string
+		listen    *string
+		bpf       Feature
+		want      []string
+	}{
+		{"no allowlist named", "", nil, FeatureYes, []string{"when the service's allowlist says listen: [tcp:8080]"}},
+		{"allowlist without listen:", "billing", nil, FeatureNo, []string{`allowlist "billing" has no listen: key, so egressd does not restrict its ports`, "NOT ENFORCED by the target systemd", "write listen: in the service's allowlist"}},
+		{"allowlist with listen:", "billing", &listed, FeatureNo, []string{`egressd enforces allowlist "billing"'s listen: [tcp:8080]`, "NOT ENFORCED by the target systemd", "egressd enforces the allowlist's listen: instead"}},
+		{"allowlist listing another port", "billing", &other, FeatureYes, []string{`egressd enforces allowlist "billing"'s listen: [tcp:9090], not the --listen given here (tcp:8080)`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := Options{User: "billing", Listen: []Listen{{"tcp", 8080}}, Allowlist: tt.allowlist, AllowlistListen: tt.listen, BPF: tt.bpf, SystemdVersion: 252}
+			out, err := Generate(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("drop-in lacks %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+}

@@ -30,6 +30,10 @@ type Options struct {
 	SystemdVersion int  // target systemd; options it does not know are left out
 	Allowlist      string
 	AllowlistInfo  string // one line describing the allowlist, for the header
+	// AllowlistListen is the allowlist's listen: key as written ("tcp:8080,
+	// udp:5353"; "" for listen: []), when known and present: egressd then
+	// enforces the listening ports itself, whatever the systemd.
+	AllowlistListen *string
 	// DNSProxy says the allowlist has dns: proxy: the service's lookups
 	// must reach port 53 (where the kernel redirects them to the proxy), not
 	// a local resolver's UNIX socket.
@@ -301,6 +305,11 @@ func (o *Options) lines() []line {
 	switch o.BPF {
 	case FeatureNo:
 		denyWhy = "NOT ENFORCED by the target systemd (built -BPF_FRAMEWORK: it ignores this line); kept for one that enforces it"
+		if o.AllowlistListen != nil {
+			denyWhy += "; egressd enforces the allowlist's listen: instead"
+		} else {
+			denyWhy += "; write listen: in the service's allowlist to have egressd enforce it"
+		}
 		allowWhy = denyWhy
 	case FeatureUnknown:
 		denyWhy = "enforced only by a systemd built +BPF_FRAMEWORK (systemctl --version): " + denyWhy

@@ -77,8 +77,26 @@ func ProposeDoc(a *config.Allowlist, doc deny.RecentDoc, since time.Time) string
 		}
 	}
 	byDest := map[dest]*seen{}
+	binds := map[dest]*seen{} // refused or audited binds (listen:): dst is the local address
 	for _, o := range obs {
 		if o.Allowlist != a.Name || o.Last.Before(since) {
+			continue
+		}
+		if o.Listen {
+			d := dest{o.Proto, "", o.DPort}
+			s := binds[d]
+			if s == nil {
+				s = &seen{dest: d, first: o.First, last: o.Last}
+				binds[d] = s
+			}
+			s.count += o.Count
+			if o.Audit {
+				s.audited += o.Count
+			}
+			if o.First.Before(s.first) {
+				s.first = o.First
+			}
+			s.last = maxTime(s.last, o.Last)
 			continue
 		}
 		d := dest{o.Proto, o.Dst, o.DPort}
@@ -232,6 +250,7 @@ func ProposeDoc(a *config.Allowlist, doc deny.RecentDoc, since time.Time) string
 			fmt.Fprintf(&b, "  #   %s: refused %d×, last %s\n", commentText(r.Name), r.Refused, r.Last.UTC().Format(time.RFC3339))
 		}
 	}
+	b.WriteString(proposeListen(a, binds))
 	return b.String()
 }
 
@@ -374,4 +393,42 @@ func maxTime(a, b time.Time) time.Time {
 		return b
 	}
 	return a
+}
+
+// proposeListen is the listen: key: the allowlist's own entries, then the
+// ports its service bound (in audit mode) or tried to, from bind_denied.
+// Without a listen: key and nothing observed, listening stays unrestricted.
+func proposeListen(a *config.Allowlist, binds map[dest]*seen) string {
+	if a.Listen == nil && len(binds) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("listen:\n")
+	for _, l := range a.Listen {
+		fmt.Fprintf(&b, "  - %-40s # already in the allowlist (%s)\n", l, l.Pos)
+	}
+	list := make([]*seen, 0, len(binds))
+	for _, s := range binds {
+		list = append(list, s)
+	}
+	sort.Slice(list, func(i, j int) bool {
+		if list[i].proto != list[j].proto {
+			return list[i].proto < list[j].proto
+		}
+		return list[i].dport < list[j].dport
+	})
+	for _, s := range list {
+		entry := fmt.Sprintf("%s:%d", s.proto, s.dport)
+		note := fmt.Sprintf("bound %d× (%s), first %s, last %s", s.count, verdicts(s), s.first.UTC().Format(time.RFC3339), s.last.UTC().Format(time.RFC3339))
+		if _, ok := a.ListenAllowed(s.proto, s.dport); ok && a.Listen != nil {
+			fmt.Fprintf(&b, "  # %s: allowed now; %s\n", entry, note)
+			continue
+		}
+		if s.proto != "tcp" && s.proto != "udp" {
+			fmt.Fprintf(&b, "  # %s: listen: names tcp and udp only; %s\n", entry, note)
+			continue
+		}
+		fmt.Fprintf(&b, "  - %-40s # %s\n", entry, note)
+	}
+	return b.String()
 }

@@ -165,3 +165,41 @@ func TestProposeUnsafeNames(t *testing.T) {
 		t.Errorf("the names are not listed (escaped) for review")
 	}
 }
+
+// Binds observed in audit mode (bind_denied) become listen: entries; they
+// are never proposed as destinations.
+func TestProposeListen(t *testing.T) {
+	a, err := config.ParseAllowlist("/etc/egressd/allow.d/web.yaml", "web",
+		[]byte("user: web\nmode: audit\nallow: [192.0.2.12:443]\nlisten: [tcp:8080]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	obs := []deny.RecentEntry{
+		{Allowlist: "web", Listen: true, Audit: true, Proto: "tcp", Dst: "0.0.0.0", DPort: 9090, Count: 2, First: at, Last: at},
+		{Allowlist: "web", Listen: true, Audit: true, Proto: "udp", Dst: "::", DPort: 5353, Count: 1, First: at, Last: at},
+		{Allowlist: "web", Proto: "tcp", Dst: "192.0.2.20", DPort: 443, Count: 1, First: at, Last: at},
+	}
+	out := Propose(a, obs, time.Time{})
+	got, err := config.ParseAllowlist("proposal.yaml", "web", []byte(out))
+	if err != nil {
+		t.Fatalf("the proposal does not load as an allowlist: %v\n%s", err, out)
+	}
+	var listen []string
+	for _, l := range got.Listen {
+		listen = append(listen, l.String())
+	}
+	if strings.Join(listen, " ") != "tcp:8080 tcp:9090 udp:5353" {
+		t.Fatalf("listen: %v\n%s", listen, out)
+	}
+	for _, e := range got.Entries {
+		if strings.Contains(e.Raw, "9090") || strings.Contains(e.Raw, "5353") {
+			t.Fatalf("a bind proposed as a destination: %s\n%s", e.Raw, out)
+		}
+	}
+	// No listen: key and nothing bound: listening stays unrestricted.
+	b, _ := config.ParseAllowlist("/etc/egressd/allow.d/b.yaml", "b", []byte("user: b\nallow: []\n"))
+	if out := Propose(b, nil, time.Time{}); strings.Contains(out, "listen:") {
+		t.Fatalf("listen: proposed for an allowlist without one:\n%s", out)
+	}
+}

@@ -23,7 +23,7 @@ type Flag struct {
 
 // Commands are the visible subcommands.
 var Commands = []Command{
-	{"run", []Flag{{"--config", "file"}, {"--once", ""}, {"--log-level", "level"}, {"--runtime-dir", "dir"}}},
+	{"run", []Flag{{"--config", "file"}, {"--once", ""}, {"--log-level", "level"}, {"--runtime-dir", "dir"}, {"--bpf-dir", "dir"}, {"--listen-cgroup", "dir"}}},
 	{"check", []Flag{{"--config", "file"}, {"--json", ""}, {"--runtime-dir", "dir"}, {"--explain", ""}, {"--textfile", "file"}}},
 	{"validate", []Flag{{"--config", "file"}, {"--as", "file"}}},
 	{"harden", []Flag{{"--user", "word"}, {"--group", "word"}, {"--writable", "dir"}, {"--listen", "word"},
@@ -32,7 +32,7 @@ var Commands = []Command{
 		{"--allowlist", "allowlist"}, {"--unit", "word"}, {"--config", "file"}, {"--audit", "file"}, {"--json", ""},
 		{"--target-features", "word"}, {"--egressd", "file"}, {"--gate-timeout", "word"}, {"--keep-system-bus", ""}, {"--unit-file", "file"}}},
 	{"wait", []Flag{{"--user", "word"}, {"--unit", "word"}, {"--allowlist", "allowlist"}, {"--timeout", "word"}, {"--config", "file"}}},
-	{"remove", []Flag{{"--runtime-dir", "dir"}}},
+	{"remove", []Flag{{"--runtime-dir", "dir"}, {"--bpf-dir", "dir"}}},
 	{"plan", []Flag{{"--config", "file"}, {"--runtime-dir", "dir"}}},
 	{"learn", []Flag{{"--since", "word"}, {"--config", "file"}, {"--state-dir", "dir"}, {"--runtime-dir", "dir"}}},
 	{"denies", []Flag{{"--follow", ""}, {"--allowlist", "allowlist"}, {"--json", ""}, {"--runtime-dir", "dir"}}},

@@ -12,11 +12,12 @@ var Egressd = &Page{Name: "egressd", Section: "8", Title: "System Administration
 	{"NAME", []Block{P(`egressd - per-service egress allowlists, kept current from DNS, enforced by nftables`)}},
 	{"SYNOPSIS", []Block{Pre(`
 egressd run [--config FILE] [--once] [--log-level LEVEL]
-            [--runtime-dir DIR]
+            [--runtime-dir DIR] [--bpf-dir DIR] [--listen-cgroup DIR]
 egressd check [--config FILE] [--json] [--runtime-dir DIR]
               [--textfile FILE]
 egressd check [--config FILE] [--json] --explain USER HOST:PORT[/udp]
 egressd validate [--config FILE] [--as DEST] PATH...
+egressd check [--config FILE] [--json] --explain USER listen tcp|udp:PORT
 egressd harden --user USER [--group GROUP] [--writable PATH]...
                [--listen tcp:PORT|udp:PORT]... [--jit] [--nproc N]
                [--fsize SIZE] [--apparmor PROFILE | --selinux CONTEXT]
@@ -28,7 +29,7 @@ egressd harden --user USER [--group GROUP] [--writable PATH]...
 egressd harden --audit UNIT_FILE [--json]
 egressd wait (--user USER | --unit UNIT | --allowlist NAME) [--timeout 30s]
              [--config FILE]
-egressd remove [--runtime-dir DIR]
+egressd remove [--runtime-dir DIR] [--bpf-dir DIR]
 egressd plan [--config FILE] [--runtime-dir DIR]
 egressd denies [--follow] [--allowlist NAME] [--json] [--runtime-dir DIR]
 egressd learn ALLOWLIST|USER [--since D] [--config FILE] [--state-dir DIR]
@@ -78,6 +79,9 @@ same user or unit, the shared lists it includes), and refuses a target
 directory the daemon would refuse. Without --config, a kind is told by
 where it goes or by its keys, and the lists an allowlist includes are those
 given beside it. Errors go to stderr with file:line:col. See docs/fleet.md.`),
+		Item("check --explain USER listen tcp|udp:PORT", `May USER listen on PORT
+right now, according to the listen restriction the kernel holds (an
+allowlist's listen:), and by which entry.`),
 		Item("harden", `Print a systemd drop-in that hardens one protected service:
 its own user, no new privileges, private /tmp, read-only system with explicit
 writable paths, no W+X memory, resource limits, port binding limits, LSM
@@ -99,7 +103,8 @@ first, so the service does not start. Needs CAP_NET_ADMIN to read nf_tables
 (the + prefix runs it as root). With --unit (or a unit allowlist's NAME) it
 must run inside that unit, as its first ExecStartPre=: it waits until the
 kernel restricts the unit's current cgroup.`),
-		Item("remove", `Delete the table inet egressd: every restriction is
+		Item("remove", `Delete the table inet egressd and detach the listen
+restriction (the BPF programs pinned in --bpf-dir): every restriction is
 lifted. For uninstalling and emergencies. Refused while the daemon runs (it
 would restore the table at once): stop it first (systemctl stop egressd).
 "nothing to remove" when there is no table.`),
@@ -155,6 +160,11 @@ default).`),
 		Item("--log-level L", `debug, info (default), warn or error.`),
 		Item("--runtime-dir D", `Where the daemon publishes its state for check
 (default /run/egressd).`),
+		Item("--bpf-dir D", `With run and remove: where the listen restriction's
+BPF programs, map and links are pinned, on bpffs (default: $RUNTIME_DIRECTORY/bpf
+when that is a bpffs, as egressd-listen.conf binds it; else /sys/fs/bpf/egressd).`),
+		Item("--listen-cgroup D", `With run: the cgroup the listen restriction
+attaches to (default: the cgroup2 root, every process; tests use their own).`),
 		Item("--json", `With check: machine-readable output.`),
 		Item("--textfile FILE", `With check: also write the result in the Prometheus
 text format to FILE, atomically, for node_exporter's textfile collector
@@ -300,6 +310,13 @@ deny, checked from its entries (includes too) with no DNS: a name by an
 entry for it or a matching wildcard, an address by a literal entry containing
 it. A failing test is an error at its line: validate and check exit 2, the
 daemon keeps its last good configuration.`),
+		Item("listen", `The ports the user's processes may bind and listen on:
+[tcp:8080, udp:5353, tcp:8000-8010]. Absent: unrestricted; listen: []: no
+port. Any other bind() fails with EPERM (bind_denied); a TCP listener on a
+port the kernel picked (port 0, or listen() unbound) gets no connection.
+Enforced with cgroup BPF, pinned on bpffs (needs CAP_BPF: egressd-listen.conf);
+without it, reported as not enforced (listen_unenforced, check). User
+allowlists only.`),
 	}},
 	{"SHARED LISTS", []Block{P(`A file lists_dir/NAME.yaml holds destinations kept once and
 used by many allowlists. Its only key is allow, with the same syntax and

@@ -5,6 +5,7 @@ package metrics
 
 import (
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/egressd/egressd/internal/version"
@@ -24,6 +25,7 @@ type Metrics struct {
 	driftRepairs   prometheus.Counter
 	resolveSeconds prometheus.Histogram
 	denyEvents     *prometheus.CounterVec
+	bindsDenied    *prometheus.CounterVec
 	nflogPackets   prometheus.Counter
 	nflogLost      prometheus.Counter
 	proxyQueries   *prometheus.CounterVec
@@ -59,6 +61,8 @@ func New() *Metrics {
 			Help: "DNS lookup latency, CNAME chains and retries included.", Buckets: prometheus.ExponentialBuckets(0.0005, 4, 9)}),
 		denyEvents: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "egressd_deny_events_total",
 			Help: "Deny events logged (first packets and summaries), by allowlist."}, []string{"allowlist"}),
+		bindsDenied: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "egressd_binds_denied_total",
+			Help: "Binds and listener connections refused (or, in audit mode, reported) because the port is not in the allowlist's listen:, by allowlist and audit."}, []string{"allowlist", "audit"}),
 		nflogPackets: prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_nflog_packets_total",
 			Help: "Packets received from the NFLOG group."}),
 		proxyQueries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "egressd_dns_proxy_queries_total",
@@ -88,7 +92,7 @@ func New() *Metrics {
 			Help: "1 for an allowlist in mode: audit (denies logged, then let through), 0 in enforce."}, []string{"allowlist"}),
 	}
 	m.reg.MustRegister(m.applies, m.lastApply, m.namesFailing, m.setElements, m.driftRepairs, m.resolveSeconds,
-		m.denyEvents, m.nflogPackets, m.nflogLost, m.proxyQueries, m.proxySeconds, m.proxyKernel, m.proxyWrite,
+		m.denyEvents, m.bindsDenied, m.nflogPackets, m.nflogLost, m.proxyQueries, m.proxySeconds, m.proxyKernel, m.proxyWrite,
 		m.failingSince, m.staleGrace, m.configInfo, m.reloadOK, m.reloadTime, m.auditMode, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfo(version.Get()))
 	return m
@@ -186,6 +190,13 @@ func (m *Metrics) Resolved(seconds float64) {
 }
 
 // DenyEvent counts a deny event.
+func (m *Metrics) BindDenied(allowlist string, audit bool) {
+	if m != nil {
+		m.bindsDenied.WithLabelValues(allowlist, strconv.FormatBool(audit)).Inc()
+	}
+}
+
+// DenyEvent counts one deny event of allowlist.
 func (m *Metrics) DenyEvent(allowlist string) {
 	if m != nil {
 		m.denyEvents.WithLabelValues(allowlist).Inc()

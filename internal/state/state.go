@@ -51,8 +51,10 @@ type State struct {
 	ConfigHash  string                       `json:"config_hash"`
 	Plan        Plan                         `json:"plan"`
 	Names       map[string]Name              `json:"names"`
-	Users       map[string]uint32            `json:"users"`         // allowlist -> uid, enforced
-	MissingUser map[string]string            `json:"missing_users"` // allowlist -> why not enforced
+	Users       map[string]uint32            `json:"users"`                  // allowlist -> uid, enforced
+	MissingUser map[string]string            `json:"missing_users"`          // allowlist -> why not enforced
+	ListenError string                       `json:"listen_error,omitempty"` // why allowlists' listen: is not enforced
+	ListenDir   string                       `json:"listen_dir,omitempty"`   // where the listen restriction is pinned, once loaded
 	Extra       map[string]map[string]string `json:"extra,omitempty"`
 }
 

@@ -1,0 +1,100 @@
+package systemd
+
+import (
+	"os"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestSystemdListen: on Debian 12's systemd (built -BPF_FRAMEWORK, where
+// SocketBindDeny= is a no-op) a hardened service whose allowlist has
+// listen: [tcp:8080] serves on 8080 and cannot bind 9999: egressd enforces
+// it, across restarts of the service and of egressd, and while egressd is
+// stopped. On Debian 13's (+BPF_FRAMEWORK) systemd's own SocketBind* run
+// beside it.
+func TestSystemdListen(t *testing.T) {
+	require(t)
+	for _, s := range []string{suite, trixie} {
+		t.Run(s, func(t *testing.T) { testSystemdListen(t, s) })
+	}
+}
+
+func testSystemdListen(t *testing.T, suite string) {
+	// A Debian host has bpffs on /sys/fs/bpf (systemd mounts it at boot);
+	// systemd-nspawn's /sys has none: the test gives the container one of
+	// its own, gone (with every pin, and so every program) at the end.
+	bpffs, err := os.MkdirTemp("/run", "egressd-systest-bpffs-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
+		os.Remove(bpffs)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(bpffs, 0); err != nil {
+			t.Errorf("unmount the container's bpffs: %v", err)
+		}
+		os.Remove(bpffs)
+	})
+	c := newContainerFrom(t, rootfsFor(t, suite), binds(t)...)
+	c.rw = append(c.rw, bpffs+":/sys/fs/bpf")
+	// A host's systemd holds every capability; systemd-nspawn's default set
+	// lacks CAP_BPF, which egressd.service is given.
+	c.caps = append(c.caps, "CAP_BPF")
+	c.write("/etc/systemd/system/targets.service",
+		"[Unit]\nDescription=test destinations (root)\nBefore=egressd.service\n\n[Service]\nExecStart=/usr/local/bin/egressd-probe serve "+
+			allowedDst+" "+deniedDst+"\n\n[Install]\nWantedBy=multi-user.target\n", 0o644)
+	c.boot()
+	bpf := strings.Contains(c.must("systemctl", "--version"), "+BPF_FRAMEWORK")
+	c.must("systemctl", "enable", "--now", "targets.service")
+	c.must("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "billing")
+	c.write("/etc/systemd/system/billing.service", serviceUnit(8080), 0o644)
+	c.must("install", "-m", "0644", "/src/egressd.service", "/etc/systemd/system/egressd.service")
+	c.must("install", "-D", "-m", "0644", "/src/egressd-listen.conf", "/etc/systemd/system/egressd.service.d/listen.conf")
+	c.must("install", "-d", "-m", "0755", "/etc/egressd", "/etc/egressd/allow.d")
+	c.must("install", "-m", "0644", "/src/egressd.yaml", "/etc/egressd/egressd.yaml")
+	c.write("/etc/egressd/allow.d/billing.yaml", allowlistFor("billing")+"listen: [tcp:8080]\n", 0o644)
+	c.must("systemctl", "daemon-reload")
+	c.must("systemctl", "enable", "--now", "egressd.service")
+	dropIn, _ := c.harden(t, "billing.service", "--user", "billing", "--listen", "tcp:8080")
+	c.must("systemctl", "daemon-reload")
+	c.must("systemctl", "start", "billing.service")
+
+	bound := func(when string) {
+		t.Helper()
+		c.restricted(t, 8080, when) // it serves on 8080 (the agent answers there)
+		got := c.ask(8080, "listen", "127.0.0.1:9999")
+		if !strings.Contains(got, "operation not permitted") {
+			t.Errorf("%s: billing bound 127.0.0.1:9999: %s\n%s", when, got, c.must("journalctl", "--no-pager", "-o", "cat", "-u", "egressd.service"))
+		}
+		if got := c.ask(8080, "listen", "[::]:9999"); !strings.Contains(got, "operation not permitted") {
+			t.Errorf("%s: billing bound [::]:9999: %s", when, got)
+		}
+		if got := strings.TrimSpace(c.must("egressd-probe", "ask", "127.0.0.1:8080", "pid", "-")); strings.HasPrefix(got, "error") {
+			t.Errorf("%s: billing does not serve on 8080: %s", when, got)
+		}
+	}
+	if !bpf && !strings.Contains(dropIn, "NOT ENFORCED") {
+		t.Errorf("-BPF_FRAMEWORK: the drop-in claims SocketBindDeny= is enforced:\n%s", dropIn)
+	}
+	if suite == "bookworm" && bpf {
+		t.Errorf("Debian 12's systemd is built +BPF_FRAMEWORK here: the test proves nothing about egressd alone")
+	}
+	bound("started")
+	if log := c.must("journalctl", "--no-pager", "-o", "cat", "-u", "egressd.service"); !strings.Contains(log, `"event":"bind_denied"`) || !strings.Contains(log, `"port":9999`) {
+		t.Errorf("no bind_denied event for port 9999 in egressd's journal:\n%s", log)
+	}
+	c.must("systemctl", "restart", "billing.service")
+	bound("service restarted")
+	c.must("systemctl", "restart", "egressd.service")
+	bound("egressd restarted")
+	c.must("systemctl", "stop", "egressd.service")
+	bound("egressd stopped")
+	c.must("systemctl", "start", "egressd.service")
+	if out, err := c.run("egressd", "check"); err != nil {
+		t.Errorf("egressd check: %v\n%s", err, out)
+	}
+}

@@ -1,0 +1,641 @@
+//go:build linux
+
+package bindguard
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/egressd/egressd/internal/cgroup"
+	"github.com/egressd/egressd/internal/netns"
+	"github.com/egressd/egressd/internal/systest"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	protected = 64281 // the protected service's uid
+	other     = 64282 // another service, unrestricted
+	helperEnv = "EGRESSD_BINDGUARD_HELPER"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) == "pingpong" {
+		os.Exit(pingpong(os.Args[len(os.Args)-1]))
+	}
+	if os.Getenv(helperEnv) != "" {
+		os.Exit(helper(os.Args[len(os.Args)-1]))
+	}
+	os.Exit(m.Run())
+}
+
+// rig is a cgroup, a bpffs and a network namespace the test creates, the
+// guard attached to that cgroup, and the test binary as the helper that
+// performs binds inside them as a given uid.
+type rig struct {
+	t     testing.TB
+	cg    string
+	pins  string
+	ns    *netns.NS
+	guard *Guard
+	bin   string
+}
+
+func newRig(t testing.TB) *rig {
+	t.Helper()
+	systest.Require(t)
+	root, err := cgroup.Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cg, err := os.MkdirTemp(root, "egressd-bindguard-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// Every helper has exited; the cgroup must be empty to go.
+		if err := os.Remove(cg); err != nil {
+			t.Errorf("remove test cgroup: %v", err)
+		}
+	})
+	bpffs, err := os.MkdirTemp("/run", "egressd-bpffs-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
+		os.Remove(bpffs)
+		t.Fatalf("mount bpffs: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(bpffs, 0); err != nil {
+			t.Errorf("unmount test bpffs: %v", err)
+		}
+		os.Remove(bpffs)
+	})
+	ns, err := netns.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	// The helper runs as unprivileged uids: a copy of the test binary they
+	// may execute (go test's build directory is root's alone).
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("/run", "egressd-bindguard-bin-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	helperBin := filepath.Join(dir, "helper")
+	if err := os.WriteFile(helperBin, bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r := &rig{t: t, cg: cg, pins: filepath.Join(bpffs, "egressd"), ns: ns, bin: helperBin}
+	r.open()
+	t.Cleanup(func() {
+		r.guard.Close()
+		if err := Remove(r.pins); err != nil {
+			t.Errorf("remove pins: %v", err)
+		}
+		if left := Pinned(r.pins); len(left) > 0 {
+			t.Errorf("pins left behind: %v", left)
+		}
+	})
+	return r
+}
+
+func (r *rig) open() {
+	r.t.Helper()
+	g, err := Open(r.cg, r.pins)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.guard = g
+}
+
+func (r *rig) apply(p Policy) {
+	r.t.Helper()
+	if err := r.guard.Apply(p); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// start runs the helper op as uid inside the test's cgroup and namespace.
+func (r *rig) start(uid int, op string, files ...*os.File) (*exec.Cmd, *bufio.Reader) {
+	r.t.Helper()
+	return r.startEnv(uid, "1", op, files...)
+}
+
+func (r *rig) startEnv(uid int, mode, op string, files ...*os.File) (*exec.Cmd, *bufio.Reader) {
+	r.t.Helper()
+	cgf, err := os.Open(r.cg)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer cgf.Close()
+	cmd := exec.Command(r.bin, "-test.run=^$", op)
+	cmd.Env = append(os.Environ(), helperEnv+"="+mode)
+	cmd.ExtraFiles = files
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Credential:  &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)},
+		UseCgroupFD: true, CgroupFD: int(cgf.Fd()),
+		Pdeathsig: syscall.SIGKILL,
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	if err := r.ns.Start(cmd); err != nil {
+		r.t.Fatal(err)
+	}
+	r.t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd, bufio.NewReader(out)
+}
+
+// run runs op as uid and returns its one-line answer: "ok PORT" or the errno.
+func (r *rig) run(uid int, op string) string {
+	r.t.Helper()
+	cmd, out := r.start(uid, op)
+	line, _ := out.ReadString('\n')
+	cmd.Wait()
+	return strings.TrimSpace(line)
+}
+
+// helper performs op, a bind described as
+// NETWORK,ADDR,PORT[,dropto=UID][,reuseport][,range=LO-HI][,listen][,autolisten],
+// and prints "ok PORT" or the errno's name.
+func helper(op string) int {
+	res, err := bindOp(op)
+	if err != nil {
+		if errno, ok := errors.Unwrap(err).(unix.Errno); ok {
+			fmt.Println(unix.ErrnoName(errno))
+		} else {
+			fmt.Println(err)
+		}
+		return 1
+	}
+	fmt.Println("ok", res.port)
+	if res.accept {
+		// Tell the parent the port, then wait for one connection.
+		tv := unix.Timeval{Sec: 10}
+		unix.SetsockoptTimeval(res.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+		if nfd, _, err := unix.Accept(res.fd); err == nil {
+			unix.Close(nfd)
+			fmt.Println("accepted")
+		} else {
+			fmt.Println("none:", err)
+		}
+	}
+	return 0
+}
+
+type bindResult struct {
+	fd     int
+	port   int
+	accept bool
+}
+
+func bindOp(op string) (bindResult, error) {
+	f := strings.Split(op, ",")
+	network, addr, port := f[0], f[1], f[2]
+	opts := map[string]string{}
+	for _, o := range f[3:] {
+		k, v, _ := strings.Cut(o, "=")
+		opts[k] = v
+	}
+	typ, proto := unix.SOCK_STREAM, unix.IPPROTO_TCP
+	if strings.HasPrefix(network, "udp") {
+		typ, proto = unix.SOCK_DGRAM, unix.IPPROTO_UDP
+	}
+	family := unix.AF_INET
+	if strings.HasSuffix(network, "6") {
+		family = unix.AF_INET6
+	}
+	var fd int
+	var err error
+	if fd, err = unix.Socket(family, typ, proto); err != nil {
+		return bindResult{}, fmt.Errorf("socket: %w", err)
+	}
+	if uid, ok := opts["dropto"]; ok {
+		// The socket was made as root; the rest runs as uid, as a service
+		// that drops privileges after start (or is handed root's socket).
+		n, _ := strconv.Atoi(uid)
+		if err := unix.Setresgid(n, n, n); err != nil {
+			return bindResult{}, fmt.Errorf("setresgid: %w", err)
+		}
+		if err := unix.Setresuid(n, n, n); err != nil {
+			return bindResult{}, fmt.Errorf("setresuid: %w", err)
+		}
+	}
+	if _, ok := opts["reuseport"]; ok {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return bindResult{}, fmt.Errorf("SO_REUSEPORT: %w", err)
+		}
+	}
+	if rng, ok := opts["range"]; ok {
+		lo, hi, _ := strings.Cut(rng, "-")
+		l, _ := strconv.Atoi(lo)
+		h, _ := strconv.Atoi(hi)
+		// IP_LOCAL_PORT_RANGE (Linux 6.3; SOL_IP for IPv6 sockets too): the
+		// ephemeral range of this socket.
+		if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_LOCAL_PORT_RANGE, l|h<<16); err != nil {
+			return bindResult{}, fmt.Errorf("IP_LOCAL_PORT_RANGE: %w", err)
+		}
+	}
+	if _, auto := opts["autolisten"]; !auto {
+		p, _ := strconv.Atoi(port)
+		var sa unix.Sockaddr
+		ip := net.ParseIP(addr)
+		if family == unix.AF_INET {
+			sa = &unix.SockaddrInet4{Port: p, Addr: [4]byte(ip.To4())}
+		} else {
+			sa = &unix.SockaddrInet6{Port: p, Addr: [16]byte(ip.To16())}
+		}
+		if err := unix.Bind(fd, sa); err != nil {
+			return bindResult{}, fmt.Errorf("bind: %w", err)
+		}
+	}
+	_, listen := opts["listen"]
+	_, auto := opts["autolisten"]
+	if (listen || auto) && typ == unix.SOCK_STREAM {
+		if err := unix.Listen(fd, 8); err != nil {
+			return bindResult{}, fmt.Errorf("listen: %w", err)
+		}
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return bindResult{}, fmt.Errorf("getsockname: %w", err)
+	}
+	res := bindResult{fd: fd, accept: listen || auto}
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		res.port = sa.Port
+	case *unix.SockaddrInet6:
+		res.port = sa.Port
+	}
+	return res, nil
+}
+
+var policy = Policy{protected: {Ports: []Port{{TCP, 8080}, {TCP, 8081}, {UDP, 5353}}}}
+
+func TestBindRestricted(t *testing.T) {
+	r := newRig(t)
+	r.apply(policy)
+	// A socket's own ephemeral range (IP_LOCAL_PORT_RANGE) is clamped to the
+	// namespace's: widen that so the range trick can reach 8080 and 9999.
+	if err := r.ns.Sysctl("net/ipv4/ip_local_port_range", "8000 10000"); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, op string
+		uid      int
+		want     string
+	}{
+		{"listed tcp4", "tcp4,127.0.0.1,8080", protected, "ok 8080"},
+		{"unlisted tcp4", "tcp4,127.0.0.1,9999", protected, "EPERM"},
+		{"unlisted tcp4 any address", "tcp4,0.0.0.0,9999", protected, "EPERM"},
+		{"listed tcp6", "tcp6,::1,8080", protected, "ok 8080"},
+		{"unlisted tcp6", "tcp6,::1,9999", protected, "EPERM"},
+		{"unlisted tcp6 any address", "tcp6,::,9999", protected, "EPERM"},
+		{"unlisted IPv4-mapped IPv6", "tcp6,::ffff:127.0.0.1,9999", protected, "EPERM"},
+		{"listed IPv4-mapped IPv6", "tcp6,::ffff:127.0.0.1,8080", protected, "ok 8080"},
+		{"listed udp4", "udp4,127.0.0.1,5353", protected, "ok 5353"},
+		{"unlisted udp4", "udp4,127.0.0.1,9999", protected, "EPERM"},
+		{"udp port listed for tcp only", "udp4,127.0.0.1,8080", protected, "EPERM"},
+		{"tcp port listed for udp only", "tcp4,127.0.0.1,5353", protected, "EPERM"},
+		{"unlisted udp6", "udp6,::,9999", protected, "EPERM"},
+		// Port 0 binds as clients (and Go's runtime probe) do: allowed; a
+		// listener there gets no connection (TestListenEphemeral).
+		{"port 0 is a client's bind", "udp6,::ffff:127.0.0.1,0,range=9999-9999", protected, "ok 9999"},
+		{"another user is not restricted", "tcp4,127.0.0.1,9999", other, "ok 9999"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := r.run(tt.uid, tt.op); got != tt.want {
+				t.Fatalf("%s as uid %d: %q, want %q", tt.op, tt.uid, got, tt.want)
+			}
+		})
+	}
+}
+
+// dial connects from the namespace (as root) to port on loopback.
+func (r *rig) dial(port string) error {
+	var c net.Conn
+	err := r.ns.Do(func() error {
+		var err error
+		c, err = net.DialTimeout("tcp4", "127.0.0.1:"+port, 2*time.Second)
+		return err
+	})
+	if c != nil {
+		c.Close()
+	}
+	return err
+}
+
+// listenAndDial starts op as uid (a listener), dials the port it reports
+// and returns the dial's error and what the listener saw.
+func (r *rig) listenAndDial(uid int, op string) (string, error, string) {
+	r.t.Helper()
+	cmd, out := r.start(uid, op)
+	first, _ := out.ReadString('\n')
+	first = strings.TrimSpace(first)
+	port, ok := strings.CutPrefix(first, "ok ")
+	if !ok {
+		cmd.Wait()
+		return first, nil, ""
+	}
+	derr := r.dial(port)
+	if derr != nil {
+		cmd.Process.Kill() // it would wait for a connection that cannot come
+	}
+	second, _ := out.ReadString('\n')
+	cmd.Wait()
+	return first, derr, strings.TrimSpace(second)
+}
+
+// A listen() on an unbound socket, or on one bound to port 0, has a port no
+// bind hook refused: the ingress program drops connections to it.
+func TestListenEphemeral(t *testing.T) {
+	r := newRig(t)
+	r.apply(policy)
+	if err := r.ns.Sysctl("net/ipv4/ip_local_port_range", "8000 10000"); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("control: listed port serves", func(t *testing.T) {
+		first, derr, second := r.listenAndDial(protected, "tcp4,127.0.0.1,8080,listen")
+		if first != "ok 8080" || derr != nil || second != "accepted" {
+			t.Fatalf("listener %q, dial %v, then %q; want ok 8080, a connection, accepted", first, derr, second)
+		}
+	})
+	t.Run("attack: autobound listener", func(t *testing.T) {
+		first, derr, second := r.listenAndDial(protected, "tcp4,0,0,autolisten")
+		if !strings.HasPrefix(first, "ok ") {
+			t.Fatalf("listener: %q", first)
+		}
+		if derr == nil || second == "accepted" {
+			t.Fatalf("a connection reached the autobound listener (%s): dial %v, listener %q", first, derr, second)
+		}
+	})
+	t.Run("attack: bind to port 0, then listen", func(t *testing.T) {
+		first, derr, second := r.listenAndDial(protected, "tcp4,127.0.0.1,0,listen")
+		if !strings.HasPrefix(first, "ok ") {
+			t.Fatalf("listener: %q", first)
+		}
+		if derr == nil || second == "accepted" {
+			t.Fatalf("a connection reached the listener on the kernel's port (%s): dial %v, listener %q", first, derr, second)
+		}
+	})
+	t.Run("attack: ephemeral range steered to an unlisted port", func(t *testing.T) {
+		first, derr, second := r.listenAndDial(protected, "tcp4,127.0.0.1,0,range=9999-9999,listen")
+		if first != "ok 9999" {
+			t.Fatalf("listener: %q", first)
+		}
+		if derr == nil || second == "accepted" {
+			t.Fatalf("a connection reached the steered listener: dial %v, listener %q", derr, second)
+		}
+	})
+	t.Run("control: ephemeral range steered to the listed port serves", func(t *testing.T) {
+		first, derr, second := r.listenAndDial(protected, "tcp4,127.0.0.1,0,range=8081-8081,listen")
+		if first != "ok 8081" || derr != nil || second != "accepted" {
+			t.Fatalf("listener %q, dial %v, then %q", first, derr, second)
+		}
+	})
+	t.Run("attack: autobound IPv6 listener, IPv4 client", func(t *testing.T) {
+		first, derr, second := r.listenAndDial(protected, "tcp6,::,0,autolisten")
+		if !strings.HasPrefix(first, "ok ") {
+			t.Fatalf("listener: %q", first)
+		}
+		if derr == nil || second == "accepted" {
+			t.Fatalf("a connection reached the autobound listener (%s): dial %v, listener %q", first, derr, second)
+		}
+	})
+	t.Run("control: another user's autobound listener serves", func(t *testing.T) {
+		first, derr, second := r.listenAndDial(other, "tcp4,0,0,autolisten")
+		if derr != nil || second != "accepted" {
+			t.Fatalf("listener %q, dial %v, then %q", first, derr, second)
+		}
+	})
+}
+
+// SO_REUSEPORT on a listed port held by another user's service: the kernel
+// lets only the same uid share a port, so the protected service cannot
+// steal half of another's connections.
+func TestReuseportOtherService(t *testing.T) {
+	r := newRig(t)
+	r.apply(Policy{protected: {Ports: []Port{{TCP, 8080}}}})
+	holder, out := r.start(other, "tcp4,127.0.0.1,8080,reuseport,listen")
+	if line, _ := out.ReadString('\n'); strings.TrimSpace(line) != "ok 8080" {
+		t.Fatalf("holder: %q", line)
+	}
+	if got := r.run(protected, "tcp4,127.0.0.1,8080,reuseport,listen"); got != "EADDRINUSE" {
+		t.Fatalf("protected SO_REUSEPORT bind of a port another uid holds: %q, want EADDRINUSE", got)
+	}
+	holder.Process.Kill()
+	holder.Wait()
+	if got := r.run(protected, "tcp4,127.0.0.1,8080,reuseport,listen"); got != "ok 8080" {
+		t.Fatalf("control: the listed port once free: %q", got)
+	}
+}
+
+// A socket created by root and handed to the service: binding it is checked
+// against the caller, so it gains nothing. (A socket root already bound and
+// listens on is the known limit: docs/security.md.)
+func TestInheritedSocketBind(t *testing.T) {
+	r := newRig(t)
+	r.apply(policy)
+	op := fmt.Sprintf("tcp4,127.0.0.1,%%d,dropto=%d", protected)
+	if got := r.run(0, fmt.Sprintf(op, 9999)); got != "EPERM" {
+		t.Fatalf("bind of a root-made socket by the protected uid: %q, want EPERM", got)
+	}
+	if got := r.run(0, fmt.Sprintf(op, 8080)); got != "ok 8080" {
+		t.Fatalf("control: root-made socket on the listed port: %q", got)
+	}
+}
+
+// Enforcement outlives egressd: the pins keep the programs and the policy;
+// a new Open takes them over and replaces the programs in place.
+func TestPinnedAcrossRestart(t *testing.T) {
+	r := newRig(t)
+	r.apply(policy)
+	r.guard.Close()
+	if got := r.run(protected, "tcp4,127.0.0.1,9999"); got != "EPERM" {
+		t.Fatalf("with egressd gone: %q, want EPERM", got)
+	}
+	r.open()
+	if got := r.run(protected, "tcp4,127.0.0.1,9999"); got != "EPERM" {
+		t.Fatalf("after a restart: %q, want EPERM", got)
+	}
+	loaded, err := r.guard.Loaded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(loaded[protected].Ports); got != "[{6 8080} {6 8081} {17 5353}]" {
+		t.Fatalf("loaded policy %s", got)
+	}
+	// Widening, narrowing and lifting take effect.
+	r.apply(Policy{protected: {Ports: []Port{{TCP, 9999}}}})
+	if got := r.run(protected, "tcp4,127.0.0.1,9999"); got != "ok 9999" {
+		t.Fatalf("after listing 9999: %q", got)
+	}
+	if got := r.run(protected, "tcp4,127.0.0.1,8080"); got != "EPERM" {
+		t.Fatalf("after removing 8080: %q", got)
+	}
+	r.apply(Policy{})
+	if got := r.run(protected, "tcp4,127.0.0.1,8080"); got != "ok 8080" {
+		t.Fatalf("restriction lifted: %q", got)
+	}
+}
+
+// Refused binds are reported; audit mode reports and allows.
+func TestEvents(t *testing.T) {
+	r := newRig(t)
+	r.apply(policy)
+	rd, err := r.guard.Events()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	next := func() Event {
+		t.Helper()
+		rd.SetDeadline(time.Now().Add(5 * time.Second))
+		rec, err := rd.Read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := Decode(rec.RawSample)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	r.run(protected, "udp6,::ffff:127.0.0.1,9999")
+	if e := next(); e.UID != protected || e.Proto != UDP || e.Port != 9999 || e.Addr.String() != "::ffff:127.0.0.1" || e.Audit || e.Hook != HookBind {
+		t.Fatalf("event %+v", e)
+	}
+	r.apply(Policy{protected: {Audit: true, Ports: policy[protected].Ports}})
+	if got := r.run(protected, "tcp4,127.0.0.1,9998"); got != "ok 9998" {
+		t.Fatalf("audit mode: %q, want the bind allowed", got)
+	}
+	if e := next(); e.Port != 9998 || e.Proto != TCP || e.Addr.String() != "127.0.0.1" || !e.Audit {
+		t.Fatalf("audit event %+v", e)
+	}
+}
+
+// pingpong makes n request/response round trips over loopback TCP between
+// two of its own sockets, the server on the listed port 8080 (both in the test's cgroup, so every packet passes
+// the ingress program) and prints the nanoseconds per round trip.
+func pingpong(arg string) int {
+	n, _ := strconv.Atoi(arg)
+	l, err := net.Listen("tcp4", "127.0.0.1:8080") // listed: the restricted path, allowed
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		buf := make([]byte, 1)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				return
+			}
+			c.Write(buf) //nolint:errcheck
+		}
+	}()
+	c, err := net.Dial("tcp4", l.Addr().String())
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	buf := make([]byte, 1)
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		c.Write(buf) //nolint:errcheck
+		if _, err := c.Read(buf); err != nil {
+			fmt.Println(err)
+			return 1
+		}
+	}
+	fmt.Println(time.Since(start).Nanoseconds() / int64(n))
+	return 0
+}
+
+// BenchmarkLoopbackRoundTrip: what the ingress program (every packet of
+// every socket, at the root cgroup in production) costs a loopback TCP
+// round trip of a restricted uid, against the same without the programs.
+func BenchmarkLoopbackRoundTrip(b *testing.B) {
+	r := newRig(b)
+	run := func(b *testing.B) {
+		cmd, out := r.startEnv(protected, "pingpong", fmt.Sprint(max(b.N, 1000)))
+		line, _ := out.ReadString('\n')
+		cmd.Wait()
+		ns, err := strconv.ParseFloat(strings.TrimSpace(line), 64)
+		if err != nil {
+			b.Fatalf("pingpong: %q", line)
+		}
+		b.ReportMetric(ns, "ns/roundtrip")
+	}
+	r.apply(Policy{protected: {Ports: []Port{{TCP, 8080}}}})
+	// The ingress program's own cost, from the kernel's run-time statistics
+	// (enabled only while this descriptor is open).
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer stats.Close()
+	b.Run("attached", func(b *testing.B) {
+		before := ingressStats(b, r.guard)
+		run(b)
+		after := ingressStats(b, r.guard)
+		if n := after.RunCount - before.RunCount; n > 0 {
+			b.ReportMetric(float64(after.Runtime-before.Runtime)/float64(n), "ns/ingress-run")
+			b.ReportMetric(float64(n)/float64(max(b.N, 1000)), "ingress-runs/roundtrip")
+		}
+	})
+	r.guard.Close()
+	if err := Remove(r.pins); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("detached", run)
+	r.open() // for the cleanup
+}
+
+func ingressStats(b *testing.B, g *Guard) *ebpf.ProgramStats {
+	b.Helper()
+	info, err := g.links[len(g.links)-1].Info() // ingress is attached last
+	if err != nil {
+		b.Fatal(err)
+	}
+	prog, err := ebpf.NewProgramFromID(info.Program)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer prog.Close()
+	st, err := prog.Stats()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return st
+}

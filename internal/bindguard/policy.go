@@ -1,0 +1,42 @@
+package bindguard
+
+import "fmt"
+
+// Map value of a uid's marker key (port 0, proto 0).
+const (
+	modeEnforce = 1
+	modeAudit   = 2
+)
+
+// Protocols as the kernel numbers them (the proto of a Port).
+const (
+	TCP uint8 = 6
+	UDP uint8 = 17
+)
+
+// Port is one protocol and port a restricted uid may bind and listen on.
+type Port struct {
+	Proto uint8
+	Port  uint16
+}
+
+// Rule is one uid's restriction: the ports it may listen on (none when
+// empty); with Audit a bind elsewhere is reported and allowed.
+type Rule struct {
+	Audit bool
+	Ports []Port
+}
+
+// Policy is the desired restriction per uid; a uid not in it is unrestricted.
+type Policy map[uint32]Rule
+
+// ProtoName is "tcp", "udp" or the protocol number.
+func ProtoName(p uint8) string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	}
+	return fmt.Sprint(p)
+}

@@ -1,0 +1,53 @@
+package check
+
+import (
+	"fmt"
+	"os"
+	"testing"
+
+	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/bindguard"
+	"github.com/egressd/egressd/internal/policy"
+	"github.com/egressd/egressd/internal/state"
+)
+
+func TestListenProblems(t *testing.T) {
+	cfg := &config.Config{Allowlists: []*config.Allowlist{{Name: "web", Listen: []config.ListenPort{{Proto: "tcp", From: 8080, To: 8080}}}}}
+	users := policy.Users{UIDs: map[string]uint32{"web": 1001}}
+	kernel := bindguard.Policy{1001: {Ports: []bindguard.Port{{Proto: bindguard.TCP, Port: 8080}}}}
+	read := map[string]bindguard.Policy{bindguard.DefaultDir: kernel}
+	readListen = func(dir string) (bindguard.Policy, error) {
+		if p, ok := read[dir]; ok {
+			return p, nil
+		}
+		return nil, fmt.Errorf("open %s: %w", dir, os.ErrNotExist)
+	}
+	defer func() { readListen = bindguard.ReadPinned }()
+	kinds := func(st *state.State) string {
+		var out []string
+		for _, p := range listenProblems(cfg, users, st) {
+			out = append(out, p.Kind)
+		}
+		return fmt.Sprint(out)
+	}
+	if got := kinds(&state.State{ListenDir: bindguard.DefaultDir}); got != "[]" {
+		t.Errorf("in sync: %s", got)
+	}
+	if got := kinds(&state.State{ListenDir: "/run/egressd/bpf"}); got != "[]" {
+		t.Errorf("pinned through the drop-in's bind: %s", got)
+	}
+	if got := kinds(&state.State{ListenError: "no CAP_BPF"}); got != "[listen_unenforced]" {
+		t.Errorf("daemon reports an error: %s", got)
+	}
+	if got := kinds(&state.State{}); got != "[listen_unenforced]" {
+		t.Errorf("nothing loaded: %s", got)
+	}
+	read[bindguard.DefaultDir] = bindguard.Policy{}
+	if got := kinds(&state.State{ListenDir: bindguard.DefaultDir}); got != "[drift_listen]" {
+		t.Errorf("kernel lost the restriction: %s", got)
+	}
+	cfg.Allowlists[0].Listen = nil
+	if got := kinds(&state.State{}); got != "[]" {
+		t.Errorf("no listen: anywhere: %s", got)
+	}
+}

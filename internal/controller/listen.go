@@ -1,0 +1,81 @@
+package controller
+
+import (
+	"sort"
+
+	"github.com/egressd/egressd/internal/bindguard"
+	"github.com/egressd/egressd/internal/event"
+	"github.com/egressd/egressd/internal/policy"
+	"go.uber.org/zap"
+)
+
+// ListenEnforcer keeps allowlists' listen: restriction in the kernel
+// (internal/bindguard.Enforcer).
+type ListenEnforcer interface {
+	Apply(bindguard.Policy) error
+	Remove() error
+	// Pinned is where the restriction is pinned once loaded, else "".
+	Pinned() string
+}
+
+// listenState is the listen restriction's part of the loop: what the kernel
+// was last given and why it could not take it. The loop's goroutine owns it.
+type listenState struct {
+	err string // the failure last logged; "" while enforced
+}
+
+// syncListen gives the kernel the listen restriction of the configuration in
+// force. A kernel that cannot take it is logged once per reason
+// (listen_unenforced), published for check, and retried at every apply;
+// egress enforcement does not wait for it.
+func (c *Controller) syncListen() {
+	p := policy.Listen(c.cfg, c.users)
+	var err error
+	switch {
+	case c.o.Listen != nil:
+		err = c.o.Listen.Apply(p)
+	case len(p) > 0:
+		err = errListenUnavailable
+	}
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	if msg == c.listen.err {
+		return
+	}
+	c.listen.err = msg
+	c.pub.changed(false)
+	if err != nil {
+		c.o.Log.Error("listen: is not enforced: those services may listen on any port", event.Field(event.ListenUnenforced),
+			zap.Strings("allowlists", c.listenAllowlists()), zap.Error(err))
+	}
+}
+
+// listenAllowlists names the allowlists with a listen: key.
+func (c *Controller) listenAllowlists() []string {
+	var out []string
+	for _, a := range c.cfg.Allowlists {
+		if a.Listen != nil {
+			out = append(out, a.Name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+type listenUnavailable struct{}
+
+func (listenUnavailable) Error() string {
+	return "this egressd has no listen enforcement (not started by egressd run)"
+}
+
+var errListenUnavailable error = listenUnavailable{}
+
+// listenDir is where the restriction is pinned, for check; "" when not loaded.
+func (c *Controller) listenDir() string {
+	if c.o.Listen == nil {
+		return ""
+	}
+	return c.o.Listen.Pinned()
+}

@@ -1,0 +1,88 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/egressd/egressd/internal/event"
+
+	"github.com/egressd/egressd/internal/bindguard"
+)
+
+type fakeListen struct {
+	applied []bindguard.Policy
+	err     error
+	removed bool
+}
+
+func (f *fakeListen) Apply(p bindguard.Policy) error {
+	f.applied = append(f.applied, p)
+	return f.err
+}
+func (f *fakeListen) Remove() error  { f.removed = true; return nil }
+func (f *fakeListen) Pinned() string { return "" }
+
+func TestListenApplied(t *testing.T) {
+	f := newFixture(t, map[string]string{"allow.d/billing.yaml": "user: billing\nallow: []\nlisten: [tcp:8080]\n"})
+	fl := &fakeListen{err: errors.New("no BPF here")}
+	f.c.o.Listen = fl
+	for i := 0; i < 2; i++ {
+		if _, err := f.c.Once(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(fl.applied) != 2 || fmt.Sprint(fl.applied[0]) != "map[1001:{false [{6 8080}]}]" {
+		t.Fatalf("applied %v", fl.applied)
+	}
+	if ev := f.events("listen_unenforced"); len(ev) != 1 || ev[0].ContextMap()["error"] != "no BPF here" {
+		t.Fatalf("listen_unenforced events: %v (want one: the same failure is logged once)", ev)
+	}
+	if f.c.listen.err != "no BPF here" {
+		t.Fatalf("published error %q", f.c.listen.err)
+	}
+	fl.err = nil
+	if _, err := f.c.Once(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if f.c.listen.err != "" {
+		t.Fatal("a recovered restriction still reported as unenforced")
+	}
+}
+
+// Without an enforcer (a daemon that cannot load BPF), listen: is reported,
+// never silently ignored.
+func TestListenWithoutEnforcer(t *testing.T) {
+	f := newFixture(t, map[string]string{"allow.d/billing.yaml": "user: billing\nallow: []\nlisten: []\n"})
+	if _, err := f.c.Once(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if ev := f.events("listen_unenforced"); len(ev) != 1 {
+		t.Fatalf("listen_unenforced events: %v", ev)
+	}
+}
+
+// on_exit: remove lifts the listen restriction with the table.
+func TestListenRemovedOnExit(t *testing.T) {
+	f := newFixture(t, map[string]string{"allow.d/billing.yaml": "user: billing\nallow: []\nlisten: [tcp:8080]\n"})
+	fl := &fakeListen{}
+	f.c.o.Listen = fl
+	f.write(t, "egressd.yaml", fmt.Sprintf("resolvers: [%q]\non_exit: remove\n", f.dns.Addr.String()))
+	f.c.doReload()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- f.c.Run(ctx) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(f.events(event.Started)) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !f.k.Removed || !fl.removed {
+		t.Fatalf("on_exit: remove: table removed %v, listen restriction removed %v", f.k.Removed, fl.removed)
+	}
+}
