@@ -220,8 +220,8 @@ func TestNFTUnitRulesMatchNetlink(t *testing.T) {
 		nl := unitChainRules(p)
 		cases := map[string][]string{"output": unitOutputRuleText(p)}
 		nlOut := unitOutputRules(outputChain(), p)
-		for l := 1; l <= UnitLevels; l++ {
-			cases[unitChain(l)], cases[unitDenyChain(l)] = unitRuleText(l), unitDenyRuleText(l, dl)
+		for _, u := range p.Units {
+			cases[unitChain(u.Key)], cases[unitDenyChain(u.Key)] = unitRuleText(u), unitDenyRuleText(u, dl)
 		}
 		for name, text := range cases {
 			rules := nl[name]
@@ -240,12 +240,13 @@ func TestNFTUnitRulesMatchNetlink(t *testing.T) {
 		}
 	}
 	text := p.NFT()
-	for _, want := range []string{"map unitkeys {", "7 : ", "set uallow4 {", "type mark . inet_proto . ipv4_addr . inet_service", "chain unit8 {", "socket cgroupv2 level 2 @unitkeys jump unit2"} {
+	web := unitChain(p.Units[0].Key)
+	for _, want := range []string{"map unitchains {", "7 : jump " + web, "set uallow4 {", "type mark . inet_proto . ipv4_addr . inet_service", "chain " + web + " {", "socket cgroupv2 level 8 vmap @unitchains"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("no %q in\n%s", want, text)
 		}
 	}
-	if strings.Contains(Render(Desired{}).NFT(), "chain unit1") {
+	if strings.Contains(Render(Desired{}).NFT(), "chain unit") {
 		t.Error("unit chains without a unit allowlist")
 	}
 }
@@ -320,8 +321,7 @@ func TestKernelUnitNFTSet(t *testing.T) {
 	// Why a table of its own: egressd's, when owned, refuses systemd's write.
 	if owned, _, err := e.k.Ownership(); err == nil && owned {
 		c, _ := sd.conn()
-		c.SetAddElements(&nftables.Set{Table: table, Name: kUnitKeys, KeyType: nftables.TypeCGroupV2, DataType: nftables.TypeMark, IsMap: true}, //nolint:errcheck
-			[]nftables.SetElement{{Key: cgroupKey(webID), Val: []byte{1, 0, 0, 0}}})
+		c.SetAddElements(unitChainsMap(), []nftables.SetElement{cgroupElement(webID, 1)}) //nolint:errcheck
 		if err := c.Flush(); !errors.Is(err, syscall.EPERM) {
 			t.Errorf("another socket's write into the owned table: %v, want EPERM", err)
 		}
