@@ -298,15 +298,17 @@ func TestDistributionNFTPrintsUnitTables(t *testing.T) {
 				printed := chainRules(string(out))
 				printedLike(t, own, printed, chains)
 				for _, u := range p.Units {
-					// The unit key in the lookups of the interval sets (in
-					// network order there) as this nft prints it; Debian
-					// 12's nft adds "[invalid type]" and, for the hash
-					// sets, prints the key's bytes turned around, and leaves
-					// out leading zeros.
+					// The unit key in the lookups of the interval sets and
+					// in the counter and meter updates (in network order
+					// there) as this nft prints it; Debian 12's nft adds
+					// "[invalid type]", leaves out leading zeros and, in the
+					// lookups of the hash sets, prints the key's bytes
+					// turned around.
 					key, short := fmt.Sprintf("0x%08x ", u.Key), fmt.Sprintf("0x%x ", u.Key)
-					for _, r := range printed[unitChain(u.Key)] {
-						if strings.Contains(r, "@uallow4r") && !strings.Contains(r, key) && !strings.Contains(r, short) {
-							t.Errorf("%s: unit %s's lookup %q without its key %s", n.name, u.Allowlist, r, key)
+					for _, r := range append(printed[unitChain(u.Key)], printed[unitDenyChain(u.Key)]...) {
+						if (strings.Contains(r, "@uallow4r") || strings.Contains(r, "@udenied") || strings.Contains(r, "@udenylog")) &&
+							!strings.Contains(r, key) && !strings.Contains(r, short) {
+							t.Errorf("%s: unit %s's rule %q without its key %s", n.name, u.Allowlist, r, key)
 						}
 					}
 					if !strings.Contains(string(out), fmt.Sprintf(": jump %s", unitChain(u.Key))) {

@@ -76,8 +76,11 @@ func markSet(name string) *nftables.Set {
 	return &nftables.Set{Table: table, Name: name, KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian}
 }
 
+// unitDynSet is udenied or udenylog: keyed by the unit key in network order,
+// which every nft prints right where a rule updates the set with the key as
+// a constant (in host order Debian 12's nft showed its bytes turned around).
 func unitDynSet(name string) *nftables.Set {
-	return &nftables.Set{Table: table, Name: name, KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian, Dynamic: true}
+	return &nftables.Set{Table: table, Name: name, KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.BigEndian, Dynamic: true}
 }
 
 func cgroupKey(id uint64) []byte { return binaryutil.NativeEndian.PutUint64(id) }
@@ -263,10 +266,10 @@ func unitLookupExprs(ks kernelSet, k uint32) []expr.Any {
 // through (to the uid rule: return), reject the rest.
 func unitDenyRules(ch *nftables.Chain, u UnitPlan, dl config.DenyLog) []*nftables.Rule {
 	rule := func(es ...expr.Any) *nftables.Rule { return &nftables.Rule{Table: table, Chain: ch, Exprs: es} }
-	key := &expr.Immediate{Register: reg32, Data: binaryutil.NativeEndian.PutUint32(u.Key)}
+	key := &expr.Immediate{Register: reg32, Data: binaryutil.BigEndian.PutUint32(u.Key)} // unitDynSet's order
 	rules := []*nftables.Rule{rule(key,
 		&expr.Dynset{SrcRegKey: reg32, SetName: kUDenied, Operation: unix.NFT_DYNSET_OP_UPDATE, Exprs: []expr.Any{&expr.Counter{}}})}
-	if l := unitLogExprs(dl, u.Audit); l != nil {
+	if l := unitLogExprs(dl, u.Key, u.Audit); l != nil {
 		rules = append(rules, rule(append([]expr.Any{key}, l...)...))
 	}
 	if u.Audit {
@@ -278,20 +281,21 @@ func unitDenyRules(ch *nftables.Chain, u UnitPlan, dl config.DenyLog) []*nftable
 	return rules
 }
 
-// unitLogExprs is logExprs with the meter keyed by the unit key (already in
-// NFT_REG32_00) and the unit prefixes. The logged packet carries the unit
+// unitLogExprs is logExprs with the meter keyed by the unit key k (already
+// in NFT_REG32_00, in network order) and the unit prefixes. The logged packet carries the unit
 // key as its mark (NFULA_MARK, the kernel log's MARK=). An audited packet
 // goes on: its mark is saved before and restored after the log statement
 // (nft prints the restore as `meta mark set meta mark`: the mark loaded
 // before); a denied packet is rejected next, its mark is left.
-func unitLogExprs(dl config.DenyLog, audit bool) []expr.Any {
+func unitLogExprs(dl config.DenyLog, k uint32, audit bool) []expr.Any {
 	lim := &expr.Limit{Type: expr.LimitTypePkts, Rate: dl.Rate.Count, Unit: limitUnit(dl.Rate.Unit), Burst: uint32(min(dl.Rate.Count, 1000))}
 	var meter []expr.Any
 	if audit {
 		meter = append(meter, &expr.Meta{Key: expr.MetaKeyMARK, Register: reg32 + 1})
 	}
 	meter = append(meter, &expr.Dynset{SrcRegKey: reg32, SetName: kUDenyLog, Operation: unix.NFT_DYNSET_OP_UPDATE, Exprs: []expr.Any{lim}},
-		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg32, SourceRegister: true})
+		&expr.Immediate{Register: reg32 + 2, Data: binaryutil.NativeEndian.PutUint32(k)},
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg32 + 2, SourceRegister: true})
 	var restore []expr.Any
 	if audit {
 		restore = append(restore, &expr.Meta{Key: expr.MetaKeyMARK, Register: reg32 + 1, SourceRegister: true})
@@ -507,7 +511,7 @@ func addUnitCounters(c *nftables.Conn, t *nftables.Table, out map[string]uint64)
 		if len(r.Key) != 4 || r.Counter == nil {
 			continue
 		}
-		if name := names[binaryutil.NativeEndian.Uint32(r.Key)]; name != "" {
+		if name := names[binaryutil.BigEndian.Uint32(r.Key)]; name != "" { // unitDynSet's order
 			out[name] += r.Counter.Packets
 		}
 	}

@@ -66,7 +66,7 @@ func NFTNote(l NFTListing) *Problem {
 			Kind:   "nft_cannot_print",
 			Object: "table inet " + ruleset.TableName,
 			Detail: fmt.Sprintf("%s prints every rule of table inet %s but not every unit key in the unit chains: it shows the key as `0x… [invalid type]`, "+
-				"with its bytes turned around in the @uallow4 and @uallow6 lookups and in the @udenied and @udenylog updates (the @uallow4r and @uallow6r lookups show it right). "+
+				"with its bytes turned around in the @uallow4 and @uallow6 lookups (the @uallow4r and @uallow6r lookups and the @udenied and @udenylog updates show it right). "+
 				"This is a display limit: the kernel enforces the rules `egressd plan` prints", what, ruleset.TableName),
 			Fix: "read a unit allowlist's key in its chains' names (unit_K, unitdeny_K, K in hex) or with `egressd plan`; save your own tables by name (`nft list table inet filter`), never `nft list ruleset > /etc/nftables.conf` (README, \"Reading the ruleset with nft\")",
 		}
