@@ -21,7 +21,7 @@ func (f *Fake) ApplyCgroups(p Plan, add, del []Cgroup) error {
 	for _, c := range f.Plan.Cgroups {
 		have[c.ID] = c.Allowlist
 	}
-	keys := uids(p)
+	keys := unitKeys(p)
 	for _, c := range del {
 		if _, ok := have[c.ID]; !ok {
 			return fmt.Errorf("apply cgroup change: delete cgroup %d: not in the map", c.ID)
@@ -55,14 +55,14 @@ func (f *Fake) ReadCgroups() ([]Cgroup, error) {
 }
 
 // unitFindings: the unit allowlists and the cgroup map, as the netlink
-// adapter reports them (users_differ on unitids and unitkeys).
+// adapter reports them (users_differ on unitids and unitchains).
 func (f *Fake) unitFindings(p Plan) []Finding {
 	var fs []Finding
 	if !sameUnits(f.Plan.Units, p.Units) {
 		fs = append(fs, Finding{Kind: "users_differ", Object: kUnitIDs, Detail: "the unit allowlists are not the plan's"})
 	}
 	if add, del := CgroupDelta(f.Plan.Cgroups, p.Cgroups); len(add)+len(del) > 0 {
-		fs = append(fs, Finding{Kind: "users_differ", Object: kUnitKeys, Detail: fmt.Sprintf("%d cgroups missing, %d not in the plan", len(add), len(del))})
+		fs = append(fs, Finding{Kind: "users_differ", Object: kUnitChains, Detail: fmt.Sprintf("%d cgroups missing, %d not in the plan", len(add), len(del))})
 	}
 	return fs
 }

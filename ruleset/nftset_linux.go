@@ -20,7 +20,7 @@ import (
 //
 //	table inet egressd_units {
 //	  set units  { type cgroupsv2 }     # systemd's (NFTSet=)
-//	  set mapped { type cgroupsv2 }     # egressd's: the cgroups its table maps (unitkeys)
+//	  set mapped { type cgroupsv2 }     # egressd's: the cgroups its table maps (unitchains)
 //	  chain output { type filter hook output priority filter - 1; policy accept;
 //	    ct direction reply accept      # replies on others' flows: on to egressd's table
 //	    socket cgroupv2 level N @units socket cgroupv2 level N != @mapped reject   (N = 1..UnitLevels)

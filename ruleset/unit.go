@@ -7,9 +7,10 @@ import (
 )
 
 // Unit allowlists (docs/units.md): a systemd unit's cgroup, not a uid, is
-// the identity. Each unit allowlist has a 32-bit unit key; its elements live
-// in the shared sets uallow4, uallow4r, uallow6, uallow6r keyed by it, and
-// the map unitkeys takes a cgroup id (socket cgroupv2 level N) to the key.
+// the identity. Each unit allowlist has a 32-bit unit key and chains of its
+// own (unit_K, unitdeny_K); its elements live in the shared sets uallow4,
+// uallow4r, uallow6, uallow6r keyed by it, and the verdict map unitchains
+// takes a cgroup id (socket cgroupv2 level N) to a jump to its chain.
 
 // UnitLevels is the deepest cgroup level a restricted unit may sit at (in
 // the host's hierarchy: a container's units sit deeper than they see):
@@ -75,6 +76,15 @@ func UnitKeys(names []string) map[string]uint32 {
 		}
 		taken[k] = true
 		out[n] = k
+	}
+	return out
+}
+
+// unitKeys is allowlist -> unit key, for the unit allowlists of p only.
+func unitKeys(p Plan) map[string]uint32 {
+	out := make(map[string]uint32, len(p.Units))
+	for _, u := range p.Units {
+		out[u.Allowlist] = u.Key
 	}
 	return out
 }

@@ -14,101 +14,109 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The unit part of the kernel layout (docs/units.md), beside the uid part:
+// The unit part of the kernel layout (docs/units.md), beside the uid part.
+// Every rule is one that nft can print: the unit key K of an allowlist is a
+// constant of that allowlist's own chains, never the result of a map lookup
+// (nft cannot print a looked-up value inside a concatenation or as a set key:
+// nft 1.0.6 aborted on the whole ruleset).
 //
-//	map unitkeys   { type cgroupsv2 : mark }      # a restricted unit's current cgroup id -> its unit key
+//	map unitchains { type cgroupsv2 : verdict }   # a restricted unit's current cgroup id -> jump unit_K
 //	set unitids    { type mark }                  # unit keys; element comment = "ALLOWLIST UNIT"
-//	set unitowners { type mark . mark }           # (k . k) for every unit key
-//	set unitdns    { type mark }                  # dns: resolvers
-//	set unitaudit  { type mark }                  # mode: audit
 //	set uallow4, uallow4r, uallow6, uallow6r { type mark . inet_proto . ipv*_addr . inet_service }
 //	set udenied, udenylog { type mark; flags dynamic }
 //	chain output {                                # before the uid rule; only when a unit allowlist exists
-//	  socket cgroupv2 level N @unitkeys jump unitN      (N = 1..UnitLevels)
+//	  socket cgroupv2 level N vmap @unitchains    (N = 1..UnitLevels)
 //	  meta skuid @users jump restricted
 //	}
-//	chain unitN {                                 # K = socket cgroupv2 level N map @unitkeys
-//	  ct state new ct status != confirmed ct label set K << 64   # bits 64-95: which unit opened the flow
-//	  (IPv6 routing header, IPv4 options: goto unitdenyN; MPTCP: as in restricted)
-//	  ct state established,related ct direction original ct label[64:96] . K @unitowners return
-//	  ct state established,related ct direction reply ct label[64:96] . K != @unitowners return
+//	chain unit_K {                                # one per unit allowlist; K its unit key (hex in the name)
+//	  ct state new ct status != confirmed ct label set K << 64  # bits 64-95: which unit opened the flow
+//	  (IPv6 routing header, IPv4 options: goto unitdeny_K; MPTCP: as in restricted)
+//	  ct state established,related ct direction original ct label & (bits 64-95) == K << 64 return
+//	  ct state established,related ct direction reply ct label & (bits 64-95) != K << 64 return
 //	  ct state established,related ct direction reply fib daddr type local return
-//	  fib saddr type != local goto unitdenyN
+//	  fib saddr type != local goto unitdeny_K
 //	  K . meta l4proto . ip daddr . th dport @uallow4 return   (and uallow4r, uallow6, uallow6r)
-//	  K @unitdns meta l4proto . ip daddr . th dport @dns4 return   (and dns4r, dns6, dns6r)
-//	  goto unitdenyN
+//	  meta l4proto . ip daddr . th dport @dns4 return          (and dns4r, dns6, dns6r; dns: resolvers only)
+//	  goto unitdeny_K
 //	}
-//	chain unitdenyN { update @udenied { K counter }; update @udenylog { K limit } log prefix "P unit deny: ";
-//	                  K @unitaudit return; reject }
+//	chain unitdeny_K { update @udenied { K counter }; update @udenylog { K limit } log prefix "P unit deny: ";
+//	                   mode: audit: return; else reject }
 //
 // A packet the unit's allowlist allows returns to output, where the uid rule
 // still applies: a socket of a restricted unit that is also a restricted
 // user's must pass both allowlists.
 const (
-	kUnitKeys   = "unitkeys"
+	kUnitChains = "unitchains"
 	kUnitIDs    = "unitids"
-	kUnitOwners = "unitowners"
-	kUnitDNS    = "unitdns"
-	kUnitAudit  = "unitaudit"
 	kUDenied    = "udenied"
 	kUDenyLog   = "udenylog"
 )
 
-var unitStructuralSets = []string{kUnitKeys, kUnitIDs, kUnitOwners, kUnitDNS, kUnitAudit, kUDenied, kUDenyLog}
+var unitStructuralSets = []string{kUnitChains, kUnitIDs, kUDenied, kUDenyLog}
 
-func unitChain(level int) string     { return fmt.Sprintf("unit%d", level) }
-func unitDenyChain(level int) string { return fmt.Sprintf("unitdeny%d", level) }
+// unitChain and unitDenyChain are the chains of the unit allowlist with key k.
+func unitChain(k uint32) string     { return fmt.Sprintf("unit_%08x", k) }
+func unitDenyChain(k uint32) string { return fmt.Sprintf("unitdeny_%08x", k) }
 
-func unitKeysMap() *nftables.Set {
-	return &nftables.Set{Table: table, Name: kUnitKeys, KeyType: nftables.TypeCGroupV2, DataType: nftables.TypeMark,
-		IsMap: true, KeyByteOrder: binaryutil.NativeEndian, DataByteOrder: binaryutil.NativeEndian}
+// unitKeyOfChain is the unit key in a unit chain's name.
+func unitKeyOfChain(name string) (uint32, bool) {
+	var k uint32
+	if _, err := fmt.Sscanf(name, "unit_%08x", &k); err != nil || name != unitChain(k) {
+		return 0, false
+	}
+	return k, true
+}
+
+func unitChainsMap() *nftables.Set {
+	return &nftables.Set{Table: table, Name: kUnitChains, KeyType: nftables.TypeCGroupV2, DataType: nftables.TypeVerdict,
+		IsMap: true, KeyByteOrder: binaryutil.NativeEndian}
 }
 
 func markSet(name string) *nftables.Set {
 	return &nftables.Set{Table: table, Name: name, KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian}
 }
 
-func unitOwnersSet() *nftables.Set {
-	return &nftables.Set{Table: table, Name: kUnitOwners, KeyType: nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeMark), Concatenation: true}
-}
-
+// unitDynSet is udenied or udenylog: keyed by the unit key in network order,
+// which every nft prints right where a rule updates the set with the key as
+// a constant (in host order Debian 12's nft showed its bytes turned around).
 func unitDynSet(name string) *nftables.Set {
-	return &nftables.Set{Table: table, Name: name, KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian, Dynamic: true}
+	return &nftables.Set{Table: table, Name: name, KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.BigEndian, Dynamic: true}
 }
 
 func cgroupKey(id uint64) []byte { return binaryutil.NativeEndian.PutUint64(id) }
 
 func nativeUint64(b []byte) uint64 { return binaryutil.NativeEndian.Uint64(b) }
 
-// buildUnits adds the unit sets (always: empty without unit allowlists) and,
-// when the plan has unit allowlists, the unit chains. The output chain's
-// rules are added by build (unitOutputRules).
+// cgroupElement maps a cgroup id to the chain of the unit key k.
+func cgroupElement(id uint64, k uint32) nftables.SetElement {
+	return nftables.SetElement{Key: cgroupKey(id), VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: unitChain(k)}}
+}
+
+// buildUnits adds the unit chains (when the plan has unit allowlists: before
+// the map whose elements jump to them) and the unit sets (always: empty
+// without unit allowlists). The output chain's rules are added by build
+// (unitOutputRules).
 func buildUnits(c *nftables.Conn, p Plan) error {
-	var ids, owners, dns, audit, keys []nftables.SetElement
-	for _, u := range p.Units {
-		k := binaryutil.NativeEndian.PutUint32(u.Key)
-		ids = append(ids, nftables.SetElement{Key: k, Comment: u.Allowlist + " " + u.Unit})
-		owners = append(owners, nftables.SetElement{Key: append(append([]byte{}, k...), k...)})
-		if u.DNS {
-			dns = append(dns, nftables.SetElement{Key: k})
-		}
-		if u.Audit {
-			audit = append(audit, nftables.SetElement{Key: k})
-		}
+	chains := unitChainRules(p)
+	for _, name := range sortedKeys(chains) {
+		c.AddChain(&nftables.Chain{Name: name, Table: table})
 	}
-	keyOf := uids(p)
+	var ids, cgroups []nftables.SetElement
+	for _, u := range p.Units {
+		ids = append(ids, nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(u.Key), Comment: u.Allowlist + " " + u.Unit})
+	}
+	keyOf := unitKeys(p)
 	for _, cg := range p.Cgroups {
 		k, ok := keyOf[cg.Allowlist]
 		if !ok {
 			return fmt.Errorf("cgroup %d: allowlist %q is not a unit allowlist of the plan", cg.ID, cg.Allowlist)
 		}
-		keys = append(keys, nftables.SetElement{Key: cgroupKey(cg.ID), Val: binaryutil.NativeEndian.PutUint32(k)})
+		cgroups = append(cgroups, cgroupElement(cg.ID, k))
 	}
 	for _, part := range []struct {
 		s  *nftables.Set
 		es []nftables.SetElement
-	}{{unitKeysMap(), keys}, {markSet(kUnitIDs), ids}, {unitOwnersSet(), owners}, {markSet(kUnitDNS), dns},
-		{markSet(kUnitAudit), audit}, {unitDynSet(kUDenied), nil}, {unitDynSet(kUDenyLog), nil}} {
+	}{{unitChainsMap(), cgroups}, {markSet(kUnitIDs), ids}, {unitDynSet(kUDenied), nil}, {unitDynSet(kUDenyLog), nil}} {
 		if err := c.AddSet(part.s, nil); err != nil {
 			return fmt.Errorf("add set %s: %w", part.s.Name, err)
 		}
@@ -121,10 +129,6 @@ func buildUnits(c *nftables.Conn, p Plan) error {
 	if err := buildHelper(c, p); err != nil {
 		return err
 	}
-	chains := unitChainRules(p)
-	for _, name := range sortedKeys(chains) {
-		c.AddChain(&nftables.Chain{Name: name, Table: table})
-	}
 	for _, name := range sortedKeys(chains) {
 		for _, r := range chains[name] {
 			c.AddRule(r)
@@ -133,9 +137,9 @@ func buildUnits(c *nftables.Conn, p Plan) error {
 	return nil
 }
 
-// unitOutputRules: socket cgroupv2 level N @unitkeys jump unitN, for each
-// level, when the plan has unit allowlists (a kernel without cgroupv2
-// matching, before 5.13, keeps working for user allowlists).
+// unitOutputRules: socket cgroupv2 level N vmap @unitchains, for each level,
+// when the plan has unit allowlists (a kernel without cgroupv2 matching,
+// before 5.13, keeps working for user allowlists).
 func unitOutputRules(out *nftables.Chain, p Plan) []*nftables.Rule {
 	if len(p.Units) == 0 {
 		return nil
@@ -144,48 +148,36 @@ func unitOutputRules(out *nftables.Chain, p Plan) []*nftables.Rule {
 	for l := 1; l <= UnitLevels; l++ {
 		rules = append(rules, &nftables.Rule{Table: table, Chain: out, Exprs: []expr.Any{
 			&expr.Socket{Key: expr.SocketKeyCgroupv2, Level: uint32(l), Register: reg1},
-			&expr.Lookup{SourceRegister: reg1, SetName: kUnitKeys},
-			&expr.Verdict{Kind: expr.VerdictJump, Chain: unitChain(l)},
+			&expr.Lookup{SourceRegister: reg1, SetName: kUnitChains, DestRegister: 0, IsDestRegSet: true},
 		}})
 	}
 	return rules
 }
 
-// unitChainRules are the unit chains and their rules, by chain name; none
-// without unit allowlists.
+// unitChainRules are the unit chains and their rules, by chain name: two per
+// unit allowlist.
 func unitChainRules(p Plan) map[string][]*nftables.Rule {
 	out := map[string][]*nftables.Rule{}
-	if len(p.Units) == 0 {
-		return out
-	}
-	for l := 1; l <= UnitLevels; l++ {
-		out[unitChain(l)] = unitRules(&nftables.Chain{Name: unitChain(l), Table: table}, l)
-		out[unitDenyChain(l)] = unitDenyRules(&nftables.Chain{Name: unitDenyChain(l), Table: table}, l, p.DenyLog)
+	for _, u := range p.Units {
+		out[unitChain(u.Key)] = unitRules(&nftables.Chain{Name: unitChain(u.Key), Table: table}, u)
+		out[unitDenyChain(u.Key)] = unitDenyRules(&nftables.Chain{Name: unitDenyChain(u.Key), Table: table}, u, p.DenyLog)
 	}
 	return out
 }
 
-// keyTmp holds the 8-byte cgroup id on its way to the unit key (NFT_REG_2):
-// clear of NFT_REG_1, where labels and concatenations are built.
-const keyTmp = reg32 + 4
-
-// unitKey loads the unit key of the socket's level-l cgroup into register
-// dst: socket cgroupv2 level l map @unitkeys. The rule ends here when the
-// cgroup is not mapped.
-func unitKey(level int, dst uint32) []expr.Any {
-	return []expr.Any{
-		&expr.Socket{Key: expr.SocketKeyCgroupv2, Level: uint32(level), Register: keyTmp},
-		&expr.Lookup{SourceRegister: keyTmp, SetName: kUnitKeys, DestRegister: dst, IsDestRegSet: true},
-	}
+// unitLabel is the conntrack label of a flow the unit with key k opened: k
+// in bits 64-95 (bytes 8-11, host order); unitLabelMask selects those bits.
+func unitLabel(k uint32) []byte {
+	b := make([]byte, 16)
+	copy(b[8:], binaryutil.NativeEndian.PutUint32(k))
+	return b
 }
 
-// unitLabelReg is where the opener's unit key sits after the ct labels are
-// loaded into NFT_REG_1: bytes 8-11 of the label, conntrack label bits 64-95.
-const unitLabelReg = reg32 + 2
+var unitLabelMask = []byte{0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0}
 
-func unitRules(ch *nftables.Chain, level int) []*nftables.Rule {
+func unitRules(ch *nftables.Chain, u UnitPlan) []*nftables.Rule {
 	rule := func(es ...expr.Any) *nftables.Rule { return &nftables.Rule{Table: table, Chain: ch, Exprs: es} }
-	deny := &expr.Verdict{Kind: expr.VerdictGoto, Chain: unitDenyChain(level)}
+	deny := &expr.Verdict{Kind: expr.VerdictGoto, Chain: unitDenyChain(u.Key)}
 	ret := &expr.Verdict{Kind: expr.VerdictReturn}
 	nfproto := func(p byte) []expr.Any {
 		return []expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1}, &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{p}}}
@@ -193,15 +185,14 @@ func unitRules(ch *nftables.Chain, level int) []*nftables.Rule {
 	var rules []*nftables.Rule
 	// The opener of every new flow: its unit key in label bits 64-95, on
 	// the flow's first packet only (see restrictedRules). A label set only
-	// sets bits: the uid rule's bits 96-127 stay.
-	label := append(ctStateIs(expr.CtStateBitNEW),
+	// sets bits.
+	rules = append(rules, rule(append(ctStateIs(expr.CtStateBitNEW),
 		&expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
 		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
 			Mask: binaryutil.NativeEndian.PutUint32(ipsConfirmed), Xor: []byte{0, 0, 0, 0}},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{0, 0, 0, 0}},
-		&expr.Immediate{Register: reg1, Data: make([]byte, 16)})
-	label = append(label, unitKey(level, unitLabelReg)...)
-	rules = append(rules, rule(append(label, &expr.Ct{Key: expr.CtKeyLABELS, Register: reg1, SourceRegister: true})...))
+		&expr.Immediate{Register: reg1, Data: unitLabel(u.Key)},
+		&expr.Ct{Key: expr.CtKeyLABELS, Register: reg1, SourceRegister: true})...))
 	// Source routing, IPv4 options and MPTCP, as in restrictedRules.
 	rules = append(rules, rule(append(nfproto(unix.NFPROTO_IPV6),
 		&expr.Exthdr{Op: expr.ExthdrOpIpv6, Type: ipv6RT, Offset: 0, Len: 1, Flags: unix.NFT_EXTHDR_F_PRESENT, DestRegister: reg1},
@@ -226,91 +217,99 @@ func unitRules(ch *nftables.Chain, level int) []*nftables.Rule {
 	// Established and related: the unit's own flows in the original
 	// direction, others' flows in the reply direction (restrictedRules).
 	for _, dir := range []struct {
-		b      byte
-		invert bool
-	}{{0, false}, {1, true}} {
-		es := append(ctStateIs(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
+		b  byte
+		op expr.CmpOp
+	}{{0, expr.CmpOpEq}, {1, expr.CmpOpNeq}} {
+		rules = append(rules, rule(append(ctStateIs(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
 			&expr.Ct{Register: reg1, Key: expr.CtKeyDIRECTION},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{dir.b}},
-			&expr.Ct{Register: reg1, Key: expr.CtKeyLABELS})
-		es = append(es, unitKey(level, unitLabelReg+1)...)
-		rules = append(rules, rule(append(es, &expr.Lookup{SourceRegister: unitLabelReg, SetName: kUnitOwners, Invert: dir.invert}, ret)...))
+			&expr.Ct{Register: reg1, Key: expr.CtKeyLABELS},
+			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 16, Mask: unitLabelMask, Xor: make([]byte, 16)},
+			&expr.Cmp{Op: dir.op, Register: reg1, Data: unitLabel(u.Key)},
+			ret)...))
 	}
 	rules = append(rules, rule(append(replyToLocal(), ret)...))
 	rules = append(rules, rule(append(sourceNotLocal(), deny)...))
 	for _, ks := range unitKernelSets() {
-		rules = append(rules, rule(append(unitKey(level, reg32), unitLookupExprs(ks)...)...))
-		rules[len(rules)-1].Exprs = append(rules[len(rules)-1].Exprs, ret)
+		rules = append(rules, rule(append(unitLookupExprs(ks, u.Key), ret)...))
 	}
-	for _, ks := range allKernelSets() {
-		if !ks.DNS {
-			continue
+	if u.DNS {
+		for _, ks := range allKernelSets() {
+			if ks.DNS {
+				rules = append(rules, rule(append(lookupExprs(ks), ret)...))
+			}
 		}
-		es := append(unitKey(level, reg32), &expr.Lookup{SourceRegister: reg32, SetName: kUnitDNS})
-		es = append(es, lookupExprs(ks)...)
-		rules = append(rules, rule(append(es, ret)...))
 	}
 	return append(rules, rule(deny))
 }
 
-// unitLookupExprs: K . meta l4proto . ip[6] daddr . th dport @uallow*, with
-// the unit key already in NFT_REG32_00.
-func unitLookupExprs(ks kernelSet) []expr.Any {
+// unitLookupExprs: K . meta l4proto . ip[6] daddr . th dport @uallow*, the
+// unit key k a constant in the set's byte order (keyOrder).
+func unitLookupExprs(ks kernelSet, k uint32) []expr.Any {
 	nfproto, daddrOff, daddrLen := byte(unix.NFPROTO_IPV4), uint32(16), uint32(4)
 	if ks.V6 {
 		nfproto, daddrOff, daddrLen = unix.NFPROTO_IPV6, 24, 16
 	}
 	r := uint32(reg32 + 1)
-	return append(keyToNetworkOrder(ks, reg32),
-		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: r},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: r, Data: []byte{nfproto}},
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{nfproto}},
+		&expr.Immediate{Register: reg32, Data: keyOrder(ks).PutUint32(k)},
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: r},
 		&expr.Payload{DestRegister: r + 1, Base: expr.PayloadBaseNetworkHeader, Offset: daddrOff, Len: daddrLen},
 		&expr.Payload{DestRegister: r + 1 + daddrLen/4, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Lookup{SourceRegister: reg32, SetName: ks.name()},
-	)
+	}
 }
 
-// unitDenyRules: count and log per unit key, let audited units through (to
-// the uid rule: return), reject the rest.
-func unitDenyRules(ch *nftables.Chain, level int, dl config.DenyLog) []*nftables.Rule {
+// unitDenyRules: count and log under the unit key, let an audited unit
+// through (to the uid rule: return), reject the rest.
+func unitDenyRules(ch *nftables.Chain, u UnitPlan, dl config.DenyLog) []*nftables.Rule {
 	rule := func(es ...expr.Any) *nftables.Rule { return &nftables.Rule{Table: table, Chain: ch, Exprs: es} }
-	inAudit := func(invert bool) []expr.Any {
-		return append(unitKey(level, reg32), &expr.Lookup{SourceRegister: reg32, SetName: kUnitAudit, Invert: invert})
+	key := &expr.Immediate{Register: reg32, Data: binaryutil.BigEndian.PutUint32(u.Key)} // unitDynSet's order
+	rules := []*nftables.Rule{rule(key,
+		&expr.Dynset{SrcRegKey: reg32, SetName: kUDenied, Operation: unix.NFT_DYNSET_OP_UPDATE, Exprs: []expr.Any{&expr.Counter{}}})}
+	if l := unitLogExprs(dl, u.Key, u.Audit); l != nil {
+		rules = append(rules, rule(append([]expr.Any{key}, l...)...))
 	}
-	rules := []*nftables.Rule{rule(append(unitKey(level, reg32),
-		&expr.Dynset{SrcRegKey: reg32, SetName: kUDenied, Operation: unix.NFT_DYNSET_OP_UPDATE, Exprs: []expr.Any{&expr.Counter{}}})...)}
-	if l := unitLogExprs(dl, false); l != nil {
-		rules = append(rules, rule(append(inAudit(true), l...)...), rule(append(inAudit(false), unitLogExprs(dl, true)...)...))
+	if u.Audit {
+		return append(rules, rule(&expr.Verdict{Kind: expr.VerdictReturn}))
 	}
-	rules = append(rules, rule(append(inAudit(false), &expr.Verdict{Kind: expr.VerdictReturn})...))
 	for _, r := range rejectExprs() {
 		rules = append(rules, rule(r...))
 	}
 	return rules
 }
 
-// unitLogExprs is logExprs with the meter keyed by the unit key (already in
-// NFT_REG32_00) and the unit prefixes. The logged packet carries the unit
-// key as its mark (NFULA_MARK, the kernel log's MARK=): the packet's mark
-// is saved, set to the key around the log statement, and restored (an
-// audited packet goes on; a filter chain's mark change does not reroute).
-func unitLogExprs(dl config.DenyLog, audit bool) []expr.Any {
+// unitLogExprs is logExprs with the meter keyed by the unit key k (already
+// in NFT_REG32_00, in network order) and the unit prefixes. The logged packet carries the unit
+// key as its mark (NFULA_MARK, the kernel log's MARK=). An audited packet
+// goes on: its mark is saved before and restored after the log statement
+// (nft prints the restore as `meta mark set meta mark`: the mark loaded
+// before); a denied packet is rejected next, its mark is left.
+func unitLogExprs(dl config.DenyLog, k uint32, audit bool) []expr.Any {
 	lim := &expr.Limit{Type: expr.LimitTypePkts, Rate: dl.Rate.Count, Unit: limitUnit(dl.Rate.Unit), Burst: uint32(min(dl.Rate.Count, 1000))}
-	meter := []expr.Any{&expr.Meta{Key: expr.MetaKeyMARK, Register: reg32 + 1},
-		&expr.Dynset{SrcRegKey: reg32, SetName: kUDenyLog, Operation: unix.NFT_DYNSET_OP_UPDATE, Exprs: []expr.Any{lim}},
-		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg32, SourceRegister: true}}
-	restore := &expr.Meta{Key: expr.MetaKeyMARK, Register: reg32 + 1, SourceRegister: true}
+	var meter []expr.Any
+	if audit {
+		meter = append(meter, &expr.Meta{Key: expr.MetaKeyMARK, Register: reg32 + 1})
+	}
+	meter = append(meter, &expr.Dynset{SrcRegKey: reg32, SetName: kUDenyLog, Operation: unix.NFT_DYNSET_OP_UPDATE, Exprs: []expr.Any{lim}},
+		&expr.Immediate{Register: reg32 + 2, Data: binaryutil.NativeEndian.PutUint32(k)},
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg32 + 2, SourceRegister: true})
+	var restore []expr.Any
+	if audit {
+		restore = append(restore, &expr.Meta{Key: expr.MetaKeyMARK, Register: reg32 + 1, SourceRegister: true})
+	}
 	prefix := []byte(UnitLogPrefix(dl.Prefix))
 	if audit {
 		prefix = []byte(UnitAuditPrefix(dl.Prefix))
 	}
 	switch dl.Mode {
 	case config.LogNFLOG:
-		return append(meter, &expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: dl.Group, Data: prefix}, restore)
+		return append(append(meter, &expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: dl.Group, Data: prefix}), restore...)
 	case config.LogKernel:
-		return append(meter, &expr.Log{Key: 1<<unix.NFTA_LOG_LEVEL | 1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_FLAGS,
-			Level: expr.LogLevelWarning, Flags: expr.LogFlagsUID, Data: prefix}, restore)
+		return append(append(meter, &expr.Log{Key: 1<<unix.NFTA_LOG_LEVEL | 1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_FLAGS,
+			Level: expr.LogLevelWarning, Flags: expr.LogFlagsUID, Data: prefix}), restore...)
 	}
 	return nil
 }
@@ -366,23 +365,46 @@ func (k *Netlink) ReadCgroups() ([]Cgroup, error) {
 
 func readCgroups(c *nftables.Conn, t *nftables.Table) ([]Cgroup, error) {
 	names := readUnitNames(c, t)
-	raw, err := setElements(c, t, kUnitKeys)
+	raw, err := setElements(c, t, kUnitChains)
 	if err != nil {
 		return nil, err
 	}
 	var out []Cgroup
 	for _, r := range raw {
-		if len(r.Key) != 8 || len(r.Val) != 4 {
+		chain, jump := elementJump(r.Val)
+		if len(r.Key) != 8 {
 			continue
 		}
-		key := binaryutil.NativeEndian.Uint32(r.Val)
-		name := names[key]
-		if name == "" {
-			name = fmt.Sprintf("unit:%d", key)
+		name := "chain:" + chain
+		if key, ok := unitKeyOfChain(chain); ok && jump {
+			if name = names[key]; name == "" {
+				name = fmt.Sprintf("unit:%d", key)
+			}
 		}
 		out = append(out, Cgroup{ID: binaryutil.NativeEndian.Uint64(r.Key), Allowlist: name})
 	}
 	return sortedCgroups(out), nil
+}
+
+// elementJump reads the verdict of a verdict map's element as the netlink
+// library returns it (the NFTA_DATA_VERDICT attributes, undecoded): the
+// chain, and whether the verdict is a jump to it.
+func elementJump(val []byte) (chain string, jump bool) {
+	for len(val) >= 4 {
+		n, typ := int(binaryutil.NativeEndian.Uint16(val)), binaryutil.NativeEndian.Uint16(val[2:])&^unix.NLA_F_NESTED
+		if n < 4 || n > len(val) {
+			return chain, false
+		}
+		data := val[4:n]
+		switch typ {
+		case unix.NFTA_VERDICT_CODE:
+			jump = len(data) == 4 && int32(binaryutil.BigEndian.Uint32(data)) == int32(expr.VerdictJump)
+		case unix.NFTA_VERDICT_CHAIN:
+			chain = strings.TrimRight(string(data), "\x00")
+		}
+		val = val[min((n+3)&^3, len(val)):]
+	}
+	return chain, jump
 }
 
 // ApplyCgroups changes the cgroup map in one transaction: deletions, then
@@ -391,7 +413,7 @@ func (k *Netlink) ApplyCgroups(p Plan, add, del []Cgroup) error {
 	if len(add)+len(del) == 0 {
 		return nil
 	}
-	keyOf := uids(p)
+	keyOf := unitKeys(p)
 	var adds, dels []nftables.SetElement
 	for _, cg := range del {
 		dels = append(dels, nftables.SetElement{Key: cgroupKey(cg.ID)})
@@ -401,7 +423,7 @@ func (k *Netlink) ApplyCgroups(p Plan, add, del []Cgroup) error {
 		if !ok {
 			return fmt.Errorf("cgroup %d: allowlist %q is not a unit allowlist of the plan", cg.ID, cg.Allowlist)
 		}
-		adds = append(adds, nftables.SetElement{Key: cgroupKey(cg.ID), Val: binaryutil.NativeEndian.PutUint32(key)})
+		adds = append(adds, cgroupElement(cg.ID, key))
 	}
 	k.own.mu.Lock()
 	defer k.own.mu.Unlock()
@@ -409,7 +431,7 @@ func (k *Netlink) ApplyCgroups(p Plan, add, del []Cgroup) error {
 	if err != nil {
 		return fmt.Errorf("open netlink: %w", err)
 	}
-	m := unitKeysMap()
+	m := unitChainsMap()
 	if len(dels) > 0 {
 		if err := c.SetDeleteElements(m, dels); err != nil {
 			k.dropIf(c)
@@ -434,8 +456,9 @@ func (k *Netlink) ApplyCgroups(p Plan, add, del []Cgroup) error {
 }
 
 // unitFindings compares the unit sets with the plan: the unit keys
-// (unitids, with their allowlists; unitowners, unitdns, unitaudit) and the
-// cgroup map.
+// (unitids, with their allowlists) and the cgroup map (whether each unit
+// allowlist resolves its DNS and is audited is in its chains' rules, which
+// Verify compares).
 func unitFindings(c *nftables.Conn, t *nftables.Table, p Plan) []Finding {
 	var fs []Finding
 	got := map[uint32]string{}
@@ -457,24 +480,6 @@ func unitFindings(c *nftables.Conn, t *nftables.Table, p Plan) []Finding {
 			diffs = append(diffs, fmt.Sprintf("unit key %d → %q not in the plan", k, name))
 		}
 	}
-	for _, s := range []struct {
-		name   string
-		member func(UnitPlan) bool
-	}{{kUnitOwners, func(UnitPlan) bool { return true }}, {kUnitDNS, func(u UnitPlan) bool { return u.DNS }}, {kUnitAudit, func(u UnitPlan) bool { return u.Audit }}} {
-		have, err := readUIDSet(c, t, s.name)
-		if err != nil {
-			continue // set_missing
-		}
-		for _, u := range p.Units {
-			if s.member(u) != have[u.Key] {
-				diffs = append(diffs, fmt.Sprintf("%s: unit key %d of %q is %v, want %v", s.name, u.Key, u.Allowlist, have[u.Key], s.member(u)))
-			}
-			delete(have, u.Key)
-		}
-		for k := range have {
-			diffs = append(diffs, fmt.Sprintf("%s: unit key %d not in the plan", s.name, k))
-		}
-	}
 	if len(diffs) > 0 {
 		sort.Strings(diffs)
 		fs = append(fs, Finding{Kind: "users_differ", Object: kUnitIDs, Detail: strings.Join(diffs, "; ")})
@@ -484,7 +489,7 @@ func unitFindings(c *nftables.Conn, t *nftables.Table, p Plan) []Finding {
 		return fs
 	}
 	if add, del := CgroupDelta(cgs, p.Cgroups); len(add)+len(del) > 0 {
-		fs = append(fs, Finding{Kind: "users_differ", Object: kUnitKeys, Detail: fmt.Sprintf("%d cgroups missing, %d not in the plan", len(add), len(del))})
+		fs = append(fs, Finding{Kind: "users_differ", Object: kUnitChains, Detail: fmt.Sprintf("%d cgroups missing, %d not in the plan", len(add), len(del))})
 	}
 	return fs
 }
@@ -506,7 +511,7 @@ func addUnitCounters(c *nftables.Conn, t *nftables.Table, out map[string]uint64)
 		if len(r.Key) != 4 || r.Counter == nil {
 			continue
 		}
-		if name := names[binaryutil.NativeEndian.Uint32(r.Key)]; name != "" {
+		if name := names[binaryutil.BigEndian.Uint32(r.Key)]; name != "" { // unitDynSet's order
 			out[name] += r.Counter.Packets
 		}
 	}

@@ -211,6 +211,10 @@ func TestKernelUnit(t *testing.T) {
 // TestNFTRulesMatchNetlink for the uid chains).
 func TestNFTUnitRulesMatchNetlink(t *testing.T) {
 	p := unitPlan(Cgroup{ID: 7, Allowlist: "web"})
+	// And a unit allowlist with dns: resolvers in mode: audit.
+	audited := Render(Desired{Allowlists: []Allowlist{{Name: "batch", Unit: "batch.service", UID: UnitKeys([]string{"batch"})["batch"], DNS: true, Audit: true}},
+		Resolvers: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")}})
+	p.Units = append(p.Units, audited.Units...)
 	for _, dl := range []config.DenyLog{
 		{Mode: config.LogNFLOG, Group: 3, Rate: config.Rate{Count: 10, Unit: "second"}, Prefix: "egressd"},
 		{Mode: config.LogKernel, Rate: config.Rate{Count: 5, Unit: "minute"}, Prefix: "egressd"},
@@ -220,8 +224,8 @@ func TestNFTUnitRulesMatchNetlink(t *testing.T) {
 		nl := unitChainRules(p)
 		cases := map[string][]string{"output": unitOutputRuleText(p)}
 		nlOut := unitOutputRules(outputChain(), p)
-		for l := 1; l <= UnitLevels; l++ {
-			cases[unitChain(l)], cases[unitDenyChain(l)] = unitRuleText(l), unitDenyRuleText(l, dl)
+		for _, u := range p.Units {
+			cases[unitChain(u.Key)], cases[unitDenyChain(u.Key)] = unitRuleText(u), unitDenyRuleText(u, dl)
 		}
 		for name, text := range cases {
 			rules := nl[name]
@@ -240,12 +244,13 @@ func TestNFTUnitRulesMatchNetlink(t *testing.T) {
 		}
 	}
 	text := p.NFT()
-	for _, want := range []string{"map unitkeys {", "7 : ", "set uallow4 {", "type mark . inet_proto . ipv4_addr . inet_service", "chain unit8 {", "socket cgroupv2 level 2 @unitkeys jump unit2"} {
+	web := unitChain(p.Units[0].Key)
+	for _, want := range []string{"map unitchains {", "7 : jump " + web, "set uallow4 {", "type mark . inet_proto . ipv4_addr . inet_service", "chain " + web + " {", "socket cgroupv2 level 8 vmap @unitchains"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("no %q in\n%s", want, text)
 		}
 	}
-	if strings.Contains(Render(Desired{}).NFT(), "chain unit1") {
+	if strings.Contains(Render(Desired{}).NFT(), "chain unit") {
 		t.Error("unit chains without a unit allowlist")
 	}
 }
@@ -320,8 +325,7 @@ func TestKernelUnitNFTSet(t *testing.T) {
 	// Why a table of its own: egressd's, when owned, refuses systemd's write.
 	if owned, _, err := e.k.Ownership(); err == nil && owned {
 		c, _ := sd.conn()
-		c.SetAddElements(&nftables.Set{Table: table, Name: kUnitKeys, KeyType: nftables.TypeCGroupV2, DataType: nftables.TypeMark, IsMap: true}, //nolint:errcheck
-			[]nftables.SetElement{{Key: cgroupKey(webID), Val: []byte{1, 0, 0, 0}}})
+		c.SetAddElements(unitChainsMap(), []nftables.SetElement{cgroupElement(webID, 1)}) //nolint:errcheck
 		if err := c.Flush(); !errors.Is(err, syscall.EPERM) {
 			t.Errorf("another socket's write into the owned table: %v, want EPERM", err)
 		}
@@ -360,4 +364,83 @@ func TestKernelUnitNFTSet(t *testing.T) {
 	if _, err := e.k.ReadNFTSetUnits(); err == nil {
 		t.Error("egressd remove left the NFTSet= table")
 	}
+}
+
+// udpIn sends one datagram from src (bound with SO_REUSEADDR) to dst, from a
+// process of uid started in the cgroup dir, and waits a second for the
+// echo: nil when it came back.
+func (e *env) udpIn(dir string, uid int, src, dst netip.AddrPort) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	script := fmt.Sprintf(`import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("%s", %d))
+s.settimeout(1)
+try:
+    s.sendto(b"x", ("%s", %d))
+    s.recv(16)
+except OSError as e:
+    print(e)
+    sys.exit(1)
+`, src.Addr(), src.Port(), dst.Addr(), dst.Port())
+	cmd := exec.Command("/usr/bin/python3", "-c", script)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(f.Fd()),
+		Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := e.w.NS.Do(cmd.Start); err != nil {
+		return err
+	}
+	if err := cmd.Wait(); err != nil {
+		return fmt.Errorf("%v: %s", err, strings.TrimSpace(out.String()))
+	}
+	return nil
+}
+
+// The unit owner check: a restricted unit's socket that joins an
+// established flow another process opened (the same source address and
+// port, SO_REUSEADDR) is judged by its destination, in the original
+// direction, because the flow's label does not hold the unit's key; a flow
+// the unit opened itself goes on. The key is a constant of the unit's chain
+// and the check a masked compare of label bits 64-95 (what nft can print);
+// with the mask or the compare wrong (e.g. every established packet of the
+// unit returned) the ride connects.
+func TestKernelUnitOwnerCheck(t *testing.T) {
+	e := newEnv(t)
+	tc := newTestCgroups(t)
+	e.serveUDP(t, "192.0.2.10:444")
+	e.serveUDP(t, "192.0.2.10:445")
+	web, webID := tc.make(t, "web.service")
+	outside, _ := tc.make(t, "other.service")
+	keys := UnitKeys([]string{"web"})
+	p := Render(Desired{
+		Allowlists: []Allowlist{{Name: "web", Unit: "web.service", UID: keys["web"], Elements: []Element{
+			ElementFor(config.UDP, netip.MustParsePrefix("192.0.2.10/32"), 445, 445)}}},
+		DenyLog: config.Defaults().DenyLog,
+		Cgroups: []Cgroup{{ID: webID, Allowlist: "web"}},
+	})
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	src := netip.MustParseAddrPort("192.0.2.20:40000")
+	listed, unlisted := netip.MustParseAddrPort("192.0.2.10:445"), netip.MustParseAddrPort("192.0.2.10:444")
+	// Its own flow, new then established (the same tuple again).
+	mustAllow(t, "web.service → its allowed UDP destination", e.udpIn(web, uidNoList, src, listed))
+	mustAllow(t, "web.service again on its own flow", e.udpIn(web, uidNoList, src, listed))
+	if err := e.udpIn(web, uidNoList, netip.MustParseAddrPort("192.0.2.20:40001"), unlisted); err == nil {
+		t.Fatal("web.service → 192.0.2.10:444 (not in its allowlist) answered")
+	}
+	// Another unit (unrestricted) opens a flow to the unlisted destination...
+	ride := netip.MustParseAddrPort("192.0.2.20:40002")
+	mustAllow(t, "other.service → 192.0.2.10:444", e.udpIn(outside, uidNoList, ride, unlisted))
+	// ...and the restricted unit joins it: the attack.
+	if err := e.udpIn(web, uidNoList, ride, unlisted); err == nil {
+		t.Error("web.service rode other.service's established flow to 192.0.2.10:444")
+	}
+	// The flow still works for its opener.
+	mustAllow(t, "other.service on its own flow", e.udpIn(outside, uidNoList, ride, unlisted))
 }

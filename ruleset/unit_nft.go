@@ -11,43 +11,49 @@ import (
 
 // writeUnits writes the unit sets and, with unit allowlists, the unit chains.
 func writeUnits(b *strings.Builder, p Plan, placed map[kernelSet][]keyed) {
-	key := uids(p)
-	var keys, ids, owners, dns, audit []string
+	key := unitKeys(p)
+	var cgroups, ids []string
 	for _, cg := range p.Cgroups {
-		keys = append(keys, fmt.Sprintf("%d : %d", cg.ID, key[cg.Allowlist]))
+		cgroups = append(cgroups, fmt.Sprintf("%d : jump %s", cg.ID, unitChain(key[cg.Allowlist])))
 	}
 	for _, u := range p.Units {
-		ids = append(ids, fmt.Sprintf("%d comment %q", u.Key, u.Allowlist+" ("+u.Unit+")"))
-		owners = append(owners, fmt.Sprintf("%d . %d", u.Key, u.Key))
-		if u.DNS {
-			dns = append(dns, fmt.Sprint(u.Key))
-		}
-		if u.Audit {
-			audit = append(audit, fmt.Sprint(u.Key))
-		}
+		ids = append(ids, fmt.Sprintf("%s comment %q", unitKeyText(u.Key), u.Allowlist+" ("+u.Unit+")"))
 	}
-	fmt.Fprintf(b, "\tmap %s { # a restricted unit's current cgroup id -> its unit key\n\t\ttype cgroupsv2 : mark\n", kUnitKeys)
-	if len(keys) > 0 {
-		fmt.Fprintf(b, "\t\telements = { %s }\n", strings.Join(keys, ", "))
+	fmt.Fprintf(b, "\tmap %s { # a restricted unit's current cgroup id -> its allowlist's chain\n\t\ttype cgroupsv2 : verdict\n", kUnitChains)
+	if len(cgroups) > 0 {
+		fmt.Fprintf(b, "\t\telements = { %s }\n", strings.Join(cgroups, ", "))
 	}
 	b.WriteString("\t}\n")
 	writeSet(b, kUnitIDs, "unit keys, element comment = allowlist", []string{"type mark"}, ids)
-	writeSet(b, kUnitOwners, "(k . k) for every unit key", []string{"type mark . mark"}, owners)
-	writeSet(b, kUnitDNS, "unit allowlists with dns: resolvers", []string{"type mark"}, dns)
-	writeSet(b, kUnitAudit, "unit allowlists with mode: audit", []string{"type mark"}, audit)
 	for _, ks := range unitKernelSets() {
 		writeSet(b, ks.name(), "", ks.decl(), keyedText(ks, placed[ks]))
 	}
 	writeSet(b, kUDenied, "rejected packets per unit key", []string{"type mark", "flags dynamic"}, nil)
 	writeSet(b, kUDenyLog, "per-unit log rate limit (a meter)", []string{"type mark", "flags dynamic"}, nil)
-	if len(p.Units) == 0 {
-		return
-	}
-	for l := 1; l <= UnitLevels; l++ {
-		writeChain(b, unitChain(l), "", unitRuleText(l))
-		writeChain(b, unitDenyChain(l), "", unitDenyRuleText(l, p.DenyLog))
+	for _, u := range p.Units {
+		writeChain(b, unitChain(u.Key), "", unitRuleText(u))
+		writeChain(b, unitDenyChain(u.Key), "", unitDenyRuleText(u, p.DenyLog))
 	}
 }
+
+// unitKeyText is a unit key as nft prints a mark.
+func unitKeyText(k uint32) string { return fmt.Sprintf("0x%08x", k) }
+
+// unitLabelText is the conntrack label bits of unit key k (bits 64-95), as
+// nft prints them; unitLabelMaskText is bits 64-95.
+func unitLabelText(k uint32) string {
+	var bits []string
+	for i := 0; i < 32; i++ {
+		// Label bytes 8-11 hold k in host order (unitLabel): on a
+		// little-endian host bit i of k is label bit 64+i.
+		if k&(1<<i) != 0 {
+			bits = append(bits, fmt.Sprint(64+i))
+		}
+	}
+	return strings.Join(bits, " | ")
+}
+
+func unitLabelMaskText() string { return "(bits 64-95)" }
 
 // unitOutputRuleText, unitRuleText and unitDenyRuleText are the rules of
 // unitOutputRules, unitRules and unitDenyRules, in order.
@@ -57,24 +63,20 @@ func unitOutputRuleText(p Plan) []string {
 	}
 	var out []string
 	for l := 1; l <= UnitLevels; l++ {
-		out = append(out, fmt.Sprintf("socket cgroupv2 level %d @%s jump %s", l, kUnitKeys, unitChain(l)))
+		out = append(out, fmt.Sprintf("socket cgroupv2 level %d vmap @%s", l, kUnitChains))
 	}
 	return out
 }
 
-func unitKeyText(level int) string {
-	return fmt.Sprintf("socket cgroupv2 level %d map @%s", level, kUnitKeys)
-}
-
-func unitRuleText(level int) []string {
-	k, deny := unitKeyText(level), "goto "+unitDenyChain(level)
+func unitRuleText(u UnitPlan) []string {
+	deny, label := "goto "+unitDenyChain(u.Key), unitLabelText(u.Key)
 	rules := []string{
-		"ct state new ct status & confirmed == 0 ct label set " + k + " << 64 # label bits 64-95: the unit that opened the flow",
+		"ct state new ct status & confirmed == 0 ct label set " + label + " # label bits 64-95: the unit that opened the flow (key " + unitKeyText(u.Key) + ")",
 		"meta nfproto ipv6 exthdr rt exists " + deny + " # IPV6_RTHDR: source routing",
 		"meta nfproto ipv4 ip ihl != 5 " + deny + " # IP_OPTIONS: LSRR/SSRR",
 		"meta l4proto tcp tcp flags & syn != 0 tcp option mptcp exists tcp option mptcp @16,16 set 0xf000 # MPTCP falls back to TCP",
-		"ct state established,related ct direction original ct label[64:96] . " + k + " @" + kUnitOwners + " return",
-		"ct state established,related ct direction reply ct label[64:96] . " + k + " != @" + kUnitOwners + " return",
+		"ct state established,related ct direction original ct label & " + unitLabelMaskText() + " == " + label + " return",
+		"ct state established,related ct direction reply ct label & " + unitLabelMaskText() + " != " + label + " return",
 		"ct state established,related ct direction reply fib daddr type local return",
 		"fib saddr type != local " + deny + " # IP_FREEBIND, IPV6_FREEBIND, IP_TRANSPARENT",
 	}
@@ -83,41 +85,51 @@ func unitRuleText(level int) []string {
 		if ks.V6 {
 			nfproto, daddr = "ipv6", "ip6 daddr"
 		}
-		rules = append(rules, fmt.Sprintf("meta nfproto %s %s . meta l4proto . %s . th dport @%s return", nfproto, k, daddr, ks.name()))
+		rules = append(rules, fmt.Sprintf("meta nfproto %s %s . meta l4proto . %s . th dport @%s return", nfproto, unitKeyText(u.Key), daddr, ks.name()))
 	}
-	for _, ks := range allKernelSets() {
-		if !ks.DNS {
-			continue
+	if u.DNS {
+		for _, ks := range allKernelSets() {
+			if !ks.DNS {
+				continue
+			}
+			nfproto, daddr := "ipv4", "ip daddr"
+			if ks.V6 {
+				nfproto, daddr = "ipv6", "ip6 daddr"
+			}
+			rules = append(rules, fmt.Sprintf("meta nfproto %s meta l4proto . %s . th dport @%s return", nfproto, daddr, ks.name()))
 		}
-		nfproto, daddr := "ipv4", "ip daddr"
-		if ks.V6 {
-			nfproto, daddr = "ipv6", "ip6 daddr"
-		}
-		rules = append(rules, fmt.Sprintf("%s @%s meta nfproto %s meta l4proto . %s . th dport @%s return", k, kUnitDNS, nfproto, daddr, ks.name()))
 	}
 	return append(rules, deny)
 }
 
-func unitDenyRuleText(level int, dl config.DenyLog) []string {
-	k := unitKeyText(level)
-	rules := []string{k + " update @" + kUDenied + " { that key counter }"}
-	if l := unitLogText(dl, false); l != "" {
-		rules = append(rules, k+" != @"+kUnitAudit+" "+l, k+" @"+kUnitAudit+" "+unitLogText(dl, true))
+func unitDenyRuleText(u UnitPlan, dl config.DenyLog) []string {
+	k := unitKeyText(u.Key)
+	rules := []string{"update @" + kUDenied + " { " + k + " counter }"}
+	if l := unitLogText(u, dl); l != "" {
+		rules = append(rules, l)
 	}
-	return append(append(rules, k+" @"+kUnitAudit+" return # mode: audit: on to the uid rule"), rejectText()...)
+	if u.Audit {
+		return append(rules, "return # mode: audit: on to the uid rule")
+	}
+	return append(rules, rejectText()...)
 }
 
-func unitLogText(dl config.DenyLog, audit bool) string {
+func unitLogText(u UnitPlan, dl config.DenyLog) string {
 	prefix := UnitLogPrefix(dl.Prefix)
-	if audit {
+	if u.Audit {
 		prefix = UnitAuditPrefix(dl.Prefix)
 	}
-	meter := fmt.Sprintf("update @%s { that key limit rate %d/%s burst %d packets } meta mark set that key ", kUDenyLog, dl.Rate.Count, unitText(dl.Rate.Unit), min(dl.Rate.Count, 1000))
+	k := unitKeyText(u.Key)
+	meter := fmt.Sprintf("update @%s { %s limit rate %d/%s burst %d packets } meta mark set %s ", kUDenyLog, k, dl.Rate.Count, unitText(dl.Rate.Unit), min(dl.Rate.Count, 1000), k)
+	restore, note := "", " # the log carries the unit key as the mark; the packet is rejected next"
+	if u.Audit {
+		restore, note = " meta mark set meta mark", " # the log carries the unit key as the mark; the packet goes on with its own mark, saved before"
+	}
 	switch dl.Mode {
 	case config.LogNFLOG:
-		return meter + fmt.Sprintf("log prefix %q group %d meta mark set (the mark before) # the log carries the unit key as the mark", prefix, dl.Group)
+		return meter + fmt.Sprintf("log prefix %q group %d", prefix, dl.Group) + restore + note
 	case config.LogKernel:
-		return meter + fmt.Sprintf("log prefix %q level warn flags skuid meta mark set (the mark before) # MARK= is the unit key", prefix)
+		return meter + fmt.Sprintf("log prefix %q level warn flags skuid", prefix) + restore + note
 	}
 	return ""
 }

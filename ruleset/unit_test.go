@@ -69,7 +69,7 @@ func TestFakeCgroups(t *testing.T) {
 		t.Fatal(err)
 	}
 	p2 := Render(Desired{Allowlists: []Allowlist{{Name: "web", Unit: "web.service", UID: 5}}, Cgroups: []Cgroup{{2, "web"}}})
-	if fs, _ := f.Verify(p2); len(fs) != 1 || fs[0].Object != "unitkeys" {
+	if fs, _ := f.Verify(p2); len(fs) != 1 || fs[0].Object != "unitchains" {
 		t.Fatalf("findings %v", fs)
 	}
 	if err := f.ApplyCgroups(p2, []Cgroup{{2, "web"}}, []Cgroup{{7, "web"}}); err == nil {

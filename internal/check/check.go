@@ -429,7 +429,7 @@ func Run(ctx context.Context, o Options) *Report {
 					ar.Cgroups++
 				}
 			}
-			if drifted[id4.Name()] || drifted[id6.Name()] || drifted["unitids"] || drifted["unitkeys"] {
+			if drifted[id4.Name()] || drifted[id6.Name()] || drifted["unitids"] || drifted["unitchains"] {
 				ar.Status = "drift"
 			}
 			r.Allowlists = append(r.Allowlists, ar)

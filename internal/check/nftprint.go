@@ -43,8 +43,10 @@ func ListWithNFT(ctx context.Context) (NFTListing, error) {
 
 // NFTNote is the note `check` gives when the host's nft cannot print
 // egressd's table in full: an error line ("netlink: Error: ..."), an
-// assertion, or an abort. Nil when it printed it, or when there is no
-// table to print.
+// assertion, or an abort; or when it prints a unit allowlist's key as a
+// value of unknown type ("[invalid type]", nft 1.0.6: Debian 12), which it
+// then may print with its bytes turned around. Nil when it printed it, or
+// when there is no table to print.
 func NFTNote(l NFTListing) *Problem {
 	var bad []string
 	for _, line := range strings.Split(string(l.Output), "\n") {
@@ -52,15 +54,25 @@ func NFTNote(l NFTListing) *Problem {
 			bad = append(bad, strings.TrimSpace(line))
 		}
 	}
-	if l.Err == nil && len(bad) == 0 {
-		return nil
-	}
-	if bytes.Contains(l.Output, []byte("No such file or directory")) {
-		return nil // no table: the drift findings say so
-	}
 	what := "the nft on this host"
 	if l.Version != "" {
 		what += " (" + l.Version + ")"
+	}
+	if l.Err == nil && len(bad) == 0 {
+		if !bytes.Contains(l.Output, []byte("[invalid type]")) {
+			return nil
+		}
+		return &Problem{
+			Kind:   "nft_cannot_print",
+			Object: "table inet " + ruleset.TableName,
+			Detail: fmt.Sprintf("%s prints every rule of table inet %s but not every unit key in the unit chains: it shows the key as `0x… [invalid type]`, "+
+				"with its bytes turned around in the @uallow4 and @uallow6 lookups (the @uallow4r and @uallow6r lookups and the @udenied and @udenylog updates show it right). "+
+				"This is a display limit: the kernel enforces the rules `egressd plan` prints", what, ruleset.TableName),
+			Fix: "read a unit allowlist's key in its chains' names (unit_K, unitdeny_K, K in hex) or with `egressd plan`; save your own tables by name (`nft list table inet filter`), never `nft list ruleset > /etc/nftables.conf` (README, \"Reading the ruleset with nft\")",
+		}
+	}
+	if bytes.Contains(l.Output, []byte("No such file or directory")) {
+		return nil // no table: the drift findings say so
 	}
 	first := "exit: " + fmt.Sprint(l.Err)
 	if len(bad) > 0 {
@@ -69,8 +81,8 @@ func NFTNote(l NFTListing) *Problem {
 	return &Problem{
 		Kind:   "nft_cannot_print",
 		Object: "table inet " + ruleset.TableName,
-		Detail: fmt.Sprintf("%s cannot print all of table inet %s (%s): `nft list ruleset` (and `nft list tables`) then shows rules without their matches or stops; "+
-			"with unit allowlists nft 1.0.6 (Debian 12) and 1.1.3 (Debian 13) abort on the unit chains. This is a display limit: the kernel enforces the rules `egressd plan` prints", what, ruleset.TableName, first),
+		Detail: fmt.Sprintf("%s cannot print all of table inet %s (%s): `nft list ruleset` (and `nft list tables`) then shows rules without their matches or stops "+
+			"(egressd's rules print in full with nft 1.0.6, Debian 12, and 1.1.3, Debian 13). This is a display limit: the kernel enforces the rules `egressd plan` prints", what, ruleset.TableName, first),
 		Fix: "read egressd's rules with `egressd plan`; save your own tables by name (`nft list table inet filter`), never `nft list ruleset > /etc/nftables.conf` (README, \"Reading the ruleset with nft\")",
 	}
 }

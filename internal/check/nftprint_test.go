@@ -8,10 +8,12 @@ import (
 )
 
 // What Debian 12's nft (1.0.6) printed of egressd's table: with the ct-label
-// owner rules, and with unit allowlists.
+// owner rules, with unit allowlists before their chains of their own, and
+// a unit chain's lookup now.
 const (
 	nft106LabelRules = "netlink: Error: Lookup expression has no left hand side\ntable inet egressd {\n\tchain restricted {\n\t\tct state established,related ct direction original accept\n\t}\n}\n"
 	nft106Units      = "nft: netlink_delinearize.c:126: netlink_parse_concat_expr: Assertion `consumed > 0' failed.\n"
+	nft106UnitKey    = "table inet egressd {\n\tchain unit_0fd9bc91 {\n\t\t0x91bcd90f [invalid type] . meta l4proto . ip daddr . th dport @uallow4 return\n\t}\n}\n"
 	nftPrinted       = "table inet egressd {\n\tchain restricted {\n\t\tct state established,related ct direction original ct mark . meta skuid @owners accept\n\t}\n}\n"
 )
 
@@ -24,6 +26,7 @@ func TestNFTNote(t *testing.T) {
 	}{
 		{"prints", NFTListing{Version: v, Output: []byte(nftPrinted)}, ""},
 		{"lookup lost", NFTListing{Version: v, Output: []byte(nft106LabelRules)}, "Lookup expression has no left hand side"},
+		{"unit key", NFTListing{Version: v, Output: []byte(nft106UnitKey)}, "[invalid type]"},
 		{"aborts", NFTListing{Version: v, Output: []byte(nft106Units), Err: errors.New("signal: aborted")}, "Assertion"},
 		{"fails quietly", NFTListing{Err: errors.New("exit status 1")}, "exit status 1"},
 		{"no table", NFTListing{Output: []byte("Error: No such file or directory\nlist table inet egressd\n"), Err: errors.New("exit status 1")}, ""},

@@ -59,7 +59,8 @@ the kernel is compared with the daemon's published view (DIR/state.json), so
 lingering and stale-served addresses are not drift. Prints one line per
 allowlist, the names the hosts file answers, then each problem with what to
 do, then notes that do not fail the check (nft_cannot_print: the nft on PATH,
-run as nft list table inet egressd, cannot print the table in full); --json
+run as nft list table inet egressd, cannot print the table in full, or
+prints a unit key as [invalid type]); --json
 prints the document described in docs/check.md. Changes nothing.`),
 		Item("check --explain USER|UNIT HOST:PORT[/udp]", `Would USER (or the unit
 UNIT, NAME.service or NAME.slice, of a unit allowlist) be allowed to
