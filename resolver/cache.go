@@ -320,6 +320,45 @@ func (c *Cache) Addrs(name string) []netip.Addr {
 	return out
 }
 
+// Lifetime is one allowed address and the time until which the daemon
+// would keep it if it learnt nothing new: last seen + TTL + linger, or, for
+// an address of the last answer while DNS fails, last answer + stale_grace
+// when that is later. The kernel's element carries it as its timeout, so an
+// address closes on time even while egressd is stopped.
+type Lifetime struct {
+	Addr  netip.Addr
+	Until time.Time
+}
+
+// until is the time until which the daemon would keep st (see Lifetime).
+func (c *Cache) until(e *entry, st addrState) time.Time {
+	u := st.expiry
+	if s := c.staleUntil(e); st.current && s.After(u) {
+		u = s
+	}
+	return u
+}
+
+// Lifetimes returns the addresses a name allows now (A and AAAA), sorted,
+// each with its lifetime.
+func (c *Cache) Lifetimes(name string) []Lifetime {
+	now := c.now()
+	var out []Lifetime
+	for _, k := range KeysFor(name) {
+		e := c.keys[k]
+		if e == nil {
+			continue
+		}
+		for _, st := range e.addrs {
+			if c.isValid(e, st, now) {
+				out = append(out, Lifetime{st.addr, c.until(e, st)})
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Addr.Less(out[j].Addr) })
+	return out
+}
+
 // Lingering returns the addresses of a name that left its answers but are
 // still allowed (TTL + linger not run out), each with the time it expires.
 func (c *Cache) Lingering(name string) map[netip.Addr]time.Time {

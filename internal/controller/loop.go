@@ -16,7 +16,7 @@ import (
 func (c *Controller) sync() error {
 	c.dns.expire()
 	c.syncProxy()
-	d := policy.BuildDesiredHosts(c.cfg, c.users, c.dns.cache.Addrs, c.dns.hosts.Has)
+	d := policy.BuildDesiredTimed(c.cfg, c.users, c.dns.cache.Lifetimes, c.dns.hosts.Has)
 	d.Cgroups = c.units.current(c.cfg)
 	changed, err := c.apply.sync(d)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"time"
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/resolver"
@@ -139,6 +140,21 @@ func BuildDesired(c *config.Config, users Users, addrs func(name string) []netip
 // of a name's addresses the hosts file gives: those are taken as written,
 // like literal entries, even in internal ranges.
 func BuildDesiredHosts(c *config.Config, users Users, addrs func(name string) []netip.Addr, fromHosts func(name string, a netip.Addr) bool) ruleset.Desired {
+	return BuildDesiredTimed(c, users, func(name string) []resolver.Lifetime {
+		as := addrs(name)
+		out := make([]resolver.Lifetime, len(as))
+		for i, a := range as {
+			out[i].Addr = a
+		}
+		return out
+	}, fromHosts)
+}
+
+// BuildDesiredTimed is BuildDesiredHosts where each address of a name comes
+// with its lifetime (resolver.Cache.Lifetimes): the element it allows
+// carries it (Allowlist.Until), so that the kernel closes it on time by
+// itself. Literal entries never expire.
+func BuildDesiredTimed(c *config.Config, users Users, lifetimes func(name string) []resolver.Lifetime, fromHosts func(name string, a netip.Addr) bool) ruleset.Desired {
 	d := ruleset.Desired{Resolvers: c.Resolvers, DenyLog: c.DenyLog, ProxyPort: c.DNSProxyPort}
 	for _, a := range c.Allowlists {
 		uid, ok := users.UIDs[a.Name]
@@ -155,15 +171,25 @@ func BuildDesiredHosts(c *config.Config, users Users, addrs func(name string) []
 			}
 			if !e.IsName() {
 				al.Elements = append(al.Elements, ruleset.ElementFor(e.Proto, e.Prefix, e.PortFrom, e.PortTo))
+				if al.Until != nil {
+					al.Until = append(al.Until, time.Time{})
+				}
 				continue
 			}
-			for _, ip := range addrs(e.Host) {
+			for _, l := range lifetimes(e.Host) {
+				ip := l.Addr
 				// The cache accepted private answers if any allowlist using
 				// the name opted in; this one may not have.
 				if !resolver.Accepts(ip, a.AllowPrivateAnswers, e.Host, fromHosts) {
 					continue
 				}
+				if !l.Until.IsZero() && al.Until == nil {
+					al.Until = make([]time.Time, len(al.Elements), len(al.Elements)+1)
+				}
 				al.Elements = append(al.Elements, ruleset.ElementFor(e.Proto, netip.PrefixFrom(ip, ip.BitLen()), e.PortFrom, e.PortTo))
+				if al.Until != nil {
+					al.Until = append(al.Until, l.Until)
+				}
 			}
 		}
 		d.Allowlists = append(d.Allowlists, al)
