@@ -266,3 +266,35 @@ func TestCacheLingering(t *testing.T) {
 		t.Fatalf("expired address still lingering: %v", l)
 	}
 }
+
+// Lifetimes gives each allowed address the end the kernel's element
+// carries: last seen + TTL + linger; for the last answer while DNS fails,
+// last answer + stale_grace; an address that left the answers is not
+// extended by a failure.
+func TestCacheLifetimesUntil(t *testing.T) {
+	c, clk := newTestCache("x.test")
+	t0 := clk.t
+	c.Observe(kA, ok(30*time.Second, "192.0.2.1", "192.0.2.2"), nil)
+	want := func(what string, exp map[string]time.Time) {
+		t.Helper()
+		got := map[string]time.Time{}
+		for _, l := range c.Lifetimes("x.test") {
+			got[l.Addr.String()] = l.Until
+		}
+		if len(got) != len(exp) {
+			t.Fatalf("%s: %v, want %v", what, got, exp)
+		}
+		for a, u := range exp {
+			if !got[a].Equal(u) {
+				t.Fatalf("%s: %s until %v, want %v", what, a, got[a], u)
+			}
+		}
+	}
+	want("answered", map[string]time.Time{"192.0.2.1": t0.Add(90 * time.Second), "192.0.2.2": t0.Add(90 * time.Second)})
+	clk.advance(30 * time.Second)
+	c.Observe(kA, ok(30*time.Second, "192.0.2.1"), nil) // .2 left the answers
+	want("refreshed", map[string]time.Time{"192.0.2.1": t0.Add(120 * time.Second), "192.0.2.2": t0.Add(90 * time.Second)})
+	clk.advance(30 * time.Second)
+	c.Observe(kA, Result{}, errors.New("SERVFAIL"))
+	want("failing", map[string]time.Time{"192.0.2.1": t0.Add(30*time.Second + time.Hour), "192.0.2.2": t0.Add(90 * time.Second)})
+}

@@ -1037,12 +1037,26 @@ func (k *Netlink) existing() (*nftables.Conn, *nftables.Table, error) {
 // under "uid:N", so that a comparison with a plan reports them. A missing
 // table gives ErrNoTable.
 func (k *Netlink) ReadSets() (map[string][]Element, error) {
+	out, _, err := k.readSets()
+	return out, err
+}
+
+// ReadLifetimes implements LifetimeReader.
+func (k *Netlink) ReadLifetimes() (map[string]map[Element]time.Duration, error) {
+	_, left, err := k.readSets()
+	return left, err
+}
+
+// readSets reads every plan element the kernel holds, by logical set, and
+// the time left of those that carry a timeout.
+func (k *Netlink) readSets() (map[string][]Element, map[string]map[Element]time.Duration, error) {
 	c, t, users, err := k.existingUsers()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	units := readUnitNames(c, t)
 	out := map[string][]Element{}
+	left := map[string]map[Element]time.Duration{}
 	for _, ks := range everyKernelSet() {
 		s, err := c.GetSetByName(t, ks.name())
 		if err != nil {
@@ -1050,7 +1064,7 @@ func (k *Netlink) ReadSets() (map[string][]Element, error) {
 		}
 		raw, err := c.GetSetElements(s)
 		if err != nil {
-			return nil, fmt.Errorf("list elements of %s: %w", s.Name, err)
+			return nil, nil, fmt.Errorf("list elements of %s: %w", s.Name, err)
 		}
 		for _, r := range raw {
 			if r.IntervalEnd {
@@ -1062,7 +1076,7 @@ func (k *Netlink) ReadSets() (map[string][]Element, error) {
 			}
 			uid, e, err := decode(ks, r.Key, end)
 			if err != nil {
-				return nil, fmt.Errorf("set %s: %w", s.Name, err)
+				return nil, nil, fmt.Errorf("set %s: %w", s.Name, err)
 			}
 			var name string
 			switch {
@@ -1078,12 +1092,18 @@ func (k *Netlink) ReadSets() (map[string][]Element, error) {
 				name = fmt.Sprintf("uid:%d", uid)
 			}
 			out[name] = append(out[name], e)
+			if r.Timeout > 0 {
+				if left[name] == nil {
+					left[name] = map[Element]time.Duration{}
+				}
+				left[name][e] = r.Expires
+			}
 		}
 	}
 	for _, es := range out {
 		sortElements(es)
 	}
-	return out, nil
+	return out, left, nil
 }
 
 // existingUsers is existing, with the users set read.
