@@ -3,6 +3,7 @@ package integration
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -34,6 +35,9 @@ func TestStoppedDaemonClosesOnTime(t *testing.T) {
 			w.start()
 			w.expect(uidA, "tcp", "192.0.2.10:443", okConnected)
 			w.expect(uidA, "tcp", "198.51.100.20:443", okConnected)
+			if how == "SIGSTOP" { // check shows the kernel's lifetimes (once is enough)
+				checkLifetimes(t, w)
+			}
 
 			// failing.example.test fails; then moved.example.test moves to
 			// .11, and .10 lingers (TTL + linger from its last answer).
@@ -106,4 +110,29 @@ func TestStoppedDaemonClosesOnTime(t *testing.T) {
 			w.expect(uidA, "tcp", "198.51.100.20:443", okRefused) // still failing, past stale_grace
 		})
 	}
+}
+
+// checkLifetimes: check --explain shows what a name's element has left in
+// the kernel, not for a literal entry; check counts them per allowlist.
+func checkLifetimes(t *testing.T, w *world) {
+	t.Helper()
+	_, out := w.check("--explain", fmt.Sprint(uidA), "moved.example.test:443")
+	if !strings.Contains(out, "kernel lifetime: ") {
+		t.Errorf("check --explain of a name: no kernel lifetime\n%s", out)
+	}
+	_, out = w.check("--explain", fmt.Sprint(uidA), "203.0.113.5:5353/udp")
+	if strings.Contains(out, "kernel lifetime") {
+		t.Errorf("check --explain of a literal entry shows a lifetime\n%s", out)
+	}
+	_, rep := w.checkJSON()
+	als, _ := rep["allowlists"].([]any)
+	if len(als) != 1 {
+		t.Fatalf("check --json: allowlists %v", rep["allowlists"])
+	}
+	al := als[0].(map[string]any)
+	if al["ending"] != float64(2) || al["ends_in"] == nil {
+		t.Errorf("check --json: %v, want 2 elements ending, with the time they have left", al)
+	}
+	_, text := w.check()
+	t.Logf("$ egressd check\n%s", text)
 }
