@@ -56,6 +56,10 @@ type addrState struct {
 	addr    netip.Addr
 	expiry  time.Time // last seen + TTL + linger
 	current bool      // in the last successful answer
+	// kernel is the lifetime the kernel's element carries (Lifetimes): the
+	// lifetime (until) when it is shorter or new, else it follows an
+	// extension at the next renewal (Renew), at most renewEvery later.
+	kernel time.Time
 }
 
 func (e *entry) find(a netip.Addr) int {
@@ -85,7 +89,22 @@ type Cache struct {
 	policy Policy
 	now    func() time.Time
 	keys   map[Key]*entry
+	// Lifetime extensions waiting for the next renewal (Renew), and when
+	// it may run.
+	pending bool
+	renewAt time.Time
 }
+
+// maxRenewLag bounds how long an extended lifetime waits before the kernel
+// gets it (Renew): renewals are batched, one per this period at most, so a
+// steady state of 10,000 names costs a transaction every few seconds, not
+// one per refresh.
+const maxRenewLag = 10 * time.Second
+
+// renewEvery is the renewal period: maxRenewLag, or half of linger when
+// that is shorter, so that an element is renewed before the kernel ends it
+// (a refresh comes TTL after the last; the element lives TTL + linger).
+func (p Policy) renewEvery() time.Duration { return min(maxRenewLag, p.Linger/2) }
 
 // NewCache returns an empty cache; now defaults to time.Now.
 func NewCache(p Policy, now func() time.Time) *Cache {
@@ -230,9 +249,42 @@ func (c *Cache) Observe(k Key, res Result, err error) Change {
 		c.capEntry(e)
 	}
 	c.gc(e, now)
+	c.settle(e)
 	after := c.valid(e, now)
 	ch.Added, ch.Removed = setdiff.Of(before, after)
 	return ch
+}
+
+// settle gives the kernel a lifetime that is new or shorter at once, and
+// marks one that grew for the next renewal.
+func (c *Cache) settle(e *entry) {
+	for i := range e.addrs {
+		st := &e.addrs[i]
+		switch u := c.until(e, *st); {
+		case st.kernel.IsZero() || u.Before(st.kernel) || c.policy.renewEvery() <= 0:
+			st.kernel = u
+		case u.After(st.kernel):
+			c.pending = true
+		}
+	}
+}
+
+// Renew gives the kernel every extended lifetime, if any is waiting and the
+// renewal period has passed since the last renewal; it reports whether it
+// did (the caller applies the new lifetimes then).
+func (c *Cache) Renew() bool {
+	now := c.now()
+	if !c.pending || now.Before(c.renewAt) {
+		return false
+	}
+	for _, e := range c.keys {
+		for i := range e.addrs {
+			e.addrs[i].kernel = c.until(e, e.addrs[i])
+		}
+	}
+	c.pending = false
+	c.renewAt = now.Add(c.policy.renewEvery())
+	return true
 }
 
 // capEntry bounds the addresses a key accumulates (round-robin answers add up
@@ -340,7 +392,9 @@ func (c *Cache) until(e *entry, st addrState) time.Time {
 }
 
 // Lifetimes returns the addresses a name allows now (A and AAAA), sorted,
-// each with its lifetime.
+// each with the lifetime its kernel element carries: its Lifetime, or, for
+// one extended since the last renewal, the earlier end it had (Renew). The
+// kernel never keeps an address longer than the daemon would.
 func (c *Cache) Lifetimes(name string) []Lifetime {
 	now := c.now()
 	var out []Lifetime
@@ -351,7 +405,11 @@ func (c *Cache) Lifetimes(name string) []Lifetime {
 		}
 		for _, st := range e.addrs {
 			if c.isValid(e, st, now) {
-				out = append(out, Lifetime{st.addr, c.until(e, st)})
+				u := st.kernel
+				if u.IsZero() {
+					u = c.until(e, st)
+				}
+				out = append(out, Lifetime{st.addr, u})
 			}
 		}
 	}
@@ -394,13 +452,20 @@ func (c *Cache) Expire() map[Key][]netip.Addr {
 	return out
 }
 
-// NextEvent is the earliest time at which a refresh is due or an address
-// expires; zero when the cache is empty.
+// NextEvent is the earliest time at which a refresh is due, an address
+// expires or a renewal (Renew) may run; zero when the cache is empty.
 func (c *Cache) NextEvent() time.Time {
 	var t time.Time
 	earlier := func(x time.Time) {
 		if !x.IsZero() && (t.IsZero() || x.Before(t)) {
 			t = x
+		}
+	}
+	if c.pending {
+		if c.renewAt.IsZero() {
+			earlier(c.now())
+		} else {
+			earlier(c.renewAt)
 		}
 	}
 	for _, e := range c.keys {

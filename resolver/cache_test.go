@@ -78,6 +78,10 @@ func TestCacheLifetimes(t *testing.T) {
 	if !same(c.Addrs("x.test"), "192.0.2.1", "192.0.2.2", "192.0.2.3") {
 		t.Fatalf("addrs = %v", c.Addrs("x.test"))
 	}
+	// 192.0.2.1's lifetime grew: the kernel gets it at the next renewal.
+	if !c.Renew() {
+		t.Fatal("no renewal of an extended lifetime")
+	}
 	// Last seen at t=0, TTL 30s, linger 60s: gone at t=90s. Now t=30s.
 	if next := c.NextEvent(); !next.Equal(clk.t.Add(30 * time.Second)) {
 		t.Fatalf("NextEvent = %v, want the next refresh at +30s", next.Sub(clk.t))
@@ -293,8 +297,35 @@ func TestCacheLifetimesUntil(t *testing.T) {
 	want("answered", map[string]time.Time{"192.0.2.1": t0.Add(90 * time.Second), "192.0.2.2": t0.Add(90 * time.Second)})
 	clk.advance(30 * time.Second)
 	c.Observe(kA, ok(30*time.Second, "192.0.2.1"), nil) // .2 left the answers
+	// Extensions are batched: the kernel keeps the earlier end until the
+	// next renewal, one per renewal period (min(10s, linger/2)) at most.
+	want("refreshed, not renewed yet", map[string]time.Time{"192.0.2.1": t0.Add(90 * time.Second), "192.0.2.2": t0.Add(90 * time.Second)})
+	if next := c.NextEvent(); !next.Equal(clk.t) {
+		t.Fatalf("NextEvent %v, want the renewal now", next.Sub(clk.t))
+	}
+	if !c.Renew() {
+		t.Fatal("no renewal")
+	}
 	want("refreshed", map[string]time.Time{"192.0.2.1": t0.Add(120 * time.Second), "192.0.2.2": t0.Add(90 * time.Second)})
-	clk.advance(30 * time.Second)
+	clk.advance(5 * time.Second)
+	c.Observe(kA, ok(30*time.Second, "192.0.2.1"), nil)
+	if c.Renew() {
+		t.Fatal("a second renewal within the renewal period")
+	}
+	if next := c.NextEvent(); !next.Equal(clk.t.Add(5 * time.Second)) {
+		t.Fatalf("NextEvent %v, want the renewal at the end of its period (+5s)", next.Sub(clk.t))
+	}
+	clk.advance(5 * time.Second)
+	if !c.Renew() {
+		t.Fatal("no renewal after the period")
+	}
+	want("refreshed again", map[string]time.Time{"192.0.2.1": t0.Add(125 * time.Second), "192.0.2.2": t0.Add(90 * time.Second)})
+	clk.advance(25 * time.Second)
 	c.Observe(kA, Result{}, errors.New("SERVFAIL"))
-	want("failing", map[string]time.Time{"192.0.2.1": t0.Add(30*time.Second + time.Hour), "192.0.2.2": t0.Add(90 * time.Second)})
+	c.Renew()
+	want("failing", map[string]time.Time{"192.0.2.1": t0.Add(35*time.Second + time.Hour), "192.0.2.2": t0.Add(90 * time.Second)})
+	// A shorter lifetime (a negative answer) reaches the kernel at once.
+	clk.advance(time.Second)
+	c.Observe(kA, Result{Negative: true, TTL: 10 * time.Second}, nil)
+	want("negative", map[string]time.Time{"192.0.2.1": clk.t.Add(10 * time.Second), "192.0.2.2": clk.t.Add(10 * time.Second)})
 }

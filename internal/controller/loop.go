@@ -15,6 +15,7 @@ import (
 // holds it, the name index and the state file follow.
 func (c *Controller) sync() error {
 	c.dns.expire()
+	c.dns.cache.Renew() // extended lifetimes reach the kernel in batches
 	c.syncProxy()
 	d := policy.BuildDesiredTimed(c.cfg, c.users, c.dns.cache.Lifetimes, c.dns.hosts.Has)
 	d.Cgroups = c.units.current(c.cfg)
