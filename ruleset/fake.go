@@ -113,6 +113,9 @@ func copyPlan(p Plan) Plan {
 	for k, v := range p.Sets {
 		out.Sets[k] = v
 	}
+	for k, v := range p.Until {
+		out.setUntil(k, v)
+	}
 	return out
 }
 
@@ -234,6 +237,12 @@ func (f *Fake) ApplyDelta(p Plan, d Delta) error {
 		}
 		sortElements(out)
 		next.Sets[name] = out
+		// The lifetimes the kernel now holds: the plan's, where the set is
+		// the plan's (renewals change no element).
+		delete(next.Until, name)
+		if u := p.Until[name]; u != nil && len(p.Sets[name]) == len(out) {
+			next.setUntil(name, u)
+		}
 	}
 	f.Plan = next
 	f.Deltas = append(f.Deltas, d)
