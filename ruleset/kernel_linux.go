@@ -876,6 +876,10 @@ func guard(es []keyed) []keyed {
 	return out
 }
 
+// hadLifetime marks, among elements to delete, one that had a lifetime (its
+// value does not matter: guard gives it a millisecond).
+var hadLifetime = time.Unix(1, 0)
+
 // untimed strips the lifetimes of elements to delete (a deletion carries
 // no timeout).
 func untimed(es []keyed) []keyed {
@@ -916,11 +920,11 @@ func (k *Netlink) ApplyDelta(p Plan, d Delta) error {
 		addUntil[name] = sd.AddUntil
 		if sd.DelEnding != nil {
 			// placeElements carries lifetimes; a deletion needs only
-			// whether there was one (guard).
+			// whether there was one (guard): hadLifetime.
 			delEnding[name] = make([]time.Time, len(sd.Del))
 			for i, e := range sd.DelEnding {
 				if e {
-					delEnding[name][i] = time.Unix(1, 0)
+					delEnding[name][i] = hadLifetime
 				}
 			}
 		}
@@ -938,7 +942,7 @@ func (k *Netlink) ApplyDelta(p Plan, d Delta) error {
 					e = make([]time.Time, len(sd.Del))
 				}
 				for range sd.Renew {
-					e = append(e, time.Unix(1, 0))
+					e = append(e, hadLifetime)
 				}
 				delEnding[name] = e
 			}
