@@ -235,6 +235,9 @@ func NormalizeTimed(elems []Element, until []time.Time) ([]Element, []time.Time)
 	if len(elems) == 0 {
 		return nil, nil
 	}
+	if allExact(elems) {
+		return normalizeExact(elems, until)
+	}
 	byProto := map[config.Proto]map[portRange][]addrRange{}
 	for i, e := range elems {
 		m := byProto[e.Proto]
@@ -269,6 +272,58 @@ func NormalizeTimed(elems []Element, until []time.Time) ([]Element, []time.Time)
 			}
 			us[i] = te.until
 		}
+	}
+	return es, us
+}
+
+func allExact(es []Element) bool {
+	for _, e := range es {
+		if !isExact(e) {
+			return false
+		}
+	}
+	return true
+}
+
+// normalizeExact is NormalizeTimed for exact elements (one address, one
+// port: DNS answers on single-port entries, the common case): they overlap
+// only when equal, so sorting and merging equal ones is all there is to do.
+func normalizeExact(elems []Element, until []time.Time) ([]Element, []time.Time) {
+	idx := make([]int, len(elems))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.Slice(idx, func(i, j int) bool { return lessElement(elems[idx[i]], elems[idx[j]]) })
+	es := make([]Element, 0, len(elems))
+	var us []time.Time
+	if until != nil {
+		us = make([]time.Time, 0, len(elems))
+	}
+	timed := false
+	for _, i := range idx {
+		var u time.Time
+		if until != nil {
+			u = until[i]
+		}
+		if n := len(es); n > 0 && es[n-1] == elems[i] {
+			if us != nil {
+				us[n-1] = laterEnd(us[n-1], u)
+			}
+			continue
+		}
+		es = append(es, elems[i])
+		if us != nil {
+			us = append(us, u)
+		}
+	}
+	for _, u := range us {
+		if !u.IsZero() {
+			timed = true
+			break
+		}
+	}
+	if !timed {
+		us = nil
 	}
 	return es, us
 }
