@@ -395,9 +395,13 @@ func (c *Cache) until(e *entry, st addrState) time.Time {
 // each with the lifetime its kernel element carries: its Lifetime, or, for
 // one extended since the last renewal, the earlier end it had (Renew). The
 // kernel never keeps an address longer than the daemon would.
-func (c *Cache) Lifetimes(name string) []Lifetime {
+func (c *Cache) Lifetimes(name string) []Lifetime { return c.AppendLifetimes(nil, name) }
+
+// AppendLifetimes is Lifetimes appending to dst (the daemon reuses one
+// buffer for its 10,000 names at every reconcile).
+func (c *Cache) AppendLifetimes(dst []Lifetime, name string) []Lifetime {
 	now := c.now()
-	var out []Lifetime
+	start := len(dst)
 	for _, k := range KeysFor(name) {
 		e := c.keys[k]
 		if e == nil {
@@ -409,12 +413,13 @@ func (c *Cache) Lifetimes(name string) []Lifetime {
 				if u.IsZero() {
 					u = c.until(e, st)
 				}
-				out = append(out, Lifetime{st.addr, u})
+				dst = append(dst, Lifetime{st.addr, u})
 			}
 		}
 	}
+	out := dst[start:]
 	sort.Slice(out, func(i, j int) bool { return out[i].Addr.Less(out[j].Addr) })
-	return out
+	return dst
 }
 
 // Lingering returns the addresses of a name that left its answers but are

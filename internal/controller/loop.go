@@ -17,7 +17,7 @@ func (c *Controller) sync() error {
 	c.dns.expire()
 	c.dns.cache.Renew() // extended lifetimes reach the kernel in batches
 	c.syncProxy()
-	d := policy.BuildDesiredTimed(c.cfg, c.users, c.dns.cache.Lifetimes, c.dns.hosts.Has)
+	d := policy.BuildDesiredTimed(c.cfg, c.users, c.dns.cache.AppendLifetimes, c.dns.hosts.Has)
 	d.Cgroups = c.units.current(c.cfg)
 	changed, err := c.apply.sync(d)
 	if err != nil {

@@ -140,22 +140,22 @@ func BuildDesired(c *config.Config, users Users, addrs func(name string) []netip
 // of a name's addresses the hosts file gives: those are taken as written,
 // like literal entries, even in internal ranges.
 func BuildDesiredHosts(c *config.Config, users Users, addrs func(name string) []netip.Addr, fromHosts func(name string, a netip.Addr) bool) ruleset.Desired {
-	return BuildDesiredTimed(c, users, func(name string) []resolver.Lifetime {
-		as := addrs(name)
-		out := make([]resolver.Lifetime, len(as))
-		for i, a := range as {
-			out[i].Addr = a
+	return BuildDesiredTimed(c, users, func(dst []resolver.Lifetime, name string) []resolver.Lifetime {
+		for _, a := range addrs(name) {
+			dst = append(dst, resolver.Lifetime{Addr: a})
 		}
-		return out
+		return dst
 	}, fromHosts)
 }
 
 // BuildDesiredTimed is BuildDesiredHosts where each address of a name comes
-// with its lifetime (resolver.Cache.Lifetimes): the element it allows
-// carries it (Allowlist.Until), so that the kernel closes it on time by
-// itself. Literal entries never expire.
-func BuildDesiredTimed(c *config.Config, users Users, lifetimes func(name string) []resolver.Lifetime, fromHosts func(name string, a netip.Addr) bool) ruleset.Desired {
+// with its lifetime (appendLifetimes appends them to its first argument:
+// resolver.Cache.AppendLifetimes): the element it allows carries it
+// (Allowlist.Until), so that the kernel closes it on time by itself. Literal
+// entries never expire.
+func BuildDesiredTimed(c *config.Config, users Users, appendLifetimes func(dst []resolver.Lifetime, name string) []resolver.Lifetime, fromHosts func(name string, a netip.Addr) bool) ruleset.Desired {
 	d := ruleset.Desired{Resolvers: c.Resolvers, DenyLog: c.DenyLog, ProxyPort: c.DNSProxyPort}
+	var buf []resolver.Lifetime // one buffer for every name's lookup
 	for _, a := range c.Allowlists {
 		uid, ok := users.UIDs[a.Name]
 		if a.IsUnit() {
@@ -176,7 +176,8 @@ func BuildDesiredTimed(c *config.Config, users Users, lifetimes func(name string
 				}
 				continue
 			}
-			for _, l := range lifetimes(e.Host) {
+			buf = appendLifetimes(buf[:0], e.Host)
+			for _, l := range buf {
 				ip := l.Addr
 				// The cache accepted private answers if any allowlist using
 				// the name opted in; this one may not have.
