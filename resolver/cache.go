@@ -56,6 +56,10 @@ type addrState struct {
 	addr    netip.Addr
 	expiry  time.Time // last seen + TTL + linger
 	current bool      // in the last successful answer
+	// kernel is the lifetime the kernel's element carries (Lifetimes): the
+	// lifetime (until) when it is shorter or new, else it follows an
+	// extension at the next renewal (Renew), at most renewEvery later.
+	kernel time.Time
 }
 
 func (e *entry) find(a netip.Addr) int {
@@ -85,7 +89,22 @@ type Cache struct {
 	policy Policy
 	now    func() time.Time
 	keys   map[Key]*entry
+	// Lifetime extensions waiting for the next renewal (Renew), and when
+	// it may run.
+	pending bool
+	renewAt time.Time
 }
+
+// maxRenewLag bounds how long an extended lifetime waits before the kernel
+// gets it (Renew): renewals are batched, one per this period at most, so a
+// steady state of 10,000 names costs a transaction every few seconds, not
+// one per refresh.
+const maxRenewLag = 10 * time.Second
+
+// renewEvery is the renewal period: maxRenewLag, or half of linger when
+// that is shorter, so that an element is renewed before the kernel ends it
+// (a refresh comes TTL after the last; the element lives TTL + linger).
+func (p Policy) renewEvery() time.Duration { return min(maxRenewLag, p.Linger/2) }
 
 // NewCache returns an empty cache; now defaults to time.Now.
 func NewCache(p Policy, now func() time.Time) *Cache {
@@ -230,9 +249,42 @@ func (c *Cache) Observe(k Key, res Result, err error) Change {
 		c.capEntry(e)
 	}
 	c.gc(e, now)
+	c.settle(e)
 	after := c.valid(e, now)
 	ch.Added, ch.Removed = setdiff.Of(before, after)
 	return ch
+}
+
+// settle gives the kernel a lifetime that is new or shorter at once, and
+// marks one that grew for the next renewal.
+func (c *Cache) settle(e *entry) {
+	for i := range e.addrs {
+		st := &e.addrs[i]
+		switch u := c.until(e, *st); {
+		case st.kernel.IsZero() || u.Before(st.kernel) || c.policy.renewEvery() <= 0:
+			st.kernel = u
+		case u.After(st.kernel):
+			c.pending = true
+		}
+	}
+}
+
+// Renew gives the kernel every extended lifetime, if any is waiting and the
+// renewal period has passed since the last renewal; it reports whether it
+// did (the caller applies the new lifetimes then).
+func (c *Cache) Renew() bool {
+	now := c.now()
+	if !c.pending || now.Before(c.renewAt) {
+		return false
+	}
+	for _, e := range c.keys {
+		for i := range e.addrs {
+			e.addrs[i].kernel = c.until(e, e.addrs[i])
+		}
+	}
+	c.pending = false
+	c.renewAt = now.Add(c.policy.renewEvery())
+	return true
 }
 
 // capEntry bounds the addresses a key accumulates (round-robin answers add up
@@ -320,6 +372,56 @@ func (c *Cache) Addrs(name string) []netip.Addr {
 	return out
 }
 
+// Lifetime is one allowed address and the time until which the daemon
+// would keep it if it learnt nothing new: last seen + TTL + linger, or, for
+// an address of the last answer while DNS fails, last answer + stale_grace
+// when that is later. The kernel's element carries it as its timeout, so an
+// address closes on time even while egressd is stopped.
+type Lifetime struct {
+	Addr  netip.Addr
+	Until time.Time
+}
+
+// until is the time until which the daemon would keep st (see Lifetime).
+func (c *Cache) until(e *entry, st addrState) time.Time {
+	u := st.expiry
+	if s := c.staleUntil(e); st.current && s.After(u) {
+		u = s
+	}
+	return u
+}
+
+// Lifetimes returns the addresses a name allows now (A and AAAA), sorted,
+// each with the lifetime its kernel element carries: its Lifetime, or, for
+// one extended since the last renewal, the earlier end it had (Renew). The
+// kernel never keeps an address longer than the daemon would.
+func (c *Cache) Lifetimes(name string) []Lifetime { return c.AppendLifetimes(nil, name) }
+
+// AppendLifetimes is Lifetimes appending to dst (the daemon reuses one
+// buffer for its 10,000 names at every reconcile).
+func (c *Cache) AppendLifetimes(dst []Lifetime, name string) []Lifetime {
+	now := c.now()
+	start := len(dst)
+	for _, k := range KeysFor(name) {
+		e := c.keys[k]
+		if e == nil {
+			continue
+		}
+		for _, st := range e.addrs {
+			if c.isValid(e, st, now) {
+				u := st.kernel
+				if u.IsZero() {
+					u = c.until(e, st)
+				}
+				dst = append(dst, Lifetime{st.addr, u})
+			}
+		}
+	}
+	out := dst[start:]
+	sort.Slice(out, func(i, j int) bool { return out[i].Addr.Less(out[j].Addr) })
+	return dst
+}
+
 // Lingering returns the addresses of a name that left its answers but are
 // still allowed (TTL + linger not run out), each with the time it expires.
 func (c *Cache) Lingering(name string) map[netip.Addr]time.Time {
@@ -355,13 +457,20 @@ func (c *Cache) Expire() map[Key][]netip.Addr {
 	return out
 }
 
-// NextEvent is the earliest time at which a refresh is due or an address
-// expires; zero when the cache is empty.
+// NextEvent is the earliest time at which a refresh is due, an address
+// expires or a renewal (Renew) may run; zero when the cache is empty.
 func (c *Cache) NextEvent() time.Time {
 	var t time.Time
 	earlier := func(x time.Time) {
 		if !x.IsZero() && (t.IsZero() || x.Before(t)) {
 			t = x
+		}
+	}
+	if c.pending {
+		if c.renewAt.IsZero() {
+			earlier(c.now())
+		} else {
+			earlier(c.renewAt)
 		}
 	}
 	for _, e := range c.keys {

@@ -78,6 +78,10 @@ func TestCacheLifetimes(t *testing.T) {
 	if !same(c.Addrs("x.test"), "192.0.2.1", "192.0.2.2", "192.0.2.3") {
 		t.Fatalf("addrs = %v", c.Addrs("x.test"))
 	}
+	// 192.0.2.1's lifetime grew: the kernel gets it at the next renewal.
+	if !c.Renew() {
+		t.Fatal("no renewal of an extended lifetime")
+	}
 	// Last seen at t=0, TTL 30s, linger 60s: gone at t=90s. Now t=30s.
 	if next := c.NextEvent(); !next.Equal(clk.t.Add(30 * time.Second)) {
 		t.Fatalf("NextEvent = %v, want the next refresh at +30s", next.Sub(clk.t))
@@ -265,4 +269,63 @@ func TestCacheLingering(t *testing.T) {
 	if l := c.Lingering("a.example"); len(l) != 0 {
 		t.Fatalf("expired address still lingering: %v", l)
 	}
+}
+
+// Lifetimes gives each allowed address the end the kernel's element
+// carries: last seen + TTL + linger; for the last answer while DNS fails,
+// last answer + stale_grace; an address that left the answers is not
+// extended by a failure.
+func TestCacheLifetimesUntil(t *testing.T) {
+	c, clk := newTestCache("x.test")
+	t0 := clk.t
+	c.Observe(kA, ok(30*time.Second, "192.0.2.1", "192.0.2.2"), nil)
+	want := func(what string, exp map[string]time.Time) {
+		t.Helper()
+		got := map[string]time.Time{}
+		for _, l := range c.Lifetimes("x.test") {
+			got[l.Addr.String()] = l.Until
+		}
+		if len(got) != len(exp) {
+			t.Fatalf("%s: %v, want %v", what, got, exp)
+		}
+		for a, u := range exp {
+			if !got[a].Equal(u) {
+				t.Fatalf("%s: %s until %v, want %v", what, a, got[a], u)
+			}
+		}
+	}
+	want("answered", map[string]time.Time{"192.0.2.1": t0.Add(90 * time.Second), "192.0.2.2": t0.Add(90 * time.Second)})
+	clk.advance(30 * time.Second)
+	c.Observe(kA, ok(30*time.Second, "192.0.2.1"), nil) // .2 left the answers
+	// Extensions are batched: the kernel keeps the earlier end until the
+	// next renewal, one per renewal period (min(10s, linger/2)) at most.
+	want("refreshed, not renewed yet", map[string]time.Time{"192.0.2.1": t0.Add(90 * time.Second), "192.0.2.2": t0.Add(90 * time.Second)})
+	if next := c.NextEvent(); !next.Equal(clk.t) {
+		t.Fatalf("NextEvent %v, want the renewal now", next.Sub(clk.t))
+	}
+	if !c.Renew() {
+		t.Fatal("no renewal")
+	}
+	want("refreshed", map[string]time.Time{"192.0.2.1": t0.Add(120 * time.Second), "192.0.2.2": t0.Add(90 * time.Second)})
+	clk.advance(5 * time.Second)
+	c.Observe(kA, ok(30*time.Second, "192.0.2.1"), nil)
+	if c.Renew() {
+		t.Fatal("a second renewal within the renewal period")
+	}
+	if next := c.NextEvent(); !next.Equal(clk.t.Add(5 * time.Second)) {
+		t.Fatalf("NextEvent %v, want the renewal at the end of its period (+5s)", next.Sub(clk.t))
+	}
+	clk.advance(5 * time.Second)
+	if !c.Renew() {
+		t.Fatal("no renewal after the period")
+	}
+	want("refreshed again", map[string]time.Time{"192.0.2.1": t0.Add(125 * time.Second), "192.0.2.2": t0.Add(90 * time.Second)})
+	clk.advance(25 * time.Second)
+	c.Observe(kA, Result{}, errors.New("SERVFAIL"))
+	c.Renew()
+	want("failing", map[string]time.Time{"192.0.2.1": t0.Add(35*time.Second + time.Hour), "192.0.2.2": t0.Add(90 * time.Second)})
+	// A shorter lifetime (a negative answer) reaches the kernel at once.
+	clk.advance(time.Second)
+	c.Observe(kA, Result{Negative: true, TTL: 10 * time.Second}, nil)
+	want("negative", map[string]time.Time{"192.0.2.1": clk.t.Add(10 * time.Second), "192.0.2.2": clk.t.Add(10 * time.Second)})
 }

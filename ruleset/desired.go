@@ -7,6 +7,7 @@ package ruleset
 import (
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/egressd/egressd/config"
 )
@@ -70,6 +71,12 @@ type Allowlist struct {
 	Proxy    bool   // dns: proxy: its DNS queries are redirected to egressd's proxy
 	Audit    bool   // mode: audit: would-be denies are logged, then accepted
 	Elements []Element
+	// Until, when not nil, is aligned with Elements: when each element's
+	// lifetime ends (an address from DNS or the hosts file: TTL + linger,
+	// or stale_grace while DNS fails). The kernel element carries it as its
+	// timeout and closes by itself, whether or not egressd runs. Zero: never
+	// (a literal entry).
+	Until []time.Time
 }
 
 // Desired is everything the kernel should hold.

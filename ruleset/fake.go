@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Fake is an in-memory kernel for callers' unit tests: it holds a table the
@@ -113,6 +114,9 @@ func copyPlan(p Plan) Plan {
 	for k, v := range p.Sets {
 		out.Sets[k] = v
 	}
+	for k, v := range p.Until {
+		out.setUntil(k, v)
+	}
 	return out
 }
 
@@ -122,7 +126,7 @@ func (f *Fake) ApplyFull(p Plan) error {
 	if err := f.call(FakeApplyFull, true); err != nil {
 		return err
 	}
-	if _, err := placeElements(p.Sets, uids(p)); err != nil {
+	if _, err := placeElements(p.Sets, nil, uids(p)); err != nil {
 		return fmt.Errorf("build full ruleset: %w", err)
 	}
 	f.mu.Lock()
@@ -213,7 +217,7 @@ func (f *Fake) Restore(p Plan) error {
 	if f.exists() {
 		return errors.New("fake kernel: table inet " + TableName + " exists (EEXIST)")
 	}
-	if _, err := placeElements(p.Sets, uids(p)); err != nil {
+	if _, err := placeElements(p.Sets, nil, uids(p)); err != nil {
 		return fmt.Errorf("build ruleset: %w", err)
 	}
 	f.mu.Lock()
@@ -240,7 +244,7 @@ func (f *Fake) ApplyDelta(p Plan, d Delta) error {
 	next := copyPlan(f.Plan)
 	for _, name := range sortedKeys(d) {
 		sd := d[name]
-		if _, err := placeElements(map[string][]Element{name: append(append([]Element(nil), sd.Add...), sd.Del...)}, uids(p)); err != nil {
+		if _, err := placeElements(map[string][]Element{name: append(append([]Element(nil), sd.Add...), sd.Del...)}, nil, uids(p)); err != nil {
 			return fmt.Errorf("build delta: %w", err)
 		}
 		have := map[Element]bool{}
@@ -262,6 +266,12 @@ func (f *Fake) ApplyDelta(p Plan, d Delta) error {
 		}
 		sortElements(out)
 		next.Sets[name] = out
+		// The lifetimes the kernel now holds: the plan's, where the set is
+		// the plan's (renewals change no element).
+		delete(next.Until, name)
+		if u := p.Until[name]; u != nil && len(p.Sets[name]) == len(out) {
+			next.setUntil(name, u)
+		}
 	}
 	f.Plan = next
 	f.Deltas = append(f.Deltas, d)
@@ -291,7 +301,7 @@ func (f *Fake) Verify(p Plan) ([]Finding, error) {
 			fs = append(fs, Finding{Kind: "rules_differ", Object: ch, Detail: "the rules are not the plan's"})
 		}
 	}
-	fs = append(fs, elementFindings(p, f.sets())...)
+	fs = append(fs, elementFindings(p, f.sets(), time.Now())...)
 	fs = append(fs, usersFindings(p, f.users())...)
 	for _, name := range []string{kOwners, kDNSUsers, kAudit} {
 		fs = append(fs, uidSetFindings(name, p, f.uidSet(name))...)

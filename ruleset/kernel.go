@@ -1,5 +1,7 @@
 package ruleset
 
+import "time"
+
 // Kernel is the narrow interface between the controller and nftables.
 // Every call that changes state is one netlink transaction: the kernel holds
 // the old state or the new one, never a mix.
@@ -35,4 +37,11 @@ func (f Finding) String() string { return f.Kind + " " + f.Object + ": " + f.Det
 // compare it with a plan (drift detection).
 type Verifier interface {
 	Verify(p Plan) ([]Finding, error)
+}
+
+// LifetimeReader is implemented by kernels whose elements from DNS carry
+// timeouts: for each logical set, the time each such element has left
+// (literal entries, which never end, are not listed).
+type LifetimeReader interface {
+	ReadLifetimes() (map[string]map[Element]time.Duration, error)
 }

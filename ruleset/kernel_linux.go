@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"syscall"
+	"time"
 
 	"github.com/egressd/egressd/config"
 	"github.com/google/nftables"
@@ -147,7 +148,7 @@ func (s kernelSet) nft() *nftables.Set {
 	}
 	parts = append(parts, nftables.TypeInetProto, addr, nftables.TypeInetService)
 	return &nftables.Set{Table: table, Name: s.name(), KeyType: nftables.MustConcatSetType(parts...),
-		Interval: s.Range, Concatenation: true, HasTimeout: s.Proxy}
+		Interval: s.Range, Concatenation: true, HasTimeout: s.Timed()}
 }
 
 func uidSet(name string) *nftables.Set {
@@ -249,7 +250,7 @@ func (k *Netlink) unknownOutcome(p Plan, err error) error {
 // elements to keep across a rebuild (those of uids with dns: proxy in p).
 func build(c *nftables.Conn, p Plan, carry []ProxyElement) error {
 	uidOf := uids(p)
-	placed, err := placeElements(p.Sets, uidOf)
+	placed, err := placeElements(p.Sets, p.Until, uidOf)
 	if err != nil {
 		return err
 	}
@@ -882,8 +883,9 @@ func decode(ks kernelSet, key, keyEnd []byte) (uint32, Element, error) {
 
 func toSetElements(ks kernelSet, es []keyed) []nftables.SetElement {
 	out := make([]nftables.SetElement, len(es))
+	now := time.Now()
 	for i, k := range es {
-		out[i] = nftables.SetElement{Key: encode(ks, k.uid, k.e, false)}
+		out[i] = nftables.SetElement{Key: encode(ks, k.uid, k.e, false), Timeout: kernelTimeout(k.until, now)}
 		if ks.Range {
 			out[i].KeyEnd = encode(ks, k.uid, k.e, true)
 		}
@@ -900,28 +902,111 @@ func addElements(c *nftables.Conn, s *nftables.Set, ks kernelSet, es []keyed) er
 	return nil
 }
 
+// kernelTimeout is the timeout of an element that ends at until (zero:
+// none): a whole number of milliseconds, at least one (0 would mean no
+// timeout, forever).
+func kernelTimeout(until, now time.Time) time.Duration {
+	if until.IsZero() {
+		return 0
+	}
+	return max(until.Sub(now).Round(time.Millisecond), time.Millisecond)
+}
+
+// guard adds the elements to delete that had a lifetime with a timeout of
+// one millisecond first (a no-op where they are there), so that deleting
+// one whose timeout the kernel already ran out does not fail the whole
+// transaction with ENOENT. Other deletions must find their element: a
+// missing one is drift, and fails the delta.
+func guard(es []keyed) []keyed {
+	var out []keyed
+	for _, k := range es {
+		if !k.until.IsZero() {
+			out = append(out, keyed{uid: k.uid, e: k.e, until: time.Now().Add(time.Millisecond)})
+		}
+	}
+	return out
+}
+
+// hadLifetime marks, among elements to delete, one that had a lifetime (its
+// value does not matter: guard gives it a millisecond).
+var hadLifetime = time.Unix(1, 0)
+
+// untimed strips the lifetimes of elements to delete (a deletion carries
+// no timeout).
+func untimed(es []keyed) []keyed {
+	out := make([]keyed, len(es))
+	for i, k := range es {
+		out[i] = keyed{uid: k.uid, e: k.e}
+	}
+	return out
+}
+
 // ApplyDelta implements Kernel: deletions first, so that an element replaced
-// by an overlapping one never collides, then additions; one transaction.
-// p is the plan the delta leads to (it maps allowlists to uids).
+// by an overlapping one never collides, then additions and renewals; one
+// transaction. p is the plan the delta leads to (it maps allowlists to uids).
+// A renewal is an addition where adding renews a timeout (Linux 6.10 and
+// later, probed once); elsewhere it is a deletion and an addition.
 func (k *Netlink) ApplyDelta(p Plan, d Delta) error {
 	if len(d) == 0 {
 		return nil
 	}
 	uidOf := uids(p)
-	adds, dels := map[string][]Element{}, map[string][]Element{}
-	for name, sd := range d {
-		adds[name], dels[name] = sd.Add, sd.Del
-	}
-	add, err := placeElements(adds, uidOf)
-	if err != nil {
-		return fmt.Errorf("build delta: %w", err)
-	}
-	del, err := placeElements(dels, uidOf)
-	if err != nil {
-		return fmt.Errorf("build delta: %w", err)
-	}
 	k.own.mu.Lock()
 	defer k.own.mu.Unlock()
+	renews := true
+	for _, sd := range d {
+		if len(sd.Renew) > 0 {
+			ok, err := k.addRenewsLocked()
+			if err != nil {
+				return err
+			}
+			renews = ok
+			break
+		}
+	}
+	adds, dels := map[string][]Element{}, map[string][]Element{}
+	addUntil, delEnding := map[string][]time.Time{}, map[string][]time.Time{}
+	for name, sd := range d {
+		adds[name], dels[name] = sd.Add, sd.Del
+		addUntil[name] = sd.AddUntil
+		if sd.DelEnding != nil {
+			// placeElements carries lifetimes; a deletion needs only
+			// whether there was one (guard): hadLifetime.
+			delEnding[name] = make([]time.Time, len(sd.Del))
+			for i, e := range sd.DelEnding {
+				if e {
+					delEnding[name][i] = hadLifetime
+				}
+			}
+		}
+		if len(sd.Renew) > 0 {
+			adds[name] = append(append([]Element(nil), sd.Add...), sd.Renew...)
+			u := sd.AddUntil
+			if u == nil {
+				u = make([]time.Time, len(sd.Add))
+			}
+			addUntil[name] = append(append([]time.Time(nil), u...), sd.RenewUntil...)
+			if !renews {
+				dels[name] = append(append([]Element(nil), sd.Del...), sd.Renew...)
+				e := delEnding[name]
+				if e == nil {
+					e = make([]time.Time, len(sd.Del))
+				}
+				for range sd.Renew {
+					e = append(e, hadLifetime)
+				}
+				delEnding[name] = e
+			}
+		}
+	}
+	add, err := placeElements(adds, addUntil, uidOf)
+	if err != nil {
+		return fmt.Errorf("build delta: %w", err)
+	}
+	del, err := placeElements(dels, delEnding, uidOf)
+	if err != nil {
+		return fmt.Errorf("build delta: %w", err)
+	}
 	c, _, err := k.writer()
 	if err != nil {
 		return fmt.Errorf("open netlink: %w", err)
@@ -929,7 +1014,14 @@ func (k *Netlink) ApplyDelta(p Plan, d Delta) error {
 	for _, ks := range everyKernelSet() {
 		es := del[ks]
 		for i := 0; i < len(es); i += chunk {
-			if err := c.SetDeleteElements(ks.nft(), toSetElements(ks, es[i:min(i+chunk, len(es))])); err != nil {
+			part := es[i:min(i+chunk, len(es))]
+			if g := guard(part); len(g) > 0 {
+				if err := c.SetAddElements(ks.nft(), toSetElements(ks, g)); err != nil {
+					k.dropIf(c)
+					return fmt.Errorf("build delta: delete from %s: %w", ks.name(), err)
+				}
+			}
+			if err := c.SetDeleteElements(ks.nft(), toSetElements(ks, untimed(part))); err != nil {
 				k.dropIf(c)
 				return fmt.Errorf("build delta: delete from %s: %w", ks.name(), err)
 			}
@@ -1000,12 +1092,26 @@ func (k *Netlink) existing() (*nftables.Conn, *nftables.Table, error) {
 // under "uid:N", so that a comparison with a plan reports them. A missing
 // table gives ErrNoTable.
 func (k *Netlink) ReadSets() (map[string][]Element, error) {
+	out, _, err := k.readSets()
+	return out, err
+}
+
+// ReadLifetimes implements LifetimeReader.
+func (k *Netlink) ReadLifetimes() (map[string]map[Element]time.Duration, error) {
+	_, left, err := k.readSets()
+	return left, err
+}
+
+// readSets reads every plan element the kernel holds, by logical set, and
+// the time left of those that carry a timeout.
+func (k *Netlink) readSets() (map[string][]Element, map[string]map[Element]time.Duration, error) {
 	c, t, users, err := k.existingUsers()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	units := readUnitNames(c, t)
 	out := map[string][]Element{}
+	left := map[string]map[Element]time.Duration{}
 	for _, ks := range everyKernelSet() {
 		s, err := c.GetSetByName(t, ks.name())
 		if err != nil {
@@ -1013,7 +1119,7 @@ func (k *Netlink) ReadSets() (map[string][]Element, error) {
 		}
 		raw, err := c.GetSetElements(s)
 		if err != nil {
-			return nil, fmt.Errorf("list elements of %s: %w", s.Name, err)
+			return nil, nil, fmt.Errorf("list elements of %s: %w", s.Name, err)
 		}
 		for _, r := range raw {
 			if r.IntervalEnd {
@@ -1025,7 +1131,7 @@ func (k *Netlink) ReadSets() (map[string][]Element, error) {
 			}
 			uid, e, err := decode(ks, r.Key, end)
 			if err != nil {
-				return nil, fmt.Errorf("set %s: %w", s.Name, err)
+				return nil, nil, fmt.Errorf("set %s: %w", s.Name, err)
 			}
 			var name string
 			switch {
@@ -1041,12 +1147,18 @@ func (k *Netlink) ReadSets() (map[string][]Element, error) {
 				name = fmt.Sprintf("uid:%d", uid)
 			}
 			out[name] = append(out[name], e)
+			if r.Timeout > 0 {
+				if left[name] == nil {
+					left[name] = map[Element]time.Duration{}
+				}
+				left[name][e] = r.Expires
+			}
 		}
 	}
 	for _, es := range out {
 		sortElements(es)
 	}
-	return out, nil
+	return out, left, nil
 }
 
 // existingUsers is existing, with the users set read.

@@ -384,8 +384,8 @@ func TestVerifyFindsDrift(t *testing.T) {
 	// An element removed and one added. 192.0.2.10:443 is exact: it lives in
 	// the hash half of the logical set.
 	exact4 := kernelSet{}
-	c.SetDeleteElements(exact4.nft(), toSetElements(exact4, []keyed{{uidA, ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)}})) //nolint:errcheck
-	c.SetAddElements(exact4.nft(), toSetElements(exact4, []keyed{{uidA, ElementFor(config.TCP, netip.MustParsePrefix("203.0.113.66/32"), 22, 22)}}))    //nolint:errcheck
+	c.SetDeleteElements(exact4.nft(), toSetElements(exact4, []keyed{{uid: uidA, e: ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)}})) //nolint:errcheck
+	c.SetAddElements(exact4.nft(), toSetElements(exact4, []keyed{{uid: uidA, e: ElementFor(config.TCP, netip.MustParsePrefix("203.0.113.66/32"), 22, 22)}}))    //nolint:errcheck
 	if err := c.Flush(); err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,9 @@
 package ruleset
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+)
 
 // The kernel layout's object names (see the layout in kernel_linux.go).
 // Shared by the netlink adapter and the text rendering (nft.go).
@@ -50,18 +53,22 @@ func proxyKernelSets() []kernelSet {
 	return out
 }
 
-// keyed is an element with the uid it is keyed by (0 in the resolvers' sets).
+// keyed is an element with the uid it is keyed by (0 in the resolvers' sets)
+// and the end of its lifetime (zero: never).
 type keyed struct {
-	uid uint32
-	e   Element
+	uid   uint32
+	e     Element
+	until time.Time
 }
 
 // placeElements groups elements of logical sets into kernel sets. uidOf maps
 // an allowlist to its uid; a logical set of an allowlist the plan has no
-// chain for is an error (the caller's plan is inconsistent).
-func placeElements(sets map[string][]Element, uidOf map[string]uint32) (map[kernelSet][]keyed, error) {
+// chain for is an error (the caller's plan is inconsistent). until (may be
+// nil) gives the elements' lifetimes, aligned with sets.
+func placeElements(sets map[string][]Element, until map[string][]time.Time, uidOf map[string]uint32) (map[kernelSet][]keyed, error) {
 	out := map[kernelSet][]keyed{}
 	for name, es := range sets {
+		us := until[name]
 		id, ok := ParseSetName(name)
 		if !ok {
 			return nil, fmt.Errorf("set %q: not a name egressd writes", name)
@@ -72,12 +79,16 @@ func placeElements(sets map[string][]Element, uidOf map[string]uint32) (map[kern
 				return nil, fmt.Errorf("set %q: allowlist %q has no uid in the plan", name, id.Allowlist)
 			}
 		}
-		for _, e := range es {
+		for i, e := range es {
 			if e.Is6() != id.V6 {
 				return nil, fmt.Errorf("set %q: element %s of the other family", name, e)
 			}
 			ks := kernelSet{DNS: id.Allowlist == "", V6: id.V6, Range: !isExact(e), Unit: id.Unit}
-			out[ks] = append(out[ks], keyed{uid, e})
+			k := keyed{uid: uid, e: e}
+			if us != nil {
+				k.until = us[i]
+			}
+			out[ks] = append(out[ks], k)
 		}
 	}
 	return out, nil

@@ -112,6 +112,11 @@ type kernelSet struct {
 	Unit  bool // the unit allowlists' sets (keyed by unit key)
 }
 
+// Timed reports whether the set's elements may carry timeouts: the proxy's
+// answers, and the allowlists' sets, whose elements from DNS and the hosts
+// file end with their lifetime (literal entries carry none and never end).
+func (s kernelSet) Timed() bool { return !s.DNS }
+
 func (s kernelSet) name() string {
 	n := "allow"
 	switch {

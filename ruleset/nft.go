@@ -25,7 +25,7 @@ import (
 func (p Plan) NFT() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "table inet %s {\n", TableName)
-	placed, err := placeElements(p.Sets, uids(p))
+	placed, err := placeElements(p.Sets, p.Until, uids(p))
 	if err != nil {
 		fmt.Fprintf(&b, "\t# cannot place the elements: %v\n", err)
 	}
@@ -86,7 +86,7 @@ func (d Delta) NFT(p Plan) string {
 		verb string
 		sets map[string][]Element
 	}{{"delete", dels}, {"add", adds}} {
-		placed, err := placeElements(op.sets, uids(p))
+		placed, err := placeElements(op.sets, nil, uids(p))
 		if err != nil {
 			fmt.Fprintf(&b, "# cannot place the elements to %s: %v\n", op.verb, err)
 			continue
@@ -180,11 +180,11 @@ func (s kernelSet) decl() []string {
 	}
 	out := []string{"type " + t}
 	switch {
-	case s.Range && s.Proxy:
+	case s.Range && s.Timed():
 		out = append(out, "flags interval,timeout")
 	case s.Range:
 		out = append(out, "flags interval")
-	case s.Proxy:
+	case s.Timed():
 		out = append(out, "flags timeout")
 	}
 	return out

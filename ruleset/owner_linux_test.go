@@ -73,7 +73,7 @@ func TestOwnedTableRefusesOthers(t *testing.T) {
 		}},
 		{"add element", func(c *nftables.Conn) error {
 			ks := kernelSet{}
-			return c.SetAddElements(ks.nft(), toSetElements(ks, []keyed{{uidA, ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.20/32"), 7000, 7000)}}))
+			return c.SetAddElements(ks.nft(), toSetElements(ks, []keyed{{uid: uidA, e: ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.20/32"), 7000, 7000)}}))
 		}},
 		{"take ownership", func(c *nftables.Conn) error {
 			c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: TableName, Flags: ownedFlags})

@@ -39,17 +39,27 @@ func (k *Netlink) AddProxy(es []ProxyElement) error {
 	}
 	k.own.mu.Lock()
 	defer k.own.mu.Unlock()
+	renews, err := k.addRenewsLocked()
+	if err != nil {
+		return err
+	}
+	return k.addProxy(es, !renews)
+}
+
+// addRenewsLocked says whether adding an element that is there renews its
+// timeout, probing the kernel the first time. Called with own.mu held.
+func (k *Netlink) addRenewsLocked() (bool, error) {
 	if k.addRenews == 0 {
 		ok, err := k.probeAddRenews()
 		if err != nil {
-			return err
+			return false, err
 		}
 		k.addRenews = 2
 		if ok {
 			k.addRenews = 1
 		}
 	}
-	return k.addProxy(es, k.addRenews == 2)
+	return k.addRenews == 1, nil
 }
 
 // probeUID keys the probe's element: no socket has this uid (config

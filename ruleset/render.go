@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"sort"
+	"time"
 
 	"github.com/egressd/egressd/config"
 )
@@ -21,8 +22,11 @@ type ChainPlan struct {
 // elements of every set, normalized so that no two elements of a set overlap
 // (the kernel's concatenated-interval sets refuse overlaps).
 type Plan struct {
-	Chains  []ChainPlan          // sorted by allowlist name
-	Sets    map[string][]Element // set name -> sorted, non-overlapping elements
+	Chains []ChainPlan          // sorted by allowlist name
+	Sets   map[string][]Element // set name -> sorted, non-overlapping elements
+	// Until: set name -> when each element of Sets[name] ends (aligned with
+	// it; zero: never). A set none of whose elements ends has no entry.
+	Until   map[string][]time.Time
 	DenyLog config.DenyLog
 	// ProxyPort is where protected users' DNS queries are redirected when
 	// any allowlist has dns: proxy (the nat chain exists only then).
@@ -57,6 +61,7 @@ type rendered struct {
 	fp           elementsPrint
 	name4, name6 string
 	v4, v6       []Element
+	u4, u6       []time.Time
 }
 
 // elementsPrint identifies a multiset of elements whatever their order.
@@ -65,10 +70,13 @@ type elementsPrint struct {
 	sum, xor uint64
 }
 
-func fingerprint(es []Element) elementsPrint {
+func fingerprint(es []Element, until []time.Time) elementsPrint {
 	f := elementsPrint{n: len(es)}
-	for _, e := range es {
+	for i, e := range es {
 		h := fnv64(e)
+		if until != nil && !until[i].IsZero() {
+			h = mix64(h ^ uint64(until[i].UnixNano()))
+		}
 		f.sum += h
 		f.xor ^= h * 0x9e3779b97f4a7c15
 	}
@@ -110,24 +118,37 @@ func (r *Renderer) Render(d Desired) Plan {
 		} else {
 			p.Chains = append(p.Chains, ChainPlan{Allowlist: a.Name, UID: a.UID, DNS: a.DNS, Proxy: a.Proxy, Audit: a.Audit})
 		}
-		fp := fingerprint(a.Elements)
+		fp := fingerprint(a.Elements, a.Until)
 		m, ok := r.memo[a.Name]
 		if !ok || m.fp != fp || m.name4 != id.Name() {
 			var v4, v6 []Element
-			for _, e := range a.Elements {
+			var u4, u6 []time.Time
+			for i, e := range a.Elements {
+				var u time.Time
+				if a.Until != nil {
+					u = a.Until[i]
+				}
 				if e.Is6() {
-					v6 = append(v6, e)
+					v6, u6 = append(v6, e), append(u6, u)
 				} else {
-					v4 = append(v4, e)
+					v4, u4 = append(v4, e), append(u4, u)
 				}
 			}
 			id6 := id
 			id6.V6 = true
-			m = rendered{fp: fp, name4: id.Name(), name6: id6.Name(), v4: Normalize(v4), v6: Normalize(v6)}
+			m = rendered{fp: fp, name4: id.Name(), name6: id6.Name()}
+			m.v4, m.u4 = NormalizeTimed(v4, u4)
+			m.v6, m.u6 = NormalizeTimed(v6, u6)
 		}
 		memo[a.Name] = m
 		p.Sets[m.name4] = m.v4
 		p.Sets[m.name6] = m.v6
+		if m.u4 != nil {
+			p.setUntil(m.name4, m.u4)
+		}
+		if m.u6 != nil {
+			p.setUntil(m.name6, m.u6)
+		}
 	}
 	r.memo = memo
 	var d4, d6 []Element
@@ -147,6 +168,21 @@ func (r *Renderer) Render(d Desired) Plan {
 	return p
 }
 
+func (p *Plan) setUntil(name string, u []time.Time) {
+	if p.Until == nil {
+		p.Until = map[string][]time.Time{}
+	}
+	p.Until[name] = u
+}
+
+// UntilOf returns when element i of set name ends (zero: never).
+func (p Plan) UntilOf(name string, i int) time.Time {
+	if u := p.Until[name]; u != nil {
+		return u[i]
+	}
+	return time.Time{}
+}
+
 // Elements counts the elements of all sets.
 func (p Plan) Elements() int {
 	n := 0
@@ -158,7 +194,23 @@ func (p Plan) Elements() int {
 
 type portRange struct{ from, to uint16 }
 
-type addrRange struct{ from, to netip.Addr }
+// addrRange is an address range with the end of its lifetime (zero: never).
+type addrRange struct {
+	from, to netip.Addr
+	until    time.Time
+}
+
+// laterEnd is the lifetime of what two overlapping inputs allow together:
+// never ending if either never ends, else the later end.
+func laterEnd(a, b time.Time) time.Time {
+	if a.IsZero() || b.IsZero() {
+		return time.Time{}
+	}
+	if b.After(a) {
+		return b
+	}
+	return a
+}
 
 // Normalize rewrites elements of one family into an equivalent list in which
 // no two elements overlap: the port axis is cut at every range boundary, the
@@ -167,20 +219,40 @@ type addrRange struct{ from, to netip.Addr }
 // address added next to another changes one element, not two.
 // The cost is O(n log n) plus, per port piece, the ranges that cover it.
 func Normalize(elems []Element) []Element {
+	out, _ := NormalizeTimed(elems, nil)
+	return out
+}
+
+// NormalizeTimed is Normalize for elements with lifetimes (until aligned
+// with elems, or nil: none ends). An output element lives as long as the
+// inputs it merges: forever if one of them is a literal, else the latest
+// end; pieces of the port axis are joined only when their lifetimes are
+// equal too, so no part of an element outlives the input that allows it.
+// That is exact when every element with a lifetime is a single address (as
+// DNS answers are): such an address merges only with itself or with a
+// range that contains it. The second result is nil when no element ends.
+func NormalizeTimed(elems []Element, until []time.Time) ([]Element, []time.Time) {
 	if len(elems) == 0 {
-		return nil
+		return nil, nil
+	}
+	if allExact(elems) {
+		return normalizeExact(elems, until)
 	}
 	byProto := map[config.Proto]map[portRange][]addrRange{}
-	for _, e := range elems {
+	for i, e := range elems {
 		m := byProto[e.Proto]
 		if m == nil {
 			m = map[portRange][]addrRange{}
 			byProto[e.Proto] = m
 		}
 		pr := portRange{e.PortFrom, e.PortTo}
-		m[pr] = append(m[pr], addrRange{e.AddrFrom, e.AddrTo})
+		ar := addrRange{from: e.AddrFrom, to: e.AddrTo}
+		if until != nil {
+			ar.until = until[i]
+		}
+		m[pr] = append(m[pr], ar)
 	}
-	var out []Element
+	var out []timedElement
 	protos := make([]config.Proto, 0, len(byProto))
 	for p := range byProto {
 		protos = append(protos, p)
@@ -189,16 +261,84 @@ func Normalize(elems []Element) []Element {
 	for _, proto := range protos {
 		out = append(out, normalizeProto(proto, byProto[proto])...)
 	}
-	sortElements(out)
-	return out
+	sort.Slice(out, func(i, j int) bool { return lessElement(out[i].e, out[j].e) })
+	es := make([]Element, len(out))
+	var us []time.Time
+	for i, te := range out {
+		es[i] = te.e
+		if !te.until.IsZero() {
+			if us == nil {
+				us = make([]time.Time, len(out))
+			}
+			us[i] = te.until
+		}
+	}
+	return es, us
 }
 
-func normalizeProto(proto config.Proto, groups map[portRange][]addrRange) []Element {
-	var out []Element
+func allExact(es []Element) bool {
+	for _, e := range es {
+		if !isExact(e) {
+			return false
+		}
+	}
+	return true
+}
+
+// normalizeExact is NormalizeTimed for exact elements (one address, one
+// port: DNS answers on single-port entries, the common case): they overlap
+// only when equal, so sorting and merging equal ones is all there is to do.
+func normalizeExact(elems []Element, until []time.Time) ([]Element, []time.Time) {
+	idx := make([]int, len(elems))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.Slice(idx, func(i, j int) bool { return lessElement(elems[idx[i]], elems[idx[j]]) })
+	es := make([]Element, 0, len(elems))
+	var us []time.Time
+	if until != nil {
+		us = make([]time.Time, 0, len(elems))
+	}
+	timed := false
+	for _, i := range idx {
+		var u time.Time
+		if until != nil {
+			u = until[i]
+		}
+		if n := len(es); n > 0 && es[n-1] == elems[i] {
+			if us != nil {
+				us[n-1] = laterEnd(us[n-1], u)
+			}
+			continue
+		}
+		es = append(es, elems[i])
+		if us != nil {
+			us = append(us, u)
+		}
+	}
+	for _, u := range us {
+		if !u.IsZero() {
+			timed = true
+			break
+		}
+	}
+	if !timed {
+		us = nil
+	}
+	return es, us
+}
+
+type timedElement struct {
+	e     Element
+	until time.Time
+}
+
+func normalizeProto(proto config.Proto, groups map[portRange][]addrRange) []timedElement {
+	var out []timedElement
 	if len(groups) == 1 { // the common case: every entry on one port range
 		for pr, addrs := range groups {
 			for _, ar := range mergeAddrs(addrs) {
-				out = append(out, Element{proto, ar.from, ar.to, pr.from, pr.to})
+				out = append(out, timedElement{Element{proto, ar.from, ar.to, pr.from, pr.to}, ar.until})
 			}
 		}
 		return out
@@ -247,13 +387,14 @@ func normalizeProto(proto config.Proto, groups map[portRange][]addrRange) []Elem
 	}
 	for _, pc := range pieces {
 		for _, ar := range pc.addrs {
-			out = append(out, Element{proto, ar.from, ar.to, pc.ports.from, pc.ports.to})
+			out = append(out, timedElement{Element{proto, ar.from, ar.to, pc.ports.from, pc.ports.to}, ar.until})
 		}
 	}
 	return out
 }
 
-// mergeAddrs sorts address ranges and merges those that overlap.
+// mergeAddrs sorts address ranges and merges those that overlap; a merged
+// range lives as long as its parts together (laterEnd).
 func mergeAddrs(in []addrRange) []addrRange {
 	rs := append([]addrRange(nil), in...)
 	sort.Slice(rs, func(i, j int) bool {
@@ -268,6 +409,7 @@ func mergeAddrs(in []addrRange) []addrRange {
 			if r.to.Compare(out[n-1].to) > 0 {
 				out[n-1].to = r.to
 			}
+			out[n-1].until = laterEnd(out[n-1].until, r.until)
 			continue
 		}
 		out = append(out, r)
@@ -280,7 +422,7 @@ func equalRanges(a, b []addrRange) bool {
 		return false
 	}
 	for i := range a {
-		if a[i] != b[i] {
+		if a[i].from != b[i].from || a[i].to != b[i].to || !a[i].until.Equal(b[i].until) {
 			return false
 		}
 	}

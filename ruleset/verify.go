@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/egressd/egressd/internal/setdiff"
 )
@@ -15,15 +16,36 @@ import (
 // maxDetails bounds the elements a finding lists.
 const maxDetails = 10
 
+// ExpirySlack is how close to the end of its lifetime a plan's element may
+// be missing from the kernel without being drift: the kernel runs its
+// timeout out by itself, moments before the daemon drops it from the plan
+// (or while the refresh that renews it is in flight).
+const ExpirySlack = 2 * time.Second
+
 // elementFindings compares the plan's sets with the elements a kernel holds
-// (ReadSets's form): element_missing, element_extra, set_extra.
-func elementFindings(p Plan, have map[string][]Element) []Finding {
+// (ReadSets's form) at now: element_missing, element_extra, set_extra.
+func elementFindings(p Plan, have map[string][]Element, now time.Time) []Finding {
 	var fs []Finding
 	add := func(kind, obj, format string, a ...any) {
 		fs = append(fs, Finding{Kind: kind, Object: obj, Detail: fmt.Sprintf(format, a...)})
 	}
 	for _, name := range sortedKeys(p.Sets) {
 		missing, extra := setdiff.Of(have[name], p.Sets[name])
+		if us := p.Until[name]; us != nil && len(missing) > 0 {
+			ending := map[Element]bool{}
+			for i, e := range p.Sets[name] {
+				if !us[i].IsZero() && us[i].Before(now.Add(ExpirySlack)) {
+					ending[e] = true
+				}
+			}
+			kept := missing[:0]
+			for _, e := range missing {
+				if !ending[e] {
+					kept = append(kept, e)
+				}
+			}
+			missing = kept
+		}
 		if len(missing) > 0 {
 			add("element_missing", name, "%d missing: %s", len(missing), elementList(missing))
 		}

@@ -5,6 +5,7 @@ package ruleset
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -117,7 +118,7 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 	if err != nil {
 		return nil, err
 	}
-	fs = append(fs, elementFindings(p, kernelSets)...)
+	fs = append(fs, elementFindings(p, kernelSets, time.Now())...)
 	gotUsers, err := readUsers(c, t)
 	if err != nil {
 		add("users_differ", kUsers, "cannot read the users set: %v", err)

@@ -112,11 +112,18 @@ type AllowlistReport struct {
 	DNS     string  `json:"dns"`  // resolvers | none | proxy
 	// Proxied is, with dns: proxy, how many answers of the proxy the
 	// kernel holds for it now (they come and go with the service's queries).
-	Proxied   int    `json:"proxied,omitempty"`
-	Entries   int    `json:"entries"`
-	Names     int    `json:"names"`
-	Addresses int    `json:"addresses"` // elements the kernel should hold for it
-	Status    string `json:"status"`    // ok | drift | user_missing | user_conflict | names_failing
+	Proxied   int `json:"proxied,omitempty"`
+	Entries   int `json:"entries"`
+	Names     int `json:"names"`
+	Addresses int `json:"addresses"` // elements the kernel should hold for it
+	// Ending counts the kernel's elements for it that end by themselves
+	// (addresses from DNS and the hosts file); EndsIn and LastEndsIn are
+	// the soonest and the latest time they have left: the kernel removes
+	// each then, whether or not egressd runs, unless egressd renews it.
+	Ending     int    `json:"ending"`
+	EndsIn     string `json:"ends_in,omitempty"`
+	LastEndsIn string `json:"last_ends_in,omitempty"`
+	Status     string `json:"status"` // ok | drift | user_missing | user_conflict | names_failing
 	// Notes are what an operator should know that is not drift: with
 	// dns: proxy, where resolved's D-Bus API stays open for the service.
 	Notes []string `json:"notes,omitempty"`
@@ -403,6 +410,25 @@ func Run(ctx context.Context, o Options) *Report {
 		}
 	}
 
+	var lifetimes map[string]map[ruleset.Element]time.Duration
+	if lr, ok := o.Kernel.(ruleset.LifetimeReader); ok {
+		lifetimes, _ = lr.ReadLifetimes() // the report stands without them
+	}
+	ending := func(ar *AllowlistReport, sets ...string) {
+		var lo, hi time.Duration
+		for _, name := range sets {
+			for _, left := range lifetimes[name] {
+				if ar.Ending == 0 || left < lo {
+					lo = left
+				}
+				hi = max(hi, left)
+				ar.Ending++
+			}
+		}
+		if ar.Ending > 0 {
+			ar.EndsIn, ar.LastEndsIn = lo.Round(time.Second).String(), hi.Round(time.Second).String()
+		}
+	}
 	proxied := map[uint32]int{}
 	if pk, ok := o.Kernel.(ruleset.ProxyKernel); ok {
 		if es, err := pk.ReadProxy(); err == nil {
@@ -424,6 +450,7 @@ func Run(ctx context.Context, o Options) *Report {
 		if a.IsUnit() {
 			id4, id6 := ruleset.SetID{Allowlist: a.Name, Unit: true}, ruleset.SetID{Allowlist: a.Name, Unit: true, V6: true}
 			ar.Addresses = len(expected.Sets[id4.Name()]) + len(expected.Sets[id6.Name()])
+			ending(&ar, id4.Name(), id6.Name())
 			for _, cg := range expected.Cgroups {
 				if cg.Allowlist == a.Name {
 					ar.Cgroups++
@@ -441,6 +468,7 @@ func Run(ctx context.Context, o Options) *Report {
 			ar.Proxied = proxied[uid]
 		}
 		ar.Addresses = len(expected.Sets[ruleset.SetName4(a.Name)]) + len(expected.Sets[ruleset.SetName6(a.Name)])
+		ending(&ar, ruleset.SetName4(a.Name), ruleset.SetName6(a.Name))
 		for _, n := range a.Names() {
 			if failing[n] {
 				ar.Status = "names_failing"

@@ -44,6 +44,10 @@ type AddrVerdict struct {
 	Element string `json:"element,omitempty"`
 	Entry   string `json:"entry,omitempty"` // the allowlist entry, with file:line
 	Note    string `json:"note,omitempty"`  // e.g. a lingering address: it left the DNS answers
+	// KernelLifetime is the time the kernel's element has left (an address
+	// from DNS or the hosts file): the kernel ends it then by itself, whether
+	// or not egressd runs, unless egressd renews it. Empty: it never ends.
+	KernelLifetime string `json:"kernel_lifetime,omitempty"`
 }
 
 // CannotAnswer is the explanation printed when Explain returns an error.
@@ -211,6 +215,10 @@ func judge(ctx context.Context, o Options, cfg *config.Config, x *Explanation, e
 		}
 	}
 	dnsAllowed := al != nil && al.DNS == config.DNSResolvers
+	var lifetimes map[string]map[ruleset.Element]time.Duration
+	if lr, ok := o.Kernel.(ruleset.LifetimeReader); ok {
+		lifetimes, _ = lr.ReadLifetimes() // a report without them still answers
+	}
 	allowedAny, deniedAny := false, false
 	for _, a := range addrs {
 		av := AddrVerdict{Addr: a.String()}
@@ -223,6 +231,9 @@ func judge(ctx context.Context, o Options, cfg *config.Config, x *Explanation, e
 		if el, ok := covering(sets[setName], e.Proto, a, e.PortFrom); ok {
 			av.Allowed, av.Set, av.Element = true, kernelSet(setName, el), el.String()
 			av.Entry = attribute(al, e.Proto, a, e.PortFrom, daemonAddrs, e.Host)
+			if left, ok := lifetimes[setName][el]; ok {
+				av.KernelLifetime = left.Round(time.Second).String()
+			}
 		} else if el, ok := covering(sets[dnsSet], e.Proto, a, e.PortFrom); ok && dnsAllowed {
 			av.Allowed, av.Set, av.Element, av.Entry = true, kernelSet(dnsSet, el), el.String(), "dns: resolvers (the configured resolvers)"
 		} else if pe, ok := coveringProxy(proxyEls, e.Proto, a, e.PortFrom); ok {
@@ -381,6 +392,9 @@ func (x *Explanation) WriteText(w io.Writer) {
 		}
 		if a.Allowed {
 			fmt.Fprintf(w, "  %s/%s allowed by %s (kernel set %s, element %s)\n", dst, x.Proto, a.Entry, a.Set, a.Element)
+			if a.KernelLifetime != "" {
+				fmt.Fprintf(w, "    kernel lifetime: %s left; the kernel removes the element then, whether or not egressd runs, unless egressd renews it\n", a.KernelLifetime)
+			}
 		} else {
 			fmt.Fprintf(w, "  %s/%s denied: not in the allowlist's set\n", dst, x.Proto)
 		}

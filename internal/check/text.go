@@ -68,6 +68,16 @@ func (r *Report) WriteText(w io.Writer) {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", a.Name, who, uid, a.Mode, a.DNS, a.Entries, a.Names, addrs, a.Status)
 		}
 		tw.Flush()
+		var lines []string
+		for _, a := range r.Allowlists {
+			if a.Ending > 0 {
+				lines = append(lines, fmt.Sprintf("  %s: %d elements from DNS, %s to %s left", a.Name, a.Ending, a.EndsIn, a.LastEndsIn))
+			}
+		}
+		if len(lines) > 0 {
+			fmt.Fprintln(w, "\nkernel lifetimes (the kernel removes an address from DNS when its time runs out, whether or not egressd runs; egressd renews it as the name refreshes):")
+			fmt.Fprintln(w, strings.Join(lines, "\n"))
+		}
 		first := true
 		for _, a := range r.Allowlists {
 			for _, n := range a.Notes {

@@ -115,6 +115,17 @@ func TestOnceBuildsPlan(t *testing.T) {
 	if got := p.Sets[ruleset.SetName6("billing")]; len(got) != 1 {
 		t.Fatalf("v6 set = %v", got)
 	}
+	// The name's address carries its lifetime (TTL 60s + linger 5m, the
+	// default) as a kernel timeout; the literal CIDR none.
+	for i, e := range p.Sets[ruleset.SetName4("billing")] {
+		left := time.Until(p.UntilOf(ruleset.SetName4("billing"), i))
+		switch lit := e.AddrFrom != e.AddrTo; {
+		case lit && !p.UntilOf(ruleset.SetName4("billing"), i).IsZero():
+			t.Errorf("literal %s ends", e)
+		case !lit && (left < 5*time.Minute || left > 6*time.Minute):
+			t.Errorf("%s: %v left, want about 6m (TTL 60s + linger 5m)", e, left)
+		}
+	}
 	if len(f.events(event.UserMissing)) != 1 {
 		t.Fatal("missing user not reported")
 	}

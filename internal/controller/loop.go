@@ -16,8 +16,9 @@ import (
 // holds it, the name index and the state file follow.
 func (c *Controller) sync() error {
 	c.dns.expire()
+	c.dns.cache.Renew() // extended lifetimes reach the kernel in batches
 	c.syncProxy()
-	d := policy.BuildDesiredHosts(c.cfg, c.users, c.dns.cache.Addrs, c.dns.hosts.Has)
+	d := policy.BuildDesiredTimed(c.cfg, c.users, c.dns.cache.AppendLifetimes, c.dns.hosts.Has)
 	d.Cgroups = c.units.current(c.cfg)
 	changed, err := c.apply.sync(d)
 	if err != nil {

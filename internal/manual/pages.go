@@ -57,16 +57,17 @@ leaving the rules in place (on_exit: keep) or removing them (on_exit: remove).`)
 compare with the live kernel table (through netlink). When the daemon runs,
 the kernel is compared with the daemon's published view (DIR/state.json), so
 lingering and stale-served addresses are not drift. Prints one line per
-allowlist, the names the hosts file answers, then each problem with what to
-do, then notes that do not fail the check (nft_cannot_print: the nft on PATH,
+allowlist, the names the hosts file answers, how long the kernel's elements
+from DNS have left (the kernel removes each when its time runs out, whether or
+not egressd runs), then each problem with what to do, then notes that do not fail the check (nft_cannot_print: the nft on PATH,
 run as nft list table inet egressd, cannot print the table in full, or
 prints a unit key as [invalid type]); --json
 prints the document described in docs/check.md. Changes nothing.`),
 		Item("check --explain USER|UNIT HOST:PORT[/udp]", `Would USER (or the unit
 UNIT, NAME.service or NAME.slice, of a unit allowlist) be allowed to
 reach HOST:PORT right now, according to the live kernel, and by which
-allowlist entry; which source answered for the name (hosts or dns); when
-denied, the nearest entries (same host other port, same name other address).`),
+allowlist entry; which source answered for the name (hosts or dns); for an
+address from DNS, the kernel lifetime its element has left; when denied, the nearest entries (same host other port, same name other address).`),
 		Item("validate PATH...", `Check candidate files (allowlists, shared lists,
 the main file) offline: no root, kernel, daemon or DNS; and run their
 allowlists' tests:. The hook of configuration management: Ansible's
@@ -247,7 +248,8 @@ long. Default: 1h.`),
 (default 100), rate (default 10/second, per protected uid), prefix (default
 egressd), interval (the deny event aggregation window; default 10s).`),
 		Item("on_exit", `keep (default: the rules stay when the daemon stops; fail
-closed) or remove.`),
+closed: each address from DNS closes when its kernel lifetime, TTL + linger
+or stale_grace, runs out) or remove.`),
 		Item("metrics_listen", `HOST:PORT of the Prometheus endpoint, which every local user
 can read (which services are denied, and when), or unix:PATH, a unix socket
 with metrics_socket_mode and metrics_socket_group. At most 16 connections at
@@ -330,7 +332,10 @@ and DNS is not asked. The file is watched; an edit takes effect at once.
 Hosts answers are treated like literals: the administrator wrote them, so a
 loopback or private address there is allowed. Otherwise a name allows only
 the addresses it currently resolves to in DNS, each for its own lifetime:
-last seen + TTL (clamped to [min_ttl, max_ttl]) + linger.`)}},
+last seen + TTL (clamped to [min_ttl, max_ttl]) + linger, or, while DNS
+fails, the last answer + stale_grace. The kernel element carries that
+lifetime as its timeout and ends by itself if egressd is not running to
+renew it; literal entries never end.`)}},
 	{"EXAMPLE", []Block{Pre(`
 # /etc/egressd/allow.d/billing.yaml
 user: billing

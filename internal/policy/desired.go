@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"time"
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/resolver"
@@ -139,7 +140,22 @@ func BuildDesired(c *config.Config, users Users, addrs func(name string) []netip
 // of a name's addresses the hosts file gives: those are taken as written,
 // like literal entries, even in internal ranges.
 func BuildDesiredHosts(c *config.Config, users Users, addrs func(name string) []netip.Addr, fromHosts func(name string, a netip.Addr) bool) ruleset.Desired {
+	return BuildDesiredTimed(c, users, func(dst []resolver.Lifetime, name string) []resolver.Lifetime {
+		for _, a := range addrs(name) {
+			dst = append(dst, resolver.Lifetime{Addr: a})
+		}
+		return dst
+	}, fromHosts)
+}
+
+// BuildDesiredTimed is BuildDesiredHosts where each address of a name comes
+// with its lifetime (appendLifetimes appends them to its first argument:
+// resolver.Cache.AppendLifetimes): the element it allows carries it
+// (Allowlist.Until), so that the kernel closes it on time by itself. Literal
+// entries never expire.
+func BuildDesiredTimed(c *config.Config, users Users, appendLifetimes func(dst []resolver.Lifetime, name string) []resolver.Lifetime, fromHosts func(name string, a netip.Addr) bool) ruleset.Desired {
 	d := ruleset.Desired{Resolvers: c.Resolvers, DenyLog: c.DenyLog, ProxyPort: c.DNSProxyPort}
+	var buf []resolver.Lifetime // one buffer for every name's lookup
 	for _, a := range c.Allowlists {
 		uid, ok := users.UIDs[a.Name]
 		if a.IsUnit() {
@@ -155,15 +171,26 @@ func BuildDesiredHosts(c *config.Config, users Users, addrs func(name string) []
 			}
 			if !e.IsName() {
 				al.Elements = append(al.Elements, ruleset.ElementFor(e.Proto, e.Prefix, e.PortFrom, e.PortTo))
+				if al.Until != nil {
+					al.Until = append(al.Until, time.Time{})
+				}
 				continue
 			}
-			for _, ip := range addrs(e.Host) {
+			buf = appendLifetimes(buf[:0], e.Host)
+			for _, l := range buf {
+				ip := l.Addr
 				// The cache accepted private answers if any allowlist using
 				// the name opted in; this one may not have.
 				if !resolver.Accepts(ip, a.AllowPrivateAnswers, e.Host, fromHosts) {
 					continue
 				}
+				if !l.Until.IsZero() && al.Until == nil {
+					al.Until = make([]time.Time, len(al.Elements), len(al.Elements)+1)
+				}
 				al.Elements = append(al.Elements, ruleset.ElementFor(e.Proto, netip.PrefixFrom(ip, ip.BitLen()), e.PortFrom, e.PortTo))
+				if al.Until != nil {
+					al.Until = append(al.Until, l.Until)
+				}
 			}
 		}
 		d.Allowlists = append(d.Allowlists, al)
