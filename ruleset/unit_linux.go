@@ -31,8 +31,8 @@ import (
 //	  ct state new ct status != confirmed ct label set K << 64   # bits 64-95: which unit opened the flow
 //	  (IPv6 routing header, IPv4 options: goto unitdenyN; MPTCP: as in restricted)
 //	  ct state established,related ct direction original ct label[64:96] . K @unitowners return
-//	  ct state established,related ct direction reply ct label[64:96] . K != @unitowners return
-//	  ct state established,related ct direction reply fib daddr type local return
+//	  ct state established,related ct direction reply ct label[64:96] . K != @unitowners fib saddr type local return
+//	  ct state established,related ct direction reply fib daddr type local fib saddr type local return
 //	  fib saddr type != local goto unitdenyN
 //	  K . meta l4proto . ip daddr . th dport @uallow4 return   (and uallow4r, uallow6, uallow6r)
 //	  K @unitdns meta l4proto . ip daddr . th dport @dns4 return   (and dns4r, dns6, dns6r)
@@ -234,9 +234,13 @@ func unitRules(ch *nftables.Chain, level int) []*nftables.Rule {
 			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{dir.b}},
 			&expr.Ct{Register: reg1, Key: expr.CtKeyLABELS})
 		es = append(es, unitKey(level, unitLabelReg+1)...)
-		rules = append(rules, rule(append(es, &expr.Lookup{SourceRegister: unitLabelReg, SetName: kUnitOwners, Invert: dir.invert}, ret)...))
+		es = append(es, &expr.Lookup{SourceRegister: unitLabelReg, SetName: kUnitOwners, Invert: dir.invert})
+		if dir.b == 1 {
+			es = append(es, sourceLocal()...) // a forged source on a forwarded flow's reply (restrictedRules)
+		}
+		rules = append(rules, rule(append(es, ret)...))
 	}
-	rules = append(rules, rule(append(replyToLocal(), ret)...))
+	rules = append(rules, rule(append(append(replyToLocal(), sourceLocal()...), ret)...))
 	rules = append(rules, rule(append(sourceNotLocal(), deny)...))
 	for _, ks := range unitKernelSets() {
 		rules = append(rules, rule(append(unitKey(level, reg32), unitLookupExprs(ks)...)...))
