@@ -622,3 +622,19 @@ func TestElementCapConcurrent(t *testing.T) {
 		t.Errorf("the writer counts %d elements with %d reserved, want 16 and none", p.w.perUID[uidWeb], len(p.w.reserved))
 	}
 }
+
+// A name too long for the kernel's element comment is written as
+// ruleset.CommentFor makes it; a restarted daemon that reads it back keeps
+// the element through no policy (fail closed: the service asks again),
+// while the whole name, which the running daemon remembers, is allowed.
+func TestLongNameCommentAdmitsNothing(t *testing.T) {
+	pol := &Policy{ByUID: map[uint32]*Allowlist{uidWeb: webAllowlist(t, "**.example.org:443", "api.example.com:443")}}
+	name := strings.Repeat("a.", 120) + "example.org"
+	k := elemKey{uidWeb, ruleset.ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.20/32"), 443, 443)}
+	if !admits(pol, k, []string{name}) {
+		t.Fatal("control: the whole name is allowed by **.example.org:443")
+	}
+	if c := ruleset.CommentFor(name); admits(pol, k, []string{c}) || c == "" {
+		t.Errorf("the comment %q written for a %d-character name keeps the element after a restart", c, len(name))
+	}
+}
