@@ -638,3 +638,82 @@ func TestLongNameCommentAdmitsNothing(t *testing.T) {
 		t.Errorf("the comment %q written for a %d-character name keeps the element after a restart", c, len(name))
 	}
 }
+
+// refusingKernel refuses, like the kernel's interval sets (EEXIST), any
+// transaction that holds an element overlapping one of another port range
+// for the same uid, protocol and address (pipapo refuses partial overlaps);
+// the first AddProxy waits for the gate.
+type refusingKernel struct {
+	*ruleset.Fake
+	refuse  ruleset.Element
+	entered chan struct{}
+	gate    chan struct{}
+	first   sync.Once
+}
+
+func (r *refusingKernel) AddProxy(es []ruleset.ProxyElement) error {
+	r.first.Do(func() { r.entered <- struct{}{}; <-r.gate })
+	for _, pe := range es {
+		if pe.Element == r.refuse {
+			return errors.New("add DNS proxy elements: file exists")
+		}
+	}
+	return r.Fake.AddProxy(es)
+}
+
+// Red team (issue 22): two entries whose port ranges overlap
+// (`*.a.example.org:8000-8100`, `*.b.example.org:8050-8200`) and two names,
+// one under each, pointing at one address: the kernel refuses the second
+// element (EEXIST: an interval set takes no partial overlap). A service that
+// asks such a name must not fail the other answers of the group commit it
+// lands in (other services' too): every answer released together failed
+// (SERVFAIL) before. It fails alone.
+func TestRefusedAnswerFailsAlone(t *testing.T) {
+	at := func(a string, from, to uint16) ruleset.ProxyElement {
+		return ruleset.ProxyElement{UID: uidWeb, Timeout: time.Hour, Element: ruleset.ElementFor(config.TCP, netip.MustParsePrefix(a+"/32"), from, to)}
+	}
+	bad := at("192.0.2.20", 8050, 8200)
+	fake := &ruleset.Fake{Plan: ruleset.Plan{Chains: []ruleset.ChainPlan{{Allowlist: "web", UID: uidWeb, Proxy: true}}}}
+	k := &refusingKernel{Fake: fake, refuse: bad.Element, entered: make(chan struct{}, 1), gate: make(chan struct{})}
+	p := New(Options{Kernel: k})
+	p.SetPolicy(&Policy{ByUID: map[uint32]*Allowlist{uidWeb: webAllowlist(t, "*.a.example.org:8000-8100", "*.b.example.org:8050-8200", "api.example.com:443")},
+		MinTTL: time.Second, MaxTTL: time.Hour, MaxAddrs: 8})
+	first := make(chan error, 1)
+	go func() {
+		first <- p.w.Ensure([]ruleset.ProxyElement{at("192.0.2.20", 8000, 8100)}, "x.a.example.org", time.Minute)
+	}()
+	<-k.entered // in flight; the next two meet in one group commit
+	good, refused := make(chan error, 1), make(chan error, 1)
+	go func() {
+		good <- p.w.Ensure([]ruleset.ProxyElement{at("192.0.2.30", 443, 443)}, "api.example.com", time.Minute)
+	}()
+	go func() { refused <- p.w.Ensure([]ruleset.ProxyElement{bad}, "y.b.example.org", time.Minute) }()
+	for {
+		p.w.mu.Lock()
+		n := len(p.w.pending)
+		p.w.mu.Unlock()
+		if n == 2 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(k.gate)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-good; err != nil {
+		t.Errorf("an answer that met a refused one in a group commit failed with it: %v", err)
+	}
+	if err := <-refused; err == nil {
+		t.Error("the refused answer succeeded")
+	}
+	var held []string
+	es, _ := fake.ReadProxy()
+	for _, pe := range es {
+		held = append(held, pe.Element.String())
+	}
+	sort.Strings(held)
+	if got := strings.Join(held, " "); !strings.Contains(got, "192.0.2.30:443") || strings.Contains(got, "8050-8200") {
+		t.Errorf("the kernel holds %s: want api.example.com's answer and not the refused one", got)
+	}
+}

@@ -302,21 +302,14 @@ func (w *writer) flush() {
 		w.mu.Unlock()
 
 		w.removeStale(stale)
-		var err error
+		var errs map[*ensureCall]error
 		if len(batch) > 0 {
-			start := w.now()
-			es := make([]ruleset.ProxyElement, len(batch))
-			for i, p := range batch {
-				es[i] = p.pe
-			}
-			err = w.k.AddProxy(dedupe(es))
-			if w.observe != nil {
-				w.observe(w.now().Sub(start).Seconds())
-			}
+			var start time.Time
+			start, errs = w.write(batch)
 			w.mu.Lock()
 			for _, p := range batch {
 				k := elemKey{p.pe.UID, p.pe.Element}
-				if err == nil {
+				if errs[p.call] == nil {
 					w.set(k, start.Add(p.pe.Timeout), p.name)
 					delete(w.stale, k)
 				}
@@ -326,6 +319,7 @@ func (w *writer) flush() {
 		}
 		w.kmu.Unlock()
 		for _, c := range waiters {
+			err := errs[c]
 			if err == nil && c.revoked {
 				c.done <- errPolicyChanged
 				continue
@@ -333,6 +327,54 @@ func (w *writer) flush() {
 			c.done <- err
 		}
 	}
+}
+
+// write puts batch in the kernel in one transaction and returns when it
+// started and the error of each call (nil: written). If the kernel refuses
+// the transaction, each call's answer is written in one of its own: an
+// answer the kernel refuses (an element that partly overlaps another of the
+// same uid and address in an interval set, EEXIST: two entries with
+// overlapping port ranges and a name under each) fails alone, not every
+// answer released with it, other services' too. Called with kmu held.
+func (w *writer) write(batch []pendingElem) (time.Time, map[*ensureCall]error) {
+	start := w.now()
+	err := w.add(batch)
+	if err == nil {
+		return start, nil
+	}
+	var calls []*ensureCall
+	by := map[*ensureCall][]pendingElem{}
+	for _, p := range batch {
+		if by[p.call] == nil {
+			calls = append(calls, p.call)
+		}
+		by[p.call] = append(by[p.call], p)
+	}
+	errs := map[*ensureCall]error{}
+	if len(calls) == 1 {
+		errs[calls[0]] = err
+		return start, errs
+	}
+	for _, c := range calls {
+		if err := w.add(by[c]); err != nil {
+			errs[c] = err
+		}
+	}
+	return start, errs
+}
+
+// add writes ps in one transaction.
+func (w *writer) add(ps []pendingElem) error {
+	es := make([]ruleset.ProxyElement, len(ps))
+	for i, p := range ps {
+		es[i] = p.pe
+	}
+	start := w.now()
+	err := w.k.AddProxy(dedupe(es))
+	if w.observe != nil {
+		w.observe(w.now().Sub(start).Seconds())
+	}
+	return err
 }
 
 // sweepLocked forgets what the kernel has dropped by now.
