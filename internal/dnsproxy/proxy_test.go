@@ -717,3 +717,61 @@ func TestRefusedAnswerFailsAlone(t *testing.T) {
 		t.Errorf("the kernel holds %s: want api.example.com's answer and not the refused one", got)
 	}
 }
+
+// overlapKernel refuses, as the kernel did (EEXIST, checked on 6.18), a
+// removal that re-adds an element which timed out (expired) while an
+// element of the same address with a partly overlapping port range
+// (overlaps) is live: removing re-adds each element first.
+type overlapKernel struct {
+	*ruleset.Fake
+	expired, overlaps ruleset.Element
+}
+
+func (o *overlapKernel) DeleteProxy(es []ruleset.ProxyElement) error {
+	held, _ := o.Fake.ReadProxy()
+	live := false
+	for _, pe := range held {
+		live = live || pe.Element == o.overlaps
+	}
+	for _, pe := range es {
+		if pe.Element == o.expired && live {
+			return errors.New("delete DNS proxy elements: file exists")
+		}
+	}
+	return o.Fake.DeleteProxy(es)
+}
+
+// Red team (issue 22): an answer for *.a.example.org:8000-8100 timed out in
+// the kernel (the writer still lists it: it sweeps once a minute); then one
+// for *.b.example.org:8050-8200 to the same address is written. The
+// administrator removes both entries: the removal re-adds the timed-out
+// element, which overlaps the live one, and the kernel refused the whole
+// transaction: the live answer outlived the policy (until its TTL and
+// linger ran out: up to 15 minutes). Each element is now taken out on its
+// own when the transaction fails.
+func TestRemovalNotBlockedByOverlap(t *testing.T) {
+	at := func(a string, from, to uint16, d time.Duration) ruleset.ProxyElement {
+		return ruleset.ProxyElement{UID: uidWeb, Timeout: d, Element: ruleset.ElementFor(config.TCP, netip.MustParsePrefix(a+"/32"), from, to)}
+	}
+	old, live := at("192.0.2.20", 8000, 8100, time.Second), at("192.0.2.20", 8050, 8200, time.Hour)
+	fake := &ruleset.Fake{Plan: ruleset.Plan{Chains: []ruleset.ChainPlan{{Allowlist: "web", UID: uidWeb, Proxy: true}}}}
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	p := New(Options{Kernel: &overlapKernel{Fake: fake, expired: old.Element, overlaps: live.Element}, Now: func() time.Time { return now }})
+	pol := func(es ...string) *Policy {
+		return &Policy{ByUID: map[uint32]*Allowlist{uidWeb: webAllowlist(t, es...)}, MinTTL: time.Second, MaxTTL: time.Hour, MaxAddrs: 8}
+	}
+	p.SetPolicy(pol("*.a.example.org:8000-8100", "*.b.example.org:8050-8200", "api.example.com:443"))
+	if err := p.w.Ensure([]ruleset.ProxyElement{old}, "x.a.example.org", 0); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel drops it when it times out; the writer has not swept yet.
+	fake.DeleteProxy([]ruleset.ProxyElement{old}) //nolint:errcheck
+	now = now.Add(2 * time.Second)
+	if err := p.w.Ensure([]ruleset.ProxyElement{live}, "y.b.example.org", 0); err != nil {
+		t.Fatal(err)
+	}
+	p.SetPolicy(pol("api.example.com:443"))
+	if es, _ := fake.ReadProxy(); len(es) != 0 {
+		t.Errorf("the kernel holds %v after both entries were removed", es)
+	}
+}

@@ -479,18 +479,42 @@ func (w *writer) removeStale(es []ruleset.ProxyElement) error {
 	for i := 0; i < len(es) && err == nil; i += 4096 {
 		err = w.k.DeleteProxy(es[i:min(i+4096, len(es))])
 	}
+	done := es
 	if err != nil {
-		if w.failed != nil {
-			w.failed(err)
+		// Each on its own: one element the kernel refuses must not keep
+		// the others. Deleting adds each element first (it may have timed
+		// out), and an element that timed out can partly overlap a live
+		// one of the same address in an interval set (two entries with
+		// overlapping port ranges): EEXIST for the whole transaction, and
+		// the live answer stayed. Once the live one is out, the other goes
+		// too: rounds while one takes something out.
+		done = nil
+		left := es
+		for progress := true; progress && len(left) > 0; {
+			progress = false
+			var again []ruleset.ProxyElement
+			for _, pe := range left {
+				if w.k.DeleteProxy([]ruleset.ProxyElement{pe}) == nil {
+					done, progress = append(done, pe), true
+				} else {
+					again = append(again, pe)
+				}
+			}
+			left = again
 		}
-		return err
+		if len(left) == 0 {
+			err = nil
+		}
 	}
 	w.mu.Lock()
-	for _, pe := range es {
+	for _, pe := range done {
 		delete(w.stale, elemKey{pe.UID, pe.Element})
 	}
 	w.mu.Unlock()
-	return nil
+	if err != nil && w.failed != nil {
+		w.failed(err)
+	}
+	return err
 }
 
 // Refill writes again every element still alive, with what it has left:
