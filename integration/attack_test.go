@@ -96,6 +96,9 @@ func (w *world) startChild(uid int, mode, addr string, env ...string) *child {
 	cmd := exec.Command(clientBin)
 	cmd.Env = append([]string{"EGRESSD_TEST_CLIENT=" + mode, "EGRESSD_TEST_ADDR=" + addr}, env...)
 	testworld.AsUser(cmd, uid)
+	if w.cgroupFD > 0 {
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, w.cgroupFD
+	}
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {

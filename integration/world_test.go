@@ -165,6 +165,8 @@ type world struct {
 	// as on kernels before 6.9: for tests that play another tool changing
 	// the table, which the kernel refuses for an owned one.
 	unowned bool
+	// cgroupFD: children start in this cgroup (startChildIn); 0 where the test runs.
+	cgroupFD int
 }
 
 var worldAddrs = []string{"192.0.2.53", "192.0.2.10", "192.0.2.11", "192.0.2.12", "198.51.100.20", "203.0.113.5", "2001:db8::10", "2001:db8::20"}

@@ -159,6 +159,7 @@ func (f *Fake) AddProxy(es []ProxyElement) error {
 	}
 next:
 	for _, pe := range es {
+		pe.Name = CommentFor(pe.Name) // what the kernel keeps
 		for i, have := range f.Proxy {
 			if have.UID == pe.UID && have.Element == pe.Element {
 				if have.Name != "" {

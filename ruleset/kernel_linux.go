@@ -113,9 +113,9 @@ func bigBuffers(c *netlink.Conn, rcv int) error {
 //	    meta nfproto ipv4 ip ihl != 5 goto deny                   # IP_OPTIONS (LSRR/SSRR source routing)
 //	    tcp flags syn tcp option mptcp: overwritten with NOPs     # MPTCP falls back to TCP: no kernel subflows
 //	    ct state established,related ct direction original ct status != expected ct mark . meta skuid @owners accept
-//	    ct state established,related ct direction reply ct mark . meta skuid != @owners accept
-//	    ct state established,related ct direction reply ct status expected accept     # a helper's flow: its mark is its master's
-//	    ct state established,related ct direction reply fib daddr type local accept
+//	    ct state established,related ct direction reply ct mark . meta skuid != @owners fib saddr type local accept
+//	    ct state established,related ct direction reply ct status expected fib saddr type local accept  # a helper's flow: its mark is its master's
+//	    ct state established,related ct direction reply fib daddr type local fib saddr type local accept
 //	    fib saddr type != local goto deny                         # IP_FREEBIND, IPV6_FREEBIND, IP_TRANSPARENT
 //	    udp dport P meta skuid @proxyusers ct status != expected ct mark . meta skuid @owners ct status dnat fib daddr type local accept (and tcp)
 //	    meta skuid . meta l4proto . ip daddr . th dport @allow4 accept   (and allow4r, allow6, allow6r)
@@ -661,19 +661,22 @@ func restrictedRules(ch *nftables.Chain, proxyPort uint16) []*nftables.Rule {
 	rules = append(rules, rule(append(append(ctStateIs(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
 		&expr.Ct{Register: reg1, Key: expr.CtKeyDIRECTION},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{1}}),
-		append(openerIsOwn(true), accept)...)...))
+		append(append(openerIsOwn(true), sourceLocal()...), accept)...)...))
 	rules = append(rules, rule(append(append(ctStateIs(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
 		&expr.Ct{Register: reg1, Key: expr.CtKeyDIRECTION},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{1}}),
-		append(ctStatusIs(ipsExpected, true), accept)...)...))
+		append(append(ctStatusIs(ipsExpected, true), sourceLocal()...), accept)...)...))
 	// ... and on its own flows when the reply goes to a local address: a
 	// service talking to itself over loopback.
-	rules = append(rules, rule(append(replyToLocal(), accept)...))
+	rules = append(rules, rule(append(append(replyToLocal(), sourceLocal()...), accept)...))
 	// A source address that is not local: a FREEBIND or TRANSPARENT socket
 	// forging a flow. Never a protected user's business. After the
-	// established rules, which spares established packets a route lookup:
-	// a flow the user opened passed this rule with its first packet, and a
-	// reply on a flow someone else opened goes back to that opener.
+	// established rules, which spares a flow's original direction a route
+	// lookup: a flow the user opened passed this rule with its first
+	// packet. The reply direction has its own check (sourceLocal in each
+	// rule above): the reply tuple of a forwarded or DNATed flow starts at
+	// an address that is not the host's, which an IPV6_FREEBIND socket can
+	// bind and so speak to whoever opened that flow.
 	rules = append(rules, rule(append(sourceNotLocal(), deny)...))
 	// The proxy's redirect: only a query the nat chain rewrote, to the
 	// proxy's port on a local address, on a flow this uid opened (the
@@ -714,6 +717,14 @@ func replyToLocal() []expr.Any {
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{1}},
 		&expr.Fib{Register: reg1, ResultADDRTYPE: true, FlagDADDR: true},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(rtnLoc)})
+}
+
+// sourceLocal matches a packet whose source address is the host's.
+func sourceLocal() []expr.Any {
+	return []expr.Any{
+		&expr.Fib{Register: reg1, ResultADDRTYPE: true, FlagSADDR: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(rtnLoc)},
+	}
 }
 
 // sourceNotLocal matches a packet whose source address is not the host's.

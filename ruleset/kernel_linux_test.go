@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -763,6 +764,54 @@ func TestKernelDNSProxyDelete(t *testing.T) {
 	}
 	if err != nil || len(got) != 2 {
 		t.Fatalf("after a rebuild %v, %v: want the two kept elements", got, err)
+	}
+}
+
+// Red team (issue 22): the element's comment holds the name the service
+// asked, of the service's choosing (under a `**.` entry, any depth). On
+// Linux 6.18 a comment for a 252-character name failed the transaction
+// (every other service's answer in that group commit with it), and one for
+// 253 characters (the longest a DNS question carries) was kept empty,
+// which a restarted daemon takes for an older egressd's element and keeps
+// through a policy change by any name entry with its port. Such a name is
+// written as a backslash and its tail (CommentFor), which matches no entry.
+// Control: a name of MaxCommentName characters is kept whole.
+func TestKernelDNSProxyLongestName(t *testing.T) {
+	e := newEnv(t)
+	p := Render(Desired{
+		Allowlists: []Allowlist{{Name: "a", UID: uidA, Proxy: true}},
+		Resolvers:  []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")},
+		DenyLog:    config.Defaults().DenyLog,
+		ProxyPort:  153,
+	})
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	other := ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.9/32"), 443, 443)
+	for i, n := range []int{MaxCommentName, 251, 252, 253} {
+		name := strings.Repeat("a.", n/2)[:n-len("x.test")] + "x.test"
+		long := ElementFor(config.TCP, netip.MustParsePrefix(fmt.Sprintf("2001:db8::%d/128", i+1)), 400, 500)
+		if err := e.k.AddProxy([]ProxyElement{{UID: uidA, Element: long, Timeout: time.Hour, Name: name},
+			{UID: uidA, Element: other, Timeout: time.Hour, Name: "other.example.test", Renew: true}}); err != nil {
+			t.Errorf("%d characters: the transaction failed: %v", n, err)
+			continue
+		}
+		got, err := e.k.ReadProxy()
+		if err != nil {
+			t.Fatal(err)
+		}
+		read := "(none)"
+		for _, pe := range got {
+			if pe.Element == long {
+				read = pe.Name
+			}
+		}
+		switch {
+		case n <= MaxCommentName && read != name:
+			t.Errorf("%d characters: read back %q, want the name whole", n, read)
+		case n > MaxCommentName && (!strings.HasPrefix(read, `\`) || !strings.HasSuffix(name, read[1:])):
+			t.Errorf("%d characters: read back %q, want a backslash and the name's tail", n, read)
+		}
 	}
 }
 

@@ -33,6 +33,26 @@ type ProxyElement struct {
 	Renew bool
 }
 
+// MaxCommentName is the longest name an element's comment holds whole.
+// The kernel refuses a longer comment (Linux 6.18: 252 characters fail the
+// whole transaction, every other answer in it too) or keeps none (253: read
+// back empty, which a restarted daemon would take for an older egressd's
+// element, kept by any name entry); 200 leaves room on other kernels. No
+// host name in use is that long; a DNS question carries up to 253.
+const MaxCommentName = 200
+
+// CommentFor is the comment of an element answered for name: the name, or
+// for a longer one a backslash and its last MaxCommentName-1 characters. A
+// name with a backslash matches no entry (the DNS proxy refuses escapes), so
+// a restarted daemon keeps no such element through its first policy: the
+// service asks again (fail closed).
+func CommentFor(name string) string {
+	if len(name) <= MaxCommentName {
+		return name
+	}
+	return `\` + name[len(name)-(MaxCommentName-1):]
+}
+
 func (p ProxyElement) String() string {
 	return fmt.Sprintf("%d . %s (%s)", p.UID, p.Element, p.Timeout)
 }

@@ -20,7 +20,7 @@ func proxySetElements(ks kernelSet, es []ProxyElement) []nftables.SetElement {
 		// A whole number of milliseconds, at least one: 0 means "the set's
 		// default", which for these sets is forever.
 		t := max(pe.Timeout.Round(time.Millisecond), time.Millisecond)
-		out[i] = nftables.SetElement{Key: encode(ks, pe.UID, pe.Element, false), Timeout: t, Comment: pe.Name}
+		out[i] = nftables.SetElement{Key: encode(ks, pe.UID, pe.Element, false), Timeout: t, Comment: CommentFor(pe.Name)}
 		if ks.Range {
 			out[i].KeyEnd = encode(ks, pe.UID, pe.Element, true)
 		}

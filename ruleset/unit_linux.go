@@ -32,8 +32,8 @@ import (
 //	  ct state new ct status != confirmed ct label set K << 64  # bits 64-95: which unit opened the flow
 //	  (IPv6 routing header, IPv4 options: goto unitdeny_K; MPTCP: as in restricted)
 //	  ct state established,related ct direction original ct label & (bits 64-95) == K << 64 return
-//	  ct state established,related ct direction reply ct label & (bits 64-95) != K << 64 return
-//	  ct state established,related ct direction reply fib daddr type local return
+//	  ct state established,related ct direction reply ct label & (bits 64-95) != K << 64 fib saddr type local return
+//	  ct state established,related ct direction reply fib daddr type local fib saddr type local return
 //	  fib saddr type != local goto unitdeny_K
 //	  K . meta l4proto . ip daddr . th dport @uallow4 return   (and uallow4r, uallow6, uallow6r)
 //	  meta l4proto . ip daddr . th dport @dns4 return          (and dns4r, dns6, dns6r; dns: resolvers only)
@@ -220,15 +220,18 @@ func unitRules(ch *nftables.Chain, u UnitPlan) []*nftables.Rule {
 		b  byte
 		op expr.CmpOp
 	}{{0, expr.CmpOpEq}, {1, expr.CmpOpNeq}} {
-		rules = append(rules, rule(append(ctStateIs(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
+		es := append(ctStateIs(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
 			&expr.Ct{Register: reg1, Key: expr.CtKeyDIRECTION},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{dir.b}},
 			&expr.Ct{Register: reg1, Key: expr.CtKeyLABELS},
 			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 16, Mask: unitLabelMask, Xor: make([]byte, 16)},
-			&expr.Cmp{Op: dir.op, Register: reg1, Data: unitLabel(u.Key)},
-			ret)...))
+			&expr.Cmp{Op: dir.op, Register: reg1, Data: unitLabel(u.Key)})
+		if dir.b == 1 {
+			es = append(es, sourceLocal()...) // a forged source on a forwarded flow's reply (restrictedRules)
+		}
+		rules = append(rules, rule(append(es, ret)...))
 	}
-	rules = append(rules, rule(append(replyToLocal(), ret)...))
+	rules = append(rules, rule(append(append(replyToLocal(), sourceLocal()...), ret)...))
 	rules = append(rules, rule(append(sourceNotLocal(), deny)...))
 	for _, ks := range unitKernelSets() {
 		rules = append(rules, rule(append(unitLookupExprs(ks, u.Key), ret)...))

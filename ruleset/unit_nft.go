@@ -76,8 +76,8 @@ func unitRuleText(u UnitPlan) []string {
 		"meta nfproto ipv4 ip ihl != 5 " + deny + " # IP_OPTIONS: LSRR/SSRR",
 		"meta l4proto tcp tcp flags & syn != 0 tcp option mptcp exists tcp option mptcp @16,16 set 0xf000 # MPTCP falls back to TCP",
 		"ct state established,related ct direction original ct label & " + unitLabelMaskText() + " == " + label + " return",
-		"ct state established,related ct direction reply ct label & " + unitLabelMaskText() + " != " + label + " return",
-		"ct state established,related ct direction reply fib daddr type local return",
+		"ct state established,related ct direction reply ct label & " + unitLabelMaskText() + " != " + label + " fib saddr type local return",
+		"ct state established,related ct direction reply fib daddr type local fib saddr type local return",
 		"fib saddr type != local " + deny + " # IP_FREEBIND, IPV6_FREEBIND, IP_TRANSPARENT",
 	}
 	for _, ks := range unitKernelSets() {

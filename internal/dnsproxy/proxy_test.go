@@ -622,3 +622,156 @@ func TestElementCapConcurrent(t *testing.T) {
 		t.Errorf("the writer counts %d elements with %d reserved, want 16 and none", p.w.perUID[uidWeb], len(p.w.reserved))
 	}
 }
+
+// A name too long for the kernel's element comment is written as
+// ruleset.CommentFor makes it; a restarted daemon that reads it back keeps
+// the element through no policy (fail closed: the service asks again),
+// while the whole name, which the running daemon remembers, is allowed.
+func TestLongNameCommentAdmitsNothing(t *testing.T) {
+	pol := &Policy{ByUID: map[uint32]*Allowlist{uidWeb: webAllowlist(t, "**.example.org:443", "api.example.com:443")}}
+	name := strings.Repeat("a.", 120) + "example.org"
+	k := elemKey{uidWeb, ruleset.ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.20/32"), 443, 443)}
+	if !admits(pol, k, []string{name}) {
+		t.Fatal("control: the whole name is allowed by **.example.org:443")
+	}
+	if c := ruleset.CommentFor(name); admits(pol, k, []string{c}) || c == "" {
+		t.Errorf("the comment %q written for a %d-character name keeps the element after a restart", c, len(name))
+	}
+}
+
+// refusingKernel refuses, like the kernel's interval sets (EEXIST), any
+// transaction that holds an element overlapping one of another port range
+// for the same uid, protocol and address (pipapo refuses partial overlaps);
+// the first AddProxy waits for the gate.
+type refusingKernel struct {
+	*ruleset.Fake
+	refuse  ruleset.Element
+	entered chan struct{}
+	gate    chan struct{}
+	first   sync.Once
+}
+
+func (r *refusingKernel) AddProxy(es []ruleset.ProxyElement) error {
+	r.first.Do(func() { r.entered <- struct{}{}; <-r.gate })
+	for _, pe := range es {
+		if pe.Element == r.refuse {
+			return errors.New("add DNS proxy elements: file exists")
+		}
+	}
+	return r.Fake.AddProxy(es)
+}
+
+// Red team (issue 22): two entries whose port ranges overlap
+// (`*.a.example.org:8000-8100`, `*.b.example.org:8050-8200`) and two names,
+// one under each, pointing at one address: the kernel refuses the second
+// element (EEXIST: an interval set takes no partial overlap). A service that
+// asks such a name must not fail the other answers of the group commit it
+// lands in (other services' too): every answer released together failed
+// (SERVFAIL) before. It fails alone.
+func TestRefusedAnswerFailsAlone(t *testing.T) {
+	at := func(a string, from, to uint16) ruleset.ProxyElement {
+		return ruleset.ProxyElement{UID: uidWeb, Timeout: time.Hour, Element: ruleset.ElementFor(config.TCP, netip.MustParsePrefix(a+"/32"), from, to)}
+	}
+	bad := at("192.0.2.20", 8050, 8200)
+	fake := &ruleset.Fake{Plan: ruleset.Plan{Chains: []ruleset.ChainPlan{{Allowlist: "web", UID: uidWeb, Proxy: true}}}}
+	k := &refusingKernel{Fake: fake, refuse: bad.Element, entered: make(chan struct{}, 1), gate: make(chan struct{})}
+	p := New(Options{Kernel: k})
+	p.SetPolicy(&Policy{ByUID: map[uint32]*Allowlist{uidWeb: webAllowlist(t, "*.a.example.org:8000-8100", "*.b.example.org:8050-8200", "api.example.com:443")},
+		MinTTL: time.Second, MaxTTL: time.Hour, MaxAddrs: 8})
+	first := make(chan error, 1)
+	go func() {
+		first <- p.w.Ensure([]ruleset.ProxyElement{at("192.0.2.20", 8000, 8100)}, "x.a.example.org", time.Minute)
+	}()
+	<-k.entered // in flight; the next two meet in one group commit
+	good, refused := make(chan error, 1), make(chan error, 1)
+	go func() {
+		good <- p.w.Ensure([]ruleset.ProxyElement{at("192.0.2.30", 443, 443)}, "api.example.com", time.Minute)
+	}()
+	go func() { refused <- p.w.Ensure([]ruleset.ProxyElement{bad}, "y.b.example.org", time.Minute) }()
+	for {
+		p.w.mu.Lock()
+		n := len(p.w.pending)
+		p.w.mu.Unlock()
+		if n == 2 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(k.gate)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-good; err != nil {
+		t.Errorf("an answer that met a refused one in a group commit failed with it: %v", err)
+	}
+	if err := <-refused; err == nil {
+		t.Error("the refused answer succeeded")
+	}
+	var held []string
+	es, _ := fake.ReadProxy()
+	for _, pe := range es {
+		held = append(held, pe.Element.String())
+	}
+	sort.Strings(held)
+	if got := strings.Join(held, " "); !strings.Contains(got, "192.0.2.30:443") || strings.Contains(got, "8050-8200") {
+		t.Errorf("the kernel holds %s: want api.example.com's answer and not the refused one", got)
+	}
+}
+
+// overlapKernel refuses, as the kernel did (EEXIST, checked on 6.18), a
+// removal that re-adds an element which timed out (expired) while an
+// element of the same address with a partly overlapping port range
+// (overlaps) is live: removing re-adds each element first.
+type overlapKernel struct {
+	*ruleset.Fake
+	expired, overlaps ruleset.Element
+}
+
+func (o *overlapKernel) DeleteProxy(es []ruleset.ProxyElement) error {
+	held, _ := o.Fake.ReadProxy()
+	live := false
+	for _, pe := range held {
+		live = live || pe.Element == o.overlaps
+	}
+	for _, pe := range es {
+		if pe.Element == o.expired && live {
+			return errors.New("delete DNS proxy elements: file exists")
+		}
+	}
+	return o.Fake.DeleteProxy(es)
+}
+
+// Red team (issue 22): an answer for *.a.example.org:8000-8100 timed out in
+// the kernel (the writer still lists it: it sweeps once a minute); then one
+// for *.b.example.org:8050-8200 to the same address is written. The
+// administrator removes both entries: the removal re-adds the timed-out
+// element, which overlaps the live one, and the kernel refused the whole
+// transaction: the live answer outlived the policy (until its TTL and
+// linger ran out: up to 15 minutes). Each element is now taken out on its
+// own when the transaction fails.
+func TestRemovalNotBlockedByOverlap(t *testing.T) {
+	at := func(a string, from, to uint16, d time.Duration) ruleset.ProxyElement {
+		return ruleset.ProxyElement{UID: uidWeb, Timeout: d, Element: ruleset.ElementFor(config.TCP, netip.MustParsePrefix(a+"/32"), from, to)}
+	}
+	old, live := at("192.0.2.20", 8000, 8100, time.Second), at("192.0.2.20", 8050, 8200, time.Hour)
+	fake := &ruleset.Fake{Plan: ruleset.Plan{Chains: []ruleset.ChainPlan{{Allowlist: "web", UID: uidWeb, Proxy: true}}}}
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	p := New(Options{Kernel: &overlapKernel{Fake: fake, expired: old.Element, overlaps: live.Element}, Now: func() time.Time { return now }})
+	pol := func(es ...string) *Policy {
+		return &Policy{ByUID: map[uint32]*Allowlist{uidWeb: webAllowlist(t, es...)}, MinTTL: time.Second, MaxTTL: time.Hour, MaxAddrs: 8}
+	}
+	p.SetPolicy(pol("*.a.example.org:8000-8100", "*.b.example.org:8050-8200", "api.example.com:443"))
+	if err := p.w.Ensure([]ruleset.ProxyElement{old}, "x.a.example.org", 0); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel drops it when it times out; the writer has not swept yet.
+	fake.DeleteProxy([]ruleset.ProxyElement{old}) //nolint:errcheck
+	now = now.Add(2 * time.Second)
+	if err := p.w.Ensure([]ruleset.ProxyElement{live}, "y.b.example.org", 0); err != nil {
+		t.Fatal(err)
+	}
+	p.SetPolicy(pol("api.example.com:443"))
+	if es, _ := fake.ReadProxy(); len(es) != 0 {
+		t.Errorf("the kernel holds %v after both entries were removed", es)
+	}
+}

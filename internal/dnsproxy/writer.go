@@ -302,21 +302,14 @@ func (w *writer) flush() {
 		w.mu.Unlock()
 
 		w.removeStale(stale)
-		var err error
+		var errs map[*ensureCall]error
 		if len(batch) > 0 {
-			start := w.now()
-			es := make([]ruleset.ProxyElement, len(batch))
-			for i, p := range batch {
-				es[i] = p.pe
-			}
-			err = w.k.AddProxy(dedupe(es))
-			if w.observe != nil {
-				w.observe(w.now().Sub(start).Seconds())
-			}
+			var start time.Time
+			start, errs = w.write(batch)
 			w.mu.Lock()
 			for _, p := range batch {
 				k := elemKey{p.pe.UID, p.pe.Element}
-				if err == nil {
+				if errs[p.call] == nil {
 					w.set(k, start.Add(p.pe.Timeout), p.name)
 					delete(w.stale, k)
 				}
@@ -326,6 +319,7 @@ func (w *writer) flush() {
 		}
 		w.kmu.Unlock()
 		for _, c := range waiters {
+			err := errs[c]
 			if err == nil && c.revoked {
 				c.done <- errPolicyChanged
 				continue
@@ -333,6 +327,54 @@ func (w *writer) flush() {
 			c.done <- err
 		}
 	}
+}
+
+// write puts batch in the kernel in one transaction and returns when it
+// started and the error of each call (nil: written). If the kernel refuses
+// the transaction, each call's answer is written in one of its own: an
+// answer the kernel refuses (an element that partly overlaps another of the
+// same uid and address in an interval set, EEXIST: two entries with
+// overlapping port ranges and a name under each) fails alone, not every
+// answer released with it, other services' too. Called with kmu held.
+func (w *writer) write(batch []pendingElem) (time.Time, map[*ensureCall]error) {
+	start := w.now()
+	err := w.add(batch)
+	if err == nil {
+		return start, nil
+	}
+	var calls []*ensureCall
+	by := map[*ensureCall][]pendingElem{}
+	for _, p := range batch {
+		if by[p.call] == nil {
+			calls = append(calls, p.call)
+		}
+		by[p.call] = append(by[p.call], p)
+	}
+	errs := map[*ensureCall]error{}
+	if len(calls) == 1 {
+		errs[calls[0]] = err
+		return start, errs
+	}
+	for _, c := range calls {
+		if err := w.add(by[c]); err != nil {
+			errs[c] = err
+		}
+	}
+	return start, errs
+}
+
+// add writes ps in one transaction.
+func (w *writer) add(ps []pendingElem) error {
+	es := make([]ruleset.ProxyElement, len(ps))
+	for i, p := range ps {
+		es[i] = p.pe
+	}
+	start := w.now()
+	err := w.k.AddProxy(dedupe(es))
+	if w.observe != nil {
+		w.observe(w.now().Sub(start).Seconds())
+	}
+	return err
 }
 
 // sweepLocked forgets what the kernel has dropped by now.
@@ -437,18 +479,42 @@ func (w *writer) removeStale(es []ruleset.ProxyElement) error {
 	for i := 0; i < len(es) && err == nil; i += 4096 {
 		err = w.k.DeleteProxy(es[i:min(i+4096, len(es))])
 	}
+	done := es
 	if err != nil {
-		if w.failed != nil {
-			w.failed(err)
+		// Each on its own: one element the kernel refuses must not keep
+		// the others. Deleting adds each element first (it may have timed
+		// out), and an element that timed out can partly overlap a live
+		// one of the same address in an interval set (two entries with
+		// overlapping port ranges): EEXIST for the whole transaction, and
+		// the live answer stayed. Once the live one is out, the other goes
+		// too: rounds while one takes something out.
+		done = nil
+		left := es
+		for progress := true; progress && len(left) > 0; {
+			progress = false
+			var again []ruleset.ProxyElement
+			for _, pe := range left {
+				if w.k.DeleteProxy([]ruleset.ProxyElement{pe}) == nil {
+					done, progress = append(done, pe), true
+				} else {
+					again = append(again, pe)
+				}
+			}
+			left = again
 		}
-		return err
+		if len(left) == 0 {
+			err = nil
+		}
 	}
 	w.mu.Lock()
-	for _, pe := range es {
+	for _, pe := range done {
 		delete(w.stale, elemKey{pe.UID, pe.Element})
 	}
 	w.mu.Unlock()
-	return nil
+	if err != nil && w.failed != nil {
+		w.failed(err)
+	}
+	return err
 }
 
 // Refill writes again every element still alive, with what it has left:

@@ -16,6 +16,8 @@ import (
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/deny"
+
+	"golang.org/x/net/publicsuffix"
 )
 
 type dest struct {
@@ -262,7 +264,7 @@ type wildcard struct {
 // wildcards groups attempts whose names (from the proxy) are siblings —
 // the same parent domain, protocol and port — into one *.parent entry
 // when at least SiblingsForWildcard distinct names share it. Never over a
-// top-level domain, and never for an allowlist without dns: proxy (a
+// top-level domain or another public suffix, and never for an allowlist without dns: proxy (a
 // wildcard needs it).
 func wildcards(list []*seen, a *config.Allowlist) map[*seen]wildcard {
 	out := map[*seen]wildcard{}
@@ -279,7 +281,7 @@ func wildcards(list []*seen, a *config.Allowlist) map[*seen]wildcard {
 			continue
 		}
 		_, parent, ok := strings.Cut(s.names[0], ".")
-		if !ok || !strings.Contains(parent, ".") {
+		if !ok || !strings.Contains(parent, ".") || isPublicSuffix(parent) {
 			continue
 		}
 		e := fmt.Sprintf("*.%s:%d", parent, s.dport)
@@ -308,6 +310,15 @@ func wildcards(list []*seen, a *config.Allowlist) map[*seen]wildcard {
 		}
 	}
 	return out
+}
+
+// isPublicSuffix: names under parent are registered by anyone (co.uk,
+// github.io, s3.amazonaws.com: the Public Suffix List, ICANN and private
+// sections), so *.parent would allow every site under it, an attacker's
+// included.
+func isPublicSuffix(parent string) bool {
+	ps, _ := publicsuffix.PublicSuffix(parent)
+	return ps == parent
 }
 
 func verdicts(s *seen) string {

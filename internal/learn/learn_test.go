@@ -203,3 +203,33 @@ func TestProposeListen(t *testing.T) {
 		t.Fatalf("listen: proposed for an allowlist without one:\n%s", out)
 	}
 }
+
+// Red team (issue 22): three sibling names become *.parent, but a parent
+// that is a public suffix (co.uk, github.io, s3.amazonaws.com: anyone can
+// register a name under it) is no service's domain: the wildcard would
+// allow every site under it, the attacker's included, to an admin who
+// applies the proposal as it is. The names are proposed one by one.
+// Control: siblings under an ordinary parent still become its wildcard.
+func TestProposeNoWildcardOverPublicSuffix(t *testing.T) {
+	at := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		names []string
+		want  string
+	}{
+		{[]string{"bbc.co.uk", "itv.co.uk", "sky.co.uk"}, "api.example.test:443 bbc.co.uk:443 itv.co.uk:443 sky.co.uk:443"},
+		{[]string{"a.github.io", "b.github.io", "c.github.io"}, "api.example.test:443 a.github.io:443 b.github.io:443 c.github.io:443"},
+		{[]string{"a.s3.amazonaws.com", "b.s3.amazonaws.com", "c.s3.amazonaws.com"}, "api.example.test:443 a.s3.amazonaws.com:443 b.s3.amazonaws.com:443 c.s3.amazonaws.com:443"},
+		{[]string{"a.img.example.test", "b.img.example.test", "c.img.example.test"}, "api.example.test:443 *.img.example.test:443"},
+	} {
+		var doc deny.RecentDoc
+		for i, n := range tc.names {
+			addr := fmt.Sprintf("192.0.2.%d", 30+i)
+			doc.Entries = append(doc.Entries, deny.RecentEntry{Allowlist: "fetcher", Audit: true, Proto: "tcp", Dst: addr, DPort: 443, Count: 1, First: at, Last: at})
+			doc.Resolved = append(doc.Resolved, deny.ResolvedEntry{Allowlist: "fetcher", Name: n, Addrs: []string{addr}, Count: 1, First: at, Last: at})
+		}
+		out := ProposeDoc(proxyAllowlist(t), doc, at.Add(-time.Hour))
+		if got := strings.Join(entriesOf(t, out), " "); got != tc.want {
+			t.Errorf("names %v: entries %s, want %s\n%s", tc.names, got, tc.want, out)
+		}
+	}
+}

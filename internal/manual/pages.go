@@ -134,8 +134,9 @@ time seen as comments; the entries already in the allowlist marked as such;
 name the proxy answered the service with when that name alone led to it (an
 address several names led to stays a literal, marked REVIEW, every name
 listed beneath; a name that is no valid entry appears only in a comment,
-escaped), three or more sibling names as one *.parent wildcard, and the names
-the proxy refused are listed as comments.
+escaped), three or more sibling names as one *.parent wildcard (never under
+a public suffix such as co.uk or github.io), and the names the proxy refused
+are listed as comments.
 The observations are kept under the state directory (observed.json, bounded)
 and survive restarts. Exit 2 when there is nothing to learn from.`),
 		Item("demo", `Run the real daemon on example allowlists inside a throwaway
