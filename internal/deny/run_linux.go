@@ -56,19 +56,7 @@ func Run(ctx context.Context, l *nflog.Listener, lookup Lookup, prefix string, i
 	if rec != nil {
 		agg.Record = rec.Record
 	}
-	go func() {
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				agg.Flush()
-				return
-			case <-t.C:
-				agg.Flush()
-			}
-		}
-	}()
+	go flushEvery(ctx, agg, interval, func() {})
 	go func() {
 		<-ctx.Done()
 		l.Close()
@@ -188,20 +176,7 @@ func RunBinds(ctx context.Context, rd *ringbuf.Reader, lookup Lookup, interval t
 	if rec != nil {
 		agg.Record = rec.Record
 	}
-	go func() {
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				agg.Flush()
-				rd.Close()
-				return
-			case <-t.C:
-				agg.Flush()
-			}
-		}
-	}()
+	go flushEvery(ctx, agg, interval, func() { rd.Close() })
 	for {
 		r, err := rd.Read()
 		if err != nil {
@@ -217,6 +192,23 @@ func RunBinds(ctx context.Context, rd *ringbuf.Reader, lookup Lookup, interval t
 		}
 		if name, ok := agg.AddBind(Bind{UID: b.UID, Proto: b.Proto, Addr: b.Addr, Port: b.Port, Audit: b.Audit, Time: time.Now()}); ok {
 			m.BindDenied(name, b.Audit)
+		}
+	}
+}
+
+// flushEvery flushes agg every interval and once more when ctx ends, then
+// calls done.
+func flushEvery(ctx context.Context, agg *Aggregator, interval time.Duration, done func()) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			agg.Flush()
+			done()
+			return
+		case <-t.C:
+			agg.Flush()
 		}
 	}
 }
