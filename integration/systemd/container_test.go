@@ -161,7 +161,11 @@ func (c *container) boot() {
 	for {
 		out, _ = c.exec(ctx, "systemctl", "is-system-running", "--wait")
 		// systemd 252: "Failed to connect to bus"; 257: "Failed to connect to system scope bus".
-		if !strings.Contains(out, "Failed to connect to bus") && !strings.Contains(out, "Failed to connect to system scope bus") || ctx.Err() != nil {
+		// "offline": systemd has not created /run/systemd/system yet (seen on a
+		// loaded machine right after PID 1 appeared).
+		starting := strings.Contains(out, "Failed to connect to bus") || strings.Contains(out, "Failed to connect to system scope bus") ||
+			strings.TrimSpace(out) == "offline"
+		if !starting || ctx.Err() != nil {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
