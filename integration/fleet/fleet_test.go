@@ -330,6 +330,11 @@ func (l *lab) denyForwardedAndAlerted(t *testing.T) {
 	// The counter must be scraped at 0 before the deny (increase() needs two samples).
 	l.waitQuery(t, `egressd_denied_packets_total{instance="host2",allowlist="app"} == 0`, 1, time.Minute)
 
+	// The control: root (not protected) reaches the same port, so what
+	// app meets below is egressd, not a closed port.
+	if out, err := connect(l.hosts[1], "root", collectorIP, "9090"); err != nil || !strings.Contains(out, "connected") {
+		t.Fatalf("host2: root cannot reach %s:9090 (Prometheus): %v\n%s", collectorIP, err, out)
+	}
 	denied := time.Now()
 	if out, err := connect(l.hosts[1], "app", collectorIP, "9090"); err == nil || strings.Contains(out, "connected") {
 		t.Fatalf("host2: app reached %s:9090, which its allowlist does not allow:\n%s", collectorIP, out)
