@@ -271,11 +271,3 @@ func (c *container) destroy() {
 	}
 	os.Remove("/run/systemd/nspawn/propagate/" + c.name) //nolint:errcheck
 }
-
-func exitCode(err error) int {
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode()
-	}
-	return -1
-}
