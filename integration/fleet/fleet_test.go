@@ -350,9 +350,9 @@ func (l *lab) denyForwardedAndAlerted(t *testing.T) {
 			break
 		}
 		if time.Since(denied) > 10*time.Second {
-			l.collector.run("ls", "-l", "/var/log/journal/remote") //nolint:errcheck
+			ls, _ := l.collector.run("ls", "-l", "/var/log/journal/remote")
 			st, _ := l.hosts[1].run("systemctl", "status", "--no-pager", "systemd-journal-upload.service")
-			t.Fatalf("no deny event of host2 on the collector 10 s after the connect\n%s", st)
+			t.Fatalf("no deny event of host2 on the collector 10 s after the connect\ncollector: %s\nhost2: %s", ls, st)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
