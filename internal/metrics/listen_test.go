@@ -60,3 +60,80 @@ func TestListenUnix(t *testing.T) {
 		t.Error("a socket in a world-writable directory was accepted")
 	}
 }
+
+// Red team of issue 27: another local user (here nobody) has put something
+// of their own where the metrics socket goes, before egressd starts, to be
+// the socket scrapers connect to or to make egressd chmod their file.
+// Every case is refused and leaves their object alone.
+func TestListenUnixPathTakenByAnotherUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (files owned by another user)")
+	}
+	const nobody = 65534
+	base := t.TempDir()
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mine := func(p string) {
+		if err := os.Lchown(p, nobody, nobody); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Their own directory, and a socket of theirs in it.
+	theirs := filepath.Join(base, "theirs")
+	os.Mkdir(theirs, 0o755) //nolint:errcheck
+	mine(theirs)
+	theirSock := filepath.Join(theirs, "fake.sock")
+	fake, err := net.Listen("unix", theirSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Close()
+	os.Chmod(theirSock, 0o600) //nolint:errcheck
+	mine(theirSock)
+
+	// egressd's directory (root's, 0755), with their objects at the path.
+	run := filepath.Join(base, "run")
+	os.Mkdir(run, 0o755) //nolint:errcheck
+	link := filepath.Join(run, "link.sock")
+	os.Symlink(theirSock, link) //nolint:errcheck
+	mine(link)
+	dir := filepath.Join(run, "dir.sock")
+	os.Mkdir(dir, 0o755) //nolint:errcheck
+	mine(dir)
+	// The socket's directory is a symlink to their directory.
+	dirLink := filepath.Join(run, "dirlink")
+	os.Symlink(theirs, dirLink) //nolint:errcheck
+
+	for _, tc := range []struct{ name, path string }{
+		{"in their directory", filepath.Join(theirs, "metrics.sock")},
+		{"through a symlink to their directory", filepath.Join(dirLink, "metrics.sock")},
+		{"a symlink to their socket", link},
+		{"their directory", dir},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, err := Listen("unix:"+tc.path, 0o666, -1)
+			if err == nil {
+				ln.Close()
+				t.Fatalf("Listen(%s) was accepted", tc.path)
+			}
+			t.Logf("refused: %v", err)
+		})
+	}
+	// Their objects are as they were.
+	for _, p := range []string{theirSock, link, dir} {
+		fi, err := os.Lstat(p)
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != nobody {
+			t.Errorf("%s: now owned by uid %d", p, st.Uid)
+		}
+	}
+	if fi, _ := os.Stat(theirSock); fi == nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("their socket's mode changed: %v", fi)
+	}
+	if _, err := os.Stat(filepath.Join(theirs, "metrics.sock")); err == nil {
+		t.Error("a socket was created in their directory")
+	}
+}
