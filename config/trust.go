@@ -345,6 +345,21 @@ func (w *walker) resolve(p string) (string, fileInfo, error) {
 	return cur, fi, nil
 }
 
+// CheckDir checks the directory p and every directory and symlink on the
+// way to it by the rules of configuration paths: a directory in which
+// egressd puts what others connect to (the metrics socket) must not be
+// replaceable by another user, here or above.
+func (t Trust) CheckDir(p string) error {
+	_, fi, err := t.walker().resolve(p)
+	if err != nil {
+		return err
+	}
+	if !fi.mode.IsDir() {
+		return &fs.PathError{Op: "check", Path: p, Err: syscall.ENOTDIR}
+	}
+	return nil
+}
+
 func (w *walker) dir(p string) error {
 	if w.seen[p] {
 		return nil

@@ -285,7 +285,9 @@ func listenMetrics(cfg *config.Config) (net.Listener, error) {
 		}
 		gid = g
 	}
-	return metrics.Listen(cfg.MetricsListen, cfg.MetricsSocketMode, gid)
+	// The socket's directories follow the configuration's trust rules: no
+	// other user may replace the socket scrapers connect to.
+	return metrics.Listen(cfg.MetricsListen, cfg.MetricsSocketMode, gid, config.Trust{})
 }
 
 func serveMetrics(ctx context.Context, ln net.Listener, m *metrics.Metrics, log *zap.Logger) {

@@ -253,7 +253,8 @@ closed: each address from DNS closes when its kernel lifetime, TTL + linger
 or stale_grace, runs out) or remove.`),
 		Item("metrics_listen", `HOST:PORT of the Prometheus endpoint, which every local user
 can read (which services are denied, and when), or unix:PATH, a unix socket
-with metrics_socket_mode and metrics_socket_group. At most 16 connections at
+with metrics_socket_mode and metrics_socket_group, in a directory that only
+root or egressd may write, as may every directory above it. At most 16 connections at
 once. Default: off. The shipped egressd.service lets the daemon bind TCP port
 9464 only (SocketBindAllow=tcp:9464, SocketBindDeny=any): for another port add
 SocketBindAllow=tcp:PORT in a drop-in (systemctl edit egressd), or where systemd

@@ -6,29 +6,27 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
+
+	"github.com/egressd/egressd/config"
 )
 
 // Listen opens the metrics endpoint: a TCP address (every local user can
 // connect), or unix:PATH, a socket with the given mode and group (gid; -1
 // keeps the daemon's), so that the operator chooses who may read which
 // services are denied, and when. A socket left at PATH by an earlier run is
-// replaced; anything else there is an error.
-func Listen(addr string, mode os.FileMode, gid int) (net.Listener, error) {
+// replaced; anything else there is an error, and so is a directory on the
+// way that another user could write (trust).
+func Listen(addr string, mode os.FileMode, gid int, trust config.Trust) (net.Listener, error) {
 	path, unix := strings.CutPrefix(addr, "unix:")
 	if !unix {
 		return net.Listen("tcp", addr)
 	}
-	// Whoever may write the directory could put their own socket in place
-	// of egressd's: the directory must be root's or egressd's alone.
+	// Whoever may write the directory, or one above it, could put their
+	// own socket in place of egressd's: every directory on the way must be
+	// root's or egressd's alone (trust: the configuration's rules).
 	dir := filepath.Dir(path)
-	var st syscall.Stat_t
-	if err := syscall.Stat(dir, &st); err != nil {
-		return nil, fmt.Errorf("metrics socket directory: %w", err)
-	}
-	if (st.Uid != 0 && int(st.Uid) != os.Geteuid()) || st.Mode&0o022 != 0 {
-		return nil, fmt.Errorf("metrics socket directory %s: owned by uid %d with mode %04o; it must be writable by root or egressd alone (for example /run/egressd)",
-			dir, st.Uid, st.Mode&0o7777)
+	if err := trust.CheckDir(dir); err != nil {
+		return nil, fmt.Errorf("metrics socket %s: %w; every directory on the way to it must be writable by root or egressd alone (for example /run/egressd)", path, err)
 	}
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {
