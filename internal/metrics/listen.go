@@ -36,19 +36,32 @@ func Listen(addr string, mode os.FileMode, gid int, trust config.Trust) (net.Lis
 			return nil, err
 		}
 	}
-	ln, err := net.Listen("unix", path)
+	// Bound in a directory of its own (0700) and given its group and mode
+	// there, then renamed into place: never connectable with the umask's
+	// mode, whatever the umask.
+	tmp, err := os.MkdirTemp(dir, ".metrics-")
+	if err != nil {
+		return nil, fmt.Errorf("metrics socket: %w", err)
+	}
+	defer os.RemoveAll(tmp) //nolint:errcheck // empty once the socket is renamed
+	bound := filepath.Join(tmp, "sock")
+	ln, err := net.Listen("unix", bound)
 	if err != nil {
 		return nil, err
 	}
-	// Created with the umask's mode, which the unit keeps closed (0077):
-	// opened to mode and group only now.
-	if err := os.Lchown(path, -1, gid); err != nil {
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	fail := func(err error) (net.Listener, error) {
 		ln.Close()
-		return nil, fmt.Errorf("metrics socket: group %d: %w (under the unit, egressd must be a member of the group: SupplementaryGroups=)", gid, err)
+		return nil, err
 	}
-	if err := os.Chmod(path, mode); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("metrics socket: %w", err)
+	if err := os.Lchown(bound, -1, gid); err != nil {
+		return fail(fmt.Errorf("metrics socket: group %d: %w (under the unit, egressd must be a member of the group: SupplementaryGroups=)", gid, err))
+	}
+	if err := os.Chmod(bound, mode); err != nil {
+		return fail(fmt.Errorf("metrics socket: %w", err))
+	}
+	if err := os.Rename(bound, path); err != nil {
+		return fail(fmt.Errorf("metrics socket: %w", err))
 	}
 	return ln, nil
 }
