@@ -224,8 +224,13 @@ func bindOp(op string) (bindResult, error) {
 		opts[k] = v
 	}
 	typ, proto := unix.SOCK_STREAM, unix.IPPROTO_TCP
-	if strings.HasPrefix(network, "udp") {
+	switch {
+	case strings.HasPrefix(network, "udplite"):
+		typ, proto = unix.SOCK_DGRAM, unix.IPPROTO_UDPLITE
+	case strings.HasPrefix(network, "udp"):
 		typ, proto = unix.SOCK_DGRAM, unix.IPPROTO_UDP
+	case strings.HasPrefix(network, "mptcp"):
+		proto = unix.IPPROTO_MPTCP
 	}
 	family := unix.AF_INET
 	if strings.HasSuffix(network, "6") {
@@ -435,6 +440,67 @@ func TestListenEphemeral(t *testing.T) {
 			t.Fatalf("listener %q, dial %v, then %q", first, derr, second)
 		}
 	})
+}
+
+// MPTCP: the listener the service gets is a socket of the kernel's (the
+// first subflow), which binds and listens on its behalf. An explicit bind is
+// checked against the caller; a listener on the kernel's port must be
+// dropped by ingress, which sees the subflow's socket, not the service's.
+func TestRedteamMPTCPListener(t *testing.T) {
+	r := newRig(t)
+	r.apply(policy)
+	if err := r.ns.Sysctl("net/mptcp/enabled", "1"); err != nil {
+		t.Skipf("no MPTCP in this kernel: %v", err)
+	}
+	t.Run("control: listed port serves", func(t *testing.T) {
+		first, derr, second := r.listenAndDial(protected, "mptcp4,127.0.0.1,8080,listen")
+		if first != "ok 8080" || derr != nil || second != "accepted" {
+			t.Fatalf("listener %q, dial %v, then %q; want ok 8080, a connection, accepted", first, derr, second)
+		}
+	})
+	t.Run("attack: bind an unlisted port", func(t *testing.T) {
+		if got := r.run(protected, "mptcp4,127.0.0.1,9999,listen"); got != "EPERM" {
+			t.Fatalf("MPTCP bind of 9999: %q, want EPERM", got)
+		}
+		if got := r.run(protected, "mptcp6,::,9999,listen"); got != "EPERM" {
+			t.Fatalf("MPTCP bind of [::]:9999: %q, want EPERM", got)
+		}
+	})
+	for _, op := range []string{"mptcp4,0,0,autolisten", "mptcp4,127.0.0.1,0,listen", "mptcp6,::,0,autolisten"} {
+		t.Run("attack: "+op, func(t *testing.T) {
+			first, derr, second := r.listenAndDial(protected, op)
+			if !strings.HasPrefix(first, "ok ") {
+				t.Fatalf("listener: %q", first)
+			}
+			if derr == nil || second == "accepted" {
+				t.Fatalf("a connection reached the MPTCP listener (%s): dial %v, listener %q", first, derr, second)
+			}
+		})
+	}
+	t.Run("control: another user's autobound MPTCP listener serves", func(t *testing.T) {
+		first, derr, second := r.listenAndDial(other, "mptcp4,0,0,autolisten")
+		if derr != nil || second != "accepted" {
+			t.Fatalf("listener %q, dial %v, then %q", first, derr, second)
+		}
+	})
+}
+
+// UDP-Lite is UDP's code with its own protocol number: the bind hooks see
+// it, and listen: lists neither it nor any port for it.
+func TestRedteamUDPLiteBind(t *testing.T) {
+	r := newRig(t)
+	r.apply(policy)
+	for _, op := range []string{"udplite4,127.0.0.1,9999", "udplite4,127.0.0.1,5353", "udplite6,::,9999", "udplite6,::ffff:127.0.0.1,9999"} {
+		if got := r.run(protected, op); got != "EPERM" {
+			t.Errorf("protected %s: %q, want EPERM", op, got)
+		}
+	}
+	if got := r.run(other, "udplite4,127.0.0.1,9999"); got != "ok 9999" {
+		t.Errorf("control: another user's UDP-Lite bind: %q", got)
+	}
+	if got := r.run(protected, "udp4,127.0.0.1,5353"); got != "ok 5353" {
+		t.Errorf("control: the listed UDP port: %q", got)
+	}
 }
 
 // SO_REUSEPORT on a listed port held by another user's service: the kernel
