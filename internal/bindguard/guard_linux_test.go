@@ -185,6 +185,17 @@ func (r *rig) run(uid int, op string) string {
 // NETWORK,ADDR,PORT[,dropto=UID][,reuseport][,range=LO-HI][,listen][,autolisten],
 // and prints "ok PORT" or the errno's name.
 func helper(op string) int {
+	if n, rest, ok := strings.Cut(op, ";"); ok {
+		// flood=N;OP: perform OP N times first (each socket closed), then once
+		// more as below.
+		count, _ := strconv.Atoi(strings.TrimPrefix(n, "flood="))
+		for i := 0; i < count; i++ {
+			if res, err := bindOp(rest); err == nil {
+				unix.Close(res.fd)
+			}
+		}
+		op = rest
+	}
 	res, err := bindOp(op)
 	if err != nil {
 		if errno, ok := errors.Unwrap(err).(unix.Errno); ok {
@@ -569,6 +580,43 @@ func TestPinnedAcrossRestart(t *testing.T) {
 	r.apply(Policy{})
 	if got := r.run(protected, "tcp4,127.0.0.1,8080"); got != "ok 8080" {
 		t.Fatalf("restriction lifted: %q", got)
+	}
+}
+
+// The events ring buffer filled (no reader, more refusals than it holds):
+// a refusal does not depend on its report being written.
+func TestRedteamEventsFlooded(t *testing.T) {
+	r := newRig(t)
+	r.apply(policy)
+	// 256 KiB of 32-byte records and their 8-byte headers: ~6,500 fill it.
+	if got := r.run(protected, "flood=10000;tcp4,127.0.0.1,9999"); got != "EPERM" {
+		t.Fatalf("bind of 9999 with the ring buffer full: %q, want EPERM", got)
+	}
+	first, derr, second := r.listenAndDial(protected, "tcp4,0,0,autolisten")
+	if !strings.HasPrefix(first, "ok ") || derr == nil || second == "accepted" {
+		t.Fatalf("autobound listener with the ring buffer full (%s): dial %v, listener %q", first, derr, second)
+	}
+	if got := r.run(protected, "tcp4,127.0.0.1,8080"); got != "ok 8080" {
+		t.Fatalf("control: the listed port: %q", got)
+	}
+	// The ring buffer is indeed full: a reader finds the first reports, and
+	// fewer than were refused.
+	rd, err := r.guard.Events()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	n := 0
+	for {
+		rd.SetDeadline(time.Now().Add(500 * time.Millisecond))
+		if _, err := rd.Read(); err != nil {
+			break
+		}
+		n++
+	}
+	t.Logf("%d reports read after 10,001 refusals", n)
+	if n == 0 || n >= 10000 {
+		t.Fatalf("%d reports read after 10,001 refusals: the ring buffer was not filled", n)
 	}
 }
 
