@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/egressd/egressd/internal/cgroup"
@@ -278,7 +279,17 @@ func bindOp(op string) (bindResult, error) {
 			return bindResult{}, fmt.Errorf("IP_LOCAL_PORT_RANGE: %w", err)
 		}
 	}
-	if _, auto := opts["autolisten"]; !auto {
+	_, bound := opts["unspec"]
+	if bound && family == unix.AF_INET {
+		// An AF_INET socket takes an AF_UNSPEC address for INADDR_ANY (an
+		// old compatibility case of inet_bind), with a port.
+		p, _ := strconv.Atoi(port)
+		sa := unix.RawSockaddrInet4{Family: unix.AF_UNSPEC, Port: uint16(p>>8 | p&0xff<<8)}
+		if _, _, e := unix.Syscall(unix.SYS_BIND, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa)); e != 0 {
+			return bindResult{}, fmt.Errorf("bind: %w", e)
+		}
+	}
+	if _, auto := opts["autolisten"]; !auto && !bound {
 		p, _ := strconv.Atoi(port)
 		var sa unix.Sockaddr
 		ip := net.ParseIP(addr)
@@ -494,6 +505,24 @@ func TestRedteamMPTCPListener(t *testing.T) {
 			t.Fatalf("listener %q, dial %v, then %q", first, derr, second)
 		}
 	})
+}
+
+// An AF_UNSPEC address on an AF_INET socket binds INADDR_ANY: the bind4 hook
+// still reads its port.
+func TestRedteamBindUnspec(t *testing.T) {
+	r := newRig(t)
+	r.apply(policy)
+	for _, op := range []string{"tcp4,0,9999,unspec", "udp4,0,9999,unspec"} {
+		if got := r.run(protected, op); got != "EPERM" {
+			t.Errorf("protected %s: %q, want EPERM", op, got)
+		}
+		if got := r.run(other, op); got != "ok 9999" {
+			t.Errorf("control: another user's %s: %q", op, got)
+		}
+	}
+	if got := r.run(protected, "tcp4,0,8080,unspec"); got != "ok 8080" {
+		t.Errorf("control: the listed port: %q", got)
+	}
 }
 
 // UDP-Lite is UDP's code with its own protocol number: the bind hooks see
