@@ -507,6 +507,27 @@ func TestRedteamMPTCPListener(t *testing.T) {
 	})
 }
 
+// A listener bound while its port was listed: once the port is unlisted,
+// connections to it are dropped (ingress reads the policy per packet).
+func TestRedteamListenerNarrowed(t *testing.T) {
+	r := newRig(t)
+	r.apply(policy)
+	cmd, out := r.start(protected, "tcp4,127.0.0.1,8081,listen")
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	if line, _ := out.ReadString('\n'); strings.TrimSpace(line) != "ok 8081" {
+		t.Fatalf("listener: %q", line)
+	}
+	r.apply(Policy{protected: {Ports: []Port{{TCP, 8080}}}})
+	if err := r.dial("8081"); err == nil {
+		t.Fatal("a connection reached the listener on 8081 after 8081 was unlisted")
+	}
+	r.apply(policy)
+	if err := r.dial("8081"); err != nil {
+		t.Fatalf("control: 8081 listed again: %v", err)
+	}
+}
+
 // An AF_UNSPEC address on an AF_INET socket binds INADDR_ANY: the bind4 hook
 // still reads its port.
 func TestRedteamBindUnspec(t *testing.T) {
