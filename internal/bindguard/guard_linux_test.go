@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/egressd/egressd/internal/cgroup"
@@ -185,6 +186,17 @@ func (r *rig) run(uid int, op string) string {
 // NETWORK,ADDR,PORT[,dropto=UID][,reuseport][,range=LO-HI][,listen][,autolisten],
 // and prints "ok PORT" or the errno's name.
 func helper(op string) int {
+	if n, rest, ok := strings.Cut(op, ";"); ok {
+		// flood=N;OP: perform OP N times first (each socket closed), then once
+		// more as below.
+		count, _ := strconv.Atoi(strings.TrimPrefix(n, "flood="))
+		for i := 0; i < count; i++ {
+			if res, err := bindOp(rest); err == nil {
+				unix.Close(res.fd)
+			}
+		}
+		op = rest
+	}
 	res, err := bindOp(op)
 	if err != nil {
 		if errno, ok := errors.Unwrap(err).(unix.Errno); ok {
@@ -224,8 +236,13 @@ func bindOp(op string) (bindResult, error) {
 		opts[k] = v
 	}
 	typ, proto := unix.SOCK_STREAM, unix.IPPROTO_TCP
-	if strings.HasPrefix(network, "udp") {
+	switch {
+	case strings.HasPrefix(network, "udplite"):
+		typ, proto = unix.SOCK_DGRAM, unix.IPPROTO_UDPLITE
+	case strings.HasPrefix(network, "udp"):
 		typ, proto = unix.SOCK_DGRAM, unix.IPPROTO_UDP
+	case strings.HasPrefix(network, "mptcp"):
+		proto = unix.IPPROTO_MPTCP
 	}
 	family := unix.AF_INET
 	if strings.HasSuffix(network, "6") {
@@ -262,7 +279,17 @@ func bindOp(op string) (bindResult, error) {
 			return bindResult{}, fmt.Errorf("IP_LOCAL_PORT_RANGE: %w", err)
 		}
 	}
-	if _, auto := opts["autolisten"]; !auto {
+	_, bound := opts["unspec"]
+	if bound && family == unix.AF_INET {
+		// An AF_INET socket takes an AF_UNSPEC address for INADDR_ANY (an
+		// old compatibility case of inet_bind), with a port.
+		p, _ := strconv.Atoi(port)
+		sa := unix.RawSockaddrInet4{Family: unix.AF_UNSPEC, Port: uint16(p>>8 | p&0xff<<8)}
+		if _, _, e := unix.Syscall(unix.SYS_BIND, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa)); e != 0 {
+			return bindResult{}, fmt.Errorf("bind: %w", e)
+		}
+	}
+	if _, auto := opts["autolisten"]; !auto && !bound {
 		p, _ := strconv.Atoi(port)
 		var sa unix.Sockaddr
 		ip := net.ParseIP(addr)
@@ -437,6 +464,106 @@ func TestListenEphemeral(t *testing.T) {
 	})
 }
 
+// MPTCP: the listener the service gets is a socket of the kernel's (the
+// first subflow), which binds and listens on its behalf. An explicit bind is
+// checked against the caller; a listener on the kernel's port must be
+// dropped by ingress, which sees the subflow's socket, not the service's.
+func TestRedteamMPTCPListener(t *testing.T) {
+	r := newRig(t)
+	r.apply(policy)
+	if err := r.ns.Sysctl("net/mptcp/enabled", "1"); err != nil {
+		t.Skipf("no MPTCP in this kernel: %v", err)
+	}
+	t.Run("control: listed port serves", func(t *testing.T) {
+		first, derr, second := r.listenAndDial(protected, "mptcp4,127.0.0.1,8080,listen")
+		if first != "ok 8080" || derr != nil || second != "accepted" {
+			t.Fatalf("listener %q, dial %v, then %q; want ok 8080, a connection, accepted", first, derr, second)
+		}
+	})
+	t.Run("attack: bind an unlisted port", func(t *testing.T) {
+		if got := r.run(protected, "mptcp4,127.0.0.1,9999,listen"); got != "EPERM" {
+			t.Fatalf("MPTCP bind of 9999: %q, want EPERM", got)
+		}
+		if got := r.run(protected, "mptcp6,::,9999,listen"); got != "EPERM" {
+			t.Fatalf("MPTCP bind of [::]:9999: %q, want EPERM", got)
+		}
+	})
+	for _, op := range []string{"mptcp4,0,0,autolisten", "mptcp4,127.0.0.1,0,listen", "mptcp6,::,0,autolisten"} {
+		t.Run("attack: "+op, func(t *testing.T) {
+			first, derr, second := r.listenAndDial(protected, op)
+			if !strings.HasPrefix(first, "ok ") {
+				t.Fatalf("listener: %q", first)
+			}
+			if derr == nil || second == "accepted" {
+				t.Fatalf("a connection reached the MPTCP listener (%s): dial %v, listener %q", first, derr, second)
+			}
+		})
+	}
+	t.Run("control: another user's autobound MPTCP listener serves", func(t *testing.T) {
+		first, derr, second := r.listenAndDial(other, "mptcp4,0,0,autolisten")
+		if derr != nil || second != "accepted" {
+			t.Fatalf("listener %q, dial %v, then %q", first, derr, second)
+		}
+	})
+}
+
+// A listener bound while its port was listed: once the port is unlisted,
+// connections to it are dropped (ingress reads the policy per packet).
+func TestRedteamListenerNarrowed(t *testing.T) {
+	r := newRig(t)
+	r.apply(policy)
+	cmd, out := r.start(protected, "tcp4,127.0.0.1,8081,listen")
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	if line, _ := out.ReadString('\n'); strings.TrimSpace(line) != "ok 8081" {
+		t.Fatalf("listener: %q", line)
+	}
+	r.apply(Policy{protected: {Ports: []Port{{TCP, 8080}}}})
+	if err := r.dial("8081"); err == nil {
+		t.Fatal("a connection reached the listener on 8081 after 8081 was unlisted")
+	}
+	r.apply(policy)
+	if err := r.dial("8081"); err != nil {
+		t.Fatalf("control: 8081 listed again: %v", err)
+	}
+}
+
+// An AF_UNSPEC address on an AF_INET socket binds INADDR_ANY: the bind4 hook
+// still reads its port.
+func TestRedteamBindUnspec(t *testing.T) {
+	r := newRig(t)
+	r.apply(policy)
+	for _, op := range []string{"tcp4,0,9999,unspec", "udp4,0,9999,unspec"} {
+		if got := r.run(protected, op); got != "EPERM" {
+			t.Errorf("protected %s: %q, want EPERM", op, got)
+		}
+		if got := r.run(other, op); got != "ok 9999" {
+			t.Errorf("control: another user's %s: %q", op, got)
+		}
+	}
+	if got := r.run(protected, "tcp4,0,8080,unspec"); got != "ok 8080" {
+		t.Errorf("control: the listed port: %q", got)
+	}
+}
+
+// UDP-Lite is UDP's code with its own protocol number: the bind hooks see
+// it, and listen: lists neither it nor any port for it.
+func TestRedteamUDPLiteBind(t *testing.T) {
+	r := newRig(t)
+	r.apply(policy)
+	for _, op := range []string{"udplite4,127.0.0.1,9999", "udplite4,127.0.0.1,5353", "udplite6,::,9999", "udplite6,::ffff:127.0.0.1,9999"} {
+		if got := r.run(protected, op); got != "EPERM" {
+			t.Errorf("protected %s: %q, want EPERM", op, got)
+		}
+	}
+	if got := r.run(other, "udplite4,127.0.0.1,9999"); got != "ok 9999" {
+		t.Errorf("control: another user's UDP-Lite bind: %q", got)
+	}
+	if got := r.run(protected, "udp4,127.0.0.1,5353"); got != "ok 5353" {
+		t.Errorf("control: the listed UDP port: %q", got)
+	}
+}
+
 // SO_REUSEPORT on a listed port held by another user's service: the kernel
 // lets only the same uid share a port, so the protected service cannot
 // steal half of another's connections.
@@ -503,6 +630,43 @@ func TestPinnedAcrossRestart(t *testing.T) {
 	r.apply(Policy{})
 	if got := r.run(protected, "tcp4,127.0.0.1,8080"); got != "ok 8080" {
 		t.Fatalf("restriction lifted: %q", got)
+	}
+}
+
+// The events ring buffer filled (no reader, more refusals than it holds):
+// a refusal does not depend on its report being written.
+func TestRedteamEventsFlooded(t *testing.T) {
+	r := newRig(t)
+	r.apply(policy)
+	// 256 KiB of 32-byte records and their 8-byte headers: ~6,500 fill it.
+	if got := r.run(protected, "flood=10000;tcp4,127.0.0.1,9999"); got != "EPERM" {
+		t.Fatalf("bind of 9999 with the ring buffer full: %q, want EPERM", got)
+	}
+	first, derr, second := r.listenAndDial(protected, "tcp4,0,0,autolisten")
+	if !strings.HasPrefix(first, "ok ") || derr == nil || second == "accepted" {
+		t.Fatalf("autobound listener with the ring buffer full (%s): dial %v, listener %q", first, derr, second)
+	}
+	if got := r.run(protected, "tcp4,127.0.0.1,8080"); got != "ok 8080" {
+		t.Fatalf("control: the listed port: %q", got)
+	}
+	// The ring buffer is indeed full: a reader finds the first reports, and
+	// fewer than were refused.
+	rd, err := r.guard.Events()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	n := 0
+	for {
+		rd.SetDeadline(time.Now().Add(500 * time.Millisecond))
+		if _, err := rd.Read(); err != nil {
+			break
+		}
+		n++
+	}
+	t.Logf("%d reports read after 10,001 refusals", n)
+	if n == 0 || n >= 10000 {
+		t.Fatalf("%d reports read after 10,001 refusals: the ring buffer was not filled", n)
 	}
 }
 
