@@ -81,25 +81,25 @@ func newLab(t *testing.T) *lab {
 		if i > 0 {
 			host = fmt.Sprintf("host%d", i)
 		}
-		c.write("/etc/hostname", host+"\n", 0o644)
-		c.write("/root/.ssh/authorized_keys", string(pub), 0o600)
-		if err := os.Chmod(filepath.Join(c.root, "root/.ssh"), 0o700); err != nil {
+		c.Write("/etc/hostname", host+"\n", 0o644)
+		c.Write("/root/.ssh/authorized_keys", string(pub), 0o600)
+		if err := os.Chmod(filepath.Join(c.Root, "root/.ssh"), 0o700); err != nil {
 			t.Fatal(err)
 		}
 		// The lab configures each network from outside before the boot;
 		// nothing in the container would bring network-online.target up, so
 		// systemd-journal-upload (After=network-online.target) would wait
 		// for wait-online's two-minute timeout.
-		c.link("/dev/null", "/etc/systemd/system/systemd-networkd-wait-online.service")
+		c.Link("/dev/null", "/etc/systemd/system/systemd-networkd-wait-online.service")
 		// Each host its own host keys.
-		if out, err := exec.Command("ssh-keygen", "-A", "-f", c.root).CombinedOutput(); err != nil {
+		if out, err := exec.Command("ssh-keygen", "-A", "-f", c.Root).CombinedOutput(); err != nil {
 			t.Fatalf("ssh-keygen -A: %v\n%s", err, out)
 		}
 	}
 	for _, h := range l.hosts {
 		// Hosts forward their journal to the collector; they run no Prometheus.
-		h.write("/etc/systemd/journal-upload.conf", "[Upload]\nURL=http://"+collectorIP+":19532\n", 0o644)
-		h.link("/dev/null", "/etc/systemd/system/prometheus.service")
+		h.Write("/etc/systemd/journal-upload.conf", "[Upload]\nURL=http://"+collectorIP+":19532\n", 0o644)
+		h.Link("/dev/null", "/etc/systemd/system/prometheus.service")
 	}
 	l.setupCollector(repo)
 
@@ -107,20 +107,20 @@ func newLab(t *testing.T) *lab {
 		c.start()
 	}
 	for _, c := range all {
-		c.booted()
+		c.Booted()
 	}
 	// The services' users: app everywhere; reports only where the reports
 	// service runs (not on host2), which is what makes host2's check fail
 	// in the rollout.
 	for i, h := range l.hosts {
-		h.must(t, "useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "app")
+		h.MustT(t, "useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "app")
 		if i != 1 {
-			h.must(t, "useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "reports")
+			h.MustT(t, "useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "reports")
 		}
 	}
 	// The hosts forward their journals to the collector from now on.
 	for _, h := range l.hosts {
-		h.must(t, "systemctl", "start", "systemd-journal-upload.service")
+		h.MustT(t, "systemctl", "start", "systemd-journal-upload.service")
 	}
 	l.writeController(deb, key)
 	return l
@@ -131,20 +131,20 @@ func newLab(t *testing.T) *lab {
 // three hosts' egressd, the rules of deploy/prometheus, 1 s intervals).
 func (l *lab) setupCollector(repo string) {
 	c := l.collector
-	c.write("/etc/systemd/system/systemd-journal-remote.service.d/http.conf",
+	c.Write("/etc/systemd/system/systemd-journal-remote.service.d/http.conf",
 		"[Service]\nExecStart=\nExecStart=/lib/systemd/systemd-journal-remote --listen-http=-3 --output=/var/log/journal/remote/\n", 0o644)
-	c.link("/lib/systemd/system/systemd-journal-remote.socket", "/etc/systemd/system/sockets.target.wants/systemd-journal-remote.socket")
-	c.link("/dev/null", "/etc/systemd/system/systemd-journal-upload.service")
+	c.Link("/lib/systemd/system/systemd-journal-remote.socket", "/etc/systemd/system/sockets.target.wants/systemd-journal-remote.socket")
+	c.Link("/dev/null", "/etc/systemd/system/systemd-journal-upload.service")
 	rules, err := os.ReadFile(filepath.Join(repo, "deploy/prometheus/egressd.rules.yml"))
 	if err != nil {
 		l.t.Fatal(err)
 	}
-	c.write("/etc/prometheus/egressd.rules.yml", string(rules), 0o644)
+	c.Write("/etc/prometheus/egressd.rules.yml", string(rules), 0o644)
 	var targets strings.Builder
 	for i, ip := range hostIPs {
 		fmt.Fprintf(&targets, "      - targets: [\"%s:9464\"]\n        labels: {instance: host%d}\n", ip, i+1)
 	}
-	c.write("/etc/prometheus/prometheus.yml", `global:
+	c.Write("/etc/prometheus/prometheus.yml", `global:
   scrape_interval: 1s
   evaluation_interval: 1s
 rule_files: [/etc/prometheus/egressd.rules.yml]
@@ -237,7 +237,7 @@ func (l *lab) play(t *testing.T, playbook, extra string, args ...string) (map[st
 
 // connect tries a TCP connection as user from inside a host.
 func connect(c *container, user, ip, port string) (string, error) {
-	return c.run("runuser", "-u", user, "--", "python3", "-c",
+	return c.Run("runuser", "-u", user, "--", "python3", "-c",
 		"import socket,sys\ns=socket.create_connection((sys.argv[1],int(sys.argv[2])),5)\nprint('connected')", ip, port)
 }
 
@@ -254,14 +254,14 @@ func (l *lab) install(t *testing.T) {
 		}
 	}
 	for _, h := range l.hosts {
-		if s, _ := h.run("systemctl", "is-active", "egressd.service"); strings.TrimSpace(s) != "active" {
-			t.Errorf("%s: egressd.service is %q", h.name, s)
+		if s, _ := h.Run("systemctl", "is-active", "egressd.service"); strings.TrimSpace(s) != "active" {
+			t.Errorf("%s: egressd.service is %q", h.Name, s)
 		}
-		if out, err := h.run("egressd", "check"); err != nil {
-			t.Errorf("%s: egressd check: %v\n%s", h.name, err, out)
+		if out, err := h.Run("egressd", "check"); err != nil {
+			t.Errorf("%s: egressd check: %v\n%s", h.Name, err, out)
 		}
-		if p, _ := h.run("sh", "-c", "command -v egressd"); strings.TrimSpace(p) != "/usr/bin/egressd" {
-			t.Errorf("%s: egressd on PATH is %q, want the package's /usr/bin/egressd", h.name, p)
+		if p, _ := h.Run("sh", "-c", "command -v egressd"); strings.TrimSpace(p) != "/usr/bin/egressd" {
+			t.Errorf("%s: egressd on PATH is %q, want the package's /usr/bin/egressd", h.Name, p)
 		}
 	}
 	if out, err := connect(l.hosts[1], "app", collectorIP, "22"); err != nil || !strings.Contains(out, "connected") {
@@ -303,8 +303,8 @@ func (l *lab) badAllowlist(t *testing.T) {
 		t.Errorf("a host's allowlist changed:\nbefore %s\nafter %s", before, after)
 	}
 	for _, h := range l.hosts {
-		if out, err := h.run("egressd", "check"); err != nil {
-			t.Errorf("%s: egressd check after the refused change: %v\n%s", h.name, err, out)
+		if out, err := h.Run("egressd", "check"); err != nil {
+			t.Errorf("%s: egressd check after the refused change: %v\n%s", h.Name, err, out)
 		}
 	}
 }
@@ -313,11 +313,11 @@ func (l *lab) badAllowlist(t *testing.T) {
 func (l *lab) files(t *testing.T, path string) string {
 	var s []string
 	for _, h := range l.hosts {
-		b, err := os.ReadFile(filepath.Join(h.root, path))
+		b, err := os.ReadFile(filepath.Join(h.Root, path))
 		if err != nil {
-			t.Fatalf("%s: %v", h.name, err)
+			t.Fatalf("%s: %v", h.Name, err)
 		}
-		s = append(s, fmt.Sprintf("%s=%q", h.name, b))
+		s = append(s, fmt.Sprintf("%s=%q", h.Name, b))
 	}
 	return strings.Join(s, " ")
 }
@@ -341,7 +341,7 @@ func (l *lab) denyForwardedAndAlerted(t *testing.T) {
 	}
 	var entry map[string]any
 	for {
-		out, _ := l.collector.run("journalctl", "-D", "/var/log/journal/remote", "--no-pager", "-o", "json",
+		out, _ := l.collector.Run("journalctl", "-D", "/var/log/journal/remote", "--no-pager", "-o", "json",
 			"EGRESSD_EVENT=deny", "_HOSTNAME=host2")
 		if line := strings.TrimSpace(out); line != "" && strings.HasPrefix(line, "{") {
 			if err := json.Unmarshal([]byte(strings.SplitN(line, "\n", 2)[0]), &entry); err != nil {
@@ -350,8 +350,8 @@ func (l *lab) denyForwardedAndAlerted(t *testing.T) {
 			break
 		}
 		if time.Since(denied) > 10*time.Second {
-			ls, _ := l.collector.run("ls", "-l", "/var/log/journal/remote")
-			st, _ := l.hosts[1].run("systemctl", "status", "--no-pager", "systemd-journal-upload.service")
+			ls, _ := l.collector.Run("ls", "-l", "/var/log/journal/remote")
+			st, _ := l.hosts[1].Run("systemctl", "status", "--no-pager", "systemd-journal-upload.service")
 			t.Fatalf("no deny event of host2 on the collector 10 s after the connect\ncollector: %s\nhost2: %s", ls, st)
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -410,7 +410,7 @@ egressd_allowlists__reports:
 		t.Errorf("the failed check does not say why:\n%s", out)
 	}
 	for i, want := range []bool{true, true, false} {
-		_, err := os.Stat(filepath.Join(l.hosts[i].root, "etc/egressd/allow.d/reports.yaml"))
+		_, err := os.Stat(filepath.Join(l.hosts[i].Root, "etc/egressd/allow.d/reports.yaml"))
 		if got := err == nil; got != want {
 			t.Errorf("host%d has allow.d/reports.yaml: %v, want %v", i+1, got, want)
 		}
@@ -445,7 +445,7 @@ u = "http://127.0.0.1:9090/api/v1/" + sys.argv[1]
 if len(sys.argv) > 2:
     u += "?" + urllib.parse.urlencode({"query": sys.argv[2]})
 print(urllib.request.urlopen(u, timeout=10).read().decode())`, path}
-	out, err := l.collector.run(append(args, query...)...)
+	out, err := l.collector.Run(append(args, query...)...)
 	if err != nil {
 		t.Fatalf("Prometheus API %s: %v\n%s", path, err, out)
 	}

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/egressd/egressd/internal/systest"
-	"golang.org/x/sys/unix"
+	"github.com/egressd/egressd/internal/systest/nspawn"
 )
 
 // require skips (or, under EGRESSD_REQUIRE_SYSTEM_TESTS=1, fails) unless
@@ -26,18 +26,7 @@ func require(t *testing.T, tools ...string) {
 			miss(tool + " not installed")
 		}
 	}
-	if cgroup2() == "" {
+	if nspawn.Cgroup2() == "" {
 		miss("no cgroup2 hierarchy mounted")
 	}
-}
-
-// cgroup2 is where the cgroup2 hierarchy is mounted.
-func cgroup2() string {
-	for _, p := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
-		var st unix.Statfs_t
-		if unix.Statfs(p, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
-			return p
-		}
-	}
-	return ""
 }

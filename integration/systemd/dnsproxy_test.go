@@ -46,11 +46,11 @@ func (c *container) dnsStat(t *testing.T, cmd string) loopStat {
 // event counts as many activated sockets as the socket unit listens on.
 func (c *container) adopted(t *testing.T, when string) {
 	t.Helper()
-	want := len(strings.Fields(c.show("egressd.socket", "Listen")))
+	want := len(strings.Fields(c.Show("egressd.socket", "Listen")))
 	want /= 2 // "127.0.0.1:153 (Datagram)": address and kind
-	id := c.show("egressd.service", "InvocationID")
+	id := c.Show("egressd.service", "InvocationID")
 	eventually(t, "dns_proxy_listening "+when, func() (bool, string) {
-		log, _ := c.run("journalctl", "--no-pager", "-o", "cat", "_SYSTEMD_INVOCATION_ID="+id)
+		log, _ := c.Run("journalctl", "--no-pager", "-o", "cat", "_SYSTEMD_INVOCATION_ID="+id)
 		for _, line := range strings.Split(log, "\n") {
 			if !strings.Contains(line, `"event":"dns_proxy_listening"`) {
 				continue
@@ -74,34 +74,34 @@ func (c *container) adopted(t *testing.T, when string) {
 // refused throughout. Then egressd is stopped (the socket's traffic starts
 // it again), and then the socket too (queries fail, never unfiltered).
 func (c *container) dnsProxy(t *testing.T) {
-	c.must("systemd-run", "--unit=dnsserver", "egressd-probe", "dns", dnsServer, "198.51.100.0/24", "203.0.113.0/24")
-	c.must("systemd-run", "--unit=cdn-targets", "egressd-probe", "serve", "0.0.0.0:8443")
+	c.Must("systemd-run", "--unit=dnsserver", "egressd-probe", "dns", dnsServer, "198.51.100.0/24", "203.0.113.0/24")
+	c.Must("systemd-run", "--unit=cdn-targets", "egressd-probe", "serve", "0.0.0.0:8443")
 	var rootAnswer string
 	eventually(t, "the DNS server", func() (bool, string) {
-		rootAnswer = strings.TrimSpace(c.must("egressd-probe", "resolve", dnsServer, "root.cdn.example.test"))
+		rootAnswer = strings.TrimSpace(c.Must("egressd-probe", "resolve", dnsServer, "root.cdn.example.test"))
 		return strings.HasPrefix(rootAnswer, "ok "), rootAnswer
 	})
-	c.write("/etc/egressd/egressd.yaml", "resolvers: [\""+dnsServer+"\"]\n", 0o644)
-	c.must("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "fetch")
-	c.write("/etc/egressd/allow.d/fetch.yaml", fetchAllowlist, 0o644)
-	c.must("systemctl", "restart", "egressd.service") // the new resolvers
-	c.must("egressd", "wait", "--user", "fetch", "--timeout", "30s")
+	c.Write("/etc/egressd/egressd.yaml", "resolvers: [\""+dnsServer+"\"]\n", 0o644)
+	c.Must("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "fetch")
+	c.Write("/etc/egressd/allow.d/fetch.yaml", fetchAllowlist, 0o644)
+	c.Must("systemctl", "restart", "egressd.service") // the new resolvers
+	c.Must("egressd", "wait", "--user", "fetch", "--timeout", "30s")
 	c.adopted(t, "after the first start with dns: proxy")
 	// Stand-ins for local resolvers' UNIX sockets (systemd-resolved's
 	// varlink, which nss-resolve uses, and nscd's): they would resolve any
 	// name for fetch out of the proxy's sight.
 	localResolvers := []string{"/run/systemd/resolve/io.systemd.Resolve", "/run/nscd/socket"}
-	c.must("mkdir", "-p", "/run/systemd/resolve", "/run/nscd")
-	c.must("systemd-run", "--unit=fake-resolvers", "egressd-probe", "serve", "unix:"+localResolvers[0], "unix:"+localResolvers[1])
+	c.Must("mkdir", "-p", "/run/systemd/resolve", "/run/nscd")
+	c.Must("systemd-run", "--unit=fake-resolvers", "egressd-probe", "serve", "unix:"+localResolvers[0], "unix:"+localResolvers[1])
 	eventually(t, "the stand-in resolver sockets", func() (bool, string) {
-		got := strings.TrimSpace(c.must("egressd-probe", "connect", "unix:"+localResolvers[1]))
+		got := strings.TrimSpace(c.Must("egressd-probe", "connect", "unix:"+localResolvers[1]))
 		return got == "ok", got
 	})
-	c.write("/etc/systemd/system/fetch.service", serviceUnit(fetchPort), 0o644)
+	c.Write("/etc/systemd/system/fetch.service", serviceUnit(fetchPort), 0o644)
 	c.harden(t, "fetch.service", "--allowlist", "fetch", "--listen", "tcp:8083")
-	c.must("systemctl", "daemon-reload")
-	if out, err := c.run("systemctl", "start", "fetch.service"); err != nil {
-		log, _ := c.run("journalctl", "--no-pager", "-o", "cat", "-u", "fetch.service")
+	c.Must("systemctl", "daemon-reload")
+	if out, err := c.Run("systemctl", "start", "fetch.service"); err != nil {
+		log, _ := c.Run("journalctl", "--no-pager", "-o", "cat", "-u", "fetch.service")
 		t.Fatalf("fetch.service does not start: %v\n%s\n%s", err, out, log)
 	}
 	eventually(t, "fetch's agent", func() (bool, string) {
@@ -114,9 +114,9 @@ func (c *container) dnsProxy(t *testing.T) {
 	// recreates their sockets (as resolved's varlink server does).
 	for _, when := range []string{"", " after the resolvers restarted"} {
 		if when != "" {
-			c.must("systemctl", "restart", "fake-resolvers.service")
+			c.Must("systemctl", "restart", "fake-resolvers.service")
 			eventually(t, "the stand-in resolver sockets again", func() (bool, string) {
-				got := strings.TrimSpace(c.must("egressd-probe", "connect", "unix:"+localResolvers[1]))
+				got := strings.TrimSpace(c.Must("egressd-probe", "connect", "unix:"+localResolvers[1]))
 				return got == "ok", got
 			})
 		}
@@ -136,7 +136,7 @@ func (c *container) dnsProxy(t *testing.T) {
 	// again with --keep-system-bus, fetch reaches the bus and check says so
 	// for its allowlist.
 	bus := "unix:/run/dbus/system_bus_socket"
-	if got := strings.TrimSpace(c.must("egressd-probe", "dial", bus)); got != "ok" {
+	if got := strings.TrimSpace(c.Must("egressd-probe", "dial", bus)); got != "ok" {
 		t.Fatalf("root cannot reach the system bus (%s): the checks below prove nothing", got)
 	}
 	busNote := "fetch: resolved's D-Bus API (org.freedesktop.resolve1) stays reachable for fetch.service"
@@ -148,15 +148,15 @@ func (c *container) dnsProxy(t *testing.T) {
 		if got := c.ask(8080, "dial", bus); got != "ok" {
 			t.Errorf("billing (dns: none) cannot reach the system bus (%s): the check above proves nothing", got)
 		}
-		out, _ := c.run("egressd", "check")
+		out, _ := c.Run("egressd", "check")
 		if strings.Contains(out, busNote) != want {
 			t.Errorf("egressd check%s, note %q present: %v, want %v:\n%s", when, busNote, !want, want, out)
 		}
 	}
 	restartFetch := func() {
 		t.Helper()
-		c.must("systemctl", "daemon-reload")
-		c.must("systemctl", "restart", "fetch.service")
+		c.Must("systemctl", "daemon-reload")
+		c.Must("systemctl", "restart", "fetch.service")
 		eventually(t, "fetch's agent after its restart", func() (bool, string) {
 			got := c.ask(fetchPort, "pid", "-")
 			return !strings.HasPrefix(got, "error"), got
@@ -177,7 +177,7 @@ func (c *container) dnsProxy(t *testing.T) {
 	if got := c.ask(fetchPort, "connect", addr); !strings.Contains(got, "connection refused") {
 		t.Fatalf("fetch reached %s, which the proxy never answered it: %s (the test proves nothing)", addr, got)
 	}
-	if got := strings.TrimSpace(c.must("egressd-probe", "connect", addr)); got != "ok" {
+	if got := strings.TrimSpace(c.Must("egressd-probe", "connect", addr)); got != "ok" {
 		t.Fatalf("root cannot reach %s either: %s", addr, got)
 	}
 	got := c.ask(fetchPort, "resolve", dnsServer+" a.cdn.example.test")
@@ -206,9 +206,9 @@ func (c *container) dnsProxy(t *testing.T) {
 	}
 	progressed("before the restarts")
 	for i := 0; i < 3; i++ {
-		pid := c.show("egressd.service", "MainPID")
-		c.must("systemctl", "restart", "egressd.service")
-		if p := c.show("egressd.service", "MainPID"); p == pid {
+		pid := c.Show("egressd.service", "MainPID")
+		c.Must("systemctl", "restart", "egressd.service")
+		if p := c.Show("egressd.service", "MainPID"); p == pid {
 			t.Fatalf("restart %d: MainPID unchanged (%s)", i+1, p)
 		}
 		c.adopted(t, "after restart "+strconv.Itoa(i+1))
@@ -218,10 +218,10 @@ func (c *container) dnsProxy(t *testing.T) {
 	// starts egressd again (Service=egressd.service). `systemctl stop
 	// egressd` alone does not keep egressd down while a dns: proxy service
 	// asks.
-	pid := c.show("egressd.service", "MainPID")
-	c.must("systemctl", "stop", "egressd.service")
+	pid := c.Show("egressd.service", "MainPID")
+	c.Must("systemctl", "stop", "egressd.service")
 	eventually(t, "egressd started again by its socket", func() (bool, string) {
-		p, st := c.show("egressd.service", "MainPID"), c.show("egressd.service", "ActiveState")
+		p, st := c.Show("egressd.service", "MainPID"), c.Show("egressd.service", "ActiveState")
 		return st == "active" && p != pid && p != "0", st + " " + p
 	})
 	c.adopted(t, "after the socket started egressd")
@@ -232,20 +232,20 @@ func (c *container) dnsProxy(t *testing.T) {
 		t.Errorf("while egressd restarted: %d queries failed or were lost, %d answers not in the kernel, %d unlisted names not refused (of %d answered): %s",
 			s.failed, s.notHeld, s.unlisted, s.answered, s.line)
 	}
-	if log := c.must("journalctl", "--no-pager", "-o", "cat", "-u", "dnsserver.service"); strings.Contains(log, "exfil.example") {
+	if log := c.Must("journalctl", "--no-pager", "-o", "cat", "-u", "dnsserver.service"); strings.Contains(log, "exfil.example") {
 		t.Errorf("an unlisted name reached the DNS server:\n%s", log)
 	}
 
 	// Socket and daemon stopped: nothing answers the redirected queries;
 	// they fail, never unfiltered.
-	c.must("systemctl", "stop", "egressd.socket", "egressd.service")
+	c.Must("systemctl", "stop", "egressd.socket", "egressd.service")
 	for _, name := range []string{"b.cdn.example.test", "b.exfil.example"} {
 		if got := c.ask(fetchPort, "resolve", dnsServer+" "+name); !strings.HasPrefix(got, "error") {
 			t.Errorf("egressd and its socket stopped: fetch resolving %s: %s, want a failure", name, got)
 		}
 	}
-	c.must("systemctl", "start", "egressd.service") // Wants=egressd.socket
-	if st := c.show("egressd.socket", "ActiveState"); st != "active" {
+	c.Must("systemctl", "start", "egressd.service") // Wants=egressd.socket
+	if st := c.Show("egressd.socket", "ActiveState"); st != "active" {
 		t.Errorf("egressd.socket %s after systemctl start egressd (Wants=)", st)
 	}
 	c.adopted(t, "after start")
@@ -256,17 +256,17 @@ func (c *container) dnsProxy(t *testing.T) {
 	// IPv6 off on lo (net.ipv6.conf.lo.disable_ipv6=1, or .all.): ::1 is
 	// gone, and binding [::1]:153 must not fail the whole socket unit
 	// (FreeBind=yes), or no socket is left for IPv4 either.
-	c.must("systemctl", "stop", "egressd.socket", "egressd.service")
-	c.must("sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/lo/disable_ipv6")
-	defer c.run("sh", "-c", "echo 0 > /proc/sys/net/ipv6/conf/lo/disable_ipv6") //nolint:errcheck
+	c.Must("systemctl", "stop", "egressd.socket", "egressd.service")
+	c.Must("sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/lo/disable_ipv6")
+	defer c.Run("sh", "-c", "echo 0 > /proc/sys/net/ipv6/conf/lo/disable_ipv6") //nolint:errcheck
 	// Seven starts in 10 s: past StartLimitBurst=5.
-	c.must("systemctl", "reset-failed", "egressd.service")
-	if out, err := c.run("systemctl", "start", "egressd.service"); err != nil {
-		log, _ := c.run("journalctl", "--no-pager", "-o", "cat", "-n", "30", "-u", "egressd.socket", "-u", "egressd.service")
+	c.Must("systemctl", "reset-failed", "egressd.service")
+	if out, err := c.Run("systemctl", "start", "egressd.service"); err != nil {
+		log, _ := c.Run("journalctl", "--no-pager", "-o", "cat", "-n", "30", "-u", "egressd.socket", "-u", "egressd.service")
 		t.Fatalf("systemctl start egressd with IPv6 off on lo: %v\n%s\n%s", err, out, log)
 	}
-	if st := c.show("egressd.socket", "ActiveState"); st != "active" {
-		log, _ := c.run("journalctl", "--no-pager", "-o", "cat", "-u", "egressd.socket")
+	if st := c.Show("egressd.socket", "ActiveState"); st != "active" {
+		log, _ := c.Run("journalctl", "--no-pager", "-o", "cat", "-u", "egressd.socket")
 		t.Fatalf("egressd.socket %s with IPv6 off on lo:\n%s", st, log)
 	}
 	c.adopted(t, "with IPv6 off on lo")

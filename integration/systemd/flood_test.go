@@ -18,21 +18,21 @@ import (
 func TestSystemdMetricsFlood(t *testing.T) {
 	require(t)
 	c := newContainer(t, binds(t)...)
-	c.write("/etc/systemd/system/targets.service",
+	c.Write("/etc/systemd/system/targets.service",
 		"[Unit]\nDescription=test destinations (root)\nBefore=egressd.service\n\n[Service]\nExecStart=/usr/local/bin/egressd-probe serve "+
 			allowedDst+" "+deniedDst+"\n\n[Install]\nWantedBy=multi-user.target\n", 0o644)
 	c.boot()
-	c.must("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "billing")
+	c.Must("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "billing")
 	// After boot: a unit with User= of a user that does not exist yet fails at boot.
-	c.write("/etc/systemd/system/billing.service", strings.Replace(serviceUnit(8080), "[Service]\n", "[Service]\nUser=billing\n", 1), 0o644)
-	c.must("systemctl", "enable", "--now", "targets.service")
-	c.must("install", "-m", "0644", "/src/egressd.service", "/src/egressd.socket", "/etc/systemd/system/")
-	c.must("install", "-d", "-m", "0755", "/etc/egressd", "/etc/egressd/allow.d")
-	c.write("/etc/egressd/egressd.yaml", "metrics_listen: 127.0.0.1:9464\n", 0o644)
-	c.write("/etc/egressd/allow.d/billing.yaml", allowlistFor("billing", deniedDst), 0o644)
-	c.must("systemctl", "daemon-reload")
-	c.must("systemctl", "enable", "--now", "egressd.service")
-	c.must("systemctl", "start", "billing.service")
+	c.Write("/etc/systemd/system/billing.service", strings.Replace(serviceUnit(8080), "[Service]\n", "[Service]\nUser=billing\n", 1), 0o644)
+	c.Must("systemctl", "enable", "--now", "targets.service")
+	c.Must("install", "-m", "0644", "/src/egressd.service", "/src/egressd.socket", "/etc/systemd/system/")
+	c.Must("install", "-d", "-m", "0755", "/etc/egressd", "/etc/egressd/allow.d")
+	c.Write("/etc/egressd/egressd.yaml", "metrics_listen: 127.0.0.1:9464\n", 0o644)
+	c.Write("/etc/egressd/allow.d/billing.yaml", allowlistFor("billing", deniedDst), 0o644)
+	c.Must("systemctl", "daemon-reload")
+	c.Must("systemctl", "enable", "--now", "egressd.service")
+	c.Must("systemctl", "start", "billing.service")
 	eventually(t, "billing's agent", func() (bool, string) {
 		got := c.ask(8080, "connect", deniedDst)
 		return got == "ok", got
@@ -46,7 +46,7 @@ func TestSystemdMetricsFlood(t *testing.T) {
 	enforced := func(when string) time.Duration {
 		t.Helper()
 		edited := time.Now()
-		c.write("/etc/egressd/allow.d/billing.yaml", allowlistFor("billing"), 0o644)
+		c.Write("/etc/egressd/allow.d/billing.yaml", allowlistFor("billing"), 0o644)
 		var at time.Time
 		eventually(t, when+": ruleset_applied after the edit", func() (bool, string) {
 			at = appliedAfter(c, edited)
@@ -62,16 +62,16 @@ func TestSystemdMetricsFlood(t *testing.T) {
 		return took
 	}
 	t.Logf("without a flood, an edit was in the kernel %v after the write", enforced("without a flood").Round(time.Millisecond))
-	c.write("/etc/egressd/allow.d/billing.yaml", allowlistFor("billing", deniedDst), 0o644)
+	c.Write("/etc/egressd/allow.d/billing.yaml", allowlistFor("billing", deniedDst), 0o644)
 	eventually(t, "the edit back", func() (bool, string) {
 		got := c.ask(8080, "connect", deniedDst)
 		return got == "ok", got
 	})
-	pid, restarts := c.show("egressd.service", "MainPID"), c.show("egressd.service", "NRestarts")
-	watchdog := c.show("egressd.service", "WatchdogUSec")
-	limit := c.show("egressd.service", "LimitNOFILE")
+	pid, restarts := c.Show("egressd.service", "MainPID"), c.Show("egressd.service", "NRestarts")
+	watchdog := c.Show("egressd.service", "WatchdogUSec")
+	limit := c.Show("egressd.service", "LimitNOFILE")
 	fds := func() int {
-		out, _ := c.run("sh", "-c", "ls /proc/"+pid+"/fd | wc -l")
+		out, _ := c.Run("sh", "-c", "ls /proc/"+pid+"/fd | wc -l")
 		n, _ := strconv.Atoi(strings.TrimSpace(out))
 		return n
 	}
@@ -79,11 +79,11 @@ func TestSystemdMetricsFlood(t *testing.T) {
 
 	const conns = 9000
 	start := time.Now()
-	c.must("systemd-run", "--unit=flood", "--uid=nobody", "-p", "LimitNOFILE=20000",
+	c.Must("systemd-run", "--unit=flood", "--uid=nobody", "-p", "LimitNOFILE=20000",
 		"/usr/local/bin/egressd-probe", "flood", "127.0.0.1:9464", strconv.Itoa(conns))
-	defer c.run("systemctl", "stop", "flood.service") //nolint:errcheck
+	defer c.Run("systemctl", "stop", "flood.service") //nolint:errcheck
 	flooding := func() string {
-		out, _ := c.run("journalctl", "--no-pager", "-o", "cat", "-n", "1", "-u", "flood.service")
+		out, _ := c.Run("journalctl", "--no-pager", "-o", "cat", "-n", "1", "-u", "flood.service")
 		return strings.TrimSpace(out)
 	}
 	time.Sleep(10 * time.Second)
@@ -98,15 +98,15 @@ func TestSystemdMetricsFlood(t *testing.T) {
 		time.Sleep(5 * time.Second)
 	}
 	t.Logf("after %v: flood %q; egressd held at most %d descriptors", time.Since(start).Round(time.Second), flooding(), maxFDs)
-	c.must("systemctl", "stop", "flood.service")
+	c.Must("systemctl", "stop", "flood.service")
 	if maxFDs > 256 {
 		t.Errorf("egressd held %d descriptors during the flood: what a local user can make it hold is not bounded", maxFDs)
 	}
 
-	if now, n := c.show("egressd.service", "MainPID"), c.show("egressd.service", "NRestarts"); now != pid || n != restarts {
+	if now, n := c.Show("egressd.service", "MainPID"), c.Show("egressd.service", "NRestarts"); now != pid || n != restarts {
 		t.Errorf("during the flood egressd was restarted: main PID %s → %s, NRestarts %s → %s", pid, now, restarts, n)
 	}
-	journal := c.must("journalctl", "--no-pager", "-o", "cat", "-u", "egressd.service")
+	journal := c.Must("journalctl", "--no-pager", "-o", "cat", "-u", "egressd.service")
 	for _, bad := range []string{"Watchdog timeout", "notify_failed", "config_rejected", "too many open files"} {
 		if strings.Contains(journal, bad) {
 			t.Errorf("egressd's journal during the flood has %q:\n%s", bad, tailLines(journal, 30))
@@ -123,7 +123,7 @@ func TestSystemdMetricsFlood(t *testing.T) {
 // appliedAfter is the time of the first ruleset_applied event of
 // egressd.service logged after since; zero when there is none yet.
 func appliedAfter(c *container, since time.Time) time.Time {
-	out, _ := c.run("journalctl", "--no-pager", "-o", "cat", "-u", "egressd.service")
+	out, _ := c.Run("journalctl", "--no-pager", "-o", "cat", "-u", "egressd.service")
 	for _, l := range strings.Split(out, "\n") {
 		var e struct {
 			Event string    `json:"event"`

@@ -44,36 +44,36 @@ func testSystemdListen(t *testing.T, suite string) {
 	// A host's systemd holds every capability; systemd-nspawn's default set
 	// lacks CAP_BPF, which egressd.service is given.
 	c.caps = append(c.caps, "CAP_BPF")
-	c.write("/etc/systemd/system/targets.service",
+	c.Write("/etc/systemd/system/targets.service",
 		"[Unit]\nDescription=test destinations (root)\nBefore=egressd.service\n\n[Service]\nExecStart=/usr/local/bin/egressd-probe serve "+
 			allowedDst+" "+deniedDst+"\n\n[Install]\nWantedBy=multi-user.target\n", 0o644)
 	c.boot()
-	bpf := strings.Contains(c.must("systemctl", "--version"), "+BPF_FRAMEWORK")
-	c.must("systemctl", "enable", "--now", "targets.service")
-	c.must("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "billing")
-	c.write("/etc/systemd/system/billing.service", serviceUnit(8080), 0o644)
-	c.must("install", "-m", "0644", "/src/egressd.service", "/etc/systemd/system/egressd.service")
-	c.must("install", "-D", "-m", "0644", "/src/egressd-listen.conf", "/etc/systemd/system/egressd.service.d/listen.conf")
-	c.must("install", "-d", "-m", "0755", "/etc/egressd", "/etc/egressd/allow.d")
-	c.must("install", "-m", "0644", "/src/egressd.yaml", "/etc/egressd/egressd.yaml")
-	c.write("/etc/egressd/allow.d/billing.yaml", allowlistFor("billing")+"listen: [tcp:8080]\n", 0o644)
-	c.must("systemctl", "daemon-reload")
-	c.must("systemctl", "enable", "--now", "egressd.service")
+	bpf := strings.Contains(c.Must("systemctl", "--version"), "+BPF_FRAMEWORK")
+	c.Must("systemctl", "enable", "--now", "targets.service")
+	c.Must("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "billing")
+	c.Write("/etc/systemd/system/billing.service", serviceUnit(8080), 0o644)
+	c.Must("install", "-m", "0644", "/src/egressd.service", "/etc/systemd/system/egressd.service")
+	c.Must("install", "-D", "-m", "0644", "/src/egressd-listen.conf", "/etc/systemd/system/egressd.service.d/listen.conf")
+	c.Must("install", "-d", "-m", "0755", "/etc/egressd", "/etc/egressd/allow.d")
+	c.Must("install", "-m", "0644", "/src/egressd.yaml", "/etc/egressd/egressd.yaml")
+	c.Write("/etc/egressd/allow.d/billing.yaml", allowlistFor("billing")+"listen: [tcp:8080]\n", 0o644)
+	c.Must("systemctl", "daemon-reload")
+	c.Must("systemctl", "enable", "--now", "egressd.service")
 	dropIn, _ := c.harden(t, "billing.service", "--user", "billing", "--listen", "tcp:8080")
-	c.must("systemctl", "daemon-reload")
-	c.must("systemctl", "start", "billing.service")
+	c.Must("systemctl", "daemon-reload")
+	c.Must("systemctl", "start", "billing.service")
 
 	bound := func(when string) {
 		t.Helper()
 		c.restricted(t, 8080, when) // it serves on 8080 (the agent answers there)
 		got := c.ask(8080, "listen", "127.0.0.1:9999")
 		if !strings.Contains(got, "operation not permitted") {
-			t.Errorf("%s: billing bound 127.0.0.1:9999: %s\n%s", when, got, c.must("journalctl", "--no-pager", "-o", "cat", "-u", "egressd.service"))
+			t.Errorf("%s: billing bound 127.0.0.1:9999: %s\n%s", when, got, c.Must("journalctl", "--no-pager", "-o", "cat", "-u", "egressd.service"))
 		}
 		if got := c.ask(8080, "listen", "[::]:9999"); !strings.Contains(got, "operation not permitted") {
 			t.Errorf("%s: billing bound [::]:9999: %s", when, got)
 		}
-		if got := strings.TrimSpace(c.must("egressd-probe", "ask", "127.0.0.1:8080", "pid", "-")); strings.HasPrefix(got, "error") {
+		if got := strings.TrimSpace(c.Must("egressd-probe", "ask", "127.0.0.1:8080", "pid", "-")); strings.HasPrefix(got, "error") {
 			t.Errorf("%s: billing does not serve on 8080: %s", when, got)
 		}
 	}
@@ -84,17 +84,17 @@ func testSystemdListen(t *testing.T, suite string) {
 		t.Errorf("Debian 12's systemd is built +BPF_FRAMEWORK here: the test proves nothing about egressd alone")
 	}
 	bound("started")
-	if log := c.must("journalctl", "--no-pager", "-o", "cat", "-u", "egressd.service"); !strings.Contains(log, `"event":"bind_denied"`) || !strings.Contains(log, `"port":9999`) {
+	if log := c.Must("journalctl", "--no-pager", "-o", "cat", "-u", "egressd.service"); !strings.Contains(log, `"event":"bind_denied"`) || !strings.Contains(log, `"port":9999`) {
 		t.Errorf("no bind_denied event for port 9999 in egressd's journal:\n%s", log)
 	}
-	c.must("systemctl", "restart", "billing.service")
+	c.Must("systemctl", "restart", "billing.service")
 	bound("service restarted")
-	c.must("systemctl", "restart", "egressd.service")
+	c.Must("systemctl", "restart", "egressd.service")
 	bound("egressd restarted")
-	c.must("systemctl", "stop", "egressd.service")
+	c.Must("systemctl", "stop", "egressd.service")
 	bound("egressd stopped")
-	c.must("systemctl", "start", "egressd.service")
-	if out, err := c.run("egressd", "check"); err != nil {
+	c.Must("systemctl", "start", "egressd.service")
+	if out, err := c.Run("egressd", "check"); err != nil {
 		t.Errorf("egressd check: %v\n%s", err, out)
 	}
 }

@@ -28,31 +28,31 @@ func TestSystemdNFTSet(t *testing.T) {
 	c := newContainerFrom(t, rootfsFor(t, trixie), binds(t)...)
 	run := func(name string, f func(t *testing.T)) bool {
 		return t.Run(name, func(t *testing.T) {
-			parent := c.t
-			c.t = t
-			defer func() { c.t = parent }()
+			parent := c.T
+			c.T = t
+			defer func() { c.T = parent }()
 			f(t)
 		})
 	}
-	c.write("/etc/systemd/system/targets.service",
+	c.Write("/etc/systemd/system/targets.service",
 		"[Unit]\nDescription=test destinations (root)\nBefore=egressd.service\n\n[Service]\nExecStart=/usr/local/bin/egressd-probe serve "+
 			allowedDst+" "+deniedDst+"\n\n[Install]\nWantedBy=multi-user.target\n", 0o644)
 	c.boot()
-	if v := c.must("systemctl", "--version"); !strings.HasPrefix(v, "systemd 25") && !strings.HasPrefix(v, "systemd 26") {
+	if v := c.Must("systemctl", "--version"); !strings.HasPrefix(v, "systemd 25") && !strings.HasPrefix(v, "systemd 26") {
 		t.Fatalf("not systemd ≥ 255:\n%s", v)
 	}
-	c.must("systemctl", "enable", "--now", "targets.service")
-	c.write("/etc/systemd/system/shop.service", unitService(8090, "www-data"), 0o644)
-	c.write("/etc/systemd/system/bare.service", unitService(8093, "www-data"), 0o644)
-	c.write("/etc/systemd/system/ctl.service", unitService(8094, "www-data"), 0o644)
-	c.must("install", "-m", "0644", "/src/egressd.service", "/etc/systemd/system/egressd.service")
-	c.must("install", "-d", "-m", "0755", "/etc/egressd", "/etc/egressd/allow.d")
-	c.must("install", "-m", "0644", "/src/egressd.yaml", "/etc/egressd/egressd.yaml")
+	c.Must("systemctl", "enable", "--now", "targets.service")
+	c.Write("/etc/systemd/system/shop.service", unitService(8090, "www-data"), 0o644)
+	c.Write("/etc/systemd/system/bare.service", unitService(8093, "www-data"), 0o644)
+	c.Write("/etc/systemd/system/ctl.service", unitService(8094, "www-data"), 0o644)
+	c.Must("install", "-m", "0644", "/src/egressd.service", "/etc/systemd/system/egressd.service")
+	c.Must("install", "-d", "-m", "0755", "/etc/egressd", "/etc/egressd/allow.d")
+	c.Must("install", "-m", "0644", "/src/egressd.yaml", "/etc/egressd/egressd.yaml")
 	for _, u := range []string{"shop", "bare", "ctl"} {
-		c.write("/etc/egressd/allow.d/"+u+".yaml", unitAllowlist(u+".service"), 0o644)
+		c.Write("/etc/egressd/allow.d/"+u+".yaml", unitAllowlist(u+".service"), 0o644)
 	}
-	c.must("systemctl", "daemon-reload")
-	c.must("systemctl", "enable", "--now", "egressd.service")
+	c.Must("systemctl", "daemon-reload")
+	c.Must("systemctl", "enable", "--now", "egressd.service")
 
 	run("harden on systemd 257", func(t *testing.T) {
 		dropIn, _ := c.harden(t, "shop.service", "--allowlist", "shop", "--user", "www-data", "--listen", "tcp:8090")
@@ -60,9 +60,9 @@ func TestSystemdNFTSet(t *testing.T) {
 			t.Fatalf("drop-in for systemd 257:\n%s", dropIn)
 		}
 		// bare: NFTSet= alone, no gate; ctl: neither.
-		c.write("/etc/systemd/system/bare.service.d/nftset.conf", "[Service]\nNFTSet=cgroup:inet:egressd_units:units\n", 0o644)
-		c.must("systemctl", "daemon-reload")
-		if out, err := c.run("systemctl", "start", "shop.service"); err != nil {
+		c.Write("/etc/systemd/system/bare.service.d/nftset.conf", "[Service]\nNFTSet=cgroup:inet:egressd_units:units\n", 0o644)
+		c.Must("systemctl", "daemon-reload")
+		if out, err := c.Run("systemctl", "start", "shop.service"); err != nil {
 			t.Fatalf("start shop: %v\n%s", err, out)
 		}
 		c.restricted(t, 8090, "shop (gate and NFTSet=)")
@@ -71,12 +71,12 @@ func TestSystemdNFTSet(t *testing.T) {
 		}
 	})
 	run("NFTSet= closes the window without a gate", func(t *testing.T) {
-		c.must("systemctl", "kill", "--signal=SIGSTOP", "egressd.service")
-		c.must("systemctl", "start", "bare.service", "ctl.service")
+		c.Must("systemctl", "kill", "--signal=SIGSTOP", "egressd.service")
+		c.Must("systemctl", "start", "bare.service", "ctl.service")
 		time.Sleep(500 * time.Millisecond)
 		bare, ctl := c.preAttempts("bare.service"), c.preAttempts("ctl.service")
 		held := c.ask(8093, "connect", allowedDst) // announced, not mapped: nothing
-		c.must("systemctl", "kill", "--signal=SIGCONT", "egressd.service")
+		c.Must("systemctl", "kill", "--signal=SIGCONT", "egressd.service")
 		if len(bare) != 1 || !strings.Contains(bare[0], "connection refused") {
 			t.Errorf("bare (NFTSet=, no gate), egressd paused: its ExecStartPre= reaching %s: %v, want refused", deniedDst, bare)
 		}
@@ -90,11 +90,11 @@ func TestSystemdNFTSet(t *testing.T) {
 		c.restricted(t, 8094, "ctl once egressd mapped it")
 	})
 	run("rebuilds keep systemd's elements", func(t *testing.T) {
-		c.must("systemctl", "restart", "egressd.service") // a full rebuild of egressd's table
-		if out := c.must("nft", "list", "set", "inet", "egressd_units", "units"); !strings.Contains(out, "elements") {
+		c.Must("systemctl", "restart", "egressd.service") // a full rebuild of egressd's table
+		if out := c.Must("nft", "list", "set", "inet", "egressd_units", "units"); !strings.Contains(out, "elements") {
 			t.Errorf("the NFTSet= set lost systemd's elements:\n%s", out)
 		}
-		c.must("systemctl", "restart", "bare.service")
+		c.Must("systemctl", "restart", "bare.service")
 		// No gate: until egressd maps the new cgroup (within 100 ms) bare
 		// reaches nothing, then its allowlist.
 		eventually(t, "bare's new cgroup mapped", func() (bool, string) {

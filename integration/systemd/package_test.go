@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/internal/debpkg"
+	"github.com/egressd/egressd/internal/systest/nspawn"
 )
 
 // TestSystemdPackage is issue 17's test of the Debian package: built from
@@ -38,15 +39,15 @@ func TestSystemdPackage(t *testing.T) {
 		t.Fatal(err)
 	}
 	inside := "/root/" + filepath.Base(deb)
-	c.write(inside, string(b), 0o644)
-	c.write("/etc/systemd/system/targets.service",
+	c.Write(inside, string(b), 0o644)
+	c.Write("/etc/systemd/system/targets.service",
 		"[Unit]\nDescription=test destinations (root)\n\n[Service]\nExecStart=/usr/local/bin/egressd-probe serve "+
 			allowedDst+" "+deniedDst+"\n\n[Install]\nWantedBy=multi-user.target\n", 0o644)
 	c.boot()
-	if out, err := c.run("sh", "-c", "! command -v egressd && test ! -e /usr/bin/egressd -a ! -e /usr/local/bin/egressd -a ! -e /lib/systemd/system/egressd.service"); err != nil {
+	if out, err := c.Run("sh", "-c", "! command -v egressd && test ! -e /usr/bin/egressd -a ! -e /usr/local/bin/egressd -a ! -e /lib/systemd/system/egressd.service"); err != nil {
 		t.Fatalf("the container has an egressd before the package is installed: %v\n%s", err, out)
 	}
-	c.must("systemctl", "enable", "--now", "targets.service")
+	c.Must("systemctl", "enable", "--now", "targets.service")
 
 	steps := debpkg.InstallSteps(inside, "pkguser")
 	hardened := false
@@ -69,9 +70,9 @@ func TestSystemdPackage(t *testing.T) {
 // sub runs f as a subtest whose container helpers report to it.
 func (c *container) sub(t *testing.T, name string, f func(t *testing.T)) bool {
 	return t.Run(name, func(t *testing.T) {
-		parent := c.t
-		c.t = t
-		defer func() { c.t = parent }()
+		parent := c.T
+		c.T = t
+		defer func() { c.T = parent }()
 		f(t)
 	})
 }
@@ -82,16 +83,16 @@ func (c *container) step(t *testing.T, s debpkg.Step) {
 	t.Helper()
 	deadline := time.Now().Add(s.Eventually)
 	for {
-		out, err := c.run(s.Argv...)
+		out, err := c.Run(s.Argv...)
 		code := 0
 		if err != nil {
-			code = exitCode(err)
+			code = nspawn.ExitCode(err)
 		}
 		if code == s.Exit && strings.Contains(out, s.Want) {
 			return
 		}
 		if time.Now().After(deadline) {
-			status, _ := c.run("systemctl", "status", "--no-pager", "--lines=20", "egressd.service")
+			status, _ := c.Run("systemctl", "status", "--no-pager", "--lines=20", "egressd.service")
 			t.Fatalf("%s: %q: exit %d (want %d)%s, output:\n%s\nsystemctl status egressd:\n%s",
 				s.Why, strings.Join(s.Argv, " "), code, s.Exit, wantNote(s.Want, out), indent(out), indent(status))
 		}
@@ -111,26 +112,26 @@ func wantNote(want, out string) string {
 // gate that runs the packaged binary, a service that starts, and a
 // restriction the kernel enforces.
 func (c *container) hardenPackaged(t *testing.T) {
-	if p := strings.TrimSpace(c.must("sh", "-c", "command -v egressd")); p != "/usr/bin/egressd" {
+	if p := strings.TrimSpace(c.Must("sh", "-c", "command -v egressd")); p != "/usr/bin/egressd" {
 		t.Fatalf("egressd on PATH is %s, want the packaged /usr/bin/egressd", p)
 	}
-	c.must("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "pkgweb")
+	c.Must("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "pkgweb")
 	// Written after the boot: the first boot's preset-all would have
 	// started it, unhardened.
-	c.write("/etc/systemd/system/pkgweb.service", serviceUnit(8085), 0o644)
-	c.write("/etc/egressd/allow.d/pkgweb.yaml", allowlistFor("pkgweb"), 0o644)
-	c.must("egressd", "wait", "--user", "pkgweb", "--timeout", "30s")
+	c.Write("/etc/systemd/system/pkgweb.service", serviceUnit(8085), 0o644)
+	c.Write("/etc/egressd/allow.d/pkgweb.yaml", allowlistFor("pkgweb"), 0o644)
+	c.Must("egressd", "wait", "--user", "pkgweb", "--timeout", "30s")
 	dropIn, _ := c.harden(t, "pkgweb.service", "--allowlist", "pkgweb", "--listen", "tcp:8085")
 	if !strings.Contains(dropIn, "\nExecStartPre=+/usr/bin/egressd wait --user pkgweb ") {
 		t.Errorf("the drop-in's start gate does not run the packaged /usr/bin/egressd:\n%s", dropIn)
 	}
-	c.must("systemctl", "daemon-reload")
-	if out, err := c.run("systemctl", "start", "pkgweb.service"); err != nil {
-		log, _ := c.run("journalctl", "--no-pager", "-o", "cat", "-u", "pkgweb.service")
+	c.Must("systemctl", "daemon-reload")
+	if out, err := c.Run("systemctl", "start", "pkgweb.service"); err != nil {
+		log, _ := c.Run("journalctl", "--no-pager", "-o", "cat", "-u", "pkgweb.service")
 		t.Fatalf("hardened pkgweb.service does not start: %v\n%s\n%s", err, out, log)
 	}
 	c.restricted(t, 8085, "pkgweb, hardened with the packaged egressd")
-	if a, err := c.run("egressd", "harden", "--audit", "/etc/systemd/system/pkgweb.service"); strings.Contains(a, "not_restricted") || strings.Contains(a, "ordering") || strings.Contains(a, "path_missing") {
-		t.Errorf("audit of pkgweb.service (exit %d):\n%s", exitCode(err), a)
+	if a, err := c.Run("egressd", "harden", "--audit", "/etc/systemd/system/pkgweb.service"); strings.Contains(a, "not_restricted") || strings.Contains(a, "ordering") || strings.Contains(a, "path_missing") {
+		t.Errorf("audit of pkgweb.service (exit %d):\n%s", nspawn.ExitCode(err), a)
 	}
 }

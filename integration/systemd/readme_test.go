@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/egressd/egressd/internal/systest/nspawn"
 )
 
 // readmeInstall returns the commands of the README's "Installation" / "From
@@ -67,7 +69,7 @@ func installPerREADME(t *testing.T, c *container, allowlist string) {
 			}
 			continue // the freshly built binary is bind-mounted there
 		case cmd[0] == "$EDITOR":
-			c.write(cmd[1], allowlist, 0o644)
+			c.Write(cmd[1], allowlist, 0o644)
 			continue
 		}
 		var redirect string
@@ -75,17 +77,17 @@ func installPerREADME(t *testing.T, c *container, allowlist string) {
 			cmd, redirect = cmd[:n-2], cmd[n-1]
 		}
 		args := append([]string{"env", "--chdir=/src"}, cmd...)
-		stdout, stderr, err := c.runSplit(args...)
+		stdout, stderr, err := c.RunSplit(args...)
 		audit := contains(cmd, "--audit")
-		if err != nil && !(audit && exitCode(err) == 1) { // audit: 1 means findings, reported below
+		if err != nil && !(audit && nspawn.ExitCode(err) == 1) { // audit: 1 means findings, reported below
 			t.Fatalf("README step %q: %v\n%s%s", strings.Join(cmd, " "), err, stdout, stderr)
 		}
 		t.Logf("README: %s\n%s%s", strings.Join(cmd, " "), indent(stderr), indent(stdout))
 		if redirect != "" {
-			if _, err := os.Stat(filepath.Join(c.root, filepath.Dir(redirect))); err != nil {
+			if _, err := os.Stat(filepath.Join(c.Root, filepath.Dir(redirect))); err != nil {
 				t.Fatalf("README step %q: the shell could not open %s: %v", strings.Join(cmd, " "), redirect, err)
 			}
-			c.write(redirect, stdout, 0o644)
+			c.Write(redirect, stdout, 0o644)
 		}
 	}
 }

@@ -47,7 +47,7 @@ func eventually(t *testing.T, what string, cond func() (bool, string)) {
 
 // ask sends one command to the agent on port and returns its answer.
 func (c *container) ask(port int, cmd, arg string) string {
-	out, _ := c.run("egressd-probe", "ask", fmt.Sprintf("127.0.0.1:%d", port), cmd, arg)
+	out, _ := c.Run("egressd-probe", "ask", fmt.Sprintf("127.0.0.1:%d", port), cmd, arg)
 	return strings.TrimSpace(out)
 }
 
@@ -67,16 +67,16 @@ func (c *container) restricted(t *testing.T, port int, when string) {
 	if got := c.ask(port, "connect", deniedDst); !strings.Contains(got, "connection refused") {
 		t.Errorf("%s: service on :%d reached %s, which its allowlist does not allow: %s", when, port, deniedDst, got)
 	}
-	if got := strings.TrimSpace(c.must("egressd-probe", "connect", deniedDst)); got != "ok" {
+	if got := strings.TrimSpace(c.Must("egressd-probe", "connect", deniedDst)); got != "ok" {
 		t.Errorf("%s: root cannot reach %s either (%s): the test proves nothing", when, deniedDst, got)
 	}
 }
 
 func (c *container) monotonic(unit, prop string) uint64 {
-	c.t.Helper()
-	n, err := strconv.ParseUint(c.show(unit, prop), 10, 64)
+	c.T.Helper()
+	n, err := strconv.ParseUint(c.Show(unit, prop), 10, 64)
 	if err != nil {
-		c.t.Fatalf("%s %s: %v", unit, prop, err)
+		c.T.Fatalf("%s %s: %v", unit, prop, err)
 	}
 	return n
 }
@@ -84,16 +84,16 @@ func (c *container) monotonic(unit, prop string) uint64 {
 // harden runs egressd harden inside the container and installs the drop-in.
 func (c *container) harden(t *testing.T, unit string, args ...string) (dropIn, warnings string) {
 	t.Helper()
-	out, stderr, err := c.runSplit(append([]string{"egressd", "harden", "--unit", unit}, args...)...)
+	out, stderr, err := c.RunSplit(append([]string{"egressd", "harden", "--unit", unit}, args...)...)
 	if err != nil {
 		t.Fatalf("egressd harden %v: %v\n%s", args, err, stderr)
 	}
-	c.write("/etc/systemd/system/"+unit+".d/hardening.conf", out, 0o644)
+	c.Write("/etc/systemd/system/"+unit+".d/hardening.conf", out, 0o644)
 	return out, stderr
 }
 
 func (c *container) audit(unit string) string {
-	out, _ := c.run("egressd", "harden", "--audit", "/etc/systemd/system/"+unit)
+	out, _ := c.Run("egressd", "harden", "--audit", "/etc/systemd/system/"+unit)
 	return out
 }
 
@@ -105,21 +105,21 @@ func TestSystemd(t *testing.T) {
 	// The container's helpers report to the test that runs them.
 	run := func(name string, f func(t *testing.T)) bool {
 		return t.Run(name, func(t *testing.T) {
-			parent := c.t
-			c.t = t
-			defer func() { c.t = parent }()
+			parent := c.T
+			c.T = t
+			defer func() { c.T = parent }()
 			f(t)
 		})
 	}
-	c.write("/etc/systemd/system/targets.service",
+	c.Write("/etc/systemd/system/targets.service",
 		"[Unit]\nDescription=test destinations (root)\nBefore=egressd.service\n\n[Service]\nExecStart=/usr/local/bin/egressd-probe serve "+
 			allowedDst+" "+deniedDst+" "+addedDst+"\n\n[Install]\nWantedBy=multi-user.target\n", 0o644)
-	c.write("/etc/systemd/system/billing.service", serviceUnit(8080), 0o644)
+	c.Write("/etc/systemd/system/billing.service", serviceUnit(8080), 0o644)
 	c.boot()
-	bpf := strings.Contains(c.must("systemctl", "--version"), "+BPF_FRAMEWORK")
-	c.must("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "billing")
-	c.must("systemctl", "enable", "--now", "targets.service")
-	c.must("systemctl", "enable", "billing.service")
+	bpf := strings.Contains(c.Must("systemctl", "--version"), "+BPF_FRAMEWORK")
+	c.Must("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "billing")
+	c.Must("systemctl", "enable", "--now", "targets.service")
+	c.Must("systemctl", "enable", "billing.service")
 
 	// Finding 9: the README's steps, as written, install a working egressd
 	// and a hardened billing.service. Finding 1 (start): when `systemctl
@@ -127,8 +127,8 @@ func TestSystemd(t *testing.T) {
 	// billing's allowlist.
 	run("README install", func(t *testing.T) {
 		installPerREADME(t, c, allowlistFor("billing"))
-		if c.show("egressd.service", "ActiveState") != "active" || c.show("billing.service", "ActiveState") != "active" {
-			t.Fatalf("after the README: egressd %s, billing %s", c.show("egressd.service", "ActiveState"), c.show("billing.service", "ActiveState"))
+		if c.Show("egressd.service", "ActiveState") != "active" || c.Show("billing.service", "ActiveState") != "active" {
+			t.Fatalf("after the README: egressd %s, billing %s", c.Show("egressd.service", "ActiveState"), c.Show("billing.service", "ActiveState"))
 		}
 	})
 	if t.Failed() {
@@ -137,7 +137,7 @@ func TestSystemd(t *testing.T) {
 	// The units as systemd loads them: egressd.service's exposure, and
 	// egressd.socket (with the service it activates) verified.
 	run("systemd-analyze", func(t *testing.T) {
-		out := c.must("systemd-analyze", "security", "--no-pager", "egressd.service")
+		out := c.Must("systemd-analyze", "security", "--no-pager", "egressd.service")
 		m := regexp.MustCompile(`Overall exposure level for egressd\.service: ([0-9.]+)`).FindStringSubmatch(out)
 		if m == nil {
 			t.Fatalf("systemd-analyze security egressd.service:\n%s", out)
@@ -145,22 +145,22 @@ func TestSystemd(t *testing.T) {
 		if score, _ := strconv.ParseFloat(m[1], 64); score > 1.5 {
 			t.Errorf("egressd.service exposure %.1f > 1.5:\n%s", score, out)
 		}
-		if out, err := c.run("systemd-analyze", "verify", "/etc/systemd/system/egressd.socket", "/etc/systemd/system/egressd.service"); err != nil || strings.TrimSpace(out) != "" {
+		if out, err := c.Run("systemd-analyze", "verify", "/etc/systemd/system/egressd.socket", "/etc/systemd/system/egressd.service"); err != nil || strings.TrimSpace(out) != "" {
 			t.Errorf("systemd-analyze verify egressd.socket egressd.service: %v\n%s", err, out)
 		}
 	})
 	run("READY after the first apply", func(t *testing.T) {
-		c.must("systemctl", "stop", "egressd.service", "billing.service")
-		c.must("egressd", "remove")
-		c.must("systemctl", "start", "egressd.service") // returns on READY=1
-		if out, err := c.run("egressd", "wait", "--user", "billing", "--timeout", "0s"); err != nil {
+		c.Must("systemctl", "stop", "egressd.service", "billing.service")
+		c.Must("egressd", "remove")
+		c.Must("systemctl", "start", "egressd.service") // returns on READY=1
+		if out, err := c.Run("egressd", "wait", "--user", "billing", "--timeout", "0s"); err != nil {
 			t.Errorf("systemctl start egressd returned before billing was restricted in the kernel: %v\n%s", err, out)
 		}
-		c.must("systemctl", "start", "billing.service")
+		c.Must("systemctl", "start", "billing.service")
 	})
 
-	dropIn, _ := c.run("cat", "/etc/systemd/system/billing.service.d/hardening.conf")
-	billingPID := c.show("billing.service", "MainPID")
+	dropIn, _ := c.Run("cat", "/etc/systemd/system/billing.service.d/hardening.conf")
+	billingPID := c.Show("billing.service", "MainPID")
 
 	run("hardened billing does what its drop-in says", func(t *testing.T) {
 		c.restricted(t, 8080, "started")
@@ -199,19 +199,19 @@ func TestSystemd(t *testing.T) {
 
 	// Finding 7: journald gets the priorities; the lines stay JSON.
 	run("journal priorities", func(t *testing.T) {
-		warn := c.must("journalctl", "--no-pager", "-o", "cat", "-p", "warning", "-u", "egressd.service")
+		warn := c.Must("journalctl", "--no-pager", "-o", "cat", "-p", "warning", "-u", "egressd.service")
 		if !strings.Contains(warn, `"event":"deny"`) {
 			t.Errorf("journalctl -p warning -u egressd shows no deny event:\n%s", warn)
 		}
 		if strings.Contains(warn, `"event":"ruleset_applied"`) {
 			t.Errorf("info events at priority warning:\n%s", warn)
 		}
-		if info := c.must("journalctl", "--no-pager", "-o", "cat", "-p", "info", "-u", "egressd.service"); !strings.Contains(info, `{"level":"info"`) {
+		if info := c.Must("journalctl", "--no-pager", "-o", "cat", "-p", "info", "-u", "egressd.service"); !strings.Contains(info, `{"level":"info"`) {
 			t.Errorf("JSON lines lost their shape:\n%s", info)
 		}
 		// Every field a journal field, with the event's MESSAGE_ID: the
 		// queries of docs/alerting.md, here and on a collector.
-		deny := c.must("journalctl", "--no-pager", "-o", "json", "EGRESSD_EVENT=deny", "EGRESSD_ALLOWLIST=billing", "MESSAGE_ID="+event.MessageID(event.Deny))
+		deny := c.Must("journalctl", "--no-pager", "-o", "json", "EGRESSD_EVENT=deny", "EGRESSD_ALLOWLIST=billing", "MESSAGE_ID="+event.MessageID(event.Deny))
 		if !strings.Contains(deny, `"EGRESSD_DPORT":"`) || !strings.Contains(deny, `"PRIORITY":"4"`) || !strings.Contains(deny, `"_SYSTEMD_UNIT":"egressd.service"`) {
 			t.Errorf("journalctl EGRESSD_EVENT=deny EGRESSD_ALLOWLIST=billing MESSAGE_ID=…: no deny entry with its fields:\n%s", deny)
 		}
@@ -226,21 +226,21 @@ func TestSystemd(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			c.write("/etc/systemd/system/"+u, strings.ReplaceAll(string(b), "/usr/bin/egressd ", "/usr/local/bin/egressd "), 0o644)
+			c.Write("/etc/systemd/system/"+u, strings.ReplaceAll(string(b), "/usr/bin/egressd ", "/usr/local/bin/egressd "), 0o644)
 		}
-		c.must("mkdir", "-p", "/var/lib/prometheus/node-exporter")
-		c.must("systemctl", "daemon-reload")
-		if out, err := c.run("systemd-analyze", "verify", "/etc/systemd/system/egressd-check.service", "/etc/systemd/system/egressd-check.timer"); err != nil || strings.TrimSpace(out) != "" {
+		c.Must("mkdir", "-p", "/var/lib/prometheus/node-exporter")
+		c.Must("systemctl", "daemon-reload")
+		if out, err := c.Run("systemd-analyze", "verify", "/etc/systemd/system/egressd-check.service", "/etc/systemd/system/egressd-check.timer"); err != nil || strings.TrimSpace(out) != "" {
 			t.Errorf("systemd-analyze verify egressd-check.service egressd-check.timer: %v\n%s", err, out)
 		}
-		c.must("systemctl", "enable", "--now", "egressd-check.timer")
-		c.must("systemctl", "start", "egressd-check.service") // oneshot: returns when check is done
-		prom := c.must("cat", "/var/lib/prometheus/node-exporter/egressd.prom")
+		c.Must("systemctl", "enable", "--now", "egressd-check.timer")
+		c.Must("systemctl", "start", "egressd-check.service") // oneshot: returns when check is done
+		prom := c.Must("cat", "/var/lib/prometheus/node-exporter/egressd.prom")
 		if !strings.Contains(prom, "\negressd_check_exit_code 0\n") || !strings.Contains(prom, `egressd_check_status{status="ok"} 1`) {
-			log, _ := c.run("journalctl", "--no-pager", "-o", "cat", "-u", "egressd-check.service")
+			log, _ := c.Run("journalctl", "--no-pager", "-o", "cat", "-u", "egressd-check.service")
 			t.Errorf("egressd.prom:\n%s\njournal:\n%s", prom, log)
 		}
-		if st := c.show("egressd-check.timer", "ActiveState"); st != "active" {
+		if st := c.Show("egressd-check.timer", "ActiveState"); st != "active" {
 			t.Errorf("egressd-check.timer is %s", st)
 		}
 	})
@@ -249,74 +249,74 @@ func TestSystemd(t *testing.T) {
 	// service running (same MainPID), and restricted throughout.
 	unchanged := func(t *testing.T, when string) {
 		t.Helper()
-		if st, pid := c.show("billing.service", "ActiveState"), c.show("billing.service", "MainPID"); st != "active" || pid != billingPID {
+		if st, pid := c.Show("billing.service", "ActiveState"), c.Show("billing.service", "MainPID"); st != "active" || pid != billingPID {
 			t.Errorf("%s: billing is %s with MainPID %s (was %s): egressd took it down with it", when, st, pid, billingPID)
 		}
 		c.restricted(t, 8080, when)
 	}
 	run("reload", func(t *testing.T) {
-		pid := c.show("egressd.service", "MainPID")
-		c.write("/etc/egressd/allow.d/billing.yaml", allowlistFor("billing", addedDst), 0o644)
-		c.must("systemctl", "reload", "egressd.service")
+		pid := c.Show("egressd.service", "MainPID")
+		c.Write("/etc/egressd/allow.d/billing.yaml", allowlistFor("billing", addedDst), 0o644)
+		c.Must("systemctl", "reload", "egressd.service")
 		eventually(t, "the reloaded allowlist", func() (bool, string) { got := c.ask(8080, "connect", addedDst); return got == "ok", got })
-		if p := c.show("egressd.service", "MainPID"); p != pid {
+		if p := c.Show("egressd.service", "MainPID"); p != pid {
 			t.Errorf("reload changed egressd's MainPID %s -> %s", pid, p)
 		}
 		unchanged(t, "after reload")
 	})
 	run("restart", func(t *testing.T) {
-		c.must("systemctl", "restart", "egressd.service")
+		c.Must("systemctl", "restart", "egressd.service")
 		unchanged(t, "after systemctl restart egressd")
 	})
 	run("stop", func(t *testing.T) {
-		c.must("systemctl", "stop", "egressd.service")
+		c.Must("systemctl", "stop", "egressd.service")
 		unchanged(t, "while egressd is stopped")
-		c.must("systemctl", "start", "egressd.service")
+		c.Must("systemctl", "start", "egressd.service")
 		unchanged(t, "after egressd started again")
 	})
 	run("crash", func(t *testing.T) {
-		pid := c.show("egressd.service", "MainPID")
-		n := c.show("egressd.service", "NRestarts")
-		c.must("systemctl", "kill", "--signal=SIGKILL", "egressd.service")
+		pid := c.Show("egressd.service", "MainPID")
+		n := c.Show("egressd.service", "NRestarts")
+		c.Must("systemctl", "kill", "--signal=SIGKILL", "egressd.service")
 		unchanged(t, "right after egressd was killed")
 		eventually(t, "egressd restarted by systemd", func() (bool, string) {
-			p, st := c.show("egressd.service", "MainPID"), c.show("egressd.service", "ActiveState")
+			p, st := c.Show("egressd.service", "MainPID"), c.Show("egressd.service", "ActiveState")
 			return st == "active" && p != pid && p != "0", st + " " + p
 		})
-		if c.show("egressd.service", "NRestarts") == n {
+		if c.Show("egressd.service", "NRestarts") == n {
 			t.Error("NRestarts unchanged after a crash")
 		}
 		unchanged(t, "after egressd's crash and restart")
 	})
 	// Finding 8: a hung reconcile loop is restarted by the watchdog.
 	run("watchdog", func(t *testing.T) {
-		if got := c.show("egressd.service", "WatchdogUSec"); got != "30s" {
+		if got := c.Show("egressd.service", "WatchdogUSec"); got != "30s" {
 			t.Errorf("egressd.service WatchdogUSec=%s, want 30s", got)
 		}
-		c.write("/etc/systemd/system/egressd.service.d/watchdog-test.conf", "[Service]\nWatchdogSec=2s\n", 0o644)
-		c.must("systemctl", "daemon-reload")
-		c.must("systemctl", "restart", "egressd.service")
-		n := c.show("egressd.service", "NRestarts")
+		c.Write("/etc/systemd/system/egressd.service.d/watchdog-test.conf", "[Service]\nWatchdogSec=2s\n", 0o644)
+		c.Must("systemctl", "daemon-reload")
+		c.Must("systemctl", "restart", "egressd.service")
+		n := c.Show("egressd.service", "NRestarts")
 		time.Sleep(5 * time.Second) // 2.5 watchdog periods: a loop that beats survives them
-		if got := c.show("egressd.service", "NRestarts"); got != n || c.show("egressd.service", "ActiveState") != "active" {
+		if got := c.Show("egressd.service", "NRestarts"); got != n || c.Show("egressd.service", "ActiveState") != "active" {
 			t.Fatalf("egressd restarted (NRestarts %s -> %s) while its loop ran: the loop does not feed the watchdog", n, got)
 		}
-		c.must("systemctl", "kill", "--signal=SIGSTOP", "egressd.service") // a hung process
+		c.Must("systemctl", "kill", "--signal=SIGSTOP", "egressd.service") // a hung process
 		eventually(t, "the watchdog restarting egressd", func() (bool, string) {
-			got := c.show("egressd.service", "NRestarts")
-			return got != n && c.show("egressd.service", "ActiveState") == "active", got
+			got := c.Show("egressd.service", "NRestarts")
+			return got != n && c.Show("egressd.service", "ActiveState") == "active", got
 		})
-		c.must("rm", "/etc/systemd/system/egressd.service.d/watchdog-test.conf")
-		c.must("systemctl", "daemon-reload")
-		c.must("systemctl", "restart", "egressd.service")
+		c.Must("rm", "/etc/systemd/system/egressd.service.d/watchdog-test.conf")
+		c.Must("systemctl", "daemon-reload")
+		c.Must("systemctl", "restart", "egressd.service")
 		unchanged(t, "after the watchdog restarted egressd")
 	})
 
 	// Findings 1, 5, 6: a service whose allowlist is not enforced yet is held
 	// by its start gate, and starts the moment egressd enforces it.
 	run("gate holds a service until its allowlist is enforced", func(t *testing.T) {
-		c.must("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "late")
-		c.write("/etc/systemd/system/late.service", serviceUnit(8081), 0o644)
+		c.Must("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "late")
+		c.Write("/etc/systemd/system/late.service", serviceUnit(8081), 0o644)
 		dropIn, warn := c.harden(t, "late.service", "--user", "late", "--listen", "tcp:8081", "--writable", "/srv/late", "--gate-timeout", "90s")
 		if !strings.Contains(warn, "no egressd allowlist for user late") {
 			t.Errorf("harden --user late (no allowlist) did not warn:\n%s", warn)
@@ -331,19 +331,19 @@ func TestSystemd(t *testing.T) {
 		if !strings.Contains(a, "not_restricted") || !strings.Contains(a, "path_missing") {
 			t.Errorf("audit of late.service lacks not_restricted or path_missing:\n%s", a)
 		}
-		c.must("install", "-d", "-o", "late", "-g", "late", "/srv/late")
-		c.must("systemctl", "daemon-reload")
-		c.must("systemctl", "start", "--no-block", "late.service")
+		c.Must("install", "-d", "-o", "late", "-g", "late", "/srv/late")
+		c.Must("systemctl", "daemon-reload")
+		c.Must("systemctl", "start", "--no-block", "late.service")
 		eventually(t, "late held in its start gate", func() (bool, string) {
-			sub := c.show("late.service", "SubState")
+			sub := c.Show("late.service", "SubState")
 			return sub == "start-pre", sub
 		})
 		if got := c.ask(8081, "pid", "-"); !strings.HasPrefix(got, "error") {
 			t.Fatalf("late's agent answers (%s) before its allowlist is enforced", got)
 		}
-		c.write("/etc/egressd/allow.d/late.yaml", allowlistFor("late"), 0o644) // picked up by egressd's watch
+		c.Write("/etc/egressd/allow.d/late.yaml", allowlistFor("late"), 0o644) // picked up by egressd's watch
 		eventually(t, "late started once enforced", func() (bool, string) {
-			st := c.show("late.service", "ActiveState")
+			st := c.Show("late.service", "ActiveState")
 			return st == "active", st
 		})
 		c.restricted(t, 8081, "late, released by its gate")
@@ -355,35 +355,35 @@ func TestSystemd(t *testing.T) {
 		}
 	})
 	run("gate fails closed", func(t *testing.T) {
-		c.must("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "never")
-		c.write("/etc/systemd/system/never.service", serviceUnit(8082), 0o644)
+		c.Must("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "never")
+		c.Write("/etc/systemd/system/never.service", serviceUnit(8082), 0o644)
 		c.harden(t, "never.service", "--user", "never", "--listen", "tcp:8082", "--gate-timeout", "2s")
-		c.must("systemctl", "daemon-reload")
-		if out, err := c.run("systemctl", "start", "never.service"); err == nil {
+		c.Must("systemctl", "daemon-reload")
+		if out, err := c.Run("systemctl", "start", "never.service"); err == nil {
 			t.Fatalf("never.service (no allowlist) started:\n%s", out)
 		}
-		if st := c.show("never.service", "Result"); st != "exit-code" {
+		if st := c.Show("never.service", "Result"); st != "exit-code" {
 			t.Errorf("never.service Result=%s, want exit-code (the gate)", st)
 		}
-		if log := c.must("journalctl", "--no-pager", "-o", "cat", "-u", "never.service"); strings.Contains(log, "agent listening") || !strings.Contains(log, "not restricted by egressd") {
+		if log := c.Must("journalctl", "--no-pager", "-o", "cat", "-u", "never.service"); strings.Contains(log, "agent listening") || !strings.Contains(log, "not restricted by egressd") {
 			t.Errorf("never.service's journal:\n%s", log)
 		}
 	})
 	// Finding 3: a privileged port with CAP_NET_BIND_SERVICE, without
 	// PrivateUsers=yes, binds.
 	run("privileged port", func(t *testing.T) {
-		c.must("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "web")
-		c.write("/etc/egressd/allow.d/web.yaml", allowlistFor("web"), 0o644)
-		c.write("/etc/systemd/system/web.service", serviceUnit(80), 0o644)
-		c.must("egressd", "wait", "--user", "web", "--timeout", "30s")
+		c.Must("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "web")
+		c.Write("/etc/egressd/allow.d/web.yaml", allowlistFor("web"), 0o644)
+		c.Write("/etc/systemd/system/web.service", serviceUnit(80), 0o644)
+		c.Must("egressd", "wait", "--user", "web", "--timeout", "30s")
 		dropIn, _ := c.harden(t, "web.service", "--allowlist", "web", "--listen", "tcp:80")
 		if !strings.Contains(dropIn, "\nPrivateUsers=no\n") || !strings.Contains(dropIn, "AmbientCapabilities=CAP_NET_BIND_SERVICE") {
 			t.Errorf("drop-in for tcp:80:\n%s", dropIn)
 		}
-		c.must("systemctl", "daemon-reload")
-		c.must("systemctl", "enable", "web.service")
-		if out, err := c.run("systemctl", "start", "web.service"); err != nil {
-			log, _ := c.run("journalctl", "--no-pager", "-o", "cat", "-u", "web.service")
+		c.Must("systemctl", "daemon-reload")
+		c.Must("systemctl", "enable", "web.service")
+		if out, err := c.Run("systemctl", "start", "web.service"); err != nil {
+			log, _ := c.Run("journalctl", "--no-pager", "-o", "cat", "-u", "web.service")
 			t.Fatalf("web.service (tcp:80) does not start: %v\n%s\n%s", err, out, log)
 		}
 		c.restricted(t, 80, "web on port 80")
@@ -401,7 +401,7 @@ func TestSystemd(t *testing.T) {
 	run("reboot", func(t *testing.T) {
 		c.reboot()
 		for _, u := range []string{"egressd.service", "billing.service", "web.service"} {
-			if st := c.show(u, "ActiveState"); st != "active" {
+			if st := c.Show(u, "ActiveState"); st != "active" {
 				t.Errorf("after reboot %s is %s", u, st)
 			}
 		}
@@ -413,7 +413,7 @@ func TestSystemd(t *testing.T) {
 		}
 		c.restricted(t, 8080, "billing after reboot")
 		c.restricted(t, 80, "web after reboot")
-		if _, err := os.Stat(filepath.Join(c.root, "/etc/egressd/allow.d/fetch.yaml")); err == nil {
+		if _, err := os.Stat(filepath.Join(c.Root, "/etc/egressd/allow.d/fetch.yaml")); err == nil {
 			c.adopted(t, "at boot") // egressd.socket came up before egressd.service
 		}
 	})
@@ -421,27 +421,27 @@ func TestSystemd(t *testing.T) {
 	// Finding 2: a typo in an allowlist at boot: egressd enforces the last
 	// good configuration, loudly, and the protected services start.
 	run("boot with an invalid allowlist", func(t *testing.T) {
-		c.write("/etc/egressd/allow.d/billing.yaml", "user: billing\nallow: [127.0.0.1:8001\n", 0o644)
+		c.Write("/etc/egressd/allow.d/billing.yaml", "user: billing\nallow: [127.0.0.1:8001\n", 0o644)
 		c.reboot()
 		for _, u := range []string{"egressd.service", "billing.service", "web.service"} {
-			if st := c.show(u, "ActiveState"); st != "active" {
+			if st := c.Show(u, "ActiveState"); st != "active" {
 				t.Errorf("booted with an invalid allowlist: %s is %s", u, st)
 			}
 		}
 		c.restricted(t, 8080, "billing, on the last good configuration")
-		if st := c.show("egressd.service", "StatusText"); !strings.Contains(st, "last good") {
+		if st := c.Show("egressd.service", "StatusText"); !strings.Contains(st, "last good") {
 			t.Errorf("egressd's STATUS does not say it runs on the last good configuration: %q", st)
 		}
-		if log := c.must("journalctl", "--no-pager", "-o", "cat", "--boot", "-u", "egressd.service"); !strings.Contains(log, `"event":"config_fallback"`) {
+		if log := c.Must("journalctl", "--no-pager", "-o", "cat", "--boot", "-u", "egressd.service"); !strings.Contains(log, `"event":"config_fallback"`) {
 			t.Errorf("no config_fallback event:\n%s", log)
 		}
-		if out, err := c.run("egressd", "check"); err == nil {
+		if out, err := c.Run("egressd", "check"); err == nil {
 			t.Errorf("egressd check exits 0 on invalid files:\n%s", out)
 		}
-		c.write("/etc/egressd/allow.d/billing.yaml", allowlistFor("billing", addedDst), 0o644)
-		c.must("systemctl", "reload", "egressd.service")
+		c.Write("/etc/egressd/allow.d/billing.yaml", allowlistFor("billing", addedDst), 0o644)
+		c.Must("systemctl", "reload", "egressd.service")
 		eventually(t, "the fixed configuration in force", func() (bool, string) {
-			st := c.show("egressd.service", "StatusText")
+			st := c.Show("egressd.service", "StatusText")
 			return strings.HasPrefix(st, "enforcing") && !strings.Contains(st, "last good"), st
 		})
 		c.restricted(t, 8080, "billing, after the fix")

@@ -25,7 +25,7 @@ func unitAllowlist(unit string) string {
 // preAttempts is what the unit's ExecStartPre= probe printed, one line per
 // start: "ok" when it reached the denied destination.
 func (c *container) preAttempts(unit string) []string {
-	log := c.must("journalctl", "--no-pager", "-o", "cat", "-u", unit)
+	log := c.Must("journalctl", "--no-pager", "-o", "cat", "-u", unit)
 	var out []string
 	for _, l := range strings.Split(log, "\n") {
 		if l == "ok" || strings.HasPrefix(l, "error") {
@@ -45,29 +45,29 @@ func TestSystemdUnits(t *testing.T) {
 	c := newContainer(t, binds(t)...)
 	run := func(name string, f func(t *testing.T)) bool {
 		return t.Run(name, func(t *testing.T) {
-			parent := c.t
-			c.t = t
-			defer func() { c.t = parent }()
+			parent := c.T
+			c.T = t
+			defer func() { c.T = parent }()
 			f(t)
 		})
 	}
-	c.write("/etc/systemd/system/targets.service",
+	c.Write("/etc/systemd/system/targets.service",
 		"[Unit]\nDescription=test destinations (root)\nBefore=egressd.service\n\n[Service]\nExecStart=/usr/local/bin/egressd-probe serve "+
 			allowedDst+" "+deniedDst+"\n\n[Install]\nWantedBy=multi-user.target\n", 0o644)
 	c.boot()
-	c.must("systemctl", "enable", "--now", "targets.service")
+	c.Must("systemctl", "enable", "--now", "targets.service")
 	// After the boot: the first boot enables every unit (Debian's presets),
 	// and these must not run before egressd and their drop-ins exist.
-	c.write("/etc/systemd/system/shop.service", unitService(8090, "www-data"), 0o644)
-	c.write("/etc/systemd/system/neighbour.service", unitService(8091, "www-data"), 0o644)
-	c.write("/etc/systemd/system/dyn.service", unitService(8092, ""), 0o644)
-	c.must("install", "-m", "0644", "/src/egressd.service", "/etc/systemd/system/egressd.service")
-	c.must("install", "-d", "-m", "0755", "/etc/egressd", "/etc/egressd/allow.d")
-	c.must("install", "-m", "0644", "/src/egressd.yaml", "/etc/egressd/egressd.yaml")
-	c.write("/etc/egressd/allow.d/shop.yaml", unitAllowlist("shop.service"), 0o644)
-	c.write("/etc/egressd/allow.d/dyn.yaml", unitAllowlist("dyn.service"), 0o644)
-	c.must("systemctl", "daemon-reload")
-	c.must("systemctl", "enable", "--now", "egressd.service")
+	c.Write("/etc/systemd/system/shop.service", unitService(8090, "www-data"), 0o644)
+	c.Write("/etc/systemd/system/neighbour.service", unitService(8091, "www-data"), 0o644)
+	c.Write("/etc/systemd/system/dyn.service", unitService(8092, ""), 0o644)
+	c.Must("install", "-m", "0644", "/src/egressd.service", "/etc/systemd/system/egressd.service")
+	c.Must("install", "-d", "-m", "0755", "/etc/egressd", "/etc/egressd/allow.d")
+	c.Must("install", "-m", "0644", "/src/egressd.yaml", "/etc/egressd/egressd.yaml")
+	c.Write("/etc/egressd/allow.d/shop.yaml", unitAllowlist("shop.service"), 0o644)
+	c.Write("/etc/egressd/allow.d/dyn.yaml", unitAllowlist("dyn.service"), 0o644)
+	c.Must("systemctl", "daemon-reload")
+	c.Must("systemctl", "enable", "--now", "egressd.service")
 
 	run("harden writes the gate first", func(t *testing.T) {
 		dropIn, _ := c.harden(t, "shop.service", "--allowlist", "shop", "--user", "www-data", "--listen", "tcp:8090")
@@ -85,15 +85,15 @@ func TestSystemdUnits(t *testing.T) {
 		if strings.Contains(dyn, "\nUser=") {
 			t.Errorf("the DynamicUser= unit got a User= line:\n%s", dyn)
 		}
-		c.must("systemctl", "daemon-reload")
+		c.Must("systemctl", "daemon-reload")
 	})
 	if t.Failed() {
 		return
 	}
 	run("restricted units, unrestricted neighbour of the same user", func(t *testing.T) {
 		for _, u := range []string{"shop.service", "neighbour.service", "dyn.service"} {
-			if out, err := c.run("systemctl", "start", u); err != nil {
-				log, _ := c.run("journalctl", "--no-pager", "-o", "cat", "-u", u)
+			if out, err := c.Run("systemctl", "start", u); err != nil {
+				log, _ := c.Run("journalctl", "--no-pager", "-o", "cat", "-u", u)
 				t.Fatalf("start %s: %v\n%s\n%s", u, err, out, log)
 			}
 		}
@@ -114,13 +114,13 @@ func TestSystemdUnits(t *testing.T) {
 				t.Errorf("%s's ExecStartPre= reaching %s: %v, want refused", u, deniedDst, got)
 			}
 		}
-		if out, err := c.run("egressd", "check"); err != nil || !strings.Contains(out, "shop.service") {
+		if out, err := c.Run("egressd", "check"); err != nil || !strings.Contains(out, "shop.service") {
 			t.Errorf("egressd check: %v\n%s", err, out)
 		}
 	})
 	run("restart", func(t *testing.T) {
 		for i := 0; i < 3; i++ {
-			c.must("systemctl", "restart", "shop.service")
+			c.Must("systemctl", "restart", "shop.service")
 			c.restricted(t, 8090, fmt.Sprintf("shop after restart %d", i+1))
 		}
 		got := c.preAttempts("shop.service")
@@ -132,7 +132,7 @@ func TestSystemdUnits(t *testing.T) {
 		if len(got) != 4 {
 			t.Errorf("%d ExecStartPre= attempts, want 4: %v", len(got), got)
 		}
-		c.must("systemctl", "restart", "dyn.service")
+		c.Must("systemctl", "restart", "dyn.service")
 		c.restricted(t, 8092, "dyn after restart")
 	})
 	// The gate runs first: while egressd cannot map the new cgroup (paused
@@ -140,20 +140,20 @@ func TestSystemdUnits(t *testing.T) {
 	// the unit runs, its own ExecStartPre= included.
 	run("restart while egressd is paused", func(t *testing.T) {
 		before := len(c.preAttempts("shop.service"))
-		c.must("systemctl", "kill", "--signal=SIGSTOP", "egressd.service")
-		c.must("systemctl", "restart", "--no-block", "shop.service")
+		c.Must("systemctl", "kill", "--signal=SIGSTOP", "egressd.service")
+		c.Must("systemctl", "restart", "--no-block", "shop.service")
 		eventually(t, "shop in its start gate", func() (bool, string) {
-			sub := c.show("shop.service", "SubState")
+			sub := c.Show("shop.service", "SubState")
 			return sub == "start-pre", sub
 		})
 		time.Sleep(time.Second)
 		got := c.preAttempts("shop.service")
-		c.must("systemctl", "kill", "--signal=SIGCONT", "egressd.service")
+		c.Must("systemctl", "kill", "--signal=SIGCONT", "egressd.service")
 		if len(got) != before {
 			t.Errorf("shop's ExecStartPre= ran before the gate let it: %v", got[before:])
 		}
 		eventually(t, "shop started", func() (bool, string) {
-			st := c.show("shop.service", "ActiveState")
+			st := c.Show("shop.service", "ActiveState")
 			return st == "active", st
 		})
 		c.restricted(t, 8090, "shop after a restart held by its gate")
@@ -162,7 +162,7 @@ func TestSystemdUnits(t *testing.T) {
 		}
 	})
 	run("egressd restarts; the units stay restricted", func(t *testing.T) {
-		c.must("systemctl", "restart", "egressd.service")
+		c.Must("systemctl", "restart", "egressd.service")
 		c.restricted(t, 8090, "shop after egressd's restart")
 		c.restricted(t, 8092, "dyn after egressd's restart")
 	})
