@@ -3,12 +3,14 @@
 package dnstest
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -82,14 +84,21 @@ func ListenIn(do func(func() error) error, addr string) (*Server, error) {
 	var pc net.PacketConn
 	var ln net.Listener
 	err := do(func() error {
-		var err error
-		if pc, err = net.ListenPacket("udp", addr); err != nil {
-			return err
-		}
-		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err != nil {
+		// With port 0 the UDP port is the kernel's pick, and its TCP twin
+		// may be in use (another test's connection): pick again.
+		for try := 0; ; try++ {
+			var err error
+			if pc, err = net.ListenPacket("udp", addr); err != nil {
+				return err
+			}
+			if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+				return nil
+			}
 			pc.Close()
+			if _, port, _ := net.SplitHostPort(addr); port != "0" || !errors.Is(err, syscall.EADDRINUSE) || try == 20 {
+				return err
+			}
 		}
-		return err
 	})
 	if err != nil {
 		return nil, err
