@@ -211,7 +211,14 @@ func TestMetricsSocketAndStateFileModes(t *testing.T) {
 		path string
 		mode os.FileMode
 	}{{sock, os.ModeSocket | 0o660}, {statePath, 0o640}} {
-		fi, err := os.Stat(f.path)
+		// state.json is published after "started": wait for it.
+		var fi os.FileInfo
+		var err error
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			if fi, err = os.Stat(f.path); err == nil || time.Now().After(deadline) {
+				break
+			}
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
