@@ -24,7 +24,10 @@ func TestHostsFileNames(t *testing.T) {
 	w.serveTCP("127.0.0.1:8081")
 	hosts := filepath.Join(w.dir, "hosts")
 	w.write("hosts", "# test hosts\n192.0.2.11 db.hosts.test db # alias\n127.0.0.1 local.hosts.test\n")
-	w.write("egressd.yaml", mainConfig+"hosts_file: "+hosts+"\n")
+	// linger 5s: the hosts file's elements carry min_ttl + linger in the
+	// kernel; with 2s a daemon slowed down by -race renewed them too late
+	// and check saw them missing (drift).
+	w.write("egressd.yaml", strings.Replace(mainConfig, "linger: 2s", "linger: 5s", 1)+"hosts_file: "+hosts+"\n")
 	w.write("allow.d/billing.yaml", fmt.Sprintf("user: %d\nallow:\n  - api.example.test:443\n  - db.hosts.test:443\n  - local.hosts.test:8080\n  - rebind.example.test:8081\n", uidA))
 	w.dns.Set("api.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.10")}, TTL: 2})
 	w.dns.Set("rebind.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, TTL: 2})
@@ -56,6 +59,6 @@ func TestHostsFileNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.eventually(uidA, "tcp", "192.0.2.12:443", okConnected, 3*time.Second)
-	w.eventually(uidA, "tcp", "192.0.2.11:443", okRefused, 10*time.Second)
+	w.eventually(uidA, "tcp", "192.0.2.11:443", okRefused, 15*time.Second)
 	w.expect(uidA, "tcp", "192.0.2.10:443", okConnected)
 }
