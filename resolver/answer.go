@@ -50,6 +50,17 @@ func ReadReply(msg *dns.Msg, qname string, qtype uint16, maxChain int) (res Resu
 	return res, next, nil
 }
 
+// Answers reports whether reply r answers question q: one question, the
+// same name (in any case), type and class. Any other reply is ignored, as a
+// possible spoof: its records are for a question nobody asked.
+func Answers(r *dns.Msg, q dns.Question) bool {
+	if len(r.Question) != 1 {
+		return false
+	}
+	rq := r.Question[0]
+	return dns.IsFqdn(rq.Name) && strings.EqualFold(rq.Name, dns.Fqdn(q.Name)) && rq.Qtype == q.Qtype && rq.Qclass == q.Qclass
+}
+
 // Admit is an answer under the policy: the addresses it may open (the
 // rebinding filter, then at most MaxAddrs, in answer order; see
 // FilterAnswer), how many it refused, and how long the answer holds (its TTL

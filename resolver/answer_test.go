@@ -156,3 +156,28 @@ func TestPolicyAdmit(t *testing.T) {
 		})
 	}
 }
+
+// A reply is read only when it answers the question asked: name (any
+// case), type and class.
+func TestAnswers(t *testing.T) {
+	q := dns.Question{Name: "q.test.", Qtype: dns.TypeA, Qclass: dns.ClassINET}
+	for _, c := range []struct {
+		name string
+		qs   []dns.Question
+		want bool
+	}{
+		{"same", []dns.Question{q}, true},
+		{"case", []dns.Question{{Name: "Q.TEST.", Qtype: dns.TypeA, Qclass: dns.ClassINET}}, true},
+		{"another name", []dns.Question{{Name: "evil.test.", Qtype: dns.TypeA, Qclass: dns.ClassINET}}, false},
+		{"not fully qualified", []dns.Question{{Name: "q.test", Qtype: dns.TypeA, Qclass: dns.ClassINET}}, false},
+		{"another type", []dns.Question{{Name: "q.test.", Qtype: dns.TypeAAAA, Qclass: dns.ClassINET}}, false},
+		{"another class", []dns.Question{{Name: "q.test.", Qtype: dns.TypeA, Qclass: dns.ClassCHAOS}}, false},
+		{"none", nil, false},
+		{"two", []dns.Question{q, q}, false},
+	} {
+		m := &dns.Msg{Question: c.qs}
+		if got := Answers(m, q); got != c.want {
+			t.Errorf("%s: Answers = %v, want %v", c.name, got, c.want)
+		}
+	}
+}

@@ -153,8 +153,7 @@ func (c *Client) exchangeOne(ctx context.Context, q *dns.Msg, srv netip.AddrPort
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", srv, err)
 	}
-	if len(r.Question) != 1 || !strings.EqualFold(r.Question[0].Name, q.Question[0].Name) ||
-		r.Question[0].Qtype != q.Question[0].Qtype || r.Question[0].Qclass != q.Question[0].Qclass {
+	if !Answers(r, q.Question[0]) {
 		return nil, fmt.Errorf("%s: reply does not match the question (ignored as a possible spoof)", srv)
 	}
 	if r.Rcode != dns.RcodeSuccess && r.Rcode != dns.RcodeNameError {

@@ -181,3 +181,29 @@ func TestProxyRebinding(t *testing.T) {
 		})
 	}
 }
+
+// A reply to another question (name, type or class) is no answer: the
+// upstream failed, SERVFAIL, nothing opened (failed before for the class:
+// answered, its address opened).
+func TestProxyReplyToAnotherQuestion(t *testing.T) {
+	r := newRig(t, ident{uid: uidWeb, ok: true}, webAllowlist(t, "*.cdn.example.com:443"))
+	r.up.Set("api.cdn.example.com", dnstest.Record{A: addrs("198.51.100.7"), TTL: 60})
+	for _, mangle := range []func(q *dns.Question){
+		func(q *dns.Question) { q.Qclass = dns.ClassCHAOS },
+		func(q *dns.Question) { q.Qtype = dns.TypeAAAA },
+		func(q *dns.Question) { q.Name = "evil.cdn.example.com." },
+	} {
+		r.up.SetMangle(func(m *dns.Msg) { mangle(&m.Question[0]) })
+		if m := r.ask("udp", "api.cdn.example.com", dns.TypeA); m.Rcode != dns.RcodeServerFailure || len(m.Answer) != 0 {
+			t.Errorf("answer %v, want SERVFAIL", m)
+		}
+	}
+	if got := r.inKernel(); len(got) != 0 {
+		t.Errorf("kernel holds %v", got)
+	}
+	// Control: the question answered.
+	r.up.SetMangle(nil)
+	if m := r.ask("udp", "api.cdn.example.com", dns.TypeA); strings.Join(addrsOf(m), ",") != "198.51.100.7" {
+		t.Errorf("answer %v", m)
+	}
+}

@@ -512,8 +512,7 @@ func (p *Proxy) forward(ctx context.Context, proto uint8, q *dns.Msg, ups []neti
 		} else {
 			r, err = p.exchangeUDP(ctx, fq, up)
 		}
-		if err == nil && (len(r.Question) != 1 || !dns.IsFqdn(r.Question[0].Name) ||
-			normalize(r.Question[0].Name) != normalize(fq.Question[0].Name) || r.Question[0].Qtype != fq.Question[0].Qtype) {
+		if err == nil && !resolver.Answers(r, fq.Question[0]) {
 			err = errors.New("reply does not match the question")
 		}
 		if err == nil && (r.Rcode == dns.RcodeServerFailure || r.Rcode == dns.RcodeRefused) {
