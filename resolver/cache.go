@@ -19,7 +19,10 @@ type Policy struct {
 	MaxAddrs   int
 }
 
-// Clamp raises a TTL to MinTTL and lowers it to MaxTTL.
+// Clamp raises a TTL to MinTTL, and to a second at least, and lowers it to
+// MaxTTL. The floor holds with min_ttl 0: an answer with TTL 0 must not make
+// a kernel element that lapses before the client connects (the proxy's
+// elements live Clamp(TTL) + linger, and linger may be 0).
 func (p Policy) Clamp(ttl time.Duration) time.Duration {
 	return min(max(ttl, p.MinTTL, time.Second), p.MaxTTL)
 }
@@ -216,7 +219,7 @@ func (c *Cache) Observe(k Key, res Result, err error) Change {
 		ch.TTL = c.backoff(e.failures)
 		e.next = now.Add(ch.TTL)
 	case res.Negative:
-		ttl := c.policy.Clamp(res.TTL)
+		_, _, ttl := c.policy.Admit(res, e.privateOK)
 		e.failures, e.lastErr, e.lastOK, e.dropped = 0, nil, now, 0
 		// The name empties when the negative TTL runs out.
 		until := now.Add(ttl)
@@ -229,9 +232,8 @@ func (c *Cache) Observe(k Key, res Result, err error) Change {
 		e.next = now.Add(ttl)
 		ch.TTL = ttl
 	default:
-		ttl := c.policy.Clamp(res.TTL)
+		addrs, dropped, ttl := c.policy.Admit(res, e.privateOK)
 		e.failures, e.lastErr, e.lastOK = 0, nil, now
-		addrs, dropped := FilterAnswer(res, e.privateOK, c.policy.MaxAddrs)
 		for i := range e.addrs {
 			e.addrs[i].current = false
 		}

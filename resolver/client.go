@@ -46,7 +46,7 @@ type Querier interface {
 type Client struct {
 	Servers  []netip.AddrPort
 	Timeout  time.Duration // per attempt; default 2s
-	MaxChain int           // longest CNAME chain followed; default 8
+	MaxChain int           // longest CNAME chain followed; default DefaultMaxChain
 	UDPSize  uint16        // EDNS0 buffer size advertised; default 1232
 }
 
@@ -77,7 +77,7 @@ func (c *Client) timeout() time.Duration {
 func (c *Client) Query(ctx context.Context, name string, qtype uint16) (Result, error) {
 	maxChain := c.MaxChain
 	if maxChain <= 0 {
-		maxChain = 8
+		maxChain = DefaultMaxChain
 	}
 	var res Result
 	res.TTL = -1
@@ -107,96 +107,6 @@ func (c *Client) Query(ctx context.Context, name string, qtype uint16) (Result, 
 	}
 	res.seen = nil
 	return res, nil
-}
-
-// walk follows the CNAME chain from qname inside one reply, collecting
-// addresses and the minimum TTL into res. It returns a CNAME target to ask for
-// when the reply ends the chain without an answer for it.
-func walk(msg *dns.Msg, qname string, qtype uint16, res *Result, maxChain int) (string, error) {
-	minTTL := func(ttl uint32) {
-		d := time.Duration(ttl) * time.Second
-		if res.TTL < 0 || d < res.TTL {
-			res.TTL = d
-		}
-	}
-	if msg.Rcode == dns.RcodeNameError {
-		res.Negative, res.NXDomain = true, true
-		minTTL(negativeTTL(msg))
-		return "", nil
-	}
-	cur := qname
-	for hops := 0; ; hops++ {
-		var next string
-		found := false
-		for _, rr := range msg.Answer {
-			h := rr.Header()
-			if !strings.EqualFold(h.Name, cur) {
-				continue
-			}
-			switch v := rr.(type) {
-			case *dns.CNAME:
-				next = strings.ToLower(v.Target)
-				minTTL(h.Ttl)
-			case *dns.A:
-				if qtype == dns.TypeA {
-					if a, ok := netip.AddrFromSlice(v.A.To4()); ok {
-						res.add(a)
-						minTTL(h.Ttl)
-						found = true
-					}
-				}
-			case *dns.AAAA:
-				if qtype == dns.TypeAAAA {
-					if a, ok := netip.AddrFromSlice(v.AAAA.To16()); ok && !a.Is4In6() {
-						res.add(a)
-						minTTL(h.Ttl)
-						found = true
-					}
-				}
-			}
-		}
-		if found || next == "" {
-			if !found && len(res.Addrs) == 0 {
-				res.Negative = true // NODATA
-				minTTL(negativeTTL(msg))
-			}
-			return "", nil
-		}
-		if len(res.Chain) >= maxChain {
-			return "", ErrChainTooLong
-		}
-		for _, c := range res.Chain {
-			if c == next {
-				return "", fmt.Errorf("%w (loop at %s)", ErrChainTooLong, next)
-			}
-		}
-		res.Chain = append(res.Chain, next)
-		cur = next
-		if !hasOwner(msg, cur) {
-			return cur, nil
-		}
-	}
-}
-
-func hasOwner(msg *dns.Msg, name string) bool {
-	for _, rr := range msg.Answer {
-		if strings.EqualFold(rr.Header().Name, name) {
-			return true
-		}
-	}
-	return false
-}
-
-// negativeTTL is how long a negative answer may be cached (RFC 2308: the
-// minimum of the SOA's TTL and its MINIMUM field); 0 when there is no SOA,
-// which the cache raises to min_ttl.
-func negativeTTL(msg *dns.Msg) uint32 {
-	for _, rr := range msg.Ns {
-		if soa, ok := rr.(*dns.SOA); ok {
-			return min(soa.Hdr.Ttl, soa.Minttl)
-		}
-	}
-	return 0
 }
 
 // exchange asks each server in turn until one gives a usable reply.
@@ -243,8 +153,7 @@ func (c *Client) exchangeOne(ctx context.Context, q *dns.Msg, srv netip.AddrPort
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", srv, err)
 	}
-	if len(r.Question) != 1 || !strings.EqualFold(r.Question[0].Name, q.Question[0].Name) ||
-		r.Question[0].Qtype != q.Question[0].Qtype || r.Question[0].Qclass != q.Question[0].Qclass {
+	if !Answers(r, q.Question[0]) {
 		return nil, fmt.Errorf("%s: reply does not match the question (ignored as a possible spoof)", srv)
 	}
 	if r.Rcode != dns.RcodeSuccess && r.Rcode != dns.RcodeNameError {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/resolver"
 )
 
 // Allowlist is what the proxy needs to know of one dns: proxy allowlist.
@@ -79,12 +80,18 @@ func PolicyFrom(c *config.Config, uids map[string]uint32) *Policy {
 	return p
 }
 
+// answers is the policy the proxy reads answers under: the same knobs, and
+// so the same rules (resolver.Policy.Admit, Clamp), as egressd's own lookups.
+func (p *Policy) answers() resolver.Policy {
+	return resolver.Policy{MinTTL: p.MinTTL, MaxTTL: p.MaxTTL, Linger: p.Linger, MaxAddrs: p.MaxAddrs}
+}
+
 // Lifetimes: what the kernel keeps for an answer whose records have ttl
-// (clamped to min_ttl..max_ttl, plus linger), and the TTL handed to the
-// service (never longer than max_ttl, so never past what the kernel keeps).
+// (resolver.Policy.Clamp: min_ttl..max_ttl, at least a second, plus linger),
+// and the TTL handed to the service (never longer than max_ttl, so never
+// past what the kernel keeps).
 func (p *Policy) lifetimes(ttl time.Duration) (keep, hand time.Duration) {
-	t := min(max(ttl, p.MinTTL), p.MaxTTL)
-	return t + p.Linger, min(ttl, p.MaxTTL)
+	return p.answers().Clamp(ttl) + p.Linger, min(ttl, p.MaxTTL)
 }
 
 // normalize is a question's name as config matches it.

@@ -430,9 +430,18 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 		p.opt.Metrics.ProxyQuery(al.Name, "servfail", p.opt.Now().Sub(start).Seconds())
 		return reply(q, dns.RcodeServerFailure)
 	}
-	var addrs []netip.Addr
+	// The answer is read by the rules egressd's own lookups follow
+	// (resolver.ReadReply): a CNAME chain that loops or runs past the cap
+	// is a failure, not an answer.
+	res, _, err := resolver.ReadReply(r, r.Question[0].Name, r.Question[0].Qtype, 0)
+	if err != nil {
+		p.opt.Log.Debug("upstream answer refused", zap.String("name", name), zap.Error(err))
+		p.opt.Metrics.ProxyQuery(al.Name, "servfail", p.opt.Now().Sub(start).Seconds())
+		return reply(q, dns.RcodeServerFailure)
+	}
+	addrs := res.Addrs
 	if listed {
-		if addrs, err = p.enforce(pol, al, entries, name, r); err != nil {
+		if addrs, err = p.enforce(pol, al, entries, name, r, res); err != nil {
 			// Never hand out an address the kernel does not hold. A
 			// policy that changed meanwhile is no failure: the client
 			// asks again, under the new one.
@@ -446,8 +455,6 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 			p.opt.Metrics.ProxyQuery(al.Name, result, p.opt.Now().Sub(start).Seconds())
 			return reply(q, dns.RcodeServerFailure)
 		}
-	} else {
-		addrs = chainAddrs(r, qn.Name, 16)
 	}
 	p.observe(Observation{Allowlist: al.Name, Name: name, Type: qn.Qtype, Addrs: addrs, Listed: listed})
 	r.Id = q.Id
@@ -505,8 +512,7 @@ func (p *Proxy) forward(ctx context.Context, proto uint8, q *dns.Msg, ups []neti
 		} else {
 			r, err = p.exchangeUDP(ctx, fq, up)
 		}
-		if err == nil && (len(r.Question) != 1 || !dns.IsFqdn(r.Question[0].Name) ||
-			normalize(r.Question[0].Name) != normalize(fq.Question[0].Name) || r.Question[0].Qtype != fq.Question[0].Qtype) {
+		if err == nil && !resolver.Answers(r, fq.Question[0]) {
 			err = errors.New("reply does not match the question")
 		}
 		if err == nil && (r.Rcode == dns.RcodeServerFailure || r.Rcode == dns.RcodeRefused) {
@@ -627,62 +633,37 @@ func (p *Proxy) exchangeUDP(ctx context.Context, q *dns.Msg, up netip.AddrPort) 
 	}
 }
 
-// chainOwners is the set of names reachable from qname through the
-// answer's CNAME records (at most max links).
-func chainOwners(r *dns.Msg, qname string, max int) map[string]bool {
-	owners := map[string]bool{normalize(qname): true}
-	cur := normalize(qname)
-	for i := 0; i < max; i++ {
-		next := ""
-		for _, rr := range r.Answer {
-			if c, ok := rr.(*dns.CNAME); ok && normalize(c.Hdr.Name) == cur {
-				next = normalize(c.Target)
-				break
-			}
-		}
-		if next == "" || owners[next] {
-			break
-		}
-		owners[next] = true
-		cur = next
-	}
-	return owners
-}
-
-func chainAddrs(r *dns.Msg, qname string, max int) []netip.Addr {
-	owners := chainOwners(r, qname, max)
-	var out []netip.Addr
-	for _, rr := range r.Answer {
-		if a, ok := rrAddr(rr); ok && owners[normalize(rr.Header().Name)] {
-			out = append(out, a)
-		}
-	}
-	return out
-}
-
+// rrAddr is the address of an A or AAAA record, as written (an
+// IPv4-mapped AAAA stays an IPv6 address: resolver.ReadReply opens nothing
+// for it).
 func rrAddr(rr dns.RR) (netip.Addr, bool) {
 	switch v := rr.(type) {
 	case *dns.A:
-		a, ok := netip.AddrFromSlice(v.A.To4())
-		return a, ok
+		return netip.AddrFromSlice(v.A.To4())
 	case *dns.AAAA:
-		a, ok := netip.AddrFromSlice(v.AAAA.To16())
-		return a.Unmap(), ok
+		return netip.AddrFromSlice(v.AAAA.To16())
 	}
 	return netip.Addr{}, false
 }
 
-// enforce puts the answer's addresses (those of the CNAME chain from the
-// name asked, that the rebinding rules accept, up to the cap) in the uid's
-// kernel sets for each matching entry, then rewrites the answer: address
-// records the kernel does not hold are removed, every TTL is capped to
-// what the kernel keeps. It returns the addresses kept.
-func (p *Proxy) enforce(pol *Policy, al *Allowlist, entries []config.Entry, name string, r *dns.Msg) ([]netip.Addr, error) {
-	qname := r.Question[0].Name
-	owners := chainOwners(r, qname, 16)
-	var kept []netip.Addr
-	keptSet := map[netip.Addr]bool{}
-	minTTL := uint32(1<<31 - 1)
+// enforce puts the addresses of the answer res (read from r by
+// resolver.ReadReply) that the policy admits (resolver.Policy.Admit: the
+// rebinding filter, the cap) in the uid's kernel sets for each matching
+// entry, then rewrites the answer: address records the kernel does not hold
+// are removed (other names', other types', other sections', refused ones),
+// every TTL of the chain is capped to what the kernel keeps. It returns the
+// addresses kept.
+func (p *Proxy) enforce(pol *Policy, al *Allowlist, entries []config.Entry, name string, r *dns.Msg, res resolver.Result) ([]netip.Addr, error) {
+	q := r.Question[0]
+	kept, _, _ := pol.answers().Admit(res, al.PrivateOK)
+	keptSet := make(map[netip.Addr]bool, len(kept))
+	for _, a := range kept {
+		keptSet[a] = true
+	}
+	owners := map[string]bool{normalize(q.Name): true}
+	for _, c := range res.Chain {
+		owners[normalize(c)] = true
+	}
 	isChain := func(rr dns.RR) bool { return owners[normalize(rr.Header().Name)] }
 	filter := func(rrs []dns.RR, inAnswer bool) []dns.RR {
 		out := rrs[:0]
@@ -692,32 +673,19 @@ func (p *Proxy) enforce(pol *Policy, al *Allowlist, entries []config.Entry, name
 				out = append(out, rr)
 				continue
 			}
-			if !inAnswer || !isChain(rr) {
-				continue // an address the name asked does not lead to: never handed out
+			if inAnswer && isChain(rr) && rr.Header().Rrtype == q.Qtype && keptSet[a] {
+				out = append(out, rr)
 			}
-			if !keptSet[a] {
-				if len(kept) >= max(pol.MaxAddrs, 1) || !resolver.Accepts(a, al.PrivateOK, name, nil) {
-					continue
-				}
-				keptSet[a] = true
-				kept = append(kept, a)
-			}
-			out = append(out, rr)
 		}
 		return out
 	}
 	r.Answer = filter(r.Answer, true)
 	r.Extra = filter(r.Extra, false)
 	r.Ns = filter(r.Ns, false)
-	for _, rr := range r.Answer {
-		if isChain(rr) {
-			minTTL = min(minTTL, rr.Header().Ttl)
-		}
-	}
 	if len(kept) == 0 {
 		return nil, nil
 	}
-	keep, hand := pol.lifetimes(time.Duration(minTTL) * time.Second)
+	keep, hand := pol.lifetimes(res.TTL)
 	var es []ruleset.ProxyElement
 	for _, a := range kept {
 		for _, e := range entries {

@@ -238,7 +238,8 @@ directory. Default: allow.d.`),
 directory. Default: lists.`),
 		Item("hosts_file", `A hosts(5) file consulted before DNS, as "hosts: files
 dns" does. Default: /etc/hosts. Empty: DNS only.`),
-		Item("min_ttl", `A shorter TTL is raised to this. Default: 5s.`),
+		Item("min_ttl", `A shorter TTL is raised to this (and to 1s at least, also
+with 0). Default: 5s.`),
 		Item("max_ttl", `A longer TTL is lowered to this. Default: 10m.`),
 		Item("linger", `An address that left the answers stays allowed this long
 after its TTL ran out. Default: 5m.`),
