@@ -18,14 +18,14 @@ func (c *Controller) sync() error {
 	c.dns.expire()
 	c.dns.cache.Renew() // extended lifetimes reach the kernel in batches
 	c.syncProxy()
-	d := policy.BuildDesiredTimed(c.cfg, c.users, c.dns.cache.AppendLifetimes, c.dns.hosts.Has)
-	d.Cgroups = c.units.current(c.cfg)
-	changed, err := c.apply.sync(d)
+	d := policy.Build(policy.Inputs{Config: c.cfg, Users: c.users, Lifetimes: c.dns.cache.AppendLifetimes,
+		FromHosts: c.dns.hosts.Has, Cgroups: c.units.current(c.cfg)})
+	changed, err := c.apply.sync(d.Ruleset)
 	if err != nil {
 		return err
 	}
 	c.attr.refresh(c.cfg, c.dns.cache.Addrs)
-	c.syncListen()
+	c.syncListen(d.Listen)
 	if changed {
 		c.pub.changed(false)
 		c.notify(c.apply.status() + c.lastGoodNote())
