@@ -62,6 +62,10 @@ type Options struct {
 	// Listen, when set, enforces allowlists' listen: keys; without it a
 	// listen: key is reported as not enforced (listen_unenforced).
 	Listen ListenEnforcer
+	// OnConfig, when set, is told each configuration that takes effect (at
+	// New and at every reload that changes it), on the loop's goroutine: it
+	// must not block. internal/daemon follows it with the parts it owns.
+	OnConfig func(*config.Config)
 	// CgroupRoot is where the cgroup2 hierarchy is mounted (tests); default: found in /proc/self/mountinfo.
 	CgroupRoot string
 }
