@@ -101,6 +101,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	// never delays a reload, a drift repair or a stop; one round at a time.
 	rounds := make(chan round, 1)
 	inflight := false
+	kernelEvents := c.o.KernelEvents // Options are not changed once Run runs
 	var beat, beatAgain <-chan time.Time
 	if hb := c.o.Heartbeat; hb.Every > 0 && hb.Beat != nil {
 		beatAgain = c.heartbeat()
@@ -124,9 +125,9 @@ func (c *Controller) Run(ctx context.Context) error {
 			// The proxy follows an edit at once, even while applies back
 			// off: what the edit no longer allows leaves its sets now.
 			c.syncProxy()
-		case _, ok := <-c.o.KernelEvents:
+		case _, ok := <-kernelEvents:
 			if !ok {
-				c.o.KernelEvents = nil // the monitor ended; the periodic check remains
+				kernelEvents = nil // the monitor ended; the periodic check remains
 				c.o.Log.Warn("the nftables monitor stopped; drift is now found by the periodic check only", event.Field(event.WatchFailed))
 			}
 			c.apply.kernelChanged()
