@@ -15,6 +15,7 @@ import (
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/controller"
 	"github.com/egressd/egressd/internal/deny"
+	"github.com/egressd/egressd/internal/dnsproxy"
 	"github.com/egressd/egressd/internal/event"
 	"github.com/egressd/egressd/ruleset"
 	"go.uber.org/zap"
@@ -333,4 +334,92 @@ func containsString(l []string, s string) bool {
 		}
 	}
 	return false
+}
+
+type fakeProxy struct{}
+
+func (fakeProxy) SetPolicy(*dnsproxy.Policy) {}
+func (fakeProxy) Listen(uint16) error        { return nil }
+func (fakeProxy) Refill() error              { return nil }
+
+// The bind reports and the DNS proxy are stopped before the publishers'
+// last write: what they saw last is in denies.json and observed.json. A
+// changed deny_log.interval cannot reach bind reports already being read:
+// restart_required says so.
+func TestStopFlushesBindReportsAndProxy(t *testing.T) {
+	w := newWorld(t, mainFile)
+	stateDir := t.TempDir()
+	var openReports func(BindReader)
+	proxyClosed := false
+	world := w.world()
+	world.BindReports = func(open func(BindReader)) { openReports = open }
+	var observe func(dnsproxy.Observation)
+	world.DNSProxy = func(ctx context.Context, obs func(dnsproxy.Observation)) (controller.DNSProxy, func(), error) {
+		observe = obs
+		return fakeProxy{}, func() {
+			// The proxy's last answer, observed as it closes.
+			observe(dnsproxy.Observation{Allowlist: "billing", Name: "last.example.test", Listed: true, At: time.Now()})
+			w.mu.Lock()
+			proxyClosed = true
+			w.mu.Unlock()
+		}, nil
+	}
+	core, logs := observer.New(zap.DebugLevel)
+	w.logs = logs
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		errc <- run(ctx, Settings{ConfigPath: filepath.Join(w.dir, "egressd.yaml"), ConfigRequired: true, RuntimeDir: w.run, StateDir: stateDir, Log: zap.New(core)}, world)
+	}()
+	select {
+	case <-w.ready:
+	case err := <-errc:
+		t.Fatalf("run: %v", err)
+	}
+	// The listen restriction was loaded: its reader starts.
+	bindFlushed := make(chan struct{})
+	openReports(func(ctx context.Context, lookup deny.Lookup, interval time.Duration, rec *deny.Recent) {
+		if interval != 10*time.Second {
+			t.Errorf("bind reports' window %v, want deny_log.interval's default", interval)
+		}
+		<-ctx.Done()
+		rec.Record(deny.Event{Allowlist: "billing", Proto: "tcp", Dst: netip.MustParseAddr("0.0.0.0"), DPort: 8080, Bind: true, Count: 1, First: time.Now(), Last: time.Now()})
+		close(bindFlushed)
+	})
+	w.write("egressd.yaml", strings.Replace(mainFile, "group: 100", "group: 100, interval: 30s", 1))
+	w.hup <- os.Interrupt
+	eventually(t, "restart_required", func() bool { return len(w.logged(event.RestartRequired)) == 1 })
+	if e := w.logged(event.RestartRequired)[0].ContextMap(); e["setting"] != "deny_log.interval" {
+		t.Errorf("restart_required %v", e)
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	select {
+	case <-bindFlushed:
+	default:
+		t.Fatal("the bind reports' reader was not stopped")
+	}
+	w.mu.Lock()
+	closed := proxyClosed
+	w.mu.Unlock()
+	if !closed {
+		t.Fatal("the DNS proxy was not closed")
+	}
+	denies, _ := os.ReadFile(filepath.Join(w.run, deny.RecentFile))
+	observed, _ := os.ReadFile(filepath.Join(stateDir, deny.ObservedFile))
+	for name, doc := range map[string]string{"denies.json": string(denies), "observed.json": string(observed)} {
+		if !strings.Contains(doc, "8080") || !strings.Contains(doc, "last.example.test") {
+			t.Errorf("%s lacks the bind report's last window or the proxy's last answer:\n%s", name, doc)
+		}
+	}
+}
+
+// Outside systemd there is no watchdog to feed.
+func TestWatchdogHeartbeatOff(t *testing.T) {
+	t.Setenv("WATCHDOG_USEC", "")
+	if hb := watchdogHeartbeat(nil); hb.Every != 0 || hb.Beat != nil {
+		t.Errorf("heartbeat %+v without WatchdogSec=", hb)
+	}
 }

@@ -132,7 +132,7 @@ func (p *denyPart) start(ctx context.Context, s denySettings) {
 		return
 	}
 	if p.publish == nil {
-		p.startPublishers(ctx)
+		p.startPublishers()
 	}
 	p.reader = goTask(ctx, func(ctx context.Context) { read(ctx, p.d.ctl, s.Prefix, s.Interval, p.d.rec) })
 }
@@ -142,8 +142,11 @@ func (p *denyPart) failed(s denySettings, err error) {
 		event.Field(event.DenyLogFailed), zap.Uint16("group", s.Group), zap.Error(err))
 }
 
-func (p *denyPart) startPublishers(ctx context.Context) {
-	pctx, cancel := context.WithCancel(ctx)
+// startPublishers starts the publishers under a context of their own: they
+// end only by stopPublishers, after every part that records into the
+// recent denies has stopped (stop order).
+func (p *denyPart) startPublishers() {
+	pctx, cancel := context.WithCancel(context.Background())
 	p.publish = cancel
 	if dir := p.d.s.StateDir; dir != "" {
 		if err := deny.LoadObserved(p.d.rec, dir); err != nil {
