@@ -116,7 +116,7 @@ type daemon struct {
 	denies  *denyPart
 	metrics *metricsPart
 	binds   *bindsPart
-	inputs  sync.WaitGroup // SIGHUP, the watch's reloads, the monitor
+	inputs  sync.WaitGroup // SIGHUP
 
 	configs chan *config.Config // the newest configuration in force (a mailbox of one)
 	pctx    context.Context     // the parts' context, ended after the loop stopped
