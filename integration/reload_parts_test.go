@@ -23,6 +23,7 @@ func TestReloadAppliesDenyLogAndMetrics(t *testing.T) {
 		t.Fatalf("metrics at start: %v", err)
 	}
 	m := w.mark()
+	edited := time.Now()
 	w.write("egressd.yaml", mainConfig+"deny_log: { mode: nflog, group: 101 }\nmetrics_listen: 127.0.0.1:9465\n")
 	for _, part := range []string{"deny_log", "metrics"} {
 		deadline := time.Now().Add(10 * time.Second)
@@ -33,6 +34,7 @@ func TestReloadAppliesDenyLogAndMetrics(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
+	t.Logf("both parts restarted with their new settings %v after the edit (the watch waits 200 ms for a burst to end)", time.Since(edited).Round(time.Millisecond))
 	if es := w.eventsSince(event.RestartRequired, m); len(es) > 0 {
 		t.Errorf("restart_required for settings a reload applies: %v", es)
 	}
