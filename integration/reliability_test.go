@@ -448,7 +448,7 @@ func TestKillDuringApplies(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		plans[i] = ruleset.Render(policy.BuildDesired(cfg, policy.LookupUsers(cfg, config.SystemUsers), func(string) []netip.Addr { return nil }))
+		plans[i] = ruleset.Render(policy.Build(policy.Inputs{Config: cfg, Users: policy.LookupUsers(cfg, config.SystemUsers)}).Ruleset)
 	}
 	k := &ruleset.Netlink{NetNSFd: w.ns.Fd()}
 	rng := rand.New(rand.NewSource(7))

@@ -147,6 +147,13 @@ func TestUnitAllowlist(t *testing.T) {
 	if code, out := w.check(); code != 0 || !strings.Contains(out, unit) {
 		t.Errorf("check: exit %d, want 0 and the unit named:\n%s", code, out)
 	}
+	// plan, like check and the daemon, maps the running unit's cgroup: the
+	// kernel the daemon applied is no difference (issue 23: plan showed
+	// "users_differ unitchains: 0 cgroups missing, 1 not in the plan").
+	if code, out, errs := w.plan(); code != 0 || !strings.Contains(out, "# none: the kernel holds this ruleset") {
+		_, diff, _ := strings.Cut(out, "# difference with the kernel:")
+		t.Errorf("plan with the unit running: exit %d, want no difference:\n%s%s", code, diff, errs)
+	}
 	if code, out := w.check("--explain", unit, "192.0.2.10:443"); code != 1 || !strings.Contains(out, "DENIED: unit "+unit) || !strings.Contains(out, "allowlist: shop") {
 		t.Errorf("check --explain %s 192.0.2.10:443: exit %d, want 1:\n%s", unit, code, out)
 	}

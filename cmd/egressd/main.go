@@ -9,27 +9,20 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime/debug"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/bindguard"
 	"github.com/egressd/egressd/internal/check"
 	"github.com/egressd/egressd/internal/controller"
-	"github.com/egressd/egressd/internal/deny"
-	"github.com/egressd/egressd/internal/dnsproxy"
+	"github.com/egressd/egressd/internal/daemon"
 	"github.com/egressd/egressd/internal/event"
 	"github.com/egressd/egressd/internal/logs"
 	"github.com/egressd/egressd/internal/manual"
-	"github.com/egressd/egressd/internal/metrics"
-	"github.com/egressd/egressd/internal/nflog"
-	"github.com/egressd/egressd/internal/sdnotify"
 	"github.com/egressd/egressd/internal/state"
 	"github.com/egressd/egressd/ruleset"
 	"go.uber.org/zap"
@@ -124,176 +117,29 @@ func cmdRun(args []string, stderr io.Writer) int {
 		debug.SetGCPercent(50)
 	}
 
-	if !check.CanAdmin() {
-		fmt.Fprintln(stderr, "egressd run: needs root or CAP_NET_ADMIN (it changes nftables): run it as root, or through egressd.service, which grants CAP_NET_ADMIN to its own user")
-		return 1
-	}
-
 	checkDescriptorLimit(log)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	release, err := state.Lock(*runtimeDir)
-	if err != nil {
-		log.Error("refusing to start", event.Field(event.StartRefused), zap.Error(err))
-		fmt.Fprintln(stderr, "egressd:", err)
+	err = daemon.Run(context.Background(), daemon.Settings{ConfigPath: *cfgPath, ConfigRequired: required, Once: *once,
+		RuntimeDir: *runtimeDir, StateDir: stateDirectory(), BPFDir: listenPinDir(fs, *bpfDir), ListenCgroup: *listenCgroup, Log: log})
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, daemon.ErrNotAdmin):
+		fmt.Fprintln(stderr, "egressd run:", err)
 		return 1
-	}
-	defer release()
-	kernel := &ruleset.Netlink{}
-	m := metrics.New()
-	var proxy controller.DNSProxy
-	// What the daemon observes for `egressd denies` and `egressd learn`:
-	// denied and audited attempts (NFLOG), and the names the DNS proxy
-	// answered or refused.
-	rec := deny.NewRecent(0)
-	if !*once {
-		observe := func(o dnsproxy.Observation) { rec.Resolve(o.Allowlist, o.Name, o.Addrs, o.Listed, o.Refused, o.At) }
-		srv, closeProxy, err := newDNSProxy(ctx, kernel, log, m, observe)
-		if err != nil {
-			// Without conntrack the proxy cannot tell who asks: it does not
-			// answer, and dns: proxy users' queries fail (never a bypass).
-			log.Error("the DNS proxy cannot start: dns: proxy users' queries fail", event.Field(event.DNSProxyFailed), zap.Error(err))
-		} else {
-			proxy = srv
-			defer closeProxy()
-		}
-	}
-	// One notify socket for the daemon's life: READY=1 and the watchdog's
-	// heartbeats need no new descriptor (nil outside systemd).
-	notifier, err := sdnotify.Open()
-	if err != nil {
-		log.Error("cannot notify systemd", event.Field(event.NotifyFailed), zap.Error(err))
-	}
-	defer notifier.Close() //nolint:errcheck
-	// listen: restriction (cgroup BPF). Its reports become bind_denied events
-	// once it is loaded; lookups go through the controller, set below.
-	var ctl *controller.Controller
-	listen := &bindguard.Enforcer{Dir: listenPinDir(fs, *bpfDir), Cgroup: *listenCgroup}
-	if !*once {
-		listen.OnOpen = func(g *bindguard.Guard) {
-			rd, err := g.Events()
-			if err != nil {
-				log.Error("cannot read refused binds; they are still refused, but not reported", event.Field(event.DenyLogFailed), zap.Error(err))
-				return
-			}
-			go deny.RunBinds(ctx, rd, ctl, ctl.Config().DenyLog.Interval, log, m, rec)
-		}
-	}
-	ctl, err = controller.New(controller.Options{
-		ConfigPath: *cfgPath, ConfigRequired: required, Kernel: kernel, Log: log, Metrics: m, StateDir: *runtimeDir, DNSProxy: proxy, Listen: listen,
-		Notify:    notifier.Send,
-		Heartbeat: watchdogHeartbeat(notifier), // WATCHDOG=1 from the loop when WatchdogSec= is set
-		LastGood:  lastGoodStore(),             // $STATE_DIRECTORY: invalid files at start enforce the last good configuration
-	})
-	if err != nil {
+	case errors.Is(err, controller.ErrConfig):
 		fmt.Fprintln(stderr, "egressd:", err)
 		return 2
-	}
-	m.SetDenyCounters(ctl.DeniedPackets)
-	if *once {
-		ctl.SetStateDir("") // no daemon behind it: check compares with fresh DNS
-		failed, err := ctl.Once(ctx)
-		if err != nil {
-			log.Error("apply failed", event.Field(event.ApplyFailed), zap.Error(err))
-			return 1
-		}
-		if len(failed) > 0 {
-			return 1
-		}
-		return 0
-	}
-
-	w, err := config.NewWatcher(*cfgPath, ctl.Config().AllowDir, 200*time.Millisecond, log,
-		"/etc/passwd", ctl.Config().HostsFile, ctl.Config().ListsDir)
-	if err != nil {
-		log.Warn("cannot watch the configuration; reload with SIGHUP", event.Field(event.WatchFailed), zap.Error(err))
-	} else {
-		go w.Run(ctx)
-		go func() {
-			for range w.C {
-				ctl.ReloadBy(controller.ReloadWatch)
-			}
-		}()
-	}
-	if events, err := kernel.Watch(ctx); err != nil {
-		log.Warn("cannot watch nftables for changes by other tools; drift is found by the periodic check only",
-			event.Field(event.WatchFailed), zap.Error(err))
-	} else {
-		ctl.SetKernelEvents(events)
-	}
-	cfg := ctl.Config()
-	var published []<-chan struct{} // the recent denies' last writes, awaited at stop
-	defer func() {
-		for _, done := range published {
-			select {
-			case <-done:
-			case <-time.After(2 * time.Second):
-			}
-		}
-	}()
-	if cfg.DenyLog.Mode != config.LogNFLOG {
-		os.Remove(filepath.Join(*runtimeDir, deny.RecentFile)) //nolint:errcheck // a previous run's: not current
-	}
-	if cfg.DenyLog.Mode == config.LogNFLOG {
-		if l, err := nflog.Listen(cfg.DenyLog.Group, 0); err != nil {
-			log.Error("cannot read the deny log; denied connections are still rejected and counted, but not reported as events",
-				event.Field(event.DenyLogFailed), zap.Uint16("group", cfg.DenyLog.Group), zap.Error(err))
-		} else {
-			if dir := stateDirectory(); dir != "" {
-				if err := deny.LoadObserved(rec, dir); err != nil {
-					log.Warn("cannot read the observations of the previous run; egressd learn starts afresh", event.Field(event.StateFailed), zap.Error(err))
-				}
-				published = append(published, deny.PublishRecent(ctx, rec, dir, deny.ObservedFile, 10*time.Second, log))
-			}
-			published = append(published, deny.PublishRecent(ctx, rec, *runtimeDir, deny.RecentFile, 250*time.Millisecond, log))
-			go deny.Run(ctx, l, ctl, cfg.DenyLog.Prefix, cfg.DenyLog.Interval, log, m, rec)
-		}
-	}
-	if cfg.MetricsListen != "" {
-		// Bound before the first apply, so the endpoint is up once READY=1 is sent.
-		if ln, err := listenMetrics(cfg); err != nil {
-			log.Error("metrics endpoint failed; enforcement is unaffected", event.Field(event.MetricsFailed), zap.Error(err))
-		} else {
-			go serveMetrics(ctx, ln, m, log)
-		}
-	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	go func() {
-		for range hup {
-			ctl.ReloadBy(controller.ReloadSignal)
-		}
-	}()
-	if err := ctl.Run(ctx); err != nil {
-		log.Error("egressd failed", event.Field(event.RunFailed), zap.Error(err))
-		if errors.Is(err, context.Canceled) {
-			return 0
-		}
+	case errors.Is(err, daemon.ErrRefused):
+		fmt.Fprintln(stderr, "egressd:", err)
 		return 1
-	}
-	return 0
-}
-
-// listenMetrics opens metrics_listen: a TCP port, or a unix socket with
-// metrics_socket_mode and metrics_socket_group.
-func listenMetrics(cfg *config.Config) (net.Listener, error) {
-	gid := -1
-	if cfg.MetricsSocketGroup != "" {
-		g, err := config.GroupID(cfg.MetricsSocketGroup)
-		if err != nil {
-			return nil, fmt.Errorf("metrics_socket_group %q: %w", cfg.MetricsSocketGroup, err)
-		}
-		gid = g
-	}
-	// The socket's directories follow the configuration's trust rules: no
-	// other user may replace the socket scrapers connect to.
-	return metrics.Listen(cfg.MetricsListen, cfg.MetricsSocketMode, gid, config.Trust{})
-}
-
-func serveMetrics(ctx context.Context, ln net.Listener, m *metrics.Metrics, log *zap.Logger) {
-	log.Info("serving metrics", event.Field(event.MetricsListening), zap.Stringer("addr", ln.Addr()), zap.Int("max_connections", metrics.MaxConns))
-	if err := metrics.Serve(ctx, ln, m, log); err != nil {
-		log.Error("metrics endpoint failed; enforcement is unaffected", event.Field(event.MetricsFailed), zap.Error(err))
+	case errors.Is(err, daemon.ErrPartial), *once:
+		return 1 // logged
+	case errors.Is(err, context.Canceled):
+		log.Error("egressd failed", event.Field(event.RunFailed), zap.Error(err))
+		return 0
+	default:
+		log.Error("egressd failed", event.Field(event.RunFailed), zap.Error(err))
+		return 1
 	}
 }
 

@@ -5,14 +5,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/egressd/egressd/internal/bindguard"
 	"io"
-	"net/netip"
 	"os"
 	"sort"
 	"strings"
 
 	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/bindguard"
 	"github.com/egressd/egressd/internal/check"
 	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/internal/state"
@@ -63,6 +62,7 @@ type planOptions struct {
 	Users          config.UserLookup
 	Querier        resolver.Querier // nil: the configuration's resolvers
 	Trust          config.Trust
+	CgroupRoot     string // where the cgroup2 hierarchy is mounted; "": found in /proc/self/mountinfo
 }
 
 func plan(ctx context.Context, o planOptions, stdout, stderr io.Writer) int {
@@ -71,7 +71,7 @@ func plan(ctx context.Context, o planOptions, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "egressd plan: the configuration is invalid:", err)
 		return 2
 	}
-	p, fresh, users := planNow(ctx, o, cfg)
+	p, fresh, users, cgErr := planNow(ctx, o, cfg)
 	fmt.Fprintf(stdout, "# the ruleset egressd run would apply now (%s; names resolved just now)\n", cfg.File)
 	var failed []string
 	for name, r := range fresh {
@@ -91,8 +91,11 @@ func plan(ctx context.Context, o planOptions, stdout, stderr io.Writer) int {
 	for _, name := range missing {
 		comment(stdout, "allowlist %s is not enforced: %v", name, users.Missing[name])
 	}
+	if cgErr != nil {
+		comment(stdout, "the restricted units' cgroups cannot be found (%v): unit allowlists map none", cgErr)
+	}
 	io.WriteString(stdout, p.NFT()) //nolint:errcheck
-	planListen(stdout, o, cfg, users)
+	planListen(stdout, o, p.listen, users)
 
 	fmt.Fprintln(stdout, "\n# difference with the kernel:")
 	if !o.CanAdmin() {
@@ -114,11 +117,11 @@ func plan(ctx context.Context, o planOptions, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "egressd plan: cannot read the kernel:", err)
 		return 0
 	}
-	text, n := ruleset.KernelDiffNFT(p, sets, kusers)
+	text, n := ruleset.KernelDiffNFT(p.Plan, sets, kusers)
 	io.WriteString(stdout, text) //nolint:errcheck
 	// What elements and users do not say: the structure (chains, rules,
 	// kernel sets, the dnsusers/audit/owners sets).
-	findings, err := o.Kernel.Verify(p)
+	findings, err := o.Kernel.Verify(p.Plan)
 	if err != nil {
 		comment(stdout, "the structure could not be compared: %v", err)
 	}
@@ -145,9 +148,17 @@ func comment(w io.Writer, format string, a ...any) {
 	}
 }
 
-// planNow is the plan `egressd run` would apply now, with the fresh
-// resolution and the users it was made of.
-func planNow(ctx context.Context, o planOptions, cfg *config.Config) (ruleset.Plan, map[string]check.NameResult, policy.Users) {
+// nowPlan is the plan `egressd run` would apply now and its listen
+// restriction.
+type nowPlan struct {
+	ruleset.Plan
+	listen bindguard.Policy
+}
+
+// planNow is the plan `egressd run` would apply now (check.Desired, the
+// daemon's policy.Build), with the fresh resolution and the users it was
+// made of, and why the units' cgroups could not be found.
+func planNow(ctx context.Context, o planOptions, cfg *config.Config) (nowPlan, map[string]check.NameResult, policy.Users, error) {
 	// The users as a starting daemon sees them: looked up now, holding the
 	// uids the previous run enforced for users that vanished.
 	users := policy.LookupUsers(cfg, o.Users)
@@ -161,14 +172,13 @@ func planNow(ctx context.Context, o planOptions, cfg *config.Config) (ruleset.Pl
 	}
 	h, _ := resolver.NewHostsWith(cfg.HostsFile, o.Trust.ReadFile)
 	fresh := check.Resolve(ctx, cfg, &resolver.HostsFirst{Hosts: h, Next: q})
-	p := ruleset.Render(policy.BuildDesiredHosts(cfg, users, func(name string) []netip.Addr { return fresh[name].Addrs }, h.Has))
-	return p, fresh, users
+	d, err := check.Desired(cfg, users, fresh, h, o.CgroupRoot)
+	return nowPlan{Plan: ruleset.Render(d.Ruleset), listen: d.Listen}, fresh, users, err
 }
 
 // planListen shows the listen restriction run would load (allowlists'
 // listen:) and what the kernel holds, when either has any.
-func planListen(w io.Writer, o planOptions, cfg *config.Config, users policy.Users) {
-	want := policy.Listen(cfg, users)
+func planListen(w io.Writer, o planOptions, want bindguard.Policy, users policy.Users) {
 	dir := bindguard.DefaultDir
 	if st, err := state.Read(o.RuntimeDir); err == nil && st.ListenDir != "" {
 		dir = st.ListenDir

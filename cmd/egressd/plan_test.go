@@ -64,11 +64,11 @@ func TestPlanCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, _, _ := planNow(context.Background(), o, cfg)
+	p, _, _, _ := planNow(context.Background(), o, cfg)
 	if !strings.Contains(out, p.NFT()) {
 		t.Fatalf("the text printed is not the plan's:\n%s", out)
 	}
-	if err := k.ApplyFull(p); err != nil {
+	if err := k.ApplyFull(p.Plan); err != nil {
 		t.Fatal(err)
 	}
 	if _, out, _ = runPlan(t, o); !strings.Contains(out, "# none: the kernel holds this ruleset") {
@@ -125,7 +125,7 @@ func TestPlanCommentsStayComments(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, _, _ := planNow(context.Background(), o, cfg)
+	p, _, _, _ := planNow(context.Background(), o, cfg)
 	rest := strings.Replace(out, p.NFT(), "", 1)
 	for i, l := range strings.Split(rest, "\n") {
 		if l != "" && !strings.HasPrefix(l, "#") {

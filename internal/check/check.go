@@ -54,6 +54,9 @@ type Options struct {
 	// UnitDir holds the protected services' units and egressd harden's
 	// drop-ins; default DefaultUnitDir.
 	UnitDir string
+	// CgroupRoot is where the cgroup2 hierarchy is mounted (tests); default:
+	// found in /proc/self/mountinfo.
+	CgroupRoot string
 	// ListNFT, when set, shows what the host's nft prints of egressd's
 	// table (ListWithNFT); a table it cannot print in full is a note.
 	ListNFT func(context.Context) (NFTListing, error)
@@ -211,6 +214,17 @@ func Resolve(ctx context.Context, cfg *config.Config, q resolver.Querier) map[st
 	return out
 }
 
+// Desired is the state `egressd run` would apply now, built as the daemon
+// builds it (policy.Build): from names resolved just now (fresh, from
+// Resolve), the hosts file (may be nil) and the restricted units' cgroups
+// running now under cgroupRoot ("" for the mounted hierarchy). When the
+// cgroups cannot be found, the error comes with a state that maps none.
+func Desired(cfg *config.Config, users policy.Users, fresh map[string]NameResult, hosts *resolver.Hosts, cgroupRoot string) (policy.Desired, error) {
+	found, err := cgroup.Restricted(cgroupRoot, cfg)
+	return policy.Build(policy.Inputs{Config: cfg, Users: users, Addrs: func(name string) []netip.Addr { return fresh[name].Addrs },
+		FromHosts: hosts.Has, Cgroups: policy.Cgroups(found)}), err
+}
+
 // heldUID is the uid the running daemon enforces for an allowlist.
 func heldUID(s *state.State, up bool, allowlist string) (uint32, bool) {
 	if !up || s == nil {
@@ -340,6 +354,11 @@ func Run(ctx context.Context, o Options) *Report {
 
 	// What the kernel should hold: the daemon's published view when it runs
 	// (lingering and stale-served addresses are not drift), else a fresh render.
+	hosts, _ := resolver.NewHostsWith(cfg.HostsFile, o.Trust.ReadFile)
+	want, err := Desired(cfg, users, fresh, hosts, o.CgroupRoot)
+	if err != nil {
+		problem("unit_cgroups", "cgroups", err.Error(), "unit allowlists need the cgroup v2 hierarchy (Linux ≥ 5.13)")
+	}
 	var expected ruleset.Plan
 	if serr == nil {
 		r.Daemon.Seen, r.Daemon.Running, r.Daemon.PID, r.Daemon.Generation = true, st.Running(o.RuntimeDir), st.PID, st.Generation
@@ -364,21 +383,12 @@ func Run(ctx context.Context, o Options) *Report {
 			problem("daemon_not_running", r.Daemon.StateFile, fmt.Sprintf("the daemon (pid %d) that wrote the state file is gone; the kernel keeps the last rules but nothing follows DNS", st.PID),
 				"systemctl start egressd (or run egressd run --once from a timer)")
 		}
-		addrs := func(name string) []netip.Addr { return fresh[name].Addrs }
-		hosts, _ := resolver.NewHostsWith(cfg.HostsFile, o.Trust.ReadFile)
-		expected = ruleset.Render(policy.BuildDesiredHosts(cfg, users, addrs, hosts.Has))
+		expected = ruleset.Render(want.Ruleset)
 	}
 	// The restricted units' cgroups are the ones running now (a published
 	// plan may be a unit restart behind; the daemon maps a new cgroup
 	// within 100 ms).
-	found, err := cgroup.Restricted("", cfg)
-	if err != nil {
-		problem("unit_cgroups", "cgroups", err.Error(), "unit allowlists need the cgroup v2 hierarchy (Linux ≥ 5.13)")
-	}
-	expected.Cgroups = nil
-	for _, f := range found {
-		expected.Cgroups = append(expected.Cgroups, ruleset.Cgroup{ID: f.ID, Allowlist: f.Allowlist})
-	}
+	expected.Cgroups = ruleset.Render(want.Ruleset).Cgroups
 
 	findings, err := o.Kernel.Verify(expected)
 	if err != nil {

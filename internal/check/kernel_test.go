@@ -44,7 +44,7 @@ func applied(t *testing.T, o Options, addrs map[string][]string) *planKernel {
 		}
 		return out
 	}
-	k := &planKernel{plan: ruleset.Render(policy.BuildDesired(cfg, users, get)), users: map[uint32]string{}, audited: map[uint32]bool{}}
+	k := &planKernel{plan: ruleset.Render(policy.Build(policy.Inputs{Config: cfg, Users: users, Addrs: get}).Ruleset), users: map[uint32]string{}, audited: map[uint32]bool{}}
 	for name, uid := range users.UIDs {
 		k.users[uid] = name
 	}

@@ -62,6 +62,10 @@ type Options struct {
 	// Listen, when set, enforces allowlists' listen: keys; without it a
 	// listen: key is reported as not enforced (listen_unenforced).
 	Listen ListenEnforcer
+	// OnConfig, when set, is told each configuration that takes effect (at
+	// New and at every reload that changes it), on the loop's goroutine: it
+	// must not block. internal/daemon follows it with the parts it owns.
+	OnConfig func(*config.Config)
 	// CgroupRoot is where the cgroup2 hierarchy is mounted (tests); default: found in /proc/self/mountinfo.
 	CgroupRoot string
 }
@@ -167,11 +171,13 @@ func New(opts Options) (*Controller, error) {
 	return c, nil
 }
 
-// SetStateDir changes where the state is published ("" for nowhere); call before Run.
-func (c *Controller) SetStateDir(dir string) { c.o.StateDir = dir }
+// setStateDir changes where the state is published ("" for nowhere); tests
+// call it before Run (internal/daemon sets Options.StateDir at New).
+func (c *Controller) setStateDir(dir string) { c.o.StateDir = dir }
 
-// SetKernelEvents connects the nftables change monitor; call before Run.
-func (c *Controller) SetKernelEvents(ch <-chan struct{}) { c.o.KernelEvents = ch }
+// setKernelEvents connects the nftables change monitor; tests call it
+// before Run (internal/daemon sets Options.KernelEvents at New).
+func (c *Controller) setKernelEvents(ch <-chan struct{}) { c.o.KernelEvents = ch }
 
 // Config returns the configuration in force.
 func (c *Controller) Config() *config.Config { return c.cfg }

@@ -57,15 +57,15 @@ func TestHostsFileAnswersAndReload(t *testing.T) {
 	}
 }
 
-func TestBuildDesiredHostsKeepsInternalHostsAddresses(t *testing.T) {
+func TestBuildHostsKeepsInternalHostsAddresses(t *testing.T) {
 	f := newFixture(t, map[string]string{"allow.d/billing.yaml": "user: billing\nallow: [db.local:5432]\n"})
 	loop := netip.MustParseAddr("127.0.0.1")
 	addrs := func(string) []netip.Addr { return []netip.Addr{loop} }
-	if d := policy.BuildDesired(f.c.cfg, f.c.users, addrs); len(d.Allowlists[0].Elements) != 0 {
+	if d := policy.Build(policy.Inputs{Config: f.c.cfg, Users: f.c.users, Addrs: addrs}).Ruleset; len(d.Allowlists[0].Elements) != 0 {
 		t.Errorf("a loopback answer without a source was kept: %v", d.Allowlists[0].Elements)
 	}
 	fromHosts := func(name string, a netip.Addr) bool { return name == "db.local" && a == loop }
-	if d := policy.BuildDesiredHosts(f.c.cfg, f.c.users, addrs, fromHosts); len(d.Allowlists[0].Elements) != 1 {
+	if d := policy.Build(policy.Inputs{Config: f.c.cfg, Users: f.c.users, Addrs: addrs, FromHosts: fromHosts}).Ruleset; len(d.Allowlists[0].Elements) != 1 {
 		t.Errorf("the hosts file's loopback address was dropped: %v", d.Allowlists[0].Elements)
 	}
 }

@@ -5,7 +5,6 @@ import (
 
 	"github.com/egressd/egressd/internal/bindguard"
 	"github.com/egressd/egressd/internal/event"
-	"github.com/egressd/egressd/internal/policy"
 	"go.uber.org/zap"
 )
 
@@ -24,12 +23,11 @@ type listenState struct {
 	err string // the failure last logged; "" while enforced
 }
 
-// syncListen gives the kernel the listen restriction of the configuration in
-// force. A kernel that cannot take it is logged once per reason
+// syncListen gives the kernel p, the listen restriction of the configuration
+// in force (policy.Build). A kernel that cannot take it is logged once per reason
 // (listen_unenforced), published for check, and retried at every apply;
 // egress enforcement does not wait for it.
-func (c *Controller) syncListen() {
-	p := policy.Listen(c.cfg, c.users)
+func (c *Controller) syncListen(p bindguard.Policy) {
 	var err error
 	switch {
 	case c.o.Listen != nil:

@@ -18,14 +18,14 @@ func (c *Controller) sync() error {
 	c.dns.expire()
 	c.dns.cache.Renew() // extended lifetimes reach the kernel in batches
 	c.syncProxy()
-	d := policy.BuildDesiredTimed(c.cfg, c.users, c.dns.cache.AppendLifetimes, c.dns.hosts.Has)
-	d.Cgroups = c.units.current(c.cfg)
-	changed, err := c.apply.sync(d)
+	d := policy.Build(policy.Inputs{Config: c.cfg, Users: c.users, Lifetimes: c.dns.cache.AppendLifetimes,
+		FromHosts: c.dns.hosts.Has, Cgroups: c.units.current(c.cfg)})
+	changed, err := c.apply.sync(d.Ruleset)
 	if err != nil {
 		return err
 	}
 	c.attr.refresh(c.cfg, c.dns.cache.Addrs)
-	c.syncListen()
+	c.syncListen(d.Listen)
 	if changed {
 		c.pub.changed(false)
 		c.notify(c.apply.status() + c.lastGoodNote())
@@ -101,6 +101,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	// never delays a reload, a drift repair or a stop; one round at a time.
 	rounds := make(chan round, 1)
 	inflight := false
+	kernelEvents := c.o.KernelEvents // Options are not changed once Run runs
 	var beat, beatAgain <-chan time.Time
 	if hb := c.o.Heartbeat; hb.Every > 0 && hb.Beat != nil {
 		beatAgain = c.heartbeat()
@@ -124,9 +125,9 @@ func (c *Controller) Run(ctx context.Context) error {
 			// The proxy follows an edit at once, even while applies back
 			// off: what the edit no longer allows leaves its sets now.
 			c.syncProxy()
-		case _, ok := <-c.o.KernelEvents:
+		case _, ok := <-kernelEvents:
 			if !ok {
-				c.o.KernelEvents = nil // the monitor ended; the periodic check remains
+				kernelEvents = nil // the monitor ended; the periodic check remains
 				c.o.Log.Warn("the nftables monitor stopped; drift is now found by the periodic check only", event.Field(event.WatchFailed))
 			}
 			c.apply.kernelChanged()

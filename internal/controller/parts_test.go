@@ -213,7 +213,7 @@ func TestPublishedState(t *testing.T) {
 		"allow.d/ghost.yaml":   "user: ghost\nallow: [192.0.2.9:443]\n",
 	})
 	dir := t.TempDir()
-	c.c.SetStateDir(dir)
+	c.c.setStateDir(dir)
 	c.zone.set("api.example.test", "203.0.113.5")
 	c.zone.failing("down.example.test", errors.New("SERVFAIL"))
 	if _, err := c.c.Once(context.Background()); err != nil {
@@ -248,7 +248,7 @@ func TestPublishedState(t *testing.T) {
 		t.Fatal("still due after a write")
 	}
 	// A state directory that cannot be written: state_failed, still due.
-	c.c.SetStateDir(filepath.Join(dir, "state.json", "x"))
+	c.c.setStateDir(filepath.Join(dir, "state.json", "x"))
 	c.c.publish(true)
 	if len(c.events(event.StateFailed)) != 1 {
 		t.Fatal("no state_failed")
@@ -267,7 +267,7 @@ func TestSeedUsersFromState(t *testing.T) {
 	if len(c.c.users.UIDs) != 0 {
 		t.Fatalf("uids %v", c.c.users.UIDs)
 	}
-	c.c.SetStateDir(dir)
+	c.c.setStateDir(dir)
 	c.c.seedUsers()
 	if c.c.users.UIDs["svc"] != 4242 || len(c.c.users.Vanished) != 1 {
 		t.Fatalf("uids %v vanished %v", c.c.users.UIDs, c.c.users.Vanished)
@@ -280,7 +280,7 @@ func TestRunMonitorEndsAndReload(t *testing.T) {
 	f := newFixture(t, map[string]string{"allow.d/billing.yaml": "user: billing\nallow: [192.0.2.1:443]\n"})
 	events := make(chan struct{})
 	close(events)
-	f.c.SetKernelEvents(events)
+	f.c.setKernelEvents(events)
 	var notes []string
 	var mu sync.Mutex
 	f.c.o.Notify = func(s string) error { mu.Lock(); notes = append(notes, s); mu.Unlock(); return nil }

@@ -77,6 +77,9 @@ func (c *Controller) setConfig(cfg *config.Config) {
 	c.o.Log.Info("configuration loaded", event.Field(event.ConfigLoaded), zap.String("file", cfg.File),
 		zap.String("allow_dir", cfg.AllowDir), zap.Int("allowlists", len(cfg.Allowlists)),
 		zap.Int("entries", entries), zap.Int("names", len(cfg.Names())), zap.Stringers("resolvers", cfg.Resolvers))
+	if c.o.OnConfig != nil {
+		c.o.OnConfig(cfg)
+	}
 }
 
 // logRejected reports a configuration that cannot be loaded. At start
@@ -204,22 +207,7 @@ func (c *Controller) doReload() {
 	if outcome == "unchanged" {
 		outcome = "loaded"
 	}
-	// These are wired once, at start (the NFLOG listener, the metrics
-	// endpoint, the directory watch): say so rather than pretend.
-	old := c.cfg
-	for what, changed := range map[string]bool{
-		"deny_log.mode":        old.DenyLog.Mode != cfg.DenyLog.Mode,
-		"deny_log.group":       old.DenyLog.Group != cfg.DenyLog.Group,
-		"metrics_listen":       old.MetricsListen != cfg.MetricsListen,
-		"metrics_socket_mode":  old.MetricsSocketMode != cfg.MetricsSocketMode,
-		"metrics_socket_group": old.MetricsSocketGroup != cfg.MetricsSocketGroup,
-		"allow_dir":            old.AllowDir != cfg.AllowDir,
-		"hosts_file":           old.HostsFile != cfg.HostsFile, // its watch
-		"lists_dir":            old.ListsDir != cfg.ListsDir,   // its watch
-	} {
-		if changed {
-			c.o.Log.Warn("this setting takes full effect at the next restart (systemctl restart egressd)", event.Field(event.RestartRequired), zap.String("setting", what))
-		}
-	}
+	// The NFLOG reader, the metrics endpoint and the watch follow the new
+	// configuration through Options.OnConfig (internal/daemon).
 	c.setConfig(cfg)
 }

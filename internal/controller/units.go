@@ -7,6 +7,7 @@ import (
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/cgroup"
 	"github.com/egressd/egressd/internal/event"
+	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/ruleset"
 	"go.uber.org/zap"
 )
@@ -68,7 +69,7 @@ func (u *unitFollower) current(cfg *config.Config) []ruleset.Cgroup {
 		u.o.Log.Error("scanning unit cgroups failed", event.Field(event.UnitCgroup), zap.Error(err))
 		return u.cgroups
 	}
-	cgs, paths := cgroups(found)
+	cgs, paths := policy.Cgroups(found), cgroupPaths(found)
 	add, del := ruleset.CgroupDelta(u.cgroups, cgs)
 	for _, c := range del {
 		u.o.Log.Info("a restricted unit's cgroup went", event.Field(event.UnitCgroup), zap.String("allowlist", c.Allowlist),
@@ -105,13 +106,11 @@ type CgroupWriter interface {
 	ApplyCgroups(p ruleset.Plan, add, del []ruleset.Cgroup) error
 }
 
-// cgroups converts found cgroups into the plan's, with their paths.
-func cgroups(found []cgroup.Unit) ([]ruleset.Cgroup, map[uint64]string) {
-	var cgs []ruleset.Cgroup
+// cgroupPaths maps found cgroups' ids to their paths, for the log.
+func cgroupPaths(found []cgroup.Unit) map[uint64]string {
 	paths := map[uint64]string{}
 	for _, f := range found {
-		cgs = append(cgs, ruleset.Cgroup{ID: f.ID, Allowlist: f.Allowlist})
 		paths[f.ID] = f.Path
 	}
-	return cgs, paths
+	return paths
 }

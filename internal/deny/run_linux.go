@@ -39,7 +39,8 @@ func Log(log *zap.Logger, e Event) {
 		zap.Time("first", e.First), zap.Time("last", e.Last))
 }
 
-// Run reads the NFLOG group until ctx ends, logging bounded deny events.
+// Run reads the NFLOG group until ctx ends, logging bounded deny events. It
+// returns once the last window is flushed (logged and recorded in rec).
 // Enforcement never depends on it: the kernel rejects whether or not anyone
 // reads the log.
 // prefix is deny_log.prefix: packets with other prefixes are another tool's.
@@ -56,7 +57,10 @@ func Run(ctx context.Context, l *nflog.Listener, lookup Lookup, prefix string, i
 	if rec != nil {
 		agg.Record = rec.Record
 	}
-	go flushEvery(ctx, agg, interval, func() {})
+	fctx, cancel := context.WithCancel(ctx)
+	flushed := make(chan struct{})
+	go flushEvery(fctx, agg, interval, func() { close(flushed) })
+	defer func() { cancel(); <-flushed }()
 	go func() {
 		<-ctx.Done()
 		l.Close()
@@ -165,7 +169,8 @@ func LogBind(log *zap.Logger, e Event) {
 
 // RunBinds reads the listen restriction's reports (internal/bindguard) until
 // ctx ends or the reader is closed, logging bounded bind_denied events and
-// recording them in rec. As with Run, enforcement never depends on it.
+// recording them in rec. As with Run, enforcement never depends on it; it
+// returns once the last window is flushed.
 func RunBinds(ctx context.Context, rd *ringbuf.Reader, lookup Lookup, interval time.Duration, log *zap.Logger, m *metrics.Metrics, rec *Recent) {
 	agg := newAggregator(lookup, "", func(e Event) {
 		LogBind(log, e)
@@ -176,7 +181,10 @@ func RunBinds(ctx context.Context, rd *ringbuf.Reader, lookup Lookup, interval t
 	if rec != nil {
 		agg.Record = rec.Record
 	}
-	go flushEvery(ctx, agg, interval, func() { rd.Close() })
+	fctx, cancel := context.WithCancel(ctx)
+	flushed := make(chan struct{})
+	go flushEvery(fctx, agg, interval, func() { rd.Close(); close(flushed) })
+	defer func() { cancel(); <-flushed }()
 	for {
 		r, err := rd.Read()
 		if err != nil {

@@ -22,6 +22,7 @@ const (
 	ConfigFileSkipped  = "config_file_skipped"
 	ConfigFallback     = "config_fallback"
 	RestartRequired    = "restart_required"
+	SettingsApplied    = "settings_applied"
 	WatchFailed        = "watch_failed"
 	Resolved           = "resolved"
 	ResolveFailed      = "resolve_failed"
@@ -58,7 +59,7 @@ const (
 
 // All lists every event name, in the order of docs/events.md.
 var All = []string{
-	Started, ConfigLoaded, ConfigRejected, ConfigRecovered, ConfigReloaded, ConfigReadFailed, ConfigFileSkipped, ConfigFallback, RestartRequired, WatchFailed,
+	Started, ConfigLoaded, ConfigRejected, ConfigRecovered, ConfigReloaded, ConfigReadFailed, ConfigFileSkipped, ConfigFallback, RestartRequired, SettingsApplied, WatchFailed,
 	Resolved, ResolveFailed, ResolveFailing, ResolveRecovered,
 	RulesetApplied, ApplyFailed, UserMissing, UserConflict, UnitCgroup,
 	DriftRepaired, DriftRepeating, VerifyFailed, TableUnowned,

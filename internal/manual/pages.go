@@ -50,8 +50,10 @@ transactions. Users without an allowlist, and root, are not affected.`),
 	{"COMMANDS", []Block{
 		Item("run", `Run the daemon in the foreground (systemd Type=notify). It
 applies the whole ruleset, signals READY=1, then follows DNS TTLs, hosts
-file and allowlist edits. SIGHUP reloads the configuration; SIGTERM stops,
-leaving the rules in place (on_exit: keep) or removing them (on_exit: remove).`),
+file and allowlist edits. SIGHUP reloads the configuration (the deny log
+reader, the metrics endpoint and the watch are restarted with changed
+settings); SIGTERM stops, leaving the rules in place (on_exit: keep) or
+removing them (on_exit: remove).`),
 		Item("run --once", `Resolve everything once, apply, exit.`),
 		Item("check", `Validate the configuration, resolve every name once, and
 compare with the live kernel table (through netlink). When the daemon runs,

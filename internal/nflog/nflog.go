@@ -28,7 +28,6 @@ const (
 	attrCfgTimeout   = 4 // NFULA_CFG_TIMEOUT
 	attrCfgQThresh   = 5 // NFULA_CFG_QTHRESH
 	cmdBind          = 1 // NFULNL_CFG_CMD_BIND
-	cmdUnbind        = 2 // NFULNL_CFG_CMD_UNBIND
 	copyPacket       = 2 // NFULNL_COPY_PACKET
 
 	attrMark      = 2  // NFULA_MARK
@@ -131,9 +130,11 @@ func (l *Listener) Read() ([]Packet, error) {
 	return out, nil
 }
 
-// Close unbinds and closes the socket.
+// Close closes the socket, which interrupts a Read blocked in another
+// goroutine; the kernel unbinds the group as the socket is released
+// (NETLINK_URELEASE), so the group is free again when Close returns. An
+// explicit unbind would wait for that Read (the connection's lock) forever.
 func (l *Listener) Close() error {
-	_ = l.config([]netlink.Attribute{{Type: attrCfgCmd, Data: []byte{cmdUnbind}}})
 	return l.c.Close()
 }
 

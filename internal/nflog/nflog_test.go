@@ -103,3 +103,49 @@ func FuzzDecode(f *testing.F) {
 		parsePayload(b, &p) //nolint:errcheck
 	})
 }
+
+// Close interrupts a Read blocked in another goroutine and frees the group
+// at once: a reload that moves the deny log reader stops the old one and
+// may bind the same group again (before, Close's unbind waited for the
+// blocked Read forever, and a stopping daemon hung).
+func TestCloseInterruptsReadAndFreesGroup(t *testing.T) {
+	systest.Require(t)
+	ns, err := netns.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	l, err := Listen(9, ns.Fd())
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := make(chan error, 1)
+	go func() {
+		_, err := l.Read()
+		read <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // let Read block (if it has not, Close still must end it)
+	closed := make(chan struct{})
+	go func() {
+		l.Close() //nolint:errcheck
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close blocked behind a Read")
+	}
+	select {
+	case err := <-read:
+		if err == nil {
+			t.Fatal("Read returned no error after Close")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Read still blocked after Close")
+	}
+	again, err := Listen(9, ns.Fd())
+	if err != nil {
+		t.Fatalf("the group is not free after Close: %v", err)
+	}
+	again.Close() //nolint:errcheck
+}

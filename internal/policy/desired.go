@@ -1,7 +1,7 @@
-// Package policy holds the pure rules that the daemon and `egressd check`
-// share: whose uid an allowlist restricts (LookupUsers, Keep), which names
+// Package policy holds the pure rules that the daemon, `egressd check` and
+// `egressd plan` share: whose uid an allowlist restricts (LookupUsers, Keep), which names
 // the resolver cache holds (CacheNames), what the kernel should hold
-// (BuildDesired) and how names are looked up (Query: bounded fan-out).
+// (Build) and how names are looked up (Query: bounded fan-out).
 // It has no state and touches no kernel.
 package policy
 
@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/bindguard"
+	"github.com/egressd/egressd/internal/cgroup"
 	"github.com/egressd/egressd/resolver"
 	"github.com/egressd/egressd/ruleset"
 )
@@ -130,31 +132,53 @@ func CacheNames(c *config.Config) map[string]bool {
 	return out
 }
 
-// BuildDesired computes what the kernel should hold. It is pure: addrs
-// returns the addresses a name allows now.
-func BuildDesired(c *config.Config, users Users, addrs func(name string) []netip.Addr) ruleset.Desired {
-	return BuildDesiredHosts(c, users, addrs, nil)
+// Inputs are everything the desired state is made of. The daemon, `egressd
+// check` and `egressd plan` fill them from their own sources (the resolver
+// cache, or a resolution made just now) and call Build, so that the three
+// cannot disagree on what "the state egressd run would apply" is.
+type Inputs struct {
+	Config *config.Config
+	Users  Users
+	// Lifetimes appends the addresses a name allows now to its first
+	// argument, each with its lifetime (resolver.Cache.AppendLifetimes):
+	// the element it allows carries it (Allowlist.Until), so that the
+	// kernel closes it on time by itself. Nil: Addrs.
+	Lifetimes func(dst []resolver.Lifetime, name string) []resolver.Lifetime
+	// Addrs returns the addresses a name allows now, without lifetimes (a
+	// one-shot resolution); used when Lifetimes is nil. Nil: none.
+	Addrs func(name string) []netip.Addr
+	// FromHosts (may be nil) says which of a name's addresses the hosts file
+	// gives: those are taken as written, like literal entries, even in
+	// internal ranges.
+	FromHosts func(name string, a netip.Addr) bool
+	// Cgroups are the restricted units' cgroups running now (Cgroups).
+	Cgroups []ruleset.Cgroup
 }
 
-// BuildDesiredHosts is BuildDesired where fromHosts (may be nil) says which
-// of a name's addresses the hosts file gives: those are taken as written,
-// like literal entries, even in internal ranges.
-func BuildDesiredHosts(c *config.Config, users Users, addrs func(name string) []netip.Addr, fromHosts func(name string, a netip.Addr) bool) ruleset.Desired {
-	return BuildDesiredTimed(c, users, func(dst []resolver.Lifetime, name string) []resolver.Lifetime {
-		for _, a := range addrs(name) {
-			dst = append(dst, resolver.Lifetime{Addr: a})
+// Desired is what egressd run would enforce: the ruleset and the listen
+// restriction.
+type Desired struct {
+	Ruleset ruleset.Desired
+	Listen  bindguard.Policy
+}
+
+// Build is the one function that computes what the kernel should hold. It
+// is pure. Literal entries never expire.
+func Build(in Inputs) Desired {
+	c, users := in.Config, in.Users
+	appendLifetimes := in.Lifetimes
+	if appendLifetimes == nil {
+		appendLifetimes = func(dst []resolver.Lifetime, name string) []resolver.Lifetime {
+			if in.Addrs == nil {
+				return dst
+			}
+			for _, a := range in.Addrs(name) {
+				dst = append(dst, resolver.Lifetime{Addr: a})
+			}
+			return dst
 		}
-		return dst
-	}, fromHosts)
-}
-
-// BuildDesiredTimed is BuildDesiredHosts where each address of a name comes
-// with its lifetime (appendLifetimes appends them to its first argument:
-// resolver.Cache.AppendLifetimes): the element it allows carries it
-// (Allowlist.Until), so that the kernel closes it on time by itself. Literal
-// entries never expire.
-func BuildDesiredTimed(c *config.Config, users Users, appendLifetimes func(dst []resolver.Lifetime, name string) []resolver.Lifetime, fromHosts func(name string, a netip.Addr) bool) ruleset.Desired {
-	d := ruleset.Desired{Resolvers: c.Resolvers, DenyLog: c.DenyLog, ProxyPort: c.DNSProxyPort}
+	}
+	d := ruleset.Desired{Resolvers: c.Resolvers, DenyLog: c.DenyLog, ProxyPort: c.DNSProxyPort, Cgroups: in.Cgroups}
 	var buf []resolver.Lifetime // one buffer for every name's lookup
 	for _, a := range c.Allowlists {
 		uid, ok := users.UIDs[a.Name]
@@ -181,7 +205,7 @@ func BuildDesiredTimed(c *config.Config, users Users, appendLifetimes func(dst [
 				ip := l.Addr
 				// The cache accepted private answers if any allowlist using
 				// the name opted in; this one may not have.
-				if !resolver.Accepts(ip, a.AllowPrivateAnswers, e.Host, fromHosts) {
+				if !resolver.Accepts(ip, a.AllowPrivateAnswers, e.Host, in.FromHosts) {
 					continue
 				}
 				if !l.Until.IsZero() && al.Until == nil {
@@ -196,5 +220,15 @@ func BuildDesiredTimed(c *config.Config, users Users, appendLifetimes func(dst [
 		d.Allowlists = append(d.Allowlists, al)
 	}
 	sort.Slice(d.Allowlists, func(i, j int) bool { return d.Allowlists[i].Name < d.Allowlists[j].Name })
-	return d
+	return Desired{Ruleset: d, Listen: Listen(c, users)}
+}
+
+// Cgroups converts the restricted units' cgroups found in the hierarchy
+// (cgroup.Restricted) into the plan's.
+func Cgroups(found []cgroup.Unit) []ruleset.Cgroup {
+	var out []ruleset.Cgroup
+	for _, f := range found {
+		out = append(out, ruleset.Cgroup{ID: f.ID, Allowlist: f.Allowlist})
+	}
+	return out
 }

@@ -28,7 +28,7 @@ func TestCacheNames(t *testing.T) {
 // The cache holds a private answer if any allowlist using the name opted in;
 // each allowlist's set holds it only if that one did, or the hosts file
 // gives it. Allowlists without a uid are left out; the order is by name.
-func TestBuildDesiredPrivateAnswers(t *testing.T) {
+func TestBuildPrivateAnswers(t *testing.T) {
 	cfg := &config.Config{Allowlists: []*config.Allowlist{
 		{Name: "web", Entries: []config.Entry{{Host: "lan.example.test", Proto: config.TCP, PortFrom: 443, PortTo: 443},
 			{Prefix: netip.MustParsePrefix("192.0.2.0/24"), Proto: config.TCP, PortFrom: 80, PortTo: 80}}},
@@ -39,7 +39,7 @@ func TestBuildDesiredPrivateAnswers(t *testing.T) {
 	addrs := func(string) []netip.Addr {
 		return []netip.Addr{netip.MustParseAddr("10.0.0.5"), netip.MustParseAddr("203.0.113.5")}
 	}
-	d := BuildDesired(cfg, u, addrs)
+	d := Build(Inputs{Config: cfg, Users: u, Addrs: addrs}).Ruleset
 	if len(d.Allowlists) != 2 || d.Allowlists[0].Name != "ops" || d.Allowlists[1].Name != "web" {
 		t.Fatalf("%+v", d.Allowlists)
 	}
@@ -50,7 +50,7 @@ func TestBuildDesiredPrivateAnswers(t *testing.T) {
 		t.Fatalf("web: %d elements, want the public answer and the CIDR", n)
 	}
 	fromHosts := func(name string, a netip.Addr) bool { return a == netip.MustParseAddr("10.0.0.5") }
-	if n := len(BuildDesiredHosts(cfg, u, addrs, fromHosts).Allowlists[1].Elements); n != 3 {
+	if n := len(Build(Inputs{Config: cfg, Users: u, Addrs: addrs, FromHosts: fromHosts}).Ruleset.Allowlists[1].Elements); n != 3 {
 		t.Fatalf("web with the private answer from the hosts file: %d elements, want 3", n)
 	}
 	p := ruleset.Render(d)

@@ -1,7 +1,8 @@
-package main
+package daemon
 
 import (
-	"github.com/coreos/go-systemd/v22/daemon"
+	sd "github.com/coreos/go-systemd/v22/daemon"
+
 	"github.com/egressd/egressd/internal/controller"
 	"github.com/egressd/egressd/internal/sdnotify"
 )
@@ -11,9 +12,9 @@ import (
 // gets egressd restarted; nothing otherwise. It sends on n, the socket held
 // since start: a heartbeat needs no new descriptor.
 func watchdogHeartbeat(n *sdnotify.Notifier) controller.Heartbeat {
-	every, err := daemon.SdWatchdogEnabled(false)
+	every, err := sd.SdWatchdogEnabled(false)
 	if err != nil || every <= 0 || n == nil {
 		return controller.Heartbeat{}
 	}
-	return controller.Heartbeat{Every: every / 3, Beat: func() error { return n.Send(daemon.SdNotifyWatchdog) }}
+	return controller.Heartbeat{Every: every / 3, Beat: func() error { return n.Send(sd.SdNotifyWatchdog) }}
 }
