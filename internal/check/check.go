@@ -196,7 +196,7 @@ func Resolve(ctx context.Context, cfg *config.Config, q resolver.Querier) map[st
 		if o.Err != nil {
 			errs[k.Name] = append(errs[k.Name], o.Err)
 		} else {
-			kept, dropped := resolver.FilterAnswer(o.Res, names[k.Name], cfg.MaxAddressesPerName)
+			kept, dropped, _ := resolver.Policy{MaxAddrs: cfg.MaxAddressesPerName}.Admit(o.Res, names[k.Name])
 			r.Source = o.Res.Source
 			r.Addrs = append(r.Addrs, kept...)
 			r.Dropped += dropped
