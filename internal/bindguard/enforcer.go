@@ -25,11 +25,12 @@ type Enforcer struct {
 	guard  *Guard
 }
 
-// Apply brings the kernel to p, loading and attaching the programs first if
-// needed. With nothing to restrict and nothing pinned, it loads nothing.
-func (e *Enforcer) Apply(p Policy) error {
+// Apply brings the kernel to p (uids) and c (unit cgroups), loading and
+// attaching the programs first if needed. With nothing to restrict and
+// nothing pinned, it loads nothing.
+func (e *Enforcer) Apply(p Policy, c Cgroups) error {
 	if e.guard == nil {
-		if len(p) == 0 && len(Pinned(e.dir())) == 0 {
+		if len(p) == 0 && len(c) == 0 && len(Pinned(e.dir())) == 0 {
 			return nil
 		}
 		g, err := e.open()
@@ -41,7 +42,10 @@ func (e *Enforcer) Apply(p Policy) error {
 			e.OnOpen(g)
 		}
 	}
-	return e.guard.Apply(p)
+	if err := e.guard.Apply(p); err != nil {
+		return err
+	}
+	return e.guard.ApplyCgroups(c)
 }
 
 func (e *Enforcer) dir() string {

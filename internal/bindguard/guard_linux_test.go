@@ -668,6 +668,16 @@ func TestRedteamEventsFlooded(t *testing.T) {
 	if n == 0 || n >= 10000 {
 		t.Fatalf("%d reports read after 10,001 refusals: the ring buffer was not filled", n)
 	}
+	// Every report the full buffer did not take is counted (lost reports:
+	// egressd's metric and bind_reports_lost event).
+	lost, err := r.guard.Lost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d reports counted lost", lost)
+	if lost == 0 || uint64(n)+lost < 10001 {
+		t.Fatalf("%d read + %d counted lost, after 10,001 refusals", n, lost)
+	}
 }
 
 // Refused binds are reported; audit mode reports and allows.

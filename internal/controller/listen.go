@@ -12,7 +12,7 @@ import (
 // ListenEnforcer keeps allowlists' listen: restriction in the kernel
 // (internal/bindguard.Enforcer).
 type ListenEnforcer interface {
-	Apply(bindguard.Policy) error
+	Apply(bindguard.Policy, bindguard.Cgroups) error
 	Remove() error
 	// Pinned is where the restriction is pinned once loaded, else "".
 	Pinned() string
@@ -28,13 +28,20 @@ type listenState struct {
 // force. A kernel that cannot take it is logged once per reason
 // (listen_unenforced), published for check, and retried at every apply;
 // egress enforcement does not wait for it.
+//
+// Unit allowlists' rules are keyed by their units' current cgroups (the
+// unit follower's), so a restarted unit's new cgroup is restricted at the
+// same apply that maps it in nftables; the start gate (egressd wait --unit)
+// waits for both.
 func (c *Controller) syncListen() {
 	p := policy.Listen(c.cfg, c.users)
+	cg := policy.ListenCgroups(c.cfg, c.units.cgroups, c.units.level)
+	c.attr.setCgroups(c.cfg, c.units.cgroups)
 	var err error
 	switch {
 	case c.o.Listen != nil:
-		err = c.o.Listen.Apply(p)
-	case len(p) > 0:
+		err = c.o.Listen.Apply(p, cg)
+	case len(p) > 0 || len(cg) > 0:
 		err = errListenUnavailable
 	}
 	msg := ""

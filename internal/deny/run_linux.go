@@ -158,7 +158,7 @@ func LogBind(log *zap.Logger, e Event) {
 		msg = "binds refused (summary of the window)"
 	}
 	log.Warn(msg, event.Field(event.BindDenied), zap.String("allowlist", e.Allowlist), zap.String("user", e.User),
-		zap.Uint32("uid", e.UID), zap.String("proto", e.Proto), zap.Stringer("address", e.Dst), zap.Uint16("port", e.DPort),
+		zap.String("unit", e.Unit), zap.Uint32("uid", e.UID), zap.String("proto", e.Proto), zap.Stringer("address", e.Dst), zap.Uint16("port", e.DPort),
 		zap.Int("count", e.Count), zap.Bool("summary", e.Summary), zap.Bool("audit", e.Audit),
 		zap.Time("first", e.First), zap.Time("last", e.Last))
 }
@@ -190,7 +190,7 @@ func RunBinds(ctx context.Context, rd *ringbuf.Reader, lookup Lookup, interval t
 		if err != nil {
 			continue
 		}
-		if name, ok := agg.AddBind(Bind{UID: b.UID, Proto: b.Proto, Addr: b.Addr, Port: b.Port, Audit: b.Audit, Time: time.Now()}); ok {
+		if name, ok := agg.AddBind(Bind{UID: b.UID, Proto: b.Proto, Addr: b.Addr, Port: b.Port, Audit: b.Audit, Time: time.Now(), Cgroup: b.Cgroup}); ok {
 			m.BindDenied(name, b.Audit)
 		}
 	}
