@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/egressd/egressd/internal/bindguard"
 	"io"
 	"net/netip"
 	"os"
@@ -13,6 +12,8 @@ import (
 	"strings"
 
 	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/bindguard"
+	"github.com/egressd/egressd/internal/cgroup"
 	"github.com/egressd/egressd/internal/check"
 	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/internal/state"
@@ -169,11 +170,24 @@ func planNow(ctx context.Context, o planOptions, cfg *config.Config) (ruleset.Pl
 // listen:) and what the kernel holds, when either has any.
 func planListen(w io.Writer, o planOptions, cfg *config.Config, users policy.Users) {
 	want := policy.Listen(cfg, users)
+	// Units' rules are keyed by the cgroups of the units running now.
+	cgNames := map[uint64]string{}
+	var cgs []ruleset.Cgroup
+	levels := map[uint64]int{}
+	if found, err := cgroup.Restricted("", cfg); err == nil {
+		for _, f := range found {
+			cgs = append(cgs, ruleset.Cgroup{ID: f.ID, Allowlist: f.Allowlist})
+			levels[f.ID] = cgroup.Level(f.Path)
+			cgNames[f.ID] = f.Allowlist + ", /" + f.Path
+		}
+	}
+	wantCg := policy.ListenCgroups(cfg, cgs, func(id uint64) int { return levels[id] })
 	dir := bindguard.DefaultDir
 	if st, err := state.Read(o.RuntimeDir); err == nil && st.ListenDir != "" {
 		dir = st.ListenDir
 	}
 	var have bindguard.Policy
+	var haveCg bindguard.Cgroups
 	var herr error
 	if o.CanAdmin() {
 		have, herr = bindguard.ReadPinned(dir)
@@ -181,16 +195,22 @@ func planListen(w io.Writer, o planOptions, cfg *config.Config, users policy.Use
 			dir = bindguard.DefaultDir
 			have, herr = bindguard.ReadPinned(dir)
 		}
+		if herr == nil {
+			haveCg, herr = bindguard.ReadPinnedCgroups(dir)
+		}
 	}
-	if len(want) == 0 && (herr != nil || have == nil) {
+	if len(want) == 0 && len(wantCg) == 0 && (herr != nil || have == nil) {
 		return
 	}
 	names := map[uint32]string{}
 	for name, uid := range users.UIDs {
 		names[uid] = name
 	}
+	text := func(p bindguard.Policy, c bindguard.Cgroups, indent string) string {
+		return listenText(p, names, indent) + cgroupListenText(c, cgNames, indent)
+	}
 	fmt.Fprintln(w, "\n# listen restriction (cgroup BPF bind4, bind6, ingress; docs/hardening.md \"Listening ports\"):")
-	fmt.Fprint(w, listenText(want, names, "#   "))
+	fmt.Fprint(w, text(want, wantCg, "#   "))
 	switch {
 	case !o.CanAdmin():
 		fmt.Fprintln(w, "# loaded in the kernel: not shown (needs root)")
@@ -198,12 +218,40 @@ func planListen(w io.Writer, o planOptions, cfg *config.Config, users policy.Use
 		fmt.Fprintln(w, "# loaded in the kernel: nothing (run loads it)")
 	case herr != nil:
 		fmt.Fprintln(w, "# loaded in the kernel: cannot read:", herr)
-	case listenText(have, names, "") == listenText(want, names, ""):
+	case text(have, haveCg, "") == text(want, wantCg, ""):
 		fmt.Fprintf(w, "# loaded in the kernel (%s): the same\n", dir)
 	default:
 		fmt.Fprintf(w, "# loaded in the kernel (%s), differs:\n", dir)
-		fmt.Fprint(w, listenText(have, names, "#   "))
+		fmt.Fprint(w, text(have, haveCg, "#   "))
 	}
+}
+
+// cgroupListenText lists units' cgroups' rules, by cgroup id.
+func cgroupListenText(c bindguard.Cgroups, names map[uint64]string, indent string) string {
+	ids := make([]uint64, 0, len(c))
+	for id := range c {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	var b strings.Builder
+	for _, id := range ids {
+		r := c[id]
+		ports := make([]string, 0, len(r.Ports))
+		for _, pt := range r.Ports {
+			ports = append(ports, fmt.Sprintf("%s:%d", bindguard.ProtoName(pt.Proto), pt.Port))
+		}
+		sort.Strings(ports)
+		list := strings.Join(ports, " ")
+		if list == "" {
+			list = "no port"
+		}
+		mode := ""
+		if r.Audit {
+			mode = " (audit: reported, allowed)"
+		}
+		fmt.Fprintf(&b, "%scgroup %d (%s) may listen on: %s%s\n", indent, id, names[id], list, mode)
+	}
+	return b.String()
 }
 
 func listenText(p bindguard.Policy, names map[uint32]string, indent string) string {

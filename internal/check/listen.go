@@ -9,25 +9,52 @@ import (
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/bindguard"
+	"github.com/egressd/egressd/internal/cgroup"
 	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/internal/state"
+	"github.com/egressd/egressd/ruleset"
 )
 
 // readListen reads the pinned listen restriction (a variable: tests).
 var readListen = bindguard.ReadPinned
 
+// readListenCgroups reads the units' part of it; findUnits finds the
+// restricted units' cgroups running now (variables: tests).
+var (
+	readListenCgroups = bindguard.ReadPinnedCgroups
+	findUnits         = cgroup.Restricted
+)
+
 // listenProblems compares allowlists' listen: with what the running daemon
 // reports and the kernel holds.
 func listenProblems(cfg *config.Config, users policy.Users, st *state.State) []Problem {
 	want := policy.Listen(cfg, users)
-	if len(want) == 0 && st.ListenDir == "" {
-		return nil
-	}
 	var names []string
+	units := false
 	for _, a := range cfg.Allowlists {
 		if a.Listen != nil {
 			names = append(names, a.Name)
+			units = units || a.IsUnit()
 		}
+	}
+	// Units' rules are keyed by the cgroups running now (a unit that is not
+	// running has none; its start gate waits for its next one).
+	wantCg := bindguard.Cgroups{}
+	if units {
+		found, err := findUnits("", cfg)
+		if err != nil {
+			return []Problem{{Kind: "unit_cgroups", Object: "cgroups", Detail: err.Error(), Fix: "unit allowlists need the cgroup v2 hierarchy (Linux ≥ 5.13)"}}
+		}
+		var cgs []ruleset.Cgroup
+		levels := map[uint64]int{}
+		for _, f := range found {
+			cgs = append(cgs, ruleset.Cgroup{ID: f.ID, Allowlist: f.Allowlist})
+			levels[f.ID] = cgroup.Level(f.Path)
+		}
+		wantCg = policy.ListenCgroups(cfg, cgs, func(id uint64) int { return levels[id] })
+	}
+	if len(want) == 0 && len(wantCg) == 0 && st.ListenDir == "" {
+		return nil
 	}
 	obj := "listen: " + strings.Join(names, ", ")
 	if st.ListenError != "" {
@@ -38,11 +65,13 @@ func listenProblems(cfg *config.Config, users policy.Users, st *state.State) []P
 		return []Problem{{Kind: "listen_unenforced", Object: obj, Detail: "the daemon reports no listen restriction loaded",
 			Fix: "restart egressd (systemctl restart egressd); look for listen_unenforced in its log"}}
 	}
-	have, err := readListen(st.ListenDir)
-	if errors.Is(err, os.ErrNotExist) && st.ListenDir != bindguard.DefaultDir {
-		// Under egressd-listen.conf the daemon pins through a bind of
-		// /sys/fs/bpf/egressd that only its own mount namespace has.
-		have, err = readListen(bindguard.DefaultDir)
+	dir := st.ListenDir
+	have, err := readListen(dir)
+	if errors.Is(err, os.ErrNotExist) && dir != bindguard.DefaultDir {
+		// Under systemd the daemon pins through a bind of /sys/fs/bpf/egressd
+		// that only its own mount namespace has.
+		dir = bindguard.DefaultDir
+		have, err = readListen(dir)
 	}
 	if err != nil {
 		return []Problem{{Kind: "cannot_run", Object: st.ListenDir, Detail: err.Error(), Fix: "run egressd check as root"}}
@@ -51,7 +80,29 @@ func listenProblems(cfg *config.Config, users policy.Users, st *state.State) []P
 		return []Problem{{Kind: "drift_listen", Object: st.ListenDir, Detail: fmt.Sprintf("the kernel's listen restriction differs from the allowlists (kernel %v, allowlists %v)", have, want),
 			Fix: "restart egressd (systemctl restart egressd): it rewrites the restriction"}}
 	}
+	haveCg, err := readListenCgroups(dir)
+	if err != nil {
+		return []Problem{{Kind: "cannot_run", Object: dir, Detail: err.Error(), Fix: "run egressd check as root"}}
+	}
+	if !sameCgroups(wantCg, haveCg) {
+		return []Problem{{Kind: "drift_listen", Object: dir, Detail: fmt.Sprintf("the kernel's listen restriction of units' cgroups differs from the allowlists (kernel %v, allowlists %v; a unit that restarted this instant is mapped within 100 ms)", haveCg, wantCg),
+			Fix: "restart egressd (systemctl restart egressd): it rewrites the restriction"}}
+	}
 	return nil
+}
+
+// sameCgroups compares by cgroup, mode and ports (levels are not read back).
+func sameCgroups(a, b bindguard.Cgroups) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for id, r := range a {
+		o, ok := b[id]
+		if !ok || !samePolicy(bindguard.Policy{0: r.Rule}, bindguard.Policy{0: o.Rule}) {
+			return false
+		}
+	}
+	return true
 }
 
 func samePolicy(a, b bindguard.Policy) bool {
