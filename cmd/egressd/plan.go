@@ -173,15 +173,13 @@ func planListen(w io.Writer, o planOptions, cfg *config.Config, users policy.Use
 	// Units' rules are keyed by the cgroups of the units running now.
 	cgNames := map[uint64]string{}
 	var cgs []ruleset.Cgroup
-	levels := map[uint64]int{}
 	if found, err := cgroup.Restricted("", cfg); err == nil {
 		for _, f := range found {
 			cgs = append(cgs, ruleset.Cgroup{ID: f.ID, Allowlist: f.Allowlist})
-			levels[f.ID] = cgroup.Level(f.Path)
 			cgNames[f.ID] = f.Allowlist + ", /" + f.Path
 		}
 	}
-	wantCg := policy.ListenCgroups(cfg, cgs, func(id uint64) int { return levels[id] })
+	wantCg := policy.ListenCgroups(cfg, cgs)
 	dir := bindguard.DefaultDir
 	if st, err := state.Read(o.RuntimeDir); err == nil && st.ListenDir != "" {
 		dir = st.ListenDir

@@ -64,7 +64,7 @@ func (e *Enforcer) open() (*Guard, error) {
 		}
 		cg = root
 	}
-	// The pin directory may be a bpffs (a bind of one, as egressd-listen.conf
+	// The pin directory may be a bpffs (a bind of one, as egressd.service
 	// makes); else its parent must be one, mounted here if need be.
 	if !IsBPFFS(e.dir()) {
 		if err := EnsureBPFFS(filepath.Dir(e.dir())); err != nil {
@@ -73,7 +73,7 @@ func (e *Enforcer) open() (*Guard, error) {
 	}
 	g, err := Open(cg, e.dir())
 	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EROFS) || errors.Is(err, unix.EACCES) {
-		return nil, fmt.Errorf("%w (egressd needs CAP_BPF, bpf(2) and a writable /sys/fs/bpf: under systemd, install egressd-listen.conf as /etc/systemd/system/egressd.service.d/listen.conf)", err)
+		return nil, fmt.Errorf("%w (egressd needs CAP_BPF, bpf(2) and a writable /sys/fs/bpf: egressd.service as shipped grants them: check for a drop-in that takes them away)", err)
 	}
 	return g, err
 }

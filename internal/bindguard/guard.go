@@ -255,20 +255,15 @@ func (g *Guard) Apply(p Policy) error {
 		func(k key) string { return fmt.Sprintf("uid %d port %d/%d", k.UID, k.Port, k.Proto) }, nil)
 }
 
-// ApplyCgroups makes the cgroup map hold c, in the order Apply keeps, and
-// the level mask a superset of the levels of the cgroups in the map at
-// every step (a level missing from it would skip that cgroup's rule).
+// ApplyCgroups makes the cgroup map hold c, in the order Apply keeps; its
+// key 0 (any unit restricted) is set before the first marker goes in and
+// deleted after the last one went.
 func (g *Guard) ApplyCgroups(c Cgroups) error {
 	want := map[cgroupKey]uint8{}
-	var mask uint8
 	for id, r := range c {
 		if id == 0 {
 			return errors.New("cgroup id 0 cannot be restricted")
 		}
-		if r.Level < 1 || r.Level > MaxLevel {
-			return fmt.Errorf("cgroup %d: level %d is outside 1 to %d", id, r.Level, MaxLevel)
-		}
-		mask |= 1 << (r.Level - 1)
 		want[cgroupKey{ID: id}] = r.mode()
 		for _, pt := range r.Ports {
 			if pt.Port == 0 {
@@ -288,7 +283,7 @@ func (g *Guard) ApplyCgroups(c Cgroups) error {
 			return nil
 		}
 		if err := g.cgroups.Put(cgroupKey{}, m); err != nil {
-			return fmt.Errorf("listen policy: set the cgroup level mask: %w", err)
+			return fmt.Errorf("listen policy: set the units marker: %w", err)
 		}
 		hadMask, old = true, m
 		return nil
@@ -297,7 +292,7 @@ func (g *Guard) ApplyCgroups(c Cgroups) error {
 		if len(want) == 0 {
 			return nil
 		}
-		return setMask(old | mask)
+		return setMask(1)
 	}
 	if err := syncMap(g.cgroups, have, want, func(k cgroupKey) bool { return k.Port == 0 },
 		func(k cgroupKey) string { return fmt.Sprintf("cgroup %d port %d/%d", k.ID, k.Port, k.Proto) }, beforeMarkers); err != nil {
@@ -306,12 +301,12 @@ func (g *Guard) ApplyCgroups(c Cgroups) error {
 	if len(want) == 0 {
 		if hadMask {
 			if err := g.cgroups.Delete(cgroupKey{}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return fmt.Errorf("listen policy: delete the cgroup level mask: %w", err)
+				return fmt.Errorf("listen policy: delete the units marker: %w", err)
 			}
 		}
 		return nil
 	}
-	return setMask(mask)
+	return setMask(1)
 }
 
 func (r Rule) mode() uint8 {
@@ -415,7 +410,7 @@ func (g *Guard) Loaded() (Policy, error) {
 }
 
 // ReadPinnedCgroups returns the unit cgroups' restriction the kernel holds
-// in the map pinned in dir (check, plan); levels are not read back (0).
+// in the map pinned in dir (check, plan).
 // An earlier egressd's pins without the cgroup map hold none.
 func ReadPinnedCgroups(dir string) (Cgroups, error) {
 	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "cgroups"), &ebpf.LoadPinOptions{ReadOnly: true})
@@ -457,7 +452,7 @@ func (g *Guard) LoadedCgroups() (Cgroups, error) {
 	c := Cgroups{}
 	for k, v := range have {
 		if k.Port == 0 {
-			c[k.ID] = CgroupRule{Rule: Rule{Audit: v == modeAudit, Ports: c[k.ID].Ports}}
+			c[k.ID] = Rule{Audit: v == modeAudit, Ports: c[k.ID].Ports}
 		}
 	}
 	for k := range have {

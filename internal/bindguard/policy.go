@@ -30,16 +30,10 @@ type Rule struct {
 // Policy is the desired restriction per uid; a uid not in it is unrestricted.
 type Policy map[uint32]Rule
 
-// CgroupRule is one restricted unit cgroup's rule; Level is the cgroup's
-// depth below the cgroup2 root (system.slice/foo.service is 2).
-type CgroupRule struct {
-	Rule
-	Level int
-}
-
 // Cgroups is the desired restriction per unit cgroup id: a bind or listener
-// made in that cgroup or below it obeys its rule (as well as its uid's).
-type Cgroups map[uint64]CgroupRule
+// made in that cgroup or below it (down to level MaxLevel of the hierarchy)
+// obeys its rule, as well as its uid's.
+type Cgroups map[uint64]Rule
 
 // ProtoName is "tcp", "udp" or the protocol number.
 func ProtoName(p uint8) string {

@@ -44,7 +44,6 @@ const (
 	stEvent = -48 // event record, eventSize bytes
 	stMode  = stEvent + 8
 	stCKey  = -64 // cgroup policy key: cgroup id u64, port u16, proto u8, pad [5]byte
-	stMask  = -72 // the levels that hold restricted cgroups (the cgroup map's key 0)
 )
 
 // eventSize is the record the programs write to the events ring buffer:
@@ -53,9 +52,11 @@ const (
 // that refused it; 0 when the uid's allowlist did).
 const eventSize = 40
 
-// MaxLevel is the deepest cgroup level a restricted unit's cgroup may sit
-// at (cgroup.MaxLevel; a test keeps the two equal): the programs look at
-// the caller's ancestors at levels 1 to MaxLevel.
+// MaxLevel is the deepest cgroup level the programs look at: the caller's
+// ancestors at levels 1 to MaxLevel of the whole hierarchy, as nftables'
+// socket cgroupv2 rules do (ruleset.UnitLevels, cgroup.MaxLevel; a test
+// keeps them equal). Levels count from the host's root: inside a cgroup
+// namespace (a container) a unit sits deeper than its path there says.
 const MaxLevel = 8
 
 // ipSource says where a program reads the local address of the bind.
@@ -66,7 +67,7 @@ type ipSource struct {
 // progMaps are the maps the programs use.
 type progMaps struct {
 	policy  *ebpf.Map // uid rules
-	cgroups *ebpf.Map // unit (cgroup) rules; key 0 holds the level mask
+	cgroups *ebpf.Map // unit (cgroup) rules; key 0 says whether there are any
 	events  *ebpf.Map // ring buffer of refusals
 	lost    *ebpf.Map // reports the full ring buffer did not take
 }
@@ -105,8 +106,8 @@ func check(m progMaps, hook uint8, family func(tag string) asm.Instructions, anc
 		asm.StoreImm(asm.RFP, stEvent+32+4, 0, asm.Word),
 	}
 	insns = append(insns, report(m, hook, family, "uid_done")...)
-	// The unit rules: which levels hold restricted cgroups? Key {0, 0, 0}
-	// (no cgroup has id 0).
+	// The unit rules: is any unit restricted? Key {0, 0, 0} (no cgroup has
+	// id 0). Hosts without unit listen: rules stop here.
 	insns = append(insns,
 		asm.StoreImm(asm.RFP, stCKey, 0, asm.Word).WithSymbol("uid_done"),
 		asm.StoreImm(asm.RFP, stCKey+4, 0, asm.Word),
@@ -118,19 +119,16 @@ func check(m progMaps, hook uint8, family func(tag string) asm.Instructions, anc
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "allow"),
 		asm.LoadMem(asm.R1, asm.R0, 0, asm.Byte),
-		asm.StoreMem(asm.RFP, stMask, asm.R1, asm.DWord),
+		asm.JEq.Imm(asm.R1, 0, "allow"),
 	)
 	for level := 1; level <= MaxLevel; level++ {
 		next := fmt.Sprintf("level%d", level+1)
 		if level == MaxLevel {
 			next = "allow"
 		}
-		insns = append(insns,
-			asm.LoadMem(asm.R1, asm.RFP, stMask, asm.DWord).WithSymbol(fmt.Sprintf("level%d", level)),
-			asm.And.Imm(asm.R1, 1<<(level-1)),
-			asm.JEq.Imm(asm.R1, 0, next),
-		)
-		insns = append(insns, ancestor(level)...)
+		anc := ancestor(level)
+		anc[0] = anc[0].WithSymbol(fmt.Sprintf("level%d", level))
+		insns = append(insns, anc...)
 		insns = append(insns,
 			asm.JEq.Imm(asm.R0, 0, "allow"), // shallower than level: no more ancestors
 			// Is this ancestor a restricted unit's cgroup? Key {id, 0, 0}.

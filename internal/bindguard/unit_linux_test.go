@@ -20,8 +20,8 @@ func (r *rig) in(path string) *rig {
 }
 
 // mkCgroup makes a cgroup (removed at the test's end, once its helpers are
-// gone) and returns its path, id and level.
-func (r *rig) mkCgroup(parent, name string) (string, uint64, int) {
+// gone) and returns its path and id.
+func (r *rig) mkCgroup(parent, name string) (string, uint64) {
 	r.t.Helper()
 	p := filepath.Join(parent, name)
 	if err := os.Mkdir(p, 0o755); err != nil {
@@ -36,15 +36,7 @@ func (r *rig) mkCgroup(parent, name string) (string, uint64, int) {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	root, err := cgroup.Root()
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	rel, err := filepath.Rel(root, p)
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	return p, id, cgroup.Level(rel)
+	return p, id
 }
 
 func TestMaxLevel(t *testing.T) {
@@ -60,9 +52,9 @@ var unitPorts = Rule{Ports: []Port{{TCP, 8080}, {TCP, 8081}, {UDP, 5353}}}
 // their uid; a process outside the unit is not restricted.
 func TestUnitBindRestricted(t *testing.T) {
 	r := newRig(t)
-	unitPath, id, level := r.mkCgroup(r.cg, "svc.service")
-	subPath, _, _ := r.mkCgroup(unitPath, "child")
-	if err := r.guard.ApplyCgroups(Cgroups{id: {Rule: unitPorts, Level: level}}); err != nil {
+	unitPath, id := r.mkCgroup(r.cg, "svc.service")
+	subPath, _ := r.mkCgroup(unitPath, "child")
+	if err := r.guard.ApplyCgroups(Cgroups{id: unitPorts}); err != nil {
 		t.Fatal(err)
 	}
 	unit, sub := r.in(unitPath), r.in(subPath)
@@ -108,9 +100,9 @@ func TestUnitBindRestricted(t *testing.T) {
 // unit or its sub-cgroup get no connection; the listed port serves.
 func TestUnitListenEphemeral(t *testing.T) {
 	r := newRig(t)
-	unitPath, id, level := r.mkCgroup(r.cg, "svc.service")
-	subPath, _, _ := r.mkCgroup(unitPath, "child")
-	if err := r.guard.ApplyCgroups(Cgroups{id: {Rule: unitPorts, Level: level}}); err != nil {
+	unitPath, id := r.mkCgroup(r.cg, "svc.service")
+	subPath, _ := r.mkCgroup(unitPath, "child")
+	if err := r.guard.ApplyCgroups(Cgroups{id: unitPorts}); err != nil {
 		t.Fatal(err)
 	}
 	unit, sub := r.in(unitPath), r.in(subPath)
@@ -149,12 +141,12 @@ func TestUnitListenEphemeral(t *testing.T) {
 }
 
 // A refusal by a unit's rule is reported with the unit's cgroup; audit mode
-// reports and allows; lifting the rule (and the level mask) restores all.
+// reports and allows; lifting the rule (and the units marker) restores all.
 func TestUnitEventsAndLift(t *testing.T) {
 	r := newRig(t)
-	unitPath, id, level := r.mkCgroup(r.cg, "svc.service")
+	unitPath, id := r.mkCgroup(r.cg, "svc.service")
 	unit := r.in(unitPath)
-	if err := r.guard.ApplyCgroups(Cgroups{id: {Rule: unitPorts, Level: level}}); err != nil {
+	if err := r.guard.ApplyCgroups(Cgroups{id: unitPorts}); err != nil {
 		t.Fatal(err)
 	}
 	rd, err := r.guard.Events()
@@ -188,7 +180,7 @@ func TestUnitEventsAndLift(t *testing.T) {
 	if len(loaded) != 1 || len(loaded[id].Ports) != 3 {
 		t.Fatalf("loaded %+v", loaded)
 	}
-	if err := r.guard.ApplyCgroups(Cgroups{id: {Rule: Rule{Audit: true, Ports: unitPorts.Ports}, Level: level}}); err != nil {
+	if err := r.guard.ApplyCgroups(Cgroups{id: {Audit: true, Ports: unitPorts.Ports}}); err != nil {
 		t.Fatal(err)
 	}
 	if got := unit.run(other, "tcp4,127.0.0.1,9998"); got != "ok 9998" {

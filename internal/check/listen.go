@@ -46,12 +46,10 @@ func listenProblems(cfg *config.Config, users policy.Users, st *state.State) []P
 			return []Problem{{Kind: "unit_cgroups", Object: "cgroups", Detail: err.Error(), Fix: "unit allowlists need the cgroup v2 hierarchy (Linux ≥ 5.13)"}}
 		}
 		var cgs []ruleset.Cgroup
-		levels := map[uint64]int{}
 		for _, f := range found {
 			cgs = append(cgs, ruleset.Cgroup{ID: f.ID, Allowlist: f.Allowlist})
-			levels[f.ID] = cgroup.Level(f.Path)
 		}
-		wantCg = policy.ListenCgroups(cfg, cgs, func(id uint64) int { return levels[id] })
+		wantCg = policy.ListenCgroups(cfg, cgs)
 	}
 	if len(want) == 0 && len(wantCg) == 0 && st.ListenDir == "" {
 		return nil
@@ -59,7 +57,7 @@ func listenProblems(cfg *config.Config, users policy.Users, st *state.State) []P
 	obj := "listen: " + strings.Join(names, ", ")
 	if st.ListenError != "" {
 		return []Problem{{Kind: "listen_unenforced", Object: obj, Detail: "listen: is not enforced, those services may listen on any port: " + st.ListenError,
-			Fix: "install egressd-listen.conf as /etc/systemd/system/egressd.service.d/listen.conf and restart egressd (docs/hardening.md, Listening ports)"}}
+			Fix: "egressd needs CAP_BPF, bpf(2) and bpffs at /sys/fs/bpf (egressd.service as shipped grants them; a drop-in or container may take them away): docs/hardening.md, Listening ports"}}
 	}
 	if st.ListenDir == "" {
 		return []Problem{{Kind: "listen_unenforced", Object: obj, Detail: "the daemon reports no listen restriction loaded",
@@ -91,14 +89,14 @@ func listenProblems(cfg *config.Config, users policy.Users, st *state.State) []P
 	return nil
 }
 
-// sameCgroups compares by cgroup, mode and ports (levels are not read back).
+// sameCgroups compares by cgroup, mode and ports.
 func sameCgroups(a, b bindguard.Cgroups) bool {
 	if len(a) != len(b) {
 		return false
 	}
 	for id, r := range a {
 		o, ok := b[id]
-		if !ok || !samePolicy(bindguard.Policy{0: r.Rule}, bindguard.Policy{0: o.Rule}) {
+		if !ok || !samePolicy(bindguard.Policy{0: r}, bindguard.Policy{0: o}) {
 			return false
 		}
 	}

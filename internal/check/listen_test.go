@@ -84,11 +84,11 @@ func TestListenProblemsUnit(t *testing.T) {
 	if got := kinds(&state.State{ListenDir: bindguard.DefaultDir}); got != "[drift_listen]" {
 		t.Errorf("unit's cgroup missing from the kernel: %s", got)
 	}
-	kernel[42] = bindguard.CgroupRule{Rule: bindguard.Rule{Ports: []bindguard.Port{{Proto: bindguard.TCP, Port: 8080}}}}
+	kernel[42] = bindguard.Rule{Ports: []bindguard.Port{{Proto: bindguard.TCP, Port: 8080}}}
 	if got := kinds(&state.State{ListenDir: bindguard.DefaultDir}); got != "[]" {
 		t.Errorf("in sync: %s", got)
 	}
-	kernel[42] = bindguard.CgroupRule{Rule: bindguard.Rule{Ports: []bindguard.Port{{Proto: bindguard.TCP, Port: 9999}}}}
+	kernel[42] = bindguard.Rule{Ports: []bindguard.Port{{Proto: bindguard.TCP, Port: 9999}}}
 	if got := kinds(&state.State{ListenDir: bindguard.DefaultDir}); got != "[drift_listen]" {
 		t.Errorf("other port in the kernel: %s", got)
 	}

@@ -35,7 +35,7 @@ type listenState struct {
 // waits for both.
 func (c *Controller) syncListen() {
 	p := policy.Listen(c.cfg, c.users)
-	cg := policy.ListenCgroups(c.cfg, c.units.cgroups, c.units.level)
+	cg := policy.ListenCgroups(c.cfg, c.units.cgroups)
 	c.attr.setCgroups(c.cfg, c.units.cgroups)
 	var err error
 	switch {

@@ -82,14 +82,6 @@ func (u *unitFollower) current(cfg *config.Config) []ruleset.Cgroup {
 	return cgs
 }
 
-// level is the depth of a followed cgroup (0 when unknown).
-func (u *unitFollower) level(id uint64) int {
-	if p, ok := u.paths[id]; ok {
-		return cgroup.Level(p)
-	}
-	return 0
-}
-
 // due is when the next scan is due; zero without unit allowlists.
 func (u *unitFollower) due() time.Time {
 	if len(u.units) == 0 {

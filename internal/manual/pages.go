@@ -164,8 +164,9 @@ default).`),
 		Item("--runtime-dir D", `Where the daemon publishes its state for check
 (default /run/egressd).`),
 		Item("--bpf-dir D", `With run and remove: where the listen restriction's
-BPF programs, map and links are pinned, on bpffs (default: $RUNTIME_DIRECTORY/bpf
-when that is a bpffs, as egressd-listen.conf binds it; else /sys/fs/bpf/egressd).`),
+BPF programs, maps and links are pinned, on bpffs (default: $RUNTIME_DIRECTORY/bpf
+when that is a bpffs, as egressd.service binds it; else /sys/fs/bpf/egressd).
+With wait --unit: where to find them (default /sys/fs/bpf/egressd).`),
 		Item("--listen-cgroup D", `With run: the cgroup the listen restriction
 attaches to (default: the cgroup2 root, every process; tests use their own).`),
 		Item("--json", `With check: machine-readable output.`),
@@ -319,9 +320,11 @@ daemon keeps its last good configuration.`),
 [tcp:8080, udp:5353, tcp:8000-8010]. Absent: unrestricted; listen: []: no
 port. Any other bind() fails with EPERM (bind_denied); a TCP listener on a
 port the kernel picked (port 0, or listen() unbound) gets no connection.
-Enforced with cgroup BPF, pinned on bpffs (needs CAP_BPF: egressd-listen.conf);
-without it, reported as not enforced (listen_unenforced, check). User
-allowlists only.`),
+Enforced with cgroup BPF, pinned on bpffs (needs CAP_BPF, which
+egressd.service holds); without it, reported as not enforced
+(listen_unenforced, check). In a unit allowlist, every process of the unit
+is held to it, whatever its uid, and its start gate waits for the unit's new
+cgroup in the restriction.`),
 	}},
 	{"SHARED LISTS", []Block{P(`A file lists_dir/NAME.yaml holds destinations kept once and
 used by many allowlists. Its only key is allow, with the same syntax and

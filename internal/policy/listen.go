@@ -26,9 +26,8 @@ func Listen(cfg *config.Config, users Users) bindguard.Policy {
 
 // ListenCgroups is the listen restriction the kernel should hold for units:
 // for each current cgroup of a unit allowlist with a listen: key (cgs, as
-// the unit follower found them), that allowlist's ports; level gives a
-// cgroup's depth.
-func ListenCgroups(cfg *config.Config, cgs []ruleset.Cgroup, level func(id uint64) int) bindguard.Cgroups {
+// the unit follower found them), that allowlist's ports.
+func ListenCgroups(cfg *config.Config, cgs []ruleset.Cgroup) bindguard.Cgroups {
 	c := bindguard.Cgroups{}
 	byName := map[string]*config.Allowlist{}
 	for _, a := range cfg.Allowlists {
@@ -39,7 +38,7 @@ func ListenCgroups(cfg *config.Config, cgs []ruleset.Cgroup, level func(id uint6
 		if a == nil || a.Listen == nil || !a.IsUnit() {
 			continue
 		}
-		c[cg.ID] = bindguard.CgroupRule{Rule: listenRule(a), Level: level(cg.ID)}
+		c[cg.ID] = listenRule(a)
 	}
 	return c
 }
