@@ -23,6 +23,9 @@ type Enforcer struct {
 	// OnOpen is called once the guard is open (the daemon reads its events).
 	OnOpen func(*Guard)
 	guard  *Guard
+	// The policies last applied (Repair compares the maps with them).
+	users   Policy
+	cgroups Cgroups
 }
 
 // Apply brings the kernel to p (uids) and c (unit cgroups), loading and
@@ -42,10 +45,15 @@ func (e *Enforcer) Apply(p Policy, c Cgroups) error {
 			e.OnOpen(g)
 		}
 	}
+	e.users, e.cgroups = nil, nil // unknown until both are in
 	if err := e.guard.Apply(p); err != nil {
 		return err
 	}
-	return e.guard.ApplyCgroups(c)
+	if err := e.guard.ApplyCgroups(c); err != nil {
+		return err
+	}
+	e.users, e.cgroups = p, c
+	return nil
 }
 
 func (e *Enforcer) dir() string {
@@ -76,6 +84,29 @@ func (e *Enforcer) open() (*Guard, error) {
 		return nil, fmt.Errorf("%w (egressd needs CAP_BPF, bpf(2) and a writable /sys/fs/bpf: egressd.service as shipped grants them: check for a drop-in that takes them away)", err)
 	}
 	return g, err
+}
+
+// Repair puts back what another process undid of a loaded restriction
+// (Guard.Repair); nothing while none is loaded.
+func (e *Enforcer) Repair() ([]string, error) {
+	if e.guard == nil {
+		return nil, nil
+	}
+	found, err := e.guard.Repair()
+	if err != nil || e.users == nil {
+		return found, err
+	}
+	// Entries another process changed in the maps: written again.
+	have, lerr := e.guard.Loaded()
+	haveCg, cerr := e.guard.LoadedCgroups()
+	if lerr != nil || cerr != nil {
+		return found, errors.Join(lerr, cerr)
+	}
+	if !samePolicy(have, e.users) || !sameRules(haveCg, e.cgroups) {
+		found = append(found, "listen policy maps changed")
+		return found, e.Apply(e.users, e.cgroups)
+	}
+	return found, nil
 }
 
 // Remove detaches the programs and deletes the pins (on_exit: remove).

@@ -78,7 +78,8 @@ func Hooks() []string {
 
 // Guard is the loaded restriction: its maps and links.
 type Guard struct {
-	dir string
+	dir    string
+	cgroup string // where the programs attach
 	progMaps
 	links []link.Link
 }
@@ -94,7 +95,7 @@ func Open(cgroupPath, dir string) (_ *Guard, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("bpf pin directory: %w", err)
 	}
-	g := &Guard{dir: dir}
+	g := &Guard{dir: dir, cgroup: cgroupPath}
 	defer func() {
 		if err != nil {
 			g.Close()
@@ -174,6 +175,92 @@ func attach(h hook, m progMaps, cgroupPath, pin string) (link.Link, error) {
 		return nil, fmt.Errorf("pin link %s: %w", pin, err)
 	}
 	return l, nil
+}
+
+// Repair finds what another process (root: bpftool, a cleanup script)
+// undid of the restriction and puts it back: a link detached from its
+// cgroup (BPF_LINK_DETACH) is replaced by a new attachment, a link or map
+// whose pin was removed is pinned again (while egressd holds it, an
+// unpinned program stays attached; it would go with egressd). It returns
+// what it found, in words, empty when nothing was undone.
+func (g *Guard) Repair() ([]string, error) {
+	var found []string
+	var errs []error
+	for i, h := range hooks {
+		pin := filepath.Join(g.dir, h.name)
+		l := g.links[i]
+		info, err := l.Info()
+		if err != nil || info.Cgroup() == nil || info.Cgroup().CgroupId == 0 {
+			found = append(found, fmt.Sprintf("listen %s program detached from its cgroup", h.name))
+			os.Remove(pin) //nolint:errcheck // the defunct link's pin, if any
+			nl, err := attach(h, g.progMaps, g.cgroup, pin)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			l.Close()
+			g.links[i] = nl
+			continue
+		}
+		if !pinnedHere(pin, info.ID) {
+			found = append(found, fmt.Sprintf("listen %s link unpinned", h.name))
+			os.Remove(pin) //nolint:errcheck // another object pinned in its place
+			if err := l.Unpin(); err != nil {
+				errs = append(errs, fmt.Errorf("unpin %s: %w", pin, err))
+				continue
+			}
+			if err := l.Pin(pin); err != nil {
+				errs = append(errs, fmt.Errorf("pin link %s: %w", pin, err))
+			}
+		}
+	}
+	for name, m := range map[string]*ebpf.Map{"policy": g.policy, "cgroups": g.cgroups, "events": g.events, "lost": g.lost} {
+		pin := filepath.Join(g.dir, name)
+		if _, err := os.Stat(pin); err == nil {
+			continue
+		}
+		found = append(found, fmt.Sprintf("listen %s map unpinned", name))
+		if err := m.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("unpin %s: %w", pin, err))
+			continue
+		}
+		if err := m.Pin(pin); err != nil {
+			errs = append(errs, fmt.Errorf("pin map %s: %w", pin, err))
+		}
+	}
+	sort.Strings(found)
+	return found, errors.Join(errs...)
+}
+
+// pinnedHere reports whether pin holds the link id.
+func pinnedHere(pin string, id link.ID) bool {
+	l, err := link.LoadPinnedLink(pin, nil)
+	if err != nil {
+		return false
+	}
+	defer l.Close()
+	info, err := l.Info()
+	return err == nil && info.ID == id
+}
+
+// Attached reports what of the restriction pinned in dir is missing or
+// detached (check): a hook whose pin is gone, or whose link no longer
+// attaches its program to a cgroup.
+func Attached(dir string) []string {
+	var out []string
+	for _, h := range hooks {
+		l, err := link.LoadPinnedLink(filepath.Join(dir, h.name), nil)
+		if err != nil {
+			out = append(out, fmt.Sprintf("listen %s program not pinned", h.name))
+			continue
+		}
+		info, err := l.Info()
+		if err != nil || info.Cgroup() == nil || info.Cgroup().CgroupId == 0 {
+			out = append(out, fmt.Sprintf("listen %s program detached from its cgroup", h.name))
+		}
+		l.Close()
+	}
+	return out
 }
 
 // Close releases egressd's handles; the pins keep the programs attached.

@@ -45,3 +45,33 @@ func ProtoName(p uint8) string {
 	}
 	return fmt.Sprint(p)
 }
+
+// samePolicy and sameRules compare by uid or cgroup, mode and set of ports.
+func samePolicy(a, b Policy) bool { return sameRules(a, b) }
+
+func sameRules[K comparable](a, b map[K]Rule) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, r := range a {
+		o, ok := b[k]
+		if !ok || r.Audit != o.Audit {
+			return false
+		}
+		ports := map[Port]bool{}
+		for _, p := range r.Ports {
+			ports[p] = true
+		}
+		theirs := map[Port]bool{}
+		for _, p := range o.Ports {
+			theirs[p] = true
+			if !ports[p] {
+				return false
+			}
+		}
+		if len(ports) != len(theirs) {
+			return false
+		}
+	}
+	return true
+}

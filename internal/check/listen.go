@@ -23,6 +23,7 @@ var readListen = bindguard.ReadPinned
 var (
 	readListenCgroups = bindguard.ReadPinnedCgroups
 	findUnits         = cgroup.Restricted
+	attachedListen    = bindguard.Attached
 )
 
 // listenProblems compares allowlists' listen: with what the running daemon
@@ -73,6 +74,10 @@ func listenProblems(cfg *config.Config, users policy.Users, st *state.State) []P
 	}
 	if err != nil {
 		return []Problem{{Kind: "cannot_run", Object: st.ListenDir, Detail: err.Error(), Fix: "run egressd check as root"}}
+	}
+	if undone := attachedListen(dir); len(undone) > 0 {
+		return []Problem{{Kind: "drift_listen", Object: dir, Detail: "the listen restriction was undone by another process: " + strings.Join(undone, ", "),
+			Fix: "the daemon puts it back at its next verify (drift_repaired); if this stays, restart egressd (systemctl restart egressd)"}}
 	}
 	if !samePolicy(want, have) {
 		return []Problem{{Kind: "drift_listen", Object: st.ListenDir, Detail: fmt.Sprintf("the kernel's listen restriction differs from the allowlists (kernel %v, allowlists %v)", have, want),

@@ -26,6 +26,9 @@ func TestListenProblems(t *testing.T) {
 	defer func() { readListen = bindguard.ReadPinned }()
 	readListenCgroups = func(string) (bindguard.Cgroups, error) { return bindguard.Cgroups{}, nil }
 	defer func() { readListenCgroups = bindguard.ReadPinnedCgroups }()
+	var undone []string
+	attachedListen = func(string) []string { return undone }
+	defer func() { attachedListen = bindguard.Attached }()
 	kinds := func(st *state.State) string {
 		var out []string
 		for _, p := range listenProblems(cfg, users, st) {
@@ -45,6 +48,11 @@ func TestListenProblems(t *testing.T) {
 	if got := kinds(&state.State{}); got != "[listen_unenforced]" {
 		t.Errorf("nothing loaded: %s", got)
 	}
+	undone = []string{"listen bind4 program detached from its cgroup"}
+	if got := kinds(&state.State{ListenDir: bindguard.DefaultDir}); got != "[drift_listen]" {
+		t.Errorf("a program detached: %s", got)
+	}
+	undone = nil
 	read[bindguard.DefaultDir] = bindguard.Policy{}
 	if got := kinds(&state.State{ListenDir: bindguard.DefaultDir}); got != "[drift_listen]" {
 		t.Errorf("kernel lost the restriction: %s", got)
@@ -64,6 +72,8 @@ func TestListenProblemsUnit(t *testing.T) {
 	kernel := bindguard.Cgroups{}
 	readListenCgroups = func(string) (bindguard.Cgroups, error) { return kernel, nil }
 	defer func() { readListenCgroups = bindguard.ReadPinnedCgroups }()
+	attachedListen = func(string) []string { return nil }
+	defer func() { attachedListen = bindguard.Attached }()
 	var running []cgroup.Unit
 	findUnits = func(string, *config.Config) ([]cgroup.Unit, error) { return running, nil }
 	defer func() { findUnits = cgroup.Restricted }()

@@ -13,6 +13,9 @@ import (
 // (internal/bindguard.Enforcer).
 type ListenEnforcer interface {
 	Apply(bindguard.Policy, bindguard.Cgroups) error
+	// Repair puts back what another process undid (detached programs,
+	// removed pins, changed map entries) and says what it found.
+	Repair() ([]string, error)
 	Remove() error
 	// Pinned is where the restriction is pinned once loaded, else "".
 	Pinned() string
@@ -56,6 +59,28 @@ func (c *Controller) syncListen() {
 	if err != nil {
 		c.o.Log.Error("listen: is not enforced: those services may listen on any port", event.Field(event.ListenUnenforced),
 			zap.Strings("allowlists", c.listenAllowlists()), zap.Error(err))
+	}
+}
+
+// verifyListen is the listen restriction's part of the periodic verify:
+// what root (or a tool) detached, unpinned or changed is put back, as a
+// drift_repaired event; a repair that fails is retried at the next verify
+// and at every apply.
+func (c *Controller) verifyListen() {
+	if c.o.Listen == nil {
+		return
+	}
+	found, err := c.o.Listen.Repair()
+	if len(found) > 0 {
+		c.o.Log.Warn("the listen restriction differed from egressd's; restoring it", event.Field(event.DriftRepaired),
+			zap.Strings("found", found), zap.Int("findings", len(found)), zap.Bool("repaired", err == nil))
+		c.o.Metrics.DriftRepaired()
+	}
+	if err != nil {
+		c.o.Log.Error("cannot restore the listen restriction: listen: may not be enforced", event.Field(event.ListenUnenforced),
+			zap.Strings("allowlists", c.listenAllowlists()), zap.Error(err))
+		c.listen.err = err.Error()
+		c.pub.changed(false)
 	}
 }
 

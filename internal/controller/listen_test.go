@@ -20,6 +20,7 @@ type fakeListen struct {
 	cgroups []bindguard.Cgroups
 	err     error
 	removed bool
+	undone  []string // what Repair finds next
 }
 
 func (f *fakeListen) Apply(p bindguard.Policy, c bindguard.Cgroups) error {
@@ -28,6 +29,11 @@ func (f *fakeListen) Apply(p bindguard.Policy, c bindguard.Cgroups) error {
 	return f.err
 }
 func (f *fakeListen) Remove() error  { f.removed = true; return nil }
+func (f *fakeListen) Repair() ([]string, error) {
+	found := f.undone
+	f.undone = nil
+	return found, nil
+}
 func (f *fakeListen) Pinned() string { return "" }
 
 func TestListenApplied(t *testing.T) {
@@ -132,5 +138,26 @@ func TestListenUnit(t *testing.T) {
 	}
 	if _, ok := last()[id1]; ok || len(last()) != 1 || len(last()[id2].Ports) != 1 {
 		t.Fatalf("after the restart: %v, want only %d", last(), id2)
+	}
+}
+
+// The periodic verify puts back what another process undid of the listen
+// restriction, as a drift_repaired event.
+func TestListenDriftRepaired(t *testing.T) {
+	f := newFixture(t, map[string]string{"allow.d/billing.yaml": "user: billing\nallow: []\nlisten: [tcp:8080]\n"})
+	fl := &fakeListen{}
+	f.c.o.Listen = fl
+	if _, err := f.c.Once(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	f.c.verifyListen()
+	if ev := f.events("drift_repaired"); len(ev) != 0 {
+		t.Fatalf("nothing undone, yet %d drift_repaired events", len(ev))
+	}
+	fl.undone = []string{"listen bind4 program detached from its cgroup"}
+	f.c.verifyListen()
+	ev := f.events("drift_repaired")
+	if len(ev) != 1 || fmt.Sprint(ev[0].ContextMap()["found"]) != "[listen bind4 program detached from its cgroup]" {
+		t.Fatalf("drift_repaired events: %v", ev)
 	}
 }

@@ -154,6 +154,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 		if !c.apply.verifyAt.IsZero() && !c.o.Now().Before(c.apply.verifyAt) {
 			c.apply.verify()
+			c.verifyListen()
 		}
 		c.apply.flushRestoreLog(c.o.Now())
 		if c.apply.retry.Ready() {
