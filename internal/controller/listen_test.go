@@ -28,7 +28,7 @@ func (f *fakeListen) Apply(p bindguard.Policy, c bindguard.Cgroups) error {
 	f.cgroups = append(f.cgroups, c)
 	return f.err
 }
-func (f *fakeListen) Remove() error  { f.removed = true; return nil }
+func (f *fakeListen) Remove() error { f.removed = true; return nil }
 func (f *fakeListen) Repair() ([]string, error) {
 	found := f.undone
 	f.undone = nil
