@@ -176,7 +176,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 				log.Error("cannot read refused binds; they are still refused, but not reported", event.Field(event.DenyLogFailed), zap.Error(err))
 				return
 			}
-			go deny.RunBinds(ctx, rd, ctl, ctl.Config().DenyLog.Interval, log, m, rec)
+			go deny.RunBinds(ctx, rd, g.Lost, ctl, ctl.Config().DenyLog.Interval, log, m, rec)
 		}
 	}
 	ctl, err = controller.New(controller.Options{

@@ -56,7 +56,7 @@ func Run(ctx context.Context, l *nflog.Listener, lookup Lookup, prefix string, i
 	if rec != nil {
 		agg.Record = rec.Record
 	}
-	go flushEvery(ctx, agg, interval, func() {})
+	go flushEvery(ctx, agg, interval, func() {}, func() {})
 	go func() {
 		<-ctx.Done()
 		l.Close()
@@ -165,8 +165,11 @@ func LogBind(log *zap.Logger, e Event) {
 
 // RunBinds reads the listen restriction's reports (internal/bindguard) until
 // ctx ends or the reader is closed, logging bounded bind_denied events and
-// recording them in rec. As with Run, enforcement never depends on it.
-func RunBinds(ctx context.Context, rd *ringbuf.Reader, lookup Lookup, interval time.Duration, log *zap.Logger, m *metrics.Metrics, rec *Recent) {
+// recording them in rec. Once per window it reads lost (the programs' count
+// of reports the full ring buffer did not take): an increase is one
+// bind_reports_lost event and the metric. As with Run, enforcement never
+// depends on it.
+func RunBinds(ctx context.Context, rd *ringbuf.Reader, lost func() (uint64, error), lookup Lookup, interval time.Duration, log *zap.Logger, m *metrics.Metrics, rec *Recent) {
 	agg := newAggregator(lookup, "", func(e Event) {
 		LogBind(log, e)
 	}, func(o Overflow) {
@@ -176,7 +179,9 @@ func RunBinds(ctx context.Context, rd *ringbuf.Reader, lookup Lookup, interval t
 	if rec != nil {
 		agg.Record = rec.Record
 	}
-	go flushEvery(ctx, agg, interval, func() { rd.Close() })
+	lc := &lostCounter{read: lost, log: log, m: m, window: interval}
+	lc.check() // the count so far: reports lost before this egressd are not news
+	go flushEvery(ctx, agg, interval, func() { lc.check() }, func() { rd.Close() })
 	for {
 		r, err := rd.Read()
 		if err != nil {
@@ -196,19 +201,54 @@ func RunBinds(ctx context.Context, rd *ringbuf.Reader, lookup Lookup, interval t
 	}
 }
 
-// flushEvery flushes agg every interval and once more when ctx ends, then
-// calls done.
-func flushEvery(ctx context.Context, agg *Aggregator, interval time.Duration, done func()) {
+// flushEvery flushes agg (and calls each) every interval and once more when
+// ctx ends, then calls done.
+func flushEvery(ctx context.Context, agg *Aggregator, interval time.Duration, each, done func()) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			agg.Flush()
+			each()
 			done()
 			return
 		case <-t.C:
 			agg.Flush()
+			each()
 		}
 	}
+}
+
+// lostCounter turns the kernel's count of lost reports into at most one
+// bind_reports_lost event per window and the metric.
+type lostCounter struct {
+	read   func() (uint64, error)
+	log    *zap.Logger
+	m      *metrics.Metrics
+	window time.Duration
+	seen   uint64
+	primed bool
+}
+
+func (l *lostCounter) check() {
+	if l.read == nil {
+		return
+	}
+	n, err := l.read()
+	if err != nil {
+		return
+	}
+	if !l.primed {
+		l.seen, l.primed = n, true
+		return
+	}
+	if n <= l.seen {
+		return
+	}
+	delta := n - l.seen
+	l.seen = n
+	l.m.BindReportsLost(delta)
+	l.log.Warn("refused binds were not reported: the ring buffer was full (they were refused all the same)", event.Field(event.BindReportsLost),
+		zap.Uint64("count", delta), zap.Uint64("total", n), zap.Duration("window", l.window))
 }
