@@ -28,7 +28,7 @@ egressd harden --user USER [--group GROUP] [--writable PATH]...
                [--config FILE] [--unit-file FILE]
 egressd harden --audit UNIT_FILE [--json]
 egressd wait (--user USER | --unit UNIT | --allowlist NAME) [--timeout 30s]
-             [--config FILE]
+             [--config FILE] [--bpf-dir DIR]
 egressd remove [--runtime-dir DIR] [--bpf-dir DIR]
 egressd plan [--config FILE] [--runtime-dir DIR]
 egressd denies [--follow] [--allowlist NAME] [--json] [--runtime-dir DIR]
@@ -104,7 +104,10 @@ allowlist NAME) in the kernel, then exit 0; exit 1 when the timeout passes
 first, so the service does not start. Needs CAP_NET_ADMIN to read nf_tables
 (the + prefix runs it as root). With --unit (or a unit allowlist's NAME) it
 must run inside that unit, as its first ExecStartPre=: it waits until the
-kernel restricts the unit's current cgroup.`),
+kernel restricts the unit's current cgroup and, when the unit's allowlist
+(read from --config) has listen:, until the listen restriction pinned in
+--bpf-dir holds that cgroup too; a configuration it cannot read, or a
+restriction that is not loaded, fails the gate.`),
 		Item("remove", `Delete the table inet egressd and detach the listen
 restriction (the BPF programs pinned in --bpf-dir): every restriction is
 lifted. For uninstalling and emergencies. Refused while the daemon runs (it
