@@ -788,6 +788,20 @@ func BenchmarkLoopbackRoundTrip(b *testing.B) {
 			b.ReportMetric(float64(n)/float64(max(b.N, 1000)), "ingress-runs/roundtrip")
 		}
 	})
+	// With a unit restricted (another cgroup): every packet also walks the
+	// socket's ancestor cgroups (levels 1 to MaxLevel, up to its depth).
+	_, unitID := r.mkCgroup(r.cg, "unit.service")
+	if err := r.guard.ApplyCgroups(Cgroups{unitID: {Ports: []Port{{TCP, 8080}}}}); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("attached, a unit restricted", func(b *testing.B) {
+		before := ingressStats(b, r.guard)
+		run(b)
+		after := ingressStats(b, r.guard)
+		if n := after.RunCount - before.RunCount; n > 0 {
+			b.ReportMetric(float64(after.Runtime-before.Runtime)/float64(n), "ns/ingress-run")
+		}
+	})
 	r.guard.Close()
 	if err := Remove(r.pins); err != nil {
 		b.Fatal(err)
