@@ -145,6 +145,26 @@ func TestUnitListen(t *testing.T) {
 		t.Errorf("gate without the listen restriction: exit %d, want 1:\n%s", code, out)
 	}
 
+	// A configuration the gate cannot read (the daemon keeps its last good
+	// one): the kernel says unit rules are expected, so the gate still
+	// waits for the unit's cgroup in the listen restriction.
+	w.write("allow.d/broken.yaml", "user: [\n")
+	m = w.mark()
+	if err := os.Remove(shop); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.waitEvent("unit_cgroup", m, 5*time.Second); err != nil {
+		t.Fatalf("no unit_cgroup event for the removed cgroup: %v", err)
+	}
+	shop = cg.make(unit)
+	if code, out := w.gateListen(shop, unit, r.pins, 10*time.Second); code != 0 {
+		t.Fatalf("gate with an unreadable configuration: exit %d:\n%s", code, out)
+	}
+	w.expectListenIn(shop, uidNone, "tcp4", "127.0.0.1:9999", okRefused)
+	if err := os.Remove(filepath.Join(w.dir, "allow.d", "broken.yaml")); err != nil {
+		t.Fatal(err)
+	}
+
 	// Restart of egressd: the pins keep the restriction meanwhile.
 	w.stop(syscall.SIGTERM)
 	w.expectListenIn(shop, uidNone, "tcp4", "127.0.0.1:9999", okRefused)

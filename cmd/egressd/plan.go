@@ -180,6 +180,7 @@ func planListen(w io.Writer, o planOptions, cfg *config.Config, users policy.Use
 		}
 	}
 	wantCg := policy.ListenCgroups(cfg, cgs)
+	delete(wantCg, bindguard.Expected) // the units marker, not a cgroup
 	dir := bindguard.DefaultDir
 	if st, err := state.Read(o.RuntimeDir); err == nil && st.ListenDir != "" {
 		dir = st.ListenDir

@@ -119,18 +119,28 @@ func waitUnit(unit, cfgPath, bpfDir string, timeout time.Duration, stderr io.Wri
 }
 
 // unitListen says whether unit's allowlist has listen: (from the
-// configuration: the kernel does not say what should be there) and returns
-// then how to read the listen restriction's cgroup map. A configuration
-// that cannot be read fails the gate: whether the unit may listen anywhere
-// is unknown.
+// configuration: the kernel does not say which unit should be there) and
+// returns then how to read the listen restriction's cgroup map. When the
+// configuration cannot be read (the daemon then enforces its last good
+// one), the kernel decides: while any unit allowlist's listen: is in force
+// or expected, this unit waits for it too (fail closed; a unit without
+// listen: then fails to start until the configuration is fixed).
 func unitListen(cfgPath, unit, bpfDir string) (startgate.ListenMapped, error) {
+	mapped := func(id uint64) (bool, error) { return bindguard.CgroupPinned(bpfDir, id) }
 	cfg, err := config.Load(cfgPath, false)
 	if err != nil {
-		return nil, fmt.Errorf("cannot tell whether unit %s has listen: (configuration: %w)", unit, err)
+		expected, kerr := bindguard.UnitsExpected(bpfDir)
+		switch {
+		case kerr != nil:
+			return nil, fmt.Errorf("cannot tell whether unit %s has listen: (configuration: %v; kernel: %w)", unit, err, kerr)
+		case expected:
+			return mapped, nil
+		}
+		return nil, nil
 	}
 	for _, a := range cfg.Allowlists {
 		if a.Unit == unit && a.Listen != nil {
-			return func(id uint64) (bool, error) { return bindguard.CgroupPinned(bpfDir, id) }, nil
+			return mapped, nil
 		}
 	}
 	return nil, nil

@@ -102,7 +102,13 @@ func (e *Enforcer) Repair() ([]string, error) {
 	if lerr != nil || cerr != nil {
 		return found, errors.Join(lerr, cerr)
 	}
-	if !samePolicy(have, e.users) || !sameRules(haveCg, e.cgroups) {
+	want := Cgroups{}
+	for id, r := range e.cgroups {
+		if id != Expected {
+			want[id] = r
+		}
+	}
+	if !samePolicy(have, e.users) || !sameRules(haveCg, want) {
 		found = append(found, "listen policy maps changed")
 		return found, e.Apply(e.users, e.cgroups)
 	}

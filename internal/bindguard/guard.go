@@ -343,13 +343,14 @@ func (g *Guard) Apply(p Policy) error {
 }
 
 // ApplyCgroups makes the cgroup map hold c, in the order Apply keeps; its
-// key 0 (any unit restricted) is set before the first marker goes in and
-// deleted after the last one went.
+// key 0 (units restricted or expected) is set before the first marker goes
+// in and deleted after the last one went, unless c holds Expected.
 func (g *Guard) ApplyCgroups(c Cgroups) error {
 	want := map[cgroupKey]uint8{}
+	_, expected := c[Expected]
 	for id, r := range c {
-		if id == 0 {
-			return errors.New("cgroup id 0 cannot be restricted")
+		if id == Expected {
+			continue
 		}
 		want[cgroupKey{ID: id}] = r.mode()
 		for _, pt := range r.Ports {
@@ -376,7 +377,7 @@ func (g *Guard) ApplyCgroups(c Cgroups) error {
 		return nil
 	}
 	beforeMarkers := func() error {
-		if len(want) == 0 {
+		if len(want) == 0 && !expected {
 			return nil
 		}
 		return setMask(1)
@@ -385,7 +386,7 @@ func (g *Guard) ApplyCgroups(c Cgroups) error {
 		func(k cgroupKey) string { return fmt.Sprintf("cgroup %d port %d/%d", k.ID, k.Port, k.Proto) }, beforeMarkers); err != nil {
 		return err
 	}
-	if len(want) == 0 {
+	if len(want) == 0 && !expected {
 		if hadMask {
 			if err := g.cgroups.Delete(cgroupKey{}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 				return fmt.Errorf("listen policy: delete the units marker: %w", err)
@@ -511,6 +512,26 @@ func ReadPinnedCgroups(dir string) (Cgroups, error) {
 	}
 	defer m.Close()
 	return (&Guard{progMaps: progMaps{cgroups: m}}).LoadedCgroups()
+}
+
+// UnitsExpected reports whether the cgroup map pinned in dir says that unit
+// rules are in force or expected (its key 0): the start gate's answer when
+// it cannot read the configuration. No map: none expected.
+func UnitsExpected(dir string) (bool, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "cgroups"), &ebpf.LoadPinOptions{ReadOnly: true})
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("the listen restriction pinned in %s: %w", dir, err)
+	}
+	defer m.Close()
+	var v uint8
+	err = m.Lookup(cgroupKey{}, &v)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // CgroupPinned reports whether the cgroup map pinned in dir restricts the

@@ -32,8 +32,14 @@ type Policy map[uint32]Rule
 
 // Cgroups is the desired restriction per unit cgroup id: a bind or listener
 // made in that cgroup or below it (down to level MaxLevel of the hierarchy)
-// obeys its rule, as well as its uid's.
+// obeys its rule, as well as its uid's. The entry Expected (no cgroup has id
+// 0; its rule is ignored) says that a unit allowlist has listen: even while
+// none of its units runs: the kernel then keeps its units marker, which the
+// start gate reads when it cannot read the configuration (UnitsExpected).
 type Cgroups map[uint64]Rule
+
+// Expected is the Cgroups key that marks unit rules as expected.
+const Expected uint64 = 0
 
 // ProtoName is "tcp", "udp" or the protocol number.
 func ProtoName(p uint8) string {

@@ -200,4 +200,24 @@ func TestUnitEventsAndLift(t *testing.T) {
 	if left, _ := entries[cgroupKey](r.guard.cgroups); len(left) != 0 {
 		t.Fatalf("cgroup map not empty after lifting: %v", left)
 	}
+	// Expected: a unit allowlist has listen:, none of its units runs; the
+	// units marker stays for the start gate.
+	if exp, err := UnitsExpected(r.pins); err != nil || exp {
+		t.Fatalf("nothing expected: UnitsExpected = %v, %v", exp, err)
+	}
+	if err := r.guard.ApplyCgroups(Cgroups{Expected: {}}); err != nil {
+		t.Fatal(err)
+	}
+	if exp, err := UnitsExpected(r.pins); err != nil || !exp {
+		t.Fatalf("expected: UnitsExpected = %v, %v", exp, err)
+	}
+	if got := unit.run(other, "tcp4,127.0.0.1,9999"); got != "ok 9999" {
+		t.Fatalf("control: expected, but no cgroup restricted: %q", got)
+	}
+	if err := r.guard.ApplyCgroups(Cgroups{}); err != nil {
+		t.Fatal(err)
+	}
+	if exp, err := UnitsExpected(r.pins); err != nil || exp {
+		t.Fatalf("lifted: UnitsExpected = %v, %v", exp, err)
+	}
 }

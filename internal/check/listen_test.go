@@ -84,8 +84,11 @@ func TestListenProblemsUnit(t *testing.T) {
 		}
 		return fmt.Sprint(out)
 	}
-	if got := kinds(&state.State{}); got != "[]" {
-		t.Errorf("unit not running, nothing loaded: %s", got)
+	if got := kinds(&state.State{}); got != "[listen_unenforced]" {
+		t.Errorf("unit not running, nothing loaded (its gate would fail): %s", got)
+	}
+	if got := kinds(&state.State{ListenDir: bindguard.DefaultDir}); got != "[]" {
+		t.Errorf("unit not running, restriction loaded: %s", got)
 	}
 	running = []cgroup.Unit{{Name: "shop.service", Path: "system.slice/shop.service", ID: 42, Allowlist: "shop"}}
 	if got := kinds(&state.State{}); got != "[listen_unenforced]" {

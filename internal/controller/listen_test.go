@@ -117,7 +117,7 @@ func TestListenUnit(t *testing.T) {
 		t.Fatal(err)
 	}
 	last := func() bindguard.Cgroups { return fl.cgroups[len(fl.cgroups)-1] }
-	if got := fmt.Sprint(last()); got != fmt.Sprintf("map[%d:{false [{6 8080}]}]", id1) {
+	if got := fmt.Sprint(last()); got != fmt.Sprintf("map[0:{false []} %d:{false [{6 8080}]}]", id1) {
 		t.Fatalf("cgroups applied %s", got)
 	}
 	if a, u, ok := f.c.CgroupOf(id1); !ok || a != "shop" || u != "shop.service" {
@@ -136,7 +136,7 @@ func TestListenUnit(t *testing.T) {
 	if err := f.c.sync(); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := last()[id1]; ok || len(last()) != 1 || len(last()[id2].Ports) != 1 {
+	if _, ok := last()[id1]; ok || len(last()) != 2 || len(last()[id2].Ports) != 1 {
 		t.Fatalf("after the restart: %v, want only %d", last(), id2)
 	}
 }

@@ -106,8 +106,9 @@ first, so the service does not start. Needs CAP_NET_ADMIN to read nf_tables
 must run inside that unit, as its first ExecStartPre=: it waits until the
 kernel restricts the unit's current cgroup and, when the unit's allowlist
 (read from --config) has listen:, until the listen restriction pinned in
---bpf-dir holds that cgroup too; a configuration it cannot read, or a
-restriction that is not loaded, fails the gate.`),
+--bpf-dir holds that cgroup too (a configuration it cannot read: while any
+unit allowlist's listen: is in force); a restriction that is not loaded
+fails the gate.`),
 		Item("remove", `Delete the table inet egressd and detach the listen
 restriction (the BPF programs pinned in --bpf-dir): every restriction is
 lifted. For uninstalling and emergencies. Refused while the daemon runs (it

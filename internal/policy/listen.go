@@ -26,12 +26,16 @@ func Listen(cfg *config.Config, users Users) bindguard.Policy {
 
 // ListenCgroups is the listen restriction the kernel should hold for units:
 // for each current cgroup of a unit allowlist with a listen: key (cgs, as
-// the unit follower found them), that allowlist's ports.
+// the unit follower found them), that allowlist's ports; and
+// bindguard.Expected while any unit allowlist has listen:.
 func ListenCgroups(cfg *config.Config, cgs []ruleset.Cgroup) bindguard.Cgroups {
 	c := bindguard.Cgroups{}
 	byName := map[string]*config.Allowlist{}
 	for _, a := range cfg.Allowlists {
 		byName[a.Name] = a
+		if a.IsUnit() && a.Listen != nil {
+			c[bindguard.Expected] = bindguard.Rule{}
+		}
 	}
 	for _, cg := range cgs {
 		a := byName[cg.Allowlist]
