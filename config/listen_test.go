@@ -22,7 +22,7 @@ func TestParseAllowlistListen(t *testing.T) {
 		{name: "port 0", yaml: "user: app\nlisten: [tcp:0]\n", err: "not a number from 1 to 65535"},
 		{name: "overlap", yaml: "user: app\nlisten: [tcp:8000-8080, tcp:8080]\n", err: "2:25: listen: tcp:8080 overlaps tcp:8000-8080"},
 		{name: "too many", yaml: "user: app\nlisten: [tcp:1-65535]\n", err: "more than 4096 ports"},
-		{name: "unit", yaml: "unit: app.service\nlisten: [tcp:80]\n", err: "allowlist.yaml:1:7: listen: is not available for a unit allowlist yet"},
+		{name: "unit", yaml: "unit: app.service\nlisten: [tcp:80]\n", want: "tcp:80"},
 		{name: "scalar", yaml: "user: app\nlisten: tcp:8080\n", err: "2:9: listen: expected a list"},
 	}
 	for _, tt := range tests {

@@ -533,9 +533,6 @@ func ParseAllowlist(file, name string, data []byte) (*Allowlist, error) {
 		if a.Unit != "" && a.DNS == DNSProxy {
 			p.errs = append(p.errs, &Error{Pos: a.UnitPos, Msg: "dns: proxy is not available for a unit allowlist yet: the kernel redirects DNS queries by the socket's uid; use dns: resolvers, or a user allowlist"})
 		}
-		if a.Unit != "" && a.Listen != nil {
-			p.errs = append(p.errs, &Error{Pos: a.UnitPos, Msg: "listen: is not available for a unit allowlist yet: egressd restricts listening ports by uid; use a user allowlist, or systemd's SocketBindAllow= where it is enforced (egressd harden --audit says)"})
-		}
 		if unlistedAt != nil && a.DNS != DNSProxy {
 			p.errorf(unlistedAt, "dns_unlisted: applies only with dns: proxy (this allowlist has dns: %s)", a.DNS)
 		}

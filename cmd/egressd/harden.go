@@ -54,7 +54,7 @@ func cmdHarden(args []string, stdout, stderr io.Writer) int {
 	}
 	localVersion, localBPF := localSystemd()
 	if *audit != "" {
-		r, err := harden.Audit(*audit, harden.Env{BPF: localBPF, AllowlistFor: allowlistFor(*cfgPath), Egressd: installedSelf()})
+		r, err := harden.Audit(*audit, harden.Env{BPF: localBPF, AllowlistFor: allowlistFor(*cfgPath), ListenFor: listenFor(*cfgPath), Egressd: installedSelf()})
 		if err != nil {
 			fmt.Fprintln(stderr, "egressd harden --audit:", err)
 			return 2
@@ -209,6 +209,39 @@ func localSystemd() (int, harden.Feature) {
 
 // allowlistFor answers which allowlist restricts a user, from the
 // configuration at cfgPath (its absence means: no allowlists).
+// listenFor finds the allowlist of a unit (a unit allowlist) or else of its
+// user, and its listen: entries (harden --audit).
+func listenFor(cfgPath string) func(unit, user string) (string, []string, bool, error) {
+	return func(unit, userName string) (string, []string, bool, error) {
+		cfg, err := config.Load(cfgPath, false)
+		if err != nil {
+			return "", nil, false, err
+		}
+		var found *config.Allowlist
+		for _, a := range cfg.Allowlists {
+			if a.Unit != "" && a.Unit == unit {
+				found = a
+			}
+		}
+		if found == nil && userName != "" {
+			uid, uidErr := lookupUID(userName)
+			for _, a := range cfg.Allowlists {
+				if n, ok := a.NumericUID(); a.User == userName || (ok && uidErr == nil && n == uid) {
+					found = a
+				}
+			}
+		}
+		if found == nil || found.Listen == nil {
+			return "", nil, false, nil
+		}
+		entries := make([]string, 0, len(found.Listen))
+		for _, l := range found.Listen {
+			entries = append(entries, l.String())
+		}
+		return found.Name, entries, true, nil
+	}
+}
+
 func allowlistFor(cfgPath string) func(string) (string, bool, error) {
 	return func(userName string) (string, bool, error) {
 		cfg, err := config.Load(cfgPath, false)

@@ -276,7 +276,7 @@ func pidOr(pid int) string {
 }
 
 // listenPinDir is --bpf-dir when given; else, under systemd, the bpffs that
-// egressd-listen.conf binds at $RUNTIME_DIRECTORY/bpf (root's /sys/fs/bpf is
+// egressd.service binds at $RUNTIME_DIRECTORY/bpf (root's /sys/fs/bpf is
 // closed to egressd's dynamic user) when it is there; else the default.
 func listenPinDir(fs *flag.FlagSet, dir string) string {
 	given := false

@@ -6,12 +6,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"sort"
 	"strings"
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/bindguard"
+	"github.com/egressd/egressd/internal/cgroup"
 	"github.com/egressd/egressd/internal/check"
 	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/internal/state"
@@ -95,7 +97,7 @@ func plan(ctx context.Context, o planOptions, stdout, stderr io.Writer) int {
 		comment(stdout, "the restricted units' cgroups cannot be found (%v): unit allowlists map none", cgErr)
 	}
 	io.WriteString(stdout, p.NFT()) //nolint:errcheck
-	planListen(stdout, o, p.listen, users)
+	planListen(stdout, o, cfg, p.listen, p.listenCg, users)
 
 	fmt.Fprintln(stdout, "\n# difference with the kernel:")
 	if !o.CanAdmin() {
@@ -152,7 +154,8 @@ func comment(w io.Writer, format string, a ...any) {
 // restriction.
 type nowPlan struct {
 	ruleset.Plan
-	listen bindguard.Policy
+	listen   bindguard.Policy
+	listenCg bindguard.Cgroups
 }
 
 // planNow is the plan `egressd run` would apply now (check.Desired, the
@@ -173,17 +176,27 @@ func planNow(ctx context.Context, o planOptions, cfg *config.Config) (nowPlan, m
 	h, _ := resolver.NewHostsWith(cfg.HostsFile, o.Trust.ReadFile)
 	fresh := check.Resolve(ctx, cfg, &resolver.HostsFirst{Hosts: h, Next: q})
 	d, err := check.Desired(cfg, users, fresh, h, o.CgroupRoot)
-	return nowPlan{Plan: ruleset.Render(d.Ruleset), listen: d.Listen}, fresh, users, err
+	return nowPlan{Plan: ruleset.Render(d.Ruleset), listen: d.Listen, listenCg: d.ListenCgroups}, fresh, users, err
 }
 
 // planListen shows the listen restriction run would load (allowlists'
 // listen:) and what the kernel holds, when either has any.
-func planListen(w io.Writer, o planOptions, want bindguard.Policy, users policy.Users) {
+func planListen(w io.Writer, o planOptions, cfg *config.Config, want bindguard.Policy, wantCg bindguard.Cgroups, users policy.Users) {
+	// Units' rules are keyed by the cgroups of the units running now.
+	cgNames := map[uint64]string{}
+	if found, err := cgroup.Restricted(o.CgroupRoot, cfg); err == nil {
+		for _, f := range found {
+			cgNames[f.ID] = f.Allowlist + ", /" + f.Path
+		}
+	}
+	wantCg = maps.Clone(wantCg)
+	delete(wantCg, bindguard.Expected) // the units marker, not a cgroup
 	dir := bindguard.DefaultDir
 	if st, err := state.Read(o.RuntimeDir); err == nil && st.ListenDir != "" {
 		dir = st.ListenDir
 	}
 	var have bindguard.Policy
+	var haveCg bindguard.Cgroups
 	var herr error
 	if o.CanAdmin() {
 		have, herr = bindguard.ReadPinned(dir)
@@ -191,16 +204,22 @@ func planListen(w io.Writer, o planOptions, want bindguard.Policy, users policy.
 			dir = bindguard.DefaultDir
 			have, herr = bindguard.ReadPinned(dir)
 		}
+		if herr == nil {
+			haveCg, herr = bindguard.ReadPinnedCgroups(dir)
+		}
 	}
-	if len(want) == 0 && (herr != nil || have == nil) {
+	if len(want) == 0 && len(wantCg) == 0 && (herr != nil || have == nil) {
 		return
 	}
 	names := map[uint32]string{}
 	for name, uid := range users.UIDs {
 		names[uid] = name
 	}
+	text := func(p bindguard.Policy, c bindguard.Cgroups, indent string) string {
+		return listenText(p, names, indent) + cgroupListenText(c, cgNames, indent)
+	}
 	fmt.Fprintln(w, "\n# listen restriction (cgroup BPF bind4, bind6, ingress; docs/hardening.md \"Listening ports\"):")
-	fmt.Fprint(w, listenText(want, names, "#   "))
+	fmt.Fprint(w, text(want, wantCg, "#   "))
 	switch {
 	case !o.CanAdmin():
 		fmt.Fprintln(w, "# loaded in the kernel: not shown (needs root)")
@@ -208,12 +227,40 @@ func planListen(w io.Writer, o planOptions, want bindguard.Policy, users policy.
 		fmt.Fprintln(w, "# loaded in the kernel: nothing (run loads it)")
 	case herr != nil:
 		fmt.Fprintln(w, "# loaded in the kernel: cannot read:", herr)
-	case listenText(have, names, "") == listenText(want, names, ""):
+	case text(have, haveCg, "") == text(want, wantCg, ""):
 		fmt.Fprintf(w, "# loaded in the kernel (%s): the same\n", dir)
 	default:
 		fmt.Fprintf(w, "# loaded in the kernel (%s), differs:\n", dir)
-		fmt.Fprint(w, listenText(have, names, "#   "))
+		fmt.Fprint(w, text(have, haveCg, "#   "))
 	}
+}
+
+// cgroupListenText lists units' cgroups' rules, by cgroup id.
+func cgroupListenText(c bindguard.Cgroups, names map[uint64]string, indent string) string {
+	ids := make([]uint64, 0, len(c))
+	for id := range c {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	var b strings.Builder
+	for _, id := range ids {
+		r := c[id]
+		ports := make([]string, 0, len(r.Ports))
+		for _, pt := range r.Ports {
+			ports = append(ports, fmt.Sprintf("%s:%d", bindguard.ProtoName(pt.Proto), pt.Port))
+		}
+		sort.Strings(ports)
+		list := strings.Join(ports, " ")
+		if list == "" {
+			list = "no port"
+		}
+		mode := ""
+		if r.Audit {
+			mode = " (audit: reported, allowed)"
+		}
+		fmt.Fprintf(&b, "%scgroup %d (%s) may listen on: %s%s\n", indent, id, names[id], list, mode)
+	}
+	return b.String()
 }
 
 func listenText(p bindguard.Policy, names map[uint32]string, indent string) string {

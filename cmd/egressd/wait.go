@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/bindguard"
 	"github.com/egressd/egressd/internal/cgroup"
 	"github.com/egressd/egressd/internal/startgate"
 	"github.com/egressd/egressd/ruleset"
@@ -28,6 +29,7 @@ func cmdWait(args []string, stderr io.Writer) int {
 	allowlist := fs.String("allowlist", "", "the allowlist (NAME of allow.d/NAME.yaml); its user is waited for")
 	cfgPath := fs.String("config", config.DefaultPath, "main configuration file (with --allowlist)")
 	timeout := fs.Duration("timeout", 30*time.Second, "how long to wait; 0 checks once")
+	bpfDir := fs.String("bpf-dir", bindguard.DefaultDir, "where egressd pins the listen restriction (--unit of an allowlist with listen:)")
 	if code, done := parseFlags(fs, args); done {
 		return code
 	}
@@ -46,7 +48,7 @@ func cmdWait(args []string, stderr io.Writer) int {
 		}
 	}
 	if *unit != "" {
-		return waitUnit(*unit, *timeout, stderr)
+		return waitUnit(*unit, *cfgPath, *bpfDir, *timeout, stderr)
 	}
 	var uid uint32
 	var err error
@@ -77,11 +79,18 @@ func cmdWait(args []string, stderr io.Writer) int {
 }
 
 // waitUnit is the gate of a unit allowlist: this process runs in the
-// unit's new cgroup; wait until the kernel maps that cgroup to the unit.
-func waitUnit(unit string, timeout time.Duration, stderr io.Writer) int {
+// unit's new cgroup; wait until the kernel maps that cgroup to the unit,
+// and, when the unit's allowlist has listen:, until the listen restriction
+// holds it too.
+func waitUnit(unit, cfgPath, bpfDir string, timeout time.Duration, stderr io.Writer) int {
 	if err := config.ValidUnit(unit); err != nil {
 		fmt.Fprintln(stderr, "egressd wait: --unit:", err)
 		return 2
+	}
+	listen, err := unitListen(cfgPath, unit, bpfDir)
+	if err != nil {
+		fmt.Fprintln(stderr, "egressd wait:", err, "; not starting")
+		return 1
 	}
 	root, err := cgroup.Root()
 	if err == nil {
@@ -98,7 +107,7 @@ func waitUnit(unit string, timeout time.Duration, stderr io.Writer) int {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
 			defer cancel()
-			if err := startgate.WaitUnit(ctx, &ruleset.Netlink{}, unit, id, 50*time.Millisecond); err != nil {
+			if err := startgate.WaitUnit(ctx, &ruleset.Netlink{}, unit, id, listen, 50*time.Millisecond); err != nil {
 				fmt.Fprintf(stderr, "egressd wait: %v after %s: egressd does not enforce an allowlist for this cgroup of the unit; not starting\n", err, timeout)
 				return 1
 			}
@@ -107,6 +116,34 @@ func waitUnit(unit string, timeout time.Duration, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stderr, "egressd wait:", err, "; not starting")
 	return 1
+}
+
+// unitListen says whether unit's allowlist has listen: (from the
+// configuration: the kernel does not say which unit should be there) and
+// returns then how to read the listen restriction's cgroup map. When the
+// configuration cannot be read (the daemon then enforces its last good
+// one), the kernel decides: while any unit allowlist's listen: is in force
+// or expected, this unit waits for it too (fail closed; a unit without
+// listen: then fails to start until the configuration is fixed).
+func unitListen(cfgPath, unit, bpfDir string) (startgate.ListenMapped, error) {
+	mapped := func(id uint64) (bool, error) { return bindguard.CgroupPinned(bpfDir, id) }
+	cfg, err := config.Load(cfgPath, false)
+	if err != nil {
+		expected, kerr := bindguard.UnitsExpected(bpfDir)
+		switch {
+		case kerr != nil:
+			return nil, fmt.Errorf("cannot tell whether unit %s has listen: (configuration: %v; kernel: %w)", unit, err, kerr)
+		case expected:
+			return mapped, nil
+		}
+		return nil, nil
+	}
+	for _, a := range cfg.Allowlists {
+		if a.Unit == unit && a.Listen != nil {
+			return mapped, nil
+		}
+	}
+	return nil, nil
 }
 
 // allowlistUnit is the unit of a unit allowlist ("" for a user's).

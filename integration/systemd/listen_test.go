@@ -1,6 +1,7 @@
 package systemd
 
 import (
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -10,10 +11,12 @@ import (
 
 // TestSystemdListen: on Debian 12's systemd (built -BPF_FRAMEWORK, where
 // SocketBindDeny= is a no-op) a hardened service whose allowlist has
-// listen: [tcp:8080] serves on 8080 and cannot bind 9999: egressd enforces
-// it, across restarts of the service and of egressd, and while egressd is
-// stopped. On Debian 13's (+BPF_FRAMEWORK) systemd's own SocketBind* run
-// beside it.
+// listen: [tcp:8080] serves on 8080 and cannot bind 9999, and so does a
+// unit allowlist's service (listen: [tcp:8090], its start gate waiting for
+// its new cgroup in the listen restriction): egressd enforces it, with
+// egressd.service as shipped (no drop-in), across restarts of the services
+// and of egressd, and while egressd is stopped. On Debian 13's
+// (+BPF_FRAMEWORK) systemd's own SocketBind* run beside it.
 func TestSystemdListen(t *testing.T) {
 	require(t)
 	for _, s := range []string{suite, trixie} {
@@ -42,7 +45,7 @@ func testSystemdListen(t *testing.T, suite string) {
 	c := newContainerFrom(t, rootfsFor(t, suite), binds(t)...)
 	c.rw = append(c.rw, bpffs+":/sys/fs/bpf")
 	// A host's systemd holds every capability; systemd-nspawn's default set
-	// lacks CAP_BPF, which egressd.service is given.
+	// lacks CAP_BPF, which egressd.service holds.
 	c.caps = append(c.caps, "CAP_BPF")
 	c.Write("/etc/systemd/system/targets.service",
 		"[Unit]\nDescription=test destinations (root)\nBefore=egressd.service\n\n[Service]\nExecStart=/usr/local/bin/egressd-probe serve "+
@@ -52,30 +55,40 @@ func testSystemdListen(t *testing.T, suite string) {
 	c.Must("systemctl", "enable", "--now", "targets.service")
 	c.Must("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "billing")
 	c.Write("/etc/systemd/system/billing.service", serviceUnit(8080), 0o644)
+	c.Write("/etc/systemd/system/shop.service", unitService(8090, "www-data"), 0o644)
 	c.Must("install", "-m", "0644", "/src/egressd.service", "/etc/systemd/system/egressd.service")
-	c.Must("install", "-D", "-m", "0644", "/src/egressd-listen.conf", "/etc/systemd/system/egressd.service.d/listen.conf")
 	c.Must("install", "-d", "-m", "0755", "/etc/egressd", "/etc/egressd/allow.d")
 	c.Must("install", "-m", "0644", "/src/egressd.yaml", "/etc/egressd/egressd.yaml")
 	c.Write("/etc/egressd/allow.d/billing.yaml", allowlistFor("billing")+"listen: [tcp:8080]\n", 0o644)
+	c.Write("/etc/egressd/allow.d/shop.yaml", unitAllowlist("shop.service")+"listen: [tcp:8090]\n", 0o644)
 	c.Must("systemctl", "daemon-reload")
 	c.Must("systemctl", "enable", "--now", "egressd.service")
 	dropIn, _ := c.harden(t, "billing.service", "--user", "billing", "--listen", "tcp:8080")
+	shopDropIn, _ := c.harden(t, "shop.service", "--allowlist", "shop", "--user", "www-data", "--listen", "tcp:8090")
+	if !strings.Contains(shopDropIn, " wait --unit shop.service ") {
+		t.Errorf("shop's drop-in has no unit gate:\n%s", shopDropIn)
+	}
 	c.Must("systemctl", "daemon-reload")
-	c.Must("systemctl", "start", "billing.service")
+	c.Must("systemctl", "start", "billing.service", "shop.service")
 
+	boundOn := func(name string, port int, when string) {
+		t.Helper()
+		c.restricted(t, port, when) // it serves on port (the agent answers there)
+		got := c.ask(port, "listen", "127.0.0.1:9999")
+		if !strings.Contains(got, "operation not permitted") {
+			t.Errorf("%s: %s bound 127.0.0.1:9999: %s\n%s", when, name, got, c.Must("journalctl", "--no-pager", "-o", "cat", "-u", "egressd.service"))
+		}
+		if got := c.ask(port, "listen", "[::]:9999"); !strings.Contains(got, "operation not permitted") {
+			t.Errorf("%s: %s bound [::]:9999: %s", when, name, got)
+		}
+		if got := strings.TrimSpace(c.Must("egressd-probe", "ask", fmt.Sprintf("127.0.0.1:%d", port), "pid", "-")); strings.HasPrefix(got, "error") {
+			t.Errorf("%s: %s does not serve on %d: %s", when, name, port, got)
+		}
+	}
 	bound := func(when string) {
 		t.Helper()
-		c.restricted(t, 8080, when) // it serves on 8080 (the agent answers there)
-		got := c.ask(8080, "listen", "127.0.0.1:9999")
-		if !strings.Contains(got, "operation not permitted") {
-			t.Errorf("%s: billing bound 127.0.0.1:9999: %s\n%s", when, got, c.Must("journalctl", "--no-pager", "-o", "cat", "-u", "egressd.service"))
-		}
-		if got := c.ask(8080, "listen", "[::]:9999"); !strings.Contains(got, "operation not permitted") {
-			t.Errorf("%s: billing bound [::]:9999: %s", when, got)
-		}
-		if got := strings.TrimSpace(c.Must("egressd-probe", "ask", "127.0.0.1:8080", "pid", "-")); strings.HasPrefix(got, "error") {
-			t.Errorf("%s: billing does not serve on 8080: %s", when, got)
-		}
+		boundOn("billing", 8080, when)
+		boundOn("shop.service (unit allowlist)", 8090, when)
 	}
 	if !bpf && !strings.Contains(dropIn, "NOT ENFORCED") {
 		t.Errorf("-BPF_FRAMEWORK: the drop-in claims SocketBindDeny= is enforced:\n%s", dropIn)
@@ -87,13 +100,19 @@ func testSystemdListen(t *testing.T, suite string) {
 	if log := c.Must("journalctl", "--no-pager", "-o", "cat", "-u", "egressd.service"); !strings.Contains(log, `"event":"bind_denied"`) || !strings.Contains(log, `"port":9999`) {
 		t.Errorf("no bind_denied event for port 9999 in egressd's journal:\n%s", log)
 	}
-	c.Must("systemctl", "restart", "billing.service")
-	bound("service restarted")
+	if log := c.Must("journalctl", "--no-pager", "-o", "cat", "-u", "egressd.service"); !strings.Contains(log, `"unit":"shop.service"`) {
+		t.Errorf("no bind_denied event naming shop.service in egressd's journal:\n%s", log)
+	}
+	c.Must("systemctl", "restart", "billing.service", "shop.service")
+	bound("services restarted")
 	c.Must("systemctl", "restart", "egressd.service")
 	bound("egressd restarted")
 	c.Must("systemctl", "stop", "egressd.service")
 	bound("egressd stopped")
+
 	c.Must("systemctl", "start", "egressd.service")
+	c.Must("systemctl", "restart", "shop.service")
+	bound("egressd started again, shop restarted")
 	if out, err := c.Run("egressd", "check"); err != nil {
 		t.Errorf("egressd check: %v\n%s", err, out)
 	}

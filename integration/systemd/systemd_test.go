@@ -142,8 +142,11 @@ func TestSystemd(t *testing.T) {
 		if m == nil {
 			t.Fatalf("systemd-analyze security egressd.service:\n%s", out)
 		}
-		if score, _ := strconv.ParseFloat(m[1], 64); score > 1.5 {
-			t.Errorf("egressd.service exposure %.1f > 1.5:\n%s", score, out)
+		// 1.5 before egressd.service held CAP_BPF and bpf(2) for listen:
+		// (docs/hardening.md, Listening ports), which cost 0.2 (measured
+		// 1.5 → 1.7 with systemd 252's systemd-analyze security).
+		if score, _ := strconv.ParseFloat(m[1], 64); score > 1.7 {
+			t.Errorf("egressd.service exposure %.1f > 1.7:\n%s", score, out)
 		}
 		if out, err := c.Run("systemd-analyze", "verify", "/etc/systemd/system/egressd.socket", "/etc/systemd/system/egressd.service"); err != nil || strings.TrimSpace(out) != "" {
 			t.Errorf("systemd-analyze verify egressd.socket egressd.service: %v\n%s", err, out)

@@ -23,13 +23,17 @@ type Enforcer struct {
 	// OnOpen is called once the guard is open (the daemon reads its events).
 	OnOpen func(*Guard)
 	guard  *Guard
+	// The policies last applied (Repair compares the maps with them).
+	users   Policy
+	cgroups Cgroups
 }
 
-// Apply brings the kernel to p, loading and attaching the programs first if
-// needed. With nothing to restrict and nothing pinned, it loads nothing.
-func (e *Enforcer) Apply(p Policy) error {
+// Apply brings the kernel to p (uids) and c (unit cgroups), loading and
+// attaching the programs first if needed. With nothing to restrict and
+// nothing pinned, it loads nothing.
+func (e *Enforcer) Apply(p Policy, c Cgroups) error {
 	if e.guard == nil {
-		if len(p) == 0 && len(Pinned(e.dir())) == 0 {
+		if len(p) == 0 && len(c) == 0 && len(Pinned(e.dir())) == 0 {
 			return nil
 		}
 		g, err := e.open()
@@ -41,7 +45,15 @@ func (e *Enforcer) Apply(p Policy) error {
 			e.OnOpen(g)
 		}
 	}
-	return e.guard.Apply(p)
+	e.users, e.cgroups = nil, nil // unknown until both are in
+	if err := e.guard.Apply(p); err != nil {
+		return err
+	}
+	if err := e.guard.ApplyCgroups(c); err != nil {
+		return err
+	}
+	e.users, e.cgroups = p, c
+	return nil
 }
 
 func (e *Enforcer) dir() string {
@@ -60,7 +72,7 @@ func (e *Enforcer) open() (*Guard, error) {
 		}
 		cg = root
 	}
-	// The pin directory may be a bpffs (a bind of one, as egressd-listen.conf
+	// The pin directory may be a bpffs (a bind of one, as egressd.service
 	// makes); else its parent must be one, mounted here if need be.
 	if !IsBPFFS(e.dir()) {
 		if err := EnsureBPFFS(filepath.Dir(e.dir())); err != nil {
@@ -69,9 +81,38 @@ func (e *Enforcer) open() (*Guard, error) {
 	}
 	g, err := Open(cg, e.dir())
 	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EROFS) || errors.Is(err, unix.EACCES) {
-		return nil, fmt.Errorf("%w (egressd needs CAP_BPF, bpf(2) and a writable /sys/fs/bpf: under systemd, install egressd-listen.conf as /etc/systemd/system/egressd.service.d/listen.conf)", err)
+		return nil, fmt.Errorf("%w (egressd needs CAP_BPF, bpf(2) and a writable /sys/fs/bpf: egressd.service as shipped grants them: check for a drop-in that takes them away)", err)
 	}
 	return g, err
+}
+
+// Repair puts back what another process undid of a loaded restriction
+// (Guard.Repair); nothing while none is loaded.
+func (e *Enforcer) Repair() ([]string, error) {
+	if e.guard == nil {
+		return nil, nil
+	}
+	found, err := e.guard.Repair()
+	if err != nil || e.users == nil {
+		return found, err
+	}
+	// Entries another process changed in the maps: written again.
+	have, lerr := e.guard.Loaded()
+	haveCg, cerr := e.guard.LoadedCgroups()
+	if lerr != nil || cerr != nil {
+		return found, errors.Join(lerr, cerr)
+	}
+	want := Cgroups{}
+	for id, r := range e.cgroups {
+		if id != Expected {
+			want[id] = r
+		}
+	}
+	if !samePolicy(have, e.users) || !sameRules(haveCg, want) {
+		found = append(found, "listen policy maps changed")
+		return found, e.Apply(e.users, e.cgroups)
+	}
+	return found, nil
 }
 
 // Remove detaches the programs and deletes the pins (on_exit: remove).

@@ -31,14 +31,26 @@ type key struct {
 	_     uint8
 }
 
-// MaxEntries bounds the policy map (uid markers plus listed ports).
+// cgroupKey is the cgroup map's key; {id, 0, 0} marks a restricted unit's
+// cgroup, {0, 0, 0} holds the mask of levels such cgroups sit at.
+type cgroupKey struct {
+	ID    uint64
+	Port  uint16
+	Proto uint8
+	_     [5]uint8
+}
+
+// MaxEntries bounds the policy map (uid markers plus listed ports), and the
+// cgroup map likewise.
 const MaxEntries = 65536
 
 const eventsSize = 256 << 10
 
 var (
-	policySpec = &ebpf.MapSpec{Name: "egressd_listen", Type: ebpf.Hash, KeySize: 8, ValueSize: 1, MaxEntries: MaxEntries}
-	eventsSpec = &ebpf.MapSpec{Name: "egressd_binddeny", Type: ebpf.RingBuf, MaxEntries: eventsSize}
+	policySpec  = &ebpf.MapSpec{Name: "egressd_listen", Type: ebpf.Hash, KeySize: 8, ValueSize: 1, MaxEntries: MaxEntries}
+	cgroupsSpec = &ebpf.MapSpec{Name: "egressd_lunits", Type: ebpf.Hash, KeySize: 16, ValueSize: 1, MaxEntries: MaxEntries}
+	eventsSpec  = &ebpf.MapSpec{Name: "egressd_binddeny", Type: ebpf.RingBuf, MaxEntries: eventsSize}
+	lostSpec    = &ebpf.MapSpec{Name: "egressd_bindlost", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1}
 )
 
 // hook is one attachment: a program on one cgroup hook, pinned under a name.
@@ -46,12 +58,12 @@ type hook struct {
 	name   string
 	typ    ebpf.ProgramType
 	attach ebpf.AttachType
-	insns  func(policy, events *ebpf.Map) asm.Instructions
+	insns  func(progMaps) asm.Instructions
 }
 
 var hooks = []hook{
-	{"bind4", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Bind, func(p, e *ebpf.Map) asm.Instructions { return bindProgram(p, e, afInet) }},
-	{"bind6", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet6Bind, func(p, e *ebpf.Map) asm.Instructions { return bindProgram(p, e, afInet6) }},
+	{"bind4", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Bind, func(m progMaps) asm.Instructions { return bindProgram(m, afInet) }},
+	{"bind6", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet6Bind, func(m progMaps) asm.Instructions { return bindProgram(m, afInet6) }},
 	{"ingress", ebpf.CGroupSKB, ebpf.AttachCGroupInetIngress, ingressProgram},
 }
 
@@ -67,9 +79,9 @@ func Hooks() []string {
 // Guard is the loaded restriction: its maps and links.
 type Guard struct {
 	dir    string
-	policy *ebpf.Map
-	events *ebpf.Map
-	links  []link.Link
+	cgroup string // where the programs attach
+	progMaps
+	links []link.Link
 }
 
 // ErrUnsupported wraps a kernel that lacks a feature the restriction needs
@@ -83,7 +95,7 @@ func Open(cgroupPath, dir string) (_ *Guard, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("bpf pin directory: %w", err)
 	}
-	g := &Guard{dir: dir}
+	g := &Guard{dir: dir, cgroup: cgroupPath}
 	defer func() {
 		if err != nil {
 			g.Close()
@@ -92,11 +104,17 @@ func Open(cgroupPath, dir string) (_ *Guard, err error) {
 	if g.policy, err = pinnedMap(policySpec, filepath.Join(dir, "policy")); err != nil {
 		return nil, err
 	}
+	if g.cgroups, err = pinnedMap(cgroupsSpec, filepath.Join(dir, "cgroups")); err != nil {
+		return nil, err
+	}
 	if g.events, err = pinnedMap(eventsSpec, filepath.Join(dir, "events")); err != nil {
 		return nil, err
 	}
+	if g.lost, err = pinnedMap(lostSpec, filepath.Join(dir, "lost")); err != nil {
+		return nil, err
+	}
 	for _, h := range hooks {
-		l, err := attach(h, g.policy, g.events, cgroupPath, filepath.Join(dir, h.name))
+		l, err := attach(h, g.progMaps, cgroupPath, filepath.Join(dir, h.name))
 		if err != nil {
 			return nil, err
 		}
@@ -127,12 +145,12 @@ func pinnedMap(spec *ebpf.MapSpec, pin string) (*ebpf.Map, error) {
 	return m, nil
 }
 
-func attach(h hook, policy, events *ebpf.Map, cgroupPath, pin string) (link.Link, error) {
+func attach(h hook, m progMaps, cgroupPath, pin string) (link.Link, error) {
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name:         "egressd_" + h.name,
 		Type:         h.typ,
 		AttachType:   h.attach,
-		Instructions: h.insns(policy, events),
+		Instructions: h.insns(m),
 		License:      "GPL",
 	})
 	if err != nil {
@@ -159,18 +177,104 @@ func attach(h hook, policy, events *ebpf.Map, cgroupPath, pin string) (link.Link
 	return l, nil
 }
 
+// Repair finds what another process (root: bpftool, a cleanup script)
+// undid of the restriction and puts it back: a link detached from its
+// cgroup (BPF_LINK_DETACH) is replaced by a new attachment, a link or map
+// whose pin was removed is pinned again (while egressd holds it, an
+// unpinned program stays attached; it would go with egressd). It returns
+// what it found, in words, empty when nothing was undone.
+func (g *Guard) Repair() ([]string, error) {
+	var found []string
+	var errs []error
+	for i, h := range hooks {
+		pin := filepath.Join(g.dir, h.name)
+		l := g.links[i]
+		info, err := l.Info()
+		if err != nil || info.Cgroup() == nil || info.Cgroup().CgroupId == 0 {
+			found = append(found, fmt.Sprintf("listen %s program detached from its cgroup", h.name))
+			os.Remove(pin) //nolint:errcheck // the defunct link's pin, if any
+			nl, err := attach(h, g.progMaps, g.cgroup, pin)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			l.Close()
+			g.links[i] = nl
+			continue
+		}
+		if !pinnedHere(pin, info.ID) {
+			found = append(found, fmt.Sprintf("listen %s link unpinned", h.name))
+			os.Remove(pin) //nolint:errcheck // another object pinned in its place
+			if err := l.Unpin(); err != nil {
+				errs = append(errs, fmt.Errorf("unpin %s: %w", pin, err))
+				continue
+			}
+			if err := l.Pin(pin); err != nil {
+				errs = append(errs, fmt.Errorf("pin link %s: %w", pin, err))
+			}
+		}
+	}
+	for name, m := range map[string]*ebpf.Map{"policy": g.policy, "cgroups": g.cgroups, "events": g.events, "lost": g.lost} {
+		pin := filepath.Join(g.dir, name)
+		if _, err := os.Stat(pin); err == nil {
+			continue
+		}
+		found = append(found, fmt.Sprintf("listen %s map unpinned", name))
+		if err := m.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("unpin %s: %w", pin, err))
+			continue
+		}
+		if err := m.Pin(pin); err != nil {
+			errs = append(errs, fmt.Errorf("pin map %s: %w", pin, err))
+		}
+	}
+	sort.Strings(found)
+	return found, errors.Join(errs...)
+}
+
+// pinnedHere reports whether pin holds the link id.
+func pinnedHere(pin string, id link.ID) bool {
+	l, err := link.LoadPinnedLink(pin, nil)
+	if err != nil {
+		return false
+	}
+	defer l.Close()
+	info, err := l.Info()
+	return err == nil && info.ID == id
+}
+
+// Attached reports what of the restriction pinned in dir is missing or
+// detached (check): a hook whose pin is gone, or whose link no longer
+// attaches its program to a cgroup.
+func Attached(dir string) []string {
+	var out []string
+	for _, h := range hooks {
+		l, err := link.LoadPinnedLink(filepath.Join(dir, h.name), nil)
+		if err != nil {
+			out = append(out, fmt.Sprintf("listen %s program not pinned", h.name))
+			continue
+		}
+		info, err := l.Info()
+		if err != nil || info.Cgroup() == nil || info.Cgroup().CgroupId == 0 {
+			out = append(out, fmt.Sprintf("listen %s program detached from its cgroup", h.name))
+		}
+		l.Close()
+	}
+	return out
+}
+
 // Close releases egressd's handles; the pins keep the programs attached.
 func (g *Guard) Close() error {
 	for _, l := range g.links {
 		l.Close()
 	}
 	g.links = nil
-	for _, m := range []*ebpf.Map{g.policy, g.events} {
+	for _, m := range []*ebpf.Map{g.policy, g.cgroups, g.events, g.lost} {
 		if m != nil {
 			m.Close()
 		}
 	}
-	g.policy, g.events = nil, nil
+	g.progMaps = progMaps{}
 	return nil
 }
 
@@ -194,7 +298,7 @@ func Remove(dir string) error {
 		}
 		l.Close()
 	}
-	for _, name := range []string{"policy", "events"} {
+	for _, name := range []string{"policy", "cgroups", "events", "lost"} {
 		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
@@ -222,11 +326,7 @@ func Pinned(dir string) []string {
 func (g *Guard) Apply(p Policy) error {
 	want := map[key]uint8{}
 	for uid, r := range p {
-		mode := uint8(modeEnforce)
-		if r.Audit {
-			mode = modeAudit
-		}
-		want[key{UID: uid}] = mode
+		want[key{UID: uid}] = r.mode()
 		for _, pt := range r.Ports {
 			if pt.Port == 0 {
 				return fmt.Errorf("uid %d: port 0 cannot be listed", uid)
@@ -234,38 +334,113 @@ func (g *Guard) Apply(p Policy) error {
 			want[key{UID: uid, Port: pt.Port, Proto: pt.Proto}] = 1
 		}
 	}
-	if len(want) > MaxEntries {
-		return fmt.Errorf("listen policy has %d entries, more than the %d the map holds", len(want), MaxEntries)
-	}
-	have, err := g.entries()
+	have, err := entries[key](g.policy)
 	if err != nil {
 		return err
 	}
-	put := func(marker bool) error {
+	return syncMap(g.policy, have, want, func(k key) bool { return k.Port == 0 },
+		func(k key) string { return fmt.Sprintf("uid %d port %d/%d", k.UID, k.Port, k.Proto) }, nil)
+}
+
+// ApplyCgroups makes the cgroup map hold c, in the order Apply keeps; its
+// key 0 (units restricted or expected) is set before the first marker goes
+// in and deleted after the last one went, unless c holds Expected.
+func (g *Guard) ApplyCgroups(c Cgroups) error {
+	want := map[cgroupKey]uint8{}
+	_, expected := c[Expected]
+	for id, r := range c {
+		if id == Expected {
+			continue
+		}
+		want[cgroupKey{ID: id}] = r.mode()
+		for _, pt := range r.Ports {
+			if pt.Port == 0 {
+				return fmt.Errorf("cgroup %d: port 0 cannot be listed", id)
+			}
+			want[cgroupKey{ID: id, Port: pt.Port, Proto: pt.Proto}] = 1
+		}
+	}
+	have, err := entries[cgroupKey](g.cgroups)
+	if err != nil {
+		return err
+	}
+	old, hadMask := have[cgroupKey{}]
+	delete(have, cgroupKey{})
+	setMask := func(m uint8) error {
+		if hadMask && m == old {
+			return nil
+		}
+		if err := g.cgroups.Put(cgroupKey{}, m); err != nil {
+			return fmt.Errorf("listen policy: set the units marker: %w", err)
+		}
+		hadMask, old = true, m
+		return nil
+	}
+	beforeMarkers := func() error {
+		if len(want) == 0 && !expected {
+			return nil
+		}
+		return setMask(1)
+	}
+	if err := syncMap(g.cgroups, have, want, func(k cgroupKey) bool { return k.Port == 0 },
+		func(k cgroupKey) string { return fmt.Sprintf("cgroup %d port %d/%d", k.ID, k.Port, k.Proto) }, beforeMarkers); err != nil {
+		return err
+	}
+	if len(want) == 0 && !expected {
+		if hadMask {
+			if err := g.cgroups.Delete(cgroupKey{}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("listen policy: delete the units marker: %w", err)
+			}
+		}
+		return nil
+	}
+	return setMask(1)
+}
+
+func (r Rule) mode() uint8 {
+	if r.Audit {
+		return modeAudit
+	}
+	return modeEnforce
+}
+
+// syncMap brings m from have to want: markers lifted first, then new ports,
+// (beforeMarkers,) new markers, stale ports last.
+func syncMap[K comparable](m *ebpf.Map, have, want map[K]uint8, marker func(K) bool, what func(K) string, beforeMarkers func() error) error {
+	if len(want) > MaxEntries {
+		return fmt.Errorf("listen policy has %d entries, more than the %d the map holds", len(want), MaxEntries)
+	}
+	put := func(markers bool) error {
 		for k, v := range want {
-			if (k.Port == 0) != marker || have[k] == v {
+			if marker(k) != markers {
 				continue
 			}
-			if err := g.policy.Put(k, v); err != nil {
-				return fmt.Errorf("listen policy: set uid %d port %d/%d: %w", k.UID, k.Port, k.Proto, err)
+			if hv, ok := have[k]; ok && hv == v {
+				continue
+			}
+			if err := m.Put(k, v); err != nil {
+				return fmt.Errorf("listen policy: set %s: %w", what(k), err)
 			}
 		}
 		return nil
 	}
-	del := func(marker bool) error {
+	del := func(markers bool) error {
 		for k := range have {
-			if _, ok := want[k]; ok || (k.Port == 0) != marker {
+			if _, ok := want[k]; ok || marker(k) != markers {
 				continue
 			}
-			if err := g.policy.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return fmt.Errorf("listen policy: delete uid %d port %d/%d: %w", k.UID, k.Port, k.Proto, err)
+			if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("listen policy: delete %s: %w", what(k), err)
 			}
 		}
 		return nil
 	}
-	// Lifting a restriction: its marker goes first. Narrowing: stale ports go
-	// last, after new ports and markers are in.
-	for _, step := range []func() error{func() error { return del(true) }, func() error { return put(false) }, func() error { return put(true) }, func() error { return del(false) }} {
+	steps := []func() error{func() error { return del(true) }, func() error { return put(false) }}
+	if beforeMarkers != nil {
+		steps = append(steps, beforeMarkers)
+	}
+	steps = append(steps, func() error { return put(true) }, func() error { return del(false) })
+	for _, step := range steps {
 		if err := step(); err != nil {
 			return err
 		}
@@ -273,11 +448,11 @@ func (g *Guard) Apply(p Policy) error {
 	return nil
 }
 
-func (g *Guard) entries() (map[key]uint8, error) {
-	have := map[key]uint8{}
-	var k key
+func entries[K comparable](m *ebpf.Map) (map[K]uint8, error) {
+	have := map[K]uint8{}
+	var k K
 	var v uint8
-	it := g.policy.Iterate()
+	it := m.Iterate()
 	for it.Next(&k, &v) {
 		have[k] = v
 	}
@@ -295,21 +470,19 @@ func ReadPinned(dir string) (Policy, error) {
 		return nil, fmt.Errorf("read the listen restriction pinned in %s: %w", dir, err)
 	}
 	defer m.Close()
-	return (&Guard{policy: m}).Loaded()
+	return (&Guard{progMaps: progMaps{policy: m}}).Loaded()
 }
 
 // Loaded returns the policy the kernel holds (plan, check).
 func (g *Guard) Loaded() (Policy, error) {
-	have, err := g.entries()
+	have, err := entries[key](g.policy)
 	if err != nil {
 		return nil, err
 	}
 	p := Policy{}
 	for k, v := range have {
 		if k.Port == 0 {
-			r := p[k.UID]
-			r.Audit = v == modeAudit
-			p[k.UID] = r
+			p[k.UID] = Rule{Audit: v == modeAudit, Ports: p[k.UID].Ports}
 		}
 	}
 	for k := range have {
@@ -318,16 +491,108 @@ func (g *Guard) Loaded() (Policy, error) {
 			p[k.UID] = r
 		}
 	}
-	for uid, r := range p {
-		sort.Slice(r.Ports, func(i, j int) bool {
-			if r.Ports[i].Proto != r.Ports[j].Proto {
-				return r.Ports[i].Proto < r.Ports[j].Proto
-			}
-			return r.Ports[i].Port < r.Ports[j].Port
-		})
-		p[uid] = r
+	for _, r := range p {
+		sortPorts(r.Ports)
 	}
 	return p, nil
+}
+
+// ReadPinnedCgroups returns the unit cgroups' restriction the kernel holds
+// in the map pinned in dir (check, plan).
+// An earlier egressd's pins without the cgroup map hold none.
+func ReadPinnedCgroups(dir string) (Cgroups, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "cgroups"), &ebpf.LoadPinOptions{ReadOnly: true})
+	if errors.Is(err, os.ErrNotExist) {
+		if _, perr := os.Stat(filepath.Join(dir, "policy")); perr == nil {
+			return Cgroups{}, nil
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the listen restriction pinned in %s: %w", dir, err)
+	}
+	defer m.Close()
+	return (&Guard{progMaps: progMaps{cgroups: m}}).LoadedCgroups()
+}
+
+// UnitsExpected reports whether the cgroup map pinned in dir says that unit
+// rules are in force or expected (its key 0): the start gate's answer when
+// it cannot read the configuration. No map: none expected.
+func UnitsExpected(dir string) (bool, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "cgroups"), &ebpf.LoadPinOptions{ReadOnly: true})
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("the listen restriction pinned in %s: %w", dir, err)
+	}
+	defer m.Close()
+	var v uint8
+	err = m.Lookup(cgroupKey{}, &v)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// CgroupPinned reports whether the cgroup map pinned in dir restricts the
+// cgroup id now (the start gate of a unit with listen:).
+func CgroupPinned(dir string, id uint64) (bool, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "cgroups"), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		return false, fmt.Errorf("the listen restriction pinned in %s: %w", dir, err)
+	}
+	defer m.Close()
+	var v uint8
+	err = m.Lookup(cgroupKey{ID: id}, &v)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// LoadedCgroups returns the unit cgroups' restriction the kernel holds.
+func (g *Guard) LoadedCgroups() (Cgroups, error) {
+	have, err := entries[cgroupKey](g.cgroups)
+	if err != nil {
+		return nil, err
+	}
+	delete(have, cgroupKey{})
+	c := Cgroups{}
+	for k, v := range have {
+		if k.Port == 0 {
+			c[k.ID] = Rule{Audit: v == modeAudit, Ports: c[k.ID].Ports}
+		}
+	}
+	for k := range have {
+		if r, ok := c[k.ID]; ok && k.Port != 0 {
+			r.Ports = append(r.Ports, Port{Proto: k.Proto, Port: k.Port})
+			c[k.ID] = r
+		}
+	}
+	for _, r := range c {
+		sortPorts(r.Ports)
+	}
+	return c, nil
+}
+
+func sortPorts(ps []Port) {
+	sort.Slice(ps, func(i, j int) bool {
+		if ps[i].Proto != ps[j].Proto {
+			return ps[i].Proto < ps[j].Proto
+		}
+		return ps[i].Port < ps[j].Port
+	})
+}
+
+// Lost is how many reports the programs could not write because the ring
+// buffer was full (the binds were refused all the same), since the
+// restriction was first loaded.
+func (g *Guard) Lost() (uint64, error) {
+	var n uint64
+	if err := g.lost.Lookup(uint32(0), &n); err != nil {
+		return 0, fmt.Errorf("read the lost reports counter: %w", err)
+	}
+	return n, nil
 }
 
 // Event is one refused (or, in audit mode, reported) bind or listen.
@@ -338,6 +603,9 @@ type Event struct {
 	Addr  netip.Addr
 	Audit bool
 	Hook  int
+	// Cgroup is the restricted unit cgroup whose rule refused it; 0 when
+	// the uid's rule did.
+	Cgroup uint64
 }
 
 // Events reads the programs' reports; Close the reader to stop.
@@ -347,7 +615,7 @@ func (g *Guard) Events() (*ringbuf.Reader, error) {
 
 // Decode parses one ring buffer record.
 func Decode(b []byte) (Event, error) {
-	if len(b) < eventSize {
+	if len(b) < eventSize-8 { // an earlier egressd's programs wrote 32 bytes, no cgroup
 		return Event{}, fmt.Errorf("bind event of %d bytes, want %d", len(b), eventSize)
 	}
 	e := Event{
@@ -356,6 +624,9 @@ func Decode(b []byte) (Event, error) {
 		Proto: b[6],
 		Audit: b[8] == modeAudit,
 		Hook:  int(b[9]),
+	}
+	if len(b) >= eventSize {
+		e.Cgroup = binary.NativeEndian.Uint64(b[32:])
 	}
 	switch b[7] {
 	case afInet:

@@ -668,6 +668,16 @@ func TestRedteamEventsFlooded(t *testing.T) {
 	if n == 0 || n >= 10000 {
 		t.Fatalf("%d reports read after 10,001 refusals: the ring buffer was not filled", n)
 	}
+	// Every report the full buffer did not take is counted (lost reports:
+	// egressd's metric and bind_reports_lost event).
+	lost, err := r.guard.Lost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d reports counted lost", lost)
+	if lost == 0 || uint64(n)+lost < 10001 {
+		t.Fatalf("%d read + %d counted lost, after 10,001 refusals", n, lost)
+	}
 }
 
 // Refused binds are reported; audit mode reports and allows.
@@ -776,6 +786,20 @@ func BenchmarkLoopbackRoundTrip(b *testing.B) {
 		if n := after.RunCount - before.RunCount; n > 0 {
 			b.ReportMetric(float64(after.Runtime-before.Runtime)/float64(n), "ns/ingress-run")
 			b.ReportMetric(float64(n)/float64(max(b.N, 1000)), "ingress-runs/roundtrip")
+		}
+	})
+	// With a unit restricted (another cgroup): every packet also walks the
+	// socket's ancestor cgroups (levels 1 to MaxLevel, up to its depth).
+	_, unitID := r.mkCgroup(r.cg, "unit.service")
+	if err := r.guard.ApplyCgroups(Cgroups{unitID: {Ports: []Port{{TCP, 8080}}}}); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("attached, a unit restricted", func(b *testing.B) {
+		before := ingressStats(b, r.guard)
+		run(b)
+		after := ingressStats(b, r.guard)
+		if n := after.RunCount - before.RunCount; n > 0 {
+			b.ReportMetric(float64(after.Runtime-before.Runtime)/float64(n), "ns/ingress-run")
 		}
 	})
 	r.guard.Close()

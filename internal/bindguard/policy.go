@@ -30,6 +30,17 @@ type Rule struct {
 // Policy is the desired restriction per uid; a uid not in it is unrestricted.
 type Policy map[uint32]Rule
 
+// Cgroups is the desired restriction per unit cgroup id: a bind or listener
+// made in that cgroup or below it (down to level MaxLevel of the hierarchy)
+// obeys its rule, as well as its uid's. The entry Expected (no cgroup has id
+// 0; its rule is ignored) says that a unit allowlist has listen: even while
+// none of its units runs: the kernel then keeps its units marker, which the
+// start gate reads when it cannot read the configuration (UnitsExpected).
+type Cgroups map[uint64]Rule
+
+// Expected is the Cgroups key that marks unit rules as expected.
+const Expected uint64 = 0
+
 // ProtoName is "tcp", "udp" or the protocol number.
 func ProtoName(p uint8) string {
 	switch p {
@@ -39,4 +50,34 @@ func ProtoName(p uint8) string {
 		return "udp"
 	}
 	return fmt.Sprint(p)
+}
+
+// samePolicy and sameRules compare by uid or cgroup, mode and set of ports.
+func samePolicy(a, b Policy) bool { return sameRules(a, b) }
+
+func sameRules[K comparable](a, b map[K]Rule) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, r := range a {
+		o, ok := b[k]
+		if !ok || r.Audit != o.Audit {
+			return false
+		}
+		ports := map[Port]bool{}
+		for _, p := range r.Ports {
+			ports[p] = true
+		}
+		theirs := map[Port]bool{}
+		for _, p := range o.Ports {
+			theirs[p] = true
+			if !ports[p] {
+				return false
+			}
+		}
+		if len(ports) != len(theirs) {
+			return false
+		}
+	}
+	return true
 }

@@ -3,6 +3,8 @@
 package bindguard
 
 import (
+	"fmt"
+
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 )
@@ -38,46 +40,132 @@ const (
 
 // Stack layout shared by the programs (offsets from R10).
 const (
-	stKey   = -8  // policy key: uid u32, port u16, proto u8, pad u8
-	stEvent = -40 // event record, eventSize bytes
+	stKey   = -8  // uid policy key: uid u32, port u16, proto u8, pad u8
+	stEvent = -48 // event record, eventSize bytes
 	stMode  = stEvent + 8
+	stCKey  = -64 // cgroup policy key: cgroup id u64, port u16, proto u8, pad [5]byte
 )
 
 // eventSize is the record the programs write to the events ring buffer:
 // uid u32 | port u16 | proto u8 | family u8 | mode u8 | hook u8 | pad u16 |
-// addr [16]byte | pad [4]byte.
-const eventSize = 32
+// addr [16]byte | pad [4]byte | cgroup u64 (the restricted unit's cgroup
+// that refused it; 0 when the uid's allowlist did).
+const eventSize = 40
+
+// MaxLevel is the deepest cgroup level the programs look at: the caller's
+// ancestors at levels 1 to MaxLevel of the whole hierarchy, as nftables'
+// socket cgroupv2 rules do (ruleset.UnitLevels, cgroup.MaxLevel; a test
+// keeps them equal). Levels count from the host's root: inside a cgroup
+// namespace (a container) a unit sits deeper than its path there says.
+const MaxLevel = 8
 
 // ipSource says where a program reads the local address of the bind.
 type ipSource struct {
 	ip4, ip6 int16 // ctx offsets
 }
 
-// check emits the policy lookup for uid R9, port R7, proto R8 (ctx in R6).
-// Not restricted, or a listed port: R0 = 1. Otherwise the event is written
-// and R0 = 0, or 1 for an allowlist in audit mode.
-func check(policy, events *ebpf.Map, hook uint8, family func() asm.Instructions) asm.Instructions {
+// progMaps are the maps the programs use.
+type progMaps struct {
+	policy  *ebpf.Map // uid rules
+	cgroups *ebpf.Map // unit (cgroup) rules; key 0 says whether there are any
+	events  *ebpf.Map // ring buffer of refusals
+	lost    *ebpf.Map // reports the full ring buffer did not take
+}
+
+// ancestorFunc emits a call that leaves in R0 the id of the cgroup at the
+// level in R1 (0 when the cgroup is shallower).
+type ancestorFunc func(level int) asm.Instructions
+
+// check emits the policy lookups for uid R9, port R7, proto R8 (ctx in R6):
+// the uid's rule, then the rule of each restricted unit cgroup among the
+// caller's ancestors (ancestor). A refusal by any is reported and returns
+// 0, or is reported and passes on for an allowlist in audit mode; R0 = 1
+// when none refuses.
+func check(m progMaps, hook uint8, family func(tag string) asm.Instructions, ancestor ancestorFunc) asm.Instructions {
 	insns := asm.Instructions{
 		// Is the uid restricted? Key {uid, 0, 0}.
 		asm.StoreMem(asm.RFP, stKey, asm.R9, asm.Word),
 		asm.StoreImm(asm.RFP, stKey+4, 0, asm.Half),
 		asm.StoreImm(asm.RFP, stKey+6, 0, asm.Half),
-		asm.LoadMapPtr(asm.R1, policy.FD()),
+		asm.LoadMapPtr(asm.R1, m.policy.FD()),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, stKey),
 		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "allow"),
+		asm.JEq.Imm(asm.R0, 0, "uid_done"),
 		asm.LoadMem(asm.R1, asm.R0, 0, asm.Byte),
 		asm.StoreMem(asm.RFP, stMode, asm.R1, asm.Byte),
 		// Is the port listed? Key {uid, port, proto}.
 		asm.StoreMem(asm.RFP, stKey+4, asm.R7, asm.Half),
 		asm.StoreMem(asm.RFP, stKey+6, asm.R8, asm.Byte),
-		asm.LoadMapPtr(asm.R1, policy.FD()),
+		asm.LoadMapPtr(asm.R1, m.policy.FD()),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, stKey),
 		asm.FnMapLookupElem.Call(),
-		asm.JNE.Imm(asm.R0, 0, "allow"),
-		// Refused (or audited): report it.
+		asm.JNE.Imm(asm.R0, 0, "uid_done"),
+		asm.StoreImm(asm.RFP, stEvent+32, 0, asm.Word),
+		asm.StoreImm(asm.RFP, stEvent+32+4, 0, asm.Word),
+	}
+	insns = append(insns, report(m, hook, family, "uid_done")...)
+	// The unit rules: is any unit restricted? Key {0, 0, 0} (no cgroup has
+	// id 0). Hosts without unit listen: rules stop here.
+	insns = append(insns,
+		asm.StoreImm(asm.RFP, stCKey, 0, asm.Word).WithSymbol("uid_done"),
+		asm.StoreImm(asm.RFP, stCKey+4, 0, asm.Word),
+		asm.StoreImm(asm.RFP, stCKey+8, 0, asm.Word),
+		asm.StoreImm(asm.RFP, stCKey+8+4, 0, asm.Word),
+		asm.LoadMapPtr(asm.R1, m.cgroups.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, stCKey),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "allow"),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.Byte),
+		asm.JEq.Imm(asm.R1, 0, "allow"),
+	)
+	for level := 1; level <= MaxLevel; level++ {
+		next := fmt.Sprintf("level%d", level+1)
+		if level == MaxLevel {
+			next = "allow"
+		}
+		anc := ancestor(level)
+		anc[0] = anc[0].WithSymbol(fmt.Sprintf("level%d", level))
+		insns = append(insns, anc...)
+		insns = append(insns,
+			asm.JEq.Imm(asm.R0, 0, "allow"), // shallower than level: no more ancestors
+			// Is this ancestor a restricted unit's cgroup? Key {id, 0, 0}.
+			asm.StoreMem(asm.RFP, stCKey, asm.R0, asm.DWord),
+			asm.StoreImm(asm.RFP, stCKey+8, 0, asm.Word),
+			asm.StoreImm(asm.RFP, stCKey+8+4, 0, asm.Word),
+			asm.LoadMapPtr(asm.R1, m.cgroups.FD()),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, stCKey),
+			asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, next),
+			asm.LoadMem(asm.R1, asm.R0, 0, asm.Byte),
+			asm.StoreMem(asm.RFP, stMode, asm.R1, asm.Byte),
+			// Is the port listed? Key {id, port, proto}.
+			asm.StoreMem(asm.RFP, stCKey+8, asm.R7, asm.Half),
+			asm.StoreMem(asm.RFP, stCKey+10, asm.R8, asm.Byte),
+			asm.LoadMapPtr(asm.R1, m.cgroups.FD()),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, stCKey),
+			asm.FnMapLookupElem.Call(),
+			asm.JNE.Imm(asm.R0, 0, next),
+			asm.LoadMem(asm.R1, asm.RFP, stCKey, asm.DWord),
+			asm.StoreMem(asm.RFP, stEvent+32, asm.R1, asm.DWord),
+		)
+		insns = append(insns, report(m, hook, family, next)...)
+	}
+	return append(insns,
+		asm.Mov.Imm(asm.R0, 1).WithSymbol("allow"),
+		asm.Return(),
+	)
+}
+
+// report writes the event (its cgroup already at stEvent+32, its mode at
+// stMode) to the ring buffer, counting it as lost when the buffer is full,
+// then returns 0, or goes on at next in audit mode.
+func report(m progMaps, hook uint8, family func(tag string) asm.Instructions, next string) asm.Instructions {
+	insns := asm.Instructions{
 		asm.StoreMem(asm.RFP, stEvent, asm.R9, asm.Word),
 		asm.StoreMem(asm.RFP, stEvent+4, asm.R7, asm.Half),
 		asm.StoreMem(asm.RFP, stEvent+6, asm.R8, asm.Byte),
@@ -85,26 +173,35 @@ func check(policy, events *ebpf.Map, hook uint8, family func() asm.Instructions)
 		asm.StoreImm(asm.RFP, stEvent+10, 0, asm.Half),
 		asm.StoreImm(asm.RFP, stEvent+28, 0, asm.Word),
 	}
-	insns = append(insns, family()...)
+	insns = append(insns, family(next)...)
+	lost := fmt.Sprintf("reported_%s", next)
 	return append(insns, asm.Instructions{
-		asm.LoadMapPtr(asm.R1, events.FD()),
+		asm.LoadMapPtr(asm.R1, m.events.FD()),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, stEvent),
 		asm.Mov.Imm(asm.R3, eventSize),
 		asm.Mov.Imm(asm.R4, 0),
 		asm.FnRingbufOutput.Call(),
-		asm.LoadMem(asm.R1, asm.RFP, stMode, asm.Byte),
-		asm.JEq.Imm(asm.R1, modeAudit, "allow"),
+		asm.JEq.Imm(asm.R0, 0, lost),
+		// The ring buffer is full: count the report lost (lost[0] += 1).
+		asm.StoreImm(asm.RFP, stCKey-16, 0, asm.Word), // key 0, below the live slots
+		asm.LoadMapPtr(asm.R1, m.lost.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, stCKey-16),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, lost),
+		asm.Mov.Imm(asm.R1, 1),
+		asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
+		asm.LoadMem(asm.R1, asm.RFP, stMode, asm.Byte).WithSymbol(lost),
+		asm.JEq.Imm(asm.R1, modeAudit, next),
 		asm.Mov.Imm(asm.R0, 0),
-		asm.Return(),
-		asm.Mov.Imm(asm.R0, 1).WithSymbol("allow"),
 		asm.Return(),
 	}...)
 }
 
 // address writes the event's family byte and address from the ctx in R6.
-func address(family uint8, src ipSource) func() asm.Instructions {
-	return func() asm.Instructions {
+func address(family uint8, src ipSource) func(string) asm.Instructions {
+	return func(string) asm.Instructions {
 		insns := asm.Instructions{asm.StoreImm(asm.RFP, stEvent+7, int64(family), asm.Byte)}
 		for i := int16(0); i < 4; i++ {
 			if family == afInet && i > 0 {
@@ -127,7 +224,7 @@ func address(family uint8, src ipSource) func() asm.Instructions {
 // caller's uid may not listen on fails with EPERM. A bind to port 0 passes:
 // clients do it (Go's runtime probes IPv4-mapped addresses so at start); a
 // TCP listener on the port the kernel picks gets no connection (ingress).
-func bindProgram(policy, events *ebpf.Map, family uint8) asm.Instructions {
+func bindProgram(m progMaps, family uint8) asm.Instructions {
 	return append(asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.LoadMem(asm.R7, asm.R6, sockAddrUserPort, asm.Word),
@@ -136,7 +233,7 @@ func bindProgram(policy, events *ebpf.Map, family uint8) asm.Instructions {
 		asm.LoadMem(asm.R8, asm.R6, sockAddrProtocol, asm.Word),
 		asm.FnGetCurrentUidGid.Call(),
 		asm.Mov.Reg32(asm.R9, asm.R0), // the low 32 bits: the uid
-	}, check(policy, events, HookBind, address(family, ipSource{ip4: sockAddrUserIP4, ip6: sockAddrUserIP6}))...)
+	}, check(m, HookBind, address(family, ipSource{ip4: sockAddrUserIP4, ip6: sockAddrUserIP6}), currentAncestor)...)
 }
 
 // ingressProgram is cgroup_skb/ingress: a packet for a TCP listener owned by
@@ -144,7 +241,7 @@ func bindProgram(policy, events *ebpf.Map, family uint8) asm.Instructions {
 // listeners no bind hook refused: bound to port 0, or listen() on an unbound
 // socket (which binds an ephemeral port without any bind hook). The uid is
 // the socket's owner.
-func ingressProgram(policy, events *ebpf.Map) asm.Instructions {
+func ingressProgram(m progMaps) asm.Instructions {
 	return append(asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.LoadMem(asm.R2, asm.R6, skbSK, asm.DWord),
@@ -156,21 +253,34 @@ func ingressProgram(policy, events *ebpf.Map) asm.Instructions {
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.FnGetSocketUid.Call(),
 		asm.Mov.Reg32(asm.R9, asm.R0),
-	}, check(policy, events, HookIngress, skbAddress)...)
+	}, check(m, HookIngress, skbAddress, socketAncestor)...)
 }
 
-// skbAddress writes the packet's local address, IPv4 or IPv6 by its family.
-func skbAddress() asm.Instructions {
-	v4 := address(afInet, ipSource{ip4: skbLocalIP4})()
-	v6 := address(afInet6, ipSource{ip6: skbLocalIP6})()
+// currentAncestor is the calling process's cgroup's ancestor at level (a
+// bind is judged by who binds, as the uid is).
+func currentAncestor(level int) asm.Instructions {
+	return asm.Instructions{asm.Mov.Imm(asm.R1, int32(level)), asm.FnGetCurrentAncestorCgroupId.Call()}
+}
+
+// socketAncestor is the listening socket's cgroup's ancestor at level (the
+// cgroup the socket was made in, as nftables' socket cgroupv2 matches).
+func socketAncestor(level int) asm.Instructions {
+	return asm.Instructions{asm.Mov.Reg(asm.R1, asm.R6), asm.Mov.Imm(asm.R2, int32(level)), asm.FnSkbAncestorCgroupId.Call()}
+}
+
+// skbAddress writes the packet's local address, IPv4 or IPv6 by its family
+// (tag makes its labels unique in the program).
+func skbAddress(tag string) asm.Instructions {
+	v4 := address(afInet, ipSource{ip4: skbLocalIP4})(tag)
+	v6 := address(afInet6, ipSource{ip6: skbLocalIP6})(tag)
 	insns := asm.Instructions{
 		asm.LoadMem(asm.R1, asm.R6, skbFamily, asm.Word),
-		asm.JEq.Imm(asm.R1, afInet, "v4"),
+		asm.JEq.Imm(asm.R1, afInet, "v4_"+tag),
 	}
 	insns = append(insns, v6...)
-	insns = append(insns, asm.Ja.Label("addressed"))
-	v4[0] = v4[0].WithSymbol("v4")
+	insns = append(insns, asm.Ja.Label("addressed_"+tag))
+	v4[0] = v4[0].WithSymbol("v4_" + tag)
 	insns = append(insns, v4...)
-	insns = append(insns, asm.Mov.Imm(asm.R1, 0).WithSymbol("addressed"))
+	insns = append(insns, asm.Mov.Imm(asm.R1, 0).WithSymbol("addressed_"+tag))
 	return insns
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/bindguard"
+	"github.com/egressd/egressd/internal/cgroup"
 	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/internal/state"
 )
@@ -23,6 +24,11 @@ func TestListenProblems(t *testing.T) {
 		return nil, fmt.Errorf("open %s: %w", dir, os.ErrNotExist)
 	}
 	defer func() { readListen = bindguard.ReadPinned }()
+	readListenCgroups = func(string) (bindguard.Cgroups, error) { return bindguard.Cgroups{}, nil }
+	defer func() { readListenCgroups = bindguard.ReadPinnedCgroups }()
+	var undone []string
+	attachedListen = func(string) []string { return undone }
+	defer func() { attachedListen = bindguard.Attached }()
 	kinds := func(st *state.State) string {
 		var out []string
 		for _, p := range listenProblems(cfg, users, st) {
@@ -42,6 +48,11 @@ func TestListenProblems(t *testing.T) {
 	if got := kinds(&state.State{}); got != "[listen_unenforced]" {
 		t.Errorf("nothing loaded: %s", got)
 	}
+	undone = []string{"listen bind4 program detached from its cgroup"}
+	if got := kinds(&state.State{ListenDir: bindguard.DefaultDir}); got != "[drift_listen]" {
+		t.Errorf("a program detached: %s", got)
+	}
+	undone = nil
 	read[bindguard.DefaultDir] = bindguard.Policy{}
 	if got := kinds(&state.State{ListenDir: bindguard.DefaultDir}); got != "[drift_listen]" {
 		t.Errorf("kernel lost the restriction: %s", got)
@@ -49,5 +60,49 @@ func TestListenProblems(t *testing.T) {
 	cfg.Allowlists[0].Listen = nil
 	if got := kinds(&state.State{}); got != "[]" {
 		t.Errorf("no listen: anywhere: %s", got)
+	}
+}
+
+// A unit allowlist's listen: is checked against the cgroups of the unit
+// running now.
+func TestListenProblemsUnit(t *testing.T) {
+	cfg := &config.Config{Allowlists: []*config.Allowlist{{Name: "shop", Unit: "shop.service", Listen: []config.ListenPort{{Proto: "tcp", From: 8080, To: 8080}}}}}
+	readListen = func(string) (bindguard.Policy, error) { return bindguard.Policy{}, nil }
+	defer func() { readListen = bindguard.ReadPinned }()
+	kernel := bindguard.Cgroups{}
+	readListenCgroups = func(string) (bindguard.Cgroups, error) { return kernel, nil }
+	defer func() { readListenCgroups = bindguard.ReadPinnedCgroups }()
+	attachedListen = func(string) []string { return nil }
+	defer func() { attachedListen = bindguard.Attached }()
+	var running []cgroup.Unit
+	findUnits = func(string, *config.Config) ([]cgroup.Unit, error) { return running, nil }
+	defer func() { findUnits = cgroup.Restricted }()
+	kinds := func(st *state.State) string {
+		var out []string
+		for _, p := range listenProblems(cfg, policy.Users{}, st) {
+			out = append(out, p.Kind)
+		}
+		return fmt.Sprint(out)
+	}
+	if got := kinds(&state.State{}); got != "[listen_unenforced]" {
+		t.Errorf("unit not running, nothing loaded (its gate would fail): %s", got)
+	}
+	if got := kinds(&state.State{ListenDir: bindguard.DefaultDir}); got != "[]" {
+		t.Errorf("unit not running, restriction loaded: %s", got)
+	}
+	running = []cgroup.Unit{{Name: "shop.service", Path: "system.slice/shop.service", ID: 42, Allowlist: "shop"}}
+	if got := kinds(&state.State{}); got != "[listen_unenforced]" {
+		t.Errorf("unit running, nothing loaded: %s", got)
+	}
+	if got := kinds(&state.State{ListenDir: bindguard.DefaultDir}); got != "[drift_listen]" {
+		t.Errorf("unit's cgroup missing from the kernel: %s", got)
+	}
+	kernel[42] = bindguard.Rule{Ports: []bindguard.Port{{Proto: bindguard.TCP, Port: 8080}}}
+	if got := kinds(&state.State{ListenDir: bindguard.DefaultDir}); got != "[]" {
+		t.Errorf("in sync: %s", got)
+	}
+	kernel[42] = bindguard.Rule{Ports: []bindguard.Port{{Proto: bindguard.TCP, Port: 9999}}}
+	if got := kinds(&state.State{ListenDir: bindguard.DefaultDir}); got != "[drift_listen]" {
+		t.Errorf("other port in the kernel: %s", got)
 	}
 }

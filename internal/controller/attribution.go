@@ -7,6 +7,7 @@ import (
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/resolver"
+	"github.com/egressd/egressd/ruleset"
 )
 
 // nameIndex maps, per allowlist, the addresses its own names allow now
@@ -101,6 +102,8 @@ type attribution struct {
 	users atomic.Pointer[map[string]string]    // allowlist -> user, as written
 	byUID atomic.Pointer[map[uint32]string]    // uid -> allowlist
 	byKey atomic.Pointer[map[uint32][2]string] // unit key -> (allowlist, unit)
+	// cgroup id -> (allowlist, unit): restricted units' cgroups (bind_denied)
+	byCgroup atomic.Pointer[map[uint64][2]string]
 
 	stale   bool            // the configuration changed since the index was built
 	changed map[string]bool // names whose addresses changed since the index was built
@@ -143,6 +146,30 @@ func (x *attribution) setUnits(cfg *config.Config, keys map[string]uint32) {
 		}
 	}
 	x.byKey.Store(&byKey)
+}
+
+// setCgroups records which unit allowlist each followed cgroup is of.
+func (x *attribution) setCgroups(cfg *config.Config, cgs []ruleset.Cgroup) {
+	units := map[string]string{}
+	for _, a := range cfg.Allowlists {
+		units[a.Name] = a.Unit
+	}
+	m := make(map[uint64][2]string, len(cgs))
+	for _, c := range cgs {
+		m[c.ID] = [2]string{c.Allowlist, units[c.Allowlist]}
+	}
+	x.byCgroup.Store(&m)
+}
+
+// CgroupOf returns the unit allowlist and unit of a restricted unit's
+// cgroup (a refused bind's); safe for concurrent use.
+func (c *Controller) CgroupOf(id uint64) (string, string, bool) {
+	m := c.attr.byCgroup.Load()
+	if m == nil {
+		return "", "", false
+	}
+	au, ok := (*m)[id]
+	return au[0], au[1], ok
 }
 
 // UnitOf returns the unit allowlist and unit of a unit key (a unit deny's

@@ -25,7 +25,7 @@ func (c *Controller) sync() error {
 		return err
 	}
 	c.attr.refresh(c.cfg, c.dns.cache.Addrs)
-	c.syncListen(d.Listen)
+	c.syncListen(d)
 	if changed {
 		c.pub.changed(false)
 		c.notify(c.apply.status() + c.lastGoodNote())
@@ -155,6 +155,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 		if !c.apply.verifyAt.IsZero() && !c.o.Now().Before(c.apply.verifyAt) {
 			c.apply.verify()
+			c.verifyListen()
 		}
 		c.apply.flushRestoreLog(c.o.Now())
 		if c.apply.retry.Ready() {

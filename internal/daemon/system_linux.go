@@ -79,7 +79,7 @@ func Run(ctx context.Context, s Settings) error {
 					return
 				}
 				open(func(ctx context.Context, lookup deny.Lookup, interval time.Duration, rec *deny.Recent) {
-					deny.RunBinds(ctx, rd, lookup, interval, log, m, rec)
+					deny.RunBinds(ctx, rd, g.Lost, lookup, interval, log, m, rec)
 				})
 			}
 		},

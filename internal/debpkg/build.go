@@ -187,10 +187,6 @@ func Build(o Options) (string, error) {
 		return b
 	}
 	readme, _ := os.ReadFile(filepath.Join(o.Repo, "README.md"))
-	listenConf, lerr := os.ReadFile(filepath.Join(o.Repo, "egressd-listen.conf"))
-	if lerr != nil && err == nil {
-		err = lerr
-	}
 	var man8, man5, bash, zsh bytes.Buffer
 	manual.Egressd.WriteRoff(&man8, rel.Describe)
 	manual.Config.WriteRoff(&man5, rel.Describe)
@@ -215,9 +211,6 @@ func Build(o Options) (string, error) {
 		{"etc/egressd/egressd.yaml", read("egressd.yaml"), 0o644, false},
 		{"usr/share/doc/egressd/examples/billing.yaml", read("examples/billing.yaml"), 0o644, false},
 		{"usr/share/doc/egressd/examples/lists/os-updates.yaml", read("examples/lists/os-updates.yaml"), 0o644, false},
-		// The drop-in for listen: (docs/hardening.md), to install by hand:
-		// it widens egressd.service's privileges, so it is not on by default.
-		{"usr/share/doc/egressd/examples/egressd-listen.conf", listenConf, 0o644, false},
 		{"usr/share/doc/egressd/copyright", read("copyright"), 0o644, false},
 		{"usr/share/doc/egressd/changelog.Debian.gz", []byte(changelog), 0o644, true},
 		{"usr/share/doc/egressd/README.md.gz", readme, 0o644, true},

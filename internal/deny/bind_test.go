@@ -51,3 +51,28 @@ func TestAggregatorBinds(t *testing.T) {
 		t.Fatalf("recent: %d listen entries, want 3: %+v", listen, doc.Entries)
 	}
 }
+
+type cgroupLookup struct{ lookup }
+
+func (cgroupLookup) CgroupOf(id uint64) (string, string, bool) {
+	return "shop", "shop.service", id == 77
+}
+
+// A refusal by a unit's rule names the unit's allowlist and unit, whatever
+// the uid; one from an unknown cgroup (a unit gone) is ignored.
+func TestAggregatorUnitBinds(t *testing.T) {
+	var events []Event
+	a := New(cgroupLookup{}, func(e Event) { events = append(events, e) }, func(Overflow) {})
+	if name, ok := a.AddBind(Bind{UID: 4242, Proto: 6, Port: 9999, Cgroup: 77}); !ok || name != "shop" {
+		t.Fatalf("unit bind: %q, %v", name, ok)
+	}
+	if _, ok := a.AddBind(Bind{UID: 1001, Proto: 6, Port: 9999, Cgroup: 78}); ok {
+		t.Fatal("bind from an unknown cgroup taken")
+	}
+	if len(events) != 1 || events[0].Allowlist != "shop" || events[0].Unit != "shop.service" || events[0].User != "" || events[0].UID != 4242 {
+		t.Fatalf("events %+v", events)
+	}
+	if _, ok := New(lookup{}, func(Event) {}, func(Overflow) {}).AddBind(Bind{UID: 1001, Proto: 6, Port: 9999, Cgroup: 77}); ok {
+		t.Fatal("a unit bind attributed by uid by a lookup that knows no cgroups")
+	}
+}

@@ -47,6 +47,12 @@ type UnitLookup interface {
 	UnitOf(key uint32) (allowlist, unit string, ok bool)
 }
 
+// CgroupLookup is implemented by Lookups that know restricted units'
+// cgroups: which unit allowlist and unit a cgroup id (a refused bind's) is of.
+type CgroupLookup interface {
+	CgroupOf(id uint64) (allowlist, unit string, ok bool)
+}
+
 // Overflow counts packets of keys beyond MaxKeys in a window.
 type Overflow struct {
 	Allowlist string
@@ -190,18 +196,31 @@ type Bind struct {
 	Port  uint16
 	Audit bool
 	Time  time.Time
+	// Cgroup is the restricted unit's cgroup whose rule refused it (0: the
+	// uid's allowlist did).
+	Cgroup uint64
 }
 
 // AddBind takes one refused bind, bounded like denied packets: per window,
 // the first of each (allowlist, uid, proto, address, port) is an event, the
 // rest one summary. Binds of uids no allowlist restricts are ignored.
 func (a *Aggregator) AddBind(b Bind) (allowlist string, ok bool) {
-	name, ok := a.lookup.AllowlistOf(b.UID)
-	if !ok {
-		return "", false
+	var name, unit, user string
+	if b.Cgroup != 0 {
+		cl, isCL := a.lookup.(CgroupLookup)
+		if !isCL {
+			return "", false
+		}
+		if name, unit, ok = cl.CgroupOf(b.Cgroup); !ok {
+			return "", false
+		}
+	} else {
+		if name, ok = a.lookup.AllowlistOf(b.UID); !ok {
+			return "", false
+		}
+		user, _ = a.lookup.User(name)
 	}
 	k := key{allowlist: name, uid: b.UID, proto: b.Proto, dst: b.Addr, dport: b.Port, audit: b.Audit, bind: true}
-	user, _ := a.lookup.User(name)
 	a.mu.Lock()
 	if e, ok := a.keys[k]; ok {
 		e.count++
@@ -211,7 +230,7 @@ func (a *Aggregator) AddBind(b Bind) (allowlist string, ok bool) {
 		a.record(ev, b.Time, netip.Addr{})
 		return name, true
 	}
-	ev := Event{Allowlist: name, User: user, UID: b.UID, Proto: protoName(b.Proto), Dst: b.Addr, DPort: b.Port,
+	ev := Event{Allowlist: name, User: user, Unit: unit, UID: b.UID, Proto: protoName(b.Proto), Dst: b.Addr, DPort: b.Port,
 		Count: 1, First: b.Time, Last: b.Time, Audit: b.Audit, Bind: true}
 	if len(a.keys) >= a.MaxKeys {
 		a.overflow[name]++

@@ -59,7 +59,7 @@ func Run(ctx context.Context, l *nflog.Listener, lookup Lookup, prefix string, i
 	}
 	fctx, cancel := context.WithCancel(ctx)
 	flushed := make(chan struct{})
-	go flushEvery(fctx, agg, interval, func() { close(flushed) })
+	go flushEvery(fctx, agg, interval, func() {}, func() { close(flushed) })
 	defer func() { cancel(); <-flushed }()
 	go func() {
 		<-ctx.Done()
@@ -162,16 +162,18 @@ func LogBind(log *zap.Logger, e Event) {
 		msg = "binds refused (summary of the window)"
 	}
 	log.Warn(msg, event.Field(event.BindDenied), zap.String("allowlist", e.Allowlist), zap.String("user", e.User),
-		zap.Uint32("uid", e.UID), zap.String("proto", e.Proto), zap.Stringer("address", e.Dst), zap.Uint16("port", e.DPort),
+		zap.String("unit", e.Unit), zap.Uint32("uid", e.UID), zap.String("proto", e.Proto), zap.Stringer("address", e.Dst), zap.Uint16("port", e.DPort),
 		zap.Int("count", e.Count), zap.Bool("summary", e.Summary), zap.Bool("audit", e.Audit),
 		zap.Time("first", e.First), zap.Time("last", e.Last))
 }
 
 // RunBinds reads the listen restriction's reports (internal/bindguard) until
 // ctx ends or the reader is closed, logging bounded bind_denied events and
-// recording them in rec. As with Run, enforcement never depends on it; it
-// returns once the last window is flushed.
-func RunBinds(ctx context.Context, rd *ringbuf.Reader, lookup Lookup, interval time.Duration, log *zap.Logger, m *metrics.Metrics, rec *Recent) {
+// recording them in rec. Once per window it reads lost (the programs' count
+// of reports the full ring buffer did not take): an increase is one
+// bind_reports_lost event and the metric. As with Run, enforcement never
+// depends on it; it returns once the last window is flushed.
+func RunBinds(ctx context.Context, rd *ringbuf.Reader, lost func() (uint64, error), lookup Lookup, interval time.Duration, log *zap.Logger, m *metrics.Metrics, rec *Recent) {
 	agg := newAggregator(lookup, "", func(e Event) {
 		LogBind(log, e)
 	}, func(o Overflow) {
@@ -181,9 +183,11 @@ func RunBinds(ctx context.Context, rd *ringbuf.Reader, lookup Lookup, interval t
 	if rec != nil {
 		agg.Record = rec.Record
 	}
+	lc := &lostCounter{read: lost, log: log, m: m, window: interval}
+	lc.check() // the count so far: reports lost before this egressd are not news
 	fctx, cancel := context.WithCancel(ctx)
 	flushed := make(chan struct{})
-	go flushEvery(fctx, agg, interval, func() { rd.Close(); close(flushed) })
+	go flushEvery(fctx, agg, interval, func() { lc.check() }, func() { rd.Close(); close(flushed) })
 	defer func() { cancel(); <-flushed }()
 	for {
 		r, err := rd.Read()
@@ -198,25 +202,60 @@ func RunBinds(ctx context.Context, rd *ringbuf.Reader, lookup Lookup, interval t
 		if err != nil {
 			continue
 		}
-		if name, ok := agg.AddBind(Bind{UID: b.UID, Proto: b.Proto, Addr: b.Addr, Port: b.Port, Audit: b.Audit, Time: time.Now()}); ok {
+		if name, ok := agg.AddBind(Bind{UID: b.UID, Proto: b.Proto, Addr: b.Addr, Port: b.Port, Audit: b.Audit, Time: time.Now(), Cgroup: b.Cgroup}); ok {
 			m.BindDenied(name, b.Audit)
 		}
 	}
 }
 
-// flushEvery flushes agg every interval and once more when ctx ends, then
-// calls done.
-func flushEvery(ctx context.Context, agg *Aggregator, interval time.Duration, done func()) {
+// flushEvery flushes agg (and calls each) every interval and once more when
+// ctx ends, then calls done.
+func flushEvery(ctx context.Context, agg *Aggregator, interval time.Duration, each, done func()) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			agg.Flush()
+			each()
 			done()
 			return
 		case <-t.C:
 			agg.Flush()
+			each()
 		}
 	}
+}
+
+// lostCounter turns the kernel's count of lost reports into at most one
+// bind_reports_lost event per window and the metric.
+type lostCounter struct {
+	read   func() (uint64, error)
+	log    *zap.Logger
+	m      *metrics.Metrics
+	window time.Duration
+	seen   uint64
+	primed bool
+}
+
+func (l *lostCounter) check() {
+	if l.read == nil {
+		return
+	}
+	n, err := l.read()
+	if err != nil {
+		return
+	}
+	if !l.primed {
+		l.seen, l.primed = n, true
+		return
+	}
+	if n <= l.seen {
+		return
+	}
+	delta := n - l.seen
+	l.seen = n
+	l.m.BindReportsLost(delta)
+	l.log.Warn("refused binds were not reported: the ring buffer was full (they were refused all the same)", event.Field(event.BindReportsLost),
+		zap.Uint64("count", delta), zap.Uint64("total", n), zap.Duration("window", l.window))
 }

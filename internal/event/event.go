@@ -41,6 +41,7 @@ const (
 	DenyOverflow       = "deny_overflow"
 	DenyLogFailed      = "deny_log_failed"
 	BindDenied         = "bind_denied"
+	BindReportsLost    = "bind_reports_lost"
 	ListenUnenforced   = "listen_unenforced"
 	DNSRefused         = "dns_refused"
 	DNSRefusedOverflow = "dns_refused_overflow"
@@ -63,7 +64,7 @@ var All = []string{
 	Resolved, ResolveFailed, ResolveFailing, ResolveRecovered,
 	RulesetApplied, ApplyFailed, UserMissing, UserConflict, UnitCgroup,
 	DriftRepaired, DriftRepeating, VerifyFailed, TableUnowned,
-	Deny, DenyOverflow, DenyLogFailed, BindDenied, ListenUnenforced,
+	Deny, DenyOverflow, DenyLogFailed, BindDenied, BindReportsLost, ListenUnenforced,
 	DNSRefused, DNSRefusedOverflow, DNSProxyListening, DNSProxyFailed, DNSProxyRevoked,
 	MetricsListening, MetricsFailed, StateFailed, NotifyFailed, DescriptorLimitLow, StartRefused, RunFailed, Stopping,
 }

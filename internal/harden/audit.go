@@ -105,6 +105,8 @@ type Report struct {
 	Score     float64   `json:"exposure"` // systemd-analyze security; -1 when unknown
 	ScoreNote string    `json:"exposure_note,omitempty"`
 	Findings  []Finding `json:"findings"`
+	// Notes are facts that are not problems (what egressd enforces).
+	Notes []string `json:"notes,omitempty"`
 }
 
 var falseRE = regexp.MustCompile(`^(no|false|0|off)$`)
@@ -120,6 +122,11 @@ type Env struct {
 	Exists func(path string) bool
 	// Egressd is the binary a suggested start gate runs; default DefaultEgressd.
 	Egressd string
+	// ListenFor finds the allowlist that restricts the unit (a unit
+	// allowlist) or else its user, and that allowlist's listen: entries
+	// (canonical, e.g. tcp:8080); has is false when it has no listen: key
+	// (or no allowlist restricts either). nil leaves listen: unchecked.
+	ListenFor func(unit, user string) (allowlist string, listen []string, has bool, err error)
 }
 
 // Audit inspects a unit file and its drop-ins.
@@ -151,15 +158,8 @@ func Audit(path string, env Env) (*Report, error) {
 			r.Findings = append(r.Findings, Finding{"weakened", l.key, "set to " + v, fix})
 		}
 	}
-	if _, ok := u.Last("Service", "SocketBindDeny"); !ok {
-		r.Findings = append(r.Findings, Finding{"missing", "SocketBindDeny", "the service may listen on any port",
-			"add SocketBindAllow=tcp:PORT for its own ports and SocketBindDeny=any   # bind a shell, listen"})
-	}
-	if _, ok := u.Last("Service", "SocketBindDeny"); ok && env.BPF == FeatureNo {
-		r.Findings = append(r.Findings, Finding{"not_enforced", "SocketBindDeny", "this host's systemd is built -BPF_FRAMEWORK and ignores SocketBindAllow=/SocketBindDeny=: the service may listen on any port",
-			"limit listening another way (an input firewall rule, an LSM profile)"})
-	}
 	userName, hasUser := u.Last("Service", "User")
+	r.listen(u, path, userName, env)
 	r.Findings = append(r.Findings, ordering(u, userName, env.Egressd, env.Exists)...)
 	r.Findings = append(r.Findings, rootSockets(u, path)...)
 	for _, v := range u.Get("Service", "ReadWritePaths") {
@@ -194,6 +194,101 @@ func Audit(path string, env Env) (*Report, error) {
 		r.Findings = append(r.Findings, ownership(u, userName)...)
 	}
 	return r, nil
+}
+
+// listen reports on listening ports: systemd's SocketBind* and egressd's
+// listen: for the allowlist that restricts the unit or its user.
+func (r *Report) listen(u *Unit, path, userName string, env Env) {
+	allowlist, listen, has := "", []string(nil), false
+	if env.ListenFor != nil {
+		var err error
+		if allowlist, listen, has, err = env.ListenFor(filepath.Base(path), userName); err != nil {
+			r.Findings = append(r.Findings, Finding{"listen_unknown", "listen", "cannot read egressd's configuration: " + err.Error(), "fix the configuration (egressd check), then audit again"})
+		}
+	}
+	_, deny := u.Last("Service", "SocketBindDeny")
+	if has {
+		r.Notes = append(r.Notes, fmt.Sprintf("listen: egressd enforces allowlist %s's listen: [%s] (cgroup BPF, on any systemd): any other bind() of the service fails with EPERM", allowlist, strings.Join(listen, ", ")))
+	}
+	switch {
+	case !deny && has:
+		r.Notes = append(r.Notes, "SocketBindDeny= is not set: systemd's own layer is missing (egressd enforces listen:)")
+	case !deny:
+		r.Findings = append(r.Findings, Finding{"missing", "SocketBindDeny", "the service may listen on any port",
+			"add listen: [tcp:PORT] to its egressd allowlist, and SocketBindAllow=tcp:PORT with SocketBindDeny=any   # bind a shell, listen"})
+	case env.BPF == FeatureNo && has:
+		r.Notes = append(r.Notes, "this host's systemd is built -BPF_FRAMEWORK and ignores SocketBindAllow=/SocketBindDeny= (egressd enforces listen:)")
+	case env.BPF == FeatureNo:
+		r.Findings = append(r.Findings, Finding{"not_enforced", "SocketBindDeny", "this host's systemd is built -BPF_FRAMEWORK and ignores SocketBindAllow=/SocketBindDeny=: the service may listen on any port",
+			"add listen: [tcp:PORT] to its egressd allowlist: egressd enforces it on any systemd"})
+	}
+	if has && deny {
+		allow := socketBindAllow(u.Get("Service", "SocketBindAllow"))
+		if mine := expandListen(listen); !sameSet(allow, mine) {
+			r.Findings = append(r.Findings, Finding{"listen_mismatch", "SocketBindAllow",
+				fmt.Sprintf("SocketBindAllow= allows [%s], allowlist %s's listen: [%s]: the service may bind only what both allow", strings.Join(sortedKeys(allow), ", "), allowlist, strings.Join(listen, ", ")),
+				"make them name the same ports (egressd harden --listen ... writes both)"})
+		}
+	}
+}
+
+// socketBindAllow expands SocketBindAllow= values ([ipv4:|ipv6:][tcp:|udp:]PORT[-PORT],
+// no protocol: both) into tcp:PORT / udp:PORT strings.
+func socketBindAllow(values []string) map[string]bool {
+	out := map[string]bool{}
+	for _, v := range values {
+		for _, f := range strings.Fields(v) {
+			f = strings.TrimPrefix(strings.TrimPrefix(f, "ipv4:"), "ipv6:")
+			protos := []string{"tcp", "udp"}
+			if p, rest, ok := strings.Cut(f, ":"); ok {
+				protos, f = []string{p}, rest
+			}
+			for _, p := range protos {
+				for k := range expandListen([]string{p + ":" + f}) {
+					out[k] = true
+				}
+			}
+		}
+	}
+	return out
+}
+
+// expandListen expands listen: entries into one string per port (a
+// malformed entry is kept as written, so that it shows as a difference).
+func expandListen(entries []string) map[string]bool {
+	out := map[string]bool{}
+	for _, e := range entries {
+		l, err := config.ParseListen(e)
+		if err != nil {
+			out[e] = true
+			continue
+		}
+		for p := int(l.From); p <= int(l.To); p++ {
+			out[fmt.Sprintf("%s:%d", l.Proto, p)] = true
+		}
+	}
+	return out
+}
+
+func sameSet(a, b map[string]bool) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		if !b[k] {
+			return false
+		}
+	}
+	return true
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 func orDefault(s, d string) string {
@@ -516,6 +611,9 @@ func (r *Report) WriteText(w io.Writer) {
 		fmt.Fprintf(w, "  exposure (systemd-analyze security): %.1f\n", r.Score)
 	} else {
 		fmt.Fprintf(w, "  exposure: unknown (%s)\n", r.ScoreNote)
+	}
+	for _, n := range r.Notes {
+		fmt.Fprintf(w, "  note: %s\n", n)
 	}
 	if len(r.Findings) == 0 {
 		fmt.Fprintln(w, "  nothing found")

@@ -265,3 +265,61 @@ func TestAuditGateBinaryMissing(t *testing.T) {
 		}
 	}
 }
+
+// The audit knows listen:: a note that egressd enforces the allowlist's
+// list (so an unenforced or missing SocketBindDeny= is no hole), and a
+// finding when SocketBindAllow= and listen: name different ports.
+func TestAuditListen(t *testing.T) {
+	dir := t.TempDir()
+	unit := filepath.Join(dir, "svc.service")
+	o := Options{User: "svc", PrivateUsers: true, Listen: []Listen{{"tcp", 8080}}}
+	out, err := Generate(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(unit, []byte("[Service]\nExecStart=/usr/bin/sleep infinity\n\n"+out), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	withListen := func(entries ...string) func(string, string) (string, []string, bool, error) {
+		return func(u, user string) (string, []string, bool, error) {
+			if u != "svc.service" || user != "svc" {
+				t.Errorf("ListenFor(%q, %q)", u, user)
+			}
+			return "svc", entries, entries != nil, nil
+		}
+	}
+	kinds := func(r *Report) string {
+		var k []string
+		for _, f := range r.Findings {
+			if strings.Contains(f.Target, "SocketBind") {
+				k = append(k, f.Kind+":"+f.Target)
+			}
+		}
+		return strings.Join(k, " ")
+	}
+	for _, c := range []struct {
+		name    string
+		bpf     Feature
+		listen  []string
+		want    string
+		note    string
+		noNotes bool
+	}{
+		{"no listen:, systemd ignores SocketBind*", FeatureNo, nil, "not_enforced:SocketBindDeny", "", true},
+		{"listen: matches, systemd ignores SocketBind*", FeatureNo, []string{"tcp:8080"}, "", "egressd enforces allowlist svc's listen: [tcp:8080]", false},
+		{"listen: matches, systemd enforces", FeatureYes, []string{"tcp:8080"}, "", "egressd enforces allowlist svc's listen: [tcp:8080]", false},
+		{"listen: differs", FeatureYes, []string{"tcp:9090"}, "listen_mismatch:SocketBindAllow", "egressd enforces allowlist svc's listen: [tcp:9090]", false},
+	} {
+		r, err := Audit(unit, Env{BPF: c.bpf, ListenFor: withListen(c.listen...), Exists: func(string) bool { return true }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := kinds(r); got != c.want {
+			t.Errorf("%s: SocketBind findings %q, want %q (%v)", c.name, got, c.want, r.Findings)
+		}
+		notes := strings.Join(r.Notes, "\n")
+		if (c.note != "" && !strings.Contains(notes, c.note)) || (c.noNotes && notes != "") {
+			t.Errorf("%s: notes %q, want %q", c.name, notes, c.note)
+		}
+	}
+}

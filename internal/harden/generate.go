@@ -134,9 +134,9 @@ func (o *Options) listenGuidance() string {
 	key := "listen: [" + strings.Join(want, ", ") + "]"
 	switch {
 	case o.AllowlistListen == nil && o.Allowlist != "":
-		return fmt.Sprintf("# Listening: allowlist %q has no listen: key, so egressd does not restrict its ports;\n#   add %s to it (and egressd-listen.conf to egressd.service) to have egressd enforce them.\n", o.Allowlist, key)
+		return fmt.Sprintf("# Listening: allowlist %q has no listen: key, so egressd does not restrict its ports;\n#   add %s to it to have egressd enforce them.\n", o.Allowlist, key)
 	case o.AllowlistListen == nil:
-		return fmt.Sprintf("# Listening: egressd enforces the ports when the service's allowlist says %s\n#   (with egressd-listen.conf installed for egressd.service); SocketBind* below are systemd's own.\n", key)
+		return fmt.Sprintf("# Listening: egressd enforces the ports when the service's allowlist says %s\n#   (cgroup BPF); SocketBind* below are systemd's own.\n", key)
 	case *o.AllowlistListen != strings.Join(want, ", "):
 		return fmt.Sprintf("# Listening: egressd enforces allowlist %q's listen: [%s], not the --listen given here (%s).\n", o.Allowlist, *o.AllowlistListen, strings.Join(want, ", "))
 	}

@@ -190,9 +190,13 @@ func TestExposureTargets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("egressd.service (dedicated user): exposure %.1f (target ≤ 1.5)", score)
-	if score > 1.5 {
-		t.Errorf("egressd.service exposure %.1f > 1.5\n%s", score, report)
+	// 1.5 before egressd.service held CAP_BPF and bpf(2) for listen:, which
+	// cost 0.2 (CapabilityBoundingSet=~CAP_BPF 0.1, bpf(2) in @privileged
+	// 0.2 before normalisation: measured 1.5 → 1.7 on systemd 252).
+	const egressdMax = 1.7
+	t.Logf("egressd.service (dedicated user): exposure %.1f (target ≤ %.1f)", score, egressdMax)
+	if score > egressdMax {
+		t.Errorf("egressd.service exposure %.1f > %.1f\n%s", score, egressdMax, report)
 	}
 	if vout, _ := exec.Command(bin, "verify", eg).CombinedOutput(); strings.TrimSpace(string(vout)) != "" {
 		t.Errorf("egressd.service: systemd-analyze verify printed:\n%s", vout)

@@ -31,7 +31,7 @@ var Commands = []Command{
 		{"--loopback-only", ""}, {"--no-private-users", ""}, {"--systemd-version", "word"},
 		{"--allowlist", "allowlist"}, {"--unit", "word"}, {"--config", "file"}, {"--audit", "file"}, {"--json", ""},
 		{"--target-features", "word"}, {"--egressd", "file"}, {"--gate-timeout", "word"}, {"--keep-system-bus", ""}, {"--unit-file", "file"}}},
-	{"wait", []Flag{{"--user", "word"}, {"--unit", "word"}, {"--allowlist", "allowlist"}, {"--timeout", "word"}, {"--config", "file"}}},
+	{"wait", []Flag{{"--user", "word"}, {"--unit", "word"}, {"--allowlist", "allowlist"}, {"--timeout", "word"}, {"--config", "file"}, {"--bpf-dir", "file"}}},
 	{"remove", []Flag{{"--runtime-dir", "dir"}, {"--bpf-dir", "dir"}}},
 	{"plan", []Flag{{"--config", "file"}, {"--runtime-dir", "dir"}}},
 	{"learn", []Flag{{"--since", "word"}, {"--config", "file"}, {"--state-dir", "dir"}, {"--runtime-dir", "dir"}}},

@@ -28,7 +28,7 @@ egressd harden --user USER [--group GROUP] [--writable PATH]...
                [--config FILE] [--unit-file FILE]
 egressd harden --audit UNIT_FILE [--json]
 egressd wait (--user USER | --unit UNIT | --allowlist NAME) [--timeout 30s]
-             [--config FILE]
+             [--config FILE] [--bpf-dir DIR]
 egressd remove [--runtime-dir DIR] [--bpf-dir DIR]
 egressd plan [--config FILE] [--runtime-dir DIR]
 egressd denies [--follow] [--allowlist NAME] [--json] [--runtime-dir DIR]
@@ -106,7 +106,11 @@ allowlist NAME) in the kernel, then exit 0; exit 1 when the timeout passes
 first, so the service does not start. Needs CAP_NET_ADMIN to read nf_tables
 (the + prefix runs it as root). With --unit (or a unit allowlist's NAME) it
 must run inside that unit, as its first ExecStartPre=: it waits until the
-kernel restricts the unit's current cgroup.`),
+kernel restricts the unit's current cgroup and, when the unit's allowlist
+(read from --config) has listen:, until the listen restriction pinned in
+--bpf-dir holds that cgroup too (a configuration it cannot read: while any
+unit allowlist's listen: is in force); a restriction that is not loaded
+fails the gate.`),
 		Item("remove", `Delete the table inet egressd and detach the listen
 restriction (the BPF programs pinned in --bpf-dir): every restriction is
 lifted. For uninstalling and emergencies. Refused while the daemon runs (it
@@ -166,8 +170,9 @@ default).`),
 		Item("--runtime-dir D", `Where the daemon publishes its state for check
 (default /run/egressd).`),
 		Item("--bpf-dir D", `With run and remove: where the listen restriction's
-BPF programs, map and links are pinned, on bpffs (default: $RUNTIME_DIRECTORY/bpf
-when that is a bpffs, as egressd-listen.conf binds it; else /sys/fs/bpf/egressd).`),
+BPF programs, maps and links are pinned, on bpffs (default: $RUNTIME_DIRECTORY/bpf
+when that is a bpffs, as egressd.service binds it; else /sys/fs/bpf/egressd).
+With wait --unit: where to find them (default /sys/fs/bpf/egressd).`),
 		Item("--listen-cgroup D", `With run: the cgroup the listen restriction
 attaches to (default: the cgroup2 root, every process; tests use their own).`),
 		Item("--json", `With check: machine-readable output.`),
@@ -322,9 +327,11 @@ daemon keeps its last good configuration.`),
 [tcp:8080, udp:5353, tcp:8000-8010]. Absent: unrestricted; listen: []: no
 port. Any other bind() fails with EPERM (bind_denied); a TCP listener on a
 port the kernel picked (port 0, or listen() unbound) gets no connection.
-Enforced with cgroup BPF, pinned on bpffs (needs CAP_BPF: egressd-listen.conf);
-without it, reported as not enforced (listen_unenforced, check). User
-allowlists only.`),
+Enforced with cgroup BPF, pinned on bpffs (needs CAP_BPF, which
+egressd.service holds); without it, reported as not enforced
+(listen_unenforced, check). In a unit allowlist, every process of the unit
+is held to it, whatever its uid, and its start gate waits for the unit's new
+cgroup in the restriction.`),
 	}},
 	{"SHARED LISTS", []Block{P(`A file lists_dir/NAME.yaml holds destinations kept once and
 used by many allowlists. Its only key is allow, with the same syntax and

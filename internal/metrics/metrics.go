@@ -26,6 +26,7 @@ type Metrics struct {
 	resolveSeconds prometheus.Histogram
 	denyEvents     *prometheus.CounterVec
 	bindsDenied    *prometheus.CounterVec
+	bindLost       prometheus.Counter
 	nflogPackets   prometheus.Counter
 	nflogLost      prometheus.Counter
 	proxyQueries   *prometheus.CounterVec
@@ -63,6 +64,8 @@ func New() *Metrics {
 			Help: "Deny events logged (first packets and summaries), by allowlist."}, []string{"allowlist"}),
 		bindsDenied: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "egressd_binds_denied_total",
 			Help: "Binds and listener connections refused (or, in audit mode, reported) because the port is not in the allowlist's listen:, by allowlist and audit."}, []string{"allowlist", "audit"}),
+		bindLost: prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_bind_reports_lost_total",
+			Help: "Refused binds and dropped listener packets the BPF programs could not report (ring buffer full); refused all the same."}),
 		nflogPackets: prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_nflog_packets_total",
 			Help: "Packets received from the NFLOG group."}),
 		proxyQueries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "egressd_dns_proxy_queries_total",
@@ -92,7 +95,7 @@ func New() *Metrics {
 			Help: "1 for an allowlist in mode: audit (denies logged, then let through), 0 in enforce."}, []string{"allowlist"}),
 	}
 	m.reg.MustRegister(m.applies, m.lastApply, m.namesFailing, m.setElements, m.driftRepairs, m.resolveSeconds,
-		m.denyEvents, m.bindsDenied, m.nflogPackets, m.nflogLost, m.proxyQueries, m.proxySeconds, m.proxyKernel, m.proxyWrite,
+		m.denyEvents, m.bindsDenied, m.bindLost, m.nflogPackets, m.nflogLost, m.proxyQueries, m.proxySeconds, m.proxyKernel, m.proxyWrite,
 		m.failingSince, m.staleGrace, m.configInfo, m.reloadOK, m.reloadTime, m.auditMode, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfo(version.Get()))
 	return m
@@ -193,6 +196,13 @@ func (m *Metrics) Resolved(seconds float64) {
 func (m *Metrics) BindDenied(allowlist string, audit bool) {
 	if m != nil {
 		m.bindsDenied.WithLabelValues(allowlist, strconv.FormatBool(audit)).Inc()
+	}
+}
+
+// BindReportsLost counts n more reports the listen programs could not write.
+func (m *Metrics) BindReportsLost(n uint64) {
+	if m != nil {
+		m.bindLost.Add(float64(n))
 	}
 }
 

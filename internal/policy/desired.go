@@ -160,6 +160,9 @@ type Inputs struct {
 type Desired struct {
 	Ruleset ruleset.Desired
 	Listen  bindguard.Policy
+	// ListenCgroups are unit allowlists' listen: rules keyed by their
+	// units' cgroups running now (Inputs.Cgroups), with the units marker.
+	ListenCgroups bindguard.Cgroups
 }
 
 // Build is the one function that computes what the kernel should hold. It
@@ -220,7 +223,7 @@ func Build(in Inputs) Desired {
 		d.Allowlists = append(d.Allowlists, al)
 	}
 	sort.Slice(d.Allowlists, func(i, j int) bool { return d.Allowlists[i].Name < d.Allowlists[j].Name })
-	return Desired{Ruleset: d, Listen: Listen(c, users)}
+	return Desired{Ruleset: d, Listen: Listen(c, users), ListenCgroups: ListenCgroups(c, in.Cgroups)}
 }
 
 // Cgroups converts the restricted units' cgroups found in the hierarchy

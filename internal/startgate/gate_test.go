@@ -96,3 +96,35 @@ func TestUnitCgroup(t *testing.T) {
 		t.Error("a gate outside its unit vouched for it")
 	}
 }
+
+// units answers ReadCgroups/ReadUnits: the cgroup 7 of shop.service mapped.
+type units struct{}
+
+func (units) ReadCgroups() ([]ruleset.Cgroup, error) {
+	return []ruleset.Cgroup{{ID: 7, Allowlist: "shop"}}, nil
+}
+func (units) ReadUnits() (map[string]string, error) {
+	return map[string]string{"shop": "shop.service"}, nil
+}
+
+// A unit with listen: passes only once its cgroup is in the listen
+// restriction too; a restriction that never loads keeps it shut.
+func TestWaitUnitListen(t *testing.T) {
+	if err := WaitUnit(context.Background(), units{}, "shop.service", 7, nil, time.Millisecond); err != nil {
+		t.Fatalf("control: no listen: key: %v", err)
+	}
+	calls := 0
+	listen := func(id uint64) (bool, error) {
+		calls++
+		return id == 7 && calls >= 3, nil
+	}
+	if err := WaitUnit(context.Background(), units{}, "shop.service", 7, listen, time.Millisecond); err != nil || calls != 3 {
+		t.Fatalf("WaitUnit = %v after %d listen reads, want nil after 3", err, calls)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	never := func(uint64) (bool, error) { return false, fmt.Errorf("pinned map: %w", os.ErrNotExist) }
+	if err := WaitUnit(ctx, units{}, "shop.service", 7, never, time.Millisecond); !errors.Is(err, ErrNotEnforced) {
+		t.Fatalf("listen restriction never loaded: WaitUnit = %v, want ErrNotEnforced", err)
+	}
+}

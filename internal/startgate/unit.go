@@ -49,26 +49,45 @@ func UnitRestricted(k UnitsReader, unit string, id uint64) (bool, error) {
 	return false, nil
 }
 
-// WaitUnit is Wait for a unit's cgroup.
-func WaitUnit(ctx context.Context, k UnitsReader, unit string, id uint64, poll time.Duration) error {
+// ListenMapped reports whether the listen restriction (internal/bindguard's
+// pinned cgroup map) holds the cgroup id now. nil when the unit's allowlist
+// has no listen: key.
+type ListenMapped func(id uint64) (bool, error)
+
+// WaitUnit is Wait for a unit's cgroup: mapped in nftables and, when the
+// unit's allowlist has a listen: key (listen non-nil), in the listen
+// restriction too. egressd maps a new cgroup in both at the same apply; a
+// listen restriction that cannot be loaded keeps the gate shut (fail
+// closed: the unit would otherwise listen on any port).
+func WaitUnit(ctx context.Context, k UnitsReader, unit string, id uint64, listen ListenMapped, poll time.Duration) error {
 	t := time.NewTicker(poll)
 	defer t.Stop()
 	var last error
 	for {
 		ok, err := UnitRestricted(k, unit, id)
+		if ok && listen != nil {
+			ok, err = listen(id)
+			if err != nil {
+				err = fmt.Errorf("read the listen restriction: %w", err)
+			}
+		}
 		if ok {
 			return nil
 		}
 		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) {
-			return fmt.Errorf("read the nftables cgroup map: %w (needs CAP_NET_ADMIN: run the gate as ExecStartPre=+)", err)
+			return fmt.Errorf("read the kernel's maps: %w (needs CAP_NET_ADMIN and CAP_BPF or root: run the gate as ExecStartPre=+)", err)
 		}
 		last = err
+		what := ""
+		if listen != nil {
+			what = " (and its listen: restriction)"
+		}
 		select {
 		case <-ctx.Done():
 			if last != nil {
-				return fmt.Errorf("unit %s (cgroup %d): %w (last read: %v)", unit, id, ErrNotEnforced, last)
+				return fmt.Errorf("unit %s (cgroup %d)%s: %w (last read: %v)", unit, id, what, ErrNotEnforced, last)
 			}
-			return fmt.Errorf("unit %s (cgroup %d): %w", unit, id, ErrNotEnforced)
+			return fmt.Errorf("unit %s (cgroup %d)%s: %w", unit, id, what, ErrNotEnforced)
 		case <-t.C:
 		}
 	}
