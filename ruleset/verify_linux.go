@@ -4,6 +4,7 @@ package ruleset
 
 import (
 	"fmt"
+	"sort"
 	"strings"
 	"time"
 
@@ -27,73 +28,15 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 		fs = append(fs, Finding{Kind: kind, Object: obj, Detail: fmt.Sprintf(format, a...)})
 	}
 
-	// Expected chains and their rule signatures, built by the same code that applies them.
-	want := map[string][]string{}
-	out := outputChain()
-	want[out.Name] = sigs(append(unitOutputRules(out, p), outputRules(out)...))
-	for name, rs := range unitChainRules(p) {
-		want[name] = sigs(rs)
-	}
-	restr := &nftables.Chain{Name: chainRestr, Table: table}
-	want[restr.Name] = sigs(restrictedRules(restr, p.ProxyPort))
-	nat, zone, in := natChain(), zoneChain(), inputChain()
-	want[in.Name] = sigs(inputRules(in, p.ProxyPort, p.HasProxy()))
-	if p.HasProxy() {
-		want[nat.Name] = sigs(natRules(nat, p.ProxyPort))
-		want[zone.Name] = sigs(zoneRules(zone, p.ProxyPort))
-	}
-	deny := &nftables.Chain{Name: chainDeny, Table: table}
-	want[deny.Name] = sigs(denyRules(deny, p.DenyLog))
-
-	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	// The plan's objects (an inconsistent plan's missing elements are
+	// reported by elementFindings below) and the kernel's, in the same
+	// form: chains with their hooks and the signatures of their rules.
+	wt, _ := layout(p, nil)
+	have, err := kernelChains(c, t)
 	if err != nil {
-		return nil, fmt.Errorf("list chains: %w", err)
+		return nil, err
 	}
-	have := map[string]*nftables.Chain{}
-	for _, ch := range chains {
-		if ch.Table.Name == TableName {
-			have[ch.Name] = ch
-		}
-	}
-	for _, name := range sortedKeys(want) {
-		ch, ok := have[name]
-		if !ok {
-			add("chain_missing", name, "chain missing")
-			continue
-		}
-		if name == out.Name && (ch.Hooknum == nil || *ch.Hooknum != *out.Hooknum || ch.Type != out.Type ||
-			ch.Priority == nil || *ch.Priority != *out.Priority || (ch.Policy != nil && *ch.Policy != nftables.ChainPolicyAccept)) {
-			add("chain_hook", name, "base chain is not type filter hook output priority filter policy accept")
-		}
-		if name == zone.Name && (ch.Hooknum == nil || *ch.Hooknum != *zone.Hooknum || ch.Type != zone.Type ||
-			ch.Priority == nil || *ch.Priority != *zone.Priority) {
-			add("chain_hook", name, "base chain is not type filter hook output priority raw")
-		}
-		if name == in.Name && (ch.Hooknum == nil || *ch.Hooknum != *in.Hooknum || ch.Type != in.Type ||
-			ch.Priority == nil || *ch.Priority != *in.Priority || (ch.Policy != nil && *ch.Policy != nftables.ChainPolicyAccept)) {
-			add("chain_hook", name, "base chain is not type filter hook input priority filter policy accept")
-		}
-		if name == nat.Name && (ch.Hooknum == nil || *ch.Hooknum != *nat.Hooknum || ch.Type != nat.Type ||
-			ch.Priority == nil || *ch.Priority != *nat.Priority) {
-			add("chain_hook", name, "base chain is not type nat hook output priority dstnat")
-		}
-		rules, err := c.GetRules(t, ch)
-		if err != nil {
-			return nil, fmt.Errorf("list rules of %s: %w", name, err)
-		}
-		got := make([]string, len(rules))
-		for i, r := range rules {
-			got[i] = sig(r.Exprs)
-		}
-		if d := diffRules(want[name], got); d != "" {
-			add("rules_differ", name, "%s", d)
-		}
-	}
-	for name := range have {
-		if _, ok := want[name]; !ok {
-			add("chain_extra", name, "chain not in the plan")
-		}
-	}
+	fs = append(fs, diffChains(wt.Chains, have)...)
 
 	kset, err := c.GetSets(t)
 	if err != nil {
@@ -103,14 +46,9 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 	for _, s := range kset {
 		haveSet[s.Name] = true
 	}
-	structural := []string{kUsers, kOwners, kDNSUsers, kProxyUsers, kAudit, kDenied, kDenyLog}
-	for _, ks := range append(everyKernelSet(), proxyKernelSets()...) {
-		structural = append(structural, ks.name())
-	}
-	structural = append(structural, unitStructuralSets...)
-	for _, name := range structural {
-		if !haveSet[name] {
-			add("set_missing", name, "kernel set missing")
+	for _, s := range wt.Sets {
+		if !haveSet[s.Name] {
+			add("set_missing", s.Name, "kernel set missing")
 		}
 	}
 
@@ -139,6 +77,77 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 	return append(fs, unitFindings(c, t, p)...), nil
 }
 
+// kernelChain is a chain as the kernel holds it: its declaration and its
+// rules' signatures (sig).
+type kernelChain struct {
+	ch    *nftables.Chain
+	rules []string
+}
+
+// kernelChains reads the table's chains and their rules.
+func kernelChains(c *nftables.Conn, t *nftables.Table) (map[string]kernelChain, error) {
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("list chains: %w", err)
+	}
+	out := map[string]kernelChain{}
+	for _, ch := range chains {
+		if ch.Table.Name != TableName {
+			continue
+		}
+		rules, err := c.GetRules(t, ch)
+		if err != nil {
+			return nil, fmt.Errorf("list rules of %s: %w", ch.Name, err)
+		}
+		got := make([]string, len(rules))
+		for i, r := range rules {
+			got[i] = sig(r.Exprs)
+		}
+		out[ch.Name] = kernelChain{ch: ch, rules: got}
+	}
+	return out, nil
+}
+
+// diffChains compares the layout's chains with the kernel's: chain_missing,
+// chain_hook, rules_differ, chain_extra. A rule is compared by its lowering.
+func diffChains(want []Chain, have map[string]kernelChain) []Finding {
+	var fs []Finding
+	add := func(kind, obj, format string, a ...any) {
+		fs = append(fs, Finding{Kind: kind, Object: obj, Detail: fmt.Sprintf(format, a...)})
+	}
+	wanted := map[string]bool{}
+	sorted := append([]Chain(nil), want...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
+	for _, w := range sorted {
+		wanted[w.Name] = true
+		h, ok := have[w.Name]
+		if !ok {
+			add("chain_missing", w.Name, "chain missing")
+			continue
+		}
+		if w.Hook != nil {
+			k, ch := w.kernel(), h.ch
+			if ch.Hooknum == nil || *ch.Hooknum != *k.Hooknum || ch.Type != k.Type ||
+				ch.Priority == nil || *ch.Priority != *k.Priority || (ch.Policy != nil && *ch.Policy != nftables.ChainPolicyAccept) {
+				add("chain_hook", w.Name, "base chain is not %s", strings.TrimSuffix(strings.ReplaceAll(w.Hook.Text(), ";", ""), " "))
+			}
+		}
+		ws := make([]string, len(w.Rules))
+		for i, r := range w.Rules {
+			ws[i] = sig(r.Exprs())
+		}
+		if d := diffRules(ws, h.rules); d != "" {
+			add("rules_differ", w.Name, "%s", d)
+		}
+	}
+	for _, name := range sortedKeys(have) {
+		if !wanted[name] {
+			add("chain_extra", name, "chain not in the plan")
+		}
+	}
+	return fs
+}
+
 func diffRules(want, got []string) string {
 	if len(got) != len(want) {
 		return fmt.Sprintf("%d rules, want %d%s", len(got), len(want), firstDiff(want, got))
@@ -159,14 +168,6 @@ func firstDiff(want, got []string) string {
 		return fmt.Sprintf("; extra rule %d (%s)", len(want)+1, got[len(want)])
 	}
 	return ""
-}
-
-func sigs(rs []*nftables.Rule) []string {
-	out := make([]string, len(rs))
-	for i, r := range rs {
-		out[i] = sig(r.Exprs)
-	}
-	return out
 }
 
 // sig is a rule's shape: every expression with the fields that decide what
