@@ -64,7 +64,7 @@ func (r Rule) Exprs() []expr.Any {
 type Hook struct {
 	Type     nftables.ChainType
 	Hook     string // output, input
-	Priority string // raw, dstnat, filter
+	Priority string // raw, -100 (dstnat), filter
 }
 
 // Text is the hook line of the chain.
@@ -83,7 +83,7 @@ func (h Hook) priority() *nftables.ChainPriority {
 	switch h.Priority {
 	case "raw":
 		return nftables.ChainPriorityRaw
-	case "dstnat":
+	case "-100": // dstnat, a name nft takes only on the prerouting hook
 		return nftables.ChainPriorityNATDest
 	}
 	return nftables.ChainPriorityFilter
@@ -134,6 +134,7 @@ type value struct {
 	pair    bool
 	comment string
 	hex     bool // printed as a mark (0x%08x)
+	data    bool // a map's element v : v (the value a mark)
 }
 
 // jump is one element of the verdict map unitchains.
@@ -164,6 +165,9 @@ func (s Set) Elements(now time.Time) []nftables.SetElement {
 			k = append(k, k...)
 		}
 		out[i] = nftables.SetElement{Key: k, Comment: v.comment}
+		if v.data {
+			out[i].Val = k
+		}
 	}
 	return out
 }
@@ -176,11 +180,7 @@ func (s Set) ElementText() []string {
 	case s.proxy != nil:
 		return nil // the proxy's answers: not part of a plan
 	case s.jumps != nil:
-		out := make([]string, len(s.jumps))
-		for i, j := range s.jumps {
-			out[i] = fmt.Sprintf("%d : jump %s", j.id, unitChain(j.key))
-		}
-		return out
+		return nil // cgroup ids: printed as comments (Table.NFT), nft takes a cgroup's path
 	}
 	out := make([]string, len(s.values))
 	for i, v := range s.values {
@@ -190,6 +190,9 @@ func (s Set) ElementText() []string {
 		}
 		if v.pair {
 			t += " . " + t
+		}
+		if v.data {
+			t += " : " + unitKeyText(v.v)
 		}
 		if v.comment != "" {
 			t += fmt.Sprintf(" comment %q", v.comment)
@@ -233,6 +236,9 @@ func (t Table) NFT() string {
 		fmt.Fprintf(&b, "\n\t\ttype %s\n", s.Type)
 		if len(s.Flags) > 0 {
 			fmt.Fprintf(&b, "\t\tflags %s\n", strings.Join(s.Flags, ","))
+		}
+		for _, j := range s.jumps {
+			fmt.Fprintf(&b, "\t\t# element: cgroup id %d : jump %s (nft takes a cgroup path, not an id)\n", j.id, unitChain(j.key))
 		}
 		if s.Broken != "" {
 			fmt.Fprintf(&b, "\t\t# cannot place the elements: %s\n", s.Broken)

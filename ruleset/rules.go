@@ -21,6 +21,8 @@ import (
 //	table inet egressd {
 //	  set users    { type uid }                                   # protected uids; element comment = allowlist
 //	  set owners   { type mark . uid }                            # (u . u) for every protected uid
+//	  set openers  { type mark }                                  # every protected uid, as a conntrack mark
+//	  map uidmarks { type uid : mark }                            # u : u for every protected uid (ct mark set meta skuid map @uidmarks)
 //	  set dnsusers { type uid }                                   # dns: resolvers
 //	  set proxyusers { type uid }                                 # dns: proxy
 //	  set audit    { type uid }                                   # mode: audit
@@ -81,6 +83,18 @@ func layout(p Plan, carry []ProxyElement) (Table, error) {
 	}
 	t.Sets = append(t.Sets, Set{Name: kOwners, Comment: "(u . u) for every protected uid", Type: "mark . uid", values: owners,
 		Kernel: &nftables.Set{Table: table, Name: kOwners, KeyType: nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeUID), Concatenation: true}})
+	var marks []value
+	for _, ch := range users {
+		marks = append(marks, value{v: ch.UID, data: true})
+	}
+	t.Sets = append(t.Sets, Set{Name: kUIDMarks, Comment: "every protected uid to itself as a mark (nft has no cast from uid to mark)", Map: true, Type: "uid : mark", values: marks,
+		Kernel: &nftables.Set{Table: table, Name: kUIDMarks, KeyType: nftables.TypeUID, DataType: nftables.TypeMark, IsMap: true, KeyByteOrder: binaryutil.NativeEndian}})
+	var openers []value
+	for _, ch := range users {
+		openers = append(openers, value{v: ch.UID, hex: true})
+	}
+	t.Sets = append(t.Sets, Set{Name: kOpeners, Comment: "every protected uid as a conntrack mark: a flow a protected user opened", Type: "mark", values: openers,
+		Kernel: &nftables.Set{Table: table, Name: kOpeners, KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian}})
 	uidSet(kDNSUsers, "dns: resolvers", func(ch ChainPlan) bool { return ch.DNS })
 	uidSet(kProxyUsers, "dns: proxy", func(ch ChainPlan) bool { return ch.Proxy })
 	uidSet(kAudit, "mode: audit", func(ch ChainPlan) bool { return ch.Audit })
@@ -151,7 +165,7 @@ func layout(p Plan, carry []ProxyElement) (Table, error) {
 	if p.HasProxy() {
 		t.Chains = append(t.Chains,
 			Chain{Name: chainZone, Hook: &Hook{nftables.ChainTypeFilter, "output", "raw"}, Rules: zoneRules(p.ProxyPort)},
-			Chain{Name: chainNAT, Hook: &Hook{nftables.ChainTypeNAT, "output", "dstnat"}, Rules: natRules(p.ProxyPort)})
+			Chain{Name: chainNAT, Hook: &Hook{nftables.ChainTypeNAT, "output", "-100"}, Rules: natRules(p.ProxyPort)})
 	}
 	t.Chains = append(t.Chains,
 		Chain{Name: chainIn, Hook: &Hook{nftables.ChainTypeFilter, "input", "filter"}, Rules: inputRules(p.ProxyPort, p.HasProxy())},
@@ -284,7 +298,7 @@ func inputRules(port uint16, proxy bool) []Rule {
 		return rules
 	}
 	redirected := func(reply bool) []Stmt {
-		return []Stmt{ctStatus(ipsDstNAT, true), ctDirection(reply), ctMarkIn(kUsers)}
+		return []Stmt{ctStatus(ipsDstNAT, true), ctDirection(reply), ctMarkIn(kOpeners)}
 	}
 	for i, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
 		r := rule(append(append([]Stmt{l4Port(proto, true, port)}, redirected(false)...), socketMarkNot(ProxySocketMark), rejectAdmin)...)
@@ -523,7 +537,14 @@ func sortedChains(chs []ChainPlan) []ChainPlan {
 	return out
 }
 
-func unitLabelMaskText() string { return "(bits 64-95)" }
+// unitLabelMaskText is label bits 64-95, as nft takes a label mask.
+func unitLabelMaskText() string {
+	bits := make([]string, 32)
+	for i := range bits {
+		bits[i] = fmt.Sprint(64 + i)
+	}
+	return "(" + strings.Join(bits, " | ") + ")"
+}
 
 func unitChainsMap() *nftables.Set {
 	return &nftables.Set{Table: table, Name: kUnitChains, KeyType: nftables.TypeCGroupV2, DataType: nftables.TypeVerdict,

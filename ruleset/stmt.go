@@ -105,9 +105,13 @@ func ctDirection(reply bool) Stmt {
 	}}
 }
 
-// ctMarkSetSkuid: ct mark set meta skuid (the flow's opener).
-var ctMarkSetSkuid = Stmt{"ct mark set meta skuid", []expr.Any{
+// ctMarkSetSkuid: ct mark set meta skuid map @uidmarks: the flow's opener,
+// its uid as the mark. Through the map u : u of every protected uid, as nft
+// writes it (it refuses `ct mark set meta skuid`: a uid is not a mark, and
+// has no cast); the map has every uid this chain sees.
+var ctMarkSetSkuid = Stmt{"ct mark set meta skuid map @" + kUIDMarks, []expr.Any{
 	&expr.Meta{Key: expr.MetaKeySKUID, Register: reg1},
+	&expr.Lookup{SourceRegister: reg1, SetName: kUIDMarks, DestRegister: reg1, IsDestRegSet: true},
 	&expr.Ct{Key: expr.CtKeyMARK, Register: reg1, SourceRegister: true},
 }}
 
