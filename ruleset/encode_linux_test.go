@@ -1,0 +1,71 @@
+//go:build linux
+
+package ruleset
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/egressd/egressd/config"
+)
+
+// An element's key, as the encoder writes it into each kind of kernel set,
+// reads back (decode, what ReadSets and Verify use) as the same element
+// and uid; a range over two uids, or a short key, is an error.
+func TestElementKeyRoundTrip(t *testing.T) {
+	es := []Element{
+		ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443),
+		ElementFor(config.UDP, netip.MustParsePrefix("198.51.100.0/24"), 53, 60),
+		ElementFor(config.TCP, netip.MustParsePrefix("2001:db8::/64"), 1, 65535),
+	}
+	for _, ks := range append(everyKernelSet(), proxyKernelSets()...) {
+		for _, e := range es {
+			if e.Is6() != ks.V6 || isExact(e) == ks.Range {
+				continue
+			}
+			uid := uint32(4001)
+			if ks.DNS {
+				uid = 0
+			}
+			until := time.Unix(100, 0)
+			got := toSetElementsAt(ks, []keyed{{uid: uid, e: e, until: until}}, time.Unix(40, 0))
+			if len(got) != 1 || got[0].Timeout != time.Minute {
+				t.Fatalf("%s: %+v", ks.name(), got)
+			}
+			end := got[0].KeyEnd
+			if !ks.Range {
+				end = got[0].Key
+			}
+			u, back, err := decode(ks, got[0].Key, end)
+			if err != nil || u != uid || back != e {
+				t.Errorf("%s: %s (uid %d) read back as %s (uid %d), %v", ks.name(), e, uid, back, u, err)
+			}
+		}
+	}
+	ks := kernelSet{Range: true}
+	a, b := encode(ks, 1, es[1], false), encode(ks, 2, es[1], true)
+	if _, _, err := decode(ks, a, b); err == nil {
+		t.Error("a range over two uids decoded")
+	}
+	if _, _, err := decode(ks, a[:2], b[:2]); err == nil {
+		t.Error("a short key decoded")
+	}
+	if _, _, err := decode(kernelSet{DNS: true}, a[4:8], b[4:8]); err == nil {
+		t.Error("a key of the wrong length decoded")
+	}
+	// Deleting elements with a lifetime first re-adds them for a
+	// millisecond (guard); others are not; deletions carry no timeout.
+	ks2 := []keyed{{uid: 1, e: es[0], until: hadLifetime}, {uid: 1, e: es[1]}}
+	if g := guard(ks2); len(g) != 1 || g[0].e != es[0] {
+		t.Errorf("guard: %+v", g)
+	}
+	for _, k := range untimed(ks2) {
+		if !k.until.IsZero() {
+			t.Errorf("untimed: %+v", k)
+		}
+	}
+	if kernelTimeout(time.Time{}, time.Now()) != 0 || kernelTimeout(time.Unix(1, 0), time.Unix(2, 0)) != time.Millisecond {
+		t.Error("kernelTimeout: none, or at least a millisecond")
+	}
+}

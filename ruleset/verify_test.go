@@ -1,0 +1,100 @@
+package ruleset
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/nftables"
+)
+
+// Verification is a diff of two object lists: the layout's chains and the
+// kernel's, read into the same form. Each way another tool can change the
+// chains is one finding; the table as applied is none.
+func TestDiffChains(t *testing.T) {
+	p := everyKindPlan(everyDenyLog[0], true)
+	want, err := layout(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fs := diffChains(want.Chains, want.kernelForm()); len(fs) != 0 {
+		t.Fatalf("the layout against itself: %v", fs)
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(map[string]kernelChain)
+		want   string // kind object: detail prefix
+	}{
+		{"chain deleted", func(m map[string]kernelChain) { delete(m, chainRestr) }, "chain_missing restricted: chain missing"},
+		{"chain added", func(m map[string]kernelChain) {
+			m["mine"] = kernelChain{ch: &nftables.Chain{Name: "mine"}}
+		}, "chain_extra mine: chain not in the plan"},
+		{"hook changed", func(m map[string]kernelChain) {
+			kc := m[chainOut]
+			ch := *kc.ch
+			ch.Priority = nftables.ChainPriorityMangle
+			kc.ch = &ch
+			m[chainOut] = kc
+		}, "chain_hook output: base chain is not type filter hook output priority filter policy accept"},
+		{"hook removed", func(m map[string]kernelChain) {
+			kc := m[chainIn]
+			kc.ch = &nftables.Chain{Name: chainIn}
+			m[chainIn] = kc
+		}, "chain_hook input: base chain is not type filter hook input priority filter policy accept"},
+		{"policy drop", func(m map[string]kernelChain) {
+			kc := m[chainNAT]
+			ch := *kc.ch
+			drop := nftables.ChainPolicyDrop
+			ch.Policy = &drop
+			kc.ch = &ch
+			m[chainNAT] = kc
+		}, "chain_hook dnsproxy: base chain is not type nat hook output priority -100 policy accept"},
+		{"last rule deleted", func(m map[string]kernelChain) {
+			kc := m[chainDeny]
+			kc.rules = kc.rules[:len(kc.rules)-1]
+			m[chainDeny] = kc
+		}, "rules_differ deny: 5 rules, want 6; rule 6 missing (reject(2,3))"},
+		{"rule added", func(m map[string]kernelChain) {
+			kc := m[chainOut]
+			kc.rules = append([]string(nil), kc.rules...)
+			kc.rules = append(kc.rules, "verdict(1,)")
+			m[chainOut] = kc
+		}, "rules_differ output: 10 rules, want 9; extra rule 10 (verdict(1,))"},
+		{"rule changed", func(m map[string]kernelChain) {
+			kc := m[chainRestr]
+			kc.rules = append([]string(nil), kc.rules...)
+			kc.rules[0] = "verdict(1,)"
+			m[chainRestr] = kc
+		}, "rules_differ restricted: rule 1 is verdict(1,), want ct(0) bitwise(08000000)"},
+	} {
+		have := want.kernelForm()
+		tc.change(have)
+		fs := diffChains(want.Chains, have)
+		if len(fs) != 1 || !strings.HasPrefix(fs[0].String(), tc.want) {
+			t.Errorf("%s: %v, want one finding %q", tc.name, fs, tc.want)
+		}
+	}
+}
+
+// The fake kernel holds the layout's chains and diffs them as Verify does:
+// a chain another tool changed, and a plan whose rules are not the ones it
+// holds (another DNS proxy port), are rules_differ.
+func TestFakeVerifiesChains(t *testing.T) {
+	p := everyKindPlan(everyDenyLog[1], false)
+	f := &Fake{}
+	if err := f.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	if fs, _ := f.Verify(p); len(fs) != 0 {
+		t.Fatalf("as applied: %v", fs)
+	}
+	q := everyKindPlan(everyDenyLog[1], false)
+	q.ProxyPort = 154
+	if fs, _ := f.Verify(q); kinds(fs) != "rules_differ dnsproxy, rules_differ dnszone, rules_differ input, rules_differ restricted" {
+		t.Errorf("another proxy port: %v", fs)
+	}
+	f.BreakRules("mine")
+	f.BreakRules(chainIn)
+	if fs, _ := f.Verify(p); kinds(fs) != "rules_differ input, chain_extra mine" {
+		t.Errorf("changed by another tool: %v", fs)
+	}
+}
