@@ -209,16 +209,6 @@ type Table struct {
 	Chains []Chain
 }
 
-// Chain returns the chain named name, or false.
-func (t Table) Chain(name string) (Chain, bool) {
-	for _, c := range t.Chains {
-		if c.Name == name {
-			return c, true
-		}
-	}
-	return Chain{}, false
-}
-
 // NFT prints the table in nft's syntax: `nft -f` loads it (a test checks
 // that with the distribution's nft).
 func (t Table) NFT() string {

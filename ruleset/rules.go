@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
-	"strings"
 
 	"github.com/egressd/egressd/config"
 	"github.com/google/nftables"
@@ -445,15 +444,12 @@ func denyRules(dl config.DenyLog) []Rule {
 // user's must pass both allowlists.
 func unitRules(u UnitPlan) []Rule {
 	deny := goTo(unitDenyChain(u.Key))
-	label := unitLabelText(u.Key)
 	var rules []Rule
 	// The opener of every new flow: its unit key in label bits 64-95, on
 	// the flow's first packet only (see restrictedRules). A label set only
 	// sets bits.
-	rules = append(rules, rule(ctState(expr.CtStateBitNEW), ctStatus(ipsConfirmed, false), Stmt{"ct label set " + label, []expr.Any{
-		&expr.Immediate{Register: reg1, Data: unitLabel(u.Key)},
-		&expr.Ct{Key: expr.CtKeyLABELS, Register: reg1, SourceRegister: true},
-	}}).because("label bits 64-95: the unit that opened the flow (key "+unitKeyText(u.Key)+")"))
+	rules = append(rules, rule(ctState(expr.CtStateBitNEW), ctStatus(ipsConfirmed, false), ctLabelSet(u.Key)).
+		because("label bits 64-95: the unit that opened the flow (key "+unitKeyText(u.Key)+")"))
 	// Source routing, IPv4 options and MPTCP, as in restrictedRules.
 	rules = append(rules,
 		rule(nfproto(true), rtHdr, deny).because("IPV6_RTHDR: source routing"),
@@ -461,21 +457,10 @@ func unitRules(u UnitPlan) []Rule {
 		rule(mptcpOff...).because("MPTCP falls back to TCP"))
 	// Established and related: the unit's own flows in the original
 	// direction, others' flows in the reply direction (restrictedRules).
-	labelIs := func(own bool) Stmt {
-		op, t := expr.CmpOpEq, "=="
-		if !own {
-			op, t = expr.CmpOpNeq, "!="
-		}
-		return Stmt{"ct label & " + unitLabelMaskText() + " " + t + " " + label, []expr.Any{
-			&expr.Ct{Register: reg1, Key: expr.CtKeyLABELS},
-			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 16, Mask: unitLabelMask, Xor: make([]byte, 16)},
-			&expr.Cmp{Op: op, Register: reg1, Data: unitLabel(u.Key)},
-		}}
-	}
 	rules = append(rules,
-		rule(ctState(established), ctDirection(false), labelIs(true), ret),
+		rule(ctState(established), ctDirection(false), ctLabelIs(u.Key, true), ret),
 		// a forged source on a forwarded flow's reply (restrictedRules)
-		rule(ctState(established), ctDirection(true), labelIs(false), fibLocal(true, true), ret),
+		rule(ctState(established), ctDirection(true), ctLabelIs(u.Key, false), fibLocal(true, true), ret),
 		rule(ctState(established), ctDirection(true), fibLocal(false, true), fibLocal(true, true), ret),
 		rule(fibLocal(true, false), deny).because("IP_FREEBIND, IPV6_FREEBIND, IP_TRANSPARENT"))
 	for _, ks := range unitKernelSets() {
@@ -537,15 +522,6 @@ func sortedChains(chs []ChainPlan) []ChainPlan {
 	return out
 }
 
-// unitLabelMaskText is label bits 64-95, as nft takes a label mask.
-func unitLabelMaskText() string {
-	bits := make([]string, 32)
-	for i := range bits {
-		bits[i] = fmt.Sprint(64 + i)
-	}
-	return "(" + strings.Join(bits, " | ") + ")"
-}
-
 func unitChainsMap() *nftables.Set {
 	return &nftables.Set{Table: table, Name: kUnitChains, KeyType: nftables.TypeCGroupV2, DataType: nftables.TypeVerdict,
 		IsMap: true, KeyByteOrder: binaryutil.NativeEndian}
@@ -560,17 +536,3 @@ func cgroupElement(id uint64, k uint32) nftables.SetElement {
 
 // unitKeyText is a unit key as nft prints a mark.
 func unitKeyText(k uint32) string { return fmt.Sprintf("0x%08x", k) }
-
-// unitLabelText is the conntrack label bits of unit key k (bits 64-95), as
-// nft prints them; unitLabelMaskText is bits 64-95.
-func unitLabelText(k uint32) string {
-	var bits []string
-	for i := 0; i < 32; i++ {
-		// Label bytes 8-11 hold k in host order (unitLabel): on a
-		// little-endian host bit i of k is label bit 64+i.
-		if k&(1<<i) != 0 {
-			bits = append(bits, fmt.Sprint(64+i))
-		}
-	}
-	return strings.Join(bits, " | ")
-}

@@ -411,3 +411,49 @@ func updateBySkuid(set, text string, e expr.Any) Stmt {
 		&expr.Dynset{SrcRegKey: reg1, SetName: set, Operation: unix.NFT_DYNSET_OP_UPDATE, Exprs: []expr.Any{e}},
 	}}
 }
+
+// ctLabelSet: ct label set BITS: the unit key k in label bits 64-95 (a
+// label set only sets bits).
+func ctLabelSet(k uint32) Stmt {
+	return Stmt{"ct label set " + unitLabelText(k), []expr.Any{
+		&expr.Immediate{Register: reg1, Data: unitLabel(k)},
+		&expr.Ct{Key: expr.CtKeyLABELS, Register: reg1, SourceRegister: true},
+	}}
+}
+
+// ctLabelIs: ct label & (bits 64-95) == BITS (!= when !own): the flow's
+// opener is (is not) the unit with key k.
+func ctLabelIs(k uint32, own bool) Stmt {
+	op, t := expr.CmpOpEq, "=="
+	if !own {
+		op, t = expr.CmpOpNeq, "!="
+	}
+	return Stmt{"ct label & " + unitLabelMaskText() + " " + t + " " + unitLabelText(k), []expr.Any{
+		&expr.Ct{Register: reg1, Key: expr.CtKeyLABELS},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 16, Mask: unitLabelMask, Xor: make([]byte, 16)},
+		&expr.Cmp{Op: op, Register: reg1, Data: unitLabel(k)},
+	}}
+}
+
+// unitLabelText is the conntrack label bits of unit key k (bits 64-95), as
+// nft prints them; unitLabelMaskText is bits 64-95.
+func unitLabelText(k uint32) string {
+	var bits []string
+	for i := 0; i < 32; i++ {
+		// Label bytes 8-11 hold k in host order (unitLabel): on a
+		// little-endian host bit i of k is label bit 64+i.
+		if k&(1<<i) != 0 {
+			bits = append(bits, fmt.Sprint(64+i))
+		}
+	}
+	return strings.Join(bits, " | ")
+}
+
+// unitLabelMaskText is label bits 64-95, as nft takes a label mask.
+func unitLabelMaskText() string {
+	bits := make([]string, 32)
+	for i := range bits {
+		bits[i] = fmt.Sprint(64 + i)
+	}
+	return "(" + strings.Join(bits, " | ") + ")"
+}

@@ -51,8 +51,6 @@ const (
 	kUDenyLog   = "udenylog"
 )
 
-var unitStructuralSets = []string{kUnitChains, kUnitIDs, kUDenied, kUDenyLog}
-
 // unitChain and unitDenyChain are the chains of the unit allowlist with key k.
 func unitChain(k uint32) string     { return fmt.Sprintf("unit_%08x", k) }
 func unitDenyChain(k uint32) string { return fmt.Sprintf("unitdeny_%08x", k) }
