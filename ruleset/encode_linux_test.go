@@ -69,3 +69,36 @@ func TestElementKeyRoundTrip(t *testing.T) {
 		t.Error("kernelTimeout: none, or at least a millisecond")
 	}
 }
+
+// A delta's elements land in the kernel sets they belong to: a renewal is
+// an addition where adding renews a timeout, a deletion (guarded: it had a
+// lifetime) and an addition elsewhere; a set of an allowlist the plan has
+// no uid for fails the delta.
+func TestDeltaElements(t *testing.T) {
+	p := everyKindPlan(everyDenyLog[0], false)
+	name := SetID{Allowlist: "c"}.Name()
+	old := ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.80/32"), 443, 443)
+	renewed := ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.77/32"), 443, 443)
+	gone := ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.81/32"), 443, 443)
+	until := time.Unix(2000, 0)
+	d := Delta{name: {Add: []Element{old}, AddUntil: []time.Time{until}, Del: []Element{gone}, DelEnding: []bool{true},
+		Renew: []Element{renewed}, RenewUntil: []time.Time{until}}}
+	exact := kernelSet{}
+	add, del, err := deltaElements(p, d, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(add[exact]) != 2 || len(del[exact]) != 1 || del[exact][0].e != gone || del[exact][0].until != hadLifetime || add[exact][0].uid != 4003 {
+		t.Errorf("adding renews: add %+v del %+v", add, del)
+	}
+	add, del, err = deltaElements(p, d, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(add[exact]) != 2 || len(del[exact]) != 2 || del[exact][1].e != renewed || del[exact][1].until != hadLifetime {
+		t.Errorf("adding does not renew: add %+v del %+v", add, del)
+	}
+	if _, _, err := deltaElements(p, Delta{SetID{Allowlist: "nobody"}.Name(): {Add: []Element{old}}}, true); err == nil {
+		t.Error("a set of an allowlist without a uid was placed")
+	}
+}

@@ -313,7 +313,6 @@ func (k *Netlink) ApplyDelta(p Plan, d Delta) error {
 	if len(d) == 0 {
 		return nil
 	}
-	uidOf := uids(p)
 	k.own.mu.Lock()
 	defer k.own.mu.Unlock()
 	renews := true
@@ -327,6 +326,48 @@ func (k *Netlink) ApplyDelta(p Plan, d Delta) error {
 			break
 		}
 	}
+	add, del, err := deltaElements(p, d, renews)
+	if err != nil {
+		return err
+	}
+	c, _, err := k.writer()
+	if err != nil {
+		return fmt.Errorf("open netlink: %w", err)
+	}
+	for _, ks := range everyKernelSet() {
+		es := del[ks]
+		for i := 0; i < len(es); i += chunk {
+			part := es[i:min(i+chunk, len(es))]
+			if g := guard(part); len(g) > 0 {
+				if err := c.SetAddElements(ks.nft(), toSetElements(ks, g)); err != nil {
+					k.dropIf(c)
+					return fmt.Errorf("build delta: delete from %s: %w", ks.name(), err)
+				}
+			}
+			if err := c.SetDeleteElements(ks.nft(), toSetElements(ks, untimed(part))); err != nil {
+				k.dropIf(c)
+				return fmt.Errorf("build delta: delete from %s: %w", ks.name(), err)
+			}
+		}
+	}
+	for _, ks := range everyKernelSet() {
+		if err := addElements(c, ks.nft(), ks, add[ks]); err != nil {
+			k.dropIf(c)
+			return fmt.Errorf("build delta: %w", err)
+		}
+	}
+	if err := c.Flush(); err != nil {
+		k.dropIf(c)
+		return k.unknownOutcome(p, fmt.Errorf("apply delta (%d elements): %w", d.Elements(), err))
+	}
+	return nil
+}
+
+// deltaElements places a delta's elements in kernel sets: what to delete
+// (with whether each had a lifetime, for guard) and what to add (with its
+// lifetime). A renewal is an addition where adding renews a timeout
+// (renews), a deletion and an addition elsewhere.
+func deltaElements(p Plan, d Delta, renews bool) (add, del map[kernelSet][]keyed, err error) {
 	adds, dels := map[string][]Element{}, map[string][]Element{}
 	addUntil, delEnding := map[string][]time.Time{}, map[string][]time.Time{}
 	for name, sd := range d {
@@ -362,45 +403,14 @@ func (k *Netlink) ApplyDelta(p Plan, d Delta) error {
 			}
 		}
 	}
-	add, err := placeElements(adds, addUntil, uidOf)
+	if add, err = placeElements(adds, addUntil, uids(p)); err != nil {
+		return nil, nil, fmt.Errorf("build delta: %w", err)
+	}
+	del, err = placeElements(dels, delEnding, uids(p))
 	if err != nil {
-		return fmt.Errorf("build delta: %w", err)
+		return nil, nil, fmt.Errorf("build delta: %w", err)
 	}
-	del, err := placeElements(dels, delEnding, uidOf)
-	if err != nil {
-		return fmt.Errorf("build delta: %w", err)
-	}
-	c, _, err := k.writer()
-	if err != nil {
-		return fmt.Errorf("open netlink: %w", err)
-	}
-	for _, ks := range everyKernelSet() {
-		es := del[ks]
-		for i := 0; i < len(es); i += chunk {
-			part := es[i:min(i+chunk, len(es))]
-			if g := guard(part); len(g) > 0 {
-				if err := c.SetAddElements(ks.nft(), toSetElements(ks, g)); err != nil {
-					k.dropIf(c)
-					return fmt.Errorf("build delta: delete from %s: %w", ks.name(), err)
-				}
-			}
-			if err := c.SetDeleteElements(ks.nft(), toSetElements(ks, untimed(part))); err != nil {
-				k.dropIf(c)
-				return fmt.Errorf("build delta: delete from %s: %w", ks.name(), err)
-			}
-		}
-	}
-	for _, ks := range everyKernelSet() {
-		if err := addElements(c, ks.nft(), ks, add[ks]); err != nil {
-			k.dropIf(c)
-			return fmt.Errorf("build delta: %w", err)
-		}
-	}
-	if err := c.Flush(); err != nil {
-		k.dropIf(c)
-		return k.unknownOutcome(p, fmt.Errorf("apply delta (%d elements): %w", d.Elements(), err))
-	}
-	return nil
+	return add, del, nil
 }
 
 // Remove implements Kernel. It deletes the table through the owning socket
