@@ -3,11 +3,15 @@
 package ruleset
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/egressd/egressd/config"
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // An element's key, as the encoder writes it into each kind of kernel set,
@@ -100,5 +104,41 @@ func TestDeltaElements(t *testing.T) {
 	}
 	if _, _, err := deltaElements(p, Delta{SetID{Allowlist: "nobody"}.Name(): {Add: []Element{old}}}, true); err == nil {
 		t.Error("a set of an allowlist without a uid was placed")
+	}
+}
+
+// A verdict map element's verdict, as the netlink library hands it back
+// undecoded, reads as its chain and whether it jumps there; a unit chain's
+// name gives its unit key.
+func TestElementJump(t *testing.T) {
+	verdict := func(code int32, chain string) []byte {
+		ae := netlink.NewAttributeEncoder()
+		ae.ByteOrder = binary.BigEndian
+		ae.Uint32(unix.NFTA_VERDICT_CODE, uint32(code))
+		if chain != "" {
+			ae.String(unix.NFTA_VERDICT_CHAIN, chain)
+		}
+		b, err := ae.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	if c, j := elementJump(verdict(int32(expr.VerdictJump), unitChain(0xabcd))); c != "unit_0000abcd" || !j {
+		t.Errorf("jump: %q %v", c, j)
+	}
+	if _, j := elementJump(verdict(int32(expr.VerdictAccept), "")); j {
+		t.Error("accept read as a jump")
+	}
+	if _, j := elementJump([]byte{2, 0, 1, 0}); j {
+		t.Error("a short attribute read as a jump")
+	}
+	if k, ok := unitKeyOfChain(unitChain(0xabcd)); !ok || k != 0xabcd {
+		t.Errorf("unitKeyOfChain: %x %v", k, ok)
+	}
+	for _, name := range []string{"restricted", "unit_xyz", "unit_0000abcd0"} {
+		if _, ok := unitKeyOfChain(name); ok {
+			t.Errorf("unitKeyOfChain(%q): a unit chain", name)
+		}
 	}
 }

@@ -1,9 +1,12 @@
 package ruleset
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/egressd/egressd/config"
 	"github.com/google/nftables"
 )
 
@@ -96,5 +99,58 @@ func TestFakeVerifiesChains(t *testing.T) {
 	f.BreakRules(chainIn)
 	if fs, _ := f.Verify(p); kinds(fs) != "rules_differ input, chain_extra mine" {
 		t.Errorf("changed by another tool: %v", fs)
+	}
+}
+
+// The fake kernel holds the DNS proxy's answers as the adapter does: an
+// element there already gets the new timeout and keeps its name, deleting
+// one that is not there is ignored, a full apply keeps those of uids that
+// still have dns: proxy, and without a table every call fails.
+func TestFakeProxy(t *testing.T) {
+	p := everyKindPlan(everyDenyLog[0], false) // uid 4002: dns: proxy
+	e := ElementFor(config.TCP, netip.MustParsePrefix("198.51.100.9/32"), 443, 443)
+	f := &Fake{}
+	if err := f.AddProxy([]ProxyElement{{UID: 4002, Element: e}}); err == nil {
+		t.Fatal("AddProxy without a table succeeded")
+	}
+	if _, err := f.ReadProxy(); err != ErrNoTable {
+		t.Fatalf("ReadProxy without a table: %v", err)
+	}
+	if err := f.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("a", MaxCommentName+5)
+	if err := f.AddProxy([]ProxyElement{{UID: 4002, Element: e, Timeout: time.Minute, Name: long}, {UID: 4001, Element: e, Timeout: time.Minute}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.AddProxy([]ProxyElement{{UID: 4002, Element: e, Timeout: time.Hour, Name: "other.example"}}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := f.ReadProxy()
+	if len(got) != 2 || got[0].Timeout != time.Hour || got[0].Name != CommentFor(long) || !strings.HasPrefix(got[0].Name, `\`) {
+		t.Fatalf("after a renewal: %v", got)
+	}
+	if s := got[0].String(); s != "4002 . "+e.String()+" (1h0m0s)" {
+		t.Errorf("String: %q", s)
+	}
+	if ProxySetName(e) != "proxy4" || KernelSetName(SetID{Allowlist: "c"}.Name(), e) != "allow4" || KernelSetName(SetID{Allowlist: "c", V6: true}.Name(),
+		ElementFor(config.TCP, netip.MustParsePrefix("2001:db8::/64"), 1, 2)) != "allow6r" {
+		t.Error("kernel set names")
+	}
+	if err := f.ApplyFull(p); err != nil { // uid 4001 has no dns: proxy: its answer goes
+		t.Fatal(err)
+	}
+	if got, _ := f.ReadProxy(); len(got) != 1 || got[0].UID != 4002 {
+		t.Fatalf("after a full apply: %v", got)
+	}
+	if err := f.DeleteProxy([]ProxyElement{{UID: 4002, Element: e}, {UID: 9, Element: e}}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := f.ReadProxy(); len(got) != 0 {
+		t.Fatalf("after a deletion: %v", got)
+	}
+	f.RemoveTable()
+	if err := f.DeleteProxy(nil); err == nil {
+		t.Error("DeleteProxy without a table succeeded")
 	}
 }
