@@ -4,7 +4,6 @@ package ruleset
 
 import (
 	"fmt"
-	"sort"
 	"strings"
 
 	"github.com/google/nftables"
@@ -219,43 +218,15 @@ func (k *Netlink) ApplyCgroups(p Plan, add, del []Cgroup) error {
 	return nil
 }
 
-// unitFindings compares the unit sets with the plan: the unit keys
-// (unitids, with their allowlists) and the cgroup map (whether each unit
-// allowlist resolves its DNS and is audited is in its chains' rules, which
-// Verify compares).
+// unitFindings reads the unit keys and the cgroup map and compares them
+// with the plan (unitSetFindings).
 func unitFindings(c *nftables.Conn, t *nftables.Table, p Plan) []Finding {
-	var fs []Finding
 	got := map[uint32]string{}
 	for k, au := range readUnitComments(c, t) {
 		got[k] = au[0] + " " + au[1]
 	}
-	want := map[uint32]string{}
-	for _, u := range p.Units {
-		want[u.Key] = u.Allowlist + " " + u.Unit
-	}
-	var diffs []string
-	for k, name := range want {
-		if got[k] != name {
-			diffs = append(diffs, fmt.Sprintf("unit key %d → %q, want %q", k, got[k], name))
-		}
-	}
-	for k, name := range got {
-		if _, ok := want[k]; !ok {
-			diffs = append(diffs, fmt.Sprintf("unit key %d → %q not in the plan", k, name))
-		}
-	}
-	if len(diffs) > 0 {
-		sort.Strings(diffs)
-		fs = append(fs, Finding{Kind: "users_differ", Object: kUnitIDs, Detail: strings.Join(diffs, "; ")})
-	}
 	cgs, err := readCgroups(c, t)
-	if err != nil {
-		return fs
-	}
-	if add, del := CgroupDelta(cgs, p.Cgroups); len(add)+len(del) > 0 {
-		fs = append(fs, Finding{Kind: "users_differ", Object: kUnitChains, Detail: fmt.Sprintf("%d cgroups missing, %d not in the plan", len(add), len(del))})
-	}
-	return fs
+	return unitSetFindings(p, got, cgs, err == nil)
 }
 
 // addUnitCounters adds the unit allowlists' reject counters (udenied, per

@@ -289,3 +289,37 @@ func normReg(r uint32) uint32 {
 	}
 	return r
 }
+
+// unitSetFindings compares the unit sets with the plan: the unit keys
+// (unitids: key → "ALLOWLIST UNIT") and, when read (cgsRead), the cgroup
+// map. Whether each unit allowlist resolves its DNS and is audited is in its
+// chains' rules (diffChains).
+func unitSetFindings(p Plan, got map[uint32]string, cgs []Cgroup, cgsRead bool) []Finding {
+	var fs []Finding
+	want := map[uint32]string{}
+	for _, u := range p.Units {
+		want[u.Key] = u.Allowlist + " " + u.Unit
+	}
+	var diffs []string
+	for k, name := range want {
+		if got[k] != name {
+			diffs = append(diffs, fmt.Sprintf("unit key %d → %q, want %q", k, got[k], name))
+		}
+	}
+	for k, name := range got {
+		if _, ok := want[k]; !ok {
+			diffs = append(diffs, fmt.Sprintf("unit key %d → %q not in the plan", k, name))
+		}
+	}
+	if len(diffs) > 0 {
+		sort.Strings(diffs)
+		fs = append(fs, Finding{Kind: "users_differ", Object: kUnitIDs, Detail: strings.Join(diffs, "; ")})
+	}
+	if !cgsRead {
+		return fs
+	}
+	if add, del := CgroupDelta(cgs, p.Cgroups); len(add)+len(del) > 0 {
+		fs = append(fs, Finding{Kind: "users_differ", Object: kUnitChains, Detail: fmt.Sprintf("%d cgroups missing, %d not in the plan", len(add), len(del))})
+	}
+	return fs
+}

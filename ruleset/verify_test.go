@@ -154,3 +154,22 @@ func TestFakeProxy(t *testing.T) {
 		t.Error("DeleteProxy without a table succeeded")
 	}
 }
+
+// The unit keys and the cgroup map are compared as the adapter compares
+// them, and a unit allowlist's settings through its chains.
+func TestFakeUnitFindings(t *testing.T) {
+	p := everyKindPlan(everyDenyLog[0], true)
+	f := &Fake{}
+	if err := f.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	q := everyKindPlan(everyDenyLog[0], true)
+	q.Units[0].Unit = "other.service"
+	q.Units[1].Audit = !q.Units[1].Audit
+	q.Cgroups = q.Cgroups[:1]
+	fs, _ := f.Verify(q)
+	if kinds(fs) != "rules_differ "+unitDenyChain(q.Units[1].Key)+", users_differ unitids, users_differ unitchains" ||
+		!strings.Contains(fs[1].Detail, `→ "batch batch.service", want "batch other.service"`) || fs[2].Detail != "0 cgroups missing, 1 not in the plan" {
+		t.Errorf("findings %v", fs)
+	}
+}
