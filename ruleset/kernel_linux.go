@@ -603,6 +603,10 @@ func readUIDSet(c *nftables.Conn, t *nftables.Table, name string) (map[uint32]bo
 	for _, r := range raw {
 		switch len(r.Key) {
 		case 4:
+			if r.Val != nil && string(r.Val) != string(r.Key) {
+				out[^uint32(0)] = true // uidmarks: u : u; another value is not egressd's
+				continue
+			}
 			out[binaryutil.NativeEndian.Uint32(r.Key)] = true
 		case 8: // owners: (u . u); a pair of two different uids is not egressd's
 			a, b := binaryutil.NativeEndian.Uint32(r.Key[:4]), binaryutil.NativeEndian.Uint32(r.Key[4:])

@@ -60,7 +60,7 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 	} else {
 		fs = append(fs, usersFindings(p, gotUsers)...)
 	}
-	for _, name := range []string{kOwners, kOpeners, kDNSUsers, kProxyUsers, kAudit} {
+	for _, name := range []string{kOwners, kOpeners, kUIDMarks, kDNSUsers, kProxyUsers, kAudit} {
 		if !haveSet[name] {
 			continue
 		}
