@@ -43,6 +43,10 @@ type Fake struct {
 	mu     sync.Mutex
 	errs   map[string]error // per method, for its next call (FailNext)
 	broken map[string]bool  // chains whose rules were changed (BreakRules)
+	// chains are the table's chains as the kernel would hold them: the
+	// layout's objects of the last full apply, in the form Verify reads
+	// (Table.kernelForm), changed by BreakRules.
+	chains map[string]kernelChain
 	calls  map[string]int
 }
 
@@ -132,6 +136,7 @@ func (f *Fake) ApplyFull(p Plan) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.Plan, f.Removed, f.broken, f.Counters = copyPlan(p), false, nil, nil
+	f.chains = fakeChains(p)
 	f.Fulls++
 	var kept []ProxyElement
 	for _, pe := range f.Proxy {
@@ -225,6 +230,7 @@ func (f *Fake) Restore(p Plan) error {
 	defer f.mu.Unlock()
 	f.Proxy = nil // a new table: the proxy writes its answers again
 	f.Plan, f.Removed, f.broken, f.Counters = copyPlan(p), false, nil, nil
+	f.chains = fakeChains(p)
 	f.Fulls++
 	return nil
 }
@@ -296,12 +302,12 @@ func (f *Fake) Verify(p Plan) ([]Finding, error) {
 	if !f.exists() {
 		return []Finding{{Kind: "table_missing", Object: "inet " + TableName, Detail: "the table does not exist"}}, nil
 	}
-	var fs []Finding
-	for _, ch := range []string{chainOut, chainRestr, chainDeny} {
-		if f.broken[ch] || (ch == chainDeny && f.Plan.DenyLog != p.DenyLog) {
-			fs = append(fs, Finding{Kind: "rules_differ", Object: ch, Detail: "the rules are not the plan's"})
-		}
+	want, _ := layout(p, nil)
+	chains := f.chains
+	if chains == nil { // a Fake made with a Plan: it holds that plan's chains
+		chains = fakeChains(f.Plan)
 	}
+	fs := diffChains(want.Chains, chains)
 	fs = append(fs, elementFindings(p, f.sets(), time.Now())...)
 	fs = append(fs, usersFindings(p, f.users())...)
 	for _, name := range []string{kOwners, kDNSUsers, kAudit} {
@@ -453,13 +459,34 @@ func (f *Fake) DropUser(uid uint32) {
 	f.Plan.Chains = keep
 }
 
-// BreakRules changes a chain's rules behind the caller's back (output,
-// restricted or deny): Verify reports rules_differ until a full apply.
+// BreakRules changes a chain's rules behind the caller's back, as another
+// tool would: its last rule is deleted (a chain that has none, or is not
+// there, gets a counter rule). Verify reports rules_differ (chain_extra)
+// until a full apply.
 func (f *Fake) BreakRules(chain string) {
 	if f.broken == nil {
 		f.broken = map[string]bool{}
 	}
 	f.broken[chain] = true
+	if f.chains == nil {
+		f.chains = fakeChains(f.Plan)
+	}
+	kc, ok := f.chains[chain]
+	switch {
+	case ok && len(kc.rules) > 0:
+		kc.rules = kc.rules[:len(kc.rules)-1]
+	case ok:
+		kc.rules = []string{"counter"}
+	default:
+		kc = kernelChain{ch: Chain{Name: chain}.kernel(), rules: []string{"counter"}}
+	}
+	f.chains[chain] = kc
+}
+
+// fakeChains are the chains the kernel holds after a full apply of p.
+func fakeChains(p Plan) map[string]kernelChain {
+	t, _ := layout(p, nil)
+	return t.kernelForm()
 }
 
 // Dump prints the table as nft text (Plan.NFT), with a comment per chain

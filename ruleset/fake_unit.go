@@ -54,17 +54,14 @@ func (f *Fake) ReadCgroups() ([]Cgroup, error) {
 	return append([]Cgroup(nil), f.Plan.Cgroups...), nil
 }
 
-// unitFindings: the unit allowlists and the cgroup map, as the netlink
-// adapter reports them (users_differ on unitids and unitchains).
+// unitFindings: the unit allowlists and the cgroup map, compared as the
+// netlink adapter compares them.
 func (f *Fake) unitFindings(p Plan) []Finding {
-	var fs []Finding
-	if !sameUnits(f.Plan.Units, p.Units) {
-		fs = append(fs, Finding{Kind: "users_differ", Object: kUnitIDs, Detail: "the unit allowlists are not the plan's"})
+	got := map[uint32]string{}
+	for _, u := range f.Plan.Units {
+		got[u.Key] = u.Allowlist + " " + u.Unit
 	}
-	if add, del := CgroupDelta(f.Plan.Cgroups, p.Cgroups); len(add)+len(del) > 0 {
-		fs = append(fs, Finding{Kind: "users_differ", Object: kUnitChains, Detail: fmt.Sprintf("%d cgroups missing, %d not in the plan", len(add), len(del))})
-	}
-	return fs
+	return unitSetFindings(p, got, f.Plan.Cgroups, true)
 }
 
 // ReadUnits returns allowlist -> unit, as Netlink.ReadUnits does.

@@ -20,6 +20,7 @@ import (
 	"github.com/egressd/egressd/internal/systest"
 	"github.com/egressd/egressd/internal/testworld"
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 )
@@ -405,6 +406,35 @@ func TestVerifyFindsDrift(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectKinds("set emptied", "element_missing")
+
+	// The opener's mark map and set emptied: a protected user's new flow
+	// would carry no mark (its own flows then judged by destination, fail
+	// closed), and a redirected query's opener no longer be known.
+	for _, name := range []string{kUIDMarks, kOpeners} {
+		c.FlushSet(&nftables.Set{Table: table, Name: name})
+		if err := c.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		fs, err := e.k.Verify(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(fs) != 1 || fs[0].Kind != "users_differ" || fs[0].Object != name {
+			t.Errorf("%s emptied: findings %v", name, fs)
+		}
+		if err := e.k.ApplyFull(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A uid mapped to another mark: its flows would carry another uid's.
+	marks := &nftables.Set{Table: table, Name: kUIDMarks, IsMap: true, KeyType: nftables.TypeUID, DataType: nftables.TypeMark}
+	key := binaryutil.NativeEndian.PutUint32(uidA)
+	c.SetDeleteElements(marks, []nftables.SetElement{{Key: key}})                                            //nolint:errcheck
+	c.SetAddElements(marks, []nftables.SetElement{{Key: key, Val: binaryutil.NativeEndian.PutUint32(uidB)}}) //nolint:errcheck
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	expectKinds("uid mapped to another mark", "users_differ")
 
 	// The log rule deleted: a reject without its log before it.
 	rules, err := c.GetRules(table, &nftables.Chain{Name: chainDeny, Table: table})

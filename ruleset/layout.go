@@ -10,6 +10,8 @@ import (
 const (
 	kUsers      = "users"
 	kOwners     = "owners"
+	kOpeners    = "openers"
+	kUIDMarks   = "uidmarks"
 	kDNSUsers   = "dnsusers"
 	kAudit      = "audit"
 	kProxyUsers = "proxyusers"

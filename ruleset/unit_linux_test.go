@@ -207,42 +207,9 @@ func TestKernelUnit(t *testing.T) {
 	}
 }
 
-// The unit chains' text has the netlink adapter's rules (as
-// TestNFTRulesMatchNetlink for the uid chains).
-func TestNFTUnitRulesMatchNetlink(t *testing.T) {
+// The text of a plan with unit allowlists has the unit map, sets and chains.
+func TestNFTUnitText(t *testing.T) {
 	p := unitPlan(Cgroup{ID: 7, Allowlist: "web"})
-	// And a unit allowlist with dns: resolvers in mode: audit.
-	audited := Render(Desired{Allowlists: []Allowlist{{Name: "batch", Unit: "batch.service", UID: UnitKeys([]string{"batch"})["batch"], DNS: true, Audit: true}},
-		Resolvers: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")}})
-	p.Units = append(p.Units, audited.Units...)
-	for _, dl := range []config.DenyLog{
-		{Mode: config.LogNFLOG, Group: 3, Rate: config.Rate{Count: 10, Unit: "second"}, Prefix: "egressd"},
-		{Mode: config.LogKernel, Rate: config.Rate{Count: 5, Unit: "minute"}, Prefix: "egressd"},
-		{Mode: config.LogNone},
-	} {
-		p.DenyLog = dl
-		nl := unitChainRules(p)
-		cases := map[string][]string{"output": unitOutputRuleText(p)}
-		nlOut := unitOutputRules(outputChain(), p)
-		for _, u := range p.Units {
-			cases[unitChain(u.Key)], cases[unitDenyChain(u.Key)] = unitRuleText(u), unitDenyRuleText(u, dl)
-		}
-		for name, text := range cases {
-			rules := nl[name]
-			if name == "output" {
-				rules = nlOut
-			}
-			if len(rules) != len(text) {
-				t.Errorf("%s (%s): %d netlink rules, %d in the text", name, dl.Mode, len(rules), len(text))
-				continue
-			}
-			for i := range rules {
-				if got, want := textShape(text[i]), exprShape(rules[i].Exprs); got != want {
-					t.Errorf("%s (%s) rule %d: text %q is %s, netlink rule is %s", name, dl.Mode, i+1, text[i], got, want)
-				}
-			}
-		}
-	}
 	text := p.NFT()
 	web := unitChain(p.Units[0].Key)
 	for _, want := range []string{"map unitchains {", "7 : jump " + web, "set uallow4 {", "type mark . inet_proto . ipv4_addr . inet_service", "chain " + web + " {", "socket cgroupv2 level 8 vmap @unitchains"} {

@@ -4,11 +4,9 @@ package ruleset
 
 import (
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/expr"
 )
 
 // Verify reads the table back through netlink and compares it with the plan:
@@ -27,73 +25,15 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 		fs = append(fs, Finding{Kind: kind, Object: obj, Detail: fmt.Sprintf(format, a...)})
 	}
 
-	// Expected chains and their rule signatures, built by the same code that applies them.
-	want := map[string][]string{}
-	out := outputChain()
-	want[out.Name] = sigs(append(unitOutputRules(out, p), outputRules(out)...))
-	for name, rs := range unitChainRules(p) {
-		want[name] = sigs(rs)
-	}
-	restr := &nftables.Chain{Name: chainRestr, Table: table}
-	want[restr.Name] = sigs(restrictedRules(restr, p.ProxyPort))
-	nat, zone, in := natChain(), zoneChain(), inputChain()
-	want[in.Name] = sigs(inputRules(in, p.ProxyPort, p.HasProxy()))
-	if p.HasProxy() {
-		want[nat.Name] = sigs(natRules(nat, p.ProxyPort))
-		want[zone.Name] = sigs(zoneRules(zone, p.ProxyPort))
-	}
-	deny := &nftables.Chain{Name: chainDeny, Table: table}
-	want[deny.Name] = sigs(denyRules(deny, p.DenyLog))
-
-	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	// The plan's objects (an inconsistent plan's missing elements are
+	// reported by elementFindings below) and the kernel's, in the same
+	// form: chains with their hooks and the signatures of their rules.
+	wt, _ := layout(p, nil)
+	have, err := kernelChains(c, t)
 	if err != nil {
-		return nil, fmt.Errorf("list chains: %w", err)
+		return nil, err
 	}
-	have := map[string]*nftables.Chain{}
-	for _, ch := range chains {
-		if ch.Table.Name == TableName {
-			have[ch.Name] = ch
-		}
-	}
-	for _, name := range sortedKeys(want) {
-		ch, ok := have[name]
-		if !ok {
-			add("chain_missing", name, "chain missing")
-			continue
-		}
-		if name == out.Name && (ch.Hooknum == nil || *ch.Hooknum != *out.Hooknum || ch.Type != out.Type ||
-			ch.Priority == nil || *ch.Priority != *out.Priority || (ch.Policy != nil && *ch.Policy != nftables.ChainPolicyAccept)) {
-			add("chain_hook", name, "base chain is not type filter hook output priority filter policy accept")
-		}
-		if name == zone.Name && (ch.Hooknum == nil || *ch.Hooknum != *zone.Hooknum || ch.Type != zone.Type ||
-			ch.Priority == nil || *ch.Priority != *zone.Priority) {
-			add("chain_hook", name, "base chain is not type filter hook output priority raw")
-		}
-		if name == in.Name && (ch.Hooknum == nil || *ch.Hooknum != *in.Hooknum || ch.Type != in.Type ||
-			ch.Priority == nil || *ch.Priority != *in.Priority || (ch.Policy != nil && *ch.Policy != nftables.ChainPolicyAccept)) {
-			add("chain_hook", name, "base chain is not type filter hook input priority filter policy accept")
-		}
-		if name == nat.Name && (ch.Hooknum == nil || *ch.Hooknum != *nat.Hooknum || ch.Type != nat.Type ||
-			ch.Priority == nil || *ch.Priority != *nat.Priority) {
-			add("chain_hook", name, "base chain is not type nat hook output priority dstnat")
-		}
-		rules, err := c.GetRules(t, ch)
-		if err != nil {
-			return nil, fmt.Errorf("list rules of %s: %w", name, err)
-		}
-		got := make([]string, len(rules))
-		for i, r := range rules {
-			got[i] = sig(r.Exprs)
-		}
-		if d := diffRules(want[name], got); d != "" {
-			add("rules_differ", name, "%s", d)
-		}
-	}
-	for name := range have {
-		if _, ok := want[name]; !ok {
-			add("chain_extra", name, "chain not in the plan")
-		}
-	}
+	fs = append(fs, diffChains(wt.Chains, have)...)
 
 	kset, err := c.GetSets(t)
 	if err != nil {
@@ -103,14 +43,9 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 	for _, s := range kset {
 		haveSet[s.Name] = true
 	}
-	structural := []string{kUsers, kOwners, kDNSUsers, kProxyUsers, kAudit, kDenied, kDenyLog}
-	for _, ks := range append(everyKernelSet(), proxyKernelSets()...) {
-		structural = append(structural, ks.name())
-	}
-	structural = append(structural, unitStructuralSets...)
-	for _, name := range structural {
-		if !haveSet[name] {
-			add("set_missing", name, "kernel set missing")
+	for _, s := range wt.Sets {
+		if !haveSet[s.Name] {
+			add("set_missing", s.Name, "kernel set missing")
 		}
 	}
 
@@ -125,7 +60,7 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 	} else {
 		fs = append(fs, usersFindings(p, gotUsers)...)
 	}
-	for _, name := range []string{kOwners, kDNSUsers, kProxyUsers, kAudit} {
+	for _, name := range []string{kOwners, kOpeners, kUIDMarks, kDNSUsers, kProxyUsers, kAudit} {
 		if !haveSet[name] {
 			continue
 		}
@@ -139,90 +74,26 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 	return append(fs, unitFindings(c, t, p)...), nil
 }
 
-func diffRules(want, got []string) string {
-	if len(got) != len(want) {
-		return fmt.Sprintf("%d rules, want %d%s", len(got), len(want), firstDiff(want, got))
+// kernelChains reads the table's chains and their rules.
+func kernelChains(c *nftables.Conn, t *nftables.Table) (map[string]kernelChain, error) {
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("list chains: %w", err)
 	}
-	return strings.TrimPrefix(firstDiff(want, got), "; ")
-}
-
-func firstDiff(want, got []string) string {
-	for i := range want {
-		if i >= len(got) {
-			return fmt.Sprintf("; rule %d missing (%s)", i+1, want[i])
+	out := map[string]kernelChain{}
+	for _, ch := range chains {
+		if ch.Table.Name != TableName {
+			continue
 		}
-		if want[i] != got[i] {
-			return fmt.Sprintf("; rule %d is %s, want %s", i+1, got[i], want[i])
+		rules, err := c.GetRules(t, ch)
+		if err != nil {
+			return nil, fmt.Errorf("list rules of %s: %w", ch.Name, err)
 		}
-	}
-	if len(got) > len(want) {
-		return fmt.Sprintf("; extra rule %d (%s)", len(want)+1, got[len(want)])
-	}
-	return ""
-}
-
-func sigs(rs []*nftables.Rule) []string {
-	out := make([]string, len(rs))
-	for i, r := range rs {
-		out[i] = sig(r.Exprs)
-	}
-	return out
-}
-
-// sig is a rule's shape: every expression with the fields that decide what
-// it does, without counters' values or set IDs.
-func sig(es []expr.Any) string {
-	var b strings.Builder
-	for _, e := range es {
-		switch v := e.(type) {
-		case *expr.Counter:
-			b.WriteString("counter ")
-		case *expr.Lookup:
-			fmt.Fprintf(&b, "lookup(%s,r%d,%v) ", v.SetName, normReg(v.SourceRegister), v.Invert)
-		case *expr.Verdict:
-			fmt.Fprintf(&b, "verdict(%d,%s) ", v.Kind, v.Chain)
-		case *expr.Log:
-			fmt.Fprintf(&b, "log(g%d,l%d,%q) ", v.Group, v.Level, strings.TrimRight(string(v.Data), "\x00"))
-		case *expr.Limit:
-			fmt.Fprintf(&b, "limit(%d/%d) ", v.Rate, v.Unit)
-		case *expr.Reject:
-			fmt.Fprintf(&b, "reject(%d,%d) ", v.Type, v.Code)
-		case *expr.Meta:
-			fmt.Fprintf(&b, "meta(%d,r%d) ", v.Key, normReg(v.Register))
-		case *expr.Cmp:
-			fmt.Fprintf(&b, "cmp(%d,%x) ", v.Op, v.Data)
-		case *expr.Payload:
-			fmt.Fprintf(&b, "payload(%d,%d,%d) ", v.Base, v.Offset, v.Len)
-		case *expr.Ct:
-			fmt.Fprintf(&b, "ct(%d) ", v.Key)
-		case *expr.Bitwise:
-			fmt.Fprintf(&b, "bitwise(%x) ", v.Mask)
-		case *expr.Fib:
-			fmt.Fprintf(&b, "fib(%v,%v,%v) ", v.ResultADDRTYPE, v.FlagSADDR, v.FlagDADDR)
-		case *expr.Exthdr:
-			fmt.Fprintf(&b, "exthdr(%d,%d,%d,%d,%d,%v) ", v.Op, v.Type, v.Offset, v.Len, v.Flags, v.SourceRegister != 0)
-		case *expr.Immediate:
-			fmt.Fprintf(&b, "immediate(%x) ", v.Data)
-		case *expr.Redir:
-			fmt.Fprintf(&b, "redir(r%d,%d) ", normReg(v.RegisterProtoMin), v.Flags)
-		case *expr.Byteorder:
-			fmt.Fprintf(&b, "byteorder(r%d,r%d,%d,%d,%d) ", normReg(v.SourceRegister), normReg(v.DestRegister), v.Op, v.Len, v.Size)
-		case *expr.Socket:
-			fmt.Fprintf(&b, "socket(%d,%d,r%d) ", v.Key, v.Level, normReg(v.Register))
-		case *expr.Dynset:
-			fmt.Fprintf(&b, "dynset(%s,%d,%s) ", v.SetName, v.Operation, sig(v.Exprs))
-		default:
-			fmt.Fprintf(&b, "%T ", e)
+		got := make([]string, len(rules))
+		for i, r := range rules {
+			got[i] = sig(r.Exprs)
 		}
+		out[ch.Name] = kernelChain{ch: ch, rules: got}
 	}
-	return strings.TrimSpace(b.String())
-}
-
-// normReg names a register the way the kernel dumps it: a 32-bit register
-// that starts a 16-byte one (NFT_REG32_04 is NFT_REG_2) under the 16-byte name.
-func normReg(r uint32) uint32 {
-	if r >= 8 && (r-8)%4 == 0 {
-		return 1 + (r-8)/4
-	}
-	return r
+	return out, nil
 }

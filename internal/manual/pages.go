@@ -123,7 +123,10 @@ enforcing (DIR/state.json); then how the kernel differs from it, as nft
 commands: users and elements to delete and add, and any other difference
 (chains, rules, sets) as a comment. Changes nothing. Reading the kernel
 needs root or CAP_NET_ADMIN; without it the plan is printed alone, and
-stderr says so. The text is for people, not for nft -f.`),
+stderr says so. The table's text is nft syntax, what egressd sends the
+kernel (nft -c -f takes it; with unit allowlists nftables 1.1 or later, and
+the cgroup map's elements are comments); the difference after it is for
+people.`),
 		Item("denies", `Recent denied and audited attempts (mode: audit), aggregated
 by allowlist, destination and port, with their count, names and when last
 seen, most recent first; --allowlist keeps one allowlist's; --json prints
