@@ -1,0 +1,199 @@
+package dnsproxy
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/egressd/egressd/internal/dnstest"
+)
+
+// Red team of the proxy's answer handling (issue 23): an attacker who
+// controls the answers of a name the allowlist lists (`*.cdn.example.com`)
+// shapes the upstream's reply. Whatever the reply, the kernel holds only the
+// addresses of the name asked (by its CNAME chain), of the type asked, that
+// the rebinding rules admit, and every address the service is handed is one
+// the kernel holds.
+
+const rtName = "api.cdn.example.com."
+
+func rrs(t *testing.T, ss ...string) []dns.RR {
+	t.Helper()
+	var out []dns.RR
+	for _, s := range ss {
+		rr, err := dns.NewRR(s)
+		if err != nil {
+			t.Fatalf("%q: %v", s, err)
+		}
+		out = append(out, rr)
+	}
+	return out
+}
+
+// handedAddrs is every address record in any section of m.
+func handedAddrs(m *dns.Msg) []string {
+	var out []string
+	for _, sec := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
+		for _, rr := range sec {
+			if a, ok := rrAddr(rr); ok {
+				out = append(out, a.String())
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func TestRedteamAnswerShapes(t *testing.T) {
+	type shape struct {
+		name   string
+		qtype  uint16
+		mangle func(t *testing.T, m *dns.Msg)
+		kernel []string // elements the kernel must hold after, exactly
+		handed []string // addresses the service is handed, exactly
+		rcode  int
+	}
+	answer := func(ss ...string) func(t *testing.T, m *dns.Msg) {
+		return func(t *testing.T, m *dns.Msg) { m.Answer = rrs(t, ss...); m.Ns, m.Extra = nil, m.Extra[:0] }
+	}
+	for _, c := range []shape{
+		{name: "control", qtype: dns.TypeA, mangle: answer(rtName + " 60 IN A 198.51.100.1"),
+			kernel: []string{"198.51.100.1:443/tcp"}, handed: []string{"198.51.100.1"}},
+		{name: "CNAME that branches: the second branch opens nothing", qtype: dns.TypeA, mangle: answer(
+			rtName+" 60 IN CNAME e1.edge.example.net.", rtName+" 60 IN CNAME e2.edge.example.net.",
+			"e1.edge.example.net. 60 IN A 198.51.100.1", "e2.edge.example.net. 60 IN A 198.51.100.2"),
+			kernel: []string{"198.51.100.1:443/tcp"}, handed: []string{"198.51.100.1"}},
+		{name: "CNAME that branches, first branch dead", qtype: dns.TypeA, mangle: answer(
+			rtName+" 60 IN CNAME dead.example.net.", rtName+" 60 IN CNAME e1.edge.example.net.",
+			"e1.edge.example.net. 60 IN A 198.51.100.1")},
+		{name: "CNAME loop through case variants", qtype: dns.TypeA, mangle: answer(
+			rtName+" 60 IN CNAME E1.Edge.Example.NET.", "e1.edge.example.net. 60 IN CNAME API.CDN.EXAMPLE.COM.",
+			"e1.edge.example.net. 60 IN A 198.51.100.1"),
+			kernel: []string{"198.51.100.1:443/tcp"}, handed: []string{"198.51.100.1"}},
+		{name: "pure CNAME loop through case variants", qtype: dns.TypeA, mangle: answer(
+			rtName+" 60 IN CNAME E1.Edge.Example.NET.", "e1.edge.example.net. 60 IN CNAME API.CDN.EXAMPLE.COM."),
+			rcode: dns.RcodeServerFailure},
+		{name: "A for the name asked after a CNAME for it", qtype: dns.TypeA, mangle: answer(
+			rtName+" 60 IN CNAME e1.edge.example.net.", "e1.edge.example.net. 60 IN A 198.51.100.1",
+			rtName+" 60 IN A 198.51.100.2"),
+			kernel: []string{"198.51.100.2:443/tcp"}, handed: []string{"198.51.100.2"}},
+		{name: "addresses in the authority and additional sections", qtype: dns.TypeA, mangle: func(t *testing.T, m *dns.Msg) {
+			m.Answer = rrs(t, rtName+" 60 IN A 198.51.100.1")
+			m.Ns = rrs(t, rtName+" 60 IN A 198.51.100.3", "cdn.example.com. 60 IN NS ns.cdn.example.com.")
+			m.Extra = append(m.Extra, rrs(t, "ns.cdn.example.com. 60 IN A 198.51.100.4", "ns.cdn.example.com. 60 IN AAAA 2001:db8::4")...)
+		}, kernel: []string{"198.51.100.1:443/tcp"}, handed: []string{"198.51.100.1"}},
+		{name: "wildcard-looking owner", qtype: dns.TypeA, mangle: answer("*.cdn.example.com. 60 IN A 198.51.100.5")},
+		{name: "escaped owners", qtype: dns.TypeA, mangle: answer(`api\.cdn.example.com. 60 IN A 198.51.100.6`,
+			`api\046cdn.example.com. 60 IN A 198.51.100.6`, `api.cdn.example.com\000. 60 IN A 198.51.100.6`,
+			`api.cdn\.example.com. 60 IN A 198.51.100.6`)},
+		{name: "owner with a trailing extra label", qtype: dns.TypeA, mangle: answer("api.cdn.example.com.evil.example.net. 60 IN A 198.51.100.6")},
+		{name: "DNAME without its synthesized CNAME", qtype: dns.TypeA, mangle: answer(
+			"cdn.example.com. 60 IN DNAME evil.example.net.", "api.evil.example.net. 60 IN A 198.51.100.7")},
+		{name: "NXDOMAIN with answers attached", qtype: dns.TypeA, mangle: func(t *testing.T, m *dns.Msg) {
+			m.Rcode = dns.RcodeNameError
+			m.Answer = rrs(t, rtName+" 60 IN A 198.51.100.8")
+		}, rcode: dns.RcodeNameError},
+		{name: "records of class CH, ANY, NONE", qtype: dns.TypeA, mangle: answer(
+			rtName+" 60 CH A 198.51.100.9", rtName+" 60 CLASS255 A 198.51.100.9", rtName+" 60 CLASS254 A 198.51.100.9")},
+		{name: "A records in an ANY answer", qtype: dns.TypeANY, mangle: answer(rtName + " 60 IN A 198.51.100.10")},
+		{name: "A records in a type-0 answer", qtype: 0, mangle: answer(rtName + " 60 IN A 198.51.100.10")},
+		{name: "A records in an HTTPS answer", qtype: dns.TypeHTTPS, mangle: answer(rtName + " 60 IN A 198.51.100.10")},
+		{name: "AAAA that embed an internal IPv4 address", qtype: dns.TypeAAAA, mangle: answer(
+			rtName+" 60 IN AAAA ::a9fe:a9fe", rtName+" 60 IN AAAA ::ffff:a9fe:a9fe", rtName+" 60 IN AAAA 64:ff9b::a9fe:a9fe",
+			rtName+" 60 IN AAAA 64:ff9b:1::a9fe:a9fe", rtName+" 60 IN AAAA 2002:a9fe:a9fe::1",
+			rtName+" 60 IN AAAA 2001:0:4136:e378:8000:63bf:5601:5601", rtName+" 60 IN AAAA ::1",
+			rtName+" 60 IN AAAA fd00:ec2::254", rtName+" 60 IN AAAA fe80::1", rtName+" 60 IN AAAA 2001:db8::11"),
+			kernel: []string{"[2001:db8::11]:443/tcp"}, handed: []string{"2001:db8::11"}},
+		{name: "addresses the IANA registry marks not globally reachable", qtype: dns.TypeA, mangle: answer(
+			rtName+" 60 IN A 192.0.0.192", rtName+" 60 IN A 198.18.0.1", rtName+" 60 IN A 240.0.0.1",
+			rtName+" 60 IN A 192.0.2.12"),
+			kernel: []string{"192.0.2.12:443/tcp"}, handed: []string{"192.0.2.12"}},
+		{name: "site-local and IPv4-translated AAAA", qtype: dns.TypeAAAA, mangle: answer(
+			rtName+" 60 IN AAAA fec0::1", rtName+" 60 IN AAAA 64:ff9b::c000:c0", rtName+" 60 IN AAAA 2001:db8::11"),
+			kernel: []string{"[2001:db8::11]:443/tcp"}, handed: []string{"2001:db8::11"}},
+		{name: "question section emptied", qtype: dns.TypeA, mangle: func(t *testing.T, m *dns.Msg) {
+			m.Question = nil
+			m.Answer = rrs(t, rtName+" 60 IN A 198.51.100.1")
+		}, rcode: dns.RcodeServerFailure},
+		{name: "two questions", qtype: dns.TypeA, mangle: func(t *testing.T, m *dns.Msg) {
+			m.Question = append(m.Question, dns.Question{Name: "evil.example.net.", Qtype: dns.TypeA, Qclass: dns.ClassINET})
+			m.Answer = rrs(t, "evil.example.net. 60 IN A 198.51.100.1")
+		}, rcode: dns.RcodeServerFailure},
+		{name: "question in another spelling", qtype: dns.TypeA, mangle: func(t *testing.T, m *dns.Msg) {
+			m.Question[0].Name = `api\.cdn.example.com.`
+			m.Answer = rrs(t, `api\.cdn.example.com. 60 IN A 198.51.100.1`)
+		}, rcode: dns.RcodeServerFailure},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := newRig(t, ident{uid: uidWeb, ok: true}, webAllowlist(t, "*.cdn.example.com:443"))
+			r.up.Set(rtName, dnstest.Record{A: addrs("198.51.100.1"), AAAA: addrs("2001:db8::1"), TTL: 60})
+			probe := new(dns.Msg)
+			probe.SetQuestion(rtName, c.qtype)
+			c.mangle(t, probe) // its records parse (a Fatal in the server's goroutine would hang it)
+			r.up.SetMangle(func(m *dns.Msg) { c.mangle(t, m) })
+			m := r.ask("udp", rtName, c.qtype)
+			if m.Rcode != c.rcode {
+				t.Errorf("rcode %s, want %s", dns.RcodeToString[m.Rcode], dns.RcodeToString[c.rcode])
+			}
+			if got := r.inKernel(); !slices.Equal(got, c.kernel) {
+				t.Errorf("kernel holds %v, want %v", got, c.kernel)
+			}
+			if got := handedAddrs(m); !slices.Equal(got, c.handed) {
+				t.Errorf("service handed %v, want %v\n%v", got, c.handed, m)
+			}
+		})
+	}
+}
+
+// TTLs at the edges of their range: what the kernel keeps, and what the
+// service is handed for every record of the chain, is the chain's minimum,
+// with the top bit counting as 0.
+func TestRedteamTTLEdges(t *testing.T) {
+	for _, c := range []struct {
+		cname, a uint32
+		hand     uint32
+		keep     time.Duration
+	}{
+		{cname: 4294967295, a: 3600, hand: 0, keep: 5*time.Second + 5*time.Minute},
+		{cname: 2147483648, a: 3600, hand: 0, keep: 5*time.Second + 5*time.Minute},
+		{cname: 2147483647, a: 2147483647, hand: 600, keep: 10*time.Minute + 5*time.Minute},
+		{cname: 3600, a: 1, hand: 1, keep: 5*time.Second + 5*time.Minute},
+		{cname: 0, a: 3600, hand: 0, keep: 5*time.Second + 5*time.Minute},
+	} {
+		r := newRig(t, ident{uid: uidWeb, ok: true}, webAllowlist(t, "*.cdn.example.com:443"))
+		r.up.Set(rtName, dnstest.Record{A: addrs("198.51.100.1"), TTL: 60})
+		r.up.SetMangle(func(m *dns.Msg) {
+			m.Answer = rrs(t, rtName+" 0 IN CNAME e1.edge.example.net.", "e1.edge.example.net. 0 IN A 198.51.100.1",
+				rtName+" 0 IN CNAME e2.edge.example.net.") // a second branch, TTL as the first link's
+			m.Answer[0].Header().Ttl, m.Answer[1].Header().Ttl, m.Answer[2].Header().Ttl = c.cname, c.a, c.cname
+		})
+		m := r.ask("udp", rtName, dns.TypeA)
+		for _, rr := range m.Answer {
+			if rr.Header().Ttl > c.hand {
+				t.Errorf("CNAME %d, A %d: handed %v, want TTL at most %d", c.cname, c.a, rr, c.hand)
+			}
+		}
+		es, _ := r.k.ReadProxy()
+		if len(es) != 1 || es[0].Timeout != c.keep {
+			t.Errorf("CNAME %d, A %d: kernel holds %v, want one element kept %s", c.cname, c.a, es, c.keep)
+		}
+	}
+}
+
+// A reply under another ID is no answer (over TCP miekg's client refuses
+// it; over UDP the proxy waits for the real one until its timeout).
+func TestRedteamReplyIDMismatch(t *testing.T) {
+	for _, network := range []string{"udp", "tcp"} {
+		r := newRig(t, ident{uid: uidWeb, ok: true}, webAllowlist(t, "*.cdn.example.com:443"))
+		r.up.Set(rtName, dnstest.Record{A: addrs("198.51.100.1"), TTL: 60})
+		r.up.SetMangle(func(m *dns.Msg) { m.Id++ })
+		if m := r.ask(network, rtName, dns.TypeA); m.Rcode != dns.RcodeServerFailure || len(m.Answer) != 0 {
+			t.Errorf("%s: answer %v, want SERVFAIL", network, m)
+		}
+		if got := r.inKernel(); len(got) != 0 {
+			t.Errorf("%s: kernel holds %v", network, got)
+		}
+	}
+}
