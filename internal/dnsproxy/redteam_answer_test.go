@@ -1,6 +1,8 @@
 package dnsproxy
 
 import (
+	"net"
+	"net/netip"
 	"slices"
 	"testing"
 	"time"
@@ -195,5 +197,58 @@ func TestRedteamReplyIDMismatch(t *testing.T) {
 		if got := r.inKernel(); len(got) != 0 {
 			t.Errorf("%s: kernel holds %v", network, got)
 		}
+	}
+}
+
+// The reply codes egressd's own lookups refuse (anything but NOERROR and
+// NXDOMAIN) open nothing through the proxy either: the next upstream is
+// asked, then SERVFAIL (failed before: the address records of a FORMERR,
+// NOTIMP, YXDOMAIN or NOTAUTH reply were put in the kernel and handed on).
+func TestRedteamRcodes(t *testing.T) {
+	for _, rc := range []int{dns.RcodeFormatError, dns.RcodeNotImplemented, dns.RcodeYXDomain, dns.RcodeNotAuth} {
+		r := newRig(t, ident{uid: uidWeb, ok: true}, webAllowlist(t, "*.cdn.example.com:443"))
+		r.up.Set(rtName, dnstest.Record{A: addrs("198.51.100.1"), TTL: 60})
+		r.up.SetMangle(func(m *dns.Msg) { m.Rcode = rc })
+		m := r.ask("udp", rtName, dns.TypeA)
+		if got := r.inKernel(); len(got) != 0 || len(handedAddrs(m)) != 0 || m.Rcode != dns.RcodeServerFailure {
+			t.Errorf("rcode %s: kernel holds %v, handed %v, want SERVFAIL and nothing", dns.RcodeToString[rc], got, m)
+		}
+	}
+}
+
+// A truncated UDP reply is never used, as in egressd's own lookups: the
+// proxy asks again over TCP and admits that answer; the service, over UDP,
+// is handed what fits in its buffer, all of it in the kernel, marked
+// truncated (failed before: the truncated reply's own address, which the
+// full answer does not give, was put in the kernel and handed on).
+func TestRedteamTruncatedReply(t *testing.T) {
+	r := newRig(t, ident{uid: uidWeb, ok: true}, webAllowlist(t, "*.cdn.example.com:443"))
+	var many []netip.Addr
+	for i := 1; i <= 40; i++ {
+		many = append(many, netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}))
+	}
+	r.up.Set(rtName, dnstest.Record{A: many, TTL: 60})
+	r.up.SetMangle(func(m *dns.Msg) {
+		if m.Truncated { // the UDP reply (the test server truncates to 512 bytes)
+			m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: rtName, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60},
+				A: net.IPv4(203, 0, 113, 66)}}
+		}
+	})
+	m := r.ask("udp", rtName, dns.TypeA)
+	kernel := r.inKernel()
+	if slices.Contains(kernel, "203.0.113.66:443/tcp") || len(kernel) != len(many) {
+		t.Fatalf("kernel holds %d elements %v, want the %d addresses of the TCP answer", len(kernel), kernel, len(many))
+	}
+	if !m.Truncated || len(m.Answer) == 0 {
+		t.Errorf("UDP answer not truncated or empty: %v", m)
+	}
+	for _, a := range handedAddrs(m) {
+		if !slices.Contains(kernel, a+":443/tcp") {
+			t.Errorf("handed %s, which the kernel does not hold", a)
+		}
+	}
+	// Control: over TCP the service gets the whole answer.
+	if m := r.ask("tcp", rtName, dns.TypeA); len(m.Answer) != len(many) || m.Truncated {
+		t.Errorf("TCP answer has %d records (truncated %v), want %d", len(m.Answer), m.Truncated, len(many))
 	}
 }
