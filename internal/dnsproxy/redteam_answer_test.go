@@ -252,3 +252,84 @@ func TestRedteamTruncatedReply(t *testing.T) {
 		t.Errorf("TCP answer has %d records (truncated %v), want %d", len(m.Answer), m.Truncated, len(many))
 	}
 }
+
+// The service's own queries, as it likes to write them: names that spell a
+// listed name in another way are refused (or answered as that name, never
+// as another); classes and types other than IN A/AAAA open nothing.
+func TestRedteamQueries(t *testing.T) {
+	r := newRig(t, ident{uid: uidWeb, ok: true}, webAllowlist(t, "*.cdn.example.com:443"))
+	r.up.Set("*.cdn.example.com", dnstest.Record{A: addrs("198.51.100.1"), TTL: 60})
+	r.up.SetMangle(func(m *dns.Msg) {
+		// The upstream answers whatever class was asked with address records of that class.
+		for _, rr := range m.Answer {
+			rr.Header().Class = m.Question[0].Qclass
+		}
+	})
+	for _, c := range []struct {
+		name   string
+		qtype  uint16
+		qclass uint16
+		rcode  int
+		handed int
+	}{
+		{name: `api\000.cdn.example.com.`, qtype: dns.TypeA, qclass: dns.ClassINET, rcode: dns.RcodeRefused},
+		{name: `api\046cdn.example.com.`, qtype: dns.TypeA, qclass: dns.ClassINET, rcode: dns.RcodeRefused},
+		{name: `caf\195\169.cdn.example.com.`, qtype: dns.TypeA, qclass: dns.ClassINET, rcode: dns.RcodeRefused},
+		{name: `a.b.cdn.example.com.`, qtype: dns.TypeA, qclass: dns.ClassINET, rcode: dns.RcodeRefused},
+		{name: `cdn.example.com.`, qtype: dns.TypeA, qclass: dns.ClassINET, rcode: dns.RcodeRefused},
+		{name: `cdn.example.com.evil.example.net.`, qtype: dns.TypeA, qclass: dns.ClassINET, rcode: dns.RcodeRefused},
+		{name: `API.CDN.Example.COM.`, qtype: dns.TypeA, qclass: dns.ClassINET, handed: 1},
+		{name: `xn--caf-dma.cdn.example.com.`, qtype: dns.TypeA, qclass: dns.ClassINET, handed: 1},
+		{name: rtName, qtype: dns.TypeA, qclass: dns.ClassCHAOS},
+		{name: rtName, qtype: dns.TypeA, qclass: dns.ClassNONE},
+		{name: rtName, qtype: dns.TypeANY, qclass: dns.ClassINET},
+	} {
+		q := new(dns.Msg)
+		q.SetQuestion(c.name, c.qtype)
+		q.Question[0].Qclass = c.qclass
+		m, _, err := (&dns.Client{Timeout: 2 * time.Second}).Exchange(q, r.addr)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if m.Rcode != c.rcode || len(handedAddrs(m)) != c.handed {
+			t.Errorf("%s %s %s: %s with %v, want %s with %d addresses", c.name, dns.ClassToString[c.qclass], dns.TypeToString[c.qtype],
+				dns.RcodeToString[m.Rcode], handedAddrs(m), dns.RcodeToString[c.rcode], c.handed)
+		}
+	}
+	if got := r.inKernel(); !slices.Equal(got, []string{"198.51.100.1:443/tcp"}) {
+		t.Errorf("kernel holds %v, want only the listed names' 198.51.100.1:443/tcp", got)
+	}
+}
+
+// Garbage, responses and messages the parser must refuse (a compression
+// pointer to itself, a header alone, a length prefix with nothing after it
+// over TCP) get no answer and do not stop the proxy: the next query is
+// answered.
+func TestRedteamMalformedQueries(t *testing.T) {
+	r := newRig(t, ident{uid: uidWeb, ok: true}, webAllowlist(t, "*.cdn.example.com:443"))
+	r.up.Set(rtName, dnstest.Record{A: addrs("198.51.100.1"), TTL: 60})
+	hdr := []byte{0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0}
+	loop := append(append([]byte(nil), hdr...), 0xc0, 12, 0, 1, 0, 1) // the name points at itself
+	resp := append([]byte(nil), loop...)
+	resp[2] |= 0x80
+	u, err := net.Dial("udp", r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	for _, b := range [][]byte{loop, hdr[:5], hdr, resp, make([]byte, 4000)} {
+		u.Write(b) //nolint:errcheck
+	}
+	c, err := net.Dial("tcp", r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte{0xff, 0xff, 1, 2}) //nolint:errcheck
+	c.Close()
+	if m := r.ask("udp", rtName, dns.TypeA); !slices.Equal(handedAddrs(m), []string{"198.51.100.1"}) {
+		t.Errorf("after garbage: %v", m)
+	}
+	if m := r.ask("tcp", rtName, dns.TypeA); !slices.Equal(handedAddrs(m), []string{"198.51.100.1"}) {
+		t.Errorf("after garbage, over TCP: %v", m)
+	}
+}
