@@ -56,6 +56,7 @@ func TestRedteamAnswerShapes(t *testing.T) {
 		kernel []string // elements the kernel must hold after, exactly
 		handed []string // addresses the service is handed, exactly
 		rcode  int
+		tcp    bool // asked over TCP (the answer is larger than 512 bytes)
 	}
 	answer := func(ss ...string) func(t *testing.T, m *dns.Msg) {
 		return func(t *testing.T, m *dns.Msg) { m.Answer = rrs(t, ss...); m.Ns, m.Extra = nil, m.Extra[:0] }
@@ -115,6 +116,13 @@ func TestRedteamAnswerShapes(t *testing.T) {
 		{name: "site-local and IPv4-translated AAAA", qtype: dns.TypeAAAA, mangle: answer(
 			rtName+" 60 IN AAAA fec0::1", rtName+" 60 IN AAAA 64:ff9b::c000:c0", rtName+" 60 IN AAAA 2001:db8::11"),
 			kernel: []string{"[2001:db8::11]:443/tcp"}, handed: []string{"2001:db8::11"}},
+		{name: "the address cap with duplicates and internal addresses", qtype: dns.TypeA, mangle: func(t *testing.T, m *dns.Msg) {
+			m.Answer = nil
+			for i := 0; i < 300; i++ { // duplicates count once, internal ones not at all
+				m.Answer = append(m.Answer, rrs(t, rtName+" 60 IN A 10.0.0.1", rtName+" 60 IN A 198.51.100.1")...)
+			}
+			m.Answer = append(m.Answer, rrs(t, rtName+" 60 IN A 198.51.100.2")...)
+		}, kernel: []string{"198.51.100.1:443/tcp", "198.51.100.2:443/tcp"}, handed: append(slices.Repeat([]string{"198.51.100.1"}, 300), "198.51.100.2"), tcp: true},
 		{name: "question section emptied", qtype: dns.TypeA, mangle: func(t *testing.T, m *dns.Msg) {
 			m.Question = nil
 			m.Answer = rrs(t, rtName+" 60 IN A 198.51.100.1")
@@ -135,7 +143,11 @@ func TestRedteamAnswerShapes(t *testing.T) {
 			probe.SetQuestion(rtName, c.qtype)
 			c.mangle(t, probe) // its records parse (a Fatal in the server's goroutine would hang it)
 			r.up.SetMangle(func(m *dns.Msg) { c.mangle(t, m) })
-			m := r.ask("udp", rtName, c.qtype)
+			network := "udp"
+			if c.tcp {
+				network = "tcp"
+			}
+			m := r.ask(network, rtName, c.qtype)
 			if m.Rcode != c.rcode {
 				t.Errorf("rcode %s, want %s", dns.RcodeToString[m.Rcode], dns.RcodeToString[c.rcode])
 			}
