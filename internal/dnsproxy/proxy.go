@@ -714,7 +714,10 @@ func (p *Proxy) enforce(pol *Policy, al *Allowlist, entries []config.Entry, name
 		}
 	}
 	t0 := p.opt.Now()
-	if err := p.w.Ensure(es, name, hand); err != nil {
+	// The kernel must hold what is handed for the TTL handed, and a second
+	// at least (the TTL floor): an answer with TTL 0 that finds its element
+	// about to lapse renews it.
+	if err := p.w.Ensure(es, name, max(hand, time.Second)); err != nil {
 		return nil, err
 	}
 	p.opt.Metrics.ProxyKernel(p.opt.Now().Sub(t0).Seconds())

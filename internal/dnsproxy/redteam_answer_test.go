@@ -4,12 +4,14 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 
 	"github.com/egressd/egressd/internal/dnstest"
+	"github.com/egressd/egressd/ruleset"
 )
 
 // Red team of the proxy's answer handling (issue 23): an attacker who
@@ -343,5 +345,37 @@ func TestRedteamMalformedQueries(t *testing.T) {
 	}
 	if m := r.ask("tcp", rtName, dns.TypeA); !slices.Equal(handedAddrs(m), []string{"198.51.100.1"}) {
 		t.Errorf("after garbage, over TCP: %v", m)
+	}
+}
+
+// An answer with TTL 0 for an address the kernel is about to drop renews
+// it: the kernel holds every handed address a second at least (the TTL
+// floor), not until the element it happened to find lapses (failed before:
+// the answer was handed 1 ms before its element lapsed, and not written).
+func TestRedteamTTLZeroNearExpiry(t *testing.T) {
+	r := newRig(t, ident{uid: uidWeb, ok: true}, webAllowlist(t, "*.cdn.example.com:443"))
+	pol := r.policyWith(webAllowlist(t, "*.cdn.example.com:443"))
+	pol.MinTTL, pol.Linger = 0, 0
+	r.p.SetPolicy(pol)
+	var now atomic.Int64
+	now.Store(time.Now().UnixNano())
+	r.p.w.mu.Lock()
+	r.p.w.now = func() time.Time { return time.Unix(0, now.Load()) }
+	r.p.w.mu.Unlock()
+	r.up.Set(rtName, dnstest.Record{A: addrs("198.51.100.1"), TTL: 0})
+	r.ask("udp", rtName, dns.TypeA)
+	if n := r.k.Calls(ruleset.FakeAddProxy); n != 1 {
+		t.Fatalf("%d kernel writes for the first answer, want 1", n)
+	}
+	now.Add(int64(999 * time.Millisecond)) // the element (kept 1 s) has 1 ms left
+	r.ask("udp", rtName, dns.TypeA)
+	if n := r.k.Calls(ruleset.FakeAddProxy); n != 2 {
+		t.Errorf("%d kernel writes, want 2: the answer was handed with its element 1 ms from lapsing", n)
+	}
+	// Control: an answer while the element has most of its second left is
+	// not written again.
+	r.ask("udp", rtName, dns.TypeA)
+	if n := r.k.Calls(ruleset.FakeAddProxy); n != 2 {
+		t.Errorf("%d kernel writes, want 2 (held long enough already)", n)
 	}
 }
