@@ -24,7 +24,8 @@ func TestTenThousandNamesOnce(t *testing.T) {
 	const lists, per = 100, 100
 	for i := 0; i < lists; i++ {
 		var b strings.Builder
-		fmt.Fprintf(&b, "user: %d\nallow:\n", 70000+i)
+		// 198.18.0.0/15 (benchmarking) is not globally reachable: opted in.
+		fmt.Fprintf(&b, "user: %d\nallow_private_answers: true\nallow:\n", 70000+i)
 		for j := 0; j < per; j++ {
 			n := i*per + j
 			name := fmt.Sprintf("n%d.scale.test", n)

@@ -44,7 +44,7 @@ func BenchmarkCacheObserve10k(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		for n := range names {
-			c.Observe(Key{n, dns.TypeA}, Result{Addrs: []netip.Addr{netip.AddrFrom4([4]byte{198, 18, byte(i), 1})}, TTL: 60 * time.Second}, nil)
+			c.Observe(Key{n, dns.TypeA}, Result{Addrs: []netip.Addr{netip.AddrFrom4([4]byte{203, 0, 113, byte(i)})}, TTL: 60 * time.Second}, nil)
 		}
 		c.NextEvent()
 	}
@@ -70,6 +70,40 @@ func BenchmarkReadReplyAdmit(b *testing.B) {
 		}
 		if addrs, _, _ := p.Admit(res, false); len(addrs) != 8 {
 			b.Fatal(addrs)
+		}
+	}
+}
+
+// BenchmarkReadReplyLargest is the most an attacker who controls a name's
+// answers can make one reply cost to read: a TCP reply of 64 KiB, a chain
+// of 8 CNAMEs, each name also owning a CNAME to a second branch, and 3,000
+// A records at the end of the chain, of which the cap keeps 256.
+// Run: go test ./resolver -run XXX -bench ReadReplyLargest -benchmem
+func BenchmarkReadReplyLargest(b *testing.B) {
+	m := new(dns.Msg)
+	m.SetQuestion("www.example.test.", dns.TypeA)
+	prev := "www.example.test."
+	for i := 1; i <= DefaultMaxChain; i++ {
+		next := fmt.Sprintf("c%d.example.net.", i)
+		m.Answer = append(m.Answer, rrCNAME(prev, next, 300), rrCNAME(prev, "branch."+next, 300))
+		prev = next
+	}
+	for i := 0; i < 3000; i++ {
+		m.Answer = append(m.Answer, rrA(prev, fmt.Sprintf("198.51.%d.%d", 100+i/256, i%256), 60))
+	}
+	m.Compress = true // as a resolver sends it
+	if out, err := m.Pack(); err != nil || len(out) > dns.MaxMsgSize {
+		b.Fatalf("%d bytes, %v", len(out), err)
+	}
+	p := Policy{MinTTL: 5 * time.Second, MaxTTL: 10 * time.Minute, MaxAddrs: 256}
+	b.ReportAllocs()
+	for b.Loop() {
+		res, _, err := ReadReply(m, "www.example.test.", dns.TypeA, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if addrs, _, _ := p.Admit(res, false); len(addrs) != 256 {
+			b.Fatal(len(addrs))
 		}
 	}
 }

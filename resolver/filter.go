@@ -5,7 +5,12 @@ import "net/netip"
 var refused = []netip.Prefix{
 	netip.MustParsePrefix("0.0.0.0/8"),     // "this network"
 	netip.MustParsePrefix("100.64.0.0/10"), // carrier-grade NAT, often the host's LAN
-	netip.MustParsePrefix("255.255.255.255/32"),
+	// Not globally reachable (IANA special-purpose registry) and not known
+	// to IsPrivate: what answers there is on this side of the internet.
+	netip.MustParsePrefix("192.0.0.0/24"),   // IETF protocol assignments (RFC 6890)
+	netip.MustParsePrefix("198.18.0.0/15"),  // benchmarking (RFC 2544), in use as internal space
+	netip.MustParsePrefix("240.0.0.0/4"),    // reserved (class E); 255.255.255.255 included
+	netip.MustParsePrefix("fec0::/10"),      // site-local (deprecated, RFC 3879): a LAN's own space
 	netip.MustParsePrefix("64:ff9b:1::/48"), // local-use NAT64 (RFC 8215): translates into the site's own IPv4 space
 	netip.MustParsePrefix("::/96"),          // IPv4-compatible (deprecated, RFC 4291 2.5.5.1): no public use; :: and ::1 included
 }
@@ -42,8 +47,10 @@ func Embedded(a netip.Addr) []netip.Addr {
 
 // Internal reports whether a DNS answer points at an address that an
 // allowlisted name must not open by default: loopback, private, link-local,
-// unspecified, multicast, CGNAT or broadcast (DNS rebinding towards the
-// metadata service, the host itself or the LAN). An IPv6 address that embeds
+// unspecified, multicast, CGNAT, broadcast, or another range the IANA
+// registry marks not globally reachable (192.0.0.0/24, 198.18.0.0/15,
+// 240.0.0.0/4, site-local fec0::/10) (DNS rebinding towards the metadata
+// service, the host itself or the LAN). An IPv6 address that embeds
 // an IPv4 address (IPv4-mapped, NAT64 64:ff9b::/96, 6to4, Teredo) is judged
 // by the IPv4 address as well: on a DNS64/NAT64 network 64:ff9b::a9fe:a9fe
 // is the metadata service.

@@ -103,3 +103,35 @@ func TestAccepts(t *testing.T) {
 		t.Fatalf("a private DNS answer was kept: %v %d", kept, dropped)
 	}
 }
+
+// Ranges the IANA special-purpose registry marks not globally reachable,
+// that Go's IsPrivate does not know: an answer pointing there is rebinding
+// to something on this side of the internet (failed before: all admitted,
+// and through the proxy put in the kernel).
+func TestInternalNotGloballyReachable(t *testing.T) {
+	for _, tc := range []struct {
+		addr     string
+		internal bool
+		why      string
+	}{
+		{"192.0.0.192", true, "IETF protocol assignments (RFC 6890), never routed on the internet"},
+		{"192.0.0.8", true, "IPv4 dummy address (RFC 7600)"},
+		{"198.18.0.1", true, "benchmarking (RFC 2544), used for internal networks"},
+		{"198.19.255.254", true, "benchmarking, top"},
+		{"240.0.0.1", true, "reserved (class E), routed only inside some networks"},
+		{"255.255.255.254", true, "reserved (class E)"},
+		{"fec0::1", true, "site-local (deprecated, RFC 3879): a LAN's own space"},
+		{"64:ff9b::c000:c0", true, "NAT64 of 192.0.0.192"},
+		// Their neighbours stay public.
+		{"192.0.1.1", false, "outside 192.0.0.0/24"},
+		{"198.17.255.255", false, "below 198.18.0.0/15"},
+		{"198.20.0.1", false, "above 198.18.0.0/15"},
+		{"239.255.255.255", true, "multicast (as before)"},
+		{"223.255.255.255", false, "below 240.0.0.0/4"},
+		{"fe00::1", false, "outside fec0::/10 and fe80::/10"},
+	} {
+		if got := Internal(netip.MustParseAddr(tc.addr)); got != tc.internal {
+			t.Errorf("Internal(%s) = %v, want %v (%s)", tc.addr, got, tc.internal, tc.why)
+		}
+	}
+}

@@ -366,6 +366,14 @@ func servfail(raw []byte) []byte {
 	return out
 }
 
+// udpSize is the largest UDP reply the client of q takes.
+func udpSize(q *dns.Msg) int {
+	if o := q.IsEdns0(); o != nil {
+		return max(int(o.UDPSize()), dns.MinMsgSize)
+	}
+	return dns.MinMsgSize
+}
+
 func reply(q *dns.Msg, rcode int) []byte {
 	r := new(dns.Msg)
 	r.SetRcode(q, rcode)
@@ -459,6 +467,12 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 	p.observe(Observation{Allowlist: al.Name, Name: name, Type: qn.Qtype, Addrs: addrs, Listed: listed})
 	r.Id = q.Id
 	r.Question = []dns.Question{q.Question[0]} // as the client wrote it
+	if proto == 17 {
+		// What fits the client's buffer (the answer may have come over
+		// TCP); past it, records are left out and the reply marked
+		// truncated: the client asks again over TCP.
+		r.Truncate(udpSize(q))
+	}
 	out, err := r.Pack()
 	if err != nil {
 		return reply(q, dns.RcodeServerFailure)
@@ -493,8 +507,11 @@ func (p *Proxy) observe(o Observation) {
 	}
 }
 
-// forward asks the upstream resolvers in turn, over the client's transport
-// (UDP, with TCP when truncated and the client came over TCP).
+// forward asks the upstream resolvers in turn, over the client's transport,
+// and reads their replies by the rules egressd's own lookups read theirs
+// (resolver.Client): a truncated UDP reply is never used, the question is
+// asked again over TCP; a reply to another question, or with a code other
+// than NOERROR or NXDOMAIN, is a failure (the next resolver is asked).
 func (p *Proxy) forward(ctx context.Context, proto uint8, q *dns.Msg, ups []netip.AddrPort) (*dns.Msg, error) {
 	if len(ups) == 0 {
 		return nil, errors.New("no resolvers configured")
@@ -511,11 +528,14 @@ func (p *Proxy) forward(ctx context.Context, proto uint8, q *dns.Msg, ups []neti
 			r, _, err = (&dns.Client{Net: "tcp", Timeout: p.opt.Timeout}).ExchangeContext(ctx, fq, up.String())
 		} else {
 			r, err = p.exchangeUDP(ctx, fq, up)
+			if err == nil && r.Truncated {
+				r, _, err = (&dns.Client{Net: "tcp", Timeout: p.opt.Timeout}).ExchangeContext(ctx, fq, up.String())
+			}
 		}
 		if err == nil && !resolver.Answers(r, fq.Question[0]) {
 			err = errors.New("reply does not match the question")
 		}
-		if err == nil && (r.Rcode == dns.RcodeServerFailure || r.Rcode == dns.RcodeRefused) {
+		if err == nil && r.Rcode != dns.RcodeSuccess && r.Rcode != dns.RcodeNameError {
 			err = fmt.Errorf("answered %s", dns.RcodeToString[r.Rcode])
 		}
 		if err == nil {
@@ -694,7 +714,10 @@ func (p *Proxy) enforce(pol *Policy, al *Allowlist, entries []config.Entry, name
 		}
 	}
 	t0 := p.opt.Now()
-	if err := p.w.Ensure(es, name, hand); err != nil {
+	// The kernel must hold what is handed for the TTL handed, and a second
+	// at least (the TTL floor): an answer with TTL 0 that finds its element
+	// about to lapse renews it.
+	if err := p.w.Ensure(es, name, max(hand, time.Second)); err != nil {
 		return nil, err
 	}
 	p.opt.Metrics.ProxyKernel(p.opt.Now().Sub(t0).Seconds())

@@ -317,7 +317,9 @@ then rejected; audit: it is logged as a deny event with "audit": true, then
 let through (roll out without breaking the service; switching back is a
 reload).`),
 		Item("allow_private_answers", `Accept DNS answers in loopback, private,
-link-local, CGNAT, unspecified or multicast ranges (default false: DNS
+link-local, CGNAT, unspecified or multicast ranges, or other ranges that are
+not globally reachable (192.0.0.0/24, 198.18.0.0/15, 240.0.0.0/4, fec0::/10)
+(default false: DNS
 rebinding must not open the metadata service or the LAN). Literal entries and
 hosts file answers are always taken as written.`),
 		Item("tests", `Policy tests: allow: and deny: lists of destinations

@@ -266,7 +266,7 @@ func dnsProxy(bin string) error {
 	if err := w.Write("egressd.yaml", "resolvers: [\""+upstream+"\"]\nmin_ttl: 1s\nlinger: 1s\ndns_proxy_port: 153\nmetrics_listen: 127.0.0.1:9464\n"); err != nil {
 		return err
 	}
-	if err := w.Write("allow.d/bench.yaml", fmt.Sprintf("user: %d\ndns: proxy\nallow:\n  - \"*.bench.example:443\"\n", proxyUID)); err != nil {
+	if err := w.Write("allow.d/bench.yaml", fmt.Sprintf("user: %d\ndns: proxy\nallow_private_answers: true\nallow:\n  - \"*.bench.example:443\"\n", proxyUID)); err != nil {
 		return err
 	}
 	const hot = "q.bench.example"

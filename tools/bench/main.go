@@ -164,7 +164,7 @@ func (w *world) names(n int, ttl uint32) ([]string, error) {
 	per := n / 100
 	for i := 0; i < 100; i++ {
 		var b strings.Builder
-		fmt.Fprintf(&b, "user: %d\nallow:\n", 70000+i)
+		fmt.Fprintf(&b, "user: %d\nallow_private_answers: true\nallow:\n", 70000+i) // addr: 198.18.0.0/15
 		for j := 0; j < per; j++ {
 			k := i*per + j
 			name := fmt.Sprintf("n%d.bench.test", k)
@@ -181,6 +181,8 @@ func (w *world) names(n int, ttl uint32) ([]string, error) {
 	return all, nil
 }
 
+// addr is the k-th address of 198.18.0.0/15 (benchmarking, RFC 2544): not
+// globally reachable, so DNS answers of it need allow_private_answers.
 func addr(k int) netip.Addr {
 	return netip.AddrFrom4([4]byte{198, 18 + byte(k>>16), byte(k >> 8), byte(k)})
 }
