@@ -71,6 +71,12 @@ func Listen(group uint16, netnsFd int) (*Listener, error) {
 		return nil, fmt.Errorf("open nfnetlink: %w", err)
 	}
 	_ = c.SetReadBuffer(4 << 20) // a flood should overflow late; ENOBUFS is survivable anyway
+	return bind(c, group)
+}
+
+// bind configures group on c (closed on failure): bound, copying each
+// packet's headers, delivered at once.
+func bind(c *netlink.Conn, group uint16) (*Listener, error) {
 	l := &Listener{c: c, group: group}
 	mode := make([]byte, 6)
 	binary.BigEndian.PutUint32(mode, copyRange)
