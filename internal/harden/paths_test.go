@@ -2,6 +2,7 @@ package harden
 
 import (
 	"bytes"
+	"encoding/binary"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -9,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func unitFrom(t *testing.T, text string) *Unit {
@@ -170,5 +173,56 @@ func TestKeys(t *testing.T) {
 		if !slices.Contains(keys, k) {
 			t.Errorf("Keys lacks %s: %v", k, keys)
 		}
+	}
+}
+
+// aclOf is a system.posix_acl_access value: version 2, then (tag, perm, id)
+// entries.
+func aclOf(ents ...[3]uint32) []byte {
+	b := binary.LittleEndian.AppendUint32(nil, 2)
+	for _, e := range ents {
+		b = binary.LittleEndian.AppendUint16(b, uint16(e[0]))
+		b = binary.LittleEndian.AppendUint16(b, uint16(e[1]))
+		b = binary.LittleEndian.AppendUint32(b, e[2])
+	}
+	return b
+}
+
+// An ACL entry that lets the service user, or a group it is in, write a
+// code path is named (after the mask); read-only or masked entries, and
+// other users' entries, are not.
+func TestACLWriter(t *testing.T) {
+	const svc, svcGroup, other = 61234, 61235, 61236
+	groups := map[uint64]string{svcGroup: "svc"}
+	for _, c := range []struct {
+		name string
+		acl  [][3]uint32
+		want string
+	}{
+		{"user entry rwx", [][3]uint32{{0x01, 7, 0}, {0x02, 7, svc}, {0x04, 5, 0}, {0x10, 7, 0}, {0x20, 5, 0}}, "user:61234"},
+		{"group entry rw", [][3]uint32{{0x01, 7, 0}, {0x04, 5, 0}, {0x08, 6, svcGroup}, {0x10, 7, 0}, {0x20, 5, 0}}, "group:svc"},
+		{"masked to read", [][3]uint32{{0x01, 7, 0}, {0x02, 7, svc}, {0x04, 5, 0}, {0x10, 5, 0}, {0x20, 5, 0}}, ""},
+		{"read-only entry", [][3]uint32{{0x01, 7, 0}, {0x02, 5, svc}, {0x04, 5, 0}, {0x10, 7, 0}, {0x20, 5, 0}}, ""},
+		{"another user's entry", [][3]uint32{{0x01, 7, 0}, {0x02, 7, other}, {0x04, 5, 0}, {0x10, 7, 0}, {0x20, 5, 0}}, ""},
+	} {
+		t.Run(strings.ReplaceAll(c.name, " ", "_"), func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "server")
+			if err := os.WriteFile(p, nil, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Setxattr(p, "system.posix_acl_access", aclOf(c.acl...), 0); err != nil {
+				t.Skipf("no POSIX ACLs on %s: %v", filepath.Dir(p), err)
+			}
+			if got := aclWriter(p, svc, groups); got != c.want {
+				t.Errorf("aclWriter = %q, want %q", got, c.want)
+			}
+			fs := checkPath(p, svc, groups, "svc")
+			if found := slices.ContainsFunc(fs, func(f Finding) bool { return f.Kind == "acl_writable" }); found != (c.want != "") {
+				t.Errorf("checkPath findings %v, want acl_writable %v", fs, c.want != "")
+			}
+		})
+	}
+	if got := aclWriter(filepath.Join(t.TempDir(), "none"), svc, groups); got != "" {
+		t.Errorf("a file without an ACL: %q", got)
 	}
 }
