@@ -57,7 +57,7 @@ func configAttrs(t *testing.T, m netlink.Message) (uint16, netlink.Attribute) {
 // step acknowledged, in this order.
 func TestBindConfiguresGroup(t *testing.T) {
 	k := &kernel{}
-	l, err := bind(k.conn(), 3)
+	l, err := ListenConn(k.conn(), 3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +104,7 @@ func TestBindErrors(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			k := &kernel{fail: c.fail}
-			l, err := bind(k.conn(), 3)
+			l, err := ListenConn(k.conn(), 3)
 			if l != nil || err == nil || errors.Is(err, ErrGroupBusy) != c.busy || !strings.Contains(err.Error(), c.substr) {
 				t.Errorf("bind = %v, %v; want busy %v, %q", l, err, c.busy, c.substr)
 			}
@@ -134,7 +134,7 @@ func packetMsg(t *testing.T, attrs []netlink.Attribute) netlink.Message {
 // the kernel's timestamp) and skips what is not one.
 func TestReadDecodesPackets(t *testing.T) {
 	k := &kernel{}
-	l, err := bind(k.conn(), 3)
+	l, err := ListenConn(k.conn(), 3)
 	if err != nil {
 		t.Fatal(err)
 	}
