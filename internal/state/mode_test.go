@@ -122,3 +122,44 @@ func TestLockRefusesStrangeFiles(t *testing.T) {
 		t.Error("a directory was taken for the lock file")
 	}
 }
+
+// A runtime directory that is a symlink (planted where egressd's should
+// be) or missing (without create) is refused; create makes it (0755).
+func TestSafeDirRefusesSymlinkAndMissing(t *testing.T) {
+	base := t.TempDir()
+	real := filepath.Join(base, "real")
+	if err := os.Mkdir(real, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(base, "run")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := SafeDir(link, false); !errors.Is(err, ErrUntrusted) || !strings.Contains(err.Error(), "is not a directory (a symlink?)") {
+		t.Errorf("SafeDir(symlink): %v", err)
+	}
+	if err := SafeDir(filepath.Join(base, "missing"), false); err == nil || !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("SafeDir(missing): %v", err)
+	}
+	made := filepath.Join(base, "made", "run")
+	if err := SafeDir(made, true); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(made); err != nil || !st.IsDir() || st.Mode().Perm()&0o022 != 0 {
+		t.Errorf("created %v, %v; want a directory only its owner can write", st, err)
+	}
+}
+
+// A damaged state file is an error naming it, not an empty state.
+func TestReadDamaged(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, File), []byte("{\"version\": 1,"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := Read(dir); err == nil || !strings.Contains(err.Error(), filepath.Join(dir, File)) {
+		t.Errorf("Read(damaged) = %+v, %v", s, err)
+	}
+	if _, err := Read(t.TempDir()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Read(no state file): %v, want not-exist", err)
+	}
+}
