@@ -74,3 +74,41 @@ func TestRestrictedErrors(t *testing.T) {
 		t.Error("ID of a missing cgroup")
 	}
 }
+
+// Files in the tree are not cgroups; a slice deeper than MaxLevel is not
+// searched.
+func TestFindDepthAndFiles(t *testing.T) {
+	root := t.TempDir()
+	for _, d := range []string{"system.slice/web.service", strings.Repeat("a.slice/", MaxLevel) + "deep.service"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "system.slice", "cgroup.procs"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	found, err := Find(root, map[string]bool{"web.service": true, "deep.service": true, "cgroup.procs": true}, MaxLevel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(found) != 1 || found[0].Path != "system.slice/web.service" {
+		t.Errorf("found %+v, want system.slice/web.service alone", found)
+	}
+}
+
+// A slice that cannot be read is an error naming it: the units under it
+// would otherwise go unrestricted unnoticed.
+func TestFindUnreadableSlice(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root reads a directory of mode 0")
+	}
+	root := t.TempDir()
+	locked := filepath.Join(root, "locked.slice")
+	if err := os.Mkdir(locked, 0); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Chmod(locked, 0o755) //nolint:errcheck // so that TempDir can remove it
+	if _, err := Find(root, map[string]bool{"web.service": true}, MaxLevel); err == nil || !strings.Contains(err.Error(), "locked.slice") {
+		t.Errorf("an unreadable slice: %v", err)
+	}
+}
