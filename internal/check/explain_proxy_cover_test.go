@@ -57,6 +57,19 @@ func TestExplainProxy(t *testing.T) {
 		t.Errorf("note %q, proxy note %q", av.Note, x.ProxyNote)
 	}
 
+	var b strings.Builder
+	x.WriteText(&b)
+	for _, want := range []string{
+		"ALLOWED: user alice (uid 1001) → img.cdn.example.test:443\n",
+		"  dns: proxy: img.cdn.example.test matches *.cdn.example.test:443",
+		"  203.0.113.9:443/tcp allowed by *.cdn.example.test:443 (",
+		"    note: the kernel drops it in 42s unless the service asks again\n",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("text lacks %q:\n%s", want, b.String())
+		}
+	}
+
 	// Another uid's answer is not alice's.
 	x, err = Explain(context.Background(), o, "alice", "new.cdn.example.test:443")
 	if err != nil {

@@ -81,6 +81,11 @@ func TestExplainUnit(t *testing.T) {
 			if c.not != "" && strings.Contains(x.Reason, c.not) {
 				t.Errorf("reason %q says %q", x.Reason, c.not)
 			}
+			var b strings.Builder
+			x.WriteText(&b)
+			if want := strings.ToUpper(c.verdict) + ": unit " + c.unit + " → " + c.target + "\n"; !strings.HasPrefix(b.String(), want) {
+				t.Errorf("text:\n%s\nwant it to start %q", b.String(), want)
+			}
 		})
 	}
 }

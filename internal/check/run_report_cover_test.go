@@ -3,6 +3,7 @@ package check
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -70,6 +71,20 @@ func TestRunReportDetails(t *testing.T) {
 	web := allowlistReport(t, r, "web")
 	if web.Unit != "egressd-test-web.service" || web.Addresses != 1 || web.Cgroups != 0 || web.Status != "ok" || web.UID != nil {
 		t.Errorf("web: %+v", web)
+	}
+
+	// check --explain says how long the kernel keeps an address by itself.
+	x, err := Explain(context.Background(), o, "alice", "api.example.test:443")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(x.Addresses) != 1 || x.Addresses[0].KernelLifetime != "30s" {
+		t.Fatalf("explain %+v", x.Addresses)
+	}
+	var b strings.Builder
+	x.WriteText(&b)
+	if !strings.Contains(b.String(), "    kernel lifetime: 30s left; the kernel removes the element then") {
+		t.Errorf("text lacks the kernel lifetime:\n%s", b.String())
 	}
 
 	pk.findings = []ruleset.Finding{{Kind: "elements", Object: ruleset.SetID{Allowlist: "web", Unit: true}.Name(), Detail: "1 missing"}}
