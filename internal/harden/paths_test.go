@@ -226,3 +226,55 @@ func TestACLWriter(t *testing.T) {
 		t.Errorf("a file without an ACL: %q", got)
 	}
 }
+
+// Without chown (any user): a code path writable by a group the service
+// user is in, or by every user, is a finding with its chmod fix; a sticky
+// directory's world write bit is not (others cannot replace what is not
+// theirs), nor a group the user is not in.
+func TestCheckPathModes(t *testing.T) {
+	const svc = 61234
+	dir := t.TempDir()
+	gid := uint64(os.Getgid())
+	file := func(name string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	kinds := func(p string, groups map[uint64]string) string {
+		var out []string
+		for _, f := range checkPath(p, svc, groups, "svc") {
+			out = append(out, f.Kind+" "+f.Fix)
+		}
+		return strings.Join(out, "; ")
+	}
+	inGroup := map[uint64]string{gid: "deploy"}
+	gw := file("gw", 0o664)
+	if got, want := kinds(gw, inGroup), "group_writable chmod g-w "+gw; got != want {
+		t.Errorf("group-writable, user in the group: %q, want %q", got, want)
+	}
+	if got := kinds(gw, nil); got != "" {
+		t.Errorf("group-writable, user not in the group: %q", got)
+	}
+	ww := file("ww", 0o646)
+	if got, want := kinds(ww, nil), "world_writable chmod o-w "+ww; got != want {
+		t.Errorf("world-writable: %q, want %q", got, want)
+	}
+	sticky := filepath.Join(dir, "sticky")
+	if err := os.Mkdir(sticky, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(sticky, 0o777|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	if got := kinds(sticky, nil); got != "" {
+		t.Errorf("a sticky directory: %q", got)
+	}
+	if got := kinds(filepath.Join(dir, "missing"), inGroup); got != "" {
+		t.Errorf("a missing path: %q", got)
+	}
+}
