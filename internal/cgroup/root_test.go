@@ -112,3 +112,16 @@ func TestFindUnreadableSlice(t *testing.T) {
 		t.Errorf("an unreadable slice: %v", err)
 	}
 }
+
+// Restricted("") looks under the hierarchy Root finds; a unit that does
+// not run there has no cgroup (not an error).
+func TestRestrictedOnThisHost(t *testing.T) {
+	if _, err := Root(); err != nil {
+		t.Skip(err)
+	}
+	cfg := &config.Config{Allowlists: []*config.Allowlist{{Name: "x", Unit: "egressd-test-not-running.service"}}}
+	found, err := Restricted("", cfg)
+	if err != nil || len(found) != 0 {
+		t.Errorf("Restricted(\"\") = %v, %v; want nothing found", found, err)
+	}
+}
