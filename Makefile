@@ -1,7 +1,7 @@
 # Everything here is also runnable as plain go commands; see README.md.
 GO ?= go
 
-.PHONY: build test race lint fuzz bench demo ci deb man
+.PHONY: build test race lint fuzz bench demo ci deb man cover
 
 # The release as git describes it; egressd version and egressd_build_info show it.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
@@ -23,6 +23,11 @@ man:
 
 test:
 	$(GO) test -timeout 30m ./...
+
+# Unit-test statement coverage of the daemon's own packages, the tests run as
+# nobody (root-only tiers skip); per package and total. See tools/coverage.sh.
+cover:
+	bash tools/coverage.sh
 
 race:
 	$(GO) test -race ./...

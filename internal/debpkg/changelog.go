@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/egressd/egressd/internal/manual"
 )
 
 // DebianChangelog makes changelog.Debian from CHANGELOG.md: one entry for
@@ -37,7 +39,7 @@ func DebianChangelog(md []byte, version, describe, commit, maintainer string, da
 	var b strings.Builder
 	fmt.Fprintf(&b, "egressd (%s) unstable; urgency=medium\n\n", version)
 	for _, it := range append(items, fmt.Sprintf("Built from %s, commit %s.", describe, commit)) {
-		for i, l := range wrapWords(it, 72) {
+		for i, l := range manual.Wrap(it, 72) {
 			if i == 0 {
 				b.WriteString("  * " + l + "\n")
 			} else {
@@ -47,20 +49,4 @@ func DebianChangelog(md []byte, version, describe, commit, maintainer string, da
 	}
 	fmt.Fprintf(&b, "\n -- %s  %s\n", maintainer, date.Format(time.RFC1123Z))
 	return b.String(), nil
-}
-
-func wrapWords(s string, w int) []string {
-	var out []string
-	cur := ""
-	for _, word := range strings.Fields(s) {
-		if cur != "" && len(cur)+1+len(word) > w {
-			out = append(out, cur)
-			cur = ""
-		}
-		if cur != "" {
-			cur += " "
-		}
-		cur += word
-	}
-	return append(out, cur)
 }

@@ -33,3 +33,17 @@ func TestDebianChangelog(t *testing.T) {
 		}
 	}
 }
+
+// A long item wraps at 72 columns of text, its continuation lines indented
+// under the text of its "  * " line.
+func TestDebianChangelogWraps(t *testing.T) {
+	item := strings.Repeat("word ", 20) + "end"
+	got, err := DebianChangelog([]byte("## 1.0\n\n- "+item+"\n"), "1.0-1", "v1.0", "c", "M <m@example.org>", time.Unix(0, 0).UTC())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "  * " + strings.TrimSpace(strings.Repeat("word ", 14)) + "\n    " + strings.Repeat("word ", 6) + "end\n"
+	if !strings.Contains(got, want) {
+		t.Errorf("got\n%s\nwant it to hold\n%s", got, want)
+	}
+}

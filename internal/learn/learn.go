@@ -85,38 +85,10 @@ func ProposeDoc(a *config.Allowlist, doc deny.RecentDoc, since time.Time) string
 			continue
 		}
 		if o.Listen {
-			d := dest{o.Proto, "", o.DPort}
-			s := binds[d]
-			if s == nil {
-				s = &seen{dest: d, first: o.First, last: o.Last}
-				binds[d] = s
-			}
-			s.count += o.Count
-			if o.Audit {
-				s.audited += o.Count
-			}
-			if o.First.Before(s.first) {
-				s.first = o.First
-			}
-			s.last = maxTime(s.last, o.Last)
+			tally(binds, dest{o.Proto, "", o.DPort}, o)
 			continue
 		}
-		d := dest{o.Proto, o.Dst, o.DPort}
-		s := byDest[d]
-		if s == nil {
-			s = &seen{dest: d, first: o.First, last: o.Last}
-			byDest[d] = s
-		}
-		s.count += o.Count
-		if o.Audit {
-			s.audited += o.Count
-		}
-		if o.First.Before(s.first) {
-			s.first = o.First
-		}
-		if o.Last.After(s.last) {
-			s.last = o.Last
-		}
+		s := tally(byDest, dest{o.Proto, o.Dst, o.DPort}, o)
 		if len(o.Names) > 0 {
 			s.names = o.Names
 		}
@@ -397,6 +369,25 @@ func quote(raw string) string {
 		return strconv.Quote(raw)
 	}
 	return raw
+}
+
+// tally adds one observation to what was seen of d: its counts (audited
+// apart) and the span from the first to the last time.
+func tally(m map[dest]*seen, d dest, o deny.RecentEntry) *seen {
+	s := m[d]
+	if s == nil {
+		s = &seen{dest: d, first: o.First, last: o.Last}
+		m[d] = s
+	}
+	s.count += o.Count
+	if o.Audit {
+		s.audited += o.Count
+	}
+	if o.First.Before(s.first) {
+		s.first = o.First
+	}
+	s.last = maxTime(s.last, o.Last)
+	return s
 }
 
 func maxTime(a, b time.Time) time.Time {

@@ -70,6 +70,13 @@ func Listen(group uint16, netnsFd int) (*Listener, error) {
 		return nil, fmt.Errorf("open nfnetlink: %w", err)
 	}
 	_ = c.SetReadBuffer(4 << 20) // a flood should overflow late; ENOBUFS is survivable anyway
+	return ListenConn(c, group)
+}
+
+// ListenConn binds group on c, an nfnetlink connection the caller opened
+// (tests: a github.com/mdlayher/netlink/nltest one), and configures it:
+// copying each packet's headers, delivered at once. c is closed on failure.
+func ListenConn(c *netlink.Conn, group uint16) (*Listener, error) {
 	l := &Listener{c: c, group: group}
 	mode := make([]byte, 6)
 	binary.BigEndian.PutUint32(mode, copyRange)
