@@ -29,7 +29,7 @@ func runUntilStarted(t *testing.T, f *fixture, ctx context.Context) chan error {
 func TestKernelMonitorEnds(t *testing.T) {
 	f := newFixture(t, map[string]string{"allow.d/billing.yaml": "user: billing\nallow: [192.0.2.1:443]\n"})
 	events := make(chan struct{})
-	f.c.SetKernelEvents(events)
+	f.c.setKernelEvents(events)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := runUntilStarted(t, f, ctx)
 	close(events)

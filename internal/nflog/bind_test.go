@@ -80,11 +80,14 @@ func TestBindConfiguresGroup(t *testing.T) {
 			t.Errorf("request %d: group %d attribute %d %x; want group 3, %d %x", i, group, a.Type, a.Data, w.typ, w.data)
 		}
 	}
+	n := len(k.reqs)
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, a := configAttrs(t, k.reqs[len(k.reqs)-1]); a.Type != attrCfgCmd || string(a.Data) != string([]byte{cmdUnbind}) {
-		t.Errorf("Close sent %d %x, want the unbind command", a.Type, a.Data)
+	// The kernel frees the group as the socket is released; an unbind
+	// request would wait behind a blocked Read (TestCloseInterruptsReadAndFreesGroup).
+	if len(k.reqs) != n {
+		t.Errorf("Close sent %d requests, want none", len(k.reqs)-n)
 	}
 }
 

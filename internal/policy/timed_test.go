@@ -44,7 +44,7 @@ func TestBuildDesiredTimed(t *testing.T) {
 		}
 		return dst
 	}
-	d := BuildDesiredTimed(c, users, lifetimes, func(string, netip.Addr) bool { return false })
+	d := Build(Inputs{Config: c, Users: users, Lifetimes: lifetimes, FromHosts: func(string, netip.Addr) bool { return false }}).Ruleset
 	if len(d.Allowlists) != 2 || d.Allowlists[0].Name != "alice" || d.Allowlists[1].Name != "shop" {
 		t.Fatalf("allowlists %+v", d.Allowlists)
 	}

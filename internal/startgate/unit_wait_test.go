@@ -64,7 +64,7 @@ func TestUnitRestricted(t *testing.T) {
 func TestWaitUnitPassesOnceMapped(t *testing.T) {
 	k := &unitKernel{answers: []cgroupAnswer{{err: ruleset.ErrNoTable}, {}, {cgs: []ruleset.Cgroup{{ID: 7, Allowlist: "web"}}}},
 		units: map[string]string{"web": "web.service"}}
-	if err := WaitUnit(context.Background(), k, "web.service", 7, time.Millisecond); err != nil {
+	if err := WaitUnit(context.Background(), k, "web.service", 7, nil, time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	if k.calls != 3 {
@@ -78,18 +78,18 @@ func TestWaitUnitFailsClosed(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	k := &unitKernel{answers: []cgroupAnswer{{cgs: []ruleset.Cgroup{{ID: 8, Allowlist: "web"}}}}, units: map[string]string{"web": "web.service"}}
-	if err := WaitUnit(ctx, k, "web.service", 7, time.Hour); !errors.Is(err, ErrNotEnforced) || strings.Contains(err.Error(), "last read") {
+	if err := WaitUnit(ctx, k, "web.service", 7, nil, time.Hour); !errors.Is(err, ErrNotEnforced) || strings.Contains(err.Error(), "last read") {
 		t.Errorf("WaitUnit = %v, want ErrNotEnforced", err)
 	}
 	k = &unitKernel{answers: []cgroupAnswer{{err: errors.New("netlink: boom")}}}
-	if err := WaitUnit(ctx, k, "web.service", 7, time.Hour); !errors.Is(err, ErrNotEnforced) || !strings.Contains(err.Error(), "last read: netlink: boom") {
+	if err := WaitUnit(ctx, k, "web.service", 7, nil, time.Hour); !errors.Is(err, ErrNotEnforced) || !strings.Contains(err.Error(), "last read: netlink: boom") {
 		t.Errorf("WaitUnit = %v, want ErrNotEnforced with the last read error", err)
 	}
 }
 
 func TestWaitUnitGivesUpWithoutPrivilege(t *testing.T) {
 	k := &unitKernel{answers: []cgroupAnswer{{err: fmt.Errorf("list map: %w", syscall.EPERM)}}}
-	err := WaitUnit(context.Background(), k, "web.service", 7, time.Hour) // would block for an hour if it retried
+	err := WaitUnit(context.Background(), k, "web.service", 7, nil, time.Hour) // would block for an hour if it retried
 	if err == nil || errors.Is(err, ErrNotEnforced) || !errors.Is(err, syscall.EPERM) || !strings.Contains(err.Error(), "ExecStartPre=+") {
 		t.Fatalf("WaitUnit = %v, want the permission error at once, with the fix", err)
 	}
