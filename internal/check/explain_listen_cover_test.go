@@ -74,7 +74,6 @@ func TestExplainListenCannotAnswer(t *testing.T) {
 	for _, c := range []struct{ name, user, target, want string }{
 		{"bad target", "alice", "tcp:http", "target"},
 		{"a range", "alice", "tcp:8000-8080", "give one port"},
-		{"a unit", "web.service", "tcp:8080", "user allowlists only"},
 		{"unknown user", "mallory", "tcp:8080", `user "mallory"`},
 		{"unreadable pins", "alice", "tcp:8080", "permission denied"},
 	} {
