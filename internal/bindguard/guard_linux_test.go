@@ -183,7 +183,7 @@ func (r *rig) run(uid int, op string) string {
 }
 
 // helper performs op, a bind described as
-// NETWORK,ADDR,PORT[,dropto=UID][,reuseport][,range=LO-HI][,listen][,autolisten],
+// NETWORK,ADDR,PORT[,hold][,dropto=UID][,reuseport][,range=LO-HI][,listen][,autolisten],
 // and prints "ok PORT" or the errno's name.
 func helper(op string) int {
 	if n, rest, ok := strings.Cut(op, ";"); ok {
@@ -252,6 +252,14 @@ func bindOp(op string) (bindResult, error) {
 	var err error
 	if fd, err = unix.Socket(family, typ, proto); err != nil {
 		return bindResult{}, fmt.Errorf("socket: %w", err)
+	}
+	if _, ok := opts["hold"]; ok {
+		// The socket exists; wait for the parent (a byte on fd 3) before
+		// going on: it moves this process to another cgroup meanwhile.
+		fmt.Println("made")
+		if _, err := os.NewFile(3, "hold").Read(make([]byte, 1)); err != nil {
+			return bindResult{}, fmt.Errorf("hold: %w", err)
+		}
 	}
 	if uid, ok := opts["dropto"]; ok {
 		// The socket was made as root; the rest runs as uid, as a service
