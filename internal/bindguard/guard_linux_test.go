@@ -197,6 +197,9 @@ func helper(op string) int {
 		}
 		op = rest
 	}
+	if ident, ok := strings.CutPrefix(op, "ping4,"); ok {
+		return pingReceive(ident)
+	}
 	res, err := bindOp(op)
 	if err != nil {
 		if errno, ok := errors.Unwrap(err).(unix.Errno); ok {
