@@ -197,6 +197,9 @@ func helper(op string) int {
 		}
 		op = rest
 	}
+	if strings.HasPrefix(op, "uring,") {
+		return uringHelper(op)
+	}
 	if ident, ok := strings.CutPrefix(op, "ping4,"); ok {
 		return pingReceive(ident)
 	}
