@@ -186,6 +186,21 @@ func (r *rig) run(uid int, op string) string {
 // NETWORK,ADDR,PORT[,hold][,dropto=UID][,reuseport][,range=LO-HI][,listen][,autolisten],
 // and prints "ok PORT" or the errno's name.
 func helper(op string) int {
+	if dst, rest, ok := strings.Cut(op, ";"); ok && strings.HasPrefix(dst, "move=") {
+		// move=CGROUP;OP: move this process to CGROUP first, as the
+		// service could (cgroup.procs), then perform OP.
+		pid := []byte(strconv.Itoa(os.Getpid()))
+		if err := os.WriteFile(filepath.Join(strings.TrimPrefix(dst, "move="), "cgroup.procs"), pid, 0); err != nil {
+			var errno unix.Errno
+			if errors.As(err, &errno) {
+				fmt.Println("move:", unix.ErrnoName(errno))
+			} else {
+				fmt.Println("move:", err)
+			}
+			return 1
+		}
+		op = rest
+	}
 	if n, rest, ok := strings.Cut(op, ";"); ok {
 		// flood=N;OP: perform OP N times first (each socket closed), then once
 		// more as below.

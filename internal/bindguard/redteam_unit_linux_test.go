@@ -232,3 +232,56 @@ func TestRedteamPingSocketReceives(t *testing.T) {
 		})
 	}
 }
+
+// A unit's process leaves the unit's cgroup by writing its pid into another
+// cgroup's cgroup.procs: the kernel wants write access to that file and to
+// the common ancestor's. A Delegate=yes unit's tree is its user's (systemd
+// chowns the directory and its cgroup.procs, cgroup.threads and
+// cgroup.subtree_control), so an unprivileged process moves only within it,
+// still in the unit; out of it (to the parent or a sibling) it gets EACCES
+// and stays restricted. Root can (docs/units.md, "Limits").
+func TestRedteamUnitMigrateOut(t *testing.T) {
+	r := newRig(t)
+	// Searchable by everyone, as system.slice is (MkdirTemp made it 0700:
+	// every move below would fail on the path, not on the kernel's rule).
+	if err := os.Chmod(r.cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	unitPath, id := r.mkCgroup(r.cg, "svc.service")
+	subPath, _ := r.mkCgroup(unitPath, "payload")
+	siblingPath, _ := r.mkCgroup(r.cg, "other.service")
+	// svc.service and other.service are both Delegate=yes units of the same
+	// user: the sibling's cgroup.procs is writable to it too, only the
+	// common ancestor's is not.
+	for _, p := range []string{unitPath, subPath, siblingPath} {
+		for _, f := range []string{"", "cgroup.procs", "cgroup.threads", "cgroup.subtree_control"} {
+			if err := os.Chown(filepath.Join(p, f), other, other); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := r.guard.ApplyCgroups(Cgroups{id: unitPorts}); err != nil {
+		t.Fatal(err)
+	}
+	unit := r.in(unitPath)
+	for _, c := range []struct{ name, op, want string }{
+		{"attack: move to the parent, bind", "move=" + r.cg + ";tcp4,127.0.0.1,9999", "move: EACCES"},
+		{"attack: move to a sibling unit of the same user, bind", "move=" + siblingPath + ";tcp4,127.0.0.1,9999", "move: EACCES"},
+		{"attack: move within the delegated tree, bind", "move=" + subPath + ";tcp4,127.0.0.1,9999", "EPERM"},
+		{"control: move within the delegated tree, listed port", "move=" + subPath + ";tcp4,127.0.0.1,8080", "ok 8080"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := unit.run(other, c.op); got != c.want {
+				t.Fatalf("%s: %q, want %q", c.op, got, c.want)
+			}
+		})
+	}
+	t.Run("attack: move to the parent as root", func(t *testing.T) {
+		// Root may: the unit's restriction no longer applies (the harden
+		// drop-in's ProtectControlGroups=yes makes the tree read-only to
+		// the service).
+		if got := unit.run(0, "move="+r.cg+";tcp4,127.0.0.1,9999"); got != "ok 9999" {
+			t.Fatalf("root: %q, want ok 9999 (the documented limit)", got)
+		}
+	})
+}
