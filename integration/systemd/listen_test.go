@@ -61,6 +61,9 @@ func testSystemdListen(t *testing.T, suite string) {
 	c.Must("install", "-m", "0644", "/src/egressd.yaml", "/etc/egressd/egressd.yaml")
 	c.Write("/etc/egressd/allow.d/billing.yaml", allowlistFor("billing")+"listen: [tcp:8080]\n", 0o644)
 	c.Write("/etc/egressd/allow.d/shop.yaml", unitAllowlist("shop.service")+"listen: [tcp:8090]\n", 0o644)
+	c.Write("/etc/systemd/system/vault.service", "[Unit]\nDescription=a unit that keeps a socket in the fd store\n\n[Service]\nUser=www-data\n"+
+		"ExecStart=/usr/local/bin/egressd-probe fdstore -\nFileDescriptorStoreMax=1\nNotifyAccess=main\nRestart=always\nRestartSec=1s\n", 0o644)
+	c.Write("/etc/egressd/allow.d/vault.yaml", unitAllowlist("vault.service")+"listen: [tcp:8095]\n", 0o644)
 	c.Must("systemctl", "daemon-reload")
 	c.Must("systemctl", "enable", "--now", "egressd.service")
 	dropIn, _ := c.harden(t, "billing.service", "--user", "billing", "--listen", "tcp:8080")
@@ -116,4 +119,34 @@ func testSystemdListen(t *testing.T, suite string) {
 	if out, err := c.Run("egressd", "check"); err != nil {
 		t.Errorf("egressd check: %v\n%s", err, out)
 	}
+
+	// A known limit (docs/security.md, "Not stopped"): a socket kept in
+	// systemd's fd store across a restart carries the old run's cgroup,
+	// which egressd unmaps as it goes. vault.service's first run stores an
+	// unbound TCP socket and exits; the next (after its start gate) listens
+	// on it: the kernel's port gets connections, though listen: has only
+	// tcp:8095. If this starts failing because the connection is refused,
+	// the limit is closed: update docs/security.md.
+	c.harden(t, "vault.service", "--allowlist", "vault", "--user", "www-data", "--listen", "tcp:8095")
+	c.Must("systemctl", "daemon-reload")
+	c.Must("systemctl", "start", "vault.service")
+	port := ""
+	eventually(t, "vault.service's second run listening on the stored socket", func() (bool, string) {
+		log, _ := c.Run("journalctl", "--no-pager", "-o", "cat", "-u", "vault.service")
+		for _, l := range strings.Split(log, "\n") {
+			if p, ok := strings.CutPrefix(l, "listening "); ok {
+				port = p
+				return true, log
+			}
+		}
+		show, _ := c.Run("systemctl", "show", "vault.service", "-p", "NFileDescriptorStore,FileDescriptorStoreMax,NotifyAccess")
+		return false, log + "\n" + show
+	})
+	if got := strings.TrimSpace(c.Must("egressd-probe", "connect", "127.0.0.1:"+port)); got != "ok" {
+		t.Errorf("a connection to the stored socket's port %s: %s: the known limit is closed, update docs/security.md", port, got)
+	}
+	eventually(t, "vault.service accepting", func() (bool, string) {
+		log, _ := c.Run("journalctl", "--no-pager", "-o", "cat", "-u", "vault.service")
+		return strings.Contains(log, "accepted"), log
+	})
 }

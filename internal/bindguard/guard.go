@@ -32,7 +32,9 @@ type key struct {
 }
 
 // cgroupKey is the cgroup map's key; {id, 0, 0} marks a restricted unit's
-// cgroup, {0, 0, 0} holds the mask of levels such cgroups sit at.
+// cgroup, {0, 0, 0} (value 1) says that there are such cgroups, or that a
+// unit allowlist's listen: expects them (the programs look no further
+// without it).
 type cgroupKey struct {
 	ID    uint64
 	Port  uint16

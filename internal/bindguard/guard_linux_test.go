@@ -183,9 +183,24 @@ func (r *rig) run(uid int, op string) string {
 }
 
 // helper performs op, a bind described as
-// NETWORK,ADDR,PORT[,dropto=UID][,reuseport][,range=LO-HI][,listen][,autolisten],
+// NETWORK,ADDR,PORT[,hold][,dropto=UID][,reuseport][,range=LO-HI][,listen][,autolisten],
 // and prints "ok PORT" or the errno's name.
 func helper(op string) int {
+	if dst, rest, ok := strings.Cut(op, ";"); ok && strings.HasPrefix(dst, "move=") {
+		// move=CGROUP;OP: move this process to CGROUP first, as the
+		// service could (cgroup.procs), then perform OP.
+		pid := []byte(strconv.Itoa(os.Getpid()))
+		if err := os.WriteFile(filepath.Join(strings.TrimPrefix(dst, "move="), "cgroup.procs"), pid, 0); err != nil {
+			var errno unix.Errno
+			if errors.As(err, &errno) {
+				fmt.Println("move:", unix.ErrnoName(errno))
+			} else {
+				fmt.Println("move:", err)
+			}
+			return 1
+		}
+		op = rest
+	}
 	if n, rest, ok := strings.Cut(op, ";"); ok {
 		// flood=N;OP: perform OP N times first (each socket closed), then once
 		// more as below.
@@ -196,6 +211,12 @@ func helper(op string) int {
 			}
 		}
 		op = rest
+	}
+	if strings.HasPrefix(op, "uring,") {
+		return uringHelper(op)
+	}
+	if ident, ok := strings.CutPrefix(op, "ping4,"); ok {
+		return pingReceive(ident)
 	}
 	res, err := bindOp(op)
 	if err != nil {
@@ -252,6 +273,14 @@ func bindOp(op string) (bindResult, error) {
 	var err error
 	if fd, err = unix.Socket(family, typ, proto); err != nil {
 		return bindResult{}, fmt.Errorf("socket: %w", err)
+	}
+	if _, ok := opts["hold"]; ok {
+		// The socket exists; wait for the parent (a byte on fd 3) before
+		// going on: it moves this process to another cgroup meanwhile.
+		fmt.Println("made")
+		if _, err := os.NewFile(3, "hold").Read(make([]byte, 1)); err != nil {
+			return bindResult{}, fmt.Errorf("hold: %w", err)
+		}
 	}
 	if uid, ok := opts["dropto"]; ok {
 		// The socket was made as root; the rest runs as uid, as a service

@@ -336,7 +336,10 @@ Enforced with cgroup BPF, pinned on bpffs (needs CAP_BPF, which
 egressd.service holds); without it, reported as not enforced
 (listen_unenforced, check). In a unit allowlist, every process of the unit
 is held to it, whatever its uid, and its start gate waits for the unit's new
-cgroup in the restriction.`),
+cgroup in the restriction. Not stopped (docs/security.md): a UDP socket on
+a port the kernel picked, and a ping socket on any identifier, receive
+datagrams; a unit's socket kept across a restart in systemd's file
+descriptor store listens unrestricted.`),
 	}},
 	{"SHARED LISTS", []Block{P(`A file lists_dir/NAME.yaml holds destinations kept once and
 used by many allowlists. Its only key is allow, with the same syntax and

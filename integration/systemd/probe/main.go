@@ -8,6 +8,7 @@
 //	egressd-probe connect ADDR         connect once, print ok or the error
 //	egressd-probe dns ADDR PREFIX...   a DNS server on ADDR (UDP and TCP; see dns.go)
 //	egressd-probe resolve SERVER NAME  ask SERVER for NAME once, print "ok ADDR" or the error
+//	egressd-probe fdstore -            keep a socket across restarts in systemd's fd store (fdstore.go)
 //	egressd-probe flood ADDR N         keep N idle connections open to ADDR, reconnecting as they
 //	                                   close; print how many are open each second (flood.go)
 //
@@ -85,6 +86,8 @@ func main() {
 			os.Exit(2)
 		}
 		fmt.Println(dnsCommand("resolve", os.Args[2]+" "+os.Args[3]))
+	case "fdstore":
+		os.Exit(fdstore())
 	case "flood":
 		if len(os.Args) != 4 {
 			os.Exit(2)
