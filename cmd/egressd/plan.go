@@ -8,6 +8,7 @@ import (
 	"io"
 	"maps"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 
@@ -237,58 +238,37 @@ func planListen(w io.Writer, o planOptions, cfg *config.Config, want bindguard.P
 
 // cgroupListenText lists units' cgroups' rules, by cgroup id.
 func cgroupListenText(c bindguard.Cgroups, names map[uint64]string, indent string) string {
-	ids := make([]uint64, 0, len(c))
-	for id := range c {
-		ids = append(ids, id)
-	}
-	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
 	var b strings.Builder
-	for _, id := range ids {
-		r := c[id]
-		ports := make([]string, 0, len(r.Ports))
-		for _, pt := range r.Ports {
-			ports = append(ports, fmt.Sprintf("%s:%d", bindguard.ProtoName(pt.Proto), pt.Port))
-		}
-		sort.Strings(ports)
-		list := strings.Join(ports, " ")
-		if list == "" {
-			list = "no port"
-		}
-		mode := ""
-		if r.Audit {
-			mode = " (audit: reported, allowed)"
-		}
-		fmt.Fprintf(&b, "%scgroup %d (%s) may listen on: %s%s\n", indent, id, names[id], list, mode)
+	for _, id := range slices.Sorted(maps.Keys(c)) {
+		fmt.Fprintf(&b, "%scgroup %d (%s) may listen on: %s\n", indent, id, names[id], ruleText(c[id]))
 	}
 	return b.String()
 }
 
 func listenText(p bindguard.Policy, names map[uint32]string, indent string) string {
-	uids := make([]uint32, 0, len(p))
-	for uid := range p {
-		uids = append(uids, uid)
-	}
-	sort.Slice(uids, func(i, j int) bool { return uids[i] < uids[j] })
 	var b strings.Builder
-	for _, uid := range uids {
-		r := p[uid]
-		ports := make([]string, 0, len(r.Ports))
-		for _, pt := range r.Ports {
-			ports = append(ports, fmt.Sprintf("%s:%d", bindguard.ProtoName(pt.Proto), pt.Port))
-		}
-		sort.Strings(ports)
-		list := strings.Join(ports, " ")
-		if list == "" {
-			list = "no port"
-		}
-		mode := ""
-		if r.Audit {
-			mode = " (audit: reported, allowed)"
-		}
-		fmt.Fprintf(&b, "%suid %d (%s) may listen on: %s%s\n", indent, uid, names[uid], list, mode)
+	for _, uid := range slices.Sorted(maps.Keys(p)) {
+		fmt.Fprintf(&b, "%suid %d (%s) may listen on: %s\n", indent, uid, names[uid], ruleText(p[uid]))
 	}
-	if len(uids) == 0 {
+	if len(p) == 0 {
 		fmt.Fprintf(&b, "%snobody restricted\n", indent)
 	}
 	return b.String()
+}
+
+// ruleText is one rule's ports, sorted, and its mode.
+func ruleText(r bindguard.Rule) string {
+	ports := make([]string, 0, len(r.Ports))
+	for _, pt := range r.Ports {
+		ports = append(ports, fmt.Sprintf("%s:%d", bindguard.ProtoName(pt.Proto), pt.Port))
+	}
+	sort.Strings(ports)
+	list := strings.Join(ports, " ")
+	if list == "" {
+		list = "no port"
+	}
+	if r.Audit {
+		list += " (audit: reported, allowed)"
+	}
+	return list
 }
