@@ -403,10 +403,10 @@ func deltaElements(p Plan, d Delta, renews bool) (add, del map[kernelSet][]keyed
 			}
 		}
 	}
-	if add, err = placeElements(adds, addUntil, uids(p)); err != nil {
+	if add, err = placeElements(adds, addUntil, subjects(p)); err != nil {
 		return nil, nil, fmt.Errorf("build delta: %w", err)
 	}
-	del, err = placeElements(dels, delEnding, uids(p))
+	del, err = placeElements(dels, delEnding, subjects(p))
 	if err != nil {
 		return nil, nil, fmt.Errorf("build delta: %w", err)
 	}

@@ -471,7 +471,7 @@ func TestKernelTenThousandAllowlists(t *testing.T) {
 	if err := e.k.ApplyFull(p); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("cold apply: %d allowlists, %d elements in %v", len(p.Chains), p.Elements(), time.Since(start))
+	t.Logf("cold apply: %d allowlists, %d elements in %v", len(p.Allowlists), p.Elements(), time.Since(start))
 	if fs, err := e.k.Verify(p); err != nil || len(fs) != 0 {
 		t.Fatalf("verify after apply: %v %v", fs, err)
 	}
@@ -636,7 +636,7 @@ func TestKernelAuditMode(t *testing.T) {
 		t.Fatalf("deny counters %v, %v: the audited would-be deny must be counted too", counters, err)
 	}
 	// Switching to enforce is a rebuild: the same connect is refused.
-	p.Chains[0].Audit = false
+	nthOf(t, &p, SubjectUser, 0).Audit = false
 	if err := e.k.ApplyFull(p); err != nil {
 		t.Fatal(err)
 	}
@@ -700,8 +700,8 @@ func TestKernelDNSProxy(t *testing.T) {
 	}
 	mustAllow(t, "proxy user after a rebuild", e.tcp(uidA, "192.0.2.10:443"))
 	q := p
-	q.Chains = append([]ChainPlan(nil), p.Chains...)
-	q.Chains[0].Proxy = false
+	q.Allowlists = append([]AllowlistPlan(nil), p.Allowlists...)
+	nthOf(t, &q, SubjectUser, 0).Proxy = false
 	if err := e.k.ApplyFull(q); err != nil {
 		t.Fatal(err)
 	}

@@ -63,11 +63,12 @@ type keyed struct {
 	until time.Time
 }
 
-// placeElements groups elements of logical sets into kernel sets. uidOf maps
-// an allowlist to its uid; a logical set of an allowlist the plan has no
-// chain for is an error (the caller's plan is inconsistent). until (may be
+// placeElements groups elements of logical sets into kernel sets. subjectOf
+// maps an allowlist to its subject, whose id keys its elements; a logical set
+// of an allowlist the plan does not have, or named for another kind of
+// subject, is an error (the caller's plan is inconsistent). until (may be
 // nil) gives the elements' lifetimes, aligned with sets.
-func placeElements(sets map[string][]Element, until map[string][]time.Time, uidOf map[string]uint32) (map[kernelSet][]keyed, error) {
+func placeElements(sets map[string][]Element, until map[string][]time.Time, subjectOf map[string]Subject) (map[kernelSet][]keyed, error) {
 	out := map[kernelSet][]keyed{}
 	for name, es := range sets {
 		us := until[name]
@@ -77,9 +78,14 @@ func placeElements(sets map[string][]Element, until map[string][]time.Time, uidO
 		}
 		var uid uint32
 		if id.Allowlist != "" {
-			if uid, ok = uidOf[id.Allowlist]; !ok {
+			sub, ok := subjectOf[id.Allowlist]
+			if !ok {
 				return nil, fmt.Errorf("set %q: allowlist %q has no uid in the plan", name, id.Allowlist)
 			}
+			if (sub.Kind == SubjectUnit) != id.Unit {
+				return nil, fmt.Errorf("set %q: allowlist %q restricts a %s", name, id.Allowlist, sub.Kind)
+			}
+			uid = sub.ID
 		}
 		for i, e := range es {
 			if e.Is6() != id.V6 {
@@ -94,15 +100,4 @@ func placeElements(sets map[string][]Element, until map[string][]time.Time, uidO
 		}
 	}
 	return out, nil
-}
-
-func uids(p Plan) map[string]uint32 {
-	m := make(map[string]uint32, len(p.Chains))
-	for _, ch := range p.Chains {
-		m[ch.Allowlist] = ch.UID
-	}
-	for _, u := range p.Units {
-		m[u.Allowlist] = u.Key
-	}
-	return m
 }

@@ -15,8 +15,8 @@ import (
 func BenchmarkRenderOneChange10k(b *testing.B) {
 	p := sitePlan(10_000)
 	var d Desired
-	for _, ch := range p.Chains {
-		d.Allowlists = append(d.Allowlists, Allowlist{Name: ch.Allowlist, UID: ch.UID, DNS: ch.DNS,
+	for _, ch := range p.Allowlists {
+		d.Allowlists = append(d.Allowlists, Allowlist{Name: ch.Allowlist, UID: ch.Subject.ID, DNS: ch.DNS,
 			Elements: append(append([]Element{}, p.Sets[SetName4(ch.Allowlist)]...), p.Sets[SetName6(ch.Allowlist)]...)})
 	}
 	var r Renderer
@@ -63,7 +63,7 @@ func sitePlan(n int) Plan {
 // oneNameChanged is p with one address of one allowlist replaced: the delta
 // of a DNS change.
 func oneNameChanged(p Plan, site int) Plan {
-	q := Plan{Chains: p.Chains, DenyLog: p.DenyLog, Sets: map[string][]Element{}}
+	q := Plan{Allowlists: p.Allowlists, DenyLog: p.DenyLog, Sets: map[string][]Element{}}
 	for n, es := range p.Sets {
 		q.Sets[n] = es
 	}

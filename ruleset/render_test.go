@@ -118,8 +118,8 @@ func TestRenderAndDiff(t *testing.T) {
 		DenyLog:   config.Defaults().DenyLog,
 	}
 	p := Render(d)
-	if len(p.Chains) != 2 || p.Chains[0].Allowlist != "billing" || p.Chains[1].UID != 1002 {
-		t.Fatalf("chains = %+v", p.Chains)
+	if len(p.Allowlists) != 2 || p.Allowlists[0].Allowlist != "billing" || p.Allowlists[1].Subject != UserSubject(1002) {
+		t.Fatalf("allowlists = %+v", p.Allowlists)
 	}
 	if len(p.Sets[SetName4("billing")]) != 1 || len(p.Sets[SetName6("web")]) != 1 || len(p.Sets[DNSSet4]) != 2 || len(p.Sets[DNSSet6]) != 0 {
 		t.Fatalf("sets = %v", p.Sets)
@@ -231,7 +231,7 @@ func TestRendererMatchesRender(t *testing.T) {
 }
 
 func normalizeNil(p Plan) Plan {
-	q := Plan{Chains: p.Chains, DenyLog: p.DenyLog, Sets: map[string][]Element{}}
+	q := Plan{Allowlists: p.Allowlists, DenyLog: p.DenyLog, Sets: map[string][]Element{}}
 	for n, es := range p.Sets {
 		if len(es) > 0 {
 			q.Sets[n] = es
@@ -241,7 +241,7 @@ func normalizeNil(p Plan) Plan {
 }
 
 func applyDelta(p Plan, d Delta) Plan {
-	f := &Fake{Plan: Plan{Chains: p.Chains, DenyLog: p.DenyLog, Sets: map[string][]Element{}}}
+	f := &Fake{Plan: Plan{Allowlists: p.Allowlists, DenyLog: p.DenyLog, Sets: map[string][]Element{}}}
 	for n, es := range p.Sets {
 		f.Plan.Sets[n] = append([]Element(nil), es...)
 	}

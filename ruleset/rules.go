@@ -55,17 +55,17 @@ import (
 // uid or unit for); the table is then complete but for those elements.
 func layout(p Plan, carry []ProxyElement) (Table, error) {
 	var t Table
-	placed, err := placeElements(p.Sets, p.Until, uids(p))
+	placed, err := placeElements(p.Sets, p.Until, subjects(p))
 	broken := ""
 	if err != nil {
 		broken = err.Error()
 	}
-	users := sortedChains(p.Chains)
-	uidSet := func(name, comment string, keep func(ChainPlan) bool) {
+	users := byID(p.Of(SubjectUser))
+	uidSet := func(name, comment string, keep func(AllowlistPlan) bool) {
 		var vs []value
 		for _, ch := range users {
 			if keep(ch) {
-				v := value{v: ch.UID}
+				v := value{v: ch.Subject.ID}
 				if name == kUsers {
 					v.comment = ch.Allowlist
 				}
@@ -75,35 +75,35 @@ func layout(p Plan, carry []ProxyElement) (Table, error) {
 		t.Sets = append(t.Sets, Set{Name: name, Comment: comment, Type: "uid", values: vs,
 			Kernel: &nftables.Set{Table: table, Name: name, KeyType: nftables.TypeUID, KeyByteOrder: binaryutil.NativeEndian}})
 	}
-	uidSet(kUsers, "protected uids, element comment = allowlist", func(ChainPlan) bool { return true })
+	uidSet(kUsers, "protected uids, element comment = allowlist", func(AllowlistPlan) bool { return true })
 	var owners []value
 	for _, ch := range users {
-		owners = append(owners, value{v: ch.UID, pair: true})
+		owners = append(owners, value{v: ch.Subject.ID, pair: true})
 	}
 	t.Sets = append(t.Sets, Set{Name: kOwners, Comment: "(u . u) for every protected uid", Type: "mark . uid", values: owners,
 		Kernel: &nftables.Set{Table: table, Name: kOwners, KeyType: nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeUID), Concatenation: true}})
 	var marks []value
 	for _, ch := range users {
-		marks = append(marks, value{v: ch.UID, data: true})
+		marks = append(marks, value{v: ch.Subject.ID, data: true})
 	}
 	t.Sets = append(t.Sets, Set{Name: kUIDMarks, Comment: "every protected uid to itself as a mark (nft has no cast from uid to mark)", Map: true, Type: "uid : mark", values: marks,
 		Kernel: &nftables.Set{Table: table, Name: kUIDMarks, KeyType: nftables.TypeUID, DataType: nftables.TypeMark, IsMap: true, KeyByteOrder: binaryutil.NativeEndian}})
 	var openers []value
 	for _, ch := range users {
-		openers = append(openers, value{v: ch.UID, hex: true})
+		openers = append(openers, value{v: ch.Subject.ID, hex: true})
 	}
 	t.Sets = append(t.Sets, Set{Name: kOpeners, Comment: "every protected uid as a conntrack mark: a flow a protected user opened", Type: "mark", values: openers,
 		Kernel: &nftables.Set{Table: table, Name: kOpeners, KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian}})
-	uidSet(kDNSUsers, "dns: resolvers", func(ch ChainPlan) bool { return ch.DNS })
-	uidSet(kProxyUsers, "dns: proxy", func(ch ChainPlan) bool { return ch.Proxy })
-	uidSet(kAudit, "mode: audit", func(ch ChainPlan) bool { return ch.Audit })
+	uidSet(kDNSUsers, "dns: resolvers", func(ch AllowlistPlan) bool { return ch.DNS })
+	uidSet(kProxyUsers, "dns: proxy", func(ch AllowlistPlan) bool { return ch.Proxy })
+	uidSet(kAudit, "mode: audit", func(ch AllowlistPlan) bool { return ch.Audit })
 	for _, ks := range allKernelSets() {
 		t.Sets = append(t.Sets, elementSet(ks, "", placed[ks], broken))
 	}
 	proxyUID := map[uint32]bool{}
-	for _, ch := range p.Chains {
+	for _, ch := range users {
 		if ch.Proxy {
-			proxyUID[ch.UID] = true
+			proxyUID[ch.Subject.ID] = true
 		}
 	}
 	kept := map[kernelSet][]ProxyElement{}
@@ -129,6 +129,7 @@ func layout(p Plan, carry []ProxyElement) (Table, error) {
 		dyn(kDenyLog, "per-uid log rate limit (a meter)", "uid", binaryutil.NativeEndian))
 
 	// The unit sets (always: empty without unit allowlists).
+	units := p.Of(SubjectUnit)
 	keyOf := unitKeys(p)
 	var jumps []jump
 	for _, cg := range p.Cgroups {
@@ -147,8 +148,8 @@ func layout(p Plan, carry []ProxyElement) (Table, error) {
 	t.Sets = append(t.Sets, Set{Name: kUnitChains, Comment: "a restricted unit's current cgroup id -> its allowlist's chain", Map: true,
 		Type: "cgroupsv2 : verdict", jumps: jumps, Kernel: unitChainsMap()})
 	var ids []value
-	for _, u := range p.Units {
-		ids = append(ids, value{v: u.Key, hex: true, comment: u.Allowlist + " " + u.Unit})
+	for _, u := range units {
+		ids = append(ids, value{v: u.Subject.ID, hex: true, comment: u.Allowlist + " " + u.Subject.Unit})
 	}
 	t.Sets = append(t.Sets, Set{Name: kUnitIDs, Comment: "unit keys, element comment = \"ALLOWLIST UNIT\"", Type: "mark", values: ids,
 		Kernel: &nftables.Set{Table: table, Name: kUnitIDs, KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian}})
@@ -171,10 +172,10 @@ func layout(p Plan, carry []ProxyElement) (Table, error) {
 		Chain{Name: chainOut, Hook: &Hook{nftables.ChainTypeFilter, "output", "filter"}, Rules: outputRules(p)},
 		Chain{Name: chainRestr, Rules: restrictedRules(p.ProxyPort)},
 		Chain{Name: chainDeny, Rules: denyRules(p.DenyLog)})
-	for _, u := range p.Units {
+	for _, u := range units {
 		t.Chains = append(t.Chains,
-			Chain{Name: unitChain(u.Key), Rules: unitRules(u)},
-			Chain{Name: unitDenyChain(u.Key), Rules: unitDenyRules(u, p.DenyLog)})
+			Chain{Name: unitChain(u.Subject.ID), Rules: unitRules(u)},
+			Chain{Name: unitDenyChain(u.Subject.ID), Rules: unitDenyRules(u, p.DenyLog)})
 	}
 	return t, err
 }
@@ -218,7 +219,7 @@ func elementSet(ks kernelSet, comment string, es []keyed, broken string) Set {
 // other user's packets pass untouched.
 func outputRules(p Plan) []Rule {
 	var rules []Rule
-	if len(p.Units) > 0 {
+	if len(p.Of(SubjectUnit)) > 0 {
 		for l := 1; l <= UnitLevels; l++ {
 			rules = append(rules, rule(Stmt{fmt.Sprintf("socket cgroupv2 level %d vmap @%s", l, kUnitChains), []expr.Any{
 				&expr.Socket{Key: expr.SocketKeyCgroupv2, Level: uint32(l), Register: reg1},
@@ -442,14 +443,15 @@ func denyRules(dl config.DenyLog) []Rule {
 // A packet the unit's allowlist allows returns to output, where the uid rule
 // still applies: a socket of a restricted unit that is also a restricted
 // user's must pass both allowlists.
-func unitRules(u UnitPlan) []Rule {
-	deny := goTo(unitDenyChain(u.Key))
+func unitRules(u AllowlistPlan) []Rule {
+	k := u.Subject.ID
+	deny := goTo(unitDenyChain(k))
 	var rules []Rule
 	// The opener of every new flow: its unit key in label bits 64-95, on
 	// the flow's first packet only (see restrictedRules). A label set only
 	// sets bits.
-	rules = append(rules, rule(ctState(expr.CtStateBitNEW), ctStatus(ipsConfirmed, false), ctLabelSet(u.Key)).
-		because("label bits 64-95: the unit that opened the flow (key "+unitKeyText(u.Key)+")"))
+	rules = append(rules, rule(ctState(expr.CtStateBitNEW), ctStatus(ipsConfirmed, false), ctLabelSet(k)).
+		because("label bits 64-95: the unit that opened the flow (key "+unitKeyText(k)+")"))
 	// Source routing, IPv4 options and MPTCP, as in restrictedRules.
 	rules = append(rules,
 		rule(nfproto(true), rtHdr, deny).because("IPV6_RTHDR: source routing"),
@@ -458,13 +460,13 @@ func unitRules(u UnitPlan) []Rule {
 	// Established and related: the unit's own flows in the original
 	// direction, others' flows in the reply direction (restrictedRules).
 	rules = append(rules,
-		rule(ctState(established), ctDirection(false), ctLabelIs(u.Key, true), ret),
+		rule(ctState(established), ctDirection(false), ctLabelIs(k, true), ret),
 		// a forged source on a forwarded flow's reply (restrictedRules)
-		rule(ctState(established), ctDirection(true), ctLabelIs(u.Key, false), fibLocal(true, true), ret),
+		rule(ctState(established), ctDirection(true), ctLabelIs(k, false), fibLocal(true, true), ret),
 		rule(ctState(established), ctDirection(true), fibLocal(false, true), fibLocal(true, true), ret),
 		rule(fibLocal(true, false), deny).because("IP_FREEBIND, IPV6_FREEBIND, IP_TRANSPARENT"))
 	for _, ks := range unitKernelSets() {
-		rules = append(rules, rule(append(unitLookupKey(ks, u.Key), ret)...))
+		rules = append(rules, rule(append(unitLookupKey(ks, k), ret)...))
 	}
 	if u.DNS {
 		for _, ks := range allKernelSets() {
@@ -482,9 +484,9 @@ func unitRules(u UnitPlan) []Rule {
 // audited packet goes on: its mark is saved before and restored after the
 // log statement (nft prints the restore as `meta mark set meta mark`: the
 // mark loaded before); a denied packet is rejected next, its mark is left.
-func unitDenyRules(u UnitPlan, dl config.DenyLog) []Rule {
-	k := unitKeyText(u.Key)
-	key := &expr.Immediate{Register: reg32, Data: binaryutil.BigEndian.PutUint32(u.Key)} // the dynamic sets' order
+func unitDenyRules(u AllowlistPlan, dl config.DenyLog) []Rule {
+	k := unitKeyText(u.Subject.ID)
+	key := &expr.Immediate{Register: reg32, Data: binaryutil.BigEndian.PutUint32(u.Subject.ID)} // the dynamic sets' order
 	rules := []Rule{rule(Stmt{"update @" + kUDenied + " { " + k + " counter }", []expr.Any{key,
 		&expr.Dynset{SrcRegKey: reg32, SetName: kUDenied, Operation: unix.NFT_DYNSET_OP_UPDATE, Exprs: []expr.Any{&expr.Counter{}}}}})}
 	prefix := UnitLogPrefix(dl.Prefix)
@@ -500,7 +502,7 @@ func unitDenyRules(u UnitPlan, dl config.DenyLog) []Rule {
 		meter = append(meter, &expr.Dynset{SrcRegKey: reg32, SetName: kUDenyLog, Operation: unix.NFT_DYNSET_OP_UPDATE, Exprs: []expr.Any{lim}})
 		r := rule(Stmt{fmt.Sprintf("update @%s { %s %s }", kUDenyLog, k, limText), meter},
 			Stmt{"meta mark set " + k, []expr.Any{
-				&expr.Immediate{Register: reg32 + 2, Data: binaryutil.NativeEndian.PutUint32(u.Key)},
+				&expr.Immediate{Register: reg32 + 2, Data: binaryutil.NativeEndian.PutUint32(u.Subject.ID)},
 				&expr.Meta{Key: expr.MetaKeyMARK, Register: reg32 + 2, SourceRegister: true}}},
 			l)
 		r.Comment = "the log carries the unit key as the mark; the packet is rejected next"
@@ -516,9 +518,10 @@ func unitDenyRules(u UnitPlan, dl config.DenyLog) []Rule {
 	return append(rules, rejectRules()...)
 }
 
-func sortedChains(chs []ChainPlan) []ChainPlan {
-	out := append([]ChainPlan(nil), chs...)
-	sort.Slice(out, func(i, j int) bool { return out[i].UID < out[j].UID })
+// byID orders allowlists by their subjects' ids (the kernel sets' order).
+func byID(as []AllowlistPlan) []AllowlistPlan {
+	out := append([]AllowlistPlan(nil), as...)
+	sort.Slice(out, func(i, j int) bool { return out[i].Subject.ID < out[j].Subject.ID })
 	return out
 }
 

@@ -41,15 +41,6 @@ const (
 func UnitLogPrefix(prefix string) string   { return fmt.Sprintf("%s unit deny: ", prefix) }
 func UnitAuditPrefix(prefix string) string { return fmt.Sprintf("%s unit audit: ", prefix) }
 
-// UnitPlan is one unit allowlist in a plan.
-type UnitPlan struct {
-	Allowlist string
-	Unit      string
-	Key       uint32
-	DNS       bool
-	Audit     bool
-}
-
 // Cgroup is one current cgroup of a restricted unit: its id (the inode
 // number of its cgroup2 directory) and the allowlist that restricts it.
 type Cgroup struct {
@@ -82,9 +73,9 @@ func UnitKeys(names []string) map[string]uint32 {
 
 // unitKeys is allowlist -> unit key, for the unit allowlists of p only.
 func unitKeys(p Plan) map[string]uint32 {
-	out := make(map[string]uint32, len(p.Units))
-	for _, u := range p.Units {
-		out[u.Allowlist] = u.Key
+	out := map[string]uint32{}
+	for _, u := range p.Of(SubjectUnit) {
+		out[u.Allowlist] = u.Subject.ID
 	}
 	return out
 }
@@ -96,18 +87,6 @@ func sortedCgroups(cs []Cgroup) []Cgroup {
 	out := append([]Cgroup(nil), cs...)
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
-}
-
-func sameUnits(a, b []UnitPlan) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // CgroupDelta is the change of the cgroup map from old to new: ids to add

@@ -211,7 +211,7 @@ func TestKernelUnit(t *testing.T) {
 func TestNFTUnitText(t *testing.T) {
 	p := unitPlan(Cgroup{ID: 7, Allowlist: "web"})
 	text := p.NFT()
-	web := unitChain(p.Units[0].Key)
+	web := unitChain(p.Of(SubjectUnit)[0].Subject.ID)
 	for _, want := range []string{"map unitchains {", "7 : jump " + web, "set uallow4 {", "type mark . inet_proto . ipv4_addr . inet_service", "chain " + web + " {", "socket cgroupv2 level 8 vmap @unitchains"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("no %q in\n%s", want, text)
@@ -253,8 +253,8 @@ func TestKernelUnitLog(t *testing.T) {
 	if err != nil || len(pks) == 0 {
 		t.Fatalf("no logged packet: %v", err)
 	}
-	if pk := pks[0]; pk.Prefix != UnitLogPrefix(p.DenyLog.Prefix) || pk.Mark != p.Units[0].Key || pk.UID != uidNoList {
-		t.Fatalf("logged %+v, want prefix %q, mark %d (web's key)", pk, UnitLogPrefix(p.DenyLog.Prefix), p.Units[0].Key)
+	if pk := pks[0]; pk.Prefix != UnitLogPrefix(p.DenyLog.Prefix) || pk.Mark != p.Of(SubjectUnit)[0].Subject.ID || pk.UID != uidNoList {
+		t.Fatalf("logged %+v, want prefix %q, mark %d (web's key)", pk, UnitLogPrefix(p.DenyLog.Prefix), p.Of(SubjectUnit)[0].Subject.ID)
 	}
 }
 

@@ -29,11 +29,11 @@ func TestRenderUnits(t *testing.T) {
 	}, Cgroups: []Cgroup{{ID: 9, Allowlist: "web"}, {ID: 3, Allowlist: "web"}}}
 	var r Renderer
 	p := r.Render(d)
-	if len(p.Chains) != 1 || p.Chains[0].Allowlist != "u" {
-		t.Fatalf("chains %v: a unit allowlist is not a uid's", p.Chains)
+	if us := p.Of(SubjectUser); len(us) != 1 || us[0].Allowlist != "u" {
+		t.Fatalf("users %v: a unit allowlist is not a uid's", us)
 	}
-	if len(p.Units) != 1 || p.Units[0] != (UnitPlan{Allowlist: "web", Unit: "web.service", Key: 77, DNS: true}) {
-		t.Fatalf("units %v", p.Units)
+	if us := p.Of(SubjectUnit); len(us) != 1 || us[0] != (AllowlistPlan{Allowlist: "web", Subject: UnitSubject("web.service", 77), DNS: true}) {
+		t.Fatalf("units %v", us)
 	}
 	if len(p.Sets["uallow4_web"]) != 1 || p.Sets["allow4_web"] != nil {
 		t.Fatalf("sets %v", p.Sets)

@@ -67,8 +67,8 @@ func elementFindings(p Plan, have map[string][]Element, now time.Time) []Finding
 // allowlist).
 func usersFindings(p Plan, got map[uint32]string) []Finding {
 	want := map[uint32]string{}
-	for _, ch := range p.Chains {
-		want[ch.UID] = ch.Allowlist
+	for _, ch := range p.Of(SubjectUser) {
+		want[ch.Subject.ID] = ch.Allowlist
 	}
 	var diffs []string
 	for uid, name := range want {
@@ -89,25 +89,25 @@ func usersFindings(p Plan, got map[uint32]string) []Finding {
 }
 
 // uidSetMember says which of the plan's users a uid set holds.
-func uidSetMember(name string) func(ChainPlan) bool {
+func uidSetMember(name string) func(AllowlistPlan) bool {
 	switch name {
 	case kDNSUsers:
-		return func(ch ChainPlan) bool { return ch.DNS }
+		return func(ch AllowlistPlan) bool { return ch.DNS }
 	case kAudit:
-		return func(ch ChainPlan) bool { return ch.Audit }
+		return func(ch AllowlistPlan) bool { return ch.Audit }
 	case kProxyUsers:
-		return func(ch ChainPlan) bool { return ch.Proxy }
+		return func(ch AllowlistPlan) bool { return ch.Proxy }
 	}
-	return func(ChainPlan) bool { return true } // owners
+	return func(AllowlistPlan) bool { return true } // owners
 }
 
 // uidSetFindings compares one uid set (owners, dnsusers, audit) with the plan.
 func uidSetFindings(name string, p Plan, got map[uint32]bool) []Finding {
 	member := uidSetMember(name)
 	want := map[uint32]bool{}
-	for _, ch := range p.Chains {
+	for _, ch := range p.Of(SubjectUser) {
 		if member(ch) {
-			want[ch.UID] = true
+			want[ch.Subject.ID] = true
 		}
 	}
 	var diffs []string
@@ -297,8 +297,8 @@ func normReg(r uint32) uint32 {
 func unitSetFindings(p Plan, got map[uint32]string, cgs []Cgroup, cgsRead bool) []Finding {
 	var fs []Finding
 	want := map[uint32]string{}
-	for _, u := range p.Units {
-		want[u.Key] = u.Allowlist + " " + u.Unit
+	for _, u := range p.Of(SubjectUnit) {
+		want[u.Subject.ID] = u.Allowlist + " " + u.Subject.Unit
 	}
 	var diffs []string
 	for k, name := range want {
