@@ -508,9 +508,9 @@ func (k *Netlink) readSets() (map[string][]Element, map[string]map[Element]time.
 			}
 			var name string
 			switch {
-			case ks.Unit && units[uid] != "":
-				name = SetID{Allowlist: units[uid], V6: ks.V6, Unit: true}.Name()
-			case ks.Unit:
+			case ks.Kind == SubjectUnit && units[uid] != "":
+				name = SetID{Allowlist: units[uid], V6: ks.V6, Kind: SubjectUnit}.Name()
+			case ks.Kind == SubjectUnit:
 				name = fmt.Sprintf("unit:%d", uid)
 			case ks.DNS:
 				name = SetID{V6: ks.V6}.Name()

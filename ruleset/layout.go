@@ -82,7 +82,7 @@ func placeElements(sets map[string][]Element, until map[string][]time.Time, subj
 			if !ok {
 				return nil, fmt.Errorf("set %q: allowlist %q has no uid in the plan", name, id.Allowlist)
 			}
-			if (sub.Kind == SubjectUnit) != id.Unit {
+			if sub.Kind != id.Kind {
 				return nil, fmt.Errorf("set %q: allowlist %q restricts a %s", name, id.Allowlist, sub.Kind)
 			}
 			uid = sub.ID
@@ -91,7 +91,7 @@ func placeElements(sets map[string][]Element, until map[string][]time.Time, subj
 			if e.Is6() != id.V6 {
 				return nil, fmt.Errorf("set %q: element %s of the other family", name, e)
 			}
-			ks := kernelSet{DNS: id.Allowlist == "", V6: id.V6, Range: !isExact(e), Unit: id.Unit}
+			ks := kernelSetOf(id, e)
 			k := keyed{uid: uid, e: e}
 			if us != nil {
 				k.until = us[i]

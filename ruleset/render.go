@@ -106,7 +106,7 @@ func (r *Renderer) Render(d Desired) Plan {
 		if a.Unit != "" {
 			sub = UnitSubject(a.Unit, a.UID)
 		}
-		id := SetID{Allowlist: a.Name, Unit: sub.Kind == SubjectUnit}
+		id := SetID{Allowlist: a.Name, Kind: sub.Kind}
 		p.Allowlists = append(p.Allowlists, AllowlistPlan{Allowlist: a.Name, Subject: sub, DNS: a.DNS, Proxy: a.Proxy, Audit: a.Audit})
 		fp := fingerprint(a.Elements, a.Until)
 		m, ok := r.memo[a.Name]

@@ -160,10 +160,7 @@ func TestRenderAndDiff(t *testing.T) {
 	if SameStructure(p2, Render(d4)) {
 		t.Fatal("changing the log mode reported as element-only")
 	}
-	if !IsDenyPrefix("egressd", LogPrefix("egressd")) || IsDenyPrefix("egressd", "other deny: ") {
-		t.Fatal("deny prefix not recognised")
-	}
-	for _, id := range []SetID{{}, {V6: true}, {Allowlist: "billing"}, {Allowlist: "allow4_x", V6: true}} {
+	for _, id := range []SetID{{}, {V6: true}, {Allowlist: "billing"}, {Allowlist: "allow4_x", V6: true}, {Allowlist: "web", Kind: SubjectUnit}, {Allowlist: "allow4_x", Kind: SubjectUnit, V6: true}} {
 		if got, ok := ParseSetName(id.Name()); !ok || got != id {
 			t.Errorf("ParseSetName(%q) = %+v, %v; want %+v", id.Name(), got, ok, id)
 		}

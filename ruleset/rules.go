@@ -187,7 +187,7 @@ func elementSet(ks kernelSet, comment string, es []keyed, broken string) Set {
 	if ks.V6 {
 		typ = "inet_proto . ipv6_addr . inet_service"
 	}
-	if ks.Unit {
+	if ks.Kind == SubjectUnit {
 		parts, typ = append(parts, nftables.TypeMark), "mark . "+typ
 	} else if !ks.DNS {
 		parts, typ = append(parts, nftables.TypeUID), "uid . "+typ
@@ -489,10 +489,7 @@ func unitDenyRules(u AllowlistPlan, dl config.DenyLog) []Rule {
 	key := &expr.Immediate{Register: reg32, Data: binaryutil.BigEndian.PutUint32(u.Subject.ID)} // the dynamic sets' order
 	rules := []Rule{rule(Stmt{"update @" + kUDenied + " { " + k + " counter }", []expr.Any{key,
 		&expr.Dynset{SrcRegKey: reg32, SetName: kUDenied, Operation: unix.NFT_DYNSET_OP_UPDATE, Exprs: []expr.Any{&expr.Counter{}}}}})}
-	prefix := UnitLogPrefix(dl.Prefix)
-	if u.Audit {
-		prefix = UnitAuditPrefix(dl.Prefix)
-	}
+	prefix := LogPrefixOf(SubjectUnit, u.Audit, dl.Prefix)
 	if l, ok := logStmt(dl, prefix); ok {
 		lim, limText := limitOf(dl)
 		meter := []expr.Any{key}

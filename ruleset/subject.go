@@ -84,7 +84,7 @@ func subjects(p Plan) map[string]Subject {
 // SetIDs are the logical sets (names.go) of an allowlist of kind k: IPv4,
 // then IPv6.
 func SetIDs(allowlist string, k SubjectKind) (v4, v6 SetID) {
-	v4 = SetID{Allowlist: allowlist, Unit: k == SubjectUnit}
+	v4 = SetID{Allowlist: allowlist, Kind: k}
 	v6 = v4
 	v6.V6 = true
 	return v4, v6

@@ -61,8 +61,8 @@ func TestPlaceElementsKindMismatch(t *testing.T) {
 		ok  bool
 	}{
 		{SetID{Allowlist: "a"}.Name(), UserSubject(1000), true},
-		{SetID{Allowlist: "a", Unit: true}.Name(), UnitSubject("a.service", 5), true},
-		{SetID{Allowlist: "a", Unit: true}.Name(), UserSubject(1000), false},
+		{SetID{Allowlist: "a", Kind: SubjectUnit}.Name(), UnitSubject("a.service", 5), true},
+		{SetID{Allowlist: "a", Kind: SubjectUnit}.Name(), UserSubject(1000), false},
 		{SetID{Allowlist: "a"}.Name(), UnitSubject("a.service", 5), false},
 	} {
 		_, err := placeElements(map[string][]Element{tc.set: {e}}, nil, map[string]Subject{"a": tc.sub})
@@ -72,5 +72,75 @@ func TestPlaceElementsKindMismatch(t *testing.T) {
 		if err != nil && !strings.Contains(err.Error(), "restricts a") {
 			t.Errorf("set %s for %s: unclear error %v", tc.set, tc.sub, err)
 		}
+	}
+}
+
+// The names built from a subject's kind are those of the previous versions,
+// character for character: state.json's set names, a running daemon's
+// kernel sets (a new egressd takes over its table) and the log prefixes
+// that log readers match.
+func TestSubjectNames(t *testing.T) {
+	exact := map[bool]Element{false: ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.1/32"), 443, 443),
+		true: ElementFor(config.TCP, netip.MustParsePrefix("2001:db8::1/128"), 443, 443)}
+	ranged := map[bool]Element{false: ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.0/24"), 443, 443),
+		true: ElementFor(config.TCP, netip.MustParsePrefix("2001:db8::/64"), 443, 443)}
+	for _, tc := range []struct {
+		id                 SetID
+		name, kExact, kRng string
+	}{
+		{SetID{Allowlist: "web"}, "allow4_web", "allow4", "allow4r"},
+		{SetID{Allowlist: "web", V6: true}, "allow6_web", "allow6", "allow6r"},
+		{SetID{Allowlist: "web", Kind: SubjectUnit}, "uallow4_web", "uallow4", "uallow4r"},
+		{SetID{Allowlist: "web", Kind: SubjectUnit, V6: true}, "uallow6_web", "uallow6", "uallow6r"},
+		{SetID{V6: true}, "dns6", "dns6", "dns6r"},
+	} {
+		if got := tc.id.Name(); got != tc.name {
+			t.Errorf("%+v named %q, want %q", tc.id, got, tc.name)
+		}
+		if back, ok := ParseSetName(tc.name); !ok || back != tc.id {
+			t.Errorf("ParseSetName(%q) = %+v, %v", tc.name, back, ok)
+		}
+		if k, kr := KernelSetName(tc.name, exact[tc.id.V6]), KernelSetName(tc.name, ranged[tc.id.V6]); k != tc.kExact || kr != tc.kRng {
+			t.Errorf("%s: kernel sets %s, %s; want %s, %s", tc.name, k, kr, tc.kExact, tc.kRng)
+		}
+	}
+	if SetName4("web") != "allow4_web" || SetName6("web") != "allow6_web" {
+		t.Error(SetName4("web"), SetName6("web"))
+	}
+	for _, bad := range []string{"allow4_", "uallow4_Bad Name", "xallow4_web", "allow5_web"} {
+		if id, ok := ParseSetName(bad); ok {
+			t.Errorf("ParseSetName(%q) = %+v: a name egressd does not write", bad, id)
+		}
+	}
+	for _, tc := range []struct {
+		kind   SubjectKind
+		audit  bool
+		prefix string
+	}{
+		{SubjectUser, false, "egressd deny: "},
+		{SubjectUser, true, "egressd audit: "},
+		{SubjectUnit, false, "egressd unit deny: "},
+		{SubjectUnit, true, "egressd unit audit: "},
+	} {
+		if got := LogPrefixOf(tc.kind, tc.audit, "egressd"); got != tc.prefix {
+			t.Errorf("LogPrefixOf(%s, %v) = %q, want %q", tc.kind, tc.audit, got, tc.prefix)
+		}
+		for _, configured := range []string{"egressd", ""} {
+			if k, a, ok := ParseLogPrefix(configured, tc.prefix); !ok || k != tc.kind || a != tc.audit {
+				t.Errorf("ParseLogPrefix(%q, %q) = %s, %v, %v", configured, tc.prefix, k, a, ok)
+			}
+		}
+		if _, _, ok := ParseLogPrefix("other", tc.prefix); ok {
+			t.Errorf("%q taken for deny_log.prefix other", tc.prefix)
+		}
+	}
+	if LogPrefix("p") != "p deny: " || AuditPrefix("p") != "p audit: " {
+		t.Error(LogPrefix("p"), AuditPrefix("p"))
+	}
+	if _, _, ok := ParseLogPrefix("", "other tool: "); ok {
+		t.Error("another tool's prefix taken for egressd's")
+	}
+	if SubjectIDOf(SubjectUser, 1000, 7) != 1000 || SubjectIDOf(SubjectUnit, 1000, 7) != 7 {
+		t.Error("a logged packet's subject id")
 	}
 }

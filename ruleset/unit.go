@@ -1,7 +1,6 @@
 package ruleset
 
 import (
-	"fmt"
 	"hash/fnv"
 	"sort"
 )
@@ -29,17 +28,6 @@ const (
 	// process of the unit runs.
 	NFTSetDirective = "cgroup:inet:" + HelperTableName + ":" + NFTSetUnits
 )
-
-// Logical set names of unit allowlists (SetID.Unit).
-const (
-	unitPrefix4 = "uallow4_"
-	unitPrefix6 = "uallow6_"
-)
-
-// UnitLogPrefix and UnitAuditPrefix are the log prefixes of a unit's denied
-// and audited packets; the logged packet's mark is the unit key.
-func UnitLogPrefix(prefix string) string   { return fmt.Sprintf("%s unit deny: ", prefix) }
-func UnitAuditPrefix(prefix string) string { return fmt.Sprintf("%s unit audit: ", prefix) }
 
 // Cgroup is one current cgroup of a restricted unit: its id (the inode
 // number of its cgroup2 directory) and the allowlist that restricts it.
@@ -119,7 +107,7 @@ func unitKernelSets() []kernelSet {
 	var out []kernelSet
 	for _, v6 := range []bool{false, true} {
 		for _, r := range []bool{false, true} {
-			out = append(out, kernelSet{Unit: true, V6: v6, Range: r})
+			out = append(out, kernelSet{Kind: SubjectUnit, V6: v6, Range: r})
 		}
 	}
 	return out

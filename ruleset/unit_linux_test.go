@@ -165,7 +165,7 @@ func TestKernelUnit(t *testing.T) {
 		t.Fatalf("ReadUnits = %v, %v", us, err)
 	}
 	sets, err := e.k.ReadSets()
-	if err != nil || len(sets[SetID{Allowlist: "web", Unit: true}.Name()]) != 1 {
+	if err != nil || len(sets[SetID{Allowlist: "web", Kind: SubjectUnit}.Name()]) != 1 {
 		t.Fatalf("ReadSets = %v, %v", sets, err)
 	}
 
@@ -253,8 +253,8 @@ func TestKernelUnitLog(t *testing.T) {
 	if err != nil || len(pks) == 0 {
 		t.Fatalf("no logged packet: %v", err)
 	}
-	if pk := pks[0]; pk.Prefix != UnitLogPrefix(p.DenyLog.Prefix) || pk.Mark != p.Of(SubjectUnit)[0].Subject.ID || pk.UID != uidNoList {
-		t.Fatalf("logged %+v, want prefix %q, mark %d (web's key)", pk, UnitLogPrefix(p.DenyLog.Prefix), p.Of(SubjectUnit)[0].Subject.ID)
+	if pk := pks[0]; pk.Prefix != LogPrefixOf(SubjectUnit, false, p.DenyLog.Prefix) || pk.Mark != p.Of(SubjectUnit)[0].Subject.ID || pk.UID != uidNoList {
+		t.Fatalf("logged %+v, want prefix %q, mark %d (web's key)", pk, LogPrefixOf(SubjectUnit, false, p.DenyLog.Prefix), p.Of(SubjectUnit)[0].Subject.ID)
 	}
 }
 

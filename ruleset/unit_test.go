@@ -47,7 +47,7 @@ func TestRenderUnits(t *testing.T) {
 	if len(p2.Sets["allow4_web"]) != 1 || p2.Sets["uallow4_web"] != nil || SameStructure(p, p2) {
 		t.Fatalf("after the change: %v", p2.Sets)
 	}
-	if id, ok := ParseSetName("uallow6_web"); !ok || id != (SetID{Allowlist: "web", V6: true, Unit: true}) {
+	if id, ok := ParseSetName("uallow6_web"); !ok || id != (SetID{Allowlist: "web", V6: true, Kind: SubjectUnit}) {
 		t.Fatalf("ParseSetName = %v %v", id, ok)
 	}
 }

@@ -46,7 +46,7 @@ func TestUnitFollower(t *testing.T) {
 	if len(p.Cgroups) != 1 || p.Cgroups[0] != (ruleset.Cgroup{ID: id1, Allowlist: "shop"}) {
 		t.Fatalf("cgroups %v, want %d", p.Cgroups, id1)
 	}
-	if len(p.Sets[ruleset.SetID{Allowlist: "shop", Unit: true}.Name()]) != 1 {
+	if len(p.Sets[ruleset.SetID{Allowlist: "shop", Kind: ruleset.SubjectUnit}.Name()]) != 1 {
 		t.Fatalf("sets %v", p.Sets)
 	}
 
