@@ -190,14 +190,14 @@ func TestDistributionNFTPrintsRuleset(t *testing.T) {
 			k, w := newKernel(t)
 			p := Render(Desired{
 				Allowlists: []Allowlist{
-					{Name: "a", UID: uidA, DNS: true, Elements: []Element{
+					{Name: "a", Subject: UserSubject(uidA), DNS: true, Elements: []Element{
 						ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443),
 						ElementFor(config.TCP, netip.MustParsePrefix("198.51.100.0/24"), 8000, 8100),
 						ElementFor(config.UDP, netip.MustParsePrefix("2001:db8::/64"), 53, 53),
 						ElementFor(config.TCP, netip.MustParsePrefix("2001:db8::10/128"), 443, 443),
 					}},
-					{Name: "b", UID: uidB, Proxy: true, Audit: true},
-					{Name: "c", UID: uidNoList, Elements: []Element{
+					{Name: "b", Subject: UserSubject(uidB), Proxy: true, Audit: true},
+					{Name: "c", Subject: UserSubject(uidNoList), Elements: []Element{
 						ElementFor(config.UDP, netip.MustParsePrefix("203.0.113.0/24"), 5353, 5353),
 					}},
 				},
@@ -260,12 +260,12 @@ func TestDistributionNFTPrintsUnitTables(t *testing.T) {
 			keys := UnitKeys([]string{"web", "batch"})
 			p := Render(Desired{
 				Allowlists: []Allowlist{
-					{Name: "a", UID: uidA, Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)}},
-					{Name: "web", Unit: "web.service", UID: keys["web"], DNS: true, Elements: []Element{
+					{Name: "a", Subject: UserSubject(uidA), Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)}},
+					{Name: "web", Subject: UnitSubject("web.service", keys["web"]), DNS: true, Elements: []Element{
 						ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443),
 						ElementFor(config.TCP, netip.MustParsePrefix("2001:db8::/48"), 443, 444),
 					}},
-					{Name: "batch", Unit: "batch.service", UID: keys["batch"], Audit: true, Elements: []Element{
+					{Name: "batch", Subject: UnitSubject("batch.service", keys["batch"]), Audit: true, Elements: []Element{
 						ElementFor(config.UDP, netip.MustParsePrefix("198.51.100.0/24"), 53, 53),
 					}},
 				},

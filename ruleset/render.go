@@ -102,12 +102,8 @@ func (r *Renderer) Render(d Desired) Plan {
 	sort.Slice(als, func(i, j int) bool { return als[i].Name < als[j].Name })
 	memo := make(map[string]rendered, len(als))
 	for _, a := range als {
-		sub := UserSubject(a.UID)
-		if a.Unit != "" {
-			sub = UnitSubject(a.Unit, a.UID)
-		}
-		id := SetID{Allowlist: a.Name, Kind: sub.Kind}
-		p.Allowlists = append(p.Allowlists, AllowlistPlan{Allowlist: a.Name, Subject: sub, DNS: a.DNS, Proxy: a.Proxy, Audit: a.Audit})
+		id := SetID{Allowlist: a.Name, Kind: a.Subject.Kind}
+		p.Allowlists = append(p.Allowlists, AllowlistPlan{Allowlist: a.Name, Subject: a.Subject, DNS: a.DNS, Proxy: a.Proxy, Audit: a.Audit})
 		fp := fingerprint(a.Elements, a.Until)
 		m, ok := r.memo[a.Name]
 		if !ok || m.fp != fp || m.name4 != id.Name() {

@@ -29,8 +29,8 @@ func nthOf(t testing.TB, p *Plan, k SubjectKind, i int) *AllowlistPlan {
 func TestRenderSubjects(t *testing.T) {
 	e := ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.1/32"), 443, 443)
 	p := Render(Desired{Allowlists: []Allowlist{
-		{Name: "web", Unit: "web.service", UID: 77, DNS: true, Elements: []Element{e}},
-		{Name: "app", UID: 1000, Proxy: true, Audit: true, Elements: []Element{e}},
+		{Name: "web", Subject: UnitSubject("web.service", 77), DNS: true, Elements: []Element{e}},
+		{Name: "app", Subject: UserSubject(1000), Proxy: true, Audit: true, Elements: []Element{e}},
 	}})
 	want := []AllowlistPlan{
 		{Allowlist: "app", Subject: UserSubject(1000), Proxy: true, Audit: true},

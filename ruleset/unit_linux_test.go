@@ -101,8 +101,8 @@ func (e *env) tcpIn(dir string, uid int, addr netip.AddrPort) error {
 func unitPlan(cgs ...Cgroup) Plan {
 	d := Desired{
 		Allowlists: []Allowlist{
-			{Name: "a", UID: uidA, Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)}},
-			{Name: "web", Unit: "web.service", UID: UnitKeys([]string{"web"})["web"], Elements: []Element{
+			{Name: "a", Subject: UserSubject(uidA), Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)}},
+			{Name: "web", Subject: UnitSubject("web.service", UnitKeys([]string{"web"})["web"]), Elements: []Element{
 				ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443),
 				ElementFor(config.TCP, netip.MustParsePrefix("2001:db8::10/128"), 443, 443),
 			}},
@@ -385,7 +385,7 @@ func TestKernelUnitOwnerCheck(t *testing.T) {
 	outside, _ := tc.make(t, "other.service")
 	keys := UnitKeys([]string{"web"})
 	p := Render(Desired{
-		Allowlists: []Allowlist{{Name: "web", Unit: "web.service", UID: keys["web"], Elements: []Element{
+		Allowlists: []Allowlist{{Name: "web", Subject: UnitSubject("web.service", keys["web"]), Elements: []Element{
 			ElementFor(config.UDP, netip.MustParsePrefix("192.0.2.10/32"), 445, 445)}}},
 		DenyLog: config.Defaults().DenyLog,
 		Cgroups: []Cgroup{{ID: webID, Allowlist: "web"}},

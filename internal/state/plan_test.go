@@ -15,13 +15,13 @@ import (
 func samplePlan() ruleset.Plan {
 	return ruleset.Render(ruleset.Desired{
 		Allowlists: []ruleset.Allowlist{
-			{Name: "billing", UID: 1001, DNS: true, Elements: []ruleset.Element{
+			{Name: "billing", Subject: ruleset.UserSubject(1001), DNS: true, Elements: []ruleset.Element{
 				ruleset.ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.1/32"), 443, 443),
 				ruleset.ElementFor(config.UDP, netip.MustParsePrefix("2001:db8::/64"), 1000, 2000),
 			}},
-			{Name: "audit", UID: 1002, Audit: true},
+			{Name: "audit", Subject: ruleset.UserSubject(1002), Audit: true},
 			// a unit whose name sorts before the users': one list, by name
-			{Name: "api", Unit: "api.service", UID: 0xbeef, DNS: true, Elements: []ruleset.Element{
+			{Name: "api", Subject: ruleset.UnitSubject("api.service", 0xbeef), DNS: true, Elements: []ruleset.Element{
 				ruleset.ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.2/32"), 443, 443),
 			}},
 		},
