@@ -25,16 +25,23 @@ const (
 	chainDeny   = "deny"
 )
 
-func allKernelSets() []kernelSet {
+// familySets are the four kernel sets like base: IPv4 and IPv6, each with
+// exact elements and with ranges.
+func familySets(base kernelSet) []kernelSet {
 	var out []kernelSet
-	for _, dns := range []bool{false, true} {
-		for _, v6 := range []bool{false, true} {
-			for _, r := range []bool{false, true} {
-				out = append(out, kernelSet{DNS: dns, V6: v6, Range: r})
-			}
+	for _, v6 := range []bool{false, true} {
+		for _, r := range []bool{false, true} {
+			ks := base
+			ks.V6, ks.Range = v6, r
+			out = append(out, ks)
 		}
 	}
 	return out
+}
+
+// allKernelSets are the user allowlists' element sets, then the resolvers'.
+func allKernelSets() []kernelSet {
+	return append(familySets(kernelSet{}), familySets(kernelSet{DNS: true})...)
 }
 
 // DNSZone is the conntrack zone of dns: proxy users' DNS flows (and of the
@@ -45,15 +52,7 @@ func allKernelSets() []kernelSet {
 const DNSZone = 53
 
 // proxyKernelSets are the sets the DNS proxy writes (never plan elements).
-func proxyKernelSets() []kernelSet {
-	var out []kernelSet
-	for _, v6 := range []bool{false, true} {
-		for _, r := range []bool{false, true} {
-			out = append(out, kernelSet{Proxy: true, V6: v6, Range: r})
-		}
-	}
-	return out
-}
+func proxyKernelSets() []kernelSet { return familySets(kernelSet{Proxy: true}) }
 
 // keyed is an element with the uid it is keyed by (0 in the resolvers' sets)
 // and the end of its lifetime (zero: never).

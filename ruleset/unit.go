@@ -103,15 +103,7 @@ func CgroupDelta(old, new []Cgroup) (add, del []Cgroup) {
 }
 
 // unitKernelSets are the unit allowlists' element sets.
-func unitKernelSets() []kernelSet {
-	var out []kernelSet
-	for _, v6 := range []bool{false, true} {
-		for _, r := range []bool{false, true} {
-			out = append(out, kernelSet{Kind: SubjectUnit, V6: v6, Range: r})
-		}
-	}
-	return out
-}
+func unitKernelSets() []kernelSet { return familySets(kernelSet{Kind: SubjectUnit}) }
 
 // everyKernelSet is every kernel set that holds plan elements.
 func everyKernelSet() []kernelSet { return append(allKernelSets(), unitKernelSets()...) }
