@@ -357,7 +357,7 @@ func (f *Fake) ReadUsers() (map[uint32]string, error) {
 func (f *Fake) users() map[uint32]string {
 	out := map[uint32]string{}
 	for _, ch := range f.Plan.Of(SubjectUser) {
-		out[ch.Subject.ID] = ch.Allowlist
+		out[ch.Subject.ID] = listedAs(ch)
 	}
 	return out
 }

@@ -59,7 +59,7 @@ func (f *Fake) ReadCgroups() ([]Cgroup, error) {
 func (f *Fake) unitFindings(p Plan) []Finding {
 	got := map[uint32]string{}
 	for _, u := range f.Plan.Of(SubjectUnit) {
-		got[u.Subject.ID] = u.Allowlist + " " + u.Subject.Unit
+		got[u.Subject.ID] = listedAs(u)
 	}
 	return unitSetFindings(p, got, f.Plan.Cgroups, true)
 }

@@ -124,7 +124,7 @@ func userSets(p Plan, users []AllowlistPlan, placed map[kernelSet][]keyed, broke
 			if keep(ch) {
 				v := value{v: ch.Subject.ID}
 				if name == kUsers {
-					v.comment = ch.Allowlist
+					v.comment = listedAs(ch)
 				}
 				vs = append(vs, v)
 			}
@@ -203,7 +203,7 @@ func unitSets(p Plan, units []AllowlistPlan, placed map[kernelSet][]keyed, broke
 		Type: "cgroupsv2 : verdict", jumps: jumps, Kernel: unitChainsMap()})
 	var ids []value
 	for _, u := range units {
-		ids = append(ids, value{v: u.Subject.ID, hex: true, comment: u.Allowlist + " " + u.Subject.Unit})
+		ids = append(ids, value{v: u.Subject.ID, hex: true, comment: listedAs(u)})
 	}
 	sets = append(sets, Set{Name: kUnitIDs, Comment: "unit keys, element comment = \"ALLOWLIST UNIT\"", Type: "mark", values: ids,
 		Kernel: &nftables.Set{Table: table, Name: kUnitIDs, KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian}})

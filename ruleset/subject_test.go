@@ -144,3 +144,39 @@ func TestSubjectNames(t *testing.T) {
 		t.Error("a logged packet's subject id")
 	}
 }
+
+// The set that lists each kind's subjects is compared with the plan the same
+// way: a user dropped behind egressd's back, a user the plan does not have.
+func TestSubjectListFindings(t *testing.T) {
+	d := Desired{Allowlists: []Allowlist{{Name: "a", Subject: UserSubject(1000)}, {Name: "b", Subject: UserSubject(1001)}}}
+	p := Render(d)
+	f := &Fake{}
+	if err := f.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	f.DropUser(1000)
+	fs, err := f.Verify(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, x := range fs {
+		if x.Kind == "users_differ" && x.Object == kUsers {
+			found = x.Detail == `uid 1000 → "", want "a"`
+			if !found {
+				t.Errorf("detail %q", x.Detail)
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("no users_differ on users: %+v", fs)
+	}
+	d.Allowlists = d.Allowlists[:1]
+	got := subjectListFindings(Render(d), SubjectUser, map[uint32]string{1000: "a", 1001: "b"})
+	if len(got) != 1 || got[0].Detail != `uid 1001 → "b" not in the plan` {
+		t.Fatalf("findings %+v", got)
+	}
+	if subjectListFindings(Render(d), SubjectUnit, nil) != nil {
+		t.Fatal("no unit in the plan or the kernel, yet a finding")
+	}
+}
