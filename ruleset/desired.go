@@ -62,14 +62,14 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	return out
 }
 
-// Allowlist is one protected user's (or unit's) desired state.
+// Allowlist is one allowlist's desired state: whom it restricts (a user or
+// a unit) and what it allows.
 type Allowlist struct {
 	Name     string
-	UID      uint32 // for a unit allowlist: its unit key (UnitKeys), not a uid
-	Unit     string // a unit allowlist's unit (docs/units.md); "" for a user's
-	DNS      bool   // may reach the resolvers on port 53
-	Proxy    bool   // dns: proxy: its DNS queries are redirected to egressd's proxy
-	Audit    bool   // mode: audit: would-be denies are logged, then accepted
+	Subject  Subject
+	DNS      bool // may reach the resolvers on port 53
+	Proxy    bool // dns: proxy: its DNS queries are redirected to egressd's proxy
+	Audit    bool // mode: audit: would-be denies are logged, then accepted
 	Elements []Element
 	// Until, when not nil, is aligned with Elements: when each element's
 	// lifetime ends (an address from DNS or the hosts file: TTL + linger,
@@ -81,7 +81,7 @@ type Allowlist struct {
 
 // Desired is everything the kernel should hold.
 type Desired struct {
-	Allowlists []Allowlist // one per uid
+	Allowlists []Allowlist // one per subject
 	Resolvers  []netip.AddrPort
 	DenyLog    config.DenyLog
 	ProxyPort  uint16   // the DNS proxy's port on 127.0.0.1 and ::1 (dns: proxy)

@@ -37,16 +37,13 @@ func (d Delta) Elements() int {
 // SameStructure reports whether two plans differ only in set elements, so
 // that an element delta can take one to the other.
 func SameStructure(a, b Plan) bool {
-	if a.DenyLog != b.DenyLog || a.ProxyPort != b.ProxyPort || len(a.Chains) != len(b.Chains) || len(a.Sets) != len(b.Sets) {
+	if a.DenyLog != b.DenyLog || a.ProxyPort != b.ProxyPort || len(a.Allowlists) != len(b.Allowlists) || len(a.Sets) != len(b.Sets) {
 		return false
 	}
-	for i := range a.Chains {
-		if a.Chains[i] != b.Chains[i] {
+	for i := range a.Allowlists {
+		if a.Allowlists[i] != b.Allowlists[i] {
 			return false
 		}
-	}
-	if !sameUnits(a.Units, b.Units) {
-		return false
 	}
 	for name := range a.Sets {
 		if _, ok := b.Sets[name]; !ok {

@@ -105,7 +105,7 @@ func (f *Fake) call(method string, kernel bool) error {
 
 // exists: the table is there.
 func (f *Fake) exists() bool {
-	return !f.Removed && (f.Fulls > 0 || f.Plan.Sets != nil || f.Plan.Chains != nil)
+	return !f.Removed && (f.Fulls > 0 || f.Plan.Sets != nil || f.Plan.Allowlists != nil)
 }
 
 var errFakeNoTable = errors.New("fake kernel: table inet " + TableName + " does not exist (ENOENT)")
@@ -113,8 +113,8 @@ var errFakeNoTable = errors.New("fake kernel: table inet " + TableName + " does 
 // copyPlan copies the plan's map, so that later changes to the fake's table
 // do not reach the caller's plan (element slices are never written).
 func copyPlan(p Plan) Plan {
-	out := Plan{Chains: append([]ChainPlan(nil), p.Chains...), DenyLog: p.DenyLog, ProxyPort: p.ProxyPort, Sets: make(map[string][]Element, len(p.Sets)),
-		Units: append([]UnitPlan(nil), p.Units...), Cgroups: append([]Cgroup(nil), p.Cgroups...)}
+	out := Plan{Allowlists: append([]AllowlistPlan(nil), p.Allowlists...), DenyLog: p.DenyLog, ProxyPort: p.ProxyPort, Sets: make(map[string][]Element, len(p.Sets)),
+		Cgroups: append([]Cgroup(nil), p.Cgroups...)}
 	for k, v := range p.Sets {
 		out.Sets[k] = v
 	}
@@ -130,7 +130,7 @@ func (f *Fake) ApplyFull(p Plan) error {
 	if err := f.call(FakeApplyFull, true); err != nil {
 		return err
 	}
-	if _, err := placeElements(p.Sets, nil, uids(p)); err != nil {
+	if _, err := placeElements(p.Sets, nil, subjects(p)); err != nil {
 		return fmt.Errorf("build full ruleset: %w", err)
 	}
 	f.mu.Lock()
@@ -140,8 +140,8 @@ func (f *Fake) ApplyFull(p Plan) error {
 	f.Fulls++
 	var kept []ProxyElement
 	for _, pe := range f.Proxy {
-		for _, ch := range p.Chains {
-			if ch.UID == pe.UID && ch.Proxy {
+		for _, ch := range p.Of(SubjectUser) {
+			if ch.Subject.ID == pe.UID && ch.Proxy {
 				kept = append(kept, pe)
 				break
 			}
@@ -223,7 +223,7 @@ func (f *Fake) Restore(p Plan) error {
 	if f.exists() {
 		return errors.New("fake kernel: table inet " + TableName + " exists (EEXIST)")
 	}
-	if _, err := placeElements(p.Sets, nil, uids(p)); err != nil {
+	if _, err := placeElements(p.Sets, nil, subjects(p)); err != nil {
 		return fmt.Errorf("build ruleset: %w", err)
 	}
 	f.mu.Lock()
@@ -251,7 +251,7 @@ func (f *Fake) ApplyDelta(p Plan, d Delta) error {
 	next := copyPlan(f.Plan)
 	for _, name := range sortedKeys(d) {
 		sd := d[name]
-		if _, err := placeElements(map[string][]Element{name: append(append([]Element(nil), sd.Add...), sd.Del...)}, nil, uids(p)); err != nil {
+		if _, err := placeElements(map[string][]Element{name: append(append([]Element(nil), sd.Add...), sd.Del...)}, nil, subjects(p)); err != nil {
 			return fmt.Errorf("build delta: %w", err)
 		}
 		have := map[Element]bool{}
@@ -356,8 +356,8 @@ func (f *Fake) ReadUsers() (map[uint32]string, error) {
 
 func (f *Fake) users() map[uint32]string {
 	out := map[uint32]string{}
-	for _, ch := range f.Plan.Chains {
-		out[ch.UID] = ch.Allowlist
+	for _, ch := range f.Plan.Of(SubjectUser) {
+		out[ch.Subject.ID] = listedAs(ch)
 	}
 	return out
 }
@@ -366,9 +366,9 @@ func (f *Fake) users() map[uint32]string {
 func (f *Fake) uidSet(name string) map[uint32]bool {
 	out := map[uint32]bool{}
 	member := uidSetMember(name)
-	for _, ch := range f.Plan.Chains {
+	for _, ch := range f.Plan.Of(SubjectUser) {
 		if member(ch) {
-			out[ch.UID] = true
+			out[ch.Subject.ID] = true
 		}
 	}
 	return out
@@ -389,7 +389,7 @@ func (f *Fake) ReadDenyCounters() (map[string]uint64, error) {
 		return nil, err
 	}
 	out := map[string]uint64{}
-	for _, ch := range f.Plan.Chains {
+	for _, ch := range f.Plan.Of(SubjectUser) {
 		out[ch.Allowlist] = f.Counters[ch.Allowlist]
 	}
 	return out, nil
@@ -447,16 +447,16 @@ func (f *Fake) AddElement(set string, e Element) {
 // sets behind the caller's back, with its allowlist's elements.
 func (f *Fake) DropUser(uid uint32) {
 	f.Plan = copyPlan(f.Plan)
-	var keep []ChainPlan
-	for _, ch := range f.Plan.Chains {
-		if ch.UID != uid {
+	var keep []AllowlistPlan
+	for _, ch := range f.Plan.Allowlists {
+		if ch.Subject.Kind != SubjectUser || ch.Subject.ID != uid {
 			keep = append(keep, ch)
 			continue
 		}
 		delete(f.Plan.Sets, SetName4(ch.Allowlist))
 		delete(f.Plan.Sets, SetName6(ch.Allowlist))
 	}
-	f.Plan.Chains = keep
+	f.Plan.Allowlists = keep
 }
 
 // BreakRules changes a chain's rules behind the caller's back, as another

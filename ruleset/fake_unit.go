@@ -58,8 +58,8 @@ func (f *Fake) ReadCgroups() ([]Cgroup, error) {
 // netlink adapter compares them.
 func (f *Fake) unitFindings(p Plan) []Finding {
 	got := map[uint32]string{}
-	for _, u := range f.Plan.Units {
-		got[u.Key] = u.Allowlist + " " + u.Unit
+	for _, u := range f.Plan.Of(SubjectUnit) {
+		got[u.Subject.ID] = listedAs(u)
 	}
 	return unitSetFindings(p, got, f.Plan.Cgroups, true)
 }
@@ -70,8 +70,8 @@ func (f *Fake) ReadUnits() (map[string]string, error) {
 		return nil, err
 	}
 	out := map[string]string{}
-	for _, u := range f.Plan.Units {
-		out[u.Allowlist] = u.Unit
+	for _, u := range f.Plan.Of(SubjectUnit) {
+		out[u.Allowlist] = u.Subject.Unit
 	}
 	return out, nil
 }

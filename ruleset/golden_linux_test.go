@@ -36,7 +36,7 @@ var goldenNow = time.Date(2029, 12, 31, 23, 0, 0, 0, time.UTC)
 // ./ruleset -run TestGolden -update` rewrites them after a deliberate one.
 func TestGolden(t *testing.T) {
 	cases := map[string]Plan{
-		"minimal": Render(Desired{Allowlists: []Allowlist{{Name: "a", UID: 4001, Elements: []Element{
+		"minimal": Render(Desired{Allowlists: []Allowlist{{Name: "a", Subject: UserSubject(4001), Elements: []Element{
 			ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)}}}, DenyLog: config.Defaults().DenyLog}),
 	}
 	for _, dl := range everyDenyLog {

@@ -403,10 +403,10 @@ func deltaElements(p Plan, d Delta, renews bool) (add, del map[kernelSet][]keyed
 			}
 		}
 	}
-	if add, err = placeElements(adds, addUntil, uids(p)); err != nil {
+	if add, err = placeElements(adds, addUntil, subjects(p)); err != nil {
 		return nil, nil, fmt.Errorf("build delta: %w", err)
 	}
-	del, err = placeElements(dels, delEnding, uids(p))
+	del, err = placeElements(dels, delEnding, subjects(p))
 	if err != nil {
 		return nil, nil, fmt.Errorf("build delta: %w", err)
 	}
@@ -508,9 +508,9 @@ func (k *Netlink) readSets() (map[string][]Element, map[string]map[Element]time.
 			}
 			var name string
 			switch {
-			case ks.Unit && units[uid] != "":
-				name = SetID{Allowlist: units[uid], V6: ks.V6, Unit: true}.Name()
-			case ks.Unit:
+			case ks.Kind == SubjectUnit && units[uid] != "":
+				name = SetID{Allowlist: units[uid], V6: ks.V6, Kind: SubjectUnit}.Name()
+			case ks.Kind == SubjectUnit:
 				name = fmt.Sprintf("unit:%d", uid)
 			case ks.DNS:
 				name = SetID{V6: ks.V6}.Name()

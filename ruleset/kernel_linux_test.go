@@ -155,13 +155,13 @@ func mustRefuse(t *testing.T, what string, err error) {
 func basePlan() Plan {
 	return Render(Desired{
 		Allowlists: []Allowlist{
-			{Name: "a", UID: uidA, DNS: true, Elements: []Element{
+			{Name: "a", Subject: UserSubject(uidA), DNS: true, Elements: []Element{
 				ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443),
 				ElementFor(config.TCP, netip.MustParsePrefix("198.51.100.0/24"), 8000, 8100),
 				ElementFor(config.TCP, netip.MustParsePrefix("2001:db8::10/128"), 443, 443),
 				ElementFor(config.UDP, netip.MustParsePrefix("192.0.2.20/32"), 5353, 5353),
 			}},
-			{Name: "b", UID: uidB, Elements: []Element{
+			{Name: "b", Subject: UserSubject(uidB), Elements: []Element{
 				ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 444, 444),
 			}},
 		},
@@ -271,7 +271,7 @@ func TestKernelEnforces(t *testing.T) {
 func TestKernelOverlapsNormalized(t *testing.T) {
 	e := newEnv(t)
 	e.serveTCP(t, "198.51.100.7:443")
-	p := Render(Desired{Allowlists: []Allowlist{{Name: "a", UID: uidA, Elements: []Element{
+	p := Render(Desired{Allowlists: []Allowlist{{Name: "a", Subject: UserSubject(uidA), Elements: []Element{
 		ElementFor(config.TCP, netip.MustParsePrefix("198.51.100.0/24"), 443, 443),
 		ElementFor(config.TCP, netip.MustParsePrefix("198.51.100.7/32"), 443, 443),
 		ElementFor(config.TCP, netip.MustParsePrefix("198.51.100.7/32"), 400, 500),
@@ -286,7 +286,7 @@ func bigPlan(n int) Plan {
 	var als []Allowlist
 	per := n / 100
 	for i := 0; i < 100; i++ {
-		a := Allowlist{Name: fmt.Sprintf("al%03d", i), UID: uint32(10000 + i)}
+		a := Allowlist{Name: fmt.Sprintf("al%03d", i), Subject: UserSubject(uint32(10000 + i))}
 		for j := 0; j < per; j++ {
 			k := i*per + j
 			if j%2 == 0 {
@@ -471,7 +471,7 @@ func TestKernelTenThousandAllowlists(t *testing.T) {
 	if err := e.k.ApplyFull(p); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("cold apply: %d allowlists, %d elements in %v", len(p.Chains), p.Elements(), time.Since(start))
+	t.Logf("cold apply: %d allowlists, %d elements in %v", len(p.Allowlists), p.Elements(), time.Since(start))
 	if fs, err := e.k.Verify(p); err != nil || len(fs) != 0 {
 		t.Fatalf("verify after apply: %v %v", fs, err)
 	}
@@ -569,8 +569,8 @@ func TestKernelProtectedServerReplies(t *testing.T) {
 	e := newEnv(t)
 	p := Render(Desired{
 		Allowlists: []Allowlist{
-			{Name: "a", UID: uidA, Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.20/32"), 7000, 7000)}},
-			{Name: "b", UID: uidB, Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.20/32"), 7000, 7000)}},
+			{Name: "a", Subject: UserSubject(uidA), Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.20/32"), 7000, 7000)}},
+			{Name: "b", Subject: UserSubject(uidB), Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.20/32"), 7000, 7000)}},
 		},
 		DenyLog: config.Defaults().DenyLog,
 	})
@@ -618,8 +618,8 @@ func TestKernelAuditMode(t *testing.T) {
 	e.serveTCP(t, "198.51.100.7:22")
 	p := Render(Desired{
 		Allowlists: []Allowlist{
-			{Name: "a", UID: uidA, Audit: true, Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)}},
-			{Name: "b", UID: uidB, Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)}},
+			{Name: "a", Subject: UserSubject(uidA), Audit: true, Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)}},
+			{Name: "b", Subject: UserSubject(uidB), Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)}},
 		},
 		DenyLog: config.Defaults().DenyLog,
 	})
@@ -636,7 +636,7 @@ func TestKernelAuditMode(t *testing.T) {
 		t.Fatalf("deny counters %v, %v: the audited would-be deny must be counted too", counters, err)
 	}
 	// Switching to enforce is a rebuild: the same connect is refused.
-	p.Chains[0].Audit = false
+	nthOf(t, &p, SubjectUser, 0).Audit = false
 	if err := e.k.ApplyFull(p); err != nil {
 		t.Fatal(err)
 	}
@@ -655,8 +655,8 @@ func TestKernelDNSProxy(t *testing.T) {
 	}
 	p := Render(Desired{
 		Allowlists: []Allowlist{
-			{Name: "a", UID: uidA, Proxy: true},
-			{Name: "b", UID: uidB, DNS: true},
+			{Name: "a", Subject: UserSubject(uidA), Proxy: true},
+			{Name: "b", Subject: UserSubject(uidB), DNS: true},
 		},
 		Resolvers: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")},
 		DenyLog:   config.Defaults().DenyLog,
@@ -700,8 +700,8 @@ func TestKernelDNSProxy(t *testing.T) {
 	}
 	mustAllow(t, "proxy user after a rebuild", e.tcp(uidA, "192.0.2.10:443"))
 	q := p
-	q.Chains = append([]ChainPlan(nil), p.Chains...)
-	q.Chains[0].Proxy = false
+	q.Allowlists = append([]AllowlistPlan(nil), p.Allowlists...)
+	nthOf(t, &q, SubjectUser, 0).Proxy = false
 	if err := e.k.ApplyFull(q); err != nil {
 		t.Fatal(err)
 	}
@@ -733,7 +733,7 @@ func TestKernelDNSProxyDelete(t *testing.T) {
 	e.serveTCP(t, "192.0.2.10:8443")
 	e.serveTCP(t, "[2001:db8::10]:443")
 	p := Render(Desired{
-		Allowlists: []Allowlist{{Name: "a", UID: uidA, Proxy: true}, {Name: "b", UID: uidB, Proxy: true}},
+		Allowlists: []Allowlist{{Name: "a", Subject: UserSubject(uidA), Proxy: true}, {Name: "b", Subject: UserSubject(uidB), Proxy: true}},
 		Resolvers:  []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")},
 		DenyLog:    config.Defaults().DenyLog,
 		ProxyPort:  153,
@@ -809,7 +809,7 @@ func TestKernelDNSProxyDelete(t *testing.T) {
 func TestKernelDNSProxyLongestName(t *testing.T) {
 	e := newEnv(t)
 	p := Render(Desired{
-		Allowlists: []Allowlist{{Name: "a", UID: uidA, Proxy: true}},
+		Allowlists: []Allowlist{{Name: "a", Subject: UserSubject(uidA), Proxy: true}},
 		Resolvers:  []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")},
 		DenyLog:    config.Defaults().DenyLog,
 		ProxyPort:  153,
@@ -851,7 +851,7 @@ func TestKernelDNSProxyOldFlowCut(t *testing.T) {
 	e := newEnv(t)
 	e.serveUDP(t, "192.0.2.53:53")
 	base := Desired{
-		Allowlists: []Allowlist{{Name: "a", UID: uidA, DNS: true}},
+		Allowlists: []Allowlist{{Name: "a", Subject: UserSubject(uidA), DNS: true}},
 		Resolvers:  []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")},
 		DenyLog:    config.Defaults().DenyLog,
 		ProxyPort:  153,
@@ -889,7 +889,7 @@ func TestKernelDNSProxyOldFlowCut(t *testing.T) {
 func BenchmarkAddProxyOne(b *testing.B) {
 	k := benchKernel(b)
 	p := Render(Desired{
-		Allowlists: []Allowlist{{Name: "a", UID: uidA, Proxy: true}},
+		Allowlists: []Allowlist{{Name: "a", Subject: UserSubject(uidA), Proxy: true}},
 		Resolvers:  []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")},
 		DenyLog:    config.Defaults().DenyLog,
 		ProxyPort:  153,
@@ -943,7 +943,7 @@ func TestKernelDNSProxyNoFlowSharing(t *testing.T) {
 	e := newEnv(t)
 	e.serveProxy(t, "127.0.0.1:153", false)
 	p := Render(Desired{
-		Allowlists: []Allowlist{{Name: "a", UID: uidA, Proxy: true}, {Name: "b", UID: uidB, Proxy: true}},
+		Allowlists: []Allowlist{{Name: "a", Subject: UserSubject(uidA), Proxy: true}, {Name: "b", Subject: UserSubject(uidB), Proxy: true}},
 		DenyLog:    config.Defaults().DenyLog,
 		ProxyPort:  153,
 	})
@@ -967,7 +967,7 @@ func TestKernelDNSProxyOwnZone(t *testing.T) {
 	e.serveProxy(t, "127.0.0.1:153", false)
 	e.serveUDP(t, "192.0.2.53:53")
 	p := Render(Desired{
-		Allowlists: []Allowlist{{Name: "a", UID: uidA, Proxy: true}},
+		Allowlists: []Allowlist{{Name: "a", Subject: UserSubject(uidA), Proxy: true}},
 		DenyLog:    config.Defaults().DenyLog,
 		ProxyPort:  153,
 	})
@@ -983,7 +983,7 @@ func TestKernelDNSProxyOwnZone(t *testing.T) {
 // on add (probed), by deleting and adding it where it does not.
 func TestKernelProxyRenew(t *testing.T) {
 	e := newEnv(t)
-	p := Render(Desired{Allowlists: []Allowlist{{Name: "a", UID: uidA, Proxy: true}}, DenyLog: config.Defaults().DenyLog, ProxyPort: 153})
+	p := Render(Desired{Allowlists: []Allowlist{{Name: "a", Subject: UserSubject(uidA), Proxy: true}}, DenyLog: config.Defaults().DenyLog, ProxyPort: 153})
 	if err := e.k.ApplyFull(p); err != nil {
 		t.Fatal(err)
 	}
@@ -1013,7 +1013,7 @@ func TestKernelProxyRenew(t *testing.T) {
 func TestKernelDNSProxyOnlyToMarkedSockets(t *testing.T) {
 	e := newEnv(t)
 	p := Render(Desired{
-		Allowlists: []Allowlist{{Name: "a", UID: uidA, Proxy: true}},
+		Allowlists: []Allowlist{{Name: "a", Subject: UserSubject(uidA), Proxy: true}},
 		DenyLog:    config.Defaults().DenyLog,
 		ProxyPort:  153,
 	})

@@ -25,16 +25,23 @@ const (
 	chainDeny   = "deny"
 )
 
-func allKernelSets() []kernelSet {
+// familySets are the four kernel sets like base: IPv4 and IPv6, each with
+// exact elements and with ranges.
+func familySets(base kernelSet) []kernelSet {
 	var out []kernelSet
-	for _, dns := range []bool{false, true} {
-		for _, v6 := range []bool{false, true} {
-			for _, r := range []bool{false, true} {
-				out = append(out, kernelSet{DNS: dns, V6: v6, Range: r})
-			}
+	for _, v6 := range []bool{false, true} {
+		for _, r := range []bool{false, true} {
+			ks := base
+			ks.V6, ks.Range = v6, r
+			out = append(out, ks)
 		}
 	}
 	return out
+}
+
+// allKernelSets are the user allowlists' element sets, then the resolvers'.
+func allKernelSets() []kernelSet {
+	return append(familySets(kernelSet{}), familySets(kernelSet{DNS: true})...)
 }
 
 // DNSZone is the conntrack zone of dns: proxy users' DNS flows (and of the
@@ -45,15 +52,7 @@ func allKernelSets() []kernelSet {
 const DNSZone = 53
 
 // proxyKernelSets are the sets the DNS proxy writes (never plan elements).
-func proxyKernelSets() []kernelSet {
-	var out []kernelSet
-	for _, v6 := range []bool{false, true} {
-		for _, r := range []bool{false, true} {
-			out = append(out, kernelSet{Proxy: true, V6: v6, Range: r})
-		}
-	}
-	return out
-}
+func proxyKernelSets() []kernelSet { return familySets(kernelSet{Proxy: true}) }
 
 // keyed is an element with the uid it is keyed by (0 in the resolvers' sets)
 // and the end of its lifetime (zero: never).
@@ -63,11 +62,12 @@ type keyed struct {
 	until time.Time
 }
 
-// placeElements groups elements of logical sets into kernel sets. uidOf maps
-// an allowlist to its uid; a logical set of an allowlist the plan has no
-// chain for is an error (the caller's plan is inconsistent). until (may be
+// placeElements groups elements of logical sets into kernel sets. subjectOf
+// maps an allowlist to its subject, whose id keys its elements; a logical set
+// of an allowlist the plan does not have, or named for another kind of
+// subject, is an error (the caller's plan is inconsistent). until (may be
 // nil) gives the elements' lifetimes, aligned with sets.
-func placeElements(sets map[string][]Element, until map[string][]time.Time, uidOf map[string]uint32) (map[kernelSet][]keyed, error) {
+func placeElements(sets map[string][]Element, until map[string][]time.Time, subjectOf map[string]Subject) (map[kernelSet][]keyed, error) {
 	out := map[kernelSet][]keyed{}
 	for name, es := range sets {
 		us := until[name]
@@ -77,15 +77,20 @@ func placeElements(sets map[string][]Element, until map[string][]time.Time, uidO
 		}
 		var uid uint32
 		if id.Allowlist != "" {
-			if uid, ok = uidOf[id.Allowlist]; !ok {
+			sub, ok := subjectOf[id.Allowlist]
+			if !ok {
 				return nil, fmt.Errorf("set %q: allowlist %q has no uid in the plan", name, id.Allowlist)
 			}
+			if sub.Kind != id.Kind {
+				return nil, fmt.Errorf("set %q: allowlist %q restricts a %s", name, id.Allowlist, sub.Kind)
+			}
+			uid = sub.ID
 		}
 		for i, e := range es {
 			if e.Is6() != id.V6 {
 				return nil, fmt.Errorf("set %q: element %s of the other family", name, e)
 			}
-			ks := kernelSet{DNS: id.Allowlist == "", V6: id.V6, Range: !isExact(e), Unit: id.Unit}
+			ks := kernelSetOf(id, e)
 			k := keyed{uid: uid, e: e}
 			if us != nil {
 				k.until = us[i]
@@ -94,15 +99,4 @@ func placeElements(sets map[string][]Element, until map[string][]time.Time, uidO
 		}
 	}
 	return out, nil
-}
-
-func uids(p Plan) map[string]uint32 {
-	m := make(map[string]uint32, len(p.Chains))
-	for _, ch := range p.Chains {
-		m[ch.Allowlist] = ch.UID
-	}
-	for _, u := range p.Units {
-		m[u.Allowlist] = u.Key
-	}
-	return m
 }

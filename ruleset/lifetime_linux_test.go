@@ -26,7 +26,7 @@ func TestKernelElementLifetimes(t *testing.T) {
 	ranged := ElementFor(config.TCP, netip.MustParsePrefix("198.51.100.7/32"), 8000, 8100) // an interval set's element
 	short := ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 444, 444)
 	plan := func(until map[Element]time.Time, es ...Element) Plan {
-		al := Allowlist{Name: "a", UID: uidA, Elements: es, Until: make([]time.Time, len(es))}
+		al := Allowlist{Name: "a", Subject: UserSubject(uidA), Elements: es, Until: make([]time.Time, len(es))}
 		for i, x := range es {
 			al.Until[i] = until[x]
 		}
@@ -95,7 +95,7 @@ func BenchmarkRenewKernel(b *testing.B) {
 			t0 := time.Now()
 			var d Desired
 			for i := 0; i < 100; i++ {
-				a := Allowlist{Name: fmt.Sprintf("a%03d", i), UID: uint32(100000 + i)}
+				a := Allowlist{Name: fmt.Sprintf("a%03d", i), Subject: UserSubject(uint32(100000 + i))}
 				for j := 0; j < 100; j++ {
 					n := i*100 + j
 					a.Elements = append(a.Elements,

@@ -62,7 +62,7 @@ func TestDiffTimed(t *testing.T) {
 	c := ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.3/32"), 443, 443)
 	lit := ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.4/32"), 443, 443)
 	plan := func(until map[Element]time.Time, es ...Element) Plan {
-		al := Allowlist{Name: "a", UID: 1000, Elements: es, Until: make([]time.Time, len(es))}
+		al := Allowlist{Name: "a", Subject: UserSubject(1000), Elements: es, Until: make([]time.Time, len(es))}
 		for i, e := range es {
 			al.Until[i] = until[e]
 		}
@@ -92,7 +92,7 @@ func TestVerifyExpiring(t *testing.T) {
 	now := time.Now()
 	a := ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.1/32"), 443, 443)
 	b := ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.2/32"), 443, 443)
-	p := Render(Desired{Allowlists: []Allowlist{{Name: "a", UID: 1000, Elements: []Element{a, b},
+	p := Render(Desired{Allowlists: []Allowlist{{Name: "a", Subject: UserSubject(1000), Elements: []Element{a, b},
 		Until: []time.Time{now.Add(time.Second), now.Add(time.Minute)}}}})
 	fs := elementFindings(p, map[string][]Element{}, now)
 	if len(fs) != 1 || fs[0].Kind != "element_missing" || fs[0].Detail != "1 missing: 192.0.2.2:443/tcp" {

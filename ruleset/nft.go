@@ -41,7 +41,7 @@ func (d Delta) NFT(p Plan) string {
 		verb string
 		sets map[string][]Element
 	}{{"delete", dels}, {"add", adds}} {
-		placed, err := placeElements(op.sets, nil, uids(p))
+		placed, err := placeElements(op.sets, nil, subjects(p))
 		if err != nil {
 			fmt.Fprintf(&b, "# cannot place the elements to %s: %v\n", op.verb, err)
 			continue
@@ -131,8 +131,8 @@ func elementText(e Element) string {
 func KernelDiffNFT(p Plan, sets map[string][]Element, users map[uint32]string) (text string, n int) {
 	var b strings.Builder
 	want := map[uint32]string{}
-	for _, ch := range p.Chains {
-		want[ch.UID] = ch.Allowlist
+	for _, ch := range p.Of(SubjectUser) {
+		want[ch.Subject.ID] = ch.Allowlist
 	}
 	addU, delU := map[uint32]string{}, map[uint32]string{}
 	for uid, name := range want {
@@ -151,10 +151,10 @@ func KernelDiffNFT(p Plan, sets map[string][]Element, users map[uint32]string) (
 	// Elements of allowlists the plan does not have are placed by the
 	// kernel's own uids; elements of uids the kernel's users set does not
 	// name (ReadSets's "uid:N") cannot be named as a logical set.
-	place := Plan{Chains: append([]ChainPlan(nil), p.Chains...)}
+	place := Plan{Allowlists: append([]AllowlistPlan(nil), p.Allowlists...)}
 	for uid, name := range users {
 		if _, ok := want[uid]; !ok {
-			place.Chains = append(place.Chains, ChainPlan{Allowlist: name, UID: uid})
+			place.Allowlists = append(place.Allowlists, AllowlistPlan{Allowlist: name, Subject: UserSubject(uid)})
 		}
 	}
 	d := Delta{}

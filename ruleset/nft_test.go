@@ -11,12 +11,12 @@ import (
 func nftSample() Plan {
 	return Render(Desired{
 		Allowlists: []Allowlist{
-			{Name: "billing", UID: 1001, DNS: true, Elements: []Element{
+			{Name: "billing", Subject: UserSubject(1001), DNS: true, Elements: []Element{
 				ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.1/32"), 443, 443),
 				ElementFor(config.TCP, netip.MustParsePrefix("198.51.100.0/24"), 443, 443),
 				ElementFor(config.UDP, netip.MustParsePrefix("2001:db8::/64"), 1000, 2000),
 			}},
-			{Name: "reports", UID: 1002, Audit: true, Elements: []Element{
+			{Name: "reports", Subject: UserSubject(1002), Audit: true, Elements: []Element{
 				ElementFor(config.TCP, netip.MustParsePrefix("203.0.113.7/32"), 5432, 5432),
 			}},
 		},

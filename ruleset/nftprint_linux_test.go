@@ -190,14 +190,14 @@ func TestDistributionNFTPrintsRuleset(t *testing.T) {
 			k, w := newKernel(t)
 			p := Render(Desired{
 				Allowlists: []Allowlist{
-					{Name: "a", UID: uidA, DNS: true, Elements: []Element{
+					{Name: "a", Subject: UserSubject(uidA), DNS: true, Elements: []Element{
 						ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443),
 						ElementFor(config.TCP, netip.MustParsePrefix("198.51.100.0/24"), 8000, 8100),
 						ElementFor(config.UDP, netip.MustParsePrefix("2001:db8::/64"), 53, 53),
 						ElementFor(config.TCP, netip.MustParsePrefix("2001:db8::10/128"), 443, 443),
 					}},
-					{Name: "b", UID: uidB, Proxy: true, Audit: true},
-					{Name: "c", UID: uidNoList, Elements: []Element{
+					{Name: "b", Subject: UserSubject(uidB), Proxy: true, Audit: true},
+					{Name: "c", Subject: UserSubject(uidNoList), Elements: []Element{
 						ElementFor(config.UDP, netip.MustParsePrefix("203.0.113.0/24"), 5353, 5353),
 					}},
 				},
@@ -260,12 +260,12 @@ func TestDistributionNFTPrintsUnitTables(t *testing.T) {
 			keys := UnitKeys([]string{"web", "batch"})
 			p := Render(Desired{
 				Allowlists: []Allowlist{
-					{Name: "a", UID: uidA, Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)}},
-					{Name: "web", Unit: "web.service", UID: keys["web"], DNS: true, Elements: []Element{
+					{Name: "a", Subject: UserSubject(uidA), Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)}},
+					{Name: "web", Subject: UnitSubject("web.service", keys["web"]), DNS: true, Elements: []Element{
 						ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443),
 						ElementFor(config.TCP, netip.MustParsePrefix("2001:db8::/48"), 443, 444),
 					}},
-					{Name: "batch", Unit: "batch.service", UID: keys["batch"], Audit: true, Elements: []Element{
+					{Name: "batch", Subject: UnitSubject("batch.service", keys["batch"]), Audit: true, Elements: []Element{
 						ElementFor(config.UDP, netip.MustParsePrefix("198.51.100.0/24"), 53, 53),
 					}},
 				},
@@ -281,8 +281,8 @@ func TestDistributionNFTPrintsUnitTables(t *testing.T) {
 			}
 			own := chainRules(p.NFT())
 			chains := []string{chainOut, chainRestr, chainDeny, chainIn}
-			for _, u := range p.Units {
-				chains = append(chains, unitChain(u.Key), unitDenyChain(u.Key))
+			for _, u := range p.Of(SubjectUnit) {
+				chains = append(chains, unitChain(u.Subject.ID), unitDenyChain(u.Subject.ID))
 			}
 			for _, n := range bins {
 				out, err := n.run(w, "list", "ruleset")
@@ -300,22 +300,22 @@ func TestDistributionNFTPrintsUnitTables(t *testing.T) {
 				}
 				printed := chainRules(string(out))
 				printedLike(t, own, printed, chains)
-				for _, u := range p.Units {
+				for _, u := range p.Of(SubjectUnit) {
 					// The unit key in the lookups of the interval sets and
 					// in the counter and meter updates (in network order
 					// there) as this nft prints it; Debian 12's nft adds
 					// "[invalid type]", leaves out leading zeros and, in the
 					// lookups of the hash sets, prints the key's bytes
 					// turned around.
-					key, short := fmt.Sprintf("0x%08x ", u.Key), fmt.Sprintf("0x%x ", u.Key)
-					for _, r := range append(printed[unitChain(u.Key)], printed[unitDenyChain(u.Key)]...) {
+					key, short := fmt.Sprintf("0x%08x ", u.Subject.ID), fmt.Sprintf("0x%x ", u.Subject.ID)
+					for _, r := range append(printed[unitChain(u.Subject.ID)], printed[unitDenyChain(u.Subject.ID)]...) {
 						if (strings.Contains(r, "@uallow4r") || strings.Contains(r, "@udenied") || strings.Contains(r, "@udenylog")) &&
 							!strings.Contains(r, key) && !strings.Contains(r, short) {
 							t.Errorf("%s: unit %s's rule %q without its key %s", n.name, u.Allowlist, r, key)
 						}
 					}
-					if !strings.Contains(string(out), fmt.Sprintf(": jump %s", unitChain(u.Key))) {
-						t.Errorf("%s: map unitchains without a cgroup jumping to %s:\n%s", n.name, unitChain(u.Key), out)
+					if !strings.Contains(string(out), fmt.Sprintf(": jump %s", unitChain(u.Subject.ID))) {
+						t.Errorf("%s: map unitchains without a cgroup jumping to %s:\n%s", n.name, unitChain(u.Subject.ID), out)
 					}
 				}
 				for _, s := range []string{"map unitchains", "set unitids", "set uallow4", "set uallow6r", "set users", "set owners"} {
@@ -389,8 +389,8 @@ func TestNFTTextLoads(t *testing.T) {
 			// cannot say a set's byte order, and loads the constant in host
 			// order: the same per-unit counter and limit under another key.
 			swapped := map[string]string{}
-			for _, u := range p.Units {
-				swapped[unitDenyChain(u.Key)] = fmt.Sprintf("rule 1 is immediate(%x) dynset(%s,", binaryutil.NativeEndian.PutUint32(u.Key), kUDenied)
+			for _, u := range p.Of(SubjectUnit) {
+				swapped[unitDenyChain(u.Subject.ID)] = fmt.Sprintf("rule 1 is immediate(%x) dynset(%s,", binaryutil.NativeEndian.PutUint32(u.Subject.ID), kUDenied)
 			}
 			for _, f := range fs {
 				if w, ok := swapped[f.Object]; ok && f.Kind == "rules_differ" && strings.HasPrefix(f.Detail, w) {

@@ -45,7 +45,7 @@ func cgroupSet(name string) *nftables.Set {
 // allowlists; deleted (if it exists) otherwise.
 func buildHelper(c *nftables.Conn, p Plan) error {
 	c.AddTable(helperTable) // a no-op if it exists
-	if len(p.Units) == 0 {
+	if len(p.Of(SubjectUnit)) == 0 {
 		c.DelTable(helperTable)
 		return nil
 	}
@@ -113,7 +113,7 @@ func helperRules(ch *nftables.Chain) []*nftables.Rule {
 // helperCgroups adds the cgroup change to the NFTSet= table's mapped set,
 // in the caller's transaction.
 func helperCgroups(c *nftables.Conn, p Plan, add, del []Cgroup) error {
-	if len(p.Units) == 0 {
+	if len(p.Of(SubjectUnit)) == 0 {
 		return nil
 	}
 	mapped := cgroupSet(kMapped)

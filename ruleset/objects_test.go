@@ -22,21 +22,21 @@ func everyKindPlan(dl config.DenyLog, units bool) Plan {
 	keys := UnitKeys([]string{"web", "batch"})
 	d := Desired{
 		Allowlists: []Allowlist{
-			{Name: "a", UID: 4001, DNS: true, Elements: []Element{
+			{Name: "a", Subject: UserSubject(4001), DNS: true, Elements: []Element{
 				ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443),
 				ElementFor(config.TCP, netip.MustParsePrefix("198.51.100.0/24"), 8000, 8100),
 				ElementFor(config.UDP, netip.MustParsePrefix("2001:db8::/64"), 53, 53),
 				ElementFor(config.TCP, netip.MustParsePrefix("2001:db8::10/128"), 443, 443),
 			}},
-			{Name: "b", UID: 4002, Proxy: true, Audit: true},
-			{Name: "c", UID: 4003, Elements: []Element{
+			{Name: "b", Subject: UserSubject(4002), Proxy: true, Audit: true},
+			{Name: "c", Subject: UserSubject(4003), Elements: []Element{
 				ElementFor(config.UDP, netip.MustParsePrefix("203.0.113.0/24"), 5353, 5353),
 			}},
-			{Name: "web", Unit: "web.service", UID: keys["web"], DNS: true, Elements: []Element{
+			{Name: "web", Subject: UnitSubject("web.service", keys["web"]), DNS: true, Elements: []Element{
 				ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443),
 				ElementFor(config.TCP, netip.MustParsePrefix("2001:db8::/48"), 443, 444),
 			}},
-			{Name: "batch", Unit: "batch.service", UID: keys["batch"], Audit: true, Elements: []Element{
+			{Name: "batch", Subject: UnitSubject("batch.service", keys["batch"]), Audit: true, Elements: []Element{
 				ElementFor(config.UDP, netip.MustParsePrefix("198.51.100.0/24"), 53, 53),
 			}},
 		},

@@ -34,7 +34,7 @@ func TestTablePresent(t *testing.T) {
 func TestRestore(t *testing.T) {
 	k, _ := newKernel(t)
 	p := Render(Desired{
-		Allowlists: []Allowlist{{Name: "a", UID: 1000, DNS: true, Elements: []Element{
+		Allowlists: []Allowlist{{Name: "a", Subject: UserSubject(1000), DNS: true, Elements: []Element{
 			ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.1/32"), 443, 443),
 			ElementFor(config.UDP, netip.MustParsePrefix("2001:db8::/64"), 53, 53)}}},
 		Resolvers: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")},

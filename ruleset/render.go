@@ -9,21 +9,12 @@ import (
 	"github.com/egressd/egressd/config"
 )
 
-// ChainPlan is one allowlist's chain.
-type ChainPlan struct {
-	Allowlist string
-	UID       uint32
-	DNS       bool
-	Proxy     bool // dns: proxy
-	Audit     bool
-}
-
 // Plan is the rendered kernel state: structure (chains, users, log) plus the
 // elements of every set, normalized so that no two elements of a set overlap
 // (the kernel's concatenated-interval sets refuse overlaps).
 type Plan struct {
-	Chains []ChainPlan          // sorted by allowlist name
-	Sets   map[string][]Element // set name -> sorted, non-overlapping elements
+	Allowlists []AllowlistPlan      // every allowlist, user or unit (subject.go), sorted by name
+	Sets       map[string][]Element // set name -> sorted, non-overlapping elements
 	// Until: set name -> when each element of Sets[name] ends (aligned with
 	// it; zero: never). A set none of whose elements ends has no entry.
 	Until   map[string][]time.Time
@@ -31,14 +22,13 @@ type Plan struct {
 	// ProxyPort is where protected users' DNS queries are redirected when
 	// any allowlist has dns: proxy (the nat chain exists only then).
 	ProxyPort uint16
-	Units     []UnitPlan // unit allowlists (unit.go), sorted by allowlist name
-	Cgroups   []Cgroup   // cgroup id -> unit allowlist, sorted by id; not part of the structure
+	Cgroups   []Cgroup // cgroup id -> unit allowlist, sorted by id; not part of the structure
 }
 
 // HasProxy reports whether any allowlist of the plan has dns: proxy.
 func (p Plan) HasProxy() bool {
-	for _, ch := range p.Chains {
-		if ch.Proxy {
+	for _, a := range p.Allowlists {
+		if a.Proxy {
 			return true
 		}
 	}
@@ -112,12 +102,8 @@ func (r *Renderer) Render(d Desired) Plan {
 	sort.Slice(als, func(i, j int) bool { return als[i].Name < als[j].Name })
 	memo := make(map[string]rendered, len(als))
 	for _, a := range als {
-		id := SetID{Allowlist: a.Name, Unit: a.Unit != ""}
-		if id.Unit {
-			p.Units = append(p.Units, UnitPlan{Allowlist: a.Name, Unit: a.Unit, Key: a.UID, DNS: a.DNS, Audit: a.Audit})
-		} else {
-			p.Chains = append(p.Chains, ChainPlan{Allowlist: a.Name, UID: a.UID, DNS: a.DNS, Proxy: a.Proxy, Audit: a.Audit})
-		}
+		id := SetID{Allowlist: a.Name, Kind: a.Subject.Kind}
+		p.Allowlists = append(p.Allowlists, AllowlistPlan{Allowlist: a.Name, Subject: a.Subject, DNS: a.DNS, Proxy: a.Proxy, Audit: a.Audit})
 		fp := fingerprint(a.Elements, a.Until)
 		m, ok := r.memo[a.Name]
 		if !ok || m.fp != fp || m.name4 != id.Name() {

@@ -15,8 +15,8 @@ import (
 func BenchmarkRenderOneChange10k(b *testing.B) {
 	p := sitePlan(10_000)
 	var d Desired
-	for _, ch := range p.Chains {
-		d.Allowlists = append(d.Allowlists, Allowlist{Name: ch.Allowlist, UID: ch.UID, DNS: ch.DNS,
+	for _, ch := range p.Allowlists {
+		d.Allowlists = append(d.Allowlists, Allowlist{Name: ch.Allowlist, Subject: UserSubject(ch.Subject.ID), DNS: ch.DNS,
 			Elements: append(append([]Element{}, p.Sets[SetName4(ch.Allowlist)]...), p.Sets[SetName6(ch.Allowlist)]...)})
 	}
 	var r Renderer
@@ -43,7 +43,7 @@ func sitePlan(n int) Plan {
 	var als []Allowlist
 	k := 0
 	for i := 0; i < n; i++ {
-		a := Allowlist{Name: fmt.Sprintf("site%05d", i), UID: uint32(100000 + i), DNS: i%3 == 0}
+		a := Allowlist{Name: fmt.Sprintf("site%05d", i), Subject: UserSubject(uint32(100000 + i)), DNS: i%3 == 0}
 		for j := 0; j < 1+i%10; j++ {
 			k++
 			switch {
@@ -63,7 +63,7 @@ func sitePlan(n int) Plan {
 // oneNameChanged is p with one address of one allowlist replaced: the delta
 // of a DNS change.
 func oneNameChanged(p Plan, site int) Plan {
-	q := Plan{Chains: p.Chains, DenyLog: p.DenyLog, Sets: map[string][]Element{}}
+	q := Plan{Allowlists: p.Allowlists, DenyLog: p.DenyLog, Sets: map[string][]Element{}}
 	for n, es := range p.Sets {
 		q.Sets[n] = es
 	}
@@ -83,7 +83,7 @@ func BenchmarkRenewal10k(b *testing.B) {
 	t0 := time.Now()
 	var d Desired
 	for i := 0; i < 100; i++ {
-		a := Allowlist{Name: fmt.Sprintf("a%03d", i), UID: uint32(100000 + i)}
+		a := Allowlist{Name: fmt.Sprintf("a%03d", i), Subject: UserSubject(uint32(100000 + i))}
 		for j := 0; j < 100; j++ {
 			k := i*100 + j
 			a.Elements = append(a.Elements,

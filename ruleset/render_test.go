@@ -111,15 +111,15 @@ func TestNormalizeEquivalentRandom(t *testing.T) {
 func TestRenderAndDiff(t *testing.T) {
 	d := Desired{
 		Allowlists: []Allowlist{
-			{Name: "web", UID: 1002, DNS: false, Elements: []Element{el(config.TCP, "2001:db8::1", "2001:db8::1", 443, 443)}},
-			{Name: "billing", UID: 1001, DNS: true, Elements: []Element{el(config.TCP, "192.0.2.1", "192.0.2.1", 3306, 3306)}},
+			{Name: "web", Subject: UserSubject(1002), DNS: false, Elements: []Element{el(config.TCP, "2001:db8::1", "2001:db8::1", 443, 443)}},
+			{Name: "billing", Subject: UserSubject(1001), DNS: true, Elements: []Element{el(config.TCP, "192.0.2.1", "192.0.2.1", 3306, 3306)}},
 		},
 		Resolvers: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")},
 		DenyLog:   config.Defaults().DenyLog,
 	}
 	p := Render(d)
-	if len(p.Chains) != 2 || p.Chains[0].Allowlist != "billing" || p.Chains[1].UID != 1002 {
-		t.Fatalf("chains = %+v", p.Chains)
+	if len(p.Allowlists) != 2 || p.Allowlists[0].Allowlist != "billing" || p.Allowlists[1].Subject != UserSubject(1002) {
+		t.Fatalf("allowlists = %+v", p.Allowlists)
 	}
 	if len(p.Sets[SetName4("billing")]) != 1 || len(p.Sets[SetName6("web")]) != 1 || len(p.Sets[DNSSet4]) != 2 || len(p.Sets[DNSSet6]) != 0 {
 		t.Fatalf("sets = %v", p.Sets)
@@ -129,7 +129,7 @@ func TestRenderAndDiff(t *testing.T) {
 	}
 
 	d2 := d
-	d2.Allowlists = []Allowlist{d.Allowlists[0], {Name: "billing", UID: 1001, DNS: true, Elements: []Element{el(config.TCP, "192.0.2.2", "192.0.2.2", 3306, 3306)}}}
+	d2.Allowlists = []Allowlist{d.Allowlists[0], {Name: "billing", Subject: UserSubject(1001), DNS: true, Elements: []Element{el(config.TCP, "192.0.2.2", "192.0.2.2", 3306, 3306)}}}
 	p2 := Render(d2)
 	if !SameStructure(p, p2) {
 		t.Fatal("element-only change reported as structural")
@@ -160,10 +160,7 @@ func TestRenderAndDiff(t *testing.T) {
 	if SameStructure(p2, Render(d4)) {
 		t.Fatal("changing the log mode reported as element-only")
 	}
-	if !IsDenyPrefix("egressd", LogPrefix("egressd")) || IsDenyPrefix("egressd", "other deny: ") {
-		t.Fatal("deny prefix not recognised")
-	}
-	for _, id := range []SetID{{}, {V6: true}, {Allowlist: "billing"}, {Allowlist: "allow4_x", V6: true}} {
+	for _, id := range []SetID{{}, {V6: true}, {Allowlist: "billing"}, {Allowlist: "allow4_x", V6: true}, {Allowlist: "web", Kind: SubjectUnit}, {Allowlist: "allow4_x", Kind: SubjectUnit, V6: true}} {
 		if got, ok := ParseSetName(id.Name()); !ok || got != id {
 			t.Errorf("ParseSetName(%q) = %+v, %v; want %+v", id.Name(), got, ok, id)
 		}
@@ -176,7 +173,7 @@ func TestRenderAndDiff(t *testing.T) {
 func BenchmarkRender100k(b *testing.B) {
 	var als []Allowlist
 	for i := 0; i < 100; i++ {
-		a := Allowlist{Name: "al" + string(rune('a'+i%26)) + string(rune('a'+i/26)), UID: uint32(2000 + i)}
+		a := Allowlist{Name: "al" + string(rune('a'+i%26)) + string(rune('a'+i/26)), Subject: UserSubject(uint32(2000 + i))}
 		for j := 0; j < 1000; j++ {
 			n := i*1000 + j
 			a.Elements = append(a.Elements, ElementFor(config.TCP, netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(n >> 8), byte(n)}), 32), 443, 443))
@@ -195,7 +192,7 @@ func TestRendererMatchesRender(t *testing.T) {
 	rng := rand.New(rand.NewSource(7))
 	var d Desired
 	for i := 0; i < 50; i++ {
-		a := Allowlist{Name: fmt.Sprintf("al%02d", i), UID: uint32(1000 + i)}
+		a := Allowlist{Name: fmt.Sprintf("al%02d", i), Subject: UserSubject(uint32(1000 + i))}
 		for j := 0; j < 1+rng.Intn(5); j++ {
 			a.Elements = append(a.Elements, el(config.TCP, fmt.Sprintf("192.0.2.%d", rng.Intn(256)), fmt.Sprintf("192.0.2.%d", rng.Intn(256)), 443, 443))
 		}
@@ -231,7 +228,7 @@ func TestRendererMatchesRender(t *testing.T) {
 }
 
 func normalizeNil(p Plan) Plan {
-	q := Plan{Chains: p.Chains, DenyLog: p.DenyLog, Sets: map[string][]Element{}}
+	q := Plan{Allowlists: p.Allowlists, DenyLog: p.DenyLog, Sets: map[string][]Element{}}
 	for n, es := range p.Sets {
 		if len(es) > 0 {
 			q.Sets[n] = es
@@ -241,7 +238,7 @@ func normalizeNil(p Plan) Plan {
 }
 
 func applyDelta(p Plan, d Delta) Plan {
-	f := &Fake{Plan: Plan{Chains: p.Chains, DenyLog: p.DenyLog, Sets: map[string][]Element{}}}
+	f := &Fake{Plan: Plan{Allowlists: p.Allowlists, DenyLog: p.DenyLog, Sets: map[string][]Element{}}}
 	for n, es := range p.Sets {
 		f.Plan.Sets[n] = append([]Element(nil), es...)
 	}

@@ -15,7 +15,9 @@ import (
 // The kernel layout: the one function that turns a plan into the table's
 // objects. Its cost per packet and per apply does not grow with the number
 // of allowlists: every allowlist's elements live in shared sets keyed by
-// uid (or unit key), and one chain judges every protected user.
+// uid (or unit key), and one chain judges every protected user. Each kind of
+// subject has its part (kindLayouts: userSets, unitSets, the matches in
+// output, userChains, unitChains); the rest is shared.
 //
 //	table inet egressd {
 //	  set users    { type uid }                                   # protected uids; element comment = allowlist
@@ -32,10 +34,10 @@ import (
 //	  set proxy4, proxy4r, proxy6, proxy6r { like allow*; flags timeout }  # what the DNS proxy answered, for TTL + linger
 //	  set denied   { type uid; flags dynamic; counter }           # rejected packets per uid
 //	  set denylog  { type uid; flags dynamic }                    # per-uid log rate limit (a meter)
-//	  (the unit sets: unitRules)
+//	  (the unit sets: unitSets)
 //	  chain dnszone, dnsproxy                                     # only while an allowlist has dns: proxy (zoneRules, natRules)
 //	  chain input    (inputRules)
-//	  chain output { type filter hook output priority filter; meta skuid @users jump restricted }
+//	  chain output { type filter hook output priority filter; (unitMatch) meta skuid @users jump restricted }
 //	  chain restricted (restrictedRules)
 //	  chain deny       (denyRules)
 //	  chain unit_K, unitdeny_K                                    # per unit allowlist (unitRules)
@@ -55,55 +57,110 @@ import (
 // uid or unit for); the table is then complete but for those elements.
 func layout(p Plan, carry []ProxyElement) (Table, error) {
 	var t Table
-	placed, err := placeElements(p.Sets, p.Until, uids(p))
+	placed, err := placeElements(p.Sets, p.Until, subjects(p))
 	broken := ""
 	if err != nil {
 		broken = err.Error()
 	}
-	users := sortedChains(p.Chains)
-	uidSet := func(name, comment string, keep func(ChainPlan) bool) {
+	// Every kind's sets, whether or not the plan has allowlists of it (a
+	// new allowlist is then an element delta, not a rebuild).
+	for _, k := range kindLayouts {
+		sets, kerr := k.sets(p, p.Of(k.kind), placed, broken, carry)
+		if err == nil {
+			err = kerr
+		}
+		t.Sets = append(t.Sets, sets...)
+	}
+	if p.HasProxy() {
+		t.Chains = append(t.Chains,
+			Chain{Name: chainZone, Hook: &Hook{nftables.ChainTypeFilter, "output", "raw"}, Rules: zoneRules(p.ProxyPort)},
+			Chain{Name: chainNAT, Hook: &Hook{nftables.ChainTypeNAT, "output", "-100"}, Rules: natRules(p.ProxyPort)})
+	}
+	t.Chains = append(t.Chains,
+		Chain{Name: chainIn, Hook: &Hook{nftables.ChainTypeFilter, "input", "filter"}, Rules: inputRules(p.ProxyPort, p.HasProxy())},
+		Chain{Name: chainOut, Hook: &Hook{nftables.ChainTypeFilter, "output", "filter"}, Rules: outputRules(p)})
+	for _, k := range kindLayouts {
+		t.Chains = append(t.Chains, k.chains(p, p.Of(k.kind))...)
+	}
+	return t, err
+}
+
+// kindLayout is how the layout restricts one kind of subject: the sets that
+// list its subjects and key its allowlists' elements, the match in the
+// output chain that sends a subject's packets to be judged, and the chains
+// that judge them. Everything else — the plan's allowlists, the placement of
+// their elements, the rules' statements, verification, the fake and the nft
+// text — is shared. A third kind of identity is a third entry here.
+type kindLayout struct {
+	kind SubjectKind
+	// sets are the kind's sets (members: its allowlists, by name);
+	// an error says the plan is inconsistent (the sets are complete but
+	// for what it names).
+	sets func(p Plan, members []AllowlistPlan, placed map[kernelSet][]keyed, broken string, carry []ProxyElement) ([]Set, error)
+	// match is the output chain's rules that send the kind's packets to
+	// its chains (none when the plan has no allowlist of the kind and the
+	// match would need a kernel feature older kernels lack).
+	match func(members []AllowlistPlan) []Rule
+	// chains are the chains that judge the kind's packets.
+	chains func(p Plan, members []AllowlistPlan) []Chain
+}
+
+// kindLayouts in the order of their sets and chains in the table; their
+// matches go into output in the reverse order (outputRules).
+var kindLayouts = []kindLayout{
+	{kind: SubjectUser, sets: userSets, match: userMatch, chains: userChains},
+	{kind: SubjectUnit, sets: unitSets, match: unitMatch, chains: unitChains},
+}
+
+// userSets: the protected uids and their switches, the shared element sets
+// keyed by uid (and the resolvers'), the DNS proxy's, and the deny
+// counters and meters keyed by uid.
+func userSets(p Plan, users []AllowlistPlan, placed map[kernelSet][]keyed, broken string, carry []ProxyElement) ([]Set, error) {
+	var sets []Set
+	users = byID(users)
+	uidSet := func(name, comment string, keep func(AllowlistPlan) bool) {
 		var vs []value
 		for _, ch := range users {
 			if keep(ch) {
-				v := value{v: ch.UID}
+				v := value{v: ch.Subject.ID}
 				if name == kUsers {
-					v.comment = ch.Allowlist
+					v.comment = listedAs(ch)
 				}
 				vs = append(vs, v)
 			}
 		}
-		t.Sets = append(t.Sets, Set{Name: name, Comment: comment, Type: "uid", values: vs,
+		sets = append(sets, Set{Name: name, Comment: comment, Type: "uid", values: vs,
 			Kernel: &nftables.Set{Table: table, Name: name, KeyType: nftables.TypeUID, KeyByteOrder: binaryutil.NativeEndian}})
 	}
-	uidSet(kUsers, "protected uids, element comment = allowlist", func(ChainPlan) bool { return true })
+	uidSet(kUsers, "protected uids, element comment = allowlist", uidSetMember(kUsers))
 	var owners []value
 	for _, ch := range users {
-		owners = append(owners, value{v: ch.UID, pair: true})
+		owners = append(owners, value{v: ch.Subject.ID, pair: true})
 	}
-	t.Sets = append(t.Sets, Set{Name: kOwners, Comment: "(u . u) for every protected uid", Type: "mark . uid", values: owners,
+	sets = append(sets, Set{Name: kOwners, Comment: "(u . u) for every protected uid", Type: "mark . uid", values: owners,
 		Kernel: &nftables.Set{Table: table, Name: kOwners, KeyType: nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeUID), Concatenation: true}})
 	var marks []value
 	for _, ch := range users {
-		marks = append(marks, value{v: ch.UID, data: true})
+		marks = append(marks, value{v: ch.Subject.ID, data: true})
 	}
-	t.Sets = append(t.Sets, Set{Name: kUIDMarks, Comment: "every protected uid to itself as a mark (nft has no cast from uid to mark)", Map: true, Type: "uid : mark", values: marks,
+	sets = append(sets, Set{Name: kUIDMarks, Comment: "every protected uid to itself as a mark (nft has no cast from uid to mark)", Map: true, Type: "uid : mark", values: marks,
 		Kernel: &nftables.Set{Table: table, Name: kUIDMarks, KeyType: nftables.TypeUID, DataType: nftables.TypeMark, IsMap: true, KeyByteOrder: binaryutil.NativeEndian}})
 	var openers []value
 	for _, ch := range users {
-		openers = append(openers, value{v: ch.UID, hex: true})
+		openers = append(openers, value{v: ch.Subject.ID, hex: true})
 	}
-	t.Sets = append(t.Sets, Set{Name: kOpeners, Comment: "every protected uid as a conntrack mark: a flow a protected user opened", Type: "mark", values: openers,
+	sets = append(sets, Set{Name: kOpeners, Comment: "every protected uid as a conntrack mark: a flow a protected user opened", Type: "mark", values: openers,
 		Kernel: &nftables.Set{Table: table, Name: kOpeners, KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian}})
-	uidSet(kDNSUsers, "dns: resolvers", func(ch ChainPlan) bool { return ch.DNS })
-	uidSet(kProxyUsers, "dns: proxy", func(ch ChainPlan) bool { return ch.Proxy })
-	uidSet(kAudit, "mode: audit", func(ch ChainPlan) bool { return ch.Audit })
+	uidSet(kDNSUsers, "dns: resolvers", uidSetMember(kDNSUsers))
+	uidSet(kProxyUsers, "dns: proxy", uidSetMember(kProxyUsers))
+	uidSet(kAudit, "mode: audit", uidSetMember(kAudit))
 	for _, ks := range allKernelSets() {
-		t.Sets = append(t.Sets, elementSet(ks, "", placed[ks], broken))
+		sets = append(sets, elementSet(ks, "", placed[ks], broken))
 	}
 	proxyUID := map[uint32]bool{}
-	for _, ch := range p.Chains {
+	for _, ch := range users {
 		if ch.Proxy {
-			proxyUID[ch.UID] = true
+			proxyUID[ch.Subject.ID] = true
 		}
 	}
 	kept := map[kernelSet][]ProxyElement{}
@@ -115,20 +172,18 @@ func layout(p Plan, carry []ProxyElement) (Table, error) {
 	for _, ks := range proxyKernelSets() {
 		s := elementSet(ks, "what the DNS proxy answered: written as it answers, each element for TTL + linger", nil, "")
 		s.proxy = kept[ks]
-		t.Sets = append(t.Sets, s)
+		sets = append(sets, s)
 	}
-	dyn := func(name, comment, typ string, order binaryutil.ByteOrder) Set {
-		kt := nftables.TypeUID
-		if typ == "mark" {
-			kt = nftables.TypeMark
-		}
-		return Set{Name: name, Comment: comment, Type: typ, Flags: []string{"dynamic"},
-			Kernel: &nftables.Set{Table: table, Name: name, KeyType: kt, KeyByteOrder: order, Dynamic: true}}
-	}
-	t.Sets = append(t.Sets, dyn(kDenied, "rejected packets per uid", "uid", binaryutil.NativeEndian),
-		dyn(kDenyLog, "per-uid log rate limit (a meter)", "uid", binaryutil.NativeEndian))
+	return append(sets, dynSet(kDenied, "rejected packets per uid", "uid", binaryutil.NativeEndian),
+		dynSet(kDenyLog, "per-uid log rate limit (a meter)", "uid", binaryutil.NativeEndian)), nil
+}
 
-	// The unit sets (always: empty without unit allowlists).
+// unitSets: the cgroup map, the unit keys, the shared element sets keyed by
+// unit key, and the deny counters and meters keyed by it. A cgroup of an
+// allowlist that is not a unit allowlist of the plan is left out: an error.
+func unitSets(p Plan, units []AllowlistPlan, placed map[kernelSet][]keyed, broken string, _ []ProxyElement) ([]Set, error) {
+	var sets []Set
+	var err error
 	keyOf := unitKeys(p)
 	var jumps []jump
 	for _, cg := range p.Cgroups {
@@ -144,39 +199,49 @@ func layout(p Plan, carry []ProxyElement) (Table, error) {
 	if jumps == nil {
 		jumps = []jump{}
 	}
-	t.Sets = append(t.Sets, Set{Name: kUnitChains, Comment: "a restricted unit's current cgroup id -> its allowlist's chain", Map: true,
+	sets = append(sets, Set{Name: kUnitChains, Comment: "a restricted unit's current cgroup id -> its allowlist's chain", Map: true,
 		Type: "cgroupsv2 : verdict", jumps: jumps, Kernel: unitChainsMap()})
 	var ids []value
-	for _, u := range p.Units {
-		ids = append(ids, value{v: u.Key, hex: true, comment: u.Allowlist + " " + u.Unit})
+	for _, u := range units {
+		ids = append(ids, value{v: u.Subject.ID, hex: true, comment: listedAs(u)})
 	}
-	t.Sets = append(t.Sets, Set{Name: kUnitIDs, Comment: "unit keys, element comment = \"ALLOWLIST UNIT\"", Type: "mark", values: ids,
+	sets = append(sets, Set{Name: kUnitIDs, Comment: "unit keys, element comment = \"ALLOWLIST UNIT\"", Type: "mark", values: ids,
 		Kernel: &nftables.Set{Table: table, Name: kUnitIDs, KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian}})
 	for _, ks := range unitKernelSets() {
-		t.Sets = append(t.Sets, elementSet(ks, "", placed[ks], broken))
+		sets = append(sets, elementSet(ks, "", placed[ks], broken))
 	}
 	// udenied, udenylog: keyed by the unit key in network order, which
 	// every nft prints right where a rule updates the set with the key as
 	// a constant (in host order Debian 12's nft showed its bytes turned around).
-	t.Sets = append(t.Sets, dyn(kUDenied, "rejected packets per unit key", "mark", binaryutil.BigEndian),
-		dyn(kUDenyLog, "per-unit log rate limit (a meter)", "mark", binaryutil.BigEndian))
+	return append(sets, dynSet(kUDenied, "rejected packets per unit key", "mark", binaryutil.BigEndian),
+		dynSet(kUDenyLog, "per-unit log rate limit (a meter)", "mark", binaryutil.BigEndian)), err
+}
 
-	if p.HasProxy() {
-		t.Chains = append(t.Chains,
-			Chain{Name: chainZone, Hook: &Hook{nftables.ChainTypeFilter, "output", "raw"}, Rules: zoneRules(p.ProxyPort)},
-			Chain{Name: chainNAT, Hook: &Hook{nftables.ChainTypeNAT, "output", "-100"}, Rules: natRules(p.ProxyPort)})
+// dynSet is a dynamic set a rule updates (a counter or a meter per subject).
+func dynSet(name, comment, typ string, order binaryutil.ByteOrder) Set {
+	kt := nftables.TypeUID
+	if typ == "mark" {
+		kt = nftables.TypeMark
 	}
-	t.Chains = append(t.Chains,
-		Chain{Name: chainIn, Hook: &Hook{nftables.ChainTypeFilter, "input", "filter"}, Rules: inputRules(p.ProxyPort, p.HasProxy())},
-		Chain{Name: chainOut, Hook: &Hook{nftables.ChainTypeFilter, "output", "filter"}, Rules: outputRules(p)},
-		Chain{Name: chainRestr, Rules: restrictedRules(p.ProxyPort)},
-		Chain{Name: chainDeny, Rules: denyRules(p.DenyLog)})
-	for _, u := range p.Units {
-		t.Chains = append(t.Chains,
-			Chain{Name: unitChain(u.Key), Rules: unitRules(u)},
-			Chain{Name: unitDenyChain(u.Key), Rules: unitDenyRules(u, p.DenyLog)})
+	return Set{Name: name, Comment: comment, Type: typ, Flags: []string{"dynamic"},
+		Kernel: &nftables.Set{Table: table, Name: name, KeyType: kt, KeyByteOrder: order, Dynamic: true}}
+}
+
+// userChains: one chain judges every protected user, one denies.
+func userChains(p Plan, _ []AllowlistPlan) []Chain {
+	return []Chain{{Name: chainRestr, Rules: restrictedRules(p.ProxyPort)}, {Name: chainDeny, Rules: denyRules(p.DenyLog)}}
+}
+
+// unitChains: each unit allowlist judges and denies in chains of its own
+// (its key is a constant of their rules: see unitRules).
+func unitChains(p Plan, units []AllowlistPlan) []Chain {
+	var chains []Chain
+	for _, u := range units {
+		chains = append(chains,
+			Chain{Name: unitChain(u.Subject.ID), Rules: unitRules(u)},
+			Chain{Name: unitDenyChain(u.Subject.ID), Rules: unitDenyRules(u, p.DenyLog)})
 	}
-	return t, err
+	return chains
 }
 
 // elementSet is the kernel set ks with its plan elements.
@@ -186,7 +251,7 @@ func elementSet(ks kernelSet, comment string, es []keyed, broken string) Set {
 	if ks.V6 {
 		typ = "inet_proto . ipv6_addr . inet_service"
 	}
-	if ks.Unit {
+	if ks.Kind == SubjectUnit {
 		parts, typ = append(parts, nftables.TypeMark), "mark . "+typ
 	} else if !ks.DNS {
 		parts, typ = append(parts, nftables.TypeUID), "uid . "+typ
@@ -211,22 +276,39 @@ func elementSet(ks kernelSet, comment string, es []keyed, broken string) Set {
 			Interval: ks.Range, Concatenation: true, HasTimeout: ks.Timed()}}
 }
 
-// outputRules: with unit allowlists, socket cgroupv2 level N vmap
-// @unitchains for each level (a kernel without cgroupv2 matching, before
-// 5.13, keeps working for user allowlists); then meta skuid @users jump
-// restricted: one hash lookup whatever the number of allowlists; every
-// other user's packets pass untouched.
+// outputRules: each kind's match, the last kind's first: a unit's chain
+// returns what its allowlist allows to output, where the uid rule still
+// applies (a socket of a restricted unit that is also a restricted user's
+// must pass both allowlists).
 func outputRules(p Plan) []Rule {
 	var rules []Rule
-	if len(p.Units) > 0 {
-		for l := 1; l <= UnitLevels; l++ {
-			rules = append(rules, rule(Stmt{fmt.Sprintf("socket cgroupv2 level %d vmap @%s", l, kUnitChains), []expr.Any{
-				&expr.Socket{Key: expr.SocketKeyCgroupv2, Level: uint32(l), Register: reg1},
-				&expr.Lookup{SourceRegister: reg1, SetName: kUnitChains, DestRegister: 0, IsDestRegSet: true},
-			}}))
-		}
+	for i := len(kindLayouts) - 1; i >= 0; i-- {
+		rules = append(rules, kindLayouts[i].match(p.Of(kindLayouts[i].kind))...)
 	}
-	return append(rules, rule(skuidIn(kUsers, false), jumpTo(chainRestr)))
+	return rules
+}
+
+// unitMatch: with unit allowlists, socket cgroupv2 level N vmap @unitchains
+// for each level (a kernel without cgroupv2 matching, before 5.13, keeps
+// working for user allowlists).
+func unitMatch(units []AllowlistPlan) []Rule {
+	if len(units) == 0 {
+		return nil
+	}
+	var rules []Rule
+	for l := 1; l <= UnitLevels; l++ {
+		rules = append(rules, rule(Stmt{fmt.Sprintf("socket cgroupv2 level %d vmap @%s", l, kUnitChains), []expr.Any{
+			&expr.Socket{Key: expr.SocketKeyCgroupv2, Level: uint32(l), Register: reg1},
+			&expr.Lookup{SourceRegister: reg1, SetName: kUnitChains, DestRegister: 0, IsDestRegSet: true},
+		}}))
+	}
+	return rules
+}
+
+// userMatch: meta skuid @users jump restricted: one hash lookup whatever
+// the number of allowlists; every other user's packets pass untouched.
+func userMatch([]AllowlistPlan) []Rule {
+	return []Rule{rule(skuidIn(kUsers, false), jumpTo(chainRestr))}
 }
 
 // zoneRules: a proxy user's packet to port 53 (UDP, TCP), and the proxy's
@@ -442,14 +524,15 @@ func denyRules(dl config.DenyLog) []Rule {
 // A packet the unit's allowlist allows returns to output, where the uid rule
 // still applies: a socket of a restricted unit that is also a restricted
 // user's must pass both allowlists.
-func unitRules(u UnitPlan) []Rule {
-	deny := goTo(unitDenyChain(u.Key))
+func unitRules(u AllowlistPlan) []Rule {
+	k := u.Subject.ID
+	deny := goTo(unitDenyChain(k))
 	var rules []Rule
 	// The opener of every new flow: its unit key in label bits 64-95, on
 	// the flow's first packet only (see restrictedRules). A label set only
 	// sets bits.
-	rules = append(rules, rule(ctState(expr.CtStateBitNEW), ctStatus(ipsConfirmed, false), ctLabelSet(u.Key)).
-		because("label bits 64-95: the unit that opened the flow (key "+unitKeyText(u.Key)+")"))
+	rules = append(rules, rule(ctState(expr.CtStateBitNEW), ctStatus(ipsConfirmed, false), ctLabelSet(k)).
+		because("label bits 64-95: the unit that opened the flow (key "+unitKeyText(k)+")"))
 	// Source routing, IPv4 options and MPTCP, as in restrictedRules.
 	rules = append(rules,
 		rule(nfproto(true), rtHdr, deny).because("IPV6_RTHDR: source routing"),
@@ -458,13 +541,13 @@ func unitRules(u UnitPlan) []Rule {
 	// Established and related: the unit's own flows in the original
 	// direction, others' flows in the reply direction (restrictedRules).
 	rules = append(rules,
-		rule(ctState(established), ctDirection(false), ctLabelIs(u.Key, true), ret),
+		rule(ctState(established), ctDirection(false), ctLabelIs(k, true), ret),
 		// a forged source on a forwarded flow's reply (restrictedRules)
-		rule(ctState(established), ctDirection(true), ctLabelIs(u.Key, false), fibLocal(true, true), ret),
+		rule(ctState(established), ctDirection(true), ctLabelIs(k, false), fibLocal(true, true), ret),
 		rule(ctState(established), ctDirection(true), fibLocal(false, true), fibLocal(true, true), ret),
 		rule(fibLocal(true, false), deny).because("IP_FREEBIND, IPV6_FREEBIND, IP_TRANSPARENT"))
 	for _, ks := range unitKernelSets() {
-		rules = append(rules, rule(append(unitLookupKey(ks, u.Key), ret)...))
+		rules = append(rules, rule(append(unitLookupKey(ks, k), ret)...))
 	}
 	if u.DNS {
 		for _, ks := range allKernelSets() {
@@ -482,15 +565,12 @@ func unitRules(u UnitPlan) []Rule {
 // audited packet goes on: its mark is saved before and restored after the
 // log statement (nft prints the restore as `meta mark set meta mark`: the
 // mark loaded before); a denied packet is rejected next, its mark is left.
-func unitDenyRules(u UnitPlan, dl config.DenyLog) []Rule {
-	k := unitKeyText(u.Key)
-	key := &expr.Immediate{Register: reg32, Data: binaryutil.BigEndian.PutUint32(u.Key)} // the dynamic sets' order
+func unitDenyRules(u AllowlistPlan, dl config.DenyLog) []Rule {
+	k := unitKeyText(u.Subject.ID)
+	key := &expr.Immediate{Register: reg32, Data: binaryutil.BigEndian.PutUint32(u.Subject.ID)} // the dynamic sets' order
 	rules := []Rule{rule(Stmt{"update @" + kUDenied + " { " + k + " counter }", []expr.Any{key,
 		&expr.Dynset{SrcRegKey: reg32, SetName: kUDenied, Operation: unix.NFT_DYNSET_OP_UPDATE, Exprs: []expr.Any{&expr.Counter{}}}}})}
-	prefix := UnitLogPrefix(dl.Prefix)
-	if u.Audit {
-		prefix = UnitAuditPrefix(dl.Prefix)
-	}
+	prefix := LogPrefixOf(SubjectUnit, u.Audit, dl.Prefix)
 	if l, ok := logStmt(dl, prefix); ok {
 		lim, limText := limitOf(dl)
 		meter := []expr.Any{key}
@@ -500,7 +580,7 @@ func unitDenyRules(u UnitPlan, dl config.DenyLog) []Rule {
 		meter = append(meter, &expr.Dynset{SrcRegKey: reg32, SetName: kUDenyLog, Operation: unix.NFT_DYNSET_OP_UPDATE, Exprs: []expr.Any{lim}})
 		r := rule(Stmt{fmt.Sprintf("update @%s { %s %s }", kUDenyLog, k, limText), meter},
 			Stmt{"meta mark set " + k, []expr.Any{
-				&expr.Immediate{Register: reg32 + 2, Data: binaryutil.NativeEndian.PutUint32(u.Key)},
+				&expr.Immediate{Register: reg32 + 2, Data: binaryutil.NativeEndian.PutUint32(u.Subject.ID)},
 				&expr.Meta{Key: expr.MetaKeyMARK, Register: reg32 + 2, SourceRegister: true}}},
 			l)
 		r.Comment = "the log carries the unit key as the mark; the packet is rejected next"
@@ -516,9 +596,10 @@ func unitDenyRules(u UnitPlan, dl config.DenyLog) []Rule {
 	return append(rules, rejectRules()...)
 }
 
-func sortedChains(chs []ChainPlan) []ChainPlan {
-	out := append([]ChainPlan(nil), chs...)
-	sort.Slice(out, func(i, j int) bool { return out[i].UID < out[j].UID })
+// byID orders allowlists by their subjects' ids (the kernel sets' order).
+func byID(as []AllowlistPlan) []AllowlistPlan {
+	out := append([]AllowlistPlan(nil), as...)
+	sort.Slice(out, func(i, j int) bool { return out[i].Subject.ID < out[j].Subject.ID })
 	return out
 }
 

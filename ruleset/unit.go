@@ -1,7 +1,6 @@
 package ruleset
 
 import (
-	"fmt"
 	"hash/fnv"
 	"sort"
 )
@@ -29,26 +28,6 @@ const (
 	// process of the unit runs.
 	NFTSetDirective = "cgroup:inet:" + HelperTableName + ":" + NFTSetUnits
 )
-
-// Logical set names of unit allowlists (SetID.Unit).
-const (
-	unitPrefix4 = "uallow4_"
-	unitPrefix6 = "uallow6_"
-)
-
-// UnitLogPrefix and UnitAuditPrefix are the log prefixes of a unit's denied
-// and audited packets; the logged packet's mark is the unit key.
-func UnitLogPrefix(prefix string) string   { return fmt.Sprintf("%s unit deny: ", prefix) }
-func UnitAuditPrefix(prefix string) string { return fmt.Sprintf("%s unit audit: ", prefix) }
-
-// UnitPlan is one unit allowlist in a plan.
-type UnitPlan struct {
-	Allowlist string
-	Unit      string
-	Key       uint32
-	DNS       bool
-	Audit     bool
-}
 
 // Cgroup is one current cgroup of a restricted unit: its id (the inode
 // number of its cgroup2 directory) and the allowlist that restricts it.
@@ -82,9 +61,9 @@ func UnitKeys(names []string) map[string]uint32 {
 
 // unitKeys is allowlist -> unit key, for the unit allowlists of p only.
 func unitKeys(p Plan) map[string]uint32 {
-	out := make(map[string]uint32, len(p.Units))
-	for _, u := range p.Units {
-		out[u.Allowlist] = u.Key
+	out := map[string]uint32{}
+	for _, u := range p.Of(SubjectUnit) {
+		out[u.Allowlist] = u.Subject.ID
 	}
 	return out
 }
@@ -96,18 +75,6 @@ func sortedCgroups(cs []Cgroup) []Cgroup {
 	out := append([]Cgroup(nil), cs...)
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
-}
-
-func sameUnits(a, b []UnitPlan) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // CgroupDelta is the change of the cgroup map from old to new: ids to add
@@ -136,15 +103,7 @@ func CgroupDelta(old, new []Cgroup) (add, del []Cgroup) {
 }
 
 // unitKernelSets are the unit allowlists' element sets.
-func unitKernelSets() []kernelSet {
-	var out []kernelSet
-	for _, v6 := range []bool{false, true} {
-		for _, r := range []bool{false, true} {
-			out = append(out, kernelSet{Unit: true, V6: v6, Range: r})
-		}
-	}
-	return out
-}
+func unitKernelSets() []kernelSet { return familySets(kernelSet{Kind: SubjectUnit}) }
 
 // everyKernelSet is every kernel set that holds plan elements.
 func everyKernelSet() []kernelSet { return append(allKernelSets(), unitKernelSets()...) }

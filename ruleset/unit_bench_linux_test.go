@@ -21,7 +21,7 @@ func unitsPlan(n int) Plan {
 	keys := UnitKeys(names)
 	d := Desired{Resolvers: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")}, DenyLog: config.Defaults().DenyLog}
 	for i, name := range names {
-		d.Allowlists = append(d.Allowlists, Allowlist{Name: name, Unit: name + ".service", UID: keys[name], DNS: i%2 == 0, Elements: []Element{
+		d.Allowlists = append(d.Allowlists, Allowlist{Name: name, Subject: UnitSubject(name+".service", keys[name]), DNS: i%2 == 0, Elements: []Element{
 			ElementFor(config.TCP, netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 32), 443, 443),
 			ElementFor(config.UDP, netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)}), 32), 53, 53),
 			ElementFor(config.TCP, netip.MustParsePrefix("203.0.113.0/24"), 8000, 8100),

@@ -101,8 +101,8 @@ func (e *env) tcpIn(dir string, uid int, addr netip.AddrPort) error {
 func unitPlan(cgs ...Cgroup) Plan {
 	d := Desired{
 		Allowlists: []Allowlist{
-			{Name: "a", UID: uidA, Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)}},
-			{Name: "web", Unit: "web.service", UID: UnitKeys([]string{"web"})["web"], Elements: []Element{
+			{Name: "a", Subject: UserSubject(uidA), Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)}},
+			{Name: "web", Subject: UnitSubject("web.service", UnitKeys([]string{"web"})["web"]), Elements: []Element{
 				ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443),
 				ElementFor(config.TCP, netip.MustParsePrefix("2001:db8::10/128"), 443, 443),
 			}},
@@ -165,7 +165,7 @@ func TestKernelUnit(t *testing.T) {
 		t.Fatalf("ReadUnits = %v, %v", us, err)
 	}
 	sets, err := e.k.ReadSets()
-	if err != nil || len(sets[SetID{Allowlist: "web", Unit: true}.Name()]) != 1 {
+	if err != nil || len(sets[SetID{Allowlist: "web", Kind: SubjectUnit}.Name()]) != 1 {
 		t.Fatalf("ReadSets = %v, %v", sets, err)
 	}
 
@@ -211,7 +211,7 @@ func TestKernelUnit(t *testing.T) {
 func TestNFTUnitText(t *testing.T) {
 	p := unitPlan(Cgroup{ID: 7, Allowlist: "web"})
 	text := p.NFT()
-	web := unitChain(p.Units[0].Key)
+	web := unitChain(p.Of(SubjectUnit)[0].Subject.ID)
 	for _, want := range []string{"map unitchains {", "7 : jump " + web, "set uallow4 {", "type mark . inet_proto . ipv4_addr . inet_service", "chain " + web + " {", "socket cgroupv2 level 8 vmap @unitchains"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("no %q in\n%s", want, text)
@@ -253,8 +253,8 @@ func TestKernelUnitLog(t *testing.T) {
 	if err != nil || len(pks) == 0 {
 		t.Fatalf("no logged packet: %v", err)
 	}
-	if pk := pks[0]; pk.Prefix != UnitLogPrefix(p.DenyLog.Prefix) || pk.Mark != p.Units[0].Key || pk.UID != uidNoList {
-		t.Fatalf("logged %+v, want prefix %q, mark %d (web's key)", pk, UnitLogPrefix(p.DenyLog.Prefix), p.Units[0].Key)
+	if pk := pks[0]; pk.Prefix != LogPrefixOf(SubjectUnit, false, p.DenyLog.Prefix) || pk.Mark != p.Of(SubjectUnit)[0].Subject.ID || pk.UID != uidNoList {
+		t.Fatalf("logged %+v, want prefix %q, mark %d (web's key)", pk, LogPrefixOf(SubjectUnit, false, p.DenyLog.Prefix), p.Of(SubjectUnit)[0].Subject.ID)
 	}
 }
 
@@ -385,7 +385,7 @@ func TestKernelUnitOwnerCheck(t *testing.T) {
 	outside, _ := tc.make(t, "other.service")
 	keys := UnitKeys([]string{"web"})
 	p := Render(Desired{
-		Allowlists: []Allowlist{{Name: "web", Unit: "web.service", UID: keys["web"], Elements: []Element{
+		Allowlists: []Allowlist{{Name: "web", Subject: UnitSubject("web.service", keys["web"]), Elements: []Element{
 			ElementFor(config.UDP, netip.MustParsePrefix("192.0.2.10/32"), 445, 445)}}},
 		DenyLog: config.Defaults().DenyLog,
 		Cgroups: []Cgroup{{ID: webID, Allowlist: "web"}},

@@ -24,16 +24,16 @@ func TestUnitKeys(t *testing.T) {
 func TestRenderUnits(t *testing.T) {
 	e := ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.1/32"), 443, 443)
 	d := Desired{Allowlists: []Allowlist{
-		{Name: "u", UID: 1000, Elements: []Element{e}},
-		{Name: "web", Unit: "web.service", UID: 77, DNS: true, Elements: []Element{e}},
+		{Name: "u", Subject: UserSubject(1000), Elements: []Element{e}},
+		{Name: "web", Subject: UnitSubject("web.service", 77), DNS: true, Elements: []Element{e}},
 	}, Cgroups: []Cgroup{{ID: 9, Allowlist: "web"}, {ID: 3, Allowlist: "web"}}}
 	var r Renderer
 	p := r.Render(d)
-	if len(p.Chains) != 1 || p.Chains[0].Allowlist != "u" {
-		t.Fatalf("chains %v: a unit allowlist is not a uid's", p.Chains)
+	if us := p.Of(SubjectUser); len(us) != 1 || us[0].Allowlist != "u" {
+		t.Fatalf("users %v: a unit allowlist is not a uid's", us)
 	}
-	if len(p.Units) != 1 || p.Units[0] != (UnitPlan{Allowlist: "web", Unit: "web.service", Key: 77, DNS: true}) {
-		t.Fatalf("units %v", p.Units)
+	if us := p.Of(SubjectUnit); len(us) != 1 || us[0] != (AllowlistPlan{Allowlist: "web", Subject: UnitSubject("web.service", 77), DNS: true}) {
+		t.Fatalf("units %v", us)
 	}
 	if len(p.Sets["uallow4_web"]) != 1 || p.Sets["allow4_web"] != nil {
 		t.Fatalf("sets %v", p.Sets)
@@ -42,12 +42,12 @@ func TestRenderUnits(t *testing.T) {
 		t.Fatalf("cgroups not sorted: %v", p.Cgroups)
 	}
 	// The same allowlist turned from a unit to a user: its sets move.
-	d.Allowlists[1].Unit = ""
+	d.Allowlists[1].Subject = UserSubject(d.Allowlists[1].Subject.ID)
 	p2 := r.Render(d)
 	if len(p2.Sets["allow4_web"]) != 1 || p2.Sets["uallow4_web"] != nil || SameStructure(p, p2) {
 		t.Fatalf("after the change: %v", p2.Sets)
 	}
-	if id, ok := ParseSetName("uallow6_web"); !ok || id != (SetID{Allowlist: "web", V6: true, Unit: true}) {
+	if id, ok := ParseSetName("uallow6_web"); !ok || id != (SetID{Allowlist: "web", V6: true, Kind: SubjectUnit}) {
 		t.Fatalf("ParseSetName = %v %v", id, ok)
 	}
 }
@@ -63,12 +63,12 @@ func TestCgroupDelta(t *testing.T) {
 }
 
 func TestFakeCgroups(t *testing.T) {
-	p := Render(Desired{Allowlists: []Allowlist{{Name: "web", Unit: "web.service", UID: 5}}, Cgroups: []Cgroup{{1, "web"}}})
+	p := Render(Desired{Allowlists: []Allowlist{{Name: "web", Subject: UnitSubject("web.service", 5)}}, Cgroups: []Cgroup{{1, "web"}}})
 	var f Fake
 	if err := f.ApplyFull(p); err != nil {
 		t.Fatal(err)
 	}
-	p2 := Render(Desired{Allowlists: []Allowlist{{Name: "web", Unit: "web.service", UID: 5}}, Cgroups: []Cgroup{{2, "web"}}})
+	p2 := Render(Desired{Allowlists: []Allowlist{{Name: "web", Subject: UnitSubject("web.service", 5)}}, Cgroups: []Cgroup{{2, "web"}}})
 	if fs, _ := f.Verify(p2); len(fs) != 1 || fs[0].Object != "unitchains" {
 		t.Fatalf("findings %v", fs)
 	}

@@ -66,48 +66,68 @@ func elementFindings(p Plan, have map[string][]Element, now time.Time) []Finding
 // usersFindings compares the plan's users with the users set (uid →
 // allowlist).
 func usersFindings(p Plan, got map[uint32]string) []Finding {
+	return subjectListFindings(p, SubjectUser, got)
+}
+
+// subjectListFindings compares the plan's subjects of kind k with the set
+// that lists them (users: uid → allowlist; unitids: unit key → "ALLOWLIST
+// UNIT"), as read back: id → element comment.
+func subjectListFindings(p Plan, k SubjectKind, got map[uint32]string) []Finding {
+	object, label := kUsers, "uid"
+	if k == SubjectUnit {
+		object, label = kUnitIDs, "unit key"
+	}
 	want := map[uint32]string{}
-	for _, ch := range p.Chains {
-		want[ch.UID] = ch.Allowlist
+	for _, a := range p.Of(k) {
+		want[a.Subject.ID] = listedAs(a)
 	}
 	var diffs []string
-	for uid, name := range want {
-		if g, ok := got[uid]; !ok || g != name {
-			diffs = append(diffs, fmt.Sprintf("uid %d → %q, want %q", uid, g, name))
+	for id, name := range want {
+		if g, ok := got[id]; !ok || g != name {
+			diffs = append(diffs, fmt.Sprintf("%s %d → %q, want %q", label, id, g, name))
 		}
 	}
-	for uid, name := range got {
-		if _, ok := want[uid]; !ok {
-			diffs = append(diffs, fmt.Sprintf("uid %d → %q not in the plan", uid, name))
+	for id, name := range got {
+		if _, ok := want[id]; !ok {
+			diffs = append(diffs, fmt.Sprintf("%s %d → %q not in the plan", label, id, name))
 		}
 	}
 	if len(diffs) == 0 {
 		return nil
 	}
 	sort.Strings(diffs)
-	return []Finding{{Kind: "users_differ", Object: kUsers, Detail: strings.Join(diffs, "; ")}}
+	return []Finding{{Kind: "users_differ", Object: object, Detail: strings.Join(diffs, "; ")}}
+}
+
+// listedAs is the comment of an allowlist's subject in the set that lists
+// its kind: the allowlist (users), "ALLOWLIST UNIT" (unitids).
+func listedAs(a AllowlistPlan) string {
+	if a.Subject.Kind == SubjectUnit {
+		return a.Allowlist + " " + a.Subject.Unit
+	}
+	return a.Allowlist
 }
 
 // uidSetMember says which of the plan's users a uid set holds.
-func uidSetMember(name string) func(ChainPlan) bool {
+func uidSetMember(name string) func(AllowlistPlan) bool {
 	switch name {
 	case kDNSUsers:
-		return func(ch ChainPlan) bool { return ch.DNS }
+		return func(ch AllowlistPlan) bool { return ch.DNS }
 	case kAudit:
-		return func(ch ChainPlan) bool { return ch.Audit }
+		return func(ch AllowlistPlan) bool { return ch.Audit }
 	case kProxyUsers:
-		return func(ch ChainPlan) bool { return ch.Proxy }
+		return func(ch AllowlistPlan) bool { return ch.Proxy }
 	}
-	return func(ChainPlan) bool { return true } // owners
+	return func(AllowlistPlan) bool { return true } // owners
 }
 
 // uidSetFindings compares one uid set (owners, dnsusers, audit) with the plan.
 func uidSetFindings(name string, p Plan, got map[uint32]bool) []Finding {
 	member := uidSetMember(name)
 	want := map[uint32]bool{}
-	for _, ch := range p.Chains {
+	for _, ch := range p.Of(SubjectUser) {
 		if member(ch) {
-			want[ch.UID] = true
+			want[ch.Subject.ID] = true
 		}
 	}
 	var diffs []string
@@ -295,26 +315,7 @@ func normReg(r uint32) uint32 {
 // map. Whether each unit allowlist resolves its DNS and is audited is in its
 // chains' rules (diffChains).
 func unitSetFindings(p Plan, got map[uint32]string, cgs []Cgroup, cgsRead bool) []Finding {
-	var fs []Finding
-	want := map[uint32]string{}
-	for _, u := range p.Units {
-		want[u.Key] = u.Allowlist + " " + u.Unit
-	}
-	var diffs []string
-	for k, name := range want {
-		if got[k] != name {
-			diffs = append(diffs, fmt.Sprintf("unit key %d → %q, want %q", k, got[k], name))
-		}
-	}
-	for k, name := range got {
-		if _, ok := want[k]; !ok {
-			diffs = append(diffs, fmt.Sprintf("unit key %d → %q not in the plan", k, name))
-		}
-	}
-	if len(diffs) > 0 {
-		sort.Strings(diffs)
-		fs = append(fs, Finding{Kind: "users_differ", Object: kUnitIDs, Detail: strings.Join(diffs, "; ")})
-	}
+	fs := subjectListFindings(p, SubjectUnit, got)
 	if !cgsRead {
 		return fs
 	}

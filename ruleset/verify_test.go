@@ -164,11 +164,12 @@ func TestFakeUnitFindings(t *testing.T) {
 		t.Fatal(err)
 	}
 	q := everyKindPlan(everyDenyLog[0], true)
-	q.Units[0].Unit = "other.service"
-	q.Units[1].Audit = !q.Units[1].Audit
+	nthOf(t, &q, SubjectUnit, 0).Subject.Unit = "other.service"
+	audited := nthOf(t, &q, SubjectUnit, 1)
+	audited.Audit = !audited.Audit
 	q.Cgroups = q.Cgroups[:1]
 	fs, _ := f.Verify(q)
-	if kinds(fs) != "rules_differ "+unitDenyChain(q.Units[1].Key)+", users_differ unitids, users_differ unitchains" ||
+	if kinds(fs) != "rules_differ "+unitDenyChain(audited.Subject.ID)+", users_differ unitids, users_differ unitchains" ||
 		!strings.Contains(fs[1].Detail, `→ "batch batch.service", want "batch other.service"`) || fs[2].Detail != "0 cgroups missing, 1 not in the plan" {
 		t.Errorf("findings %v", fs)
 	}

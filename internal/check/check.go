@@ -414,7 +414,7 @@ func Run(ctx context.Context, o Options) *Report {
 		// else (the table, a chain, a shared kernel set, the users or owners
 		// sets, the resolvers' elements) is shared by every allowlist.
 		if id, ok := ruleset.ParseSetName(f.Object); !ok || id.Allowlist == "" {
-			for _, ch := range expected.Chains {
+			for _, ch := range expected.Of(ruleset.SubjectUser) {
 				drifted[ruleset.ChainName(ch.Allowlist)] = true
 			}
 		}
@@ -458,7 +458,7 @@ func Run(ctx context.Context, o Options) *Report {
 		ar := AllowlistReport{Name: a.Name, File: a.File, User: a.User, Unit: a.Unit, Mode: string(a.Mode), DNS: string(a.DNS), Entries: len(a.Entries), Names: len(a.Names()), Status: "ok",
 			Notes: systemBusNotes(o.UnitDir, a, gated)}
 		if a.IsUnit() {
-			id4, id6 := ruleset.SetID{Allowlist: a.Name, Unit: true}, ruleset.SetID{Allowlist: a.Name, Unit: true, V6: true}
+			id4, id6 := ruleset.SetIDs(a.Name, ruleset.SubjectUnit)
 			ar.Addresses = len(expected.Sets[id4.Name()]) + len(expected.Sets[id6.Name()])
 			ending(&ar, id4.Name(), id6.Name())
 			for _, cg := range expected.Cgroups {

@@ -222,7 +222,7 @@ func judge(ctx context.Context, o Options, cfg *config.Config, x *Explanation, e
 	allowedAny, deniedAny := false, false
 	for _, a := range addrs {
 		av := AddrVerdict{Addr: a.String()}
-		id := ruleset.SetID{Allowlist: x.Allowlist, Unit: x.Unit != ""}
+		id := ruleset.SetID{Allowlist: x.Allowlist, Kind: subjectKind(x.Unit != "")}
 		dnsSet := ruleset.DNSSet4
 		if a.Is6() {
 			id.V6, dnsSet = true, ruleset.DNSSet6
@@ -354,7 +354,7 @@ func nearest(al *config.Allowlist, t config.Entry, addrs []netip.Addr, sets map[
 		for _, en := range al.Entries {
 			if en.Host == t.Host && en.Proto == t.Proto && t.PortFrom >= en.PortFrom && t.PortFrom <= en.PortTo {
 				var allowed []string
-				for _, name := range []string{ruleset.SetID{Allowlist: al.Name, Unit: al.IsUnit()}.Name(), ruleset.SetID{Allowlist: al.Name, Unit: al.IsUnit(), V6: true}.Name()} {
+				for _, name := range []string{ruleset.SetID{Allowlist: al.Name, Kind: subjectKind(al.IsUnit())}.Name(), ruleset.SetID{Allowlist: al.Name, Kind: subjectKind(al.IsUnit()), V6: true}.Name()} {
 					for _, el := range sets[name] {
 						if el.Proto == t.Proto && el.PortFrom <= t.PortFrom && t.PortFrom <= el.PortTo {
 							allowed = append(allowed, el.String())
@@ -418,4 +418,13 @@ func audited(k Kernel, uid uint32) bool {
 	}
 	m, err := ar.ReadAudited()
 	return err == nil && m[uid]
+}
+
+// subjectKind is the kind of subject an allowlist restricts: a unit, or a
+// user.
+func subjectKind(unit bool) ruleset.SubjectKind {
+	if unit {
+		return ruleset.SubjectUnit
+	}
+	return ruleset.SubjectUser
 }

@@ -43,7 +43,7 @@ func TestNFTNoteLive(t *testing.T) {
 	if n := NFTNote(list()); n != nil {
 		t.Fatalf("no table: %+v", n)
 	}
-	user := ruleset.Allowlist{Name: "a", UID: 4001, DNS: true, Elements: []ruleset.Element{
+	user := ruleset.Allowlist{Name: "a", Subject: ruleset.UserSubject(4001), DNS: true, Elements: []ruleset.Element{
 		ruleset.ElementFor(config.TCP, netip.MustParsePrefix("198.51.100.0/24"), 8000, 8100)}}
 	d := ruleset.Desired{Allowlists: []ruleset.Allowlist{user}, DenyLog: config.Defaults().DenyLog,
 		Resolvers: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")}}
@@ -57,7 +57,7 @@ func TestNFTNoteLive(t *testing.T) {
 	if !strings.Contains(string(l.Output), "ct mark . meta skuid @owners") {
 		t.Fatalf("ListWithNFT did not list the table:\n%s", l.Output)
 	}
-	d.Allowlists = append(d.Allowlists, ruleset.Allowlist{Name: "web", Unit: "web.service", UID: ruleset.UnitKeys([]string{"web"})["web"]})
+	d.Allowlists = append(d.Allowlists, ruleset.Allowlist{Name: "web", Subject: ruleset.UnitSubject("web.service", ruleset.UnitKeys([]string{"web"})["web"])})
 	d.Cgroups = []ruleset.Cgroup{{ID: 7, Allowlist: "web"}}
 	if err := k.ApplyFull(ruleset.Render(d)); err != nil {
 		t.Fatal(err)

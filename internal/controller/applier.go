@@ -76,18 +76,15 @@ func (a *applier) sync(d ruleset.Desired) (applied bool, err error) {
 	a.applied = &plan
 	a.lastApply = a.o.Now()
 	sizes := map[[2]string]int{}
-	for _, ch := range plan.Chains {
-		sizes[[2]string{ch.Allowlist, "ipv4"}] = len(plan.Sets[ruleset.SetName4(ch.Allowlist)])
-		sizes[[2]string{ch.Allowlist, "ipv6"}] = len(plan.Sets[ruleset.SetName6(ch.Allowlist)])
-	}
-	for _, u := range plan.Units {
-		sizes[[2]string{u.Allowlist, "ipv4"}] = len(plan.Sets[ruleset.SetID{Allowlist: u.Allowlist, Unit: true}.Name()])
-		sizes[[2]string{u.Allowlist, "ipv6"}] = len(plan.Sets[ruleset.SetID{Allowlist: u.Allowlist, Unit: true, V6: true}.Name()])
+	for _, al := range plan.Allowlists {
+		id4, id6 := ruleset.SetIDs(al.Allowlist, al.Subject.Kind)
+		sizes[[2]string{al.Allowlist, "ipv4"}] = len(plan.Sets[id4.Name()])
+		sizes[[2]string{al.Allowlist, "ipv6"}] = len(plan.Sets[id6.Name()])
 	}
 	a.o.Metrics.SetElements(sizes)
 	a.generation++
 	a.o.Log.Info("ruleset applied", event.Field(event.RulesetApplied), zap.Uint64("generation", a.generation), zap.String("kind", kind),
-		zap.Int("elements", plan.Elements()), zap.Int("changed", changed), zap.Int("allowlists", len(plan.Chains)+len(plan.Units)),
+		zap.Int("elements", plan.Elements()), zap.Int("changed", changed), zap.Int("allowlists", len(plan.Allowlists)),
 		zap.Duration("duration", time.Since(start)))
 	return true, nil
 }
@@ -103,7 +100,7 @@ func (a *applier) applyCgroups(plan ruleset.Plan, add, del []ruleset.Cgroup) err
 
 // status is systemd's STATUS= for the plan in force.
 func (a *applier) status() string {
-	return fmt.Sprintf("STATUS=enforcing %d allowlists, %d elements (generation %d)", len(a.applied.Chains)+len(a.applied.Units), a.applied.Elements(), a.generation)
+	return fmt.Sprintf("STATUS=enforcing %d allowlists, %d elements (generation %d)", len(a.applied.Allowlists), a.applied.Elements(), a.generation)
 }
 
 // applyFull replaces the kernel's table with the plan: by Restore when the

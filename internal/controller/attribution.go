@@ -98,10 +98,11 @@ func (x *nameIndex) lookup(allowlist string, a netip.Addr) []string {
 // part is replaced whole behind an atomic pointer; the loop's goroutine is
 // the only writer and alone uses stale and changed.
 type attribution struct {
-	index nameIndex                            // allowlist -> address -> names
-	users atomic.Pointer[map[string]string]    // allowlist -> user, as written
-	byUID atomic.Pointer[map[uint32]string]    // uid -> allowlist
-	byKey atomic.Pointer[map[uint32][2]string] // unit key -> (allowlist, unit)
+	index nameIndex                         // allowlist -> address -> names
+	users atomic.Pointer[map[string]string] // allowlist -> user, as written
+	// the subject a denied packet carries (its socket's uid, a unit deny's
+	// mark: ruleset.SubjectIDOf) -> (allowlist, unit)
+	bySubject atomic.Pointer[map[subjectRef][2]string]
 	// cgroup id -> (allowlist, unit): restricted units' cgroups (bind_denied)
 	byCgroup atomic.Pointer[map[uint64][2]string]
 
@@ -128,24 +129,36 @@ func (x *attribution) nameChanged(name string) {
 	x.changed[name] = true
 }
 
-// setUIDs records which uid each allowlist restricts.
-func (x *attribution) setUIDs(uids map[string]uint32) {
-	byUID := make(map[uint32]string, len(uids))
-	for n, uid := range uids {
-		byUID[uid] = n
-	}
-	x.byUID.Store(&byUID)
+// subjectRef is a subject as a logged packet names it: its kind and id.
+type subjectRef struct {
+	kind ruleset.SubjectKind
+	id   uint32
 }
 
-// setUnits records which unit allowlist each unit key stands for.
-func (x *attribution) setUnits(cfg *config.Config, keys map[string]uint32) {
-	byKey := make(map[uint32][2]string, len(keys))
+// setSubjects records which allowlist each subject stands for: each uid
+// (uids), each unit key of a unit allowlist of cfg (keys).
+func (x *attribution) setSubjects(cfg *config.Config, uids, keys map[string]uint32) {
+	m := make(map[subjectRef][2]string, len(uids)+len(keys))
+	for n, uid := range uids {
+		m[subjectRef{ruleset.SubjectUser, uid}] = [2]string{n, ""}
+	}
 	for _, a := range cfg.Allowlists {
 		if k, ok := keys[a.Name]; ok && a.IsUnit() {
-			byKey[k] = [2]string{a.Name, a.Unit}
+			m[subjectRef{ruleset.SubjectUnit, k}] = [2]string{a.Name, a.Unit}
 		}
 	}
-	x.byKey.Store(&byKey)
+	x.bySubject.Store(&m)
+}
+
+// subjectOf returns the allowlist and unit of a subject; safe for
+// concurrent use.
+func (x *attribution) subjectOf(k ruleset.SubjectKind, id uint32) (string, string, bool) {
+	m := x.bySubject.Load()
+	if m == nil {
+		return "", "", false
+	}
+	au, ok := (*m)[subjectRef{k, id}]
+	return au[0], au[1], ok
 }
 
 // setCgroups records which unit allowlist each followed cgroup is of.
@@ -175,12 +188,7 @@ func (c *Controller) CgroupOf(id uint64) (string, string, bool) {
 // UnitOf returns the unit allowlist and unit of a unit key (a unit deny's
 // packet mark); safe for concurrent use.
 func (c *Controller) UnitOf(key uint32) (string, string, bool) {
-	m := c.attr.byKey.Load()
-	if m == nil {
-		return "", "", false
-	}
-	au, ok := (*m)[key]
-	return au[0], au[1], ok
+	return c.attr.subjectOf(ruleset.SubjectUnit, key)
 }
 
 // refresh brings the name index up to date with what the kernel now holds.
@@ -211,10 +219,6 @@ func (c *Controller) User(allowlist string) (string, bool) {
 
 // AllowlistOf returns the allowlist that restricts uid; safe for concurrent use.
 func (c *Controller) AllowlistOf(uid uint32) (string, bool) {
-	m := c.attr.byUID.Load()
-	if m == nil {
-		return "", false
-	}
-	n, ok := (*m)[uid]
+	n, _, ok := c.attr.subjectOf(ruleset.SubjectUser, uid)
 	return n, ok
 }

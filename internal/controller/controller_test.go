@@ -106,8 +106,8 @@ func TestOnceBuildsPlan(t *testing.T) {
 		t.Fatalf("failed = %v, want only the rebinding name", failed)
 	}
 	p := f.k.Plan
-	if f.k.Fulls != 1 || len(p.Chains) != 1 || p.Chains[0].UID != 1001 || !p.Chains[0].DNS {
-		t.Fatalf("plan chains = %+v (fulls %d)", p.Chains, f.k.Fulls)
+	if f.k.Fulls != 1 || len(p.Allowlists) != 1 || p.Allowlists[0].Subject != ruleset.UserSubject(1001) || !p.Allowlists[0].DNS {
+		t.Fatalf("plan allowlists = %+v (fulls %d)", p.Allowlists, f.k.Fulls)
 	}
 	if got := p.Sets[ruleset.SetName4("billing")]; len(got) != 2 {
 		t.Fatalf("v4 set = %v, want the name's address and the CIDR", got)

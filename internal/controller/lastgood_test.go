@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/egressd/egressd/internal/lastgood"
+	"github.com/egressd/egressd/ruleset"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 )
@@ -43,8 +44,8 @@ func TestStartOnInvalidFilesEnforcesLastGood(t *testing.T) {
 	if _, err := c.Once(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if len(f.k.Plan.Chains) != 1 || f.k.Plan.Chains[0].UID != 1001 {
-		t.Fatalf("the last good allowlist is not enforced: %+v", f.k.Plan.Chains)
+	if len(f.k.Plan.Allowlists) != 1 || f.k.Plan.Allowlists[0].Subject != ruleset.UserSubject(1001) {
+		t.Fatalf("the last good allowlist is not enforced: %+v", f.k.Plan.Allowlists)
 	}
 	if logs.FilterField(zap.String("event", event.ConfigFallback)).Len() != 1 || logs.FilterField(zap.String("event", event.ConfigRejected)).Len() == 0 {
 		t.Errorf("no config_rejected + config_fallback events: %v", logs.All())

@@ -40,13 +40,13 @@ func TestUnitFollower(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := f.k.Plan
-	if len(p.Units) != 1 || p.Units[0].Unit != "shop.service" || len(p.Chains) != 1 {
-		t.Fatalf("plan units %v chains %v", p.Units, p.Chains)
+	if units := p.Of(ruleset.SubjectUnit); len(units) != 1 || units[0].Subject.Unit != "shop.service" || len(p.Of(ruleset.SubjectUser)) != 1 {
+		t.Fatalf("plan allowlists %v", p.Allowlists)
 	}
 	if len(p.Cgroups) != 1 || p.Cgroups[0] != (ruleset.Cgroup{ID: id1, Allowlist: "shop"}) {
 		t.Fatalf("cgroups %v, want %d", p.Cgroups, id1)
 	}
-	if len(p.Sets[ruleset.SetID{Allowlist: "shop", Unit: true}.Name()]) != 1 {
+	if len(p.Sets[ruleset.SetID{Allowlist: "shop", Kind: ruleset.SubjectUnit}.Name()]) != 1 {
 		t.Fatalf("sets %v", p.Sets)
 	}
 

@@ -46,8 +46,7 @@ func (c *Controller) lookupUsersFrom(prev policy.Users, loud bool) bool {
 		}
 	}
 	c.users = u
-	c.attr.setUIDs(u.UIDs)
-	c.attr.setUnits(c.cfg, u.UnitKeys)
+	c.attr.setSubjects(c.cfg, u.UIDs, u.UnitKeys)
 	c.usersAt = c.o.Now().Add(5 * time.Second)
 	return changed
 }

@@ -13,7 +13,6 @@ package deny
 import (
 	"net/netip"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -100,29 +99,6 @@ type Aggregator struct {
 	overflow map[string]int
 }
 
-// classify says whether a prefix is egressd's, and whether it is audit
-// mode's (logged, then accepted).
-func (a *Aggregator) classify(prefix string) (ours, audit bool) {
-	if a.Prefix != "" {
-		if ruleset.IsAuditPrefix(a.Prefix, prefix) {
-			return true, true
-		}
-		return ruleset.IsDenyPrefix(a.Prefix, prefix), false
-	}
-	if strings.HasSuffix(prefix, ruleset.AuditPrefix("")) {
-		return true, true
-	}
-	return strings.HasSuffix(prefix, ruleset.LogPrefix("")), false
-}
-
-// classifyUnit says whether a prefix is a unit deny's or a unit audit's.
-func (a *Aggregator) classifyUnit(prefix string) (deny, audit bool) {
-	if a.Prefix != "" {
-		return prefix == ruleset.UnitLogPrefix(a.Prefix), prefix == ruleset.UnitAuditPrefix(a.Prefix)
-	}
-	return strings.HasSuffix(prefix, ruleset.UnitLogPrefix("")), strings.HasSuffix(prefix, ruleset.UnitAuditPrefix(""))
-}
-
 // New returns an aggregator that calls emit for events and over for overflow.
 func New(lookup Lookup, emit func(Event), over func(Overflow)) *Aggregator {
 	return newAggregator(lookup, "", emit, over)
@@ -137,22 +113,24 @@ func newAggregator(lookup Lookup, prefix string, emit func(Event), over func(Ove
 // the group). The kernel's one deny rule serves every protected user: the
 // packet's socket uid says which allowlist refused it.
 func (a *Aggregator) Add(p nflog.Packet) bool {
-	ours, audit := a.classify(p.Prefix)
-	unitDeny, unitAudit := a.classifyUnit(p.Prefix)
+	// The prefix says whose rule logged the packet (and whether in audit
+	// mode); the packet carries that subject's id.
+	kind, audit, ours := ruleset.ParseLogPrefix(a.Prefix, p.Prefix)
 	var name, unit string
 	var ok bool
 	switch {
-	case unitDeny || unitAudit:
+	case !ours:
+		return false
+	case kind == ruleset.SubjectUnit:
 		// A unit's deny: the packet's mark is the unit key; any uid.
 		ul, isUL := a.lookup.(UnitLookup)
 		if !isUL {
 			return false
 		}
-		if name, unit, ok = ul.UnitOf(p.Mark); !ok {
+		if name, unit, ok = ul.UnitOf(ruleset.SubjectIDOf(kind, p.UID, p.Mark)); !ok {
 			return false
 		}
-		audit = unitAudit
-	case !ours || !p.HasUID:
+	case !p.HasUID:
 		return false
 	default:
 		if name, ok = a.lookup.AllowlistOf(p.UID); !ok {

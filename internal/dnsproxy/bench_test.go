@@ -63,7 +63,7 @@ func BenchmarkSetPolicy(b *testing.B) {
 	}
 	full := &Policy{ByUID: map[uint32]*Allowlist{uidWeb: {Name: "web", UID: uidWeb, Entries: entries(raw)}}, MaxAnswers: 1 << 20}
 	narrow := &Policy{ByUID: map[uint32]*Allowlist{uidWeb: {Name: "web", UID: uidWeb, Entries: entries(raw[8:])}}, MaxAnswers: 1 << 20}
-	fake := &ruleset.Fake{Plan: ruleset.Plan{Chains: []ruleset.ChainPlan{{Allowlist: "web", UID: uidWeb, Proxy: true}}}}
+	fake := &ruleset.Fake{Plan: ruleset.Plan{Allowlists: []ruleset.AllowlistPlan{{Allowlist: "web", Subject: ruleset.UserSubject(uidWeb), Proxy: true}}}}
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		w := newWriter(fake, time.Now, 1<<20)

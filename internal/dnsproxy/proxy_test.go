@@ -70,7 +70,7 @@ func newRig(t *testing.T, id Identifier, al *Allowlist, upstreams ...netip.AddrP
 	}
 	t.Cleanup(up.Close)
 	core, logs := observer.New(zap.DebugLevel)
-	r := &rig{t: t, up: up, logs: logs, m: metrics.New(), k: &ruleset.Fake{Plan: ruleset.Plan{Chains: []ruleset.ChainPlan{{Allowlist: al.Name, UID: al.UID, Proxy: true}}}}}
+	r := &rig{t: t, up: up, logs: logs, m: metrics.New(), k: &ruleset.Fake{Plan: ruleset.Plan{Allowlists: []ruleset.AllowlistPlan{{Allowlist: al.Name, Subject: ruleset.UserSubject(al.UID), Proxy: true}}}}}
 	r.p = New(Options{Kernel: r.k, Identify: id, Log: zap.New(core), Timeout: 500 * time.Millisecond, Metrics: r.m,
 		Observe: func(o Observation) { r.mu.Lock(); r.seen = append(r.seen, o); r.mu.Unlock() }})
 	if len(upstreams) == 0 {
@@ -513,7 +513,7 @@ func (g *gatedKernel) AddProxy(es []ruleset.ProxyElement) error {
 // flight, then takes it out.
 func TestPolicyChangeDuringWrite(t *testing.T) {
 	al := webAllowlist(t, "*.cdn.example.com:443", "api.example.com:443")
-	fake := &ruleset.Fake{Plan: ruleset.Plan{Chains: []ruleset.ChainPlan{{Allowlist: "web", UID: uidWeb, Proxy: true}}}}
+	fake := &ruleset.Fake{Plan: ruleset.Plan{Allowlists: []ruleset.AllowlistPlan{{Allowlist: "web", Subject: ruleset.UserSubject(uidWeb), Proxy: true}}}}
 	k := &gatedKernel{Fake: fake, entered: make(chan struct{}, 4), gate: make(chan struct{})}
 	p := New(Options{Kernel: k})
 	pol := &Policy{ByUID: map[uint32]*Allowlist{uidWeb: al}, MinTTL: time.Second, MaxTTL: time.Hour, MaxAddrs: 8}
@@ -590,7 +590,7 @@ func (s slowKernel) AddProxy(es []ruleset.ProxyElement) error {
 // dns_proxy_max_answers holds exactly under concurrent answers: what is on
 // its way to the kernel counts, not only what it holds.
 func TestElementCapConcurrent(t *testing.T) {
-	fake := &ruleset.Fake{Plan: ruleset.Plan{Chains: []ruleset.ChainPlan{{Allowlist: "web", UID: uidWeb, Proxy: true}}}}
+	fake := &ruleset.Fake{Plan: ruleset.Plan{Allowlists: []ruleset.AllowlistPlan{{Allowlist: "web", Subject: ruleset.UserSubject(uidWeb), Proxy: true}}}}
 	p := New(Options{Kernel: slowKernel{fake}})
 	p.SetPolicy(&Policy{ByUID: map[uint32]*Allowlist{uidWeb: webAllowlist(t, "**.attacker.example:443")},
 		MinTTL: time.Second, MaxTTL: time.Hour, MaxAddrs: 8, MaxAnswers: 16})
@@ -682,7 +682,7 @@ func TestRefusedAnswerFailsAlone(t *testing.T) {
 		return ruleset.ProxyElement{UID: uidWeb, Timeout: time.Hour, Element: ruleset.ElementFor(config.TCP, netip.MustParsePrefix(a+"/32"), from, to)}
 	}
 	bad := at("192.0.2.20", 8050, 8200)
-	fake := &ruleset.Fake{Plan: ruleset.Plan{Chains: []ruleset.ChainPlan{{Allowlist: "web", UID: uidWeb, Proxy: true}}}}
+	fake := &ruleset.Fake{Plan: ruleset.Plan{Allowlists: []ruleset.AllowlistPlan{{Allowlist: "web", Subject: ruleset.UserSubject(uidWeb), Proxy: true}}}}
 	k := &refusingKernel{Fake: fake, refuse: bad.Element, entered: make(chan struct{}, 1), gate: make(chan struct{})}
 	p := New(Options{Kernel: k})
 	p.SetPolicy(&Policy{ByUID: map[uint32]*Allowlist{uidWeb: webAllowlist(t, "*.a.example.org:8000-8100", "*.b.example.org:8050-8200", "api.example.com:443")},
@@ -763,7 +763,7 @@ func TestRemovalNotBlockedByOverlap(t *testing.T) {
 		return ruleset.ProxyElement{UID: uidWeb, Timeout: d, Element: ruleset.ElementFor(config.TCP, netip.MustParsePrefix(a+"/32"), from, to)}
 	}
 	old, live := at("192.0.2.20", 8000, 8100, time.Second), at("192.0.2.20", 8050, 8200, time.Hour)
-	fake := &ruleset.Fake{Plan: ruleset.Plan{Chains: []ruleset.ChainPlan{{Allowlist: "web", UID: uidWeb, Proxy: true}}}}
+	fake := &ruleset.Fake{Plan: ruleset.Plan{Allowlists: []ruleset.AllowlistPlan{{Allowlist: "web", Subject: ruleset.UserSubject(uidWeb), Proxy: true}}}}
 	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
 	p := New(Options{Kernel: &overlapKernel{Fake: fake, expired: old.Element, overlaps: live.Element}, Now: func() time.Time { return now }})
 	pol := func(es ...string) *Policy {

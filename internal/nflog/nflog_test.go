@@ -58,7 +58,7 @@ func TestListenReceivesDeny(t *testing.T) {
 	dl.Group = 7
 	k := &ruleset.Netlink{NetNSFd: ns.Fd()}
 	defer k.Close() // its owning socket would keep the namespace alive
-	if err := k.ApplyFull(ruleset.Render(ruleset.Desired{DenyLog: dl, Allowlists: []ruleset.Allowlist{{Name: "billing", UID: 4242}}})); err != nil {
+	if err := k.ApplyFull(ruleset.Render(ruleset.Desired{DenyLog: dl, Allowlists: []ruleset.Allowlist{{Name: "billing", Subject: ruleset.UserSubject(4242)}}})); err != nil {
 		t.Fatal(err)
 	}
 	l, err := Listen(7, ns.Fd())

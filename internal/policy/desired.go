@@ -185,13 +185,16 @@ func Build(in Inputs) Desired {
 	var buf []resolver.Lifetime // one buffer for every name's lookup
 	for _, a := range c.Allowlists {
 		uid, ok := users.UIDs[a.Name]
+		sub := ruleset.UserSubject(uid)
 		if a.IsUnit() {
-			uid, ok = users.UnitKeys[a.Name]
+			var key uint32
+			key, ok = users.UnitKeys[a.Name]
+			sub = ruleset.UnitSubject(a.Unit, key)
 		}
 		if !ok {
 			continue
 		}
-		al := ruleset.Allowlist{Name: a.Name, UID: uid, Unit: a.Unit, DNS: a.DNS == config.DNSResolvers, Proxy: a.DNS == config.DNSProxy, Audit: a.Mode == config.ModeAudit}
+		al := ruleset.Allowlist{Name: a.Name, Subject: sub, DNS: a.DNS == config.DNSResolvers, Proxy: a.DNS == config.DNSProxy, Audit: a.Mode == config.ModeAudit}
 		for _, e := range a.Entries {
 			if e.IsWildcard() {
 				continue // allows only what the proxy answered (the proxy sets)

@@ -54,8 +54,8 @@ func TestBuildPrivateAnswers(t *testing.T) {
 		t.Fatalf("web with the private answer from the hosts file: %d elements, want 3", n)
 	}
 	p := ruleset.Render(d)
-	if len(p.Chains) != 2 {
-		t.Fatalf("%+v", p.Chains)
+	if len(p.Allowlists) != 2 {
+		t.Fatalf("%+v", p.Allowlists)
 	}
 }
 

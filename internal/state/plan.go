@@ -3,6 +3,7 @@ package state
 import (
 	"fmt"
 	"net/netip"
+	"sort"
 	"strconv"
 	"time"
 
@@ -79,12 +80,17 @@ func FromPlan(p ruleset.Plan) Plan {
 		Mode: string(p.DenyLog.Mode), Group: p.DenyLog.Group, RateCount: p.DenyLog.Rate.Count, RateUnit: p.DenyLog.Rate.Unit,
 		Prefix: p.DenyLog.Prefix, Interval: p.DenyLog.Interval,
 	}, ProxyPort: p.ProxyPort}
-	out.Allowlists = make([]Allowlist, len(p.Chains))
-	for i, ch := range p.Chains {
-		out.Allowlists[i] = Allowlist{Name: ch.Allowlist, UID: ch.UID, DNS: ch.DNS, Proxy: ch.Proxy, Audit: ch.Audit}
-	}
-	for _, u := range p.Units {
-		out.Units = append(out.Units, Unit{Name: u.Allowlist, Unit: u.Unit, Key: u.Key, DNS: u.DNS, Audit: u.Audit})
+	// Users and units stay in the fields they had before ruleset.Plan
+	// held one list of subjects: check and plan of an older egressd read
+	// this document during an upgrade.
+	out.Allowlists = []Allowlist{}
+	for _, a := range p.Allowlists {
+		switch a.Subject.Kind {
+		case ruleset.SubjectUser:
+			out.Allowlists = append(out.Allowlists, Allowlist{Name: a.Allowlist, UID: a.Subject.ID, DNS: a.DNS, Proxy: a.Proxy, Audit: a.Audit})
+		case ruleset.SubjectUnit:
+			out.Units = append(out.Units, Unit{Name: a.Allowlist, Unit: a.Subject.Unit, Key: a.Subject.ID, DNS: a.DNS, Audit: a.Audit})
+		}
 	}
 	for _, c := range p.Cgroups {
 		out.Cgroups = append(out.Cgroups, Cgroup{ID: c.ID, Allowlist: c.Allowlist})
@@ -107,11 +113,13 @@ func (p Plan) Ruleset() (ruleset.Plan, error) {
 		Prefix: p.DenyLog.Prefix, Interval: p.DenyLog.Interval,
 	}, ProxyPort: p.ProxyPort}
 	for _, a := range p.Allowlists {
-		out.Chains = append(out.Chains, ruleset.ChainPlan{Allowlist: a.Name, UID: a.UID, DNS: a.DNS, Proxy: a.Proxy, Audit: a.Audit})
+		out.Allowlists = append(out.Allowlists, ruleset.AllowlistPlan{Allowlist: a.Name, Subject: ruleset.UserSubject(a.UID), DNS: a.DNS, Proxy: a.Proxy, Audit: a.Audit})
 	}
 	for _, u := range p.Units {
-		out.Units = append(out.Units, ruleset.UnitPlan{Allowlist: u.Name, Unit: u.Unit, Key: u.Key, DNS: u.DNS, Audit: u.Audit})
+		out.Allowlists = append(out.Allowlists, ruleset.AllowlistPlan{Allowlist: u.Name, Subject: ruleset.UnitSubject(u.Unit, u.Key), DNS: u.DNS, Audit: u.Audit})
 	}
+	// ruleset.Plan's allowlists are sorted by name, users and units alike.
+	sort.SliceStable(out.Allowlists, func(i, j int) bool { return out.Allowlists[i].Allowlist < out.Allowlists[j].Allowlist })
 	for _, c := range p.Cgroups {
 		out.Cgroups = append(out.Cgroups, ruleset.Cgroup{ID: c.ID, Allowlist: c.Allowlist})
 	}

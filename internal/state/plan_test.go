@@ -15,12 +15,17 @@ import (
 func samplePlan() ruleset.Plan {
 	return ruleset.Render(ruleset.Desired{
 		Allowlists: []ruleset.Allowlist{
-			{Name: "billing", UID: 1001, DNS: true, Elements: []ruleset.Element{
+			{Name: "billing", Subject: ruleset.UserSubject(1001), DNS: true, Elements: []ruleset.Element{
 				ruleset.ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.1/32"), 443, 443),
 				ruleset.ElementFor(config.UDP, netip.MustParsePrefix("2001:db8::/64"), 1000, 2000),
 			}},
-			{Name: "audit", UID: 1002, Audit: true},
+			{Name: "audit", Subject: ruleset.UserSubject(1002), Audit: true},
+			// a unit whose name sorts before the users': one list, by name
+			{Name: "api", Subject: ruleset.UnitSubject("api.service", 0xbeef), DNS: true, Elements: []ruleset.Element{
+				ruleset.ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.2/32"), 443, 443),
+			}},
 		},
+		Cgroups:   []ruleset.Cgroup{{ID: 42, Allowlist: "api"}},
 		Resolvers: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")},
 		DenyLog:   config.DenyLog{Mode: config.LogNFLOG, Group: 7, Rate: config.Rate{Count: 5, Unit: "second"}, Prefix: "egressd", Interval: time.Minute},
 	})
@@ -62,15 +67,40 @@ func TestPlanJSONNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := string(b)
-	for _, key := range []string{`"allowlists"`, `"sets"`, `"deny_log"`, `"uid":1001`, `"proto":"tcp"`, `"addr_from":"192.0.2.1"`, `"port_to":2000`, `"rate_count":5`, `"` + ruleset.SetName4("billing") + `"`} {
+	for _, key := range []string{`"allowlists"`, `"sets"`, `"deny_log"`, `"uid":1001`, `"proto":"tcp"`, `"addr_from":"192.0.2.1"`, `"port_to":2000`, `"rate_count":5`, `"` + ruleset.SetName4("billing") + `"`,
+		`"units":[{"name":"api","unit":"api.service","key":48879,"dns":true,"audit":false}]`, `"uallow4_api"`, `"cgroups":[{"id":42,"allowlist":"api"}]`} {
 		if !strings.Contains(s, key) {
 			t.Errorf("no %s in %s", key, s)
 		}
 	}
-	for _, goName := range []string{`"Chains"`, `"AddrFrom"`, `"DenyLog"`, `"Rate"`, `"Allowlist"`} {
+	for _, goName := range []string{`"Chains"`, `"AddrFrom"`, `"DenyLog"`, `"Rate"`, `"Allowlist"`, `"Subject"`, `"Kind"`} {
 		if strings.Contains(s, goName) {
 			t.Errorf("Go field name %s in the document: %s", goName, s)
 		}
+	}
+}
+
+// A document written before ruleset.Plan held one list of subjects (users
+// under "allowlists", units under "units") reads back as that list, sorted
+// by name: check and plan read the state of the daemon they upgrade.
+func TestPlanReadsPreviousDocument(t *testing.T) {
+	old := `{"allowlists":[{"name":"web","uid":1001,"dns":true,"dns_proxy":true,"audit":false}],"sets":{},` +
+		`"deny_log":{"mode":"nflog","group":7,"rate_count":5,"rate_unit":"second","prefix":"egressd","interval_ns":0},` +
+		`"units":[{"name":"api","unit":"api.service","key":7,"dns":false,"audit":true}]}`
+	var doc Plan
+	if err := json.Unmarshal([]byte(old), &doc); err != nil {
+		t.Fatal(err)
+	}
+	p, err := doc.Ruleset()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []ruleset.AllowlistPlan{
+		{Allowlist: "api", Subject: ruleset.UnitSubject("api.service", 7), Audit: true},
+		{Allowlist: "web", Subject: ruleset.UserSubject(1001), DNS: true, Proxy: true},
+	}
+	if !reflect.DeepEqual(p.Allowlists, want) {
+		t.Fatalf("allowlists %+v, want %+v", p.Allowlists, want)
 	}
 }
 

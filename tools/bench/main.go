@@ -505,7 +505,7 @@ func dataPath(string) error {
 		lists := min(100, entries)
 		var als []ruleset.Allowlist
 		for i := 0; i < lists; i++ {
-			a := ruleset.Allowlist{Name: fmt.Sprintf("l%03d", i), UID: uint32(uid + i)}
+			a := ruleset.Allowlist{Name: fmt.Sprintf("l%03d", i), Subject: ruleset.UserSubject(uint32(uid + i))}
 			for j := 0; j < entries/lists; j++ {
 				a.Elements = append(a.Elements, ruleset.ElementFor(config.TCP, netip.PrefixFrom(addr(i*entries/lists+j), 32), 443, 443))
 			}
@@ -592,7 +592,7 @@ func netlinkApply(string) error {
 	defer w.Close()
 	var als []ruleset.Allowlist
 	for i := 0; i < 100; i++ {
-		a := ruleset.Allowlist{Name: fmt.Sprintf("l%03d", i), UID: uint32(70000 + i)}
+		a := ruleset.Allowlist{Name: fmt.Sprintf("l%03d", i), Subject: ruleset.UserSubject(uint32(70000 + i))}
 		for j := 0; j < 1000; j++ {
 			a.Elements = append(a.Elements, ruleset.ElementFor(config.TCP, netip.PrefixFrom(addr(i*1000+j), 32), 443, 443))
 		}
@@ -662,7 +662,7 @@ func sitePlan(n int) (ruleset.Plan, []ruleset.Allowlist) {
 	var als []ruleset.Allowlist
 	k := 0
 	for i := 0; i < n; i++ {
-		a := ruleset.Allowlist{Name: fmt.Sprintf("site%05d", i), UID: uint32(100000 + i), DNS: i%3 == 0}
+		a := ruleset.Allowlist{Name: fmt.Sprintf("site%05d", i), Subject: ruleset.UserSubject(uint32(100000 + i)), DNS: i%3 == 0}
 		for j := 0; j < 1+i%10; j++ {
 			k++
 			a.Elements = append(a.Elements, ruleset.ElementFor(config.TCP, netip.PrefixFrom(addr(k), 32), 443, 443))
@@ -712,7 +712,7 @@ func oldLayout(als []ruleset.Allowlist) string {
 		if i > 0 {
 			b.WriteString(", ")
 		}
-		fmt.Fprintf(&b, "%d : jump allow_%s", a.UID, a.Name)
+		fmt.Fprintf(&b, "%d : jump allow_%s", a.Subject.ID, a.Name)
 	}
 	b.WriteString(" } }\n  chain output { type filter hook output priority filter;\n    ct state established,related accept\n    meta skuid vmap @users\n  }\n}\n")
 	return b.String()
