@@ -87,7 +87,7 @@ func TestRunReportDetails(t *testing.T) {
 		t.Errorf("text lacks the kernel lifetime:\n%s", b.String())
 	}
 
-	pk.findings = []ruleset.Finding{{Kind: "elements", Object: ruleset.SetID{Allowlist: "web", Unit: true}.Name(), Detail: "1 missing"}}
+	pk.findings = []ruleset.Finding{{Kind: "elements", Object: ruleset.SetID{Allowlist: "web", Kind: ruleset.SubjectUnit}.Name(), Detail: "1 missing"}}
 	r = Run(context.Background(), o)
 	if s := status(r, "web"); s != "drift" {
 		t.Errorf("web with drift on its set: status %q", s)

@@ -30,16 +30,16 @@ func unitPkt(prefix string, mark uint32) nflog.Packet {
 func TestAggregatorUnits(t *testing.T) {
 	var events []Event
 	a := newAggregator(unitLookup{}, "egressd", func(e Event) { events = append(events, e) }, func(Overflow) {})
-	if !a.Add(unitPkt(ruleset.UnitLogPrefix("egressd"), 77)) {
+	if !a.Add(unitPkt(ruleset.LogPrefixOf(ruleset.SubjectUnit, false, "egressd"), 77)) {
 		t.Fatal("a unit deny was ignored")
 	}
-	if !a.Add(unitPkt(ruleset.UnitAuditPrefix("egressd"), 77)) {
+	if !a.Add(unitPkt(ruleset.LogPrefixOf(ruleset.SubjectUnit, true, "egressd"), 77)) {
 		t.Fatal("a unit audit was ignored")
 	}
-	if a.Add(unitPkt(ruleset.UnitLogPrefix("egressd"), 78)) {
+	if a.Add(unitPkt(ruleset.LogPrefixOf(ruleset.SubjectUnit, false, "egressd"), 78)) {
 		t.Error("a deny with an unknown unit key was taken")
 	}
-	if a.Add(unitPkt(ruleset.UnitLogPrefix("other"), 77)) {
+	if a.Add(unitPkt(ruleset.LogPrefixOf(ruleset.SubjectUnit, false, "other"), 77)) {
 		t.Error("another prefix's unit deny was taken")
 	}
 	if len(events) != 2 {
@@ -53,7 +53,7 @@ func TestAggregatorUnits(t *testing.T) {
 	}
 
 	plain := newAggregator(lookup{}, "egressd", func(e Event) { t.Errorf("emitted %+v without a unit lookup", e) }, func(Overflow) {})
-	if plain.Add(unitPkt(ruleset.UnitLogPrefix("egressd"), 77)) {
+	if plain.Add(unitPkt(ruleset.LogPrefixOf(ruleset.SubjectUnit, false, "egressd"), 77)) {
 		t.Error("a unit deny was taken by a lookup that knows no units")
 	}
 }

@@ -49,7 +49,7 @@ func TestBuildDesiredTimed(t *testing.T) {
 		t.Fatalf("allowlists %+v", d.Allowlists)
 	}
 	alice := d.Allowlists[0]
-	if alice.UID != 1001 || !alice.Proxy || alice.DNS {
+	if alice.Subject != ruleset.UserSubject(1001) || !alice.Proxy || alice.DNS {
 		t.Errorf("alice %+v", alice)
 	}
 	if len(alice.Elements) != 2 || len(alice.Until) != 2 {
@@ -62,7 +62,7 @@ func TestBuildDesiredTimed(t *testing.T) {
 		t.Errorf("the literal %v ends %v, want never", alice.Elements[1], alice.Until[1])
 	}
 	shop := d.Allowlists[1]
-	if shop.Unit != "shop.service" || shop.UID != ruleset.UnitKeys([]string{"shop"})["shop"] || shop.Until != nil || len(shop.Elements) != 1 {
+	if shop.Subject != ruleset.UnitSubject("shop.service", ruleset.UnitKeys([]string{"shop"})["shop"]) || shop.Until != nil || len(shop.Elements) != 1 {
 		t.Errorf("shop %+v", shop)
 	}
 }
