@@ -149,6 +149,69 @@ func elementList(es []Element) string {
 	return strings.Join(parts, ", ")
 }
 
+// tableFlagDormant is NFT_TABLE_F_DORMANT: the table's base chains are
+// unregistered from their hooks (`nft add table inet egressd { flags
+// dormant; }`), every object still reads back as before.
+const tableFlagDormant = 0x1
+
+// setDeclFindings compares the layout's set declarations with the kernel's:
+// set_missing, and set_differs for a set declared otherwise. Elements are
+// read back by their start keys (and, for element sets, their ends); a set
+// re-declared with intervals, a default timeout or another key reads back
+// the same elements while the kernel matches others (owners as intervals
+// from (u . u) matches uid u with any later mark).
+func setDeclFindings(want []Set, have []*nftables.Set) []Finding {
+	got := make(map[string]*nftables.Set, len(have))
+	for _, s := range have {
+		got[s.Name] = s
+	}
+	var fs []Finding
+	for _, w := range want {
+		h, ok := got[w.Name]
+		switch {
+		case !ok:
+			fs = append(fs, Finding{Kind: "set_missing", Object: w.Name, Detail: "kernel set missing"})
+		case setDecl(h) != setDecl(w.Kernel):
+			fs = append(fs, Finding{Kind: "set_differs", Object: w.Name, Detail: fmt.Sprintf("declared %s, want %s", setDecl(h), setDecl(w.Kernel))})
+		}
+	}
+	return fs
+}
+
+// setDecl is what of a set's declaration decides what it matches: its
+// flags, default timeout, key and data types (not its size: the kernel
+// gives a dynamic set one, and a full set fails egressd's additions, which
+// a full apply reports). The netlink library
+// reads a verdict map's data type into KeyType (and loses the key's):
+// such a map is compared by its flags and its data. NFT_SET_CONCAT
+// chooses the kernel's backend for concatenated intervals only (nft sets
+// it on no other set).
+func setDecl(s *nftables.Set) string {
+	flags := []struct {
+		on   bool
+		name string
+	}{{s.Constant, "constant"}, {s.Anonymous, "anonymous"}, {s.Interval, "interval"}, {s.IsMap, "map"},
+		{s.HasTimeout, "timeout"}, {s.Dynamic, "dynamic"}, {s.Interval && s.Concatenation, "concat"}}
+	var b strings.Builder
+	b.WriteString("flags")
+	for _, f := range flags {
+		if f.on {
+			b.WriteString(" " + f.name)
+		}
+	}
+	if s.Timeout != 0 {
+		fmt.Fprintf(&b, ", timeout %v", s.Timeout)
+	}
+	if s.KeyType.GetNFTMagic() == nftables.TypeVerdict.GetNFTMagic() || s.DataType.GetNFTMagic() == nftables.TypeVerdict.GetNFTMagic() {
+		return b.String() + ", data verdict"
+	}
+	fmt.Fprintf(&b, ", key %#x/%d", s.KeyType.GetNFTMagic(), s.KeyType.Bytes)
+	if s.IsMap {
+		fmt.Fprintf(&b, ", data %#x/%d", s.DataType.GetNFTMagic(), s.DataType.Bytes)
+	}
+	return b.String()
+}
+
 // kernelChain is a chain as the kernel holds it: its declaration and its
 // rules' signatures (sig).
 type kernelChain struct {

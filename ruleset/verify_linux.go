@@ -24,6 +24,9 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 	add := func(kind, obj, format string, a ...any) {
 		fs = append(fs, Finding{Kind: kind, Object: obj, Detail: fmt.Sprintf(format, a...)})
 	}
+	if t.Flags&tableFlagDormant != 0 {
+		add("table_dormant", "inet "+TableName, "the table is dormant: none of its chains sees a packet")
+	}
 
 	// The plan's objects (an inconsistent plan's missing elements are
 	// reported by elementFindings below) and the kernel's, in the same
@@ -43,11 +46,7 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 	for _, s := range kset {
 		haveSet[s.Name] = true
 	}
-	for _, s := range wt.Sets {
-		if !haveSet[s.Name] {
-			add("set_missing", s.Name, "kernel set missing")
-		}
-	}
+	fs = append(fs, setDeclFindings(wt.Sets, kset)...)
 
 	kernelSets, err := k.ReadSets()
 	if err != nil {

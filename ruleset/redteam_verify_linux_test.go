@@ -1,0 +1,121 @@
+//go:build linux
+
+package ruleset
+
+import (
+	"testing"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+)
+
+// Red team of Verify: drift that another root tool (nft by hand, a
+// firewall manager) can make to an unowned table (kernels before 6.9, e.g.
+// Debian 12's 6.1) and that weakens enforcement while every rule, element
+// and uid set still reads back as planned. Verify must report each, and a
+// full apply (the daemon's repair) must undo it.
+func TestRedteamVerifyWeakeningDrift(t *testing.T) {
+	e := newEnv(t)
+	e.k.own.unowned = true
+	p := basePlan()
+	wt, err := layout(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var restricted Chain
+	for _, ch := range wt.Chains {
+		if ch.Name == chainRestr {
+			restricted = ch
+		}
+	}
+	apply := func() {
+		t.Helper()
+		if err := e.k.ApplyFull(p); err != nil {
+			t.Fatal(err)
+		}
+		if fs, err := e.k.Verify(p); err != nil || len(fs) != 0 {
+			t.Fatalf("after a full apply: findings %v, err %v", fs, err)
+		}
+	}
+	// drifted commits a change and wants Verify to report it (then repairs).
+	drifted := func(what string, change func(c *nftables.Conn)) {
+		t.Helper()
+		apply()
+		c, err := e.k.conn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		change(c)
+		if err := c.Flush(); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		fs, err := e.k.Verify(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(fs) == 0 {
+			t.Errorf("%s: Verify found nothing", what)
+		}
+		t.Logf("%s: %v", what, fs)
+		apply()
+	}
+	// redeclare replaces a set the restricted chain looks up by one
+	// declared otherwise, with the same rules around it (one transaction,
+	// as `nft -f` would).
+	redeclare := func(c *nftables.Conn, s *nftables.Set, es []nftables.SetElement) {
+		ch := &nftables.Chain{Name: chainRestr, Table: table}
+		c.FlushChain(ch)
+		c.DelSet(&nftables.Set{Table: table, Name: s.Name})
+		if err := c.AddSet(s, es); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range restricted.Rules {
+			c.AddRule(&nftables.Rule{Table: table, Chain: ch, Exprs: r.Exprs()})
+		}
+	}
+	u32 := binaryutil.NativeEndian.PutUint32
+	cat := func(a, b []byte) []byte { return append(append([]byte{}, a...), b...) }
+
+	// The table made dormant (`nft add table inet egressd { flags dormant; }`):
+	// none of its chains sees a packet, every rule reads back as planned.
+	drifted("table dormant", func(c *nftables.Conn) {
+		c.AddTable(&nftables.Table{Name: TableName, Family: nftables.TableFamilyINet, Flags: 0x1}) // NFT_TABLE_F_DORMANT
+	})
+
+	// owners made an interval set whose elements start at (u . u): the
+	// read-back sees (u . u), the kernel matches uid a with any conntrack
+	// mark from a's up (a joins a flow another protected user opened).
+	drifted("owners redeclared as intervals", func(c *nftables.Conn) {
+		var es []nftables.SetElement
+		for _, u := range []uint32{uidA, uidB} {
+			es = append(es, nftables.SetElement{Key: cat(u32(u), u32(u)), KeyEnd: cat(u32(^uint32(0)), u32(u))})
+		}
+		redeclare(c, &nftables.Set{Table: table, Name: kOwners, KeyType: nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeUID),
+			Concatenation: true, Interval: true}, es)
+	})
+
+	// uidmarks made an interval map with the planned elements as starts
+	// and ends that no reading checks: every uid above b opens its flows with b's mark (b then
+	// joins them as their owner).
+	drifted("uidmarks redeclared as intervals", func(c *nftables.Conn) {
+		es := []nftables.SetElement{
+			{Key: u32(uidA), Val: u32(uidA)},
+			{Key: u32(uidB), IntervalEnd: true},
+			{Key: u32(uidB), Val: u32(uidB)},
+			{Key: u32(^uint32(0)), IntervalEnd: true},
+		}
+		redeclare(c, &nftables.Set{Table: table, Name: kUIDMarks, KeyType: nftables.TypeUID, DataType: nftables.TypeMark,
+			IsMap: true, Interval: true, KeyByteOrder: binaryutil.NativeEndian}, es)
+	})
+
+	// A default timeout on owners: every (u . u) egressd adds expires by
+	// itself; until then nothing reads differently.
+	drifted("owners given a default timeout", func(c *nftables.Conn) {
+		var es []nftables.SetElement
+		for _, u := range []uint32{uidA, uidB} {
+			es = append(es, nftables.SetElement{Key: cat(u32(u), u32(u))})
+		}
+		redeclare(c, &nftables.Set{Table: table, Name: kOwners, KeyType: nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeUID),
+			Concatenation: true, HasTimeout: true, Timeout: 3600e9}, es)
+	})
+}
