@@ -390,7 +390,7 @@ func TestNFTTextLoads(t *testing.T) {
 			// order: the same per-unit counter and limit under another key.
 			swapped := map[string]string{}
 			for _, u := range p.Units {
-				swapped[unitDenyChain(u.Key)] = fmt.Sprintf("rule 1 is immediate(%x) dynset(%s,", binaryutil.NativeEndian.PutUint32(u.Key), kUDenied)
+				swapped[unitDenyChain(u.Key)] = fmt.Sprintf("rule 1 is immediate(r1,%x) dynset(%s,", binaryutil.NativeEndian.PutUint32(u.Key), kUDenied)
 			}
 			for _, f := range fs {
 				if w, ok := swapped[f.Object]; ok && f.Kind == "rules_differ" && strings.HasPrefix(f.Detail, w) {

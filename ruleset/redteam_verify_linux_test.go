@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
 )
 
 // Red team of Verify: drift that another root tool (nft by hand, a
@@ -118,4 +119,76 @@ func TestRedteamVerifyWeakeningDrift(t *testing.T) {
 		redeclare(c, &nftables.Set{Table: table, Name: kOwners, KeyType: nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeUID),
 			Concatenation: true, HasTimeout: true, Timeout: 3600e9}, es)
 	})
+}
+
+// A rule changed in a field the rule signature left out: the bitwise's xor
+// of `ct state established,related` in the owner check. (state & (est|rel))
+// ^ (est|rel) != 0 holds for a new flow, whose mark the rule before has
+// just set to its own uid: every new flow of every protected user is
+// accepted. Verify must report it, and the repair must cut the user off
+// again. Control: b reaches its own destination before and after.
+func TestRedteamVerifyRuleFieldDrift(t *testing.T) {
+	e := newEnv(t)
+	e.k.own.unowned = true
+	e.serveTCP(t, "192.0.2.10:444")
+	p := basePlan()
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	mustAllow(t, "b to its own 192.0.2.10:444", e.tcp(uidB, "192.0.2.10:444"))
+	mustRefuse(t, "a to b's 192.0.2.10:444", e.tcp(uidA, "192.0.2.10:444"))
+
+	c, err := e.k.conn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules, err := c.GetRules(table, &nftables.Chain{Name: chainRestr, Table: table})
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := false
+	for _, r := range rules {
+		var owners, direction bool
+		for _, x := range r.Exprs {
+			if l, ok := x.(*expr.Lookup); ok && l.SetName == kOwners && !l.Invert {
+				owners = true
+			}
+			if ct, ok := x.(*expr.Ct); ok && ct.Key == expr.CtKeyDIRECTION {
+				direction = true
+			}
+		}
+		if !owners || !direction || changed {
+			continue
+		}
+		for _, x := range r.Exprs {
+			if b, ok := x.(*expr.Bitwise); ok {
+				b.Xor = append([]byte(nil), b.Mask...) // the first bitwise: ct state & (established|related)
+				break
+			}
+		}
+		c.ReplaceRule(r)
+		changed = true
+	}
+	if !changed {
+		t.Fatal("no owner check in the restricted chain")
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.tcp(uidA, "192.0.2.10:444"); err == nil {
+		t.Log("with the xor changed, a reaches b's 192.0.2.10:444 (the drift weakens enforcement)")
+	}
+	fs, err := e.k.Verify(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fs) == 0 {
+		t.Fatal("the owner check's xor changed: Verify found nothing")
+	}
+	t.Logf("found: %v", fs)
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	mustRefuse(t, "a to b's 192.0.2.10:444 after the repair", e.tcp(uidA, "192.0.2.10:444"))
+	mustAllow(t, "b to its own 192.0.2.10:444 after the repair", e.tcp(uidB, "192.0.2.10:444"))
 }
