@@ -192,3 +192,52 @@ func TestRedteamVerifyRuleFieldDrift(t *testing.T) {
 	mustRefuse(t, "a to b's 192.0.2.10:444 after the repair", e.tcp(uidA, "192.0.2.10:444"))
 	mustAllow(t, "b to its own 192.0.2.10:444 after the repair", e.tcp(uidB, "192.0.2.10:444"))
 }
+
+// An expression the netlink library cannot decode (rt, last, xfrm, osf,
+// ...) is dropped from the rule it reads back. One inserted into the
+// output chain's `meta skuid @users jump restricted`, between the uid's
+// load and the lookup, overwrites the uid with the route's TCP MSS: no
+// protected user jumps to its chain, every destination is open, and the
+// rule read back as planned. Verify must report it.
+func TestRedteamVerifyUndecodedExpression(t *testing.T) {
+	e := newEnv(t)
+	e.k.own.unowned = true
+	e.serveTCP(t, "192.0.2.10:444")
+	p := basePlan()
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	mustRefuse(t, "a to b's 192.0.2.10:444", e.tcp(uidA, "192.0.2.10:444"))
+	c, err := e.k.conn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules, err := c.GetRules(table, &nftables.Chain{Name: chainOut, Table: table})
+	if err != nil {
+		t.Fatal(err)
+	}
+	jump := rules[len(rules)-1]
+	if _, ok := jump.Exprs[0].(*expr.Meta); !ok || len(jump.Exprs) != 3 {
+		t.Fatalf("the output chain's last rule is not meta skuid @users jump: %#v", jump.Exprs)
+	}
+	jump.Exprs = []expr.Any{jump.Exprs[0], &expr.Rt{Register: 1, Key: expr.RtTCPMSS}, jump.Exprs[1], jump.Exprs[2]}
+	c.ReplaceRule(jump)
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.tcp(uidA, "192.0.2.10:444"); err == nil {
+		t.Log("with rt tcpmss inserted, a reaches b's 192.0.2.10:444 (the drift opens every destination)")
+	}
+	fs, err := e.k.Verify(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fs) == 0 {
+		t.Fatal("an undecodable expression inserted in the jump to restricted: Verify found nothing")
+	}
+	t.Logf("found: %v", fs)
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	mustRefuse(t, "a to b's 192.0.2.10:444 after the repair", e.tcp(uidA, "192.0.2.10:444"))
+}

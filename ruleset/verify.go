@@ -358,6 +358,8 @@ func sig(es []expr.Any) string {
 			fmt.Fprintf(&b, "socket(%d,%d,r%d) ", v.Key, v.Level, r(v.Register))
 		case *expr.Dynset:
 			fmt.Fprintf(&b, "dynset(%s,%d,r%d,r%d,%v,%v,%s) ", v.SetName, v.Operation, r(v.SrcRegKey), r(v.SrcRegData), v.Timeout, v.Invert, sig(v.Exprs))
+		case *expr.Opaque: // undecoded (third_party/nftables/PATCHES.md)
+			fmt.Fprintf(&b, "%s(%x) ", v.Name, v.Data)
 		default:
 			fmt.Fprintf(&b, "%T ", e)
 		}
