@@ -330,13 +330,7 @@ func sig(es []expr.Any) string {
 			fmt.Fprintf(&b, "payload(%d,%d,%d,o%d,d%d,s%d,c%d/%d/%d) ", v.Base, v.Offset, v.Len, v.OperationType,
 				r(v.DestRegister), r(v.SourceRegister), v.CsumType, v.CsumOffset, v.CsumFlags)
 		case *expr.Ct:
-			// The netlink library reads no NFTA_CT_SREG back: a `ct
-			// ... set` dumps as a load into register 0.
-			reg := fmt.Sprintf("r%d", r(v.Register))
-			if v.SourceRegister || v.Register == 0 {
-				reg = "set"
-			}
-			fmt.Fprintf(&b, "ct(%d,%s,%d) ", v.Key, reg, v.Direction)
+			fmt.Fprintf(&b, "ct(%d,r%d,%v,%d) ", v.Key, r(v.Register), v.SourceRegister, v.Direction)
 		case *expr.Bitwise:
 			fmt.Fprintf(&b, "bitwise(r%d,r%d,%d,%x,%x) ", r(v.SourceRegister), r(v.DestRegister), v.Len, v.Mask, v.Xor)
 		case *expr.Fib:

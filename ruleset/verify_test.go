@@ -68,7 +68,7 @@ func TestDiffChains(t *testing.T) {
 			kc.rules = append([]string(nil), kc.rules...)
 			kc.rules[0] = "verdict(1,)"
 			m[chainRestr] = kc
-		}, "rules_differ restricted: rule 1 is verdict(1,), want ct(0,r1,0) bitwise(r1,r1,4,08000000,00000000)"},
+		}, "rules_differ restricted: rule 1 is verdict(1,), want ct(0,r1,false,0) bitwise(r1,r1,4,08000000,00000000)"},
 	} {
 		have := want.kernelForm()
 		tc.change(have)
