@@ -3,8 +3,11 @@
 package ruleset
 
 import (
+	"net/netip"
 	"testing"
+	"time"
 
+	"github.com/egressd/egressd/config"
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
@@ -240,4 +243,62 @@ func TestRedteamVerifyUndecodedExpression(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustRefuse(t, "a to b's 192.0.2.10:444 after the repair", e.tcp(uidA, "192.0.2.10:444"))
+}
+
+// The DNS proxy's sets are written by the proxy, not the plan, and every
+// protected user's allow rules look them up (meta skuid . ... @proxy4).
+// Another tool's element there for a uid without dns: proxy, or without a
+// timeout (the proxy gives every element TTL + linger), opens a
+// destination; Verify must report it. Control: the plan's own destinations.
+func TestRedteamVerifyProxySetElement(t *testing.T) {
+	e := newEnv(t)
+	e.k.own.unowned = true
+	e.serveTCP(t, "192.0.2.10:444")
+	p := Render(Desired{
+		Allowlists: []Allowlist{
+			{Name: "a", UID: uidA, Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)}},
+			{Name: "b", UID: uidB, Proxy: true},
+		},
+		DenyLog:   config.Defaults().DenyLog,
+		ProxyPort: 153,
+	})
+	for _, tc := range []struct {
+		name    string
+		uid     uint32
+		timeout time.Duration
+	}{
+		{"a uid without dns: proxy", uidA, time.Hour},
+		{"a proxy user's element without a timeout", uidB, 0},
+	} {
+		if err := e.k.ApplyFull(p); err != nil {
+			t.Fatal(err)
+		}
+		if fs, err := e.k.Verify(p); err != nil || len(fs) != 0 {
+			t.Fatalf("fresh table: %v %v", fs, err)
+		}
+		mustRefuse(t, tc.name+": before", e.tcp(int(tc.uid), "192.0.2.10:444"))
+		c, err := e.k.conn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ks := kernelSet{Proxy: true}
+		el := ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 444, 444)
+		if err := c.SetAddElements(ks.nft(), []nftables.SetElement{{Key: encode(ks, tc.uid, el, false), Timeout: tc.timeout}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.tcp(int(tc.uid), "192.0.2.10:444"); err == nil {
+			t.Logf("%s: the element opens 192.0.2.10:444", tc.name)
+		}
+		fs, err := e.k.Verify(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(fs) == 0 {
+			t.Errorf("%s: Verify found nothing", tc.name)
+		}
+		t.Logf("%s: %v", tc.name, fs)
+	}
 }
