@@ -112,6 +112,26 @@ func TestRedteamVerifyWeakeningDrift(t *testing.T) {
 			IsMap: true, Interval: true, KeyByteOrder: binaryutil.NativeEndian}, es)
 	})
 
+	// The output chain re-created with another priority (after any filter
+	// chain of another table, or, for dnszone, after conntrack): found as
+	// chain_hook (control: this was found before too).
+	drifted("output chain at another priority", func(c *nftables.Conn) {
+		var out Chain
+		for _, ch := range wt.Chains {
+			if ch.Name == chainOut {
+				out = ch
+			}
+		}
+		k := out.kernel()
+		c.FlushChain(k)
+		c.DelChain(k)
+		prio := nftables.ChainPriorityRef(100)
+		nc := c.AddChain(&nftables.Chain{Name: chainOut, Table: table, Type: k.Type, Hooknum: k.Hooknum, Priority: prio})
+		for _, r := range out.Rules {
+			c.AddRule(&nftables.Rule{Table: table, Chain: nc, Exprs: r.Exprs()})
+		}
+	})
+
 	// A default timeout on owners: every (u . u) egressd adds expires by
 	// itself; until then nothing reads differently.
 	drifted("owners given a default timeout", func(c *nftables.Conn) {
