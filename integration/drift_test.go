@@ -78,6 +78,18 @@ func (w *world) drifts() []drift {
 			}
 			return c.Flush()
 		}, "element_extra"},
+		{"table dormant", func() error { // nft add table inet egressd { flags dormant; }: no chain sees a packet
+			c, err := conn()
+			if err != nil {
+				return err
+			}
+			t, err := c.ListTableOfFamily(ruleset.TableName, nftables.TableFamilyINet)
+			if err != nil {
+				return err
+			}
+			c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: ruleset.TableName, Flags: t.Flags | 0x1}) // keeps persist (an orphan's)
+			return c.Flush()
+		}, "table_dormant"},
 	}
 }
 

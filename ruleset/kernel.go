@@ -26,7 +26,7 @@ type CounterReader interface {
 
 // Finding is one difference between the kernel and a plan.
 type Finding struct {
-	Kind   string `json:"kind"`   // table_missing, chain_missing, chain_extra, chain_hook, rules_differ, set_missing, set_extra, element_missing, element_extra, users_differ
+	Kind   string `json:"kind"`   // table_missing, table_dormant, chain_missing, chain_extra, chain_hook, rules_differ, set_missing, set_differs, set_extra, element_missing, element_extra, users_differ
 	Object string `json:"object"` // chain, set or map name
 	Detail string `json:"detail"`
 }

@@ -32,3 +32,26 @@ func (k *Netlink) TablePresent() (bool, error) {
 	}
 	return false, fmt.Errorf("look for table inet %s: %w", TableName, err)
 }
+
+// TableDormant reports whether egressd's table exists with the dormant flag
+// (`nft add table inet egressd { flags dormant; }`): its chains are off
+// their hooks and enforce nothing, while every object reads back as
+// planned. One netlink request, as TablePresent.
+func (k *Netlink) TableDormant() (bool, error) {
+	var opts []nftables.ConnOption
+	if k.NetNSFd != 0 {
+		opts = append(opts, nftables.WithNetNSFd(k.NetNSFd))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return false, fmt.Errorf("open netlink: %w", err)
+	}
+	t, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet)
+	switch {
+	case err == nil:
+		return t.Flags&tableFlagDormant != 0, nil
+	case errors.Is(err, unix.ENOENT):
+		return false, nil
+	}
+	return false, fmt.Errorf("look for table inet %s: %w", TableName, err)
+}

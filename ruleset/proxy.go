@@ -75,3 +75,13 @@ func proxySetOf(e Element) kernelSet { return kernelSet{Proxy: true, V6: e.Is6()
 
 // ProxySetName names the kernel set that holds a proxy element (for reports).
 func ProxySetName(e Element) string { return proxySetOf(e).name() }
+
+// IsProxySet says whether name is one of the DNS proxy's kernel sets.
+func IsProxySet(name string) bool {
+	for _, ks := range proxyKernelSets() {
+		if ks.name() == name {
+			return true
+		}
+	}
+	return false
+}

@@ -564,7 +564,9 @@ func unitRules(u AllowlistPlan) []Rule {
 // carries the unit key as its mark (NFULA_MARK, the kernel log's MARK=). An
 // audited packet goes on: its mark is saved before and restored after the
 // log statement (nft prints the restore as `meta mark set meta mark`: the
-// mark loaded before); a denied packet is rejected next, its mark is left.
+// mark loaded before; nft's language has no save, so that statement loaded
+// from the text restores nothing, TestNFTTextLoads); a denied packet is
+// rejected next, its mark is left.
 func unitDenyRules(u AllowlistPlan, dl config.DenyLog) []Rule {
 	k := unitKeyText(u.Subject.ID)
 	key := &expr.Immediate{Register: reg32, Data: binaryutil.BigEndian.PutUint32(u.Subject.ID)} // the dynamic sets' order
@@ -586,7 +588,7 @@ func unitDenyRules(u AllowlistPlan, dl config.DenyLog) []Rule {
 		r.Comment = "the log carries the unit key as the mark; the packet is rejected next"
 		if u.Audit {
 			r.Stmts = append(r.Stmts, Stmt{"meta mark set meta mark", []expr.Any{&expr.Meta{Key: expr.MetaKeyMARK, Register: reg32 + 1, SourceRegister: true}}})
-			r.Comment = "the log carries the unit key as the mark; the packet goes on with its own mark, saved before"
+			r.Comment = "the log carries the unit key as the mark; egressd's rule saves the packet's mark before and restores it after, which nft cannot write: loaded from this text, the packet goes on with the unit key as its mark"
 		}
 		rules = append(rules, r)
 	}

@@ -169,6 +169,69 @@ func elementList(es []Element) string {
 	return strings.Join(parts, ", ")
 }
 
+// tableFlagDormant is NFT_TABLE_F_DORMANT: the table's base chains are
+// unregistered from their hooks (`nft add table inet egressd { flags
+// dormant; }`), every object still reads back as before.
+const tableFlagDormant = 0x1
+
+// setDeclFindings compares the layout's set declarations with the kernel's:
+// set_missing, and set_differs for a set declared otherwise. Elements are
+// read back by their start keys (and, for element sets, their ends); a set
+// re-declared with intervals, a default timeout or another key reads back
+// the same elements while the kernel matches others (owners as intervals
+// from (u . u) matches uid u with any later mark).
+func setDeclFindings(want []Set, have []*nftables.Set) []Finding {
+	got := make(map[string]*nftables.Set, len(have))
+	for _, s := range have {
+		got[s.Name] = s
+	}
+	var fs []Finding
+	for _, w := range want {
+		h, ok := got[w.Name]
+		switch {
+		case !ok:
+			fs = append(fs, Finding{Kind: "set_missing", Object: w.Name, Detail: "kernel set missing"})
+		case setDecl(h) != setDecl(w.Kernel):
+			fs = append(fs, Finding{Kind: "set_differs", Object: w.Name, Detail: fmt.Sprintf("declared %s, want %s", setDecl(h), setDecl(w.Kernel))})
+		}
+	}
+	return fs
+}
+
+// setDecl is what of a set's declaration decides what it matches: its
+// flags, default timeout, key and data types (not its size: the kernel
+// gives a dynamic set one, and a full set fails egressd's additions, which
+// a full apply reports). The netlink library
+// reads a verdict map's data type into KeyType (and loses the key's):
+// such a map is compared by its flags and its data. NFT_SET_CONCAT
+// chooses the kernel's backend for concatenated intervals only (nft sets
+// it on no other set).
+func setDecl(s *nftables.Set) string {
+	flags := []struct {
+		on   bool
+		name string
+	}{{s.Constant, "constant"}, {s.Anonymous, "anonymous"}, {s.Interval, "interval"}, {s.IsMap, "map"},
+		{s.HasTimeout, "timeout"}, {s.Dynamic, "dynamic"}, {s.Interval && s.Concatenation, "concat"}}
+	var b strings.Builder
+	b.WriteString("flags")
+	for _, f := range flags {
+		if f.on {
+			b.WriteString(" " + f.name)
+		}
+	}
+	if s.Timeout != 0 {
+		fmt.Fprintf(&b, ", timeout %v", s.Timeout)
+	}
+	if s.KeyType.GetNFTMagic() == nftables.TypeVerdict.GetNFTMagic() || s.DataType.GetNFTMagic() == nftables.TypeVerdict.GetNFTMagic() {
+		return b.String() + ", data verdict"
+	}
+	fmt.Fprintf(&b, ", key %#x/%d", s.KeyType.GetNFTMagic(), s.KeyType.Bytes)
+	if s.IsMap {
+		fmt.Fprintf(&b, ", data %#x/%d", s.DataType.GetNFTMagic(), s.DataType.Bytes)
+	}
+	return b.String()
+}
+
 // kernelChain is a chain as the kernel holds it: its declaration and its
 // rules' signatures (sig).
 type kernelChain struct {
@@ -252,48 +315,65 @@ func firstDiff(want, got []string) string {
 	return ""
 }
 
-// sig is a rule's shape: every expression with the fields that decide what
-// it does, without counters' values or set IDs.
+// sig is a rule's shape: every expression with every field that decides
+// what it does (registers, xor, directions, flags), without counters'
+// values or set IDs. A field left out is a change Verify cannot see: with
+// the xor of `ct state established,related` in the owner check turned to
+// the mask, every new flow of a protected user passed, and the rule read
+// back as planned (TestRedteamVerifyRuleFieldDrift).
 func sig(es []expr.Any) string {
 	var b strings.Builder
+	r := normReg
 	for _, e := range es {
 		switch v := e.(type) {
 		case *expr.Counter:
 			b.WriteString("counter ")
 		case *expr.Lookup:
-			fmt.Fprintf(&b, "lookup(%s,r%d,%v) ", v.SetName, normReg(v.SourceRegister), v.Invert)
+			fmt.Fprintf(&b, "lookup(%s,r%d,%v", v.SetName, r(v.SourceRegister), v.Invert)
+			if v.IsDestRegSet {
+				fmt.Fprintf(&b, ",d%d", r(v.DestRegister))
+			}
+			b.WriteString(") ")
 		case *expr.Verdict:
 			fmt.Fprintf(&b, "verdict(%d,%s) ", v.Kind, v.Chain)
 		case *expr.Log:
-			fmt.Fprintf(&b, "log(g%d,l%d,%q) ", v.Group, v.Level, strings.TrimRight(string(v.Data), "\x00"))
+			fmt.Fprintf(&b, "log(g%d,l%d,%q,f%d,k%d,s%d,q%d) ", v.Group, v.Level, strings.TrimRight(string(v.Data), "\x00"), v.Flags, v.Key, v.Snaplen, v.QThreshold)
 		case *expr.Limit:
-			fmt.Fprintf(&b, "limit(%d/%d) ", v.Rate, v.Unit)
+			fmt.Fprintf(&b, "limit(%d/%d,t%d,b%d,%v) ", v.Rate, v.Unit, v.Type, v.Burst, v.Over)
 		case *expr.Reject:
 			fmt.Fprintf(&b, "reject(%d,%d) ", v.Type, v.Code)
 		case *expr.Meta:
-			fmt.Fprintf(&b, "meta(%d,r%d) ", v.Key, normReg(v.Register))
+			fmt.Fprintf(&b, "meta(%d,r%d,%v) ", v.Key, r(v.Register), v.SourceRegister)
 		case *expr.Cmp:
-			fmt.Fprintf(&b, "cmp(%d,%x) ", v.Op, v.Data)
+			fmt.Fprintf(&b, "cmp(%d,r%d,%x) ", v.Op, r(v.Register), v.Data)
 		case *expr.Payload:
-			fmt.Fprintf(&b, "payload(%d,%d,%d) ", v.Base, v.Offset, v.Len)
+			fmt.Fprintf(&b, "payload(%d,%d,%d,o%d,d%d,s%d,c%d/%d/%d) ", v.Base, v.Offset, v.Len, v.OperationType,
+				r(v.DestRegister), r(v.SourceRegister), v.CsumType, v.CsumOffset, v.CsumFlags)
 		case *expr.Ct:
-			fmt.Fprintf(&b, "ct(%d) ", v.Key)
+			fmt.Fprintf(&b, "ct(%d,r%d,%v,%d) ", v.Key, r(v.Register), v.SourceRegister, v.Direction)
 		case *expr.Bitwise:
-			fmt.Fprintf(&b, "bitwise(%x) ", v.Mask)
+			fmt.Fprintf(&b, "bitwise(r%d,r%d,%d,%x,%x) ", r(v.SourceRegister), r(v.DestRegister), v.Len, v.Mask, v.Xor)
 		case *expr.Fib:
-			fmt.Fprintf(&b, "fib(%v,%v,%v) ", v.ResultADDRTYPE, v.FlagSADDR, v.FlagDADDR)
+			fmt.Fprintf(&b, "fib(r%d,%v,%v,%v,%v,%v,%v,%v,%v,%v) ", r(v.Register), v.ResultOIF, v.ResultOIFNAME, v.ResultADDRTYPE,
+				v.FlagSADDR, v.FlagDADDR, v.FlagMARK, v.FlagIIF, v.FlagOIF, v.FlagPRESENT)
 		case *expr.Exthdr:
-			fmt.Fprintf(&b, "exthdr(%d,%d,%d,%d,%d,%v) ", v.Op, v.Type, v.Offset, v.Len, v.Flags, v.SourceRegister != 0)
+			fmt.Fprintf(&b, "exthdr(%d,%d,%d,%d,%d,d%d,s%d) ", v.Op, v.Type, v.Offset, v.Len, v.Flags, r(v.DestRegister), r(v.SourceRegister))
 		case *expr.Immediate:
-			fmt.Fprintf(&b, "immediate(%x) ", v.Data)
+			fmt.Fprintf(&b, "immediate(r%d,%x) ", r(v.Register), v.Data)
 		case *expr.Redir:
-			fmt.Fprintf(&b, "redir(r%d,%d) ", normReg(v.RegisterProtoMin), v.Flags)
+			max := v.RegisterProtoMax // none: the range is the one port
+			if max == 0 {
+				max = v.RegisterProtoMin
+			}
+			fmt.Fprintf(&b, "redir(r%d,r%d,%d) ", r(v.RegisterProtoMin), r(max), v.Flags)
 		case *expr.Byteorder:
-			fmt.Fprintf(&b, "byteorder(r%d,r%d,%d,%d,%d) ", normReg(v.SourceRegister), normReg(v.DestRegister), v.Op, v.Len, v.Size)
+			fmt.Fprintf(&b, "byteorder(r%d,r%d,%d,%d,%d) ", r(v.SourceRegister), r(v.DestRegister), v.Op, v.Len, v.Size)
 		case *expr.Socket:
-			fmt.Fprintf(&b, "socket(%d,%d,r%d) ", v.Key, v.Level, normReg(v.Register))
+			fmt.Fprintf(&b, "socket(%d,%d,r%d) ", v.Key, v.Level, r(v.Register))
 		case *expr.Dynset:
-			fmt.Fprintf(&b, "dynset(%s,%d,%s) ", v.SetName, v.Operation, sig(v.Exprs))
+			fmt.Fprintf(&b, "dynset(%s,%d,r%d,r%d,%v,%v,%s) ", v.SetName, v.Operation, r(v.SrcRegKey), r(v.SrcRegData), v.Timeout, v.Invert, sig(v.Exprs))
+		case *expr.Opaque: // undecoded (third_party/nftables/PATCHES.md)
+			fmt.Fprintf(&b, "%s(%x) ", v.Name, v.Data)
 		default:
 			fmt.Fprintf(&b, "%T ", e)
 		}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/egressd/egressd/config"
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 )
 
 // Verification is a diff of two object lists: the layout's chains and the
@@ -67,7 +68,7 @@ func TestDiffChains(t *testing.T) {
 			kc.rules = append([]string(nil), kc.rules...)
 			kc.rules[0] = "verdict(1,)"
 			m[chainRestr] = kc
-		}, "rules_differ restricted: rule 1 is verdict(1,), want ct(0) bitwise(08000000)"},
+		}, "rules_differ restricted: rule 1 is verdict(1,), want ct(0,r1,false,0) bitwise(r1,r1,4,08000000,00000000)"},
 	} {
 		have := want.kernelForm()
 		tc.change(have)
@@ -172,5 +173,32 @@ func TestFakeUnitFindings(t *testing.T) {
 	if kinds(fs) != "rules_differ "+unitDenyChain(audited.Subject.ID)+", users_differ unitids, users_differ unitchains" ||
 		!strings.Contains(fs[1].Detail, `→ "batch batch.service", want "batch other.service"`) || fs[2].Detail != "0 cgroups missing, 1 not in the plan" {
 		t.Errorf("findings %v", fs)
+	}
+}
+
+// A rule changed in any field that decides what it matches reads back
+// differently: the xor of a bitwise (`ct state & m == 0` turned into `!= m`),
+// the register a cmp reads, a ct load's direction, a limit's `over`.
+func TestSigSeesEveryField(t *testing.T) {
+	base := func() []expr.Any {
+		return []expr.Any{
+			&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: []byte{6, 0, 0, 0}, Xor: []byte{0, 0, 0, 0}},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
+			&expr.Limit{Type: expr.LimitTypePkts, Rate: 5, Unit: expr.LimitTimeMinute, Burst: 5},
+		}
+	}
+	for name, change := range map[string]func([]expr.Any){
+		"xor":          func(es []expr.Any) { es[1].(*expr.Bitwise).Xor = []byte{6, 0, 0, 0} },
+		"cmp register": func(es []expr.Any) { es[2].(*expr.Cmp).Register = 2 },
+		"ct direction": func(es []expr.Any) { es[0].(*expr.Ct).Direction = 1 },
+		"ct set":       func(es []expr.Any) { es[0].(*expr.Ct).SourceRegister = true },
+		"limit over":   func(es []expr.Any) { es[3].(*expr.Limit).Over = true },
+	} {
+		es := base()
+		change(es)
+		if sig(es) == sig(base()) {
+			t.Errorf("%s changed: the same signature %s", name, sig(es))
+		}
 	}
 }

@@ -130,6 +130,8 @@ func plan(ctx context.Context, o planOptions, stdout, stderr io.Writer) int {
 	}
 	for _, f := range findings {
 		switch {
+		case (f.Kind == "element_missing" || f.Kind == "element_extra") && ruleset.IsProxySet(f.Object):
+			// the DNS proxy's sets are not in the elements above
 		case f.Kind == "element_missing", f.Kind == "element_extra", f.Kind == "set_extra",
 			f.Kind == "users_differ" && f.Object == ruleset.UsersMap:
 			continue // shown above as elements

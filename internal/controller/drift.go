@@ -65,6 +65,13 @@ type TablePresence interface {
 	TablePresent() (bool, error)
 }
 
+// TableDormancy is implemented by kernels that can tell cheaply whether the
+// table is dormant (ruleset.Netlink): a dormant table enforces nothing, and
+// is restored at once as a removed one is, during a hold too.
+type TableDormancy interface {
+	TableDormant() (bool, error)
+}
+
 // TableOwner is implemented by kernels whose table can be owned by the
 // daemon's netlink socket (ruleset.Netlink on Linux >= 6.9): another process
 // then cannot change or remove it, `nft flush ruleset` included.
@@ -110,17 +117,34 @@ type driftState struct {
 // holdBackoff spaces object repairs while another process fights over them.
 var holdBackoff = backoff.Exp{Base: firstHold, Max: maxHold}
 
-var tableMissing = ruleset.Finding{Kind: "table_missing", Object: "inet " + ruleset.TableName, Detail: "the table does not exist"}
+var (
+	tableMissing = ruleset.Finding{Kind: "table_missing", Object: "inet " + ruleset.TableName, Detail: "the table does not exist"}
+	tableDormant = ruleset.Finding{Kind: "table_dormant", Object: "inet " + ruleset.TableName, Detail: "the table is dormant: none of its chains sees a packet"}
+)
 
-// disarmed reports whether the findings say that egressd's table is gone,
-// not that objects in it were changed.
+// disarmed reports whether the findings say that egressd's table is gone
+// or dormant (enforcing nothing), not that objects in it were changed.
 func disarmed(findings []ruleset.Finding) bool {
 	for _, f := range findings {
-		if f.Kind == tableMissing.Kind {
+		if f.Kind == tableMissing.Kind || f.Kind == tableDormant.Kind {
 			return true
 		}
 	}
 	return false
+}
+
+// tableDisarmed asks the kernel, cheaply, whether the table is missing or
+// dormant: the finding, or nil when it is armed or the kernel cannot tell.
+func (a *applier) tableDisarmed() []ruleset.Finding {
+	if a.tableGone() {
+		return []ruleset.Finding{tableMissing}
+	}
+	if d, ok := a.o.Kernel.(TableDormancy); ok {
+		if dormant, err := d.TableDormant(); err == nil && dormant {
+			return []ruleset.Finding{tableDormant}
+		}
+	}
+	return nil
 }
 
 // tableGone asks the kernel, cheaply, whether the table is missing. False
@@ -146,11 +170,14 @@ func (a *applier) restoreGap() time.Duration {
 // kernelChanged is called when another process committed an nftables transaction.
 func (a *applier) kernelChanged() {
 	now := a.o.Now()
-	if a.applied != nil && a.tableGone() {
-		// Restore now (the loop's sync follows), or as soon as the spacing
-		// allows: the loop then wakes at verifyAt without coalescing.
-		a.restore(now, []ruleset.Finding{tableMissing})
-		return
+	if a.applied != nil {
+		if fs := a.tableDisarmed(); fs != nil {
+			// Restore now (the loop's sync follows), or as soon as the
+			// spacing allows: the loop then wakes at verifyAt without
+			// coalescing.
+			a.restore(now, fs)
+			return
+		}
 	}
 	at := now.Add(verifyDelay)
 	if a.verifyAt.IsZero() || at.Before(a.verifyAt) {
@@ -173,9 +200,9 @@ func (a *applier) verify() {
 	if _, cheap := a.o.Kernel.(TablePresence); cheap && (urgent || now.Before(a.drift.holdUntil)) {
 		// A restore that was spaced out, or a hold: object repairs are
 		// held back, a missing table never is.
-		switch {
-		case a.tableGone():
-			findings = []ruleset.Finding{tableMissing}
+		switch fs := a.tableDisarmed(); {
+		case fs != nil:
+			findings = fs
 		case now.Before(a.drift.holdUntil):
 			a.verifyAt = a.drift.holdUntil
 			return
@@ -195,7 +222,11 @@ func (a *applier) verify() {
 		}
 	}
 	// A table removed while it was being read shows as missing pieces.
-	if disarmed(findings) || (len(findings) > 0 && a.tableGone()) {
+	if disarmed(findings) {
+		a.restore(now, findings)
+		return
+	}
+	if len(findings) > 0 && a.tableGone() {
 		a.restore(now, []ruleset.Finding{tableMissing})
 		return
 	}
@@ -251,7 +282,7 @@ func (a *applier) restore(now time.Time, findings []ruleset.Finding) {
 	d.restores++
 	if d.logged < restoreLogBurst {
 		d.logged++
-		a.o.Log.Warn("egressd's table was removed by another process; restoring it at once", event.Field(event.DriftRepaired),
+		a.o.Log.Warn("egressd's table was removed (or made dormant) by another process; restoring it at once", event.Field(event.DriftRepaired),
 			zap.Strings("found", findingStrings(findings)), zap.Int("findings", len(findings)))
 		if d.logged == restoreLogBurst {
 			a.o.Log.Error(fmt.Sprintf("egressd's table keeps being removed (%d times since %s); restoring it every time, "+

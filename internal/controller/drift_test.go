@@ -3,12 +3,14 @@ package controller
 import (
 	"context"
 	"errors"
-	"github.com/egressd/egressd/config"
-	"github.com/egressd/egressd/internal/event"
+	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/event"
 	"github.com/egressd/egressd/ruleset"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -19,6 +21,7 @@ import (
 type driftKernel struct {
 	*ruleset.Fake
 	gone       bool              // the table was removed
+	dormant    bool              // the table was made dormant
 	findings   []ruleset.Finding // object drift Verify reports while the table exists
 	restores   int
 	restoreErr error
@@ -27,10 +30,12 @@ type driftKernel struct {
 func (k *driftKernel) ApplyFull(p ruleset.Plan) error {
 	err := k.Fake.ApplyFull(p)
 	if err == nil {
-		k.gone, k.findings = false, nil
+		k.gone, k.dormant, k.findings = false, false, nil
 	}
 	return err
 }
+
+func (k *driftKernel) TableDormant() (bool, error) { return !k.gone && k.dormant, nil }
 
 func (k *driftKernel) Verify(ruleset.Plan) ([]ruleset.Finding, error) {
 	if k.gone {
@@ -204,6 +209,26 @@ func TestDriftObjectFightHeldTableStillRestored(t *testing.T) {
 	d.turn()
 	if d.k.gone {
 		t.Fatal("a removed table was not restored during the hold")
+	}
+	// A table made dormant enforces nothing, as a removed one: restored
+	// during the hold too, by a full apply (the fast restore finds it there).
+	fulls = d.k.Fulls
+	m := len(d.logs.All())
+	d.now = d.now.Add(time.Second)
+	d.k.dormant = true
+	d.c.apply.kernelChanged()
+	d.turn()
+	if d.k.dormant || d.k.Fulls != fulls+1 {
+		t.Fatalf("a dormant table was not rebuilt during the hold (dormant %v, full applies %d)", d.k.dormant, d.k.Fulls-fulls)
+	}
+	found := false
+	for _, e := range d.logs.All()[m:] {
+		if e.ContextMap()["event"] == event.DriftRepaired && strings.Contains(fmt.Sprint(e.ContextMap()["found"]), "table_dormant") {
+			found = true
+		}
+	}
+	if !found {
+		t.Error("no drift_repaired naming table_dormant")
 	}
 }
 

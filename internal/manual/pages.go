@@ -125,8 +125,9 @@ commands: users and elements to delete and add, and any other difference
 needs root or CAP_NET_ADMIN; without it the plan is printed alone, and
 stderr says so. The table's text is nft syntax, what egressd sends the
 kernel (nft -c -f takes it; with unit allowlists nftables 1.1 or later, and
-the cgroup map's elements are comments); the difference after it is for
-people.`),
+the cgroup map's elements are comments; loaded from it, an audited unit's
+log rule does not restore the packet's mark, docs/units.md); the difference
+after it is for people.`),
 		Item("denies", `Recent denied and audited attempts (mode: audit), aggregated
 by allowlist, destination and port, with their count, names and when last
 seen, most recent first; --allowlist keeps one allowlist's; --json prints

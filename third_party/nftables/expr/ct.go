@@ -184,6 +184,9 @@ func (e *Ct) unmarshal(fam byte, data []byte) error {
 			e.Key = CtKey(ad.Uint32())
 		case unix.NFTA_CT_DREG:
 			e.Register = ad.Uint32()
+		case unix.NFTA_CT_SREG: // egressd patch (PATCHES.md): a ct set reads back as one
+			e.Register = ad.Uint32()
+			e.SourceRegister = true
 		case unix.NFTA_CT_DIRECTION:
 			e.Direction = ad.Uint32()
 		}

@@ -17,6 +17,7 @@ package expr
 
 import (
 	"encoding/binary"
+	"fmt"
 
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/internal/parseexprfunc"
@@ -117,9 +118,11 @@ func exprsFromBytes(fam byte, ad *netlink.AttributeDecoder) ([]Any, error) {
 			case unix.NFTA_EXPR_DATA:
 				e := exprFromName(name)
 				if e == nil {
-					// TODO: introduce an opaque expression type so that users know
-					// something is here.
-					continue // unsupported expression type
+					// egressd patch (PATCHES.md): an expression this
+					// library cannot decode is kept, opaque, so that a
+					// reader sees something is there.
+					exprs = append(exprs, &Opaque{Name: name, Data: append([]byte(nil), ad.Bytes()...)})
+					continue
 				}
 				ad.Do(func(b []byte) error {
 					if err := Unmarshal(fam, b, e); err != nil {
@@ -503,4 +506,23 @@ func (e *Cmp) unmarshal(fam byte, data []byte) error {
 		}
 	}
 	return ad.Err()
+}
+
+// Opaque is an expression read back that this library cannot decode (egressd
+// patch, PATCHES.md): its name and its NFTA_EXPR_DATA undecoded. It cannot be
+// sent.
+type Opaque struct {
+	Name string
+	Data []byte
+}
+
+func (e *Opaque) marshal(fam byte) ([]byte, error) {
+	return nil, fmt.Errorf("expression %q: read back undecoded, cannot be sent", e.Name)
+}
+
+func (e *Opaque) marshalData(fam byte) ([]byte, error) { return e.marshal(fam) }
+
+func (e *Opaque) unmarshal(fam byte, data []byte) error {
+	e.Data = append([]byte(nil), data...)
+	return nil
 }
