@@ -276,8 +276,8 @@ func TestRedteamVerifyProxySetElement(t *testing.T) {
 	e.serveTCP(t, "192.0.2.10:444")
 	p := Render(Desired{
 		Allowlists: []Allowlist{
-			{Name: "a", UID: uidA, Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)}},
-			{Name: "b", UID: uidB, Proxy: true},
+			{Name: "a", Subject: UserSubject(uidA), Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)}},
+			{Name: "b", Subject: UserSubject(uidB), Proxy: true},
 		},
 		DenyLog:   config.Defaults().DenyLog,
 		ProxyPort: 153,
