@@ -104,13 +104,15 @@ to /), with the fix, and a start gate whose egressd binary does not exist
 written by harden): wait until egressd restricts USER (or the user of
 allowlist NAME) in the kernel, then exit 0; exit 1 when the timeout passes
 first, so the service does not start. Needs CAP_NET_ADMIN to read nf_tables
-(the + prefix runs it as root). With --unit (or a unit allowlist's NAME) it
+(the + prefix runs it as root). When the user's allowlist (read from
+--config) has listen:, it waits until the listen restriction pinned in
+--bpf-dir holds the user's rule too (a configuration it cannot read: while
+any user's listen: is in force). With --unit (or a unit allowlist's NAME) it
 must run inside that unit, as its first ExecStartPre=: it waits until the
 kernel restricts the unit's current cgroup and, when the unit's allowlist
-(read from --config) has listen:, until the listen restriction pinned in
---bpf-dir holds that cgroup too (a configuration it cannot read: while any
-unit allowlist's listen: is in force); a restriction that is not loaded
-fails the gate.`),
+has listen:, until the listen restriction holds that cgroup too (a
+configuration it cannot read: while any unit allowlist's listen: is in
+force). A listen restriction that is not loaded fails the gate.`),
 		Item("remove", `Delete the table inet egressd and detach the listen
 restriction (the BPF programs pinned in --bpf-dir): every restriction is
 lifted. For uninstalling and emergencies. Refused while the daemon runs (it
@@ -175,7 +177,7 @@ default).`),
 		Item("--bpf-dir D", `With run and remove: where the listen restriction's
 BPF programs, maps and links are pinned, on bpffs (default: $RUNTIME_DIRECTORY/bpf
 when that is a bpffs, as egressd.service binds it; else /sys/fs/bpf/egressd).
-With wait --unit: where to find them (default /sys/fs/bpf/egressd).`),
+With wait: where to find them (default /sys/fs/bpf/egressd).`),
 		Item("--listen-cgroup D", `With run: the cgroup the listen restriction
 attaches to (default: the cgroup2 root, every process; tests use their own).`),
 		Item("--json", `With check: machine-readable output.`),
