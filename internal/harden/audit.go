@@ -237,6 +237,14 @@ func (r *Report) listen(u *Unit, path, userName string, env Env) {
 		r.Findings = append(r.Findings, Finding{"not_enforced", "SocketBindDeny", "this host's systemd is built -BPF_FRAMEWORK and ignores SocketBindAllow=/SocketBindDeny=: the service may listen on any port",
 			"add listen: [tcp:PORT] to its egressd allowlist: egressd enforces it on any systemd"})
 	}
+	for _, rule := range rules {
+		if v, ok := u.Last("Service", "FileDescriptorStoreMax"); ok && rule.Unit && strings.TrimSpace(v) != "" && strings.TrimSpace(v) != "0" {
+			r.Findings = append(r.Findings, Finding{"fdstore_listen", "FileDescriptorStoreMax",
+				fmt.Sprintf("FileDescriptorStoreMax=%s: a socket kept in the fd store across a restart keeps the old run's cgroup, which unit allowlist %s's listen: no longer holds: listen() on it accepts connections on any port", v, rule.Allowlist),
+				"add FileDescriptorStoreMax=0 (egressd harden --allowlist " + rule.Allowlist + " writes it)"})
+			break
+		}
+	}
 	if has && deny {
 		allow := socketBindAllow(u.Get("Service", "SocketBindAllow"))
 		if mine := effectiveListen(rules); !sameSet(allow, mine) {

@@ -375,3 +375,62 @@ func TestAuditListenUnitAndUser(t *testing.T) {
 		}
 	}
 }
+
+// A unit allowlist with listen: and a file descriptor store: a socket kept
+// there across a restart listens on any port (fdstore_listen). The store of
+// a unit held only by its user's listen: (the socket keeps its uid), or
+// switched off, is no finding.
+func TestAuditFDStoreListen(t *testing.T) {
+	dir := t.TempDir()
+	unit := filepath.Join(dir, "vault.service")
+	for _, c := range []struct {
+		name  string
+		store string
+		unit  bool
+		want  bool
+	}{
+		{"unit listen:, store on", "FileDescriptorStoreMax=1\n", true, true},
+		{"unit listen:, store off", "FileDescriptorStoreMax=0\n", true, false},
+		{"unit listen:, store on then off (drop-in)", "FileDescriptorStoreMax=4\nFileDescriptorStoreMax=0\n", true, false},
+		{"unit listen:, no store", "", true, false},
+		{"user listen:, store on", "FileDescriptorStoreMax=1\n", false, false},
+	} {
+		if err := os.WriteFile(unit, []byte("[Service]\nUser=vault\nExecStart=/usr/bin/sleep infinity\n"+c.store), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		listen := func(string, string) ([]ListenRule, error) {
+			return []ListenRule{{Allowlist: "vault", Unit: c.unit, Listen: []string{"tcp:8095"}}}, nil
+		}
+		r, err := Audit(unit, Env{BPF: FeatureNo, ListenFor: listen, Exists: func(string) bool { return true }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := false
+		for _, f := range r.Findings {
+			got = got || f.Kind == "fdstore_listen"
+		}
+		if got != c.want {
+			t.Errorf("%s: fdstore_listen %v, want %v (%v)", c.name, got, c.want, r.Findings)
+		}
+	}
+	// What harden writes for a unit allowlist with listen: passes.
+	l := "tcp:8095"
+	out, err := Generate(Options{GateUnit: "vault.service", User: "vault", AllowlistListen: &l, Listen: []Listen{{"tcp", 8095}}, PrivateUsers: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(unit, []byte("[Service]\nExecStart=/usr/bin/sleep infinity\nFileDescriptorStoreMax=1\n\n"+out), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Audit(unit, Env{BPF: FeatureNo, ListenFor: func(string, string) ([]ListenRule, error) {
+		return []ListenRule{{Allowlist: "vault", Unit: true, Listen: []string{l}}}, nil
+	}, Exists: func(string) bool { return true }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range r.Findings {
+		if f.Kind == "fdstore_listen" {
+			t.Errorf("the drop-in harden writes: %v", f)
+		}
+	}
+}
