@@ -99,7 +99,10 @@ unless --keep-system-bus (check then notes it). Warnings on stderr.`),
 (systemd-analyze security), each missing protection with the line to add, and
 every code or configuration path the service user could modify (walking up
 to /), with the fix, and a start gate whose egressd binary does not exist
-(gate_missing). Exit 1 when anything is found.`),
+(gate_missing), and a unit allowlist with listen: whose unit keeps a file
+descriptor store (fdstore_listen: a stored socket keeps the old run's cgroup
+and listens on any port; harden writes FileDescriptorStoreMax=0 for such a
+unit). Exit 1 when anything is found.`),
 		Item("wait", `The start gate of a protected service (ExecStartPre=+,
 written by harden): wait until egressd restricts USER (or the user of
 allowlist NAME) in the kernel, then exit 0; exit 1 when the timeout passes
