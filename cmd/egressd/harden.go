@@ -207,41 +207,55 @@ func localSystemd() (int, harden.Feature) {
 	return harden.ParseSystemctlVersion(string(out))
 }
 
-// allowlistFor answers which allowlist restricts a user, from the
-// configuration at cfgPath (its absence means: no allowlists).
-// listenFor finds the allowlist of a unit (a unit allowlist) or else of its
-// user, and its listen: entries (harden --audit).
-func listenFor(cfgPath string) func(unit, user string) (string, []string, bool, error) {
-	return func(unit, userName string) (string, []string, bool, error) {
+// listenFor finds the listen: rules that hold a unit's processes (harden
+// --audit), from the configuration at cfgPath.
+func listenFor(cfgPath string) func(unit, user string) ([]harden.ListenRule, error) {
+	return func(unit, userName string) ([]harden.ListenRule, error) {
 		cfg, err := config.Load(cfgPath, false)
 		if err != nil {
-			return "", nil, false, err
+			return nil, err
 		}
-		var found *config.Allowlist
-		for _, a := range cfg.Allowlists {
-			if a.Unit != "" && a.Unit == unit {
-				found = a
-			}
-		}
-		if found == nil && userName != "" {
-			uid, uidErr := lookupUID(userName)
-			for _, a := range cfg.Allowlists {
-				if n, ok := a.NumericUID(); a.User == userName || (ok && uidErr == nil && n == uid) {
-					found = a
-				}
-			}
-		}
-		if found == nil || found.Listen == nil {
-			return "", nil, false, nil
-		}
-		entries := make([]string, 0, len(found.Listen))
-		for _, l := range found.Listen {
-			entries = append(entries, l.String())
-		}
-		return found.Name, entries, true, nil
+		return listenRules(cfg, unit, userName, lookupUID), nil
 	}
 }
 
+// listenRules are the listen: keys of the unit allowlist of unit and of the
+// user allowlist of userName: the kernel holds the unit's processes to both
+// (the unit's cgroup and the user's uid are separate keys), so one without
+// listen: does not hide the other's.
+func listenRules(cfg *config.Config, unit, userName string, lookup func(string) (uint32, error)) []harden.ListenRule {
+	var out []harden.ListenRule
+	add := func(a *config.Allowlist) {
+		if a.Listen == nil {
+			return
+		}
+		entries := make([]string, 0, len(a.Listen))
+		for _, l := range a.Listen {
+			entries = append(entries, l.String())
+		}
+		out = append(out, harden.ListenRule{Allowlist: a.Name, Unit: a.Unit != "", Listen: entries})
+	}
+	for _, a := range cfg.Allowlists {
+		if a.Unit != "" && a.Unit == unit {
+			add(a)
+		}
+	}
+	if userName != "" {
+		uid, uidErr := lookup(userName)
+		for _, a := range cfg.Allowlists {
+			if a.Unit != "" {
+				continue
+			}
+			if n, ok := a.NumericUID(); a.User == userName || (ok && uidErr == nil && n == uid) {
+				add(a)
+			}
+		}
+	}
+	return out
+}
+
+// allowlistFor answers which allowlist restricts a user, from the
+// configuration at cfgPath (its absence means: no allowlists).
 func allowlistFor(cfgPath string) func(string) (string, bool, error) {
 	return func(userName string) (string, bool, error) {
 		cfg, err := config.Load(cfgPath, false)

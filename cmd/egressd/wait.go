@@ -29,7 +29,7 @@ func cmdWait(args []string, stderr io.Writer) int {
 	allowlist := fs.String("allowlist", "", "the allowlist (NAME of allow.d/NAME.yaml); its user is waited for")
 	cfgPath := fs.String("config", config.DefaultPath, "main configuration file (with --allowlist)")
 	timeout := fs.Duration("timeout", 30*time.Second, "how long to wait; 0 checks once")
-	bpfDir := fs.String("bpf-dir", bindguard.DefaultDir, "where egressd pins the listen restriction (--unit of an allowlist with listen:)")
+	bpfDir := fs.String("bpf-dir", bindguard.DefaultDir, "where egressd pins the listen restriction (an allowlist with listen:)")
 	if code, done := parseFlags(fs, args); done {
 		return code
 	}
@@ -61,13 +61,18 @@ func cmdWait(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "egressd wait:", err)
 		return 2
 	}
+	listen, err := userListen(*cfgPath, uid, *bpfDir)
+	if err != nil {
+		fmt.Fprintln(stderr, "egressd wait:", err, "; not starting")
+		return 1
+	}
 	if !startgate.HasNetAdmin() {
 		fmt.Fprintln(stderr, "egressd wait: needs CAP_NET_ADMIN to read nf_tables (run it as root: ExecStartPre=+…); not starting")
 		return 1
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	if err := startgate.Wait(ctx, &ruleset.Netlink{}, uid, 100*time.Millisecond); err != nil {
+	if err := startgate.Wait(ctx, &ruleset.Netlink{}, uid, listen, 100*time.Millisecond); err != nil {
 		if errors.Is(err, startgate.ErrNotEnforced) {
 			fmt.Fprintf(stderr, "egressd wait: %v after %s: egressd does not enforce an allowlist for it; not starting\n", err, *timeout)
 		} else {
@@ -140,6 +145,36 @@ func unitListen(cfgPath, unit, bpfDir string) (startgate.ListenMapped, error) {
 	}
 	for _, a := range cfg.Allowlists {
 		if a.Unit == unit && a.Listen != nil {
+			return mapped, nil
+		}
+	}
+	return nil, nil
+}
+
+// userListen is unitListen for a user: whether uid's allowlist has listen:
+// (from the configuration), and then how to read the listen restriction's
+// policy map. When the configuration cannot be read, the kernel decides:
+// while any user's listen: is in force, this user waits for its own rule too
+// (fail closed; a user without listen: then fails to start until the
+// configuration is fixed).
+func userListen(cfgPath string, uid uint32, bpfDir string) (startgate.UIDListenMapped, error) {
+	mapped := func(uid uint32) (bool, error) { return bindguard.UIDPinned(bpfDir, uid) }
+	cfg, err := config.Load(cfgPath, false)
+	if err != nil {
+		expected, kerr := bindguard.UsersExpected(bpfDir)
+		switch {
+		case kerr != nil:
+			return nil, fmt.Errorf("cannot tell whether uid %d has listen: (configuration: %v; kernel: %w)", uid, err, kerr)
+		case expected:
+			return mapped, nil
+		}
+		return nil, nil
+	}
+	for _, a := range cfg.Allowlists {
+		if a.Unit != "" || a.Listen == nil {
+			continue
+		}
+		if id, err := a.UID(config.SystemUsers); err == nil && id == uid {
 			return mapped, nil
 		}
 	}

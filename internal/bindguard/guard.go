@@ -552,6 +552,41 @@ func CgroupPinned(dir string, id uint64) (bool, error) {
 	return err == nil, err
 }
 
+// UIDPinned reports whether the policy map pinned in dir restricts uid now
+// (the start gate of a user allowlist with listen:).
+func UIDPinned(dir string, uid uint32) (bool, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "policy"), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		return false, fmt.Errorf("the listen restriction pinned in %s: %w", dir, err)
+	}
+	defer m.Close()
+	var v uint8
+	err = m.Lookup(key{UID: uid}, &v)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// UsersExpected reports whether the policy map pinned in dir restricts any
+// uid: the user start gate's answer when it cannot read the configuration
+// (listen: of user allowlists in force). No map: none expected.
+func UsersExpected(dir string) (bool, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "policy"), &ebpf.LoadPinOptions{ReadOnly: true})
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("the listen restriction pinned in %s: %w", dir, err)
+	}
+	defer m.Close()
+	p, err := (&Guard{progMaps: progMaps{policy: m}}).Loaded()
+	if err != nil {
+		return false, err
+	}
+	return len(p) > 0, nil
+}
+
 // LoadedCgroups returns the unit cgroups' restriction the kernel holds.
 func (g *Guard) LoadedCgroups() (Cgroups, error) {
 	have, err := entries[cgroupKey](g.cgroups)

@@ -52,9 +52,11 @@ func TestRedteamUnitDeepSubcgroup(t *testing.T) {
 // keeps descriptors across restarts) carries the old cgroup, which egressd
 // no longer maps: listen() on it gets connections on the port the kernel
 // picks. The test moves the process that holds the socket from the old
-// cgroup to the new one, as the store's round trip does to the socket. If
-// this starts failing because the connection is refused, the limit is
-// closed: say so in docs/security.md.
+// cgroup to the new one, as the store's round trip does to the socket.
+// harden's drop-in closes it for a real unit (FileDescriptorStoreMax=0;
+// integration/systemd's vault.service); this is the mechanism's own limit.
+// If this starts failing because the connection is refused, the mechanism
+// closes it: say so in docs/security.md.
 func TestRedteamUnitSocketOutlivesCgroup(t *testing.T) {
 	r := newRig(t)
 	unitPath := filepath.Join(r.cg, "svc.service")

@@ -122,11 +122,18 @@ type Env struct {
 	Exists func(path string) bool
 	// Egressd is the binary a suggested start gate runs; default DefaultEgressd.
 	Egressd string
-	// ListenFor finds the allowlist that restricts the unit (a unit
-	// allowlist) or else its user, and that allowlist's listen: entries
-	// (canonical, e.g. tcp:8080); has is false when it has no listen: key
-	// (or no allowlist restricts either). nil leaves listen: unchecked.
-	ListenFor func(unit, user string) (allowlist string, listen []string, has bool, err error)
+	// ListenFor finds the listen: rules that hold the unit's processes: the
+	// unit allowlist's and the user allowlist's, each when it has a listen:
+	// key (both apply: a bind must pass both). None: listening unrestricted.
+	// nil leaves listen: unchecked.
+	ListenFor func(unit, user string) ([]ListenRule, error)
+}
+
+// ListenRule is one allowlist's listen: key as the audit sees it.
+type ListenRule struct {
+	Allowlist string
+	Unit      bool     // a unit allowlist's (its cgroup), else a user's (its uid)
+	Listen    []string // canonical entries, e.g. tcp:8080; empty: no port
 }
 
 // Audit inspects a unit file and its drop-ins.
@@ -197,18 +204,26 @@ func Audit(path string, env Env) (*Report, error) {
 }
 
 // listen reports on listening ports: systemd's SocketBind* and egressd's
-// listen: for the allowlist that restricts the unit or its user.
+// listen: rules for the allowlists that restrict the unit and its user.
 func (r *Report) listen(u *Unit, path, userName string, env Env) {
-	allowlist, listen, has := "", []string(nil), false
+	var rules []ListenRule
 	if env.ListenFor != nil {
 		var err error
-		if allowlist, listen, has, err = env.ListenFor(filepath.Base(path), userName); err != nil {
+		if rules, err = env.ListenFor(filepath.Base(path), userName); err != nil {
 			r.Findings = append(r.Findings, Finding{"listen_unknown", "listen", "cannot read egressd's configuration: " + err.Error(), "fix the configuration (egressd check), then audit again"})
 		}
 	}
+	has := len(rules) > 0
 	_, deny := u.Last("Service", "SocketBindDeny")
-	if has {
-		r.Notes = append(r.Notes, fmt.Sprintf("listen: egressd enforces allowlist %s's listen: [%s] (cgroup BPF, on any systemd): any other bind() of the service fails with EPERM", allowlist, strings.Join(listen, ", ")))
+	for _, rule := range rules {
+		whose := "user"
+		if rule.Unit {
+			whose = "unit"
+		}
+		r.Notes = append(r.Notes, fmt.Sprintf("listen: egressd enforces %s allowlist %s's listen: [%s] (cgroup BPF, on any systemd): any other bind() of the service fails with EPERM", whose, rule.Allowlist, strings.Join(rule.Listen, ", ")))
+	}
+	if len(rules) > 1 {
+		r.Notes = append(r.Notes, fmt.Sprintf("listen: both rules apply: the service may listen only on [%s]", strings.Join(sortedKeys(effectiveListen(rules)), ", ")))
 	}
 	switch {
 	case !deny && has:
@@ -222,14 +237,43 @@ func (r *Report) listen(u *Unit, path, userName string, env Env) {
 		r.Findings = append(r.Findings, Finding{"not_enforced", "SocketBindDeny", "this host's systemd is built -BPF_FRAMEWORK and ignores SocketBindAllow=/SocketBindDeny=: the service may listen on any port",
 			"add listen: [tcp:PORT] to its egressd allowlist: egressd enforces it on any systemd"})
 	}
+	for _, rule := range rules {
+		if v, ok := u.Last("Service", "FileDescriptorStoreMax"); ok && rule.Unit && strings.TrimSpace(v) != "" && strings.TrimSpace(v) != "0" {
+			r.Findings = append(r.Findings, Finding{"fdstore_listen", "FileDescriptorStoreMax",
+				fmt.Sprintf("FileDescriptorStoreMax=%s: a socket kept in the fd store across a restart keeps the old run's cgroup, which unit allowlist %s's listen: no longer holds: listen() on it accepts connections on any port", v, rule.Allowlist),
+				"add FileDescriptorStoreMax=0 (egressd harden --allowlist " + rule.Allowlist + " writes it)"})
+			break
+		}
+	}
 	if has && deny {
 		allow := socketBindAllow(u.Get("Service", "SocketBindAllow"))
-		if mine := expandListen(listen); !sameSet(allow, mine) {
+		if mine := effectiveListen(rules); !sameSet(allow, mine) {
+			names := make([]string, 0, len(rules))
+			for _, rule := range rules {
+				names = append(names, fmt.Sprintf("allowlist %s's listen: [%s]", rule.Allowlist, strings.Join(rule.Listen, ", ")))
+			}
 			r.Findings = append(r.Findings, Finding{"listen_mismatch", "SocketBindAllow",
-				fmt.Sprintf("SocketBindAllow= allows [%s], allowlist %s's listen: [%s]: the service may bind only what both allow", strings.Join(sortedKeys(allow), ", "), allowlist, strings.Join(listen, ", ")),
+				fmt.Sprintf("SocketBindAllow= allows [%s], %s: the service may bind only what all allow", strings.Join(sortedKeys(allow), ", "), strings.Join(names, " and ")),
 				"make them name the same ports (egressd harden --listen ... writes both)"})
 		}
 	}
+}
+
+// effectiveListen is what every rule allows, one string per port.
+func effectiveListen(rules []ListenRule) map[string]bool {
+	if len(rules) == 0 {
+		return nil
+	}
+	out := expandListen(rules[0].Listen)
+	for _, rule := range rules[1:] {
+		other := expandListen(rule.Listen)
+		for k := range out {
+			if !other[k] {
+				delete(out, k)
+			}
+		}
+	}
+	return out
 }
 
 // socketBindAllow expands SocketBindAllow= values ([ipv4:|ipv6:][tcp:|udp:]PORT[-PORT],

@@ -280,12 +280,15 @@ func TestAuditListen(t *testing.T) {
 	if err := os.WriteFile(unit, []byte("[Service]\nExecStart=/usr/bin/sleep infinity\n\n"+out), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	withListen := func(entries ...string) func(string, string) (string, []string, bool, error) {
-		return func(u, user string) (string, []string, bool, error) {
+	withListen := func(entries ...string) func(string, string) ([]ListenRule, error) {
+		return func(u, user string) ([]ListenRule, error) {
 			if u != "svc.service" || user != "svc" {
 				t.Errorf("ListenFor(%q, %q)", u, user)
 			}
-			return "svc", entries, entries != nil, nil
+			if entries == nil {
+				return nil, nil
+			}
+			return []ListenRule{{Allowlist: "svc", Listen: entries}}, nil
 		}
 	}
 	kinds := func(r *Report) string {
@@ -306,9 +309,9 @@ func TestAuditListen(t *testing.T) {
 		noNotes bool
 	}{
 		{"no listen:, systemd ignores SocketBind*", FeatureNo, nil, "not_enforced:SocketBindDeny", "", true},
-		{"listen: matches, systemd ignores SocketBind*", FeatureNo, []string{"tcp:8080"}, "", "egressd enforces allowlist svc's listen: [tcp:8080]", false},
-		{"listen: matches, systemd enforces", FeatureYes, []string{"tcp:8080"}, "", "egressd enforces allowlist svc's listen: [tcp:8080]", false},
-		{"listen: differs", FeatureYes, []string{"tcp:9090"}, "listen_mismatch:SocketBindAllow", "egressd enforces allowlist svc's listen: [tcp:9090]", false},
+		{"listen: matches, systemd ignores SocketBind*", FeatureNo, []string{"tcp:8080"}, "", "egressd enforces user allowlist svc's listen: [tcp:8080]", false},
+		{"listen: matches, systemd enforces", FeatureYes, []string{"tcp:8080"}, "", "egressd enforces user allowlist svc's listen: [tcp:8080]", false},
+		{"listen: differs", FeatureYes, []string{"tcp:9090"}, "listen_mismatch:SocketBindAllow", "egressd enforces user allowlist svc's listen: [tcp:9090]", false},
 	} {
 		r, err := Audit(unit, Env{BPF: c.bpf, ListenFor: withListen(c.listen...), Exists: func(string) bool { return true }})
 		if err != nil {
@@ -320,6 +323,114 @@ func TestAuditListen(t *testing.T) {
 		notes := strings.Join(r.Notes, "\n")
 		if (c.note != "" && !strings.Contains(notes, c.note)) || (c.noNotes && notes != "") {
 			t.Errorf("%s: notes %q, want %q", c.name, notes, c.note)
+		}
+	}
+}
+
+// A unit allowlist's listen: and its user's both apply: the audit names
+// both, and compares SocketBindAllow= with what both allow.
+func TestAuditListenUnitAndUser(t *testing.T) {
+	dir := t.TempDir()
+	unit := filepath.Join(dir, "svc.service")
+	out, err := Generate(Options{User: "svc", PrivateUsers: true, Listen: []Listen{{"tcp", 8080}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(unit, []byte("[Service]\nExecStart=/usr/bin/sleep infinity\n\n"+out), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rules := func(unitListen ...string) func(string, string) ([]ListenRule, error) {
+		return func(string, string) ([]ListenRule, error) {
+			return []ListenRule{{Allowlist: "svc", Unit: true, Listen: unitListen}, {Allowlist: "svcuser", Listen: []string{"tcp:8080"}}}, nil
+		}
+	}
+	for _, c := range []struct {
+		name     string
+		unit     []string
+		mismatch bool
+		both     string
+	}{
+		{"both allow 8080 (the unit more)", []string{"tcp:8080", "tcp:9090"}, false, "[tcp:8080]"},
+		{"the unit allows none", []string{}, true, "[]"},
+	} {
+		r, err := Audit(unit, Env{BPF: FeatureNo, ListenFor: rules(c.unit...), Exists: func(string) bool { return true }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		notes := strings.Join(r.Notes, "\n")
+		for _, want := range []string{"unit allowlist svc's listen:", "user allowlist svcuser's listen: [tcp:8080]", "both rules apply: the service may listen only on " + c.both} {
+			if !strings.Contains(notes, want) {
+				t.Errorf("%s: notes %q, want %q", c.name, notes, want)
+			}
+		}
+		mismatch := false
+		for _, f := range r.Findings {
+			if f.Target == "SocketBindDeny" {
+				t.Errorf("%s: %v though listen: is enforced", c.name, f)
+			}
+			mismatch = mismatch || f.Kind == "listen_mismatch"
+		}
+		if mismatch != c.mismatch {
+			t.Errorf("%s: listen_mismatch %v, want %v (%v)", c.name, mismatch, c.mismatch, r.Findings)
+		}
+	}
+}
+
+// A unit allowlist with listen: and a file descriptor store: a socket kept
+// there across a restart listens on any port (fdstore_listen). The store of
+// a unit held only by its user's listen: (the socket keeps its uid), or
+// switched off, is no finding.
+func TestAuditFDStoreListen(t *testing.T) {
+	dir := t.TempDir()
+	unit := filepath.Join(dir, "vault.service")
+	for _, c := range []struct {
+		name  string
+		store string
+		unit  bool
+		want  bool
+	}{
+		{"unit listen:, store on", "FileDescriptorStoreMax=1\n", true, true},
+		{"unit listen:, store off", "FileDescriptorStoreMax=0\n", true, false},
+		{"unit listen:, store on then off (drop-in)", "FileDescriptorStoreMax=4\nFileDescriptorStoreMax=0\n", true, false},
+		{"unit listen:, no store", "", true, false},
+		{"user listen:, store on", "FileDescriptorStoreMax=1\n", false, false},
+	} {
+		if err := os.WriteFile(unit, []byte("[Service]\nUser=vault\nExecStart=/usr/bin/sleep infinity\n"+c.store), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		listen := func(string, string) ([]ListenRule, error) {
+			return []ListenRule{{Allowlist: "vault", Unit: c.unit, Listen: []string{"tcp:8095"}}}, nil
+		}
+		r, err := Audit(unit, Env{BPF: FeatureNo, ListenFor: listen, Exists: func(string) bool { return true }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := false
+		for _, f := range r.Findings {
+			got = got || f.Kind == "fdstore_listen"
+		}
+		if got != c.want {
+			t.Errorf("%s: fdstore_listen %v, want %v (%v)", c.name, got, c.want, r.Findings)
+		}
+	}
+	// What harden writes for a unit allowlist with listen: passes.
+	l := "tcp:8095"
+	out, err := Generate(Options{GateUnit: "vault.service", User: "vault", AllowlistListen: &l, Listen: []Listen{{"tcp", 8095}}, PrivateUsers: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(unit, []byte("[Service]\nExecStart=/usr/bin/sleep infinity\nFileDescriptorStoreMax=1\n\n"+out), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Audit(unit, Env{BPF: FeatureNo, ListenFor: func(string, string) ([]ListenRule, error) {
+		return []ListenRule{{Allowlist: "vault", Unit: true, Listen: []string{l}}}, nil
+	}, Exists: func(string) bool { return true }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range r.Findings {
+		if f.Kind == "fdstore_listen" {
+			t.Errorf("the drop-in harden writes: %v", f)
 		}
 	}
 }

@@ -319,6 +319,13 @@ func (o *Options) lines() []line {
 		ls = append(ls, line{"Service", "SocketBindAllow", l.String(), allowWhy, 249})
 	}
 	ls = append(ls, line{"Service", "SocketBindDeny", "any", denyWhy, 249})
+	if o.GateUnit != "" && (len(o.Listen) > 0 || o.AllowlistListen != nil) {
+		// A listener is judged by the cgroup its socket was made in: a socket
+		// kept in the fd store across a restart carries the old run's cgroup,
+		// which is no longer restricted (docs/security.md).
+		ls = append(ls, line{"Service", "FileDescriptorStoreMax", "0",
+			"no file descriptor store: a socket kept across a restart keeps the old run's cgroup, which the unit's listen restriction no longer holds, and would listen on any port (bind a shell, listen)", 0})
+	}
 	if o.LoopbackOnly {
 		ls = append(ls,
 			line{"Service", "IPAddressDeny", "any", "no IP traffic at all… (connect out)", 235},

@@ -70,3 +70,29 @@ func TestOwnStartPre(t *testing.T) {
 		t.Fatal("found a unit file that does not exist")
 	}
 }
+
+// A unit allowlist with listen: turns the unit's file descriptor store off:
+// a socket kept there across a restart keeps the old run's cgroup, which
+// egressd no longer restricts. Without a listen restriction, or for a user
+// allowlist (the socket keeps its uid), the store is left alone.
+func TestGenerateUnitFDStore(t *testing.T) {
+	listen := "tcp:8095"
+	for _, c := range []struct {
+		name string
+		o    Options
+		want bool
+	}{
+		{"unit allowlist with listen:", Options{GateUnit: "vault.service", AllowlistListen: &listen}, true},
+		{"unit with --listen", Options{GateUnit: "vault.service", Listen: []Listen{{"tcp", 8095}}}, true},
+		{"unit without listen", Options{GateUnit: "vault.service"}, false},
+		{"user allowlist with listen:", Options{User: "vault", AllowlistListen: &listen, Listen: []Listen{{"tcp", 8095}}}, false},
+	} {
+		out, err := Generate(c.o)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if got := strings.Contains(out, "\nFileDescriptorStoreMax=0\n"); got != c.want {
+			t.Errorf("%s: FileDescriptorStoreMax=0 written: %v, want %v\n%s", c.name, got, c.want, out)
+		}
+	}
+}

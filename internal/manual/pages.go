@@ -99,18 +99,23 @@ unless --keep-system-bus (check then notes it). Warnings on stderr.`),
 (systemd-analyze security), each missing protection with the line to add, and
 every code or configuration path the service user could modify (walking up
 to /), with the fix, and a start gate whose egressd binary does not exist
-(gate_missing). Exit 1 when anything is found.`),
+(gate_missing), and a unit allowlist with listen: whose unit keeps a file
+descriptor store (fdstore_listen: a stored socket keeps the old run's cgroup
+and listens on any port; harden writes FileDescriptorStoreMax=0 for such a
+unit). Exit 1 when anything is found.`),
 		Item("wait", `The start gate of a protected service (ExecStartPre=+,
 written by harden): wait until egressd restricts USER (or the user of
 allowlist NAME) in the kernel, then exit 0; exit 1 when the timeout passes
 first, so the service does not start. Needs CAP_NET_ADMIN to read nf_tables
-(the + prefix runs it as root). With --unit (or a unit allowlist's NAME) it
+(the + prefix runs it as root). When the user's allowlist (read from
+--config) has listen:, it waits until the listen restriction pinned in
+--bpf-dir holds the user's rule too (a configuration it cannot read: while
+any user's listen: is in force). With --unit (or a unit allowlist's NAME) it
 must run inside that unit, as its first ExecStartPre=: it waits until the
 kernel restricts the unit's current cgroup and, when the unit's allowlist
-(read from --config) has listen:, until the listen restriction pinned in
---bpf-dir holds that cgroup too (a configuration it cannot read: while any
-unit allowlist's listen: is in force); a restriction that is not loaded
-fails the gate.`),
+has listen:, until the listen restriction holds that cgroup too (a
+configuration it cannot read: while any unit allowlist's listen: is in
+force). A listen restriction that is not loaded fails the gate.`),
 		Item("remove", `Delete the table inet egressd and detach the listen
 restriction (the BPF programs pinned in --bpf-dir): every restriction is
 lifted. For uninstalling and emergencies. Refused while the daemon runs (it
@@ -176,7 +181,7 @@ default).`),
 		Item("--bpf-dir D", `With run and remove: where the listen restriction's
 BPF programs, maps and links are pinned, on bpffs (default: $RUNTIME_DIRECTORY/bpf
 when that is a bpffs, as egressd.service binds it; else /sys/fs/bpf/egressd).
-With wait --unit: where to find them (default /sys/fs/bpf/egressd).`),
+With wait: where to find them (default /sys/fs/bpf/egressd).`),
 		Item("--listen-cgroup D", `With run: the cgroup the listen restriction
 attaches to (default: the cgroup2 root, every process; tests use their own).`),
 		Item("--json", `With check: machine-readable output.`),

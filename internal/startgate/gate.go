@@ -40,29 +40,48 @@ func Restricted(k UsersReader, uid uint32) (bool, error) {
 // ErrNotEnforced is returned when the deadline passes before uid is restricted.
 var ErrNotEnforced = errors.New("not restricted by egressd in the kernel")
 
+// UIDListenMapped reports whether the listen restriction (internal/bindguard's
+// pinned policy map) holds the uid's rule now. nil when the user's allowlist
+// has no listen: key.
+type UIDListenMapped func(uid uint32) (bool, error)
+
 // Wait returns nil as soon as uid is restricted, checking every poll, and
 // ErrNotEnforced (wrapping the last read error, if any) when ctx ends first.
+// When the user's allowlist has a listen: key (listen non-nil), the uid must
+// be in the listen restriction too: egressd applies nftables first on its
+// first load, and a listen restriction that cannot be loaded keeps the gate
+// shut (fail closed: the service would otherwise listen on any port).
 // It gives up at once when the kernel refuses the read (no CAP_NET_ADMIN):
 // waiting would not change that.
-func Wait(ctx context.Context, k UsersReader, uid uint32, poll time.Duration) error {
+func Wait(ctx context.Context, k UsersReader, uid uint32, listen UIDListenMapped, poll time.Duration) error {
 	t := time.NewTicker(poll)
 	defer t.Stop()
 	var last error
 	for {
 		ok, err := Restricted(k, uid)
+		if ok && listen != nil {
+			ok, err = listen(uid)
+			if err != nil {
+				err = fmt.Errorf("read the listen restriction: %w", err)
+			}
+		}
 		if ok {
 			return nil
 		}
 		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) {
-			return fmt.Errorf("read the nftables users map: %w (needs CAP_NET_ADMIN: run the gate as ExecStartPre=+)", err)
+			return fmt.Errorf("read the kernel's maps: %w (needs CAP_NET_ADMIN, and CAP_BPF for listen:, or root: run the gate as ExecStartPre=+)", err)
 		}
 		last = err
+		what := ""
+		if listen != nil {
+			what = " (and its listen: restriction)"
+		}
 		select {
 		case <-ctx.Done():
 			if last != nil {
-				return fmt.Errorf("uid %d: %w (last read: %v)", uid, ErrNotEnforced, last)
+				return fmt.Errorf("uid %d%s: %w (last read: %v)", uid, what, ErrNotEnforced, last)
 			}
-			return fmt.Errorf("uid %d: %w", uid, ErrNotEnforced)
+			return fmt.Errorf("uid %d%s: %w", uid, what, ErrNotEnforced)
 		case <-t.C:
 		}
 	}

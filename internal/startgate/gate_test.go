@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -56,7 +57,7 @@ func TestWaitPassesOnceEnforced(t *testing.T) {
 	k := &kernel{answers: []func() (map[uint32]string, error){
 		fail(ruleset.ErrNoTable), users(map[uint32]string{}), users(map[uint32]string{1002: "allow_billing"}),
 	}}
-	if err := Wait(context.Background(), k, 1002, time.Millisecond); err != nil {
+	if err := Wait(context.Background(), k, 1002, nil, time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	if k.calls != 3 {
@@ -68,7 +69,7 @@ func TestWaitFailsClosed(t *testing.T) {
 	k := &kernel{answers: []func() (map[uint32]string, error){users(map[uint32]string{1001: "allow_web"})}}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel() // the deadline has passed: one read, then give up
-	err := Wait(ctx, k, 1002, time.Hour)
+	err := Wait(ctx, k, 1002, nil, time.Hour)
 	if !errors.Is(err, ErrNotEnforced) {
 		t.Fatalf("Wait = %v, want ErrNotEnforced", err)
 	}
@@ -76,7 +77,7 @@ func TestWaitFailsClosed(t *testing.T) {
 
 func TestWaitGivesUpWithoutPrivilege(t *testing.T) {
 	k := &kernel{answers: []func() (map[uint32]string, error){fail(fmt.Errorf("list table: %w", syscall.EPERM))}}
-	err := Wait(context.Background(), k, 1002, time.Hour) // would block for an hour if it retried
+	err := Wait(context.Background(), k, 1002, nil, time.Hour) // would block for an hour if it retried
 	if err == nil || errors.Is(err, ErrNotEnforced) || !errors.Is(err, syscall.EPERM) {
 		t.Fatalf("Wait = %v, want the permission error at once", err)
 	}
@@ -126,5 +127,43 @@ func TestWaitUnitListen(t *testing.T) {
 	never := func(uint64) (bool, error) { return false, fmt.Errorf("pinned map: %w", os.ErrNotExist) }
 	if err := WaitUnit(ctx, units{}, "shop.service", 7, never, time.Millisecond); !errors.Is(err, ErrNotEnforced) {
 		t.Fatalf("listen restriction never loaded: WaitUnit = %v, want ErrNotEnforced", err)
+	}
+}
+
+// A user allowlist with listen: passes only once the uid is in the listen
+// restriction too (egressd loads nftables first on its first load); a
+// restriction that never loads keeps it shut, though nftables maps the uid.
+func TestWaitListen(t *testing.T) {
+	mapped := func() *kernel {
+		return &kernel{answers: []func() (map[uint32]string, error){users(map[uint32]string{1002: "allow_billing"})}}
+	}
+	if err := Wait(context.Background(), mapped(), 1002, nil, time.Millisecond); err != nil {
+		t.Fatalf("control: no listen: key: %v", err)
+	}
+	calls := 0
+	listen := func(uid uint32) (bool, error) {
+		calls++
+		return uid == 1002 && calls >= 3, nil
+	}
+	if err := Wait(context.Background(), mapped(), 1002, listen, time.Millisecond); err != nil || calls != 3 {
+		t.Fatalf("Wait = %v after %d listen reads, want nil after 3", err, calls)
+	}
+	// The listen restriction already holds the uid but nftables does not: not yet.
+	k := &kernel{answers: []func() (map[uint32]string, error){fail(ruleset.ErrNoTable), users(map[uint32]string{1002: "allow_billing"})}}
+	always := func(uint32) (bool, error) { return true, nil }
+	if err := Wait(context.Background(), k, 1002, always, time.Millisecond); err != nil || k.calls != 2 {
+		t.Fatalf("Wait = %v after %d nftables reads, want nil after 2", err, k.calls)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	never := func(uint32) (bool, error) { return false, fmt.Errorf("pinned map: %w", os.ErrNotExist) }
+	err := Wait(ctx, mapped(), 1002, never, time.Millisecond)
+	if !errors.Is(err, ErrNotEnforced) || !strings.Contains(err.Error(), "listen: restriction") {
+		t.Fatalf("listen restriction never loaded: Wait = %v, want ErrNotEnforced naming it", err)
+	}
+	// No CAP_BPF: the pinned map cannot be opened; waiting would not change that.
+	denied := func(uint32) (bool, error) { return false, fmt.Errorf("open pin: %w", syscall.EPERM) }
+	if err := Wait(context.Background(), mapped(), 1002, denied, time.Hour); err == nil || errors.Is(err, ErrNotEnforced) || !errors.Is(err, syscall.EPERM) {
+		t.Fatalf("Wait = %v, want the permission error at once", err)
 	}
 }
