@@ -54,13 +54,26 @@ type UIDListenMapped func(uid uint32) (bool, error)
 // It gives up at once when the kernel refuses the read (no CAP_NET_ADMIN):
 // waiting would not change that.
 func Wait(ctx context.Context, k UsersReader, uid uint32, listen UIDListenMapped, poll time.Duration) error {
+	var inListen func() (bool, error)
+	if listen != nil {
+		inListen = func() (bool, error) { return listen(uid) }
+	}
+	return wait(ctx, func() (bool, error) { return Restricted(k, uid) }, inListen, fmt.Sprintf("uid %d", uid), poll)
+}
+
+// wait polls restricted (and, when inListen is non-nil, inListen once
+// restricted holds) until both hold, for Wait and WaitUnit: nil then,
+// ErrNotEnforced (wrapping the last read error, if any) when ctx ends first,
+// and at once an error when the kernel refuses the read (EPERM, EACCES).
+// who names the subject in the error.
+func wait(ctx context.Context, restricted, inListen func() (bool, error), who string, poll time.Duration) error {
 	t := time.NewTicker(poll)
 	defer t.Stop()
 	var last error
 	for {
-		ok, err := Restricted(k, uid)
-		if ok && listen != nil {
-			ok, err = listen(uid)
+		ok, err := restricted()
+		if ok && inListen != nil {
+			ok, err = inListen()
 			if err != nil {
 				err = fmt.Errorf("read the listen restriction: %w", err)
 			}
@@ -73,15 +86,15 @@ func Wait(ctx context.Context, k UsersReader, uid uint32, listen UIDListenMapped
 		}
 		last = err
 		what := ""
-		if listen != nil {
+		if inListen != nil {
 			what = " (and its listen: restriction)"
 		}
 		select {
 		case <-ctx.Done():
 			if last != nil {
-				return fmt.Errorf("uid %d%s: %w (last read: %v)", uid, what, ErrNotEnforced, last)
+				return fmt.Errorf("%s%s: %w (last read: %v)", who, what, ErrNotEnforced, last)
 			}
-			return fmt.Errorf("uid %d%s: %w", uid, what, ErrNotEnforced)
+			return fmt.Errorf("%s%s: %w", who, what, ErrNotEnforced)
 		case <-t.C:
 		}
 	}

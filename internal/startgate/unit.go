@@ -7,7 +7,6 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/egressd/egressd/internal/cgroup"
@@ -60,37 +59,11 @@ type ListenMapped func(id uint64) (bool, error)
 // listen restriction that cannot be loaded keeps the gate shut (fail
 // closed: the unit would otherwise listen on any port).
 func WaitUnit(ctx context.Context, k UnitsReader, unit string, id uint64, listen ListenMapped, poll time.Duration) error {
-	t := time.NewTicker(poll)
-	defer t.Stop()
-	var last error
-	for {
-		ok, err := UnitRestricted(k, unit, id)
-		if ok && listen != nil {
-			ok, err = listen(id)
-			if err != nil {
-				err = fmt.Errorf("read the listen restriction: %w", err)
-			}
-		}
-		if ok {
-			return nil
-		}
-		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) {
-			return fmt.Errorf("read the kernel's maps: %w (needs CAP_NET_ADMIN and CAP_BPF or root: run the gate as ExecStartPre=+)", err)
-		}
-		last = err
-		what := ""
-		if listen != nil {
-			what = " (and its listen: restriction)"
-		}
-		select {
-		case <-ctx.Done():
-			if last != nil {
-				return fmt.Errorf("unit %s (cgroup %d)%s: %w (last read: %v)", unit, id, what, ErrNotEnforced, last)
-			}
-			return fmt.Errorf("unit %s (cgroup %d)%s: %w", unit, id, what, ErrNotEnforced)
-		case <-t.C:
-		}
+	var inListen func() (bool, error)
+	if listen != nil {
+		inListen = func() (bool, error) { return listen(id) }
 	}
+	return wait(ctx, func() (bool, error) { return UnitRestricted(k, unit, id) }, inListen, fmt.Sprintf("unit %s (cgroup %d)", unit, id), poll)
 }
 
 // UnitCgroup finds the cgroup of unit that self (the caller's cgroup,
