@@ -6,6 +6,7 @@ package bindguard
 // run as any user (make cover runs them as nobody).
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
 )
 
@@ -553,6 +555,36 @@ func TestEnforcerWithoutGuard(t *testing.T) {
 		}
 		if opened || e.Pinned() != "" {
 			t.Errorf("%s: a guard claimed open", name)
+		}
+	}
+}
+
+// The programs assemble: every jump and call reaches a label that exists
+// once, and each ends by returning (a mistake here shows only when the
+// kernel loads them, as root).
+func TestProgramsAssemble(t *testing.T) {
+	for _, h := range hooks {
+		insns := h.insns(progMaps{})
+		if len(insns) == 0 || insns[len(insns)-1].OpCode != asm.Return().OpCode {
+			t.Errorf("%s: does not end with exit", h.name)
+		}
+		// Without a kernel the maps have no descriptor: their loads
+		// (all into R1) are invalid until given one.
+		maps := 0
+		for i, ins := range insns {
+			if ins.OpCode == asm.InvalidOpCode {
+				n := asm.LoadMapPtr(asm.R1, 100+i)
+				n.Metadata = ins.Metadata
+				insns[i] = n
+				maps++
+			}
+		}
+		if maps == 0 {
+			t.Errorf("%s: looks up no map", h.name)
+		}
+		var buf bytes.Buffer
+		if err := insns.Marshal(&buf, binary.LittleEndian); err != nil {
+			t.Errorf("%s: %v", h.name, err)
 		}
 	}
 }
