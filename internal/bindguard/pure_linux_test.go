@@ -557,6 +557,12 @@ func TestEnforcerWithoutGuard(t *testing.T) {
 			t.Errorf("%s: a guard claimed open", name)
 		}
 	}
+	// The programs attach to the cgroup2 root by default: found, then the
+	// same refusal.
+	d := &Enforcer{Dir: pins}
+	if err := d.Apply(Policy{1000: {}}, nil); !errors.Is(err, ErrUnsupported) || d.Pinned() != "" {
+		t.Errorf("default cgroup: Apply without bpffs: %v", err)
+	}
 }
 
 // The programs assemble: every jump and call reaches a label that exists
@@ -586,5 +592,39 @@ func TestProgramsAssemble(t *testing.T) {
 		if err := insns.Marshal(&buf, binary.LittleEndian); err != nil {
 			t.Errorf("%s: %v", h.name, err)
 		}
+	}
+}
+
+// Close of a guard whose maps were never opened (Open failed early).
+func TestCloseWithoutMaps(t *testing.T) {
+	g := &Guard{}
+	if err := g.Close(); err != nil || g.links != nil || g.policy != nil {
+		t.Errorf("Close: %v, %+v", err, g)
+	}
+}
+
+// Remove reports what it could not delete, and deletes the rest.
+func TestRemoveErrors(t *testing.T) {
+	dir := notBPFFS(t)
+	// A plain file where a link is pinned: not a link, an error.
+	if err := os.WriteFile(filepath.Join(dir, "bind4"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A map pin that cannot be removed (a directory with something in it).
+	if err := os.MkdirAll(filepath.Join(dir, "policy", "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "lost"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := Remove(dir)
+	if err == nil || !strings.Contains(err.Error(), "load pinned link "+filepath.Join(dir, "bind4")) || !strings.Contains(err.Error(), filepath.Join(dir, "policy")) {
+		t.Errorf("Remove: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "lost")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("lost pin not removed: %v", err)
+	}
+	if _, err := os.Stat(dir); err != nil {
+		t.Errorf("the directory went although a pin stayed in it: %v", err)
 	}
 }
