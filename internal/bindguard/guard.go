@@ -326,6 +326,21 @@ func Pinned(dir string) []string {
 // and removed after it, so a uid never passes through a state stricter or
 // looser than both the old and the new policy allow.
 func (g *Guard) Apply(p Policy) error {
+	have, err := entries[key](g.policy)
+	if err != nil {
+		return err
+	}
+	return applyPolicy(g.policy, have, p)
+}
+
+// kvMap is what syncing writes to a map (an *ebpf.Map).
+type kvMap interface {
+	Put(key, value interface{}) error
+	Delete(key interface{}) error
+}
+
+// applyPolicy brings m, which holds have, to p (Apply).
+func applyPolicy(m kvMap, have map[key]uint8, p Policy) error {
 	want := map[key]uint8{}
 	for uid, r := range p {
 		want[key{UID: uid}] = r.mode()
@@ -336,11 +351,7 @@ func (g *Guard) Apply(p Policy) error {
 			want[key{UID: uid, Port: pt.Port, Proto: pt.Proto}] = 1
 		}
 	}
-	have, err := entries[key](g.policy)
-	if err != nil {
-		return err
-	}
-	return syncMap(g.policy, have, want, func(k key) bool { return k.Port == 0 },
+	return syncMap(m, have, want, func(k key) bool { return k.Port == 0 },
 		func(k key) string { return fmt.Sprintf("uid %d port %d/%d", k.UID, k.Port, k.Proto) }, nil)
 }
 
@@ -348,6 +359,15 @@ func (g *Guard) Apply(p Policy) error {
 // key 0 (units restricted or expected) is set before the first marker goes
 // in and deleted after the last one went, unless c holds Expected.
 func (g *Guard) ApplyCgroups(c Cgroups) error {
+	have, err := entries[cgroupKey](g.cgroups)
+	if err != nil {
+		return err
+	}
+	return applyCgroups(g.cgroups, have, c)
+}
+
+// applyCgroups brings m, which holds have, to c (ApplyCgroups).
+func applyCgroups(m kvMap, have map[cgroupKey]uint8, c Cgroups) error {
 	want := map[cgroupKey]uint8{}
 	_, expected := c[Expected]
 	for id, r := range c {
@@ -362,20 +382,16 @@ func (g *Guard) ApplyCgroups(c Cgroups) error {
 			want[cgroupKey{ID: id, Port: pt.Port, Proto: pt.Proto}] = 1
 		}
 	}
-	have, err := entries[cgroupKey](g.cgroups)
-	if err != nil {
-		return err
-	}
 	old, hadMask := have[cgroupKey{}]
 	delete(have, cgroupKey{})
-	setMask := func(m uint8) error {
-		if hadMask && m == old {
+	setMask := func(v uint8) error {
+		if hadMask && v == old {
 			return nil
 		}
-		if err := g.cgroups.Put(cgroupKey{}, m); err != nil {
+		if err := m.Put(cgroupKey{}, v); err != nil {
 			return fmt.Errorf("listen policy: set the units marker: %w", err)
 		}
-		hadMask, old = true, m
+		hadMask, old = true, v
 		return nil
 	}
 	beforeMarkers := func() error {
@@ -384,13 +400,13 @@ func (g *Guard) ApplyCgroups(c Cgroups) error {
 		}
 		return setMask(1)
 	}
-	if err := syncMap(g.cgroups, have, want, func(k cgroupKey) bool { return k.Port == 0 },
+	if err := syncMap(m, have, want, func(k cgroupKey) bool { return k.Port == 0 },
 		func(k cgroupKey) string { return fmt.Sprintf("cgroup %d port %d/%d", k.ID, k.Port, k.Proto) }, beforeMarkers); err != nil {
 		return err
 	}
 	if len(want) == 0 && !expected {
 		if hadMask {
-			if err := g.cgroups.Delete(cgroupKey{}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			if err := m.Delete(cgroupKey{}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 				return fmt.Errorf("listen policy: delete the units marker: %w", err)
 			}
 		}
@@ -408,7 +424,7 @@ func (r Rule) mode() uint8 {
 
 // syncMap brings m from have to want: markers lifted first, then new ports,
 // (beforeMarkers,) new markers, stale ports last.
-func syncMap[K comparable](m *ebpf.Map, have, want map[K]uint8, marker func(K) bool, what func(K) string, beforeMarkers func() error) error {
+func syncMap[K comparable](m kvMap, have, want map[K]uint8, marker func(K) bool, what func(K) string, beforeMarkers func() error) error {
 	if len(want) > MaxEntries {
 		return fmt.Errorf("listen policy has %d entries, more than the %d the map holds", len(want), MaxEntries)
 	}
@@ -481,6 +497,11 @@ func (g *Guard) Loaded() (Policy, error) {
 	if err != nil {
 		return nil, err
 	}
+	return policyOf(have), nil
+}
+
+// policyOf is the policy a policy map holding have enforces.
+func policyOf(have map[key]uint8) Policy {
 	p := Policy{}
 	for k, v := range have {
 		if k.Port == 0 {
@@ -496,7 +517,7 @@ func (g *Guard) Loaded() (Policy, error) {
 	for _, r := range p {
 		sortPorts(r.Ports)
 	}
-	return p, nil
+	return p
 }
 
 // ReadPinnedCgroups returns the unit cgroups' restriction the kernel holds
@@ -593,6 +614,12 @@ func (g *Guard) LoadedCgroups() (Cgroups, error) {
 	if err != nil {
 		return nil, err
 	}
+	return cgroupsOf(have), nil
+}
+
+// cgroupsOf is the unit cgroups' restriction a cgroup map holding have
+// enforces (its units marker aside); it deletes the marker from have.
+func cgroupsOf(have map[cgroupKey]uint8) Cgroups {
 	delete(have, cgroupKey{})
 	c := Cgroups{}
 	for k, v := range have {
@@ -609,7 +636,7 @@ func (g *Guard) LoadedCgroups() (Cgroups, error) {
 	for _, r := range c {
 		sortPorts(r.Ports)
 	}
-	return c, nil
+	return c
 }
 
 func sortPorts(ps []Port) {

@@ -87,7 +87,7 @@ func check(m progMaps, hook uint8, family func(tag string) asm.Instructions, anc
 		asm.StoreMem(asm.RFP, stKey, asm.R9, asm.Word),
 		asm.StoreImm(asm.RFP, stKey+4, 0, asm.Half),
 		asm.StoreImm(asm.RFP, stKey+6, 0, asm.Half),
-		asm.LoadMapPtr(asm.R1, m.policy.FD()),
+		asm.LoadMapPtr(asm.R1, mapFD(m.policy)),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, stKey),
 		asm.FnMapLookupElem.Call(),
@@ -97,7 +97,7 @@ func check(m progMaps, hook uint8, family func(tag string) asm.Instructions, anc
 		// Is the port listed? Key {uid, port, proto}.
 		asm.StoreMem(asm.RFP, stKey+4, asm.R7, asm.Half),
 		asm.StoreMem(asm.RFP, stKey+6, asm.R8, asm.Byte),
-		asm.LoadMapPtr(asm.R1, m.policy.FD()),
+		asm.LoadMapPtr(asm.R1, mapFD(m.policy)),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, stKey),
 		asm.FnMapLookupElem.Call(),
@@ -113,7 +113,7 @@ func check(m progMaps, hook uint8, family func(tag string) asm.Instructions, anc
 		asm.StoreImm(asm.RFP, stCKey+4, 0, asm.Word),
 		asm.StoreImm(asm.RFP, stCKey+8, 0, asm.Word),
 		asm.StoreImm(asm.RFP, stCKey+8+4, 0, asm.Word),
-		asm.LoadMapPtr(asm.R1, m.cgroups.FD()),
+		asm.LoadMapPtr(asm.R1, mapFD(m.cgroups)),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, stCKey),
 		asm.FnMapLookupElem.Call(),
@@ -135,7 +135,7 @@ func check(m progMaps, hook uint8, family func(tag string) asm.Instructions, anc
 			asm.StoreMem(asm.RFP, stCKey, asm.R0, asm.DWord),
 			asm.StoreImm(asm.RFP, stCKey+8, 0, asm.Word),
 			asm.StoreImm(asm.RFP, stCKey+8+4, 0, asm.Word),
-			asm.LoadMapPtr(asm.R1, m.cgroups.FD()),
+			asm.LoadMapPtr(asm.R1, mapFD(m.cgroups)),
 			asm.Mov.Reg(asm.R2, asm.RFP),
 			asm.Add.Imm(asm.R2, stCKey),
 			asm.FnMapLookupElem.Call(),
@@ -145,7 +145,7 @@ func check(m progMaps, hook uint8, family func(tag string) asm.Instructions, anc
 			// Is the port listed? Key {id, port, proto}.
 			asm.StoreMem(asm.RFP, stCKey+8, asm.R7, asm.Half),
 			asm.StoreMem(asm.RFP, stCKey+10, asm.R8, asm.Byte),
-			asm.LoadMapPtr(asm.R1, m.cgroups.FD()),
+			asm.LoadMapPtr(asm.R1, mapFD(m.cgroups)),
 			asm.Mov.Reg(asm.R2, asm.RFP),
 			asm.Add.Imm(asm.R2, stCKey),
 			asm.FnMapLookupElem.Call(),
@@ -176,7 +176,7 @@ func report(m progMaps, hook uint8, family func(tag string) asm.Instructions, ne
 	insns = append(insns, family(next)...)
 	lost := fmt.Sprintf("reported_%s", next)
 	return append(insns, asm.Instructions{
-		asm.LoadMapPtr(asm.R1, m.events.FD()),
+		asm.LoadMapPtr(asm.R1, mapFD(m.events)),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, stEvent),
 		asm.Mov.Imm(asm.R3, eventSize),
@@ -185,7 +185,7 @@ func report(m progMaps, hook uint8, family func(tag string) asm.Instructions, ne
 		asm.JEq.Imm(asm.R0, 0, lost),
 		// The ring buffer is full: count the report lost (lost[0] += 1).
 		asm.StoreImm(asm.RFP, stCKey-16, 0, asm.Word), // key 0, below the live slots
-		asm.LoadMapPtr(asm.R1, m.lost.FD()),
+		asm.LoadMapPtr(asm.R1, mapFD(m.lost)),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, stCKey-16),
 		asm.FnMapLookupElem.Call(),
@@ -283,4 +283,14 @@ func skbAddress(tag string) asm.Instructions {
 	insns = append(insns, v4...)
 	insns = append(insns, asm.Mov.Imm(asm.R1, 0).WithSymbol("addressed_"+tag))
 	return insns
+}
+
+// mapFD is m's file descriptor, or -1 for a map not opened (the tests build
+// the programs without a kernel): asm.LoadMapPtr then makes an invalid
+// instruction, which neither assembles nor loads.
+func mapFD(m *ebpf.Map) int {
+	if m == nil {
+		return -1
+	}
+	return m.FD()
 }
