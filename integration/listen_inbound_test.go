@@ -126,6 +126,7 @@ func TestListenInboundDatagrams(t *testing.T) {
 	w.standardConfig()
 	w.write("allow.d/billing.yaml", fmt.Sprintf("user: %d\nallow: [\"203.0.113.5:5353/udp\"]\nlisten: [udp:5353]\n", uidA))
 	w.start(r.args()...)
+	since := w.mark()
 	w.peer()
 	for _, c := range []struct {
 		name string
@@ -143,6 +144,14 @@ func TestListenInboundDatagrams(t *testing.T) {
 		if got := w.udpInbound(r, c.uid, c.arg); got != c.want {
 			t.Errorf("%s (uid %d %s): %s, want %s", c.name, c.uid, c.arg, resultName[got], resultName[c.want])
 		}
+	}
+	// A dropped datagram is reported like a refused bind: the local port.
+	ev, err := w.waitEvent("bind_denied", since, 5*time.Second)
+	if err != nil {
+		t.Fatalf("no bind_denied event: %v\n%s", err, w.logText())
+	}
+	if ev["allowlist"] != "billing" || ev["proto"] != "udp" || ev["port"] != float64(peerPort) {
+		t.Errorf("bind_denied %v", ev)
 	}
 	if _, out, err := w.tw.Run("nft", "list", "chain", "inet", "egressd", "inbound"); err != nil || !strings.Contains(string(out), "priority 2147483646") {
 		t.Errorf("the inbound chain: %v\n%s", err, out)
