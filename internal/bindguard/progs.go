@@ -169,8 +169,9 @@ func check(m progMaps, hook uint8, family func(tag string) asm.Instructions, anc
 }
 
 // report writes the event (its cgroup already at stEvent+32, its mode at
-// stMode; its hook at stHook when hook is 0) to the ring buffer, counting it as lost when the buffer is full,
-// then returns 0, or goes on at next in audit mode.
+// stMode; its hook already at stHook when hook is 0) to the ring buffer,
+// counting it as lost when the buffer is full, then returns 0, or goes on
+// at next in audit mode.
 func report(m progMaps, hook uint8, family func(tag string) asm.Instructions, next string) asm.Instructions {
 	insns := asm.Instructions{
 		asm.StoreMem(asm.RFP, stEvent, asm.R9, asm.Word),
