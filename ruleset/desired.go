@@ -70,6 +70,7 @@ type Allowlist struct {
 	DNS      bool // may reach the resolvers on port 53
 	Proxy    bool // dns: proxy: its DNS queries are redirected to egressd's proxy
 	Audit    bool // mode: audit: would-be denies are logged, then accepted
+	Listen   bool // listen: restricts the ports its subject may listen on (bindguard)
 	Elements []Element
 	// Until, when not nil, is aligned with Elements: when each element's
 	// lifetime ends (an address from DNS or the hosts file: TTL + linger,

@@ -37,7 +37,7 @@ func (d Delta) Elements() int {
 // SameStructure reports whether two plans differ only in set elements, so
 // that an element delta can take one to the other.
 func SameStructure(a, b Plan) bool {
-	if a.DenyLog != b.DenyLog || a.ProxyPort != b.ProxyPort || len(a.Allowlists) != len(b.Allowlists) || len(a.Sets) != len(b.Sets) {
+	if a.DenyLog != b.DenyLog || a.ProxyPort != b.ProxyPort || a.Inbound != b.Inbound || len(a.Allowlists) != len(b.Allowlists) || len(a.Sets) != len(b.Sets) {
 		return false
 	}
 	for i := range a.Allowlists {

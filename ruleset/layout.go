@@ -8,21 +8,22 @@ import (
 // The kernel layout's object names (see the layout in kernel_linux.go).
 // Shared by the netlink adapter and the text rendering (nft.go).
 const (
-	kUsers      = "users"
-	kOwners     = "owners"
-	kOpeners    = "openers"
-	kUIDMarks   = "uidmarks"
-	kDNSUsers   = "dnsusers"
-	kAudit      = "audit"
-	kProxyUsers = "proxyusers"
-	chainNAT    = "dnsproxy"
-	chainZone   = "dnszone"
-	chainIn     = "input"
-	kDenied     = "denied"
-	kDenyLog    = "denylog"
-	chainOut    = "output"
-	chainRestr  = "restricted"
-	chainDeny   = "deny"
+	kUsers       = "users"
+	kOwners      = "owners"
+	kOpeners     = "openers"
+	kUIDMarks    = "uidmarks"
+	kDNSUsers    = "dnsusers"
+	kAudit       = "audit"
+	kProxyUsers  = "proxyusers"
+	chainNAT     = "dnsproxy"
+	chainZone    = "dnszone"
+	chainIn      = "input"
+	chainInbound = "inbound"
+	kDenied      = "denied"
+	kDenyLog     = "denylog"
+	chainOut     = "output"
+	chainRestr   = "restricted"
+	chainDeny    = "deny"
 )
 
 // familySets are the four kernel sets like base: IPv4 and IPv6, each with

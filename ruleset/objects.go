@@ -85,6 +85,8 @@ func (h Hook) priority() *nftables.ChainPriority {
 		return nftables.ChainPriorityRaw
 	case "-100": // dstnat, a name nft takes only on the prerouting hook
 		return nftables.ChainPriorityNATDest
+	case InboundPriority:
+		return nftables.ChainPriorityRef(2147483646)
 	}
 	return nftables.ChainPriorityFilter
 }

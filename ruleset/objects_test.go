@@ -28,7 +28,7 @@ func everyKindPlan(dl config.DenyLog, units bool) Plan {
 				ElementFor(config.UDP, netip.MustParsePrefix("2001:db8::/64"), 53, 53),
 				ElementFor(config.TCP, netip.MustParsePrefix("2001:db8::10/128"), 443, 443),
 			}},
-			{Name: "b", Subject: UserSubject(4002), Proxy: true, Audit: true},
+			{Name: "b", Subject: UserSubject(4002), Proxy: true, Audit: true, Listen: true},
 			{Name: "c", Subject: UserSubject(4003), Elements: []Element{
 				ElementFor(config.UDP, netip.MustParsePrefix("203.0.113.0/24"), 5353, 5353),
 			}},

@@ -23,6 +23,9 @@ type Plan struct {
 	// any allowlist has dns: proxy (the nat chain exists only then).
 	ProxyPort uint16
 	Cgroups   []Cgroup // cgroup id -> unit allowlist, sorted by id; not part of the structure
+	// Inbound: some allowlist has listen:; the inbound chain tags the
+	// datagrams of flows the peer opened for bindguard (inboundRules).
+	Inbound bool
 }
 
 // HasProxy reports whether any allowlist of the plan has dns: proxy.
@@ -104,6 +107,7 @@ func (r *Renderer) Render(d Desired) Plan {
 	for _, a := range als {
 		id := SetID{Allowlist: a.Name, Kind: a.Subject.Kind}
 		p.Allowlists = append(p.Allowlists, AllowlistPlan{Allowlist: a.Name, Subject: a.Subject, DNS: a.DNS, Proxy: a.Proxy, Audit: a.Audit})
+		p.Inbound = p.Inbound || a.Listen
 		fp := fingerprint(a.Elements, a.Until)
 		m, ok := r.memo[a.Name]
 		if !ok || m.fp != fp || m.name4 != id.Name() {

@@ -37,6 +37,7 @@ import (
 //	  (the unit sets: unitSets)
 //	  chain dnszone, dnsproxy                                     # only while an allowlist has dns: proxy (zoneRules, natRules)
 //	  chain input    (inputRules)
+//	  chain inbound  { type filter hook input priority 2147483646; (inboundRules) }  # only while an allowlist has listen:
 //	  chain output { type filter hook output priority filter; (unitMatch) meta skuid @users jump restricted }
 //	  chain restricted (restrictedRules)
 //	  chain deny       (denyRules)
@@ -79,6 +80,9 @@ func layout(p Plan, carry []ProxyElement) (Table, error) {
 	t.Chains = append(t.Chains,
 		Chain{Name: chainIn, Hook: &Hook{nftables.ChainTypeFilter, "input", "filter"}, Rules: inputRules(p.ProxyPort, p.HasProxy())},
 		Chain{Name: chainOut, Hook: &Hook{nftables.ChainTypeFilter, "output", "filter"}, Rules: outputRules(p)})
+	if p.Inbound {
+		t.Chains = append(t.Chains, Chain{Name: chainInbound, Hook: &Hook{nftables.ChainTypeFilter, "input", InboundPriority}, Rules: inboundRules()})
+	}
 	for _, k := range kindLayouts {
 		t.Chains = append(t.Chains, k.chains(p, p.Of(k.kind))...)
 	}

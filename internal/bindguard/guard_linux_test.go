@@ -201,6 +201,9 @@ func helper(op string) int {
 		}
 		op = rest
 	}
+	if ask, rest, ok := strings.Cut(op, ";"); ok && strings.HasPrefix(ask, "recv=") {
+		return recvHelper(strings.TrimPrefix(ask, "recv="), rest)
+	}
 	if n, rest, ok := strings.Cut(op, ";"); ok {
 		// flood=N;OP: perform OP N times first (each socket closed), then once
 		// more as below.

@@ -14,6 +14,16 @@ const (
 	UDP uint8 = 17
 )
 
+// InboundTag is the bit of skb->priority that the ruleset's inbound chain
+// sets on a datagram of a flow the peer opened (UDP, UDP-Lite) and on an
+// unsolicited ICMP echo reply, and that the ingress program reads and clears
+// (docs/security.md, "Listening ports"). skb->priority, not the mark: the
+// receive path reads the mark after the input hook (XFRM policy checks,
+// SO_RCVMARK) and other tools own bits of it; nothing on the way from the
+// input hook to the socket reads the priority, and a socket cannot read a
+// received packet's priority.
+const InboundTag = 0x40000000
+
 // Port is one protocol and port a restricted uid may bind and listen on.
 type Port struct {
 	Proto uint8

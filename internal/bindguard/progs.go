@@ -18,24 +18,30 @@ const (
 	sockAddrUserPort = 24 // network byte order
 	sockAddrProtocol = 36
 
-	sockSrcPort = 44 // struct bpf_sock; host byte order
-	sockState   = 72
+	sockProtocol = 12 // struct bpf_sock
+	sockSrcPort  = 44 // host byte order
+	sockState    = 72
 
-	skbFamily   = 88 // struct __sk_buff
+	skbPriority = 32 // struct __sk_buff
+	skbFamily   = 88
 	skbLocalIP4 = 96
 	skbLocalIP6 = 116
 	skbSK       = 168
 
-	tcpListen  = 10 // TCP_LISTEN
-	afInet     = 2
-	afInet6    = 10
-	ipprotoTCP = 6
+	tcpListen      = 10 // TCP_LISTEN
+	afInet         = 2
+	afInet6        = 10
+	ipprotoTCP     = 6
+	ipprotoICMP    = 1
+	ipprotoUDPLite = 136
+	ipprotoICMPv6  = 58
 )
 
 // Hooks, as an Event reports them.
 const (
 	HookBind    = 1 // cgroup/bind4, bind6: a bind() to an explicit port
 	HookIngress = 3 // cgroup_skb/ingress: a connection to a listener on an ephemeral port (bind to port 0, or listen() unbound)
+	HookInbound = 4 // cgroup_skb/ingress: a datagram of a flow the peer opened, to an ephemeral UDP port or a ping socket
 )
 
 // Stack layout shared by the programs (offsets from R10).
@@ -43,6 +49,7 @@ const (
 	stKey   = -8  // uid policy key: uid u32, port u16, proto u8, pad u8
 	stEvent = -48 // event record, eventSize bytes
 	stMode  = stEvent + 8
+	stHook  = stEvent + 9
 	stCKey  = -64 // cgroup policy key: cgroup id u64, port u16, proto u8, pad [5]byte
 )
 
@@ -162,16 +169,19 @@ func check(m progMaps, hook uint8, family func(tag string) asm.Instructions, anc
 }
 
 // report writes the event (its cgroup already at stEvent+32, its mode at
-// stMode) to the ring buffer, counting it as lost when the buffer is full,
-// then returns 0, or goes on at next in audit mode.
+// stMode; its hook already at stHook when hook is 0) to the ring buffer,
+// counting it as lost when the buffer is full, then returns 0, or goes on
+// at next in audit mode.
 func report(m progMaps, hook uint8, family func(tag string) asm.Instructions, next string) asm.Instructions {
 	insns := asm.Instructions{
 		asm.StoreMem(asm.RFP, stEvent, asm.R9, asm.Word),
 		asm.StoreMem(asm.RFP, stEvent+4, asm.R7, asm.Half),
 		asm.StoreMem(asm.RFP, stEvent+6, asm.R8, asm.Byte),
-		asm.StoreImm(asm.RFP, stEvent+9, int64(hook), asm.Byte),
 		asm.StoreImm(asm.RFP, stEvent+10, 0, asm.Half),
 		asm.StoreImm(asm.RFP, stEvent+28, 0, asm.Word),
+	}
+	if hook != 0 {
+		insns = append(insns, asm.StoreImm(asm.RFP, stHook, int64(hook), asm.Byte))
 	}
 	insns = append(insns, family(next)...)
 	lost := fmt.Sprintf("reported_%s", next)
@@ -241,19 +251,51 @@ func bindProgram(m progMaps, family uint8) asm.Instructions {
 // listeners no bind hook refused: bound to port 0, or listen() on an unbound
 // socket (which binds an ephemeral port without any bind hook). The uid is
 // the socket's owner.
+//
+// Datagrams: the ruleset's inbound chain sets InboundTag in skb->priority on
+// the UDP and UDP-Lite packets of flows the peer opened and on unsolicited
+// ICMP echo replies. A tagged packet for a UDP or UDP-Lite socket of a
+// restricted uid or unit on a port it may not listen on, or for its ping
+// socket (ICMP is never listed), is dropped the same way; an untagged one (a
+// reply to what the socket sent) passes. The program clears the tag on every
+// packet it sees, before the socket could read it.
 func ingressProgram(m progMaps) asm.Instructions {
 	return append(asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.LoadMem(asm.R1, asm.R6, skbPriority, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R1),
+		asm.And.Imm(asm.R4, InboundTag),
+		asm.JEq.Imm(asm.R4, 0, "untagged"),
+		asm.Xor.Reg(asm.R1, asm.R4),
+		asm.StoreMem(asm.R6, skbPriority, asm.R1, asm.Word),
 		asm.LoadMem(asm.R2, asm.R6, skbSK, asm.DWord),
 		asm.JEq.Imm(asm.R2, 0, "allow"),
 		asm.LoadMem(asm.R3, asm.R2, sockState, asm.Word),
+		asm.JEq.Imm(asm.R3, tcpListen, "listener"),
+		asm.Mov.Reg(asm.R1, asm.R2),
+		asm.FnSkFullsock.Call(), // the protocol is not in sock_common
+		asm.JEq.Imm(asm.R0, 0, "allow"),
+		asm.LoadMem(asm.R8, asm.R0, sockProtocol, asm.Word),
+		asm.JEq.Imm(asm.R8, int32(UDP), "datagram"),
+		asm.JEq.Imm(asm.R8, ipprotoUDPLite, "datagram"),
+		asm.JEq.Imm(asm.R8, ipprotoICMP, "datagram"),
+		asm.JEq.Imm(asm.R8, ipprotoICMPv6, "datagram"),
+		asm.Ja.Label("allow"),
+		asm.LoadMem(asm.R7, asm.R0, sockSrcPort, asm.Word).WithSymbol("datagram"),
+		asm.Mov.Imm(asm.R5, HookInbound),
+		asm.Ja.Label("judge"),
+		asm.LoadMem(asm.R2, asm.R6, skbSK, asm.DWord).WithSymbol("untagged"),
+		asm.JEq.Imm(asm.R2, 0, "allow"),
+		asm.LoadMem(asm.R3, asm.R2, sockState, asm.Word),
 		asm.JNE.Imm(asm.R3, tcpListen, "allow"),
-		asm.LoadMem(asm.R7, asm.R2, sockSrcPort, asm.Word),
+		asm.LoadMem(asm.R7, asm.R2, sockSrcPort, asm.Word).WithSymbol("listener"),
 		asm.Mov.Imm(asm.R8, ipprotoTCP),
+		asm.Mov.Imm(asm.R5, HookIngress),
+		asm.StoreMem(asm.RFP, stHook, asm.R5, asm.Byte).WithSymbol("judge"),
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.FnGetSocketUid.Call(),
 		asm.Mov.Reg32(asm.R9, asm.R0),
-	}, check(m, HookIngress, skbAddress, socketAncestor)...)
+	}, check(m, 0, skbAddress, socketAncestor)...)
 }
 
 // currentAncestor is the calling process's cgroup's ancestor at level (a

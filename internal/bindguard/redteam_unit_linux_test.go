@@ -133,8 +133,9 @@ func TestRedteamUnitSocketOutlivesCgroup(t *testing.T) {
 
 // pingReceive binds an unprivileged ICMP ("ping") socket to ident on
 // 127.0.0.1, prints "ok IDENT" (or the errno), then what reached it: "got
-// PAYLOAD" or "none".
-func pingReceive(ident string) int {
+// PAYLOAD" or "none". With ",ask" it first sends an echo request of its own.
+func pingReceive(op string) int {
+	ident, ask := strings.CutSuffix(op, ",ask")
 	id, _ := strconv.Atoi(ident)
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, unix.IPPROTO_ICMP)
 	if err == nil {
@@ -149,6 +150,14 @@ func pingReceive(ident string) int {
 		return 1
 	}
 	fmt.Println("ok", id)
+	if ask {
+		// An echo request of its own (the kernel sets the identifier).
+		req := []byte{8, 0, 0, 0, 0, 0, 0, 1, 'm', 'i', 'n', 'e'}
+		if err := unix.Sendto(fd, req, 0, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+			fmt.Println("sendto:", err)
+			return 1
+		}
+	}
 	tv := unix.Timeval{Sec: 5}
 	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	buf := make([]byte, 256)
@@ -187,16 +196,17 @@ func (r *rig) sendEchoReply(id int, payload string) error {
 	})
 }
 
-// A known limit (docs/security.md, "Not stopped"): an unprivileged ICMP
-// socket (systemd opens net.ipv4.ping_group_range to every group) binds an
-// identifier of the service's choosing without any bind hook (ping sockets
-// have their own bind), and receives every echo reply that carries it,
-// whoever sends it: an inbound datagram door as a UDP socket on an
-// ephemeral port is. Restricted by a unit allowlist and by a user
-// allowlist with listen: [] alike. If this starts failing because nothing
-// arrives, the limit is closed: say so in docs/security.md.
-func TestRedteamPingSocketReceives(t *testing.T) {
+// An unprivileged ICMP socket (systemd opens net.ipv4.ping_group_range to
+// every group) binds an identifier of the service's choosing without any
+// bind hook (ping sockets have their own bind), and would receive every echo
+// reply that carries it, whoever sends it: an inbound datagram door as a UDP
+// socket on an ephemeral port is. The ruleset tags an echo reply that
+// conntrack has no request for (ct state invalid); the ingress program drops
+// it for a restricted unit's or user's ping socket. The reply to the
+// service's own echo request still arrives.
+func TestRedteamPingSocketUnsolicitedReply(t *testing.T) {
 	r := newRig(t)
+	r.tagInbound()
 	if err := r.ns.Sysctl("net/ipv4/ping_group_range", "0 2147483647"); err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +227,17 @@ func TestRedteamPingSocketReceives(t *testing.T) {
 		r    *rig
 		uid  int
 	}{{"unit", r.in(unitPath), other}, {"user", r, protected}} {
-		t.Run(c.name, func(t *testing.T) {
+		t.Run(c.name+"/control: the reply to its own echo request", func(t *testing.T) {
+			ident := 9990 + i
+			cmd, out := c.r.start(c.uid, fmt.Sprintf("ping4,%d,ask", ident))
+			first, _ := out.ReadString('\n')
+			second, _ := out.ReadString('\n')
+			cmd.Wait()
+			if strings.TrimSpace(first) != fmt.Sprintf("ok %d", ident) || strings.TrimSpace(second) != "got mine" {
+				t.Fatalf("ping socket %q, then %q; want the reply to its request", first, second)
+			}
+		})
+		t.Run(c.name+"/attack: unsolicited echo reply", func(t *testing.T) {
 			ident := 9999 + i
 			cmd, out := c.r.start(c.uid, fmt.Sprintf("ping4,%d", ident))
 			if line, _ := out.ReadString('\n'); strings.TrimSpace(line) != fmt.Sprintf("ok %d", ident) {
@@ -228,8 +248,8 @@ func TestRedteamPingSocketReceives(t *testing.T) {
 			}
 			line, _ := out.ReadString('\n')
 			cmd.Wait()
-			if strings.TrimSpace(line) != "got door" {
-				t.Fatalf("the peer's echo reply: %q: the known limit is closed, update docs/security.md", line)
+			if strings.HasPrefix(line, "got") {
+				t.Fatalf("the peer's unsolicited echo reply reached the ping socket: %q", line)
 			}
 		})
 	}

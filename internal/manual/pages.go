@@ -337,15 +337,15 @@ daemon keeps its last good configuration.`),
 		Item("listen", `The ports the user's processes may bind and listen on:
 [tcp:8080, udp:5353, tcp:8000-8010]. Absent: unrestricted; listen: []: no
 port. Any other bind() fails with EPERM (bind_denied); a TCP listener on a
-port the kernel picked (port 0, or listen() unbound) gets no connection.
-Enforced with cgroup BPF, pinned on bpffs (needs CAP_BPF, which
+port the kernel picked (port 0, or listen() unbound) gets no connection,
+and a UDP, UDP-Lite or ping socket there no datagram of a flow a peer opened
+(replies to what it sent arrive). Enforced with cgroup BPF, pinned on bpffs (needs CAP_BPF, which
 egressd.service holds); without it, reported as not enforced
 (listen_unenforced, check). In a unit allowlist, every process of the unit
 is held to it, whatever its uid, and its start gate waits for the unit's new
-cgroup in the restriction. Not stopped (docs/security.md): a UDP socket on
-a port the kernel picked, and a ping socket on any identifier, receive
-datagrams; a unit's socket kept across a restart in systemd's file
-descriptor store listens unrestricted.`),
+cgroup in the restriction. Not stopped (docs/security.md): datagrams
+another tool exempts from conntrack (notrack); a unit's socket kept across a
+restart in systemd's file descriptor store listens unrestricted.`),
 	}},
 	{"SHARED LISTS", []Block{P(`A file lists_dir/NAME.yaml holds destinations kept once and
 used by many allowlists. Its only key is allow, with the same syntax and

@@ -194,7 +194,7 @@ func Build(in Inputs) Desired {
 		if !ok {
 			continue
 		}
-		al := ruleset.Allowlist{Name: a.Name, Subject: sub, DNS: a.DNS == config.DNSResolvers, Proxy: a.DNS == config.DNSProxy, Audit: a.Mode == config.ModeAudit}
+		al := ruleset.Allowlist{Name: a.Name, Subject: sub, DNS: a.DNS == config.DNSResolvers, Proxy: a.DNS == config.DNSProxy, Audit: a.Mode == config.ModeAudit, Listen: a.Listen != nil}
 		for _, e := range a.Entries {
 			if e.IsWildcard() {
 				continue // allows only what the proxy answered (the proxy sets)

@@ -29,6 +29,7 @@ type Plan struct {
 	ProxyPort  uint16               `json:"proxy_port,omitempty"`
 	Units      []Unit               `json:"units,omitempty"`   // unit allowlists (docs/units.md), sorted by name
 	Cgroups    []Cgroup             `json:"cgroups,omitempty"` // the restricted units' cgroups, by id
+	Inbound    bool                 `json:"inbound,omitempty"` // some allowlist has listen: (the inbound chain)
 }
 
 // Unit is one unit allowlist's place in the plan.
@@ -79,7 +80,7 @@ func FromPlan(p ruleset.Plan) Plan {
 	out := Plan{Sets: make(map[string][]Element, len(p.Sets)), DenyLog: DenyLog{
 		Mode: string(p.DenyLog.Mode), Group: p.DenyLog.Group, RateCount: p.DenyLog.Rate.Count, RateUnit: p.DenyLog.Rate.Unit,
 		Prefix: p.DenyLog.Prefix, Interval: p.DenyLog.Interval,
-	}, ProxyPort: p.ProxyPort}
+	}, ProxyPort: p.ProxyPort, Inbound: p.Inbound}
 	// Users and units stay in the fields they had before ruleset.Plan
 	// held one list of subjects: check and plan of an older egressd read
 	// this document during an upgrade.
@@ -111,7 +112,7 @@ func (p Plan) Ruleset() (ruleset.Plan, error) {
 	out := ruleset.Plan{Sets: make(map[string][]ruleset.Element, len(p.Sets)), DenyLog: config.DenyLog{
 		Mode: config.LogMode(p.DenyLog.Mode), Group: p.DenyLog.Group, Rate: config.Rate{Count: p.DenyLog.RateCount, Unit: p.DenyLog.RateUnit},
 		Prefix: p.DenyLog.Prefix, Interval: p.DenyLog.Interval,
-	}, ProxyPort: p.ProxyPort}
+	}, ProxyPort: p.ProxyPort, Inbound: p.Inbound}
 	for _, a := range p.Allowlists {
 		out.Allowlists = append(out.Allowlists, ruleset.AllowlistPlan{Allowlist: a.Name, Subject: ruleset.UserSubject(a.UID), DNS: a.DNS, Proxy: a.Proxy, Audit: a.Audit})
 	}
