@@ -20,7 +20,17 @@ import (
 //   - conn=PORT: connect() to 127.0.0.2:PORT first (nothing is sent), then
 //     print "got PAYLOAD" for the first datagram.
 func rtuHelper(mode, op string) int {
-	res, err := bindOp(op)
+	var res bindResult
+	var err error
+	if id, ok := strings.CutPrefix(op, "ping4,"); ok {
+		// A ping socket bound to identifier id.
+		res.port, _ = strconv.Atoi(id)
+		if res.fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, unix.IPPROTO_ICMP); err == nil {
+			err = unix.Bind(res.fd, &unix.SockaddrInet4{Port: res.port, Addr: [4]byte{127, 0, 0, 1}})
+		}
+	} else {
+		res, err = bindOp(op)
+	}
 	if err != nil {
 		fmt.Println(err)
 		return 1
@@ -55,6 +65,9 @@ func rtuHelper(mode, op string) int {
 		}
 		n, _, _, _, err := unix.Recvmsg(res.fd, buf, oob, flags)
 		if err == nil {
+			if i := strings.Index(string(buf[:n]), "door"); i > 0 {
+				n, buf = n-i, buf[i:] // a ping socket's error quotes the echo header first
+			}
 			fmt.Println("got", string(buf[:n]))
 			return 0
 		}
@@ -100,6 +113,37 @@ func (r *rig) sendQuoting(port int, dst [4]byte, dport int, payload string) erro
 	binary.BigEndian.PutUint16(inner[24:], uint16(8+len(payload)))
 	copy(inner[28:], payload)
 	msg := append([]byte{3, 3, 0, 0, 0, 0, 0, 0}, inner...)
+	binary.BigEndian.PutUint16(msg[2:], csum(msg))
+	return r.ns.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 2}}); err != nil {
+			return err
+		}
+		return unix.Sendto(fd, msg, 0, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
+	})
+}
+
+// sendEchoUnreachable sends, as root in the namespace from 127.0.0.2, a host
+// unreachable to 127.0.0.1 quoting an echo request from 127.0.0.1 to
+// 127.0.0.2 with identifier id and payload, which nobody sent.
+func (r *rig) sendEchoUnreachable(id int, payload string) error {
+	inner := make([]byte, 28+len(payload))
+	inner[0] = 0x45
+	binary.BigEndian.PutUint16(inner[2:], uint16(len(inner)))
+	inner[8], inner[9] = 64, unix.IPPROTO_ICMP
+	copy(inner[12:], []byte{127, 0, 0, 1})
+	copy(inner[16:], []byte{127, 0, 0, 2})
+	binary.BigEndian.PutUint16(inner[10:], csum(inner[:20]))
+	inner[20] = 8 // echo request
+	binary.BigEndian.PutUint16(inner[24:], uint16(id))
+	binary.BigEndian.PutUint16(inner[26:], 1)
+	copy(inner[28:], payload)
+	binary.BigEndian.PutUint16(inner[22:], csum(inner[20:]))
+	msg := append([]byte{3, 1, 0, 0, 0, 0, 0, 0}, inner...)
 	binary.BigEndian.PutUint16(msg[2:], csum(msg))
 	return r.ns.Do(func() error {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
@@ -163,6 +207,9 @@ func (r *rig) rtuReceive(uid int, mode, op string, push func(port int) error) st
 func TestRedteamRTUICMPErrorQueue(t *testing.T) {
 	r := newRig(t)
 	r.tagInbound()
+	if err := r.ns.Sysctl("net/ipv4/ping_group_range", "0 2147483647"); err != nil {
+		t.Fatal(err)
+	}
 	r.apply(policy)
 	push := func(port int) error { return r.sendPortUnreachable(port, "door") }
 	t.Run("attack: ICMP error payload to an unlisted bind-0 UDP port", func(t *testing.T) {
@@ -174,6 +221,12 @@ func TestRedteamRTUICMPErrorQueue(t *testing.T) {
 		r.server(5300)
 		quote := func(port int) error { return r.sendQuoting(port, [4]byte{127, 0, 0, 1}, 5300, "door") }
 		if got := r.rtuReceive(protected, "errq,ask", "udp4,127.0.0.1,0", quote); got != "got door" {
+			t.Errorf("the hole is closed (%q): flip this assertion and update docs/security.md", got)
+		}
+	})
+	t.Run("attack: ICMP error quoting an echo request to a ping socket", func(t *testing.T) {
+		push := func(id int) error { return r.sendEchoUnreachable(id, "door") }
+		if got := r.rtuReceive(protected, "errq", "ping4,4242", push); got != "got door" {
 			t.Errorf("the hole is closed (%q): flip this assertion and update docs/security.md", got)
 		}
 	})
