@@ -35,6 +35,12 @@ func rtuHelper(mode, op string) int {
 		fmt.Println(err)
 		return 1
 	}
+	if mode == "errq6" {
+		if err := unix.SetsockoptInt(res.fd, unix.SOL_IPV6, unix.IPV6_RECVERR, 1); err != nil {
+			fmt.Println("IPV6_RECVERR:", err)
+			return 1
+		}
+	}
 	if mode == "errq" || mode == "errq,ask" {
 		if err := unix.SetsockoptInt(res.fd, unix.SOL_IP, unix.IP_RECVERR, 1); err != nil {
 			fmt.Println("IP_RECVERR:", err)
@@ -48,7 +54,7 @@ func rtuHelper(mode, op string) int {
 			return 1
 		}
 	}
-	if mode == "errq,ask" {
+	if mode == "errq,ask" || mode == "ask" {
 		// A client's request to the allowed resolver at 127.0.0.1:5300:
 		// conntrack now has a flow from this port.
 		if err := unix.Sendto(res.fd, []byte("ask"), 0, &unix.SockaddrInet4{Port: 5300, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
@@ -64,6 +70,9 @@ func rtuHelper(mode, op string) int {
 			flags |= unix.MSG_ERRQUEUE
 		}
 		n, _, _, _, err := unix.Recvmsg(res.fd, buf, oob, flags)
+		if err == nil && mode == "ask" && string(buf[:n]) == "reply" {
+			continue // the resolver's answer: a reply, as it must
+		}
 		if err == nil {
 			if i := strings.Index(string(buf[:n]), "door"); i > 0 {
 				n, buf = n-i, buf[i:] // a ping socket's error quotes the echo header first
@@ -158,6 +167,31 @@ func (r *rig) sendEchoUnreachable(id int, payload string) error {
 	})
 }
 
+// sendPortUnreachable6 sends, as root in the namespace from ::1, an ICMPv6
+// port unreachable to ::1 quoting a UDP datagram from [::1]:port to
+// [2001:db8::2]:4444 carrying payload, which nobody sent.
+func (r *rig) sendPortUnreachable6(port int, payload string) error {
+	inner := make([]byte, 48+len(payload))
+	inner[0] = 0x60
+	binary.BigEndian.PutUint16(inner[4:], uint16(8+len(payload)))
+	inner[6], inner[7] = unix.IPPROTO_UDP, 64
+	inner[8+15] = 1
+	copy(inner[24:], []byte{0x20, 0x01, 0x0d, 0xb8, 15: 2})
+	binary.BigEndian.PutUint16(inner[40:], uint16(port))
+	binary.BigEndian.PutUint16(inner[42:], 4444)
+	binary.BigEndian.PutUint16(inner[44:], uint16(8+len(payload)))
+	copy(inner[48:], payload)
+	msg := append([]byte{1, 4, 0, 0, 0, 0, 0, 0}, inner...) // the kernel sums ICMPv6
+	return r.ns.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW, unix.IPPROTO_ICMPV6)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		return unix.Sendto(fd, msg, 0, &unix.SockaddrInet6{Addr: [16]byte{15: 1}})
+	})
+}
+
 // sendFrom sends payload as root in the namespace from 127.0.0.2:from to
 // 127.0.0.1:port: the peer a connected socket names.
 func (r *rig) sendFrom(from, port int, payload string) error {
@@ -230,8 +264,36 @@ func TestRedteamRTUICMPErrorQueue(t *testing.T) {
 			t.Errorf("the hole is closed (%q): flip this assertion and update docs/security.md", got)
 		}
 	})
+	t.Run("attack: ICMPv6 error payload to an unlisted bind-0 UDP port (IPV6_RECVERR)", func(t *testing.T) {
+		push := func(port int) error { return r.sendPortUnreachable6(port, "door") }
+		if got := r.rtuReceive(protected, "errq6", "udp6,::1,0", push); got != "got door" {
+			t.Errorf("the hole is closed (%q): flip this assertion and update docs/security.md", got)
+		}
+	})
 	t.Run("control: unrestricted uid receives the ICMP error", func(t *testing.T) {
 		if got := r.rtuReceive(other, "errq", "udp4,127.0.0.1,0", push); got != "got door" {
+			t.Fatalf("unrestricted: %q", got)
+		}
+	})
+}
+
+// Red team of issue 28: an unconnected client sends to its allowed resolver
+// first (a flow from its port: the resolver's answers are replies), then a
+// different peer sends to the same port: a flow of its own, opened by the
+// peer, tagged and dropped.
+func TestRedteamRTUClientThenOtherPeer(t *testing.T) {
+	r := newRig(t)
+	r.tagInbound()
+	r.apply(policy)
+	r.server(5300)
+	push := func(port int) error { return r.sendFrom(7777, port, "door") }
+	t.Run("attack: another peer to a client's port", func(t *testing.T) {
+		if got := r.rtuReceive(protected, "ask", "udp4,127.0.0.1,0", push); strings.HasPrefix(got, "got") {
+			t.Fatalf("the other peer's datagram reached the client: %q", got)
+		}
+	})
+	t.Run("control: unrestricted uid's client gets it", func(t *testing.T) {
+		if got := r.rtuReceive(other, "ask", "udp4,127.0.0.1,0", push); got != "got door" {
 			t.Fatalf("unrestricted: %q", got)
 		}
 	})
