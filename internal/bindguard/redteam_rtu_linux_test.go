@@ -5,6 +5,8 @@ package bindguard
 import (
 	"encoding/binary"
 	"fmt"
+	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -316,5 +318,54 @@ func TestRedteamRTUConnectedUDP(t *testing.T) {
 		if got := r.rtuReceive(other, "conn=7777", "udp4,127.0.0.1,0", push); got != "got door" {
 			t.Fatalf("unrestricted: %q", got)
 		}
+	})
+}
+
+// Red team of issue 28: the peer's datagram in IPv4 fragments (the
+// namespace's loopback MTU lowered to 1280): netfilter reassembles it
+// before conntrack and the inbound chain, so the whole datagram is tagged
+// and dropped.
+func TestRedteamRTUFragments(t *testing.T) {
+	r := newRig(t)
+	r.tagInbound()
+	cmd := exec.Command("ip", "link", "set", "lo", "mtu", "1280")
+	if err := r.ns.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	r.apply(policy)
+	big := "door" + strings.Repeat("x", 3000)
+	push := func(port int) error { return r.sendDatagram("udp4", port, big) }
+	t.Run("attack: fragmented datagram to an unlisted bind-0 UDP port", func(t *testing.T) {
+		if got := r.rtuReceive(protected, "frag", "udp4,127.0.0.1,0", push); strings.HasPrefix(got, "got") {
+			t.Fatalf("the fragmented datagram reached the service: %.20q", got)
+		}
+	})
+	t.Run("control: unrestricted uid receives it", func(t *testing.T) {
+		if got := r.rtuReceive(other, "frag", "udp4,127.0.0.1,0", push); !strings.HasPrefix(got, "got door") {
+			t.Fatalf("unrestricted: %.20q", got)
+		}
+	})
+	t.Run("control: the datagrams were fragments", func(t *testing.T) {
+		var snmp []byte
+		r.ns.Do(func() (err error) { snmp, err = os.ReadFile("/proc/thread-self/net/snmp"); return err })
+		lines := strings.Split(string(snmp), "\n")
+		for i := 0; i+1 < len(lines); i += 2 {
+			if !strings.HasPrefix(lines[i], "Ip:") {
+				continue
+			}
+			names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+			for j, n := range names {
+				if n == "ReasmOKs" && j < len(values) {
+					if v, _ := strconv.Atoi(values[j]); v < 2 {
+						t.Fatalf("ReasmOKs %d: not fragmented", v)
+					}
+					return
+				}
+			}
+		}
+		t.Fatalf("no ReasmOKs in %s", snmp)
 	})
 }
