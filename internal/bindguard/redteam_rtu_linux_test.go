@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/egressd/egressd/internal/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -53,6 +54,13 @@ func rtuHelper(mode, op string) int {
 		n, _ := strconv.Atoi(p)
 		if err := unix.Connect(res.fd, &unix.SockaddrInet4{Port: n, Addr: [4]byte{127, 0, 0, 2}}); err != nil {
 			fmt.Println("connect:", err)
+			return 1
+		}
+	}
+	if mode == "askvx" {
+		// A client's request to a resolver behind a VXLAN overlay.
+		if err := unix.Sendto(res.fd, []byte("ask"), 0, &unix.SockaddrInet4{Port: 5300, Addr: [4]byte{198, 51, 100, 2}}); err != nil {
+			fmt.Println("sendto:", err)
 			return 1
 		}
 	}
@@ -367,5 +375,103 @@ func TestRedteamRTUFragments(t *testing.T) {
 			}
 		}
 		t.Fatalf("no ReasmOKs in %s", snmp)
+	})
+}
+
+// ip runs ip(8) with args inside ns.
+func ip(t *testing.T, ns *netns.NS, args ...string) {
+	t.Helper()
+	cmd := exec.Command("ip", args...)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := ns.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("ip %v: %v: %s", args, err, out.String())
+	}
+}
+
+// Legit traffic, red team of issue 28: a restricted service's UDP client
+// (a stub resolver) whose resolver sits behind a VXLAN overlay. The peer's
+// outer VXLAN datagrams are flows it opened (each side sends from its own
+// hashed source port to 4789), so the inbound chain tags them; the VXLAN
+// socket decapsulates before any socket filter (encap_rcv), the ingress
+// program never clears the tag, and the inner packet (a reply, which the
+// chain does not tag but does not untag either) reaches the client's
+// ephemeral port with the outer's tag.
+func TestRedteamRTUVXLANReply(t *testing.T) {
+	r := newRig(t)
+	r.tagInbound()
+	peer, err := netns.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { peer.Close() })
+	if err := r.ns.Veth("va", peer, "vb"); err != nil {
+		t.Fatal(err)
+	}
+	for _, side := range []struct {
+		ns            *netns.NS
+		dev, me, them string
+		over          string
+	}{{r.ns, "va", "192.0.2.1", "192.0.2.2", "198.51.100.1/24"}, {peer, "vb", "192.0.2.2", "192.0.2.1", "198.51.100.2/24"}} {
+		ip(t, side.ns, "addr", "add", side.me+"/24", "dev", side.dev)
+		ip(t, side.ns, "link", "add", "vx0", "type", "vxlan", "id", "42", "local", side.me, "remote", side.them, "dstport", "4789", "dev", side.dev)
+		ip(t, side.ns, "addr", "add", side.over, "dev", "vx0")
+		ip(t, side.ns, "link", "set", "vx0", "up")
+	}
+	var fd int
+	err = peer.Do(func() error {
+		var err error
+		if fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, unix.IPPROTO_UDP); err != nil {
+			return err
+		}
+		return unix.Bind(fd, &unix.SockaddrInet4{Port: 5300, Addr: [4]byte{198, 51, 100, 2}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Shutdown(fd, unix.SHUT_RDWR); unix.Close(fd) })
+	go func() {
+		buf := make([]byte, 256)
+		for {
+			_, from, err := unix.Recvfrom(fd, buf, 0)
+			if err != nil {
+				return
+			}
+			unix.Sendto(fd, []byte("reply"), 0, from)
+		}
+	}()
+	r.apply(policy)
+	none := func(int) error { return nil }
+	t.Run("control: unrestricted uid's client gets the resolver's reply over VXLAN", func(t *testing.T) {
+		if got := r.rtuReceive(other, "askvx", "udp4,0.0.0.0,0", none); got != "got reply" {
+			t.Fatalf("unrestricted: %q", got)
+		}
+	})
+	t.Run("BREAKS: restricted uid's client loses the resolver's reply over VXLAN", func(t *testing.T) {
+		if got := r.rtuReceive(protected, "askvx", "udp4,0.0.0.0,0", none); got != "none" {
+			t.Errorf("fixed (%q): flip this assertion", got)
+		}
+	})
+	t.Run("the fix: the chain clears the tag before it tags", func(t *testing.T) {
+		cmd := exec.Command("nft", "insert", "rule", "inet", "bindguardtest", "inbound",
+			"meta", "priority", "set", "meta", "priority", "&", fmt.Sprintf("0x%x", ^uint32(InboundTag)))
+		var out strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := r.ns.Start(cmd); err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("nft: %v: %s", err, out.String())
+		}
+		if got := r.rtuReceive(protected, "askvx", "udp4,0.0.0.0,0", none); got != "got reply" {
+			t.Errorf("reply over VXLAN with the tag cleared first: %q", got)
+		}
+		p := func(port int) error { return r.sendDatagram("udp4", port, "door") }
+		if got := r.rtuReceive(protected, "frag", "udp4,127.0.0.1,0", p); got != "none" {
+			t.Errorf("the peer's own datagram still dropped with the fix: %q", got)
+		}
 	})
 }
