@@ -57,6 +57,16 @@ func rtuHelper(mode, op string) int {
 			return 1
 		}
 	}
+	if mode == "askbc" {
+		// Discovery: a request to the subnet's broadcast address (SSDP,
+		// mDNS legacy queries and DHCP do the same to multicast or
+		// broadcast); the answer comes from the responder's own address.
+		unix.SetsockoptInt(res.fd, unix.SOL_SOCKET, unix.SO_BROADCAST, 1)
+		if err := unix.Sendto(res.fd, []byte("ask"), 0, &unix.SockaddrInet4{Port: 5300, Addr: [4]byte{192, 0, 2, 255}}); err != nil {
+			fmt.Println("sendto:", err)
+			return 1
+		}
+	}
 	if mode == "askvx" {
 		// A client's request to a resolver behind a VXLAN overlay.
 		if err := unix.Sendto(res.fd, []byte("ask"), 0, &unix.SockaddrInet4{Port: 5300, Addr: [4]byte{198, 51, 100, 2}}); err != nil {
@@ -472,6 +482,60 @@ func TestRedteamRTUVXLANReply(t *testing.T) {
 		p := func(port int) error { return r.sendDatagram("udp4", port, "door") }
 		if got := r.rtuReceive(protected, "frag", "udp4,127.0.0.1,0", p); got != "none" {
 			t.Errorf("the peer's own datagram still dropped with the fix: %q", got)
+		}
+	})
+}
+
+// Legit traffic, red team of issue 28: discovery by broadcast (or
+// multicast: SSDP, mDNS legacy unicast answers). The client's request went
+// to 192.0.2.255; the responder answers from 192.0.2.2, which is no reply
+// of that flow for conntrack (a new flow the responder opened): tagged and
+// dropped for a restricted client on its ephemeral port.
+func TestRedteamRTUBroadcastDiscovery(t *testing.T) {
+	r := newRig(t)
+	r.tagInbound()
+	peer, err := netns.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { peer.Close() })
+	if err := r.ns.Veth("va", peer, "vb"); err != nil {
+		t.Fatal(err)
+	}
+	ip(t, r.ns, "addr", "add", "192.0.2.1/24", "broadcast", "192.0.2.255", "dev", "va")
+	ip(t, peer, "addr", "add", "192.0.2.2/24", "broadcast", "192.0.2.255", "dev", "vb")
+	var fd int
+	err = peer.Do(func() error {
+		var err error
+		if fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, unix.IPPROTO_UDP); err != nil {
+			return err
+		}
+		return unix.Bind(fd, &unix.SockaddrInet4{Port: 5300})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Shutdown(fd, unix.SHUT_RDWR); unix.Close(fd) })
+	go func() {
+		buf := make([]byte, 256)
+		for {
+			_, from, err := unix.Recvfrom(fd, buf, 0)
+			if err != nil {
+				return
+			}
+			unix.Sendto(fd, []byte("reply"), 0, from)
+		}
+	}()
+	r.apply(policy)
+	none := func(int) error { return nil }
+	t.Run("control: unrestricted uid's discovery gets the answer", func(t *testing.T) {
+		if got := r.rtuReceive(other, "askbc", "udp4,0.0.0.0,0", none); got != "got reply" {
+			t.Fatalf("unrestricted: %q", got)
+		}
+	})
+	t.Run("BREAKS: restricted uid's discovery loses the answer", func(t *testing.T) {
+		if got := r.rtuReceive(protected, "askbc", "udp4,0.0.0.0,0", none); got != "none" {
+			t.Errorf("fixed (%q): flip this assertion", got)
 		}
 	})
 }
