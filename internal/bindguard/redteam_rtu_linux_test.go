@@ -67,7 +67,16 @@ func rtuHelper(mode, op string) int {
 			return 1
 		}
 	}
-	if mode == "askvx" {
+	if mode == "p2p" {
+		// A peer-to-peer client (ICE, WireGuard-like): it sends to its peer
+		// 127.0.0.2:7777 half a second after binding.
+		fmt.Println("ok", res.port)
+		time.Sleep(500 * time.Millisecond)
+		if err := unix.Sendto(res.fd, []byte("ask"), 0, &unix.SockaddrInet4{Port: 7777, Addr: [4]byte{127, 0, 0, 2}}); err != nil {
+			fmt.Println("sendto:", err)
+			return 1
+		}
+	} else if mode == "askvx" {
 		// A client's request to a resolver behind a VXLAN overlay.
 		if err := unix.Sendto(res.fd, []byte("ask"), 0, &unix.SockaddrInet4{Port: 5300, Addr: [4]byte{198, 51, 100, 2}}); err != nil {
 			fmt.Println("sendto:", err)
@@ -82,7 +91,9 @@ func rtuHelper(mode, op string) int {
 			return 1
 		}
 	}
-	fmt.Println("ok", res.port)
+	if mode != "p2p" {
+		fmt.Println("ok", res.port)
+	}
 	buf, oob := make([]byte, 256), make([]byte, 256)
 	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		flags := unix.MSG_DONTWAIT
@@ -535,6 +546,39 @@ func TestRedteamRTUBroadcastDiscovery(t *testing.T) {
 	})
 	t.Run("BREAKS: restricted uid's discovery loses the answer", func(t *testing.T) {
 		if got := r.rtuReceive(protected, "askbc", "udp4,0.0.0.0,0", none); got != "none" {
+			t.Errorf("fixed (%q): flip this assertion", got)
+		}
+	})
+}
+
+// Legit traffic, red team of issue 28: a peer-to-peer client (ICE
+// connectivity checks, a hole-punching game or VPN client) whose peer's
+// first packet arrives before its own. That packet is dropped (it opened
+// the flow), and conntrack keeps the peer as the flow's originator: the
+// client's own packets to the peer are now replies, the peer's answers
+// stay in the original direction, tagged, dropped, for as long as the
+// client keeps the entry alive by sending.
+func TestRedteamRTUPeerFirst(t *testing.T) {
+	r := newRig(t)
+	r.tagInbound()
+	r.apply(policy)
+	late := func(port int) error {
+		time.Sleep(time.Second)
+		return r.sendFrom(7777, port, "door")
+	}
+	t.Run("control: the peer answers after the client's packet", func(t *testing.T) {
+		if got := r.rtuReceive(protected, "p2p", "udp4,127.0.0.1,0", late); got != "got door" {
+			t.Fatalf("peer's answer: %q", got)
+		}
+	})
+	t.Run("BREAKS: the peer's packet came first: its answers stay dropped", func(t *testing.T) {
+		early := func(port int) error {
+			if err := r.sendFrom(7777, port, "early"); err != nil {
+				return err
+			}
+			return late(port)
+		}
+		if got := r.rtuReceive(protected, "p2p", "udp4,127.0.0.1,0", early); got != "none" {
 			t.Errorf("fixed (%q): flip this assertion", got)
 		}
 	})
