@@ -201,6 +201,9 @@ func helper(op string) int {
 		}
 		op = rest
 	}
+	if mode, rest, ok := strings.Cut(op, ";"); ok && strings.HasPrefix(mode, "rtu=") {
+		return rtuHelper(strings.TrimPrefix(mode, "rtu="), rest)
+	}
 	if ask, rest, ok := strings.Cut(op, ";"); ok && strings.HasPrefix(ask, "recv=") {
 		return recvHelper(strings.TrimPrefix(ask, "recv="), rest)
 	}
