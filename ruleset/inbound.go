@@ -25,6 +25,8 @@ const InboundPriority = "2147483646"
 // some allowlist has listen: (Plan.Inbound).
 func inboundRules() []Rule {
 	return []Rule{
+		rule(untagInbound).
+			because("a tag set before (on a tunnel's outer packet, by a tc class) is not the peer-opened mark: the inner packet of a VXLAN, Geneve or FOU tunnel passes this chain again"),
 		rule(l4protoNamed(unix.IPPROTO_UDP, "udp"), ctDirection(false), tagInbound).
 			because("a datagram of a flow the peer opened: not to a restricted service's unlisted port (bindguard)"),
 		rule(l4protoNamed(unix.IPPROTO_UDPLITE, "udplite"), ctDirection(false), tagInbound),
@@ -54,6 +56,14 @@ func echoReply(v6 bool) Stmt {
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{typ}},
 	)}
 }
+
+// untagInbound: meta priority set meta priority & ^TAG.
+var untagInbound = Stmt{fmt.Sprintf("meta priority set meta priority & %x:%x", ^uint32(bindguard.InboundTag)>>16, ^uint32(bindguard.InboundTag)&0xffff), []expr.Any{
+	&expr.Meta{Key: expr.MetaKeyPRIORITY, Register: reg1},
+	&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+		Mask: binaryutil.NativeEndian.PutUint32(^uint32(bindguard.InboundTag)), Xor: binaryutil.NativeEndian.PutUint32(0)},
+	&expr.Meta{Key: expr.MetaKeyPRIORITY, Register: reg1, SourceRegister: true},
+}}
 
 // tagInbound: meta priority set meta priority | TAG (nft prints a priority
 // as a tc handle, MAJOR:MINOR in hex).

@@ -18,12 +18,13 @@ import (
 var inboundChain = fmt.Sprintf(`table inet bindguardtest {
 	chain inbound {
 		type filter hook input priority 2147483646; policy accept;
+		meta priority set meta priority & 0x%x
 		meta l4proto { udp, udplite } ct direction original meta priority set meta priority | 0x%x
 		icmp type echo-reply ct state invalid meta priority set meta priority | 0x%x
 		icmpv6 type echo-reply ct state invalid meta priority set meta priority | 0x%x
 	}
 }
-`, InboundTag, InboundTag, InboundTag)
+`, ^uint32(InboundTag), InboundTag, InboundTag, InboundTag)
 
 // tagInbound loads inboundChain into the test's namespace.
 func (r *rig) tagInbound() {
