@@ -3,10 +3,8 @@
 package integration
 
 import (
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,17 +15,7 @@ import (
 // runs ExecStartPre=+, with the test's configuration and pins.
 func (w *world) gateUser(uid int, pins string, timeout time.Duration) (int, string) {
 	w.t.Helper()
-	cmd := exec.Command(egressd, "wait", "--user", fmt.Sprint(uid), "--config", w.tw.Config(), "--bpf-dir", pins, "--timeout", timeout.String())
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	w.must(w.tw.NS.Start(cmd))
-	err := cmd.Wait()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode(), out.String()
-	}
-	w.must(err)
-	return 0, out.String()
+	return w.runWait("", "--user", fmt.Sprint(uid), "--config", w.tw.Config(), "--bpf-dir", pins, "--timeout", timeout.String())
 }
 
 // The start gate of a user allowlist with listen: waits for the uid's rule

@@ -3,7 +3,6 @@
 package integration
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -62,19 +61,7 @@ func (w *world) expectListenIn(dir string, uid int, network, addr string, want i
 // gateListen is gate with the test's configuration and pins.
 func (w *world) gateListen(dir, unit, pins string, timeout time.Duration) (int, string) {
 	w.t.Helper()
-	cmd := exec.Command(egressd, "wait", "--unit", unit, "--config", filepath.Join(w.dir, "egressd.yaml"), "--bpf-dir", pins, "--timeout", timeout.String())
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	done := inCgroup(w.t, cmd, dir)
-	defer done()
-	w.must(w.tw.NS.Start(cmd))
-	err := cmd.Wait()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode(), out.String()
-	}
-	w.must(err)
-	return 0, out.String()
+	return w.runWait(dir, "--unit", unit, "--config", filepath.Join(w.dir, "egressd.yaml"), "--bpf-dir", pins, "--timeout", timeout.String())
 }
 
 // listen: in a unit allowlist: every process of the unit (its cgroup and a

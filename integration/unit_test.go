@@ -97,11 +97,21 @@ func (w *world) expectIn(dir string, uid int, proto, addr string, want int) {
 // namespace, as systemd runs ExecStartPre=+: its exit code and output.
 func (w *world) gate(dir, unit string, timeout time.Duration) (int, string) {
 	w.t.Helper()
-	cmd := exec.Command(egressd, "wait", "--unit", unit, "--timeout", timeout.String())
+	return w.runWait(dir, "--unit", unit, "--timeout", timeout.String())
+}
+
+// runWait runs `egressd wait ARGS...` as root in the namespace (as systemd
+// runs ExecStartPre=+), inside the cgroup dir unless dir is "", and returns
+// its exit status and output.
+func (w *world) runWait(dir string, args ...string) (int, string) {
+	w.t.Helper()
+	cmd := exec.Command(egressd, append([]string{"wait"}, args...)...)
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
-	done := inCgroup(w.t, cmd, dir)
-	defer done()
+	if dir != "" {
+		done := inCgroup(w.t, cmd, dir)
+		defer done()
+	}
 	w.must(w.tw.NS.Start(cmd))
 	err := cmd.Wait()
 	var ee *exec.ExitError
