@@ -190,6 +190,9 @@ func (r *rig) run(uid int, op string) string {
 // NETWORK,ADDR,PORT[,hold][,dropto=UID][,reuseport][,range=LO-HI][,listen][,autolisten],
 // and prints "ok PORT" or the errno's name.
 func helper(op string) int {
+	if arg, ok := strings.CutPrefix(op, "getent="); ok {
+		return getentHelper(arg)
+	}
 	if dst, rest, ok := strings.Cut(op, ";"); ok && strings.HasPrefix(dst, "move=") {
 		// move=CGROUP;OP: move this process to CGROUP first, as the
 		// service could (cgroup.procs), then perform OP.

@@ -315,28 +315,32 @@ func ingressProgram(m progMaps) asm.Instructions {
 	}, check(m, 0, skbAddress, socketAncestor)...)
 }
 
-// sockoptProgram is cgroup/setsockopt: a restricted uid or unit may not
-// set IP_RECVERR (SOL_IP, on an IPv4 or IPv6 socket) or IPV6_RECVERR
-// (SOL_IPV6), to any value, on any socket: the kernel queues ICMP errors,
-// whose quoted datagram (up to ~500 bytes) a peer chooses, on the socket's
-// error queue without running the ingress program, so a UDP, UDP-Lite or
-// ping socket could be pushed data through recvmsg(MSG_ERRQUEUE) on any
-// port. setsockopt fails with EPERM (no event: it is not a bind). TCP
-// queues no payload (tcp_v4_err and tcp_v6_err only set sk_err), but the
-// option is refused there too: judging by the value or the protocol would
-// have to follow each kernel's parsing (a 1-byte int for SOL_IP) and
-// protocol list, and a refused IP_RECVERR only costs a program its early
-// error reports. The RFC 4884 options only add an offset to errors queued
-// because of those two, and pass. Every other option passes with its
-// value untouched; an optval longer than a page (which the program sees only
-// the first page of) goes to the kernel as the caller gave it (optlen 0, as
-// the kernel's rules for this hook ask). Judged by who calls, as a bind is.
+// sockoptProgram is cgroup/setsockopt: for a restricted uid or unit,
+// setting IP_RECVERR (SOL_IP, on an IPv4 or IPv6 socket) or IPV6_RECVERR
+// (SOL_IPV6), to any value, on any socket, succeeds and does nothing (the
+// program sets optlen to -1: the kernel skips its own handler and returns
+// 0); getsockopt shows the option off. The kernel queues ICMP errors, whose
+// quoted datagram (up to ~500 bytes) a peer chooses, on a socket's error
+// queue without running the ingress program, so a UDP, UDP-Lite or ping
+// socket could be pushed data through recvmsg(MSG_ERRQUEUE) on any port.
+// Not EPERM: glibc's stub resolver (2.30 and later) sets the option on its
+// UDP socket and fails the whole query when it cannot, which would break
+// every restricted service's name lookups. No event (it is not a bind).
+// TCP queues no payload (tcp_v4_err and tcp_v6_err only set sk_err), but
+// the option is ignored there too: judging by the value or the protocol
+// would have to follow each kernel's parsing (a 1-byte int for SOL_IP) and
+// protocol list. The RFC 4884 options only add an offset to errors queued
+// because of those two, and pass. Every other option passes with its value
+// untouched; an optval longer than a page (which the program sees only the
+// first page of) goes to the kernel as the caller gave it (optlen 0, as the
+// kernel's rules for this hook ask). Judged by who calls, as a bind is.
 func sockoptProgram(m progMaps, pageSize int) asm.Instructions {
 	refuse := func(next string) asm.Instructions {
 		return asm.Instructions{
 			asm.LoadMem(asm.R1, asm.RFP, stMode, asm.Byte),
 			asm.JEq.Imm(asm.R1, modeAudit, next),
-			asm.Mov.Imm(asm.R0, 0),
+			asm.StoreImm(asm.R6, sockoptOptlen, -1, asm.Word), // bypass the kernel's handler
+			asm.Mov.Imm(asm.R0, 1),
 			asm.Return(),
 		}
 	}

@@ -40,11 +40,19 @@ func rtuHelper(mode, op string) int {
 		fmt.Println(err)
 		return 1
 	}
-	// The error queue's switch, as the mode says; a refusal is kept for
-	// the last line ("none (...)"): the error queue is read all the same.
+	// The error queue's switch, as the mode says; a refusal, or the option
+	// read back off, is kept for the last line ("none (...)"): the error
+	// queue is read all the same.
 	var refused string
 	if err := setRecverr(res.fd, mode); err != nil {
 		refused = fmt.Sprintf(" (%v)", err)
+	} else if level, name, what := unix.SOL_IP, unix.IP_RECVERR, "IP_RECVERR"; strings.HasPrefix(mode, "errq") {
+		if mode == "errq6" {
+			level, name, what = unix.SOL_IPV6, unix.IPV6_RECVERR, "IPV6_RECVERR"
+		}
+		if v, err := unix.GetsockoptInt(res.fd, level, name); err != nil || v == 0 {
+			refused = fmt.Sprintf(" (%s off: %d, %v)", what, v, err)
+		}
 	}
 	if p, ok := strings.CutPrefix(mode, "conn="); ok {
 		n, _ := strconv.Atoi(p)
@@ -337,9 +345,10 @@ func (r *rig) rtuReceive(uid int, mode, op string, push func(port int) error) st
 // reach the error queue without passing sk_filter, so the cgroup ingress
 // program never sees them; conntrack relates an error quoting a flow the
 // service opened (to an allowed resolver) whatever its outer source, so no
-// spoofing is needed either. The setsockopt program refuses the switch
-// (IP_RECVERR, IPV6_RECVERR) to a restricted uid or unit, however it is
-// asked; the error queue then stays empty. Each attack runs first as the
+// spoofing is needed either. The setsockopt program ignores the switch
+// (IP_RECVERR, IPV6_RECVERR) for a restricted uid or unit, however it is
+// asked: setsockopt succeeds (glibc's resolver needs it to), the option
+// reads back off and the error queue stays empty. Each attack runs first as the
 // unrestricted uid, which must get the payload (the attack is real).
 func TestRedteamRTUICMPErrorQueue(t *testing.T) {
 	r := newRig(t)
@@ -383,7 +392,7 @@ func TestRedteamRTUICMPErrorQueue(t *testing.T) {
 			if got != "got door" {
 				t.Fatalf("control: the unrestricted uid must read the payload: %q", got)
 			}
-			want := "none (" + c.refused + ": operation not permitted)"
+			want := "none (" + c.refused + " off: 0, <nil>)"
 			if got := r.rtuReceive(protected, c.mode, c.op, c.push); got != want {
 				t.Errorf("restricted uid: %q, want %q", got, want)
 			}
@@ -398,7 +407,7 @@ func TestRedteamRTUICMPErrorQueue(t *testing.T) {
 		if got := r.rtuReceive(other, "errq,ask", "udp4,127.0.0.1,0", quote); got != "got door" {
 			t.Fatalf("control: unrestricted: %q", got)
 		}
-		if got := r.rtuReceive(protected, "errq,ask", "udp4,127.0.0.1,0", quote); got != "none (IP_RECVERR: operation not permitted)" {
+		if got := r.rtuReceive(protected, "errq,ask", "udp4,127.0.0.1,0", quote); got != "none (IP_RECVERR off: 0, <nil>)" {
 			t.Errorf("restricted uid: %q", got)
 		}
 	})
