@@ -221,7 +221,7 @@ func planListen(w io.Writer, o planOptions, cfg *config.Config, want bindguard.P
 	text := func(p bindguard.Policy, c bindguard.Cgroups, indent string) string {
 		return listenText(p, names, indent) + cgroupListenText(c, cgNames, indent)
 	}
-	fmt.Fprintln(w, "\n# listen restriction (cgroup BPF bind4, bind6, ingress; docs/hardening.md \"Listening ports\"):")
+	fmt.Fprintln(w, "\n# listen restriction (cgroup BPF bind4, bind6, ingress, setsockopt; docs/hardening.md \"Listening ports\"):")
 	fmt.Fprint(w, text(want, wantCg, "#   "))
 	switch {
 	case !o.CanAdmin():

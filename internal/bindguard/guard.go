@@ -1,8 +1,8 @@
 //go:build linux
 
 // Package bindguard owns egressd's listen restriction (an allowlist's
-// listen: key): cgroup BPF programs on the bind, post-bind and ingress hooks
-// of a cgroup, the policy map the daemon keeps current, the ring buffer the
+// listen: key): cgroup BPF programs on the bind, ingress and setsockopt
+// hooks of a cgroup, the policy map the daemon keeps current, the ring buffer the
 // programs report refused binds on, and their pins on bpffs, which keep the
 // programs attached and the policy in force while egressd restarts (as the
 // nftables table stays).
@@ -67,6 +67,7 @@ var hooks = []hook{
 	{"bind4", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Bind, func(m progMaps) asm.Instructions { return bindProgram(m, afInet) }},
 	{"bind6", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet6Bind, func(m progMaps) asm.Instructions { return bindProgram(m, afInet6) }},
 	{"ingress", ebpf.CGroupSKB, ebpf.AttachCGroupInetIngress, ingressProgram},
+	{"setsockopt", ebpf.CGroupSockopt, ebpf.AttachCGroupSetsockopt, func(m progMaps) asm.Instructions { return sockoptProgram(m, os.Getpagesize()) }},
 }
 
 // Hooks names the pinned links, in attach order (for plan and check).
@@ -88,7 +89,7 @@ type Guard struct {
 
 // ErrUnsupported wraps a kernel that lacks a feature the restriction needs
 // (cgroup v2 BPF hooks, ring buffers; Linux ≥ 5.8).
-var ErrUnsupported = errors.New("the kernel cannot enforce listen: (needs cgroup v2 BPF bind and ingress hooks and BPF ring buffers, Linux 5.8 or later)")
+var ErrUnsupported = errors.New("the kernel cannot enforce listen: (needs cgroup v2 BPF bind, ingress and setsockopt hooks and BPF ring buffers, Linux 5.8 or later)")
 
 // Open loads the programs and attaches them to the cgroup at cgroupPath, or
 // takes over those pinned in dir by an earlier egressd (replacing their

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -33,6 +34,9 @@ const (
 func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) == "pingpong" {
 		os.Exit(pingpong(os.Args[len(os.Args)-1]))
+	}
+	if os.Getenv(helperEnv) == "sockoptloop" {
+		os.Exit(sockoptLoop(os.Args[len(os.Args)-1]))
 	}
 	if os.Getenv(helperEnv) != "" {
 		os.Exit(helper(os.Args[len(os.Args)-1]))
@@ -186,6 +190,9 @@ func (r *rig) run(uid int, op string) string {
 // NETWORK,ADDR,PORT[,hold][,dropto=UID][,reuseport][,range=LO-HI][,listen][,autolisten],
 // and prints "ok PORT" or the errno's name.
 func helper(op string) int {
+	if arg, ok := strings.CutPrefix(op, "getent="); ok {
+		return getentHelper(arg)
+	}
 	if dst, rest, ok := strings.Cut(op, ";"); ok && strings.HasPrefix(dst, "move=") {
 		// move=CGROUP;OP: move this process to CGROUP first, as the
 		// service could (cgroup.procs), then perform OP.
@@ -220,6 +227,9 @@ func helper(op string) int {
 	}
 	if strings.HasPrefix(op, "uring,") {
 		return uringHelper(op)
+	}
+	if op == "sockopts" {
+		return sockoptsHelper()
 	}
 	if ident, ok := strings.CutPrefix(op, "ping4,"); ok {
 		return pingReceive(ident)
@@ -847,7 +857,17 @@ func BenchmarkLoopbackRoundTrip(b *testing.B) {
 
 func ingressStats(b *testing.B, g *Guard) *ebpf.ProgramStats {
 	b.Helper()
-	info, err := g.links[len(g.links)-1].Info() // ingress is attached last
+	return hookStats(b, g, "ingress")
+}
+
+// hookStats is the run-time statistics of the program on the hook name.
+func hookStats(b *testing.B, g *Guard, name string) *ebpf.ProgramStats {
+	b.Helper()
+	i := slices.Index(Hooks(), name)
+	if i < 0 {
+		b.Fatalf("no hook %s", name)
+	}
+	info, err := g.links[i].Info()
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -861,4 +881,61 @@ func ingressStats(b *testing.B, g *Guard) *ebpf.ProgramStats {
 		b.Fatal(err)
 	}
 	return st
+}
+
+// sockoptLoop sets IP_TOS on a UDP socket N times and prints the
+// nanoseconds per call.
+func sockoptLoop(arg string) int {
+	n, _ := strconv.Atoi(arg)
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, unix.IPPROTO_UDP)
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TOS, 0x10); err != nil {
+			fmt.Println(err)
+			return 1
+		}
+	}
+	fmt.Println(float64(time.Since(start).Nanoseconds()) / float64(n))
+	return 0
+}
+
+// BenchmarkSetsockopt is the cost the setsockopt program adds to every
+// setsockopt of the host (it is attached at the root): an option it passes
+// (IP_TOS), by a restricted uid, with the program attached and detached.
+func BenchmarkSetsockopt(b *testing.B) {
+	r := newRig(b)
+	r.apply(policy)
+	run := func(b *testing.B) {
+		cmd, out := r.startEnv(protected, "sockoptloop", fmt.Sprint(max(b.N, 100000)))
+		line, _ := out.ReadString('\n')
+		cmd.Wait()
+		ns, err := strconv.ParseFloat(strings.TrimSpace(line), 64)
+		if err != nil {
+			b.Fatalf("sockoptloop: %q", line)
+		}
+		b.ReportMetric(ns, "ns/setsockopt")
+	}
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer stats.Close()
+	b.Run("attached", func(b *testing.B) {
+		before := hookStats(b, r.guard, "setsockopt")
+		run(b)
+		after := hookStats(b, r.guard, "setsockopt")
+		if n := after.RunCount - before.RunCount; n > 0 {
+			b.ReportMetric(float64(after.Runtime-before.Runtime)/float64(n), "ns/program-run")
+		}
+	})
+	r.guard.Close()
+	if err := Remove(r.pins); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("detached", run)
+	r.open() // for the cleanup
 }

@@ -28,6 +28,16 @@ const (
 	skbLocalIP6 = 116
 	skbSK       = 168
 
+	sockoptLevel   = 24 // struct bpf_sockopt
+	sockoptOptname = 28
+	sockoptOptlen  = 32
+
+	solIP         = 0  // SOL_IP
+	solIPv6       = 41 // SOL_IPV6
+	ipRecverr     = 11 // IP_RECVERR
+	ipv6Recverr   = 25 // IPV6_RECVERR
+	sentinelProto = 255
+
 	tcpListen      = 10 // TCP_LISTEN
 	afInet         = 2
 	afInet6        = 10
@@ -89,6 +99,13 @@ type ancestorFunc func(level int) asm.Instructions
 // 0, or is reported and passes on for an allowlist in audit mode; R0 = 1
 // when none refuses.
 func check(m progMaps, hook uint8, family func(tag string) asm.Instructions, ancestor ancestorFunc) asm.Instructions {
+	return judge(m, func(next string) asm.Instructions { return report(m, hook, family, next) }, ancestor)
+}
+
+// judge is check with refuse emitting what a refusal does (its mode at
+// stMode, its cgroup at stEvent+32): return 0, or go on at next in audit
+// mode.
+func judge(m progMaps, refuse func(next string) asm.Instructions, ancestor ancestorFunc) asm.Instructions {
 	insns := asm.Instructions{
 		// Is the uid restricted? Key {uid, 0, 0}.
 		asm.StoreMem(asm.RFP, stKey, asm.R9, asm.Word),
@@ -112,7 +129,7 @@ func check(m progMaps, hook uint8, family func(tag string) asm.Instructions, anc
 		asm.StoreImm(asm.RFP, stEvent+32, 0, asm.Word),
 		asm.StoreImm(asm.RFP, stEvent+32+4, 0, asm.Word),
 	}
-	insns = append(insns, report(m, hook, family, "uid_done")...)
+	insns = append(insns, refuse("uid_done")...)
 	// The unit rules: is any unit restricted? Key {0, 0, 0} (no cgroup has
 	// id 0). Hosts without unit listen: rules stop here.
 	insns = append(insns,
@@ -160,7 +177,7 @@ func check(m progMaps, hook uint8, family func(tag string) asm.Instructions, anc
 			asm.LoadMem(asm.R1, asm.RFP, stCKey, asm.DWord),
 			asm.StoreMem(asm.RFP, stEvent+32, asm.R1, asm.DWord),
 		)
-		insns = append(insns, report(m, hook, family, next)...)
+		insns = append(insns, refuse(next)...)
 	}
 	return append(insns,
 		asm.Mov.Imm(asm.R0, 1).WithSymbol("allow"),
@@ -296,6 +313,55 @@ func ingressProgram(m progMaps) asm.Instructions {
 		asm.FnGetSocketUid.Call(),
 		asm.Mov.Reg32(asm.R9, asm.R0),
 	}, check(m, 0, skbAddress, socketAncestor)...)
+}
+
+// sockoptProgram is cgroup/setsockopt: for a restricted uid or unit,
+// setting IP_RECVERR (SOL_IP, on an IPv4 or IPv6 socket) or IPV6_RECVERR
+// (SOL_IPV6), to any value, on any socket, succeeds and does nothing (the
+// program sets optlen to -1: the kernel skips its own handler and returns
+// 0); getsockopt shows the option off. The kernel queues ICMP errors, whose
+// quoted datagram (up to ~500 bytes) a peer chooses, on a socket's error
+// queue without running the ingress program, so a UDP, UDP-Lite or ping
+// socket could be pushed data through recvmsg(MSG_ERRQUEUE) on any port.
+// Not EPERM: glibc's stub resolver (2.30 and later) sets the option on its
+// UDP socket and fails the whole query when it cannot, which would break
+// every restricted service's name lookups. No event (it is not a bind).
+// TCP queues no payload (tcp_v4_err and tcp_v6_err only set sk_err), but
+// the option is ignored there too: judging by the value or the protocol
+// would have to follow each kernel's parsing (a 1-byte int for SOL_IP) and
+// protocol list. The RFC 4884 options only add an offset to errors queued
+// because of those two, and pass. Every other option passes with its value
+// untouched; an optval longer than a page (which the program sees only the
+// first page of) goes to the kernel as the caller gave it (optlen 0, as the
+// kernel's rules for this hook ask). Judged by who calls, as a bind is.
+func sockoptProgram(m progMaps, pageSize int) asm.Instructions {
+	refuse := func(next string) asm.Instructions {
+		return asm.Instructions{
+			asm.LoadMem(asm.R1, asm.RFP, stMode, asm.Byte),
+			asm.JEq.Imm(asm.R1, modeAudit, next),
+			asm.StoreImm(asm.R6, sockoptOptlen, -1, asm.Word), // bypass the kernel's handler
+			asm.Mov.Imm(asm.R0, 1),
+			asm.Return(),
+		}
+	}
+	return append(asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.LoadMem(asm.R1, asm.R6, sockoptOptlen, asm.Word),
+		asm.JLE.Imm(asm.R1, int32(pageSize), "level"),
+		asm.StoreImm(asm.R6, sockoptOptlen, 0, asm.Word),
+		asm.LoadMem(asm.R2, asm.R6, sockoptLevel, asm.Word).WithSymbol("level"),
+		asm.LoadMem(asm.R3, asm.R6, sockoptOptname, asm.Word),
+		asm.JEq.Imm(asm.R2, solIP, "sol_ip"),
+		asm.JNE.Imm(asm.R2, solIPv6, "allow"),
+		asm.JEq.Imm(asm.R3, ipv6Recverr, "recverr"),
+		asm.Ja.Label("allow"),
+		asm.JNE.Imm(asm.R3, ipRecverr, "allow").WithSymbol("sol_ip"),
+		// Port 0 with a protocol no rule lists: only the markers match.
+		asm.Mov.Imm(asm.R7, 0).WithSymbol("recverr"),
+		asm.Mov.Imm(asm.R8, sentinelProto),
+		asm.FnGetCurrentUidGid.Call(),
+		asm.Mov.Reg32(asm.R9, asm.R0),
+	}, judge(m, refuse, currentAncestor)...)
 }
 
 // currentAncestor is the calling process's cgroup's ancestor at level (a

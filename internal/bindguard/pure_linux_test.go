@@ -97,7 +97,7 @@ func TestRuleMode(t *testing.T) {
 }
 
 func TestHooks(t *testing.T) {
-	if got, want := Hooks(), []string{"bind4", "bind6", "ingress"}; !reflect.DeepEqual(got, want) {
+	if got, want := Hooks(), []string{"bind4", "bind6", "ingress", "setsockopt"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("Hooks() = %q, want %q", got, want)
 	}
 }
@@ -435,7 +435,7 @@ func TestPinnedAndAttachedWithoutPins(t *testing.T) {
 	if got := Pinned(filepath.Join(dir, "missing")); len(got) != 0 {
 		t.Errorf("Pinned(missing dir) = %q", got)
 	}
-	want := []string{"listen bind4 program not pinned", "listen bind6 program not pinned", "listen ingress program not pinned"}
+	want := []string{"listen bind4 program not pinned", "listen bind6 program not pinned", "listen ingress program not pinned", "listen setsockopt program not pinned"}
 	if got := Attached(dir); !reflect.DeepEqual(got, want) {
 		t.Errorf("Attached(empty dir) = %q, want %q", got, want)
 	}

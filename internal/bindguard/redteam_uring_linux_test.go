@@ -16,15 +16,17 @@ import (
 
 // io_uring (linux/io_uring.h): enough of it to submit one IORING_OP_BIND.
 const (
-	ioringOpBind       = 56 // Linux 6.11
-	ioringSetupSQPoll  = 1 << 1
-	ioringEnterGetEv   = 1 << 0
-	ioringEnterSQWake  = 1 << 1
-	iosqeAsync         = 1 << 4
-	ioringOffSQRing    = 0
-	ioringOffCQRing    = 0x8000000
-	ioringOffSQEs      = 0x10000000
-	ioringSQENeedsWake = 1 << 0
+	ioringOpBind            = 56 // Linux 6.11
+	ioringOpURingCmd        = 46 // Linux 5.19; on sockets 6.7
+	socketURingOpSetsockopt = 3
+	ioringSetupSQPoll       = 1 << 1
+	ioringEnterGetEv        = 1 << 0
+	ioringEnterSQWake       = 1 << 1
+	iosqeAsync              = 1 << 4
+	ioringOffSQRing         = 0
+	ioringOffCQRing         = 0x8000000
+	ioringOffSQEs           = 0x10000000
+	ioringSQENeedsWake      = 1 << 0
 )
 
 type uringParams struct {
@@ -44,6 +46,33 @@ type uringParams struct {
 // an io-wq worker (IOSQE_ASYNC), or by the kernel's SQPOLL thread, and
 // returns the completion's result (0 or -errno).
 func uringBind(mode string, fd int, sa *unix.RawSockaddrInet4) (int32, error) {
+	return uringSubmit(mode, func(sqe []byte) {
+		sqe[0] = ioringOpBind
+		*(*int32)(unsafe.Pointer(&sqe[4])) = int32(fd)
+		*(*uint64)(unsafe.Pointer(&sqe[8])) = uint64(unsafe.Sizeof(*sa))           // addr2: the address's length
+		*(*uint64)(unsafe.Pointer(&sqe[16])) = uint64(uintptr(unsafe.Pointer(sa))) // addr
+	})
+}
+
+// uringSetsockopt sets the option level/name of fd to val through io_uring
+// (IORING_OP_URING_CMD, SOCKET_URING_OP_SETSOCKOPT: Linux 6.7), submitted
+// inline, and returns the completion's result (0 or -errno).
+func uringSetsockopt(fd, level, name int, val []byte) (int32, error) {
+	return uringSubmit("inline", func(sqe []byte) {
+		sqe[0] = ioringOpURingCmd
+		*(*int32)(unsafe.Pointer(&sqe[4])) = int32(fd)
+		*(*uint32)(unsafe.Pointer(&sqe[8])) = socketURingOpSetsockopt // cmd_op
+		*(*uint32)(unsafe.Pointer(&sqe[16])) = uint32(level)
+		*(*uint32)(unsafe.Pointer(&sqe[20])) = uint32(name)
+		*(*uint32)(unsafe.Pointer(&sqe[44])) = uint32(len(val))                         // optlen
+		*(*uint64)(unsafe.Pointer(&sqe[48])) = uint64(uintptr(unsafe.Pointer(&val[0]))) // optval
+	})
+}
+
+// uringSubmit submits the one SQE fill writes (IOSQE_ASYNC added in mode
+// async; by the SQPOLL thread in mode sqpoll) and returns its completion's
+// result.
+func uringSubmit(mode string, fill func(sqe []byte)) (int32, error) {
 	var p uringParams
 	if mode == "sqpoll" {
 		p.flags = ioringSetupSQPoll
@@ -68,13 +97,10 @@ func uringBind(mode string, fd int, sa *unix.RawSockaddrInet4) (int32, error) {
 	}
 	u32 := func(b []byte, off uint32) *uint32 { return (*uint32)(unsafe.Pointer(&b[off])) }
 	sqe := sqes[:64]
-	sqe[0] = ioringOpBind
+	fill(sqe)
 	if mode == "async" {
 		sqe[1] = iosqeAsync
 	}
-	*(*int32)(unsafe.Pointer(&sqe[4])) = int32(fd)
-	*(*uint64)(unsafe.Pointer(&sqe[8])) = uint64(unsafe.Sizeof(*sa))           // addr2: the address's length
-	*(*uint64)(unsafe.Pointer(&sqe[16])) = uint64(uintptr(unsafe.Pointer(sa))) // addr
 	tail := atomic.LoadUint32(u32(sq, p.sqOff.tail))
 	*u32(sq, p.sqOff.array+(tail&*u32(sq, p.sqOff.ringMask))*4) = 0
 	atomic.StoreUint32(u32(sq, p.sqOff.tail), tail+1)

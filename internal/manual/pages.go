@@ -339,7 +339,9 @@ daemon keeps its last good configuration.`),
 port. Any other bind() fails with EPERM (bind_denied); a TCP listener on a
 port the kernel picked (port 0, or listen() unbound) gets no connection,
 and a UDP, UDP-Lite or ping socket there no datagram of a flow a peer opened
-(replies to what it sent arrive). Enforced with cgroup BPF, pinned on bpffs (needs CAP_BPF, which
+(replies to what it sent arrive). Setting IP_RECVERR or IPV6_RECVERR
+succeeds and does nothing (ICMP errors quote bytes a peer chose; glibc's
+resolver needs the call to succeed; no event). Enforced with cgroup BPF, pinned on bpffs (needs CAP_BPF, which
 egressd.service holds); without it, reported as not enforced
 (listen_unenforced, check). In a unit allowlist, every process of the unit
 is held to it, whatever its uid, and its start gate waits for the unit's new
