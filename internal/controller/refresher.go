@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"github.com/egressd/egressd/internal/phase"
 	"net/netip"
 	"time"
 
@@ -81,7 +82,11 @@ func (r *refresher) startRound(ctx context.Context, done chan<- round) bool {
 
 // resolve queries keys and records the outcomes (used by Once and tests).
 func (r *refresher) resolve(ctx context.Context, keys []resolver.Key) map[string]error {
-	return r.observe(keys, policy.Query(ctx, r.querier, keys, r.o.Concurrency))
+	endDNS := phase.Start("dns")
+	out := policy.Query(ctx, r.querier, keys, r.o.Concurrency)
+	endDNS()
+	defer phase.Start("observe")()
+	return r.observe(keys, out)
 }
 
 // observe records outcomes in the cache and logs what changed. Names that
