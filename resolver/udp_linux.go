@@ -42,7 +42,7 @@ func exchangeUDP(ctx context.Context, q *dns.Msg, srv netip.AddrPort, timeout ti
 		unix.Close(fd) //nolint:errcheck
 		return nil, os.NewSyscallError("connect", err)
 	}
-	f := os.NewFile(uintptr(fd), "dns") // non-blocking: the runtime's poller waits for it
+	f := os.NewFile(uintptr(fd), "udp") // errors read "read udp: ..."; non-blocking: the runtime's poller waits for it
 	defer f.Close()
 	deadline := time.Now().Add(timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
