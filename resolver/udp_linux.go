@@ -48,17 +48,28 @@ func exchangeUDP(ctx context.Context, q *dns.Msg, srv netip.AddrPort, timeout ti
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
-	if err := f.SetDeadline(deadline); err != nil {
+	if err := f.SetWriteDeadline(deadline); err != nil {
 		return nil, err
 	}
-	// A cancelled ctx (a stop) ends the wait at once, not at the deadline.
-	defer context.AfterFunc(ctx, func() { f.SetDeadline(time.Unix(1, 0)) })() //nolint:errcheck
 	if _, err := f.Write(pkt); err != nil {
 		return nil, ioError(ctx, err)
 	}
 	buf := make([]byte, max(size, dns.MinMsgSize))
 	for {
+		// A cancelled ctx (a stop) ends the wait within cancelCheck, not
+		// at the deadline: the wait is cut in slices (an answer normally
+		// comes within the first), cheaper than a hook on ctx per query.
+		wait := time.Now().Add(cancelCheck)
+		if deadline.Before(wait) {
+			wait = deadline
+		}
+		if err := f.SetReadDeadline(wait); err != nil {
+			return nil, err
+		}
 		n, err := f.Read(buf)
+		if errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() == nil && time.Now().Before(deadline) {
+			continue
+		}
 		if err != nil {
 			return nil, ioError(ctx, err)
 		}
@@ -73,6 +84,10 @@ func exchangeUDP(ctx context.Context, q *dns.Msg, srv netip.AddrPort, timeout ti
 		// attempt; keep waiting for ours.
 	}
 }
+
+// cancelCheck is how often a query waiting for its answer sees whether its
+// context was cancelled.
+const cancelCheck = 100 * time.Millisecond
 
 // ioError is ctx's error when ctx ended the exchange.
 func ioError(ctx context.Context, err error) error {
