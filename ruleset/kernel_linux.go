@@ -5,12 +5,12 @@ package ruleset
 import (
 	"errors"
 	"fmt"
-	"github.com/egressd/egressd/internal/phase"
 	"net/netip"
 	"syscall"
 	"time"
 
 	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/phase"
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/mdlayher/netlink"

@@ -2,11 +2,11 @@ package controller
 
 import (
 	"fmt"
-	"github.com/egressd/egressd/internal/phase"
 	"time"
 
 	"github.com/egressd/egressd/internal/backoff"
 	"github.com/egressd/egressd/internal/event"
+	"github.com/egressd/egressd/internal/phase"
 	"github.com/egressd/egressd/ruleset"
 	"go.uber.org/zap"
 )

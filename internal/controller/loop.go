@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/egressd/egressd/internal/phase"
 	"strings"
 	"time"
 
 	"github.com/egressd/egressd/internal/event"
+	"github.com/egressd/egressd/internal/phase"
 	"github.com/egressd/egressd/internal/policy"
 	"go.uber.org/zap"
 )

@@ -2,12 +2,12 @@ package controller
 
 import (
 	"context"
-	"github.com/egressd/egressd/internal/phase"
 	"net/netip"
 	"time"
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/event"
+	"github.com/egressd/egressd/internal/phase"
 	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/resolver"
 	"github.com/miekg/dns"
