@@ -31,6 +31,32 @@ func BenchmarkQuery(b *testing.B) {
 	})
 }
 
+// BenchmarkQueryFanOut is what a cold apply does 20,000 times at 10,000
+// names: lookups 64 at a time, each under its own timeout (policy.Query).
+// Run: go test ./resolver -run XXX -bench QueryFanOut -benchmem
+func BenchmarkQueryFanOut(b *testing.B) {
+	s, err := dnstest.Listen("127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	s.Set("x.bench.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.1")}, TTL: 60})
+	c := &Client{Servers: []netip.AddrPort{s.Addr}}
+	round, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b.ReportAllocs()
+	b.SetParallelism(32) // 64 in flight on 2 CPUs
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			ctx, cancel := context.WithTimeout(round, 10*time.Second)
+			if _, err := c.Query(ctx, "x.bench.test", dns.TypeA); err != nil {
+				b.Error(err)
+			}
+			cancel()
+		}
+	})
+}
+
 // BenchmarkCacheObserve10k measures the cache's bookkeeping for 10,000 names.
 func BenchmarkCacheObserve10k(b *testing.B) {
 	now := time.Now()

@@ -141,8 +141,11 @@ func (c *Client) exchangeOne(ctx context.Context, q *dns.Msg, srv netip.AddrPort
 	// which is what makes a blind spoofing attempt miss.
 	q = q.Copy()
 	q.Id = dns.Id()
-	udp := &dns.Client{Net: "udp", Timeout: c.timeout(), UDPSize: 0}
-	r, _, err := udp.ExchangeContext(ctx, q, srv.String())
+	size := dns.MinMsgSize
+	if opt := q.IsEdns0(); opt != nil {
+		size = int(opt.UDPSize())
+	}
+	r, err := exchangeUDP(ctx, q, srv, c.timeout(), size)
 	if err == nil && r.Truncated {
 		// miekg does not retry over TCP by itself; truncated answers are never used.
 		tcp := &dns.Client{Net: "tcp", Timeout: c.timeout()}

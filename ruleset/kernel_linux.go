@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/config"
+	"github.com/egressd/egressd/internal/phase"
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/mdlayher/netlink"
@@ -104,6 +105,8 @@ func (k *Netlink) ApplyFull(p Plan) error {
 // for an unowned or orphaned one, delete it and create it anew with other
 // flags in the same transaction. Called with own.mu held.
 func (k *Netlink) applyFull(p Plan) error {
+	endRead := phase.Start("kernel_read")
+	defer func() { endRead() }()
 	c, flags, err := k.writer()
 	if err != nil {
 		return fmt.Errorf("open netlink: %w", err)
@@ -127,6 +130,8 @@ func (k *Netlink) applyFull(p Plan) error {
 			return fmt.Errorf("read the DNS proxy's elements to keep them: %w", err)
 		}
 	}
+	endRead()
+	endRead = func() {}
 	c.AddTable(&nftables.Table{Family: table.Family, Name: table.Name, Flags: have})
 	c.DelTable(table)
 	c.AddTable(&nftables.Table{Family: table.Family, Name: table.Name, Flags: flags})
@@ -134,7 +139,10 @@ func (k *Netlink) applyFull(p Plan) error {
 		k.dropIf(c)
 		return fmt.Errorf("build full ruleset: %w", err) // c is dropped unflushed
 	}
-	if err := c.Flush(); err != nil {
+	endFlush := phase.Start("kernel")
+	err = c.Flush()
+	endFlush()
+	if err != nil {
 		k.dropIf(c)
 		return fmt.Errorf("apply full ruleset (%d elements): %w", p.Elements(), err)
 	}
@@ -164,11 +172,16 @@ func (k *Netlink) unknownOutcome(p Plan, err error) error {
 // the rules. carry are the DNS proxy's elements to keep across a rebuild
 // (those of uids with dns: proxy in p).
 func build(c *nftables.Conn, p Plan, carry []ProxyElement) error {
+	endLayout := phase.Start("layout")
 	t, err := layout(p, carry)
+	endLayout()
 	if err != nil {
 		return err
 	}
-	if err := encodeTable(c, t, time.Now()); err != nil {
+	endEncode := phase.Start("encode")
+	err = encodeTable(c, t, time.Now())
+	endEncode()
+	if err != nil {
 		return err
 	}
 	return buildHelper(c, p)

@@ -6,6 +6,7 @@ import (
 
 	"github.com/egressd/egressd/internal/backoff"
 	"github.com/egressd/egressd/internal/event"
+	"github.com/egressd/egressd/internal/phase"
 	"github.com/egressd/egressd/ruleset"
 	"go.uber.org/zap"
 )
@@ -40,7 +41,9 @@ func newApplier(o *Options, deny *denyCounters) *applier {
 // applied or the structure changed, else an element delta. applied says
 // whether the kernel changed.
 func (a *applier) sync(d ruleset.Desired) (applied bool, err error) {
+	endRender := phase.Start("render")
 	plan := a.renderer.Render(d)
+	endRender()
 	start := time.Now()
 	kind := "delta"
 	var changed int
@@ -48,7 +51,9 @@ func (a *applier) sync(d ruleset.Desired) (applied bool, err error) {
 		kind, changed = "full", plan.Elements()
 		err = a.applyFull(plan)
 	} else {
+		endDiff := phase.Start("diff")
 		d := ruleset.Diff(*a.applied, plan)
+		endDiff()
 		add, del := ruleset.CgroupDelta(a.applied.Cgroups, plan.Cgroups)
 		if len(d) == 0 && len(add)+len(del) == 0 {
 			return false, nil
@@ -75,13 +80,15 @@ func (a *applier) sync(d ruleset.Desired) (applied bool, err error) {
 	a.retry.Reset()
 	a.applied = &plan
 	a.lastApply = a.o.Now()
-	sizes := map[[2]string]int{}
-	for _, al := range plan.Allowlists {
-		id4, id6 := ruleset.SetIDs(al.Allowlist, al.Subject.Kind)
-		sizes[[2]string{al.Allowlist, "ipv4"}] = len(plan.Sets[id4.Name()])
-		sizes[[2]string{al.Allowlist, "ipv6"}] = len(plan.Sets[id6.Name()])
+	if a.o.Metrics != nil {
+		sizes := map[[2]string]int{}
+		for _, al := range plan.Allowlists {
+			id4, id6 := ruleset.SetIDs(al.Allowlist, al.Subject.Kind)
+			sizes[[2]string{al.Allowlist, "ipv4"}] = len(plan.Sets[id4.Name()])
+			sizes[[2]string{al.Allowlist, "ipv6"}] = len(plan.Sets[id6.Name()])
+		}
+		a.o.Metrics.SetElements(sizes)
 	}
-	a.o.Metrics.SetElements(sizes)
 	a.generation++
 	a.o.Log.Info("ruleset applied", event.Field(event.RulesetApplied), zap.Uint64("generation", a.generation), zap.String("kind", kind),
 		zap.Int("elements", plan.Elements()), zap.Int("changed", changed), zap.Int("allowlists", len(plan.Allowlists)),

@@ -13,6 +13,7 @@ import (
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/backoff"
 	"github.com/egressd/egressd/internal/metrics"
+	"github.com/egressd/egressd/internal/phase"
 	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/resolver"
 	"github.com/egressd/egressd/ruleset"
@@ -151,10 +152,12 @@ func New(opts Options) (*Controller, error) {
 	// no start).
 	start := backoff.Retry{Exp: configRetry}
 	deadline := time.Now().Add(StartDeadline)
+	endConfig := phase.Start("config")
 	cfg, again, err := c.load(&start)
 	for ; again && time.Now().Before(deadline); cfg, again, err = c.load(&start) {
 		time.Sleep(time.Until(start.At()))
 	}
+	endConfig()
 	if err != nil {
 		if cfg = c.fallback(err); cfg == nil {
 			return nil, fmt.Errorf("%w: %v", ErrConfig, err)
@@ -163,8 +166,12 @@ func New(opts Options) (*Controller, error) {
 	if cfg.AllowDirMissing {
 		o.Log.Warn("the allow directory does not exist: no allowlists, nobody is restricted", event.Field(event.ConfigLoaded), zap.String("allow_dir", cfg.AllowDir))
 	}
+	endHosts := phase.Start("hosts")
 	c.dns = newRefresher(o, cfg, c.attr.nameChanged)
+	endHosts()
+	endSet := phase.Start("setconfig")
 	c.setConfig(cfg)
+	endSet()
 	if err != nil {
 		o.Metrics.ConfigRejected() // the last good configuration stands in for the rejected files
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/internal/event"
+	"github.com/egressd/egressd/internal/phase"
 	"github.com/egressd/egressd/internal/policy"
 	"go.uber.org/zap"
 )
@@ -18,8 +19,10 @@ func (c *Controller) sync() error {
 	c.dns.expire()
 	c.dns.cache.Renew() // extended lifetimes reach the kernel in batches
 	c.syncProxy()
+	endBuild := phase.Start("build")
 	d := policy.Build(policy.Inputs{Config: c.cfg, Users: c.users, Lifetimes: c.dns.cache.AppendLifetimes,
 		FromHosts: c.dns.hosts.Has, Cgroups: c.units.current(c.cfg)})
+	endBuild()
 	changed, err := c.apply.sync(d.Ruleset)
 	if err != nil {
 		return err
@@ -77,7 +80,9 @@ func (c *Controller) Once(ctx context.Context) (map[string]error, error) {
 		}
 	}
 	err := c.sync()
+	endOwn := phase.Start("ownership")
 	c.apply.logOwnership()
+	endOwn()
 	return failed, err
 }
 

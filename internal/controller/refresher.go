@@ -7,6 +7,7 @@ import (
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/event"
+	"github.com/egressd/egressd/internal/phase"
 	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/resolver"
 	"github.com/miekg/dns"
@@ -81,7 +82,11 @@ func (r *refresher) startRound(ctx context.Context, done chan<- round) bool {
 
 // resolve queries keys and records the outcomes (used by Once and tests).
 func (r *refresher) resolve(ctx context.Context, keys []resolver.Key) map[string]error {
-	return r.observe(keys, policy.Query(ctx, r.querier, keys, r.o.Concurrency))
+	endDNS := phase.Start("dns")
+	out := policy.Query(ctx, r.querier, keys, r.o.Concurrency)
+	endDNS()
+	defer phase.Start("observe")()
+	return r.observe(keys, out)
 }
 
 // observe records outcomes in the cache and logs what changed. Names that

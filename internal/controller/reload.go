@@ -69,11 +69,13 @@ func (c *Controller) setConfig(cfg *config.Config) {
 	}
 	c.keepLastGood(cfg)
 	c.dns.forgetFailing()
-	audit := map[string]bool{}
-	for _, a := range cfg.Allowlists {
-		audit[a.Name] = a.Mode == config.ModeAudit
+	if c.o.Metrics != nil { // the digest costs a JSON encoding of the whole configuration
+		audit := map[string]bool{}
+		for _, a := range cfg.Allowlists {
+			audit[a.Name] = a.Mode == config.ModeAudit
+		}
+		c.o.Metrics.ConfigLoaded(state.Hash(cfg), cfg.StaleGrace, audit, c.o.Now())
 	}
-	c.o.Metrics.ConfigLoaded(state.Hash(cfg), cfg.StaleGrace, audit, c.o.Now())
 	c.o.Log.Info("configuration loaded", event.Field(event.ConfigLoaded), zap.String("file", cfg.File),
 		zap.String("allow_dir", cfg.AllowDir), zap.Int("allowlists", len(cfg.Allowlists)),
 		zap.Int("entries", entries), zap.Int("names", len(cfg.Names())), zap.Stringers("resolvers", cfg.Resolvers))

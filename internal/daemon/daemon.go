@@ -125,8 +125,13 @@ type daemon struct {
 // run is `egressd run` in w: the first apply, then the loop until ctx ends.
 func run(ctx context.Context, s Settings, w World) error {
 	d := &daemon{s: s, w: w, log: s.Log, rec: deny.NewRecent(0), configs: make(chan *config.Config, 1)}
-	if w.Metrics == nil {
+	if w.Metrics == nil && !s.Once {
 		d.w.Metrics = metrics.New()
+	}
+	if s.Once {
+		// No endpoint serves them: the controller records nothing (and
+		// skips the configuration's digest, a JSON encoding of it all).
+		d.w.Metrics = nil
 	}
 	// Parts run under their own context, ended only after the loop has
 	// stopped (stop order).
@@ -180,7 +185,6 @@ func run(ctx context.Context, s Settings, w World) error {
 		return err
 	}
 	d.ctl = ctl
-	d.w.Metrics.SetDenyCounters(ctl.DeniedPackets)
 	if s.Once {
 		failed, err := ctl.Once(ctx)
 		if err != nil {
@@ -192,6 +196,7 @@ func run(ctx context.Context, s Settings, w World) error {
 		}
 		return nil
 	}
+	d.w.Metrics.SetDenyCounters(ctl.DeniedPackets)
 
 	// The configuration at start: the loop does not run yet, so reading it
 	// here races with nothing. From now on only OnConfig tells of it.
