@@ -208,6 +208,9 @@ func helper(op string) int {
 		}
 		op = rest
 	}
+	if rest, ok := strings.CutPrefix(op, "userns;"); ok {
+		return usernsHelper(rest)
+	}
 	if mode, rest, ok := strings.Cut(op, ";"); ok && strings.HasPrefix(mode, "rtu=") {
 		return rtuHelper(strings.TrimPrefix(mode, "rtu="), rest)
 	}

@@ -4,9 +4,12 @@ package bindguard
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -106,4 +109,90 @@ func TestRedteamRT28Compat32Setsockopt(t *testing.T) {
 			t.Log("HOLE: a 32-bit process's setsockopt(IP_RECVERR) skips the cgroup setsockopt program (compat syscall); a peer's bytes reach its error queue")
 		})
 	}
+}
+
+// usernsHelper is the helper's userns;OP: it runs OP in a user namespace it
+// makes itself, as an unprivileged process may (unshare -U), where it is
+// root (uid 0 mapped to its own uid), and returns OP's exit status.
+func usernsHelper(op string) int {
+	exe, err := os.Executable()
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	cmd := exec.Command(exe, "-test.run=^$", op)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  syscall.CLONE_NEWUSER,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
+		Credential:  &syscall.Credential{Uid: 0, Gid: 0},
+	}
+	if err := cmd.Run(); err != nil {
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			return exit.ExitCode()
+		}
+		fmt.Println("userns:", err)
+		return 1
+	}
+	return 0
+}
+
+// Red team of issue 28 (rt28): the restricted process makes a user
+// namespace of its own (unshare -U, no privilege needed where the kernel
+// allows it) and, root in there, sets IP_RECVERR, natively and through
+// io_uring. The program reads the caller's uid with
+// bpf_get_current_uid_gid, which maps it into the initial user namespace:
+// it is still the restricted uid, and the option is ignored. A unit's
+// processes stay in its cgroup. Controls: the unrestricted uid, in a
+// namespace of its own, reads the payload (the namespace itself does not
+// stop the attack).
+func TestRedteamRT28UserNamespace(t *testing.T) {
+	r := newRig(t)
+	r.tagInbound()
+	r.apply(policy)
+	unitPath, id := r.mkCgroup(r.cg, "svc.service")
+	if err := r.guard.ApplyCgroups(Cgroups{id: unitPorts}); err != nil {
+		t.Fatal(err)
+	}
+	push := func(port int) error { return r.sendPortUnreachable(port, "door") }
+	for _, mode := range []string{"errq", "errq1", "errquring"} {
+		t.Run(mode, func(t *testing.T) {
+			op := "userns;rtu=" + mode + ";udp4,127.0.0.1,0"
+			got := r.rtuNS(other, op, push)
+			if mode == "errquring" && got != "got door" {
+				t.Skipf("io_uring setsockopt not usable here: %q", got)
+			}
+			if got != "got door" {
+				t.Fatalf("control: the unrestricted uid in its own user namespace: %q", got)
+			}
+			want := "none (IP_RECVERR off: 0, <nil>)"
+			if got := r.rtuNS(protected, op, push); got != want {
+				t.Errorf("restricted uid, root in its own user namespace: %q, want %q", got, want)
+			}
+			if got := r.in(unitPath).rtuNS(other, op, push); got != want {
+				t.Errorf("restricted unit, root in its own user namespace: %q, want %q", got, want)
+			}
+		})
+	}
+}
+
+// rtuNS is rtuReceive for a helper op given whole (userns;rtu=MODE;OP).
+func (r *rig) rtuNS(uid int, op string, push func(port int) error) string {
+	r.t.Helper()
+	cmd, out := r.start(uid, op)
+	first, _ := out.ReadString('\n')
+	port, ok := strings.CutPrefix(strings.TrimSpace(first), "ok ")
+	if !ok {
+		cmd.Wait()
+		return strings.TrimSpace(first)
+	}
+	p, _ := strconv.Atoi(port)
+	if err := push(p); err != nil {
+		r.t.Fatal(err)
+	}
+	second, _ := out.ReadString('\n')
+	cmd.Wait()
+	return strings.TrimSpace(second)
 }
