@@ -211,6 +211,9 @@ func helper(op string) int {
 	if rest, ok := strings.CutPrefix(op, "userns;"); ok {
 		return usernsHelper(rest)
 	}
+	if rest, ok := strings.CutPrefix(op, "rt28="); ok {
+		return rt28Helper(rest)
+	}
 	if mode, rest, ok := strings.Cut(op, ";"); ok && strings.HasPrefix(mode, "rtu=") {
 		return rtuHelper(strings.TrimPrefix(mode, "rtu="), rest)
 	}
