@@ -407,3 +407,29 @@ func TestRedteamRT28ICMPErrno(t *testing.T) {
 		t.Log("HOLE: ICMP error codes quoting a restricted client's flow reach it as errnos (a few bits per error)")
 	})
 }
+
+// Red team of issue 28 (rt28): a Delegate=yes unit's process moves to a
+// sub-cgroup deeper than the levels the program looks at (level 11), then
+// sets IP_RECVERR. The unit's own cgroup (level 2) is still one of its
+// ancestors, so the option is ignored. The control: the unrestricted uid
+// in a deep cgroup outside any unit reads the payload.
+func TestRedteamRT28DeepSubcgroupRecverr(t *testing.T) {
+	r := newRig(t)
+	r.tagInbound()
+	unitPath, id := r.mkCgroup(r.cg, "svc.service") // level 2
+	deep, outside := unitPath, r.cg
+	for level := 3; level <= MaxLevel+3; level++ {
+		deep, _ = r.mkCgroup(deep, fmt.Sprintf("d%d", level))
+		outside, _ = r.mkCgroup(outside, fmt.Sprintf("o%d", level))
+	}
+	if err := r.guard.ApplyCgroups(Cgroups{id: unitPorts}); err != nil {
+		t.Fatal(err)
+	}
+	push := func(port int) error { return r.sendPortUnreachable(port, "door") }
+	if got := r.in(outside).rtuReceive(other, "errq", "udp4,127.0.0.1,0", push); got != "got door" {
+		t.Fatalf("control: deep outside the unit: %q", got)
+	}
+	if got := r.in(deep).rtuReceive(other, "errq", "udp4,127.0.0.1,0", push); got != "none (IP_RECVERR off: 0, <nil>)" {
+		t.Errorf("in the unit at level %d: %q", MaxLevel+3, got)
+	}
+}
