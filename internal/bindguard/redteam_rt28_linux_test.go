@@ -238,7 +238,7 @@ func TestRedteamRT28RecverrBeforeRestriction(t *testing.T) {
 //   - steal=PID,FD: take that socket (pidfd_open, pidfd_getfd: the same uid
 //     may), print "ok", then print "got PAYLOAD" for the first ICMP error's
 //     quoted payload on its error queue, or "none";
-//   - errno: see errnoHelper; mtu: see mtuHelper.
+//   - errno: see errnoHelper; mtu: see mtuHelper; ts: see timestampHelper.
 func rt28Helper(op string) int {
 	if op == "hold" {
 		res, err := bindOp("udp4,127.0.0.1,0")
@@ -258,6 +258,9 @@ func rt28Helper(op string) int {
 	}
 	if op == "mtu" {
 		return mtuHelper()
+	}
+	if op == "ts" {
+		return timestampHelper()
 	}
 	arg, ok := strings.CutPrefix(op, "steal=")
 	pidS, fdS, ok2 := strings.Cut(arg, ",")
@@ -491,4 +494,65 @@ func TestRedteamRT28PMTU(t *testing.T) {
 		t.Fatalf("the path MTU no longer takes the peer's value (%q): the hole is closed; flip this test and update docs/security.md", got)
 	}
 	t.Log("HOLE: a peer's next-hop MTU quoting a restricted client's flow is read back with IP_MTU")
+}
+
+// timestampHelper opens the error queue the other way: SO_TIMESTAMPING
+// (software transmit timestamps, which the kernel queues there with a copy
+// of the packet sent) on a UDP socket on a port the kernel picks, and
+// IP_RECVERR too; it sends "mine" to 127.0.0.1:5300, prints "ok PORT",
+// then reads the error queue for 1.5 s and prints "got" and, in order, the
+// words "mine" and "door" found in what it read.
+func timestampHelper() int {
+	res, err := bindOp("udp4,127.0.0.1,0")
+	if err == nil {
+		err = unix.SetsockoptInt(res.fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPING,
+			unix.SOF_TIMESTAMPING_TX_SOFTWARE|unix.SOF_TIMESTAMPING_SOFTWARE)
+	}
+	if err == nil {
+		err = setRecverr(res.fd, "errq")
+	}
+	if err == nil {
+		err = unix.Sendto(res.fd, []byte("mine"), 0, &unix.SockaddrInet4{Port: 5300, Addr: [4]byte{127, 0, 0, 1}})
+	}
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	fmt.Println("ok", res.port)
+	var words []string
+	buf, oob := make([]byte, 512), make([]byte, 512)
+	for deadline := time.Now().Add(1500 * time.Millisecond); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		n, _, _, _, err := unix.Recvmsg(res.fd, buf, oob, unix.MSG_DONTWAIT|unix.MSG_ERRQUEUE)
+		if err != nil {
+			continue
+		}
+		for _, w := range []string{"mine", "door"} {
+			if strings.Contains(string(buf[:n]), w) {
+				words = append(words, w)
+			}
+		}
+	}
+	fmt.Println("got", strings.Join(words, ","))
+	return 0
+}
+
+// Red team of issue 28 (rt28): the error queue has another switch,
+// SO_TIMESTAMPING (and SO_ZEROCOPY, SO_TXTIME): with it, a restricted
+// socket's error queue opens without IP_RECVERR. What lands there is the
+// socket's own packet (a transmit timestamp with a copy of what it sent),
+// not an ICMP error: the kernel queues those only when IP_RECVERR is on
+// (ip_icmp_error), which stays ignored. The control: the unrestricted uid
+// with the same options gets both its own packet and the peer's bytes.
+func TestRedteamRT28TimestampingErrorQueue(t *testing.T) {
+	r := newRig(t)
+	r.tagInbound()
+	r.apply(policy)
+	r.server(5300)
+	push := func(port int) error { return r.sendPortUnreachable(port, "door") }
+	if got := r.rtuNS(other, "rt28=ts", push); got != "got mine,door" {
+		t.Fatalf("control: unrestricted uid: %q", got)
+	}
+	if got := r.rtuNS(protected, "rt28=ts", push); got != "got mine" {
+		t.Errorf("restricted uid: %q, want its own packet only", got)
+	}
 }
