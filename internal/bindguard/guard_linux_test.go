@@ -209,7 +209,10 @@ func helper(op string) int {
 		op = rest
 	}
 	if rest, ok := strings.CutPrefix(op, "userns;"); ok {
-		return usernsHelper(rest)
+		return usernsHelper(rest, 0)
+	}
+	if rest, ok := strings.CutPrefix(op, "usernet;"); ok {
+		return usernsHelper(rest, syscall.CLONE_NEWNET)
 	}
 	if rest, ok := strings.CutPrefix(op, "rt28="); ok {
 		return rt28Helper(rest)

@@ -116,8 +116,10 @@ func TestRedteamRT28Compat32Setsockopt(t *testing.T) {
 
 // usernsHelper is the helper's userns;OP: it runs OP in a user namespace it
 // makes itself, as an unprivileged process may (unshare -U), where it is
-// root (uid 0 mapped to its own uid), and returns OP's exit status.
-func usernsHelper(op string) int {
+// root (uid 0 mapped to its own uid), and returns OP's exit status; with
+// flags CLONE_NEWNET (usernet;OP) in a network namespace of its own too
+// (unshare -rn).
+func usernsHelper(op string, flags uintptr) int {
 	exe, err := os.Executable()
 	if err != nil {
 		fmt.Println(err)
@@ -126,7 +128,7 @@ func usernsHelper(op string) int {
 	cmd := exec.Command(exe, "-test.run=^$", op)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags:  syscall.CLONE_NEWUSER,
+		Cloneflags:  syscall.CLONE_NEWUSER | flags,
 		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
 		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
 		Credential:  &syscall.Credential{Uid: 0, Gid: 0},
@@ -238,6 +240,8 @@ func TestRedteamRT28RecverrBeforeRestriction(t *testing.T) {
 //   - steal=PID,FD: take that socket (pidfd_open, pidfd_getfd: the same uid
 //     may), print "ok", then print "got PAYLOAD" for the first ICMP error's
 //     quoted payload on its error queue, or "none";
+//   - lo;OP: bring the loopback up (in a network namespace of its own),
+//     then perform OP as the helper does;
 //   - errno: see errnoHelper; mtu: see mtuHelper; ts: see timestampHelper.
 func rt28Helper(op string) int {
 	if op == "hold" {
@@ -252,6 +256,25 @@ func rt28Helper(op string) int {
 		fmt.Println("ok", res.port, os.Getpid(), res.fd)
 		time.Sleep(10 * time.Second)
 		return 0
+	}
+	if rest, ok := strings.CutPrefix(op, "lo;"); ok {
+		// Bring the namespace's loopback up, then perform rest.
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+		if err == nil {
+			var ifr *unix.Ifreq
+			if ifr, err = unix.NewIfreq("lo"); err == nil {
+				if err = unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err == nil {
+					ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+					err = unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+				}
+			}
+			unix.Close(fd)
+		}
+		if err != nil {
+			fmt.Println("lo up:", err)
+			return 1
+		}
+		return helper(rest)
 	}
 	if op == "errno" {
 		return errnoHelper()
@@ -554,5 +577,33 @@ func TestRedteamRT28TimestampingErrorQueue(t *testing.T) {
 	}
 	if got := r.rtuNS(protected, "rt28=ts", push); got != "got mine" {
 		t.Errorf("restricted uid: %q, want its own packet only", got)
+	}
+}
+
+// Red team of issue 28 (rt28): the restricted process makes a user and a
+// network namespace of its own (unshare -rn), where it is root, and opens
+// its door there. The bind hooks are not per namespace: an unlisted port is
+// refused there too (the listed one binds); and a port the kernel picks in
+// the new namespace is on that namespace's loopback, which no peer outside
+// reaches (the namespace has no other interface, and moving one in needs
+// CAP_NET_ADMIN over the host's namespace). The control: the same
+// receiver in the rig's namespace gets the peer's datagram.
+func TestRedteamRT28OwnNetns(t *testing.T) {
+	r := newRig(t)
+	r.apply(policy)
+	if got := r.run(protected, "usernet;rt28=lo;udp4,127.0.0.1,9999"); got != "EPERM" {
+		t.Errorf("unlisted port in its own network namespace: %q, want EPERM", got)
+	}
+	if got := r.run(protected, "usernet;rt28=lo;udp4,127.0.0.1,5353"); got != "ok 5353" {
+		t.Errorf("control: listed port in its own network namespace: %q", got)
+	}
+	push := func(port int) error { return r.sendDatagram("udp4", port, "door") }
+	if got := r.rtuNS(other, "recv=0;udp4,127.0.0.1,0", push); got != "got door" {
+		t.Fatalf("control: receiver in the rig's namespace: %q", got)
+	}
+	for _, uid := range []int{protected, other} {
+		if got := r.rtuNS(uid, "usernet;rt28=lo;recv=0;udp4,127.0.0.1,0", push); !strings.HasPrefix(got, "none") {
+			t.Errorf("uid %d: a peer outside reached its own namespace's port: %q", uid, got)
+		}
 	}
 }
