@@ -208,6 +208,15 @@ func helper(op string) int {
 		}
 		op = rest
 	}
+	if rest, ok := strings.CutPrefix(op, "userns;"); ok {
+		return usernsHelper(rest, 0)
+	}
+	if rest, ok := strings.CutPrefix(op, "usernet;"); ok {
+		return usernsHelper(rest, syscall.CLONE_NEWNET)
+	}
+	if rest, ok := strings.CutPrefix(op, "rt28="); ok {
+		return rt28Helper(rest)
+	}
 	if mode, rest, ok := strings.Cut(op, ";"); ok && strings.HasPrefix(mode, "rtu=") {
 		return rtuHelper(strings.TrimPrefix(mode, "rtu="), rest)
 	}

@@ -220,6 +220,16 @@ func (r *rig) sendPortUnreachable(port int, payload string) error {
 
 // sendQuoting is sendPortUnreachable quoting a datagram to dst:dport.
 func (r *rig) sendQuoting(port int, dst [4]byte, dport int, payload string) error {
+	return r.sendUnreachable(3, port, dst, dport, payload)
+}
+
+// sendUnreachable is sendQuoting with a destination unreachable of code.
+func (r *rig) sendUnreachable(code byte, port int, dst [4]byte, dport int, payload string) error {
+	return r.sendError([8]byte{3, code}, port, dst, dport, payload)
+}
+
+// sendError is sendQuoting with the ICMP header hdr (checksum left 0).
+func (r *rig) sendError(hdr [8]byte, port int, dst [4]byte, dport int, payload string) error {
 	inner := make([]byte, 28+len(payload))
 	inner[0] = 0x45
 	binary.BigEndian.PutUint16(inner[2:], uint16(len(inner)))
@@ -231,7 +241,7 @@ func (r *rig) sendQuoting(port int, dst [4]byte, dport int, payload string) erro
 	binary.BigEndian.PutUint16(inner[22:], uint16(dport))
 	binary.BigEndian.PutUint16(inner[24:], uint16(8+len(payload)))
 	copy(inner[28:], payload)
-	msg := append([]byte{3, 3, 0, 0, 0, 0, 0, 0}, inner...)
+	msg := append(hdr[:], inner...)
 	binary.BigEndian.PutUint16(msg[2:], csum(msg))
 	return r.ns.Do(func() error {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)

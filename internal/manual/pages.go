@@ -341,13 +341,17 @@ port the kernel picked (port 0, or listen() unbound) gets no connection,
 and a UDP, UDP-Lite or ping socket there no datagram of a flow a peer opened
 (replies to what it sent arrive). Setting IP_RECVERR or IPV6_RECVERR
 succeeds and does nothing (ICMP errors quote bytes a peer chose; glibc's
-resolver needs the call to succeed; no event). Enforced with cgroup BPF, pinned on bpffs (needs CAP_BPF, which
+resolver needs the call to succeed; no event), for a 64-bit program: the
+kernel runs no setsockopt hook for a 32-bit one's call. Enforced with cgroup BPF, pinned on bpffs (needs CAP_BPF, which
 egressd.service holds); without it, reported as not enforced
 (listen_unenforced, check). In a unit allowlist, every process of the unit
 is held to it, whatever its uid, and its start gate waits for the unit's new
 cgroup in the restriction. Not stopped (docs/security.md): datagrams
 another tool exempts from conntrack (notrack); a unit's socket kept across a
-restart in systemd's file descriptor store listens unrestricted.`),
+restart in systemd's file descriptor store listens unrestricted; IP_RECVERR
+from a 32-bit program (harden's SystemCallArchitectures=native refuses its
+calls in a unit; elsewhere boot with ia32_emulation=0), or turned on before
+the restriction (restart the service after adding listen:).`),
 	}},
 	{"SHARED LISTS", []Block{P(`A file lists_dir/NAME.yaml holds destinations kept once and
 used by many allowlists. Its only key is allow, with the same syntax and
