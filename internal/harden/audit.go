@@ -13,6 +13,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -163,6 +164,10 @@ func Audit(path string, env Env) (*Report, error) {
 			// Needed: the capability must hold in the user namespace that owns the network namespace.
 		case l.value == "yes" && falseRE.MatchString(v):
 			r.Findings = append(r.Findings, Finding{"weakened", l.key, "set to " + v, fix})
+		case l.key == "SystemCallArchitectures":
+			if a := architectures(u.Get(l.section, l.key)); a != "native" {
+				r.Findings = append(r.Findings, Finding{"weakened", l.key, "allows " + a + ": 32-bit system calls dodge the syscall filter and the cgroup setsockopt program (listen:)", fix})
+			}
 		}
 	}
 	userName, hasUser := u.Last("Service", "User")
@@ -699,4 +704,27 @@ func gateUser(f []string) string {
 		}
 	}
 	return ""
+}
+
+// architectures is the effective SystemCallArchitectures= list of the
+// assignments vals, in order: each adds its words, an empty one resets the
+// list (then every architecture is allowed, "any").
+func architectures(vals []string) string {
+	var list []string
+	for _, v := range vals {
+		f := strings.Fields(v)
+		if len(f) == 0 {
+			list = nil
+			continue
+		}
+		for _, a := range f {
+			if !slices.Contains(list, a) {
+				list = append(list, a)
+			}
+		}
+	}
+	if len(list) == 0 {
+		return "any"
+	}
+	return strings.Join(list, " ")
 }

@@ -434,3 +434,44 @@ func TestAuditFDStoreListen(t *testing.T) {
 		}
 	}
 }
+
+// A unit that lets 32-bit system calls back in after the generated drop-in
+// (SystemCallArchitectures=native x86, or an empty assignment that resets
+// the list) dodges the syscall filter and, for listen:, the cgroup
+// setsockopt program (the kernel runs none for compat calls): weakened.
+func TestAuditSystemCallArchitecturesWidened(t *testing.T) {
+	out, err := Generate(Options{User: "svc", PrivateUsers: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		extra string
+		weak  bool
+	}{
+		{"", false},
+		{"SystemCallArchitectures=native\n", false},
+		{"SystemCallArchitectures=x86\n", true},
+		{"SystemCallArchitectures=native x86\n", true},
+		{"SystemCallArchitectures=\n", true},
+		{"SystemCallArchitectures=\nSystemCallArchitectures=native\n", false},
+	} {
+		unit := filepath.Join(t.TempDir(), "svc.service")
+		body := "[Service]\nExecStart=/usr/bin/sleep infinity\n\n" + out + "\n[Service]\n" + c.extra
+		if err := os.WriteFile(unit, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r, err := Audit(unit, Env{AllowlistFor: func(string) (string, bool, error) { return "svc", true, nil }, Exists: func(string) bool { return true }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := false
+		for _, f := range r.Findings {
+			if f.Kind == "weakened" && f.Target == "SystemCallArchitectures" {
+				got = true
+			}
+		}
+		if got != c.weak {
+			t.Errorf("%q: weakened SystemCallArchitectures = %v, want %v: %v", c.extra, got, c.weak, r.Findings)
+		}
+	}
+}
