@@ -70,7 +70,12 @@ type Options struct {
 	Timeout time.Duration
 	// RefusedInterval is the window of dns_refused aggregation. Default 10 s.
 	RefusedInterval time.Duration
-	Now             func() time.Time
+	// CacheEntries and CacheBytes bound the answer cache (cache.go).
+	// Defaults DefaultCacheEntries and DefaultCacheBytes; a negative
+	// CacheEntries turns the cache off.
+	CacheEntries int
+	CacheBytes   int
+	Now          func() time.Time
 }
 
 // Proxy answers redirected queries. Safe for concurrent use.
@@ -78,6 +83,7 @@ type Proxy struct {
 	opt     Options
 	policy  atomic.Pointer[Policy]
 	w       *writer
+	cache   *answerCache
 	sem     chan struct{}
 	refused *refusals
 	tcpIdle time.Duration
@@ -170,12 +176,19 @@ func New(opt Options) *Proxy {
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
+	if opt.CacheEntries == 0 {
+		opt.CacheEntries = DefaultCacheEntries
+	}
+	if opt.CacheBytes <= 0 {
+		opt.CacheBytes = DefaultCacheBytes
+	}
 	if opt.Log == nil {
 		opt.Log = zap.NewNop()
 	}
 	p := &Proxy{opt: opt, w: newWriter(opt.Kernel, opt.Now, opt.MaxElements), sem: make(chan struct{}, opt.MaxInFlight),
 		tcpIdle: 10 * time.Second, conns: make(chan struct{}, opt.MaxConns),
 		inFlight: newUIDSlots(opt.MaxInFlightPerUID), connsOf: newUIDSlots(opt.MaxConnsPerUID), stray: make(chan struct{}, strayConns)}
+	p.cache = newAnswerCache(max(opt.CacheEntries, 0), opt.CacheBytes)
 	p.refused = newRefusals(opt.Log, opt.RefusedInterval, opt.Now)
 	p.w.observe = opt.Metrics.ProxyWrite
 	p.w.failed = func(err error) {
@@ -193,6 +206,10 @@ func (p *Proxy) SetPolicy(pol *Policy) {
 	// checked against the new one before it is written.
 	n, err := p.w.SetPolicy(pol)
 	p.policy.Store(pol)
+	// Replies of the previous resolvers, or read under the previous
+	// knobs, are not served under the new policy (nor stored, if on their
+	// way: the generation changes).
+	p.cache.clear()
 	if n > 0 && err == nil {
 		p.opt.Log.Info("DNS proxy answers the allowlists no longer allow were removed from the kernel", event.Field(event.DNSProxyRevoked), zap.Int("elements", n))
 	}
@@ -291,7 +308,7 @@ func (p *Proxy) ServeTCP(ctx context.Context, ln net.Listener) error {
 // share; any other gets one answer (REFUSED) within strayWait, apart.
 func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 	defer c.Close()
-	drain := func() { c.SetReadDeadline(p.opt.Now().Add(drainIdle)) } //nolint:errcheck
+	drain := func() { c.SetReadDeadline(time.Now().Add(drainIdle)) } //nolint:errcheck
 	stop := context.AfterFunc(ctx, drain)
 	defer stop()
 	actx := context.WithoutCancel(ctx)
@@ -328,7 +345,7 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 		defer p.connsOf.give(uid)
 	}
 	for {
-		c.SetReadDeadline(p.opt.Now().Add(idle)) //nolint:errcheck
+		c.SetReadDeadline(time.Now().Add(idle)) //nolint:errcheck
 		// Stopping: drain here, or else the AfterFunc runs after the line above.
 		if ctx.Err() != nil {
 			drain()
@@ -347,7 +364,7 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 		if out == nil {
 			return
 		}
-		c.SetWriteDeadline(p.opt.Now().Add(idle)) //nolint:errcheck
+		c.SetWriteDeadline(time.Now().Add(idle)) //nolint:errcheck
 		if _, err := c.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(out))), out...)); err != nil || once {
 			return
 		}
@@ -432,20 +449,35 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 		p.opt.Metrics.ProxyQuery(al.Name, "refused", p.opt.Now().Sub(start).Seconds())
 		return reply(q, dns.RcodeRefused)
 	}
-	r, err := p.forward(ctx, proto, q, pol.Upstreams)
-	if err != nil {
-		p.opt.Log.Debug("upstream failed", zap.String("name", name), zap.Error(err))
-		p.opt.Metrics.ProxyQuery(al.Name, "servfail", p.opt.Now().Sub(start).Seconds())
-		return reply(q, dns.RcodeServerFailure)
+	// A cached reply is read from here on as one fresh from the upstream:
+	// the asker's policy (checked above, for this uid, on every query),
+	// resolver.ReadReply and enforce (Admit, then the kernel for this uid
+	// before the answer leaves). The cache saves the upstream, never a
+	// check.
+	fq := upstreamQuery(q)
+	key := keyOf(fq)
+	r, gen, hit := p.cache.get(key, start)
+	if !hit {
+		var err error
+		if r, err = p.forward(ctx, proto, fq, pol.Upstreams); err != nil {
+			p.opt.Log.Debug("upstream failed", zap.String("name", name), zap.Error(err))
+			p.opt.Metrics.ProxyQuery(al.Name, "servfail", p.opt.Now().Sub(start).Seconds())
+			return reply(q, dns.RcodeServerFailure)
+		}
 	}
 	// The answer is read by the rules egressd's own lookups follow
 	// (resolver.ReadReply): a CNAME chain that loops or runs past the cap
-	// is a failure, not an answer.
+	// is a failure, not an answer (and is not cached).
 	res, _, err := resolver.ReadReply(r, r.Question[0].Name, r.Question[0].Qtype, 0)
 	if err != nil {
 		p.opt.Log.Debug("upstream answer refused", zap.String("name", name), zap.Error(err))
 		p.opt.Metrics.ProxyQuery(al.Name, "servfail", p.opt.Now().Sub(start).Seconds())
 		return reply(q, dns.RcodeServerFailure)
+	}
+	if !hit {
+		// Stored under the question asked (forward checked that r
+		// answers it), before enforce rewrites r for this uid.
+		p.cache.put(gen, key, r, lifetime(r, res.TTL, res.Negative, pol.MaxTTL), p.opt.Now())
 	}
 	addrs := res.Addrs
 	if listed {
@@ -507,16 +539,15 @@ func (p *Proxy) observe(o Observation) {
 	}
 }
 
-// forward asks the upstream resolvers in turn, over the client's transport,
-// and reads their replies by the rules egressd's own lookups read theirs
+// forward asks the upstream resolvers the question fq (upstreamQuery) in
+// turn, over the client's transport, and reads their replies by the rules egressd's own lookups read theirs
 // (resolver.Client): a truncated UDP reply is never used, the question is
 // asked again over TCP; a reply to another question, or with a code other
 // than NOERROR or NXDOMAIN, is a failure (the next resolver is asked).
-func (p *Proxy) forward(ctx context.Context, proto uint8, q *dns.Msg, ups []netip.AddrPort) (*dns.Msg, error) {
+func (p *Proxy) forward(ctx context.Context, proto uint8, fq *dns.Msg, ups []netip.AddrPort) (*dns.Msg, error) {
 	if len(ups) == 0 {
 		return nil, errors.New("no resolvers configured")
 	}
-	fq := upstreamQuery(q)
 	var errs []error
 	for _, up := range ups {
 		if ctx.Err() != nil {
@@ -629,7 +660,7 @@ func (p *Proxy) exchangeUDP(ctx context.Context, q *dns.Msg, up netip.AddrPort) 
 	ok := false
 	defer func() { p.putSock(up, s, ok) }()
 	c := s.c
-	deadline := p.opt.Now().Add(p.opt.Timeout)
+	deadline := time.Now().Add(p.opt.Timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}

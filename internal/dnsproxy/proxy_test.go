@@ -64,19 +64,35 @@ func entries(t *testing.T, ss ...string) []config.Entry {
 
 func newRig(t *testing.T, id Identifier, al *Allowlist, upstreams ...netip.AddrPort) *rig {
 	t.Helper()
+	return newRigWith(t, id, nil, []*Allowlist{al}, upstreams...)
+}
+
+// newRigWith is newRig with several allowlists, and options set by opt.
+func newRigWith(t *testing.T, id Identifier, opt func(*Options), als []*Allowlist, upstreams ...netip.AddrPort) *rig {
+	t.Helper()
 	up, err := dnstest.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(up.Close)
 	core, logs := observer.New(zap.DebugLevel)
-	r := &rig{t: t, up: up, logs: logs, m: metrics.New(), k: &ruleset.Fake{Plan: ruleset.Plan{Allowlists: []ruleset.AllowlistPlan{{Allowlist: al.Name, Subject: ruleset.UserSubject(al.UID), Proxy: true}}}}}
-	r.p = New(Options{Kernel: r.k, Identify: id, Log: zap.New(core), Timeout: 500 * time.Millisecond, Metrics: r.m,
-		Observe: func(o Observation) { r.mu.Lock(); r.seen = append(r.seen, o); r.mu.Unlock() }})
+	var plans []ruleset.AllowlistPlan
+	byUID := map[uint32]*Allowlist{}
+	for _, al := range als {
+		plans = append(plans, ruleset.AllowlistPlan{Allowlist: al.Name, Subject: ruleset.UserSubject(al.UID), Proxy: true})
+		byUID[al.UID] = al
+	}
+	r := &rig{t: t, up: up, logs: logs, m: metrics.New(), k: &ruleset.Fake{Plan: ruleset.Plan{Allowlists: plans}}}
+	o := Options{Kernel: r.k, Identify: id, Log: zap.New(core), Timeout: 500 * time.Millisecond, Metrics: r.m,
+		Observe: func(o Observation) { r.mu.Lock(); r.seen = append(r.seen, o); r.mu.Unlock() }}
+	if opt != nil {
+		opt(&o)
+	}
+	r.p = New(o)
 	if len(upstreams) == 0 {
 		upstreams = []netip.AddrPort{up.Addr}
 	}
-	r.p.SetPolicy(&Policy{ByUID: map[uint32]*Allowlist{al.UID: al}, Upstreams: upstreams,
+	r.p.SetPolicy(&Policy{ByUID: byUID, Upstreams: upstreams,
 		MinTTL: 5 * time.Second, MaxTTL: 10 * time.Minute, Linger: 5 * time.Minute, MaxAddrs: 256})
 	// The UDP port is the kernel's pick; its TCP twin may be in use by
 	// another test's connection: pick again.
