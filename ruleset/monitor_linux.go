@@ -6,9 +6,12 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
+	"strconv"
 
 	"github.com/mdlayher/netlink"
+	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -26,15 +29,10 @@ const (
 // notifications are reported too. The channel closes when ctx ends or the
 // socket fails.
 func (k *Netlink) Watch(ctx context.Context) (<-chan struct{}, error) {
-	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: k.NetNSFd})
+	c, err := dialMonitor(k.NetNSFd)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.JoinGroup(nfnlGroupNFTables); err != nil {
-		c.Close()
-		return nil, err
-	}
-	_ = c.SetReadBuffer(1 << 20)
 	ch := make(chan struct{}, 1)
 	notify := func() {
 		select {
@@ -65,13 +63,75 @@ func (k *Netlink) Watch(ctx context.Context) (<-chan struct{}, error) {
 				if m.Header.Type != netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWGEN) || len(m.Data) < 4 {
 					continue
 				}
-				if pid, ok := genPID(m.Data[4:]); !ok || pid != self {
+				if pid, ok := genPID(m.Data[4:]); !ok || !ours(self, pid) {
 					notify()
 				}
 			}
 		}
 	}()
 	return ch, nil
+}
+
+// dialMonitor joins NFNLGRP_NFTABLES in the namespace netns (0: ours),
+// with a socket filter that lets only NEWGEN messages in. The group also
+// carries a message for every object and set element a transaction
+// changes: the DNS proxy's own answers, thousands a second under a flood
+// of new names. Unfiltered, they woke this goroutine once each and, past
+// the socket's buffer, overflowed it (ENOBUFS): a full verification of
+// every set each time, competing with the answers for the CPU (issue 24,
+// docs/performance.md). NEWGEN is sent in an skb of its own
+// (nf_tables_gen_notify), so the filter, which reads the skb's first
+// message, sees every one.
+func dialMonitor(netns int) (*netlink.Conn, error) {
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: netns})
+	if err != nil {
+		return nil, err
+	}
+	if err := c.SetBPF(newGenFilter()); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("nftables monitor: socket filter: %w", err)
+	}
+	if err := c.JoinGroup(nfnlGroupNFTables); err != nil {
+		c.Close()
+		return nil, err
+	}
+	_ = c.SetReadBuffer(1 << 20)
+	return c, nil
+}
+
+// newGenFilter is a classic BPF program that accepts a netlink skb whose
+// first message is NFT_MSG_NEWGEN of nf_tables and drops any other. The
+// message type is in host byte order (BPF loads big-endian): compared byte
+// by byte.
+func newGenFilter() []bpf.RawInstruction {
+	var typ [2]byte
+	binary.NativeEndian.PutUint16(typ[:], unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWGEN)
+	prog, err := bpf.Assemble([]bpf.Instruction{
+		bpf.LoadAbsolute{Off: 4, Size: 1}, // nlmsghdr.nlmsg_type, first byte
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: uint32(typ[0]), SkipTrue: 3},
+		bpf.LoadAbsolute{Off: 5, Size: 1},
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: uint32(typ[1]), SkipTrue: 1},
+		bpf.RetConstant{Val: 0xffffffff}, // all of it
+		bpf.RetConstant{Val: 0},          // dropped before the socket's buffer
+	})
+	if err != nil {
+		panic(err) // a constant program
+	}
+	return prog
+}
+
+// ours reports whether pid, a NEWGEN's NFTA_GEN_PROC_PID, is this process:
+// the kernel writes the committing task's pid, which is its thread id, so
+// a transaction of any of egressd's threads but the first (the DNS proxy's
+// writes, group commits on whichever thread runs them) did not match the
+// process id and was taken for another process's: each cost a full
+// verification (issue 24).
+func ours(self, pid uint32) bool {
+	if pid == self {
+		return true
+	}
+	_, err := os.Stat("/proc/self/task/" + strconv.FormatUint(uint64(pid), 10))
+	return err == nil
 }
 
 func genPID(b []byte) (uint32, bool) {
