@@ -89,7 +89,12 @@ func BenchmarkSetPolicy(b *testing.B) {
 // dnstest server on loopback, asked only on a miss.
 func benchAnswer(b *testing.B, opt func(*Options)) {
 	t := &testing.T{}
-	r := newRigWith(t, ident{uid: uidWeb, ok: true}, opt, []*Allowlist{webAllowlist(t, "api.example.com:443")})
+	r := newRigWith(t, ident{uid: uidWeb, ok: true}, func(o *Options) {
+		o.Observe = nil // the rig's records every answer: not the proxy's cost
+		if opt != nil {
+			opt(o)
+		}
+	}, []*Allowlist{webAllowlist(t, "api.example.com:443")})
 	defer r.cancel()
 	r.up.Set("api.example.com", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.10")}, TTL: 3600})
 	q := new(dns.Msg)

@@ -73,7 +73,8 @@ func newAnswerCache(entries, bytes int) *answerCache {
 	return &answerCache{maxEntries: entries, maxBytes: bytes, m: map[cacheKey]*list.Element{}, lru: list.New()}
 }
 
-// keyOf is the key of the question fq (an upstreamQuery).
+// keyOf is the key of the question fq, a client's query or the
+// upstreamQuery made of it: the same key for both (TestCacheKeyIsTheUpstreamQuestion).
 func keyOf(fq *dns.Msg) cacheKey {
 	q := fq.Question[0]
 	k := cacheKey{name: strings.ToLower(q.Name), qtype: q.Qtype, qclass: q.Qclass}

@@ -342,3 +342,38 @@ func TestCacheClearedByPolicy(t *testing.T) {
 		t.Errorf("upstream asked %d times, want 2", n)
 	}
 }
+
+// The cache key of a client's query is the key of what the upstream is
+// asked for it (upstreamQuery): no bit the upstream sees is left out of
+// the key, nothing the upstream does not see splits it.
+func TestCacheKeyIsTheUpstreamQuestion(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		q    func(q *dns.Msg)
+	}{
+		{"plain", func(q *dns.Msg) {}},
+		{"case", func(q *dns.Msg) { q.Question[0].Name = "ExAmPlE.CoM." }},
+		{"no RD", func(q *dns.Msg) { q.RecursionDesired = false }},
+		{"CD", func(q *dns.Msg) { q.CheckingDisabled = true }},
+		{"AD", func(q *dns.Msg) { q.AuthenticatedData = true }},
+		{"EDNS", func(q *dns.Msg) { q.SetEdns0(1232, false) }},
+		{"EDNS DO", func(q *dns.Msg) { q.SetEdns0(4096, true) }},
+		{"AAAA", func(q *dns.Msg) { q.Question[0].Qtype = dns.TypeAAAA }},
+		{"class CH", func(q *dns.Msg) { q.Question[0].Qclass = dns.ClassCHAOS }},
+	} {
+		q := new(dns.Msg)
+		q.SetQuestion("example.com.", dns.TypeA)
+		c.q(q)
+		if k, uk := keyOf(q), keyOf(upstreamQuery(q)); k != uk {
+			t.Errorf("%s: client's key %+v, upstream question's %+v", c.name, k, uk)
+		}
+	}
+	// Different questions upstream, different keys.
+	a, b := new(dns.Msg), new(dns.Msg)
+	a.SetQuestion("example.com.", dns.TypeA)
+	b.SetQuestion("example.com.", dns.TypeA)
+	b.SetEdns0(1232, true)
+	if keyOf(a) == keyOf(b) {
+		t.Error("a query with DO and one without share a key")
+	}
+}

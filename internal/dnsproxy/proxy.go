@@ -489,12 +489,11 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 	// resolver.ReadReply and enforce (Admit, then the kernel for this uid
 	// before the answer leaves). The cache saves the upstream, never a
 	// check.
-	fq := upstreamQuery(q)
-	key := keyOf(fq)
+	key := keyOf(q) // what upstreamQuery(q) would ask
 	r, gen, hit := p.cache.get(key, start)
 	if !hit {
 		var err error
-		if r, err = p.forward(ctx, proto, fq, pol.Upstreams); err != nil {
+		if r, err = p.forward(ctx, proto, upstreamQuery(q), pol.Upstreams); err != nil {
 			p.opt.Log.Debug("upstream failed", zap.String("name", name), zap.Error(err))
 			p.opt.Metrics.ProxyQuery(al.Name, "servfail", p.opt.Now().Sub(start).Seconds())
 			return reply(q, dns.RcodeServerFailure)
