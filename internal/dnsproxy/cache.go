@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -31,7 +32,9 @@ type answerCache struct {
 	m     map[cacheKey]*list.Element
 	lru   *list.List // of *cacheEntry, most recently used first
 	bytes int
-	gen   uint64 // clear's count: a reply asked for before a clear is not stored after it
+	// gen counts clears: a reply asked for before a clear (under the
+	// previous policy's resolvers) is not stored after it.
+	gen atomic.Uint64
 }
 
 // cacheKey is a question as the upstream was asked it.
@@ -156,7 +159,7 @@ func (c *answerCache) put(gen uint64, k cacheKey, r *dns.Msg, ttl time.Duration,
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if gen != c.gen {
+	if gen != c.gen.Load() {
 		return
 	}
 	if old, ok := c.m[k]; ok {
@@ -177,28 +180,33 @@ func (c *answerCache) removeLocked(el *list.Element) {
 	c.bytes -= e.size()
 }
 
+// generation is the cache's generation now, for a put of a reply asked
+// for from here on. A query reads it before it reads the policy: a clear
+// (which follows the policy's change) after this read refuses its put; one
+// before it came after the new policy was stored, so the query asks the
+// new policy's resolvers.
+func (c *answerCache) generation() uint64 { return c.gen.Load() }
+
 // get returns a copy of the reply cached for k, its TTLs counted down by
-// the whole seconds it has spent here, or false when there is none alive;
-// and the generation, for a put of the reply asked for on a miss.
-func (c *answerCache) get(k cacheKey, now time.Time) (*dns.Msg, uint64, bool) {
+// the whole seconds it has spent here, or false when there is none alive.
+func (c *answerCache) get(k cacheKey, now time.Time) (*dns.Msg, bool) {
 	c.mu.Lock()
-	gen := c.gen
 	el, ok := c.m[k]
 	if !ok {
 		c.mu.Unlock()
-		return nil, gen, false
+		return nil, false
 	}
 	e := el.Value.(*cacheEntry)
 	if !now.Before(e.expires) || now.Before(e.stored) {
 		c.removeLocked(el)
 		c.mu.Unlock()
-		return nil, gen, false
+		return nil, false
 	}
 	c.lru.MoveToFront(el)
 	c.mu.Unlock()
 	r := new(dns.Msg)
 	if r.Unpack(e.wire) != nil {
-		return nil, gen, false
+		return nil, false
 	}
 	// Every record's TTL is at least the entry's lifetime (lifetime), which
 	// has more than age left: none reaches 0.
@@ -210,7 +218,7 @@ func (c *answerCache) get(k cacheKey, now time.Time) (*dns.Msg, uint64, bool) {
 			}
 		}
 	}
-	return r, gen, true
+	return r, true
 }
 
 // clear forgets every entry (the resolvers changed).
@@ -219,7 +227,7 @@ func (c *answerCache) clear() {
 	c.m = map[cacheKey]*list.Element{}
 	c.lru.Init()
 	c.bytes = 0
-	c.gen++
+	c.gen.Add(1)
 	c.mu.Unlock()
 }
 

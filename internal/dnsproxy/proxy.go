@@ -452,6 +452,7 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 	}
 	qn := q.Question[0]
 	name := normalize(qn.Name)
+	gen := p.cache.generation() // before the policy (answerCache.generation)
 	pol := p.policy.Load()
 	uid, ok, err := p.opt.Identify.Opener(proto, client, local)
 	var al *Allowlist
@@ -490,7 +491,7 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 	// before the answer leaves). The cache saves the upstream, never a
 	// check.
 	key := keyOf(q) // what upstreamQuery(q) would ask
-	r, gen, hit := p.cache.get(key, start)
+	r, hit := p.cache.get(key, start)
 	if !hit {
 		var err error
 		if r, err = p.forward(ctx, proto, upstreamQuery(q), pol.Upstreams); err != nil {
