@@ -2,6 +2,7 @@ package dnsproxy
 
 import (
 	"fmt"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"sync"
@@ -138,6 +139,11 @@ func TestCacheHitForAnotherUIDWritesItsElementFirst(t *testing.T) {
 	}
 	if n := r.k.Calls(ruleset.FakeAddProxy); n != 2 {
 		t.Errorf("%d kernel writes, want 2 (one per uid)", n)
+	}
+	rec := httptest.NewRecorder()
+	r.m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if want := "egressd_dns_proxy_cache_hits_total 1\n"; !strings.Contains(rec.Body.String(), want) {
+		t.Errorf("metrics lack %s", want)
 	}
 }
 

@@ -492,7 +492,9 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 	// check.
 	key := keyOf(q) // what upstreamQuery(q) would ask
 	r, hit := p.cache.get(key, start)
-	if !hit {
+	if hit {
+		p.opt.Metrics.ProxyCacheHit()
+	} else {
 		var err error
 		if r, err = p.forward(ctx, proto, upstreamQuery(q), pol.Upstreams); err != nil {
 			p.opt.Log.Debug("upstream failed", zap.String("name", name), zap.Error(err))

@@ -353,6 +353,7 @@ func dnsProxy(bin string) error {
 	}
 	answers := t1[`egressd_dns_proxy_queries_total{allowlist="bench",result="answered"}`] - t0[`egressd_dns_proxy_queries_total{allowlist="bench",result="answered"}`]
 	cpuPer := (t1["process_cpu_seconds_total"] - t0["process_cpu_seconds_total"]) / max(answers, 1)
+	hits := (t1["egressd_dns_proxy_cache_hits_total"] - t0["egressd_dns_proxy_cache_hits_total"]) / max(answers, 1)
 	h50, _ := histQuantile(t0, t1, "egressd_dns_proxy_duration_seconds", .5)
 	h99, _ := histQuantile(t0, t1, "egressd_dns_proxy_duration_seconds", .99)
 	fmt.Fprintf(os.Stderr, "  proxied load: daemon CPU %s per answer; proxy's own duration p50 %s, p99 %s; results %v\n", us(secs(cpuPer)), us(secs(h50)), us(secs(h99)), results(t0, t1))
@@ -361,7 +362,7 @@ func dnsProxy(bin string) error {
 		return err
 	}
 	add(row{fmt.Sprintf("DNS proxy: throughput, %d concurrent clients, %s, one name", conc, dur3),
-		fmt.Sprintf("%.0f answers/s (%d failed or timed out); proxy CPU %s per answer (process CPU time / answers); %.1f system calls per answer", pq, pf, us(secs(cpuPer)), nsys/(pq*2)),
+		fmt.Sprintf("%.0f answers/s (%d failed or timed out); proxy CPU %s per answer (process CPU time / answers); %.1f system calls per answer; %.1f %% from the answer cache", pq, pf, us(secs(cpuPer)), nsys/(pq*2), hits*100),
 		fmt.Sprintf("direct to the upstream: %.0f/s (%d failed)", dq, df), fmt.Sprintf("%.0f%% of direct", pq/dq*100),
 		"≥ 60 % of direct and ≥ 40,000/s (quiet machine)", ok(pq >= 0.6*dq && pq >= 40000)})
 
