@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/net/bpf"
@@ -40,7 +41,7 @@ func (k *Netlink) Watch(ctx context.Context) (<-chan struct{}, error) {
 		default:
 		}
 	}
-	self := uint32(os.Getpid())
+	self := &ownThreads{pid: uint32(os.Getpid()), seen: map[uint32]time.Time{}}
 	go func() {
 		<-ctx.Done()
 		c.Close()
@@ -63,7 +64,7 @@ func (k *Netlink) Watch(ctx context.Context) (<-chan struct{}, error) {
 				if m.Header.Type != netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWGEN) || len(m.Data) < 4 {
 					continue
 				}
-				if pid, ok := genPID(m.Data[4:]); !ok || !ours(self, pid) {
+				if pid, ok := genPID(m.Data[4:]); !ok || !self.ours(pid, time.Now()) {
 					notify()
 				}
 			}
@@ -120,18 +121,39 @@ func newGenFilter() []bpf.RawInstruction {
 	return prog
 }
 
-// ours reports whether pid, a NEWGEN's NFTA_GEN_PROC_PID, is this process:
-// the kernel writes the committing task's pid, which is its thread id, so
-// a transaction of any of egressd's threads but the first (the DNS proxy's
-// writes, group commits on whichever thread runs them) did not match the
-// process id and was taken for another process's: each cost a full
-// verification (issue 24).
-func ours(self, pid uint32) bool {
-	if pid == self {
+// ownThreads tells egressd's transactions from other processes': a
+// NEWGEN's NFTA_GEN_PROC_PID is the committing task's pid, which is its
+// thread id, so a transaction of any of egressd's threads but the first
+// (the DNS proxy's writes, group commits on whichever thread runs them) did
+// not match the process id and was taken for another process's: each cost
+// a full verification (issue 24). A thread id is ours while
+// /proc/self/task lists it; one found there is trusted for a second without
+// looking again (a thread id reused by another process within a second
+// would take the kernel's pid space wrapping around in that second).
+// Used by the monitor's one goroutine.
+type ownThreads struct {
+	pid  uint32
+	seen map[uint32]time.Time
+}
+
+const ownThreadTrust = time.Second
+
+func (o *ownThreads) ours(pid uint32, now time.Time) bool {
+	if pid == o.pid {
 		return true
 	}
-	_, err := os.Stat("/proc/self/task/" + strconv.FormatUint(uint64(pid), 10))
-	return err == nil
+	if t, ok := o.seen[pid]; ok && now.Sub(t) < ownThreadTrust {
+		return true
+	}
+	if _, err := os.Stat("/proc/self/task/" + strconv.FormatUint(uint64(pid), 10)); err != nil {
+		delete(o.seen, pid)
+		return false
+	}
+	if len(o.seen) >= 4096 {
+		clear(o.seen)
+	}
+	o.seen[pid] = now
+	return true
 }
 
 func genPID(b []byte) (uint32, bool) {

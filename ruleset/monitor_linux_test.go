@@ -55,7 +55,8 @@ func TestMonitorSeesOnlyNewGen(t *testing.T) {
 	if _, out, err := e.w.Run("nft", "add", "table", "inet", "other"); err != nil {
 		t.Fatalf("nft: %v: %s", err, out)
 	}
-	self, other := 0, 0
+	self := &ownThreads{pid: uint32(os.Getpid()), seen: map[uint32]time.Time{}}
+	ours, other := 0, 0
 	for other == 0 {
 		if err := c.SetReadDeadline(time.Now().Add(2 * time.Second)); err != nil {
 			t.Fatal(err)
@@ -65,20 +66,46 @@ func TestMonitorSeesOnlyNewGen(t *testing.T) {
 			t.Fatal("the monitor's socket overflowed (ENOBUFS) under the proxy's own element writes")
 		}
 		if err != nil {
-			t.Fatalf("after %d NEWGEN of ours: %v (another process's transaction not seen)", self, err)
+			t.Fatalf("after %d NEWGEN of ours: %v (another process's transaction not seen)", ours, err)
 		}
 		for _, m := range msgs {
 			if m.Header.Type != netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWGEN) {
 				t.Fatalf("a message of type %#x passed the filter", m.Header.Type)
 			}
-			if pid, ok := genPID(m.Data[4:]); ok && ours(uint32(os.Getpid()), pid) {
-				self++
+			if pid, ok := genPID(m.Data[4:]); ok && self.ours(pid, time.Now()) {
+				ours++
 			} else {
 				other++
 			}
 		}
 	}
-	if self == 0 {
+	if ours == 0 {
 		t.Error("none of our own transactions' NEWGEN was seen")
+	}
+}
+
+// A thread id is ours only while this process has it: one that is not
+// (another process's, or a thread gone longer than the trust) is not.
+func TestOwnThreads(t *testing.T) {
+	o := &ownThreads{pid: uint32(os.Getpid()), seen: map[uint32]time.Time{}}
+	now := time.Now()
+	if !o.ours(uint32(os.Getpid()), now) {
+		t.Error("the process id is not ours")
+	}
+	tid := uint32(unix.Gettid())
+	if !o.ours(tid, now) {
+		t.Errorf("thread %d is not ours", tid)
+	}
+	if o.ours(1, now) {
+		t.Error("pid 1 is ours")
+	}
+	// A remembered id that is not ours (as if its thread had exited and
+	// another process had it) is trusted no longer than ownThreadTrust.
+	o.seen[1] = now
+	if !o.ours(1, now.Add(ownThreadTrust/2)) {
+		t.Error("within the trust: looked up again")
+	}
+	if o.ours(1, now.Add(ownThreadTrust)) {
+		t.Error("pid 1 taken for ours after the trust ran out")
 	}
 }
