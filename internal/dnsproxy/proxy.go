@@ -577,10 +577,11 @@ func (p *Proxy) observe(o Observation) {
 }
 
 // forward asks the upstream resolvers the question fq (upstreamQuery) in
-// turn, over the client's transport, and reads their replies by the rules egressd's own lookups read theirs
-// (resolver.Client): a truncated UDP reply is never used, the question is
-// asked again over TCP; a reply to another question, or with a code other
-// than NOERROR or NXDOMAIN, is a failure (the next resolver is asked).
+// turn, over the client's transport, and reads their replies by the rules
+// egressd's own lookups read theirs (resolver.Client): a truncated UDP
+// reply is never used, the question is asked again over TCP; a reply to
+// another question, or with a code other than NOERROR or NXDOMAIN, is a
+// failure (the next resolver is asked).
 func (p *Proxy) forward(ctx context.Context, proto uint8, fq *dns.Msg, ups []netip.AddrPort) (*dns.Msg, error) {
 	if len(ups) == 0 {
 		return nil, errors.New("no resolvers configured")
