@@ -288,9 +288,11 @@ func (p *Proxy) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 			go func() {
 				defer inflight.Done()
 				defer func() { <-p.sem }()
-				if out := p.answer(actx, 17, msg, client, local); out != nil {
+				out, seen := p.answerSeen(actx, 17, msg, client, local)
+				if out != nil {
 					pc.WriteToUDPAddrPort(out, client) //nolint:errcheck
 				}
+				p.observe(seen) // after the reply left
 			}()
 		}
 	}
@@ -394,13 +396,16 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 			return
 		}
 		p.sem <- struct{}{}
-		out := p.answer(actx, 6, msg, client, local)
+		out, seen := p.answerSeen(actx, 6, msg, client, local)
 		<-p.sem
 		if out == nil {
+			p.observe(seen)
 			return
 		}
 		c.SetWriteDeadline(time.Now().Add(idle)) //nolint:errcheck
-		if _, err := c.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(out))), out...)); err != nil || once {
+		_, err := c.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(out))), out...))
+		p.observe(seen) // after the reply left
+		if err != nil || once {
 			return
 		}
 	}
@@ -438,17 +443,28 @@ func reply(q *dns.Msg, rcode int) []byte {
 }
 
 // answer handles one query; nil means no reply (garbage, or a response).
+// Its observation is reported before it returns.
 func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, local netip.AddrPort) []byte {
+	out, seen := p.answerSeen(ctx, proto, raw, client, local)
+	p.observe(seen)
+	return out
+}
+
+// answerSeen is answer, its observation (nil: none) returned to report
+// once the reply has left: the observer's bookkeeping (egressd learn's
+// record of names) is not on the answer's path (issue 24).
+func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client, local netip.AddrPort) ([]byte, *Observation) {
+	var seen *Observation
 	start := p.opt.Now()
 	q := new(dns.Msg)
 	if err := q.Unpack(raw); err != nil || q.Response {
-		return nil
+		return nil, nil
 	}
 	if q.Opcode != dns.OpcodeQuery {
-		return reply(q, dns.RcodeNotImplemented)
+		return reply(q, dns.RcodeNotImplemented), nil
 	}
 	if len(q.Question) != 1 {
-		return reply(q, dns.RcodeFormatError)
+		return reply(q, dns.RcodeFormatError), nil
 	}
 	qn := q.Question[0]
 	name := normalize(qn.Name)
@@ -468,22 +484,22 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 		}
 		p.refused.add("", "", uid, name, qn.Qtype, why)
 		p.opt.Metrics.ProxyQuery("", "refused", p.opt.Now().Sub(start).Seconds())
-		return reply(q, dns.RcodeRefused)
+		return reply(q, dns.RcodeRefused), nil
 	}
 	// One uid's share of the queries in flight: its slow names must not
 	// take the proxy from the others.
 	if !p.inFlight.take(uid) {
 		p.opt.Metrics.ProxyQuery(al.Name, "overload", p.opt.Now().Sub(start).Seconds())
-		return reply(q, dns.RcodeServerFailure)
+		return reply(q, dns.RcodeServerFailure), nil
 	}
 	defer p.inFlight.give(uid)
 	entries := al.Match(name)
 	listed := len(entries) > 0
 	if !listed && !al.Answer && !al.Audit {
 		p.refused.add(al.Name, al.User, uid, name, qn.Qtype, "unlisted")
-		p.observe(Observation{Allowlist: al.Name, Name: name, Type: qn.Qtype, Refused: true})
+		seen = &Observation{Allowlist: al.Name, Name: name, Type: qn.Qtype, Refused: true}
 		p.opt.Metrics.ProxyQuery(al.Name, "refused", p.opt.Now().Sub(start).Seconds())
-		return reply(q, dns.RcodeRefused)
+		return reply(q, dns.RcodeRefused), seen
 	}
 	// A cached reply is read from here on as one fresh from the upstream:
 	// the asker's policy (checked above, for this uid, on every query),
@@ -499,7 +515,7 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 		if r, err = p.forward(ctx, proto, upstreamQuery(q), pol.Upstreams); err != nil {
 			p.opt.Log.Debug("upstream failed", zap.String("name", name), zap.Error(err))
 			p.opt.Metrics.ProxyQuery(al.Name, "servfail", p.opt.Now().Sub(start).Seconds())
-			return reply(q, dns.RcodeServerFailure)
+			return reply(q, dns.RcodeServerFailure), nil
 		}
 	}
 	// The answer is read by the rules egressd's own lookups follow
@@ -509,7 +525,7 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 	if err != nil {
 		p.opt.Log.Debug("upstream answer refused", zap.String("name", name), zap.Error(err))
 		p.opt.Metrics.ProxyQuery(al.Name, "servfail", p.opt.Now().Sub(start).Seconds())
-		return reply(q, dns.RcodeServerFailure)
+		return reply(q, dns.RcodeServerFailure), nil
 	}
 	if !hit {
 		// Stored under the question asked (forward checked that r
@@ -530,10 +546,10 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 				result = "answer_cap" // dns_proxy_max_answers reached: an alert of its own
 			}
 			p.opt.Metrics.ProxyQuery(al.Name, result, p.opt.Now().Sub(start).Seconds())
-			return reply(q, dns.RcodeServerFailure)
+			return reply(q, dns.RcodeServerFailure), nil
 		}
 	}
-	p.observe(Observation{Allowlist: al.Name, Name: name, Type: qn.Qtype, Addrs: addrs, Listed: listed})
+	seen = &Observation{Allowlist: al.Name, Name: name, Type: qn.Qtype, Addrs: addrs, Listed: listed}
 	r.Id = q.Id
 	r.Question = []dns.Question{q.Question[0]} // as the client wrote it
 	if proto == 17 {
@@ -544,14 +560,14 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 	}
 	out, err := r.Pack()
 	if err != nil {
-		return reply(q, dns.RcodeServerFailure)
+		return reply(q, dns.RcodeServerFailure), seen // its addresses are in the kernel: observed
 	}
 	result := "answered"
 	if !listed {
 		result = "unlisted_answered"
 	}
 	p.opt.Metrics.ProxyQuery(al.Name, result, p.opt.Now().Sub(start).Seconds())
-	return out
+	return out, seen
 }
 
 func (p *Proxy) kernelFailed(allowlist, name string, err error) {
@@ -569,10 +585,10 @@ func (p *Proxy) kernelFailed(allowlist, name string, err error) {
 		zap.String("allowlist", allowlist), zap.String("name", name), zap.Error(err), zap.Int("not_logged", quiet))
 }
 
-func (p *Proxy) observe(o Observation) {
-	if p.opt.Observe != nil {
+func (p *Proxy) observe(o *Observation) {
+	if o != nil && p.opt.Observe != nil {
 		o.At = p.opt.Now()
-		p.opt.Observe(o)
+		p.opt.Observe(*o)
 	}
 }
 

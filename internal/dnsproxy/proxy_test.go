@@ -134,6 +134,23 @@ func (r *rig) ask(network, name string, qtype uint16) *dns.Msg {
 	return resp
 }
 
+// waitSeen waits until n observations were reported: they are, after
+// the reply left.
+func (r *rig) waitSeen(n int) {
+	r.t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		r.mu.Lock()
+		got := len(r.seen)
+		r.mu.Unlock()
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("%d observations, want %d", got, n)
+		}
+	}
+}
+
 func addrsOf(m *dns.Msg) []string {
 	var out []string
 	for _, rr := range m.Answer {
@@ -275,6 +292,7 @@ func TestUnlistedAnswered(t *testing.T) {
 	if len(r.inKernel()) != 0 {
 		t.Errorf("an unlisted name's address went into the kernel: %v", r.inKernel())
 	}
+	r.waitSeen(1)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if len(r.seen) != 1 || r.seen[0].Listed || r.seen[0].Name != "other.example.net" || len(r.seen[0].Addrs) != 1 {
@@ -798,5 +816,55 @@ func TestRemovalNotBlockedByOverlap(t *testing.T) {
 	p.SetPolicy(pol("api.example.com:443"))
 	if es, _ := fake.ReadProxy(); len(es) != 0 {
 		t.Errorf("the kernel holds %v after both entries were removed", es)
+	}
+}
+
+// The observer (egressd learn's record of names, deny.Recent) is not on
+// the answer's path: the reply leaves before it is called, over UDP and
+// TCP, and the observation is still reported (issue 24). Before, an
+// observer that had to wait held the answer back with it.
+func TestObservedAfterTheReplyLeft(t *testing.T) {
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var seen []Observation
+	r := newRigWith(t, ident{uid: uidWeb, ok: true}, func(o *Options) {
+		o.Observe = func(o Observation) {
+			<-release
+			mu.Lock()
+			seen = append(seen, o)
+			mu.Unlock()
+		}
+	}, []*Allowlist{webAllowlist(t, "api.example.com:443")})
+	released := false
+	t.Cleanup(func() {
+		if !released {
+			close(release)
+		}
+	})
+	r.up.Set("api.example.com", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.10")}, TTL: 60})
+	for _, network := range []string{"udp", "tcp"} {
+		if m := r.ask(network, "api.example.com", dns.TypeA); m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 {
+			t.Fatalf("%s: %v", network, m)
+		}
+	}
+	close(release)
+	released = true
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		mu.Lock()
+		n := len(seen)
+		mu.Unlock()
+		if n == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d observations after the replies, want 2", n)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, o := range seen {
+		if o.Name != "api.example.com" || !o.Listed || len(o.Addrs) != 1 || o.At.IsZero() {
+			t.Errorf("observation %+v", o)
+		}
 	}
 }
