@@ -154,7 +154,7 @@ func (p *denyPart) startPublishers() {
 		}
 		p.published = append(p.published, deny.PublishRecent(pctx, p.d.rec, dir, deny.ObservedFile, 10*time.Second, 10*time.Second, p.d.log))
 	}
-	p.published = append(p.published, deny.PublishRecent(pctx, p.d.rec, p.d.s.RuntimeDir, deny.RecentFile, 250*time.Millisecond, 10*time.Second, p.d.log))
+	p.published = append(p.published, deny.PublishRecent(pctx, p.d.rec, p.d.s.RuntimeDir, deny.RecentFile, 250*time.Millisecond, time.Second, p.d.log))
 }
 
 // stopReader stops the reader; its last window is in the recent denies

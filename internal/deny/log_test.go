@@ -144,9 +144,10 @@ func TestProtoName(t *testing.T) {
 	}
 }
 
-// The DNS proxy's observations change with every query: the runtime
-// document is written again for new attempts at once, but formats the
-// observations only every resolvedEvery, and at its last write (issue 24).
+// The DNS proxy's observations change with every query: when they alone
+// changed, the runtime document is written again only every
+// resolvedEvery; with a new attempt, at once and with them (learn reads an
+// attempt's names beside it, issue 22); and at its last write (issue 24).
 func TestPublishRecentObservationsAtTheirOwnPace(t *testing.T) {
 	dir := t.TempDir()
 	rec := NewRecent(10)
@@ -169,8 +170,16 @@ func TestPublishRecentObservationsAtTheirOwnPace(t *testing.T) {
 			t.Fatal("no first write")
 		}
 	}
+	first := read().Updated
 	rec.Resolve("web", "a.example.com", []netip.Addr{netip.MustParseAddr("192.0.2.1")}, true, false, at)
-	rec.Record(Event{Allowlist: "web", Proto: "tcp", Dst: netip.MustParseAddr("203.0.113.7"), DPort: 443, Count: 1, First: at, Last: at})
+	// The marker: a write of the file's, for an attempt, after the
+	// observation alone had had 50 ticks to be written.
+	time.Sleep(50 * time.Millisecond)
+	if d := read(); !d.Updated.Equal(first) || len(d.Resolved) != 0 {
+		t.Errorf("written again for an observation alone, before resolvedEvery: %+v", d)
+	}
+	rec.Resolve("web", "b.example.com", []netip.Addr{netip.MustParseAddr("192.0.2.2")}, true, false, at)
+	rec.Record(Event{Allowlist: "web", Proto: "tcp", Dst: netip.MustParseAddr("192.0.2.2"), DPort: 443, Count: 1, First: at, Last: at})
 	var d RecentDoc
 	for deadline := time.Now().Add(10 * time.Second); len(d.Entries) == 0; time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -178,12 +187,13 @@ func TestPublishRecentObservationsAtTheirOwnPace(t *testing.T) {
 		}
 		d = read()
 	}
-	if len(d.Resolved) != 0 {
-		t.Errorf("observations formatted again before resolvedEvery: %+v", d.Resolved)
+	if len(d.Resolved) != 2 {
+		t.Errorf("an attempt written without the observations before it: %+v", d.Resolved)
 	}
+	rec.Resolve("web", "c.example.com", nil, false, true, at)
 	cancel()
 	<-done
-	if d = read(); len(d.Resolved) != 1 || d.Resolved[0].Name != "a.example.com" || len(d.Entries) != 1 {
+	if d = read(); len(d.Resolved) != 3 || len(d.Entries) != 1 {
 		t.Errorf("the last write: %+v", d)
 	}
 }

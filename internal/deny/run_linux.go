@@ -94,11 +94,11 @@ func Run(ctx context.Context, l *nflog.Listener, lookup Lookup, prefix string, i
 // directory `egressd learn`.
 //
 // The DNS proxy's observations (RecentDoc.Resolved) change with every
-// query: they are formatted again at most every resolvedEvery (and at the
-// first and the last write); a write in between, for new attempts, carries
-// the observations of the last time. Under a flood of queries, a document
-// of every name asked four times a second was the daemon's largest cost
-// after the answers themselves (issue 24).
+// query: when they alone changed, they are written at most every
+// resolvedEvery; with new attempts (and at the first and the last write),
+// at once. Under a flood of queries, a document of every name asked,
+// written four times a second, was the daemon's largest cost after the
+// answers themselves (issue 24).
 func PublishRecent(ctx context.Context, rec *Recent, dir, name string, every, resolvedEvery time.Duration, log *zap.Logger) (done <-chan struct{}) {
 	ch := make(chan struct{})
 	go func() {
@@ -113,7 +113,10 @@ func PublishRecent(ctx context.Context, rec *Recent, dir, name string, every, re
 		write := func(first, last bool) {
 			now := time.Now()
 			seq, rseq := rec.seqs()
-			fresh := rseq != wroteRSeq && (first || last || now.Sub(resolvedAt)+every/2 >= resolvedEvery) // a tick late is on time
+			// With new attempts, the observations are formatted too: an
+			// attempt follows the query that gave its address, and learn
+			// reads the names beside the addresses (issue 22).
+			fresh := rseq != wroteRSeq && (first || last || seq != wroteSeq || now.Sub(resolvedAt)+every/2 >= resolvedEvery) // a tick late is on time
 			if !first && seq == wroteSeq && !fresh {
 				return
 			}
