@@ -7,9 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
-	"time"
+	"sync"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/net/bpf"
@@ -21,7 +19,7 @@ import (
 // committing process.
 const (
 	nfnlGroupNFTables = 7
-	nftaGenProcPID    = 2 // NFTA_GEN_PROC_PID
+	nftaGenID         = 1 // NFTA_GEN_ID
 )
 
 // Watch reports, on the returned channel, every nf_tables transaction that
@@ -41,7 +39,6 @@ func (k *Netlink) Watch(ctx context.Context) (<-chan struct{}, error) {
 		default:
 		}
 	}
-	self := &ownThreads{pid: uint32(os.Getpid()), seen: map[uint32]time.Time{}}
 	go func() {
 		<-ctx.Done()
 		c.Close()
@@ -64,7 +61,7 @@ func (k *Netlink) Watch(ctx context.Context) (<-chan struct{}, error) {
 				if m.Header.Type != netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWGEN) || len(m.Data) < 4 {
 					continue
 				}
-				if pid, ok := genPID(m.Data[4:]); !ok || !self.ours(pid, time.Now()) {
+				if !k.ownNewGen(m) {
 					notify()
 				}
 			}
@@ -121,51 +118,119 @@ func newGenFilter() []bpf.RawInstruction {
 	return prog
 }
 
-// ownThreads tells egressd's transactions from other processes': a
-// NEWGEN's NFTA_GEN_PROC_PID is the committing task's pid, which is its
-// thread id, so a transaction of any of egressd's threads but the first
-// (the DNS proxy's writes, group commits on whichever thread runs them) did
-// not match the process id and was taken for another process's: each cost
-// a full verification (issue 24). A thread id is ours while
-// /proc/self/task lists it; one found there is trusted for a second without
-// looking again (a thread id reused by another process within a second
-// would take the kernel's pid space wrapping around in that second).
-// Used by the monitor's one goroutine.
-type ownThreads struct {
-	pid  uint32
-	seen map[uint32]time.Time
+// ownPorts tells egressd's transactions from other processes', exactly:
+// a NEWGEN's nlmsg_pid is the netlink port id of the socket that committed
+// the transaction (nf_tables_gen_notify), and the port ids of egressd's
+// writing sockets are known. A port id is unique among the bound sockets
+// of a network namespace, but another process may have had it before
+// egressd's socket was bound, and have committed through it then: so each
+// port is kept with the generation (NFTA_GEN_ID) read through it just
+// after it was bound, and only a NEWGEN of a later generation is ours. A
+// port is forgotten before its socket closes. Any other NEWGEN (another
+// process's, a transaction of a socket already closed, one without a
+// generation) is verified.
+//
+// The first round (issue 24) compared NFTA_GEN_PROC_PID, the committing
+// thread's id, with the threads /proc/self/task lists. Inside a pid
+// namespace (nspawn, containers) the kernel names the thread by its id in
+// the initial pid namespace while /proc lists the namespace's ids: every
+// own transaction looked foreign (a full verification each), and another
+// process's whose global pid equalled one of egressd's local thread ids
+// would have looked like egressd's own.
+type ownPorts struct {
+	mu sync.Mutex
+	m  map[uint32]uint32 // port id → the generation when it was bound
 }
 
-const ownThreadTrust = time.Second
+// add records port, bound before the generation gen was read.
+func (o *ownPorts) add(port, gen uint32) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.m == nil {
+		o.m = map[uint32]uint32{}
+	}
+	o.m[port] = gen
+}
 
-func (o *ownThreads) ours(pid uint32, now time.Time) bool {
-	if pid == o.pid {
-		return true
-	}
-	if t, ok := o.seen[pid]; ok && now.Sub(t) < ownThreadTrust {
-		return true
-	}
-	if _, err := os.Stat("/proc/self/task/" + strconv.FormatUint(uint64(pid), 10)); err != nil {
-		delete(o.seen, pid)
+// remove forgets port; called before its socket closes.
+func (o *ownPorts) remove(port uint32) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	delete(o.m, port)
+}
+
+// ours says whether a NEWGEN from port, of generation gen, is a
+// transaction of one of egressd's sockets.
+func (o *ownPorts) ours(port, gen uint32) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	bound, ok := o.m[port]
+	return ok && port != 0 && int32(gen-bound) > 0 // generations wrap around
+}
+
+// ownNewGen says whether m, a NEWGEN, announces a transaction of k's own
+// writing socket.
+func (k *Netlink) ownNewGen(m netlink.Message) bool {
+	if len(m.Data) < 4 {
 		return false
 	}
-	if len(o.seen) >= 4096 {
-		clear(o.seen)
-	}
-	o.seen[pid] = now
-	return true
+	gen, ok := genID(m.Data[4:])
+	return ok && k.ports.ours(m.Header.PID, gen)
 }
 
-func genPID(b []byte) (uint32, bool) {
+// genID reads NFTA_GEN_ID from a NEWGEN message's attributes.
+func genID(b []byte) (uint32, bool) {
 	ad, err := netlink.NewAttributeDecoder(b)
 	if err != nil {
 		return 0, false
 	}
 	ad.ByteOrder = binary.BigEndian
 	for ad.Next() {
-		if ad.Type() == nftaGenProcPID {
+		if ad.Type() == nftaGenID {
 			return ad.Uint32(), true
 		}
 	}
 	return 0, false
+}
+
+// portAndGeneration returns c's netlink port id and the generation of
+// nf_tables in its namespace, read through c (NFT_MSG_GETGEN) after it was
+// bound.
+func portAndGeneration(c *netlink.Conn) (port, gen uint32, err error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, 0, err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		var sa unix.Sockaddr
+		if sa, serr = unix.Getsockname(int(fd)); serr == nil {
+			nl, ok := sa.(*unix.SockaddrNetlink)
+			if !ok || nl.Pid == 0 {
+				serr = fmt.Errorf("not a bound netlink socket: %T", sa)
+				return
+			}
+			port = nl.Pid
+		}
+	}); err != nil {
+		return 0, 0, err
+	}
+	if serr != nil {
+		return 0, 0, serr
+	}
+	msgs, err := c.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request},
+		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("read the nf_tables generation: %w", err)
+	}
+	for _, m := range msgs {
+		if len(m.Data) >= 4 {
+			if g, ok := genID(m.Data[4:]); ok {
+				return port, g, nil
+			}
+		}
+	}
+	return 0, 0, errors.New("read the nf_tables generation: no NFTA_GEN_ID in the reply")
 }
