@@ -149,15 +149,22 @@ func (k *Netlink) writer() (*nftables.Conn, uint32, error) {
 	}
 	if k.own.conn == nil {
 		var port, gen uint32
-		c, err := k.dial(nftables.AsLasting(), nftables.WithSockOptions(func(c *netlink.Conn) (err error) {
-			port, gen, err = portAndGeneration(c)
-			return err
+		var known bool
+		c, err := k.dial(nftables.AsLasting(), nftables.WithSockOptions(func(c *netlink.Conn) error {
+			// Unknown, the socket still writes: the monitor then
+			// verifies its transactions as another process's.
+			p, g, err := portAndGeneration(c)
+			port, gen, known = p, g, err == nil
+			return nil
 		}))
 		if err != nil {
 			return nil, 0, err
 		}
-		k.own.conn, k.own.port = c, port
-		k.ports.add(port, gen)
+		k.own.conn, k.own.port = c, 0
+		if known {
+			k.own.port = port
+			k.ports.add(port, gen)
+		}
 	}
 	if !k.own.owned {
 		return k.own.conn, 0, nil
@@ -168,7 +175,9 @@ func (k *Netlink) writer() (*nftables.Conn, uint32, error) {
 // closeWriter forgets the writing socket's port, then closes it. Called
 // with own.mu held.
 func (k *Netlink) closeWriter() error {
-	k.ports.remove(k.own.port)
+	if k.own.port != 0 {
+		k.ports.remove(k.own.port)
+	}
 	err := k.own.conn.CloseLasting()
 	k.own.conn, k.own.port = nil, 0
 	return err
