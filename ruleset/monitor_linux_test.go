@@ -114,11 +114,12 @@ func monitorKnowsItsOwn(t *testing.T) {
 		t.Fatalf("nft: %v: %s", err, out)
 	}
 	ours, other := 0, 0
+	buf := make([]byte, monitorBuf)
 	for seenNFT := false; !seenNFT; {
 		if err := c.SetReadDeadline(time.Now().Add(2 * time.Second)); err != nil {
 			t.Fatal(err)
 		}
-		msgs, err := c.Receive()
+		msgs, err := receive(c, buf) // as Watch reads
 		if errors.Is(err, unix.ENOBUFS) {
 			t.Fatal("the monitor's socket overflowed (ENOBUFS) under the proxy's own element writes")
 		}
