@@ -28,8 +28,11 @@ type Netlink struct {
 	// rcvBuf, when non-zero, replaces the receive buffer size (tests: an
 	// acknowledgement overrun, ENOBUFS, after the kernel committed).
 	rcvBuf int
-	// own: the table's ownership and the socket that owns it (owner_linux.go).
+	// own: the table's ownership and the socket that writes (owner_linux.go).
 	own owner
+	// ports: the writing sockets' port ids, by which the monitor knows
+	// egressd's own transactions (monitor_linux.go).
+	ports ownPorts
 	// addRenews: whether adding an element that is there renews its
 	// timeout (Linux 6.10 and later), probed at the first AddProxy
 	// (proxy_linux.go); 0 not probed, 1 yes, 2 no. Guarded by own.mu.

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -57,7 +58,8 @@ type owner struct {
 	decided bool
 	owned   bool
 	why     string         // why the table is not owned
-	conn    *nftables.Conn // the owning socket (AsLasting), once opened
+	conn    *nftables.Conn // the writing socket (AsLasting), once opened: the owner's when owned
+	port    uint32         // conn's netlink port id (Netlink.ports)
 	// probeFlags replaces the flags the probe asks for (tests: an unknown
 	// bit gets the answer of a kernel without PERSIST).
 	probeFlags uint32
@@ -136,24 +138,49 @@ func (k *Netlink) probe() (bool, error) {
 }
 
 // writer returns the connection for a write transaction and the flags the
-// table is created with. Called with own.mu held. In the owned mode it is
-// the owning socket, opened on first use; otherwise a fresh connection.
+// table is created with. Called with own.mu held. It is one socket for
+// every write, opened on first use (in the owned mode the owning socket),
+// whose port id the monitor knows as egressd's own (ownPorts): a
+// transaction of a fresh socket per write could not be told from another
+// process's once that socket had closed.
 func (k *Netlink) writer() (*nftables.Conn, uint32, error) {
 	if err := k.decide(); err != nil {
 		return nil, 0, err
 	}
-	if !k.own.owned {
-		c, err := k.conn()
-		return c, 0, err
-	}
 	if k.own.conn == nil {
-		c, err := k.dial(nftables.AsLasting())
+		var port, gen uint32
+		var known bool
+		c, err := k.dial(nftables.AsLasting(), nftables.WithSockOptions(func(c *netlink.Conn) error {
+			// Unknown, the socket still writes: the monitor then
+			// verifies its transactions as another process's.
+			p, g, err := portAndGeneration(c)
+			port, gen, known = p, g, err == nil
+			return nil
+		}))
 		if err != nil {
 			return nil, 0, err
 		}
-		k.own.conn = c
+		k.own.conn, k.own.port = c, 0
+		if known {
+			k.own.port = port
+			k.ports.add(port, gen)
+		}
+	}
+	if !k.own.owned {
+		return k.own.conn, 0, nil
 	}
 	return k.own.conn, ownedFlags, nil
+}
+
+// closeWriter forgets the writing socket's port, then closes it. Called
+// with own.mu held.
+func (k *Netlink) closeWriter() error {
+	if k.own.port != 0 {
+		k.ports.remove(k.own.port)
+	}
+	err := k.own.conn.CloseLasting()
+	k.own.conn, k.own.port = nil, 0
+	return err
 }
 
 // drop discards the owning socket after a failed transaction: its batch
@@ -166,8 +193,7 @@ func (k *Netlink) drop() {
 	if k.own.conn == nil {
 		return
 	}
-	_ = k.own.conn.CloseLasting()
-	k.own.conn = nil
+	_ = k.closeWriter()
 	_ = k.adopt()
 }
 
@@ -185,8 +211,7 @@ func (k *Netlink) adopt() error {
 	}
 	c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: TableName, Flags: ownedFlags})
 	if err := c.Flush(); err != nil {
-		_ = c.CloseLasting()
-		k.own.conn = nil
+		_ = k.closeWriter()
 		return fmt.Errorf("adopt table inet %s: %w", TableName, err)
 	}
 	return nil
@@ -216,9 +241,7 @@ func (k *Netlink) Close() error {
 	if k.own.conn == nil {
 		return nil
 	}
-	err := k.own.conn.CloseLasting()
-	k.own.conn = nil
-	return err
+	return k.closeWriter()
 }
 
 // dropIf drops the owning socket when c is it (a failed transaction).

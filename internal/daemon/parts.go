@@ -152,9 +152,9 @@ func (p *denyPart) startPublishers() {
 		if err := deny.LoadObserved(p.d.rec, dir); err != nil {
 			p.d.log.Warn("cannot read the observations of the previous run; egressd learn starts afresh", event.Field(event.StateFailed), zap.Error(err))
 		}
-		p.published = append(p.published, deny.PublishRecent(pctx, p.d.rec, dir, deny.ObservedFile, 10*time.Second, p.d.log))
+		p.published = append(p.published, deny.PublishRecent(pctx, p.d.rec, dir, deny.ObservedFile, 10*time.Second, 10*time.Second, p.d.log))
 	}
-	p.published = append(p.published, deny.PublishRecent(pctx, p.d.rec, p.d.s.RuntimeDir, deny.RecentFile, 250*time.Millisecond, p.d.log))
+	p.published = append(p.published, deny.PublishRecent(pctx, p.d.rec, p.d.s.RuntimeDir, deny.RecentFile, 250*time.Millisecond, time.Second, p.d.log))
 }
 
 // stopReader stops the reader; its last window is in the recent denies

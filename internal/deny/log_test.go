@@ -2,6 +2,9 @@ package deny
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -85,7 +88,7 @@ func TestPublishRecentAndLoadObserved(t *testing.T) {
 	dir := t.TempDir()
 	rec := NewRecent(10)
 	ctx, cancel := context.WithCancel(context.Background())
-	done := PublishRecent(ctx, rec, dir, ObservedFile, time.Hour, zap.NewNop())
+	done := PublishRecent(ctx, rec, dir, ObservedFile, time.Hour, time.Hour, zap.NewNop())
 	p := filepath.Join(dir, ObservedFile)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -138,5 +141,59 @@ func TestProtoName(t *testing.T) {
 		if got := protoName(p); got != want {
 			t.Errorf("protoName(%d) = %q, want %q", p, got, want)
 		}
+	}
+}
+
+// The DNS proxy's observations change with every query: when they alone
+// changed, the runtime document is written again only every
+// resolvedEvery; with a new attempt, at once and with them (learn reads an
+// attempt's names beside it, issue 22); and at its last write (issue 24).
+func TestPublishRecentObservationsAtTheirOwnPace(t *testing.T) {
+	dir := t.TempDir()
+	rec := NewRecent(10)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := PublishRecent(ctx, rec, dir, RecentFile, time.Millisecond, time.Hour, zap.NewNop())
+	at := time.Unix(1700000000, 0)
+	read := func() RecentDoc {
+		var d RecentDoc
+		b, err := os.ReadFile(filepath.Join(dir, RecentFile))
+		if err == nil {
+			err = json.Unmarshal(b, &d)
+		}
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			t.Fatal(err)
+		}
+		return d
+	}
+	for deadline := time.Now().Add(10 * time.Second); read().Version == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no first write")
+		}
+	}
+	first := read().Updated
+	rec.Resolve("web", "a.example.com", []netip.Addr{netip.MustParseAddr("192.0.2.1")}, true, false, at)
+	// The marker: a write of the file's, for an attempt, after the
+	// observation alone had had 50 ticks to be written.
+	time.Sleep(50 * time.Millisecond)
+	if d := read(); !d.Updated.Equal(first) || len(d.Resolved) != 0 {
+		t.Errorf("written again for an observation alone, before resolvedEvery: %+v", d)
+	}
+	rec.Resolve("web", "b.example.com", []netip.Addr{netip.MustParseAddr("192.0.2.2")}, true, false, at)
+	rec.Record(Event{Allowlist: "web", Proto: "tcp", Dst: netip.MustParseAddr("192.0.2.2"), DPort: 443, Count: 1, First: at, Last: at})
+	var d RecentDoc
+	for deadline := time.Now().Add(10 * time.Second); len(d.Entries) == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a new attempt not written")
+		}
+		d = read()
+	}
+	if len(d.Resolved) != 2 {
+		t.Errorf("an attempt written without the observations before it: %+v", d.Resolved)
+	}
+	rec.Resolve("web", "c.example.com", nil, false, true, at)
+	cancel()
+	<-done
+	if d = read(); len(d.Resolved) != 3 || len(d.Entries) != 1 {
+		t.Errorf("the last write: %+v", d)
 	}
 }

@@ -74,17 +74,27 @@ type recentKey struct {
 	listen    bool
 }
 
-// Recent aggregates deny events into recent attempts. Safe for concurrent use.
+// Recent aggregates deny events into recent attempts, and the DNS proxy's
+// observations into resolved names. Safe for concurrent use.
+//
+// Both are kept in order of their last update (an lru), so that a bound
+// reached drops the least recently updated one in constant time: the DNS
+// proxy records every query through Resolve before its answer leaves, and
+// a store full of names must not cost it a sort (issue 24). Snapshot copies
+// under the lock and formats outside it.
 type Recent struct {
 	mu       sync.Mutex
 	max      int
-	seq      uint64
-	entries  map[recentKey]*RecentEntry
-	resolved map[[2]string]*resolved
+	seq      uint64 // attempts recorded (RecentEntry.Seq)
+	rseq     uint64 // observations recorded
+	entries  lru[recentKey, RecentEntry]
+	resolved lru[[2]string, resolved]
 }
 
 // resolved is a ResolvedEntry as kept: addresses as values (the proxy
 // records every query; strings are made when a snapshot is written).
+// addrs is replaced, never written in place: a snapshot reads the slice it
+// copied under the lock after releasing it.
 type resolved struct {
 	ResolvedEntry
 	addrs []netip.Addr
@@ -95,31 +105,26 @@ func NewRecent(max int) *Recent {
 	if max <= 0 {
 		max = RecentMax
 	}
-	return &Recent{max: max, entries: map[recentKey]*RecentEntry{}, resolved: map[[2]string]*resolved{}}
+	r := &Recent{max: max}
+	r.entries.init()
+	r.resolved.init()
+	return r
 }
 
 // Resolve records a query of a dns: proxy allowlist's service (the proxy's
 // observation). Bounded like the attempts: past the bound, the least
-// recently asked names are dropped.
+// recently asked name is dropped. Constant time.
 func (r *Recent) Resolve(allowlist, name string, addrs []netip.Addr, listed, refused bool, at time.Time) {
 	k := [2]string{allowlist, name}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.seq++
-	x, ok := r.resolved[k]
+	r.rseq++
+	x, ok := r.resolved.touch(k)
 	if !ok {
-		if len(r.resolved) >= r.max {
-			all := make([][2]string, 0, len(r.resolved))
-			for k := range r.resolved {
-				all = append(all, k)
-			}
-			sort.Slice(all, func(i, j int) bool { return r.resolved[all[i]].Last.Before(r.resolved[all[j]].Last) })
-			for _, k := range all[:max(1, len(all)/10)] {
-				delete(r.resolved, k)
-			}
+		if r.resolved.len() >= r.max {
+			r.resolved.dropOldest()
 		}
-		x = &resolved{ResolvedEntry: ResolvedEntry{Allowlist: allowlist, Name: name, First: at}}
-		r.resolved[k] = x
+		x = r.resolved.pushFront(k, resolved{ResolvedEntry: ResolvedEntry{Allowlist: allowlist, Name: name, First: at}})
 	}
 	x.Count++
 	x.Listed = listed
@@ -129,42 +134,54 @@ func (r *Recent) Resolve(allowlist, name string, addrs []netip.Addr, listed, ref
 	if at.After(x.Last) {
 		x.Last = at
 	}
+	var fresh []netip.Addr
 	for _, a := range addrs {
-		if !slices.Contains(x.addrs, a) {
-			x.addrs = append([]netip.Addr{a}, x.addrs...)
+		if !slices.Contains(x.addrs, a) && !slices.Contains(fresh, a) {
+			fresh = append(fresh, a)
 		}
 	}
-	if len(x.addrs) > MaxResolvedAddrs {
-		x.addrs = x.addrs[:MaxResolvedAddrs]
+	if len(fresh) > 0 {
+		// A new slice (resolved.addrs): the newest first, then the kept.
+		slices.Reverse(fresh)
+		next := make([]netip.Addr, 0, len(fresh)+len(x.addrs))
+		next = append(next, fresh...)
+		next = append(next, x.addrs...)
+		x.addrs = next[:min(MaxResolvedAddrs, len(next))]
 	}
 }
 
-// LoadResolved takes back the names a previous run kept.
+// LoadResolved takes back the names a previous run kept, most recently
+// asked first.
 func (r *Recent) LoadResolved(es []ResolvedEntry) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, e := range es {
-		if len(r.resolved) >= r.max {
+		if r.resolved.len() >= r.max {
 			break
 		}
-		x := &resolved{ResolvedEntry: e}
+		k := [2]string{e.Allowlist, e.Name}
+		if _, ok := r.resolved.touch(k); ok {
+			continue
+		}
+		x := resolved{ResolvedEntry: e}
 		for _, s := range e.Addrs {
 			if a, err := netip.ParseAddr(s); err == nil {
 				x.addrs = append(x.addrs, a)
 			}
 		}
 		x.Addrs = nil
-		r.resolved[[2]string{x.Allowlist, x.Name}] = x
+		r.resolved.pushBack(k, x)
 	}
 }
 
 // Record adds one deny event (a first packet, or a window's summary).
+// Past the bound, the least recently updated attempt is dropped.
 func (r *Recent) Record(e Event) {
 	k := recentKey{e.Allowlist, e.Audit, e.Proto, e.Dst.String(), e.DPort, e.Bind}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.seq++
-	if x, ok := r.entries[k]; ok {
+	if x, ok := r.entries.touch(k); ok {
 		x.Count += e.Count
 		if e.Last.After(x.Last) {
 			x.Last = e.Last
@@ -175,40 +192,49 @@ func (r *Recent) Record(e Event) {
 		x.Seq = r.seq
 		return
 	}
-	if len(r.entries) >= r.max {
-		r.evict()
+	if r.entries.len() >= r.max {
+		r.entries.dropOldest()
 	}
-	r.entries[k] = &RecentEntry{Allowlist: e.Allowlist, User: e.User, Unit: e.Unit, UID: e.UID, Audit: e.Audit, Listen: e.Bind, Proto: e.Proto,
-		Dst: e.Dst.String(), DPort: e.DPort, Names: e.Names, Count: e.Count, First: e.First, Last: e.Last, Seq: r.seq}
+	r.entries.pushFront(k, RecentEntry{Allowlist: e.Allowlist, User: e.User, Unit: e.Unit, UID: e.UID, Audit: e.Audit, Listen: e.Bind, Proto: e.Proto,
+		Dst: e.Dst.String(), DPort: e.DPort, Names: e.Names, Count: e.Count, First: e.First, Last: e.Last, Seq: r.seq})
 }
 
-// evict drops the least recently seen tenth, so that a flood of new
-// destinations costs one sort per tenth of the bound, not one per event.
-func (r *Recent) evict() {
-	all := make([]recentKey, 0, len(r.entries))
-	for k := range r.entries {
-		all = append(all, k)
-	}
-	sort.Slice(all, func(i, j int) bool { return r.entries[all[i]].Last.Before(r.entries[all[j]].Last) })
-	for _, k := range all[:max(1, len(all)/10)] {
-		delete(r.entries, k)
-	}
-}
-
-// Snapshot returns the document, most recently seen first, and the
-// sequence number of its newest update: a writer that remembers it knows
+// Snapshot returns the document, most recently seen first, and a sequence
+// number that changes with every update: a writer that remembers it knows
 // whether anything changed since its last write.
 func (r *Recent) Snapshot(now time.Time) (RecentDoc, uint64) {
+	d, seq, rseq := r.snapshot(now, true)
+	return d, seq + rseq
+}
+
+// seqs returns the sequence numbers of the attempts and of the
+// observations.
+func (r *Recent) seqs() (seq, rseq uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	d := RecentDoc{Version: 1, Updated: now, Max: r.max, Entries: make([]RecentEntry, 0, len(r.entries))}
-	for _, e := range r.entries {
-		x := *e
-		x.Names = append([]string(nil), e.Names...)
-		d.Entries = append(d.Entries, x)
+	return r.seq, r.rseq
+}
+
+// snapshot is Snapshot, the observations left out unless withResolved.
+// Only copies are made under the lock; strings, copies of names and the
+// order are made after it.
+func (r *Recent) snapshot(now time.Time, withResolved bool) (RecentDoc, uint64, uint64) {
+	r.mu.Lock()
+	d := RecentDoc{Version: 1, Updated: now, Max: r.max, Entries: make([]RecentEntry, 0, r.entries.len())}
+	r.entries.each(func(e *RecentEntry) { d.Entries = append(d.Entries, *e) })
+	var rs []resolved
+	if withResolved {
+		rs = make([]resolved, 0, r.resolved.len())
+		r.resolved.each(func(e *resolved) { rs = append(rs, *e) })
+	}
+	seq, rseq := r.seq, r.rseq
+	r.mu.Unlock()
+
+	for i := range d.Entries {
+		d.Entries[i].Names = append([]string(nil), d.Entries[i].Names...)
 	}
 	SortRecent(d.Entries)
-	for _, e := range r.resolved {
+	for _, e := range rs {
 		x := e.ResolvedEntry
 		x.Addrs = make([]string, len(e.addrs))
 		for i, a := range e.addrs {
@@ -222,23 +248,25 @@ func (r *Recent) Snapshot(now time.Time) (RecentDoc, uint64) {
 		}
 		return d.Resolved[i].Name < d.Resolved[j].Name
 	})
-	return d, r.seq
+	return d, seq, rseq
 }
 
 // Load takes back entries a previous run kept (the observations that
-// `egressd learn` reads survive restarts); the sequence continues above
-// theirs. Called before recording starts.
+// `egressd learn` reads survive restarts), most recently seen first; the
+// sequence continues above theirs. Called before recording starts.
 func (r *Recent) Load(es []RecentEntry) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, e := range es {
-		if len(r.entries) >= r.max {
+		if r.entries.len() >= r.max {
 			break
 		}
-		x := e
-		k := recentKey{x.Allowlist, x.Audit, x.Proto, x.Dst, x.DPort, x.Listen}
-		r.entries[k] = &x
-		r.seq = max(r.seq, x.Seq)
+		k := recentKey{e.Allowlist, e.Audit, e.Proto, e.Dst, e.DPort, e.Listen}
+		if _, ok := r.entries.touch(k); ok {
+			continue
+		}
+		r.entries.pushBack(k, e)
+		r.seq = max(r.seq, e.Seq)
 	}
 }
 

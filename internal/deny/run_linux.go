@@ -92,33 +92,58 @@ func Run(ctx context.Context, l *nflog.Listener, lookup Lookup, prefix string, i
 // write, so that a stopping daemon can wait for it. denies.json in the
 // runtime directory serves `egressd denies`, observed.json in the state
 // directory `egressd learn`.
-func PublishRecent(ctx context.Context, rec *Recent, dir, name string, every time.Duration, log *zap.Logger) (done <-chan struct{}) {
+//
+// The DNS proxy's observations (RecentDoc.Resolved) change with every
+// query: when they alone changed, they are written at most every
+// resolvedEvery; with new attempts (and at the first and the last write),
+// at once. Under a flood of queries, a document of every name asked,
+// written four times a second, was the daemon's largest cost after the
+// answers themselves (issue 24).
+func PublishRecent(ctx context.Context, rec *Recent, dir, name string, every, resolvedEvery time.Duration, log *zap.Logger) (done <-chan struct{}) {
 	ch := make(chan struct{})
 	go func() {
 		defer close(ch)
 		t := time.NewTicker(every)
 		defer t.Stop()
-		var written uint64
-		write := func(force bool) {
-			doc, seq := rec.Snapshot(time.Now())
-			if seq == written && !force {
+		var (
+			wroteSeq, wroteRSeq uint64
+			resolvedAt          time.Time
+			resolved            []ResolvedEntry
+		)
+		write := func(first, last bool) {
+			now := time.Now()
+			seq, rseq := rec.seqs()
+			// With new attempts, the observations are formatted too: an
+			// attempt follows the query that gave its address, and learn
+			// reads the names beside the addresses (issue 22).
+			fresh := rseq != wroteRSeq && (first || last || seq != wroteSeq || now.Sub(resolvedAt)+every/2 >= resolvedEvery) // a tick late is on time
+			if !first && seq == wroteSeq && !fresh {
 				return
+			}
+			doc, seq, rseq := rec.snapshot(now, first || fresh)
+			if first || fresh {
+				resolved, resolvedAt = doc.Resolved, now
+			} else {
+				doc.Resolved = resolved
 			}
 			if err := state.WriteJSON(dir, name, 0o600, doc); err != nil {
 				log.Warn("cannot publish recent denies; egressd denies and learn will not see them", event.Field(event.StateFailed),
 					zap.String("file", name), zap.Error(err))
 				return
 			}
-			written = seq
+			wroteSeq = seq
+			if first || fresh {
+				wroteRSeq = rseq
+			}
 		}
-		write(true) // an empty document says that denies are being recorded
+		write(true, false) // an empty document says that denies are being recorded
 		for {
 			select {
 			case <-ctx.Done():
-				write(false)
+				write(false, true)
 				return
 			case <-t.C:
-				write(false)
+				write(false, false)
 			}
 		}
 	}()

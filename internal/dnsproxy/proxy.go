@@ -15,6 +15,9 @@ import (
 
 	"github.com/miekg/dns"
 	"go.uber.org/zap"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/event"
@@ -70,7 +73,12 @@ type Options struct {
 	Timeout time.Duration
 	// RefusedInterval is the window of dns_refused aggregation. Default 10 s.
 	RefusedInterval time.Duration
-	Now             func() time.Time
+	// CacheEntries and CacheBytes bound the answer cache (cache.go).
+	// Defaults DefaultCacheEntries and DefaultCacheBytes; a negative
+	// CacheEntries turns the cache off.
+	CacheEntries int
+	CacheBytes   int
+	Now          func() time.Time
 }
 
 // Proxy answers redirected queries. Safe for concurrent use.
@@ -78,6 +86,7 @@ type Proxy struct {
 	opt     Options
 	policy  atomic.Pointer[Policy]
 	w       *writer
+	cache   *answerCache
 	sem     chan struct{}
 	refused *refusals
 	tcpIdle time.Duration
@@ -170,12 +179,19 @@ func New(opt Options) *Proxy {
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
+	if opt.CacheEntries == 0 {
+		opt.CacheEntries = DefaultCacheEntries
+	}
+	if opt.CacheBytes <= 0 {
+		opt.CacheBytes = DefaultCacheBytes
+	}
 	if opt.Log == nil {
 		opt.Log = zap.NewNop()
 	}
 	p := &Proxy{opt: opt, w: newWriter(opt.Kernel, opt.Now, opt.MaxElements), sem: make(chan struct{}, opt.MaxInFlight),
 		tcpIdle: 10 * time.Second, conns: make(chan struct{}, opt.MaxConns),
 		inFlight: newUIDSlots(opt.MaxInFlightPerUID), connsOf: newUIDSlots(opt.MaxConnsPerUID), stray: make(chan struct{}, strayConns)}
+	p.cache = newAnswerCache(max(opt.CacheEntries, 0), opt.CacheBytes)
 	p.refused = newRefusals(opt.Log, opt.RefusedInterval, opt.Now)
 	p.w.observe = opt.Metrics.ProxyWrite
 	p.w.failed = func(err error) {
@@ -193,6 +209,10 @@ func (p *Proxy) SetPolicy(pol *Policy) {
 	// checked against the new one before it is written.
 	n, err := p.w.SetPolicy(pol)
 	p.policy.Store(pol)
+	// Replies of the previous resolvers, or read under the previous
+	// knobs, are not served under the new policy (nor stored, if on their
+	// way: the generation changes).
+	p.cache.clear()
 	if n > 0 && err == nil {
 		p.opt.Log.Info("DNS proxy answers the allowlists no longer allow were removed from the kernel", event.Field(event.DNSProxyRevoked), zap.Int("elements", n))
 	}
@@ -218,12 +238,63 @@ func (p *Proxy) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 	}
 	stop := context.AfterFunc(ctx, func() { pc.SetReadDeadline(time.Unix(1, 0)) }) //nolint:errcheck
 	defer stop()
-	buf := make([]byte, 65535)
 	var inflight sync.WaitGroup
 	defer func() { inflight.Wait(); pc.Close() }()
 	actx := context.WithoutCancel(ctx) // an answer begun is finished (bounded by the upstream timeouts)
+	// Queries are read in batches (recvmmsg): under load, one system call
+	// takes what is queued instead of one each.
+	var rb batchReader = ipv4.NewPacketConn(pc)
+	if local.Addr().Is6() && !local.Addr().Is4In6() {
+		rb = ipv6.NewPacketConn(pc)
+	}
+	// Answers run on workers that outlive a query: a goroutine per query
+	// grew its stack afresh for each (runtime.morestack, 6.5 % of the
+	// daemon's CPU with 32 clients, issue 24). A finished worker waits
+	// for the next query if fewer than idleWorkers wait already, and ends
+	// otherwise; the queries in flight stay bounded by p.sem.
+	type query struct {
+		msg    []byte
+		client netip.AddrPort
+	}
+	work := make(chan query)
+	idle := make(chan struct{}, idleWorkers) // a token per waiting worker
+	quit := make(chan struct{})
+	var workers sync.WaitGroup
+	defer func() { close(quit); workers.Wait() }()
+	handle := func(q query) {
+		defer inflight.Done()
+		defer func() { <-p.sem }()
+		out, seen := p.answerSeen(actx, 17, q.msg, q.client, local)
+		if out != nil {
+			pc.WriteToUDPAddrPort(out, q.client) //nolint:errcheck
+		}
+		p.observe(seen) // after the reply left
+	}
+	worker := func(q query) {
+		defer workers.Done()
+		for {
+			handle(q)
+			select {
+			case idle <- struct{}{}:
+			default:
+				return // enough are waiting
+			}
+			select {
+			case q = <-work:
+				<-idle
+			case <-quit:
+				<-idle
+				return
+			}
+		}
+	}
+	ms := make([]ipv4.Message, readBatch)
+	arena := make([]byte, readBatch*maxQuery)
+	for i := range ms {
+		ms[i].Buffers = [][]byte{arena[i*maxQuery : (i+1)*maxQuery]}
+	}
 	for {
-		n, client, err := pc.ReadFromUDPAddrPort(buf)
+		n, err := rb.ReadBatch(ms, 0)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
@@ -234,28 +305,52 @@ func (p *Proxy) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 			}
 			return err
 		}
-		client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
-		select {
-		case p.sem <- struct{}{}:
-		default:
-			// Overloaded: a quick SERVFAIL beats a silent drop and a retry storm.
-			if r := servfail(buf[:n]); r != nil {
-				pc.WriteToUDPAddrPort(r, client) //nolint:errcheck
+		for i := range ms[:n] {
+			m := &ms[i]
+			ua, ok := m.Addr.(*net.UDPAddr)
+			if !ok || m.Flags&unix.MSG_TRUNC != 0 {
+				continue // larger than any query (one question): garbage
 			}
-			p.opt.Metrics.ProxyQuery("", "overload", 0)
-			continue
+			client := ua.AddrPort()
+			client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
+			raw := m.Buffers[0][:m.N]
+			select {
+			case p.sem <- struct{}{}:
+			default:
+				// Overloaded: a quick SERVFAIL beats a silent drop and a retry storm.
+				if r := servfail(raw); r != nil {
+					pc.WriteToUDPAddrPort(r, client) //nolint:errcheck
+				}
+				p.opt.Metrics.ProxyQuery("", "overload", 0)
+				continue
+			}
+			q := query{msg: append([]byte(nil), raw...), client: client}
+			inflight.Add(1)
+			select {
+			case work <- q: // to a waiting worker
+			default:
+				workers.Add(1)
+				go worker(q)
+			}
 		}
-		msg := append([]byte(nil), buf[:n]...)
-		inflight.Add(1)
-		go func() {
-			defer inflight.Done()
-			defer func() { <-p.sem }()
-			if out := p.answer(actx, 17, msg, client, local); out != nil {
-				pc.WriteToUDPAddrPort(out, client) //nolint:errcheck
-			}
-		}()
 	}
 }
+
+// batchReader is ipv4.PacketConn or ipv6.PacketConn (their Message is one type).
+type batchReader interface {
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+// readBatch is how many queries one read takes at most; maxQuery the
+// largest query read (one question and an OPT: a few hundred bytes, 468
+// with RFC 8467 padding; a larger datagram is dropped unread).
+const (
+	readBatch = 16
+	maxQuery  = 4096
+)
+
+// idleWorkers bounds the UDP answer workers that wait for a query.
+const idleWorkers = 64
 
 // ServeTCP answers connections on ln until it is closed or ctx ends. When
 // ctx ends it accepts no more (the backlog stays in the socket, for the next
@@ -291,7 +386,7 @@ func (p *Proxy) ServeTCP(ctx context.Context, ln net.Listener) error {
 // share; any other gets one answer (REFUSED) within strayWait, apart.
 func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 	defer c.Close()
-	drain := func() { c.SetReadDeadline(p.opt.Now().Add(drainIdle)) } //nolint:errcheck
+	drain := func() { c.SetReadDeadline(time.Now().Add(drainIdle)) } //nolint:errcheck
 	stop := context.AfterFunc(ctx, drain)
 	defer stop()
 	actx := context.WithoutCancel(ctx)
@@ -328,7 +423,7 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 		defer p.connsOf.give(uid)
 	}
 	for {
-		c.SetReadDeadline(p.opt.Now().Add(idle)) //nolint:errcheck
+		c.SetReadDeadline(time.Now().Add(idle)) //nolint:errcheck
 		// Stopping: drain here, or else the AfterFunc runs after the line above.
 		if ctx.Err() != nil {
 			drain()
@@ -342,13 +437,16 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 			return
 		}
 		p.sem <- struct{}{}
-		out := p.answer(actx, 6, msg, client, local)
+		out, seen := p.answerSeen(actx, 6, msg, client, local)
 		<-p.sem
 		if out == nil {
+			p.observe(seen)
 			return
 		}
-		c.SetWriteDeadline(p.opt.Now().Add(idle)) //nolint:errcheck
-		if _, err := c.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(out))), out...)); err != nil || once {
+		c.SetWriteDeadline(time.Now().Add(idle)) //nolint:errcheck
+		_, err := c.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(out))), out...))
+		p.observe(seen) // after the reply left
+		if err != nil || once {
 			return
 		}
 	}
@@ -386,20 +484,32 @@ func reply(q *dns.Msg, rcode int) []byte {
 }
 
 // answer handles one query; nil means no reply (garbage, or a response).
+// Its observation is reported before it returns.
 func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, local netip.AddrPort) []byte {
+	out, seen := p.answerSeen(ctx, proto, raw, client, local)
+	p.observe(seen)
+	return out
+}
+
+// answerSeen is answer, its observation (nil: none) returned to report
+// once the reply has left: the observer's bookkeeping (egressd learn's
+// record of names) is not on the answer's path (issue 24).
+func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client, local netip.AddrPort) ([]byte, *Observation) {
+	var seen *Observation
 	start := p.opt.Now()
 	q := new(dns.Msg)
 	if err := q.Unpack(raw); err != nil || q.Response {
-		return nil
+		return nil, nil
 	}
 	if q.Opcode != dns.OpcodeQuery {
-		return reply(q, dns.RcodeNotImplemented)
+		return reply(q, dns.RcodeNotImplemented), nil
 	}
 	if len(q.Question) != 1 {
-		return reply(q, dns.RcodeFormatError)
+		return reply(q, dns.RcodeFormatError), nil
 	}
 	qn := q.Question[0]
 	name := normalize(qn.Name)
+	gen := p.cache.generation() // before the policy (answerCache.generation)
 	pol := p.policy.Load()
 	uid, ok, err := p.opt.Identify.Opener(proto, client, local)
 	var al *Allowlist
@@ -415,37 +525,53 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 		}
 		p.refused.add("", "", uid, name, qn.Qtype, why)
 		p.opt.Metrics.ProxyQuery("", "refused", p.opt.Now().Sub(start).Seconds())
-		return reply(q, dns.RcodeRefused)
+		return reply(q, dns.RcodeRefused), nil
 	}
 	// One uid's share of the queries in flight: its slow names must not
 	// take the proxy from the others.
 	if !p.inFlight.take(uid) {
 		p.opt.Metrics.ProxyQuery(al.Name, "overload", p.opt.Now().Sub(start).Seconds())
-		return reply(q, dns.RcodeServerFailure)
+		return reply(q, dns.RcodeServerFailure), nil
 	}
 	defer p.inFlight.give(uid)
 	entries := al.Match(name)
 	listed := len(entries) > 0
 	if !listed && !al.Answer && !al.Audit {
 		p.refused.add(al.Name, al.User, uid, name, qn.Qtype, "unlisted")
-		p.observe(Observation{Allowlist: al.Name, Name: name, Type: qn.Qtype, Refused: true})
+		seen = &Observation{Allowlist: al.Name, Name: name, Type: qn.Qtype, Refused: true}
 		p.opt.Metrics.ProxyQuery(al.Name, "refused", p.opt.Now().Sub(start).Seconds())
-		return reply(q, dns.RcodeRefused)
+		return reply(q, dns.RcodeRefused), seen
 	}
-	r, err := p.forward(ctx, proto, q, pol.Upstreams)
-	if err != nil {
-		p.opt.Log.Debug("upstream failed", zap.String("name", name), zap.Error(err))
-		p.opt.Metrics.ProxyQuery(al.Name, "servfail", p.opt.Now().Sub(start).Seconds())
-		return reply(q, dns.RcodeServerFailure)
+	// A cached reply is read from here on as one fresh from the upstream:
+	// the asker's policy (checked above, for this uid, on every query),
+	// resolver.ReadReply and enforce (Admit, then the kernel for this uid
+	// before the answer leaves). The cache saves the upstream, never a
+	// check.
+	key := keyOf(q) // what upstreamQuery(q) would ask
+	r, hit := p.cache.get(key, start)
+	if hit {
+		p.opt.Metrics.ProxyCacheHit()
+	} else {
+		var err error
+		if r, err = p.forward(ctx, proto, upstreamQuery(q), pol.Upstreams); err != nil {
+			p.opt.Log.Debug("upstream failed", zap.String("name", name), zap.Error(err))
+			p.opt.Metrics.ProxyQuery(al.Name, "servfail", p.opt.Now().Sub(start).Seconds())
+			return reply(q, dns.RcodeServerFailure), nil
+		}
 	}
 	// The answer is read by the rules egressd's own lookups follow
 	// (resolver.ReadReply): a CNAME chain that loops or runs past the cap
-	// is a failure, not an answer.
+	// is a failure, not an answer (and is not cached).
 	res, _, err := resolver.ReadReply(r, r.Question[0].Name, r.Question[0].Qtype, 0)
 	if err != nil {
 		p.opt.Log.Debug("upstream answer refused", zap.String("name", name), zap.Error(err))
 		p.opt.Metrics.ProxyQuery(al.Name, "servfail", p.opt.Now().Sub(start).Seconds())
-		return reply(q, dns.RcodeServerFailure)
+		return reply(q, dns.RcodeServerFailure), nil
+	}
+	if !hit {
+		// Stored under the question asked (forward checked that r
+		// answers it), before enforce rewrites r for this uid.
+		p.cache.put(gen, key, r, lifetime(r, res.TTL, res.Negative, pol.MaxTTL), p.opt.Now())
 	}
 	addrs := res.Addrs
 	if listed {
@@ -461,10 +587,10 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 				result = "answer_cap" // dns_proxy_max_answers reached: an alert of its own
 			}
 			p.opt.Metrics.ProxyQuery(al.Name, result, p.opt.Now().Sub(start).Seconds())
-			return reply(q, dns.RcodeServerFailure)
+			return reply(q, dns.RcodeServerFailure), nil
 		}
 	}
-	p.observe(Observation{Allowlist: al.Name, Name: name, Type: qn.Qtype, Addrs: addrs, Listed: listed})
+	seen = &Observation{Allowlist: al.Name, Name: name, Type: qn.Qtype, Addrs: addrs, Listed: listed}
 	r.Id = q.Id
 	r.Question = []dns.Question{q.Question[0]} // as the client wrote it
 	if proto == 17 {
@@ -475,14 +601,14 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 	}
 	out, err := r.Pack()
 	if err != nil {
-		return reply(q, dns.RcodeServerFailure)
+		return reply(q, dns.RcodeServerFailure), seen // its addresses are in the kernel: observed
 	}
 	result := "answered"
 	if !listed {
 		result = "unlisted_answered"
 	}
 	p.opt.Metrics.ProxyQuery(al.Name, result, p.opt.Now().Sub(start).Seconds())
-	return out
+	return out, seen
 }
 
 func (p *Proxy) kernelFailed(allowlist, name string, err error) {
@@ -500,23 +626,23 @@ func (p *Proxy) kernelFailed(allowlist, name string, err error) {
 		zap.String("allowlist", allowlist), zap.String("name", name), zap.Error(err), zap.Int("not_logged", quiet))
 }
 
-func (p *Proxy) observe(o Observation) {
-	if p.opt.Observe != nil {
+func (p *Proxy) observe(o *Observation) {
+	if o != nil && p.opt.Observe != nil {
 		o.At = p.opt.Now()
-		p.opt.Observe(o)
+		p.opt.Observe(*o)
 	}
 }
 
-// forward asks the upstream resolvers in turn, over the client's transport,
-// and reads their replies by the rules egressd's own lookups read theirs
-// (resolver.Client): a truncated UDP reply is never used, the question is
-// asked again over TCP; a reply to another question, or with a code other
-// than NOERROR or NXDOMAIN, is a failure (the next resolver is asked).
-func (p *Proxy) forward(ctx context.Context, proto uint8, q *dns.Msg, ups []netip.AddrPort) (*dns.Msg, error) {
+// forward asks the upstream resolvers the question fq (upstreamQuery) in
+// turn, over the client's transport, and reads their replies by the rules
+// egressd's own lookups read theirs (resolver.Client): a truncated UDP
+// reply is never used, the question is asked again over TCP; a reply to
+// another question, or with a code other than NOERROR or NXDOMAIN, is a
+// failure (the next resolver is asked).
+func (p *Proxy) forward(ctx context.Context, proto uint8, fq *dns.Msg, ups []netip.AddrPort) (*dns.Msg, error) {
 	if len(ups) == 0 {
 		return nil, errors.New("no resolvers configured")
 	}
-	fq := upstreamQuery(q)
 	var errs []error
 	for _, up := range ups {
 		if ctx.Err() != nil {
@@ -629,7 +755,7 @@ func (p *Proxy) exchangeUDP(ctx context.Context, q *dns.Msg, up netip.AddrPort) 
 	ok := false
 	defer func() { p.putSock(up, s, ok) }()
 	c := s.c
-	deadline := p.opt.Now().Add(p.opt.Timeout)
+	deadline := time.Now().Add(p.opt.Timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}

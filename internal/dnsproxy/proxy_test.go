@@ -64,19 +64,35 @@ func entries(t *testing.T, ss ...string) []config.Entry {
 
 func newRig(t *testing.T, id Identifier, al *Allowlist, upstreams ...netip.AddrPort) *rig {
 	t.Helper()
+	return newRigWith(t, id, nil, []*Allowlist{al}, upstreams...)
+}
+
+// newRigWith is newRig with several allowlists, and options set by opt.
+func newRigWith(t *testing.T, id Identifier, opt func(*Options), als []*Allowlist, upstreams ...netip.AddrPort) *rig {
+	t.Helper()
 	up, err := dnstest.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(up.Close)
 	core, logs := observer.New(zap.DebugLevel)
-	r := &rig{t: t, up: up, logs: logs, m: metrics.New(), k: &ruleset.Fake{Plan: ruleset.Plan{Allowlists: []ruleset.AllowlistPlan{{Allowlist: al.Name, Subject: ruleset.UserSubject(al.UID), Proxy: true}}}}}
-	r.p = New(Options{Kernel: r.k, Identify: id, Log: zap.New(core), Timeout: 500 * time.Millisecond, Metrics: r.m,
-		Observe: func(o Observation) { r.mu.Lock(); r.seen = append(r.seen, o); r.mu.Unlock() }})
+	var plans []ruleset.AllowlistPlan
+	byUID := map[uint32]*Allowlist{}
+	for _, al := range als {
+		plans = append(plans, ruleset.AllowlistPlan{Allowlist: al.Name, Subject: ruleset.UserSubject(al.UID), Proxy: true})
+		byUID[al.UID] = al
+	}
+	r := &rig{t: t, up: up, logs: logs, m: metrics.New(), k: &ruleset.Fake{Plan: ruleset.Plan{Allowlists: plans}}}
+	o := Options{Kernel: r.k, Identify: id, Log: zap.New(core), Timeout: 500 * time.Millisecond, Metrics: r.m,
+		Observe: func(o Observation) { r.mu.Lock(); r.seen = append(r.seen, o); r.mu.Unlock() }}
+	if opt != nil {
+		opt(&o)
+	}
+	r.p = New(o)
 	if len(upstreams) == 0 {
 		upstreams = []netip.AddrPort{up.Addr}
 	}
-	r.p.SetPolicy(&Policy{ByUID: map[uint32]*Allowlist{al.UID: al}, Upstreams: upstreams,
+	r.p.SetPolicy(&Policy{ByUID: byUID, Upstreams: upstreams,
 		MinTTL: 5 * time.Second, MaxTTL: 10 * time.Minute, Linger: 5 * time.Minute, MaxAddrs: 256})
 	// The UDP port is the kernel's pick; its TCP twin may be in use by
 	// another test's connection: pick again.
@@ -116,6 +132,23 @@ func (r *rig) ask(network, name string, qtype uint16) *dns.Msg {
 		r.t.Fatalf("%s %s over %s: %v", dns.TypeToString[qtype], name, network, err)
 	}
 	return resp
+}
+
+// waitSeen waits until n observations were reported: they are, after
+// the reply left.
+func (r *rig) waitSeen(n int) {
+	r.t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		r.mu.Lock()
+		got := len(r.seen)
+		r.mu.Unlock()
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("%d observations, want %d", got, n)
+		}
+	}
 }
 
 func addrsOf(m *dns.Msg) []string {
@@ -259,6 +292,7 @@ func TestUnlistedAnswered(t *testing.T) {
 	if len(r.inKernel()) != 0 {
 		t.Errorf("an unlisted name's address went into the kernel: %v", r.inKernel())
 	}
+	r.waitSeen(1)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if len(r.seen) != 1 || r.seen[0].Listed || r.seen[0].Name != "other.example.net" || len(r.seen[0].Addrs) != 1 {
@@ -782,5 +816,55 @@ func TestRemovalNotBlockedByOverlap(t *testing.T) {
 	p.SetPolicy(pol("api.example.com:443"))
 	if es, _ := fake.ReadProxy(); len(es) != 0 {
 		t.Errorf("the kernel holds %v after both entries were removed", es)
+	}
+}
+
+// The observer (egressd learn's record of names, deny.Recent) is not on
+// the answer's path: the reply leaves before it is called, over UDP and
+// TCP, and the observation is still reported (issue 24). Before, an
+// observer that had to wait held the answer back with it.
+func TestObservedAfterTheReplyLeft(t *testing.T) {
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var seen []Observation
+	r := newRigWith(t, ident{uid: uidWeb, ok: true}, func(o *Options) {
+		o.Observe = func(o Observation) {
+			<-release
+			mu.Lock()
+			seen = append(seen, o)
+			mu.Unlock()
+		}
+	}, []*Allowlist{webAllowlist(t, "api.example.com:443")})
+	released := false
+	t.Cleanup(func() {
+		if !released {
+			close(release)
+		}
+	})
+	r.up.Set("api.example.com", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.10")}, TTL: 60})
+	for _, network := range []string{"udp", "tcp"} {
+		if m := r.ask(network, "api.example.com", dns.TypeA); m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 {
+			t.Fatalf("%s: %v", network, m)
+		}
+	}
+	close(release)
+	released = true
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		mu.Lock()
+		n := len(seen)
+		mu.Unlock()
+		if n == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d observations after the replies, want 2", n)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, o := range seen {
+		if o.Name != "api.example.com" || !o.Listed || len(o.Addrs) != 1 || o.At.IsZero() {
+			t.Errorf("observation %+v", o)
+		}
 	}
 }

@@ -33,6 +33,7 @@ type Metrics struct {
 	proxySeconds   prometheus.Histogram
 	proxyKernel    prometheus.Histogram
 	proxyWrite     prometheus.Histogram
+	proxyCacheHits prometheus.Counter
 	failingSince   prometheus.Gauge
 	staleGrace     prometheus.Gauge
 	configInfo     *prometheus.GaugeVec
@@ -79,6 +80,8 @@ func New() *Metrics {
 		proxyWrite: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "egressd_dns_proxy_write_seconds",
 			Help:    "Duration of one netlink transaction of the DNS proxy's answers (group commit: many answers each).",
 			Buckets: []float64{.00002, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .1}}),
+		proxyCacheHits: prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_dns_proxy_cache_hits_total",
+			Help: "Queries the DNS proxy took from its answer cache instead of asking the resolvers (each checked and written to the kernel for its asker as a fresh answer)."}),
 		nflogLost: prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_nflog_overruns_total",
 			Help: "Times the kernel dropped NFLOG messages because the daemon fell behind."}),
 		failingSince: prometheus.NewGauge(prometheus.GaugeOpts{Name: "egressd_names_failing_since_timestamp_seconds",
@@ -95,7 +98,7 @@ func New() *Metrics {
 			Help: "1 for an allowlist in mode: audit (denies logged, then let through), 0 in enforce."}, []string{"allowlist"}),
 	}
 	m.reg.MustRegister(m.applies, m.lastApply, m.namesFailing, m.setElements, m.driftRepairs, m.resolveSeconds,
-		m.denyEvents, m.bindsDenied, m.bindLost, m.nflogPackets, m.nflogLost, m.proxyQueries, m.proxySeconds, m.proxyKernel, m.proxyWrite,
+		m.denyEvents, m.bindsDenied, m.bindLost, m.nflogPackets, m.nflogLost, m.proxyQueries, m.proxySeconds, m.proxyKernel, m.proxyWrite, m.proxyCacheHits,
 		m.failingSince, m.staleGrace, m.configInfo, m.reloadOK, m.reloadTime, m.auditMode, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfo(version.Get()))
 	return m
@@ -266,6 +269,13 @@ func (m *Metrics) ProxyQuery(allowlist, result string, seconds float64) {
 func (m *Metrics) ProxyKernel(seconds float64) {
 	if m != nil {
 		m.proxyKernel.Observe(seconds)
+	}
+}
+
+// ProxyCacheHit counts a query the DNS proxy took from its answer cache.
+func (m *Metrics) ProxyCacheHit() {
+	if m != nil {
+		m.proxyCacheHits.Inc()
 	}
 }
 
