@@ -3,6 +3,7 @@ package dnsproxy
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -244,4 +245,54 @@ func TestRedteamRTCReloadBetweenQueryAndReply(t *testing.T) {
 	if n := r.up.QueriesFor("api.example.com"); n != 2 {
 		t.Errorf("upstream asked %d times, want 2 (the reload's reply not stored, the next one stored)", n)
 	}
+}
+
+// Attack: memory. The cache's byte bound counts each entry as its wire
+// form, its name and cacheEntryOverhead; what the heap really holds per
+// entry (the entry, its list element, its map slot, the wire's and the
+// name's allocations) must not be more, or random names grow the daemon
+// past the bound it was given.
+func TestRedteamRTCCacheMemoryAccounted(t *testing.T) {
+	for _, n := range []int{1000, 1700, 3500, DefaultCacheEntries, 14000, 20000} {
+		cacheMemory(t, n, 1)
+	}
+	// Large replies (an attacker's domain answers with many records, over
+	// TCP): the allocator rounds their wire up to its size classes.
+	cacheMemory(t, 200, 70)   // ~1.1 KB
+	cacheMemory(t, 200, 2100) // ~33 KB
+}
+
+func cacheMemory(t *testing.T, n, records int) {
+	c := newAnswerCache(n, 1<<30)
+	msgs := make([]*dns.Msg, n)
+	keys := make([]cacheKey, n)
+	for i := range msgs {
+		q := new(dns.Msg)
+		q.SetQuestion(fmt.Sprintf("r%08d.attacker.example.", i), dns.TypeA)
+		m := new(dns.Msg)
+		m.SetReply(q)
+		for j := 0; j < records; j++ {
+			m.Answer = append(m.Answer, rrs(t, fmt.Sprintf("r%08d.attacker.example. 3600 IN A 192.0.%d.%d", i, j/250, j%250+1))...)
+		}
+		msgs[i], keys[i] = m, keyOf(q)
+	}
+	now := time.Now()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i, m := range msgs {
+		c.put(c.generation(), keys[i], m, time.Hour, now)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	entries, accounted := c.stats()
+	heap := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	t.Logf("%d entries: accounted %d bytes (%d per entry), heap grew %d bytes (%d per entry)",
+		entries, accounted, accounted/entries, heap, heap/int64(entries))
+	if heap > int64(accounted) {
+		t.Errorf("%d entries: the heap holds %d bytes, the bound counts %d: the cache can outgrow its byte bound by %.0f %%",
+			entries, heap, accounted, 100*float64(heap-int64(accounted))/float64(accounted))
+	}
+	runtime.KeepAlive(msgs)
+	runtime.KeepAlive(c)
 }
