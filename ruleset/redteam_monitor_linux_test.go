@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -230,5 +231,72 @@ func TestRedteamRTCMonitorPortInAnotherNetns(t *testing.T) {
 	}
 	if e.k.ownNewGen(m) {
 		t.Error("root's control transaction taken for egressd's")
+	}
+}
+
+// Attack: root commits through sockets of its own while egressd's DNS
+// proxy floods the kernel with answers (four writers at once). Every one
+// of root's 50 transactions is verified (its NEWGEN is not egressd's), and
+// every one of egressd's 400 is known as its own.
+func TestRedteamRTCMonitorForeignDuringFlood(t *testing.T) {
+	e, _ := monitorEnv(t)
+	c, err := dialMonitor(e.ns.Fd())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var wg sync.WaitGroup
+	errs := make(chan error, 5)
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := g * 100; i < (g+1)*100; i++ {
+				a := netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)})
+				if err := e.k.AddProxy([]ProxyElement{{UID: uidA, Timeout: time.Minute, Name: "a.example.com",
+					Element: ElementFor(config.TCP, netip.PrefixFrom(a, 32), 443, 443)}}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	roots := map[uint32]bool{}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; i < 50; i++ {
+			port, err := rawCommit(e.ns, 0, fmt.Sprintf("root%d", i))
+			if err != nil {
+				errs <- err
+				return
+			}
+			roots[port] = true
+		}
+	}()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	// egressd's 400, its probe's (whether adding renews), root's 50: read
+	// until all of root's and egressd's 400 were seen (nextNewGen fails
+	// when none comes).
+	var foreign, ours, otherwise int
+	for foreign < 50 || ours < 400 {
+		m := nextNewGen(t, c)
+		switch own := e.k.ownNewGen(m); {
+		case roots[m.Header.PID] && own:
+			t.Errorf("root's transaction (port %d) taken for egressd's", m.Header.PID)
+		case roots[m.Header.PID]:
+			foreign++
+		case own:
+			ours++
+		default:
+			otherwise++
+		}
+	}
+	if otherwise != 0 {
+		t.Errorf("%d of egressd's transactions taken for another's", otherwise)
 	}
 }
