@@ -3,6 +3,7 @@ package dnsproxy
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"runtime"
 	"strings"
 	"testing"
@@ -295,4 +296,46 @@ func cacheMemory(t *testing.T, n, records int) {
 	}
 	runtime.KeepAlive(msgs)
 	runtime.KeepAlive(c)
+}
+
+// Attack: truncation across the cache and two uids. The upstream's
+// truncated UDP reply carries an address its full (TCP) answer does not;
+// the proxy asks again over TCP and stores that. Another uid's UDP hit is
+// cut to its buffer (TC set), every address handed is in the kernel for
+// that uid, the truncated reply's address never is; over TCP it gets the
+// whole answer, from the cache.
+func TestRedteamRTCTruncatedAcrossUIDs(t *testing.T) {
+	r, who, clk, tk := cacheRig(t, webAllowlist(t, "*.cdn.example.com:443"), otherAllowlist(t, "*.cdn.example.com:443"), nil)
+	var many []netip.Addr
+	for i := 1; i <= 40; i++ {
+		many = append(many, netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}))
+	}
+	r.up.Set(rtName, dnstest.Record{A: many, TTL: 60})
+	r.up.SetMangle(func(m *dns.Msg) {
+		if m.Truncated {
+			m.Answer = rrs(t, rtName+" 60 IN A 203.0.113.66")
+		}
+	})
+	r.ask("udp", rtName, dns.TypeA)
+	who.uid.Store(uidOther)
+	m := r.ask("udp", rtName, dns.TypeA)
+	if !m.Truncated || len(handedAddrs(m)) == 0 {
+		t.Fatalf("uid B's UDP hit: not truncated, or empty: %v", m)
+	}
+	for _, a := range handedAddrs(m) {
+		if !tk.holds(uidOther, a, clk.Now().Add(answeredTTL(t, m))) {
+			t.Errorf("uid B was handed %s, which the kernel does not hold for it", a)
+		}
+	}
+	for _, uid := range []uint32{uidWeb, uidOther} {
+		if tk.holds(uid, "203.0.113.66", clk.Now()) {
+			t.Errorf("the truncated reply's address is in the kernel for uid %d", uid)
+		}
+	}
+	if m := r.ask("tcp", rtName, dns.TypeA); len(handedAddrs(m)) != len(many) || m.Truncated {
+		t.Errorf("uid B over TCP: %d addresses (truncated %v), want %d", len(handedAddrs(m)), m.Truncated, len(many))
+	}
+	if n := r.up.QueriesFor(rtName); n != 2 {
+		t.Errorf("upstream asked %d times, want 2 (UDP then TCP, for uid A's query; uid B's from the cache)", n)
+	}
 }
