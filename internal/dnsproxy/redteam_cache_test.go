@@ -290,7 +290,11 @@ func cacheMemory(t *testing.T, n, records int) {
 	heap := int64(after.HeapAlloc) - int64(before.HeapAlloc)
 	t.Logf("%d entries: accounted %d bytes (%d per entry), heap grew %d bytes (%d per entry)",
 		entries, accounted, accounted/entries, heap, heap/int64(entries))
-	if heap > int64(accounted) {
+	// slack: what else the test binary may allocate meanwhile (a few
+	// KiB); the undercount this catches was 80 to 110 KiB at 10,000 to
+	// 20,000 small entries.
+	const slack = 16 << 10
+	if heap > int64(accounted)+slack {
 		t.Errorf("%d entries: the heap holds %d bytes, the bound counts %d: the cache can outgrow its byte bound by %.0f %%",
 			entries, heap, accounted, 100*float64(heap-int64(accounted))/float64(accounted))
 	}
