@@ -31,6 +31,41 @@ func BenchmarkQuery(b *testing.B) {
 	})
 }
 
+// BenchmarkRefreshName is one name's refresh, A and AAAA, as the daemon
+// asks them, against an in-process server on loopback: "separate" is two
+// Query calls (a socket each, through miekg's client), "both" is QueryBoth
+// (one fresh socket for the two queries). ns/op includes the server's work.
+// Run: go test ./resolver -run XXX -bench RefreshName -benchmem
+func BenchmarkRefreshName(b *testing.B) {
+	s, err := dnstest.Listen("127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	s.Set("x.bench.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.1")}, AAAA: []netip.Addr{netip.MustParseAddr("2001:db8::1")}, TTL: 60})
+	c := &Client{Servers: []netip.AddrPort{s.Addr}}
+	ctx := context.Background()
+	b.Run("separate", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			for _, t := range bothTypes {
+				if r, err := c.Query(ctx, "x.bench.test", t); err != nil || len(r.Addrs) != 1 {
+					b.Fatal(r, err)
+				}
+			}
+		}
+	})
+	b.Run("both", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			r := c.QueryBoth(ctx, "x.bench.test")
+			if r[0].Err != nil || r[1].Err != nil || len(r[1].Res.Addrs) != 1 {
+				b.Fatal(r)
+			}
+		}
+	})
+}
+
 // BenchmarkCacheObserve10k measures the cache's bookkeeping for 10,000 names.
 func BenchmarkCacheObserve10k(b *testing.B) {
 	now := time.Now()

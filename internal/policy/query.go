@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/resolver"
+	"github.com/miekg/dns"
 )
 
 // The bounded DNS fan-out of the daemon's rounds and of `egressd check`.
@@ -24,7 +25,10 @@ type Outcome struct {
 
 // Query runs the lookups of keys, at most concurrency at a time (<= 0:
 // Concurrency), each bounded by QueryTimeout; out[i] is keys[i]'s outcome.
-// It touches nothing but q, so the daemon runs it in the background.
+// A name's A and AAAA keys are looked up together when q can
+// (resolver.BothQuerier: one socket for the two queries); such a pair
+// takes one of the concurrency slots. It touches nothing but q, so the
+// daemon runs it in the background.
 func Query(ctx context.Context, q resolver.Querier, keys []resolver.Key, concurrency int) []Outcome {
 	if concurrency <= 0 {
 		concurrency = Concurrency
@@ -32,7 +36,8 @@ func Query(ctx context.Context, q resolver.Querier, keys []resolver.Key, concurr
 	out := make([]Outcome, len(keys))
 	sem := make(chan struct{}, concurrency)
 	var wg sync.WaitGroup
-	for i, k := range keys {
+	both, _ := q.(resolver.BothQuerier)
+	for _, u := range lookups(keys, both != nil) {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
@@ -41,10 +46,47 @@ func Query(ctx context.Context, q resolver.Querier, keys []resolver.Key, concurr
 			qctx, cancel := context.WithTimeout(ctx, QueryTimeout)
 			defer cancel()
 			start := time.Now()
-			res, err := q.Query(qctx, k.Name, k.Type)
-			out[i] = Outcome{res, err, time.Since(start), err != nil && ctx.Err() != nil}
+			if u[1] < 0 {
+				res, err := q.Query(qctx, keys[u[0]].Name, keys[u[0]].Type)
+				out[u[0]] = Outcome{res, err, time.Since(start), err != nil && ctx.Err() != nil}
+				return
+			}
+			r := both.QueryBoth(qctx, keys[u[0]].Name)
+			for i, j := range u {
+				out[j] = Outcome{r[i].Res, r[i].Err, time.Since(start), r[i].Err != nil && ctx.Err() != nil}
+			}
 		}()
 	}
 	wg.Wait()
+	return out
+}
+
+// lookups groups keys into lookups: {i, -1} looks up keys[i] alone; with
+// pair, {i, j} looks up the A key i and the AAAA key j of one name together.
+func lookups(keys []resolver.Key, pair bool) [][2]int {
+	out := make([][2]int, 0, len(keys))
+	if !pair {
+		for i := range keys {
+			out = append(out, [2]int{i, -1})
+		}
+		return out
+	}
+	idx := map[resolver.Key]int{}
+	for i, k := range keys {
+		idx[k] = i
+	}
+	for i, k := range keys {
+		other := resolver.Key{Name: k.Name, Type: dns.TypeAAAA}
+		if k.Type == dns.TypeAAAA {
+			other.Type = dns.TypeA
+		}
+		j, ok := idx[other]
+		switch {
+		case !ok || (k.Type != dns.TypeA && k.Type != dns.TypeAAAA) || idx[k] != i:
+			out = append(out, [2]int{i, -1}) // alone (or a repeated key)
+		case k.Type == dns.TypeA:
+			out = append(out, [2]int{i, j})
+		}
+	}
 	return out
 }
