@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/miekg/dns"
@@ -136,7 +137,14 @@ func (c *Client) exchangePair(ctx context.Context, qs [2]*dns.Msg, srv netip.Add
 		}
 		sent[i] = q
 	}
-	buf := make([]byte, max(int(c.udpSize()), dns.MinMsgSize))
+	bp := replyBufs.Get().(*[]byte)
+	defer replyBufs.Put(bp)
+	buf := *bp
+	if n := max(int(c.udpSize()), dns.MinMsgSize); n <= len(buf) {
+		buf = buf[:n] // as miekg reads: the size advertised
+	} else {
+		buf = make([]byte, n)
+	}
 	for left := 2; left > 0; {
 		n, err := conn.Read(buf)
 		if err != nil {
@@ -172,6 +180,10 @@ func (c *Client) exchangePair(ctx context.Context, qs [2]*dns.Msg, srv netip.Add
 	}
 	return out, errs
 }
+
+// replyBufs hold replies being read (a Client.UDPSize above 4096 gets
+// its own buffer).
+var replyBufs = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }}
 
 // udpConn is the socket of one pair of queries.
 type udpConn interface {
