@@ -34,9 +34,9 @@ var bothTypes = [2]uint16{dns.TypeA, dns.TypeAAAA}
 // QueryBoth implements BothQuerier. The two questions go out together on
 // one fresh socket, each with its own random ID, as glibc's resolver asks
 // them: a name's refresh costs one socket instead of two, and each query
-// is as hard to forge blind as one asked alone (a kernel-random source
-// port that no other lookup used, and a 16-bit ID; a reply is read only
-// for the query whose ID and question it carries). What the first replies
+// is as hard to forge blind as one asked alone (a source port the kernel
+// picks at random for this socket, and a 16-bit random ID; a reply is read
+// only for the query whose ID and question it carries). What the first replies
 // leave open (a chain that leaves the answer, a retry on the next resolver
 // for one type) is asked one query at a time, as Query does.
 func (c *Client) QueryBoth(ctx context.Context, name string) [2]Lookup {
