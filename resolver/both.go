@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -119,8 +120,6 @@ func (c *Client) exchangePair(ctx context.Context, qs [2]*dns.Msg, srv netip.Add
 	if err := conn.SetDeadline(deadline); err != nil {
 		return both(err)
 	}
-	// Cancellation ends the wait at once.
-	defer context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })() //nolint:errcheck // the read reports it
 	var sent [2]*dns.Msg
 	for i, q := range qs {
 		q = q.Copy()
@@ -146,7 +145,20 @@ func (c *Client) exchangePair(ctx context.Context, qs [2]*dns.Msg, srv netip.Add
 		buf = make([]byte, n)
 	}
 	for left := 2; left > 0; {
+		// A cancelled ctx (a stop) ends the wait within pairCancelCheck:
+		// the wait is cut in slices (the replies normally come within the
+		// first), cheaper than a hook on ctx for every lookup.
+		wait := time.Now().Add(pairCancelCheck)
+		if deadline.Before(wait) {
+			wait = deadline
+		}
+		if err := conn.SetDeadline(wait); err != nil {
+			return both(err)
+		}
 		n, err := conn.Read(buf)
+		if errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() == nil && time.Now().Before(deadline) {
+			continue
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				err = ctx.Err()
@@ -180,6 +192,10 @@ func (c *Client) exchangePair(ctx context.Context, qs [2]*dns.Msg, srv netip.Add
 	}
 	return out, errs
 }
+
+// pairCancelCheck is how often a lookup waiting for its replies sees
+// whether its context was cancelled.
+const pairCancelCheck = 100 * time.Millisecond
 
 // replyBufs hold replies being read (a Client.UDPSize above 4096 gets
 // its own buffer).
