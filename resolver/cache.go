@@ -2,6 +2,7 @@ package resolver
 
 import (
 	"net/netip"
+	"slices"
 	"sort"
 	"time"
 
@@ -420,7 +421,9 @@ func (c *Cache) AppendLifetimes(dst []Lifetime, name string) []Lifetime {
 		}
 	}
 	out := dst[start:]
-	sort.Slice(out, func(i, j int) bool { return out[i].Addr.Less(out[j].Addr) })
+	// slices.SortFunc, not sort.Slice: this runs for every name at every
+	// reconcile, and sort.Slice allocates three times per call.
+	slices.SortFunc(out, func(a, b Lifetime) int { return a.Addr.Compare(b.Addr) })
 	return dst
 }
 

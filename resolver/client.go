@@ -75,6 +75,12 @@ func (c *Client) timeout() time.Duration {
 // Query resolves name (A or AAAA), following CNAME chains: first within the
 // answer, then by asking again for a target the answer did not resolve.
 func (c *Client) Query(ctx context.Context, name string, qtype uint16) (Result, error) {
+	return c.query(ctx, name, qtype, nil)
+}
+
+// query is Query whose first reply, for name itself, may already be in
+// hand (first; nil: it is asked for).
+func (c *Client) query(ctx context.Context, name string, qtype uint16, first *dns.Msg) (Result, error) {
 	maxChain := c.MaxChain
 	if maxChain <= 0 {
 		maxChain = DefaultMaxChain
@@ -89,9 +95,13 @@ func (c *Client) Query(ctx context.Context, name string, qtype uint16) (Result, 
 			return Result{}, fmt.Errorf("%s: %w (loop at %s)", name, ErrChainTooLong, cur)
 		}
 		seen[cur] = true
-		msg, err := c.exchange(ctx, cur, qtype)
-		if err != nil {
-			return Result{}, fmt.Errorf("%s %s: %w", dns.TypeToString[qtype], name, err)
+		msg := first
+		first = nil
+		if msg == nil {
+			var err error
+			if msg, err = c.exchange(ctx, cur, qtype); err != nil {
+				return Result{}, fmt.Errorf("%s %s: %w", dns.TypeToString[qtype], name, err)
+			}
 		}
 		target, err := walk(msg, cur, qtype, &res, maxChain)
 		if err != nil {
@@ -114,14 +124,7 @@ func (c *Client) exchange(ctx context.Context, qname string, qtype uint16) (*dns
 	if len(c.Servers) == 0 {
 		return nil, errors.New("no resolvers configured")
 	}
-	q := new(dns.Msg)
-	q.SetQuestion(qname, qtype)
-	q.RecursionDesired = true
-	size := c.UDPSize
-	if size == 0 {
-		size = 1232
-	}
-	q.SetEdns0(size, false)
+	q := c.question(qname, qtype)
 	var errs []error
 	for _, srv := range c.Servers {
 		if err := ctx.Err(); err != nil {
@@ -136,6 +139,22 @@ func (c *Client) exchange(ctx context.Context, qname string, qtype uint16) (*dns
 	return nil, errors.Join(errs...)
 }
 
+// question is the query for qname and qtype, ID not yet set.
+func (c *Client) question(qname string, qtype uint16) *dns.Msg {
+	q := new(dns.Msg)
+	q.SetQuestion(qname, qtype)
+	q.RecursionDesired = true
+	q.SetEdns0(c.udpSize(), false)
+	return q
+}
+
+func (c *Client) udpSize() uint16 {
+	if c.UDPSize == 0 {
+		return 1232
+	}
+	return c.UDPSize
+}
+
 func (c *Client) exchangeOne(ctx context.Context, q *dns.Msg, srv netip.AddrPort) (*dns.Msg, error) {
 	// A fresh ID per attempt: miekg's client ignores replies whose ID differs,
 	// which is what makes a blind spoofing attempt miss.
@@ -146,6 +165,13 @@ func (c *Client) exchangeOne(ctx context.Context, q *dns.Msg, srv netip.AddrPort
 		size = int(opt.UDPSize())
 	}
 	r, err := exchangeUDP(ctx, q, srv, c.timeout(), size)
+	return c.settle(ctx, q, srv, r, err)
+}
+
+// settle checks a UDP reply r to q (or the error that came instead):
+// truncated, it is asked again over TCP; it must answer q's question and
+// carry NOERROR or NXDOMAIN.
+func (c *Client) settle(ctx context.Context, q *dns.Msg, srv netip.AddrPort, r *dns.Msg, err error) (*dns.Msg, error) {
 	if err == nil && r.Truncated {
 		// miekg does not retry over TCP by itself; truncated answers are never used.
 		tcp := &dns.Client{Net: "tcp", Timeout: c.timeout()}

@@ -206,3 +206,28 @@ func (q *HostsFirst) Query(ctx context.Context, name string, qtype uint16) (Resu
 	}
 	return r, err
 }
+
+// QueryBoth implements BothQuerier: from the hosts file alone when it
+// names the name, else from Next (both types at once when Next can).
+func (q *HostsFirst) QueryBoth(ctx context.Context, name string) [2]Lookup {
+	var out [2]Lookup
+	if _, ok := q.Hosts.Lookup(name, dns.TypeA); ok {
+		for i, t := range bothTypes {
+			out[i].Res, out[i].Err = q.Query(ctx, name, t)
+		}
+		return out
+	}
+	if b, ok := q.Next.(BothQuerier); ok {
+		out = b.QueryBoth(ctx, name)
+	} else {
+		for i, t := range bothTypes {
+			out[i].Res, out[i].Err = q.Next.Query(ctx, name, t)
+		}
+	}
+	for i := range out {
+		if out[i].Err == nil && out[i].Res.Source == "" {
+			out[i].Res.Source = SourceDNS
+		}
+	}
+	return out
+}

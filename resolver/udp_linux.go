@@ -3,14 +3,11 @@ package resolver
 import (
 	"context"
 	"errors"
-	"net"
 	"net/netip"
 	"os"
-	"strconv"
 	"time"
 
 	"github.com/miekg/dns"
-	"golang.org/x/sys/unix"
 )
 
 // exchangeUDP asks q of srv from a UDP socket of its own: a fresh source
@@ -26,29 +23,16 @@ func exchangeUDP(ctx context.Context, q *dns.Msg, srv netip.AddrPort, timeout ti
 	if err != nil {
 		return nil, err
 	}
-	var sa unix.Sockaddr
-	family := unix.AF_INET
-	if a := srv.Addr().Unmap(); a.Is4() {
-		sa = &unix.SockaddrInet4{Port: int(srv.Port()), Addr: a.As4()}
-	} else {
-		family = unix.AF_INET6
-		sa = &unix.SockaddrInet6{Port: int(srv.Port()), Addr: a.As16(), ZoneId: zoneID(a.Zone())}
-	}
-	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	f, err := dialUDP(srv)
 	if err != nil {
-		return nil, os.NewSyscallError("socket", err)
+		return nil, err
 	}
-	if err := unix.Connect(fd, sa); err != nil {
-		unix.Close(fd) //nolint:errcheck
-		return nil, os.NewSyscallError("connect", err)
-	}
-	f := os.NewFile(uintptr(fd), "udp") // errors read "read udp: ..."; non-blocking: the runtime's poller waits for it
 	defer f.Close()
 	deadline := time.Now().Add(timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
-	if err := f.SetWriteDeadline(deadline); err != nil {
+	if err := f.SetDeadline(deadline); err != nil {
 		return nil, err
 	}
 	if _, err := f.Write(pkt); err != nil {
@@ -63,7 +47,7 @@ func exchangeUDP(ctx context.Context, q *dns.Msg, srv netip.AddrPort, timeout ti
 		if deadline.Before(wait) {
 			wait = deadline
 		}
-		if err := f.SetReadDeadline(wait); err != nil {
+		if err := f.SetDeadline(wait); err != nil {
 			return nil, err
 		}
 		n, err := f.Read(buf)
@@ -95,20 +79,4 @@ func ioError(ctx context.Context, err error) error {
 		return cerr
 	}
 	return err
-}
-
-// zoneID is the interface index of an IPv6 zone (a link-local resolver,
-// fe80::1%eth0): a name or a number; 0 when unknown (connect then fails).
-func zoneID(zone string) uint32 {
-	if zone == "" {
-		return 0
-	}
-	if n, err := strconv.ParseUint(zone, 10, 32); err == nil {
-		return uint32(n)
-	}
-	ifi, err := net.InterfaceByName(zone)
-	if err != nil {
-		return 0
-	}
-	return uint32(ifi.Index)
 }

@@ -10,9 +10,9 @@ import (
 	"github.com/miekg/dns"
 )
 
-// rawServer answers each query on a UDP socket of its own with reply
+// replyServer answers each query on a UDP socket of its own with reply
 // (nil: no answer); the source port of each query goes to ports.
-func rawServer(t *testing.T, network, addr string, reply func(q *dns.Msg) []*dns.Msg) (netip.AddrPort, <-chan int) {
+func replyServer(t *testing.T, network, addr string, reply func(q *dns.Msg) []*dns.Msg) (netip.AddrPort, <-chan int) {
 	t.Helper()
 	pc, err := net.ListenPacket(network, addr)
 	if err != nil {
@@ -56,7 +56,7 @@ func answerA(q *dns.Msg, id uint16, a string) *dns.Msg {
 // A reply with another ID before the real one (a blind spoofing attempt
 // that guessed the port) is ignored, and the real one is still taken.
 func TestClientIgnoresOtherIDThenTakesReal(t *testing.T) {
-	srv, _ := rawServer(t, "udp4", "127.0.0.1:0", func(q *dns.Msg) []*dns.Msg {
+	srv, _ := replyServer(t, "udp4", "127.0.0.1:0", func(q *dns.Msg) []*dns.Msg {
 		return []*dns.Msg{answerA(q, q.Id^0x5555, "203.0.113.66"), answerA(q, q.Id, "192.0.2.5")}
 	})
 	c := &Client{Servers: []netip.AddrPort{srv}}
@@ -69,7 +69,7 @@ func TestClientIgnoresOtherIDThenTakesReal(t *testing.T) {
 // Each query comes from a socket of its own: its source port is the
 // kernel's new random choice (docs/security.md).
 func TestClientFreshSourcePortPerQuery(t *testing.T) {
-	srv, ports := rawServer(t, "udp4", "127.0.0.1:0", func(q *dns.Msg) []*dns.Msg { return []*dns.Msg{answerA(q, q.Id, "192.0.2.5")} })
+	srv, ports := replyServer(t, "udp4", "127.0.0.1:0", func(q *dns.Msg) []*dns.Msg { return []*dns.Msg{answerA(q, q.Id, "192.0.2.5")} })
 	c := &Client{Servers: []netip.AddrPort{srv}}
 	seen := map[int]bool{}
 	for i := 0; i < 4; i++ {
@@ -86,7 +86,7 @@ func TestClientFreshSourcePortPerQuery(t *testing.T) {
 // A stop (ctx cancelled) ends a query waiting for a silent server at once,
 // not at its timeout.
 func TestClientCancelEndsWait(t *testing.T) {
-	srv, ports := rawServer(t, "udp4", "127.0.0.1:0", func(*dns.Msg) []*dns.Msg { return nil })
+	srv, ports := replyServer(t, "udp4", "127.0.0.1:0", func(*dns.Msg) []*dns.Msg { return nil })
 	c := &Client{Servers: []netip.AddrPort{srv}, Timeout: 1 << 40} // ~18 minutes: the test times out first
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { <-ports; cancel() }()
@@ -96,7 +96,7 @@ func TestClientCancelEndsWait(t *testing.T) {
 }
 
 func TestClientIPv6Server(t *testing.T) {
-	srv, _ := rawServer(t, "udp6", "[::1]:0", func(q *dns.Msg) []*dns.Msg { return []*dns.Msg{answerA(q, q.Id, "192.0.2.5")} })
+	srv, _ := replyServer(t, "udp6", "[::1]:0", func(q *dns.Msg) []*dns.Msg { return []*dns.Msg{answerA(q, q.Id, "192.0.2.5")} })
 	c := &Client{Servers: []netip.AddrPort{srv}}
 	if r, err := c.Query(context.Background(), "x.example.test", dns.TypeA); err != nil || len(r.Addrs) != 1 {
 		t.Fatalf("%v, %v", r.Addrs, err)
