@@ -11,6 +11,7 @@ const (
 	kUsers       = "users"
 	kOwners      = "owners"
 	kOpeners     = "openers"
+	kListenMarks = "listenmarks"
 	kUIDMarks    = "uidmarks"
 	kDNSUsers    = "dnsusers"
 	kAudit       = "audit"
