@@ -1,0 +1,93 @@
+//go:build linux
+
+package bindguard
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os/exec"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// icmpErrorChain is what the ruleset does against ICMP errors a restricted
+// service could read (issue 28; ruleset.icmpErrorRules, whose real rules the
+// integration tier runs: TestListenInboundICMPErrors): the opener's uid as
+// the flow's conntrack mark (ruleset.restrictedRules, here for the protected
+// uid only), and in the inbound chain a drop of every ICMP error about a
+// non-TCP flow a peer opened, or one a uid with listen: opened, and of every
+// error conntrack relates to no flow unless it quotes TCP.
+var icmpErrorChain = fmt.Sprintf(`table inet bindguardicmp {
+	set listenmarks {
+		type mark
+		elements = { 0x%08x }
+	}
+	chain output {
+		type filter hook output priority filter; policy accept;
+		ct state new meta skuid %d ct mark set 0x%08x
+	}
+	chain inbound {
+		type filter hook input priority 2147483646; policy accept;
+		meta l4proto { icmp, icmpv6 } ct state related ct protocol != tcp ct direction original drop
+		meta l4proto { icmp, icmpv6 } ct state related ct protocol != tcp ct mark @listenmarks drop
+		icmp type { destination-unreachable, source-quench, redirect, time-exceeded, parameter-problem } ct state invalid @th,136,8 != 6 drop
+		icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } ct state invalid @th,112,8 != 6 drop
+	}
+}
+`, protected, protected, protected)
+
+// dropICMPErrors loads icmpErrorChain into the test's namespace.
+func (r *rig) dropICMPErrors() {
+	r.t.Helper()
+	cmd := exec.Command("nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(icmpErrorChain)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := r.ns.Start(cmd); err != nil {
+		r.t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		r.t.Fatalf("nft: %v: %s", err, out.String())
+	}
+}
+
+// openFlow sends, as root in the namespace, a UDP datagram from
+// 127.0.0.1:port to 127.0.0.2:4444 through a raw socket (the port is the
+// helper's): conntrack then holds the flow that sendPortUnreachable quotes,
+// opened by a uid that is not restricted (root), in the reply direction of
+// the error, as when an unrestricted process sends from its socket. A
+// socket of root's on 127.0.0.2:4444 takes the datagram (no port
+// unreachable of the kernel's own).
+func (r *rig) openFlow(port int) error {
+	udp := make([]byte, 8+3)
+	binary.BigEndian.PutUint16(udp[0:], uint16(port))
+	binary.BigEndian.PutUint16(udp[2:], 4444)
+	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
+	copy(udp[8:], "ask") // checksum 0: none (IPv4)
+	return r.ns.Do(func() error {
+		sink, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, unix.IPPROTO_UDP)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(sink)
+		if err := unix.Bind(sink, &unix.SockaddrInet4{Port: 4444, Addr: [4]byte{127, 0, 0, 2}}); err != nil {
+			return err
+		}
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_UDP)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+			return err
+		}
+		if err := unix.Sendto(fd, udp, 0, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 2}}); err != nil {
+			return err
+		}
+		tv := unix.Timeval{Sec: 1}
+		unix.SetsockoptTimeval(sink, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+		_, _, err = unix.Recvfrom(sink, make([]byte, 16), 0)
+		return err
+	})
+}
