@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+	"testing"
 
 	"golang.org/x/sys/unix"
 )
@@ -90,4 +91,47 @@ func (r *rig) openFlow(port int) error {
 		_, _, err = unix.Recvfrom(sink, make([]byte, 16), 0)
 		return err
 	})
+}
+
+// Issue 28: the ICMP error layer (icmpErrorChain) for every kind of socket
+// whose error queue a restricted uid could read: a socket whose
+// IP_RECVERR/IPV6_RECVERR went on before the restriction (the setsockopt
+// program keeps it on: TestRedteamRT28RecverrBeforeRestriction), then an
+// ICMP error a peer sends. IPv4, an IPv6 socket on an IPv4-mapped address,
+// IPv6 (ICMPv6), a ping socket (a forged error quoting an echo request it
+// never sent), and an error quoting the socket's own flow to its resolver
+// (related: the flow's mark is the restricted uid). Each failed without the
+// layer (the payload arrived).
+func TestICMPErrorLayerVariants(t *testing.T) {
+	r := newRig(t)
+	r.tagInbound()
+	r.dropICMPErrors()
+	if err := r.ns.Sysctl("net/ipv4/ping_group_range", "0 2147483647"); err != nil {
+		t.Fatal(err)
+	}
+	r.server(5300)
+	push := func(port int) error { return r.sendPortUnreachable(port, "door") }
+	for _, c := range []struct {
+		name, mode, op string
+		push           func(int) error
+	}{
+		{"IP_RECVERR, a forged error", "errq", "udp4,127.0.0.1,0", push},
+		{"IP_RECVERR on an IPv6 socket bound to an IPv4-mapped address, a forged error", "errq", "udp6,::ffff:127.0.0.1,0", push},
+		{"IPV6_RECVERR, a forged ICMPv6 error", "errq6", "udp6,::1,0", func(port int) error { return r.sendPortUnreachable6(port, "door") }},
+		{"IP_RECVERR on a ping socket, a forged error", "errq", "ping4,4242", func(id int) error { return r.sendEchoUnreachable(id, "door") }},
+		{"IP_RECVERR, an error quoting its own flow to its resolver", "errq,ask", "udp4,127.0.0.1,0", func(port int) error {
+			return r.sendQuoting(port, [4]byte{127, 0, 0, 1}, 5300, "door")
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r.apply(Policy{})
+			got := r.rtuReceive(protected, c.mode, c.op, func(port int) error {
+				r.apply(policy) // the socket is open, its option on
+				return c.push(port)
+			})
+			if got != "none" {
+				t.Errorf("%q", got)
+			}
+		})
+	}
 }
