@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -133,5 +134,108 @@ func TestICMPErrorLayerVariants(t *testing.T) {
 				t.Errorf("%q", got)
 			}
 		})
+	}
+}
+
+// tcpMTUHelper connects over TCP to 127.0.0.1:5301, prints "ok PORT", then
+// prints "got MTU" for the first IP_MTU that differs from the one it
+// started with, or "none (MTU)" after 3 s.
+func tcpMTUHelper() int {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_TCP)
+	if err == nil {
+		err = unix.Connect(fd, &unix.SockaddrInet4{Port: 5301, Addr: [4]byte{127, 0, 0, 1}})
+	}
+	var sa unix.Sockaddr
+	if err == nil {
+		sa, err = unix.Getsockname(fd)
+	}
+	start, merr := unix.GetsockoptInt(fd, unix.SOL_IP, unix.IP_MTU)
+	if err == nil {
+		err = merr
+	}
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	fmt.Println("ok", sa.(*unix.SockaddrInet4).Port)
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if m, err := unix.GetsockoptInt(fd, unix.SOL_IP, unix.IP_MTU); err == nil && m != start {
+			fmt.Println("got", m)
+			return 0
+		}
+	}
+	fmt.Printf("none (%d)\n", start)
+	return 0
+}
+
+// Issue 28: TCP keeps its ICMP errors. A "fragmentation needed" quoting a
+// restricted uid's TCP connection (its sequence number, which the kernel
+// checks, read from the server's end with TCP_REPAIR) still lowers the
+// path MTU with the ICMP error layer loaded: path MTU discovery works.
+// The attack beside it: the same error quoting a forged datagram flow of
+// the same uid is dropped (TestRedteamRT28PMTU).
+func TestICMPErrorLayerTCPPMTU(t *testing.T) {
+	r := newRig(t)
+	r.tagInbound()
+	r.dropICMPErrors()
+	r.apply(policy)
+	var lfd int
+	if err := r.ns.Do(func() error {
+		var err error
+		if lfd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_TCP); err != nil {
+			return err
+		}
+		if err := unix.Bind(lfd, &unix.SockaddrInet4{Port: 5301, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+			return err
+		}
+		return unix.Listen(lfd, 1)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(lfd)
+	const mtu = 1234
+	got := r.rtuNS(protected, "tcpmtu", func(port int) error {
+		cfd, _, err := unix.Accept(lfd)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(cfd)
+		if err := unix.SetsockoptInt(cfd, unix.SOL_TCP, unix.TCP_REPAIR, 1); err != nil {
+			return fmt.Errorf("TCP_REPAIR: %w", err)
+		}
+		// TCP_RECV_QUEUE (1): TCP_QUEUE_SEQ is then rcv_nxt, the client's snd_una.
+		if err := unix.SetsockoptInt(cfd, unix.SOL_TCP, unix.TCP_REPAIR_QUEUE, 1); err != nil {
+			return err
+		}
+		seq, err := unix.GetsockoptInt(cfd, unix.SOL_TCP, unix.TCP_QUEUE_SEQ)
+		if err != nil {
+			return err
+		}
+		inner := make([]byte, 28)
+		inner[0] = 0x45
+		binary.BigEndian.PutUint16(inner[2:], 40)
+		inner[8], inner[9] = 64, unix.IPPROTO_TCP
+		copy(inner[12:], []byte{127, 0, 0, 1})
+		copy(inner[16:], []byte{127, 0, 0, 1})
+		binary.BigEndian.PutUint16(inner[10:], csum(inner[:20]))
+		binary.BigEndian.PutUint16(inner[20:], uint16(port))
+		binary.BigEndian.PutUint16(inner[22:], 5301)
+		binary.BigEndian.PutUint32(inner[24:], uint32(seq))
+		msg := append([]byte{3, 4, 0, 0, 0, 0, mtu >> 8, mtu & 0xff}, inner...)
+		binary.BigEndian.PutUint16(msg[2:], csum(msg))
+		return r.ns.Do(func() error {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 2}}); err != nil {
+				return err
+			}
+			return unix.Sendto(fd, msg, 0, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
+		})
+	})
+	if got != fmt.Sprintf("got %d", mtu) {
+		t.Errorf("a restricted uid's TCP connection: %q, want its path MTU lowered to %d", got, mtu)
 	}
 }
