@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"syscall"
 	"testing"
@@ -171,9 +172,9 @@ func (w *world) localFor(dst netip.AddrPort) netip.Addr {
 	return a
 }
 
-// icmpErr runs childUDPICMPErr as uid in the rig's cgroup while the peer
+// icmpErr runs childUDPICMPErr as uid in the cgroup cg while the peer
 // (first, with peerOpens, opening the flow) sends the error every 100 ms.
-func (w *world) icmpErr(r *listenRig, uid int, arg string, q icmpQuote, peerOpens bool) int {
+func (w *world) icmpErr(cg string, uid int, arg string, q icmpQuote, peerOpens bool) int {
 	w.t.Helper()
 	stop, sent := make(chan struct{}), make(chan error, 1)
 	go func() {
@@ -197,7 +198,7 @@ func (w *world) icmpErr(r *listenRig, uid int, arg string, q icmpQuote, peerOpen
 	}()
 	cmd := exec.Command(clientBin)
 	cmd.Env = []string{"EGRESSD_TEST_CLIENT=udp-icmperr", "EGRESSD_TEST_ADDR=" + arg}
-	done := inCgroup(w.t, cmd, r.cg)
+	done := inCgroup(w.t, cmd, cg)
 	code, err := w.tw.RunAs(uid, cmd)
 	done()
 	close(stop)
@@ -256,8 +257,44 @@ func TestListenInboundICMPErrors(t *testing.T) {
 	} {
 		port := uint16(peerPort - 1 - i)
 		arg := fmt.Sprintf("%s %s %s %d", c.network, c.to, c.ask, port)
-		if got := w.icmpErr(r, c.uid, arg, unreach(c.from, port, c.to), c.peerOpens); got != c.want {
+		if got := w.icmpErr(r.cg, c.uid, arg, unreach(c.from, port, c.to), c.peerOpens); got != c.want {
 			t.Errorf("%s (uid %d %s): %s, want %s", c.name, c.uid, arg, resultName[got], resultName[c.want])
+		}
+	}
+}
+
+// The same for a unit allowlist with listen: (any uid in the unit): the
+// errors about a datagram flow the unit's process opened are dropped by the
+// unit's key in the flow's conntrack label; the unit's neighbour (same uid,
+// unrestricted) still gets its port unreachable.
+func TestUnitListenICMPErrors(t *testing.T) {
+	w := newWorld(t)
+	cg := newUnitCgroups(t)
+	r := newListenRigAt(t, cg.dir(""))
+	unit := fmt.Sprintf("egressdtest%d-shop.service", os.Getpid())
+	w.standardConfig()
+	w.write("allow.d/shop.yaml", "unit: "+unit+"\nallow: [\"203.0.113.5:5353/udp\"]\ndns: none\nlisten: [udp:5353]\n")
+	shop := cg.make(unit)
+	neighbour := cg.make(fmt.Sprintf("egressdtest%d-neighbour.service", os.Getpid()))
+	w.start(r.args()...)
+	if code, out := w.gateListen(shop, unit, r.pins, 10*time.Second); code != 0 {
+		t.Fatalf("gate in the running unit: exit %d:\n%s", code, out)
+	}
+	resolver := netip.MustParseAddrPort("203.0.113.5:5353")
+	local := w.localFor(resolver)
+	for i, c := range []struct {
+		name string
+		cg   string
+		want int
+	}{
+		{"control: the unit's neighbour gets its port unreachable", neighbour, okRefused},
+		{"attack: errors quoting the unit's own flow to its resolver", shop, timedOut},
+	} {
+		port := uint16(peerPort - 10 - i)
+		arg := fmt.Sprintf("udp4 %s ask %d", resolver, port)
+		q := icmpQuote{netip.AddrPortFrom(local, port), resolver, 3, 3}
+		if got := w.icmpErr(c.cg, uidNone, arg, q, false); got != c.want {
+			t.Errorf("%s (%s): %s, want %s", c.name, arg, resultName[got], resultName[c.want])
 		}
 	}
 }
