@@ -24,9 +24,11 @@ const InboundPriority = "2147483646"
 // to what the service sent is untagged and passes. The chain exists while
 // some allowlist has listen: (Plan.Inbound).
 //
-// Then (icmpErrorRules) it drops the ICMP errors a restricted service
-// would read without the ingress program.
-func inboundRules(p Plan) []Rule {
+// Then it sends ICMP and ICMPv6 to icmperr (icmpErrorRules), which
+// drops the errors a restricted service would read without the ingress
+// program: every other packet pays two comparisons for it, whatever the
+// number of allowlists.
+func inboundRules() []Rule {
 	rules := []Rule{
 		rule(untagInbound).
 			because("a tag set before (on a tunnel's outer packet, by a tc class) is not the peer-opened mark: the inner packet of a VXLAN, Geneve or FOU tunnel passes this chain again"),
@@ -36,8 +38,11 @@ func inboundRules(p Plan) []Rule {
 		rule(echoReply(false), ctState(expr.CtStateBitINVALID), tagInbound).
 			because("an echo reply nobody asked for: not to a restricted service's ping socket (bindguard)"),
 		rule(echoReply(true), ctState(expr.CtStateBitINVALID), tagInbound),
+		rule(l4protoNamed(unix.IPPROTO_ICMP, "icmp"), jumpTo(chainICMPErr)).
+			because("ICMP errors a restricted service could read (icmperr)"),
+		rule(l4protoNamed(unix.IPPROTO_ICMPV6, "icmpv6"), jumpTo(chainICMPErr)),
 	}
-	return append(rules, icmpErrorRules(p)...)
+	return rules
 }
 
 // icmpErrorRules drop ICMP and ICMPv6 errors that a datagram socket
@@ -67,23 +72,21 @@ func inboundRules(p Plan) []Rule {
 // TCP flows keep their errors: path MTU discovery needs them, and TCP
 // queues no payload (its errno channel is a documented limit).
 func icmpErrorRules(p Plan) []Rule {
-	var rules []Rule
+	// Only ICMP and ICMPv6 come here (inboundRules): a related one is an
+	// error about the flow it quotes.
+	related := func(ss ...Stmt) []Stmt {
+		return append([]Stmt{ctState(expr.CtStateBitRELATED), ctProtocolNot(unix.IPPROTO_TCP, "tcp")}, append(ss, drop)...)
+	}
+	rules := []Rule{
+		rule(related(ctDirection(false))...).because("an ICMP error about a datagram flow a peer opened"),
+		rule(related(ctMarkIn(kListenMarks))...).because("an ICMP error about a datagram flow of a uid with listen:"),
+	}
+	for _, u := range p.Of(SubjectUnit) {
+		if u.Listen {
+			rules = append(rules, rule(related(ctLabelIs(u.Subject.ID, true))...).because("an ICMP error about a datagram flow of unit "+u.Subject.Unit+" (listen:)"))
+		}
+	}
 	for _, v6 := range []bool{false, true} {
-		icmp := l4protoNamed(unix.IPPROTO_ICMP, "icmp")
-		if v6 {
-			icmp = l4protoNamed(unix.IPPROTO_ICMPV6, "icmpv6")
-		}
-		related := func(ss ...Stmt) []Stmt {
-			return append([]Stmt{icmp, ctState(expr.CtStateBitRELATED), ctProtocolNot(unix.IPPROTO_TCP, "tcp")}, append(ss, drop)...)
-		}
-		rules = append(rules,
-			rule(related(ctDirection(false))...).because("an ICMP error about a datagram flow a peer opened"),
-			rule(related(ctMarkIn(kListenMarks))...).because("an ICMP error about a datagram flow of a uid with listen:"))
-		for _, u := range p.Of(SubjectUnit) {
-			if u.Listen {
-				rules = append(rules, rule(related(ctLabelIs(u.Subject.ID, true))...).because("an ICMP error about a datagram flow of unit "+u.Subject.Unit+" (listen:)"))
-			}
-		}
 		for i, t := range icmpErrorTypes(v6) {
 			r := rule(icmpType(v6, t.typ, t.name), ctState(expr.CtStateBitINVALID), quotesNot(v6, unix.IPPROTO_TCP), drop)
 			if i == 0 {

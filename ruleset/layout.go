@@ -20,6 +20,7 @@ const (
 	chainZone    = "dnszone"
 	chainIn      = "input"
 	chainInbound = "inbound"
+	chainICMPErr = "icmperr"
 	kDenied      = "denied"
 	kDenyLog     = "denylog"
 	chainOut     = "output"

@@ -286,7 +286,7 @@ func TestDistributionNFTPrintsUnitTables(t *testing.T) {
 				t.Fatalf("nft add table inet mine: %v %s", err, out)
 			}
 			own := chainRules(p.NFT())
-			chains := []string{chainOut, chainRestr, chainDeny, chainIn, chainInbound}
+			chains := []string{chainOut, chainRestr, chainDeny, chainIn, chainInbound, chainICMPErr}
 			for _, u := range p.Of(SubjectUnit) {
 				chains = append(chains, unitChain(u.Subject.ID), unitDenyChain(u.Subject.ID))
 			}

@@ -38,6 +38,7 @@ import (
 //	  chain dnszone, dnsproxy                                     # only while an allowlist has dns: proxy (zoneRules, natRules)
 //	  chain input    (inputRules)
 //	  chain inbound  { type filter hook input priority 2147483646; (inboundRules) }  # only while an allowlist has listen:
+//	  chain icmperr (icmpErrorRules)                              # ICMP and ICMPv6 from inbound (jump): the errors dropped
 //	  chain output { type filter hook output priority filter; (unitMatch) meta skuid @users jump restricted }
 //	  chain restricted (restrictedRules)
 //	  chain deny       (denyRules)
@@ -81,7 +82,8 @@ func layout(p Plan, carry []ProxyElement) (Table, error) {
 		Chain{Name: chainIn, Hook: &Hook{nftables.ChainTypeFilter, "input", "filter"}, Rules: inputRules(p.ProxyPort, p.HasProxy())},
 		Chain{Name: chainOut, Hook: &Hook{nftables.ChainTypeFilter, "output", "filter"}, Rules: outputRules(p)})
 	if p.Inbound {
-		t.Chains = append(t.Chains, Chain{Name: chainInbound, Hook: &Hook{nftables.ChainTypeFilter, "input", InboundPriority}, Rules: inboundRules(p)})
+		t.Chains = append(t.Chains, Chain{Name: chainInbound, Hook: &Hook{nftables.ChainTypeFilter, "input", InboundPriority}, Rules: inboundRules()},
+			Chain{Name: chainICMPErr, Rules: icmpErrorRules(p)})
 	}
 	for _, k := range kindLayouts {
 		t.Chains = append(t.Chains, k.chains(p, p.Of(k.kind))...)

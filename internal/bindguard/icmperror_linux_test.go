@@ -17,7 +17,8 @@ import (
 // service could read (issue 28; ruleset.icmpErrorRules, whose real rules the
 // integration tier runs: TestListenInboundICMPErrors): the opener's uid as
 // the flow's conntrack mark (ruleset.restrictedRules, here for the protected
-// uid only), and in the inbound chain a drop of every ICMP error about a
+// uid only), and in the chain icmperr, where the inbound chain sends ICMP
+// and ICMPv6, a drop of every ICMP error about a
 // non-TCP flow a peer opened, or one a uid with listen: opened, and of every
 // error conntrack relates to no flow unless it quotes TCP.
 var icmpErrorChain = fmt.Sprintf(`table inet bindguardicmp {
@@ -29,12 +30,15 @@ var icmpErrorChain = fmt.Sprintf(`table inet bindguardicmp {
 		type filter hook output priority filter; policy accept;
 		ct state new meta skuid %d ct mark set 0x%08x
 	}
-	chain inbound {
-		type filter hook input priority 2147483646; policy accept;
-		meta l4proto { icmp, icmpv6 } ct state related ct protocol != tcp ct direction original drop
-		meta l4proto { icmp, icmpv6 } ct state related ct protocol != tcp ct mark @listenmarks drop
+	chain icmperr {
+		ct state related ct protocol != tcp ct direction original drop
+		ct state related ct protocol != tcp ct mark @listenmarks drop
 		icmp type { destination-unreachable, source-quench, redirect, time-exceeded, parameter-problem } ct state invalid @th,136,8 != 6 drop
 		icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } ct state invalid @th,112,8 != 6 drop
+	}
+	chain inbound {
+		type filter hook input priority 2147483646; policy accept;
+		meta l4proto { icmp, icmpv6 } jump icmperr
 	}
 }
 `, protected, protected, protected)
