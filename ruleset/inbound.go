@@ -23,8 +23,13 @@ const InboundPriority = "2147483646"
 // on (or for its ping socket) and clears the tag on every packet; a reply
 // to what the service sent is untagged and passes. The chain exists while
 // some allowlist has listen: (Plan.Inbound).
+//
+// Then it sends ICMP and ICMPv6 to icmperr (icmpErrorRules), which
+// drops the errors a restricted service would read without the ingress
+// program: every other packet pays two comparisons for it, whatever the
+// number of allowlists.
 func inboundRules() []Rule {
-	return []Rule{
+	rules := []Rule{
 		rule(untagInbound).
 			because("a tag set before (on a tunnel's outer packet, by a tc class) is not the peer-opened mark: the inner packet of a VXLAN, Geneve or FOU tunnel passes this chain again"),
 		rule(l4protoNamed(unix.IPPROTO_UDP, "udp"), ctDirection(false), tagInbound).
@@ -33,7 +38,102 @@ func inboundRules() []Rule {
 		rule(echoReply(false), ctState(expr.CtStateBitINVALID), tagInbound).
 			because("an echo reply nobody asked for: not to a restricted service's ping socket (bindguard)"),
 		rule(echoReply(true), ctState(expr.CtStateBitINVALID), tagInbound),
+		rule(l4protoNamed(unix.IPPROTO_ICMP, "icmp"), jumpTo(chainICMPErr)).
+			because("ICMP errors a restricted service could read (icmperr)"),
+		rule(l4protoNamed(unix.IPPROTO_ICMPV6, "icmpv6"), jumpTo(chainICMPErr)),
 	}
+	return rules
+}
+
+// icmpErrorRules drop ICMP and ICMPv6 errors that a datagram socket
+// (UDP, UDP-Lite, ping; anything but TCP) of a restricted subject could
+// read: an error reaches the socket without the cgroup ingress program,
+// as its error queue (IP_RECVERR, IPV6_RECVERR: the quoted datagram, bytes
+// of the peer's choosing), an errno (the ICMP code) or the path MTU
+// (IP_MTU). bindguard's setsockopt program keeps IP_RECVERR off for
+// native calls only; these rules are the second layer, independent of the
+// socket option. For an ICMP error conntrack attaches the flow it quotes
+// (ct state related), so ct direction, ct protocol, ct mark and ct label
+// are that flow's:
+//
+//   - related, ct direction original: the error quotes a packet of the
+//     side that answered a flow the peer opened (a peer that first sends
+//     a datagram to the service's port makes such a flow, with no opener's
+//     mark, for any quote it then wants related): dropped for every
+//     socket, which no rule can tell apart here;
+//   - related, the flow opened by a uid whose allowlist has listen:
+//     (ct mark @listenmarks: restrictedRules sets the opener's uid as the
+//     mark), or by a unit whose allowlist has listen: (its key in ct label
+//     bits 64-95: unitRules);
+//   - an ICMP error conntrack relates to no flow (ct state invalid: a
+//     quote of a datagram never sent, which an unconnected socket on the
+//     quoted port accepts), unless it quotes TCP.
+//
+// TCP flows keep their errors: path MTU discovery needs them, and TCP
+// queues no payload (its errno channel is a documented limit).
+func icmpErrorRules(p Plan) []Rule {
+	// Only ICMP and ICMPv6 come here (inboundRules): a related one is an
+	// error about the flow it quotes.
+	related := func(ss ...Stmt) []Stmt {
+		return append([]Stmt{ctState(expr.CtStateBitRELATED), ctProtocolNot(unix.IPPROTO_TCP, "tcp")}, append(ss, drop)...)
+	}
+	rules := []Rule{
+		rule(related(ctDirection(false))...).because("an ICMP error about a datagram flow a peer opened"),
+		rule(related(ctMarkIn(kListenMarks))...).because("an ICMP error about a datagram flow of a uid with listen:"),
+	}
+	for _, u := range p.Of(SubjectUnit) {
+		if u.Listen {
+			rules = append(rules, rule(related(ctLabelIs(u.Subject.ID, true))...).because("an ICMP error about a datagram flow of unit "+u.Subject.Unit+" (listen:)"))
+		}
+	}
+	for _, v6 := range []bool{false, true} {
+		for i, t := range icmpErrorTypes(v6) {
+			r := rule(icmpType(v6, t.typ, t.name), ctState(expr.CtStateBitINVALID), quotesNot(v6, unix.IPPROTO_TCP), drop)
+			if i == 0 {
+				r = r.because("an ICMP error about no flow: a forged quote")
+			}
+			rules = append(rules, r)
+		}
+	}
+	return rules
+}
+
+type icmpTypeName struct {
+	typ  byte
+	name string
+}
+
+// icmpErrorTypes are the ICMP (ICMPv6) error messages conntrack relates to
+// the flow they quote (nf_conntrack_proto_icmp: icmp_is_err; ICMPv6: the
+// error types below 128).
+func icmpErrorTypes(v6 bool) []icmpTypeName {
+	if v6 {
+		return []icmpTypeName{{1, "destination-unreachable"}, {2, "packet-too-big"}, {3, "time-exceeded"}, {4, "parameter-problem"}}
+	}
+	return []icmpTypeName{{3, "destination-unreachable"}, {4, "source-quench"}, {5, "redirect"}, {11, "time-exceeded"}, {12, "parameter-problem"}}
+}
+
+// ctProtocolNot: ct protocol != NAME (the layer 4 protocol of the flow).
+func ctProtocolNot(proto byte, name string) Stmt {
+	return Stmt{"ct protocol != " + name, []expr.Any{
+		&expr.Ct{Register: reg1, Key: expr.CtKeyPROTOCOL},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{proto}},
+	}}
+}
+
+// quotesNot: the protocol of the datagram an ICMP error quotes is not
+// proto: the inner IPv4 header's protocol (byte 9) or the inner IPv6
+// header's next header (byte 6), after the 8 bytes of the ICMP header
+// (nft prints a raw payload match: @th,OFFSET,8).
+func quotesNot(v6 bool, proto byte) Stmt {
+	off := uint32(8 + 9)
+	if v6 {
+		off = 8 + 6
+	}
+	return Stmt{fmt.Sprintf("@th,%d,8 != 0x%x", off*8, proto), []expr.Any{
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: off, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{proto}},
+	}}
 }
 
 // l4protoNamed: meta l4proto NAME.
@@ -47,9 +147,18 @@ func l4protoNamed(proto byte, name string) Stmt {
 // echoReply: icmp type echo-reply, or icmpv6 type echo-reply (the family
 // and protocol matches included).
 func echoReply(v6 bool) Stmt {
-	proto, typ, text := byte(unix.IPPROTO_ICMP), byte(0), "icmp type echo-reply"
 	if v6 {
-		proto, typ, text = unix.IPPROTO_ICMPV6, 129, "icmpv6 type echo-reply"
+		return icmpType(true, 129, "echo-reply")
+	}
+	return icmpType(false, 0, "echo-reply")
+}
+
+// icmpType: icmp type NAME, or icmpv6 type NAME (the family and protocol
+// matches included).
+func icmpType(v6 bool, typ byte, name string) Stmt {
+	proto, text := byte(unix.IPPROTO_ICMP), "icmp type "+name
+	if v6 {
+		proto, text = unix.IPPROTO_ICMPV6, "icmpv6 type "+name
 	}
 	return Stmt{text, append(append(nfproto(v6).Exprs, l4protoNamed(proto, "").Exprs...),
 		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},

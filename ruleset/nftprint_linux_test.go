@@ -60,6 +60,10 @@ var matchWords = map[string][]string{
 	"socket cgroupv2":    {"socket cgroupv2"},
 	"vmap @":             {"vmap @"},
 	"meta mark set":      {"meta mark set"},
+	"ct protocol":        {"ct protocol"},
+	"icmp type":          {"icmp type"},
+	"icmpv6 type":        {"icmpv6 type"},
+	"@th,":               {"@th,"},
 }
 
 // chainRules splits nft text into chain name → rules (hook lines left out).
@@ -262,8 +266,8 @@ func TestDistributionNFTPrintsUnitTables(t *testing.T) {
 			keys := UnitKeys([]string{"web", "batch"})
 			p := Render(Desired{
 				Allowlists: []Allowlist{
-					{Name: "a", Subject: UserSubject(uidA), Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)}},
-					{Name: "web", Subject: UnitSubject("web.service", keys["web"]), DNS: true, Elements: []Element{
+					{Name: "a", Subject: UserSubject(uidA), Listen: true, Elements: []Element{ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)}},
+					{Name: "web", Subject: UnitSubject("web.service", keys["web"]), DNS: true, Listen: true, Elements: []Element{
 						ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443),
 						ElementFor(config.TCP, netip.MustParsePrefix("2001:db8::/48"), 443, 444),
 					}},
@@ -282,7 +286,7 @@ func TestDistributionNFTPrintsUnitTables(t *testing.T) {
 				t.Fatalf("nft add table inet mine: %v %s", err, out)
 			}
 			own := chainRules(p.NFT())
-			chains := []string{chainOut, chainRestr, chainDeny, chainIn}
+			chains := []string{chainOut, chainRestr, chainDeny, chainIn, chainInbound, chainICMPErr}
 			for _, u := range p.Of(SubjectUnit) {
 				chains = append(chains, unitChain(u.Subject.ID), unitDenyChain(u.Subject.ID))
 			}

@@ -32,7 +32,7 @@ func everyKindPlan(dl config.DenyLog, units bool) Plan {
 			{Name: "c", Subject: UserSubject(4003), Elements: []Element{
 				ElementFor(config.UDP, netip.MustParsePrefix("203.0.113.0/24"), 5353, 5353),
 			}},
-			{Name: "web", Subject: UnitSubject("web.service", keys["web"]), DNS: true, Elements: []Element{
+			{Name: "web", Subject: UnitSubject("web.service", keys["web"]), DNS: true, Listen: true, Elements: []Element{
 				ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443),
 				ElementFor(config.TCP, netip.MustParsePrefix("2001:db8::/48"), 443, 444),
 			}},

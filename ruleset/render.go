@@ -106,7 +106,7 @@ func (r *Renderer) Render(d Desired) Plan {
 	memo := make(map[string]rendered, len(als))
 	for _, a := range als {
 		id := SetID{Allowlist: a.Name, Kind: a.Subject.Kind}
-		p.Allowlists = append(p.Allowlists, AllowlistPlan{Allowlist: a.Name, Subject: a.Subject, DNS: a.DNS, Proxy: a.Proxy, Audit: a.Audit})
+		p.Allowlists = append(p.Allowlists, AllowlistPlan{Allowlist: a.Name, Subject: a.Subject, DNS: a.DNS, Proxy: a.Proxy, Audit: a.Audit, Listen: a.Listen})
 		p.Inbound = p.Inbound || a.Listen
 		fp := fingerprint(a.Elements, a.Until)
 		m, ok := r.memo[a.Name]

@@ -38,6 +38,7 @@ import (
 //	  chain dnszone, dnsproxy                                     # only while an allowlist has dns: proxy (zoneRules, natRules)
 //	  chain input    (inputRules)
 //	  chain inbound  { type filter hook input priority 2147483646; (inboundRules) }  # only while an allowlist has listen:
+//	  chain icmperr (icmpErrorRules)                              # ICMP and ICMPv6 from inbound (jump): the errors dropped
 //	  chain output { type filter hook output priority filter; (unitMatch) meta skuid @users jump restricted }
 //	  chain restricted (restrictedRules)
 //	  chain deny       (denyRules)
@@ -81,7 +82,8 @@ func layout(p Plan, carry []ProxyElement) (Table, error) {
 		Chain{Name: chainIn, Hook: &Hook{nftables.ChainTypeFilter, "input", "filter"}, Rules: inputRules(p.ProxyPort, p.HasProxy())},
 		Chain{Name: chainOut, Hook: &Hook{nftables.ChainTypeFilter, "output", "filter"}, Rules: outputRules(p)})
 	if p.Inbound {
-		t.Chains = append(t.Chains, Chain{Name: chainInbound, Hook: &Hook{nftables.ChainTypeFilter, "input", InboundPriority}, Rules: inboundRules()})
+		t.Chains = append(t.Chains, Chain{Name: chainInbound, Hook: &Hook{nftables.ChainTypeFilter, "input", InboundPriority}, Rules: inboundRules()},
+			Chain{Name: chainICMPErr, Rules: icmpErrorRules(p)})
 	}
 	for _, k := range kindLayouts {
 		t.Chains = append(t.Chains, k.chains(p, p.Of(k.kind))...)
@@ -155,6 +157,14 @@ func userSets(p Plan, users []AllowlistPlan, placed map[kernelSet][]keyed, broke
 	}
 	sets = append(sets, Set{Name: kOpeners, Comment: "every protected uid as a conntrack mark: a flow a protected user opened", Type: "mark", values: openers,
 		Kernel: &nftables.Set{Table: table, Name: kOpeners, KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian}})
+	var listening []value
+	for _, ch := range users {
+		if ch.Listen {
+			listening = append(listening, value{v: ch.Subject.ID, hex: true})
+		}
+	}
+	sets = append(sets, Set{Name: kListenMarks, Comment: "every uid with listen: as a conntrack mark: ICMP errors about its datagram flows are dropped (inbound)", Type: "mark", values: listening,
+		Kernel: &nftables.Set{Table: table, Name: kListenMarks, KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian}})
 	uidSet(kDNSUsers, "dns: resolvers", uidSetMember(kDNSUsers))
 	uidSet(kProxyUsers, "dns: proxy", uidSetMember(kProxyUsers))
 	uidSet(kAudit, "mode: audit", uidSetMember(kAudit))

@@ -58,6 +58,7 @@ type AllowlistPlan struct {
 	DNS       bool // may reach the resolvers on port 53
 	Proxy     bool // dns: proxy (users only: a unit's DNS is judged by its allowlist)
 	Audit     bool // mode: audit
+	Listen    bool // listen: (the inbound chain drops ICMP errors about its datagram flows)
 }
 
 // Of returns the plan's allowlists of one kind of subject, in the plan's

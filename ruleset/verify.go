@@ -117,6 +117,8 @@ func uidSetMember(name string) func(AllowlistPlan) bool {
 		return func(ch AllowlistPlan) bool { return ch.Audit }
 	case kProxyUsers:
 		return func(ch AllowlistPlan) bool { return ch.Proxy }
+	case kListenMarks:
+		return func(ch AllowlistPlan) bool { return ch.Listen }
 	}
 	return func(AllowlistPlan) bool { return true } // owners
 }

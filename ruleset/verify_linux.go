@@ -61,7 +61,7 @@ func (k *Netlink) Verify(p Plan) ([]Finding, error) {
 	} else {
 		fs = append(fs, usersFindings(p, gotUsers)...)
 	}
-	for _, name := range []string{kOwners, kOpeners, kUIDMarks, kDNSUsers, kProxyUsers, kAudit} {
+	for _, name := range []string{kOwners, kOpeners, kListenMarks, kUIDMarks, kDNSUsers, kProxyUsers, kAudit} {
 		if !haveSet[name] {
 			continue
 		}

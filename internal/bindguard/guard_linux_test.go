@@ -217,6 +217,9 @@ func helper(op string) int {
 	if rest, ok := strings.CutPrefix(op, "rt28="); ok {
 		return rt28Helper(rest)
 	}
+	if op == "tcpmtu" {
+		return tcpMTUHelper()
+	}
 	if mode, rest, ok := strings.Cut(op, ";"); ok && strings.HasPrefix(mode, "rtu=") {
 		return rtuHelper(strings.TrimPrefix(mode, "rtu="), rest)
 	}

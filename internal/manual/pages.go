@@ -351,7 +351,11 @@ another tool exempts from conntrack (notrack); a unit's socket kept across a
 restart in systemd's file descriptor store listens unrestricted; IP_RECVERR
 from a 32-bit program (harden's SystemCallArchitectures=native refuses its
 calls in a unit; elsewhere boot with ia32_emulation=0), or turned on before
-the restriction (restart the service after adding listen:).`),
+the restriction (restart the service after adding listen:), stays on. ICMP
+errors about a non-TCP flow the user opened, or a peer opened, and those
+about no flow are dropped in the inbound chain whatever the option: a
+restricted UDP client sees a closed port as a timeout, not ECONNREFUSED;
+TCP keeps its errors.`),
 	}},
 	{"SHARED LISTS", []Block{P(`A file lists_dir/NAME.yaml holds destinations kept once and
 used by many allowlists. Its only key is allow, with the same syntax and

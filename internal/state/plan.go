@@ -39,6 +39,9 @@ type Unit struct {
 	Key   uint32 `json:"key"`
 	DNS   bool   `json:"dns"`
 	Audit bool   `json:"audit"`
+	// Listen: the allowlist has listen: (the inbound chain drops ICMP
+	// errors about its datagram flows).
+	Listen bool `json:"listen,omitempty"`
 }
 
 // Cgroup is a restricted unit's cgroup: its id and its allowlist.
@@ -54,6 +57,8 @@ type Allowlist struct {
 	DNS   bool   `json:"dns"`
 	Proxy bool   `json:"dns_proxy,omitempty"`
 	Audit bool   `json:"audit"`
+	// Listen: as Unit.Listen (the uid is in the set listenmarks).
+	Listen bool `json:"listen,omitempty"`
 }
 
 // Element is one allowed destination range.
@@ -88,9 +93,9 @@ func FromPlan(p ruleset.Plan) Plan {
 	for _, a := range p.Allowlists {
 		switch a.Subject.Kind {
 		case ruleset.SubjectUser:
-			out.Allowlists = append(out.Allowlists, Allowlist{Name: a.Allowlist, UID: a.Subject.ID, DNS: a.DNS, Proxy: a.Proxy, Audit: a.Audit})
+			out.Allowlists = append(out.Allowlists, Allowlist{Name: a.Allowlist, UID: a.Subject.ID, DNS: a.DNS, Proxy: a.Proxy, Audit: a.Audit, Listen: a.Listen})
 		case ruleset.SubjectUnit:
-			out.Units = append(out.Units, Unit{Name: a.Allowlist, Unit: a.Subject.Unit, Key: a.Subject.ID, DNS: a.DNS, Audit: a.Audit})
+			out.Units = append(out.Units, Unit{Name: a.Allowlist, Unit: a.Subject.Unit, Key: a.Subject.ID, DNS: a.DNS, Audit: a.Audit, Listen: a.Listen})
 		}
 	}
 	for _, c := range p.Cgroups {
@@ -114,10 +119,10 @@ func (p Plan) Ruleset() (ruleset.Plan, error) {
 		Prefix: p.DenyLog.Prefix, Interval: p.DenyLog.Interval,
 	}, ProxyPort: p.ProxyPort, Inbound: p.Inbound}
 	for _, a := range p.Allowlists {
-		out.Allowlists = append(out.Allowlists, ruleset.AllowlistPlan{Allowlist: a.Name, Subject: ruleset.UserSubject(a.UID), DNS: a.DNS, Proxy: a.Proxy, Audit: a.Audit})
+		out.Allowlists = append(out.Allowlists, ruleset.AllowlistPlan{Allowlist: a.Name, Subject: ruleset.UserSubject(a.UID), DNS: a.DNS, Proxy: a.Proxy, Audit: a.Audit, Listen: a.Listen})
 	}
 	for _, u := range p.Units {
-		out.Allowlists = append(out.Allowlists, ruleset.AllowlistPlan{Allowlist: u.Name, Subject: ruleset.UnitSubject(u.Unit, u.Key), DNS: u.DNS, Audit: u.Audit})
+		out.Allowlists = append(out.Allowlists, ruleset.AllowlistPlan{Allowlist: u.Name, Subject: ruleset.UnitSubject(u.Unit, u.Key), DNS: u.DNS, Audit: u.Audit, Listen: u.Listen})
 	}
 	// ruleset.Plan's allowlists are sorted by name, users and units alike.
 	sort.SliceStable(out.Allowlists, func(i, j int) bool { return out.Allowlists[i].Allowlist < out.Allowlists[j].Allowlist })

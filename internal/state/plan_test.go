@@ -19,9 +19,9 @@ func samplePlan() ruleset.Plan {
 				ruleset.ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.1/32"), 443, 443),
 				ruleset.ElementFor(config.UDP, netip.MustParsePrefix("2001:db8::/64"), 1000, 2000),
 			}},
-			{Name: "audit", Subject: ruleset.UserSubject(1002), Audit: true},
+			{Name: "audit", Subject: ruleset.UserSubject(1002), Audit: true, Listen: true},
 			// a unit whose name sorts before the users': one list, by name
-			{Name: "api", Subject: ruleset.UnitSubject("api.service", 0xbeef), DNS: true, Elements: []ruleset.Element{
+			{Name: "api", Subject: ruleset.UnitSubject("api.service", 0xbeef), DNS: true, Listen: true, Elements: []ruleset.Element{
 				ruleset.ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.2/32"), 443, 443),
 			}},
 		},
@@ -68,7 +68,7 @@ func TestPlanJSONNames(t *testing.T) {
 	}
 	s := string(b)
 	for _, key := range []string{`"allowlists"`, `"sets"`, `"deny_log"`, `"uid":1001`, `"proto":"tcp"`, `"addr_from":"192.0.2.1"`, `"port_to":2000`, `"rate_count":5`, `"` + ruleset.SetName4("billing") + `"`,
-		`"units":[{"name":"api","unit":"api.service","key":48879,"dns":true,"audit":false}]`, `"uallow4_api"`, `"cgroups":[{"id":42,"allowlist":"api"}]`} {
+		`"units":[{"name":"api","unit":"api.service","key":48879,"dns":true,"audit":false,"listen":true}]`, `"uallow4_api"`, `"cgroups":[{"id":42,"allowlist":"api"}]`} {
 		if !strings.Contains(s, key) {
 			t.Errorf("no %s in %s", key, s)
 		}
