@@ -291,6 +291,12 @@ func (r *rig) sendEchoUnreachable(id int, payload string) error {
 // port unreachable to ::1 quoting a UDP datagram from [::1]:port to
 // [2001:db8::2]:4444 carrying payload, which nobody sent.
 func (r *rig) sendPortUnreachable6(port int, payload string) error {
+	return r.sendError6([8]byte{1, 4}, port, payload)
+}
+
+// sendError6 is sendPortUnreachable6 with the ICMPv6 header hdr (the kernel
+// sums ICMPv6).
+func (r *rig) sendError6(hdr [8]byte, port int, payload string) error {
 	inner := make([]byte, 48+len(payload))
 	inner[0] = 0x60
 	binary.BigEndian.PutUint16(inner[4:], uint16(8+len(payload)))
@@ -301,7 +307,7 @@ func (r *rig) sendPortUnreachable6(port int, payload string) error {
 	binary.BigEndian.PutUint16(inner[42:], 4444)
 	binary.BigEndian.PutUint16(inner[44:], uint16(8+len(payload)))
 	copy(inner[48:], payload)
-	msg := append([]byte{1, 4, 0, 0, 0, 0, 0, 0}, inner...) // the kernel sums ICMPv6
+	msg := append(hdr[:], inner...)
 	return r.ns.Do(func() error {
 		fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW, unix.IPPROTO_ICMPV6)
 		if err != nil {

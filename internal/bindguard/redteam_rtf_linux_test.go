@@ -1,0 +1,114 @@
+//go:build linux
+
+package bindguard
+
+import (
+	"fmt"
+	"testing"
+)
+
+// rtfErrorCase is a forged ICMP (ICMPv6) error a peer sends to a restricted
+// uid's UDP socket, whose IP_RECVERR (IPV6_RECVERR) went on before the
+// restriction (TestICMPErrorLayerVariants): the error queue would hand it
+// the quoted payload.
+type rtfErrorCase struct {
+	name string
+	v6   bool
+	hdr  [8]byte
+}
+
+// receive runs the case once as the restricted uid and returns the
+// helper's answer ("got door" when the error reached the error queue).
+func (c rtfErrorCase) receive(r *rig) string {
+	r.t.Helper()
+	mode, op := "errq", "udp4,127.0.0.1,0"
+	if c.v6 {
+		mode, op = "errq6", "udp6,::1,0"
+	}
+	r.apply(Policy{})
+	return r.rtuReceive(protected, mode, op, func(port int) error {
+		r.apply(policy) // the socket is open, its option on
+		if c.v6 {
+			return r.sendError6(c.hdr, port, "door")
+		}
+		return r.sendError(c.hdr, port, [4]byte{127, 0, 0, 2}, 4444, "door")
+	})
+}
+
+// Red team of issue 28's ICMP error layer (RTF): forged errors (conntrack
+// relates them to no flow: ct state invalid) of types and codes the layer
+// might not list. The kernel hands an ICMPv6 message of any type below 128
+// to the quoted socket's error handler (icmpv6_rcv: "error of unknown type
+// must pass to upper level", icmpv6_notify), and conntrack treats them all
+// as errors; the layer listed only the four defined ones, so types 0 and
+// 5-127 reached the error queue (HOLE before the fix: "got door"). IPv4:
+// the kernel queues types 3, 11 and 12 only, whatever the code (odd codes,
+// RFC 4884 length), all listed (source quench is discarded, RFC 6633; a
+// redirect updates the route, udp_err queues nothing; a time exceeded in
+// reassembly is dropped by icmp_unreach: none reached the
+// error queue even without the layer). Each case first runs without the
+// layer: the kernel must deliver it (the attack is real).
+func TestRedteamRTFICMPErrorTypes(t *testing.T) {
+	r := newRig(t)
+	r.tagInbound()
+	cases := []rtfErrorCase{
+		{"ICMPv6 type 0 (reserved error)", true, [8]byte{0, 0}},
+		{"ICMPv6 type 5 (unassigned error)", true, [8]byte{5, 0}},
+		{"ICMPv6 type 127 (reserved for expansion)", true, [8]byte{127, 0}},
+		{"ICMPv6 packet too big to a UDP socket", true, [8]byte{2, 0, 4: 0, 0, 0x05, 0x00}},
+		{"ICMPv6 parameter problem, code 3 (first fragment lacks headers)", true, [8]byte{4, 3}},
+		{"ICMPv6 destination unreachable, code 7 (source routing header)", true, [8]byte{1, 7}},
+		{"ICMP destination unreachable, code 15 (precedence cutoff)", false, [8]byte{3, 15}},
+		{"ICMP destination unreachable with an RFC 4884 length", false, [8]byte{3, 3, 5: 7}},
+		{"ICMP time exceeded (TTL)", false, [8]byte{11, 0}},
+		{"ICMP parameter problem, code 2 (bad length)", false, [8]byte{12, 2}},
+	}
+	for _, c := range cases {
+		if got := c.receive(r); got != "got door" {
+			t.Fatalf("%s, without the layer: %q, want the payload (else the case proves nothing)", c.name, got)
+		}
+	}
+	r.dropICMPErrors()
+	for _, c := range cases {
+		if got := c.receive(r); got != "none" {
+			t.Errorf("HOLE: %s reached the restricted uid's error queue: %q", c.name, got)
+		}
+	}
+}
+
+// Red team of issue 28's ICMP error layer (RTF): an administrator's notrack
+// rule (a table of another tool: DNS servers often skip conntrack) leaves an
+// ICMP error untracked: neither related nor invalid, so every rule of the
+// layer missed it (HOLE before the fix: "got door"). The layer treats an
+// untracked error as one about no flow: dropped unless it quotes TCP.
+// Control: the same error without the notrack table is dropped too, and an
+// error quoting TCP passes (TestICMPErrorLayerTCPPMTU).
+func TestRedteamRTFUntracked(t *testing.T) {
+	r := newRig(t)
+	r.tagInbound()
+	r.dropICMPErrors()
+	c := rtfErrorCase{"ICMP port unreachable", false, [8]byte{3, 3}}
+	c6 := rtfErrorCase{"ICMPv6 port unreachable", true, [8]byte{1, 4}}
+	for _, c := range []rtfErrorCase{c, c6} {
+		if got := c.receive(r); got != "none" {
+			t.Fatalf("control, tracked: %s: %q", c.name, got)
+		}
+	}
+	// Loopback: conntrack runs at output, so the notrack there as well.
+	r.nft(fmt.Sprintf(`table inet othertool {
+	chain pre {
+		type filter hook prerouting priority raw; policy accept;
+		meta l4proto { icmp, icmpv6 } notrack
+	}
+	chain out {
+		type filter hook output priority raw; policy accept;
+		meta l4proto { icmp, icmpv6 } notrack
+	}
+}
+`))
+	for _, c := range []rtfErrorCase{c, c6} {
+		if got := c.receive(r); got != "none" {
+			t.Errorf("HOLE: %s, untracked (notrack in another table), reached the restricted uid's error queue: %q", c.name, got)
+		}
+	}
+}
