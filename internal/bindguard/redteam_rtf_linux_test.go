@@ -4,7 +4,10 @@ package bindguard
 
 import (
 	"fmt"
+	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // rtfErrorCase is a forged ICMP (ICMPv6) error a peer sends to a restricted
@@ -109,6 +112,80 @@ func TestRedteamRTFUntracked(t *testing.T) {
 	for _, c := range []rtfErrorCase{c, c6} {
 		if got := c.receive(r); got != "none" {
 			t.Errorf("HOLE: %s, untracked (notrack in another table), reached the restricted uid's error queue: %q", c.name, got)
+		}
+	}
+}
+
+// Red team of issue 28's ICMP error layer (RTF): the layer lets errors
+// about no flow through when they quote TCP (path MTU discovery), so a
+// peer forges a quote that claims TCP, or UDP-Lite, SCTP, DCCP, GRE or
+// ESP, with the restricted UDP socket's own ports. The kernel hands an
+// error to the quoted protocol's handler (icmp_socket_deliver by the
+// inner header's protocol), never to a UDP socket: none reached its error
+// queue. Control: the same quote claiming UDP is delivered without the
+// layer (the ports and addresses are right).
+func TestRedteamRTFQuotedProtocol(t *testing.T) {
+	r := newRig(t)
+	r.tagInbound()
+	recv := func(proto byte) string {
+		r.apply(Policy{})
+		return r.rtuReceive(protected, "errq", "udp4,127.0.0.1,0", func(port int) error {
+			r.apply(policy)
+			return r.sendErrorProto([8]byte{3, 3}, proto, port, [4]byte{127, 0, 0, 2}, 4444, "door")
+		})
+	}
+	if got := recv(unix.IPPROTO_UDP); got != "got door" {
+		t.Fatalf("control, a quote claiming UDP without the layer: %q", got)
+	}
+	r.dropICMPErrors()
+	for _, p := range []struct {
+		name  string
+		proto byte
+	}{{"TCP", unix.IPPROTO_TCP}, {"UDP-Lite", unix.IPPROTO_UDPLITE}, {"SCTP", unix.IPPROTO_SCTP}, {"DCCP", unix.IPPROTO_DCCP}, {"GRE", unix.IPPROTO_GRE}, {"ESP", unix.IPPROTO_ESP}} {
+		if got := recv(p.proto); got != "none" {
+			t.Errorf("HOLE: a quote claiming %s with the UDP socket's ports reached its error queue: %q", p.name, got)
+		}
+	}
+}
+
+// Red team of issue 28's ICMP error layer (RTF): the forged error in
+// fragments (the namespace's loopback MTU lowered to 1280, a quote of 3000
+// bytes): netfilter reassembles before conntrack and the chain (nf_defrag),
+// so the layer reads the whole error and drops it. Control: without the
+// layer the fragmented error is delivered (the attack is real), and IPv4
+// reassembled it. Not tried: a first fragment cut before the inner header
+// by hand (IP_HDRINCL); nf_defrag reassembles whatever the cut.
+func TestRedteamRTFFragmentedError(t *testing.T) {
+	r := newRig(t)
+	r.tagInbound()
+	ip(t, r.ns, "link", "set", "lo", "mtu", "1280")
+	big := "door" + strings.Repeat("x", 3000)
+	recv := func(v6 bool) string {
+		mode, op := "errq", "udp4,127.0.0.1,0"
+		if v6 {
+			mode, op = "errq6", "udp6,::1,0"
+		}
+		r.apply(Policy{})
+		return r.rtuReceive(protected, mode, op, func(port int) error {
+			r.apply(policy)
+			if v6 {
+				return r.sendError6([8]byte{1, 4}, port, big)
+			}
+			return r.sendError([8]byte{3, 3}, port, [4]byte{127, 0, 0, 2}, 4444, big)
+		})
+	}
+	for _, v6 := range []bool{false, true} {
+		if got := recv(v6); !strings.HasPrefix(got, "got door") {
+			t.Fatalf("control, without the layer (IPv6 %v): %.20q", v6, got)
+		}
+	}
+	if v := r.reasmOKs(); v < 1 {
+		t.Fatalf("control: IPv4 ReasmOKs %d: the error was not fragmented", v)
+	}
+	r.dropICMPErrors()
+	for _, v6 := range []bool{false, true} {
+		if got := recv(v6); got != "none" {
+			t.Errorf("HOLE: a fragmented forged error (IPv6 %v) reached the error queue: %.20q", v6, got)
 		}
 	}
 }
