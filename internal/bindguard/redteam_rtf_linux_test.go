@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -218,4 +219,74 @@ func TestRedteamRTFUntrackedDatagram(t *testing.T) {
 		t.Fatalf("the untracked datagram did not reach the restricted uid (%q): the hole is closed, update this test and docs/security.md", got)
 	}
 	t.Log("HOLE: with another table's notrack for UDP, a peer's datagram reaches a restricted uid's unlisted bind-0 port (untagged: ct direction has no value)")
+}
+
+// marksHelper is the helper's "marks": a UDP socket tries to set its
+// packets' mark (SO_MARK) and a netlink socket to update a conntrack entry
+// (ctnetlink: IPCTNL_MSG_CT_NEW, the way to rewrite a flow's ct mark);
+// prints each errno name, "ok" when it was allowed.
+func marksHelper() int {
+	name := func(err error) string {
+		if err == nil {
+			return "ok"
+		}
+		if errno, ok := err.(unix.Errno); ok {
+			return unix.ErrnoName(errno)
+		}
+		return err.Error()
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, unix.IPPROTO_UDP)
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	somark := name(unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, 0))
+	nl, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_NETFILTER)
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	// An empty IPCTNL_MSG_CT_NEW with ack: the capability check comes first.
+	msg := make([]byte, unix.NLMSG_HDRLEN+4)
+	*(*uint32)(unsafe.Pointer(&msg[0])) = uint32(len(msg))
+	*(*uint16)(unsafe.Pointer(&msg[4])) = unix.NFNL_SUBSYS_CTNETLINK<<8 | 0 // IPCTNL_MSG_CT_NEW
+	*(*uint16)(unsafe.Pointer(&msg[6])) = unix.NLM_F_REQUEST | unix.NLM_F_ACK
+	msg[unix.NLMSG_HDRLEN] = unix.AF_INET
+	ct := "no answer"
+	if err := unix.Sendto(nl, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		ct = name(err)
+	} else {
+		buf := make([]byte, 256)
+		if n, _, err := unix.Recvfrom(nl, buf, 0); err != nil {
+			ct = name(err)
+		} else if n >= unix.NLMSG_HDRLEN+4 && *(*uint16)(unsafe.Pointer(&buf[4])) == unix.NLMSG_ERROR {
+			ct = name(unix.Errno(-*(*int32)(unsafe.Pointer(&buf[unix.NLMSG_HDRLEN]))))
+			if ct == "" {
+				ct = "ok"
+			}
+		}
+	}
+	fmt.Println(somark, ct)
+	return 0
+}
+
+// Red team of issue 28's ICMP error layer (RTF): the layer tells a
+// restricted uid's flow by its conntrack mark, which the restricted chain
+// writes once, from the opener's uid (ct mark set meta skuid map
+// @uidmarks). Could the restricted process rewrite it, to take its flow
+// out of @listenmarks? Only through a packet mark rule of another table
+// (SO_MARK needs CAP_NET_ADMIN or CAP_NET_RAW) or ctnetlink (CAP_NET_ADMIN):
+// both refused. The unit's key is in the ct label, written the same way.
+// Control: root in the namespace may do both (the probes are right).
+func TestRedteamRTFCtMark(t *testing.T) {
+	r := newRig(t)
+	r.apply(policy)
+	if got := r.run(protected, "marks"); got != "EPERM EPERM" {
+		t.Errorf("HOLE: the restricted uid set a mark or updated conntrack: %q, want EPERM EPERM", got)
+	}
+	if got := r.run(0, "marks"); !strings.HasPrefix(got, "ok ") || strings.HasSuffix(got, "EPERM") {
+		t.Errorf("control, root: %q (the probes prove nothing)", got)
+	} else {
+		t.Logf("root: %s", got)
+	}
 }
