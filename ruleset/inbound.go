@@ -67,7 +67,11 @@ func inboundRules() []Rule {
 //     bits 64-95: unitRules);
 //   - an ICMP error conntrack relates to no flow (ct state invalid: a
 //     quote of a datagram never sent, which an unconnected socket on the
-//     quoted port accepts), unless it quotes TCP.
+//     quoted port accepts), or that conntrack never saw (ct state
+//     untracked: another table's notrack rule), unless it quotes TCP;
+//     for ICMPv6 every type below 128, which the kernel hands to the
+//     quoted socket as an error whether defined or not (icmpv6_rcv:
+//     "error of unknown type must pass to upper level").
 //
 // TCP flows keep their errors: path MTU discovery needs them, and TCP
 // queues no payload (its errno channel is a documented limit).
@@ -86,30 +90,35 @@ func icmpErrorRules(p Plan) []Rule {
 			rules = append(rules, rule(related(ctLabelIs(u.Subject.ID, true))...).because("an ICMP error about a datagram flow of unit "+u.Subject.Unit+" (listen:)"))
 		}
 	}
-	for _, v6 := range []bool{false, true} {
-		for i, t := range icmpErrorTypes(v6) {
-			r := rule(icmpType(v6, t.typ, t.name), ctState(expr.CtStateBitINVALID), quotesNot(v6, unix.IPPROTO_TCP), drop)
-			if i == 0 {
-				r = r.because("an ICMP error about no flow: a forged quote")
-			}
-			rules = append(rules, r)
+	noFlow := ctState(expr.CtStateBitINVALID | expr.CtStateBitUNTRACKED)
+	for i, t := range icmpErrorTypes() {
+		r := rule(icmpType(false, t.typ, t.name), noFlow, quotesNot(false, unix.IPPROTO_TCP), drop)
+		if i == 0 {
+			r = r.because("an ICMP error about no flow (a forged quote), or one conntrack never saw (notrack)")
 		}
+		rules = append(rules, r)
 	}
+	rules = append(rules, rule(icmpv6Error, noFlow, quotesNot(true, unix.IPPROTO_TCP), drop).
+		because("every ICMPv6 type below 128 is an error to the kernel, defined or not"))
 	return rules
 }
+
+// icmpv6Error: icmpv6 type < 128 (the family and protocol matches
+// included; nft prints 128 as echo-request): an error message.
+var icmpv6Error = Stmt{"icmpv6 type < 128", append(append(nfproto(true).Exprs, l4protoNamed(unix.IPPROTO_ICMPV6, "").Exprs...),
+	&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+	&expr.Cmp{Op: expr.CmpOpLt, Register: reg1, Data: []byte{128}},
+)}
 
 type icmpTypeName struct {
 	typ  byte
 	name string
 }
 
-// icmpErrorTypes are the ICMP (ICMPv6) error messages conntrack relates to
-// the flow they quote (nf_conntrack_proto_icmp: icmp_is_err; ICMPv6: the
-// error types below 128).
-func icmpErrorTypes(v6 bool) []icmpTypeName {
-	if v6 {
-		return []icmpTypeName{{1, "destination-unreachable"}, {2, "packet-too-big"}, {3, "time-exceeded"}, {4, "parameter-problem"}}
-	}
+// icmpErrorTypes are the ICMP error messages conntrack relates to the
+// flow they quote (nf_conntrack_proto_icmp: icmp_is_err), a superset of
+// those the kernel hands to a socket (ICMPv6: icmpv6Error).
+func icmpErrorTypes() []icmpTypeName {
 	return []icmpTypeName{{3, "destination-unreachable"}, {4, "source-quench"}, {5, "redirect"}, {11, "time-exceeded"}, {12, "parameter-problem"}}
 }
 

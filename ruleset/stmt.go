@@ -51,7 +51,7 @@ func ctState(bits uint32) Stmt {
 	for _, b := range []struct {
 		bit  uint32
 		name string
-	}{{expr.CtStateBitINVALID, "invalid"}, {expr.CtStateBitESTABLISHED, "established"}, {expr.CtStateBitRELATED, "related"}, {expr.CtStateBitNEW, "new"}} {
+	}{{expr.CtStateBitINVALID, "invalid"}, {expr.CtStateBitESTABLISHED, "established"}, {expr.CtStateBitRELATED, "related"}, {expr.CtStateBitNEW, "new"}, {expr.CtStateBitUNTRACKED, "untracked"}} {
 		if bits&b.bit != 0 {
 			names = append(names, b.name)
 		}

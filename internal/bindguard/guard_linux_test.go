@@ -243,6 +243,9 @@ func helper(op string) int {
 	if op == "sockopts" {
 		return sockoptsHelper()
 	}
+	if op == "marks" {
+		return marksHelper()
+	}
 	if ident, ok := strings.CutPrefix(op, "ping4,"); ok {
 		return pingReceive(ident)
 	}

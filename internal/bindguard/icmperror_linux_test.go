@@ -20,7 +20,8 @@ import (
 // uid only), and in the chain icmperr, where the inbound chain sends ICMP
 // and ICMPv6, a drop of every ICMP error about a
 // non-TCP flow a peer opened, or one a uid with listen: opened, and of every
-// error conntrack relates to no flow unless it quotes TCP.
+// error conntrack relates to no flow or never saw (untracked) unless it
+// quotes TCP (ICMPv6: every type below 128).
 var icmpErrorChain = fmt.Sprintf(`table inet bindguardicmp {
 	set listenmarks {
 		type mark
@@ -33,8 +34,8 @@ var icmpErrorChain = fmt.Sprintf(`table inet bindguardicmp {
 	chain icmperr {
 		ct state related ct protocol != tcp ct direction original drop
 		ct state related ct protocol != tcp ct mark @listenmarks drop
-		icmp type { destination-unreachable, source-quench, redirect, time-exceeded, parameter-problem } ct state invalid @th,136,8 != 6 drop
-		icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } ct state invalid @th,112,8 != 6 drop
+		icmp type { destination-unreachable, source-quench, redirect, time-exceeded, parameter-problem } ct state invalid,untracked @th,136,8 != 6 drop
+		icmpv6 type < 128 ct state invalid,untracked @th,112,8 != 6 drop
 	}
 	chain inbound {
 		type filter hook input priority 2147483646; policy accept;
@@ -46,8 +47,14 @@ var icmpErrorChain = fmt.Sprintf(`table inet bindguardicmp {
 // dropICMPErrors loads icmpErrorChain into the test's namespace.
 func (r *rig) dropICMPErrors() {
 	r.t.Helper()
+	r.nft(icmpErrorChain)
+}
+
+// nft loads script into the test's namespace.
+func (r *rig) nft(script string) {
+	r.t.Helper()
 	cmd := exec.Command("nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(icmpErrorChain)
+	cmd.Stdin = strings.NewReader(script)
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := r.ns.Start(cmd); err != nil {

@@ -230,10 +230,16 @@ func (r *rig) sendUnreachable(code byte, port int, dst [4]byte, dport int, paylo
 
 // sendError is sendQuoting with the ICMP header hdr (checksum left 0).
 func (r *rig) sendError(hdr [8]byte, port int, dst [4]byte, dport int, payload string) error {
+	return r.sendErrorProto(hdr, unix.IPPROTO_UDP, port, dst, dport, payload)
+}
+
+// sendErrorProto is sendError with the quoted IPv4 header's protocol
+// proto (the 8 bytes after it as a UDP header would have them).
+func (r *rig) sendErrorProto(hdr [8]byte, proto byte, port int, dst [4]byte, dport int, payload string) error {
 	inner := make([]byte, 28+len(payload))
 	inner[0] = 0x45
 	binary.BigEndian.PutUint16(inner[2:], uint16(len(inner)))
-	inner[8], inner[9] = 64, unix.IPPROTO_UDP
+	inner[8], inner[9] = 64, proto
 	copy(inner[12:], []byte{127, 0, 0, 1})
 	copy(inner[16:], dst[:])
 	binary.BigEndian.PutUint16(inner[10:], csum(inner[:20]))
@@ -291,6 +297,12 @@ func (r *rig) sendEchoUnreachable(id int, payload string) error {
 // port unreachable to ::1 quoting a UDP datagram from [::1]:port to
 // [2001:db8::2]:4444 carrying payload, which nobody sent.
 func (r *rig) sendPortUnreachable6(port int, payload string) error {
+	return r.sendError6([8]byte{1, 4}, port, payload)
+}
+
+// sendError6 is sendPortUnreachable6 with the ICMPv6 header hdr (the kernel
+// sums ICMPv6).
+func (r *rig) sendError6(hdr [8]byte, port int, payload string) error {
 	inner := make([]byte, 48+len(payload))
 	inner[0] = 0x60
 	binary.BigEndian.PutUint16(inner[4:], uint16(8+len(payload)))
@@ -301,7 +313,7 @@ func (r *rig) sendPortUnreachable6(port int, payload string) error {
 	binary.BigEndian.PutUint16(inner[42:], 4444)
 	binary.BigEndian.PutUint16(inner[44:], uint16(8+len(payload)))
 	copy(inner[48:], payload)
-	msg := append([]byte{1, 4, 0, 0, 0, 0, 0, 0}, inner...) // the kernel sums ICMPv6
+	msg := append(hdr[:], inner...)
 	return r.ns.Do(func() error {
 		fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW, unix.IPPROTO_ICMPV6)
 		if err != nil {
@@ -504,25 +516,33 @@ func TestRedteamRTUFragments(t *testing.T) {
 		}
 	})
 	t.Run("control: the datagrams were fragments", func(t *testing.T) {
-		var snmp []byte
-		r.ns.Do(func() (err error) { snmp, err = os.ReadFile("/proc/thread-self/net/snmp"); return err })
-		lines := strings.Split(string(snmp), "\n")
-		for i := 0; i+1 < len(lines); i += 2 {
-			if !strings.HasPrefix(lines[i], "Ip:") {
-				continue
-			}
-			names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
-			for j, n := range names {
-				if n == "ReasmOKs" && j < len(values) {
-					if v, _ := strconv.Atoi(values[j]); v < 2 {
-						t.Fatalf("ReasmOKs %d: not fragmented", v)
-					}
-					return
-				}
+		if v := r.reasmOKs(); v < 2 {
+			t.Fatalf("ReasmOKs %d: not fragmented", v)
+		}
+	})
+}
+
+// reasmOKs is the namespace's IPv4 ReasmOKs (/proc/net/snmp): datagrams
+// reassembled from fragments.
+func (r *rig) reasmOKs() int {
+	r.t.Helper()
+	var snmp []byte
+	r.ns.Do(func() (err error) { snmp, err = os.ReadFile("/proc/thread-self/net/snmp"); return err })
+	lines := strings.Split(string(snmp), "\n")
+	for i := 0; i+1 < len(lines); i += 2 {
+		if !strings.HasPrefix(lines[i], "Ip:") {
+			continue
+		}
+		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		for j, n := range names {
+			if n == "ReasmOKs" && j < len(values) {
+				v, _ := strconv.Atoi(values[j])
+				return v
 			}
 		}
-		t.Fatalf("no ReasmOKs in %s", snmp)
-	})
+	}
+	r.t.Fatalf("no ReasmOKs in %s", snmp)
+	return 0
 }
 
 // ip runs ip(8) with args inside ns.
