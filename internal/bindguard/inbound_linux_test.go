@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/egressd/egressd/internal/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -116,18 +117,25 @@ func (r *rig) receive(uid int, network, op string) string {
 // with "reply" (a resolver); it stops with the test.
 func (r *rig) server(port int) {
 	r.t.Helper()
+	replyServer(r.t, r.ns, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}})
+}
+
+// replyServer answers, as root in ns, every datagram to sa with "reply"; it
+// stops with the test.
+func replyServer(t testing.TB, ns *netns.NS, sa *unix.SockaddrInet4) {
+	t.Helper()
 	var fd int
-	err := r.ns.Do(func() error {
+	err := ns.Do(func() error {
 		var err error
 		if fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, unix.IPPROTO_UDP); err != nil {
 			return err
 		}
-		return unix.Bind(fd, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}})
+		return unix.Bind(fd, sa)
 	})
 	if err != nil {
-		r.t.Fatal(err)
+		t.Fatal(err)
 	}
-	r.t.Cleanup(func() { unix.Shutdown(fd, unix.SHUT_RDWR); unix.Close(fd) })
+	t.Cleanup(func() { unix.Shutdown(fd, unix.SHUT_RDWR); unix.Close(fd) })
 	go func() {
 		buf := make([]byte, 256)
 		for {

@@ -590,28 +590,7 @@ func TestRedteamRTUVXLANReply(t *testing.T) {
 		ip(t, side.ns, "addr", "add", side.over, "dev", "vx0")
 		ip(t, side.ns, "link", "set", "vx0", "up")
 	}
-	var fd int
-	err = peer.Do(func() error {
-		var err error
-		if fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, unix.IPPROTO_UDP); err != nil {
-			return err
-		}
-		return unix.Bind(fd, &unix.SockaddrInet4{Port: 5300, Addr: [4]byte{198, 51, 100, 2}})
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Shutdown(fd, unix.SHUT_RDWR); unix.Close(fd) })
-	go func() {
-		buf := make([]byte, 256)
-		for {
-			_, from, err := unix.Recvfrom(fd, buf, 0)
-			if err != nil {
-				return
-			}
-			unix.Sendto(fd, []byte("reply"), 0, from)
-		}
-	}()
+	replyServer(t, peer, &unix.SockaddrInet4{Port: 5300, Addr: [4]byte{198, 51, 100, 2}})
 	r.apply(policy)
 	none := func(int) error { return nil }
 	t.Run("control: unrestricted uid's client gets the resolver's reply over VXLAN", func(t *testing.T) {
@@ -648,28 +627,7 @@ func TestRedteamRTUBroadcastDiscovery(t *testing.T) {
 	}
 	ip(t, r.ns, "addr", "add", "192.0.2.1/24", "broadcast", "192.0.2.255", "dev", "va")
 	ip(t, peer, "addr", "add", "192.0.2.2/24", "broadcast", "192.0.2.255", "dev", "vb")
-	var fd int
-	err = peer.Do(func() error {
-		var err error
-		if fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, unix.IPPROTO_UDP); err != nil {
-			return err
-		}
-		return unix.Bind(fd, &unix.SockaddrInet4{Port: 5300})
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Shutdown(fd, unix.SHUT_RDWR); unix.Close(fd) })
-	go func() {
-		buf := make([]byte, 256)
-		for {
-			_, from, err := unix.Recvfrom(fd, buf, 0)
-			if err != nil {
-				return
-			}
-			unix.Sendto(fd, []byte("reply"), 0, from)
-		}
-	}()
+	replyServer(t, peer, &unix.SockaddrInet4{Port: 5300})
 	r.apply(policy)
 	none := func(int) error { return nil }
 	t.Run("control: unrestricted uid's discovery gets the answer", func(t *testing.T) {
