@@ -460,6 +460,28 @@ func (r *rig) listenAndDial(uid int, op string) (string, error, string) {
 	return first, derr, strings.TrimSpace(second)
 }
 
+// serves: op's listener (on port want, when set) accepts the dialled connection.
+func (r *rig) serves(t *testing.T, uid int, op, want string) {
+	t.Helper()
+	first, derr, second := r.listenAndDial(uid, op)
+	if (want != "" && first != "ok "+want) || derr != nil || second != "accepted" {
+		t.Fatalf("listener %q, dial %v, then %q; want ok %s, a connection, accepted", first, derr, second, want)
+	}
+}
+
+// dropped: op's listener comes up (on port want, when set), and no
+// connection reaches it.
+func (r *rig) dropped(t *testing.T, uid int, op, want string) {
+	t.Helper()
+	first, derr, second := r.listenAndDial(uid, op)
+	if !strings.HasPrefix(first, "ok ") || (want != "" && first != "ok "+want) {
+		t.Fatalf("listener: %q, want ok %s", first, want)
+	}
+	if derr == nil || second == "accepted" {
+		t.Fatalf("a connection reached the listener (%s): dial %v, listener %q", first, derr, second)
+	}
+}
+
 // A listen() on an unbound socket, or on one bound to port 0, has a port no
 // bind hook refused: the ingress program drops connections to it.
 func TestListenEphemeral(t *testing.T) {
@@ -468,60 +490,29 @@ func TestListenEphemeral(t *testing.T) {
 	if err := r.ns.Sysctl("net/ipv4/ip_local_port_range", "8000 10000"); err != nil {
 		t.Fatal(err)
 	}
-	t.Run("control: listed port serves", func(t *testing.T) {
-		first, derr, second := r.listenAndDial(protected, "tcp4,127.0.0.1,8080,listen")
-		if first != "ok 8080" || derr != nil || second != "accepted" {
-			t.Fatalf("listener %q, dial %v, then %q; want ok 8080, a connection, accepted", first, derr, second)
-		}
-	})
-	t.Run("attack: autobound listener", func(t *testing.T) {
-		first, derr, second := r.listenAndDial(protected, "tcp4,0,0,autolisten")
-		if !strings.HasPrefix(first, "ok ") {
-			t.Fatalf("listener: %q", first)
-		}
-		if derr == nil || second == "accepted" {
-			t.Fatalf("a connection reached the autobound listener (%s): dial %v, listener %q", first, derr, second)
-		}
-	})
-	t.Run("attack: bind to port 0, then listen", func(t *testing.T) {
-		first, derr, second := r.listenAndDial(protected, "tcp4,127.0.0.1,0,listen")
-		if !strings.HasPrefix(first, "ok ") {
-			t.Fatalf("listener: %q", first)
-		}
-		if derr == nil || second == "accepted" {
-			t.Fatalf("a connection reached the listener on the kernel's port (%s): dial %v, listener %q", first, derr, second)
-		}
-	})
-	t.Run("attack: ephemeral range steered to an unlisted port", func(t *testing.T) {
-		first, derr, second := r.listenAndDial(protected, "tcp4,127.0.0.1,0,range=9999-9999,listen")
-		if first != "ok 9999" {
-			t.Fatalf("listener: %q", first)
-		}
-		if derr == nil || second == "accepted" {
-			t.Fatalf("a connection reached the steered listener: dial %v, listener %q", derr, second)
-		}
-	})
-	t.Run("control: ephemeral range steered to the listed port serves", func(t *testing.T) {
-		first, derr, second := r.listenAndDial(protected, "tcp4,127.0.0.1,0,range=8081-8081,listen")
-		if first != "ok 8081" || derr != nil || second != "accepted" {
-			t.Fatalf("listener %q, dial %v, then %q", first, derr, second)
-		}
-	})
-	t.Run("attack: autobound IPv6 listener, IPv4 client", func(t *testing.T) {
-		first, derr, second := r.listenAndDial(protected, "tcp6,::,0,autolisten")
-		if !strings.HasPrefix(first, "ok ") {
-			t.Fatalf("listener: %q", first)
-		}
-		if derr == nil || second == "accepted" {
-			t.Fatalf("a connection reached the autobound listener (%s): dial %v, listener %q", first, derr, second)
-		}
-	})
-	t.Run("control: another user's autobound listener serves", func(t *testing.T) {
-		first, derr, second := r.listenAndDial(other, "tcp4,0,0,autolisten")
-		if derr != nil || second != "accepted" {
-			t.Fatalf("listener %q, dial %v, then %q", first, derr, second)
-		}
-	})
+	for _, c := range []struct {
+		name   string
+		uid    int
+		op     string
+		port   string // the port the listener must report ("" any)
+		serves bool
+	}{
+		{"control: listed port serves", protected, "tcp4,127.0.0.1,8080,listen", "8080", true},
+		{"attack: autobound listener", protected, "tcp4,0,0,autolisten", "", false},
+		{"attack: bind to port 0, then listen", protected, "tcp4,127.0.0.1,0,listen", "", false},
+		{"attack: ephemeral range steered to an unlisted port", protected, "tcp4,127.0.0.1,0,range=9999-9999,listen", "9999", false},
+		{"control: ephemeral range steered to the listed port serves", protected, "tcp4,127.0.0.1,0,range=8081-8081,listen", "8081", true},
+		{"attack: autobound IPv6 listener, IPv4 client", protected, "tcp6,::,0,autolisten", "", false},
+		{"control: another user's autobound listener serves", other, "tcp4,0,0,autolisten", "", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if c.serves {
+				r.serves(t, c.uid, c.op, c.port)
+			} else {
+				r.dropped(t, c.uid, c.op, c.port)
+			}
+		})
+	}
 }
 
 // MPTCP: the listener the service gets is a socket of the kernel's (the
@@ -534,12 +525,7 @@ func TestRedteamMPTCPListener(t *testing.T) {
 	if err := r.ns.Sysctl("net/mptcp/enabled", "1"); err != nil {
 		t.Skipf("no MPTCP in this kernel: %v", err)
 	}
-	t.Run("control: listed port serves", func(t *testing.T) {
-		first, derr, second := r.listenAndDial(protected, "mptcp4,127.0.0.1,8080,listen")
-		if first != "ok 8080" || derr != nil || second != "accepted" {
-			t.Fatalf("listener %q, dial %v, then %q; want ok 8080, a connection, accepted", first, derr, second)
-		}
-	})
+	t.Run("control: listed port serves", func(t *testing.T) { r.serves(t, protected, "mptcp4,127.0.0.1,8080,listen", "8080") })
 	t.Run("attack: bind an unlisted port", func(t *testing.T) {
 		if got := r.run(protected, "mptcp4,127.0.0.1,9999,listen"); got != "EPERM" {
 			t.Fatalf("MPTCP bind of 9999: %q, want EPERM", got)
@@ -549,22 +535,9 @@ func TestRedteamMPTCPListener(t *testing.T) {
 		}
 	})
 	for _, op := range []string{"mptcp4,0,0,autolisten", "mptcp4,127.0.0.1,0,listen", "mptcp6,::,0,autolisten"} {
-		t.Run("attack: "+op, func(t *testing.T) {
-			first, derr, second := r.listenAndDial(protected, op)
-			if !strings.HasPrefix(first, "ok ") {
-				t.Fatalf("listener: %q", first)
-			}
-			if derr == nil || second == "accepted" {
-				t.Fatalf("a connection reached the MPTCP listener (%s): dial %v, listener %q", first, derr, second)
-			}
-		})
+		t.Run("attack: "+op, func(t *testing.T) { r.dropped(t, protected, op, "") })
 	}
-	t.Run("control: another user's autobound MPTCP listener serves", func(t *testing.T) {
-		first, derr, second := r.listenAndDial(other, "mptcp4,0,0,autolisten")
-		if derr != nil || second != "accepted" {
-			t.Fatalf("listener %q, dial %v, then %q", first, derr, second)
-		}
-	})
+	t.Run("control: another user's autobound MPTCP listener serves", func(t *testing.T) { r.serves(t, other, "mptcp4,0,0,autolisten", "") })
 }
 
 // A listener bound while its port was listed: once the port is unlisted,
