@@ -446,6 +446,23 @@ func TestRedteamRTUICMPErrorQueue(t *testing.T) {
 	})
 }
 
+// rtuPeerRefused runs attack, a peer's datagram (push) to a bind-0 UDP socket
+// of the protected uid in mode, which must receive nothing, and its control:
+// the unrestricted uid's socket receives it.
+func (r *rig) rtuPeerRefused(t *testing.T, attack, mode string, push func(port int) error) {
+	t.Helper()
+	t.Run("attack: "+attack, func(t *testing.T) {
+		if got := r.rtuReceive(protected, mode, "udp4,127.0.0.1,0", push); strings.HasPrefix(got, "got") {
+			t.Fatalf("the peer's datagram reached the service: %.20q", got)
+		}
+	})
+	t.Run("control: the unrestricted uid receives it", func(t *testing.T) {
+		if got := r.rtuReceive(other, mode, "udp4,127.0.0.1,0", push); !strings.HasPrefix(got, "got door") {
+			t.Fatalf("unrestricted: %.20q", got)
+		}
+	})
+}
+
 // Red team of issue 28: an unconnected client sends to its allowed resolver
 // first (a flow from its port: the resolver's answers are replies), then a
 // different peer sends to the same port: a flow of its own, opened by the
@@ -456,16 +473,7 @@ func TestRedteamRTUClientThenOtherPeer(t *testing.T) {
 	r.apply(policy)
 	r.server(5300)
 	push := func(port int) error { return r.sendFrom(7777, port, "door") }
-	t.Run("attack: another peer to a client's port", func(t *testing.T) {
-		if got := r.rtuReceive(protected, "ask", "udp4,127.0.0.1,0", push); strings.HasPrefix(got, "got") {
-			t.Fatalf("the other peer's datagram reached the client: %q", got)
-		}
-	})
-	t.Run("control: unrestricted uid's client gets it", func(t *testing.T) {
-		if got := r.rtuReceive(other, "ask", "udp4,127.0.0.1,0", push); got != "got door" {
-			t.Fatalf("unrestricted: %q", got)
-		}
-	})
+	r.rtuPeerRefused(t, "another peer to a client's port", "ask", push)
 }
 
 // Red team of issue 28: a UDP socket connect()ed to the attacker sends
@@ -476,16 +484,7 @@ func TestRedteamRTUConnectedUDP(t *testing.T) {
 	r.tagInbound()
 	r.apply(policy)
 	push := func(port int) error { return r.sendFrom(7777, port, "door") }
-	t.Run("attack: connected to the peer, nothing sent", func(t *testing.T) {
-		if got := r.rtuReceive(protected, "conn=7777", "udp4,127.0.0.1,0", push); strings.HasPrefix(got, "got") {
-			t.Fatalf("the peer's datagram reached the connected socket: %q", got)
-		}
-	})
-	t.Run("control: unrestricted uid's connected socket receives", func(t *testing.T) {
-		if got := r.rtuReceive(other, "conn=7777", "udp4,127.0.0.1,0", push); got != "got door" {
-			t.Fatalf("unrestricted: %q", got)
-		}
-	})
+	r.rtuPeerRefused(t, "connected to the peer, nothing sent", "conn=7777", push)
 }
 
 // Red team of issue 28: the peer's datagram in IPv4 fragments (the
@@ -505,16 +504,7 @@ func TestRedteamRTUFragments(t *testing.T) {
 	r.apply(policy)
 	big := "door" + strings.Repeat("x", 3000)
 	push := func(port int) error { return r.sendDatagram("udp4", port, big) }
-	t.Run("attack: fragmented datagram to an unlisted bind-0 UDP port", func(t *testing.T) {
-		if got := r.rtuReceive(protected, "frag", "udp4,127.0.0.1,0", push); strings.HasPrefix(got, "got") {
-			t.Fatalf("the fragmented datagram reached the service: %.20q", got)
-		}
-	})
-	t.Run("control: unrestricted uid receives it", func(t *testing.T) {
-		if got := r.rtuReceive(other, "frag", "udp4,127.0.0.1,0", push); !strings.HasPrefix(got, "got door") {
-			t.Fatalf("unrestricted: %.20q", got)
-		}
-	})
+	r.rtuPeerRefused(t, "fragmented datagram to an unlisted bind-0 UDP port", "frag", push)
 	t.Run("control: the datagrams were fragments", func(t *testing.T) {
 		if v := r.reasmOKs(); v < 2 {
 			t.Fatalf("ReasmOKs %d: not fragmented", v)
