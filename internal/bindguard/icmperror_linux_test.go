@@ -234,17 +234,7 @@ func TestICMPErrorLayerTCPPMTU(t *testing.T) {
 		binary.BigEndian.PutUint32(inner[24:], uint32(seq))
 		msg := append([]byte{3, 4, 0, 0, 0, 0, mtu >> 8, mtu & 0xff}, inner...)
 		binary.BigEndian.PutUint16(msg[2:], csum(msg))
-		return r.ns.Do(func() error {
-			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
-			if err != nil {
-				return err
-			}
-			defer unix.Close(fd)
-			if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 2}}); err != nil {
-				return err
-			}
-			return unix.Sendto(fd, msg, 0, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
-		})
+		return r.sendICMP4(msg)
 	})
 	if got != fmt.Sprintf("got %d", mtu) {
 		t.Errorf("a restricted uid's TCP connection: %q, want its path MTU lowered to %d", got, mtu)

@@ -249,6 +249,12 @@ func (r *rig) sendErrorProto(hdr [8]byte, proto byte, port int, dst [4]byte, dpo
 	copy(inner[28:], payload)
 	msg := append(hdr[:], inner...)
 	binary.BigEndian.PutUint16(msg[2:], csum(msg))
+	return r.sendICMP4(msg)
+}
+
+// sendICMP4 sends msg (an ICMP message, checksummed) as root in the
+// namespace over a raw socket from 127.0.0.2 to 127.0.0.1.
+func (r *rig) sendICMP4(msg []byte) error {
 	return r.ns.Do(func() error {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
 		if err != nil {
@@ -280,17 +286,7 @@ func (r *rig) sendEchoUnreachable(id int, payload string) error {
 	binary.BigEndian.PutUint16(inner[22:], csum(inner[20:]))
 	msg := append([]byte{3, 1, 0, 0, 0, 0, 0, 0}, inner...)
 	binary.BigEndian.PutUint16(msg[2:], csum(msg))
-	return r.ns.Do(func() error {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 2}}); err != nil {
-			return err
-		}
-		return unix.Sendto(fd, msg, 0, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
-	})
+	return r.sendICMP4(msg)
 }
 
 // sendPortUnreachable6 sends, as root in the namespace from ::1, an ICMPv6
