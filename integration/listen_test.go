@@ -139,6 +139,24 @@ func TestListenRestriction(t *testing.T) {
 	if _, out, err := w.tw.Run(egressd, "check", "--config", w.tw.Config(), "--runtime-dir", w.runDir()); err != nil {
 		t.Errorf("egressd check: %v\n%s", err, out)
 	}
+	// Another table's notrack for UDP opens listen: to peers' datagrams
+	// (TestRedteamRTFUntrackedDatagram): check says so, names the rule and
+	// exits 1; a notrack for TCP alone is fine.
+	for _, c := range []struct {
+		rule string
+		code int
+	}{{"udp dport 53 notrack", 1}, {"meta l4proto tcp notrack", 0}} {
+		if out, err := w.nft("add table ip rawtest; add chain ip rawtest pre { type filter hook prerouting priority raw; }; add rule ip rawtest pre " + c.rule); err != nil {
+			t.Fatalf("nft: %v\n%s", err, out)
+		}
+		_, out, err := w.tw.Run(egressd, "check", "--config", w.tw.Config(), "--runtime-dir", w.runDir())
+		if code := exitCode(err); code != c.code || (c.code == 1) != strings.Contains(string(out), "table ip rawtest chain pre (hook prerouting) rule handle") {
+			t.Errorf("egressd check with %q in another table: exit %d, want %d\n%s", c.rule, code, c.code, out)
+		}
+		if out, err := w.nft("delete table ip rawtest"); err != nil {
+			t.Fatalf("nft: %v\n%s", err, out)
+		}
+	}
 	if _, out, err := w.tw.Run(egressd, "plan", "--config", w.tw.Config(), "--runtime-dir", w.runDir()); err != nil ||
 		!strings.Contains(string(out), fmt.Sprintf("uid %d (billing) may listen on: tcp:8080\n", uidA)) || !strings.Contains(string(out), "the same") {
 		t.Errorf("egressd plan: %v\n%s", err, out)

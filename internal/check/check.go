@@ -73,7 +73,8 @@ type Report struct {
 	Daemon     DaemonReport      `json:"daemon"`
 	Allowlists []AllowlistReport `json:"allowlists"`
 	Problems   []Problem         `json:"problems"`
-	// Notes are worth knowing and do not fail the check (nft_cannot_print).
+	// Notes are worth knowing and do not fail the check (nft_cannot_print,
+	// legacy_raw_unread).
 	Notes []Problem `json:"notes,omitempty"`
 }
 
@@ -402,6 +403,8 @@ func Run(ctx context.Context, o Options) *Report {
 			}
 		}
 	}
+	untracked, notes := untrackedProblems(cfg, o.Kernel)
+	r.Problems, r.Notes = append(r.Problems, untracked...), append(r.Notes, notes...)
 	drifted := map[string]bool{}
 	for _, f := range findings {
 		fix := "the daemon restores its state within seconds; if this persists, another tool keeps changing table inet egressd"

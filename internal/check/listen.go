@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 
 	"github.com/egressd/egressd/config"
@@ -123,4 +125,46 @@ func samePolicy(a, b bindguard.Policy) bool {
 		return out
 	}
 	return reflect.DeepEqual(norm(a), norm(b))
+}
+
+// procNet is where the legacy iptables tables in use are listed (a
+// variable: tests).
+var procNet = "/proc/net"
+
+// untrackedProblems: with listen: in use, another table's rule that exempts
+// datagrams from connection tracking opens the listen restriction (a peer's
+// datagram has no conntrack direction: docs/security.md). Each such rule is
+// a problem; a loaded legacy iptables raw table, which check cannot read,
+// is a note.
+func untrackedProblems(cfg *config.Config, k Kernel) (problems, notes []Problem) {
+	listen := false
+	for _, a := range cfg.Allowlists {
+		listen = listen || a.Listen != nil
+	}
+	if !listen {
+		return nil, nil
+	}
+	if ur, ok := k.(ruleset.UntrackedReader); ok {
+		rules, err := ur.Untracked()
+		if err != nil {
+			problems = append(problems, Problem{Kind: "listen_untracked", Object: "nftables", Detail: "cannot read the other tables, so cannot tell whether one exempts datagrams from connection tracking: " + err.Error(), Fix: "run egressd check as root"})
+		}
+		for _, u := range rules {
+			problems = append(problems, Problem{Kind: "listen_untracked", Object: u.String(),
+				Detail: "this rule exempts packets other than TCP from connection tracking (notrack): a peer's datagram it exempts has no conntrack direction, so listen: cannot tell that the peer opened the flow, and the datagram reaches a listen-restricted service's unlisted ports",
+				Fix:    "limit the rule to TCP (meta l4proto tcp) or remove it: docs/security.md, \"Listening ports\" (egressd never changes other tables)"})
+		}
+	}
+	for _, f := range []string{"ip_tables_names", "ip6_tables_names"} {
+		b, err := os.ReadFile(filepath.Join(procNet, f))
+		if err != nil {
+			continue // no legacy iptables module loaded
+		}
+		if slices.Contains(strings.Fields(string(b)), "raw") {
+			notes = append(notes, Problem{Kind: "legacy_raw_unread", Object: filepath.Join(procNet, f),
+				Detail: "a legacy iptables raw table is loaded; check reads nftables only and cannot tell whether it exempts datagrams from connection tracking (NOTRACK, CT --notrack), which would open listen:",
+				Fix:    "list it (iptables-legacy -t raw -S; ip6tables-legacy -t raw -S) and make sure no rule exempts UDP"})
+		}
+	}
+	return problems, notes
 }

@@ -1,8 +1,10 @@
 package check
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/egressd/egressd/config"
@@ -10,6 +12,7 @@ import (
 	"github.com/egressd/egressd/internal/cgroup"
 	"github.com/egressd/egressd/internal/policy"
 	"github.com/egressd/egressd/internal/state"
+	"github.com/egressd/egressd/ruleset"
 )
 
 func TestListenProblems(t *testing.T) {
@@ -104,5 +107,55 @@ func TestListenProblemsUnit(t *testing.T) {
 	kernel[42] = bindguard.Rule{Ports: []bindguard.Port{{Proto: bindguard.TCP, Port: 9999}}}
 	if got := kinds(&state.State{ListenDir: bindguard.DefaultDir}); got != "[drift_listen]" {
 		t.Errorf("other port in the kernel: %s", got)
+	}
+}
+
+type untrackedKernel struct {
+	fakeKernel
+	rules []ruleset.Untracked
+	err   error
+}
+
+func (k untrackedKernel) Untracked() ([]ruleset.Untracked, error) { return k.rules, k.err }
+
+// Another table's notrack for datagrams opens listen: (docs/security.md):
+// each rule is a problem while some allowlist has listen:, none without; a
+// legacy raw table check cannot read is a note; an unreadable ruleset is
+// said, not taken as clean.
+func TestUntrackedProblems(t *testing.T) {
+	listen := &config.Config{Allowlists: []*config.Allowlist{{Name: "web", Listen: []config.ListenPort{{Proto: "tcp", From: 8080, To: 8080}}}}}
+	egressOnly := &config.Config{Allowlists: []*config.Allowlist{{Name: "web"}}}
+	rule := ruleset.Untracked{Table: "ip raw", Chain: "pre", Handle: 4, Hook: "prerouting"}
+	dir := t.TempDir()
+	procNet = dir
+	defer func() { procNet = "/proc/net" }()
+	kinds := func(cfg *config.Config, k Kernel) string {
+		ps, ns := untrackedProblems(cfg, k)
+		var out []string
+		for _, p := range ps {
+			out = append(out, p.Kind+" "+p.Object)
+		}
+		for _, n := range ns {
+			out = append(out, "note "+n.Kind)
+		}
+		return fmt.Sprint(out)
+	}
+	if got := kinds(listen, untrackedKernel{}); got != "[]" {
+		t.Errorf("nothing untracked: %s", got)
+	}
+	if got := kinds(listen, untrackedKernel{rules: []ruleset.Untracked{rule}}); got != "[listen_untracked table ip raw chain pre (hook prerouting) rule handle 4]" {
+		t.Errorf("a notrack rule: %s", got)
+	}
+	if got := kinds(egressOnly, untrackedKernel{rules: []ruleset.Untracked{rule}}); got != "[]" {
+		t.Errorf("no listen: in use: %s", got)
+	}
+	if got := kinds(listen, untrackedKernel{err: errors.New("EPERM")}); got != "[listen_untracked nftables]" {
+		t.Errorf("unreadable: %s", got)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ip_tables_names"), []byte("filter\nraw\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := kinds(listen, untrackedKernel{}); got != "[note legacy_raw_unread]" {
+		t.Errorf("a legacy raw table: %s", got)
 	}
 }

@@ -63,7 +63,10 @@ allowlist, the names the hosts file answers, how long the kernel's elements
 from DNS have left (the kernel removes each when its time runs out, whether or
 not egressd runs), then each problem with what to do, then notes that do not fail the check (nft_cannot_print: the nft on PATH,
 run as nft list table inet egressd, cannot print the table in full, or
-prints a unit key as [invalid type]); --json
+prints a unit key as [invalid type]; legacy_raw_unread: a legacy iptables
+raw table it cannot read). While an allowlist has listen:, another table's
+rule that exempts more than TCP from connection tracking (notrack) is a
+problem (listen_untracked): it lets peers' datagrams past listen:. --json
 prints the document described in docs/check.md. Changes nothing.`),
 		Item("check --explain USER|UNIT HOST:PORT[/udp]", `Would USER (or the unit
 UNIT, NAME.service or NAME.slice, of a unit allowlist) be allowed to
