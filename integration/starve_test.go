@@ -253,4 +253,19 @@ func TestMetricsSocketAndStateFileModes(t *testing.T) {
 	if _, out, err := w.tw.Run(egressd, "check", "--config", w.tw.Config(), "--runtime-dir", w.runDir()); err != nil {
 		t.Errorf("egressd check with state_mode 0640: %v\n%s", err, out)
 	}
+	// metrics_listen moved to another socket: the old one goes with it (a
+	// socket left behind refuses scrapers as if egressd were down).
+	moved := filepath.Join(w.runDir(), "metrics2.sock")
+	since := w.mark()
+	w.write("egressd.yaml", mainConfig+fmt.Sprintf("metrics_listen: unix:%s\nmetrics_socket_mode: \"0660\"\nmetrics_socket_group: %d\n"+
+		"state_mode: \"0640\"\nstate_group: %d\n", moved, uidB, uidB))
+	if _, err := w.waitEvent(event.MetricsListening, since, 10*time.Second); err != nil {
+		t.Fatalf("metrics_listen moved: %v\n%s", err, w.logText())
+	}
+	if _, err := os.Lstat(moved); err != nil {
+		t.Errorf("the new socket: %v", err)
+	}
+	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
+		t.Errorf("the old metrics socket is left after metrics_listen moved: %v", err)
+	}
 }

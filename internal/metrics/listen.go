@@ -63,5 +63,27 @@ func Listen(addr string, mode os.FileMode, gid int, trust config.Trust) (net.Lis
 	if err := os.Rename(bound, path); err != nil {
 		return fail(fmt.Errorf("metrics socket: %w", err))
 	}
-	return ln, nil
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return fail(fmt.Errorf("metrics socket: %w", err))
+	}
+	return &unixListener{Listener: ln, path: path, fi: fi}, nil
+}
+
+// unixListener removes its socket when it closes (a moved metrics_listen,
+// a stop): a socket left behind refuses scrapers' connections as if egressd
+// were down. Only the socket it bound: whatever took the path since (a new
+// listener on the same path) stays.
+type unixListener struct {
+	net.Listener
+	path string
+	fi   os.FileInfo
+}
+
+func (l *unixListener) Close() error {
+	err := l.Listener.Close()
+	if fi, e := os.Lstat(l.path); e == nil && os.SameFile(fi, l.fi) {
+		os.Remove(l.path) //nolint:errcheck // gone already is fine
+	}
+	return err
 }

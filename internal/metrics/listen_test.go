@@ -45,6 +45,24 @@ func TestListenUnix(t *testing.T) {
 	}
 	c.Close()
 
+	// A second listener on the same path (metrics_listen reloaded) takes
+	// it; the first one's close leaves the second's socket alone, and the
+	// second's close removes it.
+	ln2, err := Listen("unix:"+path, 0o660, gid, config.Trust{Above: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Close()
+	if c, err := net.Dial("unix", path); err != nil {
+		t.Errorf("the first listener's close removed the second's socket: %v", err)
+	} else {
+		c.Close()
+	}
+	ln2.Close()
+	if _, err := os.Lstat(path); !os.IsNotExist(err) {
+		t.Errorf("the socket is left after its listener closed: %v", err)
+	}
+
 	// Not a socket: left alone.
 	file := filepath.Join(dir, "file")
 	os.WriteFile(file, []byte("keep"), 0o644) //nolint:errcheck
