@@ -89,6 +89,28 @@ func (n *NS) AddAddrs(addrs ...netip.Addr) error {
 			return fmt.Errorf("add %s to lo: %w", a, err)
 		}
 	}
+	return waitLocal(h, addrs)
+}
+
+// waitLocal waits until each address has its local route. An IPv6
+// address's route is added by the kernel's address work queue after
+// AddrAdd returns, even without duplicate address detection: on a busy
+// machine a connect right after AddAddrs could find "network is
+// unreachable".
+func waitLocal(h *vnl.Handle, addrs []netip.Addr) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for _, a := range addrs {
+		for {
+			rs, err := h.RouteGet(a.AsSlice())
+			if err == nil && len(rs) > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("address %s has no local route after 10 s: %v", a, err)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
 	return nil
 }
 
