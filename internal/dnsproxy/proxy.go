@@ -261,19 +261,25 @@ func (p *Proxy) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 	quit := make(chan struct{})
 	var workers sync.WaitGroup
 	defer func() { close(quit); workers.Wait() }()
-	handle := func(q query) {
+	// buf is the worker's: its replies are written into it (a cache hit
+	// allocates none), and it is reused once the reply has left.
+	handle := func(q query, buf *[]byte) {
 		defer inflight.Done()
 		defer func() { <-p.sem }()
-		out, seen := p.answerSeen(actx, 17, q.msg, q.client, local)
+		out, seen := p.answerSeen(actx, 17, q.msg, q.client, local, *buf)
 		if out != nil {
 			pc.WriteToUDPAddrPort(out, q.client) //nolint:errcheck
+			if cap(out) > cap(*buf) && cap(out) <= maxReplyBuf {
+				*buf = out[:0]
+			}
 		}
 		p.observe(seen) // after the reply left
 	}
 	worker := func(q query) {
 		defer workers.Done()
+		buf := make([]byte, 0, dns.MinMsgSize)
 		for {
-			handle(q)
+			handle(q, &buf)
 			select {
 			case idle <- struct{}{}:
 			default:
@@ -351,6 +357,10 @@ const (
 
 // idleWorkers bounds the UDP answer workers that wait for a query.
 const idleWorkers = 64
+
+// maxReplyBuf bounds the reply buffer a UDP worker keeps (a larger reply
+// is not kept for the next).
+const maxReplyBuf = 4096
 
 // ServeTCP answers connections on ln until it is closed or ctx ends. When
 // ctx ends it accepts no more (the backlog stays in the socket, for the next
@@ -437,7 +447,7 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 			return
 		}
 		p.sem <- struct{}{}
-		out, seen := p.answerSeen(actx, 6, msg, client, local)
+		out, seen := p.answerSeen(actx, 6, msg, client, local, nil)
 		<-p.sem
 		if out == nil {
 			p.observe(seen)
@@ -486,7 +496,7 @@ func reply(q *dns.Msg, rcode int) []byte {
 // answer handles one query; nil means no reply (garbage, or a response).
 // Its observation is reported before it returns.
 func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, local netip.AddrPort) []byte {
-	out, seen := p.answerSeen(ctx, proto, raw, client, local)
+	out, seen := p.answerSeen(ctx, proto, raw, client, local, nil)
 	p.observe(seen)
 	return out
 }
@@ -494,7 +504,11 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 // answerSeen is answer, its observation (nil: none) returned to report
 // once the reply has left: the observer's bookkeeping (egressd learn's
 // record of names) is not on the answer's path (issue 24).
-func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client, local netip.AddrPort) ([]byte, *Observation) {
+//
+// The reply is appended to dst[:0] where it fits (a worker's buffer,
+// reused for its next query).
+func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client, local netip.AddrPort, dst []byte) ([]byte, *Observation) {
+	dst = dst[:0]
 	var seen *Observation
 	start := p.opt.Now()
 	q := new(dns.Msg)
@@ -548,7 +562,27 @@ func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client,
 	// before the answer leaves). The cache saves the upstream, never a
 	// check.
 	key := keyOf(q) // what upstreamQuery(q) would ask
-	r, hit := p.cache.get(key, start)
+	e, age, hit := p.cache.get(key, start)
+	if hit && e.hit != nil && (proto == 6 || len(e.wire) <= udpSize(q)) && e.hit.sameQuestion(raw, e.wire) {
+		// The same steps on the form read at store (hit.go): Admit, the
+		// kernel for this uid, then the stored bytes patched.
+		out, addrs, done, err := p.answerHit(pol, al, entries, listed, name, e, age, raw, dst)
+		if done {
+			p.opt.Metrics.ProxyCacheHit()
+			if err != nil {
+				return p.enforceFailed(q, al.Name, name, err, start), nil
+			}
+			if p.opt.Observe != nil {
+				seen = &Observation{Allowlist: al.Name, Name: name, Type: qn.Qtype, Addrs: addrs, Listed: listed}
+			}
+			p.answered(al.Name, listed, start)
+			return out, seen
+		}
+	}
+	var r *dns.Msg
+	if hit {
+		r, hit = e.reply(age)
+	}
 	if hit {
 		p.opt.Metrics.ProxyCacheHit()
 	} else {
@@ -576,18 +610,7 @@ func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client,
 	addrs := res.Addrs
 	if listed {
 		if addrs, err = p.enforce(pol, al, entries, name, r, res); err != nil {
-			// Never hand out an address the kernel does not hold. A
-			// policy that changed meanwhile is no failure: the client
-			// asks again, under the new one.
-			if !errors.Is(err, errPolicyChanged) {
-				p.kernelFailed(al.Name, name, err)
-			}
-			result := "servfail"
-			if errors.Is(err, ErrTooMany) {
-				result = "answer_cap" // dns_proxy_max_answers reached: an alert of its own
-			}
-			p.opt.Metrics.ProxyQuery(al.Name, result, p.opt.Now().Sub(start).Seconds())
-			return reply(q, dns.RcodeServerFailure), nil
+			return p.enforceFailed(q, al.Name, name, err, start), nil
 		}
 	}
 	seen = &Observation{Allowlist: al.Name, Name: name, Type: qn.Qtype, Addrs: addrs, Listed: listed}
@@ -599,16 +622,62 @@ func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client,
 		// truncated: the client asks again over TCP.
 		r.Truncate(udpSize(q))
 	}
-	out, err := r.Pack()
+	out, err := r.PackBuffer(dst[len(dst):cap(dst)])
 	if err != nil {
 		return reply(q, dns.RcodeServerFailure), seen // its addresses are in the kernel: observed
 	}
+	p.answered(al.Name, listed, start)
+	return out, seen
+}
+
+func (p *Proxy) answered(allowlist string, listed bool, start time.Time) {
 	result := "answered"
 	if !listed {
 		result = "unlisted_answered"
 	}
-	p.opt.Metrics.ProxyQuery(al.Name, result, p.opt.Now().Sub(start).Seconds())
-	return out, seen
+	p.opt.Metrics.ProxyQuery(allowlist, result, p.opt.Now().Sub(start).Seconds())
+}
+
+// enforceFailed is the reply to q when its answer's addresses could not
+// be put in the kernel: never hand out an address the kernel does not
+// hold. A policy that changed meanwhile is no failure: the client asks
+// again, under the new one.
+func (p *Proxy) enforceFailed(q *dns.Msg, allowlist, name string, err error, start time.Time) []byte {
+	if !errors.Is(err, errPolicyChanged) {
+		p.kernelFailed(allowlist, name, err)
+	}
+	result := "servfail"
+	if errors.Is(err, ErrTooMany) {
+		result = "answer_cap" // dns_proxy_max_answers reached: an alert of its own
+	}
+	p.opt.Metrics.ProxyQuery(allowlist, result, p.opt.Now().Sub(start).Seconds())
+	return reply(q, dns.RcodeServerFailure)
+}
+
+// answerHit answers raw from the cache entry e (age seconds old, with a
+// hitForm) as the unpacking path would: the asker's rules (Admit) and, for
+// a listed name, its addresses in the kernel for this uid (the writer's
+// Ensure) before the reply is written, appended to dst. done is false
+// (nothing done) when the rules refuse one of the answer's addresses:
+// enforce must then remove its records, on the unpacking path.
+func (p *Proxy) answerHit(pol *Policy, al *Allowlist, entries []config.Entry, listed bool, name string, e *cacheEntry, age uint32, raw, dst []byte) (out []byte, addrs []netip.Addr, done bool, err error) {
+	f := e.hit
+	res := f.result(age)
+	if !listed {
+		return f.write(dst, raw, e.wire, age, false, 0), res.Addrs, true, nil
+	}
+	kept, _, _ := pol.answers().Admit(res, al.PrivateOK)
+	if !f.admitsAll(kept) {
+		return nil, nil, false, nil
+	}
+	if len(kept) == 0 {
+		return f.write(dst, raw, e.wire, age, false, 0), nil, true, nil // enforce: nothing to write, no TTL capped
+	}
+	hand, err := p.ensure(pol, al, entries, name, kept, res.TTL)
+	if err != nil {
+		return nil, nil, true, err
+	}
+	return f.write(dst, raw, e.wire, age, true, uint32(hand/time.Second)), kept, true, nil
 }
 
 func (p *Proxy) kernelFailed(allowlist, name string, err error) {
@@ -779,6 +848,29 @@ func (p *Proxy) exchangeUDP(ctx context.Context, q *dns.Msg, up netip.AddrPort) 
 	}
 }
 
+// ensure puts the addresses kept, for each entry, in the uid's kernel sets
+// for the answer's TTL ttl, and returns the TTL to hand.
+func (p *Proxy) ensure(pol *Policy, al *Allowlist, entries []config.Entry, name string, kept []netip.Addr, ttl time.Duration) (time.Duration, error) {
+	keep, hand := pol.lifetimes(ttl)
+	var buf [8]ruleset.ProxyElement
+	es := buf[:0]
+	for _, a := range kept {
+		for _, e := range entries {
+			es = append(es, ruleset.ProxyElement{UID: al.UID, Timeout: keep,
+				Element: ruleset.ElementFor(e.Proto, netip.PrefixFrom(a, a.BitLen()), e.PortFrom, e.PortTo)})
+		}
+	}
+	t0 := p.opt.Now()
+	// The kernel must hold what is handed for the TTL handed, and a second
+	// at least (the TTL floor): an answer with TTL 0 that finds its element
+	// about to lapse renews it.
+	if err := p.w.Ensure(es, name, max(hand, time.Second)); err != nil {
+		return 0, err
+	}
+	p.opt.Metrics.ProxyKernel(p.opt.Now().Sub(t0).Seconds())
+	return hand, nil
+}
+
 // rrAddr is the address of an A or AAAA record, as written (an
 // IPv4-mapped AAAA stays an IPv6 address: resolver.ReadReply opens nothing
 // for it).
@@ -831,22 +923,10 @@ func (p *Proxy) enforce(pol *Policy, al *Allowlist, entries []config.Entry, name
 	if len(kept) == 0 {
 		return nil, nil
 	}
-	keep, hand := pol.lifetimes(res.TTL)
-	var es []ruleset.ProxyElement
-	for _, a := range kept {
-		for _, e := range entries {
-			es = append(es, ruleset.ProxyElement{UID: al.UID, Timeout: keep,
-				Element: ruleset.ElementFor(e.Proto, netip.PrefixFrom(a, a.BitLen()), e.PortFrom, e.PortTo)})
-		}
-	}
-	t0 := p.opt.Now()
-	// The kernel must hold what is handed for the TTL handed, and a second
-	// at least (the TTL floor): an answer with TTL 0 that finds its element
-	// about to lapse renews it.
-	if err := p.w.Ensure(es, name, max(hand, time.Second)); err != nil {
+	hand, err := p.ensure(pol, al, entries, name, kept, res.TTL)
+	if err != nil {
 		return nil, err
 	}
-	p.opt.Metrics.ProxyKernel(p.opt.Now().Sub(t0).Seconds())
 	handS := uint32(hand / time.Second)
 	for _, rr := range r.Answer {
 		if isChain(rr) && rr.Header().Ttl > handS {
