@@ -1,7 +1,9 @@
 package dnsproxy
 
 import (
+	"context"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -10,6 +12,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/egressd/egressd/internal/dnstest"
+	"github.com/egressd/egressd/ruleset"
 )
 
 // Queries read in one batch (recvmmsg) are each answered, to its own
@@ -55,5 +58,115 @@ func TestBatchedReads(t *testing.T) {
 	m, _, err := (&dns.Client{Net: "udp", Timeout: 3 * time.Second}).ExchangeWithConn(q, &dns.Conn{Conn: c})
 	if err != nil || strings.Join(addrsOf(m), ",") != "192.0.2.10" {
 		t.Fatalf("the query after an oversized datagram: %v %v", m, err)
+	}
+}
+
+// portIdent is a BatchIdentifier that knows each client by its port, and
+// counts the queries it was asked for in batches of more than one.
+type portIdent struct {
+	mu      sync.Mutex
+	uids    map[uint16]uint32
+	batched int
+}
+
+func (p *portIdent) Opener(_ uint8, client, _ netip.AddrPort) (uint32, bool, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	uid, ok := p.uids[client.Port()]
+	return uid, ok, nil
+}
+
+func (p *portIdent) Openers(local netip.AddrPort, clients []netip.AddrPort, out []Identity) {
+	for i, c := range clients {
+		uid, ok, err := p.Opener(17, c, local)
+		out[i] = Identity{UID: uid, OK: ok, Err: err}
+	}
+	p.mu.Lock()
+	p.batched += len(clients)
+	p.mu.Unlock()
+}
+
+// Attack: queries of two uids read in one batch, their openers told in one
+// round trip (BatchIdentifier). Each query is answered as its own uid's:
+// the listed uid's with the address (in the kernel for it), the other's
+// REFUSED; an identity given to the wrong query of the batch would answer
+// the stranger, or refuse the listed uid.
+func TestBatchIdentitiesStayWithTheirQueries(t *testing.T) {
+	up, err := dnstest.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(up.Close)
+	up.Set("api.example.com", dnstest.Record{A: addrs("192.0.2.10"), TTL: 300})
+	web := webAllowlist(t, "api.example.com:443")
+	k := &ruleset.Fake{Plan: ruleset.Plan{Allowlists: []ruleset.AllowlistPlan{{Allowlist: "web", Subject: ruleset.UserSubject(uidWeb), Proxy: true}}}}
+	id := &portIdent{uids: map[uint16]uint32{}}
+	p := New(Options{Kernel: k, Identify: id, Timeout: time.Second})
+	p.SetPolicy(&Policy{ByUID: map[uint32]*Allowlist{uidWeb: web}, Upstreams: []netip.AddrPort{up.Addr},
+		MinTTL: 5 * time.Second, MaxTTL: 10 * time.Minute, Linger: 5 * time.Minute, MaxAddrs: 256})
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The clients' queries wait in the socket before the proxy reads:
+	// its first read takes them in one batch.
+	const n = 12
+	var clients []*net.UDPConn
+	for i := 0; i < n; i++ {
+		c, err := net.DialUDP("udp", nil, pc.LocalAddr().(*net.UDPAddr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		uid := uint32(uidWeb)
+		if i%2 == 1 {
+			uid = 4999 // in no allowlist
+		}
+		id.uids[uint16(c.LocalAddr().(*net.UDPAddr).Port)] = uid
+		clients = append(clients, c)
+	}
+	for round := 0; round < 2; round++ { // the second from the cache
+		for i, c := range clients {
+			q := new(dns.Msg)
+			q.SetQuestion("api.example.com.", dns.TypeA)
+			q.Id = uint16(100*round + i)
+			raw, _ := q.Pack()
+			if _, err := c.Write(raw); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); p.ServeUDP(ctx, pc) }() //nolint:errcheck
+		for i, c := range clients {
+			c.SetReadDeadline(time.Now().Add(3 * time.Second)) //nolint:errcheck
+			buf := make([]byte, 1500)
+			m := new(dns.Msg)
+			nr, err := c.Read(buf)
+			if err != nil || m.Unpack(buf[:nr]) != nil {
+				t.Fatalf("round %d, client %d: no reply: %v", round, i, err)
+			}
+			want, wantAddrs := dns.RcodeSuccess, "192.0.2.10"
+			if i%2 == 1 {
+				want, wantAddrs = dns.RcodeRefused, ""
+			}
+			if m.Id != uint16(100*round+i) || m.Rcode != want || strings.Join(addrsOf(m), ",") != wantAddrs {
+				t.Errorf("round %d, client %d (uid %d): %s, addresses %v; want %s %q", round, i, id.uids[uint16(c.LocalAddr().(*net.UDPAddr).Port)],
+					dns.RcodeToString[m.Rcode], addrsOf(m), dns.RcodeToString[want], wantAddrs)
+			}
+		}
+		// ServeUDP closes pc when it stops: a new socket on the same port.
+		addr := pc.LocalAddr().(*net.UDPAddr)
+		cancel()
+		<-done
+		if pc, err = net.ListenUDP("udp", addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pc.Close()
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	if id.batched < n {
+		t.Fatalf("%d queries identified in batches, want at least %d: the test did not exercise the batch", id.batched, n)
 	}
 }

@@ -32,6 +32,22 @@ type Identifier interface {
 	Opener(proto uint8, client, local netip.AddrPort) (uid uint32, ok bool, err error)
 }
 
+// Identity is who opened one query's flow, as Identifier.Opener says it.
+type Identity struct {
+	UID uint32
+	OK  bool
+	Err error
+}
+
+// BatchIdentifier is an Identifier that tells the openers of several UDP
+// queries that reached local (the queries of one batched read) in one
+// round trip to the kernel: out[i] is what Opener(17, clients[i], local)
+// says. ServeUDP uses it when the Identifier has it.
+type BatchIdentifier interface {
+	Identifier
+	Openers(local netip.AddrPort, clients []netip.AddrPort, out []Identity)
+}
+
 // Observation is one answered or refused query, for `egressd learn`.
 type Observation struct {
 	Allowlist string
@@ -255,6 +271,8 @@ func (p *Proxy) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 	type query struct {
 		msg    []byte
 		client netip.AddrPort
+		id     Identity // when known: told for its batch
+		known  bool
 	}
 	work := make(chan query)
 	idle := make(chan struct{}, idleWorkers) // a token per waiting worker
@@ -266,7 +284,11 @@ func (p *Proxy) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 	handle := func(q query, buf *[]byte) {
 		defer inflight.Done()
 		defer func() { <-p.sem }()
-		out, seen := p.answerSeen(actx, 17, q.msg, q.client, local, *buf)
+		var id *Identity
+		if q.known {
+			id = &q.id
+		}
+		out, seen := p.answerSeen(actx, 17, q.msg, q.client, local, id, *buf)
 		if out != nil {
 			pc.WriteToUDPAddrPort(out, q.client) //nolint:errcheck
 			if cap(out) > cap(*buf) && cap(out) <= maxReplyBuf {
@@ -299,6 +321,13 @@ func (p *Proxy) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 	for i := range ms {
 		ms[i].Buffers = [][]byte{arena[i*maxQuery : (i+1)*maxQuery]}
 	}
+	// The openers of a batch's queries are asked in one round trip when
+	// the identifier can (BatchIdentifier: one write for the batch instead
+	// of one per query); each query keeps its own answer.
+	bid, _ := p.opt.Identify.(BatchIdentifier)
+	batch := make([]query, 0, readBatch)
+	clients := make([]netip.AddrPort, 0, readBatch)
+	ids := make([]Identity, readBatch)
 	for {
 		n, err := rb.ReadBatch(ms, 0)
 		if err != nil {
@@ -311,6 +340,7 @@ func (p *Proxy) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 			}
 			return err
 		}
+		batch, clients = batch[:0], clients[:0]
 		for i := range ms[:n] {
 			m := &ms[i]
 			ua, ok := m.Addr.(*net.UDPAddr)
@@ -330,7 +360,16 @@ func (p *Proxy) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 				p.opt.Metrics.ProxyQuery("", "overload", 0)
 				continue
 			}
-			q := query{msg: append([]byte(nil), raw...), client: client}
+			batch = append(batch, query{msg: append([]byte(nil), raw...), client: client})
+			clients = append(clients, client)
+		}
+		if bid != nil && len(batch) > 1 {
+			bid.Openers(local, clients, ids[:len(batch)])
+			for i := range batch {
+				batch[i].id, batch[i].known = ids[i], true
+			}
+		}
+		for _, q := range batch {
 			inflight.Add(1)
 			select {
 			case work <- q: // to a waiting worker
@@ -447,7 +486,7 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 			return
 		}
 		p.sem <- struct{}{}
-		out, seen := p.answerSeen(actx, 6, msg, client, local, nil)
+		out, seen := p.answerSeen(actx, 6, msg, client, local, nil, nil)
 		<-p.sem
 		if out == nil {
 			p.observe(seen)
@@ -496,7 +535,7 @@ func reply(q *dns.Msg, rcode int) []byte {
 // answer handles one query; nil means no reply (garbage, or a response).
 // Its observation is reported before it returns.
 func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, local netip.AddrPort) []byte {
-	out, seen := p.answerSeen(ctx, proto, raw, client, local, nil)
+	out, seen := p.answerSeen(ctx, proto, raw, client, local, nil, nil)
 	p.observe(seen)
 	return out
 }
@@ -507,7 +546,10 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 //
 // The reply is appended to dst[:0] where it fits (a worker's buffer,
 // reused for its next query).
-func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client, local netip.AddrPort, dst []byte) ([]byte, *Observation) {
+//
+// id, when not nil, is the query's opener as the identifier told it for
+// its batch (BatchIdentifier); nil: Identify is asked here.
+func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client, local netip.AddrPort, id *Identity, dst []byte) ([]byte, *Observation) {
 	dst = dst[:0]
 	var seen *Observation
 	start := p.opt.Now()
@@ -525,7 +567,14 @@ func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client,
 	name := normalize(qn.Name)
 	gen := p.cache.generation() // before the policy (answerCache.generation)
 	pol := p.policy.Load()
-	uid, ok, err := p.opt.Identify.Opener(proto, client, local)
+	var uid uint32
+	var ok bool
+	var err error
+	if id != nil {
+		uid, ok, err = id.UID, id.OK, id.Err
+	} else {
+		uid, ok, err = p.opt.Identify.Opener(proto, client, local)
+	}
 	var al *Allowlist
 	if err == nil && ok {
 		al = pol.ByUID[uid]
