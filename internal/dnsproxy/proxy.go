@@ -323,11 +323,36 @@ func (p *Proxy) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 	}
 	// The openers of a batch's queries are asked in one round trip when
 	// the identifier can (BatchIdentifier: one write for the batch instead
-	// of one per query); each query keeps its own answer.
+	// of one per query); each query keeps its own answer. Then the reader
+	// answers itself what needs no wait (a cache hit whose elements the
+	// kernel holds for the asker already, a refusal: answerQuery inline),
+	// and sends those answers together (sendmmsg); every other query goes
+	// to a worker, as before.
 	bid, _ := p.opt.Identify.(BatchIdentifier)
-	batch := make([]query, 0, readBatch)
+	type slot struct {
+		raw    []byte
+		client netip.AddrPort
+		addr   net.Addr
+	}
+	batch := make([]slot, 0, readBatch)
 	clients := make([]netip.AddrPort, 0, readBatch)
 	ids := make([]Identity, readBatch)
+	replies := make([][]byte, readBatch) // the reader's reply buffers, one per query of a batch
+	for i := range replies {
+		replies[i] = make([]byte, 0, dns.MinMsgSize)
+	}
+	out := make([]ipv4.Message, 0, readBatch)
+	bufs := make([][1][]byte, readBatch) // out's Buffers
+	seens := make([]*Observation, 0, readBatch)
+	dispatch := func(q query) {
+		inflight.Add(1)
+		select {
+		case work <- q: // to a waiting worker
+		default:
+			workers.Add(1)
+			go worker(q)
+		}
+	}
 	for {
 		n, err := rb.ReadBatch(ms, 0)
 		if err != nil {
@@ -360,23 +385,42 @@ func (p *Proxy) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 				p.opt.Metrics.ProxyQuery("", "overload", 0)
 				continue
 			}
-			batch = append(batch, query{msg: append([]byte(nil), raw...), client: client})
+			batch = append(batch, slot{raw: raw, client: client, addr: m.Addr})
 			clients = append(clients, client)
 		}
-		if bid != nil && len(batch) > 1 {
-			bid.Openers(local, clients, ids[:len(batch)])
-			for i := range batch {
-				batch[i].id, batch[i].known = ids[i], true
+		if bid == nil {
+			for _, sl := range batch {
+				dispatch(query{msg: append([]byte(nil), sl.raw...), client: sl.client})
 			}
+			continue
 		}
-		for _, q := range batch {
-			inflight.Add(1)
-			select {
-			case work <- q: // to a waiting worker
-			default:
-				workers.Add(1)
-				go worker(q)
+		bid.Openers(local, clients, ids[:len(batch)])
+		out, seens = out[:0], seens[:0]
+		for i, sl := range batch {
+			r, seen, deferred := p.answerQuery(actx, 17, sl.raw, sl.client, local, &ids[i], replies[i], true)
+			if deferred {
+				dispatch(query{msg: append([]byte(nil), sl.raw...), client: sl.client, id: ids[i], known: true})
+				continue
 			}
+			<-p.sem
+			if r != nil {
+				if cap(r) > cap(replies[i]) && cap(r) <= maxReplyBuf {
+					replies[i] = r[:0]
+				}
+				bufs[i][0] = r
+				out = append(out, ipv4.Message{Buffers: bufs[i][:], Addr: sl.addr})
+			}
+			seens = append(seens, seen)
+		}
+		for len(out) > 0 {
+			k, err := rb.WriteBatch(out, 0)
+			if err != nil {
+				k = max(k, 1) // that answer is lost (as a failed sendto's); the next ones are sent
+			}
+			out = out[min(k, len(out)):]
+		}
+		for _, seen := range seens {
+			p.observe(seen) // after the replies left
 		}
 	}
 }
@@ -384,6 +428,7 @@ func (p *Proxy) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 // batchReader is ipv4.PacketConn or ipv6.PacketConn (their Message is one type).
 type batchReader interface {
 	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
 }
 
 // readBatch is how many queries one read takes at most; maxQuery the
@@ -550,18 +595,30 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 // id, when not nil, is the query's opener as the identifier told it for
 // its batch (BatchIdentifier); nil: Identify is asked here.
 func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client, local netip.AddrPort, id *Identity, dst []byte) ([]byte, *Observation) {
+	out, seen, _ := p.answerQuery(ctx, proto, raw, client, local, id, dst, false)
+	return out, seen
+}
+
+// answerQuery is answerSeen; inline, it never waits (the reader answers
+// with it): deferred, with nothing answered, when the answer would wait
+// for the identifier, the upstream or the kernel (a worker answers it
+// then, from the start).
+func (p *Proxy) answerQuery(ctx context.Context, proto uint8, raw []byte, client, local netip.AddrPort, id *Identity, dst []byte, inline bool) (_ []byte, _ *Observation, deferred bool) {
+	if inline && id == nil {
+		return nil, nil, true
+	}
 	dst = dst[:0]
 	var seen *Observation
 	start := p.opt.Now()
 	q := new(dns.Msg)
 	if err := q.Unpack(raw); err != nil || q.Response {
-		return nil, nil
+		return nil, nil, false
 	}
 	if q.Opcode != dns.OpcodeQuery {
-		return reply(q, dns.RcodeNotImplemented), nil
+		return reply(q, dns.RcodeNotImplemented), nil, false
 	}
 	if len(q.Question) != 1 {
-		return reply(q, dns.RcodeFormatError), nil
+		return reply(q, dns.RcodeFormatError), nil, false
 	}
 	qn := q.Question[0]
 	name := normalize(qn.Name)
@@ -588,13 +645,13 @@ func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client,
 		}
 		p.refused.add("", "", uid, name, qn.Qtype, why)
 		p.opt.Metrics.ProxyQuery("", "refused", p.opt.Now().Sub(start).Seconds())
-		return reply(q, dns.RcodeRefused), nil
+		return reply(q, dns.RcodeRefused), nil, false
 	}
 	// One uid's share of the queries in flight: its slow names must not
 	// take the proxy from the others.
 	if !p.inFlight.take(uid) {
 		p.opt.Metrics.ProxyQuery(al.Name, "overload", p.opt.Now().Sub(start).Seconds())
-		return reply(q, dns.RcodeServerFailure), nil
+		return reply(q, dns.RcodeServerFailure), nil, false
 	}
 	defer p.inFlight.give(uid)
 	entries := al.Match(name)
@@ -603,7 +660,7 @@ func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client,
 		p.refused.add(al.Name, al.User, uid, name, qn.Qtype, "unlisted")
 		seen = &Observation{Allowlist: al.Name, Name: name, Type: qn.Qtype, Refused: true}
 		p.opt.Metrics.ProxyQuery(al.Name, "refused", p.opt.Now().Sub(start).Seconds())
-		return reply(q, dns.RcodeRefused), seen
+		return reply(q, dns.RcodeRefused), seen, false
 	}
 	// A cached reply is read from here on as one fresh from the upstream:
 	// the asker's policy (checked above, for this uid, on every query),
@@ -615,18 +672,24 @@ func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client,
 	if hit && e.hit != nil && (proto == 6 || len(e.wire) <= udpSize(q)) && e.hit.sameQuestion(raw, e.wire) {
 		// The same steps on the form read at store (hit.go): Admit, the
 		// kernel for this uid, then the stored bytes patched.
-		out, addrs, done, err := p.answerHit(pol, al, entries, listed, name, e, age, raw, dst)
+		out, addrs, done, err := p.answerHit(pol, al, entries, listed, name, e, age, raw, dst, inline)
+		if errors.Is(err, errWouldWait) {
+			return nil, nil, true
+		}
 		if done {
 			p.opt.Metrics.ProxyCacheHit()
 			if err != nil {
-				return p.enforceFailed(q, al.Name, name, err, start), nil
+				return p.enforceFailed(q, al.Name, name, err, start), nil, false
 			}
 			if p.opt.Observe != nil {
 				seen = &Observation{Allowlist: al.Name, Name: name, Type: qn.Qtype, Addrs: addrs, Listed: listed}
 			}
 			p.answered(al.Name, listed, start)
-			return out, seen
+			return out, seen, false
 		}
+	}
+	if inline {
+		return nil, nil, true // the unpacking path, or the upstream: a worker's
 	}
 	var r *dns.Msg
 	if hit {
@@ -639,7 +702,7 @@ func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client,
 		if r, err = p.forward(ctx, proto, upstreamQuery(q), pol.Upstreams); err != nil {
 			p.opt.Log.Debug("upstream failed", zap.String("name", name), zap.Error(err))
 			p.opt.Metrics.ProxyQuery(al.Name, "servfail", p.opt.Now().Sub(start).Seconds())
-			return reply(q, dns.RcodeServerFailure), nil
+			return reply(q, dns.RcodeServerFailure), nil, false
 		}
 	}
 	// The answer is read by the rules egressd's own lookups follow
@@ -649,7 +712,7 @@ func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client,
 	if err != nil {
 		p.opt.Log.Debug("upstream answer refused", zap.String("name", name), zap.Error(err))
 		p.opt.Metrics.ProxyQuery(al.Name, "servfail", p.opt.Now().Sub(start).Seconds())
-		return reply(q, dns.RcodeServerFailure), nil
+		return reply(q, dns.RcodeServerFailure), nil, false
 	}
 	if !hit {
 		// Stored under the question asked (forward checked that r
@@ -659,7 +722,7 @@ func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client,
 	addrs := res.Addrs
 	if listed {
 		if addrs, err = p.enforce(pol, al, entries, name, r, res); err != nil {
-			return p.enforceFailed(q, al.Name, name, err, start), nil
+			return p.enforceFailed(q, al.Name, name, err, start), nil, false
 		}
 	}
 	seen = &Observation{Allowlist: al.Name, Name: name, Type: qn.Qtype, Addrs: addrs, Listed: listed}
@@ -673,10 +736,10 @@ func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client,
 	}
 	out, err := r.PackBuffer(dst[len(dst):cap(dst)])
 	if err != nil {
-		return reply(q, dns.RcodeServerFailure), seen // its addresses are in the kernel: observed
+		return reply(q, dns.RcodeServerFailure), seen, false // its addresses are in the kernel: observed
 	}
 	p.answered(al.Name, listed, start)
-	return out, seen
+	return out, seen, false
 }
 
 func (p *Proxy) answered(allowlist string, listed bool, start time.Time) {
@@ -709,7 +772,10 @@ func (p *Proxy) enforceFailed(q *dns.Msg, allowlist, name string, err error, sta
 // Ensure) before the reply is written, appended to dst. done is false
 // (nothing done) when the rules refuse one of the answer's addresses:
 // enforce must then remove its records, on the unpacking path.
-func (p *Proxy) answerHit(pol *Policy, al *Allowlist, entries []config.Entry, listed bool, name string, e *cacheEntry, age uint32, raw, dst []byte) (out []byte, addrs []netip.Addr, done bool, err error) {
+//
+// inline, it never waits: errWouldWait when the kernel does not hold the
+// elements already (writer.Held).
+func (p *Proxy) answerHit(pol *Policy, al *Allowlist, entries []config.Entry, listed bool, name string, e *cacheEntry, age uint32, raw, dst []byte, inline bool) (out []byte, addrs []netip.Addr, done bool, err error) {
 	f := e.hit
 	res := f.result(age)
 	if !listed {
@@ -722,7 +788,7 @@ func (p *Proxy) answerHit(pol *Policy, al *Allowlist, entries []config.Entry, li
 	if len(kept) == 0 {
 		return f.write(dst, raw, e.wire, age, false, 0), nil, true, nil // enforce: nothing to write, no TTL capped
 	}
-	hand, err := p.ensure(pol, al, entries, name, kept, res.TTL)
+	hand, err := p.ensure(pol, al, entries, name, kept, res.TTL, inline)
 	if err != nil {
 		return nil, nil, true, err
 	}
@@ -897,9 +963,14 @@ func (p *Proxy) exchangeUDP(ctx context.Context, q *dns.Msg, up netip.AddrPort) 
 	}
 }
 
+// errWouldWait: an inline answer would wait for the kernel.
+var errWouldWait = errors.New("the answer waits for the kernel")
+
 // ensure puts the addresses kept, for each entry, in the uid's kernel sets
-// for the answer's TTL ttl, and returns the TTL to hand.
-func (p *Proxy) ensure(pol *Policy, al *Allowlist, entries []config.Entry, name string, kept []netip.Addr, ttl time.Duration) (time.Duration, error) {
+// for the answer's TTL ttl, and returns the TTL to hand. inline, it only
+// checks that the kernel holds them already (writer.Held): errWouldWait
+// when not.
+func (p *Proxy) ensure(pol *Policy, al *Allowlist, entries []config.Entry, name string, kept []netip.Addr, ttl time.Duration, inline bool) (time.Duration, error) {
 	keep, hand := pol.lifetimes(ttl)
 	var buf [8]ruleset.ProxyElement
 	es := buf[:0]
@@ -913,7 +984,11 @@ func (p *Proxy) ensure(pol *Policy, al *Allowlist, entries []config.Entry, name 
 	// The kernel must hold what is handed for the TTL handed, and a second
 	// at least (the TTL floor): an answer with TTL 0 that finds its element
 	// about to lapse renews it.
-	if err := p.w.Ensure(es, name, max(hand, time.Second)); err != nil {
+	if inline {
+		if !p.w.Held(es, name, max(hand, time.Second)) {
+			return 0, errWouldWait
+		}
+	} else if err := p.w.Ensure(es, name, max(hand, time.Second)); err != nil {
 		return 0, err
 	}
 	p.opt.Metrics.ProxyKernel(p.opt.Now().Sub(t0).Seconds())
@@ -972,7 +1047,7 @@ func (p *Proxy) enforce(pol *Policy, al *Allowlist, entries []config.Entry, name
 	if len(kept) == 0 {
 		return nil, nil
 	}
-	hand, err := p.ensure(pol, al, entries, name, kept, res.TTL)
+	hand, err := p.ensure(pol, al, entries, name, kept, res.TTL, false)
 	if err != nil {
 		return nil, err
 	}

@@ -325,6 +325,33 @@ func (w *writer) Ensure(es []ruleset.ProxyElement, name string, hold time.Durati
 	return <-call.done
 }
 
+// Held is Ensure when the kernel holds every element already, answered
+// for name, until at least now+hold: it then does what Ensure does (the
+// name recorded for each) and returns true. It never waits: false, with
+// nothing changed, when Ensure would write, wait or fail (the caller then
+// calls Ensure).
+func (w *writer) Held(es []ruleset.ProxyElement, name string, hold time.Duration) bool {
+	until := w.now().Add(hold)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(es) > ensureScan {
+		return false
+	}
+	for i, pe := range es {
+		k := elemKey{pe.UID, pe.Element}
+		if dupOf(es[:i], pe) {
+			continue
+		}
+		if !admitsName(w.pol, k, name) || w.need(k, until) {
+			return false
+		}
+	}
+	for _, pe := range es {
+		w.known[elemKey{pe.UID, pe.Element}].addName(name)
+	}
+	return true
+}
+
 // ensureScan is the longest list Ensure checks for duplicates by scanning
 // it (a map past it).
 const ensureScan = 16
