@@ -92,6 +92,12 @@ func (p *portIdent) Openers(local netip.AddrPort, clients []netip.AddrPort, out 
 // REFUSED; an identity given to the wrong query of the batch would answer
 // the stranger, or refuse the listed uid.
 func TestBatchIdentitiesStayWithTheirQueries(t *testing.T) {
+	for _, ip := range []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback} { // the reader's replies leave by sendmmsg on each family's socket
+		t.Run(ip.String(), func(t *testing.T) { batchIdentities(t, ip) })
+	}
+}
+
+func batchIdentities(t *testing.T, ip net.IP) {
 	up, err := dnstest.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -104,8 +110,11 @@ func TestBatchIdentitiesStayWithTheirQueries(t *testing.T) {
 	p := New(Options{Kernel: k, Identify: id, Timeout: time.Second})
 	p.SetPolicy(&Policy{ByUID: map[uint32]*Allowlist{uidWeb: web}, Upstreams: []netip.AddrPort{up.Addr},
 		MinTTL: 5 * time.Second, MaxTTL: 10 * time.Minute, Linger: 5 * time.Minute, MaxAddrs: 256})
-	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: ip})
 	if err != nil {
+		if ip.To4() == nil {
+			t.Skipf("no IPv6 loopback: %v", err)
+		}
 		t.Fatal(err)
 	}
 	// The clients' queries wait in the socket before the proxy reads:
