@@ -394,6 +394,9 @@ func (p *Proxy) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 			}
 			continue
 		}
+		if len(batch) == 0 {
+			continue // garbage or overload only
+		}
 		bid.Openers(local, clients, ids[:len(batch)])
 		out, seens = out[:0], seens[:0]
 		for i, sl := range batch {
