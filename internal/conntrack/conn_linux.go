@@ -109,6 +109,24 @@ func (c *Conn) LookupReplyZone(zone uint16, proto uint8, src, dst netip.AddrPort
 	return f, err
 }
 
+// LookupReplyZoneBatch is LookupReplyZone for several flows at once, whose
+// reply tuples are proto src -> dsts[i]: one write carries every request
+// (the kernel answers each inside it), then each answer is read; flows[i]
+// and errs[i] are dsts[i]'s flow and error, as LookupReplyZone's. The
+// proxy asks it for the queries of one batched read: one system call per
+// batch instead of one per query (issue 24). flows and errs are as long
+// as dsts.
+func (c *Conn) LookupReplyZoneBatch(zone uint16, proto uint8, src netip.AddrPort, dsts []netip.AddrPort, flows []Flow, errs []error) {
+	s := <-c.pool
+	s.getBatch(zone, proto, src, dsts, flows, errs)
+	c.pool <- s
+	for i, err := range errs {
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			errs[i] = fmt.Errorf("conntrack get %d %s -> %s (reply): %w", proto, src, dsts[i], err)
+		}
+	}
+}
+
 const (
 	nlmsgHdrLen  = 16 // struct nlmsghdr
 	pollTimeout  = 1000
@@ -127,6 +145,100 @@ func (s *sock) get(t Tuple, zone uint16) (Flow, error) {
 	}
 	s.req = req
 	return s.exchange(req)
+}
+
+// getBatch sends one IPCTNL_MSG_CT_GET per dst in one write, request i
+// under sequence number first+i, and reads their answers (getBatch's
+// caller's doc: LookupReplyZoneBatch).
+func (s *sock) getBatch(zone uint16, proto uint8, src netip.AddrPort, dsts []netip.AddrPort, flows []Flow, errs []error) {
+	first := s.seq + 1
+	s.seq += uint32(len(dsts))
+	req := s.req[:0]
+	pending := make([]bool, len(dsts))
+	n := 0
+	for i, dst := range dsts {
+		flows[i], errs[i] = Flow{}, nil
+		b, err := appendGetRequestZone(req, first+uint32(i), Tuple{Proto: proto, Src: src, Dst: dst}, zone)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		req, pending[i] = b, true
+		n++
+	}
+	s.req = req
+	if n == 0 {
+		return
+	}
+	fail := func(err error) {
+		for i := range pending {
+			if pending[i] {
+				errs[i], pending[i] = err, false
+			}
+		}
+	}
+	for {
+		_, err := unix.Write(s.fd, req)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			fail(os.NewSyscallError("send", err))
+			return
+		}
+		break
+	}
+	for range maxStaleMsgs + len(dsts) {
+		k, err := s.recv()
+		if err != nil {
+			fail(err)
+			return
+		}
+		b := s.buf[:k]
+		for len(b) >= nlmsgHdrLen {
+			l := int(binary.NativeEndian.Uint32(b[0:4]))
+			if l < nlmsgHdrLen || l > len(b) {
+				fail(errors.New("malformed netlink message"))
+				return
+			}
+			seq := binary.NativeEndian.Uint32(b[8:12])
+			if i := int(seq - first); seq-first < uint32(len(dsts)) && pending[i] {
+				if f, ok, err := readAnswer(b[:l]); ok {
+					flows[i], errs[i], pending[i] = f, err, false
+					n--
+				}
+			}
+			b = b[min(len(b), (l+3)&^3):]
+		}
+		if n == 0 {
+			return
+		}
+		// Answers to an earlier request that gave up waiting: skipped.
+	}
+	fail(errors.New("no answer among the queued messages"))
+}
+
+// readAnswer reads one netlink message m that answers a GET: the flow, or
+// the kernel's error; false when it is neither.
+func readAnswer(m []byte) (Flow, bool, error) {
+	switch binary.NativeEndian.Uint16(m[4:6]) {
+	case unix.NLMSG_ERROR:
+		if len(m) < nlmsgHdrLen+4 {
+			return Flow{}, true, errors.New("short netlink error")
+		}
+		errno := -int32(binary.NativeEndian.Uint32(m[nlmsgHdrLen:]))
+		if errno == 0 {
+			return Flow{}, true, errors.New("acknowledged without an entry")
+		}
+		if syscall.Errno(errno) == unix.ENOENT {
+			return Flow{}, true, ErrNotFound
+		}
+		return Flow{}, true, syscall.Errno(errno)
+	case nfnlSubsysCTNetlink<<8 | ctMsgNew:
+		f, err := parseFlow(m[nlmsgHdrLen:])
+		return f, true, err
+	}
+	return Flow{}, false, nil
 }
 
 // exchange sends req and reads its answer.

@@ -404,3 +404,53 @@ func TestAnswer(t *testing.T) {
 		t.Errorf("truncated: done %v, %v", done, err)
 	}
 }
+
+// A batch's answers each go to their own request: flows of two uids
+// interleaved, one that does not exist and one tuple that cannot be
+// encoded, in one write; every answer is the one LookupReply gives for
+// that tuple alone (a mix-up would hand one client's uid to another).
+func TestLookupReplyZoneBatch(t *testing.T) {
+	w, c := newWorld(t, 1)
+	pc, err := w.NS.ListenPacket("udp", proxy4.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	var dsts, clients []netip.AddrPort
+	var want []uint32
+	for i := range 12 {
+		uid, mark := uidLabelled, uint32(uidLabelled)
+		if i%3 == 1 {
+			uid, mark = uidUnlabelled, 0
+		}
+		client, from := udpQuery(t, w, pc, uid, resolver4)
+		dsts, clients, want = append(dsts, from), append(clients, client), append(want, mark)
+	}
+	missing, mixed := netip.MustParseAddrPort("203.0.113.201:1"), netip.MustParseAddrPort("[2001:db8:1::1]:1")
+	dsts = append(dsts[:5:5], append([]netip.AddrPort{missing, mixed}, dsts[5:]...)...)
+	flows, errs := make([]Flow, len(dsts)), make([]error, len(dsts))
+	for round := range 3 { // the socket's sequence numbers move on between batches
+		c.LookupReplyZoneBatch(0, unix.IPPROTO_UDP, proxy4, dsts, flows, errs)
+		j := 0
+		for i, dst := range dsts {
+			switch dst {
+			case missing:
+				if !errors.Is(errs[i], ErrNotFound) {
+					t.Errorf("round %d: %s: %+v, %v; want ErrNotFound", round, dst, flows[i], errs[i])
+				}
+				continue
+			case mixed:
+				if errs[i] == nil || errors.Is(errs[i], ErrNotFound) {
+					t.Errorf("round %d: mixed families: %v, want a tuple error", round, errs[i])
+				}
+				continue
+			}
+			checkFlow(t, flows[i], errs[i], unix.IPPROTO_UDP, clients[j], resolver4, proxy4, want[j])
+			single, err := c.LookupReply(unix.IPPROTO_UDP, proxy4, dst)
+			if err != nil || single != flows[i] {
+				t.Errorf("round %d: %s: batch %+v, alone %+v (%v)", round, dst, flows[i], single, err)
+			}
+			j++
+		}
+	}
+}

@@ -22,6 +22,30 @@ type openerByConntrack struct{ c *conntrack.Conn }
 
 func (o openerByConntrack) Opener(proto uint8, client, local netip.AddrPort) (uint32, bool, error) {
 	f, err := o.c.LookupReplyZone(ruleset.DNSZone, proto, local, client)
+	return opener(f, err)
+}
+
+// Openers is Opener for the UDP queries of one batched read, in one
+// round trip to the kernel (conntrack.Conn.LookupReplyZoneBatch): the same
+// lookup of each query's own flow.
+func (o openerByConntrack) Openers(local netip.AddrPort, clients []netip.AddrPort, out []dnsproxy.Identity) {
+	var fb [16]conntrack.Flow
+	var eb [16]error
+	flows, errs := fb[:0], eb[:0]
+	if len(clients) > len(fb) {
+		flows, errs = make([]conntrack.Flow, 0, len(clients)), make([]error, 0, len(clients))
+	}
+	flows, errs = flows[:len(clients)], errs[:len(clients)]
+	o.c.LookupReplyZoneBatch(ruleset.DNSZone, 17, local, clients, flows, errs)
+	for i := range clients {
+		uid, ok, err := opener(flows[i], errs[i])
+		out[i] = dnsproxy.Identity{UID: uid, OK: ok, Err: err}
+	}
+}
+
+// opener reads the lookup of a query's flow: only a redirected flow
+// (DNAT) has an opener.
+func opener(f conntrack.Flow, err error) (uint32, bool, error) {
 	if err != nil {
 		return 0, false, err
 	}

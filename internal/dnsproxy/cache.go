@@ -55,9 +55,12 @@ const (
 
 type cacheEntry struct {
 	key     cacheKey
-	wire    []byte
+	wire    []byte // uncompressed (hitForm patches it in place of unpacking it)
 	stored  time.Time
 	expires time.Time
+	// hit, when not nil, is what a hit needs of the reply, read once when
+	// it was stored (hit.go); nil: a hit unpacks wire and reads it again.
+	hit *hitForm
 }
 
 // The defaults of the cache's bounds, and what an entry costs beyond its
@@ -151,7 +154,14 @@ func (c *answerCache) put(gen uint64, k cacheKey, r *dns.Msg, ttl time.Duration,
 	if ttl < time.Second || c.maxEntries <= 0 {
 		return
 	}
+	// Uncompressed: what a UDP reply that fits the client's buffer is
+	// anyway (Msg.Truncate), and what lets a hit patch the stored bytes
+	// (no name points into the question, which a hit writes in the
+	// client's case).
+	compress := r.Compress
+	r.Compress = false
 	packed, err := r.Pack()
+	r.Compress = compress
 	if err != nil {
 		return
 	}
@@ -159,7 +169,7 @@ func (c *answerCache) put(gen uint64, k cacheKey, r *dns.Msg, ttl time.Duration,
 	// for it (its size class, up to a quarter more than its length past
 	// 32 KiB), and the entry is counted by that (size).
 	wire := append([]byte(nil), packed...)
-	e := &cacheEntry{key: k, wire: wire, stored: now, expires: now.Add(ttl)}
+	e := &cacheEntry{key: k, wire: wire, stored: now, expires: now.Add(ttl), hit: newHitForm(r, wire)}
 	size := e.size()
 	if size > c.maxBytes {
 		return
@@ -179,7 +189,9 @@ func (c *answerCache) put(gen uint64, k cacheKey, r *dns.Msg, ttl time.Duration,
 	c.bytes += size
 }
 
-func (e *cacheEntry) size() int { return cap(e.wire) + len(e.key.name) + cacheEntryOverhead }
+func (e *cacheEntry) size() int {
+	return cap(e.wire) + len(e.key.name) + cacheEntryOverhead + e.hit.size()
+}
 
 func (c *answerCache) removeLocked(el *list.Element) {
 	e := c.lru.Remove(el).(*cacheEntry)
@@ -194,30 +206,36 @@ func (c *answerCache) removeLocked(el *list.Element) {
 // new policy's resolvers.
 func (c *answerCache) generation() uint64 { return c.gen.Load() }
 
-// get returns a copy of the reply cached for k, its TTLs counted down by
-// the whole seconds it has spent here, or false when there is none alive.
-func (c *answerCache) get(k cacheKey, now time.Time) (*dns.Msg, bool) {
+// get returns the entry cached for k and the whole seconds it has spent
+// here, or false when there is none alive. The entry is never changed once
+// stored: the caller reads it (reply, hitForm) without the lock.
+func (c *answerCache) get(k cacheKey, now time.Time) (*cacheEntry, uint32, bool) {
 	c.mu.Lock()
 	el, ok := c.m[k]
 	if !ok {
 		c.mu.Unlock()
-		return nil, false
+		return nil, 0, false
 	}
 	e := el.Value.(*cacheEntry)
 	if !now.Before(e.expires) || now.Before(e.stored) {
 		c.removeLocked(el)
 		c.mu.Unlock()
-		return nil, false
+		return nil, 0, false
 	}
 	c.lru.MoveToFront(el)
 	c.mu.Unlock()
+	return e, uint32(now.Sub(e.stored) / time.Second), true
+}
+
+// reply is a copy of the entry's reply, its TTLs counted down by age
+// seconds, or false when it does not unpack.
+func (e *cacheEntry) reply(age uint32) (*dns.Msg, bool) {
 	r := new(dns.Msg)
 	if r.Unpack(e.wire) != nil {
 		return nil, false
 	}
 	// Every record's TTL is at least the entry's lifetime (lifetime), which
 	// has more than age left: none reaches 0.
-	age := uint32(now.Sub(e.stored) / time.Second)
 	for _, s := range [][]dns.RR{r.Answer, r.Ns, r.Extra} {
 		for _, rr := range s {
 			if h := rr.Header(); h.Rrtype != dns.TypeOPT {

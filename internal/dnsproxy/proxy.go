@@ -32,6 +32,22 @@ type Identifier interface {
 	Opener(proto uint8, client, local netip.AddrPort) (uid uint32, ok bool, err error)
 }
 
+// Identity is who opened one query's flow, as Identifier.Opener says it.
+type Identity struct {
+	UID uint32
+	OK  bool
+	Err error
+}
+
+// BatchIdentifier is an Identifier that tells the openers of several UDP
+// queries that reached local (the queries of one batched read) in one
+// round trip to the kernel: out[i] is what Opener(17, clients[i], local)
+// says. ServeUDP uses it when the Identifier has it.
+type BatchIdentifier interface {
+	Identifier
+	Openers(local netip.AddrPort, clients []netip.AddrPort, out []Identity)
+}
+
 // Observation is one answered or refused query, for `egressd learn`.
 type Observation struct {
 	Allowlist string
@@ -255,25 +271,37 @@ func (p *Proxy) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 	type query struct {
 		msg    []byte
 		client netip.AddrPort
+		id     Identity // when known: told for its batch
+		known  bool
 	}
 	work := make(chan query)
 	idle := make(chan struct{}, idleWorkers) // a token per waiting worker
 	quit := make(chan struct{})
 	var workers sync.WaitGroup
 	defer func() { close(quit); workers.Wait() }()
-	handle := func(q query) {
+	// buf is the worker's: its replies are written into it (a cache hit
+	// allocates none), and it is reused once the reply has left.
+	handle := func(q query, buf *[]byte) {
 		defer inflight.Done()
 		defer func() { <-p.sem }()
-		out, seen := p.answerSeen(actx, 17, q.msg, q.client, local)
+		var id *Identity
+		if q.known {
+			id = &q.id
+		}
+		out, seen := p.answerSeen(actx, 17, q.msg, q.client, local, id, *buf)
 		if out != nil {
 			pc.WriteToUDPAddrPort(out, q.client) //nolint:errcheck
+			if cap(out) > cap(*buf) && cap(out) <= maxReplyBuf {
+				*buf = out[:0]
+			}
 		}
 		p.observe(seen) // after the reply left
 	}
 	worker := func(q query) {
 		defer workers.Done()
+		buf := make([]byte, 0, dns.MinMsgSize)
 		for {
-			handle(q)
+			handle(q, &buf)
 			select {
 			case idle <- struct{}{}:
 			default:
@@ -293,6 +321,38 @@ func (p *Proxy) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 	for i := range ms {
 		ms[i].Buffers = [][]byte{arena[i*maxQuery : (i+1)*maxQuery]}
 	}
+	// The openers of a batch's queries are asked in one round trip when
+	// the identifier can (BatchIdentifier: one write for the batch instead
+	// of one per query); each query keeps its own answer. Then the reader
+	// answers itself what needs no wait (a cache hit whose elements the
+	// kernel holds for the asker already, a refusal: answerQuery inline),
+	// and sends those answers together (sendmmsg); every other query goes
+	// to a worker, as before.
+	bid, _ := p.opt.Identify.(BatchIdentifier)
+	type slot struct {
+		raw    []byte
+		client netip.AddrPort
+		addr   net.Addr
+	}
+	batch := make([]slot, 0, readBatch)
+	clients := make([]netip.AddrPort, 0, readBatch)
+	ids := make([]Identity, readBatch)
+	replies := make([][]byte, readBatch) // the reader's reply buffers, one per query of a batch
+	for i := range replies {
+		replies[i] = make([]byte, 0, dns.MinMsgSize)
+	}
+	out := make([]ipv4.Message, 0, readBatch)
+	bufs := make([][1][]byte, readBatch) // out's Buffers
+	seens := make([]*Observation, 0, readBatch)
+	dispatch := func(q query) {
+		inflight.Add(1)
+		select {
+		case work <- q: // to a waiting worker
+		default:
+			workers.Add(1)
+			go worker(q)
+		}
+	}
 	for {
 		n, err := rb.ReadBatch(ms, 0)
 		if err != nil {
@@ -305,6 +365,7 @@ func (p *Proxy) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 			}
 			return err
 		}
+		batch, clients = batch[:0], clients[:0]
 		for i := range ms[:n] {
 			m := &ms[i]
 			ua, ok := m.Addr.(*net.UDPAddr)
@@ -324,14 +385,45 @@ func (p *Proxy) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 				p.opt.Metrics.ProxyQuery("", "overload", 0)
 				continue
 			}
-			q := query{msg: append([]byte(nil), raw...), client: client}
-			inflight.Add(1)
-			select {
-			case work <- q: // to a waiting worker
-			default:
-				workers.Add(1)
-				go worker(q)
+			batch = append(batch, slot{raw: raw, client: client, addr: m.Addr})
+			clients = append(clients, client)
+		}
+		if bid == nil {
+			for _, sl := range batch {
+				dispatch(query{msg: append([]byte(nil), sl.raw...), client: sl.client})
 			}
+			continue
+		}
+		if len(batch) == 0 {
+			continue // garbage or overload only
+		}
+		bid.Openers(local, clients, ids[:len(batch)])
+		out, seens = out[:0], seens[:0]
+		for i, sl := range batch {
+			r, seen, deferred := p.answerQuery(actx, 17, sl.raw, sl.client, local, &ids[i], replies[i], true)
+			if deferred {
+				dispatch(query{msg: append([]byte(nil), sl.raw...), client: sl.client, id: ids[i], known: true})
+				continue
+			}
+			<-p.sem
+			if r != nil {
+				if cap(r) > cap(replies[i]) && cap(r) <= maxReplyBuf {
+					replies[i] = r[:0]
+				}
+				bufs[i][0] = r
+				out = append(out, ipv4.Message{Buffers: bufs[i][:], Addr: sl.addr})
+			}
+			seens = append(seens, seen)
+		}
+		for len(out) > 0 {
+			k, err := rb.WriteBatch(out, 0)
+			if err != nil {
+				k = max(k, 1) // that answer is lost (as a failed sendto's); the next ones are sent
+			}
+			out = out[min(k, len(out)):]
+		}
+		for _, seen := range seens {
+			p.observe(seen) // after the replies left
 		}
 	}
 }
@@ -339,6 +431,7 @@ func (p *Proxy) ServeUDP(ctx context.Context, pc *net.UDPConn) error {
 // batchReader is ipv4.PacketConn or ipv6.PacketConn (their Message is one type).
 type batchReader interface {
 	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
 }
 
 // readBatch is how many queries one read takes at most; maxQuery the
@@ -351,6 +444,10 @@ const (
 
 // idleWorkers bounds the UDP answer workers that wait for a query.
 const idleWorkers = 64
+
+// maxReplyBuf bounds the reply buffer a UDP worker keeps (a larger reply
+// is not kept for the next).
+const maxReplyBuf = 4096
 
 // ServeTCP answers connections on ln until it is closed or ctx ends. When
 // ctx ends it accepts no more (the backlog stays in the socket, for the next
@@ -437,7 +534,7 @@ func (p *Proxy) serveConn(ctx context.Context, c net.Conn) {
 			return
 		}
 		p.sem <- struct{}{}
-		out, seen := p.answerSeen(actx, 6, msg, client, local)
+		out, seen := p.answerSeen(actx, 6, msg, client, local, nil, nil)
 		<-p.sem
 		if out == nil {
 			p.observe(seen)
@@ -486,7 +583,7 @@ func reply(q *dns.Msg, rcode int) []byte {
 // answer handles one query; nil means no reply (garbage, or a response).
 // Its observation is reported before it returns.
 func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, local netip.AddrPort) []byte {
-	out, seen := p.answerSeen(ctx, proto, raw, client, local)
+	out, seen := p.answerSeen(ctx, proto, raw, client, local, nil, nil)
 	p.observe(seen)
 	return out
 }
@@ -494,24 +591,50 @@ func (p *Proxy) answer(ctx context.Context, proto uint8, raw []byte, client, loc
 // answerSeen is answer, its observation (nil: none) returned to report
 // once the reply has left: the observer's bookkeeping (egressd learn's
 // record of names) is not on the answer's path (issue 24).
-func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client, local netip.AddrPort) ([]byte, *Observation) {
+//
+// The reply is appended to dst[:0] where it fits (a worker's buffer,
+// reused for its next query).
+//
+// id, when not nil, is the query's opener as the identifier told it for
+// its batch (BatchIdentifier); nil: Identify is asked here.
+func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client, local netip.AddrPort, id *Identity, dst []byte) ([]byte, *Observation) {
+	out, seen, _ := p.answerQuery(ctx, proto, raw, client, local, id, dst, false)
+	return out, seen
+}
+
+// answerQuery is answerSeen; inline, it never waits (the reader answers
+// with it): deferred, with nothing answered, when the answer would wait
+// for the identifier, the upstream or the kernel (a worker answers it
+// then, from the start).
+func (p *Proxy) answerQuery(ctx context.Context, proto uint8, raw []byte, client, local netip.AddrPort, id *Identity, dst []byte, inline bool) (_ []byte, _ *Observation, deferred bool) {
+	if inline && id == nil {
+		return nil, nil, true
+	}
+	dst = dst[:0]
 	var seen *Observation
 	start := p.opt.Now()
 	q := new(dns.Msg)
 	if err := q.Unpack(raw); err != nil || q.Response {
-		return nil, nil
+		return nil, nil, false
 	}
 	if q.Opcode != dns.OpcodeQuery {
-		return reply(q, dns.RcodeNotImplemented), nil
+		return reply(q, dns.RcodeNotImplemented), nil, false
 	}
 	if len(q.Question) != 1 {
-		return reply(q, dns.RcodeFormatError), nil
+		return reply(q, dns.RcodeFormatError), nil, false
 	}
 	qn := q.Question[0]
 	name := normalize(qn.Name)
 	gen := p.cache.generation() // before the policy (answerCache.generation)
 	pol := p.policy.Load()
-	uid, ok, err := p.opt.Identify.Opener(proto, client, local)
+	var uid uint32
+	var ok bool
+	var err error
+	if id != nil {
+		uid, ok, err = id.UID, id.OK, id.Err
+	} else {
+		uid, ok, err = p.opt.Identify.Opener(proto, client, local)
+	}
 	var al *Allowlist
 	if err == nil && ok {
 		al = pol.ByUID[uid]
@@ -525,13 +648,13 @@ func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client,
 		}
 		p.refused.add("", "", uid, name, qn.Qtype, why)
 		p.opt.Metrics.ProxyQuery("", "refused", p.opt.Now().Sub(start).Seconds())
-		return reply(q, dns.RcodeRefused), nil
+		return reply(q, dns.RcodeRefused), nil, false
 	}
 	// One uid's share of the queries in flight: its slow names must not
 	// take the proxy from the others.
 	if !p.inFlight.take(uid) {
 		p.opt.Metrics.ProxyQuery(al.Name, "overload", p.opt.Now().Sub(start).Seconds())
-		return reply(q, dns.RcodeServerFailure), nil
+		return reply(q, dns.RcodeServerFailure), nil, false
 	}
 	defer p.inFlight.give(uid)
 	entries := al.Match(name)
@@ -540,7 +663,7 @@ func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client,
 		p.refused.add(al.Name, al.User, uid, name, qn.Qtype, "unlisted")
 		seen = &Observation{Allowlist: al.Name, Name: name, Type: qn.Qtype, Refused: true}
 		p.opt.Metrics.ProxyQuery(al.Name, "refused", p.opt.Now().Sub(start).Seconds())
-		return reply(q, dns.RcodeRefused), seen
+		return reply(q, dns.RcodeRefused), seen, false
 	}
 	// A cached reply is read from here on as one fresh from the upstream:
 	// the asker's policy (checked above, for this uid, on every query),
@@ -548,7 +671,33 @@ func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client,
 	// before the answer leaves). The cache saves the upstream, never a
 	// check.
 	key := keyOf(q) // what upstreamQuery(q) would ask
-	r, hit := p.cache.get(key, start)
+	e, age, hit := p.cache.get(key, start)
+	if hit && e.hit != nil && (proto == 6 || len(e.wire) <= udpSize(q)) && e.hit.sameQuestion(raw, e.wire) {
+		// The same steps on the form read at store (hit.go): Admit, the
+		// kernel for this uid, then the stored bytes patched.
+		out, addrs, done, err := p.answerHit(pol, al, entries, listed, name, e, age, raw, dst, inline)
+		if errors.Is(err, errWouldWait) {
+			return nil, nil, true
+		}
+		if done {
+			p.opt.Metrics.ProxyCacheHit()
+			if err != nil {
+				return p.enforceFailed(q, al.Name, name, err, start), nil, false
+			}
+			if p.opt.Observe != nil {
+				seen = &Observation{Allowlist: al.Name, Name: name, Type: qn.Qtype, Addrs: addrs, Listed: listed}
+			}
+			p.answered(al.Name, listed, start)
+			return out, seen, false
+		}
+	}
+	if inline {
+		return nil, nil, true // the unpacking path, or the upstream: a worker's
+	}
+	var r *dns.Msg
+	if hit {
+		r, hit = e.reply(age)
+	}
 	if hit {
 		p.opt.Metrics.ProxyCacheHit()
 	} else {
@@ -556,7 +705,7 @@ func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client,
 		if r, err = p.forward(ctx, proto, upstreamQuery(q), pol.Upstreams); err != nil {
 			p.opt.Log.Debug("upstream failed", zap.String("name", name), zap.Error(err))
 			p.opt.Metrics.ProxyQuery(al.Name, "servfail", p.opt.Now().Sub(start).Seconds())
-			return reply(q, dns.RcodeServerFailure), nil
+			return reply(q, dns.RcodeServerFailure), nil, false
 		}
 	}
 	// The answer is read by the rules egressd's own lookups follow
@@ -566,7 +715,7 @@ func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client,
 	if err != nil {
 		p.opt.Log.Debug("upstream answer refused", zap.String("name", name), zap.Error(err))
 		p.opt.Metrics.ProxyQuery(al.Name, "servfail", p.opt.Now().Sub(start).Seconds())
-		return reply(q, dns.RcodeServerFailure), nil
+		return reply(q, dns.RcodeServerFailure), nil, false
 	}
 	if !hit {
 		// Stored under the question asked (forward checked that r
@@ -576,18 +725,7 @@ func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client,
 	addrs := res.Addrs
 	if listed {
 		if addrs, err = p.enforce(pol, al, entries, name, r, res); err != nil {
-			// Never hand out an address the kernel does not hold. A
-			// policy that changed meanwhile is no failure: the client
-			// asks again, under the new one.
-			if !errors.Is(err, errPolicyChanged) {
-				p.kernelFailed(al.Name, name, err)
-			}
-			result := "servfail"
-			if errors.Is(err, ErrTooMany) {
-				result = "answer_cap" // dns_proxy_max_answers reached: an alert of its own
-			}
-			p.opt.Metrics.ProxyQuery(al.Name, result, p.opt.Now().Sub(start).Seconds())
-			return reply(q, dns.RcodeServerFailure), nil
+			return p.enforceFailed(q, al.Name, name, err, start), nil, false
 		}
 	}
 	seen = &Observation{Allowlist: al.Name, Name: name, Type: qn.Qtype, Addrs: addrs, Listed: listed}
@@ -599,16 +737,65 @@ func (p *Proxy) answerSeen(ctx context.Context, proto uint8, raw []byte, client,
 		// truncated: the client asks again over TCP.
 		r.Truncate(udpSize(q))
 	}
-	out, err := r.Pack()
+	out, err := r.PackBuffer(dst[len(dst):cap(dst)])
 	if err != nil {
-		return reply(q, dns.RcodeServerFailure), seen // its addresses are in the kernel: observed
+		return reply(q, dns.RcodeServerFailure), seen, false // its addresses are in the kernel: observed
 	}
+	p.answered(al.Name, listed, start)
+	return out, seen, false
+}
+
+func (p *Proxy) answered(allowlist string, listed bool, start time.Time) {
 	result := "answered"
 	if !listed {
 		result = "unlisted_answered"
 	}
-	p.opt.Metrics.ProxyQuery(al.Name, result, p.opt.Now().Sub(start).Seconds())
-	return out, seen
+	p.opt.Metrics.ProxyQuery(allowlist, result, p.opt.Now().Sub(start).Seconds())
+}
+
+// enforceFailed is the reply to q when its answer's addresses could not
+// be put in the kernel: never hand out an address the kernel does not
+// hold. A policy that changed meanwhile is no failure: the client asks
+// again, under the new one.
+func (p *Proxy) enforceFailed(q *dns.Msg, allowlist, name string, err error, start time.Time) []byte {
+	if !errors.Is(err, errPolicyChanged) {
+		p.kernelFailed(allowlist, name, err)
+	}
+	result := "servfail"
+	if errors.Is(err, ErrTooMany) {
+		result = "answer_cap" // dns_proxy_max_answers reached: an alert of its own
+	}
+	p.opt.Metrics.ProxyQuery(allowlist, result, p.opt.Now().Sub(start).Seconds())
+	return reply(q, dns.RcodeServerFailure)
+}
+
+// answerHit answers raw from the cache entry e (age seconds old, with a
+// hitForm) as the unpacking path would: the asker's rules (Admit) and, for
+// a listed name, its addresses in the kernel for this uid (the writer's
+// Ensure) before the reply is written, appended to dst. done is false
+// (nothing done) when the rules refuse one of the answer's addresses:
+// enforce must then remove its records, on the unpacking path.
+//
+// inline, it never waits: errWouldWait when the kernel does not hold the
+// elements already (writer.Held).
+func (p *Proxy) answerHit(pol *Policy, al *Allowlist, entries []config.Entry, listed bool, name string, e *cacheEntry, age uint32, raw, dst []byte, inline bool) (out []byte, addrs []netip.Addr, done bool, err error) {
+	f := e.hit
+	res := f.result(age)
+	if !listed {
+		return f.write(dst, raw, e.wire, age, false, 0), res.Addrs, true, nil
+	}
+	kept, _, _ := pol.answers().Admit(res, al.PrivateOK)
+	if !f.admitsAll(kept) {
+		return nil, nil, false, nil
+	}
+	if len(kept) == 0 {
+		return f.write(dst, raw, e.wire, age, false, 0), nil, true, nil // enforce: nothing to write, no TTL capped
+	}
+	hand, err := p.ensure(pol, al, entries, name, kept, res.TTL, inline)
+	if err != nil {
+		return nil, nil, true, err
+	}
+	return f.write(dst, raw, e.wire, age, true, uint32(hand/time.Second)), kept, true, nil
 }
 
 func (p *Proxy) kernelFailed(allowlist, name string, err error) {
@@ -779,6 +966,38 @@ func (p *Proxy) exchangeUDP(ctx context.Context, q *dns.Msg, up netip.AddrPort) 
 	}
 }
 
+// errWouldWait: an inline answer would wait for the kernel.
+var errWouldWait = errors.New("the answer waits for the kernel")
+
+// ensure puts the addresses kept, for each entry, in the uid's kernel sets
+// for the answer's TTL ttl, and returns the TTL to hand. inline, it only
+// checks that the kernel holds them already (writer.Held): errWouldWait
+// when not.
+func (p *Proxy) ensure(pol *Policy, al *Allowlist, entries []config.Entry, name string, kept []netip.Addr, ttl time.Duration, inline bool) (time.Duration, error) {
+	keep, hand := pol.lifetimes(ttl)
+	var buf [8]ruleset.ProxyElement
+	es := buf[:0]
+	for _, a := range kept {
+		for _, e := range entries {
+			es = append(es, ruleset.ProxyElement{UID: al.UID, Timeout: keep,
+				Element: ruleset.ElementFor(e.Proto, netip.PrefixFrom(a, a.BitLen()), e.PortFrom, e.PortTo)})
+		}
+	}
+	t0 := p.opt.Now()
+	// The kernel must hold what is handed for the TTL handed, and a second
+	// at least (the TTL floor): an answer with TTL 0 that finds its element
+	// about to lapse renews it.
+	if inline {
+		if !p.w.Held(es, name, max(hand, time.Second)) {
+			return 0, errWouldWait
+		}
+	} else if err := p.w.Ensure(es, name, max(hand, time.Second)); err != nil {
+		return 0, err
+	}
+	p.opt.Metrics.ProxyKernel(p.opt.Now().Sub(t0).Seconds())
+	return hand, nil
+}
+
 // rrAddr is the address of an A or AAAA record, as written (an
 // IPv4-mapped AAAA stays an IPv6 address: resolver.ReadReply opens nothing
 // for it).
@@ -831,22 +1050,10 @@ func (p *Proxy) enforce(pol *Policy, al *Allowlist, entries []config.Entry, name
 	if len(kept) == 0 {
 		return nil, nil
 	}
-	keep, hand := pol.lifetimes(res.TTL)
-	var es []ruleset.ProxyElement
-	for _, a := range kept {
-		for _, e := range entries {
-			es = append(es, ruleset.ProxyElement{UID: al.UID, Timeout: keep,
-				Element: ruleset.ElementFor(e.Proto, netip.PrefixFrom(a, a.BitLen()), e.PortFrom, e.PortTo)})
-		}
-	}
-	t0 := p.opt.Now()
-	// The kernel must hold what is handed for the TTL handed, and a second
-	// at least (the TTL floor): an answer with TTL 0 that finds its element
-	// about to lapse renews it.
-	if err := p.w.Ensure(es, name, max(hand, time.Second)); err != nil {
+	hand, err := p.ensure(pol, al, entries, name, kept, res.TTL, false)
+	if err != nil {
 		return nil, err
 	}
-	p.opt.Metrics.ProxyKernel(p.opt.Now().Sub(t0).Seconds())
 	handS := uint32(hand / time.Second)
 	for _, rr := range r.Answer {
 		if isChain(rr) && rr.Header().Ttl > handS {

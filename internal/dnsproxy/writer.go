@@ -3,6 +3,7 @@ package dnsproxy
 import (
 	"errors"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -134,6 +135,9 @@ func (st *elemState) addName(name string) {
 	if name == "" || st.names == nil {
 		return // adopted: which names led to it is not known, and stays so
 	}
+	if l := len(st.names); l > 0 && st.names[l-1] == name {
+		return // the newest already
+	}
 	for i, n := range st.names {
 		if n == name {
 			st.names = append(append(st.names[:i:i], st.names[i+1:]...), name) // newest last
@@ -188,6 +192,26 @@ func admits(pol *Policy, k elemKey, names []string) bool {
 	return admitsBy(pol, k, names, (*Allowlist).Match)
 }
 
+// admitsName is admits for the one name an answer was given for, without
+// allocating: the same tests (Accepts, then Match's entries that give the
+// element), Match's loop inlined.
+func admitsName(pol *Policy, k elemKey, name string) bool {
+	al := pol.ByUID[k.uid]
+	if al == nil || k.e.AddrFrom != k.e.AddrTo {
+		return false
+	}
+	a := k.e.AddrFrom
+	if !resolver.Accepts(a, al.PrivateOK, name, nil) || strings.ContainsRune(name, '\\') {
+		return false // Match: a name with an escape matches nothing
+	}
+	for _, e := range al.Entries {
+		if e.MatchesName(name) && ruleset.ElementFor(e.Proto, netip.PrefixFrom(a, a.BitLen()), e.PortFrom, e.PortTo) == k.e {
+			return true
+		}
+	}
+	return false
+}
+
 // admitsBy is admits with the entries matching a name given by match (a
 // policy change judges many elements of few names: it remembers them).
 func admitsBy(pol *Policy, k elemKey, names []string, match func(*Allowlist, string) []config.Entry) bool {
@@ -232,17 +256,27 @@ func (w *writer) Ensure(es []ruleset.ProxyElement, name string, hold time.Durati
 	if now.Sub(w.sweep) > time.Minute {
 		w.sweepLocked(now)
 	}
+	// What a hit whose elements the kernel holds already needs is no
+	// allocation: the call, the counts and the map of duplicates are made
+	// only when something is to be written, or when es is long.
 	var todo []pendingElem
-	call := &ensureCall{done: make(chan error, 1)}
-	fresh := map[uint32]int{}
-	seen := map[elemKey]bool{}
-	for _, pe := range es {
+	var call *ensureCall
+	var fresh map[uint32]int
+	var seen map[elemKey]bool
+	if len(es) > ensureScan {
+		seen = make(map[elemKey]bool, len(es))
+	}
+	for i, pe := range es {
 		k := elemKey{pe.UID, pe.Element}
-		if seen[k] {
+		if seen != nil {
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
+		} else if dupOf(es[:i], pe) {
 			continue
 		}
-		seen[k] = true
-		if !admits(w.pol, k, []string{name}) {
+		if !admitsName(w.pol, k, name) {
 			w.mu.Unlock()
 			return errPolicyChanged
 		}
@@ -252,7 +286,13 @@ func (w *writer) Ensure(es []ruleset.ProxyElement, name string, hold time.Durati
 		}
 		_, known := w.known[k]
 		if !w.counted(k) {
+			if fresh == nil {
+				fresh = map[uint32]int{}
+			}
 			fresh[pe.UID]++
+		}
+		if call == nil {
+			call = &ensureCall{done: make(chan error, 1)}
 		}
 		pe.Renew, pe.Name = known, name
 		todo = append(todo, pendingElem{pe, name, call})
@@ -283,6 +323,47 @@ func (w *writer) Ensure(es []ruleset.ProxyElement, name string, hold time.Durati
 	}
 	w.mu.Unlock()
 	return <-call.done
+}
+
+// Held is Ensure when the kernel holds every element already, answered
+// for name, until at least now+hold: it then does what Ensure does (the
+// name recorded for each) and returns true. It never waits: false, with
+// nothing changed, when Ensure would write, wait or fail (the caller then
+// calls Ensure).
+func (w *writer) Held(es []ruleset.ProxyElement, name string, hold time.Duration) bool {
+	until := w.now().Add(hold)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(es) > ensureScan {
+		return false
+	}
+	for i, pe := range es {
+		k := elemKey{pe.UID, pe.Element}
+		if dupOf(es[:i], pe) {
+			continue
+		}
+		if !admitsName(w.pol, k, name) || w.need(k, until) {
+			return false
+		}
+	}
+	for _, pe := range es {
+		w.known[elemKey{pe.UID, pe.Element}].addName(name)
+	}
+	return true
+}
+
+// ensureScan is the longest list Ensure checks for duplicates by scanning
+// it (a map past it).
+const ensureScan = 16
+
+// dupOf reports whether es holds pe's element for pe's uid.
+func dupOf(es []ruleset.ProxyElement, pe ruleset.ProxyElement) bool {
+	for _, o := range es {
+		if o.UID == pe.UID && o.Element == pe.Element {
+			return true
+		}
+	}
+	return false
 }
 
 // flush writes what is pending, in rounds, until nothing is.
