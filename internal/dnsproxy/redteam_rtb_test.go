@@ -35,13 +35,20 @@ type rtbProxy struct {
 }
 
 func newRTBProxy(t *testing.T) *rtbProxy {
+	return newRTBProxyWith(t, false, "192.0.2.10", "198.51.100.10")
+}
+
+// newRTBProxyWith is newRTBProxy whose web allowlist may open internal
+// addresses (webPrivate) and whose name answers as.
+func newRTBProxyWith(t *testing.T, webPrivate bool, as ...string) *rtbProxy {
 	up, err := dnstest.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(up.Close)
-	up.Set("api.example.com", dnstest.Record{A: addrs("192.0.2.10", "198.51.100.10"), TTL: 300})
+	up.Set("api.example.com", dnstest.Record{A: addrs(as...), TTL: 300})
 	web, other := webAllowlist(t, "api.example.com:443"), otherAllowlist(t, "api.example.com:443")
+	web.PrivateOK = webPrivate
 	k := &ruleset.Fake{Plan: ruleset.Plan{Allowlists: []ruleset.AllowlistPlan{
 		{Allowlist: "web", Subject: ruleset.UserSubject(uidWeb), Proxy: true},
 		{Allowlist: "other", Subject: ruleset.UserSubject(uidOther), Proxy: true}}}}
@@ -212,5 +219,66 @@ func TestRedteamRTBBatchJunkAndHits(t *testing.T) {
 	defer r.id.mu.Unlock()
 	if r.id.batched < len(uids) {
 		t.Fatalf("%d datagrams identified in batches, want at least %d: the test did not exercise the batch", r.id.batched, len(uids))
+	}
+}
+
+// Attack: web may open internal addresses (private_ok) and fills the cache
+// with an answer that holds one (10.0.0.5) next to a public one; other may
+// not, and its hit is read in the same batch as web's. The stored reply
+// has a hitForm (every address listed), but other's rules refuse one of
+// its addresses: other must get the public address only, and the kernel
+// must hold only that for other; web (control) gets both, in the kernel
+// for web.
+func TestRedteamRTBHitPrivateAcrossUIDs(t *testing.T) {
+	r := newRTBProxyWith(t, true, "10.0.0.5", "192.0.2.10")
+	warm := r.client(uidWeb)
+	q := new(dns.Msg)
+	q.SetQuestion("api.example.com.", dns.TypeA)
+	raw, _ := q.Pack()
+	send(t, warm, raw)
+	done := r.serve()
+	if m, _ := readReply(t, warm); strings.Join(addrsOf(m), ",") != "10.0.0.5,192.0.2.10" {
+		t.Fatalf("warm query (control): %v", m)
+	}
+	done()
+	if e, _, ok := r.p.cache.get(keyOf(q), time.Now()); !ok || e.hit == nil {
+		t.Fatal("the warm answer is not in the cache with a hitForm")
+	}
+	uids := []uint32{uidOther, uidWeb, uidOther, uidWeb}
+	var cs []*net.UDPConn
+	for i, uid := range uids {
+		c := r.client(uid)
+		q := new(dns.Msg)
+		q.SetQuestion(mixedCase("api.example.com.", i), dns.TypeA)
+		q.Id = uint16(2000 + i)
+		raw, _ := q.Pack()
+		send(t, c, raw)
+		cs = append(cs, c)
+	}
+	done = r.serve()
+	for i, c := range cs {
+		m, _ := readReply(t, c)
+		want := "10.0.0.5,192.0.2.10"
+		if uids[i] == uidOther {
+			want = "192.0.2.10"
+		}
+		if got := strings.Join(handedAddrs(m), ","); m.Id != uint16(2000+i) || got != want {
+			t.Errorf("client %d (uid %d): ID %d, addresses %q; want %d, %q", i, uids[i], m.Id, got, 2000+i, want)
+		}
+	}
+	done()
+	for _, e := range r.k.Proxy {
+		if e.UID == uidOther && strings.Contains(e.Element.String(), "10.0.0.5") {
+			t.Errorf("the kernel holds %s for other, whose rules refuse it", e.Element)
+		}
+	}
+	held := 0
+	for _, e := range r.k.Proxy {
+		if e.UID == uidOther {
+			held++
+		}
+	}
+	if held != 1 {
+		t.Errorf("the kernel holds %d elements for other, want 1 (192.0.2.10)", held)
 	}
 }
