@@ -95,7 +95,7 @@ func TestRedteamRTBKernelBatchPortTakenOver(t *testing.T) {
 	a2 := e.udpAs(t, uidA, 40074, "192.0.2.53:53")
 	sendAs(a2, uidA, "a before leaving port 40074")
 	a2.Close()
-	b2 := e.udpFromAs(t, uidB, "192.0.2.53:40074", "192.0.2.20:53")
+	b2 := e.udpFromAsRTB(t, uidB, "192.0.2.53:40074", "192.0.2.20:53")
 	defer b2.Close()
 	sendAs(b2, uidB, "b on a's port, to another resolver")
 	sendAs(a, uidA, "a on its port again")
@@ -146,9 +146,9 @@ func TestRedteamRTBKernelBatchPortTakenOver(t *testing.T) {
 	t.Logf("%d datagrams read in one batch; b's on a's port that reached the proxy: %q", len(gots), strings.Join(through, ", "))
 }
 
-// udpFromAs opens, as uid, a UDP socket bound to laddr and connected to
+// udpFromAsRTB opens, as uid, a UDP socket bound to laddr and connected to
 // dst, in e's namespace.
-func (e *env) udpFromAs(t *testing.T, uid int, laddr, dst string) *net.UDPConn {
+func (e *env) udpFromAsRTB(t *testing.T, uid int, laddr, dst string) *net.UDPConn {
 	t.Helper()
 	var conn *net.UDPConn
 	err := e.ns.Do(func() error {

@@ -20,7 +20,7 @@ import (
 // allowlist) and a second dns: proxy uid whose queries are read in the
 // same batch as the victim's.
 
-const uidStranger = 4999 // in no allowlist
+const uidRTBStranger = 4999 // in no allowlist
 
 // rtbProxy is a proxy with two dns: proxy uids (web and other) that both
 // list api.example.com, whose clients are told by their port (portIdent,
@@ -96,14 +96,14 @@ func (r *rtbProxy) serve() (done func()) {
 	}
 }
 
-func send(t *testing.T, c *net.UDPConn, b []byte) {
+func rtbSend(t *testing.T, c *net.UDPConn, b []byte) {
 	t.Helper()
 	if _, err := c.Write(b); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func readReply(t *testing.T, c *net.UDPConn) (*dns.Msg, []byte) {
+func rtbReadReply(t *testing.T, c *net.UDPConn) (*dns.Msg, []byte) {
 	t.Helper()
 	c.SetReadDeadline(time.Now().Add(3 * time.Second)) //nolint:errcheck
 	buf := make([]byte, 4096)
@@ -115,8 +115,8 @@ func readReply(t *testing.T, c *net.UDPConn) (*dns.Msg, []byte) {
 	return m, buf[:n]
 }
 
-// mixedCase writes name's letters in a case that depends on seed (DNS 0x20).
-func mixedCase(name string, seed int) string {
+// rtbMixedCase writes name's letters in a case that depends on seed (DNS 0x20).
+func rtbMixedCase(name string, seed int) string {
 	b := []byte(name)
 	for i := range b {
 		if 'a' <= b[i] && b[i] <= 'z' && (i+seed)%3 == 0 {
@@ -145,9 +145,9 @@ func TestRedteamRTBBatchJunkAndHits(t *testing.T) {
 	q.SetQuestion("api.example.com.", dns.TypeA)
 	q.Id = 7
 	raw, _ := q.Pack()
-	send(t, warm, raw)
+	rtbSend(t, warm, raw)
 	done := r.serve()
-	if m, _ := readReply(t, warm); m.Rcode != dns.RcodeSuccess || len(addrsOf(m)) != 2 {
+	if m, _ := rtbReadReply(t, warm); m.Rcode != dns.RcodeSuccess || len(addrsOf(m)) != 2 {
 		t.Fatalf("warm query (control): %v", m)
 	}
 	done()
@@ -158,35 +158,35 @@ func TestRedteamRTBBatchJunkAndHits(t *testing.T) {
 		t.Fatalf("after the warm query the kernel holds %d elements, want web's two", n)
 	}
 	// Round 1: eight clients, each junk then its query, in one read (16).
-	uids := []uint32{uidStranger, uidOther, uidWeb, uidOther, uidStranger, uidWeb, uidOther, uidWeb}
+	uids := []uint32{uidRTBStranger, uidOther, uidWeb, uidOther, uidRTBStranger, uidWeb, uidOther, uidWeb}
 	var cs []*net.UDPConn
 	var qs []*dns.Msg
 	for i, uid := range uids {
 		c := r.client(uid)
 		switch i % 3 {
 		case 0:
-			send(t, c, make([]byte, maxQuery+1)) // cut by the read: never in the batch
+			rtbSend(t, c, make([]byte, maxQuery+1)) // cut by the read: never in the batch
 		case 1:
 			resp := new(dns.Msg)
 			resp.SetQuestion("api.example.com.", dns.TypeA)
 			resp.Response, resp.Id = true, uint16(500+i)
 			b, _ := resp.Pack()
-			send(t, c, b) // in the batch, answered with nothing
+			rtbSend(t, c, b) // in the batch, answered with nothing
 		case 2:
-			send(t, c, []byte{0xde, 0xad, 0xbe}) // in the batch, not a message
+			rtbSend(t, c, []byte{0xde, 0xad, 0xbe}) // in the batch, not a message
 		}
 		q := new(dns.Msg)
-		q.SetQuestion(mixedCase("api.example.com.", i), dns.TypeA)
+		q.SetQuestion(rtbMixedCase("api.example.com.", i), dns.TypeA)
 		q.Id = uint16(1000 + i)
 		raw, _ := q.Pack()
-		send(t, c, raw)
+		rtbSend(t, c, raw)
 		cs, qs = append(cs, c), append(qs, q)
 	}
 	done = r.serve()
 	for i, c := range cs {
-		m, wire := readReply(t, c)
+		m, wire := rtbReadReply(t, c)
 		want, wantAddrs := dns.RcodeSuccess, "192.0.2.10,198.51.100.10"
-		if uids[i] == uidStranger {
+		if uids[i] == uidRTBStranger {
 			want, wantAddrs = dns.RcodeRefused, ""
 		}
 		if m.Rcode != want || strings.Join(addrsOf(m), ",") != wantAddrs {
@@ -212,8 +212,8 @@ func TestRedteamRTBBatchJunkAndHits(t *testing.T) {
 			t.Errorf("uid %d: the kernel holds %v for it, want both addresses", uid, holds[uid])
 		}
 	}
-	if len(holds[uidStranger]) != 0 {
-		t.Errorf("the stranger's queries: the kernel holds %v for it", holds[uidStranger])
+	if len(holds[uidRTBStranger]) != 0 {
+		t.Errorf("the stranger's queries: the kernel holds %v for it", holds[uidRTBStranger])
 	}
 	r.id.mu.Lock()
 	defer r.id.mu.Unlock()
@@ -235,9 +235,9 @@ func TestRedteamRTBHitPrivateAcrossUIDs(t *testing.T) {
 	q := new(dns.Msg)
 	q.SetQuestion("api.example.com.", dns.TypeA)
 	raw, _ := q.Pack()
-	send(t, warm, raw)
+	rtbSend(t, warm, raw)
 	done := r.serve()
-	if m, _ := readReply(t, warm); strings.Join(addrsOf(m), ",") != "10.0.0.5,192.0.2.10" {
+	if m, _ := rtbReadReply(t, warm); strings.Join(addrsOf(m), ",") != "10.0.0.5,192.0.2.10" {
 		t.Fatalf("warm query (control): %v", m)
 	}
 	done()
@@ -249,15 +249,15 @@ func TestRedteamRTBHitPrivateAcrossUIDs(t *testing.T) {
 	for i, uid := range uids {
 		c := r.client(uid)
 		q := new(dns.Msg)
-		q.SetQuestion(mixedCase("api.example.com.", i), dns.TypeA)
+		q.SetQuestion(rtbMixedCase("api.example.com.", i), dns.TypeA)
 		q.Id = uint16(2000 + i)
 		raw, _ := q.Pack()
-		send(t, c, raw)
+		rtbSend(t, c, raw)
 		cs = append(cs, c)
 	}
 	done = r.serve()
 	for i, c := range cs {
-		m, _ := readReply(t, c)
+		m, _ := rtbReadReply(t, c)
 		want := "10.0.0.5,192.0.2.10"
 		if uids[i] == uidOther {
 			want = "192.0.2.10"
