@@ -293,8 +293,24 @@ func (s *sock) recv() (int, error) {
 				}
 				break
 			}
+		case err == unix.ENOBUFS:
+			// Answers were dropped. The kernel keeps the socket congested
+			// (and drops the next answers silently) until it is read:
+			// empty it, so the next request starts clean (red team rtb,
+			// TestRedteamRTBBatchAfterOverflow). This request fails closed.
+			s.drain()
+			return 0, os.NewSyscallError("recv", err)
 		default:
 			return 0, os.NewSyscallError("recv", err)
+		}
+	}
+}
+
+// drain reads and discards what the socket holds, without waiting.
+func (s *sock) drain() {
+	for range 1 << 16 {
+		if _, err := unix.Read(s.fd, s.buf); err != nil && err != unix.EINTR && err != unix.ENOBUFS {
+			return // EAGAIN: empty
 		}
 	}
 }
