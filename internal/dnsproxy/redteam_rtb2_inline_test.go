@@ -71,7 +71,7 @@ func TestRedteamRTB2InlineHitIsTheSlowReply(t *testing.T) {
 			variant: func(q *dns.Msg) { q.AuthenticatedData = false; q.SetEdns0(4096, true) }},
 		{name: "CNAME chain past max_ttl, one second left", uid: uidWeb, ask: "WWW.example.com.", qtype: dns.TypeA, client: v4, rd: true,
 			answer: []string{"www.example.com. 3000 IN CNAME cdn.example.net.", "cdn.example.net. 20 IN A 192.0.2.20"},
-			ttl: 20 * time.Second, age: 19 * time.Second,
+			ttl:    20 * time.Second, age: 19 * time.Second,
 			variant: func(q *dns.Msg) { q.CheckingDisabled = true }},
 		{name: "AAAA to an IPv6 asker", uid: uidWeb, ask: "v6.Example.com.", qtype: dns.TypeAAAA, client: v6, rd: true,
 			answer: []string{"v6.example.com. 120 IN AAAA 2001:db8::20"}, ttl: 120 * time.Second, age: 100 * time.Second,
