@@ -2,8 +2,10 @@ package dnsproxy
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -321,5 +323,33 @@ func TestRedteamRTB2SlowClientStallsNoOne(t *testing.T) {
 		if _, err := c.Read(buf); err != nil {
 			t.Errorf("control: the client that never read got no reply at all: %v", err)
 		}
+	}
+}
+
+// BenchmarkRedteamRTB2RefusalWindowClose is what the reader now spends
+// in the one refusal that closes a dns_refused window (refusals.add ->
+// flushLocked): a summary line for each of the window's repeated keys,
+// up to maxRefusedKeys, written synchronously (here to io.Discard, a lower
+// bound of a write to journald), while every user's queries wait.
+func BenchmarkRedteamRTB2RefusalWindowClose(b *testing.B) {
+	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(io.Discard), zapcore.DebugLevel))
+	clk := newTestClock()
+	r := newRefusals(log, 10*time.Second, clk.Now)
+	names := make([]string, maxRefusedKeys)
+	for i := range names {
+		names[i] = "n" + strconv.Itoa(i) + ".attacker.example"
+	}
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		clk.Add(10 * time.Second) // a new window
+		r.add("", "", uidStranger, "first.example", dns.TypeA, "not a query of a dns: proxy user")
+		for _, n := range names[1:] {
+			r.add("", "", uidStranger, n, dns.TypeA, "not a query of a dns: proxy user")
+			r.add("", "", uidStranger, n, dns.TypeA, "not a query of a dns: proxy user")
+		}
+		clk.Add(10 * time.Second)
+		b.StartTimer()
+		r.add("", "", uidStranger, "closes.example", dns.TypeA, "not a query of a dns: proxy user") // the reader's refusal that closes the window
 	}
 }
