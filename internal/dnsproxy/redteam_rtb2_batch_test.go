@@ -20,7 +20,7 @@ import (
 	"github.com/egressd/egressd/ruleset"
 )
 
-const uidStranger = 4999 // in no allowlist
+const rtb2UIDStranger = 4999 // in no allowlist
 
 // rtb2Proxy is a proxy identifying its clients by port in batches
 // (portIdent: the reader answers inline), web and other listing
@@ -56,8 +56,8 @@ func rtb2Proxy(t *testing.T, log *zap.Logger) (*Proxy, *portIdent, *ruleset.Fake
 	return p, id, k
 }
 
-// caseOf writes name with the letters of bit i of mask in upper case (0x20).
-func caseOf(name string, mask int) string {
+// rtb2Case writes name with the letters of bit i of mask in upper case (0x20).
+func rtb2Case(name string, mask int) string {
 	b := []byte(name)
 	for i := range b {
 		if mask&(1<<(i%16)) != 0 && 'a' <= b[i] && b[i] <= 'z' {
@@ -98,12 +98,12 @@ func TestRedteamRTB2BatchRepliesGoHome(t *testing.T) {
 					t.Fatal(err)
 				}
 				defer c.Close()
-				uid := []uint32{uidWeb, uidOther, uidStranger}[i%3]
+				uid := []uint32{uidWeb, uidOther, rtb2UIDStranger}[i%3]
 				id.mu.Lock()
 				id.uids[uint16(c.LocalAddr().(*net.UDPAddr).Port)] = uid
 				id.mu.Unlock()
 				q := new(dns.Msg)
-				q.SetQuestion(caseOf("api.example.com.", 0x1357*(i+1)), dns.TypeA)
+				q.SetQuestion(rtb2Case("api.example.com.", 0x1357*(i+1)), dns.TypeA)
 				q.Id = uint16(0xA000 + i)
 				if i%2 == 1 {
 					q.SetEdns0(1232, false)
@@ -130,7 +130,7 @@ func TestRedteamRTB2BatchRepliesGoHome(t *testing.T) {
 					t.Fatalf("client %d (uid %d): no reply: %v", i, c.uid, err)
 				}
 				want, wantAddrs := dns.RcodeSuccess, "192.0.2.10"
-				if c.uid == uidStranger {
+				if c.uid == rtb2UIDStranger {
 					want, wantAddrs = dns.RcodeRefused, ""
 				}
 				if m.Id != c.q.Id || len(m.Question) != 1 || m.Question[0] != c.q.Question[0] || m.Rcode != want || strings.Join(addrsOf(m), ",") != wantAddrs {
@@ -156,21 +156,21 @@ func TestRedteamRTB2BatchRepliesGoHome(t *testing.T) {
 	}
 }
 
-// gateCore is a logger whose writes of msg block while the gate is shut
+// rtb2GateCore is a logger whose writes of msg block while the gate is shut
 // (a stalled journal: egressd's stderr is a stream to journald, and a
 // write blocks once its socket buffer is full).
-type gateCore struct {
+type rtb2GateCore struct {
 	zapcore.LevelEnabler
 	msg     string
 	blocked chan struct{} // one per write that blocks
 	gate    chan struct{} // closed: open
 }
 
-func (g *gateCore) With([]zapcore.Field) zapcore.Core { return g }
-func (g *gateCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+func (g *rtb2GateCore) With([]zapcore.Field) zapcore.Core { return g }
+func (g *rtb2GateCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
 	return ce.AddCore(e, g)
 }
-func (g *gateCore) Write(e zapcore.Entry, _ []zapcore.Field) error {
+func (g *rtb2GateCore) Write(e zapcore.Entry, _ []zapcore.Field) error {
 	if e.Message == g.msg {
 		select {
 		case g.blocked <- struct{}{}:
@@ -180,7 +180,7 @@ func (g *gateCore) Write(e zapcore.Entry, _ []zapcore.Field) error {
 	}
 	return nil
 }
-func (g *gateCore) Sync() error { return nil }
+func (g *rtb2GateCore) Sync() error { return nil }
 
 // Attack (DoS of other users): any local user sends the proxy a query it
 // refuses (a uid in no dns: proxy allowlist: someone sending to 127.0.0.1
@@ -190,7 +190,7 @@ func (g *gateCore) Sync() error { return nil }
 // anyone is read. web's query, a hit the reader could answer at once,
 // must still be answered. Control: answered once the journal moves.
 func TestRedteamRTB2StalledRefusalLogStallsNoOne(t *testing.T) {
-	g := &gateCore{LevelEnabler: zapcore.DebugLevel, msg: "DNS query refused", blocked: make(chan struct{}, 1), gate: make(chan struct{})}
+	g := &rtb2GateCore{LevelEnabler: zapcore.DebugLevel, msg: "DNS query refused", blocked: make(chan struct{}, 1), gate: make(chan struct{})}
 	var open sync.Once
 	defer open.Do(func() { close(g.gate) })
 	p, id, _ := rtb2Proxy(t, zap.New(g))
@@ -232,7 +232,7 @@ func TestRedteamRTB2StalledRefusalLogStallsNoOne(t *testing.T) {
 		m := new(dns.Msg)
 		return m, m.Unpack(buf[:nr])
 	}
-	attacker, victim := dial(uidStranger), dial(uidWeb)
+	attacker, victim := dial(rtb2UIDStranger), dial(uidWeb)
 	send(attacker, "never-refused-before.example.net.", 1)
 	select {
 	case <-g.blocked:
@@ -284,7 +284,7 @@ func TestRedteamRTB2SlowClientStallsNoOne(t *testing.T) {
 		id.mu.Unlock()
 		return c
 	}
-	hog := []*net.UDPConn{dial(uidWeb), dial(uidStranger)}
+	hog := []*net.UDPConn{dial(uidWeb), dial(rtb2UIDStranger)}
 	for _, c := range hog {
 		raw, _ := c.SyscallConn()
 		raw.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 0) }) //nolint:errcheck
@@ -343,13 +343,13 @@ func BenchmarkRedteamRTB2RefusalWindowClose(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		clk.Add(10 * time.Second) // a new window
-		r.add("", "", uidStranger, "first.example", dns.TypeA, "not a query of a dns: proxy user")
+		r.add("", "", rtb2UIDStranger, "first.example", dns.TypeA, "not a query of a dns: proxy user")
 		for _, n := range names[1:] {
-			r.add("", "", uidStranger, n, dns.TypeA, "not a query of a dns: proxy user")
-			r.add("", "", uidStranger, n, dns.TypeA, "not a query of a dns: proxy user")
+			r.add("", "", rtb2UIDStranger, n, dns.TypeA, "not a query of a dns: proxy user")
+			r.add("", "", rtb2UIDStranger, n, dns.TypeA, "not a query of a dns: proxy user")
 		}
 		clk.Add(10 * time.Second)
 		b.StartTimer()
-		r.add("", "", uidStranger, "closes.example", dns.TypeA, "not a query of a dns: proxy user") // the reader's refusal that closes the window
+		r.add("", "", rtb2UIDStranger, "closes.example", dns.TypeA, "not a query of a dns: proxy user") // the reader's refusal that closes the window
 	}
 }
