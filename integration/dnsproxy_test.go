@@ -152,11 +152,19 @@ allow:
 	if n := w.dns.QueriesFor("exfil.attacker.example."); n != 0 {
 		t.Errorf("an unlisted name reached the upstream resolver %d times (a DNS tunnel)", n)
 	}
-	var refused []string
-	for _, ev := range w.eventsSince(event.DNSRefused, 0) {
-		refused = append(refused, fmt.Sprintf("%v/%v/%v", ev["allowlist"], ev["name"], ev["type"]))
+	// dns_refused lines are written off the answer's path: wait for them.
+	var got string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var refused []string
+		for _, ev := range w.eventsSince(event.DNSRefused, 0) {
+			refused = append(refused, fmt.Sprintf("%v/%v/%v", ev["allowlist"], ev["name"], ev["type"]))
+		}
+		got = strings.Join(refused, " ")
+		if strings.Contains(got, "billing/exfil.attacker.example/TXT") && strings.Contains(got, "billing/a.b.img.example.test/A") || time.Now().After(deadline) {
+			break
+		}
 	}
-	if got := strings.Join(refused, " "); !strings.Contains(got, "billing/exfil.attacker.example/TXT") || !strings.Contains(got, "billing/a.b.img.example.test/A") {
+	if !strings.Contains(got, "billing/exfil.attacker.example/TXT") || !strings.Contains(got, "billing/a.b.img.example.test/A") {
 		t.Errorf("dns_refused events: %s", got)
 	}
 }

@@ -227,6 +227,7 @@ func TestWildcards(t *testing.T) {
 	if got := strings.Join(r.inKernel(), " "); got != "192.0.2.20:443/tcp 192.0.2.30:443/tcp" {
 		t.Errorf("kernel holds %q", got)
 	}
+	r.p.Flush() // the lines are written by a goroutine of their own
 	refused := r.logs.FilterField(zap.String("event", "dns_refused")).All()
 	if len(refused) != 6 {
 		t.Fatalf("%d dns_refused events, want 6", len(refused))
