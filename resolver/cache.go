@@ -97,7 +97,18 @@ type Cache struct {
 	// it may run.
 	pending bool
 	renewAt time.Time
+	// gen counts the changes of what AppendLifetimes returns (Generation).
+	gen uint64
 }
+
+// Generation counts the changes of what AppendLifetimes would return for
+// any name: an address allowed or no longer allowed, a kernel lifetime
+// set or renewed, a key added or forgotten, a new policy. The daemon
+// builds its desired state again only when it moved (or another input
+// did). Time alone never makes an address allowed again; an address whose
+// lifetime ran out counts once Expire (or Observe) forgets it, which every
+// reconcile calls first.
+func (c *Cache) Generation() uint64 { return c.gen }
 
 // maxRenewLag bounds how long an extended lifetime waits before the kernel
 // gets it (Renew): renewals are batched, one per this period at most, so a
@@ -120,7 +131,12 @@ func NewCache(p Policy, now func() time.Time) *Cache {
 
 // SetPolicy replaces the timing knobs after a configuration change; it takes
 // effect at each key's next answer.
-func (c *Cache) SetPolicy(p Policy) { c.policy = p }
+func (c *Cache) SetPolicy(p Policy) {
+	if p != c.policy {
+		c.gen++ // stale_grace decides what is served stale
+	}
+	c.policy = p
+}
 
 // Sync makes the cache hold exactly the given names (value: whether private
 // answers are acceptable for it). New names are due at once; names that are
@@ -134,6 +150,7 @@ func (c *Cache) Sync(names map[string]bool) {
 			if e == nil {
 				e = &entry{}
 				c.keys[k] = e
+				c.gen++
 			}
 			e.privateOK = privateOK
 		}
@@ -141,6 +158,7 @@ func (c *Cache) Sync(names map[string]bool) {
 	for k := range c.keys {
 		if !want[k] {
 			delete(c.keys, k)
+			c.gen++
 		}
 	}
 }
@@ -170,8 +188,17 @@ var claimed = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
 // Claim marks keys as being looked up, so that they are not due again until
 // their outcome is observed (or Release gives them back).
 func (c *Cache) Claim(keys []Key) {
+	now := c.now()
 	for _, k := range keys {
 		if e := c.keys[k]; e != nil {
+			// A claim holds the last answer's addresses (isValid): one
+			// whose lifetime ran out, not yet forgotten, is allowed again.
+			for _, st := range e.addrs {
+				if st.current && !c.isValid(e, st, now) {
+					c.gen++
+					break
+				}
+			}
 			e.next = claimed
 		}
 	}
@@ -251,25 +278,32 @@ func (c *Cache) Observe(k Key, res Result, err error) Change {
 		ch.TTL, ch.Dropped = ttl, dropped
 		c.capEntry(e)
 	}
-	c.gc(e, now)
-	c.settle(e)
+	lost := c.gc(e, now)
+	settled := c.settle(e)
 	after := c.valid(e, now)
 	ch.Added, ch.Removed = setdiff.Of(before, after)
+	if len(lost) > 0 || settled || len(ch.Added) > 0 || len(ch.Removed) > 0 {
+		c.gen++
+	}
 	return ch
 }
 
 // settle gives the kernel a lifetime that is new or shorter at once, and
-// marks one that grew for the next renewal.
-func (c *Cache) settle(e *entry) {
+// marks one that grew for the next renewal; true when a kernel lifetime
+// changed.
+func (c *Cache) settle(e *entry) bool {
+	changed := false
 	for i := range e.addrs {
 		st := &e.addrs[i]
 		switch u := c.until(e, *st); {
 		case st.kernel.IsZero() || u.Before(st.kernel) || c.policy.renewEvery() <= 0:
+			changed = changed || !u.Equal(st.kernel)
 			st.kernel = u
 		case u.After(st.kernel):
 			c.pending = true
 		}
 	}
+	return changed
 }
 
 // Renew gives the kernel every extended lifetime, if any is waiting and the
@@ -285,6 +319,7 @@ func (c *Cache) Renew() bool {
 			e.addrs[i].kernel = c.until(e, e.addrs[i])
 		}
 	}
+	c.gen++
 	c.pending = false
 	c.renewAt = now.Add(c.policy.renewEvery())
 	return true
@@ -457,6 +492,7 @@ func (c *Cache) Expire() map[Key][]netip.Addr {
 	for k, e := range c.keys {
 		if lost := c.gc(e, now); len(lost) > 0 {
 			out[k] = lost
+			c.gen++
 		}
 	}
 	return out

@@ -329,3 +329,43 @@ func TestCacheLifetimesUntil(t *testing.T) {
 	c.Observe(kA, Result{Negative: true, TTL: 10 * time.Second}, nil)
 	want("negative", map[string]time.Time{"192.0.2.1": clk.t.Add(10 * time.Second), "192.0.2.2": clk.t.Add(10 * time.Second)})
 }
+
+// Generation moves exactly when what AppendLifetimes returns may have
+// changed: a refresh that brings the same address only marks its lifetime
+// for the next renewal; the renewal, a new address, an expiry and a claim
+// that holds an expired address again (isValid) move it.
+func TestCacheGeneration(t *testing.T) {
+	c, clk := newTestCache("x.test")
+	lifetimes := func() []Lifetime { return c.Lifetimes("x.test") }
+	step := func(what string, moved bool, f func()) {
+		t.Helper()
+		g, before := c.Generation(), lifetimes()
+		f()
+		if got := c.Generation() != g; got != moved {
+			t.Fatalf("%s: generation moved %v, want %v", what, got, moved)
+		}
+		if !moved && !slices.Equal(before, lifetimes()) {
+			t.Fatalf("%s: lifetimes changed from %v to %v, the generation did not move", what, before, lifetimes())
+		}
+	}
+	step("the first answer", true, func() { c.Observe(kA, ok(30*time.Second, "192.0.2.1"), nil) })
+	step("a renewal with nothing waiting", false, func() { c.Renew() })
+	clk.advance(10 * time.Second)
+	step("the same answer", false, func() { c.Observe(kA, ok(30*time.Second, "192.0.2.1"), nil) })
+	step("a renewal", true, func() { c.Renew() })
+	clk.advance(time.Second)
+	step("the same answer again", false, func() { c.Observe(kA, ok(30*time.Second, "192.0.2.1"), nil) })
+	step("a renewal not due", false, func() { c.Renew() })
+	step("nothing expired", false, func() { c.Expire() })
+	clk.advance(policy.renewEvery())
+	step("the renewal", true, func() { c.Renew() })
+	step("a new address", true, func() { c.Observe(kA, ok(30*time.Second, "192.0.2.1", "192.0.2.2"), nil) })
+	step("the same names", false, func() { c.Sync(map[string]bool{"x.test": false}) })
+	step("the same policy", false, func() { c.SetPolicy(policy) })
+	// Past its lifetime, not yet forgotten: a claim holds it again.
+	clk.advance(time.Hour)
+	step("a claim of an expired address", true, func() { c.Claim([]Key{kA}) })
+	c.Release(kA)
+	step("an expiry", true, func() { c.Expire() })
+	step("a name gone", true, func() { c.Sync(map[string]bool{}) })
+}
