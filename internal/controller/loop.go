@@ -47,7 +47,11 @@ func (c *Controller) sync() error {
 	c.attr.refresh(c.cfg, c.dns.cache.Addrs)
 	c.syncListen(d)
 	if changed {
-		c.pub.changed(false)
+		if c.apply.renewedOnly {
+			c.pub.renewed()
+		} else {
+			c.pub.changed(false)
+		}
 		c.notify(c.apply.status() + c.lastGoodNote())
 	}
 	return nil

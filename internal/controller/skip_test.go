@@ -10,6 +10,7 @@ import (
 
 	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/dnstest"
+	"github.com/egressd/egressd/internal/state"
 	"github.com/egressd/egressd/resolver"
 	"github.com/egressd/egressd/ruleset"
 	"go.uber.org/zap"
@@ -21,7 +22,17 @@ import (
 // kernel: a new address, a renewed lifetime, an expired one, a uid, the
 // configuration, the hosts file. (Unit cgroups: TestUnitFollower; a failed
 // apply: TestApplyFailureForcesFullRebuild; drift: the drift tests.)
-func TestSyncSkipsOnlyWhenNothingChanged(t *testing.T) {
+// clockFixture is a controller on a clock of the test's (f.c.o.Now),
+// with linger 10 s (a renewal every 5 s) and a hosts file; billing's uid
+// is *uid.
+type clockFixture struct {
+	*fixture
+	now *time.Time
+	uid *uint32
+}
+
+func newClockFixture(t *testing.T) clockFixture {
+	t.Helper()
 	f := &fixture{dir: t.TempDir(), k: &ruleset.Fake{}}
 	var err error
 	if f.dns, err = dnstest.Listen("127.0.0.1:0"); err != nil {
@@ -50,6 +61,12 @@ func TestSyncSkipsOnlyWhenNothingChanged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return clockFixture{f, &now, &uid}
+}
+
+func TestSyncSkipsOnlyWhenNothingChanged(t *testing.T) {
+	cf := newClockFixture(t)
+	f, now, uid := cf.fixture, cf.now, cf.uid
 	a1, a2 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
 	f.dns.Set("api.example.test", dnstest.Record{A: []netip.Addr{a1}, TTL: 60})
 	if _, err := f.c.Once(context.Background()); err != nil {
@@ -91,17 +108,17 @@ func TestSyncSkipsOnlyWhenNothingChanged(t *testing.T) {
 
 	// A refresh with the same answer: its lifetime waits for the renewal
 	// (the first one runs at once: none ran yet).
-	now = now.Add(2 * time.Second)
+	*now = now.Add(2 * time.Second)
 	refresh()
 	skipped("the first renewal", false)
 	renewed := until(a1)
 	if len(f.k.Deltas) != deltas+1 || !renewed.Equal(now.Add(70*time.Second)) {
 		t.Fatalf("renewal: %d deltas (want %d), until %v", len(f.k.Deltas), deltas+1, renewed)
 	}
-	now = now.Add(2 * time.Second)
+	*now = now.Add(2 * time.Second)
 	refresh()
 	skipped("an extension waiting for the renewal", true)
-	now = now.Add(5 * time.Second) // renewEvery: linger/2
+	*now = now.Add(5 * time.Second) // renewEvery: linger/2
 	skipped("the renewal", false)
 	if got := until(a1); !got.Equal(now.Add(-5 * time.Second).Add(70 * time.Second)) {
 		t.Fatalf("renewed until %v (was %v)", got, renewed)
@@ -117,18 +134,18 @@ func TestSyncSkipsOnlyWhenNothingChanged(t *testing.T) {
 	}
 	// The first address's lifetime runs out (TTL + linger after it was
 	// last seen); the second is refreshed meanwhile.
-	now = until(a1).Add(-time.Second)
+	*now = until(a1).Add(-time.Second)
 	refresh()
 	sync()
 	skipped("before the end", true)
-	now = now.Add(2 * time.Second)
+	*now = now.Add(2 * time.Second)
 	skipped("an expiry", false)
 	if has(a1) || !has(a2) {
 		t.Fatalf("set %v after the first address expired", f.k.Plan.Sets[set4])
 	}
 
 	// The user's uid.
-	uid = 1002
+	*uid = 1002
 	f.c.lookupUsers(false)
 	skipped("a uid", false)
 	if al := f.k.Plan.Of(ruleset.SubjectUser); len(al) != 1 || al[0].Subject != ruleset.UserSubject(1002) {
@@ -168,4 +185,84 @@ func TestSyncSkipsOnlyWhenNothingChanged(t *testing.T) {
 		t.Fatalf("set %v lacks the hosts file's address", f.k.Plan.Sets[set4])
 	}
 	skipped("nothing changed at the end", true)
+}
+
+// An apply that only renews lifetimes changes nothing `egressd check`
+// compares (the state file holds no lifetimes): the file is rewritten
+// within renewalPublish, not at each renewal; an added address is written
+// within the second, and the last state before the daemon exits.
+func TestRenewalPublishedWithinAMinute(t *testing.T) {
+	cf := newClockFixture(t)
+	f, now := cf.fixture, cf.now
+	dir := t.TempDir()
+	f.c.setStateDir(dir)
+	f.dns.Set("api.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.1")}, TTL: 60})
+	if _, err := f.c.Once(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	f.c.publish(true)
+	written := *now
+	generation := func() uint64 {
+		t.Helper()
+		st, err := state.Read(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Generation
+	}
+	k := resolver.KeysFor("api.example.test")
+	for i := 0; i < 5; i++ { // 50 s of refreshes and renewals
+		*now = now.Add(10 * time.Second)
+		f.c.dns.resolve(context.Background(), k[:])
+		gen := f.c.apply.generation
+		if err := f.c.sync(); err != nil {
+			t.Fatal(err)
+		}
+		if f.c.apply.generation != gen+1 || !f.c.apply.renewedOnly {
+			t.Fatalf("refresh %d: generation %d→%d, renewed only %v", i, gen, f.c.apply.generation, f.c.apply.renewedOnly)
+		}
+		if due := f.c.pub.due(); !due.Equal(written.Add(renewalPublish)) {
+			t.Fatalf("refresh %d: the state file is due at %v, want %v", i, due, written.Add(renewalPublish))
+		}
+		f.c.publish(false)
+		if g := generation(); g != 1 {
+			t.Fatalf("refresh %d: the state file was rewritten (generation %d)", i, g)
+		}
+	}
+	*now = written.Add(renewalPublish)
+	f.c.publish(false)
+	if g := generation(); g != f.c.apply.generation {
+		t.Fatalf("after %s the state file holds generation %d, want %d", renewalPublish, g, f.c.apply.generation)
+	}
+	if !f.c.pub.due().IsZero() {
+		t.Fatal("still due after the write")
+	}
+	// A new address: check compares it, written at once.
+	*now = now.Add(10 * time.Second)
+	f.dns.Set("api.example.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.2")}, TTL: 60})
+	f.c.dns.resolve(context.Background(), k[:])
+	if err := f.c.sync(); err != nil {
+		t.Fatal(err)
+	}
+	*now = now.Add(time.Second)
+	f.c.publish(false)
+	st, err := state.Read(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Generation != f.c.apply.generation || len(st.Names["api.example.test"].Addrs) != 2 {
+		t.Fatalf("state %d %v, want generation %d and both addresses", st.Generation, st.Names, f.c.apply.generation)
+	}
+	// A renewal, then the stop: the last state is written.
+	*now = now.Add(10 * time.Second)
+	f.c.dns.resolve(context.Background(), k[:])
+	if err := f.c.sync(); err != nil || !f.c.apply.renewedOnly {
+		t.Fatalf("renewal: %v, renewed only %v", err, f.c.apply.renewedOnly)
+	}
+	if err := f.c.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if g := generation(); g != f.c.apply.generation {
+		t.Fatalf("at stop the state file holds generation %d, want %d", g, f.c.apply.generation)
+	}
 }
