@@ -2,6 +2,7 @@ package resolver
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
@@ -368,4 +369,83 @@ func TestCacheGeneration(t *testing.T) {
 	c.Release(kA)
 	step("an expiry", true, func() { c.Expire() })
 	step("a name gone", true, func() { c.Sync(map[string]bool{}) })
+}
+
+// The loop's shortcuts (NextEvent and Due kept until the cache changes,
+// Expire skipped until the earliest end of a lifetime) answer exactly as
+// full scans do, through random lookups, failures, negative answers,
+// claims, releases, refreshes, renewals and the passing of time.
+func TestCacheShortcutsMatchScans(t *testing.T) {
+	names := []string{"a.test", "b.test", "c.test", "d.test"}
+	fast, clk := newTestCache(names...)
+	slow := NewCache(policy, clk.now)
+	slow.scanAlways = true
+	slow.Sync(map[string]bool{"a.test": false, "b.test": false, "c.test": false, "d.test": false})
+	rng := uint64(1)
+	rand := func(n int) int {
+		rng = rng*6364136223846793005 + 1442695040888963407
+		return int(rng>>33) % n
+	}
+	pol := policy
+	for i := 0; i < 20000; i++ {
+		k := Key{names[rand(len(names))], dns.TypeA}
+		if rand(2) == 0 {
+			k.Type = dns.TypeAAAA
+		}
+		var op string
+		switch rand(10) {
+		case 0, 1, 2:
+			op = "observe"
+			res, err := ok(time.Duration(1+rand(90))*time.Second, fmt.Sprintf("192.0.2.%d", rand(6))), error(nil)
+			switch rand(6) {
+			case 0:
+				res, err = Result{}, errors.New("timeout")
+			case 1:
+				res = Result{Negative: true, TTL: time.Duration(1+rand(30)) * time.Second}
+			}
+			fast.Observe(k, res, err)
+			slow.Observe(k, res, err)
+		case 3:
+			op = "claim"
+			fast.Claim([]Key{k})
+			slow.Claim([]Key{k})
+		case 4:
+			op = "release"
+			fast.Release(k)
+			slow.Release(k)
+		case 5:
+			op = "refresh"
+			fast.Refresh([]string{k.Name})
+			slow.Refresh([]string{k.Name})
+		case 6:
+			op = "renew"
+			if a, b := fast.Renew(), slow.Renew(); a != b {
+				t.Fatalf("step %d: Renew %v, scan %v", i, a, b)
+			}
+		case 7:
+			op = "policy"
+			if rand(20) == 0 {
+				pol.StaleGrace = time.Duration(rand(3)) * time.Minute
+				fast.SetPolicy(pol)
+				slow.SetPolicy(pol)
+			}
+		default:
+			op = "time"
+			clk.advance(time.Duration(rand(40000)) * time.Millisecond)
+		}
+		if a, b := fast.NextEvent(), slow.NextEvent(); !a.Equal(b) {
+			t.Fatalf("step %d (%s): NextEvent %v, scan %v", i, op, a, b)
+		}
+		if a, b := fast.Due(), slow.Due(); !slices.Equal(a, b) {
+			t.Fatalf("step %d (%s): Due %v, scan %v", i, op, a, b)
+		}
+		if a, b := fast.Expire(), slow.Expire(); fmt.Sprint(a) != fmt.Sprint(b) {
+			t.Fatalf("step %d (%s): Expire %v, scan %v", i, op, a, b)
+		}
+		for _, n := range names {
+			if a, b := fast.Lifetimes(n), slow.Lifetimes(n); !slices.Equal(a, b) {
+				t.Fatalf("step %d (%s): %s lifetimes %v, scan %v", i, op, n, a, b)
+			}
+		}
+	}
 }
