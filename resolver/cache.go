@@ -426,7 +426,7 @@ func (c *Cache) valid(e *entry, now time.Time) []netip.Addr {
 			out = append(out, st.addr)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Less(out[j]) })
+	slices.SortFunc(out, netip.Addr.Compare) // sort.Slice allocates: 4 calls per key at every refresh
 	return out
 }
 
