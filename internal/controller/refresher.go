@@ -69,14 +69,6 @@ type round struct {
 	out  []policy.Outcome
 }
 
-// roundKeys bounds the keys of one background round. 10,000 names at the
-// same TTL fall due together, once a TTL: in one round their 20,000
-// outcomes and the lookups' garbage were held until the last answer, and
-// the heap doubled during the burst (12 → 25 MB live, the peak of the
-// daemon's resident size); the loop starts the next round as soon as one
-// is observed. The first resolution (Once) is not split.
-var roundKeys = 2048
-
 // startRound claims the keys that are due and looks them up in the
 // background (the goroutine touches only the querier); the round arrives on
 // done, to be observed by the loop. False when nothing is due.
@@ -84,15 +76,6 @@ func (r *refresher) startRound(ctx context.Context, done chan<- round) bool {
 	due := r.cache.Due()
 	if len(due) == 0 {
 		return false
-	}
-	if len(due) > roundKeys {
-		// A name's A and AAAA stay together (Due sorts by name): they
-		// share a socket (resolver.BothQuerier).
-		n := roundKeys
-		for n < len(due) && due[n].Name == due[n-1].Name {
-			n++
-		}
-		due = due[:n]
 	}
 	r.cache.Claim(due)
 	q, conc := r.querier, r.o.Concurrency

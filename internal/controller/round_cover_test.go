@@ -47,31 +47,3 @@ func TestDNSRound(t *testing.T) {
 		t.Errorf("the round's answer is not in the set: %v", c.k.Plan.Sets[ruleset.SetName4("billing")])
 	}
 }
-
-// A round takes at most roundKeys keys, never splitting a name's A and
-// AAAA (they share a socket); the rest are the next round's.
-func TestDNSRoundBounded(t *testing.T) {
-	c := newClocked(t, map[string]string{"allow.d/billing.yaml": "user: billing\nallow: [a.example.test:443, b.example.test:443, c.example.test:443]\n"})
-	for _, n := range []string{"a", "b", "c"} {
-		c.zone.set(n+".example.test", "203.0.113.5")
-	}
-	if _, err := c.c.Once(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer func(n int) { roundKeys = n }(roundKeys)
-	roundKeys = 3
-	c.now = c.now.Add(2 * time.Minute)
-	rounds := make(chan round, 1)
-	var sizes []int
-	for c.c.dns.startRound(context.Background(), rounds) {
-		r := <-rounds
-		sizes = append(sizes, len(r.keys))
-		c.c.dns.observe(r.keys, r.out)
-	}
-	if len(sizes) != 2 || sizes[0] != 4 || sizes[1] != 2 {
-		t.Fatalf("rounds of %v keys, want [4 2]", sizes)
-	}
-	if len(c.c.dns.cache.Due()) != 0 {
-		t.Fatal("keys left due")
-	}
-}
