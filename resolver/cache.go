@@ -97,7 +97,29 @@ type Cache struct {
 	// it may run.
 	pending bool
 	renewAt time.Time
+	// gen counts the changes of what AppendLifetimes returns (Generation).
+	gen uint64
+	// The loop asks NextEvent, Due and Expire at every turn; each would
+	// scan the 20,000 keys of 10,000 names. mut counts every change of
+	// the state they read, and sched holds what a scan found at mut.
+	mut   uint64
+	sched scan
+	// ends, when endsOK, is at or before the end of every address's
+	// lifetime (end): until then Expire has nothing to forget.
+	ends   time.Time
+	endsOK bool
+	// scanAlways turns the shortcuts off (tests compare both ways).
+	scanAlways bool
 }
+
+// Generation counts the changes of what AppendLifetimes would return for
+// any name: an address allowed or no longer allowed, a kernel lifetime
+// set or renewed, a key added or forgotten, a new policy. The daemon
+// builds its desired state again only when it moved (or another input
+// did). Time alone never makes an address allowed again; an address whose
+// lifetime ran out counts once Expire (or Observe) forgets it, which every
+// reconcile calls first.
+func (c *Cache) Generation() uint64 { return c.gen }
 
 // maxRenewLag bounds how long an extended lifetime waits before the kernel
 // gets it (Renew): renewals are batched, one per this period at most, so a
@@ -120,12 +142,20 @@ func NewCache(p Policy, now func() time.Time) *Cache {
 
 // SetPolicy replaces the timing knobs after a configuration change; it takes
 // effect at each key's next answer.
-func (c *Cache) SetPolicy(p Policy) { c.policy = p }
+func (c *Cache) SetPolicy(p Policy) {
+	if p != c.policy {
+		c.gen++ // stale_grace decides what is served stale
+		c.mut++
+		c.endsOK = false
+	}
+	c.policy = p
+}
 
 // Sync makes the cache hold exactly the given names (value: whether private
 // answers are acceptable for it). New names are due at once; names that are
 // gone are forgotten.
 func (c *Cache) Sync(names map[string]bool) {
+	c.mut++
 	want := map[Key]bool{}
 	for n, privateOK := range names {
 		for _, k := range KeysFor(n) {
@@ -134,6 +164,7 @@ func (c *Cache) Sync(names map[string]bool) {
 			if e == nil {
 				e = &entry{}
 				c.keys[k] = e
+				c.gen++
 			}
 			e.privateOK = privateOK
 		}
@@ -141,6 +172,7 @@ func (c *Cache) Sync(names map[string]bool) {
 	for k := range c.keys {
 		if !want[k] {
 			delete(c.keys, k)
+			c.gen++
 		}
 	}
 }
@@ -148,6 +180,9 @@ func (c *Cache) Sync(names map[string]bool) {
 // Due returns the keys whose refresh time has come, sorted.
 func (c *Cache) Due() []Key {
 	now := c.now()
+	if s := c.schedule(); !s.dueZero && (s.firstDue.IsZero() || now.Before(s.firstDue)) {
+		return nil
+	}
 	var out []Key
 	for k, e := range c.keys {
 		if !e.next.After(now) {
@@ -170,8 +205,18 @@ var claimed = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
 // Claim marks keys as being looked up, so that they are not due again until
 // their outcome is observed (or Release gives them back).
 func (c *Cache) Claim(keys []Key) {
+	c.mut++
+	now := c.now()
 	for _, k := range keys {
 		if e := c.keys[k]; e != nil {
+			// A claim holds the last answer's addresses (isValid): one
+			// whose lifetime ran out, not yet forgotten, is allowed again.
+			for _, st := range e.addrs {
+				if st.current && !c.isValid(e, st, now) {
+					c.gen++
+					break
+				}
+			}
 			e.next = claimed
 		}
 	}
@@ -180,6 +225,7 @@ func (c *Cache) Claim(keys []Key) {
 // Refresh makes the names' keys due now (the hosts file changed). A key in
 // flight keeps its claim; its answer is at most min_ttl old.
 func (c *Cache) Refresh(names []string) {
+	c.mut++
 	for _, n := range names {
 		for _, k := range KeysFor(n) {
 			if e := c.keys[k]; e != nil && !e.next.Equal(claimed) {
@@ -193,6 +239,8 @@ func (c *Cache) Refresh(names []string) {
 func (c *Cache) Release(k Key) {
 	if e := c.keys[k]; e != nil && e.next.Equal(claimed) {
 		e.next = time.Time{}
+		c.mut++
+		c.endsOK = false // its last answer is no longer held
 	}
 }
 
@@ -210,6 +258,7 @@ func (c *Cache) Observe(k Key, res Result, err error) Change {
 	if e == nil {
 		return Change{}
 	}
+	c.mut++
 	now := c.now()
 	before := c.valid(e, now)
 	var ch Change
@@ -251,25 +300,56 @@ func (c *Cache) Observe(k Key, res Result, err error) Change {
 		ch.TTL, ch.Dropped = ttl, dropped
 		c.capEntry(e)
 	}
-	c.gc(e, now)
-	c.settle(e)
+	lost := c.gc(e, now)
+	settled := c.settle(e)
 	after := c.valid(e, now)
 	ch.Added, ch.Removed = setdiff.Of(before, after)
+	if len(lost) > 0 || settled || len(ch.Added) > 0 || len(ch.Removed) > 0 {
+		c.gen++
+	}
+	for _, st := range e.addrs {
+		c.lowerEnds(c.end(e, st))
+	}
 	return ch
 }
 
+// end is when st stops being allowed if nothing is learnt (isValid is
+// now.Before(end)); claimed while its key's lookup holds it.
+func (c *Cache) end(e *entry, st addrState) time.Time {
+	if !st.current {
+		return st.expiry
+	}
+	if e.next.Equal(claimed) {
+		return claimed
+	}
+	if s := c.staleUntil(e); s.After(st.expiry) {
+		return s
+	}
+	return st.expiry
+}
+
+func (c *Cache) lowerEnds(t time.Time) {
+	if c.endsOK && t.Before(c.ends) {
+		c.ends = t
+	}
+}
+
 // settle gives the kernel a lifetime that is new or shorter at once, and
-// marks one that grew for the next renewal.
-func (c *Cache) settle(e *entry) {
+// marks one that grew for the next renewal; true when a kernel lifetime
+// changed.
+func (c *Cache) settle(e *entry) bool {
+	changed := false
 	for i := range e.addrs {
 		st := &e.addrs[i]
 		switch u := c.until(e, *st); {
 		case st.kernel.IsZero() || u.Before(st.kernel) || c.policy.renewEvery() <= 0:
+			changed = changed || !u.Equal(st.kernel)
 			st.kernel = u
 		case u.After(st.kernel):
 			c.pending = true
 		}
 	}
+	return changed
 }
 
 // Renew gives the kernel every extended lifetime, if any is waiting and the
@@ -285,6 +365,8 @@ func (c *Cache) Renew() bool {
 			e.addrs[i].kernel = c.until(e, e.addrs[i])
 		}
 	}
+	c.gen++
+	c.mut++
 	c.pending = false
 	c.renewAt = now.Add(c.policy.renewEvery())
 	return true
@@ -344,7 +426,7 @@ func (c *Cache) valid(e *entry, now time.Time) []netip.Addr {
 			out = append(out, st.addr)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Less(out[j]) })
+	slices.SortFunc(out, netip.Addr.Compare) // sort.Slice allocates: 4 calls per key at every refresh
 	return out
 }
 
@@ -454,34 +536,75 @@ func (c *Cache) Lingering(name string) map[netip.Addr]time.Time {
 func (c *Cache) Expire() map[Key][]netip.Addr {
 	now := c.now()
 	out := map[Key][]netip.Addr{}
+	if c.endsOK && now.Before(c.ends) && !c.scanAlways {
+		return out
+	}
+	ends := claimed
 	for k, e := range c.keys {
 		if lost := c.gc(e, now); len(lost) > 0 {
 			out[k] = lost
+			c.gen++
+			c.mut++
+		}
+		for _, st := range e.addrs {
+			if t := c.end(e, st); t.Before(ends) {
+				ends = t
+			}
 		}
 	}
+	c.ends, c.endsOK = ends, true
 	return out
 }
 
 // NextEvent is the earliest time at which a refresh is due, an address
 // expires or a renewal (Renew) may run; zero when the cache is empty.
 func (c *Cache) NextEvent() time.Time {
+	t := c.schedule().next
+	if c.pending {
+		r := c.renewAt
+		if r.IsZero() {
+			r = c.now()
+		}
+		if t.IsZero() || r.Before(t) {
+			t = r
+		}
+	}
+	return t
+}
+
+// scan is what a scan of every key found for NextEvent and Due.
+type scan struct {
+	ok       bool
+	mut      uint64    // the cache's mut when it was made
+	next     time.Time // NextEvent without the renewal
+	dueZero  bool      // a key not in flight is due at once (zero next)
+	firstDue time.Time // the earliest refresh time of a key not in flight; zero: none
+}
+
+// schedule is what a scan of every key finds for NextEvent and Due, kept
+// until the cache changes (mut).
+func (c *Cache) schedule() scan {
+	if c.sched.ok && c.sched.mut == c.mut && !c.scanAlways {
+		return c.sched
+	}
+	s := &c.sched
+	s.ok, s.mut, s.dueZero, s.firstDue = true, c.mut, false, time.Time{}
 	var t time.Time
 	earlier := func(x time.Time) {
 		if !x.IsZero() && (t.IsZero() || x.Before(t)) {
 			t = x
 		}
 	}
-	if c.pending {
-		if c.renewAt.IsZero() {
-			earlier(c.now())
-		} else {
-			earlier(c.renewAt)
-		}
-	}
 	for _, e := range c.keys {
 		inFlight := e.next.Equal(claimed)
 		if !inFlight {
 			earlier(e.next)
+			switch {
+			case e.next.IsZero():
+				s.dueZero = true
+			case s.firstDue.IsZero() || e.next.Before(s.firstDue):
+				s.firstDue = e.next
+			}
 		}
 		stale := c.staleUntil(e)
 		for _, st := range e.addrs {
@@ -495,7 +618,8 @@ func (c *Cache) NextEvent() time.Time {
 			}
 		}
 	}
-	return t
+	s.next = t
+	return *s
 }
 
 // Status reports on one key.

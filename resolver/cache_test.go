@@ -2,6 +2,7 @@ package resolver
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
@@ -328,4 +329,123 @@ func TestCacheLifetimesUntil(t *testing.T) {
 	clk.advance(time.Second)
 	c.Observe(kA, Result{Negative: true, TTL: 10 * time.Second}, nil)
 	want("negative", map[string]time.Time{"192.0.2.1": clk.t.Add(10 * time.Second), "192.0.2.2": clk.t.Add(10 * time.Second)})
+}
+
+// Generation moves exactly when what AppendLifetimes returns may have
+// changed: a refresh that brings the same address only marks its lifetime
+// for the next renewal; the renewal, a new address, an expiry and a claim
+// that holds an expired address again (isValid) move it.
+func TestCacheGeneration(t *testing.T) {
+	c, clk := newTestCache("x.test")
+	lifetimes := func() []Lifetime { return c.Lifetimes("x.test") }
+	step := func(what string, moved bool, f func()) {
+		t.Helper()
+		g, before := c.Generation(), lifetimes()
+		f()
+		if got := c.Generation() != g; got != moved {
+			t.Fatalf("%s: generation moved %v, want %v", what, got, moved)
+		}
+		if !moved && !slices.Equal(before, lifetimes()) {
+			t.Fatalf("%s: lifetimes changed from %v to %v, the generation did not move", what, before, lifetimes())
+		}
+	}
+	step("the first answer", true, func() { c.Observe(kA, ok(30*time.Second, "192.0.2.1"), nil) })
+	step("a renewal with nothing waiting", false, func() { c.Renew() })
+	clk.advance(10 * time.Second)
+	step("the same answer", false, func() { c.Observe(kA, ok(30*time.Second, "192.0.2.1"), nil) })
+	step("a renewal", true, func() { c.Renew() })
+	clk.advance(time.Second)
+	step("the same answer again", false, func() { c.Observe(kA, ok(30*time.Second, "192.0.2.1"), nil) })
+	step("a renewal not due", false, func() { c.Renew() })
+	step("nothing expired", false, func() { c.Expire() })
+	clk.advance(policy.renewEvery())
+	step("the renewal", true, func() { c.Renew() })
+	step("a new address", true, func() { c.Observe(kA, ok(30*time.Second, "192.0.2.1", "192.0.2.2"), nil) })
+	step("the same names", false, func() { c.Sync(map[string]bool{"x.test": false}) })
+	step("the same policy", false, func() { c.SetPolicy(policy) })
+	// Past its lifetime, not yet forgotten: a claim holds it again.
+	clk.advance(time.Hour)
+	step("a claim of an expired address", true, func() { c.Claim([]Key{kA}) })
+	c.Release(kA)
+	step("an expiry", true, func() { c.Expire() })
+	step("a name gone", true, func() { c.Sync(map[string]bool{}) })
+}
+
+// The loop's shortcuts (NextEvent and Due kept until the cache changes,
+// Expire skipped until the earliest end of a lifetime) answer exactly as
+// full scans do, through random lookups, failures, negative answers,
+// claims, releases, refreshes, renewals and the passing of time.
+func TestCacheShortcutsMatchScans(t *testing.T) {
+	names := []string{"a.test", "b.test", "c.test", "d.test"}
+	fast, clk := newTestCache(names...)
+	slow := NewCache(policy, clk.now)
+	slow.scanAlways = true
+	slow.Sync(map[string]bool{"a.test": false, "b.test": false, "c.test": false, "d.test": false})
+	rng := uint64(1)
+	rand := func(n int) int {
+		rng = rng*6364136223846793005 + 1442695040888963407
+		return int(rng>>33) % n
+	}
+	pol := policy
+	for i := 0; i < 20000; i++ {
+		k := Key{names[rand(len(names))], dns.TypeA}
+		if rand(2) == 0 {
+			k.Type = dns.TypeAAAA
+		}
+		var op string
+		switch rand(10) {
+		case 0, 1, 2:
+			op = "observe"
+			res, err := ok(time.Duration(1+rand(90))*time.Second, fmt.Sprintf("192.0.2.%d", rand(6))), error(nil)
+			switch rand(6) {
+			case 0:
+				res, err = Result{}, errors.New("timeout")
+			case 1:
+				res = Result{Negative: true, TTL: time.Duration(1+rand(30)) * time.Second}
+			}
+			fast.Observe(k, res, err)
+			slow.Observe(k, res, err)
+		case 3:
+			op = "claim"
+			fast.Claim([]Key{k})
+			slow.Claim([]Key{k})
+		case 4:
+			op = "release"
+			fast.Release(k)
+			slow.Release(k)
+		case 5:
+			op = "refresh"
+			fast.Refresh([]string{k.Name})
+			slow.Refresh([]string{k.Name})
+		case 6:
+			op = "renew"
+			if a, b := fast.Renew(), slow.Renew(); a != b {
+				t.Fatalf("step %d: Renew %v, scan %v", i, a, b)
+			}
+		case 7:
+			op = "policy"
+			if rand(20) == 0 {
+				pol.StaleGrace = time.Duration(rand(3)) * time.Minute
+				fast.SetPolicy(pol)
+				slow.SetPolicy(pol)
+			}
+		default:
+			op = "time"
+			clk.advance(time.Duration(rand(40000)) * time.Millisecond)
+		}
+		if a, b := fast.NextEvent(), slow.NextEvent(); !a.Equal(b) {
+			t.Fatalf("step %d (%s): NextEvent %v, scan %v", i, op, a, b)
+		}
+		if a, b := fast.Due(), slow.Due(); !slices.Equal(a, b) {
+			t.Fatalf("step %d (%s): Due %v, scan %v", i, op, a, b)
+		}
+		if a, b := fast.Expire(), slow.Expire(); fmt.Sprint(a) != fmt.Sprint(b) {
+			t.Fatalf("step %d (%s): Expire %v, scan %v", i, op, a, b)
+		}
+		for _, n := range names {
+			if a, b := fast.Lifetimes(n), slow.Lifetimes(n); !slices.Equal(a, b) {
+				t.Fatalf("step %d (%s): %s lifetimes %v, scan %v", i, op, n, a, b)
+			}
+		}
+	}
 }

@@ -33,6 +33,8 @@ type Netlink struct {
 	// ports: the writing sockets' port ids, by which the monitor knows
 	// egressd's own transactions (monitor_linux.go).
 	ports ownPorts
+	// mon: what the monitor saw (monitor_linux.go, CaughtUp).
+	mon monitorState
 	// addRenews: whether adding an element that is there renews its
 	// timeout (Linux 6.10 and later), probed at the first AddProxy
 	// (proxy_linux.go); 0 not probed, 1 yes, 2 no. Guarded by own.mu.

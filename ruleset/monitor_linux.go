@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/mdlayher/netlink"
@@ -33,6 +34,12 @@ func (k *Netlink) Watch(ctx context.Context) (<-chan struct{}, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The generation now: every later one is announced to c (joined
+	// already), and read in order below (CaughtUp).
+	if gen, err := readGeneration(k.NetNSFd); err == nil {
+		k.mon.seen.Store(gen)
+		k.mon.running.Store(true)
+	}
 	ch := make(chan struct{}, 1)
 	notify := func() {
 		select {
@@ -46,6 +53,7 @@ func (k *Netlink) Watch(ctx context.Context) (<-chan struct{}, error) {
 	}()
 	go func() {
 		defer close(ch)
+		defer k.mon.running.Store(false)
 		buf := make([]byte, monitorBuf)
 		for {
 			msgs, err := receive(c, buf)
@@ -62,6 +70,9 @@ func (k *Netlink) Watch(ctx context.Context) (<-chan struct{}, error) {
 			for _, m := range msgs {
 				if m.Header.Type != netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWGEN) || len(m.Data) < 4 {
 					continue
+				}
+				if gen, ok := genID(m.Data[4:]); ok {
+					k.mon.seen.Store(gen)
 				}
 				if !k.ownNewGen(m) {
 					notify()
@@ -225,6 +236,63 @@ func (k *Netlink) ownNewGen(m netlink.Message) bool {
 	return ok && k.ports.ours(m.Header.PID, gen)
 }
 
+// monitorState is what the monitor (Watch) saw, for CaughtUp.
+type monitorState struct {
+	running atomic.Bool   // Watch's reader runs
+	seen    atomic.Uint32 // the generation of the last NEWGEN it read
+}
+
+// CaughtUp reports whether the monitor (Watch) has read the announcement
+// of every nf_tables transaction committed in the namespace up to now: the
+// generation the kernel is at (NFT_MSG_GETGEN) is the last one the monitor
+// read. Each transaction it read was egressd's own (its writing sockets'
+// ports) or was reported on Watch's channel; so when it is caught up and
+// nothing was reported since the table was last verified, no other
+// process has changed any nftables object since. False when the monitor
+// does not run, is behind, or lost notifications (their generations were
+// never read).
+func (k *Netlink) CaughtUp() (bool, error) {
+	if !k.mon.running.Load() {
+		return false, nil
+	}
+	seen := k.mon.seen.Load()
+	gen, err := readGeneration(k.NetNSFd)
+	if err != nil {
+		return false, err
+	}
+	return gen == seen && k.mon.running.Load(), nil
+}
+
+// readGeneration reads the generation of nf_tables in the namespace netns
+// (0: ours) on a socket of its own.
+func readGeneration(netns int) (uint32, error) {
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: netns})
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	return getGen(c)
+}
+
+// getGen asks the kernel for the nf_tables generation through c.
+func getGen(c *netlink.Conn) (uint32, error) {
+	msgs, err := c.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request},
+		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read the nf_tables generation: %w", err)
+	}
+	for _, m := range msgs {
+		if len(m.Data) >= 4 {
+			if g, ok := genID(m.Data[4:]); ok {
+				return g, nil
+			}
+		}
+	}
+	return 0, errors.New("read the nf_tables generation: no NFTA_GEN_ID in the reply")
+}
+
 // genID reads NFTA_GEN_ID from a NEWGEN message's attributes.
 func genID(b []byte) (uint32, bool) {
 	ad, err := netlink.NewAttributeDecoder(b)
@@ -265,19 +333,9 @@ func portAndGeneration(c *netlink.Conn) (port, gen uint32, err error) {
 	if serr != nil {
 		return 0, 0, serr
 	}
-	msgs, err := c.Execute(netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request},
-		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
-	})
+	gen, err = getGen(c)
 	if err != nil {
-		return 0, 0, fmt.Errorf("read the nf_tables generation: %w", err)
+		return 0, 0, err
 	}
-	for _, m := range msgs {
-		if len(m.Data) >= 4 {
-			if g, ok := genID(m.Data[4:]); ok {
-				return port, g, nil
-			}
-		}
-	}
-	return 0, 0, errors.New("read the nf_tables generation: no NFTA_GEN_ID in the reply")
+	return port, gen, nil
 }

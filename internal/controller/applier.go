@@ -31,6 +31,9 @@ type applier struct {
 	verifyAt   time.Time  // next verification of the kernel state
 	drift      driftState // the drift repair's memory (drift.go)
 	ownership  bool       // the table's ownership was logged
+	// renewedOnly: the last apply only renewed element lifetimes, which
+	// the state file does not hold (publisher.renewed).
+	renewedOnly bool
 }
 
 func newApplier(o *Options, deny *denyCounters) *applier {
@@ -47,6 +50,7 @@ func (a *applier) sync(d ruleset.Desired) (applied bool, err error) {
 	start := time.Now()
 	kind := "delta"
 	var changed int
+	a.renewedOnly = false
 	if a.applied == nil || !ruleset.SameStructure(*a.applied, plan) {
 		kind, changed = "full", plan.Elements()
 		err = a.applyFull(plan)
@@ -59,6 +63,7 @@ func (a *applier) sync(d ruleset.Desired) (applied bool, err error) {
 			return false, nil
 		}
 		changed = d.Elements() + len(add) + len(del)
+		a.renewedOnly = len(add)+len(del) == 0 && renewsOnly(d)
 		if len(d) > 0 {
 			err = a.o.Kernel.ApplyDelta(plan, d)
 		}
@@ -94,6 +99,17 @@ func (a *applier) sync(d ruleset.Desired) (applied bool, err error) {
 		zap.Int("elements", plan.Elements()), zap.Int("changed", changed), zap.Int("allowlists", len(plan.Allowlists)),
 		zap.Duration("duration", time.Since(start)))
 	return true, nil
+}
+
+// renewsOnly reports whether d only renews lifetimes: no element added or
+// deleted.
+func renewsOnly(d ruleset.Delta) bool {
+	for _, sd := range d {
+		if len(sd.Add)+len(sd.Del) > 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // applyCgroups changes the cgroup map (a unit started, stopped or

@@ -96,7 +96,13 @@ type Controller struct {
 	cfg     *config.Config
 	users   policy.Users
 	usersAt time.Time // next look for missing users
-	reload  chan struct{}
+	// usersGen counts the changes of the uids and unit keys in users.
+	usersGen uint64
+	// built is what the plan in force was built from; a reconcile with
+	// the same inputs would build the same plan, and is skipped (sync).
+	built  buildKey
+	builds int // policy.Build calls, for tests
+	reload chan struct{}
 	// cfgRetry: a reload whose read failed for a reason that passes is
 	// due again at cfgRetry.At() (zero: none pending).
 	cfgRetry backoff.Retry

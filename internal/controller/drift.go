@@ -51,6 +51,21 @@ const (
 	restoreLogWindow = 10 * time.Second
 )
 
+// fullVerifyEvery is the backstop period of the full read-back when the
+// kernel's change monitor vouches that nothing else changed nftables
+// (MonitorCaughtUp): at most this long between two full verifications.
+const fullVerifyEvery = 10 * time.Minute
+
+// MonitorCaughtUp is implemented by kernels whose change monitor can tell
+// that it has read every nftables transaction committed up to now
+// (ruleset.Netlink: the generation now is the last one it read). Each of
+// them was the daemon's own or reached KernelEvents; with none reported
+// since the last full verification, the periodic one reads only the
+// generation (docs/security.md, "Verification").
+type MonitorCaughtUp interface {
+	CaughtUp() (bool, error)
+}
+
 // Restorer is implemented by kernels that can recreate a removed table
 // faster than a full apply (ruleset.Netlink: no delete, so no wait for the
 // kernel's grace periods). It fails, changing nothing, if the table exists.
@@ -112,6 +127,9 @@ type driftState struct {
 	logged      int           // restores logged one by one in the window
 	unlogged    int           // restores counted into the window's summary
 	restores    int           // restores in the window
+
+	foreign bool      // another process's transaction (or lost notices) since the last full verification
+	fullAt  time.Time // the next full verification at the latest (fullVerifyEvery)
 }
 
 // holdBackoff spaces object repairs while another process fights over them.
@@ -170,6 +188,7 @@ func (a *applier) restoreGap() time.Duration {
 // kernelChanged is called when another process committed an nftables transaction.
 func (a *applier) kernelChanged() {
 	now := a.o.Now()
+	a.drift.foreign = true
 	if a.applied != nil {
 		if fs := a.tableDisarmed(); fs != nil {
 			// Restore now (the loop's sync follows), or as soon as the
@@ -208,7 +227,12 @@ func (a *applier) verify() {
 			return
 		}
 	}
+	if findings == nil && !urgent && a.quiet(now) {
+		return // nothing but egressd changed nftables since the last full verification
+	}
 	if findings == nil {
+		a.drift.foreign = false
+		a.drift.fullAt = now.Add(max(fullVerifyEvery, a.o.VerifyEvery))
 		var err error
 		if findings, err = v.Verify(*a.applied); err != nil {
 			if a.tableGone() {
@@ -254,6 +278,19 @@ func (a *applier) verify() {
 		zap.Strings("found", found), zap.Int("findings", len(findings)))
 	a.o.Metrics.DriftRepaired()
 	a.applied = nil // the next sync rebuilds in full
+}
+
+// quiet reports whether the periodic verification may skip the read-back:
+// the kernel's monitor has read every transaction up to now, none was
+// another process's (or lost) since the last full verification, and that
+// was less than fullVerifyEvery ago.
+func (a *applier) quiet(now time.Time) bool {
+	m, ok := a.o.Kernel.(MonitorCaughtUp)
+	if !ok || a.o.KernelEvents == nil || a.drift.foreign || a.drift.fullAt.IsZero() || !now.Before(a.drift.fullAt) {
+		return false
+	}
+	caught, err := m.CaughtUp()
+	return err == nil && caught
 }
 
 func findingStrings(findings []ruleset.Finding) []string {

@@ -4,36 +4,73 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/egressd/egressd/config"
 	"github.com/egressd/egressd/internal/event"
 	"github.com/egressd/egressd/internal/phase"
 	"github.com/egressd/egressd/internal/policy"
+	"github.com/egressd/egressd/ruleset"
 	"go.uber.org/zap"
 )
 
 // sync brings the kernel to the desired state (applier.sync) and, once it
 // holds it, the name index and the state file follow.
+//
+// Most reconciles of a steady state change nothing (a refresh that brings
+// the same addresses only marks their lifetimes for the next renewal): when
+// every input of policy.Build is the one the plan in force was built from,
+// the build, render and diff are skipped. The inputs are counted exactly
+// (buildKey), never guessed from the time.
 func (c *Controller) sync() error {
 	c.dns.expire()
 	c.dns.cache.Renew() // extended lifetimes reach the kernel in batches
 	c.syncProxy()
+	cgroups := c.units.current(c.cfg)
+	key := buildKey{cfg: c.cfg, cache: c.dns.cache.Generation(), hosts: c.dns.hostsGen, users: c.usersGen, cgroups: cgroups}
+	if c.apply.applied != nil && c.listen.err == "" && key.same(c.built) {
+		c.attr.refresh(c.cfg, c.dns.cache.Addrs)
+		return nil
+	}
+	c.builds++
 	endBuild := phase.Start("build")
 	d := policy.Build(policy.Inputs{Config: c.cfg, Users: c.users, Lifetimes: c.dns.cache.AppendLifetimes,
-		FromHosts: c.dns.hosts.Has, Cgroups: c.units.current(c.cfg)})
+		FromHosts: c.dns.hosts.Has, Cgroups: cgroups})
 	endBuild()
 	changed, err := c.apply.sync(d.Ruleset)
 	if err != nil {
 		return err
 	}
+	c.built = key
 	c.attr.refresh(c.cfg, c.dns.cache.Addrs)
 	c.syncListen(d)
 	if changed {
-		c.pub.changed(false)
+		if c.apply.renewedOnly {
+			c.pub.renewed()
+		} else {
+			c.pub.changed(false)
+		}
 		c.notify(c.apply.status() + c.lastGoodNote())
 	}
 	return nil
+}
+
+// buildKey is what policy.Build reads, by identity or generation: the
+// configuration in force (replaced, never changed in place), the resolver
+// cache's generation (addresses and kernel lifetimes), the hosts file's
+// reads, the users' uids and unit keys, and the units' cgroups.
+type buildKey struct {
+	cfg     *config.Config
+	cache   uint64
+	hosts   uint64
+	users   uint64
+	cgroups []ruleset.Cgroup
+}
+
+func (k buildKey) same(o buildKey) bool {
+	return k.cfg == o.cfg && k.cache == o.cache && k.hosts == o.hosts && k.users == o.users && slices.Equal(k.cgroups, o.cgroups)
 }
 
 // publish writes the state file if due (publisher.publish).

@@ -15,7 +15,10 @@ import (
 
 // publisher writes the daemon's view for `egressd check` (state.json in
 // Options.StateDir, replaced atomically), at most once a second unless a
-// configuration just took effect. The loop's goroutine owns it.
+// configuration just took effect. An apply that only renewed lifetimes
+// (every 10 s in a steady state) changes nothing check compares, only the
+// generation and last apply the file reports: it is written within
+// renewalPublish, and before the daemon exits. The loop's goroutine owns it.
 type publisher struct {
 	o       *Options
 	started time.Time
@@ -23,6 +26,9 @@ type publisher struct {
 	// soon: a configuration took effect; publish without waiting for at.
 	soon  bool
 	dirty bool // the state file is behind
+	// behind: only lifetimes were renewed since the last write (renewed).
+	behind  bool
+	written time.Time // the last write
 	// group: state_group as last looked up (name → gid).
 	group struct {
 		name string
@@ -55,12 +61,25 @@ func (p *publisher) changed(configChanged bool) {
 	p.soon = p.soon || configChanged
 }
 
+// renewalPublish bounds how long the state file's generation and last
+// apply may lag behind an apply that only renewed lifetimes.
+const renewalPublish = time.Minute
+
+// renewed marks the state file as behind by renewals only: nothing check
+// compares changed (the file holds no lifetimes).
+func (p *publisher) renewed() { p.behind = true }
+
 // due is when the next write is due, or zero when none is.
 func (p *publisher) due() time.Time {
-	if !p.dirty || p.o.StateDir == "" {
+	switch {
+	case p.o.StateDir == "":
 		return time.Time{}
+	case p.dirty:
+		return p.at
+	case p.behind:
+		return later(p.at, p.written.Add(renewalPublish)) // p.at: a failed write is retried a second later
 	}
-	return p.at
+	return time.Time{}
 }
 
 // view is what is published.
@@ -77,11 +96,14 @@ type view struct {
 
 // publish writes the state file if it is due (or force) and a plan is applied.
 func (p *publisher) publish(force bool, v view) {
-	if p.o.StateDir == "" || (!p.dirty && !force) || v.applied == nil {
+	if p.o.StateDir == "" || (!p.dirty && !p.behind && !force) || v.applied == nil {
 		return
 	}
 	now := p.o.Now()
-	if !force && now.Before(p.at) && !p.soon {
+	if !force && p.dirty && now.Before(p.at) && !p.soon {
+		return
+	}
+	if !force && !p.dirty && now.Before(later(p.at, p.written.Add(renewalPublish))) {
 		return
 	}
 	p.at, p.soon = now.Add(time.Second), false
@@ -89,7 +111,7 @@ func (p *publisher) publish(force bool, v view) {
 		p.o.Log.Warn("cannot write the state file; egressd check will not see the daemon's view", event.Field(event.StateFailed), zap.Error(err))
 		return
 	}
-	p.dirty = false
+	p.dirty, p.behind, p.written = false, false, now
 }
 
 func (p *publisher) snapshot(now time.Time, v view) *state.State {
@@ -128,4 +150,11 @@ func (p *publisher) snapshot(now time.Time, v view) *state.State {
 		s.Names[name] = sn
 	}
 	return s
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }

@@ -23,8 +23,11 @@ type refresher struct {
 	o       *Options
 	querier resolver.Querier
 	hosts   *resolver.Hosts
-	cache   *resolver.Cache
-	failing map[resolver.Key]time.Time // when each failing lookup started failing
+	// hostsGen counts the changes of the hosts file's table (reloadHosts):
+	// what hosts.Has says.
+	hostsGen uint64
+	cache    *resolver.Cache
+	failing  map[resolver.Key]time.Time // when each failing lookup started failing
 	// changed is told each name whose allowed addresses changed.
 	changed func(name string)
 }
@@ -170,6 +173,7 @@ func (r *refresher) reloadHosts(file string) error {
 	if len(changed) == 0 {
 		return nil
 	}
+	r.hostsGen++ // Load replaced the table only now, and says what changed
 	r.o.Log.Info("hosts file changed", event.Field(event.ConfigLoaded), zap.String("file", file), zap.Strings("changed", changed))
 	r.cache.Refresh(changed)
 	return nil

@@ -45,6 +45,9 @@ func (c *Controller) lookupUsersFrom(prev policy.Users, loud bool) bool {
 			c.o.Log.Error("two allowlists restrict the same uid", event.Field(event.UserConflict), zap.String("error", m))
 		}
 	}
+	if !reflect.DeepEqual(u.UIDs, c.users.UIDs) || !reflect.DeepEqual(u.UnitKeys, c.users.UnitKeys) {
+		c.usersGen++ // what policy.Build reads of the users changed
+	}
 	c.users = u
 	c.attr.setSubjects(c.cfg, u.UIDs, u.UnitKeys)
 	c.usersAt = c.o.Now().Add(5 * time.Second)
