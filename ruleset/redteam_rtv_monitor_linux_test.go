@@ -131,7 +131,9 @@ func TestRedteamRTVOwnerExitRemovesTableWithoutNewGen(t *testing.T) {
 	if fs, err := e.k.Verify(p); err != nil || len(fs) != 0 {
 		t.Fatalf("control: the owned copy is not identical (findings %v, err %v); the attack needs it to be", fs, err)
 	}
-	rtvCaughtUp(t, e.k, "after the other process's transaction")
+	// The monitor has read that NEWGEN (it reports after reading it).
+	// Whether CaughtUp vouches for a table another socket owns is left
+	// open: a fix may refuse to.
 	rtvDrain(ch)
 
 	// The process exits.
