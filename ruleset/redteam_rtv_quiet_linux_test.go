@@ -3,8 +3,11 @@
 package ruleset
 
 import (
+	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/egressd/egressd/config"
 )
 
 // Held. What a protected user (unprivileged) can change in the kernel is
@@ -87,4 +90,91 @@ func TestRedteamRTVOtherNamespaceTransaction(t *testing.T) {
 	if !rtvReported(ch, 5*time.Second) {
 		t.Fatal("control: a transaction in egressd's namespace was not reported")
 	}
+}
+
+// Held (not a regression; a blind spot of every verification). Another
+// process (CAP_NET_ADMIN) replaces one of egressd's timed elements with
+// the same element without a timeout, so that the kernel keeps it past the
+// end of its lifetime, when egressd's plan drops it. Its transaction is
+// reported, and the verification that follows finds nothing: a read-back
+// compares which elements a set holds, not their timeouts, so the
+// periodic one would not find it either, skipped or not. What closes it is
+// egressd's own deletion when the plan drops the element (an ending
+// element is deleted, guarded, not left to the kernel's timeout): after
+// it, the destination is refused. The control: before its end, the
+// element allows the destination.
+func TestRedteamRTVForeignTimeoutOutlivesPlan(t *testing.T) {
+	e := newEnv(t)
+	e.k.own.unowned = true // an owned table refuses the other process
+	e.serveTCP(t, "192.0.2.10:443")
+	ch := rtvWatch(t, e)
+	elem := ElementFor(config.TCP, netip.MustParsePrefix("192.0.2.10/32"), 443, 443)
+	desired := func(until ...time.Time) Desired {
+		a := Allowlist{Name: "a", Subject: UserSubject(uidA)}
+		if len(until) > 0 {
+			a.Elements, a.Until = []Element{elem}, until
+		}
+		return Desired{Allowlists: []Allowlist{a}, Resolvers: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")},
+			DenyLog: config.Defaults().DenyLog}
+	}
+	end := time.Now().Add(3 * time.Second)
+	p1 := Render(desired(end))
+	if err := e.k.ApplyFull(p1); err != nil {
+		t.Fatal(err)
+	}
+	rtvCaughtUp(t, e.k, "after egressd's apply")
+	rtvDrain(ch)
+	if err := e.tcp(uidA, "192.0.2.10:443"); err != nil {
+		t.Fatalf("control: before its end, uidA → 192.0.2.10:443: %v", err)
+	}
+	// The other process: the same element, without a timeout.
+	var name string
+	for n, es := range p1.Sets {
+		for _, x := range es {
+			if x == elem {
+				name = n
+			}
+		}
+	}
+	placed, err := placeElements(map[string][]Element{name: {elem}}, nil, subjects(p1))
+	if err != nil || len(placed) == 0 {
+		t.Fatalf("place %s in %q: %v", elem, name, err)
+	}
+	tool, err := e.k.conn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ks, es := range placed {
+		if err := tool.SetDeleteElements(ks.nft(), toSetElements(ks, es)); err != nil {
+			t.Fatal(err)
+		}
+		if err := tool.SetAddElements(ks.nft(), toSetElements(ks, es)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tool.Flush(); err != nil {
+		t.Fatalf("replace the element without a timeout: %v", err)
+	}
+	if !rtvReported(ch, 5*time.Second) {
+		t.Fatal("control: the other process's transaction was not reported")
+	}
+	if fs, err := e.k.Verify(p1); err != nil || len(fs) != 0 {
+		t.Logf("the verification after the report found %v (%v)", fs, err)
+	} else {
+		t.Log("the verification after the report finds nothing: timeouts are not compared")
+	}
+	time.Sleep(time.Until(end) + 500*time.Millisecond)
+	if err := e.tcp(uidA, "192.0.2.10:443"); err != nil {
+		t.Fatalf("control: the timeout-less element no longer allows (the attack did not take): %v", err)
+	}
+	// egressd's plan drops the element at its end: its own deletion.
+	p2 := Render(desired())
+	d := Diff(p1, p2)
+	if d.Elements() == 0 {
+		t.Fatal("egressd's plan does not delete an element whose end has passed")
+	}
+	if err := e.k.ApplyDelta(p2, d); err != nil {
+		t.Fatalf("egressd's deletion of the ended element: %v", err)
+	}
+	mustRefuse(t, "HOLE: the timeout-less element outlived egressd's deletion: uidA → 192.0.2.10:443", e.tcp(uidA, "192.0.2.10:443"))
 }
