@@ -5,6 +5,9 @@ package ruleset
 import (
 	"context"
 	"encoding/binary"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -265,4 +268,98 @@ func TestRedteamRTVForeignTransactionOnEgressdsOldPort(t *testing.T) {
 		t.Fatal("control: egressd's transaction on its new socket was reported")
 	}
 	t.Logf("old port %d, new port %d", old, e.k.own.port)
+}
+
+// Held. Notifications lost without the monitor knowing would let CaughtUp
+// vouch for a transaction it never read: the generation it read last
+// (egressd's own, after the lost one) is the kernel's. Here the monitor's
+// reader is stalled (the ports lock it takes for every NEWGEN is held)
+// while egressd commits a burst of its own transactions, enough to
+// overflow the monitor's receive buffer, then another process commits one:
+// its NEWGEN is dropped. The overflow must be reported (ENOBUFS), and the
+// report must reach the channel; the control: the burst did overflow the
+// socket (its drops counter in /proc/net/netlink), and egressd's next own
+// transaction catches the monitor up again.
+func TestRedteamRTVLostNotificationsAreReported(t *testing.T) {
+	e := newEnv(t)
+	ch := rtvWatch(t, e)
+	p := basePlan()
+	if err := e.k.ApplyFull(p); err != nil {
+		t.Fatal(err)
+	}
+	rtvCaughtUp(t, e.k, "after egressd's apply")
+	rtvDrain(ch)
+	own := e.k.own.conn
+	scratch := &nftables.Table{Family: nftables.TableFamilyINet, Name: "rtv-scratch"}
+	ownTransaction := func() {
+		t.Helper()
+		own.AddTable(scratch)
+		own.DelTable(scratch)
+		if err := own.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.k.ports.mu.Lock() // the monitor's reader stops at the next NEWGEN
+	locked := true
+	defer func() {
+		if locked {
+			e.k.ports.mu.Unlock()
+		}
+	}()
+	for i := 0; i < 6000; i++ {
+		ownTransaction()
+	}
+	rtvCommitFromPort(t, e.k.NetNSFd, 0, "other")
+	var out []byte
+	if err := e.ns.Do(func() (err error) {
+		out, err = os.ReadFile("/proc/thread-self/net/netlink")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.k.ports.mu.Unlock()
+	locked = false
+	if !rtvDropped(string(out)) {
+		t.Fatalf("control: the monitor's socket dropped nothing; the burst did not overflow it:\n%s", out)
+	}
+	reported := rtvReported(ch, 5*time.Second)
+	// egressd's next transactions: once the monitor has drained its
+	// queue (until then they are dropped too), it is caught up again.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		ownTransaction()
+		caught, err := e.k.CaughtUp()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if caught {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("control: the monitor never caught up after the overflow")
+		}
+	}
+	if !reported {
+		t.Fatal("HOLE: another process's transaction was lost with the monitor's overflow, not reported, " +
+			"and CaughtUp vouches again after egressd's next transaction")
+	}
+}
+
+// rtvDropped says whether a NETLINK_NETFILTER socket joined to
+// NFNLGRP_NFTABLES dropped messages (/proc/net/netlink: sk Eth Pid Groups
+// Rmem Wmem Dump Locks Drops Inode).
+func rtvDropped(table string) bool {
+	for _, line := range strings.Split(table, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 10 || f[1] != "12" {
+			continue
+		}
+		groups, err := strconv.ParseUint(f[3], 16, 32)
+		if err != nil || groups&(1<<(nfnlGroupNFTables-1)) == 0 {
+			continue
+		}
+		if drops, err := strconv.Atoi(f[8]); err == nil && drops > 0 {
+			return true
+		}
+	}
+	return false
 }
