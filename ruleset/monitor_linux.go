@@ -260,7 +260,26 @@ func (k *Netlink) CaughtUp() (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	return gen == seen && k.mon.running.Load(), nil
+	if gen != seen || !k.mon.running.Load() {
+		return false, nil
+	}
+	// The kernel deletes a table whose owning socket closes without a
+	// transaction: no generation, no NEWGEN (red team rtv). So the table
+	// must be there, and owned by egressd's socket or by none: a copy
+	// another process owns goes when that process exits.
+	flags, ok, err := k.tableFlags()
+	if err != nil || !ok {
+		return false, err
+	}
+	if flags&tableFlagOwner != 0 {
+		k.own.mu.Lock()
+		owned := k.own.owned
+		k.own.mu.Unlock()
+		if !owned {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // readGeneration reads the generation of nf_tables in the namespace netns

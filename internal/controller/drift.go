@@ -289,8 +289,23 @@ func (a *applier) quiet(now time.Time) bool {
 	if !ok || a.o.KernelEvents == nil || a.drift.foreign || a.drift.fullAt.IsZero() || !now.Before(a.drift.fullAt) {
 		return false
 	}
-	caught, err := m.CaughtUp()
-	return err == nil && caught
+	if caught, err := m.CaughtUp(); err != nil || !caught {
+		return false
+	}
+	// A table its foreign owner took with it when it exited left no
+	// transaction to report (red team rtv): look, cheaply, that it is
+	// there and armed; when the kernel cannot say, read back.
+	if p, ok := a.o.Kernel.(TablePresence); ok {
+		if present, err := p.TablePresent(); err != nil || !present {
+			return false
+		}
+	}
+	if d, ok := a.o.Kernel.(TableDormancy); ok {
+		if dormant, err := d.TableDormant(); err != nil || dormant {
+			return false
+		}
+	}
+	return true
 }
 
 func findingStrings(findings []ruleset.Finding) []string {
