@@ -219,3 +219,15 @@ func BenchmarkQueryBothFanOut(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkCacheSync10k is a start's Sync: 10,000 names into an empty cache.
+func BenchmarkCacheSync10k(b *testing.B) {
+	names := map[string]bool{}
+	for i := 0; i < 10000; i++ {
+		names[fmt.Sprintf("n%d.test", i)] = false
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		NewCache(Policy{}, nil).Sync(names)
+	}
+}
