@@ -112,7 +112,8 @@ func (c *Client) exchangePair(ctx context.Context, qs [2]*dns.Msg, srv netip.Add
 	var sent [2]*dns.Msg
 	var pkts [2][]byte
 	for i, q := range qs {
-		q = q.Copy()
+		// qs are this lookup's own (exchangeBoth): a fresh ID in place, no
+		// copy; exchangeOne copies what it asks again.
 		q.Id = dns.Id()
 		for i == 1 && q.Id == sent[0].Id {
 			q.Id = dns.Id() // distinct IDs: a reply belongs to one query only
