@@ -517,6 +517,16 @@ func (c *Cache) NextEvent() time.Time {
 	return t
 }
 
+// LastOK is Status(k).LastOK, without the rest of the report; false for
+// a key the cache does not hold.
+func (c *Cache) LastOK(k Key) (time.Time, bool) {
+	e := c.keys[k]
+	if e == nil {
+		return time.Time{}, false
+	}
+	return e.lastOK, true
+}
+
 // Status reports on one key.
 func (c *Cache) Status(k Key) (Status, bool) {
 	e := c.keys[k]

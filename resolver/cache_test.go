@@ -330,7 +330,7 @@ func TestCacheLifetimesUntil(t *testing.T) {
 	want("negative", map[string]time.Time{"192.0.2.1": clk.t.Add(10 * time.Second), "192.0.2.2": clk.t.Add(10 * time.Second)})
 }
 
-// HasAddrs says what len(Addrs) > 0 says: an answered name, one of whose
+// HasAddrs says what len(Addrs) > 0 says, LastOK what Status says: an answered name, one of whose
 // types failed, a negative answer, an expired address, an unknown name.
 func TestCacheHasAddrsIsAddrs(t *testing.T) {
 	now := time.Unix(1_000_000, 0)
@@ -344,6 +344,12 @@ func TestCacheHasAddrsIsAddrs(t *testing.T) {
 		for _, n := range []string{"a.test", "neg.test", "v6.test", "new.test", "unknown.test"} {
 			if got, want := c.HasAddrs(n), len(c.Addrs(n)) > 0; got != want {
 				t.Errorf("%s: HasAddrs(%s) = %v, Addrs %v", when, n, got, c.Addrs(n))
+			}
+			for _, k := range KeysFor(n) {
+				st, known := c.Status(k)
+				if last, ok := c.LastOK(k); ok != known || !last.Equal(st.LastOK) {
+					t.Errorf("%s: LastOK(%v) = %v, %v; Status says %v, %v", when, k, last, ok, st.LastOK, known)
+				}
 			}
 		}
 	}

@@ -106,7 +106,7 @@ func (r *refresher) observe(keys []resolver.Key, out []policy.Outcome) map[strin
 
 // observeOne records the outcome o of k; a failed name goes in failed.
 func (r *refresher) observeOne(k resolver.Key, o policy.Outcome, failed map[string]error) {
-	prev, known := r.cache.Status(k)
+	prevOK, known := r.cache.LastOK(k)
 	if !known {
 		return // the name left the configuration while it was being looked up
 	}
@@ -119,7 +119,6 @@ func (r *refresher) observeOne(k resolver.Key, o policy.Outcome, failed map[stri
 	}
 	r.o.Metrics.Resolved(o.Dur.Seconds())
 	ch := r.cache.Observe(k, o.Res, o.Err)
-	st, _ := r.cache.Status(k)
 	if len(ch.Added) > 0 || len(ch.Removed) > 0 {
 		r.changed(k.Name)
 	}
@@ -133,12 +132,13 @@ func (r *refresher) observeOne(k resolver.Key, o policy.Outcome, failed map[stri
 	switch {
 	case o.Err != nil:
 		failed[k.Name] = o.Err
+		st, _ := r.cache.Status(k)
 		r.o.Log.Warn("resolution failed", event.Field(event.ResolveFailed), zap.String("name", k.Name), zap.String("type", typeName(k)),
 			zap.Error(o.Err), zap.Bool("serving_stale", st.ServingStale), zap.Int("addresses", len(st.Addrs)),
 			zap.Duration("retry_in", ch.TTL), zap.Stringers("removed", ch.Removed))
 	// Info when something changed, or on a name's first answer (even a
 	// negative one); a refresh that changes nothing is debug.
-	case len(ch.Added) > 0 || len(ch.Removed) > 0 || ch.Dropped > 0 || prev.LastOK.IsZero():
+	case len(ch.Added) > 0 || len(ch.Removed) > 0 || ch.Dropped > 0 || prevOK.IsZero():
 		level := r.o.Log.Info
 		if ch.Dropped > 0 {
 			level = r.o.Log.Warn
