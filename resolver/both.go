@@ -114,9 +114,9 @@ func (c *Client) exchangePair(ctx context.Context, qs [2]*dns.Msg, srv netip.Add
 	for i, q := range qs {
 		// qs are this lookup's own (exchangeBoth): a fresh ID in place, no
 		// copy; exchangeOne copies what it asks again.
-		q.Id = dns.Id()
+		q.Id = queryID()
 		for i == 1 && q.Id == sent[0].Id {
-			q.Id = dns.Id() // distinct IDs: a reply belongs to one query only
+			q.Id = queryID() // distinct IDs: a reply belongs to one query only
 		}
 		b, err := q.Pack()
 		if err != nil {

@@ -160,8 +160,11 @@ func (c *Client) exchange(ctx context.Context, qname string, qtype uint16) (*dns
 // question is the query for qname and qtype, ID not yet set.
 func (c *Client) question(qname string, qtype uint16) *dns.Msg {
 	q := new(dns.Msg)
-	q.SetQuestion(qname, qtype)
+	// What SetQuestion does, with queryID for its dns.Id (each exchange
+	// sets a fresh one anyway).
+	q.Id = queryID()
 	q.RecursionDesired = true
+	q.Question = []dns.Question{{Name: qname, Qtype: qtype, Qclass: dns.ClassINET}}
 	q.SetEdns0(c.udpSize(), false)
 	return q
 }
@@ -177,7 +180,7 @@ func (c *Client) exchangeOne(ctx context.Context, q *dns.Msg, srv netip.AddrPort
 	// A fresh ID per attempt: miekg's client ignores replies whose ID differs,
 	// which is what makes a blind spoofing attempt miss.
 	q = q.Copy()
-	q.Id = dns.Id()
+	q.Id = queryID()
 	size := dns.MinMsgSize
 	if opt := q.IsEdns0(); opt != nil {
 		size = int(opt.UDPSize())
