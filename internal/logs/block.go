@@ -3,6 +3,7 @@ package logs
 import (
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -20,9 +21,9 @@ type blockWriter struct {
 
 	mu      sync.Mutex
 	buf     []byte
-	started time.Time // when buf got its first byte
-	err     error     // the first write error (under mu)
-	stopped bool      // Stop ran: writes go straight to w
+	started time.Time             // when buf got its first byte
+	err     atomic.Pointer[error] // the first write error (not under mu: the writer sets it while a Write may wait, holding mu, for room)
+	stopped bool                  // Stop ran: writes go straight to w
 	timer   *time.Timer
 
 	out  chan blockReq // to the writing goroutine
@@ -60,11 +61,7 @@ func (b *blockWriter) run() {
 			continue
 		}
 		if _, err := b.w.Write(r.b); err != nil {
-			b.mu.Lock()
-			if b.err == nil {
-				b.err = err
-			}
-			b.mu.Unlock()
+			b.err.CompareAndSwap(nil, &err)
 		}
 		select {
 		case b.free <- r.b[:0]:
@@ -77,8 +74,8 @@ func (b *blockWriter) run() {
 func (b *blockWriter) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.err != nil {
-		return 0, b.err
+	if err := b.failed(); err != nil {
+		return 0, err
 	}
 	if b.stopped {
 		return b.w.Write(p)
@@ -99,6 +96,14 @@ func (b *blockWriter) Write(p []byte) (int, error) {
 		b.handOff()
 	}
 	return len(p), nil
+}
+
+// failed is the first write error.
+func (b *blockWriter) failed() error {
+	if p := b.err.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // flushOld queues a block that waited flushEvery (the timer's goroutine).
@@ -124,7 +129,7 @@ func (b *blockWriter) Sync() error {
 	b.mu.Lock()
 	if b.stopped {
 		defer b.mu.Unlock()
-		return b.err
+		return b.failed()
 	}
 	b.handOff()
 	ack := make(chan struct{})
@@ -133,7 +138,7 @@ func (b *blockWriter) Sync() error {
 	<-ack
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.err
+	return b.failed()
 }
 
 // Stop writes the rest and ends the writing goroutine; the process may exit
@@ -150,5 +155,5 @@ func (b *blockWriter) Stop() error {
 	})
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.err
+	return b.failed()
 }

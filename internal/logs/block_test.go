@@ -133,3 +133,30 @@ func TestBlockWriterSyncAndError(t *testing.T) {
 		t.Fatal("Stop hid the write error")
 	}
 }
+
+// A write error while the logger waits for room in the queue ends in the
+// error, not in a deadlock (the writer records it without the logger's lock).
+func TestBlockWriterErrorWhileQueueFull(t *testing.T) {
+	g := &gatedWriter{open: make(chan struct{}), wrote: make(chan int, 1), err: errors.New("broken pipe")}
+	b := newBlockWriter(g, 64, 1)
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		for i := 0; i < 8 && err == nil; i++ {
+			_, err = b.Write(bytes.Repeat([]byte{'x'}, 64))
+		}
+		done <- err
+	}()
+	close(g.open)
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("eight writes into a broken pipe: no error")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("deadlock: the writer could not record its error while Write waited for room")
+	}
+	if err := b.Stop(); err == nil {
+		t.Error("Stop hid the write error")
+	}
+}
