@@ -200,7 +200,7 @@ func (a *Allowlist) NumericUID() (uint32, bool) {
 // Names returns the distinct DNS names egressd resolves for the allowlist
 // (its exact names; wildcards are answered only through the proxy), sorted.
 func (a *Allowlist) Names() []string {
-	seen := map[string]bool{}
+	seen := make(map[string]bool, len(a.Entries))
 	var out []string
 	for _, e := range a.Entries {
 		if e.Resolvable() && !seen[e.Host] {

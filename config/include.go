@@ -18,9 +18,10 @@ type Include struct {
 
 // entries parses an allow: sequence; duplicates are merged.
 func (p *parser) entries(v *yaml.Node, key string) []Entry {
-	var out []Entry
-	seen := map[string]bool{}
-	for _, n := range p.sequence(v, key) {
+	seq := p.sequence(v, key)
+	out := make([]Entry, 0, len(seq))
+	seen := make(map[string]bool, len(seq))
+	for _, n := range seq {
 		if n.Kind == yaml.SequenceNode || n.Kind == yaml.MappingNode {
 			p.errorf(n, "allow entry: expected host:port, found a list or mapping (an entry that starts with '[' must be quoted: \"[2001:db8::1]:443\")")
 			continue
@@ -29,7 +30,7 @@ func (p *parser) entries(v *yaml.Node, key string) []Entry {
 		if !ok {
 			continue
 		}
-		if runTogetherRE.MatchString(s) {
+		if runTogether(s) {
 			p.errorf(n, "allow: %q: two entries run together: a list item is indented differently from the one above it (every \"- \" of the list must start in the same column)", s)
 			continue
 		}

@@ -9,9 +9,12 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/miekg/dns"
 )
@@ -172,10 +175,19 @@ func loadAllowDir(w *walker, dir string) ([]*Allowlist, []string, error) {
 	if err != nil {
 		return nil, nil, Errors{{Pos: Pos{File: dir}, Msg: fmt.Sprintf("cannot list allow directory: %v", errors.Unwrap(err)), cause: err}}
 	}
-	var errs Errors
-	var lists []*Allowlist
 	var skipped []string
 	byName := map[string]string{}
+	// Read (and check) each file in turn, then parse them in parallel:
+	// parsing is a pure function of the bytes read, and most of the time
+	// of a large configuration. The errors keep the files' order.
+	type slot struct {
+		file, name string
+		data       []byte
+		parse      bool // read: to be parsed
+		a          *Allowlist
+		errs       Errors
+	}
+	var slots []slot
 	for _, ent := range ents {
 		file := filepath.Join(dir, ent.Name())
 		name, ok := AllowlistName(ent.Name())
@@ -185,13 +197,17 @@ func loadAllowDir(w *walker, dir string) ([]*Allowlist, []string, error) {
 			}
 			continue
 		}
-		if st, err := os.Stat(file); err == nil && st.IsDir() {
-			skipped = append(skipped, file)
-			continue
+		// The listing's type says a plain file is no directory; a
+		// symlink is followed to see.
+		if t := ent.Type(); t.IsDir() || t&fs.ModeSymlink != 0 {
+			if st, err := os.Stat(file); err == nil && st.IsDir() {
+				skipped = append(skipped, file)
+				continue
+			}
 		}
 		if prev, ok := byName[name]; ok {
-			errs = append(errs, &Error{Pos: Pos{File: file}, Msg: fmt.Sprintf("allowlist %q is also defined by %s; keep one of the two files", name, prev),
-				Fix: "remove or rename one of " + prev + " and " + file})
+			slots = append(slots, slot{errs: Errors{&Error{Pos: Pos{File: file}, Msg: fmt.Sprintf("allowlist %q is also defined by %s; keep one of the two files", name, prev),
+				Fix: "remove or rename one of " + prev + " and " + file}}})
 			continue
 		}
 		byName[name] = file
@@ -204,15 +220,41 @@ func loadAllowDir(w *walker, dir string) ([]*Allowlist, []string, error) {
 				// still there: rejected, as before.
 				e.cause = errVanished
 			}
-			errs = append(errs, e)
+			slots = append(slots, slot{errs: Errors{e}})
 			continue
 		}
-		a, err := ParseAllowlist(file, name, data)
-		if err != nil {
-			errs = append(errs, asErrors(file, err)...)
+		slots = append(slots, slot{file: file, name: name, data: data, parse: true})
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(slots)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1) - 1); i < len(slots); i = int(next.Add(1) - 1) {
+				s := &slots[i]
+				if !s.parse {
+					continue
+				}
+				a, err := ParseAllowlist(s.file, s.name, s.data)
+				if err != nil {
+					s.errs = asErrors(s.file, err)
+				}
+				s.a = a
+			}
+		}()
+	}
+	wg.Wait()
+	var errs Errors
+	lists := make([]*Allowlist, 0, len(slots))
+	for _, s := range slots {
+		if len(s.errs) > 0 {
+			errs = append(errs, s.errs...)
 			continue
 		}
-		lists = append(lists, a)
+		if s.a != nil {
+			lists = append(lists, s.a)
+		}
 	}
 	sort.Slice(lists, func(i, j int) bool { return lists[i].Name < lists[j].Name })
 	errs = append(errs, duplicateUsers(lists)...)

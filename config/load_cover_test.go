@@ -179,3 +179,35 @@ func TestGroupIDAndSystemUsers(t *testing.T) {
 		t.Error("an unknown user resolved")
 	}
 }
+
+// The files of an allow directory are parsed in parallel; what comes out
+// does not depend on it: every file's errors, in the files' order (an empty
+// file is one), a directory (or a symlink to one) skipped, and the lists
+// sorted by name when all are valid.
+func TestLoadAllowDirParallelKeepsOrder(t *testing.T) {
+	dir := trustedTemp(t)
+	files := map[string]string{}
+	for i := 0; i < 40; i++ {
+		files[filepath.Join("allow.d", "l"+strings.Repeat("x", i%3)+string(rune('a'+i%26))+string(rune('a'+i/26))+".yaml")] = "user: \"" + string(rune('0'+i%10)) + "1" + string(rune('0'+i/10)) + "\"\nallow: [n.example:443]\n"
+	}
+	writeFiles(t, dir, files)
+	if err := os.Mkdir(filepath.Join(dir, "allow.d", "sub.yaml"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(dir, "allow.d", "sub.yaml"), filepath.Join(dir, "allow.d", "link.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	lists, err := LoadAllowDir(filepath.Join(dir, "allow.d"))
+	if err != nil || len(lists) != 40 {
+		t.Fatalf("%d lists, %v", len(lists), err)
+	}
+	if !slices.IsSortedFunc(lists, func(a, b *Allowlist) int { return strings.Compare(a.Name, b.Name) }) {
+		t.Error("lists not sorted by name")
+	}
+	writeFiles(t, dir, map[string]string{"allow.d/b-empty.yaml": "", "allow.d/d-bad.yaml": "user: \"9\"\nallow: [\"bad host:443\"]\n"})
+	_, err = LoadAllowDir(filepath.Join(dir, "allow.d"))
+	var errs Errors
+	if !errors.As(err, &errs) || len(errs) != 2 || errs[0].Pos.File != filepath.Join(dir, "allow.d", "b-empty.yaml") || errs[1].Pos.File != filepath.Join(dir, "allow.d", "d-bad.yaml") {
+		t.Fatalf("want the empty file's error, then the bad entry's: %v", err)
+	}
+}

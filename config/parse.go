@@ -550,9 +550,21 @@ func ParseAllowlist(file, name string, data []byte) (*Allowlist, error) {
 	return a, nil
 }
 
-// runTogetherRE is a plain scalar that YAML folded from two list items,
-// the second mis-indented ("a:443\n   - b:443" reads as "a:443 - b:443").
-var runTogetherRE = regexp.MustCompile(`\s-\s`)
+// runTogether is a plain scalar that YAML folded from two list items,
+// the second mis-indented ("a:443\n   - b:443" reads as "a:443 - b:443"):
+// `\s-\s` anywhere, checked by hand (a regexp per entry was a fifth of
+// the parse of 10,000 entries).
+func runTogether(s string) bool {
+	for i := 1; i+1 < len(s); i++ {
+		if s[i] == '-' && isSpace(s[i-1]) && isSpace(s[i+1]) {
+			return true
+		}
+	}
+	return false
+}
+
+// isSpace is regexp's \s.
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\f' || c == '\r' }
 
 var userRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$`)
 
@@ -679,7 +691,20 @@ func parsePort(s string) (uint16, error) {
 	return uint16(n), nil
 }
 
-var labelRE = regexp.MustCompile(`^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$`)
+// validLabel is `^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$`, checked by hand:
+// every label of every entry goes through it.
+func validLabel(l string) bool {
+	if len(l) == 0 || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(l); i++ {
+		c := l[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
 
 // wildcardError is a wildcard entry in an allowlist without dns: proxy.
 func wildcardError(e Entry, a *Allowlist) *Error {
@@ -717,7 +742,7 @@ func normalizeName(h string) (string, error) {
 	}
 	labels := strings.Split(n, ".")
 	for _, l := range labels {
-		if !labelRE.MatchString(l) {
+		if !validLabel(l) {
 			return "", fmt.Errorf("%q is not a valid host name (label %q)", h, l)
 		}
 	}

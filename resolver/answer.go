@@ -38,7 +38,6 @@ func ReadReply(msg *dns.Msg, qname string, qtype uint16, maxChain int) (res Resu
 		maxChain = DefaultMaxChain
 	}
 	res.TTL = -1
-	res.seen = map[netip.Addr]bool{}
 	next, err = walk(msg, dns.Fqdn(strings.ToLower(qname)), qtype, &res, maxChain)
 	if err != nil {
 		return Result{}, "", fmt.Errorf("%s: %w", qname, err)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"testing"
 	"time"
@@ -178,6 +179,25 @@ func TestAnswers(t *testing.T) {
 		m := &dns.Msg{Question: c.qs}
 		if got := Answers(m, q); got != c.want {
 			t.Errorf("%s: Answers = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+// Addresses are kept once each, in answer order, whether add looks
+// through them (a few) or keeps a map (past dedupScan).
+func TestResultAddDeduplicates(t *testing.T) {
+	for _, n := range []int{3, dedupScan, dedupScan + 1, 3 * dedupScan} {
+		var r Result
+		var want []netip.Addr
+		for i := 0; i < n; i++ {
+			a := netip.AddrFrom4([4]byte{192, 0, 2, byte(i)})
+			want = append(want, a)
+			r.add(a)
+			r.add(want[i/2]) // an earlier one again
+			r.add(a)
+		}
+		if !slices.Equal(r.Addrs, want) {
+			t.Errorf("%d addresses: got %v", n, r.Addrs)
 		}
 	}
 }

@@ -192,3 +192,42 @@ func BenchmarkLifetimes10k(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkQueryBothFanOut is BenchmarkQueryFanOut for a name's A and AAAA
+// together (QueryBoth: one fresh socket for the two), as a cold apply asks
+// them.
+func BenchmarkQueryBothFanOut(b *testing.B) {
+	s, err := dnstest.Listen("127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	s.Set("x.bench.test", dnstest.Record{A: []netip.Addr{netip.MustParseAddr("192.0.2.1")}, AAAA: []netip.Addr{netip.MustParseAddr("2001:db8::1")}, TTL: 60})
+	c := &Client{Servers: []netip.AddrPort{s.Addr}}
+	round, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b.ReportAllocs()
+	b.SetParallelism(32) // 64 in flight on 2 CPUs
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			ctx, cancel := context.WithTimeout(round, 10*time.Second)
+			r := c.QueryBoth(ctx, "x.bench.test")
+			if r[0].Err != nil || r[1].Err != nil {
+				b.Error(r[0].Err, r[1].Err)
+			}
+			cancel()
+		}
+	})
+}
+
+// BenchmarkCacheSync10k is a start's Sync: 10,000 names into an empty cache.
+func BenchmarkCacheSync10k(b *testing.B) {
+	names := map[string]bool{}
+	for i := 0; i < 10000; i++ {
+		names[fmt.Sprintf("n%d.test", i)] = false
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		NewCache(Policy{}, nil).Sync(names)
+	}
+}

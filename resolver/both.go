@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -108,43 +109,88 @@ func (c *Client) exchangePair(ctx context.Context, qs [2]*dns.Msg, srv netip.Add
 		err = fmt.Errorf("%s: %w", srv, err)
 		return out, [2]error{err, err}
 	}
-	conn, err := dialUDP(srv)
-	if err != nil {
-		return both(err)
-	}
-	defer conn.Close()
-	deadline := time.Now().Add(c.timeout())
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	if err := conn.SetDeadline(deadline); err != nil {
-		return both(err)
-	}
 	var sent [2]*dns.Msg
+	var pkts [2][]byte
 	for i, q := range qs {
-		q = q.Copy()
-		q.Id = dns.Id()
+		// qs are this lookup's own (exchangeBoth): a fresh ID in place, no
+		// copy; exchangeOne copies what it asks again.
+		q.Id = queryID()
 		for i == 1 && q.Id == sent[0].Id {
-			q.Id = dns.Id() // distinct IDs: a reply belongs to one query only
+			q.Id = queryID() // distinct IDs: a reply belongs to one query only
 		}
 		b, err := q.Pack()
 		if err != nil {
 			return both(err)
 		}
-		if _, err := conn.Write(b); err != nil {
-			return both(err)
-		}
-		sent[i] = q
+		sent[i], pkts[i] = q, b
 	}
+	deadline := time.Now().Add(c.timeout())
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	s, err := dialSend(srv, pkts[:])
+	if err != nil {
+		return both(err)
+	}
+	defer s.Close()
 	bp := replyBufs.Get().(*[]byte)
 	defer replyBufs.Put(bp)
-	buf := *bp
-	if n := max(int(c.udpSize()), dns.MinMsgSize); n <= len(buf) {
-		buf = buf[:n] // as miekg reads: the size advertised
+	var bufs [2][]byte
+	if n := max(int(c.udpSize()), dns.MinMsgSize); 2*n <= len(*bp) {
+		// as miekg reads: the size advertised
+		bufs = [2][]byte{(*bp)[:n:n], (*bp)[n : 2*n]}
 	} else {
-		buf = make([]byte, n)
+		bufs = [2][]byte{make([]byte, n), make([]byte, n)}
 	}
-	for left := 2; left > 0; {
+	left := 2
+	take := func(b []byte) {
+		if len(b) < 2 {
+			return
+		}
+		id, i := binary.BigEndian.Uint16(b), -1
+		for j, q := range sent {
+			if q.Id == id && out[j] == nil && errs[j] == nil {
+				i = j
+			}
+		}
+		if i < 0 {
+			return
+		}
+		left--
+		r := new(dns.Msg)
+		if err := r.Unpack(b); err != nil {
+			errs[i] = fmt.Errorf("%s: %w", srv, err)
+			return
+		}
+		out[i], errs[i] = c.settle(ctx, sent[i], srv, r, nil)
+	}
+	// Let the other lookups send theirs first: by then the replies are
+	// often in, and are read without the poller (no registration, no
+	// wait). A nearby server's replies come within microseconds; at 64
+	// lookups in flight a worker's turn comes back later than that.
+	runtime.Gosched()
+	if afterSend != nil {
+		afterSend()
+	}
+	for left > 0 {
+		asked := left
+		lens := s.tryRead(bufs[:asked])
+		for i, n := range lens {
+			take(bufs[i][:n])
+		}
+		if len(lens) < asked {
+			break // nothing more yet
+		}
+	}
+	if left == 0 {
+		return out, errs
+	}
+	conn, err := s.conn()
+	if err != nil {
+		return both(err)
+	}
+	buf := bufs[0]
+	for left > 0 {
 		// A cancelled ctx (a stop) ends the wait within pairCancelCheck:
 		// the wait is cut in slices (the replies normally come within the
 		// first), cheaper than a hook on ctx for every lookup.
@@ -170,39 +216,56 @@ func (c *Client) exchangePair(ctx context.Context, qs [2]*dns.Msg, srv netip.Add
 			}
 			return out, errs
 		}
-		if n < 2 {
-			continue
-		}
-		id, i := binary.BigEndian.Uint16(buf), -1
-		for j, q := range sent {
-			if q.Id == id && out[j] == nil && errs[j] == nil {
-				i = j
-			}
-		}
-		if i < 0 {
-			continue
-		}
-		left--
-		r := new(dns.Msg)
-		if err := r.Unpack(buf[:n]); err != nil {
-			errs[i] = fmt.Errorf("%s: %w", srv, err)
-			continue
-		}
-		out[i], errs[i] = c.settle(ctx, sent[i], srv, r, nil)
+		take(buf[:n])
 	}
 	return out, errs
 }
+
+// afterSend, when set (tests), runs between sending a pair's queries and
+// reading what already came.
+var afterSend func()
 
 // pairCancelCheck is how often a lookup waiting for its replies sees
 // whether its context was cancelled.
 const pairCancelCheck = 100 * time.Millisecond
 
-// replyBufs hold replies being read (a Client.UDPSize above 4096 gets
-// its own buffer).
-var replyBufs = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }}
+// replyBufs hold the two replies being read (a Client.UDPSize above 4096
+// gets buffers of its own).
+var replyBufs = sync.Pool{New: func() any { b := make([]byte, 8192); return &b }}
 
 // udpConn is the socket of one pair of queries.
 type udpConn interface {
 	io.ReadWriteCloser
 	SetDeadline(time.Time) error
 }
+
+// fresh is a fresh socket of one lookup, its queries sent (dialSend).
+type fresh interface {
+	// tryRead reads the replies already received into bufs, without
+	// waiting: lens[i] is the length of the one in bufs[i].
+	tryRead(bufs [][]byte) (lens []int)
+	// conn is the socket to wait for replies on.
+	conn() (udpConn, error)
+	Close() error
+}
+
+// dialWrite is dialUDP, then a write of each of pkts.
+func dialWrite(srv netip.AddrPort, pkts [][]byte) (fresh, error) {
+	conn, err := dialUDP(srv)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range pkts {
+		if _, err := conn.Write(p); err != nil {
+			conn.Close() //nolint:errcheck // the write error is the one to report
+			return nil, err
+		}
+	}
+	return polled{conn}, nil
+}
+
+// polled is a fresh socket registered with the poller from the start.
+type polled struct{ udpConn }
+
+func (polled) tryRead([][]byte) []int   { return nil }
+func (p polled) conn() (udpConn, error) { return p.udpConn, nil }

@@ -284,3 +284,50 @@ func TestHostsFirstQueryBoth(t *testing.T) {
 		t.Errorf("other name: %+v (%d DNS queries)", r, len(s.queries()))
 	}
 }
+
+// The replies that are in before a lookup waits are read without the
+// poller, under the same rules: with the server's datagrams all queued
+// before the first read (before each real reply, a forged NXDOMAIN with
+// another ID), the forged ones are ignored and the real ones taken; the
+// control takes straight replies the same way.
+func TestQueryBothEarlyRepliesSameRules(t *testing.T) {
+	sent := make(chan struct{}, 1)
+	var mu sync.Mutex
+	attack := true
+	s := startRaw(t, func(pc net.PacketConn, from net.Addr, q *dns.Msg) {
+		mu.Lock()
+		defer mu.Unlock()
+		if attack {
+			forged := reply(q)
+			forged.Id ^= 0x5555
+			forged.Answer, forged.Rcode = nil, dns.RcodeNameError
+			send(t, pc, from, forged)
+		}
+		send(t, pc, from, reply(q))
+		if q.Question[0].Qtype == dns.TypeAAAA {
+			sent <- struct{}{}
+		}
+	})
+	var early int
+	afterSend = func() {
+		select {
+		case <-sent: // every datagram is in the socket's queue (loopback)
+			early++
+		case <-time.After(5 * time.Second):
+		}
+	}
+	t.Cleanup(func() { afterSend = nil })
+	c := &Client{Servers: []netip.AddrPort{s.addr}, Timeout: 2 * time.Second}
+	for _, a := range []bool{true, false} {
+		mu.Lock()
+		attack = a
+		mu.Unlock()
+		r := c.QueryBoth(context.Background(), "x.example.test")
+		if r[0].Err != nil || r[1].Err != nil || len(r[0].Res.Addrs) != 1 || !r[0].Res.Addrs[0].Is4() || len(r[1].Res.Addrs) != 1 || !r[1].Res.Addrs[0].Is6() {
+			t.Fatalf("attack %v: %+v", a, r)
+		}
+	}
+	if early != 2 {
+		t.Fatalf("%d of 2 lookups had their replies queued before the first read", early)
+	}
+}

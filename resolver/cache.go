@@ -1,9 +1,11 @@
 package resolver
 
 import (
+	"cmp"
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/egressd/egressd/internal/backoff"
@@ -156,10 +158,11 @@ func (c *Cache) SetPolicy(p Policy) {
 // gone are forgotten.
 func (c *Cache) Sync(names map[string]bool) {
 	c.mut++
-	want := map[Key]bool{}
+	if len(c.keys) == 0 {
+		c.keys = make(map[Key]*entry, 2*len(names)) // a start: no rehash on the way to 20,000 keys
+	}
 	for n, privateOK := range names {
 		for _, k := range KeysFor(n) {
-			want[k] = true
 			e := c.keys[k]
 			if e == nil {
 				e = &entry{}
@@ -170,7 +173,7 @@ func (c *Cache) Sync(names map[string]bool) {
 		}
 	}
 	for k := range c.keys {
-		if !want[k] {
+		if _, ok := names[k.Name]; !ok || (k.Type != dns.TypeA && k.Type != dns.TypeAAAA) { // not one of KeysFor's
 			delete(c.keys, k)
 			c.gen++
 		}
@@ -189,11 +192,11 @@ func (c *Cache) Due() []Key {
 			out = append(out, k)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Name != out[j].Name {
-			return out[i].Name < out[j].Name
+	slices.SortFunc(out, func(a, b Key) int { // not sort.Slice: a fifth of the time for 20,000 keys
+		if c := strings.Compare(a.Name, b.Name); c != 0 {
+			return c
 		}
-		return out[i].Type < out[j].Type
+		return cmp.Compare(a.Type, b.Type)
 	})
 	return out
 }
@@ -457,6 +460,22 @@ func (c *Cache) Addrs(name string) []netip.Addr {
 	return out
 }
 
+// HasAddrs reports whether name has an address Addrs would return, without
+// making the list.
+func (c *Cache) HasAddrs(name string) bool {
+	now := c.now()
+	for _, k := range KeysFor(name) {
+		if e := c.keys[k]; e != nil {
+			for _, st := range e.addrs {
+				if c.isValid(e, st, now) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
 // Lifetime is one allowed address and the time until which the daemon
 // would keep it if it learnt nothing new: last seen + TTL + linger, or, for
 // an address of the last answer while DNS fails, last answer + stale_grace
@@ -620,6 +639,16 @@ func (c *Cache) schedule() scan {
 	}
 	s.next = t
 	return *s
+}
+
+// LastOK is Status(k).LastOK, without the rest of the report; false for
+// a key the cache does not hold.
+func (c *Cache) LastOK(k Key) (time.Time, bool) {
+	e := c.keys[k]
+	if e == nil {
+		return time.Time{}, false
+	}
+	return e.lastOK, true
 }
 
 // Status reports on one key.

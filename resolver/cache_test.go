@@ -449,3 +449,37 @@ func TestCacheShortcutsMatchScans(t *testing.T) {
 		}
 	}
 }
+
+// HasAddrs says what len(Addrs) > 0 says, LastOK what Status says: an answered name, one of whose
+// types failed, a negative answer, an expired address, an unknown name.
+func TestCacheHasAddrsIsAddrs(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	c := NewCache(Policy{MinTTL: time.Second, MaxTTL: time.Hour, Linger: time.Second, StaleGrace: time.Minute, MaxAddrs: 8}, func() time.Time { return now })
+	c.Sync(map[string]bool{"a.test": false, "neg.test": false, "v6.test": false, "new.test": false})
+	c.Observe(Key{"a.test", dns.TypeA}, Result{Addrs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}, TTL: 10 * time.Second}, nil)
+	c.Observe(Key{"a.test", dns.TypeAAAA}, Result{}, errors.New("timeout"))
+	c.Observe(Key{"neg.test", dns.TypeA}, Result{Negative: true, TTL: 10 * time.Second}, nil)
+	c.Observe(Key{"v6.test", dns.TypeAAAA}, Result{Addrs: []netip.Addr{netip.MustParseAddr("2001:db8::1")}, TTL: 10 * time.Second}, nil)
+	check := func(when string) {
+		for _, n := range []string{"a.test", "neg.test", "v6.test", "new.test", "unknown.test"} {
+			if got, want := c.HasAddrs(n), len(c.Addrs(n)) > 0; got != want {
+				t.Errorf("%s: HasAddrs(%s) = %v, Addrs %v", when, n, got, c.Addrs(n))
+			}
+			for _, k := range KeysFor(n) {
+				st, known := c.Status(k)
+				if last, ok := c.LastOK(k); ok != known || !last.Equal(st.LastOK) {
+					t.Errorf("%s: LastOK(%v) = %v, %v; Status says %v, %v", when, k, last, ok, st.LastOK, known)
+				}
+			}
+		}
+	}
+	check("answered")
+	if !c.HasAddrs("a.test") || c.HasAddrs("neg.test") {
+		t.Error("a.test has an address, neg.test none")
+	}
+	now = now.Add(time.Hour)
+	check("an hour later")
+	if c.HasAddrs("a.test") {
+		t.Error("a.test's address expired")
+	}
+}

@@ -11,3 +11,8 @@ import (
 func dialUDP(srv netip.AddrPort) (udpConn, error) {
 	return net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(srv))
 }
+
+// dialSend is dialUDP that also sends pkts.
+func dialSend(srv netip.AddrPort, pkts [][]byte) (fresh, error) {
+	return dialWrite(srv, pkts)
+}

@@ -69,6 +69,10 @@ type Options struct {
 	OnConfig func(*config.Config)
 	// CgroupRoot is where the cgroup2 hierarchy is mounted (tests); default: found in /proc/self/mountinfo.
 	CgroupRoot string
+	// OneShot: the process applies once and exits (run --once); what only
+	// a running daemon reads is not kept (the index that names the
+	// destination of a deny event).
+	OneShot bool
 }
 
 // Heartbeat is a callback the loop calls every Every. A beat that fails is

@@ -44,7 +44,9 @@ func (c *Controller) sync() error {
 		return err
 	}
 	c.built = key
-	c.attr.refresh(c.cfg, c.dns.cache.Addrs)
+	if !c.o.OneShot {
+		c.attr.refresh(c.cfg, c.dns.cache.Addrs)
+	}
 	c.syncListen(d)
 	if changed {
 		if c.apply.renewedOnly {
@@ -112,7 +114,7 @@ func (c *Controller) Once(ctx context.Context) (map[string]error, error) {
 	failed := c.dns.resolve(rctx, c.dns.cache.Due())
 	cancel()
 	for _, n := range c.cfg.Names() {
-		if _, bad := failed[n]; !bad && len(c.dns.cache.Addrs(n)) == 0 {
+		if _, bad := failed[n]; !bad && !c.dns.cache.HasAddrs(n) {
 			failed[n] = errors.New("no addresses (NXDOMAIN, no data, or every answer refused)")
 		}
 	}

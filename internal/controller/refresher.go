@@ -83,13 +83,16 @@ func (r *refresher) startRound(ctx context.Context, done chan<- round) bool {
 	return true
 }
 
-// resolve queries keys and records the outcomes (used by Once and tests).
+// resolve queries keys and records the outcomes (used by Once and tests),
+// each as it comes: the loop's goroutine waits for the round anyway, and
+// records the first answers while the rest are asked.
 func (r *refresher) resolve(ctx context.Context, keys []resolver.Key) map[string]error {
 	endDNS := phase.Start("dns")
-	out := policy.Query(ctx, r.querier, keys, r.o.Concurrency)
-	endDNS()
-	defer phase.Start("observe")()
-	return r.observe(keys, out)
+	failed := map[string]error{}
+	policy.QueryEach(ctx, r.querier, keys, r.o.Concurrency, func(i int, o policy.Outcome) { r.observeOne(keys[i], o, failed) })
+	endDNS() // the answers were recorded as they came: no "observe" phase after the last
+	r.o.Metrics.NamesFailing(len(r.failing), r.failingSince())
+	return failed
 }
 
 // observe records outcomes in the cache and logs what changed. Names that
@@ -97,53 +100,57 @@ func (r *refresher) resolve(ctx context.Context, keys []resolver.Key) map[string
 func (r *refresher) observe(keys []resolver.Key, out []policy.Outcome) map[string]error {
 	failed := map[string]error{}
 	for i, k := range keys {
-		o := out[i]
-		prev, known := r.cache.Status(k)
-		if !known {
-			continue // the name left the configuration while it was being looked up
-		}
-		if o.Cancelled {
-			// Stopping, or the start deadline: not a DNS failure; the key
-			// is asked again.
-			failed[k.Name] = o.Err
-			r.cache.Release(k)
-			continue
-		}
-		r.o.Metrics.Resolved(o.Dur.Seconds())
-		ch := r.cache.Observe(k, o.Res, o.Err)
-		st, _ := r.cache.Status(k)
-		if len(ch.Added) > 0 || len(ch.Removed) > 0 {
-			r.changed(k.Name)
-		}
-		if o.Err != nil {
-			if _, ok := r.failing[k]; !ok {
-				r.failing[k] = r.o.Now()
-			}
-		} else {
-			delete(r.failing, k)
-		}
-		switch {
-		case o.Err != nil:
-			failed[k.Name] = o.Err
-			r.o.Log.Warn("resolution failed", event.Field(event.ResolveFailed), zap.String("name", k.Name), zap.String("type", typeName(k)),
-				zap.Error(o.Err), zap.Bool("serving_stale", st.ServingStale), zap.Int("addresses", len(st.Addrs)),
-				zap.Duration("retry_in", ch.TTL), zap.Stringers("removed", ch.Removed))
-		// Info when something changed, or on a name's first answer (even a
-		// negative one); a refresh that changes nothing is debug.
-		case len(ch.Added) > 0 || len(ch.Removed) > 0 || ch.Dropped > 0 || prev.LastOK.IsZero():
-			level := r.o.Log.Info
-			if ch.Dropped > 0 {
-				level = r.o.Log.Warn
-			}
-			level("resolved", event.Field(event.Resolved), zap.String("name", k.Name), zap.String("type", typeName(k)),
-				zap.Stringers("added", ch.Added), zap.Stringers("removed", ch.Removed),
-				zap.Duration("ttl", ch.TTL), zap.Int("dropped", ch.Dropped), zap.Bool("negative", o.Res.Negative))
-		default:
-			r.o.Log.Debug("resolved, unchanged", event.Field(event.Resolved), zap.String("name", k.Name), zap.String("type", typeName(k)), zap.Duration("ttl", ch.TTL))
-		}
+		r.observeOne(k, out[i], failed)
 	}
 	r.o.Metrics.NamesFailing(len(r.failing), r.failingSince())
 	return failed
+}
+
+// observeOne records the outcome o of k; a failed name goes in failed.
+func (r *refresher) observeOne(k resolver.Key, o policy.Outcome, failed map[string]error) {
+	prevOK, known := r.cache.LastOK(k)
+	if !known {
+		return // the name left the configuration while it was being looked up
+	}
+	if o.Cancelled {
+		// Stopping, or the start deadline: not a DNS failure; the key
+		// is asked again.
+		failed[k.Name] = o.Err
+		r.cache.Release(k)
+		return
+	}
+	r.o.Metrics.Resolved(o.Dur.Seconds())
+	ch := r.cache.Observe(k, o.Res, o.Err)
+	if len(ch.Added) > 0 || len(ch.Removed) > 0 {
+		r.changed(k.Name)
+	}
+	if o.Err != nil {
+		if _, ok := r.failing[k]; !ok {
+			r.failing[k] = r.o.Now()
+		}
+	} else {
+		delete(r.failing, k)
+	}
+	switch {
+	case o.Err != nil:
+		failed[k.Name] = o.Err
+		st, _ := r.cache.Status(k)
+		r.o.Log.Warn("resolution failed", event.Field(event.ResolveFailed), zap.String("name", k.Name), zap.String("type", typeName(k)),
+			zap.Error(o.Err), zap.Bool("serving_stale", st.ServingStale), zap.Int("addresses", len(st.Addrs)),
+			zap.Duration("retry_in", ch.TTL), zap.Stringers("removed", ch.Removed))
+	// Info when something changed, or on a name's first answer (even a
+	// negative one); a refresh that changes nothing is debug.
+	case len(ch.Added) > 0 || len(ch.Removed) > 0 || ch.Dropped > 0 || prevOK.IsZero():
+		level := r.o.Log.Info
+		if ch.Dropped > 0 {
+			level = r.o.Log.Warn
+		}
+		level("resolved", event.Field(event.Resolved), zap.String("name", k.Name), zap.String("type", typeName(k)),
+			zap.Stringers("added", ch.Added), zap.Stringers("removed", ch.Removed),
+			zap.Duration("ttl", ch.TTL), zap.Int("dropped", ch.Dropped), zap.Bool("negative", o.Res.Negative))
+	default:
+		r.o.Log.Debug("resolved, unchanged", event.Field(event.Resolved), zap.String("name", k.Name), zap.String("type", typeName(k)), zap.Duration("ttl", ch.TTL))
+	}
 }
 
 // expire drops addresses whose lifetime ran out.

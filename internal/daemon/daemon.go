@@ -179,7 +179,7 @@ func run(ctx context.Context, s Settings, w World) error {
 		StateDir: stateDir, DNSProxy: proxy, Listen: w.Listen, KernelEvents: kernelEvents,
 		Notify: w.Notify, Heartbeat: w.Heartbeat, LastGood: w.LastGood,
 		Users: w.Users, NewQuerier: w.NewQuerier, Trust: w.Trust, CgroupRoot: w.CgroupRoot,
-		OnConfig: d.configChanged,
+		OnConfig: d.configChanged, OneShot: s.Once,
 	})
 	if err != nil {
 		return err

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"time"
 
 	"go.uber.org/zap/buffer"
 	"go.uber.org/zap/zapcore"
@@ -39,16 +38,18 @@ func NewCore(enc zapcore.EncoderConfig, w io.Writer, lvl zapcore.LevelEnabler) z
 
 // NewBufferedCore is NewCore for a run of a second or two (run --once),
 // whose thousands of `resolved` lines would otherwise cost a write each:
-// JSON lines to a file or pipe are written in blocks of up to 256 KiB, at
-// least every 100 ms and at once for an entry above error level; flush
-// writes the rest and must be called before the process exits. Under
+// JSON lines to a file or pipe are written in blocks of 256 KiB, at least
+// every 100 ms and at once for an entry above error level, by a goroutine
+// of their own (the run goes on while a pipe's reader catches up; at most
+// four blocks wait); flush writes the rest and must be called before the
+// process exits. Under
 // journald and on a terminal it is NewCore (flush does nothing).
 func NewBufferedCore(enc zapcore.EncoderConfig, w io.Writer, lvl zapcore.LevelEnabler) (core zapcore.Core, flush func() error) {
 	f, _ := w.(*os.File)
 	if f != nil && (isJournal(f, os.Getenv("JOURNAL_STREAM")) || isTerminal(f)) {
 		return NewCore(enc, w, lvl), func() error { return nil }
 	}
-	bw := &zapcore.BufferedWriteSyncer{WS: zapcore.AddSync(w), Size: 256 << 10, FlushInterval: 100 * time.Millisecond}
+	bw := newBlockWriter(w, blockSize, blockQueued)
 	return zapcore.NewCore(zapcore.NewJSONEncoder(enc), bw, lvl), bw.Stop
 }
 

@@ -123,7 +123,11 @@ func Seed(uids map[string]uint32) Users {
 // CacheNames returns the names the resolver cache must hold, each with
 // whether any allowlist that uses it accepts private answers.
 func CacheNames(c *config.Config) map[string]bool {
-	out := map[string]bool{}
+	n := 0
+	for _, a := range c.Allowlists {
+		n += len(a.Entries)
+	}
+	out := make(map[string]bool, n) // at most one name an entry: no rehash
 	for _, a := range c.Allowlists {
 		for _, n := range a.Names() {
 			out[n] = out[n] || a.AllowPrivateAnswers

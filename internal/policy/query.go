@@ -31,6 +31,14 @@ type Outcome struct {
 // takes one of the concurrency slots. It touches nothing but q, so the
 // daemon runs it in the background.
 func Query(ctx context.Context, q resolver.Querier, keys []resolver.Key, concurrency int) []Outcome {
+	return QueryEach(ctx, q, keys, concurrency, nil)
+}
+
+// QueryEach is Query that also hands each key's outcome to each (when not
+// nil) as it comes, on the calling goroutine: the caller records the first
+// answers while the rest are being asked (a cold apply's 20,000 outcomes
+// cost about a tenth of its time to record after the last answer).
+func QueryEach(ctx context.Context, q resolver.Querier, keys []resolver.Key, concurrency int, each func(i int, o Outcome)) []Outcome {
 	if concurrency <= 0 {
 		concurrency = Concurrency
 	}
@@ -41,6 +49,10 @@ func Query(ctx context.Context, q resolver.Querier, keys []resolver.Key, concurr
 	var wg sync.WaitGroup
 	both, _ := q.(resolver.BothQuerier)
 	units := lookups(keys, both != nil)
+	var ready chan int // the units whose outcomes are in out (never blocks a worker)
+	if each != nil {
+		ready = make(chan int, len(units))
+	}
 	for range min(concurrency, len(units)) {
 		wg.Add(1)
 		go func() {
@@ -53,17 +65,29 @@ func Query(ctx context.Context, q resolver.Querier, keys []resolver.Key, concurr
 				u := units[n]
 				if u[1] < 0 {
 					out[u[0]] = query(ctx, q, keys[u[0]])
-					continue
+				} else {
+					qctx, cancel := context.WithTimeout(ctx, QueryTimeout)
+					start := time.Now()
+					r := both.QueryBoth(qctx, keys[u[0]].Name)
+					cancel()
+					for i, j := range u {
+						out[j] = Outcome{r[i].Res, r[i].Err, time.Since(start), r[i].Err != nil && ctx.Err() != nil}
+					}
 				}
-				qctx, cancel := context.WithTimeout(ctx, QueryTimeout)
-				start := time.Now()
-				r := both.QueryBoth(qctx, keys[u[0]].Name)
-				cancel()
-				for i, j := range u {
-					out[j] = Outcome{r[i].Res, r[i].Err, time.Since(start), r[i].Err != nil && ctx.Err() != nil}
+				if ready != nil {
+					ready <- n
 				}
 			}
 		}()
+	}
+	if ready != nil {
+		for range units {
+			u := units[<-ready]
+			each(u[0], out[u[0]])
+			if u[1] >= 0 {
+				each(u[1], out[u[1]])
+			}
+		}
 	}
 	wg.Wait()
 	return out

@@ -69,3 +69,27 @@ func TestQueryPairsTypes(t *testing.T) {
 		}
 	}
 }
+
+// QueryEach hands every key's outcome, once, to its callback on the calling
+// goroutine (which may own state the workers must not touch): the same
+// outcomes Query returns, paired and single keys alike.
+func TestQueryEachHandsEveryOutcomeOnce(t *testing.T) {
+	keys := []resolver.Key{{Name: "b.test", Type: dns.TypeAAAA}, {Name: "a.test", Type: dns.TypeA}, {Name: "b.test", Type: dns.TypeA},
+		{Name: "c.test", Type: dns.TypeAAAA}, {Name: "a.test", Type: dns.TypeAAAA}, {Name: "d.test", Type: dns.TypeA}}
+	seen := make([]int, len(keys))
+	got := make([]Outcome, len(keys))
+	owned := 0 // touched by the callback only: the race detector sees a worker touching it
+	out := QueryEach(context.Background(), &bothQuerier{}, keys, 3, func(i int, o Outcome) {
+		owned++
+		seen[i]++
+		got[i] = o
+	})
+	if owned != len(keys) {
+		t.Fatalf("%d callbacks for %d keys", owned, len(keys))
+	}
+	for i := range keys {
+		if seen[i] != 1 || got[i].Res.Addrs[0] != out[i].Res.Addrs[0] {
+			t.Errorf("%v: handed %d times, %+v, want once, %+v", keys[i], seen[i], got[i], out[i])
+		}
+	}
+}
