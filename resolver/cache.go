@@ -339,13 +339,17 @@ func (c *Cache) lowerEnds(t time.Time) {
 
 // settle gives the kernel a lifetime that is new or shorter at once, and
 // marks one that grew for the next renewal; true when a kernel lifetime
-// changed.
+// changed. The last answer of a name whose DNS just failed gets its
+// stale_grace lifetime at once too: a daemon stopped right after the
+// failure (before the next renewal) would otherwise let it end at TTL +
+// linger, not stale_grace (TestStoppedDaemonClosesOnTime). Once per failure
+// streak: the stale end does not move while the name keeps failing.
 func (c *Cache) settle(e *entry) bool {
 	changed := false
 	for i := range e.addrs {
 		st := &e.addrs[i]
 		switch u := c.until(e, *st); {
-		case st.kernel.IsZero() || u.Before(st.kernel) || c.policy.renewEvery() <= 0:
+		case st.kernel.IsZero() || u.Before(st.kernel) || c.policy.renewEvery() <= 0 || (e.failures > 0 && st.current && u.After(st.kernel)):
 			changed = changed || !u.Equal(st.kernel)
 			st.kernel = u
 		case u.After(st.kernel):

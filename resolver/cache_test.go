@@ -483,3 +483,38 @@ func TestCacheHasAddrsIsAddrs(t *testing.T) {
 		t.Error("a.test's address expired")
 	}
 }
+
+// A name whose DNS starts failing gets its stale_grace lifetime in the
+// kernel at once, not at the next renewal: a daemon stopped right after
+// the failure would otherwise let the last answer end at TTL + linger
+// (TestStoppedDaemonClosesOnTime failed so under load). Once per streak.
+func TestCacheFailureReachesKernelAtOnce(t *testing.T) {
+	c, clk := newTestCache("x.test")
+	c.Observe(kA, ok(30*time.Second, "192.0.2.1"), nil)
+	lastOK := clk.t
+	clk.advance(time.Second)
+	c.Observe(kA, ok(30*time.Second, "192.0.2.1"), nil) // extends: pending
+	c.Renew()                                           // the first renewal runs at once; the next waits renewEvery
+	clk.advance(time.Second)
+	c.Observe(kA, ok(30*time.Second, "192.0.2.1"), nil) // extends again: waits for the renewal
+	lastOK = clk.t
+	if c.Renew() {
+		t.Fatal("a renewal ran before renewEvery")
+	}
+	g := c.Generation()
+	clk.advance(time.Second)
+	c.Observe(kA, Result{}, errors.New("SERVFAIL"))
+	want := lastOK.Add(policy.StaleGrace)
+	if l := c.Lifetimes("x.test"); len(l) != 1 || !l[0].Until.Equal(want) {
+		t.Fatalf("kernel lifetime after the failure %v, want %v (last answer + stale_grace)", l, want)
+	}
+	if c.Generation() == g {
+		t.Fatal("the failure's lifetime did not move the generation: the loop would not write it")
+	}
+	g = c.Generation()
+	clk.advance(time.Second)
+	c.Observe(kA, Result{}, errors.New("SERVFAIL"))
+	if c.Generation() != g {
+		t.Error("a second failure of the streak moved the generation")
+	}
+}
