@@ -20,6 +20,22 @@ import (
 // system calls (socket, connect, and the runtime poller's registration:
 // no SO_BROADCAST, getsockname or getpeername, which a query does not need).
 func dialUDP(srv netip.AddrPort) (udpConn, error) {
+	fd, zoned, err := connectUDP(srv)
+	if zoned {
+		// A link-local resolver: the zone names an interface.
+		return net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(srv))
+	}
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), "udp "+srv.String()), nil
+}
+
+// connectUDP opens a non-blocking UDP socket connected to srv (the kernel
+// binds it to a random source port). zoned: srv is a link-local address
+// with a zone, which names an interface; the caller goes through package
+// net then.
+func connectUDP(srv netip.AddrPort) (fd int, zoned bool, err error) {
 	addr := srv.Addr().Unmap()
 	var sa syscall.Sockaddr
 	family := syscall.AF_INET
@@ -27,21 +43,20 @@ func dialUDP(srv netip.AddrPort) (udpConn, error) {
 	case addr.Is4():
 		sa = &syscall.SockaddrInet4{Port: int(srv.Port()), Addr: addr.As4()}
 	case addr.Zone() != "":
-		// A link-local resolver: the zone names an interface.
-		return net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(srv))
+		return -1, true, nil
 	default:
 		family = syscall.AF_INET6
 		sa = &syscall.SockaddrInet6{Port: int(srv.Port()), Addr: addr.As16()}
 	}
-	fd, err := syscall.Socket(family, syscall.SOCK_DGRAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, syscall.IPPROTO_UDP)
+	fd, err = syscall.Socket(family, syscall.SOCK_DGRAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, syscall.IPPROTO_UDP)
 	if err != nil {
-		return nil, os.NewSyscallError("socket", err)
+		return -1, false, os.NewSyscallError("socket", err)
 	}
 	if err := syscall.Connect(fd, sa); err != nil {
 		syscall.Close(fd) //nolint:errcheck // the connect error is the one to report
-		return nil, os.NewSyscallError("connect", err)
+		return -1, false, os.NewSyscallError("connect", err)
 	}
-	return os.NewFile(uintptr(fd), "udp "+srv.String()), nil
+	return fd, false, nil
 }
 
 // dialSend opens a fresh UDP socket connected to srv, as dialUDP does, and
@@ -53,25 +68,12 @@ func dialUDP(srv netip.AddrPort) (udpConn, error) {
 // full socket buffer, unlikely on a fresh socket) is an error, as a failed
 // write is.
 func dialSend(srv netip.AddrPort, pkts [][]byte) (fresh, error) {
-	addr := srv.Addr().Unmap()
-	var sa syscall.Sockaddr
-	family := syscall.AF_INET
-	switch {
-	case addr.Is4():
-		sa = &syscall.SockaddrInet4{Port: int(srv.Port()), Addr: addr.As4()}
-	case addr.Zone() != "":
+	fd, zoned, err := connectUDP(srv)
+	if zoned {
 		return dialWrite(srv, pkts)
-	default:
-		family = syscall.AF_INET6
-		sa = &syscall.SockaddrInet6{Port: int(srv.Port()), Addr: addr.As16()}
 	}
-	fd, err := syscall.Socket(family, syscall.SOCK_DGRAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, syscall.IPPROTO_UDP)
 	if err != nil {
-		return nil, os.NewSyscallError("socket", err)
-	}
-	if err := syscall.Connect(fd, sa); err != nil {
-		syscall.Close(fd) //nolint:errcheck // the connect error is the one to report
-		return nil, os.NewSyscallError("connect", err)
+		return nil, err
 	}
 	if err := sendAll(fd, pkts); err != nil {
 		syscall.Close(fd) //nolint:errcheck // the send error is the one to report

@@ -320,27 +320,12 @@ func (s *sock) drain() {
 func (s *sock) answer(b []byte) (f Flow, done bool, err error) {
 	for len(b) >= nlmsgHdrLen {
 		l := int(binary.NativeEndian.Uint32(b[0:4]))
-		typ := binary.NativeEndian.Uint16(b[4:6])
 		seq := binary.NativeEndian.Uint32(b[8:12])
 		if l < nlmsgHdrLen || l > len(b) {
 			return Flow{}, true, errors.New("malformed netlink message")
 		}
 		if seq == s.seq {
-			switch typ {
-			case unix.NLMSG_ERROR:
-				if l < nlmsgHdrLen+4 {
-					return Flow{}, true, errors.New("short netlink error")
-				}
-				errno := -int32(binary.NativeEndian.Uint32(b[nlmsgHdrLen:]))
-				if errno == 0 {
-					return Flow{}, true, errors.New("acknowledged without an entry")
-				}
-				if syscall.Errno(errno) == unix.ENOENT {
-					return Flow{}, true, ErrNotFound
-				}
-				return Flow{}, true, syscall.Errno(errno)
-			case nfnlSubsysCTNetlink<<8 | ctMsgNew:
-				f, err := parseFlow(b[nlmsgHdrLen:l])
+			if f, ok, err := readAnswer(b[:l]); ok {
 				return f, true, err
 			}
 		}
