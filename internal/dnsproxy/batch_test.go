@@ -69,6 +69,29 @@ type portIdent struct {
 	batched int
 }
 
+// dialAs opens a client socket to pc whose queries p says uid sent.
+func (p *portIdent) dialAs(t *testing.T, pc *net.UDPConn, uid uint32) *net.UDPConn {
+	t.Helper()
+	c, err := net.DialUDP("udp", nil, pc.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	p.mu.Lock()
+	p.uids[uint16(c.LocalAddr().(*net.UDPAddr).Port)] = uid
+	p.mu.Unlock()
+	return c
+}
+
+// serveUDP runs px on pc until the returned stop is called (it waits for
+// ServeUDP to return).
+func serveUDP(px *Proxy, pc *net.UDPConn) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); px.ServeUDP(ctx, pc) }() //nolint:errcheck
+	return func() { cancel(); <-done }
+}
+
 func (p *portIdent) Opener(_ uint8, client, _ netip.AddrPort) (uint32, bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -207,21 +230,8 @@ func TestBatchInlineHitWritesAnotherUIDsElementFirst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); p.ServeUDP(ctx, pc) }() //nolint:errcheck
-	defer func() { cancel(); <-done }()
-	dial := func(uid uint32) *net.UDPConn {
-		c, err := net.DialUDP("udp", nil, pc.LocalAddr().(*net.UDPAddr))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		id.mu.Lock()
-		id.uids[uint16(c.LocalAddr().(*net.UDPAddr).Port)] = uid
-		id.mu.Unlock()
-		return c
-	}
+	defer serveUDP(p, pc)()
+	dial := func(uid uint32) *net.UDPConn { return id.dialAs(t, pc, uid) }
 	ask := func(c *net.UDPConn) *dns.Msg {
 		q := new(dns.Msg)
 		q.SetQuestion("api.example.com.", dns.TypeA)

@@ -198,21 +198,9 @@ func TestRedteamRTB2StalledRefusalLogStallsNoOne(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); p.ServeUDP(ctx, pc) }() //nolint:errcheck
-	defer func() { open.Do(func() { close(g.gate) }); cancel(); <-done }()
-	dial := func(uid uint32) *net.UDPConn {
-		c, err := net.DialUDP("udp", nil, pc.LocalAddr().(*net.UDPAddr))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		id.mu.Lock()
-		id.uids[uint16(c.LocalAddr().(*net.UDPAddr).Port)] = uid
-		id.mu.Unlock()
-		return c
-	}
+	stop := serveUDP(p, pc)
+	defer func() { open.Do(func() { close(g.gate) }); stop() }()
+	dial := func(uid uint32) *net.UDPConn { return id.dialAs(t, pc, uid) }
 	send := func(c *net.UDPConn, name string, qid uint16) {
 		q := new(dns.Msg)
 		q.SetQuestion(name, dns.TypeA)
@@ -269,21 +257,8 @@ func TestRedteamRTB2SlowClientStallsNoOne(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); p.ServeUDP(ctx, pc) }() //nolint:errcheck
-	defer func() { cancel(); <-done }()
-	dial := func(uid uint32) *net.UDPConn {
-		c, err := net.DialUDP("udp", nil, pc.LocalAddr().(*net.UDPAddr))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		id.mu.Lock()
-		id.uids[uint16(c.LocalAddr().(*net.UDPAddr).Port)] = uid
-		id.mu.Unlock()
-		return c
-	}
+	defer serveUDP(p, pc)()
+	dial := func(uid uint32) *net.UDPConn { return id.dialAs(t, pc, uid) }
 	hog := []*net.UDPConn{dial(uidWeb), dial(rtb2UIDStranger)}
 	for _, c := range hog {
 		raw, _ := c.SyscallConn()
